@@ -1,0 +1,838 @@
+//! Walks a parsed JSON document into a [`Config`], collecting every error with its path.
+//!
+//! Each object is read through an [`Obj`], which remembers the keys it was asked for so
+//! that the rest can be reported as unknown. Leaf values go through serde; a bad value
+//! is reported and replaced by its default, so decoding always goes on to the end.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::net::redact_userinfo;
+use super::template::{self, Piece, Placeholder};
+use super::{
+    Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, Diagnostic, Encoding, Endpoint,
+    HostAddr, HttpClientOptions, IpNet, OutputEncoding, Parsed, PluginLoader, RouterOptions, ServiceDiscovery,
+    is_write_method, parse_duration,
+};
+
+/// Collected diagnostics.
+#[derive(Default)]
+struct Ctx {
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(Diagnostic { path: path.to_string(), message: message.into() });
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(Diagnostic { path: path.to_string(), message: message.into() });
+    }
+}
+
+/// `parent.key`, or `parent["odd/key"]` when the key is not a plain identifier.
+fn join(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
+    match (parent.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (true, false) => format!("[{key:?}]"),
+        (false, true) => format!("{parent}.{key}"),
+        (false, false) => format!("{parent}[{key:?}]"),
+    }
+}
+
+fn index(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads a leaf value with serde. serde's message is kept, in a config user's words
+/// ("unknown value \"jsonn\", expected one of \"json\", ...").
+fn leaf<T: DeserializeOwned>(v: &Value, path: &str, cx: &mut Ctx) -> Option<T> {
+    match T::deserialize(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.error(path, e.to_string().replace("unknown variant", "unknown value").replace('`', "\""));
+            None
+        }
+    }
+}
+
+/// An object being read; remembers which keys were read.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+    seen: Vec<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(v: &'a Value, path: String, cx: &mut Ctx) -> Option<Obj<'a>> {
+        match v {
+            Value::Object(map) => Some(Obj { map, path, seen: Vec::new() }),
+            other => {
+                cx.error(&path, format!("expected an object, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn at(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// The value of `key`; `null` counts as absent.
+    fn take(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.seen.push(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn leaf<T: DeserializeOwned>(&mut self, key: &'static str, cx: &mut Ctx) -> Option<T> {
+        let v = self.take(key)?;
+        leaf(v, &self.at(key), cx)
+    }
+
+    fn flag(&mut self, key: &'static str, cx: &mut Ctx) -> bool {
+        self.leaf(key, cx).unwrap_or(false)
+    }
+
+    fn string(&mut self, key: &'static str, cx: &mut Ctx) -> Option<String> {
+        self.leaf(key, cx)
+    }
+
+    /// A string that, when empty, counts as absent.
+    fn non_empty(&mut self, key: &'static str, cx: &mut Ctx) -> Option<String> {
+        self.string(key, cx).filter(|s| !s.is_empty())
+    }
+
+    fn required_string(&mut self, key: &'static str, cx: &mut Ctx) -> Option<String> {
+        if self.map.get(key).is_none_or(Value::is_null) {
+            self.seen.push(key);
+            cx.error(&self.at(key), "missing (required)");
+            return None;
+        }
+        self.string(key, cx)
+    }
+
+    fn uint(&mut self, key: &'static str, min: u64, max: u64, cx: &mut Ctx) -> Option<u64> {
+        let v = self.take(key)?;
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                let found = match v {
+                    Value::Number(n) => n.to_string(),
+                    other => kind(other).to_string(),
+                };
+                cx.error(&self.at(key), format!("expected a whole number from {min} to {max}, found {found}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &'static str, cx: &mut Ctx) -> Option<Duration> {
+        let v = self.take(key)?;
+        let path = self.at(key);
+        match v {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(msg) => {
+                    cx.error(&path, msg);
+                    None
+                }
+            },
+            other => {
+                cx.error(&path, format!("expected a duration string such as \"2s\", found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// A duration that must be more than zero.
+    fn positive_duration(&mut self, key: &'static str, cx: &mut Ctx) -> Option<Duration> {
+        let d = self.duration(key, cx)?;
+        if d.is_zero() {
+            cx.error(&self.at(key), "must be greater than 0");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn strings(&mut self, key: &'static str, cx: &mut Ctx) -> Option<Vec<String>> {
+        let v = self.take(key)?;
+        let path = self.at(key);
+        let Value::Array(items) = v else {
+            cx.error(&path, format!("expected an array of strings, found {}", kind(v)));
+            return None;
+        };
+        Some(items.iter().enumerate().filter_map(|(i, item)| leaf(item, &index(&path, i), cx)).collect())
+    }
+
+    fn object(&mut self, key: &'static str, cx: &mut Ctx) -> Option<Obj<'a>> {
+        let v = self.take(key)?;
+        Obj::new(v, self.at(key), cx)
+    }
+
+    fn method(&mut self, key: &'static str, cx: &mut Ctx) -> Option<Method> {
+        let s = self.string(key, cx)?;
+        let path = self.at(key);
+        parse_method(&s).map_err(|m| cx.error(&path, m)).ok()
+    }
+
+    /// Reports the keys nobody asked for as lint warnings. `hints` maps old KrakenD
+    /// names to their v3 replacement.
+    fn finish(self, cx: &mut Ctx) {
+        for key in self.map.keys() {
+            if self.seen.contains(&key.as_str()) || key == "$schema" {
+                continue;
+            }
+            let path = join(&self.path, key);
+            match RENAMED.iter().find(|(old, _)| old == key) {
+                Some((_, new)) => cx.warn(&path, format!("unknown key, ignored (KrakenD v3 calls it {new:?})")),
+                None => cx.warn(&path, "unknown key, ignored"),
+            }
+        }
+    }
+}
+
+/// Keys of older KrakenD versions and what v3 calls them.
+const RENAMED: &[(&str, &str)] = &[
+    ("headers_to_pass", "input_headers"),
+    ("querystring_params", "input_query_strings"),
+    ("whitelist", "allow"),
+    ("blacklist", "deny"),
+];
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    const ALLOWED: &str = "GET, POST, PUT, PATCH, DELETE";
+    match s {
+        "GET" => Ok(Method::GET),
+        "POST" => Ok(Method::POST),
+        "PUT" => Ok(Method::PUT),
+        "PATCH" => Ok(Method::PATCH),
+        "DELETE" => Ok(Method::DELETE),
+        _ if parse_method(&s.to_ascii_uppercase()).is_ok() => {
+            Err(format!("method {s:?} must be written in uppercase ({:?})", s.to_ascii_uppercase()))
+        }
+        _ => Err(format!("unsupported method {s:?} (one of {ALLOWED})")),
+    }
+}
+
+/// Endpoint paths reserved for the gateway's own endpoints.
+const RESERVED: &[&str] = &["/__health", "/__debug", "/__echo"];
+
+pub(super) fn decode(root: &Value) -> Result<Parsed, ConfigError> {
+    let mut cx = Ctx::default();
+    let config = decode_root(root, &mut cx);
+    match config {
+        Some(config) if cx.errors.is_empty() => Ok(Parsed { config, warnings: cx.warnings }),
+        _ => Err(ConfigError::Invalid(cx.errors)),
+    }
+}
+
+fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
+    let mut o = Obj::new(root, String::new(), cx)?;
+    let version = match o.take("version") {
+        None => {
+            cx.error("version", "missing (required): Sluice reads KrakenD v3 files (\"version\": 3)");
+            0
+        }
+        Some(v) => {
+            let n = v.as_u64();
+            if n != Some(3) {
+                let found = match v {
+                    Value::Number(n) => n.to_string(),
+                    other => kind(other).to_string(),
+                };
+                cx.error(
+                    "version",
+                    format!("unsupported version {found}: Sluice reads KrakenD v3 files (\"version\": 3)"),
+                );
+            }
+            n.unwrap_or(0)
+        }
+    };
+    let name = o.string("name", cx);
+    let port = o.uint("port", 0, 65535, cx).map_or(8080, |p| p as u16);
+    let listen_ip = o
+        .string("listen_ip", cx)
+        .filter(|s| !s.is_empty())
+        .and_then(|s| match s.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                cx.error("listen_ip", format!("invalid IP address {s:?}"));
+                None
+            }
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let host = hosts(&mut o, "host", false, cx).unwrap_or_default();
+    let timeout = o.positive_duration("timeout", cx).unwrap_or(Duration::from_secs(2));
+    let cache_ttl = o.duration("cache_ttl", cx).filter(|d| !d.is_zero());
+    let output_encoding = o.leaf("output_encoding", cx).unwrap_or(OutputEncoding::Json);
+    let disable_rest = o.flag("disable_rest", cx);
+    let allow_insecure_connections = o.flag("allow_insecure_connections", cx);
+    let client_tls = o.object("client_tls", cx).map(|t| client_tls(t, cx));
+    let plugin = o.object("plugin", cx).and_then(|mut p| {
+        let folder = p.required_string("folder", cx);
+        let pattern = p.string("pattern", cx).unwrap_or_else(|| ".so".to_string());
+        p.finish(cx);
+        Some(PluginLoader { folder: folder?, pattern })
+    });
+    let debug_endpoint = o.flag("debug_endpoint", cx);
+    let echo_endpoint = o.flag("echo_endpoint", cx);
+    let read_timeout = o.duration("read_timeout", cx).unwrap_or(Duration::from_secs(30));
+    let write_timeout = o.duration("write_timeout", cx).unwrap_or(Duration::from_secs(30));
+    let idle_timeout = o.duration("idle_timeout", cx).unwrap_or(Duration::from_secs(60));
+    let read_header_timeout = o.duration("read_header_timeout", cx).unwrap_or(Duration::from_secs(10));
+    let max_header_bytes = o.uint("max_header_bytes", 1024, 16 << 20, cx).map_or(65_536, |n| n as usize);
+    let max_idle_connections_per_host =
+        o.uint("max_idle_connections_per_host", 0, 1 << 20, cx).map_or(250, |n| n as usize);
+
+    let mut router = RouterOptions {
+        remote_ip_headers: vec!["X-Forwarded-For".to_string(), "X-Real-IP".to_string()],
+        ..RouterOptions::default()
+    };
+    let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        "router" => {
+            let mut r = Obj::new(v, path.to_string(), cx)?;
+            router.return_error_msg = r.flag("return_error_msg", cx);
+            router.forwarded_by_client_ip = r.flag("forwarded_by_client_ip", cx);
+            if let Some(h) = r.strings("remote_ip_headers", cx) {
+                router.remote_ip_headers = h;
+            }
+            if let Some(list) = r.strings("trusted_proxies", cx) {
+                let list_path = r.at("trusted_proxies");
+                for (i, s) in list.iter().enumerate() {
+                    match IpNet::parse(s) {
+                        Ok(net) => router.trusted_proxies.push(net),
+                        Err(m) => cx.error(&index(&list_path, i), m),
+                    }
+                }
+            }
+            r.finish(cx);
+            Some(())
+        }
+        _ => None,
+    });
+
+    let ctx = RootCtx { disable_rest, has_root_host: !host.is_empty(), output_encoding };
+    let mut endpoints = Vec::new();
+    match o.take("endpoints") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(e) = endpoint(item, index("endpoints", i), &ctx, cx) {
+                    endpoints.push((i, e));
+                }
+            }
+        }
+        Some(other) => cx.error("endpoints", format!("expected an array, found {}", kind(other))),
+    }
+    o.finish(cx);
+
+    // Route conflicts are found by building the router itself, so that what `check`
+    // accepts is exactly what the router can serve.
+    if let Err(diags) = crate::route::Router::build(endpoints.iter().map(|(i, e)| (*i, e))) {
+        cx.errors.extend(diags);
+    }
+
+    Some(Config {
+        version,
+        name,
+        port,
+        listen_ip,
+        host,
+        timeout,
+        cache_ttl,
+        output_encoding,
+        disable_rest,
+        allow_insecure_connections,
+        client_tls,
+        plugin,
+        debug_endpoint,
+        echo_endpoint,
+        read_timeout,
+        write_timeout,
+        idle_timeout,
+        read_header_timeout,
+        max_header_bytes,
+        max_idle_connections_per_host,
+        router,
+        extra_config,
+        endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
+    })
+}
+
+/// Reads `extra_config`: `known` decodes the namespaces this level understands (and
+/// returns `None` for the others); `auth/*` namespaces are refused, since serving an
+/// endpoint without the protection its file asks for would be a hole; any other
+/// namespace is a lint warning.
+fn extra_config<'a>(
+    o: &mut Obj<'a>,
+    cx: &mut Ctx,
+    mut known: impl FnMut(&str, &'a Value, &str, &mut Ctx) -> Option<()>,
+) -> Map<String, Value> {
+    let Some(v) = o.take("extra_config") else {
+        return Map::new();
+    };
+    let path = o.at("extra_config");
+    let Value::Object(map) = v else {
+        cx.error(&path, format!("expected an object, found {}", kind(v)));
+        return Map::new();
+    };
+    for (ns, value) in map {
+        let ns_path = join(&path, ns);
+        if ns.starts_with("auth/") {
+            cx.error(
+                &ns_path,
+                "not supported by Sluice: refusing to serve without the protection this namespace asks for",
+            );
+        } else if known(ns, value, &ns_path, cx).is_none() {
+            cx.warn(&ns_path, "namespace not supported by Sluice, ignored");
+        }
+    }
+    map.clone()
+}
+
+/// Reads a list of hosts, checking each one unless `disable_sanitize`.
+fn hosts(o: &mut Obj<'_>, key: &'static str, disable_sanitize: bool, cx: &mut Ctx) -> Option<Vec<String>> {
+    let list = o.strings(key, cx)?;
+    if !disable_sanitize {
+        let path = o.at(key);
+        for (i, h) in list.iter().enumerate() {
+            if let Err(m) = HostAddr::parse(h) {
+                cx.error(&index(&path, i), m);
+            }
+        }
+    }
+    Some(list)
+}
+
+fn client_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ClientTls {
+    let allow_insecure_connections = t.flag("allow_insecure_connections", cx);
+    let ca_certs = t.strings("ca_certs", cx).unwrap_or_default();
+    let disable_system_ca_pool = t.flag("disable_system_ca_pool", cx);
+    let min_version = t.leaf("min_version", cx);
+    let max_version = t.leaf("max_version", cx);
+    if let (Some(min), Some(max)) = (min_version, max_version)
+        && min > max
+    {
+        cx.error(&t.at("min_version"), "min_version is above max_version");
+    }
+    let mut client_certs = Vec::new();
+    match t.take("client_certs") {
+        None => {}
+        Some(Value::Array(items)) => {
+            let path = t.at("client_certs");
+            for (i, item) in items.iter().enumerate() {
+                if let Some(mut c) = Obj::new(item, index(&path, i), cx) {
+                    let certificate = c.required_string("certificate", cx);
+                    let private_key = c.required_string("private_key", cx);
+                    c.finish(cx);
+                    if let (Some(certificate), Some(private_key)) = (certificate, private_key) {
+                        client_certs.push(ClientCert { certificate, private_key });
+                    }
+                }
+            }
+        }
+        Some(other) => cx.error(&t.at("client_certs"), format!("expected an array, found {}", kind(other))),
+    }
+    if disable_system_ca_pool && ca_certs.is_empty() && !allow_insecure_connections {
+        cx.error(&t.at("disable_system_ca_pool"), "no CA left to trust: add ca_certs or keep the system pool");
+    }
+    t.finish(cx);
+    ClientTls { allow_insecure_connections, ca_certs, disable_system_ca_pool, min_version, max_version, client_certs }
+}
+
+/// Checks a proxy address: `http://host:port` or `https://host:port`, port required.
+fn proxy_address(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> Option<String> {
+    let raw = o.non_empty(key, cx)?;
+    let path = o.at(key);
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        cx.error(
+            &path,
+            format!("{:?} must contain the protocol and the port (\"http://proxy:3128\")", redact_userinfo(&raw)),
+        );
+        return None;
+    };
+    if !matches!(scheme, "http" | "https") {
+        cx.error(&path, format!("unsupported proxy scheme {scheme:?} (http or https)"));
+        return None;
+    }
+    // Credentials are allowed in a proxy address (they become Proxy-Authorization).
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    match HostAddr::parse(&format!("{scheme}://{rest}")) {
+        Err(m) => {
+            cx.error(&path, m);
+            None
+        }
+        Ok(_) if !has_explicit_port(rest) => {
+            cx.error(&path, format!("{:?} must contain the port (\"http://proxy:3128\")", redact_userinfo(&raw)));
+            None
+        }
+        Ok(_) => Some(raw),
+    }
+}
+
+fn has_explicit_port(authority: &str) -> bool {
+    let authority = authority.trim_end_matches('/');
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host.contains(':')
+}
+
+struct RootCtx {
+    disable_rest: bool,
+    has_root_host: bool,
+    output_encoding: OutputEncoding,
+}
+
+fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<Endpoint> {
+    let mut o = Obj::new(v, path, cx)?;
+    let ep_path = o.required_string("endpoint", cx);
+    let params = ep_path.as_deref().and_then(|p| endpoint_params(p, &o.at("endpoint"), root, cx));
+    let method = o.method("method", cx).unwrap_or(Method::GET);
+    let timeout = o.positive_duration("timeout", cx);
+    let cache_ttl = o.duration("cache_ttl", cx).filter(|d| !d.is_zero());
+    let input_query_strings = o.strings("input_query_strings", cx).unwrap_or_default();
+    let input_headers = o.strings("input_headers", cx).unwrap_or_default();
+    check_header_names(&input_headers, &o.at("input_headers"), cx);
+    let output_encoding: Option<OutputEncoding> = o.leaf("output_encoding", cx);
+    let mut sequential = false;
+    let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        "proxy" => {
+            let mut p = Obj::new(v, path.to_string(), cx)?;
+            sequential = p.flag("sequential", cx);
+            p.finish(cx);
+            Some(())
+        }
+        _ => None,
+    });
+
+    let backend_path = o.at("backend");
+    let mut backends: Vec<(usize, Backend)> = Vec::new();
+    match o.take("backend") {
+        None => cx.error(&backend_path, "missing: an endpoint needs at least one backend"),
+        Some(Value::Array(items)) if items.is_empty() => {
+            cx.error(&backend_path, "empty: an endpoint needs at least one backend");
+        }
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let ctx = BackendCtx { root, params: params.as_deref(), sequential, position: i };
+                if let Some(b) = backend(item, index(&backend_path, i), &ctx, cx) {
+                    backends.push((i, b));
+                }
+            }
+        }
+        Some(other) => cx.error(&backend_path, format!("expected an array, found {}", kind(other))),
+    }
+
+    // no-op passes one backend's answer through untouched: both sides must say so.
+    let output = output_encoding.unwrap_or(root.output_encoding);
+    let count = o.map.get("backend").and_then(Value::as_array).map_or(0, Vec::len);
+    if output == OutputEncoding::NoOp && count > 1 {
+        cx.error(&o.at("output_encoding"), format!("\"no-op\" passes one backend through; this endpoint has {count}"));
+    }
+    for (i, b) in &backends {
+        let enc_path = join(&index(&backend_path, *i), "encoding");
+        if output == OutputEncoding::NoOp && b.encoding != Encoding::NoOp && count == 1 {
+            cx.error(&enc_path, "must be \"no-op\" when the endpoint's output_encoding is \"no-op\"");
+        }
+        if output != OutputEncoding::NoOp && b.encoding == Encoding::NoOp {
+            cx.error(&enc_path, "\"no-op\" needs the endpoint's output_encoding to be \"no-op\" too");
+        }
+    }
+
+    // At most one write backend, and then last of a sequential proxy (seed 003).
+    let writes: Vec<(usize, Method)> = backends
+        .iter()
+        .map(|(i, b)| (*i, b.method.clone().unwrap_or_else(|| method.clone())))
+        .filter(|(_, m)| is_write_method(m))
+        .collect();
+    if writes.len() > 1 {
+        let list: Vec<String> = writes.iter().map(|(i, m)| format!("backend[{i}] {m}")).collect();
+        cx.error(
+            &backend_path,
+            format!("at most one backend may use a write method; found {}: {}", writes.len(), list.join(", ")),
+        );
+    } else if let Some((i, m)) = writes.first()
+        && count > 1
+        && (!sequential || *i + 1 != count)
+    {
+        cx.error(
+            &index(&backend_path, *i),
+            format!(
+                "uses {m}: a write backend must be the last one of a sequential proxy \
+                 (extra_config.proxy.sequential: true)"
+            ),
+        );
+    }
+
+    o.finish(cx);
+    let endpoint = ep_path?;
+    Some(Endpoint {
+        endpoint,
+        method,
+        backend: backends.into_iter().map(|(_, b)| b).collect(),
+        timeout,
+        cache_ttl,
+        input_query_strings,
+        input_headers,
+        output_encoding,
+        sequential,
+        extra_config,
+    })
+}
+
+/// Checks an endpoint path and returns its parameter names.
+fn endpoint_params(p: &str, path: &str, root: &RootCtx, cx: &mut Ctx) -> Option<Vec<String>> {
+    if !p.starts_with('/') {
+        cx.error(path, format!("{p:?} must start with \"/\""));
+        return None;
+    }
+    if p.contains(['?', '#']) {
+        cx.error(path, format!("{p:?} must not contain \"?\" or \"#\""));
+        return None;
+    }
+    if let Some(r) = RESERVED.iter().find(|r| p == **r || p.strip_prefix(**r).is_some_and(|t| t.starts_with('/'))) {
+        cx.error(path, format!("{p:?} is under {r}, which the gateway serves itself"));
+        return None;
+    }
+    let pieces = match template::pieces(p) {
+        Ok(pieces) => pieces,
+        Err(m) => {
+            cx.error(path, m);
+            return None;
+        }
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut ok = true;
+    for piece in &pieces {
+        if let Piece::Var(name) = piece {
+            if !template::is_param_name(name) {
+                cx.error(path, format!("invalid parameter name {{{name}}} (letters, digits, \"_\" and \"-\")"));
+                ok = false;
+            } else if names.iter().any(|n| n == name) {
+                cx.error(path, format!("parameter {{{name}}} appears twice"));
+                ok = false;
+            } else {
+                names.push((*name).to_string());
+            }
+        }
+    }
+    if !root.disable_rest
+        && let Some(name) = template::first_partial_segment_var(&pieces)
+    {
+        cx.error(
+            path,
+            format!("{{{name}}} must fill a whole path segment (set \"disable_rest\": true to allow it inside one)"),
+        );
+        ok = false;
+    }
+    ok.then_some(names)
+}
+
+fn check_header_names(names: &[String], path: &str, cx: &mut Ctx) {
+    for (i, name) in names.iter().enumerate() {
+        if name != "*" && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            cx.error(&index(path, i), format!("invalid header name {name:?}"));
+        }
+    }
+}
+
+struct BackendCtx<'a> {
+    root: &'a RootCtx,
+    /// The endpoint's parameters; `None` when the endpoint path itself was invalid.
+    params: Option<&'a [String]>,
+    sequential: bool,
+    position: usize,
+}
+
+fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Option<Backend> {
+    let mut o = Obj::new(v, path, cx)?;
+    let disable_host_sanitize = o.flag("disable_host_sanitize", cx);
+    let host_declared = match o.map.get("host") {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    let host = hosts(&mut o, "host", disable_host_sanitize, cx).unwrap_or_default();
+    if !host_declared && !ctx.root.has_root_host {
+        cx.error(&o.at("host"), "no host for this backend, and no root-level \"host\" to fall back on");
+    }
+    let url_pattern = o.required_string("url_pattern", cx);
+    if let Some(u) = &url_pattern {
+        check_url_pattern(u, &o.at("url_pattern"), ctx, cx);
+    }
+    let method = o.method("method", cx);
+    let encoding = o.leaf("encoding", cx).unwrap_or(Encoding::Json);
+    let is_collection = o.flag("is_collection", cx);
+    let target = o.non_empty("target", cx);
+    let allow = o.strings("allow", cx).unwrap_or_default();
+    let deny = o.strings("deny", cx).unwrap_or_default();
+    if !allow.is_empty() && !deny.is_empty() {
+        cx.warn(&o.at("deny"), "ignored: allow and deny are both set, and allow wins");
+    }
+    let mut mapping = Vec::new();
+    if let Some(m) = o.object("mapping", cx) {
+        for (from, to) in m.map {
+            if let Some(to) = leaf::<String>(to, &join(&m.path, from), cx) {
+                mapping.push((from.clone(), to));
+            }
+        }
+    }
+    let group = o.non_empty("group", cx);
+    let sd = o.leaf("sd", cx).unwrap_or(ServiceDiscovery::Static);
+    let input_headers = o.strings("input_headers", cx);
+    if let Some(h) = &input_headers {
+        check_header_names(h, &o.at("input_headers"), cx);
+    }
+    let input_query_strings = o.strings("input_query_strings", cx);
+
+    let mut http = BackendHttp::default();
+    let mut http_client = None;
+    let mut plugin = None;
+    let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| {
+        if !matches!(ns, "backend/http" | "backend/http/client" | "plugin/http-client") {
+            return None;
+        }
+        let Some(mut e) = Obj::new(v, path.to_string(), cx) else { return Some(()) };
+        match ns {
+            "backend/http" => {
+                http.return_error_code = e.flag("return_error_code", cx);
+                http.return_error_details = e.non_empty("return_error_details", cx);
+                e.finish(cx);
+            }
+            "backend/http/client" => {
+                let no_redirect = e.flag("no_redirect", cx);
+                let client_tls = e.object("client_tls", cx).map(|t| client_tls(t, cx));
+                let proxy_address = proxy_address(&mut e, "proxy_address", cx);
+                http_client = Some(HttpClientOptions { no_redirect, client_tls, proxy_address });
+                e.finish(cx);
+            }
+            _ => {
+                // plugin/http-client. Every key but `name` belongs to the plugin, so
+                // none is linted; `proxy_address` is read for the built-in http-proxy.
+                let name = e.required_string("name", cx).unwrap_or_default();
+                let proxy_address = proxy_address(&mut e, "proxy_address", cx);
+                if name == "http-proxy" && e.map.get("proxy_address").is_none_or(Value::is_null) {
+                    cx.error(&e.at("proxy_address"), "missing: the http-proxy plugin needs a proxy_address");
+                }
+                let options = e.map.iter().filter(|(k, _)| *k != "name").map(|(k, v)| (k.clone(), v.clone())).collect();
+                if !name.is_empty() {
+                    plugin = Some(ClientPlugin { name, proxy_address, options });
+                }
+            }
+        }
+        Some(())
+    });
+    o.finish(cx);
+    Some(Backend {
+        host,
+        url_pattern: url_pattern?,
+        method,
+        encoding,
+        is_collection,
+        target,
+        allow,
+        deny,
+        mapping,
+        group,
+        sd,
+        disable_host_sanitize,
+        input_headers,
+        input_query_strings,
+        http,
+        http_client,
+        plugin,
+        extra_config,
+    })
+}
+
+fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {
+    if !u.starts_with('/') {
+        cx.error(path, format!("{u:?} must start with \"/\""));
+        return;
+    }
+    if u.contains('#') || u.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        cx.error(path, format!("{u:?} must not contain \"#\", spaces or control characters"));
+        return;
+    }
+    let (path_part, _query) = u.split_once('?').unwrap_or((u, ""));
+    let pieces = match template::pieces(u) {
+        Ok(p) => p,
+        Err(m) => {
+            cx.error(path, m);
+            return;
+        }
+    };
+    if !ctx.root.disable_rest
+        && let Ok(path_pieces) = template::pieces(path_part)
+        && let Some(name) = template::first_partial_segment_var(&path_pieces)
+    {
+        cx.error(
+            path,
+            format!("{{{name}}} must fill a whole path segment (set \"disable_rest\": true to allow it inside one)"),
+        );
+    }
+    let mut seen = HashSet::new();
+    for piece in pieces {
+        let Piece::Var(name) = piece else { continue };
+        if !seen.insert(name) {
+            continue;
+        }
+        match Placeholder::classify(name) {
+            Placeholder::Param(p) => {
+                if let Some(params) = ctx.params
+                    && !params.iter().any(|x| x == p)
+                {
+                    let declared = if params.is_empty() {
+                        "the endpoint declares no parameters".to_string()
+                    } else {
+                        let names: Vec<String> = params.iter().map(|n| format!("{{{n}}}")).collect();
+                        format!("the endpoint declares {}", names.join(", "))
+                    };
+                    cx.error(path, format!("{{{p}}} is not a parameter of the endpoint ({declared})"));
+                }
+            }
+            Placeholder::InputHeader(h) => {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    cx.error(path, format!("{{input_headers.{h}}}: invalid header name"));
+                }
+            }
+            Placeholder::Response { index: n, .. } => {
+                if !ctx.sequential {
+                    cx.error(
+                        path,
+                        format!("{{{name}}} needs a sequential proxy (extra_config.proxy.sequential: true)"),
+                    );
+                } else if n >= ctx.position {
+                    cx.error(
+                        path,
+                        format!(
+                            "{{{name}}} refers to backend[{n}], which is not called before backend[{}]",
+                            ctx.position
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! KrakenD v3 configuration: the typed model, its defaults, and validation.
+//!
+//! [`parse`] turns the text of a `krakend.json` into a [`Config`], or into every error
+//! it finds at once, each with a JSON path (`endpoints[2].backend[0].host[1]: ...`).
+//! Leaf values are read with serde; objects are walked field by field so that one bad
+//! value does not hide the next. Unknown keys are warnings (shown by `sluice check
+//! --lint`), never errors: KrakenD files carry many namespaces Sluice does not use.
+//!
+//! Every default is written on its field. Where Sluice's default differs from
+//! KrakenD's, the field says so and why.
+
+mod decode;
+pub mod duration;
+pub mod net;
+pub mod template;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub use duration::parse_duration;
+pub use net::{HostAddr, IpNet, Scheme};
+
+/// One problem found in a configuration, located by its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// `endpoints[2].backend[0].host[1]`; empty for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The text is not JSON. Line and column are 1-based.
+    Syntax { line: usize, column: usize, message: String },
+    /// The JSON is not a valid Sluice configuration: every problem found, in document order.
+    Invalid(Vec<Diagnostic>),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Syntax { line, column, message } => {
+                write!(f, "invalid JSON at line {line}, column {column}: {message}")
+            }
+            ConfigError::Invalid(diags) => {
+                for (i, d) in diags.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{d}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A configuration that passed validation, with the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub config: Config,
+    /// Unknown keys and unsupported namespaces: reported by `sluice check --lint`.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses and validates the text of a KrakenD v3 configuration file.
+pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+        line: e.line(),
+        column: e.column(),
+        message: syntax_message(&e),
+    })?;
+    decode::decode(&value)
+}
+
+/// serde_json's message without its trailing " at line L column C" (we print our own).
+fn syntax_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    }
+}
+
+/// The root of a KrakenD v3 file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Must be 3. Required.
+    pub version: u64,
+    /// Free-form name of the gateway. Default: none.
+    pub name: Option<String>,
+    /// Port to listen on. Default: 8080.
+    pub port: u16,
+    /// Address to listen on. Default: `0.0.0.0` (all interfaces), as KrakenD.
+    pub listen_ip: IpAddr,
+    /// Hosts used by backends that declare none. Default: empty.
+    pub host: Vec<String>,
+    /// Default endpoint timeout. Default: 2s.
+    pub timeout: Duration,
+    /// Default `Cache-Control: public, max-age` for complete responses. Default: none.
+    pub cache_ttl: Option<Duration>,
+    /// Default output encoding of endpoints. Default: `json`.
+    pub output_encoding: OutputEncoding,
+    /// Allows `{placeholders}` inside a path segment (`/file.{ext}`). Default: false.
+    pub disable_rest: bool,
+    /// Skips certificate verification of every HTTPS backend. Default: false.
+    pub allow_insecure_connections: bool,
+    /// TLS settings for every backend. Default: system roots, TLS 1.2 and 1.3.
+    pub client_tls: Option<ClientTls>,
+    /// Where HTTP client plugins are loaded from. Default: no plugins.
+    pub plugin: Option<PluginLoader>,
+    /// Serves `/__debug/*` (a backend that logs and answers `{"message":"pong"}`). Default: false.
+    pub debug_endpoint: bool,
+    /// Serves `/__echo/*` (a backend that answers the request it got). Default: false.
+    pub echo_endpoint: bool,
+    /// Time to read a whole request, head and body. Default: 30s.
+    /// KrakenD's 0 means unlimited; Sluice picks a bound so no client can hold a
+    /// connection forever. `"0s"` still means unlimited.
+    pub read_timeout: Duration,
+    /// Time to write a response. Default: 30s (KrakenD: unlimited; `"0s"` means that).
+    pub write_timeout: Duration,
+    /// Time a keep-alive connection may sit idle between requests. Default: 60s
+    /// (KrakenD: unlimited; `"0s"` means that).
+    pub idle_timeout: Duration,
+    /// Time to receive a request head: the slowloris guard. Default: 10s
+    /// (KrakenD: unlimited; `"0s"` means that).
+    pub read_header_timeout: Duration,
+    /// Largest request head accepted (request line plus headers), in bytes; more is
+    /// answered 431. Default: 65,536 (KrakenD: 1 MiB, Go's default: a smaller bound
+    /// costs less memory per connection and no real client needs more). 1,024 to 16 MiB.
+    pub max_header_bytes: usize,
+    /// Idle keep-alive connections kept per backend host (per shard). Default: 250.
+    pub max_idle_connections_per_host: usize,
+    /// `extra_config."router"`: client-facing router options.
+    pub router: RouterOptions,
+    /// The raw `extra_config` object, for namespaces read elsewhere.
+    pub extra_config: Map<String, Value>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `extra_config."router"` (KrakenD's gin router namespace): the keys Sluice reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouterOptions {
+    /// Puts the reason of a failed request in the 500 body. Default: false.
+    pub return_error_msg: bool,
+    /// Takes the client address from `remote_ip_headers` when the socket peer is one of
+    /// `trusted_proxies`. Default: false (the socket peer is the client).
+    pub forwarded_by_client_ip: bool,
+    /// Headers that carry the client address. Default: `X-Forwarded-For`, `X-Real-IP`.
+    pub remote_ip_headers: Vec<String>,
+    /// Peers whose `remote_ip_headers` are believed. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// One endpoint: a path and method that fans out to backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// The path, with `{params}`. Required; must start with `/`.
+    pub endpoint: String,
+    /// The method. Default: GET. One of GET, POST, PUT, PATCH, DELETE.
+    pub method: Method,
+    /// The backends. Required, at least one.
+    pub backend: Vec<Backend>,
+    /// Deadline for the whole endpoint. Default: the root `timeout`.
+    pub timeout: Option<Duration>,
+    /// `Cache-Control` max-age. Default: the root `cache_ttl`.
+    pub cache_ttl: Option<Duration>,
+    /// Query string names forwarded to backends; `["*"]` forwards all. Default: none.
+    pub input_query_strings: Vec<String>,
+    /// Header names forwarded to backends; `["*"]` forwards all. Default: none
+    /// (only `Content-Type` crosses).
+    pub input_headers: Vec<String>,
+    /// Output encoding. Default: the root `output_encoding`.
+    pub output_encoding: Option<OutputEncoding>,
+    /// `extra_config."proxy".sequential`: call backends one after the other, each able to
+    /// use earlier responses in its `url_pattern`. Default: false (parallel).
+    pub sequential: bool,
+    /// The raw `extra_config` object.
+    pub extra_config: Map<String, Value>,
+}
+
+/// One backend of an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    /// Hosts to balance over, `scheme://host:port`. Default: the root `host`.
+    pub host: Vec<String>,
+    /// Path (and optional static query) on the backend, with `{placeholders}`. Required.
+    pub url_pattern: String,
+    /// Method sent to the backend. Default: the endpoint's method.
+    pub method: Option<Method>,
+    /// How to decode the response. Default: `json`.
+    pub encoding: Encoding,
+    /// The backend answers an array; it is returned as `{"collection": [...]}`.
+    /// Default: false (the seed's "true" is a documentation slip; KrakenD defaults to false).
+    pub is_collection: bool,
+    /// Returns only the content of this key. Default: none.
+    pub target: Option<String>,
+    /// Dotted paths to keep (wins over `deny`). Default: none.
+    pub allow: Vec<String>,
+    /// Dotted paths to remove. Default: none.
+    pub deny: Vec<String>,
+    /// Renames top-level keys, `{"from": "to"}`, in the order written. Default: none.
+    pub mapping: Vec<(String, String)>,
+    /// Wraps the response under this key. Default: none.
+    pub group: Option<String>,
+    /// Service discovery. Default: static.
+    pub sd: ServiceDiscovery,
+    /// Skips the host checks (for `sd: dns` or non-HTTP hosts). Default: false.
+    pub disable_host_sanitize: bool,
+    /// Backend-level filter of the endpoint's `input_headers`. Default: none (all of them).
+    pub input_headers: Option<Vec<String>>,
+    /// Backend-level filter of the endpoint's `input_query_strings`. Default: none (all).
+    pub input_query_strings: Option<Vec<String>>,
+    /// `extra_config."backend/http"`.
+    pub http: BackendHttp,
+    /// `extra_config."backend/http/client"`.
+    pub http_client: Option<HttpClientOptions>,
+    /// `extra_config."plugin/http-client"`.
+    pub plugin: Option<ClientPlugin>,
+    /// The raw `extra_config` object.
+    pub extra_config: Map<String, Value>,
+}
+
+/// `extra_config."backend/http"`: how backend errors reach the client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendHttp {
+    /// Returns the backend's status code instead of KrakenD's 500/partial. Default: false.
+    pub return_error_code: bool,
+    /// Puts the failing backend's status and body under this key. Default: none.
+    pub return_error_details: Option<String>,
+}
+
+/// `extra_config."backend/http/client"` (seed 001).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpClientOptions {
+    /// Returns 3xx responses to the client instead of following them. Default: false.
+    pub no_redirect: bool,
+    /// TLS settings replacing the root `client_tls` for this backend. Default: none.
+    pub client_tls: Option<ClientTls>,
+    /// HTTP proxy for this backend, `http://proxy:port`. Default: none (`HTTP_PROXY` applies).
+    pub proxy_address: Option<String>,
+}
+
+/// `extra_config."plugin/http-client"` (seed 002): one client plugin per backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientPlugin {
+    /// The plugin's registered name. Required. `http-proxy` is built in (seed 000).
+    pub name: String,
+    /// For `http-proxy`: the proxy, with scheme and port.
+    pub proxy_address: Option<String>,
+    /// Every other key of the namespace, handed to the plugin as its options.
+    pub options: Map<String, Value>,
+}
+
+/// Root `plugin`: where client plugins are loaded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLoader {
+    /// Folder scanned for plugins. Required.
+    pub folder: String,
+    /// File name suffix of plugins. Default: `.so`.
+    pub pattern: String,
+}
+
+/// Client TLS settings (root `client_tls`, or per backend in `backend/http/client`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Skips certificate verification. Default: false.
+    pub allow_insecure_connections: bool,
+    /// Extra CA certificate files (PEM). Default: none.
+    pub ca_certs: Vec<String>,
+    /// Trusts only `ca_certs`, not the system roots. Default: false.
+    pub disable_system_ca_pool: bool,
+    /// Lowest TLS version. Default: TLS12 (rustls speaks only TLS12 and TLS13).
+    pub min_version: Option<TlsVersion>,
+    /// Highest TLS version. Default: TLS13.
+    pub max_version: Option<TlsVersion>,
+    /// Client certificates for mutual TLS. Default: none.
+    pub client_certs: Vec<ClientCert>,
+}
+
+/// A client certificate and its key, as PEM file paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub certificate: String,
+    pub private_key: String,
+}
+
+/// TLS versions rustls speaks, written as KrakenD writes them (`"TLS12"`, `"TLS13"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLS12")]
+    Tls12,
+    #[serde(rename = "TLS13")]
+    Tls13,
+}
+
+/// How a backend response is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Encoding {
+    #[serde(rename = "json")]
+    Json,
+    #[serde(rename = "safejson")]
+    SafeJson,
+    #[serde(rename = "fast-json")]
+    FastJson,
+    #[serde(rename = "xml")]
+    Xml,
+    #[serde(rename = "rss")]
+    Rss,
+    #[serde(rename = "string")]
+    String,
+    #[serde(rename = "no-op")]
+    NoOp,
+}
+
+/// How an endpoint encodes its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OutputEncoding {
+    #[serde(rename = "json")]
+    Json,
+    #[serde(rename = "json-collection")]
+    JsonCollection,
+    #[serde(rename = "string")]
+    String,
+    #[serde(rename = "xml")]
+    Xml,
+    #[serde(rename = "negotiate")]
+    Negotiate,
+    #[serde(rename = "no-op")]
+    NoOp,
+}
+
+/// Service discovery of a backend's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceDiscovery {
+    Static,
+    Dns,
+}
+
+impl Config {
+    /// The effective timeout of an endpoint.
+    pub fn endpoint_timeout(&self, e: &Endpoint) -> Duration {
+        e.timeout.unwrap_or(self.timeout)
+    }
+
+    /// The effective output encoding of an endpoint.
+    pub fn endpoint_output(&self, e: &Endpoint) -> OutputEncoding {
+        e.output_encoding.unwrap_or(self.output_encoding)
+    }
+}
+
+/// Whether a method may change state (KrakenD's "non-safe" backends).
+pub fn is_write_method(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}

@@ -1,0 +1,22 @@
+//! `sluice-core`: the Sans-IO protocol core of the Sluice API gateway.
+//!
+//! Nothing here does I/O, reads a clock, spawns or blocks: bytes and `Instant`s come in,
+//! decisions come out, and the same input always gives the same output. The drivers
+//! (`sluice-uring`, `sluice-tokio`) own sockets and timers and nothing else.
+//!
+//! - [`config`]: KrakenD v3 JSON → typed, validated [`config::Config`], with every
+//!   error reported at once with its JSON path.
+//! - [`plan`]: the config compiled once into an immutable [`plan::Gateway`].
+//! - [`route`]: endpoint matching with `{params}`, 404, 405 and trailing-slash redirects.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod plan;
+pub mod route;
+
+pub use config::{ConfigError, Diagnostic};
+pub use plan::Gateway;
+
+/// The version of Sluice, as in `User-Agent: Sluice/<version>`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,171 @@
+//! The validated configuration compiled once into an immutable [`Gateway`], shared
+//! read-only by every shard.
+
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::config::template::{self, Piece, Placeholder};
+use crate::config::{self, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
+use crate::route::{RouteMatch, Router};
+
+/// Everything the gateway needs to serve, compiled from a [`Config`].
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub config: Config,
+    pub router: Router,
+    /// One per `config.endpoints`, same order (the router's values index this).
+    pub endpoints: Vec<EndpointPlan>,
+}
+
+/// An endpoint with every default resolved.
+#[derive(Debug, Clone)]
+pub struct EndpointPlan {
+    pub path: String,
+    pub method: Method,
+    pub timeout: Duration,
+    pub cache_ttl: Option<Duration>,
+    pub output: OutputEncoding,
+    pub sequential: bool,
+    pub backends: Vec<BackendPlan>,
+}
+
+/// A backend with every default resolved and its `url_pattern` pre-parsed.
+#[derive(Debug, Clone)]
+pub struct BackendPlan {
+    /// Hosts to balance over (the root `host` when the backend has none).
+    pub hosts: Vec<BackendHost>,
+    pub url_pattern: Vec<UrlPiece>,
+    pub method: Method,
+    pub encoding: Encoding,
+}
+
+/// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
+/// where KrakenD joins host and url_pattern as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendHost {
+    pub addr: HostAddr,
+    pub path_prefix: String,
+}
+
+/// A pre-parsed piece of a `url_pattern`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlPiece {
+    Literal(String),
+    /// An endpoint parameter.
+    Param(String),
+    /// A header of the client request.
+    InputHeader(HeaderName),
+    /// A field of an earlier response in a sequential proxy: `resp{index}_{path}`.
+    Response {
+        index: usize,
+        path: Vec<String>,
+    },
+}
+
+/// What [`Gateway::load`] hands back: the gateway and the lint warnings.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub gateway: Gateway,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Gateway {
+    /// Parses, validates and compiles a KrakenD v3 file.
+    pub fn load(text: &str) -> Result<Loaded, ConfigError> {
+        let parsed = config::parse(text)?;
+        let gateway = Gateway::compile(parsed.config)?;
+        Ok(Loaded { gateway, warnings: parsed.warnings })
+    }
+
+    /// Compiles a validated configuration.
+    pub fn compile(config: Config) -> Result<Gateway, ConfigError> {
+        let router = Router::build(config.endpoints.iter().enumerate()).map_err(ConfigError::Invalid)?;
+        let mut errors = Vec::new();
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for (i, e) in config.endpoints.iter().enumerate() {
+            let mut backends = Vec::with_capacity(e.backend.len());
+            for (j, b) in e.backend.iter().enumerate() {
+                let path = format!("endpoints[{i}].backend[{j}]");
+                let raw_hosts = if b.host.is_empty() { &config.host } else { &b.host };
+                let mut hosts = Vec::with_capacity(raw_hosts.len());
+                for (k, h) in raw_hosts.iter().enumerate() {
+                    match compile_host(h, b.disable_host_sanitize) {
+                        Ok(host) => hosts.push(host),
+                        Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
+                    }
+                }
+                let url_pattern = match compile_url_pattern(&b.url_pattern) {
+                    Ok(u) => u,
+                    Err(message) => {
+                        errors.push(Diagnostic { path: format!("{path}.url_pattern"), message });
+                        Vec::new()
+                    }
+                };
+                backends.push(BackendPlan {
+                    hosts,
+                    url_pattern,
+                    method: b.method.clone().unwrap_or_else(|| e.method.clone()),
+                    encoding: b.encoding,
+                });
+            }
+            endpoints.push(EndpointPlan {
+                path: e.endpoint.clone(),
+                method: e.method.clone(),
+                timeout: config.endpoint_timeout(e),
+                cache_ttl: e.cache_ttl.or(config.cache_ttl),
+                output: config.endpoint_output(e),
+                sequential: e.sequential,
+                backends,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Gateway { config, router, endpoints })
+    }
+
+    /// Routes a request: see [`crate::route`].
+    pub fn route<'r, 'p>(&'r self, method: &Method, path: &'p str) -> RouteMatch<'r, 'p> {
+        self.router.lookup(method, path)
+    }
+}
+
+fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
+    match HostAddr::parse(raw) {
+        Ok(addr) => Ok(BackendHost { addr, path_prefix: String::new() }),
+        Err(strict) if disable_sanitize => {
+            // Without sanitizing, a path after the authority is kept as a prefix.
+            let after_scheme = raw.find("://").map_or(0, |i| i + 3);
+            let split = raw[after_scheme..].find('/').map_or(raw.len(), |i| after_scheme + i);
+            let (authority, prefix) = raw.split_at(split);
+            let addr = HostAddr::parse(authority).map_err(|m| {
+                format!("{m} (Sluice reaches backends over http or https, even with disable_host_sanitize)")
+            })?;
+            if prefix.contains(['?', '#']) {
+                return Err(strict);
+            }
+            Ok(BackendHost { addr, path_prefix: prefix.trim_end_matches('/').to_string() })
+        }
+        Err(m) => Err(m),
+    }
+}
+
+fn compile_url_pattern(u: &str) -> Result<Vec<UrlPiece>, String> {
+    let pieces = template::pieces(u)?;
+    pieces
+        .into_iter()
+        .map(|p| match p {
+            Piece::Literal(l) => Ok(UrlPiece::Literal(l.to_string())),
+            Piece::Var(name) => Ok(match Placeholder::classify(name) {
+                Placeholder::Param(p) => UrlPiece::Param(p.to_string()),
+                Placeholder::InputHeader(h) => UrlPiece::InputHeader(
+                    HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}"))?,
+                ),
+                Placeholder::Response { index, path } => {
+                    UrlPiece::Response { index, path: path.split('.').map(str::to_string).collect() }
+                }
+            }),
+        })
+        .collect()
+}

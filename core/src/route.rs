@@ -1,0 +1,168 @@
+//! Endpoint matching, as KrakenD's router (gin) does it.
+//!
+//! - `{var}` matches one whole path segment (with `disable_rest`, a placeholder may sit
+//!   inside a segment: `/file.{ext}`); a static segment wins over a parameter.
+//! - One tree per method, so `GET /users/{id}` and `DELETE /users/{user}` coexist.
+//! - A miss whose path with the trailing slash toggled matches is a redirect: 301 for
+//!   GET, 307 otherwise (the method and body are kept).
+//! - Then a path known under other methods is a 405 with `Allow`; anything else is 404.
+//!
+//! The path given to [`Router::lookup`] is the raw request path, without the query and
+//! still percent-encoded, so `%2F` inside a parameter never splits it. Parameter values
+//! come back percent-encoded; decoding is the business of whoever uses them.
+
+use std::collections::HashMap;
+
+use http::{Method, StatusCode};
+
+use crate::config::{Diagnostic, Endpoint};
+
+/// Body of the 404 answer (KrakenD's, byte for byte).
+pub const NOT_FOUND_BODY: &str = "404 page not found";
+/// Body of the 405 answer (KrakenD's, byte for byte).
+pub const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed";
+
+/// The compiled route table.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    /// One tree per method, in [`METHOD_ORDER`] order; the value is the endpoint index.
+    tables: Vec<(Method, matchit::Router<usize>)>,
+}
+
+/// The order methods are listed in an `Allow` header.
+const METHOD_ORDER: [Method; 5] = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+
+/// The parameters of a matched route, percent-encoded as they came.
+#[derive(Debug, Clone)]
+pub struct Params<'r, 'p>(matchit::Params<'r, 'p>);
+
+impl<'r, 'p> Params<'r, 'p> {
+    pub fn get(&self, name: &str) -> Option<&'p str> {
+        self.0.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'r str, &'p str)> + '_ {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the router says about a request.
+#[derive(Debug)]
+pub enum RouteMatch<'r, 'p> {
+    /// Serve endpoint number `endpoint` with these parameters.
+    Found {
+        endpoint: usize,
+        params: Params<'r, 'p>,
+    },
+    /// Redirect to `path` (the caller appends the query string).
+    Redirect {
+        path: String,
+        status: StatusCode,
+    },
+    /// The path exists under other methods; `allow` is the `Allow` header value.
+    MethodNotAllowed {
+        allow: String,
+    },
+    NotFound,
+}
+
+impl Router {
+    /// Builds the table from `(index in endpoints[], endpoint)` pairs. Errors name the
+    /// endpoint by its JSON path: duplicates and conflicting patterns.
+    pub fn build<'a>(endpoints: impl IntoIterator<Item = (usize, &'a Endpoint)>) -> Result<Router, Vec<Diagnostic>> {
+        let mut router = Router::default();
+        let mut errors = Vec::new();
+        let mut declared: HashMap<(Method, &'a str), usize> = HashMap::new();
+        for (i, e) in endpoints {
+            let path = format!("endpoints[{i}].endpoint");
+            let key = (e.method.clone(), e.endpoint.as_str());
+            if let Some(first) = declared.get(&key) {
+                errors.push(Diagnostic {
+                    path,
+                    message: format!("duplicate route {} {}: endpoints[{first}] declares it too", e.method, e.endpoint),
+                });
+                continue;
+            }
+            let table = router.table_mut(&e.method);
+            match table.insert(e.endpoint.as_str(), i) {
+                Ok(()) => {
+                    declared.insert(key, i);
+                }
+                Err(matchit::InsertError::Conflict { with }) => {
+                    let owner = declared
+                        .get(&(e.method.clone(), with.as_str()))
+                        .map(|j| format!(" (endpoints[{j}])"))
+                        .unwrap_or_default();
+                    errors.push(Diagnostic {
+                        path,
+                        message: format!("route {} {} conflicts with {with}{owner}", e.method, e.endpoint),
+                    });
+                }
+                Err(other) => errors.push(Diagnostic {
+                    path,
+                    message: format!("route {} {} cannot be routed: {other}", e.method, e.endpoint),
+                }),
+            }
+        }
+        if errors.is_empty() { Ok(router) } else { Err(errors) }
+    }
+
+    fn table_mut(&mut self, method: &Method) -> &mut matchit::Router<usize> {
+        let pos = match self.tables.iter().position(|(m, _)| m == method) {
+            Some(pos) => pos,
+            None => {
+                let rank = |m: &Method| METHOD_ORDER.iter().position(|x| x == m).unwrap_or(METHOD_ORDER.len());
+                let at = self.tables.iter().position(|(m, _)| rank(m) > rank(method)).unwrap_or(self.tables.len());
+                self.tables.insert(at, (method.clone(), matchit::Router::new()));
+                at
+            }
+        };
+        &mut self.tables[pos].1
+    }
+
+    fn table(&self, method: &Method) -> Option<&matchit::Router<usize>> {
+        self.tables.iter().find(|(m, _)| m == method).map(|(_, t)| t)
+    }
+
+    /// Matches a request. `path` is the raw path, without the query string.
+    pub fn lookup<'r, 'p>(&'r self, method: &Method, path: &'p str) -> RouteMatch<'r, 'p> {
+        let table = self.table(method);
+        if let Some(t) = table {
+            if let Ok(m) = t.at(path) {
+                return RouteMatch::Found { endpoint: *m.value, params: Params(m.params) };
+            }
+            if path.len() > 1 {
+                let toggled = match path.strip_suffix('/') {
+                    Some(p) => p.to_string(),
+                    None => format!("{path}/"),
+                };
+                if t.at(&toggled).is_ok() {
+                    let status = if method == Method::GET {
+                        StatusCode::MOVED_PERMANENTLY
+                    } else {
+                        StatusCode::TEMPORARY_REDIRECT
+                    };
+                    return RouteMatch::Redirect { path: toggled, status };
+                }
+            }
+        }
+        let mut allow = String::new();
+        for (m, t) in &self.tables {
+            if m != method && t.at(path).is_ok() {
+                if !allow.is_empty() {
+                    allow.push_str(", ");
+                }
+                allow.push_str(m.as_str());
+            }
+        }
+        if allow.is_empty() { RouteMatch::NotFound } else { RouteMatch::MethodNotAllowed { allow } }
+    }
+}
