@@ -1,0 +1,629 @@
+//! A table of broken configurations, each with the exact diagnostics it must produce.
+
+use serde_json::{Value, json};
+use sluice_core::{ConfigError, Gateway};
+
+/// The diagnostics of a config, as `path: message` lines (empty when it loads).
+fn errors(config: &Value) -> Vec<String> {
+    match Gateway::load(&config.to_string()) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(diags)) => diags.iter().map(ToString::to_string).collect(),
+        Err(other) => vec![format!("unexpected: {other}")],
+    }
+}
+
+/// A config with one endpoint made of `endpoint` (merged over a valid default).
+fn one(endpoint: Value) -> Value {
+    let mut e = json!({"endpoint": "/a", "backend": [{"host": ["http://api:8000"], "url_pattern": "/x"}]});
+    if let (Some(base), Value::Object(over)) = (e.as_object_mut(), endpoint) {
+        base.extend(over);
+    }
+    json!({"version": 3, "endpoints": [e]})
+}
+
+/// A config with one endpoint and these backends.
+fn backends(list: Value) -> Value {
+    one(json!({"backend": list}))
+}
+
+#[test]
+fn broken_configs_report_exact_paths_and_messages() {
+    let table: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "version 2",
+            json!({"version": 2, "endpoints": []}),
+            vec![r#"version: unsupported version 2: Sluice reads KrakenD v3 files ("version": 3)"#],
+        ),
+        (
+            "version missing",
+            json!({"endpoints": []}),
+            vec![r#"version: missing (required): Sluice reads KrakenD v3 files ("version": 3)"#],
+        ),
+        (
+            "version as a string",
+            json!({"version": "3"}),
+            vec![r#"version: unsupported version a string: Sluice reads KrakenD v3 files ("version": 3)"#],
+        ),
+        ("root not an object", json!([1]), vec!["expected an object, found an array"]),
+        (
+            "endpoint without backend key",
+            json!({"version": 3, "endpoints": [{"endpoint": "/a"}]}),
+            vec!["endpoints[0].backend: missing: an endpoint needs at least one backend"],
+        ),
+        (
+            "endpoint with an empty backend list",
+            backends(json!([])),
+            vec!["endpoints[0].backend: empty: an endpoint needs at least one backend"],
+        ),
+        (
+            "missing url_pattern",
+            backends(json!([{"host": ["http://api"]}])),
+            vec!["endpoints[0].backend[0].url_pattern: missing (required)"],
+        ),
+        (
+            "missing endpoint path",
+            json!({"version": 3, "endpoints": [{"backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]}),
+            vec!["endpoints[0].endpoint: missing (required)"],
+        ),
+        (
+            "undeclared parameter",
+            one(json!({"endpoint": "/u/{id}", "backend": [{"host": ["http://api"], "url_pattern": "/users/{user}"}]})),
+            vec![
+                "endpoints[0].backend[0].url_pattern: {user} is not a parameter of the endpoint (the endpoint declares {id})",
+            ],
+        ),
+        (
+            "parameter in an endpoint without any",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/users/{id}"}])),
+            vec![
+                "endpoints[0].backend[0].url_pattern: {id} is not a parameter of the endpoint (the endpoint declares no parameters)",
+            ],
+        ),
+        (
+            "response placeholder without a sequential proxy",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/a"},
+                {"host": ["http://api"], "url_pattern": "/b/{resp0_id}"}
+            ])),
+            vec![
+                "endpoints[0].backend[1].url_pattern: {resp0_id} needs a sequential proxy (extra_config.proxy.sequential: true)",
+            ],
+        ),
+        (
+            "response placeholder pointing forward",
+            one(json!({"extra_config": {"proxy": {"sequential": true}}, "backend": [
+                {"host": ["http://api"], "url_pattern": "/a/{resp1_id}"},
+                {"host": ["http://api"], "url_pattern": "/b"}
+            ]})),
+            vec![
+                "endpoints[0].backend[0].url_pattern: {resp1_id} refers to backend[1], which is not called before backend[0]",
+            ],
+        ),
+        (
+            "bad input header placeholder",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/a/{input_headers.X(Bad)}"}])),
+            vec!["endpoints[0].backend[0].url_pattern: {input_headers.X(Bad)}: invalid header name"],
+        ),
+        (
+            "host with a path",
+            backends(json!([{"host": ["http://ok", "http://api/v1"], "url_pattern": "/x"}])),
+            vec![
+                r#"endpoints[0].backend[0].host[1]: a host must not have a path ("/v1" in "http://api/v1"): put it in url_pattern"#,
+            ],
+        ),
+        (
+            "host with a bad scheme",
+            backends(json!([{"host": ["ftp://api"], "url_pattern": "/x"}])),
+            vec![
+                r#"endpoints[0].backend[0].host[0]: unsupported scheme "ftp" in "ftp://api" (use http:// or https://, or set disable_host_sanitize)"#,
+            ],
+        ),
+        (
+            "host with a bad port",
+            backends(json!([{"host": ["http://api:http"], "url_pattern": "/x"}])),
+            vec![r#"endpoints[0].backend[0].host[0]: invalid port "http" in host "http://api:http" (1 to 65535)"#],
+        ),
+        (
+            "root host with a bad port",
+            json!({"version": 3, "host": ["http://api:0"], "endpoints": []}),
+            vec![r#"host[0]: invalid port "0" in host "http://api:0" (1 to 65535)"#],
+        ),
+        (
+            "host credentials are redacted",
+            backends(json!([{"host": ["http://user:hunter2@api"], "url_pattern": "/x"}])),
+            vec![r#"endpoints[0].backend[0].host[0]: a host must not carry credentials ("http://***@api")"#],
+        ),
+        (
+            "no host at all",
+            backends(json!([{"url_pattern": "/x"}])),
+            vec![r#"endpoints[0].backend[0].host: no host for this backend, and no root-level "host" to fall back on"#],
+        ),
+        (
+            "host is not a list",
+            backends(json!([{"host": "http://api", "url_pattern": "/x"}])),
+            vec!["endpoints[0].backend[0].host: expected an array of strings, found a string"],
+        ),
+        (
+            "unknown backend encoding",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/x", "encoding": "yaml"}])),
+            vec![
+                r#"endpoints[0].backend[0].encoding: unknown value "yaml", expected one of "json", "safejson", "fast-json", "xml", "rss", "string", "no-op""#,
+            ],
+        ),
+        (
+            "unknown output encoding",
+            one(json!({"output_encoding": "protobuf"})),
+            vec![
+                r#"endpoints[0].output_encoding: unknown value "protobuf", expected one of "json", "json-collection", "string", "xml", "negotiate", "no-op""#,
+            ],
+        ),
+        (
+            "invalid durations",
+            json!({"version": 3, "timeout": "3", "cache_ttl": 300, "endpoints": [
+                {"endpoint": "/a", "timeout": "1 minute", "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}
+            ]}),
+            vec![
+                r#"timeout: missing unit in duration "3" (for example "3s")"#,
+                r#"cache_ttl: expected a duration string such as "2s", found a number"#,
+                r#"endpoints[0].timeout: unknown unit " minute" in duration "1 minute""#,
+            ],
+        ),
+        ("zero timeout", one(json!({"timeout": "0s"})), vec!["endpoints[0].timeout: must be greater than 0"]),
+        (
+            "no-op with two backends",
+            one(json!({"output_encoding": "no-op", "backend": [
+                {"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"},
+                {"host": ["http://api"], "url_pattern": "/y", "encoding": "no-op"}
+            ]})),
+            vec![r#"endpoints[0].output_encoding: "no-op" passes one backend through; this endpoint has 2"#],
+        ),
+        (
+            "no-op output over a json backend",
+            one(json!({"output_encoding": "no-op"})),
+            vec![r#"endpoints[0].backend[0].encoding: must be "no-op" when the endpoint's output_encoding is "no-op""#],
+        ),
+        (
+            "no-op backend under a json output",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"}])),
+            vec![r#"endpoints[0].backend[0].encoding: "no-op" needs the endpoint's output_encoding to be "no-op" too"#],
+        ),
+        (
+            "duplicate route",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/a", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/b", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/a", "backend": [{"url_pattern": "/y"}]}
+            ]}),
+            vec!["endpoints[2].endpoint: duplicate route GET /a: endpoints[0] declares it too"],
+        ),
+        (
+            "conflicting parameter names",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/u/{id}", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/u/{name}", "backend": [{"url_pattern": "/x"}]}
+            ]}),
+            vec!["endpoints[1].endpoint: route GET /u/{name} conflicts with /u/{id} (endpoints[0])"],
+        ),
+        (
+            "reserved paths",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/__health", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/__debug/x", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/__echo/{id}", "backend": [{"url_pattern": "/x"}]}
+            ]}),
+            vec![
+                r#"endpoints[0].endpoint: "/__health" is under /__health, which the gateway serves itself"#,
+                r#"endpoints[1].endpoint: "/__debug/x" is under /__debug, which the gateway serves itself"#,
+                r#"endpoints[2].endpoint: "/__echo/{id}" is under /__echo, which the gateway serves itself"#,
+            ],
+        ),
+        (
+            "two write backends",
+            one(json!({"extra_config": {"proxy": {"sequential": true}}, "backend": [
+                {"host": ["http://api"], "url_pattern": "/a", "method": "POST"},
+                {"host": ["http://api"], "url_pattern": "/b"},
+                {"host": ["http://api"], "url_pattern": "/c", "method": "DELETE"}
+            ]})),
+            vec![
+                "endpoints[0].backend: at most one backend may use a write method; found 2: backend[0] POST, backend[2] DELETE",
+            ],
+        ),
+        (
+            "write backend not last",
+            one(json!({"extra_config": {"proxy": {"sequential": true}}, "backend": [
+                {"host": ["http://api"], "url_pattern": "/a", "method": "PUT"},
+                {"host": ["http://api"], "url_pattern": "/b"}
+            ]})),
+            vec![
+                "endpoints[0].backend[0]: uses PUT: a write backend must be the last one of a sequential proxy (extra_config.proxy.sequential: true)",
+            ],
+        ),
+        (
+            "write backend last but parallel",
+            one(json!({"backend": [
+                {"host": ["http://api"], "url_pattern": "/a"},
+                {"host": ["http://api"], "url_pattern": "/b", "method": "PATCH"}
+            ]})),
+            vec![
+                "endpoints[0].backend[1]: uses PATCH: a write backend must be the last one of a sequential proxy (extra_config.proxy.sequential: true)",
+            ],
+        ),
+        (
+            "endpoint method counts for backends without one",
+            one(json!({"method": "POST", "backend": [
+                {"host": ["http://api"], "url_pattern": "/a"},
+                {"host": ["http://api"], "url_pattern": "/b"}
+            ]})),
+            vec![
+                "endpoints[0].backend: at most one backend may use a write method; found 2: backend[0] POST, backend[1] POST",
+            ],
+        ),
+        (
+            "parameter inside a segment",
+            one(json!({"endpoint": "/file.{ext}", "backend": [{"host": ["http://api"], "url_pattern": "/f/{ext}"}]})),
+            vec![
+                r#"endpoints[0].endpoint: {ext} must fill a whole path segment (set "disable_rest": true to allow it inside one)"#,
+            ],
+        ),
+        (
+            "url_pattern parameter inside a segment",
+            one(
+                json!({"endpoint": "/f/{ext}", "backend": [{"host": ["http://api"], "url_pattern": "/file.{ext}.json"}]}),
+            ),
+            vec![
+                r#"endpoints[0].backend[0].url_pattern: {ext} must fill a whole path segment (set "disable_rest": true to allow it inside one)"#,
+            ],
+        ),
+        (
+            "bad endpoint paths",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "a", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/a/{id", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/a/{*rest}", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/a/{id}/{id}", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/a?x=1", "backend": [{"url_pattern": "/x"}]}
+            ]}),
+            vec![
+                r#"endpoints[0].endpoint: "a" must start with "/""#,
+                r#"endpoints[1].endpoint: unclosed "{" in "/a/{id""#,
+                r#"endpoints[2].endpoint: invalid parameter name {*rest} (letters, digits, "_" and "-")"#,
+                "endpoints[3].endpoint: parameter {id} appears twice",
+                r##"endpoints[4].endpoint: "/a?x=1" must not contain "?" or "#""##,
+            ],
+        ),
+        (
+            "url_pattern not starting with a slash, with a space",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "x"},
+                {"host": ["http://api"], "url_pattern": "/a b"}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].url_pattern: "x" must start with "/""#,
+                r##"endpoints[0].backend[1].url_pattern: "/a b" must not contain "#", spaces or control characters"##,
+            ],
+        ),
+        (
+            "methods",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/a", "method": "get", "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": "/b", "method": "TRACE", "backend": [{"url_pattern": "/x"}]}
+            ]}),
+            vec![
+                r#"endpoints[0].method: method "get" must be written in uppercase ("GET")"#,
+                r#"endpoints[1].method: unsupported method "TRACE" (one of GET, POST, PUT, PATCH, DELETE)"#,
+            ],
+        ),
+        (
+            "type errors",
+            json!({"version": 3, "port": "8080", "debug_endpoint": "yes", "endpoints": {}}),
+            vec![
+                "port: expected a whole number from 0 to 65535, found a string",
+                r#"debug_endpoint: invalid type: string "yes", expected a boolean"#,
+                "endpoints: expected an array, found an object",
+            ],
+        ),
+        (
+            "port out of range and header limit too small",
+            json!({"version": 3, "port": 70000, "max_header_bytes": 10}),
+            vec![
+                "port: expected a whole number from 0 to 65535, found 70000",
+                "max_header_bytes: expected a whole number from 1024 to 16777216, found 10",
+            ],
+        ),
+        (
+            "backend that is not an object",
+            backends(json!(["http://api/x"])),
+            vec!["endpoints[0].backend[0]: expected an object, found a string"],
+        ),
+        (
+            "auth namespaces are refused",
+            one(json!({"extra_config": {"auth/validator": {"alg": "RS256"}}})),
+            vec![
+                r#"endpoints[0].extra_config["auth/validator"]: not supported by Sluice: refusing to serve without the protection this namespace asks for"#,
+            ],
+        ),
+        (
+            "http-proxy plugin without an address",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/x",
+                "extra_config": {"plugin/http-client": {"name": "http-proxy"}}}])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["plugin/http-client"].proxy_address: missing: the http-proxy plugin needs a proxy_address"#,
+            ],
+        ),
+        (
+            "proxy addresses need scheme and port",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/x",
+                 "extra_config": {"backend/http/client": {"proxy_address": "proxy.corp"}}},
+                {"host": ["http://api"], "url_pattern": "/y",
+                 "extra_config": {"backend/http/client": {"proxy_address": "http://user:pw@proxy.corp"}}},
+                {"host": ["http://api"], "url_pattern": "/z",
+                 "extra_config": {"plugin/http-client": {"name": "http-proxy", "proxy_address": "socks5://p:1080"}}}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["backend/http/client"].proxy_address: "proxy.corp" must contain the protocol and the port ("http://proxy:3128")"#,
+                r#"endpoints[0].backend[1].extra_config["backend/http/client"].proxy_address: "http://***@proxy.corp" must contain the port ("http://proxy:3128")"#,
+                r#"endpoints[0].backend[2].extra_config["plugin/http-client"].proxy_address: unsupported proxy scheme "socks5" (http or https)"#,
+            ],
+        ),
+        (
+            "plugin without a name",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/x",
+                "extra_config": {"plugin/http-client": {"path": "/p"}}}])),
+            vec![r#"endpoints[0].backend[0].extra_config["plugin/http-client"].name: missing (required)"#],
+        ),
+        (
+            "router options",
+            json!({"version": 3, "extra_config": {"router": {"trusted_proxies": ["10.0.0.0/8", "10.0.0.0/40", "proxy"]}}}),
+            vec![
+                r#"extra_config.router.trusted_proxies[1]: invalid prefix length "40" in "10.0.0.0/40" (0 to 32)"#,
+                r#"extra_config.router.trusted_proxies[2]: invalid IP address "proxy""#,
+            ],
+        ),
+        (
+            "tls versions",
+            json!({"version": 3, "client_tls": {"min_version": "TLS10"}, "endpoints": [
+                {"endpoint": "/a", "backend": [{"host": ["https://api"], "url_pattern": "/x",
+                  "extra_config": {"backend/http/client": {"client_tls": {"min_version": "TLS13", "max_version": "TLS12"}}}}]}
+            ]}),
+            vec![
+                r#"client_tls.min_version: unknown value "TLS10", expected "TLS12" or "TLS13""#,
+                r#"endpoints[0].backend[0].extra_config["backend/http/client"].client_tls.min_version: min_version is above max_version"#,
+            ],
+        ),
+        (
+            "nothing left to trust",
+            json!({"version": 3, "client_tls": {"disable_system_ca_pool": true}}),
+            vec!["client_tls.disable_system_ca_pool: no CA left to trust: add ca_certs or keep the system pool"],
+        ),
+        (
+            "plugin loader without a folder",
+            json!({"version": 3, "plugin": {"pattern": ".so"}}),
+            vec!["plugin.folder: missing (required)"],
+        ),
+        (
+            "bad listen_ip",
+            json!({"version": 3, "listen_ip": "localhost"}),
+            vec![r#"listen_ip: invalid IP address "localhost""#],
+        ),
+        (
+            "bad input header names",
+            one(json!({"input_headers": ["X-Ok", "Bad Header"]})),
+            vec![r#"endpoints[0].input_headers[1]: invalid header name "Bad Header""#],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, config, expected) in &table {
+        let got = errors(config);
+        if got != *expected {
+            failures.push(format!("{name}:\n  expected {expected:#?}\n  got      {got:#?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), table.len(), failures.join("\n"));
+}
+
+#[test]
+fn valid_configs_load() {
+    let table: Vec<(&str, Value)> = vec![
+        ("empty endpoint list", json!({"version": 3})),
+        (
+            "root host used as default",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+            {"endpoint": "/a", "backend": [{"url_pattern": "/x"}]}]}),
+        ),
+        ("host without scheme (KrakenD adds http://)", backends(json!([{"host": ["api:8080"], "url_pattern": "/x"}]))),
+        (
+            "disable_host_sanitize allows a path prefix",
+            backends(json!([
+            {"host": ["http://api/v1"], "url_pattern": "/x", "disable_host_sanitize": true}])),
+        ),
+        (
+            "placeholders of every kind",
+            one(json!({
+            "endpoint": "/u/{id}",
+            "input_headers": ["X-Tenant"],
+            "extra_config": {"proxy": {"sequential": true}},
+            "backend": [
+                {"host": ["http://api"], "url_pattern": "/t/{input_headers.X-Tenant}/u/{id}?fields=all"},
+                {"host": ["http://api"], "url_pattern": "/orders/{resp0_items.0.id}"}
+            ]})),
+        ),
+        ("a single write backend", one(json!({"method": "POST"}))),
+        (
+            "write backend last of a sequential proxy",
+            one(json!({
+            "extra_config": {"proxy": {"sequential": true}},
+            "backend": [
+                {"host": ["http://api"], "url_pattern": "/a"},
+                {"host": ["http://api"], "url_pattern": "/b", "method": "DELETE"}
+            ]})),
+        ),
+        (
+            "disable_rest allows in-segment placeholders",
+            json!({"version": 3, "disable_rest": true, "endpoints": [
+            {"endpoint": "/file.{ext}", "backend": [{"host": ["http://api"], "url_pattern": "/url.{ext}.json"}]}]}),
+        ),
+        (
+            "same path under two methods, different param names",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+            {"endpoint": "/u/{id}", "backend": [{"url_pattern": "/x/{id}"}]},
+            {"endpoint": "/u/{user}", "method": "DELETE", "backend": [{"url_pattern": "/x/{user}"}]}]}),
+        ),
+        (
+            "static and param siblings",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+            {"endpoint": "/u/{id}", "backend": [{"url_pattern": "/x/{id}"}]},
+            {"endpoint": "/u/me", "backend": [{"url_pattern": "/me"}]}]}),
+        ),
+        (
+            "no-op both sides",
+            one(json!({"output_encoding": "no-op",
+            "backend": [{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"}]})),
+        ),
+        ("nulls count as absent", json!({"version": 3, "name": null, "timeout": null, "endpoints": null})),
+        (
+            "proxy address with credentials",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/x",
+            "extra_config": {"plugin/http-client": {"name": "http-proxy", "proxy_address": "http://u:p@proxy:3128"}}}])),
+        ),
+    ];
+    for (name, config) in table {
+        assert_eq!(errors(&config), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
+fn five_mistakes_are_five_lines_in_document_order() {
+    let config = json!({
+        "version": 2,
+        "endpoints": [
+            {"endpoint": "/users/{id}", "backend": [
+                {"host": ["http://api/v1"], "url_pattern": "/u/{user}"},
+                {"host": ["http://api"], "url_pattern": "/x", "encoding": "jsonn"}
+            ]},
+            {"endpoint": "/b", "backend": []}
+        ]
+    });
+    let got = errors(&config);
+    let paths: Vec<&str> = got.iter().map(|l| l.split(": ").next().unwrap_or("")).collect();
+    assert_eq!(
+        paths,
+        [
+            "version",
+            "endpoints[0].backend[0].host[0]",
+            "endpoints[0].backend[0].url_pattern",
+            "endpoints[0].backend[1].encoding",
+            "endpoints[1].backend",
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_carry_line_and_column() {
+    let text = "{\n  \"version\": 3,\n  \"endpoints\": [\n    {\"endpoint\": \"/a\",}\n  ]\n}";
+    match Gateway::load(text) {
+        Err(ConfigError::Syntax { line, column, message }) => {
+            assert_eq!((line, column, message.as_str()), (4, 23, "trailing comma"));
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    match Gateway::load("") {
+        Err(ConfigError::Syntax { line, column, message }) => {
+            assert_eq!((line, column, message.as_str()), (1, 0, "EOF while parsing a value"));
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_are_krakend_s_or_documented() {
+    let loaded = Gateway::load(&backends(json!([{"host": ["http://api"], "url_pattern": "/x"}])).to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = &loaded.gateway.config;
+    assert_eq!(c.port, 8080);
+    assert_eq!(c.listen_ip.to_string(), "0.0.0.0");
+    assert_eq!(c.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(c.max_idle_connections_per_host, 250);
+    assert_eq!(c.max_header_bytes, 65_536);
+    assert_eq!(c.read_header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.router.remote_ip_headers, ["X-Forwarded-For", "X-Real-IP"]);
+    let e = &c.endpoints[0];
+    assert_eq!(e.method, http::Method::GET);
+    assert!(!e.sequential);
+    let b = &e.backend[0];
+    assert_eq!(b.encoding, sluice_core::config::Encoding::Json);
+    assert!(!b.is_collection);
+    assert_eq!(b.method, None);
+    let plan = &loaded.gateway.endpoints[0];
+    assert_eq!(plan.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(plan.backends[0].method, http::Method::GET);
+    assert_eq!(plan.backends[0].hosts[0].addr.to_string(), "http://api");
+}
+
+#[test]
+fn lint_warnings_name_unknown_keys() {
+    let config = json!({
+        "version": 3,
+        "$schema": "https://example/krakend.json",
+        "colour": "blue",
+        "extra_config": {"telemetry/logging": {"level": "DEBUG"}},
+        "endpoints": [{
+            "endpoint": "/a",
+            "headers_to_pass": ["X"],
+            "backend": [{"host": ["http://api"], "url_pattern": "/x", "allow": ["a"], "deny": ["b"],
+                "extra_config": {"backend/http": {"return_error_code": true, "retries": 3},
+                                 "plugin/http-client": {"name": "mine", "anything": 1}}}]
+        }]
+    });
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            r#"extra_config["telemetry/logging"]: namespace not supported by Sluice, ignored"#,
+            "endpoints[0].backend[0].deny: ignored: allow and deny are both set, and allow wins",
+            r#"endpoints[0].backend[0].extra_config["backend/http"].retries: unknown key, ignored"#,
+            r#"endpoints[0].headers_to_pass: unknown key, ignored (KrakenD v3 calls it "input_headers")"#,
+            "colour: unknown key, ignored",
+        ]
+    );
+    let plugin = loaded.gateway.config.endpoints[0].backend[0].plugin.clone();
+    assert_eq!(plugin.map(|p| (p.name, p.options.len())), Some(("mine".to_string(), 1)));
+}
+
+#[test]
+fn plan_resolves_hosts_and_url_patterns() {
+    use sluice_core::plan::UrlPiece;
+    let config = json!({"version": 3, "host": ["https://root:8443"], "endpoints": [
+        {"endpoint": "/u/{id}", "input_headers": ["X-T"], "extra_config": {"proxy": {"sequential": true}}, "backend": [
+            {"url_pattern": "/a/{id}"},
+            {"host": ["http://api/base/"], "disable_host_sanitize": true,
+             "url_pattern": "/t/{input_headers.X-T}/{resp0_items.0.id}?x=1"}
+        ]}
+    ]});
+    let gw = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}")).gateway;
+    let b0 = &gw.endpoints[0].backends[0];
+    assert_eq!(b0.hosts[0].addr.to_string(), "https://root:8443");
+    assert_eq!(b0.url_pattern, [UrlPiece::Literal("/a/".into()), UrlPiece::Param("id".into())]);
+    let b1 = &gw.endpoints[0].backends[1];
+    assert_eq!(b1.hosts[0].addr.to_string(), "http://api");
+    assert_eq!(b1.hosts[0].path_prefix, "/base");
+    assert_eq!(
+        b1.url_pattern,
+        [
+            UrlPiece::Literal("/t/".into()),
+            UrlPiece::InputHeader(http::HeaderName::from_static("x-t")),
+            UrlPiece::Literal("/".into()),
+            UrlPiece::Response { index: 0, path: vec!["items".into(), "0".into(), "id".into()] },
+            UrlPiece::Literal("?x=1".into()),
+        ]
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../examples/krakend.json");
+    let loaded = Gateway::load(text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.gateway.endpoints.len(), 5);
+}

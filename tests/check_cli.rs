@@ -1,0 +1,88 @@
+//! `sluice check` through the real binary: output and exit codes.
+
+use std::process::{Command, Output};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sluice: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn example_config_is_syntax_ok() {
+    let out = sluice(&["check", "-c", "examples/krakend.json"]);
+    assert_eq!(text(&out.stdout), "Syntax OK!\n");
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn five_mistakes_print_five_lines_and_exit_1() {
+    let out = sluice(&["check", "-c", "tests/configs/five_mistakes.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(
+        text(&out.stderr),
+        concat!(
+            "version: unsupported version 2: Sluice reads KrakenD v3 files (\"version\": 3)\n",
+            "endpoints[0].backend[0].host[0]: a host must not have a path (\"/v1\" in \"http://users.internal/v1\"): put it in url_pattern\n",
+            "endpoints[0].backend[0].url_pattern: {user} is not a parameter of the endpoint (the endpoint declares {id})\n",
+            "endpoints[0].backend[1].encoding: unknown value \"jsonn\", expected one of \"json\", \"safejson\", \"fast-json\", \"xml\", \"rss\", \"string\", \"no-op\"\n",
+            "endpoints[1].timeout: unknown unit \" seconds\" in duration \"2 seconds\"\n",
+        )
+    );
+}
+
+#[test]
+fn invalid_json_prints_line_and_column() {
+    let out = sluice(&["check", "-c", "tests/configs/trailing_comma.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "tests/configs/trailing_comma.json:4:23: invalid JSON: trailing comma\n");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = sluice(&["check", "-c", "tests/configs/no-such-file.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "tests/configs/no-such-file.json: cannot read: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn lint_prints_warnings_but_passes() {
+    let quiet = sluice(&["check", "-c", "tests/configs/lint.json"]);
+    assert_eq!(
+        (quiet.status.code(), text(&quiet.stdout), text(&quiet.stderr)),
+        (Some(0), "Syntax OK!\n".into(), "".into())
+    );
+    let lint = sluice(&["check", "-c", "tests/configs/lint.json", "--lint"]);
+    assert_eq!(lint.status.code(), Some(0));
+    assert_eq!(text(&lint.stdout), "Syntax OK!\n");
+    assert_eq!(
+        text(&lint.stderr),
+        concat!(
+            "warning: extra_config[\"qos/ratelimit/router\"]: namespace not supported by Sluice, ignored\n",
+            "warning: endpoints[0].querystring_params: unknown key, ignored (KrakenD v3 calls it \"input_query_strings\")\n",
+        )
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let out = sluice(&["--version"]);
+    assert_eq!(text(&out.stdout), format!("sluice {}\n", env!("CARGO_PKG_VERSION")));
+    let help = sluice(&["help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help.stdout).contains("check  Validates a configuration file"), "{}", text(&help.stdout));
+    let bad = sluice(&["check"]);
+    assert_eq!(bad.status.code(), Some(2), "clap reports a missing -c with exit 2");
+    assert!(text(&bad.stderr).contains("--config <FILE>"));
+}
