@@ -1,0 +1,215 @@
+//! The backend-facing (client) role: write requests, parse responses.
+
+use http::{HeaderMap, Method, StatusCode, Version};
+
+use super::body::{BodyDecoder, BodyEvent};
+use super::framing::{self, BodyLength};
+use super::head::{Head, Response};
+use super::server::{itoa_u64, parse_error};
+use super::{Error, Limits, MAX_HEADERS, find_head_end, write_headers};
+
+/// The request target, in the form the next hop needs (RFC 9112 section 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestTarget<'a> {
+    /// `/path?query`, to an origin server.
+    Origin(&'a str),
+    /// `http://host/path?query`, to an HTTP proxy.
+    Absolute(&'a str),
+    /// `host:port`, for CONNECT.
+    Authority(&'a str),
+}
+
+/// Whether `s` is safe on a request line or in a Host header: visible ASCII, no space.
+fn is_visible(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b > 0x20 && b < 0x7f)
+}
+
+/// Writes a request head. `host` is the `Host` header value. Framing headers are the
+/// codec's: `body` decides them (`None`: no body).
+pub fn write_request(
+    method: &Method,
+    target: RequestTarget<'_>,
+    host: &str,
+    headers: &HeaderMap,
+    body: Option<BodyLength>,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let target_ok = match target {
+        RequestTarget::Origin(t) => t.starts_with('/') && is_visible(t),
+        RequestTarget::Absolute(t) => (t.starts_with("http://") || t.starts_with("https://")) && is_visible(t),
+        RequestTarget::Authority(t) => is_visible(t) && !t.contains(['/', '@']) && *method == Method::CONNECT,
+    };
+    let t = match target {
+        RequestTarget::Origin(t) | RequestTarget::Absolute(t) | RequestTarget::Authority(t) => t,
+    };
+    if !target_ok {
+        return Err(Error::Usage("invalid request target"));
+    }
+    if !is_visible(host) || host.contains(['/', '@', '?', '#']) {
+        return Err(Error::Usage("invalid Host"));
+    }
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(t.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    write_headers(headers, out);
+    match body {
+        Some(BodyLength::Known(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Some(BodyLength::Unknown) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// What [`ClientConn::handle_input`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent<'b> {
+    /// The final response head (1xx interim responses are skipped).
+    Response(Box<Response>),
+    /// Response body bytes, borrowed from the input.
+    Data(&'b [u8]),
+    /// The response is complete.
+    End(Option<Box<HeaderMap>>),
+    /// Feed more bytes (or call [`ClientConn::handle_eof`] if the connection closed).
+    NeedMore,
+    /// A 2xx to CONNECT or a 101: the connection is a tunnel from here on.
+    Switched,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Head,
+    Body(BodyDecoder),
+    Done,
+    Switched,
+}
+
+/// Reads the response to one request sent on a backend connection.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    method: Method,
+    limits: Limits,
+    state: State,
+    scanned: usize,
+    keep_alive: bool,
+}
+
+impl ClientConn {
+    /// Expects the response to a request made with `method` (HEAD and CONNECT change
+    /// how the response is framed).
+    pub fn new(method: Method, limits: Limits) -> ClientConn {
+        ClientConn { method, limits, state: State::Head, scanned: 0, keep_alive: false }
+    }
+
+    /// Whether the connection can carry another request once the response has ended.
+    pub fn reusable(&self) -> bool {
+        matches!(self.state, State::Done) && self.keep_alive
+    }
+
+    pub fn handle_input<'b>(&mut self, input: &'b [u8]) -> Result<(usize, ClientEvent<'b>), Error> {
+        let mut consumed = 0;
+        loop {
+            let rest = input.get(consumed..).unwrap_or_default();
+            match &mut self.state {
+                State::Switched => return Ok((consumed, ClientEvent::Switched)),
+                State::Done => return Ok((consumed, ClientEvent::End(None))),
+                State::Body(decoder) => {
+                    return match decoder.decode(rest)? {
+                        (n, BodyEvent::Data(d)) => Ok((consumed + n, ClientEvent::Data(d))),
+                        (n, BodyEvent::NeedMore) => Ok((consumed + n, ClientEvent::NeedMore)),
+                        (n, BodyEvent::End(t)) => {
+                            self.state = State::Done;
+                            Ok((consumed + n, ClientEvent::End(t)))
+                        }
+                    };
+                }
+                State::Head => {
+                    let Some(head_len) = find_head_end(rest, &mut self.scanned) else {
+                        if rest.len() > self.limits.max_head_bytes {
+                            return Err(Error::HeadTooLarge);
+                        }
+                        return Ok((consumed, ClientEvent::NeedMore));
+                    };
+                    if head_len > self.limits.max_head_bytes {
+                        return Err(Error::HeadTooLarge);
+                    }
+                    self.scanned = 0;
+                    let raw = &rest[..head_len];
+                    match self.parse_head(raw)? {
+                        Some(response) => return Ok((consumed + head_len, ClientEvent::Response(Box::new(response)))),
+                        // An interim 1xx: skip it and read the next head.
+                        None => consumed += head_len,
+                    }
+                }
+            }
+        }
+    }
+
+    fn parse_head(&mut self, raw: &[u8]) -> Result<Option<Response>, Error> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
+        let mut resp = httparse::Response::new(headers);
+        match resp.parse(raw) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete response head")),
+            Err(e) => return Err(parse_error(e)),
+        }
+        let (Some(code), Some(version)) = (resp.code, resp.version) else {
+            return Err(Error::Malformed("incomplete status line"));
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.state = State::Switched;
+        } else if status.is_informational() {
+            return Ok(None);
+        }
+        let http10 = version == 0;
+        let parsed = &*resp.headers;
+        let scan = framing::scan(parsed.iter().map(|h| (h.name, h.value)))?;
+        let framing = framing::response_framing(&self.method, status, http10, &scan)?;
+        let keep_alive = framing::keep_alive(http10, &scan) && framing != framing::Framing::UntilClose;
+        let head = Head::new(raw, parsed);
+        let reason = resp.reason.unwrap_or("");
+        let start = (reason.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize) as u32;
+        let decoder = BodyDecoder::new(framing, &self.limits)?;
+        if self.method == Method::CONNECT && status.is_success() {
+            self.state = State::Switched;
+        } else if !matches!(self.state, State::Switched) {
+            self.state = if decoder.is_done() { State::Done } else { State::Body(decoder) };
+        }
+        self.keep_alive = keep_alive;
+        Ok(Some(Response {
+            status,
+            version: if http10 { Version::HTTP_10 } else { Version::HTTP_11 },
+            reason: (start, start + reason.len() as u32),
+            head,
+            framing,
+            keep_alive,
+        }))
+    }
+
+    /// The backend closed the connection: ends a close-delimited body, and is an error
+    /// anywhere else in a response.
+    pub fn handle_eof(&mut self) -> Result<ClientEvent<'static>, Error> {
+        match &mut self.state {
+            State::Body(decoder) => match decoder.finish_eof()? {
+                BodyEvent::End(t) => {
+                    self.state = State::Done;
+                    self.keep_alive = false;
+                    Ok(ClientEvent::End(t))
+                }
+                _ => Err(Error::Malformed("connection closed before the body ended")),
+            },
+            State::Done => Ok(ClientEvent::End(None)),
+            State::Switched => Ok(ClientEvent::Switched),
+            State::Head => Err(Error::Malformed("connection closed before a response")),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Parsed heads: one copy of the head bytes, header positions in a small array (no
+//! allocation per header).
+
+use http::{Method, StatusCode, Version};
+use smallvec::SmallVec;
+
+use super::framing::Framing;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// The header section of a message, as received (order and case kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    bytes: Vec<u8>,
+    headers: SmallVec<[Span; 24]>,
+}
+
+fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
+    // Both slices come from the same buffer: the difference of their addresses is the
+    // offset. Head sizes are bounded far below u32::MAX by the limits.
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    (start as u32, (start + part.len()) as u32)
+}
+
+impl Head {
+    pub(crate) fn new(raw: &[u8], headers: &[httparse::Header<'_>]) -> Head {
+        let headers = headers
+            .iter()
+            .map(|h| Span { name: offset(raw, h.name.as_bytes()), value: offset(raw, h.value) })
+            .collect();
+        Head { bytes: raw.to_vec(), headers }
+    }
+
+    pub(crate) fn range(&self, (start, end): (u32, u32)) -> &[u8] {
+        self.bytes.get(start as usize..end as usize).unwrap_or_default()
+    }
+
+    pub(crate) fn str_range(&self, r: (u32, u32)) -> &str {
+        std::str::from_utf8(self.range(r)).unwrap_or_default()
+    }
+
+    /// Every header, in order: name (as sent) and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter().map(|s| (self.str_range(s.name), self.range(s.value)))
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// Every value of a header, by case-insensitive name.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.headers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// The raw bytes of the whole head, terminator included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The form of a request target (RFC 9112 section 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`
+    Origin,
+    /// `http://host/path` (to a forward proxy)
+    Absolute,
+    /// `host:port` (CONNECT)
+    Authority,
+    /// `*` (OPTIONS)
+    Asterisk,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub version: Version,
+    pub form: TargetForm,
+    pub(crate) target: (u32, u32),
+    pub head: Head,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the client wants the connection kept open (version and `Connection`).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request with a body.
+    pub expect_continue: bool,
+    /// `Upgrade` with `Connection: upgrade`: a protocol switch if answered 101.
+    pub upgrade: bool,
+}
+
+impl Request {
+    /// The request target as sent.
+    pub fn target(&self) -> &str {
+        self.head.str_range(self.target)
+    }
+
+    /// The path of an origin-form target (no query); the whole target otherwise.
+    pub fn path(&self) -> &str {
+        let t = self.target();
+        match self.form {
+            TargetForm::Origin => t.split_once('?').map_or(t, |(p, _)| p),
+            _ => t,
+        }
+    }
+
+    /// The query of an origin-form target, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        match self.form {
+            TargetForm::Origin => self.target().split_once('?').map(|(_, q)| q),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: StatusCode,
+    pub version: Version,
+    pub(crate) reason: (u32, u32),
+    pub head: Head,
+    pub framing: Framing,
+    /// Whether the backend keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+impl Response {
+    /// The reason phrase as sent.
+    pub fn reason(&self) -> &str {
+        self.head.str_range(self.reason)
+    }
+}

@@ -1,0 +1,417 @@
+//! The client-facing (server) role: parse requests, write responses.
+
+use http::{HeaderMap, Method, StatusCode, Version};
+
+use super::body::{BodyDecoder, BodyEvent};
+use super::framing::{self, BodyLength, Framing};
+use super::head::{Head, Request, TargetForm};
+use super::{Error, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers};
+
+/// What [`ServerConn::handle_input`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerEvent<'b> {
+    /// A request head. Its body (if any) follows as `Data` events, then `End`.
+    Request(Box<Request>),
+    /// Request body bytes, borrowed from the input.
+    Data(&'b [u8]),
+    /// The request is complete (with trailers, when a chunked body had any).
+    End(Option<Box<HeaderMap>>),
+    /// Feed more bytes.
+    NeedMore,
+    /// The request is read; the next one waits until the response is finished
+    /// (pipelined requests are answered in order). Keep the unconsumed bytes.
+    Paused,
+    /// The connection switched protocols (CONNECT answered 2xx, Upgrade answered 101):
+    /// every byte from here on, including the unconsumed ones, is the new protocol's.
+    Switched,
+}
+
+/// What to do with the connection after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Read the next request (feed the unconsumed bytes again).
+    KeepAlive,
+    /// Close the connection once the output is written.
+    Close,
+    /// The connection is now a tunnel (see [`ServerEvent::Switched`]).
+    Switch,
+}
+
+/// A response head to write.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead<'a> {
+    pub status: StatusCode,
+    /// End-to-end headers. Framing and connection headers (`Content-Length`,
+    /// `Transfer-Encoding`, `Connection`, ...) are the codec's and are skipped.
+    pub headers: &'a HeaderMap,
+    /// The body length; ignored where the response has no body (HEAD, 1xx, 204, 304).
+    pub body: BodyLength,
+    /// Ask for the connection to be closed after this response.
+    pub close: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Reading {
+    Head,
+    Body(BodyDecoder),
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    /// No request yet.
+    Idle,
+    /// A request head was read; no response started.
+    Ready,
+    /// Writing the body of a response.
+    Body { chunked: bool, remaining: Option<u64>, allowed: bool },
+}
+
+/// One client connection: requests in, responses out, in order.
+#[derive(Debug, Clone)]
+pub struct ServerConn {
+    limits: Limits,
+    reading: Reading,
+    writing: Writing,
+    /// How far the end-of-head search has looked.
+    scanned: usize,
+    /// Of the current request.
+    method: Method,
+    http10: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    expect_continue: bool,
+    /// Decided when the response head is written.
+    response_keep_alive: bool,
+    switch: bool,
+    switched: bool,
+    closed: bool,
+}
+
+impl ServerConn {
+    pub fn new(limits: Limits) -> ServerConn {
+        ServerConn {
+            limits,
+            reading: Reading::Head,
+            writing: Writing::Idle,
+            scanned: 0,
+            method: Method::GET,
+            http10: false,
+            keep_alive: true,
+            upgrade: false,
+            expect_continue: false,
+            response_keep_alive: false,
+            switch: false,
+            switched: false,
+            closed: false,
+        }
+    }
+
+    /// Whether a request head has been read and no response finished yet: what a
+    /// driver checks before it closes an idle connection.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.reading, Reading::Head) && self.writing == Writing::Idle && self.scanned == 0
+    }
+
+    /// Feeds received bytes. Returns how many were consumed and what was found; call
+    /// again with the rest until it answers `NeedMore`, `Paused` or `Switched`.
+    pub fn handle_input<'b>(&mut self, input: &'b [u8]) -> Result<(usize, ServerEvent<'b>), Error> {
+        if self.switched {
+            return Ok((0, ServerEvent::Switched));
+        }
+        if self.closed {
+            return Err(Error::Usage("connection is closed"));
+        }
+        match &mut self.reading {
+            Reading::Head if self.writing != Writing::Idle => Ok((0, ServerEvent::Paused)),
+            Reading::Head => self.read_head(input),
+            Reading::Body(decoder) => match decoder.decode(input)? {
+                (n, BodyEvent::Data(d)) => Ok((n, ServerEvent::Data(d))),
+                (n, BodyEvent::NeedMore) => Ok((n, ServerEvent::NeedMore)),
+                (n, BodyEvent::End(trailers)) => {
+                    self.reading = Reading::Done;
+                    Ok((n, ServerEvent::End(trailers)))
+                }
+            },
+            Reading::Done => Ok((0, ServerEvent::Paused)),
+        }
+    }
+
+    fn read_head<'b>(&mut self, input: &'b [u8]) -> Result<(usize, ServerEvent<'b>), Error> {
+        // RFC 9112 2.2: ignore empty lines before a request line.
+        let skip = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        if skip > 0 {
+            self.scanned = 0;
+            if skip == input.len() {
+                return Ok((skip, ServerEvent::NeedMore));
+            }
+        }
+        let buf = &input[skip..];
+        let Some(head_len) = find_head_end(buf, &mut self.scanned) else {
+            if buf.len() > self.limits.max_head_bytes {
+                return Err(self.oversize(buf));
+            }
+            return Ok((skip, ServerEvent::NeedMore));
+        };
+        if head_len > self.limits.max_head_bytes {
+            return Err(self.oversize(buf));
+        }
+        let raw = &buf[..head_len];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
+        let mut req = httparse::Request::new(headers);
+        match req.parse(raw) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
+            Err(e) => return Err(parse_error(e)),
+        }
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+            return Err(Error::Malformed("incomplete request line"));
+        };
+        if target.len() > self.limits.max_uri_bytes {
+            return Err(Error::UriTooLong);
+        }
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| Error::Malformed("invalid method"))?;
+        let form = target_form(&method, target)?;
+        let http10 = version == 0;
+        let parsed_headers = &*req.headers;
+        let scan = framing::scan(parsed_headers.iter().map(|h| (h.name, h.value)))?;
+        match (http10, scan.hosts) {
+            (false, 0) => return Err(Error::Malformed("missing Host header")),
+            (_, n) if n > 1 => return Err(Error::Malformed("more than one Host header")),
+            _ => {}
+        }
+        let framing = if method == Method::CONNECT { Framing::None } else { framing::request_framing(http10, &scan)? };
+        let decoder = BodyDecoder::new(framing, &self.limits)?;
+        let head = Head::new(raw, parsed_headers);
+        let target_span =
+            (head_offset(raw, target.as_bytes()), head_offset(raw, target.as_bytes()) + target.len() as u32);
+        let keep_alive = framing::keep_alive(http10, &scan);
+        let upgrade = scan.upgrade && scan.connection_upgrade && !http10;
+        let expect_continue = scan.expect_continue && !http10 && framing != Framing::None;
+
+        self.method = method.clone();
+        self.http10 = http10;
+        self.keep_alive = keep_alive;
+        self.upgrade = upgrade;
+        self.expect_continue = expect_continue;
+        self.scanned = 0;
+        self.writing = Writing::Ready;
+        // Always through the decoder, so every request ends with an `End` event.
+        self.reading = Reading::Body(decoder);
+        let request = Request {
+            method,
+            version: if http10 { Version::HTTP_10 } else { Version::HTTP_11 },
+            form,
+            target: target_span,
+            head,
+            framing,
+            keep_alive,
+            expect_continue,
+            upgrade,
+        };
+        Ok((skip + head_len, ServerEvent::Request(Box::new(request))))
+    }
+
+    /// 414 when the request line alone is over the URI limit, else 431.
+    fn oversize(&self, buf: &[u8]) -> Error {
+        let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+        if line_end > self.limits.max_uri_bytes + 16 { Error::UriTooLong } else { Error::HeadTooLarge }
+    }
+
+    /// Writes `100 Continue` for a request that asked for it, before its body is read.
+    /// Does nothing otherwise.
+    pub fn write_continue(&mut self, out: &mut Vec<u8>) {
+        if self.expect_continue && self.writing == Writing::Ready {
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.expect_continue = false;
+        }
+    }
+
+    /// Writes the head of the response to the current request.
+    pub fn write_response_head(&mut self, resp: &ResponseHead<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.writing != Writing::Ready {
+            return Err(Error::Usage("no request is waiting for a response"));
+        }
+        let status = resp.status;
+        if status.is_informational() && !(status == StatusCode::SWITCHING_PROTOCOLS && self.upgrade) {
+            return Err(Error::Usage("1xx responses other than 101 to an Upgrade are not written this way"));
+        }
+        let switch = (self.method == Method::CONNECT && status.is_success())
+            || (self.upgrade && status == StatusCode::SWITCHING_PROTOCOLS);
+        let allowed = !(self.method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+            || switch);
+        let request_read = matches!(self.reading, Reading::Done);
+        // A request body left unread makes the connection unusable for the next request.
+        let mut keep_alive = self.keep_alive && !resp.close && request_read && !switch;
+        let mut chunked = false;
+        let mut remaining = None;
+        out.extend_from_slice(if self.http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        write_headers(resp.headers, out);
+        match resp.body {
+            BodyLength::Known(n) if allowed || self.method == Method::HEAD => {
+                write_content_length(n, out);
+                if allowed {
+                    remaining = Some(n);
+                }
+            }
+            BodyLength::Known(_) => {}
+            BodyLength::Unknown if !allowed => {}
+            BodyLength::Unknown if self.http10 => keep_alive = false,
+            BodyLength::Unknown => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+        if switch && self.upgrade {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        } else if !keep_alive && !switch {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if self.http10 && keep_alive {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        self.response_keep_alive = keep_alive;
+        self.switch = switch;
+        self.writing = Writing::Body { chunked, remaining, allowed };
+        Ok(())
+    }
+
+    /// Writes response body bytes (chunk-framed when the length was unknown).
+    pub fn write_body(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let Writing::Body { chunked, remaining, allowed } = &mut self.writing else {
+            return Err(Error::Usage("no response body is being written"));
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !*allowed {
+            return Err(Error::Usage("this response has no body"));
+        }
+        if let Some(r) = remaining {
+            let n = data.len() as u64;
+            if n > *r {
+                return Err(Error::Usage("body longer than its Content-Length"));
+            }
+            *r -= n;
+        }
+        if *chunked {
+            write_chunk(data, out);
+        } else {
+            out.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    /// Ends the response; says what becomes of the connection.
+    pub fn finish_response(&mut self, out: &mut Vec<u8>) -> Result<Next, Error> {
+        let Writing::Body { chunked, remaining, .. } = self.writing else {
+            return Err(Error::Usage("no response is being written"));
+        };
+        if chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if remaining.is_some_and(|r| r > 0) {
+            self.closed = true;
+            return Err(Error::Usage("body shorter than its Content-Length"));
+        }
+        self.writing = Writing::Idle;
+        if self.switch {
+            self.switched = true;
+            return Ok(Next::Switch);
+        }
+        if self.response_keep_alive {
+            self.reading = Reading::Head;
+            self.scanned = 0;
+            Ok(Next::KeepAlive)
+        } else {
+            self.closed = true;
+            Ok(Next::Close)
+        }
+    }
+
+    /// Writes a complete error response (`text/plain`, the reason as body) and marks the
+    /// connection for closing: for protocol errors and for failures before any response
+    /// bytes went out.
+    pub fn write_error(&mut self, status: StatusCode, body: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+        write_content_length(body.len() as u64, out);
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        if self.method != Method::HEAD || matches!(self.writing, Writing::Idle) {
+            out.extend_from_slice(body.as_bytes());
+        }
+        self.closed = true;
+    }
+}
+
+fn head_offset(raw: &[u8], part: &[u8]) -> u32 {
+    (part.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize) as u32
+}
+
+fn write_content_length(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Formats a u64 in decimal without allocating.
+pub(crate) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn target_form(method: &Method, target: &str) -> Result<TargetForm, Error> {
+    if method == Method::CONNECT {
+        // authority-form: host:port, nothing else.
+        let ok = !target.is_empty()
+            && !target.contains(['/', '?', '#', '@'])
+            && target.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        return if ok { Ok(TargetForm::Authority) } else { Err(Error::Malformed("CONNECT needs a host:port target")) };
+    }
+    if target == "*" {
+        return if method == Method::OPTIONS {
+            Ok(TargetForm::Asterisk)
+        } else {
+            Err(Error::Malformed("\"*\" is only a target for OPTIONS"))
+        };
+    }
+    if target.starts_with('/') {
+        return Ok(TargetForm::Origin);
+    }
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Ok(TargetForm::Absolute);
+    }
+    Err(Error::Malformed("invalid request target"))
+}
+
+pub(crate) fn parse_error(e: httparse::Error) -> Error {
+    match e {
+        httparse::Error::TooManyHeaders => Error::HeadTooLarge,
+        httparse::Error::Version => Error::UnsupportedVersion,
+        httparse::Error::HeaderName => Error::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => Error::Malformed("invalid header value"),
+        httparse::Error::NewLine => Error::Malformed("invalid line ending"),
+        httparse::Error::Status => Error::Malformed("invalid status"),
+        httparse::Error::Token => Error::Malformed("invalid request line"),
+    }
+}
