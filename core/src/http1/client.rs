@@ -1,5 +1,7 @@
 //! The backend-facing (client) role: write requests, parse responses.
 
+use std::mem::MaybeUninit;
+
 use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
@@ -153,10 +155,10 @@ impl ClientConn {
     }
 
     fn parse_head(&mut self, raw: &[u8]) -> Result<Option<Response>, Error> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
-        let mut resp = httparse::Response::new(headers);
-        match resp.parse(raw) {
+        let mut resp = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, raw, headers) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete response head")),
             Err(e) => return Err(parse_error(e)),

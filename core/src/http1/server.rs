@@ -1,5 +1,7 @@
 //! The client-facing (server) role: parse requests, write responses.
 
+use std::mem::MaybeUninit;
+
 use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
@@ -157,10 +159,11 @@ impl ServerConn {
             return Err(self.oversize(buf));
         }
         let raw = &buf[..head_len];
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Uninitialized header slots: zeroing 256 of them would cost more than the parse.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
-        let mut req = httparse::Request::new(headers);
-        match req.parse(raw) {
+        let mut req = httparse::Request::new(&mut []);
+        match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, raw, headers) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
             Err(e) => return Err(parse_error(e)),
