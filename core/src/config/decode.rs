@@ -194,8 +194,8 @@ impl<'a> Obj<'a> {
         parse_method(&s).map_err(|m| cx.error(&path, m)).ok()
     }
 
-    /// Reports the keys nobody asked for as lint warnings. `hints` maps old KrakenD
-    /// names to their v3 replacement.
+    /// Reports the keys nobody asked for as lint warnings, naming the v3 key where an
+    /// old KrakenD name was used (see [`RENAMED`]).
     fn finish(self, cx: &mut Ctx) {
         for key in self.map.keys() {
             if self.seen.contains(&key.as_str()) || key == "$schema" {

@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength};
-use super::head::{Head, Response};
+use super::head::{Head, Response, offset};
 use super::server::{itoa_u64, parse_error};
 use super::{Error, Limits, MAX_HEADERS, find_head_end, write_headers};
 
@@ -178,8 +178,7 @@ impl ClientConn {
         let framing = framing::response_framing(&self.method, status, http10, &scan)?;
         let keep_alive = framing::keep_alive(http10, &scan) && framing != framing::Framing::UntilClose;
         let head = Head::new(raw, parsed);
-        let reason = resp.reason.unwrap_or("");
-        let start = (reason.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize) as u32;
+        let reason = offset(raw, resp.reason.unwrap_or("").as_bytes());
         let decoder = BodyDecoder::new(framing, &self.limits)?;
         if self.method == Method::CONNECT && status.is_success() {
             self.state = State::Switched;
@@ -190,7 +189,7 @@ impl ClientConn {
         Ok(Some(Response {
             status,
             version: if http10 { Version::HTTP_10 } else { Version::HTTP_11 },
-            reason: (start, start + reason.len() as u32),
+            reason,
             head,
             framing,
             keep_alive,

@@ -19,7 +19,8 @@ pub struct Head {
     headers: SmallVec<[Span; 24]>,
 }
 
-fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
+/// The span of `part` inside `base` (both from the same buffer).
+pub(crate) fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
     // Both slices come from the same buffer: the difference of their addresses is the
     // offset. Head sizes are bounded far below u32::MAX by the limits.
     let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);

@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
-use super::head::{Head, Request, TargetForm};
+use super::head::{Head, Request, TargetForm, offset};
 use super::{Error, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers};
 
 /// What [`ServerConn::handle_input`] found.
@@ -109,8 +109,8 @@ impl ServerConn {
         }
     }
 
-    /// Whether a request head has been read and no response finished yet: what a
-    /// driver checks before it closes an idle connection.
+    /// Whether nothing is in progress (no partial head, no request awaiting its
+    /// response): what a driver checks before it closes an idle keep-alive connection.
     pub fn is_idle(&self) -> bool {
         matches!(self.reading, Reading::Head) && self.writing == Writing::Idle && self.scanned == 0
     }
@@ -187,8 +187,7 @@ impl ServerConn {
         let framing = if method == Method::CONNECT { Framing::None } else { framing::request_framing(http10, &scan)? };
         let decoder = BodyDecoder::new(framing, &self.limits)?;
         let head = Head::new(raw, parsed_headers);
-        let target_span =
-            (head_offset(raw, target.as_bytes()), head_offset(raw, target.as_bytes()) + target.len() as u32);
+        let target_span = offset(raw, target.as_bytes());
         let keep_alive = framing::keep_alive(http10, &scan);
         let upgrade = scan.upgrade && scan.connection_upgrade && !http10;
         let expect_continue = scan.expect_continue && !http10 && framing != Framing::None;
@@ -252,11 +251,7 @@ impl ServerConn {
         let mut keep_alive = self.keep_alive && !resp.close && request_read && !switch;
         let mut chunked = false;
         let mut remaining = None;
-        out.extend_from_slice(if self.http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_status_line(self.http10, status, out);
         write_headers(resp.headers, out);
         match resp.body {
             BodyLength::Known(n) if allowed || self.method == Method::HEAD => {
@@ -344,11 +339,8 @@ impl ServerConn {
     /// connection for closing: for protocol errors and for failures before any response
     /// bytes went out.
     pub fn write_error(&mut self, status: StatusCode, body: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+        write_status_line(false, status, out);
+        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
         write_content_length(body.len() as u64, out);
         out.extend_from_slice(b"connection: close\r\n\r\n");
         if self.method != Method::HEAD || matches!(self.writing, Writing::Idle) {
@@ -358,8 +350,12 @@ impl ServerConn {
     }
 }
 
-fn head_offset(raw: &[u8], part: &[u8]) -> u32 {
-    (part.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize) as u32
+fn write_status_line(http10: bool, status: StatusCode, out: &mut Vec<u8>) {
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_content_length(n: u64, out: &mut Vec<u8>) {
