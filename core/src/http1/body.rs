@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::framing::Framing;
+use super::framing::{Framing, trim};
 use super::{Error, Limits, MAX_HEADERS};
 
 /// Longest chunk-size line (size plus extensions) accepted.
@@ -226,16 +226,11 @@ fn chunk_size_line(input: &[u8]) -> Result<Option<(usize, u64)>, Error> {
     if ext.iter().any(|&b| b == b'\r' || (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(Error::Malformed("invalid character in chunk extension"));
     }
-    let after_ws = trim_start(ext);
+    let after_ws = trim(ext);
     if !after_ws.is_empty() && after_ws.first() != Some(&b';') {
         return Err(Error::Malformed("invalid chunk size"));
     }
     Ok(Some((lf + 1, size)))
-}
-
-fn trim_start(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
-    &v[start..]
 }
 
 /// Finds `\r\n\r\n` (strict: trailers get no bare-LF leniency), resuming at `*scanned`.

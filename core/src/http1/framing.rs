@@ -31,7 +31,7 @@ pub enum BodyLength {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scan {
     pub content_length: Option<u64>,
-    /// `Some(true)`: Transfer-Encoding present and ending in a lone `chunked`.
+    /// `None`: no Transfer-Encoding header; otherwise what its codings amount to.
     pub transfer_encoding: Option<TransferEncoding>,
     pub close: bool,
     pub keep_alive: bool,
@@ -51,7 +51,8 @@ pub(crate) enum TransferEncoding {
     NotChunked,
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+/// Strips optional whitespace (SP, HTAB) from both ends.
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
     v.get(start..end).unwrap_or_default()
