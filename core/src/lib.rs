@@ -8,13 +8,24 @@
 //!   error reported at once with its JSON path.
 //! - [`plan`]: the config compiled once into an immutable [`plan::Gateway`].
 //! - [`route`]: endpoint matching with `{params}`, 404, 405 and trailing-slash redirects.
+//! - [`http1`]: the HTTP/1.1 codec, both roles.
+//! - [`exchange`]: the life of one client request as a state machine (fan-out,
+//!   sequential calls, deadlines, the final response), driven with virtual time.
+//! - [`upstream`]: backend request building; [`response`]: decoding, shaping, merging
+//!   and output encodings; [`json`]: the byte-preserving JSON scanner under them.
+//! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod builtin;
 pub mod config;
+pub mod exchange;
 pub mod http1;
+pub mod json;
 pub mod plan;
+pub mod response;
 pub mod route;
+pub mod upstream;
 
 pub use config::{ConfigError, Diagnostic};
 pub use plan::Gateway;

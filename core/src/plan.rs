@@ -6,8 +6,10 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 
 use crate::config::template::{self, Piece, Placeholder};
-use crate::config::{self, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
+use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
+use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
+use crate::upstream::{HeaderPolicy, QueryPolicy};
 
 /// Everything the gateway needs to serve, compiled from a [`Config`].
 #[derive(Debug, Clone)]
@@ -16,6 +18,8 @@ pub struct Gateway {
     pub router: Router,
     /// One per `config.endpoints`, same order (the router's values index this).
     pub endpoints: Vec<EndpointPlan>,
+    /// How many backends all endpoints have together (each has a `slot` below this).
+    pub backend_count: usize,
 }
 
 /// An endpoint with every default resolved.
@@ -38,6 +42,16 @@ pub struct BackendPlan {
     pub url_pattern: Vec<UrlPiece>,
     pub method: Method,
     pub encoding: Encoding,
+    /// Unique index of this backend in the whole gateway (per-shard state is kept by it).
+    pub slot: usize,
+    /// Decoding and shaping of its responses.
+    pub shape: Shape,
+    /// Client headers it receives.
+    pub headers: HeaderPolicy,
+    /// Client query parameters it receives.
+    pub query: QueryPolicy,
+    /// `extra_config."backend/http"`.
+    pub http: BackendHttp,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -83,6 +97,7 @@ impl Gateway {
         let router = Router::build(config.endpoints.iter().enumerate()).map_err(ConfigError::Invalid)?;
         let mut errors = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        let mut backend_count = 0;
         for (i, e) in config.endpoints.iter().enumerate() {
             let mut backends = Vec::with_capacity(e.backend.len());
             for (j, b) in e.backend.iter().enumerate() {
@@ -107,7 +122,13 @@ impl Gateway {
                     url_pattern,
                     method: b.method.clone().unwrap_or_else(|| e.method.clone()),
                     encoding: b.encoding,
+                    slot: backend_count,
+                    shape: Shape::new(b),
+                    headers: HeaderPolicy::compile(&e.input_headers, b.input_headers.as_deref()),
+                    query: QueryPolicy::compile(&e.input_query_strings, b.input_query_strings.as_deref()),
+                    http: b.http.clone(),
                 });
+                backend_count += 1;
             }
             endpoints.push(EndpointPlan {
                 path: e.endpoint.clone(),
@@ -122,7 +143,7 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
-        Ok(Gateway { config, router, endpoints })
+        Ok(Gateway { config, router, endpoints, backend_count })
     }
 
     /// Routes a request: see [`crate::route`].

@@ -1,0 +1,176 @@
+//! Endpoints the gateway answers itself, as KrakenD does:
+//! - `/__health` (GET, always on): `{"agents":{},"now":"<RFC 3339 UTC>","status":"ok"}`;
+//! - `/__debug/*` (any method, with `debug_endpoint`): `{"message":"pong"}`;
+//! - `/__echo/*` (any method, with `echo_endpoint`): the request as received, in
+//!   KrakenD's shape (`req_uri`, `req_uri_details`, `req_method`, `req_querystring`,
+//!   `req_body`, `req_headers`; map keys sorted, header names in canonical case).
+//!
+//! With them a configuration can use the gateway itself as a backend
+//! (`examples/krakend.json`). Keys inside maps are sorted, as Go's encoder writes them,
+//! so answers are byte-identical to KrakenD's for the same request.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+use crate::exchange::{ClientRequest, Reply, RequestBody};
+use crate::json::write_string;
+use crate::response::JSON;
+use crate::upstream::percent_decode;
+
+/// A built-in endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Health,
+    Debug,
+    Echo,
+}
+
+/// Which built-in endpoint a path names, if it is enabled.
+pub fn lookup(path: &str, debug: bool, echo: bool) -> Option<Builtin> {
+    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if path == "/__health" {
+        Some(Builtin::Health)
+    } else if debug && under("/__debug") {
+        Some(Builtin::Debug)
+    } else if echo && under("/__echo") {
+        Some(Builtin::Echo)
+    } else {
+        None
+    }
+}
+
+fn json_reply(body: Vec<u8>) -> Reply {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    Reply { status: StatusCode::OK, headers, body }
+}
+
+/// Answers a built-in endpoint. `wall` is the wall-clock time (for `/__health`).
+pub fn answer(which: Builtin, req: &ClientRequest, wall: SystemTime) -> Reply {
+    match which {
+        Builtin::Health => {
+            if req.method != Method::GET {
+                let mut r = Reply::text(StatusCode::METHOD_NOT_ALLOWED, crate::route::METHOD_NOT_ALLOWED_BODY);
+                r.headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+                return r;
+            }
+            let secs = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            json_reply(format!("{{\"agents\":{{}},\"now\":\"{}\",\"status\":\"ok\"}}", rfc3339(secs)).into_bytes())
+        }
+        Builtin::Debug => json_reply(b"{\"message\":\"pong\"}".to_vec()),
+        Builtin::Echo => json_reply(echo(req)),
+    }
+}
+
+fn echo(req: &ClientRequest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let uri = match &req.query {
+        Some(q) => format!("{}?{q}", req.path),
+        None => req.path.clone(),
+    };
+    out.extend_from_slice(b"{\"req_uri\":");
+    write_string(&uri, &mut out);
+    out.extend_from_slice(b",\"req_uri_details\":{\"fragment\":\"\",\"host\":\"\",\"path\":");
+    write_string(&String::from_utf8_lossy(&percent_decode(&req.path)), &mut out);
+    out.extend_from_slice(b",\"query\":");
+    write_string(req.query.as_deref().unwrap_or(""), &mut out);
+    out.extend_from_slice(b",\"user\":\"\"},\"req_method\":");
+    write_string(req.method.as_str(), &mut out);
+    out.extend_from_slice(b",\"req_querystring\":");
+    let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pair in req.query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| String::from_utf8_lossy(&percent_decode(&s.replace('+', " "))).into_owned();
+        query.entry(dec(k)).or_default().push(dec(v));
+    }
+    write_map(&query, &mut out);
+    out.extend_from_slice(b",\"req_body\":");
+    let body = match &req.body {
+        RequestBody::Full(b) => String::from_utf8_lossy(b),
+        _ => "".into(),
+    };
+    write_string(&body, &mut out);
+    out.extend_from_slice(b",\"req_headers\":");
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in &req.headers {
+        if name == header::HOST {
+            continue;
+        }
+        headers
+            .entry(canonical(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    write_map(&headers, &mut out);
+    out.push(b'}');
+    out
+}
+
+fn write_map(map: &BTreeMap<String, Vec<String>>, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (k, values)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.extend_from_slice(b":[");
+        for (j, v) in values.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            write_string(v, out);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// `x-forwarded-for` → `X-Forwarded-For` (Go's canonical header case).
+pub fn canonical(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        upper = c == '-';
+    }
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_names() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_300_000), "2026-11-21T22:26:40Z");
+        assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(canonical("accept"), "Accept");
+        assert_eq!(lookup("/__health", false, false), Some(Builtin::Health));
+        assert_eq!(lookup("/__debug/x", true, false), Some(Builtin::Debug));
+        assert_eq!(lookup("/__debug", true, false), Some(Builtin::Debug));
+        assert_eq!(lookup("/__debugx", true, false), None);
+        assert_eq!(lookup("/__debug/x", false, true), None);
+        assert_eq!(lookup("/__echo/a/b", false, true), Some(Builtin::Echo));
+    }
+}

@@ -1,0 +1,578 @@
+//! The life of one client request, as a state machine driven with virtual time.
+//!
+//! A driver (io_uring or tokio) does this:
+//! 1. parse a request head, then [`Gateway::dispatch`] it: an endpoint, a built-in
+//!    endpoint, or an immediate [`Reply`] (404, 405, redirect);
+//! 2. read the body (whole, or leave it streaming for `no-op` endpoints, as
+//!    [`Route::streaming`] says), then [`Exchange::new`];
+//! 3. loop on [`Exchange::poll`]: [`Action::Call`] a backend (it may make several calls
+//!    before waiting), [`Action::Wait`] until an instant or a backend result, then feed
+//!    results back with [`Exchange::handle_response`], [`Exchange::handle_head`]
+//!    (`no-op`), [`Exchange::handle_failure`] or [`Exchange::handle_timeout`];
+//! 4. [`Action::Respond`] ends it with a complete response, [`Action::Stream`] by
+//!    passing the backend's response through. Calls still in flight then are
+//!    abandoned: the driver drops them.
+//!
+//! Status rules (KrakenD's): only 200 and 201 from a backend count as success. Some
+//! parts missing → 200 with `X-KrakenD-Completed: false`; all there → `true`, plus
+//! `Cache-Control: public, max-age=N` with a `cache_ttl`; no part at all → 500, with
+//! the reason in the body only under `extra_config.router.return_error_msg`.
+//! `backend/http` `return_error_code` passes a failing backend's status (with its body
+//! when `return_error_msg` is set); `return_error_details` adds an `error_<alias>` part.
+//! Sequential: a failing backend stops the chain; the first failing fails the request.
+//! `no-op`: the backend's status, headers and body, streamed; a backend that fails
+//! before its head is 502, one that is too slow 504.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+
+use crate::builtin::{self, Builtin};
+use crate::config::{HostAddr, OutputEncoding, is_write_method};
+use crate::http1::{self, BodyLength, RequestTarget};
+use crate::json;
+use crate::plan::{BackendPlan, EndpointPlan, Gateway};
+use crate::response::{self, Entry, Key, Node, TEXT};
+use crate::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
+use crate::upstream::{self, Balancer, RenderError, UrlInputs};
+
+/// `X-KrakenD-Completed`.
+pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
+
+/// The body of a client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestBody {
+    None,
+    /// Read whole (endpoints that are not `no-op`, built-ins).
+    Full(Vec<u8>),
+    /// Left on the connection, to be streamed to the backend (`no-op`).
+    Stream(BodyLength),
+}
+
+/// A client request, as the exchange needs it.
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub method: Method,
+    /// The path as received, still percent-encoded.
+    pub path: String,
+    /// The query string, without `?`.
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    /// The socket peer.
+    pub peer: IpAddr,
+    pub body: RequestBody,
+}
+
+/// A complete response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A `text/plain` response.
+    pub fn text(status: StatusCode, body: &str) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
+        Reply { status, headers, body: body.as_bytes().to_vec() }
+    }
+}
+
+/// A routed endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub endpoint: usize,
+    /// Parameters, percent-encoded as they came.
+    pub params: Vec<(String, String)>,
+    /// `no-op`: the request body is streamed to the backend, not read first.
+    pub streaming: bool,
+}
+
+/// What to do with a request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dispatch {
+    Endpoint(Route),
+    /// Read the body, then answer with [`builtin::answer`].
+    Builtin(Builtin),
+    Reply(Reply),
+}
+
+impl Gateway {
+    /// Decides what serves a request: built-in endpoints first, then the router.
+    pub fn dispatch(&self, method: &Method, path: &str, query: Option<&str>) -> Dispatch {
+        if let Some(b) = builtin::lookup(path, self.config.debug_endpoint, self.config.echo_endpoint) {
+            return Dispatch::Builtin(b);
+        }
+        match self.route(method, path) {
+            RouteMatch::Found { endpoint, params } => Dispatch::Endpoint(Route {
+                endpoint,
+                params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                streaming: self.endpoints.get(endpoint).is_some_and(|e| e.output == OutputEncoding::NoOp),
+            }),
+            RouteMatch::Redirect { path, status } => {
+                let location = match query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let mut reply = Reply::text(status, "");
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    reply.headers.insert(header::LOCATION, v);
+                }
+                Dispatch::Reply(reply)
+            }
+            RouteMatch::MethodNotAllowed { allow } => {
+                let mut reply = Reply::text(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    reply.headers.insert(header::ALLOW, v);
+                }
+                Dispatch::Reply(reply)
+            }
+            RouteMatch::NotFound => Dispatch::Reply(Reply::text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),
+        }
+    }
+}
+
+/// How a backend call sends its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallBody {
+    None,
+    /// The whole client body ([`Exchange::body`]).
+    Full,
+    /// The client body, streamed as it arrives, with this framing.
+    Stream(BodyLength),
+}
+
+/// A backend call to make.
+#[derive(Debug, Clone)]
+pub struct Call<'g> {
+    /// The backend's position in the endpoint: give it back with the result.
+    pub id: usize,
+    pub method: Method,
+    pub host: &'g HostAddr,
+    /// Origin-form target: path and query.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: CallBody,
+    /// `no-op`: read only the response head, then [`Exchange::handle_head`].
+    pub stream_response: bool,
+}
+
+impl Call<'_> {
+    /// Writes the request head (origin form, straight to the backend).
+    pub fn write_head(&self, body_len: usize, out: &mut Vec<u8>) -> Result<(), http1::Error> {
+        let length = match self.body {
+            CallBody::None => None,
+            CallBody::Full => Some(BodyLength::Known(body_len as u64)),
+            CallBody::Stream(l) => Some(l),
+        };
+        http1::write_request(
+            &self.method,
+            RequestTarget::Origin(&self.target),
+            &self.host.authority(),
+            &self.headers,
+            length,
+            out,
+        )
+    }
+}
+
+/// The head of a backend response passed through (`no-op`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHead {
+    pub id: usize,
+    pub status: StatusCode,
+    /// The backend's end-to-end headers (hop-by-hop and framing removed).
+    pub headers: HeaderMap,
+}
+
+/// What the driver does next.
+#[derive(Debug)]
+pub enum Action<'g> {
+    Call(Call<'g>),
+    /// Nothing to do until a result comes in or this instant passes.
+    Wait(Instant),
+    Respond(Reply),
+    Stream(StreamHead),
+    /// Already answered.
+    Done,
+}
+
+#[derive(Debug)]
+enum CallState {
+    Pending,
+    InFlight,
+    Answered {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
+    Failed(String),
+    TimedOut,
+    /// Not called: an earlier backend of a sequence failed, or the request ended first.
+    Skipped,
+}
+
+impl CallState {
+    fn settled(&self) -> bool {
+        !matches!(self, CallState::Pending | CallState::InFlight)
+    }
+}
+
+/// One client request in progress.
+#[derive(Debug)]
+pub struct Exchange<'g> {
+    gw: &'g Gateway,
+    ep: &'g EndpointPlan,
+    req: ClientRequest,
+    params: Vec<(String, String)>,
+    client_ip: IpAddr,
+    deadline: Instant,
+    calls: Vec<CallState>,
+    /// URLs rendered up front (`None`: it needs an earlier response).
+    rendered: Vec<Option<String>>,
+    /// Set when the answer is decided (before any call, for a refused request).
+    answer: Option<Answer>,
+    done: bool,
+}
+
+#[derive(Debug)]
+enum Answer {
+    Reply(Reply),
+    Stream(StreamHead),
+}
+
+fn is_success(status: StatusCode) -> bool {
+    status == StatusCode::OK || status == StatusCode::CREATED
+}
+
+impl<'g> Exchange<'g> {
+    /// Starts serving a request routed by [`Gateway::dispatch`] at `now`. `None` when
+    /// the route names no endpoint of this gateway.
+    pub fn new(gw: &'g Gateway, route: Route, req: ClientRequest, now: Instant) -> Option<Exchange<'g>> {
+        let ep = gw.endpoints.get(route.endpoint)?;
+        let client_ip = upstream::client_ip(&gw.config.router, req.peer, &req.headers);
+        let mut ex = Exchange {
+            gw,
+            ep,
+            req,
+            params: route.params,
+            client_ip,
+            deadline: now + ep.timeout,
+            calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
+            rendered: Vec::with_capacity(ep.backends.len()),
+            answer: None,
+            done: false,
+        };
+        // Render every URL that does not wait on an earlier response now, so that an
+        // injection attempt is refused (400, with the reason: it is the client's own
+        // input) before any backend is called.
+        for b in &ep.backends {
+            match ex.render(b) {
+                Ok(url) => ex.rendered.push(Some(url)),
+                Err(RenderError::Missing(_)) => ex.rendered.push(None),
+                Err(RenderError::Refused(why)) => {
+                    ex.answer =
+                        Some(Answer::Reply(Reply::text(StatusCode::BAD_REQUEST, &format!("400 bad request: {why}"))));
+                    break;
+                }
+            }
+        }
+        Some(ex)
+    }
+
+    /// The endpoint being served.
+    pub fn endpoint(&self) -> &'g EndpointPlan {
+        self.ep
+    }
+
+    /// The client request (for the access log).
+    pub fn request(&self) -> &ClientRequest {
+        &self.req
+    }
+
+    /// The whole client body, sent with every [`CallBody::Full`] call.
+    pub fn body(&self) -> &[u8] {
+        match &self.req.body {
+            RequestBody::Full(b) => b,
+            _ => &[],
+        }
+    }
+
+    /// The endpoint deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn render(&self, b: &BackendPlan) -> Result<String, RenderError> {
+        let lookup = |index: usize, path: &[String]| self.response_value(index, path);
+        let inputs = UrlInputs { params: &self.params, headers: &self.req.headers, response: &lookup };
+        upstream::render_url(b, &inputs, self.req.query.as_deref())
+    }
+
+    /// `{respN_a.b}`: a scalar of an earlier backend's shaped response.
+    fn response_value(&self, index: usize, path: &[String]) -> Option<String> {
+        let CallState::Answered { body, .. } = self.calls.get(index)? else { return None };
+        let entries = self.ep.backends.get(index)?.shape.apply(body).ok()?;
+        let (first, rest) = path.split_first()?;
+        let node = entries.iter().rev().find(|(k, _)| k.is(first)).map(|(_, v)| v)?;
+        node_lookup(node, rest)
+    }
+
+    /// What to do next.
+    pub fn poll(&mut self, balancer: &mut Balancer) -> Action<'g> {
+        if self.done {
+            return Action::Done;
+        }
+        if let Some(answer) = self.answer.take() {
+            self.done = true;
+            return match answer {
+                Answer::Reply(r) => Action::Respond(r),
+                Answer::Stream(s) => Action::Stream(s),
+            };
+        }
+        let next = if self.ep.sequential {
+            // The first backend not settled, if it is its turn.
+            self.calls.iter().position(|c| !c.settled()).filter(|&i| matches!(self.calls[i], CallState::Pending))
+        } else {
+            self.calls.iter().position(|c| matches!(c, CallState::Pending))
+        };
+        if let Some(i) = next {
+            match self.make_call(i, balancer) {
+                Ok(call) => {
+                    self.calls[i] = CallState::InFlight;
+                    return Action::Call(call);
+                }
+                Err(why) => {
+                    self.fail(i, CallState::Failed(why));
+                    return self.poll(balancer);
+                }
+            }
+        }
+        if self.calls.iter().all(CallState::settled) {
+            self.done = true;
+            return Action::Respond(self.finish());
+        }
+        Action::Wait(self.deadline)
+    }
+
+    fn make_call(&self, i: usize, balancer: &mut Balancer) -> Result<Call<'g>, String> {
+        let b = &self.ep.backends[i];
+        let host = balancer.pick(b).ok_or_else(|| format!("backend {i} has no host"))?;
+        let url = match self.rendered.get(i) {
+            Some(Some(url)) => Cow::Borrowed(url.as_str()),
+            _ => Cow::Owned(self.render(b).map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?),
+        };
+        let target = if host.path_prefix.is_empty() { url.into_owned() } else { format!("{}{url}", host.path_prefix) };
+        // The body goes to every backend whose method carries one; POST, PUT and PATCH
+        // always say how long it is, even when it is empty.
+        let body = match &self.req.body {
+            RequestBody::Stream(l) => CallBody::Stream(*l),
+            _ if matches!(b.method, Method::GET | Method::HEAD) => CallBody::None,
+            RequestBody::Full(_) => CallBody::Full,
+            RequestBody::None if is_write_method(&b.method) && b.method != Method::DELETE => CallBody::Full,
+            RequestBody::None => CallBody::None,
+        };
+        Ok(Call {
+            id: i,
+            method: b.method.clone(),
+            host: &host.addr,
+            target,
+            headers: upstream::backend_headers(&b.headers, &self.req.headers, self.client_ip),
+            body,
+            stream_response: self.ep.output == OutputEncoding::NoOp,
+        })
+    }
+
+    /// Settles call `i`; in a sequence, a failure skips the calls after it.
+    fn fail(&mut self, i: usize, state: CallState) {
+        if let Some(slot) = self.calls.get_mut(i) {
+            *slot = state;
+        }
+        if self.ep.sequential {
+            for c in self.calls.iter_mut().skip(i + 1) {
+                if matches!(c, CallState::Pending) {
+                    *c = CallState::Skipped;
+                }
+            }
+        }
+        if self.ep.output == OutputEncoding::NoOp && self.answer.is_none() {
+            let timed_out = matches!(self.calls.get(i), Some(CallState::TimedOut));
+            let (status, why) = if timed_out {
+                (StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time".to_string())
+            } else {
+                (StatusCode::BAD_GATEWAY, self.reason(i))
+            };
+            self.answer = Some(Answer::Reply(self.error_reply(status, &why)));
+        }
+    }
+
+    /// A complete backend response. Ignored unless the call is in flight.
+    pub fn handle_response(&mut self, id: usize, status: StatusCode, headers: HeaderMap, body: Vec<u8>) {
+        if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
+            return;
+        }
+        let ok = is_success(status) && self.ep.backends[id].shape.apply(&body).is_ok();
+        self.calls[id] = CallState::Answered { status, headers, body };
+        if !ok && self.ep.sequential {
+            for c in self.calls.iter_mut().skip(id + 1) {
+                if matches!(c, CallState::Pending) {
+                    *c = CallState::Skipped;
+                }
+            }
+        }
+    }
+
+    /// The head of a `no-op` backend response: it is passed to the client as it is.
+    pub fn handle_head(&mut self, id: usize, status: StatusCode, headers: &HeaderMap) {
+        if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
+            return;
+        }
+        let mut out = HeaderMap::with_capacity(headers.len());
+        for (n, v) in headers {
+            if !upstream::is_hop_by_hop(n, headers) && *n != header::CONTENT_LENGTH {
+                out.append(n.clone(), v.clone());
+            }
+        }
+        self.calls[id] = CallState::Answered { status, headers: HeaderMap::new(), body: Vec::new() };
+        self.answer = Some(Answer::Stream(StreamHead { id, status, headers: out }));
+    }
+
+    /// A call that failed without an HTTP response (refused, reset, garbage, ...).
+    pub fn handle_failure(&mut self, id: usize, reason: &str) {
+        if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
+            return;
+        }
+        self.fail(id, CallState::Failed(reason.to_string()));
+    }
+
+    /// Time has come to `now`: past the deadline, every unsettled call is cut.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.deadline || self.done {
+            return;
+        }
+        for i in 0..self.calls.len() {
+            match self.calls[i] {
+                CallState::InFlight => self.fail(i, CallState::TimedOut),
+                CallState::Pending => self.calls[i] = CallState::Skipped,
+                _ => {}
+            }
+        }
+    }
+
+    fn reason(&self, i: usize) -> String {
+        match &self.calls[i] {
+            CallState::Answered { status, .. } if !is_success(*status) => {
+                format!("backend {i}: status {}", status.as_u16())
+            }
+            CallState::Answered { body, .. } => match self.ep.backends[i].shape.apply(body) {
+                Err(e) => format!("backend {i}: {e}"),
+                Ok(_) => String::new(),
+            },
+            CallState::Failed(why) => format!("backend {i}: {why}"),
+            CallState::TimedOut => format!("backend {i}: timed out"),
+            CallState::Skipped => format!("backend {i}: not called"),
+            CallState::Pending | CallState::InFlight => format!("backend {i}: no answer"),
+        }
+    }
+
+    fn error_reply(&self, status: StatusCode, why: &str) -> Reply {
+        let body = if self.gw.config.router.return_error_msg { why } else { "" };
+        let mut r = Reply::text(status, body);
+        r.headers.insert(COMPLETED.clone(), HeaderValue::from_static("false"));
+        r
+    }
+
+    fn finish(&mut self) -> Reply {
+        let ep = self.ep;
+        let router = &self.gw.config.router;
+        let mut parts: Vec<Vec<Entry<'_>>> = Vec::with_capacity(self.calls.len());
+        let mut complete = true;
+        let mut reasons = Vec::new();
+        let mut error_code: Option<Reply> = None;
+        for (i, (call, b)) in self.calls.iter().zip(&ep.backends).enumerate() {
+            match call {
+                CallState::Answered { status, body, .. } if is_success(*status) => match b.shape.apply(body) {
+                    Ok(part) => parts.push(part),
+                    Err(_) => {
+                        complete = false;
+                        reasons.push(self.reason(i));
+                    }
+                },
+                CallState::Answered { status, headers, body } => {
+                    complete = false;
+                    reasons.push(self.reason(i));
+                    if b.http.return_error_code && error_code.is_none() {
+                        let mut r = Reply { status: *status, headers: HeaderMap::new(), body: Vec::new() };
+                        if router.return_error_msg {
+                            r.body = body.clone();
+                            if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+                                r.headers.insert(header::CONTENT_TYPE, ct.clone());
+                            }
+                        }
+                        r.headers.insert(COMPLETED.clone(), HeaderValue::from_static("false"));
+                        error_code = Some(r);
+                    }
+                    if let Some(alias) = &b.http.return_error_details {
+                        parts.push(error_details(alias, *status, headers, body));
+                    }
+                }
+                _ => {
+                    complete = false;
+                    reasons.push(self.reason(i));
+                }
+            }
+        }
+        if let Some(r) = error_code {
+            return r;
+        }
+        if parts.is_empty() {
+            return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &reasons.join("; "));
+        }
+        let merged = response::merge(parts);
+        let mut body = Vec::with_capacity(256);
+        let accept = self.req.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let content_type = response::render(ep.output, accept, &merged, &mut body);
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(COMPLETED.clone(), HeaderValue::from_static(if complete { "true" } else { "false" }));
+        if complete
+            && let Some(ttl) = ep.cache_ttl
+            && let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", ttl.as_secs()))
+        {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+        Reply { status: StatusCode::OK, headers, body }
+    }
+}
+
+/// `{"error_<alias>": {"http_status_code": N, "http_body": "...", "http_body_encoding": "..."}}`
+fn error_details<'a>(alias: &str, status: StatusCode, headers: &HeaderMap, body: &'a [u8]) -> Vec<Entry<'a>> {
+    let encoding = headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let details = vec![
+        (Key::Text(Cow::Borrowed("http_status_code")), Node::Number(status.as_u16().into())),
+        (Key::Text(Cow::Borrowed("http_body")), Node::Str(String::from_utf8_lossy(body))),
+        (Key::Text(Cow::Borrowed("http_body_encoding")), Node::Str(Cow::Owned(encoding.unwrap_or_default()))),
+    ];
+    vec![(Key::Text(Cow::Owned(format!("error_{alias}"))), Node::Obj(details))]
+}
+
+/// Follows the rest of a `{respN_...}` path from a shaped value to a scalar's text.
+fn node_lookup(node: &Node<'_>, path: &[String]) -> Option<String> {
+    match node {
+        Node::Raw(raw) => json::scalar_text(json::lookup(raw, path)?).map(Cow::into_owned),
+        Node::Str(s) => path.is_empty().then(|| s.to_string()),
+        Node::Number(n) => path.is_empty().then(|| n.to_string()),
+        Node::Obj(entries) => {
+            let (first, rest) = path.split_first()?;
+            node_lookup(entries.iter().rev().find(|(k, _)| k.is(first)).map(|(_, v)| v)?, rest)
+        }
+        Node::Arr(items) => {
+            let (first, rest) = path.split_first()?;
+            node_lookup(items.get(first.parse::<usize>().ok()?)?, rest)
+        }
+    }
+}

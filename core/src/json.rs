@@ -1,0 +1,508 @@
+//! A validating JSON scanner that never converts what it does not have to.
+//!
+//! Backend bodies are shaped without building a document tree: values are located by
+//! their byte ranges in the original text, validated on the way, and copied out as
+//! they came. That is what keeps `12345678901234567890123`, `1.50`, `1e3` and
+//! `"\u00e9"` byte for byte, and what makes shaping cheap: a value nobody looks into is
+//! scanned once and copied once.
+//!
+//! Raw texts handed around here (`&str`) are always one whole, validated JSON value
+//! without surrounding whitespace. Keys are kept in their raw, still-escaped form (the
+//! text between the quotes) and compared by meaning with [`key_is`].
+
+use std::borrow::Cow;
+
+/// Deepest nesting accepted (as serde_json's default): a hostile body cannot exhaust
+/// the stack.
+pub const MAX_DEPTH: u32 = 128;
+
+/// Why a text is not JSON, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonError {
+    pub offset: usize,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid JSON at byte {}: {}", self.offset, self.reason)
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+/// The kind of a raw value, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Array,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+fn err<T>(offset: usize, reason: &'static str) -> Result<T, JsonError> {
+    Err(JsonError { offset, reason })
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(c) = b.get(i) {
+        if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Validates a whole document and returns it without surrounding whitespace.
+pub fn parse_document(text: &str) -> Result<&str, JsonError> {
+    let b = text.as_bytes();
+    let start = skip_ws(b, 0);
+    if start == b.len() {
+        return err(start, "empty body");
+    }
+    let end = value_end(b, start, 0)?;
+    let after = skip_ws(b, end);
+    if after != b.len() {
+        return err(after, "trailing characters after the value");
+    }
+    Ok(&text[start..end])
+}
+
+/// Validates a whole document that must be an object and returns its members, in one
+/// pass (the shaping fast path: the top level is what merging works on).
+pub fn parse_object(text: &str) -> Result<Vec<Member<'_>>, JsonError> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    match b.get(i) {
+        Some(b'{') => {}
+        None => return err(i, "empty body"),
+        Some(_) => return err(i, "not an object"),
+    }
+    let mut out = Vec::with_capacity(16);
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return err(i, "expected a key");
+            }
+            let key_end = string_end(b, i)?;
+            let key = &text[i + 1..key_end - 1];
+            i = skip_ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return err(i, "expected ':'");
+            }
+            let v = skip_ws(b, i + 1);
+            let v_end = value_end(b, v, 1)?;
+            out.push((key, &text[v..v_end]));
+            i = skip_ws(b, v_end);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                Some(_) => return err(i, "expected ',' or '}'"),
+                None => return err(i, "unexpected end of input"),
+            }
+        }
+    }
+    let after = skip_ws(b, i);
+    if after != b.len() {
+        return err(after, "trailing characters after the value");
+    }
+    Ok(out)
+}
+
+/// The kind of a raw value (one produced by this module).
+pub fn kind(raw: &str) -> Kind {
+    match raw.as_bytes().first() {
+        Some(b'{') => Kind::Object,
+        Some(b'[') => Kind::Array,
+        Some(b'"') => Kind::String,
+        Some(b't' | b'f') => Kind::Bool,
+        Some(b'n') => Kind::Null,
+        _ => Kind::Number,
+    }
+}
+
+/// Where the value starting at `i` ends (exclusive), validating it.
+fn value_end(b: &[u8], i: usize, depth: u32) -> Result<usize, JsonError> {
+    match b.get(i) {
+        Some(b'{') => container_end(b, i, depth, true),
+        Some(b'[') => container_end(b, i, depth, false),
+        Some(b'"') => string_end(b, i),
+        Some(b'-' | b'0'..=b'9') => number_end(b, i),
+        Some(b't') => literal_end(b, i, b"true"),
+        Some(b'f') => literal_end(b, i, b"false"),
+        Some(b'n') => literal_end(b, i, b"null"),
+        Some(_) => err(i, "expected a value"),
+        None => err(i, "unexpected end of input"),
+    }
+}
+
+fn literal_end(b: &[u8], i: usize, lit: &[u8]) -> Result<usize, JsonError> {
+    if b.get(i..i + lit.len()) == Some(lit) { Ok(i + lit.len()) } else { err(i, "invalid literal") }
+}
+
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+fn number_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
+    let mut i = start;
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits_end(b, i),
+        _ => return err(i, "invalid number"),
+    }
+    if b.get(i) == Some(&b'.') {
+        let after = digits_end(b, i + 1);
+        if after == i + 1 {
+            return err(i + 1, "invalid number: no digit after the decimal point");
+        }
+        i = after;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let after = digits_end(b, i);
+        if after == i {
+            return err(i, "invalid number: no digit in the exponent");
+        }
+        i = after;
+    }
+    Ok(i)
+}
+
+/// `i` is at the opening quote; returns the index after the closing one. The input is
+/// a `&str`, so UTF-8 is already valid: only escapes and control characters are checked.
+fn string_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
+    let mut i = start + 1;
+    loop {
+        // The common case: a run of plain characters.
+        while let Some(&c) = b.get(i) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                break;
+            }
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') => match b.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'u') => {
+                    let hex = b.get(i + 2..i + 6).unwrap_or_default();
+                    if hex.len() != 4 || !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return err(i, "invalid \\u escape");
+                    }
+                    i += 6;
+                }
+                _ => return err(i, "invalid escape"),
+            },
+            Some(_) => return err(i, "control character in a string"),
+            None => return err(i, "unterminated string"),
+        }
+    }
+}
+
+fn container_end(b: &[u8], start: usize, depth: u32, object: bool) -> Result<usize, JsonError> {
+    if depth >= MAX_DEPTH {
+        return err(start, "nesting too deep");
+    }
+    let close = if object { b'}' } else { b']' };
+    let mut i = skip_ws(b, start + 1);
+    if b.get(i) == Some(&close) {
+        return Ok(i + 1);
+    }
+    loop {
+        if object {
+            if b.get(i) != Some(&b'"') {
+                return err(i, "expected a key");
+            }
+            i = skip_ws(b, string_end(b, i)?);
+            if b.get(i) != Some(&b':') {
+                return err(i, "expected ':'");
+            }
+            i = skip_ws(b, i + 1);
+        }
+        i = skip_ws(b, value_end(b, i, depth + 1)?);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(&c) if c == close => return Ok(i + 1),
+            Some(_) => return err(i, if object { "expected ',' or '}'" } else { "expected ',' or ']'" }),
+            None => return err(i, "unexpected end of input"),
+        }
+    }
+}
+
+/// One member of an object: the raw key (between the quotes, escapes kept) and the raw value.
+pub type Member<'a> = (&'a str, &'a str);
+
+/// Calls `f` for each member of a raw object, in order. `raw` must be a raw object;
+/// anything else yields nothing.
+pub fn for_each_member<'a>(raw: &'a str, mut f: impl FnMut(&'a str, &'a str)) {
+    let b = raw.as_bytes();
+    if b.first() != Some(&b'{') {
+        return;
+    }
+    let mut i = skip_ws(b, 1);
+    while b.get(i) == Some(&b'"') {
+        // The text was validated: these cannot fail, but stay total anyway.
+        let Ok(key_end) = string_end(b, i) else { return };
+        let key = &raw[i + 1..key_end - 1];
+        let v = skip_ws(b, skip_ws(b, key_end) + 1);
+        let Ok(v_end) = value_end(b, v, 0) else { return };
+        f(key, &raw[v..v_end]);
+        i = skip_ws(b, v_end);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+    }
+}
+
+/// The members of a raw object, in order.
+pub fn members(raw: &str) -> Vec<Member<'_>> {
+    let mut out = Vec::with_capacity(16);
+    for_each_member(raw, |k, v| out.push((k, v)));
+    out
+}
+
+/// The items of a raw array, in order. Anything else yields nothing.
+pub fn items(raw: &str) -> Vec<&str> {
+    let b = raw.as_bytes();
+    let mut out = Vec::new();
+    if b.first() != Some(&b'[') {
+        return out;
+    }
+    let mut i = skip_ws(b, 1);
+    while i < b.len() && b.get(i) != Some(&b']') {
+        let Ok(end) = value_end(b, i, 0) else { return out };
+        out.push(&raw[i..end]);
+        i = skip_ws(b, end);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+    }
+    out
+}
+
+/// The value of the member `name` of a raw object (the last one, if repeated, as most
+/// decoders do).
+pub fn get<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for_each_member(raw, |k, v| {
+        if key_is(k, name) {
+            found = Some(v);
+        }
+    });
+    found
+}
+
+/// Follows a dotted path through objects and arrays (`items.0.id`).
+pub fn lookup<'a, S: AsRef<str>>(raw: &'a str, path: &[S]) -> Option<&'a str> {
+    let mut cur = raw;
+    for step in path {
+        let step = step.as_ref();
+        cur = match kind(cur) {
+            Kind::Object => get(cur, step)?,
+            Kind::Array => {
+                let index: usize = step.parse().ok()?;
+                items(cur).get(index).copied()?
+            }
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Whether a raw key means `name`.
+pub fn key_is(raw_key: &str, name: &str) -> bool {
+    if raw_key.contains('\\') { unescape(raw_key) == name } else { raw_key == name }
+}
+
+/// The text of a raw string's contents (between the quotes), escapes resolved.
+/// Invalid surrogates become U+FFFD, as most decoders do.
+pub fn unescape(content: &str) -> Cow<'_, str> {
+    if !content.contains('\\') {
+        return Cow::Borrowed(content);
+    }
+    let mut out = String::with_capacity(content.len());
+    let mut chars = content.char_indices();
+    while let Some((_, c)) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some((at, e)) = chars.next() else { break };
+        match e {
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => {
+                let unit = hex4(content, at + 1);
+                for _ in 0..4 {
+                    chars.next();
+                }
+                let c = if (0xD800..0xDC00).contains(&unit) && content.get(at + 5..at + 7) == Some("\\u") {
+                    let low = hex4(content, at + 7);
+                    if (0xDC00..0xE000).contains(&low) {
+                        for _ in 0..6 {
+                            chars.next();
+                        }
+                        char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))
+                    } else {
+                        None
+                    }
+                } else {
+                    char::from_u32(unit)
+                };
+                out.push(c.unwrap_or('\u{FFFD}'));
+            }
+            other => out.push(other),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn hex4(s: &str, at: usize) -> u32 {
+    s.get(at..at + 4).and_then(|h| u32::from_str_radix(h, 16).ok()).unwrap_or(0xFFFD)
+}
+
+/// The text a scalar stands for in a URL or a header: a string's contents unescaped,
+/// a number or boolean as written. `None` for null, objects and arrays.
+pub fn scalar_text(raw: &str) -> Option<Cow<'_, str>> {
+    match kind(raw) {
+        Kind::String => Some(unescape(raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default())),
+        Kind::Number | Kind::Bool => Some(Cow::Borrowed(raw)),
+        _ => None,
+    }
+}
+
+/// Writes `s` as a JSON string, quotes included.
+pub fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    write_escaped(s, out);
+    out.push(b'"');
+}
+
+/// Writes `s` escaped for the inside of a JSON string.
+pub fn write_escaped(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..0x20 => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&b[run..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents() {
+        assert_eq!(
+            parse_document(" {\"a\": [1, 2.5e-3, true, null, \"x\"]}\n"),
+            Ok("{\"a\": [1, 2.5e-3, true, null, \"x\"]}")
+        );
+        assert_eq!(parse_document("12345678901234567890123"), Ok("12345678901234567890123"));
+        for (bad, at, reason) in [
+            ("", 0, "empty body"),
+            ("{", 1, "expected a key"),
+            ("{\"a\" 1}", 5, "expected ':'"),
+            ("{\"a\":1,}", 7, "expected a key"),
+            ("[1,]", 3, "expected a value"),
+            ("[1 2]", 3, "expected ',' or ']'"),
+            ("01", 1, "trailing characters after the value"),
+            ("1.", 2, "invalid number: no digit after the decimal point"),
+            ("1e", 2, "invalid number: no digit in the exponent"),
+            ("-", 1, "invalid number"),
+            ("\"a\\x\"", 2, "invalid escape"),
+            ("\"\\u12g4\"", 1, "invalid \\u escape"),
+            ("\"a\nb\"", 2, "control character in a string"),
+            ("\"abc", 4, "unterminated string"),
+            ("tru", 0, "invalid literal"),
+            ("{} {}", 3, "trailing characters after the value"),
+        ] {
+            assert_eq!(parse_document(bad), Err(JsonError { offset: at, reason }), "{bad:?}");
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert_eq!(parse_document(&deep).map_err(|e| e.reason), Err("nesting too deep"));
+        let ok = "[".repeat(128) + &"]".repeat(128);
+        assert!(parse_document(&ok).is_ok());
+    }
+
+    #[test]
+    fn members_items_lookup() {
+        let doc = parse_document(
+            r#"{ "a" : 1.50 , "b\u0022":{"c":[{"id":"x"},{"id":12345678901234567890123}]}, "a":"last"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            members(doc),
+            vec![
+                ("a", "1.50"),
+                ("b\\u0022", r#"{"c":[{"id":"x"},{"id":12345678901234567890123}]}"#),
+                ("a", "\"last\"")
+            ]
+        );
+        assert_eq!(get(doc, "a"), Some("\"last\""));
+        assert_eq!(get(doc, "b\""), Some(r#"{"c":[{"id":"x"},{"id":12345678901234567890123}]}"#));
+        assert_eq!(lookup(doc, &["b\"", "c", "1", "id"]), Some("12345678901234567890123"));
+        assert_eq!(lookup(doc, &["b\"", "c", "2", "id"]), None);
+        assert_eq!(lookup(doc, &["a", "x"]), None);
+        assert_eq!(items("[ 1 , [2,3] ,{}]"), vec!["1", "[2,3]", "{}"]);
+        assert_eq!(items("[]"), Vec::<&str>::new());
+        assert_eq!(members("{}"), vec![]);
+        assert_eq!(parse_object(" { } "), Ok(vec![]));
+        assert_eq!(parse_object("{\"k\" : [1] ,\"z\":{}}\n"), Ok(vec![("k", "[1]"), ("z", "{}")]));
+        assert_eq!(parse_object("[1]").map_err(|e| e.reason), Err("not an object"));
+        assert_eq!(parse_object("{\"a\":1} x").map_err(|e| e.reason), Err("trailing characters after the value"));
+        assert_eq!(parse_object("{\"a\":1").map_err(|e| e.reason), Err("unexpected end of input"));
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(unescape(r"a\nb\u00e9\ud83d\ude00\/"), "a\nbé😀/");
+        assert_eq!(unescape(r"\ud83d"), "\u{FFFD}");
+        assert_eq!(scalar_text("\"x\\ty\""), Some(Cow::Borrowed("x\ty")));
+        assert_eq!(scalar_text("1e3"), Some(Cow::Borrowed("1e3")));
+        assert_eq!(scalar_text("null"), None);
+        let mut out = Vec::new();
+        write_string("a\"b\\c\n\u{1}é", &mut out);
+        assert_eq!(out, b"\"a\\\"b\\\\c\\n\\u0001\xc3\xa9\"");
+    }
+}

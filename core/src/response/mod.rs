@@ -1,0 +1,430 @@
+//! Backend responses: decoding, shaping and merging, as KrakenD does it.
+//!
+//! Per backend, in KrakenD's order: decode by `encoding`, then `target`, then `allow`
+//! or `deny` (allow wins), then `mapping`, then `group`. Parts then merge by top-level
+//! key in backend declaration order, a later backend's key replacing an earlier one's
+//! in the earlier one's place; the merged object is written in the endpoint's output
+//! encoding.
+//!
+//! Nothing is converted that does not have to be: a decoded body is a list of members
+//! whose values are ranges of the original text ([`Node::Raw`]); shaping only looks
+//! into a value when a dotted `allow`/`deny`/`target` path goes through it. Untouched
+//! values come out byte for byte (numbers, escapes, key order, whitespace inside).
+
+mod xml;
+
+use std::borrow::Cow;
+
+use crate::config::{Backend, Encoding, OutputEncoding};
+use crate::json;
+
+/// One member of an object under shaping.
+pub type Entry<'a> = (Key<'a>, Node<'a>);
+
+/// A key: raw (still escaped, from a body) or text (from the configuration or a decoder).
+#[derive(Debug, Clone)]
+pub enum Key<'a> {
+    Raw(&'a str),
+    Text(Cow<'a, str>),
+}
+
+impl Key<'_> {
+    /// Whether this key means `name`.
+    pub fn is(&self, name: &str) -> bool {
+        match self {
+            Key::Raw(raw) => json::key_is(raw, name),
+            Key::Text(t) => t == name,
+        }
+    }
+
+    /// The key's text, unescaped.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Key::Raw(raw) => json::unescape(raw),
+            Key::Text(t) => Cow::Borrowed(t),
+        }
+    }
+
+    fn same(&self, other: &Key<'_>) -> bool {
+        match (self, other) {
+            (Key::Raw(a), Key::Raw(b)) if !a.contains('\\') && !b.contains('\\') => a == b,
+            _ => self.text() == other.text(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Key::Raw(raw) => {
+                out.push(b'"');
+                out.extend_from_slice(raw.as_bytes());
+                out.push(b'"');
+            }
+            Key::Text(t) => json::write_string(t, out),
+        }
+    }
+}
+
+/// A value under shaping.
+#[derive(Debug, Clone)]
+pub enum Node<'a> {
+    /// A validated JSON value, copied out as it came.
+    Raw(&'a str),
+    /// A scalar JSON value made by the gateway (a status code in error details).
+    Number(u64),
+    /// A string to be escaped on output (from the `string`, `xml` and `rss` decoders).
+    Str(Cow<'a, str>),
+    Obj(Vec<Entry<'a>>),
+    Arr(Vec<Node<'a>>),
+}
+
+impl<'a> Node<'a> {
+    /// The members of an object node; the node back if it is not an object.
+    fn into_members(self) -> Result<Vec<Entry<'a>>, Node<'a>> {
+        match self {
+            Node::Obj(entries) => Ok(entries),
+            Node::Raw(raw) if json::kind(raw) == json::Kind::Object => Ok(raw_members(raw)),
+            other => Err(other),
+        }
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
+            Node::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Node::Str(s) => json::write_string(s, out),
+            Node::Obj(entries) => write_object(entries, out),
+            Node::Arr(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out);
+                }
+                out.push(b']');
+            }
+        }
+    }
+}
+
+fn raw_members(raw: &str) -> Vec<Entry<'_>> {
+    let mut out = Vec::with_capacity(8);
+    json::for_each_member(raw, |k, v| out.push((Key::Raw(k), Node::Raw(v))));
+    out
+}
+
+/// Writes members as a JSON object.
+pub fn write_object(entries: &[Entry<'_>], out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (k, v)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        k.write(out);
+        out.push(b':');
+        v.write(out);
+    }
+    out.push(b'}');
+}
+
+/// A set of dotted paths as a tree: `["a.b", "a.c", "d"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PathTree {
+    children: Vec<(String, PathTree)>,
+    /// The path ends here: the whole value is meant.
+    leaf: bool,
+}
+
+impl PathTree {
+    fn build(paths: &[String]) -> Option<PathTree> {
+        if paths.is_empty() {
+            return None;
+        }
+        let mut root = PathTree::default();
+        for p in paths {
+            let mut node = &mut root;
+            for step in p.split('.') {
+                let i = match node.children.iter().position(|(n, _)| n == step) {
+                    Some(i) => i,
+                    None => {
+                        node.children.push((step.to_string(), PathTree::default()));
+                        node.children.len() - 1
+                    }
+                };
+                node = &mut node.children[i].1;
+            }
+            node.leaf = true;
+        }
+        Some(root)
+    }
+
+    fn child(&self, key: &Key<'_>) -> Option<&PathTree> {
+        self.children.iter().find(|(n, _)| key.is(n)).map(|(_, t)| t)
+    }
+}
+
+/// How one backend's response is decoded and shaped, compiled from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub encoding: Encoding,
+    pub is_collection: bool,
+    target: Vec<String>,
+    allow: Option<PathTree>,
+    deny: Option<PathTree>,
+    mapping: Vec<(String, String)>,
+    group: Option<String>,
+}
+
+/// Why a backend body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Shape {
+    pub fn new(b: &Backend) -> Shape {
+        Shape {
+            encoding: b.encoding,
+            is_collection: b.is_collection,
+            target: b.target.as_deref().map(|t| t.split('.').map(str::to_string).collect()).unwrap_or_default(),
+            allow: PathTree::build(&b.allow),
+            // allow wins: a deny list beside an allow list is ignored (as KrakenD).
+            deny: if b.allow.is_empty() { PathTree::build(&b.deny) } else { None },
+            mapping: b.mapping.clone(),
+            group: b.group.clone(),
+        }
+    }
+
+    /// A shape that decodes with `encoding` and changes nothing.
+    pub fn plain(encoding: Encoding) -> Shape {
+        Shape {
+            encoding,
+            is_collection: false,
+            target: Vec::new(),
+            allow: None,
+            deny: None,
+            mapping: Vec::new(),
+            group: None,
+        }
+    }
+
+    /// Decodes and shapes a body: the part this backend adds to the merge.
+    pub fn apply<'a>(&self, body: &'a [u8]) -> Result<Vec<Entry<'a>>, DecodeError> {
+        let decoded = self.decode(body)?;
+        Ok(self.shape(decoded))
+    }
+
+    /// Decodes a body by `encoding` into the members of an object.
+    pub fn decode<'a>(&self, body: &'a [u8]) -> Result<Vec<Entry<'a>>, DecodeError> {
+        let text = || std::str::from_utf8(body).map_err(|_| DecodeError("body is not UTF-8".into()));
+        let bad = |e: json::JsonError| DecodeError(e.to_string());
+        match self.encoding {
+            Encoding::Json | Encoding::FastJson if self.is_collection => {
+                let doc = json::parse_document(text()?).map_err(bad)?;
+                if json::kind(doc) != json::Kind::Array {
+                    return Err(DecodeError("is_collection is set but the body is not an array".into()));
+                }
+                Ok(vec![(Key::Text(Cow::Borrowed("collection")), Node::Raw(doc))])
+            }
+            Encoding::Json | Encoding::FastJson => {
+                let members = json::parse_object(text()?).map_err(bad)?;
+                Ok(members.into_iter().map(|(k, v)| (Key::Raw(k), Node::Raw(v))).collect())
+            }
+            Encoding::SafeJson => {
+                let doc = json::parse_document(text()?).map_err(bad)?;
+                Ok(match json::kind(doc) {
+                    json::Kind::Object => raw_members(doc),
+                    json::Kind::Array => vec![(Key::Text(Cow::Borrowed("collection")), Node::Raw(doc))],
+                    _ => vec![(Key::Text(Cow::Borrowed("content")), Node::Raw(doc))],
+                })
+            }
+            Encoding::String => {
+                Ok(vec![(Key::Text(Cow::Borrowed("content")), Node::Str(String::from_utf8_lossy(body)))])
+            }
+            Encoding::Xml | Encoding::Rss => xml::decode(text()?).map_err(DecodeError),
+            Encoding::NoOp => Err(DecodeError("no-op bodies are not decoded".into())),
+        }
+    }
+
+    /// target, allow or deny, mapping, group: in that order.
+    pub fn shape<'a>(&self, mut entries: Vec<Entry<'a>>) -> Vec<Entry<'a>> {
+        for step in &self.target {
+            let found = entries.into_iter().rev().find(|(k, _)| k.is(step));
+            entries = match found.map(|(_, v)| v.into_members()) {
+                Some(Ok(members)) => members,
+                // A missing or non-object target leaves an empty object (as KrakenD).
+                _ => Vec::new(),
+            };
+        }
+        if let Some(allow) = &self.allow {
+            entries = keep_allowed(entries, allow);
+        } else if let Some(deny) = &self.deny {
+            entries = drop_denied(entries, deny);
+        }
+        if !self.mapping.is_empty() {
+            entries = rename(entries, &self.mapping);
+        }
+        if let Some(group) = &self.group {
+            entries = vec![(Key::Text(Cow::Owned(group.clone())), Node::Obj(entries))];
+        }
+        entries
+    }
+}
+
+fn keep_allowed<'a>(entries: Vec<Entry<'a>>, tree: &PathTree) -> Vec<Entry<'a>> {
+    entries
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let sub = tree.child(&k)?;
+            if sub.leaf {
+                return Some((k, v));
+            }
+            // A path through a non-object drops it; an object left empty goes too.
+            let kept = keep_allowed(v.into_members().ok()?, sub);
+            (!kept.is_empty()).then_some((k, Node::Obj(kept)))
+        })
+        .collect()
+}
+
+fn drop_denied<'a>(entries: Vec<Entry<'a>>, tree: &PathTree) -> Vec<Entry<'a>> {
+    entries
+        .into_iter()
+        .filter_map(|(k, v)| match tree.child(&k) {
+            None => Some((k, v)),
+            Some(sub) if sub.leaf => None,
+            Some(sub) => match v.into_members() {
+                Ok(members) => Some((k, Node::Obj(drop_denied(members, sub)))),
+                Err(v) => Some((k, v)),
+            },
+        })
+        .collect()
+}
+
+/// Renames top-level keys, each original key at most once (so `{"a":"b","b":"a"}`
+/// swaps). A renamed key replaces an existing key of the same name, as KrakenD's
+/// map assignment does, and keeps its own position.
+fn rename<'a>(entries: Vec<Entry<'a>>, mapping: &[(String, String)]) -> Vec<Entry<'a>> {
+    let mut renamed: Vec<(Entry<'a>, bool)> = entries
+        .into_iter()
+        .map(|(k, v)| match mapping.iter().find(|(from, _)| k.is(from)) {
+            Some((_, to)) => ((Key::Text(Cow::Owned(to.clone())), v), true),
+            None => ((k, v), false),
+        })
+        .collect();
+    let targets: Vec<&str> = mapping.iter().map(|(_, to)| to.as_str()).collect();
+    renamed.retain(|((k, _), was_renamed)| *was_renamed || !targets.iter().any(|t| k.is(t)));
+    renamed.into_iter().map(|(e, _)| e).collect()
+}
+
+/// Merges parts in order: a later part's key replaces an earlier one's value in place.
+pub fn merge<'a>(parts: impl IntoIterator<Item = Vec<Entry<'a>>>) -> Vec<Entry<'a>> {
+    let mut parts = parts.into_iter();
+    let mut out = parts.next().unwrap_or_default();
+    for part in parts {
+        for (k, v) in part {
+            match out.iter_mut().find(|(existing, _)| existing.same(&k)) {
+                Some(slot) => slot.1 = v,
+                None => out.push((k, v)),
+            }
+        }
+    }
+    out
+}
+
+/// Content types of the rendered outputs.
+pub const JSON: &str = "application/json; charset=utf-8";
+pub const XML: &str = "application/xml; charset=utf-8";
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Writes merged members in an output encoding; returns the content type.
+/// - `json`: the object;
+/// - `json-collection`: the value of `collection`, `[]` without one;
+/// - `string`: the text of `content`, empty without a string there;
+/// - `xml`: see [`xml::encode`];
+/// - `negotiate`: JSON, XML or string by `Accept` (JSON when nothing matches).
+///
+/// `no-op` is streamed, never rendered: it is written as `json` here.
+pub fn render(output: OutputEncoding, accept: Option<&str>, entries: &[Entry<'_>], out: &mut Vec<u8>) -> &'static str {
+    let output = match output {
+        OutputEncoding::Negotiate => negotiate(accept.unwrap_or("")),
+        o => o,
+    };
+    match output {
+        OutputEncoding::JsonCollection => {
+            match entries.iter().rev().find(|(k, _)| k.is("collection")) {
+                Some((_, v)) => v.write(out),
+                None => out.extend_from_slice(b"[]"),
+            }
+            JSON
+        }
+        OutputEncoding::String => {
+            match entries.iter().rev().find(|(k, _)| k.is("content")).map(|(_, v)| v) {
+                Some(Node::Str(s)) => out.extend_from_slice(s.as_bytes()),
+                Some(Node::Raw(raw)) if json::kind(raw) == json::Kind::String => {
+                    out.extend_from_slice(json::scalar_text(raw).unwrap_or_default().as_bytes())
+                }
+                _ => {}
+            }
+            TEXT
+        }
+        OutputEncoding::Xml => {
+            xml::encode(entries, out);
+            XML
+        }
+        _ => {
+            write_object(entries, out);
+            JSON
+        }
+    }
+}
+
+/// Picks an output by `Accept`: the supported type with the highest q, JSON on a tie
+/// or when nothing matches.
+pub fn negotiate(accept: &str) -> OutputEncoding {
+    let mut best = (OutputEncoding::Json, -1.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q =
+            parts.filter_map(|p| p.trim().strip_prefix("q=")).find_map(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
+        let enc = match media.as_str() {
+            "application/json" | "application/*" | "*/*" => OutputEncoding::Json,
+            "application/xml" | "text/xml" => OutputEncoding::Xml,
+            "text/plain" => OutputEncoding::String,
+            _ => continue,
+        };
+        if q > 0.0 && q > best.1 {
+            best = (enc, q);
+        }
+    }
+    best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_trees() {
+        let t = PathTree::build(&["a.b".into(), "a.c".into(), "d".into()]).unwrap();
+        assert_eq!(t.children.len(), 2);
+        assert!(t.children[1].1.leaf);
+        assert_eq!(t.children[0].1.children.len(), 2);
+        assert_eq!(PathTree::build(&[]), None);
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate("application/xml"), OutputEncoding::Xml);
+        assert_eq!(negotiate("text/plain;q=0.5, application/json;q=0.9"), OutputEncoding::Json);
+        assert_eq!(negotiate("text/html, text/xml;q=0.2"), OutputEncoding::Xml);
+        assert_eq!(negotiate("text/plain"), OutputEncoding::String);
+        assert_eq!(negotiate("image/png"), OutputEncoding::Json);
+        assert_eq!(negotiate(""), OutputEncoding::Json);
+        assert_eq!(negotiate("application/xml;q=0, */*"), OutputEncoding::Json);
+    }
+}

@@ -1,0 +1,376 @@
+//! Building backend requests from a client request: URL, query string, headers, host.
+//!
+//! Security rules, each tested in `core/tests/exchange.rs`:
+//! - Every value put into a URL (path parameter, `{input_headers.X}`, `{respN_x}`) is
+//!   percent-decoded once and re-encoded so that only unreserved characters and a few
+//!   harmless sub-delimiters stay literal: it can never add a `/`, `?`, `#`, `&`, `=`,
+//!   `%`, CR or LF to the backend URL. A value that contains a `.` or `..` segment
+//!   (`..`, `../x`, `a\..`) is refused, and so is a rendered path with a dot segment,
+//!   because many backends resolve `%2E%2E` as `..`.
+//! - Forwarded query pairs are re-encoded byte by byte where they are not visible ASCII.
+//! - Header values travel as [`HeaderValue`]s, which cannot hold CR or LF. Hop-by-hop
+//!   headers (and those named in `Connection`) never cross. `X-Forwarded-For` is always
+//!   written by the gateway (the socket peer, or a trusted proxy's claim), never copied.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::RouterOptions;
+use crate::http1::HOP_BY_HOP;
+use crate::plan::{BackendHost, BackendPlan, UrlPiece};
+
+/// Which client headers a backend receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderPolicy {
+    /// Every end-to-end header (`["*"]`).
+    All,
+    /// These names (case-insensitive), plus `Content-Type`.
+    Names(Vec<HeaderName>),
+}
+
+/// Which client query parameters a backend receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryPolicy {
+    /// Every parameter (`["*"]`).
+    All,
+    /// These names (exact, as KrakenD); empty: none.
+    Names(Vec<String>),
+}
+
+impl HeaderPolicy {
+    /// The endpoint's list, filtered again by the backend's when it has one.
+    pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> HeaderPolicy {
+        let names = effective(endpoint, backend, |a, b| a.eq_ignore_ascii_case(b));
+        match names {
+            None => HeaderPolicy::All,
+            Some(list) => {
+                HeaderPolicy::Names(list.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect())
+            }
+        }
+    }
+}
+
+impl QueryPolicy {
+    pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> QueryPolicy {
+        match effective(endpoint, backend, |a, b| a == b) {
+            None => QueryPolicy::All,
+            Some(list) => QueryPolicy::Names(list),
+        }
+    }
+
+    fn allows(&self, name: &str) -> bool {
+        match self {
+            QueryPolicy::All => true,
+            QueryPolicy::Names(list) => list.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// `None` means everything; otherwise the names both lists let through.
+fn effective(endpoint: &[String], backend: Option<&[String]>, eq: fn(&str, &str) -> bool) -> Option<Vec<String>> {
+    let all = |l: &[String]| l.iter().any(|n| n == "*");
+    match backend {
+        None => (!all(endpoint)).then(|| endpoint.to_vec()),
+        Some(b) if all(b) => (!all(endpoint)).then(|| endpoint.to_vec()),
+        Some(b) if all(endpoint) => Some(b.to_vec()),
+        Some(b) => Some(endpoint.iter().filter(|e| b.iter().any(|n| eq(n, e))).cloned().collect()),
+    }
+}
+
+/// Round-robin position per backend. One per shard: the caller owns it, so no lock is
+/// ever taken on the request path.
+#[derive(Debug, Clone, Default)]
+pub struct Balancer {
+    next: Vec<u32>,
+}
+
+impl Balancer {
+    pub fn new(backends: usize) -> Balancer {
+        Balancer { next: vec![0; backends] }
+    }
+
+    /// The next host of a backend.
+    pub fn pick<'h>(&mut self, backend: &'h BackendPlan) -> Option<&'h BackendHost> {
+        let n = backend.hosts.len();
+        if n <= 1 {
+            return backend.hosts.first();
+        }
+        if self.next.len() <= backend.slot {
+            self.next.resize(backend.slot + 1, 0);
+        }
+        let i = self.next[backend.slot] as usize % n;
+        self.next[backend.slot] = ((i + 1) % n) as u32;
+        backend.hosts.get(i)
+    }
+}
+
+/// Why a backend URL could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// A client-supplied value would change the URL's structure: answered 400.
+    Refused(String),
+    /// A `{respN_x}` value is missing or not a scalar: the call fails.
+    Missing(String),
+}
+
+/// Characters left as they are in a URL value: RFC 3986 unreserved plus sub-delimiters
+/// that mean nothing to paths or to `name=value&` query strings.
+fn keep_literal(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'\'' | b'(' | b')' | b'*' | b',' | b';' | b':' | b'@')
+}
+
+fn push_encoded(b: u8, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 0xf)]));
+}
+
+/// Percent-encodes a decoded value for a URL.
+pub fn encode_value(value: &[u8], out: &mut String) {
+    for &b in value {
+        if keep_literal(b) {
+            out.push(char::from(b));
+        } else {
+            push_encoded(b, out);
+        }
+    }
+}
+
+/// Percent-decodes once; a `%` not followed by two hex digits stays as it is.
+pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s.as_bytes());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(h) = b.get(i + 1..i + 3)
+            && let Ok(h) = std::str::from_utf8(h)
+            && let Ok(v) = u8::from_str_radix(h, 16)
+            && h.bytes().all(|c| c.is_ascii_hexdigit())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn is_dot_segment(seg: &[u8]) -> bool {
+    seg == b"." || seg == b".."
+}
+
+/// Renders a URL value, refusing dot segments.
+fn put_value(name: &str, value: &[u8], out: &mut String) -> Result<(), RenderError> {
+    if value.split(|&b| b == b'/' || b == b'\\').any(is_dot_segment) {
+        return Err(RenderError::Refused(format!("the value of {{{name}}} is a dot segment")));
+    }
+    encode_value(value, out);
+    Ok(())
+}
+
+/// What [`render_url`] needs from the exchange.
+pub struct UrlInputs<'a> {
+    /// Endpoint parameters, percent-encoded as they came.
+    pub params: &'a [(String, String)],
+    pub headers: &'a HeaderMap,
+    /// Looks up `{respN_path}`: the text of a scalar in an earlier response.
+    pub response: &'a dyn Fn(usize, &[String]) -> Option<String>,
+}
+
+impl std::fmt::Debug for UrlInputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlInputs").field("params", &self.params).finish_non_exhaustive()
+    }
+}
+
+/// Renders a backend's `url_pattern` with its placeholders, then appends the forwarded
+/// query pairs (after the url_pattern's own static query, if any). The host's path
+/// prefix (`disable_host_sanitize`) is the caller's to put in front.
+pub fn render_url(
+    backend: &BackendPlan,
+    inputs: &UrlInputs<'_>,
+    client_query: Option<&str>,
+) -> Result<String, RenderError> {
+    let mut url = String::with_capacity(64);
+    for piece in &backend.url_pattern {
+        match piece {
+            UrlPiece::Literal(l) => url.push_str(l),
+            UrlPiece::Param(name) => {
+                let raw = inputs.params.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
+                put_value(name, &percent_decode(raw), &mut url)?;
+            }
+            UrlPiece::InputHeader(h) => {
+                let v = inputs.headers.get(h).map_or(&b""[..], HeaderValue::as_bytes);
+                put_value(h.as_str(), v, &mut url)?;
+            }
+            UrlPiece::Response { index, path } => {
+                let name = format!("resp{index}_{}", path.join("."));
+                let Some(v) = (inputs.response)(*index, path) else {
+                    return Err(RenderError::Missing(format!("{{{name}}} has no value in response {index}")));
+                };
+                put_value(&name, v.as_bytes(), &mut url)?;
+            }
+        }
+    }
+    let path_end = url.find('?').unwrap_or(url.len());
+    if url[..path_end].split('/').any(|seg| is_dot_segment(&percent_decode(seg))) {
+        return Err(RenderError::Refused("the backend path would contain a dot segment".into()));
+    }
+    if url.is_empty() || !url.starts_with('/') {
+        url.insert(0, '/');
+    }
+    if let Some(q) = client_query {
+        let mut sep = if url.contains('?') { '&' } else { '?' };
+        if url.ends_with(['?', '&']) {
+            sep = '\0';
+        }
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            if name.is_empty() || !backend.query.allows(&String::from_utf8_lossy(&percent_decode(name))) {
+                continue;
+            }
+            if sep != '\0' {
+                url.push(sep);
+            }
+            sep = '&';
+            for &b in pair.as_bytes() {
+                if b > 0x20 && b < 0x7f && b != b'#' {
+                    url.push(char::from(b));
+                } else {
+                    push_encoded(b, &mut url);
+                }
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Hop-by-hop headers of a message: the fixed list plus those its `Connection` names.
+pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n)
+        || headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(n))
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_VIA: HeaderName = HeaderName::from_static("x-forwarded-via");
+
+/// `Sluice/<version>`.
+pub fn user_agent() -> HeaderValue {
+    HeaderValue::from_static(concat!("Sluice/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The headers a backend receives.
+pub fn backend_headers(policy: &HeaderPolicy, client: &HeaderMap, client_ip: IpAddr) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(8);
+    let skip = |n: &HeaderName| {
+        is_hop_by_hop(n, client)
+            || *n == http::header::HOST
+            || *n == http::header::CONTENT_LENGTH
+            || *n == X_FORWARDED_FOR
+            || *n == X_FORWARDED_HOST
+            || *n == X_FORWARDED_VIA
+    };
+    match policy {
+        HeaderPolicy::All => {
+            for (n, v) in client {
+                if !skip(n) {
+                    out.append(n.clone(), v.clone());
+                }
+            }
+        }
+        HeaderPolicy::Names(names) => {
+            for n in names {
+                if skip(n) {
+                    continue;
+                }
+                for v in client.get_all(n) {
+                    out.append(n.clone(), v.clone());
+                }
+            }
+        }
+    }
+    if !out.contains_key(CONTENT_TYPE)
+        && let Some(ct) = client.get(CONTENT_TYPE)
+    {
+        out.insert(CONTENT_TYPE, ct.clone());
+    }
+    if let Ok(ip) = HeaderValue::from_str(&client_ip.to_string()) {
+        out.insert(X_FORWARDED_FOR.clone(), ip);
+    }
+    if let Some(host) = client.get(http::header::HOST) {
+        out.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    if out.contains_key(USER_AGENT) {
+        out.insert(X_FORWARDED_VIA.clone(), user_agent());
+    } else {
+        out.insert(USER_AGENT, user_agent());
+    }
+    out
+}
+
+/// The client's address: the socket peer, unless `forwarded_by_client_ip` is set and
+/// the peer is a trusted proxy. Then each of `remote_ip_headers` is read right to left,
+/// skipping trusted proxies: the first untrusted address is the client (gin's rule).
+/// A header with anything but addresses in it is ignored.
+pub fn client_ip(opts: &RouterOptions, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: IpAddr| opts.trusted_proxies.iter().any(|net| net.contains(ip));
+    if !opts.forwarded_by_client_ip || !trusted(peer) {
+        return peer;
+    }
+    for name in &opts.remote_ip_headers {
+        let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else { continue };
+        let list: Option<Vec<IpAddr>> = value.split(',').map(|s| s.trim().parse().ok()).collect();
+        let Some(list) = list else { continue };
+        for (i, ip) in list.iter().enumerate().rev() {
+            if i == 0 || !trusted(*ip) {
+                return *ip;
+            }
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(QueryPolicy::compile(&s(&[]), None), QueryPolicy::Names(vec![]));
+        assert_eq!(QueryPolicy::compile(&s(&["*"]), None), QueryPolicy::All);
+        assert_eq!(QueryPolicy::compile(&s(&["*"]), Some(&s(&["a"]))), QueryPolicy::Names(s(&["a"])));
+        assert_eq!(QueryPolicy::compile(&s(&["a", "b"]), Some(&s(&["b", "c"]))), QueryPolicy::Names(s(&["b"])));
+        assert_eq!(QueryPolicy::compile(&s(&["a"]), Some(&s(&["*"]))), QueryPolicy::Names(s(&["a"])));
+        assert_eq!(
+            HeaderPolicy::compile(&s(&["X-A", "x-b"]), Some(&s(&["x-a"]))),
+            HeaderPolicy::Names(vec![HeaderName::from_static("x-a")])
+        );
+    }
+
+    #[test]
+    fn decoding_and_encoding() {
+        assert_eq!(&*percent_decode("a%2Fb%zz%4"), b"a/b%zz%4");
+        let mut out = String::new();
+        encode_value(b"a b/c?d#e&f=g%\r\n..+~", &mut out);
+        assert_eq!(out, "a%20b%2Fc%3Fd%23e%26f%3Dg%25%0D%0A..%2B~");
+    }
+}
