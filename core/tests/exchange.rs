@@ -729,7 +729,9 @@ fn output_encodings() {
     let list = r#"{"url_pattern": "/x", "is_collection": true}"#;
     let plain = r#"{"url_pattern": "/x"}"#;
     let text = r#"{"url_pattern": "/x", "encoding": "string"}"#;
-    let cases: &[(&str, &str, &str, Option<&str>, &str, &str)] = &[
+    // (output_encoding, backend, body, Accept, content type, body out)
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
         ("json-collection", list, r#"[1,"a"]"#, None, "application/json; charset=utf-8", r#"[1,"a"]"#),
         ("json-collection", plain, r#"{"a":1}"#, None, "application/json; charset=utf-8", "[]"),
         ("string", text, "hello <b>", None, "text/plain; charset=utf-8", "hello <b>"),
