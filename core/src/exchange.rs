@@ -13,6 +13,46 @@
 //!    passing the backend's response through. Calls still in flight then are
 //!    abandoned: the driver drops them.
 //!
+//! After every `handle_*` call, drain `poll` until it says [`Action::Wait`] (nothing
+//! more until a result or the deadline) or the request is answered. The canonical
+//! driver loop, with a backend answered in place:
+//!
+//! ```
+//! use std::time::Instant;
+//! use http::{HeaderMap, Method, StatusCode};
+//! use sluice_core::Gateway;
+//! use sluice_core::exchange::{Action, ClientRequest, Dispatch, Exchange, RequestBody};
+//! use sluice_core::upstream::Balancer;
+//!
+//! let gw = Gateway::load(r#"{"version": 3, "host": ["http://users:8080"],
+//!     "endpoints": [{"endpoint": "/u/{id}", "backend": [{"url_pattern": "/users/{id}", "group": "user"}]}]}"#)
+//!     .unwrap().gateway;
+//! let mut balancer = Balancer::new(gw.backend_count); // one per shard
+//! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
+//! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
+//!     headers: HeaderMap::new(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None };
+//! let mut ex = Exchange::new(&gw, route, req, Instant::now()).unwrap();
+//! let reply = loop {
+//!     match ex.poll(&mut balancer) {
+//!         Action::Call(call) => {
+//!             let mut head = Vec::new();
+//!             call.write_head(ex.body().len(), &mut head).unwrap();
+//!             assert!(head.starts_with(b"GET /users/7 HTTP/1.1\r\nhost: users:8080\r\n"));
+//!             // A real driver writes `head` to a pooled connection and reads the answer
+//!             // later; here it comes back at once.
+//!             ex.handle_response(call.id, StatusCode::OK, HeaderMap::new(), br#"{"id":7}"#.to_vec());
+//!         }
+//!         Action::Wait(deadline) => {
+//!             // Sleep until a backend result or `deadline`; on the deadline:
+//!             ex.handle_timeout(deadline);
+//!         }
+//!         Action::Respond(reply) => break reply,
+//!         Action::Stream(_) | Action::Done => unreachable!("not a no-op endpoint"),
+//!     }
+//! };
+//! assert_eq!(reply.body, br#"{"user":{"id":7}}"#);
+//! ```
+//!
 //! Status rules (KrakenD's): only 200 and 201 from a backend count as success. Some
 //! parts missing → 200 with `X-KrakenD-Completed: false`; all there → `true`, plus
 //! `Cache-Control: public, max-age=N` with a `cache_ttl`; no part at all → 500, with
@@ -305,6 +345,12 @@ impl<'g> Exchange<'g> {
     /// The endpoint deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// The earliest instant at which [`Exchange::handle_timeout`] has work to do; `None`
+    /// once answered. Calling it early is harmless.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.done).then_some(self.deadline)
     }
 
     fn render(&self, b: &BackendPlan) -> Result<String, RenderError> {

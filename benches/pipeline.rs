@@ -1,0 +1,206 @@
+//! The request pipeline in core: rendering a backend request, and shaping + merging
+//! two 2 KB JSON bodies (allow + mapping + group) beside a naive serde_json::Value
+//! implementation of the same work, in the same run.
+//!
+//! `cargo bench --bench pipeline`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method};
+use serde_json::{Map, Value};
+use sluice_core::Gateway;
+use sluice_core::config::OutputEncoding;
+use sluice_core::exchange::{Action, ClientRequest, Dispatch, Exchange, RequestBody};
+use sluice_core::response::{self, Shape};
+use sluice_core::upstream::Balancer;
+
+const CONFIG: &str = r#"{
+  "version": 3, "host": ["http://users.internal:8080"],
+  "endpoints": [{
+    "endpoint": "/v1/users/{id}", "input_query_strings": ["lang"], "input_headers": ["X-Tenant", "Accept"],
+    "backend": [
+      {"url_pattern": "/users/{id}?fields=all", "allow": ["id", "name", "email", "address.city", "address.geo", "roles", "stats.followers"],
+       "mapping": {"name": "full_name", "email": "contact"}, "group": "user"},
+      {"url_pattern": "/orders?user={id}", "allow": ["count", "items", "page.next"], "mapping": {"items": "orders"}, "group": "orders"}
+    ]}]}"#;
+
+/// A user document of about 2 KB.
+fn user_body() -> String {
+    let mut extra = String::new();
+    for i in 0..24 {
+        extra.push_str(&format!(
+            r#","pref_{i}":{{"enabled":{},"level":{i},"label":"preference number {i}"}}"#,
+            i % 2 == 0
+        ));
+    }
+    format!(
+        r#"{{"id":12345678901234567890,"name":"Ada Lovelace","email":"ada@example.com","bio":"Mathematician and writer, chiefly known for her work on the Analytical Engine.","address":{{"street":"12 St James's Square","city":"London","zip":"SW1Y 4JH","country":"GB","geo":{{"lat":51.5074,"lng":-0.1338}}}},"roles":["admin","dev","reviewer"],"stats":{{"followers":1815,"following":52,"posts":117}},"created":"1815-12-10T00:00:00Z"{extra}}}"#
+    )
+}
+
+/// An orders document of about 2 KB.
+fn orders_body() -> String {
+    let items: Vec<String> = (0..24)
+        .map(|i| {
+            format!(r#"{{"id":"ord-{i:04}","total":{i}.50,"currency":"EUR","status":"shipped","lines":{}}}"#, i % 4 + 1)
+        })
+        .collect();
+    format!(
+        r#"{{"count":24,"items":[{}],"page":{{"next":"/orders?page=2","prev":null,"size":12}},"generated":"2026-11-21T00:00:00Z","server":"orders-7"}}"#,
+        items.join(",")
+    )
+}
+
+fn sluice_shape_merge(shapes: &[&Shape; 2], bodies: &[&[u8]; 2], out: &mut Vec<u8>) {
+    let a = shapes[0].apply(bodies[0]).unwrap_or_default();
+    let b = shapes[1].apply(bodies[1]).unwrap_or_default();
+    let merged = response::merge([a, b]);
+    response::render(OutputEncoding::Json, None, &merged, out);
+}
+
+/// The same work the obvious way: parse into serde_json::Value, prune, rename, wrap,
+/// merge into a map, serialize.
+mod naive {
+    use super::*;
+
+    fn allow(v: &mut Map<String, Value>, paths: &[&[&str]]) {
+        let keys: Vec<String> = v.keys().cloned().collect();
+        for k in keys {
+            let subs: Vec<&[&str]> = paths.iter().filter(|p| p[0] == k).map(|p| &p[1..]).collect();
+            if subs.is_empty() {
+                v.shift_remove(&k);
+            } else if subs.iter().any(|p| p.is_empty()) {
+                // kept whole
+            } else if let Some(Value::Object(inner)) = v.get_mut(&k) {
+                allow(inner, &subs);
+                if inner.is_empty() {
+                    v.shift_remove(&k);
+                }
+            } else {
+                v.shift_remove(&k);
+            }
+        }
+    }
+
+    pub(super) fn shape(
+        body: &[u8],
+        allow_list: &[&[&str]],
+        mapping: &[(&str, &str)],
+        group: &str,
+    ) -> Map<String, Value> {
+        let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(body) else { return Map::new() };
+        allow(&mut m, allow_list);
+        for (from, to) in mapping {
+            if let Some(v) = m.shift_remove(*from) {
+                m.insert(to.to_string(), v);
+            }
+        }
+        let mut g = Map::new();
+        g.insert(group.to_string(), Value::Object(m));
+        g
+    }
+
+    pub(super) fn shape_merge(bodies: &[&[u8]; 2], out: &mut Vec<u8>) {
+        let mut merged = shape(
+            bodies[0],
+            &[
+                &["id"],
+                &["name"],
+                &["email"],
+                &["address", "city"],
+                &["address", "geo"],
+                &["roles"],
+                &["stats", "followers"],
+            ],
+            &[("name", "full_name"), ("email", "contact")],
+            "user",
+        );
+        let b = shape(bodies[1], &[&["count"], &["items"], &["page", "next"]], &[("items", "orders")], "orders");
+        for (k, v) in b {
+            merged.insert(k, v);
+        }
+        serde_json::to_writer(out, &Value::Object(merged)).unwrap_or_default();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let gw = Gateway::load(CONFIG).unwrap().gateway;
+    let user = user_body();
+    let orders = orders_body();
+    let bodies: [&[u8]; 2] = [user.as_bytes(), orders.as_bytes()];
+    let shapes = [&gw.endpoints[0].backends[0].shape, &gw.endpoints[0].backends[1].shape];
+
+    // Both must produce the same document (the naive one parses numbers into f64 and so
+    // may differ in their digits; compare as values).
+    let mut ours = Vec::new();
+    sluice_shape_merge(&shapes, &bodies, &mut ours);
+    let mut theirs = Vec::new();
+    naive::shape_merge(&bodies, &mut theirs);
+    let a: Value = serde_json::from_slice(&ours).unwrap();
+    let b: Value = serde_json::from_slice(&theirs).unwrap();
+    assert_eq!(a, b, "the two implementations disagree");
+    eprintln!("bodies: {} B and {} B; merged output {} B", user.len(), orders.len(), ours.len());
+
+    let mut g = c.benchmark_group("shape_merge_2x2KB");
+    g.bench_function("sluice", |b| {
+        let mut out = Vec::with_capacity(4096);
+        b.iter(|| {
+            out.clear();
+            sluice_shape_merge(black_box(&shapes), black_box(&bodies), &mut out);
+            black_box(out.len())
+        })
+    });
+    g.bench_function("serde_json_value", |b| {
+        let mut out = Vec::with_capacity(4096);
+        b.iter(|| {
+            out.clear();
+            naive::shape_merge(black_box(&bodies), &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+
+    let mut headers = HeaderMap::new();
+    for (n, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/132.0"),
+        ("accept", "application/json"),
+        ("x-tenant", "acme"),
+        ("authorization", "Bearer abc.def.ghi"),
+        ("cookie", "session=0123456789abcdef"),
+    ] {
+        headers.insert(n, HeaderValue::from_static(v));
+    }
+    let request = ClientRequest {
+        method: Method::GET,
+        path: "/v1/users/42".into(),
+        query: Some("lang=en&utm_source=mail".into()),
+        headers,
+        peer: "192.0.2.7".parse().unwrap(),
+        body: RequestBody::None,
+    };
+    let mut lb = Balancer::new(gw.backend_count);
+    let now = Instant::now();
+    c.bench_function("render_backend_request", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter_batched(
+            || request.clone(),
+            |req| {
+                let Dispatch::Endpoint(route) = gw.dispatch(&req.method, &req.path, req.query.as_deref()) else {
+                    unreachable!()
+                };
+                let mut ex = Exchange::new(&gw, route, req, now).unwrap();
+                let Action::Call(call) = ex.poll(&mut lb) else { unreachable!() };
+                out.clear();
+                call.write_head(0, &mut out).unwrap();
+                black_box(out.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
