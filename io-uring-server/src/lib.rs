@@ -1,3 +1,252 @@
-//! `sluice-uring` will hold the thread-per-core driver: one pinned monoio shard per
-//! core (io_uring, falling back to epoll), each with its own SO_REUSEPORT listener and
-//! backend pools, driving the Sans-IO state machines of `sluice-core`. Not written yet.
+//! `sluice-uring`: the thread-per-core driver of the Sluice core.
+//!
+//! One shard per core (or `Options::shards`): a named thread pinned with
+//! `core_affinity`, running its own monoio runtime (io_uring, or the epoll driver when
+//! io_uring is unavailable or `force_epoll` is set) and its own `SO_REUSEPORT`
+//! listener. Per-shard state (backend pools, round-robin counters, the connection
+//! count) lives in `Rc`/`Cell`/`RefCell`; the compiled `Gateway` is shared as `Arc`
+//! and only read. No lock and no cross-shard message on the request path.
+//!
+//! This crate owns sockets, timers and buffers, nothing else: every HTTP decision is
+//! `sluice_core::http1`'s and `sluice_core::exchange`'s.
+
+mod backend;
+mod conn;
+mod signal;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monoio::net::{ListenerOpts, TcpListener};
+use sluice_core::Gateway;
+use sluice_core::http1::Limits;
+use sluice_core::upstream::Balancer;
+
+pub use signal::StopSignal;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    /// Number of shards (threads). Default: one per core.
+    pub shards: usize,
+    /// Use the epoll driver even where io_uring works.
+    pub force_epoll: bool,
+    /// Open client connections per shard; more are closed at once.
+    pub max_connections_per_shard: usize,
+    /// How long a stop waits for requests in flight.
+    pub shutdown_wait: Duration,
+}
+
+impl Options {
+    pub fn new(listen: SocketAddr) -> Options {
+        Options {
+            listen,
+            shards: core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1),
+            force_epoll: false,
+            max_connections_per_shard: 25_000,
+            shutdown_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which monoio driver a shard got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    /// epoll: forced, or io_uring was unavailable.
+    Epoll {
+        forced: bool,
+    },
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Driver::IoUring => f.write_str("io_uring"),
+            Driver::Epoll { forced: true } => f.write_str("epoll (forced)"),
+            Driver::Epoll { forced: false } => f.write_str("epoll (io_uring unavailable)"),
+        }
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Server {
+    /// The address every shard listens on.
+    pub local_addr: SocketAddr,
+    /// The driver each shard got, by shard number.
+    pub drivers: Vec<Driver>,
+    stop: StopSignal,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Asks every shard to stop accepting and finish what is in flight.
+    pub fn stop(&self) {
+        self.stop.trigger();
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Per-shard state, owned by its thread.
+pub(crate) struct Shard {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) limits: Limits,
+    pub(crate) balancer: RefCell<Balancer>,
+    pub(crate) pool: backend::Pool,
+    pub(crate) active: Cell<usize>,
+    pub(crate) stopping: signal::LocalStop,
+}
+
+/// Starts the shards. Returns once every shard listens, or with the first error (the
+/// port is taken, ...), in which case nothing keeps running.
+pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Server> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    let mut drivers = Vec::new();
+    let mut addr = opts.listen;
+    for id in 0..opts.shards.max(1) {
+        let (tx, rx) = mpsc::channel();
+        let (gw, stop2, opts2) = (gw.clone(), stop.clone(), opts.clone());
+        let core = if cores.is_empty() { None } else { cores.get(id % cores.len()).copied() };
+        let listen = addr;
+        let t = std::thread::Builder::new()
+            .name(format!("sluice-shard-{id}"))
+            .spawn(move || shard_thread(id, core, gw, opts2, listen, stop2, tx))?;
+        threads.push(t);
+        match rx.recv() {
+            Ok(Ok((bound, driver))) => {
+                // Port 0: the first shard's port is everyone's.
+                addr = bound;
+                drivers.push(driver);
+            }
+            Ok(Err(e)) => {
+                stop.trigger();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                stop.trigger();
+                return Err(io::Error::other("a shard thread ended before listening"));
+            }
+        }
+    }
+    Ok(Server { local_addr: addr, drivers, stop, threads })
+}
+
+type Ready = mpsc::Sender<io::Result<(SocketAddr, Driver)>>;
+
+fn shard_thread(
+    id: usize,
+    core: Option<core_affinity::CoreId>,
+    gw: Arc<Gateway>,
+    opts: Options,
+    listen: SocketAddr,
+    stop: StopSignal,
+    ready: Ready,
+) {
+    if let Some(core) = core {
+        core_affinity::set_for_current(core);
+    }
+    let entries = 1024;
+    let run = |driver: Driver| shard_main(id, gw, opts.clone(), listen, stop, ready.clone(), driver);
+    if opts.force_epoll {
+        match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().with_entries(entries).enable_timer().build() {
+            Ok(mut rt) => rt.block_on(run(Driver::Epoll { forced: true })),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+        return;
+    }
+    match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(entries).enable_timer().build() {
+        Ok(monoio::FusionRuntime::Uring(mut rt)) => rt.block_on(run(Driver::IoUring)),
+        Ok(monoio::FusionRuntime::Legacy(mut rt)) => rt.block_on(run(Driver::Epoll { forced: false })),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+async fn shard_main(
+    id: usize,
+    gw: Arc<Gateway>,
+    opts: Options,
+    listen: SocketAddr,
+    stop: StopSignal,
+    ready: Ready,
+    driver: Driver,
+) {
+    let listener_opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    let listener = match TcpListener::bind_with_config(listen, &listener_opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))));
+            return;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(listen);
+    let limits = Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() };
+    let shard = Rc::new(Shard {
+        balancer: RefCell::new(Balancer::new(gw.backend_count)),
+        pool: backend::Pool::new(gw.config.max_idle_connections_per_host),
+        gw,
+        limits,
+        active: Cell::new(0),
+        stopping: signal::LocalStop::default(),
+    });
+    tracing::info!(shard = id, driver = %driver, "shard listening on {bound}");
+    let _ = ready.send(Ok((bound, driver)));
+    drop(ready);
+
+    while !stop.is_triggered() {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if shard.active.get() >= opts.max_connections_per_shard {
+                        tracing::warn!(shard = id, "connection limit reached ({}): closing {peer}", opts.max_connections_per_shard);
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    monoio::spawn(conn::serve(shard.clone(), stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(shard = id, "accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = monoio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    drop(listener);
+    shard.stopping.trigger();
+    let waited = std::time::Instant::now();
+    while shard.active.get() > 0 && waited.elapsed() < opts.shutdown_wait {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if shard.active.get() > 0 {
+        tracing::warn!(shard = id, "stopping with {} connection(s) still open", shard.active.get());
+    }
+}
+
+/// Whether a stop was asked for (cheap; read by the accept loop).
+pub(crate) fn triggered(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Acquire)
+}

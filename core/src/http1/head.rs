@@ -67,6 +67,20 @@ impl Head {
         self.headers.is_empty()
     }
 
+    /// The headers as an [`http::HeaderMap`] (names lowercased, order kept). A field
+    /// that `http` cannot hold is left out; the parser already refused CR, LF and NUL.
+    pub fn to_header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.iter() {
+            if let (Ok(n), Ok(v)) =
+                (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_bytes(value))
+            {
+                map.append(n, v);
+            }
+        }
+        map
+    }
+
     /// The raw bytes of the whole head, terminator included.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes

@@ -1,0 +1,574 @@
+//! One client connection: bytes in and out, timers, and the calls `core` asks for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::{HeaderMap, StatusCode};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use sluice_core::builtin;
+use sluice_core::exchange::{Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route};
+use sluice_core::http1::{
+    self, BodyLength, ClientConn, ClientEvent, Framing, Next, Request, ResponseHead, ServerConn, ServerEvent,
+    TargetForm,
+};
+
+use crate::Shard;
+use crate::backend::{self, PoolRef};
+use crate::signal::Slot;
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Output is flushed when it grows past this while streaming.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Runs `fut` for at most `limit` (zero: no limit). `None` when time ran out.
+async fn with_limit<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    if limit.is_zero() { Some(fut.await) } else { monoio::time::timeout(limit, fut).await.ok() }
+}
+
+fn left(since: Instant, limit: Duration) -> Duration {
+    if limit.is_zero() { Duration::ZERO } else { limit.saturating_sub(since.elapsed()).max(Duration::from_millis(1)) }
+}
+
+enum Read {
+    Data,
+    Eof,
+    TimedOut,
+    Stopped,
+    Failed,
+}
+
+/// Bytes in and out of one socket, with the buffer monoio reads into.
+struct Io {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Io {
+    fn pending(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
+    fn make_room(&mut self) {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+    }
+
+    /// Reads more bytes (appended after what is pending). A timeout or stop loses the
+    /// buffer: the caller closes the connection then.
+    async fn read(&mut self, limit: Duration, stop: Option<(&crate::signal::LocalStop, &Slot)>) -> Read {
+        self.make_room();
+        let (len, cap) = (self.buf.len(), self.buf.capacity());
+        let buf = std::mem::take(&mut self.buf);
+        let read = with_limit(limit, self.stream.read(buf.slice_mut(len..cap)));
+        let result = match stop {
+            Some((stop, slot)) => {
+                monoio::select! {
+                    r = read => r,
+                    _ = stop.wait(slot) => return Read::Stopped,
+                }
+            }
+            None => read.await,
+        };
+        let Some((res, slice)) = result else { return Read::TimedOut };
+        self.buf = slice.into_inner();
+        match res {
+            Ok(0) => Read::Eof,
+            Ok(_) => Read::Data,
+            Err(_) => Read::Failed,
+        }
+    }
+
+    /// Writes all of `out` and clears it.
+    async fn write(&mut self, out: &mut Vec<u8>, limit: Duration) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        let data = std::mem::take(out);
+        match with_limit(limit, self.stream.write_all(data)).await {
+            Some((Ok(_), mut data)) => {
+                data.clear();
+                *out = data;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A client connection.
+struct Conn {
+    io: Io,
+    server: ServerConn,
+    out: Vec<u8>,
+    write_timeout: Duration,
+}
+
+impl Conn {
+    /// Answers a protocol error and gives up on the connection.
+    async fn fail(&mut self, status: StatusCode, reason: &str) {
+        self.server.write_error(status, reason, &mut self.out);
+        let _ = self.io.write(&mut self.out, self.write_timeout).await;
+    }
+
+    async fn respond(&mut self, reply: &Reply, close: bool) -> Option<Next> {
+        let head = ResponseHead {
+            status: reply.status,
+            headers: &reply.headers,
+            body: BodyLength::Known(reply.body.len() as u64),
+            close,
+        };
+        self.server.write_response_head(&head, &mut self.out).ok()?;
+        self.server.write_body(&reply.body, &mut self.out).ok()?;
+        let next = self.server.finish_response(&mut self.out).ok()?;
+        self.io.write(&mut self.out, self.write_timeout).await.then_some(next)
+    }
+
+    /// Reads the whole request body (answering `100 Continue` first when asked).
+    /// `None`: the connection is done (an error was answered, or the peer left).
+    async fn read_body(&mut self, started: Instant, read_timeout: Duration) -> Option<Vec<u8>> {
+        self.server.write_continue(&mut self.out);
+        if !self.io.write(&mut self.out, self.write_timeout).await {
+            return None;
+        }
+        let mut body = Vec::new();
+        loop {
+            if !self.io.pending().is_empty() {
+                match self.server.handle_input(self.io.pending()) {
+                    Ok((n, ServerEvent::Data(d))) => {
+                        body.extend_from_slice(d);
+                        self.io.pos += n;
+                        continue;
+                    }
+                    Ok((n, ServerEvent::End(_))) => {
+                        self.io.pos += n;
+                        return Some(body);
+                    }
+                    Ok((n, ServerEvent::NeedMore)) => self.io.pos += n,
+                    Ok(_) => return None,
+                    Err(e) => {
+                        self.fail(e.status(), e.reason()).await;
+                        return None;
+                    }
+                }
+            } else if let Ok((n, ServerEvent::End(_))) = self.server.handle_input(&[]) {
+                // A request without a body ends at once.
+                self.io.pos += n;
+                return Some(body);
+            }
+            match self.io.read(left(started, read_timeout), None).await {
+                Read::Data => {}
+                Read::TimedOut => {
+                    self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout").await;
+                    return None;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+struct Active(Rc<Shard>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+    }
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    shard.active.set(shard.active.get() + 1);
+    let _active = Active(shard.clone());
+    let slot = shard.stopping.register();
+    let cfg = &shard.gw.config;
+    let mut c = Conn {
+        io: Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 },
+        server: ServerConn::new(shard.limits),
+        out: Vec::with_capacity(4096),
+        write_timeout: cfg.write_timeout,
+    };
+    loop {
+        let Some(req) = read_head(&shard, &mut c, &slot).await else { return };
+        let started = Instant::now();
+        match handle(&shard, &mut c, *req, peer, started).await {
+            Some(Next::KeepAlive) if !shard.stopping.is_stopped() => {}
+            _ => return,
+        }
+    }
+}
+
+async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot) -> Option<Box<Request>> {
+    let cfg = &shard.gw.config;
+    let mut head_started: Option<Instant> = None;
+    let mut need_more = c.io.pending().is_empty();
+    loop {
+        if !need_more {
+            head_started.get_or_insert_with(Instant::now);
+            match c.server.handle_input(c.io.pending()) {
+                Ok((n, ServerEvent::Request(r))) => {
+                    c.io.pos += n;
+                    return Some(r);
+                }
+                Ok((n, ServerEvent::NeedMore)) => c.io.pos += n,
+                Ok(_) => return None,
+                Err(e) => {
+                    c.fail(e.status(), e.reason()).await;
+                    return None;
+                }
+            }
+        }
+        let idle = head_started.is_none();
+        if idle && shard.stopping.is_stopped() {
+            return None;
+        }
+        let read = if idle {
+            c.io.read(cfg.idle_timeout, Some((&shard.stopping, slot))).await
+        } else {
+            let since = head_started.unwrap_or_else(Instant::now);
+            c.io.read(left(since, cfg.read_header_timeout), None).await
+        };
+        match read {
+            Read::Data => need_more = false,
+            Read::TimedOut if !idle => {
+                c.fail(StatusCode::REQUEST_TIMEOUT, "request header timeout").await;
+                return None;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Serves one request; says what becomes of the connection (`None`: close it).
+async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr, started: Instant) -> Option<Next> {
+    let gw = &shard.gw;
+    let cfg = &gw.config;
+    if req.form != TargetForm::Origin {
+        c.fail(StatusCode::BAD_REQUEST, "this gateway takes origin-form request targets (/path?query)").await;
+        return None;
+    }
+    let path = req.path().to_string();
+    let query = req.query().map(str::to_string);
+    let mut creq = ClientRequest {
+        method: req.method.clone(),
+        path,
+        query,
+        headers: req.head.to_header_map(),
+        peer: peer.ip(),
+        body: RequestBody::None,
+    };
+    let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
+    let (reply, next) = match dispatch {
+        Dispatch::Endpoint(route) if route.streaming => {
+            return pass_through(shard, c, &req, creq, route, started).await;
+        }
+        Dispatch::Endpoint(route) => {
+            creq.body = RequestBody::Full(c.read_body(started, cfg.read_timeout).await?);
+            let reply = aggregate(shard, creq.clone(), route).await;
+            let next = c.respond(&reply, false).await;
+            (reply, next)
+        }
+        Dispatch::Builtin(b) => {
+            creq.body = RequestBody::Full(c.read_body(started, cfg.read_timeout).await?);
+            let reply = builtin::answer(b, &creq, SystemTime::now());
+            let next = c.respond(&reply, false).await;
+            (reply, next)
+        }
+        Dispatch::Reply(reply) => {
+            // The body is not needed; an unread body closes the connection (the codec
+            // says so), which is safer than reading an unbounded body nobody wants.
+            let next = c.respond(&reply, false).await;
+            (reply, next)
+        }
+    };
+    access_log(peer, &creq, reply.status, reply.body.len() as u64, started);
+    next
+}
+
+fn access_log(peer: SocketAddr, req: &ClientRequest, status: StatusCode, bytes: u64, started: Instant) {
+    // The path only: query strings carry tokens often enough to keep them out of logs.
+    tracing::info!(
+        target: "sluice::access",
+        "{} \"{} {}\" {} {} {:.1}ms",
+        peer.ip(),
+        req.method,
+        req.path,
+        status.as_u16(),
+        bytes,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// Runs an aggregating exchange: calls in parallel (or in sequence), merged reply.
+async fn aggregate(shard: &Rc<Shard>, creq: ClientRequest, route: Route) -> Reply {
+    let gw = &shard.gw;
+    let Some(mut ex) = Exchange::new(gw, route, creq, Instant::now()) else {
+        return Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "");
+    };
+    let pool = Rc::new(PoolRef(shard.clone()));
+    let mut calls = FuturesUnordered::new();
+    loop {
+        let action = ex.poll(&mut shard.balancer.borrow_mut());
+        match action {
+            Action::Call(call) => {
+                let mut request = Vec::with_capacity(512);
+                if let Err(e) = call.write_head(ex.body().len(), &mut request) {
+                    ex.handle_failure(call.id, e.reason());
+                    continue;
+                }
+                if call.body == CallBody::Full {
+                    request.extend_from_slice(ex.body());
+                }
+                let id = call.id;
+                let fut =
+                    backend::call(pool.clone(), call.host.clone(), call.method.clone(), Rc::new(request), shard.limits);
+                calls.push(async move { (id, fut.await) });
+            }
+            Action::Wait(deadline) => {
+                let sleep = monoio::time::sleep_until(monoio::time::Instant::from_std(deadline));
+                monoio::select! {
+                    Some((id, result)) = calls.next() => match result {
+                        Ok(a) => ex.handle_response(id, a.status, a.headers, a.body),
+                        Err(why) => {
+                            tracing::warn!(target: "sluice::backend", "backend {id} of {}: {why}", ex.endpoint().path);
+                            ex.handle_failure(id, &why)
+                        }
+                    },
+                    _ = sleep => ex.handle_timeout(Instant::now()),
+                }
+            }
+            Action::Respond(reply) => return reply,
+            Action::Stream(_) | Action::Done => return Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""),
+        }
+    }
+}
+
+/// `no-op`: the request body streams to the backend, the response streams back, each
+/// through a bounded buffer.
+async fn pass_through(
+    shard: &Rc<Shard>,
+    c: &mut Conn,
+    req: &Request,
+    mut creq: ClientRequest,
+    route: Route,
+    started: Instant,
+) -> Option<Next> {
+    let gw = &shard.gw;
+    let peer_ip = creq.peer;
+    creq.body = match req.framing {
+        Framing::Length(0) | Framing::None | Framing::UntilClose => RequestBody::None,
+        Framing::Length(n) => RequestBody::Stream(BodyLength::Known(n)),
+        Framing::Chunked => RequestBody::Stream(BodyLength::Unknown),
+    };
+    if creq.body == RequestBody::None {
+        // No body to stream: let the codec see the request end now.
+        match c.server.handle_input(c.io.pending()) {
+            Ok((n, ServerEvent::End(_))) => c.io.pos += n,
+            Ok(_) => {}
+            Err(e) => {
+                c.fail(e.status(), e.reason()).await;
+                return None;
+            }
+        }
+    }
+    let log_req = ClientRequest { body: RequestBody::None, ..creq.clone() };
+    let mut ex = Exchange::new(gw, route, creq, Instant::now())?;
+    let deadline = ex.deadline();
+    let first = ex.poll(&mut shard.balancer.borrow_mut());
+    let call = match first {
+        Action::Call(call) => call,
+        Action::Respond(reply) => {
+            let next = c.respond(&reply, false).await;
+            access_log(SocketAddr::new(peer_ip, 0), &log_req, reply.status, reply.body.len() as u64, started);
+            return next;
+        }
+        _ => return None,
+    };
+    let (id, method, body_mode, host) = (call.id, call.method.clone(), call.body, call.host.clone());
+    let mut head = Vec::with_capacity(512);
+    let opened = match call.write_head(0, &mut head) {
+        Err(e) => Err(e.reason().to_string()),
+        Ok(()) => {
+            let deadline_mono = monoio::time::Instant::from_std(deadline);
+            match monoio::time::timeout_at(deadline_mono, open_stream(shard, c, &host, head, body_mode, &method)).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    ex.handle_timeout(deadline);
+                    Err(String::new())
+                }
+            }
+        }
+    };
+    let (mut backend_io, mut client, status, headers, framing) = match opened {
+        Ok(x) => x,
+        Err(why) => {
+            if !why.is_empty() {
+                ex.handle_failure(id, &why);
+            }
+            let answer = ex.poll(&mut shard.balancer.borrow_mut());
+            let reply = match answer {
+                Action::Respond(r) => r,
+                _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
+            };
+            let next = c.respond(&reply, true).await;
+            access_log(SocketAddr::new(peer_ip, 0), &log_req, reply.status, reply.body.len() as u64, started);
+            return next;
+        }
+    };
+    ex.handle_head(id, status, &headers);
+    let Action::Stream(stream) = ex.poll(&mut shard.balancer.borrow_mut()) else { return None };
+    let length = match framing {
+        Framing::Length(n) => BodyLength::Known(n),
+        _ => BodyLength::Unknown,
+    };
+    let head = ResponseHead { status: stream.status, headers: &stream.headers, body: length, close: false };
+    c.server.write_response_head(&head, &mut c.out).ok()?;
+    let mut sent: u64 = 0;
+    // Pump the backend body to the client.
+    let mut eof = false;
+    loop {
+        let event = if eof && backend_io.pending().is_empty() {
+            client.handle_eof().map(|e| (0, e))
+        } else {
+            client.handle_input(backend_io.pending())
+        };
+        match event {
+            Ok((n, ClientEvent::Data(d))) => {
+                c.server.write_body(d, &mut c.out).ok()?;
+                sent += d.len() as u64;
+                backend_io.pos += n;
+                if c.out.len() >= FLUSH_AT && !c.io.write(&mut c.out, c.write_timeout).await {
+                    return None;
+                }
+                continue;
+            }
+            Ok((n, ClientEvent::End(_))) => {
+                backend_io.pos += n;
+                break;
+            }
+            Ok((n, ClientEvent::NeedMore)) if !eof => {
+                backend_io.pos += n;
+                if !c.io.write(&mut c.out, c.write_timeout).await {
+                    return None;
+                }
+                // Each read may take as long as the endpoint timeout; the whole body may
+                // take longer (a large download).
+                match backend_io.read(ex.endpoint().timeout, None).await {
+                    Read::Data => {}
+                    Read::Eof => eof = true,
+                    _ => return None,
+                }
+            }
+            // The backend broke off mid-body: the client sees the connection close.
+            _ => return None,
+        }
+    }
+    let next = c.server.finish_response(&mut c.out).ok()?;
+    if !c.io.write(&mut c.out, c.write_timeout).await {
+        return None;
+    }
+    if client.reusable() && backend_io.pending().is_empty() {
+        shard.pool.put(&backend::pool_key(&host), backend_io.stream);
+    }
+    access_log(SocketAddr::new(peer_ip, 0), &log_req, status, sent, started);
+    Some(next)
+}
+
+type Opened = (Io, ClientConn, StatusCode, HeaderMap, Framing);
+
+/// Connects, sends the head, streams the client body, reads the response head.
+async fn open_stream(
+    shard: &Rc<Shard>,
+    c: &mut Conn,
+    host: &sluice_core::config::HostAddr,
+    head: Vec<u8>,
+    body: CallBody,
+    method: &http::Method,
+) -> Result<Opened, String> {
+    let stream = backend::connect(&shard.pool, host).await?;
+    let mut b = Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 };
+    let mut head = head;
+    if !b.write(&mut head, Duration::ZERO).await {
+        return Err("cannot send the request".into());
+    }
+    if let CallBody::Stream(length) = body {
+        c.server.write_continue(&mut c.out);
+        if !c.io.write(&mut c.out, c.write_timeout).await {
+            return Err("client went away".into());
+        }
+        let mut chunk = Vec::with_capacity(READ_CHUNK + 32);
+        loop {
+            let pending = c.io.pending();
+            let event = if pending.is_empty() { c.server.handle_input(&[]) } else { c.server.handle_input(pending) };
+            match event {
+                Ok((n, ServerEvent::Data(d))) => {
+                    if length == BodyLength::Unknown {
+                        http1::write_chunk(d, &mut chunk);
+                    } else {
+                        chunk.extend_from_slice(d);
+                    }
+                    c.io.pos += n;
+                    if !b.write(&mut chunk, Duration::ZERO).await {
+                        return Err("cannot send the request body".into());
+                    }
+                }
+                Ok((n, ServerEvent::End(_))) => {
+                    c.io.pos += n;
+                    if length == BodyLength::Unknown {
+                        http1::write_last_chunk(&mut chunk);
+                        if !b.write(&mut chunk, Duration::ZERO).await {
+                            return Err("cannot send the request body".into());
+                        }
+                    }
+                    break;
+                }
+                Ok((n, ServerEvent::NeedMore)) => {
+                    c.io.pos += n;
+                    match c.io.read(Duration::ZERO, None).await {
+                        Read::Data => {}
+                        _ => return Err("the client went away while sending its body".into()),
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => return Err(format!("bad request body: {}", e.reason())),
+            }
+        }
+    }
+    let mut client = ClientConn::new(method.clone(), shard.limits);
+    loop {
+        let event =
+            if b.pending().is_empty() { Ok((0, ClientEvent::NeedMore)) } else { client.handle_input(b.pending()) };
+        match event {
+            Ok((n, ClientEvent::Response(r))) => {
+                b.pos += n;
+                let framing = r.framing;
+                return Ok((b, client, r.status, r.head.to_header_map(), framing));
+            }
+            Ok((n, ClientEvent::NeedMore)) => {
+                b.pos += n;
+                match b.read(Duration::ZERO, None).await {
+                    Read::Data => {}
+                    Read::Eof => return Err("the backend closed the connection before answering".into()),
+                    _ => return Err("cannot read the response".into()),
+                }
+            }
+            Ok(_) => return Err("unexpected response".into()),
+            Err(e) => return Err(format!("invalid response: {}", e.reason())),
+        }
+    }
+}
