@@ -1,0 +1,328 @@
+//! End to end through real sockets: scripted backends, the gateway on port 0, a raw
+//! client (and curl). Every test runs once per driver: io_uring and forced epoll.
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::{Backend, Gw, Mode, Reply, checksum, pattern, read_response};
+
+macro_rules! every_driver {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring { $( #[test] fn $name() { super::$name(super::Mode::IoUring) } )* }
+        mod epoll { $( #[test] fn $name() { super::$name(super::Mode::Epoll) } )* }
+    };
+}
+
+every_driver!(
+    aggregation_with_shaping,
+    sequential_calls,
+    no_op_streams_both_ways,
+    partial_on_timeout,
+    failing_backends,
+    keep_alive_reuses_backend_connections,
+    pipelined_requests,
+    client_garbage_is_400_and_closed,
+    oversize_head_is_431,
+    slowloris_is_closed,
+    graceful_stop_finishes_in_flight,
+    curl_sees_the_aggregate,
+);
+
+fn config(endpoints: &str) -> String {
+    format!(r#"{{"version": 3, "timeout": "1s", "read_header_timeout": "400ms", "endpoints": [{endpoints}]}}"#)
+}
+
+fn aggregation_with_shaping(mode: Mode) {
+    let users =
+        Backend::start(|_| Reply::Json(r#"{"id":42,"name":"Ada","secret":"x","big":12345678901234567890123}"#.into()));
+    let orders = Backend::start(|_| Reply::Json(r#"{"items":[{"id":"o-1","total":1.50}],"next":null}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/u/{{id}}", "cache_ttl": "60s", "backend": [
+                {{"host": ["{}"], "url_pattern": "/users/{{id}}", "deny": ["secret"], "mapping": {{"name": "full_name"}}}},
+                {{"host": ["{}"], "url_pattern": "/orders?user={{id}}", "allow": ["items"], "group": "orders"}}]}}"#,
+            users.url(),
+            orders.url()
+        )),
+        mode,
+    );
+    let r = gw.get("/u/42");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers,
+        [
+            ("content-type".to_string(), "application/json; charset=utf-8".to_string()),
+            ("x-krakend-completed".to_string(), "true".to_string()),
+            ("cache-control".to_string(), "public, max-age=60".to_string()),
+            ("content-length".to_string(), "104".to_string()),
+            ("connection".to_string(), "close".to_string()),
+        ]
+    );
+    assert_eq!(
+        r.text(),
+        r#"{"id":42,"full_name":"Ada","big":12345678901234567890123,"orders":{"items":[{"id":"o-1","total":1.50}]}}"#
+    );
+    let seen = users.requests();
+    assert!(seen[0].head.starts_with("GET /users/42 HTTP/1.1\r\nhost: 127.0.0.1:"), "{}", seen[0].head);
+    assert!(seen[0].head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"));
+    assert!(orders.requests()[0].head.starts_with("GET /orders?user=42 HTTP/1.1\r\n"));
+}
+
+fn sequential_calls(mode: Mode) {
+    let first = Backend::start(|_| Reply::Json(r#"{"user":{"team":"core/ops"}}"#.into()));
+    let second = Backend::start(|s| {
+        let path = s.head.split(' ').nth(1).unwrap_or("").to_string();
+        Reply::Json(format!(r#"{{"asked":"{path}"}}"#))
+    });
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/s", "extra_config": {{"proxy": {{"sequential": true}}}}, "backend": [
+                {{"host": ["{}"], "url_pattern": "/a"}},
+                {{"host": ["{}"], "url_pattern": "/teams/{{resp0_user.team}}"}}]}}"#,
+            first.url(),
+            second.url()
+        )),
+        mode,
+    );
+    let r = gw.get("/s");
+    assert_eq!(r.text(), r#"{"user":{"team":"core/ops"},"asked":"/teams/core%2Fops"}"#);
+    assert_eq!(r.header("x-krakend-completed"), Some("true"));
+}
+
+fn no_op_streams_both_ways(mode: Mode) {
+    let backend = Backend::start(|s| if s.head.starts_with("GET") { Reply::Big(8 << 20) } else { Reply::Echo });
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/raw", "method": "GET", "output_encoding": "no-op", "backend": [{{"host": ["{0}"], "url_pattern": "/big", "encoding": "no-op"}}]}},
+               {{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "backend": [{{"host": ["{0}"], "url_pattern": "/up", "encoding": "no-op"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    // Download: 8 MiB, byte for byte, Content-Length passed through.
+    let r = gw.get("/raw");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("8388608"));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.body.len(), 8 << 20);
+    assert!(r.body == pattern(8 << 20)[..], "body differs");
+    // Upload: a 3 MiB chunked body reaches the backend whole, re-chunked as it streams.
+    let body = pattern(3 << 20);
+    let mut s = gw.connect();
+    write!(s, "POST /raw HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    for part in body.chunks(100_000) {
+        write!(s, "{:x}\r\n", part.len()).unwrap();
+        s.write_all(part).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.text(), format!(r#"{{"method":"POST","length":{},"sum":{}}}"#, body.len(), checksum(&body)));
+    assert!(backend.requests().last().unwrap().head.contains("transfer-encoding: chunked"));
+}
+
+fn partial_on_timeout(mode: Mode) {
+    let fast = Backend::start(|_| Reply::Json(r#"{"fast":1}"#.into()));
+    let slow = Backend::start(|_| Reply::Slow(Duration::from_secs(3), r#"{"slow":1}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/p", "timeout": "300ms", "backend": [{{"host": ["{}"], "url_pattern": "/f"}}, {{"host": ["{}"], "url_pattern": "/s"}}]}}"#,
+            fast.url(),
+            slow.url()
+        )),
+        mode,
+    );
+    let t = Instant::now();
+    let r = gw.get("/p");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!((r.status, r.text(), r.header("x-krakend-completed")), (200, r#"{"fast":1}"#, Some("false")));
+}
+
+fn failing_backends(mode: Mode) {
+    let ok = Backend::start(|_| Reply::Json(r#"{"ok":true}"#.into()));
+    let garbage = Backend::start(|_| Reply::Raw(b"NOT HTTP AT ALL\r\n\r\n".to_vec()));
+    let reset = Backend::start(|_| Reply::Close);
+    let error =
+        Backend::start(|_| Reply::Raw(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_vec()));
+    // A port nothing listens on: bind one, read its number, close it.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let eps: Vec<String> = [("garbage", garbage.url()), ("reset", reset.url()), ("error", error.url()), ("refused", refused.clone())]
+        .iter()
+        .map(|(name, url)| {
+            format!(
+                r#"{{"endpoint": "/{name}", "backend": [{{"host": ["{url}"], "url_pattern": "/x"}}, {{"host": ["{}"], "url_pattern": "/ok"}}]}},
+                   {{"endpoint": "/{name}/alone", "backend": [{{"host": ["{url}"], "url_pattern": "/x"}}]}},
+                   {{"endpoint": "/{name}/raw", "output_encoding": "no-op", "backend": [{{"host": ["{url}"], "url_pattern": "/x", "encoding": "no-op"}}]}}"#,
+                ok.url()
+            )
+        })
+        .collect();
+    let gw = Gw::start(&config(&eps.join(",")), mode);
+    for name in ["garbage", "reset", "error", "refused"] {
+        let r = gw.get(&format!("/{name}"));
+        assert_eq!(
+            (r.status, r.text(), r.header("x-krakend-completed")),
+            (200, r#"{"ok":true}"#, Some("false")),
+            "{name}"
+        );
+        let r = gw.get(&format!("/{name}/alone"));
+        assert_eq!((r.status, r.text()), (500, ""), "{name}");
+        let r = gw.get(&format!("/{name}/raw"));
+        let expected = if name == "error" { 503 } else { 502 };
+        assert_eq!(r.status, expected, "{name} no-op");
+    }
+}
+
+fn keep_alive_reuses_backend_connections(mode: Mode) {
+    let backend = Backend::start(|_| Reply::Json(r#"{"n":1}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/k", "backend": [{{"host": ["{}"], "url_pattern": "/x"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    let s = gw.connect();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for _ in 0..20 {
+        write!(w, "GET /k HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!((resp.status, resp.text()), (200, r#"{"n":1}"#));
+        assert_eq!(resp.header("connection"), None);
+    }
+    assert_eq!(backend.requests().len(), 20);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "20 requests, one backend connection");
+}
+
+fn pipelined_requests(mode: Mode) {
+    let backend = Backend::start(|s| {
+        let path = s.head.split(' ').nth(1).unwrap_or("").to_string();
+        Reply::Json(format!(r#"{{"p":"{path}"}}"#))
+    });
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/q/{{n}}", "backend": [{{"host": ["{}"], "url_pattern": "/b/{{n}}"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    let mut s = gw.connect();
+    let mut all = String::new();
+    for i in 0..5 {
+        all.push_str(&format!("GET /q/{i} HTTP/1.1\r\nHost: gw\r\n\r\n"));
+    }
+    all.push_str("GET /__health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    s.write_all(all.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..5 {
+        assert_eq!(read_response(&mut r).unwrap().text(), format!(r#"{{"p":"/b/{i}"}}"#));
+    }
+    assert_eq!(read_response(&mut r).unwrap().status, 200);
+    assert!(read_response(&mut r).is_none(), "closed after Connection: close");
+}
+
+fn client_garbage_is_400_and_closed(mode: Mode) {
+    let gw = Gw::start(
+        &config(r#"{"endpoint": "/x", "backend": [{"host": ["http://127.0.0.1:9"], "url_pattern": "/x"}]}"#),
+        mode,
+    );
+    for bad in [
+        &b"HELLO\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
+        let mut s = gw.connect();
+        s.write_all(bad).unwrap();
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!((resp.status, resp.header("connection")), (400, Some("close")), "{}", String::from_utf8_lossy(bad));
+        assert!(read_response(&mut r).is_none());
+    }
+}
+
+fn oversize_head_is_431(mode: Mode) {
+    let gw = Gw::start(
+        r#"{"version": 3, "max_header_bytes": 2048, "endpoints": [{"endpoint": "/x", "backend": [{"host": ["http://127.0.0.1:9"], "url_pattern": "/x"}]}]}"#,
+        mode,
+    );
+    let mut s = gw.connect();
+    write!(s, "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(4000)).unwrap();
+    let resp = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(resp.status, 431);
+}
+
+fn slowloris_is_closed(mode: Mode) {
+    let gw = Gw::start(
+        &config(r#"{"endpoint": "/x", "backend": [{"host": ["http://127.0.0.1:9"], "url_pattern": "/x"}]}"#),
+        mode,
+    );
+    let mut s = gw.connect();
+    let t = Instant::now();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n").unwrap();
+    let mut rest = Vec::new();
+    // Trickle a header byte every 100 ms: the head deadline (400 ms) still passes.
+    for b in b"X-Slow: 1234567890" {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if t.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let _ = s.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+fn graceful_stop_finishes_in_flight(mode: Mode) {
+    let slow = Backend::start(|_| Reply::Slow(Duration::from_millis(600), r#"{"done":true}"#.into()));
+    let mut gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/slow", "backend": [{{"host": ["{}"], "url_pattern": "/x"}}]}}"#,
+            slow.url()
+        )),
+        mode,
+    );
+    let addr = gw.addr;
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+        read_response(&mut BufReader::new(s)).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = gw.stop_async();
+    let resp = client.join().unwrap();
+    assert_eq!((resp.status, resp.text()), (200, r#"{"done":true}"#));
+    stopping.join().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+}
+
+fn curl_sees_the_aggregate(mode: Mode) {
+    let a = Backend::start(|_| Reply::Json(r#"{"a":"\u00e9"}"#.into()));
+    let b = Backend::start(|_| Reply::Json(r#"{"b":[1,2]}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/c", "backend": [{{"host": ["{}"], "url_pattern": "/a"}}, {{"host": ["{}"], "url_pattern": "/b", "group": "g"}}]}}"#,
+            a.url(),
+            b.url()
+        )),
+        mode,
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", &format!("http://{}/c", gw.addr)])
+        .output()
+        .expect("curl is installed (CI installs it)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nx-krakend-completed: true\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n{\"a\":\"\\u00e9\",\"g\":{\"b\":[1,2]}}"), "{text}");
+}

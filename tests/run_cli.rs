@@ -1,0 +1,144 @@
+//! `sluice run` through the real binary: start-up, the README's example, access logs,
+//! SIGTERM, and a bad configuration refused before anything is bound.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::read_response;
+
+/// A `sluice run` child whose stderr/stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sluice runs");
+        let (tx, lines) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Running { child, lines }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within 10 s"),
+            }
+        }
+    }
+
+    fn sigterm(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        status.code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(port: u16, target: &str, extra: &str) -> support::Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n").unwrap();
+    read_response(&mut BufReader::new(s)).unwrap()
+}
+
+#[test]
+fn the_readme_example_serves_the_aggregate_and_stops_on_sigterm() {
+    // examples/krakend.json calls itself on 127.0.0.1:8080, as the README shows.
+    let mut run = Running::start(&["run", "-c", "examples/krakend.json", "--shards", "2"]);
+    let config_line = run.wait_for("endpoint(s)");
+    assert!(config_line.contains("config examples/krakend.json (Sluice example: the gateway is its own backend): 5 endpoint(s), 9 backend(s) on http://127.0.0.1:8080"), "{config_line}");
+    let listening = run.wait_for("shard(s), driver");
+    assert!(listening.contains("2 shard(s), driver "), "{listening}");
+    assert!(listening.ends_with("listening on 0.0.0.0:8080"), "{listening}");
+    let r = get(8080, "/v1/profile/42?lang=en&token=secret", "X-Tenant: acme\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        r#"{"user":{"path":"/__echo/users/42?lang=en","req_method":"GET","req_querystring":{"lang":["en"]}},"status":"pong"}"#
+    );
+    assert_eq!(r.header("x-krakend-completed"), Some("true"));
+    let access = run.wait_for("\"GET /v1/profile/42\"");
+    assert!(access.contains("127.0.0.1 \"GET /v1/profile/42\" 200 113 "), "{access}");
+    assert!(!access.contains("secret"), "query strings stay out of the logs: {access}");
+    assert_eq!(run.sigterm(), Some(0));
+}
+
+#[test]
+fn a_bad_config_exits_1_before_binding() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", "tests/configs/five_mistakes.json", "-p", "0"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 5, "{err}");
+    assert!(err.starts_with("version: unsupported version 2"), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+}
+
+#[test]
+fn port_flag_and_forced_epoll() {
+    let cfg = std::env::temp_dir().join(format!("sluice-run-{}.json", std::process::id()));
+    std::fs::write(
+        &cfg,
+        r#"{"version": 3, "port": 1, "echo_endpoint": true, "host": ["http://127.0.0.1:9"],
+            "endpoints": [{"endpoint": "/x", "backend": [{"url_pattern": "/x"}]}]}"#,
+    )
+    .unwrap();
+    // Find a free port, then ask for it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut run = Running::start(&[
+        "run",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-p",
+        &port.to_string(),
+        "--shards",
+        "1",
+        "--force-epoll",
+    ]);
+    let line = run.wait_for("shard(s), driver");
+    assert!(line.contains("1 shard(s), driver epoll (forced)"), "{line}");
+    assert_eq!(get(port, "/__echo/ping", "").status, 200);
+    // A backend nobody listens on: 500, and the reason is not shown (no return_error_msg).
+    let r = get(port, "/x", "");
+    assert_eq!((r.status, r.text()), (500, ""));
+    assert_eq!(run.sigterm(), Some(0));
+    let _ = std::fs::remove_file(cfg);
+}

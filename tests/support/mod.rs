@@ -1,0 +1,293 @@
+//! Real sockets for the end-to-end suite: scripted backends, a raw HTTP/1.1 client, and
+//! the gateway started in-process on port 0 with a chosen driver.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use sluice_core::Gateway;
+use sluice_uring::{Options, Server, StopSignal};
+
+/// Which driver a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    IoUring,
+    Epoll,
+}
+
+/// The gateway, running until dropped.
+pub struct Gw {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl Gw {
+    pub fn start(config: &str, mode: Mode) -> Gw {
+        let gw = Gateway::load(config).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway;
+        let mut opts = Options::new("127.0.0.1:0".parse().unwrap());
+        opts.shards = 1;
+        opts.force_epoll = mode == Mode::Epoll;
+        opts.shutdown_wait = Duration::from_secs(5);
+        let server = sluice_uring::start(Arc::new(gw), opts, StopSignal::new()).expect("start");
+        let addr = server.local_addr;
+        Gw { server: Some(server), addr }
+    }
+
+    /// Stops accepting and waits for requests in flight (what SIGTERM does).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+            s.join();
+        }
+    }
+
+    pub fn stop_async(&mut self) -> thread::JoinHandle<()> {
+        let s = self.server.take().expect("running");
+        thread::spawn(move || {
+            s.stop();
+            s.join();
+        })
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, target: &str) -> Response {
+        let mut s = self.connect();
+        write!(s, "GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").unwrap();
+        read_response(&mut BufReader::new(s)).expect("a response")
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A response as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// Lowercased names, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+/// Reads one response (Content-Length, chunked, or until close). `None` on a clean EOF
+/// before any byte.
+pub fn read_response(r: &mut impl BufRead) -> Option<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (n, v) = h.split_once(':')?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+    } else if let Some(len) = get("content-length") {
+        body.resize(len.parse().ok()?, 0);
+        r.read_exact(&mut body).ok()?;
+    } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            if n == 0 {
+                let mut end = String::new();
+                r.read_line(&mut end).ok()?;
+                break;
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..]).ok()?;
+            let mut crlf = [0; 2];
+            r.read_exact(&mut crlf).ok()?;
+        }
+    } else {
+        r.read_to_end(&mut body).ok()?;
+    }
+    Some(Response { status, headers, body })
+}
+
+/// What a scripted backend does with a request.
+#[derive(Clone)]
+pub enum Reply {
+    /// 200 with this JSON body.
+    Json(String),
+    /// Raw bytes written as they are, then the connection stays open.
+    Raw(Vec<u8>),
+    /// Waits, then answers 200 with this JSON body.
+    Slow(Duration, String),
+    /// Closes the connection without answering (a reset if unread data is pending).
+    Close,
+    /// Never answers.
+    Hang,
+    /// Answers with the request's body, length and method as JSON.
+    Echo,
+    /// A body of this many bytes (a repeating pattern), Content-Length framed.
+    Big(usize),
+}
+
+/// A request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// A backend on a real socket, answering from a script, counting connections.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    pub fn start(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(script);
+        let (c, s) = (connections.clone(), seen.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (script, seen) = (script.clone(), s.clone());
+                thread::spawn(move || serve(stream, &*script, &seen));
+            }
+        });
+        Backend { addr, connections, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(stream: TcpStream, script: &(dyn Fn(&Seen) -> Reply + Send + Sync), seen: &Mutex<Vec<Seen>>) {
+    let mut out = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let lower = head.to_ascii_lowercase();
+        let mut body = Vec::new();
+        if let Some(len) = lower.lines().find_map(|l| l.strip_prefix("content-length:")) {
+            body.resize(len.trim().parse().unwrap(), 0);
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        } else if lower.contains("transfer-encoding: chunked") {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let req = Seen { head, body };
+        seen.lock().unwrap().push(req.clone());
+        let json = |b: &str| {
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                .into_bytes()
+        };
+        let bytes = match script(&req) {
+            Reply::Json(b) => json(&b),
+            Reply::Raw(b) => b,
+            Reply::Slow(d, b) => {
+                thread::sleep(d);
+                json(&b)
+            }
+            Reply::Close => {
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+            Reply::Hang => {
+                thread::sleep(Duration::from_secs(30));
+                return;
+            }
+            Reply::Echo => {
+                let method = req.head.split(' ').next().unwrap_or("");
+                json(&format!(r#"{{"method":"{method}","length":{},"sum":{}}}"#, req.body.len(), checksum(&req.body)))
+            }
+            Reply::Big(n) => {
+                let mut b =
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n")
+                        .into_bytes();
+                out.write_all(&b).unwrap();
+                b.clear();
+                for part in pattern(n).chunks(64 * 1024) {
+                    if out.write_all(part).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        if out.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
+
+/// A deterministic byte pattern.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// A cheap order-sensitive checksum.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0u64, |acc, &b| acc.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
