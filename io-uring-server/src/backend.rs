@@ -33,7 +33,7 @@ impl Pool {
         Pool { max_idle, idle: RefCell::default(), dns: RefCell::default() }
     }
 
-    fn take(&self, key: &str) -> Option<TcpStream> {
+    pub(crate) fn take(&self, key: &str) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
         while let Some((stream, since)) = list.pop() {

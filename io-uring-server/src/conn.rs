@@ -500,16 +500,55 @@ async fn open_stream(
     body: CallBody,
     method: &http::Method,
 ) -> Result<Opened, String> {
+    // A pooled connection first. Without a body to stream, a stale one (closed by the
+    // backend while idle: nothing comes back) is retried once on a fresh connection.
+    let key = backend::pool_key(host);
+    let retry_allowed = body == CallBody::None;
+    if let Some(stream) = shard.pool.take(&key) {
+        let mut b = Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 };
+        let mut h = head.clone();
+        // A failed head write sent nothing and read no client body: a fresh connection
+        // can always take over then.
+        if b.write(&mut h, Duration::ZERO).await {
+            match finish_open(shard, c, b, body, method).await {
+                Err(Open::Stale) if retry_allowed => {}
+                Err(Open::Stale) => return Err("the backend closed the connection before answering".into()),
+                Err(Open::Failed(why)) => return Err(why),
+                Ok(opened) => return Ok(opened),
+            }
+        }
+    }
     let stream = backend::connect(&shard.pool, host).await?;
     let mut b = Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 };
     let mut head = head;
     if !b.write(&mut head, Duration::ZERO).await {
         return Err("cannot send the request".into());
     }
+    finish_open(shard, c, b, body, method).await.map_err(|e| match e {
+        Open::Stale => "the backend closed the connection before answering".to_string(),
+        Open::Failed(why) => why,
+    })
+}
+
+enum Open {
+    /// Nothing came back on a reused connection.
+    Stale,
+    Failed(String),
+}
+
+/// Streams the client body (if any) and reads the response head.
+async fn finish_open(
+    shard: &Rc<Shard>,
+    c: &mut Conn,
+    mut b: Io,
+    body: CallBody,
+    method: &http::Method,
+) -> Result<Opened, Open> {
+    let fail = |s: &str| Open::Failed(s.to_string());
     if let CallBody::Stream(length) = body {
         c.server.write_continue(&mut c.out);
         if !c.io.write(&mut c.out, c.write_timeout).await {
-            return Err("client went away".into());
+            return Err(fail("client went away"));
         }
         let mut chunk = Vec::with_capacity(READ_CHUNK + 32);
         loop {
@@ -524,7 +563,7 @@ async fn open_stream(
                     }
                     c.io.pos += n;
                     if !b.write(&mut chunk, Duration::ZERO).await {
-                        return Err("cannot send the request body".into());
+                        return Err(fail("cannot send the request body"));
                     }
                 }
                 Ok((n, ServerEvent::End(_))) => {
@@ -532,7 +571,7 @@ async fn open_stream(
                     if length == BodyLength::Unknown {
                         http1::write_last_chunk(&mut chunk);
                         if !b.write(&mut chunk, Duration::ZERO).await {
-                            return Err("cannot send the request body".into());
+                            return Err(fail("cannot send the request body"));
                         }
                     }
                     break;
@@ -541,15 +580,16 @@ async fn open_stream(
                     c.io.pos += n;
                     match c.io.read(Duration::ZERO, None).await {
                         Read::Data => {}
-                        _ => return Err("the client went away while sending its body".into()),
+                        _ => return Err(fail("the client went away while sending its body")),
                     }
                 }
                 Ok(_) => break,
-                Err(e) => return Err(format!("bad request body: {}", e.reason())),
+                Err(e) => return Err(Open::Failed(format!("bad request body: {}", e.reason()))),
             }
         }
     }
     let mut client = ClientConn::new(method.clone(), shard.limits);
+    let mut received = false;
     loop {
         let event =
             if b.pending().is_empty() { Ok((0, ClientEvent::NeedMore)) } else { client.handle_input(b.pending()) };
@@ -562,13 +602,14 @@ async fn open_stream(
             Ok((n, ClientEvent::NeedMore)) => {
                 b.pos += n;
                 match b.read(Duration::ZERO, None).await {
-                    Read::Data => {}
-                    Read::Eof => return Err("the backend closed the connection before answering".into()),
-                    _ => return Err("cannot read the response".into()),
+                    Read::Data => received = true,
+                    Read::Eof | Read::Failed if !received => return Err(Open::Stale),
+                    Read::Eof => return Err(fail("the backend closed the connection before answering")),
+                    _ => return Err(fail("cannot read the response")),
                 }
             }
-            Ok(_) => return Err("unexpected response".into()),
-            Err(e) => return Err(format!("invalid response: {}", e.reason())),
+            Ok(_) => return Err(fail("unexpected response")),
+            Err(e) => return Err(Open::Failed(format!("invalid response: {}", e.reason()))),
         }
     }
 }

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Load harness: Sluice beside nginx, same machine, same run, loopback only.
+
+    python3 benches/load/run.py [--duration 10] [--connections 64] [--shards 1] [--idle 10000]
+
+Starts a backend (nginx serving static files), Sluice (release build) and nginx as a
+reverse proxy (proxy_pass, upstream keepalive, as many workers as Sluice has shards),
+drives each with wrk for a fixed duration, and prints one Markdown table:
+
+  (a) no-op proxy of a 100-byte body: Sluice and nginx;
+  (b) 2-backend aggregation of two 2 KB JSON bodies: Sluice alone (nginx cannot);
+  (c) idle keep-alive connections held open: RSS per connection, both.
+
+Columns: req/s, p50 and p99 latency (wrk), CPU seconds the proxy process used per
+10,000 requests (/proc utime+stime), and the proxy's peak RSS (VmHWM). Everything
+stops by itself; nothing but 127.0.0.1 is touched. Needs nginx, wrk and cargo.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port} after {timeout}s")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def nginx_workers(master_pid):
+    out = subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def wrk(url, duration, connections):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    return {
+        "rps": rps, "requests": total, "p50": pct(50), "p99": pct(99),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def measure(name, pids, url, args):
+    # Warm up (pools, caches), then measure.
+    wrk(url, 2, args.connections)
+    before = sum(cpu_seconds(p) for p in pids)
+    r = wrk(url, args.duration, args.connections)
+    used = sum(cpu_seconds(p) for p in pids) - before
+    r["cpu_per_10k"] = used / (r["requests"] / 10_000) if r["requests"] else float("nan")
+    r["peak_rss_mib"] = sum(status_kib(p, "VmHWM") for p in pids) / 1024
+    r["name"] = name
+    if r["non2xx"] or r["socket_errors"]:
+        print(f"warning: {name}: {r['non2xx']} non-2xx, socket errors: {r['socket_errors']}", file=sys.stderr)
+    return r
+
+
+def hold_idle(port, pids, count):
+    """Opens `count` keep-alive connections, one request each, and keeps them open."""
+    before = sum(status_kib(p, "VmRSS") for p in pids)
+    socks = []
+    try:
+        for i in range(count):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /noop HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        for s in socks:
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("closed")
+                data += chunk
+        time.sleep(1)
+        after = sum(status_kib(p, "VmRSS") for p in pids)
+        return (after - before) / count, len(socks)
+    except (OSError, RuntimeError) as e:
+        print(f"warning: holding idle connections stopped at {len(socks)}: {e}", file=sys.stderr)
+        after = sum(status_kib(p, "VmRSS") for p in pids)
+        return ((after - before) / max(len(socks), 1), len(socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--idle", type=int, default=10_000)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "cargo"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed (apt-get install nginx-light wrk)")
+
+    # Room for the idle-connection case, inherited by every process started here.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.idle * 2 + 4096
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="sluice-load-")
+    os.chmod(work, 0o755)  # nginx workers may run as another user
+    procs = []
+    try:
+        # Backend: nginx with static files.
+        os.makedirs(f"{work}/www")
+        with open(f"{work}/www/100b", "w") as f:
+            f.write("x" * 99 + "\n")
+        for name, key in (("a.json", "user"), ("b.json", "orders")):
+            doc = {key: {f"field_{i}": f"value number {i} of {name}" for i in range(40)}, f"{key}_count": 40}
+            text = json.dumps(doc, separators=(",", ":"))
+            doc[f"{key}_pad"] = "p" * max(0, 2048 - len(text) - 20)
+            with open(f"{work}/www/{name}", "w") as f:
+                json.dump(doc, f, separators=(",", ":"))
+        be_port, ng_port, sl_port = free_port(), free_port(), free_port()
+        common = "daemon off; pid {pid}; error_log {work}/{name}.err warn; events {{ worker_connections 20000; }}"
+        with open(f"{work}/backend.conf", "w") as f:
+            f.write(common.format(pid=f"{work}/be.pid", work=work, name="be") + f"""
+worker_processes 1; worker_rlimit_nofile 30000;
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{be_port} reuseport; root {work}/www; default_type application/json; }} }}
+""")
+        with open(f"{work}/proxy.conf", "w") as f:
+            f.write(common.format(pid=f"{work}/ng.pid", work=work, name="ng") + f"""
+worker_processes {args.shards}; worker_rlimit_nofile 30000;
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  upstream be {{ server 127.0.0.1:{be_port}; keepalive 256; }}
+  server {{ listen 127.0.0.1:{ng_port} reuseport;
+    location /noop {{ proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+        with open(f"{work}/sluice.json", "w") as f:
+            json.dump({
+                "version": 3, "port": sl_port, "listen_ip": "127.0.0.1", "timeout": "5s", "idle_timeout": "120s",
+                "host": [f"http://127.0.0.1:{be_port}"],
+                "endpoints": [
+                    {"endpoint": "/noop", "output_encoding": "no-op",
+                     "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]},
+                    {"endpoint": "/agg", "backend": [
+                        {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
+                        {"url_pattern": "/b.json", "group": "orders"}]},
+                ],
+            }, f)
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        backend = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work], **quiet)
+        procs.append(backend)
+        wait_port(be_port)
+        sluice = subprocess.Popen(
+            [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice.json", "--shards", str(args.shards)],
+            env={**os.environ, "RUST_LOG": "warn"}, **quiet,
+        )
+        procs.append(sluice)
+        nginx = subprocess.Popen(["nginx", "-c", f"{work}/proxy.conf", "-p", work], **quiet)
+        procs.append(nginx)
+        wait_port(sl_port)
+        wait_port(ng_port)
+        time.sleep(0.5)
+        ng_pids = nginx_workers(nginx.pid)
+        for url in (f"http://127.0.0.1:{be_port}/100b", f"http://127.0.0.1:{sl_port}/noop",
+                    f"http://127.0.0.1:{ng_port}/noop", f"http://127.0.0.1:{sl_port}/agg"):
+            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True).stdout
+            if out != "200":
+                sys.exit(f"{url} answers {out}, not 200: the setup is broken")
+
+        rows = []
+        rows.append(measure("(a) no-op 100 B: Sluice", [sluice.pid], f"http://127.0.0.1:{sl_port}/noop", args))
+        rows.append(measure("(a) no-op 100 B: nginx", ng_pids, f"http://127.0.0.1:{ng_port}/noop", args))
+        rows.append(measure("(b) aggregate 2 x 2 KB: Sluice", [sluice.pid], f"http://127.0.0.1:{sl_port}/agg", args))
+        idle_sl = hold_idle(sl_port, [sluice.pid], args.idle)
+        idle_ng = hold_idle(ng_port, ng_pids, args.idle)
+
+        print(f"\nLoad: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
+              f"{args.shards} Sluice shard(s) vs {args.shards} nginx worker(s); backend: nginx, static files.\n")
+        print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
+        print(f"| (c) {idle_sl[1]:,} idle keep-alive connections: Sluice | | | | | {idle_sl[0]:.1f} KiB per connection |")
+        print(f"| (c) {idle_ng[1]:,} idle keep-alive connections: nginx | | | | | {idle_ng[0]:.1f} KiB per connection |")
+        a_sl, a_ng = rows[0], rows[1]
+        print(f"\nSluice / nginx, no-op: {a_sl['rps'] / a_ng['rps']:.2f}x req/s, "
+              f"{a_sl['cpu_per_10k'] / a_ng['cpu_per_10k']:.2f}x CPU per request.")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows, "idle": {"sluice": idle_sl, "nginx": idle_ng}}, f, indent=1)
+    finally:
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=15)
+            except Exception:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
