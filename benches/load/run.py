@@ -142,6 +142,7 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--idle", type=int, default=10_000)
+    ap.add_argument("--download-mib", type=int, default=1024, help="size of the streamed download case")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "cargo"):
@@ -160,6 +161,8 @@ def main():
     try:
         # Backend: nginx with static files.
         os.makedirs(f"{work}/www")
+        with open(f"{work}/www/1g", "wb") as f:
+            f.truncate(args.download_mib << 20)  # sparse: no disk used
         with open(f"{work}/www/100b", "w") as f:
             f.write("x" * 99 + "\n")
         for name, key in (("a.json", "user"), ("b.json", "orders")):
@@ -191,6 +194,8 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                 "endpoints": [
                     {"endpoint": "/noop", "output_encoding": "no-op",
                      "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]},
+                    {"endpoint": "/download", "output_encoding": "no-op", "timeout": "60s",
+                     "backend": [{"url_pattern": "/1g", "encoding": "no-op"}]},
                     {"endpoint": "/agg", "backend": [
                         {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
                         {"url_pattern": "/b.json", "group": "orders"}]},
@@ -221,6 +226,16 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
         rows.append(measure("(a) no-op 100 B: Sluice", [sluice.pid], f"http://127.0.0.1:{sl_port}/noop", args))
         rows.append(measure("(a) no-op 100 B: nginx", ng_pids, f"http://127.0.0.1:{ng_port}/noop", args))
         rows.append(measure("(b) aggregate 2 x 2 KB: Sluice", [sluice.pid], f"http://127.0.0.1:{sl_port}/agg", args))
+        # (d) A large download streamed through: how much does the proxy grow?
+        rss_before = status_kib(sluice.pid, "VmRSS")
+        t = time.time()
+        got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "-D", "/dev/stderr",
+                              f"http://127.0.0.1:{sl_port}/download"], capture_output=True, text=True).stdout
+        secs = time.time() - t
+        rss_after = status_kib(sluice.pid, "VmRSS")
+        if int(got or 0) != args.download_mib << 20:
+            print(f"warning: the download got {got} bytes", file=sys.stderr)
+        download = (args.download_mib, (rss_after - rss_before) / 1024, (args.download_mib / 1024) / secs * 8)
         idle_sl = hold_idle(sl_port, [sluice.pid], args.idle)
         idle_ng = hold_idle(ng_port, ng_pids, args.idle)
 
@@ -232,6 +247,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
         print(f"| (c) {idle_sl[1]:,} idle keep-alive connections: Sluice | | | | | {idle_sl[0]:.1f} KiB per connection |")
         print(f"| (c) {idle_ng[1]:,} idle keep-alive connections: nginx | | | | | {idle_ng[0]:.1f} KiB per connection |")
+        print(f"| (d) {download[0]:,} MiB download through no-op: Sluice | | | | | RSS grew {download[1]:.1f} MiB ({download[2]:.1f} Gbit/s) |")
         a_sl, a_ng = rows[0], rows[1]
         print(f"\nSluice / nginx, no-op: {a_sl['rps'] / a_ng['rps']:.2f}x req/s, "
               f"{a_sl['cpu_per_10k'] / a_ng['cpu_per_10k']:.2f}x CPU per request.")

@@ -21,10 +21,14 @@ const IDLE_EXPIRY: Duration = Duration::from_secs(50);
 const DNS_TTL: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 16 * 1024;
 
+/// An idle connection, its read buffer, and since when it is idle.
+type Idle = (TcpStream, Vec<u8>, Instant);
+
 /// The shard's backend connections and resolved names.
 pub(crate) struct Pool {
     max_idle: usize,
-    idle: RefCell<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    /// Idle connections with the read buffer they keep (so reuse allocates nothing).
+    idle: RefCell<HashMap<String, Vec<Idle>>>,
     dns: RefCell<HashMap<String, (SocketAddr, Instant)>>,
 }
 
@@ -33,22 +37,29 @@ impl Pool {
         Pool { max_idle, idle: RefCell::default(), dns: RefCell::default() }
     }
 
-    pub(crate) fn take(&self, key: &str) -> Option<TcpStream> {
+    pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Vec<u8>)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        while let Some((stream, since)) = list.pop() {
+        while let Some((stream, buf, since)) = list.pop() {
             if since.elapsed() < IDLE_EXPIRY {
-                return Some(stream);
+                return Some((stream, buf));
             }
         }
         None
     }
 
-    pub(crate) fn put(&self, key: &str, stream: TcpStream) {
+    pub(crate) fn put(&self, key: &str, stream: TcpStream, mut buf: Vec<u8>) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(key.to_string()).or_default();
+        let list = match idle.get_mut(key) {
+            Some(list) => list,
+            None => idle.entry(key.to_string()).or_default(),
+        };
         if list.len() < self.max_idle {
-            list.push((stream, Instant::now()));
+            buf.clear();
+            if buf.capacity() > 4 * READ_CHUNK {
+                buf = Vec::with_capacity(READ_CHUNK);
+            }
+            list.push((stream, buf, Instant::now()));
         }
     }
 
@@ -110,15 +121,17 @@ pub(crate) async fn call(
     }
     let key = pool_key(&host);
     let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
-    if let Some(stream) = pool.get().take(&key) {
-        match once(&pool, &key, stream, &method, request.clone(), limits, true).await {
+    if let Some(conn) = pool.get().take(&key) {
+        match once(&pool, &key, conn, &method, request.clone(), limits, true).await {
             Ok(a) => return Ok(a),
             Err(f) if f.stale && idempotent => {}
             Err(f) => return Err(f.reason),
         }
     }
     let stream = connect(pool.get(), &host).await?;
-    once(&pool, &key, stream, &method, request, limits, false).await.map_err(|f| f.reason)
+    once(&pool, &key, (stream, Vec::with_capacity(READ_CHUNK)), &method, request, limits, false)
+        .await
+        .map_err(|f| f.reason)
 }
 
 /// A fresh connection to a backend host (plain HTTP).
@@ -144,7 +157,7 @@ impl PoolRef {
 async fn once(
     pool: &PoolRef,
     key: &str,
-    mut stream: TcpStream,
+    (mut stream, mut buf): (TcpStream, Vec<u8>),
     method: &Method,
     request: Rc<Vec<u8>>,
     limits: Limits,
@@ -155,7 +168,6 @@ async fn once(
         return Err(Failure { reason: format!("cannot send the request: {e}"), stale: reused });
     }
     let mut conn = ClientConn::new(method.clone(), limits);
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut pos = 0;
     let mut received = false;
     let mut head: Option<(StatusCode, HeaderMap)> = None;
@@ -220,7 +232,7 @@ async fn once(
         return Err(Failure { reason: "no response".into(), stale: false });
     };
     if conn.reusable() && pos == buf.len() {
-        pool.get().put(key, stream);
+        pool.get().put(key, stream, buf);
     }
     Ok(Answer { status, headers, body })
 }

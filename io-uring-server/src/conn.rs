@@ -59,12 +59,13 @@ impl Io {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
-        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+        // Grow by doubling: small messages never need more than they had.
+        if self.buf.capacity() - self.buf.len() < 512 {
+            self.buf.reserve(self.buf.capacity().clamp(1024, 4 * READ_CHUNK));
         }
     }
 
@@ -197,17 +198,26 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     let slot = shard.stopping.register();
     let cfg = &shard.gw.config;
     let mut c = Conn {
-        io: Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 },
+        io: Io { stream, buf: Vec::with_capacity(1024), pos: 0 },
         server: ServerConn::new(shard.limits),
-        out: Vec::with_capacity(4096),
+        out: Vec::new(),
         write_timeout: cfg.write_timeout,
     };
     loop {
         let Some(req) = read_head(&shard, &mut c, &slot).await else { return };
         let started = Instant::now();
-        match handle(&shard, &mut c, *req, peer, started).await {
+        // Boxed: an idle connection's task then holds only the read state, not the
+        // largest request state (memory per idle connection).
+        match Box::pin(handle(&shard, &mut c, *req, peer, started)).await {
             Some(Next::KeepAlive) if !shard.stopping.is_stopped() => {}
             _ => return,
+        }
+        if c.out.capacity() > 16 * 1024 {
+            c.out = Vec::new();
+        }
+        if c.io.pos == c.io.buf.len() && c.io.buf.capacity() > 8 * 1024 {
+            c.io.buf = Vec::with_capacity(1024);
+            c.io.pos = 0;
         }
     }
 }
@@ -278,7 +288,16 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
         }
         Dispatch::Endpoint(route) => {
             creq.body = RequestBody::Full(c.read_body(started, cfg.read_timeout).await?);
-            let reply = aggregate(shard, creq.clone(), route).await;
+            let (method, path) = (creq.method.clone(), creq.path.clone());
+            let reply = aggregate(shard, creq, route).await;
+            creq = ClientRequest {
+                method,
+                path,
+                query: None,
+                headers: HeaderMap::new(),
+                peer: peer.ip(),
+                body: RequestBody::None,
+            };
             let next = c.respond(&reply, false).await;
             (reply, next)
         }
@@ -295,11 +314,17 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             (reply, next)
         }
     };
-    access_log(peer, &creq, reply.status, reply.body.len() as u64, started);
+    access_log(peer, &LogLine { method: creq.method, path: creq.path }, reply.status, reply.body.len() as u64, started);
     next
 }
 
-fn access_log(peer: SocketAddr, req: &ClientRequest, status: StatusCode, bytes: u64, started: Instant) {
+/// What the access log needs of a request.
+struct LogLine {
+    method: http::Method,
+    path: String,
+}
+
+fn access_log(peer: SocketAddr, req: &LogLine, status: StatusCode, bytes: u64, started: Instant) {
     // The path only: query strings carry tokens often enough to keep them out of logs.
     tracing::info!(
         target: "sluice::access",
@@ -385,7 +410,7 @@ async fn pass_through(
             }
         }
     }
-    let log_req = ClientRequest { body: RequestBody::None, ..creq.clone() };
+    let log_req = LogLine { method: creq.method.clone(), path: creq.path.clone() };
     let mut ex = Exchange::new(gw, route, creq, Instant::now())?;
     let deadline = ex.deadline();
     let first = ex.poll(&mut shard.balancer.borrow_mut());
@@ -418,6 +443,7 @@ async fn pass_through(
         Ok(x) => x,
         Err(why) => {
             if !why.is_empty() {
+                tracing::warn!(target: "sluice::backend", "backend of {}: {why}", ex.endpoint().path);
                 ex.handle_failure(id, &why);
             }
             let answer = ex.poll(&mut shard.balancer.borrow_mut());
@@ -483,7 +509,7 @@ async fn pass_through(
         return None;
     }
     if client.reusable() && backend_io.pending().is_empty() {
-        shard.pool.put(&backend::pool_key(&host), backend_io.stream);
+        shard.pool.put(&backend::pool_key(&host), backend_io.stream, backend_io.buf);
     }
     access_log(SocketAddr::new(peer_ip, 0), &log_req, status, sent, started);
     Some(next)
@@ -504,8 +530,9 @@ async fn open_stream(
     // backend while idle: nothing comes back) is retried once on a fresh connection.
     let key = backend::pool_key(host);
     let retry_allowed = body == CallBody::None;
-    if let Some(stream) = shard.pool.take(&key) {
-        let mut b = Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 };
+    let mut head = head;
+    if let Some((stream, buf)) = shard.pool.take(&key) {
+        let mut b = Io { stream, buf, pos: 0 };
         let mut h = head.clone();
         // A failed head write sent nothing and read no client body: a fresh connection
         // can always take over then.
@@ -520,7 +547,6 @@ async fn open_stream(
     }
     let stream = backend::connect(&shard.pool, host).await?;
     let mut b = Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 };
-    let mut head = head;
     if !b.write(&mut head, Duration::ZERO).await {
         return Err("cannot send the request".into());
     }
@@ -588,7 +614,9 @@ async fn finish_open(
             }
         }
     }
-    let mut client = ClientConn::new(method.clone(), shard.limits);
+    // The body is streamed, never held: no body limit on this side.
+    let limits = http1::Limits { max_body_bytes: u64::MAX, ..shard.limits };
+    let mut client = ClientConn::new(method.clone(), limits);
     let mut received = false;
     loop {
         let event =
