@@ -191,6 +191,12 @@ fn keep_alive_reuses_backend_connections(mode: Mode) {
     let s = gw.connect();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
+    // A 404 and a 405 keep the connection too.
+    write!(w, "GET /nope HTTP/1.1\r\nHost: gw\r\n\r\nPOST /k HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!((resp.status, resp.text(), resp.header("connection")), (404, "404 page not found", None));
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!((resp.status, resp.header("allow"), resp.header("connection")), (405, Some("GET"), None));
     for _ in 0..20 {
         write!(w, "GET /k HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
         let resp = read_response(&mut r).unwrap();

@@ -308,8 +308,11 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             (reply, next)
         }
         Dispatch::Reply(reply) => {
-            // The body is not needed; an unread body closes the connection (the codec
-            // says so), which is safer than reading an unbounded body nobody wants.
+            // A request without a body ends here and the connection stays open; a body
+            // nobody needs is not read: the codec closes the connection after answering.
+            if let Ok((n, ServerEvent::End(_))) = c.server.handle_input(c.io.pending()) {
+                c.io.pos += n;
+            }
             let next = c.respond(&reply, false).await;
             (reply, next)
         }
