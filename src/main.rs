@@ -44,9 +44,10 @@ enum Command {
         /// Uses the epoll driver even where io_uring works (also: SLUICE_FORCE_EPOLL=1).
         #[arg(long)]
         force_epoll: bool,
-        /// Longest wait for requests in flight on SIGTERM/SIGINT, in seconds.
-        #[arg(long, default_value_t = 10)]
-        max_shutdown_wait: u64,
+        /// Longest wait for requests in flight on SIGTERM/SIGINT, in seconds
+        /// (default: the file's `max_shutdown_wait_time`, else 10).
+        #[arg(long)]
+        max_shutdown_wait: Option<u64>,
     },
 }
 
@@ -99,7 +100,14 @@ fn check(path: &Path, lint: bool) -> ExitCode {
     }
 }
 
-fn run(path: &Path, port: Option<u16>, debug: bool, shards: Option<usize>, force_epoll: bool, wait: u64) -> ExitCode {
+fn run(
+    path: &Path,
+    port: Option<u16>,
+    debug: bool,
+    shards: Option<usize>,
+    force_epoll: bool,
+    wait: Option<u64>,
+) -> ExitCode {
     let mut gateway = match load(path) {
         Ok(loaded) => loaded.gateway,
         Err(code) => return code,
@@ -133,7 +141,8 @@ fn run(path: &Path, port: Option<u16>, debug: bool, shards: Option<usize>, force
         opts.shards = n.max(1);
     }
     opts.force_epoll = force_epoll;
-    opts.shutdown_wait = std::time::Duration::from_secs(wait);
+    opts.shutdown_wait = wait.map_or(cfg.max_shutdown_wait_time, std::time::Duration::from_secs);
+    let wait = opts.shutdown_wait.as_secs_f64();
     let stop = sluice_uring::StopSignal::new();
     let server = match sluice_uring::start(Arc::new(gateway), opts.clone(), stop.clone()) {
         Ok(s) => s,

@@ -546,6 +546,7 @@ fn defaults_are_krakend_s_or_documented() {
     assert_eq!(c.max_idle_connections_per_host, 250);
     assert_eq!(c.max_header_bytes, 65_536);
     assert_eq!(c.read_header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.max_shutdown_wait_time, std::time::Duration::from_secs(10));
     assert_eq!(c.router.remote_ip_headers, ["X-Forwarded-For", "X-Real-IP"]);
     let e = &c.endpoints[0];
     assert_eq!(e.method, http::Method::GET);

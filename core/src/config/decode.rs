@@ -296,6 +296,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let write_timeout = o.duration("write_timeout", cx).unwrap_or(Duration::from_secs(30));
     let idle_timeout = o.duration("idle_timeout", cx).unwrap_or(Duration::from_secs(60));
     let read_header_timeout = o.duration("read_header_timeout", cx).unwrap_or(Duration::from_secs(10));
+    let max_shutdown_wait_time = o.duration("max_shutdown_wait_time", cx).unwrap_or(Duration::from_secs(10));
     let max_header_bytes = o.uint("max_header_bytes", 1024, 16 << 20, cx).map_or(65_536, |n| n as usize);
     let max_idle_connections_per_host =
         o.uint("max_idle_connections_per_host", 0, 1 << 20, cx).map_or(250, |n| n as usize);
@@ -367,6 +368,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         write_timeout,
         idle_timeout,
         read_header_timeout,
+        max_shutdown_wait_time,
         max_header_bytes,
         max_idle_connections_per_host,
         router,

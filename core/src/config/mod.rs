@@ -139,6 +139,9 @@ pub struct Config {
     /// Time to receive a request head: the slowloris guard. Default: 10s
     /// (KrakenD: unlimited; `"0s"` means that).
     pub read_header_timeout: Duration,
+    /// On SIGTERM/SIGINT, the longest wait for requests in flight. Default: 10s
+    /// (`sluice run --max-shutdown-wait` overrides it).
+    pub max_shutdown_wait_time: Duration,
     /// Largest request head accepted (request line plus headers), in bytes; more is
     /// answered 431. Default: 65,536 (KrakenD: 1 MiB, Go's default: a smaller bound
     /// costs less memory per connection and no real client needs more). 1,024 to 16 MiB.
