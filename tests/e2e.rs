@@ -287,6 +287,14 @@ fn slowloris_is_closed(mode: Mode) {
     let text = String::from_utf8_lossy(&rest);
     assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A connection that says nothing at all is closed by the same deadline, not the
+    // (longer) idle timeout.
+    let mut silent = gw.connect();
+    let t = Instant::now();
+    let mut nothing = Vec::new();
+    let _ = silent.read_to_end(&mut nothing);
+    assert!(nothing.is_empty());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 fn graceful_stop_finishes_in_flight(mode: Mode) {

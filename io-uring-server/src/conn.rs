@@ -203,8 +203,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
         out: Vec::new(),
         write_timeout: cfg.write_timeout,
     };
+    let mut first = true;
     loop {
-        let Some(req) = read_head(&shard, &mut c, &slot).await else { return };
+        let Some(req) = read_head(&shard, &mut c, &slot, first).await else { return };
+        first = false;
         let started = Instant::now();
         // Boxed: an idle connection's task then holds only the read state, not the
         // largest request state (memory per idle connection).
@@ -222,8 +224,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     }
 }
 
-async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot) -> Option<Box<Request>> {
+/// Reads the next request head. Before the first request of a connection the header
+/// timeout applies from the accept (a client that connects and says nothing is a
+/// slowloris too); between keep-alive requests, the idle timeout.
+async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot, first: bool) -> Option<Box<Request>> {
     let cfg = &shard.gw.config;
+    let accepted = Instant::now();
     let mut head_started: Option<Instant> = None;
     let mut need_more = c.io.pending().is_empty();
     loop {
@@ -246,7 +252,9 @@ async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot) -> Option<Box<Reque
         if idle && shard.stopping.is_stopped() {
             return None;
         }
-        let read = if idle {
+        let read = if idle && first && !cfg.read_header_timeout.is_zero() {
+            c.io.read(left(accepted, cfg.read_header_timeout), Some((&shard.stopping, slot))).await
+        } else if idle {
             c.io.read(cfg.idle_timeout, Some((&shard.stopping, slot))).await
         } else {
             let since = head_started.unwrap_or_else(Instant::now);
