@@ -393,7 +393,7 @@ impl<'g> Exchange<'g> {
                     return Action::Call(call);
                 }
                 Err(why) => {
-                    self.fail(i, CallState::Failed(why));
+                    self.settle(i, CallState::Failed(why));
                     return self.poll(balancer);
                 }
             }
@@ -433,26 +433,23 @@ impl<'g> Exchange<'g> {
         })
     }
 
-    /// Settles call `i`; in a sequence, a failure skips the calls after it.
-    fn fail(&mut self, i: usize, state: CallState) {
+    /// Settles call `i`. In a sequence, a call that did not succeed skips the rest.
+    fn settle(&mut self, i: usize, state: CallState) {
+        let succeeded = match &state {
+            CallState::Answered { status, body, .. } => {
+                is_success(*status) && self.ep.backends.get(i).is_some_and(|b| b.shape.apply(body).is_ok())
+            }
+            _ => false,
+        };
         if let Some(slot) = self.calls.get_mut(i) {
             *slot = state;
         }
-        if self.ep.sequential {
+        if self.ep.sequential && !succeeded {
             for c in self.calls.iter_mut().skip(i + 1) {
                 if matches!(c, CallState::Pending) {
                     *c = CallState::Skipped;
                 }
             }
-        }
-        if self.ep.output == OutputEncoding::NoOp && self.answer.is_none() {
-            let timed_out = matches!(self.calls.get(i), Some(CallState::TimedOut));
-            let (status, why) = if timed_out {
-                (StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time".to_string())
-            } else {
-                (StatusCode::BAD_GATEWAY, self.reason(i))
-            };
-            self.answer = Some(Answer::Reply(self.error_reply(status, &why)));
         }
     }
 
@@ -461,15 +458,7 @@ impl<'g> Exchange<'g> {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
-        let ok = is_success(status) && self.ep.backends[id].shape.apply(&body).is_ok();
-        self.calls[id] = CallState::Answered { status, headers, body };
-        if !ok && self.ep.sequential {
-            for c in self.calls.iter_mut().skip(id + 1) {
-                if matches!(c, CallState::Pending) {
-                    *c = CallState::Skipped;
-                }
-            }
-        }
+        self.settle(id, CallState::Answered { status, headers, body });
     }
 
     /// The head of a `no-op` backend response: it is passed to the client as it is.
@@ -492,7 +481,7 @@ impl<'g> Exchange<'g> {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
-        self.fail(id, CallState::Failed(reason.to_string()));
+        self.settle(id, CallState::Failed(reason.to_string()));
     }
 
     /// Time has come to `now`: past the deadline, every unsettled call is cut.
@@ -502,7 +491,7 @@ impl<'g> Exchange<'g> {
         }
         for i in 0..self.calls.len() {
             match self.calls[i] {
-                CallState::InFlight => self.fail(i, CallState::TimedOut),
+                CallState::InFlight => self.settle(i, CallState::TimedOut),
                 CallState::Pending => self.calls[i] = CallState::Skipped,
                 _ => {}
             }
@@ -534,6 +523,15 @@ impl<'g> Exchange<'g> {
 
     fn finish(&mut self) -> Reply {
         let ep = self.ep;
+        if ep.output == OutputEncoding::NoOp {
+            // A no-op answer that came is streamed (`handle_head`); here it did not come.
+            return match self.calls.first() {
+                Some(CallState::TimedOut) => {
+                    self.error_reply(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time")
+                }
+                _ => self.error_reply(StatusCode::BAD_GATEWAY, &self.reason(0)),
+            };
+        }
         let router = &self.gw.config.router;
         let mut parts: Vec<Vec<Entry<'_>>> = Vec::with_capacity(self.calls.len());
         let mut complete = true;

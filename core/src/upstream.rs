@@ -231,19 +231,18 @@ pub fn render_url(
         url.insert(0, '/');
     }
     if let Some(q) = client_query {
-        let mut sep = if url.contains('?') { '&' } else { '?' };
-        if url.ends_with(['?', '&']) {
-            sep = '\0';
-        }
+        let mut first = !url.contains('?');
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let name = pair.split_once('=').map_or(pair, |(n, _)| n);
             if name.is_empty() || !backend.query.allows(&String::from_utf8_lossy(&percent_decode(name))) {
                 continue;
             }
-            if sep != '\0' {
-                url.push(sep);
+            if first {
+                url.push('?');
+                first = false;
+            } else if !url.ends_with(['?', '&']) {
+                url.push('&');
             }
-            sep = '&';
             for &b in pair.as_bytes() {
                 if b > 0x20 && b < 0x7f && b != b'#' {
                     url.push(char::from(b));

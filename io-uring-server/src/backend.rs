@@ -8,27 +8,26 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, StatusCode};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use sluice_core::config::{HostAddr, Scheme};
 use sluice_core::http1::{ClientConn, ClientEvent, Limits};
+
+use crate::Shard;
+use crate::socket::{Io, READ_CHUNK, Read};
 
 /// Idle backend connections older than this are not reused (backends commonly close
 /// idle connections after 60 to 120 s; reusing one they closed costs a retry).
 const IDLE_EXPIRY: Duration = Duration::from_secs(50);
 /// How long a resolved backend name is reused.
 const DNS_TTL: Duration = Duration::from_secs(60);
-const READ_CHUNK: usize = 16 * 1024;
-
-/// An idle connection, its read buffer, and since when it is idle.
-type Idle = (TcpStream, Vec<u8>, Instant);
 
 /// The shard's backend connections and resolved names.
 pub(crate) struct Pool {
     max_idle: usize,
-    /// Idle connections with the read buffer they keep (so reuse allocates nothing).
-    idle: RefCell<HashMap<String, Vec<Idle>>>,
+    /// Idle connections with the read buffer they keep (so reuse allocates nothing),
+    /// and since when they are idle.
+    idle: RefCell<HashMap<String, Vec<(Io, Instant)>>>,
     dns: RefCell<HashMap<String, (SocketAddr, Instant)>>,
 }
 
@@ -37,29 +36,31 @@ impl Pool {
         Pool { max_idle, idle: RefCell::default(), dns: RefCell::default() }
     }
 
-    pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Vec<u8>)> {
+    pub(crate) fn take(&self, key: &str) -> Option<Io> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        while let Some((stream, buf, since)) = list.pop() {
+        while let Some((io, since)) = list.pop() {
             if since.elapsed() < IDLE_EXPIRY {
-                return Some((stream, buf));
+                return Some(io);
             }
         }
         None
     }
 
-    pub(crate) fn put(&self, key: &str, stream: TcpStream, mut buf: Vec<u8>) {
+    /// Keeps a connection whose last response was read whole.
+    pub(crate) fn put(&self, key: &str, mut io: Io) {
         let mut idle = self.idle.borrow_mut();
         let list = match idle.get_mut(key) {
             Some(list) => list,
             None => idle.entry(key.to_string()).or_default(),
         };
         if list.len() < self.max_idle {
-            buf.clear();
-            if buf.capacity() > 4 * READ_CHUNK {
-                buf = Vec::with_capacity(READ_CHUNK);
+            io.buf.clear();
+            io.pos = 0;
+            if io.buf.capacity() > 4 * READ_CHUNK {
+                io.buf = Vec::with_capacity(READ_CHUNK);
             }
-            list.push((stream, buf, Instant::now()));
+            list.push((io, Instant::now()));
         }
     }
 
@@ -110,28 +111,24 @@ pub(crate) fn pool_key(host: &HostAddr) -> String {
 /// A reused connection that turns out stale is retried once on a fresh one, for
 /// idempotent methods only.
 pub(crate) async fn call(
-    pool: Rc<PoolRef>,
+    shard: Rc<Shard>,
     host: HostAddr,
     method: Method,
     request: Rc<Vec<u8>>,
     limits: Limits,
 ) -> Result<Answer, String> {
-    if host.scheme == Scheme::Https {
-        return Err("https backends need TLS, which this build does not have yet".into());
-    }
+    let pool = &shard.pool;
     let key = pool_key(&host);
     let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
-    if let Some(conn) = pool.get().take(&key) {
-        match once(&pool, &key, conn, &method, request.clone(), limits, true).await {
+    if let Some(io) = pool.take(&key) {
+        match once(pool, &key, io, &method, request.clone(), limits, true).await {
             Ok(a) => return Ok(a),
             Err(f) if f.stale && idempotent => {}
             Err(f) => return Err(f.reason),
         }
     }
-    let stream = connect(pool.get(), &host).await?;
-    once(&pool, &key, (stream, Vec::with_capacity(READ_CHUNK)), &method, request, limits, false)
-        .await
-        .map_err(|f| f.reason)
+    let io = Io::new(connect(pool, &host).await?, READ_CHUNK);
+    once(pool, &key, io, &method, request, limits, false).await.map_err(|f| f.reason)
 }
 
 /// A fresh connection to a backend host (plain HTTP).
@@ -145,41 +142,34 @@ pub(crate) async fn connect(pool: &Pool, host: &HostAddr) -> Result<TcpStream, S
     Ok(stream)
 }
 
-/// A handle on the shard's pool that backend futures can own.
-pub(crate) struct PoolRef(pub(crate) Rc<crate::Shard>);
-
-impl PoolRef {
-    fn get(&self) -> &Pool {
-        &self.0.pool
-    }
-}
-
 async fn once(
-    pool: &PoolRef,
+    pool: &Pool,
     key: &str,
-    (mut stream, mut buf): (TcpStream, Vec<u8>),
+    mut io: Io,
     method: &Method,
     request: Rc<Vec<u8>>,
     limits: Limits,
     reused: bool,
 ) -> Result<Answer, Failure> {
-    let (res, _) = stream.write_all(request).await;
+    let (res, _) = io.stream.write_all(request).await;
     if let Err(e) = res {
         return Err(Failure { reason: format!("cannot send the request: {e}"), stale: reused });
     }
     let mut conn = ClientConn::new(method.clone(), limits);
-    let mut pos = 0;
     let mut received = false;
     let mut head: Option<(StatusCode, HeaderMap)> = None;
     let mut body = Vec::new();
     let mut eof = false;
     loop {
         // Take every event the bytes at hand give; `End` may come on a call with none.
-        let r =
-            if eof && pos == buf.len() { conn.handle_eof().map(|e| (0, e)) } else { conn.handle_input(&buf[pos..]) };
+        let r = if eof && io.pending().is_empty() {
+            conn.handle_eof().map(|e| (0, e))
+        } else {
+            conn.handle_input(io.pending())
+        };
         match r {
             Ok((n, ClientEvent::Response(r))) => {
-                pos += n;
+                io.pos += n;
                 head = Some((r.status, r.head.to_header_map()));
                 continue;
             }
@@ -188,11 +178,11 @@ async fn once(
                     return Err(Failure { reason: "response body too large".into(), stale: false });
                 }
                 body.extend_from_slice(d);
-                pos += n;
+                io.pos += n;
                 continue;
             }
             Ok((n, ClientEvent::End(_))) => {
-                pos += n;
+                io.pos += n;
                 break;
             }
             Ok((_, ClientEvent::NeedMore)) if eof => {
@@ -201,38 +191,29 @@ async fn once(
                     stale: reused && !received,
                 });
             }
-            Ok((n, ClientEvent::NeedMore)) => pos += n,
+            Ok((n, ClientEvent::NeedMore)) => io.pos += n,
             Ok((_, ClientEvent::Switched)) => {
                 return Err(Failure { reason: "the backend switched protocols".into(), stale: false });
             }
             Err(e) => return Err(Failure { reason: format!("invalid response: {}", e.reason()), stale: false }),
         }
-        if pos == buf.len() {
-            buf.clear();
-            pos = 0;
-        } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.drain(..pos);
-            pos = 0;
-        }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) => eof = true,
-            Ok(_) => received = true,
-            Err(e) => {
+        // No read timeout here: the endpoint deadline drops this future.
+        match io.read(Duration::ZERO, None).await {
+            Read::Eof => eof = true,
+            Read::Data => received = true,
+            Read::Failed(e) => {
                 return Err(Failure { reason: format!("cannot read the response: {e}"), stale: reused && !received });
+            }
+            Read::TimedOut | Read::Stopped => {
+                return Err(Failure { reason: "cannot read the response".into(), stale: false });
             }
         }
     }
     let Some((status, headers)) = head else {
         return Err(Failure { reason: "no response".into(), stale: false });
     };
-    if conn.reusable() && pos == buf.len() {
-        pool.get().put(key, stream, buf);
+    if conn.reusable() && io.pending().is_empty() {
+        pool.put(key, io);
     }
     Ok(Answer { status, headers, body })
 }

@@ -1,15 +1,12 @@
 //! One client connection: bytes in and out, timers, and the calls `core` asks for.
 
-use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, StatusCode};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use sluice_core::builtin;
 use sluice_core::exchange::{Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route};
@@ -19,97 +16,12 @@ use sluice_core::http1::{
 };
 
 use crate::Shard;
-use crate::backend::{self, PoolRef};
+use crate::backend;
 use crate::signal::Slot;
+use crate::socket::{Io, READ_CHUNK, Read, left};
 
-const READ_CHUNK: usize = 16 * 1024;
 /// Output is flushed when it grows past this while streaming.
 const FLUSH_AT: usize = 64 * 1024;
-
-/// Runs `fut` for at most `limit` (zero: no limit). `None` when time ran out.
-async fn with_limit<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    if limit.is_zero() { Some(fut.await) } else { monoio::time::timeout(limit, fut).await.ok() }
-}
-
-fn left(since: Instant, limit: Duration) -> Duration {
-    if limit.is_zero() { Duration::ZERO } else { limit.saturating_sub(since.elapsed()).max(Duration::from_millis(1)) }
-}
-
-enum Read {
-    Data,
-    Eof,
-    TimedOut,
-    Stopped,
-    Failed,
-}
-
-/// Bytes in and out of one socket, with the buffer monoio reads into.
-struct Io {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Io {
-    fn pending(&self) -> &[u8] {
-        self.buf.get(self.pos..).unwrap_or_default()
-    }
-
-    fn make_room(&mut self) {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        // Grow by doubling: small messages never need more than they had.
-        if self.buf.capacity() - self.buf.len() < 512 {
-            self.buf.reserve(self.buf.capacity().clamp(1024, 4 * READ_CHUNK));
-        }
-    }
-
-    /// Reads more bytes (appended after what is pending). A timeout or stop loses the
-    /// buffer: the caller closes the connection then.
-    async fn read(&mut self, limit: Duration, stop: Option<(&crate::signal::LocalStop, &Slot)>) -> Read {
-        self.make_room();
-        let (len, cap) = (self.buf.len(), self.buf.capacity());
-        let buf = std::mem::take(&mut self.buf);
-        let read = with_limit(limit, self.stream.read(buf.slice_mut(len..cap)));
-        let result = match stop {
-            Some((stop, slot)) => {
-                monoio::select! {
-                    r = read => r,
-                    _ = stop.wait(slot) => return Read::Stopped,
-                }
-            }
-            None => read.await,
-        };
-        let Some((res, slice)) = result else { return Read::TimedOut };
-        self.buf = slice.into_inner();
-        match res {
-            Ok(0) => Read::Eof,
-            Ok(_) => Read::Data,
-            Err(_) => Read::Failed,
-        }
-    }
-
-    /// Writes all of `out` and clears it.
-    async fn write(&mut self, out: &mut Vec<u8>, limit: Duration) -> bool {
-        if out.is_empty() {
-            return true;
-        }
-        let data = std::mem::take(out);
-        match with_limit(limit, self.stream.write_all(data)).await {
-            Some((Ok(_), mut data)) => {
-                data.clear();
-                *out = data;
-                true
-            }
-            _ => false,
-        }
-    }
-}
 
 /// A client connection.
 struct Conn {
@@ -198,7 +110,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     let slot = shard.stopping.register();
     let cfg = &shard.gw.config;
     let mut c = Conn {
-        io: Io { stream, buf: Vec::with_capacity(1024), pos: 0 },
+        io: Io::new(stream, 1024),
         server: ServerConn::new(shard.limits),
         out: Vec::new(),
         write_timeout: cfg.write_timeout,
@@ -289,23 +201,15 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
         peer: peer.ip(),
         body: RequestBody::None,
     };
+    let line = LogLine { peer: peer.ip(), method: creq.method.clone(), path: creq.path.clone(), started };
     let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
     let (reply, next) = match dispatch {
         Dispatch::Endpoint(route) if route.streaming => {
-            return pass_through(shard, c, &req, creq, route, started).await;
+            return pass_through(shard, c, &req, creq, route, &line).await;
         }
         Dispatch::Endpoint(route) => {
             creq.body = RequestBody::Full(c.read_body(started, cfg.read_timeout).await?);
-            let (method, path) = (creq.method.clone(), creq.path.clone());
             let reply = aggregate(shard, creq, route).await;
-            creq = ClientRequest {
-                method,
-                path,
-                query: None,
-                headers: HeaderMap::new(),
-                peer: peer.ip(),
-                body: RequestBody::None,
-            };
             let next = c.respond(&reply, false).await;
             (reply, next)
         }
@@ -325,28 +229,32 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             (reply, next)
         }
     };
-    access_log(peer, &LogLine { method: creq.method, path: creq.path }, reply.status, reply.body.len() as u64, started);
+    line.log(reply.status, reply.body.len() as u64);
     next
 }
 
 /// What the access log needs of a request.
 struct LogLine {
+    peer: IpAddr,
     method: http::Method,
     path: String,
+    started: Instant,
 }
 
-fn access_log(peer: SocketAddr, req: &LogLine, status: StatusCode, bytes: u64, started: Instant) {
-    // The path only: query strings carry tokens often enough to keep them out of logs.
-    tracing::info!(
-        target: "sluice::access",
-        "{} \"{} {}\" {} {} {:.1}ms",
-        peer.ip(),
-        req.method,
-        req.path,
-        status.as_u16(),
-        bytes,
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+impl LogLine {
+    fn log(&self, status: StatusCode, bytes: u64) {
+        // The path only: query strings carry tokens often enough to keep them out of logs.
+        tracing::info!(
+            target: "sluice::access",
+            "{} \"{} {}\" {} {} {:.1}ms",
+            self.peer,
+            self.method,
+            self.path,
+            status.as_u16(),
+            bytes,
+            self.started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 }
 
 /// Runs an aggregating exchange: calls in parallel (or in sequence), merged reply.
@@ -355,7 +263,6 @@ async fn aggregate(shard: &Rc<Shard>, creq: ClientRequest, route: Route) -> Repl
     let Some(mut ex) = Exchange::new(gw, route, creq, Instant::now()) else {
         return Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "");
     };
-    let pool = Rc::new(PoolRef(shard.clone()));
     let mut calls = FuturesUnordered::new();
     loop {
         let action = ex.poll(&mut shard.balancer.borrow_mut());
@@ -370,8 +277,13 @@ async fn aggregate(shard: &Rc<Shard>, creq: ClientRequest, route: Route) -> Repl
                     request.extend_from_slice(ex.body());
                 }
                 let id = call.id;
-                let fut =
-                    backend::call(pool.clone(), call.host.clone(), call.method.clone(), Rc::new(request), shard.limits);
+                let fut = backend::call(
+                    shard.clone(),
+                    call.host.clone(),
+                    call.method.clone(),
+                    Rc::new(request),
+                    shard.limits,
+                );
                 calls.push(async move { (id, fut.await) });
             }
             Action::Wait(deadline) => {
@@ -401,10 +313,9 @@ async fn pass_through(
     req: &Request,
     mut creq: ClientRequest,
     route: Route,
-    started: Instant,
+    line: &LogLine,
 ) -> Option<Next> {
     let gw = &shard.gw;
-    let peer_ip = creq.peer;
     creq.body = match req.framing {
         Framing::Length(0) | Framing::None | Framing::UntilClose => RequestBody::None,
         Framing::Length(n) => RequestBody::Stream(BodyLength::Known(n)),
@@ -421,7 +332,6 @@ async fn pass_through(
             }
         }
     }
-    let log_req = LogLine { method: creq.method.clone(), path: creq.path.clone() };
     let mut ex = Exchange::new(gw, route, creq, Instant::now())?;
     let deadline = ex.deadline();
     let first = ex.poll(&mut shard.balancer.borrow_mut());
@@ -429,7 +339,7 @@ async fn pass_through(
         Action::Call(call) => call,
         Action::Respond(reply) => {
             let next = c.respond(&reply, false).await;
-            access_log(SocketAddr::new(peer_ip, 0), &log_req, reply.status, reply.body.len() as u64, started);
+            line.log(reply.status, reply.body.len() as u64);
             return next;
         }
         _ => return None,
@@ -463,7 +373,7 @@ async fn pass_through(
                 _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
             };
             let next = c.respond(&reply, true).await;
-            access_log(SocketAddr::new(peer_ip, 0), &log_req, reply.status, reply.body.len() as u64, started);
+            line.log(reply.status, reply.body.len() as u64);
             return next;
         }
     };
@@ -520,9 +430,9 @@ async fn pass_through(
         return None;
     }
     if client.reusable() && backend_io.pending().is_empty() {
-        shard.pool.put(&backend::pool_key(&host), backend_io.stream, backend_io.buf);
+        shard.pool.put(&backend::pool_key(&host), backend_io);
     }
-    access_log(SocketAddr::new(peer_ip, 0), &log_req, status, sent, started);
+    line.log(status, sent);
     Some(next)
 }
 
@@ -542,8 +452,7 @@ async fn open_stream(
     let key = backend::pool_key(host);
     let retry_allowed = body == CallBody::None;
     let mut head = head;
-    if let Some((stream, buf)) = shard.pool.take(&key) {
-        let mut b = Io { stream, buf, pos: 0 };
+    if let Some(mut b) = shard.pool.take(&key) {
         let mut h = head.clone();
         // A failed head write sent nothing and read no client body: a fresh connection
         // can always take over then.
@@ -557,7 +466,7 @@ async fn open_stream(
         }
     }
     let stream = backend::connect(&shard.pool, host).await?;
-    let mut b = Io { stream, buf: Vec::with_capacity(READ_CHUNK), pos: 0 };
+    let mut b = Io::new(stream, READ_CHUNK);
     if !b.write(&mut head, Duration::ZERO).await {
         return Err("cannot send the request".into());
     }
@@ -642,7 +551,7 @@ async fn finish_open(
                 b.pos += n;
                 match b.read(Duration::ZERO, None).await {
                     Read::Data => received = true,
-                    Read::Eof | Read::Failed if !received => return Err(Open::Stale),
+                    Read::Eof | Read::Failed(_) if !received => return Err(Open::Stale),
                     Read::Eof => return Err(fail("the backend closed the connection before answering")),
                     _ => return Err(fail("cannot read the response")),
                 }

@@ -13,13 +13,13 @@
 mod backend;
 mod conn;
 mod signal;
+mod socket;
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -244,9 +244,4 @@ async fn shard_main(
     if shard.active.get() > 0 {
         tracing::warn!(shard = id, "stopping with {} connection(s) still open", shard.active.get());
     }
-}
-
-/// Whether a stop was asked for (cheap; read by the accept loop).
-pub(crate) fn triggered(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::Acquire)
 }

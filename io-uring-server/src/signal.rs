@@ -23,7 +23,7 @@ impl StopSignal {
     }
 
     pub fn is_triggered(&self) -> bool {
-        crate::triggered(&self.0)
+        self.0.load(Ordering::Acquire)
     }
 }
 

@@ -149,7 +149,7 @@ pub(crate) fn decode(text: &str) -> Result<Vec<Entry<'static>>, String> {
 /// characters replaced by `_`.
 pub(crate) fn encode(entries: &[Entry<'_>], out: &mut Vec<u8>) {
     out.extend_from_slice(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    write_element("response", &Node::Obj(entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect()), out, 0);
+    write_members("response", entries, out, 0);
 }
 
 fn write_element(name: &str, node: &Node<'_>, out: &mut Vec<u8>, depth: u32) {
@@ -167,22 +167,30 @@ fn write_element(name: &str, node: &Node<'_>, out: &mut Vec<u8>, depth: u32) {
         }
         return;
     }
-    let name = xml_name(name);
-    out.push(b'<');
-    out.extend_from_slice(name.as_bytes());
     let members: Vec<Entry<'_>> = match node {
-        Node::Obj(entries) => entries.clone(),
+        Node::Obj(entries) => return write_members(name, entries, out, depth),
         Node::Raw(raw) if json::kind(raw) == Kind::Object => {
             json::members(raw).into_iter().map(|(k, v)| (Key::Raw(k), Node::Raw(v))).collect()
         }
         _ => {
+            let name = xml_name(name);
+            out.push(b'<');
+            out.extend_from_slice(name.as_bytes());
             out.push(b'>');
             write_text(node, out);
             close(&name, out);
             return;
         }
     };
-    for (k, v) in &members {
+    write_members(name, &members, out, depth);
+}
+
+/// An element from an object's members: `-name` attributes, `#text`, child elements.
+fn write_members(name: &str, members: &[Entry<'_>], out: &mut Vec<u8>, depth: u32) {
+    let name = xml_name(name);
+    out.push(b'<');
+    out.extend_from_slice(name.as_bytes());
+    for (k, v) in members {
         let k = k.text();
         if let Some(attr) = k.strip_prefix('-') {
             out.push(b' ');
@@ -194,7 +202,7 @@ fn write_element(name: &str, node: &Node<'_>, out: &mut Vec<u8>, depth: u32) {
     }
     out.push(b'>');
     if depth < MAX_DEPTH {
-        for (k, v) in &members {
+        for (k, v) in members {
             let k = k.text();
             if k == "#text" {
                 write_text(v, out);
