@@ -26,6 +26,7 @@ every_driver!(
     pipelined_requests,
     client_garbage_is_400_and_closed,
     oversize_head_is_431,
+    oversize_body_is_413,
     slowloris_is_closed,
     graceful_stop_finishes_in_flight,
     curl_sees_the_aggregate,
@@ -147,12 +148,20 @@ fn failing_backends(mode: Mode) {
     let reset = Backend::start(|_| Reply::Close);
     let error =
         Backend::start(|_| Reply::Raw(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_vec()));
+    // Over the 16 MiB a buffered (aggregated) backend body may have.
+    let huge = Backend::start(|_| Reply::Big(17 << 20));
     // A port nothing listens on: bind one, read its number, close it.
     let refused = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let eps: Vec<String> = [("garbage", garbage.url()), ("reset", reset.url()), ("error", error.url()), ("refused", refused.clone())]
+    let eps: Vec<String> = [
+        ("garbage", garbage.url()),
+        ("reset", reset.url()),
+        ("error", error.url()),
+        ("refused", refused.clone()),
+        ("huge", huge.url()),
+    ]
         .iter()
         .map(|(name, url)| {
             format!(
@@ -251,6 +260,42 @@ fn client_garbage_is_400_and_closed(mode: Mode) {
         assert_eq!((resp.status, resp.header("connection")), (400, Some("close")), "{}", String::from_utf8_lossy(bad));
         assert!(read_response(&mut r).is_none());
     }
+}
+
+fn oversize_body_is_413(mode: Mode) {
+    let backend = Backend::start(|_| Reply::Echo);
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/up", "method": "POST", "backend": [{{"host": ["{}"], "url_pattern": "/x"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    // Declared too large: refused before any byte of the body is read.
+    let mut s = gw.connect();
+    write!(s, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", 17 << 20).unwrap();
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!((resp.status, resp.header("connection")), (413, Some("close")));
+    assert!(read_response(&mut r).is_none());
+    // Chunked and too large: refused as it crosses the limit.
+    let mut s = gw.connect();
+    write!(s, "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut refused = false;
+    for _ in 0..20 {
+        if write!(s, "{:x}\r\n", chunk.len())
+            .and_then(|_| s.write_all(&chunk))
+            .and_then(|_| s.write_all(b"\r\n"))
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    let resp = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(resp.status, 413, "write refused early: {refused}");
+    assert!(backend.requests().is_empty(), "nothing reached the backend");
 }
 
 fn oversize_head_is_431(mode: Mode) {

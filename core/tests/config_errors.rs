@@ -159,12 +159,13 @@ fn broken_configs_report_exact_paths_and_messages() {
         ),
         (
             "invalid durations",
-            json!({"version": 3, "timeout": "3", "cache_ttl": 300, "endpoints": [
+            json!({"version": 3, "timeout": "3", "cache_ttl": 300, "max_shutdown_wait_time": "soon", "endpoints": [
                 {"endpoint": "/a", "timeout": "1 minute", "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}
             ]}),
             vec![
                 r#"timeout: missing unit in duration "3" (for example "3s")"#,
                 r#"cache_ttl: expected a duration string such as "2s", found a number"#,
+                r#"max_shutdown_wait_time: invalid duration "soon" (use Go syntax: "2s", "150ms", "1m30s")"#,
                 r#"endpoints[0].timeout: unknown unit " minute" in duration "1 minute""#,
             ],
         ),
