@@ -13,22 +13,29 @@
 //!   sequential calls, deadlines, the final response), driven with virtual time.
 //! - [`upstream`]: backend request building; [`response`]: decoding, shaping, merging
 //!   and output encodings; [`json`]: the byte-preserving JSON scanner under them.
+//! - [`backend`]: backend connection policy (pool, retries, DNS cache) and reading a
+//!   response off a backend connection, shared by the drivers.
+//! - [`deadline`]: which deadline each client read runs under.
 //! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod backend;
 pub mod builtin;
 pub mod config;
+pub mod deadline;
 pub mod exchange;
 pub mod http1;
 pub mod json;
 pub mod plan;
 pub mod response;
 pub mod route;
+mod stop;
 pub mod upstream;
 
 pub use config::{ConfigError, Diagnostic};
 pub use plan::Gateway;
+pub use stop::StopSignal;
 
 /// The version of Sluice, as in `User-Agent: Sluice/<version>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

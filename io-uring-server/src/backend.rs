@@ -1,115 +1,69 @@
-//! Backend connections: a keep-alive pool per shard, and one request/response on a
-//! connection, read whole (aggregating endpoints) through `core::http1::ClientConn`.
+//! Backend connections: the shard's keep-alive pool and DNS cache (policy in
+//! `sluice_core::backend`), and one request/response on a connection.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, StatusCode};
+use http::Method;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
+use sluice_core::backend::{Answer, DnsCache, Failure, Fetch, IdlePool, Progress, Resolve, may_retry, pool_key};
 use sluice_core::config::{HostAddr, Scheme};
-use sluice_core::http1::{ClientConn, ClientEvent, Limits};
+use sluice_core::http1::Limits;
 
 use crate::Shard;
 use crate::socket::{Io, READ_CHUNK, Read};
 
-/// Idle backend connections older than this are not reused (backends commonly close
-/// idle connections after 60 to 120 s; reusing one they closed costs a retry).
-const IDLE_EXPIRY: Duration = Duration::from_secs(50);
-/// How long a resolved backend name is reused.
-const DNS_TTL: Duration = Duration::from_secs(60);
-
-/// The shard's backend connections and resolved names.
+/// The shard's idle backend connections (each with the read buffer it keeps, so reuse
+/// allocates nothing) and resolved names.
 pub(crate) struct Pool {
-    max_idle: usize,
-    /// Idle connections with the read buffer they keep (so reuse allocates nothing),
-    /// and since when they are idle.
-    idle: RefCell<HashMap<String, Vec<(Io, Instant)>>>,
-    dns: RefCell<HashMap<String, (SocketAddr, Instant)>>,
+    idle: RefCell<IdlePool<Io>>,
+    dns: RefCell<DnsCache>,
 }
 
 impl Pool {
     pub(crate) fn new(max_idle: usize) -> Pool {
-        Pool { max_idle, idle: RefCell::default(), dns: RefCell::default() }
+        Pool { idle: RefCell::new(IdlePool::new(max_idle)), dns: RefCell::default() }
     }
 
     pub(crate) fn take(&self, key: &str) -> Option<Io> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
-        while let Some((io, since)) = list.pop() {
-            if since.elapsed() < IDLE_EXPIRY {
-                return Some(io);
-            }
-        }
-        None
+        self.idle.borrow_mut().take(key, Instant::now())
     }
 
-    /// Keeps a connection whose last response was read whole.
+    /// Keeps a connection whose last response was read whole (over the limit, it closes).
     pub(crate) fn put(&self, key: &str, mut io: Io) {
-        let mut idle = self.idle.borrow_mut();
-        let list = match idle.get_mut(key) {
-            Some(list) => list,
-            None => idle.entry(key.to_string()).or_default(),
-        };
-        if list.len() < self.max_idle {
-            io.buf.clear();
-            io.pos = 0;
-            if io.buf.capacity() > 4 * READ_CHUNK {
-                io.buf = Vec::with_capacity(READ_CHUNK);
-            }
-            list.push((io, Instant::now()));
+        io.buf.clear();
+        io.pos = 0;
+        if io.buf.capacity() > 4 * READ_CHUNK {
+            io.buf = Vec::with_capacity(READ_CHUNK);
         }
+        drop(self.idle.borrow_mut().put(key, io, Instant::now()));
     }
 
-    /// Resolves a backend host. IP literals need nothing; names are resolved with the
-    /// system resolver (blocking: the first request to a name pays for it) and cached
-    /// for a minute. A non-blocking DNS cache comes with the forward proxy work.
+    /// IP literals need nothing; names are resolved with the system resolver
+    /// (blocking: the first request to a name pays for it) and cached. A non-blocking
+    /// DNS cache comes with the forward proxy work.
     fn resolve(&self, host: &HostAddr) -> Result<SocketAddr, String> {
-        let name = host.host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = name.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, host.port));
-        }
-        let key = format!("{name}:{}", host.port);
-        if let Some((addr, at)) = self.dns.borrow().get(&key)
-            && at.elapsed() < DNS_TTL
-        {
-            return Ok(*addr);
-        }
-        let addr = (name, host.port)
+        let lookup = self.dns.borrow().get(host, Instant::now());
+        let (name, port) = match lookup {
+            Resolve::Ready(addr) => return Ok(addr),
+            Resolve::Lookup { name, port } => (name, port),
+        };
+        let addr = (name.as_str(), port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {name}: {e}"))?
             .next()
             .ok_or_else(|| format!("cannot resolve {name}: no address"))?;
-        self.dns.borrow_mut().insert(key, (addr, Instant::now()));
+        self.dns.borrow_mut().insert(&name, port, addr, Instant::now());
         Ok(addr)
     }
 }
 
-/// A whole backend response.
-pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Vec<u8>,
-}
-
-/// Why one attempt failed, and whether the request may be retried on a fresh
-/// connection (nothing came back on a reused one: it was stale).
-struct Failure {
-    reason: String,
-    stale: bool,
-}
-
-/// The pool key of a backend host.
-pub(crate) fn pool_key(host: &HostAddr) -> String {
-    format!("{}://{}:{}", host.scheme.as_str(), host.host, host.port)
-}
-
 /// Makes one backend call: `request` is the head and body, already written out.
-/// A reused connection that turns out stale is retried once on a fresh one, for
-/// idempotent methods only.
+/// A reused connection that turns out stale is retried once on a fresh one when
+/// `may_retry` allows.
 pub(crate) async fn call(
     shard: Rc<Shard>,
     host: HostAddr,
@@ -119,11 +73,10 @@ pub(crate) async fn call(
 ) -> Result<Answer, String> {
     let pool = &shard.pool;
     let key = pool_key(&host);
-    let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
     if let Some(io) = pool.take(&key) {
         match once(pool, &key, io, &method, request.clone(), limits, true).await {
             Ok(a) => return Ok(a),
-            Err(f) if f.stale && idempotent => {}
+            Err(f) if may_retry(&method, &f, false) => {}
             Err(f) => return Err(f.reason),
         }
     }
@@ -151,69 +104,36 @@ async fn once(
     limits: Limits,
     reused: bool,
 ) -> Result<Answer, Failure> {
+    let mut fetch = Fetch::new(method.clone(), limits, reused);
     let (res, _) = io.stream.write_all(request).await;
     if let Err(e) = res {
-        return Err(Failure { reason: format!("cannot send the request: {e}"), stale: reused });
+        return Err(fetch.write_failed(e));
     }
-    let mut conn = ClientConn::new(method.clone(), limits);
-    let mut received = false;
-    let mut head: Option<(StatusCode, HeaderMap)> = None;
-    let mut body = Vec::new();
-    let mut eof = false;
+    match read_response(&mut io, &mut fetch).await? {
+        Progress::Done(answer) => {
+            if fetch.reusable() && io.pending().is_empty() {
+                pool.put(key, io);
+            }
+            Ok(answer)
+        }
+        _ => Err(Failure::new("unexpected response")),
+    }
+}
+
+/// Feeds `fetch` until it has the response (or, streaming, its head). No read timeout
+/// here: the endpoint deadline drops this future.
+pub(crate) async fn read_response(io: &mut Io, fetch: &mut Fetch) -> Result<Progress, Failure> {
     loop {
-        // Take every event the bytes at hand give; `End` may come on a call with none.
-        let r = if eof && io.pending().is_empty() {
-            conn.handle_eof().map(|e| (0, e))
-        } else {
-            conn.handle_input(io.pending())
-        };
-        match r {
-            Ok((n, ClientEvent::Response(r))) => {
-                io.pos += n;
-                head = Some((r.status, r.head.to_header_map()));
-                continue;
-            }
-            Ok((n, ClientEvent::Data(d))) => {
-                if body.len() + d.len() > limits.max_body_bytes as usize {
-                    return Err(Failure { reason: "response body too large".into(), stale: false });
-                }
-                body.extend_from_slice(d);
-                io.pos += n;
-                continue;
-            }
-            Ok((n, ClientEvent::End(_))) => {
-                io.pos += n;
-                break;
-            }
-            Ok((_, ClientEvent::NeedMore)) if eof => {
-                return Err(Failure {
-                    reason: "the backend closed the connection before answering".into(),
-                    stale: reused && !received,
-                });
-            }
-            Ok((n, ClientEvent::NeedMore)) => io.pos += n,
-            Ok((_, ClientEvent::Switched)) => {
-                return Err(Failure { reason: "the backend switched protocols".into(), stale: false });
-            }
-            Err(e) => return Err(Failure { reason: format!("invalid response: {}", e.reason()), stale: false }),
+        let (n, progress) = fetch.handle_input(io.pending())?;
+        io.pos += n;
+        if !matches!(progress, Progress::NeedMore) {
+            return Ok(progress);
         }
-        // No read timeout here: the endpoint deadline drops this future.
         match io.read(Duration::ZERO, None).await {
-            Read::Eof => eof = true,
-            Read::Data => received = true,
-            Read::Failed(e) => {
-                return Err(Failure { reason: format!("cannot read the response: {e}"), stale: reused && !received });
-            }
-            Read::TimedOut | Read::Stopped => {
-                return Err(Failure { reason: "cannot read the response".into(), stale: false });
-            }
+            Read::Data => {}
+            Read::Eof => return fetch.handle_eof(),
+            Read::Failed(e) => return Err(fetch.read_failed(e)),
+            Read::TimedOut | Read::Stopped => return Err(fetch.read_failed("interrupted")),
         }
     }
-    let Some((status, headers)) = head else {
-        return Err(Failure { reason: "no response".into(), stale: false });
-    };
-    if conn.reusable() && io.pending().is_empty() {
-        pool.put(key, io);
-    }
-    Ok(Answer { status, headers, body })
 }

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use monoio::net::TcpStream;
+use sluice_core::backend::{Failure, Fetch, Progress, StreamedHead, may_retry, pool_key};
 use sluice_core::builtin;
+use sluice_core::deadline::{HeadWait, body_deadline};
 use sluice_core::exchange::{Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route};
 use sluice_core::http1::{
     self, BodyLength, ClientConn, ClientEvent, Framing, Next, Request, ResponseHead, ServerConn, ServerEvent,
@@ -18,7 +20,7 @@ use sluice_core::http1::{
 use crate::Shard;
 use crate::backend;
 use crate::signal::Slot;
-use crate::socket::{Io, READ_CHUNK, Read, left};
+use crate::socket::{Io, READ_CHUNK, Read, until};
 
 /// Output is flushed when it grows past this while streaming.
 const FLUSH_AT: usize = 64 * 1024;
@@ -53,7 +55,7 @@ impl Conn {
 
     /// Reads the whole request body (answering `100 Continue` first when asked).
     /// `None`: the connection is done (an error was answered, or the peer left).
-    async fn read_body(&mut self, started: Instant, read_timeout: Duration) -> Option<Vec<u8>> {
+    async fn read_body(&mut self, deadline: Option<Instant>) -> Option<Vec<u8>> {
         self.server.write_continue(&mut self.out);
         if !self.io.write(&mut self.out, self.write_timeout).await {
             return None;
@@ -83,7 +85,7 @@ impl Conn {
                 self.io.pos += n;
                 return Some(body);
             }
-            match self.io.read(left(started, read_timeout), None).await {
+            match self.io.read(until(deadline), None).await {
                 Read::Data => {}
                 Read::TimedOut => {
                     self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout").await;
@@ -136,17 +138,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     }
 }
 
-/// Reads the next request head. Before the first request of a connection the header
-/// timeout applies from the accept (a client that connects and says nothing is a
-/// slowloris too); between keep-alive requests, the idle timeout.
+/// Reads the next request head, under the deadline `HeadWait` gives.
 async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot, first: bool) -> Option<Box<Request>> {
-    let cfg = &shard.gw.config;
-    let accepted = Instant::now();
-    let mut head_started: Option<Instant> = None;
+    let mut wait = HeadWait::new(first, Instant::now());
     let mut need_more = c.io.pending().is_empty();
     loop {
         if !need_more {
-            head_started.get_or_insert_with(Instant::now);
+            wait.bytes_arrived(Instant::now());
             match c.server.handle_input(c.io.pending()) {
                 Ok((n, ServerEvent::Request(r))) => {
                     c.io.pos += n;
@@ -160,22 +158,17 @@ async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot, first: bool) -> Opt
                 }
             }
         }
-        let idle = head_started.is_none();
-        if idle && shard.stopping.is_stopped() {
+        // Only an idle connection gives way to a stop: a head under way is answered.
+        let stop = wait.is_idle().then_some((&shard.stopping, slot));
+        if stop.is_some() && shard.stopping.is_stopped() {
             return None;
         }
-        let read = if idle && first && !cfg.read_header_timeout.is_zero() {
-            c.io.read(left(accepted, cfg.read_header_timeout), Some((&shard.stopping, slot))).await
-        } else if idle {
-            c.io.read(cfg.idle_timeout, Some((&shard.stopping, slot))).await
-        } else {
-            let since = head_started.unwrap_or_else(Instant::now);
-            c.io.read(left(since, cfg.read_header_timeout), None).await
-        };
-        match read {
+        match c.io.read(until(wait.deadline(&shard.gw.config)), stop).await {
             Read::Data => need_more = false,
-            Read::TimedOut if !idle => {
-                c.fail(StatusCode::REQUEST_TIMEOUT, "request header timeout").await;
+            Read::TimedOut => {
+                if let Some((status, reason)) = wait.expired() {
+                    c.fail(status, reason).await;
+                }
                 return None;
             }
             _ => return None,
@@ -208,13 +201,13 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             return pass_through(shard, c, &req, creq, route, &line).await;
         }
         Dispatch::Endpoint(route) => {
-            creq.body = RequestBody::Full(c.read_body(started, cfg.read_timeout).await?);
+            creq.body = RequestBody::Full(c.read_body(body_deadline(cfg, started)).await?);
             let reply = aggregate(shard, creq, route).await;
             let next = c.respond(&reply, false).await;
             (reply, next)
         }
         Dispatch::Builtin(b) => {
-            creq.body = RequestBody::Full(c.read_body(started, cfg.read_timeout).await?);
+            creq.body = RequestBody::Full(c.read_body(body_deadline(cfg, started)).await?);
             let reply = builtin::answer(b, &creq, SystemTime::now());
             let next = c.respond(&reply, false).await;
             (reply, next)
@@ -360,7 +353,7 @@ async fn pass_through(
             }
         }
     };
-    let (mut backend_io, mut client, status, headers, framing) = match opened {
+    let (mut backend_io, mut client, StreamedHead { status, headers, framing }) = match opened {
         Ok(x) => x,
         Err(why) => {
             if !why.is_empty() {
@@ -430,13 +423,13 @@ async fn pass_through(
         return None;
     }
     if client.reusable() && backend_io.pending().is_empty() {
-        shard.pool.put(&backend::pool_key(&host), backend_io);
+        shard.pool.put(&pool_key(&host), backend_io);
     }
     line.log(status, sent);
     Some(next)
 }
 
-type Opened = (Io, ClientConn, StatusCode, HeaderMap, Framing);
+type Opened = (Io, ClientConn, StreamedHead);
 
 /// Connects, sends the head, streams the client body, reads the response head.
 async fn open_stream(
@@ -447,21 +440,19 @@ async fn open_stream(
     body: CallBody,
     method: &http::Method,
 ) -> Result<Opened, String> {
-    // A pooled connection first. Without a body to stream, a stale one (closed by the
-    // backend while idle: nothing comes back) is retried once on a fresh connection.
-    let key = backend::pool_key(host);
-    let retry_allowed = body == CallBody::None;
+    // A pooled connection first; a stale one is retried on a fresh connection when
+    // `may_retry` allows (never once a client body has been streamed).
+    let key = pool_key(host);
     let mut head = head;
     if let Some(mut b) = shard.pool.take(&key) {
         let mut h = head.clone();
         // A failed head write sent nothing and read no client body: a fresh connection
         // can always take over then.
         if b.write(&mut h, Duration::ZERO).await {
-            match finish_open(shard, c, b, body, method).await {
-                Err(Open::Stale) if retry_allowed => {}
-                Err(Open::Stale) => return Err("the backend closed the connection before answering".into()),
-                Err(Open::Failed(why)) => return Err(why),
+            match finish_open(shard, c, b, body, method, true).await {
                 Ok(opened) => return Ok(opened),
+                Err(f) if may_retry(method, &f, body != CallBody::None) => {}
+                Err(f) => return Err(f.reason),
             }
         }
     }
@@ -470,16 +461,7 @@ async fn open_stream(
     if !b.write(&mut head, Duration::ZERO).await {
         return Err("cannot send the request".into());
     }
-    finish_open(shard, c, b, body, method).await.map_err(|e| match e {
-        Open::Stale => "the backend closed the connection before answering".to_string(),
-        Open::Failed(why) => why,
-    })
-}
-
-enum Open {
-    /// Nothing came back on a reused connection.
-    Stale,
-    Failed(String),
+    finish_open(shard, c, b, body, method, false).await.map_err(|f| f.reason)
 }
 
 /// Streams the client body (if any) and reads the response head.
@@ -489,12 +471,12 @@ async fn finish_open(
     mut b: Io,
     body: CallBody,
     method: &http::Method,
-) -> Result<Opened, Open> {
-    let fail = |s: &str| Open::Failed(s.to_string());
+    reused: bool,
+) -> Result<Opened, Failure> {
     if let CallBody::Stream(length) = body {
         c.server.write_continue(&mut c.out);
         if !c.io.write(&mut c.out, c.write_timeout).await {
-            return Err(fail("client went away"));
+            return Err(Failure::new("client went away"));
         }
         let mut chunk = Vec::with_capacity(READ_CHUNK + 32);
         loop {
@@ -509,7 +491,7 @@ async fn finish_open(
                     }
                     c.io.pos += n;
                     if !b.write(&mut chunk, Duration::ZERO).await {
-                        return Err(fail("cannot send the request body"));
+                        return Err(Failure::new("cannot send the request body"));
                     }
                 }
                 Ok((n, ServerEvent::End(_))) => {
@@ -517,7 +499,7 @@ async fn finish_open(
                     if length == BodyLength::Unknown {
                         http1::write_last_chunk(&mut chunk);
                         if !b.write(&mut chunk, Duration::ZERO).await {
-                            return Err(fail("cannot send the request body"));
+                            return Err(Failure::new("cannot send the request body"));
                         }
                     }
                     break;
@@ -526,38 +508,17 @@ async fn finish_open(
                     c.io.pos += n;
                     match c.io.read(Duration::ZERO, None).await {
                         Read::Data => {}
-                        _ => return Err(fail("the client went away while sending its body")),
+                        _ => return Err(Failure::new("the client went away while sending its body")),
                     }
                 }
                 Ok(_) => break,
-                Err(e) => return Err(Open::Failed(format!("bad request body: {}", e.reason()))),
+                Err(e) => return Err(Failure::new(format!("bad request body: {}", e.reason()))),
             }
         }
     }
-    // The body is streamed, never held: no body limit on this side.
-    let limits = http1::Limits { max_body_bytes: u64::MAX, ..shard.limits };
-    let mut client = ClientConn::new(method.clone(), limits);
-    let mut received = false;
-    loop {
-        let event =
-            if b.pending().is_empty() { Ok((0, ClientEvent::NeedMore)) } else { client.handle_input(b.pending()) };
-        match event {
-            Ok((n, ClientEvent::Response(r))) => {
-                b.pos += n;
-                let framing = r.framing;
-                return Ok((b, client, r.status, r.head.to_header_map(), framing));
-            }
-            Ok((n, ClientEvent::NeedMore)) => {
-                b.pos += n;
-                match b.read(Duration::ZERO, None).await {
-                    Read::Data => received = true,
-                    Read::Eof | Read::Failed(_) if !received => return Err(Open::Stale),
-                    Read::Eof => return Err(fail("the backend closed the connection before answering")),
-                    _ => return Err(fail("cannot read the response")),
-                }
-            }
-            Ok(_) => return Err(fail("unexpected response")),
-            Err(e) => return Err(Open::Failed(format!("invalid response: {}", e.reason()))),
-        }
+    let mut fetch = Fetch::streaming(method.clone(), shard.limits, reused);
+    match backend::read_response(&mut b, &mut fetch).await? {
+        Progress::Head(head) => Ok((b, fetch.into_conn(), head)),
+        _ => Err(Failure::new("unexpected response")),
     }
 }

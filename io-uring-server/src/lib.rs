@@ -29,7 +29,7 @@ use sluice_core::Gateway;
 use sluice_core::http1::Limits;
 use sluice_core::upstream::Balancer;
 
-pub use signal::StopSignal;
+pub use sluice_core::StopSignal;
 
 /// How the server runs.
 #[derive(Debug, Clone)]

@@ -1,31 +1,11 @@
-//! Stopping: one flag for the whole server, and per shard a local signal that wakes
-//! idle connections so they close at once.
+//! Stopping: per shard, a local signal that wakes idle connections so they close at
+//! once (the server-wide flag is `sluice_core::StopSignal`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
-
-/// Asks the server to stop: shards stop accepting, finish requests in flight, close.
-#[derive(Debug, Clone, Default)]
-pub struct StopSignal(Arc<AtomicBool>);
-
-impl StopSignal {
-    pub fn new() -> StopSignal {
-        StopSignal::default()
-    }
-
-    pub fn trigger(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
 
 /// A connection's place in its shard's stop list: one waker, replaced on each wait,
 /// so a long keep-alive connection does not pile wakers up.

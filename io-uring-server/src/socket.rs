@@ -16,8 +16,9 @@ pub(crate) async fn with_limit<F: Future>(limit: Duration, fut: F) -> Option<F::
     if limit.is_zero() { Some(fut.await) } else { monoio::time::timeout(limit, fut).await.ok() }
 }
 
-pub(crate) fn left(since: Instant, limit: Duration) -> Duration {
-    if limit.is_zero() { Duration::ZERO } else { limit.saturating_sub(since.elapsed()).max(Duration::from_millis(1)) }
+/// The time left until `deadline`, as `with_limit` takes it (`None`: no limit).
+pub(crate) fn until(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
 }
 
 pub(crate) enum Read {

@@ -1,0 +1,278 @@
+//! Backend connection policy, one for every driver: which idle connection is reused,
+//! when a failed call may be sent again, how long a resolved name is kept, and reading
+//! one response off a backend connection ([`Fetch`]).
+//!
+//! Sans-IO like the rest of `core`: the drivers own the sockets and the resolver and
+//! pass `now` in; the pool here holds whatever connection type the driver has.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::config::HostAddr;
+use crate::http1::{ClientConn, ClientEvent, Error, Framing, Limits};
+
+/// Idle backend connections older than this are not reused: backends commonly close
+/// idle connections after 60 to 120 s, and reusing one they closed costs a retry.
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(50);
+
+/// How long a resolved backend name is reused.
+pub const DNS_TTL: Duration = Duration::from_secs(60);
+
+/// The pool key of a backend host: connections are shared by scheme, host and port.
+pub fn pool_key(host: &HostAddr) -> String {
+    format!("{}://{}:{}", host.scheme.as_str(), host.host, host.port)
+}
+
+/// Idle keep-alive connections by [`pool_key`], at most `max_idle` per key
+/// (`max_idle_connections_per_host`), newest reused first.
+#[derive(Debug)]
+pub struct IdlePool<C> {
+    max_idle: usize,
+    idle: HashMap<String, Vec<(C, Instant)>>,
+}
+
+impl<C> IdlePool<C> {
+    pub fn new(max_idle: usize) -> IdlePool<C> {
+        IdlePool { max_idle, idle: HashMap::new() }
+    }
+
+    /// The newest idle connection for `key` that has not expired; expired ones met on
+    /// the way are dropped (closed).
+    pub fn take(&mut self, key: &str, now: Instant) -> Option<C> {
+        let list = self.idle.get_mut(key)?;
+        while let Some((conn, since)) = list.pop() {
+            if now.saturating_duration_since(since) < IDLE_EXPIRY {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last response was read whole. Over the limit it is
+    /// handed back for the caller to close; `None` means it was kept.
+    pub fn put(&mut self, key: &str, conn: C, now: Instant) -> Option<C> {
+        let list = match self.idle.get_mut(key) {
+            Some(list) => list,
+            None => self.idle.entry(key.to_string()).or_default(),
+        };
+        if list.len() >= self.max_idle {
+            return Some(conn);
+        }
+        list.push((conn, now));
+        None
+    }
+
+    /// Idle connections held, all keys together.
+    pub fn len(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What [`DnsCache::get`] knows about a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolve {
+    /// An IP literal, or a name resolved less than [`DNS_TTL`] ago.
+    Ready(SocketAddr),
+    /// Resolve `name` (then [`DnsCache::insert`] the answer).
+    Lookup { name: String, port: u16 },
+}
+
+/// Resolved backend names, each kept for [`DNS_TTL`].
+#[derive(Debug, Default)]
+pub struct DnsCache {
+    entries: HashMap<String, Vec<(u16, SocketAddr, Instant)>>,
+}
+
+impl DnsCache {
+    pub fn get(&self, host: &HostAddr, now: Instant) -> Resolve {
+        let name = host.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Resolve::Ready(SocketAddr::new(ip, host.port));
+        }
+        let fresh = self.entries.get(name).and_then(|list| {
+            list.iter().find(|(port, _, at)| *port == host.port && now.saturating_duration_since(*at) < DNS_TTL)
+        });
+        match fresh {
+            Some((_, addr, _)) => Resolve::Ready(*addr),
+            None => Resolve::Lookup { name: name.to_string(), port: host.port },
+        }
+    }
+
+    pub fn insert(&mut self, name: &str, port: u16, addr: SocketAddr, now: Instant) {
+        let list = self.entries.entry(name.to_string()).or_default();
+        list.retain(|(p, _, _)| *p != port);
+        list.push((port, addr, now));
+    }
+}
+
+/// Whether a call that failed may be sent again on a fresh connection: only when it
+/// failed on a reused connection before anything came back (the backend had closed
+/// it while idle), the method is idempotent (RFC 9110 9.2.2), and the body is still at
+/// hand (not streamed from the client).
+pub fn may_retry(method: &Method, failure: &Failure, body_streamed: bool) -> bool {
+    failure.stale
+        && !body_streamed
+        && matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        )
+}
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// Nothing came back on a reused connection: it was most likely closed while idle.
+    pub stale: bool,
+}
+
+impl Failure {
+    /// A failure that a retry would not mend.
+    pub fn new(reason: impl Into<String>) -> Failure {
+        Failure { reason: reason.into(), stale: false }
+    }
+}
+
+/// A whole backend response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// The head of a response whose body is streamed through ([`Fetch::streaming`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+}
+
+/// What [`Fetch::handle_input`] got to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Read more (or call [`Fetch::handle_eof`] when the backend closed).
+    NeedMore,
+    /// The whole response.
+    Done(Answer),
+    /// The head of a streamed response: pump the body with [`Fetch::into_conn`].
+    Head(StreamedHead),
+}
+
+/// Reads the response to one request on a backend connection: whole (bodies up to
+/// `limits.max_body_bytes`), or only the head when the body is streamed through.
+/// Classifies failures as stale or not for [`may_retry`].
+#[derive(Debug)]
+pub struct Fetch {
+    conn: ClientConn,
+    stream: bool,
+    reused: bool,
+    received: bool,
+    head: Option<(StatusCode, HeaderMap)>,
+    body: Vec<u8>,
+}
+
+impl Fetch {
+    /// Reads a whole response to a `method` request; `reused`: the connection came
+    /// from the pool.
+    pub fn new(method: Method, limits: Limits, reused: bool) -> Fetch {
+        Fetch {
+            conn: ClientConn::new(method, limits),
+            stream: false,
+            reused,
+            received: false,
+            head: None,
+            body: Vec::new(),
+        }
+    }
+
+    /// Reads only the head: the body is streamed, never held, so it has no size limit.
+    pub fn streaming(method: Method, limits: Limits, reused: bool) -> Fetch {
+        let limits = Limits { max_body_bytes: u64::MAX, ..limits };
+        Fetch { stream: true, ..Fetch::new(method, limits, reused) }
+    }
+
+    /// Feeds bytes read from the backend; says how many were consumed and how far the
+    /// response got.
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(usize, Progress), Failure> {
+        if !input.is_empty() {
+            self.received = true;
+        }
+        let mut consumed = 0;
+        loop {
+            let rest = input.get(consumed..).unwrap_or_default();
+            let (n, event) = self.conn.handle_input(rest).map_err(|e| match e {
+                // The codec holds the body to `max_body_bytes`.
+                Error::BodyTooLarge => Failure::new("response body too large"),
+                e => self.invalid(e.reason()),
+            })?;
+            consumed += n;
+            match event {
+                ClientEvent::Response(r) if self.stream => {
+                    let head = StreamedHead { status: r.status, headers: r.head.to_header_map(), framing: r.framing };
+                    return Ok((consumed, Progress::Head(head)));
+                }
+                ClientEvent::Response(r) => self.head = Some((r.status, r.head.to_header_map())),
+                ClientEvent::Data(d) => self.body.extend_from_slice(d),
+                ClientEvent::End(_) => return Ok((consumed, self.done()?)),
+                ClientEvent::NeedMore => return Ok((consumed, Progress::NeedMore)),
+                ClientEvent::Switched => return Err(self.invalid("the backend switched protocols")),
+            }
+        }
+    }
+
+    /// The backend closed the connection (all bytes read were fed first). `Ok` is
+    /// always [`Progress::Done`]: only a close-delimited body ends this way.
+    pub fn handle_eof(&mut self) -> Result<Progress, Failure> {
+        match self.conn.handle_eof() {
+            Ok(ClientEvent::End(_)) => self.done(),
+            Ok(_) => Err(self.invalid("the backend switched protocols")),
+            Err(_) if self.head.is_none() => Err(self.io_failure("the backend closed the connection before answering")),
+            Err(e) => Err(self.invalid(e.reason())),
+        }
+    }
+
+    /// Sending the request failed.
+    pub fn write_failed(&self, e: impl Display) -> Failure {
+        Failure { reason: format!("cannot send the request: {e}"), stale: self.reused }
+    }
+
+    /// Reading the response failed.
+    pub fn read_failed(&self, e: impl Display) -> Failure {
+        self.io_failure(&format!("cannot read the response: {e}"))
+    }
+
+    /// Whether the connection may go back to the pool: the response ended and both
+    /// sides keep the connection alive. (The driver also checks that no bytes are left
+    /// over.)
+    pub fn reusable(&self) -> bool {
+        self.conn.reusable()
+    }
+
+    /// The codec, to pump a streamed body with after [`Progress::Head`].
+    pub fn into_conn(self) -> ClientConn {
+        self.conn
+    }
+
+    fn done(&mut self) -> Result<Progress, Failure> {
+        let (status, headers) = self.head.take().ok_or_else(|| self.invalid("no response"))?;
+        Ok(Progress::Done(Answer { status, headers, body: std::mem::take(&mut self.body) }))
+    }
+
+    fn invalid(&self, reason: &str) -> Failure {
+        Failure::new(format!("invalid response: {reason}"))
+    }
+
+    fn io_failure(&self, reason: &str) -> Failure {
+        Failure { reason: reason.to_string(), stale: self.reused && !self.received }
+    }
+}

@@ -1,0 +1,213 @@
+//! The backend connection policy every driver shares: the idle pool, the DNS cache, the
+//! retry rule, reading a response (`Fetch`), and the client connection deadlines.
+//! Virtual time throughout.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use sluice_core::backend::{
+    Answer, DNS_TTL, DnsCache, Failure, Fetch, IDLE_EXPIRY, IdlePool, Progress, Resolve, may_retry, pool_key,
+};
+use sluice_core::config::{self, HostAddr};
+use sluice_core::deadline::{HeadWait, body_deadline};
+use sluice_core::http1::{Framing, Limits};
+
+fn host(raw: &str) -> HostAddr {
+    HostAddr::parse(raw).unwrap()
+}
+
+#[test]
+fn idle_pool_reuses_newest_first_and_drops_expired() {
+    let t0 = Instant::now();
+    let key = pool_key(&host("http://10.0.0.1:8080"));
+    assert_eq!(key, "http://10.0.0.1:8080");
+    let mut pool: IdlePool<&str> = IdlePool::new(2);
+    assert_eq!(pool.put(&key, "old", t0), None);
+    assert_eq!(pool.put(&key, "new", t0 + Duration::from_secs(10)), None);
+    // Over max_idle_connections_per_host: handed back to be closed.
+    assert_eq!(pool.put(&key, "third", t0 + Duration::from_secs(11)), Some("third"));
+    assert_eq!(pool.len(), 2);
+    assert_eq!(pool.take("http://other:80", t0), None);
+    assert_eq!(pool.take(&key, t0 + Duration::from_secs(20)), Some("new"));
+    // "old" is past the expiry by now: dropped, not handed out.
+    assert_eq!(pool.take(&key, t0 + IDLE_EXPIRY + Duration::from_secs(1)), None);
+    assert!(pool.is_empty());
+    // Just inside the expiry it is reused.
+    pool.put(&key, "fresh", t0);
+    assert_eq!(pool.take(&key, t0 + IDLE_EXPIRY - Duration::from_millis(1)), Some("fresh"));
+    // A pool of zero keeps nothing.
+    let mut none: IdlePool<u8> = IdlePool::new(0);
+    assert_eq!(none.put(&key, 1, t0), Some(1));
+}
+
+#[test]
+fn dns_cache_keeps_names_for_the_ttl_per_port() {
+    let t0 = Instant::now();
+    let mut dns = DnsCache::default();
+    let addr: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+    assert_eq!(dns.get(&host("http://127.0.0.1:9000"), t0), Resolve::Ready("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(dns.get(&host("http://[::1]:9000"), t0), Resolve::Ready("[::1]:9000".parse().unwrap()));
+    let svc = host("http://users.internal:8080");
+    assert_eq!(dns.get(&svc, t0), Resolve::Lookup { name: "users.internal".into(), port: 8080 });
+    dns.insert("users.internal", 8080, addr, t0);
+    assert_eq!(dns.get(&svc, t0 + DNS_TTL - Duration::from_millis(1)), Resolve::Ready(addr));
+    assert_eq!(dns.get(&svc, t0 + DNS_TTL), Resolve::Lookup { name: "users.internal".into(), port: 8080 });
+    // Another port of the same name is its own entry.
+    assert_eq!(
+        dns.get(&host("http://users.internal:9090"), t0),
+        Resolve::Lookup { name: "users.internal".into(), port: 9090 }
+    );
+    // A new answer replaces the old one.
+    let moved: SocketAddr = "10.9.9.9:8080".parse().unwrap();
+    dns.insert("users.internal", 8080, moved, t0 + DNS_TTL);
+    assert_eq!(dns.get(&svc, t0 + DNS_TTL), Resolve::Ready(moved));
+}
+
+#[test]
+fn only_stale_idempotent_calls_with_their_body_at_hand_are_retried() {
+    let stale = Failure { reason: "closed".into(), stale: true };
+    let fresh = Failure::new("invalid response: bad status");
+    for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE] {
+        assert!(may_retry(&m, &stale, false), "{m}");
+        assert!(!may_retry(&m, &stale, true), "{m} with a streamed body");
+        assert!(!may_retry(&m, &fresh, false), "{m} not stale");
+    }
+    for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+        assert!(!may_retry(&m, &stale, false), "{m}");
+    }
+}
+
+fn done(p: Progress) -> Answer {
+    match p {
+        Progress::Done(a) => a,
+        other => panic!("not done: {other:?}"),
+    }
+}
+
+#[test]
+fn fetch_reads_a_whole_response_fed_in_pieces() {
+    let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+    for split in 0..wire.len() {
+        let mut f = Fetch::new(Method::POST, Limits::default(), false);
+        let (a, b) = wire.split_at(split);
+        let (n, p) = f.handle_input(a).unwrap();
+        let mut rest = a[n..].to_vec();
+        let progress = if matches!(p, Progress::Done(_)) {
+            p
+        } else {
+            rest.extend_from_slice(b);
+            let (m, p) = f.handle_input(&rest).unwrap();
+            assert_eq!(m, rest.len(), "split at {split}");
+            p
+        };
+        let answer = done(progress);
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.headers["content-type"], "application/json");
+        assert_eq!(answer.body, b"{\"a\":1}");
+        assert!(f.reusable());
+    }
+}
+
+#[test]
+fn fetch_close_delimited_body_ends_at_eof_and_is_not_reused() {
+    let mut f = Fetch::new(Method::GET, Limits::default(), true);
+    let (n, p) = f.handle_input(b"HTTP/1.1 200 OK\r\n\r\nhello").unwrap();
+    assert_eq!((n, p), (24, Progress::NeedMore));
+    let answer = done(f.handle_eof().unwrap());
+    assert_eq!(answer.body, b"hello");
+    assert!(!f.reusable());
+}
+
+#[test]
+fn fetch_failures_say_whether_the_connection_was_stale() {
+    // Reused, nothing came back: stale (a retry may mend it).
+    let mut f = Fetch::new(Method::GET, Limits::default(), true);
+    let e = f.handle_eof().unwrap_err();
+    assert_eq!(e, Failure { reason: "the backend closed the connection before answering".into(), stale: true });
+    assert!(f.read_failed("connection reset").stale);
+    assert_eq!(f.write_failed("broken pipe").reason, "cannot send the request: broken pipe");
+    assert!(f.write_failed("broken pipe").stale);
+    // Reused, half a head came back: the backend did see the request.
+    let mut f = Fetch::new(Method::GET, Limits::default(), true);
+    f.handle_input(b"HTTP/1.1 200").unwrap();
+    assert!(!f.handle_eof().unwrap_err().stale);
+    assert!(!f.read_failed("reset").stale);
+    // A fresh connection is never stale.
+    let mut f = Fetch::new(Method::GET, Limits::default(), false);
+    assert!(!f.handle_eof().unwrap_err().stale);
+    assert!(!f.write_failed("broken pipe").stale);
+    // Cut off mid-body.
+    let mut f = Fetch::new(Method::GET, Limits::default(), true);
+    f.handle_input(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    let e = f.handle_eof().unwrap_err();
+    assert_eq!(e, Failure::new("invalid response: connection closed before the body ended"));
+    // Garbage.
+    let mut f = Fetch::new(Method::GET, Limits::default(), true);
+    let e = f.handle_input(b"SSH-2.0-OpenSSH\r\n\r\n").unwrap_err();
+    assert!(e.reason.starts_with("invalid response: "), "{e:?}");
+    assert!(!e.stale);
+    // Over the body limit.
+    let limits = Limits { max_body_bytes: 4, ..Limits::default() };
+    let mut f = Fetch::new(Method::GET, limits, false);
+    let e = f.handle_input(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n");
+    assert_eq!(e.unwrap_err(), Failure::new("response body too large"));
+    // A protocol switch is no answer for an aggregating call.
+    let mut f = Fetch::new(Method::GET, Limits::default(), false);
+    let e = f.handle_input(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").unwrap_err();
+    assert_eq!(e, Failure::new("invalid response: the backend switched protocols"));
+}
+
+#[test]
+fn fetch_streaming_stops_at_the_head_without_a_body_limit() {
+    let limits = Limits { max_body_bytes: 4, ..Limits::default() };
+    let mut f = Fetch::streaming(Method::GET, limits, false);
+    let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-A: 1\r\n\r\nfirst bytes";
+    let (n, p) = f.handle_input(wire).unwrap();
+    assert_eq!(n, wire.len() - b"first bytes".len());
+    let Progress::Head(head) = p else { panic!("{p:?}") };
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers["x-a"], "1");
+    assert_eq!(head.framing, Framing::Length(100));
+    // The codec goes on with the body, past the buffered limit.
+    let mut conn = f.into_conn();
+    let (m, event) = conn.handle_input(b"first bytes").unwrap();
+    assert_eq!(m, 11);
+    assert_eq!(event, sluice_core::http1::ClientEvent::Data(b"first bytes"));
+}
+
+fn config(extra: &str) -> config::Config {
+    config::parse(&format!(r#"{{"version": 3 {extra}, "endpoints": []}}"#)).unwrap().config
+}
+
+#[test]
+fn head_wait_deadlines() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let cfg = config(r#", "read_header_timeout": "2s", "idle_timeout": "30s""#);
+    // First request: the header timeout runs from the accept, and an idle expiry is silent.
+    let mut w = HeadWait::new(true, t0);
+    assert!(w.is_idle());
+    assert_eq!(w.deadline(&cfg), Some(t0 + s(2)));
+    assert_eq!(w.expired(), None);
+    // Once bytes come, from the first byte, and the expiry is a 408.
+    w.bytes_arrived(t0 + s(1));
+    w.bytes_arrived(t0 + s(2));
+    assert!(!w.is_idle());
+    assert_eq!(w.deadline(&cfg), Some(t0 + s(3)));
+    assert_eq!(w.expired(), Some((StatusCode::REQUEST_TIMEOUT, "request header timeout")));
+    // Between keep-alive requests: the idle timeout.
+    let w = HeadWait::new(false, t0);
+    assert_eq!(w.deadline(&cfg), Some(t0 + s(30)));
+    // Without a header timeout, the first request waits the idle timeout too, and a
+    // head under way has no limit.
+    let cfg = config(r#", "read_header_timeout": "0s", "idle_timeout": "30s""#);
+    let mut w = HeadWait::new(true, t0);
+    assert_eq!(w.deadline(&cfg), Some(t0 + s(30)));
+    w.bytes_arrived(t0);
+    assert_eq!(w.deadline(&cfg), None);
+    let cfg = config(r#", "read_timeout": "5s""#);
+    assert_eq!(body_deadline(&cfg, t0), Some(t0 + s(5)));
+    let cfg = config(r#", "read_timeout": "0s""#);
+    assert_eq!(body_deadline(&cfg, t0), None);
+}
