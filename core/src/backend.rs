@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::HostAddr;
-use crate::http1::{ClientConn, ClientEvent, Error, Framing, Limits};
+use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Limits};
 
 /// Idle backend connections older than this are not reused: backends commonly close
 /// idle connections after 60 to 120 s, and reusing one they closed costs a retry.
@@ -155,6 +155,18 @@ pub struct StreamedHead {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub framing: Framing,
+}
+
+impl StreamedHead {
+    /// How the body is framed towards the client: the backend's length when it gave
+    /// one, chunked otherwise (the server codec writes no body at all where the
+    /// status or the request method allows none).
+    pub fn body_length(&self) -> BodyLength {
+        match self.framing {
+            Framing::Length(n) => BodyLength::Known(n),
+            _ => BodyLength::Unknown,
+        }
+    }
 }
 
 /// What [`Fetch::handle_input`] got to.

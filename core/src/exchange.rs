@@ -71,7 +71,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 use crate::builtin::{self, Builtin};
 use crate::config::{HostAddr, OutputEncoding, is_write_method};
-use crate::http1::{self, BodyLength, RequestTarget};
+use crate::http1::{self, BodyLength, Framing, Request, RequestTarget, TargetForm};
 use crate::json;
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
 use crate::response::{self, Entry, Key, Node, TEXT};
@@ -103,6 +103,37 @@ pub struct ClientRequest {
     /// The socket peer.
     pub peer: IpAddr,
     pub body: RequestBody,
+}
+
+impl RequestBody {
+    /// How a `no-op` endpoint relays a request body framed as `framing`: streamed with
+    /// its length, re-chunked when it came chunked, nothing when it has none.
+    pub fn relayed(framing: Framing) -> RequestBody {
+        match framing {
+            Framing::Length(0) | Framing::None | Framing::UntilClose => RequestBody::None,
+            Framing::Length(n) => RequestBody::Stream(BodyLength::Known(n)),
+            Framing::Chunked => RequestBody::Stream(BodyLength::Unknown),
+        }
+    }
+}
+
+impl ClientRequest {
+    /// The gateway's view of a parsed request head from `peer`, without its body yet.
+    /// A gateway takes origin-form targets only: anything else is refused with the
+    /// reason to answer 400 with.
+    pub fn from_head(req: &Request, peer: IpAddr) -> Result<ClientRequest, &'static str> {
+        if req.form != TargetForm::Origin {
+            return Err("this gateway takes origin-form request targets (/path?query)");
+        }
+        Ok(ClientRequest {
+            method: req.method.clone(),
+            path: req.path().to_string(),
+            query: req.query().map(str::to_string),
+            headers: req.head.to_header_map(),
+            peer,
+            body: RequestBody::None,
+        })
+    }
 }
 
 /// A complete response.

@@ -13,8 +13,7 @@ use sluice_core::builtin;
 use sluice_core::deadline::{HeadWait, body_deadline};
 use sluice_core::exchange::{Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route};
 use sluice_core::http1::{
-    self, BodyLength, ClientConn, ClientEvent, Framing, Next, Request, ResponseHead, ServerConn, ServerEvent,
-    TargetForm,
+    self, BodyLength, ClientConn, ClientEvent, Next, Request, ResponseHead, ServerConn, ServerEvent,
 };
 
 use crate::Shard;
@@ -180,19 +179,12 @@ async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot, first: bool) -> Opt
 async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr, started: Instant) -> Option<Next> {
     let gw = &shard.gw;
     let cfg = &gw.config;
-    if req.form != TargetForm::Origin {
-        c.fail(StatusCode::BAD_REQUEST, "this gateway takes origin-form request targets (/path?query)").await;
-        return None;
-    }
-    let path = req.path().to_string();
-    let query = req.query().map(str::to_string);
-    let mut creq = ClientRequest {
-        method: req.method.clone(),
-        path,
-        query,
-        headers: req.head.to_header_map(),
-        peer: peer.ip(),
-        body: RequestBody::None,
+    let mut creq = match ClientRequest::from_head(&req, peer.ip()) {
+        Ok(creq) => creq,
+        Err(reason) => {
+            c.fail(StatusCode::BAD_REQUEST, reason).await;
+            return None;
+        }
     };
     let line = LogLine { peer: peer.ip(), method: creq.method.clone(), path: creq.path.clone(), started };
     let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
@@ -309,11 +301,7 @@ async fn pass_through(
     line: &LogLine,
 ) -> Option<Next> {
     let gw = &shard.gw;
-    creq.body = match req.framing {
-        Framing::Length(0) | Framing::None | Framing::UntilClose => RequestBody::None,
-        Framing::Length(n) => RequestBody::Stream(BodyLength::Known(n)),
-        Framing::Chunked => RequestBody::Stream(BodyLength::Unknown),
-    };
+    creq.body = RequestBody::relayed(req.framing);
     if creq.body == RequestBody::None {
         // No body to stream: let the codec see the request end now.
         match c.server.handle_input(c.io.pending()) {
@@ -353,7 +341,7 @@ async fn pass_through(
             }
         }
     };
-    let (mut backend_io, mut client, StreamedHead { status, headers, framing }) = match opened {
+    let (mut backend_io, mut client, response) = match opened {
         Ok(x) => x,
         Err(why) => {
             if !why.is_empty() {
@@ -370,12 +358,9 @@ async fn pass_through(
             return next;
         }
     };
-    ex.handle_head(id, status, &headers);
+    ex.handle_head(id, response.status, &response.headers);
     let Action::Stream(stream) = ex.poll(&mut shard.balancer.borrow_mut()) else { return None };
-    let length = match framing {
-        Framing::Length(n) => BodyLength::Known(n),
-        _ => BodyLength::Unknown,
-    };
+    let length = response.body_length();
     let head = ResponseHead { status: stream.status, headers: &stream.headers, body: length, close: false };
     c.server.write_response_head(&head, &mut c.out).ok()?;
     let mut sent: u64 = 0;
@@ -425,7 +410,7 @@ async fn pass_through(
     if client.reusable() && backend_io.pending().is_empty() {
         shard.pool.put(&pool_key(&host), backend_io);
     }
-    line.log(status, sent);
+    line.log(stream.status, sent);
     Some(next)
 }
 
@@ -484,11 +469,7 @@ async fn finish_open(
             let event = if pending.is_empty() { c.server.handle_input(&[]) } else { c.server.handle_input(pending) };
             match event {
                 Ok((n, ServerEvent::Data(d))) => {
-                    if length == BodyLength::Unknown {
-                        http1::write_chunk(d, &mut chunk);
-                    } else {
-                        chunk.extend_from_slice(d);
-                    }
+                    http1::relay_body(length, d, &mut chunk);
                     c.io.pos += n;
                     if !b.write(&mut chunk, Duration::ZERO).await {
                         return Err(Failure::new("cannot send the request body"));
@@ -496,11 +477,9 @@ async fn finish_open(
                 }
                 Ok((n, ServerEvent::End(_))) => {
                     c.io.pos += n;
-                    if length == BodyLength::Unknown {
-                        http1::write_last_chunk(&mut chunk);
-                        if !b.write(&mut chunk, Duration::ZERO).await {
-                            return Err(Failure::new("cannot send the request body"));
-                        }
+                    http1::relay_end(length, &mut chunk);
+                    if !b.write(&mut chunk, Duration::ZERO).await {
+                        return Err(Failure::new("cannot send the request body"));
                     }
                     break;
                 }
