@@ -38,10 +38,16 @@ enum Command {
         /// Enables the `/__debug/` endpoint (as KrakenD's `-d`).
         #[arg(short = 'd', long = "debug")]
         debug: bool,
-        /// Number of shards (threads, one pinned per core). Default: one per core.
+        /// Number of shards (uring: threads, one pinned per core; tokio: worker threads).
+        /// Default: one per core.
         #[arg(long)]
         shards: Option<usize>,
-        /// Uses the epoll driver even where io_uring works (also: SLUICE_FORCE_EPOLL=1).
+        /// Which driver serves: `uring` (sluice-uring, monoio, one pinned shard per core)
+        /// or `tokio` (sluice-tokio). Default: uring where io_uring works, else tokio.
+        #[arg(long, value_enum)]
+        runtime: Option<Runtime>,
+        /// With the uring runtime: monoio's epoll driver even where io_uring works
+        /// (also: SLUICE_FORCE_EPOLL=1).
         #[arg(long)]
         force_epoll: bool,
         /// Longest wait for requests in flight on SIGTERM/SIGINT, in seconds
@@ -51,14 +57,59 @@ enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Runtime {
+    Uring,
+    Tokio,
+}
+
+/// How `run` serves.
+#[derive(Debug)]
+struct Serving {
+    port: Option<u16>,
+    debug: bool,
+    shards: Option<usize>,
+    runtime: Option<Runtime>,
+    force_epoll: bool,
+    wait: Option<u64>,
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config, lint } => check(&config, lint),
-        Command::Run { config, port, debug, shards, force_epoll, max_shutdown_wait } => {
+        Command::Run { config, port, debug, shards, runtime, force_epoll, max_shutdown_wait } => {
             let force_epoll = force_epoll || std::env::var("SLUICE_FORCE_EPOLL").is_ok_and(|v| v == "1" || v == "true");
-            run(&config, port, debug, shards, force_epoll, max_shutdown_wait)
+            run(&config, Serving { port, debug, shards, runtime, force_epoll, wait: max_shutdown_wait })
         }
     }
+}
+
+/// The runtime to serve with, and why (for the log).
+fn choose(asked: Option<Runtime>, force_epoll: bool) -> (Runtime, String) {
+    match asked {
+        Some(Runtime::Uring) => (Runtime::Uring, "asked for with --runtime".into()),
+        Some(Runtime::Tokio) => (Runtime::Tokio, "asked for with --runtime".into()),
+        None if force_epoll => (Runtime::Uring, "--force-epoll asks for monoio's epoll driver".into()),
+        None => default_runtime(),
+    }
+}
+
+/// uring where a ring can be set up, else tokio. `SLUICE_IO_URING=off` keeps io_uring
+/// out (for hosts where it is allowed but unwanted, and to test the fallback).
+#[cfg(target_os = "linux")]
+fn default_runtime() -> (Runtime, String) {
+    if std::env::var("SLUICE_IO_URING").is_ok_and(|v| v == "off" || v == "0") {
+        return (Runtime::Tokio, "io_uring is turned off (SLUICE_IO_URING=off)".into());
+    }
+    match sluice_uring::probe() {
+        Ok(()) => (Runtime::Uring, "io_uring is available".into()),
+        Err(e) => (Runtime::Tokio, format!("io_uring is unavailable ({e})")),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn default_runtime() -> (Runtime, String) {
+    (Runtime::Tokio, "io_uring is Linux-only".into())
 }
 
 /// Reads and compiles a configuration, printing every error as `sluice check` does.
@@ -100,14 +151,7 @@ fn check(path: &Path, lint: bool) -> ExitCode {
     }
 }
 
-fn run(
-    path: &Path,
-    port: Option<u16>,
-    debug: bool,
-    shards: Option<usize>,
-    force_epoll: bool,
-    wait: Option<u64>,
-) -> ExitCode {
+fn run(path: &Path, serving: Serving) -> ExitCode {
     let mut gateway = match load(path) {
         Ok(loaded) => loaded.gateway,
         Err(code) => return code,
@@ -119,11 +163,11 @@ fn run(
         )
         .with_target(false)
         .init();
-    if debug {
+    if serving.debug {
         gateway.config.debug_endpoint = true;
     }
     let cfg = &gateway.config;
-    let listen = SocketAddr::new(cfg.listen_ip, port.unwrap_or(cfg.port));
+    let listen = SocketAddr::new(cfg.listen_ip, serving.port.unwrap_or(cfg.port));
     let mut hosts: Vec<String> =
         gateway.endpoints.iter().flat_map(|e| &e.backends).flat_map(|b| &b.hosts).map(|h| h.addr.to_string()).collect();
     hosts.sort();
@@ -136,31 +180,94 @@ fn run(
         gateway.backend_count,
         hosts.join(", ")
     );
-    let mut opts = sluice_uring::Options::new(listen);
-    if let Some(n) = shards {
-        opts.shards = n.max(1);
+    let wait = serving.wait.map_or(cfg.max_shutdown_wait_time, std::time::Duration::from_secs);
+    let (runtime, why) = choose(serving.runtime, serving.force_epoll);
+    if runtime == Runtime::Tokio && serving.force_epoll {
+        tracing::warn!("--force-epoll applies to the uring runtime only; tokio uses its own poller");
     }
-    opts.force_epoll = force_epoll;
-    opts.shutdown_wait = wait.map_or(cfg.max_shutdown_wait_time, std::time::Duration::from_secs);
-    let wait = opts.shutdown_wait.as_secs_f64();
-    let stop = sluice_uring::StopSignal::new();
-    let server = match sluice_uring::start(Arc::new(gateway), opts.clone(), stop.clone()) {
+    tracing::info!("runtime {}: {why}", if runtime == Runtime::Uring { "uring" } else { "tokio" });
+    let stop = sluice_core::StopSignal::new();
+    let server = match start(runtime, Arc::new(gateway), listen, &serving, wait, stop.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sluice: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let drivers: Vec<String> = server.drivers.iter().map(ToString::to_string).collect();
-    tracing::info!("{} shard(s), driver {}; listening on {}", drivers.len(), drivers.join(", "), server.local_addr);
+    let handled = wait_for_signal(stop, wait.as_secs_f64());
+    server.join();
+    tracing::info!("stopped");
+    if handled { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// A running server of either driver.
+enum Server {
+    #[cfg(target_os = "linux")]
+    Uring(sluice_uring::Server),
+    Tokio(sluice_tokio::Server),
+}
+
+impl Server {
+    fn join(self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Server::Uring(s) => s.join(),
+            Server::Tokio(s) => s.join(),
+        }
+    }
+}
+
+fn start(
+    runtime: Runtime,
+    gateway: Arc<Gateway>,
+    listen: SocketAddr,
+    serving: &Serving,
+    wait: std::time::Duration,
+    stop: sluice_core::StopSignal,
+) -> std::io::Result<Server> {
+    match runtime {
+        #[cfg(target_os = "linux")]
+        Runtime::Uring => {
+            let mut opts = sluice_uring::Options::new(listen);
+            if let Some(n) = serving.shards {
+                opts.shards = n.max(1);
+            }
+            opts.force_epoll = serving.force_epoll;
+            opts.shutdown_wait = wait;
+            let server = sluice_uring::start(gateway, opts, stop)?;
+            let drivers: Vec<String> = server.drivers.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "{} shard(s), driver {}; listening on {}",
+                drivers.len(),
+                drivers.join(", "),
+                server.local_addr
+            );
+            Ok(Server::Uring(server))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Runtime::Uring => Err(std::io::Error::other("the uring runtime needs Linux; use --runtime tokio")),
+        Runtime::Tokio => {
+            let threads =
+                serving.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let opts = sluice_tokio::Options { max_connections: 25_000 * threads, shutdown_wait: wait };
+            let server = sluice_tokio::start(gateway, listen, threads, opts, stop)?;
+            tracing::info!("{} worker thread(s), runtime tokio; listening on {}", server.threads, server.local_addr);
+            Ok(Server::Tokio(server))
+        }
+    }
+}
+
+/// Triggers `stop` on SIGTERM or SIGINT, from a thread of its own. `false`: signals
+/// cannot be handled, and the server is stopped at once.
+#[cfg(unix)]
+fn wait_for_signal(stop: sluice_core::StopSignal, wait: f64) -> bool {
     let mut signals =
         match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("sluice: cannot handle signals: {e}");
+                eprintln!("sluice: cannot handle signals ({e}): stopping");
                 stop.trigger();
-                server.join();
-                return ExitCode::FAILURE;
+                return false;
             }
         };
     std::thread::spawn(move || {
@@ -169,7 +276,11 @@ fn run(
             stop.trigger();
         }
     });
-    server.join();
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    true
+}
+
+/// Elsewhere the process ends on Ctrl-C without the graceful stop.
+#[cfg(not(unix))]
+fn wait_for_signal(_stop: sluice_core::StopSignal, _wait: f64) -> bool {
+    true
 }

@@ -1,5 +1,6 @@
 //! End to end through real sockets: scripted backends, the gateway on port 0, a raw
-//! client (and curl). Every test runs once per driver: io_uring and forced epoll.
+//! client (and curl). Every test runs once per driver: sluice-uring on io_uring and on
+//! forced epoll (Linux), and sluice-tokio.
 
 mod support;
 
@@ -11,8 +12,11 @@ use support::{Backend, Gw, Mode, Reply, checksum, pattern, read_response};
 
 macro_rules! every_driver {
     ($($name:ident),* $(,)?) => {
+        #[cfg(target_os = "linux")]
         mod io_uring { $( #[test] fn $name() { super::$name(super::Mode::IoUring) } )* }
+        #[cfg(target_os = "linux")]
         mod epoll { $( #[test] fn $name() { super::$name(super::Mode::Epoll) } )* }
+        mod tokio { $( #[test] fn $name() { super::$name(super::Mode::Tokio) } )* }
     };
 }
 

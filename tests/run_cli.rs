@@ -19,8 +19,13 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
+        Running::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -78,24 +83,44 @@ fn get(port: u16, target: &str, extra: &str) -> support::Response {
 
 #[test]
 fn the_readme_example_serves_the_aggregate_and_stops_on_sigterm() {
-    // examples/krakend.json calls itself on 127.0.0.1:8080, as the README shows.
-    let mut run = Running::start(&["run", "-c", "examples/krakend.json", "--shards", "2"]);
-    let config_line = run.wait_for("endpoint(s)");
-    assert!(config_line.contains("config examples/krakend.json (Sluice example: the gateway is its own backend): 5 endpoint(s), 9 backend(s) on http://127.0.0.1:8080"), "{config_line}");
-    let listening = run.wait_for("shard(s), driver");
-    assert!(listening.contains("2 shard(s), driver "), "{listening}");
-    assert!(listening.ends_with("listening on 0.0.0.0:8080"), "{listening}");
-    let r = get(8080, "/v1/profile/42?lang=en&token=secret", "X-Tenant: acme\r\n");
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.text(),
-        r#"{"user":{"path":"/__echo/users/42?lang=en","req_method":"GET","req_querystring":{"lang":["en"]}},"status":"pong"}"#
-    );
-    assert_eq!(r.header("x-krakend-completed"), Some("true"));
-    let access = run.wait_for("\"GET /v1/profile/42\"");
-    assert!(access.contains("127.0.0.1 \"GET /v1/profile/42\" 200 113 "), "{access}");
-    assert!(!access.contains("secret"), "query strings stay out of the logs: {access}");
-    assert_eq!(run.sigterm(), Some(0));
+    // examples/krakend.json calls itself on 127.0.0.1:8080, as the README shows: once per
+    // runtime, one after the other (same port). The default here is uring (io_uring works
+    // on the CI machine); SLUICE_IO_URING=off shows the fallback to tokio.
+    /// Extra flags, environment, the runtime line's reason, the listening line.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let runs: [Case<'_>; 3] = [
+        (&[], &[], "runtime uring: io_uring is available", "2 shard(s), driver "),
+        (&["--runtime", "tokio"], &[], "runtime tokio: asked for with --runtime", "2 worker thread(s), runtime tokio"),
+        (
+            &[],
+            &[("SLUICE_IO_URING", "off")],
+            "runtime tokio: io_uring is turned off (SLUICE_IO_URING=off)",
+            "2 worker thread(s), runtime tokio",
+        ),
+    ];
+    for (flags, env, why, serving) in runs {
+        let mut args = vec!["run", "-c", "examples/krakend.json", "--shards", "2"];
+        args.extend_from_slice(flags);
+        let mut run = Running::start_with(&args, env);
+        let config_line = run.wait_for("endpoint(s)");
+        assert!(config_line.contains("config examples/krakend.json (Sluice example: the gateway is its own backend): 5 endpoint(s), 9 backend(s) on http://127.0.0.1:8080"), "{config_line}");
+        let chosen = run.wait_for("runtime ");
+        assert!(chosen.ends_with(why), "{chosen}");
+        let listening = run.wait_for("; listening on");
+        assert!(listening.contains(serving), "{listening}");
+        assert!(listening.ends_with("; listening on 0.0.0.0:8080"), "{listening}");
+        let r = get(8080, "/v1/profile/42?lang=en&token=secret", "X-Tenant: acme\r\n");
+        assert_eq!(r.status, 200, "{why}");
+        assert_eq!(
+            r.text(),
+            r#"{"user":{"path":"/__echo/users/42?lang=en","req_method":"GET","req_querystring":{"lang":["en"]}},"status":"pong"}"#
+        );
+        assert_eq!(r.header("x-krakend-completed"), Some("true"));
+        let access = run.wait_for("\"GET /v1/profile/42\"");
+        assert!(access.contains("127.0.0.1 \"GET /v1/profile/42\" 200 113 "), "{access}");
+        assert!(!access.contains("secret"), "query strings stay out of the logs: {access}");
+        assert_eq!(run.sigterm(), Some(0), "{why}");
+    }
 }
 
 #[test]
@@ -133,6 +158,8 @@ fn port_flag_and_forced_epoll() {
         "1",
         "--force-epoll",
     ]);
+    let line = run.wait_for("runtime ");
+    assert!(line.ends_with("runtime uring: --force-epoll asks for monoio's epoll driver"), "{line}");
     let line = run.wait_for("shard(s), driver");
     assert!(line.contains("1 shard(s), driver epoll (forced)"), "{line}");
     assert_eq!(get(port, "/__echo/ping", "").status, 200);

@@ -61,8 +61,3 @@ impl HeadWait {
 pub fn body_deadline(cfg: &Config, started: Instant) -> Option<Instant> {
     after(started, cfg.read_timeout)
 }
-
-/// The deadline of one client write (`write_timeout`).
-pub fn write_deadline(cfg: &Config, now: Instant) -> Option<Instant> {
-    after(now, cfg.write_timeout)
-}

@@ -136,6 +136,35 @@ impl ClientRequest {
     }
 }
 
+/// What the access log keeps of a request. The path only: query strings carry tokens
+/// often enough to keep them out of logs (and headers are never logged).
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    peer: IpAddr,
+    method: Method,
+    path: String,
+    started: Instant,
+}
+
+impl AccessLog {
+    pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
+        AccessLog { peer: req.peer, method: req.method.clone(), path: req.path.clone(), started }
+    }
+
+    /// `PEER "METHOD PATH" STATUS BYTES 1.2ms`.
+    pub fn line(&self, status: StatusCode, bytes: u64, now: Instant) -> String {
+        format!(
+            "{} \"{} {}\" {} {} {:.1}ms",
+            self.peer,
+            self.method,
+            self.path,
+            status.as_u16(),
+            bytes,
+            now.saturating_duration_since(self.started).as_secs_f64() * 1000.0
+        )
+    }
+}
+
 /// A complete response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -1,6 +1,6 @@
 //! One client connection: bytes in and out, timers, and the calls `core` asks for.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,7 +11,9 @@ use monoio::net::TcpStream;
 use sluice_core::backend::{Failure, Fetch, Progress, StreamedHead, may_retry, pool_key};
 use sluice_core::builtin;
 use sluice_core::deadline::{HeadWait, body_deadline};
-use sluice_core::exchange::{Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route};
+use sluice_core::exchange::{
+    AccessLog, Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route,
+};
 use sluice_core::http1::{
     self, BodyLength, ClientConn, ClientEvent, Next, Request, ResponseHead, ServerConn, ServerEvent,
 };
@@ -186,7 +188,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             return None;
         }
     };
-    let line = LogLine { peer: peer.ip(), method: creq.method.clone(), path: creq.path.clone(), started };
+    let line = AccessLog::new(&creq, started);
     let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
     let (reply, next) = match dispatch {
         Dispatch::Endpoint(route) if route.streaming => {
@@ -214,32 +216,13 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             (reply, next)
         }
     };
-    line.log(reply.status, reply.body.len() as u64);
+    log(&line, reply.status, reply.body.len() as u64);
     next
 }
 
-/// What the access log needs of a request.
-struct LogLine {
-    peer: IpAddr,
-    method: http::Method,
-    path: String,
-    started: Instant,
-}
-
-impl LogLine {
-    fn log(&self, status: StatusCode, bytes: u64) {
-        // The path only: query strings carry tokens often enough to keep them out of logs.
-        tracing::info!(
-            target: "sluice::access",
-            "{} \"{} {}\" {} {} {:.1}ms",
-            self.peer,
-            self.method,
-            self.path,
-            status.as_u16(),
-            bytes,
-            self.started.elapsed().as_secs_f64() * 1000.0
-        );
-    }
+/// Writes the access log line of a request.
+fn log(line: &AccessLog, status: StatusCode, bytes: u64) {
+    tracing::info!(target: "sluice::access", "{}", line.line(status, bytes, Instant::now()));
 }
 
 /// Runs an aggregating exchange: calls in parallel (or in sequence), merged reply.
@@ -298,7 +281,7 @@ async fn pass_through(
     req: &Request,
     mut creq: ClientRequest,
     route: Route,
-    line: &LogLine,
+    line: &AccessLog,
 ) -> Option<Next> {
     let gw = &shard.gw;
     creq.body = RequestBody::relayed(req.framing);
@@ -320,7 +303,7 @@ async fn pass_through(
         Action::Call(call) => call,
         Action::Respond(reply) => {
             let next = c.respond(&reply, false).await;
-            line.log(reply.status, reply.body.len() as u64);
+            log(line, reply.status, reply.body.len() as u64);
             return next;
         }
         _ => return None,
@@ -354,7 +337,7 @@ async fn pass_through(
                 _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
             };
             let next = c.respond(&reply, true).await;
-            line.log(reply.status, reply.body.len() as u64);
+            log(line, reply.status, reply.body.len() as u64);
             return next;
         }
     };
@@ -410,7 +393,7 @@ async fn pass_through(
     if client.reusable() && backend_io.pending().is_empty() {
         shard.pool.put(&pool_key(&host), backend_io);
     }
-    line.log(stream.status, sent);
+    log(line, stream.status, sent);
     Some(next)
 }
 

@@ -77,6 +77,12 @@ impl std::fmt::Display for Driver {
     }
 }
 
+/// Whether io_uring works here: sets up (and drops) one ring. `Err` says why not
+/// (ENOSYS on old kernels, EPERM under Docker's default seccomp profile, ...).
+pub fn probe() -> io::Result<()> {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(8).build().map(drop)
+}
+
 /// A started server.
 #[derive(Debug)]
 pub struct Server {

@@ -10,14 +10,42 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use sluice_core::Gateway;
-use sluice_uring::{Options, Server, StopSignal};
+use sluice_core::{Gateway, StopSignal};
 
 /// Which driver a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// sluice-uring on io_uring (Linux).
     IoUring,
+    /// sluice-uring on monoio's epoll driver (Linux).
     Epoll,
+    /// sluice-tokio.
+    Tokio,
+}
+
+/// A started server of either driver.
+enum Server {
+    #[cfg(target_os = "linux")]
+    Uring(sluice_uring::Server),
+    Tokio(sluice_tokio::Server),
+}
+
+impl Server {
+    fn stop(&self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Server::Uring(s) => s.stop(),
+            Server::Tokio(s) => s.stop(),
+        }
+    }
+
+    fn join(self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Server::Uring(s) => s.join(),
+            Server::Tokio(s) => s.join(),
+        }
+    }
 }
 
 /// The gateway, running until dropped.
@@ -27,14 +55,33 @@ pub struct Gw {
 }
 
 impl Gw {
+    /// Starts `config` on 127.0.0.1:0 with one shard (uring) or one worker (tokio), so a
+    /// test sees one pool and one round-robin counter whatever the machine.
     pub fn start(config: &str, mode: Mode) -> Gw {
-        let gw = Gateway::load(config).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway;
-        let mut opts = Options::new("127.0.0.1:0".parse().unwrap());
-        opts.shards = 1;
-        opts.force_epoll = mode == Mode::Epoll;
-        opts.shutdown_wait = Duration::from_secs(5);
-        let server = sluice_uring::start(Arc::new(gw), opts, StopSignal::new()).expect("start");
-        let addr = server.local_addr;
+        let gw = Arc::new(Gateway::load(config).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway);
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let wait = Duration::from_secs(5);
+        let server = match mode {
+            #[cfg(target_os = "linux")]
+            Mode::IoUring | Mode::Epoll => {
+                let mut opts = sluice_uring::Options::new(listen);
+                opts.shards = 1;
+                opts.force_epoll = mode == Mode::Epoll;
+                opts.shutdown_wait = wait;
+                Server::Uring(sluice_uring::start(gw, opts, StopSignal::new()).expect("start"))
+            }
+            #[cfg(not(target_os = "linux"))]
+            Mode::IoUring | Mode::Epoll => unreachable!("uring modes run on Linux only"),
+            Mode::Tokio => {
+                let opts = sluice_tokio::Options { shutdown_wait: wait, ..sluice_tokio::Options::new(&gw) };
+                Server::Tokio(sluice_tokio::start(gw, listen, 1, opts, StopSignal::new()).expect("start"))
+            }
+        };
+        let addr = match &server {
+            #[cfg(target_os = "linux")]
+            Server::Uring(s) => s.local_addr,
+            Server::Tokio(s) => s.local_addr,
+        };
         Gw { server: Some(server), addr }
     }
 

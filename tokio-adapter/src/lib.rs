@@ -1,3 +1,224 @@
-//! `sluice-tokio` will hold the portable driver: the same `sluice-core` state machines
-//! on tokio, for hosts without io_uring and for embedding in a tokio application.
-//! Not written yet.
+//! `sluice-tokio`: the portable driver of the Sluice core, on tokio.
+//!
+//! The same `sluice_core` state machines as `sluice-uring`, for hosts without io_uring
+//! (Docker's default seccomp profile, older kernels, macOS) and for embedding the
+//! gateway in a tokio application. This crate owns sockets, timers and tasks, nothing
+//! else: every HTTP decision, the backend pool and retry policy and the client
+//! deadlines are `sluice_core`'s.
+//!
+//! # Serving a gateway inside your own runtime
+//!
+//! Compile a [`Gateway`] once, bind a [`tokio::net::TcpListener`] and hand both to
+//! [`serve`] with a future that says when to stop. `serve` spawns one task per
+//! connection on the runtime it runs on and returns once stopped: no more accepts,
+//! idle connections closed, requests in flight finished (for at most the config's
+//! `max_shutdown_wait_time`, then cut).
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use sluice_core::Gateway;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = r#"{"version": 3, "name": "embedded", "endpoints": []}"#;
+//! let gateway = Arc::new(Gateway::load(config)?.gateway);
+//!
+//! // Someone else's runtime, with their own tasks on it.
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let addr = listener.local_addr()?;
+//!     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//!     let server = tokio::spawn(sluice_tokio::serve(listener, gateway, async {
+//!         let _ = stopped.await;
+//!     }));
+//!
+//!     let mut client = tokio::net::TcpStream::connect(addr).await?;
+//!     client.write_all(b"GET /__health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await?;
+//!     let mut response = String::new();
+//!     client.read_to_string(&mut response).await?;
+//!     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+//!     assert!(response.contains("\r\ncontent-type: application/json; charset=utf-8\r\n"), "{response}");
+//!     assert!(response.ends_with(r#""status":"ok"}"#), "{response}");
+//!
+//!     stop.send(()).ok();
+//!     server.await?;
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! [`start`] is the other way in, used by `sluice run --runtime tokio`: it builds a
+//! multi-thread runtime of its own on a background thread.
+
+mod backend;
+mod conn;
+mod socket;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sluice_core::Gateway;
+pub use sluice_core::StopSignal;
+use sluice_core::http1::Limits;
+use sluice_core::upstream::Balancer;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How a server runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Open client connections; more are closed at once.
+    pub max_connections: usize,
+    /// How long a stop waits for requests in flight.
+    pub shutdown_wait: Duration,
+}
+
+impl Options {
+    /// 25,000 connections per available core (as `sluice-uring` per shard), and the
+    /// config's `max_shutdown_wait_time`.
+    pub fn new(gw: &Gateway) -> Options {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Options { max_connections: 25_000 * cores, shutdown_wait: gw.config.max_shutdown_wait_time }
+    }
+}
+
+/// What every connection task shares. Locks guard a map lookup or a counter, never I/O.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) limits: Limits,
+    pub(crate) balancer: Mutex<Balancer>,
+    pub(crate) pool: backend::Pool,
+}
+
+/// Serves `gw` on `listener` until `shutdown` resolves, with [`Options::new`].
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    let opts = Options::new(&gw);
+    serve_with(listener, gw, opts, shutdown).await;
+}
+
+/// Serves `gw` on `listener` until `shutdown` resolves. Connection tasks are spawned
+/// on the current runtime; when this returns none of them is left running.
+pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, shutdown: impl Future<Output = ()>) {
+    let shared = Arc::new(Shared {
+        limits: Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() },
+        balancer: Mutex::new(Balancer::new(gw.backend_count)),
+        pool: backend::Pool::new(gw.config.max_idle_connections_per_host),
+        gw,
+    });
+    let (stopping, stop) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if tasks.len() >= opts.max_connections {
+                        tracing::warn!("connection limit reached ({}): closing {peer}", opts.max_connections);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    stopping.send_replace(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
+        tracing::warn!("stopping with {} connection(s) still open", tasks.len());
+        tasks.shutdown().await;
+    }
+}
+
+/// A server started with [`start`].
+#[derive(Debug)]
+pub struct Server {
+    pub local_addr: SocketAddr,
+    /// Worker threads of the runtime.
+    pub threads: usize,
+    stop: StopSignal,
+    thread: JoinHandle<()>,
+}
+
+impl Server {
+    /// Asks the server to stop accepting and finish what is in flight.
+    pub fn stop(&self) {
+        self.stop.trigger();
+    }
+
+    /// Waits for the server to finish.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Serves `gw` on `listen` from a multi-thread runtime of `threads` workers, built on a
+/// thread of its own. Returns once listening (or with the bind error); stops when
+/// `stop` is triggered.
+pub fn start(
+    gw: Arc<Gateway>,
+    listen: SocketAddr,
+    threads: usize,
+    opts: Options,
+    stop: StopSignal,
+) -> io::Result<Server> {
+    let threads = threads.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("sluice-tokio")
+        .enable_all()
+        .build()?;
+    let (ready, bound) = mpsc::channel();
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new().name("sluice-tokio-main".into()).spawn(move || {
+        runtime.block_on(async move {
+            let listener = match bind(listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))));
+                    return;
+                }
+            };
+            let _ = ready.send(listener.local_addr());
+            let stopped = async move {
+                while !stop2.is_triggered() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            serve_with(listener, gw, opts, stopped).await;
+        });
+    })?;
+    match bound.recv() {
+        Ok(Ok(local_addr)) => Ok(Server { local_addr, threads, stop, thread }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(io::Error::other("the server thread ended before listening")),
+    }
+}
+
+/// A listener with a backlog fit for bursts of connections (the standard library's
+/// is 128).
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
