@@ -3,13 +3,15 @@
 
     python3 benches/load/run.py [--duration 10] [--connections 64] [--shards 1] [--idle 10000]
 
-Starts a backend (nginx serving static files), Sluice (release build) and nginx as a
-reverse proxy (proxy_pass, upstream keepalive, as many workers as Sluice has shards),
+Starts a backend (nginx serving static files), Sluice (release build) twice, on the
+uring runtime and on the tokio runtime (`--runtime`), and nginx as a reverse proxy
+(proxy_pass, upstream keepalive, as many workers as Sluice has shards/worker threads),
 drives each with wrk for a fixed duration, and prints one Markdown table:
 
-  (a) no-op proxy of a 100-byte body: Sluice and nginx;
+  (a) no-op proxy of a 100-byte body: Sluice (uring, tokio) and nginx;
   (b) 2-backend aggregation of two 2 KB JSON bodies: Sluice alone (nginx cannot);
-  (c) idle keep-alive connections held open: RSS per connection, both.
+  (c) idle keep-alive connections held open: RSS per connection, all three;
+  (d) a large download streamed through no-op: how much Sluice grows.
 
 Columns: req/s, p50 and p99 latency (wrk), CPU seconds the proxy process used per
 10,000 requests (/proc utime+stime), and the proxy's peak RSS (VmHWM). Everything
@@ -171,7 +173,8 @@ def main():
             doc[f"{key}_pad"] = "p" * max(0, 2048 - len(text) - 20)
             with open(f"{work}/www/{name}", "w") as f:
                 json.dump(doc, f, separators=(",", ":"))
-        be_port, ng_port, sl_port = free_port(), free_port(), free_port()
+        be_port, ng_port = free_port(), free_port()
+        ports = {"uring": free_port(), "tokio": free_port()}
         common = "daemon off; pid {pid}; error_log {work}/{name}.err warn; events {{ worker_connections 20000; }}"
         with open(f"{work}/backend.conf", "w") as f:
             f.write(common.format(pid=f"{work}/be.pid", work=work, name="be") + f"""
@@ -187,73 +190,94 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   server {{ listen 127.0.0.1:{ng_port} reuseport;
     location /noop {{ proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
 """)
-        with open(f"{work}/sluice.json", "w") as f:
-            json.dump({
-                "version": 3, "port": sl_port, "listen_ip": "127.0.0.1", "timeout": "5s", "idle_timeout": "120s",
-                "host": [f"http://127.0.0.1:{be_port}"],
-                "endpoints": [
-                    {"endpoint": "/noop", "output_encoding": "no-op",
-                     "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]},
-                    {"endpoint": "/download", "output_encoding": "no-op", "timeout": "60s",
-                     "backend": [{"url_pattern": "/1g", "encoding": "no-op"}]},
-                    {"endpoint": "/agg", "backend": [
-                        {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
-                        {"url_pattern": "/b.json", "group": "orders"}]},
-                ],
-            }, f)
+        for runtime, port in ports.items():
+            with open(f"{work}/sluice-{runtime}.json", "w") as f:
+                json.dump({
+                    "version": 3, "port": port, "listen_ip": "127.0.0.1", "timeout": "5s", "idle_timeout": "120s",
+                    "host": [f"http://127.0.0.1:{be_port}"],
+                    "endpoints": [
+                        {"endpoint": "/noop", "output_encoding": "no-op",
+                         "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]},
+                        {"endpoint": "/download", "output_encoding": "no-op", "timeout": "60s",
+                         "backend": [{"url_pattern": "/1g", "encoding": "no-op"}]},
+                        {"endpoint": "/agg", "backend": [
+                            {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
+                            {"url_pattern": "/b.json", "group": "orders"}]},
+                    ],
+                }, f)
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         backend = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work], **quiet)
         procs.append(backend)
         wait_port(be_port)
-        sluice = subprocess.Popen(
-            [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice.json", "--shards", str(args.shards)],
-            env={**os.environ, "RUST_LOG": "warn"}, **quiet,
-        )
-        procs.append(sluice)
+        sluices = {}
+        for runtime in ports:
+            sluices[runtime] = subprocess.Popen(
+                [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice-{runtime}.json",
+                 "--shards", str(args.shards), "--runtime", runtime],
+                env={**os.environ, "RUST_LOG": "warn"}, **quiet,
+            )
+            procs.append(sluices[runtime])
         nginx = subprocess.Popen(["nginx", "-c", f"{work}/proxy.conf", "-p", work], **quiet)
         procs.append(nginx)
-        wait_port(sl_port)
+        for port in ports.values():
+            wait_port(port)
         wait_port(ng_port)
         time.sleep(0.5)
         ng_pids = nginx_workers(nginx.pid)
-        for url in (f"http://127.0.0.1:{be_port}/100b", f"http://127.0.0.1:{sl_port}/noop",
-                    f"http://127.0.0.1:{ng_port}/noop", f"http://127.0.0.1:{sl_port}/agg"):
+        urls = [f"http://127.0.0.1:{be_port}/100b", f"http://127.0.0.1:{ng_port}/noop"]
+        urls += [f"http://127.0.0.1:{p}/{path}" for p in ports.values() for path in ("noop", "agg")]
+        for url in urls:
             out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True).stdout
             if out != "200":
                 sys.exit(f"{url} answers {out}, not 200: the setup is broken")
 
         rows = []
-        rows.append(measure("(a) no-op 100 B: Sluice", [sluice.pid], f"http://127.0.0.1:{sl_port}/noop", args))
+        for runtime, port in ports.items():
+            rows.append(measure(f"(a) no-op 100 B: Sluice {runtime}", [sluices[runtime].pid],
+                                f"http://127.0.0.1:{port}/noop", args))
         rows.append(measure("(a) no-op 100 B: nginx", ng_pids, f"http://127.0.0.1:{ng_port}/noop", args))
-        rows.append(measure("(b) aggregate 2 x 2 KB: Sluice", [sluice.pid], f"http://127.0.0.1:{sl_port}/agg", args))
+        for runtime, port in ports.items():
+            rows.append(measure(f"(b) aggregate 2 x 2 KB: Sluice {runtime}", [sluices[runtime].pid],
+                                f"http://127.0.0.1:{port}/agg", args))
         # (d) A large download streamed through: how much does the proxy grow?
-        rss_before = status_kib(sluice.pid, "VmRSS")
-        t = time.time()
-        got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "-D", "/dev/stderr",
-                              f"http://127.0.0.1:{sl_port}/download"], capture_output=True, text=True).stdout
-        secs = time.time() - t
-        rss_after = status_kib(sluice.pid, "VmRSS")
-        if int(got or 0) != args.download_mib << 20:
-            print(f"warning: the download got {got} bytes", file=sys.stderr)
-        download = (args.download_mib, (rss_after - rss_before) / 1024, (args.download_mib / 1024) / secs * 8)
-        idle_sl = hold_idle(sl_port, [sluice.pid], args.idle)
-        idle_ng = hold_idle(ng_port, ng_pids, args.idle)
+        downloads = {}
+        for runtime, port in ports.items():
+            pid = sluices[runtime].pid
+            rss_before = status_kib(pid, "VmRSS")
+            t = time.time()
+            got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}",
+                                  f"http://127.0.0.1:{port}/download"], capture_output=True, text=True).stdout
+            secs = time.time() - t
+            rss_after = status_kib(pid, "VmRSS")
+            if int(got or 0) != args.download_mib << 20:
+                print(f"warning: the {runtime} download got {got} bytes", file=sys.stderr)
+            downloads[runtime] = ((rss_after - rss_before) / 1024, (args.download_mib / 1024) / secs * 8)
+        idle = {runtime: hold_idle(port, [sluices[runtime].pid], args.idle) for runtime, port in ports.items()}
+        idle["nginx"] = hold_idle(ng_port, ng_pids, args.idle)
 
         print(f"\nLoad: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
-              f"{args.shards} Sluice shard(s) vs {args.shards} nginx worker(s); backend: nginx, static files.\n")
+              f"{args.shards} Sluice shard(s) / tokio worker(s) vs {args.shards} nginx worker(s); "
+              "backend: nginx, static files.\n")
         print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
         print("|---|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
-        print(f"| (c) {idle_sl[1]:,} idle keep-alive connections: Sluice | | | | | {idle_sl[0]:.1f} KiB per connection |")
-        print(f"| (c) {idle_ng[1]:,} idle keep-alive connections: nginx | | | | | {idle_ng[0]:.1f} KiB per connection |")
-        print(f"| (d) {download[0]:,} MiB download through no-op: Sluice | | | | | RSS grew {download[1]:.1f} MiB ({download[2]:.1f} Gbit/s) |")
-        a_sl, a_ng = rows[0], rows[1]
-        print(f"\nSluice / nginx, no-op: {a_sl['rps'] / a_ng['rps']:.2f}x req/s, "
-              f"{a_sl['cpu_per_10k'] / a_ng['cpu_per_10k']:.2f}x CPU per request.")
+        for who, (kib, count) in idle.items():
+            name = who if who == "nginx" else f"Sluice {who}"
+            print(f"| (c) {count:,} idle keep-alive connections: {name} | | | | | {kib:.1f} KiB per connection |")
+        for runtime, (grew, gbit) in downloads.items():
+            print(f"| (d) {args.download_mib:,} MiB download through no-op: Sluice {runtime} | | | | | "
+                  f"RSS grew {grew:.1f} MiB ({gbit:.1f} Gbit/s) |")
+        by_name = {r["name"]: r for r in rows}
+        ng = by_name["(a) no-op 100 B: nginx"]
+        print()
+        for runtime in ports:
+            r = by_name[f"(a) no-op 100 B: Sluice {runtime}"]
+            print(f"Sluice {runtime} / nginx, no-op: {r['rps'] / ng['rps']:.2f}x req/s, "
+                  f"{r['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"rows": rows, "idle": {"sluice": idle_sl, "nginx": idle_ng}}, f, indent=1)
+                json.dump({"rows": rows, "idle": idle, "downloads": downloads}, f, indent=1)
     finally:
         for p in procs:
             try:

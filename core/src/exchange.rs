@@ -151,16 +151,33 @@ impl AccessLog {
         AccessLog { peer: req.peer, method: req.method.clone(), path: req.path.clone(), started }
     }
 
-    /// `PEER "METHOD PATH" STATUS BYTES 1.2ms`.
-    pub fn line(&self, status: StatusCode, bytes: u64, now: Instant) -> String {
-        format!(
+    /// `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted only when displayed (a log
+    /// filtered out costs nothing).
+    pub fn line(&self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine<'_> {
+        AccessLine { log: self, status, bytes, now }
+    }
+}
+
+/// One access log line; see [`AccessLog::line`].
+#[derive(Debug)]
+pub struct AccessLine<'a> {
+    log: &'a AccessLog,
+    status: StatusCode,
+    bytes: u64,
+    now: Instant,
+}
+
+impl std::fmt::Display for AccessLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "{} \"{} {}\" {} {} {:.1}ms",
-            self.peer,
-            self.method,
-            self.path,
-            status.as_u16(),
-            bytes,
-            now.saturating_duration_since(self.started).as_secs_f64() * 1000.0
+            self.log.peer,
+            self.log.method,
+            self.log.path,
+            self.status.as_u16(),
+            self.bytes,
+            self.now.saturating_duration_since(self.log.started).as_secs_f64() * 1000.0
         )
     }
 }

@@ -913,3 +913,38 @@ fn the_example_config_aggregates_through_the_builtins() {
     );
     assert_eq!(out.header("cache-control"), Some("public, max-age=300"));
 }
+
+#[test]
+fn request_heads_become_client_requests_and_access_lines_leave_the_query_out() {
+    use sluice_core::exchange::AccessLog;
+    use sluice_core::http1::{BodyLength, Framing, Limits, ServerConn, ServerEvent};
+    let mut server = ServerConn::new(Limits::default());
+    let wire = b"POST /v1/items?token=secret HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let Ok((_, ServerEvent::Request(head))) = server.handle_input(wire) else { panic!("a request") };
+    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    let req = ClientRequest::from_head(&head, peer).unwrap();
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str(), req.query.as_deref()),
+        ("POST", "/v1/items", Some("token=secret"))
+    );
+    assert_eq!(req.headers["authorization"], "Bearer x");
+    assert_eq!(req.body, RequestBody::None);
+    assert_eq!(RequestBody::relayed(head.framing), RequestBody::Stream(BodyLength::Unknown));
+    assert_eq!(RequestBody::relayed(Framing::Length(5)), RequestBody::Stream(BodyLength::Known(5)));
+    assert_eq!(RequestBody::relayed(Framing::Length(0)), RequestBody::None);
+    assert_eq!(RequestBody::relayed(Framing::None), RequestBody::None);
+    let t0 = Instant::now();
+    let line = AccessLog::new(&req, t0).line(StatusCode::CREATED, 42, t0 + Duration::from_micros(1250)).to_string();
+    assert_eq!(line, "192.0.2.7 \"POST /v1/items\" 201 42 1.2ms");
+    // Only origin-form targets reach the gateway.
+    for target in ["http://gw/v1/items", "*"] {
+        let mut server = ServerConn::new(Limits::default());
+        let method = if target == "*" { "OPTIONS" } else { "GET" };
+        let wire = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let Ok((_, ServerEvent::Request(head))) = server.handle_input(wire.as_bytes()) else { panic!("{target}") };
+        assert_eq!(
+            ClientRequest::from_head(&head, peer).unwrap_err(),
+            "this gateway takes origin-form request targets (/path?query)"
+        );
+    }
+}
