@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::HostAddr;
-use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Limits};
+use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Limits, ServerConn};
 
 /// Idle backend connections older than this are not reused: backends commonly close
 /// idle connections after 60 to 120 s, and reusing one they closed costs a retry.
@@ -165,6 +165,53 @@ impl StreamedHead {
         match self.framing {
             Framing::Length(n) => BodyLength::Known(n),
             _ => BodyLength::Unknown,
+        }
+    }
+}
+
+/// What [`pump_body`] got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// The input is used up: write `out` to the client, read more from the backend.
+    NeedMore,
+    /// `out` holds at least `flush_at` bytes: write it, then call again.
+    Full,
+    /// The body ended: finish the response.
+    End,
+}
+
+/// Moves a streamed response body from the backend codec (`client`) into the client
+/// connection's output (`server` writes it into `out`, framed). `eof`: the backend
+/// closed and `input` is all there is. Returns the input consumed, the body bytes
+/// moved, and how far it got; an error (the backend broke off mid-body, or sent a bad
+/// body) means the client connection must close: its response cannot end well.
+pub fn pump_body(
+    client: &mut ClientConn,
+    input: &[u8],
+    eof: bool,
+    server: &mut ServerConn,
+    out: &mut Vec<u8>,
+    flush_at: usize,
+) -> Result<(usize, u64, Pumped), Error> {
+    let (mut consumed, mut moved) = (0, 0u64);
+    loop {
+        let rest = input.get(consumed..).unwrap_or_default();
+        let (n, event) = if eof && rest.is_empty() { (0, client.handle_eof()?) } else { client.handle_input(rest)? };
+        consumed += n;
+        match event {
+            ClientEvent::Data(d) => {
+                server.write_body(d, out)?;
+                moved += d.len() as u64;
+                if out.len() >= flush_at {
+                    return Ok((consumed, moved, Pumped::Full));
+                }
+            }
+            ClientEvent::End(_) => return Ok((consumed, moved, Pumped::End)),
+            ClientEvent::NeedMore if !eof => return Ok((consumed, moved, Pumped::NeedMore)),
+            ClientEvent::NeedMore => return Err(Error::Malformed("connection closed before the body ended")),
+            ClientEvent::Response(_) | ClientEvent::Switched => {
+                return Err(Error::Malformed("unexpected response event in a body"));
+            }
         }
     }
 }

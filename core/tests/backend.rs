@@ -211,3 +211,89 @@ fn head_wait_deadlines() {
     let cfg = config(r#", "read_timeout": "0s""#);
     assert_eq!(body_deadline(&cfg, t0), None);
 }
+
+fn server_after(wire: &[u8]) -> (sluice_core::http1::ServerConn, usize) {
+    use sluice_core::http1::{ServerConn, ServerEvent};
+    let mut server = ServerConn::new(Limits::default());
+    let Ok((n, ServerEvent::Request(_))) = server.handle_input(wire) else { panic!("a request head") };
+    (server, n)
+}
+
+#[test]
+fn request_bodies_are_read_whole_or_relayed_reframed() {
+    use sluice_core::http1::BodyLength;
+    // Chunked, fed in two pieces: read whole.
+    let wire = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let (mut server, head) = server_after(wire);
+    let mut body = Vec::new();
+    let (n, done) = server.read_body_into(&wire[head..head + 8], &mut body).unwrap();
+    assert!(!done);
+    let mut rest = wire[head + n..].to_vec();
+    let (m, done) = server.read_body_into(&rest, &mut body).unwrap();
+    assert!(done);
+    assert_eq!((m, body.as_slice()), (rest.len(), &b"abcde"[..]));
+    // No body: complete at once, with no input at all.
+    let (mut server, _) = server_after(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(server.read_body_into(&[], &mut Vec::new()).unwrap(), (0, true));
+    // Relayed: a chunked body is re-chunked (as it is read), a sized one goes as it is.
+    let (mut server, head) = server_after(wire);
+    let mut out = Vec::new();
+    let (n, done) = server.relay_body(&wire[head..head + 8], BodyLength::Unknown, &mut out).unwrap();
+    assert!(!done);
+    rest = wire[head + n..].to_vec();
+    assert!(server.relay_body(&rest, BodyLength::Unknown, &mut out).unwrap().1);
+    assert_eq!(out, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+    let wire = b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    let (mut server, head) = server_after(wire);
+    let mut out = Vec::new();
+    assert_eq!(server.relay_body(&wire[head..], BodyLength::Known(5), &mut out).unwrap(), (5, true));
+    assert_eq!(out, b"hello");
+    // A bad chunk size is the codec's error, with its status.
+    let wire = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let (mut server, head) = server_after(wire);
+    let e = server.read_body_into(&wire[head..], &mut Vec::new()).unwrap_err();
+    assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn pump_moves_a_streamed_body_and_refuses_a_cut_one() {
+    use sluice_core::backend::{Pumped, pump_body};
+    use sluice_core::http1::{BodyLength, ResponseHead};
+    let start = |framing_head: &str| {
+        let (mut server, _) = server_after(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        server.read_body_into(&[], &mut Vec::new()).unwrap();
+        let headers = http::HeaderMap::new();
+        let head = ResponseHead { status: StatusCode::OK, headers: &headers, body: BodyLength::Unknown, close: false };
+        let mut out = Vec::new();
+        server.write_response_head(&head, &mut out).unwrap();
+        let mut f = Fetch::streaming(Method::GET, Limits::default(), false);
+        let wire = format!("HTTP/1.1 200 OK\r\n{framing_head}\r\n");
+        let (_, p) = f.handle_input(wire.as_bytes()).unwrap();
+        assert!(matches!(p, Progress::Head(_)));
+        (server, f.into_conn())
+    };
+    // A sized body in two reads, the output flushed when it reaches flush_at.
+    let (mut server, mut client) = start("Content-Length: 10\r\n");
+    let mut out = Vec::new();
+    let (n, moved, p) = pump_body(&mut client, b"0123456", false, &mut server, &mut out, 4).unwrap();
+    assert_eq!((n, moved, p), (7, 7, Pumped::Full));
+    assert_eq!(out, b"7\r\n0123456\r\n");
+    out.clear();
+    let (n, moved, p) = pump_body(&mut client, b"", false, &mut server, &mut out, 4).unwrap();
+    assert_eq!((n, moved, p), (0, 0, Pumped::NeedMore));
+    let (n, moved, p) = pump_body(&mut client, b"789", false, &mut server, &mut out, 1024).unwrap();
+    assert_eq!((n, moved, p), (3, 3, Pumped::End));
+    assert_eq!(out, b"3\r\n789\r\n");
+    // Close-delimited: the backend's close ends it.
+    let (mut server, mut client) = start("Connection: close\r\n");
+    let mut out = Vec::new();
+    assert_eq!(pump_body(&mut client, b"abc", false, &mut server, &mut out, 1024).unwrap(), (3, 3, Pumped::NeedMore));
+    assert_eq!(pump_body(&mut client, b"", true, &mut server, &mut out, 1024).unwrap(), (0, 0, Pumped::End));
+    // Cut short: an error, never a response that looks complete.
+    let (mut server, mut client) = start("Content-Length: 10\r\n");
+    let mut out = Vec::new();
+    pump_body(&mut client, b"0123", false, &mut server, &mut out, 1024).unwrap();
+    assert!(pump_body(&mut client, b"", true, &mut server, &mut out, 1024).is_err());
+    let (mut server, mut client) = start("Transfer-Encoding: chunked\r\n");
+    assert!(pump_body(&mut client, b"5\r\nab", true, &mut server, &mut Vec::new(), 1024).is_err());
+}

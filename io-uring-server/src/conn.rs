@@ -8,15 +8,13 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
 use monoio::net::TcpStream;
-use sluice_core::backend::{Failure, Fetch, Progress, StreamedHead, may_retry, pool_key};
+use sluice_core::backend::{Failure, Fetch, Progress, Pumped, StreamedHead, may_retry, pool_key, pump_body};
 use sluice_core::builtin;
 use sluice_core::deadline::{HeadWait, body_deadline};
 use sluice_core::exchange::{
     AccessLog, Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route,
 };
-use sluice_core::http1::{
-    self, BodyLength, ClientConn, ClientEvent, Next, Request, ResponseHead, ServerConn, ServerEvent,
-};
+use sluice_core::http1::{BodyLength, ClientConn, Next, Request, ResponseHead, ServerConn, ServerEvent};
 
 use crate::Shard;
 use crate::backend;
@@ -63,28 +61,17 @@ impl Conn {
         }
         let mut body = Vec::new();
         loop {
-            if !self.io.pending().is_empty() {
-                match self.server.handle_input(self.io.pending()) {
-                    Ok((n, ServerEvent::Data(d))) => {
-                        body.extend_from_slice(d);
-                        self.io.pos += n;
-                        continue;
-                    }
-                    Ok((n, ServerEvent::End(_))) => {
-                        self.io.pos += n;
+            match self.server.read_body_into(self.io.pending(), &mut body) {
+                Ok((n, done)) => {
+                    self.io.pos += n;
+                    if done {
                         return Some(body);
                     }
-                    Ok((n, ServerEvent::NeedMore)) => self.io.pos += n,
-                    Ok(_) => return None,
-                    Err(e) => {
-                        self.fail(e.status(), e.reason()).await;
-                        return None;
-                    }
                 }
-            } else if let Ok((n, ServerEvent::End(_))) = self.server.handle_input(&[]) {
-                // A request without a body ends at once.
-                self.io.pos += n;
-                return Some(body);
+                Err(e) => {
+                    self.fail(e.status(), e.reason()).await;
+                    return None;
+                }
             }
             match self.io.read(until(deadline), None).await {
                 Read::Data => {}
@@ -347,43 +334,27 @@ async fn pass_through(
     let head = ResponseHead { status: stream.status, headers: &stream.headers, body: length, close: false };
     c.server.write_response_head(&head, &mut c.out).ok()?;
     let mut sent: u64 = 0;
-    // Pump the backend body to the client.
+    // Pump the backend body to the client. A backend that breaks off mid-body leaves the
+    // client nothing but a closed connection.
     let mut eof = false;
     loop {
-        let event = if eof && backend_io.pending().is_empty() {
-            client.handle_eof().map(|e| (0, e))
-        } else {
-            client.handle_input(backend_io.pending())
-        };
-        match event {
-            Ok((n, ClientEvent::Data(d))) => {
-                c.server.write_body(d, &mut c.out).ok()?;
-                sent += d.len() as u64;
-                backend_io.pos += n;
-                if c.out.len() >= FLUSH_AT && !c.io.write(&mut c.out, c.write_timeout).await {
-                    return None;
-                }
-                continue;
-            }
-            Ok((n, ClientEvent::End(_))) => {
-                backend_io.pos += n;
-                break;
-            }
-            Ok((n, ClientEvent::NeedMore)) if !eof => {
-                backend_io.pos += n;
-                if !c.io.write(&mut c.out, c.write_timeout).await {
-                    return None;
-                }
-                // Each read may take as long as the endpoint timeout; the whole body may
-                // take longer (a large download).
-                match backend_io.read(ex.endpoint().timeout, None).await {
-                    Read::Data => {}
-                    Read::Eof => eof = true,
-                    _ => return None,
-                }
-            }
-            // The backend broke off mid-body: the client sees the connection close.
-            _ => return None,
+        let (n, moved, pumped) =
+            pump_body(&mut client, backend_io.pending(), eof, &mut c.server, &mut c.out, FLUSH_AT).ok()?;
+        backend_io.pos += n;
+        sent += moved;
+        if !c.io.write(&mut c.out, c.write_timeout).await {
+            return None;
+        }
+        match pumped {
+            Pumped::End => break,
+            Pumped::Full => {}
+            // Each read may take as long as the endpoint timeout; the whole body may take
+            // longer (a large download).
+            Pumped::NeedMore => match backend_io.read(ex.endpoint().timeout, None).await {
+                Read::Data => {}
+                Read::Eof => eof = true,
+                _ => return None,
+            },
         }
     }
     let next = c.server.finish_response(&mut c.out).ok()?;
@@ -448,33 +419,20 @@ async fn finish_open(
         }
         let mut chunk = Vec::with_capacity(READ_CHUNK + 32);
         loop {
-            let pending = c.io.pending();
-            let event = if pending.is_empty() { c.server.handle_input(&[]) } else { c.server.handle_input(pending) };
-            match event {
-                Ok((n, ServerEvent::Data(d))) => {
-                    http1::relay_body(length, d, &mut chunk);
-                    c.io.pos += n;
-                    if !b.write(&mut chunk, Duration::ZERO).await {
-                        return Err(Failure::new("cannot send the request body"));
-                    }
-                }
-                Ok((n, ServerEvent::End(_))) => {
-                    c.io.pos += n;
-                    http1::relay_end(length, &mut chunk);
-                    if !b.write(&mut chunk, Duration::ZERO).await {
-                        return Err(Failure::new("cannot send the request body"));
-                    }
-                    break;
-                }
-                Ok((n, ServerEvent::NeedMore)) => {
-                    c.io.pos += n;
-                    match c.io.read(Duration::ZERO, None).await {
-                        Read::Data => {}
-                        _ => return Err(Failure::new("the client went away while sending its body")),
-                    }
-                }
-                Ok(_) => break,
-                Err(e) => return Err(Failure::new(format!("bad request body: {}", e.reason()))),
+            let (n, done) = c
+                .server
+                .relay_body(c.io.pending(), length, &mut chunk)
+                .map_err(|e| Failure::new(format!("bad request body: {}", e.reason())))?;
+            c.io.pos += n;
+            if !b.write(&mut chunk, Duration::ZERO).await {
+                return Err(Failure::new("cannot send the request body"));
+            }
+            if done {
+                break;
+            }
+            match c.io.read(Duration::ZERO, None).await {
+                Read::Data => {}
+                _ => return Err(Failure::new("the client went away while sending its body")),
             }
         }
     }

@@ -221,6 +221,41 @@ impl ServerConn {
         if line_end > self.limits.max_uri_bytes + 16 { Error::UriTooLong } else { Error::HeadTooLarge }
     }
 
+    /// Reads request body bytes into `body`. Returns how many input bytes were consumed
+    /// and whether the body is complete (a request without a body is, even with no
+    /// input). The driver reads more while it is not.
+    pub fn read_body_into(&mut self, input: &[u8], body: &mut Vec<u8>) -> Result<(usize, bool), Error> {
+        self.drain_body(input, |d| body.extend_from_slice(d))
+    }
+
+    /// Relays request body bytes to a backend whose request head said `length`:
+    /// appended to `out` as they are for a known length, as chunks otherwise, with the
+    /// last chunk once the body ends. Returns the bytes consumed and whether the body
+    /// is complete; the driver writes `out` to the backend and reads more while not.
+    pub fn relay_body(&mut self, input: &[u8], length: BodyLength, out: &mut Vec<u8>) -> Result<(usize, bool), Error> {
+        let (n, done) = self.drain_body(input, |d| super::relay_body(length, d, out))?;
+        if done {
+            super::relay_end(length, out);
+        }
+        Ok((n, done))
+    }
+
+    fn drain_body(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<(usize, bool), Error> {
+        let mut consumed = 0;
+        loop {
+            let rest = input.get(consumed..).unwrap_or_default();
+            match self.handle_input(rest)? {
+                (n, ServerEvent::Data(d)) => {
+                    data(d);
+                    consumed += n;
+                }
+                (n, ServerEvent::End(_)) => return Ok((consumed + n, true)),
+                (n, ServerEvent::NeedMore) => return Ok((consumed + n, false)),
+                _ => return Err(Error::Usage("no request body is being read")),
+            }
+        }
+    }
+
     /// Writes `100 Continue` for a request that asked for it, before its body is read.
     /// Does nothing otherwise.
     pub fn write_continue(&mut self, out: &mut Vec<u8>) {
