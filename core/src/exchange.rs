@@ -71,7 +71,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 use crate::builtin::{self, Builtin};
 use crate::config::{HostAddr, OutputEncoding, is_write_method};
-use crate::http1::{self, BodyLength, Framing, Request, RequestTarget, TargetForm};
+use crate::http1::{self, BodyLength, Framing, Next, Request, RequestTarget, ResponseHead, ServerConn, TargetForm};
 use crate::json;
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
 use crate::response::{self, Entry, Key, Node, TEXT};
@@ -191,6 +191,20 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Writes the reply as the response to the request `server` is answering: head
+    /// (with its Content-Length), body, end. Says what becomes of the connection.
+    pub fn write(&self, server: &mut ServerConn, close: bool, out: &mut Vec<u8>) -> Result<Next, http1::Error> {
+        let head = ResponseHead {
+            status: self.status,
+            headers: &self.headers,
+            body: BodyLength::Known(self.body.len() as u64),
+            close,
+        };
+        server.write_response_head(&head, out)?;
+        server.write_body(&self.body, out)?;
+        server.finish_response(out)
+    }
+
     /// A `text/plain` response.
     pub fn text(status: StatusCode, body: &str) -> Reply {
         let mut headers = HeaderMap::new();

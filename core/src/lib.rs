@@ -15,12 +15,14 @@
 //!   and output encodings; [`json`]: the byte-preserving JSON scanner under them.
 //! - [`backend`]: backend connection policy (pool, retries, DNS cache) and reading a
 //!   response off a backend connection, shared by the drivers.
-//! - [`deadline`]: which deadline each client read runs under.
+//! - [`deadline`]: which deadline each client read runs under; [`buf`]: the read
+//!   buffer every connection uses.
 //! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod backend;
+pub mod buf;
 pub mod builtin;
 pub mod config;
 pub mod deadline;

@@ -35,10 +35,7 @@ impl Pool {
     /// Keeps a connection whose last response was read whole (over the limit, it closes).
     pub(crate) fn put(&self, key: &str, mut io: Io) {
         io.buf.clear();
-        io.pos = 0;
-        if io.buf.capacity() > 4 * READ_CHUNK {
-            io.buf = Vec::with_capacity(READ_CHUNK);
-        }
+        io.buf.shrink_idle(READ_CHUNK, 4 * READ_CHUNK);
         drop(self.idle.borrow_mut().put(key, io, Instant::now()));
     }
 
@@ -125,7 +122,7 @@ async fn once(
 pub(crate) async fn read_response(io: &mut Io, fetch: &mut Fetch) -> Result<Progress, Failure> {
     loop {
         let (n, progress) = fetch.handle_input(io.pending())?;
-        io.pos += n;
+        io.buf.consume(n);
         if !matches!(progress, Progress::NeedMore) {
             return Ok(progress);
         }

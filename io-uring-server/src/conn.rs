@@ -14,7 +14,7 @@ use sluice_core::deadline::{HeadWait, body_deadline};
 use sluice_core::exchange::{
     AccessLog, Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route,
 };
-use sluice_core::http1::{BodyLength, ClientConn, Next, Request, ResponseHead, ServerConn, ServerEvent};
+use sluice_core::http1::{ClientConn, Next, Request, ResponseHead, ServerConn, ServerEvent};
 
 use crate::Shard;
 use crate::backend;
@@ -40,15 +40,7 @@ impl Conn {
     }
 
     async fn respond(&mut self, reply: &Reply, close: bool) -> Option<Next> {
-        let head = ResponseHead {
-            status: reply.status,
-            headers: &reply.headers,
-            body: BodyLength::Known(reply.body.len() as u64),
-            close,
-        };
-        self.server.write_response_head(&head, &mut self.out).ok()?;
-        self.server.write_body(&reply.body, &mut self.out).ok()?;
-        let next = self.server.finish_response(&mut self.out).ok()?;
+        let next = reply.write(&mut self.server, close, &mut self.out).ok()?;
         self.io.write(&mut self.out, self.write_timeout).await.then_some(next)
     }
 
@@ -63,7 +55,7 @@ impl Conn {
         loop {
             match self.server.read_body_into(self.io.pending(), &mut body) {
                 Ok((n, done)) => {
-                    self.io.pos += n;
+                    self.io.buf.consume(n);
                     if done {
                         return Some(body);
                     }
@@ -119,10 +111,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
         if c.out.capacity() > 16 * 1024 {
             c.out = Vec::new();
         }
-        if c.io.pos == c.io.buf.len() && c.io.buf.capacity() > 8 * 1024 {
-            c.io.buf = Vec::with_capacity(1024);
-            c.io.pos = 0;
-        }
+        c.io.buf.shrink_idle(1024, 8 * 1024);
     }
 }
 
@@ -135,10 +124,10 @@ async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot, first: bool) -> Opt
             wait.bytes_arrived(Instant::now());
             match c.server.handle_input(c.io.pending()) {
                 Ok((n, ServerEvent::Request(r))) => {
-                    c.io.pos += n;
+                    c.io.buf.consume(n);
                     return Some(r);
                 }
-                Ok((n, ServerEvent::NeedMore)) => c.io.pos += n,
+                Ok((n, ServerEvent::NeedMore)) => c.io.buf.consume(n),
                 Ok(_) => return None,
                 Err(e) => {
                     c.fail(e.status(), e.reason()).await;
@@ -197,7 +186,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, req: Request, peer: SocketAddr,
             // A request without a body ends here and the connection stays open; a body
             // nobody needs is not read: the codec closes the connection after answering.
             if let Ok((n, ServerEvent::End(_))) = c.server.handle_input(c.io.pending()) {
-                c.io.pos += n;
+                c.io.buf.consume(n);
             }
             let next = c.respond(&reply, false).await;
             (reply, next)
@@ -275,7 +264,7 @@ async fn pass_through(
     if creq.body == RequestBody::None {
         // No body to stream: let the codec see the request end now.
         match c.server.handle_input(c.io.pending()) {
-            Ok((n, ServerEvent::End(_))) => c.io.pos += n,
+            Ok((n, ServerEvent::End(_))) => c.io.buf.consume(n),
             Ok(_) => {}
             Err(e) => {
                 c.fail(e.status(), e.reason()).await;
@@ -340,7 +329,7 @@ async fn pass_through(
     loop {
         let (n, moved, pumped) =
             pump_body(&mut client, backend_io.pending(), eof, &mut c.server, &mut c.out, FLUSH_AT).ok()?;
-        backend_io.pos += n;
+        backend_io.buf.consume(n);
         sent += moved;
         if !c.io.write(&mut c.out, c.write_timeout).await {
             return None;
@@ -423,7 +412,7 @@ async fn finish_open(
                 .server
                 .relay_body(c.io.pending(), length, &mut chunk)
                 .map_err(|e| Failure::new(format!("bad request body: {}", e.reason())))?;
-            c.io.pos += n;
+            c.io.buf.consume(n);
             if !b.write(&mut chunk, Duration::ZERO).await {
                 return Err(Failure::new("cannot send the request body"));
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use sluice_core::buf::ReadBuf;
 
 use crate::signal::{LocalStop, Slot};
 
@@ -32,41 +33,24 @@ pub(crate) enum Read {
 /// Bytes in and out of one socket, with the buffer monoio reads into.
 pub(crate) struct Io {
     pub(crate) stream: TcpStream,
-    pub(crate) buf: Vec<u8>,
-    /// How much of `buf` is consumed.
-    pub(crate) pos: usize,
+    pub(crate) buf: ReadBuf,
 }
 
 impl Io {
     pub(crate) fn new(stream: TcpStream, capacity: usize) -> Io {
-        Io { stream, buf: Vec::with_capacity(capacity), pos: 0 }
+        Io { stream, buf: ReadBuf::with_capacity(capacity) }
     }
 
     /// The bytes read and not yet consumed.
     pub(crate) fn pending(&self) -> &[u8] {
-        self.buf.get(self.pos..).unwrap_or_default()
-    }
-
-    fn make_room(&mut self) {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        // Grow by doubling: small messages never need more than they had.
-        if self.buf.capacity() - self.buf.len() < 512 {
-            self.buf.reserve(self.buf.capacity().clamp(1024, 4 * READ_CHUNK));
-        }
+        self.buf.pending()
     }
 
     /// Reads more bytes (appended after what is pending). A timeout or stop loses the
     /// buffer: the caller closes the connection then.
     pub(crate) async fn read(&mut self, limit: Duration, stop: Option<(&LocalStop, &Slot)>) -> Read {
-        self.make_room();
-        let (len, cap) = (self.buf.len(), self.buf.capacity());
-        let buf = std::mem::take(&mut self.buf);
+        let buf = self.buf.take_for_read();
+        let (len, cap) = (buf.len(), buf.capacity());
         let read = with_limit(limit, self.stream.read(buf.slice_mut(len..cap)));
         let result = match stop {
             Some((stop, slot)) => {
@@ -78,7 +62,7 @@ impl Io {
             None => read.await,
         };
         let Some((res, slice)) = result else { return Read::TimedOut };
-        self.buf = slice.into_inner();
+        self.buf.restore(slice.into_inner());
         match res {
             Ok(0) => Read::Eof,
             Ok(_) => Read::Data,

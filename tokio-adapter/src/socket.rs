@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use sluice_core::buf::ReadBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -34,40 +35,23 @@ pub(crate) enum Read {
 #[derive(Debug)]
 pub(crate) struct Io {
     pub(crate) stream: TcpStream,
-    pub(crate) buf: Vec<u8>,
-    /// How much of `buf` is consumed.
-    pub(crate) pos: usize,
+    pub(crate) buf: ReadBuf,
 }
 
 impl Io {
     pub(crate) fn new(stream: TcpStream, capacity: usize) -> Io {
-        Io { stream, buf: Vec::with_capacity(capacity), pos: 0 }
+        Io { stream, buf: ReadBuf::with_capacity(capacity) }
     }
 
     /// The bytes read and not yet consumed.
     pub(crate) fn pending(&self) -> &[u8] {
-        self.buf.get(self.pos..).unwrap_or_default()
-    }
-
-    fn make_room(&mut self) {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        // Grow by doubling: small messages never need more than they had.
-        if self.buf.capacity() - self.buf.len() < 512 {
-            self.buf.reserve(self.buf.capacity().clamp(1024, 4 * READ_CHUNK));
-        }
+        self.buf.pending()
     }
 
     /// Reads more bytes (appended after what is pending), until `deadline`, or until
     /// `stop` turns true.
     pub(crate) async fn read(&mut self, deadline: Option<Instant>, stop: Option<&mut watch::Receiver<bool>>) -> Read {
-        self.make_room();
-        let read = with_deadline(deadline, self.stream.read_buf(&mut self.buf));
+        let read = with_deadline(deadline, self.stream.read_buf(self.buf.prepare()));
         let result = match stop {
             Some(stop) => tokio::select! {
                 r = read => r,
