@@ -249,7 +249,8 @@ fn start(
         Runtime::Tokio => {
             let threads =
                 serving.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-            let opts = sluice_tokio::Options { max_connections: 25_000 * threads, shutdown_wait: wait };
+            let opts =
+                sluice_tokio::Options { shutdown_wait: wait, ..sluice_tokio::Options::with_threads(&gateway, threads) };
             let server = sluice_tokio::start(gateway, listen, threads, opts, stop)?;
             tracing::info!("{} worker thread(s), runtime tokio; listening on {}", server.threads, server.local_addr);
             Ok(Server::Tokio(server))

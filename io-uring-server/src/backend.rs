@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::Method;
 use monoio::io::AsyncWriteRentExt;
@@ -126,7 +126,7 @@ pub(crate) async fn read_response(io: &mut Io, fetch: &mut Fetch) -> Result<Prog
         if !matches!(progress, Progress::NeedMore) {
             return Ok(progress);
         }
-        match io.read(Duration::ZERO, None).await {
+        match io.read(None, None).await {
             Read::Data => {}
             Read::Eof => return fetch.handle_eof(),
             Read::Failed(e) => return Err(fetch.read_failed(e)),

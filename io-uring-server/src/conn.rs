@@ -19,7 +19,7 @@ use sluice_core::http1::{ClientConn, Next, Request, ResponseHead, ServerConn, Se
 use crate::Shard;
 use crate::backend;
 use crate::signal::Slot;
-use crate::socket::{Io, READ_CHUNK, Read, until};
+use crate::socket::{Io, READ_CHUNK, Read, from_now, with_deadline};
 
 /// Output is flushed when it grows past this while streaming.
 const FLUSH_AT: usize = 64 * 1024;
@@ -65,7 +65,7 @@ impl Conn {
                     return None;
                 }
             }
-            match self.io.read(until(deadline), None).await {
+            match self.io.read(deadline, None).await {
                 Read::Data => {}
                 Read::TimedOut => {
                     self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout").await;
@@ -140,7 +140,7 @@ async fn read_head(shard: &Shard, c: &mut Conn, slot: &Slot, first: bool) -> Opt
         if stop.is_some() && shard.stopping.is_stopped() {
             return None;
         }
-        match c.io.read(until(wait.deadline(&shard.gw.config)), stop).await {
+        match c.io.read(wait.deadline(&shard.gw.config), stop).await {
             Read::Data => need_more = false,
             Read::TimedOut => {
                 if let Some((status, reason)) = wait.expired() {
@@ -288,17 +288,13 @@ async fn pass_through(
     let mut head = Vec::with_capacity(512);
     let opened = match call.write_head(0, &mut head) {
         Err(e) => Err(e.reason().to_string()),
-        Ok(()) => {
-            let deadline_mono = monoio::time::Instant::from_std(deadline);
-            match monoio::time::timeout_at(deadline_mono, open_stream(shard, c, &host, head, body_mode, &method)).await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    ex.handle_timeout(deadline);
-                    Err(String::new())
-                }
+        Ok(()) => match with_deadline(Some(deadline), open_stream(shard, c, &host, head, body_mode, &method)).await {
+            Some(r) => r,
+            None => {
+                ex.handle_timeout(deadline);
+                Err(String::new())
             }
-        }
+        },
     };
     let (mut backend_io, mut client, response) = match opened {
         Ok(x) => x,
@@ -339,7 +335,7 @@ async fn pass_through(
             Pumped::Full => {}
             // Each read may take as long as the endpoint timeout; the whole body may take
             // longer (a large download).
-            Pumped::NeedMore => match backend_io.read(ex.endpoint().timeout, None).await {
+            Pumped::NeedMore => match backend_io.read(from_now(ex.endpoint().timeout), None).await {
                 Read::Data => {}
                 Read::Eof => eof = true,
                 _ => return None,
@@ -419,7 +415,7 @@ async fn finish_open(
             if done {
                 break;
             }
-            match c.io.read(Duration::ZERO, None).await {
+            match c.io.read(None, None).await {
                 Read::Data => {}
                 _ => return Err(Failure::new("the client went away while sending its body")),
             }

@@ -12,14 +12,17 @@ use sluice_core::buf::ReadBuf;
 use crate::signal::{LocalStop, Slot};
 
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
-/// Runs `fut` for at most `limit` (zero: no limit). `None` when time ran out.
-pub(crate) async fn with_limit<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    if limit.is_zero() { Some(fut.await) } else { monoio::time::timeout(limit, fut).await.ok() }
+/// Runs `fut` until `deadline` (`None`: no limit). `None` when time ran out.
+pub(crate) async fn with_deadline<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        None => Some(fut.await),
+        Some(d) => monoio::time::timeout_at(monoio::time::Instant::from_std(d), fut).await.ok(),
+    }
 }
 
-/// The time left until `deadline`, as `with_limit` takes it (`None`: no limit).
-pub(crate) fn until(deadline: Option<Instant>) -> Duration {
-    deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
+/// `limit` from now (zero: no limit).
+pub(crate) fn from_now(limit: Duration) -> Option<Instant> {
+    (!limit.is_zero()).then(|| Instant::now() + limit)
 }
 
 pub(crate) enum Read {
@@ -46,12 +49,13 @@ impl Io {
         self.buf.pending()
     }
 
-    /// Reads more bytes (appended after what is pending). A timeout or stop loses the
-    /// buffer: the caller closes the connection then.
-    pub(crate) async fn read(&mut self, limit: Duration, stop: Option<(&LocalStop, &Slot)>) -> Read {
+    /// Reads more bytes (appended after what is pending), until `deadline`, or until the
+    /// shard stops. A timeout or stop loses the buffer: the caller closes the connection
+    /// then.
+    pub(crate) async fn read(&mut self, deadline: Option<Instant>, stop: Option<(&LocalStop, &Slot)>) -> Read {
         let buf = self.buf.take_for_read();
         let (len, cap) = (buf.len(), buf.capacity());
-        let read = with_limit(limit, self.stream.read(buf.slice_mut(len..cap)));
+        let read = with_deadline(deadline, self.stream.read(buf.slice_mut(len..cap)));
         let result = match stop {
             Some((stop, slot)) => {
                 monoio::select! {
@@ -76,7 +80,7 @@ impl Io {
             return true;
         }
         let data = std::mem::take(out);
-        match with_limit(limit, self.stream.write_all(data)).await {
+        match with_deadline(from_now(limit), self.stream.write_all(data)).await {
             Some((Ok(_), mut data)) => {
                 data.clear();
                 *out = data;

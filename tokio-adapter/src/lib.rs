@@ -81,11 +81,15 @@ pub struct Options {
 }
 
 impl Options {
-    /// 25,000 connections per available core (as `sluice-uring` per shard), and the
-    /// config's `max_shutdown_wait_time`.
+    /// [`Options::with_threads`] for one worker per available core.
     pub fn new(gw: &Gateway) -> Options {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Options { max_connections: 25_000 * cores, shutdown_wait: gw.config.max_shutdown_wait_time }
+        Options::with_threads(gw, std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// 25,000 connections per worker thread (as `sluice-uring` per shard), and the
+    /// config's `max_shutdown_wait_time`.
+    pub fn with_threads(gw: &Gateway, threads: usize) -> Options {
+        Options { max_connections: 25_000 * threads.max(1), shutdown_wait: gw.config.max_shutdown_wait_time }
     }
 }
 

@@ -183,23 +183,6 @@ pub fn write_last_chunk(out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n\r\n");
 }
 
-/// Writes request body bytes read from a client for a backend whose request head said
-/// `length` (as [`crate::exchange::CallBody::Stream`] gives it): as they are for a known
-/// length, re-framed as chunks otherwise.
-pub fn relay_body(length: BodyLength, data: &[u8], out: &mut Vec<u8>) {
-    match length {
-        BodyLength::Known(_) => out.extend_from_slice(data),
-        BodyLength::Unknown => write_chunk(data, out),
-    }
-}
-
-/// Ends a body written with [`relay_body`].
-pub fn relay_end(length: BodyLength, out: &mut Vec<u8>) {
-    if length == BodyLength::Unknown {
-        write_last_chunk(out);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::find_head_end;

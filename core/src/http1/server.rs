@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
 use super::head::{Head, Request, TargetForm, offset};
-use super::{Error, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers};
+use super::{Error, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
 
 /// What [`ServerConn::handle_input`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -233,9 +233,11 @@ impl ServerConn {
     /// last chunk once the body ends. Returns the bytes consumed and whether the body
     /// is complete; the driver writes `out` to the backend and reads more while not.
     pub fn relay_body(&mut self, input: &[u8], length: BodyLength, out: &mut Vec<u8>) -> Result<(usize, bool), Error> {
-        let (n, done) = self.drain_body(input, |d| super::relay_body(length, d, out))?;
-        if done {
-            super::relay_end(length, out);
+        let chunked = length == BodyLength::Unknown;
+        let (n, done) =
+            self.drain_body(input, |d| if chunked { write_chunk(d, out) } else { out.extend_from_slice(d) })?;
+        if done && chunked {
+            write_last_chunk(out);
         }
         Ok((n, done))
     }
@@ -349,7 +351,7 @@ impl ServerConn {
             return Err(Error::Usage("no response is being written"));
         };
         if chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
+            write_last_chunk(out);
         }
         if remaining.is_some_and(|r| r > 0) {
             self.closed = true;
