@@ -169,3 +169,17 @@ fn port_flag_and_forced_epoll() {
     assert_eq!(run.sigterm(), Some(0));
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn an_unknown_runtime_is_refused_before_binding() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", "examples/krakend.json", "-p", "0", "--runtime", "libuv"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'libuv' for '--runtime <RUNTIME>'"), "{err}");
+    assert!(err.contains("[possible values: uring, tokio]"), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+}
