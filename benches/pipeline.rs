@@ -12,7 +12,9 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{Map, Value};
 use sluice_core::Gateway;
 use sluice_core::config::OutputEncoding;
-use sluice_core::exchange::{Action, ClientRequest, Dispatch, Exchange, RequestBody};
+use sluice_core::dispatch::Dispatch;
+use sluice_core::exchange::{Action, Exchange};
+use sluice_core::request::{ClientRequest, RequestBody};
 use sluice_core::response::{self, Shape};
 use sluice_core::upstream::Balancer;
 
@@ -191,7 +193,7 @@ fn bench(c: &mut Criterion) {
                 let Dispatch::Endpoint(route) = gw.dispatch(&req.method, &req.path, req.query.as_deref()) else {
                     unreachable!()
                 };
-                let mut ex = Exchange::new(&gw, route, req, now).unwrap();
+                let mut ex = Exchange::new(&gw, route, req, now);
                 let Action::Call(call) = ex.poll(&mut lb) else { unreachable!() };
                 out.clear();
                 call.write_head(0, &mut out).unwrap();

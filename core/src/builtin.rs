@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use crate::exchange::{ClientRequest, Reply, RequestBody};
 use crate::json::write_string;
+use crate::request::{ClientRequest, Reply, RequestBody};
 use crate::response::JSON;
 use crate::upstream::percent_decode;
 

@@ -21,7 +21,9 @@
 //! use std::time::Instant;
 //! use http::{HeaderMap, Method, StatusCode};
 //! use sluice_core::Gateway;
-//! use sluice_core::exchange::{Action, ClientRequest, Dispatch, Exchange, RequestBody};
+//! use sluice_core::dispatch::Dispatch;
+//! use sluice_core::exchange::{Action, Exchange};
+//! use sluice_core::request::{ClientRequest, RequestBody};
 //! use sluice_core::upstream::Balancer;
 //!
 //! let gw = Gateway::load(r#"{"version": 3, "host": ["http://users:8080"],
@@ -31,7 +33,7 @@
 //! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
 //! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
 //!     headers: HeaderMap::new(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None };
-//! let mut ex = Exchange::new(&gw, route, req, Instant::now()).unwrap();
+//! let mut ex = Exchange::new(&gw, route, req, Instant::now());
 //! let reply = loop {
 //!     match ex.poll(&mut balancer) {
 //!         Action::Call(call) => {
@@ -69,203 +71,17 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
-use crate::builtin::{self, Builtin};
 use crate::config::{HostAddr, OutputEncoding, is_write_method};
-use crate::http1::{self, BodyLength, Framing, Next, Request, RequestTarget, ResponseHead, ServerConn, TargetForm};
+use crate::dispatch::Route;
+use crate::http1::{self, BodyLength, RequestTarget};
 use crate::json;
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
-use crate::response::{self, Entry, Key, Node, TEXT};
-use crate::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
+use crate::request::{ClientRequest, Reply, RequestBody};
+use crate::response::{self, Entry, Key, Node};
 use crate::upstream::{self, Balancer, RenderError, UrlInputs};
 
 /// `X-KrakenD-Completed`.
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
-
-/// The body of a client request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestBody {
-    None,
-    /// Read whole (endpoints that are not `no-op`, built-ins).
-    Full(Vec<u8>),
-    /// Left on the connection, to be streamed to the backend (`no-op`).
-    Stream(BodyLength),
-}
-
-/// A client request, as the exchange needs it.
-#[derive(Debug, Clone)]
-pub struct ClientRequest {
-    pub method: Method,
-    /// The path as received, still percent-encoded.
-    pub path: String,
-    /// The query string, without `?`.
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    /// The socket peer.
-    pub peer: IpAddr,
-    pub body: RequestBody,
-}
-
-impl RequestBody {
-    /// How a `no-op` endpoint relays a request body framed as `framing`: streamed with
-    /// its length, re-chunked when it came chunked, nothing when it has none.
-    pub fn relayed(framing: Framing) -> RequestBody {
-        match framing {
-            Framing::Length(0) | Framing::None | Framing::UntilClose => RequestBody::None,
-            Framing::Length(n) => RequestBody::Stream(BodyLength::Known(n)),
-            Framing::Chunked => RequestBody::Stream(BodyLength::Unknown),
-        }
-    }
-}
-
-impl ClientRequest {
-    /// The gateway's view of a parsed request head from `peer`, without its body yet.
-    /// A gateway takes origin-form targets only: anything else is refused with the
-    /// reason to answer 400 with.
-    pub fn from_head(req: &Request, peer: IpAddr) -> Result<ClientRequest, &'static str> {
-        if req.form != TargetForm::Origin {
-            return Err("this gateway takes origin-form request targets (/path?query)");
-        }
-        Ok(ClientRequest {
-            method: req.method.clone(),
-            path: req.path().to_string(),
-            query: req.query().map(str::to_string),
-            headers: req.head.to_header_map(),
-            peer,
-            body: RequestBody::None,
-        })
-    }
-}
-
-/// What the access log keeps of a request. The path only: query strings carry tokens
-/// often enough to keep them out of logs (and headers are never logged).
-#[derive(Debug, Clone)]
-pub struct AccessLog {
-    peer: IpAddr,
-    method: Method,
-    path: String,
-    started: Instant,
-}
-
-impl AccessLog {
-    pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
-        AccessLog { peer: req.peer, method: req.method.clone(), path: req.path.clone(), started }
-    }
-
-    /// `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted only when displayed (a log
-    /// filtered out costs nothing).
-    pub fn line(&self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine<'_> {
-        AccessLine { log: self, status, bytes, now }
-    }
-}
-
-/// One access log line; see [`AccessLog::line`].
-#[derive(Debug)]
-pub struct AccessLine<'a> {
-    log: &'a AccessLog,
-    status: StatusCode,
-    bytes: u64,
-    now: Instant,
-}
-
-impl std::fmt::Display for AccessLine<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} \"{} {}\" {} {} {:.1}ms",
-            self.log.peer,
-            self.log.method,
-            self.log.path,
-            self.status.as_u16(),
-            self.bytes,
-            self.now.saturating_duration_since(self.log.started).as_secs_f64() * 1000.0
-        )
-    }
-}
-
-/// A complete response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// Writes the reply as the response to the request `server` is answering: head
-    /// (with its Content-Length), body, end. Says what becomes of the connection.
-    pub fn write(&self, server: &mut ServerConn, close: bool, out: &mut Vec<u8>) -> Result<Next, http1::Error> {
-        let head = ResponseHead {
-            status: self.status,
-            headers: &self.headers,
-            body: BodyLength::Known(self.body.len() as u64),
-            close,
-        };
-        server.write_response_head(&head, out)?;
-        server.write_body(&self.body, out)?;
-        server.finish_response(out)
-    }
-
-    /// A `text/plain` response.
-    pub fn text(status: StatusCode, body: &str) -> Reply {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
-        Reply { status, headers, body: body.as_bytes().to_vec() }
-    }
-}
-
-/// A routed endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub endpoint: usize,
-    /// Parameters, percent-encoded as they came.
-    pub params: Vec<(String, String)>,
-    /// `no-op`: the request body is streamed to the backend, not read first.
-    pub streaming: bool,
-}
-
-/// What to do with a request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dispatch {
-    Endpoint(Route),
-    /// Read the body, then answer with [`builtin::answer`].
-    Builtin(Builtin),
-    Reply(Reply),
-}
-
-impl Gateway {
-    /// Decides what serves a request: built-in endpoints first, then the router.
-    pub fn dispatch(&self, method: &Method, path: &str, query: Option<&str>) -> Dispatch {
-        if let Some(b) = builtin::lookup(path, self.config.debug_endpoint, self.config.echo_endpoint) {
-            return Dispatch::Builtin(b);
-        }
-        match self.route(method, path) {
-            RouteMatch::Found { endpoint, params } => Dispatch::Endpoint(Route {
-                endpoint,
-                params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                streaming: self.endpoints.get(endpoint).is_some_and(|e| e.output == OutputEncoding::NoOp),
-            }),
-            RouteMatch::Redirect { path, status } => {
-                let location = match query {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path,
-                };
-                let mut reply = Reply::text(status, "");
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    reply.headers.insert(header::LOCATION, v);
-                }
-                Dispatch::Reply(reply)
-            }
-            RouteMatch::MethodNotAllowed { allow } => {
-                let mut reply = Reply::text(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
-                if let Ok(v) = HeaderValue::from_str(&allow) {
-                    reply.headers.insert(header::ALLOW, v);
-                }
-                Dispatch::Reply(reply)
-            }
-            RouteMatch::NotFound => Dispatch::Reply(Reply::text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),
-        }
-    }
-}
 
 /// How a backend call sends its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,10 +197,9 @@ fn is_success(status: StatusCode) -> bool {
 }
 
 impl<'g> Exchange<'g> {
-    /// Starts serving a request routed by [`Gateway::dispatch`] at `now`. `None` when
-    /// the route names no endpoint of this gateway.
-    pub fn new(gw: &'g Gateway, route: Route, req: ClientRequest, now: Instant) -> Option<Exchange<'g>> {
-        let ep = gw.endpoints.get(route.endpoint)?;
+    /// Starts serving a request routed by [`Gateway::dispatch`] at `now`.
+    pub fn new(gw: &'g Gateway, route: Route<'g>, req: ClientRequest, now: Instant) -> Exchange<'g> {
+        let ep = route.endpoint;
         let client_ip = upstream::client_ip(&gw.config.router, req.peer, &req.headers);
         let mut ex = Exchange {
             gw,
@@ -412,17 +227,12 @@ impl<'g> Exchange<'g> {
                 }
             }
         }
-        Some(ex)
+        ex
     }
 
     /// The endpoint being served.
     pub fn endpoint(&self) -> &'g EndpointPlan {
         self.ep
-    }
-
-    /// The client request (for the access log).
-    pub fn request(&self) -> &ClientRequest {
-        &self.req
     }
 
     /// The whole client body, sent with every [`CallBody::Full`] call.
@@ -436,12 +246,6 @@ impl<'g> Exchange<'g> {
     /// The endpoint deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline
-    }
-
-    /// The earliest instant at which [`Exchange::handle_timeout`] has work to do; `None`
-    /// once answered. Calling it early is harmless.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.done).then_some(self.deadline)
     }
 
     fn render(&self, b: &BackendPlan) -> Result<String, RenderError> {

@@ -9,6 +9,8 @@
 //! - [`plan`]: the config compiled once into an immutable [`plan::Gateway`].
 //! - [`route`]: endpoint matching with `{params}`, 404, 405 and trailing-slash redirects.
 //! - [`http1`]: the HTTP/1.1 codec, both roles.
+//! - [`request`]: a client request, a complete reply and the access line;
+//!   [`dispatch`]: what serves a request head (built-in, endpoint, or an answer at once).
 //! - [`exchange`]: the life of one client request as a state machine (fan-out,
 //!   sequential calls, deadlines, the final response), driven with virtual time.
 //! - [`upstream`]: backend request building; [`response`]: decoding, shaping, merging
@@ -26,10 +28,12 @@ pub mod buf;
 pub mod builtin;
 pub mod config;
 pub mod deadline;
+pub mod dispatch;
 pub mod exchange;
 pub mod http1;
 pub mod json;
 pub mod plan;
+pub mod request;
 pub mod response;
 pub mod route;
 mod stop;

@@ -9,7 +9,65 @@ use crate::config::template::{self, Piece, Placeholder};
 use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
 use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
-use crate::upstream::{HeaderPolicy, QueryPolicy};
+
+/// Which client headers a backend receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderPolicy {
+    /// Every end-to-end header (`["*"]`).
+    All,
+    /// These names (case-insensitive), plus `Content-Type`.
+    Names(Vec<HeaderName>),
+}
+
+/// Which client query parameters a backend receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryPolicy {
+    /// Every parameter (`["*"]`).
+    All,
+    /// These names (exact, as KrakenD); empty: none.
+    Names(Vec<String>),
+}
+
+impl HeaderPolicy {
+    /// The endpoint's list, filtered again by the backend's when it has one.
+    pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> HeaderPolicy {
+        let names = effective(endpoint, backend, |a, b| a.eq_ignore_ascii_case(b));
+        match names {
+            None => HeaderPolicy::All,
+            Some(list) => {
+                HeaderPolicy::Names(list.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect())
+            }
+        }
+    }
+}
+
+impl QueryPolicy {
+    pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> QueryPolicy {
+        match effective(endpoint, backend, |a, b| a == b) {
+            None => QueryPolicy::All,
+            Some(list) => QueryPolicy::Names(list),
+        }
+    }
+
+    /// Whether a query parameter named `name` is forwarded.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            QueryPolicy::All => true,
+            QueryPolicy::Names(list) => list.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// `None` means everything; otherwise the names both lists let through.
+fn effective(endpoint: &[String], backend: Option<&[String]>, eq: fn(&str, &str) -> bool) -> Option<Vec<String>> {
+    let all = |l: &[String]| l.iter().any(|n| n == "*");
+    match backend {
+        None => (!all(endpoint)).then(|| endpoint.to_vec()),
+        Some(b) if all(b) => (!all(endpoint)).then(|| endpoint.to_vec()),
+        Some(b) if all(endpoint) => Some(b.to_vec()),
+        Some(b) => Some(endpoint.iter().filter(|e| b.iter().any(|n| eq(n, e))).cloned().collect()),
+    }
+}
 
 /// Everything the gateway needs to serve, compiled from a [`Config`].
 #[derive(Debug, Clone)]
@@ -94,7 +152,12 @@ impl Gateway {
 
     /// Compiles a validated configuration.
     pub fn compile(config: Config) -> Result<Gateway, ConfigError> {
-        let router = Router::build(config.endpoints.iter().enumerate()).map_err(ConfigError::Invalid)?;
+        let routes = config.endpoints.iter().enumerate().map(|(i, e)| (i, &e.method, e.endpoint.as_str()));
+        let router = Router::build(routes).map_err(|errors| {
+            ConfigError::Invalid(
+                errors.into_iter().map(|e| Diagnostic { path: e.json_path(), message: e.message }).collect(),
+            )
+        })?;
         let mut errors = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         let mut backend_count = 0;
@@ -189,4 +252,23 @@ fn compile_url_pattern(u: &str) -> Result<Vec<UrlPiece>, String> {
             }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(QueryPolicy::compile(&s(&[]), None), QueryPolicy::Names(vec![]));
+        assert_eq!(QueryPolicy::compile(&s(&["*"]), None), QueryPolicy::All);
+        assert_eq!(QueryPolicy::compile(&s(&["*"]), Some(&s(&["a"]))), QueryPolicy::Names(s(&["a"])));
+        assert_eq!(QueryPolicy::compile(&s(&["a", "b"]), Some(&s(&["b", "c"]))), QueryPolicy::Names(s(&["b"])));
+        assert_eq!(QueryPolicy::compile(&s(&["a"]), Some(&s(&["*"]))), QueryPolicy::Names(s(&["a"])));
+        assert_eq!(
+            HeaderPolicy::compile(&s(&["X-A", "x-b"]), Some(&s(&["x-a"]))),
+            HeaderPolicy::Names(vec![HeaderName::from_static("x-a")])
+        );
+    }
 }

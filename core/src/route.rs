@@ -15,8 +15,6 @@ use std::collections::HashMap;
 
 use http::{Method, StatusCode};
 
-use crate::config::{Diagnostic, Endpoint};
-
 /// Body of the 404 answer (KrakenD's, byte for byte).
 pub const NOT_FOUND_BODY: &str = "404 page not found";
 /// Body of the 405 answer (KrakenD's, byte for byte).
@@ -31,6 +29,21 @@ pub struct Router {
 
 /// The order methods are listed in an `Allow` header.
 const METHOD_ORDER: [Method; 5] = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+
+/// Why an endpoint cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    /// Its index in `endpoints[]`.
+    pub endpoint: usize,
+    pub message: String,
+}
+
+impl RouteError {
+    /// The error as a configuration diagnostic's path and message.
+    pub fn json_path(&self) -> String {
+        format!("endpoints[{}].endpoint", self.endpoint)
+    }
+}
 
 /// The parameters of a matched route, percent-encoded as they came.
 #[derive(Debug, Clone)]
@@ -75,40 +88,41 @@ pub enum RouteMatch<'r, 'p> {
 }
 
 impl Router {
-    /// Builds the table from `(index in endpoints[], endpoint)` pairs. Errors name the
-    /// endpoint by its JSON path: duplicates and conflicting patterns.
-    pub fn build<'a>(endpoints: impl IntoIterator<Item = (usize, &'a Endpoint)>) -> Result<Router, Vec<Diagnostic>> {
+    /// Builds the table from `(index in endpoints[], method, path)` triples. Errors name
+    /// the endpoint by its index: duplicates and conflicting patterns.
+    pub fn build<'a>(
+        endpoints: impl IntoIterator<Item = (usize, &'a Method, &'a str)>,
+    ) -> Result<Router, Vec<RouteError>> {
         let mut router = Router::default();
         let mut errors = Vec::new();
         let mut declared: HashMap<(Method, &'a str), usize> = HashMap::new();
-        for (i, e) in endpoints {
-            let path = format!("endpoints[{i}].endpoint");
-            let key = (e.method.clone(), e.endpoint.as_str());
+        for (i, method, path) in endpoints {
+            let key = (method.clone(), path);
             if let Some(first) = declared.get(&key) {
-                errors.push(Diagnostic {
-                    path,
-                    message: format!("duplicate route {} {}: endpoints[{first}] declares it too", e.method, e.endpoint),
+                errors.push(RouteError {
+                    endpoint: i,
+                    message: format!("duplicate route {method} {path}: endpoints[{first}] declares it too"),
                 });
                 continue;
             }
-            let table = router.table_mut(&e.method);
-            match table.insert(e.endpoint.as_str(), i) {
+            let table = router.table_mut(method);
+            match table.insert(path, i) {
                 Ok(()) => {
                     declared.insert(key, i);
                 }
                 Err(matchit::InsertError::Conflict { with }) => {
                     let owner = declared
-                        .get(&(e.method.clone(), with.as_str()))
+                        .get(&(method.clone(), with.as_str()))
                         .map(|j| format!(" (endpoints[{j}])"))
                         .unwrap_or_default();
-                    errors.push(Diagnostic {
-                        path,
-                        message: format!("route {} {} conflicts with {with}{owner}", e.method, e.endpoint),
+                    errors.push(RouteError {
+                        endpoint: i,
+                        message: format!("route {method} {path} conflicts with {with}{owner}"),
                     });
                 }
-                Err(other) => errors.push(Diagnostic {
-                    path,
-                    message: format!("route {} {} cannot be routed: {other}", e.method, e.endpoint),
+                Err(other) => errors.push(RouteError {
+                    endpoint: i,
+                    message: format!("route {method} {path} cannot be routed: {other}"),
                 }),
             }
         }

@@ -20,65 +20,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::RouterOptions;
 use crate::http1::HOP_BY_HOP;
-use crate::plan::{BackendHost, BackendPlan, UrlPiece};
-
-/// Which client headers a backend receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderPolicy {
-    /// Every end-to-end header (`["*"]`).
-    All,
-    /// These names (case-insensitive), plus `Content-Type`.
-    Names(Vec<HeaderName>),
-}
-
-/// Which client query parameters a backend receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueryPolicy {
-    /// Every parameter (`["*"]`).
-    All,
-    /// These names (exact, as KrakenD); empty: none.
-    Names(Vec<String>),
-}
-
-impl HeaderPolicy {
-    /// The endpoint's list, filtered again by the backend's when it has one.
-    pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> HeaderPolicy {
-        let names = effective(endpoint, backend, |a, b| a.eq_ignore_ascii_case(b));
-        match names {
-            None => HeaderPolicy::All,
-            Some(list) => {
-                HeaderPolicy::Names(list.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect())
-            }
-        }
-    }
-}
-
-impl QueryPolicy {
-    pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> QueryPolicy {
-        match effective(endpoint, backend, |a, b| a == b) {
-            None => QueryPolicy::All,
-            Some(list) => QueryPolicy::Names(list),
-        }
-    }
-
-    fn allows(&self, name: &str) -> bool {
-        match self {
-            QueryPolicy::All => true,
-            QueryPolicy::Names(list) => list.iter().any(|n| n == name),
-        }
-    }
-}
-
-/// `None` means everything; otherwise the names both lists let through.
-fn effective(endpoint: &[String], backend: Option<&[String]>, eq: fn(&str, &str) -> bool) -> Option<Vec<String>> {
-    let all = |l: &[String]| l.iter().any(|n| n == "*");
-    match backend {
-        None => (!all(endpoint)).then(|| endpoint.to_vec()),
-        Some(b) if all(b) => (!all(endpoint)).then(|| endpoint.to_vec()),
-        Some(b) if all(endpoint) => Some(b.to_vec()),
-        Some(b) => Some(endpoint.iter().filter(|e| b.iter().any(|n| eq(n, e))).cloned().collect()),
-    }
-}
+use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
 /// Round-robin position per backend. One per shard: the caller owns it, so no lock is
 /// ever taken on the request path.
@@ -350,20 +292,6 @@ pub fn client_ip(opts: &RouterOptions, peer: IpAddr, headers: &HeaderMap) -> IpA
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policies() {
-        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(QueryPolicy::compile(&s(&[]), None), QueryPolicy::Names(vec![]));
-        assert_eq!(QueryPolicy::compile(&s(&["*"]), None), QueryPolicy::All);
-        assert_eq!(QueryPolicy::compile(&s(&["*"]), Some(&s(&["a"]))), QueryPolicy::Names(s(&["a"])));
-        assert_eq!(QueryPolicy::compile(&s(&["a", "b"]), Some(&s(&["b", "c"]))), QueryPolicy::Names(s(&["b"])));
-        assert_eq!(QueryPolicy::compile(&s(&["a"]), Some(&s(&["*"]))), QueryPolicy::Names(s(&["a"])));
-        assert_eq!(
-            HeaderPolicy::compile(&s(&["X-A", "x-b"]), Some(&s(&["x-a"]))),
-            HeaderPolicy::Names(vec![HeaderName::from_static("x-a")])
-        );
-    }
 
     #[test]
     fn decoding_and_encoding() {

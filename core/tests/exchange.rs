@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use sluice_core::Gateway;
 use sluice_core::builtin;
-use sluice_core::exchange::{Action, ClientRequest, Dispatch, Exchange, Reply, RequestBody};
+use sluice_core::dispatch::Dispatch;
+use sluice_core::exchange::{Action, Exchange};
+use sluice_core::request::{ClientRequest, Reply, RequestBody};
 use sluice_core::upstream::Balancer;
 
 /// How a backend answers a call.
@@ -98,7 +100,7 @@ fn run_on(gw: &Gateway, lb: &mut Balancer, req: Req<'_>, answer: impl Fn(usize) 
         }
         Dispatch::Endpoint(route) => route,
     };
-    let mut ex = Exchange::new(gw, route, client, t0).expect("routed endpoint");
+    let mut ex = Exchange::new(gw, route, client, t0);
     let mut calls = Vec::new();
     let mut pending: Vec<(usize, Canned)> = Vec::new();
     let mut now = t0;
@@ -404,7 +406,7 @@ fn late_answers_and_unknown_ids_are_ignored() {
         peer: "127.0.0.1".parse().unwrap(),
         body: RequestBody::None,
     };
-    let mut ex = Exchange::new(&gw, route, req, t0).unwrap();
+    let mut ex = Exchange::new(&gw, route, req, t0);
     let mut lb = Balancer::new(gw.backend_count);
     assert!(matches!(ex.poll(&mut lb), Action::Call(_)));
     ex.handle_response(7, StatusCode::OK, HeaderMap::new(), b"{}".to_vec());
@@ -796,7 +798,7 @@ fn no_op_passes_the_backend_through() {
         body: RequestBody::Stream(sluice_core::http1::BodyLength::Unknown),
     };
     let t0 = Instant::now();
-    let mut ex = Exchange::new(&gw, route, req, t0).unwrap();
+    let mut ex = Exchange::new(&gw, route, req, t0);
     let mut lb = Balancer::new(1);
     let Action::Call(call) = ex.poll(&mut lb) else { panic!() };
     assert!(call.stream_response);
@@ -916,8 +918,8 @@ fn the_example_config_aggregates_through_the_builtins() {
 
 #[test]
 fn request_heads_become_client_requests_and_access_lines_leave_the_query_out() {
-    use sluice_core::exchange::AccessLog;
     use sluice_core::http1::{BodyLength, Framing, Limits, ServerConn, ServerEvent};
+    use sluice_core::request::AccessLog;
     let mut server = ServerConn::new(Limits::default());
     let wire = b"POST /v1/items?token=secret HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n";
     let Ok((_, ServerEvent::Request(head))) = server.handle_input(wire) else { panic!("a request") };

@@ -231,7 +231,6 @@ fn smuggling_rules() {
     ];
     for (input, expected) in cases {
         assert_eq!(err(input), *expected, "{:?}", String::from_utf8_lossy(input));
-        assert!(expected.must_close());
     }
 }
 

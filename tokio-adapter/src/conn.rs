@@ -11,10 +11,10 @@ use http::StatusCode;
 use sluice_core::backend::{Failure, Fetch, Progress, Pumped, StreamedHead, may_retry, pool_key, pump_body};
 use sluice_core::builtin;
 use sluice_core::deadline::{HeadWait, body_deadline};
-use sluice_core::exchange::{
-    AccessLog, Action, CallBody, ClientRequest, Dispatch, Exchange, Reply, RequestBody, Route,
-};
+use sluice_core::dispatch::{Dispatch, Route};
+use sluice_core::exchange::{Action, CallBody, Exchange};
 use sluice_core::http1::{ClientConn, Next, Request, ResponseHead, ServerConn, ServerEvent};
+use sluice_core::request::{AccessLog, ClientRequest, Reply, RequestBody};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -200,11 +200,9 @@ fn log(line: &AccessLog, status: StatusCode, bytes: u64) {
 }
 
 /// Runs an aggregating exchange: calls in parallel (or in sequence), merged reply.
-async fn aggregate(shard: &Shared, creq: ClientRequest, route: Route) -> Reply {
+async fn aggregate(shard: &Shared, creq: ClientRequest, route: Route<'_>) -> Reply {
     let gw = &shard.gw;
-    let Some(mut ex) = Exchange::new(gw, route, creq, Instant::now()) else {
-        return Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "");
-    };
+    let mut ex = Exchange::new(gw, route, creq, Instant::now());
     let mut calls = FuturesUnordered::new();
     loop {
         let action = ex.poll(&mut lock(&shard.balancer));
@@ -248,7 +246,7 @@ async fn pass_through(
     c: &mut Conn,
     req: &Request,
     mut creq: ClientRequest,
-    route: Route,
+    route: Route<'_>,
     line: &AccessLog,
 ) -> Option<Next> {
     let gw = &shard.gw;
@@ -264,7 +262,7 @@ async fn pass_through(
             }
         }
     }
-    let mut ex = Exchange::new(gw, route, creq, Instant::now())?;
+    let mut ex = Exchange::new(gw, route, creq, Instant::now());
     let deadline = ex.deadline();
     let first = ex.poll(&mut lock(&shard.balancer));
     let call = match first {

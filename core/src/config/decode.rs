@@ -19,6 +19,7 @@ use super::{
     HostAddr, HttpClientOptions, IpNet, OutputEncoding, Parsed, PluginLoader, RouterOptions, ServiceDiscovery,
     is_write_method, parse_duration,
 };
+use crate::route::Router;
 
 /// Collected diagnostics.
 #[derive(Default)]
@@ -345,8 +346,8 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
 
     // Route conflicts are found by building the router itself, so that what `check`
     // accepts is exactly what the router can serve.
-    if let Err(diags) = crate::route::Router::build(endpoints.iter().map(|(i, e)| (*i, e))) {
-        cx.errors.extend(diags);
+    if let Err(errors) = Router::build(endpoints.iter().map(|(i, e)| (*i, &e.method, e.endpoint.as_str()))) {
+        cx.errors.extend(errors.into_iter().map(|e| Diagnostic { path: e.json_path(), message: e.message }));
     }
 
     Some(Config {

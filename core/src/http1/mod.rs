@@ -86,11 +86,6 @@ impl Error {
         }
     }
 
-    /// Whether the connection must be closed: always, for a protocol error.
-    pub fn must_close(self) -> bool {
-        true
-    }
-
     /// A short reason, fit for a response body or a log line.
     pub fn reason(self) -> &'static str {
         match self {

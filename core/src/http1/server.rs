@@ -109,12 +109,6 @@ impl ServerConn {
         }
     }
 
-    /// Whether nothing is in progress (no partial head, no request awaiting its
-    /// response): what a driver checks before it closes an idle keep-alive connection.
-    pub fn is_idle(&self) -> bool {
-        matches!(self.reading, Reading::Head) && self.writing == Writing::Idle && self.scanned == 0
-    }
-
     /// Feeds received bytes. Returns how many were consumed and what was found; call
     /// again with the rest until it answers `NeedMore`, `Paused` or `Switched`.
     pub fn handle_input<'b>(&mut self, input: &'b [u8]) -> Result<(usize, ServerEvent<'b>), Error> {
