@@ -183,7 +183,7 @@ fn bench(c: &mut Criterion) {
         peer: "192.0.2.7".parse().unwrap(),
         body: RequestBody::None,
     };
-    let mut lb = Balancer::new(gw.backend_count);
+    let lb = Balancer::new(gw.backend_count);
     let now = Instant::now();
     c.bench_function("render_backend_request", |b| {
         let mut out = Vec::with_capacity(512);
@@ -194,7 +194,7 @@ fn bench(c: &mut Criterion) {
                     unreachable!()
                 };
                 let mut ex = Exchange::new(&gw, route, req, now);
-                let Action::Call(call) = ex.poll(&mut lb) else { unreachable!() };
+                let Action::Call(call) = ex.poll(&lb) else { unreachable!() };
                 out.clear();
                 call.write_head(0, &mut out).unwrap();
                 black_box(out.len())

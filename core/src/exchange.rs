@@ -29,13 +29,13 @@
 //! let gw = Gateway::load(r#"{"version": 3, "host": ["http://users:8080"],
 //!     "endpoints": [{"endpoint": "/u/{id}", "backend": [{"url_pattern": "/users/{id}", "group": "user"}]}]}"#)
 //!     .unwrap().gateway;
-//! let mut balancer = Balancer::new(gw.backend_count); // one per shard
+//! let balancer = Balancer::new(gw.backend_count); // one per shard
 //! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
 //! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
 //!     headers: HeaderMap::new(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None };
 //! let mut ex = Exchange::new(&gw, route, req, Instant::now());
 //! let reply = loop {
-//!     match ex.poll(&mut balancer) {
+//!     match ex.poll(&balancer) {
 //!         Action::Call(call) => {
 //!             let mut head = Vec::new();
 //!             call.write_head(ex.body().len(), &mut head).unwrap();
@@ -100,6 +100,8 @@ pub struct Call<'g> {
     pub id: usize,
     pub method: Method,
     pub host: &'g HostAddr,
+    /// Idle connections to `host` are kept under this key.
+    pub pool_key: &'g str,
     /// Origin-form target: path and query.
     pub target: String,
     pub headers: HeaderMap,
@@ -264,7 +266,7 @@ impl<'g> Exchange<'g> {
     }
 
     /// What to do next.
-    pub fn poll(&mut self, balancer: &mut Balancer) -> Action<'g> {
+    pub fn poll(&mut self, balancer: &Balancer) -> Action<'g> {
         if self.done {
             return Action::Done;
         }
@@ -300,7 +302,7 @@ impl<'g> Exchange<'g> {
         Action::Wait(self.deadline)
     }
 
-    fn make_call(&self, i: usize, balancer: &mut Balancer) -> Result<Call<'g>, String> {
+    fn make_call(&self, i: usize, balancer: &Balancer) -> Result<Call<'g>, String> {
         let b = &self.ep.backends[i];
         let host = balancer.pick(b).ok_or_else(|| format!("backend {i} has no host"))?;
         let url = match self.rendered.get(i) {
@@ -321,6 +323,7 @@ impl<'g> Exchange<'g> {
             id: i,
             method: b.method.clone(),
             host: &host.addr,
+            pool_key: &host.pool_key,
             target,
             headers: upstream::backend_headers(&b.headers, &self.req.headers, self.client_ip),
             body,

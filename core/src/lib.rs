@@ -27,6 +27,7 @@ pub mod backend;
 pub mod buf;
 pub mod builtin;
 pub mod config;
+pub mod conn;
 pub mod deadline;
 pub mod dispatch;
 pub mod exchange;

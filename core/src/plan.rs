@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
+use crate::backend::pool_key;
 use crate::config::template::{self, Piece, Placeholder};
 use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
 use crate::response::Shape;
@@ -118,6 +119,8 @@ pub struct BackendPlan {
 pub struct BackendHost {
     pub addr: HostAddr,
     pub path_prefix: String,
+    /// [`pool_key`] of `addr`, computed once: idle connections are kept under it.
+    pub pool_key: String,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -217,7 +220,7 @@ impl Gateway {
 
 fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
     match HostAddr::parse(raw) {
-        Ok(addr) => Ok(BackendHost { addr, path_prefix: String::new() }),
+        Ok(addr) => Ok(BackendHost { pool_key: pool_key(&addr), addr, path_prefix: String::new() }),
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
             let after_scheme = raw.find("://").map_or(0, |i| i + 3);
@@ -229,7 +232,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             if prefix.contains(['?', '#']) {
                 return Err(strict);
             }
-            Ok(BackendHost { addr, path_prefix: prefix.trim_end_matches('/').to_string() })
+            Ok(BackendHost { pool_key: pool_key(&addr), addr, path_prefix: prefix.trim_end_matches('/').to_string() })
         }
         Err(m) => Err(m),
     }

@@ -80,23 +80,35 @@ impl AccessLog {
         AccessLog { peer: req.peer, method: req.method.clone(), path: req.path.clone(), started }
     }
 
-    /// `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted only when displayed (a log
-    /// filtered out costs nothing).
-    pub fn line(&self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine<'_> {
+    /// When the request's head was read.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The line for the answer given: `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted
+    /// only when displayed (a log filtered out costs nothing).
+    pub fn line(self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
         AccessLine { log: self, status, bytes, now }
     }
 }
 
 /// One access log line; see [`AccessLog::line`].
-#[derive(Debug)]
-pub struct AccessLine<'a> {
-    log: &'a AccessLog,
+#[derive(Debug, Clone)]
+pub struct AccessLine {
+    log: AccessLog,
     status: StatusCode,
     bytes: u64,
     now: Instant,
 }
 
-impl std::fmt::Display for AccessLine<'_> {
+impl AccessLine {
+    /// The status the client got.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl std::fmt::Display for AccessLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -22,29 +23,28 @@ use crate::config::RouterOptions;
 use crate::http1::HOP_BY_HOP;
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
-/// Round-robin position per backend. One per shard: the caller owns it, so no lock is
-/// ever taken on the request path.
-#[derive(Debug, Clone, Default)]
+/// Round-robin position per backend. One per shard (`sluice-uring`) or one per server
+/// (`sluice-tokio`): the counters are relaxed atomics, so picking takes no lock and a
+/// connection can pick through a shared reference.
+#[derive(Debug, Default)]
 pub struct Balancer {
-    next: Vec<u32>,
+    next: Vec<AtomicU32>,
 }
 
 impl Balancer {
+    /// Counters for `backends` backends (`Gateway::backend_count`).
     pub fn new(backends: usize) -> Balancer {
-        Balancer { next: vec![0; backends] }
+        Balancer { next: (0..backends).map(|_| AtomicU32::new(0)).collect() }
     }
 
-    /// The next host of a backend.
-    pub fn pick<'h>(&mut self, backend: &'h BackendPlan) -> Option<&'h BackendHost> {
+    /// The next host of a backend (the first, for a backend this balancer has no
+    /// counter for).
+    pub fn pick<'h>(&self, backend: &'h BackendPlan) -> Option<&'h BackendHost> {
         let n = backend.hosts.len();
         if n <= 1 {
             return backend.hosts.first();
         }
-        if self.next.len() <= backend.slot {
-            self.next.resize(backend.slot + 1, 0);
-        }
-        let i = self.next[backend.slot] as usize % n;
-        self.next[backend.slot] = ((i + 1) % n) as u32;
+        let i = self.next.get(backend.slot).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed) as usize % n);
         backend.hosts.get(i)
     }
 }

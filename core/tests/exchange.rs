@@ -71,10 +71,10 @@ fn get(target: &str) -> Req<'_> {
 
 fn run(config: &str, req: Req<'_>, answer: impl Fn(usize) -> Canned) -> Outcome {
     let gw = Gateway::load(config).unwrap_or_else(|e| panic!("config: {e}")).gateway;
-    run_on(&gw, &mut Balancer::new(gw.backend_count), req, answer)
+    run_on(&gw, &Balancer::new(gw.backend_count), req, answer)
 }
 
-fn run_on(gw: &Gateway, lb: &mut Balancer, req: Req<'_>, answer: impl Fn(usize) -> Canned) -> Outcome {
+fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> Canned) -> Outcome {
     let t0 = Instant::now();
     let (path, query) = match req.target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_string())),
@@ -407,15 +407,15 @@ fn late_answers_and_unknown_ids_are_ignored() {
         body: RequestBody::None,
     };
     let mut ex = Exchange::new(&gw, route, req, t0);
-    let mut lb = Balancer::new(gw.backend_count);
-    assert!(matches!(ex.poll(&mut lb), Action::Call(_)));
+    let lb = Balancer::new(gw.backend_count);
+    assert!(matches!(ex.poll(&lb), Action::Call(_)));
     ex.handle_response(7, StatusCode::OK, HeaderMap::new(), b"{}".to_vec());
     ex.handle_timeout(t0 + Duration::from_millis(999));
-    assert!(matches!(ex.poll(&mut lb), Action::Wait(d) if d == t0 + Duration::from_secs(1)));
+    assert!(matches!(ex.poll(&lb), Action::Wait(d) if d == t0 + Duration::from_secs(1)));
     ex.handle_timeout(t0 + Duration::from_secs(1));
-    assert!(matches!(ex.poll(&mut lb), Action::Respond(r) if r.status == 500));
+    assert!(matches!(ex.poll(&lb), Action::Respond(r) if r.status == 500));
     ex.handle_response(0, StatusCode::OK, HeaderMap::new(), b"{}".to_vec());
-    assert!(matches!(ex.poll(&mut lb), Action::Done));
+    assert!(matches!(ex.poll(&lb), Action::Done));
 }
 
 const SEQ: &str = r#""extra_config": {"proxy": {"sequential": true}},"#;
@@ -703,10 +703,10 @@ fn hosts_are_balanced_round_robin() {
         {"host": ["http://h1:1", "http://h2:2", "http://h3"], "url_pattern": "/x"},
         {"host": ["https://only:8443"], "url_pattern": "/y"}]}]}"#;
     let gw = Gateway::load(cfg).unwrap().gateway;
-    let mut lb = Balancer::new(gw.backend_count);
+    let lb = Balancer::new(gw.backend_count);
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let out = run_on(&gw, &mut lb, get("/a"), |_| Canned::Json("{}"));
+        let out = run_on(&gw, &lb, get("/a"), |_| Canned::Json("{}"));
         seen.push(out.calls.iter().map(|c| headers_of(c)[0].to_string()).collect::<Vec<_>>().join(" "));
     }
     assert_eq!(
@@ -799,8 +799,8 @@ fn no_op_passes_the_backend_through() {
     };
     let t0 = Instant::now();
     let mut ex = Exchange::new(&gw, route, req, t0);
-    let mut lb = Balancer::new(1);
-    let Action::Call(call) = ex.poll(&mut lb) else { panic!() };
+    let lb = Balancer::new(1);
+    let Action::Call(call) = ex.poll(&lb) else { panic!() };
     assert!(call.stream_response);
     let mut head = Vec::new();
     call.write_head(0, &mut head).unwrap();
@@ -808,7 +808,7 @@ fn no_op_passes_the_backend_through() {
         String::from_utf8(head).unwrap(),
         "POST /r/9?q=1 HTTP/1.1\r\nhost: b:1\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\ntransfer-encoding: chunked\r\n\r\n"
     );
-    assert!(matches!(ex.poll(&mut lb), Action::Wait(_)));
+    assert!(matches!(ex.poll(&lb), Action::Wait(_)));
     let mut backend = HeaderMap::new();
     backend.insert("content-type", HeaderValue::from_static("image/png"));
     backend.insert("content-length", HeaderValue::from_static("5"));
@@ -816,13 +816,13 @@ fn no_op_passes_the_backend_through() {
     backend.insert("x-hop", HeaderValue::from_static("1"));
     backend.insert("set-cookie", HeaderValue::from_static("a=b"));
     ex.handle_head(0, StatusCode::IM_A_TEAPOT, &backend);
-    let Action::Stream(s) = ex.poll(&mut lb) else { panic!() };
+    let Action::Stream(s) = ex.poll(&lb) else { panic!() };
     assert_eq!(s.status, StatusCode::IM_A_TEAPOT);
     assert_eq!(
         s.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect::<Vec<_>>(),
         ["content-type: image/png", "set-cookie: a=b"]
     );
-    assert!(matches!(ex.poll(&mut lb), Action::Done));
+    assert!(matches!(ex.poll(&lb), Action::Done));
 }
 
 #[test]
@@ -891,10 +891,10 @@ fn the_example_config_aggregates_through_the_builtins() {
     // examples/krakend.json calls the gateway's own /__echo and /__debug: play them here.
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/krakend.json")).unwrap();
     let gw = Gateway::load(&text).unwrap().gateway;
-    let mut lb = Balancer::new(gw.backend_count);
+    let lb = Balancer::new(gw.backend_count);
     let mut req = get("/v1/profile/42?lang=en&drop=1");
     req.headers.push(("x-tenant", "acme"));
-    let out = run_on(&gw, &mut lb, req, |i| {
+    let out = run_on(&gw, &lb, req, |i| {
         // Answer each call as the built-in it names would.
         if i == 0 {
             Canned::Json(

@@ -7,15 +7,15 @@
 //! count) lives in `Rc`/`Cell`/`RefCell`; the compiled `Gateway` is shared as `Arc`
 //! and only read. No lock and no cross-shard message on the request path.
 //!
-//! This crate owns sockets, timers and buffers, nothing else: every HTTP decision is
-//! `sluice_core::http1`'s and `sluice_core::exchange`'s.
+//! This crate owns sockets, timers and idle backend sockets, nothing else: every HTTP
+//! decision is `sluice_core::conn`'s, whose `Connection` each client connection's
+//! task drives (`conn.rs`).
 
 mod backend;
 mod conn;
 mod signal;
-mod socket;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use monoio::net::{ListenerOpts, TcpListener};
 use sluice_core::Gateway;
-use sluice_core::http1::Limits;
 use sluice_core::upstream::Balancer;
 
 pub use sluice_core::StopSignal;
@@ -111,8 +110,7 @@ impl Server {
 /// Per-shard state, owned by its thread.
 pub(crate) struct Shard {
     pub(crate) gw: Arc<Gateway>,
-    pub(crate) limits: Limits,
-    pub(crate) balancer: RefCell<Balancer>,
+    pub(crate) balancer: Balancer,
     pub(crate) pool: backend::Pool,
     pub(crate) active: Cell<usize>,
     pub(crate) stopping: signal::LocalStop,
@@ -208,12 +206,10 @@ async fn shard_main(
         }
     };
     let bound = listener.local_addr().unwrap_or(listen);
-    let limits = Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() };
     let shard = Rc::new(Shard {
-        balancer: RefCell::new(Balancer::new(gw.backend_count)),
+        balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host),
         gw,
-        limits,
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
     });

@@ -22,10 +22,6 @@ pub(crate) struct LocalStop {
 }
 
 impl LocalStop {
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.get()
-    }
-
     /// A slot for a new connection (dead slots are swept as the list grows).
     pub(crate) fn register(&self) -> Rc<Slot> {
         let slot = Rc::new(Slot::default());

@@ -1,9 +1,9 @@
 //! `sluice-tokio`: the portable driver of the Sluice core, on tokio.
 //!
-//! The same `sluice_core` state machines as `sluice-uring`, for hosts without io_uring
-//! (Docker's default seccomp profile, older kernels, macOS) and for embedding the
-//! gateway in a tokio application. This crate owns sockets, timers and tasks, nothing
-//! else: every HTTP decision, the backend pool and retry policy and the client
+//! The same `sluice_core::conn::Connection` as `sluice-uring`, for hosts without
+//! io_uring (Docker's default seccomp profile, older kernels, macOS) and for embedding
+//! the gateway in a tokio application. This crate owns sockets, timers and tasks,
+//! nothing else: every HTTP decision, the retry and pool-return rules and the client
 //! deadlines are `sluice_core`'s.
 //!
 //! # Serving a gateway inside your own runtime
@@ -54,18 +54,16 @@
 
 mod backend;
 mod conn;
-mod socket;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sluice_core::Gateway;
 pub use sluice_core::StopSignal;
-use sluice_core::http1::Limits;
 use sluice_core::upstream::Balancer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -93,12 +91,12 @@ impl Options {
     }
 }
 
-/// What every connection task shares. Locks guard a map lookup or a counter, never I/O.
+/// What every connection task shares. Locks guard a map lookup, never I/O; the
+/// round-robin counters are atomics.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) gw: Arc<Gateway>,
-    pub(crate) limits: Limits,
-    pub(crate) balancer: Mutex<Balancer>,
+    pub(crate) balancer: Balancer,
     pub(crate) pool: backend::Pool,
 }
 
@@ -112,8 +110,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
 /// on the current runtime; when this returns none of them is left running.
 pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, shutdown: impl Future<Output = ()>) {
     let shared = Arc::new(Shared {
-        limits: Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() },
-        balancer: Mutex::new(Balancer::new(gw.backend_count)),
+        balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host),
         gw,
     });

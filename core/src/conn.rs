@@ -1,0 +1,1148 @@
+//! One client connection's whole life, Sans-IO: [`Connection`].
+//!
+//! The connection owns the server codec, the head, body, idle and write deadlines, the
+//! request being served (a whole-body [`Exchange`], a streamed `no-op` pass-through, a
+//! built-in endpoint or an answer the router gives at once), the backend connections
+//! that request uses (their codecs, their reads and writes, the stale-connection
+//! retry, whether each goes back to the pool), every status the client can get, and
+//! the access line. A driver moves bytes, runs one timer, keeps idle backend sockets
+//! and spawns the connection's task; it decides nothing.
+//!
+//! # The driver loop
+//!
+//! `handle_*` says what happened; [`Connection::poll`] says what to do next. After
+//! every `handle_*` call, drain `poll` until it returns `None`, start what it asked
+//! for, then wait for the first of: an I/O operation finishing, the instant
+//! [`Connection::poll_timeout`] gives (then [`Connection::handle_timeout`]), or the
+//! server stopping ([`Connection::handle_stop`]). On [`Output::Close`] drop the client
+//! socket and every backend socket and operation of this connection, and end.
+//!
+//! ```text
+//! let mut conn = Connection::new(&gateway, &balancer, peer, Instant::now(), SystemTime::now());
+//! loop {
+//!     while let Some(output) = conn.poll() {
+//!         match output {
+//!             Output::ReadClient(buf) => start a read appending to buf,
+//!             Output::WriteClient(bytes) => start writing all of bytes,
+//!             Output::Connect { id, host, pool_key, pooled } => take an idle socket
+//!                 from the pool under pool_key if pooled allows and one is there, else
+//!                 connect to host; then handle_connected / handle_connect_failed,
+//!             Output::ReadBackend { id, buf } / Output::WriteBackend { id, bytes } => as for the client,
+//!             Output::PoolBackend { id, pool_key } => keep socket id idle under pool_key,
+//!             Output::CloseBackend { id } => drop socket id and its operation,
+//!             Output::Log(line) => log it,
+//!             Output::Close => return,
+//!         }
+//!     }
+//!     wait for an operation to finish, the timer, or the stop; feed it back with
+//!     handle_client_read / handle_client_written / handle_backend_read /
+//!     handle_backend_written / handle_timeout(now) / handle_stop(now)
+//! }
+//! ```
+//!
+//! Buffers travel with the operations: a read gets the connection's buffer (append
+//! after its length, within its capacity) and hands it back; a write gets the bytes
+//! and hands the vector back for reuse. One read and one write may be out on the
+//! client socket at once (a `408` is written while a read waits), so a driver keeps
+//! the client socket's two halves apart; on a backend socket one operation at most is
+//! ever out.
+//!
+//! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
+//! the same outputs (`core/tests/conn.rs` plays whole conversations with virtual time).
+//!
+//! # What comes next, and where it goes
+//!
+//! - **TLS.** rustls's `ClientConnection` and `ServerConnection` are Sans-IO too. A
+//!   backend slot will hold a `ClientConnection` between its socket bytes and its HTTP
+//!   codec: [`Output::ReadBackend`]/[`Output::WriteBackend`] then carry ciphertext,
+//!   and the slot's plaintext input is what [`crate::backend::Fetch`] reads. The client
+//!   side does the same with a `ServerConnection` in front of the server codec. The
+//!   drivers do not change: they already move opaque bytes.
+//! - **Backends through an HTTP proxy.** [`Output::Connect`] names the proxy's address
+//!   instead of the backend's; the slot first writes `CONNECT host:port` and reads the
+//!   proxy's answer with a [`crate::http1::ClientConn`] (which reports `Switched`),
+//!   then starts TLS (or plain HTTP in absolute-form) on the same socket: a phase of
+//!   the slot before `Send`.
+//! - **Client CONNECT tunnels.** The server codec already reports `Switched` after a
+//!   2xx to CONNECT; the connection then enters a tunnel state that turns client input
+//!   into backend writes and backend input into client writes, untouched, with the
+//!   half-close carried through. That is why the client socket may have a read and a
+//!   write out at once.
+//! - **Client plugins.** A plugin that answers a backend call itself settles the call
+//!   in [`Exchange`] before any slot is opened: no [`Output::Connect`] is given.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::mem;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::backend::{Failure, Fetch, Progress, Pumped, StreamedHead, may_retry, pump_body};
+use crate::buf::ReadBuf;
+use crate::builtin::{self, Builtin};
+use crate::config::{HostAddr, Scheme};
+use crate::deadline::{HeadWait, body_deadline};
+use crate::dispatch::{Dispatch, Route};
+use crate::exchange::{Action, Call, CallBody, Exchange};
+use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
+use crate::plan::Gateway;
+use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
+use crate::upstream::Balancer;
+
+/// Names a backend connection of one client connection. Ids are reused once a
+/// connection is pooled or closed.
+pub type BackendId = usize;
+
+/// Client output is handed to the driver once it reaches this while a body streams.
+const FLUSH_AT: usize = 64 * 1024;
+/// A fresh client connection's read buffer.
+const CLIENT_READ: usize = 1024;
+
+/// What the driver does next (see the module docs for the loop).
+#[derive(Debug)]
+pub enum Output<'g> {
+    /// Read from the client, appending to this buffer (after its length, within its
+    /// capacity); then [`Connection::handle_client_read`] with it.
+    ReadClient(Vec<u8>),
+    /// Write all of these bytes to the client; then [`Connection::handle_client_written`].
+    WriteClient(Vec<u8>),
+    /// Open backend connection `id`: an idle one kept under `pool_key` when `pooled`
+    /// allows it and there is one, else a new one to `host`. Then
+    /// [`Connection::handle_connected`] (saying which) or
+    /// [`Connection::handle_connect_failed`].
+    Connect { id: BackendId, host: &'g HostAddr, pool_key: &'g str, pooled: bool },
+    /// Read from backend connection `id` into this buffer, as for the client.
+    ReadBackend { id: BackendId, buf: Vec<u8> },
+    /// Write all of these bytes to backend connection `id`.
+    WriteBackend { id: BackendId, bytes: Vec<u8> },
+    /// Backend connection `id` finished its response cleanly: keep it idle under
+    /// `pool_key` (the pool may still close it when full).
+    PoolBackend { id: BackendId, pool_key: &'g str },
+    /// Close backend connection `id`, dropping any operation on it.
+    CloseBackend { id: BackendId },
+    /// A log line.
+    Log(Log<'g>),
+    /// Close the client connection and every backend connection still open; the
+    /// connection is over.
+    Close,
+}
+
+/// What happened, for [`Connection::handle`]: the same as the `handle_*` methods, as
+/// one value a driver's operations can return.
+#[derive(Debug)]
+pub enum Input {
+    ClientRead(Vec<u8>, io::Result<usize>),
+    ClientWritten(Vec<u8>, io::Result<()>),
+    /// `true`: the connection came from the pool.
+    Connected(BackendId, bool),
+    ConnectFailed(BackendId, String),
+    BackendRead(BackendId, Vec<u8>, io::Result<usize>),
+    BackendWritten(BackendId, Vec<u8>, io::Result<()>),
+    Timeout,
+    Stop,
+}
+
+/// A line to log.
+#[derive(Debug)]
+pub enum Log<'g> {
+    /// One per answered request (`sluice::access`, info).
+    Access(AccessLine),
+    /// A backend call failed or broke off (`sluice::backend`, warn).
+    Backend { endpoint: &'g str, backend: usize, reason: String },
+}
+
+impl fmt::Display for Log<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Log::Access(line) => line.fmt(f),
+            Log::Backend { endpoint, backend, reason } => write!(f, "backend {backend} of {endpoint}: {reason}"),
+        }
+    }
+}
+
+/// Where one backend connection is in its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the driver to connect it.
+    Connecting,
+    /// Writing the request (head, and the whole body when there is one).
+    Send,
+    /// `no-op`: streaming the client's body after the head; `done` once it ended.
+    Relay { length: BodyLength, done: bool },
+    /// Reading the response (whole, or its head when streaming).
+    Receive,
+    /// `no-op`: the response body is pumped to the client.
+    Pump,
+}
+
+/// One backend connection of this client connection.
+#[derive(Debug)]
+struct Slot<'g> {
+    in_use: bool,
+    /// The exchange's call id.
+    call: usize,
+    method: Method,
+    host: &'g HostAddr,
+    pool_key: &'g str,
+    /// Read only the response head (`no-op`), the body is pumped.
+    stream: bool,
+    body: CallBody,
+    phase: Phase,
+    connected: bool,
+    reused: bool,
+    /// Bytes to write next (the request, or a relayed body piece).
+    out: Vec<u8>,
+    /// The request as written, kept until the answer starts for a retry.
+    sent: Vec<u8>,
+    writing: bool,
+    input: ReadBuf,
+    reading: bool,
+    /// The codec needs more bytes than are pending.
+    hungry: bool,
+    eof: bool,
+    fetch: Option<Fetch>,
+    /// The codec a streamed body is pumped with.
+    codec: Option<ClientConn>,
+    failure: Option<Failure>,
+    /// How long one read of a pumped body may take (the endpoint timeout).
+    read_limit: Option<Duration>,
+    read_deadline: Option<Instant>,
+}
+
+impl<'g> Slot<'g> {
+    fn new(call: &Call<'g>, stream: bool) -> Slot<'g> {
+        Slot {
+            in_use: true,
+            call: call.id,
+            method: call.method.clone(),
+            host: call.host,
+            pool_key: call.pool_key,
+            stream,
+            body: call.body,
+            phase: Phase::Connecting,
+            connected: false,
+            reused: false,
+            out: Vec::new(),
+            sent: Vec::new(),
+            writing: false,
+            input: ReadBuf::default(),
+            reading: false,
+            hungry: false,
+            eof: false,
+            fetch: None,
+            codec: None,
+            failure: None,
+            read_limit: None,
+            read_deadline: None,
+        }
+    }
+
+    /// Whether the client body was (partly) streamed on it: it cannot be sent again.
+    fn body_streamed(&self) -> bool {
+        matches!(self.body, CallBody::Stream(_))
+    }
+}
+
+/// What a backend connection's progress means to the request.
+#[derive(Debug)]
+enum SlotEvent {
+    Nothing,
+    Answer { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
+    Head(StreamedHead),
+    Failed(Failure),
+}
+
+/// What serves a request once its whole body is read.
+#[derive(Debug)]
+enum Serve<'g> {
+    Builtin(Builtin),
+    Endpoint(Route<'g>),
+}
+
+#[derive(Debug)]
+enum State<'g> {
+    /// Waiting for a request head.
+    Head(HeadWait),
+    /// Reading a whole request body.
+    Body { req: ClientRequest, serve: Serve<'g>, body: Vec<u8>, deadline: Option<Instant>, line: AccessLog },
+    /// An aggregating exchange: backend calls in flight until `deadline`.
+    Exchange { ex: Exchange<'g>, line: AccessLog, deadline: Instant },
+    /// `no-op`, before the backend's response head: connecting, sending the head,
+    /// relaying the body, waiting for the head.
+    Stream { ex: Exchange<'g>, line: AccessLog, id: BackendId },
+    /// `no-op`: the backend's body is pumped to the client.
+    Pump { line: AccessLog, id: BackendId, status: StatusCode, sent: u64, endpoint: &'g str },
+    /// A whole response is in the output: once written, the connection goes on so.
+    Flush(Next),
+    /// Close once the output is written.
+    Closing,
+    /// Over: [`Output::Close`] was given.
+    Closed,
+}
+
+/// One client connection (see the module docs).
+#[derive(Debug)]
+pub struct Connection<'g> {
+    gw: &'g Gateway,
+    balancer: &'g Balancer,
+    limits: Limits,
+    peer: IpAddr,
+    /// The accept, on both clocks: `/__health` tells wall-clock time from it.
+    epoch: (Instant, SystemTime),
+    now: Instant,
+    server: ServerConn,
+    input: ReadBuf,
+    /// The input buffer is out with a read.
+    reading: bool,
+    /// The client codec needs more bytes than are pending.
+    hungry: bool,
+    eof: bool,
+    /// Bytes for the client not handed out yet.
+    out: Vec<u8>,
+    /// A written buffer handed back, reused for the next output.
+    spare: Vec<u8>,
+    /// A client write is out, since then.
+    write_since: Option<Instant>,
+    state: State<'g>,
+    slots: Vec<Slot<'g>>,
+    queue: VecDeque<Output<'g>>,
+    stopping: bool,
+}
+
+fn after(since: Instant, limit: Duration) -> Option<Instant> {
+    (!limit.is_zero()).then(|| since + limit)
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl<'g> Connection<'g> {
+    /// A connection accepted from `peer` at `now` (`wall`: the same instant on the
+    /// wall clock). `balancer` is the shard's.
+    pub fn new(gw: &'g Gateway, balancer: &'g Balancer, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
+        let limits = Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() };
+        Connection {
+            gw,
+            balancer,
+            limits,
+            peer,
+            epoch: (now, wall),
+            now,
+            server: ServerConn::new(limits),
+            input: ReadBuf::with_capacity(CLIENT_READ),
+            reading: false,
+            hungry: true,
+            eof: false,
+            out: Vec::new(),
+            spare: Vec::new(),
+            write_since: None,
+            state: State::Head(HeadWait::new(true, now)),
+            slots: Vec::new(),
+            queue: VecDeque::new(),
+            stopping: false,
+        }
+    }
+
+    /// Whether [`Output::Close`] has been given: nothing more will happen.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed) && self.queue.is_empty()
+    }
+
+    // ----- what happened -----
+
+    /// Feeds one [`Input`] at `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::ClientRead(buf, result) => self.handle_client_read(buf, result, now),
+            Input::ClientWritten(buf, result) => self.handle_client_written(buf, result, now),
+            Input::Connected(id, reused) => self.handle_connected(id, reused, now),
+            Input::ConnectFailed(id, reason) => self.handle_connect_failed(id, reason, now),
+            Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
+            Input::BackendWritten(id, buf, result) => self.handle_backend_written(id, buf, result, now),
+            Input::Timeout => self.handle_timeout(now),
+            Input::Stop => self.handle_stop(now),
+        }
+    }
+
+    /// A client read finished: `buf` is the buffer [`Output::ReadClient`] gave, with
+    /// `Ok(n)` bytes appended (`Ok(0)`: the client closed its side).
+    pub fn handle_client_read(&mut self, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
+        self.now = now;
+        self.input.restore(buf);
+        self.reading = false;
+        match result {
+            Ok(0) | Err(_) => self.eof = true,
+            Ok(_) => {}
+        }
+        self.hungry = false;
+        self.progress();
+    }
+
+    /// A client write finished; `buf` is the vector [`Output::WriteClient`] gave.
+    pub fn handle_client_written(&mut self, mut buf: Vec<u8>, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        self.write_since = None;
+        if result.is_err() {
+            // The client is gone: nothing can reach it any more.
+            self.abort();
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > self.spare.capacity() {
+            self.spare = buf;
+        }
+        self.progress();
+    }
+
+    /// Backend connection `id` is open; `reused`: it came from the pool.
+    pub fn handle_connected(&mut self, id: BackendId, reused: bool, now: Instant) {
+        self.now = now;
+        let limits = self.limits;
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
+        slot.connected = true;
+        slot.reused = reused;
+        slot.phase = Phase::Send;
+        slot.fetch = Some(if slot.stream {
+            Fetch::streaming(slot.method.clone(), limits, reused)
+        } else {
+            Fetch::new(slot.method.clone(), limits, reused)
+        });
+        self.progress();
+    }
+
+    /// Backend connection `id` could not be opened (`reason` is for the log and, with
+    /// `return_error_msg`, the client).
+    pub fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display, now: Instant) {
+        self.now = now;
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
+        slot.failure = Some(Failure::new(reason.to_string()));
+        self.progress();
+    }
+
+    /// A read on backend connection `id` finished (as [`Connection::handle_client_read`]).
+    pub fn handle_backend_read(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
+        self.now = now;
+        let Some(slot) = self.slot(id, |s| s.reading) else { return };
+        slot.input.restore(buf);
+        slot.reading = false;
+        slot.hungry = false;
+        slot.read_deadline = None;
+        match result {
+            Ok(0) => slot.eof = true,
+            Ok(_) => {}
+            Err(e) => {
+                let failure = match &slot.fetch {
+                    Some(fetch) => fetch.read_failed(e),
+                    None => Failure::new(format!("cannot read the response: {e}")),
+                };
+                slot.failure = Some(failure);
+            }
+        }
+        self.progress();
+    }
+
+    /// A write on backend connection `id` finished.
+    pub fn handle_backend_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        let Some(slot) = self.slot(id, |s| s.writing) else { return };
+        slot.writing = false;
+        if let Err(e) = result {
+            if slot.phase == Phase::Send {
+                // Kept: a retry sends it again.
+                slot.sent = buf;
+            }
+            let failure = match &slot.fetch {
+                Some(fetch) => fetch.write_failed(e),
+                None => Failure::new(format!("cannot send the request: {e}")),
+            };
+            slot.failure = Some(failure);
+        } else if slot.phase == Phase::Send {
+            // Kept for a retry until the answer starts.
+            slot.sent = buf;
+            slot.phase = match slot.body {
+                CallBody::Stream(length) => Phase::Relay { length, done: false },
+                _ => Phase::Receive,
+            };
+            slot.hungry = slot.phase == Phase::Receive;
+        } else {
+            buf.clear();
+            slot.out = buf;
+        }
+        self.progress();
+    }
+
+    /// Time has come to `now`. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        let cfg = &self.gw.config;
+        if let Some(at) = self.write_since.and_then(|since| after(since, cfg.write_timeout))
+            && now >= at
+        {
+            // A client that does not read its answer is cut.
+            self.abort();
+            return;
+        }
+        let state = mem::replace(&mut self.state, State::Closed);
+        self.state = match state {
+            State::Head(wait) if wait.deadline(cfg).is_some_and(|d| now >= d) => match wait.expired() {
+                Some((status, reason)) => self.fail(status, reason, None),
+                None => State::Closing,
+            },
+            State::Body { deadline: Some(d), line, .. } if now >= d => {
+                self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout", Some(line))
+            }
+            State::Exchange { mut ex, line, deadline } if now >= deadline => {
+                ex.handle_timeout(now);
+                self.drive(ex, line)
+            }
+            State::Stream { mut ex, line, .. } if now >= ex.deadline() => {
+                ex.handle_timeout(now);
+                self.close_slots();
+                self.settle_stream(ex, line)
+            }
+            State::Pump { id, endpoint, .. }
+                if self.slots.get(id).and_then(|s| s.read_deadline).is_some_and(|d| now >= d) =>
+            {
+                self.log_backend(endpoint, 0, "the backend stopped sending the response body".into());
+                self.close_slots();
+                State::Closing
+            }
+            other => other,
+        };
+        self.progress();
+    }
+
+    /// The server is stopping: an idle connection closes now; a request under way is
+    /// finished and answered with `Connection: close`.
+    pub fn handle_stop(&mut self, now: Instant) {
+        self.now = now;
+        self.stopping = true;
+        self.progress();
+    }
+
+    // ----- what to do -----
+
+    /// The next thing to do, or `None` until something happens.
+    pub fn poll(&mut self) -> Option<Output<'g>> {
+        if let Some(o) = self.queue.pop_front() {
+            return Some(o);
+        }
+        if matches!(self.state, State::Closed) {
+            return None;
+        }
+        if !self.out.is_empty() && self.write_since.is_none() {
+            self.write_since = Some(self.now);
+            let bytes = mem::replace(&mut self.out, mem::take(&mut self.spare));
+            return Some(Output::WriteClient(bytes));
+        }
+        let reads_client = matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. });
+        if self.hungry && reads_client && !self.reading && !self.eof {
+            self.reading = true;
+            return Some(Output::ReadClient(self.input.take_for_read()));
+        }
+        let now = self.now;
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if !slot.in_use || !slot.connected || slot.failure.is_some() {
+                continue;
+            }
+            if !slot.writing && !slot.out.is_empty() {
+                slot.writing = true;
+                return Some(Output::WriteBackend { id, bytes: mem::take(&mut slot.out) });
+            }
+            if slot.hungry && !slot.reading && !slot.eof && !slot.writing {
+                slot.reading = true;
+                slot.read_deadline = slot.read_limit.and_then(|limit| after(now, limit));
+                return Some(Output::ReadBackend { id, buf: slot.input.take_for_read() });
+            }
+        }
+        None
+    }
+
+    /// When [`Connection::handle_timeout`] has work to do next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let cfg = &self.gw.config;
+        let write = self.write_since.and_then(|since| after(since, cfg.write_timeout));
+        let state = match &self.state {
+            State::Head(wait) => wait.deadline(cfg),
+            State::Body { deadline, .. } => *deadline,
+            State::Exchange { deadline, .. } => Some(*deadline),
+            State::Stream { ex, .. } => Some(ex.deadline()),
+            State::Pump { id, .. } => self.slots.get(*id).and_then(|s| s.read_deadline),
+            State::Flush(_) | State::Closing | State::Closed => None,
+        };
+        earliest(write, state)
+    }
+
+    // ----- inside -----
+
+    fn slot(&mut self, id: BackendId, expected: impl Fn(&Slot<'g>) -> bool) -> Option<&mut Slot<'g>> {
+        self.slots.get_mut(id).filter(|s| s.in_use && expected(s))
+    }
+
+    /// The client is gone or too slow: close everything now.
+    fn abort(&mut self) {
+        if !matches!(self.state, State::Closed) {
+            self.close_slots();
+            self.state = State::Closed;
+            self.queue.push_back(Output::Close);
+        }
+    }
+
+    fn progress(&mut self) {
+        // Each step either changes the state or waits for I/O; a step that changed
+        // something runs the next one.
+        for _ in 0..64 {
+            let state = mem::replace(&mut self.state, State::Closed);
+            let (state, moved) = self.step(state);
+            self.state = state;
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn step(&mut self, state: State<'g>) -> (State<'g>, bool) {
+        match state {
+            State::Head(wait) => self.step_head(wait),
+            State::Body { req, serve, body, deadline, line } => self.step_body(req, serve, body, deadline, line),
+            State::Exchange { ex, line, deadline } => self.step_exchange(ex, line, deadline),
+            State::Stream { ex, line, id } => self.step_stream(ex, line, id),
+            State::Pump { line, id, status, sent, endpoint } => self.step_pump(line, id, status, sent, endpoint),
+            State::Flush(next) => {
+                if !self.out.is_empty() || self.write_since.is_some() {
+                    return (State::Flush(next), false);
+                }
+                match next {
+                    Next::KeepAlive if !self.stopping => (self.next_request(), true),
+                    _ => (State::Closing, true),
+                }
+            }
+            State::Closing => {
+                if !self.out.is_empty() || self.write_since.is_some() {
+                    return (State::Closing, false);
+                }
+                self.close_slots();
+                self.queue.push_back(Output::Close);
+                (State::Closed, false)
+            }
+            State::Closed => (State::Closed, false),
+        }
+    }
+
+    /// Between keep-alive requests: buffers grown by the last one are given back.
+    fn next_request(&mut self) -> State<'g> {
+        if self.out.capacity() > 16 * 1024 {
+            self.out = Vec::new();
+        }
+        if self.spare.capacity() > 16 * 1024 {
+            self.spare = Vec::new();
+        }
+        self.input.shrink_idle(CLIENT_READ, 8 * 1024);
+        self.hungry = self.input.pending().is_empty();
+        State::Head(HeadWait::new(false, self.now))
+    }
+
+    /// The codec needs more client bytes: `false` when none will come.
+    fn starve(&mut self) -> bool {
+        self.hungry = true;
+        !self.eof
+    }
+
+    fn step_head(&mut self, mut wait: HeadWait) -> (State<'g>, bool) {
+        if self.stopping && wait.is_idle() && self.input.pending().is_empty() {
+            return (State::Closing, true);
+        }
+        if self.hungry || self.reading {
+            return (State::Head(wait), false);
+        }
+        if self.input.pending().is_empty() {
+            return if self.starve() { (State::Head(wait), false) } else { (State::Closing, true) };
+        }
+        wait.bytes_arrived(self.now);
+        match self.server.handle_input(self.input.pending()) {
+            Ok((n, ServerEvent::Request(req))) => {
+                self.input.consume(n);
+                (self.start_request(*req), true)
+            }
+            Ok((n, ServerEvent::NeedMore)) => {
+                self.input.consume(n);
+                // A head cut short by the client's close gets no answer.
+                if self.starve() { (State::Head(wait), false) } else { (State::Closing, true) }
+            }
+            Ok(_) => (State::Closing, true),
+            Err(e) => (self.fail(e.status(), e.reason(), None), true),
+        }
+    }
+
+    fn start_request(&mut self, req: Request) -> State<'g> {
+        let now = self.now;
+        let mut creq = match ClientRequest::from_head(&req, self.peer) {
+            Ok(creq) => creq,
+            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, None),
+        };
+        let line = AccessLog::new(&creq, now);
+        let gw = self.gw;
+        match gw.dispatch(&creq.method, &creq.path, creq.query.as_deref()) {
+            Dispatch::Endpoint(route) if route.streaming => {
+                creq.body = RequestBody::relayed(req.framing);
+                self.start_stream(creq, route, line)
+            }
+            Dispatch::Endpoint(route) => self.read_body(creq, Serve::Endpoint(route), line),
+            Dispatch::Builtin(b) => self.read_body(creq, Serve::Builtin(b), line),
+            Dispatch::Reply(reply) => {
+                // A request without a body ends here and the connection stays open; a
+                // body nobody needs is not read: the codec closes after answering.
+                if let Ok((n, ServerEvent::End(_))) = self.server.handle_input(self.input.pending()) {
+                    self.input.consume(n);
+                }
+                self.respond(reply, line, false)
+            }
+        }
+    }
+
+    fn read_body(&mut self, req: ClientRequest, serve: Serve<'g>, line: AccessLog) -> State<'g> {
+        self.server.write_continue(&mut self.out);
+        let deadline = body_deadline(&self.gw.config, line.started());
+        self.hungry = false;
+        State::Body { req, serve, body: Vec::new(), deadline, line }
+    }
+
+    fn step_body(
+        &mut self,
+        mut req: ClientRequest,
+        serve: Serve<'g>,
+        mut body: Vec<u8>,
+        deadline: Option<Instant>,
+        line: AccessLog,
+    ) -> (State<'g>, bool) {
+        if self.hungry || self.reading {
+            return (State::Body { req, serve, body, deadline, line }, false);
+        }
+        match self.server.read_body_into(self.input.pending(), &mut body) {
+            Ok((n, true)) => {
+                self.input.consume(n);
+                req.body = RequestBody::Full(body);
+                (self.serve(req, serve, line), true)
+            }
+            Ok((n, false)) => {
+                self.input.consume(n);
+                if self.starve() {
+                    (State::Body { req, serve, body, deadline, line }, false)
+                } else {
+                    // The client left before its body ended.
+                    (State::Closing, true)
+                }
+            }
+            Err(e) => (self.fail(e.status(), e.reason(), Some(line)), true),
+        }
+    }
+
+    fn serve(&mut self, req: ClientRequest, serve: Serve<'g>, line: AccessLog) -> State<'g> {
+        match serve {
+            Serve::Builtin(b) => {
+                let (at, wall) = self.epoch;
+                let reply = builtin::answer(b, &req, wall + self.now.saturating_duration_since(at));
+                self.respond(reply, line, false)
+            }
+            Serve::Endpoint(route) => {
+                let ex = Exchange::new(self.gw, route, req, self.now);
+                self.drive(ex, line)
+            }
+        }
+    }
+
+    /// Runs an aggregating exchange until it waits or answers.
+    fn drive(&mut self, mut ex: Exchange<'g>, line: AccessLog) -> State<'g> {
+        loop {
+            match ex.poll(self.balancer) {
+                Action::Call(call) => {
+                    if let Err(reason) = self.open(&call, ex.body(), false) {
+                        ex.handle_failure(call.id, reason);
+                    }
+                }
+                Action::Wait(deadline) => return State::Exchange { ex, line, deadline },
+                Action::Respond(reply) => {
+                    // Calls still in flight are abandoned.
+                    self.close_slots();
+                    return self.respond(reply, line, false);
+                }
+                Action::Stream(_) | Action::Done => {
+                    self.close_slots();
+                    return self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true);
+                }
+            }
+        }
+    }
+
+    /// Opens a backend connection for `call`: its request is written out now, sent
+    /// once connected. Returns the slot, or why the request cannot be written.
+    fn open(&mut self, call: &Call<'g>, body: &[u8], stream: bool) -> Result<BackendId, &'static str> {
+        if call.host.scheme == Scheme::Https {
+            return Err("https backends need TLS, which this build does not have yet");
+        }
+        let mut slot = Slot::new(call, stream);
+        let id = match self.slots.iter().position(|s| !s.in_use) {
+            Some(free) => {
+                // The vectors of the last use are kept (no allocation per call).
+                let old = mem::replace(&mut self.slots[free], slot);
+                let slot = &mut self.slots[free];
+                (slot.out, slot.sent) = (old.out, old.sent);
+                slot.out.clear();
+                slot.sent.clear();
+                free
+            }
+            None => {
+                slot.out.reserve(512);
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[id];
+        let written = call.write_head(body.len(), &mut slot.out);
+        if let Err(e) = written {
+            slot.in_use = false;
+            return Err(e.reason());
+        }
+        if call.body == CallBody::Full {
+            slot.out.extend_from_slice(body);
+        }
+        self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled: true });
+        Ok(id)
+    }
+
+    fn step_exchange(&mut self, mut ex: Exchange<'g>, line: AccessLog, deadline: Instant) -> (State<'g>, bool) {
+        let mut changed = false;
+        for id in 0..self.slots.len() {
+            match self.slot_step(id) {
+                SlotEvent::Nothing => {}
+                SlotEvent::Answer { status, headers, body } => {
+                    let call = self.slots[id].call;
+                    ex.handle_response(call, status, headers, body);
+                    changed = true;
+                }
+                SlotEvent::Failed(f) => {
+                    let call = self.slots[id].call;
+                    self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
+                    ex.handle_failure(call, &f.reason);
+                    changed = true;
+                }
+                SlotEvent::Head(_) => {
+                    let call = self.slots[id].call;
+                    ex.handle_failure(call, "unexpected response");
+                    changed = true;
+                }
+            }
+        }
+        if changed { (self.drive(ex, line), true) } else { (State::Exchange { ex, line, deadline }, false) }
+    }
+
+    /// Moves backend connection `id` on with what it has; says what that means.
+    fn slot_step(&mut self, id: BackendId) -> SlotEvent {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return SlotEvent::Nothing };
+        if let Some(failure) = slot.failure.take() {
+            return self.failed(id, failure);
+        }
+        if slot.phase != Phase::Receive || slot.reading || slot.hungry {
+            return SlotEvent::Nothing;
+        }
+        let Some(fetch) = slot.fetch.as_mut() else { return SlotEvent::Nothing };
+        let progress = match fetch.handle_input(slot.input.pending()) {
+            Ok((n, Progress::NeedMore)) => {
+                slot.input.consume(n);
+                if !slot.eof {
+                    slot.hungry = true;
+                    return SlotEvent::Nothing;
+                }
+                fetch.handle_eof()
+            }
+            Ok((n, progress)) => {
+                slot.input.consume(n);
+                Ok(progress)
+            }
+            Err(f) => Err(f),
+        };
+        match progress {
+            Ok(Progress::Done(answer)) => {
+                let reusable = fetch.reusable() && slot.input.pending().is_empty() && !slot.eof;
+                self.release(id, reusable);
+                SlotEvent::Answer { status: answer.status, headers: answer.headers, body: answer.body }
+            }
+            Ok(Progress::Head(head)) => {
+                slot.codec = slot.fetch.take().map(Fetch::into_conn);
+                slot.phase = Phase::Pump;
+                slot.sent.clear();
+                SlotEvent::Head(head)
+            }
+            Ok(Progress::NeedMore) => SlotEvent::Nothing,
+            Err(failure) => self.failed(id, failure),
+        }
+    }
+
+    /// A backend connection failed: retried on a fresh connection when the policy
+    /// allows (a pooled connection the backend had closed), else given up.
+    fn failed(&mut self, id: BackendId, failure: Failure) -> SlotEvent {
+        let Some(slot) = self.slots.get_mut(id) else { return SlotEvent::Failed(failure) };
+        if slot.reused && !slot.sent.is_empty() && may_retry(&slot.method, &failure, slot.body_streamed()) {
+            slot.out = mem::take(&mut slot.sent);
+            slot.phase = Phase::Connecting;
+            slot.connected = false;
+            slot.reused = false;
+            slot.writing = false;
+            slot.reading = false;
+            slot.hungry = false;
+            slot.eof = false;
+            slot.fetch = None;
+            slot.input.clear();
+            let (host, pool_key) = (slot.host, slot.pool_key);
+            self.queue.push_back(Output::CloseBackend { id });
+            self.queue.push_back(Output::Connect { id, host, pool_key, pooled: false });
+            return SlotEvent::Nothing;
+        }
+        self.release(id, false);
+        SlotEvent::Failed(failure)
+    }
+
+    /// Pools (`reusable`) or closes backend connection `id`, and frees its slot.
+    fn release(&mut self, id: BackendId, reusable: bool) {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
+        let output = if reusable && slot.connected {
+            Output::PoolBackend { id, pool_key: slot.pool_key }
+        } else {
+            Output::CloseBackend { id }
+        };
+        slot.in_use = false;
+        slot.fetch = None;
+        slot.codec = None;
+        slot.input = ReadBuf::default();
+        self.queue.push_back(output);
+    }
+
+    fn close_slots(&mut self) {
+        for id in 0..self.slots.len() {
+            self.release(id, false);
+        }
+    }
+
+    fn log_backend(&mut self, endpoint: &'g str, backend: usize, reason: String) {
+        self.queue.push_back(Output::Log(Log::Backend { endpoint, backend, reason }));
+    }
+
+    // ----- no-op: streamed both ways -----
+
+    fn start_stream(&mut self, creq: ClientRequest, route: Route<'g>, line: AccessLog) -> State<'g> {
+        if creq.body == RequestBody::None {
+            // No body to stream: the codec sees the request end now.
+            match self.server.handle_input(self.input.pending()) {
+                Ok((n, ServerEvent::End(_))) => self.input.consume(n),
+                Ok(_) => {}
+                Err(e) => return self.fail(e.status(), e.reason(), Some(line)),
+            }
+        }
+        let mut ex = Exchange::new(self.gw, route, creq, self.now);
+        match ex.poll(self.balancer) {
+            Action::Call(call) => match self.open(&call, &[], true) {
+                Ok(id) => State::Stream { ex, line, id },
+                Err(reason) => {
+                    ex.handle_failure(call.id, reason);
+                    self.settle_stream(ex, line)
+                }
+            },
+            Action::Respond(reply) => self.respond(reply, line, false),
+            _ => self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true),
+        }
+    }
+
+    /// A `no-op` exchange that ended without a response head: its answer (502, 504),
+    /// and the connection closes (the request body may be half read).
+    fn settle_stream(&mut self, mut ex: Exchange<'g>, line: AccessLog) -> State<'g> {
+        let reply = match ex.poll(self.balancer) {
+            Action::Respond(reply) => reply,
+            _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
+        };
+        self.respond(reply, line, true)
+    }
+
+    fn step_stream(&mut self, mut ex: Exchange<'g>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
+        let relayed = match self.relay(id) {
+            Ok(moved) => moved,
+            Err(Relay::BadBody(status, reason)) => {
+                // The client's body is malformed: its fault, not the backend's. The
+                // backend connection got part of it: it is closed, never pooled.
+                self.close_slots();
+                return (self.fail(status, reason, Some(line)), true);
+            }
+            Err(Relay::ClientGone) => {
+                self.close_slots();
+                return (State::Closing, true);
+            }
+        };
+        let call = self.slots.get(id).map_or(0, |s| s.call);
+        match self.slot_step(id) {
+            SlotEvent::Nothing => (State::Stream { ex, line, id }, relayed),
+            SlotEvent::Head(head) => {
+                ex.handle_head(call, head.status, &head.headers);
+                let Action::Stream(stream) = ex.poll(self.balancer) else {
+                    self.close_slots();
+                    return (self.settle_stream(ex, line), true);
+                };
+                let response = ResponseHead {
+                    status: stream.status,
+                    headers: &stream.headers,
+                    body: head.body_length(),
+                    close: self.stopping,
+                };
+                if self.server.write_response_head(&response, &mut self.out).is_err() {
+                    self.close_slots();
+                    return (State::Closing, true);
+                }
+                let endpoint = ex.endpoint();
+                if let Some(slot) = self.slots.get_mut(id) {
+                    slot.read_limit = (!endpoint.timeout.is_zero()).then_some(endpoint.timeout);
+                }
+                (State::Pump { line, id, status: stream.status, sent: 0, endpoint: endpoint.path.as_str() }, true)
+            }
+            SlotEvent::Failed(f) => {
+                self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
+                ex.handle_failure(call, &f.reason);
+                (self.settle_stream(ex, line), true)
+            }
+            SlotEvent::Answer { .. } => {
+                ex.handle_failure(call, "unexpected response");
+                self.close_slots();
+                (self.settle_stream(ex, line), true)
+            }
+        }
+    }
+
+    /// Moves client body bytes to backend connection `id` while it relays; says
+    /// whether anything moved.
+    fn relay(&mut self, id: BackendId) -> Result<bool, Relay> {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return Ok(false) };
+        let Phase::Relay { length, done } = slot.phase else { return Ok(false) };
+        if slot.writing || !slot.out.is_empty() || slot.failure.is_some() {
+            return Ok(false);
+        }
+        if done {
+            slot.phase = Phase::Receive;
+            slot.hungry = true;
+            return Ok(true);
+        }
+        if self.hungry || self.reading {
+            return Ok(false);
+        }
+        // `100 Continue` first, when the client asked for it (once).
+        self.server.write_continue(&mut self.out);
+        match self.server.relay_body(self.input.pending(), length, &mut slot.out) {
+            Ok((n, true)) => {
+                self.input.consume(n);
+                slot.phase = Phase::Relay { length, done: true };
+                Ok(true)
+            }
+            Ok((n, false)) => {
+                self.input.consume(n);
+                if slot.out.is_empty() {
+                    self.hungry = true;
+                    if self.eof {
+                        return Err(Relay::ClientGone);
+                    }
+                }
+                Ok(n > 0)
+            }
+            Err(e) => Err(Relay::BadBody(e.status(), e.reason())),
+        }
+    }
+
+    fn step_pump(
+        &mut self,
+        line: AccessLog,
+        id: BackendId,
+        status: StatusCode,
+        mut sent: u64,
+        endpoint: &'g str,
+    ) -> (State<'g>, bool) {
+        let pumping = State::Pump { line, id, status, sent, endpoint };
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return (pumping, false) };
+        if let Some(failure) = slot.failure.take() {
+            // The backend broke off: the client's response cannot end well.
+            self.log_backend(endpoint, 0, format!("response body: {}", failure.reason));
+            self.close_slots();
+            return (State::Closing, true);
+        }
+        if self.out.len() >= FLUSH_AT || slot.reading || slot.hungry {
+            return (pumping, false);
+        }
+        let State::Pump { line, .. } = pumping else { return (State::Closing, true) };
+        let Some(codec) = slot.codec.as_mut() else { return (State::Closing, true) };
+        match pump_body(codec, slot.input.pending(), slot.eof, &mut self.server, &mut self.out, FLUSH_AT) {
+            Ok((n, moved, Pumped::End)) => {
+                slot.input.consume(n);
+                sent += moved;
+                let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
+                self.release(id, reusable);
+                match self.server.finish_response(&mut self.out) {
+                    Ok(next) => {
+                        let now = self.now;
+                        self.queue.push_back(Output::Log(Log::Access(line.line(status, sent, now))));
+                        (State::Flush(next), true)
+                    }
+                    Err(_) => (State::Closing, true),
+                }
+            }
+            Ok((n, moved, pumped)) => {
+                slot.input.consume(n);
+                sent += moved;
+                if pumped == Pumped::NeedMore {
+                    slot.hungry = true;
+                }
+                (State::Pump { line, id, status, sent, endpoint }, n > 0)
+            }
+            Err(e) => {
+                self.log_backend(endpoint, 0, format!("response body: {}", e.reason()));
+                self.close_slots();
+                (State::Closing, true)
+            }
+        }
+    }
+
+    // ----- answers -----
+
+    /// Writes a whole reply; the connection goes on as the codec says once written.
+    fn respond(&mut self, reply: Reply, line: AccessLog, close: bool) -> State<'g> {
+        match reply.write(&mut self.server, close || self.stopping, &mut self.out) {
+            Ok(next) => {
+                let line = line.line(reply.status, reply.body.len() as u64, self.now);
+                self.queue.push_back(Output::Log(Log::Access(line)));
+                State::Flush(next)
+            }
+            Err(_) => State::Closing,
+        }
+    }
+
+    /// Answers an error and closes: protocol errors and failures before any response
+    /// byte went out.
+    fn fail(&mut self, status: StatusCode, reason: &str, line: Option<AccessLog>) -> State<'g> {
+        self.server.write_error(status, reason, &mut self.out);
+        if let Some(line) = line {
+            let line = line.line(status, reason.len() as u64, self.now);
+            self.queue.push_back(Output::Log(Log::Access(line)));
+        }
+        State::Closing
+    }
+}
+
+/// Why relaying a client body stopped.
+#[derive(Debug)]
+enum Relay {
+    BadBody(StatusCode, &'static str),
+    ClientGone,
+}
