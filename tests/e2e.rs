@@ -29,6 +29,7 @@ every_driver!(
     keep_alive_reuses_backend_connections,
     pipelined_requests,
     client_garbage_is_400_and_closed,
+    malformed_chunked_upload_is_400,
     oversize_head_is_431,
     oversize_body_is_413,
     slowloris_is_closed,
@@ -264,6 +265,52 @@ fn client_garbage_is_400_and_closed(mode: Mode) {
         assert_eq!((resp.status, resp.header("connection")), (400, Some("close")), "{}", String::from_utf8_lossy(bad));
         assert!(read_response(&mut r).is_none());
     }
+}
+
+fn malformed_chunked_upload_is_400(mode: Mode) {
+    // A no-op endpoint streams the body as it comes: a bad chunk is found after the
+    // backend got the head (and maybe a first chunk). It is the client's fault: 400 and
+    // close, and the backend connection that got part of it is closed, never pooled.
+    let backend = Backend::start(|_| Reply::Echo);
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/up", "method": "POST", "output_encoding": "no-op", "backend": [{{"host": ["{}"], "url_pattern": "/up", "encoding": "no-op"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    let head = "POST /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases: [(&str, &str); 3] = [
+        ("5\r\nhello\r\n0x1\r\nX\r\n0\r\n\r\n", "invalid chunk size"),
+        ("5\r\nhelloXX0\r\n\r\n", "chunk data must end with CRLF"),
+        ("ffffffffffffffffff1\r\nX\r\n0\r\n\r\n", "chunk size overflows"),
+    ];
+    for (i, (body, reason)) in cases.into_iter().enumerate() {
+        let mut s = gw.connect();
+        s.write_all(head.as_bytes()).unwrap();
+        // The head first, so the backend call is under way when the body goes wrong.
+        thread_pause();
+        s.write_all(body.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!(resp.status, 400, "{body:?}");
+        assert_eq!(resp.header("connection"), Some("close"), "{body:?}");
+        assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(resp.text(), reason);
+        assert!(read_response(&mut r).is_none(), "the connection closes after {body:?}");
+        assert_eq!(backend.connections.load(Ordering::SeqCst), i + 1, "a new backend connection per request");
+    }
+    assert!(backend.requests().is_empty(), "no backend saw a whole request");
+    // A good upload after them gets a fresh backend connection (none was pooled).
+    let mut s = gw.connect();
+    write!(s, "{head}5\r\nhello\r\n0\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.text(), format!(r#"{{"method":"POST","length":5,"sum":{}}}"#, checksum(b"hello")));
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 4);
+}
+
+fn thread_pause() {
+    std::thread::sleep(Duration::from_millis(50));
 }
 
 fn oversize_body_is_413(mode: Mode) {

@@ -273,11 +273,14 @@ fn serve(stream: TcpStream, script: &(dyn Fn(&Seen) -> Reply + Send + Sync), see
             }
         } else if lower.contains("transfer-encoding: chunked") {
             loop {
+                // A body cut short (the gateway closed the connection) ends the request.
                 let mut size = String::new();
-                r.read_line(&mut size).unwrap();
-                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let Ok(n) = r.read_line(&mut size).map(|_| usize::from_str_radix(size.trim(), 16)) else { return };
+                let Ok(n) = n else { return };
                 let mut chunk = vec![0; n + 2];
-                r.read_exact(&mut chunk).unwrap();
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
                 if n == 0 {
                     break;
                 }

@@ -1,0 +1,597 @@
+//! Whole client connections through `core::conn::Connection`, with virtual time and
+//! scripted peers: client bytes in (at given instants), backend answers from a script,
+//! and the exact bytes the client gets, the backend requests, the pool and close
+//! decisions and the log lines out. Nothing here opens a socket or reads a clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use sluice_core::Gateway;
+use sluice_core::conn::{BackendId, Connection, Input, Output};
+use sluice_core::upstream::Balancer;
+
+/// What the client does, in order.
+#[derive(Clone, Copy)]
+enum Client<'a> {
+    Send(&'a str),
+    /// The next step comes this much later.
+    Wait(u64),
+    /// The client closes its side.
+    Eof,
+    /// The server starts stopping.
+    Stop,
+    /// The backend closes the idle connections the gateway keeps in its pool.
+    DropIdle,
+}
+use Client::{DropIdle, Eof, Send, Stop, Wait};
+
+/// What a backend host does with the next request it receives.
+#[derive(Clone)]
+enum Serve {
+    /// These bytes, this many ms after the request is whole.
+    After(u64, String),
+    /// Never answers.
+    Hang,
+    /// The connection is refused (the next connect to this host).
+    Refuse,
+}
+
+fn json(body: &str) -> Serve {
+    Serve::After(
+        0,
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    )
+}
+
+struct Sock {
+    key: String,
+    received: Vec<u8>,
+    /// Bytes the backend has sent, from this instant.
+    sending: VecDeque<(Instant, Vec<u8>)>,
+    /// The backend closed its side (an idle pooled connection it dropped).
+    closed: bool,
+    read: Option<Vec<u8>>,
+    answered: usize,
+}
+
+/// The whole world of one client connection.
+struct World<'g> {
+    conn: Connection<'g>,
+    t0: Instant,
+    now: Instant,
+    client: VecDeque<(Instant, Client<'g>)>,
+    client_read: Option<Vec<u8>>,
+    to_client: String,
+    socks: BTreeMap<BackendId, Sock>,
+    pool: BTreeMap<String, Vec<Sock>>,
+    scripts: BTreeMap<String, VecDeque<Serve>>,
+    /// Inputs due now (writes and connects finish at once).
+    ready: VecDeque<Input>,
+    trace: Vec<String>,
+    /// Every request a backend received, whole, in order.
+    requests: Vec<String>,
+    closed_at: Option<Instant>,
+}
+
+const CONFIG_HEAD: &str = r#""version": 3, "timeout": "1s", "read_header_timeout": "400ms", "idle_timeout": "2s""#;
+
+fn gateway(endpoints: &str) -> Gateway {
+    Gateway::load(&format!(r#"{{{CONFIG_HEAD}, "endpoints": [{endpoints}]}}"#)).unwrap().gateway
+}
+
+impl<'g> World<'g> {
+    fn new(gw: &'g Gateway, lb: &'g Balancer, script: &[Client<'g>]) -> World<'g> {
+        let t0 = Instant::now();
+        let mut at = t0;
+        let mut client = VecDeque::new();
+        for step in script {
+            match step {
+                Wait(ms) => at += Duration::from_millis(*ms),
+                other => client.push_back((at, *other)),
+            }
+        }
+        let wall = UNIX_EPOCH + Duration::from_secs(1_795_300_000);
+        World {
+            conn: Connection::new(gw, lb, "192.0.2.9".parse().unwrap(), t0, wall),
+            t0,
+            now: t0,
+            client,
+            client_read: None,
+            to_client: String::new(),
+            socks: BTreeMap::new(),
+            pool: BTreeMap::new(),
+            scripts: BTreeMap::new(),
+            ready: VecDeque::new(),
+            trace: Vec::new(),
+            requests: Vec::new(),
+            closed_at: None,
+        }
+    }
+
+    fn backend(mut self, host: &str, serves: &[Serve]) -> Self {
+        self.scripts.insert(format!("http://{host}"), serves.iter().cloned().collect());
+        self
+    }
+
+    fn ms(&self) -> u128 {
+        self.now.duration_since(self.t0).as_millis()
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>4}ms {what}", self.ms());
+        self.trace.push(line);
+    }
+
+    /// Runs until the connection closes or nothing more can happen.
+    fn run(mut self) -> Self {
+        for _ in 0..10_000 {
+            while let Some(output) = self.conn.poll() {
+                self.start(output);
+            }
+            if self.closed_at.is_some() {
+                return self;
+            }
+            if let Some(input) = self.ready.pop_front() {
+                self.conn.handle(input, self.now);
+                continue;
+            }
+            if !self.next_event() {
+                return self;
+            }
+        }
+        panic!("the conversation did not settle");
+    }
+
+    fn start(&mut self, output: Output<'_>) {
+        match output {
+            Output::ReadClient(buf) => self.client_read = Some(buf),
+            Output::WriteClient(bytes) => {
+                self.to_client.push_str(std::str::from_utf8(&bytes).unwrap());
+                self.ready.push_back(Input::ClientWritten(bytes, Ok(())));
+            }
+            Output::Connect { id, host, pool_key, pooled } => {
+                let key = pool_key.to_string();
+                assert_eq!(key, format!("http://{}:{}", host.host, host.port));
+                if let Some(sock) = self.pool.get_mut(&key).and_then(Vec::pop).filter(|_| pooled) {
+                    self.note(format!("backend {id}: pooled connection to {key}"));
+                    self.socks.insert(id, sock);
+                    self.ready.push_back(Input::Connected(id, true));
+                    return;
+                }
+                let script = self.scripts.get_mut(&key).expect("a scripted host");
+                if matches!(script.front(), Some(Serve::Refuse)) {
+                    script.pop_front();
+                    self.note(format!("backend {id}: refused by {key}"));
+                    self.ready.push_back(Input::ConnectFailed(id, format!("cannot connect to {key}: refused")));
+                    return;
+                }
+                self.note(format!("backend {id}: new connection to {key}"));
+                let sock = Sock {
+                    key,
+                    received: Vec::new(),
+                    sending: VecDeque::new(),
+                    closed: false,
+                    read: None,
+                    answered: 0,
+                };
+                self.socks.insert(id, sock);
+                self.ready.push_back(Input::Connected(id, false));
+            }
+            Output::ReadBackend { id, buf } => self.socks.get_mut(&id).expect("an open backend").read = Some(buf),
+            Output::WriteBackend { id, bytes } => {
+                let now = self.now;
+                let sock = self.socks.get_mut(&id).expect("an open backend");
+                sock.received.extend_from_slice(&bytes);
+                self.ready.push_back(Input::BackendWritten(id, bytes, Ok(())));
+                if let Some(request) = whole_request(&sock.received, sock.answered) {
+                    sock.answered += 1;
+                    self.requests.push(request);
+                    // A connection the backend closed takes the bytes and never answers.
+                    let serve = match sock.closed {
+                        true => Serve::Hang,
+                        false => self.scripts.get_mut(&sock.key).and_then(VecDeque::pop_front).unwrap_or(Serve::Hang),
+                    };
+                    if let Serve::After(ms, bytes) = serve {
+                        sock.sending.push_back((now + Duration::from_millis(ms), bytes.into_bytes()));
+                    }
+                }
+            }
+            Output::PoolBackend { id, pool_key } => {
+                let sock = self.socks.remove(&id).expect("an open backend");
+                self.note(format!("backend {id}: pooled"));
+                self.pool.entry(pool_key.to_string()).or_default().push(sock);
+            }
+            Output::CloseBackend { id } => {
+                if self.socks.remove(&id).is_some() {
+                    self.note(format!("backend {id}: closed"));
+                }
+            }
+            Output::Log(line) => self.note(format!("log: {line}")),
+            Output::Close => {
+                self.note("client: closed".into());
+                self.closed_at = Some(self.now);
+            }
+        }
+    }
+
+    /// Moves time to the next event and delivers it; `false` when there is none.
+    fn next_event(&mut self) -> bool {
+        let mut best: Option<(Instant, u8, BackendId)> = None;
+        let mut consider = |at: Instant, kind: u8, id: BackendId| {
+            if best.is_none_or(|(b, k, _)| (at, kind) < (b, k)) {
+                best = Some((at, kind, id));
+            }
+        };
+        if self.client_read.is_some()
+            && let Some((at, _)) = self.client.front()
+        {
+            consider(*at, 0, 0);
+        } else if let Some((at, Stop | DropIdle)) = self.client.front() {
+            consider(*at, 0, 0);
+        }
+        for (id, sock) in &self.socks {
+            if sock.read.is_some() {
+                if let Some((at, _)) = sock.sending.front() {
+                    consider(*at, 1, *id);
+                } else if sock.closed {
+                    consider(self.now, 1, *id);
+                }
+            }
+        }
+        if let Some(at) = self.conn.poll_timeout() {
+            consider(at.max(self.now), 2, 0);
+        }
+        let Some((at, kind, id)) = best else { return false };
+        self.now = at;
+        match kind {
+            0 => {
+                let (_, step) = self.client.pop_front().unwrap();
+                match step {
+                    Send(text) => {
+                        let mut buf = self.client_read.take().unwrap();
+                        buf.extend_from_slice(text.as_bytes());
+                        self.conn.handle(Input::ClientRead(buf, Ok(text.len())), at);
+                    }
+                    Eof => {
+                        let buf = self.client_read.take().unwrap();
+                        self.conn.handle(Input::ClientRead(buf, Ok(0)), at);
+                    }
+                    Stop => self.conn.handle(Input::Stop, at),
+                    DropIdle => {
+                        for sock in self.pool.values_mut().flatten() {
+                            sock.closed = true;
+                        }
+                    }
+                    Wait(_) => unreachable!(),
+                }
+            }
+            1 => {
+                let sock = self.socks.get_mut(&id).unwrap();
+                let mut buf = sock.read.take().unwrap();
+                let n = match sock.sending.pop_front() {
+                    Some((_, bytes)) => {
+                        buf.extend_from_slice(&bytes);
+                        bytes.len()
+                    }
+                    None => 0,
+                };
+                self.conn.handle(Input::BackendRead(id, buf, Ok(n)), at);
+            }
+            _ => self.conn.handle(Input::Timeout, at),
+        }
+        true
+    }
+
+    fn trace(&self) -> String {
+        self.trace.join("\n")
+    }
+}
+
+/// The `n`th whole request in `received`, once it is all there (Content-Length or
+/// chunked framing, as the gateway writes them).
+fn whole_request(received: &[u8], n: usize) -> Option<String> {
+    let text = String::from_utf8_lossy(received).into_owned();
+    let mut rest = text.as_str();
+    let mut found = Vec::new();
+    while let Some(head_end) = rest.find("\r\n\r\n") {
+        let head = &rest[..head_end + 4];
+        let lower = head.to_ascii_lowercase();
+        let body_len = if let Some(l) = lower.lines().find_map(|l| l.strip_prefix("content-length: ")) {
+            l.trim().parse::<usize>().ok()?
+        } else if lower.contains("transfer-encoding: chunked") {
+            rest[head.len()..].find("0\r\n\r\n").filter(|at| *at == 0 || rest[head.len()..][..*at].ends_with("\r\n"))?
+                + 5
+        } else {
+            0
+        };
+        if rest.len() < head.len() + body_len {
+            return None;
+        }
+        found.push(rest[..head.len() + body_len].to_string());
+        rest = &rest[head.len() + body_len..];
+    }
+    found.get(n).cloned()
+}
+
+fn upstream(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+const GET_A: &str = "GET /a HTTP/1.1\r\nHost: gw\r\n\r\n";
+
+fn one_backend() -> Gateway {
+    gateway(r#"{"endpoint": "/a", "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}]}"#)
+}
+
+const ANSWER_A: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nx-krakend-completed: true\r\ncontent-length: 8\r\n\r\n{\"id\":1}";
+
+const REQUEST_A: &str = "GET /users/1 HTTP/1.1\r\nhost: 127.0.0.1:9001\r\nx-forwarded-for: 192.0.2.9\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\n\r\n";
+
+#[test]
+fn keep_alive_reuses_the_backend_connection() {
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Send(GET_A), Wait(10), Eof])
+        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .run();
+    assert_eq!(w.to_client, format!("{ANSWER_A}{ANSWER_A}"));
+    assert_eq!(w.requests, [REQUEST_A, REQUEST_A]);
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms backend 0: pooled",
+            "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
+            "  10ms backend 0: pooled",
+            "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  20ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let two = format!("{GET_A}GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let w = World::new(&gw, &lb, &[Send(&two), Wait(5), Eof]).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
+    assert_eq!(
+        w.to_client,
+        format!(
+            "{ANSWER_A}HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 18\r\n\r\n404 page not found"
+        )
+    );
+    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(5)));
+}
+
+#[test]
+fn client_errors_and_limits() {
+    // (what the client sends, what it gets back, when the connection closes)
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let big_header = format!("GET /a HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "x".repeat(70_000));
+    let rows: [(Vec<Client<'_>>, String, u64); 6] = [
+        // 408: a head that does not end within read_header_timeout.
+        (vec![Send("GET /a HTTP/1.1\r\nHo")], error(408, "Request Timeout", "request header timeout"), 400),
+        // An idle connection that says nothing is closed silently after the header timeout.
+        (vec![], String::new(), 400),
+        // Between keep-alive requests the idle timeout applies, then silence.
+        (vec![Send(GET_A)], ANSWER_A.to_string(), 2000),
+        // 413: a declared body over the limit is refused before a byte of it is read.
+        (
+            vec![Send("POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 17000000\r\n\r\n")],
+            error(413, "Payload Too Large", "body too large"),
+            0,
+        ),
+        // 431: a head over max_header_bytes (64 KiB).
+        (vec![Send(&big_header)], error(431, "Request Header Fields Too Large", "request header fields too large"), 0),
+        // 400: garbage.
+        (vec![Send("HELLO\r\n\r\n")], error(400, "Bad Request", "invalid request line"), 0),
+    ];
+    for (script, expected, closed_ms) in rows {
+        let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
+        assert_eq!(w.to_client, expected);
+        assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(closed_ms)), "{expected}");
+    }
+}
+
+fn error(code: u16, reason: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn a_slow_backend_gives_a_partial_answer_at_the_endpoint_timeout() {
+    let gw = gateway(
+        r#"{"endpoint": "/p", "timeout": "300ms", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/fast"},
+            {"host": ["http://127.0.0.1:9002"], "url_pattern": "/slow"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send("GET /p HTTP/1.1\r\nHost: gw\r\n\r\n"), Wait(1000), Eof])
+        .backend(&upstream(9001), &[json(r#"{"fast":1}"#)])
+        .backend(&upstream(9002), &[Serve::Hang])
+        .run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 10\r\n\r\n{\"fast\":1}"
+    );
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms backend 1: new connection to http://127.0.0.1:9002",
+            "   0ms backend 0: pooled",
+            " 300ms backend 1: closed",
+            " 300ms log: 192.0.2.9 \"GET /p\" 200 10 300.0ms",
+            "1000ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), DropIdle, Wait(10), Send(GET_A), Wait(10), Eof])
+        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .run();
+    assert_eq!(w.to_client, format!("{ANSWER_A}{ANSWER_A}"));
+    // The stale connection took the request and said nothing: sent again, once.
+    assert_eq!(w.requests, [REQUEST_A, REQUEST_A, REQUEST_A]);
+    assert_eq!(
+        w.trace[3..].join("\n"),
+        [
+            "  20ms backend 0: pooled connection to http://127.0.0.1:9001",
+            "  20ms backend 0: closed",
+            "  20ms backend 0: new connection to http://127.0.0.1:9001",
+            "  20ms backend 0: pooled",
+            "  20ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  30ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+fn no_op() -> Gateway {
+    gateway(
+        r#"{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op",
+            "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/up", "encoding": "no-op"}]}"#,
+    )
+}
+
+const UPLOAD_HEAD: &str =
+    "POST /raw HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n";
+
+#[test]
+fn no_op_streams_the_body_up_and_the_answer_down() {
+    let gw = no_op();
+    let lb = Balancer::new(gw.backend_count);
+    let answer = "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-Upstream: yes\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let w = World::new(
+        &gw,
+        &lb,
+        &[
+            Send(UPLOAD_HEAD),
+            Wait(10),
+            Send("5\r\nhello\r\n"),
+            Wait(10),
+            Send("6\r\n world\r\n0\r\n\r\n"),
+            Wait(10),
+            Eof,
+        ],
+    )
+    .backend(&upstream(9001), &[Serve::After(5, answer.into())])
+    .run();
+    // Up: re-chunked as it came, piece by piece.
+    assert_eq!(
+        w.requests,
+        [
+            "POST /up HTTP/1.1\r\nhost: 127.0.0.1:9001\r\ncontent-type: text/plain\r\nx-forwarded-for: 192.0.2.9\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        ]
+    );
+    // Down: status and end-to-end headers as the backend sent them, the body streamed.
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\nx-upstream: yes\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    );
+    assert!(
+        w.trace().contains("  25ms backend 0: pooled\n  25ms log: 192.0.2.9 \"POST /raw\" 201 5 25.0ms"),
+        "{}",
+        w.trace()
+    );
+}
+
+#[test]
+fn a_malformed_streamed_body_is_400_and_the_backend_connection_is_closed() {
+    let gw = no_op();
+    let lb = Balancer::new(gw.backend_count);
+    for (body, reason) in [
+        ("5\r\nhello\r\n0x1\r\nX\r\n0\r\n\r\n", "invalid chunk size"),
+        ("5\r\nhelloXX0\r\n\r\n", "chunk data must end with CRLF"),
+        ("ffffffffffffffffff1\r\nX\r\n0\r\n\r\n", "chunk size overflows"),
+    ] {
+        let w = World::new(&gw, &lb, &[Send(UPLOAD_HEAD), Wait(10), Send(body), Wait(10), Eof])
+            .backend(&upstream(9001), &[json("{}")])
+            .run();
+        assert_eq!(w.to_client, error(400, "Bad Request", reason), "{body:?}");
+        assert!(w.requests.is_empty(), "{body:?}");
+        assert!(w.pool.is_empty(), "{body:?}");
+        assert_eq!(
+            w.trace(),
+            [
+                "   0ms backend 0: new connection to http://127.0.0.1:9001".to_string(),
+                "  10ms backend 0: closed".into(),
+                format!("  10ms log: 192.0.2.9 \"POST /raw\" 400 {} 10.0ms", reason.len()),
+                "  10ms client: closed".into(),
+            ]
+            .join("\n"),
+            "{body:?}"
+        );
+    }
+}
+
+#[test]
+fn a_no_op_backend_that_fails_is_502_and_one_too_slow_is_504() {
+    let gw = gateway(
+        r#"{"endpoint": "/raw", "output_encoding": "no-op", "timeout": "200ms",
+            "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/d", "encoding": "no-op"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let get = "GET /raw HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let w = World::new(&gw, &lb, &[Send(get)]).backend(&upstream(9001), &[Serve::Refuse]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    assert!(
+        w.trace().contains("log: backend 0 of /raw: cannot connect to http://127.0.0.1:9001: refused"),
+        "{}",
+        w.trace()
+    );
+    let w = World::new(&gw, &lb, &[Send(get)]).backend(&upstream(9001), &[Serve::Hang]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(200)));
+}
+
+#[test]
+fn a_stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    // Idle: closed at the stop, nothing written.
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(50), Stop]).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
+    assert_eq!(w.to_client, ANSWER_A);
+    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(50)));
+    // In flight: answered (with Connection: close), then closed.
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Stop])
+        .backend(&upstream(9001), &[Serve::After(100, answer_json(r#"{"id":1}"#))])
+        .run();
+    assert_eq!(w.to_client, ANSWER_A.replace("content-length: 8\r\n", "content-length: 8\r\nconnection: close\r\n"));
+    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(100)));
+}
+
+fn answer_json(body: &str) -> String {
+    match json(body) {
+        Serve::After(_, text) => text,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn health_uses_the_wall_clock_given_at_accept() {
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Wait(1500), Send("GET /__health HTTP/1.1\r\nHost: gw\r\n\r\n")]);
+    let w = w.run();
+    assert!(w.to_client.is_empty(), "the header timeout closed the silent connection first");
+    let w = World::new(&gw, &lb, &[Wait(300), Send("GET /__health HTTP/1.1\r\nHost: gw\r\n\r\n"), Eof]).run();
+    assert!(w.to_client.ends_with(r#"{"agents":{},"now":"2026-11-21T22:26:40Z","status":"ok"}"#), "{}", w.to_client);
+}
