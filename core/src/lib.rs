@@ -4,6 +4,15 @@
 //! decisions come out, and the same input always gives the same output. The drivers
 //! (`sluice-uring`, `sluice-tokio`) own sockets and timers and nothing else.
 //!
+//! A driver's whole surface is [`conn::Connection`]: one per client connection,
+//! `handle_*` for what happened, `poll` for what to do next, `poll_timeout` for when to
+//! wake it. Drain `poll` after every `handle_*` call; [`conn`] has the canonical
+//! driver loop, and says where TLS sessions, proxied backends, tunnels and plugins go
+//! in it. It carries bytes only (no `http` types cross it), so how heads are parsed and
+//! written inside can change without touching a driver.
+//!
+//! - [`conn`]: one client connection's whole life (codec, deadlines, the exchange,
+//!   backend connections, retries, pooling, every status, the access line).
 //! - [`config`]: KrakenD v3 JSON → typed, validated [`config::Config`], with every
 //!   error reported at once with its JSON path.
 //! - [`plan`]: the config compiled once into an immutable [`plan::Gateway`].
