@@ -601,7 +601,7 @@ impl<'g> Connection<'g> {
     fn progress(&mut self) {
         // Each step either changes the state or waits for I/O; a step that changed
         // something runs the next one.
-        for _ in 0..64 {
+        for _ in 0..256 {
             let state = mem::replace(&mut self.state, State::Closed);
             let (state, moved) = self.step(state);
             self.state = state;
