@@ -193,6 +193,8 @@ struct Slot<'g> {
     phase: Phase,
     connected: bool,
     reused: bool,
+    /// The last [`Output::Connect`] allowed a pooled connection (a retry does not).
+    pooled: bool,
     /// Bytes to write next (the request, or a relayed body piece).
     out: Vec<u8>,
     /// The request as written, kept until the answer starts for a retry.
@@ -225,6 +227,7 @@ impl<'g> Slot<'g> {
             phase: Phase::Connecting,
             connected: false,
             reused: false,
+            pooled: true,
             out: Vec::new(),
             sent: Vec::new(),
             writing: false,
@@ -407,7 +410,9 @@ impl<'g> Connection<'g> {
         let limits = self.limits;
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
         slot.connected = true;
-        slot.reused = reused;
+        // A connection asked for new is new, whatever the driver says: a retry is never
+        // retried again.
+        slot.reused = reused && slot.pooled;
         slot.phase = Phase::Send;
         slot.fetch = Some(if slot.stream {
             Fetch::streaming(slot.method.clone(), limits, reused)
@@ -897,6 +902,7 @@ impl<'g> Connection<'g> {
             slot.phase = Phase::Connecting;
             slot.connected = false;
             slot.reused = false;
+            slot.pooled = false;
             slot.writing = false;
             slot.reading = false;
             slot.hungry = false;

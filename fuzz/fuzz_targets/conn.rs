@@ -1,0 +1,108 @@
+//! A whole client connection: any client bytes and any backend bytes, cut in any
+//! pieces, with time passing, end in a closed connection, never a panic or a hang.
+//! The first byte says where the client's bytes end and the backend's begin, the
+//! second how big each piece delivered is.
+#![no_main]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use libfuzzer_sys::fuzz_target;
+use sluice_core::Gateway;
+use sluice_core::conn::{Connection, Input, Output};
+use sluice_core::upstream::Balancer;
+
+fn gateway() -> &'static Gateway {
+    static GW: OnceLock<Gateway> = OnceLock::new();
+    GW.get_or_init(|| {
+        let config = r#"{"version": 3, "timeout": "1s", "read_header_timeout": "2s", "idle_timeout": "3s",
+            "max_header_bytes": 4096, "echo_endpoint": true, "endpoints": [
+            {"endpoint": "/a/{id}", "backend": [
+                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/x/{id}", "allow": ["a"]},
+                {"host": ["http://127.0.0.1:9002"], "url_pattern": "/y", "group": "g"}]},
+            {"endpoint": "/s", "extra_config": {"proxy": {"sequential": true}}, "backend": [
+                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/x"},
+                {"host": ["http://127.0.0.1:9002"], "url_pattern": "/y/{resp0_a}"}]},
+            {"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "backend": [
+                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/up", "encoding": "no-op"}]},
+            {"endpoint": "/raw", "output_encoding": "no-op", "backend": [
+                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/down", "encoding": "no-op"}]}]}"#;
+        Gateway::load(config).expect("a valid config").gateway
+    })
+}
+
+fuzz_target!(|input: &[u8]| {
+    let (Some(&cut), Some(&step)) = (input.first(), input.get(1)) else { return };
+    let rest = &input[2..];
+    let split = (usize::from(cut) * rest.len() / 255).min(rest.len());
+    let (client, backend) = rest.split_at(split);
+    let step = usize::from(step % 64) + 1;
+    let gw = gateway();
+    let lb = Balancer::new(gw.backend_count);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut conn = Connection::new(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
+    let mut client = client.chunks(step);
+    // Every backend connection answers with the same bytes, piece by piece.
+    let mut backends: Vec<Option<std::slice::Chunks<'_, u8>>> = Vec::new();
+    let mut ready: Vec<Input> = Vec::new();
+    for _ in 0..20_000 {
+        while let Some(output) = conn.poll() {
+            match output {
+                Output::ReadClient(mut buf) => match client.next() {
+                    Some(piece) => {
+                        buf.extend_from_slice(piece);
+                        ready.push(Input::ClientRead(buf, Ok(piece.len())));
+                    }
+                    // The client closes once it has said everything.
+                    None => ready.push(Input::ClientRead(buf, Ok(0))),
+                },
+                Output::WriteClient(bytes) => ready.push(Input::ClientWritten(bytes, Ok(()))),
+                Output::Connect { id, pooled, .. } => {
+                    if backends.len() <= id {
+                        backends.resize_with(id + 1, || None);
+                    }
+                    if backend.first() == Some(&b'!') {
+                        ready.push(Input::ConnectFailed(id, "refused".into()));
+                    } else {
+                        backends[id] = Some(backend.chunks(step));
+                        ready.push(Input::Connected(id, pooled && id % 2 == 1));
+                    }
+                }
+                Output::ReadBackend { id, mut buf } => {
+                    let piece = backends.get_mut(id).and_then(Option::as_mut).and_then(Iterator::next);
+                    let n = piece.map_or(0, |p| {
+                        buf.extend_from_slice(p);
+                        p.len()
+                    });
+                    ready.push(Input::BackendRead(id, buf, Ok(n)));
+                }
+                Output::WriteBackend { id, bytes } => ready.push(Input::BackendWritten(id, bytes, Ok(()))),
+                Output::PoolBackend { id, .. } | Output::CloseBackend { id } => {
+                    if let Some(b) = backends.get_mut(id) {
+                        *b = None;
+                    }
+                }
+                Output::Log(line) => drop(line.to_string()),
+                Output::Close => return,
+            }
+        }
+        if ready.is_empty() {
+            // Nothing to do but wait: time passes to the next deadline.
+            match conn.poll_timeout() {
+                Some(at) => {
+                    now = at.max(now);
+                    conn.handle(Input::Timeout, now);
+                }
+                None => panic!("the connection waits for nothing and never closes"),
+            }
+        } else {
+            for input in ready.drain(..) {
+                now += Duration::from_millis(1);
+                conn.handle(input, now);
+            }
+        }
+        assert!(now - t0 < Duration::from_secs(3600), "the connection outlived every deadline");
+    }
+    panic!("the connection did not close");
+});
