@@ -353,11 +353,6 @@ impl<'g> Connection<'g> {
         }
     }
 
-    /// Whether [`Output::Close`] has been given: nothing more will happen.
-    pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed) && self.queue.is_empty()
-    }
-
     // ----- what happened -----
 
     /// Feeds one [`Input`] at `now`.
