@@ -1,5 +1,6 @@
 //! The `sluice` command line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +8,23 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use sluice_core::{ConfigError, Gateway};
+
+mod log;
+
+/// `eprintln!` that never panics: a closed stderr (`sluice check ... 2>&1 | head -1`) loses
+/// the line, not the process.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics.
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "A fast, trustworthy API gateway that reads KrakenD v3 configuration")]
@@ -117,19 +135,19 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{}: cannot read: {e}", path.display());
+            say_err!("{}: cannot read: {e}", path.display());
             return Err(ExitCode::FAILURE);
         }
     };
     match Gateway::load(&text) {
         Ok(loaded) => Ok(loaded),
         Err(ConfigError::Syntax { line, column, message }) => {
-            eprintln!("{}:{line}:{column}: invalid JSON: {message}", path.display());
+            say_err!("{}:{line}:{column}: invalid JSON: {message}", path.display());
             Err(ExitCode::FAILURE)
         }
         Err(ConfigError::Invalid(errors)) => {
             for e in &errors {
-                eprintln!("{e}");
+                say_err!("{e}");
             }
             Err(ExitCode::FAILURE)
         }
@@ -141,10 +159,10 @@ fn check(path: &Path, lint: bool) -> ExitCode {
         Ok(loaded) => {
             if lint {
                 for w in &loaded.warnings {
-                    eprintln!("warning: {w}");
+                    say_err!("warning: {w}");
                 }
             }
-            println!("Syntax OK!");
+            say_out!("Syntax OK!");
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -156,13 +174,7 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
         Ok(loaded) => loaded.gateway,
         Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .init();
+    log::init();
     if serving.debug {
         gateway.config.debug_endpoint = true;
     }
@@ -190,13 +202,15 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     let server = match start(runtime, Arc::new(gateway), listen, &serving, wait, stop.clone()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("sluice: {e}");
+            log::flush();
+            say_err!("sluice: {e}");
             return ExitCode::FAILURE;
         }
     };
     let handled = wait_for_signal(stop, wait.as_secs_f64());
     server.join();
     tracing::info!("stopped");
+    log::flush();
     if handled { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
@@ -266,15 +280,16 @@ fn wait_for_signal(stop: sluice_core::StopSignal, wait: f64) -> bool {
         match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("sluice: cannot handle signals ({e}): stopping");
+                say_err!("sluice: cannot handle signals ({e}): stopping");
                 stop.trigger();
                 return false;
             }
         };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            tracing::info!("signal {sig}: stopping (waiting up to {wait}s for requests in flight)");
+            // Stop first: logging the signal must not be what stands between it and the stop.
             stop.trigger();
+            tracing::info!("signal {sig}: stopping (waiting up to {wait}s for requests in flight)");
         }
     });
     true

@@ -183,3 +183,100 @@ fn an_unknown_runtime_is_refused_before_binding() {
     assert!(err.contains("[possible values: uring, tokio]"), "{err}");
     assert!(!err.contains("listening"), "{err}");
 }
+
+/// A free port on 127.0.0.1 (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Connects until the gateway answers /__health (at most 10 s).
+fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {port} after 10 s");
+}
+
+fn sigterm_and_wait(child: &mut Child) -> Option<i32> {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("no exit 10 s after SIGTERM");
+}
+
+#[test]
+fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
+    // `sluice run ... 2>&1 | head -1`: the reader goes away. Every log line after that
+    // fails to write; the gateway must serve on and stop cleanly on SIGTERM, on both
+    // runtimes. Debug level, so that every request writes several lines.
+    for runtime in ["uring", "tokio"] {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "-c", "examples/krakend.json", "--shards", "1", "--runtime", runtime])
+            .args(["-p", &port.to_string()])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        wait_listening(port);
+        for i in 0..50 {
+            let r = get(port, "/__health", "");
+            assert_eq!(r.status, 200, "{runtime}: request {i}");
+            assert!(r.text().contains(r#""status":"ok""#), "{runtime}: {}", r.text());
+        }
+        assert_eq!(sigterm_and_wait(&mut child), Some(0), "{runtime}");
+    }
+}
+
+#[test]
+fn logs_go_to_stderr_without_colour_when_not_a_terminal() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", &port.to_string()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    assert_eq!(get(port, "/__health", "").status, 200);
+    assert_eq!(sigterm_and_wait(&mut child), Some(0));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "nothing on stdout");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(" INFO config examples/krakend.json"), "{err}");
+    assert!(err.contains("\"GET /__health\" 200 "), "the access line: {err}");
+    assert!(err.contains(" INFO stopped\n"), "{err}");
+    assert!(!err.contains('\x1b'), "no ANSI escapes off a terminal: {err:?}");
+}
+
+#[test]
+fn check_survives_a_closed_stdout_and_stderr() {
+    // `sluice check -c bad.json 2>&1 | true`: exit 1 for the bad config, not a panic (101).
+    for (config, code) in [("tests/configs/five_mistakes.json", 1), ("examples/krakend.json", 0)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "-c", config, "--lint"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        assert_eq!(child.wait().unwrap().code(), Some(code), "{config}");
+    }
+}
