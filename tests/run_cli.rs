@@ -184,20 +184,30 @@ fn an_unknown_runtime_is_refused_before_binding() {
     assert!(!err.contains("listening"), "{err}");
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Connects until the gateway answers /__health (at most 10 s).
-fn wait_listening(port: u16) {
+/// The port a child process listens on, from /proc (for a child started with `-p 0`
+/// whose logs cannot be read): its socket inodes, then the LISTEN rows of /proc/net/tcp.
+/// Waits up to 10 s for the listener.
+fn listening_port(pid: u32) -> u16 {
     for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| {
+                dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        for row in table.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // local_address is "IP:PORT" in hex; state 0A is LISTEN; column 9 the inode.
+            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
+                let port = cols[1].rsplit(':').next().unwrap();
+                return u16::from_str_radix(port, 16).unwrap();
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("nothing listens on {port} after 10 s");
+    panic!("process {pid} listens on nothing after 10 s");
 }
 
 fn sigterm_and_wait(child: &mut Child) -> Option<i32> {
@@ -218,10 +228,9 @@ fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
     // fails to write; the gateway must serve on and stop cleanly on SIGTERM, on both
     // runtimes. Debug level, so that every request writes several lines.
     for runtime in ["uring", "tokio"] {
-        let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "-c", "examples/krakend.json", "--shards", "1", "--runtime", runtime])
-            .args(["-p", &port.to_string()])
+            .args(["-p", "0"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
@@ -230,7 +239,7 @@ fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
             .unwrap();
         drop(child.stdout.take());
         drop(child.stderr.take());
-        wait_listening(port);
+        let port = listening_port(child.id());
         for i in 0..50 {
             let r = get(port, "/__health", "");
             assert_eq!(r.status, 200, "{runtime}: request {i}");
@@ -242,9 +251,8 @@ fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
 
 #[test]
 fn logs_go_to_stderr_without_colour_when_not_a_terminal() {
-    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", &port.to_string()])
+        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", "0"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
@@ -252,7 +260,7 @@ fn logs_go_to_stderr_without_colour_when_not_a_terminal() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_listening(port);
+    let port = listening_port(child.id());
     assert_eq!(get(port, "/__health", "").status, 200);
     assert_eq!(sigterm_and_wait(&mut child), Some(0));
     let out = child.wait_with_output().unwrap();

@@ -100,6 +100,15 @@ pub type BackendId = usize;
 const FLUSH_AT: usize = 64 * 1024;
 /// A fresh client connection's read buffer.
 const CLIENT_READ: usize = 1024;
+/// At stop, how long a keep-alive connection must have been quiet since its last answer
+/// before it is closed as idle: a client that loops sends its next request within
+/// this, and that request is answered (with `Connection: close`) rather than lost to a
+/// close racing it.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+/// After the last answer, the write side is shut and the client's bytes read and
+/// dropped for at most this long, until it closes: closing with unread bytes would
+/// reset the connection and could destroy that answer before the client reads it.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// What the driver does next (see the module docs for the loop).
 #[derive(Debug)]
@@ -125,6 +134,10 @@ pub enum Output<'g> {
     CloseBackend { id: BackendId },
     /// A log line.
     Log(Log<'g>),
+    /// Shut the client socket's write side (send FIN), keep its read side: the last
+    /// answer is out and the client's late bytes are read and dropped until it closes.
+    /// Then [`Connection::handle_client_shutdown`].
+    ShutdownClient,
     /// Close the client connection and every backend connection still open; the
     /// connection is over.
     Close,
@@ -136,6 +149,7 @@ pub enum Output<'g> {
 pub enum Input {
     ClientRead(Vec<u8>, io::Result<usize>),
     ClientWritten(Vec<u8>, io::Result<()>),
+    ClientShutdown(io::Result<()>),
     /// `true`: the connection came from the pool.
     Connected(BackendId, bool),
     ConnectFailed(BackendId, String),
@@ -282,6 +296,8 @@ enum State<'g> {
     Flush(Next),
     /// Close once the output is written.
     Closing,
+    /// The write side is shut; client bytes are dropped until it closes or `until`.
+    Linger { until: Instant },
     /// Over: [`Output::Close`] was given.
     Closed,
 }
@@ -313,6 +329,8 @@ pub struct Connection<'g> {
     slots: Vec<Slot<'g>>,
     queue: VecDeque<Output<'g>>,
     stopping: bool,
+    /// An answer (or part of one) went out for the current request: a close lingers.
+    answered: bool,
 }
 
 fn after(since: Instant, limit: Duration) -> Option<Instant> {
@@ -350,6 +368,7 @@ impl<'g> Connection<'g> {
             slots: Vec::new(),
             queue: VecDeque::new(),
             stopping: false,
+            answered: false,
         }
     }
 
@@ -360,6 +379,7 @@ impl<'g> Connection<'g> {
         match input {
             Input::ClientRead(buf, result) => self.handle_client_read(buf, result, now),
             Input::ClientWritten(buf, result) => self.handle_client_written(buf, result, now),
+            Input::ClientShutdown(result) => self.handle_client_shutdown(result, now),
             Input::Connected(id, reused) => self.handle_connected(id, reused, now),
             Input::ConnectFailed(id, reason) => self.handle_connect_failed(id, reason, now),
             Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
@@ -395,6 +415,17 @@ impl<'g> Connection<'g> {
         buf.clear();
         if buf.capacity() > self.spare.capacity() {
             self.spare = buf;
+        }
+        self.progress();
+    }
+
+    /// The write side shut down ([`Output::ShutdownClient`]); an error ends the
+    /// connection.
+    pub fn handle_client_shutdown(&mut self, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        if result.is_err() {
+            self.abort();
+            return;
         }
         self.progress();
     }
@@ -492,6 +523,12 @@ impl<'g> Connection<'g> {
             self.abort();
             return;
         }
+        if let State::Linger { until } = self.state
+            && now >= until
+        {
+            self.abort();
+            return;
+        }
         let state = mem::replace(&mut self.state, State::Closed);
         self.state = match state {
             State::Head(wait) if wait.deadline(cfg).is_some_and(|d| now >= d) => match wait.expired() {
@@ -522,8 +559,9 @@ impl<'g> Connection<'g> {
         self.progress();
     }
 
-    /// The server is stopping: an idle connection closes now; a request under way is
-    /// finished and answered with `Connection: close`.
+    /// The server is stopping: a connection idle for [`STOP_GRACE`] since its last
+    /// answer closes now, one that answered more recently when that much has passed; a
+    /// request under way or arriving before then is answered with `Connection: close`.
     pub fn handle_stop(&mut self, now: Instant) {
         self.now = now;
         self.stopping = true;
@@ -545,7 +583,8 @@ impl<'g> Connection<'g> {
             let bytes = mem::replace(&mut self.out, mem::take(&mut self.spare));
             return Some(Output::WriteClient(bytes));
         }
-        let reads_client = matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. });
+        let reads_client =
+            matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. } | State::Linger { .. });
         if self.hungry && reads_client && !self.reading && !self.eof {
             self.reading = true;
             return Some(Output::ReadClient(self.input.take_for_read()));
@@ -573,11 +612,15 @@ impl<'g> Connection<'g> {
         let cfg = &self.gw.config;
         let write = self.write_since.and_then(|since| after(since, cfg.write_timeout));
         let state = match &self.state {
+            State::Head(wait) if self.stopping && wait.is_idle() => {
+                earliest(wait.deadline(cfg), Some(wait.since() + STOP_GRACE))
+            }
             State::Head(wait) => wait.deadline(cfg),
             State::Body { deadline, .. } => *deadline,
             State::Exchange { deadline, .. } => Some(*deadline),
             State::Stream { ex, .. } => Some(ex.deadline()),
             State::Pump { id, .. } => self.slots.get(*id).and_then(|s| s.read_deadline),
+            State::Linger { until } => Some(*until),
             State::Flush(_) | State::Closing | State::Closed => None,
         };
         earliest(write, state)
@@ -623,8 +666,11 @@ impl<'g> Connection<'g> {
                     return (State::Flush(next), false);
                 }
                 match next {
-                    Next::KeepAlive if !self.stopping => (self.next_request(), true),
-                    _ => (State::Closing, true),
+                    // Stopping too: this answer went out without `Connection: close`, so
+                    // the client may send another request; the head wait closes the
+                    // connection once it has been quiet for STOP_GRACE.
+                    Next::KeepAlive => (self.next_request(), true),
+                    Next::Close | Next::Switch => (State::Closing, true),
                 }
             }
             State::Closing => {
@@ -632,8 +678,26 @@ impl<'g> Connection<'g> {
                     return (State::Closing, false);
                 }
                 self.close_slots();
+                if self.answered && !self.eof {
+                    self.queue.push_back(Output::ShutdownClient);
+                    self.input.clear();
+                    self.hungry = true;
+                    return (State::Linger { until: self.now + LINGER }, false);
+                }
                 self.queue.push_back(Output::Close);
                 (State::Closed, false)
+            }
+            State::Linger { until } => {
+                if self.eof {
+                    self.queue.push_back(Output::Close);
+                    return (State::Closed, false);
+                }
+                if !self.reading {
+                    // Whatever came is dropped; read on.
+                    self.input.clear();
+                    self.hungry = true;
+                }
+                (State::Linger { until }, false)
             }
             State::Closed => (State::Closed, false),
         }
@@ -649,6 +713,7 @@ impl<'g> Connection<'g> {
         }
         self.input.shrink_idle(CLIENT_READ, 8 * 1024);
         self.hungry = self.input.pending().is_empty();
+        self.answered = false;
         State::Head(HeadWait::new(false, self.now))
     }
 
@@ -659,7 +724,7 @@ impl<'g> Connection<'g> {
     }
 
     fn step_head(&mut self, mut wait: HeadWait) -> (State<'g>, bool) {
-        if self.stopping && wait.is_idle() && self.input.pending().is_empty() {
+        if self.stopping && wait.is_idle() && self.input.pending().is_empty() && self.now >= wait.since() + STOP_GRACE {
             return (State::Closing, true);
         }
         if self.hungry || self.reading {
@@ -1006,6 +1071,7 @@ impl<'g> Connection<'g> {
                     self.close_slots();
                     return (State::Closing, true);
                 }
+                self.answered = true;
                 let endpoint = ex.endpoint();
                 if let Some(slot) = self.slots.get_mut(id) {
                     slot.read_limit = (!endpoint.timeout.is_zero()).then_some(endpoint.timeout);
@@ -1121,6 +1187,7 @@ impl<'g> Connection<'g> {
     fn respond(&mut self, reply: Reply, line: AccessLog, close: bool) -> State<'g> {
         match reply.write(&mut self.server, close || self.stopping, &mut self.out) {
             Ok(next) => {
+                self.answered = true;
                 let line = line.line(reply.status, reply.body.len() as u64, self.now);
                 self.queue.push_back(Output::Log(Log::Access(line)));
                 State::Flush(next)
@@ -1133,6 +1200,7 @@ impl<'g> Connection<'g> {
     /// byte went out.
     fn fail(&mut self, status: StatusCode, reason: &str, line: Option<AccessLog>) -> State<'g> {
         self.server.write_error(status, reason, &mut self.out);
+        self.answered = true;
         if let Some(line) = line {
             let line = line.line(status, reason.len() as u64, self.now);
             self.queue.push_back(Output::Log(Log::Access(line)));

@@ -34,6 +34,11 @@ impl HeadWait {
         self.started.get_or_insert(now);
     }
 
+    /// The accept (first request) or the end of the last answer.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
     /// No byte of the next request has come: a stopping server may close the
     /// connection now without losing anything.
     pub fn is_idle(&self) -> bool {

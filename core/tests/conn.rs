@@ -71,6 +71,8 @@ struct World<'g> {
     /// Every request a backend received, whole, in order.
     requests: Vec<String>,
     closed_at: Option<Instant>,
+    /// The gateway shut its write side (the lingering close after a last answer).
+    shut_at: Option<Instant>,
 }
 
 const CONFIG_HEAD: &str = r#""version": 3, "timeout": "1s", "read_header_timeout": "400ms", "idle_timeout": "2s""#;
@@ -105,6 +107,7 @@ impl<'g> World<'g> {
             trace: Vec::new(),
             requests: Vec::new(),
             closed_at: None,
+            shut_at: None,
         }
     }
 
@@ -207,6 +210,11 @@ impl<'g> World<'g> {
                 }
             }
             Output::Log(line) => self.note(format!("log: {line}")),
+            Output::ShutdownClient => {
+                self.note("client: write side shut".into());
+                self.shut_at = Some(self.now);
+                self.ready.push_back(Input::ClientShutdown(Ok(())));
+            }
             Output::Close => {
                 self.note("client: closed".into());
                 self.closed_at = Some(self.now);
@@ -280,6 +288,12 @@ impl<'g> World<'g> {
             _ => self.conn.handle(Input::Timeout, at),
         }
         true
+    }
+
+    /// When the gateway was done with the client: its write side shut (a lingering
+    /// close), or the connection closed.
+    fn ended(&self) -> Option<Duration> {
+        self.shut_at.or(self.closed_at).map(|t| t - self.t0)
     }
 
     fn trace(&self) -> String {
@@ -393,7 +407,7 @@ fn client_errors_and_limits() {
     for (script, expected, closed_ms) in rows {
         let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
         assert_eq!(w.to_client, expected);
-        assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(closed_ms)), "{expected}");
+        assert_eq!(w.ended(), Some(Duration::from_millis(closed_ms)), "{expected}");
     }
 }
 
@@ -528,7 +542,8 @@ fn a_malformed_streamed_body_is_400_and_the_backend_connection_is_closed() {
                 "   0ms backend 0: new connection to http://127.0.0.1:9001".to_string(),
                 "  10ms backend 0: closed".into(),
                 format!("  10ms log: 192.0.2.9 \"POST /raw\" 400 {} 10.0ms", reason.len()),
-                "  10ms client: closed".into(),
+                "  10ms client: write side shut".into(),
+                "  20ms client: closed".into(),
             ]
             .join("\n"),
             "{body:?}"
@@ -559,23 +574,61 @@ fn a_no_op_backend_that_fails_is_502_and_one_too_slow_is_504() {
         w.to_client,
         "HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
-    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(200)));
+    assert_eq!(w.ended(), Some(Duration::from_millis(200)));
 }
 
 #[test]
 fn a_stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
     let gw = one_backend();
     let lb = Balancer::new(gw.backend_count);
-    // Idle: closed at the stop, nothing written.
+    // Idle for longer than the grace: closed at the stop, nothing written.
+    let w =
+        World::new(&gw, &lb, &[Send(GET_A), Wait(1500), Stop]).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
+    assert_eq!(w.to_client, ANSWER_A);
+    assert_eq!((w.shut_at, w.closed_at.map(|t| t - w.t0)), (None, Some(Duration::from_millis(1500))));
+    // Answered 50 ms before the stop: a client that loops sends its next request right
+    // after, and it is answered with Connection: close instead of being lost to a close
+    // racing it. Then the write side is shut and the connection closes at the client's EOF.
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(50), Stop, Wait(20), Send(GET_A), Wait(10), Eof])
+        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .run();
+    let closing = ANSWER_A.replace("content-length: 8\r\n", "content-length: 8\r\nconnection: close\r\n");
+    assert_eq!(w.to_client, format!("{ANSWER_A}{closing}"));
+    assert_eq!(
+        w.trace[5..].join("\n"),
+        ["  70ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms", "  70ms client: write side shut", "  80ms client: closed"]
+            .join("\n")
+    );
+    // The same client quiet after the stop: closed once the grace has run from its last answer.
     let w = World::new(&gw, &lb, &[Send(GET_A), Wait(50), Stop]).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
     assert_eq!(w.to_client, ANSWER_A);
-    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(50)));
+    assert_eq!((w.shut_at, w.closed_at.map(|t| t - w.t0)), (None, Some(Duration::from_millis(1000))));
     // In flight: answered (with Connection: close), then closed.
     let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Stop])
         .backend(&upstream(9001), &[Serve::After(100, answer_json(r#"{"id":1}"#))])
         .run();
     assert_eq!(w.to_client, ANSWER_A.replace("content-length: 8\r\n", "content-length: 8\r\nconnection: close\r\n"));
-    assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(100)));
+    assert_eq!(w.ended(), Some(Duration::from_millis(100)));
+}
+
+#[test]
+fn a_last_answer_is_followed_by_a_lingering_close() {
+    // 413 for a body the gateway will not read: the client goes on sending it. Its bytes
+    // are read and dropped after the write side is shut (closing with them unread would
+    // reset the connection and could destroy the 413 before the client reads it); the
+    // connection closes at the client's EOF, or after LINGER at most.
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let post = "POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 17000000\r\n\r\n";
+    let chunk = "x".repeat(900);
+    let w = World::new(&gw, &lb, &[Send(post), Wait(5), Send(&chunk), Wait(5), Send(&chunk), Wait(5), Eof]).run();
+    assert_eq!(w.to_client, error(413, "Payload Too Large", "body too large"));
+    assert_eq!(w.trace(), ["   0ms client: write side shut", "  15ms client: closed"].join("\n"));
+    // A client that never closes: closed when the linger runs out.
+    let w = World::new(&gw, &lb, &[Send(post), Wait(5), Send(&chunk)]).run();
+    assert_eq!(w.to_client, error(413, "Payload Too Large", "body too large"));
+    assert_eq!(w.trace(), ["   0ms client: write side shut", "2000ms client: closed"].join("\n"));
+    assert_eq!(sluice_core::conn::LINGER, Duration::from_secs(2));
 }
 
 fn answer_json(body: &str) -> String {

@@ -58,6 +58,7 @@ fuzz_target!(|input: &[u8]| {
                     None => ready.push(Input::ClientRead(buf, Ok(0))),
                 },
                 Output::WriteClient(bytes) => ready.push(Input::ClientWritten(bytes, Ok(()))),
+                Output::ShutdownClient => ready.push(Input::ClientShutdown(Ok(()))),
                 Output::Connect { id, pooled, .. } => {
                     if backends.len() <= id {
                         backends.resize_with(id + 1, || None);

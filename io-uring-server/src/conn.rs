@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use sluice_core::conn::{BackendId, Connection, Input, Log, Output};
 
@@ -136,6 +136,15 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         Output::WriteClient(bytes) => match ops.writer.take() {
             Some(w) => ops.write = Some(Box::pin(write_client(w, bytes))),
             None => conn.handle(Input::ClientWritten(bytes, Err(gone())), Instant::now()),
+        },
+        Output::ShutdownClient => match ops.writer.take() {
+            Some(mut w) => {
+                ops.write = Some(Box::pin(async move {
+                    let res = w.shutdown().await;
+                    (Back::Writer(w), Input::ClientShutdown(res))
+                }));
+            }
+            None => conn.handle(Input::ClientShutdown(Err(gone())), Instant::now()),
         },
         Output::Connect { id, host, pool_key, pooled } => {
             let idle = if pooled { shard.pool.take(pool_key) } else { None };

@@ -150,6 +150,13 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 (Held::ClientWriter(w), Input::ClientWritten(bytes, res))
             }));
         }
+        Output::ShutdownClient => {
+            let Some(mut w) = sockets.writer.take() else { return Some(Some(Input::ClientShutdown(Err(busy())))) };
+            sockets.client[1] = Some(Box::pin(async move {
+                let res = w.shutdown().await;
+                (Held::ClientWriter(w), Input::ClientShutdown(res))
+            }));
+        }
         Output::Connect { id, host, pool_key, pooled } => {
             *sockets.upstream(id) = (None, None);
             let idle = if pooled { shared.pool.take(pool_key) } else { None };
