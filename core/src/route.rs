@@ -87,6 +87,16 @@ pub enum RouteMatch<'r, 'p> {
     NotFound,
 }
 
+/// Whether a browser would read this path, as a `Location`, as a network-path
+/// reference (another host): it starts with two slashes, either way round.
+fn other_origin(path: &str) -> bool {
+    matches!(path.as_bytes(), [b'/' | b'\\', b'/' | b'\\', ..])
+}
+
+/// Named parameters one route may have: the router (matchit) renames them `{a}`..`{y}`
+/// inside and panics past that.
+pub const MAX_PARAMS: usize = 25;
+
 impl Router {
     /// Builds the table from `(index in endpoints[], method, path)` triples. Errors name
     /// the endpoint by its index: duplicates and conflicting patterns.
@@ -102,6 +112,14 @@ impl Router {
                 errors.push(RouteError {
                     endpoint: i,
                     message: format!("duplicate route {method} {path}: endpoints[{first}] declares it too"),
+                });
+                continue;
+            }
+            let params = path.as_bytes().windows(2).filter(|w| w[0] == b'{' && w[1] != b'*').count();
+            if params > MAX_PARAMS {
+                errors.push(RouteError {
+                    endpoint: i,
+                    message: format!("route {method} {path} has {params} parameters: at most {MAX_PARAMS} are supported"),
                 });
                 continue;
             }
@@ -158,7 +176,9 @@ impl Router {
                     Some(p) => p.to_string(),
                     None => format!("{path}/"),
                 };
-                if t.at(&toggled).is_ok() {
+                // Never a Location a browser reads as another origin: `//evil.example`
+                // and `/\evil.example` both lead to http://evil.example/.
+                if t.at(&toggled).is_ok() && !other_origin(&toggled) {
                     let status = if method == Method::GET {
                         StatusCode::MOVED_PERMANENTLY
                     } else {

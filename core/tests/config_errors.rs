@@ -206,6 +206,20 @@ fn broken_configs_report_exact_paths_and_messages() {
             vec!["endpoints[1].endpoint: route GET /u/{name} conflicts with /u/{id} (endpoints[0])"],
         ),
         (
+            "more parameters than the router takes (it panicked at 26)",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": many_params(26), "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": format!("/b{}", many_params(25)), "backend": [{"url_pattern": "/x"}]},
+                {"endpoint": format!("/c{}", many_params(40)), "method": "POST", "backend": [{"url_pattern": "/x"}]}
+            ]}),
+            vec![
+                &*format!("endpoints[0].endpoint: route GET {} has 26 parameters: at most 25 are supported", many_params(26))
+                    .leak(),
+                &*format!("endpoints[2].endpoint: route POST /c{} has 40 parameters: at most 25 are supported", many_params(40))
+                    .leak(),
+            ],
+        ),
+        (
             "reserved paths",
             json!({"version": 3, "host": ["http://api"], "endpoints": [
                 {"endpoint": "/__health", "backend": [{"url_pattern": "/x"}]},
@@ -628,4 +642,9 @@ fn example_config_is_valid() {
     let loaded = Gateway::load(text).unwrap_or_else(|e| panic!("{e}"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(loaded.gateway.endpoints.len(), 5);
+}
+
+/// `/{p0}/{p1}/...` with `n` parameters.
+fn many_params(n: usize) -> String {
+    (0..n).map(|i| format!("/{{p{i}}}")).collect()
 }

@@ -81,6 +81,19 @@ fn trailing_slash_redirects() {
 }
 
 #[test]
+fn no_redirect_leads_to_another_origin() {
+    // `/{x}` matches `/\evil.example`; its trailing-slash twin must not be echoed as a
+    // Location: browsers read `/\host` and `//host` as http://host/.
+    let gw = gateway(&[("GET", "/{x}"), ("GET", "/{x}/{y}/")], false);
+    assert_eq!(answer(&gw, Method::GET, "/\\evil.example/"), "404");
+    assert_eq!(answer(&gw, Method::GET, "//evil.example"), "404");
+    assert_eq!(answer(&gw, Method::GET, "/\\/evil.example"), "404");
+    // The same shapes that stay on this origin still redirect.
+    assert_eq!(answer(&gw, Method::GET, "/safe/"), "301 -> /safe");
+    assert_eq!(answer(&gw, Method::GET, "/a/b"), "301 -> /a/b/");
+}
+
+#[test]
 fn a_thousand_endpoints_each_route_to_themselves() {
     let mut endpoints = Vec::new();
     for r in 0..250 {
