@@ -132,10 +132,10 @@ fn default_runtime() -> (Runtime, String) {
 
 /// Reads and compiles a configuration, printing every error as `sluice check` does.
 fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_config(path) {
         Ok(t) => t,
         Err(e) => {
-            say_err!("{}: cannot read: {e}", path.display());
+            say_err!("{}: {e}", path.display());
             return Err(ExitCode::FAILURE);
         }
     };
@@ -147,11 +147,31 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
         }
         Err(ConfigError::Invalid(errors)) => {
             for e in &errors {
-                say_err!("{e}");
+                if e.path.is_empty() {
+                    // About the whole document: the file names it.
+                    say_err!("{}: {}", path.display(), e.message);
+                } else {
+                    say_err!("{e}");
+                }
             }
             Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// Reads at most [`sluice_core::config::MAX_CONFIG_BYTES`] (and one more byte, to tell
+/// a file over the limit): `-c /dev/zero` is refused, not read forever.
+fn read_config(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let limit = sluice_core::config::MAX_CONFIG_BYTES;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() > limit {
+        return Err(sluice_core::config::too_large(bytes.len()));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 text (byte {}): not a JSON configuration", e.utf8_error().valid_up_to()))
 }
 
 fn check(path: &Path, lint: bool) -> ExitCode {

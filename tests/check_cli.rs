@@ -86,3 +86,53 @@ fn version_and_help() {
     assert_eq!(bad.status.code(), Some(2), "clap reports a missing -c with exit 2");
     assert!(text(&bad.stderr).contains("--config <FILE>"));
 }
+
+#[test]
+fn an_endless_or_oversized_file_is_refused_at_the_limit() {
+    // /dev/zero never ends: read up to the limit (8 MiB) and one byte more, then refused.
+    let started = std::time::Instant::now();
+    let out = sluice(&["check", "-c", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "/dev/zero: the configuration is larger than 8 MiB (8388609 bytes or more): refused\n"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "bounded, not read forever");
+    // A real file one byte over: the same answer (JSON that would parse, if read).
+    let big = std::env::temp_dir().join(format!("sluice-big-{}.json", std::process::id()));
+    let mut doc = String::from(r#"{"version": 3, "name": ""#);
+    doc.push_str(&"x".repeat((8 << 20) - doc.len() - 2 + 1));
+    doc.push_str(r#""}"#);
+    assert_eq!(doc.len(), (8 << 20) + 1);
+    std::fs::write(&big, &doc).unwrap();
+    let out = sluice(&["check", "-c", big.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&big);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).ends_with(": the configuration is larger than 8 MiB (8388609 bytes or more): refused\n"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_document_that_is_not_an_object_is_named_by_its_file() {
+    let dir = std::env::temp_dir().join(format!("sluice-root-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (doc, found) in [("null", "null"), ("[1]", "an array"), ("\"x\"", "a string"), ("3", "a number")] {
+        let file = dir.join("root.json");
+        std::fs::write(&file, doc).unwrap();
+        let out = sluice(&["check", "-c", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{doc}");
+        assert_eq!(
+            text(&out.stderr),
+            format!("{}: a configuration is a JSON object (KrakenD v3), found {found}\n", file.display())
+        );
+    }
+    let file = dir.join("binary.json");
+    std::fs::write(&file, [b'{', 0xff, 0xfe, b'}']).unwrap();
+    let out = sluice(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), format!("{}: not UTF-8 text (byte 1): not a JSON configuration\n", file.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -119,7 +119,9 @@ impl Router {
             if params > MAX_PARAMS {
                 errors.push(RouteError {
                     endpoint: i,
-                    message: format!("route {method} {path} has {params} parameters: at most {MAX_PARAMS} are supported"),
+                    message: format!(
+                        "route {method} {path} has {params} parameters: at most {MAX_PARAMS} are supported"
+                    ),
                 });
                 continue;
             }

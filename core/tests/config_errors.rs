@@ -44,7 +44,7 @@ fn broken_configs_report_exact_paths_and_messages() {
             json!({"version": "3"}),
             vec![r#"version: unsupported version a string: Sluice reads KrakenD v3 files ("version": 3)"#],
         ),
-        ("root not an object", json!([1]), vec!["expected an object, found an array"]),
+        ("root not an object", json!([1]), vec!["a configuration is a JSON object (KrakenD v3), found an array"]),
         (
             "endpoint without backend key",
             json!({"version": 3, "endpoints": [{"endpoint": "/a"}]}),
@@ -213,10 +213,28 @@ fn broken_configs_report_exact_paths_and_messages() {
                 {"endpoint": format!("/c{}", many_params(40)), "method": "POST", "backend": [{"url_pattern": "/x"}]}
             ]}),
             vec![
-                &*format!("endpoints[0].endpoint: route GET {} has 26 parameters: at most 25 are supported", many_params(26))
-                    .leak(),
-                &*format!("endpoints[2].endpoint: route POST /c{} has 40 parameters: at most 25 are supported", many_params(40))
-                    .leak(),
+                &*format!(
+                    "endpoints[0].endpoint: route GET {} has 26 parameters: at most 25 are supported",
+                    many_params(26)
+                )
+                .leak(),
+                &*format!(
+                    "endpoints[2].endpoint: route POST /c{} has 40 parameters: at most 25 are supported",
+                    many_params(40)
+                )
+                .leak(),
+            ],
+        ),
+        (
+            "service discovery the gateway does not implement",
+            backends(json!([
+                {"host": ["users.service.consul"], "url_pattern": "/x", "sd": "dns", "disable_host_sanitize": true},
+                {"host": ["http://api"], "url_pattern": "/y", "sd": "static"},
+                {"host": ["http://api"], "url_pattern": "/z", "sd": "eureka"}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].sd: "dns" (SRV records) is not implemented yet: list the backend's hosts with "sd": "static""#,
+                r#"endpoints[0].backend[2].sd: unknown value "eureka", expected "static" or "dns""#,
             ],
         ),
         (
@@ -647,4 +665,15 @@ fn example_config_is_valid() {
 /// `/{p0}/{p1}/...` with `n` parameters.
 fn many_params(n: usize) -> String {
     (0..n).map(|i| format!("/{{p{i}}}")).collect()
+}
+
+#[test]
+fn text_over_the_size_limit_is_refused_before_parsing() {
+    let limit = sluice_core::config::MAX_CONFIG_BYTES;
+    let mut doc = format!(r#"{{"version": 3, "endpoints": [], "name": "{}"}}"#, " ".repeat(limit));
+    let err = Gateway::load(&doc).unwrap_err().to_string();
+    assert_eq!(err, format!("the configuration is larger than 8 MiB ({} bytes or more): refused", doc.len()));
+    doc.truncate(0);
+    doc.push_str(r#"{"version": 3, "endpoints": []}"#);
+    assert!(Gateway::load(&doc).is_ok());
 }

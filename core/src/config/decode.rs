@@ -87,6 +87,10 @@ impl<'a> Obj<'a> {
     fn new(v: &'a Value, path: String, cx: &mut Ctx) -> Option<Obj<'a>> {
         match v {
             Value::Object(map) => Some(Obj { map, path, seen: Vec::new() }),
+            other if path.is_empty() => {
+                cx.error(&path, format!("a configuration is a JSON object (KrakenD v3), found {}", kind(other)));
+                None
+            }
             other => {
                 cx.error(&path, format!("expected an object, found {}", kind(other)));
                 None
@@ -702,6 +706,14 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     }
     let group = o.non_empty("group", cx);
     let sd = o.leaf("sd", cx).unwrap_or(ServiceDiscovery::Static);
+    if sd == ServiceDiscovery::Dns {
+        // Refused rather than warned about: served, each host would be taken for a
+        // plain host name and every call would fail.
+        cx.error(
+            &o.at("sd"),
+            "\"dns\" (SRV records) is not implemented yet: list the backend's hosts with \"sd\": \"static\"",
+        );
+    }
     let input_headers = o.strings("input_headers", cx);
     if let Some(h) = &input_headers {
         check_header_names(h, &o.at("input_headers"), cx);

@@ -79,12 +79,25 @@ pub struct Parsed {
 
 /// Parses and validates the text of a KrakenD v3 configuration file.
 pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Invalid(vec![Diagnostic { path: String::new(), message: too_large(text.len()) }]));
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
         line: e.line(),
         column: e.column(),
         message: syntax_message(&e),
     })?;
     decode::decode(&value)
+}
+
+/// The largest configuration read: 8 MiB. A 6.5 MB file of 34,000 endpoints checks in
+/// 0.5 s and 260 MB; the limit keeps a wrong file (`-c /dev/zero`, a log) from taking
+/// the machine's memory.
+pub const MAX_CONFIG_BYTES: usize = 8 << 20;
+
+/// The message for a file over [`MAX_CONFIG_BYTES`] (`size`: what was read, at least).
+pub fn too_large(size: usize) -> String {
+    format!("the configuration is larger than {} MiB ({size} bytes or more): refused", MAX_CONFIG_BYTES >> 20)
 }
 
 /// serde_json's message without its trailing " at line L column C" (we print our own).
