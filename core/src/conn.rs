@@ -223,9 +223,6 @@ struct Slot<'g> {
     /// The codec a streamed body is pumped with.
     codec: Option<ClientConn>,
     failure: Option<Failure>,
-    /// How long one read of a pumped body may take (the endpoint timeout).
-    read_limit: Option<Duration>,
-    read_deadline: Option<Instant>,
 }
 
 impl<'g> Slot<'g> {
@@ -252,8 +249,6 @@ impl<'g> Slot<'g> {
             fetch: None,
             codec: None,
             failure: None,
-            read_limit: None,
-            read_deadline: None,
         }
     }
 
@@ -291,7 +286,7 @@ enum State<'g> {
     /// relaying the body, waiting for the head.
     Stream { ex: Exchange<'g>, line: AccessLog, id: BackendId },
     /// `no-op`: the backend's body is pumped to the client.
-    Pump { line: AccessLog, id: BackendId, status: StatusCode, sent: u64, endpoint: &'g str },
+    Pump(Pumping<'g>),
     /// A whole response is in the output: once written, the connection goes on so.
     Flush(Next),
     /// Close once the output is written.
@@ -300,6 +295,26 @@ enum State<'g> {
     Linger { until: Instant },
     /// Over: [`Output::Close`] was given.
     Closed,
+}
+
+/// A `no-op` response body on its way from backend connection `id` to the client.
+///
+/// The endpoint timeout bounds the whole exchange, body included, from the request's
+/// start ([`Exchange::deadline`]): as KrakenD, whose request context covers the
+/// response body too. A trickling backend cannot hold the client longer, and a
+/// download that needs longer needs a longer endpoint `timeout`.
+#[derive(Debug)]
+struct Pumping<'g> {
+    /// Kept for the 502 a failure gets while nothing reached the client.
+    ex: Exchange<'g>,
+    line: AccessLog,
+    id: BackendId,
+    status: StatusCode,
+    /// Body bytes written for the client so far.
+    sent: u64,
+    /// Where the response head starts in the output and the count of client writes
+    /// then: while no write was handed out since, the head can still be taken back.
+    head: (usize, u64),
 }
 
 /// One client connection (see the module docs).
@@ -331,6 +346,8 @@ pub struct Connection<'g> {
     stopping: bool,
     /// An answer (or part of one) went out for the current request: a close lingers.
     answered: bool,
+    /// Client writes handed to the driver so far.
+    handed: u64,
 }
 
 fn after(since: Instant, limit: Duration) -> Option<Instant> {
@@ -369,6 +386,7 @@ impl<'g> Connection<'g> {
             queue: VecDeque::new(),
             stopping: false,
             answered: false,
+            handed: 0,
         }
     }
 
@@ -464,7 +482,6 @@ impl<'g> Connection<'g> {
         slot.input.restore(buf);
         slot.reading = false;
         slot.hungry = false;
-        slot.read_deadline = None;
         match result {
             Ok(0) => slot.eof = true,
             Ok(_) => {}
@@ -547,13 +564,7 @@ impl<'g> Connection<'g> {
                 self.close_slots();
                 self.settle_stream(ex, line)
             }
-            State::Pump { id, endpoint, .. }
-                if self.slots.get(id).and_then(|s| s.read_deadline).is_some_and(|d| now >= d) =>
-            {
-                self.log_backend(endpoint, 0, "the backend stopped sending the response body".into());
-                self.close_slots();
-                State::Closing
-            }
+            State::Pump(p) if now >= p.ex.deadline() => self.cut(p, Cut::Timeout),
             other => other,
         };
         self.progress();
@@ -580,6 +591,7 @@ impl<'g> Connection<'g> {
         }
         if !self.out.is_empty() && self.write_since.is_none() {
             self.write_since = Some(self.now);
+            self.handed += 1;
             let bytes = mem::replace(&mut self.out, mem::take(&mut self.spare));
             return Some(Output::WriteClient(bytes));
         }
@@ -589,7 +601,6 @@ impl<'g> Connection<'g> {
             self.reading = true;
             return Some(Output::ReadClient(self.input.take_for_read()));
         }
-        let now = self.now;
         for (id, slot) in self.slots.iter_mut().enumerate() {
             if !slot.in_use || !slot.connected || slot.failure.is_some() {
                 continue;
@@ -600,7 +611,6 @@ impl<'g> Connection<'g> {
             }
             if slot.hungry && !slot.reading && !slot.eof && !slot.writing {
                 slot.reading = true;
-                slot.read_deadline = slot.read_limit.and_then(|limit| after(now, limit));
                 return Some(Output::ReadBackend { id, buf: slot.input.take_for_read() });
             }
         }
@@ -619,7 +629,7 @@ impl<'g> Connection<'g> {
             State::Body { deadline, .. } => *deadline,
             State::Exchange { deadline, .. } => Some(*deadline),
             State::Stream { ex, .. } => Some(ex.deadline()),
-            State::Pump { id, .. } => self.slots.get(*id).and_then(|s| s.read_deadline),
+            State::Pump(p) => Some(p.ex.deadline()),
             State::Linger { until } => Some(*until),
             State::Flush(_) | State::Closing | State::Closed => None,
         };
@@ -660,7 +670,7 @@ impl<'g> Connection<'g> {
             State::Body { req, serve, body, deadline, line } => self.step_body(req, serve, body, deadline, line),
             State::Exchange { ex, line, deadline } => self.step_exchange(ex, line, deadline),
             State::Stream { ex, line, id } => self.step_stream(ex, line, id),
-            State::Pump { line, id, status, sent, endpoint } => self.step_pump(line, id, status, sent, endpoint),
+            State::Pump(p) => self.step_pump(p),
             State::Flush(next) => {
                 if !self.out.is_empty() || self.write_since.is_some() {
                     return (State::Flush(next), false);
@@ -1067,16 +1077,13 @@ impl<'g> Connection<'g> {
                     body: head.body_length(),
                     close: self.stopping,
                 };
+                let head_at = (self.out.len(), self.handed);
                 if self.server.write_response_head(&response, &mut self.out).is_err() {
                     self.close_slots();
                     return (State::Closing, true);
                 }
                 self.answered = true;
-                let endpoint = ex.endpoint();
-                if let Some(slot) = self.slots.get_mut(id) {
-                    slot.read_limit = (!endpoint.timeout.is_zero()).then_some(endpoint.timeout);
-                }
-                (State::Pump { line, id, status: stream.status, sent: 0, endpoint: endpoint.path.as_str() }, true)
+                (State::Pump(Pumping { ex, line, id, status: stream.status, sent: 0, head: head_at }), true)
             }
             SlotEvent::Failed(f) => {
                 self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
@@ -1129,56 +1136,66 @@ impl<'g> Connection<'g> {
         }
     }
 
-    fn step_pump(
-        &mut self,
-        line: AccessLog,
-        id: BackendId,
-        status: StatusCode,
-        mut sent: u64,
-        endpoint: &'g str,
-    ) -> (State<'g>, bool) {
-        let pumping = State::Pump { line, id, status, sent, endpoint };
-        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return (pumping, false) };
+    fn step_pump(&mut self, mut p: Pumping<'g>) -> (State<'g>, bool) {
+        let Some(slot) = self.slots.get_mut(p.id).filter(|s| s.in_use) else { return (State::Pump(p), false) };
         if let Some(failure) = slot.failure.take() {
-            // The backend broke off: the client's response cannot end well.
-            self.log_backend(endpoint, 0, format!("response body: {}", failure.reason));
-            self.close_slots();
-            return (State::Closing, true);
+            // The backend broke off (a reset, a failed read).
+            return (self.cut(p, Cut::Failed(failure.reason)), true);
         }
         if self.out.len() >= FLUSH_AT || slot.reading || slot.hungry {
-            return (pumping, false);
+            return (State::Pump(p), false);
         }
-        let State::Pump { line, .. } = pumping else { return (State::Closing, true) };
-        let Some(codec) = slot.codec.as_mut() else { return (State::Closing, true) };
+        let Some(codec) = slot.codec.as_mut() else { return (self.cut(p, Cut::Failed("no codec".into())), true) };
         match pump_body(codec, slot.input.pending(), slot.eof, &mut self.server, &mut self.out, FLUSH_AT) {
             Ok((n, moved, Pumped::End)) => {
                 slot.input.consume(n);
-                sent += moved;
+                p.sent += moved;
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
-                self.release(id, reusable);
+                self.release(p.id, reusable);
+                let line = p.line.line(p.status, p.sent, self.now);
+                self.queue.push_back(Output::Log(Log::Access(line)));
                 match self.server.finish_response(&mut self.out) {
-                    Ok(next) => {
-                        let now = self.now;
-                        self.queue.push_back(Output::Log(Log::Access(line.line(status, sent, now))));
-                        (State::Flush(next), true)
-                    }
+                    Ok(next) => (State::Flush(next), true),
                     Err(_) => (State::Closing, true),
                 }
             }
             Ok((n, moved, pumped)) => {
                 slot.input.consume(n);
-                sent += moved;
+                p.sent += moved;
                 if pumped == Pumped::NeedMore {
                     slot.hungry = true;
                 }
-                (State::Pump { line, id, status, sent, endpoint }, n > 0)
+                (State::Pump(p), n > 0)
             }
-            Err(e) => {
-                self.log_backend(endpoint, 0, format!("response body: {}", e.reason()));
-                self.close_slots();
-                (State::Closing, true)
-            }
+            Err(e) => (self.cut(p, Cut::Failed(format!("invalid response body: {}", e.reason()))), true),
         }
+    }
+
+    /// A `no-op` response body that cannot end well. While no byte of the answer has
+    /// reached the client, it is taken back and the client gets the 502 (504 at the
+    /// timeout) it would have had before the head; after that the body is cut (the
+    /// client sees a short body: no chunk terminator, or fewer bytes than announced)
+    /// and the connection closes. Either way, a backend line and the access line.
+    fn cut(&mut self, p: Pumping<'g>, cut: Cut) -> State<'g> {
+        let call = self.slots.get(p.id).map_or(0, |s| s.call);
+        let endpoint = p.ex.endpoint().path.as_str();
+        self.close_slots();
+        let (timed_out, reason) = match cut {
+            Cut::Timeout => (true, "the endpoint timeout passed before the response body ended".to_string()),
+            Cut::Failed(reason) => (false, reason),
+        };
+        let (head_at, handed) = p.head;
+        if handed == self.handed && self.out.len() >= head_at {
+            self.out.truncate(head_at);
+            self.server.take_back_head();
+            self.log_backend(endpoint, call, reason.clone());
+            let reply = p.ex.stream_failed(timed_out, &reason);
+            return self.respond(reply, p.line, true);
+        }
+        self.log_backend(endpoint, call, format!("response body cut after {} bytes: {reason}", p.sent));
+        let line = p.line.line(p.status, p.sent, self.now);
+        self.queue.push_back(Output::Log(Log::Access(line)));
+        State::Closing
     }
 
     // ----- answers -----
@@ -1207,6 +1224,13 @@ impl<'g> Connection<'g> {
         }
         State::Closing
     }
+}
+
+/// Why a pumped body ends early.
+#[derive(Debug)]
+enum Cut {
+    Timeout,
+    Failed(String),
 }
 
 /// Why relaying a client body stopped.

@@ -412,6 +412,16 @@ impl<'g> Exchange<'g> {
         }
     }
 
+    /// A `no-op` answer whose body failed before any byte of it reached the client:
+    /// the 502 (504 when the endpoint timeout cut it) a failure before its head gets.
+    pub fn stream_failed(&self, timed_out: bool, why: &str) -> Reply {
+        if timed_out {
+            self.error_reply(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time")
+        } else {
+            self.error_reply(StatusCode::BAD_GATEWAY, why)
+        }
+    }
+
     fn error_reply(&self, status: StatusCode, why: &str) -> Reply {
         let body = if self.gw.config.router.return_error_msg { why } else { "" };
         let mut r = Reply::text(status, body);

@@ -30,6 +30,9 @@ use Client::{DropIdle, Eof, Send, Stop, Wait};
 enum Serve {
     /// These bytes, this many ms after the request is whole.
     After(u64, String),
+    /// Pieces, each this many ms after the request is whole; then the connection
+    /// stays open, saying nothing.
+    Pieces(Vec<(u64, String)>),
     /// Never answers.
     Hang,
     /// The connection is refused (the next connect to this host).
@@ -194,8 +197,16 @@ impl<'g> World<'g> {
                         true => Serve::Hang,
                         false => self.scripts.get_mut(&sock.key).and_then(VecDeque::pop_front).unwrap_or(Serve::Hang),
                     };
-                    if let Serve::After(ms, bytes) = serve {
-                        sock.sending.push_back((now + Duration::from_millis(ms), bytes.into_bytes()));
+                    match serve {
+                        Serve::After(ms, bytes) => {
+                            sock.sending.push_back((now + Duration::from_millis(ms), bytes.into_bytes()));
+                        }
+                        Serve::Pieces(pieces) => {
+                            for (ms, bytes) in pieces {
+                                sock.sending.push_back((now + Duration::from_millis(ms), bytes.into_bytes()));
+                            }
+                        }
+                        Serve::Hang | Serve::Refuse => {}
                     }
                 }
             }
@@ -647,4 +658,99 @@ fn health_uses_the_wall_clock_given_at_accept() {
     assert!(w.to_client.is_empty(), "the header timeout closed the silent connection first");
     let w = World::new(&gw, &lb, &[Wait(300), Send("GET /__health HTTP/1.1\r\nHost: gw\r\n\r\n"), Eof]).run();
     assert!(w.to_client.ends_with(r#"{"agents":{},"now":"2026-11-21T22:26:40Z","status":"ok"}"#), "{}", w.to_client);
+}
+
+fn no_op_get(timeout: &str) -> Gateway {
+    gateway(&format!(
+        r#"{{"endpoint": "/raw", "output_encoding": "no-op", "timeout": "{timeout}",
+            "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/d", "encoding": "no-op"}}]}}"#
+    ))
+}
+
+const GET_RAW: &str = "GET /raw HTTP/1.1\r\nHost: gw\r\n\r\n";
+
+const CHUNKED_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+#[test]
+fn a_bad_no_op_body_before_any_byte_went_out_is_a_502() {
+    // The head and a malformed body in one read: nothing reached the client yet, so the
+    // head is taken back and the client gets the 502 a failure before the head gets.
+    let gw = no_op_get("1s");
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_RAW), Wait(10), Eof])
+        .backend(&upstream(9001), &[Serve::After(0, format!("{CHUNKED_HEAD}zz\r\nhello\r\n0\r\n\r\n"))])
+        .run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms backend 0: closed",
+            "   0ms log: backend 0 of /raw: invalid response body: invalid chunk size",
+            "   0ms log: 192.0.2.9 \"GET /raw\" 502 0 0.0ms",
+            "   0ms client: write side shut",
+            "  10ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn a_no_op_body_that_breaks_after_bytes_went_out_is_cut_and_logged() {
+    // 5 bytes went out, then garbage: the client's chunked body never ends (no last
+    // chunk), the connection closes, and both the cut and the access line are logged.
+    let gw = no_op_get("1s");
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_RAW), Wait(100), Eof])
+        .backend(
+            &upstream(9001),
+            &[Serve::Pieces(vec![(0, format!("{CHUNKED_HEAD}5\r\nhello\r\n")), (20, "zz\r\n".into())])],
+        )
+        .run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    assert_eq!(
+        w.trace()[w.trace().find("  20ms").unwrap()..],
+        [
+            "  20ms backend 0: closed",
+            "  20ms log: backend 0 of /raw: response body cut after 5 bytes: invalid response body: invalid chunk size",
+            "  20ms log: 192.0.2.9 \"GET /raw\" 200 5 20.0ms",
+            "  20ms client: write side shut",
+            " 100ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn a_trickling_no_op_body_is_cut_at_the_endpoint_timeout() {
+    // One byte every 50 ms, for ever: the endpoint timeout (300 ms) bounds the whole
+    // exchange, body included, counted from the request's start (as KrakenD).
+    let gw = no_op_get("300ms");
+    let lb = Balancer::new(gw.backend_count);
+    let mut pieces = vec![(0, CHUNKED_HEAD.to_string())];
+    pieces.extend((1..100).map(|i| (i * 50, "1\r\nx\r\n".to_string())));
+    let w = World::new(&gw, &lb, &[Send(GET_RAW), Wait(10_000), Eof])
+        .backend(&upstream(9001), &[Serve::Pieces(pieces)])
+        .run();
+    assert!(w.to_client.starts_with("HTTP/1.1 200 OK\r\n"), "{}", w.to_client);
+    // Pieces at 50..=300 ms (the one due at the deadline itself is read first).
+    assert_eq!(w.to_client.matches("1\r\nx\r\n").count(), 6, "{}", w.to_client);
+    assert!(!w.to_client.ends_with("0\r\n\r\n"), "cut, not ended");
+    assert_eq!(
+        w.trace()[w.trace().find(" 300ms").unwrap()..],
+        [
+            " 300ms backend 0: closed",
+            " 300ms log: backend 0 of /raw: response body cut after 6 bytes: the endpoint timeout passed before the response body ended",
+            " 300ms log: 192.0.2.9 \"GET /raw\" 200 6 300.0ms",
+            " 300ms client: write side shut",
+            "2300ms client: closed",
+        ]
+        .join("\n")
+    );
 }

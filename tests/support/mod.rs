@@ -204,6 +204,8 @@ pub enum Reply {
     Echo,
     /// A body of this many bytes (a repeating pattern), Content-Length framed.
     Big(usize),
+    /// Raw pieces, each after its pause; then the connection closes.
+    Pieces(Vec<(Duration, Vec<u8>)>),
 }
 
 /// A request as a backend saw it.
@@ -311,6 +313,15 @@ fn serve(stream: TcpStream, script: &(dyn Fn(&Seen) -> Reply + Send + Sync), see
             Reply::Echo => {
                 let method = req.head.split(' ').next().unwrap_or("");
                 json(&format!(r#"{{"method":"{method}","length":{},"sum":{}}}"#, req.body.len(), checksum(&req.body)))
+            }
+            Reply::Pieces(pieces) => {
+                for (pause, piece) in pieces {
+                    thread::sleep(pause);
+                    if out.write_all(&piece).is_err() {
+                        return;
+                    }
+                }
+                return;
             }
             Reply::Big(n) => {
                 let mut b =

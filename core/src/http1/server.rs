@@ -313,6 +313,14 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Forgets a response head written into an output that was then truncated (none of
+    /// it was sent): the request waits for a response again. Nothing otherwise.
+    pub fn take_back_head(&mut self) {
+        if matches!(self.writing, Writing::Body { .. }) {
+            self.writing = Writing::Ready;
+        }
+    }
+
     /// Writes response body bytes (chunk-framed when the length was unknown).
     pub fn write_body(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let Writing::Body { chunked, remaining, allowed } = &mut self.writing else {
