@@ -27,6 +27,7 @@ every_driver!(
     a_trickling_no_op_body_is_cut_at_the_endpoint_timeout,
     a_no_op_body_cut_by_the_backend_ends_the_connection,
     no_redirect_to_another_origin,
+    an_invalid_host_is_refused_and_never_forwarded,
 );
 
 fn config(endpoints: &str) -> String {
@@ -188,4 +189,36 @@ fn no_redirect_to_another_origin(mode: Mode) {
     }
     let r = gw.get("/fine/");
     assert_eq!((r.status, r.header("location")), (301, Some("/fine")));
+}
+
+fn an_invalid_host_is_refused_and_never_forwarded(mode: Mode) {
+    // Was accepted and sent to the backend as X-Forwarded-Host.
+    use std::io::Read;
+    let backend = Backend::start(|_| Reply::Json("{}".into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/a", "backend": [{{"host": ["{}"], "url_pattern": "/a"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    for host in ["evil.example/secret?x", "", "a b", "[::1"] {
+        let mut s = gw.connect();
+        write!(s, "GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert_eq!(
+            got,
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 19\r\nconnection: close\r\n\r\ninvalid Host header",
+            "{host:?}"
+        );
+    }
+    assert!(backend.requests().is_empty(), "nothing reached the backend");
+    // A valid one still goes through, forwarded as it came.
+    let mut s = gw.connect();
+    write!(s, "GET /a HTTP/1.1\r\nHost: api.example:8443\r\nConnection: close\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 200);
+    let seen = backend.requests();
+    assert!(seen[0].head.contains("\r\nx-forwarded-host: api.example:8443\r\n"), "{}", seen[0].head);
 }

@@ -549,11 +549,14 @@ impl<'g> Connection<'g> {
         let state = mem::replace(&mut self.state, State::Closed);
         self.state = match state {
             State::Head(wait) if wait.deadline(cfg).is_some_and(|d| now >= d) => match wait.expired() {
-                Some((status, reason)) => self.fail(status, reason, None),
+                Some((status, reason)) => {
+                    let line = AccessLog::unreadable(self.peer, self.input.pending(), wait.started().unwrap_or(now));
+                    self.fail(status, reason, line)
+                }
                 None => State::Closing,
             },
             State::Body { deadline: Some(d), line, .. } if now >= d => {
-                self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout", Some(line))
+                self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout", line)
             }
             State::Exchange { mut ex, line, deadline } if now >= deadline => {
                 ex.handle_timeout(now);
@@ -755,7 +758,10 @@ impl<'g> Connection<'g> {
                 if self.starve() { (State::Head(wait), false) } else { (State::Closing, true) }
             }
             Ok(_) => (State::Closing, true),
-            Err(e) => (self.fail(e.status(), e.reason(), None), true),
+            Err(e) => {
+                let line = AccessLog::unreadable(self.peer, self.input.pending(), wait.started().unwrap_or(self.now));
+                (self.fail(e.status(), e.reason(), line), true)
+            }
         }
     }
 
@@ -763,7 +769,7 @@ impl<'g> Connection<'g> {
         let now = self.now;
         let mut creq = match ClientRequest::from_head(&req, self.peer) {
             Ok(creq) => creq,
-            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, None),
+            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, self.peer, now)),
         };
         let line = AccessLog::new(&creq, now);
         let gw = self.gw;
@@ -818,7 +824,7 @@ impl<'g> Connection<'g> {
                     (State::Closing, true)
                 }
             }
-            Err(e) => (self.fail(e.status(), e.reason(), Some(line)), true),
+            Err(e) => (self.fail(e.status(), e.reason(), line), true),
         }
     }
 
@@ -1021,7 +1027,7 @@ impl<'g> Connection<'g> {
             match self.server.handle_input(self.input.pending()) {
                 Ok((n, ServerEvent::End(_))) => self.input.consume(n),
                 Ok(_) => {}
-                Err(e) => return self.fail(e.status(), e.reason(), Some(line)),
+                Err(e) => return self.fail(e.status(), e.reason(), line),
             }
         }
         let mut ex = Exchange::new(self.gw, route, creq, self.now);
@@ -1055,7 +1061,7 @@ impl<'g> Connection<'g> {
                 // The client's body is malformed: its fault, not the backend's. The
                 // backend connection got part of it: it is closed, never pooled.
                 self.close_slots();
-                return (self.fail(status, reason, Some(line)), true);
+                return (self.fail(status, reason, line), true);
             }
             Err(Relay::ClientGone) => {
                 self.close_slots();
@@ -1215,13 +1221,11 @@ impl<'g> Connection<'g> {
 
     /// Answers an error and closes: protocol errors and failures before any response
     /// byte went out.
-    fn fail(&mut self, status: StatusCode, reason: &str, line: Option<AccessLog>) -> State<'g> {
+    fn fail(&mut self, status: StatusCode, reason: &str, line: AccessLog) -> State<'g> {
         self.server.write_error(status, reason, &mut self.out);
         self.answered = true;
-        if let Some(line) = line {
-            let line = line.line(status, reason.len() as u64, self.now);
-            self.queue.push_back(Output::Log(Log::Access(line)));
-        }
+        let line = line.line(status, reason.len() as u64, self.now);
+        self.queue.push_back(Output::Log(Log::Access(line)));
         State::Closing
     }
 }

@@ -39,6 +39,11 @@ impl HeadWait {
         self.since
     }
 
+    /// When the first byte of the head came, if one has.
+    pub fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
     /// No byte of the next request has come: a stopping server may close the
     /// connection now without losing anything.
     pub fn is_idle(&self) -> bool {

@@ -70,14 +70,42 @@ impl ClientRequest {
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     peer: IpAddr,
-    method: Method,
+    /// `None`: no request line could be read (logged as `"-"`).
+    method: Option<Method>,
     path: String,
     started: Instant,
 }
 
 impl AccessLog {
     pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
-        AccessLog { peer: req.peer, method: req.method.clone(), path: req.path.clone(), started }
+        AccessLog { peer: req.peer, method: Some(req.method.clone()), path: req.path.clone(), started }
+    }
+
+    /// A request refused before it became a [`ClientRequest`] (absolute-form, CONNECT):
+    /// its method and target as sent, without a query string.
+    pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
+        let target = req.target();
+        let path = target.split_once('?').map_or(target, |(p, _)| p).to_string();
+        AccessLog { peer, method: Some(req.method.clone()), path, started }
+    }
+
+    /// An answer to a head that was refused (a bad head, one too large, a head
+    /// timeout): `head` is what came of it. Its request line is logged when it has the
+    /// shape of one (a method token, a target, a version), the target without its
+    /// query and cut at 1 KiB; otherwise the request shows as `"-"`.
+    pub fn unreadable(peer: IpAddr, head: &[u8], started: Instant) -> AccessLog {
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut parts = line.split(|&b| b == b' ');
+        let (method, target) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(m), Some(t), Some(v), None) if v.starts_with(b"HTTP/") && !t.is_empty() => {
+                (Method::from_bytes(m).ok(), t)
+            }
+            _ => (None, &[][..]),
+        };
+        let target = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let path = String::from_utf8_lossy(&target[..target.len().min(1024)]).into_owned();
+        AccessLog { peer, path: if method.is_some() { path } else { String::new() }, method, started }
     }
 
     /// When the request's head was read.
@@ -110,17 +138,45 @@ impl AccessLine {
 
 impl std::fmt::Display for AccessLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} \"", self.log.peer)?;
+        match &self.log.method {
+            Some(method) => {
+                write!(f, "{method} ")?;
+                escape(&self.log.path, f)?;
+            }
+            None => f.write_str("-")?,
+        }
         write!(
             f,
-            "{} \"{} {}\" {} {} {:.1}ms",
-            self.log.peer,
-            self.log.method,
-            self.log.path,
+            "\" {} {} {:.1}ms",
             self.status.as_u16(),
             self.bytes,
             self.now.saturating_duration_since(self.log.started).as_secs_f64() * 1000.0
         )
     }
+}
+
+/// Writes `text` so that a log line stays one line and its quoted field cannot be
+/// closed early: `"` and `\` are escaped with `\`, bytes outside printable ASCII as
+/// `\xNN` (as nginx's access log does).
+fn escape(text: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let bytes = text.as_bytes();
+    // Runs of printable ASCII between escapes: always valid UTF-8 on their own.
+    let plain = |from: usize, to: usize| std::str::from_utf8(&bytes[from..to]).unwrap_or_default();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
+            continue;
+        }
+        f.write_str(plain(start, i))?;
+        match b {
+            b'"' => f.write_str("\\\"")?,
+            b'\\' => f.write_str("\\\\")?,
+            _ => write!(f, "\\x{b:02X}")?,
+        }
+        start = i + 1;
+    }
+    f.write_str(plain(start, bytes.len()))
 }
 
 /// A complete response.

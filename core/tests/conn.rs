@@ -634,11 +634,19 @@ fn a_last_answer_is_followed_by_a_lingering_close() {
     let chunk = "x".repeat(900);
     let w = World::new(&gw, &lb, &[Send(post), Wait(5), Send(&chunk), Wait(5), Send(&chunk), Wait(5), Eof]).run();
     assert_eq!(w.to_client, error(413, "Payload Too Large", "body too large"));
-    assert_eq!(w.trace(), ["   0ms client: write side shut", "  15ms client: closed"].join("\n"));
+    assert_eq!(
+        w.trace(),
+        ["   0ms log: 192.0.2.9 \"POST /a\" 413 14 0.0ms", "   0ms client: write side shut", "  15ms client: closed"]
+            .join("\n")
+    );
     // A client that never closes: closed when the linger runs out.
     let w = World::new(&gw, &lb, &[Send(post), Wait(5), Send(&chunk)]).run();
     assert_eq!(w.to_client, error(413, "Payload Too Large", "body too large"));
-    assert_eq!(w.trace(), ["   0ms client: write side shut", "2000ms client: closed"].join("\n"));
+    assert_eq!(
+        w.trace(),
+        ["   0ms log: 192.0.2.9 \"POST /a\" 413 14 0.0ms", "   0ms client: write side shut", "2000ms client: closed"]
+            .join("\n")
+    );
     assert_eq!(sluice_core::conn::LINGER, Duration::from_secs(2));
 }
 
@@ -753,4 +761,35 @@ fn a_trickling_no_op_body_is_cut_at_the_endpoint_timeout() {
         ]
         .join("\n")
     );
+}
+
+#[test]
+fn every_answer_is_logged_and_log_fields_are_escaped() {
+    // (what the client sends, the access line). Refused heads are logged too, with
+    // their request line when it has the shape of one; queries never; quotes, control
+    // and non-ASCII bytes escaped so a line stays one line with one quoted field.
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let big = format!("GET /big?token=s HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "x".repeat(70_000));
+    let rows: [(&str, &str); 9] = [
+        ("HELLO\r\n\r\n", r#""-" 400 20"#),
+        ("GET /a HTTP/1.1\r\nHost: evil.example/secret?x\r\n\r\n", r#""GET /a" 400 19"#),
+        (
+            "GET http://evil.example/x?token=s HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+            r#""GET http://evil.example/x" 400 60"#,
+        ),
+        ("CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", r#""CONNECT evil.example:443" 400 60"#),
+        (&big, r#""GET /big" 431 31"#),
+        ("GET /a\"b HTTP/1.1\r\nHost: gw\r\n\r\n", r#""GET /a\"b" 404 18"#),
+        ("GET /a\\b%22\x7f HTTP/1.1\r\nHost: gw\r\n\r\n", r#""GET /a\\b%22\x7F" 400 20"#),
+        ("GET /\u{e9}t\u{e9} HTTP/1.1\r\nHost: gw\r\n\r\n", r#""GET /\xC3\xA9t\xC3\xA9" 404 18"#),
+        // A head cut short: no request line to log (the read buffer is with the driver).
+        ("GET /a HTTP/1.1\r\nHo", r#""-" 408 22 400.0ms"#),
+    ];
+    for (request, logged) in rows {
+        let w = World::new(&gw, &lb, &[Send(request), Wait(1000), Eof]).backend(&upstream(9001), &[]).run();
+        let line = w.trace.iter().find(|l| l.contains(" log: ")).unwrap_or_else(|| panic!("no line for {request:?}"));
+        let fields = line.split(" log: 192.0.2.9 ").nth(1).unwrap();
+        assert!(fields.starts_with(logged), "{request:?}: {fields}");
+    }
 }

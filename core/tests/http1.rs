@@ -134,6 +134,16 @@ fn err(input: &[u8]) -> Error {
 }
 
 #[test]
+fn host_values_that_are_authorities_pass() {
+    for host in
+        ["h", "api.example.com", "api.example.com:8080", "127.0.0.1:80", "[::1]", "[::1]:8443", "h:", "a-b_c~d%41"]
+    {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(serve(req.as_bytes()).len(), 2, "{host}");
+    }
+}
+
+#[test]
 fn request_target_forms() {
     assert_eq!(
         serve(b"GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"),
@@ -225,6 +235,17 @@ fn smuggling_rules() {
         (b"GET / HTTP/1.1\r\nHost: h\r\nX\r: y\r\n\r\n", Error::Malformed("invalid header name")),
         (b"GET / HTTP/1.1\r\n\r\n", Error::Malformed("missing Host header")),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Error::Malformed("more than one Host header")),
+        (b"GET / HTTP/1.1\r\nHost: evil.example/secret?x\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost:  \r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: h:8x\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: h:1:2\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: ::1\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Error::Malformed("invalid Host header")),
+        (b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", Error::Malformed("invalid Host header")),
         (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", Error::UnsupportedVersion),
         (b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", Error::Malformed("invalid request line")),
         (b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n", Error::Malformed("invalid request line")),

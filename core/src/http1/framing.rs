@@ -39,6 +39,8 @@ pub(crate) struct Scan {
     pub upgrade: bool,
     pub expect_continue: bool,
     pub hosts: usize,
+    /// Every `Host` value is an RFC 9110 authority (`host[:port]`, not empty).
+    pub hosts_valid: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,54 @@ fn parse_length(v: &[u8]) -> Result<u64, Error> {
         .ok_or(Error::Malformed("invalid Content-Length"))
 }
 
+/// Whether `v` is a `Host` value as RFC 9110 4.2.3 / RFC 3986 3.2 have it: a host (an
+/// IP literal in brackets, or a reg-name: letters, digits, `-._~`, `%` escapes and the
+/// sub-delims) and an optional `:port`. Empty is refused too (as nginx does): there is
+/// no origin-form request without an authority. `evil.example/secret?x` is not one.
+pub(crate) fn valid_authority(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else { return false };
+        let literal = &v[1..end];
+        if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => (&v[..=end], None),
+            [b':', port @ ..] => (&v[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(colon) => (&v[..colon], Some(&v[colon + 1..])),
+            None => (v, None),
+        }
+    };
+    let reg_name = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    };
+    !host.is_empty()
+        && (host[0] == b'[' || host.iter().all(reg_name))
+        && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+}
+
 /// Reads the headers that decide framing and connection handling.
 pub(crate) fn scan<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Result<Scan, Error> {
     let mut s = Scan::default();
@@ -101,6 +151,7 @@ pub(crate) fn scan<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Re
             }
         } else if name.eq_ignore_ascii_case("host") {
             s.hosts += 1;
+            s.hosts_valid = (s.hosts == 1 || s.hosts_valid) && valid_authority(trim(value));
         } else if name.eq_ignore_ascii_case("expect") {
             s.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {

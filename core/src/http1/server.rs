@@ -176,6 +176,7 @@ impl ServerConn {
         match (http10, scan.hosts) {
             (false, 0) => return Err(Error::Malformed("missing Host header")),
             (_, n) if n > 1 => return Err(Error::Malformed("more than one Host header")),
+            (_, 1) if !scan.hosts_valid => return Err(Error::Malformed("invalid Host header")),
             _ => {}
         }
         let framing = if method == Method::CONNECT { Framing::None } else { framing::request_framing(http10, &scan)? };
