@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use sluice_core::{ConfigError, Gateway};
 
 mod log;
+mod mem;
 
 /// `eprintln!` that never panics: a closed stderr (`sluice check ... 2>&1 | head -1`) loses
 /// the line, not the process.
@@ -195,6 +196,7 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
         Err(code) => return code,
     };
     log::init();
+    mem::start();
     if serving.debug {
         gateway.config.debug_endpoint = true;
     }

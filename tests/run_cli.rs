@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -210,6 +210,29 @@ fn listening_port(pid: u32) -> u16 {
     panic!("process {pid} listens on nothing after 10 s");
 }
 
+/// A child killed if a test fails before it stops it.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sigterm_and_wait(child: &mut Child) -> Option<i32> {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     for _ in 0..200 {
@@ -236,6 +259,7 @@ fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(Reaped)
             .unwrap();
         drop(child.stdout.take());
         drop(child.stderr.take());
@@ -259,13 +283,16 @@ fn logs_go_to_stderr_without_colour_when_not_a_terminal() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let port = listening_port(child.id());
     assert_eq!(get(port, "/__health", "").status, 200);
     assert_eq!(sigterm_and_wait(&mut child), Some(0));
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "nothing on stdout");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(stdout, "", "nothing on stdout");
+    let err = stderr;
     assert!(err.contains(" INFO config examples/krakend.json"), "{err}");
     assert!(err.contains("\"GET /__health\" 200 "), "the access line: {err}");
     assert!(err.contains(" INFO stopped\n"), "{err}");
@@ -282,9 +309,87 @@ fn check_survives_a_closed_stdout_and_stderr() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(Reaped)
             .unwrap();
         drop(child.stdout.take());
         drop(child.stderr.take());
         assert_eq!(child.wait().unwrap().code(), Some(code), "{config}");
     }
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One burst: 4,000 connections at once, each answered and held, then all closed.
+fn burst(port: u16) {
+    let mut held = Vec::new();
+    for _ in 0..4000 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /__health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        held.push(s);
+    }
+    for s in &held {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = read_response(&mut BufReader::new(s)).unwrap();
+        assert_eq!(r.status, 200);
+    }
+}
+
+/// RSS once it stops falling (sampled every 100 ms for at most 15 s: the gateway gives
+/// freed memory back every 5 s).
+fn settled_rss(pid: u32, below: u64) -> u64 {
+    let mut after = rss_kib(pid);
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(100));
+        after = rss_kib(pid);
+        if after < below {
+            break;
+        }
+    }
+    after
+}
+
+/// The memory a burst takes goes back to the system, and bursts do not pile up. It
+/// stayed with glibc's malloc: 4.7 MB before a burst of 10,000, 93 MB for good after.
+/// (uring gives back nearly all; tokio keeps about half of a burst's growth in its own
+/// structures, once: a second burst adds nothing.)
+fn memory_after_a_burst_goes_back(runtime: &str, keeps: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", "0", "--runtime", runtime])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let pid = child.id();
+    let port = listening_port(pid);
+    assert_eq!(get(port, "/__health", "").status, 200);
+    let base = rss_kib(pid);
+    burst(port);
+    let peak = rss_kib(pid);
+    let grown = peak.saturating_sub(base);
+    assert!(grown > 8 * 1024, "{runtime}: the burst took memory ({base} -> {peak} KiB)");
+    let bound = base + grown * keeps / 100;
+    let after = settled_rss(pid, bound);
+    burst(port);
+    let again = settled_rss(pid, after + 2048);
+    let _ = sigterm_and_wait(&mut child);
+    assert!(after < bound, "{runtime}: RSS {base} KiB -> {peak} KiB in a burst -> {after} KiB after");
+    assert!(again < after + 2048, "{runtime}: a second burst left {again} KiB (the first {after} KiB)");
+}
+
+#[test]
+fn memory_after_a_burst_goes_back_uring() {
+    memory_after_a_burst_goes_back("uring", 25);
+}
+
+#[test]
+fn memory_after_a_burst_goes_back_tokio() {
+    memory_after_a_burst_goes_back("tokio", 70);
 }

@@ -105,8 +105,8 @@ impl Drop for Active {
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     shard.active.set(shard.active.get() + 1);
     let _active = Active(shard.clone());
-    let slot = shard.stopping.register();
-    let mut stop = std::pin::pin!(shard.stopping.wait(&slot));
+    let place = shard.stopping.register();
+    let mut stop = std::pin::pin!(place.wait());
     let mut stop_seen = false;
     let mut conn = Connection::new(&shard.gw, &shard.balancer, peer.ip(), Instant::now(), SystemTime::now());
     let (reader, writer) = stream.into_split();

@@ -1,66 +1,90 @@
 //! Stopping: per shard, a local signal that wakes idle connections so they close at
 //! once (the server-wide flag is `sluice_core::StopSignal`).
+//!
+//! Each connection holds a numbered place for its waker, given back when it ends. (It
+//! was an `Rc` per connection kept in a list of `Weak`s: every dead connection's
+//! allocation stayed until the list was swept, one small block in each page its
+//! connection had used, so that after a burst of 10,000 connections the allocator
+//! could give none of those pages back.)
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
-
-/// A connection's place in its shard's stop list: one waker, replaced on each wait,
-/// so a long keep-alive connection does not pile wakers up.
-#[derive(Default)]
-pub(crate) struct Slot {
-    waker: RefCell<Option<Waker>>,
-}
 
 /// The shard's side of a stop.
 #[derive(Default)]
 pub(crate) struct LocalStop {
     stopped: Cell<bool>,
-    slots: RefCell<Vec<Weak<Slot>>>,
+    /// By place: the waker of the connection holding it (`None` until it waits).
+    wakers: RefCell<Vec<Option<Waker>>>,
+    /// Places given back, for the next connections.
+    free: RefCell<Vec<usize>>,
 }
 
 impl LocalStop {
-    /// A slot for a new connection (dead slots are swept as the list grows).
-    pub(crate) fn register(&self) -> Rc<Slot> {
-        let slot = Rc::new(Slot::default());
-        let mut slots = self.slots.borrow_mut();
-        if slots.len() >= 64 && slots.len() == slots.capacity() {
-            slots.retain(|s| s.strong_count() > 0);
-        }
-        slots.push(Rc::downgrade(&slot));
-        slot
+    /// A place for a new connection, given back when the returned value drops.
+    pub(crate) fn register(&self) -> Place<'_> {
+        let index = match self.free.borrow_mut().pop() {
+            Some(i) => i,
+            None => {
+                let mut wakers = self.wakers.borrow_mut();
+                wakers.push(None);
+                wakers.len() - 1
+            }
+        };
+        Place { stop: self, index }
     }
 
     pub(crate) fn trigger(&self) {
         self.stopped.set(true);
-        for slot in self.slots.borrow_mut().drain(..) {
-            if let Some(w) = slot.upgrade().and_then(|s| s.waker.borrow_mut().take()) {
-                w.wake();
-            }
+        let wakers: Vec<Waker> = self.wakers.borrow_mut().iter_mut().filter_map(Option::take).collect();
+        for w in wakers {
+            w.wake();
         }
     }
+}
 
+/// A connection's place in its shard's stop list.
+pub(crate) struct Place<'a> {
+    stop: &'a LocalStop,
+    index: usize,
+}
+
+impl Place<'_> {
     /// Resolves once the shard stops.
-    pub(crate) fn wait<'a>(&'a self, slot: &'a Slot) -> Stopped<'a> {
-        Stopped { stop: self, slot }
+    pub(crate) fn wait(&self) -> Stopped<'_> {
+        Stopped { place: self }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.stop.wakers.borrow_mut().get_mut(self.index) {
+            *w = None;
+        }
+        self.stop.free.borrow_mut().push(self.index);
     }
 }
 
 pub(crate) struct Stopped<'a> {
-    stop: &'a LocalStop,
-    slot: &'a Slot,
+    place: &'a Place<'a>,
 }
 
 impl Future for Stopped<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.stop.stopped.get() {
+        let stop = self.place.stop;
+        if stop.stopped.get() {
             return Poll::Ready(());
         }
-        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+        if let Some(slot) = stop.wakers.borrow_mut().get_mut(self.place.index) {
+            match slot {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        }
         Poll::Pending
     }
 }
