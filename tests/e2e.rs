@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::{Backend, Gw, Mode, Reply, checksum, pattern, read_response};
 
-macro_rules! every_driver {
-    ($($name:ident),* $(,)?) => {
-        #[cfg(target_os = "linux")]
-        mod io_uring { $( #[test] fn $name() { super::$name(super::Mode::IoUring) } )* }
-        #[cfg(target_os = "linux")]
-        mod epoll { $( #[test] fn $name() { super::$name(super::Mode::Epoll) } )* }
-        mod tokio { $( #[test] fn $name() { super::$name(super::Mode::Tokio) } )* }
-    };
-}
-
 every_driver!(
     aggregation_with_shaping,
     sequential_calls,

@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::{Backend, Gw, Mode, Reply, read_response};
 
-macro_rules! every_driver {
-    ($($name:ident),* $(,)?) => {
-        #[cfg(target_os = "linux")]
-        mod io_uring { $( #[test] fn $name() { super::$name(super::Mode::IoUring) } )* }
-        #[cfg(target_os = "linux")]
-        mod epoll { $( #[test] fn $name() { super::$name(super::Mode::Epoll) } )* }
-        mod tokio { $( #[test] fn $name() { super::$name(super::Mode::Tokio) } )* }
-    };
-}
-
 every_driver!(
     a_stop_under_load_loses_no_request,
     a_bad_no_op_body_is_a_502_when_nothing_went_out,

@@ -233,6 +233,22 @@ impl Drop for Reaped {
     }
 }
 
+/// `sluice run -c examples/krakend.json --shards 1 -p 0 --runtime RUNTIME` at log level
+/// `level`, stdout and stderr piped (`piped`) or thrown away.
+fn example_on_any_port(runtime: &str, level: &str, piped: bool) -> Reaped {
+    let out = || if piped { Stdio::piped() } else { Stdio::null() };
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", "0", "--runtime", runtime])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", level)
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .map(Reaped)
+        .unwrap()
+}
+
 fn sigterm_and_wait(child: &mut Child) -> Option<i32> {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     for _ in 0..200 {
@@ -251,16 +267,7 @@ fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
     // fails to write; the gateway must serve on and stop cleanly on SIGTERM, on both
     // runtimes. Debug level, so that every request writes several lines.
     for runtime in ["uring", "tokio"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "-c", "examples/krakend.json", "--shards", "1", "--runtime", runtime])
-            .args(["-p", "0"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map(Reaped)
-            .unwrap();
+        let mut child = example_on_any_port(runtime, "debug", true);
         drop(child.stdout.take());
         drop(child.stderr.take());
         let port = listening_port(child.id());
@@ -275,16 +282,7 @@ fn a_closed_log_pipe_neither_stops_nor_slows_the_gateway() {
 
 #[test]
 fn logs_go_to_stderr_without_colour_when_not_a_terminal() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", "0"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("NO_COLOR")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
+    let mut child = example_on_any_port("uring", "info", true);
     let port = listening_port(child.id());
     assert_eq!(get(port, "/__health", "").status, 200);
     assert_eq!(sigterm_and_wait(&mut child), Some(0));
@@ -358,15 +356,7 @@ fn settled_rss(pid: u32, below: u64) -> u64 {
 /// (uring gives back nearly all; tokio keeps about half of a burst's growth in its own
 /// structures, once: a second burst adds nothing.)
 fn memory_after_a_burst_goes_back(runtime: &str, keeps: u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c", "examples/krakend.json", "--shards", "1", "-p", "0", "--runtime", runtime])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
+    let mut child = example_on_any_port(runtime, "warn", false);
     let pid = child.id();
     let port = listening_port(pid);
     assert_eq!(get(port, "/__health", "").status, 200);

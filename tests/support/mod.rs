@@ -12,6 +12,19 @@ use std::time::Duration;
 
 use sluice_core::{Gateway, StopSignal};
 
+/// Declares one `#[test]` per driver for each named scenario `fn name(mode: Mode)`:
+/// sluice-uring on io_uring and on forced epoll (Linux), and sluice-tokio.
+#[macro_export]
+macro_rules! every_driver {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(target_os = "linux")]
+        mod io_uring { $( #[test] fn $name() { super::$name(super::Mode::IoUring) } )* }
+        #[cfg(target_os = "linux")]
+        mod epoll { $( #[test] fn $name() { super::$name(super::Mode::Epoll) } )* }
+        mod tokio { $( #[test] fn $name() { super::$name(super::Mode::Tokio) } )* }
+    };
+}
+
 /// Which driver a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
