@@ -16,6 +16,15 @@ drives each with wrk for a fixed duration, and prints one Markdown table:
 Columns: req/s, p50 and p99 latency (wrk), CPU seconds the proxy process used per
 10,000 requests (/proc utime+stime), and the proxy's peak RSS (VmHWM). Everything
 stops by itself; nothing but 127.0.0.1 is touched. Needs nginx, wrk and cargo.
+
+    python3 benches/load/run.py --instructions [--duration 5] [--connections 16]
+
+(or benches/load/instructions.sh) counts instead: each proxy (nginx with one worker
+and no master, Sluice uring and tokio with one shard/worker) runs alone under
+`valgrind --tool=callgrind`; after a warm-up the counters are zeroed, wrk drives the
+same load, the counters are dumped, and user-space instructions per request (the
+proxy's whole process, libc included) are printed side by side and as ratios to
+nginx, for the no-op case and for Sluice's aggregation. Needs valgrind too.
 """
 
 import argparse
@@ -109,6 +118,59 @@ def measure(name, pids, url, args):
     return r
 
 
+def dumped_instructions(out):
+    """The `totals:` (Ir) of the newest callgrind dump `out.N`."""
+    dumps = [f for f in os.listdir(os.path.dirname(out)) if f.startswith(os.path.basename(out) + ".")]
+    newest = max(dumps, key=lambda f: int(f.rsplit(".", 1)[1]))
+    with open(os.path.join(os.path.dirname(out), newest)) as f:
+        for line in f:
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+    sys.exit(f"no totals in {newest}")
+
+
+def instructions_per_request(pid, out, url, args):
+    """Warm up, zero the callgrind counters, drive the load, dump: Ir per request."""
+    wrk(url, 3, args.connections)
+    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+    r = wrk(url, args.duration, args.connections)
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    if r["non2xx"] or r["socket_errors"]:
+        print(f"warning: {url}: {r['non2xx']} non-2xx, socket errors: {r['socket_errors']}", file=sys.stderr)
+    return dumped_instructions(out) / r["requests"], r["requests"]
+
+
+def count_instructions(work, ports, ng_port, args, quiet):
+    """Each proxy alone under callgrind; prints instructions per request."""
+    results = {}
+    runs = [("nginx", ["nginx", "-c", f"{work}/proxy.conf", "-p", work, "-g", "master_process off;"], ng_port,
+             ["noop"])]
+    runs += [(f"Sluice {rt}", [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice-{rt}.json",
+                                "--shards", "1", "--runtime", rt], port, ["noop", "agg"]) for rt, port in ports.items()]
+    for name, cmd, port, paths in runs:
+        out = f"{work}/callgrind-{name.replace(' ', '-')}"
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
+                                env={**os.environ, "RUST_LOG": "warn"}, **quiet)
+        try:
+            wait_port(port, timeout=60)
+            for path in paths:
+                results[(name, path)] = instructions_per_request(proc.pid, out, f"http://127.0.0.1:{port}/{path}", args)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    ng = results[("nginx", "noop")][0]
+    print(f"\nUser-space instructions per request (callgrind, whole process), wrk -t1 -c{args.connections}, "
+          f"{args.duration}s after a 3s warm-up; 1 nginx worker (no master), 1 Sluice shard / tokio worker.\n")
+    print("| case | instructions / request | vs nginx no-op | requests counted |")
+    print("|---|---:|---:|---:|")
+    for (name, path), (per, count) in results.items():
+        case = "no-op 100 B" if path == "noop" else "aggregate 2 x 2 KB"
+        print(f"| {case}: {name} | {per:,.0f} | {per / ng:.2f}x | {count:,} |")
+
+
 def hold_idle(port, pids, count):
     """Opens `count` keep-alive connections, one request each, and keeps them open."""
     before = sum(status_kib(p, "VmRSS") for p in pids)
@@ -146,7 +208,10 @@ def main():
     ap.add_argument("--idle", type=int, default=10_000)
     ap.add_argument("--download-mib", type=int, default=1024, help="size of the streamed download case")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--instructions", action="store_true", help="count instructions per request under callgrind")
     args = ap.parse_args()
+    if args.instructions and not shutil.which("valgrind"):
+        sys.exit("valgrind is needed (apt-get install valgrind)")
     for tool in ("nginx", "wrk", "cargo"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed (apt-get install nginx-light wrk)")
@@ -209,6 +274,9 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
         backend = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work], **quiet)
         procs.append(backend)
         wait_port(be_port)
+        if args.instructions:
+            count_instructions(work, ports, ng_port, args, quiet)
+            return
         sluices = {}
         for runtime in ports:
             sluices[runtime] = subprocess.Popen(
