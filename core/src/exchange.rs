@@ -365,8 +365,9 @@ impl<'g> Exchange<'g> {
             return;
         }
         let mut out = HeaderMap::with_capacity(headers.len());
+        let hop = upstream::HopByHop::of(headers);
         for (n, v) in headers {
-            if !upstream::is_hop_by_hop(n, headers) && *n != header::CONTENT_LENGTH {
+            if !hop.contains(n) && *n != header::CONTENT_LENGTH {
                 out.append(n.clone(), v.clone());
             }
         }

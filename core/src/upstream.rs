@@ -20,7 +20,7 @@ use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::RouterOptions;
-use crate::http1::HOP_BY_HOP;
+use crate::http1;
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
 /// Round-robin position per backend. One per shard (`sluice-uring`) or one per server
@@ -197,16 +197,36 @@ pub fn render_url(
     Ok(url)
 }
 
-/// Hop-by-hop headers of a message: the fixed list plus those its `Connection` names.
-pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    let n = name.as_str();
-    HOP_BY_HOP.contains(&n)
-        || headers
+/// The hop-by-hop headers of one message: the fixed list plus those its `Connection`
+/// names, read once per message.
+#[derive(Debug)]
+pub struct HopByHop<'h> {
+    named: smallvec::SmallVec<[&'h str; 4]>,
+}
+
+impl<'h> HopByHop<'h> {
+    pub fn of(headers: &'h HeaderMap) -> HopByHop<'h> {
+        let named = headers
             .get_all(http::header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(n))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        HopByHop { named }
+    }
+
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        http1::is_hop_by_hop_name(n) || self.named.iter().any(|t| t.eq_ignore_ascii_case(n))
+    }
+}
+
+/// Whether `name` is hop-by-hop in the message `headers` (see [`HopByHop`], which
+/// reads `Connection` once for many names).
+pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    HopByHop::of(headers).contains(name)
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -221,8 +241,9 @@ pub fn user_agent() -> HeaderValue {
 /// The headers a backend receives.
 pub fn backend_headers(policy: &HeaderPolicy, client: &HeaderMap, client_ip: IpAddr) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(8);
+    let hop = HopByHop::of(client);
     let skip = |n: &HeaderName| {
-        is_hop_by_hop(n, client)
+        hop.contains(n)
             || *n == http::header::HOST
             || *n == http::header::CONTENT_LENGTH
             || *n == X_FORWARDED_FOR

@@ -40,7 +40,10 @@ struct Ops<'a> {
     read: Option<Op<'a>>,
     write: Option<Op<'a>>,
     backends: Vec<Backend<'a>>,
-    timer: Option<(Instant, Pin<Box<monoio::time::Sleep>>)>,
+    /// The connection's one timer (made at its first deadline, then reset) and the
+    /// instant it is set for, while it is.
+    timer: Option<Pin<Box<monoio::time::Sleep>>>,
+    armed: Option<Instant>,
 }
 
 impl<'a> Ops<'a> {
@@ -51,13 +54,21 @@ impl<'a> Ops<'a> {
         &mut self.backends[id]
     }
 
-    /// Runs the timer to `deadline` (kept when it is the same).
+    /// Makes sure the timer goes off by `deadline`. A timer already set for earlier is
+    /// kept: going off early is harmless (the connection finds nothing due and gives
+    /// its next deadline), and most deadlines move later (a keep-alive connection's
+    /// next exchange deadline is after its last one), so the timer is reset about once
+    /// per endpoint timeout instead of several times per request.
     fn arm(&mut self, deadline: Option<Instant>) {
-        match deadline {
-            None => self.timer = None,
-            Some(d) if self.timer.as_ref().is_some_and(|(at, _)| *at == d) => {}
-            Some(d) => self.timer = Some((d, Box::pin(monoio::time::sleep_until(d.into())))),
+        let Some(d) = deadline else { return };
+        if self.armed.is_some_and(|at| at <= d) {
+            return;
         }
+        match &mut self.timer {
+            Some(sleep) => sleep.as_mut().reset(d.into()),
+            None => self.timer = Some(Box::pin(monoio::time::sleep_until(d.into()))),
+        }
+        self.armed = Some(d);
     }
 
     /// The first operation to finish, the timer, or the stop (`stop`: not seen yet).
@@ -73,8 +84,8 @@ impl<'a> Ops<'a> {
                 return Poll::Ready(done);
             }
         }
-        if self.timer.as_mut().is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready()) {
-            self.timer = None;
+        if self.armed.is_some() && self.timer.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready()) {
+            self.armed = None;
             return Poll::Ready((Back::Nothing, Input::Timeout));
         }
         match stop.map(|stop| stop.poll(cx)) {
@@ -110,8 +121,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     let mut stop_seen = false;
     let mut conn = Connection::new(&shard.gw, &shard.balancer, peer.ip(), Instant::now(), SystemTime::now());
     let (reader, writer) = stream.into_split();
-    let mut ops =
-        Ops { reader: Some(reader), writer: Some(writer), read: None, write: None, backends: Vec::new(), timer: None };
+    let mut ops = Ops {
+        reader: Some(reader),
+        writer: Some(writer),
+        read: None,
+        write: None,
+        backends: Vec::new(),
+        timer: None,
+        armed: None,
+    };
     loop {
         while let Some(output) = conn.poll() {
             if !start(&shard, &mut ops, output, &mut conn) {

@@ -76,13 +76,16 @@ impl<'s> Sockets<'s> {
         Poll::Pending
     }
 
+    /// Makes sure the sleep ends by `deadline`; one set for earlier is kept (ending
+    /// early is harmless: the connection finds nothing due), so it is reset about once
+    /// per endpoint timeout rather than several times per request.
     fn sleep_until(&mut self, deadline: Option<Instant>) {
-        if deadline != self.deadline
-            && let Some(d) = deadline
-        {
-            self.sleep.as_mut().reset(d.into());
+        let Some(d) = deadline else { return };
+        if self.deadline.is_some_and(|at| at <= d) {
+            return;
         }
-        self.deadline = deadline;
+        self.sleep.as_mut().reset(d.into());
+        self.deadline = Some(d);
     }
 
     fn restore(&mut self, held: Held) {

@@ -141,12 +141,28 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "proxy-authenticate",
 ];
 
+/// Whether `n` (a lowercase header name) is one of [`HOP_BY_HOP`]: by length first, then
+/// one or two comparisons (it runs for every header of every message).
+#[inline]
+pub fn is_hop_by_hop_name(n: &str) -> bool {
+    match n.len() {
+        2 => n == "te",
+        7 => n == "trailer" || n == "upgrade",
+        10 => n == "connection" || n == "keep-alive",
+        16 => n == "proxy-connection",
+        17 => n == "transfer-encoding",
+        18 => n == "proxy-authenticate",
+        19 => n == "proxy-authorization",
+        _ => false,
+    }
+}
+
 /// Writes end-to-end headers, skipping those the codec owns (framing and connection).
 /// `HeaderName`/`HeaderValue` cannot hold CR or LF, so nothing can be injected here.
 pub(crate) fn write_headers(headers: &http::HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
         let n = name.as_str();
-        if n == "content-length" || n == "host" || (HOP_BY_HOP.contains(&n) && n != "upgrade") {
+        if n == "content-length" || n == "host" || (is_hop_by_hop_name(n) && n != "upgrade") {
             continue;
         }
         out.extend_from_slice(n.as_bytes());
