@@ -130,14 +130,21 @@ def dumped_instructions(out):
 
 
 def instructions_per_request(pid, out, url, args):
-    """Warm up, zero the callgrind counters, drive the load, dump: Ir per request."""
+    """Warm up, then three windows (zero the callgrind counters, drive the load, dump):
+    the median window's Ir per request, the spread, and the requests counted. Windows
+    of one process differ (how many completions one event-loop turn finds changes the
+    work per request), hence three."""
     wrk(url, 3, args.connections)
-    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
-    r = wrk(url, args.duration, args.connections)
-    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
-    if r["non2xx"] or r["socket_errors"]:
-        print(f"warning: {url}: {r['non2xx']} non-2xx, socket errors: {r['socket_errors']}", file=sys.stderr)
-    return dumped_instructions(out) / r["requests"], r["requests"]
+    windows = []
+    for _ in range(3):
+        subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+        r = wrk(url, args.duration, args.connections)
+        subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+        if r["non2xx"] or r["socket_errors"]:
+            print(f"warning: {url}: {r['non2xx']} non-2xx, socket errors: {r['socket_errors']}", file=sys.stderr)
+        windows.append((dumped_instructions(out) / r["requests"], r["requests"]))
+    windows.sort()
+    return windows[1][0], (windows[0][0], windows[2][0]), sum(n for _, n in windows)
 
 
 def count_instructions(work, ports, ng_port, args, quiet):
@@ -164,11 +171,11 @@ def count_instructions(work, ports, ng_port, args, quiet):
     ng = results[("nginx", "noop")][0]
     print(f"\nUser-space instructions per request (callgrind, whole process), wrk -t1 -c{args.connections}, "
           f"{args.duration}s after a 3s warm-up; 1 nginx worker (no master), 1 Sluice shard / tokio worker.\n")
-    print("| case | instructions / request | vs nginx no-op | requests counted |")
-    print("|---|---:|---:|---:|")
-    for (name, path), (per, count) in results.items():
+    print("| case | instructions / request (median of 3) | range | vs nginx no-op | requests counted |")
+    print("|---|---:|---:|---:|---:|")
+    for (name, path), (per, (low, high), count) in results.items():
         case = "no-op 100 B" if path == "noop" else "aggregate 2 x 2 KB"
-        print(f"| {case}: {name} | {per:,.0f} | {per / ng:.2f}x | {count:,} |")
+        print(f"| {case}: {name} | {per:,.0f} | {low:,.0f} - {high:,.0f} | {per / ng:.2f}x | {count:,} |")
 
 
 def hold_idle(port, pids, count):

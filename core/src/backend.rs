@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::HostAddr;
-use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Limits, ServerConn};
+use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Head, Limits, ServerConn};
 
 /// Idle backend connections older than this are not reused: backends commonly close
 /// idle connections after 60 to 120 s, and reusing one they closed costs a retry.
@@ -153,7 +153,9 @@ pub struct Answer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamedHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// The head as received: written on to the client from its spans
+    /// ([`crate::http1::ServerConn::write_passthrough_head`]), no header map built.
+    pub head: Head,
     pub framing: Framing,
 }
 
@@ -217,6 +219,9 @@ pub fn pump_body(
 }
 
 /// What [`Fetch::handle_input`] got to.
+// `Head` keeps its header positions inline (no allocation per response); the value is
+// moved a couple of times per request, which costs less than a box would.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
     /// Read more (or call [`Fetch::handle_eof`] when the backend closed).
@@ -277,7 +282,7 @@ impl Fetch {
             consumed += n;
             match event {
                 ClientEvent::Response(r) if self.stream => {
-                    let head = StreamedHead { status: r.status, headers: r.head.to_header_map(), framing: r.framing };
+                    let head = StreamedHead { status: r.status, head: r.head, framing: r.framing };
                     return Ok((consumed, Progress::Head(head)));
                 }
                 ClientEvent::Response(r) => self.head = Some((r.status, r.head.to_header_map())),

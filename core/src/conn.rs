@@ -259,6 +259,7 @@ impl<'g> Slot<'g> {
 }
 
 /// What a backend connection's progress means to the request.
+#[allow(clippy::large_enum_variant)] // see backend::Progress
 #[derive(Debug)]
 enum SlotEvent {
     Nothing,
@@ -1072,19 +1073,20 @@ impl<'g> Connection<'g> {
         match self.slot_step(id) {
             SlotEvent::Nothing => (State::Stream { ex, line, id }, relayed),
             SlotEvent::Head(head) => {
-                ex.handle_head(call, head.status, &head.headers);
+                ex.handle_head(call, head.status);
                 let Action::Stream(stream) = ex.poll(self.balancer) else {
                     self.close_slots();
                     return (self.settle_stream(ex, line), true);
                 };
+                let none = HeaderMap::new();
                 let response = ResponseHead {
                     status: stream.status,
-                    headers: &stream.headers,
+                    headers: &none,
                     body: head.body_length(),
                     close: self.stopping,
                 };
                 let head_at = (self.out.len(), self.handed);
-                if self.server.write_response_head(&response, &mut self.out).is_err() {
+                if self.server.write_passthrough_head(&response, &head.head, &mut self.out).is_err() {
                     self.close_slots();
                     return (State::Closing, true);
                 }

@@ -134,8 +134,6 @@ impl Call<'_> {
 pub struct StreamHead {
     pub id: usize,
     pub status: StatusCode,
-    /// The backend's end-to-end headers (hop-by-hop and framing removed).
-    pub headers: HeaderMap,
 }
 
 /// What the driver does next.
@@ -359,20 +357,14 @@ impl<'g> Exchange<'g> {
         self.settle(id, CallState::Answered { status, headers, body });
     }
 
-    /// The head of a `no-op` backend response: it is passed to the client as it is.
-    pub fn handle_head(&mut self, id: usize, status: StatusCode, headers: &HeaderMap) {
+    /// The head of a `no-op` backend response came: the status is the client's; the
+    /// connection writes the backend's end-to-end headers on from its parsed head.
+    pub fn handle_head(&mut self, id: usize, status: StatusCode) {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
-        let mut out = HeaderMap::with_capacity(headers.len());
-        let hop = upstream::HopByHop::of(headers);
-        for (n, v) in headers {
-            if !hop.contains(n) && *n != header::CONTENT_LENGTH {
-                out.append(n.clone(), v.clone());
-            }
-        }
         self.calls[id] = CallState::Answered { status, headers: HeaderMap::new(), body: Vec::new() };
-        self.answer = Some(Answer::Stream(StreamHead { id, status, headers: out }));
+        self.answer = Some(Answer::Stream(StreamHead { id, status }));
     }
 
     /// A call that failed without an HTTP response (refused, reset, garbage, ...).

@@ -793,3 +793,20 @@ fn every_answer_is_logged_and_log_fields_are_escaped() {
         assert!(fields.starts_with(logged), "{request:?}: {fields}");
     }
 }
+
+#[test]
+fn no_op_passes_end_to_end_headers_only() {
+    // The backend's head goes to the client from its spans: names lowercased, values
+    // as sent, order kept; framing, Host and hop-by-hop fields (the fixed list and what
+    // Connection names) left out; the codec writes its own framing.
+    let gw = no_op_get("1s");
+    let lb = Balancer::new(gw.backend_count);
+    let answer = "HTTP/1.1 418 I'm a teapot\r\nContent-Type: image/png\r\nContent-Length: 5\r\nConnection: X-Hop, close\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=b\r\nHost: x\r\nTransfer-Encoding-Not: kept\r\nX-Multi: 1\r\nx-multi: 2\r\n\r\nhello";
+    let w = World::new(&gw, &lb, &[Send(GET_RAW), Wait(10), Eof])
+        .backend(&upstream(9001), &[Serve::After(0, answer.into())])
+        .run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 418 I'm a teapot\r\ncontent-type: image/png\r\nset-cookie: a=b\r\ntransfer-encoding-not: kept\r\nx-multi: 1\r\nx-multi: 2\r\ncontent-length: 5\r\n\r\nhello"
+    );
+}

@@ -49,6 +49,11 @@ impl Head {
         self.headers.iter().map(|s| (self.str_range(s.name), self.range(s.value)))
     }
 
+    /// Every header, in order, as raw bytes (no UTF-8 check: names are tokens).
+    pub fn iter_raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers.iter().map(|s| (self.range(s.name), self.range(s.value)))
+    }
+
     /// The first value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)

@@ -264,6 +264,32 @@ impl ServerConn {
 
     /// Writes the head of the response to the current request.
     pub fn write_response_head(&mut self, resp: &ResponseHead<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.write_head_with(resp, out, |out| write_headers(resp.headers, out))
+    }
+
+    /// Writes the head of a response passed through from a backend: `resp`'s status,
+    /// length and close, then `resp.headers`, then the backend's own header fields
+    /// straight from its parsed head, names lowercased, without its framing,
+    /// `Host` and hop-by-hop fields (the fixed list and those its `Connection` names).
+    /// No header map is built.
+    pub fn write_passthrough_head(
+        &mut self,
+        resp: &ResponseHead<'_>,
+        backend: &Head,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        self.write_head_with(resp, out, |out| {
+            write_headers(resp.headers, out);
+            write_passthrough_fields(backend, out);
+        })
+    }
+
+    fn write_head_with(
+        &mut self,
+        resp: &ResponseHead<'_>,
+        out: &mut Vec<u8>,
+        fields: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Error> {
         if self.writing != Writing::Ready {
             return Err(Error::Usage("no request is waiting for a response"));
         }
@@ -284,7 +310,7 @@ impl ServerConn {
         let mut chunked = false;
         let mut remaining = None;
         write_status_line(self.http10, status, out);
-        write_headers(resp.headers, out);
+        fields(out);
         match resp.body {
             BodyLength::Known(n) if allowed || self.method == Method::HEAD => {
                 write_content_length(n, out);
@@ -387,6 +413,47 @@ impl ServerConn {
             out.extend_from_slice(body.as_bytes());
         }
         self.closed = true;
+    }
+}
+
+/// A backend head's end-to-end fields (see [`ServerConn::write_passthrough_head`]).
+/// Raw bytes throughout (the parser checked names are tokens and values hold no CR,
+/// LF or NUL); `Connection` is read once.
+fn write_passthrough_fields(head: &Head, out: &mut Vec<u8>) {
+    let mut named: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
+    for (name, value) in head.iter_raw() {
+        if name.eq_ignore_ascii_case(b"connection") {
+            named.extend(value.split(|&b| b == b',').map(framing::trim).filter(|t| !t.is_empty()));
+        }
+    }
+    for (name, value) in head.iter_raw() {
+        if not_passed_on(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let start = out.len();
+        out.extend_from_slice(name);
+        out[start..].make_ascii_lowercase();
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Framing, `Host` and the fixed hop-by-hop names, in any case: by length, then one
+/// or two comparisons.
+fn not_passed_on(n: &[u8]) -> bool {
+    let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
+    match n.len() {
+        2 => is("te"),
+        4 => is("host"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("content-length"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
     }
 }
 
