@@ -131,14 +131,16 @@ def dumped_instructions(out):
 
 def instructions_per_request(pid, out, url, args):
     """Warm up, then three windows (zero the callgrind counters, drive the load, dump):
-    the median window's Ir per request, the spread, and the requests counted. Windows
-    of one process differ (how many completions one event-loop turn finds changes the
-    work per request), hence three."""
+    the median window's Ir per request, the spread, and the requests counted."""
     wrk(url, 3, args.connections)
     windows = []
     for _ in range(3):
+        # Idle for a second on either side of the load: the zero and the dump take
+        # effect when valgrind next looks, and idle costs (almost) no instructions.
         subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+        time.sleep(1)
         r = wrk(url, args.duration, args.connections)
+        time.sleep(1)
         subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
         if r["non2xx"] or r["socket_errors"]:
             print(f"warning: {url}: {r['non2xx']} non-2xx, socket errors: {r['socket_errors']}", file=sys.stderr)

@@ -878,9 +878,10 @@ impl<'g> Connection<'g> {
                 // The vectors of the last use are kept (no allocation per call).
                 let old = mem::replace(&mut self.slots[free], slot);
                 let slot = &mut self.slots[free];
-                (slot.out, slot.sent) = (old.out, old.sent);
+                (slot.out, slot.sent, slot.input) = (old.out, old.sent, old.input);
                 slot.out.clear();
                 slot.sent.clear();
+                slot.input.clear();
                 free
             }
             None => {
@@ -1006,7 +1007,9 @@ impl<'g> Connection<'g> {
         slot.in_use = false;
         slot.fetch = None;
         slot.codec = None;
-        slot.input = ReadBuf::default();
+        // Kept for the next call on this slot, unless a big body grew it.
+        slot.input.clear();
+        slot.input.shrink_idle(0, 64 * 1024);
         self.queue.push_back(output);
     }
 
