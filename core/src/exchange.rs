@@ -102,6 +102,8 @@ pub struct Call<'g> {
     pub host: &'g HostAddr,
     /// Idle connections to `host` are kept under this key.
     pub pool_key: &'g str,
+    /// `host`'s authority, for the `Host` header.
+    pub authority: &'g str,
     /// Origin-form target: path and query.
     pub target: String,
     pub headers: HeaderMap,
@@ -121,7 +123,7 @@ impl Call<'_> {
         http1::write_request(
             &self.method,
             RequestTarget::Origin(&self.target),
-            &self.host.authority(),
+            self.authority,
             &self.headers,
             length,
             out,
@@ -322,6 +324,7 @@ impl<'g> Exchange<'g> {
             method: b.method.clone(),
             host: &host.addr,
             pool_key: &host.pool_key,
+            authority: &host.authority,
             target,
             headers: upstream::backend_headers(&b.headers, &self.req.headers, self.client_ip),
             body,

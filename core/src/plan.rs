@@ -121,6 +121,8 @@ pub struct BackendHost {
     pub path_prefix: String,
     /// [`pool_key`] of `addr`, computed once: idle connections are kept under it.
     pub pool_key: String,
+    /// `addr`'s authority for the `Host` header, computed once.
+    pub authority: String,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -220,7 +222,9 @@ impl Gateway {
 
 fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
     match HostAddr::parse(raw) {
-        Ok(addr) => Ok(BackendHost { pool_key: pool_key(&addr), addr, path_prefix: String::new() }),
+        Ok(addr) => {
+            Ok(BackendHost { pool_key: pool_key(&addr), authority: addr.authority(), addr, path_prefix: String::new() })
+        }
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
             let after_scheme = raw.find("://").map_or(0, |i| i + 3);
@@ -232,7 +236,12 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             if prefix.contains(['?', '#']) {
                 return Err(strict);
             }
-            Ok(BackendHost { pool_key: pool_key(&addr), addr, path_prefix: prefix.trim_end_matches('/').to_string() })
+            Ok(BackendHost {
+                pool_key: pool_key(&addr),
+                authority: addr.authority(),
+                addr,
+                path_prefix: prefix.trim_end_matches('/').to_string(),
+            })
         }
         Err(m) => Err(m),
     }
