@@ -878,10 +878,9 @@ impl<'g> Connection<'g> {
                 // The vectors of the last use are kept (no allocation per call).
                 let old = mem::replace(&mut self.slots[free], slot);
                 let slot = &mut self.slots[free];
-                (slot.out, slot.sent, slot.input) = (old.out, old.sent, old.input);
+                (slot.out, slot.sent) = (old.out, old.sent);
                 slot.out.clear();
                 slot.sent.clear();
-                slot.input.clear();
                 free
             }
             None => {
@@ -1007,9 +1006,9 @@ impl<'g> Connection<'g> {
         slot.in_use = false;
         slot.fetch = None;
         slot.codec = None;
-        // Kept for the next call on this slot, unless a big body grew it.
-        slot.input.clear();
-        slot.input.shrink_idle(0, 64 * 1024);
+        // Not kept: an idle keep-alive connection would hold it (about 1 KiB each, for
+        // about 400 instructions per request saved).
+        slot.input = ReadBuf::default();
         self.queue.push_back(output);
     }
 
