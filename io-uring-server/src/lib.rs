@@ -76,6 +76,20 @@ impl std::fmt::Display for Driver {
     }
 }
 
+/// The ring each shard sets up: `IORING_SETUP_COOP_TASKRUN` (completion work runs
+/// when the shard enters the kernel, instead of interrupting it), `SINGLE_ISSUER` (the
+/// shard is the only thread that submits, so the kernel skips the locking for others)
+/// and `DEFER_TASKRUN` (completion work runs only when the shard asks for completions,
+/// in batches). Linux 6.1 or later; elsewhere the default ring is used.
+/// `SLUICE_URING_FLAGS=plain` asks for the default ring anyway. Measured (no-op, 1
+/// shard, wrk -c64): 0.21 CPU s per 10k requests with the default ring, 0.14-0.16
+/// with these; req/s up from 43,700 to 51,000-61,000.
+fn tuned_ring() -> io_uring::Builder {
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+    urb
+}
+
 /// Whether io_uring works here: sets up (and drops) one ring. `Err` says why not
 /// (ENOSYS on old kernels, EPERM under Docker's default seccomp profile, ...).
 pub fn probe() -> io::Result<()> {
@@ -178,6 +192,25 @@ fn shard_thread(
             }
         }
         return;
+    }
+    // The tuned ring first (see `tuned_ring`); where the kernel refuses its flags, the
+    // default ring, and epoll where there is no io_uring at all.
+    if std::env::var("SLUICE_URING_FLAGS").map_or(true, |v| v != "plain") {
+        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(tuned_ring())
+            .enable_timer()
+            .build();
+        match built {
+            Ok(mut rt) => {
+                rt.block_on(run(Driver::IoUring));
+                return;
+            }
+            Err(e) => tracing::debug!(
+                shard = id,
+                "io_uring with COOP/SINGLE_ISSUER/DEFER_TASKRUN refused ({e}): default ring"
+            ),
+        }
     }
     match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(entries).enable_timer().build() {
         Ok(monoio::FusionRuntime::Uring(mut rt)) => rt.block_on(run(Driver::IoUring)),
