@@ -648,11 +648,24 @@ impl<'g> Connection<'g> {
 
     /// The client is gone or too slow: close everything now.
     fn abort(&mut self) {
-        if !matches!(self.state, State::Closed) {
-            self.close_slots();
-            self.state = State::Closed;
-            self.queue.push_back(Output::Close);
+        if matches!(self.state, State::Closed) {
+            return;
         }
+        self.close_slots();
+        // A request under way still gets its access line: a body cut by the client's
+        // going with the status and bytes sent, one not answered yet as 499 (nginx's
+        // "client closed request").
+        let line = match mem::replace(&mut self.state, State::Closed) {
+            State::Pump(p) => Some(p.line.line(p.status, p.sent, self.now)),
+            State::Body { line, .. } | State::Exchange { line, .. } | State::Stream { line, .. } => {
+                StatusCode::from_u16(499).ok().map(|status| line.line(status, 0, self.now))
+            }
+            _ => None,
+        };
+        if let Some(line) = line {
+            self.queue.push_back(Output::Log(Log::Access(line)));
+        }
+        self.queue.push_back(Output::Close);
     }
 
     fn progress(&mut self) {

@@ -22,8 +22,10 @@ enum Client<'a> {
     Stop,
     /// The backend closes the idle connections the gateway keeps in its pool.
     DropIdle,
+    /// The client is gone: every write from now on fails.
+    Gone,
 }
-use Client::{DropIdle, Eof, Send, Stop, Wait};
+use Client::{DropIdle, Eof, Gone, Send, Stop, Wait};
 
 /// What a backend host does with the next request it receives.
 #[derive(Clone)]
@@ -74,6 +76,7 @@ struct World<'g> {
     /// Every request a backend received, whole, in order.
     requests: Vec<String>,
     closed_at: Option<Instant>,
+    client_gone: bool,
     /// The gateway shut its write side (the lingering close after a last answer).
     shut_at: Option<Instant>,
 }
@@ -110,6 +113,7 @@ impl<'g> World<'g> {
             trace: Vec::new(),
             requests: Vec::new(),
             closed_at: None,
+            client_gone: false,
             shut_at: None,
         }
     }
@@ -151,6 +155,9 @@ impl<'g> World<'g> {
     fn start(&mut self, output: Output<'_>) {
         match output {
             Output::ReadClient(buf) => self.client_read = Some(buf),
+            Output::WriteClient(bytes) if self.client_gone => {
+                self.ready.push_back(Input::ClientWritten(bytes, Err(std::io::ErrorKind::BrokenPipe.into())));
+            }
             Output::WriteClient(bytes) => {
                 self.to_client.push_str(std::str::from_utf8(&bytes).unwrap());
                 self.ready.push_back(Input::ClientWritten(bytes, Ok(())));
@@ -245,7 +252,7 @@ impl<'g> World<'g> {
             && let Some((at, _)) = self.client.front()
         {
             consider(*at, 0, 0);
-        } else if let Some((at, Stop | DropIdle)) = self.client.front() {
+        } else if let Some((at, Stop | DropIdle | Gone)) = self.client.front() {
             consider(*at, 0, 0);
         }
         for (id, sock) in &self.socks {
@@ -276,6 +283,7 @@ impl<'g> World<'g> {
                         self.conn.handle(Input::ClientRead(buf, Ok(0)), at);
                     }
                     Stop => self.conn.handle(Input::Stop, at),
+                    Gone => self.client_gone = true,
                     DropIdle => {
                         for sock in self.pool.values_mut().flatten() {
                             sock.closed = true;
@@ -808,5 +816,21 @@ fn no_op_passes_end_to_end_headers_only() {
     assert_eq!(
         w.to_client,
         "HTTP/1.1 418 I'm a teapot\r\ncontent-type: image/png\r\nset-cookie: a=b\r\ntransfer-encoding-not: kept\r\nx-multi: 1\r\nx-multi: 2\r\ncontent-length: 5\r\n\r\nhello"
+    );
+}
+
+#[test]
+fn a_client_that_goes_mid_body_still_gets_its_access_line() {
+    // A download the client walks away from: the write fails, everything closes, and
+    // the access line says what was sent (it had none).
+    let gw = no_op_get("1s");
+    let lb = Balancer::new(gw.backend_count);
+    let pieces = vec![(0, format!("{CHUNKED_HEAD}5\r\nhello\r\n")), (50, "5\r\nworld\r\n".into())];
+    let w =
+        World::new(&gw, &lb, &[Send(GET_RAW), Wait(20), Gone]).backend(&upstream(9001), &[Serve::Pieces(pieces)]).run();
+    assert_eq!(
+        w.trace()[w.trace().find("  50ms").unwrap()..],
+        ["  50ms backend 0: closed", "  50ms log: 192.0.2.9 \"GET /raw\" 200 10 50.0ms", "  50ms client: closed"]
+            .join("\n")
     );
 }
