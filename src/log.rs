@@ -10,9 +10,9 @@
 //! (<https://no-color.org>).
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -25,7 +25,7 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines lost to a failed write on stderr.
 static FAILED: AtomicU64 = AtomicU64::new(0);
 /// The queue's sending end, for [`flush`].
-static SENDER: OnceLock<Mutex<Option<SyncSender<Msg>>>> = OnceLock::new();
+static SENDER: OnceLock<SyncSender<Msg>> = OnceLock::new();
 
 enum Msg {
     Line(Vec<u8>),
@@ -81,7 +81,7 @@ pub(crate) fn init() {
         // No thread: lines are counted as dropped, the gateway serves on.
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = SENDER.set(Mutex::new(Some(tx.clone())));
+    let _ = SENDER.set(tx.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -129,8 +129,7 @@ fn write_lines(rx: &Receiver<Msg>, mut out: impl Write) {
 /// Waits (up to a second) until the lines logged so far are written, then prints what
 /// was lost, if anything, best effort.
 pub(crate) fn flush() {
-    let tx = SENDER.get().and_then(|s| s.lock().ok()?.clone());
-    if let Some(tx) = tx {
+    if let Some(tx) = SENDER.get() {
         let (ack, done) = mpsc::channel();
         if tx.send(Msg::Flush(ack)).is_ok() {
             let _ = done.recv_timeout(Duration::from_secs(1));

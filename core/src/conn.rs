@@ -84,7 +84,7 @@ use crate::backend::{Failure, Fetch, Progress, Pumped, StreamedHead, may_retry, 
 use crate::buf::ReadBuf;
 use crate::builtin::{self, Builtin};
 use crate::config::{HostAddr, Scheme};
-use crate::deadline::{HeadWait, body_deadline};
+use crate::deadline::{HeadWait, after, body_deadline};
 use crate::dispatch::{Dispatch, Route};
 use crate::exchange::{Action, Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
@@ -349,10 +349,6 @@ pub struct Connection<'g> {
     answered: bool,
     /// Client writes handed to the driver so far.
     handed: u64,
-}
-
-fn after(since: Instant, limit: Duration) -> Option<Instant> {
-    (!limit.is_zero()).then(|| since + limit)
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

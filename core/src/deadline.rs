@@ -7,7 +7,8 @@ use http::StatusCode;
 
 use crate::config::Config;
 
-fn after(since: Instant, limit: Duration) -> Option<Instant> {
+/// `limit` after `since`; `None` for a zero limit (no limit).
+pub(crate) fn after(since: Instant, limit: Duration) -> Option<Instant> {
     (!limit.is_zero()).then(|| since + limit)
 }
 

@@ -429,12 +429,8 @@ impl<'g> Exchange<'g> {
         let ep = self.ep;
         if ep.output == OutputEncoding::NoOp {
             // A no-op answer that came is streamed (`handle_head`); here it did not come.
-            return match self.calls.first() {
-                Some(CallState::TimedOut) => {
-                    self.error_reply(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time")
-                }
-                _ => self.error_reply(StatusCode::BAD_GATEWAY, &self.reason(0)),
-            };
+            let timed_out = matches!(self.calls.first(), Some(CallState::TimedOut));
+            return self.stream_failed(timed_out, &self.reason(0));
         }
         let router = &self.gw.config.router;
         let mut parts: Vec<Vec<Entry<'_>>> = Vec::with_capacity(self.calls.len());

@@ -219,14 +219,8 @@ impl<'h> HopByHop<'h> {
 
     pub fn contains(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
-        http1::is_hop_by_hop_name(n) || self.named.iter().any(|t| t.eq_ignore_ascii_case(n))
+        http1::is_hop_by_hop_name(n.as_bytes()) || self.named.iter().any(|t| t.eq_ignore_ascii_case(n))
     }
-}
-
-/// Whether `name` is hop-by-hop in the message `headers` (see [`HopByHop`], which
-/// reads `Connection` once for many names).
-pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    HopByHop::of(headers).contains(name)
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -280,7 +280,8 @@ async fn shard_main(
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(conn::serve(shard.clone(), stream, peer));
             }
-            Err(_) if stop.is_triggered() => break,
+            // Canceled at the stop: nothing to say.
+            Err(_) if stop.is_triggered() => {}
             Err(e) => {
                 tracing::warn!(shard = id, "accept failed: {e}");
                 monoio::time::sleep(Duration::from_millis(10)).await;

@@ -141,18 +141,19 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "proxy-authenticate",
 ];
 
-/// Whether `n` (a lowercase header name) is one of [`HOP_BY_HOP`]: by length first, then
-/// one or two comparisons (it runs for every header of every message).
+/// Whether `n` (a header name, any case) is one of [`HOP_BY_HOP`]: by length first,
+/// then one or two comparisons (it runs for every header of every message).
 #[inline]
-pub fn is_hop_by_hop_name(n: &str) -> bool {
+pub fn is_hop_by_hop_name(n: &[u8]) -> bool {
+    let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
     match n.len() {
-        2 => n == "te",
-        7 => n == "trailer" || n == "upgrade",
-        10 => n == "connection" || n == "keep-alive",
-        16 => n == "proxy-connection",
-        17 => n == "transfer-encoding",
-        18 => n == "proxy-authenticate",
-        19 => n == "proxy-authorization",
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
         _ => false,
     }
 }
@@ -162,7 +163,7 @@ pub fn is_hop_by_hop_name(n: &str) -> bool {
 pub(crate) fn write_headers(headers: &http::HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
         let n = name.as_str();
-        if n == "content-length" || n == "host" || (is_hop_by_hop_name(n) && n != "upgrade") {
+        if n == "content-length" || n == "host" || (is_hop_by_hop_name(n.as_bytes()) && n != "upgrade") {
             continue;
         }
         out.extend_from_slice(n.as_bytes());

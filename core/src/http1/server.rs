@@ -439,22 +439,9 @@ fn write_passthrough_fields(head: &Head, out: &mut Vec<u8>) {
     }
 }
 
-/// Framing, `Host` and the fixed hop-by-hop names, in any case: by length, then one
-/// or two comparisons.
+/// Framing, `Host` and the fixed hop-by-hop names, in any case.
 fn not_passed_on(n: &[u8]) -> bool {
-    let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
-    match n.len() {
-        2 => is("te"),
-        4 => is("host"),
-        7 => is("trailer") || is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        14 => is("content-length"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
+    n.eq_ignore_ascii_case(b"host") || n.eq_ignore_ascii_case(b"content-length") || super::is_hop_by_hop_name(n)
 }
 
 fn write_status_line(http10: bool, status: StatusCode, out: &mut Vec<u8>) {
