@@ -703,9 +703,7 @@ impl<'g> Connection<'g> {
                 self.close_slots();
                 if self.answered && !self.eof {
                     self.queue.push_back(Output::ShutdownClient);
-                    self.input.clear();
-                    self.hungry = true;
-                    return (State::Linger { until: self.now + LINGER }, false);
+                    return (State::Linger { until: self.now + LINGER }, true);
                 }
                 self.queue.push_back(Output::Close);
                 (State::Closed, false)
