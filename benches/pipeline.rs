@@ -8,12 +8,13 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Method};
+use http::Method;
 use serde_json::{Map, Value};
 use sluice_core::Gateway;
 use sluice_core::config::OutputEncoding;
 use sluice_core::dispatch::Dispatch;
 use sluice_core::exchange::{Action, Exchange};
+use sluice_core::http1::Head;
 use sluice_core::request::{ClientRequest, RequestBody};
 use sluice_core::response::{self, Shape};
 use sluice_core::upstream::Balancer;
@@ -164,17 +165,17 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut headers = HeaderMap::new();
-    for (n, v) in [
-        ("host", "api.example.com"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/132.0"),
-        ("accept", "application/json"),
-        ("x-tenant", "acme"),
-        ("authorization", "Bearer abc.def.ghi"),
-        ("cookie", "session=0123456789abcdef"),
-    ] {
-        headers.insert(n, HeaderValue::from_static(v));
-    }
+    let headers = Head::from_fields(
+        [
+            ("host", "api.example.com"),
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/132.0"),
+            ("accept", "application/json"),
+            ("x-tenant", "acme"),
+            ("authorization", "Bearer abc.def.ghi"),
+            ("cookie", "session=0123456789abcdef"),
+        ]
+        .map(|(n, v)| (n, v.as_bytes())),
+    );
     let request = ClientRequest {
         method: Method::GET,
         path: "/v1/users/42".into(),
@@ -196,7 +197,7 @@ fn bench(c: &mut Criterion) {
                 let mut ex = Exchange::new(&gw, route, req, now);
                 let Action::Call(call) = ex.poll(&lb) else { unreachable!() };
                 out.clear();
-                call.write_head(0, &mut out).unwrap();
+                ex.write_head(&call, &mut out).unwrap();
                 black_box(out.len())
             },
             BatchSize::SmallInput,

@@ -94,14 +94,11 @@ fn echo(req: &ClientRequest) -> Vec<u8> {
     write_string(&body, &mut out);
     out.extend_from_slice(b",\"req_headers\":");
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in &req.headers {
-        if name == header::HOST {
+    for (name, value) in req.headers.iter() {
+        if name.eq_ignore_ascii_case("host") {
             continue;
         }
-        headers
-            .entry(canonical(name.as_str()))
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        headers.entry(canonical(name)).or_default().push(String::from_utf8_lossy(value).into_owned());
     }
     write_map(&headers, &mut out);
     out.push(b'}');

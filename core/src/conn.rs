@@ -773,9 +773,9 @@ impl<'g> Connection<'g> {
         }
     }
 
-    fn start_request(&mut self, req: Request) -> State<'g> {
+    fn start_request(&mut self, mut req: Request) -> State<'g> {
         let now = self.now;
-        let mut creq = match ClientRequest::from_head(&req, self.peer) {
+        let mut creq = match ClientRequest::from_head(&mut req, self.peer) {
             Ok(creq) => creq,
             Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, self.peer, now)),
         };
@@ -855,7 +855,7 @@ impl<'g> Connection<'g> {
         loop {
             match ex.poll(self.balancer) {
                 Action::Call(call) => {
-                    if let Err(reason) = self.open(&call, ex.body(), false) {
+                    if let Err(reason) = self.open(&ex, &call, false) {
                         ex.handle_failure(call.id, reason);
                     }
                 }
@@ -875,7 +875,7 @@ impl<'g> Connection<'g> {
 
     /// Opens a backend connection for `call`: its request is written out now, sent
     /// once connected. Returns the slot, or why the request cannot be written.
-    fn open(&mut self, call: &Call<'g>, body: &[u8], stream: bool) -> Result<BackendId, &'static str> {
+    fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
         if call.host.scheme == Scheme::Https {
             return Err("https backends need TLS, which this build does not have yet");
         }
@@ -897,13 +897,13 @@ impl<'g> Connection<'g> {
             }
         };
         let slot = &mut self.slots[id];
-        let written = call.write_head(body.len(), &mut slot.out);
+        let written = ex.write_head(call, &mut slot.out);
         if let Err(e) = written {
             slot.in_use = false;
             return Err(e.reason());
         }
         if call.body == CallBody::Full {
-            slot.out.extend_from_slice(body);
+            slot.out.extend_from_slice(ex.body());
         }
         self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled: true });
         Ok(id)
@@ -1042,7 +1042,7 @@ impl<'g> Connection<'g> {
         }
         let mut ex = Exchange::new(self.gw, route, creq, self.now);
         match ex.poll(self.balancer) {
-            Action::Call(call) => match self.open(&call, &[], true) {
+            Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { ex, line, id },
                 Err(reason) => {
                     ex.handle_failure(call.id, reason);

@@ -23,6 +23,7 @@
 //! use sluice_core::Gateway;
 //! use sluice_core::dispatch::Dispatch;
 //! use sluice_core::exchange::{Action, Exchange};
+//! use sluice_core::http1::Head;
 //! use sluice_core::request::{ClientRequest, RequestBody};
 //! use sluice_core::upstream::Balancer;
 //!
@@ -32,13 +33,13 @@
 //! let balancer = Balancer::new(gw.backend_count); // one per shard
 //! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
 //! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
-//!     headers: HeaderMap::new(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None };
+//!     headers: Head::default(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None };
 //! let mut ex = Exchange::new(&gw, route, req, Instant::now());
 //! let reply = loop {
 //!     match ex.poll(&balancer) {
 //!         Action::Call(call) => {
 //!             let mut head = Vec::new();
-//!             call.write_head(ex.body().len(), &mut head).unwrap();
+//!             ex.write_head(&call, &mut head).unwrap();
 //!             assert!(head.starts_with(b"GET /users/7 HTTP/1.1\r\nhost: users:8080\r\n"));
 //!             // A real driver writes `head` to a pooled connection and reads the answer
 //!             // later; here it comes back at once.
@@ -106,29 +107,9 @@ pub struct Call<'g> {
     pub authority: &'g str,
     /// Origin-form target: path and query.
     pub target: String,
-    pub headers: HeaderMap,
     pub body: CallBody,
     /// `no-op`: read only the response head, then [`Exchange::handle_head`].
     pub stream_response: bool,
-}
-
-impl Call<'_> {
-    /// Writes the request head (origin form, straight to the backend).
-    pub fn write_head(&self, body_len: usize, out: &mut Vec<u8>) -> Result<(), http1::Error> {
-        let length = match self.body {
-            CallBody::None => None,
-            CallBody::Full => Some(BodyLength::Known(body_len as u64)),
-            CallBody::Stream(l) => Some(l),
-        };
-        http1::write_request(
-            &self.method,
-            RequestTarget::Origin(&self.target),
-            self.authority,
-            &self.headers,
-            length,
-            out,
-        )
-    }
 }
 
 /// The head of a backend response passed through (`no-op`).
@@ -245,6 +226,27 @@ impl<'g> Exchange<'g> {
         }
     }
 
+    /// Writes the request head of `call` (origin form, straight to the backend): its
+    /// header fields come from the client's parsed head under the backend's header
+    /// policy, with no header map built ([`upstream::write_backend_headers`]).
+    pub fn write_head(&self, call: &Call<'_>, out: &mut Vec<u8>) -> Result<(), http1::Error> {
+        let length = match call.body {
+            CallBody::None => None,
+            CallBody::Full => Some(BodyLength::Known(self.body().len() as u64)),
+            CallBody::Stream(l) => Some(l),
+        };
+        let policy = &self.ep.backends[call.id].headers;
+        let (client, ip) = (&self.req.headers, self.client_ip);
+        http1::write_request_with(
+            &call.method,
+            RequestTarget::Origin(&call.target),
+            call.authority,
+            length,
+            out,
+            |out| upstream::write_backend_headers(policy, client, ip, out),
+        )
+    }
+
     /// The endpoint deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -326,7 +328,6 @@ impl<'g> Exchange<'g> {
             pool_key: &host.pool_key,
             authority: &host.authority,
             target,
-            headers: upstream::backend_headers(&b.headers, &self.req.headers, self.client_ip),
             body,
             stream_response: self.ep.output == OutputEncoding::NoOp,
         })
@@ -478,7 +479,7 @@ impl<'g> Exchange<'g> {
         }
         let merged = response::merge(parts);
         let mut body = Vec::with_capacity(256);
-        let accept = self.req.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use crate::http1::{self, BodyLength, Framing, Next, Request, ResponseHead, ServerConn, TargetForm};
+use crate::http1::{self, BodyLength, Framing, Head, Next, Request, ResponseHead, ServerConn, TargetForm};
 use crate::response::TEXT;
 
 /// The body of a client request.
@@ -28,7 +28,9 @@ pub struct ClientRequest {
     pub path: String,
     /// The query string, without `?`.
     pub query: Option<String>,
-    pub headers: HeaderMap,
+    /// The header section as received (names as sent, values as bytes), read in
+    /// place: no header map is built per request.
+    pub headers: Head,
     /// The socket peer.
     pub peer: IpAddr,
     pub body: RequestBody,
@@ -49,8 +51,9 @@ impl RequestBody {
 impl ClientRequest {
     /// The gateway's view of a parsed request head from `peer`, without its body yet.
     /// A gateway takes origin-form targets only: anything else is refused with the
-    /// reason to answer 400 with.
-    pub fn from_head(req: &Request, peer: IpAddr) -> Result<ClientRequest, &'static str> {
+    /// reason to answer 400 with. The header section is moved out of `req` (its head is
+    /// left empty), not copied.
+    pub fn from_head(req: &mut Request, peer: IpAddr) -> Result<ClientRequest, &'static str> {
         if req.form != TargetForm::Origin {
             return Err("this gateway takes origin-form request targets (/path?query)");
         }
@@ -58,7 +61,7 @@ impl ClientRequest {
             method: req.method.clone(),
             path: req.path().to_string(),
             query: req.query().map(str::to_string),
-            headers: req.head.to_header_map(),
+            headers: std::mem::take(&mut req.head),
             peer,
             body: RequestBody::None,
         })

@@ -8,19 +8,20 @@
 //!   (`..`, `../x`, `a\..`) is refused, and so is a rendered path with a dot segment,
 //!   because many backends resolve `%2E%2E` as `..`.
 //! - Forwarded query pairs are re-encoded byte by byte where they are not visible ASCII.
-//! - Header values travel as [`HeaderValue`]s, which cannot hold CR or LF. Hop-by-hop
+//! - Header values are copied from the parsed client head, whose parser refused CR, LF
+//!   and NUL in them (and non-tokens in names). Hop-by-hop
 //!   headers (and those named in `Connection`) never cross. `X-Forwarded-For` is always
 //!   written by the gateway (the socket peer, or a trusted proxy's claim), never copied.
 
 use std::borrow::Cow;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderValue;
 
 use crate::config::RouterOptions;
-use crate::http1;
+use crate::http1::{self, Head};
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
 /// Round-robin position per backend. One per shard (`sluice-uring`) or one per server
@@ -125,7 +126,7 @@ fn put_value(name: &str, value: &[u8], out: &mut String) -> Result<(), RenderErr
 pub struct UrlInputs<'a> {
     /// Endpoint parameters, percent-encoded as they came.
     pub params: &'a [(String, String)],
-    pub headers: &'a HeaderMap,
+    pub headers: &'a Head,
     /// Looks up `{respN_path}`: the text of a scalar in an earlier response.
     pub response: &'a dyn Fn(usize, &[String]) -> Option<String>,
 }
@@ -153,7 +154,7 @@ pub fn render_url(
                 put_value(name, &percent_decode(raw), &mut url)?;
             }
             UrlPiece::InputHeader(h) => {
-                let v = inputs.headers.get(h).map_or(&b""[..], HeaderValue::as_bytes);
+                let v = inputs.headers.get(h.as_str()).unwrap_or_default();
                 put_value(h.as_str(), v, &mut url)?;
             }
             UrlPiece::Response { index, path } => {
@@ -201,98 +202,110 @@ pub fn render_url(
 /// names, read once per message.
 #[derive(Debug)]
 pub struct HopByHop<'h> {
-    named: smallvec::SmallVec<[&'h str; 4]>,
+    named: smallvec::SmallVec<[&'h [u8]; 4]>,
 }
 
 impl<'h> HopByHop<'h> {
-    pub fn of(headers: &'h HeaderMap) -> HopByHop<'h> {
-        let named = headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+    pub fn of(head: &'h Head) -> HopByHop<'h> {
+        let named = head
+            .get_all("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
             .filter(|t| !t.is_empty())
             .collect();
         HopByHop { named }
     }
 
-    pub fn contains(&self, name: &HeaderName) -> bool {
-        let n = name.as_str();
-        http1::is_hop_by_hop_name(n.as_bytes()) || self.named.iter().any(|t| t.eq_ignore_ascii_case(n))
+    /// Whether `name` (any case) is hop-by-hop in this message.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        http1::is_hop_by_hop_name(name) || self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_VIA: HeaderName = HeaderName::from_static("x-forwarded-via");
-
 /// `Sluice/<version>`.
 pub fn user_agent() -> HeaderValue {
-    HeaderValue::from_static(concat!("Sluice/", env!("CARGO_PKG_VERSION")))
+    HeaderValue::from_static(USER_AGENT_VALUE)
 }
 
-/// The headers a backend receives.
-pub fn backend_headers(policy: &HeaderPolicy, client: &HeaderMap, client_ip: IpAddr) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(8);
+const USER_AGENT_VALUE: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
+
+/// Headers the gateway sets itself: never copied from the client.
+fn is_gateway_owned(name: &[u8]) -> bool {
+    ["host", "content-length", "x-forwarded-for", "x-forwarded-host", "x-forwarded-via"]
+        .iter()
+        .any(|own| own.len() == name.len() && own.as_bytes().eq_ignore_ascii_case(name))
+}
+
+fn put_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend(name.iter().map(u8::to_ascii_lowercase));
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the header fields a backend receives, straight from the client's parsed
+/// head (no header map is built): the client's end-to-end headers the policy passes
+/// (names lowercased, values as received; hop-by-hop ones, those its `Connection`
+/// names, and those the gateway sets left out), `Content-Type` whatever the policy,
+/// `X-Forwarded-For` (`client_ip`), `X-Forwarded-Host` (the client's `Host`), and
+/// `User-Agent: Sluice/<version>`, or `X-Forwarded-Via` with it when the client's
+/// `User-Agent` was passed. The client head's names are tokens and its values hold
+/// no CR, LF or NUL (the parser refused them), so nothing can be injected.
+pub fn write_backend_headers(policy: &HeaderPolicy, client: &Head, client_ip: IpAddr, out: &mut Vec<u8>) {
     let hop = HopByHop::of(client);
-    let skip = |n: &HeaderName| {
-        hop.contains(n)
-            || *n == http::header::HOST
-            || *n == http::header::CONTENT_LENGTH
-            || *n == X_FORWARDED_FOR
-            || *n == X_FORWARDED_HOST
-            || *n == X_FORWARDED_VIA
+    let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n);
+    let (mut content_type, mut user_agent) = (false, false);
+    let mut put = |n: &[u8], v: &[u8], out: &mut Vec<u8>| {
+        content_type |= n.eq_ignore_ascii_case(b"content-type");
+        user_agent |= n.eq_ignore_ascii_case(b"user-agent");
+        put_field(n, v, out);
     };
     match policy {
         HeaderPolicy::All => {
-            for (n, v) in client {
+            for (n, v) in client.iter_raw() {
                 if !skip(n) {
-                    out.append(n.clone(), v.clone());
+                    put(n, v, out);
                 }
             }
         }
         HeaderPolicy::Names(names) => {
             for n in names {
-                if skip(n) {
+                let n = n.as_str();
+                if skip(n.as_bytes()) {
                     continue;
                 }
                 for v in client.get_all(n) {
-                    out.append(n.clone(), v.clone());
+                    put(n.as_bytes(), v, out);
                 }
             }
         }
     }
-    if !out.contains_key(CONTENT_TYPE)
-        && let Some(ct) = client.get(CONTENT_TYPE)
-    {
-        out.insert(CONTENT_TYPE, ct.clone());
+    if !content_type && let Some(ct) = client.get("content-type") {
+        put_field(b"content-type", ct, out);
     }
-    if let Ok(ip) = HeaderValue::from_str(&client_ip.to_string()) {
-        out.insert(X_FORWARDED_FOR.clone(), ip);
+    out.extend_from_slice(b"x-forwarded-for: ");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{client_ip}");
+    out.extend_from_slice(b"\r\n");
+    if let Some(host) = client.get("host") {
+        put_field(b"x-forwarded-host", host, out);
     }
-    if let Some(host) = client.get(http::header::HOST) {
-        out.insert(X_FORWARDED_HOST.clone(), host.clone());
-    }
-    if out.contains_key(USER_AGENT) {
-        out.insert(X_FORWARDED_VIA.clone(), user_agent());
-    } else {
-        out.insert(USER_AGENT, user_agent());
-    }
-    out
+    let ua = if user_agent { b"x-forwarded-via" } else { &b"user-agent"[..] };
+    put_field(ua, USER_AGENT_VALUE.as_bytes(), out);
 }
 
 /// The client's address: the socket peer, unless `forwarded_by_client_ip` is set and
 /// the peer is a trusted proxy. Then each of `remote_ip_headers` is read right to left,
 /// skipping trusted proxies: the first untrusted address is the client (gin's rule).
 /// A header with anything but addresses in it is ignored.
-pub fn client_ip(opts: &RouterOptions, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+pub fn client_ip(opts: &RouterOptions, peer: IpAddr, headers: &Head) -> IpAddr {
     let trusted = |ip: IpAddr| opts.trusted_proxies.iter().any(|net| net.contains(ip));
     if !opts.forwarded_by_client_ip || !trusted(peer) {
         return peer;
     }
     for name in &opts.remote_ip_headers {
-        let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else { continue };
+        let Some(value) = headers.get(name).and_then(|v| std::str::from_utf8(v).ok()) else { continue };
         let list: Option<Vec<IpAddr>> = value.split(',').map(|s| s.trim().parse().ok()).collect();
         let Some(list) = list else { continue };
         for (i, ip) in list.iter().enumerate().rev() {

@@ -8,11 +8,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_core::Gateway;
 use sluice_core::builtin;
 use sluice_core::dispatch::Dispatch;
 use sluice_core::exchange::{Action, Exchange};
+use sluice_core::http1::Head;
 use sluice_core::request::{ClientRequest, Reply, RequestBody};
 use sluice_core::upstream::Balancer;
 
@@ -80,10 +81,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
         Some((p, q)) => (p, Some(q.to_string())),
         None => (req.target, None),
     };
-    let mut headers = HeaderMap::new();
-    for (n, v) in &req.headers {
-        headers.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-    }
+    let headers = Head::from_fields(req.headers.iter().map(|(n, v)| (*n, v.as_bytes())));
     let client = ClientRequest {
         method: req.method.clone(),
         path: path.to_string(),
@@ -108,7 +106,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
         match ex.poll(lb) {
             Action::Call(call) => {
                 let mut head = Vec::new();
-                call.write_head(ex.body().len(), &mut head).unwrap();
+                ex.write_head(&call, &mut head).unwrap();
                 if call.body == sluice_core::exchange::CallBody::Full {
                     head.extend_from_slice(ex.body());
                 }
@@ -405,7 +403,7 @@ fn late_answers_and_unknown_ids_are_ignored() {
         method: Method::GET,
         path: "/api/1".into(),
         query: None,
-        headers: HeaderMap::new(),
+        headers: Head::default(),
         peer: "127.0.0.1".parse().unwrap(),
         body: RequestBody::None,
     };
@@ -644,6 +642,40 @@ fn headers_forwarded_by_policy() {
     assert!(!out.calls[0].contains("acme"));
 }
 
+/// The backend head is written from the client's head as received: repeated fields
+/// keep the client's order (a header map would have grouped them), names are
+/// lowercased, and `Connection` tokens remove headers whatever their case.
+#[test]
+fn forwarded_headers_keep_the_client_order() {
+    let client = vec![
+        ("Host", "gw.example"),
+        ("Accept", "a"),
+        ("X-Tenant", "acme"),
+        ("accept", "b"),
+        ("Connection", "X-SECRET-HOP"),
+        ("x-Secret-hop", "s"),
+        ("CONTENT-TYPE", "text/plain"),
+    ];
+    let out = run(
+        &one(r#""input_headers": ["*"],"#, r#"[{"url_pattern": "/x"}]"#),
+        Req { headers: client, ..get("/api/1") },
+        |_| Canned::Json("{}"),
+    );
+    assert_eq!(
+        headers_of(&out.calls[0]),
+        [
+            "host: backend:8000",
+            "accept: a",
+            "x-tenant: acme",
+            "accept: b",
+            "content-type: text/plain",
+            "x-forwarded-for: 10.0.0.1",
+            "x-forwarded-host: gw.example",
+            "user-agent: Sluice/0.1.0",
+        ]
+    );
+}
+
 #[test]
 fn client_ip_from_trusted_proxies_only() {
     let cfg = |router: &str| {
@@ -789,9 +821,7 @@ fn no_op_passes_the_backend_through() {
     let gw = Gateway::load(NOOP).unwrap().gateway;
     let Dispatch::Endpoint(route) = gw.dispatch(&Method::POST, "/raw/9", None) else { panic!() };
     assert!(route.streaming);
-    let mut headers = HeaderMap::new();
-    headers.insert("host", HeaderValue::from_static("gw"));
-    headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+    let headers = Head::from_fields([("host", &b"gw"[..]), ("transfer-encoding", b"chunked")]);
     let req = ClientRequest {
         method: Method::POST,
         path: "/raw/9".into(),
@@ -806,7 +836,7 @@ fn no_op_passes_the_backend_through() {
     let Action::Call(call) = ex.poll(&lb) else { panic!() };
     assert!(call.stream_response);
     let mut head = Vec::new();
-    call.write_head(0, &mut head).unwrap();
+    ex.write_head(&call, &mut head).unwrap();
     assert_eq!(
         String::from_utf8(head).unwrap(),
         "POST /r/9?q=1 HTTP/1.1\r\nhost: b:1\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -918,14 +948,14 @@ fn request_heads_become_client_requests_and_access_lines_leave_the_query_out() {
     use sluice_core::request::AccessLog;
     let mut server = ServerConn::new(Limits::default());
     let wire = b"POST /v1/items?token=secret HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n";
-    let Ok((_, ServerEvent::Request(head))) = server.handle_input(wire) else { panic!("a request") };
+    let Ok((_, ServerEvent::Request(mut head))) = server.handle_input(wire) else { panic!("a request") };
     let peer: IpAddr = "192.0.2.7".parse().unwrap();
-    let req = ClientRequest::from_head(&head, peer).unwrap();
+    let req = ClientRequest::from_head(&mut head, peer).unwrap();
     assert_eq!(
         (req.method.as_str(), req.path.as_str(), req.query.as_deref()),
         ("POST", "/v1/items", Some("token=secret"))
     );
-    assert_eq!(req.headers["authorization"], "Bearer x");
+    assert_eq!(req.headers.get("authorization"), Some(&b"Bearer x"[..]));
     assert_eq!(req.body, RequestBody::None);
     assert_eq!(RequestBody::relayed(head.framing), RequestBody::Stream(BodyLength::Unknown));
     assert_eq!(RequestBody::relayed(Framing::Length(5)), RequestBody::Stream(BodyLength::Known(5)));
@@ -939,9 +969,9 @@ fn request_heads_become_client_requests_and_access_lines_leave_the_query_out() {
         let mut server = ServerConn::new(Limits::default());
         let method = if target == "*" { "OPTIONS" } else { "GET" };
         let wire = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
-        let Ok((_, ServerEvent::Request(head))) = server.handle_input(wire.as_bytes()) else { panic!("{target}") };
+        let Ok((_, ServerEvent::Request(mut head))) = server.handle_input(wire.as_bytes()) else { panic!("{target}") };
         assert_eq!(
-            ClientRequest::from_head(&head, peer).unwrap_err(),
+            ClientRequest::from_head(&mut head, peer).unwrap_err(),
             "this gateway takes origin-form request targets (/path?query)"
         );
     }

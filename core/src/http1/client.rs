@@ -36,6 +36,20 @@ pub fn write_request(
     body: Option<BodyLength>,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
+    write_request_with(method, target, host, body, out, |out| write_headers(headers, out))
+}
+
+/// [`write_request`] with the header fields written by `fields`, between `Host` and
+/// the framing headers. `fields` must write whole, valid `name: value\r\n` lines and
+/// no framing (`Content-Length`, `Transfer-Encoding`) or `Host` of its own.
+pub fn write_request_with(
+    method: &Method,
+    target: RequestTarget<'_>,
+    host: &str,
+    body: Option<BodyLength>,
+    out: &mut Vec<u8>,
+    fields: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), Error> {
     let target_ok = match target {
         RequestTarget::Origin(t) => t.starts_with('/') && is_visible(t),
         RequestTarget::Absolute(t) => (t.starts_with("http://") || t.starts_with("https://")) && is_visible(t),
@@ -56,7 +70,7 @@ pub fn write_request(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    write_headers(headers, out);
+    fields(out);
     match body {
         Some(BodyLength::Known(n)) => {
             out.extend_from_slice(b"content-length: ");

@@ -13,7 +13,7 @@ struct Span {
 }
 
 /// The header section of a message, as received (order and case kept).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Head {
     bytes: Vec<u8>,
     headers: SmallVec<[Span; 24]>,
@@ -56,12 +56,38 @@ impl Head {
 
     /// The first value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        let name = name.as_bytes();
+        self.iter_raw().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Every value of a header, by case-insensitive name.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        let name = name.as_bytes();
+        self.iter_raw().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// A header section made of `fields` (for requests built in code: tests, benches).
+    /// A name that is not a token or a value with CR, LF or NUL is left out, as the
+    /// parser would have refused it.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Head {
+        let mut bytes = Vec::new();
+        let mut headers = SmallVec::new();
+        for (name, value) in fields {
+            let token = !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            if !token || value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+                continue;
+            }
+            let start = bytes.len() as u32;
+            bytes.extend_from_slice(name.as_bytes());
+            let name_end = bytes.len() as u32;
+            bytes.extend_from_slice(b": ");
+            let value_start = bytes.len() as u32;
+            bytes.extend_from_slice(value);
+            headers.push(Span { name: (start, name_end), value: (value_start, bytes.len() as u32) });
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"\r\n");
+        Head { bytes, headers }
     }
 
     pub fn len(&self) -> usize {

@@ -23,7 +23,7 @@ mod head;
 mod server;
 
 pub use body::{BodyDecoder, BodyEvent};
-pub use client::{ClientConn, ClientEvent, RequestTarget, write_request};
+pub use client::{ClientConn, ClientEvent, RequestTarget, write_request, write_request_with};
 pub use framing::{BodyLength, Framing};
 pub use head::{Head, Request, Response, TargetForm};
 pub use server::{Next, ResponseHead, ServerConn, ServerEvent};
