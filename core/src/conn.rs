@@ -276,16 +276,19 @@ enum Serve<'g> {
 }
 
 #[derive(Debug)]
+// The exchange is boxed: the state moves by value a dozen times per request, and a
+// boxed exchange makes that a few words instead of a kilobyte (one allocation instead of
+// about 6,000 instructions of memcpy per request, callgrind).
 enum State<'g> {
     /// Waiting for a request head.
     Head(HeadWait),
     /// Reading a whole request body.
-    Body { req: ClientRequest, serve: Serve<'g>, body: Vec<u8>, deadline: Option<Instant>, line: AccessLog },
+    Body { req: Box<ClientRequest>, serve: Serve<'g>, body: Vec<u8>, deadline: Option<Instant>, line: AccessLog },
     /// An aggregating exchange: backend calls in flight until `deadline`.
-    Exchange { ex: Exchange<'g>, line: AccessLog, deadline: Instant },
+    Exchange { ex: Box<Exchange<'g>>, line: AccessLog, deadline: Instant },
     /// `no-op`, before the backend's response head: connecting, sending the head,
     /// relaying the body, waiting for the head.
-    Stream { ex: Exchange<'g>, line: AccessLog, id: BackendId },
+    Stream { ex: Box<Exchange<'g>>, line: AccessLog, id: BackendId },
     /// `no-op`: the backend's body is pumped to the client.
     Pump(Pumping<'g>),
     /// A whole response is in the output: once written, the connection goes on so.
@@ -307,7 +310,7 @@ enum State<'g> {
 #[derive(Debug)]
 struct Pumping<'g> {
     /// Kept for the 502 a failure gets while nothing reached the client.
-    ex: Exchange<'g>,
+    ex: Box<Exchange<'g>>,
     line: AccessLog,
     id: BackendId,
     status: StatusCode,
@@ -803,12 +806,12 @@ impl<'g> Connection<'g> {
         self.server.write_continue(&mut self.out);
         let deadline = body_deadline(&self.gw.config, line.started());
         self.hungry = false;
-        State::Body { req, serve, body: Vec::new(), deadline, line }
+        State::Body { req: Box::new(req), serve, body: Vec::new(), deadline, line }
     }
 
     fn step_body(
         &mut self,
-        mut req: ClientRequest,
+        mut req: Box<ClientRequest>,
         serve: Serve<'g>,
         mut body: Vec<u8>,
         deadline: Option<Instant>,
@@ -836,7 +839,7 @@ impl<'g> Connection<'g> {
         }
     }
 
-    fn serve(&mut self, req: ClientRequest, serve: Serve<'g>, line: AccessLog) -> State<'g> {
+    fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>, line: AccessLog) -> State<'g> {
         match serve {
             Serve::Builtin(b) => {
                 let (at, wall) = self.epoch;
@@ -844,14 +847,14 @@ impl<'g> Connection<'g> {
                 self.respond(reply, line, false)
             }
             Serve::Endpoint(route) => {
-                let ex = Exchange::new(self.gw, route, req, self.now);
+                let ex = Box::new(Exchange::new(self.gw, route, *req, self.now));
                 self.drive(ex, line)
             }
         }
     }
 
     /// Runs an aggregating exchange until it waits or answers.
-    fn drive(&mut self, mut ex: Exchange<'g>, line: AccessLog) -> State<'g> {
+    fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
         loop {
             match ex.poll(self.balancer) {
                 Action::Call(call) => {
@@ -882,10 +885,15 @@ impl<'g> Connection<'g> {
         let mut slot = Slot::new(call, stream);
         let id = match self.slots.iter().position(|s| !s.in_use) {
             Some(free) => {
-                // The vectors of the last use are kept (no allocation per call).
+                // The vectors of the last use are kept (no allocation per call). The
+                // request went out in `out` and came back as `sent`: the one with the
+                // room is written into.
                 let old = mem::replace(&mut self.slots[free], slot);
                 let slot = &mut self.slots[free];
                 (slot.out, slot.sent) = (old.out, old.sent);
+                if slot.out.capacity() < slot.sent.capacity() {
+                    mem::swap(&mut slot.out, &mut slot.sent);
+                }
                 slot.out.clear();
                 slot.sent.clear();
                 free
@@ -909,7 +917,7 @@ impl<'g> Connection<'g> {
         Ok(id)
     }
 
-    fn step_exchange(&mut self, mut ex: Exchange<'g>, line: AccessLog, deadline: Instant) -> (State<'g>, bool) {
+    fn step_exchange(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog, deadline: Instant) -> (State<'g>, bool) {
         let mut changed = false;
         for id in 0..self.slots.len() {
             match self.slot_step(id) {
@@ -1040,7 +1048,7 @@ impl<'g> Connection<'g> {
                 Err(e) => return self.fail(e.status(), e.reason(), line),
             }
         }
-        let mut ex = Exchange::new(self.gw, route, creq, self.now);
+        let mut ex = Box::new(Exchange::new(self.gw, route, creq, self.now));
         match ex.poll(self.balancer) {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { ex, line, id },
@@ -1056,7 +1064,7 @@ impl<'g> Connection<'g> {
 
     /// A `no-op` exchange that ended without a response head: its answer (502, 504),
     /// and the connection closes (the request body may be half read).
-    fn settle_stream(&mut self, mut ex: Exchange<'g>, line: AccessLog) -> State<'g> {
+    fn settle_stream(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
         let reply = match ex.poll(self.balancer) {
             Action::Respond(reply) => reply,
             _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
@@ -1064,7 +1072,7 @@ impl<'g> Connection<'g> {
         self.respond(reply, line, true)
     }
 
-    fn step_stream(&mut self, mut ex: Exchange<'g>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
+    fn step_stream(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
         let relayed = match self.relay(id) {
             Ok(moved) => moved,
             Err(Relay::BadBody(status, reason)) => {
