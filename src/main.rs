@@ -140,7 +140,15 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
             return Err(ExitCode::FAILURE);
         }
     };
-    match Gateway::load(&text) {
+    // The proxy settings of the environment, as Go reads them for KrakenD.
+    let env = match sluice_core::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok()) {
+        Ok(env) => env,
+        Err(e) => {
+            say_err!("sluice: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    match Gateway::load_with(&text, &env) {
         Ok(loaded) => Ok(loaded),
         Err(ConfigError::Syntax { line, column, message }) => {
             say_err!("{}:{line}:{column}: invalid JSON: {message}", path.display());
@@ -214,6 +222,21 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
         gateway.backend_count,
         hosts.join(", ")
     );
+    for (e, b) in gateway.endpoints.iter().flat_map(|e| e.backends.iter().map(move |b| (e, b))) {
+        for h in &b.hosts {
+            match &h.proxy {
+                Some(p) => tracing::info!(
+                    "[BACKEND: {} {}] {} through proxy {} ({})",
+                    e.method,
+                    e.path,
+                    h.addr,
+                    p.shown,
+                    p.source
+                ),
+                None => tracing::info!("[BACKEND: {} {}] {} direct", e.method, e.path, h.addr),
+            }
+        }
+    }
     let wait = serving.wait.map_or(cfg.max_shutdown_wait_time, std::time::Duration::from_secs);
     let (runtime, why) = choose(serving.runtime, serving.force_epoll);
     if runtime == Runtime::Tokio && serving.force_epoll {

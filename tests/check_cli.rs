@@ -136,3 +136,29 @@ fn a_document_that_is_not_an_object_is_named_by_its_file() {
     assert_eq!(text(&out.stderr), format!("{}: not UTF-8 text (byte 1): not a JSON configuration\n", file.display()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A proxy variable that cannot be used stops `check` and `run` with its name, and
+/// never prints its credentials.
+#[test]
+fn a_bad_proxy_variable_is_named_and_redacted() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "-c", "examples/krakend.json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HTTPS_PROXY", "socks5://me:hunter2@proxy.corp:1080")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "sluice: HTTPS_PROXY: \"socks5://***@proxy.corp:1080\": unsupported proxy scheme \"socks5\" (use http://)\n"
+    );
+    // Lowercase works too, and a usable one passes.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "-c", "examples/krakend.json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("http_proxy", "proxy.corp:3128")
+        .env("NO_PROXY", "*")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

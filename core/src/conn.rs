@@ -89,6 +89,7 @@ use crate::dispatch::{Dispatch, Route};
 use crate::exchange::{Action, Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 use crate::plan::Gateway;
+use crate::proxy::Proxy;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
 use crate::upstream::Balancer;
 
@@ -201,6 +202,8 @@ struct Slot<'g> {
     method: Method,
     host: &'g HostAddr,
     pool_key: &'g str,
+    /// The proxy `host` is, when the backend is reached through one.
+    via: Option<&'g Proxy>,
     /// Read only the response head (`no-op`), the body is pumped.
     stream: bool,
     body: CallBody,
@@ -233,6 +236,7 @@ impl<'g> Slot<'g> {
             method: call.method.clone(),
             host: call.host,
             pool_key: call.pool_key,
+            via: call.via,
             stream,
             body: call.body,
             phase: Phase::Connecting,
@@ -471,7 +475,10 @@ impl<'g> Connection<'g> {
     pub fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display, now: Instant) {
         self.now = now;
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
-        slot.failure = Some(Failure::new(reason.to_string()));
+        slot.failure = Some(Failure::new(match slot.via {
+            Some(proxy) => format!("proxy {} ({}): {reason}", proxy.shown, proxy.source),
+            None => reason.to_string(),
+        }));
         self.progress();
     }
 
@@ -879,7 +886,7 @@ impl<'g> Connection<'g> {
     /// Opens a backend connection for `call`: its request is written out now, sent
     /// once connected. Returns the slot, or why the request cannot be written.
     fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
-        if call.host.scheme == Scheme::Https {
+        if call.scheme == Scheme::Https {
             return Err("https backends need TLS, which this build does not have yet");
         }
         let mut slot = Slot::new(call, stream);
@@ -968,6 +975,23 @@ impl<'g> Connection<'g> {
             }
             Err(f) => Err(f),
         };
+        // A 407 can only be the proxy's own answer: the call failed there, and the
+        // client must not be asked for the gateway's proxy credentials.
+        let status = match &progress {
+            Ok(Progress::Done(a)) => Some(a.status),
+            Ok(Progress::Head(h)) => Some(h.status),
+            _ => None,
+        };
+        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy)) = (status, slot.via) {
+            let reason = format!(
+                "proxy {} ({}) refused the request: 407 Proxy Authentication Required{}",
+                proxy.shown,
+                proxy.source,
+                if proxy.authorization.is_some() { " (the credentials were not accepted)" } else { "" }
+            );
+            self.release(id, false);
+            return SlotEvent::Failed(Failure::new(reason));
+        }
         match progress {
             Ok(Progress::Done(answer)) => {
                 let reusable = fetch.reusable() && slot.input.pending().is_empty() && !slot.eof;

@@ -72,11 +72,12 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
-use crate::config::{HostAddr, OutputEncoding, is_write_method};
+use crate::config::{HostAddr, OutputEncoding, Scheme, is_write_method};
 use crate::dispatch::Route;
 use crate::http1::{self, BodyLength, RequestTarget};
 use crate::json;
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
+use crate::proxy::Proxy;
 use crate::request::{ClientRequest, Reply, RequestBody};
 use crate::response::{self, Entry, Key, Node};
 use crate::upstream::{self, Balancer, RenderError, UrlInputs};
@@ -100,11 +101,16 @@ pub struct Call<'g> {
     /// The backend's position in the endpoint: give it back with the result.
     pub id: usize,
     pub method: Method,
+    /// Where to connect: the backend host, or the proxy it is reached through.
     pub host: &'g HostAddr,
     /// Idle connections to `host` are kept under this key.
     pub pool_key: &'g str,
-    /// `host`'s authority, for the `Host` header.
+    /// The backend's scheme (`host`'s, unless proxied).
+    pub scheme: Scheme,
+    /// The backend's authority, for the `Host` header.
     pub authority: &'g str,
+    /// The proxy the request goes through: it is written in absolute form.
+    pub via: Option<&'g Proxy>,
     /// Origin-form target: path and query.
     pub target: String,
     pub body: CallBody,
@@ -237,13 +243,34 @@ impl<'g> Exchange<'g> {
         };
         let policy = &self.ep.backends[call.id].headers;
         let (client, ip) = (&self.req.headers, self.client_ip);
+        let Some(proxy) = call.via else {
+            return http1::write_request_with(
+                &call.method,
+                RequestTarget::Origin(&call.target),
+                call.authority,
+                length,
+                out,
+                |out| upstream::write_backend_headers(policy, client, ip, out),
+            );
+        };
+        // Through a proxy: the absolute form names the backend, and the proxy's own
+        // credentials go with it (the client's Proxy-Authorization never does: it is
+        // hop-by-hop).
+        let absolute = format!("{}://{}{}", call.scheme.as_str(), call.authority, call.target);
         http1::write_request_with(
             &call.method,
-            RequestTarget::Origin(&call.target),
+            RequestTarget::Absolute(&absolute),
             call.authority,
             length,
             out,
-            |out| upstream::write_backend_headers(policy, client, ip, out),
+            |out| {
+                upstream::write_backend_headers(policy, client, ip, out);
+                if let Some(auth) = &proxy.authorization {
+                    out.extend_from_slice(b"proxy-authorization: ");
+                    out.extend_from_slice(auth.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            },
         )
     }
 
@@ -321,12 +348,18 @@ impl<'g> Exchange<'g> {
             RequestBody::None if is_write_method(&b.method) && b.method != Method::DELETE => CallBody::Full,
             RequestBody::None => CallBody::None,
         };
+        let (dial, pool_key) = match &host.proxy {
+            Some(p) => (&p.addr, p.pool_key.as_str()),
+            None => (&host.addr, host.pool_key.as_str()),
+        };
         Ok(Call {
             id: i,
             method: b.method.clone(),
-            host: &host.addr,
-            pool_key: &host.pool_key,
+            host: dial,
+            pool_key,
+            scheme: host.addr.scheme,
             authority: &host.authority,
+            via: host.proxy.as_ref(),
             target,
             body,
             stream_response: self.ep.output == OutputEncoding::NoOp,

@@ -43,6 +43,7 @@ pub mod exchange;
 pub mod http1;
 pub mod json;
 pub mod plan;
+pub mod proxy;
 pub mod request;
 pub mod response;
 pub mod route;

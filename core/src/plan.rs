@@ -8,6 +8,7 @@ use http::{HeaderName, Method};
 use crate::backend::pool_key;
 use crate::config::template::{self, Piece, Placeholder};
 use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
+use crate::proxy::{Proxy, ProxyEnv};
 use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
 
@@ -123,6 +124,8 @@ pub struct BackendHost {
     pub pool_key: String,
     /// `addr`'s authority for the `Host` header, computed once.
     pub authority: String,
+    /// The HTTP proxy requests to this host go through (see [`crate::proxy`]).
+    pub proxy: Option<Proxy>,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -148,15 +151,26 @@ pub struct Loaded {
 }
 
 impl Gateway {
-    /// Parses, validates and compiles a KrakenD v3 file.
+    /// Parses, validates and compiles a KrakenD v3 file, with no proxy from the
+    /// environment (backends' own proxies apply).
     pub fn load(text: &str) -> Result<Loaded, ConfigError> {
+        Gateway::load_with(text, &ProxyEnv::default())
+    }
+
+    /// [`Gateway::load`] under the process's proxy settings (`HTTP_PROXY`...).
+    pub fn load_with(text: &str, env: &ProxyEnv) -> Result<Loaded, ConfigError> {
         let parsed = config::parse(text)?;
-        let gateway = Gateway::compile(parsed.config)?;
+        let gateway = Gateway::compile_with(parsed.config, env)?;
         Ok(Loaded { gateway, warnings: parsed.warnings })
     }
 
     /// Compiles a validated configuration.
     pub fn compile(config: Config) -> Result<Gateway, ConfigError> {
+        Gateway::compile_with(config, &ProxyEnv::default())
+    }
+
+    /// Compiles a validated configuration under the process's proxy settings.
+    pub fn compile_with(config: Config, env: &ProxyEnv) -> Result<Gateway, ConfigError> {
         let routes = config.endpoints.iter().enumerate().map(|(i, e)| (i, &e.method, e.endpoint.as_str()));
         let router = Router::build(routes).map_err(|errors| {
             ConfigError::Invalid(
@@ -171,10 +185,20 @@ impl Gateway {
             for (j, b) in e.backend.iter().enumerate() {
                 let path = format!("endpoints[{i}].backend[{j}]");
                 let raw_hosts = if b.host.is_empty() { &config.host } else { &b.host };
+                let own_proxy = match own_proxy(b, &path) {
+                    Ok(p) => p,
+                    Err(d) => {
+                        errors.push(d);
+                        None
+                    }
+                };
                 let mut hosts = Vec::with_capacity(raw_hosts.len());
                 for (k, h) in raw_hosts.iter().enumerate() {
                     match compile_host(h, b.disable_host_sanitize) {
-                        Ok(host) => hosts.push(host),
+                        Ok(mut host) => {
+                            host.proxy = own_proxy.clone().or_else(|| env.for_host(&host.addr).cloned());
+                            hosts.push(host);
+                        }
                         Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
                     }
                 }
@@ -220,11 +244,35 @@ impl Gateway {
     }
 }
 
+/// A backend's own proxy: `"backend/http/client": {"proxy_address"}` or the built-in
+/// `http-proxy` client plugin. Both at once is an error (which one would win is not
+/// obvious to whoever reads the file).
+fn own_proxy(b: &config::Backend, path: &str) -> Result<Option<Proxy>, Diagnostic> {
+    let client = b.http_client.as_ref().and_then(|c| c.proxy_address.as_deref());
+    let plugin = b.plugin.as_ref().filter(|p| p.name == "http-proxy").and_then(|p| p.proxy_address.as_deref());
+    let (raw, at, source) = match (client, plugin) {
+        (Some(_), Some(_)) => {
+            return Err(Diagnostic {
+                path: format!("{path}.extra_config"),
+                message: "two proxies for one backend: \"backend/http/client\".proxy_address and the http-proxy plugin; keep one".into(),
+            });
+        }
+        (Some(raw), None) => (raw, r#"extra_config["backend/http/client"].proxy_address"#, "proxy_address"),
+        (None, Some(raw)) => (raw, r#"extra_config["plugin/http-client"].proxy_address"#, "http-proxy plugin"),
+        (None, None) => return Ok(None),
+    };
+    Proxy::parse(raw, true, source).map(Some).map_err(|message| Diagnostic { path: format!("{path}.{at}"), message })
+}
+
 fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
     match HostAddr::parse(raw) {
-        Ok(addr) => {
-            Ok(BackendHost { pool_key: pool_key(&addr), authority: addr.authority(), addr, path_prefix: String::new() })
-        }
+        Ok(addr) => Ok(BackendHost {
+            pool_key: pool_key(&addr),
+            authority: addr.authority(),
+            addr,
+            path_prefix: String::new(),
+            proxy: None,
+        }),
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
             let after_scheme = raw.find("://").map_or(0, |i| i + 3);
@@ -241,6 +289,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
                 authority: addr.authority(),
                 addr,
                 path_prefix: prefix.trim_end_matches('/').to_string(),
+                proxy: None,
             })
         }
         Err(m) => Err(m),

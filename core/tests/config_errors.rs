@@ -400,6 +400,20 @@ fn broken_configs_report_exact_paths_and_messages() {
             ],
         ),
         (
+            "one proxy per backend, reached over plain HTTP",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/x",
+                 "extra_config": {"backend/http/client": {"proxy_address": "http://a:3128"},
+                                  "plugin/http-client": {"name": "http-proxy", "proxy_address": "http://b:3128"}}},
+                {"host": ["http://api"], "url_pattern": "/y",
+                 "extra_config": {"backend/http/client": {"proxy_address": "https://u:pw@proxy.corp:443"}}}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config: two proxies for one backend: "backend/http/client".proxy_address and the http-proxy plugin; keep one"#,
+                r#"endpoints[0].backend[1].extra_config["backend/http/client"].proxy_address: "https://***@proxy.corp:443": proxies reached over TLS (https://) are not supported yet; use an http:// proxy"#,
+            ],
+        ),
+        (
             "plugin without a name",
             backends(json!([{"host": ["http://api"], "url_pattern": "/x",
                 "extra_config": {"plugin/http-client": {"path": "/p"}}}])),

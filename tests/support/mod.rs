@@ -71,7 +71,12 @@ impl Gw {
     /// Starts `config` on 127.0.0.1:0 with one shard (uring) or one worker (tokio), so a
     /// test sees one pool and one round-robin counter whatever the machine.
     pub fn start(config: &str, mode: Mode) -> Gw {
-        let gw = Arc::new(Gateway::load(config).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway);
+        Gw::start_env(config, mode, &sluice_core::proxy::ProxyEnv::default())
+    }
+
+    /// [`Gw::start`] under proxy settings as the environment would give them.
+    pub fn start_env(config: &str, mode: Mode, env: &sluice_core::proxy::ProxyEnv) -> Gw {
+        let gw = Arc::new(Gateway::load_with(config, env).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let wait = Duration::from_secs(5);
         let server = match mode {

@@ -1,0 +1,363 @@
+//! Backends reached through an HTTP proxy (seed 000): the environment, read as Go's
+//! `ProxyFromEnvironment` reads it for KrakenD (`HTTP_PROXY`, `HTTPS_PROXY`,
+//! `NO_PROXY`, or their lowercase forms), and a backend's own proxy
+//! (`"backend/http/client": {"proxy_address"}` or the built-in `http-proxy` client
+//! plugin), which overrides the environment.
+//!
+//! Core stays Sans-IO: the loader reads the variables and hands them over
+//! ([`ProxyEnv::from_vars`]). A plain-HTTP backend behind a proxy gets absolute-form
+//! requests (`GET http://backend:8080/path HTTP/1.1`) over kept-alive connections to
+//! the proxy, pooled per proxy. Credentials in a proxy URL become a
+//! `Proxy-Authorization: Basic` header; they are never printed: every message shows
+//! [`Proxy::shown`], with the user information replaced by `***`.
+
+use std::net::IpAddr;
+
+use crate::config::{HostAddr, IpNet, Scheme, redact_userinfo};
+
+/// A proxy that backend requests go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// Where to connect.
+    pub addr: HostAddr,
+    /// Idle connections to the proxy are kept under this key (every backend behind the
+    /// proxy shares them: absolute-form requests name their destination).
+    pub pool_key: String,
+    /// `Basic ...` from the URL's user information.
+    pub authorization: Option<String>,
+    /// The URL with its credentials redacted: what logs and errors show.
+    pub shown: String,
+    /// Where it was configured: `HTTP_PROXY`, `proxy_address`, ...
+    pub source: String,
+}
+
+impl Proxy {
+    /// Parses a proxy URL. `strict` (a configured `proxy_address`, whose documentation
+    /// asks for both): the scheme and the port must be written. From the environment,
+    /// as Go: no scheme means `http://`, no port means the scheme's.
+    pub fn parse(raw: &str, strict: bool, source: &str) -> Result<Proxy, String> {
+        let shown = redact_userinfo(raw.trim());
+        let raw = raw.trim();
+        let (scheme, rest) = match raw.split_once("://") {
+            Some((s, rest)) => (s.to_ascii_lowercase(), rest),
+            None if strict => return Err(format!("{shown:?} must contain the protocol and the port")),
+            None => ("http".to_string(), raw),
+        };
+        match scheme.as_str() {
+            "http" => {}
+            "https" => {
+                return Err(format!(
+                    "{shown:?}: proxies reached over TLS (https://) are not supported yet; use an http:// proxy"
+                ));
+            }
+            other => return Err(format!("{shown:?}: unsupported proxy scheme {other:?} (use http://)")),
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (userinfo, authority) = match rest.rsplit_once('@') {
+            Some((u, a)) => (Some(u), a),
+            None => (None, rest),
+        };
+        if authority.contains(['/', '?', '#']) {
+            return Err(format!("{shown:?}: a proxy address has no path"));
+        }
+        let addr = HostAddr::parse(&format!("http://{authority}")).map_err(|m| format!("{shown:?}: {m}"))?;
+        if strict && !has_port(authority) {
+            return Err(format!("{shown:?} must contain the port (\"http://proxy:3128\")"));
+        }
+        let authorization = userinfo.map(|u| {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            let mut plain = percent_decode(user);
+            plain.push(b':');
+            plain.extend_from_slice(&percent_decode(pass));
+            format!("Basic {}", base64(&plain))
+        });
+        let pool_key = format!("proxy {}", addr.authority());
+        Ok(Proxy { addr, pool_key, authorization, shown, source: source.to_string() })
+    }
+}
+
+fn has_port(authority: &str) -> bool {
+    let after_host = authority.rfind(']').map_or(authority, |i| &authority[i + 1..]);
+    after_host.contains(':')
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding (RFC 4648), for `Basic` credentials.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(chunk.get(2).copied().unwrap_or(0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One `NO_PROXY` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bypass {
+    /// `10.0.0.0/8`: any address in it (names are not resolved for this).
+    Net(IpNet),
+    /// `10.1.2.3` or `10.1.2.3:8080`.
+    Ip(IpAddr, Option<u16>),
+    /// `example.com` (the name and its subdomains), `.example.com` or `*.example.com`
+    /// (subdomains only), each optionally with `:port`. Stored with a leading dot.
+    Domain { suffix: String, and_itself: bool, port: Option<u16> },
+}
+
+/// `NO_PROXY`: which destinations go direct although a proxy is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoProxy {
+    /// `*`: no destination is proxied.
+    all: bool,
+    entries: Vec<Bypass>,
+}
+
+impl NoProxy {
+    /// Parses a comma-separated list. Entries that are none of the forms above are
+    /// ignored, as Go ignores them.
+    pub fn parse(list: &str) -> NoProxy {
+        let mut out = NoProxy::default();
+        for entry in list.split(',').map(|e| e.trim().to_ascii_lowercase()).filter(|e| !e.is_empty()) {
+            if entry == "*" {
+                out.all = true;
+                continue;
+            }
+            if entry.contains('/') {
+                if let Ok(net) = IpNet::parse(&entry) {
+                    out.entries.push(Bypass::Net(net));
+                }
+                continue;
+            }
+            let (host, port) = split_port(&entry);
+            let port = match port {
+                Some(p) => match p.parse::<u16>() {
+                    Ok(p) => Some(p),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                out.entries.push(Bypass::Ip(ip, port));
+                continue;
+            }
+            let host = host.strip_prefix('*').unwrap_or(host);
+            if host.is_empty() || host == "." {
+                continue;
+            }
+            let (suffix, and_itself) = match host.strip_prefix('.') {
+                Some(_) => (host.to_string(), false),
+                None => (format!(".{host}"), true),
+            };
+            out.entries.push(Bypass::Domain { suffix, and_itself, port });
+        }
+        out
+    }
+
+    /// Whether `host:port` goes direct.
+    pub fn bypasses(&self, host: &str, port: u16) -> bool {
+        if self.all {
+            return true;
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let ip = host.parse::<IpAddr>().ok();
+        self.entries.iter().any(|e| match e {
+            Bypass::Net(net) => ip.is_some_and(|ip| net.contains(ip)),
+            Bypass::Ip(want, p) => ip == Some(*want) && p.is_none_or(|p| p == port),
+            Bypass::Domain { suffix, and_itself, port: p } => {
+                ip.is_none()
+                    && (host.ends_with(suffix.as_str()) || (*and_itself && host == suffix[1..]))
+                    && p.is_none_or(|p| p == port)
+            }
+        })
+    }
+}
+
+/// `host:port` or `[v6]:port` into its parts (a bare IPv6 address has no port).
+fn split_port(entry: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, after)) => (h, after.strip_prefix(':')),
+            None => (entry, None),
+        };
+    }
+    match entry.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, Some(p)),
+        _ => (entry, None),
+    }
+}
+
+/// The proxy settings of the process environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyEnv {
+    pub http: Option<Proxy>,
+    pub https: Option<Proxy>,
+    pub no_proxy: NoProxy,
+}
+
+impl ProxyEnv {
+    /// Reads `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` through `var` (the uppercase
+    /// name first, then the lowercase one; empty is unset). A proxy URL that cannot be
+    /// used is an error naming the variable (credentials redacted).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ProxyEnv, String> {
+        let get = |upper: &'static str| {
+            let lower = upper.to_ascii_lowercase();
+            [(upper.to_string(), var(upper)), (lower.clone(), var(&lower))]
+                .into_iter()
+                .find_map(|(name, v)| v.filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+        };
+        let proxy = |upper: &'static str| -> Result<Option<Proxy>, String> {
+            match get(upper) {
+                None => Ok(None),
+                Some((name, value)) => Proxy::parse(&value, false, &name).map(Some).map_err(|m| format!("{name}: {m}")),
+            }
+        };
+        Ok(ProxyEnv {
+            http: proxy("HTTP_PROXY")?,
+            https: proxy("HTTPS_PROXY")?,
+            no_proxy: get("NO_PROXY").map(|(_, v)| NoProxy::parse(&v)).unwrap_or_default(),
+        })
+    }
+
+    /// The proxy for a backend at `host` under this environment: none for
+    /// `localhost` and loopback addresses (never proxied, as Go), nor for what
+    /// `NO_PROXY` lists.
+    pub fn for_host(&self, host: &HostAddr) -> Option<&Proxy> {
+        let proxy = match host.scheme {
+            Scheme::Http => self.http.as_ref(),
+            Scheme::Https => self.https.as_ref(),
+        }?;
+        let name = host.host.trim_end_matches('.');
+        let loopback =
+            name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        (!loopback && !self.no_proxy.bypasses(name, host.port)).then_some(proxy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(raw: &str) -> HostAddr {
+        HostAddr::parse(raw).unwrap()
+    }
+
+    #[test]
+    fn proxy_urls() {
+        let p = Proxy::parse("http://user:p%40ss@proxy.corp:3128", true, "proxy_address").unwrap();
+        assert_eq!((p.addr.host.as_str(), p.addr.port), ("proxy.corp", 3128));
+        assert_eq!(p.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
+        assert_eq!(p.shown, "http://***@proxy.corp:3128");
+        assert_eq!(p.pool_key, "proxy proxy.corp:3128");
+        // From the environment, Go's leniency: no scheme, no port.
+        let p = Proxy::parse("proxy.corp", false, "HTTP_PROXY").unwrap();
+        assert_eq!((p.addr.port, p.authorization), (80, None));
+        let p = Proxy::parse("[::1]:8080/", false, "HTTP_PROXY").unwrap();
+        assert_eq!((p.addr.host.as_str(), p.addr.port), ("::1", 8080));
+        // Configured addresses must say both; no secret in any message.
+        for (raw, strict, want) in [
+            ("proxy:3128", true, "must contain the protocol"),
+            ("http://u:secret@proxy", true, "must contain the port"),
+            ("socks5://u:secret@proxy:1080", false, "unsupported proxy scheme"),
+            ("https://u:secret@proxy:443", false, "not supported yet"),
+            ("http://u:secret@proxy:99999", false, "port"),
+            ("http://u:secret@proxy:3128/path", false, "no path"),
+        ] {
+            let e = Proxy::parse(raw, strict, "x").unwrap_err();
+            assert!(e.contains(want) && !e.contains("secret"), "{raw}: {e}");
+        }
+    }
+
+    #[test]
+    fn base64_as_rfc_4648() {
+        for (plain, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
+            assert_eq!(base64(plain.as_bytes()), enc);
+        }
+    }
+
+    #[test]
+    fn no_proxy_forms() {
+        let n = NoProxy::parse(
+            " example.com, .sub.org,*.star.net, 10.0.0.0/8, 192.0.2.7, api.io:8443, [2001:db8::1]:80, bogus:x ",
+        );
+        let yes = [
+            ("example.com", 80),
+            ("a.example.com", 80),
+            ("EXAMPLE.COM.", 80),
+            ("x.sub.org", 80),
+            ("x.star.net", 80),
+            ("10.9.8.7", 1),
+            ("192.0.2.7", 9),
+            ("api.io", 8443),
+            ("2001:db8::1", 80),
+        ];
+        let no = [
+            ("notexample.com", 80),
+            ("sub.org", 80),
+            ("star.net", 80),
+            ("11.0.0.1", 80),
+            ("192.0.2.8", 80),
+            ("api.io", 443),
+            ("2001:db8::1", 81),
+            ("bogus", 80),
+        ];
+        for (h, p) in yes {
+            assert!(n.bypasses(h, p), "{h}:{p} goes direct");
+        }
+        for (h, p) in no {
+            assert!(!n.bypasses(h, p), "{h}:{p} is proxied");
+        }
+        assert!(NoProxy::parse("*").bypasses("anything", 1));
+        assert!(!NoProxy::parse("").bypasses("anything", 1));
+    }
+
+    #[test]
+    fn environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        let env = ProxyEnv::from_vars(vars(&[
+            ("http_proxy", "http://lower:1"),
+            ("HTTP_PROXY", "http://upper:2"),
+            ("https_proxy", "http://secure:3"),
+            ("no_proxy", "internal.corp"),
+        ]))
+        .unwrap();
+        assert_eq!(env.for_host(&host("http://api.example.com")).map(|p| p.shown.as_str()), Some("http://upper:2"));
+        assert_eq!(env.for_host(&host("https://api.example.com")).map(|p| p.source.as_str()), Some("https_proxy"));
+        for direct in ["http://localhost:8080", "http://127.0.0.2", "http://[::1]:80", "http://db.internal.corp"] {
+            assert_eq!(env.for_host(&host(direct)), None, "{direct}");
+        }
+        // An empty variable is unset; a bad one is an error naming it, secrets redacted.
+        let env = ProxyEnv::from_vars(vars(&[("HTTP_PROXY", " ")])).unwrap();
+        assert_eq!(env.http, None);
+        let e = ProxyEnv::from_vars(vars(&[("HTTPS_PROXY", "ftp://me:pw@x:1")])).unwrap_err();
+        assert!(e.starts_with("HTTPS_PROXY: ") && !e.contains("pw"), "{e}");
+    }
+}
