@@ -60,59 +60,45 @@ fn wait_listening(child: &mut Child, port: u16, what: &str, log: &Path) {
     }
 }
 
-/// tinyproxy in the foreground; `extra` goes into its configuration.
-fn tinyproxy(extra: &str) -> ProxyProcess {
-    let dir = scratch("tinyproxy");
+/// Starts `name` in the foreground with the configuration `conf(port, log, dir)`
+/// written to a file passed after `flag`; waits until it listens.
+fn start_proxy(name: &str, flags: &[&str], conf: impl Fn(u16, &Path, &Path) -> String) -> ProxyProcess {
+    let dir = scratch(name);
     let port = free_port();
-    let conf = dir.join("tinyproxy.conf");
-    let log = dir.join("tinyproxy.log");
-    std::fs::write(
-        &conf,
-        format!(
-            "Port {port}\nListen 127.0.0.1\nTimeout 20\nMaxClients 64\nAllow 127.0.0.1\nLogLevel Info\nLogFile \"{}\"\n{extra}\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(program("tinyproxy"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
+    let (file, log) = (dir.join(format!("{name}.conf")), dir.join(format!("{name}.log")));
+    std::fs::write(&file, conf(port, &log, &dir)).unwrap();
+    let mut child = Command::new(program(name))
+        .args(flags)
+        .arg(&file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("tinyproxy (apt-get install tinyproxy; .ci/run does)");
-    wait_listening(&mut child, port, "tinyproxy", &log);
+        .unwrap_or_else(|e| panic!("{name}: {e} (apt-get install {name}; .ci/run does)"));
+    wait_listening(&mut child, port, name, &log);
     ProxyProcess { child, port, dir }
+}
+
+/// tinyproxy in the foreground; `extra` goes into its configuration.
+fn tinyproxy(extra: &str) -> ProxyProcess {
+    start_proxy("tinyproxy", &["-d", "-c"], |port, log, _| {
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 20\nMaxClients 64\nAllow 127.0.0.1\nLogLevel Info\nLogFile \"{}\"\n{extra}\n",
+            log.display()
+        )
+    })
 }
 
 /// squid in the foreground, no cache, loopback clients only.
 fn squid() -> ProxyProcess {
-    let dir = scratch("squid");
-    let port = free_port();
-    let conf = dir.join("squid.conf");
-    let log = dir.join("cache.log");
-    std::fs::write(
-        &conf,
+    start_proxy("squid", &["-N", "-f"], |port, log, dir| {
         format!(
             "http_port 127.0.0.1:{port}\nhttp_access allow localhost\nhttp_access deny all\ncache deny all\n\
              access_log none\ncache_log {log}\npid_filename {pid}\ncoredump_dir {dir}\nshutdown_lifetime 0 seconds\n",
             log = log.display(),
             pid = dir.join("squid.pid").display(),
             dir = dir.display(),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(program("squid"))
-        .arg("-N")
-        .arg("-f")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("squid (apt-get install squid; .ci/run does)");
-    wait_listening(&mut child, port, "squid", &log);
-    ProxyProcess { child, port, dir }
+        )
+    })
 }
 
 fn backend() -> Backend {
@@ -141,27 +127,32 @@ fn head_line<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Through tinyproxy, configured per backend as `proxy_address`: the backend sees the
-/// request tinyproxy forwarded (its Via), the client gets the backend's exact answer.
-fn through_tinyproxy(mode: Mode) {
-    let proxy = tinyproxy("");
-    let b = backend();
-    let extra = format!(r#""backend/http/client": {{"proxy_address": "http://127.0.0.1:{}"}}"#, proxy.port);
-    let gw = Gw::start(&config(&b.url(), &extra), mode);
-    for _ in 0..3 {
+/// Sends `rounds` no-op requests and one aggregated request through `gw`, checks the
+/// exact answers, and that the backend saw each through `via_name` (its `Via`).
+fn answered_through(gw: &Gw, b: &Backend, rounds: usize, via_name: &str) {
+    for _ in 0..rounds {
         let r = gw.get("/p");
         assert_eq!((r.status, r.text()), (200, r#"{"path":"/raw?x=1","n":1}"#));
     }
     let r = gw.get("/agg");
     assert_eq!((r.status, r.text()), (200, r#"{"a":{"path":"/a","n":1}}"#));
     let seen = b.requests();
-    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.len(), rounds + 1);
     for s in &seen {
         let via = head_line(&s.head, "via").unwrap_or_default();
-        assert!(via.contains("tinyproxy"), "not through tinyproxy: {}", s.head);
+        assert!(via.contains(via_name), "not through {via_name}: {}", s.head);
         assert_eq!(head_line(&s.head, "host"), Some(b.addr.to_string().as_str()));
         assert_eq!(head_line(&s.head, "user-agent"), Some("Sluice/0.1.0"));
     }
+}
+
+/// Through tinyproxy, configured per backend as `proxy_address`: the backend sees the
+/// request tinyproxy forwarded (its Via), the client gets the backend's exact answer.
+fn through_tinyproxy(mode: Mode) {
+    let proxy = tinyproxy("");
+    let b = backend();
+    let extra = format!(r#""backend/http/client": {{"proxy_address": "http://127.0.0.1:{}"}}"#, proxy.port);
+    answered_through(&Gw::start(&config(&b.url(), &extra), mode), &b, 3, "tinyproxy");
 }
 
 /// The same through squid, named by the built-in `http-proxy` plugin (seed 000's form).
@@ -172,16 +163,7 @@ fn through_squid_plugin(mode: Mode) {
         r#""plugin/http-client": {{"name": "http-proxy", "proxy_address": "http://127.0.0.1:{}"}}"#,
         proxy.port
     );
-    let gw = Gw::start(&config(&b.url(), &extra), mode);
-    let r = gw.get("/p");
-    assert_eq!((r.status, r.text()), (200, r#"{"path":"/raw?x=1","n":1}"#));
-    let r = gw.get("/agg");
-    assert_eq!((r.status, r.text()), (200, r#"{"a":{"path":"/a","n":1}}"#));
-    let seen = b.requests();
-    assert_eq!(seen.len(), 2);
-    for s in &seen {
-        assert!(head_line(&s.head, "via").unwrap_or_default().contains("squid"), "not through squid: {}", s.head);
-    }
+    answered_through(&Gw::start(&config(&b.url(), &extra), mode), &b, 1, "squid");
 }
 
 /// tinyproxy asking for credentials: the right ones in the proxy URL pass; none get
