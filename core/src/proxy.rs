@@ -15,8 +15,8 @@ use std::net::IpAddr;
 
 use crate::config::{HostAddr, IpNet, Scheme, redact_userinfo};
 
-/// A proxy that backend requests go through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A proxy that backend requests go through. Its `Debug` leaves the credentials out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
     /// Where to connect.
     pub addr: HostAddr,
@@ -73,6 +73,16 @@ impl Proxy {
         });
         let pool_key = format!("proxy {}", addr.authority());
         Ok(Proxy { addr, pool_key, authorization, shown, source: source.to_string() })
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("shown", &self.shown)
+            .field("source", &self.source)
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -275,6 +285,8 @@ mod tests {
         assert_eq!(p.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
         assert_eq!(p.shown, "http://***@proxy.corp:3128");
         assert_eq!(p.pool_key, "proxy proxy.corp:3128");
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("dXNlcjpwQHNz") && !debug.contains("p@ss"), "{debug}");
         // From the environment, Go's leniency: no scheme, no port.
         let p = Proxy::parse("proxy.corp", false, "HTTP_PROXY").unwrap();
         assert_eq!((p.addr.port, p.authorization), (80, None));
