@@ -141,12 +141,17 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
         }
     };
     // The proxy settings of the environment, as Go reads them for KrakenD.
-    let env = match sluice_core::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok()) {
+    let proxy = match sluice_core::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok()) {
         Ok(env) => env,
         Err(e) => {
             say_err!("sluice: {e}");
             return Err(ExitCode::FAILURE);
         }
+    };
+    let env = sluice_core::tls::Environment {
+        proxy,
+        read_file: Box::new(read_small_file),
+        system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
     };
     match Gateway::load_with(&text, &env) {
         Ok(loaded) => Ok(loaded),
@@ -166,6 +171,19 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
             Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// A certificate or key file the configuration names (at most 1 MiB: PEM files are
+/// a few KiB).
+fn read_small_file(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(1 << 20 | 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    if bytes.len() > 1 << 20 {
+        return Err(format!("{path:?} is over 1 MiB: not a certificate or key file"));
+    }
+    Ok(bytes)
 }
 
 /// Reads at most [`sluice_core::config::MAX_CONFIG_BYTES`] (and one more byte, to tell
@@ -224,16 +242,21 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     );
     for (e, b) in gateway.endpoints.iter().flat_map(|e| e.backends.iter().map(move |b| (e, b))) {
         for h in &b.hosts {
-            match &h.proxy {
-                Some(p) => tracing::info!(
-                    "[BACKEND: {} {}] {} through proxy {} ({})",
+            let route = match &h.proxy {
+                Some(p) => format!("through proxy {} ({})", p.shown, p.source),
+                None => "direct".to_string(),
+            };
+            match &h.tls {
+                Some(t) if t.profile.insecure => tracing::warn!(
+                    "[BACKEND: {} {}] {} {route}; TLS certificate NOT verified (allow_insecure_connections)",
                     e.method,
                     e.path,
-                    h.addr,
-                    p.shown,
-                    p.source
+                    h.addr
                 ),
-                None => tracing::info!("[BACKEND: {} {}] {} direct", e.method, e.path, h.addr),
+                Some(t) => {
+                    tracing::info!("[BACKEND: {} {}] {} {route}; TLS: {}", e.method, e.path, h.addr, t.profile.label)
+                }
+                None => tracing::info!("[BACKEND: {} {}] {} {route}", e.method, e.path, h.addr),
             }
         }
     }

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sluice_core::proxy::ProxyEnv;
-use support::{Backend, Gw, Mode, Reply};
+use support::{Backend, Gw, Mode, Reply, files_env};
 
 /// A proxy process on loopback, stopped when dropped.
 struct ProxyProcess {
@@ -195,12 +195,14 @@ fn environment_proxy(mode: Mode) {
         Reply::Json(format!(r#"{{"proxied":"{target}"}}"#))
     });
     let direct = backend();
-    let env = ProxyEnv::from_vars(|name| match name {
-        "HTTP_PROXY" => Some(format!("http://u:p@{}", proxy.addr)),
-        "NO_PROXY" => Some("skip.example, 10.0.0.0/8".into()),
-        _ => None,
-    })
-    .unwrap();
+    let env = files_env(
+        ProxyEnv::from_vars(|name| match name {
+            "HTTP_PROXY" => Some(format!("http://u:p@{}", proxy.addr)),
+            "NO_PROXY" => Some("skip.example, 10.0.0.0/8".into()),
+            _ => None,
+        })
+        .unwrap(),
+    );
     let cfg = |host: &str| config(host, "");
     // A name: proxied (the gateway never resolves it; the proxy would).
     let gw = Gw::start_env(&cfg("http://api.example:8080"), mode, &env);

@@ -91,6 +91,7 @@ use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, 
 use crate::plan::Gateway;
 use crate::proxy::Proxy;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
+use crate::tls::TlsTarget;
 use crate::upstream::Balancer;
 
 /// Names a backend connection of one client connection. Ids are reused once a
@@ -193,6 +194,26 @@ enum Phase {
     Pump,
 }
 
+/// The TLS session of a backend connection (rustls is Sans-IO): it encrypts what the
+/// slot writes and decrypts what it reads, so the slot above it deals in plaintext
+/// and the driver below moves only ciphertext. One socket operation at a time, as
+/// for a plain connection.
+#[derive(Debug)]
+struct TlsLink {
+    conn: rustls::ClientConnection,
+    /// Ciphertext handed to the driver, and the vector reads come back in.
+    cipher_out: Vec<u8>,
+    cipher_in: Vec<u8>,
+    /// A ciphertext read or write is out with the driver.
+    busy: bool,
+    /// Plaintext the slot wrote, taken by rustls: the slot's write completes once
+    /// the handshake is done and all of it went out.
+    plain: Option<Vec<u8>>,
+}
+
+/// Ciphertext read size: one TLS record and its overhead.
+const TLS_READ: usize = 16 * 1024 + 512;
+
 /// One backend connection of this client connection.
 #[derive(Debug)]
 struct Slot<'g> {
@@ -204,6 +225,9 @@ struct Slot<'g> {
     pool_key: &'g str,
     /// The proxy `host` is, when the backend is reached through one.
     via: Option<&'g Proxy>,
+    /// An `https://` backend's profile; its session once connected.
+    tls_target: Option<&'g TlsTarget>,
+    tls: Option<Box<TlsLink>>,
     /// Read only the response head (`no-op`), the body is pumped.
     stream: bool,
     body: CallBody,
@@ -237,6 +261,8 @@ impl<'g> Slot<'g> {
             host: call.host,
             pool_key: call.pool_key,
             via: call.via,
+            tls_target: call.tls,
+            tls: None,
             stream,
             body: call.body,
             phase: Phase::Connecting,
@@ -461,6 +487,21 @@ impl<'g> Connection<'g> {
         // A connection asked for new is new, whatever the driver says: a retry is never
         // retried again.
         slot.reused = reused && slot.pooled;
+        if let Some(target) = slot.tls_target {
+            match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
+                Ok(mut conn) => {
+                    conn.set_buffer_limit(None);
+                    slot.tls = Some(Box::new(TlsLink {
+                        conn,
+                        cipher_out: Vec::new(),
+                        cipher_in: Vec::new(),
+                        busy: false,
+                        plain: None,
+                    }));
+                }
+                Err(e) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
+            }
+        }
         slot.phase = Phase::Send;
         slot.fetch = Some(if slot.stream {
             Fetch::streaming(slot.method.clone(), limits, reused)
@@ -485,6 +526,10 @@ impl<'g> Connection<'g> {
     /// A read on backend connection `id` finished (as [`Connection::handle_client_read`]).
     pub fn handle_backend_read(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
         self.now = now;
+        if self.slots.get(id).is_some_and(|s| s.in_use && s.tls.is_some()) {
+            self.tls_read(id, buf, result);
+            return;
+        }
         let Some(slot) = self.slot(id, |s| s.reading) else { return };
         slot.input.restore(buf);
         slot.reading = false;
@@ -504,8 +549,101 @@ impl<'g> Connection<'g> {
     }
 
     /// A write on backend connection `id` finished.
-    pub fn handle_backend_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>, now: Instant) {
+    pub fn handle_backend_written(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<()>, now: Instant) {
         self.now = now;
+        if self.slots.get(id).is_some_and(|s| s.in_use && s.tls.is_some()) {
+            self.tls_written(id, buf, result);
+        } else {
+            self.plain_written(id, buf, result);
+        }
+        self.progress();
+    }
+
+    /// Ciphertext came in on a TLS backend connection: decrypted into the slot's
+    /// input, as a plain read would have put it there.
+    fn tls_read(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<usize>) {
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
+        link.busy = false;
+        slot.reading = false;
+        slot.hungry = false;
+        let mut failure = None;
+        let mut closed = false;
+        match result {
+            Ok(n) => {
+                let mut data = buf.get(..n).unwrap_or_default();
+                closed = n == 0;
+                loop {
+                    // An empty read tells rustls the peer closed.
+                    if let Err(e) = link.conn.read_tls(&mut data) {
+                        failure = Some(format!("TLS: {e}"));
+                        break;
+                    }
+                    if let Err(e) = link.conn.process_new_packets() {
+                        // Best effort: the alert that says why goes out before the close.
+                        failure = Some(tls_failure(&e));
+                        break;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        match io::Read::read(&mut link.conn.reader(), &mut chunk) {
+                            Ok(0) => {
+                                closed = true;
+                                break;
+                            }
+                            Ok(k) => slot.input.prepare().extend_from_slice(&chunk[..k]),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            // Closed without close_notify: framing tells a cut body.
+                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                                closed = true;
+                                break;
+                            }
+                            Err(e) => {
+                                failure = Some(format!("TLS: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    if data.is_empty() || failure.is_some() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                slot.failure = Some(match &slot.fetch {
+                    Some(fetch) => fetch.read_failed(e),
+                    None => Failure::new(format!("cannot read the response: {e}")),
+                });
+            }
+        }
+        buf.clear();
+        link.cipher_in = buf;
+        slot.eof |= closed;
+        if let Some(reason) = failure {
+            slot.failure = Some(Failure::new(reason));
+        }
+        self.progress();
+    }
+
+    /// Ciphertext went out on a TLS backend connection. The slot's own write completes
+    /// once the handshake is done and rustls has nothing left to send.
+    fn tls_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
+        link.busy = false;
+        buf.clear();
+        link.cipher_out = buf;
+        let done = result.is_err() || (!link.conn.wants_write() && !link.conn.is_handshaking());
+        if done && let Some(plain) = link.plain.take() {
+            self.plain_written(id, plain, result);
+        } else if let Err(e) = result {
+            slot.failure = Some(Failure::new(format!("cannot send to the backend: {e}")));
+        }
+    }
+
+    /// The slot's write finished (on a plain connection, the socket write; under TLS,
+    /// the ciphertext that carried it).
+    fn plain_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
         let Some(slot) = self.slot(id, |s| s.writing) else { return };
         slot.writing = false;
         if let Err(e) = result {
@@ -530,7 +668,6 @@ impl<'g> Connection<'g> {
             buf.clear();
             slot.out = buf;
         }
-        self.progress();
     }
 
     /// Time has come to `now`. Calling it early is harmless.
@@ -613,6 +750,13 @@ impl<'g> Connection<'g> {
         }
         for (id, slot) in self.slots.iter_mut().enumerate() {
             if !slot.in_use || !slot.connected || slot.failure.is_some() {
+                continue;
+            }
+            if let Some(link) = slot.tls.as_deref_mut() {
+                if let Some(output) = tls_poll(id, link, &mut slot.out, &mut slot.writing, slot.hungry && !slot.eof) {
+                    slot.reading = matches!(output, Output::ReadBackend { .. });
+                    return Some(output);
+                }
                 continue;
             }
             if !slot.writing && !slot.out.is_empty() {
@@ -886,8 +1030,11 @@ impl<'g> Connection<'g> {
     /// Opens a backend connection for `call`: its request is written out now, sent
     /// once connected. Returns the slot, or why the request cannot be written.
     fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
-        if call.scheme == Scheme::Https {
-            return Err("https backends need TLS, which this build does not have yet");
+        if call.scheme == Scheme::Https && call.via.is_some() {
+            return Err("https backends through a proxy need CONNECT tunnels, which this build does not have yet");
+        }
+        if call.scheme == Scheme::Https && call.tls.is_none() {
+            return Err("https backend without a TLS profile");
         }
         let mut slot = Slot::new(call, stream);
         let id = match self.slots.iter().position(|s| !s.in_use) {
@@ -920,7 +1067,8 @@ impl<'g> Connection<'g> {
         if call.body == CallBody::Full {
             slot.out.extend_from_slice(ex.body());
         }
-        self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled: true });
+        let pooled = call.tls.is_none();
+        self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled });
         Ok(id)
     }
 
@@ -1037,7 +1185,9 @@ impl<'g> Connection<'g> {
     /// Pools (`reusable`) or closes backend connection `id`, and frees its slot.
     fn release(&mut self, id: BackendId, reusable: bool) {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
-        let output = if reusable && slot.connected {
+        // TLS sessions live in the slot, not with the socket: a TLS connection is not
+        // pooled yet (session resumption makes the next handshake short).
+        let output = if reusable && slot.connected && slot.tls.is_none() {
             Output::PoolBackend { id, pool_key: slot.pool_key }
         } else {
             Output::CloseBackend { id }
@@ -1045,6 +1195,7 @@ impl<'g> Connection<'g> {
         slot.in_use = false;
         slot.fetch = None;
         slot.codec = None;
+        slot.tls = None;
         // Not kept: an idle keep-alive connection would hold it (about 1 KiB each, for
         // about 400 instructions per request saved).
         slot.input = ReadBuf::default();
@@ -1285,4 +1436,55 @@ enum Cut {
 enum Relay {
     BadBody(StatusCode, &'static str),
     ClientGone,
+}
+
+/// What a TLS backend connection asks the driver for next: the slot's pending
+/// plaintext is handed to rustls (the slot's write is then under way), ciphertext
+/// rustls wants sent goes out, and a read is asked for while the handshake needs one
+/// or the slot wants bytes (`wants_plain`).
+fn tls_poll<'g>(
+    id: BackendId,
+    link: &mut TlsLink,
+    out: &mut Vec<u8>,
+    writing: &mut bool,
+    wants_plain: bool,
+) -> Option<Output<'g>> {
+    if link.busy {
+        return None;
+    }
+    if link.plain.is_none() && !out.is_empty() {
+        let plain = mem::take(out);
+        // rustls buffers it (no limit is set at connect): the slot writes one request
+        // head or one body piece at a time, and waits for it to complete first.
+        let _ = io::Write::write_all(&mut link.conn.writer(), &plain);
+        link.plain = Some(plain);
+        *writing = true;
+    }
+    if link.conn.wants_write() {
+        link.cipher_out.clear();
+        while link.conn.wants_write() {
+            if link.conn.write_tls(&mut link.cipher_out).is_err() {
+                break;
+            }
+        }
+        link.busy = true;
+        return Some(Output::WriteBackend { id, bytes: mem::take(&mut link.cipher_out) });
+    }
+    if (link.conn.is_handshaking() || wants_plain) && link.conn.wants_read() {
+        let mut buf = mem::take(&mut link.cipher_in);
+        buf.clear();
+        buf.reserve(TLS_READ);
+        link.busy = true;
+        return Some(Output::ReadBackend { id, buf });
+    }
+    None
+}
+
+/// A TLS failure as the log and `return_error_msg` say it.
+fn tls_failure(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(c) => format!("TLS: the backend's certificate is not trusted: {c:?}"),
+        rustls::Error::AlertReceived(a) => format!("TLS: the backend refused the handshake: {a:?}"),
+        e => format!("TLS: {e}"),
+    }
 }

@@ -80,6 +80,7 @@ use crate::plan::{BackendPlan, EndpointPlan, Gateway};
 use crate::proxy::Proxy;
 use crate::request::{ClientRequest, Reply, RequestBody};
 use crate::response::{self, Entry, Key, Node};
+use crate::tls::TlsTarget;
 use crate::upstream::{self, Balancer, RenderError, UrlInputs};
 
 /// `X-KrakenD-Completed`.
@@ -111,6 +112,8 @@ pub struct Call<'g> {
     pub authority: &'g str,
     /// The proxy the request goes through: it is written in absolute form.
     pub via: Option<&'g Proxy>,
+    /// An `https://` backend: the TLS profile and server name core's connection uses.
+    pub tls: Option<&'g TlsTarget>,
     /// Origin-form target: path and query.
     pub target: String,
     pub body: CallBody,
@@ -360,6 +363,7 @@ impl<'g> Exchange<'g> {
             scheme: host.addr.scheme,
             authority: &host.authority,
             via: host.proxy.as_ref(),
+            tls: host.tls.as_ref(),
             target,
             body,
             stream_response: self.ep.output == OutputEncoding::NoOp,

@@ -48,6 +48,7 @@ pub mod request;
 pub mod response;
 pub mod route;
 mod stop;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{ConfigError, Diagnostic};

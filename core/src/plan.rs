@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
+
 use http::{HeaderName, Method};
 
 use crate::backend::pool_key;
 use crate::config::template::{self, Piece, Placeholder};
 use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
-use crate::proxy::{Proxy, ProxyEnv};
+use crate::proxy::Proxy;
 use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
+use crate::tls::{self, Environment, TlsProfile, TlsTarget};
 
 /// Which client headers a backend receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,8 @@ pub struct BackendHost {
     pub authority: String,
     /// The HTTP proxy requests to this host go through (see [`crate::proxy`]).
     pub proxy: Option<Proxy>,
+    /// For an `https://` host: its TLS profile and the name to verify.
+    pub tls: Option<TlsTarget>,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -151,14 +156,15 @@ pub struct Loaded {
 }
 
 impl Gateway {
-    /// Parses, validates and compiles a KrakenD v3 file, with no proxy from the
-    /// environment (backends' own proxies apply).
+    /// Parses, validates and compiles a KrakenD v3 file, with nothing from the
+    /// environment: no proxy variables, no files, no system roots.
     pub fn load(text: &str) -> Result<Loaded, ConfigError> {
-        Gateway::load_with(text, &ProxyEnv::default())
+        Gateway::load_with(text, &Environment::default())
     }
 
-    /// [`Gateway::load`] under the process's proxy settings (`HTTP_PROXY`...).
-    pub fn load_with(text: &str, env: &ProxyEnv) -> Result<Loaded, ConfigError> {
+    /// [`Gateway::load`] with what the loader read: proxy variables, certificate
+    /// files, the system's trusted roots.
+    pub fn load_with(text: &str, env: &Environment) -> Result<Loaded, ConfigError> {
         let parsed = config::parse(text)?;
         let gateway = Gateway::compile_with(parsed.config, env)?;
         Ok(Loaded { gateway, warnings: parsed.warnings })
@@ -166,11 +172,11 @@ impl Gateway {
 
     /// Compiles a validated configuration.
     pub fn compile(config: Config) -> Result<Gateway, ConfigError> {
-        Gateway::compile_with(config, &ProxyEnv::default())
+        Gateway::compile_with(config, &Environment::default())
     }
 
-    /// Compiles a validated configuration under the process's proxy settings.
-    pub fn compile_with(config: Config, env: &ProxyEnv) -> Result<Gateway, ConfigError> {
+    /// Compiles a validated configuration with what the loader read.
+    pub fn compile_with(config: Config, env: &Environment) -> Result<Gateway, ConfigError> {
         let routes = config.endpoints.iter().enumerate().map(|(i, e)| (i, &e.method, e.endpoint.as_str()));
         let router = Router::build(routes).map_err(|errors| {
             ConfigError::Invalid(
@@ -178,6 +184,10 @@ impl Gateway {
             )
         })?;
         let mut errors = Vec::new();
+        // TLS profiles, built when an https host needs them: the root one once, a
+        // backend's own once per backend.
+        let mut root_profile: Option<Result<TlsProfile, Vec<Diagnostic>>> = None;
+        let mut backend_profiles = std::collections::HashMap::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         let mut backend_count = 0;
         for (i, e) in config.endpoints.iter().enumerate() {
@@ -196,7 +206,38 @@ impl Gateway {
                 for (k, h) in raw_hosts.iter().enumerate() {
                     match compile_host(h, b.disable_host_sanitize) {
                         Ok(mut host) => {
-                            host.proxy = own_proxy.clone().or_else(|| env.for_host(&host.addr).cloned());
+                            host.proxy = own_proxy.clone().or_else(|| env.proxy.for_host(&host.addr).cloned());
+                            if host.addr.scheme == config::Scheme::Https {
+                                let own = b.http_client.as_ref().and_then(|c| c.client_tls.as_ref());
+                                let profile = match own {
+                                    Some(t) => backend_profiles.entry((i, j)).or_insert_with(|| {
+                                        compiled_profile(
+                                            Some(t),
+                                            env,
+                                            &format!(r#"{path}.extra_config["backend/http/client"].client_tls"#),
+                                        )
+                                    }),
+                                    None => root_profile.get_or_insert_with(|| {
+                                        compiled_profile(config.client_tls.as_ref(), env, "client_tls")
+                                    }),
+                                };
+                                match profile {
+                                    Ok(profile) => match ServerName::try_from(host.addr.host.clone()) {
+                                        Ok(server_name) => {
+                                            host.tls = Some(TlsTarget { profile: profile.clone(), server_name })
+                                        }
+                                        Err(e) => errors.push(Diagnostic {
+                                            path: format!("{path}.host[{k}]"),
+                                            message: format!("{:?} cannot be a TLS server name: {e}", host.addr.host),
+                                        }),
+                                    },
+                                    Err(diags) => {
+                                        for d in diags.drain(..) {
+                                            errors.push(d);
+                                        }
+                                    }
+                                }
+                            }
                             hosts.push(host);
                         }
                         Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
@@ -244,6 +285,17 @@ impl Gateway {
     }
 }
 
+/// A TLS profile, its errors as diagnostics under `at`.
+fn compiled_profile(
+    settings: Option<&config::ClientTls>,
+    env: &Environment,
+    at: &str,
+) -> Result<TlsProfile, Vec<Diagnostic>> {
+    tls::profile(settings, env).map_err(|errors| {
+        errors.into_iter().map(|(sub, message)| Diagnostic { path: format!("{at}.{sub}"), message }).collect()
+    })
+}
+
 /// A backend's own proxy: `"backend/http/client": {"proxy_address"}` or the built-in
 /// `http-proxy` client plugin. Both at once is an error (which one would win is not
 /// obvious to whoever reads the file).
@@ -272,6 +324,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             addr,
             path_prefix: String::new(),
             proxy: None,
+            tls: None,
         }),
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
@@ -290,6 +343,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
                 addr,
                 path_prefix: prefix.trim_end_matches('/').to_string(),
                 proxy: None,
+                tls: None,
             })
         }
         Err(m) => Err(m),

@@ -71,11 +71,11 @@ impl Gw {
     /// Starts `config` on 127.0.0.1:0 with one shard (uring) or one worker (tokio), so a
     /// test sees one pool and one round-robin counter whatever the machine.
     pub fn start(config: &str, mode: Mode) -> Gw {
-        Gw::start_env(config, mode, &sluice_core::proxy::ProxyEnv::default())
+        Gw::start_env(config, mode, &files_env(sluice_core::proxy::ProxyEnv::default()))
     }
 
-    /// [`Gw::start`] under proxy settings as the environment would give them.
-    pub fn start_env(config: &str, mode: Mode, env: &sluice_core::proxy::ProxyEnv) -> Gw {
+    /// [`Gw::start`] with what a loader hands over (proxy variables, files, roots).
+    pub fn start_env(config: &str, mode: Mode, env: &sluice_core::tls::Environment) -> Gw {
         let gw = Arc::new(Gateway::load_with(config, env).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let wait = Duration::from_secs(5);
@@ -203,6 +203,16 @@ pub fn read_response(r: &mut impl BufRead) -> Option<Response> {
         r.read_to_end(&mut body).ok()?;
     }
     Some(Response { status, headers, body })
+}
+
+/// An environment that reads the files a configuration names from disk (as the
+/// binary's loader does), with `proxy` and no system roots (tests trust their own CAs).
+pub fn files_env(proxy: sluice_core::proxy::ProxyEnv) -> sluice_core::tls::Environment {
+    sluice_core::tls::Environment {
+        proxy,
+        read_file: Box::new(|path| std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))),
+        ..Default::default()
+    }
 }
 
 /// What a scripted backend does with a request.
