@@ -12,21 +12,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sluice_core::proxy::ProxyEnv;
-use support::{Backend, Gw, Mode, Reply, files_env};
+use support::{Backend, Gw, Mode, Reaped, Reply, Scratch, files_env};
 
-/// A proxy process on loopback, stopped when dropped.
+/// A proxy process on loopback, stopped (and its folder removed) when dropped.
 struct ProxyProcess {
-    child: Child,
+    _child: Reaped,
     port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: Scratch,
 }
 
 /// A proxy's binary: on PATH, or in /usr/sbin where Debian puts squid (often not on
@@ -40,11 +32,10 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn scratch(name: &str) -> Scratch {
+    let dir = Scratch::new(name);
     // squid drops root for its own user: its files must be writable by it.
-    let _ = Command::new("chmod").arg("777").arg(&dir).status();
+    let _ = Command::new("chmod").arg("777").arg(&dir.0).status();
     dir
 }
 
@@ -65,17 +56,18 @@ fn wait_listening(child: &mut Child, port: u16, what: &str, log: &Path) {
 fn start_proxy(name: &str, flags: &[&str], conf: impl Fn(u16, &Path, &Path) -> String) -> ProxyProcess {
     let dir = scratch(name);
     let port = free_port();
-    let (file, log) = (dir.join(format!("{name}.conf")), dir.join(format!("{name}.log")));
-    std::fs::write(&file, conf(port, &log, &dir)).unwrap();
-    let mut child = Command::new(program(name))
+    let (file, log) = (dir.0.join(format!("{name}.conf")), dir.0.join(format!("{name}.log")));
+    std::fs::write(&file, conf(port, &log, &dir.0)).unwrap();
+    let child = Command::new(program(name))
         .args(flags)
         .arg(&file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{name}: {e} (apt-get install {name}; .ci/run does)"));
+    let mut child = Reaped(child);
     wait_listening(&mut child, port, name, &log);
-    ProxyProcess { child, port, dir }
+    ProxyProcess { _child: child, port, _dir: dir }
 }
 
 /// tinyproxy in the foreground; `extra` goes into its configuration.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::read_response;
+use support::{Reaped, read_response};
 
 /// A `sluice run` child whose stderr/stdout lines arrive on a channel.
 struct Running {
@@ -211,28 +211,6 @@ fn listening_port(pid: u32) -> u16 {
 }
 
 /// A child killed if a test fails before it stops it.
-struct Reaped(Child);
-
-impl std::ops::Deref for Reaped {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaped {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `sluice run -c examples/krakend.json --shards 1 -p 0 --runtime RUNTIME` at log level
 /// `level`, stdout and stderr piped (`piped`) or thrown away.
 fn example_on_any_port(runtime: &str, level: &str, piped: bool) -> Reaped {

@@ -7,12 +7,11 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair, date_time_ymd};
 use sluice_core::proxy::ProxyEnv;
-use support::{Gw, Mode, files_env};
+use support::{Gw, Mode, Reaped, Scratch, files_env};
 
 const SERVER: &str = r#"
 import json, ssl, sys
@@ -45,15 +44,8 @@ server.serve_forever()
 
 /// A Python HTTPS server, stopped when dropped.
 struct Server {
-    child: Child,
+    _child: Reaped,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Server {
@@ -70,18 +62,12 @@ fn serve(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Server {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let port = line.trim().parse().unwrap_or_else(|_| panic!("the TLS server did not start: {line:?}"));
-    Server { child, port }
+    Server { _child: Reaped(child), port }
 }
 
 /// Certificates and keys as PEM files in a scratch folder.
 struct Pki {
-    dir: PathBuf,
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    dir: Scratch,
 }
 
 struct Issuer {
@@ -99,15 +85,11 @@ fn new_ca(name: &str) -> Issuer {
 
 impl Pki {
     fn new() -> Pki {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sluice-tls-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Pki { dir }
+        Pki { dir: Scratch::new("tls") }
     }
 
     fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let path = self.dir.join(name);
+        let path = self.dir.0.join(name);
         std::fs::write(&path, pem).unwrap();
         path
     }

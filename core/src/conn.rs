@@ -211,6 +211,39 @@ struct TlsLink {
     plain: Option<Vec<u8>>,
 }
 
+impl TlsLink {
+    /// Feeds ciphertext read from the backend to rustls and appends the plaintext it
+    /// yields to `input`. `data` empty: the backend closed. Returns whether the peer is
+    /// done sending (close_notify, or a close without one: the HTTP framing tells a cut
+    /// body), or why the session failed.
+    fn take_in(&mut self, mut data: &[u8], input: &mut ReadBuf) -> Result<bool, String> {
+        let mut closed = data.is_empty();
+        loop {
+            self.conn.read_tls(&mut data).map_err(|e| format!("TLS: {e}"))?;
+            self.conn.process_new_packets().map_err(|e| tls_failure(&e))?;
+            let mut chunk = [0u8; 4096];
+            loop {
+                match io::Read::read(&mut self.conn.reader(), &mut chunk) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(k) => input.prepare().extend_from_slice(&chunk[..k]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        closed = true;
+                        break;
+                    }
+                    Err(e) => return Err(format!("TLS: {e}")),
+                }
+            }
+            if data.is_empty() {
+                return Ok(closed);
+            }
+        }
+    }
+}
+
 /// Ciphertext read size: one TLS record and its overhead.
 const TLS_READ: usize = 16 * 1024 + 512;
 
@@ -537,13 +570,7 @@ impl<'g> Connection<'g> {
         match result {
             Ok(0) => slot.eof = true,
             Ok(_) => {}
-            Err(e) => {
-                let failure = match &slot.fetch {
-                    Some(fetch) => fetch.read_failed(e),
-                    None => Failure::new(format!("cannot read the response: {e}")),
-                };
-                slot.failure = Some(failure);
-            }
+            Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
         }
         self.progress();
     }
@@ -567,61 +594,15 @@ impl<'g> Connection<'g> {
         link.busy = false;
         slot.reading = false;
         slot.hungry = false;
-        let mut failure = None;
-        let mut closed = false;
         match result {
-            Ok(n) => {
-                let mut data = buf.get(..n).unwrap_or_default();
-                closed = n == 0;
-                loop {
-                    // An empty read tells rustls the peer closed.
-                    if let Err(e) = link.conn.read_tls(&mut data) {
-                        failure = Some(format!("TLS: {e}"));
-                        break;
-                    }
-                    if let Err(e) = link.conn.process_new_packets() {
-                        // Best effort: the alert that says why goes out before the close.
-                        failure = Some(tls_failure(&e));
-                        break;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        match io::Read::read(&mut link.conn.reader(), &mut chunk) {
-                            Ok(0) => {
-                                closed = true;
-                                break;
-                            }
-                            Ok(k) => slot.input.prepare().extend_from_slice(&chunk[..k]),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            // Closed without close_notify: framing tells a cut body.
-                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                                closed = true;
-                                break;
-                            }
-                            Err(e) => {
-                                failure = Some(format!("TLS: {e}"));
-                                break;
-                            }
-                        }
-                    }
-                    if data.is_empty() || failure.is_some() {
-                        break;
-                    }
-                }
-            }
-            Err(e) => {
-                slot.failure = Some(match &slot.fetch {
-                    Some(fetch) => fetch.read_failed(e),
-                    None => Failure::new(format!("cannot read the response: {e}")),
-                });
-            }
+            Ok(n) => match link.take_in(buf.get(..n).unwrap_or_default(), &mut slot.input) {
+                Ok(closed) => slot.eof |= closed,
+                Err(reason) => slot.failure = Some(Failure::new(reason)),
+            },
+            Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
         }
         buf.clear();
         link.cipher_in = buf;
-        slot.eof |= closed;
-        if let Some(reason) = failure {
-            slot.failure = Some(Failure::new(reason));
-        }
         self.progress();
     }
 
@@ -1478,6 +1459,14 @@ fn tls_poll<'g>(
         return Some(Output::ReadBackend { id, buf });
     }
     None
+}
+
+/// A failed read on a backend connection, classified for a retry by its fetch.
+fn read_failure(fetch: Option<&Fetch>, e: io::Error) -> Failure {
+    match fetch {
+        Some(fetch) => fetch.read_failed(e),
+        None => Failure::new(format!("cannot read the response: {e}")),
+    }
 }
 
 /// A TLS failure as the log and `return_error_msg` say it.

@@ -246,35 +246,24 @@ impl<'g> Exchange<'g> {
         };
         let policy = &self.ep.backends[call.id].headers;
         let (client, ip) = (&self.req.headers, self.client_ip);
-        let Some(proxy) = call.via else {
-            return http1::write_request_with(
-                &call.method,
-                RequestTarget::Origin(&call.target),
-                call.authority,
-                length,
-                out,
-                |out| upstream::write_backend_headers(policy, client, ip, out),
-            );
-        };
-        // Through a proxy: the absolute form names the backend, and the proxy's own
+        // Through a proxy, the absolute form names the backend, and the proxy's own
         // credentials go with it (the client's Proxy-Authorization never does: it is
         // hop-by-hop).
-        let absolute = format!("{}://{}{}", call.scheme.as_str(), call.authority, call.target);
-        http1::write_request_with(
-            &call.method,
-            RequestTarget::Absolute(&absolute),
-            call.authority,
-            length,
-            out,
-            |out| {
-                upstream::write_backend_headers(policy, client, ip, out);
-                if let Some(auth) = &proxy.authorization {
-                    out.extend_from_slice(b"proxy-authorization: ");
-                    out.extend_from_slice(auth.as_bytes());
-                    out.extend_from_slice(b"\r\n");
-                }
-            },
-        )
+        let absolute;
+        let target = match call.via {
+            Some(_) => {
+                absolute = format!("{}://{}{}", call.scheme.as_str(), call.authority, call.target);
+                RequestTarget::Absolute(&absolute)
+            }
+            None => RequestTarget::Origin(&call.target),
+        };
+        let proxy_auth = call.via.and_then(|p| p.authorization.as_deref());
+        http1::write_request_with(&call.method, target, call.authority, length, out, |out| {
+            upstream::write_backend_headers(policy, client, ip, out);
+            if let Some(auth) = proxy_auth {
+                http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
+            }
+        })
     }
 
     /// The endpoint deadline.

@@ -184,10 +184,8 @@ impl Gateway {
             )
         })?;
         let mut errors = Vec::new();
-        // TLS profiles, built when an https host needs them: the root one once, a
-        // backend's own once per backend.
+        // The root TLS profile, built once when an https host needs it.
         let mut root_profile: Option<Result<TlsProfile, Vec<Diagnostic>>> = None;
-        let mut backend_profiles = std::collections::HashMap::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         let mut backend_count = 0;
         for (i, e) in config.endpoints.iter().enumerate() {
@@ -203,39 +201,25 @@ impl Gateway {
                     }
                 };
                 let mut hosts = Vec::with_capacity(raw_hosts.len());
+                // The backend's own TLS profile, built when an https host needs it.
+                let mut own_profile = None;
                 for (k, h) in raw_hosts.iter().enumerate() {
                     match compile_host(h, b.disable_host_sanitize) {
                         Ok(mut host) => {
                             host.proxy = own_proxy.clone().or_else(|| env.proxy.for_host(&host.addr).cloned());
                             if host.addr.scheme == config::Scheme::Https {
-                                let own = b.http_client.as_ref().and_then(|c| c.client_tls.as_ref());
-                                let profile = match own {
-                                    Some(t) => backend_profiles.entry((i, j)).or_insert_with(|| {
-                                        compiled_profile(
-                                            Some(t),
-                                            env,
-                                            &format!(r#"{path}.extra_config["backend/http/client"].client_tls"#),
-                                        )
+                                let profile = match b.http_client.as_ref().and_then(|c| c.client_tls.as_ref()) {
+                                    Some(t) => own_profile.get_or_insert_with(|| {
+                                        let at = format!(r#"{path}.extra_config["backend/http/client"].client_tls"#);
+                                        compiled_profile(Some(t), env, &at)
                                     }),
                                     None => root_profile.get_or_insert_with(|| {
                                         compiled_profile(config.client_tls.as_ref(), env, "client_tls")
                                     }),
                                 };
-                                match profile {
-                                    Ok(profile) => match ServerName::try_from(host.addr.host.clone()) {
-                                        Ok(server_name) => {
-                                            host.tls = Some(TlsTarget { profile: profile.clone(), server_name })
-                                        }
-                                        Err(e) => errors.push(Diagnostic {
-                                            path: format!("{path}.host[{k}]"),
-                                            message: format!("{:?} cannot be a TLS server name: {e}", host.addr.host),
-                                        }),
-                                    },
-                                    Err(diags) => {
-                                        for d in diags.drain(..) {
-                                            errors.push(d);
-                                        }
-                                    }
+                                match tls_target(&host.addr, profile, &format!("{path}.host[{k}]")) {
+                                    Ok(target) => host.tls = Some(target),
+                                    Err(mut diags) => errors.append(&mut diags),
                                 }
                             }
                             hosts.push(host);
@@ -294,6 +278,23 @@ fn compiled_profile(
     tls::profile(settings, env).map_err(|errors| {
         errors.into_iter().map(|(sub, message)| Diagnostic { path: format!("{at}.{sub}"), message }).collect()
     })
+}
+
+/// An https host's TLS target under `profile` (whose errors are reported once: they
+/// are taken out by the first host that meets them).
+fn tls_target(
+    addr: &HostAddr,
+    profile: &mut Result<TlsProfile, Vec<Diagnostic>>,
+    at: &str,
+) -> Result<TlsTarget, Vec<Diagnostic>> {
+    let profile = match profile {
+        Ok(p) => p.clone(),
+        Err(diags) => return Err(std::mem::take(diags)),
+    };
+    let server_name = ServerName::try_from(addr.host.clone()).map_err(|e| {
+        vec![Diagnostic { path: at.to_string(), message: format!("{:?} cannot be a TLS server name: {e}", addr.host) }]
+    })?;
+    Ok(TlsTarget { profile, server_name })
 }
 
 /// A backend's own proxy: `"backend/http/client": {"proxy_address"}` or the built-in

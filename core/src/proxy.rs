@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{HostAddr, IpNet, Scheme, redact_userinfo};
+use crate::config::{HostAddr, IpNet, Scheme, has_explicit_port, percent_decode, redact_userinfo};
 
 /// A proxy that backend requests go through. Its `Debug` leaves the credentials out.
 #[derive(Clone, PartialEq, Eq)]
@@ -61,12 +61,12 @@ impl Proxy {
             return Err(format!("{shown:?}: a proxy address has no path"));
         }
         let addr = HostAddr::parse(&format!("http://{authority}")).map_err(|m| format!("{shown:?}: {m}"))?;
-        if strict && !has_port(authority) {
+        if strict && !has_explicit_port(authority) {
             return Err(format!("{shown:?} must contain the port (\"http://proxy:3128\")"));
         }
         let authorization = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-            let mut plain = percent_decode(user);
+            let mut plain = percent_decode(user).into_owned();
             plain.push(b':');
             plain.extend_from_slice(&percent_decode(pass));
             format!("Basic {}", base64(&plain))
@@ -84,30 +84,6 @@ impl std::fmt::Debug for Proxy {
             .field("authorization", &self.authorization.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
-}
-
-fn has_port(authority: &str) -> bool {
-    let after_host = authority.rfind(']').map_or(authority, |i| &authority[i + 1..]);
-    after_host.contains(':')
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| char::from(c).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Standard base64 with padding (RFC 4648), for `Basic` credentials.

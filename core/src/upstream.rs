@@ -13,7 +13,6 @@
 //!   headers (and those named in `Connection`) never cross. `X-Forwarded-For` is always
 //!   written by the gateway (the socket peer, or a trusted proxy's claim), never copied.
 
-use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use http::HeaderValue;
 
 use crate::config::RouterOptions;
-use crate::http1::{self, Head};
+use crate::http1::{self, Head, HopByHop};
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
 /// Round-robin position per backend. One per shard (`sluice-uring`) or one per server
@@ -84,30 +83,7 @@ pub fn encode_value(value: &[u8], out: &mut String) {
     }
 }
 
-/// Percent-decodes once; a `%` not followed by two hex digits stays as it is.
-pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s.as_bytes());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(h) = b.get(i + 1..i + 3)
-            && let Ok(h) = std::str::from_utf8(h)
-            && let Ok(v) = u8::from_str_radix(h, 16)
-            && h.bytes().all(|c| c.is_ascii_hexdigit())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Cow::Owned(out)
-}
+pub use crate::config::percent_decode;
 
 fn is_dot_segment(seg: &[u8]) -> bool {
     seg == b"." || seg == b".."
@@ -198,30 +174,6 @@ pub fn render_url(
     Ok(url)
 }
 
-/// The hop-by-hop headers of one message: the fixed list plus those its `Connection`
-/// names, read once per message.
-#[derive(Debug)]
-pub struct HopByHop<'h> {
-    named: smallvec::SmallVec<[&'h [u8]; 4]>,
-}
-
-impl<'h> HopByHop<'h> {
-    pub fn of(head: &'h Head) -> HopByHop<'h> {
-        let named = head
-            .get_all("connection")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-            .collect();
-        HopByHop { named }
-    }
-
-    /// Whether `name` (any case) is hop-by-hop in this message.
-    pub fn contains(&self, name: &[u8]) -> bool {
-        http1::is_hop_by_hop_name(name) || self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
-    }
-}
-
 /// `Sluice/<version>`.
 pub fn user_agent() -> HeaderValue {
     HeaderValue::from_static(USER_AGENT_VALUE)
@@ -234,14 +186,6 @@ fn is_gateway_owned(name: &[u8]) -> bool {
     ["host", "content-length", "x-forwarded-for", "x-forwarded-host", "x-forwarded-via"]
         .iter()
         .any(|own| own.len() == name.len() && own.as_bytes().eq_ignore_ascii_case(name))
-}
-
-fn put_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    out.reserve(name.len() + value.len() + 4);
-    out.extend(name.iter().map(u8::to_ascii_lowercase));
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes an address as `Display` does; IPv4 digit by digit (the formatter costs
@@ -282,7 +226,7 @@ pub fn write_backend_headers(policy: &HeaderPolicy, client: &Head, client_ip: Ip
     let mut put = |n: &[u8], v: &[u8], out: &mut Vec<u8>| {
         content_type |= n.eq_ignore_ascii_case(b"content-type");
         user_agent |= n.eq_ignore_ascii_case(b"user-agent");
-        put_field(n, v, out);
+        http1::write_field(n, v, out);
     };
     match policy {
         HeaderPolicy::All => {
@@ -305,16 +249,16 @@ pub fn write_backend_headers(policy: &HeaderPolicy, client: &Head, client_ip: Ip
         }
     }
     if !content_type && let Some(ct) = client.get("content-type") {
-        put_field(b"content-type", ct, out);
+        http1::write_field(b"content-type", ct, out);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     put_ip(client_ip, out);
     out.extend_from_slice(b"\r\n");
     if let Some(host) = client.get("host") {
-        put_field(b"x-forwarded-host", host, out);
+        http1::write_field(b"x-forwarded-host", host, out);
     }
     let ua = if user_agent { b"x-forwarded-via" } else { &b"user-agent"[..] };
-    put_field(ua, USER_AGENT_VALUE.as_bytes(), out);
+    http1::write_field(ua, USER_AGENT_VALUE.as_bytes(), out);
 }
 
 /// The client's address: the socket peer, unless `forwarded_by_client_ip` is set and

@@ -12,7 +12,7 @@ use http::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::net::redact_userinfo;
+use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
     Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, Diagnostic, Encoding, Endpoint,
@@ -491,15 +491,6 @@ fn proxy_address(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> Option<Str
         }
         Ok(_) => Some(raw),
     }
-}
-
-fn has_explicit_port(authority: &str) -> bool {
-    let authority = authority.trim_end_matches('/');
-    let after_host = match authority.rfind(']') {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    };
-    after_host.contains(':')
 }
 
 struct RootCtx {

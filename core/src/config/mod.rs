@@ -23,7 +23,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use duration::parse_duration;
-pub use net::{HostAddr, IpNet, Scheme, redact_userinfo};
+pub(crate) use net::has_explicit_port;
+pub use net::{HostAddr, IpNet, Scheme, percent_decode, redact_userinfo};
 
 /// One problem found in a configuration, located by its JSON path.
 #[derive(Debug, Clone, PartialEq, Eq)]

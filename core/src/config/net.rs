@@ -1,5 +1,6 @@
-//! Backend host addresses and IP networks, as written in a KrakenD file.
+//! Backend host addresses, IP networks and URL pieces, as written in a KrakenD file.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -117,6 +118,41 @@ impl fmt::Display for HostAddr {
 }
 
 /// Replaces the `user:password@` part of a URL so it can be printed.
+/// Whether an authority (`host:port`, `[v6]:port`) writes its port.
+pub(crate) fn has_explicit_port(authority: &str) -> bool {
+    let authority = authority.trim_end_matches('/');
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host.contains(':')
+}
+
+/// Percent-decodes once; a `%` not followed by two hex digits stays as it is.
+pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s.as_bytes());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(h) = b.get(i + 1..i + 3)
+            && let Ok(h) = std::str::from_utf8(h)
+            && let Ok(v) = u8::from_str_radix(h, 16)
+            && h.bytes().all(|c| c.is_ascii_hexdigit())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
 pub fn redact_userinfo(raw: &str) -> String {
     let start = raw.find("://").map_or(0, |i| i + 3);
     let end = raw[start..].find(['/', '?', '#']).map_or(raw.len(), |i| start + i);

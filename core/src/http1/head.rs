@@ -118,6 +118,40 @@ impl Head {
     }
 }
 
+/// The hop-by-hop headers of one message: the fixed list plus those its `Connection`
+/// names, read once per message.
+#[derive(Debug)]
+pub struct HopByHop<'h> {
+    named: SmallVec<[&'h [u8]; 4]>,
+}
+
+impl<'h> HopByHop<'h> {
+    pub fn of(head: &'h Head) -> HopByHop<'h> {
+        let named = head
+            .get_all("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(super::framing::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        HopByHop { named }
+    }
+
+    /// Whether `name` (any case) is hop-by-hop in this message.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        super::is_hop_by_hop_name(name) || self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Writes `name: value` with the name lowercased. Names and values come from a parsed
+/// head (tokens; no CR, LF or NUL) or from the gateway itself.
+pub(crate) fn write_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend(name.iter().map(u8::to_ascii_lowercase));
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The form of a request target (RFC 9112 section 3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetForm {

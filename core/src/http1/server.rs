@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
-use super::head::{Head, Request, TargetForm, offset};
+use super::head::{Head, HopByHop, Request, TargetForm, offset, write_field};
 use super::{Error, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
 
 /// What [`ServerConn::handle_input`] found.
@@ -420,22 +420,11 @@ impl ServerConn {
 /// Raw bytes throughout (the parser checked names are tokens and values hold no CR,
 /// LF or NUL); `Connection` is read once.
 fn write_passthrough_fields(head: &Head, out: &mut Vec<u8>) {
-    let mut named: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
+    let hop = HopByHop::of(head);
     for (name, value) in head.iter_raw() {
-        if name.eq_ignore_ascii_case(b"connection") {
-            named.extend(value.split(|&b| b == b',').map(framing::trim).filter(|t| !t.is_empty()));
+        if !not_passed_on(name) && !hop.contains(name) {
+            write_field(name, value, out);
         }
-    }
-    for (name, value) in head.iter_raw() {
-        if not_passed_on(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        let start = out.len();
-        out.extend_from_slice(name);
-        out[start..].make_ascii_lowercase();
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
     }
 }
 
