@@ -204,7 +204,25 @@ fn mutual_tls(mode: Mode) {
     assert_eq!(gw.get("/p").status, 502);
 }
 
-every_driver!(verified_backend, untrusted_backends, mutual_tls);
+/// A backend that answers the ClientHello in plain HTTP (an http service behind an
+/// https:// URL): the handshake fails at once, 502/500, nothing hangs.
+fn plain_http_behind_https(mode: Mode) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let Ok(mut s) = stream else { return };
+            let _ = std::io::Write::write_all(&mut s, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let gw = start(&config(port, r#"{"allow_insecure_connections": true}"#), mode);
+    let started = std::time::Instant::now();
+    assert_eq!(gw.get("/p").status, 502);
+    assert_eq!(gw.get("/agg").status, 500);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+every_driver!(verified_backend, untrusted_backends, mutual_tls, plain_http_behind_https);
 
 /// Files that cannot serve are configuration errors with their JSON path: missing, not
 /// PEM, a key that does not go with its certificate.
