@@ -243,6 +243,7 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     for (e, b) in gateway.endpoints.iter().flat_map(|e| e.backends.iter().map(move |b| (e, b))) {
         for h in &b.hosts {
             let route = match &h.proxy {
+                Some(p) if h.connect.is_some() => format!("through proxy {} ({}), CONNECT tunnel", p.shown, p.source),
                 Some(p) => format!("through proxy {} ({})", p.shown, p.source),
                 None => "direct".to_string(),
             };

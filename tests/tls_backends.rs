@@ -1,116 +1,21 @@
 //! HTTPS backends, on every driver: core's connection runs rustls, the drivers move
 //! ciphertext. The backend is Python's `ssl` server (OpenSSL: a TLS stack other than
 //! ours), with certificates made here by rcgen: a CA and its leaves, a self-signed
-//! leaf, an expired one, one for another name, and a client CA for mutual TLS.
+//! leaf, an expired one, one for another name, and a client CA for mutual TLS. Through
+//! proxies, with `CONNECT` tunnels: real tinyproxy and squid, and scripted proxies for
+//! what real ones do not do on demand (closing a tunnel in the middle).
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair, date_time_ymd};
 use sluice_core::proxy::ProxyEnv;
-use support::{Gw, Mode, Reaped, Scratch, files_env};
-
-const SERVER: &str = r#"
-import json, ssl, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-cert, key, client_ca = sys.argv[1], sys.argv[2], sys.argv[3]
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        peer = self.request.getpeercert()
-        body = json.dumps({"path": self.path, "tls": self.request.version(),
-                           "client": dict(x[0] for x in peer["subject"])["commonName"] if peer else None},
-                          separators=(",", ":")).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-if client_ca != "-":
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(client_ca)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
-
-/// A Python HTTPS server, stopped when dropped.
-struct Server {
-    _child: Reaped,
-    port: u16,
-}
-
-fn serve(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Server {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(SERVER)
-        .arg(cert)
-        .arg(key)
-        .arg(client_ca.map_or("-".into(), |p| p.display().to_string()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().parse().unwrap_or_else(|_| panic!("the TLS server did not start: {line:?}"));
-    Server { _child: Reaped(child), port }
-}
-
-/// Certificates and keys as PEM files in a scratch folder.
-struct Pki {
-    dir: Scratch,
-}
-
-struct Issuer {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-fn new_ca(name: &str) -> Issuer {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    Issuer { cert: params.self_signed(&key).unwrap(), key }
-}
-
-impl Pki {
-    fn new() -> Pki {
-        Pki { dir: Scratch::new("tls") }
-    }
-
-    fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let path = self.dir.0.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    }
-
-    /// A leaf for `names`, signed by `by` (self-signed without), valid now unless
-    /// `expired`: (certificate, key) paths.
-    fn leaf(&self, file: &str, names: &[&str], by: Option<&Issuer>, expired: bool) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        if expired {
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2021, 1, 1);
-        }
-        let cert = match by {
-            Some(ca) => params.signed_by(&key, &ca.cert, &ca.key).unwrap(),
-            None => params.self_signed(&key).unwrap(),
-        };
-        (self.write(&format!("{file}.crt"), &cert.pem()), self.write(&format!("{file}.key"), &key.serialize_pem()))
-    }
-}
+use support::proxies::{squid, tinyproxy};
+use support::tls::{Pki, Server, new_ca, serve, serve_closing_idle};
+use support::{Gw, Mode, files_env};
 
 /// `/p` (no-op) and `/agg` on `https://localhost:port`, with `client_tls` for the
 /// backend (JSON object text, or empty for none).
@@ -142,16 +47,38 @@ fn verified_backend(mode: Mode) {
     let server = serve(&cert, &key, None);
     let tls = format!(r#"{{"ca_certs": ["{}"], "disable_system_ca_pool": true}}"#, ca_file.display());
     let gw = start(&config(server.port, &tls), mode);
-    for _ in 0..2 {
+    let mut carried = Vec::new();
+    for _ in 0..3 {
         let r = gw.get("/p");
         assert_eq!((r.status, r.text()), (200, r#"{"path":"/raw?x=1","tls":"TLSv1.3","client":null}"#));
+        carried.push(r.header("x-connection").unwrap().to_string());
     }
+    // The TLS connection is pooled with its session: one connection carried them all.
+    assert_eq!(carried, ["1", "1", "1"]);
     let r = gw.get("/agg");
     assert_eq!((r.status, r.text()), (200, r#"{"a":{"path":"/a","tls":"TLSv1.3","client":null}}"#));
     drop(gw);
     let tls12 = format!(r#"{{"ca_certs": ["{}"], "max_version": "TLS12"}}"#, ca_file.display());
     let gw = start(&config(server.port, &tls12), mode);
     assert_eq!(gw.get("/p").text(), r#"{"path":"/raw?x=1","tls":"TLSv1.2","client":null}"#);
+}
+
+/// A pooled TLS connection the backend closed while it was idle: the request that
+/// finds it closed is sent again on a new connection, and answered.
+fn stale_pooled_connection(mode: Mode) {
+    let pki = Pki::new();
+    let ca = new_ca("Sluice test CA");
+    let ca_file = pki.write("ca.crt", &ca.cert.pem());
+    let (cert, key) = pki.leaf("localhost", &["localhost"], Some(&ca), false);
+    let server = serve_closing_idle(&cert, &key, 0.2);
+    let tls = format!(r#"{{"ca_certs": ["{}"]}}"#, ca_file.display());
+    let gw = start(&config(server.port, &tls), mode);
+    let r = gw.get("/p");
+    assert_eq!((r.status, r.header("x-connection")), (200, Some("1")));
+    std::thread::sleep(Duration::from_millis(600));
+    let r = gw.get("/p");
+    let want = r#"{"path":"/raw?x=1","tls":"TLSv1.3","client":null}"#;
+    assert_eq!((r.status, r.text(), r.header("x-connection")), (200, want, Some("2")));
 }
 
 /// Certificates that must not be trusted fail the call (502 on no-op, 500 when
@@ -222,7 +149,169 @@ fn plain_http_behind_https(mode: Mode) {
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
-every_driver!(verified_backend, untrusted_backends, mutual_tls, plain_http_behind_https);
+/// `/p` (no-op) and `/agg` on `https://localhost:port` trusting `ca`, reached through
+/// a proxy named by `proxy` (a `"backend/http/client"` or `"plugin/http-client"`
+/// member), with `return_error_msg` so that failures say why.
+fn tunnel_config(port: u16, ca: &Path, proxy: &str) -> String {
+    format!(
+        r#"{{"version": 3, "host": ["https://localhost:{port}"],
+            "client_tls": {{"ca_certs": ["{ca}"], "disable_system_ca_pool": true}},
+            "extra_config": {{"router": {{"return_error_msg": true}}}},
+            "endpoints": [
+            {{"endpoint": "/p", "output_encoding": "no-op",
+              "backend": [{{"url_pattern": "/raw?x=1", "encoding": "no-op", "extra_config": {{{proxy}}}}}]}},
+            {{"endpoint": "/agg", "backend": [{{"url_pattern": "/a", "group": "a", "extra_config": {{{proxy}}}}}]}}]}}"#,
+        ca = ca.display()
+    )
+}
+
+/// A CA file and an HTTPS backend for `localhost` whose certificate it signed.
+fn trusted_backend(pki: &Pki) -> (std::path::PathBuf, Server) {
+    let ca = new_ca("Sluice test CA");
+    let ca_file = pki.write("ca.crt", &ca.cert.pem());
+    let (cert, key) = pki.leaf("localhost", &["localhost"], Some(&ca), false);
+    (ca_file, serve(&cert, &key, None))
+}
+
+fn proxy_address(port: u16) -> String {
+    format!(r#""backend/http/client": {{"proxy_address": "http://127.0.0.1:{port}"}}"#)
+}
+
+/// HTTPS backends through tinyproxy (`proxy_address`) and squid (the `http-proxy`
+/// plugin): `CONNECT` then TLS inside the tunnel, exact answers, and the tunnel kept
+/// and reused with its session (one backend connection carries every request).
+fn https_through_proxies(mode: Mode) {
+    let pki = Pki::new();
+    let (ca_file, server) = trusted_backend(&pki);
+    let tiny = tinyproxy("");
+    let sq = squid();
+    let plugin =
+        format!(r#""plugin/http-client": {{"name": "http-proxy", "proxy_address": "http://127.0.0.1:{}"}}"#, sq.port);
+    let mut carried = Vec::new();
+    for proxy in [proxy_address(tiny.port), plugin] {
+        let gw = start(&tunnel_config(server.port, &ca_file, &proxy), mode);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = gw.get("/p");
+            assert_eq!((r.status, r.text()), (200, r#"{"path":"/raw?x=1","tls":"TLSv1.3","client":null}"#), "{proxy}");
+            seen.push(r.header("x-connection").unwrap().to_string());
+        }
+        let r = gw.get("/agg");
+        assert_eq!((r.status, r.text()), (200, r#"{"a":{"path":"/a","tls":"TLSv1.3","client":null}}"#), "{proxy}");
+        assert!(seen.iter().all(|c| *c == seen[0]), "{proxy}: one tunnel for all: {seen:?}");
+        carried.push(seen[0].clone());
+    }
+    // Each proxy opened its own connection to the backend: the requests went through it.
+    assert_eq!(carried, ["1", "2"]);
+}
+
+/// Proxies that refuse the tunnel fail the call with what they said: tinyproxy
+/// allowing CONNECT to port 443 only (403), and asking for credentials (407). Nothing
+/// reaches the backend.
+fn proxy_refuses_connect(mode: Mode) {
+    let pki = Pki::new();
+    let (ca_file, server) = trusted_backend(&pki);
+    let port_443_only = tinyproxy("ConnectPort 443");
+    let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port_443_only.port)), mode);
+    let r = gw.get("/p");
+    let said = format!(
+        "backend 0: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 403 Access violation",
+        port_443_only.port, server.port
+    );
+    assert_eq!((r.status, r.text()), (502, said.as_str()));
+    let r = gw.get("/agg");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("it answered CONNECT with 403"), "{}", r.text());
+    drop(gw);
+    let guarded = tinyproxy("BasicAuth sluice s3cr3t");
+    let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(guarded.port)), mode);
+    let r = gw.get("/p");
+    let said = format!(
+        "backend 0: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 407 Proxy Authentication Required (the proxy wants credentials: put them in its URL)",
+        guarded.port, server.port
+    );
+    assert_eq!((r.status, r.text()), (502, said.as_str()));
+    drop(gw);
+    let with =
+        format!(r#""backend/http/client": {{"proxy_address": "http://sluice:s3cr3t@127.0.0.1:{}"}}"#, guarded.port);
+    let gw = start(&tunnel_config(server.port, &ca_file, &with), mode);
+    let r = gw.get("/p");
+    assert_eq!((r.status, r.text()), (200, r#"{"path":"/raw?x=1","tls":"TLSv1.3","client":null}"#));
+    // The refused attempts never reached the backend: this is its first connection.
+    assert_eq!(r.header("x-connection"), Some("1"));
+}
+
+/// A scripted proxy that records each CONNECT head and then does `then` with the
+/// client socket (after answering 200). Serves `n` connections.
+fn scripted_proxy(n: usize, then: fn(&mut std::net::TcpStream)) -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(n) {
+            let Ok(mut s) = stream else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|k| k == 1) {
+                head.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            then(&mut s);
+        }
+    });
+    (port, rx)
+}
+
+/// A proxy that opens the tunnel and closes it during the TLS handshake, and one that
+/// answers CONNECT with garbage: the call fails at once saying so, nothing hangs. The
+/// CONNECT request itself is exact.
+fn proxy_breaks_the_tunnel(mode: Mode) {
+    let pki = Pki::new();
+    let (ca_file, server) = trusted_backend(&pki);
+    let (port, heads) = scripted_proxy(2, |s| {
+        let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        // The ClientHello, one TLS record, read whole (closing with bytes unread would
+        // reset the connection instead), then closed in the middle of the handshake.
+        let mut header = [0u8; 5];
+        if s.read_exact(&mut header).is_ok() {
+            let mut hello = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+            let _ = s.read_exact(&mut hello);
+        }
+    });
+    let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port)), mode);
+    let started = Instant::now();
+    let r = gw.get("/p");
+    let said = format!(
+        "backend 0: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: the tunnel closed during the TLS handshake",
+        server.port
+    );
+    assert_eq!((r.status, r.text()), (502, said.as_str()));
+    assert_eq!(gw.get("/agg").status, 500);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let want = format!("CONNECT localhost:{0} HTTP/1.1\r\nhost: localhost:{0}\r\n\r\n", server.port);
+    assert_eq!(heads.recv_timeout(Duration::from_secs(1)).unwrap(), want);
+    drop(gw);
+    let (port, _) = scripted_proxy(1, |s| drop(s.write_all(b"SSH-2.0-OpenSSH\r\n\r\n")));
+    let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port)), mode);
+    let r = gw.get("/p");
+    let said = format!(
+        "backend 0: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: its answer is not HTTP (invalid HTTP version)",
+        server.port
+    );
+    assert_eq!((r.status, r.text()), (502, said.as_str()));
+}
+
+every_driver!(
+    verified_backend,
+    untrusted_backends,
+    mutual_tls,
+    plain_http_behind_https,
+    stale_pooled_connection,
+    https_through_proxies,
+    proxy_refuses_connect,
+    proxy_breaks_the_tunnel
+);
 
 /// Files that cannot serve are configuration errors with their JSON path: missing, not
 /// PEM, a key that does not go with its certificate.

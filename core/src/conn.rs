@@ -25,10 +25,12 @@
 //!             Output::ReadClient(buf) => start a read appending to buf,
 //!             Output::WriteClient(bytes) => start writing all of bytes,
 //!             Output::Connect { id, host, pool_key, pooled } => take an idle socket
-//!                 from the pool under pool_key if pooled allows and one is there, else
-//!                 connect to host; then handle_connected / handle_connect_failed,
+//!                 and its session from the pool under pool_key if pooled allows and one
+//!                 is there, else connect to host; then handle_connected (with the
+//!                 session, or None for a new socket) / handle_connect_failed,
 //!             Output::ReadBackend { id, buf } / Output::WriteBackend { id, bytes } => as for the client,
-//!             Output::PoolBackend { id, pool_key } => keep socket id idle under pool_key,
+//!             Output::PoolBackend { id, pool_key, session } => keep socket id and
+//!                 session idle under pool_key,
 //!             Output::CloseBackend { id } => drop socket id and its operation,
 //!             Output::Log(line) => log it,
 //!             Output::Close => return,
@@ -52,17 +54,13 @@
 //!
 //! # What comes next, and where it goes
 //!
-//! - **TLS.** rustls's `ClientConnection` and `ServerConnection` are Sans-IO too. A
-//!   backend slot will hold a `ClientConnection` between its socket bytes and its HTTP
-//!   codec: [`Output::ReadBackend`]/[`Output::WriteBackend`] then carry ciphertext,
-//!   and the slot's plaintext input is what [`crate::backend::Fetch`] reads. The client
-//!   side does the same with a `ServerConnection` in front of the server codec. The
-//!   drivers do not change: they already move opaque bytes.
-//! - **Backends through an HTTP proxy.** [`Output::Connect`] names the proxy's address
-//!   instead of the backend's; the slot first writes `CONNECT host:port` and reads the
-//!   proxy's answer with a [`crate::http1::ClientConn`] (which reports `Switched`),
-//!   then starts TLS (or plain HTTP in absolute-form) on the same socket: a phase of
-//!   the slot before `Send`.
+//! - **TLS to backends** is here: a backend slot holds a rustls `ClientConnection`
+//!   between its socket bytes and its HTTP codec ([`Output::ReadBackend`] and
+//!   [`Output::WriteBackend`] carry ciphertext), and the session is pooled with the
+//!   socket as an opaque [`Session`]. Through a proxy, the slot first writes
+//!   `CONNECT host:port` and reads the answer (phase `Tunnel`), then starts TLS on
+//!   the same socket. **Server TLS** comes the same way: a `ServerConnection` in
+//!   front of the server codec; the drivers already move opaque bytes.
 //! - **Client CONNECT tunnels.** The server codec already reports `Switched` after a
 //!   2xx to CONNECT; the connection then enters a tunnel state that turns client input
 //!   into backend writes and backend input into client writes, untouched, with the
@@ -130,8 +128,8 @@ pub enum Output<'g> {
     /// Write all of these bytes to backend connection `id`.
     WriteBackend { id: BackendId, bytes: Vec<u8> },
     /// Backend connection `id` finished its response cleanly: keep it idle under
-    /// `pool_key` (the pool may still close it when full).
-    PoolBackend { id: BackendId, pool_key: &'g str },
+    /// `pool_key` with `session` beside it (the pool may still close it when full).
+    PoolBackend { id: BackendId, pool_key: &'g str, session: Session },
     /// Close backend connection `id`, dropping any operation on it.
     CloseBackend { id: BackendId },
     /// A log line.
@@ -152,8 +150,8 @@ pub enum Input {
     ClientRead(Vec<u8>, io::Result<usize>),
     ClientWritten(Vec<u8>, io::Result<()>),
     ClientShutdown(io::Result<()>),
-    /// `true`: the connection came from the pool.
-    Connected(BackendId, bool),
+    /// `Some`: the connection came from the pool, with the session it was kept with.
+    Connected(BackendId, Option<Session>),
     ConnectFailed(BackendId, String),
     BackendRead(BackendId, Vec<u8>, io::Result<usize>),
     BackendWritten(BackendId, Vec<u8>, io::Result<()>),
@@ -179,11 +177,21 @@ impl fmt::Display for Log<'_> {
     }
 }
 
+/// What a pooled backend connection keeps beside its socket: its TLS session, when it
+/// has one (the socket's bytes mean nothing without it). Opaque to the driver, which
+/// keeps it with the socket ([`Output::PoolBackend`]) and hands it back with it
+/// ([`Input::Connected`]); `Session::default()` is a plain connection's.
+#[derive(Debug, Default)]
+pub struct Session(Option<Box<TlsLink>>);
+
 /// Where one backend connection is in its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for the driver to connect it.
     Connecting,
+    /// Through a proxy to an `https://` backend: `CONNECT` is written, then its
+    /// answer read (the request waits in `held`).
+    Tunnel,
     /// Writing the request (head, and the whole body when there is one).
     Send,
     /// `no-op`: streaming the client's body after the head; `done` once it ended.
@@ -258,6 +266,10 @@ struct Slot<'g> {
     pool_key: &'g str,
     /// The proxy `host` is, when the backend is reached through one.
     via: Option<&'g Proxy>,
+    /// `host:port` to ask the proxy a tunnel to (see [`Call::connect`]).
+    connect: Option<&'g str>,
+    /// The request, while the tunnel it goes through opens.
+    held: Vec<u8>,
     /// An `https://` backend's profile; its session once connected.
     tls_target: Option<&'g TlsTarget>,
     tls: Option<Box<TlsLink>>,
@@ -294,6 +306,8 @@ impl<'g> Slot<'g> {
             host: call.host,
             pool_key: call.pool_key,
             via: call.via,
+            connect: call.connect,
+            held: Vec::new(),
             tls_target: call.tls,
             tls: None,
             stream,
@@ -461,7 +475,7 @@ impl<'g> Connection<'g> {
             Input::ClientRead(buf, result) => self.handle_client_read(buf, result, now),
             Input::ClientWritten(buf, result) => self.handle_client_written(buf, result, now),
             Input::ClientShutdown(result) => self.handle_client_shutdown(result, now),
-            Input::Connected(id, reused) => self.handle_connected(id, reused, now),
+            Input::Connected(id, pooled) => self.handle_connected(id, pooled, now),
             Input::ConnectFailed(id, reason) => self.handle_connect_failed(id, reason, now),
             Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
             Input::BackendWritten(id, buf, result) => self.handle_backend_written(id, buf, result, now),
@@ -511,31 +525,34 @@ impl<'g> Connection<'g> {
         self.progress();
     }
 
-    /// Backend connection `id` is open; `reused`: it came from the pool.
-    pub fn handle_connected(&mut self, id: BackendId, reused: bool, now: Instant) {
+    /// Backend connection `id` is open: a new one (`None`), or one from the pool with
+    /// the session it was kept with.
+    pub fn handle_connected(&mut self, id: BackendId, pooled: Option<Session>, now: Instant) {
         self.now = now;
         let limits = self.limits;
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
         slot.connected = true;
+        let reused = pooled.is_some();
         // A connection asked for new is new, whatever the driver says: a retry is never
         // retried again.
         slot.reused = reused && slot.pooled;
-        if let Some(target) = slot.tls_target {
-            match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
-                Ok(mut conn) => {
-                    conn.set_buffer_limit(None);
-                    slot.tls = Some(Box::new(TlsLink {
-                        conn,
-                        cipher_out: Vec::new(),
-                        cipher_in: Vec::new(),
-                        busy: false,
-                        plain: None,
-                    }));
-                }
-                Err(e) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
-            }
-        }
         slot.phase = Phase::Send;
+        match (pooled.map(|s| s.0), slot.tls_target) {
+            // A kept TLS connection goes on in its session (through its tunnel, if any).
+            (Some(Some(link)), Some(_)) => slot.tls = Some(link),
+            (Some(None), None) => {}
+            (Some(_), _) => slot.failure = Some(Failure::new("a pooled connection of the wrong kind".to_string())),
+            (None, None) => {}
+            (None, Some(_)) => match (slot.via, slot.connect) {
+                (Some(proxy), Some(authority)) => {
+                    slot.phase = Phase::Tunnel;
+                    slot.held = mem::replace(&mut slot.out, mem::take(&mut slot.held));
+                    slot.out.clear();
+                    proxy.write_connect(authority, &mut slot.out);
+                }
+                _ => start_tls(slot),
+            },
+        }
         slot.fetch = Some(if slot.stream {
             Fetch::streaming(slot.method.clone(), limits, reused)
         } else {
@@ -572,6 +589,9 @@ impl<'g> Connection<'g> {
             Ok(_) => {}
             Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
         }
+        if slot.phase == Phase::Tunnel && slot.failure.is_none() {
+            tunnel_answer(slot);
+        }
         self.progress();
     }
 
@@ -596,9 +616,15 @@ impl<'g> Connection<'g> {
         slot.hungry = false;
         match result {
             Ok(n) => match link.take_in(buf.get(..n).unwrap_or_default(), &mut slot.input) {
+                Ok(true) if link.conn.is_handshaking() => {
+                    slot.failure = Some(cut_handshake(slot.via, slot.connect, "closed"))
+                }
                 Ok(closed) => slot.eof |= closed,
                 Err(reason) => slot.failure = Some(Failure::new(reason)),
             },
+            Err(e) if link.conn.is_handshaking() => {
+                slot.failure = Some(cut_handshake(slot.via, slot.connect, &format!("broke ({e})")));
+            }
             Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
         }
         buf.clear();
@@ -645,6 +671,11 @@ impl<'g> Connection<'g> {
                 _ => Phase::Receive,
             };
             slot.hungry = slot.phase == Phase::Receive;
+        } else if slot.phase == Phase::Tunnel {
+            // CONNECT is out: its answer comes next.
+            buf.clear();
+            slot.out = buf;
+            slot.hungry = true;
         } else {
             buf.clear();
             slot.out = buf;
@@ -1011,9 +1042,6 @@ impl<'g> Connection<'g> {
     /// Opens a backend connection for `call`: its request is written out now, sent
     /// once connected. Returns the slot, or why the request cannot be written.
     fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
-        if call.scheme == Scheme::Https && call.via.is_some() {
-            return Err("https backends through a proxy need CONNECT tunnels, which this build does not have yet");
-        }
         if call.scheme == Scheme::Https && call.tls.is_none() {
             return Err("https backend without a TLS profile");
         }
@@ -1048,8 +1076,7 @@ impl<'g> Connection<'g> {
         if call.body == CallBody::Full {
             slot.out.extend_from_slice(ex.body());
         }
-        let pooled = call.tls.is_none();
-        self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled });
+        self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled: true });
         Ok(id)
     }
 
@@ -1111,7 +1138,8 @@ impl<'g> Connection<'g> {
             Ok(Progress::Head(h)) => Some(h.status),
             _ => None,
         };
-        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy)) = (status, slot.via) {
+        // (Through a tunnel, the answer is the backend's.)
+        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy), None) = (status, slot.via, slot.connect) {
             let reason = format!(
                 "proxy {} ({}) refused the request: 407 Proxy Authentication Required{}",
                 proxy.shown,
@@ -1153,6 +1181,7 @@ impl<'g> Connection<'g> {
             slot.hungry = false;
             slot.eof = false;
             slot.fetch = None;
+            slot.tls = None;
             slot.input.clear();
             let (host, pool_key) = (slot.host, slot.pool_key);
             self.queue.push_back(Output::CloseBackend { id });
@@ -1166,10 +1195,11 @@ impl<'g> Connection<'g> {
     /// Pools (`reusable`) or closes backend connection `id`, and frees its slot.
     fn release(&mut self, id: BackendId, reusable: bool) {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
-        // TLS sessions live in the slot, not with the socket: a TLS connection is not
-        // pooled yet (session resumption makes the next handshake short).
-        let output = if reusable && slot.connected && slot.tls.is_none() {
-            Output::PoolBackend { id, pool_key: slot.pool_key }
+        // A TLS connection's session goes to the pool with its socket, once nothing of
+        // it is under way.
+        let idle_tls = slot.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
+        let output = if reusable && slot.connected && idle_tls && slot.phase != Phase::Tunnel {
+            Output::PoolBackend { id, pool_key: slot.pool_key, session: Session(slot.tls.take()) }
         } else {
             Output::CloseBackend { id }
         };
@@ -1459,6 +1489,60 @@ fn tls_poll<'g>(
         return Some(Output::ReadBackend { id, buf });
     }
     None
+}
+
+/// A backend connection closed (`how`) in the middle of its TLS handshake: through a
+/// proxy, the tunnel did.
+fn cut_handshake(via: Option<&Proxy>, connect: Option<&str>, how: &str) -> Failure {
+    Failure::new(match (via, connect) {
+        (Some(proxy), Some(authority)) => {
+            proxy.connect_failed(authority, &format!("the tunnel {how} during the TLS handshake"))
+        }
+        _ => format!("TLS: the backend's connection {how} during the handshake"),
+    })
+}
+
+/// Starts the TLS session of a slot whose socket (or tunnel) is open.
+fn start_tls(slot: &mut Slot<'_>) {
+    let Some(target) = slot.tls_target else { return };
+    match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
+        Ok(mut conn) => {
+            conn.set_buffer_limit(None);
+            slot.tls = Some(Box::new(TlsLink {
+                conn,
+                cipher_out: Vec::new(),
+                cipher_in: Vec::new(),
+                busy: false,
+                plain: None,
+            }));
+        }
+        Err(e) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
+    }
+}
+
+/// The proxy's answer to `CONNECT` came in (part of it, or all): a 2xx opens the
+/// tunnel and TLS starts inside it with the held request; anything else fails the
+/// call, saying what the proxy said.
+fn tunnel_answer(slot: &mut Slot<'_>) {
+    let (Some(proxy), Some(authority)) = (slot.via, slot.connect) else { return };
+    let fail = |why: &str| Failure::new(proxy.connect_failed(authority, why));
+    match Proxy::connect_answer(slot.input.pending()) {
+        Ok(None) if slot.eof => slot.failure = Some(fail("it closed the connection without answering CONNECT")),
+        Ok(None) => slot.hungry = true,
+        Ok(Some(answer)) if (200..300).contains(&answer.status) => {
+            slot.input.consume(answer.len);
+            if !slot.input.pending().is_empty() || slot.eof {
+                // Bytes before the TLS handshake could only come from the proxy.
+                slot.failure = Some(fail("it sent more than its CONNECT answer, or closed the tunnel at once"));
+                return;
+            }
+            slot.phase = Phase::Send;
+            mem::swap(&mut slot.out, &mut slot.held);
+            start_tls(slot);
+        }
+        Ok(Some(answer)) => slot.failure = Some(Failure::new(proxy.connect_refused(authority, &answer))),
+        Err(why) => slot.failure = Some(fail(&why)),
+    }
 }
 
 /// A failed read on a backend connection, classified for a retry by its fetch.

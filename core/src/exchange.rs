@@ -110,10 +110,13 @@ pub struct Call<'g> {
     pub scheme: Scheme,
     /// The backend's authority, for the `Host` header.
     pub authority: &'g str,
-    /// The proxy the request goes through: it is written in absolute form.
+    /// The proxy the request goes through: a plain request is written to it in
+    /// absolute form, an `https://` one goes through a `CONNECT` tunnel.
     pub via: Option<&'g Proxy>,
     /// An `https://` backend: the TLS profile and server name core's connection uses.
     pub tls: Option<&'g TlsTarget>,
+    /// Through a proxy to an `https://` backend: the `host:port` to `CONNECT` to.
+    pub connect: Option<&'g str>,
     /// Origin-form target: path and query.
     pub target: String,
     pub body: CallBody,
@@ -251,13 +254,13 @@ impl<'g> Exchange<'g> {
         // hop-by-hop).
         let absolute;
         let target = match call.via {
-            Some(_) => {
+            Some(_) if call.connect.is_none() => {
                 absolute = format!("{}://{}{}", call.scheme.as_str(), call.authority, call.target);
                 RequestTarget::Absolute(&absolute)
             }
-            None => RequestTarget::Origin(&call.target),
+            _ => RequestTarget::Origin(&call.target),
         };
-        let proxy_auth = call.via.and_then(|p| p.authorization.as_deref());
+        let proxy_auth = call.via.filter(|_| call.connect.is_none()).and_then(|p| p.authorization.as_deref());
         http1::write_request_with(&call.method, target, call.authority, length, out, |out| {
             upstream::write_backend_headers(policy, client, ip, out);
             if let Some(auth) = proxy_auth {
@@ -340,8 +343,11 @@ impl<'g> Exchange<'g> {
             RequestBody::None if is_write_method(&b.method) && b.method != Method::DELETE => CallBody::Full,
             RequestBody::None => CallBody::None,
         };
+        // Plain requests through a proxy share its connections; https ones each have
+        // their own tunnels, kept under the host's key.
         let (dial, pool_key) = match &host.proxy {
-            Some(p) => (&p.addr, p.pool_key.as_str()),
+            Some(p) if host.connect.is_none() => (&p.addr, p.pool_key.as_str()),
+            Some(p) => (&p.addr, host.pool_key.as_str()),
             None => (&host.addr, host.pool_key.as_str()),
         };
         Ok(Call {
@@ -353,6 +359,7 @@ impl<'g> Exchange<'g> {
             authority: &host.authority,
             via: host.proxy.as_ref(),
             tls: host.tls.as_ref(),
+            connect: host.connect.as_deref(),
             target,
             body,
             stream_response: self.ep.output == OutputEncoding::NoOp,

@@ -131,6 +131,9 @@ pub struct BackendHost {
     pub proxy: Option<Proxy>,
     /// For an `https://` host: its TLS profile and the name to verify.
     pub tls: Option<TlsTarget>,
+    /// An `https://` host behind a proxy: the `host:port` the proxy is asked to
+    /// `CONNECT` to (the tunnels are pooled per proxy and host: `pool_key` names both).
+    pub connect: Option<String>,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -221,6 +224,10 @@ impl Gateway {
                                     Ok(target) => host.tls = Some(target),
                                     Err(mut diags) => errors.append(&mut diags),
                                 }
+                            }
+                            if let (Some(_), Some(proxy)) = (&host.tls, &host.proxy) {
+                                host.connect = Some(format!("{}:{}", host.addr.host, host.addr.port));
+                                host.pool_key = format!("{} via {}", host.pool_key, proxy.pool_key);
                             }
                             hosts.push(host);
                         }
@@ -326,6 +333,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             path_prefix: String::new(),
             proxy: None,
             tls: None,
+            connect: None,
         }),
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
@@ -345,6 +353,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
                 path_prefix: prefix.trim_end_matches('/').to_string(),
                 proxy: None,
                 tls: None,
+                connect: None,
             })
         }
         Err(m) => Err(m),

@@ -246,12 +246,102 @@ impl ProxyEnv {
     }
 }
 
+/// A proxy's answer to `CONNECT`, once its head is whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectAnswer {
+    /// Bytes of the head (the tunnel starts after them).
+    pub len: usize,
+    pub status: u16,
+    pub reason: String,
+}
+
+/// A proxy answer head longer than this is refused.
+const CONNECT_ANSWER_MAX: usize = 16 * 1024;
+
+impl Proxy {
+    /// Writes `CONNECT authority HTTP/1.1`, with the proxy's credentials when it has
+    /// some. `authority` is `host:port` (a bracketed IPv6 address keeps its brackets).
+    pub fn write_connect(&self, authority: &str, out: &mut Vec<u8>) {
+        for piece in ["CONNECT ", authority, " HTTP/1.1\r\nhost: ", authority, "\r\n"] {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        if let Some(auth) = &self.authorization {
+            out.extend_from_slice(b"proxy-authorization: ");
+            out.extend_from_slice(auth.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Reads the proxy's answer to `CONNECT` from `input`: `Ok(None)` while its head is
+    /// not whole, or why it is not an HTTP answer.
+    pub fn connect_answer(input: &[u8]) -> Result<Option<ConnectAnswer>, String> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(input) {
+            Ok(httparse::Status::Complete(len)) => Ok(Some(ConnectAnswer {
+                len,
+                status: response.code.unwrap_or(0),
+                reason: response.reason.unwrap_or("").to_string(),
+            })),
+            Ok(httparse::Status::Partial) if input.len() > CONNECT_ANSWER_MAX => {
+                Err(format!("its answer head is over {} KiB", CONNECT_ANSWER_MAX / 1024))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(format!("its answer is not HTTP ({e})")),
+        }
+    }
+
+    /// What a failed `CONNECT` to `authority` says in the log and, with
+    /// `return_error_msg`, to the client.
+    pub fn connect_failed(&self, authority: &str, why: &str) -> String {
+        format!("proxy {} ({}) could not open a tunnel to {authority}: {why}", self.shown, self.source)
+    }
+
+    /// [`Proxy::connect_failed`] for a proxy that answered with a refusal.
+    pub fn connect_refused(&self, authority: &str, answer: &ConnectAnswer) -> String {
+        let credentials = match (answer.status, &self.authorization) {
+            (407, Some(_)) => " (the credentials were not accepted)",
+            (407, None) => " (the proxy wants credentials: put them in its URL)",
+            _ => "",
+        };
+        let why = format!("it answered CONNECT with {} {}{credentials}", answer.status, answer.reason.trim());
+        self.connect_failed(authority, &why)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn host(raw: &str) -> HostAddr {
         HostAddr::parse(raw).unwrap()
+    }
+
+    #[test]
+    fn connect_requests_and_answers() {
+        let p = Proxy::parse("http://user:pw@proxy.corp:3128", true, "proxy_address").unwrap();
+        let mut out = Vec::new();
+        p.write_connect("[::1]:8443", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "CONNECT [::1]:8443 HTTP/1.1\r\nhost: [::1]:8443\r\nproxy-authorization: Basic dXNlcjpwdw==\r\n\r\n"
+        );
+        let answer = b"HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\n\x16\x03";
+        assert_eq!(
+            Proxy::connect_answer(answer),
+            Ok(Some(ConnectAnswer { len: answer.len() - 2, status: 200, reason: "Connection established".into() }))
+        );
+        assert_eq!(Proxy::connect_answer(b"HTTP/1.1 200 OK\r\n"), Ok(None));
+        assert_eq!(Proxy::connect_answer(b"\x16\x03\x01"), Err("its answer is not HTTP (invalid HTTP version)".into()));
+        let long = [b"HTTP/1.1 200 OK\r\nx: ".as_slice(), &[b'a'; 17 * 1024]].concat();
+        assert_eq!(Proxy::connect_answer(&long), Err("its answer head is over 16 KiB".into()));
+        let refused = ConnectAnswer { len: 0, status: 407, reason: "Proxy Authentication Required".into() };
+        assert_eq!(
+            p.connect_refused("api:443", &refused),
+            "proxy http://***@proxy.corp:3128 (proxy_address) could not open a tunnel to api:443: \
+             it answered CONNECT with 407 Proxy Authentication Required (the credentials were not accepted)"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sluice_core::Gateway;
-use sluice_core::conn::{BackendId, Connection, Input, Output};
+use sluice_core::conn::{BackendId, Connection, Input, Output, Session};
 use sluice_core::upstream::Balancer;
 
 /// What the client does, in order.
@@ -168,7 +168,7 @@ impl<'g> World<'g> {
                 if let Some(sock) = self.pool.get_mut(&key).and_then(Vec::pop).filter(|_| pooled) {
                     self.note(format!("backend {id}: pooled connection to {key}"));
                     self.socks.insert(id, sock);
-                    self.ready.push_back(Input::Connected(id, true));
+                    self.ready.push_back(Input::Connected(id, Some(Session::default())));
                     return;
                 }
                 let script = self.scripts.get_mut(&key).expect("a scripted host");
@@ -188,7 +188,7 @@ impl<'g> World<'g> {
                     answered: 0,
                 };
                 self.socks.insert(id, sock);
-                self.ready.push_back(Input::Connected(id, false));
+                self.ready.push_back(Input::Connected(id, None));
             }
             Output::ReadBackend { id, buf } => self.socks.get_mut(&id).expect("an open backend").read = Some(buf),
             Output::WriteBackend { id, bytes } => {
@@ -217,7 +217,7 @@ impl<'g> World<'g> {
                     }
                 }
             }
-            Output::PoolBackend { id, pool_key } => {
+            Output::PoolBackend { id, pool_key, .. } => {
                 let sock = self.socks.remove(&id).expect("an open backend");
                 self.note(format!("backend {id}: pooled"));
                 self.pool.entry(pool_key.to_string()).or_default().push(sock);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
 use sluice_core::Gateway;
-use sluice_core::conn::{Connection, Input, Output};
+use sluice_core::conn::{Connection, Input, Output, Session};
 use sluice_core::upstream::Balancer;
 
 fn gateway() -> &'static Gateway {
@@ -67,7 +67,7 @@ fuzz_target!(|input: &[u8]| {
                         ready.push(Input::ConnectFailed(id, "refused".into()));
                     } else {
                         backends[id] = Some(backend.chunks(step));
-                        ready.push(Input::Connected(id, pooled && id % 2 == 1));
+                        ready.push(Input::Connected(id, (pooled && id % 2 == 1).then(Session::default)));
                     }
                 }
                 Output::ReadBackend { id, mut buf } => {

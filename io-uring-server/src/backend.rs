@@ -8,10 +8,11 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 use sluice_core::backend::{DnsCache, IdlePool, Resolve};
 use sluice_core::config::HostAddr;
+use sluice_core::conn::Session;
 
 /// Idle backend sockets and resolved names, one per shard (no lock).
 pub(crate) struct Pool {
-    idle: RefCell<IdlePool<TcpStream>>,
+    idle: RefCell<IdlePool<(TcpStream, Session)>>,
     dns: RefCell<DnsCache>,
 }
 
@@ -20,13 +21,13 @@ impl Pool {
         Pool { idle: RefCell::new(IdlePool::new(max_idle)), dns: RefCell::default() }
     }
 
-    pub(crate) fn take(&self, key: &str) -> Option<TcpStream> {
+    pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Session)> {
         self.idle.borrow_mut().take(key, Instant::now())
     }
 
     /// Keeps a socket idle (over the limit, it is closed).
-    pub(crate) fn put(&self, key: &str, stream: TcpStream) {
-        drop(self.idle.borrow_mut().put(key, stream, Instant::now()));
+    pub(crate) fn put(&self, key: &str, stream: TcpStream, session: Session) {
+        drop(self.idle.borrow_mut().put(key, (stream, session), Instant::now()));
     }
 
     /// IP literals need nothing; names are resolved with the system resolver

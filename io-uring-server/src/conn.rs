@@ -170,9 +170,9 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             *b = Backend::default();
             b.op = Some(Box::pin(async move {
                 match idle {
-                    Some(s) => (Back::Backend(id, s), Input::Connected(id, true)),
+                    Some((s, session)) => (Back::Backend(id, s), Input::Connected(id, Some(session))),
                     None => match shard.pool.connect(host).await {
-                        Ok(s) => (Back::Backend(id, s), Input::Connected(id, false)),
+                        Ok(s) => (Back::Backend(id, s), Input::Connected(id, None)),
                         Err(why) => (Back::Nothing, Input::ConnectFailed(id, why)),
                     },
                 }
@@ -186,9 +186,9 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             Some(s) => ops.backend(id).op = Some(Box::pin(write_backend(id, s, bytes))),
             None => conn.handle(Input::BackendWritten(id, bytes, Err(gone())), Instant::now()),
         },
-        Output::PoolBackend { id, pool_key } => {
+        Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = ops.backend(id).stream.take() {
-                shard.pool.put(pool_key, s);
+                shard.pool.put(pool_key, s, session);
             }
         }
         Output::CloseBackend { id } => *ops.backend(id) = Backend::default(),

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use sluice_core::{Gateway, StopSignal};
 
+pub mod proxies;
+pub mod tls;
+
 /// Declares one `#[test]` per driver for each named scenario `fn name(mode: Mode)`:
 /// sluice-uring on io_uring and on forced epoll (Linux), and sluice-tokio.
 #[macro_export]

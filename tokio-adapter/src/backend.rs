@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use sluice_core::backend::{DnsCache, IdlePool, Resolve};
 use sluice_core::config::HostAddr;
+use sluice_core::conn::Session;
 use tokio::net::TcpStream;
 
 /// Locks a mutex that only ever guards plain data: a panic elsewhere cannot leave it
@@ -18,7 +19,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Locks are held for a map lookup, never across I/O.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    idle: Mutex<IdlePool<TcpStream>>,
+    idle: Mutex<IdlePool<(TcpStream, Session)>>,
     dns: Mutex<DnsCache>,
 }
 
@@ -27,13 +28,13 @@ impl Pool {
         Pool { idle: Mutex::new(IdlePool::new(max_idle)), dns: Mutex::default() }
     }
 
-    pub(crate) fn take(&self, key: &str) -> Option<TcpStream> {
+    pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Session)> {
         lock(&self.idle).take(key, Instant::now())
     }
 
     /// Keeps a socket idle (over the limit, it is closed outside the lock).
-    pub(crate) fn put(&self, key: &str, stream: TcpStream) {
-        let over = lock(&self.idle).put(key, stream, Instant::now());
+    pub(crate) fn put(&self, key: &str, stream: TcpStream, session: Session) {
+        let over = lock(&self.idle).put(key, (stream, session), Instant::now());
         drop(over);
     }
 

@@ -166,11 +166,11 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
             sockets.run_upstream(
                 id,
                 Box::pin(async move {
-                    if let Some(s) = idle {
-                        return (Held::Upstream(id, s), Input::Connected(id, true));
+                    if let Some((s, session)) = idle {
+                        return (Held::Upstream(id, s), Input::Connected(id, Some(session)));
                     }
                     match shared.pool.connect(host).await {
-                        Ok(s) => (Held::Upstream(id, s), Input::Connected(id, false)),
+                        Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
                         Err(why) => (Held::Empty, Input::ConnectFailed(id, why)),
                     }
                 }),
@@ -200,9 +200,9 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 }),
             );
         }
-        Output::PoolBackend { id, pool_key } => {
+        Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = sockets.take_upstream(id) {
-                shared.pool.put(pool_key, s);
+                shared.pool.put(pool_key, s, session);
             }
         }
         Output::CloseBackend { id } => *sockets.upstream(id) = (None, None),
