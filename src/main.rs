@@ -261,6 +261,11 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
             }
         }
     }
+    match (&gateway.server_tls, cfg.tls.as_ref().is_some_and(|t| t.disabled)) {
+        (Some(t), _) => tracing::info!("listener: HTTPS ({})", t.label),
+        (None, true) => tracing::warn!("listener: plain HTTP: tls.disabled is set"),
+        (None, false) => tracing::info!("listener: plain HTTP"),
+    }
     let wait = serving.wait.map_or(cfg.max_shutdown_wait_time, std::time::Duration::from_secs);
     let (runtime, why) = choose(serving.runtime, serving.force_epoll);
     if runtime == Runtime::Tokio && serving.force_epoll {

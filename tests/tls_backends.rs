@@ -38,7 +38,7 @@ fn start(cfg: &str, mode: Mode) -> Gw {
 }
 
 /// A backend whose certificate chains to a CA given in `ca_certs`: exact answers on
-/// no-op and aggregation, TLS 1.3 by default, 1.2 when `max_version` says so.
+/// no-op and aggregation, TLS 1.3 by default, 1.2 when `max_version` says so, the suites `cipher_suites` names.
 fn verified_backend(mode: Mode) {
     let pki = Pki::new();
     let ca = new_ca("Sluice test CA");
@@ -61,6 +61,18 @@ fn verified_backend(mode: Mode) {
     let tls12 = format!(r#"{{"ca_certs": ["{}"], "max_version": "TLS12"}}"#, ca_file.display());
     let gw = start(&config(server.port, &tls12), mode);
     assert_eq!(gw.get("/p").text(), r#"{"path":"/raw?x=1","tls":"TLSv1.2","client":null}"#);
+    drop(gw);
+    // cipher_suites, as Go numbers them: 49196 is ECDHE-ECDSA with AES-256-GCM (10, a
+    // CBC suite rustls does not have, is ignored).
+    for (suites, cipher) in
+        [("[49196, 10]", "ECDHE-ECDSA-AES256-GCM-SHA384"), ("[49195]", "ECDHE-ECDSA-AES128-GCM-SHA256")]
+    {
+        let tls =
+            format!(r#"{{"ca_certs": ["{}"], "max_version": "TLS12", "cipher_suites": {suites}}}"#, ca_file.display());
+        let gw = start(&config(server.port, &tls), mode);
+        let r = gw.get("/p");
+        assert_eq!((r.status, r.header("x-cipher")), (200, Some(cipher)), "{suites}");
+    }
 }
 
 /// A pooled TLS connection the backend closed while it was idle: the request that

@@ -166,6 +166,8 @@ pub enum Log<'g> {
     Access(AccessLine),
     /// A backend call failed or broke off (`sluice::backend`, warn).
     Backend { endpoint: &'g str, backend: usize, reason: String },
+    /// A client's TLS handshake or session failed (`sluice::tls`, warn).
+    Tls { peer: IpAddr, reason: String },
 }
 
 impl fmt::Display for Log<'_> {
@@ -173,6 +175,7 @@ impl fmt::Display for Log<'_> {
         match self {
             Log::Access(line) => line.fmt(f),
             Log::Backend { endpoint, backend, reason } => write!(f, "backend {backend} of {endpoint}: {reason}"),
+            Log::Tls { peer, reason } => write!(f, "client {peer}: {reason}"),
         }
     }
 }
@@ -251,6 +254,29 @@ impl TlsLink {
         }
     }
 }
+
+/// The client's TLS session on an HTTPS listener: it decrypts what the client sends
+/// into the connection's input and encrypts its output, so the codec above deals in
+/// plaintext and the driver moves ciphertext.
+#[derive(Debug)]
+struct ServerLink {
+    conn: rustls::ServerConnection,
+    /// The vector ciphertext reads go out in, and the one writes go out in.
+    cipher_in: Vec<u8>,
+    cipher_out: Vec<u8>,
+    /// Some bytes came: the first tell a ClientHello from plain HTTP.
+    started: bool,
+    /// close_notify is queued, or the session failed: nothing more goes into it.
+    closed: bool,
+    /// The session failed: what the client still sends is dropped unread.
+    failed: bool,
+    /// The last read filled its buffer: the next asks for a whole record's worth.
+    big_reads: bool,
+}
+
+/// A ciphertext read on an idle client connection: small (a request fits), grown to
+/// [`TLS_READ`] while reads fill it.
+const TLS_CLIENT_READ: usize = 2048;
 
 /// Ciphertext read size: one TLS record and its overhead.
 const TLS_READ: usize = 16 * 1024 + 512;
@@ -429,6 +455,10 @@ pub struct Connection<'g> {
     answered: bool,
     /// Client writes handed to the driver so far.
     handed: u64,
+    /// The client's TLS session (an HTTPS listener).
+    tls: Option<Box<ServerLink>>,
+    /// Plain HTTP came to the HTTPS listener: it gets a plain 400.
+    plain_on_tls: bool,
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -443,7 +473,7 @@ impl<'g> Connection<'g> {
     /// wall clock). `balancer` is the shard's.
     pub fn new(gw: &'g Gateway, balancer: &'g Balancer, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
         let limits = Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() };
-        Connection {
+        let mut c = Connection {
             gw,
             balancer,
             limits,
@@ -464,7 +494,28 @@ impl<'g> Connection<'g> {
             stopping: false,
             answered: false,
             handed: 0,
+            tls: None,
+            plain_on_tls: false,
+        };
+        if let Some(profile) = &gw.server_tls {
+            match rustls::ServerConnection::new(profile.config.clone()) {
+                Ok(mut conn) => {
+                    conn.set_buffer_limit(None);
+                    c.tls = Some(Box::new(ServerLink {
+                        conn,
+                        cipher_in: Vec::new(),
+                        cipher_out: Vec::new(),
+                        started: false,
+                        closed: false,
+                        failed: false,
+                        big_reads: false,
+                    }));
+                }
+                // Never plain HTTP on an HTTPS listener: closed at once.
+                Err(_) => c.state = State::Closing,
+            }
         }
+        c
     }
 
     // ----- what happened -----
@@ -488,6 +539,11 @@ impl<'g> Connection<'g> {
     /// `Ok(n)` bytes appended (`Ok(0)`: the client closed its side).
     pub fn handle_client_read(&mut self, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
         self.now = now;
+        if self.tls.is_some() {
+            self.tls_client_read(buf, result);
+            self.progress();
+            return;
+        }
         self.input.restore(buf);
         self.reading = false;
         match result {
@@ -508,10 +564,108 @@ impl<'g> Connection<'g> {
             return;
         }
         buf.clear();
-        if buf.capacity() > self.spare.capacity() {
-            self.spare = buf;
+        match self.tls.as_deref_mut() {
+            Some(tls) => tls.cipher_out = buf,
+            None if buf.capacity() > self.spare.capacity() => self.spare = buf,
+            None => {}
         }
         self.progress();
+    }
+
+    /// Ciphertext came from the client (or its close): decrypted into the input, as a
+    /// plain read would have put it there.
+    fn tls_client_read(&mut self, mut buf: Vec<u8>, result: io::Result<usize>) {
+        self.reading = false;
+        let Some(tls) = self.tls.as_deref_mut() else { return };
+        let n = result.map_or(0, |n| n.min(buf.len()));
+        self.eof |= n == 0;
+        tls.big_reads = n > 0 && n >= buf.capacity();
+        if tls.failed {
+            buf.clear();
+            tls.cipher_in = buf;
+            self.hungry = false;
+            return;
+        }
+        if !tls.started && n > 0 {
+            tls.started = true;
+            // A TLS connection opens with a handshake record (22); a request line with
+            // a method's letters.
+            if buf[0] != 0x16 && buf[0].is_ascii_alphabetic() {
+                self.input.prepare().extend_from_slice(&buf[..n]);
+                self.tls = None;
+                self.plain_on_tls = true;
+                self.hungry = false;
+                return;
+            }
+        }
+        let mut got = false;
+        let mut data = &buf[..n];
+        let failure = loop {
+            if let Err(e) = tls.conn.read_tls(&mut data) {
+                break Some(e.to_string());
+            }
+            if let Err(e) = tls.conn.process_new_packets() {
+                break Some(e.to_string());
+            }
+            let mut chunk = [0u8; 4096];
+            loop {
+                match io::Read::read(&mut tls.conn.reader(), &mut chunk) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(k) => {
+                        self.input.prepare().extend_from_slice(&chunk[..k]);
+                        got = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.eof = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if data.is_empty() {
+                break None;
+            }
+        };
+        buf.clear();
+        tls.cipher_in = buf;
+        if let Some(e) = failure {
+            let stage = if tls.conn.is_handshaking() { "TLS handshake failed" } else { "TLS session failed" };
+            self.tls_broken(format!("{stage}: {e}"));
+            return;
+        }
+        // Only handshake or partial records: nothing for the codec yet, read on.
+        self.hungry = !got && !self.eof;
+    }
+
+    /// The client's TLS session failed: the alert rustls queued goes out, then the
+    /// connection closes as after an error answer (write side shut, what the client
+    /// still sends read and dropped for a while: closing on unread bytes would reset
+    /// the connection and could destroy the alert). A request under way is cut, as
+    /// when the client goes.
+    fn tls_broken(&mut self, reason: String) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.closed = true;
+            tls.failed = true;
+        }
+        self.hungry = false;
+        self.queue.push_back(Output::Log(Log::Tls { peer: self.peer, reason }));
+        match self.state {
+            State::Head(_) | State::Flush(_) | State::Closing => {
+                self.answered = true;
+                self.state = State::Closing;
+            }
+            State::Linger { .. } | State::Closed => {}
+            _ => self.abort(),
+        }
+    }
+
+    /// Client output not written yet: in `out`, out with the driver, or encrypted and
+    /// waiting in the TLS session.
+    fn client_busy(&self) -> bool {
+        !self.out.is_empty() || self.write_since.is_some() || self.tls.as_ref().is_some_and(|t| t.conn.wants_write())
     }
 
     /// The write side shut down ([`Output::ShutdownClient`]); an error ends the
@@ -748,7 +902,26 @@ impl<'g> Connection<'g> {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        if !self.out.is_empty() && self.write_since.is_none() {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            if self.write_since.is_none() {
+                if !self.out.is_empty() {
+                    // rustls takes it all (no limit set): the next write carries it.
+                    self.handed += 1;
+                    let _ = io::Write::write_all(&mut tls.conn.writer(), &self.out);
+                    self.out.clear();
+                }
+                if tls.conn.wants_write() {
+                    let mut bytes = mem::take(&mut tls.cipher_out);
+                    while tls.conn.wants_write() {
+                        if tls.conn.write_tls(&mut bytes).is_err() {
+                            break;
+                        }
+                    }
+                    self.write_since = Some(self.now);
+                    return Some(Output::WriteClient(bytes));
+                }
+            }
+        } else if !self.out.is_empty() && self.write_since.is_none() {
             self.write_since = Some(self.now);
             self.handed += 1;
             let bytes = mem::replace(&mut self.out, mem::take(&mut self.spare));
@@ -758,6 +931,12 @@ impl<'g> Connection<'g> {
             matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. } | State::Linger { .. });
         if self.hungry && reads_client && !self.reading && !self.eof {
             self.reading = true;
+            if let Some(tls) = self.tls.as_deref_mut() {
+                let mut buf = mem::take(&mut tls.cipher_in);
+                buf.clear();
+                buf.reserve(if tls.big_reads { TLS_READ } else { TLS_CLIENT_READ });
+                return Some(Output::ReadClient(buf));
+            }
             return Some(Output::ReadClient(self.input.take_for_read()));
         }
         for (id, slot) in self.slots.iter_mut().enumerate() {
@@ -851,7 +1030,7 @@ impl<'g> Connection<'g> {
             State::Stream { ex, line, id } => self.step_stream(ex, line, id),
             State::Pump(p) => self.step_pump(p),
             State::Flush(next) => {
-                if !self.out.is_empty() || self.write_since.is_some() {
+                if self.client_busy() {
                     return (State::Flush(next), false);
                 }
                 match next {
@@ -863,7 +1042,13 @@ impl<'g> Connection<'g> {
                 }
             }
             State::Closing => {
-                if !self.out.is_empty() || self.write_since.is_some() {
+                if self.client_busy() {
+                    return (State::Closing, false);
+                }
+                if let Some(tls) = self.tls.as_deref_mut().filter(|t| !t.closed) {
+                    // The session ends with close_notify: written, then on as plain.
+                    tls.closed = true;
+                    tls.conn.send_close_notify();
                     return (State::Closing, false);
                 }
                 self.close_slots();
@@ -911,6 +1096,10 @@ impl<'g> Connection<'g> {
     }
 
     fn step_head(&mut self, mut wait: HeadWait) -> (State<'g>, bool) {
+        if mem::take(&mut self.plain_on_tls) {
+            let line = AccessLog::unreadable(self.peer, self.input.pending(), self.now);
+            return (self.fail(StatusCode::BAD_REQUEST, "plain HTTP request sent to the HTTPS port", line), true);
+        }
         if self.stopping && wait.is_idle() && self.input.pending().is_empty() && self.now >= wait.since() + STOP_GRACE {
             return (State::Closing, true);
         }

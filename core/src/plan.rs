@@ -13,7 +13,7 @@ use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding
 use crate::proxy::Proxy;
 use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
-use crate::tls::{self, Environment, TlsProfile, TlsTarget};
+use crate::tls::{self, Environment, ServerProfile, TlsProfile, TlsTarget};
 
 /// Which client headers a backend receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +83,9 @@ pub struct Gateway {
     pub endpoints: Vec<EndpointPlan>,
     /// How many backends all endpoints have together (each has a `slot` below this).
     pub backend_count: usize,
+    /// The listener's TLS (root `tls`, unless `disabled`): connections start with a
+    /// handshake.
+    pub server_tls: Option<ServerProfile>,
 }
 
 /// An endpoint with every default resolved.
@@ -264,10 +267,19 @@ impl Gateway {
                 backends,
             });
         }
+        let server_tls = match config.tls.as_ref().filter(|t| !t.disabled).map(|t| tls::server_profile(t, env)) {
+            None => None,
+            Some(Ok(profile)) => Some(profile),
+            Some(Err(diags)) => {
+                errors
+                    .extend(diags.into_iter().map(|(sub, message)| Diagnostic { path: format!("tls.{sub}"), message }));
+                None
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
-        Ok(Gateway { config, router, endpoints, backend_count })
+        Ok(Gateway { config, router, endpoints, backend_count, server_tls })
     }
 
     /// Routes a request: see [`crate::route`].

@@ -13,16 +13,29 @@
 //! resumption (rustls' in-memory cache, shared by the shards: it is only touched
 //! during handshakes); `client_certs` for mutual TLS (the first pair is presented);
 //! `allow_insecure_connections` turns verification off (and the start-up log warns).
+//!
+//! The gateway's own listener ([`server_profile`], the root `tls` object): one
+//! certificate and key, TLS 1.3 only unless `min_version` says otherwise (KrakenD's
+//! default), ALPN `http/1.1`, and with `enable_mtls` a client certificate required,
+//! chaining to `ca_certs` (and the system roots unless `disable_system_ca_pool`).
+//!
+//! `cipher_suites` lists IANA numbers as Go writes them (`4865` is
+//! TLS_AES_128_GCM_SHA256, `49199` TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256). Go applies
+//! the list to TLS 1.2 only; Sluice applies it per version: the TLS 1.3 suites it
+//! names, or all of them when it names none, and the same for TLS 1.2. A number rustls
+//! does not implement (CBC, RSA key exchange, 3DES...) is ignored and named in the
+//! start-up line; a list that leaves no suite is a `check` error.
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::{ClientTls, TlsVersion};
+use crate::config::{ClientTls, ServerTls, TlsVersion};
 use crate::proxy::ProxyEnv;
 
 /// Reads a file the configuration names: its bytes, or why not.
@@ -88,8 +101,43 @@ pub struct TlsTarget {
     pub server_name: ServerName<'static>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The provider with the cipher suites `ids` asks for (see the module docs), and the
+/// numbers it ignored.
+fn provider(ids: &[u16]) -> Result<(Arc<CryptoProvider>, Vec<u16>), String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if ids.is_empty() {
+        return Ok((Arc::new(provider), Vec::new()));
+    }
+    let listed = |s: &SupportedCipherSuite| ids.contains(&u16::from(s.suite()));
+    let is13 = |s: &SupportedCipherSuite| matches!(s, SupportedCipherSuite::Tls13(_));
+    let names13 = provider.cipher_suites.iter().any(|s| is13(s) && listed(s));
+    let names12 = provider.cipher_suites.iter().any(|s| !is13(s) && listed(s));
+    if !names13 && !names12 {
+        return Err(format!("none of {ids:?} is a cipher suite rustls offers (it has {})", suite_numbers(&provider)));
+    }
+    let ignored = ids.iter().copied().filter(|id| !provider.cipher_suites.iter().any(|s| u16::from(s.suite()) == *id));
+    let ignored = ignored.collect();
+    provider.cipher_suites.retain(|s| listed(s) || (is13(s) && !names13) || (!is13(s) && !names12));
+    Ok((Arc::new(provider), ignored))
+}
+
+fn suite_numbers(provider: &CryptoProvider) -> String {
+    let numbers: Vec<String> = provider.cipher_suites.iter().map(|s| u16::from(s.suite()).to_string()).collect();
+    numbers.join(", ")
+}
+
+/// TLS versions within `min`..=`max`.
+fn versions(min: Option<TlsVersion>, max: Option<TlsVersion>) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    [(TlsVersion::Tls12, &rustls::version::TLS12), (TlsVersion::Tls13, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| min.is_none_or(|min| *v >= min) && max.is_none_or(|max| *v <= max))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// The ignored suite numbers for a start-up label.
+fn ignored_label(ignored: &[u16]) -> Option<String> {
+    (!ignored.is_empty()).then(|| format!("cipher_suites {ignored:?} ignored (not in rustls)"))
 }
 
 /// Builds a profile from `settings` (`None`: the defaults). Errors are `(JSON path
@@ -98,16 +146,11 @@ pub fn profile(settings: Option<&ClientTls>, env: &Environment) -> Result<TlsPro
     let default = ClientTls::default();
     let t = settings.unwrap_or(&default);
     let mut errors = Vec::new();
-    let provider = provider();
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
-        [(TlsVersion::Tls12, &rustls::version::TLS12), (TlsVersion::Tls13, &rustls::version::TLS13)]
-            .into_iter()
-            .filter(|(v, _)| t.min_version.is_none_or(|min| *v >= min) && t.max_version.is_none_or(|max| *v <= max))
-            .map(|(_, p)| p)
-            .collect();
+    let (provider, ignored) = provider(&t.cipher_suites).map_err(|m| vec![("cipher_suites".to_string(), m)])?;
+    let versions = versions(t.min_version, t.max_version);
     let builder = match ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions) {
         Ok(b) => b,
-        Err(e) => return Err(vec![("min_version".into(), format!("no TLS version left: {e}"))]),
+        Err(e) => return Err(vec![("cipher_suites".into(), format!("no cipher suite left for these versions: {e}"))]),
     };
     let mut label = Vec::new();
     let builder = if t.allow_insecure_connections {
@@ -179,7 +222,97 @@ pub fn profile(settings: Option<&ClientTls>, env: &Environment) -> Result<TlsPro
         return Err(errors);
     }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    label.extend(ignored_label(&ignored));
     Ok(TlsProfile { config: Arc::new(config), label: label.join(" + "), insecure: t.allow_insecure_connections })
+}
+
+/// The gateway's listener TLS, compiled.
+#[derive(Clone)]
+pub struct ServerProfile {
+    pub config: Arc<ServerConfig>,
+    /// For the start-up log: versions, client certificates, ignored suites.
+    pub label: String,
+}
+
+impl std::fmt::Debug for ServerProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerProfile").field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
+/// Builds the listener's TLS from the root `tls` object. Errors are `(JSON path below
+/// tls, message)`.
+pub fn server_profile(t: &ServerTls, env: &Environment) -> Result<ServerProfile, Vec<(String, String)>> {
+    let (provider, ignored) = provider(&t.cipher_suites).map_err(|m| vec![("cipher_suites".to_string(), m)])?;
+    // KrakenD's default: TLS 1.3 only.
+    let versions = versions(Some(t.min_version.unwrap_or(TlsVersion::Tls13)), t.max_version);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| vec![("cipher_suites".into(), format!("no cipher suite left for these versions: {e}"))])?;
+    let mut errors = Vec::new();
+    let mut label = vec![match versions.as_slice() {
+        [only] if only.version == rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3".to_string(),
+        [_] => "TLS 1.2".to_string(),
+        _ => "TLS 1.2 and 1.3".to_string(),
+    }];
+    let builder = if t.enable_mtls {
+        let mut roots = RootCertStore::empty();
+        if !t.disable_system_ca_pool {
+            roots.add_parsable_certificates((env.system_roots)());
+        }
+        for (i, path) in t.ca_certs.iter().enumerate() {
+            match pem_certs(path, env) {
+                Ok(certs) => {
+                    for c in certs {
+                        if let Err(e) = roots.add(c) {
+                            errors.push((
+                                format!("ca_certs[{i}]"),
+                                format!("{path:?}: not a usable CA certificate: {e}"),
+                            ));
+                        }
+                    }
+                }
+                Err(m) => errors.push((format!("ca_certs[{i}]"), m)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        label.push(format!("client certificate required ({} CA file(s))", t.ca_certs.len()));
+        match WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build() {
+            Ok(verifier) => builder.with_client_cert_verifier(verifier),
+            Err(e) => return Err(vec![("ca_certs".into(), format!("cannot check client certificates: {e}"))]),
+        }
+    } else {
+        builder.with_no_client_auth()
+    };
+    let Some(pair) = t.keys.first() else {
+        return Err(vec![("public_key".into(), "missing: the certificate (public_key) and its private_key".into())]);
+    };
+    let (cert_at, key_at) =
+        if t.from_keys { ("keys[0].public_key", "keys[0].private_key") } else { ("public_key", "private_key") };
+    let chain = pem_certs(&pair.certificate, env);
+    let key = (env.read_file)(&pair.private_key).and_then(|pem| {
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{:?}: no private key in it ({e})", pair.private_key))
+    });
+    let (chain, key) = match (chain, key) {
+        (Ok(chain), Ok(key)) => (chain, key),
+        (chain, key) => {
+            if let Err(m) = chain {
+                errors.push((cert_at.into(), m));
+            }
+            if let Err(m) = key {
+                errors.push((key_at.into(), m));
+            }
+            return Err(errors);
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        vec![(key_at.into(), format!("the key does not go with the certificate {:?}: {e}", pair.certificate))]
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    label.extend(ignored_label(&ignored));
+    Ok(ServerProfile { config: Arc::new(config), label: label.join(" + ") })
 }
 
 /// Every certificate of a PEM file (at least one).

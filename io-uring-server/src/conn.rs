@@ -193,6 +193,7 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         }
         Output::CloseBackend { id } => *ops.backend(id) = Backend::default(),
         Output::Log(line @ Log::Access(_)) => tracing::info!(target: "sluice::access", "{line}"),
+        Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
         Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
         Output::Close => return false,
     }

@@ -1,7 +1,8 @@
 //! HTTPS backends for the end-to-end suite: Python's `ssl` server (OpenSSL: a TLS
 //! stack other than ours) with certificates made by rcgen. The server answers GET with
 //! JSON naming the path, the TLS version and the client certificate's name, and says in
-//! `X-Connection` which of its connections (1, 2, ...) carried the request.
+//! `X-Connection` which of its connections (1, 2, ...) carried the request, in
+//! `X-Cipher` the cipher suite (OpenSSL's name).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Connection", str(self.connection_number))
+        self.send_header("X-Cipher", self.request.cipher()[0])
         self.end_headers()
         self.wfile.write(body)
     def log_message(self, *args):

@@ -207,6 +207,7 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         }
         Output::CloseBackend { id } => *sockets.upstream(id) = (None, None),
         Output::Log(Log::Access(line)) => tracing::info!(target: "sluice::access", "{line}"),
+        Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
         Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
         Output::Close => return None,
     }

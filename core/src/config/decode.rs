@@ -16,8 +16,8 @@ use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
     Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, Diagnostic, Encoding, Endpoint,
-    HostAddr, HttpClientOptions, IpNet, OutputEncoding, Parsed, PluginLoader, RouterOptions, ServiceDiscovery,
-    is_write_method, parse_duration,
+    HostAddr, HttpClientOptions, IpNet, OutputEncoding, Parsed, PluginLoader, RouterOptions, ServerTls,
+    ServiceDiscovery, is_write_method, parse_duration,
 };
 use crate::route::Router;
 
@@ -289,6 +289,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let disable_rest = o.flag("disable_rest", cx);
     let allow_insecure_connections = o.flag("allow_insecure_connections", cx);
     let client_tls = o.object("client_tls", cx).map(|t| client_tls(t, cx));
+    let tls = o.object("tls", cx).map(|t| server_tls(t, cx));
     let plugin = o.object("plugin", cx).and_then(|mut p| {
         let folder = p.required_string("folder", cx);
         let pattern = p.string("pattern", cx).unwrap_or_else(|| ".so".to_string());
@@ -366,6 +367,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         disable_rest,
         allow_insecure_connections,
         client_tls,
+        tls,
         plugin,
         debug_endpoint,
         echo_endpoint,
@@ -459,8 +461,103 @@ fn client_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ClientTls {
     if disable_system_ca_pool && ca_certs.is_empty() && !allow_insecure_connections {
         cx.error(&t.at("disable_system_ca_pool"), "no CA left to trust: add ca_certs or keep the system pool");
     }
+    let cipher_suites = cipher_suites(&mut t, cx);
     t.finish(cx);
-    ClientTls { allow_insecure_connections, ca_certs, disable_system_ca_pool, min_version, max_version, client_certs }
+    ClientTls {
+        allow_insecure_connections,
+        ca_certs,
+        disable_system_ca_pool,
+        min_version,
+        max_version,
+        client_certs,
+        cipher_suites,
+    }
+}
+
+/// `cipher_suites`: IANA numbers, as Go's `tls` package writes them.
+fn cipher_suites(t: &mut Obj<'_>, cx: &mut Ctx) -> Vec<u16> {
+    let Some(v) = t.take("cipher_suites") else { return Vec::new() };
+    let path = t.at("cipher_suites");
+    let Value::Array(items) = v else {
+        cx.error(&path, format!("expected an array of cipher suite numbers (such as 4865), found {}", kind(v)));
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.as_u64().and_then(|n| u16::try_from(n).ok()) {
+            Some(id) => ids.push(id),
+            None => cx.error(&index(&path, i), format!("expected a cipher suite number from 0 to 65535, found {item}")),
+        }
+    }
+    ids
+}
+
+/// The root `tls` object (KrakenD's server TLS).
+fn server_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ServerTls {
+    let disabled = t.flag("disabled", cx);
+    let public_key = t.string("public_key", cx);
+    let private_key = t.string("private_key", cx);
+    let mut keys = Vec::new();
+    let half = public_key.is_some() != private_key.is_some();
+    match (public_key, private_key) {
+        (Some(certificate), Some(private_key)) => keys.push(ClientCert { certificate, private_key }),
+        (Some(_), None) => cx.error(&t.at("private_key"), "missing: public_key needs its private_key"),
+        (None, Some(_)) => cx.error(&t.at("public_key"), "missing: private_key needs its public_key"),
+        (None, None) => {}
+    }
+    let from_keys = keys.is_empty();
+    match t.take("keys") {
+        None => {}
+        Some(Value::Array(items)) => {
+            let path = t.at("keys");
+            for (i, item) in items.iter().enumerate() {
+                if let Some(mut c) = Obj::new(item, index(&path, i), cx) {
+                    let certificate = c.required_string("public_key", cx);
+                    let private_key = c.required_string("private_key", cx);
+                    c.finish(cx);
+                    if let (Some(certificate), Some(private_key)) = (certificate, private_key) {
+                        keys.push(ClientCert { certificate, private_key });
+                    }
+                }
+            }
+        }
+        Some(other) => cx.error(&t.at("keys"), format!("expected an array, found {}", kind(other))),
+    }
+    if keys.is_empty() && !disabled && !half {
+        cx.error(&t.at("public_key"), "missing: the certificate (public_key) and its private_key");
+    }
+    if keys.len() > 1 {
+        cx.error(
+            &t.at("keys"),
+            "Sluice serves one certificate for now: one of public_key/private_key or keys[0], not both or more",
+        );
+    }
+    let min_version = t.leaf("min_version", cx);
+    let max_version = t.leaf("max_version", cx);
+    if let (Some(min), Some(max)) = (min_version, max_version)
+        && min > max
+    {
+        cx.error(&t.at("min_version"), "min_version is above max_version");
+    }
+    let cipher_suites = cipher_suites(&mut t, cx);
+    let enable_mtls = t.flag("enable_mtls", cx);
+    let ca_certs = t.strings("ca_certs", cx).unwrap_or_default();
+    let disable_system_ca_pool = t.flag("disable_system_ca_pool", cx);
+    if enable_mtls && disable_system_ca_pool && ca_certs.is_empty() {
+        cx.error(&t.at("disable_system_ca_pool"), "no CA left to check client certificates against: add ca_certs");
+    }
+    t.finish(cx);
+    ServerTls {
+        from_keys: from_keys && !keys.is_empty(),
+        keys,
+        disabled,
+        min_version,
+        max_version,
+        cipher_suites,
+        enable_mtls,
+        ca_certs,
+        disable_system_ca_pool,
+    }
 }
 
 /// Checks a proxy address: `http://host:port` or `https://host:port`, port required.

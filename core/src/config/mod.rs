@@ -135,6 +135,8 @@ pub struct Config {
     pub allow_insecure_connections: bool,
     /// TLS settings for every backend. Default: system roots, TLS 1.2 and 1.3.
     pub client_tls: Option<ClientTls>,
+    /// The gateway's own listener over TLS (root `tls`). Default: plain HTTP.
+    pub tls: Option<ServerTls>,
     /// Where HTTP client plugins are loaded from. Default: no plugins.
     pub plugin: Option<PluginLoader>,
     /// Serves `/__debug/*` (a backend that logs and answers `{"message":"pong"}`). Default: false.
@@ -307,6 +309,32 @@ pub struct ClientTls {
     pub max_version: Option<TlsVersion>,
     /// Client certificates for mutual TLS. Default: none.
     pub client_certs: Vec<ClientCert>,
+    /// Cipher suites offered, by IANA number as Go writes them (`49199`). Default: all
+    /// rustls has (see [`crate::tls`] for how a list applies).
+    pub cipher_suites: Vec<u16>,
+}
+
+/// The root `tls` object: the gateway listens on HTTPS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain and its key (`public_key`/`private_key`, or the one
+    /// entry of `keys`).
+    pub keys: Vec<ClientCert>,
+    /// The pair came from `keys` (errors name `keys[0]`).
+    pub from_keys: bool,
+    /// Listens on plain HTTP after all (KrakenD's switch for development). Default: false.
+    pub disabled: bool,
+    /// Lowest TLS version. Default: TLS13 (KrakenD's default).
+    pub min_version: Option<TlsVersion>,
+    /// Highest TLS version. Default: TLS13.
+    pub max_version: Option<TlsVersion>,
+    /// As [`ClientTls::cipher_suites`].
+    pub cipher_suites: Vec<u16>,
+    /// Asks every client for a certificate chaining to `ca_certs` (and the system roots
+    /// unless `disable_system_ca_pool`). Default: false.
+    pub enable_mtls: bool,
+    pub ca_certs: Vec<String>,
+    pub disable_system_ca_pool: bool,
 }
 
 /// A client certificate and its key, as PEM file paths.
