@@ -69,6 +69,7 @@
 //! - **Client plugins.** A plugin that answers a backend call itself settles the call
 //!   in [`Exchange`] before any slot is opened: no [`Output::Connect`] is given.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -88,6 +89,7 @@ use crate::exchange::{Action, Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 use crate::plan::Gateway;
 use crate::proxy::Proxy;
+use crate::redirect;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
 use crate::tls::TlsTarget;
 use crate::upstream::Balancer;
@@ -122,14 +124,14 @@ pub enum Output<'g> {
     /// allows it and there is one, else a new one to `host`. Then
     /// [`Connection::handle_connected`] (saying which) or
     /// [`Connection::handle_connect_failed`].
-    Connect { id: BackendId, host: &'g HostAddr, pool_key: &'g str, pooled: bool },
+    Connect { id: BackendId, host: Cow<'g, HostAddr>, pool_key: Cow<'g, str>, pooled: bool },
     /// Read from backend connection `id` into this buffer, as for the client.
     ReadBackend { id: BackendId, buf: Vec<u8> },
     /// Write all of these bytes to backend connection `id`.
     WriteBackend { id: BackendId, bytes: Vec<u8> },
     /// Backend connection `id` finished its response cleanly: keep it idle under
     /// `pool_key` with `session` beside it (the pool may still close it when full).
-    PoolBackend { id: BackendId, pool_key: &'g str, session: Session },
+    PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
     /// Close backend connection `id`, dropping any operation on it.
     CloseBackend { id: BackendId },
     /// A log line.
@@ -166,8 +168,10 @@ pub enum Log<'g> {
     Access(AccessLine),
     /// A backend call failed or broke off (`sluice::backend`, warn).
     Backend { endpoint: &'g str, backend: usize, reason: String },
-    /// A client's TLS handshake or session failed (`sluice::tls`, warn).
+    /// A client's TLS handshake or session failed (`sluice::tls`, info).
     Tls { peer: IpAddr, reason: String },
+    /// A backend call was redirected (`sluice::backend`, info).
+    Redirect { endpoint: &'g str, backend: usize, status: StatusCode, to: String },
 }
 
 impl fmt::Display for Log<'_> {
@@ -176,6 +180,9 @@ impl fmt::Display for Log<'_> {
             Log::Access(line) => line.fmt(f),
             Log::Backend { endpoint, backend, reason } => write!(f, "backend {backend} of {endpoint}: {reason}"),
             Log::Tls { peer, reason } => write!(f, "client {peer}: {reason}"),
+            Log::Redirect { endpoint, backend, status, to } => {
+                write!(f, "backend {backend} of {endpoint}: {} redirect to {to}", status.as_u16())
+            }
         }
     }
 }
@@ -288,16 +295,26 @@ struct Slot<'g> {
     /// The exchange's call id.
     call: usize,
     method: Method,
-    host: &'g HostAddr,
-    pool_key: &'g str,
+    /// The endpoint, for log lines.
+    endpoint: &'g str,
+    /// Where to connect (the backend, or its proxy), and the backend itself: the
+    /// configuration's, or a redirect's.
+    host: Cow<'g, HostAddr>,
+    origin: Cow<'g, HostAddr>,
+    pool_key: Cow<'g, str>,
     /// The proxy `host` is, when the backend is reached through one.
     via: Option<&'g Proxy>,
     /// `host:port` to ask the proxy a tunnel to (see [`Call::connect`]).
-    connect: Option<&'g str>,
+    connect: Option<Cow<'g, str>>,
+    /// Redirects left to follow (none with `no_redirect`), and the profile for an
+    /// `https://` target.
+    redirects: u8,
+    follow: bool,
+    redirect_tls: Option<&'g crate::tls::TlsProfile>,
     /// The request, while the tunnel it goes through opens.
     held: Vec<u8>,
     /// An `https://` backend's profile; its session once connected.
-    tls_target: Option<&'g TlsTarget>,
+    tls_target: Option<Cow<'g, TlsTarget>>,
     tls: Option<Box<TlsLink>>,
     /// Read only the response head (`no-op`), the body is pumped.
     stream: bool,
@@ -324,17 +341,22 @@ struct Slot<'g> {
 }
 
 impl<'g> Slot<'g> {
-    fn new(call: &Call<'g>, stream: bool) -> Slot<'g> {
+    fn new(call: &Call<'g>, endpoint: &'g str, stream: bool) -> Slot<'g> {
         Slot {
             in_use: true,
             call: call.id,
             method: call.method.clone(),
-            host: call.host,
-            pool_key: call.pool_key,
+            endpoint,
+            host: Cow::Borrowed(call.host),
+            origin: Cow::Borrowed(call.origin),
+            pool_key: Cow::Borrowed(call.pool_key),
             via: call.via,
-            connect: call.connect,
+            connect: call.connect.map(Cow::Borrowed),
+            redirects: if call.follow { redirect::MAX_REDIRECTS } else { 0 },
+            follow: call.follow,
+            redirect_tls: call.redirect_tls,
             held: Vec::new(),
-            tls_target: call.tls,
+            tls_target: call.tls.map(Cow::Borrowed),
             tls: None,
             stream,
             body: call.body,
@@ -691,13 +713,13 @@ impl<'g> Connection<'g> {
         // retried again.
         slot.reused = reused && slot.pooled;
         slot.phase = Phase::Send;
-        match (pooled.map(|s| s.0), slot.tls_target) {
+        match (pooled.map(|s| s.0), slot.tls_target.is_some()) {
             // A kept TLS connection goes on in its session (through its tunnel, if any).
-            (Some(Some(link)), Some(_)) => slot.tls = Some(link),
-            (Some(None), None) => {}
+            (Some(Some(link)), true) => slot.tls = Some(link),
+            (Some(None), false) => {}
             (Some(_), _) => slot.failure = Some(Failure::new("a pooled connection of the wrong kind".to_string())),
-            (None, None) => {}
-            (None, Some(_)) => match (slot.via, slot.connect) {
+            (None, false) => {}
+            (None, true) => match (slot.via, slot.connect.as_deref()) {
                 (Some(proxy), Some(authority)) => {
                     slot.phase = Phase::Tunnel;
                     slot.held = mem::replace(&mut slot.out, mem::take(&mut slot.held));
@@ -771,13 +793,13 @@ impl<'g> Connection<'g> {
         match result {
             Ok(n) => match link.take_in(buf.get(..n).unwrap_or_default(), &mut slot.input) {
                 Ok(true) if link.conn.is_handshaking() => {
-                    slot.failure = Some(cut_handshake(slot.via, slot.connect, "closed"))
+                    slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), "closed"))
                 }
                 Ok(closed) => slot.eof |= closed,
                 Err(reason) => slot.failure = Some(Failure::new(reason)),
             },
             Err(e) if link.conn.is_handshaking() => {
-                slot.failure = Some(cut_handshake(slot.via, slot.connect, &format!("broke ({e})")));
+                slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), &format!("broke ({e})")));
             }
             Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
         }
@@ -1234,7 +1256,7 @@ impl<'g> Connection<'g> {
         if call.scheme == Scheme::Https && call.tls.is_none() {
             return Err("https backend without a TLS profile");
         }
-        let mut slot = Slot::new(call, stream);
+        let mut slot = Slot::new(call, ex.endpoint().path.as_str(), stream);
         let id = match self.slots.iter().position(|s| !s.in_use) {
             Some(free) => {
                 // The vectors of the last use are kept (no allocation per call). The
@@ -1265,7 +1287,12 @@ impl<'g> Connection<'g> {
         if call.body == CallBody::Full {
             slot.out.extend_from_slice(ex.body());
         }
-        self.queue.push_back(Output::Connect { id, host: call.host, pool_key: call.pool_key, pooled: true });
+        self.queue.push_back(Output::Connect {
+            id,
+            host: Cow::Borrowed(call.host),
+            pool_key: Cow::Borrowed(call.pool_key),
+            pooled: true,
+        });
         Ok(id)
     }
 
@@ -1320,6 +1347,10 @@ impl<'g> Connection<'g> {
             }
             Err(f) => Err(f),
         };
+        let reusable = matches!(progress, Ok(Progress::Done(_)))
+            && fetch.reusable()
+            && slot.input.pending().is_empty()
+            && !slot.eof;
         // A 407 can only be the proxy's own answer: the call failed there, and the
         // client must not be asked for the gateway's proxy credentials.
         let status = match &progress {
@@ -1328,7 +1359,9 @@ impl<'g> Connection<'g> {
             _ => None,
         };
         // (Through a tunnel, the answer is the backend's.)
-        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy), None) = (status, slot.via, slot.connect) {
+        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy), None) =
+            (status, slot.via, slot.connect.as_deref())
+        {
             let reason = format!(
                 "proxy {} ({}) refused the request: 407 Proxy Authentication Required{}",
                 proxy.shown,
@@ -1338,13 +1371,28 @@ impl<'g> Connection<'g> {
             self.release(id, false);
             return SlotEvent::Failed(Failure::new(reason));
         }
+        if let Some(status) = status.filter(|s| slot.follow && redirect::method_after(*s, &slot.method).is_some()) {
+            let location = match &progress {
+                Ok(Progress::Done(a)) => a.headers.get(http::header::LOCATION).map(|v| v.as_bytes().to_vec()),
+                Ok(Progress::Head(h)) => h.head.get("location").map(<[u8]>::to_vec),
+                _ => None,
+            };
+            match self.redirect(id, status, location.as_deref(), reusable) {
+                Ok(true) => return SlotEvent::Nothing,
+                Ok(false) => {}
+                Err(why) => {
+                    self.release(id, false);
+                    return SlotEvent::Failed(Failure::new(why));
+                }
+            }
+        }
         match progress {
             Ok(Progress::Done(answer)) => {
-                let reusable = fetch.reusable() && slot.input.pending().is_empty() && !slot.eof;
                 self.release(id, reusable);
                 SlotEvent::Answer { status: answer.status, headers: answer.headers, body: answer.body }
             }
             Ok(Progress::Head(head)) => {
+                let slot = &mut self.slots[id];
                 slot.codec = slot.fetch.take().map(Fetch::into_conn);
                 slot.phase = Phase::Pump;
                 slot.sent.clear();
@@ -1353,6 +1401,94 @@ impl<'g> Connection<'g> {
             Ok(Progress::NeedMore) => SlotEvent::Nothing,
             Err(failure) => self.failed(id, failure),
         }
+    }
+
+    /// A redirect came on backend connection `id`: `Ok(true)` when the slot now makes
+    /// the next request (the connection that got the 3xx pooled or closed, a new one
+    /// asked for), `Ok(false)` when the 3xx is the answer (no Location, or a body
+    /// streamed from the client that cannot be sent again), or why the call fails.
+    fn redirect(
+        &mut self,
+        id: BackendId,
+        status: StatusCode,
+        location: Option<&[u8]>,
+        reusable: bool,
+    ) -> Result<bool, String> {
+        let gw = self.gw;
+        let slot = &mut self.slots[id];
+        if slot.body_streamed() {
+            return Ok(false);
+        }
+        let target = redirect::sent_target(&slot.sent);
+        let Some(hop) = redirect::next(status, &slot.method, &slot.origin, &target, location)? else {
+            return Ok(false);
+        };
+        if slot.redirects == 0 {
+            return Err(format!("stopped after {} redirects", redirect::MAX_REDIRECTS));
+        }
+        let via = slot.via.or_else(|| gw.proxy_env.for_host(&hop.addr));
+        let tls_target = match hop.addr.scheme {
+            Scheme::Http => None,
+            Scheme::Https => {
+                let profile = slot.redirect_tls.ok_or("no usable TLS profile for an https redirect")?;
+                let server_name = rustls_pki_types::ServerName::try_from(hop.addr.host.clone())
+                    .map_err(|e| format!("the redirect's host {:?} cannot be a TLS server name: {e}", hop.addr.host))?;
+                Some(Cow::Owned(TlsTarget { profile: profile.clone(), server_name }))
+            }
+        };
+        let (host, pool_key, connect, form) = match via {
+            Some(p) if tls_target.is_some() => (
+                p.addr.clone(),
+                crate::plan::tunnel_pool_key(&hop.addr, p),
+                Some(crate::plan::connect_authority(&hop.addr)),
+                redirect::Form::Origin,
+            ),
+            Some(p) => (p.addr.clone(), p.pool_key.clone(), None, redirect::Form::Absolute),
+            None => (hop.addr.clone(), crate::backend::pool_key(&hop.addr), None, redirect::Form::Origin),
+        };
+        let proxy_auth = via.filter(|_| form == redirect::Form::Absolute).and_then(|p| p.authorization.as_deref());
+        let request = redirect::rewrite(&slot.sent, &hop, form, proxy_auth)?;
+        // The connection that brought the 3xx: kept when its answer was read whole.
+        let idle_tls = slot.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
+        let done = if reusable && slot.connected && idle_tls {
+            Output::PoolBackend { id, pool_key: slot.pool_key.clone(), session: Session(slot.tls.take()) }
+        } else {
+            Output::CloseBackend { id }
+        };
+        let line = Log::Redirect {
+            endpoint: slot.endpoint,
+            backend: slot.call,
+            status,
+            to: format!("{}://{}{}", hop.addr.scheme.as_str(), hop.authority, hop.target),
+        };
+        slot.redirects -= 1;
+        if !hop.keep_body {
+            slot.body = CallBody::None;
+        }
+        slot.method = hop.method;
+        slot.host = Cow::Owned(host);
+        slot.origin = Cow::Owned(hop.addr);
+        slot.pool_key = Cow::Owned(pool_key);
+        slot.via = via;
+        slot.connect = connect.map(Cow::Owned);
+        slot.tls_target = tls_target;
+        slot.tls = None;
+        slot.out = request;
+        slot.sent.clear();
+        slot.phase = Phase::Connecting;
+        slot.connected = false;
+        slot.reused = false;
+        slot.pooled = true;
+        slot.writing = false;
+        slot.reading = false;
+        slot.hungry = false;
+        slot.eof = false;
+        slot.fetch = None;
+        slot.codec = None;
+        slot.input.clear();
+        let next = Output::Connect { id, host: slot.host.clone(), pool_key: slot.pool_key.clone(), pooled: true };
+        self.queue.extend([done, Output::Log(line), next]);
+        Ok(true)
     }
 
     /// A backend connection failed: retried on a fresh connection when the policy
@@ -1372,7 +1508,7 @@ impl<'g> Connection<'g> {
             slot.fetch = None;
             slot.tls = None;
             slot.input.clear();
-            let (host, pool_key) = (slot.host, slot.pool_key);
+            let (host, pool_key) = (slot.host.clone(), slot.pool_key.clone());
             self.queue.push_back(Output::CloseBackend { id });
             self.queue.push_back(Output::Connect { id, host, pool_key, pooled: false });
             return SlotEvent::Nothing;
@@ -1388,7 +1524,7 @@ impl<'g> Connection<'g> {
         // it is under way.
         let idle_tls = slot.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
         let output = if reusable && slot.connected && idle_tls && slot.phase != Phase::Tunnel {
-            Output::PoolBackend { id, pool_key: slot.pool_key, session: Session(slot.tls.take()) }
+            Output::PoolBackend { id, pool_key: slot.pool_key.clone(), session: Session(slot.tls.take()) }
         } else {
             Output::CloseBackend { id }
         };
@@ -1693,7 +1829,7 @@ fn cut_handshake(via: Option<&Proxy>, connect: Option<&str>, how: &str) -> Failu
 
 /// Starts the TLS session of a slot whose socket (or tunnel) is open.
 fn start_tls(slot: &mut Slot<'_>) {
-    let Some(target) = slot.tls_target else { return };
+    let Some(target) = slot.tls_target.as_deref() else { return };
     match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
         Ok(mut conn) => {
             conn.set_buffer_limit(None);
@@ -1713,7 +1849,8 @@ fn start_tls(slot: &mut Slot<'_>) {
 /// tunnel and TLS starts inside it with the held request; anything else fails the
 /// call, saying what the proxy said.
 fn tunnel_answer(slot: &mut Slot<'_>) {
-    let (Some(proxy), Some(authority)) = (slot.via, slot.connect) else { return };
+    let (Some(proxy), Some(authority)) = (slot.via, slot.connect.clone()) else { return };
+    let authority = &*authority;
     let fail = |why: &str| Failure::new(proxy.connect_failed(authority, why));
     match Proxy::connect_answer(slot.input.pending()) {
         Ok(None) if slot.eof => slot.failure = Some(fail("it closed the connection without answering CONNECT")),

@@ -117,6 +117,12 @@ pub struct Call<'g> {
     pub tls: Option<&'g TlsTarget>,
     /// Through a proxy to an `https://` backend: the `host:port` to `CONNECT` to.
     pub connect: Option<&'g str>,
+    /// The backend host itself (`host` is the proxy's when there is one).
+    pub origin: &'g HostAddr,
+    /// Redirects are followed, with this profile for an `https://` target (see
+    /// [`crate::redirect`]); `false`: `no_redirect`, a 3xx is the answer.
+    pub follow: bool,
+    pub redirect_tls: Option<&'g crate::tls::TlsProfile>,
     /// Origin-form target: path and query.
     pub target: String,
     pub body: CallBody,
@@ -360,6 +366,9 @@ impl<'g> Exchange<'g> {
             via: host.proxy.as_ref(),
             tls: host.tls.as_ref(),
             connect: host.connect.as_deref(),
+            origin: &host.addr,
+            follow: !b.no_redirect,
+            redirect_tls: b.redirect_tls.as_ref(),
             target,
             body,
             stream_response: self.ep.output == OutputEncoding::NoOp,

@@ -44,6 +44,7 @@ pub mod http1;
 pub mod json;
 pub mod plan;
 pub mod proxy;
+pub mod redirect;
 pub mod request;
 pub mod response;
 pub mod route;

@@ -10,7 +10,7 @@ use http::{HeaderName, Method};
 use crate::backend::pool_key;
 use crate::config::template::{self, Piece, Placeholder};
 use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ProxyEnv};
 use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
 use crate::tls::{self, Environment, ServerProfile, TlsProfile, TlsTarget};
@@ -86,6 +86,8 @@ pub struct Gateway {
     /// The listener's TLS (root `tls`, unless `disabled`): connections start with a
     /// handshake.
     pub server_tls: Option<ServerProfile>,
+    /// The proxy variables, for redirects to hosts the configuration does not name.
+    pub proxy_env: ProxyEnv,
 }
 
 /// An endpoint with every default resolved.
@@ -118,6 +120,11 @@ pub struct BackendPlan {
     pub query: QueryPolicy,
     /// `extra_config."backend/http"`.
     pub http: BackendHttp,
+    /// `"backend/http/client": {"no_redirect": true}`: a 3xx is the answer.
+    pub no_redirect: bool,
+    /// The TLS profile for an `https://` host a redirect sends the call to (none with
+    /// `no_redirect`, or when the profile has errors, which are reported).
+    pub redirect_tls: Option<TlsProfile>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -229,13 +236,32 @@ impl Gateway {
                                 }
                             }
                             if let (Some(_), Some(proxy)) = (&host.tls, &host.proxy) {
-                                host.connect = Some(format!("{}:{}", host.addr.host, host.addr.port));
-                                host.pool_key = format!("{} via {}", host.pool_key, proxy.pool_key);
+                                host.connect = Some(connect_authority(&host.addr));
+                                host.pool_key = tunnel_pool_key(&host.addr, proxy);
                             }
                             hosts.push(host);
                         }
                         Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
                     }
+                }
+                let client = b.http_client.as_ref();
+                let no_redirect = client.is_some_and(|c| c.no_redirect);
+                // The profile an https redirect target gets: the backend's own, or the root one.
+                let redirect_tls = if no_redirect {
+                    None
+                } else {
+                    let profile = match client.and_then(|c| c.client_tls.as_ref()) {
+                        Some(t) => own_profile.get_or_insert_with(|| {
+                            let at = format!(r#"{path}.extra_config["backend/http/client"].client_tls"#);
+                            compiled_profile(Some(t), env, &at)
+                        }),
+                        None => root_profile
+                            .get_or_insert_with(|| compiled_profile(config.client_tls.as_ref(), env, "client_tls")),
+                    };
+                    profile.as_ref().ok().cloned()
+                };
+                if let Some(Err(diags)) = &mut own_profile {
+                    errors.append(diags);
                 }
                 let url_pattern = match compile_url_pattern(&b.url_pattern) {
                     Ok(u) => u,
@@ -254,6 +280,8 @@ impl Gateway {
                     headers: HeaderPolicy::compile(&e.input_headers, b.input_headers.as_deref()),
                     query: QueryPolicy::compile(&e.input_query_strings, b.input_query_strings.as_deref()),
                     http: b.http.clone(),
+                    no_redirect,
+                    redirect_tls,
                 });
                 backend_count += 1;
             }
@@ -267,6 +295,9 @@ impl Gateway {
                 backends,
             });
         }
+        if let Some(Err(diags)) = &mut root_profile {
+            errors.append(diags);
+        }
         let server_tls = match config.tls.as_ref().filter(|t| !t.disabled).map(|t| tls::server_profile(t, env)) {
             None => None,
             Some(Ok(profile)) => Some(profile),
@@ -279,12 +310,26 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
-        Ok(Gateway { config, router, endpoints, backend_count, server_tls })
+        Ok(Gateway { config, router, endpoints, backend_count, server_tls, proxy_env: env.proxy.clone() })
     }
 
     /// Routes a request: see [`crate::route`].
     pub fn route<'r, 'p>(&'r self, method: &Method, path: &'p str) -> RouteMatch<'r, 'p> {
         self.router.lookup(method, path)
+    }
+}
+
+/// Where tunnels to an https `addr` through `proxy` are kept idle.
+pub fn tunnel_pool_key(addr: &HostAddr, proxy: &Proxy) -> String {
+    format!("{} via {}", pool_key(addr), proxy.pool_key)
+}
+
+/// `host:port` for `CONNECT` (an IPv6 address in brackets).
+pub fn connect_authority(addr: &HostAddr) -> String {
+    if addr.host.contains(':') {
+        format!("[{}]:{}", addr.host, addr.port)
+    } else {
+        format!("{}:{}", addr.host, addr.port)
     }
 }
 

@@ -165,13 +165,13 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             None => conn.handle(Input::ClientShutdown(Err(gone())), Instant::now()),
         },
         Output::Connect { id, host, pool_key, pooled } => {
-            let idle = if pooled { shard.pool.take(pool_key) } else { None };
+            let idle = if pooled { shard.pool.take(&pool_key) } else { None };
             let b = ops.backend(id);
             *b = Backend::default();
             b.op = Some(Box::pin(async move {
                 match idle {
                     Some((s, session)) => (Back::Backend(id, s), Input::Connected(id, Some(session))),
-                    None => match shard.pool.connect(host).await {
+                    None => match shard.pool.connect(&host).await {
                         Ok(s) => (Back::Backend(id, s), Input::Connected(id, None)),
                         Err(why) => (Back::Nothing, Input::ConnectFailed(id, why)),
                     },
@@ -188,12 +188,13 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         },
         Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = ops.backend(id).stream.take() {
-                shard.pool.put(pool_key, s, session);
+                shard.pool.put(&pool_key, s, session);
             }
         }
         Output::CloseBackend { id } => *ops.backend(id) = Backend::default(),
         Output::Log(line @ Log::Access(_)) => tracing::info!(target: "sluice::access", "{line}"),
         Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
+        Output::Log(line @ Log::Redirect { .. }) => tracing::info!(target: "sluice::backend", "{line}"),
         Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
         Output::Close => return false,
     }

@@ -134,6 +134,23 @@ impl Gw {
         write!(s, "GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").unwrap();
         read_response(&mut BufReader::new(s)).expect("a response")
     }
+
+    /// One request with `fields` and a Content-Length framed `body` (none for an empty
+    /// body) on a fresh connection.
+    pub fn request(&self, method: &str, target: &str, fields: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut s = self.connect();
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n");
+        for (name, value) in fields {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        read_response(&mut BufReader::new(s)).expect("a response")
+    }
 }
 
 impl Drop for Gw {

@@ -162,14 +162,14 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         }
         Output::Connect { id, host, pool_key, pooled } => {
             *sockets.upstream(id) = (None, None);
-            let idle = if pooled { shared.pool.take(pool_key) } else { None };
+            let idle = if pooled { shared.pool.take(&pool_key) } else { None };
             sockets.run_upstream(
                 id,
                 Box::pin(async move {
                     if let Some((s, session)) = idle {
                         return (Held::Upstream(id, s), Input::Connected(id, Some(session)));
                     }
-                    match shared.pool.connect(host).await {
+                    match shared.pool.connect(&host).await {
                         Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
                         Err(why) => (Held::Empty, Input::ConnectFailed(id, why)),
                     }
@@ -202,12 +202,13 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         }
         Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = sockets.take_upstream(id) {
-                shared.pool.put(pool_key, s, session);
+                shared.pool.put(&pool_key, s, session);
             }
         }
         Output::CloseBackend { id } => *sockets.upstream(id) = (None, None),
         Output::Log(Log::Access(line)) => tracing::info!(target: "sluice::access", "{line}"),
         Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
+        Output::Log(line @ Log::Redirect { .. }) => tracing::info!(target: "sluice::backend", "{line}"),
         Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
         Output::Close => return None,
     }
