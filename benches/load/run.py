@@ -25,6 +25,17 @@ and no master, Sluice uring and tokio with one shard/worker) runs alone under
 same load, the counters are dumped, and user-space instructions per request (the
 proxy's whole process, libc included) are printed side by side and as ratios to
 nginx, for the no-op case and for Sluice's aggregation. Needs valgrind too.
+
+    python3 benches/load/run.py --tls [--instructions]
+
+measures the TLS cases instead (openssl makes a P-256 certificate for localhost):
+  (e) no-op 100 B to an HTTPS backend (nginx with `ssl`, TLS 1.3) over kept-alive TLS
+      connections: Sluice (client_tls with that certificate as its CA) beside nginx
+      (`proxy_pass https://`, upstream keepalive, `proxy_ssl_session_reuse on`,
+      verification on);
+  (f) no-op 100 B from a plain backend through the proxy's own HTTPS listener (wrk
+      speaks TLS 1.3 on kept-alive connections): Sluice's root `tls` beside nginx's
+      `listen ... ssl`.
 """
 
 import argparse
@@ -149,35 +160,97 @@ def instructions_per_request(pid, out, url, args):
     return windows[1][0], (windows[0][0], windows[2][0]), sum(n for _, n in windows)
 
 
-def count_instructions(work, ports, ng_port, args, quiet):
-    """Each proxy alone under callgrind; prints instructions per request."""
+CASES = {"noop": "no-op 100 B", "agg": "aggregate 2 x 2 KB", "tlsnoop": "(e) no-op 100 B to an HTTPS backend",
+         "https": "(f) no-op 100 B, HTTPS listener"}
+
+
+def count_instructions(work, ports, ng_port, args, quiet, tls=None):
+    """Each proxy alone under callgrind; prints instructions per request. With `tls`
+    (the HTTPS listeners' ports), the TLS cases instead, each beside nginx's."""
     results = {}
-    runs = [("nginx", ["nginx", "-c", f"{work}/proxy.conf", "-p", work, "-g", "master_process off;"], ng_port,
-             ["noop"])]
-    runs += [(f"Sluice {rt}", [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice-{rt}.json",
-                                "--shards", "1", "--runtime", rt], port, ["noop", "agg"]) for rt, port in ports.items()]
-    for name, cmd, port, paths in runs:
-        out = f"{work}/callgrind-{name.replace(' ', '-')}"
+    sluice = lambda rt, conf: [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/{conf}", "--shards", "1",
+                               "--runtime", rt]
+    nginx = ["nginx", "-c", f"{work}/proxy.conf", "-p", work, "-g", "master_process off;"]
+    if tls is None:
+        runs = [("nginx", nginx, ng_port, [("noop", f"http://127.0.0.1:{ng_port}/noop")])]
+        runs += [(f"Sluice {rt}", sluice(rt, f"sluice-{rt}.json"), port,
+                  [(p, f"http://127.0.0.1:{port}/{p}") for p in ("noop", "agg")]) for rt, port in ports.items()]
+    else:
+        runs = [("nginx", nginx, ng_port, [("tlsnoop", f"http://127.0.0.1:{ng_port}/tlsnoop"),
+                                          ("https", f"https://127.0.0.1:{tls['nginx']}/noop")])]
+        for rt, port in ports.items():
+            runs.append((f"Sluice {rt}", sluice(rt, f"sluice-{rt}.json"), port,
+                         [("tlsnoop", f"http://127.0.0.1:{port}/tlsnoop")]))
+            runs.append((f"Sluice {rt}", sluice(rt, f"sluice-{rt}-https.json"), tls[rt],
+                         [("https", f"https://127.0.0.1:{tls[rt]}/noop")]))
+    for name, cmd, port, cases in runs:
+        out = f"{work}/callgrind-{name.replace(' ', '-')}-{port}"
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
                                 env={**os.environ, "RUST_LOG": "warn"}, **quiet)
         try:
             wait_port(port, timeout=60)
-            for path in paths:
-                results[(name, path)] = instructions_per_request(proc.pid, out, f"http://127.0.0.1:{port}/{path}", args)
+            for case, url in cases:
+                results[(name, case)] = instructions_per_request(proc.pid, out, url, args)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    ng = results[("nginx", "noop")][0]
     print(f"\nUser-space instructions per request (callgrind, whole process), wrk -t1 -c{args.connections}, "
           f"{args.duration}s after a 3s warm-up; 1 nginx worker (no master), 1 Sluice shard / tokio worker.\n")
-    print("| case | instructions / request (median of 3) | range | vs nginx no-op | requests counted |")
+    print("| case | instructions / request (median of 3) | range | vs nginx, same case | requests counted |")
     print("|---|---:|---:|---:|---:|")
-    for (name, path), (per, (low, high), count) in results.items():
-        case = "no-op 100 B" if path == "noop" else "aggregate 2 x 2 KB"
-        print(f"| {case}: {name} | {per:,.0f} | {low:,.0f} - {high:,.0f} | {per / ng:.2f}x | {count:,} |")
+    for (name, case), (per, (low, high), count) in results.items():
+        ng = results[("nginx", "noop" if case == "agg" else case)][0]
+        print(f"| {CASES[case]}: {name} | {per:,.0f} | {low:,.0f} - {high:,.0f} | {per / ng:.2f}x | {count:,} |")
+
+
+def tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs):
+    """Cases (e) and (f): Sluice on both runtimes beside nginx, one table."""
+    env = {**os.environ, "RUST_LOG": "warn"}
+    pids = {}
+    for rt in ports:
+        for conf in (f"sluice-{rt}.json", f"sluice-{rt}-https.json"):
+            p = subprocess.Popen([f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/{conf}",
+                                  "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
+            procs.append(p)
+            pids[conf] = p.pid
+    nginx = subprocess.Popen(["nginx", "-c", f"{work}/proxy.conf", "-p", work], **quiet)
+    procs.append(nginx)
+    for port in list(ports.values()) + list(tls_ports.values()) + [ng_port]:
+        wait_port(port)
+    time.sleep(0.5)
+    ng_pids = nginx_workers(nginx.pid)
+    cases = []
+    for rt, port in ports.items():
+        cases.append((f"(e) no-op 100 B to an HTTPS backend: Sluice {rt}", [pids[f"sluice-{rt}.json"]],
+                      f"http://127.0.0.1:{port}/tlsnoop"))
+    cases.append(("(e) no-op 100 B to an HTTPS backend: nginx", ng_pids, f"http://127.0.0.1:{ng_port}/tlsnoop"))
+    for rt in ports:
+        cases.append((f"(f) no-op 100 B, HTTPS listener: Sluice {rt}", [pids[f"sluice-{rt}-https.json"]],
+                      f"https://127.0.0.1:{tls_ports[rt]}/noop"))
+    cases.append(("(f) no-op 100 B, HTTPS listener: nginx", ng_pids, f"https://127.0.0.1:{tls_ports['nginx']}/noop"))
+    for _, _, url in cases:
+        out = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url],
+                             capture_output=True, text=True).stdout
+        if out != "200":
+            sys.exit(f"{url} answers {out}, not 200: the setup is broken")
+    rows = [measure(name, p, url, args) for name, p, url in cases]
+    print(f"\nLoad over TLS 1.3: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
+          f"{args.shards} Sluice shard(s) / tokio worker(s) vs {args.shards} nginx worker(s).\n")
+    print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
+    by_name = {r["name"]: r for r in rows}
+    print()
+    for case in ("(e) no-op 100 B to an HTTPS backend", "(f) no-op 100 B, HTTPS listener"):
+        ng = by_name[f"{case}: nginx"]
+        for rt in ports:
+            r = by_name[f"{case}: Sluice {rt}"]
+            print(f"{case}: Sluice {rt} / nginx: {r['rps'] / ng['rps']:.2f}x req/s, "
+                  f"{r['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
 
 
 def hold_idle(port, pids, count):
@@ -218,6 +291,7 @@ def main():
     ap.add_argument("--download-mib", type=int, default=1024, help="size of the streamed download case")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--instructions", action="store_true", help="count instructions per request under callgrind")
+    ap.add_argument("--tls", action="store_true", help="the TLS cases (e) and (f) instead")
     args = ap.parse_args()
     if args.instructions and not shutil.which("valgrind"):
         sys.exit("valgrind is needed (apt-get install valgrind)")
@@ -249,20 +323,41 @@ def main():
                 json.dump(doc, f, separators=(",", ":"))
         be_port, ng_port = free_port(), free_port()
         ports = {"uring": free_port(), "tokio": free_port()}
+        # The TLS cases: the backend's and the proxies' HTTPS ports, and a certificate.
+        be_tls, tls_ports = free_port(), {"uring": free_port(), "tokio": free_port(), "nginx": free_port()}
+        cert, key = f"{work}/cert.pem", f"{work}/key.pem"
+        if args.tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                            "-addext", "basicConstraints=critical,CA:FALSE"], check=True, capture_output=True)
+            os.chmod(key, 0o644)
+        ssl = f"ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.3;"
         common = "daemon off; pid {pid}; error_log {work}/{name}.err warn; events {{ worker_connections 20000; }}"
         with open(f"{work}/backend.conf", "w") as f:
             f.write(common.format(pid=f"{work}/be.pid", work=work, name="be") + f"""
 worker_processes 1; worker_rlimit_nofile 30000;
 http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{be_port} reuseport; root {work}/www; default_type application/json; }} }}
+  server {{ listen 127.0.0.1:{be_port} reuseport; root {work}/www; default_type application/json; }}
+  {f"server {{ listen 127.0.0.1:{be_tls} ssl reuseport; {ssl} root {work}/www; }}" if args.tls else ""} }}
 """)
+        ng_tlsnoop = ('location /tlsnoop { proxy_pass https://betls/100b; proxy_http_version 1.1; '
+                      'proxy_set_header Connection ""; proxy_ssl_session_reuse on; proxy_ssl_verify on; '
+                      f'proxy_ssl_trusted_certificate {cert}; proxy_ssl_name localhost; proxy_ssl_server_name on; '
+                      'proxy_ssl_protocols TLSv1.3; }' if args.tls else "")
+        ng_https = (f"server {{ listen 127.0.0.1:{tls_ports['nginx']} ssl reuseport; {ssl} location /noop {{ "
+                    'proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; } }'
+                    if args.tls else "")
         with open(f"{work}/proxy.conf", "w") as f:
             f.write(common.format(pid=f"{work}/ng.pid", work=work, name="ng") + f"""
 worker_processes {args.shards}; worker_rlimit_nofile 30000;
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   upstream be {{ server 127.0.0.1:{be_port}; keepalive 256; }}
   server {{ listen 127.0.0.1:{ng_port} reuseport;
-    location /noop {{ proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+    location /noop {{ proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    {ng_tlsnoop} }}
+  upstream betls {{ server 127.0.0.1:{be_tls}; keepalive 256; }}
+  {ng_https} }}
 """)
         for runtime, port in ports.items():
             with open(f"{work}/sluice-{runtime}.json", "w") as f:
@@ -277,14 +372,30 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                         {"endpoint": "/agg", "backend": [
                             {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
                             {"url_pattern": "/b.json", "group": "orders"}]},
-                    ],
+                    ] + ([
+                        {"endpoint": "/tlsnoop", "output_encoding": "no-op",
+                         "backend": [{"host": [f"https://localhost:{be_tls}"], "url_pattern": "/100b", "encoding": "no-op",
+                                      "extra_config": {"backend/http/client": {"client_tls": {
+                                          "ca_certs": [cert], "disable_system_ca_pool": True}}}}]},
+                    ] if args.tls else []),
+                }, f)
+            with open(f"{work}/sluice-{runtime}-https.json", "w") as f:
+                json.dump({
+                    "version": 3, "port": tls_ports[runtime], "listen_ip": "127.0.0.1", "timeout": "5s",
+                    "idle_timeout": "120s", "host": [f"http://127.0.0.1:{be_port}"],
+                    "tls": {"public_key": cert, "private_key": key},
+                    "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
+                                   "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}],
                 }, f)
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         backend = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work], **quiet)
         procs.append(backend)
         wait_port(be_port)
         if args.instructions:
-            count_instructions(work, ports, ng_port, args, quiet)
+            count_instructions(work, ports, ng_port, args, quiet, tls_ports if args.tls else None)
+            return
+        if args.tls:
+            tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs)
             return
         sluices = {}
         for runtime in ports:
@@ -365,7 +476,8 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                 p.wait(timeout=15)
             except Exception:
                 p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("KEEP_WORK"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
