@@ -377,6 +377,36 @@ impl<'g> Slot<'g> {
         }
     }
 
+    /// Its connection pooled (`reusable`, and a TLS session with nothing under way goes
+    /// with it) or closed.
+    fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
+        let idle_tls = self.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
+        if reusable && self.connected && idle_tls && self.phase != Phase::Tunnel {
+            Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) }
+        } else {
+            Output::CloseBackend { id }
+        }
+    }
+
+    /// Starts over on another connection with `request` (a retry: `pooled` false; a
+    /// redirect): the [`Output::Connect`] to give.
+    fn reconnect(&mut self, id: BackendId, request: Vec<u8>, pooled: bool) -> Output<'g> {
+        self.out = request;
+        self.phase = Phase::Connecting;
+        self.connected = false;
+        self.reused = false;
+        self.pooled = pooled;
+        self.writing = false;
+        self.reading = false;
+        self.hungry = false;
+        self.eof = false;
+        self.fetch = None;
+        self.codec = None;
+        self.tls = None;
+        self.input.clear();
+        Output::Connect { id, host: self.host.clone(), pool_key: self.pool_key.clone(), pooled }
+    }
+
     /// Whether the client body was (partly) streamed on it: it cannot be sent again.
     fn body_streamed(&self) -> bool {
         matches!(self.body, CallBody::Stream(_))
@@ -1449,12 +1479,7 @@ impl<'g> Connection<'g> {
         let proxy_auth = via.filter(|_| form == redirect::Form::Absolute).and_then(|p| p.authorization.as_deref());
         let request = redirect::rewrite(&slot.sent, &hop, form, proxy_auth)?;
         // The connection that brought the 3xx: kept when its answer was read whole.
-        let idle_tls = slot.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
-        let done = if reusable && slot.connected && idle_tls {
-            Output::PoolBackend { id, pool_key: slot.pool_key.clone(), session: Session(slot.tls.take()) }
-        } else {
-            Output::CloseBackend { id }
-        };
+        let done = slot.put_away(id, reusable);
         let line = Log::Redirect {
             endpoint: slot.endpoint,
             backend: slot.call,
@@ -1472,21 +1497,8 @@ impl<'g> Connection<'g> {
         slot.via = via;
         slot.connect = connect.map(Cow::Owned);
         slot.tls_target = tls_target;
-        slot.tls = None;
-        slot.out = request;
         slot.sent.clear();
-        slot.phase = Phase::Connecting;
-        slot.connected = false;
-        slot.reused = false;
-        slot.pooled = true;
-        slot.writing = false;
-        slot.reading = false;
-        slot.hungry = false;
-        slot.eof = false;
-        slot.fetch = None;
-        slot.codec = None;
-        slot.input.clear();
-        let next = Output::Connect { id, host: slot.host.clone(), pool_key: slot.pool_key.clone(), pooled: true };
+        let next = slot.reconnect(id, request, true);
         self.queue.extend([done, Output::Log(line), next]);
         Ok(true)
     }
@@ -1496,21 +1508,9 @@ impl<'g> Connection<'g> {
     fn failed(&mut self, id: BackendId, failure: Failure) -> SlotEvent {
         let Some(slot) = self.slots.get_mut(id) else { return SlotEvent::Failed(failure) };
         if slot.reused && !slot.sent.is_empty() && may_retry(&slot.method, &failure, slot.body_streamed()) {
-            slot.out = mem::take(&mut slot.sent);
-            slot.phase = Phase::Connecting;
-            slot.connected = false;
-            slot.reused = false;
-            slot.pooled = false;
-            slot.writing = false;
-            slot.reading = false;
-            slot.hungry = false;
-            slot.eof = false;
-            slot.fetch = None;
-            slot.tls = None;
-            slot.input.clear();
-            let (host, pool_key) = (slot.host.clone(), slot.pool_key.clone());
-            self.queue.push_back(Output::CloseBackend { id });
-            self.queue.push_back(Output::Connect { id, host, pool_key, pooled: false });
+            let request = mem::take(&mut slot.sent);
+            let next = slot.reconnect(id, request, false);
+            self.queue.extend([Output::CloseBackend { id }, next]);
             return SlotEvent::Nothing;
         }
         self.release(id, false);
@@ -1520,14 +1520,7 @@ impl<'g> Connection<'g> {
     /// Pools (`reusable`) or closes backend connection `id`, and frees its slot.
     fn release(&mut self, id: BackendId, reusable: bool) {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
-        // A TLS connection's session goes to the pool with its socket, once nothing of
-        // it is under way.
-        let idle_tls = slot.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
-        let output = if reusable && slot.connected && idle_tls && slot.phase != Phase::Tunnel {
-            Output::PoolBackend { id, pool_key: slot.pool_key.clone(), session: Session(slot.tls.take()) }
-        } else {
-            Output::CloseBackend { id }
-        };
+        let output = slot.put_away(id, reusable);
         slot.in_use = false;
         slot.fetch = None;
         slot.codec = None;

@@ -159,25 +159,9 @@ pub fn profile(settings: Option<&ClientTls>, env: &Environment) -> Result<TlsPro
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider.signature_verification_algorithms)))
     } else {
-        let mut roots = RootCertStore::empty();
+        let (roots, system) = roots(&t.ca_certs, !t.disable_system_ca_pool, env, &mut errors);
         if !t.disable_system_ca_pool {
-            let (added, _ignored) = roots.add_parsable_certificates((env.system_roots)());
-            label.push(format!("system roots ({added})"));
-        }
-        for (i, path) in t.ca_certs.iter().enumerate() {
-            match pem_certs(path, env) {
-                Ok(certs) => {
-                    for c in certs {
-                        if let Err(e) = roots.add(c) {
-                            errors.push((
-                                format!("ca_certs[{i}]"),
-                                format!("{path:?}: not a usable CA certificate: {e}"),
-                            ));
-                        }
-                    }
-                }
-                Err(m) => errors.push((format!("ca_certs[{i}]"), m)),
-            }
+            label.push(format!("system roots ({system})"));
         }
         if !t.ca_certs.is_empty() {
             label.push(format!("{} CA file(s)", t.ca_certs.len()));
@@ -256,25 +240,7 @@ pub fn server_profile(t: &ServerTls, env: &Environment) -> Result<ServerProfile,
         _ => "TLS 1.2 and 1.3".to_string(),
     }];
     let builder = if t.enable_mtls {
-        let mut roots = RootCertStore::empty();
-        if !t.disable_system_ca_pool {
-            roots.add_parsable_certificates((env.system_roots)());
-        }
-        for (i, path) in t.ca_certs.iter().enumerate() {
-            match pem_certs(path, env) {
-                Ok(certs) => {
-                    for c in certs {
-                        if let Err(e) = roots.add(c) {
-                            errors.push((
-                                format!("ca_certs[{i}]"),
-                                format!("{path:?}: not a usable CA certificate: {e}"),
-                            ));
-                        }
-                    }
-                }
-                Err(m) => errors.push((format!("ca_certs[{i}]"), m)),
-            }
-        }
+        let (roots, _) = roots(&t.ca_certs, !t.disable_system_ca_pool, env, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -313,6 +279,31 @@ pub fn server_profile(t: &ServerTls, env: &Environment) -> Result<ServerProfile,
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     label.extend(ignored_label(&ignored));
     Ok(ServerProfile { config: Arc::new(config), label: label.join(" + ") })
+}
+
+/// The trusted roots: the system's (when `system`; how many were usable is returned)
+/// and every certificate of the `ca_certs` files. Errors go to `errors` by JSON path.
+fn roots(
+    ca_certs: &[String],
+    system: bool,
+    env: &Environment,
+    errors: &mut Vec<(String, String)>,
+) -> (RootCertStore, usize) {
+    let mut roots = RootCertStore::empty();
+    let added = if system { roots.add_parsable_certificates((env.system_roots)()).0 } else { 0 };
+    for (i, path) in ca_certs.iter().enumerate() {
+        match pem_certs(path, env) {
+            Ok(certs) => {
+                for c in certs {
+                    if let Err(e) = roots.add(c) {
+                        errors.push((format!("ca_certs[{i}]"), format!("{path:?}: not a usable CA certificate: {e}")));
+                    }
+                }
+            }
+            Err(m) => errors.push((format!("ca_certs[{i}]"), m)),
+        }
+    }
+    (roots, added)
 }
 
 /// Every certificate of a PEM file (at least one).
