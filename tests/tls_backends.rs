@@ -355,6 +355,10 @@ fn bad_tls_files_are_check_errors() {
             ),
             format!(r#"client_tls.client_certs[0]: the key does not go with the certificate "{}""#, cert.display()),
         ),
+        (
+            r#"{"cipher_suites": [10, 47]}"#.to_string(),
+            "client_tls.cipher_suites: none of [10, 47] is a cipher suite rustls offers".to_string(),
+        ),
     ];
     for (tls, want) in cases {
         let cfg = format!(

@@ -229,35 +229,73 @@ struct TlsLink {
     plain: Option<Vec<u8>>,
 }
 
-impl TlsLink {
-    /// Feeds ciphertext read from the backend to rustls and appends the plaintext it
-    /// yields to `input`. `data` empty: the backend closed. Returns whether the peer is
-    /// done sending (close_notify, or a close without one: the HTTP framing tells a cut
-    /// body), or why the session failed.
-    fn take_in(&mut self, mut data: &[u8], input: &mut ReadBuf) -> Result<bool, String> {
-        let mut closed = data.is_empty();
+/// Why feeding ciphertext to a TLS session failed.
+#[derive(Debug)]
+enum Undecryptable {
+    /// rustls could not take the bytes or hand the plaintext out.
+    Io(io::Error),
+    /// The peer broke the protocol (or the handshake failed).
+    Tls(rustls::Error),
+}
+
+impl fmt::Display for Undecryptable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Undecryptable::Io(e) => e.fmt(f),
+            Undecryptable::Tls(e) => e.fmt(f),
+        }
+    }
+}
+
+/// What a batch of ciphertext gave: the peer is done sending (close_notify, or a
+/// close without one: the HTTP framing tells a cut body), and whether any plaintext
+/// came.
+struct Decrypted {
+    closed: bool,
+    got: bool,
+}
+
+/// Feeds ciphertext (`data`; empty: the peer closed) to a TLS session, either side,
+/// and appends the plaintext it yields to `input`.
+fn decrypt<S: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<S>,
+    mut data: &[u8],
+    input: &mut ReadBuf,
+) -> Result<Decrypted, Undecryptable> {
+    let mut out = Decrypted { closed: data.is_empty(), got: false };
+    loop {
+        conn.read_tls(&mut data).map_err(Undecryptable::Io)?;
+        conn.process_new_packets().map_err(Undecryptable::Tls)?;
+        let mut chunk = [0u8; 4096];
         loop {
-            self.conn.read_tls(&mut data).map_err(|e| format!("TLS: {e}"))?;
-            self.conn.process_new_packets().map_err(|e| tls_failure(&e))?;
-            let mut chunk = [0u8; 4096];
-            loop {
-                match io::Read::read(&mut self.conn.reader(), &mut chunk) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(k) => input.prepare().extend_from_slice(&chunk[..k]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        closed = true;
-                        break;
-                    }
-                    Err(e) => return Err(format!("TLS: {e}")),
+            match io::Read::read(&mut conn.reader(), &mut chunk) {
+                Ok(0) => {
+                    out.closed = true;
+                    break;
                 }
+                Ok(k) => {
+                    input.prepare().extend_from_slice(&chunk[..k]);
+                    out.got = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    out.closed = true;
+                    break;
+                }
+                Err(e) => return Err(Undecryptable::Io(e)),
             }
-            if data.is_empty() {
-                return Ok(closed);
-            }
+        }
+        if data.is_empty() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Appends all the ciphertext a TLS session wants sent to `out`.
+fn encrypt_pending<S: rustls::SideData>(conn: &mut rustls::ConnectionCommon<S>, out: &mut Vec<u8>) {
+    while conn.wants_write() {
+        if conn.write_tls(out).is_err() {
+            break;
         }
     }
 }
@@ -650,46 +688,20 @@ impl<'g> Connection<'g> {
                 return;
             }
         }
-        let mut got = false;
-        let mut data = &buf[..n];
-        let failure = loop {
-            if let Err(e) = tls.conn.read_tls(&mut data) {
-                break Some(e.to_string());
-            }
-            if let Err(e) = tls.conn.process_new_packets() {
-                break Some(e.to_string());
-            }
-            let mut chunk = [0u8; 4096];
-            loop {
-                match io::Read::read(&mut tls.conn.reader(), &mut chunk) {
-                    Ok(0) => {
-                        self.eof = true;
-                        break;
-                    }
-                    Ok(k) => {
-                        self.input.prepare().extend_from_slice(&chunk[..k]);
-                        got = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        self.eof = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if data.is_empty() {
-                break None;
-            }
-        };
+        let decrypted = decrypt(&mut tls.conn, &buf[..n], &mut self.input);
         buf.clear();
         tls.cipher_in = buf;
-        if let Some(e) = failure {
-            let stage = if tls.conn.is_handshaking() { "TLS handshake failed" } else { "TLS session failed" };
-            self.tls_broken(format!("{stage}: {e}"));
-            return;
+        match decrypted {
+            Ok(d) => {
+                self.eof |= d.closed;
+                // Only handshake or partial records: nothing for the codec yet, read on.
+                self.hungry = !d.got && !self.eof;
+            }
+            Err(e) => {
+                let stage = if tls.conn.is_handshaking() { "TLS handshake failed" } else { "TLS session failed" };
+                self.tls_broken(format!("{stage}: {e}"));
+            }
         }
-        // Only handshake or partial records: nothing for the codec yet, read on.
-        self.hungry = !got && !self.eof;
     }
 
     /// The client's TLS session failed: the alert rustls queued goes out, then the
@@ -821,12 +833,13 @@ impl<'g> Connection<'g> {
         slot.reading = false;
         slot.hungry = false;
         match result {
-            Ok(n) => match link.take_in(buf.get(..n).unwrap_or_default(), &mut slot.input) {
-                Ok(true) if link.conn.is_handshaking() => {
+            Ok(n) => match decrypt(&mut link.conn, buf.get(..n).unwrap_or_default(), &mut slot.input) {
+                Ok(Decrypted { closed: true, .. }) if link.conn.is_handshaking() => {
                     slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), "closed"))
                 }
-                Ok(closed) => slot.eof |= closed,
-                Err(reason) => slot.failure = Some(Failure::new(reason)),
+                Ok(d) => slot.eof |= d.closed,
+                Err(Undecryptable::Io(e)) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
+                Err(Undecryptable::Tls(e)) => slot.failure = Some(Failure::new(tls_failure(&e))),
             },
             Err(e) if link.conn.is_handshaking() => {
                 slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), &format!("broke ({e})")));
@@ -964,11 +977,7 @@ impl<'g> Connection<'g> {
                 }
                 if tls.conn.wants_write() {
                     let mut bytes = mem::take(&mut tls.cipher_out);
-                    while tls.conn.wants_write() {
-                        if tls.conn.write_tls(&mut bytes).is_err() {
-                            break;
-                        }
-                    }
+                    encrypt_pending(&mut tls.conn, &mut bytes);
                     self.write_since = Some(self.now);
                     return Some(Output::WriteClient(bytes));
                 }
@@ -1791,11 +1800,7 @@ fn tls_poll<'g>(
     }
     if link.conn.wants_write() {
         link.cipher_out.clear();
-        while link.conn.wants_write() {
-            if link.conn.write_tls(&mut link.cipher_out).is_err() {
-                break;
-            }
-        }
+        encrypt_pending(&mut link.conn, &mut link.cipher_out);
         link.busy = true;
         return Some(Output::WriteBackend { id, bytes: mem::take(&mut link.cipher_out) });
     }

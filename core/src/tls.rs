@@ -35,7 +35,9 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::{ClientTls, ServerTls, TlsVersion};
+use std::mem;
+
+use crate::config::{ClientCert, ClientTls, ServerTls, TlsVersion};
 use crate::proxy::ProxyEnv;
 
 /// Reads a file the configuration names: its bytes, or why not.
@@ -171,32 +173,15 @@ pub fn profile(settings: Option<&ClientTls>, env: &Environment) -> Result<TlsPro
     let mut config = match t.client_certs.first() {
         None => builder.with_no_client_auth(),
         Some(pair) => {
-            let chain = pem_certs(&pair.certificate, env);
-            let key = (env.read_file)(&pair.private_key).and_then(|pem| {
-                PrivateKeyDer::from_pem_slice(&pem)
-                    .map_err(|e| format!("{:?}: no private key in it ({e})", pair.private_key))
-            });
-            match (chain, key) {
-                (Ok(chain), Ok(key)) => match builder.with_client_auth_cert(chain, key) {
-                    Ok(c) => {
-                        label.push("client certificate".into());
-                        c
-                    }
-                    Err(e) => {
-                        errors.push((
-                            "client_certs[0]".into(),
-                            format!("the key does not go with the certificate {:?}: {e}", pair.certificate),
-                        ));
-                        return Err(errors);
-                    }
-                },
-                (chain, key) => {
-                    if let Err(m) = chain {
-                        errors.push(("client_certs[0].certificate".into(), m));
-                    }
-                    if let Err(m) = key {
-                        errors.push(("client_certs[0].private_key".into(), m));
-                    }
+            let (chain, key) =
+                key_pair(pair, env, "client_certs[0].certificate", "client_certs[0].private_key", &mut errors)?;
+            match builder.with_client_auth_cert(chain, key) {
+                Ok(c) => {
+                    label.push("client certificate".into());
+                    c
+                }
+                Err(e) => {
+                    errors.push(("client_certs[0]".into(), mismatch(pair, &e)));
                     return Err(errors);
                 }
             }
@@ -257,25 +242,8 @@ pub fn server_profile(t: &ServerTls, env: &Environment) -> Result<ServerProfile,
     };
     let (cert_at, key_at) =
         if t.from_keys { ("keys[0].public_key", "keys[0].private_key") } else { ("public_key", "private_key") };
-    let chain = pem_certs(&pair.certificate, env);
-    let key = (env.read_file)(&pair.private_key).and_then(|pem| {
-        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{:?}: no private key in it ({e})", pair.private_key))
-    });
-    let (chain, key) = match (chain, key) {
-        (Ok(chain), Ok(key)) => (chain, key),
-        (chain, key) => {
-            if let Err(m) = chain {
-                errors.push((cert_at.into(), m));
-            }
-            if let Err(m) = key {
-                errors.push((key_at.into(), m));
-            }
-            return Err(errors);
-        }
-    };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        vec![(key_at.into(), format!("the key does not go with the certificate {:?}: {e}", pair.certificate))]
-    })?;
+    let (chain, key) = key_pair(pair, env, cert_at, key_at, &mut errors)?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| vec![(key_at.into(), mismatch(pair, &e))])?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     label.extend(ignored_label(&ignored));
     Ok(ServerProfile { config: Arc::new(config), label: label.join(" + ") })
@@ -304,6 +272,41 @@ fn roots(
         }
     }
     (roots, added)
+}
+
+/// Errors by JSON path below the TLS object, and their messages.
+type Errors = Vec<(String, String)>;
+
+/// A certificate chain and its private key, read from their PEM files; what went wrong
+/// with either is added to `errors` under `cert_at`/`key_at`, and all of them returned.
+fn key_pair(
+    pair: &ClientCert,
+    env: &Environment,
+    cert_at: &str,
+    key_at: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Errors> {
+    let chain = pem_certs(&pair.certificate, env);
+    let key = (env.read_file)(&pair.private_key).and_then(|pem| {
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{:?}: no private key in it ({e})", pair.private_key))
+    });
+    match (chain, key) {
+        (Ok(chain), Ok(key)) => Ok((chain, key)),
+        (chain, key) => {
+            if let Err(m) = chain {
+                errors.push((cert_at.into(), m));
+            }
+            if let Err(m) = key {
+                errors.push((key_at.into(), m));
+            }
+            Err(mem::take(errors))
+        }
+    }
+}
+
+/// A key rustls refused beside its certificate.
+fn mismatch(pair: &ClientCert, e: &rustls::Error) -> String {
+    format!("the key does not go with the certificate {:?}: {e}", pair.certificate)
 }
 
 /// Every certificate of a PEM file (at least one).

@@ -440,24 +440,7 @@ fn client_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ClientTls {
     {
         cx.error(&t.at("min_version"), "min_version is above max_version");
     }
-    let mut client_certs = Vec::new();
-    match t.take("client_certs") {
-        None => {}
-        Some(Value::Array(items)) => {
-            let path = t.at("client_certs");
-            for (i, item) in items.iter().enumerate() {
-                if let Some(mut c) = Obj::new(item, index(&path, i), cx) {
-                    let certificate = c.required_string("certificate", cx);
-                    let private_key = c.required_string("private_key", cx);
-                    c.finish(cx);
-                    if let (Some(certificate), Some(private_key)) = (certificate, private_key) {
-                        client_certs.push(ClientCert { certificate, private_key });
-                    }
-                }
-            }
-        }
-        Some(other) => cx.error(&t.at("client_certs"), format!("expected an array, found {}", kind(other))),
-    }
+    let client_certs = cert_pairs(&mut t, "client_certs", "certificate", cx);
     if disable_system_ca_pool && ca_certs.is_empty() && !allow_insecure_connections {
         cx.error(&t.at("disable_system_ca_pool"), "no CA left to trust: add ca_certs or keep the system pool");
     }
@@ -472,6 +455,29 @@ fn client_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ClientTls {
         client_certs,
         cipher_suites,
     }
+}
+
+/// An array of `{cert_name, "private_key"}` objects (`client_certs`, `tls.keys`).
+fn cert_pairs(t: &mut Obj<'_>, key: &'static str, cert_name: &'static str, cx: &mut Ctx) -> Vec<ClientCert> {
+    let mut pairs = Vec::new();
+    match t.take(key) {
+        None => {}
+        Some(Value::Array(items)) => {
+            let path = t.at(key);
+            for (i, item) in items.iter().enumerate() {
+                if let Some(mut c) = Obj::new(item, index(&path, i), cx) {
+                    let certificate = c.required_string(cert_name, cx);
+                    let private_key = c.required_string("private_key", cx);
+                    c.finish(cx);
+                    if let (Some(certificate), Some(private_key)) = (certificate, private_key) {
+                        pairs.push(ClientCert { certificate, private_key });
+                    }
+                }
+            }
+        }
+        Some(other) => cx.error(&t.at(key), format!("expected an array, found {}", kind(other))),
+    }
+    pairs
 }
 
 /// `cipher_suites`: IANA numbers, as Go's `tls` package writes them.
@@ -505,24 +511,9 @@ fn server_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ServerTls {
         (None, Some(_)) => cx.error(&t.at("public_key"), "missing: private_key needs its public_key"),
         (None, None) => {}
     }
-    let from_keys = keys.is_empty();
-    match t.take("keys") {
-        None => {}
-        Some(Value::Array(items)) => {
-            let path = t.at("keys");
-            for (i, item) in items.iter().enumerate() {
-                if let Some(mut c) = Obj::new(item, index(&path, i), cx) {
-                    let certificate = c.required_string("public_key", cx);
-                    let private_key = c.required_string("private_key", cx);
-                    c.finish(cx);
-                    if let (Some(certificate), Some(private_key)) = (certificate, private_key) {
-                        keys.push(ClientCert { certificate, private_key });
-                    }
-                }
-            }
-        }
-        Some(other) => cx.error(&t.at("keys"), format!("expected an array, found {}", kind(other))),
-    }
+    let listed = cert_pairs(&mut t, "keys", "public_key", cx);
+    let from_keys = keys.is_empty() && !listed.is_empty();
+    keys.extend(listed);
     if keys.is_empty() && !disabled && !half {
         cx.error(&t.at("public_key"), "missing: the certificate (public_key) and its private_key");
     }
@@ -548,7 +539,7 @@ fn server_tls(mut t: Obj<'_>, cx: &mut Ctx) -> ServerTls {
     }
     t.finish(cx);
     ServerTls {
-        from_keys: from_keys && !keys.is_empty(),
+        from_keys,
         keys,
         disabled,
         min_version,
