@@ -131,8 +131,10 @@ fn default_runtime() -> (Runtime, String) {
     (Runtime::Tokio, "io_uring is Linux-only".into())
 }
 
-/// Reads and compiles a configuration, printing every error as `sluice check` does.
-fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
+/// Reads and compiles a configuration and binds its client plugins, printing every
+/// error as `sluice check` does. With it, the lines that say which plugins were loaded
+/// and bound.
+fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCode> {
     let text = match read_config(path) {
         Ok(t) => t,
         Err(e) => {
@@ -153,7 +155,7 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
         read_file: Box::new(read_small_file),
         system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
     };
-    match Gateway::load_with(&text, &env) {
+    match Gateway::load_with(&text, &env).and_then(plugins) {
         Ok(loaded) => Ok(loaded),
         Err(ConfigError::Syntax { line, column, message }) => {
             say_err!("{}:{line}:{column}: invalid JSON: {message}", path.display());
@@ -171,6 +173,23 @@ fn load(path: &Path) -> Result<sluice_core::plan::Loaded, ExitCode> {
             Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// Loads the root `plugin` folder's modules and binds them to the backends that name
+/// them (sluice-plugins).
+fn plugins(mut loaded: sluice_core::plan::Loaded) -> Result<(sluice_core::plan::Loaded, Vec<String>), ConfigError> {
+    let gw = &mut loaded.gateway;
+    if gw.config.plugin.is_none() && gw.plugin_sites().is_empty() {
+        return Ok((loaded, Vec::new()));
+    }
+    let library = sluice_plugins::Library::load(gw.config.plugin.as_ref()).map_err(ConfigError::Invalid)?;
+    let mut lines = Vec::new();
+    if let Some(p) = &gw.config.plugin {
+        let names = library.names();
+        lines.push(format!("{} plugin(s) loaded from {:?}: {}", names.len(), p.folder, names.join(", ")));
+    }
+    lines.extend(library.bind(gw).map_err(ConfigError::Invalid)?);
+    Ok((loaded, lines))
 }
 
 /// A certificate or key file the configuration names (at most 1 MiB: PEM files are
@@ -203,7 +222,7 @@ fn read_config(path: &Path) -> Result<String, String> {
 
 fn check(path: &Path, lint: bool) -> ExitCode {
     match load(path) {
-        Ok(loaded) => {
+        Ok((loaded, _)) => {
             if lint {
                 for w in &loaded.warnings {
                     say_err!("warning: {w}");
@@ -217,11 +236,15 @@ fn check(path: &Path, lint: bool) -> ExitCode {
 }
 
 fn run(path: &Path, serving: Serving) -> ExitCode {
-    let mut gateway = match load(path) {
-        Ok(loaded) => loaded.gateway,
-        Err(code) => return code,
-    };
+    // Logging first: plugins log while they start (on_configure).
     log::init();
+    let (mut gateway, plugin_lines) = match load(path) {
+        Ok((loaded, lines)) => (loaded.gateway, lines),
+        Err(code) => {
+            log::flush();
+            return code;
+        }
+    };
     mem::start();
     if serving.debug {
         gateway.config.debug_endpoint = true;
@@ -260,6 +283,9 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
                 None => tracing::info!("[BACKEND: {} {}] {} {route}", e.method, e.path, h.addr),
             }
         }
+    }
+    for line in &plugin_lines {
+        tracing::info!("{line}");
     }
     match (&gateway.server_tls, cfg.tls.as_ref().is_some_and(|t| t.disabled)) {
         (Some(t), _) => tracing::info!("listener: HTTPS ({})", t.label),

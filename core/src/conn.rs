@@ -1324,7 +1324,7 @@ impl<'g> Connection<'g> {
             return Err(e.reason());
         }
         if call.body == CallBody::Full {
-            slot.out.extend_from_slice(ex.body());
+            slot.out.extend_from_slice(ex.call_body(call.id));
         }
         self.queue.push_back(Output::Connect {
             id,

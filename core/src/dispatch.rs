@@ -4,7 +4,6 @@
 use http::{HeaderValue, Method, StatusCode, header};
 
 use crate::builtin::{self, Builtin};
-use crate::config::OutputEncoding;
 use crate::plan::{EndpointPlan, Gateway};
 use crate::request::Reply;
 use crate::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
@@ -39,7 +38,7 @@ impl Gateway {
                 Some(endpoint) => Dispatch::Endpoint(Route {
                     endpoint,
                     params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                    streaming: endpoint.output == OutputEncoding::NoOp,
+                    streaming: endpoint.streams(),
                 }),
                 // The router and the endpoint list are compiled together: not reached.
                 None => Dispatch::Reply(Reply::text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),

@@ -67,6 +67,7 @@
 //! before its head is 502, one that is too slow 504.
 
 use std::borrow::Cow;
+use std::mem;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -77,6 +78,7 @@ use crate::dispatch::Route;
 use crate::http1::{self, BodyLength, RequestTarget};
 use crate::json;
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
+use crate::plugin::{self, BackendRequest, BackendResponse, Verdict};
 use crate::proxy::Proxy;
 use crate::request::{ClientRequest, Reply, RequestBody};
 use crate::response::{self, Entry, Key, Node};
@@ -185,6 +187,9 @@ pub struct Exchange<'g> {
     /// Set when the answer is decided (before any call, for a refused request).
     answer: Option<Answer>,
     done: bool,
+    /// Per call with a client plugin bound: the request as the plugin left it, sent
+    /// instead of the one the gateway built, until the call is over.
+    plugged: Vec<Option<Box<BackendRequest>>>,
 }
 
 #[derive(Debug)]
@@ -213,6 +218,7 @@ impl<'g> Exchange<'g> {
             rendered: Vec::with_capacity(ep.backends.len()),
             answer: None,
             done: false,
+            plugged: Vec::new(),
         };
         // Render every URL that does not wait on an earlier response now, so that an
         // injection attempt is refused (400, with the reason: it is the client's own
@@ -244,6 +250,19 @@ impl<'g> Exchange<'g> {
         }
     }
 
+    /// The body a [`CallBody::Full`] call `id` sends: the client's, or what a client
+    /// plugin made of it.
+    pub fn call_body(&self, id: usize) -> &[u8] {
+        match self.plugged(id) {
+            Some(r) => &r.body,
+            None => self.body(),
+        }
+    }
+
+    fn plugged(&self, id: usize) -> Option<&BackendRequest> {
+        self.plugged.get(id).and_then(Option::as_deref)
+    }
+
     /// Writes the request head of `call` (origin form, straight to the backend): its
     /// header fields come from the client's parsed head under the backend's header
     /// policy, with no header map built ([`upstream::write_backend_headers`]).
@@ -255,20 +274,35 @@ impl<'g> Exchange<'g> {
         };
         let policy = &self.ep.backends[call.id].headers;
         let (client, ip) = (&self.req.headers, self.client_ip);
+        let plugged = self.plugged(call.id);
+        let length = match plugged {
+            Some(r) if !r.body.is_empty() || length.is_some() => Some(BodyLength::Known(r.body.len() as u64)),
+            _ => length,
+        };
+        let authority = plugged.map_or(call.authority, |r| r.authority.as_str());
         // Through a proxy, the absolute form names the backend, and the proxy's own
         // credentials go with it (the client's Proxy-Authorization never does: it is
         // hop-by-hop).
         let absolute;
         let target = match call.via {
             Some(_) if call.connect.is_none() => {
-                absolute = format!("{}://{}{}", call.scheme.as_str(), call.authority, call.target);
+                absolute = format!("{}://{}{}", call.scheme.as_str(), authority, call.target);
                 RequestTarget::Absolute(&absolute)
             }
             _ => RequestTarget::Origin(&call.target),
         };
         let proxy_auth = call.via.filter(|_| call.connect.is_none()).and_then(|p| p.authorization.as_deref());
-        http1::write_request_with(&call.method, target, call.authority, length, out, |out| {
-            upstream::write_backend_headers(policy, client, ip, out);
+        http1::write_request_with(&call.method, target, authority, length, out, |out| {
+            match plugged {
+                Some(r) => {
+                    for (n, v) in &r.headers {
+                        if !plugin::gateway_owned(n) && !n.as_str().starts_with("proxy-") {
+                            http1::write_field(n.as_str().as_bytes(), v.as_bytes(), out);
+                        }
+                    }
+                }
+                None => upstream::write_backend_headers(policy, client, ip, out),
+            }
             if let Some(auth) = proxy_auth {
                 http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
             }
@@ -315,7 +349,14 @@ impl<'g> Exchange<'g> {
         };
         if let Some(i) = next {
             match self.make_call(i, balancer) {
-                Ok(call) => {
+                Ok(mut call) => {
+                    if let Some(binding) = &self.ep.backends[i].plugin
+                        && let Some(answer) = self.ask_plugin(binding, &mut call)
+                    {
+                        self.calls[i] = CallState::InFlight;
+                        self.settle(i, answer);
+                        return self.poll(balancer);
+                    }
                     self.calls[i] = CallState::InFlight;
                     return Action::Call(call);
                 }
@@ -371,8 +412,74 @@ impl<'g> Exchange<'g> {
             redirect_tls: b.redirect_tls.as_ref(),
             target,
             body,
-            stream_response: self.ep.output == OutputEncoding::NoOp,
+            stream_response: self.ep.streams(),
         })
+    }
+
+    /// Asks the plugin bound to `call`'s backend: `None` to send it (as the plugin left
+    /// it, kept in `plugged`), or the answer that settles it (the plugin's own, or a
+    /// 500 when the plugin failed).
+    fn ask_plugin(&mut self, binding: &plugin::Binding, call: &mut Call<'g>) -> Option<CallState> {
+        let mut req = Box::new(self.backend_request(call));
+        let answer = match binding.plugin.on_request(&mut req) {
+            Ok(Verdict::Continue) => {
+                // What is sent is what the plugin left: method, target, body.
+                call.method = req.method.clone();
+                call.target = req.target();
+                if call.body == CallBody::None && !req.body.is_empty() {
+                    call.body = CallBody::Full;
+                }
+                if self.plugged.len() <= call.id {
+                    self.plugged.resize_with(call.id + 1, || None);
+                }
+                self.plugged[call.id] = Some(req);
+                return None;
+            }
+            Ok(Verdict::Respond(r)) => r,
+            Err(_) => plugin::fault_response(&binding.name),
+        };
+        binding.plugin.on_done(&req);
+        Some(CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body })
+    }
+
+    /// The call as it would be sent, for a plugin: the header fields the backend's
+    /// policy lets through (the same writer as [`Exchange::write_head`], read back).
+    fn backend_request(&self, call: &Call<'_>) -> BackendRequest {
+        let mut fields = Vec::with_capacity(256);
+        let policy = &self.ep.backends[call.id].headers;
+        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, &mut fields);
+        let mut headers = HeaderMap::new();
+        for line in fields.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let value = line[colon + 1..].strip_prefix(b" ").unwrap_or(&line[colon + 1..]);
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(value)) {
+                headers.append(n, v);
+            }
+        }
+        let (path, query) = match call.target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (call.target.clone(), None),
+        };
+        let body = if call.body == CallBody::Full { self.body().to_vec() } else { Vec::new() };
+        BackendRequest {
+            method: call.method.clone(),
+            path,
+            query,
+            authority: call.authority.to_string(),
+            headers,
+            body,
+            ticket: 0,
+        }
+    }
+
+    /// Ends a plugged call `id`: the plugin is told, the request dropped.
+    fn unplug(&mut self, id: usize) -> Option<Box<BackendRequest>> {
+        let req = self.plugged.get_mut(id)?.take()?;
+        if let Some(binding) = &self.ep.backends[id].plugin {
+            binding.plugin.on_done(&req);
+        }
+        Some(req)
     }
 
     /// Settles call `i`. In a sequence, a call that did not succeed skips the rest.
@@ -400,6 +507,16 @@ impl<'g> Exchange<'g> {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
+        let mut answer = BackendResponse { status, headers, body };
+        if let Some(req) = self.plugged.get_mut(id).and_then(Option::take)
+            && let Some(binding) = &self.ep.backends[id].plugin
+        {
+            if binding.plugin.on_response(&req, &mut answer).is_err() {
+                answer = plugin::fault_response(&binding.name);
+            }
+            binding.plugin.on_done(&req);
+        }
+        let BackendResponse { status, headers, body } = answer;
         self.settle(id, CallState::Answered { status, headers, body });
     }
 
@@ -418,6 +535,7 @@ impl<'g> Exchange<'g> {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
+        self.unplug(id);
         self.settle(id, CallState::Failed(reason.to_string()));
     }
 
@@ -428,7 +546,10 @@ impl<'g> Exchange<'g> {
         }
         for i in 0..self.calls.len() {
             match self.calls[i] {
-                CallState::InFlight => self.settle(i, CallState::TimedOut),
+                CallState::InFlight => {
+                    self.unplug(i);
+                    self.settle(i, CallState::TimedOut)
+                }
                 CallState::Pending => self.calls[i] = CallState::Skipped,
                 _ => {}
             }
@@ -471,6 +592,19 @@ impl<'g> Exchange<'g> {
     fn finish(&mut self) -> Reply {
         let ep = self.ep;
         if ep.output == OutputEncoding::NoOp {
+            // With a plugin bound the answer was read whole, and is passed on as it is
+            // (less what the gateway frames itself).
+            if let Some(CallState::Answered { status, headers, body }) = self.calls.first_mut()
+                && !ep.streams()
+            {
+                let mut reply = Reply { status: *status, headers: mem::take(headers), body: mem::take(body) };
+                let owned: Vec<HeaderName> =
+                    reply.headers.keys().filter(|n| plugin::gateway_owned(n)).cloned().collect();
+                for n in owned {
+                    reply.headers.remove(n);
+                }
+                return reply;
+            }
             // A no-op answer that came is streamed (`handle_head`); here it did not come.
             let timed_out = matches!(self.calls.first(), Some(CallState::TimedOut));
             return self.stream_failed(timed_out, &self.reason(0));
@@ -533,6 +667,15 @@ impl<'g> Exchange<'g> {
             headers.insert(header::CACHE_CONTROL, v);
         }
         Reply { status: StatusCode::OK, headers, body }
+    }
+}
+
+impl Drop for Exchange<'_> {
+    /// Calls abandoned in flight (the client left, the answer came first) end too.
+    fn drop(&mut self) {
+        for id in 0..self.plugged.len() {
+            self.unplug(id);
+        }
     }
 }
 

@@ -29,6 +29,7 @@
 //! - [`deadline`]: which deadline each client read runs under; [`buf`]: the read
 //!   buffer every connection uses.
 //! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
+//! - [`plugin`]: the HTTP client plugin contract (one plugin per backend call).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -43,6 +44,7 @@ pub mod exchange;
 pub mod http1;
 pub mod json;
 pub mod plan;
+pub mod plugin;
 pub mod proxy;
 pub mod redirect;
 pub mod request;

@@ -102,6 +102,14 @@ pub struct EndpointPlan {
     pub backends: Vec<BackendPlan>,
 }
 
+impl EndpointPlan {
+    /// `no-op` bodies stream through, both ways, unless a client plugin is bound (it
+    /// sees whole bodies).
+    pub fn streams(&self) -> bool {
+        self.output == OutputEncoding::NoOp && self.backends.iter().all(|b| b.plugin.is_none())
+    }
+}
+
 /// A backend with every default resolved and its `url_pattern` pre-parsed.
 #[derive(Debug, Clone)]
 pub struct BackendPlan {
@@ -125,6 +133,8 @@ pub struct BackendPlan {
     /// The TLS profile for an `https://` host a redirect sends the call to (none with
     /// `no_redirect`, or when the profile has errors, which are reported).
     pub redirect_tls: Option<TlsProfile>,
+    /// The client plugin bound to it (see [`crate::plugin`]), once bound.
+    pub plugin: Option<crate::plugin::Binding>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -282,6 +292,7 @@ impl Gateway {
                     http: b.http.clone(),
                     no_redirect,
                     redirect_tls,
+                    plugin: None,
                 });
                 backend_count += 1;
             }
@@ -311,6 +322,44 @@ impl Gateway {
             return Err(ConfigError::Invalid(errors));
         }
         Ok(Gateway { config, router, endpoints, backend_count, server_tls, proxy_env: env.proxy.clone() })
+    }
+
+    /// Every backend whose configuration names a client plugin other than the built-in
+    /// `http-proxy`, in configuration order: what a loader binds.
+    pub fn plugin_sites(&self) -> Vec<crate::plugin::Site> {
+        let mut sites = Vec::new();
+        for (i, e) in self.config.endpoints.iter().enumerate() {
+            for (j, b) in e.backend.iter().enumerate() {
+                let Some(p) = b.plugin.as_ref().filter(|p| p.name != "http-proxy") else { continue };
+                let config = p.options.get(&p.name).map(|v| v.to_string().into_bytes()).unwrap_or_default();
+                sites.push(crate::plugin::Site {
+                    endpoint: i,
+                    backend: j,
+                    endpoint_path: e.endpoint.clone(),
+                    name: p.name.clone(),
+                    config,
+                    at: format!(r#"endpoints[{i}].backend[{j}].extra_config["plugin/http-client"].name"#),
+                });
+            }
+        }
+        sites
+    }
+
+    /// Binds `plugin` to backend `backend` of endpoint `endpoint` under `name` (an
+    /// embedding application can bind any [`crate::plugin::ClientPlugin`] this way, to
+    /// any backend). `false` when there is no such backend. A `no-op` endpoint with a
+    /// plugin reads request and response bodies whole (the plugin sees them whole).
+    pub fn bind_plugin(
+        &mut self,
+        endpoint: usize,
+        backend: usize,
+        name: &str,
+        plugin: std::sync::Arc<dyn crate::plugin::ClientPlugin>,
+    ) -> bool {
+        let Some(ep) = self.endpoints.get_mut(endpoint) else { return false };
+        let Some(b) = ep.backends.get_mut(backend) else { return false };
+        b.plugin = Some(crate::plugin::Binding { name: name.to_string(), plugin });
+        true
     }
 
     /// Routes a request: see [`crate::route`].

@@ -292,7 +292,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let tls = o.object("tls", cx).map(|t| server_tls(t, cx));
     let plugin = o.object("plugin", cx).and_then(|mut p| {
         let folder = p.required_string("folder", cx);
-        let pattern = p.string("pattern", cx).unwrap_or_else(|| ".so".to_string());
+        let pattern = p.string("pattern", cx).unwrap_or_else(|| ".wasm".to_string());
         p.finish(cx);
         Some(PluginLoader { folder: folder?, pattern })
     });

@@ -290,7 +290,8 @@ pub struct ClientPlugin {
 pub struct PluginLoader {
     /// Folder scanned for plugins. Required.
     pub folder: String,
-    /// File name suffix of plugins. Default: `.so`.
+    /// File name suffix of plugins. Default: `.wasm` (KrakenD's `.so` Go plugins cannot
+    /// load here: `sluice-plugins` says why).
     pub pattern: String,
 }
 

@@ -1,0 +1,162 @@
+//! HTTP client plugins (KrakenD's `plugin/http-client`, seed 002): one per backend, asked
+//! just before a backend call is sent, answering it itself or letting it through, and
+//! seeing the backend's answer on its way back.
+//!
+//! Core calls a plugin through [`ClientPlugin`], synchronously, from
+//! [`crate::exchange::Exchange`], and knows nothing of what runs behind it: the
+//! proxy-wasm host (crate `sluice-plugins`, WebAssembly on wasmtime) implements it, and
+//! so can a plain Rust object an embedding application binds with
+//! [`crate::Gateway::bind_plugin`].
+//!
+//! The life of one backend call with a plugin bound:
+//! 1. [`ClientPlugin::on_request`] gets the call as it would be sent ([`BackendRequest`]:
+//!    method, path, query, `Host` authority, end-to-end header fields, the whole body)
+//!    and may change any of it. It answers [`Verdict::Continue`] (the possibly changed
+//!    request is sent) or [`Verdict::Respond`] (that response takes the place of the
+//!    backend's; nothing is sent, no connection opened).
+//! 2. The backend's whole response comes back ([`BackendResponse`]) and
+//!    [`ClientPlugin::on_response`] may change its status, header fields and body before
+//!    the gateway decodes it (`no-op` endpoints read it whole when a plugin is bound).
+//! 3. [`ClientPlugin::on_done`] ends the call in every case (answered, failed, timed
+//!    out, abandoned), so the plugin can drop what it keeps per call.
+//!
+//! A plugin that fails ([`PluginFault`]: a trap, a time or memory budget overrun, an
+//! error of its own) fails that call only: it settles as a `500` from the plugin, and
+//! the endpoint answers as for any backend answering 500. The plugin logs the details;
+//! the 500's body names only the plugin.
+//!
+//! Framing is the gateway's: `Content-Length` and `Transfer-Encoding` are not among the
+//! header fields a plugin sees, and whatever it sets of them (and of the hop-by-hop
+//! fields) is ignored; the body length is counted again after it ran.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+/// A backend call as it is about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendRequest {
+    pub method: Method,
+    /// The path as sent (percent-encoded), starting with `/`.
+    pub path: String,
+    /// The query string as sent, without `?`.
+    pub query: Option<String>,
+    /// The `Host` field: the backend's authority. Changing it does not change where
+    /// the gateway connects.
+    pub authority: String,
+    /// End-to-end header fields, as the backend's header policy lets them through.
+    pub headers: HeaderMap,
+    /// The whole request body (empty for a call that sends none).
+    pub body: Vec<u8>,
+    /// The plugin's own: set in [`ClientPlugin::on_request`], handed back unchanged
+    /// with the rest of the call (e.g. which per-call context it opened).
+    pub ticket: u64,
+}
+
+impl BackendRequest {
+    /// Path and query as the request target (`/a/b?c=d`).
+    pub fn target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// A whole backend response, or one a plugin gives in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// What a plugin says of a call it was asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the call (as the plugin left it).
+    Continue,
+    /// Do not call the backend: this is its answer.
+    Respond(BackendResponse),
+}
+
+/// A plugin failed on a call: the call fails with 500. The text is for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFault(pub String);
+
+impl fmt::Display for PluginFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client plugin bound to a backend. Calls come from every shard (thread) at once:
+/// an implementation keeps per-thread state where it needs `&mut` (the proxy-wasm host
+/// keeps one WebAssembly instance per thread), never a lock held across a call.
+pub trait ClientPlugin: Send + Sync + fmt::Debug {
+    /// The call is about to be sent: change it, let it through, or answer it.
+    fn on_request(&self, call: &mut BackendRequest) -> Result<Verdict, PluginFault>;
+
+    /// The backend answered `call` (as sent): change the answer before it is decoded.
+    fn on_response(&self, call: &BackendRequest, response: &mut BackendResponse) -> Result<(), PluginFault> {
+        let _ = (call, response);
+        Ok(())
+    }
+
+    /// The call is over, however it ended.
+    fn on_done(&self, call: &BackendRequest) {
+        let _ = call;
+    }
+}
+
+/// A plugin bound to a backend, with the name it was bound under (for logs and the 500).
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub name: String,
+    pub plugin: Arc<dyn ClientPlugin>,
+}
+
+/// Where a configuration binds a plugin: a backend whose
+/// `extra_config."plugin/http-client"` names one (other than the built-in `http-proxy`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    pub endpoint: usize,
+    pub backend: usize,
+    /// The endpoint's path, for `[BACKEND: /path] Injecting plugin NAME`.
+    pub endpoint_path: String,
+    /// The name the backend asks for.
+    pub name: String,
+    /// The plugin's configuration: the object under its name, as JSON (empty when
+    /// there is none).
+    pub config: Vec<u8>,
+    /// The JSON path of `name`, for errors.
+    pub at: String,
+}
+
+/// Header fields a plugin may not set: the gateway frames the message and owns the hop.
+pub fn gateway_owned(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+    )
+}
+
+/// A plugin's answer to a call it failed on: 500, naming the plugin only.
+pub fn fault_response(name: &str) -> BackendResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    BackendResponse {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        headers,
+        body: format!("plugin {name} failed").into_bytes(),
+    }
+}
