@@ -108,7 +108,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
                 let mut head = Vec::new();
                 ex.write_head(&call, &mut head).unwrap();
                 if call.body == sluice_core::exchange::CallBody::Full {
-                    head.extend_from_slice(ex.body());
+                    head.extend_from_slice(ex.call_body(call.id));
                 }
                 calls.push(String::from_utf8(head).unwrap());
                 pending.push((call.id, answer(call.id)));
@@ -975,4 +975,84 @@ fn request_heads_become_client_requests_and_access_lines_leave_the_query_out() {
             "this gateway takes origin-form request targets (/path?query)"
         );
     }
+}
+
+/// A client plugin, as an embedding application binds one (a plain Rust object): it
+/// sees each call as it would be sent, changes it, answers it itself, or fails; and it
+/// changes the backend's answer before it is decoded.
+#[derive(Debug, Default)]
+struct Rewrite {
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl sluice_core::plugin::ClientPlugin for Rewrite {
+    fn on_request(
+        &self,
+        call: &mut sluice_core::plugin::BackendRequest,
+    ) -> Result<sluice_core::plugin::Verdict, sluice_core::plugin::PluginFault> {
+        use sluice_core::plugin::{BackendResponse, PluginFault, Verdict};
+        assert_eq!(call.headers.get("x-forwarded-for").unwrap(), "10.0.0.1");
+        match call.path.as_str() {
+            "/a" => {
+                call.method = Method::POST;
+                call.path = "/a2".into();
+                call.query = Some("k=v".into());
+                call.authority = "other.example".into();
+                call.headers.remove("user-agent");
+                call.headers.insert("x-added", HeaderValue::from_static("yes"));
+                // Framing is the gateway's: these are dropped, the length counted again.
+                call.headers.insert("content-length", HeaderValue::from_static("999"));
+                call.headers.insert("connection", HeaderValue::from_static("close"));
+                call.body = b"{\"n\":1}".to_vec();
+                call.ticket = 7;
+                Ok(Verdict::Continue)
+            }
+            "/local" => Ok(Verdict::Respond(BackendResponse {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: br#"{"local":1}"#.to_vec(),
+            })),
+            _ => Err(PluginFault("no".into())),
+        }
+    }
+
+    fn on_response(
+        &self,
+        call: &sluice_core::plugin::BackendRequest,
+        response: &mut sluice_core::plugin::BackendResponse,
+    ) -> Result<(), sluice_core::plugin::PluginFault> {
+        assert_eq!((call.ticket, call.path.as_str()), (7, "/a2"));
+        response.body = br#"{"changed":true}"#.to_vec();
+        Ok(())
+    }
+
+    fn on_done(&self, _call: &sluice_core::plugin::BackendRequest) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn client_plugin_rewrites_answers_and_fails_calls() {
+    let config = r#"{"version": 3, "host": ["http://b:1"], "extra_config": {"router": {"return_error_msg": true}},
+        "endpoints": [{"endpoint": "/e", "backend": [
+            {"url_pattern": "/a", "group": "a"}, {"url_pattern": "/local", "group": "l"},
+            {"url_pattern": "/fails", "group": "f"}]}]}"#;
+    let mut gw = Gateway::load(config).unwrap().gateway;
+    let plugin = std::sync::Arc::new(Rewrite::default());
+    for b in 0..3 {
+        assert!(gw.bind_plugin(0, b, "rewrite", plugin.clone()));
+    }
+    let out = run_on(&gw, &Balancer::new(gw.backend_count), get("/e"), |_| Canned::Json(r#"{"x":1}"#));
+    // Only the first backend is called, as the plugin left the call.
+    assert_eq!(
+        out.calls,
+        vec![
+            "POST /a2?k=v HTTP/1.1\r\nhost: other.example\r\nx-forwarded-for: 10.0.0.1\r\n\
+             x-forwarded-host: gw.example\r\nx-added: yes\r\ncontent-length: 7\r\n\r\n{\"n\":1}"
+        ]
+    );
+    assert_eq!(out.reply.status, 200);
+    assert_eq!(out.body(), r#"{"a":{"changed":true},"l":{"local":1}}"#);
+    assert_eq!(out.header("x-krakend-completed"), Some("false"), "the failed call makes it partial");
+    assert_eq!(plugin.done.load(std::sync::atomic::Ordering::SeqCst), 3, "every call ends, however it ended");
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sluice_core::{Gateway, StopSignal};
 
+pub mod plugins;
 pub mod proxies;
 pub mod tls;
 
@@ -79,7 +80,15 @@ impl Gw {
 
     /// [`Gw::start`] with what a loader hands over (proxy variables, files, roots).
     pub fn start_env(config: &str, mode: Mode, env: &sluice_core::tls::Environment) -> Gw {
-        let gw = Arc::new(Gateway::load_with(config, env).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway);
+        Gw::start_gateway(
+            Gateway::load_with(config, env).unwrap_or_else(|e| panic!("config: {e}\n{config}")).gateway,
+            mode,
+        )
+    }
+
+    /// [`Gw::start`] with a compiled gateway (plugins bound to it, say).
+    pub fn start_gateway(gw: Gateway, mode: Mode) -> Gw {
+        let gw = Arc::new(gw);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let wait = Duration::from_secs(5);
         let server = match mode {

@@ -1,0 +1,204 @@
+//! HTTP client plugins end to end, on every driver: the example plugins
+//! (`examples/plugins`, proxy-wasm modules built for wasm32-wasip1) bound to backends
+//! as KrakenD's configuration binds them, and a plain Rust plugin bound by an embedding
+//! application. Scripted backends on loopback record what each call sent.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, StatusCode};
+use sluice_core::Gateway;
+use sluice_core::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
+use support::{Backend, Gw, Mode, Reply, Seen, plugins};
+
+fn field<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
+    seen.head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn target(seen: &Seen) -> &str {
+    seen.head.split(' ').nth(1).unwrap_or_default()
+}
+
+/// `/hello/{id}` (hello, hijacking `/b/hijack-me`), `/post` (hello, a body through it),
+/// `/raw/{id}` (no-op, faulty tagging both ways and misbehaving on cue), `/wrap/{id}`
+/// (faulty wrapping the backend's JSON before it is decoded), all on `host`.
+fn config(host: &str) -> String {
+    let faulty = r#""faulty": {"tag": "t1", "trap_on": "/b/trap", "loop_on": "/b/loop", "grow_on": "/b/grow"}"#;
+    format!(
+        r#"{{"version": 3, "plugin": {{"folder": "PLUGINS", "pattern": ".wasm"}},
+        "extra_config": {{"router": {{"return_error_msg": true}}}},
+        "endpoints": [
+          {{"endpoint": "/hello/{{id}}", "backend": [{{"host": ["{host}"], "url_pattern": "/b/{{id}}",
+            "extra_config": {{"plugin/http-client": {{"name": "hello", "hello": {{"path": "/b/hijack-me"}}}}}}}}]}},
+          {{"endpoint": "/post", "method": "POST", "backend": [{{"host": ["{host}"], "url_pattern": "/b/post",
+            "extra_config": {{"plugin/http-client": {{"name": "hello", "hello": {{"path": "/b/hijack-me"}}}}}}}}]}},
+          {{"endpoint": "/raw/{{id}}", "output_encoding": "no-op", "backend": [{{"host": ["{host}"],
+            "url_pattern": "/b/{{id}}", "encoding": "no-op",
+            "extra_config": {{"plugin/http-client": {{"name": "faulty", {faulty}}}}}}}]}},
+          {{"endpoint": "/wrap/{{id}}", "backend": [{{"host": ["{host}"], "url_pattern": "/b/{{id}}",
+            "extra_config": {{"plugin/http-client": {{"name": "faulty", "faulty": {{"tag": "t2", "wrap": true}}}}}}}}]}}
+        ]}}"#
+    )
+}
+
+fn start(mode: Mode) -> (Backend, Gw) {
+    let backend = Backend::start(|seen| {
+        if target(seen) == "/b/post" { Reply::Echo } else { Reply::Json(r#"{"from":"backend"}"#.into()) }
+    });
+    let gw = Gw::start_gateway(plugins::gateway(&config(&backend.url())), mode);
+    (backend, gw)
+}
+
+/// The source document's example: the configured path is answered by the plugin, with
+/// `{"message": "<path>"}`, and the backend is never called; any other path, query
+/// string or not, goes to the backend.
+fn hijacked_and_passed(mode: Mode) {
+    let (backend, gw) = start(mode);
+    let r = gw.get("/hello/hijack-me");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), r#"{"message":"/b/hijack-me"}"#);
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(r.header("x-krakend-completed"), Some("true"));
+    assert!(backend.requests().is_empty(), "the backend was called: {:?}", backend.requests());
+
+    let r = gw.get("/hello/other");
+    assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].head.starts_with("GET /b/other HTTP/1.1\r\n"), "{}", seen[0].head);
+
+    // The plugin compares the path, not the query (as req.URL.Path in Go).
+    let r = gw.get("/hello/hijack-me?debug=1");
+    assert_eq!(r.text(), r#"{"message":"/b/hijack-me"}"#);
+    assert_eq!(backend.requests().len(), 1);
+}
+
+/// A body goes through a plugin that lets the call pass: same bytes, same length.
+fn body_through_plugin(mode: Mode) {
+    let (backend, gw) = start(mode);
+    let body = support::pattern(100_000);
+    let r = gw.request("POST", "/post", &[("Content-Type", "application/octet-stream")], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sum = support::checksum(&body);
+    assert_eq!(r.text(), format!(r#"{{"method":"POST","length":100000,"sum":{sum}}}"#));
+    let seen = backend.requests();
+    assert_eq!(field(&seen[0], "content-length"), Some("100000"));
+    assert_eq!(seen[0].body, body);
+}
+
+/// A plugin changes both ways: a header on the request the backend sees, headers on the
+/// answer (one of them the request's path, kept in the call's context), and the body
+/// before the gateway decodes it.
+fn headers_both_ways(mode: Mode) {
+    let (backend, gw) = start(mode);
+    let r = gw.get("/raw/x?q=1");
+    assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
+    assert_eq!(r.header("x-plugin-tag"), Some("t1"));
+    assert_eq!(r.header("x-plugin-saw"), Some("/b/x"));
+    assert_eq!(r.header("content-length"), Some("18"));
+    let seen = backend.requests();
+    assert_eq!(target(&seen[0]), "/b/x", "KrakenD forwards no query string unless input_query_strings says");
+    assert_eq!(field(&seen[0], "x-plugin-tag"), Some("t1"));
+
+    let r = gw.get("/wrap/y");
+    assert_eq!((r.status, r.text()), (200, r#"{"wrapped":{"from":"backend"}}"#));
+    assert_eq!(field(&backend.requests()[1], "x-plugin-tag"), Some("t2"));
+}
+
+/// A plugin that traps, loops forever or asks for too much memory fails that call
+/// with a 500 naming it; the backend is not called; the next call gets a new instance
+/// and works.
+fn misbehaving_plugin_fails_the_call_only(mode: Mode) {
+    let (backend, gw) = start(mode);
+    for (path, least) in
+        [("/raw/trap", Duration::ZERO), ("/raw/loop", Duration::from_millis(90)), ("/raw/grow", Duration::ZERO)]
+    {
+        let began = Instant::now();
+        let r = gw.get(path);
+        assert_eq!((r.status, r.text()), (500, "plugin faulty failed"), "{path}");
+        assert!(began.elapsed() >= least, "{path} answered in {:?}", began.elapsed());
+        assert!(backend.requests().is_empty(), "{path}: the backend was called");
+        let r = gw.get("/raw/after");
+        assert_eq!((r.status, r.header("x-plugin-saw")), (200, Some("/b/after")), "after {path}");
+        assert_eq!(backend.requests().len(), 1);
+        backend.seen.lock().unwrap().clear();
+    }
+}
+
+/// An embedding application's own plugin: a plain Rust object, no WebAssembly.
+#[derive(Debug, Default)]
+struct Stamp {
+    done: AtomicUsize,
+}
+
+impl ClientPlugin for Stamp {
+    fn on_request(&self, call: &mut BackendRequest) -> Result<Verdict, PluginFault> {
+        match call.path.as_str() {
+            "/b/local" => {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("x-answered-by", HeaderValue::from_static("stamp"));
+                Ok(Verdict::Respond(BackendResponse {
+                    status: StatusCode::OK,
+                    headers,
+                    body: br#"{"local":true}"#.to_vec(),
+                }))
+            }
+            "/b/fail" => Err(PluginFault("refused".into())),
+            _ => {
+                call.headers.insert("x-stamp", HeaderValue::from_static("on"));
+                call.path = format!("{}/stamped", call.path);
+                Ok(Verdict::Continue)
+            }
+        }
+    }
+
+    fn on_response(&self, _call: &BackendRequest, response: &mut BackendResponse) -> Result<(), PluginFault> {
+        response.body = br#"{"from":"stamp"}"#.to_vec();
+        Ok(())
+    }
+
+    fn on_done(&self, _call: &BackendRequest) {
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn rust_object_plugin(mode: Mode) {
+    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
+    let config = format!(
+        r#"{{"version": 3, "endpoints": [{{"endpoint": "/s/{{id}}", "backend": [
+            {{"host": ["{}"], "url_pattern": "/b/{{id}}", "group": "g"}}]}}]}}"#,
+        backend.url()
+    );
+    let mut gw: Gateway = Gateway::load(&config).unwrap().gateway;
+    let stamp = Arc::new(Stamp::default());
+    assert!(gw.bind_plugin(0, 0, "stamp", stamp.clone()));
+    assert!(!gw.bind_plugin(0, 1, "stamp", stamp.clone()), "no such backend");
+    let gw = Gw::start_gateway(gw, mode);
+
+    let r = gw.get("/s/x");
+    assert_eq!((r.status, r.text()), (200, r#"{"g":{"from":"stamp"}}"#));
+    let seen = backend.requests();
+    assert!(seen[0].head.starts_with("GET /b/x/stamped HTTP/1.1\r\n"), "{}", seen[0].head);
+    assert_eq!(field(&seen[0], "x-stamp"), Some("on"));
+
+    let r = gw.get("/s/local");
+    assert_eq!((r.status, r.text()), (200, r#"{"g":{"local":true}}"#));
+    let r = gw.get("/s/fail");
+    assert_eq!(r.status, 500);
+    assert_eq!(backend.requests().len(), 1);
+    assert_eq!(stamp.done.load(Ordering::SeqCst), 3);
+}
+
+every_driver!(
+    hijacked_and_passed,
+    body_through_plugin,
+    headers_both_ways,
+    misbehaving_plugin_fails_the_call_only,
+    rust_object_plugin
+);
