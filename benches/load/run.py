@@ -253,6 +253,44 @@ def tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs):
                   f"{r['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
 
 
+def plugin_rows(work, ports, args, quiet, procs):
+    """Case (g): the same no-op request with and without a client plugin (hello, letting
+    every call through) on the backend, each runtime, one table."""
+    env = {**os.environ, "RUST_LOG": "warn"}
+    pids = {}
+    for rt in ports:
+        p = subprocess.Popen([f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice-{rt}.json",
+                              "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
+        procs.append(p)
+        pids[rt] = p.pid
+    for port in ports.values():
+        wait_port(port)
+    time.sleep(0.5)
+    cases = []
+    for rt, port in ports.items():
+        cases.append((f"(g) no-op 100 B: Sluice {rt}", [pids[rt]], f"http://127.0.0.1:{port}/noop"))
+        cases.append((f"(g) no-op 100 B, hello plugin bound: Sluice {rt}", [pids[rt]],
+                      f"http://127.0.0.1:{port}/plugged"))
+    for _, _, url in cases:
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url],
+                             capture_output=True, text=True).stdout
+        if out != "200":
+            sys.exit(f"{url} answers {out}, not 200: the setup is broken")
+    rows = [measure(name, p, url, args) for name, p, url in cases]
+    print(f"\nClient plugin: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
+          f"{args.shards} Sluice shard(s) / tokio worker(s).\n")
+    print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
+    by_name = {r["name"]: r for r in rows}
+    print()
+    for rt in ports:
+        a, b = by_name[f"(g) no-op 100 B: Sluice {rt}"], by_name[f"(g) no-op 100 B, hello plugin bound: Sluice {rt}"]
+        print(f"Sluice {rt}, plugin / none: {b['rps'] / a['rps']:.2f}x req/s, "
+              f"{b['cpu_per_10k'] / a['cpu_per_10k']:.2f}x CPU per request.")
+
+
 def hold_idle(port, pids, count):
     """Opens `count` keep-alive connections, one request each, and keeps them open."""
     before = sum(status_kib(p, "VmRSS") for p in pids)
@@ -292,6 +330,8 @@ def main():
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--instructions", action="store_true", help="count instructions per request under callgrind")
     ap.add_argument("--tls", action="store_true", help="the TLS cases (e) and (f) instead")
+    ap.add_argument("--plugin", action="store_true",
+                    help="case (g) instead: no-op with the hello client plugin bound (letting calls through) beside without")
     args = ap.parse_args()
     if args.instructions and not shutil.which("valgrind"):
         sys.exit("valgrind is needed (apt-get install valgrind)")
@@ -305,6 +345,10 @@ def main():
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    plugins = f"{ROOT}/examples/plugins/target/wasm32-wasip1/release"
+    if args.plugin:
+        subprocess.run(["cargo", "build", "--release", "-q", "--target", "wasm32-wasip1", "--manifest-path",
+                        f"{ROOT}/examples/plugins/Cargo.toml"], check=True)
     work = tempfile.mkdtemp(prefix="sluice-load-")
     os.chmod(work, 0o755)  # nginx workers may run as another user
     procs = []
@@ -364,6 +408,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                 json.dump({
                     "version": 3, "port": port, "listen_ip": "127.0.0.1", "timeout": "5s", "idle_timeout": "120s",
                     "host": [f"http://127.0.0.1:{be_port}"],
+                    **({"plugin": {"folder": plugins, "pattern": ".wasm"}} if args.plugin else {}),
                     "endpoints": [
                         {"endpoint": "/noop", "output_encoding": "no-op",
                          "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]},
@@ -373,6 +418,10 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                             {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
                             {"url_pattern": "/b.json", "group": "orders"}]},
                     ] + ([
+                        {"endpoint": "/plugged", "output_encoding": "no-op",
+                         "backend": [{"url_pattern": "/100b", "encoding": "no-op", "extra_config": {
+                             "plugin/http-client": {"name": "hello", "hello": {"path": "/not-this-one"}}}}]},
+                    ] if args.plugin else []) + ([
                         {"endpoint": "/tlsnoop", "output_encoding": "no-op",
                          "backend": [{"host": [f"https://localhost:{be_tls}"], "url_pattern": "/100b", "encoding": "no-op",
                                       "extra_config": {"backend/http/client": {"client_tls": {
@@ -396,6 +445,9 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             return
         if args.tls:
             tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs)
+            return
+        if args.plugin:
+            plugin_rows(work, ports, args, quiet, procs)
             return
         sluices = {}
         for runtime in ports:
