@@ -78,20 +78,14 @@ fn bench(c: &mut Criterion) {
         body: RequestBody::None,
     };
     let mut g = c.benchmark_group("backend_call");
-    for (name, with_plugin, path) in [
-        ("no_plugin", false, "/u/42"),
-        ("hello_passes", true, "/u/42"),
-        ("hello_answers", true, "/u/hijack-me"),
-    ] {
+    for (name, with_plugin, path) in
+        [("no_plugin", false, "/u/42"), ("hello_passes", true, "/u/42"), ("hello_answers", true, "/u/hijack-me")]
+    {
         let gw = gateway(with_plugin);
         let lb = Balancer::new(gw.backend_count);
         let mut head = Vec::with_capacity(512);
         g.bench_function(name, |b| {
-            b.iter_batched(
-                || request(path),
-                |req| black_box(serve(&gw, &lb, req, &mut head)),
-                BatchSize::SmallInput,
-            )
+            b.iter_batched(|| request(path), |req| black_box(serve(&gw, &lb, req, &mut head)), BatchSize::SmallInput)
         });
     }
     g.finish();

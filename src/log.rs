@@ -72,6 +72,20 @@ impl<'a> MakeWriter<'a> for Sink {
     }
 }
 
+/// The filter directives: `RUST_LOG` (default `info`), with the plugin host's compiler
+/// (cranelift, wasmtime) held at `warn` unless `RUST_LOG` names it: `RUST_LOG=debug`
+/// is for the gateway's lines, not thousands of lines of code generation.
+fn filter(rust_log: Option<&str>) -> String {
+    let asked = rust_log.filter(|v| !v.trim().is_empty()).unwrap_or("info");
+    let mut directives = asked.to_string();
+    for quiet in ["cranelift_codegen", "cranelift_frontend", "wasmtime", "wasmtime_internal_cranelift", "regalloc2"] {
+        if !asked.contains(quiet) {
+            directives.push_str(&format!(",{quiet}=warn"));
+        }
+    }
+    directives
+}
+
 /// Starts the writer thread and installs the global subscriber (`RUST_LOG`, default
 /// `info`).
 pub(crate) fn init() {
@@ -83,10 +97,7 @@ pub(crate) fn init() {
     }
     let _ = SENDER.set(tx.clone());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter(std::env::var("RUST_LOG").ok().as_deref())))
         .with_target(false)
         .with_ansi(colour(io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref()))
         .with_writer(Sink { tx })
@@ -156,6 +167,18 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_plugin_compiler_stays_quiet_unless_named() {
+        let q = ",cranelift_codegen=warn,cranelift_frontend=warn,wasmtime=warn,wasmtime_internal_cranelift=warn,regalloc2=warn";
+        assert_eq!(filter(None), format!("info{q}"));
+        assert_eq!(filter(Some(" ")), format!("info{q}"));
+        assert_eq!(filter(Some("debug")), format!("debug{q}"));
+        assert_eq!(
+            filter(Some("debug,wasmtime=trace")),
+            "debug,wasmtime=trace,cranelift_codegen=warn,cranelift_frontend=warn,wasmtime_internal_cranelift=warn,regalloc2=warn"
+        );
     }
 
     #[test]
