@@ -206,6 +206,24 @@ def count_instructions(work, ports, ng_port, args, quiet, tls=None):
         print(f"| {CASES[case]}: {name} | {per:,.0f} | {low:,.0f} - {high:,.0f} | {per / ng:.2f}x | {count:,} |")
 
 
+def measure_table(cases, args, title):
+    """Checks every (name, pids, url) case answers 200, measures each, prints the table;
+    returns the rows by name."""
+    for _, _, url in cases:
+        out = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url],
+                             capture_output=True, text=True).stdout
+        if out != "200":
+            sys.exit(f"{url} answers {out}, not 200: the setup is broken")
+    rows = [measure(name, p, url, args) for name, p, url in cases]
+    print(f"\n{title}\n")
+    print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
+    print()
+    return {r["name"]: r for r in rows}
+
+
 def tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs):
     """Cases (e) and (f): Sluice on both runtimes beside nginx, one table."""
     env = {**os.environ, "RUST_LOG": "warn"}
@@ -231,20 +249,9 @@ def tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs):
         cases.append((f"(f) no-op 100 B, HTTPS listener: Sluice {rt}", [pids[f"sluice-{rt}-https.json"]],
                       f"https://127.0.0.1:{tls_ports[rt]}/noop"))
     cases.append(("(f) no-op 100 B, HTTPS listener: nginx", ng_pids, f"https://127.0.0.1:{tls_ports['nginx']}/noop"))
-    for _, _, url in cases:
-        out = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url],
-                             capture_output=True, text=True).stdout
-        if out != "200":
-            sys.exit(f"{url} answers {out}, not 200: the setup is broken")
-    rows = [measure(name, p, url, args) for name, p, url in cases]
-    print(f"\nLoad over TLS 1.3: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
-          f"{args.shards} Sluice shard(s) / tokio worker(s) vs {args.shards} nginx worker(s).\n")
-    print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
-    by_name = {r["name"]: r for r in rows}
-    print()
+    by_name = measure_table(cases, args, f"Load over TLS 1.3: wrk -t1 -c{args.connections}, {args.duration}s per row "
+                            f"after a 2s warm-up; {args.shards} Sluice shard(s) / tokio worker(s) vs {args.shards} "
+                            "nginx worker(s).")
     for case in ("(e) no-op 100 B to an HTTPS backend", "(f) no-op 100 B, HTTPS listener"):
         ng = by_name[f"{case}: nginx"]
         for rt in ports:
@@ -271,20 +278,8 @@ def plugin_rows(work, ports, args, quiet, procs):
         cases.append((f"(g) no-op 100 B: Sluice {rt}", [pids[rt]], f"http://127.0.0.1:{port}/noop"))
         cases.append((f"(g) no-op 100 B, hello plugin bound: Sluice {rt}", [pids[rt]],
                       f"http://127.0.0.1:{port}/plugged"))
-    for _, _, url in cases:
-        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url],
-                             capture_output=True, text=True).stdout
-        if out != "200":
-            sys.exit(f"{url} answers {out}, not 200: the setup is broken")
-    rows = [measure(name, p, url, args) for name, p, url in cases]
-    print(f"\nClient plugin: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
-          f"{args.shards} Sluice shard(s) / tokio worker(s).\n")
-    print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
-    by_name = {r["name"]: r for r in rows}
-    print()
+    by_name = measure_table(cases, args, f"Client plugin: wrk -t1 -c{args.connections}, {args.duration}s per row "
+                            f"after a 2s warm-up; {args.shards} Sluice shard(s) / tokio worker(s).")
     for rt in ports:
         a, b = by_name[f"(g) no-op 100 B: Sluice {rt}"], by_name[f"(g) no-op 100 B, hello plugin bound: Sluice {rt}"]
         print(f"Sluice {rt}, plugin / none: {b['rps'] / a['rps']:.2f}x req/s, "
