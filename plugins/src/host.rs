@@ -903,10 +903,15 @@ impl ClientPlugin for Plugin {
     }
 
     fn on_done(&self, call: &BackendRequest) {
-        let _ = self.with_vm(|vm| match vm.context_of(call.ticket) {
-            Some(c) => vm.close_context(c),
-            None => Ok(()),
-        });
+        // Only an instance holding the call's context has anything to close: after a
+        // trap there is none, and none is started just to close nothing.
+        let open = VMS.with(|vms| vms.borrow().get(&self.id).is_some_and(|vm| vm.context_of(call.ticket).is_some()));
+        if open {
+            let _ = self.with_vm(|vm| match vm.context_of(call.ticket) {
+                Some(c) => vm.close_context(c),
+                None => Ok(()),
+            });
+        }
     }
 }
 
