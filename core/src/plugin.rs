@@ -134,20 +134,10 @@ pub struct Site {
     pub at: String,
 }
 
-/// Header fields a plugin may not set: the gateway frames the message and owns the hop.
+/// Header fields a plugin may not set: the gateway frames the message and owns the hop
+/// (the hop-by-hop fields of [`crate::http1::HOP_BY_HOP`], `Content-Length`, `Host`).
 pub fn gateway_owned(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-    )
+    crate::http1::is_hop_by_hop_name(name.as_str().as_bytes()) || matches!(name.as_str(), "content-length" | "host")
 }
 
 /// A plugin's answer to a call it failed on: 500, naming the plugin only.

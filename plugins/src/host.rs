@@ -584,6 +584,13 @@ struct Exports {
     delete: Option<TypedFunc<i32, ()>>,
 }
 
+/// Which side of a call a callback is about.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
 /// One thread's instance of a bound plugin.
 struct Vm {
     store: Store<HostState>,
@@ -710,6 +717,26 @@ impl Vm {
         Ok(())
     }
 
+    /// One side of a call: its headers callback (`end_of_stream` when there is no
+    /// body), then its body callback with the whole body, unless the plugin already
+    /// answered locally.
+    fn headers_then_body(&mut self, side: Side, context: i32, fields: i32, body: usize) -> wasmtime::Result<()> {
+        let (headers, body_fn) = match side {
+            Side::Request => (&self.entry.request_headers, &self.entry.request_body),
+            Side::Response => (&self.entry.response_headers, &self.entry.response_body),
+        };
+        if let Some(f) = headers {
+            f.call(&mut self.store, (context, fields, i32::from(body == 0)))?;
+        }
+        if body > 0
+            && self.store.data().local.is_none()
+            && let Some(f) = body_fn
+        {
+            f.call(&mut self.store, (context, body as i32, 1))?;
+        }
+        Ok(())
+    }
+
     fn ticket(&self, context: i32) -> u64 {
         (self.generation << 32) | context as u32 as u64
     }
@@ -832,16 +859,7 @@ impl ClientPlugin for Plugin {
             let context = vm.open_context()?;
             call.ticket = vm.ticket(context);
             let fields = vm.store.data().request.len() as i32 - 3;
-            let has_body = !call.body.is_empty();
-            if let Some(f) = &vm.entry.request_headers {
-                f.call(&mut vm.store, (context, fields, i32::from(!has_body)))?;
-            }
-            if has_body
-                && vm.store.data().local.is_none()
-                && let Some(f) = &vm.entry.request_body
-            {
-                f.call(&mut vm.store, (context, call.body.len() as i32, 1))?;
-            }
+            vm.headers_then_body(Side::Request, context, fields, call.body.len())?;
             let s = vm.store.data_mut();
             if let Some(local) = s.local.take() {
                 return Ok(Ok(Verdict::Respond(local)));
@@ -866,16 +884,7 @@ impl ClientPlugin for Plugin {
             s.response_body.clone_from(&response.body);
             s.local = None;
             let fields = s.response.len() as i32 - 1;
-            let has_body = !response.body.is_empty();
-            if let Some(f) = &vm.entry.response_headers {
-                f.call(&mut vm.store, (context, fields, i32::from(!has_body)))?;
-            }
-            if has_body
-                && vm.store.data().local.is_none()
-                && let Some(f) = &vm.entry.response_body
-            {
-                f.call(&mut vm.store, (context, response.body.len() as i32, 1))?;
-            }
+            vm.headers_then_body(Side::Response, context, fields, response.body.len())?;
             let s = vm.store.data_mut();
             if let Some(local) = s.local.take() {
                 *response = local;
