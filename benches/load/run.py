@@ -260,7 +260,7 @@ def tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs):
                   f"{r['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
 
 
-def plugin_rows(work, ports, args, quiet, procs):
+def plugin_rows(work, ports, ng_port, args, quiet, procs):
     """Case (g): the same no-op request with and without a client plugin (hello, letting
     every call through) on the backend, each runtime, one table."""
     env = {**os.environ, "RUST_LOG": "warn"}
@@ -270,7 +270,9 @@ def plugin_rows(work, ports, args, quiet, procs):
                               "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
         procs.append(p)
         pids[rt] = p.pid
-    for port in ports.values():
+    nginx = subprocess.Popen(["nginx", "-c", f"{work}/proxy.conf", "-p", work], **quiet)
+    procs.append(nginx)
+    for port in list(ports.values()) + [ng_port]:
         wait_port(port)
     time.sleep(0.5)
     cases = []
@@ -278,12 +280,15 @@ def plugin_rows(work, ports, args, quiet, procs):
         cases.append((f"(g) no-op 100 B: Sluice {rt}", [pids[rt]], f"http://127.0.0.1:{port}/noop"))
         cases.append((f"(g) no-op 100 B, hello plugin bound: Sluice {rt}", [pids[rt]],
                       f"http://127.0.0.1:{port}/plugged"))
+    cases.append(("(g) no-op 100 B: nginx", nginx_workers(nginx.pid), f"http://127.0.0.1:{ng_port}/noop"))
     by_name = measure_table(cases, args, f"Client plugin: wrk -t1 -c{args.connections}, {args.duration}s per row "
                             f"after a 2s warm-up; {args.shards} Sluice shard(s) / tokio worker(s).")
+    ng = by_name["(g) no-op 100 B: nginx"]
     for rt in ports:
         a, b = by_name[f"(g) no-op 100 B: Sluice {rt}"], by_name[f"(g) no-op 100 B, hello plugin bound: Sluice {rt}"]
         print(f"Sluice {rt}, plugin / none: {b['rps'] / a['rps']:.2f}x req/s, "
-              f"{b['cpu_per_10k'] / a['cpu_per_10k']:.2f}x CPU per request.")
+              f"{b['cpu_per_10k'] / a['cpu_per_10k']:.2f}x CPU per request; with the plugin / nginx: "
+              f"{b['rps'] / ng['rps']:.2f}x req/s, {b['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
 
 
 def hold_idle(port, pids, count):
@@ -442,7 +447,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs)
             return
         if args.plugin:
-            plugin_rows(work, ports, args, quiet, procs)
+            plugin_rows(work, ports, ng_port, args, quiet, procs)
             return
         sluices = {}
         for runtime in ports:

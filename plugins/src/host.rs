@@ -935,6 +935,46 @@ impl Plugin {
 mod tests {
     use super::*;
 
+    fn call() -> BackendRequest {
+        BackendRequest {
+            method: Method::GET,
+            path: "/a".into(),
+            query: Some("q=1".into()),
+            authority: "b:1".into(),
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+            ticket: 0,
+        }
+    }
+
+    /// What a plugin leaves in the request map becomes the call; what it must not leave
+    /// there is refused with a reason (the call then fails with 500), never sent.
+    #[test]
+    fn a_plugins_request_is_taken_or_refused_with_a_reason() {
+        let mut s = HostState::new("p".into(), Arc::from(&[][..]));
+        let mut c = call();
+        request_map(&c, &mut s.request);
+        s.request.push(("x-added".into(), b"yes".to_vec()));
+        s.request[1].1 = b"/b?x=2".to_vec();
+        request_from(&s, &mut c).unwrap();
+        assert_eq!((c.path.as_str(), c.query.as_deref(), c.target()), ("/b", Some("x=2"), "/b?x=2".to_string()));
+        assert_eq!(c.headers.get("x-added").unwrap(), "yes");
+
+        let refused = |name: &str, value: &[u8]| {
+            let mut s = HostState::new("p".into(), Arc::from(&[][..]));
+            request_map(&call(), &mut s.request);
+            match s.request.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value.to_vec(),
+                None => s.request.push((name.to_string(), value.to_vec())),
+            }
+            request_from(&s, &mut call()).unwrap_err()
+        };
+        assert_eq!(refused(":method", b"G T"), "set an invalid :method \"G T\"");
+        assert_eq!(refused(":path", b"http://elsewhere/"), "set a :path that is not a path: \"http://elsewhere/\"");
+        assert_eq!(refused("bad name", b"v"), "set an invalid header name \"bad name\"");
+        assert_eq!(refused("x-split", b"a\r\nInjected: 1"), "set an invalid value for header x-split");
+    }
+
     #[test]
     fn maps_round_trip_and_bad_encodings_are_refused() {
         let map = vec![(":path".to_string(), b"/a".to_vec()), ("x-b".to_string(), b"".to_vec())];
