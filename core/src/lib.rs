@@ -30,6 +30,8 @@
 //!   buffer every connection uses.
 //! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
 //! - [`plugin`]: the HTTP client plugin contract (one plugin per backend call).
+//! - [`forward`]: the dynamic forward proxy's decisions (destination, the request
+//!   sent on, the egress policy).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -41,6 +43,7 @@ pub mod conn;
 pub mod deadline;
 pub mod dispatch;
 pub mod exchange;
+pub mod forward;
 pub mod http1;
 pub mod json;
 pub mod plan;

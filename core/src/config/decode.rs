@@ -15,9 +15,9 @@ use serde_json::{Map, Value};
 use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
-    Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, Diagnostic, Encoding, Endpoint,
-    HostAddr, HttpClientOptions, IpNet, OutputEncoding, Parsed, PluginLoader, RouterOptions, ServerTls,
-    ServiceDiscovery, is_write_method, parse_duration,
+    Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels, Diagnostic,
+    EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions, IpNet, LookupFamily, OutputEncoding,
+    Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery, is_write_method, parse_duration,
 };
 use crate::route::Router;
 
@@ -311,6 +311,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         remote_ip_headers: vec!["X-Forwarded-For".to_string(), "X-Real-IP".to_string()],
         ..RouterOptions::default()
     };
+    let mut forward_proxy = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "router" => {
             let mut r = Obj::new(v, path.to_string(), cx)?;
@@ -331,8 +332,22 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
             r.finish(cx);
             Some(())
         }
+        "sluice/forward-proxy" => {
+            forward_proxy = Some(forward(Obj::new(v, path.to_string(), cx)?, cx));
+            Some(())
+        }
         _ => None,
     });
+    if let Some(f) = &forward_proxy
+        && f.port == port
+        && f.port != 0
+        && (f.listen_ip == listen_ip || listen_ip.is_unspecified() || f.listen_ip.is_unspecified())
+    {
+        cx.error(
+            "extra_config[\"sluice/forward-proxy\"].port",
+            format!("{} is the gateway's port too: the forward proxy needs its own", f.port),
+        );
+    }
 
     let ctx = RootCtx { disable_rest, has_root_host: !host.is_empty(), output_encoding };
     let mut endpoints = Vec::new();
@@ -379,9 +394,133 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         max_header_bytes,
         max_idle_connections_per_host,
         router,
+        forward_proxy,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
+}
+
+/// `extra_config."sluice/forward-proxy"`.
+fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
+    let listen_ip = o.string("listen_ip", cx).filter(|s| !s.is_empty()).and_then(|s| match s.parse::<IpAddr>() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            cx.error(&o.at("listen_ip"), format!("invalid IP address {s:?}"));
+            None
+        }
+    });
+    let port = o.uint("port", 0, 65535, cx).map_or(3128, |p| p as u16);
+    let auto_host_rewrite_header = o.non_empty("auto_host_rewrite_header", cx);
+    if let Some(h) = &auto_host_rewrite_header {
+        check_header_names(std::slice::from_ref(h), &o.at("auto_host_rewrite_header"), cx);
+        if h.eq_ignore_ascii_case("host") || crate::http1::is_hop_by_hop_name(h.as_bytes()) {
+            cx.error(
+                &o.at("auto_host_rewrite_header"),
+                format!("{h:?} cannot carry the destination: name another header"),
+            );
+        }
+    }
+    let timeout = o.positive_duration("timeout", cx).unwrap_or(Duration::from_secs(30));
+    let idle_timeout = o.positive_duration("idle_timeout", cx).unwrap_or(Duration::from_secs(300));
+    let mut connect = ConnectTunnels { enabled: false, allowed_ports: vec![PortRange(443, 443)] };
+    if let Some(mut c) = o.object("connect", cx) {
+        connect.enabled = c.flag("enabled", cx);
+        if let Some(p) = ports(&mut c, "allowed_ports", cx) {
+            connect.allowed_ports = p;
+        }
+        c.finish(cx);
+    }
+    let mut dns_lookup_family = LookupFamily::V4Preferred;
+    if let Some(mut d) = o.object("dns_cache", cx) {
+        if let Some(f) = d.leaf("dns_lookup_family", cx) {
+            dns_lookup_family = f;
+        }
+        d.finish(cx);
+    }
+    let mut egress = EgressPolicy { ports: vec![PortRange(80, 80), PortRange(443, 443)], ..EgressPolicy::default() };
+    if let Some(mut e) = o.object("egress", cx) {
+        egress.allow_hosts = host_patterns(&mut e, "allow_hosts", cx);
+        egress.deny_hosts = host_patterns(&mut e, "deny_hosts", cx);
+        if let Some(p) = ports(&mut e, "ports", cx) {
+            egress.ports = p;
+        }
+        if let Some(list) = e.strings("allow_cidrs", cx) {
+            let list_path = e.at("allow_cidrs");
+            for (i, s) in list.iter().enumerate() {
+                match IpNet::parse(s) {
+                    Ok(net) => egress.allow_cidrs.push(net),
+                    Err(m) => cx.error(&index(&list_path, i), m),
+                }
+            }
+        }
+        e.finish(cx);
+    }
+    o.finish(cx);
+    ForwardProxy {
+        listen_ip: listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        port,
+        auto_host_rewrite_header,
+        timeout,
+        idle_timeout,
+        connect,
+        dns_lookup_family,
+        egress,
+    }
+}
+
+/// A list of ports: numbers, or `"from-to"` ranges.
+fn ports(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> Option<Vec<PortRange>> {
+    let v = o.take(key)?;
+    let path = o.at(key);
+    let Value::Array(items) = v else {
+        cx.error(&path, format!("expected an array of ports (443, or \"8000-8999\"), found {}", kind(v)));
+        return None;
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let one = |n: &str| n.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        let range = match item {
+            Value::Number(n) => {
+                n.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|p| *p > 0).map(|p| PortRange(p, p))
+            }
+            Value::String(s) => match s.split_once('-') {
+                Some((a, b)) => one(a).zip(one(b)).filter(|(a, b)| a <= b).map(|(a, b)| PortRange(a, b)),
+                None => one(s).map(|p| PortRange(p, p)),
+            },
+            _ => None,
+        };
+        match range {
+            Some(r) => out.push(r),
+            None => cx.error(
+                &index(&path, i),
+                format!("expected a port from 1 to 65535 or a range \"from-to\", found {item}"),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// Host patterns: a host name (`example.com`) or a suffix (`*.example.com`, which
+/// matches `a.example.com` and `a.b.example.com`, not `example.com` itself). Kept
+/// lowercase.
+fn host_patterns(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> Vec<String> {
+    let Some(list) = o.strings(key, cx) else { return Vec::new() };
+    let path = o.at(key);
+    let mut out = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        let name = p.strip_prefix("*.").unwrap_or(p);
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if ok || p.parse::<IpAddr>().is_ok() {
+            out.push(p.to_ascii_lowercase());
+        } else {
+            cx.error(&index(&path, i), format!("{p:?} is not a host name or a \"*.suffix\" pattern"));
+        }
+    }
+    out
 }
 
 /// Reads `extra_config`: `known` decodes the namespaces this level understands (and

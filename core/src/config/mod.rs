@@ -166,9 +166,91 @@ pub struct Config {
     pub max_idle_connections_per_host: usize,
     /// `extra_config."router"`: client-facing router options.
     pub router: RouterOptions,
+    /// `extra_config."sluice/forward-proxy"`: the dynamic forward proxy listener.
+    /// Default: none.
+    pub forward_proxy: Option<ForwardProxy>,
     /// The raw `extra_config` object, for namespaces read elsewhere.
     pub extra_config: Map<String, Value>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// `extra_config."sluice/forward-proxy"`: a dynamic forward proxy (Envoy's, as Gloo
+/// configures it) on its own listener. Clients use it as an HTTP proxy (`curl -x`,
+/// `HTTP_PROXY`); each request goes "blindly" to the host it names, under the egress
+/// policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardProxy {
+    /// Address to listen on. Default: `127.0.0.1` (binding elsewhere is the operator's
+    /// explicit choice: a proxy reachable by everyone is an open proxy).
+    pub listen_ip: IpAddr,
+    /// Port to listen on. Default: 3128 (Squid's).
+    pub port: u16,
+    /// Gloo's `autoHostRewriteHeader`: when a request has this header, its value is the
+    /// destination (and the `Host` sent); the header itself is not forwarded. Default: none.
+    pub auto_host_rewrite_header: Option<String>,
+    /// Time from a request's start to the destination's response head (504 after).
+    /// Default: 30s.
+    pub timeout: Duration,
+    /// Longest quiet spell while a response body or a tunnel's bytes flow. Default: 300s.
+    pub idle_timeout: Duration,
+    /// `connect`: CONNECT tunnels.
+    pub connect: ConnectTunnels,
+    /// `dns_cache.dns_lookup_family`. Default: `V4_PREFERRED`.
+    pub dns_lookup_family: LookupFamily,
+    /// `egress`: where requests may go.
+    pub egress: EgressPolicy,
+}
+
+/// `connect` of the forward proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectTunnels {
+    /// Default: false (CONNECT is answered 403 and the connection closed, as Envoy
+    /// without the CONNECT upgrade).
+    pub enabled: bool,
+    /// Ports a tunnel may open to. Default: 443 (Squid's `SSL_ports`).
+    pub allowed_ports: Vec<PortRange>,
+}
+
+/// An inclusive port range (`443`, or `"8000-8999"` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.0..=self.1).contains(&port)
+    }
+}
+
+/// Envoy's `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum LookupFamily {
+    /// IPv4 addresses only.
+    #[serde(rename = "V4_ONLY")]
+    V4Only,
+    /// IPv6 addresses only.
+    #[serde(rename = "V6_ONLY")]
+    V6Only,
+    /// IPv6 when the name has one, else IPv4 (Envoy's `AUTO`).
+    #[serde(rename = "AUTO")]
+    Auto,
+    /// IPv4 when the name has one, else IPv6.
+    #[serde(rename = "V4_PREFERRED")]
+    V4Preferred,
+}
+
+/// `egress` of the forward proxy: host and port rules first, then the address the
+/// destination resolved to (see `sluice_core::forward::Egress`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EgressPolicy {
+    /// When not empty, only hosts matching one of these (`example.com`, `*.example.com`).
+    pub allow_hosts: Vec<String>,
+    /// Hosts refused whatever else says (same patterns).
+    pub deny_hosts: Vec<String>,
+    /// Ports plain requests may go to. Default: 80 and 443.
+    pub ports: Vec<PortRange>,
+    /// Internal ranges allowed anyway (loopback, private, link-local, ... are refused
+    /// unless named here). Default: none.
+    pub allow_cidrs: Vec<IpNet>,
 }
 
 /// `extra_config."router"` (KrakenD's gin router namespace): the keys Sluice reads.
