@@ -339,10 +339,13 @@ fn start(
     wait: std::time::Duration,
     stop: sluice_core::StopSignal,
 ) -> std::io::Result<Server> {
+    let forward = gateway.forward.as_ref().map(|f| SocketAddr::new(f.config.listen_ip, f.config.port));
+    let forward_line = |at: Option<SocketAddr>| at.map(|a| format!("; forward proxy on {a}")).unwrap_or_default();
     match runtime {
         #[cfg(target_os = "linux")]
         Runtime::Uring => {
             let mut opts = sluice_uring::Options::new(listen);
+            opts.forward_listen = forward;
             if let Some(n) = serving.shards {
                 opts.shards = n.max(1);
             }
@@ -351,10 +354,11 @@ fn start(
             let server = sluice_uring::start(gateway, opts, stop)?;
             let drivers: Vec<String> = server.drivers.iter().map(ToString::to_string).collect();
             tracing::info!(
-                "{} shard(s), driver {}; listening on {}",
+                "{} shard(s), driver {}; listening on {}{}",
                 drivers.len(),
                 drivers.join(", "),
-                server.local_addr
+                server.local_addr,
+                forward_line(server.forward_addr)
             );
             Ok(Server::Uring(server))
         }
@@ -365,8 +369,13 @@ fn start(
                 serving.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             let opts =
                 sluice_tokio::Options { shutdown_wait: wait, ..sluice_tokio::Options::with_threads(&gateway, threads) };
-            let server = sluice_tokio::start(gateway, listen, threads, opts, stop)?;
-            tracing::info!("{} worker thread(s), runtime tokio; listening on {}", server.threads, server.local_addr);
+            let server = sluice_tokio::start(gateway, listen, forward, threads, opts, stop)?;
+            tracing::info!(
+                "{} worker thread(s), runtime tokio; listening on {}{}",
+                server.threads,
+                server.local_addr,
+                forward_line(server.forward_addr)
+            );
             Ok(Server::Tokio(server))
         }
     }

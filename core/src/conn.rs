@@ -74,7 +74,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, Method, StatusCode};
@@ -86,12 +86,14 @@ use crate::config::{HostAddr, Scheme};
 use crate::deadline::{HeadWait, after, body_deadline};
 use crate::dispatch::{Dispatch, Route};
 use crate::exchange::{Action, Call, CallBody, Exchange};
+use crate::forward::{self, Denied, Destination, ForwardPlan};
 use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 use crate::plan::Gateway;
 use crate::proxy::Proxy;
 use crate::redirect;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
 use crate::tls::TlsTarget;
+use crate::tunnel::{Pipe, PipeOp};
 use crate::upstream::Balancer;
 
 /// Names a backend connection of one client connection. Ids are reused once a
@@ -134,6 +136,21 @@ pub enum Output<'g> {
     PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
     /// Close backend connection `id`, dropping any operation on it.
     CloseBackend { id: BackendId },
+    /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`;
+    /// then [`Connection::handle_resolved`] with its addresses, without blocking.
+    Resolve { id: BackendId, name: String },
+    /// Open the connection of a CONNECT tunnel to `addr` (vetted by the egress policy:
+    /// dial exactly this); then [`Connection::handle_tunnel_opened`].
+    OpenTunnel { addr: SocketAddr },
+    /// Read from the tunnel's connection into this buffer (as for the client); then
+    /// [`Connection::handle_tunnel_read`]. May be out while a tunnel write is.
+    ReadTunnel(Vec<u8>),
+    /// Write all of these to the tunnel's connection; then
+    /// [`Connection::handle_tunnel_written`].
+    WriteTunnel(Vec<u8>),
+    /// Shut the tunnel connection's write side (send FIN); then
+    /// [`Connection::handle_tunnel_shutdown`].
+    ShutdownTunnel,
     /// A log line.
     Log(Log<'g>),
     /// Shut the client socket's write side (send FIN), keep its read side: the last
@@ -157,6 +174,12 @@ pub enum Input {
     ConnectFailed(BackendId, String),
     BackendRead(BackendId, Vec<u8>, io::Result<usize>),
     BackendWritten(BackendId, Vec<u8>, io::Result<()>),
+    /// The addresses a name resolved to, or why it did not.
+    Resolved(BackendId, Result<Vec<IpAddr>, String>),
+    TunnelOpened(Result<(), String>),
+    TunnelRead(Vec<u8>, io::Result<usize>),
+    TunnelWritten(Vec<u8>, io::Result<()>),
+    TunnelShutdown(io::Result<()>),
     Timeout,
     Stop,
 }
@@ -172,6 +195,10 @@ pub enum Log<'g> {
     Tls { peer: IpAddr, reason: String },
     /// A backend call was redirected (`sluice::backend`, info).
     Redirect { endpoint: &'g str, backend: usize, status: StatusCode, to: String },
+    /// A forwarded request or tunnel failed or broke off (`sluice::forward`, warn).
+    Forward { dest: String, reason: String },
+    /// The egress policy refused a destination (`sluice::egress`, warn).
+    Denied { peer: IpAddr, dest: String, reason: String },
 }
 
 impl fmt::Display for Log<'_> {
@@ -183,6 +210,8 @@ impl fmt::Display for Log<'_> {
             Log::Redirect { endpoint, backend, status, to } => {
                 write!(f, "backend {backend} of {endpoint}: {} redirect to {to}", status.as_u16())
             }
+            Log::Forward { dest, reason } => write!(f, "forward to {dest}: {reason}"),
+            Log::Denied { peer, dest, reason } => write!(f, "client {peer} to {dest} denied: {reason}"),
         }
     }
 }
@@ -415,6 +444,49 @@ impl<'g> Slot<'g> {
         }
     }
 
+    /// A request the forward proxy sends on, written in `request`.
+    fn forward(
+        method: Method,
+        host: HostAddr,
+        pool_key: String,
+        body: Option<BodyLength>,
+        request: Vec<u8>,
+    ) -> Slot<'g> {
+        Slot {
+            in_use: true,
+            call: 0,
+            method,
+            endpoint: "forward proxy",
+            origin: Cow::Owned(host.clone()),
+            host: Cow::Owned(host),
+            pool_key: Cow::Owned(pool_key),
+            via: None,
+            connect: None,
+            redirects: 0,
+            follow: false,
+            redirect_tls: None,
+            held: Vec::new(),
+            tls_target: None,
+            tls: None,
+            stream: true,
+            body: body.map_or(CallBody::None, CallBody::Stream),
+            phase: Phase::Connecting,
+            connected: false,
+            reused: false,
+            pooled: true,
+            out: request,
+            sent: Vec::new(),
+            writing: false,
+            input: ReadBuf::default(),
+            reading: false,
+            hungry: false,
+            eof: false,
+            fetch: None,
+            codec: None,
+            failure: None,
+        }
+    }
+
     /// Its connection pooled (`reusable`, and a TLS session with nothing under way goes
     /// with it) or closed.
     fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
@@ -479,9 +551,15 @@ enum State<'g> {
     Body { req: Box<ClientRequest>, serve: Serve<'g>, body: Vec<u8>, deadline: Option<Instant>, line: AccessLog },
     /// An aggregating exchange: backend calls in flight until `deadline`.
     Exchange { ex: Box<Exchange<'g>>, line: AccessLog, deadline: Instant },
-    /// `no-op`, before the backend's response head: connecting, sending the head,
-    /// relaying the body, waiting for the head.
-    Stream { ex: Box<Exchange<'g>>, line: AccessLog, id: BackendId },
+    /// `no-op` or a forwarded request, before the response head: connecting, sending
+    /// the head, relaying the body, waiting for the head.
+    Stream { leg: Leg<'g>, line: AccessLog, id: BackendId },
+    /// Forward proxy: the destination's name is being resolved ([`Output::Resolve`]).
+    Resolve(Box<Pending>),
+    /// Forward proxy: a CONNECT's connection is opening ([`Output::OpenTunnel`]).
+    Opening(Box<Pending>),
+    /// A CONNECT tunnel: bytes both ways until both sides closed.
+    Tunnel(Box<Tunnel>),
     /// `no-op`: the backend's body is pumped to the client.
     Pump(Pumping<'g>),
     /// A whole response is in the output: once written, the connection goes on so.
@@ -503,7 +581,7 @@ enum State<'g> {
 #[derive(Debug)]
 struct Pumping<'g> {
     /// Kept for the 502 a failure gets while nothing reached the client.
-    ex: Box<Exchange<'g>>,
+    leg: Leg<'g>,
     line: AccessLog,
     id: BackendId,
     status: StatusCode,
@@ -514,10 +592,65 @@ struct Pumping<'g> {
     head: (usize, u64),
 }
 
+/// What a streamed response comes from: a `no-op` endpoint's exchange, or a request
+/// the forward proxy sent on.
+#[derive(Debug)]
+enum Leg<'g> {
+    Endpoint(Box<Exchange<'g>>),
+    Forward(Box<Forwarded>),
+}
+
+/// A request the forward proxy sent on.
+#[derive(Debug)]
+struct Forwarded {
+    /// `host:port`, for log lines.
+    dest: String,
+    /// Until the response head: the request's start plus `timeout`; then, while the
+    /// body flows, the last progress plus `idle_timeout`.
+    deadline: Instant,
+}
+
+impl Leg<'_> {
+    fn deadline(&self) -> Instant {
+        match self {
+            Leg::Endpoint(ex) => ex.deadline(),
+            Leg::Forward(f) => f.deadline,
+        }
+    }
+}
+
+/// A forward-proxy request between its head and its connection: its destination's
+/// name resolving, or its tunnel's connection opening.
+#[derive(Debug)]
+struct Pending {
+    dest: Destination,
+    /// The request to send (empty for a tunnel).
+    request: Vec<u8>,
+    method: Method,
+    body: Option<BodyLength>,
+    tunnel: bool,
+    line: AccessLog,
+    deadline: Instant,
+}
+
+/// A CONNECT tunnel: client to destination (`up`) and back (`down`).
+#[derive(Debug)]
+struct Tunnel {
+    up: Pipe,
+    down: Pipe,
+    dest: String,
+    /// The last bytes either way; the tunnel closes `idle` after.
+    last: Instant,
+    idle: Duration,
+    line: AccessLog,
+}
+
 /// One client connection (see the module docs).
 #[derive(Debug)]
 pub struct Connection<'g> {
     gw: &'g Gateway,
+    /// On the forward proxy's listener: its plan.
+    fwd: Option<&'g ForwardPlan>,
     balancer: &'g Balancer,
     limits: Limits,
     peer: IpAddr,
@@ -565,6 +698,7 @@ impl<'g> Connection<'g> {
         let limits = Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() };
         let mut c = Connection {
             gw,
+            fwd: None,
             balancer,
             limits,
             peer,
@@ -608,6 +742,25 @@ impl<'g> Connection<'g> {
         c
     }
 
+    /// A connection accepted on the forward proxy's listener (`gw.forward`): requests
+    /// are forwarded to the host they name, CONNECT opens tunnels. Plain HTTP.
+    pub fn forward_proxy(
+        gw: &'g Gateway,
+        balancer: &'g Balancer,
+        peer: IpAddr,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let mut c = Connection::new(gw, balancer, peer, now, wall);
+        c.tls = None;
+        c.fwd = gw.forward.as_ref();
+        c.state = match c.fwd {
+            Some(_) => State::Head(HeadWait::new(true, now)),
+            None => State::Closing,
+        };
+        c
+    }
+
     // ----- what happened -----
 
     /// Feeds one [`Input`] at `now`.
@@ -620,6 +773,11 @@ impl<'g> Connection<'g> {
             Input::ConnectFailed(id, reason) => self.handle_connect_failed(id, reason, now),
             Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
             Input::BackendWritten(id, buf, result) => self.handle_backend_written(id, buf, result, now),
+            Input::Resolved(id, result) => self.handle_resolved(id, result, now),
+            Input::TunnelOpened(result) => self.handle_tunnel_opened(result, now),
+            Input::TunnelRead(buf, result) => self.handle_tunnel_read(buf, result, now),
+            Input::TunnelWritten(buf, result) => self.handle_tunnel_written(buf, result, now),
+            Input::TunnelShutdown(result) => self.handle_tunnel_shutdown(result, now),
             Input::Timeout => self.handle_timeout(now),
             Input::Stop => self.handle_stop(now),
         }
@@ -629,6 +787,11 @@ impl<'g> Connection<'g> {
     /// `Ok(n)` bytes appended (`Ok(0)`: the client closed its side).
     pub fn handle_client_read(&mut self, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
         self.now = now;
+        if let State::Tunnel(t) = &mut self.state {
+            let read = t.up.read_done(buf, result);
+            self.tunnel_moved(read.map(|got| got.then_some(())).map_err(|e| format!("client read failed: {}", e.0)));
+            return;
+        }
         if self.tls.is_some() {
             self.tls_client_read(buf, result);
             self.progress();
@@ -647,6 +810,13 @@ impl<'g> Connection<'g> {
     /// A client write finished; `buf` is the vector [`Output::WriteClient`] gave.
     pub fn handle_client_written(&mut self, mut buf: Vec<u8>, result: io::Result<()>, now: Instant) {
         self.now = now;
+        if let State::Tunnel(t) = &mut self.state
+            && t.down.is_writing()
+        {
+            let written = t.down.written(buf, result);
+            self.tunnel_moved(written.map(|()| None).map_err(|e| format!("client write failed: {}", e.0)));
+            return;
+        }
         self.write_since = None;
         if result.is_err() {
             // The client is gone: nothing can reach it any more.
@@ -736,6 +906,11 @@ impl<'g> Connection<'g> {
     /// connection.
     pub fn handle_client_shutdown(&mut self, result: io::Result<()>, now: Instant) {
         self.now = now;
+        if let State::Tunnel(t) = &mut self.state {
+            let shut = t.down.shut_done(result);
+            self.tunnel_moved(shut.map(|()| None).map_err(|e| format!("client shutdown failed: {}", e.0)));
+            return;
+        }
         if result.is_err() {
             self.abort();
             return;
@@ -901,6 +1076,86 @@ impl<'g> Connection<'g> {
         }
     }
 
+    /// The name [`Output::Resolve`] asked for resolved to `result` (every address, in
+    /// the resolver's order; the connection picks by `dns_lookup_family`).
+    pub fn handle_resolved(&mut self, _id: BackendId, result: Result<Vec<IpAddr>, String>, now: Instant) {
+        self.now = now;
+        let State::Resolve(p) = mem::replace(&mut self.state, State::Closed) else { return };
+        let Some(fp) = self.fwd else { return };
+        self.state = match result.map(|addrs| fp.pick(&addrs)) {
+            Ok(Some(ip)) => self.dial(p, ip),
+            Ok(None) => self.dns_failed(p, "no address of the configured family".to_string()),
+            Err(reason) => self.dns_failed(p, reason),
+        };
+        self.progress();
+    }
+
+    /// The tunnel's connection ([`Output::OpenTunnel`]) is open, or why not.
+    pub fn handle_tunnel_opened(&mut self, result: Result<(), String>, now: Instant) {
+        self.now = now;
+        let State::Opening(p) = mem::replace(&mut self.state, State::Closed) else { return };
+        self.state = match result {
+            Ok(()) => self.open_tunnel(p),
+            Err(reason) => {
+                self.queue
+                    .push_back(Output::Log(Log::Forward { dest: p.dest.authority.clone(), reason: reason.clone() }));
+                self.fail(StatusCode::BAD_GATEWAY, &reason, p.line)
+            }
+        };
+        self.progress();
+    }
+
+    /// A read on the tunnel's connection finished (as [`Connection::handle_client_read`]).
+    pub fn handle_tunnel_read(&mut self, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let read = t.down.read_done(buf, result);
+        self.tunnel_moved(read.map(|got| got.then_some(())).map_err(|e| format!("destination read failed: {}", e.0)));
+    }
+
+    /// A write on the tunnel's connection finished.
+    pub fn handle_tunnel_written(&mut self, buf: Vec<u8>, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let written = t.up.written(buf, result);
+        self.tunnel_moved(written.map(|()| None).map_err(|e| format!("destination write failed: {}", e.0)));
+    }
+
+    /// The tunnel connection's write side is shut.
+    pub fn handle_tunnel_shutdown(&mut self, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let shut = t.up.shut_done(result);
+        self.tunnel_moved(shut.map(|()| None).map_err(|e| format!("destination shutdown failed: {}", e.0)));
+    }
+
+    /// After a tunnel operation: `Ok(Some(()))` when bytes came in (the idle clock
+    /// restarts), an error ends the tunnel at once, and the tunnel ends when both
+    /// directions are closed.
+    fn tunnel_moved(&mut self, moved: Result<Option<()>, String>) {
+        let State::Tunnel(t) = &mut self.state else { return };
+        match moved {
+            Ok(Some(())) => t.last = self.now,
+            Ok(None) => {}
+            Err(reason) => return self.end_tunnel(Some(reason)),
+        }
+        if t.up.is_done() && t.down.is_done() {
+            self.end_tunnel(None);
+        }
+    }
+
+    /// The tunnel is over: its access line (200, the bytes sent to the client), a log
+    /// line when it broke, and the connection closes.
+    fn end_tunnel(&mut self, broke: Option<String>) {
+        let State::Tunnel(t) = mem::replace(&mut self.state, State::Closed) else { return };
+        if let Some(reason) = broke {
+            self.queue.push_back(Output::Log(Log::Forward { dest: t.dest, reason }));
+        }
+        let line = t.line.line(StatusCode::OK, t.down.bytes, self.now);
+        self.queue.push_back(Output::Log(Log::Access(line)));
+        self.queue.push_back(Output::Close);
+    }
+
     /// Time has come to `now`. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
@@ -937,12 +1192,28 @@ impl<'g> Connection<'g> {
                 ex.handle_timeout(now);
                 self.drive(ex, line)
             }
-            State::Stream { mut ex, line, .. } if now >= ex.deadline() => {
+            State::Stream { leg: Leg::Endpoint(mut ex), line, .. } if now >= ex.deadline() => {
                 ex.handle_timeout(now);
                 self.close_slots();
                 self.settle_stream(ex, line)
             }
-            State::Pump(p) if now >= p.ex.deadline() => self.cut(p, Cut::Timeout),
+            State::Stream { leg: Leg::Forward(f), line, .. } if now >= f.deadline => {
+                self.close_slots();
+                let reason = "the destination did not answer in time";
+                self.queue.push_back(Output::Log(Log::Forward { dest: f.dest, reason: reason.to_string() }));
+                self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), line, true)
+            }
+            State::Pump(p) if now >= p.leg.deadline() => self.cut(p, Cut::Timeout),
+            State::Resolve(p) | State::Opening(p) if now >= p.deadline => {
+                let reason = "the destination did not answer in time";
+                self.queue.push_back(Output::Log(Log::Forward { dest: p.dest.authority, reason: reason.to_string() }));
+                self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), p.line, true)
+            }
+            State::Tunnel(t) if now >= t.last + t.idle => {
+                self.state = State::Tunnel(t);
+                self.end_tunnel(Some("idle timeout".to_string()));
+                return;
+            }
             other => other,
         };
         self.progress();
@@ -987,6 +1258,24 @@ impl<'g> Connection<'g> {
             self.handed += 1;
             let bytes = mem::replace(&mut self.out, mem::take(&mut self.spare));
             return Some(Output::WriteClient(bytes));
+        }
+        if let State::Tunnel(t) = &mut self.state {
+            // The 200 goes out first.
+            if self.write_since.is_some() || !self.out.is_empty() {
+                return None;
+            }
+            if let Some(op) = t.up.next() {
+                return Some(match op {
+                    PipeOp::Read(buf) => Output::ReadClient(buf),
+                    PipeOp::Write(bytes) => Output::WriteTunnel(bytes),
+                    PipeOp::Shutdown => Output::ShutdownTunnel,
+                });
+            }
+            return t.down.next().map(|op| match op {
+                PipeOp::Read(buf) => Output::ReadTunnel(buf),
+                PipeOp::Write(bytes) => Output::WriteClient(bytes),
+                PipeOp::Shutdown => Output::ShutdownClient,
+            });
         }
         let reads_client =
             matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. } | State::Linger { .. });
@@ -1034,8 +1323,10 @@ impl<'g> Connection<'g> {
             State::Head(wait) => wait.deadline(cfg),
             State::Body { deadline, .. } => *deadline,
             State::Exchange { deadline, .. } => Some(*deadline),
-            State::Stream { ex, .. } => Some(ex.deadline()),
-            State::Pump(p) => Some(p.ex.deadline()),
+            State::Stream { leg, .. } => Some(leg.deadline()),
+            State::Pump(p) => Some(p.leg.deadline()),
+            State::Resolve(p) | State::Opening(p) => Some(p.deadline),
+            State::Tunnel(t) => Some(t.last + t.idle),
             State::Linger { until } => Some(*until),
             State::Flush(_) | State::Closing | State::Closed => None,
         };
@@ -1062,6 +1353,10 @@ impl<'g> Connection<'g> {
             State::Body { line, .. } | State::Exchange { line, .. } | State::Stream { line, .. } => {
                 StatusCode::from_u16(499).ok().map(|status| line.line(status, 0, self.now))
             }
+            State::Resolve(p) | State::Opening(p) => {
+                StatusCode::from_u16(499).ok().map(|status| p.line.line(status, 0, self.now))
+            }
+            State::Tunnel(t) => Some(t.line.line(StatusCode::OK, t.down.bytes, self.now)),
             _ => None,
         };
         if let Some(line) = line {
@@ -1088,7 +1383,10 @@ impl<'g> Connection<'g> {
             State::Head(wait) => self.step_head(wait),
             State::Body { req, serve, body, deadline, line } => self.step_body(req, serve, body, deadline, line),
             State::Exchange { ex, line, deadline } => self.step_exchange(ex, line, deadline),
-            State::Stream { ex, line, id } => self.step_stream(ex, line, id),
+            State::Stream { leg, line, id } => self.step_stream(leg, line, id),
+            State::Resolve(p) => (State::Resolve(p), false),
+            State::Opening(p) => (State::Opening(p), false),
+            State::Tunnel(t) => (State::Tunnel(t), false),
             State::Pump(p) => self.step_pump(p),
             State::Flush(next) => {
                 if self.client_busy() {
@@ -1191,6 +1489,9 @@ impl<'g> Connection<'g> {
 
     fn start_request(&mut self, mut req: Request) -> State<'g> {
         let now = self.now;
+        if let Some(fp) = self.fwd {
+            return self.start_forward(req, fp);
+        }
         let mut creq = match ClientRequest::from_head(&mut req, self.peer) {
             Ok(creq) => creq,
             Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, self.peer, now)),
@@ -1213,6 +1514,139 @@ impl<'g> Connection<'g> {
                 self.respond(reply, line, false)
             }
         }
+    }
+
+    // ----- the forward proxy -----
+
+    /// A request on the forward proxy's listener: a CONNECT opens a tunnel, anything
+    /// else is sent on to the host it names; both under the egress policy.
+    fn start_forward(&mut self, req: Request, fp: &'g ForwardPlan) -> State<'g> {
+        let (now, peer) = (self.now, self.peer);
+        let tunnel = req.method == Method::CONNECT;
+        let dest = if tunnel { fp.tunnel_destination(&req) } else { fp.destination(&req) };
+        let dest = match dest {
+            Ok(dest) => dest,
+            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, peer, now)),
+        };
+        let line = AccessLog::forwarded(&req, &dest, peer, now);
+        if tunnel && !fp.config.connect.enabled {
+            // Envoy without the CONNECT upgrade: refused, and the connection closed
+            // (what the client sent after its CONNECT is never read as HTTP).
+            return self.fail(StatusCode::FORBIDDEN, "CONNECT is not enabled on this proxy", line);
+        }
+        let body = if tunnel { None } else { forward::relayed_body(req.framing) };
+        if body.is_none() && !tunnel {
+            // No body: the codec sees the request end now.
+            match self.server.handle_input(self.input.pending()) {
+                Ok((n, ServerEvent::End(_))) => self.input.consume(n),
+                Ok(_) => {}
+                Err(e) => return self.fail(e.status(), e.reason(), line),
+            }
+        }
+        if let Err(denied) = fp.egress.check_host(&dest.host, dest.port, tunnel) {
+            return self.denied(denied, &dest, line, tunnel);
+        }
+        let mut request = Vec::new();
+        if !tunnel && let Err(reason) = fp.write_request(&req, &dest, body, &mut request) {
+            return self.fail(StatusCode::BAD_REQUEST, reason, line);
+        }
+        let p = Box::new(Pending {
+            request,
+            method: req.method.clone(),
+            body,
+            tunnel,
+            line,
+            deadline: now + fp.config.timeout,
+            dest,
+        });
+        match p.dest.ip() {
+            Some(ip) => self.dial(p, ip),
+            None => {
+                self.queue.push_back(Output::Resolve { id: 0, name: p.dest.host.clone() });
+                State::Resolve(p)
+            }
+        }
+    }
+
+    /// The destination's address is known: vetted, then dialled (that address and no
+    /// other): a tunnel's connection, or a backend connection for the request.
+    fn dial(&mut self, p: Box<Pending>, ip: IpAddr) -> State<'g> {
+        let Some(fp) = self.fwd else { return State::Closing };
+        let addr = SocketAddr::new(ip, p.dest.port);
+        if let Err(denied) = fp.egress.check_addr(addr) {
+            return self.denied(denied, &p.dest, p.line, p.tunnel);
+        }
+        if p.tunnel {
+            self.queue.push_back(Output::OpenTunnel { addr });
+            return State::Opening(p);
+        }
+        let Pending { dest, request, method, body, line, deadline, .. } = *p;
+        let host = HostAddr { scheme: Scheme::Http, host: ip.to_string(), port: dest.port };
+        // Pooled by the vetted address: never shared with the gateway's backends.
+        let pool_key = format!("forward {addr}");
+        let slot = Slot::forward(method, host, pool_key, body, request);
+        let id = match self.slots.iter().position(|s| !s.in_use) {
+            Some(free) => {
+                self.slots[free] = slot;
+                free
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        let s = &self.slots[id];
+        self.queue.push_back(Output::Connect { id, host: s.host.clone(), pool_key: s.pool_key.clone(), pooled: true });
+        State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
+    }
+
+    /// The destination's name did not resolve: 503 `DNS resolution failure` (Envoy's
+    /// words), the reason in the log.
+    fn dns_failed(&mut self, p: Box<Pending>, reason: String) -> State<'g> {
+        let reason = format!("cannot resolve {}: {reason}", p.dest.host);
+        self.queue.push_back(Output::Log(Log::Forward { dest: p.dest.authority, reason }));
+        self.respond(Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS resolution failure"), p.line, p.tunnel)
+    }
+
+    /// The egress policy refused the destination: 403, the reason in
+    /// [`forward::DENIED_HEADER`] and the body, and a log line. A refused tunnel closes
+    /// the connection.
+    fn denied(&mut self, denied: Denied, dest: &Destination, line: AccessLog, close: bool) -> State<'g> {
+        let reason = denied.to_string();
+        self.queue.push_back(Output::Log(Log::Denied {
+            peer: self.peer,
+            dest: dest.authority.clone(),
+            reason: reason.clone(),
+        }));
+        let mut reply = Reply::text(StatusCode::FORBIDDEN, &format!("egress denied: {reason}"));
+        if let Ok(v) = http::HeaderValue::from_str(&reason) {
+            reply.headers.insert(forward::DENIED_HEADER, v);
+        }
+        self.respond(reply, line, close)
+    }
+
+    /// The tunnel's connection is open: `200` to the client, then bytes both ways;
+    /// what the client sent after its CONNECT head goes first.
+    fn open_tunnel(&mut self, p: Box<Pending>) -> State<'g> {
+        let Some(fp) = self.fwd else { return State::Closing };
+        let none = HeaderMap::new();
+        let head = ResponseHead { status: StatusCode::OK, headers: &none, body: BodyLength::Known(0), close: false };
+        if self.server.write_response_head(&head, &mut self.out).is_err()
+            || self.server.finish_response(&mut self.out) != Ok(Next::Switch)
+        {
+            return State::Closing;
+        }
+        self.answered = true;
+        let early = self.input.pending().to_vec();
+        self.input.clear();
+        State::Tunnel(Box::new(Tunnel {
+            up: Pipe::with(early),
+            down: Pipe::default(),
+            dest: p.dest.authority,
+            last: self.now,
+            idle: fp.config.idle_timeout,
+            line: p.line,
+        }))
     }
 
     fn read_body(&mut self, req: ClientRequest, serve: Serve<'g>, line: AccessLog) -> State<'g> {
@@ -1564,7 +1998,7 @@ impl<'g> Connection<'g> {
         let mut ex = Box::new(Exchange::new(self.gw, route, creq, self.now));
         match ex.poll(self.balancer) {
             Action::Call(call) => match self.open(&ex, &call, true) {
-                Ok(id) => State::Stream { ex, line, id },
+                Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
                 Err(reason) => {
                     ex.handle_failure(call.id, reason);
                     self.settle_stream(ex, line)
@@ -1585,7 +2019,7 @@ impl<'g> Connection<'g> {
         self.respond(reply, line, true)
     }
 
-    fn step_stream(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
+    fn step_stream(&mut self, mut leg: Leg<'g>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
         let relayed = match self.relay(id) {
             Ok(moved) => moved,
             Err(Relay::BadBody(status, reason)) => {
@@ -1601,37 +2035,53 @@ impl<'g> Connection<'g> {
         };
         let call = self.slots.get(id).map_or(0, |s| s.call);
         match self.slot_step(id) {
-            SlotEvent::Nothing => (State::Stream { ex, line, id }, relayed),
+            SlotEvent::Nothing => (State::Stream { leg, line, id }, relayed),
             SlotEvent::Head(head) => {
-                ex.handle_head(call, head.status);
-                let Action::Stream(stream) = ex.poll(self.balancer) else {
-                    self.close_slots();
-                    return (self.settle_stream(ex, line), true);
-                };
                 let none = HeaderMap::new();
-                let response = ResponseHead {
-                    status: stream.status,
-                    headers: &none,
-                    body: head.body_length(),
-                    close: self.stopping,
+                let (status, headers) = match &mut leg {
+                    Leg::Endpoint(ex) => {
+                        ex.handle_head(call, head.status);
+                        let Action::Stream(stream) = ex.poll(self.balancer) else {
+                            self.close_slots();
+                            let Leg::Endpoint(ex) = leg else { return (State::Closing, true) };
+                            return (self.settle_stream(ex, line), true);
+                        };
+                        (stream.status, &none)
+                    }
+                    Leg::Forward(f) => {
+                        f.deadline = self.now + self.fwd.map_or(Duration::ZERO, |fp| fp.config.idle_timeout);
+                        (head.status, self.fwd.map_or(&none, |fp| &fp.via))
+                    }
                 };
+                let response = ResponseHead { status, headers, body: head.body_length(), close: self.stopping };
                 let head_at = (self.out.len(), self.handed);
                 if self.server.write_passthrough_head(&response, &head.head, &mut self.out).is_err() {
                     self.close_slots();
                     return (State::Closing, true);
                 }
                 self.answered = true;
-                (State::Pump(Pumping { ex, line, id, status: stream.status, sent: 0, head: head_at }), true)
+                (State::Pump(Pumping { leg, line, id, status, sent: 0, head: head_at }), true)
             }
-            SlotEvent::Failed(f) => {
-                self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
-                ex.handle_failure(call, &f.reason);
-                (self.settle_stream(ex, line), true)
-            }
+            SlotEvent::Failed(f) => (self.leg_failed(leg, call, f.reason, line), true),
             SlotEvent::Answer { .. } => {
-                ex.handle_failure(call, "unexpected response");
                 self.close_slots();
-                (self.settle_stream(ex, line), true)
+                (self.leg_failed(leg, call, "unexpected response".to_string(), line), true)
+            }
+        }
+    }
+
+    /// A streamed call failed before its response head: a `no-op` endpoint answers as
+    /// its exchange says, the forward proxy 502 with the reason.
+    fn leg_failed(&mut self, leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
+        match leg {
+            Leg::Endpoint(mut ex) => {
+                self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
+                ex.handle_failure(call, &reason);
+                self.settle_stream(ex, line)
+            }
+            Leg::Forward(f) => {
+                self.queue.push_back(Output::Log(Log::Forward { dest: f.dest, reason: reason.clone() }));
+                self.respond(Reply::text(StatusCode::BAD_GATEWAY, &reason), line, true)
             }
         }
     }
@@ -1700,6 +2150,9 @@ impl<'g> Connection<'g> {
             Ok((n, moved, pumped)) => {
                 slot.input.consume(n);
                 p.sent += moved;
+                if let (Leg::Forward(f), true, Some(fp)) = (&mut p.leg, n > 0, self.fwd) {
+                    f.deadline = self.now + fp.config.idle_timeout;
+                }
                 if pumped == Pumped::NeedMore {
                     slot.hungry = true;
                 }
@@ -1716,21 +2169,36 @@ impl<'g> Connection<'g> {
     /// and the connection closes. Either way, a backend line and the access line.
     fn cut(&mut self, p: Pumping<'g>, cut: Cut) -> State<'g> {
         let call = self.slots.get(p.id).map_or(0, |s| s.call);
-        let endpoint = p.ex.endpoint().path.as_str();
         self.close_slots();
-        let (timed_out, reason) = match cut {
-            Cut::Timeout => (true, "the endpoint timeout passed before the response body ended".to_string()),
-            Cut::Failed(reason) => (false, reason),
+        let (timed_out, reason) = match (cut, &p.leg) {
+            (Cut::Timeout, Leg::Endpoint(_)) => {
+                (true, "the endpoint timeout passed before the response body ended".to_string())
+            }
+            (Cut::Timeout, Leg::Forward(_)) => (true, "idle timeout while the response body flowed".to_string()),
+            (Cut::Failed(reason), _) => (false, reason),
         };
         let (head_at, handed) = p.head;
         if handed == self.handed && self.out.len() >= head_at {
             self.out.truncate(head_at);
             self.server.take_back_head();
-            self.log_backend(endpoint, call, reason.clone());
-            let reply = p.ex.stream_failed(timed_out, &reason);
+            let reply = match &p.leg {
+                Leg::Endpoint(ex) => {
+                    self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
+                    ex.stream_failed(timed_out, &reason)
+                }
+                Leg::Forward(f) => {
+                    self.queue.push_back(Output::Log(Log::Forward { dest: f.dest.clone(), reason: reason.clone() }));
+                    let status = if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+                    Reply::text(status, &reason)
+                }
+            };
             return self.respond(reply, p.line, true);
         }
-        self.log_backend(endpoint, call, format!("response body cut after {} bytes: {reason}", p.sent));
+        let reason = format!("response body cut after {} bytes: {reason}", p.sent);
+        match &p.leg {
+            Leg::Endpoint(ex) => self.log_backend(ex.endpoint().path.as_str(), call, reason),
+            Leg::Forward(f) => self.queue.push_back(Output::Log(Log::Forward { dest: f.dest.clone(), reason })),
+        }
         let line = p.line.line(p.status, p.sent, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));
         State::Closing

@@ -27,6 +27,8 @@ pub struct ForwardPlan {
     /// The rewrite header, lowercased.
     rewrite: Option<String>,
     pub egress: Egress,
+    /// `Via` for responses.
+    pub via: http::HeaderMap,
 }
 
 impl ForwardPlan {
@@ -42,6 +44,7 @@ impl ForwardPlan {
                 listener: SocketAddr::new(config.listen_ip, config.port),
             },
             config: config.clone(),
+            via: std::iter::once((http::header::VIA, http::HeaderValue::from_static(VIA))).collect(),
         }
     }
 

@@ -55,6 +55,7 @@ pub mod response;
 pub mod route;
 mod stop;
 pub mod tls;
+mod tunnel;
 pub mod upstream;
 
 pub use config::{ConfigError, Diagnostic};

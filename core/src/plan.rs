@@ -88,6 +88,9 @@ pub struct Gateway {
     pub server_tls: Option<ServerProfile>,
     /// The proxy variables, for redirects to hosts the configuration does not name.
     pub proxy_env: ProxyEnv,
+    /// The dynamic forward proxy (`extra_config."sluice/forward-proxy"`), served on
+    /// its own listener.
+    pub forward: Option<crate::forward::ForwardPlan>,
 }
 
 /// An endpoint with every default resolved.
@@ -321,7 +324,8 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
-        Ok(Gateway { config, router, endpoints, backend_count, server_tls, proxy_env: env.proxy.clone() })
+        let forward = config.forward_proxy.as_ref().map(crate::forward::ForwardPlan::new);
+        Ok(Gateway { config, router, endpoints, backend_count, server_tls, proxy_env: env.proxy.clone(), forward })
     }
 
     /// Every backend whose configuration names a client plugin other than the built-in

@@ -92,6 +92,18 @@ impl AccessLog {
         AccessLog { peer, method: Some(req.method.clone()), path, started }
     }
 
+    /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
+    /// or `host:port` for a tunnel), without the query string.
+    pub fn forwarded(req: &Request, dest: &crate::forward::Destination, peer: IpAddr, started: Instant) -> AccessLog {
+        let path = if req.method == Method::CONNECT {
+            dest.authority.clone()
+        } else {
+            let t = &dest.target;
+            format!("http://{}{}", dest.authority, t.split_once('?').map_or(t.as_str(), |(p, _)| p))
+        };
+        AccessLog { peer, method: Some(req.method.clone()), path, started }
+    }
+
     /// An answer to a head that was refused (a bad head, one too large, a head
     /// timeout): `head` is what came of it. Its request line is logged when it has the
     /// shape of one (a method token, a target, a version), the target without its

@@ -79,6 +79,11 @@ struct World<'g> {
     client_gone: bool,
     /// The gateway shut its write side (the lingering close after a last answer).
     shut_at: Option<Instant>,
+    /// Forward proxy: what each name resolves to (answered at once; a name missing
+    /// here is never answered).
+    dns: BTreeMap<String, Result<Vec<std::net::IpAddr>, String>>,
+    /// Forward proxy: the tunnel's destination got these bytes.
+    tunnelled: Vec<u8>,
 }
 
 const CONFIG_HEAD: &str = r#""version": 3, "timeout": "1s", "read_header_timeout": "400ms", "idle_timeout": "2s""#;
@@ -115,7 +120,22 @@ impl<'g> World<'g> {
             closed_at: None,
             client_gone: false,
             shut_at: None,
+            dns: BTreeMap::new(),
+            tunnelled: Vec::new(),
         }
+    }
+
+    /// A connection on the forward proxy's listener.
+    fn forward(gw: &'g Gateway, lb: &'g Balancer, script: &[Client<'g>]) -> World<'g> {
+        let mut w = World::new(gw, lb, script);
+        w.conn = Connection::forward_proxy(gw, lb, "192.0.2.9".parse().unwrap(), w.t0, UNIX_EPOCH);
+        w
+    }
+
+    fn resolves(mut self, name: &str, answer: Result<&[&str], &str>) -> Self {
+        let answer = answer.map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect()).map_err(str::to_string);
+        self.dns.insert(name.to_string(), answer);
+        self
     }
 
     fn backend(mut self, host: &str, serves: &[Serve]) -> Self {
@@ -163,15 +183,21 @@ impl<'g> World<'g> {
                 self.ready.push_back(Input::ClientWritten(bytes, Ok(())));
             }
             Output::Connect { id, host, pool_key, pooled } => {
+                let key = format!("http://{}:{}", host.host, host.port);
+                match pool_key.strip_prefix("forward ") {
+                    // The forward proxy pools by the vetted address.
+                    Some(addr) => assert_eq!(addr, format!("{}:{}", host.host, host.port)),
+                    None => assert_eq!(pool_key, key),
+                }
                 let key = pool_key.to_string();
-                assert_eq!(key, format!("http://{}:{}", host.host, host.port));
                 if let Some(sock) = self.pool.get_mut(&key).and_then(Vec::pop).filter(|_| pooled) {
                     self.note(format!("backend {id}: pooled connection to {key}"));
                     self.socks.insert(id, sock);
                     self.ready.push_back(Input::Connected(id, Some(Session::default())));
                     return;
                 }
-                let script = self.scripts.get_mut(&key).expect("a scripted host");
+                let host_key = format!("http://{}:{}", host.host, host.port);
+                let script = self.scripts.get_mut(&host_key).expect("a scripted host");
                 if matches!(script.front(), Some(Serve::Refuse)) {
                     script.pop_front();
                     self.note(format!("backend {id}: refused by {key}"));
@@ -180,7 +206,7 @@ impl<'g> World<'g> {
                 }
                 self.note(format!("backend {id}: new connection to {key}"));
                 let sock = Sock {
-                    key,
+                    key: host_key,
                     received: Vec::new(),
                     sending: VecDeque::new(),
                     closed: false,
@@ -228,6 +254,26 @@ impl<'g> World<'g> {
                 }
             }
             Output::Log(line) => self.note(format!("log: {line}")),
+            Output::Resolve { id, name } => {
+                self.note(format!("resolve {name}"));
+                if let Some(answer) = self.dns.get(&name) {
+                    self.ready.push_back(Input::Resolved(id, answer.clone()));
+                }
+            }
+            Output::OpenTunnel { addr } => {
+                self.note(format!("tunnel: connection to {addr}"));
+                self.ready.push_back(Input::TunnelOpened(Ok(())));
+            }
+            // The destination never says anything.
+            Output::ReadTunnel(_) => {}
+            Output::WriteTunnel(bytes) => {
+                self.tunnelled.extend_from_slice(&bytes);
+                self.ready.push_back(Input::TunnelWritten(bytes, Ok(())));
+            }
+            Output::ShutdownTunnel => {
+                self.note("tunnel: write side shut".into());
+                self.ready.push_back(Input::TunnelShutdown(Ok(())));
+            }
             Output::ShutdownClient => {
                 self.note("client: write side shut".into());
                 self.shut_at = Some(self.now);
@@ -833,4 +879,131 @@ fn a_client_that_goes_mid_body_still_gets_its_access_line() {
         ["  50ms backend 0: closed", "  50ms log: 192.0.2.9 \"GET /raw\" 200 10 50.0ms", "  50ms client: closed"]
             .join("\n")
     );
+}
+
+// ----- the forward proxy -----
+
+fn forward_gateway(extra: &str) -> Gateway {
+    Gateway::load(&format!(
+        r#"{{{CONFIG_HEAD}, "endpoints": [], "extra_config": {{"sluice/forward-proxy": {{
+            "timeout": "500ms", "idle_timeout": "1s", "connect": {{"enabled": true, "allowed_ports": [443]}},
+            "egress": {{"ports": [9001], "allow_cidrs": ["127.0.0.0/8"]}}{extra}}}}}}}"#
+    ))
+    .unwrap()
+    .gateway
+}
+
+const FWD_GET: &str =
+    "GET http://api.test:9001/x?q=1 HTTP/1.1\r\nHost: api.test:9001\r\nProxy-Connection: keep-alive\r\n\r\n";
+
+#[test]
+fn forward_resolves_picks_the_family_and_dials_the_vetted_address() {
+    let gw = forward_gateway("");
+    let lb = Balancer::new(0);
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Send(FWD_GET), Wait(10), Eof])
+        .resolves("api.test", Ok(&["::1", "127.0.0.1"]))
+        .backend("127.0.0.1:9001", &[json("{}"), json("{}")])
+        .run();
+    let answer = "HTTP/1.1 200 OK\r\nvia: 1.1 sluice\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    assert_eq!(w.to_client, format!("{answer}{answer}"));
+    let request = "GET /x?q=1 HTTP/1.1\r\nhost: api.test:9001\r\nvia: 1.1 sluice\r\n\r\n";
+    assert_eq!(w.requests, [request, request]);
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms resolve api.test",
+            "   0ms backend 0: new connection to forward 127.0.0.1:9001",
+            "   0ms backend 0: pooled",
+            "   0ms log: 192.0.2.9 \"GET http://api.test:9001/x\" 200 2 0.0ms",
+            "  10ms resolve api.test",
+            "  10ms backend 0: pooled connection to forward 127.0.0.1:9001",
+            "  10ms backend 0: pooled",
+            "  10ms log: 192.0.2.9 \"GET http://api.test:9001/x\" 200 2 0.0ms",
+            "  20ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn forward_dns_failures_denials_and_timeouts() {
+    let gw = forward_gateway("");
+    let lb = Balancer::new(0);
+    // The lookup fails: 503, Envoy's words; the reason in the log.
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Err("no such name")).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 22\r\n\r\nDNS resolution failure"
+    );
+    assert!(
+        w.trace().contains("log: forward to api.test:9001: cannot resolve api.test: no such name"),
+        "{}",
+        w.trace()
+    );
+    // Only IPv6 when V4_ONLY is configured: a failure too.
+    let gw4 = forward_gateway(r#", "dns_cache": {"dns_lookup_family": "V4_ONLY"}"#);
+    let w = World::forward(&gw4, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["::1"])).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{}", w.to_client);
+    assert!(w.trace().contains("no address of the configured family"), "{}", w.trace());
+    // Resolved into a denied range: 403, and no connection asked for.
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["10.0.0.7"])).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\nx-sluice-egress-denied: address 10.0.0.7 is private (RFC 1918, 10.0.0.0/8)\r\ncontent-length: 65\r\n\r\negress denied: address 10.0.0.7 is private (RFC 1918, 10.0.0.0/8)"
+    );
+    assert!(!w.trace().contains("backend 0"), "{}", w.trace());
+    assert!(
+        w.trace().contains("log: client 192.0.2.9 to api.test:9001 denied: address 10.0.0.7 is private"),
+        "{}",
+        w.trace()
+    );
+    // No answer from the resolver: 504 at `timeout` (500ms), and the connection closes.
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(2000), Eof]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 38\r\nconnection: close\r\n\r\nthe destination did not answer in time"
+    );
+    assert!(w.trace().starts_with("   0ms resolve api.test\n 500ms log: forward to api.test:9001"), "{}", w.trace());
+    // A destination that hangs after the request: 504 at the same deadline.
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(2000), Eof])
+        .resolves("api.test", Ok(&["127.0.0.1"]))
+        .backend("127.0.0.1:9001", &[Serve::Hang])
+        .run();
+    assert!(w.to_client.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{}", w.to_client);
+    assert!(w.trace().contains(" 500ms backend 0: closed"), "{}", w.trace());
+}
+
+#[test]
+fn forward_tunnel_in_virtual_time() {
+    let gw = forward_gateway("");
+    let lb = Balancer::new(0);
+    let connect = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\nearly";
+    let w = World::forward(&gw, &lb, &[Send(connect), Wait(300), Send("late"), Wait(100), Eof, Wait(5000)])
+        .resolves("api.test", Ok(&["127.0.0.1"]))
+        .run();
+    assert_eq!(w.to_client, "HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!(w.tunnelled, b"earlylate");
+    // The client's FIN goes through as the destination's; the destination never
+    // closes, so the tunnel closes `idle_timeout` (1s) after the last bytes (300ms).
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms resolve api.test",
+            "   0ms tunnel: connection to 127.0.0.1:443",
+            " 400ms tunnel: write side shut",
+            "1300ms log: forward to api.test:443: idle timeout",
+            "1300ms log: 192.0.2.9 \"CONNECT api.test:443\" 200 0 1300.0ms",
+            "1300ms client: closed",
+        ]
+        .join("\n")
+    );
+    // CONNECT to a port not allowed: 403 and closed, nothing resolved or dialled.
+    let w = World::forward(&gw, &lb, &[Send("CONNECT api.test:22 HTTP/1.1\r\nHost: x\r\n\r\n"), Wait(10), Eof]).run();
+    assert!(
+        w.to_client.contains("\r\nx-sluice-egress-denied: CONNECT to port 22 is not allowed\r\n"),
+        "{}",
+        w.to_client
+    );
+    assert!(w.to_client.contains("\r\nconnection: close\r\n"), "{}", w.to_client);
+    assert!(!w.trace().contains("resolve") && !w.trace().contains("tunnel:"), "{}", w.trace());
 }

@@ -1,7 +1,9 @@
 //! A whole client connection: any client bytes and any backend bytes, cut in any
 //! pieces, with time passing, end in a closed connection, never a panic or a hang.
 //! The first byte says where the client's bytes end and the backend's begin, the
-//! second how big each piece delivered is.
+//! second how big each piece delivered is (its low 6 bits) and, from 128 on, that the
+//! connection is on the forward proxy's listener (the backend's bytes then also come
+//! back through CONNECT tunnels).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -26,7 +28,10 @@ fn gateway() -> &'static Gateway {
             {"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "backend": [
                 {"host": ["http://127.0.0.1:9001"], "url_pattern": "/up", "encoding": "no-op"}]},
             {"endpoint": "/raw", "output_encoding": "no-op", "backend": [
-                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/down", "encoding": "no-op"}]}]}"#;
+                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/down", "encoding": "no-op"}]}],
+            "extra_config": {"sluice/forward-proxy": {"auto_host_rewrite_header": "x-to", "timeout": "1s",
+                "idle_timeout": "2s", "connect": {"enabled": true, "allowed_ports": ["1-65535"]},
+                "egress": {"ports": ["1-65535"], "deny_hosts": ["*.denied.test"], "allow_cidrs": ["127.0.0.0/8"]}}}}"#;
         Gateway::load(config).expect("a valid config").gateway
     })
 }
@@ -36,12 +41,18 @@ fuzz_target!(|input: &[u8]| {
     let rest = &input[2..];
     let split = (usize::from(cut) * rest.len() / 255).min(rest.len());
     let (client, backend) = rest.split_at(split);
+    let forward = step >= 128;
     let step = usize::from(step % 64) + 1;
     let gw = gateway();
     let lb = Balancer::new(gw.backend_count);
     let t0 = Instant::now();
     let mut now = t0;
-    let mut conn = Connection::new(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
+    let mut conn = if forward {
+        Connection::forward_proxy(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH)
+    } else {
+        Connection::new(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH)
+    };
+    let mut tunnel = backend.chunks(step);
     let mut client = client.chunks(step);
     // Every backend connection answers with the same bytes, piece by piece.
     let mut backends: Vec<Option<std::slice::Chunks<'_, u8>>> = Vec::new();
@@ -85,6 +96,21 @@ fuzz_target!(|input: &[u8]| {
                     }
                 }
                 Output::Log(line) => drop(line.to_string()),
+                // Names resolve to loopback (or fail, with the refusing backend).
+                Output::Resolve { id, .. } => ready.push(Input::Resolved(
+                    id,
+                    if backend.first() == Some(&b'!') { Err("no such name".into()) } else { Ok(vec![[127, 0, 0, 1].into()]) },
+                )),
+                Output::OpenTunnel { .. } => ready.push(Input::TunnelOpened(Ok(()))),
+                Output::ReadTunnel(mut buf) => {
+                    let n = tunnel.next().map_or(0, |p| {
+                        buf.extend_from_slice(p);
+                        p.len()
+                    });
+                    ready.push(Input::TunnelRead(buf, Ok(n)));
+                }
+                Output::WriteTunnel(bytes) => ready.push(Input::TunnelWritten(bytes, Ok(()))),
+                Output::ShutdownTunnel => ready.push(Input::TunnelShutdown(Ok(()))),
                 Output::Close => return,
             }
         }

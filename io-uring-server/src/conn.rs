@@ -3,7 +3,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -23,6 +23,10 @@ enum Back {
     Reader(OwnedReadHalf<TcpStream>),
     Writer(OwnedWriteHalf<TcpStream>),
     Backend(BackendId, TcpStream),
+    /// A CONNECT tunnel's connection, just opened, and its halves.
+    Tunnel(TcpStream),
+    TunnelReader(OwnedReadHalf<TcpStream>),
+    TunnelWriter(OwnedWriteHalf<TcpStream>),
     Nothing,
 }
 
@@ -40,6 +44,11 @@ struct Ops<'a> {
     read: Option<Op<'a>>,
     write: Option<Op<'a>>,
     backends: Vec<Backend<'a>>,
+    /// A CONNECT tunnel's connection: its halves at rest, its read and its write.
+    tunnel_reader: Option<OwnedReadHalf<TcpStream>>,
+    tunnel_writer: Option<OwnedWriteHalf<TcpStream>>,
+    tunnel_read: Option<Op<'a>>,
+    tunnel_write: Option<Op<'a>>,
     /// The connection's one timer (made at its first deadline, then reset) and the
     /// instant it is set for, while it is.
     timer: Option<Pin<Box<monoio::time::Sleep>>>,
@@ -77,7 +86,9 @@ impl<'a> Ops<'a> {
         cx: &mut Context<'_>,
         stop: Option<Pin<&mut impl Future<Output = ()>>>,
     ) -> Poll<(Back, Input)> {
-        let ops = [&mut self.read, &mut self.write].into_iter().chain(self.backends.iter_mut().map(|b| &mut b.op));
+        let ops = [&mut self.read, &mut self.write, &mut self.tunnel_read, &mut self.tunnel_write]
+            .into_iter()
+            .chain(self.backends.iter_mut().map(|b| &mut b.op));
         for op in ops {
             if let Some(Poll::Ready(done)) = op.as_mut().map(|fut| fut.as_mut().poll(cx)) {
                 *op = None;
@@ -99,6 +110,12 @@ impl<'a> Ops<'a> {
             Back::Reader(r) => self.reader = Some(r),
             Back::Writer(w) => self.writer = Some(w),
             Back::Backend(id, s) => self.backend(id).stream = Some(s),
+            Back::Tunnel(s) => {
+                let (r, w) = s.into_split();
+                (self.tunnel_reader, self.tunnel_writer) = (Some(r), Some(w));
+            }
+            Back::TunnelReader(r) => self.tunnel_reader = Some(r),
+            Back::TunnelWriter(w) => self.tunnel_writer = Some(w),
             Back::Nothing => {}
         }
     }
@@ -112,14 +129,20 @@ impl Drop for Active {
     }
 }
 
-/// Serves one client connection until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection until it closes (`forward`: one accepted on the
+/// forward proxy's listener).
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, forward: bool) {
     shard.active.set(shard.active.get() + 1);
     let _active = Active(shard.clone());
     let place = shard.stopping.register();
     let mut stop = std::pin::pin!(place.wait());
     let mut stop_seen = false;
-    let mut conn = Connection::new(&shard.gw, &shard.balancer, peer.ip(), Instant::now(), SystemTime::now());
+    let (gw, balancer, now, wall) = (&shard.gw, &shard.balancer, Instant::now(), SystemTime::now());
+    let mut conn = if forward {
+        Connection::forward_proxy(gw, balancer, peer.ip(), now, wall)
+    } else {
+        Connection::new(gw, balancer, peer.ip(), now, wall)
+    };
     let (reader, writer) = stream.into_split();
     let mut ops = Ops {
         reader: Some(reader),
@@ -127,6 +150,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
         read: None,
         write: None,
         backends: Vec::new(),
+        tunnel_reader: None,
+        tunnel_writer: None,
+        tunnel_read: None,
+        tunnel_write: None,
         timer: None,
         armed: None,
     };
@@ -192,9 +219,65 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             }
         }
         Output::CloseBackend { id } => *ops.backend(id) = Backend::default(),
+        Output::Resolve { id, name } => {
+            ops.backend(id).op = Some(Box::pin(async move {
+                // The system resolver, on the process's lookup threads: never on the shard.
+                let found = monoio::blocking::spawn_blocking(move || {
+                    (name.as_str(), 0).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect::<Vec<_>>())
+                })
+                .await;
+                let addrs = match found {
+                    Ok(Ok(addrs)) => Ok(addrs),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the lookup was cancelled".to_string()),
+                };
+                (Back::Nothing, Input::Resolved(id, addrs))
+            }));
+        }
+        Output::OpenTunnel { addr } => {
+            ops.tunnel_write = Some(Box::pin(async move {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        (Back::Tunnel(s), Input::TunnelOpened(Ok(())))
+                    }
+                    Err(e) => (Back::Nothing, Input::TunnelOpened(Err(format!("cannot connect to {addr}: {e}")))),
+                }
+            }));
+        }
+        Output::ReadTunnel(buf) => match ops.tunnel_reader.take() {
+            Some(mut r) => {
+                ops.tunnel_read = Some(Box::pin(async move {
+                    let (len, cap) = (buf.len(), buf.capacity());
+                    let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
+                    (Back::TunnelReader(r), Input::TunnelRead(slice.into_inner(), res))
+                }));
+            }
+            None => conn.handle(Input::TunnelRead(buf, Err(gone())), Instant::now()),
+        },
+        Output::WriteTunnel(bytes) => match ops.tunnel_writer.take() {
+            Some(mut w) => {
+                ops.tunnel_write = Some(Box::pin(async move {
+                    let (res, bytes) = w.write_all(bytes).await;
+                    (Back::TunnelWriter(w), Input::TunnelWritten(bytes, res.map(drop)))
+                }));
+            }
+            None => conn.handle(Input::TunnelWritten(bytes, Err(gone())), Instant::now()),
+        },
+        Output::ShutdownTunnel => match ops.tunnel_writer.take() {
+            Some(mut w) => {
+                ops.tunnel_write = Some(Box::pin(async move {
+                    let res = w.shutdown().await;
+                    (Back::TunnelWriter(w), Input::TunnelShutdown(res))
+                }));
+            }
+            None => conn.handle(Input::TunnelShutdown(Err(gone())), Instant::now()),
+        },
         Output::Log(line @ Log::Access(_)) => tracing::info!(target: "sluice::access", "{line}"),
         Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
         Output::Log(line @ Log::Redirect { .. }) => tracing::info!(target: "sluice::backend", "{line}"),
+        Output::Log(line @ Log::Forward { .. }) => tracing::warn!(target: "sluice::forward", "{line}"),
+        Output::Log(line @ Log::Denied { .. }) => tracing::warn!(target: "sluice::egress", "{line}"),
         Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
         Output::Close => return false,
     }

@@ -34,6 +34,8 @@ pub use sluice_core::StopSignal;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub listen: SocketAddr,
+    /// The forward proxy's listener (`gw.forward`), when it has one.
+    pub forward_listen: Option<SocketAddr>,
     /// Number of shards (threads). Default: one per core.
     pub shards: usize,
     /// Use the epoll driver even where io_uring works.
@@ -48,6 +50,7 @@ impl Options {
     pub fn new(listen: SocketAddr) -> Options {
         Options {
             listen,
+            forward_listen: None,
             shards: core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1),
             force_epoll: false,
             max_connections_per_shard: 25_000,
@@ -101,6 +104,8 @@ pub fn probe() -> io::Result<()> {
 pub struct Server {
     /// The address every shard listens on.
     pub local_addr: SocketAddr,
+    /// The forward proxy's, when there is one.
+    pub forward_addr: Option<SocketAddr>,
     /// The driver each shard got, by shard number.
     pub drivers: Vec<Driver>,
     stop: StopSignal,
@@ -136,19 +141,22 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
     let mut drivers = Vec::new();
-    let mut addr = opts.listen;
+    let mut addr = (opts.listen, opts.forward_listen);
+    // Name lookups run here, off the shards (the system resolver blocks): one pool
+    // for the process.
+    let lookups = monoio::blocking::DefaultThreadPool::new(LOOKUP_THREADS);
     for id in 0..opts.shards.max(1) {
         let (tx, rx) = mpsc::channel();
-        let (gw, stop2, opts2) = (gw.clone(), stop.clone(), opts.clone());
+        let (gw, stop2, opts2, lookups) = (gw.clone(), stop.clone(), opts.clone(), lookups.clone());
         let core = if cores.is_empty() { None } else { cores.get(id % cores.len()).copied() };
         let listen = addr;
         let t = std::thread::Builder::new()
             .name(format!("sluice-shard-{id}"))
-            .spawn(move || shard_thread(id, core, gw, opts2, listen, stop2, tx))?;
+            .spawn(move || shard_thread(id, core, gw, opts2, listen, stop2, tx, lookups))?;
         threads.push(t);
         match rx.recv() {
             Ok(Ok((bound, driver))) => {
-                // Port 0: the first shard's port is everyone's.
+                // Port 0: the first shard's ports are everyone's.
                 addr = bound;
                 drivers.push(driver);
             }
@@ -165,19 +173,27 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
             }
         }
     }
-    Ok(Server { local_addr: addr, drivers, stop, threads })
+    Ok(Server { local_addr: addr.0, forward_addr: addr.1, drivers, stop, threads })
 }
 
-type Ready = mpsc::Sender<io::Result<(SocketAddr, Driver)>>;
+/// Threads doing name lookups for every shard.
+const LOOKUP_THREADS: usize = 4;
 
+/// The gateway's and the forward proxy's listening addresses.
+type Addrs = (SocketAddr, Option<SocketAddr>);
+
+type Ready = mpsc::Sender<io::Result<(Addrs, Driver)>>;
+
+#[allow(clippy::too_many_arguments)]
 fn shard_thread(
     id: usize,
     core: Option<core_affinity::CoreId>,
     gw: Arc<Gateway>,
     opts: Options,
-    listen: SocketAddr,
+    listen: Addrs,
     stop: StopSignal,
     ready: Ready,
+    lookups: monoio::blocking::DefaultThreadPool,
 ) {
     if let Some(core) = core {
         core_affinity::set_for_current(core);
@@ -185,7 +201,12 @@ fn shard_thread(
     let entries = 1024;
     let run = |driver: Driver| shard_main(id, gw, opts.clone(), listen, stop, ready.clone(), driver);
     if opts.force_epoll {
-        match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().with_entries(entries).enable_timer().build() {
+        let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .attach_thread_pool(Box::new(lookups))
+            .build();
+        match built {
             Ok(mut rt) => rt.block_on(run(Driver::Epoll { forced: true })),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -200,6 +221,7 @@ fn shard_thread(
             .with_entries(entries)
             .uring_builder(tuned_ring())
             .enable_timer()
+            .attach_thread_pool(Box::new(lookups.clone()))
             .build();
         match built {
             Ok(mut rt) => {
@@ -212,7 +234,12 @@ fn shard_thread(
             ),
         }
     }
-    match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(entries).enable_timer().build() {
+    let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(entries)
+        .enable_timer()
+        .attach_thread_pool(Box::new(lookups))
+        .build();
+    match built {
         Ok(monoio::FusionRuntime::Uring(mut rt)) => rt.block_on(run(Driver::IoUring)),
         Ok(monoio::FusionRuntime::Legacy(mut rt)) => rt.block_on(run(Driver::Epoll { forced: false })),
         Err(e) => {
@@ -225,20 +252,32 @@ async fn shard_main(
     id: usize,
     gw: Arc<Gateway>,
     opts: Options,
-    listen: SocketAddr,
+    listen: Addrs,
     stop: StopSignal,
     ready: Ready,
     driver: Driver,
 ) {
     let listener_opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
-    let listener = match TcpListener::bind_with_config(listen, &listener_opts) {
+    let listener = match TcpListener::bind_with_config(listen.0, &listener_opts) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))));
+            let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {}: {e}", listen.0))));
             return;
         }
     };
-    let bound = listener.local_addr().unwrap_or(listen);
+    let forward = match listen.1.map(|at| (at, TcpListener::bind_with_config(at, &listener_opts))) {
+        None => None,
+        Some((_, Ok(l))) => Some(l),
+        Some((at, Err(e))) => {
+            let why = format!("cannot listen on {at} (forward proxy): {e}");
+            let _ = ready.send(Err(io::Error::new(e.kind(), why)));
+            return;
+        }
+    };
+    let bound = (
+        listener.local_addr().unwrap_or(listen.0),
+        forward.as_ref().map(|l| l.local_addr().ok()).zip(listen.1).map(|(got, asked)| got.unwrap_or(asked)),
+    );
     let shard = Rc::new(Shard {
         balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host),
@@ -246,7 +285,12 @@ async fn shard_main(
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
     });
-    tracing::info!(shard = id, driver = %driver, "shard listening on {bound}");
+    match bound.1 {
+        Some(f) => {
+            tracing::info!(shard = id, driver = %driver, "shard listening on {} (forward proxy on {f})", bound.0)
+        }
+        None => tracing::info!(shard = id, driver = %driver, "shard listening on {}", bound.0),
+    }
     let _ = ready.send(Ok((bound, driver)));
     drop(ready);
 
@@ -265,20 +309,46 @@ async fn shard_main(
         }
         canceller.cancel();
     });
+    let forwarding = forward.map(|l| {
+        let (shard, stop, cancel, max) = (shard.clone(), stop.clone(), cancel.clone(), opts.max_connections_per_shard);
+        monoio::spawn(async move { accept_loop(id, &l, &shard, &stop, cancel, max, true).await })
+    });
+    accept_loop(id, &listener, &shard, &stop, cancel, opts.max_connections_per_shard, false).await;
+    if let Some(f) = forwarding {
+        f.await;
+    }
+    drop(listener);
+    shard.stopping.trigger();
+    let waited = std::time::Instant::now();
+    while shard.active.get() > 0 && waited.elapsed() < opts.shutdown_wait {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if shard.active.get() > 0 {
+        tracing::warn!(shard = id, "stopping with {} connection(s) still open", shard.active.get());
+    }
+}
+
+/// Accepts connections on `listener` until the stop (`forward`: the forward proxy's
+/// listener).
+async fn accept_loop(
+    id: usize,
+    listener: &TcpListener,
+    shard: &Rc<Shard>,
+    stop: &StopSignal,
+    cancel: monoio::io::CancelHandle,
+    max: usize,
+    forward: bool,
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                if shard.active.get() >= opts.max_connections_per_shard {
-                    tracing::warn!(
-                        shard = id,
-                        "connection limit reached ({}): closing {peer}",
-                        opts.max_connections_per_shard
-                    );
+                if shard.active.get() >= max {
+                    tracing::warn!(shard = id, "connection limit reached ({max}): closing {peer}");
                     drop(stream);
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(conn::serve(shard.clone(), stream, peer));
+                monoio::spawn(conn::serve(shard.clone(), stream, peer, forward));
             }
             // Canceled at the stop: nothing to say.
             Err(_) if stop.is_triggered() => {}
@@ -290,14 +360,5 @@ async fn shard_main(
         if stop.is_triggered() {
             break;
         }
-    }
-    drop(listener);
-    shard.stopping.trigger();
-    let waited = std::time::Instant::now();
-    while shard.active.get() > 0 && waited.elapsed() < opts.shutdown_wait {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if shard.active.get() > 0 {
-        tracing::warn!(shard = id, "stopping with {} connection(s) still open", shard.active.get());
     }
 }

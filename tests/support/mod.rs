@@ -69,6 +69,8 @@ impl Server {
 pub struct Gw {
     server: Option<Server>,
     pub addr: SocketAddr,
+    /// The forward proxy's listener (127.0.0.1:0), when the config has one.
+    pub forward: Option<SocketAddr>,
 }
 
 impl Gw {
@@ -90,11 +92,13 @@ impl Gw {
     pub fn start_gateway(gw: Gateway, mode: Mode) -> Gw {
         let gw = Arc::new(gw);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let forward = gw.forward.as_ref().map(|_| listen);
         let wait = Duration::from_secs(5);
         let server = match mode {
             #[cfg(target_os = "linux")]
             Mode::IoUring | Mode::Epoll => {
                 let mut opts = sluice_uring::Options::new(listen);
+                opts.forward_listen = forward;
                 opts.shards = 1;
                 opts.force_epoll = mode == Mode::Epoll;
                 opts.shutdown_wait = wait;
@@ -104,15 +108,15 @@ impl Gw {
             Mode::IoUring | Mode::Epoll => unreachable!("uring modes run on Linux only"),
             Mode::Tokio => {
                 let opts = sluice_tokio::Options { shutdown_wait: wait, ..sluice_tokio::Options::new(&gw) };
-                Server::Tokio(sluice_tokio::start(gw, listen, 1, opts, StopSignal::new()).expect("start"))
+                Server::Tokio(sluice_tokio::start(gw, listen, forward, 1, opts, StopSignal::new()).expect("start"))
             }
         };
-        let addr = match &server {
+        let (addr, forward) = match &server {
             #[cfg(target_os = "linux")]
-            Server::Uring(s) => s.local_addr,
-            Server::Tokio(s) => s.local_addr,
+            Server::Uring(s) => (s.local_addr, s.forward_addr),
+            Server::Tokio(s) => (s.local_addr, s.forward_addr),
         };
-        Gw { server: Some(server), addr }
+        Gw { server: Some(server), addr, forward }
     }
 
     /// Stops accepting and waits for requests in flight (what SIGTERM does).

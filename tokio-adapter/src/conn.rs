@@ -25,6 +25,10 @@ enum Held {
     ClientReader(OwnedReadHalf),
     ClientWriter(OwnedWriteHalf),
     Upstream(BackendId, TcpStream),
+    /// A CONNECT tunnel's connection, just opened, and its halves.
+    Tunnel(TcpStream),
+    TunnelReader(OwnedReadHalf),
+    TunnelWriter(OwnedWriteHalf),
     Empty,
 }
 
@@ -34,6 +38,10 @@ struct Sockets<'s> {
     writer: Option<OwnedWriteHalf>,
     /// Client read, client write.
     client: [Option<Task<'s>>; 2],
+    /// A CONNECT tunnel's connection: its halves at rest, and its read and write.
+    tunnel_reader: Option<OwnedReadHalf>,
+    tunnel_writer: Option<OwnedWriteHalf>,
+    tunnel: [Option<Task<'s>>; 2],
     /// By backend id: the socket at rest, and the task holding it.
     upstream: Vec<(Option<TcpStream>, Option<Task<'s>>)>,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -58,7 +66,8 @@ impl<'s> Sockets<'s> {
 
     /// Whichever comes first: a task's end, the deadline, or `stop` (while not seen).
     fn next(&mut self, cx: &mut Context<'_>, stop: Option<Pin<&mut impl Future<Output = ()>>>) -> Poll<(Held, Input)> {
-        let tasks = self.client.iter_mut().chain(self.upstream.iter_mut().map(|(_, task)| task));
+        let tasks =
+            self.client.iter_mut().chain(self.tunnel.iter_mut()).chain(self.upstream.iter_mut().map(|(_, task)| task));
         for slot in tasks {
             let Some(task) = slot else { continue };
             if let Poll::Ready(done) = task.as_mut().poll(cx) {
@@ -93,21 +102,42 @@ impl<'s> Sockets<'s> {
             Held::ClientReader(r) => self.reader = Some(r),
             Held::ClientWriter(w) => self.writer = Some(w),
             Held::Upstream(id, s) => self.upstream(id).0 = Some(s),
+            Held::Tunnel(s) => {
+                let (r, w) = s.into_split();
+                (self.tunnel_reader, self.tunnel_writer) = (Some(r), Some(w));
+            }
+            Held::TunnelReader(r) => self.tunnel_reader = Some(r),
+            Held::TunnelWriter(w) => self.tunnel_writer = Some(w),
             Held::Empty => {}
         }
     }
 }
 
-/// Serves one client connection until it closes. `stop` turns true when the server
-/// stops: the connection is told, and closes as soon as it has nothing under way.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
+/// Serves one client connection until it closes (`forward`: one accepted on the
+/// forward proxy's listener). `stop` turns true when the server stops: the connection
+/// is told, and closes as soon as it has nothing under way.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    forward: bool,
+) {
     let shared = &*shared;
-    let mut conn = Connection::new(&shared.gw, &shared.balancer, peer.ip(), Instant::now(), SystemTime::now());
+    let (gw, balancer, now, wall) = (&shared.gw, &shared.balancer, Instant::now(), SystemTime::now());
+    let mut conn = if forward {
+        Connection::forward_proxy(gw, balancer, peer.ip(), now, wall)
+    } else {
+        Connection::new(gw, balancer, peer.ip(), now, wall)
+    };
     let (reader, writer) = stream.into_split();
     let mut sockets = Sockets {
         reader: Some(reader),
         writer: Some(writer),
         client: [None, None],
+        tunnel_reader: None,
+        tunnel_writer: None,
+        tunnel: [None, None],
         upstream: Vec::new(),
         sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
         deadline: None,
@@ -206,9 +236,58 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
             }
         }
         Output::CloseBackend { id } => *sockets.upstream(id) = (None, None),
+        Output::Resolve { id, name } => sockets.run_upstream(
+            id,
+            Box::pin(async move {
+                // tokio's resolver: the system's, on a blocking thread.
+                let found = tokio::net::lookup_host((name.as_str(), 0)).await;
+                let addrs = found.map(|it| it.map(|a| a.ip()).collect()).map_err(|e| e.to_string());
+                (Held::Empty, Input::Resolved(id, addrs))
+            }),
+        ),
+        Output::OpenTunnel { addr } => {
+            sockets.tunnel[1] = Some(Box::pin(async move {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        (Held::Tunnel(s), Input::TunnelOpened(Ok(())))
+                    }
+                    Err(e) => (Held::Empty, Input::TunnelOpened(Err(format!("cannot connect to {addr}: {e}")))),
+                }
+            }));
+        }
+        Output::ReadTunnel(mut buf) => {
+            let Some(mut r) = sockets.tunnel_reader.take() else {
+                return Some(Some(Input::TunnelRead(buf, Err(busy()))));
+            };
+            sockets.tunnel[0] = Some(Box::pin(async move {
+                let res = r.read_buf(&mut buf).await;
+                (Held::TunnelReader(r), Input::TunnelRead(buf, res))
+            }));
+        }
+        Output::WriteTunnel(bytes) => {
+            let Some(mut w) = sockets.tunnel_writer.take() else {
+                return Some(Some(Input::TunnelWritten(bytes, Err(busy()))));
+            };
+            sockets.tunnel[1] = Some(Box::pin(async move {
+                let res = w.write_all(&bytes).await;
+                (Held::TunnelWriter(w), Input::TunnelWritten(bytes, res))
+            }));
+        }
+        Output::ShutdownTunnel => {
+            let Some(mut w) = sockets.tunnel_writer.take() else {
+                return Some(Some(Input::TunnelShutdown(Err(busy()))));
+            };
+            sockets.tunnel[1] = Some(Box::pin(async move {
+                let res = w.shutdown().await;
+                (Held::TunnelWriter(w), Input::TunnelShutdown(res))
+            }));
+        }
         Output::Log(Log::Access(line)) => tracing::info!(target: "sluice::access", "{line}"),
         Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
         Output::Log(line @ Log::Redirect { .. }) => tracing::info!(target: "sluice::backend", "{line}"),
+        Output::Log(line @ Log::Forward { .. }) => tracing::warn!(target: "sluice::forward", "{line}"),
+        Output::Log(line @ Log::Denied { .. }) => tracing::warn!(target: "sluice::egress", "{line}"),
         Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
         Output::Close => return None,
     }

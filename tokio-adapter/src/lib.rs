@@ -109,6 +109,17 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
 /// Serves `gw` on `listener` until `shutdown` resolves. Connection tasks are spawned
 /// on the current runtime; when this returns none of them is left running.
 pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, shutdown: impl Future<Output = ()>) {
+    serve_listeners(listener, None, gw, opts, shutdown).await;
+}
+
+/// [`serve_with`], and the forward proxy (`gw.forward`) on `forward` when given.
+pub async fn serve_listeners(
+    listener: TcpListener,
+    forward: Option<TcpListener>,
+    gw: Arc<Gateway>,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) {
     let shared = Arc::new(Shared {
         balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host),
@@ -122,14 +133,14 @@ pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, 
             biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => match accepted {
+            (accepted, forwarding) = accept(&listener, forward.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     if tasks.len() >= opts.max_connections {
                         tracing::warn!("connection limit reached ({}): closing {peer}", opts.max_connections);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone()));
+                    tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), forwarding));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -139,6 +150,7 @@ pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, 
         }
     }
     drop(listener);
+    drop(forward);
     stopping.send_replace(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
@@ -147,10 +159,29 @@ pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, 
     }
 }
 
+/// The next connection on either listener, and whether it came to the forward proxy's.
+async fn accept(
+    gateway: &TcpListener,
+    forward: Option<&TcpListener>,
+) -> (io::Result<(tokio::net::TcpStream, SocketAddr)>, bool) {
+    let forwarded = async {
+        match forward {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        a = gateway.accept() => (a, false),
+        a = forwarded => (a, true),
+    }
+}
+
 /// A server started with [`start`].
 #[derive(Debug)]
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// The forward proxy's listener, when the gateway has one.
+    pub forward_addr: Option<SocketAddr>,
     /// Worker threads of the runtime.
     pub threads: usize,
     stop: StopSignal,
@@ -169,12 +200,13 @@ impl Server {
     }
 }
 
-/// Serves `gw` on `listen` from a multi-thread runtime of `threads` workers, built on a
-/// thread of its own. Returns once listening (or with the bind error); stops when
-/// `stop` is triggered.
+/// Serves `gw` on `listen` (and its forward proxy on `forward`, when given) from a
+/// multi-thread runtime of `threads` workers, built on a thread of its own. Returns
+/// once listening (or with the bind error); stops when `stop` is triggered.
 pub fn start(
     gw: Arc<Gateway>,
     listen: SocketAddr,
+    forward: Option<SocketAddr>,
     threads: usize,
     opts: Options,
     stop: StopSignal,
@@ -196,17 +228,30 @@ pub fn start(
                     return;
                 }
             };
-            let _ = ready.send(listener.local_addr());
+            let forward_listener = match forward.map(|at| (at, bind(at))) {
+                None => None,
+                Some((_, Ok(l))) => Some(l),
+                Some((at, Err(e))) => {
+                    let why = format!("cannot listen on {at} (forward proxy): {e}");
+                    let _ = ready.send(Err(io::Error::new(e.kind(), why)));
+                    return;
+                }
+            };
+            let addrs = listener.local_addr().and_then(|a| {
+                let f = forward_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+                Ok((a, f))
+            });
+            let _ = ready.send(addrs);
             let stopped = async move {
                 while !stop2.is_triggered() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
-            serve_with(listener, gw, opts, stopped).await;
+            serve_listeners(listener, forward_listener, gw, opts, stopped).await;
         });
     })?;
     match bound.recv() {
-        Ok(Ok(local_addr)) => Ok(Server { local_addr, threads, stop, thread }),
+        Ok(Ok((local_addr, forward_addr))) => Ok(Server { local_addr, forward_addr, threads, stop, thread }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

@@ -1,0 +1,168 @@
+//! A CONNECT tunnel's two byte streams, Sans-IO: what to read, write and shut next on
+//! each side, with the half-close carried through. Nothing in the bytes is looked at.
+//!
+//! Each direction ([`Pipe`]) reads its source into one buffer while the buffer read
+//! before is written to its sink, so a slow side slows its direction only, and at
+//! most two buffers of [`PIPE_BUF`] are in use per direction. When a source closes
+//! its side (a read of 0), what was read is written and then the sink's write side is
+//! shut: the other direction goes on until its source closes too.
+
+use std::io;
+use std::mem;
+
+/// The size of each read.
+pub(crate) const PIPE_BUF: usize = 64 * 1024;
+
+/// One direction of a tunnel.
+#[derive(Debug, Default)]
+pub(crate) struct Pipe {
+    reading: bool,
+    writing: bool,
+    /// Read, not yet handed to a write.
+    ready: Option<Vec<u8>>,
+    /// A buffer for the next read.
+    spare: Vec<u8>,
+    /// The source closed its side.
+    eof: bool,
+    /// The sink's write side: shutdown asked, and done.
+    shutting: bool,
+    shut: bool,
+    /// Bytes carried.
+    pub(crate) bytes: u64,
+}
+
+/// What a direction asks for next.
+#[derive(Debug)]
+pub(crate) enum PipeOp {
+    /// Read from the source into this buffer (appending after its length).
+    Read(Vec<u8>),
+    /// Write all of these to the sink.
+    Write(Vec<u8>),
+    /// Shut the sink's write side.
+    Shutdown,
+}
+
+/// A direction broke: a read or write failed.
+#[derive(Debug)]
+pub(crate) struct Broken(pub(crate) io::Error);
+
+impl Pipe {
+    /// A direction starting with bytes already read (what a client sent right after
+    /// its CONNECT head).
+    pub(crate) fn with(first: Vec<u8>) -> Pipe {
+        let bytes = first.len() as u64;
+        Pipe { ready: (!first.is_empty()).then_some(first), bytes, ..Pipe::default() }
+    }
+
+    /// The next operation, if any: a write of what was read first, then the shutdown
+    /// once the source closed and all is written, and a read while nothing waits.
+    pub(crate) fn next(&mut self) -> Option<PipeOp> {
+        if !self.writing {
+            if let Some(bytes) = self.ready.take() {
+                self.writing = true;
+                return Some(PipeOp::Write(bytes));
+            }
+            if self.eof && !self.shutting {
+                self.shutting = true;
+                return Some(PipeOp::Shutdown);
+            }
+        }
+        if !self.reading && self.ready.is_none() && !self.eof {
+            self.reading = true;
+            let mut buf = mem::take(&mut self.spare);
+            buf.clear();
+            buf.reserve(PIPE_BUF);
+            return Some(PipeOp::Read(buf));
+        }
+        None
+    }
+
+    /// A read finished: `Ok(true)` when bytes came.
+    pub(crate) fn read_done(&mut self, buf: Vec<u8>, result: io::Result<usize>) -> Result<bool, Broken> {
+        self.reading = false;
+        match result {
+            Ok(0) => {
+                self.eof = true;
+                self.spare = buf;
+                Ok(false)
+            }
+            Ok(n) => {
+                self.bytes += n as u64;
+                self.ready = Some(buf);
+                Ok(true)
+            }
+            Err(e) => Err(Broken(e)),
+        }
+    }
+
+    /// A write finished; its buffer is kept for a later read.
+    pub(crate) fn written(&mut self, mut buf: Vec<u8>, result: io::Result<()>) -> Result<(), Broken> {
+        self.writing = false;
+        result.map_err(Broken)?;
+        buf.clear();
+        if buf.capacity() > self.spare.capacity() {
+            self.spare = buf;
+        }
+        Ok(())
+    }
+
+    /// The sink's write side is shut.
+    pub(crate) fn shut_done(&mut self, result: io::Result<()>) -> Result<(), Broken> {
+        self.shut = true;
+        result.map_err(Broken)
+    }
+
+    pub(crate) fn is_writing(&self) -> bool {
+        self.writing || self.shutting && !self.shut
+    }
+
+    /// Both ends of this direction are closed.
+    pub(crate) fn is_done(&self) -> bool {
+        self.shut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_while_writing_then_shuts_after_the_last_write() {
+        let mut p = Pipe::with(b"early".to_vec());
+        let Some(PipeOp::Write(first)) = p.next() else { panic!() };
+        assert_eq!(first, b"early");
+        // A read goes out while the write is under way.
+        let Some(PipeOp::Read(mut buf)) = p.next() else { panic!() };
+        assert!(buf.capacity() >= PIPE_BUF);
+        assert!(p.next().is_none());
+        buf.extend_from_slice(b"more");
+        assert!(p.read_done(buf, Ok(4)).unwrap());
+        // The second read waits for the first write: no third buffer.
+        assert!(p.next().is_none());
+        p.written(first, Ok(())).unwrap();
+        let Some(PipeOp::Write(second)) = p.next() else { panic!() };
+        assert_eq!(second, b"more");
+        let Some(PipeOp::Read(buf)) = p.next() else { panic!() };
+        assert!(!p.read_done(buf, Ok(0)).unwrap());
+        // The source closed: the shutdown waits for the write in flight.
+        assert!(p.next().is_none());
+        assert!(p.is_writing());
+        p.written(second, Ok(())).unwrap();
+        assert!(matches!(p.next(), Some(PipeOp::Shutdown)));
+        assert!(p.next().is_none());
+        assert!(!p.is_done());
+        p.shut_done(Ok(())).unwrap();
+        assert!(p.is_done());
+        assert_eq!(p.bytes, 9);
+    }
+
+    #[test]
+    fn errors_break_the_direction() {
+        let mut p = Pipe::default();
+        let Some(PipeOp::Read(buf)) = p.next() else { panic!() };
+        assert!(p.read_done(buf, Err(io::ErrorKind::ConnectionReset.into())).is_err());
+        let mut p = Pipe::with(b"x".to_vec());
+        let Some(PipeOp::Write(b)) = p.next() else { panic!() };
+        assert!(p.written(b, Err(io::ErrorKind::BrokenPipe.into())).is_err());
+    }
+}
