@@ -36,6 +36,16 @@ measures the TLS cases instead (openssl makes a P-256 certificate for localhost)
   (f) no-op 100 B from a plain backend through the proxy's own HTTPS listener (wrk
       speaks TLS 1.3 on kept-alive connections): Sluice's root `tls` beside nginx's
       `listen ... ssl`.
+
+    python3 benches/load/run.py --forward [--bulk-mib 1024]
+
+measures the forward proxy instead:
+  (h) 100 B through the forward proxy (wrk sends absolute-form requests to the proxy,
+      as `curl -x` does, on kept-alive connections): Sluice's "sluice/forward-proxy"
+      listener on both runtimes beside squid (no cache, one process) and tinyproxy;
+  (i) a CONNECT tunnel's bulk throughput: a client pushes --bulk-mib MiB through
+      each proxy's tunnel to a sink that reads until EOF and answers with the count,
+      beside the same client writing to the sink directly.
 """
 
 import argparse
@@ -93,9 +103,9 @@ def nginx_workers(master_pid):
     return [int(p) for p in out.split()]
 
 
-def wrk(url, duration, connections):
+def wrk(url, duration, connections, script=None):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url] + (["-s", script] if script else []),
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -115,11 +125,11 @@ def wrk(url, duration, connections):
     }
 
 
-def measure(name, pids, url, args):
+def measure(name, pids, url, args, script=None):
     # Warm up (pools, caches), then measure.
-    wrk(url, 2, args.connections)
+    wrk(url, 2, args.connections, script)
     before = sum(cpu_seconds(p) for p in pids)
-    r = wrk(url, args.duration, args.connections)
+    r = wrk(url, args.duration, args.connections, script)
     used = sum(cpu_seconds(p) for p in pids) - before
     r["cpu_per_10k"] = used / (r["requests"] / 10_000) if r["requests"] else float("nan")
     r["peak_rss_mib"] = sum(status_kib(p, "VmHWM") for p in pids) / 1024
@@ -291,6 +301,139 @@ def plugin_rows(work, ports, ng_port, args, quiet, procs):
               f"{b['rps'] / ng['rps']:.2f}x req/s, {b['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
 
 
+SINK = r"""
+import socket, sys
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+buf = bytearray(1 << 20)
+while True:
+    c, _ = srv.accept()
+    want = int(c.recv(12, socket.MSG_WAITALL).decode())
+    n = 0
+    while n < want:
+        k = c.recv_into(buf)
+        if not k:
+            break
+        n += k
+    c.sendall(str(n).encode())
+    c.close()
+"""
+
+
+def push(port, mib, connect=None):
+    """Sends `mib` MiB to 127.0.0.1:`port` (through a CONNECT to `connect` when given)
+    after a 12-digit count (the sink reads that much: squid closes a tunnel whose client
+    half-closes, so the end is not a FIN) and reads the sink's count; returns the
+    seconds it took."""
+    block = b"\x5a" * (1 << 20)
+    t = time.time()
+    s = socket.create_connection(("127.0.0.1", port))
+    if connect:
+        s.sendall(f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                sys.exit(f"the proxy on {port} closed the CONNECT")
+            head += chunk
+        if not head.split(b" ")[1].startswith(b"2"):
+            sys.exit(f"the proxy on {port} answered {head!r}")
+    s.sendall(f"{mib << 20:012d}".encode())
+    for _ in range(mib):
+        s.sendall(block)
+    got = b""
+    while True:
+        chunk = s.recv(64)
+        if not chunk:
+            break
+        got += chunk
+    secs = time.time() - t
+    s.close()
+    if got != str(mib << 20).encode():
+        sys.exit(f"the sink counted {got!r} bytes, not {mib << 20}")
+    return secs
+
+
+def forward_rows(work, be_port, args, quiet, procs):
+    """Cases (h) and (i): the forward proxy beside squid and tinyproxy, same run."""
+    env = {**os.environ, "RUST_LOG": "warn"}
+    sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    procs.append(sink)
+    sink_port = int(sink.stdout.readline())
+    proxies, pids = {}, {}
+    for rt in ("uring", "tokio"):
+        port = free_port()
+        with open(f"{work}/forward-{rt}.json", "w") as f:
+            json.dump({"version": 3, "port": free_port(), "listen_ip": "127.0.0.1", "endpoints": [],
+                       "extra_config": {"sluice/forward-proxy": {
+                           "port": port, "connect": {"enabled": True, "allowed_ports": [sink_port]},
+                           "egress": {"ports": [be_port], "allow_cidrs": ["127.0.0.0/8"]}}}}, f)
+        p = subprocess.Popen([f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/forward-{rt}.json",
+                              "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
+        procs.append(p)
+        proxies[f"Sluice {rt}"], pids[f"Sluice {rt}"] = port, [p.pid]
+    squid_port, tiny_port = free_port(), free_port()
+    os.makedirs(f"{work}/squid", exist_ok=True)
+    os.chmod(f"{work}/squid", 0o777)
+    with open(f"{work}/squid.conf", "w") as f:
+        f.write(f"http_port 127.0.0.1:{squid_port}\nacl SSL_ports port {sink_port}\nacl CONNECT method CONNECT\n"
+                "http_access deny CONNECT !SSL_ports\nhttp_access allow localhost\nhttp_access deny all\n"
+                f"cache deny all\naccess_log none\ncache_log {work}/squid/cache.log\n"
+                f"pid_filename {work}/squid/squid.pid\ncoredump_dir {work}/squid\nshutdown_lifetime 0 seconds\n"
+                "max_filedescriptors 30000\n")
+    with open(f"{work}/tinyproxy.conf", "w") as f:
+        f.write(f"Port {tiny_port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 1024\nAllow 127.0.0.1\n"
+                f"LogLevel Error\nLogFile \"{work}/tinyproxy.log\"\nConnectPort {sink_port}\n")
+    squid_bin = shutil.which("squid") or "/usr/sbin/squid"
+    tiny_bin = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+    for name, cmd, port in (("squid", [squid_bin, "-N", "-f", f"{work}/squid.conf"], squid_port),
+                            ("tinyproxy", [tiny_bin, "-d", "-c", f"{work}/tinyproxy.conf"], tiny_port)):
+        p = subprocess.Popen(cmd, **quiet)
+        procs.append(p)
+        proxies[name], pids[name] = port, [p.pid]
+    for port in proxies.values():
+        wait_port(port)
+    time.sleep(1)
+    target = f"http://127.0.0.1:{be_port}/100b"
+    with open(f"{work}/forward.lua", "w") as f:
+        f.write(f'wrk.path = "{target}"\nwrk.headers["Host"] = "127.0.0.1:{be_port}"\n')
+    for name, port in proxies.items():
+        out = subprocess.run(["curl", "-s", "-x", f"http://127.0.0.1:{port}", "-o", "/dev/null", "-w", "%{http_code}",
+                              target], capture_output=True, text=True).stdout
+        if out != "200":
+            sys.exit(f"{name} answers {out}, not 200, through the proxy: the setup is broken")
+    rows = [measure(f"(h) 100 B through the forward proxy: {name}", pids[name], f"http://127.0.0.1:{port}/", args,
+                    f"{work}/forward.lua") for name, port in proxies.items()]
+    print(f"\nForward proxy: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up, absolute-form "
+          f"requests to each proxy; {args.shards} Sluice shard(s) / tokio worker(s); squid and tinyproxy as packaged.\n")
+    print("| case | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} | {r['peak_rss_mib']:.1f} |")
+    by_name = {r["name"]: r for r in rows}
+    # (i) Bulk through each tunnel, beside the direct copy; one warm-up of each first.
+    connect = f"127.0.0.1:{sink_port}"
+    push(sink_port, 64)
+    direct = min(push(sink_port, args.bulk_mib) for _ in range(2))
+    print(f"| (i) {args.bulk_mib:,} MiB pushed directly to the sink | {args.bulk_mib / 1024 * 8 / direct:.1f} Gbit/s | | | | |")
+    bulk = {}
+    for name, port in proxies.items():
+        push(port, 64, connect)
+        before = sum(cpu_seconds(p) for p in pids[name])
+        secs = min(push(port, args.bulk_mib, connect) for _ in range(2))
+        cpu = (sum(cpu_seconds(p) for p in pids[name]) - before) / 2
+        bulk[name] = secs
+        print(f"| (i) {args.bulk_mib:,} MiB through a CONNECT tunnel: {name} | {args.bulk_mib / 1024 * 8 / secs:.1f} Gbit/s "
+              f"({direct / secs:.2f}x direct) | | | {cpu / (args.bulk_mib / 1024):.2f} CPU s per GiB | |")
+    print()
+    for rt in ("uring", "tokio"):
+        r = by_name[f"(h) 100 B through the forward proxy: Sluice {rt}"]
+        for peer in ("squid", "tinyproxy"):
+            q = by_name[f"(h) 100 B through the forward proxy: {peer}"]
+            print(f"Sluice {rt} / {peer}, forward: {r['rps'] / q['rps']:.2f}x req/s, "
+                  f"{r['cpu_per_10k'] / q['cpu_per_10k']:.2f}x CPU per request.")
+
+
 def hold_idle(port, pids, count):
     """Opens `count` keep-alive connections, one request each, and keeps them open."""
     before = sum(status_kib(p, "VmRSS") for p in pids)
@@ -330,6 +473,9 @@ def main():
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--instructions", action="store_true", help="count instructions per request under callgrind")
     ap.add_argument("--tls", action="store_true", help="the TLS cases (e) and (f) instead")
+    ap.add_argument("--forward", action="store_true",
+                    help="cases (h) and (i) instead: the forward proxy beside squid and tinyproxy, and CONNECT bulk")
+    ap.add_argument("--bulk-mib", type=int, default=1024, help="size of the CONNECT bulk case")
     ap.add_argument("--plugin", action="store_true",
                     help="case (g) instead: no-op with the hello client plugin bound (letting calls through) beside without")
     args = ap.parse_args()
@@ -448,6 +594,9 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             return
         if args.plugin:
             plugin_rows(work, ports, ng_port, args, quiet, procs)
+            return
+        if args.forward:
+            forward_rows(work, be_port, args, quiet, procs)
             return
         sluices = {}
         for runtime in ports:

@@ -61,11 +61,15 @@
 //!   `CONNECT host:port` and reads the answer (phase `Tunnel`), then starts TLS on
 //!   the same socket. **Server TLS** comes the same way: a `ServerConnection` in
 //!   front of the server codec; the drivers already move opaque bytes.
-//! - **Client CONNECT tunnels.** The server codec already reports `Switched` after a
-//!   2xx to CONNECT; the connection then enters a tunnel state that turns client input
-//!   into backend writes and backend input into client writes, untouched, with the
-//!   half-close carried through. That is why the client socket may have a read and a
-//!   write out at once.
+//! - **The forward proxy** ([`Connection::forward_proxy`]): a request goes to the host
+//!   it names (see [`crate::forward`]): its name is resolved with [`Output::Resolve`]
+//!   (the driver answers without blocking the shard), the address is vetted, then
+//!   dialled as a pooled backend connection and streamed as `no-op` is. A `CONNECT`
+//!   turns the connection into a tunnel: [`Output::OpenTunnel`], `200`, then the
+//!   tunnel's reads and writes ([`Output::ReadTunnel`], [`Output::WriteTunnel`],
+//!   [`Output::ShutdownTunnel`]) and the client's, untouched, with the half-close
+//!   carried through. That is why the client socket may have a read and a write out at
+//!   once, and the tunnel's too.
 //! - **Client plugins.** A plugin that answers a backend call itself settles the call
 //!   in [`Exchange`] before any slot is opened: no [`Output::Connect`] is given.
 
