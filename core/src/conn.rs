@@ -414,41 +414,23 @@ struct Slot<'g> {
 impl<'g> Slot<'g> {
     fn new(call: &Call<'g>, endpoint: &'g str, stream: bool) -> Slot<'g> {
         Slot {
-            in_use: true,
-            call: call.id,
-            method: call.method.clone(),
-            endpoint,
-            host: Cow::Borrowed(call.host),
-            origin: Cow::Borrowed(call.origin),
-            pool_key: Cow::Borrowed(call.pool_key),
             via: call.via,
             connect: call.connect.map(Cow::Borrowed),
             redirects: if call.follow { redirect::MAX_REDIRECTS } else { 0 },
             follow: call.follow,
             redirect_tls: call.redirect_tls,
-            held: Vec::new(),
             tls_target: call.tls.map(Cow::Borrowed),
-            tls: None,
-            stream,
-            body: call.body,
-            phase: Phase::Connecting,
-            connected: false,
-            reused: false,
-            pooled: true,
-            out: Vec::new(),
-            sent: Vec::new(),
-            writing: false,
-            input: ReadBuf::default(),
-            reading: false,
-            hungry: false,
-            eof: false,
-            fetch: None,
-            codec: None,
-            failure: None,
+            ..Slot::base(
+                (call.id, call.method.clone(), endpoint),
+                (Cow::Borrowed(call.host), Cow::Borrowed(call.origin), Cow::Borrowed(call.pool_key)),
+                stream,
+                call.body,
+            )
         }
     }
 
-    /// A request the forward proxy sends on, written in `request`.
+    /// A request the forward proxy sends on, written in `request`: plain HTTP, no
+    /// proxy, no redirects followed.
     fn forward(
         method: Method,
         host: HostAddr,
@@ -456,14 +438,27 @@ impl<'g> Slot<'g> {
         body: Option<BodyLength>,
         request: Vec<u8>,
     ) -> Slot<'g> {
+        let body = body.map_or(CallBody::None, CallBody::Stream);
+        let place = (Cow::Owned(host.clone()), Cow::Owned(host), Cow::Owned(pool_key));
+        Slot { out: request, ..Slot::base((0, method, "forward proxy"), place, true, body) }
+    }
+
+    /// A slot for call `id` (its method, its endpoint), connecting to `host` for
+    /// `origin` under `pool_key`, directly and over plain HTTP.
+    fn base(
+        (call, method, endpoint): (usize, Method, &'g str),
+        (host, origin, pool_key): (Cow<'g, HostAddr>, Cow<'g, HostAddr>, Cow<'g, str>),
+        stream: bool,
+        body: CallBody,
+    ) -> Slot<'g> {
         Slot {
             in_use: true,
-            call: 0,
+            call,
             method,
-            endpoint: "forward proxy",
-            origin: Cow::Owned(host.clone()),
-            host: Cow::Owned(host),
-            pool_key: Cow::Owned(pool_key),
+            endpoint,
+            host,
+            origin,
+            pool_key,
             via: None,
             connect: None,
             redirects: 0,
@@ -472,13 +467,13 @@ impl<'g> Slot<'g> {
             held: Vec::new(),
             tls_target: None,
             tls: None,
-            stream: true,
-            body: body.map_or(CallBody::None, CallBody::Stream),
+            stream,
+            body,
             phase: Phase::Connecting,
             connected: false,
             reused: false,
             pooled: true,
-            out: request,
+            out: Vec::new(),
             sent: Vec::new(),
             writing: false,
             input: ReadBuf::default(),
