@@ -788,7 +788,7 @@ impl<'g> Connection<'g> {
         self.now = now;
         if let State::Tunnel(t) = &mut self.state {
             let read = t.up.read_done(buf, result);
-            self.tunnel_moved(read.map(|got| got.then_some(())).map_err(|e| format!("client read failed: {}", e.0)));
+            self.tunnel_moved(read.map_err(|e| format!("client read failed: {}", e.0)));
             return;
         }
         if self.tls.is_some() {
@@ -813,7 +813,7 @@ impl<'g> Connection<'g> {
             && t.down.is_writing()
         {
             let written = t.down.written(buf, result);
-            self.tunnel_moved(written.map(|()| None).map_err(|e| format!("client write failed: {}", e.0)));
+            self.tunnel_moved(written.map(|()| false).map_err(|e| format!("client write failed: {}", e.0)));
             return;
         }
         self.write_since = None;
@@ -907,7 +907,7 @@ impl<'g> Connection<'g> {
         self.now = now;
         if let State::Tunnel(t) = &mut self.state {
             let shut = t.down.shut_done(result);
-            self.tunnel_moved(shut.map(|()| None).map_err(|e| format!("client shutdown failed: {}", e.0)));
+            self.tunnel_moved(shut.map(|()| false).map_err(|e| format!("client shutdown failed: {}", e.0)));
             return;
         }
         if result.is_err() {
@@ -1096,8 +1096,7 @@ impl<'g> Connection<'g> {
         self.state = match result {
             Ok(()) => self.open_tunnel(p),
             Err(reason) => {
-                self.queue
-                    .push_back(Output::Log(Log::Forward { dest: p.dest.authority.clone(), reason: reason.clone() }));
+                self.log_forward(p.dest.authority.clone(), reason.clone());
                 self.fail(StatusCode::BAD_GATEWAY, &reason, p.line)
             }
         };
@@ -1109,7 +1108,7 @@ impl<'g> Connection<'g> {
         self.now = now;
         let State::Tunnel(t) = &mut self.state else { return };
         let read = t.down.read_done(buf, result);
-        self.tunnel_moved(read.map(|got| got.then_some(())).map_err(|e| format!("destination read failed: {}", e.0)));
+        self.tunnel_moved(read.map_err(|e| format!("destination read failed: {}", e.0)));
     }
 
     /// A write on the tunnel's connection finished.
@@ -1117,7 +1116,7 @@ impl<'g> Connection<'g> {
         self.now = now;
         let State::Tunnel(t) = &mut self.state else { return };
         let written = t.up.written(buf, result);
-        self.tunnel_moved(written.map(|()| None).map_err(|e| format!("destination write failed: {}", e.0)));
+        self.tunnel_moved(written.map(|()| false).map_err(|e| format!("destination write failed: {}", e.0)));
     }
 
     /// The tunnel connection's write side is shut.
@@ -1125,17 +1124,17 @@ impl<'g> Connection<'g> {
         self.now = now;
         let State::Tunnel(t) = &mut self.state else { return };
         let shut = t.up.shut_done(result);
-        self.tunnel_moved(shut.map(|()| None).map_err(|e| format!("destination shutdown failed: {}", e.0)));
+        self.tunnel_moved(shut.map(|()| false).map_err(|e| format!("destination shutdown failed: {}", e.0)));
     }
 
-    /// After a tunnel operation: `Ok(Some(()))` when bytes came in (the idle clock
+    /// After a tunnel operation: `Ok(true)` when bytes came in (the idle clock
     /// restarts), an error ends the tunnel at once, and the tunnel ends when both
     /// directions are closed.
-    fn tunnel_moved(&mut self, moved: Result<Option<()>, String>) {
+    fn tunnel_moved(&mut self, moved: Result<bool, String>) {
         let State::Tunnel(t) = &mut self.state else { return };
         match moved {
-            Ok(Some(())) => t.last = self.now,
-            Ok(None) => {}
+            Ok(true) => t.last = self.now,
+            Ok(false) => {}
             Err(reason) => return self.end_tunnel(Some(reason)),
         }
         if t.up.is_done() && t.down.is_done() {
@@ -1148,7 +1147,7 @@ impl<'g> Connection<'g> {
     fn end_tunnel(&mut self, broke: Option<String>) {
         let State::Tunnel(t) = mem::replace(&mut self.state, State::Closed) else { return };
         if let Some(reason) = broke {
-            self.queue.push_back(Output::Log(Log::Forward { dest: t.dest, reason }));
+            self.log_forward(t.dest, reason);
         }
         let line = t.line.line(StatusCode::OK, t.down.bytes, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));
@@ -1198,15 +1197,11 @@ impl<'g> Connection<'g> {
             }
             State::Stream { leg: Leg::Forward(f), line, .. } if now >= f.deadline => {
                 self.close_slots();
-                let reason = "the destination did not answer in time";
-                self.queue.push_back(Output::Log(Log::Forward { dest: f.dest, reason: reason.to_string() }));
-                self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), line, true)
+                self.forward_timed_out(f.dest, line)
             }
             State::Pump(p) if now >= p.leg.deadline() => self.cut(p, Cut::Timeout),
             State::Resolve(p) | State::Opening(p) if now >= p.deadline => {
-                let reason = "the destination did not answer in time";
-                self.queue.push_back(Output::Log(Log::Forward { dest: p.dest.authority, reason: reason.to_string() }));
-                self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), p.line, true)
+                self.forward_timed_out(p.dest.authority, p.line)
             }
             State::Tunnel(t) if now >= t.last + t.idle => {
                 self.state = State::Tunnel(t);
@@ -1533,7 +1528,10 @@ impl<'g> Connection<'g> {
             // (what the client sent after its CONNECT is never read as HTTP).
             return self.fail(StatusCode::FORBIDDEN, "CONNECT is not enabled on this proxy", line);
         }
-        let body = if tunnel { None } else { forward::relayed_body(req.framing) };
+        let body = match RequestBody::relayed(req.framing) {
+            RequestBody::Stream(length) if !tunnel => Some(length),
+            _ => None,
+        };
         if body.is_none() && !tunnel {
             // No body: the codec sees the request end now.
             match self.server.handle_input(self.input.pending()) {
@@ -1599,11 +1597,18 @@ impl<'g> Connection<'g> {
         State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
     }
 
+    /// No response head from `dest` within the forward proxy's `timeout`: 504, closed.
+    fn forward_timed_out(&mut self, dest: String, line: AccessLog) -> State<'g> {
+        let reason = "the destination did not answer in time";
+        self.log_forward(dest, reason.to_string());
+        self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), line, true)
+    }
+
     /// The destination's name did not resolve: 503 `DNS resolution failure` (Envoy's
     /// words), the reason in the log.
     fn dns_failed(&mut self, p: Box<Pending>, reason: String) -> State<'g> {
         let reason = format!("cannot resolve {}: {reason}", p.dest.host);
-        self.queue.push_back(Output::Log(Log::Forward { dest: p.dest.authority, reason }));
+        self.log_forward(p.dest.authority, reason);
         self.respond(Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS resolution failure"), p.line, p.tunnel)
     }
 
@@ -1979,6 +1984,10 @@ impl<'g> Connection<'g> {
         }
     }
 
+    fn log_forward(&mut self, dest: String, reason: String) {
+        self.queue.push_back(Output::Log(Log::Forward { dest, reason }));
+    }
+
     fn log_backend(&mut self, endpoint: &'g str, backend: usize, reason: String) {
         self.queue.push_back(Output::Log(Log::Backend { endpoint, backend, reason }));
     }
@@ -2079,7 +2088,7 @@ impl<'g> Connection<'g> {
                 self.settle_stream(ex, line)
             }
             Leg::Forward(f) => {
-                self.queue.push_back(Output::Log(Log::Forward { dest: f.dest, reason: reason.clone() }));
+                self.log_forward(f.dest, reason.clone());
                 self.respond(Reply::text(StatusCode::BAD_GATEWAY, &reason), line, true)
             }
         }
@@ -2186,7 +2195,7 @@ impl<'g> Connection<'g> {
                     ex.stream_failed(timed_out, &reason)
                 }
                 Leg::Forward(f) => {
-                    self.queue.push_back(Output::Log(Log::Forward { dest: f.dest.clone(), reason: reason.clone() }));
+                    self.log_forward(f.dest.clone(), reason.clone());
                     let status = if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
                     Reply::text(status, &reason)
                 }
@@ -2196,7 +2205,7 @@ impl<'g> Connection<'g> {
         let reason = format!("response body cut after {} bytes: {reason}", p.sent);
         match &p.leg {
             Leg::Endpoint(ex) => self.log_backend(ex.endpoint().path.as_str(), call, reason),
-            Leg::Forward(f) => self.queue.push_back(Output::Log(Log::Forward { dest: f.dest.clone(), reason })),
+            Leg::Forward(f) => self.log_forward(f.dest.clone(), reason),
         }
         let line = p.line.line(p.status, p.sent, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));

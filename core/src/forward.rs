@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::{ForwardProxy, IpNet, LookupFamily, PortRange};
-use crate::http1::{self, BodyLength, Framing, HopByHop, Request, RequestTarget, TargetForm};
+use crate::http1::{self, BodyLength, HopByHop, Request, RequestTarget, TargetForm};
 
 /// The `Via` field added both ways (RFC 9110 7.6.3: protocol version and a pseudonym).
 pub const VIA: &str = "1.1 sluice";
@@ -137,16 +137,6 @@ impl ForwardPlan {
             LookupFamily::Auto => v6.or(v4),
             LookupFamily::V4Preferred => v4.or(v6),
         }
-    }
-}
-
-/// How a request body is relayed to the destination: its length, re-chunked when it
-/// came chunked, nothing when it has none.
-pub fn relayed_body(framing: Framing) -> Option<BodyLength> {
-    match framing {
-        Framing::Length(0) | Framing::None | Framing::UntilClose => None,
-        Framing::Length(n) => Some(BodyLength::Known(n)),
-        Framing::Chunked => Some(BodyLength::Unknown),
     }
 }
 

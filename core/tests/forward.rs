@@ -4,8 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use sluice_core::config::{self, ForwardProxy};
-use sluice_core::forward::{Denied, ForwardPlan, host_matches, relayed_body, reserved};
+use sluice_core::forward::{Denied, ForwardPlan, host_matches, reserved};
 use sluice_core::http1::{Limits, Request, ServerConn, ServerEvent};
+use sluice_core::request::RequestBody;
 
 fn plan(fp: &str) -> ForwardPlan {
     let text = format!(r#"{{"version": 3, "extra_config": {{"sluice/forward-proxy": {fp}}}}}"#);
@@ -30,7 +31,11 @@ fn sent(p: &ForwardPlan, raw: &str) -> Result<String, &'static str> {
     let req = request(raw);
     let dest = p.destination(&req)?;
     let mut out = Vec::new();
-    p.write_request(&req, &dest, relayed_body(req.framing), &mut out)?;
+    let body = match RequestBody::relayed(req.framing) {
+        RequestBody::Stream(length) => Some(length),
+        _ => None,
+    };
+    p.write_request(&req, &dest, body, &mut out)?;
     Ok(String::from_utf8(out).unwrap())
 }
 
