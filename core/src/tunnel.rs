@@ -6,8 +6,8 @@
 //! most two buffers are in use per direction. Reads start at [`PIPE_MIN`] and grow
 //! (x4 per read that filled its buffer) to [`PIPE_MAX`] while bytes stream, and shrink
 //! back when they trickle: an idle tunnel holds two small buffers, a bulk one reads
-//! 256 KiB at a time (measured: 64 KiB reads moved 13 Gbit/s at 0.52 CPU s per GiB
-//! on one shard, 256 KiB 20 Gbit/s at 0.31). When a source closes
+//! 256 KiB at a time (load harness `--forward`, one shard: fixed 64 KiB reads moved
+//! 13 Gbit/s at 0.52 CPU s per GiB, 256 KiB 20 Gbit/s at 0.31; separate runs). When a source closes
 //! its side (a read of 0), what was read is written and then the sink's write side is
 //! shut: the other direction goes on until its source closes too.
 
