@@ -1,13 +1,12 @@
 //! Backend connection policy, one for every driver: which idle connection is reused,
-//! when a failed call may be sent again, how long a resolved name is kept, and reading
-//! one response off a backend connection ([`Fetch`]).
+//! when a failed call may be sent again, and reading one response off a backend
+//! connection ([`Fetch`]). Names are resolved through [`crate::dns`].
 //!
 //! Sans-IO like the rest of `core`: the drivers own the sockets and the resolver and
 //! pass `now` in; the pool here holds whatever connection type the driver has.
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, StatusCode};
@@ -18,9 +17,6 @@ use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Head, Li
 /// Idle backend connections older than this are not reused: backends commonly close
 /// idle connections after 60 to 120 s, and reusing one they closed costs a retry.
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(50);
-
-/// How long a resolved backend name is reused.
-pub const DNS_TTL: Duration = Duration::from_secs(60);
 
 /// The pool key of a backend host: connections are shared by scheme, host and port.
 pub fn pool_key(host: &HostAddr) -> String {
@@ -73,43 +69,6 @@ impl<C> IdlePool<C> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// What [`DnsCache::get`] knows about a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolve {
-    /// An IP literal, or a name resolved less than [`DNS_TTL`] ago.
-    Ready(SocketAddr),
-    /// Resolve `name` (then [`DnsCache::insert`] the answer).
-    Lookup { name: String, port: u16 },
-}
-
-/// Resolved backend names, each kept for [`DNS_TTL`].
-#[derive(Debug, Default)]
-pub struct DnsCache {
-    entries: HashMap<String, Vec<(u16, SocketAddr, Instant)>>,
-}
-
-impl DnsCache {
-    pub fn get(&self, host: &HostAddr, now: Instant) -> Resolve {
-        let name = host.host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = name.parse::<IpAddr>() {
-            return Resolve::Ready(SocketAddr::new(ip, host.port));
-        }
-        let fresh = self.entries.get(name).and_then(|list| {
-            list.iter().find(|(port, _, at)| *port == host.port && now.saturating_duration_since(*at) < DNS_TTL)
-        });
-        match fresh {
-            Some((_, addr, _)) => Resolve::Ready(*addr),
-            None => Resolve::Lookup { name: name.to_string(), port: host.port },
-        }
-    }
-
-    pub fn insert(&mut self, name: &str, port: u16, addr: SocketAddr, now: Instant) {
-        let list = self.entries.entry(name.to_string()).or_default();
-        list.retain(|(p, _, _)| *p != port);
-        list.push((port, addr, now));
     }
 }
 

@@ -84,11 +84,13 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::backend::{Failure, Fetch, Progress, Pumped, StreamedHead, may_retry, pump_body};
+use crate::breaker::{self, Breaker, Permit};
 use crate::buf::ReadBuf;
 use crate::builtin::{self, Builtin};
 use crate::config::{HostAddr, Scheme};
 use crate::deadline::{HeadWait, after, body_deadline};
 use crate::dispatch::{Dispatch, Route};
+use crate::dns::DnsError;
 use crate::exchange::{Action, Call, CallBody, Exchange};
 use crate::forward::{self, Denied, Destination, ForwardPlan};
 use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
@@ -178,8 +180,9 @@ pub enum Input {
     ConnectFailed(BackendId, String),
     BackendRead(BackendId, Vec<u8>, io::Result<usize>),
     BackendWritten(BackendId, Vec<u8>, io::Result<()>),
-    /// The addresses a name resolved to, or why it did not.
-    Resolved(BackendId, Result<Vec<IpAddr>, String>),
+    /// The addresses a name resolved to, or why it did not (through the shard's
+    /// [`crate::dns::DnsCache`]).
+    Resolved(BackendId, Result<Vec<IpAddr>, DnsError>),
     TunnelOpened(Result<(), String>),
     TunnelRead(Vec<u8>, io::Result<usize>),
     TunnelWritten(Vec<u8>, io::Result<()>),
@@ -203,6 +206,9 @@ pub enum Log<'g> {
     Forward { dest: String, reason: String },
     /// The egress policy refused a destination (`sluice::egress`, warn).
     Denied { peer: IpAddr, dest: String, reason: String },
+    /// A CONNECT tunnel opened (`sluice::forward`, debug); its access line comes when
+    /// it closes.
+    Tunnel { dest: String },
 }
 
 impl fmt::Display for Log<'_> {
@@ -216,6 +222,7 @@ impl fmt::Display for Log<'_> {
             }
             Log::Forward { dest, reason } => write!(f, "forward to {dest}: {reason}"),
             Log::Denied { peer, dest, reason } => write!(f, "client {peer} to {dest} denied: {reason}"),
+            Log::Tunnel { dest } => write!(f, "tunnel to {dest} open"),
         }
     }
 }
@@ -395,6 +402,8 @@ struct Slot<'g> {
     reused: bool,
     /// The last [`Output::Connect`] allowed a pooled connection (a retry does not).
     pooled: bool,
+    /// A forward proxy request's hold on its destination's circuit breakers.
+    permit: Option<Permit>,
     /// Bytes to write next (the request, or a relayed body piece).
     out: Vec<u8>,
     /// The request as written, kept until the answer starts for a retry.
@@ -437,10 +446,11 @@ impl<'g> Slot<'g> {
         pool_key: String,
         body: Option<BodyLength>,
         request: Vec<u8>,
+        permit: Option<Permit>,
     ) -> Slot<'g> {
         let body = body.map_or(CallBody::None, CallBody::Stream);
         let place = (Cow::Owned(host.clone()), Cow::Owned(host), Cow::Owned(pool_key));
-        Slot { out: request, ..Slot::base((0, method, "forward proxy"), place, true, body) }
+        Slot { out: request, permit, ..Slot::base((0, method, "forward proxy"), place, true, body) }
     }
 
     /// A slot for call `id` (its method, its endpoint), connecting to `host` for
@@ -473,6 +483,7 @@ impl<'g> Slot<'g> {
             connected: false,
             reused: false,
             pooled: true,
+            permit: None,
             out: Vec::new(),
             sent: Vec::new(),
             writing: false,
@@ -630,6 +641,8 @@ struct Pending {
     tunnel: bool,
     line: AccessLog,
     deadline: Instant,
+    /// Taken when the address is known (see [`crate::breaker`]).
+    permit: Option<Permit>,
 }
 
 /// A CONNECT tunnel: client to destination (`up`) and back (`down`).
@@ -642,6 +655,8 @@ struct Tunnel {
     last: Instant,
     idle: Duration,
     line: AccessLog,
+    /// Held while the tunnel is open.
+    _permit: Option<Permit>,
 }
 
 /// One client connection (see the module docs).
@@ -924,6 +939,9 @@ impl<'g> Connection<'g> {
         let limits = self.limits;
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
         slot.connected = true;
+        if let Some(permit) = &mut slot.permit {
+            permit.connected();
+        }
         let reused = pooled.is_some();
         // A connection asked for new is new, whatever the driver says: a retry is never
         // retried again.
@@ -1077,14 +1095,14 @@ impl<'g> Connection<'g> {
 
     /// The name [`Output::Resolve`] asked for resolved to `result` (every address, in
     /// the resolver's order; the connection picks by `dns_lookup_family`).
-    pub fn handle_resolved(&mut self, _id: BackendId, result: Result<Vec<IpAddr>, String>, now: Instant) {
+    pub fn handle_resolved(&mut self, _id: BackendId, result: Result<Vec<IpAddr>, DnsError>, now: Instant) {
         self.now = now;
         let State::Resolve(p) = mem::replace(&mut self.state, State::Closed) else { return };
         let Some(fp) = self.fwd else { return };
         self.state = match result.map(|addrs| fp.pick(&addrs)) {
             Ok(Some(ip)) => self.dial(p, ip),
-            Ok(None) => self.dns_failed(p, "no address of the configured family".to_string()),
-            Err(reason) => self.dns_failed(p, reason),
+            Ok(None) => self.dns_failed(p, DnsError::Failed("no address of the configured family".to_string())),
+            Err(e) => self.dns_failed(p, e),
         };
         self.progress();
     }
@@ -1149,7 +1167,7 @@ impl<'g> Connection<'g> {
         if let Some(reason) = broke {
             self.log_forward(t.dest, reason);
         }
-        let line = t.line.line(StatusCode::OK, t.down.bytes, self.now);
+        let line = t.line.tunnel_line(t.up.bytes, t.down.bytes, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));
         self.queue.push_back(Output::Close);
     }
@@ -1490,14 +1508,18 @@ impl<'g> Connection<'g> {
             Ok(creq) => creq,
             Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, self.peer, now)),
         };
-        let line = AccessLog::new(&creq, now);
+        let mut line = AccessLog::new(&creq, now);
         let gw = self.gw;
         match gw.dispatch(&creq.method, &creq.path, creq.query.as_deref()) {
             Dispatch::Endpoint(route) if route.streaming => {
+                line.for_endpoint(route.endpoint.index);
                 creq.body = RequestBody::relayed(req.framing);
                 self.start_stream(creq, route, line)
             }
-            Dispatch::Endpoint(route) => self.read_body(creq, Serve::Endpoint(route), line),
+            Dispatch::Endpoint(route) => {
+                line.for_endpoint(route.endpoint.index);
+                self.read_body(creq, Serve::Endpoint(route), line)
+            }
             Dispatch::Builtin(b) => self.read_body(creq, Serve::Builtin(b), line),
             Dispatch::Reply(reply) => {
                 // A request without a body ends here and the connection stays open; a
@@ -1555,6 +1577,7 @@ impl<'g> Connection<'g> {
             line,
             deadline: now + fp.config.timeout,
             dest,
+            permit: None,
         });
         match p.dest.ip() {
             Some(ip) => self.dial(p, ip),
@@ -1567,21 +1590,25 @@ impl<'g> Connection<'g> {
 
     /// The destination's address is known: vetted, then dialled (that address and no
     /// other): a tunnel's connection, or a backend connection for the request.
-    fn dial(&mut self, p: Box<Pending>, ip: IpAddr) -> State<'g> {
+    fn dial(&mut self, mut p: Box<Pending>, ip: IpAddr) -> State<'g> {
         let Some(fp) = self.fwd else { return State::Closing };
         let addr = SocketAddr::new(ip, p.dest.port);
         if let Err(denied) = fp.egress.check_addr(addr) {
             return self.denied(denied, &p.dest, p.line, p.tunnel);
         }
+        match fp.breakers.admit(&p.dest.authority) {
+            Ok(permit) => p.permit = Some(permit),
+            Err(open) => return self.overflowed(open, p),
+        }
         if p.tunnel {
             self.queue.push_back(Output::OpenTunnel { addr });
             return State::Opening(p);
         }
-        let Pending { dest, request, method, body, line, deadline, .. } = *p;
+        let Pending { dest, request, method, body, line, deadline, permit, .. } = *p;
         let host = HostAddr { scheme: Scheme::Http, host: ip.to_string(), port: dest.port };
         // Pooled by the vetted address: never shared with the gateway's backends.
         let pool_key = format!("forward {addr}");
-        let slot = Slot::forward(method, host, pool_key, body, request);
+        let slot = Slot::forward(method, host, pool_key, body, request, permit);
         let id = match self.slots.iter().position(|s| !s.in_use) {
             Some(free) => {
                 self.slots[free] = slot;
@@ -1597,6 +1624,16 @@ impl<'g> Connection<'g> {
         State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
     }
 
+    /// A circuit breaker of the destination is open: 503, the breaker named in
+    /// [`breaker::HEADER`] and the body, and a log line.
+    fn overflowed(&mut self, open: Breaker, p: Box<Pending>) -> State<'g> {
+        let name = open.name();
+        self.log_forward(p.dest.authority, format!("circuit breaker open: {name}"));
+        let mut reply = Reply::text(StatusCode::SERVICE_UNAVAILABLE, &format!("circuit breaker open: {name}"));
+        reply.headers.insert(breaker::HEADER, http::HeaderValue::from_static(name));
+        self.respond(reply, p.line, p.tunnel)
+    }
+
     /// No response head from `dest` within the forward proxy's `timeout`: 504, closed.
     fn forward_timed_out(&mut self, dest: String, line: AccessLog) -> State<'g> {
         let reason = "the destination did not answer in time";
@@ -1604,12 +1641,16 @@ impl<'g> Connection<'g> {
         self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), line, true)
     }
 
-    /// The destination's name did not resolve: 503 `DNS resolution failure` (Envoy's
-    /// words), the reason in the log.
-    fn dns_failed(&mut self, p: Box<Pending>, reason: String) -> State<'g> {
-        let reason = format!("cannot resolve {}: {reason}", p.dest.host);
+    /// The destination's name did not resolve: 503 `DNS resolution failure`, or 503
+    /// `DNS cache overflow` when the cache had no room for it (Envoy's words), the
+    /// reason in the log.
+    fn dns_failed(&mut self, p: Box<Pending>, error: DnsError) -> State<'g> {
+        let (body, reason) = match error {
+            DnsError::Overflow => ("DNS cache overflow", format!("cannot resolve {}: DNS cache overflow", p.dest.host)),
+            DnsError::Failed(why) => ("DNS resolution failure", format!("cannot resolve {}: {why}", p.dest.host)),
+        };
         self.log_forward(p.dest.authority, reason);
-        self.respond(Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS resolution failure"), p.line, p.tunnel)
+        self.respond(Reply::text(StatusCode::SERVICE_UNAVAILABLE, body), p.line, p.tunnel)
     }
 
     /// The egress policy refused the destination: 403, the reason in
@@ -1631,7 +1672,7 @@ impl<'g> Connection<'g> {
 
     /// The tunnel's connection is open: `200` to the client, then bytes both ways;
     /// what the client sent after its CONNECT head goes first.
-    fn open_tunnel(&mut self, p: Box<Pending>) -> State<'g> {
+    fn open_tunnel(&mut self, mut p: Box<Pending>) -> State<'g> {
         let Some(fp) = self.fwd else { return State::Closing };
         let none = HeaderMap::new();
         let head = ResponseHead { status: StatusCode::OK, headers: &none, body: BodyLength::Known(0), close: false };
@@ -1643,6 +1684,7 @@ impl<'g> Connection<'g> {
         self.answered = true;
         let early = self.input.pending().to_vec();
         self.input.clear();
+        self.queue.push_back(Output::Log(Log::Tunnel { dest: p.dest.authority.clone() }));
         State::Tunnel(Box::new(Tunnel {
             up: Pipe::with(early),
             down: Pipe::default(),
@@ -1650,6 +1692,10 @@ impl<'g> Connection<'g> {
             last: self.now,
             idle: fp.config.idle_timeout,
             line: p.line,
+            _permit: p.permit.take().map(|mut permit| {
+                permit.connected();
+                permit
+            }),
         }))
     }
 
@@ -1954,7 +2000,11 @@ impl<'g> Connection<'g> {
     /// allows (a pooled connection the backend had closed), else given up.
     fn failed(&mut self, id: BackendId, failure: Failure) -> SlotEvent {
         let Some(slot) = self.slots.get_mut(id) else { return SlotEvent::Failed(failure) };
-        if slot.reused && !slot.sent.is_empty() && may_retry(&slot.method, &failure, slot.body_streamed()) {
+        if slot.reused
+            && !slot.sent.is_empty()
+            && may_retry(&slot.method, &failure, slot.body_streamed())
+            && slot.permit.as_mut().is_none_or(Permit::retry)
+        {
             let request = mem::take(&mut slot.sent);
             let next = slot.reconnect(id, request, false);
             self.queue.extend([Output::CloseBackend { id }, next]);
@@ -1969,6 +2019,7 @@ impl<'g> Connection<'g> {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
         let output = slot.put_away(id, reusable);
         slot.in_use = false;
+        slot.permit = None;
         slot.fetch = None;
         slot.codec = None;
         slot.tls = None;

@@ -26,22 +26,29 @@
 //!   and output encodings; [`json`]: the byte-preserving JSON scanner under them.
 //! - [`backend`]: backend connection policy (pool, retries, DNS cache) and reading a
 //!   response off a backend connection, shared by the drivers.
+//! - [`dns`]: the DNS cache every connection to a name goes through (Envoy's
+//!   `dns_cache_config`).
 //! - [`deadline`]: which deadline each client read runs under; [`buf`]: the read
 //!   buffer every connection uses.
 //! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
 //! - [`plugin`]: the HTTP client plugin contract (one plugin per backend call).
+//! - [`breaker`]: the forward proxy's circuit breakers per destination.
+//! - [`stats`]: per-shard counters; [`admin`]: the admin pages built from them.
 //! - [`forward`]: the dynamic forward proxy's decisions (destination, the request
 //!   sent on, the egress policy).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod admin;
 pub mod backend;
+pub mod breaker;
 pub mod buf;
 pub mod builtin;
 pub mod config;
 pub mod conn;
 pub mod deadline;
 pub mod dispatch;
+pub mod dns;
 pub mod exchange;
 pub mod forward;
 pub mod http1;
@@ -53,6 +60,7 @@ pub mod redirect;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod stats;
 mod stop;
 pub mod tls;
 mod tunnel;

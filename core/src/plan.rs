@@ -96,6 +96,8 @@ pub struct Gateway {
 /// An endpoint with every default resolved.
 #[derive(Debug, Clone)]
 pub struct EndpointPlan {
+    /// Its place in the configuration (and in [`Gateway::endpoints`]).
+    pub index: usize,
     pub path: String,
     pub method: Method,
     pub timeout: Duration,
@@ -300,6 +302,7 @@ impl Gateway {
                 backend_count += 1;
             }
             endpoints.push(EndpointPlan {
+                index: endpoints.len(),
                 path: e.endpoint.clone(),
                 method: e.method.clone(),
                 timeout: config.endpoint_timeout(e),
@@ -326,6 +329,12 @@ impl Gateway {
         }
         let forward = config.forward_proxy.as_ref().map(crate::forward::ForwardPlan::new);
         Ok(Gateway { config, router, endpoints, backend_count, server_tls, proxy_env: env.proxy.clone(), forward })
+    }
+
+    /// The DNS cache's settings: the forward proxy's `dns_cache` (Envoy's defaults
+    /// without one). The gateway's backend hosts go through the same cache.
+    pub fn dns_cache_config(&self) -> crate::dns::DnsCacheConfig {
+        self.config.forward_proxy.as_ref().map(|f| f.dns_cache).unwrap_or_default()
     }
 
     /// Every backend whose configuration names a client plugin other than the built-in

@@ -77,11 +77,32 @@ pub struct AccessLog {
     method: Option<Method>,
     path: String,
     started: Instant,
+    scope: Scope,
+}
+
+/// What served a request, for the counters ([`crate::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// No endpoint: a 404, a built-in page, a refused head.
+    #[default]
+    Other,
+    /// The gateway endpoint of this index (configuration order).
+    Endpoint(usize),
+    /// A forward proxy request to `host:port`.
+    Forward(String),
+    /// A CONNECT tunnel to `host:port`.
+    Tunnel(String),
 }
 
 impl AccessLog {
     pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
-        AccessLog { peer: req.peer, method: Some(req.method.clone()), path: req.path.clone(), started }
+        AccessLog {
+            peer: req.peer,
+            method: Some(req.method.clone()),
+            path: req.path.clone(),
+            started,
+            scope: Scope::Other,
+        }
     }
 
     /// A request refused before it became a [`ClientRequest`] (absolute-form, CONNECT):
@@ -89,19 +110,25 @@ impl AccessLog {
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
         let target = req.target();
         let path = target.split_once('?').map_or(target, |(p, _)| p).to_string();
-        AccessLog { peer, method: Some(req.method.clone()), path, started }
+        AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other }
     }
 
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
     /// or `host:port` for a tunnel), without the query string.
     pub fn forwarded(req: &Request, dest: &crate::forward::Destination, peer: IpAddr, started: Instant) -> AccessLog {
-        let path = if req.method == Method::CONNECT {
-            dest.authority.clone()
+        let (path, scope) = if req.method == Method::CONNECT {
+            (dest.authority.clone(), Scope::Tunnel(dest.authority.clone()))
         } else {
             let t = &dest.target;
-            format!("http://{}{}", dest.authority, t.split_once('?').map_or(t.as_str(), |(p, _)| p))
+            let path = format!("http://{}{}", dest.authority, t.split_once('?').map_or(t.as_str(), |(p, _)| p));
+            (path, Scope::Forward(dest.authority.clone()))
         };
-        AccessLog { peer, method: Some(req.method.clone()), path, started }
+        AccessLog { peer, method: Some(req.method.clone()), path, started, scope }
+    }
+
+    /// Counted for gateway endpoint `index`.
+    pub fn for_endpoint(&mut self, index: usize) {
+        self.scope = Scope::Endpoint(index);
     }
 
     /// An answer to a head that was refused (a bad head, one too large, a head
@@ -120,7 +147,13 @@ impl AccessLog {
         };
         let target = target.split(|&b| b == b'?').next().unwrap_or_default();
         let path = String::from_utf8_lossy(&target[..target.len().min(1024)]).into_owned();
-        AccessLog { peer, path: if method.is_some() { path } else { String::new() }, method, started }
+        AccessLog {
+            peer,
+            path: if method.is_some() { path } else { String::new() },
+            method,
+            started,
+            scope: Scope::Other,
+        }
     }
 
     /// When the request's head was read.
@@ -131,7 +164,12 @@ impl AccessLog {
     /// The line for the answer given: `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted
     /// only when displayed (a log filtered out costs nothing).
     pub fn line(self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
-        AccessLine { log: self, status, bytes, now }
+        AccessLine { log: self, status, bytes, up: 0, now }
+    }
+
+    /// A tunnel's line: `down` bytes to the client (logged), `up` to the destination.
+    pub fn tunnel_line(self, up: u64, down: u64, now: Instant) -> AccessLine {
+        AccessLine { log: self, status: StatusCode::OK, bytes: down, up, now }
     }
 }
 
@@ -141,6 +179,8 @@ pub struct AccessLine {
     log: AccessLog,
     status: StatusCode,
     bytes: u64,
+    /// A tunnel's bytes from the client.
+    up: u64,
     now: Instant,
 }
 
@@ -148,6 +188,25 @@ impl AccessLine {
     /// The status the client got.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.log.scope
+    }
+
+    /// Response body bytes (a tunnel's: bytes to the client).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A tunnel's bytes from the client (0 otherwise).
+    pub fn bytes_up(&self) -> u64 {
+        self.up
+    }
+
+    /// From the request's start to its answer.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.now.saturating_duration_since(self.log.started)
     }
 }
 

@@ -2,13 +2,10 @@
 //! retry rule, reading a response (`Fetch`), and the client connection deadlines.
 //! Virtual time throughout.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use sluice_core::backend::{
-    Answer, DNS_TTL, DnsCache, Failure, Fetch, IDLE_EXPIRY, IdlePool, Progress, Resolve, may_retry, pool_key,
-};
+use sluice_core::backend::{Answer, Failure, Fetch, IDLE_EXPIRY, IdlePool, Progress, may_retry, pool_key};
 use sluice_core::config::{self, HostAddr};
 use sluice_core::deadline::{HeadWait, body_deadline};
 use sluice_core::http1::{Framing, Limits};
@@ -39,29 +36,6 @@ fn idle_pool_reuses_newest_first_and_drops_expired() {
     // A pool of zero keeps nothing.
     let mut none: IdlePool<u8> = IdlePool::new(0);
     assert_eq!(none.put(&key, 1, t0), Some(1));
-}
-
-#[test]
-fn dns_cache_keeps_names_for_the_ttl_per_port() {
-    let t0 = Instant::now();
-    let mut dns = DnsCache::default();
-    let addr: SocketAddr = "10.1.2.3:8080".parse().unwrap();
-    assert_eq!(dns.get(&host("http://127.0.0.1:9000"), t0), Resolve::Ready("127.0.0.1:9000".parse().unwrap()));
-    assert_eq!(dns.get(&host("http://[::1]:9000"), t0), Resolve::Ready("[::1]:9000".parse().unwrap()));
-    let svc = host("http://users.internal:8080");
-    assert_eq!(dns.get(&svc, t0), Resolve::Lookup { name: "users.internal".into(), port: 8080 });
-    dns.insert("users.internal", 8080, addr, t0);
-    assert_eq!(dns.get(&svc, t0 + DNS_TTL - Duration::from_millis(1)), Resolve::Ready(addr));
-    assert_eq!(dns.get(&svc, t0 + DNS_TTL), Resolve::Lookup { name: "users.internal".into(), port: 8080 });
-    // Another port of the same name is its own entry.
-    assert_eq!(
-        dns.get(&host("http://users.internal:9090"), t0),
-        Resolve::Lookup { name: "users.internal".into(), port: 9090 }
-    );
-    // A new answer replaces the old one.
-    let moved: SocketAddr = "10.9.9.9:8080".parse().unwrap();
-    dns.insert("users.internal", 8080, moved, t0 + DNS_TTL);
-    assert_eq!(dns.get(&svc, t0 + DNS_TTL), Resolve::Ready(moved));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sluice_core::Gateway;
 use sluice_core::conn::{BackendId, Connection, Input, Output, Session};
+use sluice_core::dns::DnsError;
 use sluice_core::upstream::Balancer;
 
 /// What the client does, in order.
@@ -81,7 +82,7 @@ struct World<'g> {
     shut_at: Option<Instant>,
     /// Forward proxy: what each name resolves to (answered at once; a name missing
     /// here is never answered).
-    dns: BTreeMap<String, Result<Vec<std::net::IpAddr>, String>>,
+    dns: BTreeMap<String, Result<Vec<std::net::IpAddr>, DnsError>>,
     /// Forward proxy: the tunnel's destination got these bytes.
     tunnelled: Vec<u8>,
 }
@@ -133,7 +134,10 @@ impl<'g> World<'g> {
     }
 
     fn resolves(mut self, name: &str, answer: Result<&[&str], &str>) -> Self {
-        let answer = answer.map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect()).map_err(str::to_string);
+        let answer = answer.map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect()).map_err(|why| match why {
+            "overflow" => DnsError::Overflow,
+            why => DnsError::Failed(why.to_string()),
+        });
         self.dns.insert(name.to_string(), answer);
         self
     }
@@ -935,6 +939,17 @@ fn forward_dns_failures_denials_and_timeouts() {
         w.to_client,
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 22\r\n\r\nDNS resolution failure"
     );
+    // The shard's cache had no room for the name: 503, Envoy's words.
+    let o = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Err("overflow")).run();
+    assert_eq!(
+        o.to_client,
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 18\r\n\r\nDNS cache overflow"
+    );
+    assert!(
+        o.trace().contains("log: forward to api.test:9001: cannot resolve api.test: DNS cache overflow"),
+        "{}",
+        o.trace()
+    );
     assert!(
         w.trace().contains("log: forward to api.test:9001: cannot resolve api.test: no such name"),
         "{}",
@@ -1006,4 +1021,67 @@ fn forward_tunnel_in_virtual_time() {
     );
     assert!(w.to_client.contains("\r\nconnection: close\r\n"), "{}", w.to_client);
     assert!(!w.trace().contains("resolve") && !w.trace().contains("tunnel:"), "{}", w.trace());
+}
+
+#[test]
+fn forward_circuit_breakers_refuse_with_503_naming_the_breaker_and_close_again() {
+    let gw = forward_gateway(r#", "circuit_breakers": {"max_requests": 1, "max_connections": 5}"#);
+    let lb = Balancer::new(0);
+    let breakers = &gw.forward.as_ref().unwrap().breakers;
+    // Another connection's request to the same destination is in flight.
+    let held = breakers.admit("api.test:9001").unwrap();
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["127.0.0.1"])).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         x-sluice-circuit-breaker: max_requests\r\ncontent-length: 34\r\n\r\ncircuit breaker open: max_requests"
+    );
+    assert!(w.trace().contains("log: forward to api.test:9001: circuit breaker open: max_requests"), "{}", w.trace());
+    assert!(!w.trace().contains("connection to"), "no connection asked for: {}", w.trace());
+    // Another destination has its own counts.
+    let other = breakers.admit("other.test:9001").unwrap();
+    drop(other);
+    // It is given back: the breaker closes, and the request's own hold is given back
+    // when its response ends (the next one is admitted too).
+    drop(held);
+    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Send(FWD_GET), Wait(10), Eof])
+        .resolves("api.test", Ok(&["127.0.0.1"]))
+        .backend("127.0.0.1:9001", &[json("{}"), json("{}")])
+        .run();
+    let answer = "HTTP/1.1 200 OK\r\nvia: 1.1 sluice\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    assert_eq!(w.to_client, format!("{answer}{answer}"));
+    let g = breakers.gauges();
+    let g = g.iter().find(|g| g.destination == "api.test:9001").unwrap();
+    assert_eq!((g.requests, g.connections, g.pending, g.retries, g.rq_overflow), (0, 0, 0, 0, 1));
+}
+
+#[test]
+fn forward_tunnels_hold_a_request_while_open() {
+    let gw = forward_gateway(r#", "circuit_breakers": {"max_requests": 1}"#);
+    let lb = Balancer::new(0);
+    let breakers = &gw.forward.as_ref().unwrap().breakers;
+    let held = breakers.admit("127.0.0.1:443").unwrap();
+    let w = World::forward(
+        &gw,
+        &lb,
+        &[Send("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"), Wait(10), Eof],
+    )
+    .run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         x-sluice-circuit-breaker: max_requests\r\ncontent-length: 34\r\nconnection: close\r\n\r\n\
+         circuit breaker open: max_requests"
+    );
+    assert!(!w.trace().contains("tunnel: connection"), "{}", w.trace());
+    drop(held);
+    let w = World::forward(
+        &gw,
+        &lb,
+        &[Send("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"), Wait(10), Eof],
+    )
+    .run();
+    assert!(w.to_client.starts_with("HTTP/1.1 200 OK\r\n"), "{}", w.to_client);
+    let g = breakers.gauges();
+    assert_eq!(g[0].requests, 0, "given back when the tunnel ended");
 }

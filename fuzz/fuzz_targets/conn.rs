@@ -13,6 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use sluice_core::Gateway;
 use sluice_core::conn::{Connection, Input, Output, Session};
 use sluice_core::upstream::Balancer;
+use sluice_core::dns::DnsError;
 
 fn gateway() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
@@ -99,7 +100,7 @@ fuzz_target!(|input: &[u8]| {
                 // Names resolve to loopback (or fail, with the refusing backend).
                 Output::Resolve { id, .. } => ready.push(Input::Resolved(
                     id,
-                    if backend.first() == Some(&b'!') { Err("no such name".into()) } else { Ok(vec![[127, 0, 0, 1].into()]) },
+                    if backend.first() == Some(&b'!') { Err(DnsError::Failed("no such name".into())) } else { Ok(vec![[127, 0, 0, 1].into()]) },
                 )),
                 Output::OpenTunnel { .. } => ready.push(Input::TunnelOpened(Ok(()))),
                 Output::ReadTunnel(mut buf) => {

@@ -1,24 +1,59 @@
-//! The shard's backend sockets: idle ones kept for reuse and resolved names (both
-//! policies are `sluice_core::backend`'s), and opening a new one.
+//! The shard's backend sockets: idle ones kept for reuse (`sluice_core::backend`'s
+//! policy), names resolved through the shard's DNS cache (`sluice_core::dns`), and
+//! opening a new one.
 
 use std::cell::RefCell;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use monoio::net::TcpStream;
-use sluice_core::backend::{DnsCache, IdlePool, Resolve};
+use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
+use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+
+type Answer = Result<Vec<IpAddr>, DnsError>;
+
+/// A connection waiting for a name's answer (one per lookup that found a query under
+/// way or started one).
+#[derive(Default)]
+pub(crate) struct Waiter {
+    answer: RefCell<Option<Answer>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Waiter {
+    fn wake(&self, answer: Answer) {
+        *self.answer.borrow_mut() = Some(answer);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) -> Answer {
+        poll_fn(|cx| match self.answer.borrow_mut().take() {
+            Some(answer) => Poll::Ready(answer),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
 
 /// Idle backend sockets and resolved names, one per shard (no lock).
 pub(crate) struct Pool {
     idle: RefCell<IdlePool<(TcpStream, Session)>>,
-    dns: RefCell<DnsCache>,
+    dns: Rc<RefCell<DnsCache<Rc<Waiter>>>>,
 }
 
 impl Pool {
-    pub(crate) fn new(max_idle: usize) -> Pool {
-        Pool { idle: RefCell::new(IdlePool::new(max_idle)), dns: RefCell::default() }
+    pub(crate) fn new(max_idle: usize, dns: DnsCacheConfig) -> Pool {
+        Pool { idle: RefCell::new(IdlePool::new(max_idle)), dns: Rc::new(RefCell::new(DnsCache::new(dns))) }
     }
 
     pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Session)> {
@@ -30,27 +65,72 @@ impl Pool {
         drop(self.idle.borrow_mut().put(key, (stream, session), Instant::now()));
     }
 
-    /// IP literals need nothing; names are resolved with the system resolver
-    /// (blocking: the first request to a name pays for it) and cached. A non-blocking
-    /// DNS cache comes with the forward proxy work.
-    fn resolve(&self, host: &HostAddr) -> Result<SocketAddr, String> {
-        let lookup = self.dns.borrow().get(host, Instant::now());
-        let (name, port) = match lookup {
-            Resolve::Ready(addr) => return Ok(addr),
-            Resolve::Lookup { name, port } => (name, port),
-        };
-        let addr = (name.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {name}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("cannot resolve {name}: no address"))?;
-        self.dns.borrow_mut().insert(&name, port, addr, Instant::now());
-        Ok(addr)
+    /// The DNS cache's counters now (names unused for `host_ttl` dropped first).
+    #[allow(dead_code)] // read by the admin pages
+    pub(crate) fn dns_stats(&self) -> DnsStats {
+        let mut dns = self.dns.borrow_mut();
+        dns.sweep(Instant::now());
+        dns.stats()
     }
 
-    /// A new socket to a backend host.
+    /// Every address of `name`, through the shard's cache: a fresh answer at once, a
+    /// query under way joined, a new one started on the process's lookup threads
+    /// (never on the shard). The query runs in its own task, so a connection that
+    /// goes away while it waits leaves the others their answer.
+    pub(crate) async fn resolve(&self, name: &str) -> Answer {
+        let waiter = Rc::new(Waiter::default());
+        let found = self.dns.borrow_mut().lookup(name, Instant::now(), || waiter.clone());
+        match found {
+            Lookup::Ready { addrs, refresh } => {
+                if refresh {
+                    self.query(name);
+                }
+                Ok(addrs)
+            }
+            Lookup::Queued { query } => {
+                if query {
+                    self.query(name);
+                }
+                waiter.wait().await
+            }
+            Lookup::Overflow => Err(DnsError::Overflow),
+        }
+    }
+
+    fn query(&self, name: &str) {
+        let (dns, name) = (self.dns.clone(), name.to_string());
+        monoio::spawn(async move {
+            // The system resolver, on the process's lookup threads.
+            let asked = name.clone();
+            let found = monoio::blocking::spawn_blocking(move || {
+                (asked.as_str(), 0).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect::<Vec<_>>())
+            })
+            .await;
+            let answer = match found {
+                Ok(Ok(addrs)) => Ok(addrs),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the lookup was cancelled".to_string()),
+            };
+            let (waiters, answer) = dns.borrow_mut().resolved(&name, answer, Instant::now());
+            for w in waiters {
+                w.wake(answer.clone());
+            }
+        });
+    }
+
+    /// A new socket to a backend host: an IP literal as it is, a name through the
+    /// cache (its first address, in the resolver's order).
     pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
-        let addr = self.resolve(host)?;
+        let name = host.host.trim_start_matches('[').trim_end_matches(']');
+        let ip = match name.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => match self.resolve(name).await.map(|addrs| addrs.first().copied()) {
+                Ok(Some(ip)) => ip,
+                Ok(None) => return Err(format!("cannot resolve {name}: no address")),
+                Err(e) => return Err(format!("cannot resolve {name}: {e}")),
+            },
+        };
+        let addr = SocketAddr::new(ip, host.port);
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)

@@ -3,7 +3,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -220,19 +220,8 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         }
         Output::CloseBackend { id } => *ops.backend(id) = Backend::default(),
         Output::Resolve { id, name } => {
-            ops.backend(id).op = Some(Box::pin(async move {
-                // The system resolver, on the process's lookup threads: never on the shard.
-                let found = monoio::blocking::spawn_blocking(move || {
-                    (name.as_str(), 0).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect::<Vec<_>>())
-                })
-                .await;
-                let addrs = match found {
-                    Ok(Ok(addrs)) => Ok(addrs),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the lookup was cancelled".to_string()),
-                };
-                (Back::Nothing, Input::Resolved(id, addrs))
-            }));
+            ops.backend(id).op =
+                Some(Box::pin(async move { (Back::Nothing, Input::Resolved(id, shard.pool.resolve(&name).await)) }));
         }
         Output::OpenTunnel { addr } => {
             ops.tunnel_write = Some(Box::pin(async move {

@@ -1,14 +1,19 @@
-//! Backend sockets shared by the runtime's workers: idle ones kept for reuse and
-//! resolved names (policies from `sluice_core::backend`), and opening a new one.
+//! Backend sockets shared by the runtime's workers: idle ones kept for reuse (policy
+//! from `sluice_core::backend`), names resolved through one DNS cache
+//! (`sluice_core::dns`), and opening a new one.
 
-use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use sluice_core::backend::{DnsCache, IdlePool, Resolve};
+use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
+use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+type Answer = Result<Vec<IpAddr>, DnsError>;
 
 /// Locks a mutex that only ever guards plain data: a panic elsewhere cannot leave it
 /// half-changed, so a poisoned lock is used as it is.
@@ -20,12 +25,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Pool {
     idle: Mutex<IdlePool<(TcpStream, Session)>>,
-    dns: Mutex<DnsCache>,
+    dns: Arc<Mutex<DnsCache<oneshot::Sender<Answer>>>>,
 }
 
 impl Pool {
-    pub(crate) fn new(max_idle: usize) -> Pool {
-        Pool { idle: Mutex::new(IdlePool::new(max_idle)), dns: Mutex::default() }
+    pub(crate) fn new(max_idle: usize, dns: DnsCacheConfig) -> Pool {
+        Pool { idle: Mutex::new(IdlePool::new(max_idle)), dns: Arc::new(Mutex::new(DnsCache::new(dns))) }
     }
 
     pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Session)> {
@@ -38,22 +43,63 @@ impl Pool {
         drop(over);
     }
 
-    /// Opens a socket to `host`. Names go through tokio's resolver (the system one, on
-    /// a blocking thread) and are cached; IP literals need nothing.
-    pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
-        let cached = lock(&self.dns).get(host, Instant::now());
-        let addr: SocketAddr = match cached {
-            Resolve::Ready(addr) => addr,
-            Resolve::Lookup { name, port } => {
-                let found = tokio::net::lookup_host((name.as_str(), port)).await;
-                let addr = found
-                    .map_err(|e| format!("cannot resolve {name}: {e}"))?
-                    .next()
-                    .ok_or_else(|| format!("cannot resolve {name}: no address"))?;
-                lock(&self.dns).insert(&name, port, addr, Instant::now());
-                addr
+    /// The DNS cache's counters now (names unused for `host_ttl` dropped first).
+    #[allow(dead_code)] // read by the admin pages
+    pub(crate) fn dns_stats(&self) -> DnsStats {
+        let mut dns = lock(&self.dns);
+        dns.sweep(Instant::now());
+        dns.stats()
+    }
+
+    /// Every address of `name`, through the cache: a fresh answer at once, a query
+    /// under way joined, a new one started (tokio's resolver: the system's, on a
+    /// blocking thread) in its own task, so a connection that goes away while it waits
+    /// leaves the others their answer.
+    pub(crate) async fn resolve(&self, name: &str) -> Answer {
+        let (tx, rx) = oneshot::channel();
+        let found = lock(&self.dns).lookup(name, Instant::now(), || tx);
+        match found {
+            Lookup::Ready { addrs, refresh } => {
+                if refresh {
+                    self.query(name);
+                }
+                Ok(addrs)
             }
+            Lookup::Queued { query } => {
+                if query {
+                    self.query(name);
+                }
+                rx.await.unwrap_or_else(|_| Err(DnsError::Failed("the lookup was cancelled".to_string())))
+            }
+            Lookup::Overflow => Err(DnsError::Overflow),
+        }
+    }
+
+    fn query(&self, name: &str) {
+        let (dns, name) = (self.dns.clone(), name.to_string());
+        tokio::spawn(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await;
+            let answer = found.map(|it| it.map(|a| a.ip()).collect()).map_err(|e| e.to_string());
+            let (waiters, answer) = lock(&dns).resolved(&name, answer, Instant::now());
+            for w in waiters {
+                let _ = w.send(answer.clone());
+            }
+        });
+    }
+
+    /// Opens a socket to `host`: an IP literal as it is, a name through the cache (its
+    /// first address, in the resolver's order).
+    pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
+        let name = host.host.trim_start_matches('[').trim_end_matches(']');
+        let ip = match name.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => match self.resolve(name).await.map(|addrs| addrs.first().copied()) {
+                Ok(Some(ip)) => ip,
+                Ok(None) => return Err(format!("cannot resolve {name}: no address")),
+                Err(e) => return Err(format!("cannot resolve {name}: {e}")),
+            },
         };
+        let addr = SocketAddr::new(ip, host.port);
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)

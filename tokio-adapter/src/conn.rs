@@ -238,12 +238,7 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         Output::CloseBackend { id } => *sockets.upstream(id) = (None, None),
         Output::Resolve { id, name } => sockets.run_upstream(
             id,
-            Box::pin(async move {
-                // tokio's resolver: the system's, on a blocking thread.
-                let found = tokio::net::lookup_host((name.as_str(), 0)).await;
-                let addrs = found.map(|it| it.map(|a| a.ip()).collect()).map_err(|e| e.to_string());
-                (Held::Empty, Input::Resolved(id, addrs))
-            }),
+            Box::pin(async move { (Held::Empty, Input::Resolved(id, shared.pool.resolve(&name).await)) }),
         ),
         Output::OpenTunnel { addr } => {
             sockets.tunnel[1] = Some(Box::pin(async move {

@@ -5,7 +5,7 @@
 //! is reported and replaced by its default, so decoding always goes on to the end.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use http::Method;
@@ -312,6 +312,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         ..RouterOptions::default()
     };
     let mut forward_proxy = None;
+    let mut admin = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "router" => {
             let mut r = Obj::new(v, path.to_string(), cx)?;
@@ -334,6 +335,16 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         }
         "sluice/forward-proxy" => {
             forward_proxy = Some(forward(Obj::new(v, path.to_string(), cx)?, cx));
+            Some(())
+        }
+        "sluice/admin" => {
+            let mut a = Obj::new(v, path.to_string(), cx)?;
+            let ip = a.non_empty("listen_ip", cx).map_or(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), |s| {
+                s.parse::<IpAddr>().map_err(|_| cx.error(&a.at("listen_ip"), format!("invalid IP address {s:?}"))).ok()
+            });
+            let port = a.uint("port", 0, 65535, cx).map_or(9901, |p| p as u16);
+            a.finish(cx);
+            admin = ip.map(|ip| SocketAddr::new(ip, port));
             Some(())
         }
         _ => None,
@@ -395,6 +406,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         max_idle_connections_per_host,
         router,
         forward_proxy,
+        admin,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
@@ -431,11 +443,32 @@ fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
         c.finish(cx);
     }
     let mut dns_lookup_family = LookupFamily::V4Preferred;
+    let mut dns_cache = crate::dns::DnsCacheConfig::default();
     if let Some(mut d) = o.object("dns_cache", cx) {
         if let Some(f) = d.leaf("dns_lookup_family", cx) {
             dns_lookup_family = f;
         }
+        if let Some(t) = d.positive_duration("host_ttl", cx) {
+            dns_cache.host_ttl = t;
+        }
+        if let Some(n) = d.uint("max_hosts", 1, 1 << 24, cx) {
+            dns_cache.max_hosts = n as usize;
+        }
+        if let Some(t) = d.positive_duration("dns_refresh_rate", cx) {
+            dns_cache.dns_refresh_rate = t;
+        }
         d.finish(cx);
+    }
+    let mut circuit_breakers = crate::breaker::Thresholds::default();
+    if let Some(mut b) = o.object("circuit_breakers", cx) {
+        let limit = |b: &mut Obj<'_>, key, cx: &mut Ctx| b.uint(key, 0, u64::from(u32::MAX), cx).map(|n| n as u32);
+        let t = &mut circuit_breakers;
+        t.max_connections = limit(&mut b, "max_connections", cx).unwrap_or(t.max_connections);
+        t.max_pending_requests = limit(&mut b, "max_pending_requests", cx).unwrap_or(t.max_pending_requests);
+        t.max_requests = limit(&mut b, "max_requests", cx).unwrap_or(t.max_requests);
+        t.max_retries = limit(&mut b, "max_retries", cx).unwrap_or(t.max_retries);
+        t.track_remaining = b.flag("track_remaining", cx);
+        b.finish(cx);
     }
     let mut egress = EgressPolicy { ports: vec![PortRange(80, 80), PortRange(443, 443)], ..EgressPolicy::default() };
     if let Some(mut e) = o.object("egress", cx) {
@@ -464,6 +497,8 @@ fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
         idle_timeout,
         connect,
         dns_lookup_family,
+        dns_cache,
+        circuit_breakers,
         egress,
     }
 }

@@ -15,7 +15,7 @@ pub mod net;
 pub mod template;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::Method;
@@ -169,6 +169,9 @@ pub struct Config {
     /// `extra_config."sluice/forward-proxy"`: the dynamic forward proxy listener.
     /// Default: none.
     pub forward_proxy: Option<ForwardProxy>,
+    /// `extra_config."sluice/admin"`: the admin listener (`/stats`, `/config_dump`,
+    /// `/ready`). Default: none; `{}` listens on 127.0.0.1:9901 (Envoy's port).
+    pub admin: Option<SocketAddr>,
     /// The raw `extra_config` object, for namespaces read elsewhere.
     pub extra_config: Map<String, Value>,
     pub endpoints: Vec<Endpoint>,
@@ -197,6 +200,11 @@ pub struct ForwardProxy {
     pub connect: ConnectTunnels,
     /// `dns_cache.dns_lookup_family`. Default: `V4_PREFERRED`.
     pub dns_lookup_family: LookupFamily,
+    /// `dns_cache.host_ttl`, `.max_hosts`, `.dns_refresh_rate` (Envoy's names and
+    /// defaults: 300s, 1024, 60s). The gateway's backend hosts share the cache.
+    pub dns_cache: crate::dns::DnsCacheConfig,
+    /// `circuit_breakers`: per destination (Envoy's names and defaults).
+    pub circuit_breakers: crate::breaker::Thresholds,
     /// `egress`: where requests may go.
     pub egress: EgressPolicy,
 }

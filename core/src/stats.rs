@@ -1,0 +1,161 @@
+//! Counters for the admin pages: requests by gateway endpoint and by forward proxy
+//! destination (statuses and a latency histogram), tunnels, the DNS cache.
+//!
+//! One [`Stats`] per shard, owned by it and changed only by it (`observe` every
+//! [`Log`] the shard's connections put out: no lock, no atomic on the request path).
+//! A scrape asks each shard for a copy and adds them up ([`Stats::merge`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::conn::Log;
+use crate::dns::DnsStats;
+use crate::request::Scope;
+
+/// Upper bounds of the latency histogram's buckets, in milliseconds (one more bucket
+/// takes the rest).
+pub const LATENCY_BOUNDS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// Destinations counted one by one, per shard; beyond, they are counted together
+/// under [`OTHER_DESTINATIONS`] (a client names destinations: their number must not
+/// grow the counters without bound).
+pub const MAX_DESTINATIONS: usize = 1024;
+
+/// Where destinations beyond [`MAX_DESTINATIONS`] are counted.
+pub const OTHER_DESTINATIONS: &str = "(other)";
+
+/// Requests of one endpoint or destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// By status code, in the order first seen.
+    pub statuses: Vec<(u16, u64)>,
+    /// Requests answered within each [`LATENCY_BOUNDS_MS`] bound (not cumulative:
+    /// bucket `i` counts those above bound `i - 1`), and the rest last.
+    pub buckets: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    pub sum_micros: u64,
+    pub count: u64,
+}
+
+impl Counts {
+    fn record(&mut self, status: u16, elapsed: Duration) {
+        match self.statuses.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => self.statuses.push((status, 1)),
+        }
+        let ms = elapsed.as_micros().div_ceil(1000) as u64;
+        let bucket = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.buckets[bucket] += 1;
+        self.sum_micros += elapsed.as_micros() as u64;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, other: &Counts) {
+        for &(status, n) in &other.statuses {
+            match self.statuses.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, m)) => *m += n,
+                None => self.statuses.push((status, n)),
+            }
+        }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.sum_micros += other.sum_micros;
+        self.count += other.count;
+    }
+
+    /// Statuses in numeric order.
+    pub fn sorted_statuses(&self) -> Vec<(u16, u64)> {
+        let mut s = self.statuses.clone();
+        s.sort_unstable();
+        s
+    }
+}
+
+/// One shard's counters (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// By endpoint index (configuration order); grown as endpoints are first used.
+    pub endpoints: Vec<Counts>,
+    /// Requests no endpoint served (404s, built-in pages, refused heads).
+    pub unrouted: Counts,
+    /// Forward proxy requests by destination (`host:port`).
+    pub destinations: BTreeMap<String, Counts>,
+    /// CONNECT tunnels opened and closed.
+    pub tunnels_opened: u64,
+    pub tunnels_closed: u64,
+    /// Tunnel bytes from clients to destinations, and back.
+    pub tunnel_bytes_up: u64,
+    pub tunnel_bytes_down: u64,
+    /// The shard's DNS cache, filled in when a copy is taken for a scrape.
+    pub dns: DnsStats,
+}
+
+impl Stats {
+    /// Counts what a log entry says happened.
+    pub fn observe(&mut self, log: &Log<'_>) {
+        match log {
+            Log::Access(line) => {
+                let (status, elapsed) = (line.status().as_u16(), line.elapsed());
+                match line.scope() {
+                    Scope::Other => self.unrouted.record(status, elapsed),
+                    Scope::Endpoint(i) => {
+                        if self.endpoints.len() <= *i {
+                            self.endpoints.resize_with(i + 1, Counts::default);
+                        }
+                        self.endpoints[*i].record(status, elapsed);
+                    }
+                    Scope::Forward(dest) => self.destination(dest).record(status, elapsed),
+                    Scope::Tunnel(dest) => {
+                        self.destination(dest).record(status, elapsed);
+                        if status == 200 {
+                            self.tunnels_closed += 1;
+                            self.tunnel_bytes_up += line.bytes_up();
+                            self.tunnel_bytes_down += line.bytes();
+                        }
+                    }
+                }
+            }
+            Log::Tunnel { .. } => self.tunnels_opened += 1,
+            _ => {}
+        }
+    }
+
+    fn destination(&mut self, dest: &str) -> &mut Counts {
+        let key = if self.destinations.contains_key(dest) || self.destinations.len() < MAX_DESTINATIONS {
+            dest
+        } else {
+            OTHER_DESTINATIONS
+        };
+        if !self.destinations.contains_key(key) {
+            self.destinations.insert(key.to_string(), Counts::default());
+        }
+        match self.destinations.get_mut(key) {
+            Some(counts) => counts,
+            None => &mut self.unrouted,
+        }
+    }
+
+    /// Adds another shard's counters to these.
+    pub fn merge(&mut self, other: &Stats) {
+        if self.endpoints.len() < other.endpoints.len() {
+            self.endpoints.resize_with(other.endpoints.len(), Counts::default);
+        }
+        for (a, b) in self.endpoints.iter_mut().zip(other.endpoints.iter()) {
+            a.merge(b);
+        }
+        self.unrouted.merge(&other.unrouted);
+        for (dest, counts) in &other.destinations {
+            self.destinations.entry(dest.clone()).or_default().merge(counts);
+        }
+        self.tunnels_opened += other.tunnels_opened;
+        self.tunnels_closed += other.tunnels_closed;
+        self.tunnel_bytes_up += other.tunnel_bytes_up;
+        self.tunnel_bytes_down += other.tunnel_bytes_down;
+        self.dns.add(&other.dns);
+    }
+
+    /// Tunnels open now.
+    pub fn tunnels_open(&self) -> u64 {
+        self.tunnels_opened.saturating_sub(self.tunnels_closed)
+    }
+}
