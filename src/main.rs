@@ -340,12 +340,18 @@ fn start(
     stop: sluice_core::StopSignal,
 ) -> std::io::Result<Server> {
     let forward = gateway.forward.as_ref().map(|f| SocketAddr::new(f.config.listen_ip, f.config.port));
-    let forward_line = |at: Option<SocketAddr>| at.map(|a| format!("; forward proxy on {a}")).unwrap_or_default();
+    let admin = gateway.config.admin;
+    let extra_lines = |fwd: Option<SocketAddr>, adm: Option<SocketAddr>| {
+        let f = fwd.map(|a| format!("; forward proxy on {a}")).unwrap_or_default();
+        let m = adm.map(|a| format!("; admin on http://{a}/stats")).unwrap_or_default();
+        format!("{f}{m}")
+    };
     match runtime {
         #[cfg(target_os = "linux")]
         Runtime::Uring => {
             let mut opts = sluice_uring::Options::new(listen);
             opts.forward_listen = forward;
+            opts.admin_listen = admin;
             if let Some(n) = serving.shards {
                 opts.shards = n.max(1);
             }
@@ -358,7 +364,7 @@ fn start(
                 drivers.len(),
                 drivers.join(", "),
                 server.local_addr,
-                forward_line(server.forward_addr)
+                extra_lines(server.forward_addr, server.admin_addr)
             );
             Ok(Server::Uring(server))
         }
@@ -367,14 +373,17 @@ fn start(
         Runtime::Tokio => {
             let threads =
                 serving.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-            let opts =
-                sluice_tokio::Options { shutdown_wait: wait, ..sluice_tokio::Options::with_threads(&gateway, threads) };
+            let opts = sluice_tokio::Options {
+                shutdown_wait: wait,
+                admin_listen: admin,
+                ..sluice_tokio::Options::with_threads(&gateway, threads)
+            };
             let server = sluice_tokio::start(gateway, listen, forward, threads, opts, stop)?;
             tracing::info!(
                 "{} worker thread(s), runtime tokio; listening on {}{}",
                 server.threads,
                 server.local_addr,
-                forward_line(server.forward_addr)
+                extra_lines(server.forward_addr, server.admin_addr)
             );
             Ok(Server::Tokio(server))
         }

@@ -216,7 +216,7 @@ fn prometheus(gw: &Gateway, stats: &Stats) -> String {
     for (i, e) in gw.endpoints.iter().enumerate() {
         rows.push((e.method.to_string(), e.path.clone(), stats.endpoints.get(i).unwrap_or(&none)));
     }
-    rows.push((String::new(), String::new(), &stats.unrouted));
+    rows.push(("-".to_string(), "(unrouted)".to_string(), &stats.unrouted));
     for (method, path, c) in &rows {
         for (status, n) in c.sorted_statuses() {
             let _ = writeln!(

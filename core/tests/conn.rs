@@ -1005,6 +1005,7 @@ fn forward_tunnel_in_virtual_time() {
         [
             "   0ms resolve api.test",
             "   0ms tunnel: connection to 127.0.0.1:443",
+            "   0ms log: tunnel to api.test:443 open",
             " 400ms tunnel: write side shut",
             "1300ms log: forward to api.test:443: idle timeout",
             "1300ms log: 192.0.2.9 \"CONNECT api.test:443\" 200 0 1300.0ms",

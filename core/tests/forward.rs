@@ -270,8 +270,10 @@ fn config_errors_have_json_paths() {
     let text = r#"{"version": 3, "port": 8080, "extra_config": {"sluice/forward-proxy": {
         "listen_ip": "nope", "port": 8080, "auto_host_rewrite_header": "Connection", "timeout": "0s",
         "connect": {"enabled": "yes", "allowed_ports": [0, "9-1", "x"]},
-        "dns_cache": {"dns_lookup_family": "V5"},
-        "egress": {"allow_hosts": ["ok.test", "bad host"], "ports": 80, "allow_cidrs": ["10.0.0.0/33"]}}}}"#;
+        "dns_cache": {"dns_lookup_family": "V5", "host_ttl": "0s", "max_hosts": 0, "dns_refresh_rate": "soon"},
+        "circuit_breakers": {"max_requests": -1, "max_retries": "3", "track_remaining": 1, "max_conns": 5},
+        "egress": {"allow_hosts": ["ok.test", "bad host"], "ports": 80, "allow_cidrs": ["10.0.0.0/33"]}},
+        "sluice/admin": {"listen_ip": "everywhere", "port": 70000, "path": "/"}}}"#;
     let err = config::parse(text).unwrap_err().to_string();
     let ns = r#"extra_config["sluice/forward-proxy"]"#;
     let want = [
@@ -285,9 +287,17 @@ fn config_errors_have_json_paths() {
         format!(
             "{ns}.dns_cache.dns_lookup_family: unknown value \"V5\", expected one of \"V4_ONLY\", \"V6_ONLY\", \"AUTO\", \"V4_PREFERRED\""
         ),
+        format!("{ns}.dns_cache.host_ttl: must be greater than 0"),
+        format!("{ns}.dns_cache.max_hosts: expected a whole number from 1 to 16777216, found 0"),
+        format!(r#"{ns}.dns_cache.dns_refresh_rate: invalid duration "soon" (use Go syntax: "2s", "150ms", "1m30s")"#),
+        format!("{ns}.circuit_breakers.max_requests: expected a whole number from 0 to 4294967295, found -1"),
+        format!("{ns}.circuit_breakers.max_retries: expected a whole number from 0 to 4294967295, found a string"),
+        format!(r#"{ns}.circuit_breakers.track_remaining: invalid type: integer "1", expected a boolean"#),
         format!(r#"{ns}.egress.allow_hosts[1]: "bad host" is not a host name or a "*.suffix" pattern"#),
         format!("{ns}.egress.ports: expected an array of ports (443, or \"8000-8999\"), found a number"),
         format!(r#"{ns}.egress.allow_cidrs[0]: invalid prefix length "33" in "10.0.0.0/33" (0 to 32)"#),
+        r#"extra_config["sluice/admin"].listen_ip: invalid IP address "everywhere""#.to_string(),
+        r#"extra_config["sluice/admin"].port: expected a whole number from 0 to 65535, found 70000"#.to_string(),
         format!("{ns}.port: 8080 is the gateway's port too: the forward proxy needs its own"),
     ];
     assert_eq!(err, want.join("\n"));

@@ -66,7 +66,6 @@ impl Pool {
     }
 
     /// The DNS cache's counters now (names unused for `host_ttl` dropped first).
-    #[allow(dead_code)] // read by the admin pages
     pub(crate) fn dns_stats(&self) -> DnsStats {
         let mut dns = self.dns.borrow_mut();
         dns.sweep(Instant::now());

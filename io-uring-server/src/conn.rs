@@ -262,12 +262,18 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             }
             None => conn.handle(Input::TunnelShutdown(Err(gone())), Instant::now()),
         },
-        Output::Log(line @ Log::Access(_)) => tracing::info!(target: "sluice::access", "{line}"),
-        Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
-        Output::Log(line @ Log::Redirect { .. }) => tracing::info!(target: "sluice::backend", "{line}"),
-        Output::Log(line @ Log::Forward { .. }) => tracing::warn!(target: "sluice::forward", "{line}"),
-        Output::Log(line @ Log::Denied { .. }) => tracing::warn!(target: "sluice::egress", "{line}"),
-        Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
+        Output::Log(line) => {
+            shard.stats.borrow_mut().observe(&line);
+            match line {
+                Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),
+                Log::Tls { .. } => tracing::info!(target: "sluice::tls", "{line}"),
+                Log::Redirect { .. } => tracing::info!(target: "sluice::backend", "{line}"),
+                Log::Forward { .. } => tracing::warn!(target: "sluice::forward", "{line}"),
+                Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
+                Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
+                Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
+            }
+        }
         Output::Close => return false,
     }
     true

@@ -11,11 +11,12 @@
 //! decision is `sluice_core::conn`'s, whose `Connection` each client connection's
 //! task drives (`conn.rs`).
 
+mod admin;
 mod backend;
 mod conn;
 mod signal;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -36,6 +37,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The forward proxy's listener (`gw.forward`), when it has one.
     pub forward_listen: Option<SocketAddr>,
+    /// The admin listener (`/stats`, ...), served by shard 0, when there is one.
+    pub admin_listen: Option<SocketAddr>,
     /// Number of shards (threads). Default: one per core.
     pub shards: usize,
     /// Use the epoll driver even where io_uring works.
@@ -51,6 +54,7 @@ impl Options {
         Options {
             listen,
             forward_listen: None,
+            admin_listen: None,
             shards: core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1),
             force_epoll: false,
             max_connections_per_shard: 25_000,
@@ -106,6 +110,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// The forward proxy's, when there is one.
     pub forward_addr: Option<SocketAddr>,
+    /// The admin listener's, when there is one.
+    pub admin_addr: Option<SocketAddr>,
     /// The driver each shard got, by shard number.
     pub drivers: Vec<Driver>,
     stop: StopSignal,
@@ -133,6 +139,8 @@ pub(crate) struct Shard {
     pub(crate) pool: backend::Pool,
     pub(crate) active: Cell<usize>,
     pub(crate) stopping: signal::LocalStop,
+    /// The shard's counters (see `admin`).
+    pub(crate) stats: RefCell<sluice_core::stats::Stats>,
 }
 
 /// Starts the shards. Returns once every shard listens, or with the first error (the
@@ -141,18 +149,21 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
     let mut drivers = Vec::new();
-    let mut addr = (opts.listen, opts.forward_listen);
+    let mut addr = (opts.listen, opts.forward_listen, opts.admin_listen);
+    let shards = opts.shards.max(1);
+    let published: Arc<Vec<Arc<admin::Published>>> = Arc::new((0..shards).map(|_| Arc::default()).collect());
     // Name lookups run here, off the shards (the system resolver blocks): one pool
     // for the process.
     let lookups = monoio::blocking::DefaultThreadPool::new(LOOKUP_THREADS);
-    for id in 0..opts.shards.max(1) {
+    for id in 0..shards {
         let (tx, rx) = mpsc::channel();
         let (gw, stop2, opts2, lookups) = (gw.clone(), stop.clone(), opts.clone(), lookups.clone());
+        let published = published.clone();
         let core = if cores.is_empty() { None } else { cores.get(id % cores.len()).copied() };
         let listen = addr;
         let t = std::thread::Builder::new()
             .name(format!("sluice-shard-{id}"))
-            .spawn(move || shard_thread(id, core, gw, opts2, listen, stop2, tx, lookups))?;
+            .spawn(move || shard_thread(id, core, gw, opts2, listen, stop2, tx, lookups, published))?;
         threads.push(t);
         match rx.recv() {
             Ok(Ok((bound, driver))) => {
@@ -173,14 +184,14 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
             }
         }
     }
-    Ok(Server { local_addr: addr.0, forward_addr: addr.1, drivers, stop, threads })
+    Ok(Server { local_addr: addr.0, forward_addr: addr.1, admin_addr: addr.2, drivers, stop, threads })
 }
 
 /// Threads doing name lookups for every shard.
 const LOOKUP_THREADS: usize = 4;
 
-/// The gateway's and the forward proxy's listening addresses.
-type Addrs = (SocketAddr, Option<SocketAddr>);
+/// The gateway's, the forward proxy's and the admin listening addresses.
+type Addrs = (SocketAddr, Option<SocketAddr>, Option<SocketAddr>);
 
 type Ready = mpsc::Sender<io::Result<(Addrs, Driver)>>;
 
@@ -194,12 +205,13 @@ fn shard_thread(
     stop: StopSignal,
     ready: Ready,
     lookups: monoio::blocking::DefaultThreadPool,
+    published: Arc<Vec<Arc<admin::Published>>>,
 ) {
     if let Some(core) = core {
         core_affinity::set_for_current(core);
     }
     let entries = 1024;
-    let run = |driver: Driver| shard_main(id, gw, opts.clone(), listen, stop, ready.clone(), driver);
+    let run = |driver: Driver| shard_main(id, gw, opts.clone(), listen, stop, ready.clone(), driver, published);
     if opts.force_epoll {
         let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .with_entries(entries)
@@ -248,6 +260,7 @@ fn shard_thread(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn shard_main(
     id: usize,
     gw: Arc<Gateway>,
@@ -256,6 +269,7 @@ async fn shard_main(
     stop: StopSignal,
     ready: Ready,
     driver: Driver,
+    published: Arc<Vec<Arc<admin::Published>>>,
 ) {
     let listener_opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
     let listener = match TcpListener::bind_with_config(listen.0, &listener_opts) {
@@ -274,9 +288,23 @@ async fn shard_main(
             return;
         }
     };
+    // The admin listener: shard 0's alone.
+    let admin_listener = match listen.2.filter(|_| id == 0).map(|at| (at, TcpListener::bind(at))) {
+        None => None,
+        Some((_, Ok(l))) => Some(l),
+        Some((at, Err(e))) => {
+            let why = format!("cannot listen on {at} (admin): {e}");
+            let _ = ready.send(Err(io::Error::new(e.kind(), why)));
+            return;
+        }
+    };
     let bound = (
         listener.local_addr().unwrap_or(listen.0),
         forward.as_ref().map(|l| l.local_addr().ok()).zip(listen.1).map(|(got, asked)| got.unwrap_or(asked)),
+        match &admin_listener {
+            Some(l) => l.local_addr().ok().or(listen.2),
+            None => listen.2,
+        },
     );
     let shard = Rc::new(Shard {
         balancer: Balancer::new(gw.backend_count),
@@ -284,6 +312,7 @@ async fn shard_main(
         gw,
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
+        stats: RefCell::default(),
     });
     match bound.1 {
         Some(f) => {
@@ -309,6 +338,15 @@ async fn shard_main(
         }
         canceller.cancel();
     });
+    if listen.2.is_some()
+        && let Some(mine) = published.get(id)
+    {
+        monoio::spawn(admin::publish(shard.clone(), mine.clone(), stop.clone()));
+    }
+    if let Some(l) = admin_listener {
+        let (shard, published, stop, cancel) = (shard.clone(), published.clone(), stop.clone(), cancel.clone());
+        monoio::spawn(admin::serve(l, shard, published, stop, cancel));
+    }
     let forwarding = forward.map(|l| {
         let (shard, stop, cancel, max) = (shard.clone(), stop.clone(), cancel.clone(), opts.max_connections_per_shard);
         monoio::spawn(async move { accept_loop(id, &l, &shard, &stop, cancel, max, true).await })

@@ -71,6 +71,8 @@ pub struct Gw {
     pub addr: SocketAddr,
     /// The forward proxy's listener (127.0.0.1:0), when the config has one.
     pub forward: Option<SocketAddr>,
+    /// The admin listener (127.0.0.1:0), when the config has `sluice/admin`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Gw {
@@ -93,12 +95,14 @@ impl Gw {
         let gw = Arc::new(gw);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let forward = gw.forward.as_ref().map(|_| listen);
+        let admin = gw.config.admin.map(|_| listen);
         let wait = Duration::from_secs(5);
         let server = match mode {
             #[cfg(target_os = "linux")]
             Mode::IoUring | Mode::Epoll => {
                 let mut opts = sluice_uring::Options::new(listen);
                 opts.forward_listen = forward;
+                opts.admin_listen = admin;
                 opts.shards = 1;
                 opts.force_epoll = mode == Mode::Epoll;
                 opts.shutdown_wait = wait;
@@ -107,16 +111,20 @@ impl Gw {
             #[cfg(not(target_os = "linux"))]
             Mode::IoUring | Mode::Epoll => unreachable!("uring modes run on Linux only"),
             Mode::Tokio => {
-                let opts = sluice_tokio::Options { shutdown_wait: wait, ..sluice_tokio::Options::new(&gw) };
+                let opts = sluice_tokio::Options {
+                    shutdown_wait: wait,
+                    admin_listen: admin,
+                    ..sluice_tokio::Options::new(&gw)
+                };
                 Server::Tokio(sluice_tokio::start(gw, listen, forward, 1, opts, StopSignal::new()).expect("start"))
             }
         };
-        let (addr, forward) = match &server {
+        let (addr, forward, admin) = match &server {
             #[cfg(target_os = "linux")]
-            Server::Uring(s) => (s.local_addr, s.forward_addr),
-            Server::Tokio(s) => (s.local_addr, s.forward_addr),
+            Server::Uring(s) => (s.local_addr, s.forward_addr, s.admin_addr),
+            Server::Tokio(s) => (s.local_addr, s.forward_addr, s.admin_addr),
         };
-        Gw { server: Some(server), addr, forward }
+        Gw { server: Some(server), addr, forward, admin }
     }
 
     /// Stops accepting and waits for requests in flight (what SIGTERM does).

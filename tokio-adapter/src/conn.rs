@@ -278,12 +278,18 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 (Held::TunnelWriter(w), Input::TunnelShutdown(res))
             }));
         }
-        Output::Log(Log::Access(line)) => tracing::info!(target: "sluice::access", "{line}"),
-        Output::Log(line @ Log::Tls { .. }) => tracing::info!(target: "sluice::tls", "{line}"),
-        Output::Log(line @ Log::Redirect { .. }) => tracing::info!(target: "sluice::backend", "{line}"),
-        Output::Log(line @ Log::Forward { .. }) => tracing::warn!(target: "sluice::forward", "{line}"),
-        Output::Log(line @ Log::Denied { .. }) => tracing::warn!(target: "sluice::egress", "{line}"),
-        Output::Log(line) => tracing::warn!(target: "sluice::backend", "{line}"),
+        Output::Log(line) => {
+            shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(&line);
+            match line {
+                Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),
+                Log::Tls { .. } => tracing::info!(target: "sluice::tls", "{line}"),
+                Log::Redirect { .. } => tracing::info!(target: "sluice::backend", "{line}"),
+                Log::Forward { .. } => tracing::warn!(target: "sluice::forward", "{line}"),
+                Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
+                Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
+                Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
+            }
+        }
         Output::Close => return None,
     }
     Some(None)

@@ -52,6 +52,7 @@
 //! [`start`] is the other way in, used by `sluice run --runtime tokio`: it builds a
 //! multi-thread runtime of its own on a background thread.
 
+mod admin;
 mod backend;
 mod conn;
 
@@ -76,6 +77,8 @@ pub struct Options {
     pub max_connections: usize,
     /// How long a stop waits for requests in flight.
     pub shutdown_wait: Duration,
+    /// The admin listener (`/stats`, ...), for [`start`]. Default: none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Options {
@@ -87,17 +90,25 @@ impl Options {
     /// 25,000 connections per worker thread (as `sluice-uring` per shard), and the
     /// config's `max_shutdown_wait_time`.
     pub fn with_threads(gw: &Gateway, threads: usize) -> Options {
-        Options { max_connections: 25_000 * threads.max(1), shutdown_wait: gw.config.max_shutdown_wait_time }
+        Options {
+            max_connections: 25_000 * threads.max(1),
+            shutdown_wait: gw.config.max_shutdown_wait_time,
+            admin_listen: None,
+        }
     }
 }
 
-/// What every connection task shares. Locks guard a map lookup, never I/O; the
-/// round-robin counters are atomics.
+/// What every connection task shares. Locks guard a map lookup or a counter update,
+/// never I/O; the round-robin counters are atomics.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) gw: Arc<Gateway>,
     pub(crate) balancer: Balancer,
     pub(crate) pool: backend::Pool,
+    /// The counters of every worker together: this portable driver has no shards, so
+    /// a log entry is counted under a short lock (`sluice-uring` counts per shard with
+    /// none).
+    pub(crate) stats: std::sync::Mutex<sluice_core::stats::Stats>,
 }
 
 /// Serves `gw` on `listener` until `shutdown` resolves, with [`Options::new`].
@@ -109,13 +120,15 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
 /// Serves `gw` on `listener` until `shutdown` resolves. Connection tasks are spawned
 /// on the current runtime; when this returns none of them is left running.
 pub async fn serve_with(listener: TcpListener, gw: Arc<Gateway>, opts: Options, shutdown: impl Future<Output = ()>) {
-    serve_listeners(listener, None, gw, opts, shutdown).await;
+    serve_listeners(listener, None, None, gw, opts, shutdown).await;
 }
 
-/// [`serve_with`], and the forward proxy (`gw.forward`) on `forward` when given.
+/// [`serve_with`], the forward proxy (`gw.forward`) on `forward` and the admin pages
+/// on `admin` when given.
 pub async fn serve_listeners(
     listener: TcpListener,
     forward: Option<TcpListener>,
+    admin: Option<TcpListener>,
     gw: Arc<Gateway>,
     opts: Options,
     shutdown: impl Future<Output = ()>,
@@ -124,9 +137,11 @@ pub async fn serve_listeners(
         balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config()),
         gw,
+        stats: std::sync::Mutex::default(),
     });
     let (stopping, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let admin = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -151,6 +166,9 @@ pub async fn serve_listeners(
     }
     drop(listener);
     drop(forward);
+    if let Some(a) = admin {
+        a.abort();
+    }
     stopping.send_replace(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
@@ -182,6 +200,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// The forward proxy's listener, when the gateway has one.
     pub forward_addr: Option<SocketAddr>,
+    /// The admin listener, when there is one.
+    pub admin_addr: Option<SocketAddr>,
     /// Worker threads of the runtime.
     pub threads: usize,
     stop: StopSignal,
@@ -237,9 +257,18 @@ pub fn start(
                     return;
                 }
             };
+            let admin_listener = match opts.admin_listen.map(|at| (at, bind(at))) {
+                None => None,
+                Some((_, Ok(l))) => Some(l),
+                Some((at, Err(e))) => {
+                    let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {at} (admin): {e}"))));
+                    return;
+                }
+            };
             let addrs = listener.local_addr().and_then(|a| {
                 let f = forward_listener.as_ref().map(TcpListener::local_addr).transpose()?;
-                Ok((a, f))
+                let m = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+                Ok((a, f, m))
             });
             let _ = ready.send(addrs);
             let stopped = async move {
@@ -247,11 +276,13 @@ pub fn start(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
-            serve_listeners(listener, forward_listener, gw, opts, stopped).await;
+            serve_listeners(listener, forward_listener, admin_listener, gw, opts, stopped).await;
         });
     })?;
     match bound.recv() {
-        Ok(Ok((local_addr, forward_addr))) => Ok(Server { local_addr, forward_addr, threads, stop, thread }),
+        Ok(Ok((local_addr, forward_addr, admin_addr))) => {
+            Ok(Server { local_addr, forward_addr, admin_addr, threads, stop, thread })
+        }
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

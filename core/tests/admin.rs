@@ -1,0 +1,56 @@
+//! Admin request reading and adding up shards' counters (the pages themselves are
+//! checked line by line over real sockets in tests/admin.rs).
+
+use sluice_core::admin::{self, Page, Request};
+use sluice_core::dns::DnsStats;
+use sluice_core::stats::{Counts, Stats};
+
+#[test]
+fn requests_are_read_whole_and_routed() {
+    assert_eq!(admin::request(b"GET /stats HTTP/1.1\r\nHost: x\r\n"), Request::Incomplete);
+    assert_eq!(admin::request(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"), Request::Page(Page::Stats));
+    assert_eq!(admin::request(b"GET /stats/prometheus?x=1 HTTP/1.1\r\n\r\n"), Request::Page(Page::Prometheus));
+    assert_eq!(admin::request(b"GET /ready HTTP/1.0\r\n\r\n"), Request::Page(Page::Ready));
+    assert_eq!(admin::request(b"GET /config_dump HTTP/1.1\r\n\r\n"), Request::Page(Page::ConfigDump));
+    assert!(Page::Stats.needs_stats() && Page::Prometheus.needs_stats());
+    assert!(!Page::Ready.needs_stats() && !Page::ConfigDump.needs_stats());
+    let Request::Reply(r) = admin::request(b"GET /stats HTTP/1.1\r\nHost\r\n\r\n") else { panic!() };
+    assert!(r.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+    let Request::Reply(r) = admin::request(b"DELETE /stats HTTP/1.1\r\n\r\n") else { panic!() };
+    assert!(r.starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
+    let Request::Reply(r) = admin::request(b"GET /quitquitquit HTTP/1.1\r\n\r\n") else { panic!() };
+    assert!(r.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
+    let big = [b"GET /stats HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 9000]].concat();
+    let Request::Reply(r) = admin::request(&big) else { panic!() };
+    assert!(r.starts_with(b"HTTP/1.1 431 "));
+}
+
+#[test]
+fn shards_counters_add_up() {
+    let counts = |status: u16, n: u64, bucket: usize| {
+        let mut c = Counts { statuses: vec![(status, n)], sum_micros: 1000 * n, count: n, ..Counts::default() };
+        c.buckets[bucket] = n;
+        c
+    };
+    let mut a = Stats { endpoints: vec![counts(200, 2, 0)], tunnels_opened: 3, tunnels_closed: 1, ..Stats::default() };
+    a.destinations.insert("x:80".into(), counts(200, 1, 1));
+    a.dns = DnsStats { dns_query_attempt: 1, num_hosts: 1, ..DnsStats::default() };
+    let mut b = Stats {
+        endpoints: vec![counts(500, 1, 0), counts(200, 4, 2)],
+        tunnels_opened: 1,
+        tunnels_closed: 1,
+        tunnel_bytes_up: 10,
+        ..Stats::default()
+    };
+    b.destinations.insert("x:80".into(), counts(200, 2, 1));
+    b.destinations.insert("y:80".into(), counts(404, 1, 0));
+    b.dns = DnsStats { dns_query_attempt: 2, num_hosts: 1, ..DnsStats::default() };
+    a.merge(&b);
+    assert_eq!(a.endpoints[0].sorted_statuses(), vec![(200, 2), (500, 1)]);
+    assert_eq!((a.endpoints[0].count, a.endpoints[0].buckets[0]), (3, 3));
+    assert_eq!(a.endpoints[1], counts(200, 4, 2));
+    assert_eq!(a.destinations["x:80"], counts(200, 3, 1));
+    assert_eq!(a.destinations["y:80"], counts(404, 1, 0));
+    assert_eq!((a.tunnels_open(), a.tunnel_bytes_up), (2, 10));
+    assert_eq!((a.dns.dns_query_attempt, a.dns.num_hosts), (3, 2));
+}
