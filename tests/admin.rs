@@ -121,6 +121,7 @@ fn admin_pages_count_what_went_through(mode: Mode) {
          forward.tunnel_bytes_up: 4\n\
          forward.tunnels_open: 0\n\
          forward.tunnels_total: 1\n\
+         gateway.endpoint.GET /a.backend.0.call_200: 2\n\
          gateway.endpoint.GET /a.rq_200: 2\n\
          gateway.endpoint.GET /a.rq_total: 2\n\
          gateway.unrouted.rq_404: 1\n\
@@ -135,6 +136,7 @@ fn admin_pages_count_what_went_through(mode: Mode) {
         "# TYPE sluice_gateway_requests_total counter".to_string(),
         r#"sluice_gateway_requests_total{method="GET",endpoint="/a",code="200"} 2"#.to_string(),
         r#"sluice_gateway_requests_total{method="-",endpoint="(unrouted)",code="404"} 1"#.to_string(),
+        r#"sluice_gateway_backend_calls_total{method="GET",endpoint="/a",backend="0",code="200"} 2"#.to_string(),
         r#"sluice_gateway_request_duration_seconds_bucket{method="GET",endpoint="/a",le="+Inf"} 2"#.to_string(),
         r#"sluice_gateway_request_duration_seconds_count{method="GET",endpoint="/a"} 2"#.to_string(),
         format!(r#"sluice_forward_requests_total{{destination="localhost:{port}",code="200"}} 1"#),

@@ -140,6 +140,14 @@ fn stats_text(gw: &Gateway, stats: &Stats) -> String {
         counts(&mut lines, &format!("gateway.endpoint.{}", endpoint_name(gw, i)), &c);
     }
     counts(&mut lines, "gateway.unrouted", &stats.unrouted);
+    for ((e, b), list) in &stats.calls {
+        let mut list = list.clone();
+        list.sort_unstable();
+        for (code, n) in list {
+            let code = if code == 0 { "failed".to_string() } else { code.to_string() };
+            lines.push((format!("gateway.endpoint.{}.backend.{b}.call_{code}", endpoint_name(gw, *e)), n));
+        }
+    }
     if let Some(f) = &gw.forward {
         lines.push(("forward.tunnels_open".into(), stats.tunnels_open()));
         lines.push(("forward.tunnels_total".into(), stats.tunnels_opened));
@@ -224,6 +232,21 @@ fn prometheus(gw: &Gateway, stats: &Stats) -> String {
                 "sluice_gateway_requests_total{{method=\"{}\",endpoint=\"{}\",code=\"{status}\"}} {n}",
                 label(method),
                 label(path)
+            );
+        }
+    }
+    let _ = writeln!(o, "# TYPE sluice_gateway_backend_calls_total counter");
+    for ((e, b), list) in &stats.calls {
+        let Some(ep) = gw.endpoints.get(*e) else { continue };
+        let mut list = list.clone();
+        list.sort_unstable();
+        for (code, n) in list {
+            let code = if code == 0 { "failed".to_string() } else { code.to_string() };
+            let _ = writeln!(
+                o,
+                "sluice_gateway_backend_calls_total{{method=\"{}\",endpoint=\"{}\",backend=\"{b}\",code=\"{code}\"}} {n}",
+                label(ep.method.as_str()),
+                label(&ep.path)
             );
         }
     }

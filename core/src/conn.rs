@@ -209,6 +209,10 @@ pub enum Log<'g> {
     /// A CONNECT tunnel opened (`sluice::forward`, debug); its access line comes when
     /// it closes.
     Tunnel { dest: String },
+    /// A backend call of gateway endpoint `endpoint` (its index) ended: the status it
+    /// answered, `None` when it failed (`sluice::backend`, trace; counted by
+    /// [`crate::stats`]).
+    Call { endpoint: usize, backend: usize, status: Option<StatusCode> },
 }
 
 impl fmt::Display for Log<'_> {
@@ -223,6 +227,12 @@ impl fmt::Display for Log<'_> {
             Log::Forward { dest, reason } => write!(f, "forward to {dest}: {reason}"),
             Log::Denied { peer, dest, reason } => write!(f, "client {peer} to {dest} denied: {reason}"),
             Log::Tunnel { dest } => write!(f, "tunnel to {dest} open"),
+            Log::Call { endpoint, backend, status: Some(s) } => {
+                write!(f, "backend {backend} of endpoint {endpoint}: {}", s.as_u16())
+            }
+            Log::Call { endpoint, backend, status: None } => {
+                write!(f, "backend {backend} of endpoint {endpoint}: failed")
+            }
         }
     }
 }
@@ -1826,11 +1836,13 @@ impl<'g> Connection<'g> {
                 SlotEvent::Nothing => {}
                 SlotEvent::Answer { status, headers, body } => {
                     let call = self.slots[id].call;
+                    self.log_call(ex.endpoint().index, call, Some(status));
                     ex.handle_response(call, status, headers, body);
                     changed = true;
                 }
                 SlotEvent::Failed(f) => {
                     let call = self.slots[id].call;
+                    self.log_call(ex.endpoint().index, call, None);
                     self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
                     ex.handle_failure(call, &f.reason);
                     changed = true;
@@ -2039,6 +2051,10 @@ impl<'g> Connection<'g> {
         self.queue.push_back(Output::Log(Log::Forward { dest, reason }));
     }
 
+    fn log_call(&mut self, endpoint: usize, backend: usize, status: Option<StatusCode>) {
+        self.queue.push_back(Output::Log(Log::Call { endpoint, backend, status }));
+    }
+
     fn log_backend(&mut self, endpoint: &'g str, backend: usize, reason: String) {
         self.queue.push_back(Output::Log(Log::Backend { endpoint, backend, reason }));
     }
@@ -2099,6 +2115,12 @@ impl<'g> Connection<'g> {
                 let none = HeaderMap::new();
                 let (status, headers) = match &mut leg {
                     Leg::Endpoint(ex) => {
+                        let endpoint = ex.endpoint().index;
+                        self.queue.push_back(Output::Log(Log::Call {
+                            endpoint,
+                            backend: call,
+                            status: Some(head.status),
+                        }));
                         ex.handle_head(call, head.status);
                         let Action::Stream(stream) = ex.poll(self.balancer) else {
                             self.close_slots();
@@ -2134,6 +2156,7 @@ impl<'g> Connection<'g> {
     fn leg_failed(&mut self, leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
         match leg {
             Leg::Endpoint(mut ex) => {
+                self.log_call(ex.endpoint().index, call, None);
                 self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
                 ex.handle_failure(call, &reason);
                 self.settle_stream(ex, line)

@@ -24,6 +24,13 @@ pub const MAX_DESTINATIONS: usize = 1024;
 /// Where destinations beyond [`MAX_DESTINATIONS`] are counted.
 pub const OTHER_DESTINATIONS: &str = "(other)";
 
+fn add(list: &mut Vec<(u16, u64)>, code: u16, n: u64) {
+    match list.iter_mut().find(|(c, _)| *c == code) {
+        Some((_, m)) => *m += n,
+        None => list.push((code, n)),
+    }
+}
+
 /// Requests of one endpoint or destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -38,10 +45,7 @@ pub struct Counts {
 
 impl Counts {
     fn record(&mut self, status: u16, elapsed: Duration) {
-        match self.statuses.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += 1,
-            None => self.statuses.push((status, 1)),
-        }
+        add(&mut self.statuses, status, 1);
         let ms = elapsed.as_micros().div_ceil(1000) as u64;
         let bucket = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BOUNDS_MS.len());
         self.buckets[bucket] += 1;
@@ -51,10 +55,7 @@ impl Counts {
 
     fn merge(&mut self, other: &Counts) {
         for &(status, n) in &other.statuses {
-            match self.statuses.iter_mut().find(|(s, _)| *s == status) {
-                Some((_, m)) => *m += n,
-                None => self.statuses.push((status, n)),
-            }
+            add(&mut self.statuses, status, n);
         }
         for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *a += b;
@@ -78,6 +79,9 @@ pub struct Stats {
     pub endpoints: Vec<Counts>,
     /// Requests no endpoint served (404s, built-in pages, refused heads).
     pub unrouted: Counts,
+    /// Backend calls by endpoint index and backend index: by status, `0` for a call
+    /// that failed without one.
+    pub calls: BTreeMap<(usize, usize), Vec<(u16, u64)>>,
     /// Forward proxy requests by destination (`host:port`).
     pub destinations: BTreeMap<String, Counts>,
     /// CONNECT tunnels opened and closed.
@@ -116,6 +120,11 @@ impl Stats {
                 }
             }
             Log::Tunnel { .. } => self.tunnels_opened += 1,
+            Log::Call { endpoint, backend, status } => {
+                let code = status.map_or(0, |s| s.as_u16());
+                let list = self.calls.entry((*endpoint, *backend)).or_default();
+                add(list, code, 1);
+            }
             _ => {}
         }
     }
@@ -144,6 +153,12 @@ impl Stats {
             a.merge(b);
         }
         self.unrouted.merge(&other.unrouted);
+        for (key, list) in &other.calls {
+            let mine = self.calls.entry(*key).or_default();
+            for &(code, n) in list {
+                add(mine, code, n);
+            }
+        }
         for (dest, counts) in &other.destinations {
             self.destinations.entry(dest.clone()).or_default().merge(counts);
         }

@@ -424,9 +424,11 @@ fn keep_alive_reuses_the_backend_connection() {
         [
             "   0ms backend 0: new connection to http://127.0.0.1:9001",
             "   0ms backend 0: pooled",
+            "   0ms log: backend 0 of endpoint 0: 200",
             "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
             "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
             "  10ms backend 0: pooled",
+            "  10ms log: backend 0 of endpoint 0: 200",
             "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
             "  20ms client: closed",
         ]
@@ -509,6 +511,7 @@ fn a_slow_backend_gives_a_partial_answer_at_the_endpoint_timeout() {
             "   0ms backend 0: new connection to http://127.0.0.1:9001",
             "   0ms backend 1: new connection to http://127.0.0.1:9002",
             "   0ms backend 0: pooled",
+            "   0ms log: backend 0 of endpoint 0: 200",
             " 300ms backend 1: closed",
             " 300ms log: 192.0.2.9 \"GET /p\" 200 10 300.0ms",
             "1000ms client: closed",
@@ -528,12 +531,13 @@ fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
     // The stale connection took the request and said nothing: sent again, once.
     assert_eq!(w.requests, [REQUEST_A, REQUEST_A, REQUEST_A]);
     assert_eq!(
-        w.trace[3..].join("\n"),
+        w.trace[4..].join("\n"),
         [
             "  20ms backend 0: pooled connection to http://127.0.0.1:9001",
             "  20ms backend 0: closed",
             "  20ms backend 0: new connection to http://127.0.0.1:9001",
             "  20ms backend 0: pooled",
+            "  20ms log: backend 0 of endpoint 0: 200",
             "  20ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
             "  30ms client: closed",
         ]
@@ -664,7 +668,7 @@ fn a_stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
     let closing = ANSWER_A.replace("content-length: 8\r\n", "content-length: 8\r\nconnection: close\r\n");
     assert_eq!(w.to_client, format!("{ANSWER_A}{closing}"));
     assert_eq!(
-        w.trace[5..].join("\n"),
+        w.trace[7..].join("\n"),
         ["  70ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms", "  70ms client: write side shut", "  80ms client: closed"]
             .join("\n")
     );
@@ -754,6 +758,7 @@ fn a_bad_no_op_body_before_any_byte_went_out_is_a_502() {
         w.trace(),
         [
             "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms log: backend 0 of endpoint 0: 200",
             "   0ms backend 0: closed",
             "   0ms log: backend 0 of /raw: invalid response body: invalid chunk size",
             "   0ms log: 192.0.2.9 \"GET /raw\" 502 0 0.0ms",

@@ -272,6 +272,7 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
                 Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
                 Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
                 Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
+                Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
             }
         }
         Output::Close => return false,

@@ -288,6 +288,7 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
                 Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
                 Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
+                Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
             }
         }
         Output::Close => return None,
