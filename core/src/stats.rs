@@ -46,10 +46,12 @@ pub struct Counts {
 impl Counts {
     fn record(&mut self, status: u16, elapsed: Duration) {
         add(&mut self.statuses, status, 1);
-        let ms = elapsed.as_micros().div_ceil(1000) as u64;
+        // u64 arithmetic (`as_micros` is u128, whose division is a library call).
+        let micros = elapsed.as_secs().saturating_mul(1_000_000) + u64::from(elapsed.subsec_micros());
+        let ms = micros.div_ceil(1000);
         let bucket = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BOUNDS_MS.len());
         self.buckets[bucket] += 1;
-        self.sum_micros += elapsed.as_micros() as u64;
+        self.sum_micros += micros;
         self.count += 1;
     }
 
