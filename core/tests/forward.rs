@@ -301,4 +301,17 @@ fn config_errors_have_json_paths() {
         format!("{ns}.port: 8080 is the gateway's port too: the forward proxy needs its own"),
     ];
     assert_eq!(err, want.join("\n"));
+    // The admin listener needs a port of its own.
+    for (admin, whose) in [(8080, "the gateway's"), (3128, "the forward proxy's")] {
+        let text = format!(
+            r#"{{"version": 3, "port": 8080, "extra_config": {{"sluice/forward-proxy": {{}}, "sluice/admin": {{"port": {admin}}}}}}}"#
+        );
+        let err = config::parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                r#"extra_config["sluice/admin"].port: {admin} is {whose} port too: the admin listener needs its own"#
+            )
+        );
+    }
 }

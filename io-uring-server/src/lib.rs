@@ -3,9 +3,11 @@
 //! One shard per core (or `Options::shards`): a named thread pinned with
 //! `core_affinity`, running its own monoio runtime (io_uring, or the epoll driver when
 //! io_uring is unavailable or `force_epoll` is set) and its own `SO_REUSEPORT`
-//! listener. Per-shard state (backend pools, round-robin counters, the connection
-//! count) lives in `Rc`/`Cell`/`RefCell`; the compiled `Gateway` is shared as `Arc`
-//! and only read. No lock and no cross-shard message on the request path.
+//! listener. Per-shard state (backend pools, the DNS cache, round-robin counters, the
+//! connection count, the admin counters) lives in `Rc`/`Cell`/`RefCell`; the compiled
+//! `Gateway` is shared as `Arc` and only read. No lock and no cross-shard message on a gateway request's path (a
+//! forward proxy request takes one short lock for its destination's circuit breaker
+//! counts, shared by every shard by design: `sluice_core::breaker`).
 //!
 //! This crate owns sockets, timers and idle backend sockets, nothing else: every HTTP
 //! decision is `sluice_core::conn`'s, whose `Connection` each client connection's

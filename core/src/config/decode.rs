@@ -360,6 +360,26 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         );
     }
 
+    if let Some(a) = admin
+        && a.port() != 0
+    {
+        let same =
+            |ip: IpAddr, p: u16| p == a.port() && (ip == a.ip() || ip.is_unspecified() || a.ip().is_unspecified());
+        let taken = if same(listen_ip, port) {
+            Some("the gateway's")
+        } else if forward_proxy.as_ref().is_some_and(|f| same(f.listen_ip, f.port)) {
+            Some("the forward proxy's")
+        } else {
+            None
+        };
+        if let Some(whose) = taken {
+            cx.error(
+                "extra_config[\"sluice/admin\"].port",
+                format!("{} is {whose} port too: the admin listener needs its own", a.port()),
+            );
+        }
+    }
+
     let ctx = RootCtx { disable_rest, has_root_host: !host.is_empty(), output_encoding };
     let mut endpoints = Vec::new();
     match o.take("endpoints") {
