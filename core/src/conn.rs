@@ -2115,12 +2115,7 @@ impl<'g> Connection<'g> {
                 let none = HeaderMap::new();
                 let (status, headers) = match &mut leg {
                     Leg::Endpoint(ex) => {
-                        let endpoint = ex.endpoint().index;
-                        self.queue.push_back(Output::Log(Log::Call {
-                            endpoint,
-                            backend: call,
-                            status: Some(head.status),
-                        }));
+                        self.log_call(ex.endpoint().index, call, Some(head.status));
                         ex.handle_head(call, head.status);
                         let Action::Stream(stream) = ex.poll(self.balancer) else {
                             self.close_slots();

@@ -75,6 +75,31 @@ pub enum Lookup {
     Overflow,
 }
 
+impl Lookup {
+    /// Whether the caller must start a query for the name (a first lookup, or a
+    /// refresh that is due).
+    pub fn query(&self) -> bool {
+        matches!(self, Lookup::Ready { refresh: true, .. } | Lookup::Queued { query: true })
+    }
+}
+
+/// A backend host as configured: an IP literal (IPv6 with or without brackets) needs
+/// no lookup; `Err` is the name to resolve.
+pub fn ip_literal(host: &str) -> Result<IpAddr, &str> {
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    name.parse().map_err(|_| name)
+}
+
+/// The address a backend connection dials from `name`'s answer: the first, in the
+/// resolver's order (RFC 6724's for `getaddrinfo`); the reason it has none.
+pub fn first_address(name: &str, answer: Result<Vec<IpAddr>, DnsError>) -> Result<IpAddr, String> {
+    match answer.map(|addrs| addrs.first().copied()) {
+        Ok(Some(ip)) => Ok(ip),
+        Ok(None) => Err(format!("cannot resolve {name}: no address")),
+        Err(e) => Err(format!("cannot resolve {name}: {e}")),
+    }
+}
+
 /// The `dns_cache.*` counters of one cache (Envoy's names).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DnsStats {

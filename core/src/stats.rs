@@ -132,18 +132,13 @@ impl Stats {
     }
 
     fn destination(&mut self, dest: &str) -> &mut Counts {
-        let key = if self.destinations.contains_key(dest) || self.destinations.len() < MAX_DESTINATIONS {
-            dest
-        } else {
-            OTHER_DESTINATIONS
-        };
+        let full = self.destinations.len() >= MAX_DESTINATIONS && !self.destinations.contains_key(dest);
+        let key = if full { OTHER_DESTINATIONS } else { dest };
+        // No key allocated for a destination already counted.
         if !self.destinations.contains_key(key) {
             self.destinations.insert(key.to_string(), Counts::default());
         }
-        match self.destinations.get_mut(key) {
-            Some(counts) => counts,
-            None => &mut self.unrouted,
-        }
+        self.destinations.get_mut(key).unwrap_or(&mut self.unrouted)
     }
 
     /// Adds another shard's counters to these.

@@ -120,3 +120,24 @@ fn an_answer_for_a_name_no_longer_held_wakes_nobody() {
     assert_eq!(answer, Ok(ips(&["127.0.0.1"])));
     assert_eq!(dns.stats().num_hosts, 0);
 }
+
+#[test]
+fn literals_need_no_lookup_and_a_backend_dials_the_first_answer() {
+    use sluice_core::dns::{first_address, ip_literal};
+    assert_eq!(ip_literal("127.0.0.1"), Ok("127.0.0.1".parse().unwrap()));
+    assert_eq!(ip_literal("[::1]"), Ok("::1".parse().unwrap()));
+    assert_eq!(ip_literal("::1"), Ok("::1".parse().unwrap()));
+    assert_eq!(ip_literal("users.internal"), Err("users.internal"));
+    assert_eq!(first_address("a.test", Ok(ips(&["::1", "127.0.0.1"]))), Ok("::1".parse().unwrap()));
+    assert_eq!(first_address("a.test", Ok(Vec::new())), Err("cannot resolve a.test: no address".to_string()));
+    assert_eq!(
+        first_address("a.test", Err(DnsError::Overflow)),
+        Err("cannot resolve a.test: DNS cache overflow".into())
+    );
+    assert_eq!(
+        first_address("a.test", Err(DnsError::Failed("no such name".into()))),
+        Err("cannot resolve a.test: no such name".into())
+    );
+    assert!(Lookup::Queued { query: true }.query() && Lookup::Ready { addrs: Vec::new(), refresh: true }.query());
+    assert!(!Lookup::Queued { query: false }.query() && !Lookup::Overflow.query());
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
-use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+use sluice_core::dns::{self, DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -57,17 +57,12 @@ impl Pool {
     pub(crate) async fn resolve(&self, name: &str) -> Answer {
         let (tx, rx) = oneshot::channel();
         let found = lock(&self.dns).lookup(name, Instant::now(), || tx);
+        if found.query() {
+            self.query(name);
+        }
         match found {
-            Lookup::Ready { addrs, refresh } => {
-                if refresh {
-                    self.query(name);
-                }
-                Ok(addrs)
-            }
-            Lookup::Queued { query } => {
-                if query {
-                    self.query(name);
-                }
+            Lookup::Ready { addrs, .. } => Ok(addrs),
+            Lookup::Queued { .. } => {
                 rx.await.unwrap_or_else(|_| Err(DnsError::Failed("the lookup was cancelled".to_string())))
             }
             Lookup::Overflow => Err(DnsError::Overflow),
@@ -89,14 +84,9 @@ impl Pool {
     /// Opens a socket to `host`: an IP literal as it is, a name through the cache (its
     /// first address, in the resolver's order).
     pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
-        let name = host.host.trim_start_matches('[').trim_end_matches(']');
-        let ip = match name.parse::<IpAddr>() {
+        let ip = match dns::ip_literal(&host.host) {
             Ok(ip) => ip,
-            Err(_) => match self.resolve(name).await.map(|addrs| addrs.first().copied()) {
-                Ok(Some(ip)) => ip,
-                Ok(None) => return Err(format!("cannot resolve {name}: no address")),
-                Err(e) => return Err(format!("cannot resolve {name}: {e}")),
-            },
+            Err(name) => dns::first_address(name, self.resolve(name).await)?,
         };
         let addr = SocketAddr::new(ip, host.port);
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
