@@ -79,6 +79,7 @@ use std::fmt;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, Method, StatusCode};
@@ -98,6 +99,7 @@ use crate::plan::Gateway;
 use crate::proxy::Proxy;
 use crate::redirect;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
+use crate::srv::SrvSet;
 use crate::tls::TlsTarget;
 use crate::tunnel::{Pipe, PipeOp};
 use crate::upstream::Balancer;
@@ -145,6 +147,9 @@ pub enum Output<'g> {
     /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`;
     /// then [`Connection::handle_resolved`] with its addresses, without blocking.
     Resolve { id: BackendId, name: String },
+    /// `"sd": "dns"`: the SRV set of `name` for backend connection `id` (through the
+    /// shard's [`crate::srv::SrvCache`]); then [`Connection::handle_discovered`].
+    Discover { id: BackendId, name: &'g str },
     /// Open the connection of a CONNECT tunnel to `addr` (vetted by the egress policy:
     /// dial exactly this); then [`Connection::handle_tunnel_opened`].
     OpenTunnel { addr: SocketAddr },
@@ -183,6 +188,8 @@ pub enum Input {
     /// The addresses a name resolved to, or why it did not (through the shard's
     /// [`crate::dns::DnsCache`]).
     Resolved(BackendId, Result<Vec<IpAddr>, DnsError>),
+    /// The SRV set [`Output::Discover`] asked for, or why there is none.
+    Discovered(BackendId, Result<Arc<SrvSet>, DnsError>),
     TunnelOpened(Result<(), String>),
     TunnelRead(Vec<u8>, io::Result<usize>),
     TunnelWritten(Vec<u8>, io::Result<()>),
@@ -247,6 +254,10 @@ pub struct Session(Option<Box<TlsLink>>);
 /// Where one backend connection is in its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// `"sd": "dns"`: waiting for the SRV set of the backend's name
+    /// ([`Output::Discover`]); the request is written for the name, and rewritten
+    /// for the target picked.
+    Discover,
     /// Waiting for the driver to connect it.
     Connecting,
     /// Through a proxy to an `https://` backend: `CONNECT` is written, then its
@@ -543,6 +554,66 @@ impl<'g> Slot<'g> {
     }
 }
 
+/// Where a call to a host the configuration does not list goes (a redirect's target,
+/// an SRV record's): through `via` when the slot has a proxy, else the environment's
+/// proxy for that host, else straight; with `profile` for an `https://` host.
+struct Aim<'g> {
+    host: HostAddr,
+    pool_key: String,
+    via: Option<&'g Proxy>,
+    connect: Option<String>,
+    tls_target: Option<TlsTarget>,
+    /// How the request names its target.
+    form: redirect::Form,
+}
+
+impl<'g> Aim<'g> {
+    fn new(
+        gw: &'g Gateway,
+        via: Option<&'g Proxy>,
+        addr: &HostAddr,
+        profile: Option<&crate::tls::TlsProfile>,
+        what: &str,
+    ) -> Result<Aim<'g>, String> {
+        let via = via.or_else(|| gw.proxy_env.for_host(addr));
+        let tls_target = match (addr.scheme, profile) {
+            (Scheme::Http, _) => None,
+            (Scheme::Https, None) => return Err(format!("no usable TLS profile for {what} {:?}", addr.host)),
+            (Scheme::Https, Some(profile)) => {
+                let server_name = rustls_pki_types::ServerName::try_from(addr.host.clone())
+                    .map_err(|e| format!("{what} {:?} cannot be a TLS server name: {e}", addr.host))?;
+                Some(TlsTarget { profile: profile.clone(), server_name })
+            }
+        };
+        let (host, pool_key, connect, form) = match via {
+            Some(p) if tls_target.is_some() => (
+                p.addr.clone(),
+                crate::plan::tunnel_pool_key(addr, p),
+                Some(crate::plan::connect_authority(addr)),
+                redirect::Form::Origin,
+            ),
+            Some(p) => (p.addr.clone(), p.pool_key.clone(), None, redirect::Form::Absolute),
+            None => (addr.clone(), crate::backend::pool_key(addr), None, redirect::Form::Origin),
+        };
+        Ok(Aim { host, pool_key, via, connect, tls_target, form })
+    }
+
+    /// The proxy credentials the request carries (a plain request through a proxy).
+    fn proxy_auth(&self) -> Option<&'g str> {
+        self.via.filter(|_| self.form == redirect::Form::Absolute).and_then(|p| p.authorization.as_deref())
+    }
+
+    /// Points `slot` at `origin` this way.
+    fn apply(self, slot: &mut Slot<'g>, origin: HostAddr) {
+        slot.host = Cow::Owned(self.host);
+        slot.origin = Cow::Owned(origin);
+        slot.pool_key = Cow::Owned(self.pool_key);
+        slot.via = self.via;
+        slot.connect = self.connect.map(Cow::Owned);
+        slot.tls_target = self.tls_target.map(Cow::Owned);
+    }
+}
+
 /// What a backend connection's progress means to the request.
 #[allow(clippy::large_enum_variant)] // see backend::Progress
 #[derive(Debug)]
@@ -798,6 +869,7 @@ impl<'g> Connection<'g> {
             Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
             Input::BackendWritten(id, buf, result) => self.handle_backend_written(id, buf, result, now),
             Input::Resolved(id, result) => self.handle_resolved(id, result, now),
+            Input::Discovered(id, result) => self.handle_discovered(id, result, now),
             Input::TunnelOpened(result) => self.handle_tunnel_opened(result, now),
             Input::TunnelRead(buf, result) => self.handle_tunnel_read(buf, result, now),
             Input::TunnelWritten(buf, result) => self.handle_tunnel_written(buf, result, now),
@@ -1114,6 +1186,46 @@ impl<'g> Connection<'g> {
             Ok(None) => self.dns_failed(p, DnsError::Failed("no address of the configured family".to_string())),
             Err(e) => self.dns_failed(p, e),
         };
+        self.progress();
+    }
+
+    /// The SRV set [`Output::Discover`] asked for backend connection `id`: the call
+    /// goes to the target it picks (the request rewritten for it), or fails with why
+    /// there is none (the name asked is in the reason, and so in the log line).
+    pub fn handle_discovered(&mut self, id: BackendId, result: Result<Arc<SrvSet>, DnsError>, now: Instant) {
+        self.now = now;
+        let gw = self.gw;
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Discover) else { return };
+        let aimed = result.map_err(|e| e.to_string()).and_then(|set| {
+            let (target, port) = set.pick();
+            let addr = HostAddr { scheme: slot.origin.scheme, host: target.to_string(), port };
+            let profile = slot.tls_target.as_ref().map(|t| t.profile.clone());
+            let aim = Aim::new(gw, slot.via, &addr, profile.as_ref(), "the SRV target")?;
+            let hop = redirect::Hop {
+                authority: addr.authority(),
+                addr,
+                target: redirect::sent_target(&slot.out),
+                method: slot.method.clone(),
+                keep_body: true,
+                cross_origin: false,
+            };
+            let request = redirect::rewrite(&slot.out, &hop, aim.form, aim.proxy_auth())?;
+            Ok((aim, hop.addr, request))
+        });
+        match aimed {
+            Ok((aim, origin, request)) => {
+                aim.apply(slot, origin);
+                slot.out = request;
+                slot.phase = Phase::Connecting;
+                let connect =
+                    Output::Connect { id, host: slot.host.clone(), pool_key: slot.pool_key.clone(), pooled: true };
+                self.queue.push_back(connect);
+            }
+            Err(why) => {
+                slot.phase = Phase::Connecting;
+                slot.failure = Some(Failure::new(why));
+            }
+        }
         self.progress();
     }
 
@@ -1820,6 +1932,11 @@ impl<'g> Connection<'g> {
         if call.body == CallBody::Full {
             slot.out.extend_from_slice(ex.call_body(call.id));
         }
+        if call.srv {
+            slot.phase = Phase::Discover;
+            self.queue.push_back(Output::Discover { id, name: call.origin.host.as_str() });
+            return Ok(id);
+        }
         self.queue.push_back(Output::Connect {
             id,
             host: Cow::Borrowed(call.host),
@@ -1961,28 +2078,11 @@ impl<'g> Connection<'g> {
         if slot.redirects == 0 {
             return Err(format!("stopped after {} redirects", redirect::MAX_REDIRECTS));
         }
-        let via = slot.via.or_else(|| gw.proxy_env.for_host(&hop.addr));
-        let tls_target = match hop.addr.scheme {
-            Scheme::Http => None,
-            Scheme::Https => {
-                let profile = slot.redirect_tls.ok_or("no usable TLS profile for an https redirect")?;
-                let server_name = rustls_pki_types::ServerName::try_from(hop.addr.host.clone())
-                    .map_err(|e| format!("the redirect's host {:?} cannot be a TLS server name: {e}", hop.addr.host))?;
-                Some(Cow::Owned(TlsTarget { profile: profile.clone(), server_name }))
-            }
-        };
-        let (host, pool_key, connect, form) = match via {
-            Some(p) if tls_target.is_some() => (
-                p.addr.clone(),
-                crate::plan::tunnel_pool_key(&hop.addr, p),
-                Some(crate::plan::connect_authority(&hop.addr)),
-                redirect::Form::Origin,
-            ),
-            Some(p) => (p.addr.clone(), p.pool_key.clone(), None, redirect::Form::Absolute),
-            None => (hop.addr.clone(), crate::backend::pool_key(&hop.addr), None, redirect::Form::Origin),
-        };
-        let proxy_auth = via.filter(|_| form == redirect::Form::Absolute).and_then(|p| p.authorization.as_deref());
-        let request = redirect::rewrite(&slot.sent, &hop, form, proxy_auth)?;
+        if hop.addr.scheme == Scheme::Https && slot.redirect_tls.is_none() {
+            return Err("no usable TLS profile for an https redirect".to_string());
+        }
+        let aim = Aim::new(gw, slot.via, &hop.addr, slot.redirect_tls, "the redirect's host")?;
+        let request = redirect::rewrite(&slot.sent, &hop, aim.form, aim.proxy_auth())?;
         // The connection that brought the 3xx: kept when its answer was read whole.
         let done = slot.put_away(id, reusable);
         let line = Log::Redirect {
@@ -1996,12 +2096,7 @@ impl<'g> Connection<'g> {
             slot.body = CallBody::None;
         }
         slot.method = hop.method;
-        slot.host = Cow::Owned(host);
-        slot.origin = Cow::Owned(hop.addr);
-        slot.pool_key = Cow::Owned(pool_key);
-        slot.via = via;
-        slot.connect = connect.map(Cow::Owned);
-        slot.tls_target = tls_target;
+        aim.apply(slot, hop.addr);
         slot.sent.clear();
         let next = slot.reconnect(id, request, true);
         self.queue.extend([done, Output::Log(line), next]);

@@ -130,6 +130,9 @@ pub struct Call<'g> {
     pub body: CallBody,
     /// `no-op`: read only the response head, then [`Exchange::handle_head`].
     pub stream_response: bool,
+    /// `"sd": "dns"`: `origin.host` is a name to ask SRV records of; the call goes to
+    /// the target they give (see [`crate::srv`]).
+    pub srv: bool,
 }
 
 /// The head of a backend response passed through (`no-op`).
@@ -413,6 +416,7 @@ impl<'g> Exchange<'g> {
             target,
             body,
             stream_response: self.ep.streams(),
+            srv: host.srv,
         })
     }
 

@@ -60,6 +60,7 @@ pub mod redirect;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod srv;
 pub mod stats;
 mod stop;
 pub mod tls;

@@ -91,6 +91,9 @@ pub struct Gateway {
     /// The dynamic forward proxy (`extra_config."sluice/forward-proxy"`), served on
     /// its own listener.
     pub forward: Option<crate::forward::ForwardPlan>,
+    /// Where `"sd": "dns"` backends' SRV queries go: `"sluice/dns"`, else
+    /// `/etc/resolv.conf` (read only when a backend uses `"sd": "dns"`).
+    pub resolver: crate::srv::ResolverConfig,
 }
 
 /// An endpoint with every default resolved.
@@ -159,6 +162,10 @@ pub struct BackendHost {
     /// An `https://` host behind a proxy: the `host:port` the proxy is asked to
     /// `CONNECT` to (the tunnels are pooled per proxy and host: `pool_key` names both).
     pub connect: Option<String>,
+    /// `"sd": "dns"`: `addr.host` is a name whose SRV records say where calls go (see
+    /// [`crate::srv`]); `proxy` is only the backend's own (the environment's is chosen
+    /// per target), `tls` carries the profile the targets get.
+    pub srv: bool,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -216,6 +223,7 @@ impl Gateway {
         let mut root_profile: Option<Result<TlsProfile, Vec<Diagnostic>>> = None;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         let mut backend_count = 0;
+        let mut uses_srv = false;
         for (i, e) in config.endpoints.iter().enumerate() {
             let mut backends = Vec::with_capacity(e.backend.len());
             for (j, b) in e.backend.iter().enumerate() {
@@ -231,10 +239,16 @@ impl Gateway {
                 let mut hosts = Vec::with_capacity(raw_hosts.len());
                 // The backend's own TLS profile, built when an https host needs it.
                 let mut own_profile = None;
+                let srv = b.sd == config::ServiceDiscovery::Dns;
+                uses_srv |= srv;
                 for (k, h) in raw_hosts.iter().enumerate() {
-                    match compile_host(h, b.disable_host_sanitize) {
+                    match compile_host(h, b.disable_host_sanitize).and_then(|host| srv_name(h, host, srv)) {
                         Ok(mut host) => {
-                            host.proxy = own_proxy.clone().or_else(|| env.proxy.for_host(&host.addr).cloned());
+                            host.proxy = match srv {
+                                // The environment's proxy depends on the target's name.
+                                true => own_proxy.clone(),
+                                false => own_proxy.clone().or_else(|| env.proxy.for_host(&host.addr).cloned()),
+                            };
                             if host.addr.scheme == config::Scheme::Https {
                                 let profile = match b.http_client.as_ref().and_then(|c| c.client_tls.as_ref()) {
                                     Some(t) => own_profile.get_or_insert_with(|| {
@@ -328,7 +342,17 @@ impl Gateway {
             return Err(ConfigError::Invalid(errors));
         }
         let forward = config.forward_proxy.as_ref().map(crate::forward::ForwardPlan::new);
-        Ok(Gateway { config, router, endpoints, backend_count, server_tls, proxy_env: env.proxy.clone(), forward })
+        let resolver = if uses_srv { resolver(&config.dns, env) } else { crate::srv::ResolverConfig::default() };
+        Ok(Gateway {
+            config,
+            router,
+            endpoints,
+            backend_count,
+            server_tls,
+            proxy_env: env.proxy.clone(),
+            forward,
+            resolver,
+        })
     }
 
     /// The DNS cache's settings: the forward proxy's `dns_cache` (Envoy's defaults
@@ -443,6 +467,42 @@ fn own_proxy(b: &config::Backend, path: &str) -> Result<Option<Proxy>, Diagnosti
     Proxy::parse(raw, true, source).map(Some).map_err(|message| Diagnostic { path: format!("{path}.{at}"), message })
 }
 
+/// The resolver settings: the configuration's nameservers, else resolv.conf's (the
+/// C library's defaults when it cannot be read); the configuration's timeout and
+/// attempts over resolv.conf's.
+fn resolver(settings: &config::DnsSettings, env: &Environment) -> crate::srv::ResolverConfig {
+    let mut conf = match settings.nameservers.is_empty() {
+        true => (env.read_file)("/etc/resolv.conf")
+            .map(|text| crate::srv::ResolverConfig::from_resolv_conf(&String::from_utf8_lossy(&text)))
+            .unwrap_or_default(),
+        false => crate::srv::ResolverConfig { nameservers: settings.nameservers.clone(), ..Default::default() },
+    };
+    if let Some(t) = settings.timeout {
+        conf.timeout = t;
+    }
+    if let Some(n) = settings.attempts {
+        conf.attempts = n;
+    }
+    conf
+}
+
+/// An `"sd": "dns"` host is a name to ask SRV records of: no port (the records give
+/// it), no IP address.
+fn srv_name(raw: &str, mut host: BackendHost, srv: bool) -> Result<BackendHost, String> {
+    if !srv {
+        return Ok(host);
+    }
+    let authority = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    if authority.split('/').next().unwrap_or("").contains(':') {
+        return Err(format!("{raw:?}: with \"sd\": \"dns\" the SRV records give the port; list the name alone"));
+    }
+    if crate::dns::ip_literal(&host.addr.host).is_ok() {
+        return Err(format!("{raw:?}: with \"sd\": \"dns\" a host is a name to ask SRV records of, not an address"));
+    }
+    host.srv = true;
+    Ok(host)
+}
+
 fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
     match HostAddr::parse(raw) {
         Ok(addr) => Ok(BackendHost {
@@ -453,6 +513,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             proxy: None,
             tls: None,
             connect: None,
+            srv: false,
         }),
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
@@ -473,6 +534,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
                 proxy: None,
                 tls: None,
                 connect: None,
+                srv: false,
             })
         }
         Err(m) => Err(m),

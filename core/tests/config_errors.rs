@@ -232,10 +232,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                 {"host": ["http://api"], "url_pattern": "/y", "sd": "static"},
                 {"host": ["http://api"], "url_pattern": "/z", "sd": "eureka"}
             ])),
-            vec![
-                r#"endpoints[0].backend[0].sd: "dns" (SRV records) is not implemented yet: list the backend's hosts with "sd": "static""#,
-                r#"endpoints[0].backend[2].sd: unknown value "eureka", expected "static" or "dns""#,
-            ],
+            vec![r#"endpoints[0].backend[2].sd: unknown value "eureka", expected "static" or "dns""#],
         ),
         (
             "reserved paths",

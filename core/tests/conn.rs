@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use sluice_core::Gateway;
 use sluice_core::conn::{BackendId, Connection, Input, Output, Session};
 use sluice_core::dns::DnsError;
+use sluice_core::srv::{SrvRecord, SrvSet};
 use sluice_core::upstream::Balancer;
 
 /// What the client does, in order.
@@ -85,6 +86,9 @@ struct World<'g> {
     dns: BTreeMap<String, Result<Vec<std::net::IpAddr>, DnsError>>,
     /// Forward proxy: the tunnel's destination got these bytes.
     tunnelled: Vec<u8>,
+    /// `"sd": "dns"`: each name's SRV set (answered at once; a name missing here is
+    /// never answered).
+    srv: BTreeMap<String, Result<std::sync::Arc<SrvSet>, DnsError>>,
 }
 
 const CONFIG_HEAD: &str = r#""version": 3, "timeout": "1s", "read_header_timeout": "400ms", "idle_timeout": "2s""#;
@@ -123,6 +127,7 @@ impl<'g> World<'g> {
             shut_at: None,
             dns: BTreeMap::new(),
             tunnelled: Vec::new(),
+            srv: BTreeMap::new(),
         }
     }
 
@@ -139,6 +144,27 @@ impl<'g> World<'g> {
             why => DnsError::Failed(why.to_string()),
         });
         self.dns.insert(name.to_string(), answer);
+        self
+    }
+
+    /// `name`'s SRV records, `(priority, weight, port, target)`, or why there are none.
+    fn discovers(mut self, name: &str, answer: Result<&[(u16, u16, u16, &str)], &str>) -> Self {
+        let answer = match answer {
+            Ok(records) => {
+                let records: Vec<SrvRecord> = records
+                    .iter()
+                    .map(|&(priority, weight, port, target)| SrvRecord {
+                        priority,
+                        weight,
+                        port,
+                        target: target.into(),
+                    })
+                    .collect();
+                Ok(std::sync::Arc::new(SrvSet::new(&records).expect("a usable record")))
+            }
+            Err(why) => Err(DnsError::Failed(why.to_string())),
+        };
+        self.srv.insert(name.to_string(), answer);
         self
     }
 
@@ -262,6 +288,12 @@ impl<'g> World<'g> {
                 self.note(format!("resolve {name}"));
                 if let Some(answer) = self.dns.get(&name) {
                     self.ready.push_back(Input::Resolved(id, answer.clone()));
+                }
+            }
+            Output::Discover { id, name } => {
+                self.note(format!("backend {id}: SRV of {name}"));
+                if let Some(answer) = self.srv.get(name) {
+                    self.ready.push_back(Input::Discovered(id, answer.clone()));
                 }
             }
             Output::OpenTunnel { addr } => {
@@ -1090,4 +1122,46 @@ fn forward_tunnels_hold_a_request_while_open() {
     assert!(w.to_client.starts_with("HTTP/1.1 200 OK\r\n"), "{}", w.to_client);
     let g = breakers.gauges();
     assert_eq!(g[0].requests, 0, "given back when the tunnel ended");
+}
+
+fn srv_backend() -> Gateway {
+    gateway(
+        r#"{"endpoint": "/a", "backend": [{"host": ["_api._tcp.sluice.test"], "sd": "dns", "disable_host_sanitize": true, "url_pattern": "/users/1"}]}"#,
+    )
+}
+
+#[test]
+fn sd_dns_sends_each_call_to_a_target_of_the_srv_set_with_its_host() {
+    let gw = srv_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Send(GET_A), Wait(10), Send(GET_A), Wait(10), Eof])
+        .discovers(
+            "_api._tcp.sluice.test",
+            Ok(&[(0, 1, 9001, "api-1.test"), (0, 1, 9002, "api-2.test"), (1, 9, 9003, "standby.test")]),
+        )
+        .backend("api-1.test:9001", &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .backend("api-2.test:9002", &[json(r#"{"id":1}"#)])
+        .run();
+    assert_eq!(w.to_client, [ANSWER_A; 3].concat());
+    // The request names the target picked, not the SRV name; the priority 1 record is
+    // never used while priority 0 has targets.
+    let to = |host: &str| REQUEST_A.replace("127.0.0.1:9001", host);
+    assert_eq!(w.requests, [to("api-1.test:9001"), to("api-2.test:9002"), to("api-1.test:9001")]);
+    assert!(w.trace().contains("backend 0: SRV of _api._tcp.sluice.test\n"), "{}", w.trace());
+    assert!(w.trace().contains("new connection to http://api-2.test:9002"), "{}", w.trace());
+    // Back to api-1: its pooled connection is reused (pooled under the target's key).
+    assert!(w.trace().contains("pooled connection to http://api-1.test:9001"), "{}", w.trace());
+}
+
+#[test]
+fn sd_dns_without_records_fails_the_call_and_logs_the_name_asked() {
+    let gw = srv_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Eof])
+        .discovers("_api._tcp.sluice.test", Err("no SRV records for _api._tcp.sluice.test"))
+        .run();
+    assert!(w.to_client.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{}", w.to_client);
+    assert!(w.requests.is_empty());
+    assert!(w.trace().contains("log: backend 0 of /a: no SRV records for _api._tcp.sluice.test"), "{}", w.trace());
+    assert!(!w.trace().contains("connection to"), "{}", w.trace());
 }

@@ -1,39 +1,49 @@
 //! The shard's backend sockets: idle ones kept for reuse (`sluice_core::backend`'s
-//! policy), names resolved through the shard's DNS cache (`sluice_core::dns`), and
+//! policy), names resolved through the shard's DNS cache (`sluice_core::dns`), SRV
+//! sets through its SRV cache (`sluice_core::srv`, queries over a UDP socket), and
 //! opening a new one.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use monoio::net::TcpStream;
+use monoio::net::udp::UdpSocket;
 use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
 use sluice_core::dns::{self, DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvLookup, SrvQuery, SrvSet};
 
 type Answer = Result<Vec<IpAddr>, DnsError>;
+type SrvFound = Result<Arc<SrvSet>, DnsError>;
 
 /// A connection waiting for a name's answer (one per lookup that found a query under
 /// way or started one).
-#[derive(Default)]
-pub(crate) struct Waiter {
-    answer: RefCell<Option<Answer>>,
+pub(crate) struct Waiter<A> {
+    answer: RefCell<Option<A>>,
     waker: RefCell<Option<Waker>>,
 }
 
-impl Waiter {
-    fn wake(&self, answer: Answer) {
+impl<A> Default for Waiter<A> {
+    fn default() -> Self {
+        Waiter { answer: RefCell::new(None), waker: RefCell::new(None) }
+    }
+}
+
+impl<A> Waiter<A> {
+    fn wake(&self, answer: A) {
         *self.answer.borrow_mut() = Some(answer);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 
-    async fn wait(&self) -> Answer {
+    async fn wait(&self) -> A {
         poll_fn(|cx| match self.answer.borrow_mut().take() {
             Some(answer) => Poll::Ready(answer),
             None => {
@@ -45,15 +55,22 @@ impl Waiter {
     }
 }
 
-/// Idle backend sockets and resolved names, one per shard (no lock).
+/// Idle backend sockets, resolved names and SRV sets, one per shard (no lock).
 pub(crate) struct Pool {
     idle: RefCell<IdlePool<(TcpStream, Session)>>,
-    dns: Rc<RefCell<DnsCache<Rc<Waiter>>>>,
+    dns: Rc<RefCell<DnsCache<Rc<Waiter<Answer>>>>>,
+    srv: Rc<RefCell<SrvCache<Rc<Waiter<SrvFound>>>>>,
+    resolver: Rc<ResolverConfig>,
 }
 
 impl Pool {
-    pub(crate) fn new(max_idle: usize, dns: DnsCacheConfig) -> Pool {
-        Pool { idle: RefCell::new(IdlePool::new(max_idle)), dns: Rc::new(RefCell::new(DnsCache::new(dns))) }
+    pub(crate) fn new(max_idle: usize, dns: DnsCacheConfig, resolver: ResolverConfig) -> Pool {
+        Pool {
+            idle: RefCell::new(IdlePool::new(max_idle)),
+            dns: Rc::new(RefCell::new(DnsCache::new(dns))),
+            srv: Rc::default(),
+            resolver: Rc::new(resolver),
+        }
     }
 
     pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Session)> {
@@ -110,6 +127,28 @@ impl Pool {
         });
     }
 
+    /// The SRV set of `name` (`"sd": "dns"`), through the shard's cache: as
+    /// [`Pool::resolve`], the query in its own task.
+    pub(crate) async fn discover(&self, name: &str) -> SrvFound {
+        let waiter = Rc::new(Waiter::default());
+        let found = self.srv.borrow_mut().lookup(name, Instant::now(), || waiter.clone());
+        if found.query() {
+            let (srv, conf, name) = (self.srv.clone(), self.resolver.clone(), name.to_string());
+            monoio::spawn(async move {
+                let answer = ask_srv(&name, &conf).await;
+                let (waiters, answer) = srv.borrow_mut().resolved(&name, answer, Instant::now());
+                for w in waiters {
+                    w.wake(answer.clone());
+                }
+            });
+        }
+        match found {
+            SrvLookup::Ready { set, .. } => Ok(set),
+            SrvLookup::Queued { .. } => waiter.wait().await,
+            SrvLookup::Empty(why) => Err(DnsError::Failed(why)),
+        }
+    }
+
     /// A new socket to a backend host: an IP literal as it is, a name through the
     /// cache (its first address, in the resolver's order).
     pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
@@ -121,5 +160,44 @@ impl Pool {
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+}
+
+/// Asks `name`'s SRV records: core's query, each try on a new UDP socket connected
+/// to the server asked (a fresh source port; an unreachable port fails the try at once).
+async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String> {
+    let mut q = SrvQuery::new(name, conf, Instant::now())?;
+    let mut socket: Option<(UdpSocket, SocketAddr)> = None;
+    loop {
+        if let Some(answer) = q.result() {
+            return answer;
+        }
+        if let Some(t) = q.poll_transmit() {
+            socket = None;
+            let local = match t.to {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let opened = match UdpSocket::bind(local) {
+                Ok(s) => s.connect(t.to).await.map(|()| s),
+                Err(e) => Err(e),
+            };
+            let sent = match opened {
+                Ok(s) => s.send(t.payload).await.0.map(|_| s),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(s) => socket = Some((s, t.to)),
+                Err(e) => q.handle_failed(&e.to_string(), Instant::now()),
+            }
+            continue;
+        }
+        let (Some(deadline), Some((s, from))) = (q.poll_timeout(), socket.as_ref()) else { continue };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, s.recv(vec![0u8; 1500])).await {
+            Ok((Ok(n), buf)) => q.handle_datagram(*from, &buf[..n], Instant::now()),
+            Ok((Err(e), _)) => q.handle_failed(&e.to_string(), Instant::now()),
+            Err(_) => q.handle_timeout(Instant::now()),
+        }
     }
 }

@@ -223,6 +223,10 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             ops.backend(id).op =
                 Some(Box::pin(async move { (Back::Nothing, Input::Resolved(id, shard.pool.resolve(&name).await)) }));
         }
+        Output::Discover { id, name } => {
+            ops.backend(id).op =
+                Some(Box::pin(async move { (Back::Nothing, Input::Discovered(id, shard.pool.discover(name).await)) }));
+        }
         Output::OpenTunnel { addr } => {
             ops.tunnel_write = Some(Box::pin(async move {
                 match TcpStream::connect(addr).await {

@@ -310,7 +310,7 @@ async fn shard_main(
     );
     let shard = Rc::new(Shard {
         balancer: Balancer::new(gw.backend_count),
-        pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config()),
+        pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
         gw,
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),

@@ -1,8 +1,9 @@
 //! Backend sockets shared by the runtime's workers: idle ones kept for reuse (policy
 //! from `sluice_core::backend`), names resolved through one DNS cache
-//! (`sluice_core::dns`), and opening a new one.
+//! (`sluice_core::dns`), SRV sets through one SRV cache (`sluice_core::srv`, queries
+//! over a UDP socket), and opening a new one.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -10,10 +11,12 @@ use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
 use sluice_core::dns::{self, DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
-use tokio::net::TcpStream;
+use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvLookup, SrvQuery, SrvSet};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 
 type Answer = Result<Vec<IpAddr>, DnsError>;
+type SrvFound = Result<Arc<SrvSet>, DnsError>;
 
 /// Locks a mutex that only ever guards plain data: a panic elsewhere cannot leave it
 /// half-changed, so a poisoned lock is used as it is.
@@ -26,11 +29,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Pool {
     idle: Mutex<IdlePool<(TcpStream, Session)>>,
     dns: Arc<Mutex<DnsCache<oneshot::Sender<Answer>>>>,
+    srv: Arc<Mutex<SrvCache<oneshot::Sender<SrvFound>>>>,
+    resolver: Arc<ResolverConfig>,
 }
 
 impl Pool {
-    pub(crate) fn new(max_idle: usize, dns: DnsCacheConfig) -> Pool {
-        Pool { idle: Mutex::new(IdlePool::new(max_idle)), dns: Arc::new(Mutex::new(DnsCache::new(dns))) }
+    pub(crate) fn new(max_idle: usize, dns: DnsCacheConfig, resolver: ResolverConfig) -> Pool {
+        Pool {
+            idle: Mutex::new(IdlePool::new(max_idle)),
+            dns: Arc::new(Mutex::new(DnsCache::new(dns))),
+            srv: Arc::default(),
+            resolver: Arc::new(resolver),
+        }
     }
 
     pub(crate) fn take(&self, key: &str) -> Option<(TcpStream, Session)> {
@@ -81,6 +91,30 @@ impl Pool {
         });
     }
 
+    /// The SRV set of `name` (`"sd": "dns"`), through the cache: as
+    /// [`Pool::resolve`], the query in its own task.
+    pub(crate) async fn discover(&self, name: &str) -> SrvFound {
+        let (tx, rx) = oneshot::channel();
+        let found = lock(&self.srv).lookup(name, Instant::now(), || tx);
+        if found.query() {
+            let (srv, conf, name) = (self.srv.clone(), self.resolver.clone(), name.to_string());
+            tokio::spawn(async move {
+                let answer = ask_srv(&name, &conf).await;
+                let (waiters, answer) = lock(&srv).resolved(&name, answer, Instant::now());
+                for w in waiters {
+                    let _ = w.send(answer.clone());
+                }
+            });
+        }
+        match found {
+            SrvLookup::Ready { set, .. } => Ok(set),
+            SrvLookup::Queued { .. } => {
+                rx.await.unwrap_or_else(|_| Err(DnsError::Failed("the SRV lookup was cancelled".to_string())))
+            }
+            SrvLookup::Empty(why) => Err(DnsError::Failed(why)),
+        }
+    }
+
     /// Opens a socket to `host`: an IP literal as it is, a name through the cache (its
     /// first address, in the resolver's order).
     pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
@@ -92,5 +126,42 @@ impl Pool {
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+}
+
+/// Asks `name`'s SRV records: core's query, each try on a new UDP socket connected
+/// to the server asked (a fresh source port; an unreachable port fails the try at once).
+async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String> {
+    let mut q = SrvQuery::new(name, conf, Instant::now())?;
+    let mut socket: Option<(UdpSocket, SocketAddr)> = None;
+    let mut buf = vec![0u8; 1500];
+    loop {
+        if let Some(answer) = q.result() {
+            return answer;
+        }
+        if let Some(t) = q.poll_transmit() {
+            socket = None;
+            let local = match t.to {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let sent = async {
+                let s = UdpSocket::bind(local).await?;
+                s.connect(t.to).await?;
+                s.send(&t.payload).await?;
+                Ok::<_, std::io::Error>(s)
+            };
+            match sent.await {
+                Ok(s) => socket = Some((s, t.to)),
+                Err(e) => q.handle_failed(&e.to_string(), Instant::now()),
+            }
+            continue;
+        }
+        let (Some(deadline), Some((s, from))) = (q.poll_timeout(), socket.as_ref()) else { continue };
+        match tokio::time::timeout_at(deadline.into(), s.recv(&mut buf)).await {
+            Ok(Ok(n)) => q.handle_datagram(*from, &buf[..n], Instant::now()),
+            Ok(Err(e)) => q.handle_failed(&e.to_string(), Instant::now()),
+            Err(_) => q.handle_timeout(Instant::now()),
+        }
     }
 }

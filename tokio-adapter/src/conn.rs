@@ -240,6 +240,13 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
             id,
             Box::pin(async move { (Held::Empty, Input::Resolved(id, shared.pool.resolve(&name).await)) }),
         ),
+        Output::Discover { id, name } => {
+            let name = name.to_string();
+            sockets.run_upstream(
+                id,
+                Box::pin(async move { (Held::Empty, Input::Discovered(id, shared.pool.discover(&name).await)) }),
+            )
+        }
         Output::OpenTunnel { addr } => {
             sockets.tunnel[1] = Some(Box::pin(async move {
                 match TcpStream::connect(addr).await {

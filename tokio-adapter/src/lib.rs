@@ -135,7 +135,7 @@ pub async fn serve_listeners(
 ) {
     let shared = Arc::new(Shared {
         balancer: Balancer::new(gw.backend_count),
-        pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config()),
+        pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
         gw,
         stats: std::sync::Mutex::default(),
     });

@@ -16,8 +16,9 @@ use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
     Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels, Diagnostic,
-    EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions, IpNet, LookupFamily, OutputEncoding,
-    Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery, is_write_method, parse_duration,
+    DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions, IpNet, LookupFamily,
+    OutputEncoding, Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery, is_write_method,
+    parse_duration,
 };
 use crate::route::Router;
 
@@ -313,6 +314,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     };
     let mut forward_proxy = None;
     let mut admin = None;
+    let mut dns = DnsSettings::default();
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "router" => {
             let mut r = Obj::new(v, path.to_string(), cx)?;
@@ -345,6 +347,23 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
             let port = a.uint("port", 0, 65535, cx).map_or(9901, |p| p as u16);
             a.finish(cx);
             admin = ip.map(|ip| SocketAddr::new(ip, port));
+            Some(())
+        }
+        "sluice/dns" => {
+            let mut d = Obj::new(v, path.to_string(), cx)?;
+            let listed = d.at("nameservers");
+            for (i, s) in d.strings("nameservers", cx).unwrap_or_default().iter().enumerate() {
+                match s.parse::<SocketAddr>().or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))) {
+                    Ok(a) if a.port() != 0 => dns.nameservers.push(a),
+                    _ => cx.error(
+                        &index(&listed, i),
+                        format!("{s:?} is not a nameserver address (\"IP\" or \"IP:port\", \"[IPv6]:port\")"),
+                    ),
+                }
+            }
+            dns.timeout = d.positive_duration("timeout", cx);
+            dns.attempts = d.uint("attempts", 1, 5, cx).map(|n| n as u32);
+            d.finish(cx);
             Some(())
         }
         _ => None,
@@ -427,6 +446,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         router,
         forward_proxy,
         admin,
+        dns,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
@@ -979,14 +999,6 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     }
     let group = o.non_empty("group", cx);
     let sd = o.leaf("sd", cx).unwrap_or(ServiceDiscovery::Static);
-    if sd == ServiceDiscovery::Dns {
-        // Refused rather than warned about: served, each host would be taken for a
-        // plain host name and every call would fail.
-        cx.error(
-            &o.at("sd"),
-            "\"dns\" (SRV records) is not implemented yet: list the backend's hosts with \"sd\": \"static\"",
-        );
-    }
     let input_headers = o.strings("input_headers", cx);
     if let Some(h) = &input_headers {
         check_header_names(h, &o.at("input_headers"), cx);

@@ -172,9 +172,24 @@ pub struct Config {
     /// `extra_config."sluice/admin"`: the admin listener (`/stats`, `/config_dump`,
     /// `/ready`). Default: none; `{}` listens on 127.0.0.1:9901 (Envoy's port).
     pub admin: Option<SocketAddr>,
+    /// `extra_config."sluice/dns"`: where `"sd": "dns"` backends' SRV queries go.
+    /// Default: `/etc/resolv.conf`'s nameservers and options.
+    pub dns: DnsSettings,
     /// The raw `extra_config` object, for namespaces read elsewhere.
     pub extra_config: Map<String, Value>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// `extra_config."sluice/dns"`: the resolver `"sd": "dns"` asks for SRV records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Nameservers asked in order (`"ip"` on port 53, or `"ip:port"`, `"[v6]:port"`).
+    /// Default: none listed, `/etc/resolv.conf`'s.
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one try waits for its answer. Default: resolv.conf's `timeout:` (5s).
+    pub timeout: Option<Duration>,
+    /// Rounds over the nameservers. Default: resolv.conf's `attempts:` (2).
+    pub attempts: Option<u32>,
 }
 
 /// `extra_config."sluice/forward-proxy"`: a dynamic forward proxy (Envoy's, as Gloo
