@@ -6,7 +6,7 @@
 //! back through CONNECT tunnels).
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,7 @@ use sluice_core::Gateway;
 use sluice_core::conn::{Connection, Input, Output, Session};
 use sluice_core::upstream::Balancer;
 use sluice_core::dns::DnsError;
+use sluice_core::srv::{SrvRecord, SrvSet};
 
 fn gateway() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
@@ -29,7 +30,9 @@ fn gateway() -> &'static Gateway {
             {"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "backend": [
                 {"host": ["http://127.0.0.1:9001"], "url_pattern": "/up", "encoding": "no-op"}]},
             {"endpoint": "/raw", "output_encoding": "no-op", "backend": [
-                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/down", "encoding": "no-op"}]}],
+                {"host": ["http://127.0.0.1:9001"], "url_pattern": "/down", "encoding": "no-op"}]},
+            {"endpoint": "/srv/{id}", "backend": [
+                {"host": ["_api._tcp.sluice.test"], "sd": "dns", "url_pattern": "/z/{id}"}]}],
             "extra_config": {"sluice/forward-proxy": {"auto_host_rewrite_header": "x-to", "timeout": "1s",
                 "idle_timeout": "2s", "connect": {"enabled": true, "allowed_ports": ["1-65535"]},
                 "egress": {"ports": ["1-65535"], "deny_hosts": ["*.denied.test"], "allow_cidrs": ["127.0.0.0/8"]}}}}"#;
@@ -101,6 +104,15 @@ fuzz_target!(|input: &[u8]| {
                 Output::Resolve { id, .. } => ready.push(Input::Resolved(
                     id,
                     if backend.first() == Some(&b'!') { Err(DnsError::Failed("no such name".into())) } else { Ok(vec![[127, 0, 0, 1].into()]) },
+                )),
+                Output::Discover { id, .. } => ready.push(Input::Discovered(
+                    id,
+                    if backend.first() == Some(&b'!') {
+                        Err(DnsError::Failed("no SRV records for _api._tcp.sluice.test".into()))
+                    } else {
+                        let records = [SrvRecord { priority: 0, weight: 1, port: 9003, target: "api.sluice.test".into() }];
+                        Ok(Arc::new(SrvSet::new(&records).expect("a target")))
+                    },
                 )),
                 Output::OpenTunnel { .. } => ready.push(Input::TunnelOpened(Ok(()))),
                 Output::ReadTunnel(mut buf) => {

@@ -192,7 +192,11 @@ async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String>
             }
             continue;
         }
-        let (Some(deadline), Some((s, from))) = (q.poll_timeout(), socket.as_ref()) else { continue };
+        let (Some(deadline), Some((s, from))) = (q.poll_timeout(), socket.as_ref()) else {
+            // Not reached (a try always has its socket); moving on keeps the loop finite.
+            q.handle_failed("no socket", Instant::now());
+            continue;
+        };
         let wait = deadline.saturating_duration_since(Instant::now());
         match monoio::time::timeout(wait, s.recv(vec![0u8; 1500])).await {
             Ok((Ok(n), buf)) => q.handle_datagram(*from, &buf[..n], Instant::now()),

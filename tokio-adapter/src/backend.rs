@@ -157,7 +157,11 @@ async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String>
             }
             continue;
         }
-        let (Some(deadline), Some((s, from))) = (q.poll_timeout(), socket.as_ref()) else { continue };
+        let (Some(deadline), Some((s, from))) = (q.poll_timeout(), socket.as_ref()) else {
+            // Not reached (a try always has its socket); moving on keeps the loop finite.
+            q.handle_failed("no socket", Instant::now());
+            continue;
+        };
         match tokio::time::timeout_at(deadline.into(), s.recv(&mut buf)).await {
             Ok(Ok(n)) => q.handle_datagram(*from, &buf[..n], Instant::now()),
             Ok(Err(e)) => q.handle_failed(&e.to_string(), Instant::now()),
