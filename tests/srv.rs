@@ -46,24 +46,49 @@ fn ask(server: SocketAddr, name: &str, wait: Duration) -> Option<Message> {
     Message::from_vec(&buf[..n]).ok()
 }
 
-/// dnsmasq on 127.0.0.1 serving these SRV records (`name,target,port,priority,weight`)
-/// and nothing else (no upstream, no hosts file), stopped when dropped.
-fn dnsmasq(records: &[String]) -> (Reaped, SocketAddr) {
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new("/usr/sbin/dnsmasq");
-    cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--conf-file=/dev/null"])
-        .args(["--bind-interfaces", "--listen-address=127.0.0.1", "--pid-file=", "--local-ttl=60"])
-        .arg(format!("--port={port}"))
-        .args(records.iter().map(|r| format!("--srv-host={r}")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = Reaped(cmd.spawn().expect("dnsmasq (apt-get install dnsmasq-base)"));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ask(addr, NAME, Duration::from_millis(200)).is_none() {
-        assert!(Instant::now() < deadline, "dnsmasq did not answer on {addr}");
+/// A port free for both UDP and TCP on 127.0.0.1 (dnsmasq listens on both).
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
-    (child, addr)
+}
+
+/// dnsmasq on 127.0.0.1 serving these SRV records (`name,target,port,priority,weight`)
+/// and nothing else (no upstream, no hosts file), stopped when dropped. A start that
+/// fails (its port taken meanwhile by another test) is tried again on another port.
+fn dnsmasq(records: &[String]) -> (Reaped, SocketAddr) {
+    let mut said = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = Command::new("/usr/sbin/dnsmasq");
+        cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--conf-file=/dev/null"])
+            .args(["--bind-interfaces", "--listen-address=127.0.0.1", "--pid-file=", "--local-ttl=60"])
+            .arg(format!("--port={port}"))
+            .args(records.iter().map(|r| format!("--srv-host={r}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = Reaped(cmd.spawn().expect("dnsmasq (apt-get install dnsmasq-base)"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ask(addr, NAME, Duration::from_millis(200)).is_some() {
+                return (child, addr);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut said);
+        }
+    }
+    panic!("dnsmasq did not start: {said}");
 }
 
 /// The `who` of each of `n` calls to `/who`.
