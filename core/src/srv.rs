@@ -318,9 +318,10 @@ pub struct SrvSet {
 }
 
 impl SrvSet {
-    /// The set from `records`, `None` when no record names a target.
+    /// The set from `records`, `None` when no record names a usable target (a host
+    /// name, on a port other than 0).
     pub fn new(records: &[SrvRecord]) -> Option<SrvSet> {
-        let usable = || records.iter().filter(|r| r.target != "." && !r.target.is_empty() && r.port != 0);
+        let usable = || records.iter().filter(|r| r.port != 0 && host_name(&r.target));
         let lowest = usable().map(|r| r.priority).min()?;
         let mut group: Vec<&SrvRecord> = usable().filter(|r| r.priority == lowest).collect();
         group.sort_by(|a, b| (&a.target, a.port).cmp(&(&b.target, b.port)));
@@ -349,6 +350,21 @@ impl SrvSet {
     pub fn targets(&self) -> &[(String, u16)] {
         &self.targets
     }
+}
+
+/// A target the gateway can put in a `Host` header and look up: labels of letters,
+/// digits, `_` and inner `-`, between dots. `.` alone ("no service here") and anything a DNS
+/// answer may carry beyond that (escaped bytes, spaces) are not targets.
+fn host_name(target: &str) -> bool {
+    !target.is_empty()
+        && target.len() <= 253
+        && target.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

@@ -183,7 +183,12 @@ fn the_lowest_priority_is_used_and_weights_share_the_calls() {
     assert!(got.iter().any(|t| t == "b:1"), "a tiny weight still gets a share");
     // "." (no service here) and port 0 are not targets; a priority with none falls
     // through to the next.
-    let set = SrvSet::new(&[rec(0, 1, 80, "."), rec(0, 1, 0, "x"), rec(5, 1, 81, "c")]).unwrap();
+    // Nor is what cannot be a host name (DNS names may carry any byte, escaped by
+    // hickory: none of it reaches a Host header).
+    let odd = [r"a\032b", r"evil\013\010x", "a..b", "-"];
+    let mut records: Vec<SrvRecord> = odd.iter().map(|t| rec(0, 1, 80, t)).collect();
+    records.extend([rec(0, 1, 80, "."), rec(0, 1, 0, "x"), rec(5, 1, 81, "c")]);
+    let set = SrvSet::new(&records).unwrap();
     assert_eq!(picks(&set, 2), ["c:81", "c:81"]);
     assert!(SrvSet::new(&[rec(0, 1, 80, ".")]).is_none());
     assert!(SrvSet::new(&[]).is_none());
