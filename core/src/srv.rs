@@ -22,7 +22,6 @@
 //! list holds.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::hash::{BuildHasher, Hasher as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -129,6 +128,17 @@ pub struct SrvAnswer {
 pub struct Transmit {
     pub to: SocketAddr,
     pub payload: Vec<u8>,
+}
+
+impl Transmit {
+    /// The address to bind the socket it goes from: any local address of `to`'s
+    /// family, a port the system picks (a fresh one per try).
+    pub fn local(&self) -> SocketAddr {
+        match self.to {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        }
+    }
 }
 
 /// One SRV question in flight (see the module documentation).
@@ -300,11 +310,6 @@ impl SrvQuery {
     pub fn result(&mut self) -> Option<Result<SrvAnswer, String>> {
         self.result.take()
     }
-
-    /// The name asked, as written.
-    pub fn name(&self) -> &str {
-        &self.shown
-    }
 }
 
 /// The hosts calls go to, from one answer (see the module documentation).
@@ -414,6 +419,16 @@ impl SrvLookup {
     pub fn query(&self) -> bool {
         matches!(self, SrvLookup::Ready { refresh: true, .. } | SrvLookup::Queued { query: true })
     }
+
+    /// What the caller gets now: the set, or why there is none; `None` when it waits
+    /// for the query's answer.
+    pub fn answer(self) -> Option<Result<Arc<SrvSet>, DnsError>> {
+        match self {
+            SrvLookup::Ready { set, .. } => Some(Ok(set)),
+            SrvLookup::Empty(why) => Some(Err(DnsError::Failed(why))),
+            SrvLookup::Queued { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -515,11 +530,5 @@ impl<W> SrvCache<W> {
             },
         };
         (waiters, told)
-    }
-}
-
-impl fmt::Display for SrvRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {} {}", self.priority, self.weight, self.port, self.target)
     }
 }

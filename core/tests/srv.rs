@@ -305,3 +305,22 @@ fn sd_dns_configuration_and_its_errors() {
         ]
     );
 }
+
+#[test]
+fn a_try_goes_from_a_fresh_port_of_the_servers_family() {
+    let t0 = Instant::now();
+    let mut q = SrvQuery::new("_a._tcp.x", &conf(&["[::1]:5300", "127.0.0.1:5300"], 1), t0).unwrap();
+    assert_eq!(q.poll_transmit().unwrap().local(), addr("[::]:0"));
+    q.handle_timeout(t0 + secs(2));
+    assert_eq!(q.poll_transmit().unwrap().local(), addr("0.0.0.0:0"));
+    // What a lookup gives now: the set, why there is none, or nothing (it waits).
+    let mut c: SrvCache<()> = SrvCache::new();
+    assert!(c.lookup("_a._tcp.x", t0, || ()).answer().is_none());
+    let _ = c.resolved("_a._tcp.x", answered(&[rec(0, 0, 80, "a")], 30), t0);
+    assert_eq!(c.lookup("_a._tcp.x", t0, || ()).answer().unwrap().unwrap().targets(), [("a".to_string(), 80)]);
+    let _ = c.resolved("_a._tcp.x", answered(&[], 30), t0 + secs(31));
+    assert_eq!(
+        c.lookup("_a._tcp.x", t0 + secs(32), || ()).answer().unwrap().unwrap_err(),
+        DnsError::Failed("no SRV records for _a._tcp.x".into())
+    );
+}

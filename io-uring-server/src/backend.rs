@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -17,7 +17,7 @@ use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
 use sluice_core::dns::{self, DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
-use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvLookup, SrvQuery, SrvSet};
+use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
 
 type Answer = Result<Vec<IpAddr>, DnsError>;
 type SrvFound = Result<Arc<SrvSet>, DnsError>;
@@ -142,10 +142,9 @@ impl Pool {
                 }
             });
         }
-        match found {
-            SrvLookup::Ready { set, .. } => Ok(set),
-            SrvLookup::Queued { .. } => waiter.wait().await,
-            SrvLookup::Empty(why) => Err(DnsError::Failed(why)),
+        match found.answer() {
+            Some(answer) => answer,
+            None => waiter.wait().await,
         }
     }
 
@@ -174,10 +173,7 @@ async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String>
         }
         if let Some(t) = q.poll_transmit() {
             socket = None;
-            let local = match t.to {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            };
+            let local = t.local();
             let opened = match UdpSocket::bind(local) {
                 Ok(s) => s.connect(t.to).await.map(|()| s),
                 Err(e) => Err(e),

@@ -3,7 +3,7 @@
 //! (`sluice_core::dns`), SRV sets through one SRV cache (`sluice_core::srv`, queries
 //! over a UDP socket), and opening a new one.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use sluice_core::backend::IdlePool;
 use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
 use sluice_core::dns::{self, DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
-use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvLookup, SrvQuery, SrvSet};
+use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 
@@ -106,12 +106,9 @@ impl Pool {
                 }
             });
         }
-        match found {
-            SrvLookup::Ready { set, .. } => Ok(set),
-            SrvLookup::Queued { .. } => {
-                rx.await.unwrap_or_else(|_| Err(DnsError::Failed("the SRV lookup was cancelled".to_string())))
-            }
-            SrvLookup::Empty(why) => Err(DnsError::Failed(why)),
+        match found.answer() {
+            Some(answer) => answer,
+            None => rx.await.unwrap_or_else(|_| Err(DnsError::Failed("the SRV lookup was cancelled".to_string()))),
         }
     }
 
@@ -141,10 +138,7 @@ async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String>
         }
         if let Some(t) = q.poll_transmit() {
             socket = None;
-            let local = match t.to {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            };
+            let local = t.local();
             let sent = async {
                 let s = UdpSocket::bind(local).await?;
                 s.connect(t.to).await?;
