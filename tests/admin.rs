@@ -118,6 +118,7 @@ fn admin_pages_count_what_went_through(mode: Mode) {
          dns_cache.num_hosts: 1\n\
          {}{}\
          forward.tunnel_bytes_down: 4\n\
+         forward.tunnel_bytes_spliced: 4\n\
          forward.tunnel_bytes_up: 4\n\
          forward.tunnels_open: 0\n\
          forward.tunnels_total: 1\n\
@@ -144,6 +145,8 @@ fn admin_pages_count_what_went_through(mode: Mode) {
         "sluice_forward_tunnels_open 0".to_string(),
         r#"sluice_forward_tunnel_bytes_total{direction="up"} 4"#.to_string(),
         r#"sluice_forward_tunnel_bytes_total{direction="down"} 4"#.to_string(),
+        // "ping" rode with the CONNECT head and was written; "pong" was spliced.
+        "sluice_forward_tunnel_bytes_spliced_total 4".to_string(),
         "# TYPE sluice_dns_cache_num_hosts gauge".to_string(),
         "sluice_dns_cache_num_hosts 1".to_string(),
         "# TYPE sluice_forward_circuit_breakers_rq_open gauge".to_string(),
@@ -166,6 +169,10 @@ fn admin_pages_count_what_went_through(mode: Mode) {
             "max_connections": 40000, "max_pending_requests": 40000, "max_requests": 40000,
             "max_retries": 40000, "track_remaining": true
         }]})
+    );
+    assert_eq!(
+        fwd["connect"],
+        serde_json::json!({"enabled": true, "allowed_ports": [tport.to_string()], "splice": true})
     );
     assert_eq!(
         fwd["dns_cache_config"],

@@ -155,6 +155,13 @@ fn connect_tunnel_to_https_with_curl(mode: Mode) {
 /// A destination that reads until the client's FIN, then answers with what it got
 /// and closes: the half-close must cross the tunnel both ways.
 fn tunnel_carries_half_close_both_ways(mode: Mode) {
+    // Spliced (the default; tests/admin.rs shows the bytes were) and copied.
+    for splice in [true, false] {
+        tunnel_half_close(mode, splice);
+    }
+}
+
+fn tunnel_half_close(mode: Mode, splice: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let dest = std::thread::spawn(move || {
@@ -163,7 +170,9 @@ fn tunnel_carries_half_close_both_ways(mode: Mode) {
         s.read_to_end(&mut got).unwrap();
         s.write_all(format!("got {} bytes, sum {}", got.len(), support::checksum(&got)).as_bytes()).unwrap();
     });
-    let gw = Gw::start(&config(&[], &[port], ""), mode);
+    let cfg =
+        config(&[], &[port], "").replace(r#""enabled": true"#, &format!(r#""enabled": true, "splice": {splice}"#));
+    let gw = Gw::start(&cfg, mode);
     let mut s = TcpStream::connect(gw.forward.unwrap()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let data = support::pattern(3 * 1024 * 1024 + 7);

@@ -63,6 +63,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TICK = os.sysconf("SC_CLK_TCK")
+# The gateway under test: the release build, or SLUICE_BIN (with --no-build, on a
+# machine that has the binary but no cargo).
+SLUICE = os.environ.get("SLUICE_BIN") or f"{ROOT}/target/release/sluice"
+# wrk's threads (--wrk-threads); one unless a case needs more load than one can make.
+WRK_THREADS = 1
 
 
 def free_port():
@@ -105,7 +110,7 @@ def nginx_workers(master_pid):
 
 def wrk(url, duration, connections, script=None):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url] + (["-s", script] if script else []),
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration}s", "--latency", url] + (["-s", script] if script else []),
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -178,7 +183,7 @@ def count_instructions(work, ports, ng_port, args, quiet, tls=None):
     """Each proxy alone under callgrind; prints instructions per request. With `tls`
     (the HTTPS listeners' ports), the TLS cases instead, each beside nginx's."""
     results = {}
-    sluice = lambda rt, conf: [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/{conf}", "--shards", "1",
+    sluice = lambda rt, conf: [SLUICE, "run", "-c", f"{work}/{conf}", "--shards", "1",
                                "--runtime", rt]
     nginx = ["nginx", "-c", f"{work}/proxy.conf", "-p", work, "-g", "master_process off;"]
     if tls is None:
@@ -240,7 +245,7 @@ def tls_rows(work, ports, tls_ports, ng_port, args, quiet, procs):
     pids = {}
     for rt in ports:
         for conf in (f"sluice-{rt}.json", f"sluice-{rt}-https.json"):
-            p = subprocess.Popen([f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/{conf}",
+            p = subprocess.Popen([SLUICE, "run", "-c", f"{work}/{conf}",
                                   "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
             procs.append(p)
             pids[conf] = p.pid
@@ -276,7 +281,7 @@ def plugin_rows(work, ports, ng_port, args, quiet, procs):
     env = {**os.environ, "RUST_LOG": "warn"}
     pids = {}
     for rt in ports:
-        p = subprocess.Popen([f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice-{rt}.json",
+        p = subprocess.Popen([SLUICE, "run", "-c", f"{work}/sluice-{rt}.json",
                               "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
         procs.append(p)
         pids[rt] = p.pid
@@ -360,18 +365,21 @@ def forward_rows(work, be_port, args, quiet, procs):
     sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     procs.append(sink)
     sink_port = int(sink.stdout.readline())
-    proxies, pids = {}, {}
-    for rt in ("uring", "tokio"):
+    proxies, pids, bulk_only = {}, {}, {}
+    # Tunnels splice by default; "uring, copying" is the same with "splice": false, for
+    # the bulk case only.
+    for rt, splice in (("uring", True), ("tokio", True), ("uring", False)):
         port = free_port()
-        with open(f"{work}/forward-{rt}.json", "w") as f:
+        name = f"Sluice {rt}" if splice else f"Sluice {rt}, copying"
+        with open(f"{work}/forward-{rt}-{splice}.json", "w") as f:
             json.dump({"version": 3, "port": free_port(), "listen_ip": "127.0.0.1", "endpoints": [],
                        "extra_config": {"sluice/forward-proxy": {
-                           "port": port, "connect": {"enabled": True, "allowed_ports": [sink_port]},
+                           "port": port, "connect": {"enabled": True, "allowed_ports": [sink_port], "splice": splice},
                            "egress": {"ports": [be_port], "allow_cidrs": ["127.0.0.0/8"]}}}}, f)
-        p = subprocess.Popen([f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/forward-{rt}.json",
+        p = subprocess.Popen([SLUICE, "run", "-c", f"{work}/forward-{rt}-{splice}.json",
                               "--shards", str(args.shards), "--runtime", rt], env=env, **quiet)
         procs.append(p)
-        proxies[f"Sluice {rt}"], pids[f"Sluice {rt}"] = port, [p.pid]
+        (proxies if splice else bulk_only)[name], pids[name] = port, [p.pid]
     squid_port, tiny_port = free_port(), free_port()
     os.makedirs(f"{work}/squid", exist_ok=True)
     os.chmod(f"{work}/squid", 0o777)
@@ -388,10 +396,13 @@ def forward_rows(work, be_port, args, quiet, procs):
     tiny_bin = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
     for name, cmd, port in (("squid", [squid_bin, "-N", "-f", f"{work}/squid.conf"], squid_port),
                             ("tinyproxy", [tiny_bin, "-d", "-c", f"{work}/tinyproxy.conf"], tiny_port)):
+        if not os.path.exists(cmd[0]):
+            print(f"warning: {cmd[0]} is not installed: no {name} rows", file=sys.stderr)
+            continue
         p = subprocess.Popen(cmd, **quiet)
         procs.append(p)
         proxies[name], pids[name] = port, [p.pid]
-    for port in proxies.values():
+    for port in list(proxies.values()) + list(bulk_only.values()):
         wait_port(port)
     time.sleep(1)
     target = f"http://127.0.0.1:{be_port}/100b"
@@ -417,7 +428,7 @@ def forward_rows(work, be_port, args, quiet, procs):
     direct = min(push(sink_port, args.bulk_mib) for _ in range(2))
     print(f"| (i) {args.bulk_mib:,} MiB pushed directly to the sink | {args.bulk_mib / 1024 * 8 / direct:.1f} Gbit/s | | | | |")
     bulk = {}
-    for name, port in proxies.items():
+    for name, port in list(proxies.items()) + list(bulk_only.items()):
         push(port, 64, connect)
         before = sum(cpu_seconds(p) for p in pids[name])
         secs = min(push(port, args.bulk_mib, connect) for _ in range(2))
@@ -429,9 +440,87 @@ def forward_rows(work, be_port, args, quiet, procs):
     for rt in ("uring", "tokio"):
         r = by_name[f"(h) 100 B through the forward proxy: Sluice {rt}"]
         for peer in ("squid", "tinyproxy"):
-            q = by_name[f"(h) 100 B through the forward proxy: {peer}"]
+            q = by_name.get(f"(h) 100 B through the forward proxy: {peer}")
+            if q is None:
+                continue
             print(f"Sluice {rt} / {peer}, forward: {r['rps'] / q['rps']:.2f}x req/s, "
                   f"{r['cpu_per_10k'] / q['cpu_per_10k']:.2f}x CPU per request.")
+
+
+def backend_workers(scale):
+    """The backend's nginx workers: one, or enough that it keeps up with `max(scale)`
+    proxy shards (an nginx worker serves a static 100 B about twice as fast as a shard
+    proxies it)."""
+    return min(4, max(1, max(scale) // 2)) if scale else 1
+
+
+def spare_cpus(scale, who):
+    """With --scale, the proxy under test has CPUs 0..n-1 (Sluice pins shard i to CPU i,
+    nginx gets worker_cpu_affinity auto); the backend and wrk get their own CPUs from the
+    top, so that neither takes a shard's."""
+    n = os.cpu_count()
+    b = backend_workers(scale)
+    return list(range(n - b, n)) if who == "backend" else list(range(max(scale), n - b)) or [n - 1]
+
+
+def pin(cpus):
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def scale_rows(work, ports, ng_port, scale, args, quiet):
+    """Case (a) at each shard count in `scale`: Sluice uring and tokio with n shards /
+    workers, nginx with n workers, wrk with -c (connections x n) on CPUs of its own."""
+    global WRK_THREADS
+    env = {**os.environ, "RUST_LOG": "warn"}
+    wrk_cpus = spare_cpus(scale, "wrk")
+    with open(f"{work}/proxy.conf") as f:
+        proxy_conf = f.read()
+    rows = []
+    for n in scale:
+        WRK_THREADS = max(1, min(len(wrk_cpus), n))
+        conns = args.connections * n
+        with open(f"{work}/proxy-{n}.conf", "w") as f:
+            f.write(re.sub(r"worker_processes \d+;", f"worker_processes {n}; worker_cpu_affinity auto;", proxy_conf))
+        runs = [(f"Sluice {rt}", [SLUICE, "run", "-c", f"{work}/sluice-{rt}.json", "--shards", str(n), "--runtime", rt],
+                 port) for rt, port in ports.items()]
+        runs.append(("nginx", ["nginx", "-c", f"{work}/proxy-{n}.conf", "-p", work], ng_port))
+        for name, cmd, port in runs:
+            p = subprocess.Popen(cmd, env=env, preexec_fn=pin(range(n)), **quiet)
+            try:
+                wait_port(port)
+                time.sleep(0.5)
+                pids = nginx_workers(p.pid) if name == "nginx" else [p.pid]
+                url = f"http://127.0.0.1:{port}/noop"
+                saved = args.connections
+                args.connections = conns
+                os.sched_setaffinity(0, wrk_cpus)  # wrk inherits it
+                try:
+                    r = measure(name, pids, url, args)
+                finally:
+                    os.sched_setaffinity(0, range(os.cpu_count()))
+                    args.connections = saved
+                r["shards"] = n
+                rows.append(r)
+            finally:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    print(f"\nScaling, (a) no-op 100 B: n shards / tokio workers / nginx workers on CPUs 0..n-1; backend nginx "
+          f"({backend_workers(scale)} workers) and wrk (-c {args.connections} x n, up to {len(wrk_cpus)} threads) "
+          f"on CPUs of their own; {args.duration}s per row after a 2s warm-up; {os.cpu_count()} CPUs.\n")
+    print("| n | proxy | req/s | req/s per shard | vs its n=1 per shard | vs nginx, same n | p99 ms | CPU s / 10k req |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    first = {}
+    by = {(r["name"], r["shards"]): r for r in rows}
+    for r in rows:
+        per = r["rps"] / r["shards"]
+        first.setdefault(r["name"], per)
+        ng = by[("nginx", r["shards"])]["rps"]
+        print(f"| {r['shards']} | {r['name']} | {r['rps']:,.0f} | {per:,.0f} | {per / first[r['name']]:.2f} | "
+              f"{r['rps'] / ng:.2f}x | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} |")
 
 
 def hold_idle(port, pids, count):
@@ -476,12 +565,14 @@ def main():
     ap.add_argument("--forward", action="store_true",
                     help="cases (h) and (i) instead: the forward proxy beside squid and tinyproxy, and CONNECT bulk")
     ap.add_argument("--bulk-mib", type=int, default=1024, help="size of the CONNECT bulk case")
+    ap.add_argument("--scale", help="shard counts, as 1,2,4,8: case (a) at each, Sluice (both runtimes) beside nginx")
+    ap.add_argument("--no-build", action="store_true", help="use the built binary (SLUICE_BIN) without cargo")
     ap.add_argument("--plugin", action="store_true",
                     help="case (g) instead: no-op with the hello client plugin bound (letting calls through) beside without")
     args = ap.parse_args()
     if args.instructions and not shutil.which("valgrind"):
         sys.exit("valgrind is needed (apt-get install valgrind)")
-    for tool in ("nginx", "wrk", "cargo"):
+    for tool in ("nginx", "wrk") + (() if args.no_build else ("cargo",)):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed (apt-get install nginx-light wrk)")
 
@@ -490,7 +581,11 @@ def main():
     want = args.idle * 2 + 4096
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    scale = [int(n) for n in args.scale.split(",")] if args.scale else []
+    if scale and max(scale) > os.cpu_count():
+        sys.exit(f"--scale {args.scale}: this machine has {os.cpu_count()} CPUs")
     plugins = f"{ROOT}/examples/plugins/target/wasm32-wasip1/release"
     if args.plugin:
         subprocess.run(["cargo", "build", "--release", "-q", "--target", "wasm32-wasip1", "--manifest-path",
@@ -526,7 +621,7 @@ def main():
         common = "daemon off; pid {pid}; error_log {work}/{name}.err warn; events {{ worker_connections 20000; }}"
         with open(f"{work}/backend.conf", "w") as f:
             f.write(common.format(pid=f"{work}/be.pid", work=work, name="be") + f"""
-worker_processes 1; worker_rlimit_nofile 30000;
+worker_processes {backend_workers(scale)}; worker_rlimit_nofile 30000;
 http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{be_port} reuseport; root {work}/www; default_type application/json; }}
   {f"server {{ listen 127.0.0.1:{be_tls} ssl reuseport; {ssl} root {work}/www; }}" if args.tls else ""} }}
@@ -583,7 +678,8 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                                    "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}],
                 }, f)
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        backend = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work], **quiet)
+        backend = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work],
+                                   preexec_fn=pin(spare_cpus(scale, "backend")) if scale else None, **quiet)
         procs.append(backend)
         wait_port(be_port)
         if args.instructions:
@@ -595,13 +691,16 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
         if args.plugin:
             plugin_rows(work, ports, ng_port, args, quiet, procs)
             return
+        if scale:
+            scale_rows(work, ports, ng_port, scale, args, quiet)
+            return
         if args.forward:
             forward_rows(work, be_port, args, quiet, procs)
             return
         sluices = {}
         for runtime in ports:
             sluices[runtime] = subprocess.Popen(
-                [f"{ROOT}/target/release/sluice", "run", "-c", f"{work}/sluice-{runtime}.json",
+                [SLUICE, "run", "-c", f"{work}/sluice-{runtime}.json",
                  "--shards", str(args.shards), "--runtime", runtime],
                 env={**os.environ, "RUST_LOG": "warn"}, **quiet,
             )

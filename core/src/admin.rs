@@ -153,6 +153,7 @@ fn stats_text(gw: &Gateway, stats: &Stats) -> String {
         lines.push(("forward.tunnels_total".into(), stats.tunnels_opened));
         lines.push(("forward.tunnel_bytes_up".into(), stats.tunnel_bytes_up));
         lines.push(("forward.tunnel_bytes_down".into(), stats.tunnel_bytes_down));
+        lines.push(("forward.tunnel_bytes_spliced".into(), stats.tunnel_bytes_spliced));
         for (dest, c) in &stats.destinations {
             counts(&mut lines, &format!("forward.destination.{dest}"), c);
         }
@@ -277,6 +278,11 @@ fn prometheus(gw: &Gateway, stats: &Stats) -> String {
     let _ = writeln!(o, "# TYPE sluice_forward_tunnel_bytes_total counter");
     let _ = writeln!(o, "sluice_forward_tunnel_bytes_total{{direction=\"up\"}} {}", stats.tunnel_bytes_up);
     let _ = writeln!(o, "sluice_forward_tunnel_bytes_total{{direction=\"down\"}} {}", stats.tunnel_bytes_down);
+    let _ = writeln!(
+        o,
+        "# TYPE sluice_forward_tunnel_bytes_spliced_total counter\nsluice_forward_tunnel_bytes_spliced_total {}",
+        stats.tunnel_bytes_spliced
+    );
     let t = f.breakers.thresholds();
     let all = gauges(gw);
     let mut families: Vec<(String, &'static str, Vec<String>)> = Vec::new();
@@ -369,7 +375,8 @@ pub fn config_dump(gw: &Gateway) -> Value {
             "auto_host_rewrite_header": fc.auto_host_rewrite_header,
             "timeout": secs(fc.timeout),
             "idle_timeout": secs(fc.idle_timeout),
-            "connect": {"enabled": fc.connect.enabled, "allowed_ports": ports(&fc.connect.allowed_ports)},
+            "connect": {"enabled": fc.connect.enabled, "allowed_ports": ports(&fc.connect.allowed_ports),
+                "splice": fc.connect.splice},
             "dns_cache_config": {
                 "dns_lookup_family": match fc.dns_lookup_family {
                     LookupFamily::V4Only => "V4_ONLY",

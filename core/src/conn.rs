@@ -101,6 +101,7 @@ use crate::redirect;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
 use crate::srv::SrvSet;
 use crate::tls::TlsTarget;
+pub use crate::tunnel::Spliced;
 use crate::tunnel::{Pipe, PipeOp};
 use crate::upstream::Balancer;
 
@@ -162,6 +163,13 @@ pub enum Output<'g> {
     /// Shut the tunnel connection's write side (send FIN); then
     /// [`Connection::handle_tunnel_shutdown`].
     ShutdownTunnel,
+    /// Move bytes from the client into the tunnel's connection (`up`) or back, through
+    /// the kernel: wait until the source has some, move what it has (a pipe's worth at
+    /// most) into the sink, all of it; then [`Connection::handle_spliced`]. Given only
+    /// to a driver that said it can ([`Connection::splice_tunnels`]); one per direction
+    /// at a time, beside the other direction's, and never while a read or write is out
+    /// on either socket (what the client sent after its CONNECT head is written first).
+    Splice { up: bool },
     /// A log line.
     Log(Log<'g>),
     /// Shut the client socket's write side (send FIN), keep its read side: the last
@@ -194,6 +202,10 @@ pub enum Input {
     TunnelRead(Vec<u8>, io::Result<usize>),
     TunnelWritten(Vec<u8>, io::Result<()>),
     TunnelShutdown(io::Result<()>),
+    Spliced {
+        up: bool,
+        result: Spliced,
+    },
     Timeout,
     Stop,
 }
@@ -746,6 +758,8 @@ pub struct Connection<'g> {
     gw: &'g Gateway,
     /// On the forward proxy's listener: its plan.
     fwd: Option<&'g ForwardPlan>,
+    /// The driver can splice a tunnel's bytes ([`Connection::splice_tunnels`]).
+    splice: bool,
     balancer: &'g Balancer,
     limits: Limits,
     peer: IpAddr,
@@ -794,6 +808,7 @@ impl<'g> Connection<'g> {
         let mut c = Connection {
             gw,
             fwd: None,
+            splice: false,
             balancer,
             limits,
             peer,
@@ -858,6 +873,13 @@ impl<'g> Connection<'g> {
 
     // ----- what happened -----
 
+    /// The driver can carry out [`Output::Splice`]: a CONNECT tunnel opened from now
+    /// on moves its bytes that way, unless the forward proxy's `connect.splice` is
+    /// false. Off until called.
+    pub fn splice_tunnels(&mut self, on: bool) {
+        self.splice = on;
+    }
+
     /// Feeds one [`Input`] at `now`.
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
@@ -874,6 +896,7 @@ impl<'g> Connection<'g> {
             Input::TunnelRead(buf, result) => self.handle_tunnel_read(buf, result, now),
             Input::TunnelWritten(buf, result) => self.handle_tunnel_written(buf, result, now),
             Input::TunnelShutdown(result) => self.handle_tunnel_shutdown(result, now),
+            Input::Spliced { up, result } => self.handle_spliced(up, result, now),
             Input::Timeout => self.handle_timeout(now),
             Input::Stop => self.handle_stop(now),
         }
@@ -1267,6 +1290,29 @@ impl<'g> Connection<'g> {
         self.tunnel_moved(shut.map(|()| false).map_err(|e| format!("destination shutdown failed: {}", e.0)));
     }
 
+    /// A splice ([`Output::Splice`]) ended.
+    pub fn handle_spliced(&mut self, up: bool, result: Spliced, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let (pipe, from, to) =
+            if up { (&mut t.up, "client", "destination") } else { (&mut t.down, "destination", "client") };
+        let why = match &result {
+            Spliced::ReadFailed(e) => Some(format!("{from} read failed: {e}")),
+            Spliced::WriteFailed(e) => Some(format!("{to} write failed: {e}")),
+            _ => None,
+        };
+        let unsupported = matches!(result, Spliced::Unsupported);
+        let moved = pipe.spliced(result);
+        if unsupported {
+            t.up.copy();
+            t.down.copy();
+        }
+        self.tunnel_moved(match why {
+            Some(why) => Err(why),
+            None => moved.map_err(|e| e.0.to_string()),
+        });
+    }
+
     /// After a tunnel operation: `Ok(true)` when bytes came in (the idle clock
     /// restarts), an error ends the tunnel at once, and the tunnel ends when both
     /// directions are closed.
@@ -1289,7 +1335,7 @@ impl<'g> Connection<'g> {
         if let Some(reason) = broke {
             self.log_forward(t.dest, reason);
         }
-        let line = t.line.tunnel_line(t.up.bytes, t.down.bytes, self.now);
+        let line = t.line.tunnel_line(t.up.bytes, t.down.bytes, t.up.spliced + t.down.spliced, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));
         self.queue.push_back(Output::Close);
     }
@@ -1398,17 +1444,21 @@ impl<'g> Connection<'g> {
             if self.write_since.is_some() || !self.out.is_empty() {
                 return None;
             }
-            if let Some(op) = t.up.next() {
+            let quiet = !t.up.has_io() && !t.down.has_io();
+            if let Some(op) = t.up.next_with(quiet) {
                 return Some(match op {
                     PipeOp::Read(buf) => Output::ReadClient(buf),
                     PipeOp::Write(bytes) => Output::WriteTunnel(bytes),
                     PipeOp::Shutdown => Output::ShutdownTunnel,
+                    PipeOp::Splice => Output::Splice { up: true },
                 });
             }
-            return t.down.next().map(|op| match op {
+            let quiet = !t.up.has_io() && !t.down.has_io();
+            return t.down.next_with(quiet).map(|op| match op {
                 PipeOp::Read(buf) => Output::ReadTunnel(buf),
                 PipeOp::Write(bytes) => Output::WriteClient(bytes),
                 PipeOp::Shutdown => Output::ShutdownClient,
+                PipeOp::Splice => Output::Splice { up: false },
             });
         }
         let reads_client =
@@ -1807,9 +1857,10 @@ impl<'g> Connection<'g> {
         let early = self.input.pending().to_vec();
         self.input.clear();
         self.queue.push_back(Output::Log(Log::Tunnel { dest: p.dest.authority.clone() }));
+        let splice = self.splice && fp.config.connect.splice;
         State::Tunnel(Box::new(Tunnel {
-            up: Pipe::with(early),
-            down: Pipe::default(),
+            up: Pipe::with(early).splicing(splice),
+            down: Pipe::default().splicing(splice),
             dest: p.dest.authority,
             last: self.now,
             idle: fp.config.idle_timeout,

@@ -164,12 +164,12 @@ impl AccessLog {
     /// The line for the answer given: `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted
     /// only when displayed (a log filtered out costs nothing).
     pub fn line(self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
-        AccessLine { log: self, status, bytes, up: 0, now }
+        AccessLine { log: self, status, bytes, up: 0, spliced: 0, now }
     }
 
     /// A tunnel's line: `down` bytes to the client (logged), `up` to the destination.
-    pub fn tunnel_line(self, up: u64, down: u64, now: Instant) -> AccessLine {
-        AccessLine { log: self, status: StatusCode::OK, bytes: down, up, now }
+    pub fn tunnel_line(self, up: u64, down: u64, spliced: u64, now: Instant) -> AccessLine {
+        AccessLine { log: self, status: StatusCode::OK, bytes: down, up, spliced, now }
     }
 }
 
@@ -181,6 +181,8 @@ pub struct AccessLine {
     bytes: u64,
     /// A tunnel's bytes from the client.
     up: u64,
+    /// Of a tunnel's bytes both ways, those spliced.
+    spliced: u64,
     now: Instant,
 }
 
@@ -202,6 +204,11 @@ impl AccessLine {
     /// A tunnel's bytes from the client (0 otherwise).
     pub fn bytes_up(&self) -> u64 {
         self.up
+    }
+
+    /// Of a tunnel's bytes both ways, those spliced (moved in the kernel).
+    pub fn bytes_spliced(&self) -> u64 {
+        self.spliced
     }
 
     /// From the request's start to its answer.

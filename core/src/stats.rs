@@ -92,6 +92,8 @@ pub struct Stats {
     /// Tunnel bytes from clients to destinations, and back.
     pub tunnel_bytes_up: u64,
     pub tunnel_bytes_down: u64,
+    /// Of those, both ways, the bytes spliced (never copied into the gateway).
+    pub tunnel_bytes_spliced: u64,
     /// The shard's DNS cache, filled in when a copy is taken for a scrape.
     pub dns: DnsStats,
 }
@@ -117,6 +119,7 @@ impl Stats {
                             self.tunnels_closed += 1;
                             self.tunnel_bytes_up += line.bytes_up();
                             self.tunnel_bytes_down += line.bytes();
+                            self.tunnel_bytes_spliced += line.bytes_spliced();
                         }
                     }
                 }
@@ -163,6 +166,7 @@ impl Stats {
         self.tunnels_closed += other.tunnels_closed;
         self.tunnel_bytes_up += other.tunnel_bytes_up;
         self.tunnel_bytes_down += other.tunnel_bytes_down;
+        self.tunnel_bytes_spliced += other.tunnel_bytes_spliced;
         self.dns.add(&other.dns);
     }
 

@@ -40,6 +40,7 @@ fn shards_counters_add_up() {
         tunnels_opened: 1,
         tunnels_closed: 1,
         tunnel_bytes_up: 10,
+        tunnel_bytes_spliced: 7,
         ..Stats::default()
     };
     b.destinations.insert("x:80".into(), counts(200, 2, 1));
@@ -51,6 +52,6 @@ fn shards_counters_add_up() {
     assert_eq!(a.endpoints[1], counts(200, 4, 2));
     assert_eq!(a.destinations["x:80"], counts(200, 3, 1));
     assert_eq!(a.destinations["y:80"], counts(404, 1, 0));
-    assert_eq!((a.tunnels_open(), a.tunnel_bytes_up), (2, 10));
+    assert_eq!((a.tunnels_open(), a.tunnel_bytes_up, a.tunnel_bytes_spliced), (2, 10, 7));
     assert_eq!((a.dns.dns_query_attempt, a.dns.num_hosts), (3, 2));
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sluice_core::Gateway;
-use sluice_core::conn::{BackendId, Connection, Input, Output, Session};
+use sluice_core::conn::{BackendId, Connection, Input, Output, Session, Spliced};
 use sluice_core::dns::DnsError;
 use sluice_core::srv::{SrvRecord, SrvSet};
 use sluice_core::upstream::Balancer;
@@ -86,6 +86,10 @@ struct World<'g> {
     dns: BTreeMap<String, Result<Vec<std::net::IpAddr>, DnsError>>,
     /// Forward proxy: the tunnel's destination got these bytes.
     tunnelled: Vec<u8>,
+    /// A splice from the client is out.
+    splice_up: bool,
+    /// [`World::run_for`]: no event after this.
+    until: Option<Instant>,
     /// `"sd": "dns"`: each name's SRV set (answered at once; a name missing here is
     /// never answered).
     srv: BTreeMap<String, Result<std::sync::Arc<SrvSet>, DnsError>>,
@@ -128,7 +132,15 @@ impl<'g> World<'g> {
             dns: BTreeMap::new(),
             tunnelled: Vec::new(),
             srv: BTreeMap::new(),
+            splice_up: false,
+            until: None,
         }
+    }
+
+    /// The driver splices tunnels: a splice up takes each of the client's sends.
+    fn splicing(mut self) -> Self {
+        self.conn.splice_tunnels(true);
+        self
     }
 
     /// A connection on the forward proxy's listener.
@@ -180,6 +192,12 @@ impl<'g> World<'g> {
     fn note(&mut self, what: String) {
         let line = format!("{:>4}ms {what}", self.ms());
         self.trace.push(line);
+    }
+
+    /// Runs until `ms` into the conversation (or as [`World::run`]).
+    fn run_for(mut self, ms: u64) -> Self {
+        self.until = Some(self.t0 + Duration::from_millis(ms));
+        self.run()
     }
 
     /// Runs until the connection closes or nothing more can happen.
@@ -306,6 +324,13 @@ impl<'g> World<'g> {
                 self.tunnelled.extend_from_slice(&bytes);
                 self.ready.push_back(Input::TunnelWritten(bytes, Ok(())));
             }
+            Output::Splice { up: true } => {
+                assert!(!self.splice_up, "one splice per direction");
+                self.note("splice: client to destination".into());
+                self.splice_up = true;
+            }
+            // The destination never says anything.
+            Output::Splice { up: false } => self.note("splice: destination to client".into()),
             Output::ShutdownTunnel => {
                 self.note("tunnel: write side shut".into());
                 self.ready.push_back(Input::TunnelShutdown(Ok(())));
@@ -330,7 +355,7 @@ impl<'g> World<'g> {
                 best = Some((at, kind, id));
             }
         };
-        if self.client_read.is_some()
+        if (self.client_read.is_some() || self.splice_up)
             && let Some((at, _)) = self.client.front()
         {
             consider(*at, 0, 0);
@@ -349,12 +374,21 @@ impl<'g> World<'g> {
         if let Some(at) = self.conn.poll_timeout() {
             consider(at.max(self.now), 2, 0);
         }
-        let Some((at, kind, id)) = best else { return false };
+        let Some((at, kind, id)) = best.filter(|(at, _, _)| self.until.is_none_or(|u| *at <= u)) else { return false };
         self.now = at;
         match kind {
             0 => {
                 let (_, step) = self.client.pop_front().unwrap();
                 match step {
+                    Send(text) if self.splice_up => {
+                        self.splice_up = false;
+                        self.tunnelled.extend_from_slice(text.as_bytes());
+                        self.conn.handle(Input::Spliced { up: true, result: Spliced::Moved(text.len()) }, at);
+                    }
+                    Eof if self.splice_up => {
+                        self.splice_up = false;
+                        self.conn.handle(Input::Spliced { up: true, result: Spliced::Closed }, at);
+                    }
                     Send(text) => {
                         let mut buf = self.client_read.take().unwrap();
                         buf.extend_from_slice(text.as_bytes());
@@ -1059,6 +1093,86 @@ fn forward_tunnel_in_virtual_time() {
     );
     assert!(w.to_client.contains("\r\nconnection: close\r\n"), "{}", w.to_client);
     assert!(!w.trace().contains("resolve") && !w.trace().contains("tunnel:"), "{}", w.trace());
+}
+
+#[test]
+fn forward_tunnel_splices_where_the_driver_can() {
+    let gw = forward_gateway("");
+    let lb = Balancer::new(0);
+    let connect = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\nearly";
+    let script = [Send(connect), Wait(300), Send("late"), Wait(100), Eof, Wait(5000)];
+    let w = World::forward(&gw, &lb, &script).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run();
+    assert_eq!(w.to_client, "HTTP/1.1 200 OK\r\n\r\n");
+    // The early bytes are written first, then the rest is spliced (neither direction
+    // splices while that write is out); the half-close and the idle timeout as when
+    // copying.
+    assert_eq!(w.tunnelled, b"earlylate");
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms resolve api.test",
+            "   0ms tunnel: connection to 127.0.0.1:443",
+            "   0ms log: tunnel to api.test:443 open",
+            "   0ms splice: client to destination",
+            "   0ms splice: destination to client",
+            " 300ms splice: client to destination",
+            " 400ms tunnel: write side shut",
+            "1300ms log: forward to api.test:443: idle timeout",
+            "1300ms log: 192.0.2.9 \"CONNECT api.test:443\" 200 0 1300.0ms",
+            "1300ms client: closed",
+        ]
+        .join("\n")
+    );
+    // `"splice": false`: reads and writes, whatever the driver can do.
+    let copying = forward_gateway(r#", "connect": {"enabled": true, "allowed_ports": [443], "splice": false}"#);
+    let w = World::forward(&copying, &lb, &script).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run();
+    assert_eq!(w.tunnelled, b"earlylate");
+    assert!(!w.trace().contains("splice"), "{}", w.trace());
+}
+
+#[test]
+fn forward_splice_failures_end_the_tunnel_and_say_which_side() {
+    let gw = forward_gateway("");
+    let lb = Balancer::new(0);
+    let connect = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n";
+    let cases = [
+        (true, Spliced::ReadFailed(std::io::ErrorKind::ConnectionReset.into()), "client read failed: connection reset"),
+        (true, Spliced::WriteFailed(std::io::ErrorKind::BrokenPipe.into()), "destination write failed: broken pipe"),
+        (
+            false,
+            Spliced::ReadFailed(std::io::ErrorKind::ConnectionReset.into()),
+            "destination read failed: connection reset",
+        ),
+        (false, Spliced::WriteFailed(std::io::ErrorKind::BrokenPipe.into()), "client write failed: broken pipe"),
+    ];
+    for (up, result, why) in cases {
+        let mut w =
+            World::forward(&gw, &lb, &[Send(connect)]).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run_for(10);
+        let at = w.now + Duration::from_millis(10);
+        w.conn.handle(Input::Spliced { up, result }, at);
+        let mut out = Vec::new();
+        while let Some(o) = w.conn.poll() {
+            out.push(match o {
+                Output::Log(line) => line.to_string(),
+                other => format!("{other:?}"),
+            });
+        }
+        assert_eq!(
+            out,
+            [
+                format!("forward to api.test:443: {why}"),
+                "192.0.2.9 \"CONNECT api.test:443\" 200 0 10.0ms".into(),
+                "Close".into()
+            ]
+        );
+    }
+    // A driver that cannot splice: the direction reads and writes instead, nothing lost.
+    let mut w =
+        World::forward(&gw, &lb, &[Send(connect)]).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run_for(10);
+    let at = w.now;
+    w.conn.handle(Input::Spliced { up: false, result: Spliced::Unsupported }, at);
+    assert!(matches!(w.conn.poll(), Some(Output::ReadTunnel(_))));
+    assert!(w.conn.poll().is_none());
 }
 
 #[test]

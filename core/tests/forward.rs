@@ -46,6 +46,8 @@ fn defaults() {
     assert_eq!(c.port, 3128);
     assert!(!c.connect.enabled);
     assert_eq!(c.connect.allowed_ports, vec![config::PortRange(443, 443)]);
+    assert!(c.connect.splice);
+    assert!(!fp_config(r#"{"connect": {"splice": false}}"#).connect.splice);
     assert_eq!(c.egress.ports, vec![config::PortRange(80, 80), config::PortRange(443, 443)]);
     assert_eq!(c.dns_lookup_family, config::LookupFamily::V4Preferred);
     assert_eq!(c.timeout, std::time::Duration::from_secs(30));
@@ -269,7 +271,7 @@ fn lookup_family_picks() {
 fn config_errors_have_json_paths() {
     let text = r#"{"version": 3, "port": 8080, "extra_config": {"sluice/forward-proxy": {
         "listen_ip": "nope", "port": 8080, "auto_host_rewrite_header": "Connection", "timeout": "0s",
-        "connect": {"enabled": "yes", "allowed_ports": [0, "9-1", "x"]},
+        "connect": {"enabled": "yes", "allowed_ports": [0, "9-1", "x"], "splice": "no"},
         "dns_cache": {"dns_lookup_family": "V5", "host_ttl": "0s", "max_hosts": 0, "dns_refresh_rate": "soon"},
         "circuit_breakers": {"max_requests": -1, "max_retries": "3", "track_remaining": 1, "max_conns": 5},
         "egress": {"allow_hosts": ["ok.test", "bad host"], "ports": 80, "allow_cidrs": ["10.0.0.0/33"]}},
@@ -284,6 +286,7 @@ fn config_errors_have_json_paths() {
         format!("{ns}.connect.allowed_ports[0]: expected a port from 1 to 65535 or a range \"from-to\", found 0"),
         format!("{ns}.connect.allowed_ports[1]: expected a port from 1 to 65535 or a range \"from-to\", found \"9-1\""),
         format!("{ns}.connect.allowed_ports[2]: expected a port from 1 to 65535 or a range \"from-to\", found \"x\""),
+        format!("{ns}.connect.splice: invalid type: string \"no\", expected a boolean"),
         format!(
             "{ns}.dns_cache.dns_lookup_family: unknown value \"V5\", expected one of \"V4_ONLY\", \"V6_ONLY\", \"AUTO\", \"V4_PREFERRED\""
         ),

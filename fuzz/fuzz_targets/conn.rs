@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
 use sluice_core::Gateway;
-use sluice_core::conn::{Connection, Input, Output, Session};
+use sluice_core::conn::{Connection, Input, Output, Session, Spliced};
 use sluice_core::upstream::Balancer;
 use sluice_core::dns::DnsError;
 use sluice_core::srv::{SrvRecord, SrvSet};
@@ -46,13 +46,17 @@ fuzz_target!(|input: &[u8]| {
     let split = (usize::from(cut) * rest.len() / 255).min(rest.len());
     let (client, backend) = rest.split_at(split);
     let forward = step >= 128;
+    // Bit 6: the driver splices tunnels.
+    let splice = step & 64 != 0;
     let step = usize::from(step % 64) + 1;
     let gw = gateway();
     let lb = Balancer::new(gw.backend_count);
     let t0 = Instant::now();
     let mut now = t0;
     let mut conn = if forward {
-        Connection::forward_proxy(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH)
+        let mut conn = Connection::forward_proxy(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
+        conn.splice_tunnels(splice);
+        conn
     } else {
         Connection::new(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH)
     };
@@ -124,6 +128,16 @@ fuzz_target!(|input: &[u8]| {
                 }
                 Output::WriteTunnel(bytes) => ready.push(Input::TunnelWritten(bytes, Ok(()))),
                 Output::ShutdownTunnel => ready.push(Input::TunnelShutdown(Ok(()))),
+                // A piece starting with 0 finds the driver unable to splice.
+                Output::Splice { up } => {
+                    let piece = if up { client.next() } else { tunnel.next() };
+                    let result = match piece {
+                        Some([0, ..]) => Spliced::Unsupported,
+                        Some(p) => Spliced::Moved(p.len()),
+                        None => Spliced::Closed,
+                    };
+                    ready.push(Input::Spliced { up, result });
+                }
                 Output::Close => return,
             }
         }

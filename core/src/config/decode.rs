@@ -474,12 +474,13 @@ fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
     }
     let timeout = o.positive_duration("timeout", cx).unwrap_or(Duration::from_secs(30));
     let idle_timeout = o.positive_duration("idle_timeout", cx).unwrap_or(Duration::from_secs(300));
-    let mut connect = ConnectTunnels { enabled: false, allowed_ports: vec![PortRange(443, 443)] };
+    let mut connect = ConnectTunnels { enabled: false, allowed_ports: vec![PortRange(443, 443)], splice: true };
     if let Some(mut c) = o.object("connect", cx) {
         connect.enabled = c.flag("enabled", cx);
         if let Some(p) = ports(&mut c, "allowed_ports", cx) {
             connect.allowed_ports = p;
         }
+        connect.splice = c.leaf("splice", cx).unwrap_or(true);
         c.finish(cx);
     }
     let mut dns_lookup_family = LookupFamily::V4Preferred;

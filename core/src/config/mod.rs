@@ -232,6 +232,10 @@ pub struct ConnectTunnels {
     pub enabled: bool,
     /// Ports a tunnel may open to. Default: 443 (Squid's `SSL_ports`).
     pub allowed_ports: Vec<PortRange>,
+    /// Move a tunnel's bytes with `splice(2)` through a kernel pipe, where the driver
+    /// can, instead of reading them into the gateway and writing them out. Default:
+    /// true; false copies (for a kernel or sandbox whose splice misbehaves).
+    pub splice: bool,
 }
 
 /// An inclusive port range (`443`, or `"8000-8999"` in the file).
