@@ -45,7 +45,18 @@ measures the forward proxy instead:
       listener on both runtimes beside squid (no cache, one process) and tinyproxy;
   (i) a CONNECT tunnel's bulk throughput: a client pushes --bulk-mib MiB through
       each proxy's tunnel to a sink that reads until EOF and answers with the count,
-      beside the same client writing to the sink directly.
+      beside the same client writing to the sink directly (Sluice's tunnels splice;
+      one more uring row copies, "splice": false). squid or tinyproxy missing: no row.
+
+    python3 benches/load/run.py --scale 1,2,4,8
+
+runs case (a) at each shard count instead: n Sluice shards (uring, tokio) and n nginx
+workers on CPUs 0..n-1, the backend and wrk on CPUs of their own; req/s per shard
+against n=1 and against nginx at the same n.
+
+    SLUICE_BIN=/path/to/sluice python3 benches/load/run.py --no-build ...
+
+uses a built binary on a machine without cargo (how the 16-core figures were taken).
 """
 
 import argparse

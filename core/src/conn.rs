@@ -69,7 +69,8 @@
 //!   tunnel's reads and writes ([`Output::ReadTunnel`], [`Output::WriteTunnel`],
 //!   [`Output::ShutdownTunnel`]) and the client's, untouched, with the half-close
 //!   carried through. That is why the client socket may have a read and a write out at
-//!   once, and the tunnel's too.
+//!   once, and the tunnel's too. A driver that can splice ([`Connection::splice_tunnels`])
+//!   gets [`Output::Splice`] per direction instead and says how many bytes moved.
 //! - **Client plugins.** A plugin that answers a backend call itself settles the call
 //!   in [`Exchange`] before any slot is opened: no [`Output::Connect`] is given.
 
