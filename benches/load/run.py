@@ -100,6 +100,16 @@ def wait_port(port, timeout=15):
     sys.exit(f"nothing listens on {port} after {timeout}s")
 
 
+def stop(proc, timeout):
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -218,11 +228,7 @@ def count_instructions(work, ports, ng_port, args, quiet, tls=None):
             for case, url in cases:
                 results[(name, case)] = instructions_per_request(proc.pid, out, url, args)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 30)
     print(f"\nUser-space instructions per request (callgrind, whole process), wrk -t1 -c{args.connections}, "
           f"{args.duration}s after a 3s warm-up; 1 nginx worker (no master), 1 Sluice shard / tokio worker.\n")
     print("| case | instructions / request (median of 3) | range | vs nginx, same case | requests counted |")
@@ -513,12 +519,7 @@ def scale_rows(work, ports, ng_port, scale, args, quiet):
                 r["shards"] = n
                 rows.append(r)
             finally:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop(p, 15)
     print(f"\nScaling, (a) no-op 100 B: n shards / tokio workers / nginx workers on CPUs 0..n-1; backend nginx "
           f"({backend_workers(scale)} workers) and wrk (-c {args.connections} x n, up to {len(wrk_cpus)} threads) "
           f"on CPUs of their own; {args.duration}s per row after a 2s warm-up; {os.cpu_count()} CPUs.\n")

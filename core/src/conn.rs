@@ -102,8 +102,8 @@ use crate::redirect;
 use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
 use crate::srv::SrvSet;
 use crate::tls::TlsTarget;
-pub use crate::tunnel::Spliced;
 use crate::tunnel::{Pipe, PipeOp};
+pub use crate::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
 use crate::upstream::Balancer;
 
 /// Names a backend connection of one client connection. Ids are reused once a

@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf
 use monoio::net::TcpStream;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
-use sluice_core::conn::{BackendId, Connection, Input, Log, Output, Spliced};
+use sluice_core::conn::{BackendId, Connection, Input, Log, Output, SPLICE_PIPE, Spliced, splice_pipe_fits};
 
 use crate::Shard;
 
@@ -372,21 +372,12 @@ struct KernelPipe {
     size: usize,
 }
 
-/// The pipe size asked for: 256 KiB moved as much as 1 MiB on the 16-core device
-/// (load harness, blocking splice) and counts 64 pages against the user's pipe quota
-/// (`/proc/sys/fs/pipe-user-pages-soft`).
-const PIPE_ASK: usize = 256 * 1024;
-/// Below this (a user over the quota gets 2-page pipes) copying moves more per call.
-const PIPE_LEAST: usize = 64 * 1024;
-
 impl KernelPipe {
     fn new() -> io::Result<KernelPipe> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        let size =
-            rustix::pipe::fcntl_setpipe_size(&write, PIPE_ASK).or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
-        if size < PIPE_LEAST {
-            return Err(io::Error::other(format!("a pipe holds {size} bytes only (the user's pipe quota is spent)")));
-        }
+        let size = rustix::pipe::fcntl_setpipe_size(&write, SPLICE_PIPE)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
+        splice_pipe_fits(size).map_err(io::Error::other)?;
         Ok(KernelPipe { read, write, size })
     }
 }

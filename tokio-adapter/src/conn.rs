@@ -364,7 +364,7 @@ mod splice {
     use std::os::fd::OwnedFd;
 
     use rustix::pipe::{PipeFlags, SpliceFlags};
-    use sluice_core::conn::Spliced;
+    use sluice_core::conn::{SPLICE_PIPE, Spliced, splice_pipe_fits};
     use tokio::io::Interest;
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -377,11 +377,6 @@ mod splice {
         size: usize,
     }
 
-    /// The pipe size asked for (as the uring driver's: 256 KiB moved as much as 1 MiB
-    /// on the 16-core device), and the least worth splicing through.
-    const PIPE_ASK: usize = 256 * 1024;
-    const PIPE_LEAST: usize = 64 * 1024;
-
     impl KernelPipe {
         /// One pipe per direction.
         pub(super) fn pair() -> io::Result<[KernelPipe; 2]> {
@@ -390,13 +385,9 @@ mod splice {
 
         fn new() -> io::Result<KernelPipe> {
             let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-            let size = rustix::pipe::fcntl_setpipe_size(&write, PIPE_ASK)
+            let size = rustix::pipe::fcntl_setpipe_size(&write, SPLICE_PIPE)
                 .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
-            if size < PIPE_LEAST {
-                return Err(io::Error::other(format!(
-                    "a pipe holds {size} bytes only (the user's pipe quota is spent)"
-                )));
-            }
+            splice_pipe_fits(size).map_err(io::Error::other)?;
             Ok(KernelPipe { read, write, size })
         }
     }
