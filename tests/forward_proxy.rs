@@ -20,6 +20,7 @@ every_driver!(
     connect_tunnel_to_https_with_curl,
     tunnel_carries_half_close_both_ways,
     tunnel_idle_timeout,
+    tunnel_ends_when_the_destination_goes,
     connect_disabled_is_refused_and_closed,
     refused_destinations_are_never_dialled,
     bad_destinations_get_400,
@@ -186,6 +187,60 @@ fn tunnel_half_close(mode: Mode, splice: bool) {
     s.read_to_end(&mut answer).unwrap();
     let want = format!("HTTP/1.1 200 OK\r\n\r\ngot {} bytes, sum {}", data.len(), support::checksum(&data));
     assert_eq!(String::from_utf8_lossy(&answer), want);
+    dest.join().unwrap();
+}
+
+fn tunnel_ends_when_the_destination_goes(mode: Mode) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The first connection is closed at once, unread; the second answers.
+    let dest = std::thread::spawn(move || {
+        drop(listener.accept().unwrap());
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"second").unwrap();
+    });
+    let gw = Gw::start(&config(&[], &[port], ""), mode);
+    let connect = format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let mut s = TcpStream::connect(gw.forward.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(connect.as_bytes()).unwrap();
+    let mut head = [0u8; 19];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK\r\n\r\n");
+    // Bytes into a destination that is gone: the write fails (a reset, a broken pipe)
+    // and the tunnel ends; the client sees its connection end, never a hang.
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hung = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+    let chunk = vec![7u8; 64 * 1024];
+    let mut refused = None;
+    for _ in 0..256 {
+        if let Err(e) = s.write_all(&chunk) {
+            refused = Some(e);
+            break;
+        }
+    }
+    match refused {
+        Some(e) => assert!(!hung(&e), "the tunnel did not end: {e}"),
+        None => {
+            let mut rest = Vec::new();
+            match s.read_to_end(&mut rest) {
+                Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+                Err(e) => assert!(!hung(&e), "the tunnel did not end: {e}"),
+            }
+        }
+    }
+    // The gateway goes on: the next tunnel works.
+    let mut s = TcpStream::connect(gw.forward.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(connect.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while !got.ends_with(b"second") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\nsecond");
     dest.join().unwrap();
 }
 

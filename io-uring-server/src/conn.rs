@@ -427,6 +427,8 @@ async fn splice(s: Rc<Splicer>, up: bool, pipe: KernelPipe) -> (Back, Input) {
     (Back::Pipe(up, pipe), Input::Spliced { up, result })
 }
 
+/// A sink whose peer is gone fails with EPIPE; splice has no MSG_NOSIGNAL, so the
+/// process must ignore SIGPIPE (Rust programs do from start-up).
 async fn move_once(from: &TcpStream, to: &TcpStream, pipe: &KernelPipe) -> Spliced {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     let n = loop {
