@@ -314,7 +314,143 @@ fn proxy_breaks_the_tunnel(mode: Mode) {
     assert_eq!((r.status, r.text()), (502, said.as_str()));
 }
 
+/// Endpoints on one gateway, each a no-op call to `host` with its own
+/// `"backend/http/client"` members (`(endpoint, members)`), failures said in the body.
+fn endpoints_config(host: &str, client_tls: &str, endpoints: &[(&str, String)]) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|(path, members)| {
+            format!(
+                r#"{{"endpoint": "{path}", "output_encoding": "no-op",
+                    "backend": [{{"url_pattern": "/raw", "encoding": "no-op",
+                                  "extra_config": {{"backend/http/client": {{{members}}}}}}}]}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"version": 3, "host": ["{host}"], {client_tls}
+            "extra_config": {{"router": {{"return_error_msg": true}}}},
+            "endpoints": [{}]}}"#,
+        endpoints.join(",")
+    )
+}
+
+/// A pooled connection is reused only under the TLS profile it was made with. On one
+/// shard (one pool), again and again: an unverified connection to a server of an
+/// unknown CA is never lent to the endpoint that verifies (it refuses the server, and
+/// the server sees no request from it).
+fn pooled_connections_keep_to_their_verification(mode: Mode) {
+    let pki = Pki::new();
+    let ca = new_ca("Sluice test CA");
+    let ca_file = pki.write("ca.crt", &ca.cert.pem());
+    let (self_signed, self_key) = pki.leaf("self", &["localhost"], None, false);
+    let unknown_ca = serve(&self_signed, &self_key, None);
+    let verify = format!(r#""client_tls": {{"ca_certs": ["{}"], "disable_system_ca_pool": true}}"#, ca_file.display());
+    let cfg = endpoints_config(
+        &format!("https://localhost:{}", unknown_ca.port),
+        "",
+        &[
+            ("/tls/insecure", r#""client_tls": {"allow_insecure_connections": true}"#.to_string()),
+            ("/tls/unknown-ca", verify.clone()),
+        ],
+    );
+    let gw = start(&cfg, mode);
+    for i in 1..=20 {
+        let r = gw.get("/tls/insecure");
+        assert_eq!((r.status, r.text()), (200, r#"{"path":"/raw","tls":"TLSv1.3","client":null}"#), "round {i}");
+        // One pooled connection carried every answered request, and nothing else came.
+        let (conn, n) = (r.header("x-connection"), r.header("x-request").map(str::to_string));
+        assert_eq!((conn, n), (Some("1"), Some(i.to_string())), "round {i}");
+        let r = gw.get("/tls/unknown-ca");
+        assert_eq!(r.status, 502, "round {i}: {}", r.text());
+        assert!(r.text().contains("UnknownIssuer"), "round {i}: {}", r.text());
+    }
+    assert_eq!(gw.get("/tls/insecure").header("x-request"), Some("21"));
+}
+
+/// A connection that presented a client certificate is never lent to the endpoint that
+/// has none: on one shard, again and again, the server refuses that endpoint's own
+/// connection, and sees no request from it.
+fn pooled_connections_keep_to_their_client_certificate(mode: Mode) {
+    let pki = Pki::new();
+    let ca = new_ca("Sluice test CA");
+    let ca_file = pki.write("ca.crt", &ca.cert.pem());
+    let verify = format!(r#""client_tls": {{"ca_certs": ["{}"], "disable_system_ca_pool": true}}"#, ca_file.display());
+    let clients = new_ca("Sluice client CA");
+    let clients_file = pki.write("clients.crt", &clients.cert.pem());
+    let (cert, key) = pki.leaf("localhost", &["localhost"], Some(&ca), false);
+    let (client, client_key) = pki.leaf("gateway", &["gateway.sluice.test"], Some(&clients), false);
+    let mtls = serve(&cert, &key, Some(&clients_file));
+    let with_cert = format!(
+        r#""client_tls": {{"ca_certs": ["{}"], "disable_system_ca_pool": true,
+                           "client_certs": [{{"certificate": "{}", "private_key": "{}"}}]}}"#,
+        ca_file.display(),
+        client.display(),
+        client_key.display()
+    );
+    let cfg = endpoints_config(
+        &format!("https://localhost:{}", mtls.port),
+        "",
+        &[("/mtls/cert", with_cert), ("/mtls/nocert", verify)],
+    );
+    let gw = start(&cfg, mode);
+    for i in 1..=20 {
+        let r = gw.get("/mtls/cert");
+        let want = r#"{"path":"/raw","tls":"TLSv1.3","client":"gateway.sluice.test"}"#;
+        assert_eq!((r.status, r.text()), (200, want), "round {i}");
+        let (conn, n) = (r.header("x-connection"), r.header("x-request").map(str::to_string));
+        assert_eq!((conn, n), (Some("1"), Some(i.to_string())), "round {i}");
+        let r = gw.get("/mtls/nocert");
+        assert_eq!(r.status, 502, "round {i}: {}", r.text());
+    }
+    assert_eq!(gw.get("/mtls/cert").header("x-request"), Some("21"));
+}
+
+/// A tunnel is reused only by a call that would have opened the same one: through the
+/// same proxy with the same credentials. On one shard, again and again, to one HTTPS
+/// backend: through tinyproxy with its credentials (a tunnel, kept), through it with
+/// wrong ones (refused: 407, the backend sees nothing), straight (a connection of its
+/// own), through squid (a tunnel of its own).
+fn pooled_tunnels_keep_to_their_route(mode: Mode) {
+    let pki = Pki::new();
+    let (ca_file, server) = trusted_backend(&pki);
+    let guarded = tinyproxy("BasicAuth sluice s3cr3t");
+    let sq = squid();
+    let proxy = |url: String| format!(r#""proxy_address": "{url}""#);
+    let client_tls =
+        format!(r#""client_tls": {{"ca_certs": ["{}"], "disable_system_ca_pool": true}},"#, ca_file.display());
+    let cfg = endpoints_config(
+        &format!("https://localhost:{}", server.port),
+        &client_tls,
+        &[
+            ("/via/tinyproxy", proxy(format!("http://sluice:s3cr3t@127.0.0.1:{}", guarded.port))),
+            ("/via/tinyproxy-wrong", proxy(format!("http://sluice:wrong@127.0.0.1:{}", guarded.port))),
+            ("/direct", r#""no_redirect": false"#.to_string()),
+            ("/via/squid", proxy(format!("http://127.0.0.1:{}", sq.port))),
+        ],
+    );
+    let gw = start(&cfg, mode);
+    let body = r#"{"path":"/raw","tls":"TLSv1.3","client":null}"#;
+    for i in 0..20 {
+        let r = gw.get("/via/tinyproxy");
+        assert_eq!((r.status, r.text(), r.header("x-connection")), (200, body, Some("1")), "round {i}");
+        assert_eq!(r.header("x-request"), Some((3 * i + 1).to_string().as_str()), "round {i}");
+        let r = gw.get("/via/tinyproxy-wrong");
+        assert_eq!(r.status, 502, "round {i}: {}", r.text());
+        assert!(r.text().contains("it answered CONNECT with 401 Unauthorized"), "round {i}: {}", r.text());
+        let r = gw.get("/direct");
+        assert_eq!((r.status, r.text(), r.header("x-connection")), (200, body, Some("2")), "round {i}");
+        assert_eq!(r.header("x-request"), Some((3 * i + 2).to_string().as_str()), "round {i}");
+        let r = gw.get("/via/squid");
+        assert_eq!((r.status, r.text(), r.header("x-connection")), (200, body, Some("3")), "round {i}");
+        assert_eq!(r.header("x-request"), Some((3 * i + 3).to_string().as_str()), "round {i}");
+    }
+}
+
 every_driver!(
+    pooled_connections_keep_to_their_verification,
+    pooled_connections_keep_to_their_client_certificate,
+    pooled_tunnels_keep_to_their_route,
     verified_backend,
     untrusted_backends,
     mutual_tls,

@@ -13,14 +13,52 @@ use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::HostAddr;
 use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Head, Limits, ServerConn};
+use crate::proxy::Proxy;
+use crate::tls::TlsTarget;
 
 /// Idle backend connections older than this are not reused: backends commonly close
 /// idle connections after 60 to 120 s, and reusing one they closed costs a retry.
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(50);
 
-/// The pool key of a backend host: connections are shared by scheme, host and port.
-pub fn pool_key(host: &HostAddr) -> String {
-    format!("{}://{}:{}", host.scheme.as_str(), host.host, host.port)
+/// The pool key of a backend connection: everything that decides which connection a
+/// call opens, so that an idle connection is only ever reused by a call that would
+/// have opened the same one.
+///
+/// - Straight to a plain `http://` origin: its scheme, host and port
+///   (`http://api:8080`).
+/// - Straight to an `https://` origin: the same, the TLS profile it was made under
+///   ([`crate::tls::TlsProfile::id`]: verification on or off, the roots, the client
+///   certificate, versions, cipher suites, ALPN) and the name it was verified for
+///   (SNI): `https://api:443 tls#3 sni api`.
+/// - A plain request through a proxy: the proxy and the credentials it was given
+///   ([`Proxy::pool_key`], `proxy corp:3128` or `proxy corp:3128 as 5f0c...`): such
+///   connections carry absolute-form requests for any origin, so every origin behind
+///   that proxy with those credentials shares them.
+/// - An `https://` origin through a proxy (a `CONNECT` tunnel, TLS inside): the
+///   origin's key as above, then `via` and the proxy's key.
+///
+/// A host name is dialled through the DNS cache: its connections are keyed by the
+/// name, as every HTTP client keys them. The forward proxy keys its own by the vetted
+/// address ([`forward_pool_key`]), apart from every gateway backend.
+pub fn pool_key(origin: &HostAddr, tls: Option<&TlsTarget>, via: Option<&Proxy>) -> String {
+    use std::fmt::Write;
+    let mut key = match (tls, via) {
+        (None, Some(proxy)) => return proxy.pool_key.clone(),
+        _ => format!("{}://{}:{}", origin.scheme.as_str(), origin.host, origin.port),
+    };
+    if let Some(t) = tls {
+        let _ = write!(key, " tls#{} sni {}", t.profile.id, t.server_name.to_str());
+    }
+    if let Some(proxy) = via {
+        let _ = write!(key, " via {}", proxy.pool_key);
+    }
+    key
+}
+
+/// The pool key of a forward-proxy connection to the vetted address `addr`: never
+/// shared with the gateway's backends.
+pub fn forward_pool_key(addr: &std::net::SocketAddr) -> String {
+    format!("forward {addr}")
 }
 
 /// Idle keep-alive connections by [`pool_key`], at most `max_idle` per key

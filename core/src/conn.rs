@@ -598,15 +598,13 @@ impl<'g> Aim<'g> {
                 Some(TlsTarget { profile: profile.clone(), server_name })
             }
         };
-        let (host, pool_key, connect, form) = match via {
-            Some(p) if tls_target.is_some() => (
-                p.addr.clone(),
-                crate::plan::tunnel_pool_key(addr, p),
-                Some(crate::plan::connect_authority(addr)),
-                redirect::Form::Origin,
-            ),
-            Some(p) => (p.addr.clone(), p.pool_key.clone(), None, redirect::Form::Absolute),
-            None => (addr.clone(), crate::backend::pool_key(addr), None, redirect::Form::Origin),
+        let pool_key = crate::backend::pool_key(addr, tls_target.as_ref(), via);
+        let (host, connect, form) = match via {
+            Some(p) if tls_target.is_some() => {
+                (p.addr.clone(), Some(crate::plan::connect_authority(addr)), redirect::Form::Origin)
+            }
+            Some(p) => (p.addr.clone(), None, redirect::Form::Absolute),
+            None => (addr.clone(), None, redirect::Form::Origin),
         };
         Ok(Aim { host, pool_key, via, connect, tls_target, form })
     }
@@ -1780,7 +1778,7 @@ impl<'g> Connection<'g> {
         let Pending { dest, request, method, body, line, deadline, permit, .. } = *p;
         let host = HostAddr { scheme: Scheme::Http, host: ip.to_string(), port: dest.port };
         // Pooled by the vetted address: never shared with the gateway's backends.
-        let pool_key = format!("forward {addr}");
+        let pool_key = crate::backend::forward_pool_key(&addr);
         let slot = Slot::forward(method, host, pool_key, body, request, permit);
         let id = match self.slots.iter().position(|s| !s.in_use) {
             Some(free) => {

@@ -393,13 +393,10 @@ impl<'g> Exchange<'g> {
             RequestBody::None if is_write_method(&b.method) && b.method != Method::DELETE => CallBody::Full,
             RequestBody::None => CallBody::None,
         };
-        // Plain requests through a proxy share its connections; https ones each have
-        // their own tunnels, kept under the host's key.
-        let (dial, pool_key) = match &host.proxy {
-            Some(p) if host.connect.is_none() => (&p.addr, p.pool_key.as_str()),
-            Some(p) => (&p.addr, host.pool_key.as_str()),
-            None => (&host.addr, host.pool_key.as_str()),
-        };
+        // The host's pool key says which connections it may reuse (see
+        // backend::pool_key): through a proxy, the proxy is dialled.
+        let dial = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr);
+        let pool_key = host.pool_key.as_str();
         Ok(Call {
             id: i,
             method: b.method.clone(),

@@ -151,7 +151,8 @@ pub struct BackendPlan {
 pub struct BackendHost {
     pub addr: HostAddr,
     pub path_prefix: String,
-    /// [`pool_key`] of `addr`, computed once: idle connections are kept under it.
+    /// [`pool_key`] of `addr` with its TLS target and proxy, computed once: idle
+    /// connections are kept under it (for a proxied plain host, the proxy's key).
     pub pool_key: String,
     /// `addr`'s authority for the `Host` header, computed once.
     pub authority: String,
@@ -160,7 +161,8 @@ pub struct BackendHost {
     /// For an `https://` host: its TLS profile and the name to verify.
     pub tls: Option<TlsTarget>,
     /// An `https://` host behind a proxy: the `host:port` the proxy is asked to
-    /// `CONNECT` to (the tunnels are pooled per proxy and host: `pool_key` names both).
+    /// `CONNECT` to (the tunnels are pooled per proxy, credentials, host and TLS
+    /// profile: `pool_key` names them all).
     pub connect: Option<String>,
     /// `"sd": "dns"`: `addr.host` is a name whose SRV records say where calls go (see
     /// [`crate::srv`]); `proxy` is only the backend's own (the environment's is chosen
@@ -221,6 +223,9 @@ impl Gateway {
         let mut errors = Vec::new();
         // The root TLS profile, built once when an https host needs it.
         let mut root_profile: Option<Result<TlsProfile, Vec<Diagnostic>>> = None;
+        // Every distinct client_tls setting is compiled once: backends with equal
+        // settings share a profile, and so their pooled connections and sessions.
+        let mut compiled = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         let mut backend_count = 0;
         let mut uses_srv = false;
@@ -253,10 +258,10 @@ impl Gateway {
                                 let profile = match b.http_client.as_ref().and_then(|c| c.client_tls.as_ref()) {
                                     Some(t) => own_profile.get_or_insert_with(|| {
                                         let at = format!(r#"{path}.extra_config["backend/http/client"].client_tls"#);
-                                        compiled_profile(Some(t), env, &at)
+                                        compiled_profile(Some(t), env, &at, &mut compiled)
                                     }),
                                     None => root_profile.get_or_insert_with(|| {
-                                        compiled_profile(config.client_tls.as_ref(), env, "client_tls")
+                                        compiled_profile(config.client_tls.as_ref(), env, "client_tls", &mut compiled)
                                     }),
                                 };
                                 match tls_target(&host.addr, profile, &format!("{path}.host[{k}]")) {
@@ -264,10 +269,10 @@ impl Gateway {
                                     Err(mut diags) => errors.append(&mut diags),
                                 }
                             }
-                            if let (Some(_), Some(proxy)) = (&host.tls, &host.proxy) {
+                            if let (Some(_), Some(_)) = (&host.tls, &host.proxy) {
                                 host.connect = Some(connect_authority(&host.addr));
-                                host.pool_key = tunnel_pool_key(&host.addr, proxy);
                             }
+                            host.pool_key = pool_key(&host.addr, host.tls.as_ref(), host.proxy.as_ref());
                             hosts.push(host);
                         }
                         Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
@@ -282,10 +287,11 @@ impl Gateway {
                     let profile = match client.and_then(|c| c.client_tls.as_ref()) {
                         Some(t) => own_profile.get_or_insert_with(|| {
                             let at = format!(r#"{path}.extra_config["backend/http/client"].client_tls"#);
-                            compiled_profile(Some(t), env, &at)
+                            compiled_profile(Some(t), env, &at, &mut compiled)
                         }),
-                        None => root_profile
-                            .get_or_insert_with(|| compiled_profile(config.client_tls.as_ref(), env, "client_tls")),
+                        None => root_profile.get_or_insert_with(|| {
+                            compiled_profile(config.client_tls.as_ref(), env, "client_tls", &mut compiled)
+                        }),
                     };
                     profile.as_ref().ok().cloned()
                 };
@@ -405,11 +411,6 @@ impl Gateway {
     }
 }
 
-/// Where tunnels to an https `addr` through `proxy` are kept idle.
-pub fn tunnel_pool_key(addr: &HostAddr, proxy: &Proxy) -> String {
-    format!("{} via {}", pool_key(addr), proxy.pool_key)
-}
-
 /// `host:port` for `CONNECT` (an IPv6 address in brackets).
 pub fn connect_authority(addr: &HostAddr) -> String {
     if addr.host.contains(':') {
@@ -419,15 +420,23 @@ pub fn connect_authority(addr: &HostAddr) -> String {
     }
 }
 
-/// A TLS profile, its errors as diagnostics under `at`.
+/// A TLS profile, its errors as diagnostics under `at`: the one already in `compiled`
+/// for equal settings (no settings are the defaults), else a new one, kept there.
 fn compiled_profile(
     settings: Option<&config::ClientTls>,
     env: &Environment,
     at: &str,
+    compiled: &mut Vec<(config::ClientTls, TlsProfile)>,
 ) -> Result<TlsProfile, Vec<Diagnostic>> {
-    tls::profile(settings, env).map_err(|errors| {
-        errors.into_iter().map(|(sub, message)| Diagnostic { path: format!("{at}.{sub}"), message }).collect()
-    })
+    let settings = settings.cloned().unwrap_or_default();
+    if let Some((_, profile)) = compiled.iter().find(|(s, _)| *s == settings) {
+        return Ok(profile.clone());
+    }
+    let profile = tls::profile(Some(&settings), env).map_err(|errors| {
+        errors.into_iter().map(|(sub, message)| Diagnostic { path: format!("{at}.{sub}"), message }).collect::<Vec<_>>()
+    })?;
+    compiled.push((settings, profile.clone()));
+    Ok(profile)
 }
 
 /// An https host's TLS target under `profile` (whose errors are reported once: they
@@ -506,7 +515,7 @@ fn srv_name(raw: &str, mut host: BackendHost, srv: bool) -> Result<BackendHost, 
 fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
     match HostAddr::parse(raw) {
         Ok(addr) => Ok(BackendHost {
-            pool_key: pool_key(&addr),
+            pool_key: pool_key(&addr, None, None),
             authority: addr.authority(),
             addr,
             path_prefix: String::new(),
@@ -527,7 +536,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
                 return Err(strict);
             }
             Ok(BackendHost {
-                pool_key: pool_key(&addr),
+                pool_key: pool_key(&addr, None, None),
                 authority: addr.authority(),
                 addr,
                 path_prefix: prefix.trim_end_matches('/').to_string(),

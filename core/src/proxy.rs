@@ -7,7 +7,7 @@
 //! Core stays Sans-IO: the loader reads the variables and hands them over
 //! ([`ProxyEnv::from_vars`]). A plain-HTTP backend behind a proxy gets absolute-form
 //! requests (`GET http://backend:8080/path HTTP/1.1`) over kept-alive connections to
-//! the proxy, pooled per proxy. Credentials in a proxy URL become a
+//! the proxy, pooled per proxy and credentials. Credentials in a proxy URL become a
 //! `Proxy-Authorization: Basic` header; they are never printed: every message shows
 //! [`Proxy::shown`], with the user information replaced by `***`.
 
@@ -21,7 +21,9 @@ pub struct Proxy {
     /// Where to connect.
     pub addr: HostAddr,
     /// Idle connections to the proxy are kept under this key (every backend behind the
-    /// proxy shares them: absolute-form requests name their destination).
+    /// proxy with the same credentials shares them: absolute-form requests name their
+    /// destination): `proxy host:port`, and when the URL has credentials, ` as ` and a
+    /// tag that tells them apart without showing them ([`credential_tag`]).
     pub pool_key: String,
     /// `Basic ...` from the URL's user information.
     pub authorization: Option<String>,
@@ -71,7 +73,10 @@ impl Proxy {
             plain.extend_from_slice(&percent_decode(pass));
             format!("Basic {}", base64(&plain))
         });
-        let pool_key = format!("proxy {}", addr.authority());
+        let pool_key = match &authorization {
+            None => format!("proxy {}", addr.authority()),
+            Some(secret) => format!("proxy {} as {}", addr.authority(), credential_tag(secret)),
+        };
         Ok(Proxy { addr, pool_key, authorization, shown, source: source.to_string() })
     }
 }
@@ -84,6 +89,16 @@ impl std::fmt::Debug for Proxy {
             .field("authorization", &self.authorization.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
+}
+
+/// A tag for proxy credentials in a pool key: connections (and tunnels) a proxy opened
+/// for one user are never reused for another. A keyed hash (SipHash, its key drawn
+/// once per process) in hex: equal credentials get equal tags within the process, and
+/// the tag says nothing of the secret to whoever reads a key in a debug print.
+fn credential_tag(secret: &str) -> String {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    format!("{:016x}", KEY.get_or_init(Default::default).hash_one(secret))
 }
 
 /// Standard base64 with padding (RFC 4648), for `Basic` credentials.
@@ -350,7 +365,15 @@ mod tests {
         assert_eq!((p.addr.host.as_str(), p.addr.port), ("proxy.corp", 3128));
         assert_eq!(p.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
         assert_eq!(p.shown, "http://***@proxy.corp:3128");
-        assert_eq!(p.pool_key, "proxy proxy.corp:3128");
+        let tag = p.pool_key.strip_prefix("proxy proxy.corp:3128 as ").unwrap();
+        assert!(tag.len() == 16 && !tag.contains("dXNlcjpwQHNz"), "{tag}");
+        // The same credentials, the same key; others (or none), another.
+        let same = Proxy::parse("http://user:p%40ss@proxy.corp:3128", true, "HTTP_PROXY").unwrap();
+        assert_eq!(same.pool_key, p.pool_key);
+        let other = Proxy::parse("http://user:other@proxy.corp:3128", true, "proxy_address").unwrap();
+        assert_ne!(other.pool_key, p.pool_key);
+        let none = Proxy::parse("http://proxy.corp:3128", true, "proxy_address").unwrap();
+        assert_eq!(none.pool_key, "proxy proxy.corp:3128");
         let debug = format!("{p:?}");
         assert!(!debug.contains("dXNlcjpwQHNz") && !debug.contains("p@ss"), "{debug}");
         // From the environment, Go's leniency: no scheme, no port.

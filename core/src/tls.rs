@@ -19,6 +19,15 @@
 //! default), ALPN `http/1.1`, and with `enable_mtls` a client certificate required,
 //! chaining to `ca_certs` (and the system roots unless `disable_system_ca_pool`).
 //!
+//! Connections are pooled per profile: a profile has a [`TlsProfile::id`] of its own,
+//! and the pool key of an `https://` connection names it (see
+//! [`crate::backend::pool_key`]), so a connection made under one profile (say,
+//! without verification, or with a client certificate) is never reused by a call
+//! under another. Session tickets cannot cross profiles either: each profile's
+//! `ClientConfig` has its own resumption store. Backends whose `client_tls` settings
+//! are equal share one compiled profile (the plan compiles each distinct setting once),
+//! and so share their connections and tickets, as they would have made the same ones.
+//!
 //! `cipher_suites` lists IANA numbers as Go writes them (`4865` is
 //! TLS_AES_128_GCM_SHA256, `49199` TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256). Go applies
 //! the list to TLS 1.2 only; Sluice applies it per version: the TLS 1.3 suites it
@@ -27,6 +36,7 @@
 //! start-up line; a list that leaves no suite is a `check` error.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -75,6 +85,8 @@ impl std::fmt::Debug for Environment {
 #[derive(Clone)]
 pub struct TlsProfile {
     pub config: Arc<ClientConfig>,
+    /// Unique in the process: what a pooled connection's key says it was made under.
+    pub id: u64,
     /// What it trusts, for the start-up log: `system roots`, `system roots + 1 CA
     /// file`, `1 CA file only`, `INSECURE: no verification`, `+ client certificate`.
     pub label: String,
@@ -83,13 +95,13 @@ pub struct TlsProfile {
 
 impl std::fmt::Debug for TlsProfile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsProfile").field("label", &self.label).finish_non_exhaustive()
+        f.debug_struct("TlsProfile").field("id", &self.id).field("label", &self.label).finish_non_exhaustive()
     }
 }
 
 impl PartialEq for TlsProfile {
     fn eq(&self, other: &TlsProfile) -> bool {
-        Arc::ptr_eq(&self.config, &other.config)
+        self.id == other.id
     }
 }
 
@@ -192,7 +204,10 @@ pub fn profile(settings: Option<&ClientTls>, env: &Environment) -> Result<TlsPro
     }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     label.extend(ignored_label(&ignored));
-    Ok(TlsProfile { config: Arc::new(config), label: label.join(" + "), insecure: t.allow_insecure_connections })
+    // Each compiled profile is told apart from every other one in the process.
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    Ok(TlsProfile { config: Arc::new(config), id, label: label.join(" + "), insecure: t.allow_insecure_connections })
 }
 
 /// The gateway's listener TLS, compiled.

@@ -17,7 +17,7 @@ fn host(raw: &str) -> HostAddr {
 #[test]
 fn idle_pool_reuses_newest_first_and_drops_expired() {
     let t0 = Instant::now();
-    let key = pool_key(&host("http://10.0.0.1:8080"));
+    let key = pool_key(&host("http://10.0.0.1:8080"), None, None);
     assert_eq!(key, "http://10.0.0.1:8080");
     let mut pool: IdlePool<&str> = IdlePool::new(2);
     assert_eq!(pool.put(&key, "old", t0), None);

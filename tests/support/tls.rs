@@ -2,7 +2,9 @@
 //! stack other than ours) with certificates made by rcgen. The server answers GET with
 //! JSON naming the path, the TLS version and the client certificate's name, and says in
 //! `X-Connection` which of its connections (1, 2, ...) carried the request, in
-//! `X-Cipher` the cipher suite (OpenSSL's name).
+//! `X-Request` how many requests it has answered with this one (1, 2, ...: a request
+//! that reached it is never left uncounted), in `X-Cipher` the cipher suite (OpenSSL's
+//! name).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ import itertools, json, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 cert, key, client_ca = sys.argv[1], sys.argv[2], sys.argv[3]
 connections = itertools.count(1)
+requests = itertools.count(1)
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = float(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -32,6 +35,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Connection", str(self.connection_number))
+        self.send_header("X-Request", str(next(requests)))
         self.send_header("X-Cipher", self.request.cipher()[0])
         self.end_headers()
         self.wfile.write(body)
