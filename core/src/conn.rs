@@ -1,16 +1,20 @@
 //! One client connection's whole life, Sans-IO: [`Connection`].
 //!
-//! The connection owns the server codec, the head, body, idle and write deadlines, the
-//! request being served (a whole-body [`Exchange`], a streamed `no-op` pass-through, a
-//! built-in endpoint or an answer the router gives at once), the backend connections
-//! that request uses (their codecs, their reads and writes, the stale-connection
-//! retry, whether each goes back to the pool), every status the client can get, and
-//! the access line. A driver moves bytes, runs one timer, keeps idle backend sockets
-//! and spawns the connection's task; it decides nothing.
+//! The connection owns the server codec (and, on an HTTPS listener, the client's TLS
+//! session, `link::ServerLink`), the head, body, idle and write deadlines,
+//! the request being served (a whole-body [`Exchange`], a streamed `no-op`
+//! pass-through, a built-in endpoint, a forward-proxy request or tunnel, or an answer
+//! the router gives at once), every status the client can get, and the access line.
+//! The backend connections a request uses are calls of their own
+//! (`call`: connecting, TLS, `CONNECT` through a proxy, redirects, the
+//! stale-connection retry, the pool); the connection owns them and their output. A
+//! driver moves bytes, runs one timer, keeps idle backend sockets and spawns the
+//! connection's task; it decides nothing.
 //!
 //! # The driver loop
 //!
-//! `handle_*` says what happened; [`Connection::poll`] says what to do next. After
+//! `handle_*` (or [`Connection::handle`] with an [`Input`]) says what happened;
+//! [`Connection::poll`] says what to do next ([`Output`], in [`crate::io`]). After
 //! every `handle_*` call, drain `poll` until it returns `None`, start what it asked
 //! for, then wait for the first of: an I/O operation finishing, the instant
 //! [`Connection::poll_timeout`] gives (then [`Connection::handle_timeout`]), or the
@@ -24,21 +28,27 @@
 //!         match output {
 //!             Output::ReadClient(buf) => start a read appending to buf,
 //!             Output::WriteClient(bytes) => start writing all of bytes,
+//!             Output::ShutdownClient => shut the client socket's write side,
 //!             Output::Connect { id, host, pool_key, pooled } => take an idle socket
 //!                 and its session from the pool under pool_key if pooled allows and one
-//!                 is there, else connect to host; then handle_connected (with the
-//!                 session, or None for a new socket) / handle_connect_failed,
+//!                 is there, else connect to host; then Input::Connected (with the
+//!                 session, or None for a new socket) / Input::ConnectFailed,
 //!             Output::ReadBackend { id, buf } / Output::WriteBackend { id, bytes } => as for the client,
 //!             Output::PoolBackend { id, pool_key, session } => keep socket id and
 //!                 session idle under pool_key,
 //!             Output::CloseBackend { id } => drop socket id and its operation,
+//!             Output::Resolve { id, name } => resolve name without blocking; Input::Resolved,
+//!             Output::Discover { id, name } => the SRV set of name; Input::Discovered,
+//!             Output::OpenTunnel { addr } => connect to addr; Input::TunnelOpened,
+//!             Output::ReadTunnel(buf) / Output::WriteTunnel(bytes) / Output::ShutdownTunnel
+//!                 => as for the client, on the tunnel's socket,
+//!             Output::Splice { up } => splice one direction of the tunnel; Input::Spliced,
 //!             Output::Log(line) => log it,
 //!             Output::Close => return,
 //!         }
 //!     }
 //!     wait for an operation to finish, the timer, or the stop; feed it back with
-//!     handle_client_read / handle_client_written / handle_backend_read /
-//!     handle_backend_written / handle_timeout(now) / handle_stop(now)
+//!     handle(Input::..., now) / handle_timeout(now) / handle_stop(now)
 //! }
 //! ```
 //!
@@ -52,29 +62,21 @@
 //! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
 //! the same outputs (`core/tests/conn.rs` plays whole conversations with virtual time).
 //!
-//! # What comes next, and where it goes
+//! # The forward proxy and tunnels
 //!
-//! - **TLS to backends** is here: a backend slot holds a rustls `ClientConnection`
-//!   between its socket bytes and its HTTP codec ([`Output::ReadBackend`] and
-//!   [`Output::WriteBackend`] carry ciphertext), and the session is pooled with the
-//!   socket as an opaque [`Session`]. Through a proxy, the slot first writes
-//!   `CONNECT host:port` and reads the answer (phase `Tunnel`), then starts TLS on
-//!   the same socket. **Server TLS** comes the same way: a `ServerConnection` in
-//!   front of the server codec; the drivers already move opaque bytes.
-//! - **The forward proxy** ([`Connection::forward_proxy`]): a request goes to the host
-//!   it names (see [`crate::forward`]): its name is resolved with [`Output::Resolve`]
-//!   (the driver answers without blocking the shard), the address is vetted, then
-//!   dialled as a pooled backend connection and streamed as `no-op` is. A `CONNECT`
-//!   turns the connection into a tunnel: [`Output::OpenTunnel`], `200`, then the
-//!   tunnel's reads and writes ([`Output::ReadTunnel`], [`Output::WriteTunnel`],
-//!   [`Output::ShutdownTunnel`]) and the client's, untouched, with the half-close
-//!   carried through. That is why the client socket may have a read and a write out at
-//!   once, and the tunnel's too. A driver that can splice ([`Connection::splice_tunnels`])
-//!   gets [`Output::Splice`] per direction instead and says how many bytes moved.
-//! - **Client plugins.** A plugin that answers a backend call itself settles the call
-//!   in [`Exchange`] before any slot is opened: no [`Output::Connect`] is given.
+//! On the forward proxy's listener ([`Connection::forward_proxy`]) a request goes to
+//! the host it names (see [`crate::forward`]): its name is resolved with
+//! [`Output::Resolve`], the address is vetted, then dialled as a pooled backend call
+//! and streamed as `no-op` is. A `CONNECT` turns the connection into a tunnel:
+//! [`Output::OpenTunnel`], `200`, then the tunnel's reads and writes and the
+//! client's, untouched, with the half-close carried through (so the client socket may
+//! have a read and a write out at once, and the tunnel's too). A driver that can
+//! splice ([`Connection::splice_tunnels`]) gets [`Output::Splice`] per direction
+//! instead and says how many bytes moved.
+//!
+//! A client plugin that answers a backend call itself settles the call in
+//! [`Exchange`] before any call is opened: no [`Output::Connect`] is given.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -85,30 +87,27 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::backend::{Failure, Fetch, Progress, Pumped, StreamedHead, may_retry, pump_body};
+use crate::backend::{Pumped, pump_body};
 use crate::breaker::{self, Breaker, Permit};
 use crate::buf::ReadBuf;
 use crate::builtin::{self, Builtin};
+use crate::call::{BackendCall, CallEvent, Calls, Phase};
 use crate::config::{HostAddr, Scheme};
 use crate::deadline::{HeadWait, after, body_deadline};
 use crate::dispatch::{Dispatch, Route};
 use crate::dns::DnsError;
-use crate::exchange::{Action, Call, CallBody, Exchange};
+pub use crate::event::Log;
+use crate::exchange::{Action, Call, Exchange};
 use crate::forward::{self, Denied, Destination, ForwardPlan};
-use crate::http1::{BodyLength, ClientConn, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
+use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
+pub use crate::io::{BackendId, Input, Output, Session};
+use crate::link::{ServerLink, TLS_CLIENT_READ, TLS_READ, decrypt, encrypt_pending};
 use crate::plan::Gateway;
-use crate::proxy::Proxy;
-use crate::redirect;
-use crate::request::{AccessLine, AccessLog, ClientRequest, Reply, RequestBody};
+use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
 use crate::srv::SrvSet;
-use crate::tls::TlsTarget;
 use crate::tunnel::{Pipe, PipeOp};
 pub use crate::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
 use crate::upstream::Balancer;
-
-/// Names a backend connection of one client connection. Ids are reused once a
-/// connection is pooled or closed.
-pub type BackendId = usize;
 
 /// Client output is handed to the driver once it reaches this while a body streams.
 const FLUSH_AT: usize = 64 * 1024;
@@ -123,517 +122,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// dropped for at most this long, until it closes: closing with unread bytes would
 /// reset the connection and could destroy that answer before the client reads it.
 pub const LINGER: Duration = Duration::from_secs(2);
-
-/// What the driver does next (see the module docs for the loop).
-#[derive(Debug)]
-pub enum Output<'g> {
-    /// Read from the client, appending to this buffer (after its length, within its
-    /// capacity); then [`Connection::handle_client_read`] with it.
-    ReadClient(Vec<u8>),
-    /// Write all of these bytes to the client; then [`Connection::handle_client_written`].
-    WriteClient(Vec<u8>),
-    /// Open backend connection `id`: an idle one kept under `pool_key` when `pooled`
-    /// allows it and there is one, else a new one to `host`. Then
-    /// [`Connection::handle_connected`] (saying which) or
-    /// [`Connection::handle_connect_failed`].
-    Connect { id: BackendId, host: Cow<'g, HostAddr>, pool_key: Cow<'g, str>, pooled: bool },
-    /// Read from backend connection `id` into this buffer, as for the client.
-    ReadBackend { id: BackendId, buf: Vec<u8> },
-    /// Write all of these bytes to backend connection `id`.
-    WriteBackend { id: BackendId, bytes: Vec<u8> },
-    /// Backend connection `id` finished its response cleanly: keep it idle under
-    /// `pool_key` with `session` beside it (the pool may still close it when full).
-    PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
-    /// Close backend connection `id`, dropping any operation on it.
-    CloseBackend { id: BackendId },
-    /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`;
-    /// then [`Connection::handle_resolved`] with its addresses, without blocking.
-    Resolve { id: BackendId, name: String },
-    /// `"sd": "dns"`: the SRV set of `name` for backend connection `id` (through the
-    /// shard's [`crate::srv::SrvCache`]); then [`Connection::handle_discovered`].
-    Discover { id: BackendId, name: &'g str },
-    /// Open the connection of a CONNECT tunnel to `addr` (vetted by the egress policy:
-    /// dial exactly this); then [`Connection::handle_tunnel_opened`].
-    OpenTunnel { addr: SocketAddr },
-    /// Read from the tunnel's connection into this buffer (as for the client); then
-    /// [`Connection::handle_tunnel_read`]. May be out while a tunnel write is.
-    ReadTunnel(Vec<u8>),
-    /// Write all of these to the tunnel's connection; then
-    /// [`Connection::handle_tunnel_written`].
-    WriteTunnel(Vec<u8>),
-    /// Shut the tunnel connection's write side (send FIN); then
-    /// [`Connection::handle_tunnel_shutdown`].
-    ShutdownTunnel,
-    /// Move bytes from the client into the tunnel's connection (`up`) or back, through
-    /// the kernel: wait until the source has some, move what it has (a pipe's worth at
-    /// most) into the sink, all of it; then [`Connection::handle_spliced`]. Given only
-    /// to a driver that said it can ([`Connection::splice_tunnels`]); one per direction
-    /// at a time, beside the other direction's, and never while a read or write is out
-    /// on either socket (what the client sent after its CONNECT head is written first).
-    Splice { up: bool },
-    /// A log line.
-    Log(Log<'g>),
-    /// Shut the client socket's write side (send FIN), keep its read side: the last
-    /// answer is out and the client's late bytes are read and dropped until it closes.
-    /// Then [`Connection::handle_client_shutdown`].
-    ShutdownClient,
-    /// Close the client connection and every backend connection still open; the
-    /// connection is over.
-    Close,
-}
-
-/// What happened, for [`Connection::handle`]: the same as the `handle_*` methods, as
-/// one value a driver's operations can return.
-#[derive(Debug)]
-pub enum Input {
-    ClientRead(Vec<u8>, io::Result<usize>),
-    ClientWritten(Vec<u8>, io::Result<()>),
-    ClientShutdown(io::Result<()>),
-    /// `Some`: the connection came from the pool, with the session it was kept with.
-    Connected(BackendId, Option<Session>),
-    ConnectFailed(BackendId, String),
-    BackendRead(BackendId, Vec<u8>, io::Result<usize>),
-    BackendWritten(BackendId, Vec<u8>, io::Result<()>),
-    /// The addresses a name resolved to, or why it did not (through the shard's
-    /// [`crate::dns::DnsCache`]).
-    Resolved(BackendId, Result<Vec<IpAddr>, DnsError>),
-    /// The SRV set [`Output::Discover`] asked for, or why there is none.
-    Discovered(BackendId, Result<Arc<SrvSet>, DnsError>),
-    TunnelOpened(Result<(), String>),
-    TunnelRead(Vec<u8>, io::Result<usize>),
-    TunnelWritten(Vec<u8>, io::Result<()>),
-    TunnelShutdown(io::Result<()>),
-    Spliced {
-        up: bool,
-        result: Spliced,
-    },
-    Timeout,
-    Stop,
-}
-
-/// A line to log.
-#[derive(Debug)]
-pub enum Log<'g> {
-    /// One per answered request (`sluice::access`, info).
-    Access(AccessLine),
-    /// A backend call failed or broke off (`sluice::backend`, warn).
-    Backend { endpoint: &'g str, backend: usize, reason: String },
-    /// A client's TLS handshake or session failed (`sluice::tls`, info).
-    Tls { peer: IpAddr, reason: String },
-    /// A backend call was redirected (`sluice::backend`, info).
-    Redirect { endpoint: &'g str, backend: usize, status: StatusCode, to: String },
-    /// A forwarded request or tunnel failed or broke off (`sluice::forward`, warn).
-    Forward { dest: String, reason: String },
-    /// The egress policy refused a destination (`sluice::egress`, warn).
-    Denied { peer: IpAddr, dest: String, reason: String },
-    /// A CONNECT tunnel opened (`sluice::forward`, debug); its access line comes when
-    /// it closes.
-    Tunnel { dest: String },
-    /// A backend call of gateway endpoint `endpoint` (its index) ended: the status it
-    /// answered, `None` when it failed (`sluice::backend`, trace; counted by
-    /// [`crate::stats`]).
-    Call { endpoint: usize, backend: usize, status: Option<StatusCode> },
-}
-
-impl fmt::Display for Log<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Log::Access(line) => line.fmt(f),
-            Log::Backend { endpoint, backend, reason } => write!(f, "backend {backend} of {endpoint}: {reason}"),
-            Log::Tls { peer, reason } => write!(f, "client {peer}: {reason}"),
-            Log::Redirect { endpoint, backend, status, to } => {
-                write!(f, "backend {backend} of {endpoint}: {} redirect to {to}", status.as_u16())
-            }
-            Log::Forward { dest, reason } => write!(f, "forward to {dest}: {reason}"),
-            Log::Denied { peer, dest, reason } => write!(f, "client {peer} to {dest} denied: {reason}"),
-            Log::Tunnel { dest } => write!(f, "tunnel to {dest} open"),
-            Log::Call { endpoint, backend, status: Some(s) } => {
-                write!(f, "backend {backend} of endpoint {endpoint}: {}", s.as_u16())
-            }
-            Log::Call { endpoint, backend, status: None } => {
-                write!(f, "backend {backend} of endpoint {endpoint}: failed")
-            }
-        }
-    }
-}
-
-/// What a pooled backend connection keeps beside its socket: its TLS session, when it
-/// has one (the socket's bytes mean nothing without it). Opaque to the driver, which
-/// keeps it with the socket ([`Output::PoolBackend`]) and hands it back with it
-/// ([`Input::Connected`]); `Session::default()` is a plain connection's.
-#[derive(Debug, Default)]
-pub struct Session(Option<Box<TlsLink>>);
-
-/// Where one backend connection is in its call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// `"sd": "dns"`: waiting for the SRV set of the backend's name
-    /// ([`Output::Discover`]); the request is written for the name, and rewritten
-    /// for the target picked.
-    Discover,
-    /// Waiting for the driver to connect it.
-    Connecting,
-    /// Through a proxy to an `https://` backend: `CONNECT` is written, then its
-    /// answer read (the request waits in `held`).
-    Tunnel,
-    /// Writing the request (head, and the whole body when there is one).
-    Send,
-    /// `no-op`: streaming the client's body after the head; `done` once it ended.
-    Relay { length: BodyLength, done: bool },
-    /// Reading the response (whole, or its head when streaming).
-    Receive,
-    /// `no-op`: the response body is pumped to the client.
-    Pump,
-}
-
-/// The TLS session of a backend connection (rustls is Sans-IO): it encrypts what the
-/// slot writes and decrypts what it reads, so the slot above it deals in plaintext
-/// and the driver below moves only ciphertext. One socket operation at a time, as
-/// for a plain connection.
-#[derive(Debug)]
-struct TlsLink {
-    conn: rustls::ClientConnection,
-    /// Ciphertext handed to the driver, and the vector reads come back in.
-    cipher_out: Vec<u8>,
-    cipher_in: Vec<u8>,
-    /// A ciphertext read or write is out with the driver.
-    busy: bool,
-    /// Plaintext the slot wrote, taken by rustls: the slot's write completes once
-    /// the handshake is done and all of it went out.
-    plain: Option<Vec<u8>>,
-}
-
-/// Why feeding ciphertext to a TLS session failed.
-#[derive(Debug)]
-enum Undecryptable {
-    /// rustls could not take the bytes or hand the plaintext out.
-    Io(io::Error),
-    /// The peer broke the protocol (or the handshake failed).
-    Tls(rustls::Error),
-}
-
-impl fmt::Display for Undecryptable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Undecryptable::Io(e) => e.fmt(f),
-            Undecryptable::Tls(e) => e.fmt(f),
-        }
-    }
-}
-
-/// What a batch of ciphertext gave: the peer is done sending (close_notify, or a
-/// close without one: the HTTP framing tells a cut body), and whether any plaintext
-/// came.
-struct Decrypted {
-    closed: bool,
-    got: bool,
-}
-
-/// Feeds ciphertext (`data`; empty: the peer closed) to a TLS session, either side,
-/// and appends the plaintext it yields to `input`.
-fn decrypt<S: rustls::SideData>(
-    conn: &mut rustls::ConnectionCommon<S>,
-    mut data: &[u8],
-    input: &mut ReadBuf,
-) -> Result<Decrypted, Undecryptable> {
-    let mut out = Decrypted { closed: data.is_empty(), got: false };
-    loop {
-        conn.read_tls(&mut data).map_err(Undecryptable::Io)?;
-        conn.process_new_packets().map_err(Undecryptable::Tls)?;
-        let mut chunk = [0u8; 4096];
-        loop {
-            match io::Read::read(&mut conn.reader(), &mut chunk) {
-                Ok(0) => {
-                    out.closed = true;
-                    break;
-                }
-                Ok(k) => {
-                    input.prepare().extend_from_slice(&chunk[..k]);
-                    out.got = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    out.closed = true;
-                    break;
-                }
-                Err(e) => return Err(Undecryptable::Io(e)),
-            }
-        }
-        if data.is_empty() {
-            return Ok(out);
-        }
-    }
-}
-
-/// Appends all the ciphertext a TLS session wants sent to `out`.
-fn encrypt_pending<S: rustls::SideData>(conn: &mut rustls::ConnectionCommon<S>, out: &mut Vec<u8>) {
-    while conn.wants_write() {
-        if conn.write_tls(out).is_err() {
-            break;
-        }
-    }
-}
-
-/// The client's TLS session on an HTTPS listener: it decrypts what the client sends
-/// into the connection's input and encrypts its output, so the codec above deals in
-/// plaintext and the driver moves ciphertext.
-#[derive(Debug)]
-struct ServerLink {
-    conn: rustls::ServerConnection,
-    /// The vector ciphertext reads go out in, and the one writes go out in.
-    cipher_in: Vec<u8>,
-    cipher_out: Vec<u8>,
-    /// Some bytes came: the first tell a ClientHello from plain HTTP.
-    started: bool,
-    /// close_notify is queued, or the session failed: nothing more goes into it.
-    closed: bool,
-    /// The session failed: what the client still sends is dropped unread.
-    failed: bool,
-    /// The last read filled its buffer: the next asks for a whole record's worth.
-    big_reads: bool,
-}
-
-/// A ciphertext read on an idle client connection: small (a request fits), grown to
-/// [`TLS_READ`] while reads fill it.
-const TLS_CLIENT_READ: usize = 2048;
-
-/// Ciphertext read size: one TLS record and its overhead.
-const TLS_READ: usize = 16 * 1024 + 512;
-
-/// One backend connection of this client connection.
-#[derive(Debug)]
-struct Slot<'g> {
-    in_use: bool,
-    /// The exchange's call id.
-    call: usize,
-    method: Method,
-    /// The endpoint, for log lines.
-    endpoint: &'g str,
-    /// Where to connect (the backend, or its proxy), and the backend itself: the
-    /// configuration's, or a redirect's.
-    host: Cow<'g, HostAddr>,
-    origin: Cow<'g, HostAddr>,
-    pool_key: Cow<'g, str>,
-    /// The proxy `host` is, when the backend is reached through one.
-    via: Option<&'g Proxy>,
-    /// `host:port` to ask the proxy a tunnel to (see [`Call::connect`]).
-    connect: Option<Cow<'g, str>>,
-    /// Redirects left to follow (none with `no_redirect`), and the profile for an
-    /// `https://` target.
-    redirects: u8,
-    follow: bool,
-    redirect_tls: Option<&'g crate::tls::TlsProfile>,
-    /// The request, while the tunnel it goes through opens.
-    held: Vec<u8>,
-    /// An `https://` backend's profile; its session once connected.
-    tls_target: Option<Cow<'g, TlsTarget>>,
-    tls: Option<Box<TlsLink>>,
-    /// Read only the response head (`no-op`), the body is pumped.
-    stream: bool,
-    body: CallBody,
-    phase: Phase,
-    connected: bool,
-    reused: bool,
-    /// The last [`Output::Connect`] allowed a pooled connection (a retry does not).
-    pooled: bool,
-    /// A forward proxy request's hold on its destination's circuit breakers.
-    permit: Option<Permit>,
-    /// Bytes to write next (the request, or a relayed body piece).
-    out: Vec<u8>,
-    /// The request as written, kept until the answer starts for a retry.
-    sent: Vec<u8>,
-    writing: bool,
-    input: ReadBuf,
-    reading: bool,
-    /// The codec needs more bytes than are pending.
-    hungry: bool,
-    eof: bool,
-    fetch: Option<Fetch>,
-    /// The codec a streamed body is pumped with.
-    codec: Option<ClientConn>,
-    failure: Option<Failure>,
-}
-
-impl<'g> Slot<'g> {
-    fn new(call: &Call<'g>, endpoint: &'g str, stream: bool) -> Slot<'g> {
-        Slot {
-            via: call.via,
-            connect: call.connect.map(Cow::Borrowed),
-            redirects: if call.follow { redirect::MAX_REDIRECTS } else { 0 },
-            follow: call.follow,
-            redirect_tls: call.redirect_tls,
-            tls_target: call.tls.map(Cow::Borrowed),
-            ..Slot::base(
-                (call.id, call.method.clone(), endpoint),
-                (Cow::Borrowed(call.host), Cow::Borrowed(call.origin), Cow::Borrowed(call.pool_key)),
-                stream,
-                call.body,
-            )
-        }
-    }
-
-    /// A request the forward proxy sends on, written in `request`: plain HTTP, no
-    /// proxy, no redirects followed.
-    fn forward(
-        method: Method,
-        host: HostAddr,
-        pool_key: String,
-        body: Option<BodyLength>,
-        request: Vec<u8>,
-        permit: Option<Permit>,
-    ) -> Slot<'g> {
-        let body = body.map_or(CallBody::None, CallBody::Stream);
-        let place = (Cow::Owned(host.clone()), Cow::Owned(host), Cow::Owned(pool_key));
-        Slot { out: request, permit, ..Slot::base((0, method, "forward proxy"), place, true, body) }
-    }
-
-    /// A slot for call `id` (its method, its endpoint), connecting to `host` for
-    /// `origin` under `pool_key`, directly and over plain HTTP.
-    fn base(
-        (call, method, endpoint): (usize, Method, &'g str),
-        (host, origin, pool_key): (Cow<'g, HostAddr>, Cow<'g, HostAddr>, Cow<'g, str>),
-        stream: bool,
-        body: CallBody,
-    ) -> Slot<'g> {
-        Slot {
-            in_use: true,
-            call,
-            method,
-            endpoint,
-            host,
-            origin,
-            pool_key,
-            via: None,
-            connect: None,
-            redirects: 0,
-            follow: false,
-            redirect_tls: None,
-            held: Vec::new(),
-            tls_target: None,
-            tls: None,
-            stream,
-            body,
-            phase: Phase::Connecting,
-            connected: false,
-            reused: false,
-            pooled: true,
-            permit: None,
-            out: Vec::new(),
-            sent: Vec::new(),
-            writing: false,
-            input: ReadBuf::default(),
-            reading: false,
-            hungry: false,
-            eof: false,
-            fetch: None,
-            codec: None,
-            failure: None,
-        }
-    }
-
-    /// Its connection pooled (`reusable`, and a TLS session with nothing under way goes
-    /// with it) or closed.
-    fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
-        let idle_tls = self.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
-        if reusable && self.connected && idle_tls && self.phase != Phase::Tunnel {
-            Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) }
-        } else {
-            Output::CloseBackend { id }
-        }
-    }
-
-    /// Starts over on another connection with `request` (a retry: `pooled` false; a
-    /// redirect): the [`Output::Connect`] to give.
-    fn reconnect(&mut self, id: BackendId, request: Vec<u8>, pooled: bool) -> Output<'g> {
-        self.out = request;
-        self.phase = Phase::Connecting;
-        self.connected = false;
-        self.reused = false;
-        self.pooled = pooled;
-        self.writing = false;
-        self.reading = false;
-        self.hungry = false;
-        self.eof = false;
-        self.fetch = None;
-        self.codec = None;
-        self.tls = None;
-        self.input.clear();
-        Output::Connect { id, host: self.host.clone(), pool_key: self.pool_key.clone(), pooled }
-    }
-
-    /// Whether the client body was (partly) streamed on it: it cannot be sent again.
-    fn body_streamed(&self) -> bool {
-        matches!(self.body, CallBody::Stream(_))
-    }
-}
-
-/// Where a call to a host the configuration does not list goes (a redirect's target,
-/// an SRV record's): through `via` when the slot has a proxy, else the environment's
-/// proxy for that host, else straight; with `profile` for an `https://` host.
-struct Aim<'g> {
-    host: HostAddr,
-    pool_key: String,
-    via: Option<&'g Proxy>,
-    connect: Option<String>,
-    tls_target: Option<TlsTarget>,
-    /// How the request names its target.
-    form: redirect::Form,
-}
-
-impl<'g> Aim<'g> {
-    fn new(
-        gw: &'g Gateway,
-        via: Option<&'g Proxy>,
-        addr: &HostAddr,
-        profile: Option<&crate::tls::TlsProfile>,
-        what: &str,
-    ) -> Result<Aim<'g>, String> {
-        let via = via.or_else(|| gw.proxy_env.for_host(addr));
-        let tls_target = match (addr.scheme, profile) {
-            (Scheme::Http, _) => None,
-            (Scheme::Https, None) => return Err(format!("no usable TLS profile for {what} {:?}", addr.host)),
-            (Scheme::Https, Some(profile)) => {
-                let server_name = rustls_pki_types::ServerName::try_from(addr.host.clone())
-                    .map_err(|e| format!("{what} {:?} cannot be a TLS server name: {e}", addr.host))?;
-                Some(TlsTarget { profile: profile.clone(), server_name })
-            }
-        };
-        let pool_key = crate::backend::pool_key(addr, tls_target.as_ref(), via);
-        let (host, connect, form) = match via {
-            Some(p) if tls_target.is_some() => {
-                (p.addr.clone(), Some(crate::plan::connect_authority(addr)), redirect::Form::Origin)
-            }
-            Some(p) => (p.addr.clone(), None, redirect::Form::Absolute),
-            None => (addr.clone(), None, redirect::Form::Origin),
-        };
-        Ok(Aim { host, pool_key, via, connect, tls_target, form })
-    }
-
-    /// The proxy credentials the request carries (a plain request through a proxy).
-    fn proxy_auth(&self) -> Option<&'g str> {
-        self.via.filter(|_| self.form == redirect::Form::Absolute).and_then(|p| p.authorization.as_deref())
-    }
-
-    /// Points `slot` at `origin` this way.
-    fn apply(self, slot: &mut Slot<'g>, origin: HostAddr) {
-        slot.host = Cow::Owned(self.host);
-        slot.origin = Cow::Owned(origin);
-        slot.pool_key = Cow::Owned(self.pool_key);
-        slot.via = self.via;
-        slot.connect = self.connect.map(Cow::Owned);
-        slot.tls_target = self.tls_target.map(Cow::Owned);
-    }
-}
-
-/// What a backend connection's progress means to the request.
-#[allow(clippy::large_enum_variant)] // see backend::Progress
-#[derive(Debug)]
-enum SlotEvent {
-    Nothing,
-    Answer { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
-    Head(StreamedHead),
-    Failed(Failure),
-}
 
 /// What serves a request once its whole body is read.
 #[derive(Debug)]
@@ -779,7 +267,7 @@ pub struct Connection<'g> {
     /// A client write is out, since then.
     write_since: Option<Instant>,
     state: State<'g>,
-    slots: Vec<Slot<'g>>,
+    calls: Calls<'g>,
     queue: VecDeque<Output<'g>>,
     stopping: bool,
     /// An answer (or part of one) went out for the current request: a close lingers.
@@ -822,7 +310,7 @@ impl<'g> Connection<'g> {
             spare: Vec::new(),
             write_since: None,
             state: State::Head(HeadWait::new(true, now)),
-            slots: Vec::new(),
+            calls: Calls::default(),
             queue: VecDeque::new(),
             stopping: false,
             answered: false,
@@ -1036,42 +524,11 @@ impl<'g> Connection<'g> {
         self.progress();
     }
 
-    /// Backend connection `id` is open: a new one (`None`), or one from the pool with
-    /// the session it was kept with.
+    /// Backend connection `id` is open: `pooled` is the session it was kept with when
+    /// it came from the pool, `None` for a new socket.
     pub fn handle_connected(&mut self, id: BackendId, pooled: Option<Session>, now: Instant) {
         self.now = now;
-        let limits = self.limits;
-        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
-        slot.connected = true;
-        if let Some(permit) = &mut slot.permit {
-            permit.connected();
-        }
-        let reused = pooled.is_some();
-        // A connection asked for new is new, whatever the driver says: a retry is never
-        // retried again.
-        slot.reused = reused && slot.pooled;
-        slot.phase = Phase::Send;
-        match (pooled.map(|s| s.0), slot.tls_target.is_some()) {
-            // A kept TLS connection goes on in its session (through its tunnel, if any).
-            (Some(Some(link)), true) => slot.tls = Some(link),
-            (Some(None), false) => {}
-            (Some(_), _) => slot.failure = Some(Failure::new("a pooled connection of the wrong kind".to_string())),
-            (None, false) => {}
-            (None, true) => match (slot.via, slot.connect.as_deref()) {
-                (Some(proxy), Some(authority)) => {
-                    slot.phase = Phase::Tunnel;
-                    slot.held = mem::replace(&mut slot.out, mem::take(&mut slot.held));
-                    slot.out.clear();
-                    proxy.write_connect(authority, &mut slot.out);
-                }
-                _ => start_tls(slot),
-            },
-        }
-        slot.fetch = Some(if slot.stream {
-            Fetch::streaming(slot.method.clone(), limits, reused)
-        } else {
-            Fetch::new(slot.method.clone(), limits, reused)
-        });
+        self.calls.handle_connected(id, pooled, self.limits);
         self.progress();
     }
 
@@ -1079,122 +536,31 @@ impl<'g> Connection<'g> {
     /// `return_error_msg`, the client).
     pub fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display, now: Instant) {
         self.now = now;
-        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
-        slot.failure = Some(Failure::new(match slot.via {
-            Some(proxy) => format!("proxy {} ({}): {reason}", proxy.shown, proxy.source),
-            None => reason.to_string(),
-        }));
+        self.calls.handle_connect_failed(id, reason);
         self.progress();
     }
 
     /// A read on backend connection `id` finished (as [`Connection::handle_client_read`]).
     pub fn handle_backend_read(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
         self.now = now;
-        if self.slots.get(id).is_some_and(|s| s.in_use && s.tls.is_some()) {
-            self.tls_read(id, buf, result);
-            return;
-        }
-        let Some(slot) = self.slot(id, |s| s.reading) else { return };
-        slot.input.restore(buf);
-        slot.reading = false;
-        slot.hungry = false;
-        match result {
-            Ok(0) => slot.eof = true,
-            Ok(_) => {}
-            Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
-        }
-        if slot.phase == Phase::Tunnel && slot.failure.is_none() {
-            tunnel_answer(slot);
-        }
+        self.calls.handle_read(id, buf, result);
         self.progress();
     }
 
     /// A write on backend connection `id` finished.
     pub fn handle_backend_written(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<()>, now: Instant) {
         self.now = now;
-        if self.slots.get(id).is_some_and(|s| s.in_use && s.tls.is_some()) {
-            self.tls_written(id, buf, result);
-        } else {
-            self.plain_written(id, buf, result);
-        }
+        self.calls.handle_written(id, buf, result);
         self.progress();
     }
 
-    /// Ciphertext came in on a TLS backend connection: decrypted into the slot's
-    /// input, as a plain read would have put it there.
-    fn tls_read(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<usize>) {
-        let Some(slot) = self.slots.get_mut(id) else { return };
-        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
-        link.busy = false;
-        slot.reading = false;
-        slot.hungry = false;
-        match result {
-            Ok(n) => match decrypt(&mut link.conn, buf.get(..n).unwrap_or_default(), &mut slot.input) {
-                Ok(Decrypted { closed: true, .. }) if link.conn.is_handshaking() => {
-                    slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), "closed"))
-                }
-                Ok(d) => slot.eof |= d.closed,
-                Err(Undecryptable::Io(e)) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
-                Err(Undecryptable::Tls(e)) => slot.failure = Some(Failure::new(tls_failure(&e))),
-            },
-            Err(e) if link.conn.is_handshaking() => {
-                slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), &format!("broke ({e})")));
-            }
-            Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
-        }
-        buf.clear();
-        link.cipher_in = buf;
+    /// The SRV set [`Output::Discover`] asked for backend connection `id`: the call
+    /// goes to the target it picks (the request rewritten for it), or fails with why
+    /// there is none (the name asked is in the reason, and so in the log line).
+    pub fn handle_discovered(&mut self, id: BackendId, result: Result<Arc<SrvSet>, DnsError>, now: Instant) {
+        self.now = now;
+        self.calls.handle_discovered(self.gw, id, result, &mut self.queue);
         self.progress();
-    }
-
-    /// Ciphertext went out on a TLS backend connection. The slot's own write completes
-    /// once the handshake is done and rustls has nothing left to send.
-    fn tls_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
-        let Some(slot) = self.slots.get_mut(id) else { return };
-        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
-        link.busy = false;
-        buf.clear();
-        link.cipher_out = buf;
-        let done = result.is_err() || (!link.conn.wants_write() && !link.conn.is_handshaking());
-        if done && let Some(plain) = link.plain.take() {
-            self.plain_written(id, plain, result);
-        } else if let Err(e) = result {
-            slot.failure = Some(Failure::new(format!("cannot send to the backend: {e}")));
-        }
-    }
-
-    /// The slot's write finished (on a plain connection, the socket write; under TLS,
-    /// the ciphertext that carried it).
-    fn plain_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
-        let Some(slot) = self.slot(id, |s| s.writing) else { return };
-        slot.writing = false;
-        if let Err(e) = result {
-            if slot.phase == Phase::Send {
-                // Kept: a retry sends it again.
-                slot.sent = buf;
-            }
-            let failure = match &slot.fetch {
-                Some(fetch) => fetch.write_failed(e),
-                None => Failure::new(format!("cannot send the request: {e}")),
-            };
-            slot.failure = Some(failure);
-        } else if slot.phase == Phase::Send {
-            // Kept for a retry until the answer starts.
-            slot.sent = buf;
-            slot.phase = match slot.body {
-                CallBody::Stream(length) => Phase::Relay { length, done: false },
-                _ => Phase::Receive,
-            };
-            slot.hungry = slot.phase == Phase::Receive;
-        } else if slot.phase == Phase::Tunnel {
-            // CONNECT is out: its answer comes next.
-            buf.clear();
-            slot.out = buf;
-            slot.hungry = true;
-        } else {
-            buf.clear();
-            slot.out = buf;
-        }
     }
 
     /// The name [`Output::Resolve`] asked for resolved to `result` (every address, in
@@ -1208,46 +574,6 @@ impl<'g> Connection<'g> {
             Ok(None) => self.dns_failed(p, DnsError::Failed("no address of the configured family".to_string())),
             Err(e) => self.dns_failed(p, e),
         };
-        self.progress();
-    }
-
-    /// The SRV set [`Output::Discover`] asked for backend connection `id`: the call
-    /// goes to the target it picks (the request rewritten for it), or fails with why
-    /// there is none (the name asked is in the reason, and so in the log line).
-    pub fn handle_discovered(&mut self, id: BackendId, result: Result<Arc<SrvSet>, DnsError>, now: Instant) {
-        self.now = now;
-        let gw = self.gw;
-        let Some(slot) = self.slot(id, |s| s.phase == Phase::Discover) else { return };
-        let aimed = result.map_err(|e| e.to_string()).and_then(|set| {
-            let (target, port) = set.pick();
-            let addr = HostAddr { scheme: slot.origin.scheme, host: target.to_string(), port };
-            let profile = slot.tls_target.as_ref().map(|t| t.profile.clone());
-            let aim = Aim::new(gw, slot.via, &addr, profile.as_ref(), "the SRV target")?;
-            let hop = redirect::Hop {
-                authority: addr.authority(),
-                addr,
-                target: redirect::sent_target(&slot.out),
-                method: slot.method.clone(),
-                keep_body: true,
-                cross_origin: false,
-            };
-            let request = redirect::rewrite(&slot.out, &hop, aim.form, aim.proxy_auth())?;
-            Ok((aim, hop.addr, request))
-        });
-        match aimed {
-            Ok((aim, origin, request)) => {
-                aim.apply(slot, origin);
-                slot.out = request;
-                slot.phase = Phase::Connecting;
-                let connect =
-                    Output::Connect { id, host: slot.host.clone(), pool_key: slot.pool_key.clone(), pooled: true };
-                self.queue.push_back(connect);
-            }
-            Err(why) => {
-                slot.phase = Phase::Connecting;
-                slot.failure = Some(Failure::new(why));
-            }
-        }
         self.progress();
     }
 
@@ -1472,27 +798,7 @@ impl<'g> Connection<'g> {
             }
             return Some(Output::ReadClient(self.input.take_for_read()));
         }
-        for (id, slot) in self.slots.iter_mut().enumerate() {
-            if !slot.in_use || !slot.connected || slot.failure.is_some() {
-                continue;
-            }
-            if let Some(link) = slot.tls.as_deref_mut() {
-                if let Some(output) = tls_poll(id, link, &mut slot.out, &mut slot.writing, slot.hungry && !slot.eof) {
-                    slot.reading = matches!(output, Output::ReadBackend { .. });
-                    return Some(output);
-                }
-                continue;
-            }
-            if !slot.writing && !slot.out.is_empty() {
-                slot.writing = true;
-                return Some(Output::WriteBackend { id, bytes: mem::take(&mut slot.out) });
-            }
-            if slot.hungry && !slot.reading && !slot.eof && !slot.writing {
-                slot.reading = true;
-                return Some(Output::ReadBackend { id, buf: slot.input.take_for_read() });
-            }
-        }
-        None
+        self.calls.poll()
     }
 
     /// When [`Connection::handle_timeout`] has work to do next.
@@ -1518,8 +824,23 @@ impl<'g> Connection<'g> {
 
     // ----- inside -----
 
-    fn slot(&mut self, id: BackendId, expected: impl Fn(&Slot<'g>) -> bool) -> Option<&mut Slot<'g>> {
-        self.slots.get_mut(id).filter(|s| s.in_use && expected(s))
+    /// Opens a backend call for `call` of `ex` (see [`Calls::open`]).
+    fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
+        self.calls.open(ex, call, stream, &mut self.queue)
+    }
+
+    /// Moves backend call `id` on (see [`Calls::step`]).
+    fn slot_step(&mut self, id: BackendId) -> CallEvent {
+        self.calls.step(self.gw, id, &mut self.queue)
+    }
+
+    /// Pools (`reusable`) or closes backend call `id`.
+    fn release(&mut self, id: BackendId, reusable: bool) {
+        self.calls.release(id, reusable, &mut self.queue);
+    }
+
+    fn close_slots(&mut self) {
+        self.calls.close_all(&mut self.queue);
     }
 
     /// The client is gone or too slow: close everything now.
@@ -1779,19 +1100,8 @@ impl<'g> Connection<'g> {
         let host = HostAddr { scheme: Scheme::Http, host: ip.to_string(), port: dest.port };
         // Pooled by the vetted address: never shared with the gateway's backends.
         let pool_key = crate::backend::forward_pool_key(&addr);
-        let slot = Slot::forward(method, host, pool_key, body, request, permit);
-        let id = match self.slots.iter().position(|s| !s.in_use) {
-            Some(free) => {
-                self.slots[free] = slot;
-                free
-            }
-            None => {
-                self.slots.push(slot);
-                self.slots.len() - 1
-            }
-        };
-        let s = &self.slots[id];
-        self.queue.push_back(Output::Connect { id, host: s.host.clone(), pool_key: s.pool_key.clone(), pooled: true });
+        let call = BackendCall::forward(method, host, pool_key, body, request, permit);
+        let id = self.calls.open_forward(call, &mut self.queue);
         State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
     }
 
@@ -1945,251 +1255,32 @@ impl<'g> Connection<'g> {
         }
     }
 
-    /// Opens a backend connection for `call`: its request is written out now, sent
-    /// once connected. Returns the slot, or why the request cannot be written.
-    fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
-        if call.scheme == Scheme::Https && call.tls.is_none() {
-            return Err("https backend without a TLS profile");
-        }
-        let mut slot = Slot::new(call, ex.endpoint().path.as_str(), stream);
-        let id = match self.slots.iter().position(|s| !s.in_use) {
-            Some(free) => {
-                // The vectors of the last use are kept (no allocation per call). The
-                // request went out in `out` and came back as `sent`: the one with the
-                // room is written into.
-                let old = mem::replace(&mut self.slots[free], slot);
-                let slot = &mut self.slots[free];
-                (slot.out, slot.sent) = (old.out, old.sent);
-                if slot.out.capacity() < slot.sent.capacity() {
-                    mem::swap(&mut slot.out, &mut slot.sent);
-                }
-                slot.out.clear();
-                slot.sent.clear();
-                free
-            }
-            None => {
-                slot.out.reserve(512);
-                self.slots.push(slot);
-                self.slots.len() - 1
-            }
-        };
-        let slot = &mut self.slots[id];
-        let written = ex.write_head(call, &mut slot.out);
-        if let Err(e) = written {
-            slot.in_use = false;
-            return Err(e.reason());
-        }
-        if call.body == CallBody::Full {
-            slot.out.extend_from_slice(ex.call_body(call.id));
-        }
-        if call.srv {
-            slot.phase = Phase::Discover;
-            self.queue.push_back(Output::Discover { id, name: call.origin.host.as_str() });
-            return Ok(id);
-        }
-        self.queue.push_back(Output::Connect {
-            id,
-            host: Cow::Borrowed(call.host),
-            pool_key: Cow::Borrowed(call.pool_key),
-            pooled: true,
-        });
-        Ok(id)
-    }
-
     fn step_exchange(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog, deadline: Instant) -> (State<'g>, bool) {
         let mut changed = false;
-        for id in 0..self.slots.len() {
+        for id in 0..self.calls.len() {
             match self.slot_step(id) {
-                SlotEvent::Nothing => {}
-                SlotEvent::Answer { status, headers, body } => {
-                    let call = self.slots[id].call;
+                CallEvent::Nothing => {}
+                CallEvent::Answer { status, headers, body } => {
+                    let call = self.calls.index(id);
                     self.log_call(ex.endpoint().index, call, Some(status));
                     ex.handle_response(call, status, headers, body);
                     changed = true;
                 }
-                SlotEvent::Failed(f) => {
-                    let call = self.slots[id].call;
+                CallEvent::Failed(f) => {
+                    let call = self.calls.index(id);
                     self.log_call(ex.endpoint().index, call, None);
                     self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
                     ex.handle_failure(call, &f.reason);
                     changed = true;
                 }
-                SlotEvent::Head(_) => {
-                    let call = self.slots[id].call;
+                CallEvent::Head(_) => {
+                    let call = self.calls.index(id);
                     ex.handle_failure(call, "unexpected response");
                     changed = true;
                 }
             }
         }
         if changed { (self.drive(ex, line), true) } else { (State::Exchange { ex, line, deadline }, false) }
-    }
-
-    /// Moves backend connection `id` on with what it has; says what that means.
-    fn slot_step(&mut self, id: BackendId) -> SlotEvent {
-        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return SlotEvent::Nothing };
-        if let Some(failure) = slot.failure.take() {
-            return self.failed(id, failure);
-        }
-        if slot.phase != Phase::Receive || slot.reading || slot.hungry {
-            return SlotEvent::Nothing;
-        }
-        let Some(fetch) = slot.fetch.as_mut() else { return SlotEvent::Nothing };
-        let progress = match fetch.handle_input(slot.input.pending()) {
-            Ok((n, Progress::NeedMore)) => {
-                slot.input.consume(n);
-                if !slot.eof {
-                    slot.hungry = true;
-                    return SlotEvent::Nothing;
-                }
-                fetch.handle_eof()
-            }
-            Ok((n, progress)) => {
-                slot.input.consume(n);
-                Ok(progress)
-            }
-            Err(f) => Err(f),
-        };
-        let reusable = matches!(progress, Ok(Progress::Done(_)))
-            && fetch.reusable()
-            && slot.input.pending().is_empty()
-            && !slot.eof;
-        // A 407 can only be the proxy's own answer: the call failed there, and the
-        // client must not be asked for the gateway's proxy credentials.
-        let status = match &progress {
-            Ok(Progress::Done(a)) => Some(a.status),
-            Ok(Progress::Head(h)) => Some(h.status),
-            _ => None,
-        };
-        // (Through a tunnel, the answer is the backend's.)
-        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy), None) =
-            (status, slot.via, slot.connect.as_deref())
-        {
-            let reason = format!(
-                "proxy {} ({}) refused the request: 407 Proxy Authentication Required{}",
-                proxy.shown,
-                proxy.source,
-                if proxy.authorization.is_some() { " (the credentials were not accepted)" } else { "" }
-            );
-            self.release(id, false);
-            return SlotEvent::Failed(Failure::new(reason));
-        }
-        if let Some(status) = status.filter(|s| slot.follow && redirect::method_after(*s, &slot.method).is_some()) {
-            let location = match &progress {
-                Ok(Progress::Done(a)) => a.headers.get(http::header::LOCATION).map(|v| v.as_bytes().to_vec()),
-                Ok(Progress::Head(h)) => h.head.get("location").map(<[u8]>::to_vec),
-                _ => None,
-            };
-            match self.redirect(id, status, location.as_deref(), reusable) {
-                Ok(true) => return SlotEvent::Nothing,
-                Ok(false) => {}
-                Err(why) => {
-                    self.release(id, false);
-                    return SlotEvent::Failed(Failure::new(why));
-                }
-            }
-        }
-        match progress {
-            Ok(Progress::Done(answer)) => {
-                self.release(id, reusable);
-                SlotEvent::Answer { status: answer.status, headers: answer.headers, body: answer.body }
-            }
-            Ok(Progress::Head(head)) => {
-                let slot = &mut self.slots[id];
-                slot.codec = slot.fetch.take().map(Fetch::into_conn);
-                slot.phase = Phase::Pump;
-                slot.sent.clear();
-                SlotEvent::Head(head)
-            }
-            Ok(Progress::NeedMore) => SlotEvent::Nothing,
-            Err(failure) => self.failed(id, failure),
-        }
-    }
-
-    /// A redirect came on backend connection `id`: `Ok(true)` when the slot now makes
-    /// the next request (the connection that got the 3xx pooled or closed, a new one
-    /// asked for), `Ok(false)` when the 3xx is the answer (no Location, or a body
-    /// streamed from the client that cannot be sent again), or why the call fails.
-    fn redirect(
-        &mut self,
-        id: BackendId,
-        status: StatusCode,
-        location: Option<&[u8]>,
-        reusable: bool,
-    ) -> Result<bool, String> {
-        let gw = self.gw;
-        let slot = &mut self.slots[id];
-        if slot.body_streamed() {
-            return Ok(false);
-        }
-        let target = redirect::sent_target(&slot.sent);
-        let Some(hop) = redirect::next(status, &slot.method, &slot.origin, &target, location)? else {
-            return Ok(false);
-        };
-        if slot.redirects == 0 {
-            return Err(format!("stopped after {} redirects", redirect::MAX_REDIRECTS));
-        }
-        if hop.addr.scheme == Scheme::Https && slot.redirect_tls.is_none() {
-            return Err("no usable TLS profile for an https redirect".to_string());
-        }
-        let aim = Aim::new(gw, slot.via, &hop.addr, slot.redirect_tls, "the redirect's host")?;
-        let request = redirect::rewrite(&slot.sent, &hop, aim.form, aim.proxy_auth())?;
-        // The connection that brought the 3xx: kept when its answer was read whole.
-        let done = slot.put_away(id, reusable);
-        let line = Log::Redirect {
-            endpoint: slot.endpoint,
-            backend: slot.call,
-            status,
-            to: format!("{}://{}{}", hop.addr.scheme.as_str(), hop.authority, hop.target),
-        };
-        slot.redirects -= 1;
-        if !hop.keep_body {
-            slot.body = CallBody::None;
-        }
-        slot.method = hop.method;
-        aim.apply(slot, hop.addr);
-        slot.sent.clear();
-        let next = slot.reconnect(id, request, true);
-        self.queue.extend([done, Output::Log(line), next]);
-        Ok(true)
-    }
-
-    /// A backend connection failed: retried on a fresh connection when the policy
-    /// allows (a pooled connection the backend had closed), else given up.
-    fn failed(&mut self, id: BackendId, failure: Failure) -> SlotEvent {
-        let Some(slot) = self.slots.get_mut(id) else { return SlotEvent::Failed(failure) };
-        if slot.reused
-            && !slot.sent.is_empty()
-            && may_retry(&slot.method, &failure, slot.body_streamed())
-            && slot.permit.as_mut().is_none_or(Permit::retry)
-        {
-            let request = mem::take(&mut slot.sent);
-            let next = slot.reconnect(id, request, false);
-            self.queue.extend([Output::CloseBackend { id }, next]);
-            return SlotEvent::Nothing;
-        }
-        self.release(id, false);
-        SlotEvent::Failed(failure)
-    }
-
-    /// Pools (`reusable`) or closes backend connection `id`, and frees its slot.
-    fn release(&mut self, id: BackendId, reusable: bool) {
-        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
-        let output = slot.put_away(id, reusable);
-        slot.in_use = false;
-        slot.permit = None;
-        slot.fetch = None;
-        slot.codec = None;
-        slot.tls = None;
-        // Not kept: an idle keep-alive connection would hold it (about 1 KiB each, for
-        // about 400 instructions per request saved).
-        slot.input = ReadBuf::default();
-        self.queue.push_back(output);
-    }
-
-    fn close_slots(&mut self) {
-        for id in 0..self.slots.len() {
-            self.release(id, false);
-        }
     }
 
     fn log_forward(&mut self, dest: String, reason: String) {
@@ -2253,10 +1344,10 @@ impl<'g> Connection<'g> {
                 return (State::Closing, true);
             }
         };
-        let call = self.slots.get(id).map_or(0, |s| s.call);
+        let call = self.calls.index(id);
         match self.slot_step(id) {
-            SlotEvent::Nothing => (State::Stream { leg, line, id }, relayed),
-            SlotEvent::Head(head) => {
+            CallEvent::Nothing => (State::Stream { leg, line, id }, relayed),
+            CallEvent::Head(head) => {
                 let none = HeaderMap::new();
                 let (status, headers) = match &mut leg {
                     Leg::Endpoint(ex) => {
@@ -2283,8 +1374,8 @@ impl<'g> Connection<'g> {
                 self.answered = true;
                 (State::Pump(Pumping { leg, line, id, status, sent: 0, head: head_at }), true)
             }
-            SlotEvent::Failed(f) => (self.leg_failed(leg, call, f.reason, line), true),
-            SlotEvent::Answer { .. } => {
+            CallEvent::Failed(f) => (self.leg_failed(leg, call, f.reason, line), true),
+            CallEvent::Answer { .. } => {
                 self.close_slots();
                 (self.leg_failed(leg, call, "unexpected response".to_string(), line), true)
             }
@@ -2311,7 +1402,7 @@ impl<'g> Connection<'g> {
     /// Moves client body bytes to backend connection `id` while it relays; says
     /// whether anything moved.
     fn relay(&mut self, id: BackendId) -> Result<bool, Relay> {
-        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return Ok(false) };
+        let Some(slot) = self.calls.get_mut(id) else { return Ok(false) };
         let Phase::Relay { length, done } = slot.phase else { return Ok(false) };
         if slot.writing || !slot.out.is_empty() || slot.failure.is_some() {
             return Ok(false);
@@ -2347,7 +1438,7 @@ impl<'g> Connection<'g> {
     }
 
     fn step_pump(&mut self, mut p: Pumping<'g>) -> (State<'g>, bool) {
-        let Some(slot) = self.slots.get_mut(p.id).filter(|s| s.in_use) else { return (State::Pump(p), false) };
+        let Some(slot) = self.calls.get_mut(p.id) else { return (State::Pump(p), false) };
         if let Some(failure) = slot.failure.take() {
             // The backend broke off (a reset, a failed read).
             return (self.cut(p, Cut::Failed(failure.reason)), true);
@@ -2390,7 +1481,7 @@ impl<'g> Connection<'g> {
     /// client sees a short body: no chunk terminator, or fewer bytes than announced)
     /// and the connection closes. Either way, a backend line and the access line.
     fn cut(&mut self, p: Pumping<'g>, cut: Cut) -> State<'g> {
-        let call = self.slots.get(p.id).map_or(0, |s| s.call);
+        let call = self.calls.index(p.id);
         self.close_slots();
         let (timed_out, reason) = match (cut, &p.leg) {
             (Cut::Timeout, Leg::Endpoint(_)) => {
@@ -2464,114 +1555,4 @@ enum Cut {
 enum Relay {
     BadBody(StatusCode, &'static str),
     ClientGone,
-}
-
-/// What a TLS backend connection asks the driver for next: the slot's pending
-/// plaintext is handed to rustls (the slot's write is then under way), ciphertext
-/// rustls wants sent goes out, and a read is asked for while the handshake needs one
-/// or the slot wants bytes (`wants_plain`).
-fn tls_poll<'g>(
-    id: BackendId,
-    link: &mut TlsLink,
-    out: &mut Vec<u8>,
-    writing: &mut bool,
-    wants_plain: bool,
-) -> Option<Output<'g>> {
-    if link.busy {
-        return None;
-    }
-    if link.plain.is_none() && !out.is_empty() {
-        let plain = mem::take(out);
-        // rustls buffers it (no limit is set at connect): the slot writes one request
-        // head or one body piece at a time, and waits for it to complete first.
-        let _ = io::Write::write_all(&mut link.conn.writer(), &plain);
-        link.plain = Some(plain);
-        *writing = true;
-    }
-    if link.conn.wants_write() {
-        link.cipher_out.clear();
-        encrypt_pending(&mut link.conn, &mut link.cipher_out);
-        link.busy = true;
-        return Some(Output::WriteBackend { id, bytes: mem::take(&mut link.cipher_out) });
-    }
-    if (link.conn.is_handshaking() || wants_plain) && link.conn.wants_read() {
-        let mut buf = mem::take(&mut link.cipher_in);
-        buf.clear();
-        buf.reserve(TLS_READ);
-        link.busy = true;
-        return Some(Output::ReadBackend { id, buf });
-    }
-    None
-}
-
-/// A backend connection closed (`how`) in the middle of its TLS handshake: through a
-/// proxy, the tunnel did.
-fn cut_handshake(via: Option<&Proxy>, connect: Option<&str>, how: &str) -> Failure {
-    Failure::new(match (via, connect) {
-        (Some(proxy), Some(authority)) => {
-            proxy.connect_failed(authority, &format!("the tunnel {how} during the TLS handshake"))
-        }
-        _ => format!("TLS: the backend's connection {how} during the handshake"),
-    })
-}
-
-/// Starts the TLS session of a slot whose socket (or tunnel) is open.
-fn start_tls(slot: &mut Slot<'_>) {
-    let Some(target) = slot.tls_target.as_deref() else { return };
-    match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
-        Ok(mut conn) => {
-            conn.set_buffer_limit(None);
-            slot.tls = Some(Box::new(TlsLink {
-                conn,
-                cipher_out: Vec::new(),
-                cipher_in: Vec::new(),
-                busy: false,
-                plain: None,
-            }));
-        }
-        Err(e) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
-    }
-}
-
-/// The proxy's answer to `CONNECT` came in (part of it, or all): a 2xx opens the
-/// tunnel and TLS starts inside it with the held request; anything else fails the
-/// call, saying what the proxy said.
-fn tunnel_answer(slot: &mut Slot<'_>) {
-    let (Some(proxy), Some(authority)) = (slot.via, slot.connect.clone()) else { return };
-    let authority = &*authority;
-    let fail = |why: &str| Failure::new(proxy.connect_failed(authority, why));
-    match Proxy::connect_answer(slot.input.pending()) {
-        Ok(None) if slot.eof => slot.failure = Some(fail("it closed the connection without answering CONNECT")),
-        Ok(None) => slot.hungry = true,
-        Ok(Some(answer)) if (200..300).contains(&answer.status) => {
-            slot.input.consume(answer.len);
-            if !slot.input.pending().is_empty() || slot.eof {
-                // Bytes before the TLS handshake could only come from the proxy.
-                slot.failure = Some(fail("it sent more than its CONNECT answer, or closed the tunnel at once"));
-                return;
-            }
-            slot.phase = Phase::Send;
-            mem::swap(&mut slot.out, &mut slot.held);
-            start_tls(slot);
-        }
-        Ok(Some(answer)) => slot.failure = Some(Failure::new(proxy.connect_refused(authority, &answer))),
-        Err(why) => slot.failure = Some(fail(&why)),
-    }
-}
-
-/// A failed read on a backend connection, classified for a retry by its fetch.
-fn read_failure(fetch: Option<&Fetch>, e: io::Error) -> Failure {
-    match fetch {
-        Some(fetch) => fetch.read_failed(e),
-        None => Failure::new(format!("cannot read the response: {e}")),
-    }
-}
-
-/// A TLS failure as the log and `return_error_msg` say it.
-fn tls_failure(e: &rustls::Error) -> String {
-    match e {
-        rustls::Error::InvalidCertificate(c) => format!("TLS: the backend's certificate is not trusted: {c:?}"),
-        rustls::Error::AlertReceived(a) => format!("TLS: the backend refused the handshake: {a:?}"),
-        e => format!("TLS: {e}"),
-    }
 }

@@ -586,6 +586,41 @@ fn a_slow_backend_gives_a_partial_answer_at_the_endpoint_timeout() {
     );
 }
 
+/// Each answer goes to the call it was for, whichever backend answers first: here the
+/// first is refused and the second answers (a call is asked which backend it served
+/// after it ended).
+#[test]
+fn each_answer_goes_to_its_own_backend() {
+    let gw = gateway(
+        r#"{"endpoint": "/p", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/a", "group": "a"},
+            {"host": ["http://127.0.0.1:9002"], "url_pattern": "/b", "group": "b"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send("GET /p HTTP/1.1\r\nHost: gw\r\n\r\n"), Wait(10), Eof])
+        .backend(&upstream(9001), &[Serve::Refuse])
+        .backend(&upstream(9002), &[json(r#"{"n":2}"#)])
+        .run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 13\r\n\r\n{\"b\":{\"n\":2}}"
+    );
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: refused by http://127.0.0.1:9001",
+            "   0ms backend 1: new connection to http://127.0.0.1:9002",
+            "   0ms log: backend 0 of endpoint 0: failed",
+            "   0ms log: backend 0 of /p: cannot connect to http://127.0.0.1:9001: refused",
+            "   0ms backend 1: pooled",
+            "   0ms log: backend 1 of endpoint 0: 200",
+            "   0ms log: 192.0.2.9 \"GET /p\" 200 13 0.0ms",
+            "  10ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
 #[test]
 fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
     let gw = one_backend();

@@ -1,0 +1,898 @@
+//! Backend calls: each backend connection of a client connection is a
+//! [`BackendCall`], a state machine of its own that [`Calls`] keeps by
+//! [`BackendId`]. A call connects (a pooled connection or a new one, under its pool
+//! key: see [`crate::backend::pool_key`]), asks a proxy for a `CONNECT` tunnel when it
+//! goes through one, runs its TLS session ([`crate::link::TlsLink`]), writes the
+//! request (and relays a streamed body), reads the answer (whole, or its head to
+//! pump the body), follows redirects, retries once on a fresh connection when a
+//! pooled one turns out closed, and goes back to the pool or is closed.
+//!
+//! Its `handle_*` methods take what the driver reports for it; [`Calls::poll`] gives
+//! its next socket operation; [`Calls::step`] moves it on with what it read and says
+//! what that means for the request ([`CallEvent`]). The client connection
+//! ([`crate::conn`]) owns the calls and the output queue they add to; the service
+//! that asked for the call (the gateway's exchange, the forward proxy) hears the
+//! outcome.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::mem;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::backend::{Failure, Fetch, Progress, StreamedHead, may_retry};
+use crate::breaker::Permit;
+use crate::buf::ReadBuf;
+use crate::config::{HostAddr, Scheme};
+use crate::dns::DnsError;
+use crate::event::Log;
+use crate::exchange::{Call, CallBody, Exchange};
+use crate::http1::{BodyLength, ClientConn, Limits};
+use crate::io::{BackendId, Output, Session};
+use crate::link::{Decrypted, TLS_READ, TlsLink, Undecryptable, decrypt, encrypt_pending};
+use crate::plan::Gateway;
+use crate::proxy::Proxy;
+use crate::redirect;
+use crate::srv::SrvSet;
+use crate::tls::TlsTarget;
+
+/// Where one backend connection is in its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// `"sd": "dns"`: waiting for the SRV set of the backend's name
+    /// ([`Output::Discover`]); the request is written for the name, and rewritten
+    /// for the target picked.
+    Discover,
+    /// Waiting for the driver to connect it.
+    Connecting,
+    /// Through a proxy to an `https://` backend: `CONNECT` is written, then its
+    /// answer read (the request waits in `held`).
+    Tunnel,
+    /// Writing the request (head, and the whole body when there is one).
+    Send,
+    /// `no-op`: streaming the client's body after the head; `done` once it ended.
+    Relay { length: BodyLength, done: bool },
+    /// Reading the response (whole, or its head when streaming).
+    Receive,
+    /// `no-op`: the response body is pumped to the client.
+    Pump,
+}
+
+/// One backend connection of this client connection.
+#[derive(Debug)]
+pub(crate) struct BackendCall<'g> {
+    pub(crate) in_use: bool,
+    /// The exchange's call id.
+    pub(crate) call: usize,
+    pub(crate) method: Method,
+    /// The endpoint, for log lines.
+    pub(crate) endpoint: &'g str,
+    /// Where to connect (the backend, or its proxy), and the backend itself: the
+    /// configuration's, or a redirect's.
+    pub(crate) host: Cow<'g, HostAddr>,
+    pub(crate) origin: Cow<'g, HostAddr>,
+    pub(crate) pool_key: Cow<'g, str>,
+    /// The proxy `host` is, when the backend is reached through one.
+    pub(crate) via: Option<&'g Proxy>,
+    /// `host:port` to ask the proxy a tunnel to (see [`Call::connect`]).
+    pub(crate) connect: Option<Cow<'g, str>>,
+    /// Redirects left to follow (none with `no_redirect`), and the profile for an
+    /// `https://` target.
+    pub(crate) redirects: u8,
+    pub(crate) follow: bool,
+    pub(crate) redirect_tls: Option<&'g crate::tls::TlsProfile>,
+    /// The request, while the tunnel it goes through opens.
+    pub(crate) held: Vec<u8>,
+    /// An `https://` backend's profile; its session once connected.
+    pub(crate) tls_target: Option<Cow<'g, TlsTarget>>,
+    pub(crate) tls: Option<Box<TlsLink>>,
+    /// Read only the response head (`no-op`), the body is pumped.
+    pub(crate) stream: bool,
+    pub(crate) body: CallBody,
+    pub(crate) phase: Phase,
+    pub(crate) connected: bool,
+    pub(crate) reused: bool,
+    /// The last [`Output::Connect`] allowed a pooled connection (a retry does not).
+    pub(crate) pooled: bool,
+    /// A forward proxy request's hold on its destination's circuit breakers.
+    pub(crate) permit: Option<Permit>,
+    /// Bytes to write next (the request, or a relayed body piece).
+    pub(crate) out: Vec<u8>,
+    /// The request as written, kept until the answer starts for a retry.
+    pub(crate) sent: Vec<u8>,
+    pub(crate) writing: bool,
+    pub(crate) input: ReadBuf,
+    pub(crate) reading: bool,
+    /// The codec needs more bytes than are pending.
+    pub(crate) hungry: bool,
+    pub(crate) eof: bool,
+    pub(crate) fetch: Option<Fetch>,
+    /// The codec a streamed body is pumped with.
+    pub(crate) codec: Option<ClientConn>,
+    pub(crate) failure: Option<Failure>,
+}
+
+impl<'g> BackendCall<'g> {
+    fn new(call: &Call<'g>, endpoint: &'g str, stream: bool) -> BackendCall<'g> {
+        BackendCall {
+            via: call.via,
+            connect: call.connect.map(Cow::Borrowed),
+            redirects: if call.follow { redirect::MAX_REDIRECTS } else { 0 },
+            follow: call.follow,
+            redirect_tls: call.redirect_tls,
+            tls_target: call.tls.map(Cow::Borrowed),
+            ..BackendCall::base(
+                (call.id, call.method.clone(), endpoint),
+                (Cow::Borrowed(call.host), Cow::Borrowed(call.origin), Cow::Borrowed(call.pool_key)),
+                stream,
+                call.body,
+            )
+        }
+    }
+
+    /// A request the forward proxy sends on, written in `request`: plain HTTP, no
+    /// proxy, no redirects followed.
+    pub(crate) fn forward(
+        method: Method,
+        host: HostAddr,
+        pool_key: String,
+        body: Option<BodyLength>,
+        request: Vec<u8>,
+        permit: Option<Permit>,
+    ) -> BackendCall<'g> {
+        let body = body.map_or(CallBody::None, CallBody::Stream);
+        let place = (Cow::Owned(host.clone()), Cow::Owned(host), Cow::Owned(pool_key));
+        BackendCall { out: request, permit, ..BackendCall::base((0, method, "forward proxy"), place, true, body) }
+    }
+
+    /// A slot for call `id` (its method, its endpoint), connecting to `host` for
+    /// `origin` under `pool_key`, directly and over plain HTTP.
+    fn base(
+        (call, method, endpoint): (usize, Method, &'g str),
+        (host, origin, pool_key): (Cow<'g, HostAddr>, Cow<'g, HostAddr>, Cow<'g, str>),
+        stream: bool,
+        body: CallBody,
+    ) -> BackendCall<'g> {
+        BackendCall {
+            in_use: true,
+            call,
+            method,
+            endpoint,
+            host,
+            origin,
+            pool_key,
+            via: None,
+            connect: None,
+            redirects: 0,
+            follow: false,
+            redirect_tls: None,
+            held: Vec::new(),
+            tls_target: None,
+            tls: None,
+            stream,
+            body,
+            phase: Phase::Connecting,
+            connected: false,
+            reused: false,
+            pooled: true,
+            permit: None,
+            out: Vec::new(),
+            sent: Vec::new(),
+            writing: false,
+            input: ReadBuf::default(),
+            reading: false,
+            hungry: false,
+            eof: false,
+            fetch: None,
+            codec: None,
+            failure: None,
+        }
+    }
+
+    /// Its connection pooled (`reusable`, and a TLS session with nothing under way goes
+    /// with it) or closed.
+    fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
+        let idle_tls = self.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
+        if reusable && self.connected && idle_tls && self.phase != Phase::Tunnel {
+            Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) }
+        } else {
+            Output::CloseBackend { id }
+        }
+    }
+
+    /// Starts over on another connection with `request` (a retry: `pooled` false; a
+    /// redirect): the [`Output::Connect`] to give.
+    fn reconnect(&mut self, id: BackendId, request: Vec<u8>, pooled: bool) -> Output<'g> {
+        self.out = request;
+        self.phase = Phase::Connecting;
+        self.connected = false;
+        self.reused = false;
+        self.pooled = pooled;
+        self.writing = false;
+        self.reading = false;
+        self.hungry = false;
+        self.eof = false;
+        self.fetch = None;
+        self.codec = None;
+        self.tls = None;
+        self.input.clear();
+        Output::Connect { id, host: self.host.clone(), pool_key: self.pool_key.clone(), pooled }
+    }
+
+    /// Whether the client body was (partly) streamed on it: it cannot be sent again.
+    fn body_streamed(&self) -> bool {
+        matches!(self.body, CallBody::Stream(_))
+    }
+}
+
+/// Where a call to a host the configuration does not list goes (a redirect's target,
+/// an SRV record's): through `via` when the slot has a proxy, else the environment's
+/// proxy for that host, else straight; with `profile` for an `https://` host.
+struct Aim<'g> {
+    host: HostAddr,
+    pool_key: String,
+    via: Option<&'g Proxy>,
+    connect: Option<String>,
+    tls_target: Option<TlsTarget>,
+    /// How the request names its target.
+    form: redirect::Form,
+}
+
+impl<'g> Aim<'g> {
+    fn new(
+        gw: &'g Gateway,
+        via: Option<&'g Proxy>,
+        addr: &HostAddr,
+        profile: Option<&crate::tls::TlsProfile>,
+        what: &str,
+    ) -> Result<Aim<'g>, String> {
+        let via = via.or_else(|| gw.proxy_env.for_host(addr));
+        let tls_target = match (addr.scheme, profile) {
+            (Scheme::Http, _) => None,
+            (Scheme::Https, None) => return Err(format!("no usable TLS profile for {what} {:?}", addr.host)),
+            (Scheme::Https, Some(profile)) => {
+                let server_name = rustls_pki_types::ServerName::try_from(addr.host.clone())
+                    .map_err(|e| format!("{what} {:?} cannot be a TLS server name: {e}", addr.host))?;
+                Some(TlsTarget { profile: profile.clone(), server_name })
+            }
+        };
+        let pool_key = crate::backend::pool_key(addr, tls_target.as_ref(), via);
+        let (host, connect, form) = match via {
+            Some(p) if tls_target.is_some() => {
+                (p.addr.clone(), Some(crate::plan::connect_authority(addr)), redirect::Form::Origin)
+            }
+            Some(p) => (p.addr.clone(), None, redirect::Form::Absolute),
+            None => (addr.clone(), None, redirect::Form::Origin),
+        };
+        Ok(Aim { host, pool_key, via, connect, tls_target, form })
+    }
+
+    /// The proxy credentials the request carries (a plain request through a proxy).
+    fn proxy_auth(&self) -> Option<&'g str> {
+        self.via.filter(|_| self.form == redirect::Form::Absolute).and_then(|p| p.authorization.as_deref())
+    }
+
+    /// Points `slot` at `origin` this way.
+    fn apply(self, slot: &mut BackendCall<'g>, origin: HostAddr) {
+        slot.host = Cow::Owned(self.host);
+        slot.origin = Cow::Owned(origin);
+        slot.pool_key = Cow::Owned(self.pool_key);
+        slot.via = self.via;
+        slot.connect = self.connect.map(Cow::Owned);
+        slot.tls_target = self.tls_target.map(Cow::Owned);
+    }
+}
+
+/// What a backend connection's progress means to the request.
+#[allow(clippy::large_enum_variant)] // see backend::Progress
+#[derive(Debug)]
+pub(crate) enum CallEvent {
+    Nothing,
+    Answer { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
+    Head(StreamedHead),
+    Failed(Failure),
+}
+
+/// The backend connections of one client connection, by [`BackendId`]: a slot is
+/// reused once its call ended (its vectors kept, so a call allocates nothing).
+#[derive(Debug, Default)]
+pub(crate) struct Calls<'g> {
+    slots: Vec<BackendCall<'g>>,
+}
+
+impl<'g> Calls<'g> {
+    /// Call `id`, while it is in use.
+    pub(crate) fn get_mut(&mut self, id: BackendId) -> Option<&mut BackendCall<'g>> {
+        self.slots.get_mut(id).filter(|s| s.in_use)
+    }
+
+    /// Slots held (in use or free): ids run below this.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The exchange's index of call `id`, in use or just released (a call that ended
+    /// is asked what it was for); 0 for an id never used.
+    pub(crate) fn index(&self, id: BackendId) -> usize {
+        self.slots.get(id).map_or(0, |s| s.call)
+    }
+
+    fn slot(&mut self, id: BackendId, expected: impl Fn(&BackendCall<'g>) -> bool) -> Option<&mut BackendCall<'g>> {
+        self.slots.get_mut(id).filter(|s| s.in_use && expected(s))
+    }
+
+    /// Opens a backend connection for `call`: its request is written out now, sent
+    /// once connected. Returns the slot, or why the request cannot be written.
+    pub(crate) fn open(
+        &mut self,
+        ex: &Exchange<'g>,
+        call: &Call<'g>,
+        stream: bool,
+        queue: &mut VecDeque<Output<'g>>,
+    ) -> Result<BackendId, &'static str> {
+        if call.scheme == Scheme::Https && call.tls.is_none() {
+            return Err("https backend without a TLS profile");
+        }
+        let mut slot = BackendCall::new(call, ex.endpoint().path.as_str(), stream);
+        let id = match self.slots.iter().position(|s| !s.in_use) {
+            Some(free) => {
+                // The vectors of the last use are kept (no allocation per call). The
+                // request went out in `out` and came back as `sent`: the one with the
+                // room is written into.
+                let old = mem::replace(&mut self.slots[free], slot);
+                let slot = &mut self.slots[free];
+                (slot.out, slot.sent) = (old.out, old.sent);
+                if slot.out.capacity() < slot.sent.capacity() {
+                    mem::swap(&mut slot.out, &mut slot.sent);
+                }
+                slot.out.clear();
+                slot.sent.clear();
+                free
+            }
+            None => {
+                slot.out.reserve(512);
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[id];
+        let written = ex.write_head(call, &mut slot.out);
+        if let Err(e) = written {
+            slot.in_use = false;
+            return Err(e.reason());
+        }
+        if call.body == CallBody::Full {
+            slot.out.extend_from_slice(ex.call_body(call.id));
+        }
+        if call.srv {
+            slot.phase = Phase::Discover;
+            queue.push_back(Output::Discover { id, name: call.origin.host.as_str() });
+            return Ok(id);
+        }
+        queue.push_back(Output::Connect {
+            id,
+            host: Cow::Borrowed(call.host),
+            pool_key: Cow::Borrowed(call.pool_key),
+            pooled: true,
+        });
+        Ok(id)
+    }
+
+    /// Backend connection `id` is open: a new one (`None`), or one from the pool with
+    /// the session it was kept with.
+    pub(crate) fn handle_connected(&mut self, id: BackendId, pooled: Option<Session>, limits: Limits) {
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
+        slot.connected = true;
+        if let Some(permit) = &mut slot.permit {
+            permit.connected();
+        }
+        let reused = pooled.is_some();
+        // A connection asked for new is new, whatever the driver says: a retry is never
+        // retried again.
+        slot.reused = reused && slot.pooled;
+        slot.phase = Phase::Send;
+        match (pooled.map(|s| s.0), slot.tls_target.is_some()) {
+            // A kept TLS connection goes on in its session (through its tunnel, if any).
+            (Some(Some(link)), true) => slot.tls = Some(link),
+            (Some(None), false) => {}
+            (Some(_), _) => slot.failure = Some(Failure::new("a pooled connection of the wrong kind".to_string())),
+            (None, false) => {}
+            (None, true) => match (slot.via, slot.connect.as_deref()) {
+                (Some(proxy), Some(authority)) => {
+                    slot.phase = Phase::Tunnel;
+                    slot.held = mem::replace(&mut slot.out, mem::take(&mut slot.held));
+                    slot.out.clear();
+                    proxy.write_connect(authority, &mut slot.out);
+                }
+                _ => start_tls(slot),
+            },
+        }
+        slot.fetch = Some(if slot.stream {
+            Fetch::streaming(slot.method.clone(), limits, reused)
+        } else {
+            Fetch::new(slot.method.clone(), limits, reused)
+        });
+    }
+
+    /// Backend connection `id` could not be opened (`reason` is for the log and, with
+    /// `return_error_msg`, the client).
+    pub(crate) fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display) {
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
+        slot.failure = Some(Failure::new(match slot.via {
+            Some(proxy) => format!("proxy {} ({}): {reason}", proxy.shown, proxy.source),
+            None => reason.to_string(),
+        }));
+    }
+
+    /// A read on backend connection `id` finished (as [`Connection::handle_client_read`]).
+    pub(crate) fn handle_read(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<usize>) {
+        if self.slots.get(id).is_some_and(|s| s.in_use && s.tls.is_some()) {
+            self.tls_read(id, buf, result);
+            return;
+        }
+        let Some(slot) = self.slot(id, |s| s.reading) else { return };
+        slot.input.restore(buf);
+        slot.reading = false;
+        slot.hungry = false;
+        match result {
+            Ok(0) => slot.eof = true,
+            Ok(_) => {}
+            Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
+        }
+        if slot.phase == Phase::Tunnel && slot.failure.is_none() {
+            tunnel_answer(slot);
+        }
+    }
+
+    /// A write on backend connection `id` finished.
+    pub(crate) fn handle_written(&mut self, id: BackendId, buf: Vec<u8>, result: io::Result<()>) {
+        if self.slots.get(id).is_some_and(|s| s.in_use && s.tls.is_some()) {
+            self.tls_written(id, buf, result);
+        } else {
+            self.plain_written(id, buf, result);
+        }
+    }
+
+    /// Ciphertext came in on a TLS backend connection: decrypted into the slot's
+    /// input, as a plain read would have put it there.
+    fn tls_read(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<usize>) {
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
+        link.busy = false;
+        slot.reading = false;
+        slot.hungry = false;
+        match result {
+            Ok(n) => match decrypt(&mut link.conn, buf.get(..n).unwrap_or_default(), &mut slot.input) {
+                Ok(Decrypted { closed: true, .. }) if link.conn.is_handshaking() => {
+                    slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), "closed"))
+                }
+                Ok(d) => slot.eof |= d.closed,
+                Err(Undecryptable::Io(e)) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
+                Err(Undecryptable::Tls(e)) => slot.failure = Some(Failure::new(tls_failure(&e))),
+            },
+            Err(e) if link.conn.is_handshaking() => {
+                slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), &format!("broke ({e})")));
+            }
+            Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
+        }
+        buf.clear();
+        link.cipher_in = buf;
+    }
+
+    /// Ciphertext went out on a TLS backend connection. The slot's own write completes
+    /// once the handshake is done and rustls has nothing left to send.
+    fn tls_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
+        link.busy = false;
+        buf.clear();
+        link.cipher_out = buf;
+        let done = result.is_err() || (!link.conn.wants_write() && !link.conn.is_handshaking());
+        if done && let Some(plain) = link.plain.take() {
+            self.plain_written(id, plain, result);
+        } else if let Err(e) = result {
+            slot.failure = Some(Failure::new(format!("cannot send to the backend: {e}")));
+        }
+    }
+
+    /// The slot's write finished (on a plain connection, the socket write; under TLS,
+    /// the ciphertext that carried it).
+    fn plain_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
+        let Some(slot) = self.slot(id, |s| s.writing) else { return };
+        slot.writing = false;
+        if let Err(e) = result {
+            if slot.phase == Phase::Send {
+                // Kept: a retry sends it again.
+                slot.sent = buf;
+            }
+            let failure = match &slot.fetch {
+                Some(fetch) => fetch.write_failed(e),
+                None => Failure::new(format!("cannot send the request: {e}")),
+            };
+            slot.failure = Some(failure);
+        } else if slot.phase == Phase::Send {
+            // Kept for a retry until the answer starts.
+            slot.sent = buf;
+            slot.phase = match slot.body {
+                CallBody::Stream(length) => Phase::Relay { length, done: false },
+                _ => Phase::Receive,
+            };
+            slot.hungry = slot.phase == Phase::Receive;
+        } else if slot.phase == Phase::Tunnel {
+            // CONNECT is out: its answer comes next.
+            buf.clear();
+            slot.out = buf;
+            slot.hungry = true;
+        } else {
+            buf.clear();
+            slot.out = buf;
+        }
+    }
+
+    /// The SRV set [`Output::Discover`] asked for backend connection `id`: the call
+    /// goes to the target it picks (the request rewritten for it), or fails with why
+    /// there is none (the name asked is in the reason, and so in the log line).
+    pub(crate) fn handle_discovered(
+        &mut self,
+        gw: &'g Gateway,
+        id: BackendId,
+        result: Result<Arc<SrvSet>, DnsError>,
+        queue: &mut VecDeque<Output<'g>>,
+    ) {
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Discover) else { return };
+        let aimed = result.map_err(|e| e.to_string()).and_then(|set| {
+            let (target, port) = set.pick();
+            let addr = HostAddr { scheme: slot.origin.scheme, host: target.to_string(), port };
+            let profile = slot.tls_target.as_ref().map(|t| t.profile.clone());
+            let aim = Aim::new(gw, slot.via, &addr, profile.as_ref(), "the SRV target")?;
+            let hop = redirect::Hop {
+                authority: addr.authority(),
+                addr,
+                target: redirect::sent_target(&slot.out),
+                method: slot.method.clone(),
+                keep_body: true,
+                cross_origin: false,
+            };
+            let request = redirect::rewrite(&slot.out, &hop, aim.form, aim.proxy_auth())?;
+            Ok((aim, hop.addr, request))
+        });
+        match aimed {
+            Ok((aim, origin, request)) => {
+                aim.apply(slot, origin);
+                slot.out = request;
+                slot.phase = Phase::Connecting;
+                let connect =
+                    Output::Connect { id, host: slot.host.clone(), pool_key: slot.pool_key.clone(), pooled: true };
+                queue.push_back(connect);
+            }
+            Err(why) => {
+                slot.phase = Phase::Connecting;
+                slot.failure = Some(Failure::new(why));
+            }
+        }
+    }
+
+    /// Moves backend connection `id` on with what it has; says what that means.
+    pub(crate) fn step(&mut self, gw: &'g Gateway, id: BackendId, queue: &mut VecDeque<Output<'g>>) -> CallEvent {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return CallEvent::Nothing };
+        if let Some(failure) = slot.failure.take() {
+            return self.failed(id, failure, queue);
+        }
+        if slot.phase != Phase::Receive || slot.reading || slot.hungry {
+            return CallEvent::Nothing;
+        }
+        let Some(fetch) = slot.fetch.as_mut() else { return CallEvent::Nothing };
+        let progress = match fetch.handle_input(slot.input.pending()) {
+            Ok((n, Progress::NeedMore)) => {
+                slot.input.consume(n);
+                if !slot.eof {
+                    slot.hungry = true;
+                    return CallEvent::Nothing;
+                }
+                fetch.handle_eof()
+            }
+            Ok((n, progress)) => {
+                slot.input.consume(n);
+                Ok(progress)
+            }
+            Err(f) => Err(f),
+        };
+        let reusable = matches!(progress, Ok(Progress::Done(_)))
+            && fetch.reusable()
+            && slot.input.pending().is_empty()
+            && !slot.eof;
+        // A 407 can only be the proxy's own answer: the call failed there, and the
+        // client must not be asked for the gateway's proxy credentials.
+        let status = match &progress {
+            Ok(Progress::Done(a)) => Some(a.status),
+            Ok(Progress::Head(h)) => Some(h.status),
+            _ => None,
+        };
+        // (Through a tunnel, the answer is the backend's.)
+        if let (Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED), Some(proxy), None) =
+            (status, slot.via, slot.connect.as_deref())
+        {
+            let reason = format!(
+                "proxy {} ({}) refused the request: 407 Proxy Authentication Required{}",
+                proxy.shown,
+                proxy.source,
+                if proxy.authorization.is_some() { " (the credentials were not accepted)" } else { "" }
+            );
+            self.release(id, false, queue);
+            return CallEvent::Failed(Failure::new(reason));
+        }
+        if let Some(status) = status.filter(|s| slot.follow && redirect::method_after(*s, &slot.method).is_some()) {
+            let location = match &progress {
+                Ok(Progress::Done(a)) => a.headers.get(http::header::LOCATION).map(|v| v.as_bytes().to_vec()),
+                Ok(Progress::Head(h)) => h.head.get("location").map(<[u8]>::to_vec),
+                _ => None,
+            };
+            match self.redirect(gw, id, (status, location.as_deref(), reusable), queue) {
+                Ok(true) => return CallEvent::Nothing,
+                Ok(false) => {}
+                Err(why) => {
+                    self.release(id, false, queue);
+                    return CallEvent::Failed(Failure::new(why));
+                }
+            }
+        }
+        match progress {
+            Ok(Progress::Done(answer)) => {
+                self.release(id, reusable, queue);
+                CallEvent::Answer { status: answer.status, headers: answer.headers, body: answer.body }
+            }
+            Ok(Progress::Head(head)) => {
+                let slot = &mut self.slots[id];
+                slot.codec = slot.fetch.take().map(Fetch::into_conn);
+                slot.phase = Phase::Pump;
+                slot.sent.clear();
+                CallEvent::Head(head)
+            }
+            Ok(Progress::NeedMore) => CallEvent::Nothing,
+            Err(failure) => self.failed(id, failure, queue),
+        }
+    }
+
+    /// A redirect came on backend connection `id`: `Ok(true)` when the slot now makes
+    /// the next request (the connection that got the 3xx pooled or closed, a new one
+    /// asked for), `Ok(false)` when the 3xx is the answer (no Location, or a body
+    /// streamed from the client that cannot be sent again), or why the call fails.
+    fn redirect(
+        &mut self,
+        gw: &'g Gateway,
+        id: BackendId,
+        (status, location, reusable): (StatusCode, Option<&[u8]>, bool),
+        queue: &mut VecDeque<Output<'g>>,
+    ) -> Result<bool, String> {
+        let slot = &mut self.slots[id];
+        if slot.body_streamed() {
+            return Ok(false);
+        }
+        let target = redirect::sent_target(&slot.sent);
+        let Some(hop) = redirect::next(status, &slot.method, &slot.origin, &target, location)? else {
+            return Ok(false);
+        };
+        if slot.redirects == 0 {
+            return Err(format!("stopped after {} redirects", redirect::MAX_REDIRECTS));
+        }
+        if hop.addr.scheme == Scheme::Https && slot.redirect_tls.is_none() {
+            return Err("no usable TLS profile for an https redirect".to_string());
+        }
+        let aim = Aim::new(gw, slot.via, &hop.addr, slot.redirect_tls, "the redirect's host")?;
+        let request = redirect::rewrite(&slot.sent, &hop, aim.form, aim.proxy_auth())?;
+        // The connection that brought the 3xx: kept when its answer was read whole.
+        let done = slot.put_away(id, reusable);
+        let line = Log::Redirect {
+            endpoint: slot.endpoint,
+            backend: slot.call,
+            status,
+            to: format!("{}://{}{}", hop.addr.scheme.as_str(), hop.authority, hop.target),
+        };
+        slot.redirects -= 1;
+        if !hop.keep_body {
+            slot.body = CallBody::None;
+        }
+        slot.method = hop.method;
+        aim.apply(slot, hop.addr);
+        slot.sent.clear();
+        let next = slot.reconnect(id, request, true);
+        queue.extend([done, Output::Log(line), next]);
+        Ok(true)
+    }
+
+    /// A backend connection failed: retried on a fresh connection when the policy
+    /// allows (a pooled connection the backend had closed), else given up.
+    fn failed(&mut self, id: BackendId, failure: Failure, queue: &mut VecDeque<Output<'g>>) -> CallEvent {
+        let Some(slot) = self.slots.get_mut(id) else { return CallEvent::Failed(failure) };
+        if slot.reused
+            && !slot.sent.is_empty()
+            && may_retry(&slot.method, &failure, slot.body_streamed())
+            && slot.permit.as_mut().is_none_or(Permit::retry)
+        {
+            let request = mem::take(&mut slot.sent);
+            let next = slot.reconnect(id, request, false);
+            queue.extend([Output::CloseBackend { id }, next]);
+            return CallEvent::Nothing;
+        }
+        self.release(id, false, queue);
+        CallEvent::Failed(failure)
+    }
+
+    /// Pools (`reusable`) or closes backend connection `id`, and frees its slot.
+    pub(crate) fn release(&mut self, id: BackendId, reusable: bool, queue: &mut VecDeque<Output<'g>>) {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
+        let output = slot.put_away(id, reusable);
+        slot.in_use = false;
+        slot.permit = None;
+        slot.fetch = None;
+        slot.codec = None;
+        slot.tls = None;
+        // Not kept: an idle keep-alive connection would hold it (about 1 KiB each, for
+        // about 400 instructions per request saved).
+        slot.input = ReadBuf::default();
+        queue.push_back(output);
+    }
+
+    pub(crate) fn close_all(&mut self, queue: &mut VecDeque<Output<'g>>) {
+        for id in 0..self.slots.len() {
+            self.release(id, false, queue);
+        }
+    }
+
+    /// A forward-proxy request written in `call` (see [`BackendCall::forward`]): a slot
+    /// for it, and its connection asked for.
+    pub(crate) fn open_forward(&mut self, call: BackendCall<'g>, queue: &mut VecDeque<Output<'g>>) -> BackendId {
+        let id = match self.slots.iter().position(|s| !s.in_use) {
+            Some(free) => {
+                self.slots[free] = call;
+                free
+            }
+            None => {
+                self.slots.push(call);
+                self.slots.len() - 1
+            }
+        };
+        let s = &self.slots[id];
+        queue.push_back(Output::Connect { id, host: s.host.clone(), pool_key: s.pool_key.clone(), pooled: true });
+        id
+    }
+
+    /// The next socket operation a call wants: its request or body piece to write, a
+    /// read while it waits for bytes; under TLS, what the session asks for.
+    pub(crate) fn poll(&mut self) -> Option<Output<'g>> {
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if !slot.in_use || !slot.connected || slot.failure.is_some() {
+                continue;
+            }
+            if let Some(link) = slot.tls.as_deref_mut() {
+                if let Some(output) = tls_poll(id, link, &mut slot.out, &mut slot.writing, slot.hungry && !slot.eof) {
+                    slot.reading = matches!(output, Output::ReadBackend { .. });
+                    return Some(output);
+                }
+                continue;
+            }
+            if !slot.writing && !slot.out.is_empty() {
+                slot.writing = true;
+                return Some(Output::WriteBackend { id, bytes: mem::take(&mut slot.out) });
+            }
+            if slot.hungry && !slot.reading && !slot.eof && !slot.writing {
+                slot.reading = true;
+                return Some(Output::ReadBackend { id, buf: slot.input.take_for_read() });
+            }
+        }
+        None
+    }
+}
+
+/// What a TLS backend connection asks the driver for next: the slot's pending
+/// plaintext is handed to rustls (the slot's write is then under way), ciphertext
+/// rustls wants sent goes out, and a read is asked for while the handshake needs one
+/// or the slot wants bytes (`wants_plain`).
+fn tls_poll<'g>(
+    id: BackendId,
+    link: &mut TlsLink,
+    out: &mut Vec<u8>,
+    writing: &mut bool,
+    wants_plain: bool,
+) -> Option<Output<'g>> {
+    if link.busy {
+        return None;
+    }
+    if link.plain.is_none() && !out.is_empty() {
+        let plain = mem::take(out);
+        // rustls buffers it (no limit is set at connect): the slot writes one request
+        // head or one body piece at a time, and waits for it to complete first.
+        let _ = io::Write::write_all(&mut link.conn.writer(), &plain);
+        link.plain = Some(plain);
+        *writing = true;
+    }
+    if link.conn.wants_write() {
+        link.cipher_out.clear();
+        encrypt_pending(&mut link.conn, &mut link.cipher_out);
+        link.busy = true;
+        return Some(Output::WriteBackend { id, bytes: mem::take(&mut link.cipher_out) });
+    }
+    if (link.conn.is_handshaking() || wants_plain) && link.conn.wants_read() {
+        let mut buf = mem::take(&mut link.cipher_in);
+        buf.clear();
+        buf.reserve(TLS_READ);
+        link.busy = true;
+        return Some(Output::ReadBackend { id, buf });
+    }
+    None
+}
+
+/// A backend connection closed (`how`) in the middle of its TLS handshake: through a
+/// proxy, the tunnel did.
+fn cut_handshake(via: Option<&Proxy>, connect: Option<&str>, how: &str) -> Failure {
+    Failure::new(match (via, connect) {
+        (Some(proxy), Some(authority)) => {
+            proxy.connect_failed(authority, &format!("the tunnel {how} during the TLS handshake"))
+        }
+        _ => format!("TLS: the backend's connection {how} during the handshake"),
+    })
+}
+
+/// Starts the TLS session of a slot whose socket (or tunnel) is open.
+fn start_tls(slot: &mut BackendCall<'_>) {
+    let Some(target) = slot.tls_target.as_deref() else { return };
+    match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
+        Ok(mut conn) => {
+            conn.set_buffer_limit(None);
+            slot.tls = Some(Box::new(TlsLink {
+                conn,
+                cipher_out: Vec::new(),
+                cipher_in: Vec::new(),
+                busy: false,
+                plain: None,
+            }));
+        }
+        Err(e) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
+    }
+}
+
+/// The proxy's answer to `CONNECT` came in (part of it, or all): a 2xx opens the
+/// tunnel and TLS starts inside it with the held request; anything else fails the
+/// call, saying what the proxy said.
+fn tunnel_answer(slot: &mut BackendCall<'_>) {
+    let (Some(proxy), Some(authority)) = (slot.via, slot.connect.clone()) else { return };
+    let authority = &*authority;
+    let fail = |why: &str| Failure::new(proxy.connect_failed(authority, why));
+    match Proxy::connect_answer(slot.input.pending()) {
+        Ok(None) if slot.eof => slot.failure = Some(fail("it closed the connection without answering CONNECT")),
+        Ok(None) => slot.hungry = true,
+        Ok(Some(answer)) if (200..300).contains(&answer.status) => {
+            slot.input.consume(answer.len);
+            if !slot.input.pending().is_empty() || slot.eof {
+                // Bytes before the TLS handshake could only come from the proxy.
+                slot.failure = Some(fail("it sent more than its CONNECT answer, or closed the tunnel at once"));
+                return;
+            }
+            slot.phase = Phase::Send;
+            mem::swap(&mut slot.out, &mut slot.held);
+            start_tls(slot);
+        }
+        Ok(Some(answer)) => slot.failure = Some(Failure::new(proxy.connect_refused(authority, &answer))),
+        Err(why) => slot.failure = Some(fail(&why)),
+    }
+}
+
+/// A failed read on a backend connection, classified for a retry by its fetch.
+fn read_failure(fetch: Option<&Fetch>, e: io::Error) -> Failure {
+    match fetch {
+        Some(fetch) => fetch.read_failed(e),
+        None => Failure::new(format!("cannot read the response: {e}")),
+    }
+}
+
+/// A TLS failure as the log and `return_error_msg` say it.
+fn tls_failure(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(c) => format!("TLS: the backend's certificate is not trusted: {c:?}"),
+        rustls::Error::AlertReceived(a) => format!("TLS: the backend refused the handshake: {a:?}"),
+        e => format!("TLS: {e}"),
+    }
+}

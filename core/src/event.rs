@@ -1,0 +1,57 @@
+//! What happened, to be logged and counted: [`Log`], one line each (the access
+//! line, backend failures and redirects, TLS failures, forward-proxy and egress
+//! events, backend call outcomes). Drivers write them with `tracing`; [`crate::stats`]
+//! counts them.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::StatusCode;
+
+use crate::request::AccessLine;
+
+/// A line to log.
+#[derive(Debug)]
+pub enum Log<'g> {
+    /// One per answered request (`sluice::access`, info).
+    Access(AccessLine),
+    /// A backend call failed or broke off (`sluice::backend`, warn).
+    Backend { endpoint: &'g str, backend: usize, reason: String },
+    /// A client's TLS handshake or session failed (`sluice::tls`, info).
+    Tls { peer: IpAddr, reason: String },
+    /// A backend call was redirected (`sluice::backend`, info).
+    Redirect { endpoint: &'g str, backend: usize, status: StatusCode, to: String },
+    /// A forwarded request or tunnel failed or broke off (`sluice::forward`, warn).
+    Forward { dest: String, reason: String },
+    /// The egress policy refused a destination (`sluice::egress`, warn).
+    Denied { peer: IpAddr, dest: String, reason: String },
+    /// A CONNECT tunnel opened (`sluice::forward`, debug); its access line comes when
+    /// it closes.
+    Tunnel { dest: String },
+    /// A backend call of gateway endpoint `endpoint` (its index) ended: the status it
+    /// answered, `None` when it failed (`sluice::backend`, trace; counted by
+    /// [`crate::stats`]).
+    Call { endpoint: usize, backend: usize, status: Option<StatusCode> },
+}
+
+impl fmt::Display for Log<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Log::Access(line) => line.fmt(f),
+            Log::Backend { endpoint, backend, reason } => write!(f, "backend {backend} of {endpoint}: {reason}"),
+            Log::Tls { peer, reason } => write!(f, "client {peer}: {reason}"),
+            Log::Redirect { endpoint, backend, status, to } => {
+                write!(f, "backend {backend} of {endpoint}: {} redirect to {to}", status.as_u16())
+            }
+            Log::Forward { dest, reason } => write!(f, "forward to {dest}: {reason}"),
+            Log::Denied { peer, dest, reason } => write!(f, "client {peer} to {dest} denied: {reason}"),
+            Log::Tunnel { dest } => write!(f, "tunnel to {dest} open"),
+            Log::Call { endpoint, backend, status: Some(s) } => {
+                write!(f, "backend {backend} of endpoint {endpoint}: {}", s.as_u16())
+            }
+            Log::Call { endpoint, backend, status: None } => {
+                write!(f, "backend {backend} of endpoint {endpoint}: failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The driver surface: what a driver is asked to do ([`Output`]), what it reports
+//! back ([`Input`]), the ids of a connection's backend connections, and the
+//! [`Session`] a pooled backend socket carries. Everything a driver matches on is
+//! here; [`crate::conn::Connection`] is the state machine that speaks it.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::config::HostAddr;
+use crate::dns::DnsError;
+use crate::event::Log;
+use crate::link::TlsLink;
+use crate::srv::SrvSet;
+use crate::tunnel::Spliced;
+
+/// Names a backend connection of one client connection. Ids are reused once a
+/// connection is pooled or closed.
+pub type BackendId = usize;
+
+/// What the driver does next (see [`crate::conn`] for the loop).
+#[derive(Debug)]
+pub enum Output<'g> {
+    /// Read from the client, appending to this buffer (after its length, within its
+    /// capacity); then [`crate::conn::Connection::handle_client_read`] with it.
+    ReadClient(Vec<u8>),
+    /// Write all of these bytes to the client; then [`crate::conn::Connection::handle_client_written`].
+    WriteClient(Vec<u8>),
+    /// Open backend connection `id`: an idle one kept under `pool_key` when `pooled`
+    /// allows it and there is one, else a new one to `host`. Then
+    /// [`crate::conn::Connection::handle_connected`] (saying which) or
+    /// [`crate::conn::Connection::handle_connect_failed`].
+    Connect { id: BackendId, host: Cow<'g, HostAddr>, pool_key: Cow<'g, str>, pooled: bool },
+    /// Read from backend connection `id` into this buffer, as for the client.
+    ReadBackend { id: BackendId, buf: Vec<u8> },
+    /// Write all of these bytes to backend connection `id`.
+    WriteBackend { id: BackendId, bytes: Vec<u8> },
+    /// Backend connection `id` finished its response cleanly: keep it idle under
+    /// `pool_key` with `session` beside it (the pool may still close it when full).
+    PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
+    /// Close backend connection `id`, dropping any operation on it.
+    CloseBackend { id: BackendId },
+    /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`;
+    /// then [`crate::conn::Connection::handle_resolved`] with its addresses, without blocking.
+    Resolve { id: BackendId, name: String },
+    /// `"sd": "dns"`: the SRV set of `name` for backend connection `id` (through the
+    /// shard's [`crate::srv::SrvCache`]); then [`crate::conn::Connection::handle_discovered`].
+    Discover { id: BackendId, name: &'g str },
+    /// Open the connection of a CONNECT tunnel to `addr` (vetted by the egress policy:
+    /// dial exactly this); then [`crate::conn::Connection::handle_tunnel_opened`].
+    OpenTunnel { addr: SocketAddr },
+    /// Read from the tunnel's connection into this buffer (as for the client); then
+    /// [`crate::conn::Connection::handle_tunnel_read`]. May be out while a tunnel write is.
+    ReadTunnel(Vec<u8>),
+    /// Write all of these to the tunnel's connection; then
+    /// [`crate::conn::Connection::handle_tunnel_written`].
+    WriteTunnel(Vec<u8>),
+    /// Shut the tunnel connection's write side (send FIN); then
+    /// [`crate::conn::Connection::handle_tunnel_shutdown`].
+    ShutdownTunnel,
+    /// Move bytes from the client into the tunnel's connection (`up`) or back, through
+    /// the kernel: wait until the source has some, move what it has (a pipe's worth at
+    /// most) into the sink, all of it; then [`crate::conn::Connection::handle_spliced`]. Given only
+    /// to a driver that said it can ([`crate::conn::Connection::splice_tunnels`]); one per direction
+    /// at a time, beside the other direction's, and never while a read or write is out
+    /// on either socket (what the client sent after its CONNECT head is written first).
+    Splice { up: bool },
+    /// A log line.
+    Log(Log<'g>),
+    /// Shut the client socket's write side (send FIN), keep its read side: the last
+    /// answer is out and the client's late bytes are read and dropped until it closes.
+    /// Then [`crate::conn::Connection::handle_client_shutdown`].
+    ShutdownClient,
+    /// Close the client connection and every backend connection still open; the
+    /// connection is over.
+    Close,
+}
+
+/// What happened, for [`crate::conn::Connection::handle`]: the same as the `handle_*` methods, as
+/// one value a driver's operations can return.
+#[derive(Debug)]
+pub enum Input {
+    ClientRead(Vec<u8>, io::Result<usize>),
+    ClientWritten(Vec<u8>, io::Result<()>),
+    ClientShutdown(io::Result<()>),
+    /// `Some`: the connection came from the pool, with the session it was kept with.
+    Connected(BackendId, Option<Session>),
+    ConnectFailed(BackendId, String),
+    BackendRead(BackendId, Vec<u8>, io::Result<usize>),
+    BackendWritten(BackendId, Vec<u8>, io::Result<()>),
+    /// The addresses a name resolved to, or why it did not (through the shard's
+    /// [`crate::dns::DnsCache`]).
+    Resolved(BackendId, Result<Vec<IpAddr>, DnsError>),
+    /// The SRV set [`Output::Discover`] asked for, or why there is none.
+    Discovered(BackendId, Result<Arc<SrvSet>, DnsError>),
+    TunnelOpened(Result<(), String>),
+    TunnelRead(Vec<u8>, io::Result<usize>),
+    TunnelWritten(Vec<u8>, io::Result<()>),
+    TunnelShutdown(io::Result<()>),
+    Spliced {
+        up: bool,
+        result: Spliced,
+    },
+    Timeout,
+    Stop,
+}
+
+/// What a pooled backend connection keeps beside its socket: its TLS session, when it
+/// has one (the socket's bytes mean nothing without it). Opaque to the driver, which
+/// keeps it with the socket ([`Output::PoolBackend`]) and hands it back with it
+/// ([`Input::Connected`]); `Session::default()` is a plain connection's.
+#[derive(Debug, Default)]
+pub struct Session(pub(crate) Option<Box<TlsLink>>);
