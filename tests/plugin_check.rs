@@ -66,7 +66,7 @@ fn go_plugin_pattern_says_why_and_what_to_do() {
         stderr(&out),
         "plugin.pattern: \".so\": Go plugins (.so) cannot be loaded by Sluice: they only load into the Go program \
          they were built with. Build the plugin as a proxy-wasm module (Rust, Go, C++ or AssemblyScript SDK, target \
-         wasm32-wasip1) and set \"pattern\": \".wasm\" (README \"Client plugins\")\n"
+         wasm32-wasip1) and set \"pattern\": \".wasm\" (docs/plugins.md)\n"
     );
 }
 

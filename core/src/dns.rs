@@ -9,7 +9,7 @@
 //! which gives back every waiter to wake. `W` is whatever the driver wakes a waiting
 //! connection with.
 //!
-//! The queries go to the system resolver on a lookup thread (see the README, "Name
+//! The queries go to the system resolver on a lookup thread (see docs/forward-proxy.md, "Name
 //! resolution"): it honours /etc/hosts, resolv.conf and nsswitch as every other program
 //! on the host does, but it reports no TTL, so an answer is kept for
 //! [`DnsCacheConfig::dns_refresh_rate`] and then refreshed while the old addresses

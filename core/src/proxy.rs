@@ -23,7 +23,7 @@ pub struct Proxy {
     /// Idle connections to the proxy are kept under this key (every backend behind the
     /// proxy with the same credentials shares them: absolute-form requests name their
     /// destination): `proxy host:port`, and when the URL has credentials, ` as ` and a
-    /// tag that tells them apart without showing them ([`credential_tag`]).
+    /// tag that tells them apart without showing them (a keyed hash).
     pub pool_key: String,
     /// `Basic ...` from the URL's user information.
     pub authorization: Option<String>,

@@ -296,7 +296,7 @@ fn log_level() -> i32 {
     }
 }
 
-/// The host functions of proxy-wasm 0.2.1 that Sluice gives (README "Client plugins").
+/// The host functions of proxy-wasm 0.2.1 that Sluice gives (docs/plugins.md).
 fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
         let Some(msg) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
@@ -530,7 +530,7 @@ fn fill_random(out: &mut [u8]) {
     }
 }
 
-/// The properties a filter commonly reads (README "Client plugins"): path segments
+/// The properties a filter commonly reads (docs/plugins.md): path segments
 /// joined by NUL.
 fn property(s: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     let path = String::from_utf8_lossy(path).replace('\0', ".");

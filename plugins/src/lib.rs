@@ -50,7 +50,7 @@ impl Library {
                 format!(
                     "{:?}: Go plugins (.so) cannot be loaded by Sluice: they only load into the Go program they were \
                      built with. Build the plugin as a proxy-wasm module (Rust, Go, C++ or AssemblyScript SDK, \
-                     target wasm32-wasip1) and set \"pattern\": \"{PATTERN}\" (README \"Client plugins\")",
+                     target wasm32-wasip1) and set \"pattern\": \"{PATTERN}\" (docs/plugins.md)",
                     loader.pattern
                 ),
             ));
