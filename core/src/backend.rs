@@ -47,7 +47,7 @@ pub fn pool_key(origin: &HostAddr, tls: Option<&TlsTarget>, via: Option<&Proxy>)
         _ => format!("{}://{}:{}", origin.scheme.as_str(), origin.host, origin.port),
     };
     if let Some(t) = tls {
-        let _ = write!(key, " tls#{} sni {}", t.profile.id, t.server_name.to_str());
+        let _ = write!(key, " tls#{} sni {}", t.profile.id(), t.server_name.to_str());
     }
     if let Some(proxy) = via {
         let _ = write!(key, " via {}", proxy.pool_key);

@@ -394,13 +394,16 @@ impl<'g> Calls<'g> {
         // retried again.
         slot.reused = reused && slot.pooled;
         slot.phase = Phase::Send;
-        match (pooled.map(|s| s.0), slot.tls_target.is_some()) {
-            // A kept TLS connection goes on in its session (through its tunnel, if any).
-            (Some(Some(link)), true) => slot.tls = Some(link),
-            (Some(None), false) => {}
+        let profile = slot.tls_target.as_ref().map(|t| t.profile.id());
+        match (pooled.map(|s| s.0), profile) {
+            // A kept TLS connection goes on in its session (through its tunnel, if
+            // any), made under this very profile: the pool key says so, and the
+            // session is asked again here.
+            (Some(Some(link)), Some(profile)) if link.profile == profile => slot.tls = Some(link),
+            (Some(None), None) => {}
             (Some(_), _) => slot.failure = Some(Failure::new("a pooled connection of the wrong kind".to_string())),
-            (None, false) => {}
-            (None, true) => match (slot.via, slot.connect.as_deref()) {
+            (None, None) => {}
+            (None, Some(_)) => match (slot.via, slot.connect.as_deref()) {
                 (Some(proxy), Some(authority)) => {
                     slot.phase = Phase::Tunnel;
                     slot.held = mem::replace(&mut slot.out, mem::take(&mut slot.held));
@@ -844,6 +847,7 @@ fn start_tls(slot: &mut BackendCall<'_>) {
             conn.set_buffer_limit(None);
             slot.tls = Some(Box::new(TlsLink {
                 conn,
+                profile: target.profile.id(),
                 cipher_out: Vec::new(),
                 cipher_in: Vec::new(),
                 busy: false,
@@ -894,5 +898,50 @@ fn tls_failure(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(c) => format!("TLS: the backend's certificate is not trusted: {c:?}"),
         rustls::Error::AlertReceived(a) => format!("TLS: the backend refused the handshake: {a:?}"),
         e => format!("TLS: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{Environment, TlsProfile};
+
+    /// A pooled TLS session is taken up only under the profile it was made with (the
+    /// pool key already keeps them apart; this is the second lock), and a plain
+    /// connection never stands in for a TLS one.
+    #[test]
+    fn a_pooled_session_of_another_profile_is_refused() {
+        let env = Environment::default();
+        let insecure = crate::config::ClientTls { allow_insecure_connections: true, ..Default::default() };
+        let (a, b) =
+            (crate::tls::profile(Some(&insecure), &env).unwrap(), crate::tls::profile(Some(&insecure), &env).unwrap());
+        let name = rustls_pki_types::ServerName::try_from("api.test").unwrap();
+        let host = HostAddr::parse("https://api.test").unwrap();
+        let session = |p: &TlsProfile| {
+            let conn = rustls::ClientConnection::new(p.config.clone(), name.clone()).unwrap();
+            let link = TlsLink {
+                conn,
+                profile: p.id(),
+                cipher_out: Vec::new(),
+                cipher_in: Vec::new(),
+                busy: false,
+                plain: None,
+            };
+            Session(Some(Box::new(link)))
+        };
+        let wrong = Some("a pooled connection of the wrong kind");
+        let mut calls = Calls::default();
+        let mut queue = VecDeque::new();
+        for (pooled, want) in [(session(&a), None), (session(&b), wrong), (Session::default(), wrong)] {
+            let place = (Cow::Owned(host.clone()), Cow::Owned(host.clone()), Cow::Owned(String::new()));
+            let mut call = BackendCall::base((0, Method::GET, "/e"), place, false, CallBody::None);
+            call.tls_target = Some(Cow::Owned(TlsTarget { profile: a.clone(), server_name: name.clone() }));
+            let id = calls.open_forward(call, &mut queue);
+            calls.handle_connected(id, Some(pooled), Limits::default());
+            let call = calls.get_mut(id).unwrap();
+            assert_eq!(call.failure.take().map(|f| f.reason).as_deref(), want);
+            assert_eq!(call.tls.as_ref().map(|l| l.profile), want.is_none().then(|| a.id()));
+            calls.release(id, false, &mut queue);
+        }
     }
 }

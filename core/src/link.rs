@@ -16,6 +16,9 @@ use crate::buf::ReadBuf;
 #[derive(Debug)]
 pub(crate) struct TlsLink {
     pub(crate) conn: rustls::ClientConnection,
+    /// The [`crate::tls::TlsProfile::id`] it was made under: a pooled session is only
+    /// taken up by a call under the same profile.
+    pub(crate) profile: u64,
     /// Ciphertext handed to the driver, and the vector reads come back in.
     pub(crate) cipher_out: Vec<u8>,
     pub(crate) cipher_in: Vec<u8>,

@@ -85,12 +85,21 @@ impl std::fmt::Debug for Environment {
 #[derive(Clone)]
 pub struct TlsProfile {
     pub config: Arc<ClientConfig>,
-    /// Unique in the process: what a pooled connection's key says it was made under.
-    pub id: u64,
+    /// Unique in the process: what a pooled connection's key says it was made under
+    /// ([`TlsProfile::id`]); private, so no two profiles can be given the same.
+    id: u64,
     /// What it trusts, for the start-up log: `system roots`, `system roots + 1 CA
     /// file`, `1 CA file only`, `INSECURE: no verification`, `+ client certificate`.
     pub label: String,
     pub insecure: bool,
+}
+
+impl TlsProfile {
+    /// The profile's number, unique in the process: a pooled connection's key names
+    /// it, and a pooled session carries it (checked when the session is reused).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl std::fmt::Debug for TlsProfile {

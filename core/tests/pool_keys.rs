@@ -52,7 +52,7 @@ fn host(gw: &Gateway, i: usize) -> &BackendHost {
 }
 
 fn profile_id(gw: &Gateway, i: usize) -> u64 {
-    host(gw, i).tls.as_ref().expect("an https host").profile.id
+    host(gw, i).tls.as_ref().expect("an https host").profile.id()
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn a_redirect_or_srv_target_gets_a_key_of_its_own_profile() {
     let insecure = ClientTls { allow_insecure_connections: true, ..ClientTls::default() };
     let (a, b) = (tls::profile(Some(&insecure), &env).unwrap(), tls::profile(Some(&insecure), &env).unwrap());
     // Two compilations are two profiles (only the plan shares equal settings).
-    assert_ne!(a.id, b.id);
+    assert_ne!(a.id(), b.id());
     let addr = HostAddr::parse("https://api.test").unwrap();
     let target = |p: &tls::TlsProfile, name: &str| TlsTarget {
         profile: p.clone(),
@@ -158,7 +158,7 @@ fn a_redirect_or_srv_target_gets_a_key_of_its_own_profile() {
     let via = Proxy::parse("http://10.0.0.1:3128", true, "proxy_address").unwrap();
     assert_eq!(
         pool_key(&addr, Some(&target(&a, "api.test")), None),
-        format!("https://api.test:443 tls#{} sni api.test", a.id)
+        format!("https://api.test:443 tls#{} sni api.test", a.id())
     );
     assert_ne!(
         pool_key(&addr, Some(&target(&a, "api.test")), None),
@@ -170,7 +170,7 @@ fn a_redirect_or_srv_target_gets_a_key_of_its_own_profile() {
     );
     assert_eq!(
         pool_key(&addr, Some(&target(&a, "api.test")), Some(&via)),
-        format!("https://api.test:443 tls#{} sni api.test via proxy 10.0.0.1:3128", a.id)
+        format!("https://api.test:443 tls#{} sni api.test via proxy 10.0.0.1:3128", a.id())
     );
     let plain = HostAddr::parse("http://api.test").unwrap();
     assert_eq!(pool_key(&plain, None, None), "http://api.test:80");
@@ -233,7 +233,9 @@ fn a_session_ticket_is_never_offered_under_another_profile() {
     // The same profile resumes with them: the tickets are there to be (mis)used.
     assert_eq!(connect(&insecure), Ok(Some(HandshakeKind::Resumed)));
     // The verifying profile does a full handshake of its own and refuses the
-    // certificate, every time: it never resumes the unverified session.
+    // certificate, every time: it never resumes the unverified session. (Two things
+    // keep it so: each profile's ClientConfig has its own session store, and rustls
+    // itself declines a ticket got under another verifier; this shows the outcome.)
     for _ in 0..3 {
         let refused = connect(&verifying).unwrap_err();
         assert!(matches!(refused, rustls::Error::InvalidCertificate(_)), "{refused:?}");
