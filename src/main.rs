@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use sluice_core::serve::{Options, Running, Start};
 use sluice_core::{ConfigError, Gateway};
 
 mod log;
@@ -314,23 +315,8 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     if handled { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-/// A running server of either driver.
-enum Server {
-    #[cfg(target_os = "linux")]
-    Uring(sluice_uring::Server),
-    Tokio(sluice_tokio::Server),
-}
-
-impl Server {
-    fn join(self) {
-        match self {
-            #[cfg(target_os = "linux")]
-            Server::Uring(s) => s.join(),
-            Server::Tokio(s) => s.join(),
-        }
-    }
-}
-
+/// Starts the chosen driver: both take the same options and give the same
+/// [`sluice_core::serve::Running`] server.
 fn start(
     runtime: Runtime,
     gateway: Arc<Gateway>,
@@ -338,56 +324,25 @@ fn start(
     serving: &Serving,
     wait: std::time::Duration,
     stop: sluice_core::StopSignal,
-) -> std::io::Result<Server> {
-    let forward = gateway.forward.as_ref().map(|f| SocketAddr::new(f.config.listen_ip, f.config.port));
-    let admin = gateway.config.admin;
-    let extra_lines = |fwd: Option<SocketAddr>, adm: Option<SocketAddr>| {
-        let f = fwd.map(|a| format!("; forward proxy on {a}")).unwrap_or_default();
-        let m = adm.map(|a| format!("; admin on http://{a}/stats")).unwrap_or_default();
-        format!("{f}{m}")
-    };
-    match runtime {
+) -> std::io::Result<Box<dyn Running>> {
+    let start: Start = match runtime {
         #[cfg(target_os = "linux")]
-        Runtime::Uring => {
-            let mut opts = sluice_uring::Options::new(listen);
-            opts.forward_listen = forward;
-            opts.admin_listen = admin;
-            if let Some(n) = serving.shards {
-                opts.shards = n.max(1);
-            }
-            opts.force_epoll = serving.force_epoll;
-            opts.shutdown_wait = wait;
-            let server = sluice_uring::start(gateway, opts, stop)?;
-            let drivers: Vec<String> = server.drivers.iter().map(ToString::to_string).collect();
-            tracing::info!(
-                "{} shard(s), driver {}; listening on {}{}",
-                drivers.len(),
-                drivers.join(", "),
-                server.local_addr,
-                extra_lines(server.forward_addr, server.admin_addr)
-            );
-            Ok(Server::Uring(server))
-        }
+        Runtime::Uring => sluice_uring::start_boxed,
         #[cfg(not(target_os = "linux"))]
-        Runtime::Uring => Err(std::io::Error::other("the uring runtime needs Linux; use --runtime tokio")),
-        Runtime::Tokio => {
-            let threads =
-                serving.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-            let opts = sluice_tokio::Options {
-                shutdown_wait: wait,
-                admin_listen: admin,
-                ..sluice_tokio::Options::with_threads(&gateway, threads)
-            };
-            let server = sluice_tokio::start(gateway, listen, forward, threads, opts, stop)?;
-            tracing::info!(
-                "{} worker thread(s), runtime tokio; listening on {}{}",
-                server.threads,
-                server.local_addr,
-                extra_lines(server.forward_addr, server.admin_addr)
-            );
-            Ok(Server::Tokio(server))
-        }
+        Runtime::Uring => return Err(std::io::Error::other("the uring runtime needs Linux; use --runtime tokio")),
+        Runtime::Tokio => sluice_tokio::start_boxed,
+    };
+    let mut opts = Options::new(&gateway, listen);
+    if let Some(n) = serving.shards {
+        opts.threads = n.max(1);
     }
+    opts.force_epoll = serving.force_epoll;
+    opts.shutdown_wait = wait;
+    let server = start(gateway, opts, stop)?;
+    let f = server.forward_addr().map(|a| format!("; forward proxy on {a}")).unwrap_or_default();
+    let m = server.admin_addr().map(|a| format!("; admin on http://{a}/stats")).unwrap_or_default();
+    tracing::info!("{}; listening on {}{f}{m}", server.describe(), server.local_addr());
+    Ok(server)
 }
 
 /// Triggers `stop` on SIGTERM or SIGINT, from a thread of its own. `false`: signals

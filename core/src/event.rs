@@ -1,7 +1,7 @@
 //! What happened, to be logged and counted: [`Log`], one line each (the access
 //! line, backend failures and redirects, TLS failures, forward-proxy and egress
-//! events, backend call outcomes). Drivers write them with `tracing`; [`crate::stats`]
-//! counts them.
+//! events, backend call outcomes). Drivers write them with [`emit`] (the `tracing`
+//! feature); [`crate::stats`] counts them.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -53,5 +53,23 @@ impl fmt::Display for Log<'_> {
                 write!(f, "backend {backend} of endpoint {endpoint}: failed")
             }
         }
+    }
+}
+
+/// Writes `line` to `tracing` under its target and level: the one table of them, for
+/// every driver (the `tracing` feature, which the drivers turn on). It hands a finished
+/// line to the logging facade and does nothing else: core decides nothing here, and
+/// without a subscriber nothing is written.
+#[cfg(feature = "tracing")]
+pub fn emit(line: &Log<'_>) {
+    match line {
+        Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),
+        Log::Tls { .. } => tracing::info!(target: "sluice::tls", "{line}"),
+        Log::Redirect { .. } => tracing::info!(target: "sluice::backend", "{line}"),
+        Log::Forward { .. } => tracing::warn!(target: "sluice::forward", "{line}"),
+        Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
+        Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
+        Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
+        Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
     }
 }

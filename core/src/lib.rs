@@ -64,6 +64,7 @@ pub mod redirect;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod serve;
 pub mod srv;
 pub mod stats;
 mod stop;

@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf
 use monoio::net::TcpStream;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
-use sluice_core::conn::{BackendId, Connection, Input, Log, Output, SPLICE_PIPE, Spliced, splice_pipe_fits};
+use sluice_core::conn::{BackendId, Connection, Input, Output, SPLICE_PIPE, Spliced, splice_pipe_fits};
 
 use crate::Shard;
 
@@ -321,16 +321,7 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         },
         Output::Log(line) => {
             shard.stats.borrow_mut().observe(&line);
-            match line {
-                Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),
-                Log::Tls { .. } => tracing::info!(target: "sluice::tls", "{line}"),
-                Log::Redirect { .. } => tracing::info!(target: "sluice::backend", "{line}"),
-                Log::Forward { .. } => tracing::warn!(target: "sluice::forward", "{line}"),
-                Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
-                Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
-                Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
-                Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
-            }
+            sluice_core::event::emit(&line);
         }
         Output::Close => return false,
     }

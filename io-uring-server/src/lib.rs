@@ -1,6 +1,6 @@
 //! `sluice-uring`: the thread-per-core driver of the Sluice core.
 //!
-//! One shard per core (or `Options::shards`): a named thread pinned with
+//! One shard per core (or `Options::threads`): a named thread pinned with
 //! `core_affinity`, running its own monoio runtime (io_uring, or the epoll driver when
 //! io_uring is unavailable or `force_epoll` is set) and its own `SO_REUSEPORT`
 //! listener. Per-shard state (backend pools, the DNS cache, round-robin counters, the
@@ -33,37 +33,9 @@ use sluice_core::upstream::Balancer;
 
 pub use sluice_core::StopSignal;
 
-/// How the server runs.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub listen: SocketAddr,
-    /// The forward proxy's listener (`gw.forward`), when it has one.
-    pub forward_listen: Option<SocketAddr>,
-    /// The admin listener (`/stats`, ...), served by shard 0, when there is one.
-    pub admin_listen: Option<SocketAddr>,
-    /// Number of shards (threads). Default: one per core.
-    pub shards: usize,
-    /// Use the epoll driver even where io_uring works.
-    pub force_epoll: bool,
-    /// Open client connections per shard; more are closed at once.
-    pub max_connections_per_shard: usize,
-    /// How long a stop waits for requests in flight.
-    pub shutdown_wait: Duration,
-}
-
-impl Options {
-    pub fn new(listen: SocketAddr) -> Options {
-        Options {
-            listen,
-            forward_listen: None,
-            admin_listen: None,
-            shards: core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1),
-            force_epoll: false,
-            max_connections_per_shard: 25_000,
-            shutdown_wait: Duration::from_secs(10),
-        }
-    }
-}
+/// How the server runs: the options every driver takes. `threads` is the number of
+/// shards; `max_connections_per_thread` is per shard.
+pub use sluice_core::serve::{Listening, Options, Running};
 
 /// Which monoio driver a shard got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,12 +80,8 @@ pub fn probe() -> io::Result<()> {
 /// A started server.
 #[derive(Debug)]
 pub struct Server {
-    /// The address every shard listens on.
-    pub local_addr: SocketAddr,
-    /// The forward proxy's, when there is one.
-    pub forward_addr: Option<SocketAddr>,
-    /// The admin listener's, when there is one.
-    pub admin_addr: Option<SocketAddr>,
+    /// Where every shard listens.
+    pub listening: Listening,
     /// The driver each shard got, by shard number.
     pub drivers: Vec<Driver>,
     stop: StopSignal,
@@ -134,6 +102,30 @@ impl Server {
     }
 }
 
+impl Running for Server {
+    fn listening(&self) -> Listening {
+        self.listening
+    }
+
+    fn describe(&self) -> String {
+        let drivers: Vec<String> = self.drivers.iter().map(ToString::to_string).collect();
+        format!("{} shard(s), driver {}", drivers.len(), drivers.join(", "))
+    }
+
+    fn stop(&self) {
+        Server::stop(self);
+    }
+
+    fn join(self: Box<Self>) {
+        Server::join(*self);
+    }
+}
+
+/// [`start`], boxed: a [`sluice_core::serve::Start`].
+pub fn start_boxed(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Box<dyn Running>> {
+    Ok(Box::new(start(gw, opts, stop)?))
+}
+
 /// Per-shard state, owned by its thread.
 pub(crate) struct Shard {
     pub(crate) gw: Arc<Gateway>,
@@ -152,7 +144,7 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
     let mut threads = Vec::new();
     let mut drivers = Vec::new();
     let mut addr = (opts.listen, opts.forward_listen, opts.admin_listen);
-    let shards = opts.shards.max(1);
+    let shards = opts.threads.max(1);
     let published: Arc<Vec<Arc<admin::Published>>> = Arc::new((0..shards).map(|_| Arc::default()).collect());
     // Name lookups run here, off the shards (the system resolver blocks): one pool
     // for the process.
@@ -186,7 +178,8 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
             }
         }
     }
-    Ok(Server { local_addr: addr.0, forward_addr: addr.1, admin_addr: addr.2, drivers, stop, threads })
+    let listening = Listening { gateway: addr.0, forward: addr.1, admin: addr.2 };
+    Ok(Server { listening, drivers, stop, threads })
 }
 
 /// Threads doing name lookups for every shard.
@@ -350,10 +343,10 @@ async fn shard_main(
         monoio::spawn(admin::serve(l, shard, published, stop, cancel));
     }
     let forwarding = forward.map(|l| {
-        let (shard, stop, cancel, max) = (shard.clone(), stop.clone(), cancel.clone(), opts.max_connections_per_shard);
+        let (shard, stop, cancel, max) = (shard.clone(), stop.clone(), cancel.clone(), opts.max_connections_per_thread);
         monoio::spawn(async move { accept_loop(id, &l, &shard, &stop, cancel, max, true).await })
     });
-    accept_loop(id, &listener, &shard, &stop, cancel, opts.max_connections_per_shard, false).await;
+    accept_loop(id, &listener, &shard, &stop, cancel, opts.max_connections_per_thread, false).await;
     if let Some(f) = forwarding {
         f.await;
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use sluice_core::serve::{Options, Running, Start};
 use sluice_core::{Gateway, StopSignal};
 
 pub mod plugins;
@@ -40,34 +41,9 @@ pub enum Mode {
     Tokio,
 }
 
-/// A started server of either driver.
-enum Server {
-    #[cfg(target_os = "linux")]
-    Uring(sluice_uring::Server),
-    Tokio(sluice_tokio::Server),
-}
-
-impl Server {
-    fn stop(&self) {
-        match self {
-            #[cfg(target_os = "linux")]
-            Server::Uring(s) => s.stop(),
-            Server::Tokio(s) => s.stop(),
-        }
-    }
-
-    fn join(self) {
-        match self {
-            #[cfg(target_os = "linux")]
-            Server::Uring(s) => s.join(),
-            Server::Tokio(s) => s.join(),
-        }
-    }
-}
-
 /// The gateway, running until dropped.
 pub struct Gw {
-    server: Option<Server>,
+    server: Option<Box<dyn Running>>,
     pub addr: SocketAddr,
     /// The forward proxy's listener (127.0.0.1:0), when the config has one.
     pub forward: Option<SocketAddr>,
@@ -94,36 +70,22 @@ impl Gw {
     pub fn start_gateway(gw: Gateway, mode: Mode) -> Gw {
         let gw = Arc::new(gw);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let forward = gw.forward.as_ref().map(|_| listen);
-        let admin = gw.config.admin.map(|_| listen);
-        let wait = Duration::from_secs(5);
-        let server = match mode {
+        let start: Start = match mode {
             #[cfg(target_os = "linux")]
-            Mode::IoUring | Mode::Epoll => {
-                let mut opts = sluice_uring::Options::new(listen);
-                opts.forward_listen = forward;
-                opts.admin_listen = admin;
-                opts.shards = 1;
-                opts.force_epoll = mode == Mode::Epoll;
-                opts.shutdown_wait = wait;
-                Server::Uring(sluice_uring::start(gw, opts, StopSignal::new()).expect("start"))
-            }
+            Mode::IoUring | Mode::Epoll => sluice_uring::start_boxed,
             #[cfg(not(target_os = "linux"))]
             Mode::IoUring | Mode::Epoll => unreachable!("uring modes run on Linux only"),
-            Mode::Tokio => {
-                let opts = sluice_tokio::Options {
-                    shutdown_wait: wait,
-                    admin_listen: admin,
-                    ..sluice_tokio::Options::new(&gw)
-                };
-                Server::Tokio(sluice_tokio::start(gw, listen, forward, 1, opts, StopSignal::new()).expect("start"))
-            }
+            Mode::Tokio => sluice_tokio::start_boxed,
         };
-        let (addr, forward, admin) = match &server {
-            #[cfg(target_os = "linux")]
-            Server::Uring(s) => (s.local_addr, s.forward_addr, s.admin_addr),
-            Server::Tokio(s) => (s.local_addr, s.forward_addr, s.admin_addr),
-        };
+        let mut opts = Options::new(&gw, listen);
+        // Every listener on port 0; one shard or worker.
+        opts.forward_listen = opts.forward_listen.map(|_| listen);
+        opts.admin_listen = opts.admin_listen.map(|_| listen);
+        opts.threads = 1;
+        opts.force_epoll = mode == Mode::Epoll;
+        opts.shutdown_wait = Duration::from_secs(5);
+        let server = start(gw, opts, StopSignal::new()).expect("start");
+        let (addr, forward, admin) = (server.local_addr(), server.forward_addr(), server.admin_addr());
         Gw { server: Some(server), addr, forward, admin }
     }
 

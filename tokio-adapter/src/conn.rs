@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use sluice_core::conn::{BackendId, Connection, Input, Log, Output, Spliced};
+use sluice_core::conn::{BackendId, Connection, Input, Output, Spliced};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -340,16 +340,7 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         Output::Splice { up } => return Some(Some(Input::Spliced { up, result: Spliced::Unsupported })),
         Output::Log(line) => {
             shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(&line);
-            match line {
-                Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),
-                Log::Tls { .. } => tracing::info!(target: "sluice::tls", "{line}"),
-                Log::Redirect { .. } => tracing::info!(target: "sluice::backend", "{line}"),
-                Log::Forward { .. } => tracing::warn!(target: "sluice::forward", "{line}"),
-                Log::Tunnel { .. } => tracing::debug!(target: "sluice::forward", "{line}"),
-                Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
-                Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
-                Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
-            }
+            sluice_core::event::emit(&line);
         }
         Output::Close => return None,
     }

@@ -70,33 +70,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How a server runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// Open client connections; more are closed at once.
-    pub max_connections: usize,
-    /// How long a stop waits for requests in flight.
-    pub shutdown_wait: Duration,
-    /// The admin listener (`/stats`, ...), for [`start`]. Default: none.
-    pub admin_listen: Option<SocketAddr>,
-}
-
-impl Options {
-    /// [`Options::with_threads`] for one worker per available core.
-    pub fn new(gw: &Gateway) -> Options {
-        Options::with_threads(gw, std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    /// 25,000 connections per worker thread (as `sluice-uring` per shard), and the
-    /// config's `max_shutdown_wait_time`.
-    pub fn with_threads(gw: &Gateway, threads: usize) -> Options {
-        Options {
-            max_connections: 25_000 * threads.max(1),
-            shutdown_wait: gw.config.max_shutdown_wait_time,
-            admin_listen: None,
-        }
-    }
-}
+/// How a server runs: the options every driver takes. `threads` is the number of
+/// worker threads [`start`] gives its runtime; inside your own runtime ([`serve_with`])
+/// only `max_connections_per_thread` (times `threads`) and `shutdown_wait` apply, the
+/// listeners being yours.
+pub use sluice_core::serve::{Listening, Options, Running};
 
 /// What every connection task shares. Locks guard a map lookup or a counter update,
 /// never I/O; the round-robin counters are atomics.
@@ -113,7 +91,8 @@ pub(crate) struct Shared {
 
 /// Serves `gw` on `listener` until `shutdown` resolves, with [`Options::new`].
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let opts = Options::new(&gw);
+    let at = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let opts = Options::new(&gw, at);
     serve_with(listener, gw, opts, shutdown).await;
 }
 
@@ -143,6 +122,7 @@ pub async fn serve_listeners(
     let mut tasks = JoinSet::new();
     let admin = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
     let mut shutdown = std::pin::pin!(shutdown);
+    let max_connections = opts.max_connections_per_thread.saturating_mul(opts.threads.max(1));
     loop {
         tokio::select! {
             biased;
@@ -150,8 +130,8 @@ pub async fn serve_listeners(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             (accepted, forwarding) = accept(&listener, forward.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
-                    if tasks.len() >= opts.max_connections {
-                        tracing::warn!("connection limit reached ({}): closing {peer}", opts.max_connections);
+                    if tasks.len() >= max_connections {
+                        tracing::warn!("connection limit reached ({max_connections}): closing {peer}");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -197,11 +177,8 @@ async fn accept(
 /// A server started with [`start`].
 #[derive(Debug)]
 pub struct Server {
-    pub local_addr: SocketAddr,
-    /// The forward proxy's listener, when the gateway has one.
-    pub forward_addr: Option<SocketAddr>,
-    /// The admin listener, when there is one.
-    pub admin_addr: Option<SocketAddr>,
+    /// Where it listens.
+    pub listening: Listening,
     /// Worker threads of the runtime.
     pub threads: usize,
     stop: StopSignal,
@@ -220,18 +197,36 @@ impl Server {
     }
 }
 
-/// Serves `gw` on `listen` (and its forward proxy on `forward`, when given) from a
-/// multi-thread runtime of `threads` workers, built on a thread of its own. Returns
-/// once listening (or with the bind error); stops when `stop` is triggered.
-pub fn start(
-    gw: Arc<Gateway>,
-    listen: SocketAddr,
-    forward: Option<SocketAddr>,
-    threads: usize,
-    opts: Options,
-    stop: StopSignal,
-) -> io::Result<Server> {
-    let threads = threads.max(1);
+impl Running for Server {
+    fn listening(&self) -> Listening {
+        self.listening
+    }
+
+    fn describe(&self) -> String {
+        format!("{} worker thread(s), runtime tokio", self.threads)
+    }
+
+    fn stop(&self) {
+        Server::stop(self);
+    }
+
+    fn join(self: Box<Self>) {
+        Server::join(*self);
+    }
+}
+
+/// [`start`], boxed: a [`sluice_core::serve::Start`].
+pub fn start_boxed(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Box<dyn Running>> {
+    Ok(Box::new(start(gw, opts, stop)?))
+}
+
+/// Serves `gw` on `opts.listen` (its forward proxy and admin pages on theirs, when
+/// given) from a multi-thread runtime of `opts.threads` workers, built on a thread of
+/// its own. Returns once listening (or with the bind error); stops when `stop` is
+/// triggered.
+pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Server> {
+    let threads = opts.threads.max(1);
+    let (listen, forward) = (opts.listen, opts.forward_listen);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("sluice-tokio")
@@ -280,8 +275,8 @@ pub fn start(
         });
     })?;
     match bound.recv() {
-        Ok(Ok((local_addr, forward_addr, admin_addr))) => {
-            Ok(Server { local_addr, forward_addr, admin_addr, threads, stop, thread })
+        Ok(Ok((gateway, forward, admin))) => {
+            Ok(Server { listening: Listening { gateway, forward, admin }, threads, stop, thread })
         }
         Ok(Err(e)) => {
             let _ = thread.join();
