@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::mem;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
@@ -27,7 +28,7 @@ use crate::backend::{Failure, Fetch, Progress, StreamedHead, may_retry};
 use crate::breaker::Permit;
 use crate::buf::ReadBuf;
 use crate::config::{HostAddr, Scheme};
-use crate::dns::DnsError;
+use crate::dns::{self, DnsError};
 use crate::event::Log;
 use crate::exchange::{Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits};
@@ -48,6 +49,9 @@ pub(crate) enum Phase {
     Discover,
     /// Waiting for the driver to connect it.
     Connecting,
+    /// The host is a name and no idle connection was there to take: waiting for its
+    /// address ([`Output::Resolve`]), to connect to it.
+    Resolve,
     /// Through a proxy to an `https://` backend: `CONNECT` is written, then its
     /// answer read (the request waits in `held`).
     Tunnel,
@@ -219,7 +223,22 @@ impl<'g> BackendCall<'g> {
         self.codec = None;
         self.tls = None;
         self.input.clear();
-        Output::Connect { id, host: self.host.clone(), pool_key: self.pool_key.clone(), pooled }
+        self.connect(id, pooled)
+    }
+
+    /// The [`Output::Connect`] for `host`: with its address when it is an IP literal; a
+    /// name is resolved only when no idle connection is there ([`Calls::handle_no_idle`]).
+    fn connect(&self, id: BackendId, pooled: bool) -> Output<'g> {
+        let addr = dns::ip_literal(&self.host.host).ok().map(|ip| SocketAddr::new(ip, self.host.port));
+        Output::Connect { id, pool_key: self.pool_key.clone(), pooled, addr }
+    }
+
+    /// Why connecting failed, through its proxy when it has one.
+    fn connect_failure(&self, reason: impl fmt::Display) -> Failure {
+        Failure::new(match self.via {
+            Some(proxy) => format!("proxy {} ({}): {reason}", proxy.shown, proxy.source),
+            None => reason.to_string(),
+        })
     }
 
     /// Whether the client body was (partly) streamed on it: it cannot be sent again.
@@ -372,12 +391,7 @@ impl<'g> Calls<'g> {
             queue.push_back(Output::Discover { id, name: call.origin.host.as_str() });
             return Ok(id);
         }
-        queue.push_back(Output::Connect {
-            id,
-            host: Cow::Borrowed(call.host),
-            pool_key: Cow::Borrowed(call.pool_key),
-            pooled: true,
-        });
+        queue.push_back(slot.connect(id, true));
         Ok(id)
     }
 
@@ -424,10 +438,44 @@ impl<'g> Calls<'g> {
     /// `return_error_msg`, the client).
     pub(crate) fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display) {
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
-        slot.failure = Some(Failure::new(match slot.via {
-            Some(proxy) => format!("proxy {} ({}): {reason}", proxy.shown, proxy.source),
-            None => reason.to_string(),
-        }));
+        slot.failure = Some(slot.connect_failure(reason));
+    }
+
+    /// [`Output::Connect`] without an address found no idle connection: the host's
+    /// name is resolved ([`Output::Resolve`]), then a new connection asked for.
+    pub(crate) fn handle_no_idle(&mut self, id: BackendId, queue: &mut VecDeque<Output<'g>>) {
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
+        if dns::ip_literal(&slot.host.host).is_ok() {
+            // An address was given: the driver had nothing to answer NoIdle for.
+            slot.failure = Some(Failure::new("the driver did not connect to the address given".to_string()));
+            return;
+        }
+        slot.phase = Phase::Resolve;
+        queue.push_back(Output::Resolve { id, name: slot.host.host.clone() });
+    }
+
+    /// Whether call `id` waits for its host's address.
+    pub(crate) fn resolving(&self, id: BackendId) -> bool {
+        self.slots.get(id).is_some_and(|s| s.in_use && s.phase == Phase::Resolve)
+    }
+
+    /// The addresses of call `id`'s host (or why there are none): a new connection to
+    /// the first (in the resolver's order), or the call fails saying why.
+    pub(crate) fn handle_resolved(
+        &mut self,
+        id: BackendId,
+        result: Result<Vec<IpAddr>, DnsError>,
+        queue: &mut VecDeque<Output<'g>>,
+    ) {
+        let Some(slot) = self.slot(id, |s| s.phase == Phase::Resolve) else { return };
+        slot.phase = Phase::Connecting;
+        match dns::first_address(&slot.host.host, result) {
+            Ok(ip) => {
+                let addr = Some(SocketAddr::new(ip, slot.host.port));
+                queue.push_back(Output::Connect { id, pool_key: slot.pool_key.clone(), pooled: false, addr });
+            }
+            Err(why) => slot.failure = Some(slot.connect_failure(why)),
+        }
     }
 
     /// A read on backend connection `id` finished (as [`Connection::handle_client_read`]).
@@ -567,8 +615,7 @@ impl<'g> Calls<'g> {
                 aim.apply(slot, origin);
                 slot.out = request;
                 slot.phase = Phase::Connecting;
-                let connect =
-                    Output::Connect { id, host: slot.host.clone(), pool_key: slot.pool_key.clone(), pooled: true };
+                let connect = slot.connect(id, true);
                 queue.push_back(connect);
             }
             Err(why) => {
@@ -759,7 +806,7 @@ impl<'g> Calls<'g> {
             }
         };
         let s = &self.slots[id];
-        queue.push_back(Output::Connect { id, host: s.host.clone(), pool_key: s.pool_key.clone(), pooled: true });
+        queue.push_back(s.connect(id, true));
         id
     }
 

@@ -29,10 +29,11 @@
 //!             Output::ReadClient(buf) => start a read appending to buf,
 //!             Output::WriteClient(bytes) => start writing all of bytes,
 //!             Output::ShutdownClient => shut the client socket's write side,
-//!             Output::Connect { id, host, pool_key, pooled } => take an idle socket
+//!             Output::Connect { id, pool_key, pooled, addr } => take an idle socket
 //!                 and its session from the pool under pool_key if pooled allows and one
-//!                 is there, else connect to host; then Input::Connected (with the
-//!                 session, or None for a new socket) / Input::ConnectFailed,
+//!                 is there, else connect to addr; then Input::Connected (with the
+//!                 session, or None for a new socket) / Input::ConnectFailed; with
+//!                 neither (a host name, nothing idle), Input::NoIdle,
 //!             Output::ReadBackend { id, buf } / Output::WriteBackend { id, bytes } => as for the client,
 //!             Output::PoolBackend { id, pool_key, session } => keep socket id and
 //!                 session idle under pool_key,
@@ -378,6 +379,7 @@ impl<'g> Connection<'g> {
             Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
             Input::BackendWritten(id, buf, result) => self.handle_backend_written(id, buf, result, now),
             Input::Resolved(id, result) => self.handle_resolved(id, result, now),
+            Input::NoIdle(id) => self.handle_no_idle(id, now),
             Input::Discovered(id, result) => self.handle_discovered(id, result, now),
             Input::TunnelOpened(result) => self.handle_tunnel_opened(result, now),
             Input::TunnelRead(buf, result) => self.handle_tunnel_read(buf, result, now),
@@ -532,6 +534,14 @@ impl<'g> Connection<'g> {
         self.progress();
     }
 
+    /// [`Output::Connect`] without an address found no idle connection for call `id`:
+    /// its host's name is resolved next.
+    pub fn handle_no_idle(&mut self, id: BackendId, now: Instant) {
+        self.now = now;
+        self.calls.handle_no_idle(id, &mut self.queue);
+        self.progress();
+    }
+
     /// Backend connection `id` could not be opened (`reason` is for the log and, with
     /// `return_error_msg`, the client).
     pub fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display, now: Instant) {
@@ -564,9 +574,20 @@ impl<'g> Connection<'g> {
     }
 
     /// The name [`Output::Resolve`] asked for resolved to `result` (every address, in
-    /// the resolver's order; the connection picks by `dns_lookup_family`).
-    pub fn handle_resolved(&mut self, _id: BackendId, result: Result<Vec<IpAddr>, DnsError>, now: Instant) {
+    /// the resolver's order): a backend call's host (it dials the first), or the
+    /// forward proxy's destination (picked by `dns_lookup_family`).
+    pub fn handle_resolved(&mut self, id: BackendId, result: Result<Vec<IpAddr>, DnsError>, now: Instant) {
         self.now = now;
+        if self.calls.resolving(id) {
+            // A backend call's host (see Input::NoIdle).
+            self.calls.handle_resolved(id, result, &mut self.queue);
+            self.progress();
+            return;
+        }
+        // The forward proxy's destination; an answer that comes too late is dropped.
+        if !matches!(self.state, State::Resolve(_)) {
+            return;
+        }
         let State::Resolve(p) = mem::replace(&mut self.state, State::Closed) else { return };
         let Some(fp) = self.fwd else { return };
         self.state = match result.map(|addrs| fp.pick(&addrs)) {

@@ -8,7 +8,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::HostAddr;
 use crate::dns::DnsError;
 use crate::event::Log;
 use crate::link::TlsLink;
@@ -28,10 +27,12 @@ pub enum Output<'g> {
     /// Write all of these bytes to the client; then [`crate::conn::Connection::handle_client_written`].
     WriteClient(Vec<u8>),
     /// Open backend connection `id`: an idle one kept under `pool_key` when `pooled`
-    /// allows it and there is one, else a new one to `host`. Then
-    /// [`crate::conn::Connection::handle_connected`] (saying which) or
-    /// [`crate::conn::Connection::handle_connect_failed`].
-    Connect { id: BackendId, host: Cow<'g, HostAddr>, pool_key: Cow<'g, str>, pooled: bool },
+    /// allows it and there is one, else a new one to `addr`. Then [`Input::Connected`]
+    /// (saying which) or [`Input::ConnectFailed`]. Without an `addr` (the host is a
+    /// name) and no idle connection to take, answer [`Input::NoIdle`]: core then
+    /// resolves the name ([`Output::Resolve`]) and asks again with its address. The
+    /// driver never resolves a name itself.
+    Connect { id: BackendId, pool_key: Cow<'g, str>, pooled: bool, addr: Option<SocketAddr> },
     /// Read from backend connection `id` into this buffer, as for the client.
     ReadBackend { id: BackendId, buf: Vec<u8> },
     /// Write all of these bytes to backend connection `id`.
@@ -41,8 +42,9 @@ pub enum Output<'g> {
     PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
     /// Close backend connection `id`, dropping any operation on it.
     CloseBackend { id: BackendId },
-    /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`;
-    /// then [`crate::conn::Connection::handle_resolved`] with its addresses, without blocking.
+    /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`
+    /// (a backend call's host, or the forward proxy's destination); then
+    /// [`Input::Resolved`] with its addresses, without blocking.
     Resolve { id: BackendId, name: String },
     /// `"sd": "dns"`: the SRV set of `name` for backend connection `id` (through the
     /// shard's [`crate::srv::SrvCache`]); then [`crate::conn::Connection::handle_discovered`].
@@ -92,6 +94,8 @@ pub enum Input {
     /// The addresses a name resolved to, or why it did not (through the shard's
     /// [`crate::dns::DnsCache`]).
     Resolved(BackendId, Result<Vec<IpAddr>, DnsError>),
+    /// [`Output::Connect`] without an address found no idle connection to take.
+    NoIdle(BackendId),
     /// The SRV set [`Output::Discover`] asked for, or why there is none.
     Discovered(BackendId, Result<Arc<SrvSet>, DnsError>),
     TunnelOpened(Result<(), String>),

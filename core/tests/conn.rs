@@ -93,6 +93,8 @@ struct World<'g> {
     /// `"sd": "dns"`: each name's SRV set (answered at once; a name missing here is
     /// never answered).
     srv: BTreeMap<String, Result<std::sync::Arc<SrvSet>, DnsError>>,
+    /// A call that found nothing idle for a name: the host key it asked for.
+    wanted: BTreeMap<BackendId, String>,
 }
 
 const CONFIG_HEAD: &str = r#""version": 3, "timeout": "1s", "read_header_timeout": "400ms", "idle_timeout": "2s""#;
@@ -132,6 +134,7 @@ impl<'g> World<'g> {
             dns: BTreeMap::new(),
             tunnelled: Vec::new(),
             srv: BTreeMap::new(),
+            wanted: BTreeMap::new(),
             splice_up: false,
             until: None,
         }
@@ -230,12 +233,18 @@ impl<'g> World<'g> {
                 self.to_client.push_str(std::str::from_utf8(&bytes).unwrap());
                 self.ready.push_back(Input::ClientWritten(bytes, Ok(())));
             }
-            Output::Connect { id, host, pool_key, pooled } => {
-                let key = format!("http://{}:{}", host.host, host.port);
-                match pool_key.strip_prefix("forward ") {
+            Output::Connect { id, pool_key, pooled, addr } => {
+                match (pool_key.strip_prefix("forward "), addr) {
                     // The forward proxy pools by the vetted address.
-                    Some(addr) => assert_eq!(addr, format!("{}:{}", host.host, host.port)),
-                    None => assert_eq!(pool_key, key),
+                    (Some(vetted), Some(addr)) => assert_eq!(vetted, addr.to_string()),
+                    // An IP literal host comes with its address.
+                    (None, Some(addr)) => assert!(
+                        self.wanted.contains_key(&id) || pool_key == format!("http://{addr}"),
+                        "{pool_key} {addr}"
+                    ),
+                    // A name comes without: resolved only when nothing is idle.
+                    (None, None) => {}
+                    (Some(_), None) => panic!("a forward connection without its address"),
                 }
                 let key = pool_key.to_string();
                 if let Some(sock) = self.pool.get_mut(&key).and_then(Vec::pop).filter(|_| pooled) {
@@ -244,7 +253,14 @@ impl<'g> World<'g> {
                     self.ready.push_back(Input::Connected(id, Some(Session::default())));
                     return;
                 }
-                let host_key = format!("http://{}:{}", host.host, host.port);
+                let Some(addr) = addr else {
+                    self.note(format!("backend {id}: nothing idle under {key}"));
+                    self.wanted.insert(id, key.clone());
+                    self.ready.push_back(Input::NoIdle(id));
+                    return;
+                };
+                // The script of the host asked for (a name resolved to addr), else of addr.
+                let host_key = self.wanted.remove(&id).unwrap_or_else(|| format!("http://{addr}"));
                 let script = self.scripts.get_mut(&host_key).expect("a scripted host");
                 if matches!(script.front(), Some(Serve::Refuse)) {
                     script.pop_front();
@@ -252,7 +268,10 @@ impl<'g> World<'g> {
                     self.ready.push_back(Input::ConnectFailed(id, format!("cannot connect to {key}: refused")));
                     return;
                 }
-                self.note(format!("backend {id}: new connection to {key}"));
+                match host_key == format!("http://{addr}") {
+                    true => self.note(format!("backend {id}: new connection to {key}")),
+                    false => self.note(format!("backend {id}: new connection to {key} at {addr}")),
+                }
                 let sock = Sock {
                     key: host_key,
                     received: Vec::new(),
@@ -500,6 +519,47 @@ fn keep_alive_reuses_the_backend_connection() {
         ]
         .join("\n")
     );
+}
+
+/// A backend named by a host name: core resolves it (Output::Resolve) only when there
+/// is no idle connection to take, dials the first address, and pools the connection
+/// under the name; a name that does not resolve fails the call saying why.
+#[test]
+fn a_named_backend_is_resolved_only_when_nothing_is_idle() {
+    let gw =
+        gateway(r#"{"endpoint": "/a", "backend": [{"host": ["http://api.test:9001"], "url_pattern": "/users/1"}]}"#);
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Send(GET_A), Wait(10), Eof])
+        .resolves("api.test", Ok(&["127.0.0.7", "127.0.0.8"]))
+        .backend("api.test:9001", &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .run();
+    assert_eq!(w.to_client, format!("{ANSWER_A}{ANSWER_A}"));
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: nothing idle under http://api.test:9001",
+            "   0ms resolve api.test",
+            "   0ms backend 0: new connection to http://api.test:9001 at 127.0.0.7:9001",
+            "   0ms backend 0: pooled",
+            "   0ms log: backend 0 of endpoint 0: 200",
+            "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  10ms backend 0: pooled connection to http://api.test:9001",
+            "  10ms backend 0: pooled",
+            "  10ms log: backend 0 of endpoint 0: 200",
+            "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  20ms client: closed",
+        ]
+        .join("\n")
+    );
+    let gw = gateway(
+        r#"{"endpoint": "/a", "backend": [{"host": ["http://nowhere.test:9001"], "url_pattern": "/users/1"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Eof]).resolves("nowhere.test", Err("no such name")).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{}", w.to_client);
+    assert!(w.requests.is_empty());
+    let said = "log: backend 0 of /a: cannot resolve nowhere.test: no such name";
+    assert!(w.trace().contains(said), "{}", w.trace());
 }
 
 #[test]
@@ -1288,6 +1348,10 @@ fn sd_dns_sends_each_call_to_a_target_of_the_srv_set_with_its_host() {
             "_api._tcp.sluice.test",
             Ok(&[(0, 1, 9001, "api-1.test"), (0, 1, 9002, "api-2.test"), (1, 9, 9003, "standby.test")]),
         )
+        // The targets' names resolve through the connection (core asks, the driver's
+        // cache answers) when nothing is idle for them.
+        .resolves("api-1.test", Ok(&["127.0.0.1"]))
+        .resolves("api-2.test", Ok(&["127.0.0.2"]))
         .backend("api-1.test:9001", &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
         .backend("api-2.test:9002", &[json(r#"{"id":1}"#)])
         .run();
@@ -1298,6 +1362,9 @@ fn sd_dns_sends_each_call_to_a_target_of_the_srv_set_with_its_host() {
     assert_eq!(w.requests, [to("api-1.test:9001"), to("api-2.test:9002"), to("api-1.test:9001")]);
     assert!(w.trace().contains("backend 0: SRV of _api._tcp.sluice.test\n"), "{}", w.trace());
     assert!(w.trace().contains("new connection to http://api-2.test:9002"), "{}", w.trace());
+    // Each name was resolved once: for the first connection to it, not when reused.
+    assert_eq!(w.trace().matches("resolve api-1.test").count(), 1, "{}", w.trace());
+    assert_eq!(w.trace().matches("resolve api-2.test").count(), 1, "{}", w.trace());
     // Back to api-1: its pooled connection is reused (pooled under the target's key).
     assert!(w.trace().contains("pooled connection to http://api-1.test:9001"), "{}", w.trace());
 }

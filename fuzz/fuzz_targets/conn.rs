@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use libfuzzer_sys::fuzz_target;
 use sluice_core::Gateway;
 use sluice_core::conn::{Connection, Input, Output, Session, Spliced};
-use sluice_core::upstream::Balancer;
 use sluice_core::dns::DnsError;
 use sluice_core::srv::{SrvRecord, SrvSet};
+use sluice_core::upstream::Balancer;
 
 fn gateway() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
@@ -78,15 +78,19 @@ fuzz_target!(|input: &[u8]| {
                 },
                 Output::WriteClient(bytes) => ready.push(Input::ClientWritten(bytes, Ok(()))),
                 Output::ShutdownClient => ready.push(Input::ClientShutdown(Ok(()))),
-                Output::Connect { id, pooled, .. } => {
+                Output::Connect { id, pooled, addr, .. } => {
                     if backends.len() <= id {
                         backends.resize_with(id + 1, || None);
                     }
-                    if backend.first() == Some(&b'!') {
+                    let idle = pooled && id % 2 == 1;
+                    if addr.is_none() && !idle {
+                        // A name, nothing idle: core resolves it and asks again.
+                        ready.push(Input::NoIdle(id));
+                    } else if backend.first() == Some(&b'!') {
                         ready.push(Input::ConnectFailed(id, "refused".into()));
                     } else {
                         backends[id] = Some(backend.chunks(step));
-                        ready.push(Input::Connected(id, (pooled && id % 2 == 1).then(Session::default)));
+                        ready.push(Input::Connected(id, idle.then(Session::default)));
                     }
                 }
                 Output::ReadBackend { id, mut buf } => {
@@ -107,14 +111,19 @@ fuzz_target!(|input: &[u8]| {
                 // Names resolve to loopback (or fail, with the refusing backend).
                 Output::Resolve { id, .. } => ready.push(Input::Resolved(
                     id,
-                    if backend.first() == Some(&b'!') { Err(DnsError::Failed("no such name".into())) } else { Ok(vec![[127, 0, 0, 1].into()]) },
+                    if backend.first() == Some(&b'!') {
+                        Err(DnsError::Failed("no such name".into()))
+                    } else {
+                        Ok(vec![[127, 0, 0, 1].into()])
+                    },
                 )),
                 Output::Discover { id, .. } => ready.push(Input::Discovered(
                     id,
                     if backend.first() == Some(&b'!') {
                         Err(DnsError::Failed("no SRV records for _api._tcp.sluice.test".into()))
                     } else {
-                        let records = [SrvRecord { priority: 0, weight: 1, port: 9003, target: "api.sluice.test".into() }];
+                        let records =
+                            [SrvRecord { priority: 0, weight: 1, port: 9003, target: "api.sluice.test".into() }];
                         Ok(Arc::new(SrvSet::new(&records).expect("a target")))
                     },
                 )),

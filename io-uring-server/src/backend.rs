@@ -14,9 +14,8 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 use monoio::net::udp::UdpSocket;
 use sluice_core::backend::IdlePool;
-use sluice_core::config::HostAddr;
 use sluice_core::conn::Session;
-use sluice_core::dns::{self, DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
 use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
 
 type Answer = Result<Vec<IpAddr>, DnsError>;
@@ -147,19 +146,6 @@ impl Pool {
             None => waiter.wait().await,
         }
     }
-
-    /// A new socket to a backend host: an IP literal as it is, a name through the
-    /// cache (its first address, in the resolver's order).
-    pub(crate) async fn connect(&self, host: &HostAddr) -> Result<TcpStream, String> {
-        let ip = match dns::ip_literal(&host.host) {
-            Ok(ip) => ip,
-            Err(name) => dns::first_address(name, self.resolve(name).await)?,
-        };
-        let addr = SocketAddr::new(ip, host.port);
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
 }
 
 /// Asks `name`'s SRV records: core's query, each try on a new UDP socket connected
@@ -200,4 +186,12 @@ async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String>
             Err(_) => q.handle_timeout(Instant::now()),
         }
     }
+}
+
+/// A new socket to a backend at `addr` (core resolved its name, if it had one), with
+/// Nagle off.
+pub(crate) async fn dial(addr: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }

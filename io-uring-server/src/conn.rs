@@ -240,19 +240,25 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             }
             None => conn.handle(Input::ClientShutdown(Err(gone())), Instant::now()),
         },
-        Output::Connect { id, host, pool_key, pooled } => {
+        Output::Connect { id, pool_key, pooled, addr } => {
             let idle = if pooled { shard.pool.take(&pool_key) } else { None };
             let b = ops.backend(id);
             *b = Backend::default();
-            b.op = Some(Box::pin(async move {
-                match idle {
-                    Some((s, session)) => (Back::Backend(id, s), Input::Connected(id, Some(session))),
-                    None => match shard.pool.connect(&host).await {
+            b.op = match (idle, addr) {
+                (Some((s, session)), _) => {
+                    Some(Box::pin(async move { (Back::Backend(id, s), Input::Connected(id, Some(session))) }))
+                }
+                (None, Some(addr)) => Some(Box::pin(async move {
+                    match crate::backend::dial(addr).await {
                         Ok(s) => (Back::Backend(id, s), Input::Connected(id, None)),
                         Err(why) => (Back::Nothing, Input::ConnectFailed(id, why)),
-                    },
+                    }
+                })),
+                (None, None) => {
+                    conn.handle(Input::NoIdle(id), Instant::now());
+                    None
                 }
-            }));
+            };
         }
         Output::ReadBackend { id, buf } => match ops.backend(id).stream.take() {
             Some(s) => ops.backend(id).op = Some(Box::pin(read_backend(id, s, buf))),

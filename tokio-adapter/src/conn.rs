@@ -218,16 +218,20 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 (Held::ClientWriter(w), Input::ClientShutdown(res))
             }));
         }
-        Output::Connect { id, host, pool_key, pooled } => {
+        Output::Connect { id, pool_key, pooled, addr } => {
             *sockets.upstream(id) = (None, None);
             let idle = if pooled { shared.pool.take(&pool_key) } else { None };
+            if idle.is_none() && addr.is_none() {
+                return Some(Some(Input::NoIdle(id)));
+            }
             sockets.run_upstream(
                 id,
                 Box::pin(async move {
                     if let Some((s, session)) = idle {
                         return (Held::Upstream(id, s), Input::Connected(id, Some(session)));
                     }
-                    match shared.pool.connect(&host).await {
+                    let Some(addr) = addr else { return (Held::Empty, Input::NoIdle(id)) };
+                    match crate::backend::dial(addr).await {
                         Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
                         Err(why) => (Held::Empty, Input::ConnectFailed(id, why)),
                     }
