@@ -33,7 +33,7 @@ use crate::event::Log;
 use crate::exchange::{Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits};
 use crate::io::{BackendId, Output, Session};
-use crate::link::{Decrypted, TLS_READ, TlsLink, Undecryptable, decrypt, encrypt_pending};
+use crate::link::{BackendSide, Decrypted, TLS_READ, TlsLink, Undecryptable};
 use crate::plan::Gateway;
 use crate::proxy::Proxy;
 use crate::redirect;
@@ -199,7 +199,8 @@ impl<'g> BackendCall<'g> {
     /// Its connection pooled (`reusable`, and a TLS session with nothing under way goes
     /// with it) or closed.
     fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
-        let idle_tls = self.tls.as_deref().is_none_or(|l| !l.busy && l.plain.is_none() && !l.conn.wants_write());
+        let idle_tls =
+            self.tls.as_deref().is_none_or(|l| !l.side.busy && l.side.plain.is_none() && !l.conn.wants_write());
         if reusable && self.connected && idle_tls && self.phase != Phase::Tunnel {
             Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) }
         } else {
@@ -413,7 +414,7 @@ impl<'g> Calls<'g> {
             // A kept TLS connection goes on in its session (through its tunnel, if
             // any), made under this very profile: the pool key says so, and the
             // session is asked again here.
-            (Some(Some(link)), Some(profile)) if link.profile == profile => slot.tls = Some(link),
+            (Some(Some(link)), Some(profile)) if link.side.profile == profile => slot.tls = Some(link),
             (Some(None), None) => {}
             (Some(_), _) => slot.failure = Some(Failure::new("a pooled connection of the wrong kind".to_string())),
             (None, None) => {}
@@ -511,12 +512,12 @@ impl<'g> Calls<'g> {
     /// input, as a plain read would have put it there.
     fn tls_read(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<usize>) {
         let Some(slot) = self.slots.get_mut(id) else { return };
-        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
-        link.busy = false;
+        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.side.busy) else { return };
+        link.side.busy = false;
         slot.reading = false;
         slot.hungry = false;
         match result {
-            Ok(n) => match decrypt(&mut link.conn, buf.get(..n).unwrap_or_default(), &mut slot.input) {
+            Ok(n) => match link.decrypt(buf.get(..n).unwrap_or_default(), &mut slot.input) {
                 Ok(Decrypted { closed: true, .. }) if link.conn.is_handshaking() => {
                     slot.failure = Some(cut_handshake(slot.via, slot.connect.as_deref(), "closed"))
                 }
@@ -537,12 +538,12 @@ impl<'g> Calls<'g> {
     /// once the handshake is done and rustls has nothing left to send.
     fn tls_written(&mut self, id: BackendId, mut buf: Vec<u8>, result: io::Result<()>) {
         let Some(slot) = self.slots.get_mut(id) else { return };
-        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.busy) else { return };
-        link.busy = false;
+        let Some(link) = slot.tls.as_deref_mut().filter(|l| l.side.busy) else { return };
+        link.side.busy = false;
         buf.clear();
         link.cipher_out = buf;
         let done = result.is_err() || (!link.conn.wants_write() && !link.conn.is_handshaking());
-        if done && let Some(plain) = link.plain.take() {
+        if done && let Some(plain) = link.side.plain.take() {
             self.plain_written(id, plain, result);
         } else if let Err(e) = result {
             slot.failure = Some(Failure::new(format!("cannot send to the backend: {e}")));
@@ -848,28 +849,29 @@ fn tls_poll<'g>(
     writing: &mut bool,
     wants_plain: bool,
 ) -> Option<Output<'g>> {
-    if link.busy {
+    if link.side.busy {
         return None;
     }
-    if link.plain.is_none() && !out.is_empty() {
+    if link.side.plain.is_none() && !out.is_empty() {
         let plain = mem::take(out);
         // rustls buffers it (no limit is set at connect): the slot writes one request
         // head or one body piece at a time, and waits for it to complete first.
         let _ = io::Write::write_all(&mut link.conn.writer(), &plain);
-        link.plain = Some(plain);
+        link.side.plain = Some(plain);
         *writing = true;
     }
     if link.conn.wants_write() {
-        link.cipher_out.clear();
-        encrypt_pending(&mut link.conn, &mut link.cipher_out);
-        link.busy = true;
-        return Some(Output::WriteBackend { id, bytes: mem::take(&mut link.cipher_out) });
+        let mut bytes = mem::take(&mut link.cipher_out);
+        bytes.clear();
+        link.encrypt_pending(&mut bytes);
+        link.side.busy = true;
+        return Some(Output::WriteBackend { id, bytes });
     }
     if (link.conn.is_handshaking() || wants_plain) && link.conn.wants_read() {
         let mut buf = mem::take(&mut link.cipher_in);
         buf.clear();
         buf.reserve(TLS_READ);
-        link.busy = true;
+        link.side.busy = true;
         return Some(Output::ReadBackend { id, buf });
     }
     None
@@ -892,14 +894,8 @@ fn start_tls(slot: &mut BackendCall<'_>) {
     match rustls::ClientConnection::new(target.profile.config.clone(), target.server_name.clone()) {
         Ok(mut conn) => {
             conn.set_buffer_limit(None);
-            slot.tls = Some(Box::new(TlsLink {
-                conn,
-                profile: target.profile.id(),
-                cipher_out: Vec::new(),
-                cipher_in: Vec::new(),
-                busy: false,
-                plain: None,
-            }));
+            let side = BackendSide { profile: target.profile.id(), busy: false, plain: None };
+            slot.tls = Some(Box::new(TlsLink::new(conn, side)));
         }
         Err(e) => slot.failure = Some(Failure::new(format!("TLS: {e}"))),
     }
@@ -966,14 +962,7 @@ mod tests {
         let host = HostAddr::parse("https://api.test").unwrap();
         let session = |p: &TlsProfile| {
             let conn = rustls::ClientConnection::new(p.config.clone(), name.clone()).unwrap();
-            let link = TlsLink {
-                conn,
-                profile: p.id(),
-                cipher_out: Vec::new(),
-                cipher_in: Vec::new(),
-                busy: false,
-                plain: None,
-            };
+            let link = TlsLink::new(conn, BackendSide { profile: p.id(), busy: false, plain: None });
             Session(Some(Box::new(link)))
         };
         let wrong = Some("a pooled connection of the wrong kind");
@@ -987,7 +976,7 @@ mod tests {
             calls.handle_connected(id, Some(pooled), Limits::default());
             let call = calls.get_mut(id).unwrap();
             assert_eq!(call.failure.take().map(|f| f.reason).as_deref(), want);
-            assert_eq!(call.tls.as_ref().map(|l| l.profile), want.is_none().then(|| a.id()));
+            assert_eq!(call.tls.as_ref().map(|l| l.side.profile), want.is_none().then(|| a.id()));
             calls.release(id, false, &mut queue);
         }
     }

@@ -1,7 +1,7 @@
 //! One client connection's whole life, Sans-IO: [`Connection`].
 //!
 //! The connection owns the server codec (and, on an HTTPS listener, the client's TLS
-//! session, `link::ServerLink`), the head, body, idle and write deadlines,
+//! session, a `link::ServerLink`), the head, body, idle and write deadlines,
 //! the request being served (a whole-body [`Exchange`], a streamed `no-op`
 //! pass-through, a built-in endpoint, a forward-proxy request or tunnel, or an answer
 //! the router gives at once), every status the client can get, and the access line.
@@ -102,7 +102,7 @@ use crate::exchange::{Action, Call, Exchange};
 use crate::forward::{self, Denied, Destination, ForwardPlan};
 use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 pub use crate::io::{BackendId, Input, Output, Session};
-use crate::link::{ServerLink, TLS_CLIENT_READ, TLS_READ, decrypt, encrypt_pending};
+use crate::link::{ListenerSide, ServerLink, TLS_CLIENT_READ, TLS_READ};
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
 use crate::srv::SrvSet;
@@ -323,15 +323,7 @@ impl<'g> Connection<'g> {
             match rustls::ServerConnection::new(profile.config.clone()) {
                 Ok(mut conn) => {
                     conn.set_buffer_limit(None);
-                    c.tls = Some(Box::new(ServerLink {
-                        conn,
-                        cipher_in: Vec::new(),
-                        cipher_out: Vec::new(),
-                        started: false,
-                        closed: false,
-                        failed: false,
-                        big_reads: false,
-                    }));
+                    c.tls = Some(Box::new(ServerLink::new(conn, ListenerSide::default())));
                 }
                 // Never plain HTTP on an HTTPS listener: closed at once.
                 Err(_) => c.state = State::Closing,
@@ -447,15 +439,15 @@ impl<'g> Connection<'g> {
         let Some(tls) = self.tls.as_deref_mut() else { return };
         let n = result.map_or(0, |n| n.min(buf.len()));
         self.eof |= n == 0;
-        tls.big_reads = n > 0 && n >= buf.capacity();
-        if tls.failed {
+        tls.side.big_reads = n > 0 && n >= buf.capacity();
+        if tls.side.failed {
             buf.clear();
             tls.cipher_in = buf;
             self.hungry = false;
             return;
         }
-        if !tls.started && n > 0 {
-            tls.started = true;
+        if !tls.side.started && n > 0 {
+            tls.side.started = true;
             // A TLS connection opens with a handshake record (22); a request line with
             // a method's letters.
             if buf[0] != 0x16 && buf[0].is_ascii_alphabetic() {
@@ -466,7 +458,7 @@ impl<'g> Connection<'g> {
                 return;
             }
         }
-        let decrypted = decrypt(&mut tls.conn, &buf[..n], &mut self.input);
+        let decrypted = tls.decrypt(&buf[..n], &mut self.input);
         buf.clear();
         tls.cipher_in = buf;
         match decrypted {
@@ -489,8 +481,8 @@ impl<'g> Connection<'g> {
     /// when the client goes.
     fn tls_broken(&mut self, reason: String) {
         if let Some(tls) = self.tls.as_deref_mut() {
-            tls.closed = true;
-            tls.failed = true;
+            tls.side.closed = true;
+            tls.side.failed = true;
         }
         self.hungry = false;
         self.queue.push_back(Output::Log(Log::Tls { peer: self.peer, reason }));
@@ -774,7 +766,7 @@ impl<'g> Connection<'g> {
                 }
                 if tls.conn.wants_write() {
                     let mut bytes = mem::take(&mut tls.cipher_out);
-                    encrypt_pending(&mut tls.conn, &mut bytes);
+                    tls.encrypt_pending(&mut bytes);
                     self.write_since = Some(self.now);
                     return Some(Output::WriteClient(bytes));
                 }
@@ -814,7 +806,7 @@ impl<'g> Connection<'g> {
             if let Some(tls) = self.tls.as_deref_mut() {
                 let mut buf = mem::take(&mut tls.cipher_in);
                 buf.clear();
-                buf.reserve(if tls.big_reads { TLS_READ } else { TLS_CLIENT_READ });
+                buf.reserve(if tls.side.big_reads { TLS_READ } else { TLS_CLIENT_READ });
                 return Some(Output::ReadClient(buf));
             }
             return Some(Output::ReadClient(self.input.take_for_read()));
@@ -929,9 +921,9 @@ impl<'g> Connection<'g> {
                 if self.client_busy() {
                     return (State::Closing, false);
                 }
-                if let Some(tls) = self.tls.as_deref_mut().filter(|t| !t.closed) {
+                if let Some(tls) = self.tls.as_deref_mut().filter(|t| !t.side.closed) {
                     // The session ends with close_notify: written, then on as plain.
-                    tls.closed = true;
+                    tls.side.closed = true;
                     tls.conn.send_close_notify();
                     return (State::Closing, false);
                 }

@@ -1,32 +1,89 @@
-//! The rustls adapter, one for both ends of the gateway: a TLS session sits between
-//! a socket's ciphertext, which the driver moves, and the plaintext the HTTP codec
-//! reads and writes. [`ServerLink`] is the client's session on an HTTPS listener,
-//! [`TlsLink`] a backend connection's; both feed and drain rustls through
-//! [`decrypt`] and [`encrypt_pending`]. rustls is Sans-IO, so this is too.
+//! The rustls adapter, one for both ends of the gateway: a [`Link`] sits between a
+//! socket's ciphertext, which the driver moves, and the plaintext the HTTP codec reads
+//! and writes. It is the same type on both sides, around rustls' connection of that
+//! side and what that side keeps beside it: [`ServerLink`] is the client's session on
+//! an HTTPS listener ([`ListenerSide`]), [`TlsLink`] a backend call's
+//! ([`BackendSide`]). rustls is Sans-IO, so this is too.
 
 use std::fmt;
 use std::io;
+use std::ops::DerefMut;
 
 use crate::buf::ReadBuf;
 
-/// The TLS session of a backend connection (rustls is Sans-IO): it encrypts what the
-/// slot writes and decrypts what it reads, so the slot above it deals in plaintext
-/// and the driver below moves only ciphertext. One socket operation at a time, as
-/// for a plain connection.
+/// A TLS session between ciphertext and plaintext: rustls' connection `C` (client or
+/// server), the vectors ciphertext travels in to and from the driver, and what its side
+/// keeps (`S`).
 #[derive(Debug)]
-pub(crate) struct TlsLink {
-    pub(crate) conn: rustls::ClientConnection,
+pub(crate) struct Link<C, S> {
+    pub(crate) conn: C,
+    /// The vector ciphertext reads come back in.
+    pub(crate) cipher_in: Vec<u8>,
+    /// The vector ciphertext is handed to the driver in.
+    pub(crate) cipher_out: Vec<u8>,
+    pub(crate) side: S,
+}
+
+impl<C, D, S> Link<C, S>
+where
+    C: DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    pub(crate) fn new(conn: C, side: S) -> Link<C, S> {
+        Link { conn, cipher_in: Vec::new(), cipher_out: Vec::new(), side }
+    }
+
+    /// Feeds ciphertext (`data`; empty: the peer closed) to the session and appends
+    /// the plaintext it yields to `input`.
+    pub(crate) fn decrypt(&mut self, data: &[u8], input: &mut ReadBuf) -> Result<Decrypted, Undecryptable> {
+        decrypt(&mut self.conn, data, input)
+    }
+
+    /// Appends all the ciphertext the session wants sent to `out`.
+    pub(crate) fn encrypt_pending(&mut self, out: &mut Vec<u8>) {
+        let conn: &mut rustls::ConnectionCommon<D> = &mut self.conn;
+        while conn.wants_write() {
+            if conn.write_tls(out).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A backend call's TLS session: it encrypts what the call writes and decrypts what
+/// it reads, so the call above it deals in plaintext and the driver below moves only
+/// ciphertext. One socket operation at a time, as for a plain connection.
+pub(crate) type TlsLink = Link<rustls::ClientConnection, BackendSide>;
+
+/// What a backend call's session keeps beside rustls'.
+#[derive(Debug)]
+pub(crate) struct BackendSide {
     /// The [`crate::tls::TlsProfile::id`] it was made under: a pooled session is only
     /// taken up by a call under the same profile.
     pub(crate) profile: u64,
-    /// Ciphertext handed to the driver, and the vector reads come back in.
-    pub(crate) cipher_out: Vec<u8>,
-    pub(crate) cipher_in: Vec<u8>,
     /// A ciphertext read or write is out with the driver.
     pub(crate) busy: bool,
-    /// Plaintext the slot wrote, taken by rustls: the slot's write completes once
+    /// Plaintext the call wrote, taken by rustls: the call's write completes once
     /// the handshake is done and all of it went out.
     pub(crate) plain: Option<Vec<u8>>,
+}
+
+/// The client's TLS session on an HTTPS listener: it decrypts what the client sends
+/// into the connection's input and encrypts its output, so the codec above deals in
+/// plaintext and the driver moves ciphertext.
+pub(crate) type ServerLink = Link<rustls::ServerConnection, ListenerSide>;
+
+/// What the listener's session with a client keeps beside rustls'.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerSide {
+    /// Some bytes came: the first tell a ClientHello from plain HTTP.
+    pub(crate) started: bool,
+    /// close_notify is queued, or the session failed: nothing more goes into it.
+    pub(crate) closed: bool,
+    /// The session failed: what the client still sends is dropped unread.
+    pub(crate) failed: bool,
+    /// The last read filled its buffer: the next asks for a whole record's worth.
+    pub(crate) big_reads: bool,
 }
 
 /// Why feeding ciphertext to a TLS session failed.
@@ -57,7 +114,7 @@ pub(crate) struct Decrypted {
 
 /// Feeds ciphertext (`data`; empty: the peer closed) to a TLS session, either side,
 /// and appends the plaintext it yields to `input`.
-pub(crate) fn decrypt<S: rustls::SideData>(
+fn decrypt<S: rustls::SideData>(
     conn: &mut rustls::ConnectionCommon<S>,
     mut data: &[u8],
     input: &mut ReadBuf,
@@ -89,34 +146,6 @@ pub(crate) fn decrypt<S: rustls::SideData>(
             return Ok(out);
         }
     }
-}
-
-/// Appends all the ciphertext a TLS session wants sent to `out`.
-pub(crate) fn encrypt_pending<S: rustls::SideData>(conn: &mut rustls::ConnectionCommon<S>, out: &mut Vec<u8>) {
-    while conn.wants_write() {
-        if conn.write_tls(out).is_err() {
-            break;
-        }
-    }
-}
-
-/// The client's TLS session on an HTTPS listener: it decrypts what the client sends
-/// into the connection's input and encrypts its output, so the codec above deals in
-/// plaintext and the driver moves ciphertext.
-#[derive(Debug)]
-pub(crate) struct ServerLink {
-    pub(crate) conn: rustls::ServerConnection,
-    /// The vector ciphertext reads go out in, and the one writes go out in.
-    pub(crate) cipher_in: Vec<u8>,
-    pub(crate) cipher_out: Vec<u8>,
-    /// Some bytes came: the first tell a ClientHello from plain HTTP.
-    pub(crate) started: bool,
-    /// close_notify is queued, or the session failed: nothing more goes into it.
-    pub(crate) closed: bool,
-    /// The session failed: what the client still sends is dropped unread.
-    pub(crate) failed: bool,
-    /// The last read filled its buffer: the next asks for a whole record's worth.
-    pub(crate) big_reads: bool,
 }
 
 /// A ciphertext read on an idle client connection: small (a request fits), grown to
