@@ -1,0 +1,295 @@
+//! The forward proxy's side of a connection: a request to the host it names
+//! (resolved, vetted, dialled as a pooled backend call, then streamed as `no-op` is),
+//! or a `CONNECT` tunnel (opened, then bytes both ways, spliced where the driver can),
+//! and the answers it gets when refused (egress policy, breakers, DNS, timeouts).
+
+use super::*;
+
+/// A forward-proxy request between its head and its connection: its destination's
+/// name resolving, or its tunnel's connection opening.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) dest: Destination,
+    /// The request to send (empty for a tunnel).
+    pub(super) request: Vec<u8>,
+    pub(super) method: Method,
+    pub(super) body: Option<BodyLength>,
+    pub(super) tunnel: bool,
+    pub(super) line: AccessLog,
+    pub(super) deadline: Instant,
+    /// Taken when the address is known (see [`crate::breaker`]).
+    pub(super) permit: Option<Permit>,
+}
+
+/// A CONNECT tunnel: client to destination (`up`) and back (`down`).
+#[derive(Debug)]
+pub(super) struct Tunnel {
+    pub(super) up: Pipe,
+    pub(super) down: Pipe,
+    pub(super) dest: String,
+    /// The last bytes either way; the tunnel closes `idle` after.
+    pub(super) last: Instant,
+    pub(super) idle: Duration,
+    pub(super) line: AccessLog,
+    /// Held while the tunnel is open.
+    pub(super) _permit: Option<Permit>,
+}
+
+/// A request the forward proxy sent on.
+#[derive(Debug)]
+pub(super) struct Forwarded {
+    /// `host:port`, for log lines.
+    pub(super) dest: String,
+    /// Until the response head: the request's start plus `timeout`; then, while the
+    /// body flows, the last progress plus `idle_timeout`.
+    pub(super) deadline: Instant,
+}
+
+impl<'g> Connection<'g> {
+    /// The tunnel's connection ([`Output::OpenTunnel`]) is open, or why not.
+    pub fn handle_tunnel_opened(&mut self, result: Result<(), String>, now: Instant) {
+        self.now = now;
+        let State::Opening(p) = mem::replace(&mut self.state, State::Closed) else { return };
+        self.state = match result {
+            Ok(()) => self.open_tunnel(p),
+            Err(reason) => {
+                self.log_forward(p.dest.authority.clone(), reason.clone());
+                self.fail(StatusCode::BAD_GATEWAY, &reason, p.line)
+            }
+        };
+        self.progress();
+    }
+
+    /// A read on the tunnel's connection finished (as [`Connection::handle_client_read`]).
+    pub fn handle_tunnel_read(&mut self, buf: Vec<u8>, result: io::Result<usize>, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let read = t.down.read_done(buf, result);
+        self.tunnel_moved(read.map_err(|e| format!("destination read failed: {}", e.0)));
+    }
+
+    /// A write on the tunnel's connection finished.
+    pub fn handle_tunnel_written(&mut self, buf: Vec<u8>, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let written = t.up.written(buf, result);
+        self.tunnel_moved(written.map(|()| false).map_err(|e| format!("destination write failed: {}", e.0)));
+    }
+
+    /// The tunnel connection's write side is shut.
+    pub fn handle_tunnel_shutdown(&mut self, result: io::Result<()>, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let shut = t.up.shut_done(result);
+        self.tunnel_moved(shut.map(|()| false).map_err(|e| format!("destination shutdown failed: {}", e.0)));
+    }
+
+    /// A splice ([`Output::Splice`]) ended.
+    pub fn handle_spliced(&mut self, up: bool, result: Spliced, now: Instant) {
+        self.now = now;
+        let State::Tunnel(t) = &mut self.state else { return };
+        let (pipe, from, to) =
+            if up { (&mut t.up, "client", "destination") } else { (&mut t.down, "destination", "client") };
+        let why = match &result {
+            Spliced::ReadFailed(e) => Some(format!("{from} read failed: {e}")),
+            Spliced::WriteFailed(e) => Some(format!("{to} write failed: {e}")),
+            _ => None,
+        };
+        let unsupported = matches!(result, Spliced::Unsupported);
+        let moved = pipe.spliced(result);
+        if unsupported {
+            t.up.copy();
+            t.down.copy();
+        }
+        self.tunnel_moved(match why {
+            Some(why) => Err(why),
+            None => moved.map_err(|e| e.0.to_string()),
+        });
+    }
+
+    /// After a tunnel operation: `Ok(true)` when bytes came in (the idle clock
+    /// restarts), an error ends the tunnel at once, and the tunnel ends when both
+    /// directions are closed.
+    pub(super) fn tunnel_moved(&mut self, moved: Result<bool, String>) {
+        let State::Tunnel(t) = &mut self.state else { return };
+        match moved {
+            Ok(true) => t.last = self.now,
+            Ok(false) => {}
+            Err(reason) => return self.end_tunnel(Some(reason)),
+        }
+        if t.up.is_done() && t.down.is_done() {
+            self.end_tunnel(None);
+        }
+    }
+
+    /// The tunnel is over: its access line (200, the bytes sent to the client), a log
+    /// line when it broke, and the connection closes.
+    pub(super) fn end_tunnel(&mut self, broke: Option<String>) {
+        let State::Tunnel(t) = mem::replace(&mut self.state, State::Closed) else { return };
+        if let Some(reason) = broke {
+            self.log_forward(t.dest, reason);
+        }
+        let line = t.line.tunnel_line(t.up.bytes, t.down.bytes, t.up.spliced + t.down.spliced, self.now);
+        self.queue.push_back(Output::Log(Log::Access(line)));
+        self.queue.push_back(Output::Close);
+    }
+
+    /// A request on the forward proxy's listener: a CONNECT opens a tunnel, anything
+    /// else is sent on to the host it names; both under the egress policy.
+    pub(super) fn start_forward(&mut self, req: Request, fp: &'g ForwardPlan) -> State<'g> {
+        let (now, peer) = (self.now, self.peer);
+        let tunnel = req.method == Method::CONNECT;
+        let dest = if tunnel { fp.tunnel_destination(&req) } else { fp.destination(&req) };
+        let dest = match dest {
+            Ok(dest) => dest,
+            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, peer, now)),
+        };
+        let line = AccessLog::forwarded(&req, &dest, peer, now);
+        if tunnel && !fp.config.connect.enabled {
+            // Envoy without the CONNECT upgrade: refused, and the connection closed
+            // (what the client sent after its CONNECT is never read as HTTP).
+            return self.fail(StatusCode::FORBIDDEN, "CONNECT is not enabled on this proxy", line);
+        }
+        let body = match RequestBody::relayed(req.framing) {
+            RequestBody::Stream(length) if !tunnel => Some(length),
+            _ => None,
+        };
+        if body.is_none() && !tunnel {
+            // No body: the codec sees the request end now.
+            match self.server.handle_input(self.input.pending()) {
+                Ok((n, ServerEvent::End(_))) => self.input.consume(n),
+                Ok(_) => {}
+                Err(e) => return self.fail(e.status(), e.reason(), line),
+            }
+        }
+        if let Err(denied) = fp.egress.check_host(&dest.host, dest.port, tunnel) {
+            return self.denied(denied, &dest, line, tunnel);
+        }
+        let mut request = Vec::new();
+        if !tunnel && let Err(reason) = fp.write_request(&req, &dest, body, &mut request) {
+            return self.fail(StatusCode::BAD_REQUEST, reason, line);
+        }
+        let p = Box::new(Pending {
+            request,
+            method: req.method.clone(),
+            body,
+            tunnel,
+            line,
+            deadline: now + fp.config.timeout,
+            dest,
+            permit: None,
+        });
+        match p.dest.ip() {
+            Some(ip) => self.dial(p, ip),
+            None => {
+                self.queue.push_back(Output::Resolve { id: 0, name: p.dest.host.clone() });
+                State::Resolve(p)
+            }
+        }
+    }
+
+    /// The destination's address is known: vetted, then dialled (that address and no
+    /// other): a tunnel's connection, or a backend connection for the request.
+    pub(super) fn dial(&mut self, mut p: Box<Pending>, ip: IpAddr) -> State<'g> {
+        let Some(fp) = self.fwd else { return State::Closing };
+        let addr = SocketAddr::new(ip, p.dest.port);
+        if let Err(denied) = fp.egress.check_addr(addr) {
+            return self.denied(denied, &p.dest, p.line, p.tunnel);
+        }
+        match fp.breakers.admit(&p.dest.authority) {
+            Ok(permit) => p.permit = Some(permit),
+            Err(open) => return self.overflowed(open, p),
+        }
+        if p.tunnel {
+            self.queue.push_back(Output::OpenTunnel { addr });
+            return State::Opening(p);
+        }
+        let Pending { dest, request, method, body, line, deadline, permit, .. } = *p;
+        let host = HostAddr { scheme: Scheme::Http, host: ip.to_string(), port: dest.port };
+        // Pooled by the vetted address: never shared with the gateway's backends.
+        let pool_key = crate::backend::forward_pool_key(&addr);
+        let call = BackendCall::forward(method, host, pool_key, body, request, permit);
+        let id = self.calls.open_forward(call, &mut self.queue);
+        State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
+    }
+
+    /// A circuit breaker of the destination is open: 503, the breaker named in
+    /// [`breaker::HEADER`] and the body, and a log line.
+    pub(super) fn overflowed(&mut self, open: Breaker, p: Box<Pending>) -> State<'g> {
+        let name = open.name();
+        self.log_forward(p.dest.authority, format!("circuit breaker open: {name}"));
+        let mut reply = Reply::text(StatusCode::SERVICE_UNAVAILABLE, &format!("circuit breaker open: {name}"));
+        reply.headers.insert(breaker::HEADER, http::HeaderValue::from_static(name));
+        self.respond(reply, p.line, p.tunnel)
+    }
+
+    /// No response head from `dest` within the forward proxy's `timeout`: 504, closed.
+    pub(super) fn forward_timed_out(&mut self, dest: String, line: AccessLog) -> State<'g> {
+        let reason = "the destination did not answer in time";
+        self.log_forward(dest, reason.to_string());
+        self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), line, true)
+    }
+
+    /// The destination's name did not resolve: 503 `DNS resolution failure`, or 503
+    /// `DNS cache overflow` when the cache had no room for it (Envoy's words), the
+    /// reason in the log.
+    pub(super) fn dns_failed(&mut self, p: Box<Pending>, error: DnsError) -> State<'g> {
+        let (body, reason) = match error {
+            DnsError::Overflow => ("DNS cache overflow", format!("cannot resolve {}: DNS cache overflow", p.dest.host)),
+            DnsError::Failed(why) => ("DNS resolution failure", format!("cannot resolve {}: {why}", p.dest.host)),
+        };
+        self.log_forward(p.dest.authority, reason);
+        self.respond(Reply::text(StatusCode::SERVICE_UNAVAILABLE, body), p.line, p.tunnel)
+    }
+
+    /// The egress policy refused the destination: 403, the reason in
+    /// [`forward::DENIED_HEADER`] and the body, and a log line. A refused tunnel closes
+    /// the connection.
+    pub(super) fn denied(&mut self, denied: Denied, dest: &Destination, line: AccessLog, close: bool) -> State<'g> {
+        let reason = denied.to_string();
+        self.queue.push_back(Output::Log(Log::Denied {
+            peer: self.peer,
+            dest: dest.authority.clone(),
+            reason: reason.clone(),
+        }));
+        let mut reply = Reply::text(StatusCode::FORBIDDEN, &format!("egress denied: {reason}"));
+        if let Ok(v) = http::HeaderValue::from_str(&reason) {
+            reply.headers.insert(forward::DENIED_HEADER, v);
+        }
+        self.respond(reply, line, close)
+    }
+
+    /// The tunnel's connection is open: `200` to the client, then bytes both ways;
+    /// what the client sent after its CONNECT head goes first.
+    pub(super) fn open_tunnel(&mut self, mut p: Box<Pending>) -> State<'g> {
+        let Some(fp) = self.fwd else { return State::Closing };
+        let none = HeaderMap::new();
+        let head = ResponseHead { status: StatusCode::OK, headers: &none, body: BodyLength::Known(0), close: false };
+        if self.server.write_response_head(&head, &mut self.out).is_err()
+            || self.server.finish_response(&mut self.out) != Ok(Next::Switch)
+        {
+            return State::Closing;
+        }
+        self.answered = true;
+        let early = self.input.pending().to_vec();
+        self.input.clear();
+        self.queue.push_back(Output::Log(Log::Tunnel { dest: p.dest.authority.clone() }));
+        let splice = self.splice && fp.config.connect.splice;
+        State::Tunnel(Box::new(Tunnel {
+            up: Pipe::with(early).splicing(splice),
+            down: Pipe::default().splicing(splice),
+            dest: p.dest.authority,
+            last: self.now,
+            idle: fp.config.idle_timeout,
+            line: p.line,
+            _permit: p.permit.take().map(|mut permit| {
+                permit.connected();
+                permit
+            }),
+        }))
+    }
+
+    pub(super) fn log_forward(&mut self, dest: String, reason: String) {
+        self.queue.push_back(Output::Log(Log::Forward { dest, reason }));
+    }
+}

@@ -1,0 +1,278 @@
+//! `no-op`, streamed both ways: the client's body relayed to the backend as it
+//! comes, the backend's answer pumped back as it comes, and what happens when either
+//! breaks off (a 502 or 504 while nothing reached the client, else a cut body).
+
+use super::*;
+
+/// A `no-op` response body on its way from backend connection `id` to the client.
+///
+/// The endpoint timeout bounds the whole exchange, body included, from the request's
+/// start ([`Exchange::deadline`]): as KrakenD, whose request context covers the
+/// response body too. A trickling backend cannot hold the client longer, and a
+/// download that needs longer needs a longer endpoint `timeout`.
+#[derive(Debug)]
+pub(super) struct Pumping<'g> {
+    /// Kept for the 502 a failure gets while nothing reached the client.
+    pub(super) leg: Leg<'g>,
+    pub(super) line: AccessLog,
+    pub(super) id: BackendId,
+    pub(super) status: StatusCode,
+    /// Body bytes written for the client so far.
+    pub(super) sent: u64,
+    /// Where the response head starts in the output and the count of client writes
+    /// then: while no write was handed out since, the head can still be taken back.
+    pub(super) head: (usize, u64),
+}
+
+/// What a streamed response comes from: a `no-op` endpoint's exchange, or a request
+/// the forward proxy sent on.
+#[derive(Debug)]
+pub(super) enum Leg<'g> {
+    Endpoint(Box<Exchange<'g>>),
+    Forward(Box<Forwarded>),
+}
+
+impl Leg<'_> {
+    pub(super) fn deadline(&self) -> Instant {
+        match self {
+            Leg::Endpoint(ex) => ex.deadline(),
+            Leg::Forward(f) => f.deadline,
+        }
+    }
+}
+
+/// Why a pumped body ends early.
+#[derive(Debug)]
+pub(super) enum Cut {
+    Timeout,
+    Failed(String),
+}
+
+/// Why relaying a client body stopped.
+#[derive(Debug)]
+pub(super) enum Relay {
+    BadBody(StatusCode, &'static str),
+    ClientGone,
+}
+
+impl<'g> Connection<'g> {
+    pub(super) fn start_stream(&mut self, creq: ClientRequest, route: Route<'g>, line: AccessLog) -> State<'g> {
+        if creq.body == RequestBody::None {
+            // No body to stream: the codec sees the request end now.
+            match self.server.handle_input(self.input.pending()) {
+                Ok((n, ServerEvent::End(_))) => self.input.consume(n),
+                Ok(_) => {}
+                Err(e) => return self.fail(e.status(), e.reason(), line),
+            }
+        }
+        let mut ex = Box::new(Exchange::new(self.gw, route, creq, self.now));
+        match ex.poll(self.balancer) {
+            Action::Call(call) => match self.open(&ex, &call, true) {
+                Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
+                Err(reason) => {
+                    ex.handle_failure(call.id, reason);
+                    self.settle_stream(ex, line)
+                }
+            },
+            Action::Respond(reply) => self.respond(reply, line, false),
+            _ => self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true),
+        }
+    }
+
+    /// A `no-op` exchange that ended without a response head: its answer (502, 504),
+    /// and the connection closes (the request body may be half read).
+    pub(super) fn settle_stream(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
+        let reply = match ex.poll(self.balancer) {
+            Action::Respond(reply) => reply,
+            _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
+        };
+        self.respond(reply, line, true)
+    }
+
+    pub(super) fn step_stream(&mut self, mut leg: Leg<'g>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
+        let relayed = match self.relay(id) {
+            Ok(moved) => moved,
+            Err(Relay::BadBody(status, reason)) => {
+                // The client's body is malformed: its fault, not the backend's. The
+                // backend connection got part of it: it is closed, never pooled.
+                self.close_slots();
+                return (self.fail(status, reason, line), true);
+            }
+            Err(Relay::ClientGone) => {
+                self.close_slots();
+                return (State::Closing, true);
+            }
+        };
+        let call = self.calls.index(id);
+        match self.slot_step(id) {
+            CallEvent::Nothing => (State::Stream { leg, line, id }, relayed),
+            CallEvent::Head(head) => {
+                let none = HeaderMap::new();
+                let (status, headers) = match &mut leg {
+                    Leg::Endpoint(ex) => {
+                        self.log_call(ex.endpoint().index, call, Some(head.status));
+                        ex.handle_head(call, head.status);
+                        let Action::Stream(stream) = ex.poll(self.balancer) else {
+                            self.close_slots();
+                            let Leg::Endpoint(ex) = leg else { return (State::Closing, true) };
+                            return (self.settle_stream(ex, line), true);
+                        };
+                        (stream.status, &none)
+                    }
+                    Leg::Forward(f) => {
+                        f.deadline = self.now + self.fwd.map_or(Duration::ZERO, |fp| fp.config.idle_timeout);
+                        (head.status, self.fwd.map_or(&none, |fp| &fp.via))
+                    }
+                };
+                let response = ResponseHead { status, headers, body: head.body_length(), close: self.stopping };
+                let head_at = (self.out.len(), self.handed);
+                if self.server.write_passthrough_head(&response, &head.head, &mut self.out).is_err() {
+                    self.close_slots();
+                    return (State::Closing, true);
+                }
+                self.answered = true;
+                (State::Pump(Pumping { leg, line, id, status, sent: 0, head: head_at }), true)
+            }
+            CallEvent::Failed(f) => (self.leg_failed(leg, call, f.reason, line), true),
+            CallEvent::Answer { .. } => {
+                self.close_slots();
+                (self.leg_failed(leg, call, "unexpected response".to_string(), line), true)
+            }
+        }
+    }
+
+    /// A streamed call failed before its response head: a `no-op` endpoint answers as
+    /// its exchange says, the forward proxy 502 with the reason.
+    pub(super) fn leg_failed(&mut self, leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
+        match leg {
+            Leg::Endpoint(mut ex) => {
+                self.log_call(ex.endpoint().index, call, None);
+                self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
+                ex.handle_failure(call, &reason);
+                self.settle_stream(ex, line)
+            }
+            Leg::Forward(f) => {
+                self.log_forward(f.dest, reason.clone());
+                self.respond(Reply::text(StatusCode::BAD_GATEWAY, &reason), line, true)
+            }
+        }
+    }
+
+    /// Moves client body bytes to backend connection `id` while it relays; says
+    /// whether anything moved.
+    pub(super) fn relay(&mut self, id: BackendId) -> Result<bool, Relay> {
+        let Some(slot) = self.calls.get_mut(id) else { return Ok(false) };
+        let Phase::Relay { length, done } = slot.phase else { return Ok(false) };
+        if slot.writing || !slot.out.is_empty() || slot.failure.is_some() {
+            return Ok(false);
+        }
+        if done {
+            slot.phase = Phase::Receive;
+            slot.hungry = true;
+            return Ok(true);
+        }
+        if self.hungry || self.reading {
+            return Ok(false);
+        }
+        // `100 Continue` first, when the client asked for it (once).
+        self.server.write_continue(&mut self.out);
+        match self.server.relay_body(self.input.pending(), length, &mut slot.out) {
+            Ok((n, true)) => {
+                self.input.consume(n);
+                slot.phase = Phase::Relay { length, done: true };
+                Ok(true)
+            }
+            Ok((n, false)) => {
+                self.input.consume(n);
+                if slot.out.is_empty() {
+                    self.hungry = true;
+                    if self.eof {
+                        return Err(Relay::ClientGone);
+                    }
+                }
+                Ok(n > 0)
+            }
+            Err(e) => Err(Relay::BadBody(e.status(), e.reason())),
+        }
+    }
+
+    pub(super) fn step_pump(&mut self, mut p: Pumping<'g>) -> (State<'g>, bool) {
+        let Some(slot) = self.calls.get_mut(p.id) else { return (State::Pump(p), false) };
+        if let Some(failure) = slot.failure.take() {
+            // The backend broke off (a reset, a failed read).
+            return (self.cut(p, Cut::Failed(failure.reason)), true);
+        }
+        if self.out.len() >= FLUSH_AT || slot.reading || slot.hungry {
+            return (State::Pump(p), false);
+        }
+        let Some(codec) = slot.codec.as_mut() else { return (self.cut(p, Cut::Failed("no codec".into())), true) };
+        match pump_body(codec, slot.input.pending(), slot.eof, &mut self.server, &mut self.out, FLUSH_AT) {
+            Ok((n, moved, Pumped::End)) => {
+                slot.input.consume(n);
+                p.sent += moved;
+                let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
+                self.release(p.id, reusable);
+                let line = p.line.line(p.status, p.sent, self.now);
+                self.queue.push_back(Output::Log(Log::Access(line)));
+                match self.server.finish_response(&mut self.out) {
+                    Ok(next) => (State::Flush(next), true),
+                    Err(_) => (State::Closing, true),
+                }
+            }
+            Ok((n, moved, pumped)) => {
+                slot.input.consume(n);
+                p.sent += moved;
+                if let (Leg::Forward(f), true, Some(fp)) = (&mut p.leg, n > 0, self.fwd) {
+                    f.deadline = self.now + fp.config.idle_timeout;
+                }
+                if pumped == Pumped::NeedMore {
+                    slot.hungry = true;
+                }
+                (State::Pump(p), n > 0)
+            }
+            Err(e) => (self.cut(p, Cut::Failed(format!("invalid response body: {}", e.reason()))), true),
+        }
+    }
+
+    /// A `no-op` response body that cannot end well. While no byte of the answer has
+    /// reached the client, it is taken back and the client gets the 502 (504 at the
+    /// timeout) it would have had before the head; after that the body is cut (the
+    /// client sees a short body: no chunk terminator, or fewer bytes than announced)
+    /// and the connection closes. Either way, a backend line and the access line.
+    pub(super) fn cut(&mut self, p: Pumping<'g>, cut: Cut) -> State<'g> {
+        let call = self.calls.index(p.id);
+        self.close_slots();
+        let (timed_out, reason) = match (cut, &p.leg) {
+            (Cut::Timeout, Leg::Endpoint(_)) => {
+                (true, "the endpoint timeout passed before the response body ended".to_string())
+            }
+            (Cut::Timeout, Leg::Forward(_)) => (true, "idle timeout while the response body flowed".to_string()),
+            (Cut::Failed(reason), _) => (false, reason),
+        };
+        let (head_at, handed) = p.head;
+        if handed == self.handed && self.out.len() >= head_at {
+            self.out.truncate(head_at);
+            self.server.take_back_head();
+            let reply = match &p.leg {
+                Leg::Endpoint(ex) => {
+                    self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
+                    ex.stream_failed(timed_out, &reason)
+                }
+                Leg::Forward(f) => {
+                    self.log_forward(f.dest.clone(), reason.clone());
+                    let status = if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+                    Reply::text(status, &reason)
+                }
+            };
+            return self.respond(reply, p.line, true);
+        }
+        let reason = format!("response body cut after {} bytes: {reason}", p.sent);
+        match &p.leg {
+            Leg::Endpoint(ex) => self.log_backend(ex.endpoint().path.as_str(), call, reason),
+            Leg::Forward(f) => self.log_forward(f.dest.clone(), reason),
+        }
+        let line = p.line.line(p.status, p.sent, self.now);
+        self.queue.push_back(Output::Log(Log::Access(line)));
+        State::Closing
+    }
+}
