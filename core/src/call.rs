@@ -79,6 +79,8 @@ pub(crate) struct BackendCall<'g> {
     pub(crate) host: Cow<'g, HostAddr>,
     pub(crate) origin: Cow<'g, HostAddr>,
     pub(crate) pool_key: Cow<'g, str>,
+    /// `host`'s address when it is an IP literal: what a new connection dials.
+    pub(crate) dial: Option<SocketAddr>,
     /// The proxy `host` is, when the backend is reached through one.
     pub(crate) via: Option<&'g Proxy>,
     /// `host:port` to ask the proxy a tunnel to (see [`Call::connect`]).
@@ -128,6 +130,7 @@ impl<'g> BackendCall<'g> {
             follow: call.follow,
             redirect_tls: call.redirect_tls,
             tls_target: call.tls.map(Cow::Borrowed),
+            dial: call.dial,
             ..BackendCall::base(
                 (call.id, call.method.clone(), endpoint),
                 (Cow::Borrowed(call.host), Cow::Borrowed(call.origin), Cow::Borrowed(call.pool_key)),
@@ -148,8 +151,9 @@ impl<'g> BackendCall<'g> {
         permit: Option<Permit>,
     ) -> BackendCall<'g> {
         let body = body.map_or(CallBody::None, CallBody::Stream);
+        let dial = host.socket_addr();
         let place = (Cow::Owned(host.clone()), Cow::Owned(host), Cow::Owned(pool_key));
-        BackendCall { out: request, permit, ..BackendCall::base((0, method, "forward proxy"), place, true, body) }
+        BackendCall { out: request, permit, dial, ..BackendCall::base((0, method, "forward proxy"), place, true, body) }
     }
 
     /// A slot for call `id` (its method, its endpoint), connecting to `host` for
@@ -168,6 +172,7 @@ impl<'g> BackendCall<'g> {
             host,
             origin,
             pool_key,
+            dial: None,
             via: None,
             connect: None,
             redirects: 0,
@@ -230,8 +235,7 @@ impl<'g> BackendCall<'g> {
     /// The [`Output::Connect`] for `host`: with its address when it is an IP literal; a
     /// name is resolved only when no idle connection is there ([`Calls::handle_no_idle`]).
     fn connect(&self, id: BackendId, pooled: bool) -> Output<'g> {
-        let addr = dns::ip_literal(&self.host.host).ok().map(|ip| SocketAddr::new(ip, self.host.port));
-        Output::Connect { id, pool_key: self.pool_key.clone(), pooled, addr }
+        Output::Connect { id, pool_key: self.pool_key.clone(), pooled, addr: self.dial }
     }
 
     /// Why connecting failed, through its proxy when it has one.
@@ -297,6 +301,7 @@ impl<'g> Aim<'g> {
 
     /// Points `slot` at `origin` this way.
     fn apply(self, slot: &mut BackendCall<'g>, origin: HostAddr) {
+        slot.dial = self.host.socket_addr();
         slot.host = Cow::Owned(self.host);
         slot.origin = Cow::Owned(origin);
         slot.pool_key = Cow::Owned(self.pool_key);
@@ -446,7 +451,7 @@ impl<'g> Calls<'g> {
     /// name is resolved ([`Output::Resolve`]), then a new connection asked for.
     pub(crate) fn handle_no_idle(&mut self, id: BackendId, queue: &mut VecDeque<Output<'g>>) {
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
-        if dns::ip_literal(&slot.host.host).is_ok() {
+        if slot.dial.is_some() {
             // An address was given: the driver had nothing to answer NoIdle for.
             slot.failure = Some(Failure::new("the driver did not connect to the address given".to_string()));
             return;

@@ -68,7 +68,7 @@
 
 use std::borrow::Cow;
 use std::mem;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -133,6 +133,9 @@ pub struct Call<'g> {
     /// `"sd": "dns"`: `origin.host` is a name to ask SRV records of; the call goes to
     /// the target they give (see [`crate::srv`]).
     pub srv: bool,
+    /// `host`'s address when it is an IP literal (worked out once, in the plan): what
+    /// a new connection dials; `None` for a name, which is resolved when needed.
+    pub dial: Option<SocketAddr>,
 }
 
 /// The head of a backend response passed through (`no-op`).
@@ -414,6 +417,7 @@ impl<'g> Exchange<'g> {
             body,
             stream_response: self.ep.streams(),
             srv: host.srv,
+            dial: host.dial,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The validated configuration compiled once into an immutable [`Gateway`], shared
 //! read-only by every shard.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -168,6 +169,9 @@ pub struct BackendHost {
     /// [`crate::srv`]); `proxy` is only the backend's own (the environment's is chosen
     /// per target), `tls` carries the profile the targets get.
     pub srv: bool,
+    /// The address a new connection dials when the host (or its proxy) is an IP
+    /// literal, worked out once; `None` for a name (resolved when needed).
+    pub dial: Option<SocketAddr>,
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -273,6 +277,7 @@ impl Gateway {
                                 host.connect = Some(connect_authority(&host.addr));
                             }
                             host.pool_key = pool_key(&host.addr, host.tls.as_ref(), host.proxy.as_ref());
+                            host.dial = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr).socket_addr();
                             hosts.push(host);
                         }
                         Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
@@ -523,6 +528,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             tls: None,
             connect: None,
             srv: false,
+            dial: None,
         }),
         Err(strict) if disable_sanitize => {
             // Without sanitizing, a path after the authority is kept as a prefix.
@@ -544,6 +550,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
                 tls: None,
                 connect: None,
                 srv: false,
+                dial: None,
             })
         }
         Err(m) => Err(m),

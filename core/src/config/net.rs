@@ -37,6 +37,13 @@ pub struct HostAddr {
 }
 
 impl HostAddr {
+    /// Its socket address when the host is an IP literal (`[::1]` as written in a URL
+    /// too); `None` for a name.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        let literal = self.host.trim_start_matches('[').trim_end_matches(']');
+        literal.parse().ok().map(|ip| std::net::SocketAddr::new(ip, self.port))
+    }
+
     /// Parses a host the way KrakenD sanitizes it: a missing scheme means `http://`, a
     /// trailing `/` is dropped; a path, query, fragment, credentials, another scheme or a
     /// bad port is an error.
