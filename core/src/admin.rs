@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::breaker::Gauges;
 use crate::config::LookupFamily;
+use crate::runtime::Runtime;
 use crate::stats::{Counts, LATENCY_BOUNDS_MS, Stats};
 
 /// Largest admin request head read.
@@ -75,11 +76,13 @@ pub fn request(buf: &[u8]) -> Request {
 
 /// The answer to `page`; `stats` is every shard's counters added up (only read by
 /// pages that [`Page::needs_stats`]).
-pub fn answer(gw: &Gateway, page: Page, stats: &Stats) -> Vec<u8> {
+pub fn answer(gw: &Gateway, runtime: &Runtime, page: Page, stats: &Stats) -> Vec<u8> {
     match page {
         Page::Ready => text(200, "LIVE\n"),
-        Page::Stats => text(200, &stats_text(gw, stats)),
-        Page::Prometheus => respond(200, "text/plain; version=0.0.4; charset=utf-8", "", &prometheus(gw, stats)),
+        Page::Stats => text(200, &stats_text(gw, runtime, stats)),
+        Page::Prometheus => {
+            respond(200, "text/plain; version=0.0.4; charset=utf-8", "", &prometheus(gw, runtime, stats))
+        }
         Page::ConfigDump => {
             let mut body = serde_json::to_string_pretty(&config_dump(gw)).unwrap_or_default();
             body.push('\n');
@@ -102,8 +105,8 @@ fn respond(status: u16, content_type: &str, extra: &str, body: &str) -> Vec<u8> 
 }
 
 /// The breaker counts of every destination, when there is a forward proxy.
-fn gauges(gw: &Gateway) -> Vec<Gauges> {
-    gw.forward.as_ref().map(|f| f.breakers.gauges()).unwrap_or_default()
+fn gauges(gw: &Gateway, runtime: &Runtime) -> Vec<Gauges> {
+    gw.forward.as_ref().map(|_| runtime.breakers().gauges()).unwrap_or_default()
 }
 
 /// An endpoint's name in the counters: `METHOD path`.
@@ -115,7 +118,7 @@ fn endpoint_name(gw: &Gateway, i: usize) -> String {
 }
 
 /// `/stats`: one `name: value` line per counter, sorted by name.
-fn stats_text(gw: &Gateway, stats: &Stats) -> String {
+fn stats_text(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
     let mut lines: Vec<(String, u64)> = Vec::new();
     let d = &stats.dns;
     for (name, v) in [
@@ -157,8 +160,8 @@ fn stats_text(gw: &Gateway, stats: &Stats) -> String {
         for (dest, c) in &stats.destinations {
             counts(&mut lines, &format!("forward.destination.{dest}"), c);
         }
-        let t = f.breakers.thresholds();
-        for g in gauges(gw) {
+        let t = &f.config.circuit_breakers;
+        for g in gauges(gw, runtime) {
             let p = format!("forward.destination.{}", g.destination);
             for (name, v) in breaker_lines(&g, t) {
                 lines.push((format!("{p}.{name}"), v));
@@ -204,7 +207,7 @@ fn label(v: &str) -> String {
 }
 
 /// `/stats/prometheus`: the same counters, `sluice_` names, labels for what varies.
-fn prometheus(gw: &Gateway, stats: &Stats) -> String {
+fn prometheus(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
     let mut o = String::new();
     let d = &stats.dns;
     for (name, v, kind) in [
@@ -283,8 +286,8 @@ fn prometheus(gw: &Gateway, stats: &Stats) -> String {
         "# TYPE sluice_forward_tunnel_bytes_spliced_total counter\nsluice_forward_tunnel_bytes_spliced_total {}",
         stats.tunnel_bytes_spliced
     );
-    let t = f.breakers.thresholds();
-    let all = gauges(gw);
+    let t = &f.config.circuit_breakers;
+    let all = gauges(gw, runtime);
     let mut families: Vec<(String, &'static str, Vec<String>)> = Vec::new();
     for g in &all {
         for (name, v) in breaker_lines(g, t) {
@@ -365,7 +368,7 @@ pub fn config_dump(gw: &Gateway) -> Value {
     let dns = gw.dns_cache_config();
     if let Some(f) = &gw.forward {
         let fc = &f.config;
-        let t = f.breakers.thresholds();
+        let t = &f.config.circuit_breakers;
         let ports = |list: &[crate::config::PortRange]| -> Vec<String> {
             list.iter().map(|r| if r.0 == r.1 { r.0.to_string() } else { format!("{}-{}", r.0, r.1) }).collect()
         };

@@ -29,8 +29,6 @@ pub struct ForwardPlan {
     pub egress: Egress,
     /// `Via` for responses.
     pub via: http::HeaderMap,
-    /// Every destination's circuit breakers, shared by the shards.
-    pub breakers: std::sync::Arc<crate::breaker::Breakers>,
 }
 
 impl ForwardPlan {
@@ -47,7 +45,6 @@ impl ForwardPlan {
             },
             config: config.clone(),
             via: std::iter::once((http::header::VIA, http::HeaderValue::from_static(VIA))).collect(),
-            breakers: std::sync::Arc::new(crate::breaker::Breakers::new(config.circuit_breakers)),
         }
     }
 

@@ -5,14 +5,22 @@
 //! (`sluice-uring`, `sluice-tokio`) own sockets and timers and nothing else.
 //!
 //! A driver's whole surface is [`conn::Connection`]: one per client connection,
-//! `handle_*` for what happened, `poll` for what to do next, `poll_timeout` for when to
-//! wake it. Drain `poll` after every `handle_*` call; [`conn`] has the canonical
-//! driver loop, and says where TLS sessions, proxied backends, tunnels and plugins go
-//! in it. It carries bytes only (no `http` types cross it), so how heads are parsed and
-//! written inside can change without touching a driver.
+//! `handle_*` (or `handle` with an [`io::Input`]) for what happened, `poll` for what
+//! to do next ([`io::Output`]), `poll_timeout` for when to wake it. Drain `poll` after
+//! every `handle_*` call; [`conn`] has the canonical driver loop. Bytes, addresses and
+//! log lines ([`event::Log`]) cross it; how heads are parsed and written inside can
+//! change without touching a driver. Every driver gives the same API ([`serve`]).
 //!
-//! - [`conn`]: one client connection's whole life (codec, deadlines, the exchange,
-//!   backend connections, retries, pooling, every status, the access line).
+//! - [`io`]: the driver surface ([`io::Output`], [`io::Input`], the session a pooled
+//!   socket carries); [`event`]: the lines to log (and [`event::emit`] with the
+//!   `tracing` feature); [`serve`]: the options and server API every driver shares.
+//! - [`conn`]: one client connection's whole life (codec, deadlines, the request being
+//!   served, the listener's TLS session, the forward proxy's requests and tunnels,
+//!   every status, the access line). Each backend connection of it is a call of its
+//!   own (the private `call` module: connect, TLS through the private `link` adapter,
+//!   `CONNECT` through a proxy, request, response, redirects, retry, pool).
+//! - [`runtime`]: what serving changes as it goes (the forward proxy's breaker
+//!   counts), beside the immutable plan, one per process.
 //! - [`config`]: KrakenD v3 JSON → typed, validated [`config::Config`], with every
 //!   error reported at once with its JSON path.
 //! - [`plan`]: the config compiled once into an immutable [`plan::Gateway`].
@@ -64,6 +72,7 @@ pub mod redirect;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod runtime;
 pub mod serve;
 pub mod srv;
 pub mod stats;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use sluice_core::Gateway;
 use sluice_core::conn::{BackendId, Connection, Input, Output, Session, Spliced};
 use sluice_core::dns::DnsError;
+use sluice_core::runtime::Runtime;
 use sluice_core::srv::{SrvRecord, SrvSet};
 use sluice_core::upstream::Balancer;
 
@@ -147,9 +148,9 @@ impl<'g> World<'g> {
     }
 
     /// A connection on the forward proxy's listener.
-    fn forward(gw: &'g Gateway, lb: &'g Balancer, script: &[Client<'g>]) -> World<'g> {
+    fn forward(gw: &'g Gateway, lb: &'g Balancer, rt: &'g Runtime, script: &[Client<'g>]) -> World<'g> {
         let mut w = World::new(gw, lb, script);
-        w.conn = Connection::forward_proxy(gw, lb, "192.0.2.9".parse().unwrap(), w.t0, UNIX_EPOCH);
+        w.conn = Connection::forward_proxy(gw, lb, rt, "192.0.2.9".parse().unwrap(), w.t0, UNIX_EPOCH);
         w
     }
 
@@ -1070,7 +1071,8 @@ const FWD_GET: &str =
 fn forward_resolves_picks_the_family_and_dials_the_vetted_address() {
     let gw = forward_gateway("");
     let lb = Balancer::new(0);
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Send(FWD_GET), Wait(10), Eof])
+    let rt = Runtime::new(&gw);
+    let w = World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(10), Send(FWD_GET), Wait(10), Eof])
         .resolves("api.test", Ok(&["::1", "127.0.0.1"]))
         .backend("127.0.0.1:9001", &[json("{}"), json("{}")])
         .run();
@@ -1099,14 +1101,16 @@ fn forward_resolves_picks_the_family_and_dials_the_vetted_address() {
 fn forward_dns_failures_denials_and_timeouts() {
     let gw = forward_gateway("");
     let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
     // The lookup fails: 503, Envoy's words; the reason in the log.
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Err("no such name")).run();
+    let w =
+        World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Err("no such name")).run();
     assert_eq!(
         w.to_client,
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 22\r\n\r\nDNS resolution failure"
     );
     // The shard's cache had no room for the name: 503, Envoy's words.
-    let o = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Err("overflow")).run();
+    let o = World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Err("overflow")).run();
     assert_eq!(
         o.to_client,
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 18\r\n\r\nDNS cache overflow"
@@ -1123,11 +1127,13 @@ fn forward_dns_failures_denials_and_timeouts() {
     );
     // Only IPv6 when V4_ONLY is configured: a failure too.
     let gw4 = forward_gateway(r#", "dns_cache": {"dns_lookup_family": "V4_ONLY"}"#);
-    let w = World::forward(&gw4, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["::1"])).run();
+    let rt4 = Runtime::new(&gw4);
+    let w = World::forward(&gw4, &lb, &rt4, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["::1"])).run();
     assert!(w.to_client.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{}", w.to_client);
     assert!(w.trace().contains("no address of the configured family"), "{}", w.trace());
     // Resolved into a denied range: 403, and no connection asked for.
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["10.0.0.7"])).run();
+    let w =
+        World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["10.0.0.7"])).run();
     assert_eq!(
         w.to_client,
         "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\nx-sluice-egress-denied: address 10.0.0.7 is private (RFC 1918, 10.0.0.0/8)\r\ncontent-length: 65\r\n\r\negress denied: address 10.0.0.7 is private (RFC 1918, 10.0.0.0/8)"
@@ -1139,14 +1145,14 @@ fn forward_dns_failures_denials_and_timeouts() {
         w.trace()
     );
     // No answer from the resolver: 504 at `timeout` (500ms), and the connection closes.
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(2000), Eof]).run();
+    let w = World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(2000), Eof]).run();
     assert_eq!(
         w.to_client,
         "HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 38\r\nconnection: close\r\n\r\nthe destination did not answer in time"
     );
     assert!(w.trace().starts_with("   0ms resolve api.test\n 500ms log: forward to api.test:9001"), "{}", w.trace());
     // A destination that hangs after the request: 504 at the same deadline.
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(2000), Eof])
+    let w = World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(2000), Eof])
         .resolves("api.test", Ok(&["127.0.0.1"]))
         .backend("127.0.0.1:9001", &[Serve::Hang])
         .run();
@@ -1158,8 +1164,9 @@ fn forward_dns_failures_denials_and_timeouts() {
 fn forward_tunnel_in_virtual_time() {
     let gw = forward_gateway("");
     let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
     let connect = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\nearly";
-    let w = World::forward(&gw, &lb, &[Send(connect), Wait(300), Send("late"), Wait(100), Eof, Wait(5000)])
+    let w = World::forward(&gw, &lb, &rt, &[Send(connect), Wait(300), Send("late"), Wait(100), Eof, Wait(5000)])
         .resolves("api.test", Ok(&["127.0.0.1"]))
         .run();
     assert_eq!(w.to_client, "HTTP/1.1 200 OK\r\n\r\n");
@@ -1180,7 +1187,8 @@ fn forward_tunnel_in_virtual_time() {
         .join("\n")
     );
     // CONNECT to a port not allowed: 403 and closed, nothing resolved or dialled.
-    let w = World::forward(&gw, &lb, &[Send("CONNECT api.test:22 HTTP/1.1\r\nHost: x\r\n\r\n"), Wait(10), Eof]).run();
+    let w =
+        World::forward(&gw, &lb, &rt, &[Send("CONNECT api.test:22 HTTP/1.1\r\nHost: x\r\n\r\n"), Wait(10), Eof]).run();
     assert!(
         w.to_client.contains("\r\nx-sluice-egress-denied: CONNECT to port 22 is not allowed\r\n"),
         "{}",
@@ -1194,9 +1202,10 @@ fn forward_tunnel_in_virtual_time() {
 fn forward_tunnel_splices_where_the_driver_can() {
     let gw = forward_gateway("");
     let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
     let connect = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\nearly";
     let script = [Send(connect), Wait(300), Send("late"), Wait(100), Eof, Wait(5000)];
-    let w = World::forward(&gw, &lb, &script).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run();
+    let w = World::forward(&gw, &lb, &rt, &script).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run();
     assert_eq!(w.to_client, "HTTP/1.1 200 OK\r\n\r\n");
     // The early bytes are written first, then the rest is spliced (neither direction
     // splices while that write is out); the half-close and the idle timeout as when
@@ -1220,7 +1229,8 @@ fn forward_tunnel_splices_where_the_driver_can() {
     );
     // `"splice": false`: reads and writes, whatever the driver can do.
     let copying = forward_gateway(r#", "connect": {"enabled": true, "allowed_ports": [443], "splice": false}"#);
-    let w = World::forward(&copying, &lb, &script).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run();
+    let rt = Runtime::new(&copying);
+    let w = World::forward(&copying, &lb, &rt, &script).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run();
     assert_eq!(w.tunnelled, b"earlylate");
     assert!(!w.trace().contains("splice"), "{}", w.trace());
 }
@@ -1229,6 +1239,7 @@ fn forward_tunnel_splices_where_the_driver_can() {
 fn forward_splice_failures_end_the_tunnel_and_say_which_side() {
     let gw = forward_gateway("");
     let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
     let connect = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n";
     let cases = [
         (true, Spliced::ReadFailed(std::io::ErrorKind::ConnectionReset.into()), "client read failed: connection reset"),
@@ -1241,8 +1252,10 @@ fn forward_splice_failures_end_the_tunnel_and_say_which_side() {
         (false, Spliced::WriteFailed(std::io::ErrorKind::BrokenPipe.into()), "client write failed: broken pipe"),
     ];
     for (up, result, why) in cases {
-        let mut w =
-            World::forward(&gw, &lb, &[Send(connect)]).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run_for(10);
+        let mut w = World::forward(&gw, &lb, &rt, &[Send(connect)])
+            .resolves("api.test", Ok(&["127.0.0.1"]))
+            .splicing()
+            .run_for(10);
         let at = w.now + Duration::from_millis(10);
         w.conn.handle(Input::Spliced { up, result }, at);
         let mut out = Vec::new();
@@ -1263,7 +1276,7 @@ fn forward_splice_failures_end_the_tunnel_and_say_which_side() {
     }
     // A driver that cannot splice: the direction reads and writes instead, nothing lost.
     let mut w =
-        World::forward(&gw, &lb, &[Send(connect)]).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run_for(10);
+        World::forward(&gw, &lb, &rt, &[Send(connect)]).resolves("api.test", Ok(&["127.0.0.1"])).splicing().run_for(10);
     let at = w.now;
     w.conn.handle(Input::Spliced { up: false, result: Spliced::Unsupported }, at);
     assert!(matches!(w.conn.poll(), Some(Output::ReadTunnel(_))));
@@ -1274,10 +1287,12 @@ fn forward_splice_failures_end_the_tunnel_and_say_which_side() {
 fn forward_circuit_breakers_refuse_with_503_naming_the_breaker_and_close_again() {
     let gw = forward_gateway(r#", "circuit_breakers": {"max_requests": 1, "max_connections": 5}"#);
     let lb = Balancer::new(0);
-    let breakers = &gw.forward.as_ref().unwrap().breakers;
+    let rt = Runtime::new(&gw);
+    let breakers = rt.breakers();
     // Another connection's request to the same destination is in flight.
     let held = breakers.admit("api.test:9001").unwrap();
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["127.0.0.1"])).run();
+    let w =
+        World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(10), Eof]).resolves("api.test", Ok(&["127.0.0.1"])).run();
     assert_eq!(
         w.to_client,
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
@@ -1291,7 +1306,7 @@ fn forward_circuit_breakers_refuse_with_503_naming_the_breaker_and_close_again()
     // It is given back: the breaker closes, and the request's own hold is given back
     // when its response ends (the next one is admitted too).
     drop(held);
-    let w = World::forward(&gw, &lb, &[Send(FWD_GET), Wait(10), Send(FWD_GET), Wait(10), Eof])
+    let w = World::forward(&gw, &lb, &rt, &[Send(FWD_GET), Wait(10), Send(FWD_GET), Wait(10), Eof])
         .resolves("api.test", Ok(&["127.0.0.1"]))
         .backend("127.0.0.1:9001", &[json("{}"), json("{}")])
         .run();
@@ -1306,11 +1321,13 @@ fn forward_circuit_breakers_refuse_with_503_naming_the_breaker_and_close_again()
 fn forward_tunnels_hold_a_request_while_open() {
     let gw = forward_gateway(r#", "circuit_breakers": {"max_requests": 1}"#);
     let lb = Balancer::new(0);
-    let breakers = &gw.forward.as_ref().unwrap().breakers;
+    let rt = Runtime::new(&gw);
+    let breakers = rt.breakers();
     let held = breakers.admit("127.0.0.1:443").unwrap();
     let w = World::forward(
         &gw,
         &lb,
+        &rt,
         &[Send("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"), Wait(10), Eof],
     )
     .run();
@@ -1325,6 +1342,7 @@ fn forward_tunnels_hold_a_request_while_open() {
     let w = World::forward(
         &gw,
         &lb,
+        &rt,
         &[Send("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"), Wait(10), Eof],
     )
     .run();

@@ -14,6 +14,7 @@ use sluice_core::Gateway;
 use sluice_core::conn::{Connection, Input, Output, Session, Spliced};
 use sluice_core::dns::DnsError;
 use sluice_core::srv::{SrvRecord, SrvSet};
+use sluice_core::runtime::Runtime;
 use sluice_core::upstream::Balancer;
 
 fn gateway() -> &'static Gateway {
@@ -51,10 +52,11 @@ fuzz_target!(|input: &[u8]| {
     let step = usize::from(step % 64) + 1;
     let gw = gateway();
     let lb = Balancer::new(gw.backend_count);
+    let rt = Runtime::new(gw);
     let t0 = Instant::now();
     let mut now = t0;
     let mut conn = if forward {
-        let mut conn = Connection::forward_proxy(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
+        let mut conn = Connection::forward_proxy(gw, &lb, &rt, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
         conn.splice_tunnels(splice);
         conn
     } else {

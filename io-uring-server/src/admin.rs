@@ -112,7 +112,7 @@ async fn answer(mut stream: TcpStream, shard: Rc<Shard>, all: Arc<Vec<Arc<Publis
     let bytes = match read {
         Ok(Some(Request::Page(page))) => {
             let stats = if page.needs_stats() { gather(&all).await } else { Stats::default() };
-            admin::answer(&shard.gw, page, &stats)
+            admin::answer(&shard.gw, &shard.runtime, page, &stats)
         }
         Ok(Some(Request::Reply(bytes))) => bytes,
         _ => return,

@@ -180,7 +180,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
     let mut stop_seen = false;
     let (gw, balancer, now, wall) = (&shard.gw, &shard.balancer, Instant::now(), SystemTime::now());
     let mut conn = if forward {
-        let mut conn = Connection::forward_proxy(gw, balancer, peer.ip(), now, wall);
+        let mut conn = Connection::forward_proxy(gw, balancer, &shard.runtime, peer.ip(), now, wall);
         conn.splice_tunnels(true);
         conn
     } else {

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use monoio::net::{ListenerOpts, TcpListener};
 use sluice_core::Gateway;
+use sluice_core::runtime::Runtime;
 use sluice_core::upstream::Balancer;
 
 pub use sluice_core::StopSignal;
@@ -130,6 +131,8 @@ pub fn start_boxed(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Res
 pub(crate) struct Shard {
     pub(crate) gw: Arc<Gateway>,
     pub(crate) balancer: Balancer,
+    /// What every shard counts in together.
+    pub(crate) runtime: Arc<Runtime>,
     pub(crate) pool: backend::Pool,
     pub(crate) active: Cell<usize>,
     pub(crate) stopping: signal::LocalStop,
@@ -149,15 +152,17 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
     // Name lookups run here, off the shards (the system resolver blocks): one pool
     // for the process.
     let lookups = monoio::blocking::DefaultThreadPool::new(LOOKUP_THREADS);
+    // What every shard counts in together (the forward proxy's breakers).
+    let runtime = Arc::new(Runtime::new(&gw));
     for id in 0..shards {
         let (tx, rx) = mpsc::channel();
         let (gw, stop2, opts2, lookups) = (gw.clone(), stop.clone(), opts.clone(), lookups.clone());
-        let published = published.clone();
+        let (published, runtime) = (published.clone(), runtime.clone());
         let core = if cores.is_empty() { None } else { cores.get(id % cores.len()).copied() };
         let listen = addr;
         let t = std::thread::Builder::new()
             .name(format!("sluice-shard-{id}"))
-            .spawn(move || shard_thread(id, core, gw, opts2, listen, stop2, tx, lookups, published))?;
+            .spawn(move || shard_thread(id, core, (gw, runtime), opts2, listen, stop2, tx, lookups, published))?;
         threads.push(t);
         match rx.recv() {
             Ok(Ok((bound, driver))) => {
@@ -194,7 +199,7 @@ type Ready = mpsc::Sender<io::Result<(Addrs, Driver)>>;
 fn shard_thread(
     id: usize,
     core: Option<core_affinity::CoreId>,
-    gw: Arc<Gateway>,
+    gw: (Arc<Gateway>, Arc<Runtime>),
     opts: Options,
     listen: Addrs,
     stop: StopSignal,
@@ -258,7 +263,7 @@ fn shard_thread(
 #[allow(clippy::too_many_arguments)]
 async fn shard_main(
     id: usize,
-    gw: Arc<Gateway>,
+    (gw, runtime): (Arc<Gateway>, Arc<Runtime>),
     opts: Options,
     listen: Addrs,
     stop: StopSignal,
@@ -305,6 +310,7 @@ async fn shard_main(
         balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
         gw,
+        runtime,
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
         stats: RefCell::default(),

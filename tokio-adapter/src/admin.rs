@@ -48,7 +48,7 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
                 stats = shared.stats.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 stats.dns = shared.pool.dns_stats();
             }
-            admin::answer(&shared.gw, page, &stats)
+            admin::answer(&shared.gw, &shared.runtime, page, &stats)
         }
         Ok(Some(Request::Reply(bytes))) => bytes,
         _ => return,

@@ -149,7 +149,7 @@ pub(crate) async fn serve(
     let shared = &*shared;
     let (gw, balancer, now, wall) = (&shared.gw, &shared.balancer, Instant::now(), SystemTime::now());
     let mut conn = if forward {
-        let mut conn = Connection::forward_proxy(gw, balancer, peer.ip(), now, wall);
+        let mut conn = Connection::forward_proxy(gw, balancer, &shared.runtime, peer.ip(), now, wall);
         conn.splice_tunnels(cfg!(target_os = "linux"));
         conn
     } else {

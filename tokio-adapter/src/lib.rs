@@ -65,6 +65,7 @@ use std::time::Duration;
 
 use sluice_core::Gateway;
 pub use sluice_core::StopSignal;
+use sluice_core::runtime::Runtime;
 use sluice_core::upstream::Balancer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -82,6 +83,8 @@ pub use sluice_core::serve::{Listening, Options, Running};
 pub(crate) struct Shared {
     pub(crate) gw: Arc<Gateway>,
     pub(crate) balancer: Balancer,
+    /// What every worker counts in together (the forward proxy's breakers).
+    pub(crate) runtime: Runtime,
     pub(crate) pool: backend::Pool,
     /// The counters of every worker together: this portable driver has no shards, so
     /// a log entry is counted under a short lock (`sluice-uring` counts per shard with
@@ -114,6 +117,7 @@ pub async fn serve_listeners(
 ) {
     let shared = Arc::new(Shared {
         balancer: Balancer::new(gw.backend_count),
+        runtime: Runtime::new(&gw),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
         gw,
         stats: std::sync::Mutex::default(),

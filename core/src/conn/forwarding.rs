@@ -191,12 +191,12 @@ impl<'g> Connection<'g> {
     /// The destination's address is known: vetted, then dialled (that address and no
     /// other): a tunnel's connection, or a backend connection for the request.
     pub(super) fn dial(&mut self, mut p: Box<Pending>, ip: IpAddr) -> State<'g> {
-        let Some(fp) = self.fwd else { return State::Closing };
+        let (Some(fp), Some(breakers)) = (self.fwd, self.breakers) else { return State::Closing };
         let addr = SocketAddr::new(ip, p.dest.port);
         if let Err(denied) = fp.egress.check_addr(addr) {
             return self.denied(denied, &p.dest, p.line, p.tunnel);
         }
-        match fp.breakers.admit(&p.dest.authority) {
+        match breakers.admit(&p.dest.authority) {
             Ok(permit) => p.permit = Some(permit),
             Err(open) => return self.overflowed(open, p),
         }

@@ -93,7 +93,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::backend::{Pumped, pump_body};
-use crate::breaker::{self, Breaker, Permit};
+use crate::breaker::{self, Breaker, Breakers, Permit};
 use crate::buf::ReadBuf;
 use crate::builtin::{self, Builtin};
 use crate::call::{BackendCall, CallEvent, Calls, Phase};
@@ -109,6 +109,7 @@ pub use crate::io::{BackendId, Input, Output, Session};
 use crate::link::{ListenerSide, ServerLink, TLS_CLIENT_READ, TLS_READ};
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
+use crate::runtime::Runtime;
 use crate::srv::SrvSet;
 use crate::tunnel::{Pipe, PipeOp};
 pub use crate::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
@@ -175,6 +176,8 @@ pub struct Connection<'g> {
     gw: &'g Gateway,
     /// On the forward proxy's listener: its plan.
     fwd: Option<&'g ForwardPlan>,
+    /// On the forward proxy's listener: every destination's circuit breakers.
+    breakers: Option<&'g Breakers>,
     /// The driver can splice a tunnel's bytes ([`Connection::splice_tunnels`]).
     splice: bool,
     balancer: &'g Balancer,
@@ -225,6 +228,7 @@ impl<'g> Connection<'g> {
         let mut c = Connection {
             gw,
             fwd: None,
+            breakers: None,
             splice: false,
             balancer,
             limits,
@@ -263,9 +267,11 @@ impl<'g> Connection<'g> {
 
     /// A connection accepted on the forward proxy's listener (`gw.forward`): requests
     /// are forwarded to the host they name, CONNECT opens tunnels. Plain HTTP.
+    /// `runtime` holds the breakers every connection of the process counts in.
     pub fn forward_proxy(
         gw: &'g Gateway,
         balancer: &'g Balancer,
+        runtime: &'g Runtime,
         peer: IpAddr,
         now: Instant,
         wall: SystemTime,
@@ -273,6 +279,7 @@ impl<'g> Connection<'g> {
         let mut c = Connection::new(gw, balancer, peer, now, wall);
         c.tls = None;
         c.fwd = gw.forward.as_ref();
+        c.breakers = Some(runtime.breakers());
         c.state = match c.fwd {
             Some(_) => State::Head(HeadWait::new(true, now)),
             None => State::Closing,
