@@ -40,7 +40,10 @@ pub enum Output<'g> {
     /// Backend connection `id` finished its response cleanly: keep it idle under
     /// `pool_key` with `session` beside it (the pool may still close it when full).
     PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
-    /// Close backend connection `id`, dropping any operation on it.
+    /// Close backend connection `id`, dropping any operation on it: a pending
+    /// [`Output::Resolve`] or [`Output::Discover`] for `id` is cancelled too (its answer
+    /// must never reach the next call that gets the id). A new [`Output::Connect`] for
+    /// `id` does the same.
     CloseBackend { id: BackendId },
     /// Resolve the DNS name `name` (never an IP literal) for backend connection `id`
     /// (a backend call's host, or the forward proxy's destination); then

@@ -1,6 +1,7 @@
 //! What serving a gateway changes as it goes, beside its compiled plan: the plan
 //! ([`Gateway`]) is immutable and shared read-only; what counts, opens and closes at
-//! run time lives here, one [`Runtime`] per process, shared by every shard (`Arc`).
+//! run time lives here, one [`Runtime`] per started server (each driver's `start`
+//! makes one), shared by every shard or worker of it.
 //! Today that is the forward proxy's circuit breakers (see [`crate::breaker`]: their
 //! counts are shared by the shards as Envoy's are by its workers). Per-shard state
 //! (round-robin counters, [`crate::upstream::Balancer`]; the counters of

@@ -26,7 +26,9 @@ pub struct Options {
     /// The admin listener (`/stats`, ...), when there is one.
     pub admin_listen: Option<SocketAddr>,
     /// Threads serving connections: `sluice-uring`'s shards, `sluice-tokio`'s worker
-    /// threads. Default: one per core.
+    /// threads. 0 (the default): one per core, as the driver counts them
+    /// (`sluice-uring`: the cores it can pin shards to; `sluice-tokio`: the available
+    /// parallelism).
     pub threads: usize,
     /// `sluice-uring` only: monoio's epoll driver even where io_uring works
     /// (`sluice-tokio` has nothing to force and ignores it).
@@ -39,14 +41,15 @@ pub struct Options {
 
 impl Options {
     /// Serving `gw` on `listen`: its forward proxy and admin listeners where its
-    /// configuration has them, one thread per core, 25,000 connections a thread, and
-    /// the configuration's `max_shutdown_wait_time`.
+    /// configuration has them (set them to `None`, or to port 0, to leave them out or
+    /// let the system pick), one thread per core, 25,000 connections a thread, and the
+    /// configuration's `max_shutdown_wait_time`.
     pub fn new(gw: &Gateway, listen: SocketAddr) -> Options {
         Options {
             listen,
             forward_listen: gw.forward.as_ref().map(|f| SocketAddr::new(f.config.listen_ip, f.config.port)),
             admin_listen: gw.config.admin,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: 0,
             force_epoll: false,
             max_connections_per_thread: 25_000,
             shutdown_wait: gw.config.max_shutdown_wait_time,

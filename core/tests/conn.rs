@@ -707,6 +707,36 @@ fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
     );
 }
 
+/// The retry of a stale pooled connection to a named backend: it may not take an idle
+/// connection, so the name is resolved again and one new connection is opened.
+#[test]
+fn a_stale_pooled_connection_to_a_named_backend_is_retried_after_resolving() {
+    let gw =
+        gateway(r#"{"endpoint": "/a", "backend": [{"host": ["http://api.test:9001"], "url_pattern": "/users/1"}]}"#);
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), DropIdle, Wait(10), Send(GET_A), Wait(10), Eof])
+        .resolves("api.test", Ok(&["127.0.0.7"]))
+        .backend("api.test:9001", &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .run();
+    assert_eq!(w.to_client, format!("{ANSWER_A}{ANSWER_A}"));
+    assert_eq!(w.requests.len(), 3, "{:?}", w.requests);
+    assert_eq!(
+        w.trace[6..].join("\n"),
+        [
+            "  20ms backend 0: pooled connection to http://api.test:9001",
+            "  20ms backend 0: closed",
+            "  20ms backend 0: nothing idle under http://api.test:9001",
+            "  20ms resolve api.test",
+            "  20ms backend 0: new connection to http://api.test:9001 at 127.0.0.7:9001",
+            "  20ms backend 0: pooled",
+            "  20ms log: backend 0 of endpoint 0: 200",
+            "  20ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  30ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
 fn no_op() -> Gateway {
     gateway(
         r#"{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op",

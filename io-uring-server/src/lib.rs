@@ -147,7 +147,11 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
     let mut threads = Vec::new();
     let mut drivers = Vec::new();
     let mut addr = (opts.listen, opts.forward_listen, opts.admin_listen);
-    let shards = opts.threads.max(1);
+    // 0: one shard per core we can pin to (as before the options were shared).
+    let shards = match opts.threads {
+        0 => cores.len().max(1),
+        n => n,
+    };
     let published: Arc<Vec<Arc<admin::Published>>> = Arc::new((0..shards).map(|_| Arc::default()).collect());
     // Name lookups run here, off the shards (the system resolver blocks): one pool
     // for the process.

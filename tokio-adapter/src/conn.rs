@@ -190,8 +190,9 @@ pub(crate) async fn serve(
     }
 }
 
-/// Starts an output. `None`: the connection is over; `Some(Some(input))`: the socket
-/// it needs is busy, answered at once (never the case with a well-behaved core).
+/// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
+/// once (nothing idle for a name: [`Input::NoIdle`]; or the socket it needs is busy,
+/// never the case with a well-behaved core).
 fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) -> Option<Option<Input>> {
     let busy = || io::Error::from(io::ErrorKind::WouldBlock);
     match output {
@@ -221,22 +222,19 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         Output::Connect { id, pool_key, pooled, addr } => {
             *sockets.upstream(id) = (None, None);
             let idle = if pooled { shared.pool.take(&pool_key) } else { None };
-            if idle.is_none() && addr.is_none() {
-                return Some(Some(Input::NoIdle(id)));
-            }
-            sockets.run_upstream(
-                id,
-                Box::pin(async move {
-                    if let Some((s, session)) = idle {
-                        return (Held::Upstream(id, s), Input::Connected(id, Some(session)));
-                    }
-                    let Some(addr) = addr else { return (Held::Empty, Input::NoIdle(id)) };
+            let op: Task<'s> = match (idle, addr) {
+                (Some((s, session)), _) => {
+                    Box::pin(async move { (Held::Upstream(id, s), Input::Connected(id, Some(session))) })
+                }
+                (None, Some(addr)) => Box::pin(async move {
                     match crate::backend::dial(addr).await {
                         Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
                         Err(why) => (Held::Empty, Input::ConnectFailed(id, why)),
                     }
                 }),
-            );
+                (None, None) => return Some(Some(Input::NoIdle(id))),
+            };
+            sockets.run_upstream(id, op);
         }
         Output::ReadBackend { id, mut buf } => {
             let Some(mut s) = sockets.take_upstream(id) else {

@@ -126,7 +126,7 @@ pub async fn serve_listeners(
     let mut tasks = JoinSet::new();
     let admin = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
     let mut shutdown = std::pin::pin!(shutdown);
-    let max_connections = opts.max_connections_per_thread.saturating_mul(opts.threads.max(1));
+    let max_connections = opts.max_connections_per_thread.saturating_mul(threads(&opts));
     loop {
         tokio::select! {
             biased;
@@ -229,7 +229,7 @@ pub fn start_boxed(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Res
 /// its own. Returns once listening (or with the bind error); stops when `stop` is
 /// triggered.
 pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Server> {
-    let threads = opts.threads.max(1);
+    let threads = threads(&opts);
     let (listen, forward) = (opts.listen, opts.forward_listen);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -287,6 +287,14 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
             Err(e)
         }
         Err(_) => Err(io::Error::other("the server thread ended before listening")),
+    }
+}
+
+/// The worker threads `opts` asks for: 0 means one per available core.
+fn threads(opts: &Options) -> usize {
+    match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
