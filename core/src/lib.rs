@@ -44,6 +44,60 @@
 //! - [`stats`]: per-shard counters; [`admin`]: the admin pages built from them.
 //! - [`forward`]: the dynamic forward proxy's decisions (destination, the request
 //!   sent on, the egress policy).
+//!
+//! # The driver loop, runnable
+//!
+//! The loop [`conn`] describes, as a driver with no sockets at all: one request that
+//! needs no backend (a client sends it, reads the answer and closes).
+//!
+//! ```
+//! use std::time::{Instant, SystemTime};
+//!
+//! use sluice_core::Gateway;
+//! use sluice_core::conn::{Connection, Input, Output};
+//! use sluice_core::upstream::Balancer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::load(r#"{"version": 3, "endpoints": []}"#)?.gateway;
+//! let balancer = Balancer::new(gateway.backend_count);
+//! let wall = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_300_000);
+//! let mut conn = Connection::new(&gateway, &balancer, "127.0.0.1".parse()?, Instant::now(), wall);
+//! let mut request: &[u8] = b"GET /__health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+//! let mut answer = Vec::new();
+//! 'connection: loop {
+//!     // Drain poll, start what it asks for (here each operation finishes at once).
+//!     let mut done = Vec::new();
+//!     while let Some(output) = conn.poll() {
+//!         match output {
+//!             Output::ReadClient(mut buf) => {
+//!                 let n = request.len(); // 0 once it is sent: the client closed
+//!                 buf.extend_from_slice(std::mem::take(&mut request));
+//!                 done.push(Input::ClientRead(buf, Ok(n)));
+//!             }
+//!             Output::WriteClient(bytes) => {
+//!                 answer.extend_from_slice(&bytes);
+//!                 done.push(Input::ClientWritten(bytes, Ok(())));
+//!             }
+//!             Output::ShutdownClient => done.push(Input::ClientShutdown(Ok(()))),
+//!             Output::Log(line) => println!("{line}"),
+//!             Output::Close => break 'connection,
+//!             // No backend, tunnel or name in this request; a driver does each as
+//!             // conn's table says.
+//!             other => unreachable!("{other:?}"),
+//!         }
+//!     }
+//!     // Feed back what happened; a real driver also waits for poll_timeout().
+//!     for input in done {
+//!         conn.handle(input, Instant::now());
+//!     }
+//! }
+//! let answer = String::from_utf8(answer)?;
+//! assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+//! assert!(answer.ends_with(r#"{"agents":{},"now":"2026-11-21T22:26:40Z","status":"ok"}"#), "{answer}");
+//! # Ok(())
+//! # }
+//! ```
+//!
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

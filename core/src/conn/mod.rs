@@ -53,6 +53,8 @@
 //! }
 //! ```
 //!
+//! The same loop runs as a doc test in the crate's documentation.
+//!
 //! Buffers travel with the operations: a read gets the connection's buffer (append
 //! after its length, within its capacity) and hands it back; a write gets the bytes
 //! and hands the vector back for reuse. One read and one write may be out on the
