@@ -115,6 +115,7 @@ pub mod dns;
 pub mod event;
 pub mod exchange;
 pub mod forward;
+pub mod guard;
 pub mod http1;
 pub mod io;
 pub mod json;

@@ -109,6 +109,8 @@ pub struct EndpointPlan {
     pub output: OutputEncoding,
     pub sequential: bool,
     pub backends: Vec<BackendPlan>,
+    /// What it checks before any backend call (see [`crate::guard`]).
+    pub guards: crate::guard::Guards,
 }
 
 impl EndpointPlan {
@@ -335,6 +337,7 @@ impl Gateway {
                 output: config.endpoint_output(e),
                 sequential: e.sequential,
                 backends,
+                guards: crate::guard::Guards::default(),
             });
         }
         if let Some(Err(diags)) = &mut root_profile {

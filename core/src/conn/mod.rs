@@ -106,6 +106,7 @@ use crate::dns::DnsError;
 pub use crate::event::Log;
 use crate::exchange::{Action, Call, Exchange};
 use crate::forward::{self, Denied, Destination, ForwardPlan};
+use crate::guard::Verdict;
 use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 pub use crate::io::{BackendId, Input, Output, Session};
 use crate::link::{ListenerSide, ServerLink, TLS_CLIENT_READ, TLS_READ};
@@ -801,7 +802,22 @@ impl<'g> Connection<'g> {
         };
         let mut line = AccessLog::new(&creq, now);
         let gw = self.gw;
-        match gw.dispatch(&creq.method, &creq.path, creq.query.as_deref()) {
+        let dispatched = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
+        // The guard stage: an endpoint's checks, before its body is read or any backend
+        // called; an answer from it is the reply, as a router's is.
+        let dispatched = match dispatched {
+            Dispatch::Endpoint(route) if !route.endpoint.guards.is_empty() => {
+                match route.endpoint.guards.check(&creq, now) {
+                    Verdict::Pass => Dispatch::Endpoint(route),
+                    Verdict::Answer(reply) => {
+                        line.for_endpoint(route.endpoint.index);
+                        Dispatch::Reply(reply)
+                    }
+                }
+            }
+            other => other,
+        };
+        match dispatched {
             Dispatch::Endpoint(route) if route.streaming => {
                 line.for_endpoint(route.endpoint.index);
                 creq.body = RequestBody::relayed(req.framing);
