@@ -1,7 +1,7 @@
 //! The shard's backend sockets: idle ones kept for reuse (`sluice_core::backend`'s
-//! policy), names resolved through the shard's DNS cache (`sluice_core::dns`), SRV
-//! sets through its SRV cache (`sluice_core::srv`, queries over a UDP socket), and
-//! opening a new one.
+//! policy), names core asks for resolved through the shard's DNS cache
+//! (`sluice_core::dns`), SRV sets through its SRV cache (`sluice_core::srv`, queries
+//! over a UDP socket), and dialling the address core gives.
 
 use std::cell::RefCell;
 use std::future::poll_fn;

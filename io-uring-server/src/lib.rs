@@ -5,9 +5,12 @@
 //! io_uring is unavailable or `force_epoll` is set) and its own `SO_REUSEPORT`
 //! listener. Per-shard state (backend pools, the DNS cache, round-robin counters, the
 //! connection count, the admin counters) lives in `Rc`/`Cell`/`RefCell`; the compiled
-//! `Gateway` is shared as `Arc` and only read. No lock and no cross-shard message on a gateway request's path (a
-//! forward proxy request takes one short lock for its destination's circuit breaker
-//! counts, shared by every shard by design: `sluice_core::breaker`).
+//! `Gateway` is shared as `Arc` and only read, and so is the one
+//! `sluice_core::runtime::Runtime` of the server. No lock and no cross-shard message
+//! on a gateway request's path (a forward proxy request takes one short lock for its
+//! destination's circuit breaker counts, in the `Runtime`, shared by every shard by
+//! design: `sluice_core::breaker`). It gives the API every driver gives
+//! (`sluice_core::serve`).
 //!
 //! This crate owns sockets, timers and idle backend sockets, nothing else: every HTTP
 //! decision is `sluice_core::conn`'s, whose `Connection` each client connection's

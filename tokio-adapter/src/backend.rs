@@ -1,7 +1,7 @@
 //! Backend sockets shared by the runtime's workers: idle ones kept for reuse (policy
-//! from `sluice_core::backend`), names resolved through one DNS cache
+//! from `sluice_core::backend`), names core asks for resolved through one DNS cache
 //! (`sluice_core::dns`), SRV sets through one SRV cache (`sluice_core::srv`, queries
-//! over a UDP socket), and opening a new one.
+//! over a UDP socket), and dialling the address core gives.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

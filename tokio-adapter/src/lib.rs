@@ -50,7 +50,8 @@
 //! ```
 //!
 //! [`start`] is the other way in, used by `sluice run --runtime tokio`: it builds a
-//! multi-thread runtime of its own on a background thread.
+//! multi-thread runtime of its own on a background thread, with the options and the
+//! server API every driver gives (`sluice_core::serve`).
 
 mod admin;
 mod backend;
