@@ -522,13 +522,16 @@ fn keep_alive_reuses_the_backend_connection() {
     );
 }
 
+fn named_backend() -> Gateway {
+    gateway(r#"{"endpoint": "/a", "backend": [{"host": ["http://api.test:9001"], "url_pattern": "/users/1"}]}"#)
+}
+
 /// A backend named by a host name: core resolves it (Output::Resolve) only when there
 /// is no idle connection to take, dials the first address, and pools the connection
 /// under the name; a name that does not resolve fails the call saying why.
 #[test]
 fn a_named_backend_is_resolved_only_when_nothing_is_idle() {
-    let gw =
-        gateway(r#"{"endpoint": "/a", "backend": [{"host": ["http://api.test:9001"], "url_pattern": "/users/1"}]}"#);
+    let gw = named_backend();
     let lb = Balancer::new(gw.backend_count);
     let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Send(GET_A), Wait(10), Eof])
         .resolves("api.test", Ok(&["127.0.0.7", "127.0.0.8"]))
@@ -711,8 +714,7 @@ fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
 /// connection, so the name is resolved again and one new connection is opened.
 #[test]
 fn a_stale_pooled_connection_to_a_named_backend_is_retried_after_resolving() {
-    let gw =
-        gateway(r#"{"endpoint": "/a", "backend": [{"host": ["http://api.test:9001"], "url_pattern": "/users/1"}]}"#);
+    let gw = named_backend();
     let lb = Balancer::new(gw.backend_count);
     let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), DropIdle, Wait(10), Send(GET_A), Wait(10), Eof])
         .resolves("api.test", Ok(&["127.0.0.7"]))
