@@ -54,7 +54,7 @@ pub(crate) enum Phase {
     Resolve,
     /// Through a proxy to an `https://` backend: `CONNECT` is written, then its
     /// answer read (the request waits in `held`).
-    Tunnel,
+    ProxyConnect,
     /// Writing the request (head, and the whole body when there is one).
     Send,
     /// `no-op`: streaming the client's body after the head; `done` once it ended.
@@ -206,7 +206,7 @@ impl<'g> BackendCall<'g> {
     fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
         let idle_tls =
             self.tls.as_deref().is_none_or(|l| !l.side.busy && l.side.plain.is_none() && !l.conn.wants_write());
-        if reusable && self.connected && idle_tls && self.phase != Phase::Tunnel {
+        if reusable && self.connected && idle_tls && self.phase != Phase::ProxyConnect {
             Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) }
         } else {
             Output::CloseBackend { id }
@@ -425,7 +425,7 @@ impl<'g> Calls<'g> {
             (None, None) => {}
             (None, Some(_)) => match (slot.via, slot.connect.as_deref()) {
                 (Some(proxy), Some(authority)) => {
-                    slot.phase = Phase::Tunnel;
+                    slot.phase = Phase::ProxyConnect;
                     slot.held = mem::replace(&mut slot.out, mem::take(&mut slot.held));
                     slot.out.clear();
                     proxy.write_connect(authority, &mut slot.out);
@@ -499,7 +499,7 @@ impl<'g> Calls<'g> {
             Ok(_) => {}
             Err(e) => slot.failure = Some(read_failure(slot.fetch.as_ref(), e)),
         }
-        if slot.phase == Phase::Tunnel && slot.failure.is_none() {
+        if slot.phase == Phase::ProxyConnect && slot.failure.is_none() {
             tunnel_answer(slot);
         }
     }
@@ -578,7 +578,7 @@ impl<'g> Calls<'g> {
                 _ => Phase::Receive,
             };
             slot.hungry = slot.phase == Phase::Receive;
-        } else if slot.phase == Phase::Tunnel {
+        } else if slot.phase == Phase::ProxyConnect {
             // CONNECT is out: its answer comes next.
             buf.clear();
             slot.out = buf;
