@@ -11,7 +11,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::{ForwardProxy, IpNet, LookupFamily, PortRange};
+use crate::event::Log;
 use crate::http1::{self, BodyLength, HopByHop, Request, RequestTarget, TargetForm};
+use crate::request::Reply;
 
 /// The `Via` field added both ways (RFC 9110 7.6.3: protocol version and a pseudonym).
 pub const VIA: &str = "1.1 sluice";
@@ -242,6 +244,84 @@ pub struct Egress {
     /// The forward proxy's own listener: a request to it would loop.
     listener: SocketAddr,
 }
+
+/// Why the forward proxy answers a request itself instead of sending it on (or
+/// opening its tunnel): each carries its status, its body, the header that names it,
+/// the line logged, and whether the connection closes. The connection writes it as
+/// [`Refusal::reply`] says; it decides nothing of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The egress policy refused the destination: 403, `egress denied: <reason>`, the
+    /// reason in [`DENIED_HEADER`]; logged under `sluice::egress`.
+    Denied(Denied),
+    /// A circuit breaker of the destination is open: 503, `circuit breaker open:
+    /// <name>`, the name in [`crate::breaker::HEADER`].
+    BreakerOpen(crate::breaker::Breaker),
+    /// The destination's name gave no address: 503 `DNS resolution failure`, or
+    /// `DNS cache overflow` when the cache had no room for it (Envoy's words).
+    Dns { host: String, error: crate::dns::DnsError },
+    /// No response head within the proxy's `timeout`: 504, and the connection closes.
+    Timeout,
+}
+
+impl Refusal {
+    /// The answer the client gets.
+    pub fn reply(&self) -> Reply {
+        use crate::dns::DnsError;
+        use http::StatusCode;
+        match self {
+            Refusal::Denied(denied) => {
+                let reason = denied.to_string();
+                let mut reply = Reply::text(StatusCode::FORBIDDEN, &format!("egress denied: {reason}"));
+                if let Ok(v) = http::HeaderValue::from_str(&reason) {
+                    reply.headers.insert(DENIED_HEADER, v);
+                }
+                reply
+            }
+            Refusal::BreakerOpen(open) => {
+                let name = open.name();
+                let mut reply = Reply::text(StatusCode::SERVICE_UNAVAILABLE, &format!("circuit breaker open: {name}"));
+                reply.headers.insert(crate::breaker::HEADER, http::HeaderValue::from_static(name));
+                reply
+            }
+            Refusal::Dns { error: DnsError::Overflow, .. } => {
+                Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS cache overflow")
+            }
+            Refusal::Dns { error: DnsError::Failed(_), .. } => {
+                Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS resolution failure")
+            }
+            Refusal::Timeout => Reply::text(StatusCode::GATEWAY_TIMEOUT, TIMED_OUT),
+        }
+    }
+
+    /// The line logged for refusing `peer`'s request to `dest` (`host:port`).
+    pub fn log(&self, peer: IpAddr, dest: String) -> Log<'static> {
+        use crate::dns::DnsError;
+        match self {
+            Refusal::Denied(denied) => Log::Denied { peer, dest, reason: denied.to_string() },
+            Refusal::BreakerOpen(open) => {
+                Log::Forward { dest, reason: format!("circuit breaker open: {}", open.name()) }
+            }
+            Refusal::Dns { host, error: DnsError::Overflow } => {
+                Log::Forward { dest, reason: format!("cannot resolve {host}: DNS cache overflow") }
+            }
+            Refusal::Dns { host, error: DnsError::Failed(why) } => {
+                Log::Forward { dest, reason: format!("cannot resolve {host}: {why}") }
+            }
+            Refusal::Timeout => Log::Forward { dest, reason: TIMED_OUT.to_string() },
+        }
+    }
+
+    /// Whether the connection closes after the answer: always at a timeout (the
+    /// request may be half sent), and for a refused tunnel (what the client sent after
+    /// its CONNECT is never read as HTTP).
+    pub fn closes(&self, tunnel: bool) -> bool {
+        tunnel || *self == Refusal::Timeout
+    }
+}
+
+/// What a timed-out forward says, to the client and in the log.
+const TIMED_OUT: &str = "the destination did not answer in time";
 
 /// Why the egress policy refused a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]

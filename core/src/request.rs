@@ -114,14 +114,14 @@ impl AccessLog {
     }
 
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
-    /// or `host:port` for a tunnel), without the query string.
-    pub fn forwarded(req: &Request, dest: &crate::forward::Destination, peer: IpAddr, started: Instant) -> AccessLog {
+    /// or `host:port` for a tunnel), without the query string. `(authority, target)`:
+    /// the destination the forward proxy found.
+    pub fn forwarded(req: &Request, (authority, target): (&str, &str), peer: IpAddr, started: Instant) -> AccessLog {
         let (path, scope) = if req.method == Method::CONNECT {
-            (dest.authority.clone(), Scope::Tunnel(dest.authority.clone()))
+            (authority.to_string(), Scope::Tunnel(authority.to_string()))
         } else {
-            let t = &dest.target;
-            let path = format!("http://{}{}", dest.authority, t.split_once('?').map_or(t.as_str(), |(p, _)| p));
-            (path, Scope::Forward(dest.authority.clone()))
+            let path = format!("http://{authority}{}", target.split_once('?').map_or(target, |(p, _)| p));
+            (path, Scope::Forward(authority.to_string()))
         };
         AccessLog { peer, method: Some(req.method.clone()), path, started, scope }
     }

@@ -144,7 +144,7 @@ impl<'g> Connection<'g> {
             Ok(dest) => dest,
             Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, peer, now)),
         };
-        let line = AccessLog::forwarded(&req, &dest, peer, now);
+        let line = AccessLog::forwarded(&req, (&dest.authority, &dest.target), peer, now);
         if tunnel && !fp.config.connect.enabled {
             // Envoy without the CONNECT upgrade: refused, and the connection closed
             // (what the client sent after its CONNECT is never read as HTTP).
@@ -163,7 +163,7 @@ impl<'g> Connection<'g> {
             }
         }
         if let Err(denied) = fp.egress.check_host(&dest.host, dest.port, tunnel) {
-            return self.denied(denied, &dest, line, tunnel);
+            return self.refuse(Refusal::Denied(denied), dest.authority, line, tunnel);
         }
         let mut request = Vec::new();
         if !tunnel && let Err(reason) = fp.write_request(&req, &dest, body, &mut request) {
@@ -194,11 +194,11 @@ impl<'g> Connection<'g> {
         let (Some(fp), Some(breakers)) = (self.fwd, self.breakers) else { return State::Closing };
         let addr = SocketAddr::new(ip, p.dest.port);
         if let Err(denied) = fp.egress.check_addr(addr) {
-            return self.denied(denied, &p.dest, p.line, p.tunnel);
+            return self.refuse(Refusal::Denied(denied), p.dest.authority, p.line, p.tunnel);
         }
         match breakers.admit(&p.dest.authority) {
             Ok(permit) => p.permit = Some(permit),
-            Err(open) => return self.overflowed(open, p),
+            Err(open) => return self.refuse(Refusal::BreakerOpen(open), p.dest.authority, p.line, p.tunnel),
         }
         if p.tunnel {
             self.queue.push_back(Output::OpenTunnel { addr });
@@ -213,50 +213,11 @@ impl<'g> Connection<'g> {
         State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
     }
 
-    /// A circuit breaker of the destination is open: 503, the breaker named in
-    /// [`breaker::HEADER`] and the body, and a log line.
-    pub(super) fn overflowed(&mut self, open: Breaker, p: Box<Pending>) -> State<'g> {
-        let name = open.name();
-        self.log_forward(p.dest.authority, format!("circuit breaker open: {name}"));
-        let mut reply = Reply::text(StatusCode::SERVICE_UNAVAILABLE, &format!("circuit breaker open: {name}"));
-        reply.headers.insert(breaker::HEADER, http::HeaderValue::from_static(name));
-        self.respond(reply, p.line, p.tunnel)
-    }
-
-    /// No response head from `dest` within the forward proxy's `timeout`: 504, closed.
-    pub(super) fn forward_timed_out(&mut self, dest: String, line: AccessLog) -> State<'g> {
-        let reason = "the destination did not answer in time";
-        self.log_forward(dest, reason.to_string());
-        self.respond(Reply::text(StatusCode::GATEWAY_TIMEOUT, reason), line, true)
-    }
-
-    /// The destination's name did not resolve: 503 `DNS resolution failure`, or 503
-    /// `DNS cache overflow` when the cache had no room for it (Envoy's words), the
-    /// reason in the log.
-    pub(super) fn dns_failed(&mut self, p: Box<Pending>, error: DnsError) -> State<'g> {
-        let (body, reason) = match error {
-            DnsError::Overflow => ("DNS cache overflow", format!("cannot resolve {}: DNS cache overflow", p.dest.host)),
-            DnsError::Failed(why) => ("DNS resolution failure", format!("cannot resolve {}: {why}", p.dest.host)),
-        };
-        self.log_forward(p.dest.authority, reason);
-        self.respond(Reply::text(StatusCode::SERVICE_UNAVAILABLE, body), p.line, p.tunnel)
-    }
-
-    /// The egress policy refused the destination: 403, the reason in
-    /// [`forward::DENIED_HEADER`] and the body, and a log line. A refused tunnel closes
-    /// the connection.
-    pub(super) fn denied(&mut self, denied: Denied, dest: &Destination, line: AccessLog, close: bool) -> State<'g> {
-        let reason = denied.to_string();
-        self.queue.push_back(Output::Log(Log::Denied {
-            peer: self.peer,
-            dest: dest.authority.clone(),
-            reason: reason.clone(),
-        }));
-        let mut reply = Reply::text(StatusCode::FORBIDDEN, &format!("egress denied: {reason}"));
-        if let Ok(v) = http::HeaderValue::from_str(&reason) {
-            reply.headers.insert(forward::DENIED_HEADER, v);
-        }
-        self.respond(reply, line, close)
+    /// The forward proxy answers itself (see [`Refusal`]): its line logged, its reply
+    /// written, the connection closed when it says so.
+    pub(super) fn refuse(&mut self, refusal: Refusal, dest: String, line: AccessLog, tunnel: bool) -> State<'g> {
+        self.queue.push_back(Output::Log(refusal.log(self.peer, dest)));
+        self.respond(refusal.reply(), line, refusal.closes(tunnel))
     }
 
     /// The tunnel's connection is open: `200` to the client, then bytes both ways;

@@ -95,7 +95,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::backend::{Pumped, pump_body};
-use crate::breaker::{self, Breaker, Breakers, Permit};
+use crate::breaker::{Breakers, Permit};
 use crate::buf::ReadBuf;
 use crate::builtin::{self, Builtin};
 use crate::call::{BackendCall, CallEvent, Calls, Phase};
@@ -105,7 +105,7 @@ use crate::dispatch::{Dispatch, Route};
 use crate::dns::DnsError;
 pub use crate::event::Log;
 use crate::exchange::{Action, Call, Exchange};
-use crate::forward::{self, Denied, Destination, ForwardPlan};
+use crate::forward::{Destination, ForwardPlan, Refusal};
 use crate::guard::Verdict;
 use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 pub use crate::io::{BackendId, Input, Output, Session};
@@ -459,8 +459,11 @@ impl<'g> Connection<'g> {
         let Some(fp) = self.fwd else { return };
         self.state = match result.map(|addrs| fp.pick(&addrs)) {
             Ok(Some(ip)) => self.dial(p, ip),
-            Ok(None) => self.dns_failed(p, DnsError::Failed("no address of the configured family".to_string())),
-            Err(e) => self.dns_failed(p, e),
+            Ok(None) => {
+                let error = DnsError::Failed("no address of the configured family".to_string());
+                self.refuse(Refusal::Dns { host: p.dest.host, error }, p.dest.authority, p.line, p.tunnel)
+            }
+            Err(error) => self.refuse(Refusal::Dns { host: p.dest.host, error }, p.dest.authority, p.line, p.tunnel),
         };
         self.progress();
     }
@@ -508,11 +511,11 @@ impl<'g> Connection<'g> {
             }
             State::Stream { leg: Leg::Forward(f), line, .. } if now >= f.deadline => {
                 self.close_slots();
-                self.forward_timed_out(f.dest, line)
+                self.refuse(Refusal::Timeout, f.dest, line, false)
             }
             State::Pump(p) if now >= p.leg.deadline() => self.cut(p, Cut::Timeout),
             State::Resolve(p) | State::Opening(p) if now >= p.deadline => {
-                self.forward_timed_out(p.dest.authority, p.line)
+                self.refuse(Refusal::Timeout, p.dest.authority, p.line, p.tunnel)
             }
             State::Tunnel(t) if now >= t.last + t.idle => {
                 self.state = State::Tunnel(t);
