@@ -442,8 +442,12 @@ impl<'g> Calls<'g> {
 
     /// Backend connection `id` could not be opened (`reason` is for the log and, with
     /// `return_error_msg`, the client).
-    pub(crate) fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display) {
+    pub(crate) fn handle_connect_failed(&mut self, id: BackendId, error: &io::Error) {
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Connecting) else { return };
+        let reason = match slot.dial {
+            Some(addr) => format!("cannot connect to {addr}: {error}"),
+            None => format!("cannot connect to {}: {error}", slot.host.authority()),
+        };
         slot.failure = Some(slot.connect_failure(reason));
     }
 

@@ -91,7 +91,9 @@ pub enum Input {
     ClientShutdown(io::Result<()>),
     /// `Some`: the connection came from the pool, with the session it was kept with.
     Connected(BackendId, Option<Session>),
-    ConnectFailed(BackendId, String),
+    /// [`Output::Connect`]'s new connection could not be opened: the system's error
+    /// (core says to what, and through which proxy).
+    ConnectFailed(BackendId, io::Error),
     BackendRead(BackendId, Vec<u8>, io::Result<usize>),
     BackendWritten(BackendId, Vec<u8>, io::Result<()>),
     /// The addresses a name resolved to, or why it did not (through the shard's
@@ -101,7 +103,8 @@ pub enum Input {
     NoIdle(BackendId),
     /// The SRV set [`Output::Discover`] asked for, or why there is none.
     Discovered(BackendId, Result<Arc<SrvSet>, DnsError>),
-    TunnelOpened(Result<(), String>),
+    /// [`Output::OpenTunnel`]'s connection is open, or the system's error.
+    TunnelOpened(io::Result<()>),
     TunnelRead(Vec<u8>, io::Result<usize>),
     TunnelWritten(Vec<u8>, io::Result<()>),
     TunnelShutdown(io::Result<()>),

@@ -266,7 +266,8 @@ impl<'g> World<'g> {
                 if matches!(script.front(), Some(Serve::Refuse)) {
                     script.pop_front();
                     self.note(format!("backend {id}: refused by {key}"));
-                    self.ready.push_back(Input::ConnectFailed(id, format!("cannot connect to {key}: refused")));
+                    let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+                    self.ready.push_back(Input::ConnectFailed(id, refused));
                     return;
                 }
                 match host_key == format!("http://{addr}") {
@@ -675,7 +676,7 @@ fn each_answer_goes_to_its_own_backend() {
             "   0ms backend 0: refused by http://127.0.0.1:9001",
             "   0ms backend 1: new connection to http://127.0.0.1:9002",
             "   0ms log: backend 0 of endpoint 0: failed",
-            "   0ms log: backend 0 of /p: cannot connect to http://127.0.0.1:9001: refused",
+            "   0ms log: backend 0 of /p: cannot connect to 127.0.0.1:9001: refused",
             "   0ms backend 1: pooled",
             "   0ms log: backend 1 of endpoint 0: 200",
             "   0ms log: 192.0.2.9 \"GET /p\" 200 13 0.0ms",
@@ -831,11 +832,7 @@ fn a_no_op_backend_that_fails_is_502_and_one_too_slow_is_504() {
         w.to_client,
         "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
-    assert!(
-        w.trace().contains("log: backend 0 of /raw: cannot connect to http://127.0.0.1:9001: refused"),
-        "{}",
-        w.trace()
-    );
+    assert!(w.trace().contains("log: backend 0 of /raw: cannot connect to 127.0.0.1:9001: refused"), "{}", w.trace());
     let w = World::new(&gw, &lb, &[Send(get)]).backend(&upstream(9001), &[Serve::Hang]).run();
     assert_eq!(
         w.to_client,

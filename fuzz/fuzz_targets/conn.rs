@@ -89,7 +89,7 @@ fuzz_target!(|input: &[u8]| {
                         // A name, nothing idle: core resolves it and asks again.
                         ready.push(Input::NoIdle(id));
                     } else if backend.first() == Some(&b'!') {
-                        ready.push(Input::ConnectFailed(id, "refused".into()));
+                        ready.push(Input::ConnectFailed(id, std::io::ErrorKind::ConnectionRefused.into()));
                     } else {
                         backends[id] = Some(backend.chunks(step));
                         ready.push(Input::Connected(id, idle.then(Session::default)));

@@ -188,10 +188,10 @@ async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String>
     }
 }
 
-/// A new socket to a backend at `addr` (core resolved its name, if it had one), with
-/// Nagle off.
-pub(crate) async fn dial(addr: SocketAddr) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+/// A new socket to `addr` (a backend, its proxy, or a tunnel's destination: core
+/// resolved the name, if there was one), with Nagle off.
+pub(crate) async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

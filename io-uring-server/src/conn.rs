@@ -251,7 +251,7 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
                 (None, Some(addr)) => Some(Box::pin(async move {
                     match crate::backend::dial(addr).await {
                         Ok(s) => (Back::Backend(id, s), Input::Connected(id, None)),
-                        Err(why) => (Back::Nothing, Input::ConnectFailed(id, why)),
+                        Err(e) => (Back::Nothing, Input::ConnectFailed(id, e)),
                     }
                 })),
                 (None, None) => {
@@ -284,12 +284,9 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         }
         Output::OpenTunnel { addr } => {
             ops.tunnel_write = Some(Box::pin(async move {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        (Back::Tunnel(s), Input::TunnelOpened(Ok(())))
-                    }
-                    Err(e) => (Back::Nothing, Input::TunnelOpened(Err(format!("cannot connect to {addr}: {e}")))),
+                match crate::backend::dial(addr).await {
+                    Ok(s) => (Back::Tunnel(s), Input::TunnelOpened(Ok(()))),
+                    Err(e) => (Back::Nothing, Input::TunnelOpened(Err(e))),
                 }
             }));
         }

@@ -229,7 +229,7 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 (None, Some(addr)) => Box::pin(async move {
                     match crate::backend::dial(addr).await {
                         Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
-                        Err(why) => (Held::Empty, Input::ConnectFailed(id, why)),
+                        Err(e) => (Held::Empty, Input::ConnectFailed(id, e)),
                     }
                 }),
                 (None, None) => return Some(Some(Input::NoIdle(id))),
@@ -279,12 +279,9 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         }
         Output::OpenTunnel { addr } => {
             sockets.tunnel[1] = Some(Box::pin(async move {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        (Held::Tunnel(s), Input::TunnelOpened(Ok(())))
-                    }
-                    Err(e) => (Held::Empty, Input::TunnelOpened(Err(format!("cannot connect to {addr}: {e}")))),
+                match crate::backend::dial(addr).await {
+                    Ok(s) => (Held::Tunnel(s), Input::TunnelOpened(Ok(()))),
+                    Err(e) => (Held::Empty, Input::TunnelOpened(Err(e))),
                 }
             }));
         }

@@ -17,6 +17,8 @@ pub(super) struct Pending {
     pub(super) tunnel: bool,
     pub(super) line: AccessLog,
     pub(super) deadline: Instant,
+    /// The vetted address a tunnel's connection is opened to.
+    pub(super) addr: Option<SocketAddr>,
     /// Taken when the address is known (see [`crate::breaker`]).
     pub(super) permit: Option<Permit>,
 }
@@ -47,12 +49,20 @@ pub(super) struct Forwarded {
 
 impl<'g> Connection<'g> {
     /// The tunnel's connection ([`Output::OpenTunnel`]) is open, or why not.
-    pub fn handle_tunnel_opened(&mut self, result: Result<(), String>, now: Instant) {
+    pub fn handle_tunnel_opened(&mut self, result: io::Result<()>, now: Instant) {
         self.now = now;
+        // An answer that comes in any other state is dropped.
+        if !matches!(self.state, State::Opening(_)) {
+            return;
+        }
         let State::Opening(p) = mem::replace(&mut self.state, State::Closed) else { return };
         self.state = match result {
             Ok(()) => self.open_tunnel(p),
-            Err(reason) => {
+            Err(e) => {
+                let reason = match p.addr {
+                    Some(addr) => format!("cannot connect to {addr}: {e}"),
+                    None => format!("cannot connect to {}: {e}", p.dest.authority),
+                };
                 self.log_forward(p.dest.authority.clone(), reason.clone());
                 self.fail(StatusCode::BAD_GATEWAY, &reason, p.line)
             }
@@ -177,6 +187,7 @@ impl<'g> Connection<'g> {
             line,
             deadline: now + fp.config.timeout,
             dest,
+            addr: None,
             permit: None,
         });
         match p.dest.ip() {
@@ -201,6 +212,7 @@ impl<'g> Connection<'g> {
             Err(open) => return self.refuse(Refusal::BreakerOpen(open), p.dest.authority, p.line, p.tunnel),
         }
         if p.tunnel {
+            p.addr = Some(addr);
             self.queue.push_back(Output::OpenTunnel { addr });
             return State::Opening(p);
         }

@@ -85,7 +85,6 @@ mod stream;
 mod tls;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
@@ -306,7 +305,7 @@ impl<'g> Connection<'g> {
             Input::ClientWritten(buf, result) => self.handle_client_written(buf, result, now),
             Input::ClientShutdown(result) => self.handle_client_shutdown(result, now),
             Input::Connected(id, pooled) => self.handle_connected(id, pooled, now),
-            Input::ConnectFailed(id, reason) => self.handle_connect_failed(id, reason, now),
+            Input::ConnectFailed(id, error) => self.handle_connect_failed(id, &error, now),
             Input::BackendRead(id, buf, result) => self.handle_backend_read(id, buf, result, now),
             Input::BackendWritten(id, buf, result) => self.handle_backend_written(id, buf, result, now),
             Input::Resolved(id, result) => self.handle_resolved(id, result, now),
@@ -411,9 +410,9 @@ impl<'g> Connection<'g> {
 
     /// Backend connection `id` could not be opened (`reason` is for the log and, with
     /// `return_error_msg`, the client).
-    pub fn handle_connect_failed(&mut self, id: BackendId, reason: impl fmt::Display, now: Instant) {
+    pub fn handle_connect_failed(&mut self, id: BackendId, error: &io::Error, now: Instant) {
         self.now = now;
-        self.calls.handle_connect_failed(id, reason);
+        self.calls.handle_connect_failed(id, error);
         self.progress();
     }
 
