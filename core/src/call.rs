@@ -989,4 +989,21 @@ mod tests {
             calls.release(id, false, &mut queue);
         }
     }
+
+    /// A driver that answers NoIdle to a call that gave it an address (it should have
+    /// dialled it) fails that call, saying so, and asks for no lookup.
+    #[test]
+    fn no_idle_for_an_address_fails_the_call() {
+        let host = HostAddr::parse("http://127.0.0.1:9001").unwrap();
+        let place = (Cow::Owned(host.clone()), Cow::Owned(host.clone()), Cow::Owned(String::new()));
+        let mut call = BackendCall::base((0, Method::GET, "/e"), place, false, CallBody::None);
+        call.dial = host.socket_addr();
+        let (mut calls, mut queue) = (Calls::default(), VecDeque::new());
+        let id = calls.open_forward(call, &mut queue);
+        queue.clear();
+        calls.handle_no_idle(id, &mut queue);
+        assert!(queue.is_empty(), "{queue:?}");
+        let failure = calls.get_mut(id).unwrap().failure.take().map(|f| f.reason);
+        assert_eq!(failure.as_deref(), Some("the driver did not connect to the address given"));
+    }
 }

@@ -398,12 +398,12 @@ impl<'g> Exchange<'g> {
         };
         // The host's pool key says which connections it may reuse (see
         // backend::pool_key): through a proxy, the proxy is dialled.
-        let dial = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr);
+        let to = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr);
         let pool_key = host.pool_key.as_str();
         Ok(Call {
             id: i,
             method: b.method.clone(),
-            host: dial,
+            host: to,
             pool_key,
             scheme: host.addr.scheme,
             authority: &host.authority,

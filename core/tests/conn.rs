@@ -565,6 +565,14 @@ fn a_named_backend_is_resolved_only_when_nothing_is_idle() {
     assert!(w.requests.is_empty());
     let said = "log: backend 0 of /a: cannot resolve nowhere.test: no such name";
     assert!(w.trace().contains(said), "{}", w.trace());
+    // A name that resolves to nothing fails the same way, saying so.
+    let gw = named_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let w = World::new(&gw, &lb, &[Send(GET_A), Wait(10), Eof]).resolves("api.test", Ok(&[])).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{}", w.to_client);
+    assert!(w.requests.is_empty());
+    let said = "log: backend 0 of /a: cannot resolve api.test: no address";
+    assert!(w.trace().contains(said), "{}", w.trace());
 }
 
 #[test]

@@ -52,10 +52,13 @@ impl<'g> Connection<'g> {
     pub fn handle_tunnel_opened(&mut self, result: io::Result<()>, now: Instant) {
         self.now = now;
         // An answer that comes in any other state is dropped.
-        if !matches!(self.state, State::Opening(_)) {
-            return;
-        }
-        let State::Opening(p) = mem::replace(&mut self.state, State::Closed) else { return };
+        let p = match mem::replace(&mut self.state, State::Closed) {
+            State::Opening(p) => p,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
         self.state = match result {
             Ok(()) => self.open_tunnel(p),
             Err(e) => {

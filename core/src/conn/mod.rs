@@ -451,10 +451,13 @@ impl<'g> Connection<'g> {
             return;
         }
         // The forward proxy's destination; an answer that comes too late is dropped.
-        if !matches!(self.state, State::Resolve(_)) {
-            return;
-        }
-        let State::Resolve(p) = mem::replace(&mut self.state, State::Closed) else { return };
+        let p = match mem::replace(&mut self.state, State::Closed) {
+            State::Resolve(p) => p,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
         let Some(fp) = self.fwd else { return };
         self.state = match result.map(|addrs| fp.pick(&addrs)) {
             Ok(Some(ip)) => self.dial(p, ip),
