@@ -3,21 +3,25 @@
 //! (the Prometheus text exposition format) and `/config_dump` (the effective
 //! configuration as JSON, secrets left out).
 //!
-//! Sans-IO: the driver reads a request head, asks [`request`] what it is, gathers the
-//! shards' [`Stats`] for the pages that need them, and writes what [`answer`] gives,
-//! then closes. Every answer is complete and says `connection: close`.
+//! The admin listener's connections run through [`crate::conn::Connection`] as every
+//! other does (its codec, its deadlines, heads of at most [`MAX_HEAD`] bytes): it
+//! asks [`route`] what a request wants, asks the driver for every shard's [`Stats`]
+//! when the page shows them, and writes what [`answer`] gives. Every answer closes
+//! the connection (`connection: close`), as before the pages ran through core.
 
 use std::fmt::Write as _;
 
+use http::{HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::breaker::Gauges;
 use crate::config::LookupFamily;
+use crate::request::Reply;
 use crate::runtime::Runtime;
 use crate::stats::{Counts, LATENCY_BOUNDS_MS, Stats};
 
-/// Largest admin request head read.
+/// Largest admin request head read (a longer one gets 431).
 pub const MAX_HEAD: usize = 8192;
 
 /// An admin page.
@@ -30,34 +34,17 @@ pub enum Page {
 }
 
 impl Page {
-    /// Whether the page shows the shards' counters (the driver gathers them first).
+    /// Whether the page shows the shards' counters (the connection asks the driver
+    /// for them first: [`crate::io::Output::Stats`]).
     pub fn needs_stats(self) -> bool {
         matches!(self, Page::Stats | Page::Prometheus)
     }
 }
 
-/// What a request head asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Read more (the head is not whole yet).
-    Incomplete,
-    Page(Page),
-    /// Answer this and close (a bad request, an unknown page, a wrong method).
-    Reply(Vec<u8>),
-}
-
-/// Reads the admin request in `buf` (everything received so far).
-pub fn request(buf: &[u8]) -> Request {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Request::Incomplete,
-        Ok(httparse::Status::Partial) => return Request::Reply(text(431, "request head too large\n")),
-        Err(e) => return Request::Reply(text(400, &format!("bad request: {e}\n"))),
-    }
-    let path = req.path.unwrap_or("/");
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+/// What an admin request asks for: the page, or the answer it gets instead (an
+/// unknown page, a method other than GET). The query string is ignored.
+pub fn route(method: &Method, target: &str) -> Result<Page, Box<Reply>> {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
     let page = match path {
         "/ready" => Page::Ready,
         "/stats" => Page::Stats,
@@ -65,43 +52,38 @@ pub fn request(buf: &[u8]) -> Request {
         "/config_dump" => Page::ConfigDump,
         _ => {
             let body = "not found: the admin pages are /ready, /stats, /stats/prometheus, /config_dump\n";
-            return Request::Reply(text(404, body));
+            return Err(Box::new(Reply::text(StatusCode::NOT_FOUND, body)));
         }
     };
-    if req.method != Some("GET") {
-        return Request::Reply(respond(405, "text/plain; charset=utf-8", "allow: GET\r\n", "only GET\n"));
+    if method != Method::GET {
+        let mut reply = Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        reply.headers.insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+        return Err(Box::new(reply));
     }
-    Request::Page(page)
+    Ok(page)
 }
 
 /// The answer to `page`; `stats` is every shard's counters added up (only read by
 /// pages that [`Page::needs_stats`]).
-pub fn answer(gw: &Gateway, runtime: &Runtime, page: Page, stats: &Stats) -> Vec<u8> {
+pub fn answer(gw: &Gateway, runtime: &Runtime, page: Page, stats: &Stats) -> Reply {
     match page {
-        Page::Ready => text(200, "LIVE\n"),
-        Page::Stats => text(200, &stats_text(gw, runtime, stats)),
+        Page::Ready => Reply::text(StatusCode::OK, "LIVE\n"),
+        Page::Stats => Reply::text(StatusCode::OK, &stats_text(gw, runtime, stats)),
         Page::Prometheus => {
-            respond(200, "text/plain; version=0.0.4; charset=utf-8", "", &prometheus(gw, runtime, stats))
+            reply("text/plain; version=0.0.4; charset=utf-8", prometheus(gw, runtime, stats).into_bytes())
         }
         Page::ConfigDump => {
-            let mut body = serde_json::to_string_pretty(&config_dump(gw)).unwrap_or_default();
-            body.push('\n');
-            respond(200, "application/json", "", &body)
+            let mut body = serde_json::to_vec_pretty(&config_dump(gw)).unwrap_or_default();
+            body.push(b'\n');
+            reply("application/json", body)
         }
     }
 }
 
-fn text(status: u16, body: &str) -> Vec<u8> {
-    respond(status, "text/plain; charset=utf-8", "", body)
-}
-
-fn respond(status: u16, content_type: &str, extra: &str, body: &str) -> Vec<u8> {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+fn reply(content_type: &'static str, body: Vec<u8>) -> Reply {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Reply { status: StatusCode::OK, headers, body }
 }
 
 /// The breaker counts of every destination, when there is a forward proxy.

@@ -9,11 +9,14 @@ use std::net::IpAddr;
 use http::StatusCode;
 
 use crate::request::AccessLine;
+#[cfg(feature = "tracing")]
+use crate::request::Scope;
 
 /// A line to log.
 #[derive(Debug)]
 pub enum Log<'g> {
-    /// One per answered request (`sluice::access`, info).
+    /// One per answered request (`sluice::access`, info; an admin page's
+    /// `sluice::admin`, debug).
     Access(AccessLine),
     /// A backend call failed or broke off (`sluice::backend`, warn).
     Backend { endpoint: &'g str, backend: usize, reason: String },
@@ -63,6 +66,7 @@ impl fmt::Display for Log<'_> {
 #[cfg(feature = "tracing")]
 pub fn emit(line: &Log<'_>) {
     match line {
+        Log::Access(l) if *l.scope() == Scope::Admin => tracing::debug!(target: "sluice::admin", "{line}"),
         Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),
         Log::Tls { .. } => tracing::info!(target: "sluice::tls", "{line}"),
         Log::Redirect { .. } => tracing::info!(target: "sluice::backend", "{line}"),

@@ -4,16 +4,116 @@
 //! `Proxy-*` fields dropped, `Via` added), and the egress policy (host and port rules
 //! before resolution, the resolved address after it).
 //!
-//! [`crate::conn::Connection`] runs them on a forward-proxy listener; nothing here does
-//! I/O, and the egress table is tested here without a single connect.
+//! [`Forwarder`] is the service a forward-proxy listener's connections ask (through
+//! [`crate::service`]): what a request head becomes ([`Forwarder::route`]) and whether
+//! its address may be dialled ([`Forwarder::admit`]); [`crate::conn::Connection`]
+//! carries that out (the name resolved, the tunnel or the call opened). Nothing here
+//! does I/O, and the egress table is tested here without a single connect.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
 
+use http::{Method, StatusCode};
+
+use crate::breaker::{Breakers, Permit};
 use crate::config::{ForwardProxy, IpNet, LookupFamily, PortRange};
 use crate::event::Log;
 use crate::http1::{self, BodyLength, HopByHop, Request, RequestTarget, TargetForm};
-use crate::request::Reply;
+use crate::request::{AccessLog, Reply, RequestBody};
+
+/// The forward proxy as the service of its listener's connections: its plan, and the
+/// circuit breakers every connection of the process counts in.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarder<'g> {
+    pub plan: &'g ForwardPlan,
+    pub breakers: &'g Breakers,
+}
+
+/// A forward-proxy request between its head and its connection: its destination's
+/// name resolving, or its tunnel's connection opening.
+#[derive(Debug)]
+pub struct Pending<'g> {
+    pub proxy: Forwarder<'g>,
+    pub dest: Destination,
+    /// The request to send (empty for a tunnel).
+    pub request: Vec<u8>,
+    pub method: Method,
+    /// The request body's length, relayed as it comes; `None`: no body (or a tunnel).
+    pub body: Option<BodyLength>,
+    pub tunnel: bool,
+    pub line: AccessLog,
+    /// The request's start plus the proxy's `timeout`.
+    pub deadline: Instant,
+    /// The vetted address a tunnel's connection is opened to.
+    pub addr: Option<SocketAddr>,
+    /// Taken when the address is known (see [`crate::breaker`]).
+    pub permit: Option<Permit>,
+}
+
+/// What the forward proxy makes of a request head.
+#[derive(Debug)]
+pub enum Routed<'g> {
+    /// On to the destination (its name resolved first, when it is one).
+    Go(Box<Pending<'g>>),
+    /// A request it cannot send on: this status and reason, and the connection closes.
+    Bad(StatusCode, &'static str, AccessLog),
+    /// The egress policy refused it (see [`Refusal`]).
+    Refused { refusal: Refusal, dest: String, line: AccessLog, tunnel: bool },
+}
+
+impl<'g> Forwarder<'g> {
+    /// A request head on the forward proxy's listener: a CONNECT opens a tunnel,
+    /// anything else is sent on to the host it names; both under the egress policy
+    /// (the host and port here, the address once known: [`Forwarder::admit`]).
+    pub fn route(&self, req: &Request, peer: IpAddr, now: Instant) -> Routed<'g> {
+        let (plan, tunnel) = (self.plan, req.method == Method::CONNECT);
+        let dest = if tunnel { plan.tunnel_destination(req) } else { plan.destination(req) };
+        let dest = match dest {
+            Ok(dest) => dest,
+            Err(reason) => return Routed::Bad(StatusCode::BAD_REQUEST, reason, AccessLog::refused(req, peer, now)),
+        };
+        let line = AccessLog::forwarded(req, (&dest.authority, &dest.target), peer, now);
+        if tunnel && !plan.config.connect.enabled {
+            // Envoy without the CONNECT upgrade: refused, and the connection closed
+            // (what the client sent after its CONNECT is never read as HTTP).
+            return Routed::Bad(StatusCode::FORBIDDEN, "CONNECT is not enabled on this proxy", line);
+        }
+        let body = match RequestBody::relayed(req.framing) {
+            RequestBody::Stream(length) if !tunnel => Some(length),
+            _ => None,
+        };
+        if let Err(denied) = plan.egress.check_host(&dest.host, dest.port, tunnel) {
+            return Routed::Refused { refusal: Refusal::Denied(denied), dest: dest.authority, line, tunnel };
+        }
+        let mut request = Vec::new();
+        if !tunnel && let Err(reason) = plan.write_request(req, &dest, body, &mut request) {
+            return Routed::Bad(StatusCode::BAD_REQUEST, reason, line);
+        }
+        Routed::Go(Box::new(Pending {
+            proxy: *self,
+            request,
+            method: req.method.clone(),
+            body,
+            tunnel,
+            line,
+            deadline: now + plan.config.timeout,
+            dest,
+            addr: None,
+            permit: None,
+        }))
+    }
+
+    /// The destination's address is `ip`: vetted by the egress policy, then admitted
+    /// by the destination's circuit breakers (the permit kept in `p`). The address to
+    /// dial (that one and no other), or why not.
+    pub fn admit(&self, p: &mut Pending<'g>, ip: IpAddr) -> Result<SocketAddr, Refusal> {
+        let addr = SocketAddr::new(ip, p.dest.port);
+        self.plan.egress.check_addr(addr).map_err(Refusal::Denied)?;
+        p.permit = Some(self.breakers.admit(&p.dest.authority).map_err(Refusal::BreakerOpen)?);
+        Ok(addr)
+    }
+}
 
 /// The `Via` field added both ways (RFC 9110 7.6.3: protocol version and a pseudonym).
 pub const VIA: &str = "1.1 sluice";
@@ -268,7 +368,6 @@ impl Refusal {
     /// The answer the client gets.
     pub fn reply(&self) -> Reply {
         use crate::dns::DnsError;
-        use http::StatusCode;
         match self {
             Refusal::Denied(denied) => {
                 let reason = denied.to_string();

@@ -12,6 +12,7 @@ use crate::dns::DnsError;
 use crate::event::Log;
 use crate::link::TlsLink;
 use crate::srv::SrvSet;
+use crate::stats::Stats;
 use crate::tunnel::Spliced;
 
 /// Names a backend connection of one client connection. Ids are reused once a
@@ -71,6 +72,9 @@ pub enum Output<'g> {
     /// at a time, beside the other direction's, and never while a read or write is out
     /// on either socket (what the client sent after its CONNECT head is written first).
     Splice { up: bool },
+    /// Every shard's counters added up (the DNS caches' included), for an admin
+    /// page; then [`Input::Stats`]. Given only on the admin listener's connections.
+    Stats,
     /// A log line.
     Log(Log<'g>),
     /// Shut the client socket's write side (send FIN), keep its read side: the last
@@ -112,6 +116,8 @@ pub enum Input {
         up: bool,
         result: Spliced,
     },
+    /// The counters [`Output::Stats`] asked for.
+    Stats(Box<Stats>),
     Timeout,
     Stop,
 }

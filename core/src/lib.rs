@@ -129,6 +129,7 @@ pub mod response;
 pub mod route;
 pub mod runtime;
 pub mod serve;
+mod service;
 pub mod srv;
 pub mod stats;
 mod stop;

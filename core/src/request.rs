@@ -92,6 +92,8 @@ pub enum Scope {
     Forward(String),
     /// A CONNECT tunnel to `host:port`.
     Tunnel(String),
+    /// An admin page: logged (at debug), never counted on the pages themselves.
+    Admin,
 }
 
 impl AccessLog {
@@ -124,6 +126,16 @@ impl AccessLog {
             (path, Scope::Forward(authority.to_string()))
         };
         AccessLog { peer, method: Some(req.method.clone()), path, started, scope }
+    }
+
+    /// A request to the admin listener (its method and path, without the query).
+    pub fn admin(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
+        AccessLog::refused(req, peer, started).for_admin()
+    }
+
+    /// Counted as the admin listener's (that is, not at all).
+    pub fn for_admin(self) -> AccessLog {
+        AccessLog { scope: Scope::Admin, ..self }
     }
 
     /// Counted for gateway endpoint `index`.

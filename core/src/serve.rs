@@ -57,6 +57,19 @@ impl Options {
     }
 }
 
+/// Which listener accepted a connection: it picks the service that answers the
+/// connection's requests ([`crate::conn::Connection::accept`]). A driver passes on
+/// which socket it accepted from; it never looks inside a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The gateway's (HTTPS when the configuration has a certificate).
+    Gateway,
+    /// The forward proxy's (`gw.forward`).
+    Forward,
+    /// The admin pages' (`/stats`, `/ready`, ...).
+    Admin,
+}
+
 /// Where a started server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listening {

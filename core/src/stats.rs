@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::conn::Log;
 use crate::dns::DnsStats;
+use crate::event::Log;
 use crate::request::Scope;
 
 /// Upper bounds of the latency histogram's buckets, in milliseconds (one more bucket
@@ -105,6 +105,7 @@ impl Stats {
             Log::Access(line) => {
                 let (status, elapsed) = (line.status().as_u16(), line.elapsed());
                 match line.scope() {
+                    Scope::Admin => {}
                     Scope::Other => self.unrouted.record(status, elapsed),
                     Scope::Endpoint(i) => {
                         if self.endpoints.len() <= *i {

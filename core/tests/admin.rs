@@ -1,28 +1,29 @@
-//! Admin request reading and adding up shards' counters (the pages themselves are
-//! checked line by line over real sockets in tests/admin.rs).
+//! Admin request routing and adding up shards' counters (the connection that serves
+//! the pages is played in tests/conn.rs; the pages are checked line by line over real
+//! sockets in tests/admin.rs).
 
-use sluice_core::admin::{self, Page, Request};
+use http::Method;
+use sluice_core::admin::{self, Page};
 use sluice_core::dns::DnsStats;
 use sluice_core::stats::{Counts, Stats};
 
 #[test]
-fn requests_are_read_whole_and_routed() {
-    assert_eq!(admin::request(b"GET /stats HTTP/1.1\r\nHost: x\r\n"), Request::Incomplete);
-    assert_eq!(admin::request(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"), Request::Page(Page::Stats));
-    assert_eq!(admin::request(b"GET /stats/prometheus?x=1 HTTP/1.1\r\n\r\n"), Request::Page(Page::Prometheus));
-    assert_eq!(admin::request(b"GET /ready HTTP/1.0\r\n\r\n"), Request::Page(Page::Ready));
-    assert_eq!(admin::request(b"GET /config_dump HTTP/1.1\r\n\r\n"), Request::Page(Page::ConfigDump));
+fn requests_are_routed() {
+    let get = |target: &str| admin::route(&Method::GET, target);
+    assert_eq!(get("/stats"), Ok(Page::Stats));
+    assert_eq!(get("/stats/prometheus?x=1"), Ok(Page::Prometheus));
+    assert_eq!(get("/ready"), Ok(Page::Ready));
+    assert_eq!(get("/config_dump"), Ok(Page::ConfigDump));
     assert!(Page::Stats.needs_stats() && Page::Prometheus.needs_stats());
     assert!(!Page::Ready.needs_stats() && !Page::ConfigDump.needs_stats());
-    let Request::Reply(r) = admin::request(b"GET /stats HTTP/1.1\r\nHost\r\n\r\n") else { panic!() };
-    assert!(r.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
-    let Request::Reply(r) = admin::request(b"DELETE /stats HTTP/1.1\r\n\r\n") else { panic!() };
-    assert!(r.starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
-    let Request::Reply(r) = admin::request(b"GET /quitquitquit HTTP/1.1\r\n\r\n") else { panic!() };
-    assert!(r.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
-    let big = [b"GET /stats HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 9000]].concat();
-    let Request::Reply(r) = admin::request(&big) else { panic!() };
-    assert!(r.starts_with(b"HTTP/1.1 431 "));
+    let r = admin::route(&Method::DELETE, "/stats").unwrap_err();
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_slice(), &r.headers["allow"]),
+        (405, &b"only GET\n"[..], &http::HeaderValue::from_static("GET"))
+    );
+    for target in ["/quitquitquit", "/stats/", "/ready/x", "*"] {
+        assert_eq!(get(target).unwrap_err().status.as_u16(), 404, "{target}");
+    }
 }
 
 #[test]

@@ -10,7 +10,9 @@ use sluice_core::Gateway;
 use sluice_core::conn::{BackendId, Connection, Input, Output, Session, Spliced};
 use sluice_core::dns::DnsError;
 use sluice_core::runtime::Runtime;
+use sluice_core::serve::Listener;
 use sluice_core::srv::{SrvRecord, SrvSet};
+use sluice_core::stats::Stats;
 use sluice_core::upstream::Balancer;
 
 /// What the client does, in order.
@@ -96,6 +98,8 @@ struct World<'g> {
     srv: BTreeMap<String, Result<std::sync::Arc<SrvSet>, DnsError>>,
     /// A call that found nothing idle for a name: the host key it asked for.
     wanted: BTreeMap<BackendId, String>,
+    /// Admin listener: the shards' counters (answered at once; never, without them).
+    counters: Option<Stats>,
 }
 
 const CONFIG_HEAD: &str = r#""version": 3, "timeout": "1s", "read_header_timeout": "400ms", "idle_timeout": "2s""#;
@@ -138,7 +142,20 @@ impl<'g> World<'g> {
             wanted: BTreeMap::new(),
             splice_up: false,
             until: None,
+            counters: None,
         }
+    }
+
+    /// A connection on the admin listener; `counters` answers [`Output::Stats`].
+    fn admin(gw: &'g Gateway, lb: &'g Balancer, rt: &'g Runtime, script: &[Client<'g>]) -> World<'g> {
+        let mut w = World::new(gw, lb, script);
+        w.conn = Connection::accept(Listener::Admin, gw, lb, rt, "192.0.2.9".parse().unwrap(), w.t0, UNIX_EPOCH);
+        w
+    }
+
+    fn counters(mut self, stats: Stats) -> Self {
+        self.counters = Some(stats);
+        self
     }
 
     /// The driver splices tunnels: a splice up takes each of the client's sends.
@@ -323,6 +340,12 @@ impl<'g> World<'g> {
                 }
             }
             Output::Log(line) => self.note(format!("log: {line}")),
+            Output::Stats => {
+                self.note("counters asked".into());
+                if let Some(stats) = &self.counters {
+                    self.ready.push_back(Input::Stats(Box::new(stats.clone())));
+                }
+            }
             Output::Resolve { id, name } => {
                 self.note(format!("resolve {name}"));
                 if let Some(answer) = self.dns.get(&name) {
@@ -1435,4 +1458,80 @@ fn sd_dns_without_records_fails_the_call_and_logs_the_name_asked() {
     assert!(w.requests.is_empty());
     assert!(w.trace().contains("log: backend 0 of /a: no SRV records for _api._tcp.sluice.test"), "{}", w.trace());
     assert!(!w.trace().contains("connection to"), "{}", w.trace());
+}
+
+#[test]
+fn admin_pages_are_served_by_the_connection_and_close_it() {
+    let gw = gateway("");
+    let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
+    const READY: &str = "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n";
+    // A page without counters: answered at once, nothing asked of the driver, the
+    // connection closed after it (a second request in the same packet is never read).
+    let twice = format!("{READY}{READY}");
+    let w = World::admin(&gw, &lb, &rt, &[Send(&twice), Wait(10), Eof]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 5\r\nconnection: close\r\n\r\nLIVE\n"
+    );
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms log: 192.0.2.9 \"GET /ready\" 200 5 0.0ms",
+            "   0ms client: write side shut",
+            "  10ms client: closed",
+        ]
+        .join("\n")
+    );
+    // /stats asks the driver for every shard's counters and shows them.
+    let mut stats = Stats::default();
+    stats.unrouted.count = 7;
+    let w = World::admin(&gw, &lb, &rt, &[Send("GET /stats?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"), Wait(10), Eof])
+        .counters(stats)
+        .run();
+    assert!(w.trace().starts_with("   0ms counters asked\n   0ms log: 192.0.2.9 \"GET /stats\" 200 "), "{}", w.trace());
+    assert!(
+        w.to_client.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n"),
+        "{}",
+        w.to_client
+    );
+    assert!(w.to_client.contains("\r\nconnection: close\r\n\r\n"), "{}", w.to_client);
+    assert!(w.to_client.ends_with("gateway.unrouted.rq_total: 7\n"), "{}", w.to_client);
+    // A driver that does not give them within 5 s: 503, and the connection closes.
+    let get = Send("GET /stats/prometheus HTTP/1.1\r\nHost: x\r\n\r\n");
+    let w = World::admin(&gw, &lb, &rt, &[get, Wait(6000), Eof]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\n\
+         connection: close\r\n\r\nthe counters did not come in time"
+    );
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms counters asked",
+            "5000ms log: 192.0.2.9 \"GET /stats/prometheus\" 503 33 5000.0ms",
+            "5000ms client: write side shut",
+            "6000ms client: closed",
+        ]
+        .join("\n")
+    );
+    // An unknown page, another method, a bad head, no Host, a head over 8 KiB.
+    let w = World::admin(&gw, &lb, &rt, &[Send("DELETE /stats HTTP/1.1\r\nHost: x\r\n\r\n"), Wait(10), Eof]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: text/plain; charset=utf-8\r\nallow: GET\r\n\
+         content-length: 9\r\nconnection: close\r\n\r\nonly GET\n"
+    );
+    let w = World::admin(&gw, &lb, &rt, &[Send("GET /quitquitquit HTTP/1.1\r\nHost: x\r\n\r\n"), Wait(10), Eof]).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 404 Not Found\r\n"), "{}", w.to_client);
+    assert!(w.to_client.ends_with("the admin pages are /ready, /stats, /stats/prometheus, /config_dump\n"));
+    let w = World::admin(&gw, &lb, &rt, &[Send("GET /stats HTTP/1.1\r\nHost\r\n\r\n"), Wait(10), Eof]).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{}", w.to_client);
+    // The same HTTP/1.1 rules as every listener: no Host, no page.
+    let w = World::admin(&gw, &lb, &rt, &[Send("GET /ready HTTP/1.1\r\n\r\n"), Wait(10), Eof]).run();
+    assert!(w.to_client.ends_with("\r\n\r\nmissing Host header"), "{}", w.to_client);
+    let big = format!("GET /stats HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+    let w = World::admin(&gw, &lb, &rt, &[Send(&big), Wait(10), Eof]).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{}", w.to_client);
+    assert!(!w.trace().contains("counters asked"));
 }

@@ -15,6 +15,7 @@ use sluice_core::conn::{Connection, Input, Output, Session, Spliced};
 use sluice_core::dns::DnsError;
 use sluice_core::srv::{SrvRecord, SrvSet};
 use sluice_core::runtime::Runtime;
+use sluice_core::serve::Listener;
 use sluice_core::upstream::Balancer;
 
 fn gateway() -> &'static Gateway {
@@ -47,21 +48,22 @@ fuzz_target!(|input: &[u8]| {
     let split = (usize::from(cut) * rest.len() / 255).min(rest.len());
     let (client, backend) = rest.split_at(split);
     let forward = step >= 128;
-    // Bit 6: the driver splices tunnels.
+    // Bit 6: the driver splices tunnels (the forward proxy's listener), or the admin
+    // listener (otherwise).
     let splice = step & 64 != 0;
+    let listener = match (forward, splice) {
+        (true, _) => Listener::Forward,
+        (false, true) => Listener::Admin,
+        (false, false) => Listener::Gateway,
+    };
     let step = usize::from(step % 64) + 1;
     let gw = gateway();
     let lb = Balancer::new(gw.backend_count);
     let rt = Runtime::new(gw);
     let t0 = Instant::now();
     let mut now = t0;
-    let mut conn = if forward {
-        let mut conn = Connection::forward_proxy(gw, &lb, &rt, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
-        conn.splice_tunnels(splice);
-        conn
-    } else {
-        Connection::new(gw, &lb, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH)
-    };
+    let mut conn = Connection::accept(listener, gw, &lb, &rt, "192.0.2.1".parse().unwrap(), t0, UNIX_EPOCH);
+    conn.splice_tunnels(splice);
     let mut tunnel = backend.chunks(step);
     let mut client = client.chunks(step);
     // Every backend connection answers with the same bytes, piece by piece.
@@ -110,6 +112,7 @@ fuzz_target!(|input: &[u8]| {
                     }
                 }
                 Output::Log(line) => drop(line.to_string()),
+                Output::Stats => ready.push(Input::Stats(Box::default())),
                 // Names resolve to loopback (or fail, with the refusing backend).
                 Output::Resolve { id, .. } => ready.push(Input::Resolved(
                     id,

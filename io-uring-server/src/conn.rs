@@ -16,6 +16,7 @@ use monoio::net::TcpStream;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use sluice_core::conn::{BackendId, Connection, Input, Output, SPLICE_PIPE, Spliced, splice_pipe_fits};
+use sluice_core::serve::Listener;
 
 use crate::Shard;
 
@@ -62,6 +63,8 @@ struct Ops<'a> {
     /// Each direction's pipe at rest (up, down) and its splice.
     pipes: [Option<KernelPipe>; 2],
     splices: [Option<Op<'a>>; 2],
+    /// Every shard's counters being gathered (an admin page).
+    gather: Option<Op<'a>>,
     /// The connection's one timer (made at its first deadline, then reset) and the
     /// instant it is set for, while it is.
     timer: Option<Pin<Box<monoio::time::Sleep>>>,
@@ -100,7 +103,8 @@ impl<'a> Ops<'a> {
         stop: Option<Pin<&mut impl Future<Output = ()>>>,
     ) -> Poll<(Back, Input)> {
         let [up, down] = &mut self.splices;
-        let ops = [&mut self.read, &mut self.write, &mut self.tunnel_read, &mut self.tunnel_write, up, down]
+        let (tunnel_read, tunnel_write, gather) = (&mut self.tunnel_read, &mut self.tunnel_write, &mut self.gather);
+        let ops = [&mut self.read, &mut self.write, tunnel_read, tunnel_write, up, down, gather]
             .into_iter()
             .chain(self.backends.iter_mut().map(|b| &mut b.op));
         for op in ops {
@@ -170,22 +174,16 @@ impl Drop for Active {
     }
 }
 
-/// Serves one client connection until it closes (`forward`: one accepted on the
-/// forward proxy's listener).
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, forward: bool) {
+/// Serves one client connection accepted on `listener` until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, listener: Listener) {
     shard.active.set(shard.active.get() + 1);
     let _active = Active(shard.clone());
     let place = shard.stopping.register();
     let mut stop = std::pin::pin!(place.wait());
     let mut stop_seen = false;
     let (gw, balancer, now, wall) = (&shard.gw, &shard.balancer, Instant::now(), SystemTime::now());
-    let mut conn = if forward {
-        let mut conn = Connection::forward_proxy(gw, balancer, &shard.runtime, peer.ip(), now, wall);
-        conn.splice_tunnels(true);
-        conn
-    } else {
-        Connection::new(gw, balancer, peer.ip(), now, wall)
-    };
+    let mut conn = Connection::accept(listener, gw, balancer, &shard.runtime, peer.ip(), now, wall);
+    conn.splice_tunnels(true);
     let client_fd = stream.as_raw_fd();
     let (reader, writer) = stream.into_split();
     let mut ops = Ops {
@@ -203,6 +201,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
         splicer: None,
         pipes: [None, None],
         splices: [None, None],
+        gather: None,
         timer: None,
         armed: None,
     };
@@ -322,6 +321,11 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             Ok((splicer, pipe)) => ops.splices[usize::from(!up)] = Some(Box::pin(splice(splicer, up, pipe))),
             Err(result) => conn.handle(Input::Spliced { up, result }, Instant::now()),
         },
+        Output::Stats => {
+            ops.gather = Some(Box::pin(async move {
+                (Back::Nothing, Input::Stats(Box::new(crate::admin::gather(&shard.published).await)))
+            }));
+        }
         Output::Log(line) => {
             shard.stats.borrow_mut().observe(&line);
             sluice_core::event::emit(&line);

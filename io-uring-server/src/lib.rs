@@ -39,7 +39,7 @@ pub use sluice_core::StopSignal;
 
 /// How the server runs: the options every driver takes. `threads` is the number of
 /// shards; `max_connections_per_thread` is per shard.
-pub use sluice_core::serve::{Listening, Options, Running};
+pub use sluice_core::serve::{Listener, Listening, Options, Running};
 
 /// Which monoio driver a shard got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,8 @@ pub(crate) struct Shard {
     pub(crate) stopping: signal::LocalStop,
     /// The shard's counters (see `admin`).
     pub(crate) stats: RefCell<sluice_core::stats::Stats>,
+    /// Every shard's counters as last copied out for a scrape.
+    pub(crate) published: Arc<Vec<Arc<admin::Published>>>,
 }
 
 /// Starts the shards. Returns once every shard listens, or with the first error (the
@@ -321,6 +323,7 @@ async fn shard_main(
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
         stats: RefCell::default(),
+        published: published.clone(),
     });
     match bound.1 {
         Some(f) => {
@@ -351,17 +354,18 @@ async fn shard_main(
     {
         monoio::spawn(admin::publish(shard.clone(), mine.clone(), stop.clone()));
     }
-    if let Some(l) = admin_listener {
-        let (shard, published, stop, cancel) = (shard.clone(), published.clone(), stop.clone(), cancel.clone());
-        monoio::spawn(admin::serve(l, shard, published, stop, cancel));
-    }
-    let forwarding = forward.map(|l| {
-        let (shard, stop, cancel, max) = (shard.clone(), stop.clone(), cancel.clone(), opts.max_connections_per_thread);
-        monoio::spawn(async move { accept_loop(id, &l, &shard, &stop, cancel, max, true).await })
-    });
-    accept_loop(id, &listener, &shard, &stop, cancel, opts.max_connections_per_thread, false).await;
-    if let Some(f) = forwarding {
-        f.await;
+    let max = opts.max_connections_per_thread;
+    let others: Vec<_> = [(forward, Listener::Forward), (admin_listener, Listener::Admin)]
+        .into_iter()
+        .filter_map(|(l, kind)| Some((l?, kind)))
+        .map(|(l, kind)| {
+            let (shard, stop, cancel) = (shard.clone(), stop.clone(), cancel.clone());
+            monoio::spawn(async move { accept_loop(id, &l, &shard, &stop, cancel, max, kind).await })
+        })
+        .collect();
+    accept_loop(id, &listener, &shard, &stop, cancel, max, Listener::Gateway).await;
+    for other in others {
+        other.await;
     }
     drop(listener);
     shard.stopping.trigger();
@@ -374,8 +378,7 @@ async fn shard_main(
     }
 }
 
-/// Accepts connections on `listener` until the stop (`forward`: the forward proxy's
-/// listener).
+/// Accepts connections on `listener` (of kind `kind`) until the stop.
 async fn accept_loop(
     id: usize,
     listener: &TcpListener,
@@ -383,7 +386,7 @@ async fn accept_loop(
     stop: &StopSignal,
     cancel: monoio::io::CancelHandle,
     max: usize,
-    forward: bool,
+    kind: Listener,
 ) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
@@ -394,7 +397,7 @@ async fn accept_loop(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(conn::serve(shard.clone(), stream, peer, forward));
+                monoio::spawn(conn::serve(shard.clone(), stream, peer, kind));
             }
             // Canceled at the stop: nothing to say.
             Err(_) if stop.is_triggered() => {}

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use sluice_core::conn::{BackendId, Connection, Input, Output, Spliced};
+use sluice_core::serve::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -136,25 +137,19 @@ impl<'s> Sockets<'s> {
     }
 }
 
-/// Serves one client connection until it closes (`forward`: one accepted on the
-/// forward proxy's listener). `stop` turns true when the server stops: the connection
+/// Serves one client connection accepted on `listener` until it closes. `stop` turns true when the server stops: the connection
 /// is told, and closes as soon as it has nothing under way.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
-    forward: bool,
+    listener: Listener,
 ) {
     let shared = &*shared;
     let (gw, balancer, now, wall) = (&shared.gw, &shared.balancer, Instant::now(), SystemTime::now());
-    let mut conn = if forward {
-        let mut conn = Connection::forward_proxy(gw, balancer, &shared.runtime, peer.ip(), now, wall);
-        conn.splice_tunnels(cfg!(target_os = "linux"));
-        conn
-    } else {
-        Connection::new(gw, balancer, peer.ip(), now, wall)
-    };
+    let mut conn = Connection::accept(listener, gw, balancer, &shared.runtime, peer.ip(), now, wall);
+    conn.splice_tunnels(cfg!(target_os = "linux"));
     let (reader, writer) = stream.into_split();
     let mut sockets = Sockets {
         reader: Some(reader),
@@ -191,8 +186,8 @@ pub(crate) async fn serve(
 }
 
 /// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
-/// once (nothing idle for a name: [`Input::NoIdle`]; or the socket it needs is busy,
-/// never the case with a well-behaved core).
+/// once (nothing idle for a name: [`Input::NoIdle`]; the counters: [`Input::Stats`];
+/// or the socket it needs is busy, never the case with a well-behaved core).
 fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) -> Option<Option<Input>> {
     let busy = || io::Error::from(io::ErrorKind::WouldBlock);
     match output {
@@ -337,6 +332,11 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
         }
         #[cfg(not(target_os = "linux"))]
         Output::Splice { up } => return Some(Some(Input::Spliced { up, result: Spliced::Unsupported })),
+        Output::Stats => {
+            let mut stats = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            stats.dns = shared.pool.dns_stats();
+            return Some(Some(Input::Stats(Box::new(stats))));
+        }
         Output::Log(line) => {
             shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(&line);
             sluice_core::event::emit(&line);

@@ -53,7 +53,6 @@
 //! multi-thread runtime of its own on a background thread, with the options and the
 //! server API every driver gives (`sluice_core::serve`).
 
-mod admin;
 mod backend;
 mod conn;
 
@@ -76,7 +75,7 @@ use tokio::task::JoinSet;
 /// worker threads [`start`] gives its runtime; inside your own runtime ([`serve_with`])
 /// only `max_connections_per_thread` (times `threads`) and `shutdown_wait` apply, the
 /// listeners being yours.
-pub use sluice_core::serve::{Listening, Options, Running};
+pub use sluice_core::serve::{Listener, Listening, Options, Running};
 
 /// What every connection task shares. Locks guard a map lookup or a counter update,
 /// never I/O; the round-robin counters are atomics.
@@ -125,7 +124,6 @@ pub async fn serve_listeners(
     });
     let (stopping, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let admin = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
     let mut shutdown = std::pin::pin!(shutdown);
     let max_connections = opts.max_connections_per_thread.saturating_mul(threads(&opts));
     loop {
@@ -133,14 +131,14 @@ pub async fn serve_listeners(
             biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            (accepted, forwarding) = accept(&listener, forward.as_ref()) => match accepted {
+            (accepted, kind) = accept(&listener, forward.as_ref(), admin.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     if tasks.len() >= max_connections {
                         tracing::warn!("connection limit reached ({max_connections}): closing {peer}");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), forwarding));
+                    tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), kind));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -150,10 +148,7 @@ pub async fn serve_listeners(
         }
     }
     drop(listener);
-    drop(forward);
-    if let Some(a) = admin {
-        a.abort();
-    }
+    drop((forward, admin));
     stopping.send_replace(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
@@ -162,20 +157,24 @@ pub async fn serve_listeners(
     }
 }
 
-/// The next connection on either listener, and whether it came to the forward proxy's.
+/// A connection on `l`; never, without it.
+async fn on(l: Option<&TcpListener>) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next connection on any listener, and which one it came to.
 async fn accept(
     gateway: &TcpListener,
     forward: Option<&TcpListener>,
-) -> (io::Result<(tokio::net::TcpStream, SocketAddr)>, bool) {
-    let forwarded = async {
-        match forward {
-            Some(l) => l.accept().await,
-            None => std::future::pending().await,
-        }
-    };
+    admin: Option<&TcpListener>,
+) -> (io::Result<(tokio::net::TcpStream, SocketAddr)>, Listener) {
     tokio::select! {
-        a = gateway.accept() => (a, false),
-        a = forwarded => (a, true),
+        a = gateway.accept() => (a, Listener::Gateway),
+        a = on(forward) => (a, Listener::Forward),
+        a = on(admin) => (a, Listener::Admin),
     }
 }
 

@@ -5,24 +5,6 @@
 
 use super::*;
 
-/// A forward-proxy request between its head and its connection: its destination's
-/// name resolving, or its tunnel's connection opening.
-#[derive(Debug)]
-pub(super) struct Pending {
-    pub(super) dest: Destination,
-    /// The request to send (empty for a tunnel).
-    pub(super) request: Vec<u8>,
-    pub(super) method: Method,
-    pub(super) body: Option<BodyLength>,
-    pub(super) tunnel: bool,
-    pub(super) line: AccessLog,
-    pub(super) deadline: Instant,
-    /// The vetted address a tunnel's connection is opened to.
-    pub(super) addr: Option<SocketAddr>,
-    /// Taken when the address is known (see [`crate::breaker`]).
-    pub(super) permit: Option<Permit>,
-}
-
 /// A CONNECT tunnel: client to destination (`up`) and back (`down`).
 #[derive(Debug)]
 pub(super) struct Tunnel {
@@ -39,12 +21,16 @@ pub(super) struct Tunnel {
 
 /// A request the forward proxy sent on.
 #[derive(Debug)]
-pub(super) struct Forwarded {
+pub(super) struct Forwarded<'g> {
     /// `host:port`, for log lines.
     pub(super) dest: String,
     /// Until the response head: the request's start plus `timeout`; then, while the
     /// body flows, the last progress plus `idle_timeout`.
     pub(super) deadline: Instant,
+    /// The proxy's `idle_timeout`.
+    pub(super) idle: Duration,
+    /// The fields its responses get (`Via`).
+    pub(super) via: &'g HeaderMap,
 }
 
 impl<'g> Connection<'g> {
@@ -147,52 +133,17 @@ impl<'g> Connection<'g> {
         self.queue.push_back(Output::Close);
     }
 
-    /// A request on the forward proxy's listener: a CONNECT opens a tunnel, anything
-    /// else is sent on to the host it names; both under the egress policy.
-    pub(super) fn start_forward(&mut self, req: Request, fp: &'g ForwardPlan) -> State<'g> {
-        let (now, peer) = (self.now, self.peer);
-        let tunnel = req.method == Method::CONNECT;
-        let dest = if tunnel { fp.tunnel_destination(&req) } else { fp.destination(&req) };
-        let dest = match dest {
-            Ok(dest) => dest,
-            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, peer, now)),
-        };
-        let line = AccessLog::forwarded(&req, (&dest.authority, &dest.target), peer, now);
-        if tunnel && !fp.config.connect.enabled {
-            // Envoy without the CONNECT upgrade: refused, and the connection closed
-            // (what the client sent after its CONNECT is never read as HTTP).
-            return self.fail(StatusCode::FORBIDDEN, "CONNECT is not enabled on this proxy", line);
-        }
-        let body = match RequestBody::relayed(req.framing) {
-            RequestBody::Stream(length) if !tunnel => Some(length),
-            _ => None,
-        };
-        if body.is_none() && !tunnel {
-            // No body: the codec sees the request end now.
+    /// A forward-proxy request its service let through ([`crate::forward::Forwarder::route`]):
+    /// a request without a body ends now (the codec sees it), then its destination's
+    /// name is resolved, or its address admitted and dialled.
+    pub(super) fn start_forward(&mut self, p: Box<Pending<'g>>) -> State<'g> {
+        if p.body.is_none() && !p.tunnel {
             match self.server.handle_input(self.input.pending()) {
                 Ok((n, ServerEvent::End(_))) => self.input.consume(n),
                 Ok(_) => {}
-                Err(e) => return self.fail(e.status(), e.reason(), line),
+                Err(e) => return self.fail(e.status(), e.reason(), p.line),
             }
         }
-        if let Err(denied) = fp.egress.check_host(&dest.host, dest.port, tunnel) {
-            return self.refuse(Refusal::Denied(denied), dest.authority, line, tunnel);
-        }
-        let mut request = Vec::new();
-        if !tunnel && let Err(reason) = fp.write_request(&req, &dest, body, &mut request) {
-            return self.fail(StatusCode::BAD_REQUEST, reason, line);
-        }
-        let p = Box::new(Pending {
-            request,
-            method: req.method.clone(),
-            body,
-            tunnel,
-            line,
-            deadline: now + fp.config.timeout,
-            dest,
-            addr: None,
-            permit: None,
-        });
         match p.dest.ip() {
             Some(ip) => self.dial(p, ip),
             None => {
@@ -204,16 +155,12 @@ impl<'g> Connection<'g> {
 
     /// The destination's address is known: vetted, then dialled (that address and no
     /// other): a tunnel's connection, or a backend connection for the request.
-    pub(super) fn dial(&mut self, mut p: Box<Pending>, ip: IpAddr) -> State<'g> {
-        let (Some(fp), Some(breakers)) = (self.fwd, self.breakers) else { return State::Closing };
-        let addr = SocketAddr::new(ip, p.dest.port);
-        if let Err(denied) = fp.egress.check_addr(addr) {
-            return self.refuse(Refusal::Denied(denied), p.dest.authority, p.line, p.tunnel);
-        }
-        match breakers.admit(&p.dest.authority) {
-            Ok(permit) => p.permit = Some(permit),
-            Err(open) => return self.refuse(Refusal::BreakerOpen(open), p.dest.authority, p.line, p.tunnel),
-        }
+    pub(super) fn dial(&mut self, mut p: Box<Pending<'g>>, ip: IpAddr) -> State<'g> {
+        let proxy = p.proxy;
+        let addr = match proxy.admit(&mut p, ip) {
+            Ok(addr) => addr,
+            Err(refusal) => return self.refuse(refusal, p.dest.authority, p.line, p.tunnel),
+        };
         if p.tunnel {
             p.addr = Some(addr);
             self.queue.push_back(Output::OpenTunnel { addr });
@@ -225,7 +172,9 @@ impl<'g> Connection<'g> {
         let pool_key = crate::backend::forward_pool_key(&addr);
         let call = BackendCall::forward(method, host, pool_key, body, request, permit);
         let id = self.calls.open_forward(call, &mut self.queue);
-        State::Stream { leg: Leg::Forward(Box::new(Forwarded { dest: dest.authority, deadline })), line, id }
+        let (idle, via) = (proxy.plan.config.idle_timeout, &proxy.plan.via);
+        let forwarded = Forwarded { dest: dest.authority, deadline, idle, via };
+        State::Stream { leg: Leg::Forward(Box::new(forwarded)), line, id }
     }
 
     /// The forward proxy answers itself (see [`Refusal`]): its line logged, its reply
@@ -237,8 +186,8 @@ impl<'g> Connection<'g> {
 
     /// The tunnel's connection is open: `200` to the client, then bytes both ways;
     /// what the client sent after its CONNECT head goes first.
-    pub(super) fn open_tunnel(&mut self, mut p: Box<Pending>) -> State<'g> {
-        let Some(fp) = self.fwd else { return State::Closing };
+    pub(super) fn open_tunnel(&mut self, mut p: Box<Pending<'g>>) -> State<'g> {
+        let fp = p.proxy.plan;
         let none = HeaderMap::new();
         let head = ResponseHead { status: StatusCode::OK, headers: &none, body: BodyLength::Known(0), close: false };
         if self.server.write_response_head(&head, &mut self.out).is_err()

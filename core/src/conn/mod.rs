@@ -1,10 +1,13 @@
 //! One client connection's whole life, Sans-IO: [`Connection`].
 //!
 //! The connection owns the server codec (and, on an HTTPS listener, the client's TLS
-//! session, a `link::ServerLink`), the head, body, idle and write deadlines,
-//! the request being served (a whole-body [`Exchange`], a streamed `no-op`
-//! pass-through, a built-in endpoint, a forward-proxy request or tunnel, or an answer
-//! the router gives at once), every status the client can get, and the access line.
+//! session, a `link::ServerLink`), the head, body, idle and write deadlines, every
+//! status the client can get, and the access line. What a request means is its
+//! service's (the gateway, the forward proxy or the admin pages, by the listener: see
+//! [`crate::service`]): the connection asks it once per request head and carries out
+//! its outcome (an answer at once, a whole-body [`Exchange`], a streamed `no-op`
+//! pass-through, a built-in endpoint, a forward-proxy request or tunnel, an admin
+//! page).
 //! The backend connections a request uses are calls of their own
 //! (`call`: connecting, TLS, `CONNECT` through a proxy, redirects, the
 //! stale-connection retry, the pool); the connection owns them and their output. A
@@ -44,6 +47,7 @@
 //!             Output::ReadTunnel(buf) / Output::WriteTunnel(bytes) / Output::ShutdownTunnel
 //!                 => as for the client, on the tunnel's socket,
 //!             Output::Splice { up } => splice one direction of the tunnel; Input::Spliced,
+//!             Output::Stats => every shard's counters added up; Input::Stats,
 //!             Output::Log(line) => log it,
 //!             Output::Close => return,
 //!         }
@@ -67,7 +71,8 @@
 //!
 //! # The forward proxy and tunnels
 //!
-//! On the forward proxy's listener ([`Connection::forward_proxy`]) a request goes to
+//! On the forward proxy's listener ([`Connection::accept`] with [`Listener::Forward`],
+//! or [`Connection::forward_proxy`]) a request goes to
 //! the host it names (see [`crate::forward`]): its name is resolved with
 //! [`Output::Resolve`], the address is vetted, then dialled as a pooled backend call
 //! and streamed as `no-op` is. A `CONNECT` turns the connection into a tunnel:
@@ -87,38 +92,43 @@ mod tls;
 use std::collections::VecDeque;
 use std::io;
 use std::mem;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use crate::backend::{Pumped, pump_body};
-use crate::breaker::{Breakers, Permit};
+use crate::breaker::Permit;
 use crate::buf::ReadBuf;
-use crate::builtin::{self, Builtin};
+use crate::builtin;
 use crate::call::{BackendCall, CallEvent, Calls, Phase};
 use crate::config::{HostAddr, Scheme};
 use crate::deadline::{HeadWait, after, body_deadline};
-use crate::dispatch::{Dispatch, Route};
+use crate::dispatch::Route;
 use crate::dns::DnsError;
 pub use crate::event::Log;
 use crate::exchange::{Action, Call, Exchange};
-use crate::forward::{Destination, ForwardPlan, Refusal};
-use crate::guard::Verdict;
+use crate::forward::{Pending, Refusal};
 use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 pub use crate::io::{BackendId, Input, Output, Session};
 use crate::link::{ListenerSide, ServerLink, TLS_CLIENT_READ, TLS_READ};
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
 use crate::runtime::Runtime;
+use crate::serve::Listener;
+use crate::service::{AdminPage, Outcome, Serve, Service};
 use crate::srv::SrvSet;
+use crate::stats::Stats;
 use crate::tunnel::{Pipe, PipeOp};
 pub use crate::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
 use crate::upstream::Balancer;
-use forwarding::{Forwarded, Pending, Tunnel};
+use forwarding::{Forwarded, Tunnel};
 use stream::{Cut, Leg, Pumping};
 
+/// How long an admin page waits for the driver to give the shards' counters
+/// ([`Output::Stats`]) before it answers 503.
+const GATHER_WAIT: Duration = Duration::from_secs(5);
 /// Client output is handed to the driver once it reaches this while a body streams.
 const FLUSH_AT: usize = 64 * 1024;
 /// A fresh client connection's read buffer.
@@ -132,13 +142,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// dropped for at most this long, until it closes: closing with unread bytes would
 /// reset the connection and could destroy that answer before the client reads it.
 pub const LINGER: Duration = Duration::from_secs(2);
-
-/// What serves a request once its whole body is read.
-#[derive(Debug)]
-enum Serve<'g> {
-    Builtin(Builtin),
-    Endpoint(Route<'g>),
-}
 
 #[derive(Debug)]
 // The exchange is boxed: the state moves by value a dozen times per request, and a
@@ -155,9 +158,12 @@ enum State<'g> {
     /// the head, relaying the body, waiting for the head.
     Stream { leg: Leg<'g>, line: AccessLog, id: BackendId },
     /// Forward proxy: the destination's name is being resolved ([`Output::Resolve`]).
-    Resolve(Box<Pending>),
+    Resolve(Box<Pending<'g>>),
     /// Forward proxy: a CONNECT's connection is opening ([`Output::OpenTunnel`]).
-    Opening(Box<Pending>),
+    Opening(Box<Pending<'g>>),
+    /// An admin page waits for the shards' counters ([`Output::Stats`]) until
+    /// `deadline`.
+    Gather { page: AdminPage<'g>, line: AccessLog, deadline: Instant },
     /// A CONNECT tunnel: bytes both ways until both sides closed.
     Tunnel(Box<Tunnel>),
     /// `no-op`: the backend's body is pumped to the client.
@@ -176,10 +182,8 @@ enum State<'g> {
 #[derive(Debug)]
 pub struct Connection<'g> {
     gw: &'g Gateway,
-    /// On the forward proxy's listener: its plan.
-    fwd: Option<&'g ForwardPlan>,
-    /// On the forward proxy's listener: every destination's circuit breakers.
-    breakers: Option<&'g Breakers>,
+    /// What answers this connection's requests (by the listener it came to).
+    service: Service<'g>,
     /// The driver can splice a tunnel's bytes ([`Connection::splice_tunnels`]).
     splice: bool,
     balancer: &'g Balancer,
@@ -226,11 +230,45 @@ impl<'g> Connection<'g> {
     /// A connection accepted from `peer` at `now` (`wall`: the same instant on the
     /// wall clock). `balancer` is the shard's.
     pub fn new(gw: &'g Gateway, balancer: &'g Balancer, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
-        let limits = Limits { max_head_bytes: gw.config.max_header_bytes, ..Limits::default() };
+        Connection::serving(Service::Gateway(gw), gw, balancer, peer, now, wall)
+    }
+
+    /// A connection accepted on `listener`: the gateway's ([`Connection::new`]), the
+    /// forward proxy's ([`Connection::forward_proxy`]) or the admin pages'.
+    /// `runtime` is the server's (the breakers every connection counts in).
+    pub fn accept(
+        listener: Listener,
+        gw: &'g Gateway,
+        balancer: &'g Balancer,
+        runtime: &'g Runtime,
+        peer: IpAddr,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        match Service::on(listener, gw, runtime) {
+            Some(service) => Connection::serving(service, gw, balancer, peer, now, wall),
+            // A forward proxy listener without a forward proxy: closed at once.
+            None => {
+                let mut c = Connection::new(gw, balancer, peer, now, wall);
+                c.tls = None;
+                c.state = State::Closing;
+                c
+            }
+        }
+    }
+
+    fn serving(
+        service: Service<'g>,
+        gw: &'g Gateway,
+        balancer: &'g Balancer,
+        peer: IpAddr,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let limits = Limits { max_head_bytes: service.max_head(gw.config.max_header_bytes), ..Limits::default() };
         let mut c = Connection {
             gw,
-            fwd: None,
-            breakers: None,
+            service,
             splice: false,
             balancer,
             limits,
@@ -254,7 +292,7 @@ impl<'g> Connection<'g> {
             tls: None,
             plain_on_tls: false,
         };
-        if let Some(profile) = &gw.server_tls {
+        if let Some(profile) = service.server_tls() {
             match rustls::ServerConnection::new(profile.config.clone()) {
                 Ok(mut conn) => {
                     conn.set_buffer_limit(None);
@@ -278,15 +316,7 @@ impl<'g> Connection<'g> {
         now: Instant,
         wall: SystemTime,
     ) -> Self {
-        let mut c = Connection::new(gw, balancer, peer, now, wall);
-        c.tls = None;
-        c.fwd = gw.forward.as_ref();
-        c.breakers = Some(runtime.breakers());
-        c.state = match c.fwd {
-            Some(_) => State::Head(HeadWait::new(true, now)),
-            None => State::Closing,
-        };
-        c
+        Connection::accept(Listener::Forward, gw, balancer, runtime, peer, now, wall)
     }
 
     // ----- what happened -----
@@ -316,6 +346,7 @@ impl<'g> Connection<'g> {
             Input::TunnelWritten(buf, result) => self.handle_tunnel_written(buf, result, now),
             Input::TunnelShutdown(result) => self.handle_tunnel_shutdown(result, now),
             Input::Spliced { up, result } => self.handle_spliced(up, result, now),
+            Input::Stats(stats) => self.handle_stats(&stats, now),
             Input::Timeout => self.handle_timeout(now),
             Input::Stop => self.handle_stop(now),
         }
@@ -458,8 +489,7 @@ impl<'g> Connection<'g> {
                 return;
             }
         };
-        let Some(fp) = self.fwd else { return };
-        self.state = match result.map(|addrs| fp.pick(&addrs)) {
+        self.state = match result.map(|addrs| p.proxy.plan.pick(&addrs)) {
             Ok(Some(ip)) => self.dial(p, ip),
             Ok(None) => {
                 let error = DnsError::Failed("no address of the configured family".to_string());
@@ -467,6 +497,17 @@ impl<'g> Connection<'g> {
             }
             Err(error) => self.refuse(Refusal::Dns { host: p.dest.host, error }, p.dest.authority, p.line, p.tunnel),
         };
+        self.progress();
+    }
+
+    /// The counters [`Output::Stats`] asked for: the admin page waiting for them is
+    /// answered.
+    pub fn handle_stats(&mut self, stats: &Stats, now: Instant) {
+        self.now = now;
+        let State::Gather { page, line, .. } = mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        self.state = self.respond(page.answer(stats), line, true);
         self.progress();
     }
 
@@ -494,7 +535,7 @@ impl<'g> Connection<'g> {
         self.state = match state {
             State::Head(wait) if wait.deadline(cfg).is_some_and(|d| now >= d) => match wait.expired() {
                 Some((status, reason)) => {
-                    let line = AccessLog::unreadable(self.peer, self.input.pending(), wait.started().unwrap_or(now));
+                    let line = self.service.unreadable(self.peer, self.input.pending(), wait.started().unwrap_or(now));
                     self.fail(status, reason, line)
                 }
                 None => State::Closing,
@@ -516,6 +557,9 @@ impl<'g> Connection<'g> {
                 self.refuse(Refusal::Timeout, f.dest, line, false)
             }
             State::Pump(p) if now >= p.leg.deadline() => self.cut(p, Cut::Timeout),
+            State::Gather { line, deadline, .. } if now >= deadline => {
+                self.fail(StatusCode::SERVICE_UNAVAILABLE, "the counters did not come in time", line)
+            }
             State::Resolve(p) | State::Opening(p) if now >= p.deadline => {
                 self.refuse(Refusal::Timeout, p.dest.authority, p.line, p.tunnel)
             }
@@ -620,6 +664,7 @@ impl<'g> Connection<'g> {
             State::Stream { leg, .. } => Some(leg.deadline()),
             State::Pump(p) => Some(p.leg.deadline()),
             State::Resolve(p) | State::Opening(p) => Some(p.deadline),
+            State::Gather { deadline, .. } => Some(*deadline),
             State::Tunnel(t) => Some(t.last + t.idle),
             State::Linger { until } => Some(*until),
             State::Flush(_) | State::Closing | State::Closed => None,
@@ -659,9 +704,10 @@ impl<'g> Connection<'g> {
         // "client closed request").
         let line = match mem::replace(&mut self.state, State::Closed) {
             State::Pump(p) => Some(p.line.line(p.status, p.sent, self.now)),
-            State::Body { line, .. } | State::Exchange { line, .. } | State::Stream { line, .. } => {
-                StatusCode::from_u16(499).ok().map(|status| line.line(status, 0, self.now))
-            }
+            State::Body { line, .. }
+            | State::Exchange { line, .. }
+            | State::Stream { line, .. }
+            | State::Gather { line, .. } => StatusCode::from_u16(499).ok().map(|status| line.line(status, 0, self.now)),
             State::Resolve(p) | State::Opening(p) => {
                 StatusCode::from_u16(499).ok().map(|status| p.line.line(status, 0, self.now))
             }
@@ -695,6 +741,7 @@ impl<'g> Connection<'g> {
             State::Stream { leg, line, id } => self.step_stream(leg, line, id),
             State::Resolve(p) => (State::Resolve(p), false),
             State::Opening(p) => (State::Opening(p), false),
+            State::Gather { page, line, deadline } => (State::Gather { page, line, deadline }, false),
             State::Tunnel(t) => (State::Tunnel(t), false),
             State::Pump(p) => self.step_pump(p),
             State::Flush(next) => {
@@ -765,7 +812,7 @@ impl<'g> Connection<'g> {
 
     fn step_head(&mut self, mut wait: HeadWait) -> (State<'g>, bool) {
         if mem::take(&mut self.plain_on_tls) {
-            let line = AccessLog::unreadable(self.peer, self.input.pending(), self.now);
+            let line = self.service.unreadable(self.peer, self.input.pending(), self.now);
             return (self.fail(StatusCode::BAD_REQUEST, "plain HTTP request sent to the HTTPS port", line), true);
         }
         if self.stopping && wait.is_idle() && self.input.pending().is_empty() && self.now >= wait.since() + STOP_GRACE {
@@ -790,57 +837,44 @@ impl<'g> Connection<'g> {
             }
             Ok(_) => (State::Closing, true),
             Err(e) => {
-                let line = AccessLog::unreadable(self.peer, self.input.pending(), wait.started().unwrap_or(self.now));
+                let line = self.service.unreadable(self.peer, self.input.pending(), wait.started().unwrap_or(self.now));
                 (self.fail(e.status(), e.reason(), line), true)
             }
         }
     }
 
+    /// A request head came: its service says what to do with it (see
+    /// [`crate::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Request) -> State<'g> {
-        let now = self.now;
-        if let Some(fp) = self.fwd {
-            return self.start_forward(req, fp);
+        match self.service.route(&mut req, self.peer, self.now) {
+            Outcome::Respond { reply, line, close } => {
+                self.end_unread();
+                self.respond(reply, line, close)
+            }
+            Outcome::Fail { status, reason, line } => self.fail(status, reason, line),
+            Outcome::ReadBody { req, serve, line } => self.read_body(req, serve, line),
+            Outcome::Stream { req, route, line } => self.start_stream(req, route, line),
+            Outcome::Forward(p) => self.start_forward(p),
+            Outcome::Refuse { refusal, dest, line, tunnel } => {
+                if !tunnel {
+                    self.end_unread();
+                }
+                self.refuse(refusal, dest, line, tunnel)
+            }
+            Outcome::Gather { page, line } => {
+                self.end_unread();
+                self.queue.push_back(Output::Stats);
+                State::Gather { page, line, deadline: self.now + GATHER_WAIT }
+            }
         }
-        let mut creq = match ClientRequest::from_head(&mut req, self.peer) {
-            Ok(creq) => creq,
-            Err(reason) => return self.fail(StatusCode::BAD_REQUEST, reason, AccessLog::refused(&req, self.peer, now)),
-        };
-        let mut line = AccessLog::new(&creq, now);
-        let gw = self.gw;
-        let dispatched = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
-        // The guard stage: an endpoint's checks, before its body is read or any backend
-        // called; an answer from it is the reply, as a router's is.
-        let dispatched = match dispatched {
-            Dispatch::Endpoint(route) if !route.endpoint.guards.is_empty() => {
-                match route.endpoint.guards.check(&creq, now) {
-                    Verdict::Pass => Dispatch::Endpoint(route),
-                    Verdict::Answer(reply) => {
-                        line.for_endpoint(route.endpoint.index);
-                        Dispatch::Reply(reply)
-                    }
-                }
-            }
-            other => other,
-        };
-        match dispatched {
-            Dispatch::Endpoint(route) if route.streaming => {
-                line.for_endpoint(route.endpoint.index);
-                creq.body = RequestBody::relayed(req.framing);
-                self.start_stream(creq, route, line)
-            }
-            Dispatch::Endpoint(route) => {
-                line.for_endpoint(route.endpoint.index);
-                self.read_body(creq, Serve::Endpoint(route), line)
-            }
-            Dispatch::Builtin(b) => self.read_body(creq, Serve::Builtin(b), line),
-            Dispatch::Reply(reply) => {
-                // A request without a body ends here and the connection stays open; a
-                // body nobody needs is not read: the codec closes after answering.
-                if let Ok((n, ServerEvent::End(_))) = self.server.handle_input(self.input.pending()) {
-                    self.input.consume(n);
-                }
-                self.respond(reply, line, false)
-            }
+    }
+
+    /// A request answered without reading its body: one without a body ends here and
+    /// the connection stays open; a body nobody needs is not read (the codec closes
+    /// after answering).
+    fn end_unread(&mut self) {
+        if let Ok((n, ServerEvent::End(_))) = self.server.handle_input(self.input.pending()) {
+            self.input.consume(n);
         }
     }
 

@@ -29,7 +29,7 @@ pub(super) struct Pumping<'g> {
 #[derive(Debug)]
 pub(super) enum Leg<'g> {
     Endpoint(Box<Exchange<'g>>),
-    Forward(Box<Forwarded>),
+    Forward(Box<Forwarded<'g>>),
 }
 
 impl Leg<'_> {
@@ -120,8 +120,8 @@ impl<'g> Connection<'g> {
                         (stream.status, &none)
                     }
                     Leg::Forward(f) => {
-                        f.deadline = self.now + self.fwd.map_or(Duration::ZERO, |fp| fp.config.idle_timeout);
-                        (head.status, self.fwd.map_or(&none, |fp| &fp.via))
+                        f.deadline = self.now + f.idle;
+                        (head.status, f.via)
                     }
                 };
                 let response = ResponseHead { status, headers, body: head.body_length(), close: self.stopping };
@@ -222,8 +222,8 @@ impl<'g> Connection<'g> {
             Ok((n, moved, pumped)) => {
                 slot.input.consume(n);
                 p.sent += moved;
-                if let (Leg::Forward(f), true, Some(fp)) = (&mut p.leg, n > 0, self.fwd) {
-                    f.deadline = self.now + fp.config.idle_timeout;
+                if let (Leg::Forward(f), true) = (&mut p.leg, n > 0) {
+                    f.deadline = self.now + f.idle;
                 }
                 if pumped == Pumped::NeedMore {
                     slot.hungry = true;

@@ -1,0 +1,179 @@
+//! The services a client connection asks what to do with a request: the gateway
+//! (routing, the guard stage, built-in endpoints, then an exchange), the forward proxy
+//! ([`crate::forward::Forwarder`]) and the admin pages ([`crate::admin`]). A
+//! connection gets one when it is accepted, by the listener it came to
+//! ([`Service::on`]); [`Service::route`] is the one place that tells them apart.
+//!
+//! A service answers a request head with an [`Outcome`], and the connection carries
+//! it out: respond now, read the body and serve it, stream it to a `no-op` backend,
+//! reach a forward-proxy destination (resolve its name, then open its tunnel or call
+//! it), or gather the shards' counters for an admin page. The connection keeps the
+//! codec, the deadlines, the client's TLS and the access line; a service keeps what
+//! a request means.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use http::StatusCode;
+
+use crate::admin::{self, Page};
+use crate::builtin::Builtin;
+use crate::dispatch::{Dispatch, Route};
+use crate::forward::{Forwarder, Pending, Refusal, Routed};
+use crate::guard::Verdict;
+use crate::http1::Request;
+use crate::plan::Gateway;
+use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
+use crate::runtime::Runtime;
+use crate::serve::Listener;
+use crate::stats::Stats;
+use crate::tls::ServerProfile;
+
+/// What answers a connection's requests (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Service<'g> {
+    Gateway(&'g Gateway),
+    Forward(Forwarder<'g>),
+    Admin(&'g Gateway, &'g Runtime),
+}
+
+/// What serves a gateway request once its whole body is read.
+#[derive(Debug)]
+pub(crate) enum Serve<'g> {
+    Builtin(Builtin),
+    Endpoint(Route<'g>),
+}
+
+/// What a service asks the connection to do with a request.
+#[derive(Debug)]
+pub(crate) enum Outcome<'g> {
+    /// Answer now. A body the request has is not read (the codec closes after
+    /// answering); `close` closes the connection in any case.
+    Respond { reply: Reply, line: AccessLog, close: bool },
+    /// The request cannot be served: an error answer, then the connection closes.
+    Fail { status: StatusCode, reason: &'static str, line: AccessLog },
+    /// Read the whole body, then serve it.
+    ReadBody { req: ClientRequest, serve: Serve<'g>, line: AccessLog },
+    /// Stream it to a `no-op` endpoint's backend, the bodies both ways as they come.
+    Stream { req: ClientRequest, route: Route<'g>, line: AccessLog },
+    /// Reach a forward-proxy destination: its name resolved first when it is one,
+    /// its address admitted ([`Forwarder::admit`]), then its tunnel opened or the
+    /// request sent on as a backend call.
+    Forward(Box<Pending<'g>>),
+    /// The forward proxy answers itself ([`Refusal`]).
+    Refuse { refusal: Refusal, dest: String, line: AccessLog, tunnel: bool },
+    /// Ask the driver for every shard's counters, then answer with the admin page.
+    Gather { page: AdminPage<'g>, line: AccessLog },
+}
+
+/// An admin page waiting for the counters it shows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminPage<'g> {
+    gw: &'g Gateway,
+    runtime: &'g Runtime,
+    page: Page,
+}
+
+impl AdminPage<'_> {
+    /// The page, with every shard's counters added up.
+    pub(crate) fn answer(&self, stats: &Stats) -> Reply {
+        admin::answer(self.gw, self.runtime, self.page, stats)
+    }
+}
+
+impl<'g> Service<'g> {
+    /// The service of a connection accepted on `listener`; `None` for the forward
+    /// proxy's when the gateway has none.
+    pub(crate) fn on(listener: Listener, gw: &'g Gateway, runtime: &'g Runtime) -> Option<Service<'g>> {
+        match listener {
+            Listener::Gateway => Some(Service::Gateway(gw)),
+            Listener::Forward => {
+                gw.forward.as_ref().map(|plan| Service::Forward(Forwarder { plan, breakers: runtime.breakers() }))
+            }
+            Listener::Admin => Some(Service::Admin(gw, runtime)),
+        }
+    }
+
+    /// The longest request head it reads (a longer one gets 431): the admin pages'
+    /// own limit, else the gateway's `max_header_bytes` (`gateway`).
+    pub(crate) fn max_head(&self, gateway: usize) -> usize {
+        match self {
+            Service::Admin(..) => admin::MAX_HEAD,
+            Service::Gateway(_) | Service::Forward(_) => gateway,
+        }
+    }
+
+    /// The listener's TLS: the gateway's, when its configuration has a certificate.
+    pub(crate) fn server_tls(&self) -> Option<&'g ServerProfile> {
+        match self {
+            Service::Gateway(gw) => gw.server_tls.as_ref(),
+            Service::Forward(_) | Service::Admin(..) => None,
+        }
+    }
+
+    /// The access line of a head that could not be read (see
+    /// [`AccessLog::unreadable`]): counted as unrouted, except on the admin listener,
+    /// whose requests are never counted.
+    pub(crate) fn unreadable(&self, peer: IpAddr, head: &[u8], started: Instant) -> AccessLog {
+        let line = AccessLog::unreadable(peer, head, started);
+        match self {
+            Service::Admin(..) => line.for_admin(),
+            Service::Gateway(_) | Service::Forward(_) => line,
+        }
+    }
+
+    /// What to do with the request whose head is `req`, from `peer`, read at `now`.
+    pub(crate) fn route(&self, req: &mut Request, peer: IpAddr, now: Instant) -> Outcome<'g> {
+        match *self {
+            Service::Gateway(gw) => gateway(gw, req, peer, now),
+            Service::Forward(proxy) => match proxy.route(req, peer, now) {
+                Routed::Go(p) => Outcome::Forward(p),
+                Routed::Bad(status, reason, line) => Outcome::Fail { status, reason, line },
+                Routed::Refused { refusal, dest, line, tunnel } => Outcome::Refuse { refusal, dest, line, tunnel },
+            },
+            Service::Admin(gw, runtime) => {
+                let line = AccessLog::admin(req, peer, now);
+                match admin::route(&req.method, req.target()) {
+                    Err(reply) => Outcome::Respond { reply: *reply, line, close: true },
+                    Ok(page) if page.needs_stats() => Outcome::Gather { page: AdminPage { gw, runtime, page }, line },
+                    Ok(page) => {
+                        let reply = admin::answer(gw, runtime, page, &Stats::default());
+                        Outcome::Respond { reply, line, close: true }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gateway's front: a built-in endpoint, an endpoint's guard stage and then its
+/// exchange (streamed for `no-op`), or the router's answer (404, 405, a redirect).
+fn gateway<'g>(gw: &'g Gateway, req: &mut Request, peer: IpAddr, now: Instant) -> Outcome<'g> {
+    let mut creq = match ClientRequest::from_head(req, peer) {
+        Ok(creq) => creq,
+        Err(reason) => {
+            return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
+        }
+    };
+    let mut line = AccessLog::new(&creq, now);
+    match gw.dispatch(&creq.method, &creq.path, creq.query.as_deref()) {
+        Dispatch::Endpoint(route) => {
+            line.for_endpoint(route.endpoint.index);
+            // The guard stage: the endpoint's checks, before its body is read or any
+            // backend called; an answer from it is the reply, as a router's is.
+            if !route.endpoint.guards.is_empty()
+                && let Verdict::Answer(reply) = route.endpoint.guards.check(&creq, now)
+            {
+                return Outcome::Respond { reply, line, close: false };
+            }
+            if route.streaming {
+                creq.body = RequestBody::relayed(req.framing);
+                Outcome::Stream { req: creq, route, line }
+            } else {
+                Outcome::ReadBody { req: creq, serve: Serve::Endpoint(route), line }
+            }
+        }
+        Dispatch::Builtin(b) => Outcome::ReadBody { req: creq, serve: Serve::Builtin(b), line },
+        Dispatch::Reply(reply) => Outcome::Respond { reply, line, close: false },
+    }
+}
