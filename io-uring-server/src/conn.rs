@@ -22,15 +22,19 @@ use crate::Shard;
 
 type Op<'a> = Pin<Box<dyn Future<Output = (Back, Input)> + 'a>>;
 
+/// The byte streams a connection reads and writes as such, by index: the client's
+/// socket, and a CONNECT tunnel's connection.
+const CLIENT: usize = 0;
+const TUNNEL: usize = 1;
+
 /// The socket (half) a finished operation hands back.
 enum Back {
-    Reader(OwnedReadHalf<TcpStream>),
-    Writer(OwnedWriteHalf<TcpStream>),
+    /// A read half of the client ([`CLIENT`]) or the tunnel ([`TUNNEL`]).
+    Reader(usize, OwnedReadHalf<TcpStream>),
+    Writer(usize, OwnedWriteHalf<TcpStream>),
     Backend(BackendId, TcpStream),
-    /// A CONNECT tunnel's connection, just opened, and its halves.
+    /// A CONNECT tunnel's connection, just opened.
     Tunnel(TcpStream),
-    TunnelReader(OwnedReadHalf<TcpStream>),
-    TunnelWriter(OwnedWriteHalf<TcpStream>),
     /// A spliced direction's kernel pipe (`true`: up).
     Pipe(bool, KernelPipe),
     Nothing,
@@ -44,17 +48,15 @@ struct Backend<'a> {
 }
 
 /// The operations under way on one connection's sockets.
+#[derive(Default)]
 struct Ops<'a> {
-    reader: Option<OwnedReadHalf<TcpStream>>,
-    writer: Option<OwnedWriteHalf<TcpStream>>,
-    read: Option<Op<'a>>,
-    write: Option<Op<'a>>,
+    /// The client's and the tunnel's halves at rest ([`CLIENT`], [`TUNNEL`]), and
+    /// the read and the write out on each (a tunnel opening holds its write).
+    readers: [Option<OwnedReadHalf<TcpStream>>; 2],
+    writers: [Option<OwnedWriteHalf<TcpStream>>; 2],
+    reads: [Option<Op<'a>>; 2],
+    writes: [Option<Op<'a>>; 2],
     backends: Vec<Backend<'a>>,
-    /// A CONNECT tunnel's connection: its halves at rest, its read and its write.
-    tunnel_reader: Option<OwnedReadHalf<TcpStream>>,
-    tunnel_writer: Option<OwnedWriteHalf<TcpStream>>,
-    tunnel_read: Option<Op<'a>>,
-    tunnel_write: Option<Op<'a>>,
     /// The sockets' descriptors (kept open by their halves), for splicing.
     client_fd: RawFd,
     tunnel_fd: Option<RawFd>,
@@ -65,6 +67,8 @@ struct Ops<'a> {
     splices: [Option<Op<'a>>; 2],
     /// Every shard's counters being gathered (an admin page).
     gather: Option<Op<'a>>,
+    /// What an output's start answered at once.
+    at_once: Option<Input>,
     /// The connection's one timer (made at its first deadline, then reset) and the
     /// instant it is set for, while it is.
     timer: Option<Pin<Box<monoio::time::Sleep>>>,
@@ -102,10 +106,9 @@ impl<'a> Ops<'a> {
         cx: &mut Context<'_>,
         stop: Option<Pin<&mut impl Future<Output = ()>>>,
     ) -> Poll<(Back, Input)> {
-        let [up, down] = &mut self.splices;
-        let (tunnel_read, tunnel_write, gather) = (&mut self.tunnel_read, &mut self.tunnel_write, &mut self.gather);
-        let ops = [&mut self.read, &mut self.write, tunnel_read, tunnel_write, up, down, gather]
-            .into_iter()
+        let ops = (self.reads.iter_mut().zip(&mut self.writes).flat_map(|(r, w)| [r, w]))
+            .chain(&mut self.splices)
+            .chain([&mut self.gather])
             .chain(self.backends.iter_mut().map(|b| &mut b.op));
         for op in ops {
             if let Some(Poll::Ready(done)) = op.as_mut().map(|fut| fut.as_mut().poll(cx)) {
@@ -148,18 +151,45 @@ impl<'a> Ops<'a> {
         }
     }
 
+    /// Reads from `side` into `buf`; `done` makes the input (at once when the half is
+    /// out: the connection never asks for that).
+    fn read(&mut self, side: usize, buf: Vec<u8>, done: fn(Vec<u8>, io::Result<usize>) -> Input) {
+        let Some(mut r) = self.readers[side].take() else { return self.at_once = Some(done(buf, Err(gone()))) };
+        self.reads[side] = Some(Box::pin(async move {
+            let (len, cap) = (buf.len(), buf.capacity());
+            let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
+            (Back::Reader(side, r), done(slice.into_inner(), res))
+        }));
+    }
+
+    /// Writes all of `bytes` to `side` (as [`Ops::read`]).
+    fn write(&mut self, side: usize, bytes: Vec<u8>, done: fn(Vec<u8>, io::Result<()>) -> Input) {
+        let Some(mut w) = self.writers[side].take() else { return self.at_once = Some(done(bytes, Err(gone()))) };
+        self.writes[side] = Some(Box::pin(async move {
+            let (res, bytes) = w.write_all(bytes).await;
+            (Back::Writer(side, w), done(bytes, res.map(drop)))
+        }));
+    }
+
+    /// Shuts `side`'s write side (as [`Ops::read`]).
+    fn shutdown(&mut self, side: usize, done: fn(io::Result<()>) -> Input) {
+        let Some(mut w) = self.writers[side].take() else { return self.at_once = Some(done(Err(gone()))) };
+        self.writes[side] = Some(Box::pin(async move {
+            let res = w.shutdown().await;
+            (Back::Writer(side, w), done(res))
+        }));
+    }
+
     fn give_back(&mut self, back: Back) {
         match back {
-            Back::Reader(r) => self.reader = Some(r),
-            Back::Writer(w) => self.writer = Some(w),
+            Back::Reader(side, r) => self.readers[side] = Some(r),
+            Back::Writer(side, w) => self.writers[side] = Some(w),
             Back::Backend(id, s) => self.backend(id).stream = Some(s),
             Back::Tunnel(s) => {
                 self.tunnel_fd = Some(s.as_raw_fd());
                 let (r, w) = s.into_split();
-                (self.tunnel_reader, self.tunnel_writer) = (Some(r), Some(w));
+                (self.readers[TUNNEL], self.writers[TUNNEL]) = (Some(r), Some(w));
             }
-            Back::TunnelReader(r) => self.tunnel_reader = Some(r),
-            Back::TunnelWriter(w) => self.tunnel_writer = Some(w),
             Back::Pipe(up, pipe) => self.pipes[usize::from(!up)] = Some(pipe),
             Back::Nothing => {}
         }
@@ -186,25 +216,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
     conn.splice_tunnels(true);
     let client_fd = stream.as_raw_fd();
     let (reader, writer) = stream.into_split();
-    let mut ops = Ops {
-        reader: Some(reader),
-        writer: Some(writer),
-        read: None,
-        write: None,
-        backends: Vec::new(),
-        tunnel_reader: None,
-        tunnel_writer: None,
-        tunnel_read: None,
-        tunnel_write: None,
-        client_fd,
-        tunnel_fd: None,
-        splicer: None,
-        pipes: [None, None],
-        splices: [None, None],
-        gather: None,
-        timer: None,
-        armed: None,
-    };
+    let mut ops = Ops { readers: [Some(reader), None], writers: [Some(writer), None], client_fd, ..Ops::default() };
     loop {
         while let Some(output) = conn.poll() {
             if !start(&shard, &mut ops, output, &mut conn) {
@@ -222,28 +234,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
 /// Starts what the connection asked for. `false`: the connection is over.
 fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: &mut Connection<'_>) -> bool {
     match output {
-        Output::ReadClient(buf) => match ops.reader.take() {
-            Some(r) => ops.read = Some(Box::pin(read_client(r, buf))),
-            None => conn.handle(Input::ClientRead(buf, Err(gone())), Instant::now()),
-        },
-        Output::WriteClient(bytes) => match ops.writer.take() {
-            Some(w) => ops.write = Some(Box::pin(write_client(w, bytes))),
-            None => conn.handle(Input::ClientWritten(bytes, Err(gone())), Instant::now()),
-        },
-        Output::ShutdownClient => match ops.writer.take() {
-            Some(mut w) => {
-                ops.write = Some(Box::pin(async move {
-                    let res = w.shutdown().await;
-                    (Back::Writer(w), Input::ClientShutdown(res))
-                }));
-            }
-            None => conn.handle(Input::ClientShutdown(Err(gone())), Instant::now()),
-        },
+        Output::ReadClient(buf) => ops.read(CLIENT, buf, Input::ClientRead),
+        Output::WriteClient(bytes) => ops.write(CLIENT, bytes, Input::ClientWritten),
+        Output::ShutdownClient => ops.shutdown(CLIENT, Input::ClientShutdown),
+        Output::ReadTunnel(buf) => ops.read(TUNNEL, buf, Input::TunnelRead),
+        Output::WriteTunnel(bytes) => ops.write(TUNNEL, bytes, Input::TunnelWritten),
+        Output::ShutdownTunnel => ops.shutdown(TUNNEL, Input::TunnelShutdown),
         Output::Connect { id, pool_key, pooled, addr } => {
             let idle = if pooled { shard.pool.take(&pool_key) } else { None };
-            let b = ops.backend(id);
-            *b = Backend::default();
-            b.op = match (idle, addr) {
+            let op: Option<Op<'a>> = match (idle, addr) {
                 (Some((s, session)), _) => {
                     Some(Box::pin(async move { (Back::Backend(id, s), Input::Connected(id, Some(session))) }))
                 }
@@ -254,18 +253,19 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
                     }
                 })),
                 (None, None) => {
-                    conn.handle(Input::NoIdle(id), Instant::now());
+                    ops.at_once = Some(Input::NoIdle(id));
                     None
                 }
             };
+            *ops.backend(id) = Backend { stream: None, op };
         }
         Output::ReadBackend { id, buf } => match ops.backend(id).stream.take() {
             Some(s) => ops.backend(id).op = Some(Box::pin(read_backend(id, s, buf))),
-            None => conn.handle(Input::BackendRead(id, buf, Err(gone())), Instant::now()),
+            None => ops.at_once = Some(Input::BackendRead(id, buf, Err(gone()))),
         },
         Output::WriteBackend { id, bytes } => match ops.backend(id).stream.take() {
             Some(s) => ops.backend(id).op = Some(Box::pin(write_backend(id, s, bytes))),
-            None => conn.handle(Input::BackendWritten(id, bytes, Err(gone())), Instant::now()),
+            None => ops.at_once = Some(Input::BackendWritten(id, bytes, Err(gone()))),
         },
         Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = ops.backend(id).stream.take() {
@@ -282,44 +282,16 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
                 Some(Box::pin(async move { (Back::Nothing, Input::Discovered(id, shard.pool.discover(name).await)) }));
         }
         Output::OpenTunnel { addr } => {
-            ops.tunnel_write = Some(Box::pin(async move {
+            ops.writes[TUNNEL] = Some(Box::pin(async move {
                 match crate::backend::dial(addr).await {
                     Ok(s) => (Back::Tunnel(s), Input::TunnelOpened(Ok(()))),
                     Err(e) => (Back::Nothing, Input::TunnelOpened(Err(e))),
                 }
             }));
         }
-        Output::ReadTunnel(buf) => match ops.tunnel_reader.take() {
-            Some(mut r) => {
-                ops.tunnel_read = Some(Box::pin(async move {
-                    let (len, cap) = (buf.len(), buf.capacity());
-                    let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
-                    (Back::TunnelReader(r), Input::TunnelRead(slice.into_inner(), res))
-                }));
-            }
-            None => conn.handle(Input::TunnelRead(buf, Err(gone())), Instant::now()),
-        },
-        Output::WriteTunnel(bytes) => match ops.tunnel_writer.take() {
-            Some(mut w) => {
-                ops.tunnel_write = Some(Box::pin(async move {
-                    let (res, bytes) = w.write_all(bytes).await;
-                    (Back::TunnelWriter(w), Input::TunnelWritten(bytes, res.map(drop)))
-                }));
-            }
-            None => conn.handle(Input::TunnelWritten(bytes, Err(gone())), Instant::now()),
-        },
-        Output::ShutdownTunnel => match ops.tunnel_writer.take() {
-            Some(mut w) => {
-                ops.tunnel_write = Some(Box::pin(async move {
-                    let res = w.shutdown().await;
-                    (Back::TunnelWriter(w), Input::TunnelShutdown(res))
-                }));
-            }
-            None => conn.handle(Input::TunnelShutdown(Err(gone())), Instant::now()),
-        },
         Output::Splice { up } => match ops.splice_kit(up) {
             Ok((splicer, pipe)) => ops.splices[usize::from(!up)] = Some(Box::pin(splice(splicer, up, pipe))),
-            Err(result) => conn.handle(Input::Spliced { up, result }, Instant::now()),
+            Err(result) => ops.at_once = Some(Input::Spliced { up, result }),
         },
         Output::Stats => {
             ops.gather = Some(Box::pin(async move {
@@ -332,23 +304,15 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
         }
         Output::Close => return false,
     }
+    if let Some(input) = ops.at_once.take() {
+        conn.handle(input, Instant::now());
+    }
     true
 }
 
 /// A socket asked for while an operation holds it (the connection never does that).
 fn gone() -> io::Error {
     io::ErrorKind::NotConnected.into()
-}
-
-async fn read_client(mut r: OwnedReadHalf<TcpStream>, buf: Vec<u8>) -> (Back, Input) {
-    let (len, cap) = (buf.len(), buf.capacity());
-    let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
-    (Back::Reader(r), Input::ClientRead(slice.into_inner(), res))
-}
-
-async fn write_client(mut w: OwnedWriteHalf<TcpStream>, bytes: Vec<u8>) -> (Back, Input) {
-    let (res, bytes) = w.write_all(bytes).await;
-    (Back::Writer(w), Input::ClientWritten(bytes, res.map(drop)))
 }
 
 async fn read_backend(id: BackendId, mut s: TcpStream, buf: Vec<u8>) -> (Back, Input) {

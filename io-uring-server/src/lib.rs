@@ -130,8 +130,26 @@ pub fn start_boxed(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Res
     Ok(Box::new(start(gw, opts, stop)?))
 }
 
+/// What every shard of a server starts from.
+#[derive(Clone)]
+struct Common {
+    gw: Arc<Gateway>,
+    /// What every shard counts in together (the forward proxy's breakers).
+    runtime: Arc<Runtime>,
+    opts: Options,
+    stop: StopSignal,
+    /// Name lookups run here, off the shards (the system resolver blocks): one pool
+    /// for the process.
+    lookups: monoio::blocking::DefaultThreadPool,
+    published: Arc<Vec<Arc<admin::Published>>>,
+}
+
 /// Per-shard state, owned by its thread.
 pub(crate) struct Shard {
+    id: usize,
+    stop: StopSignal,
+    /// Open connections at most (`max_connections_per_thread`).
+    max: usize,
     pub(crate) gw: Arc<Gateway>,
     pub(crate) balancer: Balancer,
     /// What every shard counts in together.
@@ -157,21 +175,21 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
         0 => cores.len().max(1),
         n => n,
     };
-    let published: Arc<Vec<Arc<admin::Published>>> = Arc::new((0..shards).map(|_| Arc::default()).collect());
-    // Name lookups run here, off the shards (the system resolver blocks): one pool
-    // for the process.
-    let lookups = monoio::blocking::DefaultThreadPool::new(LOOKUP_THREADS);
-    // What every shard counts in together (the forward proxy's breakers).
-    let runtime = Arc::new(Runtime::new(&gw));
+    let common = Common {
+        published: Arc::new((0..shards).map(|_| Arc::default()).collect()),
+        lookups: monoio::blocking::DefaultThreadPool::new(LOOKUP_THREADS),
+        runtime: Arc::new(Runtime::new(&gw)),
+        gw,
+        opts,
+        stop: stop.clone(),
+    };
     for id in 0..shards {
         let (tx, rx) = mpsc::channel();
-        let (gw, stop2, opts2, lookups) = (gw.clone(), stop.clone(), opts.clone(), lookups.clone());
-        let (published, runtime) = (published.clone(), runtime.clone());
         let core = if cores.is_empty() { None } else { cores.get(id % cores.len()).copied() };
-        let listen = addr;
+        let (common, listen) = (common.clone(), addr);
         let t = std::thread::Builder::new()
             .name(format!("sluice-shard-{id}"))
-            .spawn(move || shard_thread(id, core, (gw, runtime), opts2, listen, stop2, tx, lookups, published))?;
+            .spawn(move || shard_thread(id, core, common, listen, tx))?;
         threads.push(t);
         match rx.recv() {
             Ok(Ok((bound, driver))) => {
@@ -204,118 +222,76 @@ type Addrs = (SocketAddr, Option<SocketAddr>, Option<SocketAddr>);
 
 type Ready = mpsc::Sender<io::Result<(Addrs, Driver)>>;
 
-#[allow(clippy::too_many_arguments)]
-fn shard_thread(
-    id: usize,
-    core: Option<core_affinity::CoreId>,
-    gw: (Arc<Gateway>, Arc<Runtime>),
-    opts: Options,
-    listen: Addrs,
-    stop: StopSignal,
-    ready: Ready,
-    lookups: monoio::blocking::DefaultThreadPool,
-    published: Arc<Vec<Arc<admin::Published>>>,
-) {
+fn shard_thread(id: usize, core: Option<core_affinity::CoreId>, common: Common, listen: Addrs, ready: Ready) {
     if let Some(core) = core {
         core_affinity::set_for_current(core);
     }
-    let entries = 1024;
-    let run = |driver: Driver| shard_main(id, gw, opts.clone(), listen, stop, ready.clone(), driver, published);
-    if opts.force_epoll {
-        let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .with_entries(entries)
-            .enable_timer()
-            .attach_thread_pool(Box::new(lookups))
-            .build();
-        match built {
-            Ok(mut rt) => rt.block_on(run(Driver::Epoll { forced: true })),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-            }
-        }
-        return;
+    let (lookups, force_epoll) = (common.lookups.clone(), common.opts.force_epoll);
+    let run = |driver: Driver| shard_main(id, common, listen, ready.clone(), driver);
+    // Each shard's runtime: 1,024 ring entries, timers, the lookup threads.
+    macro_rules! runtime {
+        ($driver:ty) => {
+            monoio::RuntimeBuilder::<$driver>::new()
+                .with_entries(1024)
+                .enable_timer()
+                .attach_thread_pool(Box::new(lookups.clone()))
+        };
     }
     // The tuned ring first (see `tuned_ring`); where the kernel refuses its flags, the
-    // default ring, and epoll where there is no io_uring at all.
-    if std::env::var("SLUICE_URING_FLAGS").map_or(true, |v| v != "plain") {
-        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(entries)
-            .uring_builder(tuned_ring())
-            .enable_timer()
-            .attach_thread_pool(Box::new(lookups.clone()))
-            .build();
-        match built {
-            Ok(mut rt) => {
-                rt.block_on(run(Driver::IoUring));
-                return;
-            }
+    // default ring, and epoll where there is no io_uring at all (or when forced).
+    let tuned = !force_epoll && std::env::var("SLUICE_URING_FLAGS").map_or(true, |v| v != "plain");
+    if tuned {
+        match runtime!(monoio::IoUringDriver).uring_builder(tuned_ring()).build() {
+            Ok(mut rt) => return rt.block_on(run(Driver::IoUring)),
             Err(e) => tracing::debug!(
                 shard = id,
                 "io_uring with COOP/SINGLE_ISSUER/DEFER_TASKRUN refused ({e}): default ring"
             ),
         }
     }
-    let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(entries)
-        .enable_timer()
-        .attach_thread_pool(Box::new(lookups))
-        .build();
+    let built = match force_epoll {
+        true => runtime!(monoio::LegacyDriver).build().map(monoio::FusionRuntime::Legacy),
+        false => runtime!(monoio::FusionDriver).build(),
+    };
     match built {
         Ok(monoio::FusionRuntime::Uring(mut rt)) => rt.block_on(run(Driver::IoUring)),
-        Ok(monoio::FusionRuntime::Legacy(mut rt)) => rt.block_on(run(Driver::Epoll { forced: false })),
+        Ok(monoio::FusionRuntime::Legacy(mut rt)) => rt.block_on(run(Driver::Epoll { forced: force_epoll })),
         Err(e) => {
             let _ = ready.send(Err(e));
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn shard_main(
-    id: usize,
-    (gw, runtime): (Arc<Gateway>, Arc<Runtime>),
-    opts: Options,
-    listen: Addrs,
-    stop: StopSignal,
-    ready: Ready,
-    driver: Driver,
-    published: Arc<Vec<Arc<admin::Published>>>,
-) {
+async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driver: Driver) {
     let listener_opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
-    let listener = match TcpListener::bind_with_config(listen.0, &listener_opts) {
-        Ok(l) => l,
+    let bind = |at: SocketAddr, what: &str| {
+        TcpListener::bind_with_config(at, &listener_opts)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {at}{what}: {e}")))
+    };
+    // The admin listener is shard 0's alone.
+    let listeners = bind(listen.0, "").and_then(|gateway| {
+        let forward = listen.1.map(|at| bind(at, " (forward proxy)")).transpose()?;
+        Ok((gateway, forward, listen.2.filter(|_| id == 0).map(|at| bind(at, " (admin)")).transpose()?))
+    });
+    let (listener, forward, admin_listener) = match listeners {
+        Ok(all) => all,
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {}: {e}", listen.0))));
+            let _ = ready.send(Err(e));
             return;
         }
     };
-    let forward = match listen.1.map(|at| (at, TcpListener::bind_with_config(at, &listener_opts))) {
-        None => None,
-        Some((_, Ok(l))) => Some(l),
-        Some((at, Err(e))) => {
-            let why = format!("cannot listen on {at} (forward proxy): {e}");
-            let _ = ready.send(Err(io::Error::new(e.kind(), why)));
-            return;
-        }
-    };
-    // The admin listener: shard 0's alone.
-    let admin_listener = match listen.2.filter(|_| id == 0).map(|at| (at, TcpListener::bind(at))) {
-        None => None,
-        Some((_, Ok(l))) => Some(l),
-        Some((at, Err(e))) => {
-            let why = format!("cannot listen on {at} (admin): {e}");
-            let _ = ready.send(Err(io::Error::new(e.kind(), why)));
-            return;
-        }
-    };
+    // Port 0: where the system put it.
+    let at = |l: Option<&TcpListener>, asked: Option<SocketAddr>| l.and_then(|l| l.local_addr().ok()).or(asked);
     let bound = (
-        listener.local_addr().unwrap_or(listen.0),
-        forward.as_ref().map(|l| l.local_addr().ok()).zip(listen.1).map(|(got, asked)| got.unwrap_or(asked)),
-        match &admin_listener {
-            Some(l) => l.local_addr().ok().or(listen.2),
-            None => listen.2,
-        },
+        at(Some(&listener), Some(listen.0)).unwrap_or(listen.0),
+        at(forward.as_ref(), listen.1),
+        at(admin_listener.as_ref(), listen.2),
     );
+    let Common { gw, runtime, opts, stop, published, .. } = common;
     let shard = Rc::new(Shard {
+        id,
+        stop: stop.clone(),
+        max: opts.max_connections_per_thread,
         balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
         gw,
@@ -323,14 +299,10 @@ async fn shard_main(
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
         stats: RefCell::default(),
-        published: published.clone(),
+        published,
     });
-    match bound.1 {
-        Some(f) => {
-            tracing::info!(shard = id, driver = %driver, "shard listening on {} (forward proxy on {f})", bound.0)
-        }
-        None => tracing::info!(shard = id, driver = %driver, "shard listening on {}", bound.0),
-    }
+    let forwarding = bound.1.map(|f| format!(" (forward proxy on {f})")).unwrap_or_default();
+    tracing::info!(shard = id, driver = %driver, "shard listening on {}{forwarding}", bound.0);
     let _ = ready.send(Ok((bound, driver)));
     drop(ready);
 
@@ -350,20 +322,19 @@ async fn shard_main(
         canceller.cancel();
     });
     if listen.2.is_some()
-        && let Some(mine) = published.get(id)
+        && let Some(mine) = shard.published.get(id)
     {
         monoio::spawn(admin::publish(shard.clone(), mine.clone(), stop.clone()));
     }
-    let max = opts.max_connections_per_thread;
     let others: Vec<_> = [(forward, Listener::Forward), (admin_listener, Listener::Admin)]
         .into_iter()
         .filter_map(|(l, kind)| Some((l?, kind)))
         .map(|(l, kind)| {
-            let (shard, stop, cancel) = (shard.clone(), stop.clone(), cancel.clone());
-            monoio::spawn(async move { accept_loop(id, &l, &shard, &stop, cancel, max, kind).await })
+            let (shard, cancel) = (shard.clone(), cancel.clone());
+            monoio::spawn(async move { accept_loop(&l, &shard, cancel, kind).await })
         })
         .collect();
-    accept_loop(id, &listener, &shard, &stop, cancel, max, Listener::Gateway).await;
+    accept_loop(&listener, &shard, cancel, Listener::Gateway).await;
     for other in others {
         other.await;
     }
@@ -379,15 +350,8 @@ async fn shard_main(
 }
 
 /// Accepts connections on `listener` (of kind `kind`) until the stop.
-async fn accept_loop(
-    id: usize,
-    listener: &TcpListener,
-    shard: &Rc<Shard>,
-    stop: &StopSignal,
-    cancel: monoio::io::CancelHandle,
-    max: usize,
-    kind: Listener,
-) {
+async fn accept_loop(listener: &TcpListener, shard: &Rc<Shard>, cancel: monoio::io::CancelHandle, kind: Listener) {
+    let (id, max, stop) = (shard.id, shard.max, &shard.stop);
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {

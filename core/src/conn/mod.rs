@@ -4,7 +4,7 @@
 //! session, a `link::ServerLink`), the head, body, idle and write deadlines, every
 //! status the client can get, and the access line. What a request means is its
 //! service's (the gateway, the forward proxy or the admin pages, by the listener: see
-//! [`crate::service`]): the connection asks it once per request head and carries out
+//! the `service` module): the connection asks it once per request head and carries out
 //! its outcome (an answer at once, a whole-body [`Exchange`], a streamed `no-op`
 //! pass-through, a built-in endpoint, a forward-proxy request or tunnel, an admin
 //! page).
