@@ -479,12 +479,12 @@ impl<'g> Calls<'g> {
     ) {
         let Some(slot) = self.slot(id, |s| s.phase == Phase::Resolve) else { return };
         slot.phase = Phase::Connecting;
-        match dns::first_address(&slot.host.host, result) {
+        match dns::first_address(result) {
             Ok(ip) => {
                 let addr = Some(SocketAddr::new(ip, slot.host.port));
                 queue.push_back(Output::Connect { id, pool_key: slot.pool_key.clone(), pooled: false, addr });
             }
-            Err(why) => slot.failure = Some(slot.connect_failure(why)),
+            Err(why) => slot.failure = Some(slot.connect_failure(format!("cannot resolve {}: {why}", slot.host.host))),
         }
     }
 
@@ -617,7 +617,7 @@ impl<'g> Calls<'g> {
                 keep_body: true,
                 cross_origin: false,
             };
-            let request = redirect::rewrite(&slot.out, &hop, aim.form, aim.proxy_auth())?;
+            let request = redirect::rewrite(&slot.out, &hop, aim.form, aim.proxy_auth()).ok_or_else(unsendable)?;
             Ok((aim, hop.addr, request))
         });
         match aimed {
@@ -742,7 +742,7 @@ impl<'g> Calls<'g> {
             return Err("no usable TLS profile for an https redirect".to_string());
         }
         let aim = Aim::new(gw, slot.via, &hop.addr, slot.redirect_tls, "the redirect's host")?;
-        let request = redirect::rewrite(&slot.sent, &hop, aim.form, aim.proxy_auth())?;
+        let request = redirect::rewrite(&slot.sent, &hop, aim.form, aim.proxy_auth()).ok_or_else(unsendable)?;
         // The connection that brought the 3xx: kept when its answer was read whole.
         let done = slot.put_away(id, reusable);
         let line = Log::Redirect {
@@ -910,6 +910,11 @@ fn start_tls(slot: &mut BackendCall<'_>) {
     }
 }
 
+/// Why a request cannot go to a redirect's or an SRV record's target.
+fn unsendable() -> String {
+    "the request sent cannot be sent again".to_string()
+}
+
 /// The proxy's answer to `CONNECT` came in (part of it, or all): a 2xx opens the
 /// tunnel and TLS starts inside it with the held request; anything else fails the
 /// call, saying what the proxy said.
@@ -932,7 +937,7 @@ fn tunnel_answer(slot: &mut BackendCall<'_>) {
             start_tls(slot);
         }
         Ok(Some(answer)) => slot.failure = Some(Failure::new(proxy.connect_refused(authority, &answer))),
-        Err(why) => slot.failure = Some(fail(&why)),
+        Err(bad) => slot.failure = Some(fail(&bad.to_string())),
     }
 }
 

@@ -90,14 +90,10 @@ pub fn ip_literal(host: &str) -> Result<IpAddr, &str> {
     name.parse().map_err(|_| name)
 }
 
-/// The address a backend connection dials from `name`'s answer: the first, in the
-/// resolver's order (RFC 6724's for `getaddrinfo`); the reason it has none.
-pub fn first_address(name: &str, answer: Result<Vec<IpAddr>, DnsError>) -> Result<IpAddr, String> {
-    match answer.map(|addrs| addrs.first().copied()) {
-        Ok(Some(ip)) => Ok(ip),
-        Ok(None) => Err(format!("cannot resolve {name}: no address")),
-        Err(e) => Err(format!("cannot resolve {name}: {e}")),
-    }
+/// The address a backend connection dials from a name's answer: the first, in the
+/// resolver's order (RFC 6724's for `getaddrinfo`); an empty answer is a failure.
+pub fn first_address(answer: Result<Vec<IpAddr>, DnsError>) -> Result<IpAddr, DnsError> {
+    answer?.first().copied().ok_or_else(|| DnsError::Failed("no address".to_string()))
 }
 
 /// The `dns_cache.*` counters of one cache (Envoy's names).

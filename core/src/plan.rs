@@ -10,7 +10,7 @@ use http::{HeaderName, Method};
 
 use crate::backend::pool_key;
 use crate::config::template::{self, Piece, Placeholder};
-use crate::config::{self, BackendHttp, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
+use crate::config::{self, BackendHttp, BadValue, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
 use crate::proxy::{Proxy, ProxyEnv};
 use crate::response::Shape;
 use crate::route::{RouteMatch, Router};
@@ -282,7 +282,7 @@ impl Gateway {
                             host.dial = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr).socket_addr();
                             hosts.push(host);
                         }
-                        Err(message) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message }),
+                        Err(bad) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message: bad.into() }),
                     }
                 }
                 let client = b.http_client.as_ref();
@@ -481,7 +481,9 @@ fn own_proxy(b: &config::Backend, path: &str) -> Result<Option<Proxy>, Diagnosti
         (None, Some(raw)) => (raw, r#"extra_config["plugin/http-client"].proxy_address"#, "http-proxy plugin"),
         (None, None) => return Ok(None),
     };
-    Proxy::parse(raw, true, source).map(Some).map_err(|message| Diagnostic { path: format!("{path}.{at}"), message })
+    Proxy::parse(raw, true, source)
+        .map(Some)
+        .map_err(|bad| Diagnostic { path: format!("{path}.{at}"), message: bad.into() })
 }
 
 /// The resolver settings: the configuration's nameservers, else resolv.conf's (the
@@ -505,22 +507,26 @@ fn resolver(settings: &config::DnsSettings, env: &Environment) -> crate::srv::Re
 
 /// An `"sd": "dns"` host is a name to ask SRV records of: no port (the records give
 /// it), no IP address.
-fn srv_name(raw: &str, mut host: BackendHost, srv: bool) -> Result<BackendHost, String> {
+fn srv_name(raw: &str, mut host: BackendHost, srv: bool) -> Result<BackendHost, BadValue> {
     if !srv {
         return Ok(host);
     }
     let authority = raw.split_once("://").map_or(raw, |(_, rest)| rest);
     if authority.split('/').next().unwrap_or("").contains(':') {
-        return Err(format!("{raw:?}: with \"sd\": \"dns\" the SRV records give the port; list the name alone"));
+        return Err(BadValue(format!(
+            "{raw:?}: with \"sd\": \"dns\" the SRV records give the port; list the name alone"
+        )));
     }
     if crate::dns::ip_literal(&host.addr.host).is_ok() {
-        return Err(format!("{raw:?}: with \"sd\": \"dns\" a host is a name to ask SRV records of, not an address"));
+        return Err(BadValue(format!(
+            "{raw:?}: with \"sd\": \"dns\" a host is a name to ask SRV records of, not an address"
+        )));
     }
     host.srv = true;
     Ok(host)
 }
 
-fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String> {
+fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, BadValue> {
     match HostAddr::parse(raw) {
         Ok(addr) => Ok(BackendHost {
             pool_key: pool_key(&addr, None, None),
@@ -539,7 +545,7 @@ fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, String
             let split = raw[after_scheme..].find('/').map_or(raw.len(), |i| after_scheme + i);
             let (authority, prefix) = raw.split_at(split);
             let addr = HostAddr::parse(authority).map_err(|m| {
-                format!("{m} (Sluice reaches backends over http or https, even with disable_host_sanitize)")
+                BadValue(format!("{m} (Sluice reaches backends over http or https, even with disable_host_sanitize)"))
             })?;
             if prefix.contains(['?', '#']) {
                 return Err(strict);

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{HostAddr, IpNet, Scheme, has_explicit_port, percent_decode, redact_userinfo};
+use crate::config::{BadValue, HostAddr, IpNet, Scheme, has_explicit_port, percent_decode, redact_userinfo};
 
 /// A proxy that backend requests go through. Its `Debug` leaves the credentials out.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,22 +37,22 @@ impl Proxy {
     /// Parses a proxy URL. `strict` (a configured `proxy_address`, whose documentation
     /// asks for both): the scheme and the port must be written. From the environment,
     /// as Go: no scheme means `http://`, no port means the scheme's.
-    pub fn parse(raw: &str, strict: bool, source: &str) -> Result<Proxy, String> {
+    pub fn parse(raw: &str, strict: bool, source: &str) -> Result<Proxy, BadValue> {
         let shown = redact_userinfo(raw.trim());
         let raw = raw.trim();
         let (scheme, rest) = match raw.split_once("://") {
             Some((s, rest)) => (s.to_ascii_lowercase(), rest),
-            None if strict => return Err(format!("{shown:?} must contain the protocol and the port")),
+            None if strict => return Err(BadValue(format!("{shown:?} must contain the protocol and the port"))),
             None => ("http".to_string(), raw),
         };
         match scheme.as_str() {
             "http" => {}
             "https" => {
-                return Err(format!(
+                return Err(BadValue(format!(
                     "{shown:?}: proxies reached over TLS (https://) are not supported yet; use an http:// proxy"
-                ));
+                )));
             }
-            other => return Err(format!("{shown:?}: unsupported proxy scheme {other:?} (use http://)")),
+            other => return Err(BadValue(format!("{shown:?}: unsupported proxy scheme {other:?} (use http://)"))),
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let (userinfo, authority) = match rest.rsplit_once('@') {
@@ -60,11 +60,11 @@ impl Proxy {
             None => (None, rest),
         };
         if authority.contains(['/', '?', '#']) {
-            return Err(format!("{shown:?}: a proxy address has no path"));
+            return Err(BadValue(format!("{shown:?}: a proxy address has no path")));
         }
         let addr = HostAddr::parse(&format!("http://{authority}")).map_err(|m| format!("{shown:?}: {m}"))?;
         if strict && !has_explicit_port(authority) {
-            return Err(format!("{shown:?} must contain the port (\"http://proxy:3128\")"));
+            return Err(BadValue(format!("{shown:?} must contain the port (\"http://proxy:3128\")")));
         }
         let authorization = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
@@ -226,7 +226,7 @@ impl ProxyEnv {
     /// Reads `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` through `var` (the uppercase
     /// name first, then the lowercase one; empty is unset). A proxy URL that cannot be
     /// used is an error naming the variable (credentials redacted).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ProxyEnv, String> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ProxyEnv, BadValue> {
         let get = |upper: &'static str| {
             let lower = upper.to_ascii_lowercase();
             [(upper.to_string(), var(upper)), (lower.clone(), var(&lower))]
@@ -270,6 +270,24 @@ pub struct ConnectAnswer {
     pub reason: String,
 }
 
+/// Why a proxy's answer to `CONNECT` is not one: the backend call fails, saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadConnectAnswer {
+    /// Not an HTTP response head.
+    NotHttp(httparse::Error),
+    /// No end of head within [`CONNECT_ANSWER_MAX`] bytes.
+    TooLong,
+}
+
+impl std::fmt::Display for BadConnectAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadConnectAnswer::NotHttp(e) => write!(f, "its answer is not HTTP ({e})"),
+            BadConnectAnswer::TooLong => write!(f, "its answer head is over {} KiB", CONNECT_ANSWER_MAX / 1024),
+        }
+    }
+}
+
 /// A proxy answer head longer than this is refused.
 const CONNECT_ANSWER_MAX: usize = 16 * 1024;
 
@@ -290,7 +308,7 @@ impl Proxy {
 
     /// Reads the proxy's answer to `CONNECT` from `input`: `Ok(None)` while its head is
     /// not whole, or why it is not an HTTP answer.
-    pub fn connect_answer(input: &[u8]) -> Result<Option<ConnectAnswer>, String> {
+    pub fn connect_answer(input: &[u8]) -> Result<Option<ConnectAnswer>, BadConnectAnswer> {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(input) {
@@ -299,11 +317,9 @@ impl Proxy {
                 status: response.code.unwrap_or(0),
                 reason: response.reason.unwrap_or("").to_string(),
             })),
-            Ok(httparse::Status::Partial) if input.len() > CONNECT_ANSWER_MAX => {
-                Err(format!("its answer head is over {} KiB", CONNECT_ANSWER_MAX / 1024))
-            }
+            Ok(httparse::Status::Partial) if input.len() > CONNECT_ANSWER_MAX => Err(BadConnectAnswer::TooLong),
             Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(format!("its answer is not HTTP ({e})")),
+            Err(e) => Err(BadConnectAnswer::NotHttp(e)),
         }
     }
 
@@ -348,9 +364,11 @@ mod tests {
             Ok(Some(ConnectAnswer { len: answer.len() - 2, status: 200, reason: "Connection established".into() }))
         );
         assert_eq!(Proxy::connect_answer(b"HTTP/1.1 200 OK\r\n"), Ok(None));
-        assert_eq!(Proxy::connect_answer(b"\x16\x03\x01"), Err("its answer is not HTTP (invalid HTTP version)".into()));
+        let not_http = Proxy::connect_answer(b"\x16\x03\x01").unwrap_err();
+        assert_eq!(not_http.to_string(), "its answer is not HTTP (invalid HTTP version)");
         let long = [b"HTTP/1.1 200 OK\r\nx: ".as_slice(), &[b'a'; 17 * 1024]].concat();
-        assert_eq!(Proxy::connect_answer(&long), Err("its answer head is over 16 KiB".into()));
+        assert_eq!(Proxy::connect_answer(&long), Err(BadConnectAnswer::TooLong));
+        assert_eq!(BadConnectAnswer::TooLong.to_string(), "its answer head is over 16 KiB");
         let refused = ConnectAnswer { len: 0, status: 407, reason: "Proxy Authentication Required".into() };
         assert_eq!(
             p.connect_refused("api:443", &refused),
@@ -391,7 +409,7 @@ mod tests {
             ("http://u:secret@proxy:3128/path", false, "no path"),
         ] {
             let e = Proxy::parse(raw, strict, "x").unwrap_err();
-            assert!(e.contains(want) && !e.contains("secret"), "{raw}: {e}");
+            assert!(e.0.contains(want) && !e.0.contains("secret"), "{raw}: {e}");
         }
     }
 
@@ -459,6 +477,6 @@ mod tests {
         let env = ProxyEnv::from_vars(vars(&[("HTTP_PROXY", " ")])).unwrap();
         assert_eq!(env.http, None);
         let e = ProxyEnv::from_vars(vars(&[("HTTPS_PROXY", "ftp://me:pw@x:1")])).unwrap_err();
-        assert!(e.starts_with("HTTPS_PROXY: ") && !e.contains("pw"), "{e}");
+        assert!(e.0.starts_with("HTTPS_PROXY: ") && !e.0.contains("pw"), "{e}");
     }
 }

@@ -130,12 +130,13 @@ pub enum Form {
 /// it had one, its whole body). The fields the gateway set are kept but `Host`, the
 /// framing when the body is dropped, the credentials when the origin changes, and the
 /// proxy's credentials, which `proxy_auth` gives again for the next hop's proxy.
-pub fn rewrite(sent: &[u8], hop: &Hop, form: Form, proxy_auth: Option<&str>) -> Result<Vec<u8>, String> {
+/// `None` when `sent` cannot be read again (its head has more than 128 fields).
+pub fn rewrite(sent: &[u8], hop: &Hop, form: Form, proxy_auth: Option<&str>) -> Option<Vec<u8>> {
     let mut fields = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut fields);
     let head_len = match req.parse(sent) {
         Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err("the request sent cannot be sent again".to_string()),
+        _ => return None,
     };
     let mut out = Vec::with_capacity(sent.len() + 64);
     out.extend_from_slice(hop.method.as_str().as_bytes());
@@ -168,7 +169,7 @@ pub fn rewrite(sent: &[u8], hop: &Hop, form: Form, proxy_auth: Option<&str>) -> 
     if hop.keep_body {
         out.extend_from_slice(&sent[head_len..]);
     }
-    Ok(out)
+    Some(out)
 }
 
 #[cfg(test)]

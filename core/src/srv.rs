@@ -157,7 +157,7 @@ pub struct SrvQuery {
     send: bool,
     /// What each failed try said, for the error when none answers.
     failures: Vec<String>,
-    result: Option<Result<SrvAnswer, String>>,
+    result: Option<Result<SrvAnswer, DnsError>>,
 }
 
 /// A fresh random query id: every `RandomState` has new random keys.
@@ -168,9 +168,10 @@ fn random_id() -> u16 {
 impl SrvQuery {
     /// A query for `name`'s SRV records under `config`, starting at `now`; `Err` when
     /// the name cannot be asked.
-    pub fn new(name: &str, config: &ResolverConfig, now: Instant) -> Result<SrvQuery, String> {
+    pub fn new(name: &str, config: &ResolverConfig, now: Instant) -> Result<SrvQuery, DnsError> {
         let shown = name.trim_end_matches('.').to_string();
-        let mut qname = Name::from_ascii(&shown).map_err(|e| format!("{shown:?} is not a DNS name: {e}"))?;
+        let mut qname =
+            Name::from_ascii(&shown).map_err(|e| DnsError::Failed(format!("{shown:?} is not a DNS name: {e}")))?;
         qname.set_fqdn(true);
         let id = random_id();
         let mut message = Message::new(id, MessageType::Query, OpCode::Query);
@@ -179,7 +180,7 @@ impl SrvQuery {
         let mut edns = Edns::new();
         edns.set_max_payload(UDP_PAYLOAD);
         message.set_edns(edns);
-        let payload = message.to_vec().map_err(|e| format!("cannot ask {shown:?}: {e}"))?;
+        let payload = message.to_vec().map_err(|e| DnsError::Failed(format!("cannot ask {shown:?}: {e}")))?;
         let servers = config.nameservers.clone();
         let tries = if servers.is_empty() { 0 } else { config.attempts.max(1) * servers.len() as u32 };
         let mut q = SrvQuery {
@@ -209,7 +210,7 @@ impl SrvQuery {
         if self.tries == 0 {
             self.waiting = None;
             let why = if self.failures.is_empty() { "no nameserver".to_string() } else { self.failures.join("; ") };
-            self.result = Some(Err(format!("SRV lookup of {} failed: {why}", self.shown)));
+            self.result = Some(Err(DnsError::Failed(format!("SRV lookup of {} failed: {why}", self.shown))));
             return;
         }
         self.tries -= 1;
@@ -307,7 +308,7 @@ impl SrvQuery {
     }
 
     /// The outcome, once there is one (taken).
-    pub fn result(&mut self) -> Option<Result<SrvAnswer, String>> {
+    pub fn result(&mut self) -> Option<Result<SrvAnswer, DnsError>> {
         self.result.take()
     }
 }
@@ -495,7 +496,7 @@ impl<W> SrvCache<W> {
     pub fn resolved(
         &mut self,
         name: &str,
-        answer: Result<SrvAnswer, String>,
+        answer: Result<SrvAnswer, DnsError>,
         now: Instant,
     ) -> (Vec<W>, Result<Arc<SrvSet>, DnsError>) {
         let Some(e) = self.names.get_mut(name) else {
@@ -520,12 +521,12 @@ impl<W> SrvCache<W> {
                     Err(DnsError::Failed(why))
                 }
             },
-            Err(why) => match &e.set {
+            Err(error) => match &e.set {
                 Some(set) => Ok(set.clone()),
                 None => {
                     e.empty = None;
                     e.fresh_until = now;
-                    Err(DnsError::Failed(why))
+                    Err(error)
                 }
             },
         };

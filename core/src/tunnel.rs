@@ -72,10 +72,10 @@ pub const SPLICE_PIPE: usize = 256 * 1024;
 /// Whether a pipe that holds `size` bytes is worth splicing through: below 64 KiB (a
 /// user past the quota gets 2-page pipes) copying moves more per call, and the tunnel
 /// should copy ([`Spliced::Unsupported`]).
-pub fn splice_pipe_fits(size: usize) -> Result<(), String> {
+pub fn splice_pipe_fits(size: usize) -> std::io::Result<()> {
     match size >= 64 * 1024 {
         true => Ok(()),
-        false => Err(format!("a pipe holds {size} bytes only (the user's pipe quota is spent)")),
+        false => Err(std::io::Error::other(format!("a pipe holds {size} bytes only (the user's pipe quota is spent)"))),
     }
 }
 

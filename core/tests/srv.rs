@@ -141,8 +141,11 @@ fn a_query_tries_each_server_then_says_what_each_did() {
     assert!(q.poll_transmit().is_none());
     assert_eq!(
         q.result().unwrap().unwrap_err(),
-        "SRV lookup of _api._tcp.sluice.test failed: 127.0.0.1:5300 did not answer; 127.0.0.2:5300: Server Failure; \
-         127.0.0.1:5300: Connection refused (os error 111); 127.0.0.2:5300: truncated answer (UDP only)"
+        DnsError::Failed(
+            "SRV lookup of _api._tcp.sluice.test failed: 127.0.0.1:5300 did not answer; 127.0.0.2:5300: Server Failure; \
+             127.0.0.1:5300: Connection refused (os error 111); 127.0.0.2:5300: truncated answer (UDP only)"
+                .into()
+        )
     );
     assert_eq!(q.poll_timeout(), None);
 }
@@ -194,7 +197,7 @@ fn the_lowest_priority_is_used_and_weights_share_the_calls() {
     assert!(SrvSet::new(&[]).is_none());
 }
 
-fn answered(records: &[SrvRecord], ttl: u64) -> Result<SrvAnswer, String> {
+fn answered(records: &[SrvRecord], ttl: u64) -> Result<SrvAnswer, DnsError> {
     Ok(SrvAnswer { records: records.to_vec(), ttl: secs(ttl) })
 }
 
@@ -215,7 +218,7 @@ fn the_cache_shares_queries_and_refreshes_by_ttl() {
     assert_eq!(set.targets(), [("a".to_string(), 80)]);
     assert!(matches!(c.lookup(name, t0 + secs(31), || 0), SrvLookup::Ready { refresh: false, .. }));
     // A failed refresh keeps the set (and the next lookup asks again).
-    let (_, got) = c.resolved(name, Err("timed out".into()), t0 + secs(32));
+    let (_, got) = c.resolved(name, Err(DnsError::Failed("timed out".into())), t0 + secs(32));
     assert_eq!(got.unwrap().targets(), [("a".to_string(), 80)]);
     assert!(matches!(c.lookup(name, t0 + secs(33), || 0), SrvLookup::Ready { refresh: true, .. }));
     // A new answer replaces it; TTL 0 is kept for 1s.
@@ -230,7 +233,8 @@ fn the_cache_shares_queries_and_refreshes_by_ttl() {
     assert_eq!(why, format!("no SRV records for {name}"));
     assert!(matches!(c.lookup(name, t0 + secs(41), || 7), SrvLookup::Queued { query: true }));
     // A first query that fails: its waiters get why, the next lookup asks again.
-    let (waiters, got) = c.resolved(name, Err("SRV lookup of x failed: no answer".into()), t0 + secs(42));
+    let (waiters, got) =
+        c.resolved(name, Err(DnsError::Failed("SRV lookup of x failed: no answer".into())), t0 + secs(42));
     assert_eq!(waiters, [7]);
     assert_eq!(got.unwrap_err(), DnsError::Failed("SRV lookup of x failed: no answer".into()));
     assert!(matches!(c.lookup(name, t0 + secs(42), || 8), SrvLookup::Queued { query: true }));

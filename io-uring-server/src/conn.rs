@@ -339,7 +339,7 @@ impl KernelPipe {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         let size = rustix::pipe::fcntl_setpipe_size(&write, SPLICE_PIPE)
             .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
-        splice_pipe_fits(size).map_err(io::Error::other)?;
+        splice_pipe_fits(size)?;
         Ok(KernelPipe { read, write, size })
     }
 }

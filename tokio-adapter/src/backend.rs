@@ -114,7 +114,7 @@ impl Pool {
 
 /// Asks `name`'s SRV records: core's query, each try on a new UDP socket connected
 /// to the server asked (a fresh source port; an unreachable port fails the try at once).
-async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, String> {
+async fn ask_srv(name: &str, conf: &ResolverConfig) -> Result<SrvAnswer, DnsError> {
     let mut q = SrvQuery::new(name, conf, Instant::now())?;
     let mut socket: Option<(UdpSocket, SocketAddr)> = None;
     let mut buf = vec![0u8; 1500];

@@ -2,20 +2,22 @@
 
 use std::time::Duration;
 
+use super::BadValue;
+
 /// Parses a Go-syntax duration. Units: `ns`, `us` (`µs`, `μs`), `ms`, `s`, `m`, `h`.
 /// A lone `"0"` is zero. Negative durations are refused: no Sluice setting takes one.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, BadValue> {
     let invalid = || format!("invalid duration {text:?} (use Go syntax: \"2s\", \"150ms\", \"1m30s\")");
     if text == "0" {
         return Ok(Duration::ZERO);
     }
     let rest = match text.strip_prefix('+') {
         Some(r) => r,
-        None if text.starts_with('-') => return Err(format!("negative duration {text:?} is not allowed")),
+        None if text.starts_with('-') => return Err(BadValue(format!("negative duration {text:?} is not allowed"))),
         None => text,
     };
     if rest.is_empty() {
-        return Err(invalid());
+        return Err(BadValue(invalid()));
     }
     let mut total: u128 = 0;
     let mut s = rest;
@@ -30,7 +32,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             None => ("", after),
         };
         if int_part.is_empty() && frac_part.is_empty() {
-            return Err(invalid());
+            return Err(BadValue(invalid()));
         }
         let unit_len = after.bytes().take_while(|b| !b.is_ascii_digit() && *b != b'.').count();
         let (unit, after) = after.split_at(unit_len);
@@ -41,8 +43,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(format!("missing unit in duration {text:?} (for example \"{int_part}s\")")),
-            _ => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+            "" => return Err(BadValue(format!("missing unit in duration {text:?} (for example \"{int_part}s\")"))),
+            _ => return Err(BadValue(format!("unknown unit {unit:?} in duration {text:?}"))),
         };
         let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| invalid())? };
         let mut value = int.checked_mul(nanos_per_unit).ok_or_else(invalid)?;
@@ -58,7 +60,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let secs = u64::try_from(total / 1_000_000_000).map_err(|_| invalid())?;
     // Go's limit is about 290 years; refuse anything past it like Go does.
     if secs > 9_223_372_036 {
-        return Err(format!("duration {text:?} is too large"));
+        return Err(BadValue(format!("duration {text:?} is too large")));
     }
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }

@@ -40,6 +40,46 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// One value a configuration cannot take, and why (a duration, a host, a network, a
+/// proxy URL): the decoder reports it as a [`Diagnostic`] at the value's JSON path,
+/// and the configuration is refused (`sluice check` exits 1). The reason names the
+/// value, never a secret in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue(pub String);
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadValue {}
+
+impl From<String> for BadValue {
+    fn from(reason: String) -> BadValue {
+        BadValue(reason)
+    }
+}
+
+/// The reason, for a [`Diagnostic`]'s message.
+impl From<BadValue> for String {
+    fn from(bad: BadValue) -> String {
+        bad.0
+    }
+}
+
+impl From<&str> for BadValue {
+    fn from(reason: &str) -> BadValue {
+        BadValue(reason.to_string())
+    }
+}
+
+impl PartialEq<&str> for BadValue {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {

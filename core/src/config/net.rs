@@ -4,6 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
+use super::BadValue;
+
 /// The schemes a backend host may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
@@ -47,16 +49,16 @@ impl HostAddr {
     /// Parses a host the way KrakenD sanitizes it: a missing scheme means `http://`, a
     /// trailing `/` is dropped; a path, query, fragment, credentials, another scheme or a
     /// bad port is an error.
-    pub fn parse(raw: &str) -> Result<HostAddr, String> {
+    pub fn parse(raw: &str) -> Result<HostAddr, BadValue> {
         let (scheme, rest) = match raw.split_once("://") {
             Some((s, rest)) => {
                 let scheme = match s.to_ascii_lowercase().as_str() {
                     "http" => Scheme::Http,
                     "https" => Scheme::Https,
                     _ => {
-                        return Err(format!(
+                        return Err(BadValue(format!(
                             "unsupported scheme {s:?} in {raw:?} (use http:// or https://, or set disable_host_sanitize)"
-                        ));
+                        )));
                     }
                 };
                 (scheme, rest)
@@ -68,19 +70,19 @@ impl HostAddr {
         match tail {
             "" | "/" => {}
             t if t.starts_with('/') => {
-                return Err(format!("a host must not have a path ({t:?} in {raw:?}): put it in url_pattern"));
+                return Err(BadValue(format!("a host must not have a path ({t:?} in {raw:?}): put it in url_pattern")));
             }
-            _ => return Err(format!("a host must not have a query or fragment ({raw:?})")),
+            _ => return Err(BadValue(format!("a host must not have a query or fragment ({raw:?})"))),
         }
         if authority.contains('@') {
-            return Err(format!("a host must not carry credentials ({:?})", redact_userinfo(raw)));
+            return Err(BadValue(format!("a host must not carry credentials ({:?})", redact_userinfo(raw))));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let Some((addr, after)) = v6.split_once(']') else {
-                return Err(format!("unclosed \"[\" in host {raw:?}"));
+                return Err(BadValue(format!("unclosed \"[\" in host {raw:?}")));
             };
             if addr.parse::<Ipv6Addr>().is_err() {
-                return Err(format!("invalid IPv6 address {addr:?} in host {raw:?}"));
+                return Err(BadValue(format!("invalid IPv6 address {addr:?} in host {raw:?}")));
             }
             let port = match after {
                 "" => None,
@@ -94,18 +96,18 @@ impl HostAddr {
             }
         };
         if host.is_empty() {
-            return Err(format!("missing host name in {raw:?}"));
+            return Err(BadValue(format!("missing host name in {raw:?}")));
         }
         if !authority.starts_with('[')
             && !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
         {
-            return Err(format!("invalid host name {host:?} in {raw:?}"));
+            return Err(BadValue(format!("invalid host name {host:?} in {raw:?}")));
         }
         let port = match port {
             None => scheme.default_port(),
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err(format!("invalid port {p:?} in host {raw:?} (1 to 65535)")),
+                _ => return Err(BadValue(format!("invalid port {p:?} in host {raw:?} (1 to 65535)"))),
             },
         };
         Ok(HostAddr { scheme, host: host.to_ascii_lowercase(), port })
@@ -177,7 +179,7 @@ pub struct IpNet {
 }
 
 impl IpNet {
-    pub fn parse(text: &str) -> Result<IpNet, String> {
+    pub fn parse(text: &str) -> Result<IpNet, BadValue> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -188,7 +190,7 @@ impl IpNet {
             None => max,
             Some(p) => match p.parse::<u8>() {
                 Ok(n) if n <= max => n,
-                _ => return Err(format!("invalid prefix length {p:?} in {text:?} (0 to {max})")),
+                _ => return Err(BadValue(format!("invalid prefix length {p:?} in {text:?} (0 to {max})"))),
             },
         };
         Ok(IpNet { addr, prefix })
@@ -219,7 +221,7 @@ mod tests {
     use super::*;
 
     fn host(s: &str) -> Result<String, String> {
-        HostAddr::parse(s).map(|h| h.to_string())
+        HostAddr::parse(s).map(|h| h.to_string()).map_err(String::from)
     }
 
     #[test]

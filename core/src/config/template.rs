@@ -1,5 +1,7 @@
 //! `{placeholder}` templates, as used by endpoint paths and backend `url_pattern`s.
 
+use super::BadValue;
+
 /// A piece of a template: literal text or the name inside `{...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece<'a> {
@@ -8,12 +10,12 @@ pub enum Piece<'a> {
 }
 
 /// Splits a template into literal text and `{names}`. Braces do not nest and must pair.
-pub fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
+pub fn pieces(template: &str) -> Result<Vec<Piece<'_>>, BadValue> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {
         if rest.as_bytes().get(open) == Some(&b'}') {
-            return Err(format!("unmatched \"}}\" in {template:?}"));
+            return Err(BadValue(format!("unmatched \"}}\" in {template:?}")));
         }
         if open > 0 {
             out.push(Piece::Literal(&rest[..open]));
@@ -21,11 +23,11 @@ pub fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
         let after = &rest[open + 1..];
         let close = after.find(['{', '}']).filter(|&i| after.as_bytes().get(i) == Some(&b'}'));
         let Some(close) = close else {
-            return Err(format!("unclosed \"{{\" in {template:?}"));
+            return Err(BadValue(format!("unclosed \"{{\" in {template:?}")));
         };
         let name = &after[..close];
         if name.is_empty() {
-            return Err(format!("empty placeholder \"{{}}\" in {template:?}"));
+            return Err(BadValue(format!("empty placeholder \"{{}}\" in {template:?}")));
         }
         out.push(Piece::Var(name));
         rest = &after[close + 1..];
