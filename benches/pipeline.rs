@@ -12,12 +12,12 @@ use http::Method;
 use serde_json::{Map, Value};
 use sluice_core::Gateway;
 use sluice_core::config::OutputEncoding;
-use sluice_core::dispatch::Dispatch;
-use sluice_core::exchange::{Action, Exchange};
+use sluice_core::gateway::dispatch::Dispatch;
+use sluice_core::gateway::exchange::{Action, Exchange};
+use sluice_core::gateway::response::{self, Shape};
+use sluice_core::gateway::upstream::Balancer;
 use sluice_core::http1::Head;
 use sluice_core::request::{ClientRequest, RequestBody};
-use sluice_core::response::{self, Shape};
-use sluice_core::upstream::Balancer;
 
 const CONFIG: &str = r#"{
   "version": 3, "host": ["http://users.internal:8080"],

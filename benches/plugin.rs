@@ -13,11 +13,11 @@ use std::time::Instant;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, StatusCode};
 use sluice_core::Gateway;
-use sluice_core::dispatch::Dispatch;
-use sluice_core::exchange::{Action, Exchange};
+use sluice_core::gateway::dispatch::Dispatch;
+use sluice_core::gateway::exchange::{Action, Exchange};
+use sluice_core::gateway::upstream::Balancer;
 use sluice_core::http1::Head;
 use sluice_core::request::{ClientRequest, RequestBody};
-use sluice_core::upstream::Balancer;
 
 fn plugins() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use sluice_core::Gateway;
-use sluice_core::route::RouteMatch;
+use sluice_core::plan::route::RouteMatch;
 
 /// 1,000 endpoints over 100 resources: list, item, sub-list, sub-item, and writes.
 fn thousand_endpoints() -> String {

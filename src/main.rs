@@ -144,7 +144,7 @@ fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCod
         }
     };
     // The proxy settings of the environment, as Go reads them for KrakenD.
-    let proxy = match sluice_core::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok()) {
+    let proxy = match sluice_core::call::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok()) {
         Ok(env) => env,
         Err(e) => {
             say_err!("sluice: {e}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
 use sluice_core::Gateway;
-use sluice_core::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
+use sluice_core::gateway::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
 use support::{Backend, Gw, Mode, Reply, Seen, plugins};
 
 fn field<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use sluice_core::proxy::ProxyEnv;
+use sluice_core::call::proxy::ProxyEnv;
 use support::proxies::{free_port, squid, tinyproxy};
 use support::{Backend, Gw, Mode, Reply, files_env};
 

@@ -6,7 +6,7 @@
 
 mod support;
 
-use sluice_core::proxy::ProxyEnv;
+use sluice_core::call::proxy::ProxyEnv;
 use support::tls::{Pki, new_ca, serve};
 use support::{Backend, Gw, Mode, Reply, Seen, files_env};
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_core::proxy::ProxyEnv;
+use sluice_core::call::proxy::ProxyEnv;
 use support::tls::{Issuer, Pki, new_ca};
 use support::{Backend, Gw, Mode, Reply, files_env};
 

@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_core::proxy::ProxyEnv;
+use sluice_core::call::proxy::ProxyEnv;
 use support::proxies::{squid, tinyproxy};
 use support::tls::{Pki, Server, new_ca, serve, serve_closing_idle};
 use support::{Gw, Mode, files_env};

@@ -1,7 +1,7 @@
 //! What happened, to be logged and counted: [`Log`], one line each (the access
 //! line, backend failures and redirects, TLS failures, forward-proxy and egress
 //! events, backend call outcomes). Drivers write them with [`emit`] (the `tracing`
-//! feature); [`crate::stats`] counts them.
+//! feature); [`crate::ops::stats`] counts them.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -33,7 +33,7 @@ pub enum Log<'g> {
     Tunnel { dest: String },
     /// A backend call of gateway endpoint `endpoint` (its index) ended: the status it
     /// answered, `None` when it failed (`sluice::backend`, trace; counted by
-    /// [`crate::stats`]).
+    /// [`crate::ops::stats`]).
     Call { endpoint: usize, backend: usize, status: Option<StatusCode> },
 }
 

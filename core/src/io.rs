@@ -8,12 +8,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::dns::DnsError;
 use crate::event::Log;
-use crate::link::TlsLink;
-use crate::srv::SrvSet;
-use crate::stats::Stats;
-use crate::tunnel::Spliced;
+use crate::forward::tunnel::Spliced;
+use crate::ops::stats::Stats;
+use crate::resolve::dns::DnsError;
+use crate::resolve::srv::SrvSet;
+use crate::tls::link::TlsLink;
 
 /// Names a backend connection of one client connection. Ids are reused once a
 /// connection is pooled or closed.
@@ -51,7 +51,7 @@ pub enum Output<'g> {
     /// [`Input::Resolved`] with its addresses, without blocking.
     Resolve { id: BackendId, name: String },
     /// `"sd": "dns"`: the SRV set of `name` for backend connection `id` (through the
-    /// shard's [`crate::srv::SrvCache`]); then [`crate::conn::Connection::handle_discovered`].
+    /// shard's [`crate::resolve::srv::SrvCache`]); then [`crate::conn::Connection::handle_discovered`].
     Discover { id: BackendId, name: &'g str },
     /// Open the connection of a CONNECT tunnel to `addr` (vetted by the egress policy:
     /// dial exactly this); then [`crate::conn::Connection::handle_tunnel_opened`].
@@ -101,7 +101,7 @@ pub enum Input {
     BackendRead(BackendId, Vec<u8>, io::Result<usize>),
     BackendWritten(BackendId, Vec<u8>, io::Result<()>),
     /// The addresses a name resolved to, or why it did not (through the shard's
-    /// [`crate::dns::DnsCache`]).
+    /// [`crate::resolve::dns::DnsCache`]).
     Resolved(BackendId, Result<Vec<IpAddr>, DnsError>),
     /// [`Output::Connect`] without an address found no idle connection to take.
     NoIdle(BackendId),

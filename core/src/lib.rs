@@ -11,39 +11,37 @@
 //! log lines ([`event::Log`]) cross it; how heads are parsed and written inside can
 //! change without touching a driver. Every driver gives the same API ([`serve`]).
 //!
+//! The modules, from the driver's side down (a request's path reads down this list:
+//! connection, service, call):
+//!
 //! - [`io`]: the driver surface ([`io::Output`], [`io::Input`], the session a pooled
-//!   socket carries); [`event`]: the lines to log (and [`event::emit`] with the
-//!   `tracing` feature); [`serve`]: the options and server API every driver shares.
-//! - [`conn`]: one client connection's whole life (codec, deadlines, the request being
-//!   served, the listener's TLS session, the forward proxy's requests and tunnels,
-//!   every status, the access line). Each backend connection of it is a call of its
-//!   own (the private `call` module: connect, TLS through the private `link` adapter,
-//!   `CONNECT` through a proxy, request, response, redirects, retry, pool).
-//! - [`runtime`]: what serving changes as it goes (the forward proxy's breaker
-//!   counts), beside the immutable plan, one per process.
-//! - [`config`]: KrakenD v3 JSON → typed, validated [`config::Config`], with every
-//!   error reported at once with its JSON path.
-//! - [`plan`]: the config compiled once into an immutable [`plan::Gateway`].
-//! - [`route`]: endpoint matching with `{params}`, 404, 405 and trailing-slash redirects.
-//! - [`http1`]: the HTTP/1.1 codec, both roles.
-//! - [`request`]: a client request, a complete reply and the access line;
-//!   [`dispatch`]: what serves a request head (built-in, endpoint, or an answer at once).
-//! - [`exchange`]: the life of one client request as a state machine (fan-out,
-//!   sequential calls, deadlines, the final response), driven with virtual time.
-//! - [`upstream`]: backend request building; [`response`]: decoding, shaping, merging
-//!   and output encodings; [`json`]: the byte-preserving JSON scanner under them.
-//! - [`backend`]: backend connection policy (pool, retries, DNS cache) and reading a
-//!   response off a backend connection, shared by the drivers.
-//! - [`dns`]: the DNS cache every connection to a name goes through (Envoy's
-//!   `dns_cache_config`).
-//! - [`deadline`]: which deadline each client read runs under; [`buf`]: the read
-//!   buffer every connection uses.
-//! - [`builtin`]: `/__health`, `/__debug/*` and `/__echo/*`.
-//! - [`plugin`]: the HTTP client plugin contract (one plugin per backend call).
-//! - [`breaker`]: the forward proxy's circuit breakers per destination.
-//! - [`stats`]: per-shard counters; [`admin`]: the admin pages built from them.
-//! - [`forward`]: the dynamic forward proxy's decisions (destination, the request
-//!   sent on, the egress policy).
+//!   socket carries); [`event`]: the lines to log (and `event::emit` with the
+//!   `tracing` feature); [`serve`]: the options, listeners and server API every driver
+//!   shares.
+//! - [`conn`]: one client connection's life (codec, deadlines, the client's TLS
+//!   session, every status, the access line), and which service serves a request
+//!   (its private `service` module); [`conn::deadline`] says which deadline each
+//!   client read runs under.
+//! - [`gateway`]: the gateway service (dispatch, built-in endpoints, the guard stage,
+//!   the exchange with its backends, client plugins, response shaping and encodings,
+//!   the JSON scanner).
+//! - [`forward`]: the forward-proxy service (destination, egress policy, tunnels and
+//!   splicing, [`forward::breaker`] circuit breakers).
+//! - [`ops`]: the admin pages ([`ops::admin`]), per-shard counters ([`ops::stats`]) and
+//!   the run-time state beside the plan ([`ops::runtime`]).
+//! - [`call`]: one backend call as a state machine (connect or pooled, TLS, `CONNECT`
+//!   through a proxy, request, response, redirect, retry, pool or close), with its
+//!   policies: [`call::backend`] (pool keys, retries, reading a response),
+//!   [`call::proxy`] (backends through a proxy), [`call::redirect`].
+//! - [`resolve`]: the DNS cache ([`resolve::dns`]) and SRV lookups ([`resolve::srv`]).
+//! - [`tls`]: TLS profiles of both sides, and the one rustls adapter both use.
+//! - [`plan`]: the configuration compiled once into an immutable [`plan::Gateway`],
+//!   with the router ([`plan::route`]).
+//! - [`config`]: KrakenD v3 JSON → typed, validated [`config::Config`], every error
+//!   reported at once with its JSON path.
+//! - [`http1`]: the HTTP/1.1 codec, both roles; [`request`]: a client request, a
+//!   complete reply and the access line; [`buf`]: the read buffer every connection
+//!   uses.
 //!
 //! # The driver loop, runnable
 //!
@@ -55,7 +53,7 @@
 //!
 //! use sluice_core::Gateway;
 //! use sluice_core::conn::{Connection, Input, Output};
-//! use sluice_core::upstream::Balancer;
+//! use sluice_core::gateway::upstream::Balancer;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let gateway = Gateway::load(r#"{"version": 3, "endpoints": []}"#)?.gateway;
@@ -101,41 +99,22 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod admin;
-pub mod backend;
-pub mod breaker;
 pub mod buf;
-pub mod builtin;
-mod call;
+pub mod call;
 pub mod config;
 pub mod conn;
-pub mod deadline;
-pub mod dispatch;
-pub mod dns;
 pub mod event;
-pub mod exchange;
 pub mod forward;
-pub mod guard;
+pub mod gateway;
 pub mod http1;
 pub mod io;
-pub mod json;
-mod link;
+pub mod ops;
 pub mod plan;
-pub mod plugin;
-pub mod proxy;
-pub mod redirect;
 pub mod request;
-pub mod response;
-pub mod route;
-pub mod runtime;
+pub mod resolve;
 pub mod serve;
-mod service;
-pub mod srv;
-pub mod stats;
 mod stop;
 pub mod tls;
-mod tunnel;
-pub mod upstream;
 
 pub use config::{ConfigError, Diagnostic};
 pub use plan::Gateway;

@@ -1,14 +1,14 @@
 //! A client request as the gateway sees it, the complete answers it gives, and the
-//! access log line: the vocabulary shared by [`crate::builtin`], [`crate::dispatch`],
-//! [`crate::exchange`] and [`crate::conn`].
+//! access log line: the vocabulary shared by [`crate::gateway::builtin`], [`crate::gateway::dispatch`],
+//! [`crate::gateway::exchange`] and [`crate::conn`].
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
+use crate::gateway::response::TEXT;
 use crate::http1::{self, BodyLength, Framing, Head, Next, Request, ResponseHead, ServerConn, TargetForm};
-use crate::response::TEXT;
 
 /// The body of a client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub struct AccessLog {
     scope: Scope,
 }
 
-/// What served a request, for the counters ([`crate::stats`]).
+/// What served a request, for the counters ([`crate::ops::stats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Scope {
     /// No endpoint: a 404, a built-in page, a refused head.

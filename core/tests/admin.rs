@@ -3,9 +3,9 @@
 //! sockets in tests/admin.rs).
 
 use http::Method;
-use sluice_core::admin::{self, Page};
-use sluice_core::dns::DnsStats;
-use sluice_core::stats::{Counts, Stats};
+use sluice_core::ops::admin::{self, Page};
+use sluice_core::ops::stats::{Counts, Stats};
+use sluice_core::resolve::dns::DnsStats;
 
 #[test]
 fn requests_are_routed() {

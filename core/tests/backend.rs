@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use sluice_core::backend::{Answer, Failure, Fetch, IDLE_EXPIRY, IdlePool, Progress, may_retry, pool_key};
+use sluice_core::call::backend::{Answer, Failure, Fetch, IDLE_EXPIRY, IdlePool, Progress, may_retry, pool_key};
 use sluice_core::config::{self, HostAddr};
-use sluice_core::deadline::{HeadWait, body_deadline};
+use sluice_core::conn::deadline::{HeadWait, body_deadline};
 use sluice_core::http1::{Framing, Limits};
 
 fn host(raw: &str) -> HostAddr {
@@ -231,7 +231,7 @@ fn request_bodies_are_read_whole_or_relayed_reframed() {
 
 #[test]
 fn pump_moves_a_streamed_body_and_refuses_a_cut_one() {
-    use sluice_core::backend::{Pumped, pump_body};
+    use sluice_core::call::backend::{Pumped, pump_body};
     use sluice_core::http1::{BodyLength, ResponseHead};
     let start = |framing_head: &str| {
         let (mut server, _) = server_after(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");

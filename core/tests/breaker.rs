@@ -1,7 +1,7 @@
 //! Circuit breaker counts per destination: each limit opens and closes, permits give
 //! back what they hold, whatever path drops them.
 
-use sluice_core::breaker::{Breaker, Breakers, Thresholds};
+use sluice_core::forward::breaker::{Breaker, Breakers, Thresholds};
 
 fn limits(c: u32, p: u32, r: u32, retries: u32) -> Breakers {
     Breakers::new(Thresholds {

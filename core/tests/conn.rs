@@ -8,12 +8,12 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sluice_core::Gateway;
 use sluice_core::conn::{BackendId, Connection, Input, Output, Session, Spliced};
-use sluice_core::dns::DnsError;
-use sluice_core::runtime::Runtime;
+use sluice_core::gateway::upstream::Balancer;
+use sluice_core::ops::runtime::Runtime;
+use sluice_core::ops::stats::Stats;
+use sluice_core::resolve::dns::DnsError;
+use sluice_core::resolve::srv::{SrvRecord, SrvSet};
 use sluice_core::serve::Listener;
-use sluice_core::srv::{SrvRecord, SrvSet};
-use sluice_core::stats::Stats;
-use sluice_core::upstream::Balancer;
 
 /// What the client does, in order.
 #[derive(Clone, Copy)]

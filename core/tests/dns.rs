@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+use sluice_core::resolve::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|s| s.parse().unwrap()).collect()
@@ -123,7 +123,7 @@ fn an_answer_for_a_name_no_longer_held_wakes_nobody() {
 
 #[test]
 fn literals_need_no_lookup_and_a_backend_dials_the_first_answer() {
-    use sluice_core::dns::{first_address, ip_literal};
+    use sluice_core::resolve::dns::{first_address, ip_literal};
     assert_eq!(ip_literal("127.0.0.1"), Ok("127.0.0.1".parse().unwrap()));
     assert_eq!(ip_literal("[::1]"), Ok("::1".parse().unwrap()));
     assert_eq!(ip_literal("::1"), Ok("::1".parse().unwrap()));

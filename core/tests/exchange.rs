@@ -10,12 +10,12 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_core::Gateway;
-use sluice_core::builtin;
-use sluice_core::dispatch::Dispatch;
-use sluice_core::exchange::{Action, Exchange};
+use sluice_core::gateway::builtin;
+use sluice_core::gateway::dispatch::Dispatch;
+use sluice_core::gateway::exchange::{Action, Exchange};
+use sluice_core::gateway::upstream::Balancer;
 use sluice_core::http1::Head;
 use sluice_core::request::{ClientRequest, Reply, RequestBody};
-use sluice_core::upstream::Balancer;
 
 /// How a backend answers a call.
 #[derive(Clone)]
@@ -107,7 +107,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
             Action::Call(call) => {
                 let mut head = Vec::new();
                 ex.write_head(&call, &mut head).unwrap();
-                if call.body == sluice_core::exchange::CallBody::Full {
+                if call.body == sluice_core::gateway::exchange::CallBody::Full {
                     head.extend_from_slice(ex.call_body(call.id));
                 }
                 calls.push(String::from_utf8(head).unwrap());
@@ -985,12 +985,12 @@ struct Rewrite {
     done: std::sync::atomic::AtomicUsize,
 }
 
-impl sluice_core::plugin::ClientPlugin for Rewrite {
+impl sluice_core::gateway::plugin::ClientPlugin for Rewrite {
     fn on_request(
         &self,
-        call: &mut sluice_core::plugin::BackendRequest,
-    ) -> Result<sluice_core::plugin::Verdict, sluice_core::plugin::PluginFault> {
-        use sluice_core::plugin::{BackendResponse, PluginFault, Verdict};
+        call: &mut sluice_core::gateway::plugin::BackendRequest,
+    ) -> Result<sluice_core::gateway::plugin::Verdict, sluice_core::gateway::plugin::PluginFault> {
+        use sluice_core::gateway::plugin::{BackendResponse, PluginFault, Verdict};
         assert_eq!(call.headers.get("x-forwarded-for").unwrap(), "10.0.0.1");
         match call.path.as_str() {
             "/a" => {
@@ -1018,15 +1018,15 @@ impl sluice_core::plugin::ClientPlugin for Rewrite {
 
     fn on_response(
         &self,
-        call: &sluice_core::plugin::BackendRequest,
-        response: &mut sluice_core::plugin::BackendResponse,
-    ) -> Result<(), sluice_core::plugin::PluginFault> {
+        call: &sluice_core::gateway::plugin::BackendRequest,
+        response: &mut sluice_core::gateway::plugin::BackendResponse,
+    ) -> Result<(), sluice_core::gateway::plugin::PluginFault> {
         assert_eq!((call.ticket, call.path.as_str()), (7, "/a2"));
         response.body = br#"{"changed":true}"#.to_vec();
         Ok(())
     }
 
-    fn on_done(&self, _call: &sluice_core::plugin::BackendRequest) {
+    fn on_done(&self, _call: &sluice_core::gateway::plugin::BackendRequest) {
         self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use sluice_core::config::{Encoding, OutputEncoding};
-use sluice_core::json;
-use sluice_core::response::{self, Shape};
+use sluice_core::gateway::json;
+use sluice_core::gateway::response::{self, Shape};
 
 fn value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

@@ -1,17 +1,29 @@
 //! core's modules layer one way: no module reaches, through any chain of `crate::`
-//! paths, back to itself. Read from the source text, so a new circle fails the build's
-//! tests the day it is written.
+//! paths, back to itself. A module is a file (`gateway/exchange.rs` is
+//! `gateway::exchange`; `conn/mod.rs` is `conn`); a path names the deepest module it
+//! goes through. A module and its own submodules are one module split in files (they
+//! may use each other); siblings and everything else may not go round in a circle.
+//! Read from the source text, so a new circle fails the build's tests the day it is
+//! written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The top-level module a source file belongs to (`config/decode.rs` is `config`).
+/// The module a source file is (`config/decode.rs` is `config::decode`, `config/mod.rs`
+/// is `config`); `None` for the crate root.
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).ok()?;
-    let first = rel.components().next()?.as_os_str().to_str()?;
-    let name = first.strip_suffix(".rs").unwrap_or(first);
-    (name != "lib").then(|| name.to_string())
+    let mut parts: Vec<String> = rel
+        .components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .map(|p| p.trim_end_matches(".rs").to_string())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    let name = parts.join("::");
+    (name != "lib" && !name.is_empty()).then_some(name)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -25,32 +37,53 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every module named after `crate::` in code (comments, doc comments included, are
-/// left out: a doc link is not a dependency).
+/// Every path named after `crate::` in code (comments, doc comments included, are
+/// left out: a doc link is not a dependency), as written: `gateway::json::f`.
 fn uses(text: &str) -> BTreeSet<String> {
+    let path = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<String>()
+            .trim_end_matches(':')
+            .to_string()
+    };
     let mut found = BTreeSet::new();
     for line in text.lines() {
         let code = line.split("//").next().unwrap_or("");
         let mut rest = code;
         while let Some(at) = rest.find("crate::") {
             rest = &rest[at + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                let inner = group.split('}').next().unwrap_or("");
-                for item in inner.split(',') {
-                    let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                    if !name.is_empty() {
-                        found.insert(name);
+            let head = path(rest);
+            match rest[head.len()..].strip_prefix("::{").or_else(|| rest.strip_prefix('{')) {
+                // `crate::a::{b, c::D}`: each item, under its prefix.
+                Some(group) => {
+                    let prefix = if head.is_empty() { String::new() } else { format!("{head}::") };
+                    for item in group.split('}').next().unwrap_or("").split(',') {
+                        let item = path(item.trim());
+                        if !item.is_empty() {
+                            found.insert(format!("{prefix}{item}"));
+                        }
                     }
                 }
-            } else {
-                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                if !name.is_empty() {
-                    found.insert(name);
+                None if !head.is_empty() => {
+                    found.insert(head);
                 }
+                None => {}
             }
         }
     }
     found
+}
+
+/// The deepest of `modules` a path goes through.
+fn module_named<'m>(modules: &'m BTreeSet<String>, path: &str) -> Option<&'m String> {
+    let segments: Vec<&str> = path.split("::").collect();
+    (1..=segments.len()).rev().find_map(|n| modules.get(&segments[..n].join("::")))
+}
+
+/// One module split in files: `a` and `a::b`.
+fn related(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}::")) || b.starts_with(&format!("{a}::"))
 }
 
 /// A cycle through `start`, if there is one, as the list of modules on it.
@@ -85,14 +118,17 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .filter_map(|file| Some((module_of(&src, file)?, fs::read_to_string(file).expect("readable source file"))))
+        .collect();
+    let modules: BTreeSet<String> = texts.iter().map(|(m, _)| m.clone()).collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in files {
-        let Some(module) = module_of(&src, &file) else { continue };
-        let text = fs::read_to_string(&file).expect("readable source file");
+    for (module, text) in &texts {
         let entry = graph.entry(module.clone()).or_default();
-        for used in uses(&text) {
-            if used != module {
-                entry.insert(used);
+        for used in uses(text) {
+            if let Some(other) = module_named(&modules, &used).filter(|other| !related(module, other)) {
+                entry.insert(other.clone());
             }
         }
     }
@@ -116,6 +152,15 @@ fn the_circle_finder_finds_circles() {
     graph.entry("d".into()).or_default().insert("a".into());
     assert_eq!(cycle_from(&graph, "a"), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
     assert_eq!(cycle_from(&graph, "d"), None);
-    let used = uses("use crate::{plan, route::X};\nlet x = crate::json::f(); // crate::conn\n/// [`crate::dns`]");
-    assert_eq!(used, BTreeSet::from(["json".to_string(), "plan".to_string(), "route".to_string()]));
+    let used = uses(
+        "use crate::{plan, route::X};\nlet x = crate::gateway::json::f(); // crate::conn\n/// [`crate::resolve::dns`]\nuse crate::ops::{admin, stats::Stats};",
+    );
+    let want = ["gateway::json::f", "ops::admin", "ops::stats::Stats", "plan", "route::X"];
+    assert_eq!(used, want.iter().map(ToString::to_string).collect());
+    let modules: BTreeSet<String> =
+        ["gateway", "gateway::json", "ops", "ops::stats"].iter().map(ToString::to_string).collect();
+    assert_eq!(module_named(&modules, "gateway::json::f").map(String::as_str), Some("gateway::json"));
+    assert_eq!(module_named(&modules, "ops::admin").map(String::as_str), Some("ops"));
+    assert_eq!(module_named(&modules, "Gateway"), None);
+    assert!(related("conn", "conn::stream") && related("conn::stream", "conn") && !related("conn", "connx"));
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 use sluice_core::Gateway;
-use sluice_core::backend::{forward_pool_key, pool_key};
+use sluice_core::call::backend::{forward_pool_key, pool_key};
+use sluice_core::call::proxy::Proxy;
 use sluice_core::config::{ClientTls, HostAddr};
 use sluice_core::plan::BackendHost;
-use sluice_core::proxy::Proxy;
 use sluice_core::tls::{self, Environment, TlsTarget};
 
 /// A CA, a client certificate it signed, and an environment that reads them by name.

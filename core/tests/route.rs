@@ -3,7 +3,7 @@
 use http::{Method, StatusCode};
 use serde_json::json;
 use sluice_core::Gateway;
-use sluice_core::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
+use sluice_core::plan::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
 
 fn gateway(endpoints: &[(&str, &str)], disable_rest: bool) -> Gateway {
     let endpoints: Vec<_> = endpoints

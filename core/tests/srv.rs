@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::SRV;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use sluice_core::dns::DnsError;
-use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvLookup, SrvQuery, SrvRecord, SrvSet};
+use sluice_core::resolve::dns::DnsError;
+use sluice_core::resolve::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvLookup, SrvQuery, SrvRecord, SrvSet};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

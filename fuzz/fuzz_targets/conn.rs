@@ -12,11 +12,11 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use libfuzzer_sys::fuzz_target;
 use sluice_core::Gateway;
 use sluice_core::conn::{Connection, Input, Output, Session, Spliced};
-use sluice_core::dns::DnsError;
-use sluice_core::srv::{SrvRecord, SrvSet};
-use sluice_core::runtime::Runtime;
+use sluice_core::resolve::dns::DnsError;
+use sluice_core::resolve::srv::{SrvRecord, SrvSet};
+use sluice_core::ops::runtime::Runtime;
 use sluice_core::serve::Listener;
-use sluice_core::upstream::Balancer;
+use sluice_core::gateway::upstream::Balancer;
 
 fn gateway() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();

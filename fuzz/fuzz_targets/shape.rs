@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use sluice_core::Gateway;
 use sluice_core::config::OutputEncoding;
-use sluice_core::json;
-use sluice_core::response;
+use sluice_core::gateway::json;
+use sluice_core::gateway::response;
 
 const ENCODINGS: [&str; 6] = ["json", "safejson", "fast-json", "string", "xml", "rss"];
 const SHAPES: [&str; 4] = [

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sluice_core::StopSignal;
-use sluice_core::stats::Stats;
+use sluice_core::ops::stats::Stats;
 
 use crate::Shard;
 

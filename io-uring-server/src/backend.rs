@@ -1,6 +1,6 @@
-//! The shard's backend sockets: idle ones kept for reuse (`sluice_core::backend`'s
+//! The shard's backend sockets: idle ones kept for reuse (`sluice_core::call::backend`'s
 //! policy), names core asks for resolved through the shard's DNS cache
-//! (`sluice_core::dns`), SRV sets through its SRV cache (`sluice_core::srv`, queries
+//! (`sluice_core::resolve::dns`), SRV sets through its SRV cache (`sluice_core::resolve::srv`, queries
 //! over a UDP socket), and dialling the address core gives.
 
 use std::cell::RefCell;
@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 use monoio::net::udp::UdpSocket;
-use sluice_core::backend::IdlePool;
+use sluice_core::call::backend::IdlePool;
 use sluice_core::conn::Session;
-use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
-use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
+use sluice_core::resolve::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+use sluice_core::resolve::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
 
 type Answer = Result<Vec<IpAddr>, DnsError>;
 type SrvFound = Result<Arc<SrvSet>, DnsError>;

@@ -6,10 +6,10 @@
 //! listener. Per-shard state (backend pools, the DNS cache, round-robin counters, the
 //! connection count, the admin counters) lives in `Rc`/`Cell`/`RefCell`; the compiled
 //! `Gateway` is shared as `Arc` and only read, and so is the one
-//! `sluice_core::runtime::Runtime` of the server. No lock and no cross-shard message
+//! `sluice_core::ops::runtime::Runtime` of the server. No lock and no cross-shard message
 //! on a gateway request's path (a forward proxy request takes one short lock for its
 //! destination's circuit breaker counts, in the `Runtime`, shared by every shard by
-//! design: `sluice_core::breaker`). It gives the API every driver gives
+//! design: `sluice_core::forward::breaker`). It gives the API every driver gives
 //! (`sluice_core::serve`).
 //!
 //! This crate owns sockets, timers and idle backend sockets, nothing else: every HTTP
@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use monoio::net::{ListenerOpts, TcpListener};
 use sluice_core::Gateway;
-use sluice_core::runtime::Runtime;
-use sluice_core::upstream::Balancer;
+use sluice_core::gateway::upstream::Balancer;
+use sluice_core::ops::runtime::Runtime;
 
 pub use sluice_core::StopSignal;
 
@@ -158,7 +158,7 @@ pub(crate) struct Shard {
     pub(crate) active: Cell<usize>,
     pub(crate) stopping: signal::LocalStop,
     /// The shard's counters (see `admin`).
-    pub(crate) stats: RefCell<sluice_core::stats::Stats>,
+    pub(crate) stats: RefCell<sluice_core::ops::stats::Stats>,
     /// Every shard's counters as last copied out for a scrape.
     pub(crate) published: Arc<Vec<Arc<admin::Published>>>,
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use sluice_core::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
+use sluice_core::gateway::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
 use wasmtime::{
     Caller, Engine, Extern, FuncType, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
     TypedFunc, Val, ValType,

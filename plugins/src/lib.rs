@@ -1,7 +1,7 @@
 //! `sluice-plugins`: HTTP client plugins for Sluice as proxy-wasm modules (ABI 0.2.1)
 //! on wasmtime, and the loader that reads KrakenD's configuration for them.
 //!
-//! Core knows plugins only through [`sluice_core::plugin::ClientPlugin`]; this crate
+//! Core knows plugins only through [`sluice_core::gateway::plugin::ClientPlugin`]; this crate
 //! implements it for WebAssembly ([`host::Plugin`]) and binds what a configuration asks
 //! for:
 //! 1. [`Library::load`] reads the root `plugin` {`folder`, `pattern`}: every file of the

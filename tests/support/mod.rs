@@ -55,7 +55,7 @@ impl Gw {
     /// Starts `config` on 127.0.0.1:0 with one shard (uring) or one worker (tokio), so a
     /// test sees one pool and one round-robin counter whatever the machine.
     pub fn start(config: &str, mode: Mode) -> Gw {
-        Gw::start_env(config, mode, &files_env(sluice_core::proxy::ProxyEnv::default()))
+        Gw::start_env(config, mode, &files_env(sluice_core::call::proxy::ProxyEnv::default()))
     }
 
     /// [`Gw::start`] with what a loader hands over (proxy variables, files, roots).
@@ -210,7 +210,7 @@ pub fn read_response(r: &mut impl BufRead) -> Option<Response> {
 
 /// An environment that reads the files a configuration names from disk (as the
 /// binary's loader does), with `proxy` and no system roots (tests trust their own CAs).
-pub fn files_env(proxy: sluice_core::proxy::ProxyEnv) -> sluice_core::tls::Environment {
+pub fn files_env(proxy: sluice_core::call::proxy::ProxyEnv) -> sluice_core::tls::Environment {
     sluice_core::tls::Environment {
         proxy,
         read_file: Box::new(|path| std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))),

@@ -1,16 +1,16 @@
 //! Backend sockets shared by the runtime's workers: idle ones kept for reuse (policy
-//! from `sluice_core::backend`), names core asks for resolved through one DNS cache
-//! (`sluice_core::dns`), SRV sets through one SRV cache (`sluice_core::srv`, queries
+//! from `sluice_core::call::backend`), names core asks for resolved through one DNS cache
+//! (`sluice_core::resolve::dns`), SRV sets through one SRV cache (`sluice_core::resolve::srv`, queries
 //! over a UDP socket), and dialling the address core gives.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use sluice_core::backend::IdlePool;
+use sluice_core::call::backend::IdlePool;
 use sluice_core::conn::Session;
-use sluice_core::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
-use sluice_core::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
+use sluice_core::resolve::dns::{DnsCache, DnsCacheConfig, DnsError, DnsStats, Lookup};
+use sluice_core::resolve::srv::{ResolverConfig, SrvAnswer, SrvCache, SrvQuery, SrvSet};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 

@@ -65,8 +65,8 @@ use std::time::Duration;
 
 use sluice_core::Gateway;
 pub use sluice_core::StopSignal;
-use sluice_core::runtime::Runtime;
-use sluice_core::upstream::Balancer;
+use sluice_core::gateway::upstream::Balancer;
+use sluice_core::ops::runtime::Runtime;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -89,7 +89,7 @@ pub(crate) struct Shared {
     /// The counters of every worker together: this portable driver has no shards, so
     /// a log entry is counted under a short lock (`sluice-uring` counts per shard with
     /// none).
-    pub(crate) stats: std::sync::Mutex<sluice_core::stats::Stats>,
+    pub(crate) stats: std::sync::Mutex<sluice_core::ops::stats::Stats>,
 }
 
 /// Serves `gw` on `listener` until `shutdown` resolves, with [`Options::new`].

@@ -20,7 +20,7 @@ use super::{
     OutputEncoding, Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery, is_write_method,
     parse_duration,
 };
-use crate::route::Router;
+use crate::plan::route::Router;
 
 /// Collected diagnostics.
 #[derive(Default)]
@@ -484,7 +484,7 @@ fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
         c.finish(cx);
     }
     let mut dns_lookup_family = LookupFamily::V4Preferred;
-    let mut dns_cache = crate::dns::DnsCacheConfig::default();
+    let mut dns_cache = crate::resolve::dns::DnsCacheConfig::default();
     if let Some(mut d) = o.object("dns_cache", cx) {
         if let Some(f) = d.leaf("dns_lookup_family", cx) {
             dns_lookup_family = f;
@@ -500,7 +500,7 @@ fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
         }
         d.finish(cx);
     }
-    let mut circuit_breakers = crate::breaker::Thresholds::default();
+    let mut circuit_breakers = crate::forward::breaker::Thresholds::default();
     if let Some(mut b) = o.object("circuit_breakers", cx) {
         let limit = |b: &mut Obj<'_>, key, cx: &mut Ctx| b.uint(key, 0, u64::from(u32::MAX), cx).map(|n| n as u32);
         let t = &mut circuit_breakers;

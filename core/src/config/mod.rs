@@ -257,9 +257,9 @@ pub struct ForwardProxy {
     pub dns_lookup_family: LookupFamily,
     /// `dns_cache.host_ttl`, `.max_hosts`, `.dns_refresh_rate` (Envoy's names and
     /// defaults: 300s, 1024, 60s). The gateway's backend hosts share the cache.
-    pub dns_cache: crate::dns::DnsCacheConfig,
+    pub dns_cache: crate::resolve::dns::DnsCacheConfig,
     /// `circuit_breakers`: per destination (Envoy's names and defaults).
-    pub circuit_breakers: crate::breaker::Thresholds,
+    pub circuit_breakers: crate::forward::breaker::Thresholds,
     /// `egress`: where requests may go.
     pub egress: EgressPolicy,
 }

@@ -85,9 +85,12 @@
 //! A client plugin that answers a backend call itself settles the call in
 //! [`Exchange`] before any call is opened: no [`Output::Connect`] is given.
 
+pub mod deadline;
 mod forwarding;
+mod service;
 mod stream;
 mod tls;
+mod whole;
 
 use std::collections::VecDeque;
 use std::io;
@@ -98,31 +101,31 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 
-use crate::backend::{Pumped, pump_body};
-use crate::breaker::Permit;
 use crate::buf::ReadBuf;
-use crate::builtin;
+use crate::call::backend::{Pumped, pump_body};
 use crate::call::{BackendCall, CallEvent, Calls, Phase};
 use crate::config::{HostAddr, Scheme};
-use crate::deadline::{HeadWait, after, body_deadline};
-use crate::dispatch::Route;
-use crate::dns::DnsError;
+use crate::conn::deadline::{HeadWait, after, body_deadline};
+use crate::conn::service::{AdminPage, Outcome, Serve, Service};
 pub use crate::event::Log;
-use crate::exchange::{Action, Call, Exchange};
+use crate::forward::breaker::Permit;
+use crate::forward::tunnel::{Pipe, PipeOp};
+pub use crate::forward::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
 use crate::forward::{Pending, Refusal};
+use crate::gateway::builtin;
+use crate::gateway::dispatch::Route;
+use crate::gateway::exchange::{Action, Call, Exchange};
+use crate::gateway::upstream::Balancer;
 use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 pub use crate::io::{BackendId, Input, Output, Session};
-use crate::link::{ListenerSide, ServerLink, TLS_CLIENT_READ, TLS_READ};
+use crate::ops::runtime::Runtime;
+use crate::ops::stats::Stats;
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
-use crate::runtime::Runtime;
+use crate::resolve::dns::DnsError;
+use crate::resolve::srv::SrvSet;
 use crate::serve::Listener;
-use crate::service::{AdminPage, Outcome, Serve, Service};
-use crate::srv::SrvSet;
-use crate::stats::Stats;
-use crate::tunnel::{Pipe, PipeOp};
-pub use crate::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
-use crate::upstream::Balancer;
+use crate::tls::link::{ListenerSide, ServerLink, TLS_CLIENT_READ, TLS_READ};
 use forwarding::{Forwarded, Tunnel};
 use stream::{Cut, Leg, Pumping};
 
@@ -844,7 +847,7 @@ impl<'g> Connection<'g> {
     }
 
     /// A request head came: its service says what to do with it (see
-    /// [`crate::service`]), and the connection does it.
+    /// [`crate::conn::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Request) -> State<'g> {
         match self.service.route(&mut req, self.peer, self.now) {
             Outcome::Respond { reply, line, close } => {
@@ -876,116 +879,6 @@ impl<'g> Connection<'g> {
         if let Ok((n, ServerEvent::End(_))) = self.server.handle_input(self.input.pending()) {
             self.input.consume(n);
         }
-    }
-
-    fn read_body(&mut self, req: ClientRequest, serve: Serve<'g>, line: AccessLog) -> State<'g> {
-        self.server.write_continue(&mut self.out);
-        let deadline = body_deadline(&self.gw.config, line.started());
-        self.hungry = false;
-        State::Body { req: Box::new(req), serve, body: Vec::new(), deadline, line }
-    }
-
-    fn step_body(
-        &mut self,
-        mut req: Box<ClientRequest>,
-        serve: Serve<'g>,
-        mut body: Vec<u8>,
-        deadline: Option<Instant>,
-        line: AccessLog,
-    ) -> (State<'g>, bool) {
-        if self.hungry || self.reading {
-            return (State::Body { req, serve, body, deadline, line }, false);
-        }
-        match self.server.read_body_into(self.input.pending(), &mut body) {
-            Ok((n, true)) => {
-                self.input.consume(n);
-                req.body = RequestBody::Full(body);
-                (self.serve(req, serve, line), true)
-            }
-            Ok((n, false)) => {
-                self.input.consume(n);
-                if self.starve() {
-                    (State::Body { req, serve, body, deadline, line }, false)
-                } else {
-                    // The client left before its body ended.
-                    (State::Closing, true)
-                }
-            }
-            Err(e) => (self.fail(e.status(), e.reason(), line), true),
-        }
-    }
-
-    fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>, line: AccessLog) -> State<'g> {
-        match serve {
-            Serve::Builtin(b) => {
-                let (at, wall) = self.epoch;
-                let reply = builtin::answer(b, &req, wall + self.now.saturating_duration_since(at));
-                self.respond(reply, line, false)
-            }
-            Serve::Endpoint(route) => {
-                let ex = Box::new(Exchange::new(self.gw, route, *req, self.now));
-                self.drive(ex, line)
-            }
-        }
-    }
-
-    /// Runs an aggregating exchange until it waits or answers.
-    fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
-        loop {
-            match ex.poll(self.balancer) {
-                Action::Call(call) => {
-                    if let Err(reason) = self.open(&ex, &call, false) {
-                        ex.handle_failure(call.id, reason);
-                    }
-                }
-                Action::Wait(deadline) => return State::Exchange { ex, line, deadline },
-                Action::Respond(reply) => {
-                    // Calls still in flight are abandoned.
-                    self.close_slots();
-                    return self.respond(reply, line, false);
-                }
-                Action::Stream(_) | Action::Done => {
-                    self.close_slots();
-                    return self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true);
-                }
-            }
-        }
-    }
-
-    fn step_exchange(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog, deadline: Instant) -> (State<'g>, bool) {
-        let mut changed = false;
-        for id in 0..self.calls.len() {
-            match self.slot_step(id) {
-                CallEvent::Nothing => {}
-                CallEvent::Answer { status, headers, body } => {
-                    let call = self.calls.index(id);
-                    self.log_call(ex.endpoint().index, call, Some(status));
-                    ex.handle_response(call, status, headers, body);
-                    changed = true;
-                }
-                CallEvent::Failed(f) => {
-                    let call = self.calls.index(id);
-                    self.log_call(ex.endpoint().index, call, None);
-                    self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
-                    ex.handle_failure(call, &f.reason);
-                    changed = true;
-                }
-                CallEvent::Head(_) => {
-                    let call = self.calls.index(id);
-                    ex.handle_failure(call, "unexpected response");
-                    changed = true;
-                }
-            }
-        }
-        if changed { (self.drive(ex, line), true) } else { (State::Exchange { ex, line, deadline }, false) }
-    }
-
-    fn log_call(&mut self, endpoint: usize, backend: usize, status: Option<StatusCode>) {
-        self.queue.push_back(Output::Log(Log::Call { endpoint, backend, status }));
-    }
-
-    fn log_backend(&mut self, endpoint: &'g str, backend: usize, reason: String) {
-        self.queue.push_back(Output::Log(Log::Backend { endpoint, backend, reason }));
     }
 
     // ----- answers -----

@@ -21,11 +21,11 @@
 //! use std::time::Instant;
 //! use http::{HeaderMap, Method, StatusCode};
 //! use sluice_core::Gateway;
-//! use sluice_core::dispatch::Dispatch;
-//! use sluice_core::exchange::{Action, Exchange};
+//! use sluice_core::gateway::dispatch::Dispatch;
+//! use sluice_core::gateway::exchange::{Action, Exchange};
 //! use sluice_core::http1::Head;
 //! use sluice_core::request::{ClientRequest, RequestBody};
-//! use sluice_core::upstream::Balancer;
+//! use sluice_core::gateway::upstream::Balancer;
 //!
 //! let gw = Gateway::load(r#"{"version": 3, "host": ["http://users:8080"],
 //!     "endpoints": [{"endpoint": "/u/{id}", "backend": [{"url_pattern": "/users/{id}", "group": "user"}]}]}"#)
@@ -73,17 +73,17 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
+use crate::call::proxy::Proxy;
 use crate::config::{HostAddr, OutputEncoding, Scheme, is_write_method};
-use crate::dispatch::Route;
+use crate::gateway::dispatch::Route;
+use crate::gateway::json;
+use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
+use crate::gateway::response::{self, Entry, Key, Node};
+use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
 use crate::http1::{self, BodyLength, RequestTarget};
-use crate::json;
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
-use crate::plugin::{self, BackendRequest, BackendResponse, Verdict};
-use crate::proxy::Proxy;
 use crate::request::{ClientRequest, Reply, RequestBody};
-use crate::response::{self, Entry, Key, Node};
 use crate::tls::TlsTarget;
-use crate::upstream::{self, Balancer, RenderError, UrlInputs};
 
 /// `X-KrakenD-Completed`.
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
@@ -122,7 +122,7 @@ pub struct Call<'g> {
     /// The backend host itself (`host` is the proxy's when there is one).
     pub origin: &'g HostAddr,
     /// Redirects are followed, with this profile for an `https://` target (see
-    /// [`crate::redirect`]); `false`: `no_redirect`, a 3xx is the answer.
+    /// [`crate::call::redirect`]); `false`: `no_redirect`, a 3xx is the answer.
     pub follow: bool,
     pub redirect_tls: Option<&'g crate::tls::TlsProfile>,
     /// Origin-form target: path and query.
@@ -131,7 +131,7 @@ pub struct Call<'g> {
     /// `no-op`: read only the response head, then [`Exchange::handle_head`].
     pub stream_response: bool,
     /// `"sd": "dns"`: `origin.host` is a name to ask SRV records of; the call goes to
-    /// the target they give (see [`crate::srv`]).
+    /// the target they give (see [`crate::resolve::srv`]).
     pub srv: bool,
     /// `host`'s address when it is an IP literal (worked out once, in the plan): what
     /// a new connection dials; `None` for a name, which is resolved when needed.

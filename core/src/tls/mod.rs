@@ -1,6 +1,8 @@
-//! TLS to backends: one rustls `ClientConfig` per TLS profile, built when the
-//! configuration is compiled (root `client_tls`, or a backend's own in
-//! `"backend/http/client"`, which replaces the root one for that backend).
+//! TLS, both ways. To backends: one rustls `ClientConfig` per TLS profile, built when
+//! the configuration is compiled (root `client_tls`, or a backend's own in
+//! `"backend/http/client"`, which replaces the root one for that backend). On the
+//! gateway's listener: the [`ServerProfile`] of the root `tls` block. Both sides run
+//! through the one rustls adapter of the crate-private `link` module.
 //!
 //! Core stays Sans-IO: certificate and key files and the system's trusted roots are
 //! read by the loader and handed over through [`Environment`]. rustls runs on its
@@ -21,7 +23,7 @@
 //!
 //! Connections are pooled per profile: a profile has a [`TlsProfile::id`] of its own,
 //! and the pool key of an `https://` connection names it (see
-//! [`crate::backend::pool_key`]), so a connection made under one profile (say,
+//! [`crate::call::backend::pool_key`]), so a connection made under one profile (say,
 //! without verification, or with a client certificate) is never reused by a call
 //! under another. Session tickets cannot cross profiles either: each profile's
 //! `ClientConfig` has its own resumption store. Backends whose `client_tls` settings
@@ -35,6 +37,8 @@
 //! does not implement (CBC, RSA key exchange, 3DES...) is ignored and named in the
 //! start-up line; a list that leaves no suite is a `check` error.
 
+pub(crate) mod link;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,8 +51,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use std::mem;
 
+use crate::call::proxy::ProxyEnv;
 use crate::config::{ClientCert, ClientTls, ServerTls, TlsVersion};
-use crate::proxy::ProxyEnv;
 
 /// Reads a file the configuration names: its bytes, or why not.
 pub type ReadFile = Box<dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync>;

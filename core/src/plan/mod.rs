@@ -1,6 +1,8 @@
 //! The validated configuration compiled once into an immutable [`Gateway`], shared
 //! read-only by every shard.
 
+pub mod route;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -8,12 +10,12 @@ use rustls_pki_types::ServerName;
 
 use http::{HeaderName, Method};
 
-use crate::backend::pool_key;
+use crate::call::backend::pool_key;
+use crate::call::proxy::{Proxy, ProxyEnv};
 use crate::config::template::{self, Piece, Placeholder};
 use crate::config::{self, BackendHttp, BadValue, Config, ConfigError, Diagnostic, Encoding, HostAddr, OutputEncoding};
-use crate::proxy::{Proxy, ProxyEnv};
-use crate::response::Shape;
-use crate::route::{RouteMatch, Router};
+use crate::gateway::response::Shape;
+use crate::plan::route::{RouteMatch, Router};
 use crate::tls::{self, Environment, ServerProfile, TlsProfile, TlsTarget};
 
 /// Which client headers a backend receives.
@@ -94,7 +96,7 @@ pub struct Gateway {
     pub forward: Option<crate::forward::ForwardPlan>,
     /// Where `"sd": "dns"` backends' SRV queries go: `"sluice/dns"`, else
     /// `/etc/resolv.conf` (read only when a backend uses `"sd": "dns"`).
-    pub resolver: crate::srv::ResolverConfig,
+    pub resolver: crate::resolve::srv::ResolverConfig,
 }
 
 /// An endpoint with every default resolved.
@@ -109,8 +111,8 @@ pub struct EndpointPlan {
     pub output: OutputEncoding,
     pub sequential: bool,
     pub backends: Vec<BackendPlan>,
-    /// What it checks before any backend call (see [`crate::guard`]).
-    pub guards: crate::guard::Guards,
+    /// What it checks before any backend call (see [`crate::gateway::guard`]).
+    pub guards: crate::gateway::guard::Guards,
 }
 
 impl EndpointPlan {
@@ -144,8 +146,8 @@ pub struct BackendPlan {
     /// The TLS profile for an `https://` host a redirect sends the call to (none with
     /// `no_redirect`, or when the profile has errors, which are reported).
     pub redirect_tls: Option<TlsProfile>,
-    /// The client plugin bound to it (see [`crate::plugin`]), once bound.
-    pub plugin: Option<crate::plugin::Binding>,
+    /// The client plugin bound to it (see [`crate::gateway::plugin`]), once bound.
+    pub plugin: Option<crate::gateway::plugin::Binding>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -159,7 +161,7 @@ pub struct BackendHost {
     pub pool_key: String,
     /// `addr`'s authority for the `Host` header, computed once.
     pub authority: String,
-    /// The HTTP proxy requests to this host go through (see [`crate::proxy`]).
+    /// The HTTP proxy requests to this host go through (see [`crate::call::proxy`]).
     pub proxy: Option<Proxy>,
     /// For an `https://` host: its TLS profile and the name to verify.
     pub tls: Option<TlsTarget>,
@@ -168,7 +170,7 @@ pub struct BackendHost {
     /// profile: `pool_key` names them all).
     pub connect: Option<String>,
     /// `"sd": "dns"`: `addr.host` is a name whose SRV records say where calls go (see
-    /// [`crate::srv`]); `proxy` is only the backend's own (the environment's is chosen
+    /// [`crate::resolve::srv`]); `proxy` is only the backend's own (the environment's is chosen
     /// per target), `tls` carries the profile the targets get.
     pub srv: bool,
     /// The address a new connection dials when the host (or its proxy) is an IP
@@ -337,7 +339,7 @@ impl Gateway {
                 output: config.endpoint_output(e),
                 sequential: e.sequential,
                 backends,
-                guards: crate::guard::Guards::default(),
+                guards: crate::gateway::guard::Guards::default(),
             });
         }
         if let Some(Err(diags)) = &mut root_profile {
@@ -356,7 +358,8 @@ impl Gateway {
             return Err(ConfigError::Invalid(errors));
         }
         let forward = config.forward_proxy.as_ref().map(crate::forward::ForwardPlan::new);
-        let resolver = if uses_srv { resolver(&config.dns, env) } else { crate::srv::ResolverConfig::default() };
+        let resolver =
+            if uses_srv { resolver(&config.dns, env) } else { crate::resolve::srv::ResolverConfig::default() };
         Ok(Gateway {
             config,
             router,
@@ -371,19 +374,19 @@ impl Gateway {
 
     /// The DNS cache's settings: the forward proxy's `dns_cache` (Envoy's defaults
     /// without one). The gateway's backend hosts go through the same cache.
-    pub fn dns_cache_config(&self) -> crate::dns::DnsCacheConfig {
+    pub fn dns_cache_config(&self) -> crate::resolve::dns::DnsCacheConfig {
         self.config.forward_proxy.as_ref().map(|f| f.dns_cache).unwrap_or_default()
     }
 
     /// Every backend whose configuration names a client plugin other than the built-in
     /// `http-proxy`, in configuration order: what a loader binds.
-    pub fn plugin_sites(&self) -> Vec<crate::plugin::Site> {
+    pub fn plugin_sites(&self) -> Vec<crate::gateway::plugin::Site> {
         let mut sites = Vec::new();
         for (i, e) in self.config.endpoints.iter().enumerate() {
             for (j, b) in e.backend.iter().enumerate() {
                 let Some(p) = b.plugin.as_ref().filter(|p| p.name != "http-proxy") else { continue };
                 let config = p.options.get(&p.name).map(|v| v.to_string().into_bytes()).unwrap_or_default();
-                sites.push(crate::plugin::Site {
+                sites.push(crate::gateway::plugin::Site {
                     endpoint: i,
                     backend: j,
                     endpoint_path: e.endpoint.clone(),
@@ -397,7 +400,7 @@ impl Gateway {
     }
 
     /// Binds `plugin` to backend `backend` of endpoint `endpoint` under `name` (an
-    /// embedding application can bind any [`crate::plugin::ClientPlugin`] this way, to
+    /// embedding application can bind any [`crate::gateway::plugin::ClientPlugin`] this way, to
     /// any backend). `false` when there is no such backend. A `no-op` endpoint with a
     /// plugin reads request and response bodies whole (the plugin sees them whole).
     pub fn bind_plugin(
@@ -405,15 +408,15 @@ impl Gateway {
         endpoint: usize,
         backend: usize,
         name: &str,
-        plugin: std::sync::Arc<dyn crate::plugin::ClientPlugin>,
+        plugin: std::sync::Arc<dyn crate::gateway::plugin::ClientPlugin>,
     ) -> bool {
         let Some(ep) = self.endpoints.get_mut(endpoint) else { return false };
         let Some(b) = ep.backends.get_mut(backend) else { return false };
-        b.plugin = Some(crate::plugin::Binding { name: name.to_string(), plugin });
+        b.plugin = Some(crate::gateway::plugin::Binding { name: name.to_string(), plugin });
         true
     }
 
-    /// Routes a request: see [`crate::route`].
+    /// Routes a request: see [`crate::plan::route`].
     pub fn route<'r, 'p>(&'r self, method: &Method, path: &'p str) -> RouteMatch<'r, 'p> {
         self.router.lookup(method, path)
     }
@@ -489,12 +492,14 @@ fn own_proxy(b: &config::Backend, path: &str) -> Result<Option<Proxy>, Diagnosti
 /// The resolver settings: the configuration's nameservers, else resolv.conf's (the
 /// C library's defaults when it cannot be read); the configuration's timeout and
 /// attempts over resolv.conf's.
-fn resolver(settings: &config::DnsSettings, env: &Environment) -> crate::srv::ResolverConfig {
+fn resolver(settings: &config::DnsSettings, env: &Environment) -> crate::resolve::srv::ResolverConfig {
     let mut conf = match settings.nameservers.is_empty() {
         true => (env.read_file)("/etc/resolv.conf")
-            .map(|text| crate::srv::ResolverConfig::from_resolv_conf(&String::from_utf8_lossy(&text)))
+            .map(|text| crate::resolve::srv::ResolverConfig::from_resolv_conf(&String::from_utf8_lossy(&text)))
             .unwrap_or_default(),
-        false => crate::srv::ResolverConfig { nameservers: settings.nameservers.clone(), ..Default::default() },
+        false => {
+            crate::resolve::srv::ResolverConfig { nameservers: settings.nameservers.clone(), ..Default::default() }
+        }
     };
     if let Some(t) = settings.timeout {
         conf.timeout = t;
@@ -517,7 +522,7 @@ fn srv_name(raw: &str, mut host: BackendHost, srv: bool) -> Result<BackendHost, 
             "{raw:?}: with \"sd\": \"dns\" the SRV records give the port; list the name alone"
         )));
     }
-    if crate::dns::ip_literal(&host.addr.host).is_ok() {
+    if crate::resolve::dns::ip_literal(&host.addr.host).is_ok() {
         return Err(BadValue(format!(
             "{raw:?}: with \"sd\": \"dns\" a host is a name to ask SRV records of, not an address"
         )));

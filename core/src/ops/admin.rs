@@ -15,11 +15,11 @@ use http::{HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::Gateway;
-use crate::breaker::Gauges;
 use crate::config::LookupFamily;
+use crate::forward::breaker::Gauges;
+use crate::ops::runtime::Runtime;
+use crate::ops::stats::{Counts, LATENCY_BOUNDS_MS, Stats};
 use crate::request::Reply;
-use crate::runtime::Runtime;
-use crate::stats::{Counts, LATENCY_BOUNDS_MS, Stats};
 
 /// Largest admin request head read (a longer one gets 431).
 pub const MAX_HEAD: usize = 8192;
@@ -159,7 +159,7 @@ fn stats_text(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
 }
 
 /// A destination's breaker gauges and overflow counters, with Envoy's names.
-fn breaker_lines(g: &Gauges, t: &crate::breaker::Thresholds) -> Vec<(String, u64)> {
+fn breaker_lines(g: &Gauges, t: &crate::forward::breaker::Thresholds) -> Vec<(String, u64)> {
     let open = |n: u32, max: u32| u64::from(n >= max);
     let mut out = vec![
         ("circuit_breakers.cx_open".to_string(), open(g.connections, t.max_connections)),

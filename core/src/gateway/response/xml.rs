@@ -15,7 +15,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
 use super::{Entry, Key, Node};
-use crate::json::{self, Kind, MAX_DEPTH};
+use crate::gateway::json::{self, Kind, MAX_DEPTH};
 
 struct Element {
     name: String,

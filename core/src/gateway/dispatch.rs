@@ -3,10 +3,10 @@
 
 use http::{HeaderValue, Method, StatusCode, header};
 
-use crate::builtin::{self, Builtin};
+use crate::gateway::builtin::{self, Builtin};
+use crate::plan::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
 use crate::plan::{EndpointPlan, Gateway};
 use crate::request::Reply;
-use crate::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
 
 /// A routed endpoint.
 #[derive(Debug, Clone)]

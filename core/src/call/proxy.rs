@@ -275,7 +275,7 @@ pub struct ConnectAnswer {
 pub enum BadConnectAnswer {
     /// Not an HTTP response head.
     NotHttp(httparse::Error),
-    /// No end of head within [`CONNECT_ANSWER_MAX`] bytes.
+    /// No end of head within 16 KiB.
     TooLong,
 }
 

@@ -1,6 +1,6 @@
 //! The services a client connection asks what to do with a request: the gateway
 //! (routing, the guard stage, built-in endpoints, then an exchange), the forward proxy
-//! ([`crate::forward::Forwarder`]) and the admin pages ([`crate::admin`]). A
+//! ([`crate::forward::Forwarder`]) and the admin pages ([`crate::ops::admin`]). A
 //! connection gets one when it is accepted, by the listener it came to
 //! ([`Service::on`]); [`Service::route`] is the one place that tells them apart.
 //!
@@ -16,17 +16,17 @@ use std::time::Instant;
 
 use http::StatusCode;
 
-use crate::admin::{self, Page};
-use crate::builtin::Builtin;
-use crate::dispatch::{Dispatch, Route};
 use crate::forward::{Forwarder, Pending, Refusal, Routed};
-use crate::guard::Verdict;
+use crate::gateway::builtin::Builtin;
+use crate::gateway::dispatch::{Dispatch, Route};
+use crate::gateway::guard::Verdict;
 use crate::http1::Request;
+use crate::ops::admin::{self, Page};
+use crate::ops::runtime::Runtime;
+use crate::ops::stats::Stats;
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
-use crate::runtime::Runtime;
 use crate::serve::Listener;
-use crate::stats::Stats;
 use crate::tls::ServerProfile;
 
 /// What answers a connection's requests (see the module docs).

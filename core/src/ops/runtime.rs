@@ -2,12 +2,12 @@
 //! ([`Gateway`]) is immutable and shared read-only; what counts, opens and closes at
 //! run time lives here, one [`Runtime`] per started server (each driver's `start`
 //! makes one), shared by every shard or worker of it.
-//! Today that is the forward proxy's circuit breakers (see [`crate::breaker`]: their
+//! Today that is the forward proxy's circuit breakers (see [`crate::forward::breaker`]: their
 //! counts are shared by the shards as Envoy's are by its workers). Per-shard state
-//! (round-robin counters, [`crate::upstream::Balancer`]; the counters of
-//! [`crate::stats`]) stays with each shard.
+//! (round-robin counters, [`crate::gateway::upstream::Balancer`]; the counters of
+//! [`crate::ops::stats`]) stays with each shard.
 
-use crate::breaker::{Breakers, Thresholds};
+use crate::forward::breaker::{Breakers, Thresholds};
 use crate::plan::Gateway;
 
 /// The run-time state of one gateway (see the module docs).

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
-use crate::dns::DnsError;
+use crate::resolve::dns::DnsError;
 
 /// The shortest time an answer is kept (a TTL of 0 would ask once per call).
 pub const MIN_TTL: Duration = Duration::from_secs(1);

@@ -14,10 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use crate::json::write_string;
+use crate::gateway::json::write_string;
+use crate::gateway::response::JSON;
+use crate::gateway::upstream::percent_decode;
 use crate::request::{ClientRequest, Reply, RequestBody};
-use crate::response::JSON;
-use crate::upstream::percent_decode;
 
 /// A built-in endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn answer(which: Builtin, req: &ClientRequest, wall: SystemTime) -> Reply {
     match which {
         Builtin::Health => {
             if req.method != Method::GET {
-                let mut r = Reply::text(StatusCode::METHOD_NOT_ALLOWED, crate::route::METHOD_NOT_ALLOWED_BODY);
+                let mut r = Reply::text(StatusCode::METHOD_NOT_ALLOWED, crate::plan::route::METHOD_NOT_ALLOWED_BODY);
                 r.headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
                 return r;
             }

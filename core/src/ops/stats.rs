@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::dns::DnsStats;
 use crate::event::Log;
 use crate::request::Scope;
+use crate::resolve::dns::DnsStats;
 
 /// Upper bounds of the latency histogram's buckets, in milliseconds (one more bucket
 /// takes the rest).

@@ -1,6 +1,6 @@
 //! Backend connection policy, one for every driver: which idle connection is reused,
 //! when a failed call may be sent again, and reading one response off a backend
-//! connection ([`Fetch`]). Names are resolved through [`crate::dns`].
+//! connection ([`Fetch`]). Names are resolved through [`crate::resolve::dns`].
 //!
 //! Sans-IO like the rest of `core`: the drivers own the sockets and the resolver and
 //! pass `now` in; the pool here holds whatever connection type the driver has.
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, StatusCode};
 
+use crate::call::proxy::Proxy;
 use crate::config::HostAddr;
 use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Head, Limits, ServerConn};
-use crate::proxy::Proxy;
 use crate::tls::TlsTarget;
 
 /// Idle backend connections older than this are not reused: backends commonly close

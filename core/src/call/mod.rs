@@ -1,18 +1,22 @@
 //! Backend calls: each backend connection of a client connection is a
-//! [`BackendCall`], a state machine of its own that [`Calls`] keeps by
-//! [`BackendId`]. A call connects (a pooled connection or a new one, under its pool
-//! key: see [`crate::backend::pool_key`]), asks a proxy for a `CONNECT` tunnel when it
-//! goes through one, runs its TLS session ([`crate::link::TlsLink`]), writes the
+//! `BackendCall`, a state machine of its own that `Calls` keeps by [`BackendId`]
+//! (both crate-private: the client connection drives them). A call connects (a pooled connection or a new one, under its pool
+//! key: see [`crate::call::backend::pool_key`]), asks a proxy for a `CONNECT` tunnel when it
+//! goes through one, runs its TLS session (a `TlsLink`, see [`crate::tls`]), writes the
 //! request (and relays a streamed body), reads the answer (whole, or its head to
 //! pump the body), follows redirects, retries once on a fresh connection when a
 //! pooled one turns out closed, and goes back to the pool or is closed.
 //!
-//! Its `handle_*` methods take what the driver reports for it; [`Calls::poll`] gives
-//! its next socket operation; [`Calls::step`] moves it on with what it read and says
-//! what that means for the request ([`CallEvent`]). The client connection
+//! Its `handle_*` methods take what the driver reports for it; `Calls::poll` gives
+//! its next socket operation; `Calls::step` moves it on with what it read and says
+//! what that means for the request (a `CallEvent`). The client connection
 //! ([`crate::conn`]) owns the calls and the output queue they add to; the service
 //! that asked for the call (the gateway's exchange, the forward proxy) hears the
 //! outcome.
+
+pub mod backend;
+pub mod proxy;
+pub mod redirect;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -24,21 +28,20 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::backend::{Failure, Fetch, Progress, StreamedHead, may_retry};
-use crate::breaker::Permit;
 use crate::buf::ReadBuf;
+use crate::call::backend::{Failure, Fetch, Progress, StreamedHead, may_retry};
+use crate::call::proxy::Proxy;
 use crate::config::{HostAddr, Scheme};
-use crate::dns::{self, DnsError};
 use crate::event::Log;
-use crate::exchange::{Call, CallBody, Exchange};
+use crate::forward::breaker::Permit;
+use crate::gateway::exchange::{Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits};
 use crate::io::{BackendId, Output, Session};
-use crate::link::{BackendSide, Decrypted, TLS_READ, TlsLink, Undecryptable};
 use crate::plan::Gateway;
-use crate::proxy::Proxy;
-use crate::redirect;
-use crate::srv::SrvSet;
+use crate::resolve::dns::{self, DnsError};
+use crate::resolve::srv::SrvSet;
 use crate::tls::TlsTarget;
+use crate::tls::link::{BackendSide, Decrypted, TLS_READ, TlsLink, Undecryptable};
 
 /// Where one backend connection is in its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +286,7 @@ impl<'g> Aim<'g> {
                 Some(TlsTarget { profile: profile.clone(), server_name })
             }
         };
-        let pool_key = crate::backend::pool_key(addr, tls_target.as_ref(), via);
+        let pool_key = crate::call::backend::pool_key(addr, tls_target.as_ref(), via);
         let (host, connect, form) = match via {
             Some(p) if tls_target.is_some() => {
                 (p.addr.clone(), Some(crate::plan::connect_authority(addr)), redirect::Form::Origin)

@@ -3,7 +3,7 @@
 //! seeing the backend's answer on its way back.
 //!
 //! Core calls a plugin through [`ClientPlugin`], synchronously, from
-//! [`crate::exchange::Exchange`], and knows nothing of what runs behind it: the
+//! [`crate::gateway::exchange::Exchange`], and knows nothing of what runs behind it: the
 //! proxy-wasm host (crate `sluice-plugins`, WebAssembly on wasmtime) implements it, and
 //! so can a plain Rust object an embedding application binds with
 //! [`crate::Gateway::bind_plugin`].

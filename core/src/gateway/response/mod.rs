@@ -16,7 +16,7 @@ mod xml;
 use std::borrow::Cow;
 
 use crate::config::{Backend, Encoding, OutputEncoding};
-use crate::json;
+use crate::gateway::json;
 
 /// One member of an object under shaping.
 pub type Entry<'a> = (Key<'a>, Node<'a>);

@@ -5,10 +5,13 @@
 //! before resolution, the resolved address after it).
 //!
 //! [`Forwarder`] is the service a forward-proxy listener's connections ask (through
-//! [`crate::service`]): what a request head becomes ([`Forwarder::route`]) and whether
+//! the connection's `service` module): what a request head becomes ([`Forwarder::route`]) and whether
 //! its address may be dialled ([`Forwarder::admit`]); [`crate::conn::Connection`]
 //! carries that out (the name resolved, the tunnel or the call opened). Nothing here
 //! does I/O, and the egress table is tested here without a single connect.
+
+pub mod breaker;
+pub(crate) mod tunnel;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,9 +19,9 @@ use std::time::Instant;
 
 use http::{Method, StatusCode};
 
-use crate::breaker::{Breakers, Permit};
 use crate::config::{ForwardProxy, IpNet, LookupFamily, PortRange};
 use crate::event::Log;
+use crate::forward::breaker::{Breakers, Permit};
 use crate::http1::{self, BodyLength, HopByHop, Request, RequestTarget, TargetForm};
 use crate::request::{AccessLog, Reply, RequestBody};
 
@@ -47,7 +50,7 @@ pub struct Pending<'g> {
     pub deadline: Instant,
     /// The vetted address a tunnel's connection is opened to.
     pub addr: Option<SocketAddr>,
-    /// Taken when the address is known (see [`crate::breaker`]).
+    /// Taken when the address is known (see [`crate::forward::breaker`]).
     pub permit: Option<Permit>,
 }
 
@@ -355,11 +358,11 @@ pub enum Refusal {
     /// reason in [`DENIED_HEADER`]; logged under `sluice::egress`.
     Denied(Denied),
     /// A circuit breaker of the destination is open: 503, `circuit breaker open:
-    /// <name>`, the name in [`crate::breaker::HEADER`].
-    BreakerOpen(crate::breaker::Breaker),
+    /// <name>`, the name in [`crate::forward::breaker::HEADER`].
+    BreakerOpen(crate::forward::breaker::Breaker),
     /// The destination's name gave no address: 503 `DNS resolution failure`, or
     /// `DNS cache overflow` when the cache had no room for it (Envoy's words).
-    Dns { host: String, error: crate::dns::DnsError },
+    Dns { host: String, error: crate::resolve::dns::DnsError },
     /// No response head within the proxy's `timeout`: 504, and the connection closes.
     Timeout,
 }
@@ -367,7 +370,7 @@ pub enum Refusal {
 impl Refusal {
     /// The answer the client gets.
     pub fn reply(&self) -> Reply {
-        use crate::dns::DnsError;
+        use crate::resolve::dns::DnsError;
         match self {
             Refusal::Denied(denied) => {
                 let reason = denied.to_string();
@@ -380,7 +383,7 @@ impl Refusal {
             Refusal::BreakerOpen(open) => {
                 let name = open.name();
                 let mut reply = Reply::text(StatusCode::SERVICE_UNAVAILABLE, &format!("circuit breaker open: {name}"));
-                reply.headers.insert(crate::breaker::HEADER, http::HeaderValue::from_static(name));
+                reply.headers.insert(crate::forward::breaker::HEADER, http::HeaderValue::from_static(name));
                 reply
             }
             Refusal::Dns { error: DnsError::Overflow, .. } => {
@@ -395,7 +398,7 @@ impl Refusal {
 
     /// The line logged for refusing `peer`'s request to `dest` (`host:port`).
     pub fn log(&self, peer: IpAddr, dest: String) -> Log<'static> {
-        use crate::dns::DnsError;
+        use crate::resolve::dns::DnsError;
         match self {
             Refusal::Denied(denied) => Log::Denied { peer, dest, reason: denied.to_string() },
             Refusal::BreakerOpen(open) => {

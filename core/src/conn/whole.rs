@@ -1,0 +1,122 @@
+//! A request read whole, then served: a built-in endpoint's answer, or an aggregating
+//! exchange whose backend calls run until it answers (the `no-op` counterpart, with
+//! both bodies streamed, is `stream`).
+
+use super::*;
+
+impl<'g> Connection<'g> {
+    pub(super) fn read_body(&mut self, req: ClientRequest, serve: Serve<'g>, line: AccessLog) -> State<'g> {
+        self.server.write_continue(&mut self.out);
+        let deadline = body_deadline(&self.gw.config, line.started());
+        self.hungry = false;
+        State::Body { req: Box::new(req), serve, body: Vec::new(), deadline, line }
+    }
+
+    pub(super) fn step_body(
+        &mut self,
+        mut req: Box<ClientRequest>,
+        serve: Serve<'g>,
+        mut body: Vec<u8>,
+        deadline: Option<Instant>,
+        line: AccessLog,
+    ) -> (State<'g>, bool) {
+        if self.hungry || self.reading {
+            return (State::Body { req, serve, body, deadline, line }, false);
+        }
+        match self.server.read_body_into(self.input.pending(), &mut body) {
+            Ok((n, true)) => {
+                self.input.consume(n);
+                req.body = RequestBody::Full(body);
+                (self.serve(req, serve, line), true)
+            }
+            Ok((n, false)) => {
+                self.input.consume(n);
+                if self.starve() {
+                    (State::Body { req, serve, body, deadline, line }, false)
+                } else {
+                    // The client left before its body ended.
+                    (State::Closing, true)
+                }
+            }
+            Err(e) => (self.fail(e.status(), e.reason(), line), true),
+        }
+    }
+
+    pub(super) fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>, line: AccessLog) -> State<'g> {
+        match serve {
+            Serve::Builtin(b) => {
+                let (at, wall) = self.epoch;
+                let reply = builtin::answer(b, &req, wall + self.now.saturating_duration_since(at));
+                self.respond(reply, line, false)
+            }
+            Serve::Endpoint(route) => {
+                let ex = Box::new(Exchange::new(self.gw, route, *req, self.now));
+                self.drive(ex, line)
+            }
+        }
+    }
+
+    /// Runs an aggregating exchange until it waits or answers.
+    pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
+        loop {
+            match ex.poll(self.balancer) {
+                Action::Call(call) => {
+                    if let Err(reason) = self.open(&ex, &call, false) {
+                        ex.handle_failure(call.id, reason);
+                    }
+                }
+                Action::Wait(deadline) => return State::Exchange { ex, line, deadline },
+                Action::Respond(reply) => {
+                    // Calls still in flight are abandoned.
+                    self.close_slots();
+                    return self.respond(reply, line, false);
+                }
+                Action::Stream(_) | Action::Done => {
+                    self.close_slots();
+                    return self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true);
+                }
+            }
+        }
+    }
+
+    pub(super) fn step_exchange(
+        &mut self,
+        mut ex: Box<Exchange<'g>>,
+        line: AccessLog,
+        deadline: Instant,
+    ) -> (State<'g>, bool) {
+        let mut changed = false;
+        for id in 0..self.calls.len() {
+            match self.slot_step(id) {
+                CallEvent::Nothing => {}
+                CallEvent::Answer { status, headers, body } => {
+                    let call = self.calls.index(id);
+                    self.log_call(ex.endpoint().index, call, Some(status));
+                    ex.handle_response(call, status, headers, body);
+                    changed = true;
+                }
+                CallEvent::Failed(f) => {
+                    let call = self.calls.index(id);
+                    self.log_call(ex.endpoint().index, call, None);
+                    self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
+                    ex.handle_failure(call, &f.reason);
+                    changed = true;
+                }
+                CallEvent::Head(_) => {
+                    let call = self.calls.index(id);
+                    ex.handle_failure(call, "unexpected response");
+                    changed = true;
+                }
+            }
+        }
+        if changed { (self.drive(ex, line), true) } else { (State::Exchange { ex, line, deadline }, false) }
+    }
+
+    pub(super) fn log_call(&mut self, endpoint: usize, backend: usize, status: Option<StatusCode>) {
+        self.queue.push_back(Output::Log(Log::Call { endpoint, backend, status }));
+    }
+
+    pub(super) fn log_backend(&mut self, endpoint: &'g str, backend: usize, reason: String) {
+        self.queue.push_back(Output::Log(Log::Backend { endpoint, backend, reason }));
+    }
+}
