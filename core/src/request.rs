@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use crate::gateway::response::TEXT;
 use crate::http1::{self, BodyLength, Framing, Head, Next, Request, ResponseHead, ServerConn, TargetForm};
 
 /// The body of a client request.
@@ -271,6 +270,9 @@ fn escape(text: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
     }
     f.write_str(plain(start, bytes.len()))
 }
+
+/// The `Content-Type` of a plain-text answer.
+pub const TEXT: &str = "text/plain; charset=utf-8";
 
 /// A complete response.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -107,7 +107,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
             Action::Call(call) => {
                 let mut head = Vec::new();
                 ex.write_head(&call, &mut head).unwrap();
-                if call.body == sluice_core::gateway::exchange::CallBody::Full {
+                if call.body == sluice_core::call::CallBody::Full {
                     head.extend_from_slice(ex.call_body(call.id));
                 }
                 calls.push(String::from_utf8(head).unwrap());

@@ -164,3 +164,26 @@ fn the_circle_finder_finds_circles() {
     assert_eq!(module_named(&modules, "Gateway"), None);
     assert!(related("conn", "conn::stream") && related("conn::stream", "conn") && !related("conn", "connx"));
 }
+
+/// A request's path reads down: the connection asks a service (`gateway`, `forward`,
+/// `ops`), a service asks for backend calls. A call, and the name resolution and TLS
+/// under it, never name the connection or a service (the plan they read is data).
+#[test]
+fn calls_never_name_the_connection_or_a_service() {
+    let graph = module_graph();
+    let above = ["conn", "gateway", "forward", "ops"];
+    let mut upward = Vec::new();
+    for (module, used) in &graph {
+        let top = module.split("::").next().unwrap_or("");
+        if !["call", "resolve", "tls", "http1"].contains(&top) {
+            continue;
+        }
+        for other in used {
+            if above.contains(&other.split("::").next().unwrap_or("")) {
+                upward.push(format!("{module} -> {other}"));
+            }
+        }
+    }
+    assert!(graph.contains_key("call") && graph.contains_key("call::backend"), "{graph:?}");
+    assert!(upward.is_empty(), "names reaching up:\n{}", upward.join("\n"));
+}

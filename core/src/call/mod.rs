@@ -33,8 +33,6 @@ use crate::call::backend::{Failure, Fetch, Progress, StreamedHead, may_retry};
 use crate::call::proxy::Proxy;
 use crate::config::{HostAddr, Scheme};
 use crate::event::Log;
-use crate::forward::breaker::Permit;
-use crate::gateway::exchange::{Call, CallBody, Exchange};
 use crate::http1::{BodyLength, ClientConn, Limits};
 use crate::io::{BackendId, Output, Session};
 use crate::plan::Gateway;
@@ -42,6 +40,67 @@ use crate::resolve::dns::{self, DnsError};
 use crate::resolve::srv::SrvSet;
 use crate::tls::TlsTarget;
 use crate::tls::link::{BackendSide, Decrypted, TLS_READ, TlsLink, Undecryptable};
+
+/// How a backend call sends its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallBody {
+    None,
+    /// The whole client body (the exchange's).
+    Full,
+    /// The client body, streamed as it arrives, with this framing.
+    Stream(BodyLength),
+}
+
+/// A backend call to make: what a service asks of one (the gateway's exchange writes
+/// its request: [`Calls::open`] gets the bytes).
+#[derive(Debug, Clone)]
+pub struct Call<'g> {
+    /// The backend's position in the endpoint: give it back with the result.
+    pub id: usize,
+    pub method: Method,
+    /// Where to connect: the backend host, or the proxy it is reached through.
+    pub host: &'g HostAddr,
+    /// Idle connections to `host` are kept under this key.
+    pub pool_key: &'g str,
+    /// The backend's scheme (`host`'s, unless proxied).
+    pub scheme: Scheme,
+    /// The backend's authority, for the `Host` header.
+    pub authority: &'g str,
+    /// The proxy the request goes through: a plain request is written to it in
+    /// absolute form, an `https://` one goes through a `CONNECT` tunnel.
+    pub via: Option<&'g Proxy>,
+    /// An `https://` backend: the TLS profile and server name core's connection uses.
+    pub tls: Option<&'g TlsTarget>,
+    /// Through a proxy to an `https://` backend: the `host:port` to `CONNECT` to.
+    pub connect: Option<&'g str>,
+    /// The backend host itself (`host` is the proxy's when there is one).
+    pub origin: &'g HostAddr,
+    /// Redirects are followed, with this profile for an `https://` target (see
+    /// [`crate::call::redirect`]); `false`: `no_redirect`, a 3xx is the answer.
+    pub follow: bool,
+    pub redirect_tls: Option<&'g crate::tls::TlsProfile>,
+    /// Origin-form target: path and query.
+    pub target: String,
+    pub body: CallBody,
+    /// `no-op`: read only the response head, then stream the body through.
+    pub stream_response: bool,
+    /// `"sd": "dns"`: `origin.host` is a name to ask SRV records of; the call goes to
+    /// the target they give (see [`crate::resolve::srv`]).
+    pub srv: bool,
+    /// `host`'s address when it is an IP literal (worked out once, in the plan): what
+    /// a new connection dials; `None` for a name, which is resolved when needed.
+    pub dial: Option<SocketAddr>,
+}
+
+/// What a call holds for whoever admitted it (the forward proxy's circuit breakers:
+/// [`crate::forward::breaker::Permit`]): told when its connection opens, asked before
+/// the request is sent again, and given back when the call ends (dropped).
+pub trait Admission: fmt::Debug + Send {
+    /// The connection is open (or a pooled one was taken).
+    fn connected(&mut self);
+    /// May the request be sent again?
+    fn retry(&mut self) -> bool;
+}
 
 /// Where one backend connection is in its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +166,7 @@ pub(crate) struct BackendCall<'g> {
     /// The last [`Output::Connect`] allowed a pooled connection (a retry does not).
     pub(crate) pooled: bool,
     /// A forward proxy request's hold on its destination's circuit breakers.
-    pub(crate) permit: Option<Permit>,
+    pub(crate) permit: Option<Box<dyn Admission>>,
     /// Bytes to write next (the request, or a relayed body piece).
     pub(crate) out: Vec<u8>,
     /// The request as written, kept until the answer starts for a retry.
@@ -151,7 +210,7 @@ impl<'g> BackendCall<'g> {
         pool_key: String,
         body: Option<BodyLength>,
         request: Vec<u8>,
-        permit: Option<Permit>,
+        permit: Option<Box<dyn Admission>>,
     ) -> BackendCall<'g> {
         let body = body.map_or(CallBody::None, CallBody::Stream);
         let dial = host.socket_addr();
@@ -352,19 +411,20 @@ impl<'g> Calls<'g> {
         self.slots.get_mut(id).filter(|s| s.in_use && expected(s))
     }
 
-    /// Opens a backend connection for `call`: its request is written out now, sent
-    /// once connected. Returns the slot, or why the request cannot be written.
+    /// Opens a backend connection for `call` of `endpoint`: `write` writes its request
+    /// (head, and a whole body) out now, sent once connected. Returns the slot, or why
+    /// the request cannot be written.
     pub(crate) fn open(
         &mut self,
-        ex: &Exchange<'g>,
-        call: &Call<'g>,
+        (call, endpoint): (&Call<'g>, &'g str),
         stream: bool,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), &'static str>,
         queue: &mut VecDeque<Output<'g>>,
     ) -> Result<BackendId, &'static str> {
         if call.scheme == Scheme::Https && call.tls.is_none() {
             return Err("https backend without a TLS profile");
         }
-        let mut slot = BackendCall::new(call, ex.endpoint().path.as_str(), stream);
+        let mut slot = BackendCall::new(call, endpoint, stream);
         let id = match self.slots.iter().position(|s| !s.in_use) {
             Some(free) => {
                 // The vectors of the last use are kept (no allocation per call). The
@@ -387,13 +447,9 @@ impl<'g> Calls<'g> {
             }
         };
         let slot = &mut self.slots[id];
-        let written = ex.write_head(call, &mut slot.out);
-        if let Err(e) = written {
+        if let Err(reason) = write(&mut slot.out) {
             slot.in_use = false;
-            return Err(e.reason());
-        }
-        if call.body == CallBody::Full {
-            slot.out.extend_from_slice(ex.call_body(call.id));
+            return Err(reason);
         }
         if call.srv {
             slot.phase = Phase::Discover;
@@ -773,7 +829,7 @@ impl<'g> Calls<'g> {
         if slot.reused
             && !slot.sent.is_empty()
             && may_retry(&slot.method, &failure, slot.body_streamed())
-            && slot.permit.as_mut().is_none_or(Permit::retry)
+            && slot.permit.as_mut().is_none_or(|p| p.retry())
         {
             let request = mem::take(&mut slot.sent);
             let next = slot.reconnect(id, request, false);

@@ -500,7 +500,7 @@ fn forward(mut o: Obj<'_>, cx: &mut Ctx) -> ForwardProxy {
         }
         d.finish(cx);
     }
-    let mut circuit_breakers = crate::forward::breaker::Thresholds::default();
+    let mut circuit_breakers = super::Thresholds::default();
     if let Some(mut b) = o.object("circuit_breakers", cx) {
         let limit = |b: &mut Obj<'_>, key, cx: &mut Ctx| b.uint(key, 0, u64::from(u32::MAX), cx).map(|n| n as u32);
         let t = &mut circuit_breakers;

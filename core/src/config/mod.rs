@@ -80,6 +80,29 @@ impl PartialEq<&str> for BadValue {
     }
 }
 
+/// Envoy's circuit breaker thresholds (its defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+    /// Publish `remaining_*` gauges (how far each breaker is from opening).
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
@@ -259,7 +282,7 @@ pub struct ForwardProxy {
     /// defaults: 300s, 1024, 60s). The gateway's backend hosts share the cache.
     pub dns_cache: crate::resolve::dns::DnsCacheConfig,
     /// `circuit_breakers`: per destination (Envoy's names and defaults).
-    pub circuit_breakers: crate::forward::breaker::Thresholds,
+    pub circuit_breakers: Thresholds,
     /// `egress`: where requests may go.
     pub egress: EgressPolicy,
 }

@@ -170,6 +170,7 @@ impl<'g> Connection<'g> {
         let host = HostAddr { scheme: Scheme::Http, host: ip.to_string(), port: dest.port };
         // Pooled by the vetted address: never shared with the gateway's backends.
         let pool_key = crate::call::backend::forward_pool_key(&addr);
+        let permit = permit.map(|p| Box::new(p) as Box<dyn crate::call::Admission>);
         let call = BackendCall::forward(method, host, pool_key, body, request, permit);
         let id = self.calls.open_forward(call, &mut self.queue);
         let (idle, via) = (proxy.plan.config.idle_timeout, &proxy.plan.via);

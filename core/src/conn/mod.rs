@@ -104,6 +104,7 @@ use http::{HeaderMap, StatusCode};
 use crate::buf::ReadBuf;
 use crate::call::backend::{Pumped, pump_body};
 use crate::call::{BackendCall, CallEvent, Calls, Phase};
+use crate::call::{Call, CallBody};
 use crate::config::{HostAddr, Scheme};
 use crate::conn::deadline::{HeadWait, after, body_deadline};
 use crate::conn::service::{AdminPage, Outcome, Serve, Service};
@@ -114,7 +115,7 @@ pub use crate::forward::tunnel::{SPLICE_PIPE, Spliced, splice_pipe_fits};
 use crate::forward::{Pending, Refusal};
 use crate::gateway::builtin;
 use crate::gateway::dispatch::Route;
-use crate::gateway::exchange::{Action, Call, Exchange};
+use crate::gateway::exchange::{Action, Exchange};
 use crate::gateway::upstream::Balancer;
 use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
 pub use crate::io::{BackendId, Input, Output, Session};
@@ -677,9 +678,17 @@ impl<'g> Connection<'g> {
 
     // ----- inside -----
 
-    /// Opens a backend call for `call` of `ex` (see [`Calls::open`]).
+    /// Opens a backend call for `call` of `ex`, with the request `ex` writes for it
+    /// (see [`Calls::open`]).
     fn open(&mut self, ex: &Exchange<'g>, call: &Call<'g>, stream: bool) -> Result<BackendId, &'static str> {
-        self.calls.open(ex, call, stream, &mut self.queue)
+        let write = |out: &mut Vec<u8>| {
+            ex.write_head(call, out).map_err(|e| e.reason())?;
+            if call.body == CallBody::Full {
+                out.extend_from_slice(ex.call_body(call.id));
+            }
+            Ok(())
+        };
+        self.calls.open((call, ex.endpoint().path.as_str()), stream, write, &mut self.queue)
     }
 
     /// Moves backend call `id` on (see [`Calls::step`]).

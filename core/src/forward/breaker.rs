@@ -23,28 +23,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Envoy's circuit breaker thresholds (its defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Thresholds {
-    pub max_connections: u32,
-    pub max_pending_requests: u32,
-    pub max_requests: u32,
-    pub max_retries: u32,
-    /// Publish `remaining_*` gauges (how far each breaker is from opening).
-    pub track_remaining: bool,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-            track_remaining: false,
-        }
-    }
-}
+/// The thresholds are configuration (`circuit_breakers`).
+pub use crate::config::Thresholds;
 
 /// Which breaker refused (its Envoy threshold name goes in [`HEADER`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +204,16 @@ impl Permit {
             self.r.retry_overflow.fetch_add(1, Ordering::Relaxed);
             false
         }
+    }
+}
+
+impl crate::call::Admission for Permit {
+    fn connected(&mut self) {
+        Permit::connected(self);
+    }
+
+    fn retry(&mut self) -> bool {
+        Permit::retry(self)
     }
 }
 

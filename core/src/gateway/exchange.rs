@@ -68,13 +68,13 @@
 
 use std::borrow::Cow;
 use std::mem;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
-use crate::call::proxy::Proxy;
-use crate::config::{HostAddr, OutputEncoding, Scheme, is_write_method};
+use crate::call::{Call, CallBody};
+use crate::config::{OutputEncoding, is_write_method};
 use crate::gateway::dispatch::Route;
 use crate::gateway::json;
 use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
@@ -83,60 +83,9 @@ use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
 use crate::http1::{self, BodyLength, RequestTarget};
 use crate::plan::{BackendPlan, EndpointPlan, Gateway};
 use crate::request::{ClientRequest, Reply, RequestBody};
-use crate::tls::TlsTarget;
 
 /// `X-KrakenD-Completed`.
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
-
-/// How a backend call sends its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallBody {
-    None,
-    /// The whole client body ([`Exchange::body`]).
-    Full,
-    /// The client body, streamed as it arrives, with this framing.
-    Stream(BodyLength),
-}
-
-/// A backend call to make.
-#[derive(Debug, Clone)]
-pub struct Call<'g> {
-    /// The backend's position in the endpoint: give it back with the result.
-    pub id: usize,
-    pub method: Method,
-    /// Where to connect: the backend host, or the proxy it is reached through.
-    pub host: &'g HostAddr,
-    /// Idle connections to `host` are kept under this key.
-    pub pool_key: &'g str,
-    /// The backend's scheme (`host`'s, unless proxied).
-    pub scheme: Scheme,
-    /// The backend's authority, for the `Host` header.
-    pub authority: &'g str,
-    /// The proxy the request goes through: a plain request is written to it in
-    /// absolute form, an `https://` one goes through a `CONNECT` tunnel.
-    pub via: Option<&'g Proxy>,
-    /// An `https://` backend: the TLS profile and server name core's connection uses.
-    pub tls: Option<&'g TlsTarget>,
-    /// Through a proxy to an `https://` backend: the `host:port` to `CONNECT` to.
-    pub connect: Option<&'g str>,
-    /// The backend host itself (`host` is the proxy's when there is one).
-    pub origin: &'g HostAddr,
-    /// Redirects are followed, with this profile for an `https://` target (see
-    /// [`crate::call::redirect`]); `false`: `no_redirect`, a 3xx is the answer.
-    pub follow: bool,
-    pub redirect_tls: Option<&'g crate::tls::TlsProfile>,
-    /// Origin-form target: path and query.
-    pub target: String,
-    pub body: CallBody,
-    /// `no-op`: read only the response head, then [`Exchange::handle_head`].
-    pub stream_response: bool,
-    /// `"sd": "dns"`: `origin.host` is a name to ask SRV records of; the call goes to
-    /// the target they give (see [`crate::resolve::srv`]).
-    pub srv: bool,
-    /// `host`'s address when it is an IP literal (worked out once, in the plan): what
-    /// a new connection dials; `None` for a name, which is resolved when needed.
-    pub dial: Option<SocketAddr>,
-}
 
 /// The head of a backend response passed through (`no-op`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -338,7 +338,7 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = Vec<Entry<'a>>>) -> Vec<Entry<'
 /// Content types of the rendered outputs.
 pub const JSON: &str = "application/json; charset=utf-8";
 pub const XML: &str = "application/xml; charset=utf-8";
-pub const TEXT: &str = "text/plain; charset=utf-8";
+pub use crate::request::TEXT;
 
 /// Writes merged members in an output encoding; returns the content type.
 /// - `json`: the object;
