@@ -167,7 +167,7 @@ impl<'g> World<'g> {
     /// A connection on the forward proxy's listener.
     fn forward(gw: &'g Gateway, lb: &'g Balancer, rt: &'g Runtime, script: &[Client<'g>]) -> World<'g> {
         let mut w = World::new(gw, lb, script);
-        w.conn = Connection::forward_proxy(gw, lb, rt, "192.0.2.9".parse().unwrap(), w.t0, UNIX_EPOCH);
+        w.conn = Connection::accept(Listener::Forward, gw, lb, rt, "192.0.2.9".parse().unwrap(), w.t0, UNIX_EPOCH);
         w
     }
 

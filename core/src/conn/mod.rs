@@ -71,8 +71,8 @@
 //!
 //! # The forward proxy and tunnels
 //!
-//! On the forward proxy's listener ([`Connection::accept`] with [`Listener::Forward`],
-//! or [`Connection::forward_proxy`]) a request goes to
+//! On the forward proxy's listener ([`Connection::accept`] with [`Listener::Forward`])
+//! a request goes to
 //! the host it names (see [`crate::forward`]): its name is resolved with
 //! [`Output::Resolve`], the address is vetted, then dialled as a pooled backend call
 //! and streamed as `no-op` is. A `CONNECT` turns the connection into a tunnel:
@@ -237,9 +237,10 @@ impl<'g> Connection<'g> {
         Connection::serving(Service::Gateway(gw), gw, balancer, peer, now, wall)
     }
 
-    /// A connection accepted on `listener`: the gateway's ([`Connection::new`]), the
-    /// forward proxy's ([`Connection::forward_proxy`]) or the admin pages'.
-    /// `runtime` is the server's (the breakers every connection counts in).
+    /// A connection accepted on `listener`: the gateway's (as [`Connection::new`]), the
+    /// forward proxy's (`gw.forward`: requests go to the host they name, CONNECT opens
+    /// tunnels; plain HTTP) or the admin pages'. `runtime` is the server's (the
+    /// breakers every connection counts in).
     pub fn accept(
         listener: Listener,
         gw: &'g Gateway,
@@ -307,20 +308,6 @@ impl<'g> Connection<'g> {
             }
         }
         c
-    }
-
-    /// A connection accepted on the forward proxy's listener (`gw.forward`): requests
-    /// are forwarded to the host they name, CONNECT opens tunnels. Plain HTTP.
-    /// `runtime` holds the breakers every connection of the process counts in.
-    pub fn forward_proxy(
-        gw: &'g Gateway,
-        balancer: &'g Balancer,
-        runtime: &'g Runtime,
-        peer: IpAddr,
-        now: Instant,
-        wall: SystemTime,
-    ) -> Self {
-        Connection::accept(Listener::Forward, gw, balancer, runtime, peer, now, wall)
     }
 
     // ----- what happened -----
@@ -551,15 +538,7 @@ impl<'g> Connection<'g> {
                 ex.handle_timeout(now);
                 self.drive(ex, line)
             }
-            State::Stream { leg: Leg::Endpoint(mut ex), line, .. } if now >= ex.deadline() => {
-                ex.handle_timeout(now);
-                self.close_slots();
-                self.settle_stream(ex, line)
-            }
-            State::Stream { leg: Leg::Forward(f), line, .. } if now >= f.deadline => {
-                self.close_slots();
-                self.refuse(Refusal::Timeout, f.dest, line, false)
-            }
+            State::Stream { leg, line, .. } if now >= leg.deadline() => self.leg_timed_out(leg, line),
             State::Pump(p) if now >= p.leg.deadline() => self.cut(p, Cut::Timeout),
             State::Gather { line, deadline, .. } if now >= deadline => {
                 self.fail(StatusCode::SERVICE_UNAVAILABLE, "the counters did not come in time", line)

@@ -32,12 +32,124 @@ pub(super) enum Leg<'g> {
     Forward(Box<Forwarded<'g>>),
 }
 
-impl Leg<'_> {
+/// The one place a streamed response tells a `no-op` endpoint from a forwarded
+/// request: each answers for itself what the connection asks of it, and puts its own
+/// log lines on `logs`.
+impl<'g> Leg<'g> {
     pub(super) fn deadline(&self) -> Instant {
         match self {
             Leg::Endpoint(ex) => ex.deadline(),
             Leg::Forward(f) => f.deadline,
         }
+    }
+
+    /// The head of backend call `call` came with `status`: the status and the fields
+    /// the client's head gets before the backend's own (a `no-op` endpoint adds none),
+    /// or `None` when the exchange will not stream it (it answers itself:
+    /// [`Leg::settle`]).
+    fn head(
+        &mut self,
+        (call, status): (usize, StatusCode),
+        now: Instant,
+        balancer: &Balancer,
+        logs: &mut VecDeque<Output<'g>>,
+    ) -> Option<(StatusCode, Option<&'g HeaderMap>)> {
+        match self {
+            Leg::Endpoint(ex) => {
+                logs.push_back(Output::Log(Log::Call {
+                    endpoint: ex.endpoint().index,
+                    backend: call,
+                    status: Some(status),
+                }));
+                ex.handle_head(call, status);
+                match ex.poll(balancer) {
+                    Action::Stream(stream) => Some((stream.status, None)),
+                    _ => None,
+                }
+            }
+            Leg::Forward(f) => {
+                f.deadline = now + f.idle;
+                Some((status, Some(f.via)))
+            }
+        }
+    }
+
+    /// Body bytes moved at `now`: a forwarded response's idle clock restarts (an
+    /// endpoint's timeout bounds the whole exchange instead).
+    fn progressed(&mut self, now: Instant) {
+        if let Leg::Forward(f) = self {
+            f.deadline = now + f.idle;
+        }
+    }
+
+    /// The answer when nothing reached the client: a `no-op` endpoint answers as its
+    /// exchange says (502, 504, ...), the forward proxy 502 with the reason.
+    fn settle(self, failed: Option<(usize, &str)>, balancer: &Balancer, logs: &mut VecDeque<Output<'g>>) -> Reply {
+        match self {
+            Leg::Endpoint(mut ex) => {
+                if let Some((call, reason)) = failed {
+                    let endpoint = ex.endpoint();
+                    logs.push_back(Output::Log(Log::Call { endpoint: endpoint.index, backend: call, status: None }));
+                    let (endpoint, reason_line) = (endpoint.path.as_str(), reason.to_string());
+                    logs.push_back(Output::Log(Log::Backend { endpoint, backend: call, reason: reason_line }));
+                    ex.handle_failure(call, reason);
+                }
+                match ex.poll(balancer) {
+                    Action::Respond(reply) => reply,
+                    _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
+                }
+            }
+            Leg::Forward(f) => {
+                let reason = failed.map_or("", |(_, reason)| reason);
+                logs.push_back(Output::Log(Log::Forward { dest: f.dest, reason: reason.to_string() }));
+                Reply::text(StatusCode::BAD_GATEWAY, reason)
+            }
+        }
+    }
+
+    /// No response head by the deadline: the endpoint's timeout answer, or the
+    /// forward proxy's 504.
+    fn timed_out(self, now: Instant, peer: IpAddr, balancer: &Balancer, logs: &mut VecDeque<Output<'g>>) -> Reply {
+        match self {
+            Leg::Endpoint(mut ex) => {
+                ex.handle_timeout(now);
+                Leg::Endpoint(ex).settle(None, balancer, logs)
+            }
+            Leg::Forward(f) => {
+                logs.push_back(Output::Log(Refusal::Timeout.log(peer, f.dest)));
+                Refusal::Timeout.reply()
+            }
+        }
+    }
+
+    /// Why a response body cannot end (`Cut`): whether it is a timeout, and the reason.
+    fn cut_reason(&self, cut: Cut) -> (bool, String) {
+        match (cut, self) {
+            (Cut::Timeout, Leg::Endpoint(_)) => {
+                (true, "the endpoint timeout passed before the response body ended".to_string())
+            }
+            (Cut::Timeout, Leg::Forward(_)) => (true, "idle timeout while the response body flowed".to_string()),
+            (Cut::Failed(reason), _) => (false, reason),
+        }
+    }
+
+    /// The answer a broken-off response body gets instead, while its head can still
+    /// be taken back (nothing reached the client).
+    fn instead(&self, timed_out: bool, reason: &str) -> Reply {
+        match self {
+            Leg::Endpoint(ex) => ex.stream_failed(timed_out, reason),
+            Leg::Forward(_) if timed_out => Reply::text(StatusCode::GATEWAY_TIMEOUT, reason),
+            Leg::Forward(_) => Reply::text(StatusCode::BAD_GATEWAY, reason),
+        }
+    }
+
+    /// The log line of call `call`'s response broken off for `reason`.
+    fn broke(&self, call: usize, reason: String, logs: &mut VecDeque<Output<'g>>) {
+        let line = match self {
+            Leg::Endpoint(ex) => Log::Backend { endpoint: ex.endpoint().path.as_str(), backend: call, reason },
+            Leg::Forward(f) => Log::Forward { dest: f.dest.clone(), reason },
+        };
+        logs.push_back(Output::Log(line));
     }
 }
 
@@ -71,22 +183,13 @@ impl<'g> Connection<'g> {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
                 Err(reason) => {
                     ex.handle_failure(call.id, reason);
-                    self.settle_stream(ex, line)
+                    let reply = Leg::Endpoint(ex).settle(None, self.balancer, &mut self.queue);
+                    self.respond(reply, line, true)
                 }
             },
             Action::Respond(reply) => self.respond(reply, line, false),
             _ => self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true),
         }
-    }
-
-    /// A `no-op` exchange that ended without a response head: its answer (502, 504),
-    /// and the connection closes (the request body may be half read).
-    pub(super) fn settle_stream(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
-        let reply = match ex.poll(self.balancer) {
-            Action::Respond(reply) => reply,
-            _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
-        };
-        self.respond(reply, line, true)
     }
 
     pub(super) fn step_stream(&mut self, mut leg: Leg<'g>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
@@ -107,23 +210,14 @@ impl<'g> Connection<'g> {
         match self.slot_step(id) {
             CallEvent::Nothing => (State::Stream { leg, line, id }, relayed),
             CallEvent::Head(head) => {
-                let none = HeaderMap::new();
-                let (status, headers) = match &mut leg {
-                    Leg::Endpoint(ex) => {
-                        self.log_call(ex.endpoint().index, call, Some(head.status));
-                        ex.handle_head(call, head.status);
-                        let Action::Stream(stream) = ex.poll(self.balancer) else {
-                            self.close_slots();
-                            let Leg::Endpoint(ex) = leg else { return (State::Closing, true) };
-                            return (self.settle_stream(ex, line), true);
-                        };
-                        (stream.status, &none)
-                    }
-                    Leg::Forward(f) => {
-                        f.deadline = self.now + f.idle;
-                        (head.status, f.via)
-                    }
+                let Some((status, headers)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)
+                else {
+                    self.close_slots();
+                    let reply = leg.settle(None, self.balancer, &mut self.queue);
+                    return (self.respond(reply, line, true), true);
                 };
+                let none = HeaderMap::new();
+                let headers = headers.unwrap_or(&none);
                 let response = ResponseHead { status, headers, body: head.body_length(), close: self.stopping };
                 let head_at = (self.out.len(), self.handed);
                 if self.server.write_passthrough_head(&response, &head.head, &mut self.out).is_err() {
@@ -141,21 +235,19 @@ impl<'g> Connection<'g> {
         }
     }
 
-    /// A streamed call failed before its response head: a `no-op` endpoint answers as
-    /// its exchange says, the forward proxy 502 with the reason.
+    /// A streamed call failed before its response head: the answer its leg gives, and
+    /// the connection closes (the request body may be half read).
     pub(super) fn leg_failed(&mut self, leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
-        match leg {
-            Leg::Endpoint(mut ex) => {
-                self.log_call(ex.endpoint().index, call, None);
-                self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
-                ex.handle_failure(call, &reason);
-                self.settle_stream(ex, line)
-            }
-            Leg::Forward(f) => {
-                self.log_forward(f.dest, reason.clone());
-                self.respond(Reply::text(StatusCode::BAD_GATEWAY, &reason), line, true)
-            }
-        }
+        let reply = leg.settle(Some((call, &reason)), self.balancer, &mut self.queue);
+        self.respond(reply, line, true)
+    }
+
+    /// No response head by the leg's deadline: every call is closed, and the answer
+    /// the leg gives for it.
+    pub(super) fn leg_timed_out(&mut self, leg: Leg<'g>, line: AccessLog) -> State<'g> {
+        self.close_slots();
+        let reply = leg.timed_out(self.now, self.peer, self.balancer, &mut self.queue);
+        self.respond(reply, line, true)
     }
 
     /// Moves client body bytes to backend connection `id` while it relays; says
@@ -222,8 +314,8 @@ impl<'g> Connection<'g> {
             Ok((n, moved, pumped)) => {
                 slot.input.consume(n);
                 p.sent += moved;
-                if let (Leg::Forward(f), true) = (&mut p.leg, n > 0) {
-                    f.deadline = self.now + f.idle;
+                if n > 0 {
+                    p.leg.progressed(self.now);
                 }
                 if pumped == Pumped::NeedMore {
                     slot.hungry = true;
@@ -242,35 +334,16 @@ impl<'g> Connection<'g> {
     pub(super) fn cut(&mut self, p: Pumping<'g>, cut: Cut) -> State<'g> {
         let call = self.calls.index(p.id);
         self.close_slots();
-        let (timed_out, reason) = match (cut, &p.leg) {
-            (Cut::Timeout, Leg::Endpoint(_)) => {
-                (true, "the endpoint timeout passed before the response body ended".to_string())
-            }
-            (Cut::Timeout, Leg::Forward(_)) => (true, "idle timeout while the response body flowed".to_string()),
-            (Cut::Failed(reason), _) => (false, reason),
-        };
+        let (timed_out, reason) = p.leg.cut_reason(cut);
         let (head_at, handed) = p.head;
         if handed == self.handed && self.out.len() >= head_at {
             self.out.truncate(head_at);
             self.server.take_back_head();
-            let reply = match &p.leg {
-                Leg::Endpoint(ex) => {
-                    self.log_backend(ex.endpoint().path.as_str(), call, reason.clone());
-                    ex.stream_failed(timed_out, &reason)
-                }
-                Leg::Forward(f) => {
-                    self.log_forward(f.dest.clone(), reason.clone());
-                    let status = if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
-                    Reply::text(status, &reason)
-                }
-            };
+            let reply = p.leg.instead(timed_out, &reason);
+            p.leg.broke(call, reason, &mut self.queue);
             return self.respond(reply, p.line, true);
         }
-        let reason = format!("response body cut after {} bytes: {reason}", p.sent);
-        match &p.leg {
-            Leg::Endpoint(ex) => self.log_backend(ex.endpoint().path.as_str(), call, reason),
-            Leg::Forward(f) => self.log_forward(f.dest.clone(), reason),
-        }
+        p.leg.broke(call, format!("response body cut after {} bytes: {reason}", p.sent), &mut self.queue);
         let line = p.line.line(p.status, p.sent, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));
         State::Closing
