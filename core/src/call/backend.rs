@@ -1,6 +1,7 @@
-//! Backend connection policy, one for every driver: which idle connection is reused,
-//! when a failed call may be sent again, and reading one response off a backend
-//! connection ([`Fetch`]). Names are resolved through [`crate::resolve::dns`].
+//! Backend connection policy, one for every driver: the key an idle connection is
+//! pooled under ([`pool_key`]), which idle connection is reused ([`IdlePool`]), when a
+//! failed call may be sent again, and reading one response off a backend connection
+//! ([`Fetch`]). Names are resolved through [`crate::resolve::dns`].
 //!
 //! Sans-IO like the rest of `core`: the drivers own the sockets and the resolver and
 //! pass `now` in; the pool here holds whatever connection type the driver has.

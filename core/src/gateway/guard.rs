@@ -8,7 +8,8 @@
 //! None is implemented yet, so today every request passes: `auth/validator`,
 //! `security/cors` and the rate limits come here next (the configuration refuses
 //! `auth/*` until then; the others are not read yet). The stage is where they plug
-//! in, called on every endpoint request by the client connection.
+//! in, called on every endpoint request by the gateway service (the connection's
+//! `service` module).
 
 use std::time::Instant;
 
