@@ -52,7 +52,7 @@ pub enum CallBody {
 }
 
 /// A backend call to make: what a service asks of one (the gateway's exchange writes
-/// its request: [`Calls::open`] gets the bytes).
+/// its request; the crate-private `Calls::open` gets the bytes).
 #[derive(Debug, Clone)]
 pub struct Call<'g> {
     /// The backend's position in the endpoint: give it back with the result.
