@@ -106,9 +106,10 @@ impl<'a> Ops<'a> {
         cx: &mut Context<'_>,
         stop: Option<Pin<&mut impl Future<Output = ()>>>,
     ) -> Poll<(Back, Input)> {
-        let ops = (self.reads.iter_mut().zip(&mut self.writes).flat_map(|(r, w)| [r, w]))
-            .chain(&mut self.splices)
-            .chain([&mut self.gather])
+        let ([read, tunnel_read], [write, tunnel_write]) = (&mut self.reads, &mut self.writes);
+        let [up, down] = &mut self.splices;
+        let ops = [read, write, tunnel_read, tunnel_write, up, down, &mut self.gather]
+            .into_iter()
             .chain(self.backends.iter_mut().map(|b| &mut b.op));
         for op in ops {
             if let Some(Poll::Ready(done)) = op.as_mut().map(|fut| fut.as_mut().poll(cx)) {
