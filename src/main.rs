@@ -185,7 +185,9 @@ fn plugins(mut loaded: sluice_core::plan::Loaded) -> Result<(sluice_core::plan::
     }
     let library = sluice_plugins::Library::load(gw.config.plugin.as_ref()).map_err(ConfigError::Invalid)?;
     let mut lines = Vec::new();
-    if let Some(p) = &gw.config.plugin {
+    if let Some(ignored) = library.notice() {
+        loaded.notices.push(ignored.clone());
+    } else if let Some(p) = &gw.config.plugin {
         let names = library.names();
         lines.push(format!("{} plugin(s) loaded from {:?}: {}", names.len(), p.folder, names.join(", ")));
     }
@@ -224,6 +226,9 @@ fn read_config(path: &Path) -> Result<String, String> {
 fn check(path: &Path, lint: bool) -> ExitCode {
     match load(path) {
         Ok((loaded, _)) => {
+            for w in &loaded.notices {
+                say_err!("warning: {w}");
+            }
             if lint {
                 for w in &loaded.warnings {
                     say_err!("warning: {w}");
@@ -240,7 +245,13 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     // Logging first: plugins log while they start (on_configure).
     log::init();
     let (mut gateway, plugin_lines) = match load(path) {
-        Ok((loaded, lines)) => (loaded.gateway, lines),
+        Ok((loaded, lines)) => {
+            // What the configuration asks for and Sluice leaves out, said every start.
+            for notice in &loaded.notices {
+                tracing::warn!("{notice}");
+            }
+            (loaded.gateway, lines)
+        }
         Err(code) => {
             log::flush();
             return code;

@@ -58,20 +58,52 @@ fn missing_file_is_a_clear_error() {
 
 #[test]
 fn lint_prints_warnings_but_passes() {
+    // A namespace that only observes is said on every check (and at run); unknown keys
+    // with --lint.
+    const NOTICE: &str =
+        "warning: extra_config[\"telemetry/logging\"]: only observes: not supported by Sluice, ignored\n";
     let quiet = sluice(&["check", "-c", "tests/configs/lint.json"]);
     assert_eq!(
         (quiet.status.code(), text(&quiet.stdout), text(&quiet.stderr)),
-        (Some(0), "Syntax OK!\n".into(), "".into())
+        (Some(0), "Syntax OK!\n".into(), NOTICE.into())
     );
     let lint = sluice(&["check", "-c", "tests/configs/lint.json", "--lint"]);
     assert_eq!(lint.status.code(), Some(0));
     assert_eq!(text(&lint.stdout), "Syntax OK!\n");
     assert_eq!(
         text(&lint.stderr),
-        concat!(
-            "warning: extra_config[\"qos/ratelimit/router\"]: namespace not supported by Sluice, ignored\n",
-            "warning: endpoints[0].querystring_params: unknown key, ignored (KrakenD v3 calls it \"input_query_strings\")\n",
+        format!(
+            "{NOTICE}{}",
+            "warning: endpoints[0].querystring_params: unknown key, ignored (KrakenD v3 calls it \"input_query_strings\")\n"
         )
+    );
+}
+
+#[test]
+fn an_unimplemented_protection_stops_check() {
+    let out = sluice(&["check", "-c", "tests/configs/cors.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(
+        text(&out.stderr),
+        "extra_config[\"security/cors\"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP \
+         security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, \
+         \"What Sluice refuses\")\n"
+    );
+}
+
+/// The first source document's own example: a KrakenD EE root `plugin` block for Go
+/// plugins, and the built-in http-proxy plugin on a backend.
+#[test]
+fn the_http_proxy_example_of_the_krakend_docs_loads() {
+    let out = sluice(&["check", "-c", "tests/configs/seed000_http_proxy.json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Syntax OK!\n");
+    assert_eq!(
+        text(&out.stderr),
+        "warning: plugin.pattern: \".so\": Go plugins (.so) cannot be loaded by Sluice (they only load into the Go \
+         program they were built with): the block is ignored; built-in plugins (http-proxy) need none. Build other \
+         plugins as proxy-wasm modules (target wasm32-wasip1) and set \"pattern\": \".wasm\" (docs/plugins.md)\n"
     );
 }
 

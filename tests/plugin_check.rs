@@ -57,6 +57,9 @@ fn good_plugins_check_ok() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// A Go plugin pattern loads nothing (said at start-up: see check_cli.rs for the
+/// built-in http-proxy under it); a backend naming a plugin that is not built in is
+/// still refused, saying why.
 #[test]
 fn go_plugin_pattern_says_why_and_what_to_do() {
     let dir = Scratch::new("plugin-so");
@@ -64,9 +67,9 @@ fn go_plugin_pattern_says_why_and_what_to_do() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
-        "plugin.pattern: \".so\": Go plugins (.so) cannot be loaded by Sluice: they only load into the Go program \
-         they were built with. Build the plugin as a proxy-wasm module (Rust, Go, C++ or AssemblyScript SDK, target \
-         wasm32-wasip1) and set \"pattern\": \".wasm\" (docs/plugins.md)\n"
+        "endpoints[0].backend[0].extra_config[\"plugin/http-client\"].name: no plugin named \"hello\": it is not \
+         built in, and the root \"plugin\" block loads no Go plugin (build it as a proxy-wasm module and set \
+         \"pattern\": \".wasm\")\n"
     );
 }
 

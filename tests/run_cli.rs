@@ -123,6 +123,32 @@ fn the_readme_example_serves_the_aggregate_and_stops_on_sigterm() {
     }
 }
 
+/// The first source document's own example, as written but for its two addresses
+/// (the gateway itself as the backend, as the example's `/__health` is; tinyproxy as
+/// `myproxy`): the root Go `plugin` block is said and left out, and `/health` goes
+/// through the built-in http-proxy plugin's proxy.
+#[test]
+fn the_http_proxy_example_runs_through_its_proxy() {
+    let proxy = support::proxies::tinyproxy("");
+    let port = support::proxies::free_port();
+    let example = std::fs::read_to_string("tests/configs/seed000_http_proxy.json").unwrap();
+    let config = example
+        .replace("http://localhost:8080", &format!("http://localhost:{port}"))
+        .replace("http://myproxy:8080", &format!("http://127.0.0.1:{}", proxy.port));
+    let dir = support::Scratch::new("seed000");
+    let path = dir.0.join("krakend.json");
+    std::fs::write(&path, config).unwrap();
+    let mut run = Running::start(&["run", "-c", path.to_str().unwrap(), "--port", &port.to_string()]);
+    let notice = run.wait_for("plugin.pattern");
+    assert!(notice.contains("WARN") && notice.contains("the block is ignored"), "{notice}");
+    run.wait_for("; listening on");
+    let r = get(port, "/health", "");
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with(r#"{"agents":{},"now":""#), "{}", r.text());
+    assert!(proxy.log().contains(&format!("GET http://localhost:{port}/__health HTTP/1.1")), "{}", proxy.log());
+    assert_eq!(run.sigterm(), Some(0));
+}
+
 #[test]
 fn a_bad_config_exits_1_before_binding() {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -369,7 +369,32 @@ fn broken_configs_report_exact_paths_and_messages() {
             "auth namespaces are refused",
             one(json!({"extra_config": {"auth/validator": {"alg": "RS256"}}})),
             vec![
-                r#"endpoints[0].extra_config["auth/validator"]: not supported by Sluice: refusing to serve without the protection this namespace asks for"#,
+                r#"endpoints[0].extra_config["auth/validator"]: not supported by Sluice (authentication and authorization): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+            ],
+        ),
+        (
+            "every namespace that enforces or changes what is served is refused, at every level",
+            json!({"version": 3, "extra_config": {"security/cors": {"allow_origins": ["*"]}, "telemetry/logging": {}},
+                "endpoints": [{"endpoint": "/a", "extra_config": {
+                    "validation/json-schema": {}, "validation/cel": [], "qos/ratelimit/router": {"max_rate": 5},
+                    "security/bot-detector": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
+                    "governance/quota": {}, "websocket": {}},
+                  "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {
+                    "qos/circuit-breaker": {}, "backend/grpc": {}, "modifier/lua-backend": {},
+                    "documentation/openapi": {}}}]}]}),
+            vec![
+                r#"extra_config["security/cors"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["validation/json-schema"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["validation/cel"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["qos/ratelimit/router"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["security/bot-detector"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["modifier/martian"]: not supported by Sluice (request or response modification): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["plugin/req-resp-modifier"]: not supported by Sluice (a plugin stage Sluice does not run): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["governance/quota"]: not supported by Sluice (quotas): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config.websocket: not supported by Sluice (WebSockets): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].backend[0].extra_config["backend/grpc"]: not supported by Sluice (a backend type other than HTTP): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].backend[0].extra_config["modifier/lua-backend"]: not supported by Sluice (request or response modification): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
             ],
         ),
         (
@@ -611,7 +636,7 @@ fn lint_warnings_name_unknown_keys() {
         "version": 3,
         "$schema": "https://example/krakend.json",
         "colour": "blue",
-        "extra_config": {"telemetry/logging": {"level": "DEBUG"}},
+        "extra_config": {"telemetry/logging": {"level": "DEBUG"}, "vendor/thing": {}},
         "endpoints": [{
             "endpoint": "/a",
             "headers_to_pass": ["X"],
@@ -621,11 +646,20 @@ fn lint_warnings_name_unknown_keys() {
         }]
     });
     let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    // A namespace that only observes is a notice, said by check and run; one Sluice does
+    // not know, too.
+    let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        notices,
+        [
+            r#"extra_config["telemetry/logging"]: only observes: not supported by Sluice, ignored"#,
+            r#"extra_config["vendor/thing"]: namespace not supported by Sluice, ignored"#,
+        ]
+    );
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         warnings,
         [
-            r#"extra_config["telemetry/logging"]: namespace not supported by Sluice, ignored"#,
             "endpoints[0].backend[0].deny: ignored: allow and deny are both set, and allow wins",
             r#"endpoints[0].backend[0].extra_config["backend/http"].retries: unknown key, ignored"#,
             r#"endpoints[0].headers_to_pass: unknown key, ignored (KrakenD v3 calls it "input_headers")"#,

@@ -37,23 +37,27 @@ pub struct Library {
     modules: BTreeMap<String, Arc<host::Linked>>,
     /// The folder they came from, for messages.
     folder: Option<String>,
+    /// Why the root `plugin` block loads nothing (a Go `.so` pattern), said once.
+    ignored: Option<Diagnostic>,
 }
 
 impl Library {
-    /// Loads every plugin of `loader`'s folder (none without a loader).
+    /// Loads every plugin of `loader`'s folder (none without a loader). A Go plugin
+    /// pattern (`.so`, in every KrakenD EE file) loads nothing and is said once
+    /// ([`Library::notice`]): the built-in plugins (`http-proxy`) need no folder, and a
+    /// backend naming any other plugin is still refused when it is bound.
     pub fn load(loader: Option<&PluginLoader>) -> Result<Library, Vec<Diagnostic>> {
         let Some(loader) = loader else { return Ok(Library::default()) };
         let error = |path: &str, message: String| vec![Diagnostic { path: path.to_string(), message }];
         if loader.pattern.ends_with(".so") {
-            return Err(error(
-                "plugin.pattern",
-                format!(
-                    "{:?}: Go plugins (.so) cannot be loaded by Sluice: they only load into the Go program they were \
-                     built with. Build the plugin as a proxy-wasm module (Rust, Go, C++ or AssemblyScript SDK, \
-                     target wasm32-wasip1) and set \"pattern\": \"{PATTERN}\" (docs/plugins.md)",
-                    loader.pattern
-                ),
-            ));
+            let message = format!(
+                "{:?}: Go plugins (.so) cannot be loaded by Sluice (they only load into the Go program they were \
+                 built with): the block is ignored; built-in plugins (http-proxy) need none. Build other plugins \
+                 as proxy-wasm modules (target wasm32-wasip1) and set \"pattern\": \"{PATTERN}\" (docs/plugins.md)",
+                loader.pattern
+            );
+            let ignored = Diagnostic { path: "plugin.pattern".to_string(), message };
+            return Ok(Library { ignored: Some(ignored), ..Library::default() });
         }
         if loader.pattern.is_empty() {
             return Err(error("plugin.pattern", format!("empty: use \"{PATTERN}\"")));
@@ -97,7 +101,12 @@ impl Library {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Library { modules, folder: Some(loader.folder.clone()) })
+        Ok(Library { modules, folder: Some(loader.folder.clone()), ignored: None })
+    }
+
+    /// What the root `plugin` block left out (a Go `.so` pattern), to say at start-up.
+    pub fn notice(&self) -> Option<&Diagnostic> {
+        self.ignored.as_ref()
     }
 
     /// The names of the loaded plugins, sorted.
@@ -120,6 +129,11 @@ impl Library {
                         "no plugin named {:?}: {folder:?} has {}",
                         site.name,
                         self.names().iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                    ),
+                    None if self.ignored.is_some() => format!(
+                        "no plugin named {:?}: it is not built in, and the root \"plugin\" block loads no Go \
+                         plugin (build it as a proxy-wasm module and set \"pattern\": \"{PATTERN}\")",
+                        site.name
                     ),
                     None => format!(
                         "no plugin named {:?}: no plugins are loaded (add a root \"plugin\": {{\"folder\": ..., \

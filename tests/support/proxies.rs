@@ -14,6 +14,15 @@ pub struct ProxyProcess {
     _child: Reaped,
     pub port: u16,
     _dir: Scratch,
+    log: PathBuf,
+}
+
+impl ProxyProcess {
+    /// What the proxy has logged so far.
+    #[allow(dead_code)]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 /// A proxy's binary: on PATH, or in /usr/sbin where Debian puts squid (often not on
@@ -62,7 +71,7 @@ pub fn start_proxy(name: &str, flags: &[&str], conf: impl Fn(u16, &Path, &Path) 
         .unwrap_or_else(|e| panic!("{name}: {e} (apt-get install {name}; .ci/run does)"));
     let mut child = Reaped(child);
     wait_listening(&mut child, port, name, &log);
-    ProxyProcess { _child: child, port, _dir: dir }
+    ProxyProcess { _child: child, port, _dir: dir, log }
 }
 
 /// tinyproxy in the foreground; `extra` goes into its configuration.

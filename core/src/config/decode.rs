@@ -27,6 +27,7 @@ use crate::plan::route::Router;
 struct Ctx {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    notices: Vec<Diagnostic>,
 }
 
 impl Ctx {
@@ -36,6 +37,12 @@ impl Ctx {
 
     fn warn(&mut self, path: &str, message: impl Into<String>) {
         self.warnings.push(Diagnostic { path: path.to_string(), message: message.into() });
+    }
+
+    /// Something the configuration asks for that Sluice leaves out without weakening
+    /// what it enforces: said by `check` and at `run`, not only with `--lint`.
+    fn notice(&mut self, path: &str, message: impl Into<String>) {
+        self.notices.push(Diagnostic { path: path.to_string(), message: message.into() });
     }
 }
 
@@ -243,7 +250,7 @@ pub(super) fn decode(root: &Value) -> Result<Parsed, ConfigError> {
     let mut cx = Ctx::default();
     let config = decode_root(root, &mut cx);
     match config {
-        Some(config) if cx.errors.is_empty() => Ok(Parsed { config, warnings: cx.warnings }),
+        Some(config) if cx.errors.is_empty() => Ok(Parsed { config, warnings: cx.warnings, notices: cx.notices }),
         _ => Err(ConfigError::Invalid(cx.errors)),
     }
 }
@@ -599,10 +606,30 @@ fn host_patterns(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> Vec<String
     out
 }
 
+/// What a namespace Sluice does not implement would have done, by its prefix: those
+/// that enforce or change what is served are refused (serving without them would be a
+/// hole, or another gateway than the file describes); those that only observe are a
+/// notice. The second part is what the refusal says.
+const UNIMPLEMENTED: &[(&str, Option<&str>)] = &[
+    ("auth/", Some("authentication and authorization")),
+    ("security/", Some("a security policy (CORS, bot detection, HTTP security headers, ...)")),
+    ("validation/", Some("request validation")),
+    ("qos/", Some("rate limits, circuit breakers or caching")),
+    ("governance/", Some("quotas")),
+    ("modifier/", Some("request or response modification")),
+    ("plugin/", Some("a plugin stage Sluice does not run")),
+    ("server/", Some("a server feature")),
+    ("backend/", Some("a backend type other than HTTP")),
+    ("websocket", Some("WebSockets")),
+    ("grpc", Some("gRPC")),
+    ("telemetry/", None),
+    ("documentation/", None),
+];
+
 /// Reads `extra_config`: `known` decodes the namespaces this level understands (and
-/// returns `None` for the others); `auth/*` namespaces are refused, since serving an
-/// endpoint without the protection its file asks for would be a hole; any other
-/// namespace is a lint warning.
+/// returns `None` for the others). Of the rest, one that enforces or changes what is
+/// served is refused with what it would have done ([`UNIMPLEMENTED`]); any other is a
+/// notice, said by `check` and at `run`.
 fn extra_config<'a>(
     o: &mut Obj<'a>,
     cx: &mut Ctx,
@@ -618,13 +645,19 @@ fn extra_config<'a>(
     };
     for (ns, value) in map {
         let ns_path = join(&path, ns);
-        if ns.starts_with("auth/") {
-            cx.error(
+        if known(ns, value, &ns_path, cx).is_some() {
+            continue;
+        }
+        match UNIMPLEMENTED.iter().find(|(prefix, _)| ns.starts_with(prefix)) {
+            Some((_, Some(what))) => cx.error(
                 &ns_path,
-                "not supported by Sluice: refusing to serve without the protection this namespace asks for",
-            );
-        } else if known(ns, value, &ns_path, cx).is_none() {
-            cx.warn(&ns_path, "namespace not supported by Sluice, ignored");
+                format!(
+                    "not supported by Sluice ({what}): refusing to serve without it; remove the namespace to run \
+                     without it (README, \"What Sluice refuses\")"
+                ),
+            ),
+            Some((_, None)) => cx.notice(&ns_path, "only observes: not supported by Sluice, ignored"),
+            None => cx.notice(&ns_path, "namespace not supported by Sluice, ignored"),
         }
     }
     map.clone()

@@ -4,7 +4,11 @@
 //! it finds at once, each with a JSON path (`endpoints[2].backend[0].host[1]: ...`).
 //! Leaf values are read with serde; objects are walked field by field so that one bad
 //! value does not hide the next. Unknown keys are warnings (shown by `sluice check
-//! --lint`), never errors: KrakenD files carry many namespaces Sluice does not use.
+//! --lint`), never errors. A namespace Sluice does not implement is refused when it
+//! enforces or changes what is served (`auth/*`, `security/*`, `validation/*`,
+//! `qos/*`, `modifier/*`, ...: serving without it would be a hole) and is a notice
+//! otherwise (`telemetry/*`, `documentation/*`, unknown ones), said by `check` and at
+//! `run`.
 //!
 //! Every default is written on its field. Where Sluice's default differs from
 //! KrakenD's, the field says so and why.
@@ -137,8 +141,11 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Parsed {
     pub config: Config,
-    /// Unknown keys and unsupported namespaces: reported by `sluice check --lint`.
+    /// Unknown keys: reported by `sluice check --lint`.
     pub warnings: Vec<Diagnostic>,
+    /// What is left out without weakening what Sluice enforces (namespaces that only
+    /// observe, or that it does not know): said by `sluice check` and at `sluice run`.
+    pub notices: Vec<Diagnostic>,
 }
 
 /// Parses and validates the text of a KrakenD v3 configuration file.

@@ -193,11 +193,13 @@ pub enum UrlPiece {
     },
 }
 
-/// What [`Gateway::load`] hands back: the gateway and the lint warnings.
+/// What [`Gateway::load`] hands back: the gateway, the lint warnings and the notices
+/// (see [`config::Parsed`]).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub gateway: Gateway,
     pub warnings: Vec<Diagnostic>,
+    pub notices: Vec<Diagnostic>,
 }
 
 impl Gateway {
@@ -212,7 +214,7 @@ impl Gateway {
     pub fn load_with(text: &str, env: &Environment) -> Result<Loaded, ConfigError> {
         let parsed = config::parse(text)?;
         let gateway = Gateway::compile_with(parsed.config, env)?;
-        Ok(Loaded { gateway, warnings: parsed.warnings })
+        Ok(Loaded { gateway, warnings: parsed.warnings, notices: parsed.notices })
     }
 
     /// Compiles a validated configuration.
