@@ -26,6 +26,7 @@ every_driver!(
     bad_destinations_get_400,
     bodies_stream_both_ways,
     unreachable_destinations,
+    via_head_and_fragments_as_rfc_9110_says,
 );
 
 /// A forward proxy allowing loopback destinations on `ports`, CONNECT to `tunnel_ports`.
@@ -76,7 +77,7 @@ fn curl_and_python_requests_through_the_proxy(mode: Mode) {
     let p = proxy(&gw);
 
     let (out, err) = curl(&["-i", "-x", &p, &format!("http://localhost:{port}/a/b?c=1")]);
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\nvia: 1.1 sluice\r\n"), "{out}{err}");
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvia: 1.1 sluice\r\n"), "{out}{err}");
     assert!(out.ends_with("\r\n\r\n{\"line\":\"GET /a/b?c=1 HTTP/1.1\"}"), "{out}");
     // What the destination got: origin-form, its own Host, no Proxy-Connection, Via.
     let head = &backend.requests()[0].head;
@@ -393,4 +394,53 @@ fn unreachable_destinations(mode: Mode) {
     assert_eq!(r.status, 502);
     // (A name that does not resolve is core's test: asking the system resolver for
     // one would send a query off this host.)
+}
+
+/// What the destination said is kept as it said it: its own `Via` first, then ours
+/// (RFC 9110 7.6.3); a `HEAD` answer keeps its `Content-Length` (9.3.2). A target with
+/// a fragment never leaves (400, as Envoy since 1.16.5), on this listener and the
+/// gateway's.
+fn via_head_and_fragments_as_rfc_9110_says(mode: Mode) {
+    let backend = Backend::start(|seen| {
+        let head = seen.head.starts_with("HEAD ");
+        let body = if head { "" } else { "{\"a\":1}" };
+        Reply::Raw(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nVia: 1.0 origin-cache\r\nContent-Length: 7\r\n\r\n{body}"
+            )
+            .into_bytes(),
+        )
+    });
+    let port = backend.addr.port();
+    let gw = Gw::start(&config(&[port], &[], ""), mode);
+    let r = ask(&gw, &format!("GET http://127.0.0.1:{port}/v HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"));
+    let fields: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            ("content-type", "application/json"),
+            ("via", "1.0 origin-cache"),
+            ("via", "1.1 sluice"),
+            ("content-length", "7")
+        ]
+    );
+    assert_eq!(r.text(), "{\"a\":1}");
+    // curl reads both Via lines, in that order.
+    let (out, err) = curl(&["-sI", "-x", &proxy(&gw), &format!("http://127.0.0.1:{port}/h")]);
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvia: 1.0 origin-cache\r\ncontent-length: 7\r\n\
+         via: 1.1 sluice\r\n\r\n",
+        "{err}"
+    );
+    assert!(backend.requests()[1].head.starts_with("HEAD /h HTTP/1.1\r\n"), "{}", backend.requests()[1].head);
+    // A fragment: 400 before anything is dialled, on both listeners.
+    let r = ask(&gw, &format!("GET http://127.0.0.1:{port}/v#top HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"));
+    assert_eq!((r.status, r.text()), (400, "a fragment (#) in the request target"));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /__health#x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s)).expect("a response");
+    assert_eq!((r.status, r.text()), (400, "a fragment (#) in the request target"));
+    assert_eq!(backend.requests().len(), 2);
 }

@@ -110,7 +110,7 @@ impl AccessLog {
     /// its method and target as sent, without a query string.
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
         let target = req.target();
-        let path = target.split_once('?').map_or(target, |(p, _)| p).to_string();
+        let path = without_credentials(target.split_once('?').map_or(target, |(p, _)| p));
         AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other }
     }
 
@@ -157,7 +157,7 @@ impl AccessLog {
             _ => (None, &[][..]),
         };
         let target = target.split(|&b| b == b'?').next().unwrap_or_default();
-        let path = String::from_utf8_lossy(&target[..target.len().min(1024)]).into_owned();
+        let path = without_credentials(&String::from_utf8_lossy(&target[..target.len().min(1024)]));
         AccessLog {
             peer,
             path: if method.is_some() { path } else { String::new() },
@@ -181,6 +181,22 @@ impl AccessLog {
     /// A tunnel's line: `down` bytes to the client (logged), `up` to the destination.
     pub fn tunnel_line(self, up: u64, down: u64, spliced: u64, now: Instant) -> AccessLine {
         AccessLine { log: self, status: StatusCode::OK, bytes: down, up, spliced, now }
+    }
+}
+
+/// A request target as it may be logged: credentials in its authority
+/// (`http://user:password@host/`, a CONNECT's `user:password@host:443`) become `***`,
+/// as anywhere else in Sluice's logs. An origin-form target (`/path`) is kept: an `@`
+/// in a path is not a credential.
+fn without_credentials(target: &str) -> String {
+    if target.starts_with('/') {
+        return target.to_string();
+    }
+    let start = target.find("://").map_or(0, |i| i + 3);
+    let end = target[start..].find(['/', '?', '#']).map_or(target.len(), |i| start + i);
+    match target[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &target[..start], &target[start + at..]),
+        None => target.to_string(),
     }
 }
 

@@ -1136,7 +1136,7 @@ fn forward_resolves_picks_the_family_and_dials_the_vetted_address() {
         .resolves("api.test", Ok(&["::1", "127.0.0.1"]))
         .backend("127.0.0.1:9001", &[json("{}"), json("{}")])
         .run();
-    let answer = "HTTP/1.1 200 OK\r\nvia: 1.1 sluice\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvia: 1.1 sluice\r\ncontent-length: 2\r\n\r\n{}";
     assert_eq!(w.to_client, format!("{answer}{answer}"));
     let request = "GET /x?q=1 HTTP/1.1\r\nhost: api.test:9001\r\nvia: 1.1 sluice\r\n\r\n";
     assert_eq!(w.requests, [request, request]);
@@ -1370,7 +1370,7 @@ fn forward_circuit_breakers_refuse_with_503_naming_the_breaker_and_close_again()
         .resolves("api.test", Ok(&["127.0.0.1"]))
         .backend("127.0.0.1:9001", &[json("{}"), json("{}")])
         .run();
-    let answer = "HTTP/1.1 200 OK\r\nvia: 1.1 sluice\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvia: 1.1 sluice\r\ncontent-length: 2\r\n\r\n{}";
     assert_eq!(w.to_client, format!("{answer}{answer}"));
     let g = breakers.gauges();
     let g = g.iter().find(|g| g.destination == "api.test:9001").unwrap();
@@ -1534,4 +1534,23 @@ fn admin_pages_are_served_by_the_connection_and_close_it() {
     let w = World::admin(&gw, &lb, &rt, &[Send(&big), Wait(10), Eof]).run();
     assert!(w.to_client.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{}", w.to_client);
     assert!(!w.trace().contains("counters asked"));
+}
+
+#[test]
+fn credentials_in_a_refused_target_never_reach_the_log() {
+    let gw = forward_gateway("");
+    let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
+    // Userinfo makes the target's host malformed: 400, and the line shows `***`.
+    let get = Send("GET http://alice:s3cret@api.test/x?token=t HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    let w = World::forward(&gw, &lb, &rt, &[get, Wait(10), Eof]).run();
+    assert!(w.to_client.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{}", w.to_client);
+    // A CONNECT with userinfo fails at the codec: the line from the raw head.
+    let connect = Send("CONNECT alice:s3cret@api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n");
+    let c = World::forward(&gw, &lb, &rt, &[connect, Wait(10), Eof]).run();
+    assert!(c.to_client.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{}", c.to_client);
+    let lines: Vec<String> = [&w, &c].iter().map(|w| w.trace()).collect();
+    assert!(lines[0].contains("log: 192.0.2.9 \"GET http://***@api.test/x\" 400 "), "{}", lines[0]);
+    assert!(lines[1].contains("log: 192.0.2.9 \"CONNECT ***@api.test:443\" 400 "), "{}", lines[1]);
+    assert!(!lines.concat().contains("s3cret") && !lines.concat().contains("alice"), "{lines:?}");
 }

@@ -268,19 +268,22 @@ impl ServerConn {
     }
 
     /// Writes the head of a response passed through from a backend: `resp`'s status,
-    /// length and close, then `resp.headers`, then the backend's own header fields
-    /// straight from its parsed head, names lowercased, without its framing,
-    /// `Host` and hop-by-hop fields (the fixed list and those its `Connection` names).
-    /// No header map is built.
+    /// length and close, then the backend's own header fields straight from its parsed
+    /// head, names lowercased, without its framing, `Host` and hop-by-hop fields (the
+    /// fixed list and those its `Connection` names), then `resp.headers`: a `Via` added
+    /// there follows the origin's own (RFC 9110 7.6.3). The answer to a `HEAD` keeps
+    /// the backend's `Content-Length` (the size a `GET` would get, RFC 9110 9.3.2). No
+    /// header map is built.
     pub fn write_passthrough_head(
         &mut self,
         resp: &ResponseHead<'_>,
         backend: &Head,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
+        let keep_length = self.method == Method::HEAD && resp.body == BodyLength::Unknown;
         self.write_head_with(resp, out, |out| {
+            write_passthrough_fields(backend, keep_length, out);
             write_headers(resp.headers, out);
-            write_passthrough_fields(backend, out);
         })
     }
 
@@ -419,10 +422,11 @@ impl ServerConn {
 /// A backend head's end-to-end fields (see [`ServerConn::write_passthrough_head`]).
 /// Raw bytes throughout (the parser checked names are tokens and values hold no CR,
 /// LF or NUL); `Connection` is read once.
-fn write_passthrough_fields(head: &Head, out: &mut Vec<u8>) {
+fn write_passthrough_fields(head: &Head, keep_length: bool, out: &mut Vec<u8>) {
     let hop = HopByHop::of(head);
     for (name, value) in head.iter_raw() {
-        if !not_passed_on(name) && !hop.contains(name) {
+        let length = keep_length && name.eq_ignore_ascii_case(b"content-length");
+        if length || !not_passed_on(name) && !hop.contains(name) {
             write_field(name, value, out);
         }
     }
@@ -462,6 +466,11 @@ pub(crate) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 fn target_form(method: &Method, target: &str) -> Result<TargetForm, Error> {
+    if target.contains('#') {
+        // A fragment is the client's own (RFC 9112 3.2: no form of request-target has
+        // one); Envoy refuses it since 1.16.5 rather than forward or route on it.
+        return Err(Error::Malformed("a fragment (#) in the request target"));
+    }
     if method == Method::CONNECT {
         // authority-form: host:port, nothing else.
         let ok = !target.is_empty()
