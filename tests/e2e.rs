@@ -25,6 +25,7 @@ every_driver!(
     slowloris_is_closed,
     graceful_stop_finishes_in_flight,
     curl_sees_the_aggregate,
+    a_placeholder_may_start_a_segment_of_a_url_pattern,
 );
 
 fn config(endpoints: &str) -> String {
@@ -425,4 +426,25 @@ fn curl_sees_the_aggregate(mode: Mode) {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("\r\nx-krakend-completed: true\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\n{\"a\":\"\\u00e9\",\"g\":{\"b\":[1,2]}}"), "{text}");
+}
+
+/// KrakenD substitutes a placeholder that follows a `/` even with more text after it in
+/// the segment (lura's strict-REST pattern), as the KrakenD docs' `/schedule/{id}.rss`.
+fn a_placeholder_may_start_a_segment_of_a_url_pattern(mode: Mode) {
+    let feed = Backend::start(|_| Reply::Json(r#"{"ok":true}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/user/{{id}}/schedule", "backend": [
+                {{"host": ["{}"], "url_pattern": "/user/schedule/{{id}}.rss"}}]}}"#,
+            feed.url()
+        )),
+        mode,
+    );
+    let r = gw.get("/user/42/schedule");
+    assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#));
+    assert!(
+        feed.requests()[0].head.starts_with("GET /user/schedule/42.rss HTTP/1.1\r\n"),
+        "{}",
+        feed.requests()[0].head
+    );
 }

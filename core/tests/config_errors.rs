@@ -301,7 +301,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                 json!({"endpoint": "/f/{ext}", "backend": [{"host": ["http://api"], "url_pattern": "/file.{ext}.json"}]}),
             ),
             vec![
-                r#"endpoints[0].backend[0].url_pattern: {ext} must fill a whole path segment (set "disable_rest": true to allow it inside one)"#,
+                r#"endpoints[0].backend[0].url_pattern: {ext} must start a path segment, right after "/" (KrakenD would send it as written; set "disable_rest": true to allow it anywhere)"#,
             ],
         ),
         (

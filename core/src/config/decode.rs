@@ -1118,11 +1118,14 @@ fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {
     };
     if !ctx.root.disable_rest
         && let Ok(path_pieces) = template::pieces(path_part)
-        && let Some(name) = template::first_partial_segment_var(&path_pieces)
+        && let Some(name) = template::first_var_not_starting_a_segment(&path_pieces)
     {
         cx.error(
             path,
-            format!("{{{name}}} must fill a whole path segment (set \"disable_rest\": true to allow it inside one)"),
+            format!(
+                "{{{name}}} must start a path segment, right after \"/\" (KrakenD would send it as written; set \
+                 \"disable_rest\": true to allow it anywhere)"
+            ),
         );
     }
     let mut seen = HashSet::new();

@@ -94,9 +94,31 @@ pub fn first_partial_segment_var<'a>(pieces: &[Piece<'a>]) -> Option<&'a str> {
     None
 }
 
+/// The first `{var}` of a backend `url_pattern` that does not start a path segment.
+/// KrakenD (lura) substitutes a placeholder only right after a `/` unless
+/// `disable_rest`: `/schedule/{id}.rss` is one, `/file.{ext}` is not (lura would send
+/// `{ext}` as it is written).
+pub fn first_var_not_starting_a_segment<'a>(pieces: &[Piece<'a>]) -> Option<&'a str> {
+    pieces.iter().enumerate().find_map(|(i, piece)| match (piece, i.checked_sub(1).and_then(|j| pieces.get(j))) {
+        (Piece::Var(_), Some(Piece::Literal(lit))) if lit.ends_with('/') => None,
+        (Piece::Var(name), _) => Some(*name),
+        (Piece::Literal(_), _) => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_pattern_placeholders_start_a_segment() {
+        let first = |t| first_var_not_starting_a_segment(&pieces(t).unwrap());
+        assert_eq!(first("/user/schedule/{id}.rss"), None);
+        assert_eq!(first("/a/{x}/{y}"), None);
+        assert_eq!(first("/file.{ext}"), Some("ext"));
+        assert_eq!(first("/a/{x}{y}"), Some("y"));
+        assert_eq!(first("{x}/a"), Some("x"));
+    }
 
     #[test]
     fn splits_templates() {
