@@ -73,6 +73,10 @@ fn same_origin(mode: Mode) {
     let seen = b.requests();
     assert_eq!(hops(&b), ["GET /start ", "GET /next/step?x=1 ", "GET /final "]);
     assert!(seen.iter().all(|s| field(s, "authorization") == Some("Bearer t0k") && field(s, "cookie") == Some("s=1")));
+    // Each hop names the URL that redirected it, as Go's client does.
+    let referers: Vec<Option<&str>> = seen.iter().map(|s| field(s, "referer")).collect();
+    let (start, step) = (format!("{}/start", b.url()), format!("{}/next/step?x=1", b.url()));
+    assert_eq!(referers, [None, Some(start.as_str()), Some(step.as_str())]);
     let r = gw.get("/agg");
     assert_eq!((r.status, r.text()), (200, r#"{"g":{"at":"/final"}}"#));
     let r = gw.request("POST", "/post", &[("Content-Type", "application/json")], br#"{"a":1}"#);

@@ -150,6 +150,9 @@ pub(crate) struct BackendCall<'g> {
     /// Redirects left to follow (none with `no_redirect`), and the profile for an
     /// `https://` target.
     pub(crate) redirects: u8,
+    /// Whether the request as first sent had its own `Referer` (kept on every hop);
+    /// known at the first redirect.
+    explicit_referer: Option<bool>,
     pub(crate) follow: bool,
     pub(crate) redirect_tls: Option<&'g crate::tls::TlsProfile>,
     /// The request, while the tunnel it goes through opens.
@@ -238,6 +241,7 @@ impl<'g> BackendCall<'g> {
             via: None,
             connect: None,
             redirects: 0,
+            explicit_referer: None,
             follow: false,
             redirect_tls: None,
             held: Vec::new(),
@@ -675,8 +679,10 @@ impl<'g> Calls<'g> {
                 method: slot.method.clone(),
                 keep_body: true,
                 cross_origin: false,
+                referer: None,
             };
-            let request = redirect::rewrite(&slot.out, &hop, aim.form, aim.proxy_auth()).ok_or_else(unsendable)?;
+            let request =
+                redirect::rewrite(&slot.out, &hop, aim.form, (aim.proxy_auth(), None)).ok_or_else(unsendable)?;
             Ok((aim, hop.addr, request))
         });
         match aimed {
@@ -801,7 +807,11 @@ impl<'g> Calls<'g> {
             return Err("no usable TLS profile for an https redirect".to_string());
         }
         let aim = Aim::new(gw, slot.via, &hop.addr, slot.redirect_tls, "the redirect's host")?;
-        let request = redirect::rewrite(&slot.sent, &hop, aim.form, aim.proxy_auth()).ok_or_else(unsendable)?;
+        // Go's client sets the hop's Referer unless the first request had its own.
+        let explicit = *slot.explicit_referer.get_or_insert_with(|| redirect::sent_has(&slot.sent, "referer"));
+        let referer = (!explicit).then_some(hop.referer.as_deref());
+        let request =
+            redirect::rewrite(&slot.sent, &hop, aim.form, (aim.proxy_auth(), referer)).ok_or_else(unsendable)?;
         // The connection that brought the 3xx: kept when its answer was read whole.
         let done = slot.put_away(id, reusable);
         let line = Log::Redirect {

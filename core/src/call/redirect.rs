@@ -11,7 +11,7 @@
 
 use http::{Method, StatusCode};
 
-use crate::config::HostAddr;
+use crate::config::{HostAddr, Scheme};
 
 /// Go stops at the tenth redirect (`stopped after 10 redirects`).
 pub const MAX_REDIRECTS: u8 = 10;
@@ -29,6 +29,9 @@ pub struct Hop {
     pub keep_body: bool,
     /// Another scheme, host or port than the request's.
     pub cross_origin: bool,
+    /// The `Referer` Go's client sets on the hop: the URL that redirected, without
+    /// credentials; none from `https` to `http` (RFC 9110 10.1.3).
+    pub referer: Option<String>,
 }
 
 /// The method a redirect status asks for and whether the body goes with it; `None`
@@ -58,6 +61,7 @@ pub fn next(
     if location.is_empty() || location.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err(format!("the redirect's Location {location:?} is not a URL"));
     }
+    let target_before = target;
     let (addr, target) = if let Some(rest) = location.strip_prefix("//") {
         // Scheme-relative.
         absolute(&format!("{}://{rest}", from.scheme.as_str()))?
@@ -77,7 +81,10 @@ pub fn next(
     let target = if target.is_empty() || target.starts_with('?') { format!("/{target}") } else { target };
     let cross_origin =
         addr.scheme != from.scheme || !addr.host.eq_ignore_ascii_case(&from.host) || addr.port != from.port;
-    Ok(Some(Hop { authority: addr.authority(), addr, target, method, keep_body, cross_origin }))
+    let downgrade = from.scheme == Scheme::Https && addr.scheme == Scheme::Http;
+    let sent = target_before;
+    let referer = (!downgrade).then(|| format!("{}://{}{sent}", from.scheme.as_str(), from.authority()));
+    Ok(Some(Hop { authority: addr.authority(), addr, target, method, keep_body, cross_origin, referer }))
 }
 
 /// Whether `s` starts with a URL scheme (`letter *(letter / digit / + - .) ":"`).
@@ -117,6 +124,13 @@ pub fn sent_target(sent: &[u8]) -> String {
     }
 }
 
+/// Whether the head of `sent` has a field `name` (lowercase).
+pub fn sent_has(sent: &[u8], name: &str) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut fields);
+    req.parse(sent).is_ok() && req.headers.iter().any(|f| f.name.eq_ignore_ascii_case(name))
+}
+
 /// The request line's target form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
@@ -130,8 +144,15 @@ pub enum Form {
 /// it had one, its whole body). The fields the gateway set are kept but `Host`, the
 /// framing when the body is dropped, the credentials when the origin changes, and the
 /// proxy's credentials, which `proxy_auth` gives again for the next hop's proxy.
+/// `referer`: `None` keeps the sent `Referer` (the client's own, forwarded); `Some`
+/// replaces it with the hop's (or drops it, for `Some(None)`), as Go's client does.
 /// `None` when `sent` cannot be read again (its head has more than 128 fields).
-pub fn rewrite(sent: &[u8], hop: &Hop, form: Form, proxy_auth: Option<&str>) -> Option<Vec<u8>> {
+pub fn rewrite(
+    sent: &[u8],
+    hop: &Hop,
+    form: Form,
+    (proxy_auth, referer): (Option<&str>, Option<Option<&str>>),
+) -> Option<Vec<u8>> {
     let mut fields = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut fields);
     let head_len = match req.parse(sent) {
@@ -154,6 +175,7 @@ pub fn rewrite(sent: &[u8], hop: &Hop, form: Form, proxy_auth: Option<&str>) -> 
         let name = field.name.to_ascii_lowercase();
         let dropped = match name.as_str() {
             "host" | "proxy-authorization" => true,
+            "referer" => referer.is_some(),
             "content-length" | "transfer-encoding" | "content-type" => !hop.keep_body,
             "authorization" | "cookie" => hop.cross_origin,
             _ => false,
@@ -164,6 +186,9 @@ pub fn rewrite(sent: &[u8], hop: &Hop, form: Form, proxy_auth: Option<&str>) -> 
     }
     if let Some(auth) = proxy_auth {
         crate::http1::write_field(b"proxy-authorization", auth.as_bytes(), &mut out);
+    }
+    if let Some(Some(referer)) = referer {
+        crate::http1::write_field(b"referer", referer.as_bytes(), &mut out);
     }
     out.extend_from_slice(b"\r\n");
     if hop.keep_body {
@@ -239,17 +264,32 @@ mod tests {
         let sent = b"POST /v1/items HTTP/1.1\r\nhost: api.local:8080\r\nauthorization: Bearer t\r\ncookie: a=1\r\n\
                      x-trace: 7\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
         let h = hop(307, Method::POST, "https://auth.local/v2").unwrap().unwrap();
-        let out = rewrite(sent, &h, Form::Origin, None).unwrap();
+        let out = rewrite(sent, &h, Form::Origin, (None, Some(None))).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /v2 HTTP/1.1\r\nhost: auth.local\r\nx-trace: 7\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
         );
         let h = hop(302, Method::POST, "/done").unwrap().unwrap();
-        let out = rewrite(sent, &h, Form::Absolute, Some("Basic eDp5")).unwrap();
+        let out = rewrite(sent, &h, Form::Absolute, (Some("Basic eDp5"), Some(h.referer.as_deref()))).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET http://api.local:8080/done HTTP/1.1\r\nhost: api.local:8080\r\nauthorization: Bearer t\r\ncookie: a=1\r\n\
-             x-trace: 7\r\nproxy-authorization: Basic eDp5\r\n\r\n"
+             x-trace: 7\r\nproxy-authorization: Basic eDp5\r\nreferer: http://api.local:8080/v1/items?page=2\r\n\r\n"
         );
+        // The client's own Referer is kept (None); the hop's replaces an earlier hop's.
+        let with = b"GET /a HTTP/1.1\r\nhost: api.local:8080\r\nreferer: https://app/x\r\n\r\n";
+        assert!(sent_has(with, "referer") && !sent_has(sent, "referer"));
+        let h = hop(302, Method::GET, "/b").unwrap().unwrap();
+        let kept = String::from_utf8(rewrite(with, &h, Form::Origin, (None, None)).unwrap()).unwrap();
+        assert!(kept.ends_with("\r\nreferer: https://app/x\r\n\r\n"), "{kept}");
+        let replaced =
+            String::from_utf8(rewrite(with, &h, Form::Origin, (None, Some(Some("http://a/1")))).unwrap()).unwrap();
+        assert_eq!(replaced, "GET /b HTTP/1.1\r\nhost: api.local:8080\r\nreferer: http://a/1\r\n\r\n");
+        // From https to http: no Referer at all.
+        let secure = HostAddr::parse("https://api.local").unwrap();
+        let down = next(StatusCode::FOUND, &Method::GET, &secure, "/s", Some(b"http://api.local/p")).unwrap().unwrap();
+        assert_eq!(down.referer, None);
+        let up = next(StatusCode::FOUND, &Method::GET, &secure, "/s?q=1", Some(b"/p")).unwrap().unwrap();
+        assert_eq!(up.referer.as_deref(), Some("https://api.local/s?q=1"));
     }
 }
