@@ -109,8 +109,7 @@ impl AccessLog {
     /// A request refused before it became a [`ClientRequest`] (absolute-form, CONNECT):
     /// its method and target as sent, without a query string.
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
-        let target = req.target();
-        let path = without_credentials(target.split_once('?').map_or(target, |(p, _)| p));
+        let path = loggable_target(req.target());
         AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other }
     }
 
@@ -156,8 +155,7 @@ impl AccessLog {
             }
             _ => (None, &[][..]),
         };
-        let target = target.split(|&b| b == b'?').next().unwrap_or_default();
-        let path = without_credentials(&String::from_utf8_lossy(&target[..target.len().min(1024)]));
+        let path = loggable_target(&String::from_utf8_lossy(target));
         AccessLog {
             peer,
             path: if method.is_some() { path } else { String::new() },
@@ -184,19 +182,49 @@ impl AccessLog {
     }
 }
 
-/// A request target as it may be logged: credentials in its authority
-/// (`http://user:password@host/`, a CONNECT's `user:password@host:443`) become `***`,
-/// as anywhere else in Sluice's logs. An origin-form target (`/path`) is kept: an `@`
-/// in a path is not a credential.
-fn without_credentials(target: &str) -> String {
-    if target.starts_with('/') {
-        return target.to_string();
+/// A request target as it may be logged: credentials first (`http://user:password@host/`,
+/// a CONNECT's `user:password@host:443`: everything before the last `@` of a target
+/// that is not origin-form becomes `***`, whatever the password holds, `?` and `#`
+/// included), then the query string, then cut at 1 KiB. An origin-form target
+/// (`/path`) keeps its `@`: in a path it is no credential.
+fn loggable_target(target: &str) -> String {
+    let redacted = match (target.starts_with('/'), target.rfind('@')) {
+        (false, Some(at)) => {
+            let start = target.find("://").map(|i| i + 3).filter(|&i| i <= at).unwrap_or(0);
+            format!("{}***{}", &target[..start], &target[at..])
+        }
+        _ => target.to_string(),
+    };
+    let mut path = redacted.split('?').next().unwrap_or_default().to_string();
+    if path.len() > 1024 {
+        let cut = (0..=1024).rev().find(|&i| path.is_char_boundary(i)).unwrap_or(0);
+        path.truncate(cut);
     }
-    let start = target.find("://").map_or(0, |i| i + 3);
-    let end = target[start..].find(['/', '?', '#']).map_or(target.len(), |i| start + i);
-    match target[start..end].rfind('@') {
-        Some(at) => format!("{}***{}", &target[..start], &target[start + at..]),
-        None => target.to_string(),
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_target;
+
+    #[test]
+    fn credentials_never_survive_in_a_logged_target() {
+        for (target, logged) in [
+            ("http://alice:s3cret@api.test/x?token=t", "http://***@api.test/x"),
+            ("http://alice:pa#ss@api.test/", "http://***@api.test/"),
+            ("http://alice:p?ss@api.test/x?q=1", "http://***@api.test/x"),
+            ("http://alice:p/ss@api.test/x", "http://***@api.test/x"),
+            ("alice:s3cret@api.test:443", "***@api.test:443"),
+            ("user@[::1]:443", "***@[::1]:443"),
+            ("/a@b/c?d=e", "/a@b/c"),
+            ("http://api.test/plain?q", "http://api.test/plain"),
+        ] {
+            assert_eq!(loggable_target(target), logged, "{target}");
+        }
+        // A user-info part longer than the cut is still redacted before the cut.
+        let long = format!("http://{}:x@api.test/{}", "u".repeat(2000), "p".repeat(2000));
+        let logged = loggable_target(&long);
+        assert!(logged.starts_with("http://***@api.test/ppp") && logged.len() == 1024, "{}", logged.len());
     }
 }
 

@@ -1554,3 +1554,51 @@ fn credentials_in_a_refused_target_never_reach_the_log() {
     assert!(lines[1].contains("log: 192.0.2.9 \"CONNECT ***@api.test:443\" 400 "), "{}", lines[1]);
     assert!(!lines.concat().contains("s3cret") && !lines.concat().contains("alice"), "{lines:?}");
 }
+
+/// Counters that come after the 503 (a shard that answered late) leave the connection
+/// as it was: it lingers, then closes when the client does.
+#[test]
+fn counters_after_the_503_change_nothing() {
+    let gw = gateway("");
+    let lb = Balancer::new(0);
+    let rt = Runtime::new(&gw);
+    let t0 = Instant::now();
+    let mut c = Connection::accept(Listener::Admin, &gw, &lb, &rt, "192.0.2.9".parse().unwrap(), t0, UNIX_EPOCH);
+    // Drains the outputs, finishing writes and shutdowns at once; says what it saw.
+    fn drain(c: &mut Connection<'_>, at: Instant, read: &mut Option<Vec<u8>>) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(o) = c.poll() {
+            match o {
+                Output::ReadClient(buf) => *read = Some(buf),
+                Output::WriteClient(bytes) => {
+                    seen.push(String::from_utf8_lossy(&bytes).lines().next().unwrap_or_default().to_string());
+                    c.handle(Input::ClientWritten(bytes, Ok(())), at);
+                }
+                Output::ShutdownClient => {
+                    seen.push("shutdown".into());
+                    c.handle(Input::ClientShutdown(Ok(())), at);
+                }
+                Output::Stats => seen.push("stats".into()),
+                Output::Log(_) => {}
+                Output::Close => seen.push("close".into()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        seen
+    }
+    let mut read = None;
+    assert!(drain(&mut c, t0, &mut read).is_empty());
+    let mut buf = read.take().unwrap();
+    let request = b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n";
+    buf.extend_from_slice(request);
+    c.handle(Input::ClientRead(buf, Ok(request.len())), t0);
+    assert_eq!(drain(&mut c, t0, &mut read), ["stats"]);
+    let t5 = t0 + Duration::from_secs(5);
+    c.handle_timeout(t5);
+    assert_eq!(drain(&mut c, t5, &mut read), ["HTTP/1.1 503 Service Unavailable", "shutdown"]);
+    c.handle(Input::Stats(Box::default()), t5);
+    assert_eq!(drain(&mut c, t5, &mut read), Vec::<String>::new());
+    let buf = read.take().expect("the lingering read is still out");
+    c.handle(Input::ClientRead(buf, Ok(0)), t5);
+    assert_eq!(drain(&mut c, t5, &mut read), ["close"]);
+}

@@ -355,7 +355,8 @@ async fn accept_loop(listener: &TcpListener, shard: &Rc<Shard>, cancel: monoio::
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                if shard.active.get() >= max {
+                // The admin pages stay reachable when the gateway is full.
+                if shard.active.get() >= max && kind != Listener::Admin {
                     tracing::warn!(shard = id, "connection limit reached ({max}): closing {peer}");
                     drop(stream);
                     continue;

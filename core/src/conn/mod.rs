@@ -495,8 +495,13 @@ impl<'g> Connection<'g> {
     /// answered.
     pub fn handle_stats(&mut self, stats: &Stats, now: Instant) {
         self.now = now;
-        let State::Gather { page, line, .. } = mem::replace(&mut self.state, State::Closed) else {
-            return;
+        // Counters that come too late (after the 503) are dropped; the state stays.
+        let (page, line) = match mem::replace(&mut self.state, State::Closed) {
+            State::Gather { page, line, .. } => (page, line),
+            other => {
+                self.state = other;
+                return;
+            }
         };
         self.state = self.respond(page.answer(stats), line, true);
         self.progress();

@@ -7,7 +7,7 @@
 //! The guards are compiled into the endpoint's plan ([`crate::plan::EndpointPlan`]).
 //! None is implemented yet, so today every request passes: `auth/validator`,
 //! `security/cors` and the rate limits come here next (the configuration refuses
-//! `auth/*` until then; the others are not read yet). The stage is where they plug
+//! `auth/*`, `security/*`, `validation/*` and `qos/*` until then). The stage is where they plug
 //! in, called on every endpoint request by the gateway service (the connection's
 //! `service` module).
 
