@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 
 use support::{Backend, Gw, Mode, Reply};
 
-every_driver!(admin_pages_count_what_went_through, a_circuit_breaker_opens_and_closes, admin_bad_requests);
+every_driver!(
+    admin_pages_count_what_went_through,
+    a_circuit_breaker_opens_and_closes,
+    admin_bad_requests,
+    admin_pages_answer_when_the_gateway_is_full
+);
 
 fn curl(args: &[&str]) -> (String, String) {
     let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().expect("curl");
@@ -255,4 +260,28 @@ fn admin_bad_requests(mode: Mode) {
     assert!(page.starts_with("dns_cache.dns_query_attempt: 0\n"), "{page}");
     assert!(page.ends_with("gateway.unrouted.rq_total: 0\n"), "{page}");
     assert!(!page.contains("forward."), "{page}");
+}
+
+/// The connection limit closes a gateway connection past it at once; the admin pages
+/// stay reachable (they are how an operator sees why).
+fn admin_pages_answer_when_the_gateway_is_full(mode: Mode) {
+    let config = r#"{"version": 3, "endpoints": [], "extra_config": {"sluice/admin": {}}}"#;
+    let gateway = sluice_core::Gateway::load(config).unwrap().gateway;
+    let gw = Gw::start_with(gateway, mode, |opts| opts.max_connections_per_thread = 1);
+    // One gateway connection, kept open once it has been served.
+    let mut held = gw.connect();
+    held.write_all(b"GET /__health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let r = support::read_response(&mut std::io::BufReader::new(&held)).unwrap();
+    assert_eq!(r.status, 200);
+    // The next one is closed without an answer.
+    let mut refused = gw.connect();
+    let _ = refused.write_all(b"GET /__health HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    // The admin listener answers all the same, twice.
+    for _ in 0..2 {
+        assert_eq!(admin(&gw, "/ready"), "LIVE\n");
+    }
+    drop(held);
 }

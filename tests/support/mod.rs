@@ -68,6 +68,11 @@ impl Gw {
 
     /// [`Gw::start`] with a compiled gateway (plugins bound to it, say).
     pub fn start_gateway(gw: Gateway, mode: Mode) -> Gw {
+        Gw::start_with(gw, mode, |_| {})
+    }
+
+    /// [`Gw::start_gateway`], with `tweak` changing the options last.
+    pub fn start_with(gw: Gateway, mode: Mode, tweak: impl FnOnce(&mut Options)) -> Gw {
         let gw = Arc::new(gw);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let start: Start = match mode {
@@ -84,6 +89,7 @@ impl Gw {
         opts.threads = 1;
         opts.force_epoll = mode == Mode::Epoll;
         opts.shutdown_wait = Duration::from_secs(5);
+        tweak(&mut opts);
         let server = start(gw, opts, StopSignal::new()).expect("start");
         let (addr, forward, admin) = (server.local_addr(), server.forward_addr(), server.admin_addr());
         Gw { server: Some(server), addr, forward, admin }
