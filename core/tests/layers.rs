@@ -49,7 +49,7 @@ fn uses(text: &str) -> BTreeSet<String> {
     };
     let mut found = BTreeSet::new();
     for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
+        let code = code_of(line);
         let mut rest = code;
         while let Some(at) = rest.find("crate::") {
             rest = &rest[at + "crate::".len()..];
@@ -75,8 +75,32 @@ fn uses(text: &str) -> BTreeSet<String> {
     found
 }
 
+/// A line without its comment: `//` outside a string literal (`"http://..."` is code).
+fn code_of(line: &str) -> &str {
+    let (mut in_string, mut escaped) = (false, false);
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && bytes.get(i + 1) == Some(&b'/') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// The crate root's re-exports, by the module they come from.
+const ROOT_REEXPORTS: &[(&str, &str)] =
+    &[("Gateway", "plan"), ("ConfigError", "config"), ("Diagnostic", "config"), ("StopSignal", "stop")];
+
 /// The deepest of `modules` a path goes through.
 fn module_named<'m>(modules: &'m BTreeSet<String>, path: &str) -> Option<&'m String> {
+    let first = path.split("::").next().unwrap_or("");
+    if let Some((_, module)) = ROOT_REEXPORTS.iter().find(|(name, _)| *name == first) {
+        return modules.get(*module);
+    }
     let segments: Vec<&str> = path.split("::").collect();
     (1..=segments.len()).rev().find_map(|n| modules.get(&segments[..n].join("::")))
 }
@@ -161,7 +185,13 @@ fn the_circle_finder_finds_circles() {
         ["gateway", "gateway::json", "ops", "ops::stats"].iter().map(ToString::to_string).collect();
     assert_eq!(module_named(&modules, "gateway::json::f").map(String::as_str), Some("gateway::json"));
     assert_eq!(module_named(&modules, "ops::admin").map(String::as_str), Some("ops"));
-    assert_eq!(module_named(&modules, "Gateway"), None);
+    assert_eq!(module_named(&modules, "Gateway"), None, "plan is not among these modules");
+    let with_plan: BTreeSet<String> = ["plan".to_string()].into();
+    assert_eq!(module_named(&with_plan, "Gateway").map(String::as_str), Some("plan"));
+    assert_eq!(
+        code_of(r#"let u = "http://x"; crate::conn::f(); // crate::ops"#),
+        r#"let u = "http://x"; crate::conn::f(); "#
+    );
     assert!(related("conn", "conn::stream") && related("conn::stream", "conn") && !related("conn", "connx"));
 }
 
