@@ -26,6 +26,7 @@ every_driver!(
     graceful_stop_finishes_in_flight,
     curl_sees_the_aggregate,
     a_placeholder_may_start_a_segment_of_a_url_pattern,
+    a_path_in_the_wrong_case_is_redirected,
 );
 
 fn config(endpoints: &str) -> String {
@@ -447,4 +448,26 @@ fn a_placeholder_may_start_a_segment_of_a_url_pattern(mode: Mode) {
         "{}",
         feed.requests()[0].head
     );
+}
+
+/// gin's fixed-path redirect (on in KrakenD): the path in another case or with `..`
+/// goes to the route's own spelling, the query kept; curl -L lands on the endpoint.
+fn a_path_in_the_wrong_case_is_redirected(mode: Mode) {
+    let backend = Backend::start(|_| Reply::Json(r#"{"ok":true}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/static", "backend": [{{"host": ["{}"], "url_pattern": "/s"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    let r = gw.get("/StAtic?x=1");
+    assert_eq!((r.status, r.header("location")), (301, Some("/static?x=1")));
+    let r = gw.get("/a/../static");
+    assert_eq!((r.status, r.header("location")), (301, Some("/static")));
+    let out = std::process::Command::new("curl")
+        .args(["-sSL", "--max-time", "10", &format!("http://{}/STATIC", gw.addr)])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"ok":true}"#);
 }

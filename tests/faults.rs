@@ -173,10 +173,12 @@ fn no_redirect_to_another_origin(mode: Mode) {
         )),
         mode,
     );
-    for target in ["/\\evil.example/", "//evil.example/"] {
-        let r = gw.get(target);
-        assert_eq!((r.status, r.header("location"), r.text()), (404, None, "404 page not found"), "{target}");
-    }
+    let r = gw.get("/\\evil.example/");
+    assert_eq!((r.status, r.header("location"), r.text()), (404, None, "404 page not found"));
+    // `//evil.example/` cleans to a path on this origin (gin's fixed-path redirect):
+    // the Location is that path, never `//host`.
+    let r = gw.get("//evil.example/");
+    assert_eq!((r.status, r.header("location")), (301, Some("/evil.example")));
     let r = gw.get("/fine/");
     assert_eq!((r.status, r.header("location")), (301, Some("/fine")));
 }

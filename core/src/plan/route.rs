@@ -5,6 +5,10 @@
 //! - One tree per method, so `GET /users/{id}` and `DELETE /users/{user}` coexist.
 //! - A miss whose path with the trailing slash toggled matches is a redirect: 301 for
 //!   GET, 307 otherwise (the method and body are kept).
+//! - Then, as gin's `RedirectFixedPath` (on in KrakenD), a miss whose cleaned path
+//!   (`.`, `..` and repeated slashes resolved) matches a route with the case of its
+//!   static segments ignored, the trailing slash either way, redirects the same way to
+//!   the route's own spelling (`/StAtic` -> `/static`; a parameter keeps its value).
 //! - Then a path known under other methods is a 405 with `Allow`; anything else is 404.
 //!
 //! The path given to [`Router::lookup`] is the raw request path, without the query and
@@ -25,6 +29,8 @@ pub const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed";
 pub struct Router {
     /// One tree per method, in [`METHOD_ORDER`] order; the value is the endpoint index.
     tables: Vec<(Method, matchit::Router<usize>)>,
+    /// Each method's route patterns, for the fixed-path redirect (a miss only).
+    patterns: Vec<(Method, Vec<String>)>,
 }
 
 /// The order methods are listed in an `Allow` header.
@@ -129,6 +135,10 @@ impl Router {
             match table.insert(path, i) {
                 Ok(()) => {
                     declared.insert(key, i);
+                    match router.patterns.iter_mut().find(|(m, _)| m == method) {
+                        Some((_, list)) => list.push(path.to_string()),
+                        None => router.patterns.push((method.clone(), vec![path.to_string()])),
+                    }
                 }
                 Err(matchit::InsertError::Conflict { with }) => {
                     let owner = declared
@@ -180,13 +190,18 @@ impl Router {
                 };
                 // Never a Location a browser reads as another origin: `//evil.example`
                 // and `/\evil.example` both lead to http://evil.example/.
+                let status =
+                    if method == Method::GET { StatusCode::MOVED_PERMANENTLY } else { StatusCode::TEMPORARY_REDIRECT };
                 if t.at(&toggled).is_ok() && !other_origin(&toggled) {
-                    let status = if method == Method::GET {
-                        StatusCode::MOVED_PERMANENTLY
-                    } else {
-                        StatusCode::TEMPORARY_REDIRECT
-                    };
                     return RouteMatch::Redirect { path: toggled, status };
+                }
+                let patterns = self.patterns.iter().find(|(m, _)| m == method).map_or(&[][..], |(_, p)| p);
+                if let Some(fixed) = fixed_path(patterns, path)
+                    && fixed != path
+                    && t.at(&fixed).is_ok()
+                    && !other_origin(&fixed)
+                {
+                    return RouteMatch::Redirect { path: fixed, status };
                 }
             }
         }
@@ -201,4 +216,71 @@ impl Router {
         }
         if allow.is_empty() { RouteMatch::NotFound } else { RouteMatch::MethodNotAllowed { allow } }
     }
+}
+
+/// `path` with `.`, `..` and empty segments resolved, as Go's `path.Clean` (gin's
+/// `cleanPath`): rooted, and a trailing slash kept.
+fn clean_path(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut cleaned = format!("/{}", out.join("/"));
+    if path.ends_with('/') && cleaned.len() > 1 {
+        cleaned.push('/');
+    }
+    cleaned
+}
+
+/// The route `path` means with its case and shape fixed (gin's
+/// `findCaseInsensitivePath` over the cleaned path, the trailing slash either way): a
+/// static segment matches whatever its case and is written as the route writes it, a
+/// `{param}` segment matches any non-empty segment and keeps it. Of several, the one
+/// with the most static segments; patterns with a placeholder inside a segment or a
+/// catch-all are not tried.
+fn fixed_path(patterns: &[String], path: &str) -> Option<String> {
+    let cleaned = clean_path(path);
+    let toggled = match cleaned.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p.to_string(),
+        Some(_) => cleaned.clone(),
+        None => format!("{cleaned}/"),
+    };
+    let mut best: Option<(usize, String)> = None;
+    for candidate in [&cleaned, &toggled] {
+        let segments: Vec<&str> = candidate.split('/').collect();
+        for pattern in patterns {
+            let wanted: Vec<&str> = pattern.split('/').collect();
+            if wanted.len() != segments.len() {
+                continue;
+            }
+            let mut fixed = Vec::with_capacity(wanted.len());
+            let mut statics = 0;
+            let fits = wanted.iter().zip(&segments).all(|(w, s)| {
+                let whole_param = w.len() > 2 && w.starts_with('{') && w.ends_with('}') && !w[1..].contains(['{', '*']);
+                if whole_param {
+                    fixed.push(*s);
+                    !s.is_empty()
+                } else if w.contains(['{', '}']) {
+                    false
+                } else {
+                    statics += 1;
+                    fixed.push(*w);
+                    w.eq_ignore_ascii_case(s)
+                }
+            });
+            if fits && best.as_ref().is_none_or(|(n, _)| statics > *n) {
+                best = Some((statics, fixed.join("/")));
+            }
+        }
+        if best.is_some() {
+            break;
+        }
+    }
+    best.map(|(_, path)| path)
 }
