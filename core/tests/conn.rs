@@ -607,7 +607,7 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(
         w.to_client,
         format!(
-            "{ANSWER_A}HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 18\r\n\r\n404 page not found"
+            "{ANSWER_A}HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\nx-krakend-completed: false\r\ncontent-length: 18\r\n\r\n404 page not found"
         )
     );
     assert_eq!(w.closed_at.map(|t| t - w.t0), Some(Duration::from_millis(5)));
@@ -811,7 +811,7 @@ fn no_op_streams_the_body_up_and_the_answer_down() {
     // Down: status and end-to-end headers as the backend sent them, the body streamed.
     assert_eq!(
         w.to_client,
-        "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\nx-upstream: yes\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\nx-upstream: yes\r\nx-krakend-completed: false\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     );
     assert!(
         w.trace().contains("  25ms backend 0: pooled\n  25ms log: 192.0.2.9 \"POST /raw\" 201 5 25.0ms"),
@@ -1005,7 +1005,7 @@ fn a_no_op_body_that_breaks_after_bytes_went_out_is_cut_and_logged() {
         .run();
     assert_eq!(
         w.to_client,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-krakend-completed: false\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
     );
     assert_eq!(
         w.trace()[w.trace().find("  20ms").unwrap()..],
@@ -1092,7 +1092,7 @@ fn no_op_passes_end_to_end_headers_only() {
         .run();
     assert_eq!(
         w.to_client,
-        "HTTP/1.1 418 I'm a teapot\r\ncontent-type: image/png\r\nset-cookie: a=b\r\ntransfer-encoding-not: kept\r\nx-multi: 1\r\nx-multi: 2\r\ncontent-length: 5\r\n\r\nhello"
+        "HTTP/1.1 418 I'm a teapot\r\ncontent-type: image/png\r\nset-cookie: a=b\r\ntransfer-encoding-not: kept\r\nx-multi: 1\r\nx-multi: 2\r\nx-krakend-completed: false\r\ncontent-length: 5\r\n\r\nhello"
     );
 }
 

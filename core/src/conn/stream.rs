@@ -44,7 +44,8 @@ impl<'g> Leg<'g> {
     }
 
     /// The head of backend call `call` came with `status`: the status and the fields
-    /// the client's head gets before the backend's own (a `no-op` endpoint adds none),
+    /// the client's head gets besides the backend's own (a `no-op` endpoint's
+    /// `X-KrakenD-Completed: false`, the forward proxy's `Via`),
     /// or `None` when the exchange will not stream it (it answers itself:
     /// [`Leg::settle`]).
     fn head(
@@ -63,7 +64,7 @@ impl<'g> Leg<'g> {
                 }));
                 ex.handle_head(call, status);
                 match ex.poll(balancer) {
-                    Action::Stream(stream) => Some((stream.status, None)),
+                    Action::Stream(stream) => Some((stream.status, Some(&ex.endpoint().noop_fields))),
                     _ => None,
                 }
             }

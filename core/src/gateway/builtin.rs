@@ -52,7 +52,8 @@ pub fn answer(which: Builtin, req: &ClientRequest, wall: SystemTime) -> Reply {
     match which {
         Builtin::Health => {
             if req.method != Method::GET {
-                let mut r = Reply::text(StatusCode::METHOD_NOT_ALLOWED, crate::plan::route::METHOD_NOT_ALLOWED_BODY);
+                let body = crate::plan::route::METHOD_NOT_ALLOWED_BODY;
+                let mut r = crate::plan::route::router_reply(StatusCode::METHOD_NOT_ALLOWED, body);
                 r.headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
                 return r;
             }

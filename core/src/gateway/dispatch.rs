@@ -4,7 +4,7 @@
 use http::{HeaderValue, Method, StatusCode, header};
 
 use crate::gateway::builtin::{self, Builtin};
-use crate::plan::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
+use crate::plan::route::{self, METHOD_NOT_ALLOWED_BODY, RouteMatch};
 use crate::plan::{EndpointPlan, Gateway};
 use crate::request::Reply;
 
@@ -41,7 +41,7 @@ impl Gateway {
                     streaming: endpoint.streams(),
                 }),
                 // The router and the endpoint list are compiled together: not reached.
-                None => Dispatch::Reply(Reply::text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),
+                None => Dispatch::Reply(route::not_found()),
             },
             RouteMatch::Redirect { path, status } => {
                 let location = match query {
@@ -55,13 +55,13 @@ impl Gateway {
                 Dispatch::Reply(reply)
             }
             RouteMatch::MethodNotAllowed { allow } => {
-                let mut reply = Reply::text(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
+                let mut reply = route::router_reply(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
                 if let Ok(v) = HeaderValue::from_str(&allow) {
                     reply.headers.insert(header::ALLOW, v);
                 }
                 Dispatch::Reply(reply)
             }
-            RouteMatch::NotFound => Dispatch::Reply(Reply::text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),
+            RouteMatch::NotFound => Dispatch::Reply(route::not_found()),
         }
     }
 }

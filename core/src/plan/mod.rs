@@ -113,6 +113,10 @@ pub struct EndpointPlan {
     pub backends: Vec<BackendPlan>,
     /// What it checks before any backend call (see [`crate::gateway::guard`]).
     pub guards: crate::gateway::guard::Guards,
+    /// The fields a streamed (`no-op`) answer's head gets before the backend's own:
+    /// `X-KrakenD-Completed: false`, as lura sets it on every answer whose data it did
+    /// not decode. Built once.
+    pub noop_fields: http::HeaderMap,
 }
 
 impl EndpointPlan {
@@ -342,6 +346,11 @@ impl Gateway {
                 sequential: e.sequential,
                 backends,
                 guards: crate::gateway::guard::Guards::default(),
+                noop_fields: std::iter::once((
+                    http::HeaderName::from_static("x-krakend-completed"),
+                    http::HeaderValue::from_static("false"),
+                ))
+                .collect(),
             });
         }
         if let Some(Err(diags)) = &mut root_profile {

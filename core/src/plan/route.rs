@@ -17,12 +17,30 @@
 
 use std::collections::HashMap;
 
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode, header};
+
+use crate::request::Reply;
 
 /// Body of the 404 answer (KrakenD's, byte for byte).
 pub const NOT_FOUND_BODY: &str = "404 page not found";
 /// Body of the 405 answer (KrakenD's, byte for byte).
 pub const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed";
+/// The `Content-Type` of both (gin's, without a charset).
+pub const ROUTER_TEXT: &str = "text/plain";
+
+/// The router's own answers, as gin writes them: `text/plain`, no charset.
+pub fn router_reply(status: StatusCode, body: &str) -> Reply {
+    let mut reply = Reply::text(status, body);
+    reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ROUTER_TEXT));
+    reply
+}
+
+/// KrakenD's 404: gin's, with `X-KrakenD-Completed: false` (lura's NoRoute handler).
+pub fn not_found() -> Reply {
+    let mut reply = router_reply(StatusCode::NOT_FOUND, NOT_FOUND_BODY);
+    reply.headers.insert("x-krakend-completed", HeaderValue::from_static("false"));
+    reply
+}
 
 /// The compiled route table.
 #[derive(Debug, Clone, Default)]
