@@ -30,7 +30,7 @@ pub(super) struct Forwarded<'g> {
     /// The proxy's `idle_timeout`.
     pub(super) idle: Duration,
     /// The fields its responses get (`Via`).
-    pub(super) via: &'g HeaderMap,
+    pub(super) via: &'g crate::http1::Fields,
 }
 
 impl<'g> Connection<'g> {

@@ -3,6 +3,7 @@
 //! breaks off (a 502 or 504 while nothing reached the client, else a cut body).
 
 use super::*;
+use crate::http1::Fields;
 
 /// A `no-op` response body on its way from backend connection `id` to the client.
 ///
@@ -54,7 +55,7 @@ impl<'g> Leg<'g> {
         now: Instant,
         balancer: &Balancer,
         logs: &mut VecDeque<Output<'g>>,
-    ) -> Option<(StatusCode, Option<&'g HeaderMap>)> {
+    ) -> Option<(StatusCode, &'g Fields)> {
         match self {
             Leg::Endpoint(ex) => {
                 logs.push_back(Output::Log(Log::Call {
@@ -64,13 +65,13 @@ impl<'g> Leg<'g> {
                 }));
                 ex.handle_head(call, status);
                 match ex.poll(balancer) {
-                    Action::Stream(stream) => Some((stream.status, Some(&ex.endpoint().noop_fields))),
+                    Action::Stream(stream) => Some((stream.status, &ex.endpoint().noop_fields)),
                     _ => None,
                 }
             }
             Leg::Forward(f) => {
                 f.deadline = now + f.idle;
-                Some((status, Some(f.via)))
+                Some((status, f.via))
             }
         }
     }
@@ -211,17 +212,16 @@ impl<'g> Connection<'g> {
         match self.slot_step(id) {
             CallEvent::Nothing => (State::Stream { leg, line, id }, relayed),
             CallEvent::Head(head) => {
-                let Some((status, headers)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)
+                let Some((status, ours)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)
                 else {
                     self.close_slots();
                     let reply = leg.settle(None, self.balancer, &mut self.queue);
                     return (self.respond(reply, line, true), true);
                 };
                 let none = HeaderMap::new();
-                let headers = headers.unwrap_or(&none);
-                let response = ResponseHead { status, headers, body: head.body_length(), close: self.stopping };
+                let response = ResponseHead { status, headers: &none, body: head.body_length(), close: self.stopping };
                 let head_at = (self.out.len(), self.handed);
-                if self.server.write_passthrough_head(&response, &head.head, &mut self.out).is_err() {
+                if self.server.write_passthrough_head(&response, &head.head, ours, &mut self.out).is_err() {
                     self.close_slots();
                     return (State::Closing, true);
                 }

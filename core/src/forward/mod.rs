@@ -132,8 +132,8 @@ pub struct ForwardPlan {
     /// The rewrite header, lowercased.
     rewrite: Option<String>,
     pub egress: Egress,
-    /// `Via` for responses.
-    pub via: http::HeaderMap,
+    /// `Via` for responses, rendered once.
+    pub via: crate::http1::Fields,
 }
 
 impl ForwardPlan {
@@ -149,7 +149,9 @@ impl ForwardPlan {
                 listener: SocketAddr::new(config.listen_ip, config.port),
             },
             config: config.clone(),
-            via: std::iter::once((http::header::VIA, http::HeaderValue::from_static(VIA))).collect(),
+            via: crate::http1::Fields::render(
+                &std::iter::once((http::header::VIA, http::HeaderValue::from_static(VIA))).collect(),
+            ),
         }
     }
 

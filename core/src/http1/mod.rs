@@ -161,6 +161,26 @@ pub fn is_hop_by_hop_name(n: &[u8]) -> bool {
 
 /// Writes end-to-end headers, skipping those the codec owns (framing and connection).
 /// `HeaderName`/`HeaderValue` cannot hold CR or LF, so nothing can be injected here.
+/// Header fields rendered once (`name: value\r\n` each), from a header map, so the
+/// same fields cost one copy per response: a `no-op` answer's `X-KrakenD-Completed`,
+/// the forward proxy's `Via`. Built only from a map: the bytes hold no CR or LF but
+/// the line ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields(Vec<u8>);
+
+impl Fields {
+    /// The fields of `headers`, as a response head would write them.
+    pub fn render(headers: &http::HeaderMap) -> Fields {
+        let mut out = Vec::new();
+        write_headers(headers, &mut out);
+        Fields(out)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 pub(crate) fn write_headers(headers: &http::HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
         let n = name.as_str();

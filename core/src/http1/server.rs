@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
 use super::head::{Head, HopByHop, Request, TargetForm, offset, write_field};
-use super::{Error, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
+use super::{Error, Fields, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
 
 /// What [`ServerConn::handle_input`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -270,20 +270,23 @@ impl ServerConn {
     /// Writes the head of a response passed through from a backend: `resp`'s status,
     /// length and close, then the backend's own header fields straight from its parsed
     /// head, names lowercased, without its framing, `Host` and hop-by-hop fields (the
-    /// fixed list and those its `Connection` names), then `resp.headers`: a `Via` added
-    /// there follows the origin's own (RFC 9110 7.6.3). The answer to a `HEAD` keeps
+    /// fixed list and those its `Connection` names), then `resp.headers` and `ours`
+    /// (fields rendered once): a `Via` added there follows the origin's own (RFC 9110
+    /// 7.6.3). The answer to a `HEAD` keeps
     /// the backend's `Content-Length` (the size a `GET` would get, RFC 9110 9.3.2). No
     /// header map is built.
     pub fn write_passthrough_head(
         &mut self,
         resp: &ResponseHead<'_>,
         backend: &Head,
+        ours: &Fields,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let keep_length = self.method == Method::HEAD && resp.body == BodyLength::Unknown;
         self.write_head_with(resp, out, |out| {
             write_passthrough_fields(backend, keep_length, out);
             write_headers(resp.headers, out);
+            out.extend_from_slice(ours.as_bytes());
         })
     }
 

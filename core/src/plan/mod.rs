@@ -116,7 +116,7 @@ pub struct EndpointPlan {
     /// The fields a streamed (`no-op`) answer's head gets before the backend's own:
     /// `X-KrakenD-Completed: false`, as lura sets it on every answer whose data it did
     /// not decode. Built once.
-    pub noop_fields: http::HeaderMap,
+    pub noop_fields: crate::http1::Fields,
 }
 
 impl EndpointPlan {
@@ -346,11 +346,13 @@ impl Gateway {
                 sequential: e.sequential,
                 backends,
                 guards: crate::gateway::guard::Guards::default(),
-                noop_fields: std::iter::once((
-                    http::HeaderName::from_static("x-krakend-completed"),
-                    http::HeaderValue::from_static("false"),
-                ))
-                .collect(),
+                noop_fields: crate::http1::Fields::render(
+                    &std::iter::once((
+                        http::HeaderName::from_static("x-krakend-completed"),
+                        http::HeaderValue::from_static("false"),
+                    ))
+                    .collect(),
+                ),
             });
         }
         if let Some(Err(diags)) = &mut root_profile {
