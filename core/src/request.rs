@@ -183,17 +183,13 @@ impl AccessLog {
 }
 
 /// A request target as it may be logged: credentials first (`http://user:password@host/`,
-/// a CONNECT's `user:password@host:443`: everything before the last `@` of a target
-/// that is not origin-form becomes `***`, whatever the password holds, `?` and `#`
-/// included), then the query string, then cut at 1 KiB. An origin-form target
+/// a CONNECT's `user:password@host:443`: [`crate::config::redact_userinfo`] on a target
+/// that is not origin-form), then the query string, then cut at 1 KiB. An origin-form target
 /// (`/path`) keeps its `@`: in a path it is no credential.
 fn loggable_target(target: &str) -> String {
-    let redacted = match (target.starts_with('/'), target.rfind('@')) {
-        (false, Some(at)) => {
-            let start = target.find("://").map(|i| i + 3).filter(|&i| i <= at).unwrap_or(0);
-            format!("{}***{}", &target[..start], &target[at..])
-        }
-        _ => target.to_string(),
+    let redacted = match target.starts_with('/') {
+        true => target.to_string(),
+        false => crate::config::redact_userinfo(target),
     };
     let mut path = redacted.split('?').next().unwrap_or_default().to_string();
     if path.len() > 1024 {
@@ -343,8 +339,13 @@ impl Reply {
 
     /// A `text/plain` response.
     pub fn text(status: StatusCode, body: &str) -> Reply {
+        Reply::typed(status, TEXT, body.as_bytes().to_vec())
+    }
+
+    /// A response of this `Content-Type`.
+    pub fn typed(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Reply {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
-        Reply { status, headers, body: body.as_bytes().to_vec() }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Reply { status, headers, body }
     }
 }

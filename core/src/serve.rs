@@ -70,6 +70,14 @@ pub enum Listener {
     Admin,
 }
 
+impl Listener {
+    /// Whether the per-thread connection limit refuses its connections: not the admin
+    /// pages', which stay reachable when the gateway is full (and still count).
+    pub fn limited(self) -> bool {
+        self != Listener::Admin
+    }
+}
+
 /// Where a started server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listening {

@@ -355,8 +355,7 @@ async fn accept_loop(listener: &TcpListener, shard: &Rc<Shard>, cancel: monoio::
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                // The admin pages stay reachable when the gateway is full.
-                if shard.active.get() >= max && kind != Listener::Admin {
+                if shard.active.get() >= max && kind.limited() {
                     tracing::warn!(shard = id, "connection limit reached ({max}): closing {peer}");
                     drop(stream);
                     continue;

@@ -133,8 +133,7 @@ pub async fn serve_listeners(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             (accepted, kind) = accept(&listener, forward.as_ref(), admin.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
-                    // The admin pages stay reachable when the gateway is full.
-                    if tasks.len() >= max_connections && kind != Listener::Admin {
+                    if tasks.len() >= max_connections && kind.limited() {
                         tracing::warn!("connection limit reached ({max_connections}): closing {peer}");
                         continue;
                     }

@@ -162,13 +162,14 @@ pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// `raw` (a URL, or a CONNECT's `host:port`) with its user info shown as `***`:
+/// everything before the last `@`, whatever a password holds (`/`, `?` and `#`
+/// included). An `@` later in a path is redacted with it: a message may lose a few
+/// characters, never show a secret.
 pub fn redact_userinfo(raw: &str) -> String {
-    let start = raw.find("://").map_or(0, |i| i + 3);
-    let end = raw[start..].find(['/', '?', '#']).map_or(raw.len(), |i| start + i);
-    match raw[start..end].rfind('@') {
-        Some(at) => format!("{}***@{}", &raw[..start], &raw[start + at + 1..]),
-        None => raw.to_string(),
-    }
+    let Some(at) = raw.rfind('@') else { return raw.to_string() };
+    let start = raw.find("://").map(|i| i + 3).filter(|&i| i <= at).unwrap_or(0);
+    format!("{}***{}", &raw[..start], &raw[at..])
 }
 
 /// An IP network in CIDR notation (a bare address is a /32 or /128).
@@ -232,6 +233,14 @@ mod tests {
         assert_eq!(host("https://api:443"), Ok("https://api".into()));
         assert_eq!(host("http://[::1]:9000"), Ok("http://[::1]:9000".into()));
         assert_eq!(host("http://svc_name.local"), Ok("http://svc_name.local".into()));
+    }
+
+    #[test]
+    fn user_info_is_redacted_whatever_the_password_holds() {
+        assert_eq!(redact_userinfo("http://u:p/ss@proxy:3128"), "http://***@proxy:3128");
+        assert_eq!(redact_userinfo("http://u:p#s?s@proxy:3128/x"), "http://***@proxy:3128/x");
+        assert_eq!(redact_userinfo("u:pw@api:443"), "***@api:443");
+        assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
     }
 
     #[test]

@@ -70,20 +70,15 @@ pub fn answer(gw: &Gateway, runtime: &Runtime, page: Page, stats: &Stats) -> Rep
         Page::Ready => Reply::text(StatusCode::OK, "LIVE\n"),
         Page::Stats => Reply::text(StatusCode::OK, &stats_text(gw, runtime, stats)),
         Page::Prometheus => {
-            reply("text/plain; version=0.0.4; charset=utf-8", prometheus(gw, runtime, stats).into_bytes())
+            let body = prometheus(gw, runtime, stats).into_bytes();
+            Reply::typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
         }
         Page::ConfigDump => {
             let mut body = serde_json::to_vec_pretty(&config_dump(gw)).unwrap_or_default();
             body.push(b'\n');
-            reply("application/json", body)
+            Reply::typed(StatusCode::OK, "application/json", body)
         }
     }
-}
-
-fn reply(content_type: &'static str, body: Vec<u8>) -> Reply {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Reply { status: StatusCode::OK, headers, body }
 }
 
 /// The breaker counts of every destination, when there is a forward proxy.

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode};
 
 use crate::request::Reply;
 
@@ -30,9 +30,7 @@ pub const ROUTER_TEXT: &str = "text/plain";
 
 /// The router's own answers, as gin writes them: `text/plain`, no charset.
 pub fn router_reply(status: StatusCode, body: &str) -> Reply {
-    let mut reply = Reply::text(status, body);
-    reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ROUTER_TEXT));
-    reply
+    Reply::typed(status, ROUTER_TEXT, body.as_bytes().to_vec())
 }
 
 /// KrakenD's 404: gin's, with `X-KrakenD-Completed: false` (lura's NoRoute handler).
