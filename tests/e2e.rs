@@ -27,6 +27,8 @@ every_driver!(
     curl_sees_the_aggregate,
     a_placeholder_may_start_a_segment_of_a_url_pattern,
     a_path_in_the_wrong_case_is_redirected,
+    negotiated_answers_as_krakend_writes_them,
+    a_no_op_backend_in_an_aggregating_endpoint_is_called_and_adds_nothing,
 );
 
 fn config(endpoints: &str) -> String {
@@ -203,6 +205,10 @@ fn keep_alive_reuses_backend_connections(mode: Mode) {
     assert_eq!((resp.status, resp.text(), resp.header("connection")), (404, "404 page not found", None));
     let resp = read_response(&mut r).unwrap();
     assert_eq!((resp.status, resp.header("allow"), resp.header("connection")), (405, Some("GET"), None));
+    assert_eq!(
+        (resp.header("content-type"), resp.header("x-krakend-completed"), resp.text()),
+        (Some("text/plain"), Some("false"), "405 method not allowed")
+    );
     for _ in 0..20 {
         write!(w, "GET /k HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
         let resp = read_response(&mut r).unwrap();
@@ -470,4 +476,67 @@ fn a_path_in_the_wrong_case_is_redirected(mode: Mode) {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"ok":true}"#);
+}
+
+/// `negotiate` as KrakenD answers it: XML without a declaration, the lone key as the
+/// root; YAML for text/plain with keys in order and numbers quoted; JSON otherwise.
+fn negotiated_answers_as_krakend_writes_them(mode: Mode) {
+    let backend = Backend::start(|_| Reply::Json(r#"{"user":{"-type":"admin","name":"Ada & co","id":7}}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/n", "output_encoding": "negotiate", "backend": [{{"host": ["{}"], "url_pattern": "/u"}}]}}"#,
+            backend.url()
+        )),
+        mode,
+    );
+    let ask = |accept: &str| {
+        let r = gw.request("GET", "/n", &[("Accept", accept)], b"");
+        (r.status, r.header("content-type").map(str::to_string), r.text().to_string())
+    };
+    assert_eq!(
+        ask("application/xml"),
+        (
+            200,
+            Some("application/xml".into()),
+            r#"<user type="admin"><id>7</id><name>Ada &amp; co</name></user>"#.into()
+        )
+    );
+    assert_eq!(
+        ask("text/plain"),
+        (
+            200,
+            Some("application/yaml; charset=utf-8".into()),
+            "user:\n  -type: admin\n  id: \"7\"\n  name: Ada & co\n".into()
+        )
+    );
+    assert_eq!(
+        ask("text/html, */*;q=0.8"),
+        (
+            200,
+            Some("application/json; charset=utf-8".into()),
+            r#"{"user":{"-type":"admin","name":"Ada & co","id":7}}"#.into()
+        )
+    );
+}
+
+/// lura calls a `no-op` backend of an aggregating endpoint, takes any status from it
+/// and merges nothing of it.
+fn a_no_op_backend_in_an_aggregating_endpoint_is_called_and_adds_nothing(mode: Mode) {
+    let hook =
+        Backend::start(|_| Reply::Raw(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown".to_vec()));
+    let data = Backend::start(|_| Reply::Json(r#"{"a":1}"#.into()));
+    let gw = Gw::start(
+        &config(&format!(
+            r#"{{"endpoint": "/agg", "backend": [
+                {{"host": ["{}"], "url_pattern": "/hook", "encoding": "no-op"}},
+                {{"host": ["{}"], "url_pattern": "/data"}}]}}"#,
+            hook.url(),
+            data.url()
+        )),
+        mode,
+    );
+    let r = gw.get("/agg");
+    assert_eq!((r.status, r.header("x-krakend-completed"), r.text()), (200, Some("true"), r#"{"a":1}"#));
+    assert_eq!(hook.requests().len(), 1);
+    assert!(hook.requests()[0].head.starts_with("GET /hook HTTP/1.1\r\n"));
 }

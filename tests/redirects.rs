@@ -124,7 +124,14 @@ fn bad_redirects(mode: Mode) {
     });
     let gw = Gw::start(&config(&b.url(), ""), mode);
     let r = gw.get("/p");
-    assert_eq!((r.status, r.text()), (502, r#"backend 0: the redirect to "ftp://files.example/x" is not http(s)"#));
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            502,
+            format!(r#"[GET /start]: {}/start: the redirect to "ftp://files.example/x" is not http(s)"#, b.url())
+                .as_str()
+        )
+    );
     let r = gw.request("PUT", "/put", &[("Content-Type", "application/json")], b"{}");
     assert_eq!(r.status, 500);
     assert_eq!(hops(&b).iter().filter(|h| h.starts_with("PUT /upload")).count(), 11);

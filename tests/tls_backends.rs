@@ -227,8 +227,10 @@ fn proxy_refuses_connect(mode: Mode) {
     let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port_443_only.port)), mode);
     let r = gw.get("/p");
     let said = format!(
-        "backend 0: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 403 Access violation",
-        port_443_only.port, server.port
+        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 403 Access violation",
+        port_443_only.port,
+        server.port,
+        sp = server.port
     );
     assert_eq!((r.status, r.text()), (502, said.as_str()));
     let r = gw.get("/agg");
@@ -239,8 +241,10 @@ fn proxy_refuses_connect(mode: Mode) {
     let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(guarded.port)), mode);
     let r = gw.get("/p");
     let said = format!(
-        "backend 0: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 407 Proxy Authentication Required (the proxy wants credentials: put them in its URL)",
-        guarded.port, server.port
+        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 407 Proxy Authentication Required (the proxy wants credentials: put them in its URL)",
+        guarded.port,
+        server.port,
+        sp = server.port
     );
     assert_eq!((r.status, r.text()), (502, said.as_str()));
     drop(gw);
@@ -295,8 +299,9 @@ fn proxy_breaks_the_tunnel(mode: Mode) {
     let started = Instant::now();
     let r = gw.get("/p");
     let said = format!(
-        "backend 0: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: the tunnel closed during the TLS handshake",
-        server.port
+        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: the tunnel closed during the TLS handshake",
+        server.port,
+        sp = server.port
     );
     assert_eq!((r.status, r.text()), (502, said.as_str()));
     assert_eq!(gw.get("/agg").status, 500);
@@ -308,8 +313,9 @@ fn proxy_breaks_the_tunnel(mode: Mode) {
     let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port)), mode);
     let r = gw.get("/p");
     let said = format!(
-        "backend 0: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: its answer is not HTTP (invalid HTTP version)",
-        server.port
+        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: its answer is not HTTP (invalid HTTP version)",
+        server.port,
+        sp = server.port
     );
     assert_eq!((r.status, r.text()), (502, said.as_str()));
 }

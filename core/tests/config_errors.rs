@@ -154,7 +154,7 @@ fn broken_configs_report_exact_paths_and_messages() {
             "unknown output encoding",
             one(json!({"output_encoding": "protobuf"})),
             vec![
-                r#"endpoints[0].output_encoding: unknown value "protobuf", expected one of "json", "json-collection", "string", "xml", "negotiate", "no-op""#,
+                r#"endpoints[0].output_encoding: unknown value "protobuf", expected one of "json", "json-collection", "string", "xml", "yaml", "negotiate", "no-op""#,
             ],
         ),
         (
@@ -177,16 +177,6 @@ fn broken_configs_report_exact_paths_and_messages() {
                 {"host": ["http://api"], "url_pattern": "/y", "encoding": "no-op"}
             ]})),
             vec![r#"endpoints[0].output_encoding: "no-op" passes one backend through; this endpoint has 2"#],
-        ),
-        (
-            "no-op output over a json backend",
-            one(json!({"output_encoding": "no-op"})),
-            vec![r#"endpoints[0].backend[0].encoding: must be "no-op" when the endpoint's output_encoding is "no-op""#],
-        ),
-        (
-            "no-op backend under a json output",
-            backends(json!([{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"}])),
-            vec![r#"endpoints[0].backend[0].encoding: "no-op" needs the endpoint's output_encoding to be "no-op" too"#],
         ),
         (
             "duplicate route",
@@ -549,6 +539,14 @@ fn valid_configs_load() {
             one(json!({"output_encoding": "no-op",
             "backend": [{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"}]})),
         ),
+        // As lura: the endpoint's no-op output makes its backend no-op; a no-op backend
+        // may sit in an aggregating endpoint.
+        ("no-op output, backend encoding unset", one(json!({"output_encoding": "no-op"}))),
+        (
+            "no-op backend beside a json one",
+            backends(json!([{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"},
+                            {"host": ["http://api"], "url_pattern": "/y"}])),
+        ),
         ("nulls count as absent", json!({"version": 3, "name": null, "timeout": null, "endpoints": null})),
         (
             "proxy address with credentials",
@@ -668,6 +666,25 @@ fn lint_warnings_name_unknown_keys() {
     );
     let plugin = loaded.gateway.config.endpoints[0].backend[0].plugin.clone();
     assert_eq!(plugin.map(|p| (p.name, p.options.len())), Some(("mine".to_string(), 1)));
+}
+
+#[test]
+fn a_no_op_endpoint_overrides_its_backends_encoding_and_says_so() {
+    let config = one(json!({"output_encoding": "no-op",
+        "backend": [{"host": ["http://api"], "url_pattern": "/x", "encoding": "json"}]}));
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        notices,
+        [
+            r#"endpoints[0].backend[0].encoding: "json" is not used: the endpoint's "no-op" output passes this backend through undecoded"#
+        ]
+    );
+    assert_eq!(loaded.gateway.config.endpoints[0].backend[0].encoding, sluice_core::config::Encoding::NoOp);
+    let unset = one(json!({"output_encoding": "no-op"}));
+    let loaded = Gateway::load(&unset.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.notices.is_empty());
+    assert_eq!(loaded.gateway.config.endpoints[0].backend[0].encoding, sluice_core::config::Encoding::NoOp);
 }
 
 #[test]

@@ -264,7 +264,9 @@ fn shaping_rules() {
         let cfg = one("", &format!(r#"[{{"url_pattern": "/a", {fields}}}]"#));
         let out = run(&cfg, get("/api/1"), |_| Canned::Json(body));
         assert_eq!(out.body(), *expected, "{fields}");
-        assert_eq!(out.header("x-krakend-completed"), Some("true"), "{fields}");
+        // lura calls an answer complete only when it has data.
+        let complete = if *expected == "{}" { "false" } else { "true" };
+        assert_eq!(out.header("x-krakend-completed"), Some(complete), "{fields}");
     }
 }
 
@@ -333,7 +335,7 @@ fn failing_backends_give_partial_or_500() {
         );
     assert_eq!(
         out.show(),
-        "500\ncontent-type: text/plain; charset=utf-8\nx-krakend-completed: false\n\nbackend 0: status 503; backend 1: connection reset"
+        "500\ncontent-type: text/plain; charset=utf-8\nx-krakend-completed: false\n\ninvalid status code 503 [GET /a]: http://backend:8000/a\n[GET /b]: http://backend:8000/b: connection reset"
     );
 }
 
@@ -757,6 +759,7 @@ fn hosts_are_balanced_round_robin() {
 
 #[test]
 fn output_encodings() {
+    const YAML: &str = "application/yaml; charset=utf-8";
     let cfg = |output: &str, backend: &str| {
         format!(
             r#"{{"version": 3, "host": ["http://b:1"], "endpoints": [{{"endpoint": "/a", "output_encoding": "{output}",
@@ -774,22 +777,46 @@ fn output_encodings() {
         ("string", text, "hello <b>", None, "text/plain; charset=utf-8", "hello <b>"),
         ("string", plain, r#"{"content":"x\ty"}"#, None, "text/plain; charset=utf-8", "x\ty"),
         ("string", plain, r#"{"content":1}"#, None, "text/plain; charset=utf-8", ""),
+        // As KrakenD's XML renderer writes them: keys in order, `<doc>` around more
+        // than one, no declaration (the first is krakend-xml's own test case).
+        (
+            "xml",
+            plain,
+            r#"{"a":{"content":"supu & tupu"},"content":"tupu","foo":42}"#,
+            None,
+            "application/xml",
+            "<doc><a><content>supu &amp; tupu</content></a><content>tupu</content><foo>42</foo></doc>",
+        ),
         (
             "xml",
             plain,
             r##"{"user":{"-id":"7","name":"A & B","tags":["x","y"],"n":1.50,"nil":null,"#text":"t"},"bad key":true}"##,
             None,
-            "application/xml; charset=utf-8",
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<response><user id=\"7\"><name>A &amp; B</name><tags>x</tags><tags>y</tags><n>1.50</n><nil></nil>t</user><bad_key>true</bad_key></response>",
+            "application/xml",
+            "<doc><bad_key>true</bad_key><user id=\"7\">t<n>1.50</n><name>A &amp; B</name><nil/><tags>x</tags><tags>y</tags></user></doc>",
         ),
         (
-            "negotiate",
+            "xml",
             plain,
-            r#"{"a":1}"#,
-            Some("application/xml"),
-            "application/xml; charset=utf-8",
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<response><a>1</a></response>",
+            r#"{"user":{"-type":"admin","name":"ada"}}"#,
+            None,
+            "application/xml",
+            r#"<user type="admin"><name>ada</name></user>"#,
         ),
+        ("xml", plain, r#"{"list":[1,2]}"#, None, "application/xml", "<doc><list>1</list><list>2</list></doc>"),
+        ("xml", plain, r#"{}"#, None, "application/xml", "<doc/>"),
+        ("negotiate", plain, r#"{"a":1}"#, Some("application/xml"), "application/xml", "<a>1</a>"),
+        (
+            "yaml",
+            plain,
+            r#"{"name":"x","id":42,"ok":true,"tags":["a"]}"#,
+            None,
+            YAML,
+            "id: \"42\"\nname: x\nok: true\ntags:\n- a\n",
+        ),
+        ("negotiate", plain, r#"{"a":{"b":"c"}}"#, Some("text/plain"), YAML, "a:\n  b: c\n"),
+        ("negotiate", plain, r#"{"a":1}"#, Some("application/x-yaml"), YAML, "a: \"1\"\n"),
+        ("negotiate", plain, r#"{"a":1}"#, Some("text/xml"), "application/json; charset=utf-8", r#"{"a":1}"#),
         (
             "negotiate",
             plain,
@@ -799,7 +826,7 @@ fn output_encodings() {
             r#"{"a":1}"#,
         ),
         ("negotiate", plain, r#"{"a":1}"#, None, "application/json; charset=utf-8", r#"{"a":1}"#),
-        ("negotiate", text, "hi", Some("text/plain"), "text/plain; charset=utf-8", "hi"),
+        ("negotiate", text, "hi", Some("text/plain"), YAML, "content: hi\n"),
     ];
     for (output, backend, body, accept, ct, expected) in cases {
         let mut req = get("/a");
@@ -871,14 +898,22 @@ fn routing_answers_and_builtins() {
                       {"endpoint": "/b/", "backend": [{"url_pattern": "/x"}]}]}"#;
     let cases: &[(Method, &str, &str)] = &[
         (Method::GET, "/nope", "404\ncontent-type: text/plain\nx-krakend-completed: false\n\n404 page not found"),
-        (Method::POST, "/a/1", "405\ncontent-type: text/plain\nallow: GET\n\n405 method not allowed"),
+        (
+            Method::POST,
+            "/a/1",
+            "405\ncontent-type: text/plain\nallow: GET\nx-krakend-completed: false\n\n405 method not allowed",
+        ),
         (Method::GET, "/b?x=1", "301\ncontent-type: text/plain; charset=utf-8\nlocation: /b/?x=1\n\n"),
         (
             Method::GET,
             "/__health",
             "200\ncontent-type: application/json; charset=utf-8\n\n{\"agents\":{},\"now\":\"2026-11-21T22:26:40Z\",\"status\":\"ok\"}",
         ),
-        (Method::POST, "/__health", "405\ncontent-type: text/plain\nallow: GET\n\n405 method not allowed"),
+        (
+            Method::POST,
+            "/__health",
+            "405\ncontent-type: text/plain\nallow: GET\nx-krakend-completed: false\n\n405 method not allowed",
+        ),
         (
             Method::DELETE,
             "/__debug/anything",
@@ -1051,4 +1086,23 @@ fn client_plugin_rewrites_answers_and_fails_calls() {
     assert_eq!(out.body(), r#"{"a":{"changed":true},"l":{"local":1}}"#);
     assert_eq!(out.header("x-krakend-completed"), Some("false"), "the failed call makes it partial");
     assert_eq!(plugin.done.load(std::sync::atomic::Ordering::SeqCst), 3, "every call ends, however it ended");
+}
+
+/// As lura: a `no-op` backend of an aggregating endpoint is called, its answer is
+/// neither decoded nor checked (a 500 counts as done) and adds nothing to the merge.
+#[test]
+fn a_no_op_backend_in_an_aggregating_endpoint_adds_nothing() {
+    let cfg = r#"{"version": 3, "host": ["http://b:1"], "endpoints": [{"endpoint": "/a", "backend": [
+        {"url_pattern": "/notify", "encoding": "no-op"}, {"url_pattern": "/data"}]}]}"#;
+    let out =
+        run(cfg, get("/a"), |i| if i == 0 { Canned::Status(500, "not json") } else { Canned::Json(r#"{"a":1}"#) });
+    assert_eq!(out.calls.len(), 2);
+    assert_eq!(out.reply.status.as_u16(), 200);
+    assert_eq!(out.header("x-krakend-completed"), Some("true"));
+    assert_eq!(out.body(), r#"{"a":1}"#);
+    // Alone, it gives an empty object; failing to connect still makes it incomplete.
+    let alone = r#"{"version": 3, "host": ["http://b:1"], "endpoints": [{"endpoint": "/a", "backend": [
+        {"url_pattern": "/notify", "encoding": "no-op"}, {"url_pattern": "/data", "encoding": "no-op"}]}]}"#;
+    let out = run(alone, get("/a"), |i| if i == 0 { Canned::Status(404, "gone") } else { Canned::Fail("refused") });
+    assert_eq!((out.reply.status.as_u16(), out.header("x-krakend-completed"), out.body()), (200, Some("false"), "{}"));
 }

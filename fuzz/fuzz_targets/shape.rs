@@ -30,7 +30,13 @@ fuzz_target!(|input: &[u8]| {
     let Ok(part) = shape.apply(body) else { return };
     let other = response::Shape::plain(sluice_core::config::Encoding::Json).apply(b"{\"z\":1}").expect("fixed");
     let merged = response::merge([part, other]);
-    for output in [OutputEncoding::Json, OutputEncoding::JsonCollection, OutputEncoding::String, OutputEncoding::Xml] {
+    for output in [
+        OutputEncoding::Json,
+        OutputEncoding::JsonCollection,
+        OutputEncoding::String,
+        OutputEncoding::Xml,
+        OutputEncoding::Yaml,
+    ] {
         let mut out = Vec::new();
         response::render(output, None, &merged, &mut out);
         if matches!(output, OutputEncoding::Json | OutputEncoding::JsonCollection) {

@@ -857,6 +857,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         _ => None,
     });
 
+    let output = output_encoding.unwrap_or(root.output_encoding);
     let backend_path = o.at("backend");
     let mut backends: Vec<(usize, Backend)> = Vec::new();
     match o.take("backend") {
@@ -866,7 +867,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         }
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                let ctx = BackendCtx { root, params: params.as_deref(), sequential, position: i };
+                let ctx = BackendCtx { root, params: params.as_deref(), sequential, position: i, output };
                 if let Some(b) = backend(item, index(&backend_path, i), &ctx, cx) {
                     backends.push((i, b));
                 }
@@ -875,20 +876,11 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         Some(other) => cx.error(&backend_path, format!("expected an array, found {}", kind(other))),
     }
 
-    // no-op passes one backend's answer through untouched: both sides must say so.
-    let output = output_encoding.unwrap_or(root.output_encoding);
+    // no-op passes one backend's answer through untouched. A no-op backend of an
+    // aggregating endpoint is called and adds nothing (see `gateway::exchange`).
     let count = o.map.get("backend").and_then(Value::as_array).map_or(0, Vec::len);
     if output == OutputEncoding::NoOp && count > 1 {
         cx.error(&o.at("output_encoding"), format!("\"no-op\" passes one backend through; this endpoint has {count}"));
-    }
-    for (i, b) in &backends {
-        let enc_path = join(&index(&backend_path, *i), "encoding");
-        if output == OutputEncoding::NoOp && b.encoding != Encoding::NoOp && count == 1 {
-            cx.error(&enc_path, "must be \"no-op\" when the endpoint's output_encoding is \"no-op\"");
-        }
-        if output != OutputEncoding::NoOp && b.encoding == Encoding::NoOp {
-            cx.error(&enc_path, "\"no-op\" needs the endpoint's output_encoding to be \"no-op\" too");
-        }
     }
 
     // At most one write backend, and then last of a sequential proxy (seed 003).
@@ -996,6 +988,8 @@ struct BackendCtx<'a> {
     params: Option<&'a [String]>,
     sequential: bool,
     position: usize,
+    /// The endpoint's output encoding: a `no-op` endpoint's backend is `no-op` too.
+    output: OutputEncoding,
 }
 
 fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Option<Backend> {
@@ -1015,7 +1009,20 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         check_url_pattern(u, &o.at("url_pattern"), ctx, cx);
     }
     let method = o.method("method", cx);
-    let encoding = o.leaf("encoding", cx).unwrap_or(Encoding::Json);
+    let said = o.map.get("encoding").and_then(Value::as_str).unwrap_or_default().to_string();
+    let encoding = match (o.leaf("encoding", cx), ctx.output) {
+        // As lura does: a no-op endpoint passes its backend through, whatever its
+        // encoding says; one that says something else is told so.
+        (Some(e), OutputEncoding::NoOp) if e != Encoding::NoOp => {
+            cx.notice(
+                &o.at("encoding"),
+                format!("{said:?} is not used: the endpoint's \"no-op\" output passes this backend through undecoded"),
+            );
+            Encoding::NoOp
+        }
+        (_, OutputEncoding::NoOp) => Encoding::NoOp,
+        (e, _) => e.unwrap_or(Encoding::Json),
+    };
     let is_collection = o.flag("is_collection", cx);
     let target = o.non_empty("target", cx);
     let allow = o.strings("allow", cx).unwrap_or_default();

@@ -563,6 +563,8 @@ pub enum OutputEncoding {
     String,
     #[serde(rename = "xml")]
     Xml,
+    #[serde(rename = "yaml")]
+    Yaml,
     #[serde(rename = "negotiate")]
     Negotiate,
     #[serde(rename = "no-op")]

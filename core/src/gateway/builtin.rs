@@ -52,10 +52,7 @@ pub fn answer(which: Builtin, req: &ClientRequest, wall: SystemTime) -> Reply {
     match which {
         Builtin::Health => {
             if req.method != Method::GET {
-                let body = crate::plan::route::METHOD_NOT_ALLOWED_BODY;
-                let mut r = crate::plan::route::router_reply(StatusCode::METHOD_NOT_ALLOWED, body);
-                r.headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
-                return r;
+                return crate::plan::route::method_not_allowed("GET");
             }
             let secs = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             json_reply(format!("{{\"agents\":{{}},\"now\":\"{}\",\"status\":\"ok\"}}", rfc3339(secs)).into_bytes())

@@ -1,10 +1,10 @@
 //! What serves a request head: a built-in endpoint, a routed endpoint, or an answer
 //! the router gives at once (404, 405, trailing-slash redirect).
 
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, header};
 
 use crate::gateway::builtin::{self, Builtin};
-use crate::plan::route::{self, METHOD_NOT_ALLOWED_BODY, RouteMatch};
+use crate::plan::route::{self, RouteMatch};
 use crate::plan::{EndpointPlan, Gateway};
 use crate::request::Reply;
 
@@ -54,13 +54,7 @@ impl Gateway {
                 }
                 Dispatch::Reply(reply)
             }
-            RouteMatch::MethodNotAllowed { allow } => {
-                let mut reply = route::router_reply(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
-                if let Ok(v) = HeaderValue::from_str(&allow) {
-                    reply.headers.insert(header::ALLOW, v);
-                }
-                Dispatch::Reply(reply)
-            }
+            RouteMatch::MethodNotAllowed { allow } => Dispatch::Reply(route::method_not_allowed(&allow)),
             RouteMatch::NotFound => Dispatch::Reply(route::not_found()),
         }
     }

@@ -57,9 +57,11 @@
 //! ```
 //!
 //! Status rules (KrakenD's): only 200 and 201 from a backend count as success. Some
-//! parts missing → 200 with `X-KrakenD-Completed: false`; all there → `true`, plus
-//! `Cache-Control: public, max-age=N` with a `cache_ttl`; no part at all → 500, with
-//! the reason in the body only under `extra_config.router.return_error_msg`.
+//! parts missing → 200 with `X-KrakenD-Completed: false`; all there (and something in
+//! the merged object) → `true`, plus `Cache-Control: public, max-age=N` with a
+//! `cache_ttl`; no part at all → 500, with the reasons (one line per backend, see
+//! `reason`) in the body only under `extra_config.router.return_error_msg`. A `no-op`
+//! backend of an aggregating endpoint is called and adds nothing, whatever its status.
 //! `backend/http` `return_error_code` passes a failing backend's status (with its body
 //! when `return_error_msg` is set); `return_error_details` adds an `error_<alias>` part.
 //! Sequential: a failing backend stops the chain; the first failing fails the request.
@@ -72,16 +74,17 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use smallvec::SmallVec;
 
 use crate::call::{Call, CallBody};
-use crate::config::{OutputEncoding, is_write_method};
+use crate::config::{Encoding, OutputEncoding, is_write_method};
 use crate::gateway::dispatch::Route;
 use crate::gateway::json;
 use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
 use crate::gateway::response::{self, Entry, Key, Node};
 use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
 use crate::http1::{self, BodyLength, RequestTarget};
-use crate::plan::{BackendPlan, EndpointPlan, Gateway};
+use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway};
 use crate::request::{ClientRequest, Reply, RequestBody};
 
 /// `X-KrakenD-Completed`.
@@ -145,6 +148,8 @@ pub struct Exchange<'g> {
     /// Per call with a client plugin bound: the request as the plugin left it, sent
     /// instead of the one the gateway built, until the call is over.
     plugged: Vec<Option<Box<BackendRequest>>>,
+    /// Per call, the host it was sent to (for the error detail naming its URL).
+    sent: SmallVec<[Option<&'g BackendHost>; 4]>,
 }
 
 #[derive(Debug)]
@@ -174,6 +179,7 @@ impl<'g> Exchange<'g> {
             answer: None,
             done: false,
             plugged: Vec::new(),
+            sent: smallvec::smallvec![None; ep.backends.len()],
         };
         // Render every URL that does not wait on an earlier response now, so that an
         // injection attempt is refused (400, with the reason: it is the client's own
@@ -304,7 +310,8 @@ impl<'g> Exchange<'g> {
         };
         if let Some(i) = next {
             match self.make_call(i, balancer) {
-                Ok(mut call) => {
+                Ok((mut call, host)) => {
+                    self.sent[i] = Some(host);
                     if let Some(binding) = &self.ep.backends[i].plugin
                         && let Some(answer) = self.ask_plugin(binding, &mut call)
                     {
@@ -328,7 +335,7 @@ impl<'g> Exchange<'g> {
         Action::Wait(self.deadline)
     }
 
-    fn make_call(&self, i: usize, balancer: &Balancer) -> Result<Call<'g>, String> {
+    fn make_call(&self, i: usize, balancer: &Balancer) -> Result<(Call<'g>, &'g BackendHost), String> {
         let b = &self.ep.backends[i];
         let host = balancer.pick(b).ok_or_else(|| format!("backend {i} has no host"))?;
         let url = match self.rendered.get(i) {
@@ -349,7 +356,7 @@ impl<'g> Exchange<'g> {
         // backend::pool_key): through a proxy, the proxy is dialled.
         let to = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr);
         let pool_key = host.pool_key.as_str();
-        Ok(Call {
+        let call = Call {
             id: i,
             method: b.method.clone(),
             host: to,
@@ -367,7 +374,8 @@ impl<'g> Exchange<'g> {
             stream_response: self.ep.streams(),
             srv: host.srv,
             dial: host.dial,
-        })
+        };
+        Ok((call, host))
     }
 
     /// Asks the plugin bound to `call`'s backend: `None` to send it (as the plugin left
@@ -439,9 +447,9 @@ impl<'g> Exchange<'g> {
     /// Settles call `i`. In a sequence, a call that did not succeed skips the rest.
     fn settle(&mut self, i: usize, state: CallState) {
         let succeeded = match &state {
-            CallState::Answered { status, body, .. } => {
-                is_success(*status) && self.ep.backends.get(i).is_some_and(|b| b.shape.apply(body).is_ok())
-            }
+            CallState::Answered { status, body, .. } => self.ep.backends.get(i).is_some_and(|b| {
+                b.shape.encoding == Encoding::NoOp || (is_success(*status) && b.shape.apply(body).is_ok())
+            }),
             _ => false,
         };
         if let Some(slot) = self.calls.get_mut(i) {
@@ -510,19 +518,43 @@ impl<'g> Exchange<'g> {
         }
     }
 
+    /// Why call `i` gave nothing to merge, as KrakenD words it where it can: a status
+    /// other than 200/201 is `invalid status code 404 [GET /users/{id}]:
+    /// http://api/users/42` (the backend's method, `url_pattern`, the URL called);
+    /// anything else is `[GET /users/{id}]: http://api/users/42: <why>`.
     fn reason(&self, i: usize) -> String {
+        let b = &self.ep.backends[i];
+        let pattern = self
+            .gw
+            .config
+            .endpoints
+            .get(self.ep.index)
+            .and_then(|e| e.backend.get(i))
+            .map_or("", |c| c.url_pattern.as_str());
+        let prefix = format!("[{} {pattern}]:", b.method);
+        let url = match self.sent.get(i).copied().flatten() {
+            Some(host) => {
+                let target = match self.rendered.get(i) {
+                    Some(Some(url)) => Cow::Borrowed(url.as_str()),
+                    _ => Cow::Owned(self.render(b).unwrap_or_default()),
+                };
+                crate::config::redact_userinfo(&format!("{}{}{target}", host.addr, host.path_prefix))
+            }
+            None => String::new(),
+        };
         match &self.calls[i] {
             CallState::Answered { status, .. } if !is_success(*status) => {
-                format!("backend {i}: status {}", status.as_u16())
+                format!("invalid status code {} {prefix} {url}", status.as_u16())
             }
-            CallState::Answered { body, .. } => match self.ep.backends[i].shape.apply(body) {
-                Err(e) => format!("backend {i}: {e}"),
+            CallState::Answered { body, .. } => match b.shape.apply(body) {
+                Err(e) => format!("{prefix} {url}: {e}"),
                 Ok(_) => String::new(),
             },
-            CallState::Failed(why) => format!("backend {i}: {why}"),
-            CallState::TimedOut => format!("backend {i}: timed out"),
-            CallState::Skipped => format!("backend {i}: not called"),
-            CallState::Pending | CallState::InFlight => format!("backend {i}: no answer"),
+            CallState::Failed(why) if url.is_empty() => format!("{prefix} {why}"),
+            CallState::Failed(why) => format!("{prefix} {url}: {why}"),
+            CallState::TimedOut => format!("{prefix} {url}: timed out"),
+            CallState::Skipped => format!("{prefix} not called"),
+            CallState::Pending | CallState::InFlight => format!("{prefix} {url}: no answer"),
         }
     }
 
@@ -570,6 +602,9 @@ impl<'g> Exchange<'g> {
         let mut error_code: Option<Reply> = None;
         for (i, (call, b)) in self.calls.iter().zip(&ep.backends).enumerate() {
             match call {
+                // A no-op backend of an aggregating endpoint (as lura: its answer is not
+                // decoded and its status not checked) adds nothing, and is complete.
+                CallState::Answered { .. } if b.shape.encoding == Encoding::NoOp => parts.push(Vec::new()),
                 CallState::Answered { status, body, .. } if is_success(*status) => match b.shape.apply(body) {
                     Ok(part) => parts.push(part),
                     Err(_) => {
@@ -605,9 +640,11 @@ impl<'g> Exchange<'g> {
             return r;
         }
         if parts.is_empty() {
-            return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &reasons.join("; "));
+            return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &reasons.join("\n"));
         }
         let merged = response::merge(parts);
+        // lura says complete only of an answer with data in it.
+        let complete = complete && !merged.is_empty();
         let mut body = Vec::with_capacity(256);
         let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);

@@ -40,6 +40,17 @@ pub fn not_found() -> Reply {
     reply
 }
 
+/// KrakenD's 405: gin's, with `Allow` and `X-KrakenD-Completed: false` (KrakenD CE's
+/// NoMethod handler).
+pub fn method_not_allowed(allow: &str) -> Reply {
+    let mut reply = router_reply(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
+    if let Ok(v) = HeaderValue::from_str(allow) {
+        reply.headers.insert(http::header::ALLOW, v);
+    }
+    reply.headers.insert("x-krakend-completed", HeaderValue::from_static("false"));
+    reply
+}
+
 /// The compiled route table.
 #[derive(Debug, Clone, Default)]
 pub struct Router {

@@ -12,6 +12,7 @@
 //! values come out byte for byte (numbers, escapes, key order, whitespace inside).
 
 mod xml;
+mod yaml;
 
 use std::borrow::Cow;
 
@@ -125,6 +126,82 @@ pub fn write_object(entries: &[Entry<'_>], out: &mut Vec<u8>) {
         v.write(out);
     }
     out.push(b'}');
+}
+
+/// A member of an object as the XML and YAML writers see it: text key, value.
+type Member<'n, 'a> = (Cow<'n, str>, Cow<'n, Node<'a>>);
+
+/// A value seen as a document tree by the XML and YAML writers, which write an
+/// object's members in key order (as KrakenD's Go maps come out).
+enum Tree<'n, 'a> {
+    Map(Vec<Member<'n, 'a>>),
+    List(Vec<Cow<'n, Node<'a>>>),
+    Text(Cow<'n, str>),
+    /// A number's JSON text.
+    Number(Cow<'n, str>),
+    Bool(bool),
+    Null,
+}
+
+impl Tree<'_, '_> {
+    /// A scalar's text (`true`, a number as written); empty for null and containers.
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Tree::Text(t) | Tree::Number(t) => Cow::Borrowed(t.as_ref()),
+            Tree::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            _ => Cow::Borrowed(""),
+        }
+    }
+}
+
+/// Members sorted by key (byte order, as Go sorts strings); of a repeated key the
+/// last one stays, as a Go map keeps it.
+fn sorted<'n, 'a>(members: impl Iterator<Item = Member<'n, 'a>>) -> Vec<Member<'n, 'a>> {
+    let mut all: Vec<Member<'n, 'a>> = members.collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<Member<'n, 'a>> = Vec::with_capacity(all.len());
+    for m in all {
+        match out.last_mut() {
+            Some(last) if last.0 == m.0 => *last = m,
+            _ => out.push(m),
+        }
+    }
+    out
+}
+
+fn tree<'n, 'a: 'n>(node: &'n Node<'a>) -> Tree<'n, 'a> {
+    match node {
+        Node::Number(n) => Tree::Number(Cow::Owned(n.to_string())),
+        Node::Str(s) => Tree::Text(Cow::Borrowed(s.as_ref())),
+        Node::Obj(entries) => Tree::Map(sorted(entries.iter().map(|(k, v)| (k.text(), Cow::Borrowed(v))))),
+        Node::Arr(items) => Tree::List(items.iter().map(Cow::Borrowed).collect()),
+        Node::Raw(raw) => match json::kind(raw) {
+            json::Kind::Object => Tree::Map(sorted(
+                json::members(raw).into_iter().map(|(k, v)| (json::unescape(k), Cow::Owned(Node::Raw(v)))),
+            )),
+            json::Kind::Array => Tree::List(json::items(raw).into_iter().map(|i| Cow::Owned(Node::Raw(i))).collect()),
+            json::Kind::String => Tree::Text(json::scalar_text(raw).unwrap_or_default()),
+            json::Kind::Number => Tree::Number(Cow::Borrowed(*raw)),
+            json::Kind::Bool => Tree::Bool(raw.starts_with('t')),
+            json::Kind::Null => Tree::Null,
+        },
+    }
+}
+
+fn is_object(node: &Node<'_>) -> bool {
+    match node {
+        Node::Obj(_) => true,
+        Node::Raw(raw) => json::kind(raw) == json::Kind::Object,
+        _ => false,
+    }
+}
+
+fn is_container(node: &Node<'_>) -> bool {
+    match node {
+        Node::Obj(_) | Node::Arr(_) => true,
+        Node::Raw(raw) => matches!(json::kind(raw), json::Kind::Object | json::Kind::Array),
+        _ => false,
+    }
 }
 
 /// A set of dotted paths as a tree: `["a.b", "a.c", "d"]`.
@@ -246,7 +323,8 @@ impl Shape {
                 Ok(vec![(Key::Text(Cow::Borrowed("content")), Node::Str(String::from_utf8_lossy(body)))])
             }
             Encoding::Xml | Encoding::Rss => xml::decode(text()?).map_err(DecodeError),
-            Encoding::NoOp => Err(DecodeError("no-op bodies are not decoded".into())),
+            // Not decoded: a no-op backend of an aggregating endpoint adds nothing.
+            Encoding::NoOp => Ok(Vec::new()),
         }
     }
 
@@ -335,17 +413,19 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = Vec<Entry<'a>>>) -> Vec<Entry<'
     out
 }
 
-/// Content types of the rendered outputs.
+/// Content types of the rendered outputs (KrakenD's: gin's JSON and YAML renderers,
+/// krakend-xml's).
 pub const JSON: &str = "application/json; charset=utf-8";
-pub const XML: &str = "application/xml; charset=utf-8";
+pub const XML: &str = "application/xml";
+pub const YAML: &str = "application/yaml; charset=utf-8";
 pub use crate::request::TEXT;
 
 /// Writes merged members in an output encoding; returns the content type.
 /// - `json`: the object;
 /// - `json-collection`: the value of `collection`, `[]` without one;
 /// - `string`: the text of `content`, empty without a string there;
-/// - `xml`: see [`xml::encode`];
-/// - `negotiate`: JSON, XML or string by `Accept` (JSON when nothing matches).
+/// - `xml`: see [`xml::encode`]; `yaml`: see [`yaml`];
+/// - `negotiate`: by `Accept`, see [`negotiate`].
 ///
 /// `no-op` is streamed, never rendered: it is written as `json` here.
 pub fn render(output: OutputEncoding, accept: Option<&str>, entries: &[Entry<'_>], out: &mut Vec<u8>) -> &'static str {
@@ -375,6 +455,10 @@ pub fn render(output: OutputEncoding, accept: Option<&str>, entries: &[Entry<'_>
             xml::encode(entries, out);
             XML
         }
+        OutputEncoding::Yaml => {
+            yaml::encode(entries, out);
+            YAML
+        }
         _ => {
             write_object(entries, out);
             JSON
@@ -382,26 +466,56 @@ pub fn render(output: OutputEncoding, accept: Option<&str>, entries: &[Entry<'_>
     }
 }
 
-/// Picks an output by `Accept`: the supported type with the highest q, JSON on a tie
-/// or when nothing matches.
+/// Picks an output by `Accept` as KrakenD does (gin's `NegotiateFormat` over JSON,
+/// `text/plain`, XML and `application/x-yaml`): the first media range that matches
+/// one of them, in that order, wins; `*` matches from where it stands (`*/*` is JSON,
+/// `text/*` plain text); `text/plain` and `application/x-yaml` are answered in YAML;
+/// JSON when nothing matches or there is no `Accept`. One difference, deliberate:
+/// ranges are tried by their `q`, highest first (gin ignores `q`), and `q=0` is never
+/// chosen; ranges without `q` keep gin's order.
 pub fn negotiate(accept: &str) -> OutputEncoding {
-    let mut best = (OutputEncoding::Json, -1.0f32);
-    for range in accept.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q =
-            parts.filter_map(|p| p.trim().strip_prefix("q=")).find_map(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
-        let enc = match media.as_str() {
-            "application/json" | "application/*" | "*/*" => OutputEncoding::Json,
-            "application/xml" | "text/xml" => OutputEncoding::Xml,
-            "text/plain" => OutputEncoding::String,
-            _ => continue,
-        };
-        if q > 0.0 && q > best.1 {
-            best = (enc, q);
+    const OFFERS: [(&str, OutputEncoding); 4] = [
+        ("application/json", OutputEncoding::Json),
+        ("text/plain", OutputEncoding::Yaml),
+        ("application/xml", OutputEncoding::Xml),
+        ("application/x-yaml", OutputEncoding::Yaml),
+    ];
+    let mut ranges: Vec<(&str, f32)> = accept
+        .split(',')
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (!media.is_empty() && q > 0.0).then_some((media, q))
+        })
+        .collect();
+    if ranges.is_empty() {
+        return OutputEncoding::Json;
+    }
+    ranges.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (media, _) in ranges {
+        let media = media.as_bytes();
+        for (offer, encoding) in OFFERS {
+            let offer = offer.as_bytes();
+            let mut i = 0;
+            while i < media.len() && i < offer.len() {
+                if media[i] == b'*' {
+                    return encoding;
+                }
+                if !media[i].eq_ignore_ascii_case(&offer[i]) {
+                    break;
+                }
+                i += 1;
+            }
+            if i == media.len() {
+                return encoding;
+            }
         }
     }
-    best.0
+    OutputEncoding::Json
 }
 
 #[cfg(test)]
@@ -421,10 +535,17 @@ mod tests {
     fn negotiation() {
         assert_eq!(negotiate("application/xml"), OutputEncoding::Xml);
         assert_eq!(negotiate("text/plain;q=0.5, application/json;q=0.9"), OutputEncoding::Json);
-        assert_eq!(negotiate("text/html, text/xml;q=0.2"), OutputEncoding::Xml);
-        assert_eq!(negotiate("text/plain"), OutputEncoding::String);
+        // gin's matching: text/xml is none of its offers; text/* is plain text (YAML).
+        assert_eq!(negotiate("text/html, text/xml;q=0.2"), OutputEncoding::Json);
+        assert_eq!(negotiate("text/html, text/*"), OutputEncoding::Yaml);
+        assert_eq!(negotiate("text/plain"), OutputEncoding::Yaml);
+        assert_eq!(negotiate("application/x-yaml"), OutputEncoding::Yaml);
+        assert_eq!(negotiate("application/yaml"), OutputEncoding::Json);
+        assert_eq!(negotiate("text/plain, application/xml"), OutputEncoding::Yaml);
+        assert_eq!(negotiate("application/*"), OutputEncoding::Json);
         assert_eq!(negotiate("image/png"), OutputEncoding::Json);
         assert_eq!(negotiate(""), OutputEncoding::Json);
         assert_eq!(negotiate("application/xml;q=0, */*"), OutputEncoding::Json);
+        assert_eq!(negotiate("application/xml;q=0.1, text/plain;q=0.2"), OutputEncoding::Yaml);
     }
 }

@@ -14,8 +14,8 @@ use std::borrow::Cow;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
-use super::{Entry, Key, Node};
-use crate::gateway::json::{self, Kind, MAX_DEPTH};
+use super::{Entry, Key, Member, Node, Tree, is_container, is_object, sorted, tree};
+use crate::gateway::json::MAX_DEPTH;
 
 struct Element {
     name: String,
@@ -143,72 +143,91 @@ pub(crate) fn decode(text: &str) -> Result<Vec<Entry<'static>>, String> {
     Ok(vec![(Key::Text(Cow::Owned(name)), node)])
 }
 
-/// Writes a merged response as an XML document: `<response>` holds the members;
-/// `-name` members become attributes and `#text` text, as the reader takes them, and
-/// arrays repeat their element. Names that are not XML names have their offending
-/// characters replaced by `_`.
+/// Writes a merged response as KrakenD writes it (its XML renderer, mxj's map
+/// encoder): no declaration; a lone top-level key is the root element (unless its value
+/// is a list holding anything but objects), otherwise `<doc>` holds the members.
+/// Members are written in key order, as Go's maps are; `-name` members become
+/// attributes and `#text` text, as the reader takes them; a list repeats its element;
+/// an empty value, an empty list or an element with nothing but attributes closes
+/// itself (`<a/>`). Names that are not XML names have their offending characters
+/// replaced by `_` (mxj writes them as they are, which is not XML).
 pub(crate) fn encode(entries: &[Entry<'_>], out: &mut Vec<u8>) {
-    out.extend_from_slice(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    write_members("response", entries, out, 0);
+    let members = sorted(entries.iter().map(|(k, v)| (k.text(), Cow::Borrowed(v))));
+    if let [(key, value)] = members.as_slice() {
+        let lone = match tree(value) {
+            Tree::List(items) => items.iter().all(|i| is_object(i)),
+            _ => true,
+        };
+        if lone {
+            write_element(key, value, out, 0);
+            return;
+        }
+    }
+    write_map("doc", &members, out, 0);
 }
 
 fn write_element(name: &str, node: &Node<'_>, out: &mut Vec<u8>, depth: u32) {
-    if let Node::Arr(items) = node {
-        for item in items {
-            write_element(name, item, out, depth + 1);
+    match tree(node) {
+        Tree::List(items) if items.is_empty() => empty(name, out),
+        Tree::List(items) => {
+            for item in &items {
+                write_element(name, item, out, depth + 1);
+            }
         }
-        return;
-    }
-    if let Node::Raw(raw) = node
-        && json::kind(raw) == Kind::Array
-    {
-        for item in json::items(raw) {
-            write_element(name, &Node::Raw(item), out, depth + 1);
-        }
-        return;
-    }
-    let members: Vec<Entry<'_>> = match node {
-        Node::Obj(entries) => return write_members(name, entries, out, depth),
-        Node::Raw(raw) if json::kind(raw) == Kind::Object => {
-            json::members(raw).into_iter().map(|(k, v)| (Key::Raw(k), Node::Raw(v))).collect()
-        }
-        _ => {
+        Tree::Map(members) => write_map(name, &members, out, depth),
+        Tree::Null => empty(name, out),
+        scalar => {
+            let text = scalar.text();
+            if text.is_empty() {
+                return empty(name, out);
+            }
             let name = xml_name(name);
             out.push(b'<');
             out.extend_from_slice(name.as_bytes());
             out.push(b'>');
-            write_text(node, out);
+            escape(&text, out);
             close(&name, out);
-            return;
         }
-    };
-    write_members(name, &members, out, depth);
+    }
+}
+
+fn empty(name: &str, out: &mut Vec<u8>) {
+    out.push(b'<');
+    out.extend_from_slice(xml_name(name).as_bytes());
+    out.extend_from_slice(b"/>");
 }
 
 /// An element from an object's members: `-name` attributes, `#text`, child elements.
-fn write_members(name: &str, members: &[Entry<'_>], out: &mut Vec<u8>, depth: u32) {
+fn write_map(name: &str, members: &[Member<'_, '_>], out: &mut Vec<u8>, depth: u32) {
     let name = xml_name(name);
     out.push(b'<');
     out.extend_from_slice(name.as_bytes());
+    let is_attr = |k: &str, v: &Node<'_>| k.len() > 1 && k.starts_with('-') && !is_container(v);
     for (k, v) in members {
-        let k = k.text();
-        if let Some(attr) = k.strip_prefix('-') {
+        if is_attr(k, v) {
             out.push(b' ');
-            out.extend_from_slice(xml_name(attr).as_bytes());
+            out.extend_from_slice(xml_name(&k[1..]).as_bytes());
             out.extend_from_slice(b"=\"");
-            write_text(v, out);
+            escape(&tree(v).text(), out);
             out.push(b'"');
         }
     }
+    let text = members.iter().find(|(k, _)| k == "#text");
+    let mut children = members.iter().filter(|(k, v)| k != "#text" && !is_attr(k, v)).peekable();
+    if text.is_none() && children.peek().is_none() {
+        out.extend_from_slice(b"/>");
+        return;
+    }
     out.push(b'>');
+    if let Some((_, t)) = text {
+        escape(&tree(t).text(), out);
+    }
     if depth < MAX_DEPTH {
-        for (k, v) in members {
-            let k = k.text();
-            if k == "#text" {
-                write_text(v, out);
-            } else if !k.starts_with('-') {
-                write_element(&k, v, out, depth + 1);
-            }
+        for (k, v) in children {
+            // An attribute holding an object or a list is written as a child element
+            // (mxj gives up on the whole document).
+            let k = if k.len() > 1 && k.starts_with('-') { &k[1..] } else { k.as_ref() };
+            write_element(k, v, out, depth + 1);
         }
     }
     close(&name, out);
@@ -220,15 +239,9 @@ fn close(name: &str, out: &mut Vec<u8>) {
     out.push(b'>');
 }
 
-/// A scalar's text, XML-escaped. null is empty; containers are not text.
-fn write_text(node: &Node<'_>, out: &mut Vec<u8>) {
-    let text: Cow<'_, str> = match node {
-        Node::Str(s) => Cow::Borrowed(s.as_ref()),
-        Node::Raw(raw) => json::scalar_text(raw).unwrap_or_default(),
-        Node::Number(n) => Cow::Owned(n.to_string()),
-        _ => Cow::Borrowed(""),
-    };
-    out.extend_from_slice(quick_xml::escape::escape(text.as_ref()).as_bytes());
+/// XML-escapes text: `&`, `<`, `>`, `"` and `'`, as KrakenD's renderer does.
+fn escape(text: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(quick_xml::escape::escape(text).as_bytes());
 }
 
 fn xml_name(name: &str) -> Cow<'_, str> {
