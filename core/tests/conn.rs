@@ -518,7 +518,7 @@ fn one_backend() -> Gateway {
 
 const ANSWER_A: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nx-krakend-completed: true\r\ncontent-length: 8\r\n\r\n{\"id\":1}";
 
-const REQUEST_A: &str = "GET /users/1 HTTP/1.1\r\nhost: 127.0.0.1:9001\r\nx-forwarded-for: 192.0.2.9\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\n\r\n";
+const REQUEST_A: &str = "GET /users/1 HTTP/1.1\r\nhost: 127.0.0.1:9001\r\nx-forwarded-for: 192.0.2.9\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\naccept-encoding: gzip\r\n\r\n";
 
 #[test]
 fn keep_alive_reuses_the_backend_connection() {

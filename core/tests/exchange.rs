@@ -188,8 +188,8 @@ fn aggregation_merges_in_declaration_order_with_shaping() {
     assert_eq!(
         out.calls,
         [
-            "GET /users/42 HTTP/1.1\r\nhost: backend:8000\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-host: gw.example\r\nuser-agent: Sluice/0.1.0\r\n\r\n",
-            "GET /orders?user=42 HTTP/1.1\r\nhost: backend:8000\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-host: gw.example\r\nuser-agent: Sluice/0.1.0\r\n\r\n",
+            "GET /users/42 HTTP/1.1\r\nhost: backend:8000\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-host: gw.example\r\nuser-agent: Sluice/0.1.0\r\naccept-encoding: gzip\r\n\r\n",
+            "GET /orders?user=42 HTTP/1.1\r\nhost: backend:8000\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-host: gw.example\r\nuser-agent: Sluice/0.1.0\r\naccept-encoding: gzip\r\n\r\n",
         ]
     );
 }
@@ -585,6 +585,7 @@ fn headers_forwarded_by_policy() {
         ("user-agent", "curl/8.5"),
         ("accept", "a"),
         ("accept", "b"),
+        ("accept-encoding", "br"),
     ];
     let req = |c: &[(&'static str, &'static str)]| Req { headers: c.to_vec(), ..get("/api/1") };
     let cases: &[(&str, &[&str])] = &[
@@ -596,6 +597,7 @@ fn headers_forwarded_by_policy() {
                 "x-forwarded-for: 10.0.0.1",
                 "x-forwarded-host: gw.example",
                 "user-agent: Sluice/0.1.0",
+                "accept-encoding: gzip",
             ],
         ),
         (
@@ -609,6 +611,7 @@ fn headers_forwarded_by_policy() {
                 "x-forwarded-for: 10.0.0.1",
                 "x-forwarded-host: gw.example",
                 "user-agent: Sluice/0.1.0",
+                "accept-encoding: gzip",
             ],
         ),
         (
@@ -621,6 +624,8 @@ fn headers_forwarded_by_policy() {
                 "user-agent: curl/8.5",
                 "accept: a",
                 "accept: b",
+                // The client's own Accept-Encoding is forwarded: no gzip is asked for.
+                "accept-encoding: br",
                 "x-forwarded-for: 10.0.0.1",
                 "x-forwarded-host: gw.example",
                 "x-forwarded-via: Sluice/0.1.0",
@@ -674,6 +679,7 @@ fn forwarded_headers_keep_the_client_order() {
             "x-forwarded-for: 10.0.0.1",
             "x-forwarded-host: gw.example",
             "user-agent: Sluice/0.1.0",
+            "accept-encoding: gzip",
         ]
     );
 }
@@ -723,8 +729,8 @@ fn methods_and_bodies() {
     assert_eq!(
         out.calls,
         [
-            "GET /validate HTTP/1.1\r\nhost: b:1\r\ncontent-type: application/json\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\n\r\n",
-            "POST /orders HTTP/1.1\r\nhost: b:1\r\ncontent-type: application/json\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\ncontent-length: 10\r\n\r\n{\"item\":1}",
+            "GET /validate HTTP/1.1\r\nhost: b:1\r\ncontent-type: application/json\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\naccept-encoding: gzip\r\n\r\n",
+            "POST /orders HTTP/1.1\r\nhost: b:1\r\ncontent-type: application/json\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\naccept-encoding: gzip\r\ncontent-length: 10\r\n\r\n{\"item\":1}",
         ]
     );
     assert_eq!(out.reply.status, 200);
@@ -1079,7 +1085,7 @@ fn client_plugin_rewrites_answers_and_fails_calls() {
         out.calls,
         vec![
             "POST /a2?k=v HTTP/1.1\r\nhost: other.example\r\nx-forwarded-for: 10.0.0.1\r\n\
-             x-forwarded-host: gw.example\r\nx-added: yes\r\ncontent-length: 7\r\n\r\n{\"n\":1}"
+             x-forwarded-host: gw.example\r\naccept-encoding: gzip\r\nx-added: yes\r\ncontent-length: 7\r\n\r\n{\"n\":1}"
         ]
     );
     assert_eq!(out.reply.status, 200);
@@ -1105,4 +1111,29 @@ fn a_no_op_backend_in_an_aggregating_endpoint_adds_nothing() {
         {"url_pattern": "/notify", "encoding": "no-op"}, {"url_pattern": "/data", "encoding": "no-op"}]}]}"#;
     let out = run(alone, get("/a"), |i| if i == 0 { Canned::Status(404, "gone") } else { Canned::Fail("refused") });
     assert_eq!((out.reply.status.as_u16(), out.header("x-krakend-completed"), out.body()), (200, Some("false"), "{}"));
+}
+
+/// As Go's client asks for KrakenD: a backend whose body the gateway decodes is asked
+/// for gzip, unless the client's `Accept-Encoding` or `Range` is forwarded; a `no-op`
+/// backend is never asked (its body passes untouched).
+#[test]
+fn gzip_is_asked_for_bodies_the_gateway_decodes() {
+    let asked = |endpoint: &str, backend: &str, req: Req<'_>| {
+        let out = run(&one(endpoint, &format!("[{{\"url_pattern\": \"/x\"{backend}}}]")), req, |_| Canned::Json("{}"));
+        headers_of(&out.calls[0])
+            .iter()
+            .filter(|h| h.starts_with("accept-encoding:"))
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(asked("", "", get("/api/1")), ["accept-encoding: gzip"]);
+    let ranged = Req { headers: vec![("range", "bytes=0-9")], ..get("/api/1") };
+    assert_eq!(asked(r#""input_headers": ["Range"],"#, "", ranged), Vec::<String>::new());
+    let coded = Req { headers: vec![("accept-encoding", "gzip, br")], ..get("/api/1") };
+    assert_eq!(asked(r#""output_encoding": "no-op","#, "", coded), Vec::<String>::new());
+    let coded = Req { headers: vec![("accept-encoding", "gzip, br")], ..get("/api/1") };
+    assert_eq!(
+        asked(r#""output_encoding": "no-op", "input_headers": ["*"],"#, "", coded),
+        ["accept-encoding: gzip, br"]
+    );
 }

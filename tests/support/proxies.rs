@@ -1,5 +1,6 @@
-//! Real HTTP proxies for the end-to-end suite: tinyproxy and squid started in the
-//! foreground on loopback with a configuration of their own (`.ci/run` installs them).
+//! Real HTTP proxies and servers for the end-to-end suite: tinyproxy, squid and nginx
+//! started in the foreground on loopback with a configuration of their own (`.ci/run`
+//! installs them).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -93,6 +94,26 @@ pub fn squid() -> ProxyProcess {
             log = log.display(),
             pid = dir.join("squid.pid").display(),
             dir = dir.display(),
+        )
+    })
+}
+
+/// nginx in the foreground, one process, serving the files of `root` on loopback;
+/// `server` goes into its `server` block. Its access log (`log()`) has one line per
+/// request: `<request line>|<Accept-Encoding>`.
+#[allow(dead_code)]
+pub fn nginx(root: &Path, server: &str) -> ProxyProcess {
+    start_proxy("nginx", &["-e", "stderr", "-c"], |port, log, dir| {
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log stderr;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  log_format probe '$request|$http_accept_encoding';\n  access_log {log} probe;\n\
+               client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fcgi;\n\
+               uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n  types {{ application/json json; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    {server}\n  }}\n}}\n",
+            dir = dir.display(),
+            log = log.display(),
+            root = root.display(),
         )
     })
 }

@@ -241,6 +241,9 @@ pub struct Fetch {
     received: bool,
     head: Option<(StatusCode, HeaderMap)>,
     body: Vec<u8>,
+    /// Undo a content coding, within `limit` (see [`crate::call::coding`]).
+    inflate: bool,
+    limit: u64,
 }
 
 impl Fetch {
@@ -254,7 +257,14 @@ impl Fetch {
             received: false,
             head: None,
             body: Vec::new(),
+            inflate: false,
+            limit: limits.max_body_bytes,
         }
+    }
+
+    /// A whole response whose `gzip`/`deflate` body is inflated before it is handed on.
+    pub fn inflating(self, inflate: bool) -> Fetch {
+        Fetch { inflate, ..self }
     }
 
     /// Reads only the head: the body is streamed, never held, so it has no size limit.
@@ -326,8 +336,13 @@ impl Fetch {
     }
 
     fn done(&mut self) -> Result<Progress, Failure> {
-        let (status, headers) = self.head.take().ok_or_else(|| self.invalid("no response"))?;
-        Ok(Progress::Done(Answer { status, headers, body: std::mem::take(&mut self.body) }))
+        let (status, mut headers) = self.head.take().ok_or_else(|| self.invalid("no response"))?;
+        let mut body = std::mem::take(&mut self.body);
+        // A redirect's body is dropped when it is followed: it is not inflated.
+        if self.inflate && !status.is_redirection() {
+            body = crate::call::coding::decode(&mut headers, body, self.limit).map_err(Failure::new)?;
+        }
+        Ok(Progress::Done(Answer { status, headers, body }))
     }
 
     fn invalid(&self, reason: &str) -> Failure {

@@ -15,6 +15,7 @@
 //! outcome.
 
 pub mod backend;
+pub mod coding;
 pub mod proxy;
 pub mod redirect;
 
@@ -84,6 +85,10 @@ pub struct Call<'g> {
     pub body: CallBody,
     /// `no-op`: read only the response head, then stream the body through.
     pub stream_response: bool,
+    /// The body is read whole for the gateway to decode: a `gzip` or `deflate` one is
+    /// inflated first (see [`coding`]); the request asks for gzip unless the client's
+    /// `Accept-Encoding` is forwarded.
+    pub inflate: bool,
     /// `"sd": "dns"`: `origin.host` is a name to ask SRV records of; the call goes to
     /// the target they give (see [`crate::resolve::srv`]).
     pub srv: bool,
@@ -162,6 +167,8 @@ pub(crate) struct BackendCall<'g> {
     pub(crate) tls: Option<Box<TlsLink>>,
     /// Read only the response head (`no-op`), the body is pumped.
     pub(crate) stream: bool,
+    /// Undo a content coding of the whole body (see [`Call::inflate`]).
+    pub(crate) inflate: bool,
     pub(crate) body: CallBody,
     pub(crate) phase: Phase,
     pub(crate) connected: bool,
@@ -196,6 +203,7 @@ impl<'g> BackendCall<'g> {
             redirect_tls: call.redirect_tls,
             tls_target: call.tls.map(Cow::Borrowed),
             dial: call.dial,
+            inflate: call.inflate,
             ..BackendCall::base(
                 (call.id, call.method.clone(), endpoint),
                 (Cow::Borrowed(call.host), Cow::Borrowed(call.origin), Cow::Borrowed(call.pool_key)),
@@ -248,6 +256,7 @@ impl<'g> BackendCall<'g> {
             tls_target: None,
             tls: None,
             stream,
+            inflate: false,
             body,
             phase: Phase::Connecting,
             connected: false,
@@ -499,7 +508,7 @@ impl<'g> Calls<'g> {
         slot.fetch = Some(if slot.stream {
             Fetch::streaming(slot.method.clone(), limits, reused)
         } else {
-            Fetch::new(slot.method.clone(), limits, reused)
+            Fetch::new(slot.method.clone(), limits, reused).inflating(slot.inflate)
         });
     }
 

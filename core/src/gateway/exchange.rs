@@ -262,7 +262,7 @@ impl<'g> Exchange<'g> {
                         }
                     }
                 }
-                None => upstream::write_backend_headers(policy, client, ip, out),
+                None => upstream::write_backend_headers(policy, client, ip, ask_coding(call), out),
             }
             if let Some(auth) = proxy_auth {
                 http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
@@ -372,6 +372,8 @@ impl<'g> Exchange<'g> {
             target,
             body,
             stream_response: self.ep.streams(),
+            // Bodies the gateway decodes are inflated (`no-op` ones pass untouched).
+            inflate: !self.ep.streams() && b.encoding != Encoding::NoOp,
             srv: host.srv,
             dial: host.dial,
         };
@@ -409,7 +411,7 @@ impl<'g> Exchange<'g> {
     fn backend_request(&self, call: &Call<'_>) -> BackendRequest {
         let mut fields = Vec::with_capacity(256);
         let policy = &self.ep.backends[call.id].headers;
-        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, &mut fields);
+        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, ask_coding(call), &mut fields);
         let mut headers = HeaderMap::new();
         for line in fields.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -668,6 +670,12 @@ impl Drop for Exchange<'_> {
             self.unplug(id);
         }
     }
+}
+
+/// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
+/// for `HEAD`, as Go's client).
+fn ask_coding(call: &Call<'_>) -> Option<&'static [u8]> {
+    (call.inflate && call.method != Method::HEAD).then_some(crate::call::coding::ASK)
 }
 
 /// `{"error_<alias>": {"http_status_code": N, "http_body": "...", "http_body_encoding": "..."}}`

@@ -217,15 +217,24 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
 /// names, and those the gateway sets left out), `Content-Type` whatever the policy,
 /// `X-Forwarded-For` (`client_ip`), `X-Forwarded-Host` (the client's `Host`), and
 /// `User-Agent: Sluice/<version>`, or `X-Forwarded-Via` with it when the client's
-/// `User-Agent` was passed. The client head's names are tokens and its values hold
-/// no CR, LF or NUL (the parser refused them), so nothing can be injected.
-pub fn write_backend_headers(policy: &HeaderPolicy, client: &Head, client_ip: IpAddr, out: &mut Vec<u8>) {
+/// `User-Agent` was passed; and `Accept-Encoding: <ask>` when asked to and neither the
+/// client's `Accept-Encoding` nor a `Range` was passed (Go's client asks for gzip so;
+/// see [`crate::call::coding`]). The client head's names are tokens and its values
+/// hold no CR, LF or NUL (the parser refused them), so nothing can be injected.
+pub fn write_backend_headers(
+    policy: &HeaderPolicy,
+    client: &Head,
+    client_ip: IpAddr,
+    ask: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
     let hop = HopByHop::of(client);
     let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n);
-    let (mut content_type, mut user_agent) = (false, false);
+    let (mut content_type, mut user_agent, mut coded) = (false, false, false);
     let mut put = |n: &[u8], v: &[u8], out: &mut Vec<u8>| {
         content_type |= n.eq_ignore_ascii_case(b"content-type");
         user_agent |= n.eq_ignore_ascii_case(b"user-agent");
+        coded |= n.eq_ignore_ascii_case(b"accept-encoding") || n.eq_ignore_ascii_case(b"range");
         http1::write_field(n, v, out);
     };
     match policy {
@@ -259,6 +268,11 @@ pub fn write_backend_headers(policy: &HeaderPolicy, client: &Head, client_ip: Ip
     }
     let ua = if user_agent { b"x-forwarded-via" } else { &b"user-agent"[..] };
     http1::write_field(ua, USER_AGENT_VALUE.as_bytes(), out);
+    if let Some(ask) = ask
+        && !coded
+    {
+        http1::write_field(b"accept-encoding", ask, out);
+    }
 }
 
 /// The client's address: the socket peer, unless `forwarded_by_client_ip` is set and
