@@ -51,7 +51,7 @@ fn route_lookup(c: &mut Criterion) {
             b.iter(|| match gateway.route(black_box(&method), black_box(path)) {
                 RouteMatch::Found { endpoint, params } => endpoint + params.len(),
                 RouteMatch::NotFound => 0,
-                RouteMatch::MethodNotAllowed { allow } => allow.len(),
+                RouteMatch::MethodNotAllowed { allow } | RouteMatch::Options { allow } => allow.len(),
                 RouteMatch::Redirect { path, .. } => path.len(),
             })
         });

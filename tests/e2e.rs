@@ -29,6 +29,7 @@ every_driver!(
     a_path_in_the_wrong_case_is_redirected,
     negotiated_answers_as_krakend_writes_them,
     a_no_op_backend_in_an_aggregating_endpoint_is_called_and_adds_nothing,
+    router_options_as_krakend_reads_them,
 );
 
 fn config(endpoints: &str) -> String {
@@ -539,4 +540,42 @@ fn a_no_op_backend_in_an_aggregating_endpoint_is_called_and_adds_nothing(mode: M
     assert_eq!((r.status, r.header("x-krakend-completed"), r.text()), (200, Some("true"), r#"{"a":1}"#));
     assert_eq!(hook.requests().len(), 1);
     assert!(hook.requests()[0].head.starts_with("GET /hook HTTP/1.1\r\n"));
+}
+
+/// KrakenD's router options on the wire: `error_body` JSON for 404 and 405 (keys
+/// sorted and HTML characters escaped, as gin's JSON writer does), `auto_options`,
+/// `health_path`, and the parameter check lura runs by default.
+fn router_options_as_krakend_reads_them(mode: Mode) {
+    let backend = Backend::start(|_| Reply::Json(r#"{"ok":true}"#.into()));
+    let gw = Gw::start(
+        &format!(
+            r#"{{"version": 3, "timeout": "1s", "extra_config": {{"router": {{"auto_options": true, "health_path": "/ping",
+                "error_body": {{"404": {{"status": 404, "error": "<nope> & gone"}}, "405": {{"msg": "no"}}}}}}}},
+                "endpoints": [{{"endpoint": "/u/{{id}}", "backend": [{{"host": ["{0}"], "url_pattern": "/u/{{id}}"}}]}},
+                              {{"endpoint": "/u/{{id}}", "method": "DELETE", "backend": [{{"host": ["{0}"], "url_pattern": "/u/{{id}}"}}]}}]}}"#,
+            backend.url()
+        ),
+        mode,
+    );
+    let r = gw.get("/nowhere");
+    assert_eq!(
+        (r.status, r.header("content-type"), r.header("x-krakend-completed"), r.text()),
+        (
+            404,
+            Some("application/json; charset=utf-8"),
+            Some("false"),
+            r#"{"error":"\u003cnope\u003e \u0026 gone","status":404}"#
+        )
+    );
+    let r = gw.request("PUT", "/u/1", &[], b"");
+    assert_eq!((r.status, r.header("allow"), r.text()), (405, Some("GET, DELETE, OPTIONS"), r#"{"msg":"no"}"#));
+    let r = gw.request("OPTIONS", "/u/1", &[], b"");
+    assert_eq!((r.status, r.header("allow"), r.header("content-type"), r.text()), (200, Some("DELETE, GET"), None, ""));
+    assert_eq!(gw.get("/ping").status, 200);
+    assert_eq!(gw.get("/__health").status, 404);
+    let r = gw.get("/u/%25252F");
+    assert_eq!((r.status, r.text()), (400, "error: encoded url params"));
+    assert_eq!(gw.get("/u/a%20b").text(), r#"{"ok":true}"#);
+    assert_eq!(backend.requests().len(), 1);
+    assert!(backend.requests()[0].head.starts_with("GET /u/a%20b HTTP/1.1\r\n"));
 }

@@ -440,6 +440,16 @@ fn broken_configs_report_exact_paths_and_messages() {
             ],
         ),
         (
+            "router health path and error bodies",
+            json!({"version": 3, "extra_config": {"router": {"health_path": "ping", "error_body": "gone",
+                "auto_options": "yes"}}}),
+            vec![
+                r#"extra_config.router.auto_options: invalid type: string "yes", expected a boolean"#,
+                r#"extra_config.router.health_path: "ping" must start with /"#,
+                r#"extra_config.router.error_body: expected an object, found a string"#,
+            ],
+        ),
+        (
             "tls versions",
             json!({"version": 3, "client_tls": {"min_version": "TLS10"}, "endpoints": [
                 {"endpoint": "/a", "backend": [{"host": ["https://api"], "url_pattern": "/x",
@@ -738,4 +748,27 @@ fn text_over_the_size_limit_is_refused_before_parsing() {
     doc.truncate(0);
     doc.push_str(r#"{"version": 3, "endpoints": []}"#);
     assert!(Gateway::load(&doc).is_ok());
+}
+
+#[test]
+fn router_options_krakend_reads_and_sluice_does_not_are_notices() {
+    let config = json!({"version": 3, "extra_config": {"router": {
+        "disable_access_log": true, "logger_skip_paths": ["/__health"], "use_h2c": false, "app_engine": false,
+        "max_multipart_memory": 0, "remove_extra_slash": true, "hide_version_header": true,
+        "error_body": {"404": {"b": [1, "<"], "a": {"z": 1, "y": 2}}, "406": {}}}}});
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        notices,
+        [
+            "extra_config.router.disable_access_log: not supported by Sluice, ignored: every request is logged at the sluice::access target; filter it with RUST_LOG",
+            "extra_config.router.logger_skip_paths: not supported by Sluice, ignored: every request is logged at the sluice::access target; filter it with RUST_LOG",
+            "extra_config.router.remove_extra_slash: not supported by Sluice, ignored: repeated slashes are redirected to the cleaned path (gin's fixed-path redirect) instead",
+        ]
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings, ["extra_config.router.error_body.406: unknown key, ignored"]);
+    let router = &loaded.gateway.config.router;
+    assert_eq!(router.error_body_404.as_deref(), Some(r#"{"a":{"y":2,"z":1},"b":[1,"\u003c"]}"#));
+    assert_eq!(router.error_body_405, None);
 }

@@ -6,11 +6,16 @@ use sluice_core::Gateway;
 use sluice_core::plan::route::{METHOD_NOT_ALLOWED_BODY, NOT_FOUND_BODY, RouteMatch};
 
 fn gateway(endpoints: &[(&str, &str)], disable_rest: bool) -> Gateway {
+    with_router(endpoints, disable_rest, json!({}))
+}
+
+fn with_router(endpoints: &[(&str, &str)], disable_rest: bool, router: serde_json::Value) -> Gateway {
     let endpoints: Vec<_> = endpoints
         .iter()
         .map(|(m, p)| json!({"endpoint": p, "method": m, "backend": [{"url_pattern": "/x", "method": "GET"}]}))
         .collect();
-    let config = json!({"version": 3, "host": ["http://api"], "disable_rest": disable_rest, "endpoints": endpoints});
+    let config = json!({"version": 3, "host": ["http://api"], "disable_rest": disable_rest, "endpoints": endpoints,
+        "extra_config": {"router": router}});
     Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}")).gateway
 }
 
@@ -23,6 +28,7 @@ fn answer(gw: &Gateway, method: Method, path: &str) -> String {
         }
         RouteMatch::Redirect { path, status } => format!("{} -> {path}", status.as_u16()),
         RouteMatch::MethodNotAllowed { allow } => format!("405 allow {allow}"),
+        RouteMatch::Options { allow } => format!("200 allow {allow}"),
         RouteMatch::NotFound => "404".to_string(),
     }
 }
@@ -138,4 +144,33 @@ fn a_thousand_endpoints_each_route_to_themselves() {
     }
     assert_eq!(answer(&gw, Method::GET, "/api/r250"), "404");
     assert_eq!(answer(&gw, Method::GET, "/api/r7/1/sub"), "405 allow POST");
+}
+
+/// KrakenD's router switches (lura's gin options), each turning one answer off.
+#[test]
+fn router_options_turn_gins_answers_off() {
+    let routes = [("GET", "/static"), ("POST", "/static"), ("DELETE", "/users/{id}")];
+    // gin's fixed-path lookup toggles the trailing slash itself: only both off give 404.
+    let gw = with_router(&routes, false, json!({"disable_redirect_trailing_slash": true}));
+    assert_eq!(answer(&gw, Method::GET, "/static/"), "301 -> /static");
+    assert_eq!(answer(&gw, Method::GET, "/STATIC"), "301 -> /static");
+    let both = json!({"disable_redirect_trailing_slash": true, "disable_redirect_fixed_path": true});
+    let gw = with_router(&routes, false, both);
+    assert_eq!(answer(&gw, Method::GET, "/static/"), "404");
+    assert_eq!(answer(&gw, Method::GET, "/STATIC"), "404");
+    let gw = with_router(&routes, false, json!({"disable_redirect_fixed_path": true}));
+    assert_eq!(answer(&gw, Method::GET, "/STATIC"), "404");
+    assert_eq!(answer(&gw, Method::GET, "/static/"), "301 -> /static");
+    let gw = with_router(&routes, false, json!({"disable_handle_method_not_allowed": true}));
+    assert_eq!(answer(&gw, Method::PUT, "/static"), "404");
+    // auto_options: OPTIONS lists the path's methods sorted (gin's OPTIONS route), and a
+    // 405 names OPTIONS too.
+    let gw = with_router(&routes, false, json!({"auto_options": true}));
+    assert_eq!(answer(&gw, Method::OPTIONS, "/static"), "200 allow GET, POST");
+    assert_eq!(answer(&gw, Method::OPTIONS, "/users/7"), "200 allow DELETE");
+    assert_eq!(answer(&gw, Method::OPTIONS, "/nowhere"), "404");
+    assert_eq!(answer(&gw, Method::PUT, "/static"), "405 allow GET, POST, OPTIONS");
+    // Without it, OPTIONS is one more method the path does not have.
+    let gw = gateway(&routes, false);
+    assert_eq!(answer(&gw, Method::OPTIONS, "/static"), "405 allow GET, POST");
 }

@@ -223,6 +223,46 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// gin router options KrakenD reads that Sluice does not, and why that is safe to say
+/// and go on: each is a notice on `check` and `run`.
+const ROUTER_NOT_SUPPORTED: &[(&str, &str)] = &[
+    ("disable_access_log", "every request is logged at the sluice::access target; filter it with RUST_LOG"),
+    ("logger_skip_paths", "every request is logged at the sluice::access target; filter it with RUST_LOG"),
+    ("remove_extra_slash", "repeated slashes are redirected to the cleaned path (gin's fixed-path redirect) instead"),
+    ("use_h2c", "the listener speaks HTTP/1.1 only"),
+    ("app_engine", "Google App Engine headers are not read"),
+    ("max_multipart_memory", "bodies are passed to backends, never parsed as multipart"),
+];
+
+/// A JSON value as Go's `json.Marshal` writes it (gin's `c.JSON`): compact, object
+/// keys sorted, `<`, `>`, `&`, U+2028 and U+2029 escaped.
+fn go_json(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let text = sorted(v).to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Keys of older KrakenD versions and what v3 calls them.
 const RENAMED: &[(&str, &str)] = &[
     ("headers_to_pass", "input_headers"),
@@ -315,10 +355,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let max_idle_connections_per_host =
         o.uint("max_idle_connections_per_host", 0, 1 << 20, cx).map_or(250, |n| n as usize);
 
-    let mut router = RouterOptions {
-        remote_ip_headers: vec!["X-Forwarded-For".to_string(), "X-Real-IP".to_string()],
-        ..RouterOptions::default()
-    };
+    let mut router = RouterOptions::default();
     let mut forward_proxy = None;
     let mut admin = None;
     let mut dns = DnsSettings::default();
@@ -337,6 +374,39 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
                         Ok(net) => router.trusted_proxies.push(net),
                         Err(m) => cx.error(&index(&list_path, i), m),
                     }
+                }
+            }
+            router.redirect_trailing_slash = !r.flag("disable_redirect_trailing_slash", cx);
+            router.redirect_fixed_path = !r.flag("disable_redirect_fixed_path", cx);
+            router.method_not_allowed = !r.flag("disable_handle_method_not_allowed", cx);
+            router.auto_options = r.flag("auto_options", cx);
+            router.refuse_encoded_params = !r.flag("disable_path_decoding", cx);
+            // Sluice never sends KrakenD's version header: there is nothing to hide.
+            r.flag("hide_version_header", cx);
+            if r.flag("disable_health", cx) {
+                router.health_path = None;
+            } else if let Some(p) = r.non_empty("health_path", cx) {
+                if p.starts_with('/') {
+                    router.health_path = Some(p);
+                } else {
+                    cx.error(&r.at("health_path"), format!("{p:?} must start with /"));
+                }
+            }
+            if let Some(mut bodies) = r.object("error_body", cx) {
+                router.error_body_404 = bodies.take("404").map(go_json);
+                router.error_body_405 = bodies.take("405").map(go_json);
+                bodies.finish(cx);
+            }
+            for (key, why) in ROUTER_NOT_SUPPORTED {
+                // Said only when it asks for something: `false`, `0` or `[]` change nothing.
+                let asks = r.take(key).is_some_and(|v| match v {
+                    Value::Bool(b) => *b,
+                    Value::Number(n) => n.as_f64() != Some(0.0),
+                    Value::Array(a) => !a.is_empty(),
+                    _ => true,
+                });
+                if asks {
+                    cx.notice(&r.at(key), format!("not supported by Sluice, ignored: {why}"));
                 }
             }
             r.finish(cx);

@@ -351,7 +351,7 @@ pub struct EgressPolicy {
 }
 
 /// `extra_config."router"` (KrakenD's gin router namespace): the keys Sluice reads.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouterOptions {
     /// Puts the reason of a failed request in the 500 body. Default: false.
     pub return_error_msg: bool,
@@ -362,6 +362,44 @@ pub struct RouterOptions {
     pub remote_ip_headers: Vec<String>,
     /// Peers whose `remote_ip_headers` are believed. Default: none.
     pub trusted_proxies: Vec<IpNet>,
+    /// gin's redirects of a path that misses: to the other trailing slash, and to the
+    /// cleaned, case-corrected form. Default: both on (`disable_redirect_*` turn them off).
+    pub redirect_trailing_slash: bool,
+    pub redirect_fixed_path: bool,
+    /// A path served under other methods is a 405 (otherwise a 404). Default: on
+    /// (`disable_handle_method_not_allowed`).
+    pub method_not_allowed: bool,
+    /// `OPTIONS` on every endpoint path answers 200 with `Allow`. Default: off.
+    pub auto_options: bool,
+    /// `error_body`: the JSON bodies of the router's 404 and 405, as gin writes them
+    /// (keys sorted, `<`, `>`, `&` escaped). Default: gin's plain text.
+    pub error_body_404: Option<String>,
+    pub error_body_405: Option<String>,
+    /// An endpoint parameter holding a percent-encoded character is refused with 400
+    /// (`error: encoded url params`), as KrakenD's parameter check does. Default: on
+    /// (`disable_path_decoding` turns it off).
+    pub refuse_encoded_params: bool,
+    /// Where the health page answers; `None`: `disable_health`. Default: `/__health`.
+    pub health_path: Option<String>,
+}
+
+impl Default for RouterOptions {
+    fn default() -> RouterOptions {
+        RouterOptions {
+            return_error_msg: false,
+            forwarded_by_client_ip: false,
+            remote_ip_headers: vec!["X-Forwarded-For".to_string(), "X-Real-IP".to_string()],
+            trusted_proxies: Vec::new(),
+            redirect_trailing_slash: true,
+            redirect_fixed_path: true,
+            method_not_allowed: true,
+            auto_options: false,
+            error_body_404: None,
+            error_body_405: None,
+            refuse_encoded_params: true,
+            health_path: Some("/__health".to_string()),
+        }
+    }
 }
 
 /// One endpoint: a path and method that fans out to backends.

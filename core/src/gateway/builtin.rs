@@ -1,5 +1,5 @@
 //! Endpoints the gateway answers itself, as KrakenD does:
-//! - `/__health` (GET, always on): `{"agents":{},"now":"<RFC 3339 UTC>","status":"ok"}`;
+//! - `/__health` (GET; `health_path` moves it, `disable_health` turns it off): `{"agents":{},"now":"<RFC 3339 UTC>","status":"ok"}`;
 //! - `/__debug/*` (any method, with `debug_endpoint`): `{"message":"pong"}`;
 //! - `/__echo/*` (any method, with `echo_endpoint`): the request as received, in
 //!   KrakenD's shape (`req_uri`, `req_uri_details`, `req_method`, `req_querystring`,
@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::gateway::json::write_string;
 use crate::gateway::response::JSON;
@@ -28,9 +28,9 @@ pub enum Builtin {
 }
 
 /// Which built-in endpoint a path names, if it is enabled.
-pub fn lookup(path: &str, debug: bool, echo: bool) -> Option<Builtin> {
+pub fn lookup(path: &str, health: Option<&str>, debug: bool, echo: bool) -> Option<Builtin> {
     let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    if path == "/__health" {
+    if health == Some(path) {
         Some(Builtin::Health)
     } else if debug && under("/__debug") {
         Some(Builtin::Debug)
@@ -51,9 +51,6 @@ fn json_reply(body: Vec<u8>) -> Reply {
 pub fn answer(which: Builtin, req: &ClientRequest, wall: SystemTime) -> Reply {
     match which {
         Builtin::Health => {
-            if req.method != Method::GET {
-                return crate::plan::route::method_not_allowed("GET");
-            }
             let secs = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             json_reply(format!("{{\"agents\":{{}},\"now\":\"{}\",\"status\":\"ok\"}}", rfc3339(secs)).into_bytes())
         }
@@ -161,11 +158,15 @@ mod tests {
         assert_eq!(rfc3339(1_795_300_000), "2026-11-21T22:26:40Z");
         assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
         assert_eq!(canonical("accept"), "Accept");
-        assert_eq!(lookup("/__health", false, false), Some(Builtin::Health));
-        assert_eq!(lookup("/__debug/x", true, false), Some(Builtin::Debug));
-        assert_eq!(lookup("/__debug", true, false), Some(Builtin::Debug));
-        assert_eq!(lookup("/__debugx", true, false), None);
-        assert_eq!(lookup("/__debug/x", false, true), None);
-        assert_eq!(lookup("/__echo/a/b", false, true), Some(Builtin::Echo));
+        const H: Option<&str> = Some("/__health");
+        assert_eq!(lookup("/__health", H, false, false), Some(Builtin::Health));
+        assert_eq!(lookup("/__debug/x", H, true, false), Some(Builtin::Debug));
+        assert_eq!(lookup("/__debug", H, true, false), Some(Builtin::Debug));
+        assert_eq!(lookup("/__debugx", H, true, false), None);
+        assert_eq!(lookup("/__debug/x", H, false, true), None);
+        assert_eq!(lookup("/__echo/a/b", H, false, true), Some(Builtin::Echo));
+        assert_eq!(lookup("/__health", Some("/ping"), false, false), None);
+        assert_eq!(lookup("/ping", Some("/ping"), false, false), Some(Builtin::Health));
+        assert_eq!(lookup("/__health", None, false, false), None);
     }
 }

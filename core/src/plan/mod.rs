@@ -229,11 +229,12 @@ impl Gateway {
     /// Compiles a validated configuration with what the loader read.
     pub fn compile_with(config: Config, env: &Environment) -> Result<Gateway, ConfigError> {
         let routes = config.endpoints.iter().enumerate().map(|(i, e)| (i, &e.method, e.endpoint.as_str()));
-        let router = Router::build(routes).map_err(|errors| {
+        let mut router = Router::build(routes).map_err(|errors| {
             ConfigError::Invalid(
                 errors.into_iter().map(|e| Diagnostic { path: e.json_path(), message: e.message }).collect(),
             )
         })?;
+        router.rules = route::Rules::of(&config.router);
         let mut errors = Vec::new();
         // The root TLS profile, built once when an https host needs it.
         let mut root_profile: Option<Result<TlsProfile, Vec<Diagnostic>>> = None;

@@ -10,6 +10,10 @@
 //!   static segments ignored, the trailing slash either way, redirects the same way to
 //!   the route's own spelling (`/StAtic` -> `/static`; a parameter keeps its value).
 //! - Then a path known under other methods is a 405 with `Allow`; anything else is 404.
+//! - `extra_config.router` turns each of these off as in KrakenD
+//!   (`disable_redirect_trailing_slash`, `disable_redirect_fixed_path`,
+//!   `disable_handle_method_not_allowed`: see [`Rules`]), and `error_body` gives the
+//!   404 and 405 JSON bodies.
 //!
 //! The path given to [`Router::lookup`] is the raw request path, without the query and
 //! still percent-encoded, so `%2F` inside a parameter never splits it. Parameter values
@@ -19,6 +23,7 @@ use std::collections::HashMap;
 
 use http::{HeaderValue, Method, StatusCode};
 
+use crate::config::RouterOptions;
 use crate::request::Reply;
 
 /// Body of the 404 answer (KrakenD's, byte for byte).
@@ -33,22 +38,57 @@ pub fn router_reply(status: StatusCode, body: &str) -> Reply {
     Reply::typed(status, ROUTER_TEXT, body.as_bytes().to_vec())
 }
 
-/// KrakenD's 404: gin's, with `X-KrakenD-Completed: false` (lura's NoRoute handler).
-pub fn not_found() -> Reply {
-    let mut reply = router_reply(StatusCode::NOT_FOUND, NOT_FOUND_BODY);
+/// KrakenD's 404: gin's, with `X-KrakenD-Completed: false` (KrakenD CE's NoRoute
+/// handler); `error_body`'s `404` as JSON when it is set.
+pub fn not_found(opts: &RouterOptions) -> Reply {
+    router_error(StatusCode::NOT_FOUND, NOT_FOUND_BODY, opts.error_body_404.as_deref())
+}
+
+/// KrakenD's 405: gin's, with `Allow` and `X-KrakenD-Completed: false` (KrakenD CE's
+/// NoMethod handler); `error_body`'s `405` as JSON when it is set.
+pub fn method_not_allowed(allow: &str, opts: &RouterOptions) -> Reply {
+    let mut reply =
+        router_error(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY, opts.error_body_405.as_deref());
+    if let Ok(v) = HeaderValue::from_str(allow) {
+        reply.headers.insert(http::header::ALLOW, v);
+    }
+    reply
+}
+
+fn router_error(status: StatusCode, text: &str, json: Option<&str>) -> Reply {
+    let mut reply = match json {
+        Some(body) => Reply::typed(status, crate::gateway::response::JSON, body.as_bytes().to_vec()),
+        None => router_reply(status, text),
+    };
     reply.headers.insert("x-krakend-completed", HeaderValue::from_static("false"));
     reply
 }
 
-/// KrakenD's 405: gin's, with `Allow` and `X-KrakenD-Completed: false` (KrakenD CE's
-/// NoMethod handler).
-pub fn method_not_allowed(allow: &str) -> Reply {
-    let mut reply = router_reply(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
-    if let Ok(v) = HeaderValue::from_str(allow) {
-        reply.headers.insert(http::header::ALLOW, v);
+/// Which of gin's answers to a miss are on (all of them by default, as in KrakenD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub trailing_slash: bool,
+    pub fixed_path: bool,
+    pub method_not_allowed: bool,
+    /// `auto_options`: every endpoint path answers `OPTIONS`, which an `Allow` lists.
+    pub auto_options: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules { trailing_slash: true, fixed_path: true, method_not_allowed: true, auto_options: false }
     }
-    reply.headers.insert("x-krakend-completed", HeaderValue::from_static("false"));
-    reply
+}
+
+impl Rules {
+    pub fn of(opts: &RouterOptions) -> Rules {
+        Rules {
+            trailing_slash: opts.redirect_trailing_slash,
+            fixed_path: opts.redirect_fixed_path,
+            method_not_allowed: opts.method_not_allowed,
+            auto_options: opts.auto_options,
+        }
+    }
 }
 
 /// The compiled route table.
@@ -58,6 +98,7 @@ pub struct Router {
     tables: Vec<(Method, matchit::Router<usize>)>,
     /// Each method's route patterns, for the fixed-path redirect (a miss only).
     patterns: Vec<(Method, Vec<String>)>,
+    pub rules: Rules,
 }
 
 /// The order methods are listed in an `Allow` header.
@@ -115,6 +156,10 @@ pub enum RouteMatch<'r, 'p> {
     },
     /// The path exists under other methods; `allow` is the `Allow` header value.
     MethodNotAllowed {
+        allow: String,
+    },
+    /// `auto_options`: an `OPTIONS` request for an endpoint path; 200 with `Allow`.
+    Options {
         allow: String,
     },
     NotFound,
@@ -210,7 +255,7 @@ impl Router {
             if let Ok(m) = t.at(path) {
                 return RouteMatch::Found { endpoint: *m.value, params: Params(m.params) };
             }
-            if path.len() > 1 {
+            if path.len() > 1 && (self.rules.trailing_slash || self.rules.fixed_path) {
                 let toggled = match path.strip_suffix('/') {
                     Some(p) => p.to_string(),
                     None => format!("{path}/"),
@@ -219,11 +264,12 @@ impl Router {
                 // and `/\evil.example` both lead to http://evil.example/.
                 let status =
                     if method == Method::GET { StatusCode::MOVED_PERMANENTLY } else { StatusCode::TEMPORARY_REDIRECT };
-                if t.at(&toggled).is_ok() && !other_origin(&toggled) {
+                if self.rules.trailing_slash && t.at(&toggled).is_ok() && !other_origin(&toggled) {
                     return RouteMatch::Redirect { path: toggled, status };
                 }
                 let patterns = self.patterns.iter().find(|(m, _)| m == method).map_or(&[][..], |(_, p)| p);
-                if let Some(fixed) = fixed_path(patterns, path)
+                if self.rules.fixed_path
+                    && let Some(fixed) = fixed_path(patterns, path)
                     && fixed != path
                     && t.at(&fixed).is_ok()
                     && !other_origin(&fixed)
@@ -231,6 +277,18 @@ impl Router {
                     return RouteMatch::Redirect { path: fixed, status };
                 }
             }
+        }
+        if method == Method::OPTIONS && self.rules.auto_options {
+            // gin's OPTIONS route for the path: 200, the methods sorted by name.
+            let mut methods: Vec<&str> =
+                self.tables.iter().filter(|(_, t)| t.at(path).is_ok()).map(|(m, _)| m.as_str()).collect();
+            if !methods.is_empty() {
+                methods.sort_unstable();
+                return RouteMatch::Options { allow: methods.join(", ") };
+            }
+        }
+        if !self.rules.method_not_allowed {
+            return RouteMatch::NotFound;
         }
         let mut allow = String::new();
         for (m, t) in &self.tables {
@@ -240,6 +298,9 @@ impl Router {
                 }
                 allow.push_str(m.as_str());
             }
+        }
+        if self.rules.auto_options && !allow.is_empty() {
+            allow.push_str(", OPTIONS");
         }
         if allow.is_empty() { RouteMatch::NotFound } else { RouteMatch::MethodNotAllowed { allow } }
     }
