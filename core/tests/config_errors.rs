@@ -440,6 +440,18 @@ fn broken_configs_report_exact_paths_and_messages() {
             ],
         ),
         (
+            "proxy keys that change the answer, not implemented yet",
+            one(json!({"extra_config": {"proxy": {"static": {"strategy": "always", "data": {}}, "flatmap_filter": [],
+                "combiner": "custom"}},
+                "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {"proxy": {"shadow": true}}},
+                            {"host": ["http://api"], "url_pattern": "/y", "extra_config": {"proxy": {"shadow": false}}}]})),
+            vec![
+                r#"endpoints[0].extra_config.proxy.static: not supported by Sluice yet (static data merged into the answer): refusing to serve without it; remove it to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config.proxy.combiner: not supported by Sluice yet (a custom way of merging backends): refusing to serve without it; remove it to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].backend[0].extra_config.proxy.shadow: not supported by Sluice yet (a shadow backend, called and its answer discarded; here it would be merged): refusing to serve without it; remove it to run without it (README, "What Sluice refuses")"#,
+            ],
+        ),
+        (
             "router health path and error bodies",
             json!({"version": 3, "extra_config": {"router": {"health_path": "ping", "error_body": "gone",
                 "auto_options": "yes"}}}),

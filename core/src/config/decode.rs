@@ -223,6 +223,43 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// Keys of KrakenD's `proxy` namespace that change what an endpoint answers, not yet
+/// implemented: refused, as an unimplemented enforcing namespace is (serving without
+/// them would answer something else than the file describes).
+const ENDPOINT_PROXY_UNIMPLEMENTED: &[(&str, &str)] = &[
+    ("static", "static data merged into the answer"),
+    ("flatmap_filter", "array manipulation of the answer"),
+    ("sequential_propagated_params", "parameters passed along a sequence"),
+    ("combiner", "a custom way of merging backends"),
+];
+
+/// The same, for a backend's `proxy` namespace.
+const BACKEND_PROXY_UNIMPLEMENTED: &[(&str, &str)] = &[
+    ("shadow", "a shadow backend, called and its answer discarded; here it would be merged"),
+    ("flatmap_filter", "array manipulation of this backend's answer"),
+];
+
+/// Refuses each of `keys` that asks for something (not `false`, `null`, `[]` or `{}`).
+fn refuse_unimplemented(o: &mut Obj<'_>, keys: &[(&'static str, &str)], cx: &mut Ctx) {
+    for (key, what) in keys {
+        let asks = o.take(key).is_some_and(|v| match v {
+            Value::Bool(b) => *b,
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(m) => !m.is_empty(),
+            _ => true,
+        });
+        if asks {
+            cx.error(
+                &o.at(key),
+                format!(
+                    "not supported by Sluice yet ({what}): refusing to serve without it; remove it to run without \
+                     it (README, \"What Sluice refuses\")"
+                ),
+            );
+        }
+    }
+}
+
 /// gin router options KrakenD reads that Sluice does not, and why that is safe to say
 /// and go on: each is a notice on `check` and `run`.
 const ROUTER_NOT_SUPPORTED: &[(&str, &str)] = &[
@@ -921,6 +958,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         "proxy" => {
             let mut p = Obj::new(v, path.to_string(), cx)?;
             sequential = p.flag("sequential", cx);
+            refuse_unimplemented(&mut p, ENDPOINT_PROXY_UNIMPLEMENTED, cx);
             p.finish(cx);
             Some(())
         }
@@ -1120,11 +1158,15 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     let mut http_client = None;
     let mut plugin = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| {
-        if !matches!(ns, "backend/http" | "backend/http/client" | "plugin/http-client") {
+        if !matches!(ns, "backend/http" | "backend/http/client" | "plugin/http-client" | "proxy") {
             return None;
         }
         let Some(mut e) = Obj::new(v, path.to_string(), cx) else { return Some(()) };
         match ns {
+            "proxy" => {
+                refuse_unimplemented(&mut e, BACKEND_PROXY_UNIMPLEMENTED, cx);
+                e.finish(cx);
+            }
             "backend/http" => {
                 http.return_error_code = e.flag("return_error_code", cx);
                 http.return_error_details = e.non_empty("return_error_details", cx);
