@@ -10,8 +10,12 @@ pub struct ReadBuf {
     pos: usize,
 }
 
-/// The most a buffer grows by at once.
+/// The most a buffer grows by at once to fit what is pending.
 const MAX_STEP: usize = 64 * 1024;
+
+/// The largest room a read gets when reads keep filling all they are given (a body
+/// streaming through): one read and one write per 256 KiB, not per KiB.
+pub const MAX_READ: usize = 256 * 1024;
 
 impl ReadBuf {
     pub fn with_capacity(capacity: usize) -> ReadBuf {
@@ -31,7 +35,11 @@ impl ReadBuf {
     /// Makes room for a read and hands out the vector to append to (after its length,
     /// up to its capacity). Consumed bytes are dropped; the buffer grows by doubling
     /// (1 KiB to 64 KiB at a time), so small messages never need more than they had.
+    /// When the last read filled all the room it had (the socket held more), the room
+    /// doubles, up to [`MAX_READ`]: a large body moves in large reads.
     pub fn prepare(&mut self) -> &mut Vec<u8> {
+        let capacity = self.buf.capacity();
+        let filled = capacity > 0 && self.buf.len() == capacity;
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -41,6 +49,10 @@ impl ReadBuf {
         }
         if self.buf.capacity() - self.buf.len() < 512 {
             self.buf.reserve(self.buf.capacity().clamp(1024, MAX_STEP));
+        }
+        let room = (capacity * 2).min(MAX_READ);
+        if filled && self.buf.capacity() - self.buf.len() < room {
+            self.buf.reserve(room);
         }
         &mut self.buf
     }
@@ -97,6 +109,32 @@ mod tests {
         assert_eq!(b.pending().len(), full);
         b.consume(usize::MAX);
         b.shrink_idle(1024, 1500);
+        assert_eq!(b.prepare().capacity(), 1024);
+    }
+
+    /// A stream whose reads fill all the room they get: read once, consumed whole,
+    /// read again. The room doubles each time up to MAX_READ; reads that leave room
+    /// change nothing.
+    #[test]
+    fn reads_that_fill_the_buffer_make_it_grow() {
+        let mut b = ReadBuf::default();
+        let mut rooms = Vec::new();
+        for _ in 0..12 {
+            let v = b.prepare();
+            let room = v.capacity() - v.len();
+            rooms.push(room);
+            v.resize(v.capacity(), 7);
+            b.consume(usize::MAX);
+        }
+        assert_eq!(rooms[0], 1024);
+        assert!(rooms.windows(2).all(|w| w[1] >= w[0]), "{rooms:?}");
+        assert_eq!(*rooms.last().unwrap(), super::MAX_READ);
+        assert!(rooms[8] >= super::MAX_READ, "{rooms:?}");
+        // A short read: no growth.
+        let mut b = ReadBuf::default();
+        let v = b.prepare();
+        v.extend_from_slice(b"abc");
+        b.consume(3);
         assert_eq!(b.prepare().capacity(), 1024);
     }
 }
