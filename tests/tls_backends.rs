@@ -227,7 +227,7 @@ fn proxy_refuses_connect(mode: Mode) {
     let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port_443_only.port)), mode);
     let r = gw.get("/p");
     let said = format!(
-        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 403 Access violation",
+        "[GET /raw]: https://localhost:{sp}/raw: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 403 Access violation",
         port_443_only.port,
         server.port,
         sp = server.port
@@ -241,7 +241,7 @@ fn proxy_refuses_connect(mode: Mode) {
     let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(guarded.port)), mode);
     let r = gw.get("/p");
     let said = format!(
-        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 407 Proxy Authentication Required (the proxy wants credentials: put them in its URL)",
+        "[GET /raw]: https://localhost:{sp}/raw: proxy http://127.0.0.1:{} (proxy_address) could not open a tunnel to localhost:{}: it answered CONNECT with 407 Proxy Authentication Required (the proxy wants credentials: put them in its URL)",
         guarded.port,
         server.port,
         sp = server.port
@@ -299,7 +299,7 @@ fn proxy_breaks_the_tunnel(mode: Mode) {
     let started = Instant::now();
     let r = gw.get("/p");
     let said = format!(
-        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: the tunnel closed during the TLS handshake",
+        "[GET /raw]: https://localhost:{sp}/raw: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: the tunnel closed during the TLS handshake",
         server.port,
         sp = server.port
     );
@@ -313,7 +313,7 @@ fn proxy_breaks_the_tunnel(mode: Mode) {
     let gw = start(&tunnel_config(server.port, &ca_file, &proxy_address(port)), mode);
     let r = gw.get("/p");
     let said = format!(
-        "[GET /raw?x=1]: https://localhost:{sp}/raw?x=1: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: its answer is not HTTP (invalid HTTP version)",
+        "[GET /raw]: https://localhost:{sp}/raw: proxy http://127.0.0.1:{port} (proxy_address) could not open a tunnel to localhost:{}: its answer is not HTTP (invalid HTTP version)",
         server.port,
         sp = server.port
     );

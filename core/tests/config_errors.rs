@@ -452,6 +452,12 @@ fn broken_configs_report_exact_paths_and_messages() {
             ],
         ),
         (
+            "an endpoint at the health page's path",
+            json!({"version": 3, "host": ["http://api"], "extra_config": {"router": {"health_path": "/ping"}},
+                "endpoints": [{"endpoint": "/ping", "backend": [{"url_pattern": "/x"}]}]}),
+            vec![r#"endpoints[0].endpoint: "/ping" is the health page's path (extra_config.router.health_path)"#],
+        ),
+        (
             "router health path and error bodies",
             json!({"version": 3, "extra_config": {"router": {"health_path": "ping", "error_body": "gone",
                 "auto_options": "yes"}}}),
@@ -767,7 +773,7 @@ fn router_options_krakend_reads_and_sluice_does_not_are_notices() {
     let config = json!({"version": 3, "extra_config": {"router": {
         "disable_access_log": true, "logger_skip_paths": ["/__health"], "use_h2c": false, "app_engine": false,
         "max_multipart_memory": 0, "remove_extra_slash": true, "hide_version_header": true,
-        "error_body": {"404": {"b": [1, "<"], "a": {"z": 1, "y": 2}}, "406": {}}}}});
+        "error_body": {"404": {"b": [1, "<", 2.0, 1e3, 0.5], "a": {"z": 1, "y": 2}}, "406": {}}}}});
     let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -781,6 +787,6 @@ fn router_options_krakend_reads_and_sluice_does_not_are_notices() {
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings, ["extra_config.router.error_body.406: unknown key, ignored"]);
     let router = &loaded.gateway.config.router;
-    assert_eq!(router.error_body_404.as_deref(), Some(r#"{"a":{"y":2,"z":1},"b":[1,"\u003c"]}"#));
+    assert_eq!(router.error_body_404.as_deref(), Some(r#"{"a":{"y":2,"z":1},"b":[1,"\u003c",2,1000,0.5]}"#));
     assert_eq!(router.error_body_405, None);
 }

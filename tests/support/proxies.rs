@@ -100,14 +100,14 @@ pub fn squid() -> ProxyProcess {
 
 /// nginx in the foreground, one process, serving the files of `root` on loopback;
 /// `server` goes into its `server` block. Its access log (`log()`) has one line per
-/// request: `<request line>|<Accept-Encoding>`.
+/// request: `<request line>|<Accept-Encoding asked>|<Content-Encoding answered>`.
 #[allow(dead_code)]
 pub fn nginx(root: &Path, server: &str) -> ProxyProcess {
     start_proxy("nginx", &["-e", "stderr", "-c"], |port, log, dir| {
         format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log stderr;\n\
              events {{ worker_connections 64; }}\n\
-             http {{\n  log_format probe '$request|$http_accept_encoding';\n  access_log {log} probe;\n\
+             http {{\n  log_format probe '$request|$http_accept_encoding|$sent_http_content_encoding';\n  access_log {log} probe;\n\
                client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fcgi;\n\
                uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n  types {{ application/json json; }}\n\
                server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    {server}\n  }}\n}}\n",

@@ -26,10 +26,31 @@ pub const ASK: &[u8] = b"gzip";
 /// Undoes the content coding of a whole body, to at most `limit` bytes. `Err`: why the
 /// call fails.
 pub fn decode(headers: &mut HeaderMap, body: Vec<u8>, limit: u64) -> Result<Vec<u8>, String> {
-    let Some(coding) = headers.get(header::CONTENT_ENCODING) else { return Ok(body) };
-    let coding = String::from_utf8_lossy(coding.as_bytes()).trim().to_ascii_lowercase();
-    let inflated = match coding.as_str() {
-        "" | "identity" => return Ok(body),
+    // Every Content-Encoding field, as one list (several fields are one list).
+    let codings: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes()).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    let coding = match codings.as_slice() {
+        [] => return Ok(body),
+        [one] => one.as_str(),
+        _ => {
+            return Err(format!(
+                "the backend answered with Content-Encoding: {}, which Sluice does not decode",
+                codings.join(", ")
+            ));
+        }
+    };
+    // An empty body is empty whatever it says it is coded with (Go reads it so).
+    if body.is_empty() {
+        headers.remove(header::CONTENT_ENCODING);
+        return Ok(body);
+    }
+    let inflated = match coding {
         "gzip" | "x-gzip" => inflate(MultiGzDecoder::new(&body[..]), limit, "gzip")?,
         "deflate" => match inflate(ZlibDecoder::new(&body[..]), limit, "deflate") {
             Ok(b) => b,
@@ -46,16 +67,31 @@ pub fn decode(headers: &mut HeaderMap, body: Vec<u8>, limit: u64) -> Result<Vec<
     Ok(inflated)
 }
 
-fn inflate(reader: impl Read, limit: u64, name: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    reader
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| format!("the {name} body does not inflate: {e}"))?;
-    if out.len() as u64 > limit {
-        return Err(format!("response body too large (past {limit} bytes once inflated)"));
+/// Inflates into a buffer that never holds more than `limit` + 1 bytes of room: it
+/// grows by doubling, each step capped at what is left of the limit.
+fn inflate(mut reader: impl Read, limit: u64, name: &str) -> Result<Vec<u8>, String> {
+    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut out: Vec<u8> = Vec::with_capacity(cap.min(16 * 1024));
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() >= cap {
+                return Err(format!("response body too large (past {limit} bytes once inflated)"));
+            }
+            let more = out.capacity().max(16 * 1024).min(cap - out.len());
+            out.reserve_exact(more);
+        }
+        let start = out.len();
+        out.resize(out.capacity(), 0);
+        match reader.read(&mut out[start..]) {
+            Ok(0) => {
+                out.truncate(start);
+                return Ok(out);
+            }
+            Ok(n) => out.truncate(start + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(start),
+            Err(e) => return Err(format!("the {name} body does not inflate: {e}")),
+        }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -100,6 +136,14 @@ mod tests {
         assert_eq!(decode(&mut h, b"abc".to_vec(), 100).unwrap(), b"abc");
         assert_eq!(h.len(), 2);
         assert_eq!(decode(&mut HeaderMap::new(), b"abc".to_vec(), 1).unwrap(), b"abc");
+        // An empty body: empty, whatever its coding says (Go's client reads it so).
+        let mut h = headers("gzip", 0);
+        assert_eq!(decode(&mut h, Vec::new(), 100).unwrap(), b"");
+        assert!(h.get(header::CONTENT_ENCODING).is_none());
+        // Two fields, identity then gzip: one list, gzip undone.
+        let mut h = headers("identity", 1);
+        h.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(decode(&mut h, gzip(text), 100).unwrap(), text);
     }
 
     #[test]
@@ -111,6 +155,9 @@ mod tests {
         assert_eq!(e, "response body too large (past 1048576 bytes once inflated)");
         let mut exact = headers("gzip", 1);
         assert_eq!(decode(&mut exact, gzip(&[7u8; 100]), 100).unwrap().len(), 100);
+        // The buffer never gets room past the limit (and one byte to tell).
+        let grown = inflate(MultiGzDecoder::new(&gzip(&[7u8; 100_000])[..]), 100_000, "gzip").unwrap();
+        assert!(grown.capacity() <= 100_001, "{}", grown.capacity());
         assert!(decode(&mut headers("gzip", 1), gzip(&[7u8; 101]), 100).is_err());
         // Not gzip at all, and cut short.
         let e = decode(&mut headers("gzip", 5), b"hello".to_vec(), 100).unwrap_err();
@@ -122,6 +169,12 @@ mod tests {
             decode(&mut headers("br", 5), b"\x0b\x02\x80hi\x03".to_vec(), 100).unwrap_err(),
             "the backend answered with Content-Encoding: br, which Sluice does not decode"
         );
-        assert!(decode(&mut headers("gzip, br", 5), vec![1], 100).is_err());
+        assert_eq!(
+            decode(&mut headers("gzip, br", 5), vec![1], 100).unwrap_err(),
+            "the backend answered with Content-Encoding: gzip, br, which Sluice does not decode"
+        );
+        let mut twice = headers("gzip", 5);
+        twice.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(decode(&mut twice, gzip(b"x"), 100).is_err());
     }
 }

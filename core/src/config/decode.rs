@@ -246,6 +246,7 @@ fn refuse_unimplemented(o: &mut Obj<'_>, keys: &[(&'static str, &str)], cx: &mut
             Value::Bool(b) => *b,
             Value::Array(a) => !a.is_empty(),
             Value::Object(m) => !m.is_empty(),
+            Value::String(s) => !s.is_empty(),
             _ => true,
         });
         if asks {
@@ -282,6 +283,12 @@ fn go_json(v: &Value) -> String {
                 Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            // Go decodes numbers into float64 and writes a whole one without a
+            // fraction (`1.0` and `1e3` come out as `1` and `1000`).
+            Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => Value::from(f as i64),
+                _ => Value::Number(n.clone()),
+            },
             other => other.clone(),
         }
     }
@@ -320,7 +327,9 @@ fn parse_method(s: &str) -> Result<Method, String> {
     Err(format!("unsupported method {s:?} (one of GET, POST, PUT, PATCH, DELETE)"))
 }
 
-/// Endpoint paths reserved for the gateway's own endpoints.
+/// Endpoint paths reserved for the gateway's own endpoints (and the health page's
+/// path, wherever `health_path` puts it). Kept even when an endpoint is turned off or
+/// moved, so that turning it back on never shadows an endpoint.
 const RESERVED: &[&str] = &["/__health", "/__debug", "/__echo"];
 
 pub(super) fn decode(root: &Value) -> Result<Parsed, ConfigError> {
@@ -391,6 +400,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let max_header_bytes = o.uint("max_header_bytes", 1024, 16 << 20, cx).map_or(65_536, |n| n as usize);
     let max_idle_connections_per_host =
         o.uint("max_idle_connections_per_host", 0, 1 << 20, cx).map_or(250, |n| n as usize);
+    let disable_compression = o.flag("disable_compression", cx);
 
     let mut router = RouterOptions::default();
     let mut forward_proxy = None;
@@ -513,7 +523,12 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         }
     }
 
-    let ctx = RootCtx { disable_rest, has_root_host: !host.is_empty(), output_encoding };
+    let ctx = RootCtx {
+        disable_rest,
+        has_root_host: !host.is_empty(),
+        output_encoding,
+        health_path: router.health_path.clone(),
+    };
     let mut endpoints = Vec::new();
     match o.take("endpoints") {
         None => {}
@@ -557,6 +572,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         max_shutdown_wait_time,
         max_header_bytes,
         max_idle_connections_per_host,
+        disable_compression,
         router,
         forward_proxy,
         admin,
@@ -940,6 +956,8 @@ struct RootCtx {
     disable_rest: bool,
     has_root_host: bool,
     output_encoding: OutputEncoding,
+    /// Where the health page answers (`None`: `disable_health`).
+    health_path: Option<String>,
 }
 
 fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<Endpoint> {
@@ -1046,6 +1064,10 @@ fn endpoint_params(p: &str, path: &str, root: &RootCtx, cx: &mut Ctx) -> Option<
     }
     if let Some(r) = RESERVED.iter().find(|r| p == **r || p.strip_prefix(**r).is_some_and(|t| t.starts_with('/'))) {
         cx.error(path, format!("{p:?} is under {r}, which the gateway serves itself"));
+        return None;
+    }
+    if root.health_path.as_deref() == Some(p) {
+        cx.error(path, format!("{p:?} is the health page's path (extra_config.router.health_path)"));
         return None;
     }
     let pieces = match template::pieces(p) {

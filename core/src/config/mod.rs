@@ -234,6 +234,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Idle keep-alive connections kept per backend host (per shard). Default: 250.
     pub max_idle_connections_per_host: usize,
+    /// Backends are not asked for gzip (a gzip or deflate answer is still inflated
+    /// before decoding; see `call::coding`). Default: false.
+    pub disable_compression: bool,
     /// `extra_config."router"`: client-facing router options.
     pub router: RouterOptions,
     /// `extra_config."sluice/forward-proxy"`: the dynamic forward proxy listener.

@@ -34,9 +34,13 @@ impl Gateway {
         if let Some(b) =
             builtin::lookup(path, router.health_path.as_deref(), self.config.debug_endpoint, self.config.echo_endpoint)
         {
-            // The health page is gin's GET route: other methods get the router's 405.
+            // The health page is gin's GET route: other methods get the router's 405
+            // (its 404 when 405s are off).
             if b == Builtin::Health && method != Method::GET {
-                return Dispatch::Reply(route::method_not_allowed("GET", router));
+                return Dispatch::Reply(match router.method_not_allowed {
+                    true => route::method_not_allowed("GET", router),
+                    false => route::not_found(router),
+                });
             }
             return Dispatch::Builtin(b);
         }
@@ -84,14 +88,20 @@ impl Gateway {
 
 /// KrakenD's parameter check (lura's `paramChecker`), on by default: gin routes on the
 /// decoded path, so a parameter that still holds a `%` after one decoding was encoded
-/// twice (`%252F`) and is refused, with lura's words. Sluice routes on the path as sent
-/// and decodes a parameter once, so the same check is: a `%` left after decoding.
+/// twice (`%252F`), and one holding `?` or `#` had them encoded; both are refused, with
+/// lura's words. Sluice routes on the path as sent and decodes a parameter once, so the
+/// same check is made on the once-decoded value.
 fn encoded_param(raw: &str) -> Option<String> {
     if !raw.contains('%') {
         return None;
     }
     let once = crate::gateway::upstream::percent_decode(raw);
     let b: &[u8] = &once;
+    // lura also refuses a parameter holding `?` or `#` (gin's decoded path has them
+    // only when they were encoded).
+    if b.iter().any(|&c| c == b'?' || c == b'#') && !b.contains(&b'%') {
+        return Some("error: encoded url params".to_string());
+    }
     let at = b.iter().position(|&c| c == b'%')?;
     let escape = &b[at..b.len().min(at + 3)];
     let valid = escape.len() == 3 && escape[1..].iter().all(u8::is_ascii_hexdigit);

@@ -262,7 +262,7 @@ impl<'g> Exchange<'g> {
                         }
                     }
                 }
-                None => upstream::write_backend_headers(policy, client, ip, ask_coding(call), out),
+                None => upstream::write_backend_headers(policy, client, ip, self.ask_coding(call), out),
             }
             if let Some(auth) = proxy_auth {
                 http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
@@ -406,12 +406,19 @@ impl<'g> Exchange<'g> {
         Some(CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body })
     }
 
+    /// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
+    /// for `HEAD`, nor under `disable_compression`, as Go's client).
+    fn ask_coding(&self, call: &Call<'_>) -> Option<&'static [u8]> {
+        (call.inflate && call.method != Method::HEAD && !self.gw.config.disable_compression)
+            .then_some(crate::call::coding::ASK)
+    }
+
     /// The call as it would be sent, for a plugin: the header fields the backend's
     /// policy lets through (the same writer as [`Exchange::write_head`], read back).
     fn backend_request(&self, call: &Call<'_>) -> BackendRequest {
         let mut fields = Vec::with_capacity(256);
         let policy = &self.ep.backends[call.id].headers;
-        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, ask_coding(call), &mut fields);
+        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, self.ask_coding(call), &mut fields);
         let mut headers = HeaderMap::new();
         for line in fields.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -522,8 +529,8 @@ impl<'g> Exchange<'g> {
 
     /// Why call `i` gave nothing to merge, as KrakenD words it where it can: a status
     /// other than 200/201 is `invalid status code 404 [GET /users/{id}]:
-    /// http://api/users/42` (the backend's method, `url_pattern`, the URL called);
-    /// anything else is `[GET /users/{id}]: http://api/users/42: <why>`.
+    /// http://api/users/42` (the backend's method, `url_pattern`, the URL called, less
+    /// its query); anything else is `[GET /users/{id}]: http://api/users/42: <why>`.
     fn reason(&self, i: usize) -> String {
         let b = &self.ep.backends[i];
         let pattern = self
@@ -532,7 +539,7 @@ impl<'g> Exchange<'g> {
             .endpoints
             .get(self.ep.index)
             .and_then(|e| e.backend.get(i))
-            .map_or("", |c| c.url_pattern.as_str());
+            .map_or("", |c| c.url_pattern.split('?').next().unwrap_or_default());
         let prefix = format!("[{} {pattern}]:", b.method);
         let url = match self.sent.get(i).copied().flatten() {
             Some(host) => {
@@ -540,7 +547,10 @@ impl<'g> Exchange<'g> {
                     Some(Some(url)) => Cow::Borrowed(url.as_str()),
                     _ => Cow::Owned(self.render(b).unwrap_or_default()),
                 };
-                crate::config::redact_userinfo(&format!("{}{}{target}", host.addr, host.path_prefix))
+                // Without the query: it may carry a key the configuration puts there
+                // (KrakenD writes it; a client reading return_error_msg should not).
+                let path = target.split('?').next().unwrap_or_default();
+                format!("{}{}{path}", host.addr, host.path_prefix)
             }
             None => String::new(),
         };
@@ -670,12 +680,6 @@ impl Drop for Exchange<'_> {
             self.unplug(id);
         }
     }
-}
-
-/// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
-/// for `HEAD`, as Go's client).
-fn ask_coding(call: &Call<'_>) -> Option<&'static [u8]> {
-    (call.inflate && call.method != Method::HEAD).then_some(crate::call::coding::ASK)
 }
 
 /// `{"error_<alias>": {"http_status_code": N, "http_body": "...", "http_body_encoding": "..."}}`

@@ -102,7 +102,9 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
             c if (c as u32) < 0x80 && c.is_control() => {
                 out.extend_from_slice(format!("\\x{:02x}", c as u32).as_bytes())
             }
-            c if c.is_control() => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
             c => {
                 let mut b = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
@@ -132,7 +134,7 @@ fn needs_quotes(s: &str) -> bool {
         || is_timestamp(s)
         || b.iter().any(|&c| c == b'#' || c == b'\\' || c.is_ascii_control())
         || b.windows(2).any(|w| (w[0] == b':' || w[0] == b'-') && w[1] == b' ')
-        || s.chars().any(char::is_control)
+        || s.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
 }
 
 /// Whether YAML reads `s` as a number: decimal, `0x`/`0o`/`0b`, a leading-zero octal,
@@ -202,15 +204,15 @@ fn is_timestamp(s: &str) -> bool {
             return false;
         }
         let mut rest = &s[19..];
-        if b[10] == b' ' {
-            return rest.is_empty();
-        }
         if let Some(frac) = rest.strip_prefix('.') {
             let n = frac.bytes().take_while(u8::is_ascii_digit).count();
             if n == 0 {
                 return false;
             }
             rest = &frac[n..];
+        }
+        if b[10] == b' ' {
+            return rest.is_empty();
         }
         let zone = rest.as_bytes();
         return rest == "Z"
@@ -285,6 +287,8 @@ mod tests {
             " lead",
             "trail ",
             "line\nbreak",
+            "2024-01-02 03:04:05.5",
+            "a\u{2028}b",
         ] {
             assert!(needs_quotes(s), "{s:?} should be quoted");
         }
