@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 /// Freed bytes malloc may keep before a trim.
-const KEEP: usize = 4 << 20;
+const KEEP: usize = 1 << 20;
 /// How often to look.
 const EVERY: Duration = Duration::from_secs(5);
 
