@@ -119,13 +119,22 @@ mod counting {
     thread_local! {
         static ON: Cell<bool> = const { Cell::new(false) };
         static COUNT: Cell<u64> = const { Cell::new(0) };
+        /// Bytes allocated less bytes freed while counting: what core holds.
+        static LIVE: Cell<i64> = const { Cell::new(0) };
     }
 
     pub(crate) struct Counting;
 
-    fn note() {
+    fn note(grew: i64) {
         if ON.with(Cell::get) {
             COUNT.with(|c| c.set(c.get() + 1));
+            LIVE.with(|l| l.set(l.get() + grew));
+        }
+    }
+
+    fn freed(size: usize) {
+        if ON.with(Cell::get) {
+            LIVE.with(|l| l.set(l.get() - size as i64));
         }
     }
 
@@ -134,18 +143,19 @@ mod counting {
     #[allow(unsafe_code)]
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            note();
+            note(layout.size() as i64);
             unsafe { System.alloc(layout) }
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            freed(layout.size());
             unsafe { System.dealloc(ptr, layout) }
         }
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            note();
+            note(layout.size() as i64);
             unsafe { System.alloc_zeroed(layout) }
         }
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            note();
+            note(new_size as i64 - layout.size() as i64);
             unsafe { System.realloc(ptr, layout, new_size) }
         }
     }
@@ -161,6 +171,11 @@ mod counting {
     /// Allocations counted on this thread so far.
     pub(crate) fn count() -> u64 {
         COUNT.with(Cell::get)
+    }
+
+    /// Heap bytes allocated and not freed while counting, on this thread so far.
+    pub(crate) fn live() -> i64 {
+        LIVE.with(Cell::get)
     }
 }
 
@@ -1720,4 +1735,31 @@ fn allocations_per_request_in_steady_state() {
     // Measured when this test was written: 12 and 44.
     assert!(per_noop <= 12.0, "a no-op request now makes {per_noop} allocations (was 12)");
     assert!(per_agg <= 44.0, "an aggregation request now makes {per_agg} allocations (was 44)");
+}
+
+/// Heap bytes core holds for an idle keep-alive connection after one no-op request
+/// (its own state, the read buffer its pending read holds, the vectors kept for the
+/// next request), counted by the allocator above; `size_of::<Connection>()` comes on
+/// top, inside the driver's task. Issue 30's goal for the whole connection is 2 KiB.
+#[test]
+fn heap_held_by_an_idle_keep_alive_connection() {
+    let backend = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n";
+    let answer = format!("{backend}{}", "x".repeat(100));
+    let noop = gateway(
+        r#"{"endpoint": "/noop", "output_encoding": "no-op",
+            "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/100b", "encoding": "no-op"}]}"#,
+    );
+    let lb = Balancer::new(noop.backend_count);
+    let before = counting::live();
+    let w = World::new(&noop, &lb, &[Send("GET /noop HTTP/1.1\r\nHost: gw\r\n\r\n"), Wait(10)])
+        .backend(&upstream(9001), &[Serve::After(0, answer)])
+        .run();
+    let held = counting::live() - before;
+    assert_eq!(w.requests.len(), 1);
+    let inline = std::mem::size_of::<Connection<'_>>();
+    println!("heap held by an idle keep-alive connection (core): {held} bytes; Connection itself {inline} bytes");
+    // Measured: 5,149 bytes while the backend slots' vector grew by four slots of ~900
+    // bytes at once; 2,437 since it grows by one.
+    assert!(held <= 2_437, "an idle connection now holds {held} bytes of heap in core (was 2,437)");
+    drop(w);
 }

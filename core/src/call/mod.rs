@@ -455,6 +455,10 @@ impl<'g> Calls<'g> {
             }
             None => {
                 slot.out.reserve(512);
+                // One slot more, not four: a BackendCall is about 900 bytes, and a
+                // Vec's first growth would make room for four, held by every idle
+                // keep-alive connection.
+                self.slots.reserve_exact(1);
                 self.slots.push(slot);
                 self.slots.len() - 1
             }
@@ -889,6 +893,7 @@ impl<'g> Calls<'g> {
                 free
             }
             None => {
+                self.slots.reserve_exact(1);
                 self.slots.push(call);
                 self.slots.len() - 1
             }
