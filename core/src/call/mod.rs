@@ -4,7 +4,8 @@
 //! key: see [`crate::call::backend::pool_key`]), asks a proxy for a `CONNECT` tunnel when it
 //! goes through one, runs its TLS session (a `TlsLink`, see [`crate::tls`]), writes the
 //! request (and relays a streamed body), reads the answer (whole, or its head to
-//! pump the body), follows redirects, retries once on a fresh connection when a
+//! pump the body), undoes a gzip or deflate coding of a whole answer the gateway
+//! decodes ([`coding`]), follows redirects, retries once on a fresh connection when a
 //! pooled one turns out closed, and goes back to the pool or is closed.
 //!
 //! Its `handle_*` methods take what the driver reports for it; `Calls::poll` gives

@@ -424,7 +424,7 @@ pub use crate::request::TEXT;
 /// - `json`: the object;
 /// - `json-collection`: the value of `collection`, `[]` without one;
 /// - `string`: the text of `content`, empty without a string there;
-/// - `xml`: see [`xml::encode`]; `yaml`: see [`yaml`];
+/// - `xml`: as KrakenD's XML renderer (see `xml::encode`); `yaml`: as gin's (see `yaml`);
 /// - `negotiate`: by `Accept`, see [`negotiate`].
 ///
 /// `no-op` is streamed, never rendered: it is written as `json` here.
