@@ -1113,7 +1113,7 @@ fn client_plugin_rewrites_answers_and_fails_calls() {
 #[test]
 fn a_no_op_backend_in_an_aggregating_endpoint_adds_nothing() {
     let cfg = r#"{"version": 3, "host": ["http://b:1"], "endpoints": [{"endpoint": "/a", "backend": [
-        {"url_pattern": "/notify", "encoding": "no-op"}, {"url_pattern": "/data"}]}]}"#;
+        {"url_pattern": "/notify", "encoding": "no-op", "group": "hook"}, {"url_pattern": "/data"}]}]}"#;
     let out =
         run(cfg, get("/a"), |i| if i == 0 { Canned::Status(500, "not json") } else { Canned::Json(r#"{"a":1}"#) });
     assert_eq!(out.calls.len(), 2);

@@ -121,6 +121,19 @@ impl<'a> Obj<'a> {
         leaf(v, &self.at(key), cx)
     }
 
+    /// Whether `key` asks for something: present and not `null`, `false`, `0`, `""`,
+    /// `[]` or `{}` (a KrakenD setting left at its zero value changes nothing).
+    fn asks(&mut self, key: &'static str) -> bool {
+        self.take(key).is_some_and(|v| match v {
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(m) => !m.is_empty(),
+            Value::Null => false,
+        })
+    }
+
     fn flag(&mut self, key: &'static str, cx: &mut Ctx) -> bool {
         self.leaf(key, cx).unwrap_or(false)
     }
@@ -239,17 +252,10 @@ const BACKEND_PROXY_UNIMPLEMENTED: &[(&str, &str)] = &[
     ("flatmap_filter", "array manipulation of this backend's answer"),
 ];
 
-/// Refuses each of `keys` that asks for something (not `false`, `null`, `[]` or `{}`).
+/// Refuses each of `keys` that asks for something (see [`Obj::asks`]).
 fn refuse_unimplemented(o: &mut Obj<'_>, keys: &[(&'static str, &str)], cx: &mut Ctx) {
     for (key, what) in keys {
-        let asks = o.take(key).is_some_and(|v| match v {
-            Value::Bool(b) => *b,
-            Value::Array(a) => !a.is_empty(),
-            Value::Object(m) => !m.is_empty(),
-            Value::String(s) => !s.is_empty(),
-            _ => true,
-        });
-        if asks {
+        if o.asks(key) {
             cx.error(
                 &o.at(key),
                 format!(
@@ -445,14 +451,8 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
                 bodies.finish(cx);
             }
             for (key, why) in ROUTER_NOT_SUPPORTED {
-                // Said only when it asks for something: `false`, `0` or `[]` change nothing.
-                let asks = r.take(key).is_some_and(|v| match v {
-                    Value::Bool(b) => *b,
-                    Value::Number(n) => n.as_f64() != Some(0.0),
-                    Value::Array(a) => !a.is_empty(),
-                    _ => true,
-                });
-                if asks {
+                // Said only when it asks for something.
+                if r.asks(key) {
                     cx.notice(&r.at(key), format!("not supported by Sluice, ignored: {why}"));
                 }
             }

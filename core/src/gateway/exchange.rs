@@ -162,6 +162,13 @@ fn is_success(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::CREATED
 }
 
+/// Whether backend `b`'s answer with `status` counts (lura's status handlers): 200 and
+/// 201, or any status from a `no-op` backend of an aggregating endpoint, whose answer
+/// is not decoded and adds nothing (`Shape::apply` gives it no members).
+fn accepted(b: &BackendPlan, status: StatusCode) -> bool {
+    b.shape.encoding == Encoding::NoOp || is_success(status)
+}
+
 impl<'g> Exchange<'g> {
     /// Starts serving a request routed by [`Gateway::dispatch`] at `now`.
     pub fn new(gw: &'g Gateway, route: Route<'g>, req: ClientRequest, now: Instant) -> Exchange<'g> {
@@ -456,9 +463,9 @@ impl<'g> Exchange<'g> {
     /// Settles call `i`. In a sequence, a call that did not succeed skips the rest.
     fn settle(&mut self, i: usize, state: CallState) {
         let succeeded = match &state {
-            CallState::Answered { status, body, .. } => self.ep.backends.get(i).is_some_and(|b| {
-                b.shape.encoding == Encoding::NoOp || (is_success(*status) && b.shape.apply(body).is_ok())
-            }),
+            CallState::Answered { status, body, .. } => {
+                self.ep.backends.get(i).is_some_and(|b| accepted(b, *status) && b.shape.apply(body).is_ok())
+            }
             _ => false,
         };
         if let Some(slot) = self.calls.get_mut(i) {
@@ -555,7 +562,7 @@ impl<'g> Exchange<'g> {
             None => String::new(),
         };
         match &self.calls[i] {
-            CallState::Answered { status, .. } if !is_success(*status) => {
+            CallState::Answered { status, .. } if !accepted(b, *status) => {
                 format!("invalid status code {} {prefix} {url}", status.as_u16())
             }
             CallState::Answered { body, .. } => match b.shape.apply(body) {
@@ -614,10 +621,7 @@ impl<'g> Exchange<'g> {
         let mut error_code: Option<Reply> = None;
         for (i, (call, b)) in self.calls.iter().zip(&ep.backends).enumerate() {
             match call {
-                // A no-op backend of an aggregating endpoint (as lura: its answer is not
-                // decoded and its status not checked) adds nothing, and is complete.
-                CallState::Answered { .. } if b.shape.encoding == Encoding::NoOp => parts.push(Vec::new()),
-                CallState::Answered { status, body, .. } if is_success(*status) => match b.shape.apply(body) {
+                CallState::Answered { status, body, .. } if accepted(b, *status) => match b.shape.apply(body) {
                     Ok(part) => parts.push(part),
                     Err(_) => {
                         complete = false;

@@ -291,6 +291,11 @@ impl Shape {
 
     /// Decodes and shapes a body: the part this backend adds to the merge.
     pub fn apply<'a>(&self, body: &'a [u8]) -> Result<Vec<Entry<'a>>, DecodeError> {
+        // A no-op answer is neither decoded nor shaped (lura gives it no formatter):
+        // it adds nothing, even under `group`.
+        if self.encoding == Encoding::NoOp {
+            return Ok(Vec::new());
+        }
         let decoded = self.decode(body)?;
         Ok(self.shape(decoded))
     }
