@@ -127,12 +127,16 @@ pub struct HopByHop<'h> {
 
 impl<'h> HopByHop<'h> {
     pub fn of(head: &'h Head) -> HopByHop<'h> {
-        let named = head
-            .get_all("connection")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(super::framing::trim)
-            .filter(|t| !t.is_empty())
-            .collect();
+        let mut named = SmallVec::new();
+        for span in &head.headers {
+            let name = head.range(span.name);
+            if name.len() != 10 || !name.eq_ignore_ascii_case(b"connection") {
+                continue;
+            }
+            // The fixed list answers for itself (`keep-alive`, the usual one, among them).
+            let tokens = head.range(span.value).split(|&b| b == b',').map(super::framing::trim);
+            named.extend(tokens.filter(|t| !t.is_empty() && !super::is_hop_by_hop_name(t)));
+        }
         HopByHop { named }
     }
 
