@@ -1,6 +1,8 @@
 //! The request pipeline in core: rendering a backend request, and shaping + merging
-//! two 2 KB JSON bodies (allow + mapping + group) beside a naive serde_json::Value
-//! implementation of the same work, in the same run.
+//! two 2 KB JSON bodies (allow + mapping + group) beside the same work done the
+//! obvious way through `serde_json::Value` and through simd-json's borrowed value,
+//! in the same run; and validating those bodies alone, our scanner beside simd-json's
+//! tape (the project card's parser).
 //!
 //! `cargo bench --bench pipeline`
 
@@ -128,6 +130,68 @@ mod naive {
     }
 }
 
+/// The same work through simd-json: parse in place into a borrowed value (strings
+/// borrowed from the buffer), prune, rename, wrap, merge, write.
+mod simd {
+    use simd_json::borrowed::{Object, Value};
+    use simd_json::prelude::*;
+
+    fn allow(v: &mut Object<'_>, paths: &[&[&str]]) {
+        let keys: Vec<String> = v.keys().map(|k| k.to_string()).collect();
+        for k in keys {
+            let subs: Vec<&[&str]> = paths.iter().filter(|p| p[0] == k).map(|p| &p[1..]).collect();
+            if subs.is_empty() {
+                v.remove(k.as_str());
+            } else if subs.iter().any(|p| p.is_empty()) {
+                // kept whole
+            } else if let Some(Value::Object(inner)) = v.get_mut(k.as_str()) {
+                allow(inner, &subs);
+                if inner.is_empty() {
+                    v.remove(k.as_str());
+                }
+            } else {
+                v.remove(k.as_str());
+            }
+        }
+    }
+
+    fn shape<'a>(body: &'a mut [u8], allow_list: &[&[&str]], mapping: &[(&str, &str)], group: &'a str) -> Object<'a> {
+        let Ok(Value::Object(mut m)) = simd_json::to_borrowed_value(body) else { return Object::new() };
+        allow(&mut m, allow_list);
+        for (from, to) in mapping {
+            if let Some(v) = m.remove(*from) {
+                m.insert(to.to_string().into(), v);
+            }
+        }
+        let mut g = Object::new();
+        g.insert(group.into(), Value::Object(m));
+        g
+    }
+
+    pub(super) fn shape_merge(bodies: &mut [Vec<u8>; 2], out: &mut Vec<u8>) {
+        let [a, b] = bodies;
+        let mut merged = shape(
+            a,
+            &[
+                &["id"],
+                &["name"],
+                &["email"],
+                &["address", "city"],
+                &["address", "geo"],
+                &["roles"],
+                &["stats", "followers"],
+            ],
+            &[("name", "full_name"), ("email", "contact")],
+            "user",
+        );
+        let b = shape(b, &[&["count"], &["items"], &["page", "next"]], &[("items", "orders")], "orders");
+        for (k, v) in b {
+            merged.insert(k, v);
+        }
+        Value::Object(Box::new(merged)).write(out).unwrap_or_default();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let gw = Gateway::load(CONFIG).unwrap().gateway;
     let user = user_body();
@@ -144,6 +208,10 @@ fn bench(c: &mut Criterion) {
     let a: Value = serde_json::from_slice(&ours).unwrap();
     let b: Value = serde_json::from_slice(&theirs).unwrap();
     assert_eq!(a, b, "the two implementations disagree");
+    let mut simd_out = Vec::new();
+    simd::shape_merge(&mut [user.clone().into_bytes(), orders.clone().into_bytes()], &mut simd_out);
+    let c_: Value = serde_json::from_slice(&simd_out).unwrap();
+    assert_eq!(a, c_, "simd-json's result disagrees");
     eprintln!("bodies: {} B and {} B; merged output {} B", user.len(), orders.len(), ours.len());
 
     let mut g = c.benchmark_group("shape_merge_2x2KB");
@@ -162,6 +230,49 @@ fn bench(c: &mut Criterion) {
             naive::shape_merge(black_box(&bodies), &mut out);
             black_box(out.len())
         })
+    });
+    // simd-json parses in place: each iteration gets fresh copies of the bodies, made
+    // outside the timing.
+    let copies = || [user.clone().into_bytes(), orders.clone().into_bytes()];
+    g.bench_function("simd_json_value", |b| {
+        let mut out = Vec::with_capacity(4096);
+        b.iter_batched_ref(
+            copies,
+            |bodies| {
+                out.clear();
+                simd::shape_merge(black_box(bodies), &mut out);
+                black_box(out.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    // Validation alone: every byte of both bodies checked as UTF-8 and JSON. Ours
+    // gives the document's extent; simd-json's tape also indexes every value.
+    let mut g = c.benchmark_group("validate_2x2KB");
+    g.bench_function("sluice_scan", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for body in black_box(&bodies) {
+                let text = std::str::from_utf8(body).unwrap();
+                n += sluice_core::gateway::json::parse_document(text).unwrap().len();
+            }
+            n
+        })
+    });
+    g.bench_function("simd_json_tape", |b| {
+        b.iter_batched_ref(
+            copies,
+            |bodies| {
+                let mut n = 0;
+                for body in bodies.iter_mut() {
+                    n += simd_json::to_tape(black_box(body)).unwrap().0.len();
+                }
+                n
+            },
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 
