@@ -842,7 +842,18 @@ impl<'g> Connection<'g> {
     /// A request head came: its service says what to do with it (see
     /// [`crate::conn::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Request) -> State<'g> {
-        match self.service.route(&mut req, self.peer, self.now) {
+        let outcome = self.service.route(&mut req, self.peer, self.now);
+        // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
+        // held, so no size limit; any other is refused at once when it says it is over.
+        if matches!(outcome, Outcome::Stream { .. } | Outcome::Forward(_) | Outcome::Refuse { tunnel: true, .. }) {
+            self.server.stream_body();
+        } else if let Err(e) = self.server.body_fits() {
+            return match outcome.into_line() {
+                Some(line) => self.fail(e.status(), e.reason(), line),
+                None => State::Closing,
+            };
+        }
+        match outcome {
             Outcome::Respond { reply, line, close } => {
                 self.end_unread();
                 self.respond(reply, line, close)

@@ -66,6 +66,22 @@ pub(crate) enum Outcome<'g> {
     Gather { page: AdminPage<'g>, line: AccessLog },
 }
 
+impl Outcome<'_> {
+    /// The access line this outcome would have written (`None`: a forwarded request,
+    /// whose line comes later).
+    pub(crate) fn into_line(self) -> Option<AccessLog> {
+        match self {
+            Outcome::Respond { line, .. }
+            | Outcome::Fail { line, .. }
+            | Outcome::ReadBody { line, .. }
+            | Outcome::Stream { line, .. }
+            | Outcome::Refuse { line, .. }
+            | Outcome::Gather { line, .. } => Some(line),
+            Outcome::Forward(_) => None,
+        }
+    }
+}
+
 /// An admin page waiting for the counters it shows.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AdminPage<'g> {

@@ -44,11 +44,12 @@ enum State {
 
 impl BodyDecoder {
     /// A decoder for a body with this framing. A known length over the limit is refused
-    /// at once, before a byte of it is read.
+    /// at the first [`BodyDecoder::decode`], before a byte of it is read (and never,
+    /// once [`BodyDecoder::unlimited`] lifted the limit); [`BodyDecoder::fits`] says so
+    /// before that.
     pub fn new(framing: Framing, limits: &Limits) -> Result<BodyDecoder, Error> {
         let state = match framing {
             Framing::None | Framing::Length(0) => State::Done,
-            Framing::Length(n) if n > limits.max_body_bytes => return Err(Error::BodyTooLarge),
             Framing::Length(n) => State::Length { remaining: n },
             Framing::Chunked => State::ChunkSize,
             Framing::UntilClose => State::UntilClose,
@@ -63,6 +64,19 @@ impl BodyDecoder {
         })
     }
 
+    /// Lifts the size limit: for a body passed on as it comes and never held.
+    pub fn unlimited(&mut self) {
+        self.limit = u64::MAX;
+    }
+
+    /// `Err(BodyTooLarge)` when the body says its length and that is over the limit.
+    pub fn fits(&self) -> Result<(), Error> {
+        match self.state {
+            State::Length { remaining } if remaining > self.limit => Err(Error::BodyTooLarge),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the whole body has been decoded.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -74,6 +88,7 @@ impl BodyDecoder {
         match self.state {
             State::Done => Ok((0, BodyEvent::End(None))),
             State::Length { remaining } => {
+                self.fits()?;
                 if input.is_empty() {
                     return Ok((0, BodyEvent::NeedMore));
                 }

@@ -210,6 +210,24 @@ impl ServerConn {
         Ok((skip + head_len, ServerEvent::Request(Box::new(request))))
     }
 
+    /// The current request's body is passed on as it comes, never held: it is not held
+    /// to `max_body_bytes` either (a `no-op` endpoint's upload, a forwarded request).
+    pub fn stream_body(&mut self) {
+        if let Reading::Body(decoder) = &mut self.reading {
+            decoder.unlimited();
+        }
+    }
+
+    /// `Err(BodyTooLarge)` when the current request's body says its length and that is
+    /// over `max_body_bytes`: answer 413 before reading a byte of it. (A chunked body
+    /// is refused as it crosses the limit, while it is read.)
+    pub fn body_fits(&self) -> Result<(), Error> {
+        match &self.reading {
+            Reading::Body(decoder) => decoder.fits(),
+            _ => Ok(()),
+        }
+    }
+
     /// 414 when the request line alone is over the URI limit, else 431.
     fn oversize(&self, buf: &[u8]) -> Error {
         let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
