@@ -12,7 +12,9 @@ drives each with wrk for a fixed duration, and prints one Markdown table:
   (b) 2-backend aggregation of two 2 KB JSON bodies: Sluice alone (nginx cannot);
   (c) idle keep-alive connections held open: RSS per connection, all three;
   (d) a large download streamed through no-op, beside nginx proxy_pass: Gbit/s, CPU
-      seconds per GiB, and how much each proxy grows.
+      seconds per GiB, and how much each proxy grows; and the same size uploaded (a
+      POST with a Content-Length, curl -T) through no-op to a sink that counts it,
+      beside nginx proxy_pass with proxy_request_buffering off.
 
 Columns: req/s, p50 and p99 latency (wrk), CPU seconds the proxy process used per
 10,000 requests (/proc utime+stime), and the proxy's peak RSS (VmHWM). Everything
@@ -353,6 +355,41 @@ while True:
 """
 
 
+# The upload case's backend: HTTP/1.1 keep-alive, reads each request's Content-Length
+# bytes and answers with how many it got.
+UPLOAD_SINK = r"""
+import socket, threading
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+def serve(c):
+    buf = bytearray(1 << 20)
+    while True:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = c.recv(65536)
+            if not d:
+                return
+            head += d
+        head, rest = head.split(b"\r\n\r\n", 1)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        n = len(rest)
+        while n < length:
+            k = c.recv_into(buf)
+            if not k:
+                return
+            n += k
+        body = str(n).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
 def push(port, mib, connect=None):
     """Sends `mib` MiB to 127.0.0.1:`port` (through a CONNECT to `connect` when given)
     after a 12-digit count (the sink reads that much: squid closes a tunnel whose client
@@ -630,6 +667,10 @@ def main():
             with open(f"{work}/www/{name}", "w") as f:
                 json.dump(doc, f, separators=(",", ":"))
         be_port, ng_port = free_port(), free_port()
+        sink = subprocess.Popen([sys.executable, "-c", UPLOAD_SINK], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        procs.append(sink)
+        sink_port = int(sink.stdout.readline())
         ports = {"uring": free_port(), "tokio": free_port()}
         # The TLS cases: the backend's and the proxies' HTTPS ports, and a certificate.
         be_tls, tls_ports = free_port(), {"uring": free_port(), "tokio": free_port(), "nginx": free_port()}
@@ -661,10 +702,13 @@ http {{ access_log off; keepalive_requests 1000000;
 worker_processes {args.shards}; worker_rlimit_nofile 30000;
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   upstream be {{ server 127.0.0.1:{be_port}; keepalive 256; }}
+  upstream sink {{ server 127.0.0.1:{sink_port}; keepalive 16; }}
   server {{ listen 127.0.0.1:{ng_port} reuseport;
     location /noop {{ proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; }}
     location /download {{ proxy_pass http://be/1g; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_max_temp_file_size 0; proxy_read_timeout 60s; }}
+    location /upload {{ proxy_pass http://sink/up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_request_buffering off; client_max_body_size 0; proxy_read_timeout 60s; }}
     {ng_tlsnoop} }}
   upstream betls {{ server 127.0.0.1:{be_tls}; keepalive 256; }}
   {ng_https} }}
@@ -680,6 +724,9 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                          "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]},
                         {"endpoint": "/download", "output_encoding": "no-op", "timeout": "60s",
                          "backend": [{"url_pattern": "/1g", "encoding": "no-op"}]},
+                        {"endpoint": "/upload", "method": "POST", "output_encoding": "no-op", "timeout": "60s",
+                         "backend": [{"host": [f"http://127.0.0.1:{sink_port}"], "url_pattern": "/up",
+                                      "encoding": "no-op"}]},
                         {"endpoint": "/agg", "backend": [
                             {"url_pattern": "/a.json", "allow": ["user", "user_count"], "mapping": {"user_count": "count"}},
                             {"url_pattern": "/b.json", "group": "orders"}]},
@@ -774,6 +821,22 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                 print(f"warning: the {who} download got {got} bytes", file=sys.stderr)
             gib = args.download_mib / 1024
             downloads[who] = ((rss_after - rss_before) / 1024, gib / secs * 8, cpu / gib)
+        # The same size uploaded: curl streams the sparse file as the body (no Expect:
+        # 100-continue wait), the sink answers with the count.
+        uploads = {}
+        for who, (pids, port) in targets.items():
+            rss_before = sum(status_kib(p, "VmRSS") for p in pids)
+            cpu_before = sum(cpu_seconds(p) for p in pids)
+            t = time.time()
+            got = subprocess.run(["curl", "-s", "-X", "POST", "-H", "Expect:", "-T", f"{work}/www/1g",
+                                  f"http://127.0.0.1:{port}/upload"], capture_output=True, text=True).stdout
+            secs = time.time() - t
+            cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
+            rss_after = sum(status_kib(p, "VmRSS") for p in pids)
+            if got != str(args.download_mib << 20):
+                print(f"warning: the {who} upload: the sink answered {got[:200]!r}", file=sys.stderr)
+            gib = args.download_mib / 1024
+            uploads[who] = ((rss_after - rss_before) / 1024, gib / secs * 8, cpu / gib)
         idle = {runtime: hold_idle(port, [sluices[runtime].pid], args.idle) for runtime, port in ports.items()}
         idle["nginx"] = hold_idle(ng_port, ng_pids, args.idle)
 
@@ -791,6 +854,10 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             name = who if who == "nginx" else f"Sluice {who}"
             print(f"| (d) {args.download_mib:,} MiB download through no-op: {name} | | | | | "
                   f"RSS grew {grew:.1f} MiB ({gbit:.1f} Gbit/s, {cpu_gib:.2f} CPU s per GiB) |")
+        for who, (grew, gbit, cpu_gib) in uploads.items():
+            name = who if who == "nginx" else f"Sluice {who}"
+            print(f"| (d) {args.download_mib:,} MiB upload through no-op: {name} | | | | | "
+                  f"RSS grew {grew:.1f} MiB ({gbit:.1f} Gbit/s, {cpu_gib:.2f} CPU s per GiB) |")
         by_name = {r["name"]: r for r in rows}
         ng = by_name["(a) no-op 100 B: nginx"]
         print()
@@ -800,7 +867,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                   f"{r['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"rows": rows, "idle": idle, "downloads": downloads}, f, indent=1)
+                json.dump({"rows": rows, "idle": idle, "downloads": downloads, "uploads": uploads}, f, indent=1)
     finally:
         for p in procs:
             try:
