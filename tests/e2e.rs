@@ -97,8 +97,8 @@ fn no_op_streams_both_ways(mode: Mode) {
     let backend = Backend::start(|s| if s.head.starts_with("GET") { Reply::Big(20 << 20) } else { Reply::Echo });
     let gw = Gw::start(
         &config(&format!(
-            r#"{{"endpoint": "/raw", "method": "GET", "output_encoding": "no-op", "backend": [{{"host": ["{0}"], "url_pattern": "/big", "encoding": "no-op"}}]}},
-               {{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "backend": [{{"host": ["{0}"], "url_pattern": "/up", "encoding": "no-op"}}]}}"#,
+            r#"{{"endpoint": "/raw", "method": "GET", "output_encoding": "no-op", "timeout": "10s", "backend": [{{"host": ["{0}"], "url_pattern": "/big", "encoding": "no-op"}}]}},
+               {{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "timeout": "10s", "backend": [{{"host": ["{0}"], "url_pattern": "/up", "encoding": "no-op"}}]}}"#,
             backend.url()
         )),
         mode,

@@ -833,10 +833,10 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             secs = time.time() - t
             cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
             rss_after = sum(status_kib(p, "VmRSS") for p in pids)
-            if got != str(args.download_mib << 20):
-                print(f"warning: the {who} upload: the sink answered {got[:200]!r}", file=sys.stderr)
             gib = args.download_mib / 1024
-            uploads[who] = ((rss_after - rss_before) / 1024, gib / secs * 8, cpu / gib)
+            # A wrong count (a 413, a cut body) is a failure, never a figure.
+            uploads[who] = (((rss_after - rss_before) / 1024, gib / secs * 8, cpu / gib)
+                            if got == str(args.download_mib << 20) else f"FAILED: the sink answered {got[:200]!r}")
         idle = {runtime: hold_idle(port, [sluices[runtime].pid], args.idle) for runtime, port in ports.items()}
         idle["nginx"] = hold_idle(ng_port, ng_pids, args.idle)
 
@@ -854,10 +854,11 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             name = who if who == "nginx" else f"Sluice {who}"
             print(f"| (d) {args.download_mib:,} MiB download through no-op: {name} | | | | | "
                   f"RSS grew {grew:.1f} MiB ({gbit:.1f} Gbit/s, {cpu_gib:.2f} CPU s per GiB) |")
-        for who, (grew, gbit, cpu_gib) in uploads.items():
+        for who, result in uploads.items():
             name = who if who == "nginx" else f"Sluice {who}"
-            print(f"| (d) {args.download_mib:,} MiB upload through no-op: {name} | | | | | "
-                  f"RSS grew {grew:.1f} MiB ({gbit:.1f} Gbit/s, {cpu_gib:.2f} CPU s per GiB) |")
+            figures = result if isinstance(result, str) else (
+                f"RSS grew {result[0]:.1f} MiB ({result[1]:.1f} Gbit/s, {result[2]:.2f} CPU s per GiB)")
+            print(f"| (d) {args.download_mib:,} MiB upload through no-op: {name} | | | | | {figures} |")
         by_name = {r["name"]: r for r in rows}
         ng = by_name["(a) no-op 100 B: nginx"]
         print()
@@ -868,6 +869,8 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"rows": rows, "idle": idle, "downloads": downloads, "uploads": uploads}, f, indent=1)
+        if any(isinstance(result, str) for result in uploads.values()):
+            sys.exit("an upload failed (see the table)")
     finally:
         for p in procs:
             try:

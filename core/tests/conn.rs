@@ -703,7 +703,7 @@ fn client_errors_and_limits() {
     let gw = one_backend();
     let lb = Balancer::new(gw.backend_count);
     let big_header = format!("GET /a HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "x".repeat(70_000));
-    let rows: [(Vec<Client<'_>>, String, u64); 6] = [
+    let rows: [(Vec<Client<'_>>, String, u64); 7] = [
         // 408: a head that does not end within read_header_timeout.
         (vec![Send("GET /a HTTP/1.1\r\nHo")], error(408, "Request Timeout", "request header timeout"), 400),
         // An idle connection that says nothing is closed silently after the header timeout.
@@ -713,6 +713,12 @@ fn client_errors_and_limits() {
         // 413: a declared body over the limit is refused before a byte of it is read.
         (
             vec![Send("POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 17000000\r\n\r\n")],
+            error(413, "Payload Too Large", "body too large"),
+            0,
+        ),
+        // 413 before 404: a path nobody serves with such a body.
+        (
+            vec![Send("POST /nowhere HTTP/1.1\r\nHost: gw\r\nContent-Length: 17000000\r\n\r\n")],
             error(413, "Payload Too Large", "body too large"),
             0,
         ),

@@ -845,7 +845,7 @@ impl<'g> Connection<'g> {
         let outcome = self.service.route(&mut req, self.peer, self.now);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
         // held, so no size limit; any other is refused at once when it says it is over.
-        if matches!(outcome, Outcome::Stream { .. } | Outcome::Forward(_) | Outcome::Refuse { tunnel: true, .. }) {
+        if matches!(outcome, Outcome::Stream { .. } | Outcome::Forward(_)) {
             self.server.stream_body();
         } else if let Err(e) = self.server.body_fits() {
             return match outcome.into_line() {

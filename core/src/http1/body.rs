@@ -257,3 +257,50 @@ fn find_crlf_crlf(buf: &[u8], scanned: &mut usize) -> Option<usize> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{BodyDecoder, BodyEvent, Error, Framing, Limits};
+
+    const TEN: Limits = Limits { max_head_bytes: 1024, max_uri_bytes: 64, max_headers: 4, max_body_bytes: 10 };
+
+    #[test]
+    fn a_length_over_the_limit_is_refused_before_a_byte_unless_the_limit_is_lifted() {
+        let mut d = BodyDecoder::new(Framing::Length(11), &TEN).unwrap();
+        assert_eq!(d.fits(), Err(Error::BodyTooLarge));
+        assert_eq!(d.decode(b"hello"), Err(Error::BodyTooLarge));
+        let mut d = BodyDecoder::new(Framing::Length(11), &TEN).unwrap();
+        d.unlimited();
+        assert_eq!(d.fits(), Ok(()));
+        assert_eq!(d.decode(b"hello world!"), Ok((11, BodyEvent::Data(b"hello world"))));
+        assert!(d.is_done());
+        // At the limit: fits.
+        assert_eq!(BodyDecoder::new(Framing::Length(10), &TEN).unwrap().fits(), Ok(()));
+    }
+
+    /// Decodes all of `input`: the data, or the error.
+    fn decode_all(d: &mut BodyDecoder, mut input: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut data = Vec::new();
+        loop {
+            match d.decode(input)? {
+                (n, BodyEvent::Data(bytes)) => {
+                    data.extend_from_slice(bytes);
+                    input = &input[n..];
+                }
+                (_, BodyEvent::End(_)) => return Ok(data),
+                (_, BodyEvent::NeedMore) => panic!("the body is whole"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_is_refused_as_it_crosses_the_limit_unless_it_is_lifted() {
+        let body: &[u8] = b"6\r\n123456\r\n6\r\n123456\r\n0\r\n\r\n";
+        let mut d = BodyDecoder::new(Framing::Chunked, &TEN).unwrap();
+        assert_eq!(d.fits(), Ok(()), "a chunked body says no length");
+        assert_eq!(decode_all(&mut d, body), Err(Error::BodyTooLarge));
+        let mut d = BodyDecoder::new(Framing::Chunked, &TEN).unwrap();
+        d.unlimited();
+        assert_eq!(decode_all(&mut d, body).as_deref(), Ok(&b"123456123456"[..]));
+    }
+}
