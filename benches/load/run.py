@@ -27,7 +27,12 @@ and no master, Sluice uring and tokio with one shard/worker) runs alone under
 `valgrind --tool=callgrind`; after a warm-up the counters are zeroed, wrk drives the
 same load, the counters are dumped, and user-space instructions per request (the
 proxy's whole process, libc included) are printed side by side and as ratios to
-nginx, for the no-op case and for Sluice's aggregation. Needs valgrind too.
+nginx, for the no-op case and for Sluice's aggregation. Needs valgrind too. With
+`--floor`, each runtime's floor too: a program that does the no-op request's four
+socket operations (read the client, write the backend, read it, write the client) on
+monoio or tokio, set up as the gateway sets them up, with no HTTP beyond finding where
+each message ends: what a request costs in the runtime alone; and the same on one
+io_uring driven directly (no futures), what a driver below monoio would cost.
 
     python3 benches/load/run.py --tls [--instructions]
 
@@ -80,6 +85,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 # The gateway under test: the release build, or SLUICE_BIN (with --no-build, on a
 # machine that has the binary but no cargo).
 SLUICE = os.environ.get("SLUICE_BIN") or f"{ROOT}/target/release/sluice"
+# The runtime-floor programs (--floor): the release examples, or FLOOR_DIR.
+FLOOR_DIR = os.environ.get("FLOOR_DIR") or f"{ROOT}/target/release/examples"
 # wrk's threads (--wrk-threads); one unless a case needs more load than one can make.
 WRK_THREADS = 1
 
@@ -224,6 +231,14 @@ def count_instructions(work, ports, ng_port, args, quiet, tls=None):
         runs = [("nginx", nginx, ng_port, [("noop", f"http://127.0.0.1:{ng_port}/noop")])]
         runs += [(f"Sluice {rt}", sluice(rt, f"sluice-{rt}.json"), port,
                   [(p, f"http://127.0.0.1:{port}/{p}") for p in ("noop", "agg")]) for rt, port in ports.items()]
+        if args.floor:
+            # Each runtime's floor: the same four socket operations per request and no
+            # HTTP (io-uring-server/examples/monoio_floor.rs, tokio-adapter/examples/tokio_floor.rs),
+            # and the ring's own below monoio's (io-uring-server/examples/ring_floor.rs).
+            for rt, example in (("monoio", "monoio_floor"), ("tokio", "tokio_floor"), ("raw io_uring", "ring_floor")):
+                port = free_port()
+                runs.append((f"{rt} floor", [f"{FLOOR_DIR}/{example}", str(port), str(args.backend_port)], port,
+                             [("noop", f"http://127.0.0.1:{port}/noop")]))
     else:
         runs = [("nginx", nginx, ng_port, [("tlsnoop", f"http://127.0.0.1:{ng_port}/tlsnoop"),
                                           ("https", f"https://127.0.0.1:{tls['nginx']}/noop")])]
@@ -621,6 +636,8 @@ def main():
     ap.add_argument("--download-mib", type=int, default=1024, help="size of the streamed download case")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--instructions", action="store_true", help="count instructions per request under callgrind")
+    ap.add_argument("--floor", action="store_true",
+                    help="with --instructions: also each runtime's floor (the same socket operations, no HTTP)")
     ap.add_argument("--tls", action="store_true", help="the TLS cases (e) and (f) instead")
     ap.add_argument("--forward", action="store_true",
                     help="cases (h) and (i) instead: the forward proxy beside squid and tinyproxy, and CONNECT bulk")
@@ -643,6 +660,10 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+        if args.floor:
+            subprocess.run(["cargo", "build", "--release", "-q", "-p", "sluice-uring", "--example", "monoio_floor",
+                            "--example", "ring_floor", "-p", "sluice-tokio", "--example", "tokio_floor"],
+                           cwd=ROOT, check=True)
     scale = [int(n) for n in args.scale.split(",")] if args.scale else []
     if scale and max(scale) > os.cpu_count():
         sys.exit(f"--scale {args.scale}: this machine has {os.cpu_count()} CPUs")
@@ -667,6 +688,7 @@ def main():
             with open(f"{work}/www/{name}", "w") as f:
                 json.dump(doc, f, separators=(",", ":"))
         be_port, ng_port = free_port(), free_port()
+        args.backend_port = be_port
         sink = subprocess.Popen([sys.executable, "-c", UPLOAD_SINK], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         procs.append(sink)
