@@ -67,6 +67,7 @@ struct Rig {
     /// Answers by the backend path that asks for them.
     answers: Vec<(&'static str, Vec<u8>)>,
     client_read: Option<Vec<u8>>,
+    client_await: bool,
     socks: Vec<Option<Socket>>,
     /// Pooled backend connections (all to the one host).
     idle: usize,
@@ -91,6 +92,7 @@ impl Rig {
             request,
             answers,
             client_read: None,
+            client_await: false,
             socks: Vec::new(),
             idle: 0,
             ready: VecDeque::new(),
@@ -112,6 +114,11 @@ impl Rig {
 
     /// The client sends its request; everything runs until nothing is left to do.
     fn request(&mut self) {
+        if std::mem::take(&mut self.client_await) {
+            // A keep-alive connection waits for its next request without a buffer.
+            self.conn.handle(Input::ClientReady(Ok(())), self.at);
+            self.settle();
+        }
         let mut buf = self.client_read.take().expect("the connection reads its client");
         buf.extend_from_slice(&self.request);
         let n = self.request.len();
@@ -145,6 +152,7 @@ impl Rig {
     fn start(&mut self, output: Output<'_>) {
         match output {
             Output::ReadClient(buf) => self.client_read = Some(buf),
+            Output::AwaitClient => self.client_await = true,
             Output::WriteClient(bytes) => {
                 self.to_client.extend_from_slice(&bytes);
                 self.ready.push_back(Input::ClientWritten(bytes, Ok(())));

@@ -25,6 +25,12 @@ pub enum Output<'g> {
     /// Read from the client, appending to this buffer (after its length, within its
     /// capacity); then [`crate::conn::Connection::handle_client_read`] with it.
     ReadClient(Vec<u8>),
+    /// Wait until the client socket has bytes to read (or is closed, or failed),
+    /// holding no buffer; then [`Input::ClientReady`]. Given instead of
+    /// [`Output::ReadClient`] while a keep-alive connection waits for its next
+    /// request, so that an idle connection holds no read buffer; never while a client
+    /// write is out, and no client write is given until it is answered.
+    AwaitClient,
     /// Write all of these bytes to the client; then [`crate::conn::Connection::handle_client_written`].
     WriteClient(Vec<u8>),
     /// Open backend connection `id`: an idle one kept under `pool_key` when `pooled`
@@ -91,6 +97,9 @@ pub enum Output<'g> {
 #[derive(Debug)]
 pub enum Input {
     ClientRead(Vec<u8>, io::Result<usize>),
+    /// [`Output::AwaitClient`]: the client socket is readable (bytes, its close, or an
+    /// error waiting: core reads next and finds out which).
+    ClientReady(io::Result<()>),
     ClientWritten(Vec<u8>, io::Result<()>),
     ClientShutdown(io::Result<()>),
     /// `Some`: the connection came from the pool, with the session it was kept with.

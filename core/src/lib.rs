@@ -72,6 +72,8 @@
 //!                 buf.extend_from_slice(std::mem::take(&mut request));
 //!                 done.push(Input::ClientRead(buf, Ok(n)));
 //!             }
+//!             // Between keep-alive requests: wait for the client, holding no buffer.
+//!             Output::AwaitClient => done.push(Input::ClientReady(Ok(()))),
 //!             Output::WriteClient(bytes) => {
 //!                 answer.extend_from_slice(&bytes);
 //!                 done.push(Input::ClientWritten(bytes, Ok(())));

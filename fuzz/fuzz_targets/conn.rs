@@ -80,6 +80,7 @@ fuzz_target!(|input: &[u8]| {
                     // The client closes once it has said everything.
                     None => ready.push(Input::ClientRead(buf, Ok(0))),
                 },
+                Output::AwaitClient => ready.push(Input::ClientReady(Ok(()))),
                 Output::WriteClient(bytes) => ready.push(Input::ClientWritten(bytes, Ok(()))),
                 Output::ShutdownClient => ready.push(Input::ClientShutdown(Ok(()))),
                 Output::Connect { id, pooled, addr, .. } => {

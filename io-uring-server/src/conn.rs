@@ -32,6 +32,8 @@ enum Back {
     /// A read half of the client ([`CLIENT`]) or the tunnel ([`TUNNEL`]).
     Reader(usize, OwnedReadHalf<TcpStream>),
     Writer(usize, OwnedWriteHalf<TcpStream>),
+    /// Both halves of the client, after waiting for it whole.
+    Client(OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
     Backend(BackendId, TcpStream),
     /// A CONNECT tunnel's connection, just opened.
     Tunnel(TcpStream),
@@ -163,6 +165,29 @@ impl<'a> Ops<'a> {
         }));
     }
 
+    /// Waits until the client socket is readable, holding no buffer. monoio waits on a
+    /// whole stream, so the halves are put together for the wait (no write is out
+    /// then: core gives none while it waits) and split again after. Either half out
+    /// (never the case with core): ready at once, and core's read finds out.
+    fn await_client(&mut self) {
+        let (Some(r), Some(w)) = (self.readers[CLIENT].take(), self.writers[CLIENT].take()) else {
+            return self.at_once = Some(Input::ClientReady(Ok(())));
+        };
+        match r.reunite(w) {
+            Ok(stream) => {
+                self.reads[CLIENT] = Some(Box::pin(async move {
+                    let res = stream.readable(false).await;
+                    let (r, w) = stream.into_split();
+                    (Back::Client(r, w), Input::ClientReady(res))
+                }));
+            }
+            Err(halves) => {
+                (self.readers[CLIENT], self.writers[CLIENT]) = (Some(halves.0), Some(halves.1));
+                self.at_once = Some(Input::ClientReady(Ok(())));
+            }
+        }
+    }
+
     /// Writes all of `bytes` to `side` (as [`Ops::read`]).
     fn write(&mut self, side: usize, bytes: Vec<u8>, done: fn(Vec<u8>, io::Result<()>) -> Input) {
         let Some(mut w) = self.writers[side].take() else { return self.at_once = Some(done(bytes, Err(gone()))) };
@@ -185,6 +210,7 @@ impl<'a> Ops<'a> {
         match back {
             Back::Reader(side, r) => self.readers[side] = Some(r),
             Back::Writer(side, w) => self.writers[side] = Some(w),
+            Back::Client(r, w) => (self.readers[CLIENT], self.writers[CLIENT]) = (Some(r), Some(w)),
             Back::Backend(id, s) => self.backend(id).stream = Some(s),
             Back::Tunnel(s) => {
                 self.tunnel_fd = Some(s.as_raw_fd());
@@ -236,6 +262,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
 fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: &mut Connection<'_>) -> bool {
     match output {
         Output::ReadClient(buf) => ops.read(CLIENT, buf, Input::ClientRead),
+        Output::AwaitClient => ops.await_client(),
         Output::WriteClient(bytes) => ops.write(CLIENT, bytes, Input::ClientWritten),
         Output::ShutdownClient => ops.shutdown(CLIENT, Input::ClientShutdown),
         Output::ReadTunnel(buf) => ops.read(TUNNEL, buf, Input::TunnelRead),

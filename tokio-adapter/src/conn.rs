@@ -198,6 +198,13 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
                 (Held::ClientReader(r), Input::ClientRead(buf, res))
             }));
         }
+        Output::AwaitClient => {
+            let Some(r) = sockets.reader.take() else { return Some(Some(Input::ClientReady(Err(busy())))) };
+            sockets.client[0] = Some(Box::pin(async move {
+                let res = r.readable().await;
+                (Held::ClientReader(r), Input::ClientReady(res))
+            }));
+        }
         Output::WriteClient(bytes) => {
             let Some(mut w) = sockets.writer.take() else {
                 return Some(Some(Input::ClientWritten(bytes, Err(busy()))));

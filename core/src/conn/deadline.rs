@@ -51,6 +51,11 @@ impl HeadWait {
         self.started.is_none()
     }
 
+    /// Waiting between keep-alive requests, no byte of the next one come yet.
+    pub fn between_requests(&self) -> bool {
+        !self.first && self.started.is_none()
+    }
+
     /// When the wait ends.
     pub fn deadline(&self, cfg: &Config) -> Option<Instant> {
         match self.started {
