@@ -38,6 +38,30 @@ fn idle_pool_reuses_newest_first_and_drops_expired() {
     assert_eq!(none.put(&key, 1, t0), Some(1));
 }
 
+/// A sweep, on a put at most every 10 s, closes the expired connections under every key
+/// and forgets keys left with none: the forward proxy pools by destination, and without
+/// it every destination ever reached would keep its key and its last sockets for good.
+#[test]
+fn idle_pool_sweeps_expired_connections_and_empty_keys() {
+    use std::rc::Rc;
+    let t0 = Instant::now();
+    let conn = Rc::new(());
+    let mut pool: IdlePool<Rc<()>> = IdlePool::new(4);
+    for i in 0..100 {
+        assert_eq!(pool.put(&format!("forward 10.0.0.{i}:80"), conn.clone(), t0), None);
+    }
+    assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (100, 100, 101));
+    // Taken and not put back: its key stays, empty, until a sweep.
+    drop(pool.take("forward 10.0.0.0:80", t0));
+    // Within 10 s of the last sweep: none yet.
+    assert_eq!(pool.put("http://backend:80", conn.clone(), t0 + Duration::from_secs(5)), None);
+    assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (101, 100, 101));
+    // Past the expiry and the sweep interval: the 99 expired connections are closed and
+    // the 100 keys left empty forgotten; the backend's connection (46 s idle) stays.
+    assert_eq!(pool.put("http://backend:80", conn.clone(), t0 + IDLE_EXPIRY + Duration::from_secs(1)), None);
+    assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (1, 2, 3));
+}
+
 #[test]
 fn only_stale_idempotent_calls_with_their_body_at_hand_are_retried() {
     let stale = Failure { reason: "closed".into(), stale: true };

@@ -62,17 +62,29 @@ pub fn forward_pool_key(addr: &std::net::SocketAddr) -> String {
     format!("forward {addr}")
 }
 
+/// How often [`IdlePool::put`] sweeps every key for expired connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Idle keep-alive connections by [`pool_key`], at most `max_idle` per key
 /// (`max_idle_connections_per_host`), newest reused first.
+///
+/// Expired connections are dropped (closed) when met under their key and, at most
+/// every 10 s, by a sweep of every key on [`IdlePool::put`], which also forgets keys
+/// left with none: a forward proxy pools by destination, so without it every
+/// destination ever reached would keep its key, and its last idle sockets, for good.
+/// Keys hash with foldhash (seeded per process), not SipHash: the lookup is on every
+/// backend call.
 #[derive(Debug)]
 pub struct IdlePool<C> {
     max_idle: usize,
-    idle: HashMap<String, Vec<(C, Instant)>>,
+    idle: HashMap<String, Vec<(C, Instant)>, foldhash::fast::RandomState>,
+    /// The last sweep (or the first put).
+    swept: Option<Instant>,
 }
 
 impl<C> IdlePool<C> {
     pub fn new(max_idle: usize) -> IdlePool<C> {
-        IdlePool { max_idle, idle: HashMap::new() }
+        IdlePool { max_idle, idle: HashMap::default(), swept: None }
     }
 
     /// The newest idle connection for `key` that has not expired; expired ones met on
@@ -90,6 +102,14 @@ impl<C> IdlePool<C> {
     /// Keeps a connection whose last response was read whole. Over the limit it is
     /// handed back for the caller to close; `None` means it was kept.
     pub fn put(&mut self, key: &str, conn: C, now: Instant) -> Option<C> {
+        match self.swept {
+            Some(at) if now.saturating_duration_since(at) < SWEEP_EVERY => {}
+            Some(_) => {
+                self.sweep(now);
+                self.swept = Some(now);
+            }
+            None => self.swept = Some(now),
+        }
         let list = match self.idle.get_mut(key) {
             Some(list) => list,
             None => self.idle.entry(key.to_string()).or_default(),
@@ -99,6 +119,19 @@ impl<C> IdlePool<C> {
         }
         list.push((conn, now));
         None
+    }
+
+    /// Drops every expired connection, and every key left with none.
+    fn sweep(&mut self, now: Instant) {
+        self.idle.retain(|_, list| {
+            list.retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
+            !list.is_empty()
+        });
+    }
+
+    /// Keys held (each with at least one connection once swept).
+    pub fn keys(&self) -> usize {
+        self.idle.len()
     }
 
     /// Idle connections held, all keys together.
