@@ -29,7 +29,8 @@ pub enum Output<'g> {
     /// holding no buffer; then [`Input::ClientReady`]. Given instead of
     /// [`Output::ReadClient`] while a keep-alive connection waits for its next
     /// request, so that an idle connection holds no read buffer; never while a client
-    /// write is out, and no client write is given until it is answered.
+    /// write or shutdown is out, and neither is given until it is answered (a driver
+    /// may hold both socket halves for the wait).
     AwaitClient,
     /// Write all of these bytes to the client; then [`crate::conn::Connection::handle_client_written`].
     WriteClient(Vec<u8>),

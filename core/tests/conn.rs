@@ -481,6 +481,7 @@ impl<'g> World<'g> {
                 self.ready.push_back(Input::TunnelShutdown(Ok(())));
             }
             Output::ShutdownClient => {
+                assert!(!self.client_await, "a client shutdown while the connection waits for its client");
                 self.note("client: write side shut".into());
                 self.shut_at = Some(self.now);
                 self.ready.push_back(Input::ClientShutdown(Ok(())));

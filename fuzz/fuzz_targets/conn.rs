@@ -69,9 +69,17 @@ fuzz_target!(|input: &[u8]| {
     // Every backend connection answers with the same bytes, piece by piece.
     let mut backends: Vec<Option<std::slice::Chunks<'_, u8>>> = Vec::new();
     let mut ready: Vec<Input> = Vec::new();
+    // An Output::AwaitClient is out: nothing else may use the client socket until it
+    // is answered (a driver may hold both halves for it).
+    let mut awaiting = false;
     for _ in 0..20_000 {
         while let Some(output) = conn.poll() {
             match output {
+                Output::ReadClient(_) | Output::WriteClient(_) | Output::ShutdownClient | Output::AwaitClient
+                    if awaiting =>
+                {
+                    panic!("the client socket was used while the connection waited for it")
+                }
                 Output::ReadClient(mut buf) => match client.next() {
                     Some(piece) => {
                         buf.extend_from_slice(piece);
@@ -80,7 +88,12 @@ fuzz_target!(|input: &[u8]| {
                     // The client closes once it has said everything.
                     None => ready.push(Input::ClientRead(buf, Ok(0))),
                 },
-                Output::AwaitClient => ready.push(Input::ClientReady(Ok(()))),
+                Output::AwaitClient => {
+                    awaiting = true;
+                    // Sometimes the wait itself fails: the read that follows finds out.
+                    let waited = if step % 3 == 0 { Err(std::io::ErrorKind::ConnectionReset.into()) } else { Ok(()) };
+                    ready.push(Input::ClientReady(waited));
+                }
                 Output::WriteClient(bytes) => ready.push(Input::ClientWritten(bytes, Ok(()))),
                 Output::ShutdownClient => ready.push(Input::ClientShutdown(Ok(()))),
                 Output::Connect { id, pooled, addr, .. } => {
@@ -167,6 +180,7 @@ fuzz_target!(|input: &[u8]| {
             }
         } else {
             for input in ready.drain(..) {
+                awaiting &= !matches!(input, Input::ClientReady(_));
                 now += Duration::from_millis(1);
                 conn.handle(input, now);
             }

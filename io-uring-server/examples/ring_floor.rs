@@ -55,7 +55,9 @@ fn main() {
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let fd = types::Fd(listener.as_raw_fd());
     let accept = || opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).build();
-    push(&mut ring, accept().user_data(Op::Accept as u64));
+    // SAFETY: an accept points at no buffer.
+    unsafe { push(&mut ring, accept().user_data(Op::Accept as u64)) };
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(1024);
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -63,11 +65,12 @@ fn main() {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => panic!("io_uring_enter: {e}"),
         }
-        let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        for (data, result) in done {
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (data, result) in done.drain(..) {
             let (id, op) = ((data >> 3) as usize, OPS[(data & 7) as usize]);
             if let Op::Accept = op {
-                push(&mut ring, accept().user_data(Op::Accept as u64));
+                // SAFETY: as above.
+                unsafe { push(&mut ring, accept().user_data(Op::Accept as u64)) };
                 if result >= 0 {
                     open(&mut ring, &mut conns, result, backend_port);
                 }
@@ -98,7 +101,8 @@ fn open(ring: &mut IoUring, conns: &mut Vec<Option<Conn>>, fd: i32, backend_port
         }
     };
     let conn = conns[id].insert(conn);
-    read(ring, id, Op::ReadClient, conn.client.as_raw_fd(), &mut conn.request);
+    // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+    unsafe { read(ring, id, Op::ReadClient, conn.client.as_raw_fd(), &mut conn.request) };
 }
 
 /// What one completion of `op` (`n` bytes) leads to; `None` ends the connection.
@@ -108,40 +112,52 @@ fn step(ring: &mut IoUring, id: usize, conn: &mut Conn, op: Op, n: usize) -> Opt
             // SAFETY: the kernel wrote `n` bytes after the length it was given.
             unsafe { conn.request.set_len(conn.request.len() + n) };
             if frame::head_end(&conn.request).is_none() {
-                read_more(ring, id, Op::ReadClient, conn.client.as_raw_fd(), &mut conn.request)?;
+                // SAFETY: the buffer is the connection's own, untouched until this completes.
+                unsafe {
+                    read_more(ring, id, Op::ReadClient, conn.client.as_raw_fd(), &mut conn.request)?;
+                }
                 return Some(());
             }
             conn.request.clear();
             conn.sent = 0;
-            write(ring, id, Op::WriteBackend, conn.backend.as_raw_fd(), frame::BACKEND_REQUEST);
+            // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+            unsafe { write(ring, id, Op::WriteBackend, conn.backend.as_raw_fd(), frame::BACKEND_REQUEST) };
         }
         Op::WriteBackend => {
             conn.sent += n;
             if conn.sent < frame::BACKEND_REQUEST.len() {
                 let rest = &frame::BACKEND_REQUEST[conn.sent..];
-                write(ring, id, Op::WriteBackend, conn.backend.as_raw_fd(), rest);
+                // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+                unsafe { write(ring, id, Op::WriteBackend, conn.backend.as_raw_fd(), rest) };
                 return Some(());
             }
             conn.answer.clear();
-            read(ring, id, Op::ReadBackend, conn.backend.as_raw_fd(), &mut conn.answer);
+            // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+            unsafe { read(ring, id, Op::ReadBackend, conn.backend.as_raw_fd(), &mut conn.answer) };
         }
         Op::ReadBackend => {
             // SAFETY: as for the client's read.
             unsafe { conn.answer.set_len(conn.answer.len() + n) };
             if frame::response_end(&conn.answer).is_none() {
-                read_more(ring, id, Op::ReadBackend, conn.backend.as_raw_fd(), &mut conn.answer)?;
+                // SAFETY: the buffer is the connection's own, untouched until this completes.
+                unsafe {
+                    read_more(ring, id, Op::ReadBackend, conn.backend.as_raw_fd(), &mut conn.answer)?;
+                }
                 return Some(());
             }
             conn.sent = 0;
-            write(ring, id, Op::WriteClient, conn.client.as_raw_fd(), &conn.answer);
+            // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+            unsafe { write(ring, id, Op::WriteClient, conn.client.as_raw_fd(), &conn.answer) };
         }
         Op::WriteClient => {
             conn.sent += n;
             if conn.sent < conn.answer.len() {
-                write(ring, id, Op::WriteClient, conn.client.as_raw_fd(), &conn.answer[conn.sent..]);
+                // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+                unsafe { write(ring, id, Op::WriteClient, conn.client.as_raw_fd(), &conn.answer[conn.sent..]) };
                 return Some(());
             }
-            read(ring, id, Op::ReadClient, conn.client.as_raw_fd(), &mut conn.request);
+            // SAFETY: the buffer is the connection's own (or static), untouched until this completes.
+            unsafe { read(ring, id, Op::ReadClient, conn.client.as_raw_fd(), &mut conn.request) };
         }
         Op::Accept => {}
     }
@@ -150,25 +166,42 @@ fn step(ring: &mut IoUring, id: usize, conn: &mut Conn, op: Op, n: usize) -> Opt
 
 /// A read into the spare room of `buf`, which must have some (a head or an answer
 /// larger than the buffer ends the connection: this is a floor, not a proxy).
-fn read_more(ring: &mut IoUring, id: usize, op: Op, fd: i32, buf: &mut Vec<u8>) -> Option<()> {
-    (buf.len() < buf.capacity()).then(|| read(ring, id, op, fd, buf))
+///
+/// # Safety
+/// As [`read`].
+unsafe fn read_more(ring: &mut IoUring, id: usize, op: Op, fd: i32, buf: &mut Vec<u8>) -> Option<()> {
+    // SAFETY: the caller's promise.
+    (buf.len() < buf.capacity()).then(|| unsafe { read(ring, id, op, fd, buf) })
 }
 
-fn read(ring: &mut IoUring, id: usize, op: Op, fd: i32, buf: &mut Vec<u8>) {
+/// A receive into the spare room of `buf`.
+///
+/// # Safety
+/// `buf` is neither grown, moved out, read nor dropped until the operation completes.
+unsafe fn read(ring: &mut IoUring, id: usize, op: Op, fd: i32, buf: &mut Vec<u8>) {
     let spare = buf.spare_capacity_mut();
     let recv = opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr().cast(), spare.len() as u32);
-    push(ring, recv.build().user_data(((id as u64) << 3) | op as u64));
+    // SAFETY: the caller's promise.
+    unsafe { push(ring, recv.build().user_data(((id as u64) << 3) | op as u64)) };
 }
 
-fn write(ring: &mut IoUring, id: usize, op: Op, fd: i32, bytes: &[u8]) {
+/// A send of `bytes`.
+///
+/// # Safety
+/// `bytes` stays where it is, unchanged, until the operation completes.
+unsafe fn write(ring: &mut IoUring, id: usize, op: Op, fd: i32, bytes: &[u8]) {
     let send = opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32);
-    push(ring, send.build().user_data(((id as u64) << 3) | op as u64));
+    // SAFETY: the caller's promise.
+    unsafe { push(ring, send.build().user_data(((id as u64) << 3) | op as u64)) };
 }
 
-fn push(ring: &mut IoUring, sqe: squeue::Entry) {
-    // SAFETY: every buffer an entry points into is a connection's `Vec` (or a static),
-    // not grown, moved out or dropped while its operation is out: a connection is
-    // dropped only when its one outstanding operation completed.
+/// Queues `sqe` (submitting what is queued first if the queue is full).
+///
+/// # Safety
+/// Every buffer `sqe` points into outlives the operation unchanged (see [`read`],
+/// [`write`]); a connection is dropped only once its one operation completed.
+unsafe fn push(ring: &mut IoUring, sqe: squeue::Entry) {
+    // SAFETY: the caller's promise.
     while unsafe { ring.submission().push(&sqe) }.is_err() {
         ring.submit().expect("io_uring_enter");
     }

@@ -166,13 +166,15 @@ impl<'a> Ops<'a> {
     }
 
     /// Waits until the client socket is readable, holding no buffer. monoio waits on a
-    /// whole stream, so the halves are put together for the wait (no write is out
-    /// then: core gives none while it waits) and split again after. Either half out
-    /// (never the case with core): ready at once, and core's read finds out.
+    /// whole stream, so the halves are put together for the wait (no write or shutdown
+    /// is out then: core gives none while it waits) and split again after. Either half
+    /// out (never the case with core): ready at once, both halves left where they are,
+    /// and core's read goes ahead as usual.
     fn await_client(&mut self) {
-        let (Some(r), Some(w)) = (self.readers[CLIENT].take(), self.writers[CLIENT].take()) else {
+        if self.readers[CLIENT].is_none() || self.writers[CLIENT].is_none() {
             return self.at_once = Some(Input::ClientReady(Ok(())));
-        };
+        }
+        let (Some(r), Some(w)) = (self.readers[CLIENT].take(), self.writers[CLIENT].take()) else { return };
         match r.reunite(w) {
             Ok(stream) => {
                 self.reads[CLIENT] = Some(Box::pin(async move {

@@ -1,6 +1,7 @@
 //! The framing the runtime-floor programs need, and nothing more: where a request head
 //! without a body ends, and where a response with a `Content-Length` ends. Shared by
-//! `io-uring-server/examples/monoio_floor.rs` and `tokio-adapter/examples/tokio_floor.rs`.
+//! `io-uring-server/examples/monoio_floor.rs`, `io-uring-server/examples/ring_floor.rs`
+//! and `tokio-adapter/examples/tokio_floor.rs`.
 
 /// The end of the head in `buf` (just past the blank line), once it is all there.
 pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {

@@ -65,8 +65,9 @@
 //! after its length, within its capacity) and hands it back; a write gets the bytes
 //! and hands the vector back for reuse. One read and one write may be out on the
 //! client socket at once (a `408` is written while a read waits), so a driver keeps
-//! the client socket's two halves apart; on a backend socket one operation at most is
-//! ever out.
+//! the client socket's two halves apart; the one exception is [`Output::AwaitClient`],
+//! out alone on the client socket, during which a driver may hold both. On a backend
+//! socket one operation at most is ever out.
 //!
 //! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
 //! the same outputs (`core/tests/conn.rs` plays whole conversations with virtual time).
@@ -149,8 +150,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// connection reads for the next one with a buffer (one operation per request). Any
 /// other waits between requests without one ([`Output::AwaitClient`], a second
 /// operation per request: about 3,800 instructions more per request on io_uring and
-/// 1,700 on tokio, measured with every request waiting), so a connection that sits
-/// idle holds no read buffer while it does.
+/// 1,700 on tokio, measured with every request waiting). So a connection that goes
+/// quiet after a slow request, or after its first, holds no read buffer while it is
+/// quiet; one that goes quiet after a burst keeps its buffer (1 KiB, more if a larger
+/// head grew it, up to 8 KiB) until its next request or its idle timeout.
 const BUSY_GAP: Duration = Duration::from_millis(250);
 /// After the last answer, the write side is shut and the client's bytes read and
 /// dropped for at most this long, until it closes: closing with unread bytes would
