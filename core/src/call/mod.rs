@@ -879,6 +879,14 @@ impl<'g> Calls<'g> {
         queue.push_back(output);
     }
 
+    /// With no call in use, gives back every slot and what it kept (a connection going
+    /// idle: its next request takes a slot again).
+    pub(crate) fn shed(&mut self) {
+        if self.slots.iter().all(|s| !s.in_use) {
+            self.slots = Vec::new();
+        }
+    }
+
     pub(crate) fn close_all(&mut self, queue: &mut VecDeque<Output<'g>>) {
         for id in 0..self.slots.len() {
             self.release(id, false, queue);

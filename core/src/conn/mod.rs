@@ -667,8 +667,14 @@ impl<'g> Connection<'g> {
                 return Some(Output::ReadClient(buf));
             }
             if self.idle_between_requests() {
-                // Nothing of the next request yet: wait for it without a buffer.
+                // Nothing of the next request yet: wait for it holding no buffer, and
+                // give back what the last request kept for the next one (its backend
+                // slots, the write vectors, the output queue: empty here).
                 self.input = ReadBuf::default();
+                self.calls.shed();
+                self.out = Vec::new();
+                self.spare = Vec::new();
+                self.queue = VecDeque::new();
                 return Some(Output::AwaitClient);
             }
             return Some(Output::ReadClient(self.input.take_for_read()));
