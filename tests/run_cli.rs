@@ -357,8 +357,10 @@ fn settled_rss(pid: u32, below: u64) -> u64 {
 
 /// The memory a burst takes goes back to the system, and bursts do not pile up. It
 /// stayed with glibc's malloc: 4.7 MB before a burst of 10,000, 93 MB for good after.
-/// (uring gives back nearly all; tokio keeps about half of a burst's growth in its own
-/// structures.) What a burst leaves is measured after the first burst and again after
+/// (uring gives back nearly all. tokio keeps about 7 MB of its own after a burst of
+/// 4,000, whatever core holds per connection: measured 6.6-7.5 MB both before and
+/// after idle connections stopped holding heap in core, which took the burst's growth
+/// from about 12.5 MB to 9 MB, so that is most of the growth now.) What a burst leaves is measured after the first burst and again after
 /// two more: later bursts may leave a little more than the first (each shard's own
 /// structures reach their size only once a burst has landed on it), never more each
 /// time.
@@ -400,5 +402,5 @@ fn memory_after_a_burst_goes_back_uring() {
 
 #[test]
 fn memory_after_a_burst_goes_back_tokio() {
-    memory_after_a_burst_goes_back("tokio", 70);
+    memory_after_a_burst_goes_back("tokio", 90);
 }

@@ -20,10 +20,10 @@ fn idle_pool_reuses_newest_first_and_drops_expired() {
     let key = pool_key(&host("http://10.0.0.1:8080"), None, None);
     assert_eq!(key, "http://10.0.0.1:8080");
     let mut pool: IdlePool<&str> = IdlePool::new(2);
-    assert_eq!(pool.put(&key, "old", t0), None);
-    assert_eq!(pool.put(&key, "new", t0 + Duration::from_secs(10)), None);
+    assert_eq!(pool.put(&key, "old", t0), Vec::<&str>::new());
+    assert_eq!(pool.put(&key, "new", t0 + Duration::from_secs(10)), Vec::<&str>::new());
     // Over max_idle_connections_per_host: handed back to be closed.
-    assert_eq!(pool.put(&key, "third", t0 + Duration::from_secs(11)), Some("third"));
+    assert_eq!(pool.put(&key, "third", t0 + Duration::from_secs(11)), ["third"]);
     assert_eq!(pool.len(), 2);
     assert_eq!(pool.take("http://other:80", t0), None);
     assert_eq!(pool.take(&key, t0 + Duration::from_secs(20)), Some("new"));
@@ -35,31 +35,49 @@ fn idle_pool_reuses_newest_first_and_drops_expired() {
     assert_eq!(pool.take(&key, t0 + IDLE_EXPIRY - Duration::from_millis(1)), Some("fresh"));
     // A pool of zero keeps nothing.
     let mut none: IdlePool<u8> = IdlePool::new(0);
-    assert_eq!(none.put(&key, 1, t0), Some(1));
+    assert_eq!(none.put(&key, 1, t0), [1]);
+    // Expired connections do not count toward the limit: handed back, the new one kept.
+    let mut pool: IdlePool<&str> = IdlePool::new(1);
+    assert!(pool.put(&key, "stale", t0).is_empty());
+    assert_eq!(pool.put(&key, "fresh", t0 + IDLE_EXPIRY + Duration::from_secs(1)), ["stale"]);
+    assert_eq!(pool.take(&key, t0 + IDLE_EXPIRY + Duration::from_secs(2)), Some("fresh"));
 }
 
-/// A sweep, on a put at most every 10 s, closes the expired connections under every key
-/// and forgets keys left with none: the forward proxy pools by destination, and without
-/// it every destination ever reached would keep its key and its last sockets for good.
+/// A sweep, on a put at most every 10 s, hands back the expired connections under every
+/// key (for the caller to close outside its lock) and forgets keys left with none: the
+/// forward proxy pools by destination, and without it every destination ever reached
+/// would keep its key and its last sockets for good.
 #[test]
 fn idle_pool_sweeps_expired_connections_and_empty_keys() {
     use std::rc::Rc;
     let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
     let conn = Rc::new(());
     let mut pool: IdlePool<Rc<()>> = IdlePool::new(4);
     for i in 0..100 {
-        assert_eq!(pool.put(&format!("forward 10.0.0.{i}:80"), conn.clone(), t0), None);
+        assert!(pool.put(&format!("forward 10.0.0.{i}:80"), conn.clone(), t0).is_empty());
     }
     assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (100, 100, 101));
     // Taken and not put back: its key stays, empty, until a sweep.
     drop(pool.take("forward 10.0.0.0:80", t0));
-    // Within 10 s of the last sweep: none yet.
-    assert_eq!(pool.put("http://backend:80", conn.clone(), t0 + Duration::from_secs(5)), None);
+    // Within 10 s of the first put: no sweep.
+    assert!(pool.put("http://backend:80", conn.clone(), at(5)).is_empty());
     assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (101, 100, 101));
-    // Past the expiry and the sweep interval: the 99 expired connections are closed and
+    // Past the expiry and the sweep interval: the 99 expired connections handed back,
     // the 100 keys left empty forgotten; the backend's connection (46 s idle) stays.
-    assert_eq!(pool.put("http://backend:80", conn.clone(), t0 + IDLE_EXPIRY + Duration::from_secs(1)), None);
-    assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (1, 2, 3));
+    let closed = pool.put("http://backend:80", conn.clone(), at(51));
+    assert_eq!((closed.len(), pool.keys(), pool.len()), (99, 1, 2));
+    drop(closed);
+    assert_eq!(Rc::strong_count(&conn), 3);
+    // Within 10 s of that sweep: no sweep, though the first backend connection expires.
+    assert!(pool.put("http://other:80", conn.clone(), at(58)).is_empty());
+    assert_eq!((pool.keys(), pool.len()), (2, 3));
+    // A clock that went back (an earlier instant than the last sweep): no sweep, no panic.
+    assert!(pool.put("http://other:80", conn.clone(), at(40)).is_empty());
+    assert_eq!((pool.keys(), pool.len()), (2, 4));
+    // 10 s after the last sweep: the backend's first connection (put at 5 s) goes.
+    assert_eq!(pool.put("http://third:80", conn.clone(), at(61)).len(), 1);
+    assert_eq!((pool.keys(), pool.len(), Rc::strong_count(&conn)), (3, 4, 5));
 }
 
 #[test]

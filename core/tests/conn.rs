@@ -1774,12 +1774,12 @@ fn counters_after_the_503_change_nothing() {
 /// 22 requests against 12 (each connection grows its vectors over its first few), the difference over ten. Issue 30's goal is none; until
 /// then this holds the line (a change that allocates more per request fails here and
 /// says how many), and the figure goes to docs/performance.md.
-fn allocations_per_request(gw: &Gateway, request: &'static str, answers: &[&str]) -> f64 {
+fn allocations_per_request(gw: &Gateway, request: &'static str, answers: &[&str], gap_ms: u64) -> f64 {
     let lb = Balancer::new(gw.backend_count);
     let run = |n: usize| {
         let mut script = Vec::new();
         for _ in 0..n {
-            script.extend([Send(request), Wait(10)]);
+            script.extend([Send(request), Wait(gap_ms)]);
         }
         script.push(Eof);
         let mut serves = Vec::new();
@@ -1805,7 +1805,11 @@ fn allocations_per_request_in_steady_state() {
         r#"{"endpoint": "/noop", "output_encoding": "no-op",
             "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/100b", "encoding": "no-op"}]}"#,
     );
-    let per_noop = allocations_per_request(&noop, "GET /noop HTTP/1.1\r\nHost: gw\r\n\r\n", &[noop_answer]);
+    let get_noop = "GET /noop HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let per_noop = allocations_per_request(&noop, get_noop, &[noop_answer], 10);
+    // A client that is not busy (300 ms between requests): its connection waits for
+    // each request holding nothing, and takes its buffers again when it comes.
+    let per_idle_noop = allocations_per_request(&noop, get_noop, &[noop_answer], 300);
     let agg = gateway(
         r#"{"endpoint": "/agg", "backend": [
             {"host": ["http://127.0.0.1:9001"], "url_pattern": "/a", "allow": ["user"]},
@@ -1813,12 +1817,16 @@ fn allocations_per_request_in_steady_state() {
     );
     let a =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 24\r\n\r\n{\"user\":{\"id\":1},\"x\":2} ";
-    let per_agg = allocations_per_request(&agg, "GET /agg HTTP/1.1\r\nHost: gw\r\n\r\n", &[a, a]);
-    println!("heap allocations per request in steady state: no-op {per_noop}, aggregation {per_agg}");
+    let per_agg = allocations_per_request(&agg, "GET /agg HTTP/1.1\r\nHost: gw\r\n\r\n", &[a, a], 10);
+    println!(
+        "heap allocations per request in steady state: no-op {per_noop}, aggregation {per_agg}; \
+         no-op from a client 300 ms apart {per_idle_noop}"
+    );
     // Measured when this test was written: 12 and 44 (a busy client's connection keeps
     // its read buffer between requests; one that waits without it takes one more).
     assert!(per_noop <= 12.0, "a no-op request now makes {per_noop} allocations (was 12)");
     assert!(per_agg <= 44.0, "an aggregation request now makes {per_agg} allocations (was 44)");
+    assert!(per_idle_noop <= 22.0, "a no-op request after a wait now makes {per_idle_noop} allocations (was 22)");
 }
 
 /// Heap bytes core holds for an idle keep-alive connection after one no-op request

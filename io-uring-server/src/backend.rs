@@ -76,7 +76,8 @@ impl Pool {
         self.idle.borrow_mut().take(key, Instant::now())
     }
 
-    /// Keeps a socket idle (over the limit, it is closed).
+    /// Keeps a socket idle; what the pool hands back (this one over the limit,
+    /// expired ones) is closed.
     pub(crate) fn put(&self, key: &str, stream: TcpStream, session: Session) {
         drop(self.idle.borrow_mut().put(key, (stream, session), Instant::now()));
     }

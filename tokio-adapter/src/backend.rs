@@ -46,10 +46,11 @@ impl Pool {
         lock(&self.idle).take(key, Instant::now())
     }
 
-    /// Keeps a socket idle (over the limit, it is closed outside the lock).
+    /// Keeps a socket idle; what the pool hands back (this one over the limit,
+    /// expired ones) is closed outside the lock.
     pub(crate) fn put(&self, key: &str, stream: TcpStream, session: Session) {
-        let over = lock(&self.idle).put(key, (stream, session), Instant::now());
-        drop(over);
+        let closed = lock(&self.idle).put(key, (stream, session), Instant::now());
+        drop(closed);
     }
 
     /// The DNS cache's counters now (names unused for `host_ttl` dropped first).

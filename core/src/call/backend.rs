@@ -69,8 +69,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// (`max_idle_connections_per_host`), newest reused first.
 ///
 /// Expired connections are dropped (closed) when met under their key and, at most
-/// every 10 s, by a sweep of every key on [`IdlePool::put`], which also forgets keys
-/// left with none: a forward proxy pools by destination, so without it every
+/// every 10 s, by a sweep of every key on [`IdlePool::put`] (handed back to close
+/// outside the caller's lock), which also forgets keys left with none: a forward proxy pools by destination, so without it every
 /// destination ever reached would keep its key, and its last idle sockets, for good.
 /// Keys hash with foldhash (seeded per process), not SipHash: the lookup is on every
 /// backend call.
@@ -99,13 +99,16 @@ impl<C> IdlePool<C> {
         None
     }
 
-    /// Keeps a connection whose last response was read whole. Over the limit it is
-    /// handed back for the caller to close; `None` means it was kept.
-    pub fn put(&mut self, key: &str, conn: C, now: Instant) -> Option<C> {
+    /// Keeps a connection whose last response was read whole. Hands back the
+    /// connections for the caller to close (outside any lock it holds on the pool):
+    /// this one when its key already has `max_idle` that have not expired, and any a
+    /// sweep or its key's list found expired. Empty: kept, nothing to close.
+    pub fn put(&mut self, key: &str, conn: C, now: Instant) -> Vec<C> {
+        let mut closed = Vec::new();
         match self.swept {
             Some(at) if now.saturating_duration_since(at) < SWEEP_EVERY => {}
             Some(_) => {
-                self.sweep(now);
+                self.sweep(now, &mut closed);
                 self.swept = Some(now);
             }
             None => self.swept = Some(now),
@@ -114,19 +117,28 @@ impl<C> IdlePool<C> {
             Some(list) => list,
             None => self.idle.entry(key.to_string()).or_default(),
         };
+        // Oldest first: the expired ones lead, and do not count toward the limit.
+        let fresh = list.iter().position(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
+        closed.extend(list.drain(..fresh.unwrap_or(list.len())).map(|(c, _)| c));
         if list.len() >= self.max_idle {
-            return Some(conn);
+            closed.push(conn);
+        } else {
+            list.push((conn, now));
         }
-        list.push((conn, now));
-        None
+        closed
     }
 
-    /// Drops every expired connection, and every key left with none.
-    fn sweep(&mut self, now: Instant) {
+    /// Moves every expired connection to `closed`, forgets every key left with none,
+    /// and gives back the map's room when it is mostly empty.
+    fn sweep(&mut self, now: Instant, closed: &mut Vec<C>) {
         self.idle.retain(|_, list| {
-            list.retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
+            let fresh = list.iter().position(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
+            closed.extend(list.drain(..fresh.unwrap_or(list.len())).map(|(c, _)| c));
             !list.is_empty()
         });
+        if self.idle.capacity() > 4 * self.idle.len().max(16) {
+            self.idle.shrink_to_fit();
+        }
     }
 
     /// Keys held (each with at least one connection once swept).
