@@ -171,20 +171,22 @@ impl<'a> Ops<'a> {
     /// out (never the case with core): ready at once, both halves left where they are,
     /// and core's read goes ahead as usual.
     fn await_client(&mut self) {
-        if self.readers[CLIENT].is_none() || self.writers[CLIENT].is_none() {
-            return self.at_once = Some(Input::ClientReady(Ok(())));
-        }
-        let (Some(r), Some(w)) = (self.readers[CLIENT].take(), self.writers[CLIENT].take()) else { return };
-        match r.reunite(w) {
-            Ok(stream) => {
-                self.reads[CLIENT] = Some(Box::pin(async move {
-                    let res = stream.readable(false).await;
-                    let (r, w) = stream.into_split();
-                    (Back::Client(r, w), Input::ClientReady(res))
-                }));
-            }
-            Err(halves) => {
-                (self.readers[CLIENT], self.writers[CLIENT]) = (Some(halves.0), Some(halves.1));
+        match (self.readers[CLIENT].take(), self.writers[CLIENT].take()) {
+            (Some(r), Some(w)) => match r.reunite(w) {
+                Ok(stream) => {
+                    self.reads[CLIENT] = Some(Box::pin(async move {
+                        let res = stream.readable(false).await;
+                        let (r, w) = stream.into_split();
+                        (Back::Client(r, w), Input::ClientReady(res))
+                    }));
+                }
+                Err(halves) => {
+                    (self.readers[CLIENT], self.writers[CLIENT]) = (Some(halves.0), Some(halves.1));
+                    self.at_once = Some(Input::ClientReady(Ok(())));
+                }
+            },
+            (r, w) => {
+                (self.readers[CLIENT], self.writers[CLIENT]) = (r, w);
                 self.at_once = Some(Input::ClientReady(Ok(())));
             }
         }
