@@ -116,6 +116,7 @@ pub mod request;
 pub mod resolve;
 pub mod serve;
 mod stop;
+mod swar;
 pub mod tls;
 
 pub use config::{ConfigError, Diagnostic};

@@ -117,9 +117,8 @@ impl<C> IdlePool<C> {
             Some(list) => list,
             None => self.idle.entry(key.to_string()).or_default(),
         };
-        // Oldest first: the expired ones lead, and do not count toward the limit.
-        let fresh = list.iter().position(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
-        closed.extend(list.drain(..fresh.unwrap_or(list.len())).map(|(c, _)| c));
+        // Expired ones do not count toward the limit.
+        drain_expired(list, now, &mut closed);
         if list.len() >= self.max_idle {
             closed.push(conn);
         } else {
@@ -132,8 +131,7 @@ impl<C> IdlePool<C> {
     /// and gives back the map's room when it is mostly empty.
     fn sweep(&mut self, now: Instant, closed: &mut Vec<C>) {
         self.idle.retain(|_, list| {
-            let fresh = list.iter().position(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
-            closed.extend(list.drain(..fresh.unwrap_or(list.len())).map(|(c, _)| c));
+            drain_expired(list, now, closed);
             !list.is_empty()
         });
         if self.idle.capacity() > 4 * self.idle.len().max(16) {
@@ -154,6 +152,12 @@ impl<C> IdlePool<C> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Moves the expired connections at the front of `list` (oldest first) to `closed`.
+fn drain_expired<C>(list: &mut Vec<(C, Instant)>, now: Instant, closed: &mut Vec<C>) {
+    let fresh = list.iter().position(|(_, since)| now.saturating_duration_since(*since) < IDLE_EXPIRY);
+    closed.extend(list.drain(..fresh.unwrap_or(list.len())).map(|(c, _)| c));
 }
 
 /// Whether a call that failed may be sent again on a fresh connection: only when it

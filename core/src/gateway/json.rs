@@ -188,17 +188,11 @@ fn number_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
 }
 
 /// Whether any of the eight bytes in `v` may be `"`, `\` or a control character
-/// (below 0x20). The classic "has a zero byte" test, on `v` xor each special byte and
-/// on `v` less 0x20 in every byte: never a false "no"; a false "yes" (a borrow from a
-/// lower special byte) only sends the caller to its byte-by-byte loop.
+/// (below 0x20), by the tests of `crate::swar`: never a false "no"; a false "yes" (a
+/// borrow from a lower special byte) only sends the caller to its byte-by-byte loop.
 fn may_be_special(v: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let quote = v ^ (ONES * u64::from(b'"'));
-    let backslash = v ^ (ONES * u64::from(b'\\'));
-    let control = v.wrapping_sub(ONES * 0x20) & !v & HIGHS;
-    (zero_byte(quote) | zero_byte(backslash) | control) != 0
+    use crate::swar::{below, equal};
+    (equal(v, b'"') | equal(v, b'\\') | below(v, 0x20)) != 0
 }
 
 /// `i` is at the opening quote; returns the index after the closing one. The input is

@@ -215,18 +215,13 @@ pub fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
 /// and a byte-by-byte search cost about 900 instructions per response head of nine
 /// fields (benches/core.rs), a third of what parsing the head costs.
 fn find_lf(buf: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
     let mut words = buf.chunks_exact(8);
     let mut at = 0;
     for word in &mut words {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(word);
-        // Zero where the byte is `\n`; the lowest byte flagged is always a true zero
-        // (a borrow only flags bytes above one), so little-endian order finds the first.
-        let x = u64::from_le_bytes(bytes) ^ LFS;
-        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        // The lowest byte flagged is always a `\n`, so little-endian order finds the first.
+        let zero = crate::swar::equal(u64::from_le_bytes(bytes), b'\n');
         if zero != 0 {
             return Some(at + (zero.trailing_zeros() / 8) as usize);
         }
