@@ -1722,6 +1722,52 @@ fn credentials_in_a_refused_target_never_reach_the_log() {
     assert!(!lines.concat().contains("s3cret") && !lines.concat().contains("alice"), "{lines:?}");
 }
 
+/// A wait for the client that fails (the driver's readiness wait gave an error): the
+/// read that follows is made as usual and says what happened; a failed read closes the
+/// connection cleanly, nothing written, nothing panics.
+#[test]
+fn a_failed_wait_for_the_client_is_followed_by_a_read_that_closes() {
+    let gw = gateway("");
+    let lb = Balancer::new(0);
+    let t0 = Instant::now();
+    let mut c = Connection::new(&gw, &lb, "192.0.2.9".parse().unwrap(), t0, UNIX_EPOCH);
+    let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    // Outputs until none is left, written ones answered at once, read buffers kept.
+    fn drain(c: &mut Connection<'_>, at: Instant, read: &mut Option<Vec<u8>>) -> Vec<&'static str> {
+        let mut seen = Vec::new();
+        while let Some(o) = c.poll() {
+            seen.push(match o {
+                Output::ReadClient(buf) => {
+                    *read = Some(buf);
+                    "read"
+                }
+                Output::AwaitClient => "await",
+                Output::WriteClient(bytes) => {
+                    c.handle(Input::ClientWritten(bytes, Ok(())), at);
+                    "write"
+                }
+                Output::Log(_) => "log",
+                Output::Close => "close",
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        seen
+    }
+    let mut read = None;
+    assert_eq!(drain(&mut c, t0, &mut read), ["read"]);
+    let mut buf = read.take().unwrap();
+    let request = b"GET /__health HTTP/1.1\r\nHost: gw\r\n\r\n";
+    buf.extend_from_slice(request);
+    c.handle(Input::ClientRead(buf, Ok(request.len())), t0);
+    // Answered; after its first answer the connection waits without a buffer.
+    assert_eq!(drain(&mut c, t0, &mut read), ["log", "write", "await"]);
+    c.handle(Input::ClientReady(Err(reset())), t0);
+    assert_eq!(drain(&mut c, t0, &mut read), ["read"]);
+    c.handle(Input::ClientRead(read.take().unwrap(), Err(reset())), t0);
+    assert_eq!(drain(&mut c, t0, &mut read), ["close"]);
+    assert!(c.poll().is_none());
+}
+
 /// Counters that come after the 503 (a shard that answered late) leave the connection
 /// as it was: it lingers, then closes when the client does.
 #[test]
