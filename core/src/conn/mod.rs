@@ -673,9 +673,11 @@ impl<'g> Connection<'g> {
             if self.idle_between_requests() {
                 // Nothing of the next request yet: wait for it holding no buffer, and
                 // give back what the last request kept for the next one (its backend
-                // slots, the write vectors, the output queue: empty here).
+                // slots, the write vectors, the output queue: empty here, the box its
+                // head came in).
                 self.input = ReadBuf::default();
                 self.calls.shed();
+                self.server.shed();
                 self.out = Vec::new();
                 self.spare = Vec::new();
                 self.queue = VecDeque::new();
@@ -890,7 +892,7 @@ impl<'g> Connection<'g> {
         match self.server.handle_input(self.input.pending()) {
             Ok((n, ServerEvent::Request(req))) => {
                 self.input.consume(n);
-                (self.start_request(*req), true)
+                (self.start_request(req), true)
             }
             Ok((n, ServerEvent::NeedMore)) => {
                 self.input.consume(n);
@@ -907,8 +909,9 @@ impl<'g> Connection<'g> {
 
     /// A request head came: its service says what to do with it (see
     /// [`crate::conn::service`]), and the connection does it.
-    fn start_request(&mut self, mut req: Request) -> State<'g> {
+    fn start_request(&mut self, mut req: Box<Request>) -> State<'g> {
         let outcome = self.service.route(&mut req, self.peer, self.now);
+        self.server.recycle(req);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
         // held, so no size limit; any other is refused at once when it says it is over.
         if matches!(outcome, Outcome::Stream { .. } | Outcome::Forward(_)) {

@@ -86,9 +86,13 @@ pub fn write_request_with(
 
 /// What [`ClientConn::handle_input`] found.
 #[derive(Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one head per response, moved on at once: a box would be an allocation per backend call"
+)]
 pub enum ClientEvent<'b> {
     /// The final response head (1xx interim responses are skipped).
-    Response(Box<Response>),
+    Response(Response),
     /// Response body bytes, borrowed from the input.
     Data(&'b [u8]),
     /// The response is complete.
@@ -159,7 +163,7 @@ impl ClientConn {
                     self.scanned = 0;
                     let raw = &rest[..head_len];
                     match self.parse_head(raw)? {
-                        Some(response) => return Ok((consumed + head_len, ClientEvent::Response(Box::new(response)))),
+                        Some(response) => return Ok((consumed + head_len, ClientEvent::Response(response))),
                         // An interim 1xx: skip it and read the next head.
                         None => consumed += head_len,
                     }

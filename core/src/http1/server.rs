@@ -88,6 +88,9 @@ pub struct ServerConn {
     switch: bool,
     switched: bool,
     closed: bool,
+    /// The box the last request came in, given back ([`ServerConn::recycle`]) for the
+    /// next one: a keep-alive connection allocates it once.
+    spare: Option<Box<Request>>,
 }
 
 impl ServerConn {
@@ -106,7 +109,19 @@ impl ServerConn {
             switch: false,
             switched: false,
             closed: false,
+            spare: None,
         }
+    }
+
+    /// Gives back the box a request came in, once it was read: the next request is
+    /// parsed into it.
+    pub fn recycle(&mut self, request: Box<Request>) {
+        self.spare = Some(request);
+    }
+
+    /// Drops the box kept for the next request (a connection going idle holds none).
+    pub fn shed(&mut self) {
+        self.spare = None;
     }
 
     /// Feeds received bytes. Returns how many were consumed and what was found; call
@@ -207,7 +222,14 @@ impl ServerConn {
             expect_continue,
             upgrade,
         };
-        Ok((skip + head_len, ServerEvent::Request(Box::new(request))))
+        let request = match self.spare.take() {
+            Some(mut spare) => {
+                *spare = request;
+                spare
+            }
+            None => Box::new(request),
+        };
+        Ok((skip + head_len, ServerEvent::Request(request)))
     }
 
     /// The current request's body is passed on as it comes, never held: it is not held
