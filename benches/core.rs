@@ -4,11 +4,13 @@
 //! rig's: the rig's share is small (copying the answers into the read buffers, its
 //! output loop), and what a driver adds per log line (`Stats::observe`) is left out.
 //!
-//! Two requests, as `benches/load/instructions.sh` sends them through a whole gateway:
+//! The requests `benches/load/instructions.sh` sends through a whole gateway, and one more:
 //! - `noop`: `GET /noop` to a no-op endpoint, a 100-byte answer from an nginx-like
 //!   backend, passed through;
 //! - `aggregation`: `GET /agg` merging two 2 KB JSON bodies (`allow` + `mapping` on one,
-//!   `group` on the other).
+//!   `group` on the other);
+//! - `noop_cors`: the no-op request with an `Origin`, under `security/cors` (what CORS
+//!   costs a request from a browser's page, against `noop`).
 //!
 //! Each benchmark gets a connection already warm (ten requests answered, the backend
 //! connections pooled, every buffer grown), runs one request through it (read the
@@ -27,7 +29,7 @@ use sluice_core::conn::{BackendId, Connection, Input, Output, Session};
 use sluice_core::event::Log;
 use sluice_core::gateway::upstream::Balancer;
 
-const CLIENT_REQUEST: &[u8] = b"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
+const CLIENT_REQUEST: &[u8] = b"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n{fields}\r\n";
 
 /// What nginx's static module answers, less the date.
 fn nginx_answer(content_type: &str, body: &str) -> Vec<u8> {
@@ -80,12 +82,14 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(config: &str, path: &str, answers: Vec<(&'static str, Vec<u8>)>) -> Rig {
+    /// A rig whose client asks for `path`, with `fields` (whole lines) in its head.
+    fn new(config: &str, (path, fields): (&str, &str), answers: Vec<(&'static str, Vec<u8>)>) -> Rig {
         let gw: &'static Gateway = Box::leak(Box::new(Gateway::load(config).expect("a valid config").gateway));
         let lb: &'static Balancer = Box::leak(Box::new(Balancer::new(gw.backend_count)));
         let at = Instant::now();
         let wall = UNIX_EPOCH + Duration::from_secs(1_796_300_000);
-        let request = String::from_utf8_lossy(CLIENT_REQUEST).replace("{path}", path).into_bytes();
+        let request =
+            String::from_utf8_lossy(CLIENT_REQUEST).replace("{path}", path).replace("{fields}", fields).into_bytes();
         let mut rig = Rig {
             conn: Connection::new(gw, lb, "127.0.0.1".parse().unwrap(), at, wall),
             at,
@@ -217,7 +221,21 @@ fn noop_rig() -> Rig {
         "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
             "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}"#;
     let body = format!("{}\n", "x".repeat(99));
-    Rig::new(config, "/noop", vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
+    Rig::new(config, ("/noop", ""), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
+}
+
+/// The no-op request from a browser's page with CORS on: the same exchange, the
+/// request checked and the answer given its allow fields.
+fn noop_cors_rig() -> Rig {
+    let config = r#"{"version": 3, "timeout": "5s", "idle_timeout": "120s",
+        "host": ["http://127.0.0.1:9001"],
+        "extra_config": {"security/cors": {"allow_origins": ["https://app.example", "https://*.example.org"],
+            "expose_headers": ["X-Request-Id"], "allow_credentials": true}},
+        "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
+            "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}"#;
+    let body = format!("{}\n", "x".repeat(99));
+    let origin = "Origin: https://app.example\r\n";
+    Rig::new(config, ("/noop", origin), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
 }
 
 fn aggregation_rig() -> Rig {
@@ -230,7 +248,7 @@ fn aggregation_rig() -> Rig {
         ("/a.json", nginx_answer("application/json", &two_kb_json("user", "a.json"))),
         ("/b.json", nginx_answer("application/json", &two_kb_json("orders", "b.json"))),
     ];
-    Rig::new(config, "/agg", answers).warm()
+    Rig::new(config, ("/agg", ""), answers).warm()
 }
 
 /// The answer went out whole, and the access line with it.
@@ -238,6 +256,11 @@ fn check(mut rig: Rig) {
     let logged = rig.logged;
     let text = rig.take_answer();
     assert_eq!(logged, 11, "one access line per request");
+    if text.contains("\r\nvary: Origin\r\n") {
+        let allowed = "\r\nvary: Origin\r\naccess-control-allow-origin: https://app.example\r\n\
+                       access-control-expose-headers: X-Request-Id\r\naccess-control-allow-credentials: true\r\n";
+        assert!(text.starts_with("HTTP/1.1 200 OK") && text.contains(allowed), "{text}");
+    }
     if text.contains("application/octet-stream") {
         assert!(text.ends_with(&format!("\r\n\r\n{}\n", "x".repeat(99))), "{text}");
     } else {
@@ -251,6 +274,7 @@ fn check(mut rig: Rig) {
 
 #[library_benchmark]
 #[bench::noop(setup = noop_rig, teardown = check)]
+#[bench::noop_cors(setup = noop_cors_rig, teardown = check)]
 #[bench::aggregation(setup = aggregation_rig, teardown = check)]
 fn one_request(mut rig: Rig) -> Rig {
     rig.request();

@@ -81,15 +81,18 @@ fn lint_prints_warnings_but_passes() {
 
 #[test]
 fn an_unimplemented_protection_stops_check() {
-    let out = sluice(&["check", "-c", "tests/configs/cors.json"]);
+    let out = sluice(&["check", "-c", "tests/configs/http_secure.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
-        "extra_config[\"security/cors\"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP \
-         security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, \
+        "extra_config[\"security/http-secure\"]: not supported by Sluice (a security policy (CORS, bot detection, \
+         HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, \
          \"What Sluice refuses\")\n"
     );
+    // CORS is served: its file checks clean.
+    let out = sluice(&["check", "-c", "tests/configs/cors.json"]);
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "Syntax OK!\n"), "{}", text(&out.stderr));
 }
 
 /// The first source document's own example: a KrakenD EE root `plugin` block for Go

@@ -35,6 +35,9 @@ pub enum Log<'g> {
     /// answered, `None` when it failed (`sluice::backend`, trace; counted by
     /// [`crate::ops::stats`]).
     Call { endpoint: usize, backend: usize, status: Option<StatusCode> },
+    /// Why a request got its CORS fields or not, with `security/cors`'s `debug`
+    /// (`sluice::cors`, debug).
+    Cors { peer: IpAddr, path: String, note: String },
 }
 
 impl fmt::Display for Log<'_> {
@@ -55,6 +58,7 @@ impl fmt::Display for Log<'_> {
             Log::Call { endpoint, backend, status: None } => {
                 write!(f, "backend {backend} of endpoint {endpoint}: failed")
             }
+            Log::Cors { peer, path, note } => write!(f, "client {peer} {path}: {note}"),
         }
     }
 }
@@ -75,5 +79,6 @@ pub fn emit(line: &Log<'_>) {
         Log::Denied { .. } => tracing::warn!(target: "sluice::egress", "{line}"),
         Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
         Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
+        Log::Cors { .. } => tracing::debug!(target: "sluice::cors", "{line}"),
     }
 }

@@ -364,7 +364,7 @@ fn broken_configs_report_exact_paths_and_messages() {
         ),
         (
             "every namespace that enforces or changes what is served is refused, at every level",
-            json!({"version": 3, "extra_config": {"security/cors": {"allow_origins": ["*"]}, "telemetry/logging": {}},
+            json!({"version": 3, "extra_config": {"security/http-secure": {"ssl_redirect": true}, "telemetry/logging": {}},
                 "endpoints": [{"endpoint": "/a", "extra_config": {
                     "validation/json-schema": {}, "validation/cel": [], "qos/ratelimit/router": {"max_rate": 5},
                     "security/bot-detector": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
@@ -373,7 +373,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                     "qos/circuit-breaker": {}, "backend/grpc": {}, "modifier/lua-backend": {},
                     "documentation/openapi": {}}}]}]}),
             vec![
-                r#"extra_config["security/cors"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["validation/json-schema"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["validation/cel"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["qos/ratelimit/router"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
@@ -385,6 +385,25 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].backend[0].extra_config["backend/grpc"]: not supported by Sluice (a backend type other than HTTP): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].backend[0].extra_config["modifier/lua-backend"]: not supported by Sluice (request or response modification): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+            ],
+        ),
+        (
+            "security/cors with bad fields",
+            json!({"version": 3, "extra_config": {"security/cors": {
+                    "allow_origins": ["https://app.example", "", 7], "allow_methods": ["GET", "BAD METHOD"],
+                    "allow_headers": ["Content-Type", "bad header"], "expose_headers": "X-Id",
+                    "allow_credentials": "yes", "options_success_status": 99, "max_age": 43200,
+                    "allow_origin": ["*"]}},
+                "endpoints": [{"endpoint": "/a", "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]}),
+            vec![
+                r#"extra_config["security/cors"].allow_origins[2]: invalid type: integer "7", expected a string"#,
+                r#"extra_config["security/cors"].allow_origins[1]: "" is not an origin (scheme://host[:port]) or "*""#,
+                r#"extra_config["security/cors"].allow_methods[1]: "BAD METHOD" is not a method"#,
+                r#"extra_config["security/cors"].expose_headers: expected an array of strings, found a string"#,
+                r#"extra_config["security/cors"].allow_headers[1]: "bad header" is not a header name"#,
+                r#"extra_config["security/cors"].allow_credentials: invalid type: string "yes", expected a boolean"#,
+                r#"extra_config["security/cors"].options_success_status: expected a whole number from 200 to 299, found 99"#,
+                r#"extra_config["security/cors"].max_age: expected a duration string such as "2s", found a number"#,
             ],
         ),
         (

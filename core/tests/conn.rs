@@ -636,6 +636,38 @@ const ANSWER_A: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json; chars
 
 const REQUEST_A: &str = "GET /users/1 HTTP/1.1\r\nhost: 127.0.0.1:9001\r\nx-forwarded-for: 192.0.2.9\r\nx-forwarded-host: gw\r\nuser-agent: Sluice/0.1.0\r\naccept-encoding: gzip\r\n\r\n";
 
+/// CORS on a keep-alive connection: a preflight answered without a backend call, then
+/// a request whose answer gets the allow fields, then one from no origin that gets
+/// `Vary` alone (nothing left over from the request before).
+#[test]
+fn cors_fields_belong_to_their_own_request() {
+    let gw = Gateway::load(&format!(
+        r#"{{{CONFIG_HEAD}, "extra_config": {{"security/cors": {{"allow_origins": ["https://app.example"]}}}},
+            "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}}]}}]}}"#
+    ))
+    .unwrap()
+    .gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let preflight =
+        "OPTIONS /a HTTP/1.1\r\nHost: gw\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: GET\r\n\r\n";
+    let from_app = "GET /a HTTP/1.1\r\nHost: gw\r\nOrigin: https://app.example\r\n\r\n";
+    let w = World::new(&gw, &lb, &[Send(preflight), Wait(10), Send(from_app), Wait(10), Send(GET_A), Wait(10), Eof])
+        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .run();
+    let vary = "vary: Origin\r\n";
+    let allowed = format!("{vary}access-control-allow-origin: https://app.example\r\n");
+    let body = "content-type: application/json; charset=utf-8\r\nx-krakend-completed: true\r\ncontent-length: 8\r\n\r\n{\"id\":1}";
+    assert_eq!(
+        w.to_client,
+        format!(
+            "HTTP/1.1 204 No Content\r\nvary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n\
+             access-control-allow-origin: https://app.example\r\naccess-control-allow-methods: GET\r\n\r\n\
+             HTTP/1.1 200 OK\r\n{allowed}{body}HTTP/1.1 200 OK\r\n{vary}{body}"
+        )
+    );
+    assert_eq!(w.requests.len(), 2, "the preflight reached no backend");
+}
+
 #[test]
 fn keep_alive_reuses_the_backend_connection() {
     let gw = one_backend();

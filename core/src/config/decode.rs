@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
-    Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels, Diagnostic,
-    DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions, IpNet, LookupFamily,
-    OutputEncoding, Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery, is_write_method,
-    parse_duration,
+    Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels, CorsConfig,
+    Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions, IpNet,
+    LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery,
+    is_write_method, parse_duration,
 };
 use crate::plan::route::Router;
 
@@ -412,7 +412,13 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let mut forward_proxy = None;
     let mut admin = None;
     let mut dns = DnsSettings::default();
+    let mut cors = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        // KrakenD's alias and the module's own name (lura renames the one to the other).
+        "security/cors" | "github_com/devopsfaith/krakend-cors" => {
+            cors = Some(cors_config(Obj::new(v, path.to_string(), cx)?, cx));
+            Some(())
+        }
         "router" => {
             let mut r = Obj::new(v, path.to_string(), cx)?;
             router.return_error_msg = r.flag("return_error_msg", cx);
@@ -577,9 +583,61 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         forward_proxy,
         admin,
         dns,
+        cors,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
+}
+
+/// `extra_config."security/cors"`, with krakend-cors's defaults.
+fn cors_config(mut o: Obj<'_>, cx: &mut Ctx) -> CorsConfig {
+    let allow_origins = o.strings("allow_origins", cx).filter(|v| !v.is_empty()).unwrap_or_else(|| vec!["*".into()]);
+    let origins_path = o.at("allow_origins");
+    for (i, origin) in allow_origins.iter().enumerate() {
+        if origin.is_empty() || origin.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            cx.error(&index(&origins_path, i), format!("{origin:?} is not an origin (scheme://host[:port]) or \"*\""));
+        }
+    }
+    let allow_methods = o
+        .strings("allow_methods", cx)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ["GET", "POST", "HEAD"].map(String::from).to_vec());
+    let methods_path = o.at("allow_methods");
+    for (i, m) in allow_methods.iter().enumerate() {
+        if http::Method::from_bytes(m.as_bytes()).is_err() {
+            cx.error(&index(&methods_path, i), format!("{m:?} is not a method"));
+        }
+    }
+    let allow_headers = o.strings("allow_headers", cx).filter(|v| !v.is_empty()).unwrap_or_else(|| vec!["*".into()]);
+    let expose_headers = o.strings("expose_headers", cx).unwrap_or_default();
+    for key in ["allow_headers", "expose_headers"] {
+        let list = if key == "allow_headers" { &allow_headers } else { &expose_headers };
+        let path = o.at(key);
+        for (i, h) in list.iter().enumerate() {
+            if h != "*" && http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                cx.error(&index(&path, i), format!("{h:?} is not a header name"));
+            }
+        }
+    }
+    let allow_credentials = o.flag("allow_credentials", cx);
+    let allow_private_network = o.flag("allow_private_network", cx);
+    let options_passthrough = o.flag("options_passthrough", cx);
+    let options_success_status = o.uint("options_success_status", 200, 299, cx).map_or(204, |n| n as u16);
+    let max_age = o.duration("max_age", cx).unwrap_or_default();
+    let debug = o.flag("debug", cx);
+    o.finish(cx);
+    CorsConfig {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        allow_credentials,
+        allow_private_network,
+        options_passthrough,
+        options_success_status,
+        max_age,
+        debug,
+    }
 }
 
 /// `extra_config."sluice/forward-proxy"`.

@@ -5,7 +5,7 @@
 //! Leaf values are read with serde; objects are walked field by field so that one bad
 //! value does not hide the next. Unknown keys are warnings (shown by `sluice check
 //! --lint`), never errors. A namespace Sluice does not implement is refused when it
-//! enforces or changes what is served (`auth/*`, `security/*`, `validation/*`,
+//! enforces or changes what is served (`auth/*`, `security/*` but `security/cors`, `validation/*`,
 //! `qos/*`, `modifier/*`, ...: serving without it would be a hole) and is a notice
 //! otherwise (`telemetry/*`, `documentation/*`, unknown ones), said by `check` and at
 //! `run`.
@@ -248,9 +248,40 @@ pub struct Config {
     /// `extra_config."sluice/dns"`: where `"sd": "dns"` backends' SRV queries go.
     /// Default: `/etc/resolv.conf`'s nameservers and options.
     pub dns: DnsSettings,
+    /// `extra_config."security/cors"`: CORS for every request, answered before
+    /// routing (see [`crate::gateway::cors`]). Default: none.
+    pub cors: Option<CorsConfig>,
     /// The raw `extra_config` object, for namespaces read elsewhere.
     pub extra_config: Map<String, Value>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// `extra_config."security/cors"` as KrakenD reads it (krakend-cors on rs/cors): an
+/// empty object turns CORS on with every default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Origins allowed (`*` for any, one `*` inside a pattern for any run of
+    /// characters). Default: `["*"]`.
+    pub allow_origins: Vec<String>,
+    /// Methods allowed, compared as written. Default: `GET`, `POST`, `HEAD`.
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for. Default: `["*"]` (any).
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser lets scripts read. Default: none.
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Allow-Credentials: true`. Default: false.
+    pub allow_credentials: bool,
+    /// Answers a private-network preflight. Default: false.
+    pub allow_private_network: bool,
+    /// A preflight goes on to routing with its CORS headers instead of being answered.
+    /// Default: false.
+    pub options_passthrough: bool,
+    /// The status of an answered preflight. Default: 204.
+    pub options_success_status: u16,
+    /// `Access-Control-Max-Age`, whole seconds (none when under a second). Default: none.
+    pub max_age: Duration,
+    /// Logs why each CORS request was or was not allowed (`sluice::cors`, debug).
+    pub debug: bool,
 }
 
 /// `extra_config."sluice/dns"`: the resolver `"sd": "dns"` asks for SRV records.

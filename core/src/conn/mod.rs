@@ -910,7 +910,7 @@ impl<'g> Connection<'g> {
     /// A request head came: its service says what to do with it (see
     /// [`crate::conn::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Box<Request>) -> State<'g> {
-        let outcome = self.service.route(&mut req, self.peer, self.now);
+        let outcome = self.service.route(&mut req, (self.peer, self.now), self.server.add_fields(), &mut self.queue);
         self.server.recycle(req);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
         // held, so no size limit; any other is refused at once when it says it is over.

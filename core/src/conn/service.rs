@@ -11,16 +11,20 @@
 //! codec, the deadlines, the client's TLS and the access line; a service keeps what
 //! a request means.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
+use crate::event::Log;
 use crate::forward::{Forwarder, Pending, Refusal, Routed};
 use crate::gateway::builtin::Builtin;
+use crate::gateway::cors::Step;
 use crate::gateway::dispatch::{Dispatch, Route};
 use crate::gateway::guard::Verdict;
 use crate::http1::Request;
+use crate::io::Output;
 use crate::ops::admin::{self, Page};
 use crate::ops::runtime::Runtime;
 use crate::ops::stats::Stats;
@@ -139,9 +143,18 @@ impl<'g> Service<'g> {
     }
 
     /// What to do with the request whose head is `req`, from `peer`, read at `now`.
-    pub(crate) fn route(&self, req: &mut Request, peer: IpAddr, now: Instant) -> Outcome<'g> {
+    /// What to do with `req`. `added` gets the fields its answer carries besides its
+    /// own (CORS's: [`crate::http1::ServerConn::add_fields`]); `logs` any line the
+    /// service says about it.
+    pub(crate) fn route(
+        &self,
+        req: &mut Request,
+        (peer, now): (IpAddr, Instant),
+        added: &mut Vec<u8>,
+        logs: &mut VecDeque<Output<'g>>,
+    ) -> Outcome<'g> {
         match *self {
-            Service::Gateway(gw) => gateway(gw, req, peer, now),
+            Service::Gateway(gw) => gateway(gw, req, (peer, now), added, logs),
             Service::Forward(proxy) => match proxy.route(req, peer, now) {
                 Routed::Go(p) => Outcome::Forward(p),
                 Routed::Bad(status, reason, line) => Outcome::Fail { status, reason, line },
@@ -164,14 +177,34 @@ impl<'g> Service<'g> {
 
 /// The gateway's front: a built-in endpoint, an endpoint's guard stage and then its
 /// exchange (streamed for `no-op`), or the router's answer (404, 405, a redirect).
-fn gateway<'g>(gw: &'g Gateway, req: &mut Request, peer: IpAddr, now: Instant) -> Outcome<'g> {
+fn gateway<'g>(
+    gw: &'g Gateway,
+    req: &mut Request,
+    (peer, now): (IpAddr, Instant),
+    added: &mut Vec<u8>,
+    logs: &mut VecDeque<Output<'g>>,
+) -> Outcome<'g> {
     let mut creq = match ClientRequest::from_head(req, peer) {
         Ok(creq) => creq,
         Err(reason) => {
             return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
         }
     };
-    let mut line = AccessLog::new(&creq, now);
+    let line = AccessLog::new(&creq, now);
+    // CORS first, on every request whatever its path (KrakenD wraps its router in it):
+    // a preflight is answered here; any other answer gets the fields.
+    if let Some(cors) = &gw.cors {
+        let mut note = None;
+        let step = cors.apply(&creq.method, &creq.headers, added, &mut note);
+        if let Some(note) = note {
+            logs.push_back(Output::Log(Log::Cors { peer, path: creq.path.clone(), note }));
+        }
+        if let Step::Answer(status) = step {
+            let reply = Reply { status, headers: HeaderMap::new(), body: Vec::new() };
+            return Outcome::Respond { reply, line, close: false };
+        }
+    }
+    let mut line = line;
     match gw.dispatch(&creq.method, &creq.path, creq.query.as_deref()) {
         Dispatch::Endpoint(route) => {
             line.for_endpoint(route.endpoint.index);

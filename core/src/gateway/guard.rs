@@ -5,11 +5,12 @@
 //! and then no backend is called and no body is read.
 //!
 //! The guards are compiled into the endpoint's plan ([`crate::plan::EndpointPlan`]).
-//! None is implemented yet, so today every request passes: `auth/validator`,
-//! `security/cors` and the rate limits come here next (the configuration refuses
-//! `auth/*`, `security/*`, `validation/*` and `qos/*` until then). The stage is where they plug
-//! in, called on every endpoint request by the gateway service (the connection's
-//! `service` module).
+//! None is implemented yet, so today every request passes: `auth/validator` and the
+//! rate limits come here next (the configuration refuses `auth/*`, `security/*` but
+//! `security/cors`, `validation/*` and `qos/*` until then). The stage is where they
+//! plug in, called on every endpoint request by the gateway service (the connection's
+//! `service` module). CORS is not one of them: KrakenD runs it around the whole router,
+//! so it answers before routing, for every path ([`crate::gateway::cors`]).
 
 use std::time::Instant;
 

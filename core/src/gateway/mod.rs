@@ -1,5 +1,5 @@
 //! The gateway service: what serves a request on the gateway's listener, from its
-//! head to its answer. [`dispatch`] picks a built-in endpoint ([`builtin`]) or an
+//! head to its answer. CORS ([`cors`]) goes first, on every request; [`dispatch`] picks a built-in endpoint ([`builtin`]) or an
 //! endpoint ([`crate::plan::route`] matches it); the endpoint's guards run
 //! ([`guard`]); its [`exchange`] calls the backends ([`upstream`] builds each request,
 //! [`plugin`] lets a client plugin answer a call) and shapes, merges and encodes the
@@ -7,6 +7,7 @@
 //! connection asks this service through `conn::service` and carries out what it says.
 
 pub mod builtin;
+pub mod cors;
 pub mod dispatch;
 pub mod exchange;
 pub mod guard;

@@ -91,6 +91,9 @@ pub struct ServerConn {
     /// The box the last request came in, given back ([`ServerConn::recycle`]) for the
     /// next one: a keep-alive connection allocates it once.
     spare: Option<Box<Request>>,
+    /// Fields the answer to the current request gets besides its own, whatever writes
+    /// it ([`ServerConn::add_fields`]).
+    added: Vec<u8>,
 }
 
 impl ServerConn {
@@ -110,7 +113,16 @@ impl ServerConn {
             switched: false,
             closed: false,
             spare: None,
+            added: Vec::new(),
         }
+    }
+
+    /// Where the service puts fields for the answer to the request just read, whatever
+    /// answers it (an endpoint's reply, a backend's head passed through, an error):
+    /// whole lines, `name: value\r\n`, from names and values that hold no CR or LF.
+    /// Written first after the status line; dropped when the next request comes.
+    pub fn add_fields(&mut self) -> &mut Vec<u8> {
+        &mut self.added
     }
 
     /// Gives back the box a request came in, once it was read: the next request is
@@ -119,9 +131,11 @@ impl ServerConn {
         self.spare = Some(request);
     }
 
-    /// Drops the box kept for the next request (a connection going idle holds none).
+    /// Drops the box kept for the next request and the added fields' room (a
+    /// connection going idle holds none).
     pub fn shed(&mut self) {
         self.spare = None;
+        self.added = Vec::new();
     }
 
     /// Feeds received bytes. Returns how many were consumed and what was found; call
@@ -149,6 +163,7 @@ impl ServerConn {
     }
 
     fn read_head<'b>(&mut self, input: &'b [u8]) -> Result<(usize, ServerEvent<'b>), Error> {
+        self.added.clear();
         // RFC 9112 2.2: ignore empty lines before a request line.
         let skip = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
         if skip > 0 {
@@ -356,6 +371,7 @@ impl ServerConn {
         let mut chunked = false;
         let mut remaining = None;
         write_status_line(self.http10, status, out);
+        out.extend_from_slice(&self.added);
         fields(out);
         match resp.body {
             BodyLength::Known(n) if allowed || self.method == Method::HEAD => {
@@ -452,6 +468,7 @@ impl ServerConn {
     /// bytes went out.
     pub fn write_error(&mut self, status: StatusCode, body: &str, out: &mut Vec<u8>) {
         write_status_line(false, status, out);
+        out.extend_from_slice(&self.added);
         out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
         write_content_length(body.len() as u64, out);
         out.extend_from_slice(b"connection: close\r\n\r\n");

@@ -97,6 +97,8 @@ pub struct Gateway {
     /// Where `"sd": "dns"` backends' SRV queries go: `"sluice/dns"`, else
     /// `/etc/resolv.conf` (read only when a backend uses `"sd": "dns"`).
     pub resolver: crate::resolve::srv::ResolverConfig,
+    /// `security/cors`, compiled: run on every request before routing.
+    pub cors: Option<crate::gateway::cors::Cors>,
 }
 
 /// An endpoint with every default resolved.
@@ -374,6 +376,7 @@ impl Gateway {
         let forward = config.forward_proxy.as_ref().map(crate::forward::ForwardPlan::new);
         let resolver =
             if uses_srv { resolver(&config.dns, env) } else { crate::resolve::srv::ResolverConfig::default() };
+        let cors = config.cors.as_ref().map(crate::gateway::cors::Cors::compile);
         Ok(Gateway {
             config,
             router,
@@ -383,6 +386,7 @@ impl Gateway {
             proxy_env: env.proxy.clone(),
             forward,
             resolver,
+            cors,
         })
     }
 

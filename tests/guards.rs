@@ -1,0 +1,194 @@
+//! What the gateway checks and answers before any backend is called, end to end on
+//! every driver with curl as the client: CORS (`security/cors`) preflights answered at
+//! the gateway for any path, credentialed requests, the fields on every kind of answer
+//! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Backend, Gw, Mode, Reply};
+
+every_driver!(cors_preflights_and_requests, cors_options_passthrough);
+
+/// A response as curl printed it with `-i`: status, fields (names lowercased, in
+/// order), body.
+struct Got {
+    status: u16,
+    fields: Vec<(String, String)>,
+    body: String,
+}
+
+impl Got {
+    /// The CORS fields (and `Vary`), in order: what these tests compare exactly.
+    fn cors(&self) -> Vec<(&str, &str)> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n.starts_with("access-control-") || n == "vary")
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn curl(args: &[&str]) -> Got {
+    let out = Command::new("curl").args(["-sS", "-i", "--max-time", "10"]).args(args).output().expect("curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let fields = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    Got { status, fields, body: body.to_string() }
+}
+
+const PREFLIGHT_VARY: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+
+fn cors_preflights_and_requests(mode: Mode) {
+    let api = Backend::start(|_| Reply::Json(r#"{"id":7}"#.into()));
+    // A no-op backend with fields of its own (a Vary among them).
+    let raw = Backend::start(|_| {
+        Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVary: Accept-Encoding\r\nX-Request-Id: r1\r\nContent-Length: 2\r\n\r\nok".to_vec())
+    });
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"security/cors": {{
+              "allow_origins": ["https://app.example", "https://*.example.org"],
+              "allow_methods": ["GET", "POST"],
+              "allow_headers": ["Content-Type", "Authorization"],
+              "expose_headers": ["x-request-id"],
+              "allow_credentials": true,
+              "max_age": "12h"}}}},
+            "endpoints": [
+              {{"endpoint": "/api", "backend": [{{"host": ["{}"], "url_pattern": "/"}}]}},
+              {{"endpoint": "/raw", "output_encoding": "no-op",
+                "backend": [{{"host": ["{}"], "url_pattern": "/", "encoding": "no-op"}}]}}]}}"#,
+        api.url(),
+        raw.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = |path: &str| format!("http://{}{path}", gw.addr);
+
+    // A preflight, answered at the gateway: 204, no body, the backend never asked.
+    let pre = |path: &str, origin: &str, method: &str, headers: &str| {
+        let (o, m, h) = (format!("Origin: {origin}"), format!("Access-Control-Request-Method: {method}"), headers);
+        let mut args = vec!["-X", "OPTIONS", "-H", &o, "-H", &m];
+        let h = format!("Access-Control-Request-Headers: {h}");
+        if !headers.is_empty() {
+            args.extend(["-H", &h]);
+        }
+        let u = url(path);
+        args.push(&u);
+        curl(&args)
+    };
+    let got = pre("/api", "https://app.example", "POST", "authorization,content-type");
+    assert_eq!((got.status, got.body.as_str()), (204, ""));
+    assert_eq!(
+        got.cors(),
+        [
+            ("vary", PREFLIGHT_VARY),
+            ("access-control-allow-origin", "https://app.example"),
+            ("access-control-allow-methods", "POST"),
+            ("access-control-allow-headers", "authorization,content-type"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-max-age", "43200"),
+        ]
+    );
+    // Any path, endpoint or not; a wildcard origin.
+    let got = pre("/nowhere", "https://eu.example.org", "GET", "");
+    assert_eq!(got.status, 204);
+    assert_eq!(got.field("access-control-allow-origin"), Some("https://eu.example.org"));
+    // Not allowed (origin, method, a header not lowercase and sorted): still 204, with
+    // Vary alone, so the browser refuses.
+    for (origin, method, headers) in [
+        ("https://evil.example", "GET", ""),
+        ("https://app.example", "DELETE", ""),
+        ("https://app.example", "GET", "Content-Type"),
+        ("https://app.example", "GET", "x-custom"),
+    ] {
+        let got = pre("/api", origin, method, headers);
+        assert_eq!((got.status, got.cors()), (204, vec![("vary", PREFLIGHT_VARY)]), "{origin} {method} {headers}");
+    }
+    assert_eq!(api.requests().len(), 0, "no preflight reached a backend");
+
+    // A credentialed request: the endpoint's answer with the allow fields.
+    let got = curl(&["-H", "Origin: https://app.example", "-b", "session=s1", &url("/api")]);
+    assert_eq!((got.status, got.body.as_str()), (200, r#"{"id":7}"#));
+    assert_eq!(
+        got.cors(),
+        [
+            ("vary", "Origin"),
+            ("access-control-allow-origin", "https://app.example"),
+            ("access-control-expose-headers", "X-Request-Id"),
+            ("access-control-allow-credentials", "true"),
+        ]
+    );
+    // A no-op backend's own fields follow the gateway's, as lura adds them.
+    let got = curl(&["-H", "Origin: https://app.example", &url("/raw")]);
+    assert_eq!((got.status, got.body.as_str()), (200, "ok"));
+    assert_eq!(
+        got.cors(),
+        [
+            ("vary", "Origin"),
+            ("access-control-allow-origin", "https://app.example"),
+            ("access-control-expose-headers", "X-Request-Id"),
+            ("access-control-allow-credentials", "true"),
+            ("vary", "Accept-Encoding"),
+        ]
+    );
+    assert_eq!(got.field("x-request-id"), Some("r1"));
+    // A 404 gets them too; a request from another origin, or with none, gets Vary alone.
+    let got = curl(&["-H", "Origin: https://app.example", &url("/missing")]);
+    assert_eq!(got.status, 404);
+    assert_eq!(got.field("access-control-allow-origin"), Some("https://app.example"));
+    let got = curl(&["-H", "Origin: https://evil.example", &url("/api")]);
+    assert_eq!((got.status, got.cors()), (200, vec![("vary", "Origin")]));
+    let got = curl(&[&url("/api")]);
+    assert_eq!((got.status, got.cors()), (200, vec![("vary", "Origin")]));
+    assert_eq!(api.requests().len(), 3);
+}
+
+fn cors_options_passthrough(mode: Mode) {
+    let api = Backend::start(|_| Reply::Json(r#"{"id":7}"#.into()));
+    // An empty object turns CORS on with every default: any origin, any header,
+    // GET/POST/HEAD.
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"security/cors": {{"options_passthrough": true}}}},
+            "endpoints": [{{"endpoint": "/api", "backend": [{{"host": ["{}"], "url_pattern": "/"}}]}}]}}"#,
+        api.url()
+    );
+    let gw = Gw::start(&config, mode);
+    // Passed on to routing: /api has no OPTIONS endpoint, so 405, with the preflight's
+    // fields.
+    let got = curl(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://any.example",
+        "-H",
+        "Access-Control-Request-Method: GET",
+        "-H",
+        "Access-Control-Request-Headers: X-Anything",
+        &format!("http://{}/api", gw.addr),
+    ]);
+    assert_eq!(got.status, 405);
+    assert_eq!(
+        got.cors(),
+        [
+            ("vary", PREFLIGHT_VARY),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-methods", "GET"),
+            ("access-control-allow-headers", "X-Anything"),
+        ]
+    );
+    let got = curl(&["-H", "Origin: https://any.example", &format!("http://{}/api", gw.addr)]);
+    assert_eq!(got.cors(), [("vary", "Origin"), ("access-control-allow-origin", "*")]);
+    assert_eq!(api.requests().len(), 1);
+}
