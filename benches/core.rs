@@ -10,7 +10,9 @@
 //! - `aggregation`: `GET /agg` merging two 2 KB JSON bodies (`allow` + `mapping` on one,
 //!   `group` on the other);
 //! - `noop_cors`: the no-op request with an `Origin`, under `security/cors` (what CORS
-//!   costs a request from a browser's page, against `noop`).
+//!   costs a request from a browser's page, against `noop`);
+//! - `noop_guards`: the no-op request with a browser's `User-Agent` through a bot
+//!   detector and the endpoint's and a client's rate limits (the guard stage's cost).
 //!
 //! Each benchmark gets a connection already warm (ten requests answered, the backend
 //! connections pooled, every buffer grown), runs one request through it (read the
@@ -238,6 +240,21 @@ fn noop_cors_rig() -> Rig {
     Rig::new(config, ("/noop", origin), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
 }
 
+/// The no-op request through an endpoint's guard stage: a bot detector with patterns
+/// and the endpoint's and a client's rate limits, none of them refusing.
+fn noop_guards_rig() -> Rig {
+    let config = r#"{"version": 3, "timeout": "5s", "idle_timeout": "120s",
+        "host": ["http://127.0.0.1:9001"],
+        "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
+            "extra_config": {
+                "security/bot-detector": {"deny": ["a", "b"], "patterns": ["(?i)bot", "spider", "crawl(er)?/"]},
+                "qos/ratelimit/router": {"max_rate": 1000000, "client_max_rate": 1000000, "strategy": "ip"}},
+            "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}"#;
+    let body = format!("{}\n", "x".repeat(99));
+    let agent = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n";
+    Rig::new(config, ("/noop", agent), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
+}
+
 fn aggregation_rig() -> Rig {
     let config = r#"{"version": 3, "timeout": "5s", "idle_timeout": "120s",
         "host": ["http://127.0.0.1:9001"],
@@ -275,6 +292,7 @@ fn check(mut rig: Rig) {
 #[library_benchmark]
 #[bench::noop(setup = noop_rig, teardown = check)]
 #[bench::noop_cors(setup = noop_cors_rig, teardown = check)]
+#[bench::noop_guards(setup = noop_guards_rig, teardown = check)]
 #[bench::aggregation(setup = aggregation_rig, teardown = check)]
 fn one_request(mut rig: Rig) -> Rig {
     rig.request();

@@ -1,7 +1,8 @@
 //! What the gateway checks and answers before any backend is called, end to end on
 //! every driver with curl as the client: CORS (`security/cors`) preflights answered at
 //! the gateway for any path, credentialed requests, the fields on every kind of answer
-//! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough.
+//! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough; the bot
+//! detector at the root and on an endpoint; the endpoint's and a client's rate limits.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::process::Command;
 
 use support::{Backend, Gw, Mode, Reply};
 
-every_driver!(cors_preflights_and_requests, cors_options_passthrough);
+every_driver!(cors_preflights_and_requests, cors_options_passthrough, bots_and_rate_limits);
 
 /// A response as curl printed it with `-i`: status, fields (names lowercased, in
 /// order), body.
@@ -191,4 +192,48 @@ fn cors_options_passthrough(mode: Mode) {
     let got = curl(&["-H", "Origin: https://any.example", &format!("http://{}/api", gw.addr)]);
     assert_eq!(got.cors(), [("vary", "Origin"), ("access-control-allow-origin", "*")]);
     assert_eq!(api.requests().len(), 1);
+}
+
+fn bots_and_rate_limits(mode: Mode) {
+    let api = Backend::start(|_| Reply::Json(r#"{"id":7}"#.into()));
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"security/bot-detector": {{"deny": ["BadBot/1"]}}}},
+            "endpoints": [
+              {{"endpoint": "/api", "extra_config": {{
+                  "security/bot-detector": {{"patterns": ["(?i)bot"], "empty_user_agent_is_bot": true}},
+                  "qos/ratelimit/router": {{"client_max_rate": 2, "client_capacity": 2, "every": "1m",
+                    "strategy": "header", "key": "X-Client"}}}},
+                "backend": [{{"host": ["{0}"], "url_pattern": "/"}}]}},
+              {{"endpoint": "/scarce", "extra_config": {{"qos/ratelimit/router": {{"max_rate": 1, "every": "1m"}}}},
+                "backend": [{{"host": ["{0}"], "url_pattern": "/"}}]}}]}}"#,
+        api.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = |path: &str| format!("http://{}{path}", gw.addr);
+    let (api_url, scarce) = (url("/api"), url("/scarce"));
+    let status = |got: &Got| (got.status, got.body.clone(), got.field("content-length").map(str::to_string));
+    let refused = |code: u16| (code, String::new(), Some("0".to_string()));
+    // Bots: by pattern, by an empty User-Agent (curl -A "" sends none), by the root's
+    // deny list on a path with no endpoint; the health page is not checked.
+    let got = curl(&["-A", "Googlebot/2.1", "-H", "X-Client: a", &api_url]);
+    assert_eq!(status(&got), refused(403));
+    assert_eq!(status(&curl(&["-A", "", "-H", "X-Client: a", &api_url])), refused(403));
+    assert_eq!(status(&curl(&["-A", "BadBot/1", &url("/missing")])), refused(403));
+    assert_eq!(curl(&["-A", "BadBot/1", &url("/__health")]).status, 200);
+    assert_eq!(curl(&["-A", "Mozilla/5.0", &url("/missing")]).status, 404);
+    assert_eq!(api.requests().len(), 0);
+    // A client's limit: two at once and two a minute each, told apart by X-Client (no
+    // capacity given, a rate under 1 a second would allow one at once, as in KrakenD);
+    // none: 429.
+    let as_client = |c: &str| curl(&["-A", "Mozilla/5.0", "-H", &format!("X-Client: {c}"), &api_url]);
+    let codes: Vec<u16> = ["a", "a", "a", "b", "a", "b", "b"].iter().map(|c| as_client(c).status).collect();
+    assert_eq!(codes, [200, 200, 429, 200, 429, 200, 429]);
+    assert_eq!(status(&as_client("a")), refused(429));
+    assert_eq!(status(&curl(&["-A", "Mozilla/5.0", &api_url])), refused(429));
+    assert_eq!(api.requests().len(), 4);
+    // The endpoint's limit: one a minute for everyone, then 503.
+    let codes: Vec<u16> = (0..3).map(|_| curl(&[&scarce]).status).collect();
+    assert_eq!(codes, [200, 503, 503]);
+    assert_eq!(status(&curl(&[&scarce])), refused(503));
+    assert_eq!(api.requests().len(), 5);
 }

@@ -342,6 +342,13 @@ impl Reply {
         Reply::typed(status, TEXT, body.as_bytes().to_vec())
     }
 
+    /// A response with no body and no field of its own (a refusal as KrakenD's gin
+    /// middlewares write it: `Content-Length: 0`, no `Content-Type`; none at all for a
+    /// 204).
+    pub fn empty(status: StatusCode) -> Reply {
+        Reply { status, headers: HeaderMap::new(), body: Vec::new() }
+    }
+
     /// A response of this `Content-Type`.
     pub fn typed(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Reply {
         let mut headers = HeaderMap::new();

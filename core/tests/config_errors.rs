@@ -366,8 +366,8 @@ fn broken_configs_report_exact_paths_and_messages() {
             "every namespace that enforces or changes what is served is refused, at every level",
             json!({"version": 3, "extra_config": {"security/http-secure": {"ssl_redirect": true}, "telemetry/logging": {}},
                 "endpoints": [{"endpoint": "/a", "extra_config": {
-                    "validation/json-schema": {}, "validation/cel": [], "qos/ratelimit/router": {"max_rate": 5},
-                    "security/bot-detector": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
+                    "validation/json-schema": {}, "validation/cel": [], "qos/ratelimit/proxy": {"max_rate": 5},
+                    "security/http-secure": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
                     "governance/quota": {}, "websocket": {}},
                   "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {
                     "qos/circuit-breaker": {}, "backend/grpc": {}, "modifier/lua-backend": {},
@@ -376,8 +376,8 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["validation/json-schema"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["validation/cel"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
-                r#"endpoints[0].extra_config["qos/ratelimit/router"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
-                r#"endpoints[0].extra_config["security/bot-detector"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["qos/ratelimit/proxy"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["modifier/martian"]: not supported by Sluice (request or response modification): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["plugin/req-resp-modifier"]: not supported by Sluice (a plugin stage Sluice does not run): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["governance/quota"]: not supported by Sluice (quotas): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
@@ -404,6 +404,48 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"extra_config["security/cors"].allow_credentials: invalid type: string "yes", expected a boolean"#,
                 r#"extra_config["security/cors"].options_success_status: expected a whole number from 200 to 299, found 99"#,
                 r#"extra_config["security/cors"].max_age: expected a duration string such as "2s", found a number"#,
+            ],
+        ),
+        (
+            "security/bot-detector with bad fields, at the root and on an endpoint",
+            json!({"version": 3, "extra_config": {"security/bot-detector": {"patterns": ["ok", "(unclosed"], "cache_size": -1}},
+                "endpoints": [{"endpoint": "/a", "extra_config": {"security/bot-detector": {
+                    "allow": "curl", "deny": [3], "empty_user_agent_is_bot": 1}},
+                  "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]}),
+            vec![
+                r#"extra_config["security/bot-detector"].patterns[1]: "(unclosed" is not a regular expression: error: unclosed group"#,
+                r#"extra_config["security/bot-detector"].cache_size: expected a whole number from 0 to 4294967295, found -1"#,
+                r#"endpoints[0].extra_config["security/bot-detector"].allow: expected an array of strings, found a string"#,
+                r#"endpoints[0].extra_config["security/bot-detector"].deny[0]: invalid type: integer "3", expected a string"#,
+                r#"endpoints[0].extra_config["security/bot-detector"].empty_user_agent_is_bot: invalid type: integer "1", expected a boolean"#,
+            ],
+        ),
+        (
+            "qos/ratelimit/router with bad fields",
+            json!({"version": 3, "endpoints": [
+                {"endpoint": "/a/{id}", "extra_config": {"qos/ratelimit/router": {
+                    "max_rate": -1, "client_max_rate": "10", "capacity": 1.5, "strategy": "cookie", "every": 60}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/b/{id}", "extra_config": {"qos/ratelimit/router": {
+                    "client_max_rate": 10, "strategy": "param", "key": "user"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/c", "extra_config": {"qos/ratelimit/router": {"client_max_rate": 10, "strategy": "header"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/d", "extra_config": {"qos/ratelimit/router": {"client_max_rate": 10}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/e", "extra_config": {"qos/ratelimit/router": {"every": "1m"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]}),
+            vec![
+                r#"endpoints[0].extra_config["qos/ratelimit/router"].max_rate: expected a number of requests, 0 or more, found a number"#,
+                r#"endpoints[0].extra_config["qos/ratelimit/router"].client_max_rate: expected a number of requests, 0 or more, found a string"#,
+                r#"endpoints[0].extra_config["qos/ratelimit/router"].capacity: expected a whole number from 0 to 4294967295, found 1.5"#,
+                r#"endpoints[0].extra_config["qos/ratelimit/router"].every: expected a duration string such as "2s", found a number"#,
+                r#"endpoints[0].extra_config["qos/ratelimit/router"].strategy: "cookie" is not a strategy: "ip", "header" or "param""#,
+                r#"endpoints[0].extra_config["qos/ratelimit/router"]: sets no limit: give max_rate or client_max_rate"#,
+                r#"endpoints[1].extra_config["qos/ratelimit/router"].key: the endpoint's path has no {user} parameter"#,
+                r#"endpoints[2].extra_config["qos/ratelimit/router"].key: missing: strategy "header" needs the name of the header to tell clients apart"#,
+                r#"endpoints[3].extra_config["qos/ratelimit/router"].strategy: missing: client_max_rate needs a strategy ("ip", "header" or "param")"#,
+                r#"endpoints[4].extra_config["qos/ratelimit/router"]: sets no limit: give max_rate or client_max_rate"#,
             ],
         ),
         (
@@ -808,4 +850,31 @@ fn router_options_krakend_reads_and_sluice_does_not_are_notices() {
     let router = &loaded.gateway.config.router;
     assert_eq!(router.error_body_404.as_deref(), Some(r#"{"a":{"y":2,"z":1},"b":[1,"\u003c",2,1000,0.5]}"#));
     assert_eq!(router.error_body_405, None);
+}
+
+/// `qos/ratelimit/router`'s rates per second and its capacities when none is given,
+/// as krakend-ratelimit computes them.
+#[test]
+fn rate_limit_defaults_are_krakend_s() {
+    let limit = |block: Value| {
+        let config = json!({"version": 3, "endpoints": [{"endpoint": "/a", "extra_config": {"qos/ratelimit/router": block},
+            "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]});
+        let loaded = sluice_core::Gateway::load(&config.to_string()).unwrap();
+        let r = loaded.gateway.config.endpoints[0].rate_limit.clone().unwrap();
+        (r.max_rate, r.capacity, r.client_max_rate, r.client_capacity, r.client_slots)
+    };
+    assert_eq!(limit(json!({"max_rate": 50})), (50.0, 50, 0.0, 1, 16_384));
+    // Ten a minute: one at once (a rate under 1 a second).
+    assert_eq!(limit(json!({"max_rate": 10, "every": "1m"})), (10.0 / 60.0, 1, 0.0, 1, 16_384));
+    // A client's default burst reads the endpoint's rate: none here, so 1.
+    assert_eq!(limit(json!({"client_max_rate": 10, "strategy": "ip"})), (0.0, 1, 10.0, 1, 16_384));
+    assert_eq!(
+        limit(json!({"max_rate": 100, "client_max_rate": 10, "strategy": "ip"})),
+        (100.0, 100, 10.0, 10, 16_384)
+    );
+    assert_eq!(
+        limit(json!({"max_rate": 5, "capacity": 7, "client_max_rate": 1, "client_capacity": 3, "strategy": "ip",
+            "num_shards": 16})),
+        (5.0, 7, 1.0, 3, 128)
+    );
 }

@@ -668,6 +668,66 @@ fn cors_fields_belong_to_their_own_request() {
     assert_eq!(w.requests.len(), 2, "the preflight reached no backend");
 }
 
+/// Rate limits in virtual time, on one keep-alive connection: the endpoint's bucket
+/// lets its capacity through, then 503 until a refill; a client's lets its own through,
+/// then 429, while another client goes on; a bot is refused before any of it.
+#[test]
+fn rate_limits_and_bots_answer_before_any_backend() {
+    let gw = Gateway::load(&format!(
+        r#"{{{CONFIG_HEAD}, "endpoints": [
+            {{"endpoint": "/g", "extra_config": {{"qos/ratelimit/router": {{"max_rate": 2, "capacity": 2}},
+                "security/bot-detector": {{"deny": ["evil/1.0"]}}}},
+              "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}}]}},
+            {{"endpoint": "/c/{{user}}", "extra_config": {{"qos/ratelimit/router": {{
+                "client_max_rate": 1, "strategy": "param", "key": "user"}}}},
+              "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}}]}}]}}"#
+    ))
+    .unwrap()
+    .gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let get = |path: &'static str| -> &'static str {
+        Box::leak(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").into_boxed_str())
+    };
+    let bot = "GET /g HTTP/1.1\r\nHost: gw\r\nUser-Agent: evil/1.0\r\n\r\n";
+    let mut script = Vec::new();
+    for step in [get("/g"), get("/g"), get("/g"), bot] {
+        script.extend([Send(step), Wait(10)]);
+    }
+    // Half a second on (2 per second): one more token.
+    script.extend([Wait(470), Send(get("/g")), Wait(10), Send(get("/g")), Wait(10)]);
+    for step in [get("/c/ann"), get("/c/ann"), get("/c/bob")] {
+        script.extend([Send(step), Wait(10)]);
+    }
+    script.extend([Wait(1000), Send(get("/c/ann")), Wait(10), Eof]);
+    let serves: Vec<Serve> = (0..6).map(|_| json(r#"{"id":1}"#)).collect();
+    let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &serves).run();
+    let statuses: Vec<&str> =
+        w.to_client.split("HTTP/1.1 ").skip(1).map(|answer| answer.split("\r\n").next().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "200 OK",
+            "503 Service Unavailable",
+            "403 Forbidden",
+            "200 OK",
+            "503 Service Unavailable",
+            "200 OK",
+            "429 Too Many Requests",
+            "200 OK",
+            "200 OK"
+        ]
+    );
+    assert_eq!(w.requests.len(), 6, "no refused request reached the backend");
+    // Refusals as KrakenD's gin middlewares write them: no body, no type.
+    assert!(
+        w.to_client.contains("HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK"),
+        "{}",
+        w.to_client
+    );
+    assert!(w.to_client.contains("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"), "{}", w.to_client);
+}
+
 #[test]
 fn keep_alive_reuses_the_backend_connection() {
     let gw = one_backend();

@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
-    Backend, BackendHttp, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels, CorsConfig,
-    Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions, IpNet,
-    LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange, RouterOptions, ServerTls, ServiceDiscovery,
-    is_write_method, parse_duration,
+    Backend, BackendHttp, BotDetectorConfig, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels,
+    CorsConfig, Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions,
+    IpNet, LimitStrategy, LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange, RateLimitConfig,
+    RouterOptions, ServerTls, ServiceDiscovery, is_write_method, parse_duration,
 };
 use crate::plan::route::Router;
 
@@ -413,10 +413,15 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let mut admin = None;
     let mut dns = DnsSettings::default();
     let mut cors = None;
+    let mut bot_detector = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         // KrakenD's alias and the module's own name (lura renames the one to the other).
         "security/cors" | "github_com/devopsfaith/krakend-cors" => {
             cors = Some(cors_config(Obj::new(v, path.to_string(), cx)?, cx));
+            Some(())
+        }
+        "security/bot-detector" | "github_com/devopsfaith/krakend-botdetector" => {
+            bot_detector = Some(bot_detector_config(Obj::new(v, path.to_string(), cx)?, cx));
             Some(())
         }
         "router" => {
@@ -584,6 +589,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         admin,
         dns,
         cors,
+        bot_detector,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
@@ -638,6 +644,118 @@ fn cors_config(mut o: Obj<'_>, cx: &mut Ctx) -> CorsConfig {
         max_age,
         debug,
     }
+}
+
+/// `extra_config."security/bot-detector"` (root or endpoint). KrakenD runs without
+/// the detector when its block is wrong (a warning in its log); here it is an error.
+fn bot_detector_config(mut o: Obj<'_>, cx: &mut Ctx) -> BotDetectorConfig {
+    let allow = o.strings("allow", cx).unwrap_or_default();
+    let deny = o.strings("deny", cx).unwrap_or_default();
+    let patterns = o.strings("patterns", cx).unwrap_or_default();
+    let patterns_path = o.at("patterns");
+    for (i, p) in patterns.iter().enumerate() {
+        if let Err(e) = regex::bytes::Regex::new(p) {
+            let first = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+            cx.error(&index(&patterns_path, i), format!("{p:?} is not a regular expression: {first}"));
+        }
+    }
+    let cache_size = o.uint("cache_size", 0, u64::from(u32::MAX), cx).unwrap_or(0);
+    let empty_user_agent_is_bot = o.flag("empty_user_agent_is_bot", cx);
+    o.finish(cx);
+    BotDetectorConfig { allow, deny, patterns, cache_size, empty_user_agent_is_bot }
+}
+
+/// A non-negative number (`max_rate`: KrakenD takes fractions).
+fn rate(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> f64 {
+    let Some(v) = o.take(key) else { return 0.0 };
+    match v.as_f64() {
+        Some(r) if r >= 0.0 && r.is_finite() => r,
+        _ => {
+            cx.error(&o.at(key), format!("expected a number of requests, 0 or more, found {}", kind(v)));
+            0.0
+        }
+    }
+}
+
+/// `extra_config."qos/ratelimit/router"` on an endpoint whose path has `params`.
+fn rate_limit_config(mut o: Obj<'_>, params: Option<&[String]>, cx: &mut Ctx) -> Option<RateLimitConfig> {
+    let here = o.path.clone();
+    let max_rate = rate(&mut o, "max_rate", cx);
+    let client_max_rate = rate(&mut o, "client_max_rate", cx);
+    let capacity = o.uint("capacity", 0, u64::from(u32::MAX), cx).unwrap_or(0);
+    let client_capacity = o.uint("client_capacity", 0, u64::from(u32::MAX), cx).unwrap_or(0);
+    let every = match o.duration("every", cx) {
+        Some(d) if d < Duration::from_secs(1) => {
+            cx.notice(&o.at("every"), "under 1s: taken as 1s, as KrakenD does");
+            Duration::from_secs(1)
+        }
+        Some(d) => d,
+        None => Duration::from_secs(1),
+    };
+    let strategy_path = o.at("strategy");
+    let strategy = o.string("strategy", cx).filter(|s| !s.is_empty());
+    let key = o.string("key", cx).filter(|s| !s.is_empty());
+    let key_path = o.at("key");
+    let strategy = match (strategy.map(|s| s.to_ascii_lowercase()).as_deref(), key) {
+        (None, _) => None,
+        (Some("ip"), key) => {
+            if let Some(k) = &key
+                && http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            {
+                cx.error(&key_path, format!("{k:?} is not a header name"));
+            }
+            Some(LimitStrategy::Ip(key))
+        }
+        (Some("header"), Some(k)) => {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                cx.error(&key_path, format!("{k:?} is not a header name"));
+            }
+            Some(LimitStrategy::Header(k))
+        }
+        (Some("param"), Some(k)) => {
+            if !params.unwrap_or_default().contains(&k) {
+                cx.error(&key_path, format!("the endpoint's path has no {{{k}}} parameter"));
+            }
+            Some(LimitStrategy::Param(k))
+        }
+        (Some(s @ ("header" | "param")), None) => {
+            // KrakenD answers every request 429 then (an empty key for everyone).
+            cx.error(&key_path, format!("missing: strategy {s:?} needs the name of the {s} to tell clients apart"));
+            None
+        }
+        (Some(other), _) => {
+            cx.error(&strategy_path, format!("{other:?} is not a strategy: \"ip\", \"header\" or \"param\""));
+            None
+        }
+    };
+    if client_max_rate > 0.0 && strategy.is_none() && !o.map.contains_key("strategy") {
+        // KrakenD drops the client limit then, with a warning: serving without it
+        // would be a hole.
+        cx.error(&strategy_path, "missing: client_max_rate needs a strategy (\"ip\", \"header\" or \"param\")");
+    }
+    let shards = o.uint("num_shards", 0, 1 << 20, cx).unwrap_or(2048).max(1);
+    // Read for their checks: the bucket table needs no cleaning.
+    let _ = o.duration("cleanup_period", cx);
+    let _ = o.uint("cleanup_threads", 0, 1 << 16, cx);
+    o.finish(cx);
+    if max_rate == 0.0 && client_max_rate == 0.0 {
+        cx.error(&here, "sets no limit: give max_rate or client_max_rate");
+        return None;
+    }
+    let per_second = |r: f64| r * Duration::from_secs(1).as_secs_f64() / every.as_secs_f64();
+    let (max_rate, client_max_rate) = (per_second(max_rate), per_second(client_max_rate));
+    let burst = |given: u64, rate: f64| if given > 0 { given } else { (rate as u64).max(1) };
+    // KrakenD's default client capacity looks at the endpoint's rate: under 1 a second
+    // (or none), a client gets no burst. The running KrakenD is what users have tuned.
+    let client_default = if max_rate < 1.0 { 1.0 } else { client_max_rate };
+    Some(RateLimitConfig {
+        max_rate,
+        capacity: burst(capacity, max_rate),
+        client_max_rate,
+        client_capacity: burst(client_capacity, client_default),
+        strategy,
+        client_slots: (shards as usize).saturating_mul(8).clamp(64, 1 << 22),
+    })
 }
 
 /// `extra_config."sluice/forward-proxy"`.
@@ -1030,7 +1148,17 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     check_header_names(&input_headers, &o.at("input_headers"), cx);
     let output_encoding: Option<OutputEncoding> = o.leaf("output_encoding", cx);
     let mut sequential = false;
+    let mut bot_detector = None;
+    let mut rate_limit = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        "security/bot-detector" | "github_com/devopsfaith/krakend-botdetector" => {
+            bot_detector = Some(bot_detector_config(Obj::new(v, path.to_string(), cx)?, cx));
+            Some(())
+        }
+        "qos/ratelimit/router" => {
+            rate_limit = rate_limit_config(Obj::new(v, path.to_string(), cx)?, params.as_deref(), cx);
+            Some(())
+        }
         "proxy" => {
             let mut p = Obj::new(v, path.to_string(), cx)?;
             sequential = p.flag("sequential", cx);
@@ -1106,6 +1234,8 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         input_headers,
         output_encoding,
         sequential,
+        bot_detector,
+        rate_limit,
         extra_config,
     })
 }

@@ -5,7 +5,7 @@
 //! Leaf values are read with serde; objects are walked field by field so that one bad
 //! value does not hide the next. Unknown keys are warnings (shown by `sluice check
 //! --lint`), never errors. A namespace Sluice does not implement is refused when it
-//! enforces or changes what is served (`auth/*`, `security/*` but `security/cors`, `validation/*`,
+//! enforces or changes what is served (`auth/*`, `security/*` but CORS and the bot detector, `validation/*`,
 //! `qos/*`, `modifier/*`, ...: serving without it would be a hole) and is a notice
 //! otherwise (`telemetry/*`, `documentation/*`, unknown ones), said by `check` and at
 //! `run`.
@@ -251,6 +251,9 @@ pub struct Config {
     /// `extra_config."security/cors"`: CORS for every request, answered before
     /// routing (see [`crate::gateway::cors`]). Default: none.
     pub cors: Option<CorsConfig>,
+    /// `extra_config."security/bot-detector"` at the root: for every request but the
+    /// health page's (see [`crate::gateway::bots`]). Default: none.
+    pub bot_detector: Option<BotDetectorConfig>,
     /// The raw `extra_config` object, for namespaces read elsewhere.
     pub extra_config: Map<String, Value>,
     pub endpoints: Vec<Endpoint>,
@@ -417,6 +420,30 @@ pub struct RouterOptions {
     pub health_path: Option<String>,
 }
 
+impl RouterOptions {
+    /// The client's address: the socket peer, unless `forwarded_by_client_ip` is set and
+    /// the peer is a trusted proxy. Then each of `remote_ip_headers` is read right to left,
+    /// skipping trusted proxies: the first untrusted address is the client (gin's rule).
+    /// A header with anything but addresses in it is ignored.
+    pub fn client_ip(&self, peer: IpAddr, headers: &crate::http1::Head) -> IpAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !self.forwarded_by_client_ip || !trusted(peer) {
+            return peer;
+        }
+        for name in &self.remote_ip_headers {
+            let Some(value) = headers.get(name).and_then(|v| std::str::from_utf8(v).ok()) else { continue };
+            let list: Option<Vec<IpAddr>> = value.split(',').map(|s| s.trim().parse().ok()).collect();
+            let Some(list) = list else { continue };
+            for (i, ip) in list.iter().enumerate().rev() {
+                if i == 0 || !trusted(*ip) {
+                    return *ip;
+                }
+            }
+        }
+        peer
+    }
+}
+
 impl Default for RouterOptions {
     fn default() -> RouterOptions {
         RouterOptions {
@@ -459,8 +486,62 @@ pub struct Endpoint {
     /// `extra_config."proxy".sequential`: call backends one after the other, each able to
     /// use earlier responses in its `url_pattern`. Default: false (parallel).
     pub sequential: bool,
+    /// `extra_config."security/bot-detector"`: requests refused by User-Agent (403).
+    /// Default: none.
+    pub bot_detector: Option<BotDetectorConfig>,
+    /// `extra_config."qos/ratelimit/router"`: the endpoint's rate limits. Default: none.
+    pub rate_limit: Option<RateLimitConfig>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
+}
+
+/// `extra_config."security/bot-detector"` (root or endpoint), as krakend-botdetector
+/// reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BotDetectorConfig {
+    /// User-Agents that are never bots (whole string, exact). Default: none.
+    pub allow: Vec<String>,
+    /// User-Agents that are bots (whole string, exact). Default: none.
+    pub deny: Vec<String>,
+    /// Regular expressions (RE2 syntax, matched anywhere in the User-Agent). Default: none.
+    pub patterns: Vec<String>,
+    /// KrakenD's verdict cache size: accepted and checked, not needed (the patterns are
+    /// one compiled set). Default: 0.
+    pub cache_size: u64,
+    /// A request without a User-Agent (or an empty one) is a bot. Default: false.
+    pub empty_user_agent_is_bot: bool,
+}
+
+/// How `qos/ratelimit/router` tells clients apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitStrategy {
+    /// The client's address (the socket peer, or as `router.forwarded_by_client_ip`
+    /// says); with a `key`, the first address in that header when it parses.
+    Ip(Option<String>),
+    /// The value of this header.
+    Header(String),
+    /// The value of this `{param}` of the endpoint's path.
+    Param(String),
+}
+
+/// `extra_config."qos/ratelimit/router"` on an endpoint, as krakend-ratelimit reads
+/// it, rates already per second (`every` applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Requests per second for the whole endpoint; 0: none. Default: 0.
+    pub max_rate: f64,
+    /// Burst for the whole endpoint. Default: the rate, at least 1.
+    pub capacity: u64,
+    /// Requests per second per client; 0: none. Default: 0.
+    pub client_max_rate: f64,
+    /// Burst per client. Default: the client rate, at least 1; but 1 when the
+    /// endpoint's rate is under 1 a second or none (KrakenD's default reads it).
+    pub client_capacity: u64,
+    /// How clients are told apart (required with `client_max_rate`).
+    pub strategy: Option<LimitStrategy>,
+    /// Client buckets the endpoint keeps: 8 per KrakenD `num_shards` (default 2048, so
+    /// 16,384 buckets, 128 KiB); a bucket back to full is reused for another client.
+    pub client_slots: usize,
 }
 
 /// One backend of an endpoint.

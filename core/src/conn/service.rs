@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use crate::event::Log;
 use crate::forward::{Forwarder, Pending, Refusal, Routed};
@@ -200,18 +200,34 @@ fn gateway<'g>(
             logs.push_back(Output::Log(Log::Cors { peer, path: creq.path.clone(), note }));
         }
         if let Step::Answer(status) = step {
-            let reply = Reply { status, headers: HeaderMap::new(), body: Vec::new() };
-            return Outcome::Respond { reply, line, close: false };
+            return Outcome::Respond { reply: Reply::empty(status), line, close: false };
         }
     }
     let mut line = line;
-    match gw.dispatch(&creq.method, &creq.path, creq.query.as_deref()) {
+    let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
+    // The root's bot detector: on every request gin's handlers see (not the health
+    // page, not a router redirect), before the endpoint's own checks.
+    if let Some(bots) = &gw.bots {
+        let exempt = match &dispatch {
+            Dispatch::Builtin(b) => *b == Builtin::Health,
+            Dispatch::Reply(r) => r.status.is_redirection(),
+            Dispatch::Endpoint(_) => false,
+        };
+        if !exempt && let Some(reply) = bots.refuse(&creq.headers) {
+            if let Dispatch::Endpoint(route) = &dispatch {
+                line.for_endpoint(route.endpoint.index);
+            }
+            return Outcome::Respond { reply, line, close: false };
+        }
+    }
+    match dispatch {
         Dispatch::Endpoint(route) => {
             line.for_endpoint(route.endpoint.index);
             // The guard stage: the endpoint's checks, before its body is read or any
             // backend called; an answer from it is the reply, as a router's is.
             if !route.endpoint.guards.is_empty()
-                && let Verdict::Answer(reply) = route.endpoint.guards.check(&creq, now)
+                && let Verdict::Answer(reply) =
+                    route.endpoint.guards.check(&creq, &route.params, &gw.config.router, now)
             {
                 return Outcome::Respond { reply, line, close: false };
             }

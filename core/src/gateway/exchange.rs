@@ -173,7 +173,7 @@ impl<'g> Exchange<'g> {
     /// Starts serving a request routed by [`Gateway::dispatch`] at `now`.
     pub fn new(gw: &'g Gateway, route: Route<'g>, req: ClientRequest, now: Instant) -> Exchange<'g> {
         let ep = route.endpoint;
-        let client_ip = upstream::client_ip(&gw.config.router, req.peer, &req.headers);
+        let client_ip = gw.config.router.client_ip(req.peer, &req.headers);
         let mut ex = Exchange {
             gw,
             ep,

@@ -6,6 +6,7 @@
 //! answer ([`response`], on the byte-preserving JSON scanner [`json`]). The client
 //! connection asks this service through `conn::service` and carries out what it says.
 
+pub mod bots;
 pub mod builtin;
 pub mod cors;
 pub mod dispatch;
@@ -13,5 +14,6 @@ pub mod exchange;
 pub mod guard;
 pub mod json;
 pub mod plugin;
+pub mod ratelimit;
 pub mod response;
 pub mod upstream;

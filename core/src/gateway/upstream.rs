@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::HeaderValue;
 
-use crate::config::RouterOptions;
 use crate::http1::{self, Head, HopByHop};
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
@@ -273,28 +272,6 @@ pub fn write_backend_headers(
     {
         http1::write_field(b"accept-encoding", ask, out);
     }
-}
-
-/// The client's address: the socket peer, unless `forwarded_by_client_ip` is set and
-/// the peer is a trusted proxy. Then each of `remote_ip_headers` is read right to left,
-/// skipping trusted proxies: the first untrusted address is the client (gin's rule).
-/// A header with anything but addresses in it is ignored.
-pub fn client_ip(opts: &RouterOptions, peer: IpAddr, headers: &Head) -> IpAddr {
-    let trusted = |ip: IpAddr| opts.trusted_proxies.iter().any(|net| net.contains(ip));
-    if !opts.forwarded_by_client_ip || !trusted(peer) {
-        return peer;
-    }
-    for name in &opts.remote_ip_headers {
-        let Some(value) = headers.get(name).and_then(|v| std::str::from_utf8(v).ok()) else { continue };
-        let list: Option<Vec<IpAddr>> = value.split(',').map(|s| s.trim().parse().ok()).collect();
-        let Some(list) = list else { continue };
-        for (i, ip) in list.iter().enumerate().rev() {
-            if i == 0 || !trusted(*ip) {
-                return *ip;
-            }
-        }
-    }
-    peer
 }
 
 #[cfg(test)]

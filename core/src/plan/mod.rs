@@ -99,6 +99,9 @@ pub struct Gateway {
     pub resolver: crate::resolve::srv::ResolverConfig,
     /// `security/cors`, compiled: run on every request before routing.
     pub cors: Option<crate::gateway::cors::Cors>,
+    /// The root's `security/bot-detector`, compiled: run on every request but the
+    /// health page's, after CORS.
+    pub bots: Option<Box<crate::gateway::bots::BotDetector>>,
 }
 
 /// An endpoint with every default resolved.
@@ -244,6 +247,8 @@ impl Gateway {
         // settings share a profile, and so their pooled connections and sessions.
         let mut compiled = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        // The rate limits' clocks start here.
+        let epoch = std::time::Instant::now();
         let mut backend_count = 0;
         let mut uses_srv = false;
         for (i, e) in config.endpoints.iter().enumerate() {
@@ -348,7 +353,7 @@ impl Gateway {
                 output: config.endpoint_output(e),
                 sequential: e.sequential,
                 backends,
-                guards: crate::gateway::guard::Guards::default(),
+                guards: guards(e, &format!("endpoints[{i}]"), epoch, &mut errors),
                 noop_fields: crate::http1::Fields::render(
                     &std::iter::once((
                         http::HeaderName::from_static("x-krakend-completed"),
@@ -377,6 +382,7 @@ impl Gateway {
         let resolver =
             if uses_srv { resolver(&config.dns, env) } else { crate::resolve::srv::ResolverConfig::default() };
         let cors = config.cors.as_ref().map(crate::gateway::cors::Cors::compile);
+        let bots = config.bot_detector.as_ref().and_then(|b| bot_detector(b, "", &mut errors)).map(Box::new);
         Ok(Gateway {
             config,
             router,
@@ -387,6 +393,7 @@ impl Gateway {
             forward,
             resolver,
             cors,
+            bots,
         })
     }
 
@@ -606,6 +613,43 @@ fn compile_url_pattern(u: &str) -> Result<Vec<UrlPiece>, String> {
             }),
         })
         .collect()
+}
+
+/// An endpoint's guard stage (`at`: its JSON path), in KrakenD's order: the bot
+/// detector, then the rate limits (their clocks counted from `epoch`).
+fn guards(
+    e: &crate::config::Endpoint,
+    at: &str,
+    epoch: std::time::Instant,
+    errors: &mut Vec<Diagnostic>,
+) -> crate::gateway::guard::Guards {
+    use crate::gateway::guard::Guard;
+    let mut list = Vec::new();
+    if let Some(b) = e.bot_detector.as_ref().and_then(|b| bot_detector(b, at, errors)) {
+        list.push(Guard::Bots(Box::new(b)));
+    }
+    if let Some(r) = &e.rate_limit {
+        list.push(Guard::RateLimit(crate::gateway::ratelimit::RouterLimit::compile(r, epoch)));
+    }
+    crate::gateway::guard::Guards::new(list)
+}
+
+/// A bot detector (`at`: the JSON path of its level). Each pattern compiled when the
+/// file was read; the set of them can still be too large to compile together.
+fn bot_detector(
+    c: &crate::config::BotDetectorConfig,
+    at: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<crate::gateway::bots::BotDetector> {
+    crate::gateway::bots::BotDetector::compile(c)
+        .map_err(|e| {
+            let dot = if at.is_empty() { "" } else { "." };
+            errors.push(Diagnostic {
+                path: format!(r#"{at}{dot}extra_config["security/bot-detector"].patterns"#),
+                message: format!("the patterns do not compile together: {e}"),
+            });
+        })
+        .ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,266 @@
+//! An endpoint's rate limits (`qos/ratelimit/router`): one bucket for the whole
+//! endpoint (`max_rate`, `capacity`: over it, 503) and one per client (`client_max_rate`,
+//! `client_capacity`, told apart by `strategy` and `key`: over it, 429), the client's
+//! checked first, both answered with an empty body as krakend-ratelimit answers.
+//!
+//! **One limit for the whole process.** The buckets are shared by every shard, each an
+//! atomic word updated by compare-and-swap: no lock, no shard's share. A bucket is kept
+//! as the time it will be full again (GCRA): a request is let through when that time is
+//! less than `capacity - 1` refills ahead of now, and moves it one refill on. So at most
+//! `capacity` requests pass at once, then one per `1 / rate` seconds. (KrakenD's bucket
+//! refills only once empty, and after a long quiet spell lets through `2 x capacity + 1`
+//! at once; here a burst is never more than `capacity`.)
+//!
+//! **Client buckets are bounded.** They live in a fixed table (8 per KrakenD
+//! `num_shards`: 16,384 for the default, 8 bytes each), found by a keyed hash of the
+//! client's key (seeded per process, so a client cannot aim at another's bucket): a
+//! word holds a 16-bit tag of the key and the bucket's time in microseconds. A client
+//! takes the first of four buckets in a row that is its own or back to full (whose
+//! client then has nothing to forget); when all four belong to clients still limited,
+//! it shares the first one (limited with that client: stricter, never looser). A
+//! client rotating addresses therefore holds at most the table, and can only fill it
+//! with buckets that go back to full at their rate.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::config::{LimitStrategy, RateLimitConfig, RouterOptions};
+use crate::request::{ClientRequest, Reply};
+
+/// The compiled `qos/ratelimit/router` of one endpoint.
+#[derive(Debug, Clone)]
+pub struct RouterLimit(Arc<Limits>);
+
+#[derive(Debug)]
+struct Limits {
+    /// Times are counted from here (the plan's compilation).
+    epoch: Instant,
+    endpoint: Option<Bucket>,
+    clients: Option<(Clients, LimitStrategy)>,
+}
+
+/// One shared bucket: the time (ns from the epoch) it is full again.
+#[derive(Debug)]
+struct Bucket {
+    full_at: AtomicU64,
+    /// Nanoseconds per token.
+    step: u64,
+    /// How far ahead of now `full_at` may be for a request to pass: `capacity - 1` steps.
+    ahead: u64,
+}
+
+impl Bucket {
+    fn new(rate: f64, capacity: u64, unit: f64) -> Bucket {
+        let step = (unit / rate).clamp(1.0, u64::MAX as f64 / 4.0) as u64;
+        Bucket { full_at: AtomicU64::new(0), step, ahead: step.saturating_mul(capacity.max(1) - 1) }
+    }
+
+    /// Takes a token at `now` if there is one.
+    fn take(&self, now: u64) -> bool {
+        let mut seen = self.full_at.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = next_full(seen, now, self.step, self.ahead) else { return false };
+            match self.full_at.compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now_seen) => seen = now_seen,
+            }
+        }
+    }
+}
+
+/// GCRA: a bucket full again at `full_at` lets a request through at `now` when that is
+/// at most `ahead` later; it is then full one `step` later.
+fn next_full(full_at: u64, now: u64, step: u64, ahead: u64) -> Option<u64> {
+    let from = full_at.max(now);
+    (from - now <= ahead).then(|| from.saturating_add(step))
+}
+
+/// The client buckets: tag (16 bits) and full-again time in microseconds (48 bits).
+#[derive(Debug)]
+struct Clients {
+    slots: Box<[AtomicU64]>,
+    step: u64,
+    ahead: u64,
+    hasher: foldhash::fast::RandomState,
+}
+
+const TIME_BITS: u32 = 48;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+/// Buckets a client may take, from the one its key hashes to.
+const PROBES: usize = 4;
+
+impl Clients {
+    fn new(rate: f64, capacity: u64, slots: usize) -> Clients {
+        let b = Bucket::new(rate, capacity, 1e6);
+        let slots = slots.next_power_of_two();
+        Clients {
+            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            step: b.step,
+            ahead: b.ahead,
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket at `now` (microseconds from the epoch).
+    fn take(&self, key: impl Hash, now: u64) -> bool {
+        let hash = self.hasher.hash_one(key);
+        // Never 0: an empty slot (0) belongs to nobody.
+        let tag = (hash >> TIME_BITS) | 1;
+        let mask = self.slots.len() - 1;
+        let first = hash as usize & mask;
+        let now = now & TIME_MASK;
+        for probe in 0..PROBES {
+            let slot = &self.slots[(first + probe) & mask];
+            let mut seen = slot.load(Ordering::Relaxed);
+            loop {
+                let (owner, full_at) = (seen >> TIME_BITS, seen & TIME_MASK);
+                let full_at = if owner == tag {
+                    full_at
+                } else if full_at <= now {
+                    // Back to full: its client has nothing left to forget.
+                    0
+                } else {
+                    break;
+                };
+                let Some(next) = next_full(full_at, now, self.step, self.ahead) else { return false };
+                let word = (tag << TIME_BITS) | (next & TIME_MASK);
+                match slot.compare_exchange_weak(seen, word, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => return true,
+                    Err(now_seen) => seen = now_seen,
+                }
+            }
+        }
+        // Four clients still limited hold the row: share the first bucket, keeping its tag.
+        let slot = &self.slots[first];
+        let mut seen = slot.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = next_full(seen & TIME_MASK, now, self.step, self.ahead) else { return false };
+            let word = (seen & !TIME_MASK) | (next & TIME_MASK);
+            match slot.compare_exchange_weak(seen, word, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now_seen) => seen = now_seen,
+            }
+        }
+    }
+}
+
+impl RouterLimit {
+    pub fn compile(c: &RateLimitConfig, epoch: Instant) -> RouterLimit {
+        let endpoint = (c.max_rate > 0.0).then(|| Bucket::new(c.max_rate, c.capacity, 1e9));
+        let clients = match (&c.strategy, c.client_max_rate > 0.0) {
+            (Some(strategy), true) => {
+                Some((Clients::new(c.client_max_rate, c.client_capacity, c.client_slots), strategy.clone()))
+            }
+            _ => None,
+        };
+        RouterLimit(Arc::new(Limits { epoch, endpoint, clients }))
+    }
+
+    /// The answer when `req` (its path's `params`) is over a limit at `now`: 429 for
+    /// its client's, 503 for the endpoint's.
+    pub fn check(
+        &self,
+        req: &ClientRequest,
+        params: &[(String, String)],
+        router: &RouterOptions,
+        now: Instant,
+    ) -> Option<Reply> {
+        let since = now.saturating_duration_since(self.0.epoch);
+        if let Some((clients, strategy)) = &self.0.clients {
+            let micros = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
+            let passed = match client_key(strategy, req, params, router) {
+                Some(Key::Ip(ip)) => clients.take(ip, micros),
+                Some(Key::Bytes(k)) => clients.take(k, micros),
+                // No key to tell the client by (a header or parameter missing or
+                // empty): refused as KrakenD refuses it.
+                None => false,
+            };
+            if !passed {
+                return Some(Reply::empty(StatusCode::TOO_MANY_REQUESTS));
+            }
+        }
+        if let Some(bucket) = &self.0.endpoint
+            && !bucket.take(nanos(since))
+        {
+            return Some(Reply::empty(StatusCode::SERVICE_UNAVAILABLE));
+        }
+        None
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+enum Key<'r> {
+    Ip(std::net::IpAddr),
+    Bytes(&'r [u8]),
+}
+
+/// What tells the client of `req` apart, as krakend-ratelimit reads it.
+fn client_key<'r>(
+    strategy: &LimitStrategy,
+    req: &'r ClientRequest,
+    params: &'r [(String, String)],
+    router: &RouterOptions,
+) -> Option<Key<'r>> {
+    match strategy {
+        LimitStrategy::Ip(None) => Some(Key::Ip(router.client_ip(req.peer, &req.headers))),
+        LimitStrategy::Ip(Some(header)) => {
+            // The first address the header lists (a port after it dropped), else the
+            // client's address.
+            let named = req.headers.get(header).and_then(|v| {
+                let first = std::str::from_utf8(v).ok()?.split(',').next()?.trim();
+                first.parse().ok().or_else(|| first.split(':').next()?.parse().ok())
+            });
+            Some(Key::Ip(named.unwrap_or_else(|| router.client_ip(req.peer, &req.headers))))
+        }
+        LimitStrategy::Header(name) => req.headers.get(name).filter(|v| !v.is_empty()).map(Key::Bytes),
+        LimitStrategy::Param(name) => {
+            params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_bytes()).filter(|v| !v.is_empty()).map(Key::Bytes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_capacity_through_then_one_per_step() {
+        let b = Bucket::new(2.0, 5, 1e9);
+        let ms = |n: u64| n * 1_000_000;
+        assert_eq!((0..8).filter(|_| b.take(0)).count(), 5);
+        assert!(!b.take(ms(499)));
+        assert!(b.take(ms(500)));
+        assert!(!b.take(ms(999)));
+        assert!(b.take(ms(1000)));
+        // Quiet for a minute: full again, capacity and no more.
+        assert_eq!((0..20).filter(|_| b.take(ms(61_000))).count(), 5);
+        // Capacity 1: no burst.
+        let one = Bucket::new(0.5, 1, 1e9);
+        assert!(one.take(0) && !one.take(ms(1999)) && one.take(ms(2000)));
+    }
+
+    #[test]
+    fn clients_have_their_own_buckets_in_a_bounded_table() {
+        let c = Clients::new(1.0, 2, 64);
+        assert_eq!(c.slots.len(), 64);
+        assert_eq!((0..5).filter(|_| c.take("alice", 0)).count(), 2);
+        assert_eq!((0..5).filter(|_| c.take("bob", 0)).count(), 2);
+        assert!(!c.take("alice", 999_999));
+        assert!(c.take("alice", 1_000_000));
+        // Ten thousand clients in a table of 64: each is let through (its bucket, a
+        // full one taken over, or a shared one), the table does not grow, and alice,
+        // limited now, is not let through more than her rate.
+        let through = (0..10_000).filter(|i| c.take(format!("client {i}"), 1_000_000)).count();
+        assert!(through >= 64, "{through}");
+        assert_eq!(c.slots.len(), 64);
+        let alice = (0..5).filter(|_| c.take("alice", 1_000_000)).count();
+        assert_eq!(alice, 0);
+    }
+}
