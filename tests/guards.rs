@@ -2,7 +2,8 @@
 //! every driver with curl as the client: CORS (`security/cors`) preflights answered at
 //! the gateway for any path, credentialed requests, the fields on every kind of answer
 //! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough; the bot
-//! detector at the root and on an endpoint; the endpoint's and a client's rate limits.
+//! detector at the root and on an endpoint; the endpoint's and a client's rate limits;
+//! a backend's rate limit.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::process::Command;
 
 use support::{Backend, Gw, Mode, Reply};
 
-every_driver!(cors_preflights_and_requests, cors_options_passthrough, bots_and_rate_limits);
+every_driver!(cors_preflights_and_requests, cors_options_passthrough, bots_and_rate_limits, backend_rate_limit);
 
 /// A response as curl printed it with `-i`: status, fields (names lowercased, in
 /// order), body.
@@ -236,4 +237,23 @@ fn bots_and_rate_limits(mode: Mode) {
     assert_eq!(codes, [200, 503, 503]);
     assert_eq!(status(&curl(&[&scarce])), refused(503));
     assert_eq!(api.requests().len(), 5);
+}
+
+fn backend_rate_limit(mode: Mode) {
+    let api = Backend::start(|_| Reply::Json(r#"{"id":7}"#.into()));
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"router": {{"return_error_msg": true}}}}, "endpoints": [
+            {{"endpoint": "/api", "backend": [{{"host": ["{}"], "url_pattern": "/",
+                "extra_config": {{"qos/ratelimit/proxy": {{"max_rate": 2, "capacity": 2, "every": "1m"}}}}}}]}}]}}"#,
+        api.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = format!("http://{}/api", gw.addr);
+    let got: Vec<(u16, String)> = (0..4).map(|_| curl(&[&url])).map(|g| (g.status, g.body)).collect();
+    let ok = (200, r#"{"id":7}"#.to_string());
+    // Over the backend's limit the call is not made; with return_error_msg the client
+    // reads KrakenD's reason.
+    let limited = (500, "rate limit exceded".to_string());
+    assert_eq!(got, [ok.clone(), ok, limited.clone(), limited]);
+    assert_eq!(api.requests().len(), 2);
 }

@@ -449,6 +449,20 @@ fn broken_configs_report_exact_paths_and_messages() {
             ],
         ),
         (
+            "qos/ratelimit/proxy with bad fields",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/x", "extra_config": {"qos/ratelimit/proxy": {
+                    "max_rate": "5", "capacity": -2, "every": "0s"}}},
+                {"host": ["http://api"], "url_pattern": "/y", "extra_config": {"qos/ratelimit/proxy": {"capacity": 5}}}])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["qos/ratelimit/proxy"].max_rate: expected a number of requests, 0 or more, found a string"#,
+                r#"endpoints[0].backend[0].extra_config["qos/ratelimit/proxy"].capacity: expected a whole number from 0 to 4294967295, found -2"#,
+                r#"endpoints[0].backend[0].extra_config["qos/ratelimit/proxy"].every: must be greater than 0"#,
+                r#"endpoints[0].backend[0].extra_config["qos/ratelimit/proxy"]: sets no limit: give max_rate"#,
+                r#"endpoints[0].backend[1].extra_config["qos/ratelimit/proxy"]: sets no limit: give max_rate"#,
+            ],
+        ),
+        (
             "http-proxy plugin without an address",
             backends(json!([{"host": ["http://api"], "url_pattern": "/x",
                 "extra_config": {"plugin/http-client": {"name": "http-proxy"}}}])),

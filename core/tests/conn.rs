@@ -728,6 +728,41 @@ fn rate_limits_and_bots_answer_before_any_backend() {
     assert!(w.to_client.contains("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"), "{}", w.to_client);
 }
 
+/// A backend's rate limit (`qos/ratelimit/proxy`): a call over it is not made; alone,
+/// the endpoint answers 500 as for any failed backend, beside another backend the
+/// answer is partial (`X-KrakenD-Completed: false`), as lura merges it.
+#[test]
+fn a_backend_over_its_rate_limit_is_not_called() {
+    let gw = Gateway::load(&format!(
+        r#"{{{CONFIG_HEAD}, "endpoints": [
+            {{"endpoint": "/one", "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1",
+                "extra_config": {{"qos/ratelimit/proxy": {{"max_rate": 1, "every": "1m"}}}}}}]}},
+            {{"endpoint": "/two", "backend": [
+                {{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1", "group": "limited",
+                  "extra_config": {{"qos/ratelimit/proxy": {{"max_rate": 1, "capacity": 1, "every": "1h"}}}}}},
+                {{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1", "group": "free"}}]}}]}}"#
+    ))
+    .unwrap()
+    .gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let (one, two) = ("GET /one HTTP/1.1\r\nHost: gw\r\n\r\n", "GET /two HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let script = [Send(one), Wait(10), Send(one), Wait(10), Send(two), Wait(10), Send(two), Wait(10), Eof];
+    let serves: Vec<Serve> = (0..4).map(|_| json(r#"{"id":1}"#)).collect();
+    let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &serves).run();
+    let id = r#"{"id":1}"#;
+    let answers: Vec<String> = (0..4).map(|n| whole_request(w.to_client.as_bytes(), n).unwrap_or_default()).collect();
+    assert!(answers[0].starts_with("HTTP/1.1 200 OK\r\n") && answers[0].ends_with(id), "{}", answers[0]);
+    assert_eq!(
+        answers[1],
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         x-krakend-completed: false\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert!(answers[2].ends_with(&format!(r#"{{"limited":{id},"free":{id}}}"#)), "{}", answers[2]);
+    assert!(answers[3].contains("x-krakend-completed: false\r\n"), "{}", answers[3]);
+    assert!(answers[3].ends_with(&format!(r#"{{"free":{id}}}"#)), "{}", answers[3]);
+    assert_eq!(w.requests.len(), 4, "the two calls over the limit were not made");
+}
+
 #[test]
 fn keep_alive_reuses_the_backend_connection() {
     let gw = one_backend();

@@ -17,8 +17,8 @@ use super::template::{self, Piece, Placeholder};
 use super::{
     Backend, BackendHttp, BotDetectorConfig, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels,
     CorsConfig, Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions,
-    IpNet, LimitStrategy, LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange, RateLimitConfig,
-    RouterOptions, ServerTls, ServiceDiscovery, is_write_method, parse_duration,
+    IpNet, LimitStrategy, LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange, ProxyRateLimit,
+    RateLimitConfig, RouterOptions, ServerTls, ServiceDiscovery, is_write_method, parse_duration,
 };
 use crate::plan::route::Router;
 
@@ -1367,12 +1367,17 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     let mut http = BackendHttp::default();
     let mut http_client = None;
     let mut plugin = None;
+    let mut rate_limit = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| {
-        if !matches!(ns, "backend/http" | "backend/http/client" | "plugin/http-client" | "proxy") {
+        if !matches!(
+            ns,
+            "backend/http" | "backend/http/client" | "plugin/http-client" | "proxy" | "qos/ratelimit/proxy"
+        ) {
             return None;
         }
         let Some(mut e) = Obj::new(v, path.to_string(), cx) else { return Some(()) };
         match ns {
+            "qos/ratelimit/proxy" => rate_limit = proxy_rate_limit(e, cx),
             "proxy" => {
                 refuse_unimplemented(&mut e, BACKEND_PROXY_UNIMPLEMENTED, cx);
                 e.finish(cx);
@@ -1424,8 +1429,25 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         http,
         http_client,
         plugin,
+        rate_limit,
         extra_config,
     })
+}
+
+/// `extra_config."qos/ratelimit/proxy"` on a backend: one bucket for every call to it.
+fn proxy_rate_limit(mut o: Obj<'_>, cx: &mut Ctx) -> Option<ProxyRateLimit> {
+    let here = o.path.clone();
+    let max_rate = rate(&mut o, "max_rate", cx);
+    let capacity = o.uint("capacity", 0, u64::from(u32::MAX), cx).unwrap_or(0);
+    // No floor here, as KrakenD; but none at all would divide by zero.
+    let every = o.positive_duration("every", cx).unwrap_or(Duration::from_secs(1));
+    o.finish(cx);
+    if max_rate == 0.0 {
+        cx.error(&here, "sets no limit: give max_rate");
+        return None;
+    }
+    let max_rate = max_rate / every.as_secs_f64();
+    Some(ProxyRateLimit { max_rate, capacity: if capacity > 0 { capacity } else { (max_rate as u64).max(1) } })
 }
 
 fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {

@@ -582,8 +582,20 @@ pub struct Backend {
     pub http_client: Option<HttpClientOptions>,
     /// `extra_config."plugin/http-client"`.
     pub plugin: Option<ClientPlugin>,
+    /// `extra_config."qos/ratelimit/proxy"`: calls to this backend, per second, for
+    /// every client together. Default: none.
+    pub rate_limit: Option<ProxyRateLimit>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
+}
+
+/// `extra_config."qos/ratelimit/proxy"` as krakend-ratelimit reads it, the rate per
+/// second (`every` applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRateLimit {
+    pub max_rate: f64,
+    /// Burst. Default: the rate per second, at least 1.
+    pub capacity: u64,
 }
 
 /// `extra_config."backend/http"`: how backend errors reach the client.

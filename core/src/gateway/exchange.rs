@@ -119,6 +119,8 @@ enum CallState {
         body: Vec<u8>,
     },
     Failed(String),
+    /// Not made: over its backend's rate limit (`qos/ratelimit/proxy`).
+    Limited,
     TimedOut,
     /// Not called: an earlier backend of a sequence failed, or the request ended first.
     Skipped,
@@ -138,6 +140,9 @@ pub struct Exchange<'g> {
     req: ClientRequest,
     params: Vec<(String, String)>,
     client_ip: IpAddr,
+    /// When the request came (a backend's rate limit is counted then: a sequence's
+    /// later calls count early, which is the stricter side).
+    started: Instant,
     deadline: Instant,
     calls: Vec<CallState>,
     /// URLs rendered up front (`None`: it needs an earlier response).
@@ -180,6 +185,7 @@ impl<'g> Exchange<'g> {
             req,
             params: route.params,
             client_ip,
+            started: now,
             deadline: now + ep.timeout,
             calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
             rendered: Vec::with_capacity(ep.backends.len()),
@@ -316,6 +322,14 @@ impl<'g> Exchange<'g> {
             self.calls.iter().position(|c| matches!(c, CallState::Pending))
         };
         if let Some(i) = next {
+            // The backend's rate limit: a call over it is not made, it fails.
+            if let Some(limit) = &self.ep.backends[i].limit
+                && !limit.take(self.started)
+            {
+                self.calls[i] = CallState::InFlight;
+                self.settle(i, CallState::Limited);
+                return self.poll(balancer);
+            }
             match self.make_call(i, balancer) {
                 Ok((mut call, host)) => {
                     self.sent[i] = Some(host);
@@ -569,6 +583,9 @@ impl<'g> Exchange<'g> {
                 Err(e) => format!("{prefix} {url}: {e}"),
                 Ok(_) => String::new(),
             },
+            // lura's limiter sits before the HTTP client that names the call: the
+            // bare reason.
+            CallState::Limited => crate::gateway::ratelimit::LIMITED.to_string(),
             CallState::Failed(why) if url.is_empty() => format!("{prefix} {why}"),
             CallState::Failed(why) => format!("{prefix} {url}: {why}"),
             CallState::TimedOut => format!("{prefix} {url}: timed out"),

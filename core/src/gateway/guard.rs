@@ -5,9 +5,9 @@
 //! is called and no body is read.
 //!
 //! The guards are compiled into the endpoint's plan ([`crate::plan::EndpointPlan`]).
-//! Two exist: the bot detector and the router rate limits; `auth/validator`,
-//! `validation/*` and `qos/ratelimit/proxy` come here next (the configuration refuses
-//! them until then). The stage is called on every endpoint request by the gateway
+//! Two exist: the bot detector and the router rate limits; `auth/validator` and
+//! `validation/*` come here next (the configuration refuses them until then). A
+//! backend's rate limit is the exchange's, call by call. The stage is called on every endpoint request by the gateway
 //! service (the connection's `service` module). CORS is not one of them: KrakenD runs
 //! it around the whole router, so it answers before routing, for every path
 //! ([`crate::gateway::cors`]); a root bot detector runs there too, after CORS.

@@ -1,4 +1,5 @@
-//! An endpoint's rate limits (`qos/ratelimit/router`): one bucket for the whole
+//! An endpoint's rate limits (`qos/ratelimit/router`), and a backend's
+//! (`qos/ratelimit/proxy`, [`CallLimit`]): one bucket for the whole
 //! endpoint (`max_rate`, `capacity`: over it, 503) and one per client (`client_max_rate`,
 //! `client_capacity`, told apart by `strategy` and `key`: over it, 429), the client's
 //! checked first, both answered with an empty body as krakend-ratelimit answers.
@@ -189,6 +190,28 @@ impl RouterLimit {
             return Some(Reply::empty(StatusCode::SERVICE_UNAVAILABLE));
         }
         None
+    }
+}
+
+/// A backend's `qos/ratelimit/proxy`: one bucket for every call to it, from every
+/// client and shard. A call over it is not made: it fails with KrakenD's reason, and
+/// the endpoint answers as for any failed backend (a partial answer when others
+/// answered, else 500).
+#[derive(Debug, Clone)]
+pub struct CallLimit(Arc<(Instant, Bucket)>);
+
+/// What a call over its backend's limit fails with (KrakenD's text, its spelling kept:
+/// `return_error_msg` shows it to clients).
+pub const LIMITED: &str = "rate limit exceded";
+
+impl CallLimit {
+    pub fn compile(c: &crate::config::ProxyRateLimit, epoch: Instant) -> CallLimit {
+        CallLimit(Arc::new((epoch, Bucket::new(c.max_rate, c.capacity, 1e9))))
+    }
+
+    /// Takes a call's token at `now`, if there is one.
+    pub fn take(&self, now: Instant) -> bool {
+        self.0.1.take(nanos(now.saturating_duration_since(self.0.0)))
     }
 }
 

@@ -157,6 +157,8 @@ pub struct BackendPlan {
     pub redirect_tls: Option<TlsProfile>,
     /// The client plugin bound to it (see [`crate::gateway::plugin`]), once bound.
     pub plugin: Option<crate::gateway::plugin::Binding>,
+    /// `qos/ratelimit/proxy`: calls over it are not made.
+    pub limit: Option<crate::gateway::ratelimit::CallLimit>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -341,6 +343,7 @@ impl Gateway {
                     no_redirect,
                     redirect_tls,
                     plugin: None,
+                    limit: b.rate_limit.as_ref().map(|l| crate::gateway::ratelimit::CallLimit::compile(l, epoch)),
                 });
                 backend_count += 1;
             }
