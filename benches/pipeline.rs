@@ -314,5 +314,60 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The guards' own work on one request, beside nothing (each is skipped entirely by
+/// an endpoint without it): CORS on a request from a page, the bot detector on a
+/// browser's agent, the JSON schema on the 2 KB user document.
+fn guards(c: &mut Criterion) {
+    let loaded = Gateway::load(
+        &serde_json::json!({"version": 3,
+        "extra_config": {"security/cors": {"allow_origins": ["https://app.example", "https://*.example.org"],
+            "expose_headers": ["X-Request-Id"], "allow_credentials": true},
+          "security/bot-detector": {"deny": ["a", "b"], "patterns": ["(?i)bot", "spider", "crawl(er)?/"]}},
+        "endpoints": [{"endpoint": "/u", "method": "POST",
+            "extra_config": {"validation/json-schema": {"type": "object", "required": ["id", "name", "email"],
+                "properties": {"name": {"type": "string"}, "email": {"type": "string"},
+                    "roles": {"type": "array", "items": {"type": "string"}}, "address": {"type": "object"}}}},
+            "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]})
+        .to_string(),
+    )
+    .expect("a valid config");
+    let gw = &loaded.gateway;
+    let head = Head::from_fields([
+        ("Host", &b"gw"[..]),
+        ("User-Agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+        ("Origin", b"https://app.example"),
+        ("Accept", b"application/json"),
+    ]);
+    let cors = gw.cors.as_ref().expect("cors");
+    let bots = gw.bots.as_ref().expect("bots");
+    let schema = gw.endpoints[0].schema.as_ref().expect("a schema");
+    let body = user_body();
+    assert_eq!(schema.check(body.as_bytes()), Ok(()), "the document meets the schema");
+    let mut out = Vec::with_capacity(512);
+    let mut g = c.benchmark_group("guards");
+    g.bench_function("cors_request", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut note = None;
+            black_box(cors.apply(&Method::GET, black_box(&head), &mut out, &mut note));
+        })
+    });
+    g.bench_function("bot_detector", |b| b.iter(|| black_box(bots.is_bot(head.get("user-agent")))));
+    g.bench_function("json_schema_2KB", |b| b.iter(|| black_box(schema.check(black_box(body.as_bytes())))));
+    // Of which: the parse into the `serde_json::Value` the validator reads.
+    g.bench_function("json_schema_2KB_parse_only", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<Value>(black_box(body.as_bytes())).is_ok()))
+    });
+    // The same Value through simd-json (the card's parser; it parses a mutable copy).
+    g.bench_function("json_schema_2KB_parse_simd_json", |b| {
+        b.iter_batched_ref(
+            || body.as_bytes().to_vec(),
+            |copy| black_box(simd_json::serde::from_slice::<Value>(copy).is_ok()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, guards);
 criterion_main!(benches);

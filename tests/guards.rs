@@ -3,7 +3,7 @@
 //! the gateway for any path, credentialed requests, the fields on every kind of answer
 //! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough; the bot
 //! detector at the root and on an endpoint; the endpoint's and a client's rate limits;
-//! a backend's rate limit.
+//! a backend's rate limit; request bodies checked against a JSON schema.
 
 mod support;
 
@@ -11,7 +11,13 @@ use std::process::Command;
 
 use support::{Backend, Gw, Mode, Reply};
 
-every_driver!(cors_preflights_and_requests, cors_options_passthrough, bots_and_rate_limits, backend_rate_limit);
+every_driver!(
+    cors_preflights_and_requests,
+    cors_options_passthrough,
+    bots_and_rate_limits,
+    backend_rate_limit,
+    json_schema_on_request_bodies
+);
 
 /// A response as curl printed it with `-i`: status, fields (names lowercased, in
 /// order), body.
@@ -256,4 +262,44 @@ fn backend_rate_limit(mode: Mode) {
     let limited = (500, "rate limit exceded".to_string());
     assert_eq!(got, [ok.clone(), ok, limited.clone(), limited]);
     assert_eq!(api.requests().len(), 2);
+}
+
+fn json_schema_on_request_bodies(mode: Mode) {
+    let api = Backend::start(|_| Reply::Echo);
+    let schema = r#"{"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "minLength": 1}, "age": {"type": "integer", "minimum": 0}}}"#;
+    let config = |return_error_msg: bool| {
+        format!(
+            r#"{{"version": 3, "extra_config": {{"router": {{"return_error_msg": {return_error_msg}}}}},
+                "endpoints": [{{"endpoint": "/users", "method": "POST",
+                    "extra_config": {{"validation/json-schema": {schema}}},
+                    "backend": [{{"host": ["{}"], "url_pattern": "/"}}]}}]}}"#,
+            api.url()
+        )
+    };
+    let gw = Gw::start(&config(true), mode);
+    let url = format!("http://{}/users", gw.addr);
+    let post = |body: &str| curl(&["-H", "Content-Type: application/json", "--data-binary", body, &url]);
+    // Valid: the backend gets the body as sent.
+    let got = post(r#"{"name":"ann","age":3}"#);
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(api.requests().len(), 1);
+    assert_eq!(api.requests()[0].body, br#"{"name":"ann","age":3}"#);
+    // Refused before any backend call, with the reasons (return_error_msg).
+    let got = post(r#"{"name":"","age":-1}"#);
+    assert_eq!((got.status, got.field("x-krakend-completed")), (400, Some("false")));
+    assert_eq!(
+        got.body,
+        "- at '/name': value is shorter than 1 character\n- at '/age': value is less than the minimum of 0"
+    );
+    assert_eq!(post("not json").body, "expected ident at line 1 column 2");
+    let got = curl(&["-X", "POST", &url]);
+    assert_eq!((got.status, got.body.as_str()), (400, "could not validate an empty body"));
+    assert_eq!(api.requests().len(), 1);
+    drop(gw);
+    // Without return_error_msg: 400 and no body.
+    let gw = Gw::start(&config(false), mode);
+    let got = curl(&["--data-binary", "[]", &format!("http://{}/users", gw.addr)]);
+    assert_eq!((got.status, got.body.as_str(), got.field("content-length")), (400, "", Some("0")));
+    assert_eq!(api.requests().len(), 1);
 }

@@ -366,7 +366,7 @@ fn broken_configs_report_exact_paths_and_messages() {
             "every namespace that enforces or changes what is served is refused, at every level",
             json!({"version": 3, "extra_config": {"security/http-secure": {"ssl_redirect": true}, "telemetry/logging": {}},
                 "endpoints": [{"endpoint": "/a", "extra_config": {
-                    "validation/json-schema": {}, "validation/cel": [], "qos/ratelimit/proxy": {"max_rate": 5},
+                    "validation/cel": [], "qos/ratelimit/proxy": {"max_rate": 5},
                     "security/http-secure": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
                     "governance/quota": {}, "websocket": {}},
                   "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {
@@ -374,7 +374,6 @@ fn broken_configs_report_exact_paths_and_messages() {
                     "documentation/openapi": {}}}]}]}),
             vec![
                 r#"extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
-                r#"endpoints[0].extra_config["validation/json-schema"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["validation/cel"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["qos/ratelimit/proxy"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
@@ -460,6 +459,19 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[0].backend[0].extra_config["qos/ratelimit/proxy"].every: must be greater than 0"#,
                 r#"endpoints[0].backend[0].extra_config["qos/ratelimit/proxy"]: sets no limit: give max_rate"#,
                 r#"endpoints[0].backend[1].extra_config["qos/ratelimit/proxy"]: sets no limit: give max_rate"#,
+            ],
+        ),
+        (
+            "validation/json-schema that does not compile, or on a no-op endpoint",
+            json!({"version": 3, "endpoints": [
+                {"endpoint": "/a", "method": "POST", "extra_config": {"validation/json-schema": {"type": 5}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/b", "method": "POST", "output_encoding": "no-op",
+                 "extra_config": {"validation/json-schema": {"type": "object"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op"}]}]}),
+            vec![
+                r#"endpoints[0].extra_config["validation/json-schema"]: not a JSON schema: 5 is not valid under any of the schemas listed in the 'anyOf' keyword"#,
+                r#"endpoints[1].extra_config["validation/json-schema"]: a no-op endpoint streams the request body to its backend; the schema needs it whole: use another output_encoding, or validate in the backend"#,
             ],
         ),
         (

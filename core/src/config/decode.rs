@@ -1150,6 +1150,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     let mut sequential = false;
     let mut bot_detector = None;
     let mut rate_limit = None;
+    let mut json_schema = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "security/bot-detector" | "github_com/devopsfaith/krakend-botdetector" => {
             bot_detector = Some(bot_detector_config(Obj::new(v, path.to_string(), cx)?, cx));
@@ -1157,6 +1158,14 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         }
         "qos/ratelimit/router" => {
             rate_limit = rate_limit_config(Obj::new(v, path.to_string(), cx)?, params.as_deref(), cx);
+            Some(())
+        }
+        "validation/json-schema" | "github.com/devopsfaith/krakend-jsonschema" => {
+            // KrakenD serves unchecked when the schema does not compile (a log line).
+            match crate::gateway::schema::BodySchema::compile(v) {
+                Ok(_) => json_schema = Some(v.clone()),
+                Err(e) => cx.error(path, format!("not a JSON schema: {e}")),
+            }
             Some(())
         }
         "proxy" => {
@@ -1170,6 +1179,13 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     });
 
     let output = output_encoding.unwrap_or(root.output_encoding);
+    if output == OutputEncoding::NoOp && json_schema.is_some() {
+        cx.error(
+            &join(&o.at("extra_config"), "validation/json-schema"),
+            "a no-op endpoint streams the request body to its backend; the schema needs it whole: \
+             use another output_encoding, or validate in the backend",
+        );
+    }
     let backend_path = o.at("backend");
     let mut backends: Vec<(usize, Backend)> = Vec::new();
     match o.take("backend") {
@@ -1236,6 +1252,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         sequential,
         bot_detector,
         rate_limit,
+        json_schema,
         extra_config,
     })
 }

@@ -5,7 +5,7 @@
 //! Leaf values are read with serde; objects are walked field by field so that one bad
 //! value does not hide the next. Unknown keys are warnings (shown by `sluice check
 //! --lint`), never errors. A namespace Sluice does not implement is refused when it
-//! enforces or changes what is served (`auth/*`, `security/*` but CORS and the bot detector, `validation/*`,
+//! enforces or changes what is served (`auth/*`, `security/*` but CORS and the bot detector, `validation/cel`,
 //! `qos/*`, `modifier/*`, ...: serving without it would be a hole) and is a notice
 //! otherwise (`telemetry/*`, `documentation/*`, unknown ones), said by `check` and at
 //! `run`.
@@ -491,6 +491,9 @@ pub struct Endpoint {
     pub bot_detector: Option<BotDetectorConfig>,
     /// `extra_config."qos/ratelimit/router"`: the endpoint's rate limits. Default: none.
     pub rate_limit: Option<RateLimitConfig>,
+    /// `extra_config."validation/json-schema"`: the schema every request body must
+    /// meet (checked to compile when read). Default: none.
+    pub json_schema: Option<Value>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }

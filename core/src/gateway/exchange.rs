@@ -194,6 +194,17 @@ impl<'g> Exchange<'g> {
             plugged: Vec::new(),
             sent: smallvec::smallvec![None; ep.backends.len()],
         };
+        // The body's schema (`validation/json-schema`), before any backend is called.
+        if let Some(schema) = &ep.schema {
+            let body = match &ex.req.body {
+                RequestBody::Full(b) => b.as_slice(),
+                _ => &[],
+            };
+            if let Err(why) = schema.check(body) {
+                ex.answer = Some(Answer::Reply(ex.error_reply(StatusCode::BAD_REQUEST, &why)));
+                return ex;
+            }
+        }
         // Render every URL that does not wait on an earlier response now, so that an
         // injection attempt is refused (400, with the reason: it is the client's own
         // input) before any backend is called.

@@ -6,8 +6,9 @@
 //!
 //! The guards are compiled into the endpoint's plan ([`crate::plan::EndpointPlan`]).
 //! Two exist: the bot detector and the router rate limits; `auth/validator` and
-//! `validation/*` come here next (the configuration refuses them until then). A
-//! backend's rate limit is the exchange's, call by call. The stage is called on every endpoint request by the gateway
+//! `validation/cel` come here next (the configuration refuses them until then). A
+//! backend's rate limit is the exchange's, call by call, and so is the JSON schema,
+//! which needs the body ([`crate::gateway::schema`]). The stage is called on every endpoint request by the gateway
 //! service (the connection's `service` module). CORS is not one of them: KrakenD runs
 //! it around the whole router, so it answers before routing, for every path
 //! ([`crate::gateway::cors`]); a root bot detector runs there too, after CORS.

@@ -16,4 +16,5 @@ pub mod json;
 pub mod plugin;
 pub mod ratelimit;
 pub mod response;
+pub mod schema;
 pub mod upstream;

@@ -118,6 +118,9 @@ pub struct EndpointPlan {
     pub backends: Vec<BackendPlan>,
     /// What it checks before any backend call (see [`crate::gateway::guard`]).
     pub guards: crate::gateway::guard::Guards,
+    /// `validation/json-schema`: what every request body must meet, checked once the
+    /// body is read, before any backend call (see [`crate::gateway::schema`]).
+    pub schema: Option<std::sync::Arc<crate::gateway::schema::BodySchema>>,
     /// The fields a streamed (`no-op`) answer's head gets before the backend's own:
     /// `X-KrakenD-Completed: false`, as lura sets it on every answer whose data it did
     /// not decode. Built once.
@@ -357,6 +360,12 @@ impl Gateway {
                 sequential: e.sequential,
                 backends,
                 guards: guards(e, &format!("endpoints[{i}]"), epoch, &mut errors),
+                // It compiled when the file was read.
+                schema: e
+                    .json_schema
+                    .as_ref()
+                    .and_then(|s| crate::gateway::schema::BodySchema::compile(s).ok())
+                    .map(std::sync::Arc::new),
                 noop_fields: crate::http1::Fields::render(
                     &std::iter::once((
                         http::HeaderName::from_static("x-krakend-completed"),
