@@ -433,6 +433,13 @@ fn broken_configs_report_exact_paths_and_messages() {
                 {"endpoint": "/d", "extra_config": {"qos/ratelimit/router": {"client_max_rate": 10}},
                  "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
                 {"endpoint": "/e", "extra_config": {"qos/ratelimit/router": {"every": "1m"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/f", "extra_config": {"qos/ratelimit/router": {"client_max_rate": 1, "strategy": ""}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/g", "extra_config": {"qos/ratelimit/router": {"client_max_rate": 1, "strategy": null}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/h", "extra_config": {"qos/ratelimit/router": {
+                    "client_max_rate": 1, "client_capacity": 10, "every": "2400h", "strategy": "ip"}},
                  "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]}),
             vec![
                 r#"endpoints[0].extra_config["qos/ratelimit/router"].max_rate: expected a number of requests, 0 or more, found a number"#,
@@ -445,6 +452,9 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[2].extra_config["qos/ratelimit/router"].key: missing: strategy "header" needs the name of the header to tell clients apart"#,
                 r#"endpoints[3].extra_config["qos/ratelimit/router"].strategy: missing: client_max_rate needs a strategy ("ip", "header" or "param")"#,
                 r#"endpoints[4].extra_config["qos/ratelimit/router"]: sets no limit: give max_rate or client_max_rate"#,
+                r#"endpoints[5].extra_config["qos/ratelimit/router"].strategy: missing: client_max_rate needs a strategy ("ip", "header" or "param")"#,
+                r#"endpoints[6].extra_config["qos/ratelimit/router"].strategy: missing: client_max_rate needs a strategy ("ip", "header" or "param")"#,
+                r#"endpoints[7].extra_config["qos/ratelimit/router"].client_max_rate: a client's bucket would take more than two years to refill: raise client_max_rate or lower client_capacity"#,
             ],
         ),
         (
@@ -903,4 +913,21 @@ fn rate_limit_defaults_are_krakend_s() {
             "num_shards": 16})),
         (5.0, 7, 1.0, 3, 128)
     );
+}
+
+/// `strategy: "ip"` with a `key` reads the header only from a trusted proxy, right to
+/// left past the trusted ones: a client cannot pick its own bucket.
+#[test]
+fn a_forwarded_address_is_believed_only_from_a_trusted_proxy() {
+    let config = json!({"version": 3, "extra_config": {"router": {"trusted_proxies": ["10.0.0.0/8"]}},
+        "endpoints": [{"endpoint": "/a", "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]});
+    let gw = Gateway::load(&config.to_string()).unwrap().gateway;
+    let router = &gw.config.router;
+    let head =
+        sluice_core::http1::Head::from_fields([("X-Forwarded-For", &b"203.0.113.9, 198.51.100.7, 10.1.1.1"[..])]);
+    let ip = |peer: &str| router.forwarded_ip(peer.parse().unwrap(), &head, ["x-forwarded-for"]).to_string();
+    // From a trusted proxy: the last address that is not a trusted proxy.
+    assert_eq!(ip("10.0.0.2"), "198.51.100.7");
+    // From anyone else: the peer, whatever the header says.
+    assert_eq!(ip("192.0.2.1"), "192.0.2.1");
 }

@@ -638,12 +638,14 @@ const REQUEST_A: &str = "GET /users/1 HTTP/1.1\r\nhost: 127.0.0.1:9001\r\nx-forw
 
 /// CORS on a keep-alive connection: a preflight answered without a backend call, then
 /// a request whose answer gets the allow fields, then one from no origin that gets
-/// `Vary` alone (nothing left over from the request before).
+/// `Vary` alone (nothing left over from the request before), and an answer from the
+/// codec's error writer that gets them too.
 #[test]
 fn cors_fields_belong_to_their_own_request() {
     let gw = Gateway::load(&format!(
         r#"{{{CONFIG_HEAD}, "extra_config": {{"security/cors": {{"allow_origins": ["https://app.example"]}}}},
-            "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}}]}}]}}"#
+            "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}}]}},
+              {{"endpoint": "/p", "method": "POST", "backend": [{{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}}]}}]}}"#
     ))
     .unwrap()
     .gateway;
@@ -651,9 +653,11 @@ fn cors_fields_belong_to_their_own_request() {
     let preflight =
         "OPTIONS /a HTTP/1.1\r\nHost: gw\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: GET\r\n\r\n";
     let from_app = "GET /a HTTP/1.1\r\nHost: gw\r\nOrigin: https://app.example\r\n\r\n";
-    let w = World::new(&gw, &lb, &[Send(preflight), Wait(10), Send(from_app), Wait(10), Send(GET_A), Wait(10), Eof])
-        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
-        .run();
+    // Refused by the codec's error writer (413, then the connection closes).
+    let too_big = "POST /p HTTP/1.1\r\nHost: gw\r\nOrigin: https://app.example\r\nContent-Length: 99999999\r\n\r\n";
+    let script =
+        [Send(preflight), Wait(10), Send(from_app), Wait(10), Send(GET_A), Wait(10), Send(too_big), Wait(10), Eof];
+    let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)]).run();
     let vary = "vary: Origin\r\n";
     let allowed = format!("{vary}access-control-allow-origin: https://app.example\r\n");
     let body = "content-type: application/json; charset=utf-8\r\nx-krakend-completed: true\r\ncontent-length: 8\r\n\r\n{\"id\":1}";
@@ -662,7 +666,9 @@ fn cors_fields_belong_to_their_own_request() {
         format!(
             "HTTP/1.1 204 No Content\r\nvary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n\
              access-control-allow-origin: https://app.example\r\naccess-control-allow-methods: GET\r\n\r\n\
-             HTTP/1.1 200 OK\r\n{allowed}{body}HTTP/1.1 200 OK\r\n{vary}{body}"
+             HTTP/1.1 200 OK\r\n{allowed}{body}HTTP/1.1 200 OK\r\n{vary}{body}\
+             HTTP/1.1 413 Payload Too Large\r\n{allowed}content-type: text/plain; charset=utf-8\r\n\
+             content-length: 14\r\nconnection: close\r\n\r\nbody too large"
         )
     );
     assert_eq!(w.requests.len(), 2, "the preflight reached no backend");

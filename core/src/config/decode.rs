@@ -696,6 +696,7 @@ fn rate_limit_config(mut o: Obj<'_>, params: Option<&[String]>, cx: &mut Ctx) ->
     let strategy = o.string("strategy", cx).filter(|s| !s.is_empty());
     let key = o.string("key", cx).filter(|s| !s.is_empty());
     let key_path = o.at("key");
+    let mut said = false;
     let strategy = match (strategy.map(|s| s.to_ascii_lowercase()).as_deref(), key) {
         (None, _) => None,
         (Some("ip"), key) => {
@@ -721,14 +722,16 @@ fn rate_limit_config(mut o: Obj<'_>, params: Option<&[String]>, cx: &mut Ctx) ->
         (Some(s @ ("header" | "param")), None) => {
             // KrakenD answers every request 429 then (an empty key for everyone).
             cx.error(&key_path, format!("missing: strategy {s:?} needs the name of the {s} to tell clients apart"));
+            said = true;
             None
         }
         (Some(other), _) => {
+            said = true;
             cx.error(&strategy_path, format!("{other:?} is not a strategy: \"ip\", \"header\" or \"param\""));
             None
         }
     };
-    if client_max_rate > 0.0 && strategy.is_none() && !o.map.contains_key("strategy") {
+    if client_max_rate > 0.0 && strategy.is_none() && !said {
         // KrakenD drops the client limit then, with a warning: serving without it
         // would be a hole.
         cx.error(&strategy_path, "missing: client_max_rate needs a strategy (\"ip\", \"header\" or \"param\")");
@@ -744,15 +747,29 @@ fn rate_limit_config(mut o: Obj<'_>, params: Option<&[String]>, cx: &mut Ctx) ->
     }
     let per_second = |r: f64| r * Duration::from_secs(1).as_secs_f64() / every.as_secs_f64();
     let (max_rate, client_max_rate) = (per_second(max_rate), per_second(client_max_rate));
+
     let burst = |given: u64, rate: f64| if given > 0 { given } else { (rate as u64).max(1) };
     // KrakenD's default client capacity looks at the endpoint's rate: under 1 a second
     // (or none), a client gets no burst. The running KrakenD is what users have tuned.
     let client_default = if max_rate < 1.0 { 1.0 } else { client_max_rate };
+    let client_capacity = burst(client_capacity, client_default);
+    // A client bucket keeps its time in 48 bits of microseconds: one that takes more
+    // than about two years to refill could not be told from a full one.
+    if client_max_rate > 0.0
+        && client_capacity as f64 / client_max_rate > crate::gateway::ratelimit::CLIENT_REFILL_MAX_SECS
+    {
+        cx.error(
+            &join(&here, "client_max_rate"),
+            "a client's bucket would take more than two years to refill: raise client_max_rate or lower \
+             client_capacity",
+        );
+        return None;
+    }
     Some(RateLimitConfig {
         max_rate,
         capacity: burst(capacity, max_rate),
         client_max_rate,
-        client_capacity: burst(client_capacity, client_default),
+        client_capacity,
         strategy,
         client_slots: (shards as usize).saturating_mul(8).clamp(64, 1 << 22),
     })

@@ -426,11 +426,26 @@ impl RouterOptions {
     /// skipping trusted proxies: the first untrusted address is the client (gin's rule).
     /// A header with anything but addresses in it is ignored.
     pub fn client_ip(&self, peer: IpAddr, headers: &crate::http1::Head) -> IpAddr {
-        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
-        if !self.forwarded_by_client_ip || !trusted(peer) {
+        if !self.forwarded_by_client_ip {
             return peer;
         }
-        for name in &self.remote_ip_headers {
+        self.forwarded_ip(peer, headers, self.remote_ip_headers.iter().map(String::as_str))
+    }
+
+    /// The client's address as the headers `names` say it, read as
+    /// [`RouterOptions::client_ip`] reads them, when the peer is a trusted proxy; else
+    /// the peer.
+    pub fn forwarded_ip<'n>(
+        &self,
+        peer: IpAddr,
+        headers: &crate::http1::Head,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> IpAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !trusted(peer) {
+            return peer;
+        }
+        for name in names {
             let Some(value) = headers.get(name).and_then(|v| std::str::from_utf8(v).ok()) else { continue };
             let list: Option<Vec<IpAddr>> = value.split(',').map(|s| s.trim().parse().ok()).collect();
             let Some(list) = list else { continue };

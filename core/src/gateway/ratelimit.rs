@@ -7,7 +7,7 @@
 //! **One limit for the whole process.** The buckets are shared by every shard, each an
 //! atomic word updated by compare-and-swap: no lock, no shard's share. A bucket is kept
 //! as the time it will be full again (GCRA): a request is let through when that time is
-//! less than `capacity - 1` refills ahead of now, and moves it one refill on. So at most
+//! at most `capacity - 1` refills ahead of now, and moves it one refill on. So at most
 //! `capacity` requests pass at once, then one per `1 / rate` seconds. (KrakenD's bucket
 //! refills only once empty, and after a long quiet spell lets through `2 x capacity + 1`
 //! at once; here a burst is never more than `capacity`.)
@@ -16,11 +16,11 @@
 //! `num_shards`: 16,384 for the default, 8 bytes each), found by a keyed hash of the
 //! client's key (seeded per process, so a client cannot aim at another's bucket): a
 //! word holds a 16-bit tag of the key and the bucket's time in microseconds. A client
-//! takes the first of four buckets in a row that is its own or back to full (whose
-//! client then has nothing to forget); when all four belong to clients still limited,
-//! it shares the first one (limited with that client: stricter, never looser). A
-//! client rotating addresses therefore holds at most the table, and can only fill it
-//! with buckets that go back to full at their rate.
+//! takes its own bucket if one of four in a row is, else the first of them back to
+//! full (whose client then has nothing to forget); when all four belong to clients
+//! still limited, it shares the first one (limited with that client: stricter, never
+//! looser). A client rotating keys therefore holds at most the table; keeping its rows
+//! busy makes newcomers there share a limited bucket (the price of bounded memory).
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
@@ -56,7 +56,9 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: f64, capacity: u64, unit: f64) -> Bucket {
-        let step = (unit / rate).clamp(1.0, u64::MAX as f64 / 4.0) as u64;
+        // The configuration bounds capacity / rate (two years for a client's); the clamp
+        // keeps the arithmetic in range whatever it is given.
+        let step = (unit / rate).clamp(1.0, (1u64 << 40) as f64) as u64;
         Bucket { full_at: AtomicU64::new(0), step, ahead: step.saturating_mul(capacity.max(1) - 1) }
     }
 
@@ -91,6 +93,9 @@ struct Clients {
 
 const TIME_BITS: u32 = 48;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+/// The longest a client bucket may take to refill whole (capacity / rate), in seconds:
+/// two years, far inside the 48 bits of microseconds (8.9 years) its time is kept in.
+pub const CLIENT_REFILL_MAX_SECS: f64 = 2.0 * 365.0 * 86_400.0;
 /// Buckets a client may take, from the one its key hashes to.
 const PROBES: usize = 4;
 
@@ -114,15 +119,19 @@ impl Clients {
         let mask = self.slots.len() - 1;
         let first = hash as usize & mask;
         let now = now & TIME_MASK;
-        for probe in 0..PROBES {
-            let slot = &self.slots[(first + probe) & mask];
+        let row = |probe: usize| &self.slots[(first + probe) & mask];
+        // Its own bucket first, wherever in the row it is (a bucket further on must
+        // not be passed over for one that came back to full before it); then the
+        // first one back to full, whose client has nothing left to forget.
+        let own = (0..PROBES).find(|&p| row(p).load(Ordering::Relaxed) >> TIME_BITS == tag);
+        for probe in own.into_iter().chain(0..PROBES) {
+            let slot = row(probe);
             let mut seen = slot.load(Ordering::Relaxed);
             loop {
                 let (owner, full_at) = (seen >> TIME_BITS, seen & TIME_MASK);
                 let full_at = if owner == tag {
                     full_at
-                } else if full_at <= now {
-                    // Back to full: its client has nothing left to forget.
+                } else if full_at <= now && own.is_none() {
                     0
                 } else {
                     break;
@@ -233,14 +242,11 @@ fn client_key<'r>(
 ) -> Option<Key<'r>> {
     match strategy {
         LimitStrategy::Ip(None) => Some(Key::Ip(router.client_ip(req.peer, &req.headers))),
+        // The address the header gives, read only from a trusted proxy and right to left
+        // past the trusted ones (KrakenD believes its first address from anyone, which
+        // lets a client pick a new bucket per request).
         LimitStrategy::Ip(Some(header)) => {
-            // The first address the header lists (a port after it dropped), else the
-            // client's address.
-            let named = req.headers.get(header).and_then(|v| {
-                let first = std::str::from_utf8(v).ok()?.split(',').next()?.trim();
-                first.parse().ok().or_else(|| first.split(':').next()?.parse().ok())
-            });
-            Some(Key::Ip(named.unwrap_or_else(|| router.client_ip(req.peer, &req.headers))))
+            Some(Key::Ip(router.forwarded_ip(req.peer, &req.headers, [header.as_str()])))
         }
         LimitStrategy::Header(name) => req.headers.get(name).filter(|v| !v.is_empty()).map(Key::Bytes),
         LimitStrategy::Param(name) => {
@@ -277,13 +283,34 @@ mod tests {
         assert_eq!((0..5).filter(|_| c.take("bob", 0)).count(), 2);
         assert!(!c.take("alice", 999_999));
         assert!(c.take("alice", 1_000_000));
-        // Ten thousand clients in a table of 64: each is let through (its bucket, a
-        // full one taken over, or a shared one), the table does not grow, and alice,
-        // limited now, is not let through more than her rate.
-        let through = (0..10_000).filter(|i| c.take(format!("client {i}"), 1_000_000)).count();
-        assert!(through >= 64, "{through}");
+        // Ten thousand clients in a table of 64, each asking twice: the table does not
+        // grow; at most two per bucket get through (each bucket's capacity, owned or
+        // shared), and alice, limited now, is not let through more than her rate.
+        let through = (0..10_000).flat_map(|i| [i, i]).filter(|i| c.take(format!("client {i}"), 1_000_000)).count();
         assert_eq!(c.slots.len(), 64);
+        assert!((64..=128).contains(&through), "{through}");
         let alice = (0..5).filter(|_| c.take("alice", 1_000_000)).count();
         assert_eq!(alice, 0);
+    }
+
+    /// A client whose bucket is second in its row, the first one coming back to full:
+    /// it keeps taking from its own (limited) bucket, not from the full one before it.
+    #[test]
+    fn a_client_is_not_given_a_fresh_bucket_ahead_of_its_own() {
+        let c = Clients::new(1.0, 2, 64);
+        let home = |k: &str| c.hasher.hash_one(k) as usize & 63;
+        // Two keys whose rows start at the same bucket.
+        let first = "key 0".to_string();
+        let second = (1..100_000).map(|i| format!("key {i}")).find(|k| home(k) == home(&first)).unwrap();
+        let now = 10_000_000;
+        assert!(c.take(&first, now));
+        // The second lands in the next bucket of the row and empties it.
+        assert_eq!((0..3).filter(|_| c.take(&second, now)).count(), 2);
+        // A second on, the first bucket is full again; the second's own has one token
+        // back (1 a second): one, not a fresh bucket's two.
+        let later = now + 1_000_000;
+        assert_eq!((0..3).filter(|_| c.take(&second, later)).count(), 1);
+        assert_eq!((0..3).filter(|_| c.take(&second, later + 500_000)).count(), 0);
+        assert_eq!((0..3).filter(|_| c.take(&first, later)).count(), 2, "the first key's bucket is full again");
     }
 }

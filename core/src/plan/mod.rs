@@ -360,12 +360,16 @@ impl Gateway {
                 sequential: e.sequential,
                 backends,
                 guards: guards(e, &format!("endpoints[{i}]"), epoch, &mut errors),
-                // It compiled when the file was read.
-                schema: e
-                    .json_schema
-                    .as_ref()
-                    .and_then(|s| crate::gateway::schema::BodySchema::compile(s).ok())
-                    .map(std::sync::Arc::new),
+                // It compiled when the file was read; a configuration built in code
+                // is checked here.
+                schema: e.json_schema.as_ref().and_then(|s| match crate::gateway::schema::BodySchema::compile(s) {
+                    Ok(schema) => Some(std::sync::Arc::new(schema)),
+                    Err(message) => {
+                        let path = format!(r#"endpoints[{i}].extra_config["validation/json-schema"]"#);
+                        errors.push(Diagnostic { path, message: format!("not a JSON schema: {message}") });
+                        None
+                    }
+                }),
                 noop_fields: crate::http1::Fields::render(
                     &std::iter::once((
                         http::HeaderName::from_static("x-krakend-completed"),
