@@ -218,41 +218,38 @@ impl Rig {
 }
 
 fn noop_rig() -> Rig {
-    let config = r#"{"version": 3, "timeout": "5s", "idle_timeout": "120s",
-        "host": ["http://127.0.0.1:9001"],
-        "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
-            "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}"#;
+    noop_rig_with("{}", "{}", "")
+}
+
+/// The no-op request, with `root` and `endpoint` as the root's and the endpoint's
+/// `extra_config` and `fields` (whole lines) in the client's head.
+fn noop_rig_with(root: &str, endpoint: &str, fields: &str) -> Rig {
+    let config = format!(
+        r#"{{"version": 3, "timeout": "5s", "idle_timeout": "120s",
+        "host": ["http://127.0.0.1:9001"], "extra_config": {root},
+        "endpoints": [{{"endpoint": "/noop", "output_encoding": "no-op", "extra_config": {endpoint},
+            "backend": [{{"url_pattern": "/100b", "encoding": "no-op"}}]}}]}}"#
+    );
     let body = format!("{}\n", "x".repeat(99));
-    Rig::new(config, ("/noop", ""), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
+    Rig::new(&config, ("/noop", fields), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
 }
 
 /// The no-op request from a browser's page with CORS on: the same exchange, the
 /// request checked and the answer given its allow fields.
 fn noop_cors_rig() -> Rig {
-    let config = r#"{"version": 3, "timeout": "5s", "idle_timeout": "120s",
-        "host": ["http://127.0.0.1:9001"],
-        "extra_config": {"security/cors": {"allow_origins": ["https://app.example", "https://*.example.org"],
-            "expose_headers": ["X-Request-Id"], "allow_credentials": true}},
-        "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
-            "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}"#;
-    let body = format!("{}\n", "x".repeat(99));
-    let origin = "Origin: https://app.example\r\n";
-    Rig::new(config, ("/noop", origin), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
+    let cors = r#"{"security/cors": {"allow_origins": ["https://app.example", "https://*.example.org"],
+        "expose_headers": ["X-Request-Id"], "allow_credentials": true}}"#;
+    noop_rig_with(cors, "{}", "Origin: https://app.example\r\n")
 }
 
 /// The no-op request through an endpoint's guard stage: a bot detector with patterns
 /// and the endpoint's and a client's rate limits, none of them refusing.
 fn noop_guards_rig() -> Rig {
-    let config = r#"{"version": 3, "timeout": "5s", "idle_timeout": "120s",
-        "host": ["http://127.0.0.1:9001"],
-        "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
-            "extra_config": {
-                "security/bot-detector": {"deny": ["a", "b"], "patterns": ["(?i)bot", "spider", "crawl(er)?/"]},
-                "qos/ratelimit/router": {"max_rate": 1000000, "client_max_rate": 1000000, "strategy": "ip"}},
-            "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}"#;
-    let body = format!("{}\n", "x".repeat(99));
+    let guards = r#"{
+        "security/bot-detector": {"deny": ["a", "b"], "patterns": ["(?i)bot", "spider", "crawl(er)?/"]},
+        "qos/ratelimit/router": {"max_rate": 1000000, "client_max_rate": 1000000, "strategy": "ip"}}"#;
     let agent = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n";
-    Rig::new(config, ("/noop", agent), vec![("/100b", nginx_answer("application/octet-stream", &body))]).warm()
+    noop_rig_with("{}", guards, agent)
 }
 
 fn aggregation_rig() -> Rig {
