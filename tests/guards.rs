@@ -3,7 +3,8 @@
 //! the gateway for any path, credentialed requests, the fields on every kind of answer
 //! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough; the bot
 //! detector at the root and on an endpoint; the endpoint's and a client's rate limits;
-//! a backend's rate limit; request bodies checked against a JSON schema.
+//! a backend's rate limit; request bodies checked against a JSON schema; CEL request
+//! checks on an endpoint and on a backend.
 
 mod support;
 
@@ -16,7 +17,8 @@ every_driver!(
     cors_options_passthrough,
     bots_and_rate_limits,
     backend_rate_limit,
-    json_schema_on_request_bodies
+    json_schema_on_request_bodies,
+    cel_request_checks
 );
 
 /// A response as curl printed it with `-i`: status, fields (names lowercased, in
@@ -302,4 +304,37 @@ fn json_schema_on_request_bodies(mode: Mode) {
     let got = curl(&["--data-binary", "[]", &format!("http://{}/users", gw.addr)]);
     assert_eq!((got.status, got.body.as_str(), got.field("content-length")), (400, "", Some("0")));
     assert_eq!(api.requests().len(), 1);
+}
+
+fn cel_request_checks(mode: Mode) {
+    let api = Backend::start(|_| Reply::Json(r#"{"a":1}"#.into()));
+    let other = Backend::start(|_| Reply::Json(r#"{"b":2}"#.into()));
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"router": {{"return_error_msg": true}}}}, "endpoints": [
+            {{"endpoint": "/users/{{id}}", "input_headers": ["X-Tenant"], "input_query_strings": ["lang"],
+              "extra_config": {{"validation/cel": [
+                {{"check_expr": "req_params.Id.matches('^[0-9]+$')"}},
+                {{"check_expr": "'acme' in req_headers['X-Tenant'] && req_headers['User-Agent'][0].startsWith('Sluice/')"}}]}},
+              "backend": [
+                {{"host": ["{0}"], "url_pattern": "/a/{{id}}"}},
+                {{"host": ["{1}"], "url_pattern": "/b/{{id}}", "extra_config": {{"validation/cel": [
+                    {{"check_expr": "req_path == '/b/7' && req_querystring.lang[0] == 'en'"}}]}}}}]}}]}}"#,
+        api.url(),
+        other.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = |target: &str| format!("http://{}{target}", gw.addr);
+    let tenant = "X-Tenant: acme";
+    // Both checks pass on the endpoint and on the second backend: both answers merged.
+    let got = curl(&["-H", tenant, &url("/users/7?lang=en")]);
+    assert_eq!((got.status, got.body.as_str()), (200, r#"{"a":1,"b":2}"#));
+    // The backend's check fails (another path): its call is not made, the answer is partial.
+    let got = curl(&["-H", tenant, &url("/users/8?lang=en")]);
+    assert_eq!((got.status, got.body.as_str(), got.field("x-krakend-completed")), (200, r#"{"a":1}"#, Some("false")));
+    // The endpoint's checks: KrakenD's 500, with the number of the check that stopped it.
+    let got = curl(&["-H", tenant, &url("/users/x7")]);
+    assert_eq!((got.status, got.body.as_str()), (500, "request aborted by evaluator #0"));
+    let got = curl(&[&url("/users/7")]);
+    assert_eq!((got.status, got.body.as_str()), (500, "request aborted by evaluator #1"));
+    assert_eq!((api.requests().len(), other.requests().len()), (2, 1));
 }

@@ -366,7 +366,7 @@ fn broken_configs_report_exact_paths_and_messages() {
             "every namespace that enforces or changes what is served is refused, at every level",
             json!({"version": 3, "extra_config": {"security/http-secure": {"ssl_redirect": true}, "telemetry/logging": {}},
                 "endpoints": [{"endpoint": "/a", "extra_config": {
-                    "validation/cel": [], "qos/ratelimit/proxy": {"max_rate": 5},
+                    "qos/ratelimit/proxy": {"max_rate": 5},
                     "security/http-secure": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
                     "governance/quota": {}, "websocket": {}},
                   "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {
@@ -374,7 +374,6 @@ fn broken_configs_report_exact_paths_and_messages() {
                     "documentation/openapi": {}}}]}]}),
             vec![
                 r#"extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
-                r#"endpoints[0].extra_config["validation/cel"]: not supported by Sluice (request validation): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["qos/ratelimit/proxy"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["modifier/martian"]: not supported by Sluice (request or response modification): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
@@ -482,6 +481,21 @@ fn broken_configs_report_exact_paths_and_messages() {
             vec![
                 r#"endpoints[0].extra_config["validation/json-schema"]: not a JSON schema: 5 is not valid under any of the schemas listed in the 'anyOf' keyword"#,
                 r#"endpoints[1].extra_config["validation/json-schema"]: a no-op endpoint streams the request body to its backend; the schema needs it whole: use another output_encoding, or validate in the backend"#,
+            ],
+        ),
+        (
+            "validation/cel that is not a list, does not parse, or checks what is not served yet",
+            json!({"version": 3, "endpoints": [
+                {"endpoint": "/a", "extra_config": {"validation/cel": {"check_expr": "req_method == 'GET'"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/b", "extra_config": {"validation/cel": [{"check_expr": "req_method == 'GET'"}, {"check_expr": "req_method =="}]},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {"validation/cel": [
+                    {"check_expr": "resp_data.ok == true"}, {"expr": "x"}]}}]}]}),
+            vec![
+                r#"endpoints[0].extra_config["validation/cel"]: expected an array of {"check_expr": ...}, found an object"#,
+                r#"endpoints[1].extra_config["validation/cel"][1].check_expr: does not parse: ERROR: <input>:1:14: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"#,
+                r#"endpoints[1].backend[0].extra_config["validation/cel"][1].check_expr: missing (required)"#,
+                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice yet: a response check (resp_...); only request checks (req_...) are"#,
             ],
         ),
         (

@@ -1168,6 +1168,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     let mut bot_detector = None;
     let mut rate_limit = None;
     let mut json_schema = None;
+    let mut cel = Vec::new();
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "security/bot-detector" | "github_com/devopsfaith/krakend-botdetector" => {
             bot_detector = Some(bot_detector_config(Obj::new(v, path.to_string(), cx)?, cx));
@@ -1175,6 +1176,10 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         }
         "qos/ratelimit/router" => {
             rate_limit = rate_limit_config(Obj::new(v, path.to_string(), cx)?, params.as_deref(), cx);
+            Some(())
+        }
+        "validation/cel" | "github.com/devopsfaith/krakend-cel" => {
+            cel = cel_checks(v, path, cx);
             Some(())
         }
         "validation/json-schema" | "github.com/devopsfaith/krakend-jsonschema" => {
@@ -1270,8 +1275,34 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         bot_detector,
         rate_limit,
         json_schema,
+        cel,
         extra_config,
     })
+}
+
+/// `extra_config."validation/cel"`: a list of `{"check_expr": "..."}`, each compiled
+/// here so that `check` names the one that cannot be served.
+fn cel_checks(v: &Value, path: &str, cx: &mut Ctx) -> Vec<String> {
+    let Value::Array(items) = v else {
+        cx.error(path, format!("expected an array of {{\"check_expr\": ...}}, found {}", kind(v)));
+        return Vec::new();
+    };
+    let mut list = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(mut o) = Obj::new(item, index(path, i), cx) else { continue };
+        if let Some(expr) = o.required_string("check_expr", cx) {
+            list.push(expr);
+        }
+        // KrakenD reads it and does nothing with it.
+        if o.asks("mod_expr") {
+            cx.notice(&o.at("mod_expr"), "not used (KrakenD does not evaluate it either)");
+        }
+        o.finish(cx);
+    }
+    if let Err((i, why)) = crate::gateway::cel::Checks::compile(&list) {
+        cx.error(&join(&index(path, i), "check_expr"), why);
+    }
+    list
 }
 
 /// Checks an endpoint path and returns its parameter names.
@@ -1402,11 +1433,16 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     let mut http_client = None;
     let mut plugin = None;
     let mut rate_limit = None;
+    let mut cel = Vec::new();
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| {
         if !matches!(
             ns,
             "backend/http" | "backend/http/client" | "plugin/http-client" | "proxy" | "qos/ratelimit/proxy"
         ) {
+            if matches!(ns, "validation/cel" | "github.com/devopsfaith/krakend-cel") {
+                cel = cel_checks(v, path, cx);
+                return Some(());
+            }
             return None;
         }
         let Some(mut e) = Obj::new(v, path.to_string(), cx) else { return Some(()) };
@@ -1464,6 +1500,7 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         http_client,
         plugin,
         rate_limit,
+        cel,
         extra_config,
     })
 }

@@ -5,7 +5,7 @@
 //! Leaf values are read with serde; objects are walked field by field so that one bad
 //! value does not hide the next. Unknown keys are warnings (shown by `sluice check
 //! --lint`), never errors. A namespace Sluice does not implement is refused when it
-//! enforces or changes what is served (`auth/*`, `security/*` but CORS and the bot detector, `validation/cel`,
+//! enforces or changes what is served (`auth/*`, `security/*` but CORS and the bot detector, CEL response checks,
 //! `qos/*`, `modifier/*`, ...: serving without it would be a hole) and is a notice
 //! otherwise (`telemetry/*`, `documentation/*`, unknown ones), said by `check` and at
 //! `run`.
@@ -509,6 +509,9 @@ pub struct Endpoint {
     /// `extra_config."validation/json-schema"`: the schema every request body must
     /// meet (checked to compile when read). Default: none.
     pub json_schema: Option<Value>,
+    /// `extra_config."validation/cel"`: request checks (`check_expr`), in order.
+    /// Default: none.
+    pub cel: Vec<String>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }
@@ -603,6 +606,8 @@ pub struct Backend {
     /// `extra_config."qos/ratelimit/proxy"`: calls to this backend, per second, for
     /// every client together. Default: none.
     pub rate_limit: Option<ProxyRateLimit>,
+    /// `extra_config."validation/cel"`: request checks before each call. Default: none.
+    pub cel: Vec<String>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }

@@ -119,8 +119,9 @@ enum CallState {
         body: Vec<u8>,
     },
     Failed(String),
-    /// Not made: over its backend's rate limit (`qos/ratelimit/proxy`).
-    Limited,
+    /// Not made: over its backend's rate limit (`qos/ratelimit/proxy`) or refused by
+    /// its request checks (`validation/cel`); the reason as lura gives it, bare.
+    Stopped(String),
     TimedOut,
     /// Not called: an earlier backend of a sequence failed, or the request ended first.
     Skipped,
@@ -194,7 +195,14 @@ impl<'g> Exchange<'g> {
             plugged: Vec::new(),
             sent: smallvec::smallvec![None; ep.backends.len()],
         };
-        // The body's schema (`validation/json-schema`), before any backend is called.
+        // The endpoint's request checks (`validation/cel`), then the body's schema
+        // (`validation/json-schema`), before any backend is called, in KrakenD's order.
+        if let Some(checks) = &ep.cel
+            && let Err(why) = checks.check(&ex.cel_view(ex.req.method.as_str(), &ex.req.path))
+        {
+            ex.answer = Some(Answer::Reply(ex.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why)));
+            return ex;
+        }
         if let Some(schema) = &ep.schema {
             let body = match &ex.req.body {
                 RequestBody::Full(b) => b.as_slice(),
@@ -220,6 +228,44 @@ impl<'g> Exchange<'g> {
             }
         }
         ex
+    }
+
+    /// The request as `validation/cel` sees it, sent with `method` to `path`: the
+    /// headers and query parameters the endpoint passes on, and those the gateway adds.
+    fn cel_view(&self, method: &str, path: &str) -> crate::gateway::cel::RequestView {
+        use crate::gateway::cel::{canonical, param_name};
+        let conf = self.gw.config.endpoints.get(self.ep.index);
+        let passes = |list: Option<&Vec<String>>, name: &str| {
+            list.is_some_and(|l| l.iter().any(|n| n == "*" || n.eq_ignore_ascii_case(name)))
+        };
+        let mut view = crate::gateway::cel::RequestView {
+            method: method.to_string(),
+            path: path.to_string(),
+            params: self.params.iter().map(|(k, v)| (param_name(k), v.clone())).collect(),
+            ..Default::default()
+        };
+        for (name, value) in self.req.headers.iter() {
+            if passes(conf.map(|c| &c.input_headers), name) {
+                let value = String::from_utf8_lossy(value).into_owned();
+                view.headers.entry(canonical(name)).or_default().push(value);
+            }
+        }
+        view.headers.insert("X-Forwarded-For".into(), vec![self.client_ip.to_string()]);
+        if let Some(host) = self.req.headers.get("host") {
+            view.headers.insert("X-Forwarded-Host".into(), vec![String::from_utf8_lossy(host).into_owned()]);
+        }
+        view.headers.insert("User-Agent".into(), vec![crate::gateway::upstream::USER_AGENT_VALUE.to_string()]);
+        for pair in self.req.query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                String::from_utf8_lossy(&crate::gateway::upstream::percent_decode(&s.replace('+', " "))).into_owned()
+            };
+            let k = dec(k);
+            if passes(conf.map(|c| &c.input_query_strings), &k) {
+                view.query.entry(k).or_default().push(dec(v));
+            }
+        }
+        view
     }
 
     /// The endpoint being served.
@@ -338,8 +384,25 @@ impl<'g> Exchange<'g> {
                 && !limit.take(self.started)
             {
                 self.calls[i] = CallState::InFlight;
-                self.settle(i, CallState::Limited);
+                self.settle(i, CallState::Stopped(crate::gateway::ratelimit::LIMITED.to_string()));
                 return self.poll(balancer);
+            }
+            // The backend's request checks, on the request as it would be sent.
+            if let Some(checks) = &self.ep.backends[i].cel {
+                let b = &self.ep.backends[i];
+                let path = match self.rendered.get(i) {
+                    Some(Some(url)) => url.split('?').next().unwrap_or_default().to_string(),
+                    _ => self
+                        .render(b)
+                        .ok()
+                        .map(|u| u.split('?').next().unwrap_or_default().to_string())
+                        .unwrap_or_default(),
+                };
+                if let Err(why) = checks.check(&self.cel_view(b.method.as_str(), &path)) {
+                    self.calls[i] = CallState::InFlight;
+                    self.settle(i, CallState::Stopped(why));
+                    return self.poll(balancer);
+                }
             }
             match self.make_call(i, balancer) {
                 Ok((mut call, host)) => {
@@ -594,9 +657,9 @@ impl<'g> Exchange<'g> {
                 Err(e) => format!("{prefix} {url}: {e}"),
                 Ok(_) => String::new(),
             },
-            // lura's limiter sits before the HTTP client that names the call: the
-            // bare reason.
-            CallState::Limited => crate::gateway::ratelimit::LIMITED.to_string(),
+            // lura's limiter and CEL sit before the HTTP client that names the call:
+            // the bare reason.
+            CallState::Stopped(why) => why.clone(),
             CallState::Failed(why) if url.is_empty() => format!("{prefix} {why}"),
             CallState::Failed(why) => format!("{prefix} {url}: {why}"),
             CallState::TimedOut => format!("{prefix} {url}: timed out"),

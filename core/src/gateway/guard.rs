@@ -5,10 +5,10 @@
 //! is called and no body is read.
 //!
 //! The guards are compiled into the endpoint's plan ([`crate::plan::EndpointPlan`]).
-//! Two exist: the bot detector and the router rate limits; `auth/validator` and
-//! `validation/cel` come here next (the configuration refuses them until then). A
-//! backend's rate limit is the exchange's, call by call, and so is the JSON schema,
-//! which needs the body ([`crate::gateway::schema`]). The stage is called on every endpoint request by the gateway
+//! Two exist: the bot detector and the router rate limits; `auth/validator` comes
+//! here next (the configuration refuses it until then). What needs the body or a call
+//! is the exchange's: the CEL request checks ([`crate::gateway::cel`]), the JSON schema
+//! ([`crate::gateway::schema`]) and a backend's rate limit. The stage is called on every endpoint request by the gateway
 //! service (the connection's `service` module). CORS is not one of them: KrakenD runs
 //! it around the whole router, so it answers before routing, for every path
 //! ([`crate::gateway::cors`]); a root bot detector runs there too, after CORS.

@@ -8,6 +8,7 @@
 
 pub mod bots;
 pub mod builtin;
+pub mod cel;
 pub mod cors;
 pub mod dispatch;
 pub mod exchange;

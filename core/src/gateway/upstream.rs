@@ -178,7 +178,7 @@ pub fn user_agent() -> HeaderValue {
     HeaderValue::from_static(USER_AGENT_VALUE)
 }
 
-const USER_AGENT_VALUE: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT_VALUE: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
 
 /// Headers the gateway sets itself: never copied from the client.
 fn is_gateway_owned(name: &[u8]) -> bool {

@@ -121,6 +121,9 @@ pub struct EndpointPlan {
     /// `validation/json-schema`: what every request body must meet, checked once the
     /// body is read, before any backend call (see [`crate::gateway::schema`]).
     pub schema: Option<std::sync::Arc<crate::gateway::schema::BodySchema>>,
+    /// `validation/cel`: request checks before any backend call (see
+    /// [`crate::gateway::cel`]).
+    pub cel: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
     /// The fields a streamed (`no-op`) answer's head gets before the backend's own:
     /// `X-KrakenD-Completed: false`, as lura sets it on every answer whose data it did
     /// not decode. Built once.
@@ -162,6 +165,8 @@ pub struct BackendPlan {
     pub plugin: Option<crate::gateway::plugin::Binding>,
     /// `qos/ratelimit/proxy`: calls over it are not made.
     pub limit: Option<crate::gateway::ratelimit::CallLimit>,
+    /// `validation/cel`: request checks before each call (see [`crate::gateway::cel`]).
+    pub cel: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -347,6 +352,7 @@ impl Gateway {
                     redirect_tls,
                     plugin: None,
                     limit: b.rate_limit.as_ref().map(|l| crate::gateway::ratelimit::CallLimit::compile(l, epoch)),
+                    cel: cel_checks(&b.cel, &path, &mut errors),
                 });
                 backend_count += 1;
             }
@@ -360,6 +366,7 @@ impl Gateway {
                 sequential: e.sequential,
                 backends,
                 guards: guards(e, &format!("endpoints[{i}]"), epoch, &mut errors),
+                cel: cel_checks(&e.cel, &format!("endpoints[{i}]"), &mut errors),
                 // It compiled when the file was read; a configuration built in code
                 // is checked here.
                 schema: e.json_schema.as_ref().and_then(|s| match crate::gateway::schema::BodySchema::compile(s) {
@@ -629,6 +636,25 @@ fn compile_url_pattern(u: &str) -> Result<Vec<UrlPiece>, String> {
             }),
         })
         .collect()
+}
+
+/// The `validation/cel` checks of the endpoint or backend at `at` (none: no list).
+fn cel_checks(
+    list: &[String],
+    at: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<std::sync::Arc<crate::gateway::cel::Checks>> {
+    if list.is_empty() {
+        return None;
+    }
+    match crate::gateway::cel::Checks::compile(list) {
+        Ok(checks) => Some(std::sync::Arc::new(checks)),
+        Err((i, message)) => {
+            errors
+                .push(Diagnostic { path: format!(r#"{at}.extra_config["validation/cel"][{i}].check_expr"#), message });
+            None
+        }
+    }
 }
 
 /// An endpoint's guard stage (`at`: its JSON path), in KrakenD's order: the bot
