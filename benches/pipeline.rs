@@ -353,6 +353,21 @@ fn guards(c: &mut Criterion) {
         })
     });
     g.bench_function("bot_detector", |b| b.iter(|| black_box(bots.is_bot(head.get("user-agent")))));
+    // Two request checks on a request's view (building the view is the exchange's).
+    let checks = sluice_core::gateway::cel::Checks::compile(&[
+        "req_method == 'GET'".to_string(),
+        "req_params.Id.matches('^[0-9]+$') && 'acme' in req_headers['X-Tenant']".to_string(),
+    ])
+    .expect("checks");
+    let view = sluice_core::gateway::cel::RequestView {
+        method: "GET".into(),
+        path: "/users/7".into(),
+        params: [("Id".to_string(), "7".to_string())].into(),
+        headers: [("X-Tenant".to_string(), vec!["acme".to_string()])].into(),
+        query: Default::default(),
+    };
+    assert_eq!(checks.check(&view), Ok(()));
+    g.bench_function("cel_two_checks", |b| b.iter(|| black_box(checks.check(black_box(&view)))));
     g.bench_function("json_schema_2KB", |b| b.iter(|| black_box(schema.check(black_box(body.as_bytes())))));
     // Of which: the parse into the `serde_json::Value` the validator reads.
     g.bench_function("json_schema_2KB_parse_only", |b| {

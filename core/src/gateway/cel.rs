@@ -25,8 +25,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A compiled `validation/cel` list (its request checks).
-pub struct Checks(Vec<cel::Program>);
+/// A compiled `validation/cel` list (its request checks), with the standard library
+/// built once (building it per request cost most of an evaluation).
+pub struct Checks(Vec<cel::Program>, Arc<cel::Env>);
 
 impl std::fmt::Debug for Checks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,12 +74,12 @@ impl Checks {
             }
             programs.push(program);
         }
-        Ok(Checks(programs))
+        Ok(Checks(programs, Arc::new(cel::Env::stdlib())))
     }
 
     /// Runs every check on `req`; `Err` is the reason the request stops with.
     pub fn check(&self, req: &RequestView) -> Result<(), String> {
-        let mut cx = cel::Context::default();
+        let mut cx = cel::Context::with_env(self.1.clone());
         cx.add_variable_from_value("req_method", req.method.as_str());
         cx.add_variable_from_value("req_path", req.path.as_str());
         cx.add_variable_from_value("req_params", strings(&req.params));
