@@ -337,4 +337,37 @@ fn cel_request_checks(mode: Mode) {
     let got = curl(&[&url("/users/7")]);
     assert_eq!((got.status, got.body.as_str()), (500, "request aborted by evaluator #1"));
     assert_eq!((api.requests().len(), other.requests().len()), (2, 1));
+    drop(gw);
+
+    // What the checks see is what is sent on: the path and its parameters decoded once
+    // (a check cannot be passed by percent-encoding), the client's User-Agent when
+    // it is passed on, query names exact, a backend's own header list.
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"router": {{"return_error_msg": true}}}}, "endpoints": [
+            {{"endpoint": "/files/{{name}}", "input_headers": ["User-Agent", "X-Tenant"], "input_query_strings": ["lang"],
+              "extra_config": {{"validation/cel": [
+                {{"check_expr": "req_params.Name != 'root' && !req_path.contains('secret')"}},
+                {{"check_expr": "!req_headers['User-Agent'][0].startsWith('curl/') || !('Content-Type' in req_headers)"}},
+                {{"check_expr": "!('LANG' in req_querystring)"}}]}},
+              "backend": [{{"host": ["{0}"], "url_pattern": "/f/{{name}}", "input_headers": ["User-Agent"],
+                "extra_config": {{"validation/cel": [{{"check_expr": "!('X-Tenant' in req_headers)"}}]}}}}]}}]}}"#,
+        api.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = |target: &str| format!("http://{}{target}", gw.addr);
+    let before = api.requests().len();
+    for target in ["/files/%72oot", "/files/my%73ecret"] {
+        let got = curl(&["-A", "curl/8", &url(target)]);
+        assert_eq!((got.status, got.body.as_str()), (500, "request aborted by evaluator #0"), "{target}");
+    }
+    // The client's agent is what the check reads (curl's, passed on by input_headers).
+    let got = curl(&["-A", "curl/8", "-H", "Content-Type: text/plain", &url("/files/a")]);
+    assert_eq!((got.status, got.body.as_str()), (500, "request aborted by evaluator #1"));
+    // LANG is not lang: not passed on, not seen.
+    let got = curl(&["-A", "curl/8", &url("/files/a?LANG=en")]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    // The backend's list leaves X-Tenant out: its check passes though the client sent it.
+    let got = curl(&["-A", "curl/8", "-H", "X-Tenant: acme", &url("/files/a")]);
+    assert_eq!((got.status, got.body.as_str()), (200, r#"{"a":1}"#));
+    assert_eq!(api.requests().len(), before + 2);
 }

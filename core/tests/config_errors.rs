@@ -495,7 +495,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[0].extra_config["validation/cel"]: expected an array of {"check_expr": ...}, found an object"#,
                 r#"endpoints[1].extra_config["validation/cel"][1].check_expr: does not parse: ERROR: <input>:1:14: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"#,
                 r#"endpoints[1].backend[0].extra_config["validation/cel"][1].check_expr: missing (required)"#,
-                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice yet: a response check (resp_...); only request checks (req_...) are"#,
+                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice yet: a response check (its text names resp, so KrakenD runs it after the backends answer); only request checks (req_...) are"#,
             ],
         ),
         (

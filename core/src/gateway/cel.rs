@@ -3,17 +3,24 @@
 //! evaluated with the `cel` crate (the maintained Rust CEL interpreter).
 //!
 //! KrakenD gives an expression its phase by the text it contains: `req` makes it a
-//! request check, `resp` a response check, `JWT` a token check. Request checks are
-//! served here, with KrakenD's variables:
+//! request check, `resp` a response check (also run after the backends answer), `JWT`
+//! a token check (run only with `auth/validator`). Request checks are served here,
+//! with KrakenD's variables:
 //!
-//! - `req_method`, `req_path`: strings (on a backend: the backend's method and path);
-//! - `req_params`: the path's `{params}`, each key with its first letter upper-cased
-//!   (`{id}` is `Id`), as lura names them;
-//! - `req_headers`: the headers the request carries on (the endpoint's `input_headers`,
-//!   and `X-Forwarded-For`, `X-Forwarded-Host`, `User-Agent` as sent on), each a list
-//!   of strings under its canonical name (`X-Tenant`);
-//! - `req_querystring`: the query parameters passed on (`input_query_strings`), each a
-//!   list of strings.
+//! - `req_method`, `req_path`: strings (on a backend: the backend's method and path),
+//!   the path percent-decoded once;
+//! - `req_params`: the path's `{params}`, decoded once, each key with its first letter
+//!   upper-cased (`{id}` is `Id`), as lura names them;
+//! - `req_headers`: the headers passed on (`input_headers`, the backend's own list on a
+//!   backend; `Content-Type` always), and `X-Forwarded-For`, `X-Forwarded-Host` and
+//!   `User-Agent` (the client's when passed on, the gateway's going in
+//!   `X-Forwarded-Via` then), each a list of strings under its canonical name;
+//! - `req_querystring`: the query parameters passed on (`input_query_strings`, names
+//!   exact), each a list of strings.
+//!
+//! The `cel` crate has no type checker: an expression cel-go would refuse to type
+//! (KrakenD then skips it, with a debug line) fails to evaluate here and stops every
+//! request, which `check` cannot foresee.
 //!
 //! A check that is false, not a boolean, or fails to evaluate (a missing map key)
 //! stops the request: on an endpoint KrakenD's 500 (with `return_error_msg`, the body
@@ -59,8 +66,10 @@ impl Checks {
                 (i, format!("does not parse: {}", e.lines().next().unwrap_or_default()))
             })?;
             let unserved = if expr.contains("resp") {
-                Some("a response check (resp_...)")
-            } else if expr.contains("JWT") {
+                // KrakenD runs any expression with `resp` in it after the backends
+                // answer, this one too.
+                Some("a response check (its text names resp, so KrakenD runs it after the backends answer)")
+            } else if program.references().has_variable("JWT") {
                 Some("a token check (JWT)")
             } else if !expr.contains("req") {
                 Some("an expression with no req_, resp_ or JWT variable (KrakenD never evaluates it)")
@@ -171,6 +180,10 @@ mod tests {
         assert!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().1.contains("a response check"));
         assert_eq!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().0, 1);
         assert!(refused(&["JWT.sub == 'a'"]).unwrap().1.contains("a token check"));
+        // `JWT` in a string is a request check (the token phase needs the variable).
+        assert_eq!(refused(&["req_headers['Authorization'][0].startsWith('JWT ')"]), None);
+        // `resp` anywhere in the text is KrakenD's response phase.
+        assert!(refused(&["req_path.startsWith('/responses')"]).unwrap().1.contains("names resp"));
         assert!(refused(&["1 == 1"]).unwrap().1.contains("never evaluates"));
         assert!(
             refused(&["req_method == 'GET' && timestamp(now) > timestamp('2020-01-01T00:00:00Z')"])

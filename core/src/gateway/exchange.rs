@@ -84,7 +84,7 @@ use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
 use crate::gateway::response::{self, Entry, Key, Node};
 use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
 use crate::http1::{self, BodyLength, RequestTarget};
-use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway};
+use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway, HeaderPolicy, QueryPolicy};
 use crate::request::{ClientRequest, Reply, RequestBody};
 
 /// `X-KrakenD-Completed`.
@@ -198,7 +198,15 @@ impl<'g> Exchange<'g> {
         // The endpoint's request checks (`validation/cel`), then the body's schema
         // (`validation/json-schema`), before any backend is called, in KrakenD's order.
         if let Some(checks) = &ep.cel
-            && let Err(why) = checks.check(&ex.cel_view(ex.req.method.as_str(), &ex.req.path))
+            && let Some(conf) = gw.config.endpoints.get(ep.index)
+            && let Err(why) = checks.check(&ex.cel_view(
+                ex.req.method.as_str(),
+                &ex.req.path,
+                (
+                    &HeaderPolicy::compile(&conf.input_headers, None),
+                    &QueryPolicy::compile(&conf.input_query_strings, None),
+                ),
+            ))
         {
             ex.answer = Some(Answer::Reply(ex.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why)));
             return ex;
@@ -230,39 +238,47 @@ impl<'g> Exchange<'g> {
         ex
     }
 
-    /// The request as `validation/cel` sees it, sent with `method` to `path`: the
-    /// headers and query parameters the endpoint passes on, and those the gateway adds.
-    fn cel_view(&self, method: &str, path: &str) -> crate::gateway::cel::RequestView {
+    /// The request as `validation/cel` sees it, sent with `method` to `path` (still
+    /// percent-encoded: decoded once here, as gin gives lura its path and parameters),
+    /// with the headers and query parameters `headers` and `query` pass on, and those
+    /// the gateway adds.
+    fn cel_view(
+        &self,
+        method: &str,
+        path: &str,
+        (headers, query): (&HeaderPolicy, &QueryPolicy),
+    ) -> crate::gateway::cel::RequestView {
         use crate::gateway::cel::{canonical, param_name};
-        let conf = self.gw.config.endpoints.get(self.ep.index);
-        let passes = |list: Option<&Vec<String>>, name: &str| {
-            list.is_some_and(|l| l.iter().any(|n| n == "*" || n.eq_ignore_ascii_case(name)))
-        };
+        use crate::gateway::upstream::{USER_AGENT_VALUE, percent_decode};
+        let decode = |s: &str| String::from_utf8_lossy(&percent_decode(s)).into_owned();
         let mut view = crate::gateway::cel::RequestView {
             method: method.to_string(),
-            path: path.to_string(),
-            params: self.params.iter().map(|(k, v)| (param_name(k), v.clone())).collect(),
+            path: decode(path),
+            params: self.params.iter().map(|(k, v)| (param_name(k), decode(v))).collect(),
             ..Default::default()
         };
         for (name, value) in self.req.headers.iter() {
-            if passes(conf.map(|c| &c.input_headers), name) {
+            if headers.allows(name) {
                 let value = String::from_utf8_lossy(value).into_owned();
                 view.headers.entry(canonical(name)).or_default().push(value);
             }
         }
+        let host = self.req.headers.get("host").map(|h| String::from_utf8_lossy(h).into_owned());
         view.headers.insert("X-Forwarded-For".into(), vec![self.client_ip.to_string()]);
-        if let Some(host) = self.req.headers.get("host") {
-            view.headers.insert("X-Forwarded-Host".into(), vec![String::from_utf8_lossy(host).into_owned()]);
+        view.headers.insert("X-Forwarded-Host".into(), vec![host.unwrap_or_default()]);
+        // The client's User-Agent when it is passed on (the gateway's goes in
+        // X-Forwarded-Via then), else the gateway's.
+        let ours = vec![USER_AGENT_VALUE.to_string()];
+        if view.headers.contains_key("User-Agent") {
+            view.headers.insert("X-Forwarded-Via".into(), ours);
+        } else {
+            view.headers.insert("User-Agent".into(), ours);
         }
-        view.headers.insert("User-Agent".into(), vec![crate::gateway::upstream::USER_AGENT_VALUE.to_string()]);
         for pair in self.req.query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| {
-                String::from_utf8_lossy(&crate::gateway::upstream::percent_decode(&s.replace('+', " "))).into_owned()
-            };
-            let k = dec(k);
-            if passes(conf.map(|c| &c.input_query_strings), &k) {
-                view.query.entry(k).or_default().push(dec(v));
+            let k = decode(&k.replace('+', " "));
+            if query.allows(&k) {
+                view.query.entry(k).or_default().push(decode(&v.replace('+', " ")));
             }
         }
         view
@@ -387,18 +403,17 @@ impl<'g> Exchange<'g> {
                 self.settle(i, CallState::Stopped(crate::gateway::ratelimit::LIMITED.to_string()));
                 return self.poll(balancer);
             }
-            // The backend's request checks, on the request as it would be sent.
-            if let Some(checks) = &self.ep.backends[i].cel {
-                let b = &self.ep.backends[i];
-                let path = match self.rendered.get(i) {
-                    Some(Some(url)) => url.split('?').next().unwrap_or_default().to_string(),
-                    _ => self
-                        .render(b)
-                        .ok()
-                        .map(|u| u.split('?').next().unwrap_or_default().to_string())
-                        .unwrap_or_default(),
-                };
-                if let Err(why) = checks.check(&self.cel_view(b.method.as_str(), &path)) {
+            // The backend's request checks, on the request as it would be sent (a URL
+            // that cannot be rendered fails the call with its own reason below).
+            let b = &self.ep.backends[i];
+            if let Some(checks) = &b.cel
+                && let Some(url) = match self.rendered.get(i) {
+                    Some(Some(url)) => Some(Cow::Borrowed(url.as_str())),
+                    _ => self.render(b).ok().map(Cow::Owned),
+                }
+            {
+                let path = url.split('?').next().unwrap_or_default();
+                if let Err(why) = checks.check(&self.cel_view(b.method.as_str(), path, (&b.headers, &b.query))) {
                     self.calls[i] = CallState::InFlight;
                     self.settle(i, CallState::Stopped(why));
                     return self.poll(balancer);

@@ -37,6 +37,20 @@ pub enum QueryPolicy {
 }
 
 impl HeaderPolicy {
+    /// Whether a client header named `name` is passed on under this policy (`Host`
+    /// and the hop-by-hop ones never are; `Content-Type` always is).
+    pub fn allows(&self, name: &str) -> bool {
+        if name.eq_ignore_ascii_case("host") || crate::http1::is_hop_by_hop_name(name.as_bytes()) {
+            return false;
+        }
+        match self {
+            HeaderPolicy::All => true,
+            HeaderPolicy::Names(list) => {
+                name.eq_ignore_ascii_case("content-type") || list.iter().any(|n| n.as_str().eq_ignore_ascii_case(name))
+            }
+        }
+    }
+
     /// The endpoint's list, filtered again by the backend's when it has one.
     pub fn compile(endpoint: &[String], backend: Option<&[String]>) -> HeaderPolicy {
         let names = effective(endpoint, backend, |a, b| a.eq_ignore_ascii_case(b));
