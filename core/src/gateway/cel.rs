@@ -126,18 +126,6 @@ pub fn param_name(name: &str) -> String {
     chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }
 
-/// A header name in Go's canonical form (`x-tenant` -> `X-Tenant`).
-pub fn canonical(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let c = if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
-            upper = c == '-';
-            c
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +180,6 @@ mod tests {
                 .contains("`now`")
         );
         assert!(refused(&["req_method == "]).unwrap().1.starts_with("does not parse"));
-        assert_eq!((param_name("id_user"), canonical("x-TENANT")), ("Id_user".to_string(), "X-Tenant".to_string()));
+        assert_eq!(param_name("id_user"), "Id_user");
     }
 }

@@ -248,8 +248,9 @@ impl<'g> Exchange<'g> {
         path: &str,
         (headers, query): (&HeaderPolicy, &QueryPolicy),
     ) -> crate::gateway::cel::RequestView {
-        use crate::gateway::cel::{canonical, param_name};
+        use crate::gateway::cel::param_name;
         use crate::gateway::upstream::{USER_AGENT_VALUE, percent_decode};
+        use crate::http1::canonical_name as canonical;
         let decode = |s: &str| String::from_utf8_lossy(&percent_decode(s)).into_owned();
         let mut view = crate::gateway::cel::RequestView {
             method: method.to_string(),

@@ -142,6 +142,19 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "proxy-authenticate",
 ];
 
+/// A header name in Go's canonical form (`x-tenant` -> `X-Tenant`), as KrakenD shows
+/// names to CEL and writes them in `Access-Control-Expose-Headers`.
+pub fn canonical_name(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let c = if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
+            upper = c == '-';
+            c
+        })
+        .collect()
+}
+
 /// Whether `n` (a header name, any case) is one of [`HOP_BY_HOP`]: by length first,
 /// then one or two comparisons (it runs for every header of every message).
 #[inline]
@@ -237,6 +250,12 @@ pub fn write_last_chunk(out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn canonical_names_as_go_writes_them() {
+        assert_eq!(super::canonical_name("x-REQUEST-id"), "X-Request-Id");
+        assert_eq!(super::canonical_name("content-type"), "Content-Type");
+    }
+
     use super::{find_head_end, find_lf};
     use proptest::prelude::*;
 
