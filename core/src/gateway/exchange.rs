@@ -198,15 +198,8 @@ impl<'g> Exchange<'g> {
         // The endpoint's request checks (`validation/cel`), then the body's schema
         // (`validation/json-schema`), before any backend is called, in KrakenD's order.
         if let Some(checks) = &ep.cel
-            && let Some(conf) = gw.config.endpoints.get(ep.index)
-            && let Err(why) = checks.check(&ex.cel_view(
-                ex.req.method.as_str(),
-                &ex.req.path,
-                (
-                    &HeaderPolicy::compile(&conf.input_headers, None),
-                    &QueryPolicy::compile(&conf.input_query_strings, None),
-                ),
-            ))
+            && let Err(why) =
+                checks.check(&ex.cel_view(ex.req.method.as_str(), &ex.req.path, (&ep.cel_sees.0, &ep.cel_sees.1)))
         {
             ex.answer = Some(Answer::Reply(ex.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why)));
             return ex;

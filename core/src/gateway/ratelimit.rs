@@ -23,8 +23,8 @@
 //! busy makes newcomers there share a limited bucket (the price of bounded memory).
 
 use std::hash::{BuildHasher, Hash};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -36,10 +36,21 @@ use crate::request::{ClientRequest, Reply};
 #[derive(Debug, Clone)]
 pub struct RouterLimit(Arc<Limits>);
 
+/// Where a limit's clock starts: the first instant a request brings (core reads no
+/// clock; a bucket is full until its first token is taken, so only differences
+/// count). An instant before it counts as it.
+#[derive(Debug, Default)]
+struct Epoch(OnceLock<Instant>);
+
+impl Epoch {
+    fn since(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.0.get_or_init(|| now))
+    }
+}
+
 #[derive(Debug)]
 struct Limits {
-    /// Times are counted from here (the plan's compilation).
-    epoch: Instant,
+    epoch: Epoch,
     endpoint: Option<Bucket>,
     clients: Option<(Clients, LimitStrategy)>,
 }
@@ -159,7 +170,7 @@ impl Clients {
 }
 
 impl RouterLimit {
-    pub fn compile(c: &RateLimitConfig, epoch: Instant) -> RouterLimit {
+    pub fn compile(c: &RateLimitConfig) -> RouterLimit {
         let endpoint = (c.max_rate > 0.0).then(|| Bucket::new(c.max_rate, c.capacity, 1e9));
         let clients = match (&c.strategy, c.client_max_rate > 0.0) {
             (Some(strategy), true) => {
@@ -167,7 +178,7 @@ impl RouterLimit {
             }
             _ => None,
         };
-        RouterLimit(Arc::new(Limits { epoch, endpoint, clients }))
+        RouterLimit(Arc::new(Limits { epoch: Epoch::default(), endpoint, clients }))
     }
 
     /// The answer when `req` (its path's `params`) is over a limit at `now`: 429 for
@@ -179,7 +190,7 @@ impl RouterLimit {
         router: &RouterOptions,
         now: Instant,
     ) -> Option<Reply> {
-        let since = now.saturating_duration_since(self.0.epoch);
+        let since = self.0.epoch.since(now);
         if let Some((clients, strategy)) = &self.0.clients {
             let micros = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
             let passed = match client_key(strategy, req, params, router) {
@@ -207,20 +218,20 @@ impl RouterLimit {
 /// the endpoint answers as for any failed backend (a partial answer when others
 /// answered, else 500).
 #[derive(Debug, Clone)]
-pub struct CallLimit(Arc<(Instant, Bucket)>);
+pub struct CallLimit(Arc<(Epoch, Bucket)>);
 
 /// What a call over its backend's limit fails with (KrakenD's text, its spelling kept:
 /// `return_error_msg` shows it to clients).
 pub const LIMITED: &str = "rate limit exceded";
 
 impl CallLimit {
-    pub fn compile(c: &crate::config::ProxyRateLimit, epoch: Instant) -> CallLimit {
-        CallLimit(Arc::new((epoch, Bucket::new(c.max_rate, c.capacity, 1e9))))
+    pub fn compile(c: &crate::config::ProxyRateLimit) -> CallLimit {
+        CallLimit(Arc::new((Epoch::default(), Bucket::new(c.max_rate, c.capacity, 1e9))))
     }
 
     /// Takes a call's token at `now`, if there is one.
     pub fn take(&self, now: Instant) -> bool {
-        self.0.1.take(nanos(now.saturating_duration_since(self.0.0)))
+        self.0.1.take(nanos(self.0.0.since(now)))
     }
 }
 

@@ -136,8 +136,10 @@ pub struct EndpointPlan {
     /// body is read, before any backend call (see [`crate::gateway::schema`]).
     pub schema: Option<std::sync::Arc<crate::gateway::schema::BodySchema>>,
     /// `validation/cel`: request checks before any backend call (see
-    /// [`crate::gateway::cel`]).
+    /// [`crate::gateway::cel`]), and the endpoint's own header and query lists they
+    /// see the request through.
     pub cel: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+    pub cel_sees: (HeaderPolicy, QueryPolicy),
     /// The fields a streamed (`no-op`) answer's head gets before the backend's own:
     /// `X-KrakenD-Completed: false`, as lura sets it on every answer whose data it did
     /// not decode. Built once.
@@ -271,8 +273,6 @@ impl Gateway {
         // settings share a profile, and so their pooled connections and sessions.
         let mut compiled = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        // The rate limits' clocks start here.
-        let epoch = std::time::Instant::now();
         let mut backend_count = 0;
         let mut uses_srv = false;
         for (i, e) in config.endpoints.iter().enumerate() {
@@ -365,7 +365,7 @@ impl Gateway {
                     no_redirect,
                     redirect_tls,
                     plugin: None,
-                    limit: b.rate_limit.as_ref().map(|l| crate::gateway::ratelimit::CallLimit::compile(l, epoch)),
+                    limit: b.rate_limit.as_ref().map(crate::gateway::ratelimit::CallLimit::compile),
                     cel: cel_checks(&b.cel, &path, &mut errors),
                 });
                 backend_count += 1;
@@ -379,8 +379,12 @@ impl Gateway {
                 output: config.endpoint_output(e),
                 sequential: e.sequential,
                 backends,
-                guards: guards(e, &format!("endpoints[{i}]"), epoch, &mut errors),
+                guards: guards(e, &format!("endpoints[{i}]"), &mut errors),
                 cel: cel_checks(&e.cel, &format!("endpoints[{i}]"), &mut errors),
+                cel_sees: (
+                    HeaderPolicy::compile(&e.input_headers, None),
+                    QueryPolicy::compile(&e.input_query_strings, None),
+                ),
                 // It compiled when the file was read; a configuration built in code
                 // is checked here.
                 schema: e.json_schema.as_ref().and_then(|s| match crate::gateway::schema::BodySchema::compile(s) {
@@ -672,20 +676,15 @@ fn cel_checks(
 }
 
 /// An endpoint's guard stage (`at`: its JSON path), in KrakenD's order: the bot
-/// detector, then the rate limits (their clocks counted from `epoch`).
-fn guards(
-    e: &crate::config::Endpoint,
-    at: &str,
-    epoch: std::time::Instant,
-    errors: &mut Vec<Diagnostic>,
-) -> crate::gateway::guard::Guards {
+/// detector, then the rate limits.
+fn guards(e: &crate::config::Endpoint, at: &str, errors: &mut Vec<Diagnostic>) -> crate::gateway::guard::Guards {
     use crate::gateway::guard::Guard;
     let mut list = Vec::new();
     if let Some(b) = e.bot_detector.as_ref().and_then(|b| bot_detector(b, at, errors)) {
         list.push(Guard::Bots(Box::new(b)));
     }
     if let Some(r) = &e.rate_limit {
-        list.push(Guard::RateLimit(crate::gateway::ratelimit::RouterLimit::compile(r, epoch)));
+        list.push(Guard::RateLimit(crate::gateway::ratelimit::RouterLimit::compile(r)));
     }
     crate::gateway::guard::Guards::new(list)
 }
