@@ -292,6 +292,7 @@ fn bench(c: &mut Criterion) {
         headers,
         peer: "192.0.2.7".parse().unwrap(),
         body: RequestBody::None,
+        token: None,
     };
     let lb = Balancer::new(gw.backend_count);
     let now = Instant::now();
@@ -381,6 +382,33 @@ fn guards(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    g.finish();
+    jwt(c);
+}
+
+/// `auth/validator` on one request: a token of the test fixtures (signed by Python's
+/// `cryptography`) checked with RS256, ES256 and HS256, with two claims propagated.
+fn jwt(c: &mut Criterion) {
+    use sluice_core::gateway::jwt::{KeySet, Validator};
+    let tokens: Value = serde_json::from_str(include_str!("../core/tests/fixtures/jwt/tokens.json")).unwrap();
+    let keys = KeySet::parse(include_bytes!("../core/tests/fixtures/jwt/keys.json")).unwrap();
+    let wall = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
+    let mut g = c.benchmark_group("guards");
+    for alg in ["RS256", "ES256", "HS256"] {
+        let text = format!(
+            r#"{{"version": 3, "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["http://b"], "url_pattern": "/"}}],
+                "extra_config": {{"auth/validator": {{"alg": "{alg}", "jwk_local_path": "k", "audience": ["sluice"],
+                  "roles": ["admin"], "propagate_claims": [["sub", "X-User"], ["tenant.id", "X-Tenant"]]}}}}}}]}}"#
+        );
+        let parsed = sluice_core::config::parse(&text).expect("a valid config");
+        let v = Validator::compile(parsed.config.endpoints[0].jwt.as_ref().unwrap(), keys.clone()).unwrap();
+        let head = Head::from_fields([
+            ("Host", &b"gw"[..]),
+            ("Authorization", format!("Bearer {}", tokens["tokens"][alg].as_str().unwrap()).as_bytes()),
+        ]);
+        assert!(v.check(&head, wall).is_ok(), "{alg}");
+        g.bench_function(format!("jwt_{alg}"), |b| b.iter(|| black_box(v.check(black_box(&head), wall).is_ok())));
+    }
     g.finish();
 }
 

@@ -76,6 +76,7 @@ fn bench(c: &mut Criterion) {
         ),
         peer: "192.0.2.7".parse().unwrap(),
         body: RequestBody::None,
+        token: None,
     };
     let mut g = c.benchmark_group("backend_call");
     for (name, with_plugin, path) in

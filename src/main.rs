@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use sluice_core::serve::{Options, Running, Start};
 use sluice_core::{ConfigError, Gateway};
 
+mod fetch;
 mod log;
 mod mem;
 
@@ -151,10 +152,20 @@ fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCod
             return Err(ExitCode::FAILURE);
         }
     };
+    // A URL the configuration names (an auth/validator key set) is fetched through
+    // a gateway of its own, with the same proxies, files and roots.
+    let inner = proxy.clone();
+    let fetch_env = move || sluice_core::tls::Environment {
+        proxy: inner.clone(),
+        read_file: Box::new(read_small_file),
+        system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
+        ..Default::default()
+    };
     let env = sluice_core::tls::Environment {
         proxy,
         read_file: Box::new(read_small_file),
         system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
+        fetch: Box::new(move |req| fetch::fetch(req, &fetch_env())),
     };
     match Gateway::load_with(&text, &env).and_then(plugins) {
         Ok(loaded) => Ok(loaded),

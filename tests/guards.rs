@@ -4,7 +4,8 @@
 //! (an endpoint's, a `no-op` backend's passed through, a 404), passthrough; the bot
 //! detector at the root and on an endpoint; the endpoint's and a client's rate limits;
 //! a backend's rate limit; request bodies checked against a JSON schema; CEL request
-//! checks on an endpoint and on a backend.
+//! checks on an endpoint and on a backend; JWT validation (`auth/validator`) with its
+//! claims passed to backends as headers and in their paths.
 
 mod support;
 
@@ -18,7 +19,8 @@ every_driver!(
     bots_and_rate_limits,
     backend_rate_limit,
     json_schema_on_request_bodies,
-    cel_request_checks
+    cel_request_checks,
+    jwt_validation
 );
 
 /// A response as curl printed it with `-i`: status, fields (names lowercased, in
@@ -370,4 +372,67 @@ fn cel_request_checks(mode: Mode) {
     let got = curl(&["-A", "curl/8", "-H", "X-Tenant: acme", &url("/files/a")]);
     assert_eq!((got.status, got.body.as_str()), (200, r#"{"a":1}"#));
     assert_eq!(api.requests().len(), before + 2);
+}
+
+/// A token of the fixtures (`core/tests/fixtures/jwt`, signed by Python's
+/// `cryptography`; valid until 2096).
+fn jwt(name: &str) -> String {
+    let all: serde_json::Value = serde_json::from_str(include_str!("../core/tests/fixtures/jwt/tokens.json")).unwrap();
+    all["tokens"][name].as_str().unwrap().to_string()
+}
+
+fn jwt_validation(mode: Mode) {
+    let api = Backend::start(|_| Reply::Json(r#"{"id":7}"#.into()));
+    let raw = Backend::start(|_| Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()));
+    let validator = |roles: &str| {
+        format!(
+            r#""auth/validator": {{"alg": "RS256", "jwk_local_path": "core/tests/fixtures/jwt/keys.json",
+                "audience": ["sluice"], "issuer": "https://idp.example", "roles": {roles},
+                "propagate_claims": [["sub", "X-User"], ["tenant.id", "X-Tenant"], ["groups", "X-Groups"]]}}"#
+        )
+    };
+    let config = format!(
+        r#"{{"version": 3, "endpoints": [
+            {{"endpoint": "/me", "input_headers": ["X-User", "X-Tenant"], "extra_config": {{{0}}},
+              "backend": [{{"host": ["{2}"], "url_pattern": "/users/{{JWT.sub}}/{{JWT.name}}"}}]}},
+            {{"endpoint": "/admin", "extra_config": {{{1}}}, "backend": [{{"host": ["{2}"], "url_pattern": "/"}}]}},
+            {{"endpoint": "/raw", "output_encoding": "no-op", "input_headers": ["*"], "extra_config": {{{0}}},
+              "backend": [{{"host": ["{3}"], "url_pattern": "/raw/{{JWT.tenant}}", "encoding": "no-op"}}]}}]}}"#,
+        validator(r#"["admin"]"#),
+        validator(r#"["root"]"#),
+        api.url(),
+        raw.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = |path: &str| format!("http://{}{path}", gw.addr);
+    let with = |token: &str| format!("Authorization: Bearer {token}");
+    let refused = |got: &Got| (got.status, got.body.clone(), got.field("content-length").map(str::to_string));
+    // No token, a bad one, an expired-looking one for another key, a good token
+    // without the role: KrakenD's empty 401 and 403; no backend called.
+    assert_eq!(refused(&curl(&[&url("/me")])), (401, String::new(), Some("0".into())));
+    for bad in ["RS256-bad-signature", "ES256", "none", "RS256-unknown-kid"] {
+        assert_eq!(refused(&curl(&["-H", &with(&jwt(bad)), &url("/me")])), (401, String::new(), Some("0".into())));
+    }
+    assert_eq!(refused(&curl(&["-H", &with(&jwt("RS256")), &url("/admin")])), (403, String::new(), Some("0".into())));
+    assert_eq!(api.requests().len(), 0);
+    // A good token: the claims go on as headers (replacing what the client sent,
+    // under input_headers: X-Groups is not listed) and in the path (percent-encoded).
+    let got = curl(&["-H", &with(&jwt("RS256")), "-H", "X-User: mallory", "-H", "X-Groups: g", &url("/me")]);
+    assert_eq!((got.status, got.body.as_str()), (200, r#"{"id":7}"#));
+    let seen = api.requests();
+    let head = seen[0].head.to_ascii_lowercase();
+    assert!(head.starts_with("get /users/1234567890/ada http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nx-user: 1234567890\r\n") && head.contains("\r\nx-tenant: t-7\r\n"), "{head}");
+    assert!(!head.contains("mallory") && !head.contains("x-groups"), "{head}");
+    // The cookie, when there is no Authorization header.
+    let got = curl(&["-b", &format!("access_token={}", jwt("RS256")), &url("/me")]);
+    assert_eq!(got.status, 200);
+    // A no-op endpoint: the same check, the headers and path on the streamed call.
+    assert_eq!(curl(&[&url("/raw")]).status, 401);
+    let got = curl(&["-H", &with(&jwt("RS256")), &url("/raw")]);
+    assert_eq!((got.status, got.body.as_str()), (200, "ok"));
+    let head = raw.requests()[0].head.to_ascii_lowercase();
+    assert!(head.starts_with("get /raw/%7b%22id%22:%22t-7%22,%22tier%22:2%7d http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nx-groups: a,b,1.7e+09\r\n") && head.contains("\r\nauthorization: bearer "), "{head}");
+    assert_eq!((api.requests().len(), raw.requests().len()), (2, 1));
 }

@@ -149,6 +149,60 @@ fn the_http_proxy_example_runs_through_its_proxy() {
     assert_eq!(run.sigterm(), Some(0));
 }
 
+/// `auth/validator`'s `jwk_url`: the key set is fetched once at start, through the
+/// gateway's own backend client, and tokens are checked with it; a key set that cannot
+/// be fetched stops the start with the field's path.
+#[test]
+fn jwk_url_is_fetched_at_start() {
+    let keys = include_str!("../core/tests/fixtures/jwt/keys.json");
+    let idp = support::Backend::start(move |_| {
+        let head =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", keys.len());
+        support::Reply::Raw([head.as_bytes(), keys.as_bytes()].concat())
+    });
+    let api = support::Backend::start(|_| support::Reply::Json(r#"{"ok":true}"#.into()));
+    let tokens: serde_json::Value =
+        serde_json::from_str(include_str!("../core/tests/fixtures/jwt/tokens.json")).unwrap();
+    let port = support::proxies::free_port();
+    let dir = support::Scratch::new("jwk-url");
+    let write = |name: &str, jwk_url: &str| {
+        let path = dir.0.join(name);
+        let config = format!(
+            r#"{{"version": 3, "endpoints": [{{"endpoint": "/me", "extra_config": {{"auth/validator": {{
+                "alg": "ES512", "jwk_url": "{jwk_url}", "disable_jwk_security": true}}}},
+                "backend": [{{"host": ["{}"], "url_pattern": "/me"}}]}}]}}"#,
+            api.url()
+        );
+        std::fs::write(&path, config).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let good = write("good.json", &format!("{}/.well-known/jwks.json", idp.url()));
+    let mut run = Running::start(&["run", "-c", &good, "--port", &port.to_string()]);
+    run.wait_for("; listening on");
+    assert_eq!(get(port, "/me", "").status, 401);
+    let token = tokens["tokens"]["ES512"].as_str().unwrap();
+    let r = get(port, "/me", &format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#));
+    let fetched = idp.requests();
+    assert_eq!(fetched.len(), 1);
+    assert!(fetched[0].head.starts_with("GET /.well-known/jwks.json HTTP/1.1\r\n"), "{}", fetched[0].head);
+    assert_eq!(run.sigterm(), Some(0));
+
+    // Nothing listens there: `check` and `run` say so and exit 1.
+    let down = write("down.json", &format!("http://127.0.0.1:{}/jwks.json", support::proxies::free_port()));
+    for cmd in ["check", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args([cmd, "-c", &down]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.contains(r#"endpoints[0].extra_config["auth/validator"].jwk_url: cannot fetch http://127.0.0.1:"#)
+                && err.contains("/jwks.json: it answered 5"),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("listening"), "{err}");
+    }
+}
+
 #[test]
 fn a_bad_config_exits_1_before_binding() {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))

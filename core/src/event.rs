@@ -38,6 +38,9 @@ pub enum Log<'g> {
     /// Why a request got its CORS fields or not, with `security/cors`'s `debug`
     /// (`sluice::cors`, debug).
     Cors { peer: IpAddr, path: String, note: String },
+    /// Why a token was refused, with `auth/validator`'s `operation_debug`
+    /// (`sluice::jwt`, debug).
+    Jwt { peer: IpAddr, path: String, why: &'static str },
 }
 
 impl fmt::Display for Log<'_> {
@@ -59,6 +62,7 @@ impl fmt::Display for Log<'_> {
                 write!(f, "backend {backend} of endpoint {endpoint}: failed")
             }
             Log::Cors { peer, path, note } => write!(f, "client {peer} {path}: {note}"),
+            Log::Jwt { peer, path, why } => write!(f, "client {peer} {path}: token refused: {why}"),
         }
     }
 }
@@ -80,5 +84,6 @@ pub fn emit(line: &Log<'_>) {
         Log::Backend { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
         Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
         Log::Cors { .. } => tracing::debug!(target: "sluice::cors", "{line}"),
+        Log::Jwt { .. } => tracing::debug!(target: "sluice::jwt", "{line}"),
     }
 }

@@ -33,6 +33,8 @@ pub struct ClientRequest {
     /// The socket peer.
     pub peer: IpAddr,
     pub body: RequestBody,
+    /// The token `auth/validator` let through (the guard stage sets it).
+    pub token: Option<Box<crate::gateway::jwt::Token>>,
 }
 
 impl RequestBody {
@@ -63,6 +65,7 @@ impl ClientRequest {
             headers: std::mem::take(&mut req.head),
             peer,
             body: RequestBody::None,
+            token: None,
         })
     }
 }

@@ -89,6 +89,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
         headers,
         peer: req.peer.parse::<IpAddr>().unwrap(),
         body: req.body.map_or(RequestBody::None, |b| RequestBody::Full(b.as_bytes().to_vec())),
+        token: None,
     };
     let route = match gw.dispatch(&req.method, path, query.as_deref()) {
         Dispatch::Reply(reply) => return Outcome { reply, calls: vec![], elapsed: Duration::ZERO },
@@ -408,6 +409,7 @@ fn late_answers_and_unknown_ids_are_ignored() {
         headers: Head::default(),
         peer: "127.0.0.1".parse().unwrap(),
         body: RequestBody::None,
+        token: None,
     };
     let mut ex = Exchange::new(&gw, route, req, t0);
     let lb = Balancer::new(gw.backend_count);
@@ -876,6 +878,7 @@ fn no_op_passes_the_backend_through() {
         headers,
         peer: "127.0.0.1".parse().unwrap(),
         body: RequestBody::Stream(sluice_core::http1::BodyLength::Unknown),
+        token: None,
     };
     let t0 = Instant::now();
     let mut ex = Exchange::new(&gw, route, req, t0);

@@ -17,8 +17,9 @@ use super::template::{self, Piece, Placeholder};
 use super::{
     Backend, BackendHttp, BotDetectorConfig, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels,
     CorsConfig, Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions,
-    IpNet, LimitStrategy, LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange, ProxyRateLimit,
-    RateLimitConfig, RouterOptions, ServerTls, ServiceDiscovery, is_write_method, parse_duration,
+    IpNet, JwtConfig, KeyStrategy, LimitStrategy, LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange,
+    ProxyRateLimit, RateLimitConfig, RouterOptions, ScopesMatcher, ServerTls, ServiceDiscovery, is_write_method,
+    parse_duration,
 };
 use crate::plan::route::Router;
 
@@ -646,6 +647,160 @@ fn cors_config(mut o: Obj<'_>, cx: &mut Ctx) -> CorsConfig {
     }
 }
 
+/// `extra_config."auth/validator"` on an endpoint. KrakenD answers 401 to every
+/// request when its block is wrong (or stops, for a bad `alg`); here it is an error.
+fn jwt_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<JwtConfig> {
+    use crate::gateway::jwt::Alg;
+    let alg_path = o.at("alg");
+    let alg = o.required_string("alg", cx).filter(|a| {
+        let known = Alg::parse(a).is_some();
+        if !known {
+            cx.error(&alg_path, format!("{a:?} is not an algorithm KrakenD validates: {}", Alg::NAMES));
+        }
+        known
+    });
+    let disable_jwk_security = o.flag("disable_jwk_security", cx);
+    let jwk_url = o.non_empty("jwk_url", cx);
+    let jwk_local_path = o.non_empty("jwk_local_path", cx);
+    let jwk_local_ca = o.non_empty("jwk_local_ca", cx);
+    match (&jwk_url, &jwk_local_path) {
+        (None, None) => cx.error(&o.path, "no keys: give jwk_url or jwk_local_path"),
+        (Some(_), Some(_)) => {
+            cx.notice(&o.at("jwk_url"), "not used: jwk_local_path is given (KrakenD reads the file then)")
+        }
+        (Some(url), None) => {
+            let https = url.starts_with("https://");
+            if !https && !url.starts_with("http://") {
+                cx.error(&o.at("jwk_url"), format!("{url:?} is not an http(s) URL"));
+            } else if !https && !disable_jwk_security {
+                cx.error(&o.at("jwk_url"), "not https: set disable_jwk_security to fetch keys over plain HTTP");
+            }
+            cx.notice(
+                &o.at("jwk_url"),
+                "the key set is fetched once, when the configuration is loaded: a key the issuer adds later \
+                 needs a restart",
+            );
+        }
+        (None, Some(_)) => {}
+    }
+    if disable_jwk_security {
+        cx.notice(
+            &o.at("disable_jwk_security"),
+            "the key set's server is not verified (plain HTTP or any certificate)",
+        );
+    }
+    // The key cache: the set is read once, so both are moot.
+    let _ = o.flag("cache", cx);
+    let _ = o.uint("cache_duration", 0, u64::from(u32::MAX), cx);
+    let _ = o.duration("failed_jwk_key_cooldown", cx);
+    let strategy_path = o.at("key_identify_strategy");
+    let key_identify_strategy = match o.non_empty("key_identify_strategy", cx).as_deref() {
+        None | Some("kid") => KeyStrategy::Kid,
+        Some("x5t") => KeyStrategy::X5t,
+        Some("kid_x5t") => KeyStrategy::KidX5t,
+        Some(other) => {
+            cx.error(
+                &strategy_path,
+                format!("{other:?} is not a strategy Sluice knows: \"kid\", \"x5t\" or \"kid_x5t\""),
+            );
+            KeyStrategy::Kid
+        }
+    };
+    let header_path = o.at("auth_header_name");
+    let auth_header_name = o.non_empty("auth_header_name", cx).unwrap_or_else(|| "Authorization".into());
+    if http::HeaderName::from_bytes(auth_header_name.as_bytes()).is_err() {
+        cx.error(&header_path, format!("{auth_header_name:?} is not a header name"));
+    }
+    let cookie_key = o.non_empty("cookie_key", cx).unwrap_or_else(|| "access_token".into());
+    let leeway = o.duration("leeway", cx).unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1));
+    let issuer = o.non_empty("issuer", cx);
+    let audience = o.strings("audience", cx).unwrap_or_default();
+    let roles_key = o.non_empty("roles_key", cx).unwrap_or_else(|| "roles".into());
+    let roles_key_is_nested = o.flag("roles_key_is_nested", cx);
+    let roles = o.strings("roles", cx).unwrap_or_default();
+    let scopes_key = o.non_empty("scopes_key", cx);
+    let scopes = o.strings("scopes", cx).unwrap_or_default();
+    if !scopes.is_empty() && scopes_key.is_none() {
+        // KrakenD checks no scope then: serving so would be a hole.
+        cx.error(&o.at("scopes_key"), "missing: scopes needs the claim that holds them");
+    }
+    let matcher_path = o.at("scopes_matcher");
+    let scopes_matcher = match o.non_empty("scopes_matcher", cx).as_deref() {
+        None | Some("any") => ScopesMatcher::Any,
+        Some("all") => ScopesMatcher::All,
+        Some(other) => {
+            cx.error(&matcher_path, format!("{other:?} is not a matcher: \"any\" or \"all\""));
+            ScopesMatcher::Any
+        }
+    };
+    let mut propagate_claims = Vec::new();
+    if let Some(v) = o.take("propagate_claims") {
+        let path = o.at("propagate_claims");
+        match v {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = index(&path, i);
+                    match item.as_array().map(Vec::as_slice) {
+                        Some([Value::String(claim), Value::String(header)]) if !claim.is_empty() => {
+                            match http::HeaderName::from_bytes(header.as_bytes()) {
+                                Ok(name) => propagate_claims.push((claim.clone(), name)),
+                                Err(_) => cx.error(&index(&at, 1), format!("{header:?} is not a header name")),
+                            }
+                        }
+                        _ => cx.error(&at, "expected [\"claim\", \"Header-Name\"]"),
+                    }
+                }
+            }
+            other => {
+                cx.error(&path, format!("expected an array of [\"claim\", \"Header-Name\"], found {}", kind(other)))
+            }
+        }
+    }
+    let propagate_claims_preserve_array = o.flag("propagate_claims_preserve_array", cx);
+    let operation_debug = o.flag("operation_debug", cx);
+    if o.asks("cipher_suites") {
+        cx.notice(
+            &o.at("cipher_suites"),
+            "not used: the key set is fetched with rustls's suites (TLS 1.2 and 1.3, none weak)",
+        );
+    }
+    for (key, what) in [
+        ("jwk_fingerprints", "certificate pinning of the key set's server"),
+        ("secret_url", "an encrypted key file"),
+        ("cypher_key", "an encrypted key file"),
+    ] {
+        if o.asks(key) {
+            cx.error(
+                &o.at(key),
+                format!("not supported by Sluice ({what}): refusing to serve without it; remove it to run without it"),
+            );
+        }
+    }
+    o.finish(cx);
+    Some(JwtConfig {
+        alg: alg?,
+        jwk_url,
+        jwk_local_path,
+        jwk_local_ca,
+        disable_jwk_security,
+        key_identify_strategy,
+        auth_header_name,
+        cookie_key,
+        leeway,
+        issuer,
+        audience,
+        roles_key,
+        roles_key_is_nested,
+        roles,
+        scopes_key,
+        scopes,
+        scopes_matcher,
+        propagate_claims,
+        propagate_claims_preserve_array,
+        operation_debug,
+    })
+}
+
 /// `extra_config."security/bot-detector"` (root or endpoint). KrakenD runs without
 /// the detector when its block is wrong (a warning in its log); here it is an error.
 fn bot_detector_config(mut o: Obj<'_>, cx: &mut Ctx) -> BotDetectorConfig {
@@ -1165,11 +1320,16 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     check_header_names(&input_headers, &o.at("input_headers"), cx);
     let output_encoding: Option<OutputEncoding> = o.leaf("output_encoding", cx);
     let mut sequential = false;
+    let mut jwt = None;
     let mut bot_detector = None;
     let mut rate_limit = None;
     let mut json_schema = None;
     let mut cel = Vec::new();
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        "auth/validator" | "github.com/devopsfaith/krakend-jose/validator" => {
+            jwt = jwt_config(Obj::new(v, path.to_string(), cx)?, cx).map(Box::new);
+            Some(())
+        }
         "security/bot-detector" | "github_com/devopsfaith/krakend-botdetector" => {
             bot_detector = Some(bot_detector_config(Obj::new(v, path.to_string(), cx)?, cx));
             Some(())
@@ -1217,7 +1377,8 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         }
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                let ctx = BackendCtx { root, params: params.as_deref(), sequential, position: i, output };
+                let ctx =
+                    BackendCtx { root, params: params.as_deref(), sequential, position: i, output, jwt: jwt.is_some() };
                 if let Some(b) = backend(item, index(&backend_path, i), &ctx, cx) {
                     backends.push((i, b));
                 }
@@ -1272,6 +1433,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         input_headers,
         output_encoding,
         sequential,
+        jwt,
         bot_detector,
         rate_limit,
         json_schema,
@@ -1373,6 +1535,8 @@ struct BackendCtx<'a> {
     position: usize,
     /// The endpoint's output encoding: a `no-op` endpoint's backend is `no-op` too.
     output: OutputEncoding,
+    /// The endpoint checks tokens (`auth/validator`): `{JWT.claim}` has a value.
+    jwt: bool,
 }
 
 fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Option<Backend> {
@@ -1573,6 +1737,11 @@ fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {
             Placeholder::InputHeader(h) => {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     cx.error(path, format!("{{input_headers.{h}}}: invalid header name"));
+                }
+            }
+            Placeholder::Jwt(claim) => {
+                if !ctx.jwt {
+                    cx.error(path, format!("{{JWT.{claim}}} needs the endpoint's auth/validator (a token to read)"));
                 }
             }
             Placeholder::Response { index: n, .. } => {

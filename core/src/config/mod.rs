@@ -501,6 +501,9 @@ pub struct Endpoint {
     /// `extra_config."proxy".sequential`: call backends one after the other, each able to
     /// use earlier responses in its `url_pattern`. Default: false (parallel).
     pub sequential: bool,
+    /// `extra_config."auth/validator"`: the token every request must bring (401, 403).
+    /// Default: none.
+    pub jwt: Option<Box<JwtConfig>>,
     /// `extra_config."security/bot-detector"`: requests refused by User-Agent (403).
     /// Default: none.
     pub bot_detector: Option<BotDetectorConfig>,
@@ -514,6 +517,74 @@ pub struct Endpoint {
     pub cel: Vec<String>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
+}
+
+/// `extra_config."auth/validator"` on an endpoint, as krakend-jose reads it (see
+/// [`crate::gateway::jwt`] for what each check does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    /// The one signature algorithm tokens must use, as KrakenD names it (`RS256`).
+    /// Required.
+    pub alg: String,
+    /// Where the JWK set is fetched from, when the configuration is loaded. `https`
+    /// unless `disable_jwk_security`. One of it or `jwk_local_path` is required.
+    pub jwk_url: Option<String>,
+    /// A JWK set file, read when the configuration is loaded.
+    pub jwk_local_path: Option<String>,
+    /// A PEM file of roots trusted for `jwk_url`, beside the system's.
+    pub jwk_local_ca: Option<String>,
+    /// `jwk_url` may be plain HTTP, and its certificate is not verified. Default: false.
+    pub disable_jwk_security: bool,
+    /// How a token's key is found. Default: `kid`.
+    pub key_identify_strategy: KeyStrategy,
+    /// The header the token comes in. Default: `Authorization`.
+    pub auth_header_name: String,
+    /// The cookie read when that header is absent. Default: `access_token`.
+    pub cookie_key: String,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`. Default (and least): 1s.
+    pub leeway: Duration,
+    /// The `iss` tokens must carry. Default: any.
+    pub issuer: Option<String>,
+    /// Every one of these must be in `aud`. Default: none asked.
+    pub audience: Vec<String>,
+    /// The claim holding the roles. Default: `roles`.
+    pub roles_key: String,
+    /// `roles_key` is a dotted path into nested objects. Default: false.
+    pub roles_key_is_nested: bool,
+    /// A token must hold one of these roles (else 403). Default: none asked.
+    pub roles: Vec<String>,
+    /// The claim holding the scopes (dotted: nested). Default: none (no scope check).
+    pub scopes_key: Option<String>,
+    /// The scopes asked for (else 403). Default: none.
+    pub scopes: Vec<String>,
+    /// Whether any or all of `scopes` are needed. Default: any.
+    pub scopes_matcher: ScopesMatcher,
+    /// Claims copied to request headers: `(claim, header)`.
+    pub propagate_claims: Vec<(String, http::HeaderName)>,
+    /// An array claim propagated as one header value per item. Default: false (joined).
+    pub propagate_claims_preserve_array: bool,
+    /// One `sluice::jwt` debug line per refused token, saying why. Default: false.
+    pub operation_debug: bool,
+}
+
+/// `key_identify_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyStrategy {
+    /// The token's `kid` names the key.
+    #[default]
+    Kid,
+    /// The token's `x5t` (else its `kid`) is the key's `x5t`.
+    X5t,
+    /// Both.
+    KidX5t,
+}
+
+/// `scopes_matcher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScopesMatcher {
+    #[default]
+    Any,
+    All,
 }
 
 /// `extra_config."security/bot-detector"` (root or endpoint), as krakend-botdetector

@@ -47,12 +47,17 @@ pub enum Placeholder<'a> {
     InputHeader(&'a str),
     /// `{resp0_user.id}`: a field of an earlier backend's response (sequential proxy).
     Response { index: usize, path: &'a str },
+    /// `{JWT.sub}`: a top-level claim of the request's token (`auth/validator`).
+    Jwt(&'a str),
 }
 
 impl<'a> Placeholder<'a> {
     pub fn classify(name: &'a str) -> Placeholder<'a> {
         if let Some(header) = name.strip_prefix("input_headers.") {
             return Placeholder::InputHeader(header);
+        }
+        if let Some(claim) = name.strip_prefix("JWT.") {
+            return Placeholder::Jwt(claim);
         }
         if let Some(rest) = name.strip_prefix("resp") {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -142,6 +147,8 @@ mod tests {
         assert_eq!(Placeholder::classify("resp_x"), Placeholder::Param("resp_x"));
         assert_eq!(Placeholder::classify("resp1_"), Placeholder::Param("resp1_"));
         assert_eq!(Placeholder::classify("response"), Placeholder::Param("response"));
+        assert_eq!(Placeholder::classify("JWT.sub"), Placeholder::Jwt("sub"));
+        assert_eq!(Placeholder::classify("jwt.sub"), Placeholder::Param("jwt.sub"));
     }
 
     #[test]

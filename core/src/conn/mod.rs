@@ -245,6 +245,22 @@ pub struct Connection<'g> {
     plain_on_tls: bool,
 }
 
+/// The time a request came, on both clocks: `now`, and the wall clock worked out
+/// from the connection's accept (core reads no clock).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub(crate) now: Instant,
+    /// The accept, on both clocks.
+    pub(crate) epoch: (Instant, SystemTime),
+}
+
+impl Clock {
+    /// `now` on the wall clock.
+    pub(crate) fn wall(&self) -> SystemTime {
+        self.epoch.1 + self.now.saturating_duration_since(self.epoch.0)
+    }
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -910,7 +926,8 @@ impl<'g> Connection<'g> {
     /// A request head came: its service says what to do with it (see
     /// [`crate::conn::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Box<Request>) -> State<'g> {
-        let outcome = self.service.route(&mut req, (self.peer, self.now), self.server.add_fields(), &mut self.queue);
+        let clock = Clock { now: self.now, epoch: self.epoch };
+        let outcome = self.service.route(&mut req, (self.peer, clock), self.server.add_fields(), &mut self.queue);
         self.server.recycle(req);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
         // held, so no size limit; any other is refused at once when it says it is over.

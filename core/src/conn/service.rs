@@ -15,6 +15,8 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::Clock;
+
 use http::StatusCode;
 
 use crate::event::Log;
@@ -149,12 +151,13 @@ impl<'g> Service<'g> {
     pub(crate) fn route(
         &self,
         req: &mut Request,
-        (peer, now): (IpAddr, Instant),
+        (peer, clock): (IpAddr, Clock),
         added: &mut Vec<u8>,
         logs: &mut VecDeque<Output<'g>>,
     ) -> Outcome<'g> {
+        let now = clock.now;
         match *self {
-            Service::Gateway(gw) => gateway(gw, req, (peer, now), added, logs),
+            Service::Gateway(gw) => gateway(gw, req, (peer, clock), added, logs),
             Service::Forward(proxy) => match proxy.route(req, peer, now) {
                 Routed::Go(p) => Outcome::Forward(p),
                 Routed::Bad(status, reason, line) => Outcome::Fail { status, reason, line },
@@ -180,10 +183,11 @@ impl<'g> Service<'g> {
 fn gateway<'g>(
     gw: &'g Gateway,
     req: &mut Request,
-    (peer, now): (IpAddr, Instant),
+    (peer, clock): (IpAddr, Clock),
     added: &mut Vec<u8>,
     logs: &mut VecDeque<Output<'g>>,
 ) -> Outcome<'g> {
+    let now = clock.now;
     let mut creq = match ClientRequest::from_head(req, peer) {
         Ok(creq) => creq,
         Err(reason) => {
@@ -226,9 +230,12 @@ fn gateway<'g>(
             // The guard stage: the endpoint's checks, before its body is read or any
             // backend called; an answer from it is the reply, as a router's is.
             if !route.endpoint.guards.is_empty()
-                && let Verdict::Answer(reply) =
-                    route.endpoint.guards.check(&creq, &route.params, &gw.config.router, now)
+                && let Verdict::Answer(reply, why) =
+                    route.endpoint.guards.check(&mut creq, &route.params, &gw.config.router, (now, clock.wall()))
             {
+                if let Some(why) = why {
+                    logs.push_back(Output::Log(Log::Jwt { peer, path: creq.path.clone(), why }));
+                }
                 return Outcome::Respond { reply, line, close: false };
             }
             if route.streaming {

@@ -45,8 +45,8 @@ impl<'g> Connection<'g> {
     pub(super) fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>, line: AccessLog) -> State<'g> {
         match serve {
             Serve::Builtin(b) => {
-                let (at, wall) = self.epoch;
-                let reply = builtin::answer(b, &req, wall + self.now.saturating_duration_since(at));
+                let wall = super::Clock { now: self.now, epoch: self.epoch }.wall();
+                let reply = builtin::answer(b, &req, wall);
                 self.respond(reply, line, false)
             }
             Serve::Endpoint(route) => {

@@ -33,7 +33,7 @@
 //! let balancer = Balancer::new(gw.backend_count); // one per shard
 //! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
 //! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
-//!     headers: Head::default(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None };
+//!     headers: Head::default(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None, token: None };
 //! let mut ex = Exchange::new(&gw, route, req, Instant::now());
 //! let reply = loop {
 //!     match ex.poll(&balancer) {
@@ -342,7 +342,9 @@ impl<'g> Exchange<'g> {
                         }
                     }
                 }
-                None => upstream::write_backend_headers(policy, client, ip, self.ask_coding(call), out),
+                None => {
+                    upstream::write_backend_headers(policy, client, ip, (self.ask_coding(call), self.claims()), out)
+                }
             }
             if let Some(auth) = proxy_auth {
                 http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
@@ -357,7 +359,12 @@ impl<'g> Exchange<'g> {
 
     fn render(&self, b: &BackendPlan) -> Result<String, RenderError> {
         let lookup = |index: usize, path: &[String]| self.response_value(index, path);
-        let inputs = UrlInputs { params: &self.params, headers: &self.req.headers, response: &lookup };
+        let inputs = UrlInputs {
+            params: &self.params,
+            headers: &self.req.headers,
+            response: &lookup,
+            token: self.req.token.as_deref(),
+        };
         upstream::render_url(b, &inputs, self.req.query.as_deref())
     }
 
@@ -510,6 +517,11 @@ impl<'g> Exchange<'g> {
         Some(CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body })
     }
 
+    /// The headers `auth/validator`'s `propagate_claims` gives the calls.
+    fn claims(&self) -> &[(HeaderName, HeaderValue)] {
+        self.req.token.as_ref().map_or(&[], |t| t.headers.as_slice())
+    }
+
     /// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
     /// for `HEAD`, nor under `disable_compression`, as Go's client).
     fn ask_coding(&self, call: &Call<'_>) -> Option<&'static [u8]> {
@@ -522,7 +534,8 @@ impl<'g> Exchange<'g> {
     fn backend_request(&self, call: &Call<'_>) -> BackendRequest {
         let mut fields = Vec::with_capacity(256);
         let policy = &self.ep.backends[call.id].headers;
-        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, self.ask_coding(call), &mut fields);
+        let extra = (self.ask_coding(call), self.claims());
+        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, extra, &mut fields);
         let mut headers = HeaderMap::new();
         for line in fields.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);

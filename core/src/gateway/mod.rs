@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod exchange;
 pub mod guard;
 pub mod json;
+pub mod jwt;
 pub mod plugin;
 pub mod ratelimit;
 pub mod response;

@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::http1::{self, Head, HopByHop};
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
@@ -104,6 +104,8 @@ pub struct UrlInputs<'a> {
     pub headers: &'a Head,
     /// Looks up `{respN_path}`: the text of a scalar in an earlier response.
     pub response: &'a dyn Fn(usize, &[String]) -> Option<String>,
+    /// The request's token, for `{JWT.claim}`.
+    pub token: Option<&'a crate::gateway::jwt::Token>,
 }
 
 impl std::fmt::Debug for UrlInputs<'_> {
@@ -131,6 +133,15 @@ pub fn render_url(
             UrlPiece::InputHeader(h) => {
                 let v = inputs.headers.get(h.as_str()).unwrap_or_default();
                 put_value(h.as_str(), v, &mut url)?;
+            }
+            UrlPiece::Jwt(claim) => {
+                let name = format!("JWT.{claim}");
+                // KrakenD writes the claim as it is; here it is a value like any other,
+                // percent-encoded and never a dot segment, so it stays in its segment.
+                let Some(v) = inputs.token.and_then(|t| t.claim_text(claim)) else {
+                    return Err(RenderError::Missing(format!("{{{name}}}: the token has no such claim")));
+                };
+                put_value(&name, v.as_bytes(), &mut url)?;
             }
             UrlPiece::Response { index, path } => {
                 let name = format!("resp{index}_{}", path.join("."));
@@ -218,17 +229,21 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
 /// `User-Agent: Sluice/<version>`, or `X-Forwarded-Via` with it when the client's
 /// `User-Agent` was passed; and `Accept-Encoding: <ask>` when asked to and neither the
 /// client's `Accept-Encoding` nor a `Range` was passed (Go's client asks for gzip so;
-/// see [`crate::call::coding`]). The client head's names are tokens and its values
-/// hold no CR, LF or NUL (the parser refused them), so nothing can be injected.
+/// see [`crate::call::coding`]). `claims` are `auth/validator`'s `propagate_claims`:
+/// they replace the client's headers of their names, and cross as those would, under
+/// the policy. The client head's names are tokens and its values hold no CR, LF or
+/// NUL (the parser refused them), nor do a [`HeaderValue`]'s, so nothing can be
+/// injected.
 pub fn write_backend_headers(
     policy: &HeaderPolicy,
     client: &Head,
     client_ip: IpAddr,
-    ask: Option<&[u8]>,
+    (ask, claims): (Option<&[u8]>, &[(HeaderName, HeaderValue)]),
     out: &mut Vec<u8>,
 ) {
     let hop = HopByHop::of(client);
-    let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n);
+    let replaced = |n: &[u8]| claims.iter().any(|(c, _)| n.eq_ignore_ascii_case(c.as_str().as_bytes()));
+    let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n) || (!claims.is_empty() && replaced(n));
     let (mut content_type, mut user_agent, mut coded) = (false, false, false);
     let mut put = |n: &[u8], v: &[u8], out: &mut Vec<u8>| {
         content_type |= n.eq_ignore_ascii_case(b"content-type");
@@ -254,6 +269,11 @@ pub fn write_backend_headers(
                     put(n.as_bytes(), v, out);
                 }
             }
+        }
+    }
+    for (n, v) in claims {
+        if policy.allows(n.as_str()) && !is_gateway_owned(n.as_str().as_bytes()) {
+            put(n.as_str().as_bytes(), v.as_bytes(), out);
         }
     }
     if !content_type && let Some(ct) = client.get("content-type") {

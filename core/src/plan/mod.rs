@@ -226,6 +226,8 @@ pub enum UrlPiece {
         index: usize,
         path: Vec<String>,
     },
+    /// A top-level claim of the request's token: `JWT.{claim}`.
+    Jwt(String),
 }
 
 /// What [`Gateway::load`] hands back: the gateway, the lint warnings and the notices
@@ -379,7 +381,7 @@ impl Gateway {
                 output: config.endpoint_output(e),
                 sequential: e.sequential,
                 backends,
-                guards: guards(e, &format!("endpoints[{i}]"), &mut errors),
+                guards: guards(e, &format!("endpoints[{i}]"), env, &mut errors),
                 cel: cel_checks(&e.cel, &format!("endpoints[{i}]"), &mut errors),
                 cel_sees: (
                     HeaderPolicy::compile(&e.input_headers, None),
@@ -651,6 +653,7 @@ fn compile_url_pattern(u: &str) -> Result<Vec<UrlPiece>, String> {
                 Placeholder::Response { index, path } => {
                     UrlPiece::Response { index, path: path.split('.').map(str::to_string).collect() }
                 }
+                Placeholder::Jwt(claim) => UrlPiece::Jwt(claim.to_string()),
             }),
         })
         .collect()
@@ -676,17 +679,49 @@ fn cel_checks(
 }
 
 /// An endpoint's guard stage (`at`: its JSON path), in KrakenD's order: the bot
-/// detector, then the rate limits.
-fn guards(e: &crate::config::Endpoint, at: &str, errors: &mut Vec<Diagnostic>) -> crate::gateway::guard::Guards {
+/// detector, the token, then the rate limits.
+fn guards(
+    e: &crate::config::Endpoint,
+    at: &str,
+    env: &Environment,
+    errors: &mut Vec<Diagnostic>,
+) -> crate::gateway::guard::Guards {
     use crate::gateway::guard::Guard;
     let mut list = Vec::new();
     if let Some(b) = e.bot_detector.as_ref().and_then(|b| bot_detector(b, at, errors)) {
         list.push(Guard::Bots(Box::new(b)));
     }
+    if let Some(j) = &e.jwt {
+        let at = format!(r#"{at}.extra_config["auth/validator"]"#);
+        let compiled =
+            jwt_keys(j, env).and_then(|keys| crate::gateway::jwt::Validator::compile(j, keys).map_err(|e| ("alg", e)));
+        match compiled {
+            Ok(v) => list.push(Guard::Jwt(std::sync::Arc::new(v), j.operation_debug)),
+            Err((field, message)) => errors.push(Diagnostic { path: format!("{at}.{field}"), message }),
+        }
+    }
     if let Some(r) = &e.rate_limit {
         list.push(Guard::RateLimit(crate::gateway::ratelimit::RouterLimit::compile(r)));
     }
     crate::gateway::guard::Guards::new(list)
+}
+
+/// The key set of an `auth/validator`: its file read, or its URL fetched (the field
+/// at fault, and why not).
+fn jwt_keys(
+    j: &crate::config::JwtConfig,
+    env: &Environment,
+) -> Result<crate::gateway::jwt::KeySet, (&'static str, String)> {
+    use crate::gateway::jwt::KeySet;
+    if let Some(path) = &j.jwk_local_path {
+        let bytes = (env.read_file)(path).map_err(|e| ("jwk_local_path", e))?;
+        return KeySet::parse(&bytes).map_err(|e| ("jwk_local_path", format!("{path}: {e}")));
+    }
+    let Some(url) = &j.jwk_url else { return Err(("jwk_url", "missing: no key set".into())) };
+    let request =
+        crate::tls::FetchRequest { url: url.clone(), ca: j.jwk_local_ca.clone(), insecure: j.disable_jwk_security };
+    let bytes = (env.fetch)(&request).map_err(|e| ("jwk_url", e))?;
+    KeySet::parse(&bytes).map_err(|e| ("jwk_url", format!("{url}: {e}")))
 }
 
 /// A bot detector (`at`: the JSON path of its level). Each pattern compiled when the

@@ -57,6 +57,21 @@ use crate::config::{ClientCert, ClientTls, ServerTls, TlsVersion};
 /// Reads a file the configuration names: its bytes, or why not.
 pub type ReadFile = Box<dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync>;
 
+/// Fetches a document the configuration names by URL (an `auth/validator` key set):
+/// its body, or why not.
+pub type Fetch = Box<dyn Fn(&FetchRequest) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// What [`Environment::fetch`] is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// A PEM file of roots trusted beside the system's.
+    pub ca: Option<String>,
+    /// The server is not verified (the configuration says so, with a notice).
+    pub insecure: bool,
+}
+
 /// What the loader hands core besides the configuration text.
 pub struct Environment {
     /// `HTTP_PROXY` and friends.
@@ -65,6 +80,9 @@ pub struct Environment {
     pub read_file: ReadFile,
     /// The system's trusted roots, asked for only when an `https://` backend uses them.
     pub system_roots: Box<dyn Fn() -> Vec<CertificateDer<'static>> + Send + Sync>,
+    /// Fetches what the configuration names by URL, once, while it is compiled (the
+    /// binary does it with the gateway's own backend client).
+    pub fetch: Fetch,
 }
 
 impl Default for Environment {
@@ -75,6 +93,7 @@ impl Default for Environment {
             proxy: ProxyEnv::default(),
             read_file: Box::new(|path| Err(format!("cannot read {path:?}: no file access was given"))),
             system_roots: Box::new(Vec::new),
+            fetch: Box::new(|r| Err(format!("cannot fetch {}: no network access was given", r.url))),
         }
     }
 }

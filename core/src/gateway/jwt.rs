@@ -1,0 +1,492 @@
+//! `auth/validator`: the endpoint's JSON Web Token check, as krakend-jose makes it
+//! (go-jose v3 and go-auth0 underneath).
+//!
+//! **The token** comes from the `Authorization` header (`auth_header_name`): its first
+//! value, less a leading `Bearer ` (any case) when it is longer than that; a value
+//! without the prefix is read as a bare token. Only when the header is absent or empty
+//! is the cookie `cookie_key` (default `access_token`) read, as it is.
+//!
+//! **The check**, in krakend-jose's order: a signed token in compact form (three
+//! base64url parts; whitespace anywhere is dropped, as go-jose drops it), whose
+//! header's `alg` is exactly the configured one and names no `crit` extension; the key
+//! found by the strategy (`kid` by default: the key with that `kid`, or for a token
+//! without one a key without one); the signature; then the claims: `exp`, `nbf` and
+//! `iat` when present, with `leeway` (at least one second, as KrakenD), `iss` equal to
+//! `issuer`, `aud` holding every `audience`. Any failure is 401 with an empty body.
+//! Then the roles (any of `roles` in the `roles_key` claim, an array or a
+//! space-separated string) and the scopes (any, or all with `scopes_matcher: "all"`, of
+//! `scopes` in `scopes_key`): 403 with an empty body.
+//!
+//! **What passes on:** the claims, for `propagate_claims` (backend headers, rendered as
+//! Go's `Claims.Get` renders them; a missing claim sets the header empty, a client's
+//! header of that name is replaced; they cross to a backend only under its
+//! `input_headers`, as in KrakenD) and `{JWT.claim}` in a `url_pattern` (top-level
+//! claims, as KrakenD).
+//!
+//! The keys are read when the configuration is compiled (`jwk_local_path`, or
+//! `jwk_url` fetched then by the loader: see [`crate::tls::Environment::fetch`]), each
+//! parsed once. Signatures are checked by the `jsonwebtoken` crate's RustCrypto
+//! backend, ES512 (which it lacks) by the `p521` crate; the claims here, as go-jose.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use http::{HeaderName, HeaderValue, StatusCode};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Map, Value};
+
+use crate::config::{JwtConfig, KeyStrategy, ScopesMatcher};
+use crate::http1::Head;
+
+/// A signature algorithm KrakenD takes for `alg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    /// Everything `jsonwebtoken` verifies.
+    Jose(Algorithm),
+    /// ECDSA on P-521 with SHA-512.
+    Es512,
+}
+
+impl Alg {
+    /// The algorithm named `name`, exactly as KrakenD spells it.
+    pub fn parse(name: &str) -> Option<Alg> {
+        Some(match name {
+            "ES512" => Alg::Es512,
+            "EdDSA" | "HS256" | "HS384" | "HS512" | "RS256" | "RS384" | "RS512" | "ES256" | "ES384" | "PS256"
+            | "PS384" | "PS512" => Alg::Jose(name.parse().ok()?),
+            _ => return None,
+        })
+    }
+
+    /// The names `alg` takes, for a refusal.
+    pub const NAMES: &'static str =
+        "EdDSA, HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, ES512, PS256, PS384, PS512";
+}
+
+/// One key of the set, parsed once.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    /// The `x5t` thumbprint, base64url as the set gives it.
+    x5t: Option<String>,
+    decoding: DecodingKey,
+    /// A P-521 public key (for ES512).
+    p521: Option<p521::ecdsa::VerifyingKey>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key").field("kid", &self.kid).field("x5t", &self.x5t).finish_non_exhaustive()
+    }
+}
+
+/// A JSON Web Key Set, parsed.
+#[derive(Debug, Clone)]
+pub struct KeySet(Vec<Key>);
+
+impl KeySet {
+    /// Parses a JWK Set (`{"keys": [...]}`). As go-jose, a key that cannot be read
+    /// refuses the whole set, and so does an empty one.
+    pub fn parse(bytes: &[u8]) -> Result<KeySet, String> {
+        #[derive(serde::Deserialize)]
+        struct Set {
+            keys: Vec<Value>,
+        }
+        let set: Set =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set ({{\"keys\": [...]}}): {e}"))?;
+        if set.keys.is_empty() {
+            return Err("the JWK set has no keys".into());
+        }
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for (i, raw) in set.keys.into_iter().enumerate() {
+            let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("keys[{i}]: not a JWK: {e}"))?;
+            let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("keys[{i}]: unusable key: {e}"))?;
+            let p521 = match &jwk.algorithm {
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P521 => {
+                    let point = decoding.try_get_as_bytes().map_err(|e| format!("keys[{i}]: {e}"))?;
+                    Some(
+                        p521::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                            .map_err(|_| format!("keys[{i}]: not a point of P-521"))?,
+                    )
+                }
+                AlgorithmParameters::Other(_) => return Err(format!("keys[{i}]: unknown key type")),
+                _ => None,
+            };
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                x5t: jwk.common.x509_sha1_fingerprint.clone(),
+                decoding,
+                p521,
+            });
+        }
+        Ok(KeySet(keys))
+    }
+
+    /// The key a token names, by the strategy. As go-auth0's key cache, the last key
+    /// with that identifier wins.
+    fn find(&self, strategy: KeyStrategy, kid: &str, x5t: &str) -> Option<&Key> {
+        let x5t = if x5t.is_empty() { kid } else { x5t };
+        self.0.iter().rev().find(|k| {
+            let kid_is = k.kid.as_deref().unwrap_or("") == kid;
+            let x5t_is = k.x5t.as_deref().unwrap_or("") == x5t;
+            match strategy {
+                KeyStrategy::Kid => kid_is,
+                KeyStrategy::X5t => x5t_is,
+                KeyStrategy::KidX5t => kid_is && x5t_is,
+            }
+        })
+    }
+
+    /// How many keys the set holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A claim path: a top-level name, or the steps of a dotted one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClaimPath(Vec<String>);
+
+impl ClaimPath {
+    /// `name` split at dots when `nested` (KrakenD never splits a name that starts
+    /// with `http`: namespaced claims are URLs).
+    fn of(name: &str, nested: bool) -> ClaimPath {
+        if nested && name.contains('.') && !name.starts_with("http") {
+            ClaimPath(name.split('.').map(str::to_string).collect())
+        } else {
+            ClaimPath(vec![name.to_string()])
+        }
+    }
+
+    fn lookup<'c>(&self, claims: &'c Map<String, Value>) -> Option<&'c Value> {
+        let (first, rest) = self.0.split_first()?;
+        let mut v = claims.get(first)?;
+        for step in rest {
+            v = v.as_object()?.get(step)?;
+        }
+        Some(v)
+    }
+}
+
+/// A compiled `auth/validator`.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    alg: Alg,
+    keys: KeySet,
+    strategy: KeyStrategy,
+    header: String,
+    cookie: String,
+    leeway: u64,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    roles_key: ClaimPath,
+    roles: Vec<String>,
+    scopes_key: Option<ClaimPath>,
+    scopes: Vec<String>,
+    scopes_all: bool,
+    propagate: Vec<(ClaimPath, HeaderName)>,
+    /// An array claim gives one header value per item.
+    preserve_array: bool,
+}
+
+/// A token that passed: its claims, and the headers they give backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub claims: Map<String, Value>,
+    /// `propagate_claims`, rendered (names lowercase).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Token {
+    /// `{JWT.name}`: a top-level claim as KrakenD renders it (none when absent).
+    pub fn claim_text(&self, name: &str) -> Option<String> {
+        self.claims.get(name).map(render_claim)
+    }
+}
+
+impl Validator {
+    /// Compiles `cfg` with the key set the loader read for it (an unknown `alg` is
+    /// refused when the file is read; here, for a configuration built in code).
+    pub fn compile(cfg: &JwtConfig, keys: KeySet) -> Result<Validator, String> {
+        let alg = Alg::parse(&cfg.alg)
+            .ok_or_else(|| format!("{:?} is not an algorithm KrakenD validates: {}", cfg.alg, Alg::NAMES))?;
+        Ok(Validator {
+            alg,
+            keys,
+            strategy: cfg.key_identify_strategy,
+            header: cfg.auth_header_name.clone(),
+            cookie: cfg.cookie_key.clone(),
+            leeway: cfg.leeway.as_secs().max(1),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            roles_key: ClaimPath::of(&cfg.roles_key, cfg.roles_key_is_nested),
+            roles: cfg.roles.clone(),
+            scopes_key: cfg.scopes_key.as_deref().map(|k| ClaimPath::of(k, true)),
+            scopes: cfg.scopes.clone(),
+            scopes_all: cfg.scopes_matcher == ScopesMatcher::All,
+            propagate: cfg
+                .propagate_claims
+                .iter()
+                .map(|(claim, header)| (ClaimPath::of(claim, true), header.clone()))
+                .collect(),
+            preserve_array: cfg.propagate_claims_preserve_array,
+        })
+    }
+
+    /// Checks the request's token at `wall`: the token, or the status to answer (401
+    /// or 403, with an empty body) and why (for the debug log).
+    pub fn check(&self, headers: &Head, wall: SystemTime) -> Result<Token, (StatusCode, &'static str)> {
+        let unauthorized = |why| (StatusCode::UNAUTHORIZED, why);
+        let raw = self.token(headers).ok_or(unauthorized("no token"))?;
+        let claims = self.verify(&raw).map_err(unauthorized)?;
+        let now = wall.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        self.valid_now(&claims, now).map_err(unauthorized)?;
+        if !self.roles.is_empty() && !self.has_role(&claims) {
+            return Err((StatusCode::FORBIDDEN, "no role asked for"));
+        }
+        if let Some(key) = &self.scopes_key
+            && !self.scopes.is_empty()
+            && !self.has_scopes(key, &claims)
+        {
+            return Err((StatusCode::FORBIDDEN, "not the scopes asked for"));
+        }
+        let mut out = Vec::with_capacity(self.propagate.len());
+        for (claim, name) in &self.propagate {
+            let texts = match claim.lookup(&claims) {
+                Some(Value::Array(items)) if self.preserve_array => items.iter().map(go_v).collect(),
+                Some(v) => vec![render_claim(v)],
+                None => vec![String::new()],
+            };
+            for text in texts {
+                // A signed claim is still the issuer's text: a control character
+                // cannot become a header (Go's client refuses the call; here, the token).
+                let value = HeaderValue::from_str(&text)
+                    .map_err(|_| unauthorized("a propagated claim is not a header value"))?;
+                out.push((name.clone(), value));
+            }
+        }
+        Ok(Token { claims, headers: out })
+    }
+
+    /// The token text: the header's (first value), else the cookie's.
+    fn token(&self, headers: &Head) -> Option<Vec<u8>> {
+        if let Some(v) = headers.get(&self.header).filter(|v| !v.is_empty()) {
+            let v = if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") { &v[7..] } else { v };
+            return Some(v.to_vec());
+        }
+        for cookies in headers.get_all("cookie") {
+            for pair in cookies.split(|&b| b == b';') {
+                let pair = pair.trim_ascii();
+                if let Some(eq) = pair.iter().position(|&b| b == b'=')
+                    && &pair[..eq] == self.cookie.as_bytes()
+                {
+                    let value = &pair[eq + 1..];
+                    let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+                    return (!value.is_empty()).then(|| value.to_vec());
+                }
+            }
+        }
+        None
+    }
+
+    /// Parses the compact form, checks the header and the signature: the claims.
+    fn verify(&self, raw: &[u8]) -> Result<Map<String, Value>, &'static str> {
+        let mut text: Vec<u8> = raw.to_vec();
+        text.retain(|b| !b.is_ascii_whitespace());
+        let text = std::str::from_utf8(&text).map_err(|_| "not a token")?;
+        let mut parts = text.split('.');
+        let (Some(head), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not a signed token in compact form");
+        };
+        let header: Value = decode_json(head).ok_or("the token's header is not base64url JSON")?;
+        let header = header.as_object().ok_or("the token's header is not an object")?;
+        if header.get("alg").and_then(Value::as_str).and_then(Alg::parse) != Some(self.alg) {
+            return Err("the token's alg is not the configured one");
+        }
+        if header.contains_key("crit") {
+            return Err("the token names critical extensions");
+        }
+        let text_of = |name| header.get(name).and_then(Value::as_str).unwrap_or("");
+        let key = self.keys.find(self.strategy, text_of("kid"), text_of("x5t")).ok_or("no key for the token")?;
+        let signed = &text[..head.len() + 1 + payload.len()];
+        let good = match self.alg {
+            Alg::Es512 => {
+                use p521::ecdsa::signature::Verifier;
+                let key = key.p521.as_ref().ok_or("the key is not a P-521 key")?;
+                let sig = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "the signature is not base64url")?;
+                let sig = p521::ecdsa::Signature::from_slice(&sig).map_err(|_| "not an ES512 signature")?;
+                key.verify(signed.as_bytes(), &sig).is_ok()
+            }
+            Alg::Jose(alg) => {
+                jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &key.decoding, alg).unwrap_or(false)
+            }
+        };
+        if !good {
+            return Err("bad signature");
+        }
+        match decode_json(payload) {
+            Some(Value::Object(claims)) => Ok(claims),
+            _ => Err("the token's claims are not a base64url JSON object"),
+        }
+    }
+
+    /// `exp`, `nbf`, `iat` (with the leeway), `iss` and `aud`, as go-jose's
+    /// `ValidateWithLeeway`.
+    fn valid_now(&self, claims: &Map<String, Value>, now: u64) -> Result<(), &'static str> {
+        let date = |name| -> Result<Option<i64>, &'static str> {
+            match claims.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                // Go's NumericDate: seconds, any fraction dropped.
+                Some(Value::Number(n)) => Ok(Some(n.as_f64().ok_or("a date claim is not a number")? as i64)),
+                Some(_) => Err("a date claim is not a number"),
+            }
+        };
+        let (now, leeway) = (now as i64, self.leeway as i64);
+        if let Some(exp) = date("exp")?
+            && now - leeway > exp
+        {
+            return Err("the token expired");
+        }
+        if let Some(nbf) = date("nbf")?
+            && now + leeway < nbf
+        {
+            return Err("the token is not valid yet");
+        }
+        if let Some(iat) = date("iat")?
+            && now + leeway < iat
+        {
+            return Err("the token was issued in the future");
+        }
+        if let Some(iss) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(iss)
+        {
+            return Err("not the issuer asked for");
+        }
+        if !self.audience.is_empty() {
+            let aud: Vec<&str> = match claims.get("aud") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(items)) => {
+                    items.iter().map(|v| v.as_str().ok_or("the aud claim is not strings")).collect::<Result<_, _>>()?
+                }
+                Some(_) => return Err("the aud claim is not strings"),
+            };
+            if !self.audience.iter().all(|a| aud.contains(&a.as_str())) {
+                return Err("not the audience asked for");
+            }
+        }
+        Ok(())
+    }
+
+    fn has_role(&self, claims: &Map<String, Value>) -> bool {
+        let held = words(self.roles_key.lookup(claims));
+        self.roles.iter().any(|r| held.contains(&r.as_str()))
+    }
+
+    fn has_scopes(&self, key: &ClaimPath, claims: &Map<String, Value>) -> bool {
+        let held = words(key.lookup(claims));
+        if held.is_empty() {
+            return false;
+        }
+        if self.scopes_all {
+            self.scopes.iter().all(|s| held.contains(&s.as_str()))
+        } else {
+            self.scopes.iter().any(|s| held.contains(&s.as_str()))
+        }
+    }
+}
+
+/// A roles or scopes claim: an array's strings, or a string split at single spaces.
+fn words(v: Option<&Value>) -> Vec<&str> {
+    match v {
+        Some(Value::String(s)) => s.split(' ').collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A base64url part (padding tolerated, as Go's decoder after go-jose strips it) as JSON.
+fn decode_json(part: &str) -> Option<Value> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).or_else(|_| URL_SAFE.decode(part)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A claim as krakend-jose's `Claims.Get` writes it: a string as it is, a whole number
+/// (within 1e-6) in digits, another number with six decimals, an array's items with
+/// Go's `%v` joined by commas, anything else as JSON (object keys sorted, as Go's).
+pub fn render_claim(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(0.0);
+            match n.as_i64() {
+                Some(i) => i.to_string(),
+                None if (f - f.round()).abs() < 1e-6 => format!("{}", f.round() as i64),
+                None => format!("{f:.6}"),
+            }
+        }
+        Value::Array(items) => items.iter().map(go_v).collect::<Vec<_>>().join(","),
+        other => sorted_json(other),
+    }
+}
+
+/// Go's `%v` of a decoded JSON value.
+fn go_v(v: &Value) -> String {
+    match v {
+        Value::Null => "<nil>".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => go_float(n.as_f64().unwrap_or(0.0)),
+        Value::Array(items) => format!("[{}]", items.iter().map(go_v).collect::<Vec<_>>().join(" ")),
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let pairs: Vec<String> = keys.iter().map(|k| format!("{k}:{}", go_v(&map[*k]))).collect();
+            format!("map[{}]", pairs.join(" "))
+        }
+    }
+}
+
+/// Go's `%v` of a float64 (`strconv.FormatFloat(f, 'g', -1, 64)`): the shortest
+/// digits, in exponent form when the exponent is under -4 or at least 6
+/// (`1.7e+09`, `1e-05`), else in decimals.
+fn go_float(f: f64) -> String {
+    if f == 0.0 {
+        return "0".into();
+    }
+    // The shortest round-trip digits and the decimal exponent, from Rust's `{:e}`.
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else {
+        format!("{f}")
+    }
+}
+
+/// JSON with object keys sorted (Go's `json.Marshal` of a map).
+fn sorted_json(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sort(&map[k]))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}

@@ -1,0 +1,152 @@
+//! Fetching what a configuration names by URL while it loads (an `auth/validator`
+//! key set, `jwk_url`), through the gateway's own backend client: the URL becomes
+//! the one `no-op` backend of a small gateway served by the tokio driver on a
+//! loopback port for the length of one request. So the fetch verifies TLS, trusts
+//! the roots and follows the proxy settings (`HTTPS_PROXY`, `NO_PROXY`) as any
+//! backend call does, with no second HTTP client in the binary.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::StopSignal;
+use sluice_core::plan::Gateway;
+use sluice_core::serve::Options;
+use sluice_core::tls::{Environment, FetchRequest};
+
+/// The largest document fetched: 1 MiB (a key set is a few KiB).
+const MAX_BYTES: usize = 1 << 20;
+
+/// How long the fetch may take, all told.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Fetches `req.url` with the proxy settings and roots of `env` (whose own `fetch`
+/// is not used): the body of a 200 answer, or why not.
+pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, String> {
+    let url = &req.url;
+    let (origin, target) = split_url(url)?;
+    let mut client_tls = serde_json::Map::new();
+    if req.insecure {
+        client_tls.insert("allow_insecure_connections".into(), true.into());
+    }
+    if let Some(ca) = &req.ca {
+        client_tls.insert("ca_certs".into(), vec![ca.clone()].into());
+    }
+    let config = serde_json::json!({
+        "version": 3,
+        "timeout": format!("{}s", DEADLINE.as_secs()),
+        "client_tls": client_tls,
+        // The reason a call failed comes back in the answer's body, for the error.
+        "extra_config": {"router": {"return_error_msg": true}},
+        "endpoints": [{
+            "endpoint": "/fetch",
+            "output_encoding": "no-op",
+            "backend": [{"host": [origin], "url_pattern": target, "encoding": "no-op"}]
+        }]
+    });
+    let gw = Gateway::load_with(&config.to_string(), env).map_err(|e| format!("cannot fetch {url}: {e}"))?.gateway;
+    let mut opts = Options::new(&gw, SocketAddr::from(([127, 0, 0, 1], 0)));
+    opts.threads = 1;
+    opts.admin_listen = None;
+    let stop = StopSignal::new();
+    let server = sluice_tokio::start(Arc::new(gw), opts, stop.clone())
+        .map_err(|e| format!("cannot fetch {url}: no loopback port for the fetch: {e}"))?;
+    let answer = get(server.listening.gateway);
+    stop.trigger();
+    server.join();
+    let (status, body) = answer.map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    if status != 200 {
+        let why = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+        let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+        return Err(format!("cannot fetch {url}: it answered {status}{why}"));
+    }
+    Ok(body)
+}
+
+/// `scheme://authority` and the path with its query, of an `http(s)` URL.
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!("{url:?} is not an absolute URL"));
+    };
+    if !matches!(scheme, "http" | "https") || authority.as_str().contains('@') {
+        return Err(format!("{url:?}: only http(s) URLs without credentials are fetched"));
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    if target.contains(['{', '}']) {
+        return Err(format!("{url:?}: braces in the path are not fetched"));
+    }
+    Ok((format!("{scheme}://{authority}"), target.to_string()))
+}
+
+/// One `GET /fetch` to the loopback gateway: the status and the whole body.
+fn get(at: SocketAddr) -> Result<(u16, Vec<u8>), String> {
+    let mut s = TcpStream::connect_timeout(&at, DEADLINE).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(DEADLINE + Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /fetch HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.take((MAX_BYTES + 64 * 1024) as u64).read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = resp.parse(&raw) else {
+        return Err("no readable answer".into());
+    };
+    let status = resp.code.unwrap_or(0);
+    let chunked = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked"));
+    let body = &raw[len..];
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    if body.len() > MAX_BYTES {
+        return Err(format!("the answer is over {} KiB", MAX_BYTES >> 10));
+    }
+    Ok((status, body))
+}
+
+/// A whole chunked body, decoded.
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let bad = || "a chunked answer that does not parse".to_string();
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| bad())?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad())?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 || out.len() + size > MAX_BYTES {
+            return Err(bad());
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_origin_and_target() {
+        assert_eq!(
+            split_url("https://idp.example/.well-known/jwks.json?x=1"),
+            Ok(("https://idp.example".into(), "/.well-known/jwks.json?x=1".into()))
+        );
+        assert_eq!(split_url("http://127.0.0.1:8089"), Ok(("http://127.0.0.1:8089".into(), "/".into())));
+        assert!(split_url("ftp://x/y").is_err());
+        assert!(split_url("https://user:pw@x/y").is_err());
+        assert!(split_url("/relative").is_err());
+        assert!(split_url("https://x/{a}").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), Ok(b"abcde".to_vec()));
+        assert!(dechunk(b"3\r\nab").is_err());
+        assert!(dechunk(b"zz\r\n").is_err());
+    }
+}
