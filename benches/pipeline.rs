@@ -389,7 +389,7 @@ fn guards(c: &mut Criterion) {
 /// `auth/validator` on one request: a token of the test fixtures (signed by Python's
 /// `cryptography`) checked with RS256, ES256 and HS256, with two claims propagated.
 fn jwt(c: &mut Criterion) {
-    use sluice_core::gateway::jwt::{KeySet, Validator};
+    use sluice_core::gateway::jwt::{KeySet, KeySource, Validator};
     let tokens: Value = serde_json::from_str(include_str!("../core/tests/fixtures/jwt/tokens.json")).unwrap();
     let keys = KeySet::parse(include_bytes!("../core/tests/fixtures/jwt/keys.json")).unwrap();
     let wall = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
@@ -401,7 +401,8 @@ fn jwt(c: &mut Criterion) {
                   "roles": ["admin"], "propagate_claims": [["sub", "X-User"], ["tenant.id", "X-Tenant"]]}}}}}}]}}"#
         );
         let parsed = sluice_core::config::parse(&text).expect("a valid config");
-        let v = Validator::compile(parsed.config.endpoints[0].jwt.as_ref().unwrap(), keys.clone()).unwrap();
+        let v = Validator::compile(parsed.config.endpoints[0].jwt.as_ref().unwrap(), KeySource::fixed(keys.clone()))
+            .unwrap();
         let head = Head::from_fields([
             ("Host", &b"gw"[..]),
             ("Authorization", format!("Bearer {}", tokens["tokens"][alg].as_str().unwrap()).as_bytes()),

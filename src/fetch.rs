@@ -3,14 +3,16 @@
 //! the one `no-op` backend of a small gateway served by the tokio driver on a
 //! loopback port for the length of one request. So the fetch verifies TLS, trusts
 //! the roots and follows the proxy settings (`HTTPS_PROXY`, `NO_PROXY`) as any
-//! backend call does, with no second HTTP client in the binary.
+//! backend call does, with no second HTTP client in the binary. [`refresh`] fetches
+//! such sets again while the gateway serves, when core says they are due.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_core::StopSignal;
+use sluice_core::gateway::jwt::{KeySet, KeySource};
 use sluice_core::plan::Gateway;
 use sluice_core::serve::Options;
 use sluice_core::tls::{Environment, FetchRequest};
@@ -62,6 +64,40 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
         return Err(format!("cannot fetch {url}: it answered {status}{why}"));
     }
     Ok(body)
+}
+
+/// Starts the thread that keeps `sources` fresh: once a second it fetches again each
+/// set that is due ([`KeySource::due`]: its `cache_duration` over, or a token naming a
+/// key it lacks after its cooldown), with an environment from `env`, and puts a set
+/// that parses in place. A failed fetch keeps the set in use and is logged; it counts
+/// as a fetch for the timing, so an unreachable server is not hammered. Ends with
+/// `stop`.
+pub(crate) fn refresh(sources: Vec<Arc<KeySource>>, env: impl Fn() -> Environment + Send + 'static, stop: StopSignal) {
+    let spawned = std::thread::Builder::new().name("sluice-keys".into()).spawn(move || {
+        let started = Instant::now();
+        let mut last = vec![started; sources.len()];
+        while !stop.is_triggered() {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = Instant::now();
+            for (source, last) in sources.iter().zip(last.iter_mut()) {
+                let Some(req) = source.request().filter(|_| source.due(*last, now)) else { continue };
+                *last = now;
+                match fetch(req, &env())
+                    .and_then(|bytes| KeySet::parse(&bytes).map_err(|e| format!("{}: {e}", req.url)))
+                {
+                    Ok(keys) => {
+                        let count = keys.len();
+                        source.replace(keys);
+                        tracing::info!(target: "sluice::jwt", "key set {} fetched again: {count} key(s)", req.url);
+                    }
+                    Err(e) => tracing::warn!(target: "sluice::jwt", "{e}; the key set in use is kept"),
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(target: "sluice::jwt", "fetched key sets will not be refreshed: no thread: {e}");
+    }
 }
 
 /// `scheme://authority` and the path with its query, of an `http(s)` URL.

@@ -155,17 +155,9 @@ fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCod
     // A URL the configuration names (an auth/validator key set) is fetched through
     // a gateway of its own, with the same proxies, files and roots.
     let inner = proxy.clone();
-    let fetch_env = move || sluice_core::tls::Environment {
-        proxy: inner.clone(),
-        read_file: Box::new(read_small_file),
-        system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
-        ..Default::default()
-    };
     let env = sluice_core::tls::Environment {
-        proxy,
-        read_file: Box::new(read_small_file),
-        system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
-        fetch: Box::new(move |req| fetch::fetch(req, &fetch_env())),
+        fetch: Box::new(move |req| fetch::fetch(req, &fetch_env(inner.clone()))),
+        ..fetch_env(proxy)
     };
     match Gateway::load_with(&text, &env).and_then(plugins) {
         Ok(loaded) => Ok(loaded),
@@ -184,6 +176,17 @@ fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCod
             }
             Err(ExitCode::FAILURE)
         }
+    }
+}
+
+/// What a fetch's own gateway is loaded with: the proxy settings, files and roots of
+/// the gateway's, and no fetch of its own.
+fn fetch_env(proxy: sluice_core::call::proxy::ProxyEnv) -> sluice_core::tls::Environment {
+    sluice_core::tls::Environment {
+        proxy,
+        read_file: Box::new(read_small_file),
+        system_roots: Box::new(|| rustls_native_certs::load_native_certs().certs),
+        ..Default::default()
     }
 }
 
@@ -322,6 +325,11 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     }
     tracing::info!("runtime {}: {why}", if runtime == Runtime::Uring { "uring" } else { "tokio" });
     let stop = sluice_core::StopSignal::new();
+    // Fetched key sets are fetched again while the gateway serves.
+    if !gateway.key_sources.is_empty() {
+        let proxy = gateway.proxy_env.clone();
+        fetch::refresh(gateway.key_sources.clone(), move || fetch_env(proxy.clone()), stop.clone());
+    }
     let server = match start(runtime, Arc::new(gateway), listen, &serving, wait, stop.clone()) {
         Ok(s) => s,
         Err(e) => {

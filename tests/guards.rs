@@ -396,6 +396,12 @@ fn jwt_validation(mode: Mode) {
             {{"endpoint": "/me", "input_headers": ["X-User", "X-Tenant"], "extra_config": {{{0}}},
               "backend": [{{"host": ["{2}"], "url_pattern": "/users/{{JWT.sub}}/{{JWT.name}}"}}]}},
             {{"endpoint": "/admin", "extra_config": {{{1}}}, "backend": [{{"host": ["{2}"], "url_pattern": "/"}}]}},
+            {{"endpoint": "/tier/{{n}}", "extra_config": {{{0}, "validation/cel": [
+                {{"check_expr": "JWT.tenant.tier >= 2 && 'admin' in JWT.roles && timestamp(now) > timestamp('2025-01-01T00:00:00Z')"}},
+                {{"check_expr": "req_params.N == '1'"}}]}},
+              "backend": [{{"host": ["{2}"], "url_pattern": "/"}}]}},
+            {{"endpoint": "/strict", "extra_config": {{{0}, "validation/cel": [{{"check_expr": "JWT.level > 5"}}]}},
+              "backend": [{{"host": ["{2}"], "url_pattern": "/"}}]}},
             {{"endpoint": "/raw", "output_encoding": "no-op", "input_headers": ["*"], "extra_config": {{{0}}},
               "backend": [{{"host": ["{3}"], "url_pattern": "/raw/{{JWT.tenant}}", "encoding": "no-op"}}]}}]}}"#,
         validator(r#"["admin"]"#),
@@ -427,6 +433,13 @@ fn jwt_validation(mode: Mode) {
     // The cookie, when there is no Authorization header.
     let got = curl(&["-b", &format!("access_token={}", jwt("RS256")), &url("/me")]);
     assert_eq!(got.status, 200);
+    // CEL token checks (KrakenD's rejecter) see the claims and `now`; one that refuses
+    // is a 401 (the fixture's level is 3); the list's request checks run as before.
+    let token = with(&jwt("RS256"));
+    assert_eq!(curl(&["-H", &token, &url("/tier/1")]).status, 200);
+    assert_eq!(curl(&["-H", &token, &url("/tier/2")]).status, 500);
+    assert_eq!(refused(&curl(&["-H", &token, &url("/strict")])), (401, String::new(), Some("0".into())));
+    assert_eq!(api.requests().len(), 3);
     // A no-op endpoint: the same check, the headers and path on the streamed call.
     assert_eq!(curl(&[&url("/raw")]).status, 401);
     let got = curl(&["-H", &with(&jwt("RS256")), &url("/raw")]);
@@ -434,5 +447,5 @@ fn jwt_validation(mode: Mode) {
     let head = raw.requests()[0].head.to_ascii_lowercase();
     assert!(head.starts_with("get /raw/%7b%22id%22:%22t-7%22,%22tier%22:2%7d http/1.1\r\n"), "{head}");
     assert!(head.contains("\r\nx-groups: a,b,1.7e+09\r\n") && head.contains("\r\nauthorization: bearer "), "{head}");
-    assert_eq!((api.requests().len(), raw.requests().len()), (2, 1));
+    assert_eq!((api.requests().len(), raw.requests().len()), (3, 1));
 }

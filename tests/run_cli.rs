@@ -149,13 +149,22 @@ fn the_http_proxy_example_runs_through_its_proxy() {
     assert_eq!(run.sigterm(), Some(0));
 }
 
-/// `auth/validator`'s `jwk_url`: the key set is fetched once at start, through the
-/// gateway's own backend client, and tokens are checked with it; a key set that cannot
-/// be fetched stops the start with the field's path.
+/// `auth/validator`'s `jwk_url`: the key set is fetched at start through the gateway's
+/// own backend client, and again when a token names a key it lacks (here the issuer
+/// adds the P-521 key after the start); a key set that cannot be fetched stops the
+/// start with the field's path.
 #[test]
-fn jwk_url_is_fetched_at_start() {
-    let keys = include_str!("../core/tests/fixtures/jwt/keys.json");
+fn jwk_url_is_fetched_at_start_and_again_for_a_new_key() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let all: serde_json::Value = serde_json::from_str(include_str!("../core/tests/fixtures/jwt/keys.json")).unwrap();
+    let mut first = all.clone();
+    first["keys"].as_array_mut().unwrap().retain(|k| k["kid"] != "p521");
+    let (first, all) = (first.to_string(), all.to_string());
+    let rotated = Arc::new(AtomicBool::new(false));
+    let served = rotated.clone();
     let idp = support::Backend::start(move |_| {
+        let keys = if served.load(Ordering::SeqCst) { &all } else { &first };
         let head =
             format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", keys.len());
         support::Reply::Raw([head.as_bytes(), keys.as_bytes()].concat())
@@ -169,7 +178,8 @@ fn jwk_url_is_fetched_at_start() {
         let path = dir.0.join(name);
         let config = format!(
             r#"{{"version": 3, "endpoints": [{{"endpoint": "/me", "extra_config": {{"auth/validator": {{
-                "alg": "ES512", "jwk_url": "{jwk_url}", "disable_jwk_security": true}}}},
+                "alg": "ES512", "jwk_url": "{jwk_url}", "disable_jwk_security": true,
+                "failed_jwk_key_cooldown": "1s"}}}},
                 "backend": [{{"host": ["{}"], "url_pattern": "/me"}}]}}]}}"#,
             api.url()
         );
@@ -179,13 +189,22 @@ fn jwk_url_is_fetched_at_start() {
     let good = write("good.json", &format!("{}/.well-known/jwks.json", idp.url()));
     let mut run = Running::start(&["run", "-c", &good, "--port", &port.to_string()]);
     run.wait_for("; listening on");
-    assert_eq!(get(port, "/me", "").status, 401);
     let token = tokens["tokens"]["ES512"].as_str().unwrap();
-    let r = get(port, "/me", &format!("Authorization: Bearer {token}\r\n"));
+    let with_token = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(get(port, "/me", "").status, 401);
+    // The set has no P-521 key yet: refused, and asked for again (once a second at most).
+    assert_eq!(get(port, "/me", &with_token).status, 401);
+    rotated.store(true, Ordering::SeqCst);
+    assert_eq!(get(port, "/me", &with_token).status, 401);
+    // (A fetch between the refusal and the rotation finds 5 keys and waits a second more.)
+    let line = run.wait_for("fetched again: 6 key(s)");
+    assert!(line.contains(&format!("key set {}/.well-known/jwks.json fetched again", idp.url())), "{line}");
+    let r = get(port, "/me", &with_token);
     assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#));
     let fetched = idp.requests();
-    assert_eq!(fetched.len(), 1);
-    assert!(fetched[0].head.starts_with("GET /.well-known/jwks.json HTTP/1.1\r\n"), "{}", fetched[0].head);
+    assert!(fetched.iter().all(|s| s.head.starts_with("GET /.well-known/jwks.json HTTP/1.1\r\n")));
+    assert!((2..=4).contains(&fetched.len()), "{} fetches", fetched.len());
+    assert_eq!(api.requests().len(), 1);
     assert_eq!(run.sigterm(), Some(0));
 
     // Nothing listens there: `check` and `run` say so and exit 1.
@@ -196,7 +215,8 @@ fn jwk_url_is_fetched_at_start() {
         assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
         assert!(
             err.contains(r#"endpoints[0].extra_config["auth/validator"].jwk_url: cannot fetch http://127.0.0.1:"#)
-                && err.contains("/jwks.json: it answered 5"),
+                && err.contains("/jwks.json: it answered 502 (")
+                && err.contains("Connection refused"),
             "{cmd}: {err}"
         );
         assert!(!err.contains("listening"), "{err}");

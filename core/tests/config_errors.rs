@@ -521,7 +521,24 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[0].extra_config["validation/cel"]: expected an array of {"check_expr": ...}, found an object"#,
                 r#"endpoints[1].extra_config["validation/cel"][1].check_expr: does not parse: ERROR: <input>:1:14: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"#,
                 r#"endpoints[1].backend[0].extra_config["validation/cel"][1].check_expr: missing (required)"#,
-                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice yet: a response check (its text names resp, so KrakenD runs it after the backends answer); only request checks (req_...) are"#,
+                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: a response check (its text names resp, so KrakenD runs it after the backends answer); only request (req_...) and token (JWT) checks are served"#,
+            ],
+        ),
+        (
+            "validation/cel token checks: only beside auth/validator, on the endpoint, alone in their phase",
+            json!({"version": 3, "endpoints": [
+                {"endpoint": "/a", "extra_config": {"validation/cel": [{"check_expr": "JWT.sub == 'a'"}]},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {"validation/cel": [
+                    {"check_expr": "req_method == 'GET'"}, {"check_expr": "has(JWT.sub)"}]}}]},
+                {"endpoint": "/b", "extra_config": {
+                    "validation/cel": [{"check_expr": "JWT.sub != ''"}, {"check_expr": "JWT.sub == req_params.Id"},
+                        {"check_expr": "req_method == 'GET' && now != ''"}],
+                    "auth/validator": {"alg": "HS256", "jwk_local_path": "keys.json"}},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]}]}),
+            vec![
+                r#"endpoints[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: a token check (JWT) on an endpoint without auth/validator: KrakenD never evaluates it"#,
+                r#"endpoints[0].backend[0].extra_config["validation/cel"][1].check_expr: not supported by Sluice: a token check (JWT) on a backend: KrakenD runs only the endpoint's"#,
+                r#"endpoints[1].extra_config["validation/cel"][1].check_expr: not supported by Sluice: an expression naming both JWT and req: KrakenD evaluates it as a token check and as a request check, each without the other's variables, so it refuses every request; split it"#,
             ],
         ),
         (

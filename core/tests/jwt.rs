@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use serde_json::Value;
-use sluice_core::gateway::jwt::{KeySet, Token, Validator};
+use sluice_core::gateway::jwt::{KeySet, KeySource, Token, Validator};
 use sluice_core::http1::Head;
 
 const KEYS: &str = include_str!("fixtures/jwt/keys.json");
@@ -38,7 +38,7 @@ fn validator_with(fields: &str, keys: &str) -> Validator {
     );
     let parsed = sluice_core::config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let cfg = parsed.config.endpoints[0].jwt.as_ref().expect("a validator");
-    Validator::compile(cfg, KeySet::parse(keys.as_bytes()).unwrap()).unwrap()
+    Validator::compile(cfg, KeySource::fixed(KeySet::parse(keys.as_bytes()).unwrap())).unwrap()
 }
 
 fn bearer(t: &str) -> Head {
@@ -308,4 +308,39 @@ fn keys_are_read_or_fetched_when_the_configuration_is_compiled() {
     let e =
         Gateway::load_with(&config(r#""jwk_url": "https://idp.example/keys""#), &Environment::default()).unwrap_err();
     assert!(e.to_string().ends_with("cannot fetch https://idp.example/keys: no network access was given"), "{e}");
+}
+
+#[test]
+fn a_fetched_set_is_due_again_on_its_period_or_for_an_unknown_key() {
+    use sluice_core::tls::FetchRequest;
+    use std::time::Instant;
+    let request = FetchRequest { url: "https://idp.example/keys".into(), ca: None, insecure: false };
+    let mut only_rsa: Value = serde_json::from_str(KEYS).unwrap();
+    only_rsa["keys"].as_array_mut().unwrap().truncate(1);
+    let source = KeySource::fetched(
+        KeySet::parse(only_rsa.to_string().as_bytes()).unwrap(),
+        request.clone(),
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    );
+    assert_eq!(source.request(), Some(&request));
+    let text = r#"{"version": 3, "endpoints": [{"endpoint": "/a", "backend": [{"host": ["http://b"], "url_pattern": "/"}],
+        "extra_config": {"auth/validator": {"alg": "ES256", "jwk_url": "https://idp.example/keys"}}}]}"#;
+    let parsed = sluice_core::config::parse(text).unwrap();
+    let v = Validator::compile(parsed.config.endpoints[0].jwt.as_ref().unwrap(), source.clone()).unwrap();
+    let last = Instant::now();
+    let after = |secs| last + Duration::from_secs(secs);
+    assert!(!source.due(last, after(59)) && source.due(last, after(60)));
+    // A token naming a key the set lacks: refused, and the set is due after the cooldown.
+    assert!(!source.due(last, after(10)));
+    assert_eq!(check(&v, &bearer(&token("ES256"))).err(), Some(StatusCode::UNAUTHORIZED));
+    assert!(!source.due(last, after(9)) && source.due(last, after(10)));
+    // The fetched set replaces it: the token passes, and nothing is wanted any more.
+    source.replace(KeySet::parse(KEYS.as_bytes()).unwrap());
+    assert_eq!(source.current().len(), 6);
+    assert!(check(&v, &bearer(&token("ES256"))).is_ok());
+    assert!(!source.due(last, after(10)));
+    // A file's set is never due.
+    let file = KeySource::fixed(KeySet::parse(KEYS.as_bytes()).unwrap());
+    assert!(file.request().is_none() && !file.due(last, after(100_000)));
 }

@@ -647,6 +647,9 @@ fn cors_config(mut o: Obj<'_>, cx: &mut Ctx) -> CorsConfig {
     }
 }
 
+/// KrakenD's default `cache_duration`, in seconds.
+const JWK_CACHE_DURATION: u64 = 900;
+
 /// `extra_config."auth/validator"` on an endpoint. KrakenD answers 401 to every
 /// request when its block is wrong (or stops, for a bad `alg`); here it is an error.
 fn jwt_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<JwtConfig> {
@@ -675,11 +678,6 @@ fn jwt_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<JwtConfig> {
             } else if !https && !disable_jwk_security {
                 cx.error(&o.at("jwk_url"), "not https: set disable_jwk_security to fetch keys over plain HTTP");
             }
-            cx.notice(
-                &o.at("jwk_url"),
-                "the key set is fetched once, when the configuration is loaded: a key the issuer adds later \
-                 needs a restart",
-            );
         }
         (None, Some(_)) => {}
     }
@@ -689,10 +687,13 @@ fn jwt_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<JwtConfig> {
             "the key set's server is not verified (plain HTTP or any certificate)",
         );
     }
-    // The key cache: the set is read once, so both are moot.
+    // A fetched set is kept and fetched again every cache_duration, whether `cache`
+    // is on or not (KrakenD without it fetches on every request).
     let _ = o.flag("cache", cx);
-    let _ = o.uint("cache_duration", 0, u64::from(u32::MAX), cx);
-    let _ = o.duration("failed_jwk_key_cooldown", cx);
+    let cache_duration =
+        Duration::from_secs(o.uint("cache_duration", 1, u64::from(u32::MAX), cx).unwrap_or(JWK_CACHE_DURATION));
+    let failed_jwk_key_cooldown =
+        o.duration("failed_jwk_key_cooldown", cx).unwrap_or(Duration::from_secs(10)).max(Duration::from_secs(1));
     let strategy_path = o.at("key_identify_strategy");
     let key_identify_strategy = match o.non_empty("key_identify_strategy", cx).as_deref() {
         None | Some("kid") => KeyStrategy::Kid,
@@ -783,6 +784,8 @@ fn jwt_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<JwtConfig> {
         jwk_local_path,
         jwk_local_ca,
         disable_jwk_security,
+        cache_duration,
+        failed_jwk_key_cooldown,
         key_identify_strategy,
         auth_header_name,
         cookie_key,
@@ -1360,6 +1363,11 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         _ => None,
     });
 
+    {
+        use crate::gateway::cel::Site;
+        let site = if jwt.is_some() { Site::TokenEndpoint } else { Site::Endpoint };
+        cel_compiles(&cel, &join(&o.at("extra_config"), "validation/cel"), site, cx);
+    }
     let output = output_encoding.unwrap_or(root.output_encoding);
     if output == OutputEncoding::NoOp && json_schema.is_some() {
         cx.error(
@@ -1442,8 +1450,8 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     })
 }
 
-/// `extra_config."validation/cel"`: a list of `{"check_expr": "..."}`, each compiled
-/// here so that `check` names the one that cannot be served.
+/// `extra_config."validation/cel"`: a list of `{"check_expr": "..."}`. Compiled by
+/// [`cel_compiles`] once it is known where it stands.
 fn cel_checks(v: &Value, path: &str, cx: &mut Ctx) -> Vec<String> {
     let Value::Array(items) = v else {
         cx.error(path, format!("expected an array of {{\"check_expr\": ...}}, found {}", kind(v)));
@@ -1461,10 +1469,17 @@ fn cel_checks(v: &Value, path: &str, cx: &mut Ctx) -> Vec<String> {
         }
         o.finish(cx);
     }
-    if let Err((i, why)) = crate::gateway::cel::Checks::compile(&list) {
+    list
+}
+
+/// Compiles a `validation/cel` list at `path` written at `site`, so that `check`
+/// names the expression that cannot be served.
+fn cel_compiles(list: &[String], path: &str, site: crate::gateway::cel::Site, cx: &mut Ctx) {
+    if !list.is_empty()
+        && let Err((i, why)) = crate::gateway::cel::Checks::compile_at(list, site)
+    {
         cx.error(&join(&index(path, i), "check_expr"), why);
     }
-    list
 }
 
 /// Checks an endpoint path and returns its parameter names.
@@ -1605,6 +1620,7 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         ) {
             if matches!(ns, "validation/cel" | "github.com/devopsfaith/krakend-cel") {
                 cel = cel_checks(v, path, cx);
+                cel_compiles(&cel, path, crate::gateway::cel::Site::Backend, cx);
                 return Some(());
             }
             return None;

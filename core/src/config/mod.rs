@@ -535,6 +535,12 @@ pub struct JwtConfig {
     pub jwk_local_ca: Option<String>,
     /// `jwk_url` may be plain HTTP, and its certificate is not verified. Default: false.
     pub disable_jwk_security: bool,
+    /// How often a fetched key set is fetched again. Default: 15 minutes (KrakenD's
+    /// `cache_duration` default).
+    pub cache_duration: Duration,
+    /// The least time between two fetches asked for by tokens naming a key the set
+    /// lacks. Default: 10s (at least 1s).
+    pub failed_jwk_key_cooldown: Duration,
     /// How a token's key is found. Default: `kid`.
     pub key_identify_strategy: KeyStrategy,
     /// The header the token comes in. Default: `Authorization`.

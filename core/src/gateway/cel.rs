@@ -1,11 +1,12 @@
-//! `validation/cel`: expressions a request must meet, on an endpoint (before any
-//! backend is called) or on a backend (before its call), as krakend-cel runs them,
-//! evaluated with the `cel` crate (the maintained Rust CEL interpreter).
+//! `validation/cel`: expressions a request must meet, as krakend-cel runs them,
+//! evaluated with the `cel` crate (the maintained Rust CEL interpreter): request checks
+//! on an endpoint (before any backend is called) or on a backend (before its call),
+//! and token checks on an endpoint with `auth/validator`.
 //!
 //! KrakenD gives an expression its phase by the text it contains: `req` makes it a
 //! request check, `resp` a response check (also run after the backends answer), `JWT`
-//! a token check (run only with `auth/validator`). Request checks are served here,
-//! with KrakenD's variables:
+//! a token check (run by the endpoint's `auth/validator`, after the token's signature
+//! and dates, before its roles). Request checks see KrakenD's variables:
 //!
 //! - `req_method`, `req_path`: strings (on a backend: the backend's method and path),
 //!   the path percent-decoded once;
@@ -18,16 +19,22 @@
 //! - `req_querystring`: the query parameters passed on (`input_query_strings`, names
 //!   exact), each a list of strings.
 //!
+//! Token checks see `JWT` (the claims: every number a double, as Go decodes JSON) and
+//! `now` (the time, RFC 3339 text in UTC with milliseconds, as KrakenD writes it:
+//! `timestamp(now)` reads it).
+//!
 //! The `cel` crate has no type checker: an expression cel-go would refuse to type
 //! (KrakenD then skips it, with a debug line) fails to evaluate here and stops every
 //! request, which `check` cannot foresee.
 //!
-//! A check that is false, not a boolean, or fails to evaluate (a missing map key)
-//! stops the request: on an endpoint KrakenD's 500 (with `return_error_msg`, the body
-//! `request aborted by evaluator #N`, N counting the request checks from 0); on a
-//! backend its call is not made and fails with that reason. Response checks (`resp_*`),
-//! token checks (`JWT`), `now` and an expression with none of them (KrakenD never
-//! evaluates it) are refused by `check` until they are served.
+//! A request check that is false, not a boolean, or fails to evaluate (a missing map
+//! key) stops the request: on an endpoint KrakenD's 500 (with `return_error_msg`, the
+//! body `request aborted by evaluator #N`, N counting the request checks from 0); on a
+//! backend its call is not made and fails with that reason. A token check that does
+//! so refuses the token: 401. Response checks (`resp_*`), `now` in a request check, a
+//! token check where no token is checked, an expression in both phases (KrakenD binds
+//! only one phase's variables, so it fails in the other) and one in none (KrakenD
+//! never evaluates it) are refused by `check`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,36 +61,74 @@ pub struct RequestView {
     pub query: HashMap<String, Vec<String>>,
 }
 
+/// Where a `validation/cel` list is written: its phases depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// An endpoint with `auth/validator`: request and token checks.
+    TokenEndpoint,
+    /// An endpoint without: request checks.
+    Endpoint,
+    /// A backend: request checks (KrakenD's token phase reads only the endpoint's list).
+    Backend,
+}
+
 impl Checks {
-    /// The expressions `list`, compiled; `Err` is the index of the first one that
-    /// cannot be served and why.
+    /// The request checks of `list` written at `site` (the endpoint's or a backend's),
+    /// compiled. `Err` is the index of the first expression that cannot be served and
+    /// why.
     pub fn compile(list: &[String]) -> Result<Checks, (usize, String)> {
-        let mut programs = Vec::new();
+        Checks::compile_at(list, Site::Backend).map(|(request, _)| request)
+    }
+
+    /// `list` written at `site`, compiled: its request checks and its token checks.
+    /// `Err` is the index of the first expression that cannot be served and why.
+    pub fn compile_at(list: &[String], site: Site) -> Result<(Checks, Checks), (usize, String)> {
+        let (mut request, mut token) = (Vec::new(), Vec::new());
         for (i, expr) in list.iter().enumerate() {
             let program = cel::Program::compile(expr).map_err(|e| {
                 // The parser's first line (the rest draws a caret under the source).
                 let e = e.to_string();
                 (i, format!("does not parse: {}", e.lines().next().unwrap_or_default()))
             })?;
-            let unserved = if expr.contains("resp") {
+            let refs = program.references();
+            let (names_jwt, names_req) = (expr.contains("JWT"), expr.contains("req"));
+            let refused = |what: &str| Err((i, format!("not supported by Sluice: {what}")));
+            if expr.contains("resp") {
                 // KrakenD runs any expression with `resp` in it after the backends
                 // answer, this one too.
-                Some("a response check (its text names resp, so KrakenD runs it after the backends answer)")
-            } else if program.references().has_variable("JWT") {
-                Some("a token check (JWT)")
-            } else if !expr.contains("req") {
-                Some("an expression with no req_, resp_ or JWT variable (KrakenD never evaluates it)")
-            } else if program.references().has_variable("now") {
-                Some("the `now` variable")
-            } else {
-                None
-            };
-            if let Some(what) = unserved {
-                return Err((i, format!("not supported by Sluice yet: {what}; only request checks (req_...) are")));
+                return refused(
+                    "a response check (its text names resp, so KrakenD runs it after the backends answer); only \
+                     request (req_...) and token (JWT) checks are served",
+                );
             }
-            programs.push(program);
+            if site == Site::TokenEndpoint && names_jwt {
+                if names_req {
+                    return refused(
+                        "an expression naming both JWT and req: KrakenD evaluates it as a token check and as a \
+                         request check, each without the other's variables, so it refuses every request; split it",
+                    );
+                }
+                token.push(program);
+            } else if refs.has_variable("JWT") {
+                return refused(match site {
+                    Site::Backend => "a token check (JWT) on a backend: KrakenD runs only the endpoint's",
+                    _ => "a token check (JWT) on an endpoint without auth/validator: KrakenD never evaluates it",
+                });
+            } else if !names_req {
+                return refused("an expression with no req_, resp_ or JWT variable (KrakenD never evaluates it)");
+            } else if refs.has_variable("now") {
+                return refused("the `now` variable in a request check (served in token checks)");
+            } else {
+                request.push(program);
+            }
         }
-        Ok(Checks(programs, Arc::new(cel::Env::stdlib())))
+        let env = Arc::new(cel::Env::stdlib());
+        Ok((Checks(request, env.clone()), Checks(token, env)))
+    }
+
+    /// Whether there is no check.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Runs every check on `req`; `Err` is the reason the request stops with.
@@ -101,6 +146,69 @@ impl Checks {
         }
         Ok(())
     }
+
+    /// Runs every token check on `claims` at `now` (seconds and milliseconds since
+    /// the Unix epoch); `Err` is the number of the first that refused the token.
+    pub fn check_token(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: (u64, u32),
+    ) -> Result<(), usize> {
+        let mut cx = cel::Context::with_env(self.1.clone());
+        let claims: HashMap<cel::objects::Key, cel::Value> =
+            claims.iter().map(|(k, v)| (k.clone().into(), from_json(v))).collect();
+        cx.add_variable_from_value("JWT", cel::Value::Map(claims.into()));
+        cx.add_variable_from_value("now", rfc3339(now));
+        for (n, program) in self.0.iter().enumerate() {
+            if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
+                return Err(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A decoded JSON value as CEL sees it from Go: every number a double.
+fn from_json(v: &serde_json::Value) -> cel::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => cel::Value::Null,
+        J::Bool(b) => cel::Value::Bool(*b),
+        J::Number(n) => cel::Value::Float(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => cel::Value::String(Arc::new(s.clone())),
+        J::Array(items) => cel::Value::List(Arc::new(items.iter().map(from_json).collect())),
+        J::Object(map) => {
+            let map: HashMap<cel::objects::Key, cel::Value> =
+                map.iter().map(|(k, v)| (k.clone().into(), from_json(v))).collect();
+            cel::Value::Map(map.into())
+        }
+    }
+}
+
+/// `now` as KrakenD gives it (Go's `2006-01-02T15:04:05.999Z07:00`), in UTC: the
+/// milliseconds without trailing zeros, none when whole.
+fn rfc3339((secs, millis): (u64, u32)) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut text = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}");
+    if millis > 0 {
+        let frac = format!("{:03}", millis.min(999));
+        text.push('.');
+        text.push_str(frac.trim_end_matches('0'));
+    }
+    text.push('Z');
+    text
 }
 
 fn strings(map: &HashMap<String, String>) -> cel::Value {
@@ -162,12 +270,50 @@ mod tests {
     }
 
     #[test]
+    fn token_checks_see_the_claims_and_now() {
+        let list: Vec<String> = [
+            "JWT.sub == 'ada' && JWT.level == 3.0 && 'admin' in JWT.roles",
+            "JWT.tenant.tier >= 2.0 && timestamp(now) > timestamp('2025-01-01T00:00:00Z')",
+            "req_method == 'GET'",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (request, token) = Checks::compile_at(&list, Site::TokenEndpoint).unwrap();
+        assert_eq!((request.0.len(), token.0.len()), (1, 2));
+        let claims = serde_json::json!({"sub": "ada", "level": 3, "roles": ["user", "admin"], "tenant": {"tier": 2}});
+        let claims = claims.as_object().unwrap();
+        assert_eq!(token.check_token(claims, (1_750_000_000, 0)), Ok(()));
+        // Before 2025: the second refuses.
+        assert_eq!(token.check_token(claims, (1_700_000_000, 0)), Err(1));
+        let mut other = claims.clone();
+        other.remove("roles");
+        assert_eq!(token.check_token(&other, (1_750_000_000, 0)), Err(0));
+        // Without auth/validator, or on a backend, a token check is refused.
+        for site in [Site::Endpoint, Site::Backend] {
+            assert!(Checks::compile_at(&list, site).unwrap_err().1.contains("a token check"), "{site:?}");
+        }
+        // Both phases at once.
+        let both = ["JWT.sub == req_params.Id".to_string()];
+        assert!(Checks::compile_at(&both, Site::TokenEndpoint).unwrap_err().1.contains("both JWT and req"));
+    }
+
+    #[test]
+    fn now_is_written_as_krakend_writes_it() {
+        assert_eq!(rfc3339((0, 0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339((1_750_000_000, 0)), "2025-06-15T15:06:40Z");
+        assert_eq!(rfc3339((1_750_000_000, 120)), "2025-06-15T15:06:40.12Z");
+        assert_eq!(rfc3339((951_782_400, 7)), "2000-02-29T00:00:00.007Z");
+        assert_eq!(rfc3339((4_102_444_799, 999)), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
     fn what_is_not_served_yet_is_refused_by_position() {
         let refused = |list: &[&str]| Checks::compile(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).err();
         assert_eq!(refused(&["req_method == 'GET'"]), None);
         assert!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().1.contains("a response check"));
         assert_eq!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().0, 1);
-        assert!(refused(&["JWT.sub == 'a'"]).unwrap().1.contains("a token check"));
+        assert!(refused(&["JWT.sub == 'a'"]).unwrap().1.contains("a token check (JWT) on a backend"));
         // `JWT` in a string is a request check (the token phase needs the variable).
         assert_eq!(refused(&["req_headers['Authorization'][0].startsWith('JWT ')"]), None);
         // `resp` anywhere in the text is KrakenD's response phase.

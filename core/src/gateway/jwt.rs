@@ -12,7 +12,8 @@
 //! found by the strategy (`kid` by default: the key with that `kid`, or for a token
 //! without one a key without one); the signature; then the claims: `exp`, `nbf` and
 //! `iat` when present, with `leeway` (at least one second, as KrakenD), `iss` equal to
-//! `issuer`, `aud` holding every `audience`. Any failure is 401 with an empty body.
+//! `issuer`, `aud` holding every `audience`; then the endpoint's CEL token checks
+//! ([`crate::gateway::cel`]). Any failure is 401 with an empty body.
 //! Then the roles (any of `roles` in the `roles_key` claim, an array or a
 //! space-separated string) and the scopes (any, or all with `scopes_matcher: "all"`, of
 //! `scopes` in `scopes_key`): 403 with an empty body.
@@ -25,10 +26,18 @@
 //!
 //! The keys are read when the configuration is compiled (`jwk_local_path`, or
 //! `jwk_url` fetched then by the loader: see [`crate::tls::Environment::fetch`]), each
-//! parsed once. Signatures are checked by the `jsonwebtoken` crate's RustCrypto
-//! backend, ES512 (which it lacks) by the `p521` crate; the claims here, as go-jose.
+//! parsed once, into a [`KeySource`]. A fetched set is fetched again by the driver's
+//! refresher ([`KeySource::due`]): every `cache_duration`, and soon after a token names
+//! a key the set lacks (a key the issuer added), at most once per cooldown; the new set
+//! replaces the old one between two requests, with no lock on the request path.
+//! Signatures are checked by the `jsonwebtoken` crate's RustCrypto backend, ES512
+//! (which it lacks) by the `p521` crate; the claims here, as go-jose.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -150,6 +159,78 @@ impl KeySet {
     }
 }
 
+/// A validator's key set, and where it came from: a file (read once) or a URL,
+/// fetched again by the driver when [`KeySource::due`] says so.
+#[derive(Debug)]
+pub struct KeySource {
+    keys: ArcSwap<KeySet>,
+    refresh: Option<Refresh>,
+}
+
+#[derive(Debug)]
+struct Refresh {
+    request: crate::tls::FetchRequest,
+    every: Duration,
+    cooldown: Duration,
+    /// A token named a key the set lacks since the last fetch.
+    wanted: AtomicBool,
+}
+
+impl KeySource {
+    /// A set that is never fetched again (a file's, or one built in code).
+    pub fn fixed(keys: KeySet) -> Arc<KeySource> {
+        Arc::new(KeySource { keys: ArcSwap::from_pointee(keys), refresh: None })
+    }
+
+    /// A set fetched by `request`, fetched again every `every` and, when a token
+    /// names a key it lacks, after `cooldown` since the last fetch.
+    pub fn fetched(
+        keys: KeySet,
+        request: crate::tls::FetchRequest,
+        every: Duration,
+        cooldown: Duration,
+    ) -> Arc<KeySource> {
+        let refresh = Refresh { request, every, cooldown, wanted: AtomicBool::new(false) };
+        Arc::new(KeySource { keys: ArcSwap::from_pointee(keys), refresh: Some(refresh) })
+    }
+
+    /// What to fetch again, for a set that came from a URL.
+    pub fn request(&self) -> Option<&crate::tls::FetchRequest> {
+        self.refresh.as_ref().map(|r| &r.request)
+    }
+
+    /// Whether the set fetched at `last` should be fetched again at `now`: its
+    /// `cache_duration` is over, or a token asked for a key it lacks and the cooldown
+    /// is over. Never for a file's.
+    pub fn due(&self, last: Instant, now: Instant) -> bool {
+        let Some(r) = &self.refresh else { return false };
+        let since = now.saturating_duration_since(last);
+        since >= r.every || (since >= r.cooldown && r.wanted.load(Ordering::Relaxed))
+    }
+
+    /// Puts a newly fetched set in place: the next token is checked with it.
+    pub fn replace(&self, keys: KeySet) {
+        if let Some(r) = &self.refresh {
+            r.wanted.store(false, Ordering::Relaxed);
+        }
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// The set now.
+    pub fn current(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// A token named a key the set lacks: asks for an early fetch.
+    fn want(&self) {
+        if let Some(r) = &self.refresh
+            && !r.wanted.load(Ordering::Relaxed)
+        {
+            r.wanted.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A claim path: a top-level name, or the steps of a dotted one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ClaimPath(Vec<String>);
@@ -179,7 +260,7 @@ impl ClaimPath {
 #[derive(Debug, Clone)]
 pub struct Validator {
     alg: Alg,
-    keys: KeySet,
+    keys: Arc<KeySource>,
     strategy: KeyStrategy,
     header: String,
     cookie: String,
@@ -194,6 +275,8 @@ pub struct Validator {
     propagate: Vec<(ClaimPath, HeaderName)>,
     /// An array claim gives one header value per item.
     preserve_array: bool,
+    /// The endpoint's CEL token checks (`validation/cel` expressions naming `JWT`).
+    checks: Option<Arc<crate::gateway::cel::Checks>>,
 }
 
 /// A token that passed: its claims, and the headers they give backends.
@@ -214,7 +297,7 @@ impl Token {
 impl Validator {
     /// Compiles `cfg` with the key set the loader read for it (an unknown `alg` is
     /// refused when the file is read; here, for a configuration built in code).
-    pub fn compile(cfg: &JwtConfig, keys: KeySet) -> Result<Validator, String> {
+    pub fn compile(cfg: &JwtConfig, keys: Arc<KeySource>) -> Result<Validator, String> {
         let alg = Alg::parse(&cfg.alg)
             .ok_or_else(|| format!("{:?} is not an algorithm KrakenD validates: {}", cfg.alg, Alg::NAMES))?;
         Ok(Validator {
@@ -237,7 +320,16 @@ impl Validator {
                 .map(|(claim, header)| (ClaimPath::of(claim, true), header.clone()))
                 .collect(),
             preserve_array: cfg.propagate_claims_preserve_array,
+            checks: None,
         })
+    }
+
+    /// With the endpoint's CEL token checks: run after the token's dates, issuer and
+    /// audience, before its roles (krakend-jose's order); one that does not pass is a
+    /// 401.
+    pub fn with_checks(mut self, checks: Option<Arc<crate::gateway::cel::Checks>>) -> Validator {
+        self.checks = checks;
+        self
     }
 
     /// Checks the request's token at `wall`: the token, or the status to answer (401
@@ -246,8 +338,13 @@ impl Validator {
         let unauthorized = |why| (StatusCode::UNAUTHORIZED, why);
         let raw = self.token(headers).ok_or(unauthorized("no token"))?;
         let claims = self.verify(&raw).map_err(unauthorized)?;
-        let now = wall.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-        self.valid_now(&claims, now).map_err(unauthorized)?;
+        let since = wall.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        self.valid_now(&claims, since.as_secs()).map_err(unauthorized)?;
+        if let Some(checks) = &self.checks
+            && checks.check_token(&claims, (since.as_secs(), since.subsec_millis())).is_err()
+        {
+            return Err(unauthorized("a CEL token check refused it"));
+        }
         if !self.roles.is_empty() && !self.has_role(&claims) {
             return Err((StatusCode::FORBIDDEN, "no role asked for"));
         }
@@ -316,7 +413,11 @@ impl Validator {
             return Err("the token names critical extensions");
         }
         let text_of = |name| header.get(name).and_then(Value::as_str).unwrap_or("");
-        let key = self.keys.find(self.strategy, text_of("kid"), text_of("x5t")).ok_or("no key for the token")?;
+        let keys = self.keys.keys.load();
+        let Some(key) = keys.find(self.strategy, text_of("kid"), text_of("x5t")) else {
+            self.keys.want();
+            return Err("no key for the token");
+        };
         let signed = &text[..head.len() + 1 + payload.len()];
         let good = match self.alg {
             Alg::Es512 => {

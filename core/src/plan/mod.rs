@@ -116,6 +116,10 @@ pub struct Gateway {
     /// The root's `security/bot-detector`, compiled: run on every request but the
     /// health page's, after CORS.
     pub bots: Option<Box<crate::gateway::bots::BotDetector>>,
+    /// The `auth/validator` key sets fetched from a URL, one per distinct fetch
+    /// (endpoints naming the same `jwk_url` share it): what a driver's refresher
+    /// fetches again ([`crate::gateway::jwt::KeySource::due`]).
+    pub key_sources: Vec<std::sync::Arc<crate::gateway::jwt::KeySource>>,
 }
 
 /// An endpoint with every default resolved.
@@ -275,6 +279,7 @@ impl Gateway {
         // settings share a profile, and so their pooled connections and sessions.
         let mut compiled = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        let mut key_sources = Vec::new();
         let mut backend_count = 0;
         let mut uses_srv = false;
         for (i, e) in config.endpoints.iter().enumerate() {
@@ -372,6 +377,9 @@ impl Gateway {
                 });
                 backend_count += 1;
             }
+            // The endpoint's CEL list: its request checks run in the exchange, its token
+            // checks in the validator.
+            let (request_checks, token_checks) = endpoint_cel(e, &format!("endpoints[{i}]"), &mut errors);
             endpoints.push(EndpointPlan {
                 index: endpoints.len(),
                 path: e.endpoint.clone(),
@@ -381,8 +389,8 @@ impl Gateway {
                 output: config.endpoint_output(e),
                 sequential: e.sequential,
                 backends,
-                guards: guards(e, &format!("endpoints[{i}]"), env, &mut errors),
-                cel: cel_checks(&e.cel, &format!("endpoints[{i}]"), &mut errors),
+                guards: guards(e, &format!("endpoints[{i}]"), (env, &mut key_sources, token_checks), &mut errors),
+                cel: request_checks,
                 cel_sees: (
                     HeaderPolicy::compile(&e.input_headers, None),
                     QueryPolicy::compile(&e.input_query_strings, None),
@@ -437,6 +445,7 @@ impl Gateway {
             resolver,
             cors,
             bots,
+            key_sources,
         })
     }
 
@@ -678,12 +687,41 @@ fn cel_checks(
     }
 }
 
+/// An endpoint's `validation/cel` list (`at`: its JSON path), compiled: its request
+/// checks and its token checks (with `auth/validator`), each `None` when it has none.
+fn endpoint_cel(
+    e: &crate::config::Endpoint,
+    at: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> (Option<std::sync::Arc<crate::gateway::cel::Checks>>, Option<std::sync::Arc<crate::gateway::cel::Checks>>) {
+    use crate::gateway::cel::{Checks, Site};
+    if e.cel.is_empty() {
+        return (None, None);
+    }
+    let site = if e.jwt.is_some() { Site::TokenEndpoint } else { Site::Endpoint };
+    match Checks::compile_at(&e.cel, site) {
+        Ok((request, token)) => {
+            let request = (!request.is_empty()).then(|| std::sync::Arc::new(request));
+            (request, (!token.is_empty()).then(|| std::sync::Arc::new(token)))
+        }
+        Err((i, message)) => {
+            errors
+                .push(Diagnostic { path: format!(r#"{at}.extra_config["validation/cel"][{i}].check_expr"#), message });
+            (None, None)
+        }
+    }
+}
+
 /// An endpoint's guard stage (`at`: its JSON path), in KrakenD's order: the bot
-/// detector, the token, then the rate limits.
+/// detector, the token (with the list's token checks), then the rate limits.
 fn guards(
     e: &crate::config::Endpoint,
     at: &str,
-    env: &Environment,
+    (env, sources, token_checks): (
+        &Environment,
+        &mut Vec<std::sync::Arc<crate::gateway::jwt::KeySource>>,
+        Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+    ),
     errors: &mut Vec<Diagnostic>,
 ) -> crate::gateway::guard::Guards {
     use crate::gateway::guard::Guard;
@@ -693,10 +731,10 @@ fn guards(
     }
     if let Some(j) = &e.jwt {
         let at = format!(r#"{at}.extra_config["auth/validator"]"#);
-        let compiled =
-            jwt_keys(j, env).and_then(|keys| crate::gateway::jwt::Validator::compile(j, keys).map_err(|e| ("alg", e)));
+        let compiled = jwt_keys(j, env, sources)
+            .and_then(|keys| crate::gateway::jwt::Validator::compile(j, keys).map_err(|e| ("alg", e)));
         match compiled {
-            Ok(v) => list.push(Guard::Jwt(std::sync::Arc::new(v), j.operation_debug)),
+            Ok(v) => list.push(Guard::Jwt(std::sync::Arc::new(v.with_checks(token_checks)), j.operation_debug)),
             Err((field, message)) => errors.push(Diagnostic { path: format!("{at}.{field}"), message }),
         }
     }
@@ -706,22 +744,30 @@ fn guards(
     crate::gateway::guard::Guards::new(list)
 }
 
-/// The key set of an `auth/validator`: its file read, or its URL fetched (the field
-/// at fault, and why not).
+/// The key set of an `auth/validator`: its file read, or its URL fetched, once per
+/// distinct fetch (`sources`: those fetched so far) (the field at fault, and why not).
 fn jwt_keys(
     j: &crate::config::JwtConfig,
     env: &Environment,
-) -> Result<crate::gateway::jwt::KeySet, (&'static str, String)> {
-    use crate::gateway::jwt::KeySet;
+    sources: &mut Vec<std::sync::Arc<crate::gateway::jwt::KeySource>>,
+) -> Result<std::sync::Arc<crate::gateway::jwt::KeySource>, (&'static str, String)> {
+    use crate::gateway::jwt::{KeySet, KeySource};
     if let Some(path) = &j.jwk_local_path {
         let bytes = (env.read_file)(path).map_err(|e| ("jwk_local_path", e))?;
-        return KeySet::parse(&bytes).map_err(|e| ("jwk_local_path", format!("{path}: {e}")));
+        let keys = KeySet::parse(&bytes).map_err(|e| ("jwk_local_path", format!("{path}: {e}")))?;
+        return Ok(KeySource::fixed(keys));
     }
     let Some(url) = &j.jwk_url else { return Err(("jwk_url", "missing: no key set".into())) };
     let request =
         crate::tls::FetchRequest { url: url.clone(), ca: j.jwk_local_ca.clone(), insecure: j.disable_jwk_security };
+    if let Some(known) = sources.iter().find(|s| s.request() == Some(&request)) {
+        return Ok(known.clone());
+    }
     let bytes = (env.fetch)(&request).map_err(|e| ("jwk_url", e))?;
-    KeySet::parse(&bytes).map_err(|e| ("jwk_url", format!("{url}: {e}")))
+    let keys = KeySet::parse(&bytes).map_err(|e| ("jwk_url", format!("{url}: {e}")))?;
+    let source = KeySource::fetched(keys, request, j.cache_duration, j.failed_jwk_key_cooldown);
+    sources.push(source.clone());
+    Ok(source)
 }
 
 /// A bot detector (`at`: the JSON path of its level). Each pattern compiled when the
