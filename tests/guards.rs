@@ -413,10 +413,19 @@ fn jwt_validation(mode: Mode) {
     let url = |path: &str| format!("http://{}{path}", gw.addr);
     let with = |token: &str| format!("Authorization: Bearer {token}");
     let refused = |got: &Got| (got.status, got.body.clone(), got.field("content-length").map(str::to_string));
-    // No token, a bad one, an expired-looking one for another key, a good token
-    // without the role: KrakenD's empty 401 and 403; no backend called.
+    // No token; a bad signature, another algorithm, `none`, an unknown kid, expired,
+    // another audience, HMAC keyed with the RSA public key; a good token without the
+    // role: KrakenD's empty 401 and 403; no backend called.
     assert_eq!(refused(&curl(&[&url("/me")])), (401, String::new(), Some("0".into())));
-    for bad in ["RS256-bad-signature", "ES256", "none", "RS256-unknown-kid"] {
+    for bad in [
+        "RS256-bad-signature",
+        "ES256",
+        "none",
+        "RS256-unknown-kid",
+        "RS256-expired",
+        "RS256-other-aud",
+        "RS256-confused-pem",
+    ] {
         assert_eq!(refused(&curl(&["-H", &with(&jwt(bad)), &url("/me")])), (401, String::new(), Some("0".into())));
     }
     assert_eq!(refused(&curl(&["-H", &with(&jwt("RS256")), &url("/admin")])), (403, String::new(), Some("0".into())));

@@ -223,6 +223,55 @@ fn jwk_url_is_fetched_at_start_and_again_for_a_new_key() {
     }
 }
 
+/// `jwk_url` over HTTPS (Python's `ssl` server, a certificate from a test CA): fetched
+/// when `jwk_local_ca` trusts the CA, on both runtimes; refused, with the certificate
+/// error, when nothing does (verification is on unless `disable_jwk_security`).
+#[test]
+fn jwk_url_over_https_is_verified() {
+    use support::tls::{Pki, new_ca, serve_dir};
+    let pki = Pki::new();
+    let ca = new_ca("Sluice test CA");
+    let ca_file = pki.write("ca.crt", &ca.cert.pem());
+    let (cert, key) = pki.leaf("localhost", &["localhost"], Some(&ca), false);
+    pki.write("jwks.json", include_str!("../core/tests/fixtures/jwt/keys.json"));
+    let idp = serve_dir(&cert, &key, &pki.dir.0);
+    let api = support::Backend::start(|_| support::Reply::Json(r#"{"ok":true}"#.into()));
+    let tokens: serde_json::Value =
+        serde_json::from_str(include_str!("../core/tests/fixtures/jwt/tokens.json")).unwrap();
+    let write = |name: &str, ca: &str| {
+        let path = pki.dir.0.join(name);
+        let config = format!(
+            r#"{{"version": 3, "endpoints": [{{"endpoint": "/me", "extra_config": {{"auth/validator": {{
+                "alg": "EdDSA", "jwk_url": "https://localhost:{}/jwks.json"{ca}}}}},
+                "backend": [{{"host": ["{}"], "url_pattern": "/me"}}]}}]}}"#,
+            idp.port,
+            api.url()
+        );
+        std::fs::write(&path, config).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let trusted = write("trusted.json", &format!(r#", "jwk_local_ca": "{}""#, ca_file.display()));
+    let token = format!("Authorization: Bearer {}\r\n", tokens["tokens"]["EdDSA"].as_str().unwrap());
+    for runtime in ["uring", "tokio"] {
+        let port = support::proxies::free_port();
+        let mut run = Running::start(&["run", "-c", &trusted, "--port", &port.to_string(), "--runtime", runtime]);
+        run.wait_for("; listening on");
+        let r = get(port, "/me", &token);
+        assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#), "{runtime}");
+        assert_eq!(get(port, "/me", "").status, 401, "{runtime}");
+        assert_eq!(run.sigterm(), Some(0));
+    }
+    let untrusted = write("untrusted.json", "");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["check", "-c", &untrusted]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(r#"endpoints[0].extra_config["auth/validator"].jwk_url: cannot fetch https://localhost:"#)
+            && err.contains("certificate"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_bad_config_exits_1_before_binding() {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -64,8 +64,23 @@ fn every_algorithm_krakend_takes_verifies() {
 #[test]
 fn only_the_configured_alg_and_a_good_signature_pass() {
     let v = validator(r#""alg": "RS256""#);
-    for name in ["ES256", "PS256", "HS256", "none", "RS256-as-HS256", "RS256-bad-signature", "RS256-crit"] {
+    for name in [
+        "ES256",
+        "PS256",
+        "HS256",
+        "none",
+        "RS256-as-HS256",
+        "RS256-confused-pem",
+        "RS256-confused-n",
+        "RS256-bad-signature",
+        "RS256-crit",
+    ] {
         assert_eq!(check(&v, &bearer(&token(name))).err(), Some(StatusCode::UNAUTHORIZED), "{name}");
+    }
+    // HS256 expected, a token keyed with a public key of the set: only `oct` keys sign HMAC.
+    let hs = validator(r#""alg": "HS256""#);
+    for name in ["HS256-keyed-with-ec-point", "RS256-confused-pem", "RS256-confused-n"] {
+        assert_eq!(check(&hs, &bearer(&token(name))).err(), Some(StatusCode::UNAUTHORIZED), "{name}");
     }
     // A signature made for another algorithm of the same key (RS256 with PS256's).
     let rs = token("RS256");
@@ -117,6 +132,7 @@ fn dates_with_the_leeway() {
     assert_eq!(status(&v, 1_699_999_940), None);
     let v = validator(r#""alg": "RS256", "leeway": "0s""#);
     assert_eq!(status(&v, 4_000_000_001), None, "under a second counts as one");
+    assert_eq!(check(&v, &bearer(&token("RS256-expired"))).err(), Some(StatusCode::UNAUTHORIZED));
     // A token without dates never expires; a date that is not a number is refused.
     let v = validator(r#""alg": "RS256""#);
     assert!(v.check(&bearer(&token("RS256-minimal")), at(5_000_000_000)).is_ok());
@@ -137,6 +153,7 @@ fn issuer_and_every_audience() {
     assert_eq!(ok(r#""alg": "RS256", "audience": ["sluice", "third"]"#, "RS256"), Some(StatusCode::UNAUTHORIZED));
     assert_eq!(ok(r#""alg": "RS256", "audience": ["sluice"]"#, "RS256-aud-string"), None);
     assert_eq!(ok(r#""alg": "RS256", "audience": ["sluice"]"#, "RS256-minimal"), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(ok(r#""alg": "RS256", "audience": ["sluice"]"#, "RS256-other-aud"), Some(StatusCode::UNAUTHORIZED));
 }
 
 #[test]

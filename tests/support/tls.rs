@@ -15,7 +15,7 @@ use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyP
 use super::{Reaped, Scratch};
 
 pub const SERVER: &str = r#"
-import itertools, json, ssl, sys
+import itertools, json, os, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 cert, key, client_ca = sys.argv[1], sys.argv[2], sys.argv[3]
 connections = itertools.count(1)
@@ -27,6 +27,16 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection_number = next(connections)
     def do_GET(self):
+        served = os.environ.get("SERVE_DIR")
+        if served and os.path.isfile(os.path.join(served, self.path.lstrip("/"))):
+            with open(os.path.join(served, self.path.lstrip("/")), "rb") as f:
+                body = f.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         peer = self.request.getpeercert()
         body = json.dumps({"path": self.path, "tls": self.request.version(),
                            "client": dict(x[0] for x in peer["subject"])["commonName"] if peer else None},
@@ -67,7 +77,17 @@ pub fn serve_closing_idle(cert: &Path, key: &Path, secs: f64) -> Server {
     serve_with(cert, key, None, &[secs.to_string()])
 }
 
+/// [`serve`], answering `GET /name` with the file `dir/name` when there is one (as
+/// `application/json`).
+pub fn serve_dir(cert: &Path, key: &Path, dir: &Path) -> Server {
+    serve_env(cert, key, None, &[], Some(dir))
+}
+
 fn serve_with(cert: &Path, key: &Path, client_ca: Option<&Path>, more: &[String]) -> Server {
+    serve_env(cert, key, client_ca, more, None)
+}
+
+fn serve_env(cert: &Path, key: &Path, client_ca: Option<&Path>, more: &[String], dir: Option<&Path>) -> Server {
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(SERVER)
@@ -75,6 +95,7 @@ fn serve_with(cert: &Path, key: &Path, client_ca: Option<&Path>, more: &[String]
         .arg(key)
         .arg(client_ca.map_or("-".into(), |p| p.display().to_string()))
         .args(more)
+        .envs(dir.map(|d| ("SERVE_DIR", d)))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
