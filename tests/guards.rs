@@ -20,6 +20,7 @@ every_driver!(
     backend_rate_limit,
     json_schema_on_request_bodies,
     cel_request_checks,
+    cel_response_checks,
     jwt_validation
 );
 
@@ -372,6 +373,49 @@ fn cel_request_checks(mode: Mode) {
     let got = curl(&["-A", "curl/8", "-H", "X-Tenant: acme", &url("/files/a")]);
     assert_eq!((got.status, got.body.as_str()), (200, r#"{"a":1}"#));
     assert_eq!(api.requests().len(), before + 2);
+}
+
+fn cel_response_checks(mode: Mode) {
+    let a = Backend::start(|_| Reply::Json(r#"{"a":1,"ok":true,"secret":"s"}"#.into()));
+    let b = Backend::start(|_| Reply::Json(r#"{"b":2}"#.into()));
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{"router": {{"return_error_msg": true}}}}, "endpoints": [
+            {{"endpoint": "/agg", "backend": [
+                {{"host": ["{0}"], "url_pattern": "/", "mapping": {{"a": "alpha"}}, "deny": ["secret"],
+                  "extra_config": {{"validation/cel": [{{"check_expr": "resp_data.alpha == 1 && !has(resp_data.secret) && resp_completed"}}]}}}},
+                {{"host": ["{1}"], "url_pattern": "/", "extra_config": {{"validation/cel": [
+                    {{"check_expr": "req_method == 'GET'"}}, {{"check_expr": "resp_data.b > 5"}}]}}}}]}},
+            {{"endpoint": "/whole", "extra_config": {{"validation/cel": [
+                {{"check_expr": "resp_data.a == 1 && resp_data.b == 2 && resp_metadata_status == 0"}}]}},
+              "backend": [{{"host": ["{0}"], "url_pattern": "/", "allow": ["a"]}}, {{"host": ["{1}"], "url_pattern": "/"}}]}},
+            {{"endpoint": "/refused", "extra_config": {{"validation/cel": [
+                {{"check_expr": "req_path == '/refused'"}}, {{"check_expr": "has(resp_data.missing)"}}]}},
+              "backend": [{{"host": ["{0}"], "url_pattern": "/", "allow": ["a"]}}]}}]}}"#,
+        a.url(),
+        b.url()
+    );
+    let gw = Gw::start(&config, mode);
+    let url = |path: &str| format!("http://{}{path}", gw.addr);
+    // A backend's check sees its data once shaped; the second backend's refuses: its
+    // part is left out, as a failed backend's (200, X-KrakenD-Completed: false).
+    let got = curl(&[&url("/agg")]);
+    assert_eq!(
+        (got.status, got.body.as_str(), got.field("x-krakend-completed")),
+        (200, r#"{"alpha":1,"ok":true}"#, Some("false"))
+    );
+    // The endpoint's check sees the merged data.
+    let got = curl(&[&url("/whole")]);
+    assert_eq!(
+        (got.status, got.body.as_str(), got.field("x-krakend-completed")),
+        (200, r#"{"a":1,"b":2}"#, Some("true"))
+    );
+    // One that refuses: KrakenD's 500, numbered among the response checks.
+    let got = curl(&[&url("/refused")]);
+    assert_eq!(
+        (got.status, got.body.as_str(), got.field("x-krakend-completed")),
+        (500, "request aborted by evaluator #0", Some("false"))
+    );
+    assert_eq!((a.requests().len(), b.requests().len()), (3, 2));
 }
 
 /// A token of the fixtures (`core/tests/fixtures/jwt`, signed by Python's

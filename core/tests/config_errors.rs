@@ -516,12 +516,12 @@ fn broken_configs_report_exact_paths_and_messages() {
                  "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
                 {"endpoint": "/b", "extra_config": {"validation/cel": [{"check_expr": "req_method == 'GET'"}, {"check_expr": "req_method =="}]},
                  "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {"validation/cel": [
-                    {"check_expr": "resp_data.ok == true"}, {"expr": "x"}]}}]}]}),
+                    {"check_expr": "true"}, {"expr": "x"}]}}]}]}),
             vec![
                 r#"endpoints[0].extra_config["validation/cel"]: expected an array of {"check_expr": ...}, found an object"#,
                 r#"endpoints[1].extra_config["validation/cel"][1].check_expr: does not parse: ERROR: <input>:1:14: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"#,
                 r#"endpoints[1].backend[0].extra_config["validation/cel"][1].check_expr: missing (required)"#,
-                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: a response check (its text names resp, so KrakenD runs it after the backends answer); only request (req_...) and token (JWT) checks are served"#,
+                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: an expression with no req_, resp_ or JWT variable (KrakenD never evaluates it)"#,
             ],
         ),
         (
@@ -538,7 +538,21 @@ fn broken_configs_report_exact_paths_and_messages() {
             vec![
                 r#"endpoints[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: a token check (JWT) on an endpoint without auth/validator: KrakenD never evaluates it"#,
                 r#"endpoints[0].backend[0].extra_config["validation/cel"][1].check_expr: not supported by Sluice: a token check (JWT) on a backend: KrakenD runs only the endpoint's"#,
-                r#"endpoints[1].extra_config["validation/cel"][1].check_expr: not supported by Sluice: an expression naming both JWT and req: KrakenD evaluates it as a token check and as a request check, each without the other's variables, so it refuses every request; split it"#,
+                r#"endpoints[1].extra_config["validation/cel"][1].check_expr: not supported by Sluice: an expression naming two of req, resp and JWT: KrakenD evaluates it in each of those phases, each without the others' variables, so it refuses every request; split it"#,
+            ],
+        ),
+        (
+            "validation/cel response checks: not where the answer is streamed, not with now",
+            json!({"version": 3, "endpoints": [
+                {"endpoint": "/a", "output_encoding": "no-op", "extra_config": {"validation/cel": [{"check_expr": "resp_data.ok"}]},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x"}]},
+                {"endpoint": "/b", "extra_config": {"validation/cel": [{"check_expr": "resp_completed && timestamp(now) > timestamp('2020-01-01T00:00:00Z')"}]},
+                 "backend": [{"host": ["http://api"], "url_pattern": "/x", "encoding": "no-op",
+                    "extra_config": {"validation/cel": [{"check_expr": "resp_metadata_status == 200"}]}}]}]}),
+            vec![
+                r#"endpoints[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: a response check (resp_...) where the answer is streamed (a no-op endpoint or backend): it would hold the answer back"#,
+                r#"endpoints[1].extra_config["validation/cel"][0].check_expr: not supported by Sluice: the `now` variable outside a token check"#,
+                r#"endpoints[1].backend[0].extra_config["validation/cel"][0].check_expr: not supported by Sluice: a response check (resp_...) where the answer is streamed (a no-op endpoint or backend): it would hold the answer back"#,
             ],
         ),
         (

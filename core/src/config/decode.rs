@@ -1363,12 +1363,13 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         _ => None,
     });
 
+    let output = output_encoding.unwrap_or(root.output_encoding);
     {
         use crate::gateway::cel::Site;
         let site = if jwt.is_some() { Site::TokenEndpoint } else { Site::Endpoint };
-        cel_compiles(&cel, &join(&o.at("extra_config"), "validation/cel"), site, cx);
+        let streamed = output == OutputEncoding::NoOp;
+        cel_compiles(&cel, &join(&o.at("extra_config"), "validation/cel"), (site, streamed), cx);
     }
-    let output = output_encoding.unwrap_or(root.output_encoding);
     if output == OutputEncoding::NoOp && json_schema.is_some() {
         cx.error(
             &join(&o.at("extra_config"), "validation/json-schema"),
@@ -1472,11 +1473,11 @@ fn cel_checks(v: &Value, path: &str, cx: &mut Ctx) -> Vec<String> {
     list
 }
 
-/// Compiles a `validation/cel` list at `path` written at `site`, so that `check`
-/// names the expression that cannot be served.
-fn cel_compiles(list: &[String], path: &str, site: crate::gateway::cel::Site, cx: &mut Ctx) {
+/// Compiles a `validation/cel` list at `path` written at `site` (whose answer is
+/// `streamed` or not), so that `check` names the expression that cannot be served.
+fn cel_compiles(list: &[String], path: &str, (site, streamed): (crate::gateway::cel::Site, bool), cx: &mut Ctx) {
     if !list.is_empty()
-        && let Err((i, why)) = crate::gateway::cel::Checks::compile_at(list, site)
+        && let Err((i, why)) = crate::gateway::cel::Phases::compile(list, site, streamed)
     {
         cx.error(&join(&index(path, i), "check_expr"), why);
     }
@@ -1620,7 +1621,7 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         ) {
             if matches!(ns, "validation/cel" | "github.com/devopsfaith/krakend-cel") {
                 cel = cel_checks(v, path, cx);
-                cel_compiles(&cel, path, crate::gateway::cel::Site::Backend, cx);
+                cel_compiles(&cel, path, (crate::gateway::cel::Site::Backend, encoding == Encoding::NoOp), cx);
                 return Some(());
             }
             return None;

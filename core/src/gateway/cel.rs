@@ -72,6 +72,79 @@ pub enum Site {
     Backend,
 }
 
+/// Why a response check is refused where the answer is streamed.
+const RESPONSE_NOT_HERE: &str = "not supported by Sluice: a response check (resp_...) where the answer is \
+    streamed (a no-op endpoint or backend): it would hold the answer back";
+
+/// A `validation/cel` list split by phase, as krakend-cel splits it by text.
+#[derive(Debug)]
+pub struct Phases {
+    /// Before the call (or the backends): `req_*`.
+    pub request: Checks,
+    /// In `auth/validator`, on the token: `JWT`, `now`.
+    pub token: Checks,
+    /// On the answer: `resp_*`.
+    pub response: Checks,
+    /// The index of the first response check (for a site that cannot have one).
+    pub first_response: Option<usize>,
+}
+
+impl Phases {
+    /// `list` written at `site`, compiled. `streamed`: the answer there is passed on
+    /// as it comes (a `no-op` endpoint or backend), so it can have no response check.
+    /// `Err` is the index of the first expression that cannot be served and why.
+    pub fn compile(list: &[String], site: Site, streamed: bool) -> Result<Phases, (usize, String)> {
+        let (mut request, mut token, mut response) = (Vec::new(), Vec::new(), Vec::new());
+        let mut first_response = None;
+        for (i, expr) in list.iter().enumerate() {
+            let program = cel::Program::compile(expr).map_err(|e| {
+                // The parser's first line (the rest draws a caret under the source).
+                let e = e.to_string();
+                (i, format!("does not parse: {}", e.lines().next().unwrap_or_default()))
+            })?;
+            let refs = program.references();
+            let (names_jwt, names_req, names_resp) =
+                (expr.contains("JWT"), expr.contains("req"), expr.contains("resp"));
+            let refused = |what: &str| Err((i, format!("not supported by Sluice: {what}")));
+            let phases = [names_req, names_resp, site == Site::TokenEndpoint && names_jwt];
+            if phases.iter().filter(|&&p| p).count() > 1 {
+                return refused(
+                    "an expression naming two of req, resp and JWT: KrakenD evaluates it in each of those phases, \
+                     each without the others' variables, so it refuses every request; split it",
+                );
+            }
+            if refs.has_variable("now") && !(site == Site::TokenEndpoint && names_jwt) {
+                return refused("the `now` variable outside a token check");
+            }
+            if names_resp {
+                if streamed {
+                    return Err((i, RESPONSE_NOT_HERE.into()));
+                }
+                first_response.get_or_insert(i);
+                response.push(program);
+            } else if site == Site::TokenEndpoint && names_jwt {
+                token.push(program);
+            } else if refs.has_variable("JWT") {
+                return refused(match site {
+                    Site::Backend => "a token check (JWT) on a backend: KrakenD runs only the endpoint's",
+                    _ => "a token check (JWT) on an endpoint without auth/validator: KrakenD never evaluates it",
+                });
+            } else if !names_req {
+                return refused("an expression with no req_, resp_ or JWT variable (KrakenD never evaluates it)");
+            } else {
+                request.push(program);
+            }
+        }
+        let env = Arc::new(cel::Env::stdlib());
+        Ok(Phases {
+            request: Checks(request, env.clone()),
+            token: Checks(token, env.clone()),
+            response: Checks(response, env),
+            first_response,
+        })
+    }
+}
+
 impl Checks {
     /// The request checks of `list` written at `site` (the endpoint's or a backend's),
     /// compiled. `Err` is the index of the first expression that cannot be served and
@@ -83,49 +156,12 @@ impl Checks {
     /// `list` written at `site`, compiled: its request checks and its token checks.
     /// `Err` is the index of the first expression that cannot be served and why.
     pub fn compile_at(list: &[String], site: Site) -> Result<(Checks, Checks), (usize, String)> {
-        let (mut request, mut token) = (Vec::new(), Vec::new());
-        for (i, expr) in list.iter().enumerate() {
-            let program = cel::Program::compile(expr).map_err(|e| {
-                // The parser's first line (the rest draws a caret under the source).
-                let e = e.to_string();
-                (i, format!("does not parse: {}", e.lines().next().unwrap_or_default()))
-            })?;
-            let refs = program.references();
-            let (names_jwt, names_req) = (expr.contains("JWT"), expr.contains("req"));
-            let refused = |what: &str| Err((i, format!("not supported by Sluice: {what}")));
-            if expr.contains("resp") {
-                // KrakenD runs any expression with `resp` in it after the backends
-                // answer, this one too.
-                return refused(
-                    "a response check (its text names resp, so KrakenD runs it after the backends answer); only \
-                     request (req_...) and token (JWT) checks are served",
-                );
-            }
-            if site == Site::TokenEndpoint && names_jwt {
-                if names_req {
-                    return refused(
-                        "an expression naming both JWT and req: KrakenD evaluates it as a token check and as a \
-                         request check, each without the other's variables, so it refuses every request; split it",
-                    );
-                }
-                token.push(program);
-            } else if refs.has_variable("JWT") {
-                return refused(match site {
-                    Site::Backend => "a token check (JWT) on a backend: KrakenD runs only the endpoint's",
-                    _ => "a token check (JWT) on an endpoint without auth/validator: KrakenD never evaluates it",
-                });
-            } else if !names_req {
-                return refused("an expression with no req_, resp_ or JWT variable (KrakenD never evaluates it)");
-            } else if refs.has_variable("now") {
-                return refused("the `now` variable in a request check (served in token checks)");
-            } else {
-                request.push(program);
-            }
+        let phases = Phases::compile(list, site, false)?;
+        if let Some(i) = phases.first_response {
+            return Err((i, RESPONSE_NOT_HERE.into()));
         }
-        let env = Arc::new(cel::Env::stdlib());
-        Ok((Checks(request, env.clone()), Checks(token, env)))
+        Ok((phases.request, phases.token))
     }
-
     /// Whether there is no check.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -139,6 +175,28 @@ impl Checks {
         cx.add_variable_from_value("req_params", strings(&req.params));
         cx.add_variable_from_value("req_headers", lists(&req.headers));
         cx.add_variable_from_value("req_querystring", lists(&req.query));
+        for (n, program) in self.0.iter().enumerate() {
+            if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
+                return Err(format!("request aborted by evaluator #{n}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every response check on an answer: `data` (the backend's shaped data, or
+    /// the endpoint's merged data), whether it is complete, and its status and
+    /// headers as lura's metadata holds them (0 and none for a decoded answer). `Err`
+    /// is the reason, in krakend-cel's words (it says "request" in this phase too).
+    pub fn check_response(&self, data: &serde_json::Value, completed: bool) -> Result<(), String> {
+        let mut cx = cel::Context::with_env(self.1.clone());
+        let data = match data {
+            serde_json::Value::Object(_) => from_json(data),
+            _ => cel::Value::Map(HashMap::<cel::objects::Key, cel::Value>::new().into()),
+        };
+        cx.add_variable_from_value("resp_data", data);
+        cx.add_variable_from_value("resp_completed", completed);
+        cx.add_variable_from_value("resp_metadata_status", 0i64);
+        cx.add_variable_from_value("resp_metadata_headers", lists(&HashMap::new()));
         for (n, program) in self.0.iter().enumerate() {
             if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
                 return Err(format!("request aborted by evaluator #{n}"));
@@ -293,9 +351,9 @@ mod tests {
         for site in [Site::Endpoint, Site::Backend] {
             assert!(Checks::compile_at(&list, site).unwrap_err().1.contains("a token check"), "{site:?}");
         }
-        // Both phases at once.
+        // Two phases at once.
         let both = ["JWT.sub == req_params.Id".to_string()];
-        assert!(Checks::compile_at(&both, Site::TokenEndpoint).unwrap_err().1.contains("both JWT and req"));
+        assert!(Checks::compile_at(&both, Site::TokenEndpoint).unwrap_err().1.contains("two of req, resp and JWT"));
     }
 
     #[test]
@@ -311,13 +369,13 @@ mod tests {
     fn what_is_not_served_yet_is_refused_by_position() {
         let refused = |list: &[&str]| Checks::compile(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).err();
         assert_eq!(refused(&["req_method == 'GET'"]), None);
-        assert!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().1.contains("a response check"));
+        assert!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().1.contains("where the answer is streamed"));
         assert_eq!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().0, 1);
         assert!(refused(&["JWT.sub == 'a'"]).unwrap().1.contains("a token check (JWT) on a backend"));
         // `JWT` in a string is a request check (the token phase needs the variable).
         assert_eq!(refused(&["req_headers['Authorization'][0].startsWith('JWT ')"]), None);
         // `resp` anywhere in the text is KrakenD's response phase.
-        assert!(refused(&["req_path.startsWith('/responses')"]).unwrap().1.contains("names resp"));
+        assert!(refused(&["req_path.startsWith('/responses')"]).unwrap().1.contains("two of req, resp and JWT"));
         assert!(refused(&["1 == 1"]).unwrap().1.contains("never evaluates"));
         assert!(
             refused(&["req_method == 'GET' && timestamp(now) > timestamp('2020-01-01T00:00:00Z')"])

@@ -168,6 +168,13 @@ fn is_success(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::CREATED
 }
 
+/// Shaped data as the JSON value CEL reads it from (only for a response check).
+fn as_json(entries: &[Entry<'_>]) -> serde_json::Value {
+    let mut text = Vec::with_capacity(256);
+    response::render(OutputEncoding::Json, None, entries, &mut text);
+    serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null)
+}
+
 /// Whether backend `b`'s answer with `status` counts (lura's status handlers): 200 and
 /// 201, or any status from a `no-op` backend of an aggregating endpoint, whose answer
 /// is not decoded and adds nothing (`Shape::apply` gives it no members).
@@ -605,6 +612,17 @@ impl<'g> Exchange<'g> {
             binding.plugin.on_done(&req);
         }
         let BackendResponse { status, headers, body } = answer;
+        // The backend's response checks, on its data once shaped (krakend-cel wraps
+        // the backend outside lura's formatter); one that refuses fails the call.
+        let b = &self.ep.backends[id];
+        if let Some(checks) = &b.cel_response
+            && accepted(b, status)
+            && let Ok(part) = b.shape.apply(&body)
+            && let Err(why) = checks.check_response(&as_json(&part), true)
+        {
+            self.settle(id, CallState::Stopped(why));
+            return;
+        }
         self.settle(id, CallState::Answered { status, headers, body });
     }
 
@@ -774,6 +792,14 @@ impl<'g> Exchange<'g> {
         let merged = response::merge(parts);
         // lura says complete only of an answer with data in it.
         let complete = complete && !merged.is_empty();
+        // The endpoint's response checks, on the merged data; as krakend-cel, only on a
+        // complete answer (lura hands a partial one on with its error, unchecked).
+        if complete
+            && let Some(checks) = &ep.cel_response
+            && let Err(why) = checks.check_response(&as_json(&merged), complete)
+        {
+            return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why);
+        }
         let mut body = Vec::with_capacity(256);
         let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);

@@ -26,12 +26,12 @@
 //!
 //! The keys are read when the configuration is compiled (`jwk_local_path`, or
 //! `jwk_url` fetched then by the loader: see [`crate::tls::Environment::fetch`]), each
-//! parsed once, into a [`KeySource`]. A fetched set is fetched again by the driver's
+//! parsed once (JWK types from the `jsonwebtoken` crate), into a [`KeySource`]. A fetched set is fetched again by the driver's
 //! refresher ([`KeySource::due`]): every `cache_duration`, and soon after a token names
 //! a key the set lacks (a key the issuer added), at most once per cooldown; the new set
 //! replaces the old one between two requests, with no lock on the request path.
-//! Signatures are checked by the `jsonwebtoken` crate's RustCrypto backend, ES512
-//! (which it lacks) by the `p521` crate; the claims here, as go-jose.
+//! Signatures are checked with `ring` (rustls's provider), ES512 (which it lacks)
+//! with RustCrypto's `p521`; the claims here, as go-jose.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,8 +42,8 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use http::{HeaderName, HeaderValue, StatusCode};
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::config::{JwtConfig, KeyStrategy, ScopesMatcher};
@@ -80,13 +80,27 @@ struct Key {
     kid: Option<String>,
     /// The `x5t` thumbprint, base64url as the set gives it.
     x5t: Option<String>,
-    decoding: DecodingKey,
-    /// A P-521 public key (for ES512).
-    p521: Option<p521::ecdsa::VerifyingKey>,
+    material: Material,
+}
+
+/// What a key verifies with.
+#[derive(Clone)]
+enum Material {
+    /// RSA: the modulus and exponent, big-endian.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// An uncompressed point on P-256 or P-384.
+    Ec { curve: EllipticCurve, point: Vec<u8> },
+    /// A point on P-521 (ES512, which ring lacks).
+    P521(Box<p521::ecdsa::VerifyingKey>),
+    /// An Ed25519 public key.
+    Ed25519(Vec<u8>),
+    /// An HMAC secret (`oct`).
+    Secret(Vec<u8>),
 }
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the material: an `oct` key is a secret.
         f.debug_struct("Key").field("kid", &self.kid).field("x5t", &self.x5t).finish_non_exhaustive()
     }
 }
@@ -94,6 +108,11 @@ impl std::fmt::Debug for Key {
 /// A JSON Web Key Set, parsed.
 #[derive(Debug, Clone)]
 pub struct KeySet(Vec<Key>);
+
+/// base64url, padded or not (go-jose takes both in a JWK).
+fn b64(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(text).or_else(|_| URL_SAFE.decode(text)).ok().filter(|b| !b.is_empty())
+}
 
 impl KeySet {
     /// Parses a JWK Set (`{"keys": [...]}`). As go-jose, a key that cannot be read
@@ -111,24 +130,40 @@ impl KeySet {
         let mut keys = Vec::with_capacity(set.keys.len());
         for (i, raw) in set.keys.into_iter().enumerate() {
             let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("keys[{i}]: not a JWK: {e}"))?;
-            let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("keys[{i}]: unusable key: {e}"))?;
-            let p521 = match &jwk.algorithm {
-                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P521 => {
-                    let point = decoding.try_get_as_bytes().map_err(|e| format!("keys[{i}]: {e}"))?;
-                    Some(
-                        p521::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                            .map_err(|_| format!("keys[{i}]: not a point of P-521"))?,
-                    )
+            let bad = |what: &str| format!("keys[{i}]: {what}");
+            let material = match &jwk.algorithm {
+                AlgorithmParameters::RSA(p) => Material::Rsa {
+                    n: b64(&p.n).ok_or_else(|| bad("an RSA key whose n is not base64url"))?,
+                    e: b64(&p.e).ok_or_else(|| bad("an RSA key whose e is not base64url"))?,
+                },
+                AlgorithmParameters::EllipticCurve(p) => {
+                    let (x, y) = (b64(&p.x), b64(&p.y));
+                    let (Some(x), Some(y)) = (x, y) else { return Err(bad("an EC key whose x or y is not base64url")) };
+                    let point = [&[4u8][..], &x, &y].concat();
+                    match p.curve {
+                        EllipticCurve::P521 => Material::P521(Box::new(
+                            p521::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                                .map_err(|_| bad("not a point of P-521"))?,
+                        )),
+                        EllipticCurve::P256 | EllipticCurve::P384 => {
+                            let size = if p.curve == EllipticCurve::P256 { 32 } else { 48 };
+                            if x.len() != size || y.len() != size {
+                                return Err(bad("x or y is not the curve's size"));
+                            }
+                            Material::Ec { curve: p.curve.clone(), point }
+                        }
+                        _ => return Err(bad("an EC key on a curve JWS does not use")),
+                    }
                 }
-                AlgorithmParameters::Other(_) => return Err(format!("keys[{i}]: unknown key type")),
-                _ => None,
+                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                    Material::Ed25519(b64(&p.x).filter(|x| x.len() == 32).ok_or_else(|| bad("not an Ed25519 key"))?)
+                }
+                AlgorithmParameters::OctetKey(p) => {
+                    Material::Secret(b64(&p.value).ok_or_else(|| bad("an oct key whose k is not base64url"))?)
+                }
+                _ => return Err(bad("unknown key type")),
             };
-            keys.push(Key {
-                kid: jwk.common.key_id.clone(),
-                x5t: jwk.common.x509_sha1_fingerprint.clone(),
-                decoding,
-                p521,
-            });
+            keys.push(Key { kid: jwk.common.key_id.clone(), x5t: jwk.common.x509_sha1_fingerprint.clone(), material });
         }
         Ok(KeySet(keys))
     }
@@ -418,19 +453,9 @@ impl Validator {
             self.keys.want();
             return Err("no key for the token");
         };
-        let signed = &text[..head.len() + 1 + payload.len()];
-        let good = match self.alg {
-            Alg::Es512 => {
-                use p521::ecdsa::signature::Verifier;
-                let key = key.p521.as_ref().ok_or("the key is not a P-521 key")?;
-                let sig = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "the signature is not base64url")?;
-                let sig = p521::ecdsa::Signature::from_slice(&sig).map_err(|_| "not an ES512 signature")?;
-                key.verify(signed.as_bytes(), &sig).is_ok()
-            }
-            Alg::Jose(alg) => {
-                jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &key.decoding, alg).unwrap_or(false)
-            }
-        };
+        let signed = &text.as_bytes()[..head.len() + 1 + payload.len()];
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "the signature is not base64url")?;
+        let good = verify(self.alg, &key.material, signed, &signature);
         if !good {
             return Err("bad signature");
         }
@@ -503,6 +528,52 @@ impl Validator {
         } else {
             self.scopes.iter().any(|s| held.contains(&s.as_str()))
         }
+    }
+}
+
+/// Whether `signature` is `alg`'s over `signed` with `key` (a key of another kind,
+/// or another curve, never is: an HMAC token cannot be keyed with a public key).
+fn verify(alg: Alg, key: &Material, signed: &[u8], signature: &[u8]) -> bool {
+    use ring::signature as sig;
+    match (alg, key) {
+        (Alg::Es512, Material::P521(k)) => {
+            use p521::ecdsa::signature::Verifier;
+            p521::ecdsa::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
+        }
+        (Alg::Jose(a), Material::Rsa { n, e }) => {
+            let scheme: &sig::RsaParameters = match a {
+                Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                _ => return false,
+            };
+            sig::RsaPublicKeyComponents { n, e }.verify(scheme, signed, signature).is_ok()
+        }
+        (Alg::Jose(a), Material::Ec { curve, point }) => {
+            let scheme: &dyn sig::VerificationAlgorithm = match (a, curve) {
+                (Algorithm::ES256, EllipticCurve::P256) => &sig::ECDSA_P256_SHA256_FIXED,
+                (Algorithm::ES384, EllipticCurve::P384) => &sig::ECDSA_P384_SHA384_FIXED,
+                _ => return false,
+            };
+            sig::UnparsedPublicKey::new(scheme, point).verify(signed, signature).is_ok()
+        }
+        (Alg::Jose(Algorithm::EdDSA), Material::Ed25519(x)) => {
+            sig::UnparsedPublicKey::new(&sig::ED25519, x).verify(signed, signature).is_ok()
+        }
+        (Alg::Jose(a), Material::Secret(secret)) => {
+            let hmac = match a {
+                Algorithm::HS256 => ring::hmac::HMAC_SHA256,
+                Algorithm::HS384 => ring::hmac::HMAC_SHA384,
+                Algorithm::HS512 => ring::hmac::HMAC_SHA512,
+                _ => return false,
+            };
+            // Compared in constant time.
+            ring::hmac::verify(&ring::hmac::Key::new(hmac, secret), signed, signature).is_ok()
+        }
+        _ => false,
     }
 }
 

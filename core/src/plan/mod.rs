@@ -139,6 +139,9 @@ pub struct EndpointPlan {
     /// `validation/json-schema`: what every request body must meet, checked once the
     /// body is read, before any backend call (see [`crate::gateway::schema`]).
     pub schema: Option<std::sync::Arc<crate::gateway::schema::BodySchema>>,
+    /// `validation/cel`: response checks on the merged answer (see
+    /// [`crate::gateway::cel`]).
+    pub cel_response: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
     /// `validation/cel`: request checks before any backend call (see
     /// [`crate::gateway::cel`]), and the endpoint's own header and query lists they
     /// see the request through.
@@ -187,6 +190,8 @@ pub struct BackendPlan {
     pub limit: Option<crate::gateway::ratelimit::CallLimit>,
     /// `validation/cel`: request checks before each call (see [`crate::gateway::cel`]).
     pub cel: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+    /// `validation/cel`: response checks on each answer, once shaped.
+    pub cel_response: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -359,6 +364,9 @@ impl Gateway {
                         Vec::new()
                     }
                 };
+                let streamed = b.encoding == crate::config::Encoding::NoOp;
+                let backend_cel =
+                    cel_phases(&b.cel, (crate::gateway::cel::Site::Backend, streamed), &path, &mut errors);
                 backends.push(BackendPlan {
                     hosts,
                     url_pattern,
@@ -373,13 +381,15 @@ impl Gateway {
                     redirect_tls,
                     plugin: None,
                     limit: b.rate_limit.as_ref().map(crate::gateway::ratelimit::CallLimit::compile),
-                    cel: cel_checks(&b.cel, &path, &mut errors),
+                    cel: backend_cel.0,
+                    cel_response: backend_cel.2,
                 });
                 backend_count += 1;
             }
             // The endpoint's CEL list: its request checks run in the exchange, its token
             // checks in the validator.
-            let (request_checks, token_checks) = endpoint_cel(e, &format!("endpoints[{i}]"), &mut errors);
+            let (request_checks, token_checks, response_checks) =
+                endpoint_cel(e, config.endpoint_output(e), &format!("endpoints[{i}]"), &mut errors);
             endpoints.push(EndpointPlan {
                 index: endpoints.len(),
                 path: e.endpoint.clone(),
@@ -391,6 +401,7 @@ impl Gateway {
                 backends,
                 guards: guards(e, &format!("endpoints[{i}]"), (env, &mut key_sources, token_checks), &mut errors),
                 cel: request_checks,
+                cel_response: response_checks,
                 cel_sees: (
                     HeaderPolicy::compile(&e.input_headers, None),
                     QueryPolicy::compile(&e.input_query_strings, None),
@@ -668,46 +679,44 @@ fn compile_url_pattern(u: &str) -> Result<Vec<UrlPiece>, String> {
         .collect()
 }
 
-/// The `validation/cel` checks of the endpoint or backend at `at` (none: no list).
-fn cel_checks(
-    list: &[String],
-    at: &str,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<std::sync::Arc<crate::gateway::cel::Checks>> {
-    if list.is_empty() {
-        return None;
-    }
-    match crate::gateway::cel::Checks::compile(list) {
-        Ok(checks) => Some(std::sync::Arc::new(checks)),
-        Err((i, message)) => {
-            errors
-                .push(Diagnostic { path: format!(r#"{at}.extra_config["validation/cel"][{i}].check_expr"#), message });
-            None
-        }
-    }
-}
-
-/// An endpoint's `validation/cel` list (`at`: its JSON path), compiled: its request
-/// checks and its token checks (with `auth/validator`), each `None` when it has none.
+/// An endpoint's `validation/cel` list (`at`: its JSON path), compiled by phase (each
+/// `None` when it has none).
 fn endpoint_cel(
     e: &crate::config::Endpoint,
+    output: OutputEncoding,
     at: &str,
     errors: &mut Vec<Diagnostic>,
-) -> (Option<std::sync::Arc<crate::gateway::cel::Checks>>, Option<std::sync::Arc<crate::gateway::cel::Checks>>) {
-    use crate::gateway::cel::{Checks, Site};
-    if e.cel.is_empty() {
-        return (None, None);
-    }
+) -> CelPhases {
+    use crate::gateway::cel::Site;
     let site = if e.jwt.is_some() { Site::TokenEndpoint } else { Site::Endpoint };
-    match Checks::compile_at(&e.cel, site) {
-        Ok((request, token)) => {
-            let request = (!request.is_empty()).then(|| std::sync::Arc::new(request));
-            (request, (!token.is_empty()).then(|| std::sync::Arc::new(token)))
-        }
+    cel_phases(&e.cel, (site, output == OutputEncoding::NoOp), at, errors)
+}
+
+/// Compiled CEL checks by phase: request, token, response.
+type CelPhases = (
+    Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+    Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+    Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+);
+
+/// A `validation/cel` list (`at`: the JSON path of its level) written at `site`
+/// (whose answer is `streamed` or not), compiled by phase.
+fn cel_phases(
+    list: &[String],
+    (site, streamed): (crate::gateway::cel::Site, bool),
+    at: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> CelPhases {
+    if list.is_empty() {
+        return (None, None, None);
+    }
+    let some = |c: crate::gateway::cel::Checks| (!c.is_empty()).then(|| std::sync::Arc::new(c));
+    match crate::gateway::cel::Phases::compile(list, site, streamed) {
+        Ok(p) => (some(p.request), some(p.token), some(p.response)),
         Err((i, message)) => {
             errors
                 .push(Diagnostic { path: format!(r#"{at}.extra_config["validation/cel"][{i}].check_expr"#), message });
-            (None, None)
+            (None, None, None)
         }
     }
 }
