@@ -44,7 +44,9 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
         "endpoints": [{
             "endpoint": "/fetch",
             "output_encoding": "no-op",
-            "backend": [{"host": [origin], "url_pattern": target, "encoding": "no-op"}]
+            // A redirect is not followed: it could lead from https to plain HTTP.
+            "backend": [{"host": [origin], "url_pattern": target, "encoding": "no-op",
+                "extra_config": {"backend/http/client": {"no_redirect": true}}}]
         }]
     });
     let gw = Gateway::load_with(&config.to_string(), env).map_err(|e| format!("cannot fetch {url}: {e}"))?.gateway;
@@ -60,7 +62,11 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
     let (status, body) = answer.map_err(|e| format!("cannot fetch {url}: {e}"))?;
     if status != 200 {
         let why = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
-        let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+        let why = match status {
+            300..=399 => " (a redirect, not followed: name the URL it leads to)".to_string(),
+            _ if why.is_empty() => String::new(),
+            _ => format!(" ({why})"),
+        };
         return Err(format!("cannot fetch {url}: it answered {status}{why}"));
     }
     Ok(body)
@@ -116,50 +122,39 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     Ok((format!("{scheme}://{authority}"), target.to_string()))
 }
 
-/// One `GET /fetch` to the loopback gateway: the status and the whole body.
+/// One `GET /fetch` to the loopback gateway: the status and the whole body, read
+/// with core's HTTP/1.1 client codec (its framing, chunked or not, and its limits).
 fn get(at: SocketAddr) -> Result<(u16, Vec<u8>), String> {
+    use sluice_core::http1::{ClientConn, ClientEvent, Limits};
     let mut s = TcpStream::connect_timeout(&at, DEADLINE).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(DEADLINE + Duration::from_secs(2))).map_err(|e| e.to_string())?;
     s.write_all(b"GET /fetch HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.take((MAX_BYTES + 64 * 1024) as u64).read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(len)) = resp.parse(&raw) else {
-        return Err("no readable answer".into());
-    };
-    let status = resp.code.unwrap_or(0);
-    let chunked = resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked"));
-    let body = &raw[len..];
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
-    if body.len() > MAX_BYTES {
-        return Err(format!("the answer is over {} KiB", MAX_BYTES >> 10));
+    let mut codec = ClientConn::new(http::Method::GET, Limits::default());
+    let (mut status, mut body, mut rest) = (0, Vec::new(), &raw[..]);
+    loop {
+        let (used, event) = codec.handle_input(rest).map_err(|e| format!("an answer that does not parse: {e:?}"))?;
+        rest = &rest[used..];
+        match event {
+            ClientEvent::Response(r) => status = r.status.as_u16(),
+            ClientEvent::Data(d) => body.extend_from_slice(d),
+            ClientEvent::End(_) => break,
+            ClientEvent::NeedMore if used == 0 => {
+                // All there is was read: a body delimited by the close ends here.
+                match codec.handle_eof() {
+                    Ok(ClientEvent::End(_)) => break,
+                    _ => return Err("the answer was cut short".into()),
+                }
+            }
+            ClientEvent::NeedMore => {}
+            ClientEvent::Switched => return Err("the answer switched protocols".into()),
+        }
+        if body.len() > MAX_BYTES {
+            return Err(format!("the answer is over {} KiB", MAX_BYTES >> 10));
+        }
     }
     Ok((status, body))
-}
-
-/// A whole chunked body, decoded.
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let bad = || "a chunked answer that does not parse".to_string();
-    let mut out = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| bad())?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad())?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 || out.len() + size > MAX_BYTES {
-            return Err(bad());
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
 }
 
 #[cfg(test)]
@@ -177,12 +172,5 @@ mod tests {
         assert!(split_url("https://user:pw@x/y").is_err());
         assert!(split_url("/relative").is_err());
         assert!(split_url("https://x/{a}").is_err());
-    }
-
-    #[test]
-    fn chunked_bodies_decode() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), Ok(b"abcde".to_vec()));
-        assert!(dechunk(b"3\r\nab").is_err());
-        assert!(dechunk(b"zz\r\n").is_err());
     }
 }

@@ -163,11 +163,19 @@ fn jwk_url_is_fetched_at_start_and_again_for_a_new_key() {
     let (first, all) = (first.to_string(), all.to_string());
     let rotated = Arc::new(AtomicBool::new(false));
     let served = rotated.clone();
-    let idp = support::Backend::start(move |_| {
+    // The set comes chunked (in two chunks), as a server streaming it would send it;
+    // /moved redirects to plain HTTP.
+    let idp = support::Backend::start(move |seen| {
+        if seen.head.starts_with("GET /moved ") {
+            return support::Reply::Raw(
+                b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/jwks.json\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            );
+        }
         let keys = if served.load(Ordering::SeqCst) { &all } else { &first };
-        let head =
-            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", keys.len());
-        support::Reply::Raw([head.as_bytes(), keys.as_bytes()].concat())
+        let (a, b) = keys.split_at(keys.len() / 2);
+        let body = format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        support::Reply::Raw([head.as_bytes(), body.as_bytes()].concat())
     });
     let api = support::Backend::start(|_| support::Reply::Json(r#"{"ok":true}"#.into()));
     let tokens: serde_json::Value =
@@ -206,6 +214,13 @@ fn jwk_url_is_fetched_at_start_and_again_for_a_new_key() {
     assert!((2..=4).contains(&fetched.len()), "{} fetches", fetched.len());
     assert_eq!(api.requests().len(), 1);
     assert_eq!(run.sigterm(), Some(0));
+
+    // A redirect is not followed (it could lead from https to plain HTTP).
+    let moved = write("moved.json", &format!("{}/moved", idp.url()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["check", "-c", &moved]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/moved: it answered 302 (a redirect, not followed: name the URL it leads to)"), "{err}");
 
     // Nothing listens there: `check` and `run` say so and exit 1.
     let down = write("down.json", &format!("http://127.0.0.1:{}/jwks.json", support::proxies::free_port()));

@@ -116,6 +116,42 @@ fn the_key_is_found_by_kid() {
 }
 
 #[test]
+fn the_key_is_found_by_x5t_when_asked() {
+    // The fixtures' tokens carry a kid and no x5t: x5t then compares their kid.
+    let mut keys: Value = serde_json::from_str(KEYS).unwrap();
+    keys["keys"][0]["x5t"] = "rsa".into();
+    let with = |strategy: &str, keys: &Value| {
+        validator_with(&format!(r#""alg": "RS256", "key_identify_strategy": "{strategy}""#), &keys.to_string())
+    };
+    assert!(check(&with("x5t", &keys), &bearer(&token("RS256"))).is_ok());
+    assert!(check(&with("kid_x5t", &keys), &bearer(&token("RS256"))).is_ok());
+    keys["keys"][0]["x5t"] = "another".into();
+    for strategy in ["x5t", "kid_x5t"] {
+        assert_eq!(check(&with(strategy, &keys), &bearer(&token("RS256"))).err(), Some(StatusCode::UNAUTHORIZED));
+    }
+    assert!(check(&with("kid", &keys), &bearer(&token("RS256"))).is_ok());
+}
+
+#[test]
+fn rsa_keys_are_read_as_go_jose_reads_them() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut keys: Value = serde_json::from_str(KEYS).unwrap();
+    // A modulus with a leading zero byte is the same key.
+    let n = URL_SAFE_NO_PAD.decode(keys["keys"][0]["n"].as_str().unwrap()).unwrap();
+    keys["keys"][0]["n"] = URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat()).into();
+    let v = validator_with(r#""alg": "RS256""#, &keys.to_string());
+    assert!(check(&v, &bearer(&token("RS256"))).is_ok());
+    // Under 2048 bits: refused when the set is read, with the key's place.
+    keys["keys"][0]["n"] = URL_SAFE_NO_PAD.encode([0xc1u8; 128]).into();
+    let e = KeySet::parse(keys.to_string().as_bytes()).unwrap_err();
+    assert_eq!(
+        e,
+        "keys[0]: an RSA key of 1024 bits: Sluice verifies 2048 to 8192 (ring's bounds; a smaller key is breakable)"
+    );
+}
+
+#[test]
 fn dates_with_the_leeway() {
     let v = validator(r#""alg": "RS256""#);
     let t = bearer(&token("RS256"));
@@ -246,6 +282,11 @@ fn claims_propagate_as_krakend_writes_them() {
     let got = check(&v, &bearer(&token("RS256"))).unwrap();
     let values: Vec<&str> = got.headers.iter().map(|(_, v)| v.to_str().unwrap()).collect();
     assert_eq!(values, ["a", "b", "1.7e+09"]);
+    // A preserved empty array gives no value, and the client's header is still
+    // replaced (the names are what the backends' writer drops).
+    let empty = check(&v, &bearer(&token("RS256-empty-groups"))).unwrap();
+    assert!(empty.headers.is_empty());
+    assert_eq!(empty.replaces, [http::HeaderName::from_static("x-groups")]);
     // {JWT.claim}: top-level claims, rendered the same way.
     assert_eq!(got.claim_text("sub").as_deref(), Some("1234567890"));
     assert_eq!(got.claim_text("groups").as_deref(), Some("a,b,1.7e+09"));

@@ -647,6 +647,15 @@ fn cors_config(mut o: Obj<'_>, cx: &mut Ctx) -> CorsConfig {
     }
 }
 
+/// A header a backend never gets from the client: framing, hop-by-hop, `Host`, and
+/// those the gateway writes itself.
+fn gateway_sets(name: &str) -> bool {
+    crate::http1::is_hop_by_hop_name(name.as_bytes())
+        || ["host", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-host", "x-forwarded-via"]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// KrakenD's default `cache_duration`, in seconds.
 const JWK_CACHE_DURATION: u64 = 900;
 
@@ -744,6 +753,10 @@ fn jwt_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<JwtConfig> {
                     match item.as_array().map(Vec::as_slice) {
                         Some([Value::String(claim), Value::String(header)]) if !claim.is_empty() => {
                             match http::HeaderName::from_bytes(header.as_bytes()) {
+                                Ok(name) if gateway_sets(name.as_str()) => cx.error(
+                                    &index(&at, 1),
+                                    format!("{header:?} is set by the gateway or ends at it: it cannot carry a claim"),
+                                ),
                                 Ok(name) => propagate_claims.push((claim.clone(), name)),
                                 Err(_) => cx.error(&index(&at, 1), format!("{header:?} is not a header name")),
                             }

@@ -524,9 +524,10 @@ impl<'g> Exchange<'g> {
         Some(CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body })
     }
 
-    /// The headers `auth/validator`'s `propagate_claims` gives the calls.
-    fn claims(&self) -> &[(HeaderName, HeaderValue)] {
-        self.req.token.as_ref().map_or(&[], |t| t.headers.as_slice())
+    /// The token `auth/validator` let through (its `propagate_claims` headers go to
+    /// the calls).
+    fn claims(&self) -> Option<&crate::gateway::jwt::Token> {
+        self.req.token.as_deref()
     }
 
     /// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
@@ -790,11 +791,12 @@ impl<'g> Exchange<'g> {
             return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &reasons.join("\n"));
         }
         let merged = response::merge(parts);
+        let none_failed = complete;
         // lura says complete only of an answer with data in it.
         let complete = complete && !merged.is_empty();
-        // The endpoint's response checks, on the merged data; as krakend-cel, only on a
-        // complete answer (lura hands a partial one on with its error, unchecked).
-        if complete
+        // The endpoint's response checks, on the merged data; as krakend-cel, only when
+        // no backend failed (lura hands a partial answer on with its error, unchecked).
+        if none_failed
             && let Some(checks) = &ep.cel_response
             && let Err(why) = checks.check_response(&as_json(&merged), complete)
         {

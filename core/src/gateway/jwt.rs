@@ -132,10 +132,25 @@ impl KeySet {
             let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("keys[{i}]: not a JWK: {e}"))?;
             let bad = |what: &str| format!("keys[{i}]: {what}");
             let material = match &jwk.algorithm {
-                AlgorithmParameters::RSA(p) => Material::Rsa {
-                    n: b64(&p.n).ok_or_else(|| bad("an RSA key whose n is not base64url"))?,
-                    e: b64(&p.e).ok_or_else(|| bad("an RSA key whose e is not base64url"))?,
-                },
+                AlgorithmParameters::RSA(p) => {
+                    // Big-endian with any leading zeros dropped (go-jose takes them;
+                    // ring does not).
+                    let unsigned = |text: &str, what: &str| {
+                        let bytes =
+                            b64(text).ok_or_else(|| bad(&format!("an RSA key whose {what} is not base64url")))?;
+                        let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+                        Ok::<_, String>(bytes[first..].to_vec())
+                    };
+                    let (n, e) = (unsigned(&p.n, "n")?, unsigned(&p.e, "e")?);
+                    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+                    if !(2048..=8192).contains(&bits) {
+                        return Err(bad(&format!(
+                            "an RSA key of {bits} bits: Sluice verifies 2048 to 8192 (ring's bounds; a smaller key is \
+                             breakable)"
+                        )));
+                    }
+                    Material::Rsa { n, e }
+                }
                 AlgorithmParameters::EllipticCurve(p) => {
                     let (x, y) = (b64(&p.x), b64(&p.y));
                     let (Some(x), Some(y)) = (x, y) else { return Err(bad("an EC key whose x or y is not base64url")) };
@@ -234,6 +249,12 @@ impl KeySource {
         self.refresh.as_ref().map(|r| &r.request)
     }
 
+    /// Whether this is the set fetched by `request` every `every`, with `cooldown`
+    /// (endpoints that name the same share it).
+    pub fn is(&self, request: &crate::tls::FetchRequest, every: Duration, cooldown: Duration) -> bool {
+        self.refresh.as_ref().is_some_and(|r| &r.request == request && r.every == every && r.cooldown == cooldown)
+    }
+
     /// Whether the set fetched at `last` should be fetched again at `now`: its
     /// `cache_duration` is over, or a token asked for a key it lacks and the cooldown
     /// is over. Never for a file's.
@@ -318,8 +339,12 @@ pub struct Validator {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Token {
     pub claims: Map<String, Value>,
-    /// `propagate_claims`, rendered (names lowercase).
+    /// `propagate_claims`, rendered (names lowercase); a preserved empty array gives
+    /// its header no value.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Every header `propagate_claims` names: the client's of these names never reach
+    /// a backend, whatever the claims hold.
+    pub replaces: Vec<HeaderName>,
 }
 
 impl Token {
@@ -404,7 +429,8 @@ impl Validator {
                 out.push((name.clone(), value));
             }
         }
-        Ok(Token { claims, headers: out })
+        let replaces = self.propagate.iter().map(|(_, name)| name.clone()).collect();
+        Ok(Token { claims, headers: out, replaces })
     }
 
     /// The token text: the header's (first value), else the cookie's.

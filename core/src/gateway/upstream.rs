@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::{HeaderName, HeaderValue};
 
+use crate::gateway::jwt::Token;
+
 use crate::http1::{self, Head, HopByHop};
 use crate::plan::{BackendHost, BackendPlan, HeaderPolicy, UrlPiece};
 
@@ -229,21 +231,23 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
 /// `User-Agent: Sluice/<version>`, or `X-Forwarded-Via` with it when the client's
 /// `User-Agent` was passed; and `Accept-Encoding: <ask>` when asked to and neither the
 /// client's `Accept-Encoding` nor a `Range` was passed (Go's client asks for gzip so;
-/// see [`crate::call::coding`]). `claims` are `auth/validator`'s `propagate_claims`:
-/// they replace the client's headers of their names, and cross as those would, under
-/// the policy. The client head's names are tokens and its values hold no CR, LF or
-/// NUL (the parser refused them), nor do a [`HeaderValue`]'s, so nothing can be
-/// injected.
+/// see [`crate::call::coding`]). `token` is what `auth/validator` let through: its
+/// `propagate_claims` headers replace the client's of their names (even when a claim
+/// gives one no value), and cross as those would, under the policy. The client
+/// head's names are tokens and its values hold no CR, LF or NUL (the parser refused
+/// them), nor do a [`HeaderValue`]'s, so nothing can be injected.
 pub fn write_backend_headers(
     policy: &HeaderPolicy,
     client: &Head,
     client_ip: IpAddr,
-    (ask, claims): (Option<&[u8]>, &[(HeaderName, HeaderValue)]),
+    (ask, token): (Option<&[u8]>, Option<&Token>),
     out: &mut Vec<u8>,
 ) {
     let hop = HopByHop::of(client);
-    let replaced = |n: &[u8]| claims.iter().any(|(c, _)| n.eq_ignore_ascii_case(c.as_str().as_bytes()));
-    let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n) || (!claims.is_empty() && replaced(n));
+    let (replaces, claims): (&[HeaderName], &[(HeaderName, HeaderValue)]) =
+        token.map_or((&[], &[]), |t| (&t.replaces, &t.headers));
+    let replaced = |n: &[u8]| replaces.iter().any(|c| n.eq_ignore_ascii_case(c.as_str().as_bytes()));
+    let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n) || (!replaces.is_empty() && replaced(n));
     let (mut content_type, mut user_agent, mut coded) = (false, false, false);
     let mut put = |n: &[u8], v: &[u8], out: &mut Vec<u8>| {
         content_type |= n.eq_ignore_ascii_case(b"content-type");

@@ -769,7 +769,7 @@ fn jwt_keys(
     let Some(url) = &j.jwk_url else { return Err(("jwk_url", "missing: no key set".into())) };
     let request =
         crate::tls::FetchRequest { url: url.clone(), ca: j.jwk_local_ca.clone(), insecure: j.disable_jwk_security };
-    if let Some(known) = sources.iter().find(|s| s.request() == Some(&request)) {
+    if let Some(known) = sources.iter().find(|s| s.is(&request, j.cache_duration, j.failed_jwk_key_cooldown)) {
         return Ok(known.clone());
     }
     let bytes = (env.fetch)(&request).map_err(|e| ("jwk_url", e))?;
