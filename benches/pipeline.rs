@@ -304,7 +304,7 @@ fn bench(c: &mut Criterion) {
                 let Dispatch::Endpoint(route) = gw.dispatch(&req.method, &req.path, req.query.as_deref()) else {
                     unreachable!()
                 };
-                let mut ex = Exchange::new(&gw, route, req, now);
+                let mut ex = Exchange::new(&gw, route, req, (now, std::time::SystemTime::now()));
                 let Action::Call(call) = ex.poll(&lb) else { unreachable!() };
                 out.clear();
                 ex.write_head(&call, &mut out).unwrap();
@@ -361,6 +361,7 @@ fn guards(c: &mut Criterion) {
     ])
     .expect("checks");
     let view = sluice_core::gateway::cel::RequestView {
+        now: (1_750_000_000, 0),
         method: "GET".into(),
         path: "/users/7".into(),
         params: [("Id".to_string(), "7".to_string())].into(),

@@ -386,10 +386,11 @@ fn cel_response_checks(mode: Mode) {
                 {{"host": ["{1}"], "url_pattern": "/", "extra_config": {{"validation/cel": [
                     {{"check_expr": "req_method == 'GET'"}}, {{"check_expr": "resp_data.b > 5"}}]}}}}]}},
             {{"endpoint": "/whole", "extra_config": {{"validation/cel": [
-                {{"check_expr": "resp_data.a == 1 && resp_data.b == 2 && resp_metadata_status == 0"}}]}},
+                {{"check_expr": "resp_data.a == 1 && resp_data.b == 2 && resp_metadata_status == 0 && timestamp(now) > timestamp('2025-01-01T00:00:00Z')"}}]}},
               "backend": [{{"host": ["{0}"], "url_pattern": "/", "allow": ["a"]}}, {{"host": ["{1}"], "url_pattern": "/"}}]}},
             {{"endpoint": "/refused", "extra_config": {{"validation/cel": [
-                {{"check_expr": "req_path == '/refused'"}}, {{"check_expr": "has(resp_data.missing)"}}]}},
+                {{"check_expr": "req_path == '/refused' && timestamp(now) < timestamp('2100-01-01T00:00:00Z')"}},
+                {{"check_expr": "has(resp_data.missing)"}}]}},
               "backend": [{{"host": ["{0}"], "url_pattern": "/", "allow": ["a"]}}]}}]}}"#,
         a.url(),
         b.url()

@@ -105,6 +105,7 @@ pub mod buf;
 pub mod call;
 pub mod config;
 pub mod conn;
+pub mod date;
 pub mod event;
 pub mod forward;
 pub mod gateway;

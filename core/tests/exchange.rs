@@ -66,6 +66,11 @@ struct Req<'a> {
     peer: &'a str,
 }
 
+/// The wall clock the exchanges run at (CEL's `now`): 2025-06-15T15:06:40Z.
+fn wall() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+}
+
 fn get(target: &str) -> Req<'_> {
     Req { method: Method::GET, target, headers: vec![("host", "gw.example")], body: None, peer: "10.0.0.1" }
 }
@@ -99,7 +104,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
         }
         Dispatch::Endpoint(route) => route,
     };
-    let mut ex = Exchange::new(gw, route, client, t0);
+    let mut ex = Exchange::new(gw, route, client, (t0, wall()));
     let mut calls = Vec::new();
     let mut pending: Vec<(usize, Canned)> = Vec::new();
     let mut now = t0;
@@ -411,7 +416,7 @@ fn late_answers_and_unknown_ids_are_ignored() {
         body: RequestBody::None,
         token: None,
     };
-    let mut ex = Exchange::new(&gw, route, req, t0);
+    let mut ex = Exchange::new(&gw, route, req, (t0, wall()));
     let lb = Balancer::new(gw.backend_count);
     assert!(matches!(ex.poll(&lb), Action::Call(_)));
     ex.handle_response(7, StatusCode::OK, HeaderMap::new(), b"{}".to_vec());
@@ -881,7 +886,7 @@ fn no_op_passes_the_backend_through() {
         token: None,
     };
     let t0 = Instant::now();
-    let mut ex = Exchange::new(&gw, route, req, t0);
+    let mut ex = Exchange::new(&gw, route, req, (t0, wall()));
     let lb = Balancer::new(1);
     let Action::Call(call) = ex.poll(&lb) else { panic!() };
     assert!(call.stream_response);

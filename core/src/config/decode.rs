@@ -279,41 +279,6 @@ const ROUTER_NOT_SUPPORTED: &[(&str, &str)] = &[
     ("max_multipart_memory", "bodies are passed to backends, never parsed as multipart"),
 ];
 
-/// A JSON value as Go's `json.Marshal` writes it (gin's `c.JSON`): compact, object
-/// keys sorted, `<`, `>`, `&`, U+2028 and U+2029 escaped.
-fn go_json(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            // Go decodes numbers into float64 and writes a whole one without a
-            // fraction (`1.0` and `1e3` come out as `1` and `1000`).
-            Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => Value::from(f as i64),
-                _ => Value::Number(n.clone()),
-            },
-            other => other.clone(),
-        }
-    }
-    let text = sorted(v).to_string();
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Keys of older KrakenD versions and what v3 calls them.
 const RENAMED: &[(&str, &str)] = &[
     ("headers_to_pass", "input_headers"),
@@ -458,8 +423,8 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
                 }
             }
             if let Some(mut bodies) = r.object("error_body", cx) {
-                router.error_body_404 = bodies.take("404").map(go_json);
-                router.error_body_405 = bodies.take("405").map(go_json);
+                router.error_body_404 = bodies.take("404").map(crate::gateway::json::go_marshal);
+                router.error_body_405 = bodies.take("405").map(crate::gateway::json::go_marshal);
                 bodies.finish(cx);
             }
             for (key, why) in ROUTER_NOT_SUPPORTED {

@@ -261,6 +261,13 @@ impl Clock {
     }
 }
 
+impl Connection<'_> {
+    /// Now on the wall clock (see [`Clock::wall`]).
+    fn wall(&self) -> SystemTime {
+        Clock { now: self.now, epoch: self.epoch }.wall()
+    }
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),

@@ -179,7 +179,7 @@ impl<'g> Connection<'g> {
                 Err(e) => return self.fail(e.status(), e.reason(), line),
             }
         }
-        let mut ex = Box::new(Exchange::new(self.gw, route, creq, self.now));
+        let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
         match ex.poll(self.balancer) {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },

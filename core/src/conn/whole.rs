@@ -45,12 +45,11 @@ impl<'g> Connection<'g> {
     pub(super) fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>, line: AccessLog) -> State<'g> {
         match serve {
             Serve::Builtin(b) => {
-                let wall = super::Clock { now: self.now, epoch: self.epoch }.wall();
-                let reply = builtin::answer(b, &req, wall);
+                let reply = builtin::answer(b, &req, self.wall());
                 self.respond(reply, line, false)
             }
             Serve::Endpoint(route) => {
-                let ex = Box::new(Exchange::new(self.gw, route, *req, self.now));
+                let ex = Box::new(Exchange::new(self.gw, route, *req, (self.now, self.wall())));
                 self.drive(ex, line)
             }
         }

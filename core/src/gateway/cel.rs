@@ -19,9 +19,10 @@
 //! - `req_querystring`: the query parameters passed on (`input_query_strings`, names
 //!   exact), each a list of strings.
 //!
-//! Token checks see `JWT` (the claims: every number a double, as Go decodes JSON) and
-//! `now` (the time, RFC 3339 text in UTC with milliseconds, as KrakenD writes it:
-//! `timestamp(now)` reads it).
+//! Token checks see `JWT` (the claims: every number a double, as Go decodes JSON);
+//! response checks `resp_data`, `resp_completed`, `resp_metadata_status` and
+//! `resp_metadata_headers`; every phase `now` (the request's time, RFC 3339 text in
+//! UTC with milliseconds, as KrakenD writes it: `timestamp(now)` reads it).
 //!
 //! The `cel` crate has no type checker: an expression cel-go would refuse to type
 //! (KrakenD then skips it, with a debug line) fails to evaluate here and stops every
@@ -31,10 +32,10 @@
 //! key) stops the request: on an endpoint KrakenD's 500 (with `return_error_msg`, the
 //! body `request aborted by evaluator #N`, N counting the request checks from 0); on a
 //! backend its call is not made and fails with that reason. A token check that does
-//! so refuses the token: 401. Response checks (`resp_*`), `now` in a request check, a
-//! token check where no token is checked, an expression in both phases (KrakenD binds
-//! only one phase's variables, so it fails in the other) and one in none (KrakenD
-//! never evaluates it) are refused by `check`.
+//! so refuses the token: 401. A response check where the answer is streamed, a token
+//! check where no token is checked, an expression in two phases (KrakenD binds only
+//! one phase's variables, so it fails in the other) and one in none (KrakenD never
+//! evaluates it) are refused by `check`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ impl std::fmt::Debug for Checks {
 /// What a request looks like to its checks.
 #[derive(Debug, Default)]
 pub struct RequestView {
+    /// When it came: seconds and milliseconds since the Unix epoch (`now`).
+    pub now: (u64, u32),
     pub method: String,
     pub path: String,
     /// Names as lura gives them (first letter upper-cased).
@@ -113,9 +116,6 @@ impl Phases {
                      each without the others' variables, so it refuses every request; split it",
                 );
             }
-            if refs.has_variable("now") && !(site == Site::TokenEndpoint && names_jwt) {
-                return refused("the `now` variable outside a token check");
-            }
             if names_resp {
                 if streamed {
                     return Err((i, RESPONSE_NOT_HERE.into()));
@@ -175,6 +175,7 @@ impl Checks {
         cx.add_variable_from_value("req_params", strings(&req.params));
         cx.add_variable_from_value("req_headers", lists(&req.headers));
         cx.add_variable_from_value("req_querystring", lists(&req.query));
+        cx.add_variable_from_value("now", rfc3339(req.now));
         for (n, program) in self.0.iter().enumerate() {
             if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
                 return Err(format!("request aborted by evaluator #{n}"));
@@ -185,9 +186,10 @@ impl Checks {
 
     /// Runs every response check on an answer: `data` (the backend's shaped data, or
     /// the endpoint's merged data), whether it is complete, and its status and
-    /// headers as lura's metadata holds them (0 and none for a decoded answer). `Err`
-    /// is the reason, in krakend-cel's words (it says "request" in this phase too).
-    pub fn check_response(&self, data: &serde_json::Value, completed: bool) -> Result<(), String> {
+    /// headers as lura's metadata holds them (0 and none for a decoded answer), at
+    /// `now` (the request's). `Err` is the reason, in krakend-cel's words (it says
+    /// "request" in this phase too).
+    pub fn check_response(&self, data: &serde_json::Value, completed: bool, now: (u64, u32)) -> Result<(), String> {
         let mut cx = cel::Context::with_env(self.1.clone());
         let data = match data {
             serde_json::Value::Object(_) => from_json(data),
@@ -197,6 +199,7 @@ impl Checks {
         cx.add_variable_from_value("resp_completed", completed);
         cx.add_variable_from_value("resp_metadata_status", 0i64);
         cx.add_variable_from_value("resp_metadata_headers", lists(&HashMap::new()));
+        cx.add_variable_from_value("now", rfc3339(now));
         for (n, program) in self.0.iter().enumerate() {
             if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
                 return Err(format!("request aborted by evaluator #{n}"));
@@ -243,30 +246,9 @@ fn from_json(v: &serde_json::Value) -> cel::Value {
     }
 }
 
-/// `now` as KrakenD gives it (Go's `2006-01-02T15:04:05.999Z07:00`), in UTC: the
-/// milliseconds without trailing zeros, none when whole.
+/// `now` as KrakenD gives it (Go's `2006-01-02T15:04:05.999Z07:00`), in UTC.
 fn rfc3339((secs, millis): (u64, u32)) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut text = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}");
-    if millis > 0 {
-        let frac = format!("{:03}", millis.min(999));
-        text.push('.');
-        text.push_str(frac.trim_end_matches('0'));
-    }
-    text.push('Z');
-    text
+    crate::date::rfc3339_millis(secs, millis)
 }
 
 fn strings(map: &HashMap<String, String>) -> cel::Value {
@@ -298,6 +280,7 @@ mod tests {
 
     fn view() -> RequestView {
         RequestView {
+            now: (1_750_000_000, 250),
             method: "GET".into(),
             path: "/users/7".into(),
             params: [("Id".to_string(), "7".to_string())].into(),
@@ -312,6 +295,7 @@ mod tests {
             "req_method == 'GET'".into(),
             "req_params.Id == '7' && req_path.startsWith('/users/')".into(),
             "'acme' in req_headers['X-Tenant'] && size(req_querystring.lang) == 2".into(),
+            "req_method != '' && now == '2025-06-15T15:06:40.25Z'".into(),
         ])
         .unwrap();
         assert_eq!(checks.check(&view()), Ok(()));
@@ -377,12 +361,7 @@ mod tests {
         // `resp` anywhere in the text is KrakenD's response phase.
         assert!(refused(&["req_path.startsWith('/responses')"]).unwrap().1.contains("two of req, resp and JWT"));
         assert!(refused(&["1 == 1"]).unwrap().1.contains("never evaluates"));
-        assert!(
-            refused(&["req_method == 'GET' && timestamp(now) > timestamp('2020-01-01T00:00:00Z')"])
-                .unwrap()
-                .1
-                .contains("`now`")
-        );
+        assert_eq!(refused(&["req_method == 'GET' && timestamp(now) > timestamp('2020-01-01T00:00:00Z')"]), None);
         assert!(refused(&["req_method == "]).unwrap().1.starts_with("does not parse"));
         assert_eq!(param_name("id_user"), "Id_user");
     }

@@ -18,7 +18,7 @@
 //! driver loop, with a backend answered in place:
 //!
 //! ```
-//! use std::time::Instant;
+//! use std::time::{Instant, SystemTime};
 //! use http::{HeaderMap, Method, StatusCode};
 //! use sluice_core::Gateway;
 //! use sluice_core::gateway::dispatch::Dispatch;
@@ -34,7 +34,7 @@
 //! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
 //! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
 //!     headers: Head::default(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None, token: None };
-//! let mut ex = Exchange::new(&gw, route, req, Instant::now());
+//! let mut ex = Exchange::new(&gw, route, req, (Instant::now(), SystemTime::now()));
 //! let reply = loop {
 //!     match ex.poll(&balancer) {
 //!         Action::Call(call) => {
@@ -71,7 +71,7 @@
 use std::borrow::Cow;
 use std::mem;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use smallvec::SmallVec;
@@ -144,6 +144,9 @@ pub struct Exchange<'g> {
     /// When the request came (a backend's rate limit is counted then: a sequence's
     /// later calls count early, which is the stricter side).
     started: Instant,
+    /// The same on the wall clock: CEL's `now`, one for the whole request as
+    /// krakend-cel's.
+    wall: SystemTime,
     deadline: Instant,
     calls: Vec<CallState>,
     /// URLs rendered up front (`None`: it needs an earlier response).
@@ -183,8 +186,14 @@ fn accepted(b: &BackendPlan, status: StatusCode) -> bool {
 }
 
 impl<'g> Exchange<'g> {
-    /// Starts serving a request routed by [`Gateway::dispatch`] at `now`.
-    pub fn new(gw: &'g Gateway, route: Route<'g>, req: ClientRequest, now: Instant) -> Exchange<'g> {
+    /// Starts serving a request routed by [`Gateway::dispatch`] at `now` (`wall`: the
+    /// same instant on the wall clock, CEL's `now`).
+    pub fn new(
+        gw: &'g Gateway,
+        route: Route<'g>,
+        req: ClientRequest,
+        (now, wall): (Instant, SystemTime),
+    ) -> Exchange<'g> {
         let ep = route.endpoint;
         let client_ip = gw.config.router.client_ip(req.peer, &req.headers);
         let mut ex = Exchange {
@@ -194,6 +203,7 @@ impl<'g> Exchange<'g> {
             params: route.params,
             client_ip,
             started: now,
+            wall,
             deadline: now + ep.timeout,
             calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
             rendered: Vec::with_capacity(ep.backends.len()),
@@ -238,6 +248,11 @@ impl<'g> Exchange<'g> {
         ex
     }
 
+    /// CEL's `now`: seconds and milliseconds since the Unix epoch.
+    fn now(&self) -> (u64, u32) {
+        self.wall.duration_since(std::time::UNIX_EPOCH).map_or((0, 0), |d| (d.as_secs(), d.subsec_millis()))
+    }
+
     /// The request as `validation/cel` sees it, sent with `method` to `path` (still
     /// percent-encoded: decoded once here, as gin gives lura its path and parameters),
     /// with the headers and query parameters `headers` and `query` pass on, and those
@@ -253,6 +268,7 @@ impl<'g> Exchange<'g> {
         use crate::http1::canonical_name as canonical;
         let decode = |s: &str| String::from_utf8_lossy(&percent_decode(s)).into_owned();
         let mut view = crate::gateway::cel::RequestView {
+            now: self.now(),
             method: method.to_string(),
             path: decode(path),
             params: self.params.iter().map(|(k, v)| (param_name(k), decode(v))).collect(),
@@ -619,7 +635,7 @@ impl<'g> Exchange<'g> {
         if let Some(checks) = &b.cel_response
             && accepted(b, status)
             && let Ok(part) = b.shape.apply(&body)
-            && let Err(why) = checks.check_response(&as_json(&part), true)
+            && let Err(why) = checks.check_response(&as_json(&part), true, self.now())
         {
             self.settle(id, CallState::Stopped(why));
             return;
@@ -798,7 +814,7 @@ impl<'g> Exchange<'g> {
         // no backend failed (lura hands a partial answer on with its error, unchecked).
         if none_failed
             && let Some(checks) = &ep.cel_response
-            && let Err(why) = checks.check_response(&as_json(&merged), complete)
+            && let Err(why) = checks.check_response(&as_json(&merged), complete, self.now())
         {
             return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why);
         }

@@ -444,6 +444,42 @@ pub fn write_escaped(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&b[run..]);
 }
 
+/// A JSON value as Go's `json.Marshal` writes it (gin's `c.JSON`): compact, object
+/// keys sorted, `<`, `>`, `&`, U+2028 and U+2029 escaped.
+pub fn go_marshal(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            // Go decodes numbers into float64 and writes a whole one without a
+            // fraction (`1.0` and `1e3` come out as `1` and `1000`).
+            Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => Value::from(f as i64),
+                _ => Value::Number(n.clone()),
+            },
+            other => other.clone(),
+        }
+    }
+    let text = sorted(v).to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod swar_tests {
     use super::may_be_special;

@@ -620,7 +620,7 @@ fn decode_json(part: &str) -> Option<Value> {
 
 /// A claim as krakend-jose's `Claims.Get` writes it: a string as it is, a whole number
 /// (within 1e-6) in digits, another number with six decimals, an array's items with
-/// Go's `%v` joined by commas, anything else as JSON (object keys sorted, as Go's).
+/// Go's `%v` joined by commas, anything else as Go's `json.Marshal` writes it.
 pub fn render_claim(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -633,7 +633,7 @@ pub fn render_claim(v: &Value) -> String {
             }
         }
         Value::Array(items) => items.iter().map(go_v).collect::<Vec<_>>().join(","),
-        other => sorted_json(other),
+        other => crate::gateway::json::go_marshal(other),
     }
 }
 
@@ -671,20 +671,4 @@ fn go_float(f: f64) -> String {
     } else {
         format!("{f}")
     }
-}
-
-/// JSON with object keys sorted (Go's `json.Marshal` of a map).
-fn sorted_json(v: &Value) -> String {
-    fn sort(v: &Value) -> Value {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                Value::Object(keys.into_iter().map(|k| (k.clone(), sort(&map[k]))).collect())
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    sort(v).to_string()
 }
