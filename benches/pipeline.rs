@@ -355,11 +355,17 @@ fn guards(c: &mut Criterion) {
     });
     g.bench_function("bot_detector", |b| b.iter(|| black_box(bots.is_bot(head.get("user-agent")))));
     // Two request checks on a request's view (building the view is the exchange's).
-    let checks = sluice_core::gateway::cel::Checks::compile(&[
-        "req_method == 'GET'".to_string(),
-        "req_params.Id.matches('^[0-9]+$') && 'acme' in req_headers['X-Tenant']".to_string(),
-    ])
-    .expect("checks");
+    use sluice_core::gateway::cel::{Phases, Site};
+    let checks = Phases::compile(
+        &[
+            "req_method == 'GET'".to_string(),
+            "req_params.Id.matches('^[0-9]+$') && 'acme' in req_headers['X-Tenant']".to_string(),
+        ],
+        Site::Endpoint,
+        false,
+    )
+    .expect("checks")
+    .request;
     let view = sluice_core::gateway::cel::RequestView {
         now: (1_750_000_000, 0),
         method: "GET".into(),

@@ -88,9 +88,12 @@ pub(crate) fn refresh(sources: Vec<Arc<KeySource>>, env: impl Fn() -> Environmen
             for (source, last) in sources.iter().zip(last.iter_mut()) {
                 let Some(req) = source.request().filter(|_| source.due(*last, now)) else { continue };
                 *last = now;
-                match fetch(req, &env())
-                    .and_then(|bytes| KeySet::parse(&bytes).map_err(|e| format!("{}: {e}", req.url)))
-                {
+                // A fetch that panics is a failed fetch: the thread goes on.
+                let fetched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    fetch(req, &env()).and_then(|bytes| KeySet::parse(&bytes).map_err(|e| format!("{}: {e}", req.url)))
+                }))
+                .unwrap_or_else(|_| Err(format!("cannot fetch {}: the fetch failed (a panic)", req.url)));
+                match fetched {
                     Ok(keys) => {
                         let count = keys.len();
                         source.replace(keys);

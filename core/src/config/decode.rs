@@ -615,10 +615,7 @@ fn cors_config(mut o: Obj<'_>, cx: &mut Ctx) -> CorsConfig {
 /// A header a backend never gets from the client: framing, hop-by-hop, `Host`, and
 /// those the gateway writes itself.
 fn gateway_sets(name: &str) -> bool {
-    crate::http1::is_hop_by_hop_name(name.as_bytes())
-        || ["host", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-host", "x-forwarded-via"]
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
+    crate::http1::is_hop_by_hop_name(name.as_bytes()) || crate::gateway::upstream::is_gateway_owned(name.as_bytes())
 }
 
 /// KrakenD's default `cache_duration`, in seconds.

@@ -17,7 +17,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use crate::date::rfc3339;
 use crate::gateway::json::write_string;
 use crate::gateway::response::JSON;
-use crate::gateway::upstream::percent_decode;
+use crate::gateway::upstream::{percent_decode, query_pairs};
+use crate::http1::canonical_name;
 use crate::request::{ClientRequest, Reply, RequestBody};
 
 /// A built-in endpoint.
@@ -76,10 +77,8 @@ fn echo(req: &ClientRequest) -> Vec<u8> {
     write_string(req.method.as_str(), &mut out);
     out.extend_from_slice(b",\"req_querystring\":");
     let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for pair in req.query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| String::from_utf8_lossy(&percent_decode(&s.replace('+', " "))).into_owned();
-        query.entry(dec(k)).or_default().push(dec(v));
+    for (k, v) in query_pairs(req.query.as_deref().unwrap_or("")) {
+        query.entry(k).or_default().push(v);
     }
     write_map(&query, &mut out);
     out.extend_from_slice(b",\"req_body\":");
@@ -94,7 +93,7 @@ fn echo(req: &ClientRequest) -> Vec<u8> {
         if name.eq_ignore_ascii_case("host") {
             continue;
         }
-        headers.entry(canonical(name)).or_default().push(String::from_utf8_lossy(value).into_owned());
+        headers.entry(canonical_name(name)).or_default().push(String::from_utf8_lossy(value).into_owned());
     }
     write_map(&headers, &mut out);
     out.push(b'}');
@@ -120,17 +119,6 @@ fn write_map(map: &BTreeMap<String, Vec<String>>, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-/// `x-forwarded-for` → `X-Forwarded-For` (Go's canonical header case).
-pub fn canonical(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = true;
-    for c in name.chars() {
-        out.push(if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
-        upper = c == '-';
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,8 +128,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_300_000), "2026-11-21T22:26:40Z");
-        assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
-        assert_eq!(canonical("accept"), "Accept");
+        assert_eq!(canonical_name("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(canonical_name("accept"), "Accept");
         const H: Option<&str> = Some("/__health");
         assert_eq!(lookup("/__health", H, false, false), Some(Builtin::Health));
         assert_eq!(lookup("/__debug/x", H, true, false), Some(Builtin::Debug));

@@ -88,8 +88,6 @@ pub struct Phases {
     pub token: Checks,
     /// On the answer: `resp_*`.
     pub response: Checks,
-    /// The index of the first response check (for a site that cannot have one).
-    pub first_response: Option<usize>,
 }
 
 impl Phases {
@@ -98,7 +96,6 @@ impl Phases {
     /// `Err` is the index of the first expression that cannot be served and why.
     pub fn compile(list: &[String], site: Site, streamed: bool) -> Result<Phases, (usize, String)> {
         let (mut request, mut token, mut response) = (Vec::new(), Vec::new(), Vec::new());
-        let mut first_response = None;
         for (i, expr) in list.iter().enumerate() {
             let program = cel::Program::compile(expr).map_err(|e| {
                 // The parser's first line (the rest draws a caret under the source).
@@ -120,7 +117,6 @@ impl Phases {
                 if streamed {
                     return Err((i, RESPONSE_NOT_HERE.into()));
                 }
-                first_response.get_or_insert(i);
                 response.push(program);
             } else if site == Site::TokenEndpoint && names_jwt {
                 token.push(program);
@@ -140,28 +136,11 @@ impl Phases {
             request: Checks(request, env.clone()),
             token: Checks(token, env.clone()),
             response: Checks(response, env),
-            first_response,
         })
     }
 }
 
 impl Checks {
-    /// The request checks of `list` written at `site` (the endpoint's or a backend's),
-    /// compiled. `Err` is the index of the first expression that cannot be served and
-    /// why.
-    pub fn compile(list: &[String]) -> Result<Checks, (usize, String)> {
-        Checks::compile_at(list, Site::Backend).map(|(request, _)| request)
-    }
-
-    /// `list` written at `site`, compiled: its request checks and its token checks.
-    /// `Err` is the index of the first expression that cannot be served and why.
-    pub fn compile_at(list: &[String], site: Site) -> Result<(Checks, Checks), (usize, String)> {
-        let phases = Phases::compile(list, site, false)?;
-        if let Some(i) = phases.first_response {
-            return Err((i, RESPONSE_NOT_HERE.into()));
-        }
-        Ok((phases.request, phases.token))
-    }
     /// Whether there is no check.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -176,12 +155,7 @@ impl Checks {
         cx.add_variable_from_value("req_headers", lists(&req.headers));
         cx.add_variable_from_value("req_querystring", lists(&req.query));
         cx.add_variable_from_value("now", rfc3339(req.now));
-        for (n, program) in self.0.iter().enumerate() {
-            if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
-                return Err(format!("request aborted by evaluator #{n}"));
-            }
-        }
-        Ok(())
+        self.first_refusal(&cx).map_or(Ok(()), |n| Err(format!("request aborted by evaluator #{n}")))
     }
 
     /// Runs every response check on an answer: `data` (the backend's shaped data, or
@@ -200,12 +174,7 @@ impl Checks {
         cx.add_variable_from_value("resp_metadata_status", 0i64);
         cx.add_variable_from_value("resp_metadata_headers", lists(&HashMap::new()));
         cx.add_variable_from_value("now", rfc3339(now));
-        for (n, program) in self.0.iter().enumerate() {
-            if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
-                return Err(format!("request aborted by evaluator #{n}"));
-            }
-        }
-        Ok(())
+        self.first_refusal(&cx).map_or(Ok(()), |n| Err(format!("request aborted by evaluator #{n}")))
     }
 
     /// Runs every token check on `claims` at `now` (seconds and milliseconds since
@@ -220,12 +189,13 @@ impl Checks {
             claims.iter().map(|(k, v)| (k.clone().into(), from_json(v))).collect();
         cx.add_variable_from_value("JWT", cel::Value::Map(claims.into()));
         cx.add_variable_from_value("now", rfc3339(now));
-        for (n, program) in self.0.iter().enumerate() {
-            if program.execute(&cx) != Ok(cel::Value::Bool(true)) {
-                return Err(n);
-            }
-        }
-        Ok(())
+        self.first_refusal(&cx).map_or(Ok(()), Err)
+    }
+
+    /// The number of the first check that is not true (false, not a boolean, or an
+    /// evaluation error) in `cx`.
+    fn first_refusal(&self, cx: &cel::Context<'_, '_>) -> Option<usize> {
+        self.0.iter().position(|program| program.execute(cx) != Ok(cel::Value::Bool(true)))
     }
 }
 
@@ -278,6 +248,11 @@ pub fn param_name(name: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The request checks of a backend's list whose answer is streamed.
+    fn request_checks(list: &[String]) -> Result<Checks, (usize, String)> {
+        Phases::compile(list, Site::Backend, true).map(|p| p.request)
+    }
+
     fn view() -> RequestView {
         RequestView {
             now: (1_750_000_000, 250),
@@ -291,7 +266,7 @@ mod tests {
 
     #[test]
     fn request_checks_pass_or_stop_with_their_number() {
-        let checks = Checks::compile(&[
+        let checks = request_checks(&[
             "req_method == 'GET'".into(),
             "req_params.Id == '7' && req_path.startsWith('/users/')".into(),
             "'acme' in req_headers['X-Tenant'] && size(req_querystring.lang) == 2".into(),
@@ -307,7 +282,7 @@ mod tests {
         other.method = "POST".into();
         assert_eq!(checks.check(&other), Err("request aborted by evaluator #0".into()));
         // Not a boolean: stops too.
-        let odd = Checks::compile(&["req_path".into()]).unwrap();
+        let odd = request_checks(&["req_path".into()]).unwrap();
         assert_eq!(odd.check(&view()), Err("request aborted by evaluator #0".into()));
     }
 
@@ -321,7 +296,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (request, token) = Checks::compile_at(&list, Site::TokenEndpoint).unwrap();
+        let Phases { request, token, .. } = Phases::compile(&list, Site::TokenEndpoint, false).unwrap();
         assert_eq!((request.0.len(), token.0.len()), (1, 2));
         let claims = serde_json::json!({"sub": "ada", "level": 3, "roles": ["user", "admin"], "tenant": {"tier": 2}});
         let claims = claims.as_object().unwrap();
@@ -333,11 +308,11 @@ mod tests {
         assert_eq!(token.check_token(&other, (1_750_000_000, 0)), Err(0));
         // Without auth/validator, or on a backend, a token check is refused.
         for site in [Site::Endpoint, Site::Backend] {
-            assert!(Checks::compile_at(&list, site).unwrap_err().1.contains("a token check"), "{site:?}");
+            assert!(Phases::compile(&list, site, false).unwrap_err().1.contains("a token check"), "{site:?}");
         }
         // Two phases at once.
         let both = ["JWT.sub == req_params.Id".to_string()];
-        assert!(Checks::compile_at(&both, Site::TokenEndpoint).unwrap_err().1.contains("two of req, resp and JWT"));
+        assert!(Phases::compile(&both, Site::TokenEndpoint, false).unwrap_err().1.contains("two of req, resp and JWT"));
     }
 
     #[test]
@@ -351,7 +326,10 @@ mod tests {
 
     #[test]
     fn what_is_not_served_yet_is_refused_by_position() {
-        let refused = |list: &[&str]| Checks::compile(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).err();
+        let refused = |list: &[&str]| {
+            let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            Phases::compile(&list, Site::Backend, true).err()
+        };
         assert_eq!(refused(&["req_method == 'GET'"]), None);
         assert!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().1.contains("where the answer is streamed"));
         assert_eq!(refused(&["req_method == 'GET'", "resp_data.ok"]).unwrap().0, 1);

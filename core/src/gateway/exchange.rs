@@ -291,11 +291,9 @@ impl<'g> Exchange<'g> {
         } else {
             view.headers.insert("User-Agent".into(), ours);
         }
-        for pair in self.req.query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = decode(&k.replace('+', " "));
+        for (k, v) in crate::gateway::upstream::query_pairs(self.req.query.as_deref().unwrap_or_default()) {
             if query.allows(&k) {
-                view.query.entry(k).or_default().push(decode(&v.replace('+', " ")));
+                view.query.entry(k).or_default().push(v);
             }
         }
         view
@@ -365,9 +363,13 @@ impl<'g> Exchange<'g> {
                         }
                     }
                 }
-                None => {
-                    upstream::write_backend_headers(policy, client, ip, (self.ask_coding(call), self.claims()), out)
-                }
+                None => upstream::write_backend_headers(
+                    policy,
+                    client,
+                    ip,
+                    (self.ask_coding(call), self.req.token.as_deref()),
+                    out,
+                ),
             }
             if let Some(auth) = proxy_auth {
                 http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
@@ -423,7 +425,6 @@ impl<'g> Exchange<'g> {
             if let Some(limit) = &self.ep.backends[i].limit
                 && !limit.take(self.started)
             {
-                self.calls[i] = CallState::InFlight;
                 self.settle(i, CallState::Stopped(crate::gateway::ratelimit::LIMITED.to_string()));
                 return self.poll(balancer);
             }
@@ -438,7 +439,6 @@ impl<'g> Exchange<'g> {
             {
                 let path = url.split('?').next().unwrap_or_default();
                 if let Err(why) = checks.check(&self.cel_view(b.method.as_str(), path, (&b.headers, &b.query))) {
-                    self.calls[i] = CallState::InFlight;
                     self.settle(i, CallState::Stopped(why));
                     return self.poll(balancer);
                 }
@@ -540,12 +540,6 @@ impl<'g> Exchange<'g> {
         Some(CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body })
     }
 
-    /// The token `auth/validator` let through (its `propagate_claims` headers go to
-    /// the calls).
-    fn claims(&self) -> Option<&crate::gateway::jwt::Token> {
-        self.req.token.as_deref()
-    }
-
     /// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
     /// for `HEAD`, nor under `disable_compression`, as Go's client).
     fn ask_coding(&self, call: &Call<'_>) -> Option<&'static [u8]> {
@@ -558,7 +552,7 @@ impl<'g> Exchange<'g> {
     fn backend_request(&self, call: &Call<'_>) -> BackendRequest {
         let mut fields = Vec::with_capacity(256);
         let policy = &self.ep.backends[call.id].headers;
-        let extra = (self.ask_coding(call), self.claims());
+        let extra = (self.ask_coding(call), self.req.token.as_deref());
         upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, extra, &mut fields);
         let mut headers = HeaderMap::new();
         for line in fields.split(|&b| b == b'\n') {

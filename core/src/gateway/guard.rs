@@ -7,12 +7,13 @@
 //! The guards are compiled into the endpoint's plan ([`crate::plan::EndpointPlan`]).
 //! Three exist, run in KrakenD's order: the bot detector, the token check
 //! (`auth/validator`: the token that passes stays on the request, for the backends'
-//! headers and URLs) and the router rate limits. What needs the body or a call
-//! is the exchange's: the CEL request checks ([`crate::gateway::cel`]), the JSON schema
-//! ([`crate::gateway::schema`]) and a backend's rate limit. The stage is called on every endpoint request by the gateway
-//! service (the connection's `service` module). CORS is not one of them: KrakenD runs
-//! it around the whole router, so it answers before routing, for every path
-//! ([`crate::gateway::cors`]); a root bot detector runs there too, after CORS.
+//! headers and URLs) and the router rate limits. What needs the body or a call is
+//! the exchange's: the CEL request and response checks ([`crate::gateway::cel`]), the
+//! JSON schema ([`crate::gateway::schema`]) and a backend's rate limit. The stage is
+//! called on every endpoint request by the gateway service (the connection's
+//! `service` module). CORS is not one of them: KrakenD runs it around the whole
+//! router, so it answers before routing, for every path ([`crate::gateway::cors`]); a
+//! root bot detector runs there too, after CORS.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};

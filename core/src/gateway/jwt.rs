@@ -614,14 +614,13 @@ fn words(v: Option<&Value>) -> Vec<&str> {
 
 /// A base64url part (padding tolerated, as Go's decoder after go-jose strips it) as JSON.
 fn decode_json(part: &str) -> Option<Value> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).or_else(|_| URL_SAFE.decode(part)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice(&b64(part)?).ok()
 }
 
 /// A claim as krakend-jose's `Claims.Get` writes it: a string as it is, a whole number
 /// (within 1e-6) in digits, another number with six decimals, an array's items with
 /// Go's `%v` joined by commas, anything else as Go's `json.Marshal` writes it.
-pub fn render_claim(v: &Value) -> String {
+fn render_claim(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => {

@@ -86,6 +86,16 @@ pub fn encode_value(value: &[u8], out: &mut String) {
 
 pub use crate::config::percent_decode;
 
+/// A query string's `name=value` pairs, decoded as Go's `url.ParseQuery` decodes
+/// them (`+` is a space, then percent-decoding), empty pairs skipped.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    let decode = |s: &str| String::from_utf8_lossy(&percent_decode(&s.replace('+', " "))).into_owned();
+    query.split('&').filter(|p| !p.is_empty()).map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k), decode(v))
+    })
+}
+
 fn is_dot_segment(seg: &[u8]) -> bool {
     seg == b"." || seg == b".."
 }
@@ -194,7 +204,7 @@ pub fn user_agent() -> HeaderValue {
 pub(crate) const USER_AGENT_VALUE: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
 
 /// Headers the gateway sets itself: never copied from the client.
-fn is_gateway_owned(name: &[u8]) -> bool {
+pub(crate) fn is_gateway_owned(name: &[u8]) -> bool {
     ["host", "content-length", "x-forwarded-for", "x-forwarded-host", "x-forwarded-via"]
         .iter()
         .any(|own| own.len() == name.len() && own.as_bytes().eq_ignore_ascii_case(name))
