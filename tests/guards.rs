@@ -9,9 +9,7 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::{Backend, Gw, Mode, Reply};
+use support::{Backend, Got, Gw, Mode, Reply, curl};
 
 every_driver!(
     cors_preflights_and_requests,
@@ -23,45 +21,6 @@ every_driver!(
     cel_response_checks,
     jwt_validation
 );
-
-/// A response as curl printed it with `-i`: status, fields (names lowercased, in
-/// order), body.
-struct Got {
-    status: u16,
-    fields: Vec<(String, String)>,
-    body: String,
-}
-
-impl Got {
-    /// The CORS fields (and `Vary`), in order: what these tests compare exactly.
-    fn cors(&self) -> Vec<(&str, &str)> {
-        self.fields
-            .iter()
-            .filter(|(n, _)| n.starts_with("access-control-") || n == "vary")
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect()
-    }
-
-    fn field(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-fn curl(args: &[&str]) -> Got {
-    let out = Command::new("curl").args(["-sS", "-i", "--max-time", "10"]).args(args).output().expect("curl");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let fields = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    Got { status, fields, body: body.to_string() }
-}
 
 const PREFLIGHT_VARY: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
 

@@ -41,6 +41,9 @@ pub enum Log<'g> {
     /// Why a token was refused, with `auth/validator`'s `operation_debug`
     /// (`sluice::jwt`, debug).
     Jwt { peer: IpAddr, path: String, why: &'static str },
+    /// A backend's circuit breaker changed state, with its `log_status_change`
+    /// (`sluice::backend`, warn; KrakenD's words).
+    Breaker { name: &'g str, from: &'static str, to: &'static str },
 }
 
 impl fmt::Display for Log<'_> {
@@ -63,6 +66,9 @@ impl fmt::Display for Log<'_> {
             }
             Log::Cors { peer, path, note } => write!(f, "client {peer} {path}: {note}"),
             Log::Jwt { peer, path, why } => write!(f, "client {peer} {path}: token refused: {why}"),
+            Log::Breaker { name, from, to } => {
+                write!(f, "[CB] Circuit breaker named '{name}' went from '{from}' to '{to}'")
+            }
         }
     }
 }
@@ -85,5 +91,6 @@ pub fn emit(line: &Log<'_>) {
         Log::Call { .. } => tracing::trace!(target: "sluice::backend", "{line}"),
         Log::Cors { .. } => tracing::debug!(target: "sluice::cors", "{line}"),
         Log::Jwt { .. } => tracing::debug!(target: "sluice::jwt", "{line}"),
+        Log::Breaker { .. } => tracing::warn!(target: "sluice::backend", "{line}"),
     }
 }

@@ -398,7 +398,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                     "security/http-secure": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
                     "governance/quota": {}, "websocket": {}},
                   "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {
-                    "qos/circuit-breaker": {}, "backend/grpc": {}, "modifier/lua-backend": {},
+                    "qos/http-cache": {}, "backend/grpc": {}, "modifier/lua-backend": {},
                     "documentation/openapi": {}}}]}]}),
             vec![
                 r#"extra_config["security/http-secure"]: not supported by Sluice (a security policy (CORS, bot detection, HTTP security headers, ...)): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
@@ -408,7 +408,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[0].extra_config["plugin/req-resp-modifier"]: not supported by Sluice (a plugin stage Sluice does not run): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config["governance/quota"]: not supported by Sluice (quotas): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config.websocket: not supported by Sluice (WebSockets): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
-                r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
+                r#"endpoints[0].backend[0].extra_config["qos/http-cache"]: not supported by Sluice (rate limits, circuit breakers or caching): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].backend[0].extra_config["backend/grpc"]: not supported by Sluice (a backend type other than HTTP): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].backend[0].extra_config["modifier/lua-backend"]: not supported by Sluice (request or response modification): refusing to serve without it; remove the namespace to run without it (README, "What Sluice refuses")"#,
             ],
@@ -610,14 +610,117 @@ fn broken_configs_report_exact_paths_and_messages() {
         ),
         (
             "proxy keys that change the answer, not implemented yet",
-            one(json!({"extra_config": {"proxy": {"static": {"strategy": "always", "data": {}}, "flatmap_filter": [],
-                "combiner": "custom"}},
+            one(json!({"extra_config": {"proxy": {"combiner": "custom"}},
                 "backend": [{"host": ["http://api"], "url_pattern": "/x", "extra_config": {"proxy": {"shadow": true}}},
                             {"host": ["http://api"], "url_pattern": "/y", "extra_config": {"proxy": {"shadow": false}}}]})),
             vec![
-                r#"endpoints[0].extra_config.proxy.static: not supported by Sluice yet (static data merged into the answer): refusing to serve without it; remove it to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].extra_config.proxy.combiner: not supported by Sluice yet (a custom way of merging backends): refusing to serve without it; remove it to run without it (README, "What Sluice refuses")"#,
                 r#"endpoints[0].backend[0].extra_config.proxy.shadow: not supported by Sluice yet (a shadow backend, called and its answer discarded; here it would be merged): refusing to serve without it; remove it to run without it (README, "What Sluice refuses")"#,
+            ],
+        ),
+        (
+            "static data",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/a", "backend": [{"url_pattern": "/x"}],
+                 "extra_config": {"proxy": {"static": {"strategy": "sometimes", "data": {"a": 1}}}}},
+                {"endpoint": "/b", "backend": [{"url_pattern": "/x"}],
+                 "extra_config": {"proxy": {"static": {"strategy": "always"}}}},
+                {"endpoint": "/c", "backend": [{"url_pattern": "/x"}],
+                 "extra_config": {"proxy": {"static": {"data": [1]}}}},
+                {"endpoint": "/d", "output_encoding": "no-op", "backend": [{"url_pattern": "/x"}],
+                 "extra_config": {"proxy": {"static": {"data": {"a": 1}}}}}]}),
+            vec![
+                r#"endpoints[0].extra_config.proxy.static.strategy: unknown value "sometimes", expected one of "always", "success", "complete", "errored", "incomplete""#,
+                r#"endpoints[1].extra_config.proxy.static.data: missing (required): the object merged into the answer"#,
+                r#"endpoints[2].extra_config.proxy.static.data: expected an object (merged into the answer), found an array"#,
+                r#"endpoints[3].extra_config.proxy.static: a no-op endpoint passes its backend's answer through; static data cannot be merged into it"#,
+            ],
+        ),
+        (
+            "flatmap filters",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/a", "backend": [{"url_pattern": "/x", "extra_config": {"proxy": {"flatmap_filter": [
+                    {"type": "move", "args": ["a"]},
+                    {"type": "rename", "args": ["a", "b"]},
+                    {"type": "del", "args": []},
+                    {"type": "move", "args": ["a.*", "b"]},
+                    {"type": "del", "args": ["a..b"]},
+                    {"args": ["a"]},
+                    {"type": "append"}]}}}]},
+                {"endpoint": "/b", "backend": [{"url_pattern": "/x"}],
+                 "extra_config": {"proxy": {"flatmap_filter": [{"type": "del", "args": ["a"]}]}}},
+                {"endpoint": "/c", "backend": [{"url_pattern": "/x", "encoding": "no-op",
+                  "extra_config": {"proxy": {"flatmap_filter": {"type": "del"}}}}]}]}),
+            vec![
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[0].args: "move" takes two paths (from, to), found 1"#,
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[1].type: unknown operation "rename" (one of "move", "append", "del")"#,
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[2].args: "del" takes at least one path"#,
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[3].args: a move names one key at the end of each path, not "*""#,
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[4].args[0]: "a..b" is not a dotted path (an empty step)"#,
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[5].type: missing (required)"#,
+                r#"endpoints[0].backend[0].extra_config.proxy.flatmap_filter[6].args: missing (required): the dotted paths the operation works on"#,
+                r#"endpoints[1].extra_config.proxy.flatmap_filter: on an endpoint with one backend KrakenD does not run it (it runs after merging two or more): put it on the backend"#,
+                r#"endpoints[2].backend[0].extra_config.proxy.flatmap_filter: expected an array of {"type": ..., "args": [...]}, found an object"#,
+            ],
+        ),
+        (
+            "sequential propagated params",
+            json!({"version": 3, "host": ["http://api"], "endpoints": [
+                {"endpoint": "/a", "backend": [{"url_pattern": "/x"}, {"url_pattern": "/y"}],
+                 "extra_config": {"proxy": {"sequential": true,
+                    "sequential_propagated_params": ["resp0_a", "resp1_b", "response_x", "resp0_", 7]}}},
+                {"endpoint": "/b", "backend": [{"url_pattern": "/x"}, {"url_pattern": "/y"}],
+                 "extra_config": {"proxy": {"sequential_propagated_params": ["resp0_a"]}}}]}),
+            vec![
+                r#"endpoints[0].extra_config.proxy.sequential_propagated_params[4]: invalid type: integer "7", expected a string"#,
+                r#"endpoints[0].extra_config.proxy.sequential_propagated_params[1]: "resp1_b": backend[1] is not followed by another backend (the endpoint has 2)"#,
+                r#"endpoints[0].extra_config.proxy.sequential_propagated_params[2]: "response_x" is not "respN" or "respN_key.path""#,
+                r#"endpoints[0].extra_config.proxy.sequential_propagated_params[3]: "resp0_" is not "respN" or "respN_key.path""#,
+                r#"endpoints[1].extra_config.proxy.sequential_propagated_params: needs a sequential proxy (extra_config.proxy.sequential: true)"#,
+            ],
+        ),
+        (
+            "circuit breakers",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/x",
+                 "extra_config": {"qos/circuit-breaker": {"interval": "60s", "timeout": -1, "max_errors": 70000,
+                                  "log_status_change": "yes", "extra": 1}}},
+                {"host": ["http://api"], "url_pattern": "/y", "extra_config": {"qos/circuit-breaker": []}}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"].interval: expected a whole number of seconds, found the string "60s" (KrakenD would read it as 0)"#,
+                r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"].timeout: expected a whole number from 0 to 3153600000, found -1"#,
+                r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"].max_errors: expected a whole number from 0 to 65000, found 70000"#,
+                r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"].log_status_change: invalid type: string "yes", expected a boolean"#,
+                r#"endpoints[0].backend[1].extra_config["qos/circuit-breaker"]: expected an object, found an array"#,
+            ],
+        ),
+        (
+            "martian modifiers",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/a",
+                 "extra_config": {"modifier/martian": {"status.Modifier": {"statusCode": 200}}}},
+                {"host": ["http://api"], "url_pattern": "/b",
+                 "extra_config": {"modifier/martian": {"fifo.Group": {"modifiers": [
+                    {"header.Modifier": {"name": "X-A", "value": "1"}},
+                    {"querystring.Modifier": {"name": "q", "value": "1", "scope": ["response"]}}]}}}},
+                {"host": ["http://api"], "url_pattern": "/c",
+                 "extra_config": {"modifier/martian": {"header.Modifier": {"name": "Transfer-Encoding", "value": "chunked"}}}},
+                {"host": ["http://api"], "url_pattern": "/d",
+                 "extra_config": {"modifier/martian": {"body.Modifier": {"body": "not base64!"}}}},
+                {"host": ["http://api"], "url_pattern": "/e",
+                 "extra_config": {"modifier/martian": {"header.Modifier": {"name": "X", "value": "1"},
+                                                        "header.Append": {"name": "Y", "value": "2"}}}},
+                {"host": ["http://api"], "url_pattern": "/f",
+                 "extra_config": {"modifier/martian": {"url.Modifier": {"scheme": "ftp"}}}}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["modifier/martian"]["status.Modifier"]: modifier "status.Modifier" is not supported by Sluice (it serves header.Modifier, header.Append, header.Blacklist, querystring.Modifier, body.Modifier, url.Modifier, cookie.Modifier, fifo.Group)"#,
+                r#"endpoints[0].backend[1].extra_config["modifier/martian"]["fifo.Group"].modifiers[1]["querystring.Modifier"].scope[0]: this modifier has no "response" scope"#,
+                r#"endpoints[0].backend[2].extra_config["modifier/martian"]["header.Modifier"].name: "Transfer-Encoding" frames the message or names the hop: the gateway writes it"#,
+                r#"endpoints[0].backend[3].extra_config["modifier/martian"]["body.Modifier"].body: not base64 (standard, padded): Invalid symbol 32, offset 3."#,
+                r#"endpoints[0].backend[4].extra_config["modifier/martian"]: expected one modifier, found 2: ["header.Modifier", "header.Append"] (chain several in a fifo.Group)"#,
+                r#"endpoints[0].backend[5].extra_config["modifier/martian"]["url.Modifier"].scheme: "ftp": "http" or "https""#,
             ],
         ),
         (
@@ -1002,4 +1105,42 @@ fn a_forwarded_address_is_believed_only_from_a_trusted_proxy() {
     assert_eq!(ip("10.0.0.2"), "198.51.100.7");
     // From anyone else: the peer, whatever the header says.
     assert_eq!(ip("192.0.2.1"), "192.0.2.1");
+}
+
+#[test]
+fn pipeline_settings_kraken_ignores_are_warned_about() {
+    let config = one(json!({"backend": [
+        {"host": ["http://api"], "url_pattern": "/x", "allow": ["a"], "mapping": {"a": "b"},
+         "extra_config": {"proxy": {"flatmap_filter": [{"type": "del", "args": ["c"]}]},
+                          "qos/circuit-breaker": {"interval": 0, "timeout": 0, "max_errors": 0}}},
+        {"host": ["http://api"], "url_pattern": "/y", "extra_config": {"qos/circuit-breaker": {"name": "n"}}}]}));
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            r#"endpoints[0].backend[0].extra_config["qos/circuit-breaker"]: sets nothing: KrakenD builds no breaker, and neither does Sluice"#,
+            "endpoints[0].backend[0].allow: ignored: the backend's proxy.flatmap_filter takes the place of allow, deny and mapping",
+            "endpoints[0].backend[0].mapping: ignored: the backend's proxy.flatmap_filter takes the place of allow, deny and mapping",
+        ]
+    );
+    assert!(loaded.gateway.endpoints[0].backends[0].breaker.is_none());
+    // A name is enough for KrakenD to build one (it opens on the first failure).
+    assert!(loaded.gateway.endpoints[0].backends[1].breaker.is_some());
+}
+
+#[test]
+fn propagated_params_nothing_reads_are_warned_about() {
+    let config = json!({"version": 3, "host": ["http://api"], "endpoints": [{"endpoint": "/a",
+        "backend": [{"url_pattern": "/x"}, {"url_pattern": "/y"}],
+        "extra_config": {"proxy": {"sequential": true, "sequential_propagated_params": ["resp0", "resp0_a"]}}}]});
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "endpoints[0].extra_config.proxy.sequential_propagated_params[0]: sets nothing: the whole answer of backend[0] is kept only from a no-op backend (as lura)",
+            "endpoints[0].extra_config.proxy.sequential_propagated_params[1]: nothing reads it: no backend after backend[0] has validation/cel checks (lura hands it to Lua and plugins)",
+        ]
+    );
 }

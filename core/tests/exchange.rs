@@ -471,12 +471,21 @@ fn sequential_later_failure_is_partial() {
         "200\ncontent-type: application/json; charset=utf-8\nx-krakend-completed: false\n\n{\"x\":\"1\"}"
     );
     assert_eq!(out.calls.len(), 2);
-    // A value that is missing, null or not a scalar fails that call (not the request).
-    for body in [r#"{"y":1}"#, r#"{"x":null}"#, r#"{"x":{"a":1}}"#, r#"{"x":[1]}"#] {
+    // A value that is missing fails that call (not the request).
+    let body = r#"{"y":1}"#;
+    let out = run(&cfg, get("/api/7"), |i| if i == 0 { Canned::Json(body) } else { Canned::Json(r#"{"c":1}"#) });
+    assert_eq!(out.body(), body);
+    assert_eq!(out.header("x-krakend-completed"), Some("false"));
+    assert_eq!(out.calls.len(), 1);
+    // null, objects and arrays are written as lura writes them, then encoded.
+    for (body, path) in [
+        (r#"{"x":null}"#, "/b/%3Cnil%3E"),
+        (r#"{"x":{"b":[1,"a"],"a":true}}"#, "/b/map%5Ba:true%20b:%5B1%20a%5D%5D"),
+        (r#"{"x":[1,"a b",2.50]}"#, "/b/1,a%20b,2.50"),
+    ] {
         let out = run(&cfg, get("/api/7"), |i| if i == 0 { Canned::Json(body) } else { Canned::Json(r#"{"c":1}"#) });
-        assert_eq!(out.body(), body, "{body}");
-        assert_eq!(out.header("x-krakend-completed"), Some("false"));
-        assert_eq!(out.calls.len(), 1, "{body}");
+        assert_eq!(out.calls.len(), 3, "{body}");
+        assert!(out.calls[1].starts_with(&format!("GET {path} HTTP/1.1\r\n")), "{body}: {}", out.calls[1]);
     }
     // A dot segment from a response is refused the same way.
     let out =
@@ -1162,5 +1171,74 @@ fn gzip_is_asked_for_bodies_the_gateway_decodes() {
     assert_eq!(
         asked(r#""output_encoding": "no-op", "input_headers": ["*"],"#, "", coded),
         ["accept-encoding: gzip, br"]
+    );
+}
+
+#[test]
+fn a_circuit_breaker_opens_refuses_and_closes_in_virtual_time() {
+    let config = r#"{"version": 3, "host": ["http://backend:8000"], "extra_config": {"router": {"return_error_msg": true}},
+        "endpoints": [{"endpoint": "/cb", "backend": [{"url_pattern": "/x", "extra_config": {"qos/circuit-breaker":
+            {"interval": 60, "timeout": 10, "max_errors": 0, "name": "api", "log_status_change": true}}}]}]}"#;
+    let gw = Gateway::load(config).unwrap().gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let t0 = Instant::now();
+    // One request at `at`, its call (if made) answered with `status`: the answer, the
+    // calls made and the log lines.
+    let request = |at: Instant, status: u16| -> (u16, String, usize, Vec<String>) {
+        let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/cb", None) else { panic!("routed") };
+        let client = ClientRequest {
+            method: Method::GET,
+            path: "/cb".into(),
+            query: None,
+            headers: Head::default(),
+            peer: "10.0.0.1".parse().unwrap(),
+            body: RequestBody::None,
+            token: None,
+        };
+        let mut ex = Exchange::new(&gw, route, client, (at, wall()));
+        let (mut calls, mut logs) = (0, Vec::new());
+        loop {
+            let action = ex.poll(&lb);
+            logs.extend(ex.take_logs().map(|l| l.to_string()));
+            match action {
+                Action::Call(call) => {
+                    calls += 1;
+                    ex.handle_response(
+                        call.id,
+                        StatusCode::from_u16(status).unwrap(),
+                        HeaderMap::new(),
+                        b"{}".to_vec(),
+                    );
+                }
+                Action::Respond(r) => {
+                    return (r.status.as_u16(), String::from_utf8(r.body).unwrap(), calls, logs);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let open = "[CB] Circuit breaker named 'api' went from 'closed' to 'open'".to_string();
+    let failed = "invalid status code 503 [GET /x]: http://backend:8000/x".to_string();
+    assert_eq!(request(t0, 503), (500, failed.clone(), 1, vec![open]));
+    assert_eq!(request(t0 + Duration::from_secs(9), 200), (500, "circuit breaker is open".into(), 0, vec![]));
+    // After `timeout`, one call through: it fails, and the breaker opens again.
+    assert_eq!(
+        request(t0 + Duration::from_secs(10), 503),
+        (
+            500,
+            failed,
+            1,
+            vec![
+                "[CB] Circuit breaker named 'api' went from 'open' to 'half-open'".into(),
+                "[CB] Circuit breaker named 'api' went from 'half-open' to 'open'".into()
+            ]
+        )
+    );
+    assert_eq!(request(t0 + Duration::from_secs(19), 200).2, 0);
+    let (status, body, calls, logs) = request(t0 + Duration::from_secs(20), 200);
+    assert_eq!((status, body.as_str(), calls), (200, "{}", 1));
+    assert_eq!(
+        logs.last().map(String::as_str),
+        Some("[CB] Circuit breaker named 'api' went from 'half-open' to 'closed'")
     );
 }

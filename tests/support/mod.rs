@@ -266,6 +266,46 @@ impl Drop for Scratch {
     }
 }
 
+/// A response as curl printed it with `-i`: status, fields (names lowercased, in
+/// order), body.
+pub struct Got {
+    pub status: u16,
+    pub fields: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Got {
+    /// The CORS fields (and `Vary`), in order: what these tests compare exactly.
+    pub fn cors(&self) -> Vec<(&str, &str)> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n.starts_with("access-control-") || n == "vary")
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn curl(args: &[&str]) -> Got {
+    let out =
+        std::process::Command::new("curl").args(["-sS", "-i", "--max-time", "10"]).args(args).output().expect("curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let fields = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    Got { status, fields, body: body.to_string() }
+}
+
 /// What a scripted backend does with a request.
 #[derive(Clone)]
 pub enum Reply {

@@ -15,11 +15,11 @@ use serde_json::{Map, Value};
 use super::net::{has_explicit_port, redact_userinfo};
 use super::template::{self, Piece, Placeholder};
 use super::{
-    Backend, BackendHttp, BotDetectorConfig, ClientCert, ClientPlugin, ClientTls, Config, ConfigError, ConnectTunnels,
-    CorsConfig, Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, ForwardProxy, HostAddr, HttpClientOptions,
-    IpNet, JwtConfig, KeyStrategy, LimitStrategy, LookupFamily, OutputEncoding, Parsed, PluginLoader, PortRange,
-    ProxyRateLimit, RateLimitConfig, RouterOptions, ScopesMatcher, ServerTls, ServiceDiscovery, is_write_method,
-    parse_duration,
+    Backend, BackendHttp, BotDetectorConfig, BreakerConfig, ClientCert, ClientPlugin, ClientTls, Config, ConfigError,
+    ConnectTunnels, CorsConfig, Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, FlatmapOp, ForwardProxy,
+    HostAddr, HttpClientOptions, IpNet, JwtConfig, KeyStrategy, LimitStrategy, LookupFamily, OutputEncoding, Parsed,
+    PluginLoader, PortRange, ProxyRateLimit, RateLimitConfig, RouterOptions, ScopesMatcher, ServerTls,
+    ServiceDiscovery, StaticResponse, StaticStrategy, is_write_method, parse_duration,
 };
 use crate::plan::route::Router;
 
@@ -240,18 +240,116 @@ impl<'a> Obj<'a> {
 /// Keys of KrakenD's `proxy` namespace that change what an endpoint answers, not yet
 /// implemented: refused, as an unimplemented enforcing namespace is (serving without
 /// them would answer something else than the file describes).
-const ENDPOINT_PROXY_UNIMPLEMENTED: &[(&str, &str)] = &[
-    ("static", "static data merged into the answer"),
-    ("flatmap_filter", "array manipulation of the answer"),
-    ("sequential_propagated_params", "parameters passed along a sequence"),
-    ("combiner", "a custom way of merging backends"),
-];
+const ENDPOINT_PROXY_UNIMPLEMENTED: &[(&str, &str)] = &[("combiner", "a custom way of merging backends")];
 
 /// The same, for a backend's `proxy` namespace.
-const BACKEND_PROXY_UNIMPLEMENTED: &[(&str, &str)] = &[
-    ("shadow", "a shadow backend, called and its answer discarded; here it would be merged"),
-    ("flatmap_filter", "array manipulation of this backend's answer"),
-];
+const BACKEND_PROXY_UNIMPLEMENTED: &[(&str, &str)] =
+    &[("shadow", "a shadow backend, called and its answer discarded; here it would be merged")];
+
+/// `proxy.static`: `{"strategy": "...", "data": {...}}`. lura serves an unknown
+/// strategy as `always` and skips a missing `data` without a word; both are errors
+/// here.
+fn static_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<StaticResponse> {
+    let strategy = o.leaf("strategy", cx);
+    let data = match o.take("data") {
+        Some(Value::Object(m)) => Some(m.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
+        Some(other) => {
+            cx.error(&o.at("data"), format!("expected an object (merged into the answer), found {}", kind(other)));
+            None
+        }
+        None => {
+            cx.error(&o.at("data"), "missing (required): the object merged into the answer");
+            None
+        }
+    };
+    o.finish(cx);
+    Some(StaticResponse { strategy: strategy.unwrap_or(StaticStrategy::Always), data: data? })
+}
+
+/// `proxy.flatmap_filter`: a list of `{"type": "move" | "append" | "del", "args":
+/// [...]}`. lura skips an entry of unknown type and panics on a `move` short of
+/// arguments, at request time; here both are errors.
+fn flatmap_config(v: &Value, path: &str, cx: &mut Ctx) -> Vec<FlatmapOp> {
+    let Value::Array(items) = v else {
+        cx.error(path, format!("expected an array of {{\"type\": ..., \"args\": [...]}}, found {}", kind(v)));
+        return Vec::new();
+    };
+    let mut ops = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(mut o) = Obj::new(item, index(path, i), cx) else { continue };
+        let kind_of = o.required_string("type", cx);
+        let type_at = o.at("type");
+        let args_at = o.at("args");
+        let args = match o.take("args") {
+            None => {
+                cx.error(&args_at, "missing (required): the dotted paths the operation works on");
+                None
+            }
+            Some(_) => o.strings("args", cx),
+        };
+        o.finish(cx);
+        let (Some(kind_of), Some(args)) = (kind_of, args) else { continue };
+        let mut paths = Vec::with_capacity(args.len());
+        for (j, a) in args.iter().enumerate() {
+            let steps: Vec<String> = a.split('.').map(str::to_string).collect();
+            if steps.iter().any(String::is_empty) {
+                cx.error(&index(&args_at, j), format!("{a:?} is not a dotted path (an empty step)"));
+                continue;
+            }
+            paths.push(steps);
+        }
+        if paths.len() != args.len() {
+            continue;
+        }
+        let two = |paths: Vec<Vec<String>>, cx: &mut Ctx| -> Option<(Vec<String>, Vec<String>)> {
+            if paths.len() != 2 {
+                cx.error(&args_at, format!("{kind_of:?} takes two paths (from, to), found {}", paths.len()));
+                return None;
+            }
+            let mut it = paths.into_iter();
+            Some((it.next()?, it.next()?))
+        };
+        match kind_of.as_str() {
+            "move" => {
+                let Some((from, to)) = two(paths, cx) else { continue };
+                if from.last().is_some_and(|s| s == "*") || to.last().is_some_and(|s| s == "*") {
+                    cx.error(&args_at, "a move names one key at the end of each path, not \"*\"");
+                    continue;
+                }
+                ops.push(FlatmapOp::Move(from, to));
+            }
+            "append" => {
+                let Some((from, to)) = two(paths, cx) else { continue };
+                ops.push(FlatmapOp::Append(from, to));
+            }
+            "del" if paths.is_empty() => cx.error(&args_at, "\"del\" takes at least one path"),
+            "del" => ops.push(FlatmapOp::Del(paths)),
+            other => cx.error(&type_at, format!("unknown operation {other:?} (one of \"move\", \"append\", \"del\")")),
+        }
+    }
+    ops
+}
+
+/// `proxy.sequential_propagated_params`: `respN` (the whole answer of backend N, read
+/// only from a `no-op` backend, as lura) or `respN_a.b` (a value in it).
+fn propagated_params(o: &mut Obj<'_>, backends: usize, cx: &mut Ctx) -> Vec<String> {
+    let path = o.at("sequential_propagated_params");
+    let list = o.strings("sequential_propagated_params", cx).unwrap_or_default();
+    for (i, p) in list.iter().enumerate() {
+        let rest = p.strip_prefix("resp").or_else(|| p.strip_prefix("Resp"));
+        let n = rest.map(|r| r.split('_').next().unwrap_or_default());
+        let tail = rest.and_then(|r| r.split_once('_')).map(|(_, t)| t);
+        match n.map(str::parse::<usize>) {
+            Some(Ok(n)) if tail != Some("") && n + 1 < backends => {}
+            Some(Ok(n)) if tail != Some("") => cx.error(
+                &index(&path, i),
+                format!("{p:?}: backend[{n}] is not followed by another backend (the endpoint has {backends})"),
+            ),
+            _ => cx.error(&index(&path, i), format!("{p:?} is not \"respN\" or \"respN_key.path\"")),
+        }
+    }
+    list
+}
 
 /// Refuses each of `keys` that asks for something (see [`Obj::asks`]).
 fn refuse_unimplemented(o: &mut Obj<'_>, keys: &[(&'static str, &str)], cx: &mut Ctx) {
@@ -1303,6 +1401,10 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     let mut rate_limit = None;
     let mut json_schema = None;
     let mut cel = Vec::new();
+    let mut static_response = None;
+    let mut flatmap = Vec::new();
+    let mut propagated = Vec::new();
+    let o_backends = o.map.get("backend").and_then(Value::as_array).map_or(0, Vec::len);
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "auth/validator" | "github.com/devopsfaith/krakend-jose/validator" => {
             jwt = jwt_config(Obj::new(v, path.to_string(), cx)?, cx).map(Box::new);
@@ -1331,6 +1433,20 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         "proxy" => {
             let mut p = Obj::new(v, path.to_string(), cx)?;
             sequential = p.flag("sequential", cx);
+            if let Some(s) = p.object("static", cx) {
+                static_response = static_config(s, cx);
+            }
+            if let Some(f) = p.take("flatmap_filter") {
+                flatmap = flatmap_config(f, &p.at("flatmap_filter"), cx);
+            }
+            let count = o_backends;
+            propagated = propagated_params(&mut p, count, cx);
+            if !propagated.is_empty() && !sequential {
+                cx.error(
+                    &p.at("sequential_propagated_params"),
+                    "needs a sequential proxy (extra_config.proxy.sequential: true)",
+                );
+            }
             refuse_unimplemented(&mut p, ENDPOINT_PROXY_UNIMPLEMENTED, cx);
             p.finish(cx);
             Some(())
@@ -1344,6 +1460,63 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         let site = if jwt.is_some() { Site::TokenEndpoint } else { Site::Endpoint };
         let streamed = output == OutputEncoding::NoOp;
         cel_compiles(&cel, &join(&o.at("extra_config"), "validation/cel"), (site, streamed), cx);
+    }
+    let proxy_at = join(&o.at("extra_config"), "proxy");
+    if output == OutputEncoding::NoOp && static_response.is_some() {
+        cx.error(
+            &join(&proxy_at, "static"),
+            "a no-op endpoint passes its backend's answer through; static data cannot be merged into it",
+        );
+    }
+    if !flatmap.is_empty() {
+        if output == OutputEncoding::NoOp {
+            cx.error(
+                &join(&proxy_at, "flatmap_filter"),
+                "a no-op endpoint passes its backend's answer through undecoded",
+            );
+        } else if o_backends < 2 {
+            cx.error(
+                &join(&proxy_at, "flatmap_filter"),
+                "on an endpoint with one backend KrakenD does not run it (it runs after merging two or more): \
+                 put it on the backend",
+            );
+        }
+    }
+    // lura keeps `Resp0` only from a `no-op` backend, and only plugins and Lua read
+    // these parameters there; here a later backend's CEL checks do.
+    if !propagated.is_empty() {
+        let list_at = join(&proxy_at, "sequential_propagated_params");
+        let list = o.map.get("backend").and_then(Value::as_array).cloned().unwrap_or_default();
+        let noop = |n: usize| {
+            list.get(n).and_then(|b| b.get("encoding")).and_then(Value::as_str) == Some("no-op")
+                || output == OutputEncoding::NoOp
+        };
+        let checked = |from: usize| {
+            list.iter().skip(from + 1).any(|b| {
+                let extra = b.get("extra_config");
+                ["validation/cel", "github.com/devopsfaith/krakend-cel"]
+                    .iter()
+                    .any(|ns| extra.and_then(|e| e.get(ns)).is_some())
+            })
+        };
+        for (i, p) in propagated.iter().enumerate() {
+            let Some(n) = p.get(4..).and_then(|r| r.split('_').next()).and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
+            if !p.contains('_') && !noop(n) {
+                cx.warn(
+                    &index(&list_at, i),
+                    format!(
+                        "sets nothing: the whole answer of backend[{n}] is kept only from a no-op backend (as lura)"
+                    ),
+                );
+            } else if !checked(n) {
+                cx.warn(
+                    &index(&list_at, i),
+                    format!("nothing reads it: no backend after backend[{n}] has validation/cel checks (lura hands it to Lua and plugins)"),
+                );
+            }
+        }
     }
     if output == OutputEncoding::NoOp && json_schema.is_some() {
         cx.error(
@@ -1422,6 +1595,9 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         rate_limit,
         json_schema,
         cel,
+        static_response,
+        flatmap,
+        propagated_params: propagated,
         extra_config,
     })
 }
@@ -1589,22 +1765,44 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     let mut plugin = None;
     let mut rate_limit = None;
     let mut cel = Vec::new();
+    let mut flatmap = Vec::new();
+    let mut circuit_breaker = None;
+    let mut martian = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| {
         if !matches!(
             ns,
             "backend/http" | "backend/http/client" | "plugin/http-client" | "proxy" | "qos/ratelimit/proxy"
         ) {
-            if matches!(ns, "validation/cel" | "github.com/devopsfaith/krakend-cel") {
-                cel = cel_checks(v, path, cx);
-                cel_compiles(&cel, path, (crate::gateway::cel::Site::Backend, encoding == Encoding::NoOp), cx);
-                return Some(());
+            match ns {
+                "validation/cel" | "github.com/devopsfaith/krakend-cel" => {
+                    cel = cel_checks(v, path, cx);
+                    cel_compiles(&cel, path, (crate::gateway::cel::Site::Backend, encoding == Encoding::NoOp), cx);
+                }
+                "qos/circuit-breaker" | "github.com/devopsfaith/krakend-circuitbreaker/gobreaker" => {
+                    if let Some(o) = Obj::new(v, path.to_string(), cx) {
+                        circuit_breaker = breaker_config(o, cx);
+                    }
+                }
+                "modifier/martian" | "github.com/devopsfaith/krakend-martian" => {
+                    match crate::gateway::martian::Martian::parse(v) {
+                        Ok(_) => martian = Some(v.clone()),
+                        Err((at, why)) => cx.error(&format!("{path}{at}"), why),
+                    }
+                }
+                _ => return None,
             }
-            return None;
+            return Some(());
         }
         let Some(mut e) = Obj::new(v, path.to_string(), cx) else { return Some(()) };
         match ns {
             "qos/ratelimit/proxy" => rate_limit = proxy_rate_limit(e, cx),
             "proxy" => {
+                if let Some(f) = e.take("flatmap_filter") {
+                    flatmap = flatmap_config(f, &e.at("flatmap_filter"), cx);
+                    if !flatmap.is_empty() && encoding == Encoding::NoOp {
+                        cx.error(&e.at("flatmap_filter"), "a no-op backend's answer is passed on undecoded");
+                    }
+                }
                 refuse_unimplemented(&mut e, BACKEND_PROXY_UNIMPLEMENTED, cx);
                 e.finish(cx);
             }
@@ -1636,6 +1834,16 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         }
         Some(())
     });
+    if !flatmap.is_empty() {
+        for (key, set) in [("allow", !allow.is_empty()), ("deny", !deny.is_empty()), ("mapping", !mapping.is_empty())] {
+            if set {
+                cx.warn(
+                    &o.at(key),
+                    "ignored: the backend's proxy.flatmap_filter takes the place of allow, deny and mapping",
+                );
+            }
+        }
+    }
     o.finish(cx);
     Some(Backend {
         host,
@@ -1657,7 +1865,48 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         plugin,
         rate_limit,
         cel,
+        flatmap,
+        circuit_breaker,
+        martian,
         extra_config,
+    })
+}
+
+/// `extra_config."qos/circuit-breaker"`: seconds as whole numbers, as
+/// krakend-circuitbreaker reads them (it takes a string such as `"10s"` as 0 without a
+/// word; here that is an error). With every field 0 it builds no breaker, and neither
+/// does Sluice (a warning says so).
+fn breaker_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<BreakerConfig> {
+    let here = o.path.clone();
+    let seconds = |o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx| -> u64 {
+        match o.take(key) {
+            Some(Value::String(s)) => {
+                cx.error(
+                    &o.at(key),
+                    format!("expected a whole number of seconds, found the string {s:?} (KrakenD would read it as 0)"),
+                );
+                0
+            }
+            Some(_) => o.uint(key, 0, 100 * 365 * 86_400, cx).unwrap_or(0),
+            None => 0,
+        }
+    };
+    let interval = seconds(&mut o, "interval", cx);
+    let timeout = seconds(&mut o, "timeout", cx);
+    let max_errors = o.uint("max_errors", 0, 65_000, cx).unwrap_or(0);
+    let name = o.string("name", cx).unwrap_or_default();
+    let log_status_change = o.flag("log_status_change", cx);
+    o.finish(cx);
+    if interval == 0 && timeout == 0 && max_errors == 0 && name.is_empty() && !log_status_change {
+        cx.warn(&here, "sets nothing: KrakenD builds no breaker, and neither does Sluice");
+        return None;
+    }
+    Some(BreakerConfig {
+        name,
+        interval: Duration::from_secs(interval),
+        timeout: Duration::from_secs(timeout),
+        max_errors: max_errors as u32,
+        log_status_change,
     })
 }
 

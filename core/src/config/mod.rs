@@ -515,8 +515,67 @@ pub struct Endpoint {
     /// `extra_config."validation/cel"`: request checks (`check_expr`), in order.
     /// Default: none.
     pub cel: Vec<String>,
+    /// `extra_config.proxy.static`: data merged into the answer. Default: none.
+    pub static_response: Option<StaticResponse>,
+    /// `extra_config.proxy.flatmap_filter`: operations on the merged answer (of an
+    /// endpoint with two backends or more, as lura). Default: none.
+    pub flatmap: Vec<FlatmapOp>,
+    /// `extra_config.proxy.sequential_propagated_params`: values of earlier answers
+    /// made request parameters of the later backends of a sequence. Default: none.
+    pub propagated_params: Vec<String>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
+}
+
+/// `extra_config.proxy.static` on an endpoint (lura's static middleware): `data`
+/// merged over the answer's top-level keys when `strategy` says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticResponse {
+    pub strategy: StaticStrategy,
+    /// The members of `data`, each value as JSON text, in the file's order.
+    pub data: Vec<(String, String)>,
+}
+
+/// When static data is merged: lura's five matchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticStrategy {
+    /// Every answer.
+    Always,
+    /// No backend failed.
+    Success,
+    /// No backend failed and the answer is complete (the same as `success` here: a
+    /// successful answer is complete).
+    Complete,
+    /// Some backend failed.
+    Errored,
+    /// Some backend failed, or none answered.
+    Incomplete,
+}
+
+/// One `proxy.flatmap_filter` operation (see [`crate::gateway::response::flatmap`]); paths are
+/// the dotted `args`, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlatmapOp {
+    Move(Vec<String>, Vec<String>),
+    Append(Vec<String>, Vec<String>),
+    Del(Vec<Vec<String>>),
+}
+
+/// `extra_config."qos/circuit-breaker"` on a backend, as krakend-circuitbreaker reads
+/// it (see [`crate::gateway::breaker`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// The name in its log lines and on the admin pages. Default: empty.
+    pub name: String,
+    /// While closed, how often the failure count starts again (0: never).
+    pub interval: Duration,
+    /// How long it stays open before one call is let through (0: 60 s, as gobreaker).
+    pub timeout: Duration,
+    /// Consecutive failures tolerated: one more opens it.
+    pub max_errors: u32,
+    /// Log each change of state (a warning). Default: false.
+    pub log_status_change: bool,
 }
 
 /// `extra_config."auth/validator"` on an endpoint, as krakend-jose reads it (see
@@ -685,6 +744,14 @@ pub struct Backend {
     pub rate_limit: Option<ProxyRateLimit>,
     /// `extra_config."validation/cel"`: request checks before each call. Default: none.
     pub cel: Vec<String>,
+    /// `extra_config.proxy.flatmap_filter`: operations on this backend's answer, in
+    /// place of `allow`, `deny` and `mapping` (as lura). Default: none.
+    pub flatmap: Vec<FlatmapOp>,
+    /// `extra_config."qos/circuit-breaker"`. Default: none.
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// `extra_config."modifier/martian"`: the modifier, checked when read (see
+    /// [`crate::gateway::martian`]). Default: none.
+    pub martian: Option<Value>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }

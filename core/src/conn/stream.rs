@@ -63,8 +63,11 @@ impl<'g> Leg<'g> {
                     backend: call,
                     status: Some(status),
                 }));
+                ex.at(now);
                 ex.handle_head(call, status);
-                match ex.poll(balancer) {
+                let action = ex.poll(balancer);
+                logs.extend(ex.take_logs().map(Output::Log));
+                match action {
                     Action::Stream(stream) => Some((stream.status, &ex.endpoint().noop_fields)),
                     _ => None,
                 }
@@ -96,7 +99,9 @@ impl<'g> Leg<'g> {
                     logs.push_back(Output::Log(Log::Backend { endpoint, backend: call, reason: reason_line }));
                     ex.handle_failure(call, reason);
                 }
-                match ex.poll(balancer) {
+                let action = ex.poll(balancer);
+                logs.extend(ex.take_logs().map(Output::Log));
+                match action {
                     Action::Respond(reply) => reply,
                     _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
                 }
@@ -180,7 +185,9 @@ impl<'g> Connection<'g> {
             }
         }
         let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
-        match ex.poll(self.balancer) {
+        let action = ex.poll(self.balancer);
+        self.queue.extend(ex.take_logs().map(Output::Log));
+        match action {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
                 Err(reason) => {

@@ -58,7 +58,9 @@ impl<'g> Connection<'g> {
     /// Runs an aggregating exchange until it waits or answers.
     pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
         loop {
-            match ex.poll(self.balancer) {
+            let action = ex.poll(self.balancer);
+            self.queue.extend(ex.take_logs().map(Output::Log));
+            match action {
                 Action::Call(call) => {
                     if let Err(reason) = self.open(&ex, &call, false) {
                         ex.handle_failure(call.id, reason);
@@ -85,6 +87,7 @@ impl<'g> Connection<'g> {
         deadline: Instant,
     ) -> (State<'g>, bool) {
         let mut changed = false;
+        ex.at(self.now);
         for id in 0..self.calls.len() {
             match self.slot_step(id) {
                 CallEvent::Nothing => {}

@@ -77,7 +77,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use smallvec::SmallVec;
 
 use crate::call::{Call, CallBody};
-use crate::config::{Encoding, OutputEncoding, is_write_method};
+use crate::config::{Encoding, OutputEncoding, StaticStrategy, is_write_method};
+use crate::event::Log;
+use crate::gateway::breaker::{Breaker, Change, Ticket};
 use crate::gateway::dispatch::Route;
 use crate::gateway::json;
 use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
@@ -147,6 +149,9 @@ pub struct Exchange<'g> {
     /// The same on the wall clock: CEL's `now`, one for the whole request as
     /// krakend-cel's.
     wall: SystemTime,
+    /// The latest time the connection told it ([`Exchange::at`]): when a circuit
+    /// breaker counts a call.
+    clock: Instant,
     deadline: Instant,
     calls: Vec<CallState>,
     /// URLs rendered up front (`None`: it needs an earlier response).
@@ -159,6 +164,10 @@ pub struct Exchange<'g> {
     plugged: Vec<Option<Box<BackendRequest>>>,
     /// Per call, the host it was sent to (for the error detail naming its URL).
     sent: SmallVec<[Option<&'g BackendHost>; 4]>,
+    /// Per call let through its backend's circuit breaker, until it settles.
+    tickets: SmallVec<[Option<Ticket>; 4]>,
+    /// Lines for the log (a breaker changing state), taken by the connection.
+    logs: Vec<Log<'g>>,
 }
 
 #[derive(Debug)]
@@ -204,6 +213,7 @@ impl<'g> Exchange<'g> {
             client_ip,
             started: now,
             wall,
+            clock: now,
             deadline: now + ep.timeout,
             calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
             rendered: Vec::with_capacity(ep.backends.len()),
@@ -211,6 +221,8 @@ impl<'g> Exchange<'g> {
             done: false,
             plugged: Vec::new(),
             sent: smallvec::smallvec![None; ep.backends.len()],
+            tickets: smallvec::smallvec![None; ep.backends.len()],
+            logs: Vec::new(),
         };
         // The endpoint's request checks (`validation/cel`), then the body's schema
         // (`validation/json-schema`), before any backend is called, in KrakenD's order.
@@ -348,7 +360,9 @@ impl<'g> Exchange<'g> {
         let absolute;
         let target = match call.via {
             Some(_) if call.connect.is_none() => {
-                absolute = format!("{}://{}{}", call.scheme.as_str(), authority, call.target);
+                // Where the call goes, whatever `Host` says (a plugin or a martian
+                // modifier may change that field, never the destination).
+                absolute = format!("{}{}", call.origin, call.target);
                 RequestTarget::Absolute(&absolute)
             }
             _ => RequestTarget::Origin(&call.target),
@@ -402,6 +416,30 @@ impl<'g> Exchange<'g> {
         node_lookup(node, rest)
     }
 
+    /// `proxy.sequential_propagated_params` for backend `i`: the values of earlier
+    /// answers it gets as request parameters (`Resp0_a.b`), as lura sets them: a value
+    /// as [`json::go_param_text`], `Resp0` the whole body of a `no-op` backend; one
+    /// that is missing is not set.
+    fn propagated(&self, i: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (n, path, name) in &self.ep.propagated {
+            if *n >= i {
+                continue;
+            }
+            let value = match (path.is_empty(), self.calls.get(*n)) {
+                (true, Some(CallState::Answered { body, .. })) if self.ep.backends[*n].encoding == Encoding::NoOp => {
+                    Some(String::from_utf8_lossy(body).into_owned())
+                }
+                (false, _) => self.response_value(*n, path),
+                _ => None,
+            };
+            if let Some(v) = value {
+                out.push((name.clone(), v));
+            }
+        }
+        out
+    }
+
     /// What to do next.
     pub fn poll(&mut self, balancer: &Balancer) -> Action<'g> {
         if self.done {
@@ -421,6 +459,18 @@ impl<'g> Exchange<'g> {
             self.calls.iter().position(|c| matches!(c, CallState::Pending))
         };
         if let Some(i) = next {
+            // The backend's circuit breaker, outside everything else (as KrakenD's).
+            if let Some(breaker) = &self.ep.backends[i].breaker {
+                let (admitted, change) = breaker.admit(self.clock);
+                self.note(breaker, change);
+                match admitted {
+                    Ok(ticket) => self.tickets[i] = Some(ticket),
+                    Err(why) => {
+                        self.settle(i, CallState::Stopped(why.to_string()));
+                        return self.poll(balancer);
+                    }
+                }
+            }
             // The backend's rate limit: a call over it is not made, it fails.
             if let Some(limit) = &self.ep.backends[i].limit
                 && !limit.take(self.started)
@@ -438,7 +488,9 @@ impl<'g> Exchange<'g> {
                 }
             {
                 let path = url.split('?').next().unwrap_or_default();
-                if let Err(why) = checks.check(&self.cel_view(b.method.as_str(), path, (&b.headers, &b.query))) {
+                let mut view = self.cel_view(b.method.as_str(), path, (&b.headers, &b.query));
+                view.params.extend(self.propagated(i));
+                if let Err(why) = checks.check(&view) {
                     self.settle(i, CallState::Stopped(why));
                     return self.poll(balancer);
                 }
@@ -457,6 +509,9 @@ impl<'g> Exchange<'g> {
                     return Action::Call(call);
                 }
                 Err(why) => {
+                    // Not made (no host, a URL that cannot be written): lura fails it
+                    // before its breaker, which does not count it.
+                    self.count(i, None);
                     self.settle(i, CallState::Failed(why));
                     return self.poll(balancer);
                 }
@@ -588,6 +643,32 @@ impl<'g> Exchange<'g> {
         Some(req)
     }
 
+    /// A breaker's change of state, logged when its `log_status_change` says so.
+    fn note(&mut self, breaker: &'g Breaker, change: Option<Change>) {
+        if let Some(Change { from, to }) = change
+            && breaker.logs_changes()
+        {
+            self.logs.push(Log::Breaker { name: breaker.name(), from: from.as_str(), to: to.as_str() });
+        }
+    }
+
+    /// Lines the exchange has for the log (a circuit breaker changing state): taken by
+    /// the connection after [`Exchange::poll`].
+    pub fn take_logs(&mut self) -> std::vec::Drain<'_, Log<'g>> {
+        self.logs.drain(..)
+    }
+
+    /// Ends call `i`'s breaker ticket: a success, a failure, or not counted (`None`).
+    fn count(&mut self, i: usize, outcome: Option<bool>) {
+        let ep = self.ep;
+        if let Some(ticket) = self.tickets.get_mut(i).and_then(Option::take)
+            && let Some(breaker) = &ep.backends[i].breaker
+        {
+            let change = breaker.record(ticket, self.clock, outcome);
+            self.note(breaker, change);
+        }
+    }
+
     /// Settles call `i`. In a sequence, a call that did not succeed skips the rest.
     fn settle(&mut self, i: usize, state: CallState) {
         let succeeded = match &state {
@@ -596,6 +677,15 @@ impl<'g> Exchange<'g> {
             }
             _ => false,
         };
+        // KrakenD's breaker takes `return_error_details` for a success (the error
+        // becomes data).
+        let detailed = match &state {
+            CallState::Answered { status, .. } => {
+                self.ep.backends.get(i).is_some_and(|b| !accepted(b, *status) && b.http.return_error_details.is_some())
+            }
+            _ => false,
+        };
+        self.count(i, Some(succeeded || detailed));
         if let Some(slot) = self.calls.get_mut(i) {
             *slot = state;
         }
@@ -644,6 +734,8 @@ impl<'g> Exchange<'g> {
             return;
         }
         self.calls[id] = CallState::Answered { status, headers: HeaderMap::new(), body: Vec::new() };
+        // Any status of a `no-op` backend is its answer: a success for its breaker.
+        self.count(id, Some(true));
         self.answer = Some(Answer::Stream(StreamHead { id, status }));
     }
 
@@ -656,8 +748,15 @@ impl<'g> Exchange<'g> {
         self.settle(id, CallState::Failed(reason.to_string()));
     }
 
+    /// The time is `now` (the connection says so before handing in results, so that
+    /// a circuit breaker counts each call when it ended).
+    pub fn at(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
     /// Time has come to `now`: past the deadline, every unsettled call is cut.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.at(now);
         if now < self.deadline || self.done {
             return;
         }
@@ -759,6 +858,9 @@ impl<'g> Exchange<'g> {
         let router = &self.gw.config.router;
         let mut parts: Vec<Vec<Entry<'_>>> = Vec::with_capacity(self.calls.len());
         let mut complete = true;
+        // A failure lura hands on as an error (a backend with `return_error_details`
+        // answering a status hands its data instead: incomplete, not errored).
+        let mut errored = false;
         let mut reasons = Vec::new();
         let mut error_code: Option<Reply> = None;
         for (i, (call, b)) in self.calls.iter().zip(&ep.backends).enumerate() {
@@ -766,7 +868,7 @@ impl<'g> Exchange<'g> {
                 CallState::Answered { status, body, .. } if accepted(b, *status) => match b.shape.apply(body) {
                     Ok(part) => parts.push(part),
                     Err(_) => {
-                        complete = false;
+                        (complete, errored) = (false, true);
                         reasons.push(self.reason(i));
                     }
                 },
@@ -784,24 +886,44 @@ impl<'g> Exchange<'g> {
                         r.headers.insert(COMPLETED.clone(), HeaderValue::from_static("false"));
                         error_code = Some(r);
                     }
-                    if let Some(alias) = &b.http.return_error_details {
-                        parts.push(error_details(alias, *status, headers, body));
+                    match &b.http.return_error_details {
+                        Some(alias) => parts.push(error_details(alias, *status, headers, body)),
+                        None => errored = true,
                     }
                 }
                 _ => {
-                    complete = false;
+                    (complete, errored) = (false, true);
                     reasons.push(self.reason(i));
                 }
             }
         }
-        if let Some(r) = error_code {
-            return r;
-        }
-        if parts.is_empty() {
-            return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &reasons.join("\n"));
-        }
-        let merged = response::merge(parts);
         let none_failed = complete;
+        // `proxy.static`, outside everything lura does, with its matchers. It makes an
+        // answer of a failure: 200, with its data.
+        let statik = ep.static_response.as_ref().filter(|s| match s.strategy {
+            StaticStrategy::Always => true,
+            StaticStrategy::Success => !errored,
+            StaticStrategy::Complete => none_failed,
+            StaticStrategy::Errored => errored,
+            StaticStrategy::Incomplete => !none_failed,
+        });
+        if statik.is_none() {
+            if let Some(r) = error_code {
+                return r;
+            }
+            if parts.is_empty() {
+                return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &reasons.join("\n"));
+            }
+        }
+        let mut merged = response::merge(parts);
+        // The endpoint's flatmap filter runs on a merge without an error (as lura's).
+        if !errored && !ep.flatmap.is_empty() {
+            merged = crate::gateway::response::flatmap::apply(&ep.flatmap, merged).unwrap_or_default();
+        }
+        if let Some(s) = statik {
+            let data = s.data.iter().map(|(k, v)| (Key::Text(Cow::Borrowed(k.as_str())), Node::Raw(v.as_str())));
+            merged = response::merge([merged, data.collect()]);
+        }
         // lura says complete only of an answer with data in it.
         let complete = complete && !merged.is_empty();
         // The endpoint's response checks, on the merged data; as krakend-cel, only when
@@ -834,6 +956,10 @@ impl Drop for Exchange<'_> {
         for id in 0..self.plugged.len() {
             self.unplug(id);
         }
+        // Calls nobody waits for any more are not counted by their breakers.
+        for id in 0..self.tickets.len() {
+            self.count(id, None);
+        }
     }
 }
 
@@ -848,19 +974,27 @@ fn error_details<'a>(alias: &str, status: StatusCode, headers: &HeaderMap, body:
     vec![(Key::Text(Cow::Owned(format!("error_{alias}"))), Node::Obj(details))]
 }
 
-/// Follows the rest of a `{respN_...}` path from a shaped value to a scalar's text.
+/// Follows the rest of a `{respN_...}` path from a shaped value to its text as lura
+/// gives it ([`json::go_param_text`]).
 fn node_lookup(node: &Node<'_>, path: &[String]) -> Option<String> {
     match node {
-        Node::Raw(raw) => json::scalar_text(json::lookup(raw, path)?).map(Cow::into_owned),
+        Node::Raw(raw) => Some(json::go_param_text(json::lookup(raw, path)?)),
         Node::Str(s) => path.is_empty().then(|| s.to_string()),
         Node::Number(n) => path.is_empty().then(|| n.to_string()),
-        Node::Obj(entries) => {
-            let (first, rest) = path.split_first()?;
-            node_lookup(entries.iter().rev().find(|(k, _)| k.is(first)).map(|(_, v)| v)?, rest)
-        }
-        Node::Arr(items) => {
-            let (first, rest) = path.split_first()?;
-            node_lookup(items.get(first.parse::<usize>().ok()?)?, rest)
-        }
+        Node::Obj(entries) => match path.split_first() {
+            Some((first, rest)) => node_lookup(entries.iter().rev().find(|(k, _)| k.is(first)).map(|(_, v)| v)?, rest),
+            None => Some(json::go_param_text(&written(node))),
+        },
+        Node::Arr(items) => match path.split_first() {
+            Some((first, rest)) => node_lookup(items.get(first.parse::<usize>().ok()?)?, rest),
+            None => Some(json::go_param_text(&written(node))),
+        },
     }
+}
+
+/// A shaped value written as JSON.
+fn written(node: &Node<'_>) -> String {
+    let mut out = Vec::with_capacity(64);
+    node.write(&mut out);
+    String::from_utf8(out).unwrap_or_default()
 }

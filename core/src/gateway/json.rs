@@ -409,6 +409,39 @@ pub fn scalar_text(raw: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// A value as lura puts an earlier answer's value into a sequence's parameters
+/// (`{respN_...}`, `sequential_propagated_params`): a scalar as [`scalar_text`], null
+/// as `<nil>`, an array's items joined by `,`, an object as Go's `%v` writes a map
+/// (`map[a:1 b:[x y]]`, keys sorted).
+pub fn go_param_text(raw: &str) -> String {
+    match kind(raw) {
+        Kind::Array => items(raw).into_iter().map(go_v).collect::<Vec<_>>().join(","),
+        _ => go_v(raw),
+    }
+}
+
+/// Go's `%v` of a decoded JSON value.
+fn go_v(raw: &str) -> String {
+    match kind(raw) {
+        Kind::Null => "<nil>".into(),
+        Kind::Array => format!("[{}]", items(raw).into_iter().map(go_v).collect::<Vec<_>>().join(" ")),
+        Kind::Object => {
+            let mut m: Vec<(Cow<'_, str>, &str)> = members(raw).into_iter().map(|(k, v)| (unescape(k), v)).collect();
+            m.sort_by(|a, b| a.0.cmp(&b.0));
+            m.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    earlier.1 = later.1;
+                }
+                same
+            });
+            let parts: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}:{}", go_v(v))).collect();
+            format!("map[{}]", parts.join(" "))
+        }
+        _ => scalar_text(raw).map(Cow::into_owned).unwrap_or_default(),
+    }
+}
+
 /// Writes `s` as a JSON string, quotes included.
 pub fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');

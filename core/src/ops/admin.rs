@@ -86,6 +86,29 @@ fn gauges(gw: &Gateway, runtime: &Runtime) -> Vec<Gauges> {
     gw.forward.as_ref().map(|_| runtime.breakers().gauges()).unwrap_or_default()
 }
 
+/// Every backend's `qos/circuit-breaker`: (endpoint, backend, breaker).
+fn breakers(gw: &Gateway) -> Vec<(usize, usize, &crate::gateway::breaker::Breaker)> {
+    let mut out = Vec::new();
+    for (i, ep) in gw.endpoints.iter().enumerate() {
+        for (b, backend) in ep.backends.iter().enumerate() {
+            if let Some(breaker) = &backend.breaker {
+                out.push((i, b, breaker));
+            }
+        }
+    }
+    out
+}
+
+/// A breaker's state as a gauge: 0 closed, 1 open, 2 half-open.
+fn state_code(state: crate::gateway::breaker::State) -> u64 {
+    use crate::gateway::breaker::State;
+    match state {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    }
+}
+
 /// An endpoint's name in the counters: `METHOD path`.
 fn endpoint_name(gw: &Gateway, i: usize) -> String {
     match gw.endpoints.get(i) {
@@ -127,6 +150,12 @@ fn stats_text(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
             let code = if code == 0 { "failed".to_string() } else { code.to_string() };
             lines.push((format!("gateway.endpoint.{}.backend.{b}.call_{code}", endpoint_name(gw, *e)), n));
         }
+    }
+    for (i, b, breaker) in breakers(gw) {
+        let (state, failures) = breaker.state();
+        let p = format!("gateway.endpoint.{}.backend.{b}.circuit_breaker", endpoint_name(gw, i));
+        lines.push((format!("{p}.state"), state_code(state)));
+        lines.push((format!("{p}.consecutive_failures"), failures));
     }
     if let Some(f) = &gw.forward {
         lines.push(("forward.tunnels_open".into(), stats.tunnels_open()));
@@ -235,6 +264,21 @@ fn prometheus(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
     for (method, path, c) in &rows {
         let labels = format!("method=\"{}\",endpoint=\"{}\"", label(method), label(path));
         histogram(&mut o, "sluice_gateway_request_duration_seconds", &labels, c);
+    }
+    let all = breakers(gw);
+    if !all.is_empty() {
+        let _ = writeln!(o, "# TYPE sluice_gateway_circuit_breaker_state gauge");
+        for (i, b, breaker) in all {
+            let ep = &gw.endpoints[i];
+            let _ = writeln!(
+                o,
+                "sluice_gateway_circuit_breaker_state{{method=\"{}\",endpoint=\"{}\",backend=\"{b}\",name=\"{}\"}} {}",
+                label(ep.method.as_str()),
+                label(&ep.path),
+                label(breaker.name()),
+                state_code(breaker.state().0)
+            );
+        }
     }
     let Some(f) = &gw.forward else { return o };
     let _ = writeln!(o, "# TYPE sluice_forward_requests_total counter");

@@ -151,6 +151,13 @@ pub struct EndpointPlan {
     /// `X-KrakenD-Completed: false`, as lura sets it on every answer whose data it did
     /// not decode. Built once.
     pub noop_fields: crate::http1::Fields,
+    /// `proxy.static`: data merged into the answer.
+    pub static_response: Option<crate::config::StaticResponse>,
+    /// `proxy.flatmap_filter` on the merged answer.
+    pub flatmap: Vec<crate::config::FlatmapOp>,
+    /// `proxy.sequential_propagated_params`: (backend, path in its answer, the
+    /// parameter's name as lura gives it: `Resp0_a.b`, `Resp0`).
+    pub propagated: Vec<(usize, Vec<String>, String)>,
 }
 
 impl EndpointPlan {
@@ -192,6 +199,8 @@ pub struct BackendPlan {
     pub cel: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
     /// `validation/cel`: response checks on each answer, once shaped.
     pub cel_response: Option<std::sync::Arc<crate::gateway::cel::Checks>>,
+    /// `qos/circuit-breaker`, shared by every shard.
+    pub breaker: Option<crate::gateway::breaker::Breaker>,
 }
 
 /// A backend host. `path_prefix` is only ever non-empty with `disable_host_sanitize`,
@@ -304,8 +313,23 @@ impl Gateway {
                 let mut own_profile = None;
                 let srv = b.sd == config::ServiceDiscovery::Dns;
                 uses_srv |= srv;
+                // `modifier/martian`, compiled when the file was read (its url.Modifier
+                // may send the calls elsewhere).
+                let martian = b.martian.as_ref().and_then(|v| match crate::gateway::martian::Martian::parse(v) {
+                    Ok(m) => Some(m),
+                    Err((at, message)) => {
+                        errors.push(Diagnostic {
+                            path: format!(r#"{path}.extra_config["modifier/martian"]{at}"#),
+                            message,
+                        });
+                        None
+                    }
+                });
                 for (k, h) in raw_hosts.iter().enumerate() {
-                    match compile_host(h, b.disable_host_sanitize).and_then(|host| srv_name(h, host, srv)) {
+                    let host = compile_host(h, b.disable_host_sanitize)
+                        .and_then(|host| redirected(host, martian.as_ref(), b.disable_host_sanitize))
+                        .and_then(|host| srv_name(h, host, srv));
+                    match host {
                         Ok(mut host) => {
                             host.proxy = match srv {
                                 // The environment's proxy depends on the target's name.
@@ -379,10 +403,16 @@ impl Gateway {
                     http: b.http.clone(),
                     no_redirect,
                     redirect_tls,
-                    plugin: None,
+                    plugin: martian.filter(|m| *m != crate::gateway::martian::Martian::default()).map(|m| {
+                        crate::gateway::plugin::Binding {
+                            name: "modifier/martian".into(),
+                            plugin: std::sync::Arc::new(m),
+                        }
+                    }),
                     limit: b.rate_limit.as_ref().map(crate::gateway::ratelimit::CallLimit::compile),
                     cel: backend_cel.0,
                     cel_response: backend_cel.2,
+                    breaker: b.circuit_breaker.as_ref().map(crate::gateway::breaker::Breaker::new),
                 });
                 backend_count += 1;
             }
@@ -423,6 +453,21 @@ impl Gateway {
                     ))
                     .collect(),
                 ),
+                static_response: e.static_response.clone(),
+                flatmap: e.flatmap.clone(),
+                propagated: e
+                    .propagated_params
+                    .iter()
+                    .filter_map(|p| {
+                        let rest = &p[4..];
+                        let (n, tail) = rest.split_once('_').unwrap_or((rest, ""));
+                        let n: usize = n.parse().ok()?;
+                        let name = if tail.is_empty() { format!("Resp{n}") } else { format!("Resp{n}_{tail}") };
+                        let path =
+                            if tail.is_empty() { Vec::new() } else { tail.split('.').map(str::to_string).collect() };
+                        Some((n, path, name))
+                    })
+                    .collect(),
             });
         }
         if let Some(Err(diags)) = &mut root_profile {
@@ -500,6 +545,14 @@ impl Gateway {
     ) -> bool {
         let Some(ep) = self.endpoints.get_mut(endpoint) else { return false };
         let Some(b) = ep.backends.get_mut(backend) else { return false };
+        // Beside `modifier/martian`, both run: martian first on the way out, last on
+        // the way back (it wraps the client the plugin replaces, as in KrakenD).
+        let plugin = match b.plugin.take() {
+            Some(m) if m.name == "modifier/martian" => {
+                std::sync::Arc::new(crate::gateway::martian::Chain(vec![m.plugin, plugin]))
+            }
+            _ => plugin,
+        };
         b.plugin = Some(crate::gateway::plugin::Binding { name: name.to_string(), plugin });
         true
     }
@@ -617,6 +670,21 @@ fn srv_name(raw: &str, mut host: BackendHost, srv: bool) -> Result<BackendHost, 
     }
     host.srv = true;
     Ok(host)
+}
+
+/// A host as a `url.Modifier` with a `scheme` or `host` sends calls: there instead,
+/// the `Host` field unchanged (as Go's client sends a request whose URL was changed).
+fn redirected(
+    host: BackendHost,
+    martian: Option<&crate::gateway::martian::Martian>,
+    disable_sanitize: bool,
+) -> Result<BackendHost, BadValue> {
+    let Some(m) = martian.filter(|m| m.scheme.is_some() || m.host.is_some()) else { return Ok(host) };
+    let scheme = m.scheme.as_deref().unwrap_or(host.addr.scheme.as_str());
+    let authority = m.host.as_deref().unwrap_or(&host.authority);
+    let mut to = compile_host(&format!("{scheme}://{authority}{}", host.path_prefix), disable_sanitize)?;
+    to.authority = host.authority;
+    Ok(to)
 }
 
 fn compile_host(raw: &str, disable_sanitize: bool) -> Result<BackendHost, BadValue> {

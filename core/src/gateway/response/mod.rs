@@ -11,6 +11,7 @@
 //! into a value when a dotted `allow`/`deny`/`target` path goes through it. Untouched
 //! values come out byte for byte (numbers, escapes, key order, whitespace inside).
 
+pub mod flatmap;
 mod xml;
 mod yaml;
 
@@ -250,6 +251,8 @@ pub struct Shape {
     deny: Option<PathTree>,
     mapping: Vec<(String, String)>,
     group: Option<String>,
+    /// `proxy.flatmap_filter`: in place of allow, deny and mapping (as lura).
+    flatmap: Vec<crate::config::FlatmapOp>,
 }
 
 /// Why a backend body could not be decoded.
@@ -273,6 +276,7 @@ impl Shape {
             deny: if b.allow.is_empty() { PathTree::build(&b.deny) } else { None },
             mapping: b.mapping.clone(),
             group: b.group.clone(),
+            flatmap: b.flatmap.clone(),
         }
     }
 
@@ -286,6 +290,7 @@ impl Shape {
             deny: None,
             mapping: Vec::new(),
             group: None,
+            flatmap: Vec::new(),
         }
     }
 
@@ -333,7 +338,8 @@ impl Shape {
         }
     }
 
-    /// target, allow or deny, mapping, group: in that order.
+    /// target, allow or deny, mapping, group: in that order (with a flatmap filter:
+    /// target, the filter, group).
     pub fn shape<'a>(&self, mut entries: Vec<Entry<'a>>) -> Vec<Entry<'a>> {
         for step in &self.target {
             let found = entries.into_iter().rev().find(|(k, _)| k.is(step));
@@ -343,12 +349,22 @@ impl Shape {
                 _ => Vec::new(),
             };
         }
-        if let Some(allow) = &self.allow {
+        if !self.flatmap.is_empty() {
+            match flatmap::apply(&self.flatmap, entries) {
+                Some(e) => entries = e,
+                // Nothing left: lura's nil data, `null` under a group.
+                None if self.group.is_some() => {
+                    let group = self.group.clone().unwrap_or_default();
+                    return vec![(Key::Text(Cow::Owned(group)), Node::Raw("null"))];
+                }
+                None => return Vec::new(),
+            }
+        } else if let Some(allow) = &self.allow {
             entries = keep_allowed(entries, allow);
         } else if let Some(deny) = &self.deny {
             entries = drop_denied(entries, deny);
         }
-        if !self.mapping.is_empty() {
+        if self.flatmap.is_empty() && !self.mapping.is_empty() {
             entries = rename(entries, &self.mapping);
         }
         if let Some(group) = &self.group {
