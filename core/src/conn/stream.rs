@@ -66,7 +66,9 @@ impl<'g> Leg<'g> {
                 ex.at(now);
                 ex.handle_head(call, status);
                 let action = ex.poll(balancer);
-                logs.extend(ex.take_logs().map(Output::Log));
+                if ex.has_logs() {
+                    logs.extend(ex.take_logs().map(Output::Log));
+                }
                 match action {
                     Action::Stream(stream) => Some((stream.status, &ex.endpoint().noop_fields)),
                     _ => None,
@@ -100,7 +102,9 @@ impl<'g> Leg<'g> {
                     ex.handle_failure(call, reason);
                 }
                 let action = ex.poll(balancer);
-                logs.extend(ex.take_logs().map(Output::Log));
+                if ex.has_logs() {
+                    logs.extend(ex.take_logs().map(Output::Log));
+                }
                 match action {
                     Action::Respond(reply) => reply,
                     _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
@@ -186,7 +190,9 @@ impl<'g> Connection<'g> {
         }
         let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
         let action = ex.poll(self.balancer);
-        self.queue.extend(ex.take_logs().map(Output::Log));
+        if ex.has_logs() {
+            self.queue.extend(ex.take_logs().map(Output::Log));
+        }
         match action {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },

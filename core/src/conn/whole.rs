@@ -59,7 +59,9 @@ impl<'g> Connection<'g> {
     pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
         loop {
             let action = ex.poll(self.balancer);
-            self.queue.extend(ex.take_logs().map(Output::Log));
+            if ex.has_logs() {
+                self.queue.extend(ex.take_logs().map(Output::Log));
+            }
             match action {
                 Action::Call(call) => {
                     if let Err(reason) = self.open(&ex, &call, false) {

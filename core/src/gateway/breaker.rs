@@ -61,7 +61,7 @@ pub struct Change {
 
 /// A call let through: which generation it counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket(u64);
+pub struct Ticket(u8);
 
 /// The packed word: bits 0-1 state, bit 2 the half-open call taken, bits 3-10 the
 /// generation, bits 11-26 consecutive failures, bits 27-63 when the state ends, in
@@ -201,8 +201,8 @@ impl Breaker {
             match w.state {
                 State::Open => (w, (Err(OPEN), change)),
                 State::HalfOpen if w.probe => (w, (Err(TOO_MANY), change)),
-                State::HalfOpen => (Word { probe: true, ..w }, (Ok(Ticket(w.generation)), change)),
-                State::Closed => (w, (Ok(Ticket(w.generation)), change)),
+                State::HalfOpen => (Word { probe: true, ..w }, (Ok(Ticket(w.generation as u8)), change)),
+                State::Closed => (w, (Ok(Ticket(w.generation as u8)), change)),
             }
         })
     }
@@ -214,7 +214,7 @@ impl Breaker {
         let Some(outcome) = outcome else {
             // Not counted: a half-open call frees its place; no state changes here.
             self.update(now, |w, _| match w.state {
-                State::HalfOpen if w.generation == ticket.0 => (Word { probe: false, ..w }, ()),
+                State::HalfOpen if w.generation == u64::from(ticket.0) => (Word { probe: false, ..w }, ()),
                 _ => (w, ()),
             });
             return None;
@@ -222,7 +222,7 @@ impl Breaker {
         let outcome = Some(outcome);
         self.update(now, |w, now| {
             let (w, change) = self.current(w, now);
-            if w.generation != ticket.0 {
+            if w.generation != u64::from(ticket.0) {
                 return (w, change);
             }
             match (w.state, outcome) {

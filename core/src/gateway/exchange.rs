@@ -165,7 +165,7 @@ pub struct Exchange<'g> {
     /// Per call, the host it was sent to (for the error detail naming its URL).
     sent: SmallVec<[Option<&'g BackendHost>; 4]>,
     /// Per call let through its backend's circuit breaker, until it settles.
-    tickets: SmallVec<[Option<Ticket>; 4]>,
+    tickets: SmallVec<[Option<Ticket>; 8]>,
     /// Lines for the log (a breaker changing state), taken by the connection.
     logs: Vec<Log<'g>>,
 }
@@ -658,6 +658,11 @@ impl<'g> Exchange<'g> {
         self.logs.drain(..)
     }
 
+    /// Whether [`Exchange::take_logs`] has anything.
+    pub fn has_logs(&self) -> bool {
+        !self.logs.is_empty()
+    }
+
     /// Ends call `i`'s breaker ticket: a success, a failure, or not counted (`None`).
     fn count(&mut self, i: usize, outcome: Option<bool>) {
         let ep = self.ep;
@@ -677,15 +682,19 @@ impl<'g> Exchange<'g> {
             }
             _ => false,
         };
-        // KrakenD's breaker takes `return_error_details` for a success (the error
-        // becomes data).
-        let detailed = match &state {
-            CallState::Answered { status, .. } => {
-                self.ep.backends.get(i).is_some_and(|b| !accepted(b, *status) && b.http.return_error_details.is_some())
-            }
-            _ => false,
-        };
-        self.count(i, Some(succeeded || detailed));
+        if self.tickets.get(i).is_some_and(Option::is_some) {
+            // KrakenD's breaker takes a status under `return_error_details` for a
+            // success (the error becomes data).
+            let detailed = match &state {
+                CallState::Answered { status, .. } => self
+                    .ep
+                    .backends
+                    .get(i)
+                    .is_some_and(|b| !accepted(b, *status) && b.http.return_error_details.is_some()),
+                _ => false,
+            };
+            self.count(i, Some(succeeded || detailed));
+        }
         if let Some(slot) = self.calls.get_mut(i) {
             *slot = state;
         }
