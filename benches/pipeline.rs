@@ -420,5 +420,73 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, guards);
+/// What the pipeline features cost a call that uses them: a flatmap filter against the
+/// `allow`/`mapping` shaping it replaces, on the same 2 KB document; martian request
+/// modifiers on a call; a circuit breaker letting a call through and counting it.
+fn features(c: &mut Criterion) {
+    let loaded = Gateway::load(
+        &serde_json::json!({"version": 3, "host": ["http://api"], "endpoints": [{"endpoint": "/u", "backend": [
+            {"url_pattern": "/a", "allow": ["id", "name", "address.city", "roles"], "mapping": {"name": "full_name"}},
+            {"url_pattern": "/b", "extra_config": {"proxy": {"flatmap_filter": [
+                {"type": "move", "args": ["name", "full_name"]},
+                {"type": "del", "args": ["bio", "created", "stats", "address.street", "address.geo"]},
+                {"type": "move", "args": ["roles.0", "first_role"]}]},
+              "modifier/martian": {"fifo.Group": {"scope": ["request"], "modifiers": [
+                {"header.Modifier": {"name": "X-Api-Version", "value": "2"}},
+                {"header.Blacklist": {"names": ["Cookie"]}},
+                {"querystring.Modifier": {"name": "lang", "value": "en"}}]}},
+              "qos/circuit-breaker": {"interval": 60, "timeout": 10, "max_errors": 3}}}]}]})
+        .to_string(),
+    )
+    .expect("a valid config");
+    let gw = &loaded.gateway;
+    let (plain, filtered) = (&gw.endpoints[0].backends[0], &gw.endpoints[0].backends[1]);
+    let body = user_body();
+    let mut out = Vec::with_capacity(4096);
+    let mut g = c.benchmark_group("features");
+    for (name, shape) in [("shape_allow_mapping", &plain.shape), ("shape_flatmap", &filtered.shape)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                let entries = shape.apply(black_box(body.as_bytes())).expect("decodes");
+                response::write_object(&entries, &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    let martian = filtered.plugin.as_ref().expect("martian bound");
+    let call = sluice_core::gateway::plugin::BackendRequest {
+        method: Method::GET,
+        path: "/b".into(),
+        query: Some("lang=fr&page=2".into()),
+        authority: "api".into(),
+        headers: [("accept", "application/json"), ("cookie", "a=1")]
+            .into_iter()
+            .map(|(n, v)| (http::HeaderName::from_static(n), http::HeaderValue::from_static(v)))
+            .collect(),
+        body: Vec::new(),
+        ticket: 0,
+    };
+    g.bench_function("martian_request", |b| {
+        b.iter_batched(
+            || call.clone(),
+            |mut call| {
+                martian.plugin.on_request(&mut call).expect("no fault");
+                call
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let breaker = filtered.breaker.as_ref().expect("a breaker");
+    let now = Instant::now();
+    g.bench_function("breaker_admit_and_count", |b| {
+        b.iter(|| {
+            let (ticket, _) = breaker.admit(now);
+            breaker.record(ticket.expect("closed"), now, Some(true))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, guards, features);
 criterion_main!(benches);
