@@ -668,7 +668,8 @@ fn broken_configs_report_exact_paths_and_messages() {
             json!({"version": 3, "host": ["http://api"], "endpoints": [
                 {"endpoint": "/a", "backend": [{"url_pattern": "/x"}, {"url_pattern": "/y"}],
                  "extra_config": {"proxy": {"sequential": true,
-                    "sequential_propagated_params": ["resp0_a", "resp1_b", "response_x", "resp0_", 7]}}},
+                    "sequential_propagated_params": ["resp0_a", "resp1_b", "response_x", "resp0_", 7,
+                        "resp18446744073709551615_a"]}}},
                 {"endpoint": "/b", "backend": [{"url_pattern": "/x"}, {"url_pattern": "/y"}],
                  "extra_config": {"proxy": {"sequential_propagated_params": ["resp0_a"]}}}]}),
             vec![
@@ -676,6 +677,7 @@ fn broken_configs_report_exact_paths_and_messages() {
                 r#"endpoints[0].extra_config.proxy.sequential_propagated_params[1]: "resp1_b": backend[1] is not followed by another backend (the endpoint has 2)"#,
                 r#"endpoints[0].extra_config.proxy.sequential_propagated_params[2]: "response_x" is not "respN" or "respN_key.path""#,
                 r#"endpoints[0].extra_config.proxy.sequential_propagated_params[3]: "resp0_" is not "respN" or "respN_key.path""#,
+                r#"endpoints[0].extra_config.proxy.sequential_propagated_params[5]: "resp18446744073709551615_a": backend[18446744073709551615] is not followed by another backend (the endpoint has 2)"#,
                 r#"endpoints[1].extra_config.proxy.sequential_propagated_params: needs a sequential proxy (extra_config.proxy.sequential: true)"#,
             ],
         ),

@@ -1241,4 +1241,22 @@ fn a_circuit_breaker_opens_refuses_and_closes_in_virtual_time() {
         logs.last().map(String::as_str),
         Some("[CB] Circuit breaker named 'api' went from 'half-open' to 'closed'")
     );
+    // A call that could not be sent is not counted: the breaker (max_errors 0) stays
+    // closed.
+    let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/cb", None) else { panic!("routed") };
+    let client = ClientRequest {
+        method: Method::GET,
+        path: "/cb".into(),
+        query: None,
+        headers: Head::default(),
+        peer: "10.0.0.1".parse().unwrap(),
+        body: RequestBody::None,
+        token: None,
+    };
+    let mut ex = Exchange::new(&gw, route, client, (t0 + Duration::from_secs(21), wall()));
+    let Action::Call(call) = ex.poll(&lb) else { panic!("a call") };
+    ex.handle_unsent(call.id, "no connection");
+    assert!(matches!(ex.poll(&lb), Action::Respond(r) if r.status == StatusCode::INTERNAL_SERVER_ERROR));
+    drop(ex);
+    assert_eq!(request(t0 + Duration::from_secs(21), 200).2, 1);
 }

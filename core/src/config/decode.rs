@@ -335,12 +335,14 @@ fn flatmap_config(v: &Value, path: &str, cx: &mut Ctx) -> Vec<FlatmapOp> {
 fn propagated_params(o: &mut Obj<'_>, backends: usize, cx: &mut Ctx) -> Vec<String> {
     let path = o.at("sequential_propagated_params");
     let list = o.strings("sequential_propagated_params", cx).unwrap_or_default();
-    for (i, p) in list.iter().enumerate() {
+    // Indexes as written (a non-string, reported above, is not in `list`).
+    let raw = o.map.get("sequential_propagated_params").and_then(Value::as_array).cloned().unwrap_or_default();
+    for (i, p) in raw.iter().enumerate().filter_map(|(i, v)| Some((i, v.as_str()?))) {
         let rest = p.strip_prefix("resp").or_else(|| p.strip_prefix("Resp"));
         let n = rest.map(|r| r.split('_').next().unwrap_or_default());
         let tail = rest.and_then(|r| r.split_once('_')).map(|(_, t)| t);
         match n.map(str::parse::<usize>) {
-            Some(Ok(n)) if tail != Some("") && n + 1 < backends => {}
+            Some(Ok(n)) if tail != Some("") && n < backends.saturating_sub(1) => {}
             Some(Ok(n)) if tail != Some("") => cx.error(
                 &index(&path, i),
                 format!("{p:?}: backend[{n}] is not followed by another backend (the endpoint has {backends})"),
@@ -1492,7 +1494,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
                 || output == OutputEncoding::NoOp
         };
         let checked = |from: usize| {
-            list.iter().skip(from + 1).any(|b| {
+            list.iter().skip(from.saturating_add(1)).any(|b| {
                 let extra = b.get("extra_config");
                 ["validation/cel", "github.com/devopsfaith/krakend-cel"]
                     .iter()

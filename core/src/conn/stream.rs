@@ -197,7 +197,7 @@ impl<'g> Connection<'g> {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
                 Err(reason) => {
-                    ex.handle_failure(call.id, reason);
+                    ex.handle_unsent(call.id, reason);
                     let reply = Leg::Endpoint(ex).settle(None, self.balancer, &mut self.queue);
                     self.respond(reply, line, true)
                 }
@@ -251,7 +251,10 @@ impl<'g> Connection<'g> {
 
     /// A streamed call failed before its response head: the answer its leg gives, and
     /// the connection closes (the request body may be half read).
-    pub(super) fn leg_failed(&mut self, leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
+    pub(super) fn leg_failed(&mut self, mut leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
+        if let Leg::Endpoint(ex) = &mut leg {
+            ex.at(self.now);
+        }
         let reply = leg.settle(Some((call, &reason)), self.balancer, &mut self.queue);
         self.respond(reply, line, true)
     }

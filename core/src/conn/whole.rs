@@ -65,7 +65,7 @@ impl<'g> Connection<'g> {
             match action {
                 Action::Call(call) => {
                     if let Err(reason) = self.open(&ex, &call, false) {
-                        ex.handle_failure(call.id, reason);
+                        ex.handle_unsent(call.id, reason);
                     }
                 }
                 Action::Wait(deadline) => return State::Exchange { ex, line, deadline },

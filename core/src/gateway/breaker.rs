@@ -347,18 +347,19 @@ mod tests {
             .map(|_| {
                 let b = b.clone();
                 std::thread::spawn(move || {
+                    let mut changes = Vec::new();
                     for _ in 0..25 {
                         if let Ok(t) = b.admit(t0).0 {
-                            b.record(t, t0, Some(false));
+                            changes.extend(b.record(t, t0, Some(false)));
                         }
                     }
+                    changes
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        let changes: Vec<Change> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
         // 100 failures in a row: the 100th opened it, exactly once.
+        assert_eq!(changes, [Change { from: State::Closed, to: State::Open }]);
         assert_eq!(b.state().0, State::Open);
     }
 }

@@ -748,6 +748,13 @@ impl<'g> Exchange<'g> {
         self.answer = Some(Answer::Stream(StreamHead { id, status }));
     }
 
+    /// A call that could not be sent (its head could not be written, no connection to
+    /// send it on): it fails, and its breaker does not count it (it was never made).
+    pub fn handle_unsent(&mut self, id: usize, reason: &str) {
+        self.count(id, None);
+        self.handle_failure(id, reason);
+    }
+
     /// A call that failed without an HTTP response (refused, reset, garbage, ...).
     pub fn handle_failure(&mut self, id: usize, reason: &str) {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {

@@ -189,7 +189,8 @@ impl Martian {
                         return Err((join(&at, "name"), "a request has one Host: use header.Modifier".into()));
                     }
                     header_value(value, &value_at)?;
-                    if value.is_empty() || value.bytes().any(|b| b"/?#@ ".contains(&b)) {
+                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b))
+                    {
                         return Err((value_at, format!("{value:?} is not host[:port]")));
                     }
                     // On an answer, Go sets nothing.
@@ -255,7 +256,7 @@ impl Martian {
                         self.scheme = Some(s.to_string());
                     }
                     if let Some(h) = text(o, "host", &at, false)?.filter(|s| !s.is_empty()) {
-                        if h.bytes().any(|b| b.is_ascii_control() || b"/?#@ ".contains(&b)) {
+                        if !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b)) {
                             return Err((join(&at, "host"), format!("{h:?} is not host[:port]")));
                         }
                         self.host = Some(h.to_string());
@@ -304,6 +305,20 @@ impl Martian {
 
 fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A query set as it is (Go's `RawQuery`), with the bytes a request line cannot carry
+/// (non-ASCII, `"`, `<`, `>`, `\\`, `^`, `` ` ``, `{`, `|`, `}`) percent-encoded.
+fn raw_query(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    for &b in q.as_bytes() {
+        if b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// A cookie value as Go's `sanitizeCookieValue` leaves it: bytes it does not allow
@@ -409,13 +424,13 @@ fn set_query(query: &str, name: &str, value: &str) -> String {
     out
 }
 
-/// A path as Go writes a URL's `Path` (`EscapedPath`): bytes outside the unreserved
-/// and the sub-delimiters, `:`, `@` and `/` escaped (a `%` too: the path is taken as
+/// A path as Go writes a URL's `Path` (`EscapedPath`, `shouldEscape` for a path): bytes
+/// outside the unreserved and `$&+,/:;=@` escaped (a `%` too: the path is taken as
 /// written, not as encoded).
 fn escape_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for &b in path.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~$&+,;=:@/".contains(&b) {
             out.push(char::from(b));
         } else {
             let _ = write!(out, "%{b:02X}");
@@ -451,7 +466,7 @@ impl ClientPlugin for Martian {
                         call.path = escape_path(p);
                     }
                     if let Some(q) = query {
-                        call.query = Some(q.clone());
+                        call.query = Some(raw_query(q));
                     }
                 }
                 Step::RequestCookie(pair) => {
@@ -609,6 +624,10 @@ mod tests {
         assert!(bad(serde_json::json!({"header.Modifier": {"value": "v"}})).1.contains("missing"));
         assert!(bad(serde_json::json!({"header.Modifier": {"name": "a", "value": "x\ny"}})).1.contains("header value"));
         assert!(bad(serde_json::json!({"header.Modifier": {"name": "Host", "value": ""}})).1.contains("host[:port]"));
+        assert!(
+            bad(serde_json::json!({"header.Modifier": {"name": "Host", "value": "a\tb"}})).1.contains("host[:port]")
+        );
+        assert!(bad(serde_json::json!({"url.Modifier": {"host": "a b:1"}})).1.contains("host[:port]"));
         let (at, why) = bad(serde_json::json!({"header.Modifier": {"name": "a", "value": "1", "scopes": ["request"]}}));
         assert_eq!(
             (at.as_str(), why.as_str()),
@@ -623,6 +642,7 @@ mod tests {
         assert!(base64_decode("abc").is_err());
         assert_eq!(set_query("b=%C3%A9%26&sig=%FF&b=2", "a", "1 2"), "a=1+2&b=%C3%A9%26&b=2&sig=%FF");
         assert_eq!(set_query("", "a", "x"), "a=x");
-        assert_eq!(escape_path("/a b/%/é"), "/a%20b/%25/%C3%A9");
+        assert_eq!(escape_path("/a b/%/é/(1)!*'"), "/a%20b/%25/%C3%A9/%281%29%21%2A%27");
+        assert_eq!(raw_query("q=café&a=1|2"), "q=caf%C3%A9&a=1%7C2");
     }
 }

@@ -366,7 +366,7 @@ pub fn config_dump(gw: &Gateway) -> Value {
                         .iter()
                         .map(|h| format!("{}://{}:{}", h.addr.scheme.as_str(), h.addr.host, h.addr.port))
                         .collect();
-                    json!({"host": hosts, "method": b.method.as_str(), "plugin": b.plugin.is_some()})
+                    json!({"host": hosts, "method": b.method.as_str(), "plugin": b.plugin.as_ref().is_some_and(|p| p.name != "modifier/martian")})
                 })
                 .collect();
             json!({"endpoint": e.path, "method": e.method.as_str(), "timeout": secs(e.timeout), "backend": backends})
