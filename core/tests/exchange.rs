@@ -71,6 +71,19 @@ fn wall() -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(1_750_000_000)
 }
 
+/// A GET of `path` with no header, query or body, from 127.0.0.1.
+fn bare_get(path: &str) -> ClientRequest {
+    ClientRequest {
+        method: Method::GET,
+        path: path.into(),
+        query: None,
+        headers: Head::default(),
+        peer: "127.0.0.1".parse().unwrap(),
+        body: RequestBody::None,
+        token: None,
+    }
+}
+
 fn get(target: &str) -> Req<'_> {
     Req { method: Method::GET, target, headers: vec![("host", "gw.example")], body: None, peer: "10.0.0.1" }
 }
@@ -407,16 +420,7 @@ fn late_answers_and_unknown_ids_are_ignored() {
     let gw = Gateway::load(&one(r#""timeout": "1s","#, r#"[{"url_pattern": "/a"}]"#)).unwrap().gateway;
     let t0 = Instant::now();
     let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/api/1", None) else { panic!() };
-    let req = ClientRequest {
-        method: Method::GET,
-        path: "/api/1".into(),
-        query: None,
-        headers: Head::default(),
-        peer: "127.0.0.1".parse().unwrap(),
-        body: RequestBody::None,
-        token: None,
-    };
-    let mut ex = Exchange::new(&gw, route, req, (t0, wall()));
+    let mut ex = Exchange::new(&gw, route, bare_get("/api/1"), (t0, wall()));
     let lb = Balancer::new(gw.backend_count);
     assert!(matches!(ex.poll(&lb), Action::Call(_)));
     ex.handle_response(7, StatusCode::OK, HeaderMap::new(), b"{}".to_vec());
@@ -1186,16 +1190,7 @@ fn a_circuit_breaker_opens_refuses_and_closes_in_virtual_time() {
     // calls made and the log lines.
     let request = |at: Instant, status: u16| -> (u16, String, usize, Vec<String>) {
         let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/cb", None) else { panic!("routed") };
-        let client = ClientRequest {
-            method: Method::GET,
-            path: "/cb".into(),
-            query: None,
-            headers: Head::default(),
-            peer: "10.0.0.1".parse().unwrap(),
-            body: RequestBody::None,
-            token: None,
-        };
-        let mut ex = Exchange::new(&gw, route, client, (at, wall()));
+        let mut ex = Exchange::new(&gw, route, bare_get("/cb"), (at, wall()));
         let (mut calls, mut logs) = (0, Vec::new());
         loop {
             let action = ex.poll(&lb);
@@ -1244,16 +1239,7 @@ fn a_circuit_breaker_opens_refuses_and_closes_in_virtual_time() {
     // A call that could not be sent is not counted: the breaker (max_errors 0) stays
     // closed.
     let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/cb", None) else { panic!("routed") };
-    let client = ClientRequest {
-        method: Method::GET,
-        path: "/cb".into(),
-        query: None,
-        headers: Head::default(),
-        peer: "10.0.0.1".parse().unwrap(),
-        body: RequestBody::None,
-        token: None,
-    };
-    let mut ex = Exchange::new(&gw, route, client, (t0 + Duration::from_secs(21), wall()));
+    let mut ex = Exchange::new(&gw, route, bare_get("/cb"), (t0 + Duration::from_secs(21), wall()));
     let Action::Call(call) = ex.poll(&lb) else { panic!("a call") };
     ex.handle_unsent(call.id, "no connection");
     assert!(matches!(ex.poll(&lb), Action::Respond(r) if r.status == StatusCode::INTERNAL_SERVER_ERROR));

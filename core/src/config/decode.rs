@@ -18,7 +18,7 @@ use super::{
     Backend, BackendHttp, BotDetectorConfig, BreakerConfig, ClientCert, ClientPlugin, ClientTls, Config, ConfigError,
     ConnectTunnels, CorsConfig, Diagnostic, DnsSettings, EgressPolicy, Encoding, Endpoint, FlatmapOp, ForwardProxy,
     HostAddr, HttpClientOptions, IpNet, JwtConfig, KeyStrategy, LimitStrategy, LookupFamily, OutputEncoding, Parsed,
-    PluginLoader, PortRange, ProxyRateLimit, RateLimitConfig, RouterOptions, ScopesMatcher, ServerTls,
+    PluginLoader, PortRange, PropagatedParam, ProxyRateLimit, RateLimitConfig, RouterOptions, ScopesMatcher, ServerTls,
     ServiceDiscovery, StaticResponse, StaticStrategy, is_write_method, parse_duration,
 };
 use crate::plan::route::Router;
@@ -48,7 +48,9 @@ impl Ctx {
 }
 
 /// `parent.key`, or `parent["odd/key"]` when the key is not a plain identifier.
-fn join(parent: &str, key: &str) -> String {
+/// `parent.key`, or `parent["key"]` for a key that is not a plain name: the JSON paths
+/// every configuration error names.
+pub(crate) fn join(parent: &str, key: &str) -> String {
     let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
     match (parent.is_empty(), plain) {
         (true, true) => key.to_string(),
@@ -332,18 +334,25 @@ fn flatmap_config(v: &Value, path: &str, cx: &mut Ctx) -> Vec<FlatmapOp> {
 
 /// `proxy.sequential_propagated_params`: `respN` (the whole answer of backend N, read
 /// only from a `no-op` backend, as lura) or `respN_a.b` (a value in it).
-fn propagated_params(o: &mut Obj<'_>, backends: usize, cx: &mut Ctx) -> Vec<String> {
+/// Each with its index as written (for the warnings made once the backends are read).
+fn propagated_params(o: &mut Obj<'_>, backends: usize, cx: &mut Ctx) -> Vec<(usize, PropagatedParam)> {
     let path = o.at("sequential_propagated_params");
-    let list = o.strings("sequential_propagated_params", cx).unwrap_or_default();
-    // Indexes as written (a non-string, reported above, is not in `list`).
+    // Non-strings are reported by `strings`; the rest are read here by their index.
+    o.strings("sequential_propagated_params", cx);
     let raw = o.map.get("sequential_propagated_params").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut list = Vec::new();
     for (i, p) in raw.iter().enumerate().filter_map(|(i, v)| Some((i, v.as_str()?))) {
         let rest = p.strip_prefix("resp").or_else(|| p.strip_prefix("Resp"));
-        let n = rest.map(|r| r.split('_').next().unwrap_or_default());
-        let tail = rest.and_then(|r| r.split_once('_')).map(|(_, t)| t);
-        match n.map(str::parse::<usize>) {
-            Some(Ok(n)) if tail != Some("") && n < backends.saturating_sub(1) => {}
-            Some(Ok(n)) if tail != Some("") => cx.error(
+        let (n, tail) = rest.map_or(("", None), |r| match r.split_once('_') {
+            Some((n, tail)) => (n, Some(tail)),
+            None => (r, None),
+        });
+        match n.parse::<usize>() {
+            Ok(n) if tail != Some("") && n < backends.saturating_sub(1) => {
+                let path = tail.map(|t| t.split('.').map(str::to_string).collect()).unwrap_or_default();
+                list.push((i, PropagatedParam { backend: n, path }));
+            }
+            Ok(n) if tail != Some("") => cx.error(
                 &index(&path, i),
                 format!("{p:?}: backend[{n}] is not followed by another backend (the endpoint has {backends})"),
             ),
@@ -1484,42 +1493,6 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
             );
         }
     }
-    // lura keeps `Resp0` only from a `no-op` backend, and only plugins and Lua read
-    // these parameters there; here a later backend's CEL checks do.
-    if !propagated.is_empty() {
-        let list_at = join(&proxy_at, "sequential_propagated_params");
-        let list = o.map.get("backend").and_then(Value::as_array).cloned().unwrap_or_default();
-        let noop = |n: usize| {
-            list.get(n).and_then(|b| b.get("encoding")).and_then(Value::as_str) == Some("no-op")
-                || output == OutputEncoding::NoOp
-        };
-        let checked = |from: usize| {
-            list.iter().skip(from.saturating_add(1)).any(|b| {
-                let extra = b.get("extra_config");
-                ["validation/cel", "github.com/devopsfaith/krakend-cel"]
-                    .iter()
-                    .any(|ns| extra.and_then(|e| e.get(ns)).is_some())
-            })
-        };
-        for (i, p) in propagated.iter().enumerate() {
-            let Some(n) = p.get(4..).and_then(|r| r.split('_').next()).and_then(|n| n.parse::<usize>().ok()) else {
-                continue;
-            };
-            if !p.contains('_') && !noop(n) {
-                cx.warn(
-                    &index(&list_at, i),
-                    format!(
-                        "sets nothing: the whole answer of backend[{n}] is kept only from a no-op backend (as lura)"
-                    ),
-                );
-            } else if !checked(n) {
-                cx.warn(
-                    &index(&list_at, i),
-                    format!("nothing reads it: no backend after backend[{n}] has validation/cel checks (lura hands it to Lua and plugins)"),
-                );
-            }
-        }
-    }
     if output == OutputEncoding::NoOp && json_schema.is_some() {
         cx.error(
             &join(&o.at("extra_config"), "validation/json-schema"),
@@ -1578,6 +1551,26 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         );
     }
 
+    // lura keeps `Resp0` only from a `no-op` backend, and only plugins and Lua read
+    // these parameters there; here a later backend's CEL checks do.
+    let list_at = join(&proxy_at, "sequential_propagated_params");
+    for (i, p) in &propagated {
+        let n = p.backend;
+        if p.path.is_empty() && backends.iter().any(|(j, b)| *j == n && b.encoding != Encoding::NoOp) {
+            cx.warn(
+                &index(&list_at, *i),
+                format!("sets nothing: the whole answer of backend[{n}] is kept only from a no-op backend (as lura)"),
+            );
+        } else if !backends.iter().any(|(j, b)| *j > n && !b.cel.is_empty()) {
+            cx.warn(
+                &index(&list_at, *i),
+                format!(
+                    "nothing reads it: no backend after backend[{n}] has validation/cel checks (lura hands it to Lua \
+                     and plugins)"
+                ),
+            );
+        }
+    }
     o.finish(cx);
     // An endpoint whose path was refused stays out of the router: one error, not two.
     params?;
@@ -1599,7 +1592,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         cel,
         static_response,
         flatmap,
-        propagated_params: propagated,
+        propagated_params: propagated.into_iter().map(|(_, p)| p).collect(),
         extra_config,
     })
 }
@@ -1786,9 +1779,9 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
                     }
                 }
                 "modifier/martian" | "github.com/devopsfaith/krakend-martian" => {
-                    match crate::gateway::martian::Martian::parse(v) {
+                    match crate::gateway::martian::Martian::parse(v, path) {
                         Ok(_) => martian = Some(v.clone()),
-                        Err((at, why)) => cx.error(&format!("{path}{at}"), why),
+                        Err((at, why)) => cx.error(&at, why),
                     }
                 }
                 _ => return None,

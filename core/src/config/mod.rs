@@ -26,6 +26,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub(crate) use decode::join;
 pub use duration::parse_duration;
 pub(crate) use net::has_explicit_port;
 pub use net::{HostAddr, IpNet, Scheme, percent_decode, redact_userinfo};
@@ -522,7 +523,7 @@ pub struct Endpoint {
     pub flatmap: Vec<FlatmapOp>,
     /// `extra_config.proxy.sequential_propagated_params`: values of earlier answers
     /// made request parameters of the later backends of a sequence. Default: none.
-    pub propagated_params: Vec<String>,
+    pub propagated_params: Vec<PropagatedParam>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }
@@ -534,6 +535,25 @@ pub struct StaticResponse {
     pub strategy: StaticStrategy,
     /// The members of `data`, each value as JSON text, in the file's order.
     pub data: Vec<(String, String)>,
+}
+
+/// One of `proxy.sequential_propagated_params`: `respN_a.b` (a value of backend N's
+/// answer) or `respN` (its whole body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropagatedParam {
+    pub backend: usize,
+    /// The dotted path, split; empty for the whole body.
+    pub path: Vec<String>,
+}
+
+impl PropagatedParam {
+    /// The request parameter's name, as lura gives it: `Resp0_a.b`, `Resp0`.
+    pub fn name(&self) -> String {
+        match self.path.is_empty() {
+            true => format!("Resp{}", self.backend),
+            false => format!("Resp{}_{}", self.backend, self.path.join(".")),
+        }
+    }
 }
 
 /// When static data is merged: lura's five matchers.

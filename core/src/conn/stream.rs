@@ -65,11 +65,7 @@ impl<'g> Leg<'g> {
                 }));
                 ex.at(now);
                 ex.handle_head(call, status);
-                let action = ex.poll(balancer);
-                if ex.has_logs() {
-                    logs.extend(ex.take_logs().map(Output::Log));
-                }
-                match action {
+                match poll_logged(ex, balancer, logs) {
                     Action::Stream(stream) => Some((stream.status, &ex.endpoint().noop_fields)),
                     _ => None,
                 }
@@ -101,11 +97,7 @@ impl<'g> Leg<'g> {
                     logs.push_back(Output::Log(Log::Backend { endpoint, backend: call, reason: reason_line }));
                     ex.handle_failure(call, reason);
                 }
-                let action = ex.poll(balancer);
-                if ex.has_logs() {
-                    logs.extend(ex.take_logs().map(Output::Log));
-                }
-                match action {
+                match poll_logged(&mut ex, balancer, logs) {
                     Action::Respond(reply) => reply,
                     _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
                 }
@@ -189,11 +181,7 @@ impl<'g> Connection<'g> {
             }
         }
         let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
-        let action = ex.poll(self.balancer);
-        if ex.has_logs() {
-            self.queue.extend(ex.take_logs().map(Output::Log));
-        }
-        match action {
+        match poll_logged(&mut ex, self.balancer, &mut self.queue) {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
                 Err(reason) => {

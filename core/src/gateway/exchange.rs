@@ -422,15 +422,16 @@ impl<'g> Exchange<'g> {
     /// that is missing is not set.
     fn propagated(&self, i: usize) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for (n, path, name) in &self.ep.propagated {
-            if *n >= i {
+        for (p, name) in &self.ep.propagated {
+            let n = p.backend;
+            if n >= i {
                 continue;
             }
-            let value = match (path.is_empty(), self.calls.get(*n)) {
-                (true, Some(CallState::Answered { body, .. })) if self.ep.backends[*n].encoding == Encoding::NoOp => {
+            let value = match (p.path.is_empty(), self.calls.get(n)) {
+                (true, Some(CallState::Answered { body, .. })) if self.ep.backends[n].encoding == Encoding::NoOp => {
                     Some(String::from_utf8_lossy(body).into_owned())
                 }
-                (false, _) => self.response_value(*n, path),
+                (false, _) => self.response_value(n, &p.path),
                 _ => None,
             };
             if let Some(v) = value {

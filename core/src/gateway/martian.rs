@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use crate::config::join;
 use crate::gateway::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
 
 /// The modifiers the gateway knows, in the refusal's words.
@@ -65,14 +66,6 @@ pub struct Martian {
 }
 
 type Failure = (String, String);
-
-fn join(parent: &str, key: &str) -> String {
-    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        format!("{parent}.{key}")
-    } else {
-        format!("{parent}[{key:?}]")
-    }
-}
 
 /// Which of request and response a modifier's `scope` names.
 fn scope(o: &Map<String, Value>, at: &str, has: (bool, bool)) -> Result<(bool, bool), Failure> {
@@ -123,11 +116,11 @@ fn header_value(value: &str, at: &str) -> Result<HeaderValue, Failure> {
 }
 
 impl Martian {
-    /// Reads the value of `extra_config."modifier/martian"`; on error, where (a path
-    /// below the namespace, such as `["fifo.Group"].modifiers[1]`) and why.
-    pub fn parse(v: &Value) -> Result<Martian, Failure> {
+    /// Reads the value of `extra_config."modifier/martian"`, written at `at`; on error,
+    /// where (`at` and below, such as `...["fifo.Group"].modifiers[1]`) and why.
+    pub fn parse(v: &Value, at: &str) -> Result<Martian, Failure> {
         let mut m = Martian::default();
-        m.read(v, "", (true, true))?;
+        m.read(v, at, (true, true))?;
         Ok(m)
     }
 
@@ -513,47 +506,6 @@ impl ClientPlugin for Martian {
     }
 }
 
-/// Client plugins run in turn on one call: on the way out in order, on the way back in
-/// reverse (martian wraps the client a plugin replaces, as in KrakenD).
-#[derive(Debug)]
-pub struct Chain(pub Vec<std::sync::Arc<dyn ClientPlugin>>);
-
-impl ClientPlugin for Chain {
-    fn on_request(&self, call: &mut BackendRequest) -> Result<Verdict, PluginFault> {
-        for (i, p) in self.0.iter().enumerate() {
-            match p.on_request(call) {
-                Ok(Verdict::Continue) => {}
-                other => {
-                    // An answer (or a fault) from this one: the ones before see it back.
-                    let mut answer = match other {
-                        Ok(Verdict::Respond(r)) => r,
-                        Err(e) => return Err(e),
-                        Ok(Verdict::Continue) => unreachable!("matched above"),
-                    };
-                    for q in self.0[..i].iter().rev() {
-                        q.on_response(call, &mut answer)?;
-                    }
-                    return Ok(Verdict::Respond(answer));
-                }
-            }
-        }
-        Ok(Verdict::Continue)
-    }
-
-    fn on_response(&self, call: &BackendRequest, response: &mut BackendResponse) -> Result<(), PluginFault> {
-        for p in self.0.iter().rev() {
-            p.on_response(call, response)?;
-        }
-        Ok(())
-    }
-
-    fn on_done(&self, call: &BackendRequest) {
-        for p in &self.0 {
-            p.on_done(call);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,7 +537,7 @@ mod tests {
                                  "expires": "2030-01-02T03:04:05Z"}},
             {"body.Modifier": {"contentType": "application/json", "body": "eyJtc2ciOiJ5b3Ugcm9jayEifQ==", "scope": ["request"]}},
             {"header.Modifier": {"name": "Host", "value": "other.example"}}
-        ]}}))
+        ]}}), "")
         .unwrap();
         let mut c = call();
         assert_eq!(m.on_request(&mut c), Ok(Verdict::Continue));
@@ -608,7 +560,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_place() {
-        let bad = |v: Value| Martian::parse(&v).unwrap_err();
+        let bad = |v: Value| Martian::parse(&v, "").unwrap_err();
         assert_eq!(bad(serde_json::json!({"status.Modifier": {"statusCode": 200}})).0, "[\"status.Modifier\"]");
         assert!(bad(serde_json::json!({"a": {}, "b": {}})).1.contains("expected one modifier, found 2"));
         let (at, why) = bad(

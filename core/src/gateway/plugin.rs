@@ -110,6 +110,47 @@ pub trait ClientPlugin: Send + Sync + fmt::Debug {
     }
 }
 
+/// Client plugins run in turn on one call: on the way out in order, on the way back in
+/// reverse (martian wraps the client a plugin replaces, as in KrakenD).
+#[derive(Debug)]
+pub struct Chain(pub Vec<Arc<dyn ClientPlugin>>);
+
+impl ClientPlugin for Chain {
+    fn on_request(&self, call: &mut BackendRequest) -> Result<Verdict, PluginFault> {
+        for (i, p) in self.0.iter().enumerate() {
+            match p.on_request(call) {
+                Ok(Verdict::Continue) => {}
+                other => {
+                    // An answer (or a fault) from this one: the ones before see it back.
+                    let mut answer = match other {
+                        Ok(Verdict::Respond(r)) => r,
+                        Err(e) => return Err(e),
+                        Ok(Verdict::Continue) => unreachable!("matched above"),
+                    };
+                    for q in self.0[..i].iter().rev() {
+                        q.on_response(call, &mut answer)?;
+                    }
+                    return Ok(Verdict::Respond(answer));
+                }
+            }
+        }
+        Ok(Verdict::Continue)
+    }
+
+    fn on_response(&self, call: &BackendRequest, response: &mut BackendResponse) -> Result<(), PluginFault> {
+        for p in self.0.iter().rev() {
+            p.on_response(call, response)?;
+        }
+        Ok(())
+    }
+
+    fn on_done(&self, call: &BackendRequest) {
+        for p in &self.0 {
+            p.on_done(call);
+        }
+    }
+}
+
 /// A plugin bound to a backend, with the name it was bound under (for logs and the 500).
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -148,5 +189,69 @@ pub fn fault_response(name: &str) -> BackendResponse {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         headers,
         body: format!("plugin {name} failed").into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what it is asked, under its name; `answers` answers the call itself.
+    #[derive(Debug)]
+    struct Rec(&'static str, bool, Arc<Mutex<Vec<String>>>);
+
+    impl ClientPlugin for Rec {
+        fn on_request(&self, _: &mut BackendRequest) -> Result<Verdict, PluginFault> {
+            self.2.lock().unwrap().push(format!("{} request", self.0));
+            Ok(match self.1 {
+                true => Verdict::Respond(BackendResponse {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: Vec::new(),
+                }),
+                false => Verdict::Continue,
+            })
+        }
+
+        fn on_response(&self, _: &BackendRequest, _: &mut BackendResponse) -> Result<(), PluginFault> {
+            self.2.lock().unwrap().push(format!("{} response", self.0));
+            Ok(())
+        }
+
+        fn on_done(&self, _: &BackendRequest) {
+            self.2.lock().unwrap().push(format!("{} done", self.0));
+        }
+    }
+
+    #[test]
+    fn a_chain_runs_out_in_order_and_back_in_reverse() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let call = BackendRequest {
+            method: Method::GET,
+            path: "/".into(),
+            query: None,
+            authority: "a".into(),
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+            ticket: 0,
+        };
+        let chain = |answers: bool| {
+            Chain(vec![Arc::new(Rec("outer", false, seen.clone())), Arc::new(Rec("inner", answers, seen.clone()))])
+        };
+        let (c, mut call2) = (chain(false), call.clone());
+        assert_eq!(c.on_request(&mut call2), Ok(Verdict::Continue));
+        let mut r = BackendResponse { status: StatusCode::OK, headers: HeaderMap::new(), body: Vec::new() };
+        c.on_response(&call2, &mut r).unwrap();
+        c.on_done(&call2);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["outer request", "inner request", "inner response", "outer response", "outer done", "inner done"]
+        );
+        // The inner one answers: the outer one sees that answer come back.
+        seen.lock().unwrap().clear();
+        let mut call3 = call.clone();
+        assert!(matches!(chain(true).on_request(&mut call3), Ok(Verdict::Respond(_))));
+        assert_eq!(*seen.lock().unwrap(), ["outer request", "inner request", "outer response"]);
     }
 }

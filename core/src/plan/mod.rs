@@ -155,9 +155,8 @@ pub struct EndpointPlan {
     pub static_response: Option<crate::config::StaticResponse>,
     /// `proxy.flatmap_filter` on the merged answer.
     pub flatmap: Vec<crate::config::FlatmapOp>,
-    /// `proxy.sequential_propagated_params`: (backend, path in its answer, the
-    /// parameter's name as lura gives it: `Resp0_a.b`, `Resp0`).
-    pub propagated: Vec<(usize, Vec<String>, String)>,
+    /// `proxy.sequential_propagated_params`, each with its parameter's name.
+    pub propagated: Vec<(crate::config::PropagatedParam, String)>,
 }
 
 impl EndpointPlan {
@@ -315,13 +314,11 @@ impl Gateway {
                 uses_srv |= srv;
                 // `modifier/martian`, compiled when the file was read (its url.Modifier
                 // may send the calls elsewhere).
-                let martian = b.martian.as_ref().and_then(|v| match crate::gateway::martian::Martian::parse(v) {
+                let at = format!(r#"{path}.extra_config["modifier/martian"]"#);
+                let martian = b.martian.as_ref().and_then(|v| match crate::gateway::martian::Martian::parse(v, &at) {
                     Ok(m) => Some(m),
-                    Err((at, message)) => {
-                        errors.push(Diagnostic {
-                            path: format!(r#"{path}.extra_config["modifier/martian"]{at}"#),
-                            message,
-                        });
+                    Err((path, message)) => {
+                        errors.push(Diagnostic { path, message });
                         None
                     }
                 });
@@ -455,19 +452,7 @@ impl Gateway {
                 ),
                 static_response: e.static_response.clone(),
                 flatmap: e.flatmap.clone(),
-                propagated: e
-                    .propagated_params
-                    .iter()
-                    .filter_map(|p| {
-                        let rest = &p[4..];
-                        let (n, tail) = rest.split_once('_').unwrap_or((rest, ""));
-                        let n: usize = n.parse().ok()?;
-                        let name = if tail.is_empty() { format!("Resp{n}") } else { format!("Resp{n}_{tail}") };
-                        let path =
-                            if tail.is_empty() { Vec::new() } else { tail.split('.').map(str::to_string).collect() };
-                        Some((n, path, name))
-                    })
-                    .collect(),
+                propagated: e.propagated_params.iter().map(|p| (p.clone(), p.name())).collect(),
             });
         }
         if let Some(Err(diags)) = &mut root_profile {
@@ -549,7 +534,7 @@ impl Gateway {
         // the way back (it wraps the client the plugin replaces, as in KrakenD).
         let plugin = match b.plugin.take() {
             Some(m) if m.name == "modifier/martian" => {
-                std::sync::Arc::new(crate::gateway::martian::Chain(vec![m.plugin, plugin]))
+                std::sync::Arc::new(crate::gateway::plugin::Chain(vec![m.plugin, plugin]))
             }
             _ => plugin,
         };
