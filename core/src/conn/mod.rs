@@ -1003,13 +1003,3 @@ impl<'g> Connection<'g> {
         State::Closing
     }
 }
-
-/// [`Exchange::poll`], with the lines the exchange made for the log (a circuit breaker
-/// changing state) queued.
-fn poll_logged<'g>(ex: &mut Exchange<'g>, balancer: &Balancer, queue: &mut VecDeque<Output<'g>>) -> Action<'g> {
-    let action = ex.poll(balancer);
-    if ex.has_logs() {
-        queue.extend(ex.take_logs().map(Output::Log));
-    }
-    action
-}

@@ -65,7 +65,11 @@ impl<'g> Leg<'g> {
                 }));
                 ex.at(now);
                 ex.handle_head(call, status);
-                match poll_logged(ex, balancer, logs) {
+                let action = ex.poll(balancer);
+                if ex.has_logs() {
+                    logs.extend(ex.take_logs().map(Output::Log));
+                }
+                match action {
                     Action::Stream(stream) => Some((stream.status, &ex.endpoint().noop_fields)),
                     _ => None,
                 }
@@ -97,7 +101,11 @@ impl<'g> Leg<'g> {
                     logs.push_back(Output::Log(Log::Backend { endpoint, backend: call, reason: reason_line }));
                     ex.handle_failure(call, reason);
                 }
-                match poll_logged(&mut ex, balancer, logs) {
+                let action = ex.poll(balancer);
+                if ex.has_logs() {
+                    logs.extend(ex.take_logs().map(Output::Log));
+                }
+                match action {
                     Action::Respond(reply) => reply,
                     _ => Reply::text(StatusCode::BAD_GATEWAY, ""),
                 }
@@ -181,7 +189,11 @@ impl<'g> Connection<'g> {
             }
         }
         let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
-        match poll_logged(&mut ex, self.balancer, &mut self.queue) {
+        let action = ex.poll(self.balancer);
+        if ex.has_logs() {
+            self.queue.extend(ex.take_logs().map(Output::Log));
+        }
+        match action {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
                 Err(reason) => {

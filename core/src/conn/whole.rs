@@ -58,7 +58,11 @@ impl<'g> Connection<'g> {
     /// Runs an aggregating exchange until it waits or answers.
     pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
         loop {
-            match poll_logged(&mut ex, self.balancer, &mut self.queue) {
+            let action = ex.poll(self.balancer);
+            if ex.has_logs() {
+                self.queue.extend(ex.take_logs().map(Output::Log));
+            }
+            match action {
                 Action::Call(call) => {
                     if let Err(reason) = self.open(&ex, &call, false) {
                         ex.handle_unsent(call.id, reason);

@@ -414,21 +414,17 @@ pub fn scalar_text(raw: &str) -> Option<Cow<'_, str>> {
 /// as `<nil>`, an array's items joined by `,`, an object as Go's `%v` writes a map
 /// (`map[a:1 b:[x y]]`, keys sorted).
 pub fn go_param_text(raw: &str) -> String {
-    // lura decodes with `UseNumber`: a number is its text.
-    let number = |n: &str| n.to_string();
     match kind(raw) {
-        Kind::Array => items(raw).into_iter().map(|i| go_v(i, number)).collect::<Vec<_>>().join(","),
-        _ => go_v(raw, number),
+        Kind::Array => items(raw).into_iter().map(go_v).collect::<Vec<_>>().join(","),
+        _ => go_v(raw),
     }
 }
 
-/// Go's `%v` of a JSON value as Go decoded it, `number` writing a number from its JSON
-/// text (the text itself for `json.Number`, `%v` of a float64 otherwise).
-pub fn go_v(raw: &str, number: fn(&str) -> String) -> String {
+/// Go's `%v` of a decoded JSON value.
+fn go_v(raw: &str) -> String {
     match kind(raw) {
         Kind::Null => "<nil>".into(),
-        Kind::Number => number(raw),
-        Kind::Array => format!("[{}]", items(raw).into_iter().map(|i| go_v(i, number)).collect::<Vec<_>>().join(" ")),
+        Kind::Array => format!("[{}]", items(raw).into_iter().map(go_v).collect::<Vec<_>>().join(" ")),
         Kind::Object => {
             let mut m: Vec<(Cow<'_, str>, &str)> = members(raw).into_iter().map(|(k, v)| (unescape(k), v)).collect();
             m.sort_by(|a, b| a.0.cmp(&b.0));
@@ -439,7 +435,7 @@ pub fn go_v(raw: &str, number: fn(&str) -> String) -> String {
                 }
                 same
             });
-            let parts: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}:{}", go_v(v, number))).collect();
+            let parts: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}:{}", go_v(v))).collect();
             format!("map[{}]", parts.join(" "))
         }
         _ => scalar_text(raw).map(Cow::into_owned).unwrap_or_default(),

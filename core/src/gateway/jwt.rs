@@ -636,9 +636,21 @@ fn render_claim(v: &Value) -> String {
     }
 }
 
-/// Go's `%v` of a claim (krakend-jose decodes numbers as float64).
+/// Go's `%v` of a decoded JSON value.
 fn go_v(v: &Value) -> String {
-    crate::gateway::json::go_v(&v.to_string(), |n| go_float(n.parse().unwrap_or(0.0)))
+    match v {
+        Value::Null => "<nil>".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => go_float(n.as_f64().unwrap_or(0.0)),
+        Value::Array(items) => format!("[{}]", items.iter().map(go_v).collect::<Vec<_>>().join(" ")),
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let pairs: Vec<String> = keys.iter().map(|k| format!("{k}:{}", go_v(&map[*k]))).collect();
+            format!("map[{}]", pairs.join(" "))
+        }
+    }
 }
 
 /// Go's `%v` of a float64 (`strconv.FormatFloat(f, 'g', -1, 64)`): the shortest
