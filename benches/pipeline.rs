@@ -465,7 +465,7 @@ fn features(c: &mut Criterion) {
             .map(|(n, v)| (http::HeaderName::from_static(n), http::HeaderValue::from_static(v)))
             .collect(),
         body: Vec::new(),
-        ticket: 0,
+        ..Default::default()
     };
     g.bench_function("martian_request", |b| {
         b.iter_batched(

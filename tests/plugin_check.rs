@@ -123,7 +123,9 @@ fn unknown_names_and_refused_configurations() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
-        format!("{BINDING_AT}.name: no plugin named \"nope\": \"{folder}\" has \"faulty\", \"hello\"\n")
+        format!(
+            "{BINDING_AT}.name: no plugin named \"nope\": \"{folder}\" has \"faulty\", \"hello\", \"l4\", \"probe\"\n"
+        )
     );
 
     // No root `plugin` at all.
@@ -184,7 +186,8 @@ fn run_logs_loading_injection_and_plugin_lines() {
         lines.by_ref().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?}"))
     };
     assert!(
-        wait_for("plugin(s) loaded").ends_with(&format!("INFO 2 plugin(s) loaded from \"{folder}\": faulty, hello"))
+        wait_for("plugin(s) loaded")
+            .ends_with(&format!("INFO 4 plugin(s) loaded from \"{folder}\": faulty, hello, l4, probe"))
     );
     assert!(wait_for("Injecting").ends_with("INFO [BACKEND: /a/{id}] Injecting plugin faulty"));
     wait_for("listening on");
@@ -194,7 +197,37 @@ fn run_logs_loading_injection_and_plugin_lines() {
     let r = support::read_response(&mut BufReader::new(s)).unwrap();
     assert_eq!(r.status, 500);
     assert!(wait_for("[PLUGIN: faulty] panicked").contains("ERROR [PLUGIN: faulty] panicked at"));
-    assert!(wait_for("instance is started again").ends_with(
-        "ERROR [PLUGIN: faulty] trapped (unreachable: a panic or an abort in the plugin); the call fails with 500 and the instance is started again"
-    ));
+    // The trap's line carries what the plugin said as it panicked.
+    let trapped = wait_for("instance is started again");
+    let (start, end) = (
+        "ERROR [PLUGIN: faulty] trapped (unreachable: a panic or an abort in the plugin): panicked at faulty/src/lib.rs:",
+        ": asked to trap on /b/trap; the call fails with 500 and the instance is started again",
+    );
+    assert!(trapped.contains(start) && trapped.ends_with(end), "{trapped}");
+}
+
+/// A network (L4) filter is refused with the reason, and a plugin panicking in
+/// `on_configure` is refused with the panic's text, not only "trapped".
+#[test]
+fn network_filters_and_panicking_configurations_are_refused_with_the_reason() {
+    let dir = Scratch::new("plugin-l4");
+    let folder = plugins::folder().display().to_string();
+    let out = check(&config(&folder, ".wasm", r#"{"name": "l4"}"#), &dir.0);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{BINDING_AT}: plugin l4: is a network (L4) filter: its contexts take connections \
+             (proxy_on_new_connection), not HTTP requests; Sluice runs HTTP filters on backend calls only\n"
+        )
+    );
+
+    let out = check(&config(&folder, ".wasm", r#"{"name": "probe", "probe": {"panic": "no way"}}"#), &dir.0);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    let start = format!(
+        "{BINDING_AT}: plugin probe: trapped (unreachable: a panic or an abort in the plugin): panicked at probe/src/lib.rs:"
+    );
+    assert!(text.starts_with(&start) && text.ends_with(": told to panic: no way\n"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
 }

@@ -210,7 +210,183 @@ fn rust_object_plugin(mode: Mode) {
     assert_eq!(stamp.done.load(Ordering::SeqCst), 3);
 }
 
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::IoUring => "uring",
+        Mode::Epoll => "epoll",
+        Mode::Tokio => "tokio",
+    }
+}
+
+/// One no-op endpoint `/p/{id}` to `/b/{id}` on `host`, with the probe bound under
+/// `name` with `binding` as its configuration, and the admin listener.
+fn probe_config(host: &str, name: &str, binding: &str) -> String {
+    format!(
+        r#"{{"version": 3, "plugin": {{"folder": "PLUGINS", "pattern": ".wasm"}},
+        "extra_config": {{"sluice/admin": {{}}}},
+        "endpoints": [{{"endpoint": "/p/{{id}}", "output_encoding": "no-op",
+          "input_headers": ["X-Call-Id", "X-Request-Id", "User-Agent", "Referer"],
+          "input_query_strings": ["q"],
+          "backend": [{{"host": ["{host}"], "url_pattern": "/b/{{id}}", "encoding": "no-op",
+            "extra_config": {{"plugin/http-client": {{"name": "{name}", "{name}": {binding}}}}}}}]}}]}}"#
+    )
+}
+
+fn admin_page(gw: &Gw, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(gw.admin.expect("an admin listener")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap();
+    support::read_response(&mut std::io::BufReader::new(s)).unwrap().text().to_string()
+}
+
+fn stat(page: &str, name: &str) -> Option<u64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
+}
+
+/// Issue 32's acceptance: 200 concurrent calls through a stateful plugin, 4 tokio
+/// workers (2 uring shards): every response phase runs in the context its request
+/// ran in (it sees the call's own id), and every call ends with one `on_log`.
+fn plugin_state_follows_each_call(mode: Mode) {
+    let name = format!("state_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Slow(Duration::from_millis(20), r#"{"ok":true}"#.into()));
+    let config = probe_config(&backend.url(), &name, r#""hi""#);
+    let threads = if mode == Mode::Tokio { 4 } else { 2 };
+    let gw = Gw::start_with(plugins::gateway_from(&config, &dir.0), mode, |o| o.threads = threads);
+    let addr = gw.addr;
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                write!(s, "GET /p/x HTTP/1.1\r\nHost: gw\r\nX-Call-Id: call-{i}\r\nConnection: close\r\n\r\n").unwrap();
+                let r = support::read_response(&mut std::io::BufReader::new(s)).unwrap();
+                (i, r.status, r.header("x-call-state").map(str::to_string))
+            })
+        })
+        .collect();
+    let mut own = 0;
+    for call in calls {
+        let (i, status, state) = call.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(state.as_deref(), Some(format!("call-{i}").as_str()), "call {i} saw another call's state");
+        own += 1;
+    }
+    assert_eq!(own, 200);
+    let page = admin_page(&gw, "/stats");
+    let at = |m: &str| stat(&page, &format!("plugin.{name}.{m}"));
+    assert_eq!((at("calls"), at("logs"), at("open")), (Some(200), Some(200), Some(0)), "{page}");
+    assert_eq!(backend.requests().len(), 200);
+}
+
+/// A local reply goes through the plugin's own response callbacks, with Envoy's
+/// default `content-type`; a string configuration arrives as it is written; trailer
+/// maps are empty, not missing; the header counts include the pseudo-headers.
+fn plugin_local_reply_config_and_maps(mode: Mode) {
+    let name = format!("local_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
+    let config = probe_config(&backend.url(), &name, r#""The secret to life, the universe and everything""#);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+
+    let r = gw.get("/p/hello");
+    assert_eq!((r.status, r.text()), (200, "Hello, World!\n"));
+    assert_eq!(r.header("hello"), Some("World"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("content-length"), Some("14"));
+    // What the response callbacks saw of the local reply, and added to it.
+    assert_eq!(r.header("powered-by"), Some("proxy-wasm"));
+    assert_eq!(r.header("x-seen-status"), Some("200"));
+    assert_eq!(r.header("x-seen-type"), Some("text/plain"));
+    assert_eq!(r.header("x-response-fields"), Some("4"), ":status, hello, content-type, content-length");
+    assert_eq!(r.header("x-trailers"), Some("0/0"));
+    assert!(backend.requests().is_empty(), "the backend was called");
+
+    let r = gw.request("GET", "/p/other", &[("User-Agent", "probe/1")], &[]);
+    assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
+    let seen = backend.requests();
+    assert_eq!(field(&seen[0], "x-greeting"), Some("The secret to life, the universe and everything"));
+    // :authority, :path, :method, :scheme, then user-agent, x-forwarded-for,
+    // x-forwarded-host, x-forwarded-via (what the gateway sends a backend).
+    assert_eq!(r.header("x-request-fields"), Some("8"), "{:?}", seen[0].head);
+    assert_eq!(r.header("x-seen-status"), Some("200"));
+    assert_eq!(r.header("x-trailers"), Some("0/0"));
+    assert_eq!(r.header("x-call-state"), Some("-"));
+}
+
+/// The properties a filter reads, with the values docs/plugins.md gives.
+fn plugin_properties(mode: Mode) {
+    let name = format!("props_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json("{}".into()));
+    let config = probe_config(&backend.url(), &name, r#"{"greeting": "hi"}"#);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let fields = [("User-Agent", "probe/1"), ("Referer", "http://ref.test/"), ("X-Request-Id", "req-7")];
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let r = gw.request("GET", "/p/props?q=1", &fields, &[]);
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    assert_eq!(r.status, 200);
+    let mut props: serde_json::Value = serde_json::from_str(r.header("x-props").expect("x-props")).unwrap();
+    let time = props["request.time"].as_i64().unwrap();
+    assert!(before <= time && time <= after, "{before} <= {time} <= {after}");
+    props["request.time"] = serde_json::Value::Null;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(
+        props,
+        serde_json::json!({
+            "request.scheme": "http", "request.id": "req-7", "request.time": null,
+            "request.useragent": "probe/1", "request.referer": "http://ref.test/",
+            "request.method": "GET", "request.url_path": "/b/props", "request.query": "q=1",
+            "source.address": "127.0.0.1", "upstream.address": backend.addr.to_string(),
+            "plugin_name": name, "plugin_vm_id": name, "node.id": host,
+            "response.code": 200, ":scheme": "http"
+        })
+    );
+    // Without an X-Request-Id, one is made for the call: a UUID.
+    let r = gw.get("/p/props");
+    let props: serde_json::Value = serde_json::from_str(r.header("x-props").unwrap()).unwrap();
+    let id = props["request.id"].as_str().unwrap();
+    assert_eq!((id.len(), id.as_bytes()[14], id.matches('-').count()), (36, b'4', 4), "{id}");
+}
+
+/// Metrics on the admin pages, shared data counted up with compare-and-swap, a shared
+/// queue's item delivered to the instance that registered it.
+fn plugin_metrics_shared_data_and_queues(mode: Mode) {
+    let name = format!("shared_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json(r#"{"n":1}"#.into()));
+    let config = probe_config(&backend.url(), &name, r#""hi""#);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    assert_eq!(gw.get("/p/count").header("x-count"), Some("1"));
+    assert_eq!(gw.get("/p/count").header("x-count"), Some("2"));
+    assert_eq!(gw.get("/p/enqueue").status, 200);
+    // The queue's owner hears of the item before its next callback.
+    let r = gw.get("/p/after");
+    assert_eq!(r.header("x-calls"), Some("4"));
+    let page = admin_page(&gw, "/stats");
+    let at = |m: &str| stat(&page, &format!("plugin.{name}.{m}"));
+    assert_eq!(
+        (at("calls"), at("logs"), at("open"), at("events"), at("body_bytes.count"), at("body_bytes.sum")),
+        (Some(4), Some(4), Some(0), Some(1), Some(4), Some(28)),
+        "{page}"
+    );
+    let prom = admin_page(&gw, "/stats/prometheus");
+    for line in [
+        "# TYPE sluice_plugin_counter counter".to_string(),
+        format!("sluice_plugin_counter{{plugin=\"{name}\",name=\"calls\"}} 4"),
+        format!("sluice_plugin_gauge{{plugin=\"{name}\",name=\"open\"}} 0"),
+        format!("sluice_plugin_histogram_count{{plugin=\"{name}\",name=\"body_bytes\"}} 4"),
+        format!("sluice_plugin_histogram_sum{{plugin=\"{name}\",name=\"body_bytes\"}} 28"),
+    ] {
+        assert!(prom.lines().any(|l| l == line), "no {line:?} in\n{prom}");
+    }
+}
+
 every_driver!(
+    plugin_state_follows_each_call,
+    plugin_local_reply_config_and_maps,
+    plugin_properties,
+    plugin_metrics_shared_data_and_queues,
     hijacked_and_passed,
     body_through_plugin,
     headers_both_ways,

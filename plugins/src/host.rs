@@ -1,30 +1,31 @@
-//! The proxy-wasm host (ABI 0.2.1): what a plugin module imports, and the per-thread
-//! instances that run it.
+//! The proxy-wasm host (ABI 0.2.1): what a plugin module imports, and the instances
+//! that run it.
 //!
 //! One [`Plugin`] is bound per backend: the compiled module, its configuration and a
-//! unique id. Each thread (a uring shard, a tokio worker) keeps its own instance of it
-//! in a thread-local map, built on first use and configured there (`on_vm_start`,
-//! `on_configure`): no lock is taken per call, and instances never cross threads.
-//! A trap, a callback running past [`TIME_BUDGET`], or memory past [`MEMORY_LIMIT`]
-//! fails the call and drops the instance; the next call on that thread builds a new one.
+//! unique id. Its instances live in slots, one per thread (a uring shard, a tokio
+//! worker), each behind a mutex: a thread runs a call's request in its own slot's
+//! instance, started on first use (`on_vm_start`, `on_configure`). The call's ticket
+//! names the slot, the instance and the context, so its response and its end run in
+//! that same context even when they come on another thread (tokio moves a connection
+//! between workers; that thread then takes the other slot's lock, held only while a
+//! callback runs). A trap, a callback running past [`TIME_BUDGET`], or memory past
+//! [`MEMORY_LIMIT`] fails the call and drops the instance; the next call on that
+//! slot builds a new one.
 //!
 //! Each backend call gets an HTTP context (`proxy_on_context_create` under root context
 //! 1): `on_request_headers` (+ `on_request_body` when there is a body) before it is
-//! sent, `on_response_headers` (+ `on_response_body`) when it comes back, then
-//! `on_done`, `on_log`, `on_delete`. The context id travels in the call's ticket. On
-//! the tokio driver a connection may move to another worker between request and
-//! response: the response then runs in a new context of that worker's instance (the
-//! header maps are the host's and still read right; what the module kept in its own
-//! per-context state does not follow). On the uring driver a connection never moves.
+//! sent; `on_response_headers` (+ `on_response_body`) when it comes back, or with the
+//! plugin's own local reply (as Envoy sends one through the filter); then `on_done`,
+//! `on_log`, `on_delete` when the call ends, however it ends. Metrics, shared data and
+//! queues are process-wide ([`crate::shared`]).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::shared;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use sluice_core::gateway::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
 use wasmtime::{
@@ -38,8 +39,9 @@ pub const TIME_BUDGET: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_millis(10);
 /// The most linear memory one instance may have.
 pub const MEMORY_LIMIT: usize = 64 << 20;
-/// Contexts one instance keeps open at most: calls whose end never reached it (their
-/// connection moved threads) are dropped oldest first past this.
+/// Contexts one instance keeps open at most, a bound on what it holds: every call ends
+/// its context, so only more calls in flight at once on one slot than this would close
+/// the oldest early.
 const MAX_CONTEXTS: usize = 4096;
 /// The root context every instance has.
 const ROOT: i32 = 1;
@@ -84,7 +86,11 @@ pub fn engine() -> &'static Engine {
 struct HostState {
     name: Arc<str>,
     config: Arc<[u8]>,
+    /// Whose instance this is: (binding id, thread slot), for the queues it registers.
+    owner: (u64, usize),
     limits: StoreLimits,
+    /// What properties tell of the call being served.
+    facts: Facts,
     request: Vec<(String, Vec<u8>)>,
     request_body: Vec<u8>,
     response: Vec<(String, Vec<u8>)>,
@@ -94,29 +100,84 @@ struct HostState {
     /// The last call the module made that the host does not implement (for the
     /// message when the module then traps on the answer).
     unimplemented: Option<String>,
+    /// What the module said last at `critical` level or on stderr during this callback
+    /// (a panic's text, which the log line of a trap then carries).
+    last_words: String,
+    /// Keeps the module's log lines out of the log (the start-up probe).
+    quiet: bool,
 }
 
+/// A call's facts for `proxy_get_property` (docs/plugins.md lists them).
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    scheme: &'static str,
+    upstream: String,
+    client: Option<std::net::IpAddr>,
+    /// `x-request-id` of the call, or one made for it.
+    request_id: String,
+    /// When the call was first handed to the plugin, in ns since the epoch.
+    time: u64,
+}
+
+/// The most of a module's last words kept for a trap's message.
+const LAST_WORDS: usize = 512;
+
 impl HostState {
-    fn new(name: Arc<str>, config: Arc<[u8]>) -> HostState {
+    fn new(name: Arc<str>, config: Arc<[u8]>, owner: (u64, usize)) -> HostState {
         HostState {
             name,
             config,
+            owner,
             limits: StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(1).trap_on_grow_failure(true).build(),
+            facts: Facts::default(),
             request: Vec::new(),
             request_body: Vec::new(),
             response: Vec::new(),
             response_body: Vec::new(),
             local: None,
             unimplemented: None,
+            last_words: String::new(),
+            quiet: false,
         }
     }
 
-    fn map(&mut self, kind: i32) -> Option<&mut Vec<(String, Vec<u8>)>> {
+    /// A header map to read: request and response headers, and the trailer maps,
+    /// which are empty (calls carry no trailers; Envoy answers an empty map too).
+    fn read_map(&self, kind: i32) -> Result<&[(String, Vec<u8>)], i32> {
         match kind {
-            0 => Some(&mut self.request),
-            2 => Some(&mut self.response),
-            _ => None,
+            0 => Ok(&self.request),
+            2 => Ok(&self.response),
+            1 | 3 => Ok(&[]),
+            _ => Err(BAD_ARGUMENT),
         }
+    }
+
+    /// A header map to change. Trailers are `BadArgument`, as in Envoy for a stream
+    /// that has none.
+    fn map(&mut self, kind: i32) -> Result<&mut Vec<(String, Vec<u8>)>, i32> {
+        match kind {
+            0 => Ok(&mut self.request),
+            2 => Ok(&mut self.response),
+            _ => Err(BAD_ARGUMENT),
+        }
+    }
+
+    /// Keeps what the module says at `critical` level or on stderr, for a trap's message.
+    fn remember(&mut self, words: &str) {
+        let words = words.trim().replace('\n', " ");
+        let words = words.as_str();
+        if words.is_empty() || self.last_words.len() >= LAST_WORDS {
+            return;
+        }
+        if !self.last_words.is_empty() {
+            self.last_words.push(' ');
+        }
+        let room = LAST_WORDS - self.last_words.len();
+        let mut cut = words.len().min(room);
+        while !words.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.last_words.push_str(&words[..cut]);
     }
 }
 
@@ -153,7 +214,7 @@ pub fn link(module: &Module) -> Result<Linked, String> {
     }
     let mut linker = Linker::new(module.engine());
     define(&mut linker).map_err(|e| format!("cannot link it: {e}"))?;
-    let mut probe = Store::new(module.engine(), HostState::new("".into(), Arc::from(&[][..])));
+    let mut probe = Store::new(module.engine(), HostState::new("".into(), Arc::from(&[][..]), (0, 0)));
     for import in module.imports() {
         let wasmtime::ExternType::Func(ty) = import.ty() else {
             return Err(format!(
@@ -212,6 +273,20 @@ fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Writes `bytes` where the module asked for an answer: `OK`, or
+/// `INVALID_MEMORY_ACCESS` when that is outside its memory.
+fn put(caller: &mut Caller<'_, HostState>, at: i32, bytes: &[u8]) -> i32 {
+    if write(caller, at, bytes) { OK } else { INVALID_MEMORY_ACCESS }
+}
+
+/// A shared call's outcome as a proxy-wasm status.
+fn status(outcome: Result<(), shared::Refused>) -> i32 {
+    match outcome {
+        Ok(()) => OK,
+        Err(e) => e.status(),
     }
 }
 
@@ -300,8 +375,22 @@ fn log_level() -> i32 {
 fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
         let Some(msg) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
-        log(&c.data().name, level, &String::from_utf8_lossy(&msg));
+        let msg = String::from_utf8_lossy(&msg);
+        let s = c.data_mut();
+        if level >= 5 {
+            s.remember(&msg);
+        }
+        if !s.quiet {
+            log(&s.name, level, &msg);
+        }
         OK
+    })?;
+    linker.func_wrap("env", "proxy_get_header_map_size", |mut c: Caller<'_, HostState>, kind: i32, ret: i32| {
+        let size = match c.data().read_map(kind) {
+            Ok(map) => map.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() as u32,
+            Err(status) => return status,
+        };
+        if write(&mut c, ret, &size.to_le_bytes()) { OK } else { INVALID_MEMORY_ACCESS }
     })?;
     linker.func_wrap("env", "proxy_get_log_level", |mut c: Caller<'_, HostState>, ret: i32| {
         if write(&mut c, ret, &log_level().to_le_bytes()) { OK } else { INVALID_MEMORY_ACCESS }
@@ -353,8 +442,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, HostState>, kind: i32, ret_ptr: i32, ret_size: i32| {
-            let Some(map) = c.data_mut().map(kind) else { return Ok(NOT_FOUND) };
-            let bytes = encode_map(map);
+            let bytes = match c.data().read_map(kind) {
+                Ok(map) => encode_map(map),
+                Err(status) => return Ok(status),
+            };
             give(&mut c, &bytes, ret_ptr, ret_size)
         },
     )?;
@@ -364,8 +455,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, kind: i32, ptr: i32, len: i32| {
             let Some(bytes) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
             let Some(pairs) = decode_map(&bytes) else { return SERIALIZATION_FAILURE };
-            let Some(map) = c.data_mut().map(kind) else { return NOT_FOUND };
-            *map = pairs;
+            match c.data_mut().map(kind) {
+                Ok(map) => *map = pairs,
+                Err(status) => return status,
+            }
             OK
         },
     )?;
@@ -375,7 +468,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, kind: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_size: i32| {
             let Some(key) = read(&mut c, kptr, klen) else { return Ok(INVALID_MEMORY_ACCESS) };
             let key = text(&key).to_ascii_lowercase();
-            let Some(map) = c.data_mut().map(kind) else { return Ok(NOT_FOUND) };
+            let map = match c.data().read_map(kind) {
+                Ok(map) => map,
+                Err(status) => return Ok(status),
+            };
             let values: Vec<&[u8]> = map.iter().filter(|(n, _)| *n == key).map(|(_, v)| v.as_slice()).collect();
             if values.is_empty() {
                 return Ok(NOT_FOUND);
@@ -392,7 +488,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return INVALID_MEMORY_ACCESS;
             };
             let key = text(&key).to_ascii_lowercase();
-            let Some(map) = c.data_mut().map(kind) else { return NOT_FOUND };
+            let map = match c.data_mut().map(kind) {
+                Ok(map) => map,
+                Err(status) => return status,
+            };
             match map.iter().position(|(n, _)| *n == key) {
                 Some(first) => {
                     map[first].1 = value;
@@ -415,7 +514,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return INVALID_MEMORY_ACCESS;
             };
             let key = text(&key).to_ascii_lowercase();
-            let Some(map) = c.data_mut().map(kind) else { return NOT_FOUND };
+            let map = match c.data_mut().map(kind) {
+                Ok(map) => map,
+                Err(status) => return status,
+            };
             map.push((key, value));
             OK
         },
@@ -426,7 +528,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, kind: i32, kptr: i32, klen: i32| {
             let Some(key) = read(&mut c, kptr, klen) else { return INVALID_MEMORY_ACCESS };
             let key = text(&key).to_ascii_lowercase();
-            let Some(map) = c.data_mut().map(kind) else { return NOT_FOUND };
+            let map = match c.data_mut().map(kind) {
+                Ok(map) => map,
+                Err(status) => return status,
+            };
             map.retain(|(n, _)| *n != key);
             OK
         },
@@ -467,6 +572,97 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             OK
         },
     )?;
+    // Shared data, queues and metrics: process-wide (shared.rs).
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Caller<'_, HostState>, kptr: i32, klen: i32, ret_ptr: i32, ret_size: i32, ret_cas: i32| {
+            let Some(key) = read(&mut c, kptr, klen) else { return Ok(INVALID_MEMORY_ACCESS) };
+            match shared::get_shared_data(&c.data().name, &text(&key)) {
+                Ok((value, cas)) => {
+                    if !write(&mut c, ret_cas, &cas.to_le_bytes()) {
+                        return Ok(INVALID_MEMORY_ACCESS);
+                    }
+                    give(&mut c, &value, ret_ptr, ret_size)
+                }
+                Err(e) => Ok(e.status()),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Caller<'_, HostState>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| {
+            let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
+                return INVALID_MEMORY_ACCESS;
+            };
+            status(shared::set_shared_data(&c.data().name, &text(&key), value, cas as u32))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: Caller<'_, HostState>, nptr: i32, nlen: i32, ret: i32| {
+            let Some(name) = read(&mut c, nptr, nlen) else { return INVALID_MEMORY_ACCESS };
+            let s = c.data();
+            match shared::register_queue(&s.name.clone(), &text(&name), s.owner) {
+                Ok(token) => put(&mut c, ret, &token.to_le_bytes()),
+                Err(e) => e.status(),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: Caller<'_, HostState>, vptr: i32, vlen: i32, nptr: i32, nlen: i32, ret: i32| {
+            let (Some(vm), Some(name)) = (read(&mut c, vptr, vlen), read(&mut c, nptr, nlen)) else {
+                return INVALID_MEMORY_ACCESS;
+            };
+            match shared::resolve_queue(&text(&vm), &text(&name)) {
+                Ok(token) => put(&mut c, ret, &token.to_le_bytes()),
+                Err(e) => e.status(),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: Caller<'_, HostState>, token: i32, ptr: i32, len: i32| {
+            let Some(item) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
+            status(shared::enqueue(token as u32, item))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: Caller<'_, HostState>, token: i32, ret_ptr: i32, ret_size: i32| match shared::dequeue(token as u32) {
+            Ok(item) => give(&mut c, &item, ret_ptr, ret_size),
+            Err(e) => Ok(e.status()),
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: Caller<'_, HostState>, kind: i32, nptr: i32, nlen: i32, ret: i32| {
+            let Some(name) = read(&mut c, nptr, nlen) else { return INVALID_MEMORY_ACCESS };
+            match shared::define_metric(&c.data().name.clone(), kind, &text(&name)) {
+                Ok(id) => put(&mut c, ret, &id.to_le_bytes()),
+                Err(e) => e.status(),
+            }
+        },
+    )?;
+    linker.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, HostState>, id: i32, offset: i64| {
+        status(shared::increment_metric(&c.data().name, id as u32, offset))
+    })?;
+    linker.func_wrap("env", "proxy_record_metric", |c: Caller<'_, HostState>, id: i32, value: i64| {
+        status(shared::record_metric(&c.data().name, id as u32, value as u64))
+    })?;
+    linker.func_wrap("env", "proxy_get_metric", |mut c: Caller<'_, HostState>, id: i32, ret: i32| {
+        match shared::get_metric(&c.data().name.clone(), id as u32) {
+            Ok(v) => put(&mut c, ret, &v.to_le_bytes()),
+            Err(e) => e.status(),
+        }
+    })?;
     // Calls that steer a paused stream: every stream here goes on by itself.
     for name in ["proxy_continue_stream", "proxy_close_stream", "proxy_set_effective_context"] {
         linker.func_wrap("env", name, |_: Caller<'_, HostState>, _: i32| OK)?;
@@ -491,7 +687,13 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             out.extend_from_slice(&piece);
         }
         let line = String::from_utf8_lossy(&out);
-        log(&c.data().name, if fd == 2 { 3 } else { 2 }, line.trim_end());
+        let s = c.data_mut();
+        if fd == 2 {
+            s.remember(&line);
+        }
+        if !s.quiet {
+            log(&s.name, if fd == 2 { 3 } else { 2 }, line.trim_end());
+        }
         if write(&mut c, ret, &(out.len() as u32).to_le_bytes()) { 0 } else { 21 }
     })?;
     for name in ["environ_sizes_get", "args_sizes_get"] {
@@ -530,27 +732,54 @@ fn fill_random(out: &mut [u8]) {
     }
 }
 
-/// The properties a filter commonly reads (docs/plugins.md): path segments
-/// joined by NUL.
+/// The properties a filter reads (docs/plugins.md lists them with their values): path
+/// segments joined by NUL. Strings are bytes, numbers and times 8-byte little-endian
+/// integers, maps proxy-wasm's pair encoding, as Envoy serializes them.
 fn property(s: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     let path = String::from_utf8_lossy(path).replace('\0', ".");
     let get = |name: &str| s.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let int = |n: i64| Some(n.to_le_bytes().to_vec());
     match path.as_str() {
-        "plugin_name" | "plugin_root_id" => Some(s.name.as_bytes().to_vec()),
+        "plugin_name" | "plugin_root_id" | "plugin_vm_id" => Some(s.name.as_bytes().to_vec()),
+        "node.id" => Some(node_id().as_bytes().to_vec()),
         "request.method" => get(":method"),
         "request.host" => get(":authority"),
         "request.path" => get(":path"),
         "request.url_path" => get(":path").map(|p| p.split(|&b| b == b'?').next().unwrap_or_default().to_vec()),
         "request.query" => get(":path").and_then(|p| p.iter().position(|&b| b == b'?').map(|q| p[q + 1..].to_vec())),
+        "request.scheme" => Some(s.facts.scheme.as_bytes().to_vec()),
         "request.protocol" => Some(b"HTTP/1.1".to_vec()),
+        "request.id" => Some(s.facts.request_id.as_bytes().to_vec()),
+        "request.time" => int(s.facts.time as i64),
+        "request.useragent" => get("user-agent"),
+        "request.referer" => get("referer"),
+        "request.headers" => Some(encode_map(&s.request)),
+        "request.size" => int(s.request_body.len() as i64),
+        "source.address" => s.facts.client.map(|ip| ip.to_string().into_bytes()),
+        "upstream.address" => Some(s.facts.upstream.as_bytes().to_vec()),
         "response.code" => s
             .response
             .iter()
             .find(|(n, _)| n == ":status")
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-            .map(|code| code.to_le_bytes().to_vec()),
+            .and_then(int),
+        "response.headers" if !s.response.is_empty() => Some(encode_map(&s.response)),
+        "response.size" if !s.response.is_empty() => int(s.response_body.len() as i64),
         _ => None,
     }
+}
+
+/// `node.id`: the host's name (Envoy's is its `--service-node`), `sluice` when the
+/// system does not say.
+fn node_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "sluice".to_string())
+    })
 }
 
 fn header_map(pairs: &[(String, Vec<u8>)]) -> Result<HeaderMap, String> {
@@ -582,6 +811,8 @@ struct Exports {
     done: Option<TypedFunc<i32, i32>>,
     log: Option<TypedFunc<i32, ()>>,
     delete: Option<TypedFunc<i32, ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    new_connection: Option<TypedFunc<i32, i32>>,
 }
 
 /// Which side of a call a callback is about.
@@ -591,28 +822,54 @@ enum Side {
     Response,
 }
 
-/// One thread's instance of a bound plugin.
+/// One instance of a bound plugin, kept in a thread's slot.
 struct Vm {
     store: Store<HostState>,
     entry: Exports,
-    /// Unique among every instance of the process: a ticket names its instance.
+    /// Unique among the process's instances (its low 24 bits go in tickets): a ticket
+    /// names its instance.
     generation: u64,
+    /// The slot it lives in.
+    slot: usize,
     next_context: i32,
     /// Open contexts, oldest first.
     open: std::collections::VecDeque<i32>,
+    /// Per open context: its `request.id` and `request.time`.
+    facts: HashMap<i32, (String, u64)>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// Instances per binding: threads take slots in the order they first run a plugin
+/// (shards, workers, the thread that binds); past this many, threads share one.
+pub const SLOTS: usize = 64;
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
-    /// This thread's instances, by [`Plugin::id`].
-    static VMS: RefCell<HashMap<u64, Vm>> = RefCell::new(HashMap::new());
+    /// This thread's slot.
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+}
+
+fn this_slot() -> usize {
+    SLOT.with(|s| *s)
+}
+
+/// The slot a ticket's context lives in.
+fn slot_of(ticket: u64) -> usize {
+    ((ticket >> 56) as usize) % SLOTS
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Why a call into the module failed, in words for the log.
 fn why(e: &wasmtime::Error, s: &HostState) -> String {
     let mut text = match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("ran past its time budget of {} ms", TIME_BUDGET.as_millis()),
+        Some(Trap::UnreachableCodeReached) if !s.last_words.is_empty() => {
+            format!("trapped (unreachable: a panic or an abort in the plugin): {}", s.last_words)
+        }
         Some(Trap::UnreachableCodeReached) => "trapped (unreachable: a panic or an abort in the plugin)".to_string(),
         Some(Trap::AllocationTooLarge) => format!("asked for more than {} MiB of memory", MEMORY_LIMIT >> 20),
         Some(t) => format!("trapped: {t}"),
@@ -630,8 +887,10 @@ fn why(e: &wasmtime::Error, s: &HostState) -> String {
 impl Vm {
     /// Instantiates and starts a plugin: `_initialize`, the root context, `on_vm_start`,
     /// `on_configure` with its configuration.
-    fn start(plugin: &Shared) -> Result<Vm, String> {
-        let mut store = Store::new(engine(), HostState::new(plugin.name.clone(), plugin.config.clone()));
+    fn start(plugin: &Shared, owner: (u64, usize), quiet: bool) -> Result<Vm, String> {
+        let mut state = HostState::new(plugin.name.clone(), plugin.config.clone(), owner);
+        state.quiet = quiet;
+        let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks());
         let instance = match plugin.linked.pre.instantiate(&mut store) {
@@ -662,6 +921,8 @@ impl Vm {
             done: typed!("proxy_on_done"),
             log: typed!("proxy_on_log"),
             delete: typed!("proxy_on_delete"),
+            queue_ready: typed!("proxy_on_queue_ready"),
+            new_connection: typed!("proxy_on_new_connection"),
         };
         let run = |store: &mut Store<HostState>| -> wasmtime::Result<Result<(), String>> {
             if let Some(f) = init.as_ref().or(start.as_ref()) {
@@ -687,7 +948,26 @@ impl Vm {
             Err(e) => return Err(why(&e, store.data())),
         }
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-        Ok(Vm { store, entry, generation, next_context: ROOT + 1, open: Default::default() })
+        let (next_context, open, facts) = (ROOT + 1, Default::default(), HashMap::new());
+        Ok(Vm { store, entry, generation, slot: owner.1 % SLOTS, next_context, open, facts })
+    }
+
+    /// Whether the module's contexts are network (L4) streams, not HTTP: a context
+    /// takes `proxy_on_new_connection` without trapping and then traps on
+    /// `proxy_on_request_headers` (the SDKs' dispatchers trap on a callback of the other
+    /// kind). Run on an instance of its own, started for this and dropped.
+    fn is_network_filter(&mut self) -> bool {
+        let (Some(new_connection), Some(headers)) =
+            (self.entry.new_connection.clone(), self.entry.request_headers.clone())
+        else {
+            return self.entry.new_connection.is_some() && self.entry.response_headers.is_none();
+        };
+        let Ok(context) = self.open_context() else { return false };
+        if new_connection.call(&mut self.store, context).is_err() {
+            return false;
+        }
+        self.store.set_epoch_deadline(ticks());
+        headers.call(&mut self.store, (context, 0, 1)).is_err()
     }
 
     fn open_context(&mut self) -> wasmtime::Result<i32> {
@@ -703,8 +983,13 @@ impl Vm {
         Ok(id)
     }
 
+    /// Ends a context: `on_done`, `on_log`, `on_delete`, as Envoy calls them.
     fn close_context(&mut self, id: i32) -> wasmtime::Result<()> {
         self.open.retain(|&c| c != id);
+        if let Some((request_id, time)) = self.facts.remove(&id) {
+            let s = self.store.data_mut();
+            (s.facts.request_id, s.facts.time) = (request_id, time);
+        }
         if let Some(f) = &self.entry.done {
             f.call(&mut self.store, id)?;
         }
@@ -715,6 +1000,19 @@ impl Vm {
             f.call(&mut self.store, id)?;
         }
         Ok(())
+    }
+
+    /// Gets the host's state ready for a callback about `call` in `context`.
+    fn serve(&mut self, context: i32, call: &BackendRequest) {
+        let (request_id, time) = self.facts.entry(context).or_insert_with(|| (request_id(call), now_ns())).clone();
+        let s = self.store.data_mut();
+        s.facts =
+            Facts { scheme: call.scheme, upstream: call.upstream.clone(), client: Some(call.client), request_id, time };
+        request_map(call, &mut s.request);
+        s.request_body.clone_from(&call.body);
+        s.response.clear();
+        s.response_body.clear();
+        s.local = None;
     }
 
     /// One side of a call: its headers callback (`end_of_stream` when there is no
@@ -737,15 +1035,60 @@ impl Vm {
         Ok(())
     }
 
+    /// The response side of a call in `context`: the callbacks see `response` (the
+    /// backend's, or the plugin's own local reply, as Envoy sends local replies
+    /// through the filter's response callbacks) and the answer is what they leave, or
+    /// a local reply they send.
+    fn answer(&mut self, context: i32, response: BackendResponse) -> wasmtime::Result<Result<BackendResponse, String>> {
+        let s = self.store.data_mut();
+        s.response.clear();
+        s.response.push((":status".into(), response.status.as_str().as_bytes().to_vec()));
+        pairs(&response.headers, &mut s.response);
+        if !response.body.is_empty() && !response.headers.contains_key(http::header::CONTENT_LENGTH) {
+            s.response.push(("content-length".into(), response.body.len().to_string().into_bytes()));
+        }
+        s.response_body = response.body;
+        s.local = None;
+        let (fields, body) = (s.response.len() as i32, s.response_body.len());
+        self.headers_then_body(Side::Response, context, fields, body)?;
+        let s = self.store.data_mut();
+        if let Some(local) = s.local.take() {
+            return Ok(Ok(local));
+        }
+        Ok(response_from(s))
+    }
+
+    /// Tells the instance of the queues it registered that have news.
+    fn deliver_queues(&mut self, owner: (u64, usize)) -> wasmtime::Result<()> {
+        let Some(f) = &self.entry.queue_ready else { return Ok(()) };
+        for token in shared::ready_for(owner) {
+            f.call(&mut self.store, (ROOT, token as i32))?;
+        }
+        Ok(())
+    }
+
     fn ticket(&self, context: i32) -> u64 {
-        (self.generation << 32) | context as u32 as u64
+        ((self.slot as u64) << 56) | ((self.generation & 0xff_ffff) << 32) | context as u32 as u64
     }
 
     /// The context a ticket names, when it is this instance's and still open.
     fn context_of(&self, ticket: u64) -> Option<i32> {
         let id = (ticket & 0xffff_ffff) as i32;
-        (ticket >> 32 == self.generation && self.open.contains(&id)).then_some(id)
+        ((ticket >> 32) & 0xff_ffff == self.generation & 0xff_ffff && self.open.contains(&id)).then_some(id)
     }
+}
+
+/// `request.id`: the call's `x-request-id`, or a random UUID (version 4) made for it.
+fn request_id(call: &BackendRequest) -> String {
+    if let Some(id) = call.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        return id.to_string();
+    }
+    let mut b = [0u8; 16];
+    fill_random(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 fn ticks() -> u64 {
@@ -762,56 +1105,89 @@ struct Shared {
 
 /// A proxy-wasm module bound to one backend with its configuration: the
 /// [`ClientPlugin`] core calls.
-#[derive(Debug)]
+///
+/// Its instances live in slots, one per thread (see [`SLOTS`]), each behind a mutex
+/// that only its own thread takes, except when a call's response or end comes on
+/// another thread (tokio moves a connection between workers): that thread takes the
+/// slot the call's request ran in, so a call's request and response run in one
+/// context of one instance on every runtime.
 pub struct Plugin {
     id: u64,
     shared: Shared,
+    slots: Box<[Mutex<Option<Vm>>]>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("id", &self.id).field("name", &self.shared.name).finish_non_exhaustive()
+    }
 }
 
 static IDS: AtomicU64 = AtomicU64::new(1);
 
 impl Plugin {
-    /// Binds `linked` under `name` with `config` (JSON bytes, or empty). The instance
-    /// of this thread is started at once, so a module that traps or refuses its
-    /// configuration is an error here, at start-up, not on the first call.
+    /// Binds `linked` under `name` with `config` (the bytes `on_configure` reads, or
+    /// empty). The instance of this thread is started at once, so a module that traps
+    /// or refuses its configuration is an error here, at start-up, not on the first
+    /// call; so is a network (L4) filter, which has no HTTP call to filter.
     pub fn bind(name: &str, linked: Arc<Linked>, config: Vec<u8>) -> Result<Plugin, String> {
         let plugin = Plugin {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             shared: Shared { name: name.into(), config: config.into(), linked },
+            slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
         };
-        let vm = Vm::start(&plugin.shared)?;
-        VMS.with(|vms| vms.borrow_mut().insert(plugin.id, vm));
+        let mut probe = Vm::start(&plugin.shared, (plugin.id, usize::MAX), true)?;
+        if probe.is_network_filter() {
+            return Err("is a network (L4) filter: its contexts take connections (proxy_on_new_connection), not \
+                        HTTP requests; Sluice runs HTTP filters on backend calls only"
+                .into());
+        }
+        let slot = this_slot();
+        let vm = Vm::start(&plugin.shared, (plugin.id, slot), false)?;
+        *plugin.lock(slot) = Some(vm);
         Ok(plugin)
     }
 
-    /// Runs `f` on this thread's instance (started when there is none). An error from
-    /// `f` drops the instance: the next call starts a new one.
-    fn with_vm<R>(&self, f: impl FnOnce(&mut Vm) -> wasmtime::Result<R>) -> Result<R, PluginFault> {
+    fn lock(&self, slot: usize) -> MutexGuard<'_, Option<Vm>> {
+        self.slots[slot % SLOTS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the instance in `slot` (started when there is none, unless
+    /// `start` is false: then `None`). An error from `f` drops the instance: the next
+    /// call starts a new one.
+    fn with_vm<R>(
+        &self,
+        slot: usize,
+        start: bool,
+        f: impl FnOnce(&mut Vm) -> wasmtime::Result<R>,
+    ) -> Result<Option<R>, PluginFault> {
         let name = &self.shared.name;
-        VMS.with(|vms| {
-            let mut vms = vms.borrow_mut();
-            let vm = match vms.entry(self.id) {
-                Entry::Occupied(o) => o.into_mut(),
-                Entry::Vacant(v) => match Vm::start(&self.shared) {
-                    Ok(vm) => v.insert(vm),
-                    Err(e) => {
-                        tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] cannot start an instance: {e}; the call fails with 500");
-                        return Err(PluginFault(e));
-                    }
-                },
-            };
-            vm.store.set_epoch_deadline(ticks());
-            vm.store.data_mut().unimplemented = None;
-            match f(vm) {
-                Ok(r) => Ok(r),
+        let mut guard = self.lock(slot);
+        let vm = match &mut *guard {
+            Some(vm) => vm,
+            None if !start => return Ok(None),
+            None => match Vm::start(&self.shared, (self.id, slot), false) {
+                Ok(vm) => guard.insert(vm),
                 Err(e) => {
-                    let text = why(&e, vm.store.data());
-                    vms.remove(&self.id);
-                    tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] {text}; the call fails with 500 and the instance is started again");
-                    Err(PluginFault(text))
+                    tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] cannot start an instance: {e}; the call fails with 500");
+                    return Err(PluginFault(e));
                 }
+            },
+        };
+        vm.store.set_epoch_deadline(ticks());
+        let s = vm.store.data_mut();
+        s.unimplemented = None;
+        s.last_words.clear();
+        let ran = vm.deliver_queues((self.id, slot)).and_then(|()| f(vm));
+        match ran {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                let text = why(&e, vm.store.data());
+                *guard = None;
+                tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] {text}; the call fails with 500 and the instance is started again");
+                Err(PluginFault(text))
             }
-        })
+        }
     }
 }
 
@@ -839,88 +1215,107 @@ fn request_from(s: &HostState, call: &mut BackendRequest) -> Result<(), String> 
     Ok(())
 }
 
+/// What the response callbacks left, as the call's answer.
+fn response_from(s: &mut HostState) -> Result<BackendResponse, String> {
+    let status = match s.response.iter().find(|(n, _)| n == ":status") {
+        Some((_, v)) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.parse::<u16>().ok())
+            .and_then(|n| StatusCode::from_u16(n).ok())
+            .ok_or_else(|| format!("set an invalid :status {:?}", text(v)))?,
+        None => return Err("removed :status".into()),
+    };
+    let headers = header_map(&s.response)?;
+    Ok(BackendResponse { status, headers, body: std::mem::take(&mut s.response_body) })
+}
+
+/// The request map: Envoy's pseudo-headers (`:authority`, `:path` with the query,
+/// `:method`, `:scheme`), the fields, and `content-length` when there is a body.
 fn request_map(call: &BackendRequest, out: &mut Vec<(String, Vec<u8>)>) {
     out.clear();
-    out.push((":method".into(), call.method.as_str().as_bytes().to_vec()));
-    out.push((":path".into(), call.target().into_bytes()));
     out.push((":authority".into(), call.authority.as_bytes().to_vec()));
+    out.push((":path".into(), call.target().into_bytes()));
+    out.push((":method".into(), call.method.as_str().as_bytes().to_vec()));
+    out.push((":scheme".into(), call.scheme.as_bytes().to_vec()));
     pairs(&call.headers, out);
+    if !call.body.is_empty() && !call.headers.contains_key(http::header::CONTENT_LENGTH) {
+        out.push(("content-length".into(), call.body.len().to_string().into_bytes()));
+    }
+}
+
+/// A local reply as Envoy makes one: the plugin's fields, `content-type: text/plain`
+/// when there is a body and the plugin named no type.
+fn local_reply(mut local: BackendResponse) -> BackendResponse {
+    if !local.body.is_empty() && !local.headers.contains_key(http::header::CONTENT_TYPE) {
+        local.headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    local
 }
 
 impl ClientPlugin for Plugin {
     fn on_request(&self, call: &mut BackendRequest) -> Result<Verdict, PluginFault> {
-        let verdict = self.with_vm(|vm| {
-            let s = vm.store.data_mut();
-            request_map(call, &mut s.request);
-            s.request_body.clone_from(&call.body);
-            s.response.clear();
-            s.response_body.clear();
-            s.local = None;
+        let verdict = self.with_vm(this_slot(), true, |vm| {
             let context = vm.open_context()?;
             call.ticket = vm.ticket(context);
-            let fields = vm.store.data().request.len() as i32 - 3;
+            vm.serve(context, call);
+            let fields = vm.store.data().request.len() as i32;
             vm.headers_then_body(Side::Request, context, fields, call.body.len())?;
-            let s = vm.store.data_mut();
-            if let Some(local) = s.local.take() {
-                return Ok(Ok(Verdict::Respond(local)));
+            if let Some(local) = vm.store.data_mut().local.take() {
+                return Ok(vm.answer(context, local_reply(local))?.map(Verdict::Respond));
             }
-            Ok(request_from(s, call).map(|()| Verdict::Continue))
+            Ok(request_from(vm.store.data(), call).map(|()| Verdict::Continue))
         })?;
-        verdict.map_err(|e| self.refuse(e))
+        match verdict {
+            Some(v) => v.map_err(|e| self.refuse(e)),
+            None => Err(PluginFault("no instance".into())),
+        }
     }
 
     fn on_response(&self, call: &BackendRequest, response: &mut BackendResponse) -> Result<(), PluginFault> {
-        let result = self.with_vm(|vm| {
-            let context = match vm.context_of(call.ticket) {
-                Some(c) => c,
-                None => vm.open_context()?,
+        // The slot the request ran in: a call's two sides meet in one context.
+        let slot = if call.ticket == 0 { this_slot() } else { slot_of(call.ticket) };
+        let taken = std::mem::replace(
+            response,
+            BackendResponse { status: response.status, headers: HeaderMap::new(), body: Vec::new() },
+        );
+        let result = self.with_vm(slot, true, |vm| {
+            // Its context is gone when the instance was started again since: the
+            // response then runs in a context of its own, closed at once.
+            let (context, fresh) = match vm.context_of(call.ticket) {
+                Some(c) => (c, false),
+                None => (vm.open_context()?, true),
             };
-            let s = vm.store.data_mut();
-            request_map(call, &mut s.request);
-            s.request_body.clone_from(&call.body);
-            s.response.clear();
-            s.response.push((":status".into(), response.status.as_str().as_bytes().to_vec()));
-            pairs(&response.headers, &mut s.response);
-            s.response_body.clone_from(&response.body);
-            s.local = None;
-            let fields = s.response.len() as i32 - 1;
-            vm.headers_then_body(Side::Response, context, fields, response.body.len())?;
-            let s = vm.store.data_mut();
-            if let Some(local) = s.local.take() {
-                *response = local;
-                return Ok(Ok(()));
+            vm.serve(context, call);
+            let answer = vm.answer(context, taken)?;
+            if fresh {
+                vm.close_context(context)?;
             }
-            let status = s.response.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.clone());
-            if let Some(v) = status {
-                match std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|t| t.parse::<u16>().ok())
-                    .and_then(|n| StatusCode::from_u16(n).ok())
-                {
-                    Some(code) => response.status = code,
-                    None => return Ok(Err(format!("set an invalid :status {:?}", text(&v)))),
-                }
-            }
-            match header_map(&s.response) {
-                Ok(h) => response.headers = h,
-                Err(e) => return Ok(Err(e)),
-            }
-            response.body = std::mem::take(&mut s.response_body);
-            Ok(Ok(()))
+            Ok(answer)
         })?;
-        result.map_err(|e| self.refuse(e))
+        match result {
+            Some(Ok(answer)) => {
+                *response = answer;
+                Ok(())
+            }
+            Some(Err(e)) => Err(self.refuse(e)),
+            None => Err(PluginFault("no instance".into())),
+        }
     }
 
     fn on_done(&self, call: &BackendRequest) {
-        // Only an instance holding the call's context has anything to close: after a
+        // Only the instance holding the call's context has anything to close: after a
         // trap there is none, and none is started just to close nothing.
-        let open = VMS.with(|vms| vms.borrow().get(&self.id).is_some_and(|vm| vm.context_of(call.ticket).is_some()));
-        if open {
-            let _ = self.with_vm(|vm| match vm.context_of(call.ticket) {
-                Some(c) => vm.close_context(c),
-                None => Ok(()),
-            });
+        if call.ticket == 0 {
+            return;
         }
+        let _ = self.with_vm(slot_of(call.ticket), false, |vm| match vm.context_of(call.ticket) {
+            Some(c) => vm.close_context(c),
+            None => Ok(()),
+        });
+    }
+
+    fn metrics(&self) -> Vec<sluice_core::gateway::plugin::Metric> {
+        shared::metrics_of(&self.shared.name)
     }
 }
 
@@ -941,9 +1336,7 @@ mod tests {
             path: "/a".into(),
             query: Some("q=1".into()),
             authority: "b:1".into(),
-            headers: HeaderMap::new(),
-            body: Vec::new(),
-            ticket: 0,
+            ..BackendRequest::default()
         }
     }
 
@@ -951,7 +1344,7 @@ mod tests {
     /// there is refused with a reason (the call then fails with 500), never sent.
     #[test]
     fn a_plugins_request_is_taken_or_refused_with_a_reason() {
-        let mut s = HostState::new("p".into(), Arc::from(&[][..]));
+        let mut s = HostState::new("p".into(), Arc::from(&[][..]), (0, 0));
         let mut c = call();
         request_map(&c, &mut s.request);
         s.request.push(("x-added".into(), b"yes".to_vec()));
@@ -961,7 +1354,7 @@ mod tests {
         assert_eq!(c.headers.get("x-added").unwrap(), "yes");
 
         let refused = |name: &str, value: &[u8]| {
-            let mut s = HostState::new("p".into(), Arc::from(&[][..]));
+            let mut s = HostState::new("p".into(), Arc::from(&[][..]), (0, 0));
             request_map(&call(), &mut s.request);
             match s.request.iter_mut().find(|(n, _)| n == name) {
                 Some(slot) => slot.1 = value.to_vec(),

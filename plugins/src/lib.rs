@@ -23,6 +23,7 @@ use sluice_core::config::PluginLoader;
 use sluice_core::{Diagnostic, Gateway};
 
 pub mod host;
+pub mod shared;
 
 pub use host::{MEMORY_LIMIT, Plugin, TIME_BUDGET};
 
@@ -144,7 +145,7 @@ impl Library {
                 errors.push(Diagnostic { path: site.at, message });
                 continue;
             };
-            match Plugin::bind(&site.name, linked.clone(), site.config) {
+            match Plugin::bind(&site.name, linked.clone(), configuration(site.config)) {
                 Ok(plugin) => {
                     gw.bind_plugin(site.endpoint, site.backend, &site.name, Arc::new(plugin));
                     lines.push(format!("[BACKEND: {}] Injecting plugin {}", site.endpoint_path, site.name));
@@ -157,6 +158,18 @@ impl Library {
         }
         if errors.is_empty() { Ok(lines) } else { Err(errors) }
     }
+}
+
+/// What `on_configure` reads of a binding's configuration (the value under the
+/// plugin's name): a JSON string is handed as its text, without quotes or escapes, as
+/// Envoy hands a plugin its `configuration` string; anything else as its JSON.
+fn configuration(json: Vec<u8>) -> Vec<u8> {
+    if json.first() == Some(&b'"')
+        && let Ok(text) = serde_json::from_slice::<String>(&json)
+    {
+        return text.into_bytes();
+    }
+    json
 }
 
 /// Reads, compiles and links one module.

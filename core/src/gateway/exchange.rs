@@ -631,6 +631,12 @@ impl<'g> Exchange<'g> {
             authority: call.authority.to_string(),
             headers,
             body,
+            scheme: call.scheme.as_str(),
+            upstream: match call.origin.host.contains(':') {
+                true => format!("[{}]:{}", call.origin.host, call.origin.port),
+                false => format!("{}:{}", call.origin.host, call.origin.port),
+            },
+            client: self.client_ip,
             ticket: 0,
         }
     }

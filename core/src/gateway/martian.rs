@@ -522,7 +522,7 @@ mod tests {
             authority: "api:80".into(),
             headers,
             body: Vec::new(),
-            ticket: 0,
+            ..BackendRequest::default()
         }
     }
 

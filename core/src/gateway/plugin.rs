@@ -30,6 +30,7 @@
 //! fields) is ignored; the body length is counted again after it ran.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -49,9 +50,34 @@ pub struct BackendRequest {
     pub headers: HeaderMap,
     /// The whole request body (empty for a call that sends none).
     pub body: Vec<u8>,
+    /// `http` or `https`: how the backend is reached. Read only: a plugin changing it
+    /// changes nothing.
+    pub scheme: &'static str,
+    /// The backend's `host:port` the call goes to (the backend's, not a proxy's).
+    pub upstream: String,
+    /// The client as the gateway takes it: the peer's address, or the one
+    /// `X-Forwarded-For` names under the router's trusted proxies.
+    pub client: IpAddr,
     /// The plugin's own: set in [`ClientPlugin::on_request`], handed back unchanged
     /// with the rest of the call (e.g. which per-call context it opened).
     pub ticket: u64,
+}
+
+impl Default for BackendRequest {
+    fn default() -> BackendRequest {
+        BackendRequest {
+            method: Method::GET,
+            path: "/".into(),
+            query: None,
+            authority: String::new(),
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+            scheme: "http",
+            upstream: String::new(),
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ticket: 0,
+        }
+    }
 }
 
 impl BackendRequest {
@@ -108,6 +134,34 @@ pub trait ClientPlugin: Send + Sync + fmt::Debug {
     fn on_done(&self, call: &BackendRequest) {
         let _ = call;
     }
+
+    /// The metrics the plugin defined, for the admin pages (`/stats`,
+    /// `/stats/prometheus`). Two bindings of one plugin may give the same metrics: the
+    /// pages show each `(plugin, name)` once.
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
+}
+
+/// A metric a plugin defined (proxy-wasm's `define_metric`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Metric {
+    /// The plugin's name (the one bindings use).
+    pub plugin: String,
+    /// The name the plugin gave it.
+    pub name: String,
+    pub value: MetricValue,
+}
+
+/// What a metric holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MetricValue {
+    /// Only goes up.
+    Counter(u64),
+    /// Set, or moved up and down.
+    Gauge(u64),
+    /// Values recorded: how many, and their sum.
+    Histogram { count: u64, sum: u64 },
 }
 
 /// Client plugins run in turn on one call: on the way out in order, on the way back in
@@ -148,6 +202,10 @@ impl ClientPlugin for Chain {
         for p in &self.0 {
             p.on_done(call);
         }
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        self.0.iter().flat_map(|p| p.metrics()).collect()
     }
 }
 
@@ -227,15 +285,7 @@ mod tests {
     #[test]
     fn a_chain_runs_out_in_order_and_back_in_reverse() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let call = BackendRequest {
-            method: Method::GET,
-            path: "/".into(),
-            query: None,
-            authority: "a".into(),
-            headers: HeaderMap::new(),
-            body: Vec::new(),
-            ticket: 0,
-        };
+        let call = BackendRequest { authority: "a".into(), ..BackendRequest::default() };
         let chain = |answers: bool| {
             Chain(vec![Arc::new(Rec("outer", false, seen.clone())), Arc::new(Rec("inner", answers, seen.clone()))])
         };

@@ -99,6 +99,20 @@ fn breakers(gw: &Gateway) -> Vec<(usize, usize, &crate::gateway::breaker::Breake
     out
 }
 
+/// The metrics plugins defined, each `(plugin, name)` once, sorted.
+fn plugin_metrics(gw: &Gateway) -> Vec<crate::gateway::plugin::Metric> {
+    let mut out: Vec<_> = gw
+        .endpoints
+        .iter()
+        .flat_map(|ep| ep.backends.iter())
+        .filter_map(|b| b.plugin.as_ref())
+        .flat_map(|p| p.plugin.metrics())
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a.plugin == b.plugin && a.name == b.name);
+    out
+}
+
 /// A breaker's state as a gauge: 0 closed, 1 open, 2 half-open.
 fn state_code(state: crate::gateway::breaker::State) -> u64 {
     use crate::gateway::breaker::State;
@@ -157,6 +171,17 @@ fn stats_text(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
         lines.push((format!("{p}.state"), state_code(state)));
         lines.push((format!("{p}.consecutive_failures"), failures));
     }
+    for m in plugin_metrics(gw) {
+        use crate::gateway::plugin::MetricValue;
+        let p = format!("plugin.{}.{}", m.plugin, m.name);
+        match m.value {
+            MetricValue::Counter(v) | MetricValue::Gauge(v) => lines.push((p, v)),
+            MetricValue::Histogram { count, sum } => {
+                lines.push((format!("{p}.count"), count));
+                lines.push((format!("{p}.sum"), sum));
+            }
+        }
+    }
     if let Some(f) = &gw.forward {
         lines.push(("forward.tunnels_open".into(), stats.tunnels_open()));
         lines.push(("forward.tunnels_total".into(), stats.tunnels_opened));
@@ -205,6 +230,42 @@ fn breaker_lines(g: &Gauges, t: &crate::forward::breaker::Thresholds) -> Vec<(St
         ]);
     }
     out
+}
+
+/// Plugins' metrics: `sluice_plugin_counter`, `sluice_plugin_gauge`,
+/// `sluice_plugin_histogram_count`/`_sum`, labelled by plugin and name.
+fn plugin_prometheus(o: &mut String, gw: &Gateway) {
+    use crate::gateway::plugin::MetricValue;
+    let metrics = plugin_metrics(gw);
+    type Pick = fn(&MetricValue) -> Option<u64>;
+    let families: [(&str, &str, Pick); 4] = [
+        ("sluice_plugin_counter", "counter", |v| match v {
+            MetricValue::Counter(n) => Some(*n),
+            _ => None,
+        }),
+        ("sluice_plugin_gauge", "gauge", |v| match v {
+            MetricValue::Gauge(n) => Some(*n),
+            _ => None,
+        }),
+        ("sluice_plugin_histogram_count", "counter", |v| match v {
+            MetricValue::Histogram { count, .. } => Some(*count),
+            _ => None,
+        }),
+        ("sluice_plugin_histogram_sum", "counter", |v| match v {
+            MetricValue::Histogram { sum, .. } => Some(*sum),
+            _ => None,
+        }),
+    ];
+    for (family, kind, pick) in families {
+        let rows: Vec<_> = metrics.iter().filter_map(|m| pick(&m.value).map(|v| (m, v))).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "# TYPE {family} {kind}");
+        for (m, v) in rows {
+            let _ = writeln!(o, "{family}{{plugin=\"{}\",name=\"{}\"}} {v}", label(&m.plugin), label(&m.name));
+        }
+    }
 }
 
 /// A Prometheus label value: `\`, `"` and newlines escaped.
@@ -280,6 +341,7 @@ fn prometheus(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
             );
         }
     }
+    plugin_prometheus(&mut o, gw);
     let Some(f) = &gw.forward else { return o };
     let _ = writeln!(o, "# TYPE sluice_forward_requests_total counter");
     for (dest, c) in &stats.destinations {

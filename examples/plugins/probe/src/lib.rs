@@ -1,0 +1,217 @@
+//! The test suite's Envoy-behaviour plugin: what filters written for Envoy rely on,
+//! each visible in the answer so a test can check it.
+//!
+//! Configuration: a JSON string is the greeting itself (Envoy hands a string
+//! configuration as it is); an object may say `{"greeting": "...", "panic": "text"}`
+//! (`panic` makes `on_configure` panic with that text).
+//!
+//! At start: metrics `calls` (counter), `logs` (counter), `open` (gauge), `body_bytes`
+//! (histogram), `events` (counter); a shared queue `events`; shared data `configured`
+//! counted up with compare-and-swap.
+//!
+//! Per call (one HTTP context, its state kept from request to response):
+//! - request: keeps `x-call-id` and the number of header fields it was told of; adds
+//!   `x-greeting`; `/b/hello` is answered locally (`200`, `hello: World`, body
+//!   `Hello, World!\n`, as the SDK's http_headers example); `/b/count` counts up the
+//!   shared `count`; `/b/enqueue` puts `call <id>` on the `events` queue.
+//! - response: `x-call-state` (the call id kept from the request side),
+//!   `powered-by: proxy-wasm`, `x-request-fields`, `x-response-fields`,
+//!   `x-seen-status`, `x-seen-type`, `x-trailers` (request/response trailer counts),
+//!   `x-count`, `x-calls` (the `calls` metric), and on `/b/props` `x-props`: the
+//!   properties as JSON.
+//! - end: `on_log` counts `logs`, takes one from `open`, logs `on_log call=<id>`.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Default, Clone, Copy)]
+struct Metrics {
+    calls: u32,
+    logs: u32,
+    open: u32,
+    body_bytes: u32,
+    events: u32,
+}
+
+#[derive(Default)]
+struct Root {
+    greeting: String,
+    metrics: Metrics,
+    queue: u32,
+}
+
+impl Context for Root {}
+
+/// Adds one to shared `key`, retrying on a compare-and-swap mismatch; the new value.
+fn count_up(ctx: &dyn Context, key: &str) -> u64 {
+    loop {
+        let (value, cas) = ctx.get_shared_data(key);
+        let n = value.and_then(|v| String::from_utf8(v).ok()).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) + 1;
+        if ctx.set_shared_data(key, Some(n.to_string().as_bytes()), cas).is_ok() {
+            return n;
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(o)) => {
+                if let Some(text) = o.get("panic").and_then(|v| v.as_str()) {
+                    panic!("told to panic: {text}");
+                }
+                self.greeting = o.get("greeting").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            }
+            // Not an object: the configuration is the greeting, as written.
+            _ => self.greeting = String::from_utf8_lossy(&bytes).into_owned(),
+        }
+        let define = |kind, name| hostcalls::define_metric(kind, name).unwrap_or(u32::MAX);
+        self.metrics = Metrics {
+            calls: define(MetricType::Counter, "calls"),
+            logs: define(MetricType::Counter, "logs"),
+            open: define(MetricType::Gauge, "open"),
+            body_bytes: define(MetricType::Histogram, "body_bytes"),
+            events: define(MetricType::Counter, "events"),
+        };
+        self.queue = self.register_shared_queue("events");
+        count_up(self, "configured");
+        true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_item)) = self.dequeue_shared_queue(queue_id) {
+            let _ = hostcalls::increment_metric(self.metrics.events, 1);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Call {
+            context_id,
+            greeting: self.greeting.clone(),
+            metrics: self.metrics,
+            queue: self.queue,
+            call_id: None,
+            request_fields: 0,
+            request_trailers: 0,
+            count: None,
+            path: String::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Call {
+    context_id: u32,
+    greeting: String,
+    metrics: Metrics,
+    queue: u32,
+    call_id: Option<String>,
+    request_fields: usize,
+    request_trailers: usize,
+    count: Option<u64>,
+    path: String,
+}
+
+impl Context for Call {}
+
+/// A property as JSON: text, or an 8-byte little-endian integer.
+fn prop(ctx: &dyn Context, path: &str, int: bool) -> serde_json::Value {
+    match ctx.get_property(path.split('.').collect()) {
+        None => serde_json::Value::Null,
+        Some(b) if int && b.len() == 8 => {
+            serde_json::json!(i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        }
+        Some(b) => serde_json::Value::String(String::from_utf8_lossy(&b).into_owned()),
+    }
+}
+
+impl HttpContext for Call {
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        self.request_fields = num_headers;
+        self.call_id = self.get_http_request_header("x-call-id");
+        self.request_trailers = self.get_http_request_trailers().len();
+        let _ = hostcalls::increment_metric(self.metrics.calls, 1);
+        let _ = hostcalls::increment_metric(self.metrics.open, 1);
+        self.set_http_request_header("x-greeting", Some(&self.greeting));
+        let target = self.get_http_request_header(":path").unwrap_or_default();
+        self.path = target.split('?').next().unwrap_or_default().to_string();
+        match self.path.as_str() {
+            "/b/hello" => {
+                self.send_http_response(200, vec![("hello", "World")], Some(b"Hello, World!\n"));
+                return Action::Pause;
+            }
+            "/b/count" => self.count = Some(count_up(self, "count")),
+            "/b/enqueue" => {
+                let item = format!("call {}", self.call_id.as_deref().unwrap_or("-"));
+                let _ = self.enqueue_shared_queue(self.queue, Some(item.as_bytes()));
+            }
+            _ => {}
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        let kind = self.get_http_response_header("content-type").unwrap_or_default();
+        let trailers = format!("{}/{}", self.request_trailers, self.get_http_response_trailers().len());
+        let calls = hostcalls::get_metric(self.metrics.calls).map(|n| n.to_string()).unwrap_or_default();
+        let state = self.call_id.clone().unwrap_or_else(|| "-".into());
+        self.set_http_response_header("x-call-state", Some(&state));
+        self.add_http_response_header("powered-by", "proxy-wasm");
+        self.set_http_response_header("x-request-fields", Some(&self.request_fields.to_string()));
+        self.set_http_response_header("x-response-fields", Some(&num_headers.to_string()));
+        self.set_http_response_header("x-seen-status", Some(&status));
+        self.set_http_response_header("x-seen-type", Some(&kind));
+        self.set_http_response_header("x-trailers", Some(&trailers));
+        self.set_http_response_header("x-calls", Some(&calls));
+        if let Some(n) = self.count {
+            self.set_http_response_header("x-count", Some(&n.to_string()));
+        }
+        if self.path == "/b/props" {
+            let mut props = serde_json::Map::new();
+            for (path, int) in [
+                ("request.scheme", false),
+                ("request.id", false),
+                ("request.time", true),
+                ("request.useragent", false),
+                ("request.referer", false),
+                ("request.method", false),
+                ("request.url_path", false),
+                ("request.query", false),
+                ("source.address", false),
+                ("upstream.address", false),
+                ("plugin_name", false),
+                ("plugin_vm_id", false),
+                ("node.id", false),
+                ("response.code", true),
+            ] {
+                props.insert(path.into(), prop(self, path, int));
+            }
+            props.insert(":scheme".into(), self.get_http_request_header(":scheme").into());
+            self.set_http_response_header("x-props", Some(&serde_json::Value::Object(props).to_string()));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        let _ = hostcalls::record_metric(self.metrics.body_bytes, body_size as u64);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let _ = hostcalls::increment_metric(self.metrics.logs, 1);
+        let _ = hostcalls::increment_metric(self.metrics.open, -1);
+        let id = self.call_id.clone().unwrap_or_else(|| "-".into());
+        let _ = hostcalls::log(LogLevel::Info, &format!("on_log call={id} context={}", self.context_id));
+    }
+}
