@@ -382,7 +382,66 @@ fn plugin_metrics_shared_data_and_queues(mode: Mode) {
     }
 }
 
+/// The external-auth pattern: the plugin holds the call, asks an upstream of its
+/// binding through the gateway's client, and resumes the call (with what it learnt) or
+/// answers it itself; a call out that fails, times out or names no upstream is the
+/// plugin's to answer; gRPC calls out are refused with the plugin named.
+fn plugin_calls_out_and_resumes(mode: Mode) {
+    let name = format!("auth_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
+    let auth = Backend::start(|seen| match target(seen) {
+        "/check?who=ok" => Reply::Json("alice".into()),
+        _ => Reply::Raw(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec()),
+    });
+    let slow = Backend::start(|_| Reply::Hang);
+    let down = format!("http://127.0.0.1:{}", support::proxies::free_port());
+    let config = format!(
+        r#"{{"version": 3, "plugin": {{"folder": "PLUGINS", "pattern": ".wasm"}},
+        "extra_config": {{"router": {{"return_error_msg": true}}}},
+        "endpoints": [{{"endpoint": "/p/{{id}}", "output_encoding": "no-op", "input_headers": ["X-Call-Id"],
+          "backend": [{{"host": ["{}"], "url_pattern": "/b/{{id}}", "encoding": "no-op",
+            "extra_config": {{"plugin/http-client": {{"name": "{name}", "{name}": "hi",
+              "upstreams": {{"auth": "{}", "slow": ["{}"], "down": "{down}"}}}}}}}}]}}]}}"#,
+        backend.url(),
+        auth.url(),
+        slow.url()
+    );
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let call = |path: &str, who: &str| gw.request("GET", path, &[("X-Call-Id", who)], &[]);
+
+    let r = call("/p/auth", "ok");
+    assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
+    assert_eq!(r.header("x-call-state"), Some("ok"));
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(field(&seen[0], "x-auth"), Some("alice"), "{}", seen[0].head);
+    let asked = auth.requests();
+    assert!(asked[0].head.starts_with("GET /check?who=ok HTTP/1.1\r\n"), "{}", asked[0].head);
+    assert_eq!(field(&asked[0], "host"), Some("auth.internal"));
+
+    let r = call("/p/auth", "mallory");
+    assert_eq!((r.status, r.text(), r.header("x-denied")), (403, "denied", Some("yes")));
+    assert_eq!(r.header("powered-by"), Some("proxy-wasm"), "a local reply runs the response callbacks");
+    assert_eq!(backend.requests().len(), 1, "a denied call reached the backend");
+    assert_eq!(auth.requests().len(), 2);
+
+    let r = call("/p/auth-down", "ok");
+    assert_eq!((r.status, r.text()), (503, "auth unavailable"));
+    let began = Instant::now();
+    let r = call("/p/auth-slow", "ok");
+    assert_eq!((r.status, r.text()), (503, "auth unavailable"));
+    assert!(began.elapsed() >= Duration::from_millis(290), "the call out's 300 ms: {:?}", began.elapsed());
+    assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    let r = call("/p/auth-unknown", "ok");
+    assert_eq!((r.status, r.text()), (500, "cannot call out: BadArgument"));
+    let r = call("/p/grpc", "ok");
+    assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));
+    assert_eq!(backend.requests().len(), 1);
+}
+
 every_driver!(
+    plugin_calls_out_and_resumes,
     plugin_state_follows_each_call,
     plugin_local_reply_config_and_maps,
     plugin_properties,

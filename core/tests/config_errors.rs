@@ -595,6 +595,38 @@ fn broken_configs_report_exact_paths_and_messages() {
             ],
         ),
         (
+            "plugin upstreams: names to URLs",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/x",
+                 "extra_config": {"plugin/http-client": {"name": "auth", "upstreams": ["http://a:1"]}}},
+                {"host": ["http://api"], "url_pattern": "/y",
+                 "extra_config": {"plugin/http-client": {"name": "auth", "upstreams": {
+                     "a": "ftp://a:1", "b": [], "c": ["http://c:1", 5], "d": "http://d:1/path", "e": "http://e:1"}}}},
+                {"host": ["http://api"], "url_pattern": "/z",
+                 "extra_config": {"plugin/http-client": {"name": "http-proxy", "proxy_address": "http://p:3128",
+                     "upstreams": {"a": "http://a:1"}}}}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["plugin/http-client"].upstreams: must be an object of upstream names to URLs"#,
+                r#"endpoints[0].backend[1].extra_config["plugin/http-client"].upstreams.b: must be a URL or a non-empty list of URLs"#,
+                r#"endpoints[0].backend[1].extra_config["plugin/http-client"].upstreams.c: must be a URL or a list of URLs"#,
+                r#"endpoints[0].backend[2].extra_config["plugin/http-client"].upstreams: the built-in http-proxy plugin makes no calls out"#,
+            ],
+        ),
+        (
+            "plugin upstreams: URLs as backend hosts",
+            backends(json!([
+                {"host": ["http://api"], "url_pattern": "/y",
+                 "extra_config": {"plugin/http-client": {"name": "auth", "upstreams": {
+                     "a": "ftp://a:1", "d": "http://d:1/path", "e": ["http://e:1", "http://e:99999"]}}}}
+            ])),
+            vec![
+                r#"endpoints[0].backend[0].extra_config["plugin/http-client"].upstreams.a: unsupported scheme "ftp" in "ftp://a:1" (use http:// or https://)"#,
+                r#"endpoints[0].backend[0].extra_config["plugin/http-client"].upstreams.d: a host must not have a path ("/path" in "http://d:1/path"): the call out's :path gives it"#,
+                r#"endpoints[0].backend[0].extra_config["plugin/http-client"].upstreams.e[1]: invalid port "99999" in host "http://e:99999" (1 to 65535)"#,
+            ],
+        ),
+        (
             "plugin without a name",
             backends(json!([{"host": ["http://api"], "url_pattern": "/x",
                 "extra_config": {"plugin/http-client": {"path": "/p"}}}])),

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::shared;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use sluice_core::gateway::plugin::{BackendRequest, BackendResponse, ClientPlugin, PluginFault, Verdict};
+use sluice_core::gateway::plugin::{BackendRequest, BackendResponse, CallOut, ClientPlugin, PluginFault, Verdict};
 use wasmtime::{
     Caller, Engine, Extern, FuncType, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
     TypedFunc, Val, ValType,
@@ -52,6 +52,7 @@ const NOT_FOUND: i32 = 1;
 const BAD_ARGUMENT: i32 = 2;
 const SERIALIZATION_FAILURE: i32 = 3;
 const INVALID_MEMORY_ACCESS: i32 = 6;
+const INTERNAL_FAILURE: i32 = 10;
 const UNIMPLEMENTED: i32 = 12;
 /// WASI's ENOSYS, for the WASI calls that are not given.
 const ENOSYS: i32 = 52;
@@ -105,6 +106,19 @@ struct HostState {
     last_words: String,
     /// Keeps the module's log lines out of the log (the start-up probe).
     quiet: bool,
+    /// The upstreams the binding may call out to.
+    upstreams: Arc<[String]>,
+    /// Whether the callback running may call out (the request side of a call).
+    may_call_out: bool,
+    /// Calls out made during this callback.
+    callouts: Vec<CallOut>,
+    /// The next call out's token (unique in the instance, as the SDKs expect).
+    next_token: u32,
+    /// `proxy_continue_stream(request)` during this callback.
+    resumed: bool,
+    /// The answer to the call out being delivered: its header map (`:status` first)
+    /// and body; empty for a failed one.
+    callout_answer: (Vec<(String, Vec<u8>)>, Vec<u8>),
 }
 
 /// A call's facts for `proxy_get_property` (docs/plugins.md lists them).
@@ -138,6 +152,12 @@ impl HostState {
             unimplemented: None,
             last_words: String::new(),
             quiet: false,
+            upstreams: Arc::from(Vec::new()),
+            may_call_out: false,
+            callouts: Vec::new(),
+            next_token: 1,
+            resumed: false,
+            callout_answer: (Vec::new(), Vec::new()),
         }
     }
 
@@ -147,7 +167,8 @@ impl HostState {
         match kind {
             0 => Ok(&self.request),
             2 => Ok(&self.response),
-            1 | 3 => Ok(&[]),
+            6 => Ok(&self.callout_answer.0),
+            1 | 3 | 7 => Ok(&[]),
             _ => Err(BAD_ARGUMENT),
         }
     }
@@ -407,6 +428,7 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let buf: &[u8] = match kind {
                 0 => &s.request_body,
                 1 => &s.response_body,
+                4 => &s.callout_answer.1,
                 6 => &[],
                 7 => &s.config,
                 _ => return Ok(NOT_FOUND),
@@ -663,11 +685,80 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Err(e) => e.status(),
         }
     })?;
-    // Calls that steer a paused stream: every stream here goes on by itself.
-    for name in ["proxy_continue_stream", "proxy_close_stream", "proxy_set_effective_context"] {
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: Caller<'_, HostState>,
+         uptr: i32,
+         ulen: i32,
+         hptr: i32,
+         hlen: i32,
+         bptr: i32,
+         blen: i32,
+         _tptr: i32,
+         _tlen: i32,
+         timeout: i32,
+         ret: i32| {
+            let (Some(upstream), Some(fields), Some(body)) =
+                (read(&mut c, uptr, ulen), read(&mut c, hptr, hlen), read(&mut c, bptr, blen))
+            else {
+                return INVALID_MEMORY_ACCESS;
+            };
+            let Some(pairs) = decode_map(&fields) else { return SERIALIZATION_FAILURE };
+            let s = c.data_mut();
+            let upstream = text(&upstream);
+            let why = if !s.may_call_out {
+                Some("only the request side of a call can call out (not the response side, a tick or the start)")
+            } else if !s.upstreams.contains(&upstream) {
+                Some("no such upstream in the binding's \"upstreams\"")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if !s.quiet {
+                    log(&s.name, 3, &format!("proxy_http_call to {upstream:?} refused: {why}"));
+                }
+                return if s.may_call_out { BAD_ARGUMENT } else { INTERNAL_FAILURE };
+            }
+            let get = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| text(v));
+            let (Some(method), Some(target), Some(authority)) = (get(":method"), get(":path"), get(":authority"))
+            else {
+                return BAD_ARGUMENT;
+            };
+            let (Ok(method), true, Ok(headers)) =
+                (Method::from_bytes(method.as_bytes()), target.starts_with('/'), header_map(&pairs))
+            else {
+                return BAD_ARGUMENT;
+            };
+            if HeaderValue::from_str(&authority).is_err() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return BAD_ARGUMENT;
+            }
+            let token = s.next_token;
+            s.next_token = s.next_token.checked_add(1).unwrap_or(1);
+            let timeout = match timeout as u32 {
+                0 => Duration::MAX,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            s.callouts.push(CallOut { token, upstream, method, target, authority, headers, body, timeout });
+            put(&mut c, ret, &token.to_le_bytes())
+        },
+    )?;
+    // Resuming a held request (0.2.1's continue_stream(request), 0.2.0's
+    // continue_request); other streams go on by themselves here.
+    linker.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, HostState>, stream: i32| {
+        if stream == 0 {
+            c.data_mut().resumed = true;
+        }
+        OK
+    })?;
+    linker.func_wrap("env", "proxy_continue_request", |mut c: Caller<'_, HostState>| {
+        c.data_mut().resumed = true;
+        OK
+    })?;
+    for name in ["proxy_close_stream", "proxy_set_effective_context"] {
         linker.func_wrap("env", name, |_: Caller<'_, HostState>, _: i32| OK)?;
     }
-    for name in ["proxy_continue_request", "proxy_continue_response", "proxy_done"] {
+    for name in ["proxy_continue_response", "proxy_done"] {
         linker.func_wrap("env", name, |_: Caller<'_, HostState>| OK)?;
     }
     // WASI, what a Rust or TinyGo module built for wasm32-wasip1 needs to start:
@@ -813,7 +904,11 @@ struct Exports {
     delete: Option<TypedFunc<i32, ()>>,
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     new_connection: Option<TypedFunc<i32, i32>>,
+    http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
 }
+
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseArgs = (i32, i32, i32, i32, i32);
 
 /// Which side of a call a callback is about.
 #[derive(Debug, Clone, Copy)]
@@ -836,6 +931,9 @@ struct Vm {
     open: std::collections::VecDeque<i32>,
     /// Per open context: its `request.id` and `request.time`.
     facts: HashMap<i32, (String, u64)>,
+    /// Per context holding its call: the calls out not answered yet, and whether the
+    /// plugin let the call go on (it then goes once they are answered).
+    waiting: HashMap<i32, (usize, bool)>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -890,6 +988,7 @@ impl Vm {
     fn start(plugin: &Shared, owner: (u64, usize), quiet: bool) -> Result<Vm, String> {
         let mut state = HostState::new(plugin.name.clone(), plugin.config.clone(), owner);
         state.quiet = quiet;
+        state.upstreams = plugin.upstreams.clone();
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks());
@@ -923,6 +1022,7 @@ impl Vm {
             delete: typed!("proxy_on_delete"),
             queue_ready: typed!("proxy_on_queue_ready"),
             new_connection: typed!("proxy_on_new_connection"),
+            http_call_response: typed!("proxy_on_http_call_response"),
         };
         let run = |store: &mut Store<HostState>| -> wasmtime::Result<Result<(), String>> {
             if let Some(f) = init.as_ref().or(start.as_ref()) {
@@ -948,8 +1048,8 @@ impl Vm {
             Err(e) => return Err(why(&e, store.data())),
         }
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-        let (next_context, open, facts) = (ROOT + 1, Default::default(), HashMap::new());
-        Ok(Vm { store, entry, generation, slot: owner.1 % SLOTS, next_context, open, facts })
+        let (next_context, open, facts, waiting) = (ROOT + 1, Default::default(), HashMap::new(), HashMap::new());
+        Ok(Vm { store, entry, generation, slot: owner.1 % SLOTS, next_context, open, facts, waiting })
     }
 
     /// Whether the module's contexts are network (L4) streams, not HTTP: a context
@@ -986,6 +1086,7 @@ impl Vm {
     /// Ends a context: `on_done`, `on_log`, `on_delete`, as Envoy calls them.
     fn close_context(&mut self, id: i32) -> wasmtime::Result<()> {
         self.open.retain(|&c| c != id);
+        self.waiting.remove(&id);
         if let Some((request_id, time)) = self.facts.remove(&id) {
             let s = self.store.data_mut();
             (s.facts.request_id, s.facts.time) = (request_id, time);
@@ -1017,22 +1118,60 @@ impl Vm {
 
     /// One side of a call: its headers callback (`end_of_stream` when there is no
     /// body), then its body callback with the whole body, unless the plugin already
-    /// answered locally.
-    fn headers_then_body(&mut self, side: Side, context: i32, fields: i32, body: usize) -> wasmtime::Result<()> {
+    /// answered locally. The action the last one answered (0: go on).
+    fn headers_then_body(&mut self, side: Side, context: i32, fields: i32, body: usize) -> wasmtime::Result<i32> {
         let (headers, body_fn) = match side {
             Side::Request => (&self.entry.request_headers, &self.entry.request_body),
             Side::Response => (&self.entry.response_headers, &self.entry.response_body),
         };
+        let mut action = 0;
         if let Some(f) = headers {
-            f.call(&mut self.store, (context, fields, i32::from(body == 0)))?;
+            action = f.call(&mut self.store, (context, fields, i32::from(body == 0)))?;
         }
         if body > 0
             && self.store.data().local.is_none()
             && let Some(f) = body_fn
         {
-            f.call(&mut self.store, (context, body as i32, 1))?;
+            action = f.call(&mut self.store, (context, body as i32, 1))?;
         }
-        Ok(())
+        Ok(action)
+    }
+
+    /// What the request side of a call in `context` comes to once its callbacks ran:
+    /// a local reply (through the response callbacks), calls out to wait for, the call
+    /// sent as the plugin left it, or a call held with nothing to resume it (a fault).
+    /// `paused`: the plugin holds the call (`Action::Pause`, or waiting on calls out).
+    fn conclude(
+        &mut self,
+        context: i32,
+        call: &mut BackendRequest,
+        paused: bool,
+    ) -> wasmtime::Result<Result<Verdict, String>> {
+        let s = self.store.data_mut();
+        s.may_call_out = false;
+        let calls = std::mem::take(&mut s.callouts);
+        let resumed = std::mem::replace(&mut s.resumed, false);
+        if let Some(local) = s.local.take() {
+            return Ok(self.answer(context, local_reply(local))?.map(Verdict::Respond));
+        }
+        if let Err(e) = request_from(s, call) {
+            return Ok(Err(e));
+        }
+        let (left, released) = self.waiting.entry(context).or_default();
+        *left += calls.len();
+        *released |= resumed || !paused;
+        Ok(Ok(if !calls.is_empty() {
+            // Made by a call the plugin let go, too: it goes once they are answered.
+            Verdict::Wait(calls)
+        } else if resumed || *released && *left == 0 {
+            Verdict::Continue
+        } else if *left > 0 {
+            Verdict::Wait(Vec::new())
+        } else {
+            return Ok(Err("holds the call (Action::Pause, or no resume after its calls out) with no call out \
+                           left that could resume it"
+                .into()));
+        }))
     }
 
     /// The response side of a call in `context`: the callbacks see `response` (the
@@ -1101,6 +1240,8 @@ struct Shared {
     name: Arc<str>,
     config: Arc<[u8]>,
     linked: Arc<Linked>,
+    /// The upstreams it may call out to, by name.
+    upstreams: Arc<[String]>,
 }
 
 /// A proxy-wasm module bound to one backend with its configuration: the
@@ -1130,10 +1271,10 @@ impl Plugin {
     /// empty). The instance of this thread is started at once, so a module that traps
     /// or refuses its configuration is an error here, at start-up, not on the first
     /// call; so is a network (L4) filter, which has no HTTP call to filter.
-    pub fn bind(name: &str, linked: Arc<Linked>, config: Vec<u8>) -> Result<Plugin, String> {
+    pub fn bind(name: &str, linked: Arc<Linked>, config: Vec<u8>, upstreams: Vec<String>) -> Result<Plugin, String> {
         let plugin = Plugin {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            shared: Shared { name: name.into(), config: config.into(), linked },
+            shared: Shared { name: name.into(), config: config.into(), linked, upstreams: upstreams.into() },
             slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
         };
         let mut probe = Vm::start(&plugin.shared, (plugin.id, usize::MAX), true)?;
@@ -1258,12 +1399,12 @@ impl ClientPlugin for Plugin {
             let context = vm.open_context()?;
             call.ticket = vm.ticket(context);
             vm.serve(context, call);
-            let fields = vm.store.data().request.len() as i32;
-            vm.headers_then_body(Side::Request, context, fields, call.body.len())?;
-            if let Some(local) = vm.store.data_mut().local.take() {
-                return Ok(vm.answer(context, local_reply(local))?.map(Verdict::Respond));
-            }
-            Ok(request_from(vm.store.data(), call).map(|()| Verdict::Continue))
+            let s = vm.store.data_mut();
+            (s.may_call_out, s.resumed) = (true, false);
+            s.callouts.clear();
+            let fields = s.request.len() as i32;
+            let action = vm.headers_then_body(Side::Request, context, fields, call.body.len())?;
+            vm.conclude(context, call, action != 0)
         })?;
         match verdict {
             Some(v) => v.map_err(|e| self.refuse(e)),
@@ -1316,6 +1457,45 @@ impl ClientPlugin for Plugin {
 
     fn metrics(&self) -> Vec<sluice_core::gateway::plugin::Metric> {
         shared::metrics_of(&self.shared.name)
+    }
+
+    fn on_call_response(
+        &self,
+        call: &mut BackendRequest,
+        token: u32,
+        answer: Option<BackendResponse>,
+    ) -> Result<Verdict, PluginFault> {
+        let verdict = self.with_vm(slot_of(call.ticket), false, |vm| {
+            let Some(context) = vm.context_of(call.ticket) else {
+                return Ok(Err("was started again while a call waited for its call out".to_string()));
+            };
+            vm.serve(context, call);
+            let (mut map, mut body) = (Vec::new(), Vec::new());
+            if let Some(r) = answer {
+                map.push((":status".to_string(), r.status.as_str().as_bytes().to_vec()));
+                pairs(&r.headers, &mut map);
+                if !r.body.is_empty() && !r.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    map.push(("content-length".into(), r.body.len().to_string().into_bytes()));
+                }
+                body = r.body;
+            }
+            let (fields, size) = (map.len() as i32, body.len() as i32);
+            let s = vm.store.data_mut();
+            (s.callout_answer, s.may_call_out, s.resumed) = ((map, body), true, false);
+            s.callouts.clear();
+            if let Some((left, _)) = vm.waiting.get_mut(&context) {
+                *left = left.saturating_sub(1);
+            }
+            if let Some(f) = &vm.entry.http_call_response {
+                f.call(&mut vm.store, (context, token as i32, fields, size, 0))?;
+            }
+            vm.store.data_mut().callout_answer = Default::default();
+            vm.conclude(context, call, true)
+        })?;
+        match verdict {
+            Some(v) => v.map_err(|e| self.refuse(e)),
+            None => Err(self.refuse("was started again while a call waited for its call out".into())),
+        }
     }
 }
 

@@ -145,7 +145,7 @@ impl Library {
                 errors.push(Diagnostic { path: site.at, message });
                 continue;
             };
-            match Plugin::bind(&site.name, linked.clone(), configuration(site.config)) {
+            match Plugin::bind(&site.name, linked.clone(), configuration(site.config), site.upstreams) {
                 Ok(plugin) => {
                     gw.bind_plugin(site.endpoint, site.backend, &site.name, Arc::new(plugin));
                     lines.push(format!("[BACKEND: {}] Injecting plugin {}", site.endpoint_path, site.name));

@@ -270,6 +270,41 @@ fn static_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<StaticResponse> {
 
 /// `proxy.flatmap_filter`: a list of `{"type": "move" | "append" | "del", "args":
 /// [...]}`. lura skips an entry of unknown type and panics on a `move` short of
+/// `plugin/http-client.upstreams`: `{"name": "http://host:port"}` or a list of URLs per
+/// name (checked as URLs when the plan is compiled).
+fn plugin_upstreams(e: &mut Obj, plugin: &str, cx: &mut Ctx) -> Vec<(String, Vec<String>)> {
+    let at = e.at("upstreams");
+    let Some(v) = e.map.get("upstreams").cloned() else { return Vec::new() };
+    let Value::Object(map) = v else {
+        cx.error(&at, "must be an object of upstream names to URLs");
+        return Vec::new();
+    };
+    if plugin == "http-proxy" {
+        cx.error(&at, "the built-in http-proxy plugin makes no calls out");
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        let urls = match v {
+            Value::String(u) => vec![u],
+            Value::Array(list) if !list.is_empty() => {
+                let urls: Vec<String> = list.iter().filter_map(|u| u.as_str().map(str::to_string)).collect();
+                if urls.len() != list.len() {
+                    cx.error(&format!("{at}.{name}"), "must be a URL or a list of URLs");
+                    continue;
+                }
+                urls
+            }
+            _ => {
+                cx.error(&format!("{at}.{name}"), "must be a URL or a non-empty list of URLs");
+                continue;
+            }
+        };
+        out.push((name, urls));
+    }
+    out
+}
+
 /// arguments, at request time; here both are errors.
 fn flatmap_config(v: &Value, path: &str, cx: &mut Ctx) -> Vec<FlatmapOp> {
     let Value::Array(items) = v else {
@@ -1821,9 +1856,10 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
                 if name == "http-proxy" && e.map.get("proxy_address").is_none_or(Value::is_null) {
                     cx.error(&e.at("proxy_address"), "missing: the http-proxy plugin needs a proxy_address");
                 }
+                let upstreams = plugin_upstreams(&mut e, &name, cx);
                 let options = e.map.iter().filter(|(k, _)| *k != "name").map(|(k, v)| (k.clone(), v.clone())).collect();
                 if !name.is_empty() {
-                    plugin = Some(ClientPlugin { name, proxy_address, options });
+                    plugin = Some(ClientPlugin { name, proxy_address, options, upstreams });
                 }
             }
         }

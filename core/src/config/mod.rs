@@ -814,6 +814,9 @@ pub struct ClientPlugin {
     pub proxy_address: Option<String>,
     /// Every other key of the namespace, handed to the plugin as its options.
     pub options: Map<String, Value>,
+    /// `upstreams`: where the plugin may call out to (`proxy_http_call`), by the name
+    /// it calls them: each a URL, or a list of URLs taken in turn. Default: none.
+    pub upstreams: Vec<(String, Vec<String>)>,
 }
 
 /// Root `plugin`: where client plugins are loaded from.

@@ -95,14 +95,19 @@ impl<'g> Connection<'g> {
                 CallEvent::Nothing => {}
                 CallEvent::Answer { status, headers, body } => {
                     let call = self.calls.index(id);
-                    self.log_call(ex.endpoint().index, call, Some(status));
+                    // A plugin's call out is the plugin's business, not a backend's.
+                    if !ex.is_call_out(call) {
+                        self.log_call(ex.endpoint().index, call, Some(status));
+                    }
                     ex.handle_response(call, status, headers, body);
                     changed = true;
                 }
                 CallEvent::Failed(f) => {
                     let call = self.calls.index(id);
-                    self.log_call(ex.endpoint().index, call, None);
-                    self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
+                    if !ex.is_call_out(call) {
+                        self.log_call(ex.endpoint().index, call, None);
+                        self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
+                    }
                     ex.handle_failure(call, &f.reason);
                     changed = true;
                 }

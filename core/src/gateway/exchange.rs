@@ -135,6 +135,38 @@ impl CallState {
     }
 }
 
+/// Calls out plugins made while holding their backend calls. A call out's id (the
+/// one the connection opens it under) is the number of backends plus its index here.
+#[derive(Debug, Default)]
+struct Callouts<'g> {
+    /// Per backend: the call as it will be sent once its plugin resumes it.
+    parked: Vec<Option<Call<'g>>>,
+    outs: Vec<Out<'g>>,
+    /// Backend calls their plugin resumed, to send.
+    resumed: Vec<Call<'g>>,
+}
+
+/// One call out.
+#[derive(Debug)]
+struct Out<'g> {
+    /// The backend whose plugin made it.
+    owner: usize,
+    req: plugin::CallOut,
+    /// Where it goes; `None` when the binding has no such upstream (it fails).
+    host: Option<&'g BackendHost>,
+    state: OutState,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    Pending,
+    InFlight,
+    /// Failed before it was made: its plugin is told at the next poll.
+    Unsent,
+    Done,
+}
+
 /// One client request in progress.
 #[derive(Debug)]
 pub struct Exchange<'g> {
@@ -168,6 +200,9 @@ pub struct Exchange<'g> {
     tickets: SmallVec<[Option<Ticket>; 8]>,
     /// Lines for the log (a breaker changing state), taken by the connection.
     logs: Vec<Log<'g>>,
+    /// Calls out plugins made, and the backend calls they hold: made when a plugin
+    /// first waits (see [`Verdict::Wait`]).
+    outs: Option<Box<Callouts<'g>>>,
 }
 
 #[derive(Debug)]
@@ -223,6 +258,7 @@ impl<'g> Exchange<'g> {
             sent: smallvec::smallvec![None; ep.backends.len()],
             tickets: smallvec::smallvec![None; ep.backends.len()],
             logs: Vec::new(),
+            outs: None,
         };
         // The endpoint's request checks (`validation/cel`), then the body's schema
         // (`validation/json-schema`), before any backend is called, in KrakenD's order.
@@ -327,10 +363,25 @@ impl<'g> Exchange<'g> {
     /// The body a [`CallBody::Full`] call `id` sends: the client's, or what a client
     /// plugin made of it.
     pub fn call_body(&self, id: usize) -> &[u8] {
+        if let Some(out) = self.out(id) {
+            return &out.req.body;
+        }
         match self.plugged(id) {
             Some(r) => &r.body,
             None => self.body(),
         }
+    }
+
+    /// Call `id` when it is a plugin's call out.
+    fn out(&self, id: usize) -> Option<&Out<'g>> {
+        let k = id.checked_sub(self.ep.backends.len())?;
+        self.outs.as_ref()?.outs.get(k)
+    }
+
+    /// Whether call `id` is a plugin's call out (not one of the endpoint's backends:
+    /// not counted or logged as one).
+    pub fn is_call_out(&self, id: usize) -> bool {
+        id >= self.ep.backends.len()
     }
 
     fn plugged(&self, id: usize) -> Option<&BackendRequest> {
@@ -341,6 +392,30 @@ impl<'g> Exchange<'g> {
     /// header fields come from the client's parsed head under the backend's header
     /// policy, with no header map built ([`upstream::write_backend_headers`]).
     pub fn write_head(&self, call: &Call<'_>, out: &mut Vec<u8>) -> Result<(), http1::Error> {
+        if let Some(o) = self.out(call.id) {
+            let r = &o.req;
+            let length =
+                (!r.body.is_empty() || is_write_method(&r.method)).then_some(BodyLength::Known(r.body.len() as u64));
+            let absolute;
+            let target = match call.via {
+                Some(_) if call.connect.is_none() => {
+                    absolute = format!("{}{}", call.origin, call.target);
+                    RequestTarget::Absolute(&absolute)
+                }
+                _ => RequestTarget::Origin(&call.target),
+            };
+            let proxy_auth = call.via.filter(|_| call.connect.is_none()).and_then(|p| p.authorization.as_deref());
+            return http1::write_request_with(&r.method, target, &r.authority, length, out, |out| {
+                for (n, v) in &r.headers {
+                    if !plugin::gateway_owned(n) && !n.as_str().starts_with("proxy-") {
+                        http1::write_field(n.as_str().as_bytes(), v.as_bytes(), out);
+                    }
+                }
+                if let Some(auth) = proxy_auth {
+                    http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
+                }
+            });
+        }
         let length = match call.body {
             CallBody::None => None,
             CallBody::Full => Some(BodyLength::Known(self.body().len() as u64)),
@@ -453,6 +528,11 @@ impl<'g> Exchange<'g> {
                 Answer::Stream(s) => Action::Stream(s),
             };
         }
+        if self.outs.is_some()
+            && let Some(action) = self.poll_outs()
+        {
+            return action;
+        }
         let next = if self.ep.sequential {
             // The first backend not settled, if it is its turn.
             self.calls.iter().position(|c| !c.settled()).filter(|&i| matches!(self.calls[i], CallState::Pending))
@@ -497,16 +577,15 @@ impl<'g> Exchange<'g> {
                 }
             }
             match self.make_call(i, balancer) {
-                Ok((mut call, host)) => {
+                Ok((call, host)) => {
                     self.sent[i] = Some(host);
-                    if let Some(binding) = &self.ep.backends[i].plugin
-                        && let Some(answer) = self.ask_plugin(binding, &mut call)
-                    {
-                        self.calls[i] = CallState::InFlight;
-                        self.settle(i, answer);
-                        return self.poll(balancer);
-                    }
                     self.calls[i] = CallState::InFlight;
+                    if let Some(binding) = &self.ep.backends[i].plugin {
+                        return match self.ask_plugin(binding, call) {
+                            Some(call) => Action::Call(call),
+                            None => self.poll(balancer),
+                        };
+                    }
                     return Action::Call(call);
                 }
                 Err(why) => {
@@ -522,7 +601,54 @@ impl<'g> Exchange<'g> {
             self.done = true;
             return Action::Respond(self.finish());
         }
-        Action::Wait(self.deadline)
+        let first_out = self
+            .outs
+            .as_ref()
+            .and_then(|c| c.outs.iter().filter(|o| o.state == OutState::InFlight).map(|o| o.deadline).min());
+        Action::Wait(first_out.map_or(self.deadline, |d| d.min(self.deadline)))
+    }
+
+    /// What the calls out ask for: one to make, a failed one's plugin told, a resumed
+    /// backend call to send. `None` when they have nothing to do.
+    fn poll_outs(&mut self) -> Option<Action<'g>> {
+        let n = self.ep.backends.len();
+        // Calls out that failed before they were made: their plugins hear of it first.
+        while let Some(k) = self.outs.as_ref()?.outs.iter().position(|o| o.state == OutState::Unsent) {
+            self.out_answered(k, None);
+        }
+        let c = self.outs.as_mut()?;
+        if let Some(call) = c.resumed.pop() {
+            return Some(Action::Call(call));
+        }
+        let k = c.outs.iter().position(|o| o.state == OutState::Pending)?;
+        let o = &mut c.outs[k];
+        let host = o.host?;
+        o.state = OutState::InFlight;
+        let to = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr);
+        Some(Action::Call(Call {
+            id: n + k,
+            method: o.req.method.clone(),
+            host: to,
+            pool_key: host.pool_key.as_str(),
+            scheme: host.addr.scheme,
+            authority: &host.authority,
+            via: host.proxy.as_ref(),
+            tls: host.tls.as_ref(),
+            connect: host.connect.as_deref(),
+            origin: &host.addr,
+            follow: false,
+            redirect_tls: None,
+            target: o.req.target.clone(),
+            body: if o.req.body.is_empty() && !is_write_method(&o.req.method) {
+                CallBody::None
+            } else {
+                CallBody::Full
+            },
+            stream_response: false,
+            inflate: false,
+            srv: false,
+            dial: host.dial,
+        }))
     }
 
     fn make_call(&self, i: usize, balancer: &Balancer) -> Result<(Call<'g>, &'g BackendHost), String> {
@@ -570,12 +696,26 @@ impl<'g> Exchange<'g> {
         Ok((call, host))
     }
 
-    /// Asks the plugin bound to `call`'s backend: `None` to send it (as the plugin left
-    /// it, kept in `plugged`), or the answer that settles it (the plugin's own, or a
-    /// 500 when the plugin failed).
-    fn ask_plugin(&mut self, binding: &plugin::Binding, call: &mut Call<'g>) -> Option<CallState> {
-        let mut req = Box::new(self.backend_request(call));
-        let answer = match binding.plugin.on_request(&mut req) {
+    /// Asks the plugin bound to `call`'s backend: the call to send (as the plugin left
+    /// it, kept in `plugged`), or `None` when the plugin settled it (its own answer, or
+    /// a 500 when it failed) or holds it for its calls out.
+    fn ask_plugin(&mut self, binding: &'g plugin::Binding, call: Call<'g>) -> Option<Call<'g>> {
+        let mut req = Box::new(self.backend_request(&call));
+        let verdict = binding.plugin.on_request(&mut req);
+        self.follow_plugin(call.id, binding, call, req, verdict)
+    }
+
+    /// Does what a plugin said of backend call `i` (`call`, as `req` now describes it):
+    /// the call to send, or `None` (settled, or held for calls out).
+    fn follow_plugin(
+        &mut self,
+        i: usize,
+        binding: &'g plugin::Binding,
+        mut call: Call<'g>,
+        req: Box<BackendRequest>,
+        verdict: Result<Verdict, plugin::PluginFault>,
+    ) -> Option<Call<'g>> {
+        let answer = match verdict {
             Ok(Verdict::Continue) => {
                 // What is sent is what the plugin left: method, target, body.
                 call.method = req.method.clone();
@@ -583,17 +723,78 @@ impl<'g> Exchange<'g> {
                 if call.body == CallBody::None && !req.body.is_empty() {
                     call.body = CallBody::Full;
                 }
-                if self.plugged.len() <= call.id {
-                    self.plugged.resize_with(call.id + 1, || None);
+                self.plug(i, req);
+                return Some(call);
+            }
+            Ok(Verdict::Wait(calls)) => {
+                let waiting = self.outs.as_ref().is_some_and(|c| {
+                    c.outs.iter().any(|o| o.owner == i && matches!(o.state, OutState::Pending | OutState::InFlight))
+                });
+                if calls.is_empty() && !waiting {
+                    // Nothing would ever resume it.
+                    plugin::fault_response(&binding.name)
+                } else {
+                    let now = self.clock;
+                    let deadline = self.deadline;
+                    let upstreams = &self.ep.backends[i].upstreams;
+                    let c = self.outs.get_or_insert_with(Box::default);
+                    for req in calls {
+                        let host = upstreams
+                            .iter()
+                            .find(|(name, _)| *name == req.upstream)
+                            .and_then(|(_, hosts)| hosts.get(req.token as usize % hosts.len().max(1)));
+                        let state = if host.is_some() { OutState::Pending } else { OutState::Unsent };
+                        let deadline = now.checked_add(req.timeout).map_or(deadline, |d| d.min(deadline));
+                        c.outs.push(Out { owner: i, req, host, state, deadline });
+                    }
+                    if c.parked.len() <= i {
+                        c.parked.resize_with(i + 1, || None);
+                    }
+                    c.parked[i] = Some(call);
+                    self.plug(i, req);
+                    return None;
                 }
-                self.plugged[call.id] = Some(req);
-                return None;
             }
             Ok(Verdict::Respond(r)) => r,
             Err(_) => plugin::fault_response(&binding.name),
         };
         binding.plugin.on_done(&req);
-        Some(CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body })
+        self.settle(i, CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body });
+        None
+    }
+
+    /// Keeps `req` as backend call `i` goes out (or waits): its plugin hears of its end.
+    fn plug(&mut self, i: usize, req: Box<BackendRequest>) {
+        if self.plugged.len() <= i {
+            self.plugged.resize_with(i + 1, || None);
+        }
+        self.plugged[i] = Some(req);
+    }
+
+    /// Call out `k` answered (`None`: it failed, or timed out): its plugin says what
+    /// becomes of the backend call it holds.
+    fn out_answered(&mut self, k: usize, answer: Option<BackendResponse>) {
+        let Some(c) = self.outs.as_mut() else { return };
+        let Some(o) = c.outs.get_mut(k).filter(|o| o.state != OutState::Done) else { return };
+        o.state = OutState::Done;
+        let (i, token) = (o.owner, o.req.token);
+        // The backend call may have settled meanwhile (the endpoint timed out).
+        let Some(call) = c.parked.get_mut(i).and_then(Option::take) else { return };
+        let ep = self.ep;
+        let (Some(binding), Some(mut req)) = (&ep.backends[i].plugin, self.plugged.get_mut(i).and_then(Option::take))
+        else {
+            return;
+        };
+        if !matches!(self.calls.get(i), Some(CallState::InFlight)) || self.done {
+            binding.plugin.on_done(&req);
+            return;
+        }
+        let verdict = binding.plugin.on_call_response(&mut req, token, answer);
+        if let Some(call) = self.follow_plugin(i, binding, call, req, verdict)
+            && let Some(c) = self.outs.as_mut()
+        {
+            c.resumed.push(call);
+        }
     }
 
     /// The `Accept-Encoding` a call asks with: gzip for a body the gateway decodes (not
@@ -716,6 +917,12 @@ impl<'g> Exchange<'g> {
 
     /// A complete backend response. Ignored unless the call is in flight.
     pub fn handle_response(&mut self, id: usize, status: StatusCode, headers: HeaderMap, body: Vec<u8>) {
+        if let Some(k) = id.checked_sub(self.ep.backends.len()) {
+            if !self.done {
+                self.out_answered(k, Some(BackendResponse { status, headers, body }));
+            }
+            return;
+        }
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
@@ -764,6 +971,12 @@ impl<'g> Exchange<'g> {
 
     /// A call that failed without an HTTP response (refused, reset, garbage, ...).
     pub fn handle_failure(&mut self, id: usize, reason: &str) {
+        if let Some(k) = id.checked_sub(self.ep.backends.len()) {
+            if !self.done {
+                self.out_answered(k, None);
+            }
+            return;
+        }
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
@@ -780,7 +993,18 @@ impl<'g> Exchange<'g> {
     /// Time has come to `now`: past the deadline, every unsettled call is cut.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.at(now);
-        if now < self.deadline || self.done {
+        if self.done {
+            return;
+        }
+        // Calls out past their own timeout fail (their plugins are told).
+        while let Some(k) = self
+            .outs
+            .as_ref()
+            .and_then(|c| c.outs.iter().position(|o| o.state == OutState::InFlight && o.deadline <= now))
+        {
+            self.out_answered(k, None);
+        }
+        if now < self.deadline {
             return;
         }
         for i in 0..self.calls.len() {

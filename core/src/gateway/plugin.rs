@@ -32,6 +32,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
@@ -105,6 +106,31 @@ pub enum Verdict {
     Continue,
     /// Do not call the backend: this is its answer.
     Respond(BackendResponse),
+    /// Hold the call: make these calls out first (none: the plugin waits for ones it
+    /// made before). Each answer, or its failure, comes back through
+    /// [`ClientPlugin::on_call_response`]. A plugin that waits with no call out left
+    /// fails its call (nothing would ever resume it).
+    Wait(Vec<CallOut>),
+}
+
+/// A call a plugin makes to an upstream of its binding (proxy-wasm's
+/// `proxy_http_call`), through the gateway's backend client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOut {
+    /// The plugin's own name for it, handed back with the answer.
+    pub token: u32,
+    /// One of the binding's `upstreams`.
+    pub upstream: String,
+    pub method: Method,
+    /// Path and query.
+    pub target: String,
+    /// The `Host` field.
+    pub authority: String,
+    /// End-to-end fields (framing is the gateway's).
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// Its answer is awaited this long at most (and never past the endpoint's timeout).
+    pub timeout: Duration,
 }
 
 /// A plugin failed on a call: the call fails with 500. The text is for the log.
@@ -133,6 +159,18 @@ pub trait ClientPlugin: Send + Sync + fmt::Debug {
     /// The call is over, however it ended.
     fn on_done(&self, call: &BackendRequest) {
         let _ = call;
+    }
+
+    /// A call out the plugin made for `call` ([`Verdict::Wait`]) answered (`None`: it
+    /// failed or timed out): resume the call, answer it, or wait on.
+    fn on_call_response(
+        &self,
+        call: &mut BackendRequest,
+        token: u32,
+        response: Option<BackendResponse>,
+    ) -> Result<Verdict, PluginFault> {
+        let _ = (call, token, response);
+        Err(PluginFault("an answer to a call out it never made".into()))
     }
 
     /// The metrics the plugin defined, for the admin pages (`/stats`,
@@ -178,6 +216,8 @@ impl ClientPlugin for Chain {
                     // An answer (or a fault) from this one: the ones before see it back.
                     let mut answer = match other {
                         Ok(Verdict::Respond(r)) => r,
+                        // Calls out come back to the last plugin (see on_call_response).
+                        Ok(Verdict::Wait(calls)) => return Ok(Verdict::Wait(calls)),
                         Err(e) => return Err(e),
                         Ok(Verdict::Continue) => unreachable!("matched above"),
                     };
@@ -207,6 +247,20 @@ impl ClientPlugin for Chain {
     fn metrics(&self) -> Vec<Metric> {
         self.0.iter().flat_map(|p| p.metrics()).collect()
     }
+
+    /// Only the last plugin of a chain can call out (a proxy-wasm plugin is bound after
+    /// `modifier/martian`, which never does): its answers go to it.
+    fn on_call_response(
+        &self,
+        call: &mut BackendRequest,
+        token: u32,
+        response: Option<BackendResponse>,
+    ) -> Result<Verdict, PluginFault> {
+        match self.0.last() {
+            Some(p) => p.on_call_response(call, token, response),
+            None => Err(PluginFault("an empty chain made no calls out".into())),
+        }
+    }
 }
 
 /// A plugin bound to a backend, with the name it was bound under (for logs and the 500).
@@ -229,6 +283,8 @@ pub struct Site {
     /// The plugin's configuration: the object under its name, as JSON (empty when
     /// there is none).
     pub config: Vec<u8>,
+    /// The names of the upstreams it may call out to.
+    pub upstreams: Vec<String>,
     /// The JSON path of `name`, for errors.
     pub at: String,
 }

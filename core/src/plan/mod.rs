@@ -192,6 +192,10 @@ pub struct BackendPlan {
     pub redirect_tls: Option<TlsProfile>,
     /// The client plugin bound to it (see [`crate::gateway::plugin`]), once bound.
     pub plugin: Option<crate::gateway::plugin::Binding>,
+    /// Where its plugin may call out to (`proxy_http_call`), by name: the
+    /// `upstreams` of its `plugin/http-client` namespace, hosts compiled as the
+    /// backend's own (its TLS settings and proxy).
+    pub upstreams: Vec<(String, Vec<BackendHost>)>,
     /// `qos/ratelimit/proxy`: calls over it are not made.
     pub limit: Option<crate::gateway::ratelimit::CallLimit>,
     /// `validation/cel`: request checks before each call (see [`crate::gateway::cel`]).
@@ -322,41 +326,66 @@ impl Gateway {
                         None
                     }
                 });
+                // What every host of the backend gets (and every upstream its plugin
+                // calls out to): its proxy, its TLS target, its pool key.
+                let mut finish = |mut host: BackendHost, srv: bool, at: &str, errors: &mut Vec<Diagnostic>| {
+                    host.proxy = match srv {
+                        // The environment's proxy depends on the target's name.
+                        true => own_proxy.clone(),
+                        false => own_proxy.clone().or_else(|| env.proxy.for_host(&host.addr).cloned()),
+                    };
+                    if host.addr.scheme == config::Scheme::Https {
+                        let profile = match b.http_client.as_ref().and_then(|c| c.client_tls.as_ref()) {
+                            Some(t) => own_profile.get_or_insert_with(|| {
+                                let at = format!(r#"{path}.extra_config["backend/http/client"].client_tls"#);
+                                compiled_profile(Some(t), env, &at, &mut compiled)
+                            }),
+                            None => root_profile.get_or_insert_with(|| {
+                                compiled_profile(config.client_tls.as_ref(), env, "client_tls", &mut compiled)
+                            }),
+                        };
+                        match tls_target(&host.addr, profile, at) {
+                            Ok(target) => host.tls = Some(target),
+                            Err(mut diags) => errors.append(&mut diags),
+                        }
+                    }
+                    if let (Some(_), Some(_)) = (&host.tls, &host.proxy) {
+                        host.connect = Some(connect_authority(&host.addr));
+                    }
+                    host.pool_key = pool_key(&host.addr, host.tls.as_ref(), host.proxy.as_ref());
+                    host.dial = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr).socket_addr();
+                    host
+                };
                 for (k, h) in raw_hosts.iter().enumerate() {
                     let host = compile_host(h, b.disable_host_sanitize)
                         .and_then(|host| redirected(host, martian.as_ref(), b.disable_host_sanitize))
                         .and_then(|host| srv_name(h, host, srv));
                     match host {
-                        Ok(mut host) => {
-                            host.proxy = match srv {
-                                // The environment's proxy depends on the target's name.
-                                true => own_proxy.clone(),
-                                false => own_proxy.clone().or_else(|| env.proxy.for_host(&host.addr).cloned()),
-                            };
-                            if host.addr.scheme == config::Scheme::Https {
-                                let profile = match b.http_client.as_ref().and_then(|c| c.client_tls.as_ref()) {
-                                    Some(t) => own_profile.get_or_insert_with(|| {
-                                        let at = format!(r#"{path}.extra_config["backend/http/client"].client_tls"#);
-                                        compiled_profile(Some(t), env, &at, &mut compiled)
-                                    }),
-                                    None => root_profile.get_or_insert_with(|| {
-                                        compiled_profile(config.client_tls.as_ref(), env, "client_tls", &mut compiled)
-                                    }),
-                                };
-                                match tls_target(&host.addr, profile, &format!("{path}.host[{k}]")) {
-                                    Ok(target) => host.tls = Some(target),
-                                    Err(mut diags) => errors.append(&mut diags),
-                                }
-                            }
-                            if let (Some(_), Some(_)) = (&host.tls, &host.proxy) {
-                                host.connect = Some(connect_authority(&host.addr));
-                            }
-                            host.pool_key = pool_key(&host.addr, host.tls.as_ref(), host.proxy.as_ref());
-                            host.dial = host.proxy.as_ref().map_or(&host.addr, |p| &p.addr).socket_addr();
-                            hosts.push(host);
-                        }
+                        Ok(host) => hosts.push(finish(host, srv, &format!("{path}.host[{k}]"), &mut errors)),
                         Err(bad) => errors.push(Diagnostic { path: format!("{path}.host[{k}]"), message: bad.into() }),
                     }
+                }
+                // The upstreams the backend's plugin may call out to, by name.
+                let mut upstreams = Vec::new();
+                for (name, urls) in b.plugin.as_ref().map_or(&[][..], |p| &p.upstreams[..]) {
+                    let mut list = Vec::with_capacity(urls.len());
+                    for (k, u) in urls.iter().enumerate() {
+                        let mut at = format!(r#"{path}.extra_config["plugin/http-client"].upstreams.{name}"#);
+                        if urls.len() > 1 {
+                            at.push_str(&format!("[{k}]"));
+                        }
+                        match compile_host(u, false) {
+                            Ok(host) => list.push(finish(host, false, &at, &mut errors)),
+                            Err(bad) => {
+                                // The hints of a backend host do not apply here.
+                                let message = String::from(bad)
+                                    .replace(", or set disable_host_sanitize)", ")")
+                                    .replace(": put it in url_pattern", ": the call out's :path gives it");
+                                errors.push(Diagnostic { path: at, message })
+                            }
+                        }
+                    }
+                    upstreams.push((name.clone(), list));
                 }
                 let client = b.http_client.as_ref();
                 let no_redirect = client.is_some_and(|c| c.no_redirect);
@@ -410,6 +439,7 @@ impl Gateway {
                     cel: backend_cel.0,
                     cel_response: backend_cel.2,
                     breaker: b.circuit_breaker.as_ref().map(crate::gateway::breaker::Breaker::new),
+                    upstreams,
                 });
                 backend_count += 1;
             }
@@ -510,6 +540,7 @@ impl Gateway {
                     endpoint_path: e.endpoint.clone(),
                     name: p.name.clone(),
                     config,
+                    upstreams: p.upstreams.iter().map(|(n, _)| n.clone()).collect(),
                     at: format!(r#"endpoints[{i}].backend[{j}].extra_config["plugin/http-client"].name"#),
                 });
             }

@@ -13,13 +13,20 @@
 //! - request: keeps `x-call-id` and the number of header fields it was told of; adds
 //!   `x-greeting`; `/b/hello` is answered locally (`200`, `hello: World`, body
 //!   `Hello, World!\n`, as the SDK's http_headers example); `/b/count` counts up the
-//!   shared `count`; `/b/enqueue` puts `call <id>` on the `events` queue.
+//!   shared `count`; `/b/enqueue` puts `call <id>` on the `events` queue; `/b/auth`
+//!   holds the call and asks upstream `auth` `GET /check?who=<call id>` (300 ms at
+//!   most; `/b/auth-down`, `/b/auth-slow`, `/b/auth-unknown` ask `down`, `slow`,
+//!   `nowhere`): a 200 resumes the call with `x-auth: <its body>`, another status
+//!   answers `403 denied` (`x-denied: yes`), a failed call out `503 auth unavailable`,
+//!   a refused one `500 cannot call out: <status>`; `/b/grpc` tries a gRPC call.
 //! - response: `x-call-state` (the call id kept from the request side),
 //!   `powered-by: proxy-wasm`, `x-request-fields`, `x-response-fields`,
 //!   `x-seen-status`, `x-seen-type`, `x-trailers` (request/response trailer counts),
 //!   `x-count`, `x-calls` (the `calls` metric), and on `/b/props` `x-props`: the
 //!   properties as JSON.
 //! - end: `on_log` counts `logs`, takes one from `open`, logs `on_log call=<id>`.
+
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -122,7 +129,6 @@ struct Call {
     path: String,
 }
 
-impl Context for Call {}
 
 /// A property as JSON: text, or an 8-byte little-endian integer.
 fn prop(ctx: &dyn Context, path: &str, int: bool) -> serde_json::Value {
@@ -132,6 +138,24 @@ fn prop(ctx: &dyn Context, path: &str, int: bool) -> serde_json::Value {
             serde_json::json!(i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
         }
         Some(b) => serde_json::Value::String(String::from_utf8_lossy(&b).into_owned()),
+    }
+}
+
+impl Context for Call {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if num_headers == 0 {
+            // The call out failed or timed out.
+            self.send_http_response(503, vec![], Some(b"auth unavailable"));
+            return;
+        }
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        if status == "200" {
+            self.set_http_request_header("x-auth", Some(&String::from_utf8_lossy(&body)));
+            self.resume_http_request();
+        } else {
+            self.send_http_response(403, vec![("x-denied", "yes")], Some(b"denied"));
+        }
     }
 }
 
@@ -151,6 +175,30 @@ impl HttpContext for Call {
                 return Action::Pause;
             }
             "/b/count" => self.count = Some(count_up(self, "count")),
+            "/b/auth" | "/b/auth-down" | "/b/auth-slow" | "/b/auth-unknown" => {
+                // The external-auth pattern (the SDK's http_auth_random): ask an
+                // upstream, hold the call until it answers.
+                let upstream = match self.path.as_str() {
+                    "/b/auth-down" => "down",
+                    "/b/auth-slow" => "slow",
+                    "/b/auth-unknown" => "nowhere",
+                    _ => "auth",
+                };
+                let who = self.call_id.clone().unwrap_or_default();
+                let path = format!("/check?who={who}");
+                let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", "auth.internal")];
+                return match self.dispatch_http_call(upstream, headers, None, vec![], Duration::from_millis(300)) {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        let body = format!("cannot call out: {status:?}");
+                        self.send_http_response(500, vec![], Some(body.as_bytes()));
+                        Action::Pause
+                    }
+                };
+            }
+            "/b/grpc" => {
+                let _ = self.dispatch_grpc_call("auth", "svc", "Check", vec![], None, Duration::from_secs(1));
+            }
             "/b/enqueue" => {
                 let item = format!("call {}", self.call_id.as_deref().unwrap_or("-"));
                 let _ = self.enqueue_shared_queue(self.queue, Some(item.as_bytes()));
