@@ -395,7 +395,10 @@ fn plugin_calls_out_and_resumes(mode: Mode) {
         _ => Reply::Raw(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec()),
     });
     let slow = Backend::start(|_| Reply::Hang);
-    let down = format!("http://127.0.0.1:{}", support::proxies::free_port());
+    // Closes every connection unanswered (a free port could be taken meanwhile by
+    // another test's listener).
+    let closing = Backend::start(|_| Reply::Close);
+    let down = closing.url();
     let config = format!(
         r#"{{"version": 3, "plugin": {{"folder": "PLUGINS", "pattern": ".wasm"}},
         "extra_config": {{"router": {{"return_error_msg": true}}}},
@@ -440,7 +443,31 @@ fn plugin_calls_out_and_resumes(mode: Mode) {
     assert_eq!(backend.requests().len(), 1);
 }
 
+/// Ticks: the period a plugin sets in `on_configure` drives `on_tick`, through core's
+/// ticker on every driver (each shard's instance on uring, every instance on tokio).
+fn plugin_ticks(mode: Mode) {
+    let name = format!("ticks_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json("{}".into()));
+    let config = probe_config(&backend.url(), &name, r#"{"tick_ms": 20}"#);
+    let gw = Gw::start_with(plugins::gateway_from(&config, &dir.0), mode, |o| o.threads = 2);
+    let began = Instant::now();
+    let ticks = loop {
+        let page = admin_page(&gw, "/stats");
+        let n = stat(&page, &format!("plugin.{name}.ticks")).unwrap_or(0);
+        if n >= 10 || began.elapsed() > Duration::from_secs(10) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ticks >= 10, "{ticks} ticks in {:?}", began.elapsed());
+    // No call was needed for them, and the gateway still answers.
+    assert!(backend.requests().is_empty());
+    assert_eq!(gw.get("/p/x").status, 200);
+}
+
 every_driver!(
+    plugin_ticks,
     plugin_calls_out_and_resumes,
     plugin_state_follows_each_call,
     plugin_local_reply_config_and_maps,

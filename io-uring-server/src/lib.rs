@@ -28,10 +28,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 use sluice_core::Gateway;
+use sluice_core::gateway::ticks::{self, Ticker};
 use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
 
@@ -326,6 +327,11 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     {
         monoio::spawn(admin::publish(shard.clone(), mine.clone(), stop.clone()));
     }
+    // Plugins' ticks: this shard's instances tick here, as each Envoy worker's.
+    let ticker = Ticker::new(&shard.gw, Instant::now(), false);
+    if !ticker.is_empty() {
+        monoio::spawn(tick(ticker, stop.clone()));
+    }
     let others: Vec<_> = [(forward, Listener::Forward), (admin_listener, Listener::Admin)]
         .into_iter()
         .filter_map(|(l, kind)| Some((l?, kind)))
@@ -346,6 +352,20 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     }
     if shard.active.get() > 0 {
         tracing::warn!(shard = id, "stopping with {} connection(s) still open", shard.active.get());
+    }
+}
+
+/// Makes this shard's plugin ticks when they are due, until the stop (looked at
+/// every [`ticks::LOOK_EVERY`] at least).
+async fn tick(mut ticker: Ticker, stop: StopSignal) {
+    while !stop.is_triggered() {
+        let Some(next) = ticker.poll_timeout() else { return };
+        let now = Instant::now();
+        if next > now {
+            monoio::time::sleep((next - now).min(ticks::LOOK_EVERY)).await;
+            continue;
+        }
+        ticker.handle_timeout(now);
     }
 }
 

@@ -19,6 +19,7 @@
 //! `on_log`, `on_delete` when the call ends, however it ends. Metrics, shared data and
 //! queues are process-wide ([`crate::shared`]).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -108,6 +109,8 @@ struct HostState {
     quiet: bool,
     /// The upstreams the binding may call out to.
     upstreams: Arc<[String]>,
+    /// The binding's tick period in ms (0: none).
+    tick_ms: Arc<AtomicU64>,
     /// Whether the callback running may call out (the request side of a call).
     may_call_out: bool,
     /// Calls out made during this callback.
@@ -153,6 +156,7 @@ impl HostState {
             last_words: String::new(),
             quiet: false,
             upstreams: Arc::from(Vec::new()),
+            tick_ms: Arc::default(),
             may_call_out: false,
             callouts: Vec::new(),
             next_token: 1,
@@ -743,6 +747,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             put(&mut c, ret, &token.to_le_bytes())
         },
     )?;
+    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |c: Caller<'_, HostState>, period: i32| {
+        c.data().tick_ms.store(u64::from(period as u32), Ordering::Relaxed);
+        OK
+    })?;
     // Resuming a held request (0.2.1's continue_stream(request), 0.2.0's
     // continue_request); other streams go on by themselves here.
     linker.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, HostState>, stream: i32| {
@@ -905,6 +913,7 @@ struct Exports {
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     new_connection: Option<TypedFunc<i32, i32>>,
     http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
+    tick: Option<TypedFunc<i32, ()>>,
 }
 
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
@@ -944,6 +953,8 @@ pub const SLOTS: usize = 64;
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
+    /// Whether this thread is running a tick (for the words of a failure's log line).
+    static TICKING: Cell<bool> = const { Cell::new(false) };
     /// This thread's slot.
     static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
 }
@@ -989,6 +1000,7 @@ impl Vm {
         let mut state = HostState::new(plugin.name.clone(), plugin.config.clone(), owner);
         state.quiet = quiet;
         state.upstreams = plugin.upstreams.clone();
+        state.tick_ms = plugin.tick_ms.clone();
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks());
@@ -1023,6 +1035,7 @@ impl Vm {
             queue_ready: typed!("proxy_on_queue_ready"),
             new_connection: typed!("proxy_on_new_connection"),
             http_call_response: typed!("proxy_on_http_call_response"),
+            tick: typed!("proxy_on_tick"),
         };
         let run = |store: &mut Store<HostState>| -> wasmtime::Result<Result<(), String>> {
             if let Some(f) = init.as_ref().or(start.as_ref()) {
@@ -1242,6 +1255,8 @@ struct Shared {
     linked: Arc<Linked>,
     /// The upstreams it may call out to, by name.
     upstreams: Arc<[String]>,
+    /// Its tick period in ms (0: none), as its instances last set it.
+    tick_ms: Arc<AtomicU64>,
 }
 
 /// A proxy-wasm module bound to one backend with its configuration: the
@@ -1274,7 +1289,13 @@ impl Plugin {
     pub fn bind(name: &str, linked: Arc<Linked>, config: Vec<u8>, upstreams: Vec<String>) -> Result<Plugin, String> {
         let plugin = Plugin {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            shared: Shared { name: name.into(), config: config.into(), linked, upstreams: upstreams.into() },
+            shared: Shared {
+                name: name.into(),
+                config: config.into(),
+                linked,
+                upstreams: upstreams.into(),
+                tick_ms: Arc::default(),
+            },
             slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
         };
         let mut probe = Vm::start(&plugin.shared, (plugin.id, usize::MAX), true)?;
@@ -1303,6 +1324,8 @@ impl Plugin {
         f: impl FnOnce(&mut Vm) -> wasmtime::Result<R>,
     ) -> Result<Option<R>, PluginFault> {
         let name = &self.shared.name;
+        // A tick runs with no call: its failure loses the tick only.
+        let ticking = TICKING.with(Cell::get);
         let mut guard = self.lock(slot);
         let vm = match &mut *guard {
             Some(vm) => vm,
@@ -1310,7 +1333,8 @@ impl Plugin {
             None => match Vm::start(&self.shared, (self.id, slot), false) {
                 Ok(vm) => guard.insert(vm),
                 Err(e) => {
-                    tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] cannot start an instance: {e}; the call fails with 500");
+                    let lost = if ticking { "the tick is lost" } else { "the call fails with 500" };
+                    tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] cannot start an instance: {e}; {lost}");
                     return Err(PluginFault(e));
                 }
             },
@@ -1325,7 +1349,8 @@ impl Plugin {
             Err(e) => {
                 let text = why(&e, vm.store.data());
                 *guard = None;
-                tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] {text}; the call fails with 500 and the instance is started again");
+                let lost = if ticking { "the tick is lost" } else { "the call fails with 500" };
+                tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] {text}; {lost} and the instance is started again");
                 Err(PluginFault(text))
             }
         }
@@ -1459,6 +1484,26 @@ impl ClientPlugin for Plugin {
         shared::metrics_of(&self.shared.name)
     }
 
+    fn tick_period(&self) -> Option<Duration> {
+        match self.shared.tick_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// This thread's instance ticks (started first when there is none, as Envoy
+    /// starts each worker's).
+    fn on_tick(&self) {
+        self.tick(this_slot(), true);
+    }
+
+    /// Every started instance ticks, each under its slot's lock.
+    fn on_tick_all(&self) {
+        for slot in 0..SLOTS {
+            self.tick(slot, false);
+        }
+    }
+
     fn on_call_response(
         &self,
         call: &mut BackendRequest,
@@ -1500,6 +1545,16 @@ impl ClientPlugin for Plugin {
 }
 
 impl Plugin {
+    /// `proxy_on_tick` on the root context of the instance in `slot`.
+    fn tick(&self, slot: usize, start: bool) {
+        TICKING.with(|t| t.set(true));
+        let _ = self.with_vm(slot, start, |vm| match &vm.entry.tick {
+            Some(f) => f.call(&mut vm.store, ROOT),
+            None => Ok(()),
+        });
+        TICKING.with(|t| t.set(false));
+    }
+
     fn refuse(&self, e: String) -> PluginFault {
         tracing::error!(target: "sluice::plugin", "[PLUGIN: {}] {e}; the call fails with 500", self.shared.name);
         PluginFault(e)

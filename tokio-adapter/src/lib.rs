@@ -61,10 +61,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_core::Gateway;
 pub use sluice_core::StopSignal;
+use sluice_core::gateway::ticks::Ticker;
 use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
 use tokio::net::{TcpListener, TcpSocket};
@@ -124,6 +125,10 @@ pub async fn serve_listeners(
     });
     let (stopping, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // Plugins' ticks: one ticker for the process (a task moves between workers, so
+    // each tick reaches every worker's instance; see sluice_core::gateway::ticks).
+    let ticker = Ticker::new(&shared.gw, Instant::now(), true);
+    let ticking = (!ticker.is_empty()).then(|| tokio::spawn(tick(ticker)));
     let mut shutdown = std::pin::pin!(shutdown);
     let max_connections = opts.max_connections_per_thread.saturating_mul(threads(&opts));
     loop {
@@ -149,11 +154,22 @@ pub async fn serve_listeners(
     }
     drop(listener);
     drop((forward, admin));
+    if let Some(t) = ticking {
+        t.abort();
+    }
     stopping.send_replace(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
         tracing::warn!("stopping with {} connection(s) still open", tasks.len());
         tasks.shutdown().await;
+    }
+}
+
+/// Makes plugins' ticks when they are due, until aborted.
+async fn tick(mut ticker: Ticker) {
+    while let Some(next) = ticker.poll_timeout() {
+        tokio::time::sleep_until(next.into()).await;
+        ticker.handle_timeout(Instant::now());
     }
 }
 

@@ -3,7 +3,7 @@
 //! endpoint ([`crate::plan::route`] matches it); the endpoint's guards run
 //! ([`guard`]); its [`exchange`] calls the backends ([`upstream`] builds each request,
 //! [`plugin`] lets a client plugin answer a call, [`martian`] modifies it, [`breaker`]
-//! stops calling a failing backend) and shapes, merges and encodes the answer
+//! stops calling a failing backend; [`ticks`] keeps plugins' timers) and shapes, merges and encodes the answer
 //! ([`response`] and its flatmap filters, on the byte-preserving JSON scanner [`json`]). The client
 //! connection asks this service through `conn::service` and carries out what it says.
 
@@ -22,4 +22,5 @@ pub mod plugin;
 pub mod ratelimit;
 pub mod response;
 pub mod schema;
+pub mod ticks;
 pub mod upstream;

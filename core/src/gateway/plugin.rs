@@ -173,6 +173,21 @@ pub trait ClientPlugin: Send + Sync + fmt::Debug {
         Err(PluginFault("an answer to a call out it never made".into()))
     }
 
+    /// How often the plugin wants [`ClientPlugin::on_tick`] (proxy-wasm's
+    /// `set_tick_period_milliseconds`); `None`: never. Read at each tick.
+    fn tick_period(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A tick, for this thread's part of the plugin (see [`crate::gateway::ticks`]).
+    fn on_tick(&self) {}
+
+    /// A tick for every thread's part of the plugin at once (a driver whose tasks
+    /// move between threads ticks this way).
+    fn on_tick_all(&self) {
+        self.on_tick();
+    }
+
     /// The metrics the plugin defined, for the admin pages (`/stats`,
     /// `/stats/prometheus`). Two bindings of one plugin may give the same metrics: the
     /// pages show each `(plugin, name)` once.
@@ -246,6 +261,22 @@ impl ClientPlugin for Chain {
 
     fn metrics(&self) -> Vec<Metric> {
         self.0.iter().flat_map(|p| p.metrics()).collect()
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        self.0.iter().filter_map(|p| p.tick_period()).min()
+    }
+
+    fn on_tick(&self) {
+        for p in &self.0 {
+            p.on_tick();
+        }
+    }
+
+    fn on_tick_all(&self) {
+        for p in &self.0 {
+            p.on_tick_all();
+        }
     }
 
     /// Only the last plugin of a chain can call out (a proxy-wasm plugin is bound after

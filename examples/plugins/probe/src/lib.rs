@@ -2,8 +2,9 @@
 //! each visible in the answer so a test can check it.
 //!
 //! Configuration: a JSON string is the greeting itself (Envoy hands a string
-//! configuration as it is); an object may say `{"greeting": "...", "panic": "text"}`
-//! (`panic` makes `on_configure` panic with that text).
+//! configuration as it is); an object may say `{"greeting": "...", "panic": "text",
+//! "tick_ms": N}` (`panic` makes `on_configure` panic with that text; `tick_ms` sets
+//! the tick period, and each tick counts the `ticks` metric).
 //!
 //! At start: metrics `calls` (counter), `logs` (counter), `open` (gauge), `body_bytes`
 //! (histogram), `events` (counter); a shared queue `events`; shared data `configured`
@@ -44,6 +45,7 @@ struct Metrics {
     open: u32,
     body_bytes: u32,
     events: u32,
+    ticks: u32,
 }
 
 #[derive(Default)]
@@ -75,6 +77,9 @@ impl RootContext for Root {
                     panic!("told to panic: {text}");
                 }
                 self.greeting = o.get("greeting").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                if let Some(ms) = o.get("tick_ms").and_then(|v| v.as_u64()) {
+                    self.set_tick_period(Duration::from_millis(ms));
+                }
             }
             // Not an object: the configuration is the greeting, as written.
             _ => self.greeting = String::from_utf8_lossy(&bytes).into_owned(),
@@ -86,10 +91,15 @@ impl RootContext for Root {
             open: define(MetricType::Gauge, "open"),
             body_bytes: define(MetricType::Histogram, "body_bytes"),
             events: define(MetricType::Counter, "events"),
+            ticks: define(MetricType::Counter, "ticks"),
         };
         self.queue = self.register_shared_queue("events");
         count_up(self, "configured");
         true
+    }
+
+    fn on_tick(&mut self) {
+        let _ = hostcalls::increment_metric(self.metrics.ticks, 1);
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
