@@ -275,7 +275,11 @@ fn plugin_state_follows_each_call(mode: Mode) {
     assert_eq!(own, 200);
     let page = admin_page(&gw, "/stats");
     let at = |m: &str| stat(&page, &format!("plugin.{name}.{m}"));
-    assert_eq!((at("calls"), at("logs"), at("open")), (Some(200), Some(200), Some(0)), "{page}");
+    assert_eq!(
+        (at("calls"), at("logs"), at("logs_2xx"), at("open")),
+        (Some(200), Some(200), Some(200), Some(0)),
+        "{page}"
+    );
     assert_eq!(backend.requests().len(), 200);
 }
 

@@ -93,6 +93,9 @@ struct HostState {
     limits: StoreLimits,
     /// What properties tell of the call being served.
     facts: Facts,
+    /// The `request.id`s made for calls without `x-request-id`, by context (made when
+    /// first read).
+    made_ids: HashMap<i32, String>,
     request: Vec<(String, Vec<u8>)>,
     request_body: Vec<u8>,
     response: Vec<(String, Vec<u8>)>,
@@ -127,11 +130,11 @@ struct HostState {
 /// A call's facts for `proxy_get_property` (docs/plugins.md lists them).
 #[derive(Debug, Clone, Default)]
 struct Facts {
+    /// The context the callback runs in.
+    context: i32,
     scheme: &'static str,
     upstream: String,
     client: Option<std::net::IpAddr>,
-    /// `x-request-id` of the call, or one made for it.
-    request_id: String,
     /// When the call was first handed to the plugin, in ns since the epoch.
     time: u64,
 }
@@ -147,6 +150,7 @@ impl HostState {
             owner,
             limits: StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(1).trap_on_grow_failure(true).build(),
             facts: Facts::default(),
+            made_ids: HashMap::new(),
             request: Vec::new(),
             request_body: Vec::new(),
             response: Vec::new(),
@@ -567,7 +571,7 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_property",
         |mut c: Caller<'_, HostState>, pptr: i32, plen: i32, ret_ptr: i32, ret_size: i32| {
             let Some(path) = read(&mut c, pptr, plen) else { return Ok(INVALID_MEMORY_ACCESS) };
-            match property(c.data(), &path) {
+            match property(c.data_mut(), &path) {
                 Some(value) => give(&mut c, &value, ret_ptr, ret_size),
                 None => Ok(NOT_FOUND),
             }
@@ -834,7 +838,7 @@ fn fill_random(out: &mut [u8]) {
 /// The properties a filter reads (docs/plugins.md lists them with their values): path
 /// segments joined by NUL. Strings are bytes, numbers and times 8-byte little-endian
 /// integers, maps proxy-wasm's pair encoding, as Envoy serializes them.
-fn property(s: &HostState, path: &[u8]) -> Option<Vec<u8>> {
+fn property(s: &mut HostState, path: &[u8]) -> Option<Vec<u8>> {
     let path = String::from_utf8_lossy(path).replace('\0', ".");
     let get = |name: &str| s.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let int = |n: i64| Some(n.to_le_bytes().to_vec());
@@ -848,7 +852,10 @@ fn property(s: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         "request.query" => get(":path").and_then(|p| p.iter().position(|&b| b == b'?').map(|q| p[q + 1..].to_vec())),
         "request.scheme" => Some(s.facts.scheme.as_bytes().to_vec()),
         "request.protocol" => Some(b"HTTP/1.1".to_vec()),
-        "request.id" => Some(s.facts.request_id.as_bytes().to_vec()),
+        "request.id" => match get("x-request-id") {
+            Some(id) => Some(id),
+            None => Some(s.made_ids.entry(s.facts.context).or_insert_with(uuid).as_bytes().to_vec()),
+        },
         "request.time" => int(s.facts.time as i64),
         "request.useragent" => get("user-agent"),
         "request.referer" => get("referer"),
@@ -916,6 +923,9 @@ struct Exports {
     tick: Option<TypedFunc<i32, ()>>,
 }
 
+/// A header map as the host keeps it: lowercase names, values, in order.
+type Pairs = Vec<(String, Vec<u8>)>;
+
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
 type CallResponseArgs = (i32, i32, i32, i32, i32);
 
@@ -938,8 +948,9 @@ struct Vm {
     next_context: i32,
     /// Open contexts, oldest first.
     open: std::collections::VecDeque<i32>,
-    /// Per open context: its `request.id` and `request.time`.
-    facts: HashMap<i32, (String, u64)>,
+    /// Per open context other than the one loaded in the host's state: its
+    /// `request.time` and response map (for `on_log` and the properties read there).
+    kept: Vec<(i32, u64, Pairs)>,
     /// Per context holding its call: the calls out not answered yet, and whether the
     /// plugin let the call go on (it then goes once they are answered).
     waiting: HashMap<i32, (usize, bool)>,
@@ -1061,8 +1072,8 @@ impl Vm {
             Err(e) => return Err(why(&e, store.data())),
         }
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-        let (next_context, open, facts, waiting) = (ROOT + 1, Default::default(), HashMap::new(), HashMap::new());
-        Ok(Vm { store, entry, generation, slot: owner.1 % SLOTS, next_context, open, facts, waiting })
+        let (next_context, open, kept, waiting) = (ROOT + 1, Default::default(), Vec::new(), HashMap::new());
+        Ok(Vm { store, entry, generation, slot: owner.1 % SLOTS, next_context, open, kept, waiting })
     }
 
     /// Whether the module's contexts are network (L4) streams, not HTTP: a context
@@ -1091,18 +1102,18 @@ impl Vm {
         if self.open.len() > MAX_CONTEXTS
             && let Some(oldest) = self.open.pop_front()
         {
-            self.close_context(oldest)?;
+            self.close_context(oldest, None)?;
         }
         Ok(id)
     }
 
-    /// Ends a context: `on_done`, `on_log`, `on_delete`, as Envoy calls them.
-    fn close_context(&mut self, id: i32) -> wasmtime::Result<()> {
+    /// Ends a context: `on_done`, `on_log`, `on_delete`, as Envoy calls them, with
+    /// the call's request (when known) and its last response map for them to read.
+    fn close_context(&mut self, id: i32, call: Option<&BackendRequest>) -> wasmtime::Result<()> {
         self.open.retain(|&c| c != id);
         self.waiting.remove(&id);
-        if let Some((request_id, time)) = self.facts.remove(&id) {
-            let s = self.store.data_mut();
-            (s.facts.request_id, s.facts.time) = (request_id, time);
+        if let Some(call) = call {
+            self.load(id, call, false);
         }
         if let Some(f) = &self.entry.done {
             f.call(&mut self.store, id)?;
@@ -1113,20 +1124,52 @@ impl Vm {
         if let Some(f) = &self.entry.delete {
             f.call(&mut self.store, id)?;
         }
+        let s = self.store.data_mut();
+        s.made_ids.remove(&id);
+        if s.facts.context == id {
+            s.facts.context = 0;
+        }
+        self.kept.retain(|k| k.0 != id);
         Ok(())
+    }
+
+    /// Loads `context`'s call into the host's state, unless it is loaded already (the
+    /// usual case: a call's callbacks follow one another on an instance): the facts,
+    /// the request map and (`body`) body from `call`, the response map it kept. The
+    /// context loaded before keeps its time and response map aside.
+    fn load(&mut self, context: i32, call: &BackendRequest, body: bool) {
+        let s = self.store.data_mut();
+        if s.facts.context == context {
+            return;
+        }
+        if s.facts.context != 0 && self.open.contains(&s.facts.context) {
+            let response = std::mem::take(&mut s.response);
+            self.kept.push((s.facts.context, s.facts.time, response));
+        }
+        let (time, response) = match self.kept.iter().position(|k| k.0 == context) {
+            Some(at) => {
+                let (_, time, response) = self.kept.swap_remove(at);
+                (time, response)
+            }
+            None => (now_ns(), Vec::new()),
+        };
+        let s = self.store.data_mut();
+        s.facts =
+            Facts { context, scheme: call.scheme, upstream: call.upstream.clone(), client: Some(call.client), time };
+        request_map(call, &mut s.request);
+        s.response = response;
+        s.response_body.clear();
+        if body {
+            s.request_body.clone_from(&call.body);
+        } else {
+            s.request_body.clear();
+        }
     }
 
     /// Gets the host's state ready for a callback about `call` in `context`.
     fn serve(&mut self, context: i32, call: &BackendRequest) {
-        let (request_id, time) = self.facts.entry(context).or_insert_with(|| (request_id(call), now_ns())).clone();
-        let s = self.store.data_mut();
-        s.facts =
-            Facts { scheme: call.scheme, upstream: call.upstream.clone(), client: Some(call.client), request_id, time };
-        request_map(call, &mut s.request);
-        s.request_body.clone_from(&call.body);
-        s.response.clear();
-        s.response_body.clear();
-        s.local = None;
+        self.load(context, call, true);
+        self.store.data_mut().local = None;
     }
 
     /// One side of a call: its headers callback (`end_of_stream` when there is no
@@ -1170,9 +1213,17 @@ impl Vm {
         if let Err(e) = request_from(s, call) {
             return Ok(Err(e));
         }
+        let going = resumed || !paused;
+        if calls.is_empty() && !self.waiting.contains_key(&context) {
+            // No call out made, none out: the common case.
+            return Ok(match going {
+                true => Ok(Verdict::Continue),
+                false => Err("holds the call (Action::Pause) with no call out that could resume it".into()),
+            });
+        }
         let (left, released) = self.waiting.entry(context).or_default();
         *left += calls.len();
-        *released |= resumed || !paused;
+        *released |= going;
         Ok(Ok(if !calls.is_empty() {
             // Made by a call the plugin let go, too: it goes once they are answered.
             Verdict::Wait(calls)
@@ -1204,10 +1255,10 @@ impl Vm {
         let (fields, body) = (s.response.len() as i32, s.response_body.len());
         self.headers_then_body(Side::Response, context, fields, body)?;
         let s = self.store.data_mut();
-        if let Some(local) = s.local.take() {
-            return Ok(Ok(local));
-        }
-        Ok(response_from(s))
+        Ok(match s.local.take() {
+            Some(local) => Ok(local),
+            None => response_from(s),
+        })
     }
 
     /// Tells the instance of the queues it registered that have news.
@@ -1230,11 +1281,8 @@ impl Vm {
     }
 }
 
-/// `request.id`: the call's `x-request-id`, or a random UUID (version 4) made for it.
-fn request_id(call: &BackendRequest) -> String {
-    if let Some(id) = call.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        return id.to_string();
-    }
+/// A random UUID (version 4), a call's `request.id` when it has no `x-request-id`.
+fn uuid() -> String {
     let mut b = [0u8; 16];
     fill_random(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -1454,7 +1502,7 @@ impl ClientPlugin for Plugin {
             vm.serve(context, call);
             let answer = vm.answer(context, taken)?;
             if fresh {
-                vm.close_context(context)?;
+                vm.close_context(context, Some(call))?;
             }
             Ok(answer)
         })?;
@@ -1475,7 +1523,7 @@ impl ClientPlugin for Plugin {
             return;
         }
         let _ = self.with_vm(slot_of(call.ticket), false, |vm| match vm.context_of(call.ticket) {
-            Some(c) => vm.close_context(c),
+            Some(c) => vm.close_context(c, Some(call)),
             None => Ok(()),
         });
     }

@@ -14,6 +14,10 @@
 //!    and may change any of it. It answers [`Verdict::Continue`] (the possibly changed
 //!    request is sent) or [`Verdict::Respond`] (that response takes the place of the
 //!    backend's; nothing is sent, no connection opened).
+//!    It may also answer [`Verdict::Wait`] with calls out ([`CallOut`]) to upstreams of
+//!    its binding: the exchange makes them as calls of its own and hands each answer to
+//!    [`ClientPlugin::on_call_response`], which resumes the call, answers it, or waits
+//!    on.
 //! 2. The backend's whole response comes back ([`BackendResponse`]) and
 //!    [`ClientPlugin::on_response`] may change its status, header fields and body before
 //!    the gateway decodes it (`no-op` endpoints read it whole when a plugin is bound).

@@ -25,7 +25,8 @@
 //!   `x-seen-status`, `x-seen-type`, `x-trailers` (request/response trailer counts),
 //!   `x-count`, `x-calls` (the `calls` metric), and on `/b/props` `x-props`: the
 //!   properties as JSON.
-//! - end: `on_log` counts `logs`, takes one from `open`, logs `on_log call=<id>`.
+//! - end: `on_log` counts `logs` (and `logs_2xx` when the `response.code` it reads is
+//!   2xx), takes one from `open`, logs `on_log call=<id>`.
 
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ struct Metrics {
     body_bytes: u32,
     events: u32,
     ticks: u32,
+    logs_2xx: u32,
 }
 
 #[derive(Default)]
@@ -92,6 +94,7 @@ impl RootContext for Root {
             body_bytes: define(MetricType::Histogram, "body_bytes"),
             events: define(MetricType::Counter, "events"),
             ticks: define(MetricType::Counter, "ticks"),
+            logs_2xx: define(MetricType::Counter, "logs_2xx"),
         };
         self.queue = self.register_shared_queue("events");
         count_up(self, "configured");
@@ -268,6 +271,11 @@ impl HttpContext for Call {
 
     fn on_log(&mut self) {
         let _ = hostcalls::increment_metric(self.metrics.logs, 1);
+        if let serde_json::Value::Number(code) = prop(self, "response.code", true)
+            && code.as_i64().is_some_and(|c| (200..300).contains(&c))
+        {
+            let _ = hostcalls::increment_metric(self.metrics.logs_2xx, 1);
+        }
         let _ = hostcalls::increment_metric(self.metrics.open, -1);
         let id = self.call_id.clone().unwrap_or_else(|| "-".into());
         let _ = hostcalls::log(LogLevel::Info, &format!("on_log call={id} context={}", self.context_id));
