@@ -355,17 +355,17 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     }
 }
 
-/// Makes this shard's plugin ticks when they are due, until the stop (looked at
-/// every [`ticks::LOOK_EVERY`] at least).
+/// Makes this shard's plugin ticks when they are due, until the stop (looking at
+/// least every [`ticks::LOOK_EVERY`]: a period may be set later).
 async fn tick(mut ticker: Ticker, stop: StopSignal) {
     while !stop.is_triggered() {
-        let Some(next) = ticker.poll_timeout() else { return };
         let now = Instant::now();
-        if next > now {
-            monoio::time::sleep((next - now).min(ticks::LOOK_EVERY)).await;
-            continue;
+        let wait = ticker.poll_timeout().map_or(ticks::LOOK_EVERY, |n| n.saturating_duration_since(now));
+        if !wait.is_zero() {
+            monoio::time::sleep(wait.min(ticks::LOOK_EVERY)).await;
         }
-        ticker.handle_timeout(now);
+        // What is due ticks; a period set since the last look is taken up.
+        ticker.handle_timeout(Instant::now());
     }
 }
 

@@ -41,9 +41,11 @@ const TICK: Duration = Duration::from_millis(10);
 /// The most linear memory one instance may have.
 pub const MEMORY_LIMIT: usize = 64 << 20;
 /// Contexts one instance keeps open at most, a bound on what it holds: every call ends
-/// its context, so only more calls in flight at once on one slot than this would close
-/// the oldest early.
-const MAX_CONTEXTS: usize = 4096;
+/// its context, so only more calls in flight at once on one slot than this (more than
+/// a thread's connections) would end the oldest early.
+const MAX_CONTEXTS: usize = 1 << 16;
+/// Calls out one callback may make.
+const MAX_CALLS_OUT: usize = 16;
 /// The root context every instance has.
 const ROOT: i32 = 1;
 
@@ -122,6 +124,8 @@ struct HostState {
     next_token: u32,
     /// `proxy_continue_stream(request)` during this callback.
     resumed: bool,
+    /// `proxy_close_stream` of the request or the response during this callback.
+    reset: bool,
     /// The answer to the call out being delivered: its header map (`:status` first)
     /// and body; empty for a failed one.
     callout_answer: (Vec<(String, Vec<u8>)>, Vec<u8>),
@@ -137,6 +141,8 @@ struct Facts {
     client: Option<std::net::IpAddr>,
     /// When the call was first handed to the plugin, in ns since the epoch.
     time: u64,
+    /// The request body's length, and the response body's once answered.
+    sizes: (usize, Option<usize>),
 }
 
 /// The most of a module's last words kept for a trap's message.
@@ -165,6 +171,7 @@ impl HostState {
             callouts: Vec::new(),
             next_token: 1,
             resumed: false,
+            reset: false,
             callout_answer: (Vec::new(), Vec::new()),
         }
     }
@@ -213,6 +220,8 @@ impl HostState {
 /// A module loaded and linked, ready to be instantiated on any thread.
 pub struct Linked {
     pre: InstancePre<HostState>,
+    /// Whether it exports `proxy_on_tick`.
+    exports_tick: bool,
 }
 
 impl fmt::Debug for Linked {
@@ -258,7 +267,7 @@ pub fn link(module: &Module) -> Result<Linked, String> {
         stub(&mut linker, import.module(), import.name(), ty).map_err(|e| format!("cannot link it: {e}"))?;
     }
     let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link it: {e}"))?;
-    Ok(Linked { pre })
+    Ok(Linked { pre, exports_tick: exports.contains(&"proxy_on_tick") })
 }
 
 /// An import the host does not give: it answers "unimplemented" (proxy-wasm's 12, or
@@ -738,8 +747,14 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             else {
                 return BAD_ARGUMENT;
             };
-            if HeaderValue::from_str(&authority).is_err() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            if authority.parse::<http::uri::Authority>().is_err()
+                || authority.contains('@')
+                || target.bytes().any(|b| b <= b' ' || b == 0x7f)
+            {
                 return BAD_ARGUMENT;
+            }
+            if s.callouts.len() >= MAX_CALLS_OUT {
+                return INTERNAL_FAILURE;
             }
             let token = s.next_token;
             s.next_token = s.next_token.checked_add(1).unwrap_or(1);
@@ -767,9 +782,15 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         c.data_mut().resumed = true;
         OK
     })?;
-    for name in ["proxy_close_stream", "proxy_set_effective_context"] {
-        linker.func_wrap("env", name, |_: Caller<'_, HostState>, _: i32| OK)?;
-    }
+    // Resetting the call (the SDKs' reset_http_request/response): it fails, never
+    // goes on as if nothing was said.
+    linker.func_wrap("env", "proxy_close_stream", |mut c: Caller<'_, HostState>, stream: i32| {
+        if stream == 0 || stream == 1 {
+            c.data_mut().reset = true;
+        }
+        OK
+    })?;
+    linker.func_wrap("env", "proxy_set_effective_context", |_: Caller<'_, HostState>, _: i32| OK)?;
     for name in ["proxy_continue_response", "proxy_done"] {
         linker.func_wrap("env", name, |_: Caller<'_, HostState>| OK)?;
     }
@@ -860,7 +881,7 @@ fn property(s: &mut HostState, path: &[u8]) -> Option<Vec<u8>> {
         "request.useragent" => get("user-agent"),
         "request.referer" => get("referer"),
         "request.headers" => Some(encode_map(&s.request)),
-        "request.size" => int(s.request_body.len() as i64),
+        "request.size" => int(s.facts.sizes.0 as i64),
         "source.address" => s.facts.client.map(|ip| ip.to_string().into_bytes()),
         "upstream.address" => Some(s.facts.upstream.as_bytes().to_vec()),
         "response.code" => s
@@ -870,7 +891,7 @@ fn property(s: &mut HostState, path: &[u8]) -> Option<Vec<u8>> {
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
             .and_then(int),
         "response.headers" if !s.response.is_empty() => Some(encode_map(&s.response)),
-        "response.size" if !s.response.is_empty() => int(s.response_body.len() as i64),
+        "response.size" => s.facts.sizes.1.and_then(|n| int(n as i64)),
         _ => None,
     }
 }
@@ -950,7 +971,7 @@ struct Vm {
     open: std::collections::VecDeque<i32>,
     /// Per open context other than the one loaded in the host's state: its
     /// `request.time` and response map (for `on_log` and the properties read there).
-    kept: Vec<(i32, u64, Pairs)>,
+    kept: Vec<(i32, u64, Option<usize>, Pairs)>,
     /// Per context holding its call: the calls out not answered yet, and whether the
     /// plugin let the call go on (it then goes once they are answered).
     waiting: HashMap<i32, (usize, bool)>,
@@ -1144,18 +1165,24 @@ impl Vm {
         }
         if s.facts.context != 0 && self.open.contains(&s.facts.context) {
             let response = std::mem::take(&mut s.response);
-            self.kept.push((s.facts.context, s.facts.time, response));
+            self.kept.push((s.facts.context, s.facts.time, s.facts.sizes.1, response));
         }
-        let (time, response) = match self.kept.iter().position(|k| k.0 == context) {
+        let (time, answered, response) = match self.kept.iter().position(|k| k.0 == context) {
             Some(at) => {
-                let (_, time, response) = self.kept.swap_remove(at);
-                (time, response)
+                let (_, time, answered, response) = self.kept.swap_remove(at);
+                (time, answered, response)
             }
-            None => (now_ns(), Vec::new()),
+            None => (now_ns(), None, Vec::new()),
         };
         let s = self.store.data_mut();
-        s.facts =
-            Facts { context, scheme: call.scheme, upstream: call.upstream.clone(), client: Some(call.client), time };
+        s.facts = Facts {
+            context,
+            scheme: call.scheme,
+            upstream: call.upstream.clone(),
+            client: Some(call.client),
+            time,
+            sizes: (call.body.len(), answered),
+        };
         request_map(call, &mut s.request);
         s.response = response;
         s.response_body.clear();
@@ -1207,6 +1234,9 @@ impl Vm {
         s.may_call_out = false;
         let calls = std::mem::take(&mut s.callouts);
         let resumed = std::mem::replace(&mut s.resumed, false);
+        if std::mem::replace(&mut s.reset, false) {
+            return Ok(Err("reset the call (close_stream)".into()));
+        }
         if let Some(local) = s.local.take() {
             return Ok(self.answer(context, local_reply(local))?.map(Verdict::Respond));
         }
@@ -1255,6 +1285,10 @@ impl Vm {
         let (fields, body) = (s.response.len() as i32, s.response_body.len());
         self.headers_then_body(Side::Response, context, fields, body)?;
         let s = self.store.data_mut();
+        if std::mem::replace(&mut s.reset, false) {
+            return Ok(Err("reset the call (close_stream)".into()));
+        }
+        s.facts.sizes.1 = Some(s.local.as_ref().map_or(s.response_body.len(), |l| l.body.len()));
         Ok(match s.local.take() {
             Some(local) => Ok(local),
             None => response_from(s),
@@ -1305,6 +1339,8 @@ struct Shared {
     upstreams: Arc<[String]>,
     /// Its tick period in ms (0: none), as its instances last set it.
     tick_ms: Arc<AtomicU64>,
+    /// Whether the module exports `proxy_on_tick`.
+    ticks: bool,
 }
 
 /// A proxy-wasm module bound to one backend with its configuration: the
@@ -1340,6 +1376,7 @@ impl Plugin {
             shared: Shared {
                 name: name.into(),
                 config: config.into(),
+                ticks: linked.exports_tick,
                 linked,
                 upstreams: upstreams.into(),
                 tick_ms: Arc::default(),
@@ -1391,6 +1428,7 @@ impl Plugin {
         let s = vm.store.data_mut();
         s.unimplemented = None;
         s.last_words.clear();
+        s.reset = false;
         let ran = vm.deliver_queues((self.id, slot)).and_then(|()| f(vm));
         match ran {
             Ok(r) => Ok(Some(r)),
@@ -1530,6 +1568,11 @@ impl ClientPlugin for Plugin {
 
     fn metrics(&self) -> Vec<sluice_core::gateway::plugin::Metric> {
         shared::metrics_of(&self.shared.name)
+    }
+
+    /// Whether the module has `proxy_on_tick`.
+    fn may_tick(&self) -> bool {
+        self.shared.ticks
     }
 
     fn tick_period(&self) -> Option<Duration> {

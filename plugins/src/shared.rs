@@ -22,11 +22,18 @@ const COUNTER: i32 = 0;
 const GAUGE: i32 = 1;
 const HISTOGRAM: i32 = 2;
 
-/// The most items one shared queue holds: an enqueue past it is refused
-/// (`ResourceExhausted`), so a queue nobody drains cannot take the process's memory.
+/// The most items one shared queue holds, and their bytes: an enqueue past either is
+/// refused (`ResourceExhausted`), so a queue nobody drains cannot take the process's
+/// memory.
 pub const QUEUE_LIMIT: usize = 10_000;
-/// The most bytes of shared data one plugin (VM id) keeps, keys and values together.
+pub const QUEUE_BYTES: usize = 64 << 20;
+/// The most queues one VM id registers, and metrics one plugin defines.
+pub const MAX_QUEUES: usize = 1024;
+pub const MAX_METRICS: usize = 1024;
+/// The most bytes of shared data one plugin (VM id) keeps, keys and values together,
+/// each entry counted [`ENTRY_COST`] more for what keeping it costs.
 pub const SHARED_DATA_LIMIT: usize = 64 << 20;
+pub const ENTRY_COST: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -77,13 +84,20 @@ fn metrics() -> &'static Metrics {
 /// `proxy_define_metric`: the id of `plugin`'s metric `name` of `kind`, made on first
 /// definition (a second definition, on any thread, gets the same id).
 pub fn define_metric(plugin: &str, kind: i32, name: &str) -> Result<u32, Refused> {
-    if !matches!(kind, COUNTER | GAUGE | HISTOGRAM) || name.is_empty() {
+    // A name goes on the admin pages as it is: no line breaks or spaces in it.
+    if !matches!(kind, COUNTER | GAUGE | HISTOGRAM)
+        || name.is_empty()
+        || name.len() > 256
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(Refused::BadArgument);
     }
     let m = metrics();
     let mut ids = lock(&m.ids);
+    let defined = ids.keys().filter(|(p, _, _)| p == plugin).count();
     match ids.entry((plugin.to_string(), kind, name.to_string())) {
         Entry::Occupied(o) => Ok(*o.get()),
+        Entry::Vacant(_) if defined >= MAX_METRICS => Err(Refused::ResourceExhausted),
         Entry::Vacant(v) => {
             let mut cells = m.cells.write().unwrap_or_else(PoisonError::into_inner);
             let id = u32::try_from(cells.len()).map_err(|_| Refused::ResourceExhausted)?;
@@ -206,9 +220,9 @@ pub fn set_shared_data(vm: &str, key: &str, value: Vec<u8>, cas: u32) -> Result<
     if cas != 0 && old.is_some_and(|(_, stamp)| *stamp != cas) {
         return Err(Refused::CasMismatch);
     }
-    let before = old.map_or(0, |(v, _)| key.len() + v.len());
+    let before = old.map_or(0, |(v, _)| ENTRY_COST + key.len() + v.len());
     let held = d.held.entry(vm.to_string()).or_default();
-    let after = (*held - before) + key.len() + value.len();
+    let after = (*held - before) + ENTRY_COST + key.len() + value.len();
     if after > SHARED_DATA_LIMIT {
         return Err(Refused::ResourceExhausted);
     }
@@ -222,6 +236,8 @@ struct Queue {
     vm: String,
     name: String,
     items: VecDeque<Vec<u8>>,
+    /// The bytes its items hold.
+    bytes: usize,
     /// Who registered it: (binding id, thread slot); told when something is enqueued.
     owner: (u64, usize),
     /// Something was enqueued since the owner was last told.
@@ -255,8 +271,13 @@ pub fn register_queue(vm: &str, name: &str, owner: (u64, usize)) -> Result<u32, 
             Ok(token)
         }
         None => {
+            if q.list.iter().filter(|queue| queue.vm == vm).count() >= MAX_QUEUES {
+                return Err(Refused::ResourceExhausted);
+            }
             let token = u32::try_from(q.list.len() + 1).map_err(|_| Refused::ResourceExhausted)?;
-            q.list.push(Queue { vm: vm.into(), name: name.into(), items: VecDeque::new(), owner, ready: false });
+            let queue =
+                Queue { vm: vm.into(), name: name.into(), items: VecDeque::new(), bytes: 0, owner, ready: false };
+            q.list.push(queue);
             q.by_name.insert((vm.to_string(), name.to_string()), token);
             Ok(token)
         }
@@ -272,9 +293,10 @@ pub fn resolve_queue(vm: &str, name: &str) -> Result<u32, Refused> {
 pub fn enqueue(token: u32, item: Vec<u8>) -> Result<(), Refused> {
     let mut q = lock(queues());
     let queue = token.checked_sub(1).and_then(|i| q.list.get_mut(i as usize)).ok_or(Refused::NotFound)?;
-    if queue.items.len() >= QUEUE_LIMIT {
+    if queue.items.len() >= QUEUE_LIMIT || queue.bytes + item.len() > QUEUE_BYTES {
         return Err(Refused::ResourceExhausted);
     }
+    queue.bytes += item.len();
     queue.items.push_back(item);
     queue.ready = true;
     ANY_READY.store(true, Ordering::Release);
@@ -285,7 +307,9 @@ pub fn enqueue(token: u32, item: Vec<u8>) -> Result<(), Refused> {
 pub fn dequeue(token: u32) -> Result<Vec<u8>, Refused> {
     let mut q = lock(queues());
     let queue = token.checked_sub(1).and_then(|i| q.list.get_mut(i as usize)).ok_or(Refused::NotFound)?;
-    queue.items.pop_front().ok_or(Refused::Empty)
+    let item = queue.items.pop_front().ok_or(Refused::Empty)?;
+    queue.bytes -= item.len();
+    Ok(item)
 }
 
 /// The queues `owner` registered that have news since it was last told (their flags
@@ -327,6 +351,8 @@ mod tests {
         let g = define_metric("m-test", GAUGE, "open").unwrap();
         let h = define_metric("m-test", HISTOGRAM, "size").unwrap();
         assert_eq!(define_metric("m-test", 3, "x"), Err(Refused::BadArgument));
+        assert_eq!(define_metric("m-test", COUNTER, "a\nplugin.x.y: 1"), Err(Refused::BadArgument));
+        assert_eq!(define_metric("m-test", COUNTER, "a b"), Err(Refused::BadArgument));
         assert_eq!(increment_metric("m-test", c, 2), Ok(()));
         assert_eq!(increment_metric("m-test", c, -1), Err(Refused::BadArgument));
         assert_eq!(record_metric("m-test", c, 3), Ok(()));
@@ -383,6 +409,7 @@ mod tests {
         assert_eq!(ready_for(owner), Vec::<u32>::new(), "told once");
         assert_eq!((dequeue(t), dequeue(t), dequeue(t)), (Ok(b"a".to_vec()), Ok(b"b".to_vec()), Err(Refused::Empty)));
         assert_eq!(enqueue(0, vec![]), Err(Refused::NotFound));
+        assert_eq!(enqueue(t, vec![0; QUEUE_BYTES + 1]), Err(Refused::ResourceExhausted));
         assert_eq!(queue_name(t), Some(("q-test".into(), "jobs".into())));
     }
 }

@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::Gateway;
 pub use sluice_core::StopSignal;
-use sluice_core::gateway::ticks::Ticker;
+use sluice_core::gateway::ticks::{self, Ticker};
 use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
 use tokio::net::{TcpListener, TcpSocket};
@@ -165,9 +165,12 @@ pub async fn serve_listeners(
     }
 }
 
-/// Makes plugins' ticks when they are due, until aborted.
+/// Makes plugins' ticks when they are due, looking at least every
+/// [`ticks::LOOK_EVERY`] (a period may be set later), until aborted.
 async fn tick(mut ticker: Ticker) {
-    while let Some(next) = ticker.poll_timeout() {
+    loop {
+        let now = Instant::now();
+        let next = ticker.poll_timeout().map_or(now + ticks::LOOK_EVERY, |n| n.min(now + ticks::LOOK_EVERY));
         tokio::time::sleep_until(next.into()).await;
         ticker.handle_timeout(Instant::now());
     }

@@ -268,8 +268,6 @@ fn static_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<StaticResponse> {
     Some(StaticResponse { strategy: strategy.unwrap_or(StaticStrategy::Always), data: data? })
 }
 
-/// `proxy.flatmap_filter`: a list of `{"type": "move" | "append" | "del", "args":
-/// [...]}`. lura skips an entry of unknown type and panics on a `move` short of
 /// `plugin/http-client.upstreams`: `{"name": "http://host:port"}` or a list of URLs per
 /// name (checked as URLs when the plan is compiled).
 fn plugin_upstreams(e: &mut Obj, plugin: &str, cx: &mut Ctx) -> Vec<(String, Vec<String>)> {
@@ -305,6 +303,8 @@ fn plugin_upstreams(e: &mut Obj, plugin: &str, cx: &mut Ctx) -> Vec<(String, Vec
     out
 }
 
+/// `proxy.flatmap_filter`: a list of `{"type": "move" | "append" | "del", "args":
+/// [...]}`. lura skips an entry of unknown type and panics on a `move` short of
 /// arguments, at request time; here both are errors.
 fn flatmap_config(v: &Value, path: &str, cx: &mut Ctx) -> Vec<FlatmapOp> {
     let Value::Array(items) = v else {

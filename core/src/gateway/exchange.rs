@@ -616,9 +616,18 @@ impl<'g> Exchange<'g> {
         while let Some(k) = self.outs.as_ref()?.outs.iter().position(|o| o.state == OutState::Unsent) {
             self.out_answered(k, None);
         }
+        let calls = &self.calls;
+        let live = |i: usize| matches!(calls.get(i), Some(CallState::InFlight));
         let c = self.outs.as_mut()?;
-        if let Some(call) = c.resumed.pop() {
-            return Some(Action::Call(call));
+        // A resumed call whose time ran out meanwhile is not sent; a call out of a call
+        // already settled is not made.
+        while let Some(call) = c.resumed.pop() {
+            if live(call.id) {
+                return Some(Action::Call(call));
+            }
+        }
+        for o in c.outs.iter_mut().filter(|o| o.state == OutState::Pending && !live(o.owner)) {
+            o.state = OutState::Done;
         }
         let k = c.outs.iter().position(|o| o.state == OutState::Pending)?;
         let o = &mut c.outs[k];
@@ -778,9 +787,18 @@ impl<'g> Exchange<'g> {
         let Some(o) = c.outs.get_mut(k).filter(|o| o.state != OutState::Done) else { return };
         o.state = OutState::Done;
         let (i, token) = (o.owner, o.req.token);
-        // The backend call may have settled meanwhile (the endpoint timed out).
-        let Some(call) = c.parked.get_mut(i).and_then(Option::take) else { return };
         let ep = self.ep;
+        // The plugin let the call go before this answer came: it still hears of it
+        // while the call lasts (its verdict no longer matters).
+        let Some(call) = c.parked.get_mut(i).and_then(Option::take) else {
+            if let (Some(binding), Some(Some(req)), Some(CallState::InFlight)) =
+                (&ep.backends[i].plugin, self.plugged.get(i), self.calls.get(i))
+            {
+                let mut copy = (**req).clone();
+                let _ = binding.plugin.on_call_response(&mut copy, token, answer);
+            }
+            return;
+        };
         let (Some(binding), Some(mut req)) = (&ep.backends[i].plugin, self.plugged.get_mut(i).and_then(Option::take))
         else {
             return;
@@ -996,16 +1014,23 @@ impl<'g> Exchange<'g> {
         if self.done {
             return;
         }
-        // Calls out past their own timeout fail (their plugins are told).
-        while let Some(k) = self
-            .outs
-            .as_ref()
-            .and_then(|c| c.outs.iter().position(|o| o.state == OutState::InFlight && o.deadline <= now))
-        {
-            self.out_answered(k, None);
-        }
         if now < self.deadline {
+            // Calls out past their own timeout fail (their plugins are told).
+            while let Some(k) = self
+                .outs
+                .as_ref()
+                .and_then(|c| c.outs.iter().position(|o| o.state == OutState::InFlight && o.deadline <= now))
+            {
+                self.out_answered(k, None);
+            }
             return;
+        }
+        // The endpoint's time is up: calls out end unanswered with their calls.
+        if let Some(c) = self.outs.as_mut() {
+            c.resumed.clear();
+            for o in &mut c.outs {
+                o.state = OutState::Done;
+            }
         }
         for i in 0..self.calls.len() {
             match self.calls[i] {

@@ -177,6 +177,12 @@ pub trait ClientPlugin: Send + Sync + fmt::Debug {
         Err(PluginFault("an answer to a call out it never made".into()))
     }
 
+    /// Whether the plugin may ever tick (a driver keeps a ticker only for such
+    /// plugins). Default: no.
+    fn may_tick(&self) -> bool {
+        false
+    }
+
     /// How often the plugin wants [`ClientPlugin::on_tick`] (proxy-wasm's
     /// `set_tick_period_milliseconds`); `None`: never. Read at each tick.
     fn tick_period(&self) -> Option<Duration> {
@@ -267,6 +273,10 @@ impl ClientPlugin for Chain {
         self.0.iter().flat_map(|p| p.metrics()).collect()
     }
 
+    fn may_tick(&self) -> bool {
+        self.0.iter().any(|p| p.may_tick())
+    }
+
     fn tick_period(&self) -> Option<Duration> {
         self.0.iter().filter_map(|p| p.tick_period()).min()
     }
@@ -291,9 +301,18 @@ impl ClientPlugin for Chain {
         token: u32,
         response: Option<BackendResponse>,
     ) -> Result<Verdict, PluginFault> {
-        match self.0.last() {
-            Some(p) => p.on_call_response(call, token, response),
-            None => Err(PluginFault("an empty chain made no calls out".into())),
+        let Some((last, before)) = self.0.split_last() else {
+            return Err(PluginFault("an empty chain made no calls out".into()));
+        };
+        match last.on_call_response(call, token, response)? {
+            // Its answer goes back through the ones before, as one made at once would.
+            Verdict::Respond(mut answer) => {
+                for p in before.iter().rev() {
+                    p.on_response(call, &mut answer)?;
+                }
+                Ok(Verdict::Respond(answer))
+            }
+            other => Ok(other),
         }
     }
 }

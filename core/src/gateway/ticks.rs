@@ -8,8 +8,10 @@
 //! tasks move between threads (tokio) runs one ticker for the process, ticking every
 //! instance each time ([`ClientPlugin::on_tick_all`]).
 //!
-//! The period is the plugin's, read at each tick (a plugin may change or stop it);
-//! a tick that comes late is not made up: the next one is a period after it.
+//! The period is the plugin's, read at each tick and at each look (a plugin may set,
+//! change or stop it at any time); a tick that comes late is not made up: the next one
+//! is a period after it. A driver looks at least every [`LOOK_EVERY`], so a period set
+//! after the start is taken up within that.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ impl Ticker {
             .iter()
             .flat_map(|ep| ep.backends.iter())
             .filter_map(|b| b.plugin.as_ref())
+            .filter(|b| b.plugin.may_tick())
             .map(|b| (b.plugin.clone(), None))
             .collect();
         let mut ticker = Ticker { due, every_instance };
@@ -48,9 +51,9 @@ impl Ticker {
         }
     }
 
-    /// Whether any plugin ticks.
+    /// Whether no bound plugin may ever tick.
     pub fn is_empty(&self) -> bool {
-        self.due.iter().all(|(_, next)| next.is_none())
+        self.due.is_empty()
     }
 
     /// When [`Ticker::handle_timeout`] has a tick to make next.
@@ -59,10 +62,13 @@ impl Ticker {
     }
 
     /// Makes the ticks due by `now`; each plugin's next one is its period after `now`
-    /// (ticks missed meanwhile are not made up).
+    /// (ticks missed meanwhile are not made up). A plugin that had no period and has
+    /// one now ticks a period from now.
     pub fn handle_timeout(&mut self, now: Instant) {
         for (plugin, next) in &mut self.due {
-            if next.is_some_and(|at| at <= now) {
+            if next.is_none() {
+                *next = plugin.tick_period().and_then(|p| now.checked_add(p));
+            } else if next.is_some_and(|at| at <= now) {
                 if self.every_instance {
                     plugin.on_tick_all();
                 } else {
@@ -94,6 +100,9 @@ mod tests {
     impl ClientPlugin for Clock {
         fn on_request(&self, _: &mut BackendRequest) -> Result<Verdict, PluginFault> {
             Ok(Verdict::Continue)
+        }
+        fn may_tick(&self) -> bool {
+            true
         }
         fn tick_period(&self) -> Option<Duration> {
             match self.period_ms.load(Ordering::SeqCst) {
@@ -150,8 +159,17 @@ mod tests {
         ticker.handle_timeout(t0 + Duration::from_millis(50));
         assert_eq!((clock.ticks.load(Ordering::SeqCst), clock.all.load(Ordering::SeqCst)), (4, 1));
 
-        // Nothing ticks: the ticker is empty.
+        // No period at the start, one set later: taken up at the next look.
         clock.period_ms.store(0, Ordering::SeqCst);
-        assert!(Ticker::new(&gw, t0, false).is_empty());
+        let mut ticker = Ticker::new(&gw, t0, false);
+        assert!(!ticker.is_empty(), "a bound plugin may set a period later");
+        assert_eq!(ticker.poll_timeout(), None);
+        ticker.handle_timeout(t0 + Duration::from_millis(100));
+        assert_eq!(ticker.poll_timeout(), None);
+        clock.period_ms.store(30, Ordering::SeqCst);
+        ticker.handle_timeout(t0 + Duration::from_millis(200));
+        assert_eq!(ticker.poll_timeout(), Some(t0 + Duration::from_millis(230)));
+        ticker.handle_timeout(t0 + Duration::from_millis(230));
+        assert_eq!(clock.ticks.load(Ordering::SeqCst), 5);
     }
 }

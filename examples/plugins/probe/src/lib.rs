@@ -19,7 +19,9 @@
 //!   most; `/b/auth-down`, `/b/auth-slow`, `/b/auth-unknown` ask `down`, `slow`,
 //!   `nowhere`): a 200 resumes the call with `x-auth: <its body>`, another status
 //!   answers `403 denied` (`x-denied: yes`), a failed call out `503 auth unavailable`,
-//!   a refused one `500 cannot call out: <status>`; `/b/grpc` tries a gRPC call.
+//!   a refused one `500 cannot call out: <status>`; `/b/grpc` tries a gRPC call;
+//!   `/b/reset` resets the call and lets it go on; `/b/start-ticks` sets a 20 ms tick
+//!   period.
 //! - response: `x-call-state` (the call id kept from the request side),
 //!   `powered-by: proxy-wasm`, `x-request-fields`, `x-response-fields`,
 //!   `x-seen-status`, `x-seen-type`, `x-trailers` (request/response trailer counts),
@@ -208,6 +210,12 @@ impl HttpContext for Call {
                         Action::Pause
                     }
                 };
+            }
+            "/b/reset" => {
+                self.reset_http_request();
+            }
+            "/b/start-ticks" => {
+                let _ = hostcalls::set_tick_period(Duration::from_millis(20));
             }
             "/b/grpc" => {
                 let _ = self.dispatch_grpc_call("auth", "svc", "Check", vec![], None, Duration::from_secs(1));
