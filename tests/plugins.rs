@@ -478,7 +478,42 @@ fn plugin_ticks(mode: Mode) {
     assert_eq!(backend.requests().len(), 2);
 }
 
+/// `on_done`, `on_log` and `on_delete` run once for every call, however it ends: a
+/// backend that fails, the endpoint's timeout, the client gone.
+fn plugin_calls_end_however_they_end(mode: Mode) {
+    let name = format!("ends_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|seen| match target(seen) {
+        "/b/close" => Reply::Close,
+        "/b/hang" => Reply::Hang,
+        _ => Reply::Json("{}".into()),
+    });
+    let config = probe_config(&backend.url(), &name, r#""hi""#).replace(
+        r#""endpoint": "/p/{id}","#,
+        r#""endpoint": "/p/{id}", "timeout": "400ms","#,
+    );
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    assert_eq!(gw.get("/p/close").status, 502);
+    assert_eq!(gw.get("/p/hang").status, 504);
+    // The client leaves while the backend keeps the call.
+    let mut s = gw.connect();
+    write!(s, "GET /p/hang HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let began = Instant::now();
+    let page = loop {
+        let page = admin_page(&gw, "/stats");
+        if stat(&page, &format!("plugin.{name}.logs")) == Some(3) || began.elapsed() > Duration::from_secs(5) {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let at = |m: &str| stat(&page, &format!("plugin.{name}.{m}"));
+    assert_eq!((at("calls"), at("logs"), at("logs_2xx"), at("open")), (Some(3), Some(3), Some(0), Some(0)), "{page}");
+}
+
 every_driver!(
+    plugin_calls_end_however_they_end,
     plugin_ticks,
     plugin_calls_out_and_resumes,
     plugin_state_follows_each_call,
