@@ -291,6 +291,7 @@ fn bench(c: &mut Criterion) {
         query: Some("lang=en&utm_source=mail".into()),
         headers,
         peer: "192.0.2.7".parse().unwrap(),
+        ends: None,
         body: RequestBody::None,
         token: None,
     };

@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
                 .map(|(n, v)| (n, v.as_bytes())),
         ),
         peer: "192.0.2.7".parse().unwrap(),
+        ends: None,
         body: RequestBody::None,
         token: None,
     };

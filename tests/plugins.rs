@@ -327,7 +327,14 @@ fn plugin_properties(mode: Mode) {
     let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
     let fields = [("User-Agent", "probe/1"), ("Referer", "http://ref.test/"), ("X-Request-Id", "req-7")];
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
-    let r = gw.request("GET", "/p/props?q=1", &fields, &[]);
+    let mut s = gw.connect();
+    let me = s.local_addr().unwrap();
+    let mut head = "GET /p/props?q=1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n".to_string();
+    for (n, v) in fields {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    write!(s, "{head}\r\n").unwrap();
+    let r = support::read_response(&mut std::io::BufReader::new(s)).unwrap();
     let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
     assert_eq!(r.status, 200);
     let mut props: serde_json::Value = serde_json::from_str(r.header("x-props").expect("x-props")).unwrap();
@@ -341,7 +348,9 @@ fn plugin_properties(mode: Mode) {
             "request.scheme": "http", "request.id": "req-7", "request.time": null,
             "request.useragent": "probe/1", "request.referer": "http://ref.test/",
             "request.method": "GET", "request.url_path": "/b/props", "request.query": "q=1",
-            "source.address": "127.0.0.1", "upstream.address": backend.addr.to_string(),
+            "source.address": me.to_string(), "source.port": me.port(),
+            "destination.address": gw.addr.to_string(), "destination.port": gw.addr.port(),
+            "upstream.address": backend.addr.to_string(),
             "plugin_name": name, "plugin_vm_id": name, "node.id": host,
             "response.code": 200, ":scheme": "http"
         })
@@ -488,10 +497,8 @@ fn plugin_calls_end_however_they_end(mode: Mode) {
         "/b/hang" => Reply::Hang,
         _ => Reply::Json("{}".into()),
     });
-    let config = probe_config(&backend.url(), &name, r#""hi""#).replace(
-        r#""endpoint": "/p/{id}","#,
-        r#""endpoint": "/p/{id}", "timeout": "400ms","#,
-    );
+    let config = probe_config(&backend.url(), &name, r#""hi""#)
+        .replace(r#""endpoint": "/p/{id}","#, r#""endpoint": "/p/{id}", "timeout": "400ms","#);
     let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
     assert_eq!(gw.get("/p/close").status, 502);
     assert_eq!(gw.get("/p/hang").status, 504);

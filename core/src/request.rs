@@ -19,6 +19,15 @@ pub enum RequestBody {
     Stream(BodyLength),
 }
 
+/// Both ends of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// The client's address and port.
+    pub peer: std::net::SocketAddr,
+    /// The gateway's address and port the connection came to.
+    pub local: std::net::SocketAddr,
+}
+
 /// A client request, as the exchange needs it.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
@@ -32,6 +41,9 @@ pub struct ClientRequest {
     pub headers: Head,
     /// The socket peer.
     pub peer: IpAddr,
+    /// Both ends of the connection with their ports, where a driver gave them
+    /// ([`crate::conn::Connection::set_ends`]: only for client plugins that read them).
+    pub ends: Option<Ends>,
     pub body: RequestBody,
     /// The token `auth/validator` let through (the guard stage sets it).
     pub token: Option<Box<crate::gateway::jwt::Token>>,
@@ -64,6 +76,7 @@ impl ClientRequest {
             query: req.query().map(str::to_string),
             headers: std::mem::take(&mut req.head),
             peer,
+            ends: None,
             body: RequestBody::None,
             token: None,
         })

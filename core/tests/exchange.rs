@@ -79,6 +79,7 @@ fn bare_get(path: &str) -> ClientRequest {
         query: None,
         headers: Head::default(),
         peer: "127.0.0.1".parse().unwrap(),
+        ends: None,
         body: RequestBody::None,
         token: None,
     }
@@ -106,6 +107,7 @@ fn run_on(gw: &Gateway, lb: &Balancer, req: Req<'_>, answer: impl Fn(usize) -> C
         query: query.clone(),
         headers,
         peer: req.peer.parse::<IpAddr>().unwrap(),
+        ends: None,
         body: req.body.map_or(RequestBody::None, |b| RequestBody::Full(b.as_bytes().to_vec())),
         token: None,
     };
@@ -895,6 +897,7 @@ fn no_op_passes_the_backend_through() {
         query: Some("q=1".into()),
         headers,
         peer: "127.0.0.1".parse().unwrap(),
+        ends: None,
         body: RequestBody::Stream(sluice_core::http1::BodyLength::Unknown),
         token: None,
     };

@@ -244,6 +244,11 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
     let mut stop_seen = false;
     let (gw, balancer, now, wall) = (&shard.gw, &shard.balancer, Instant::now(), SystemTime::now());
     let mut conn = Connection::accept(listener, gw, balancer, &shard.runtime, peer.ip(), now, wall);
+    if shard.read_ends
+        && let Ok(local) = stream.local_addr()
+    {
+        conn.set_ends(sluice_core::request::Ends { peer, local });
+    }
     conn.splice_tunnels(true);
     let client_fd = stream.as_raw_fd();
     let (reader, writer) = stream.into_split();

@@ -162,6 +162,8 @@ pub(crate) struct Shard {
     pub(crate) stats: RefCell<sluice_core::ops::stats::Stats>,
     /// Every shard's counters as last copied out for a scrape.
     pub(crate) published: Arc<Vec<Arc<admin::Published>>>,
+    /// Client plugins read the connections' ports and local addresses.
+    pub(crate) read_ends: bool,
 }
 
 /// Starts the shards. Returns once every shard listens, or with the first error (the
@@ -289,6 +291,7 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
         at(admin_listener.as_ref(), listen.2),
     );
     let Common { gw, runtime, opts, stop, published, .. } = common;
+    let read_ends = gw.plugins_read_ends();
     let shard = Rc::new(Shard {
         id,
         stop: stop.clone(),
@@ -301,6 +304,7 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
         stopping: signal::LocalStop::default(),
         stats: RefCell::default(),
         published,
+        read_ends,
     });
     let forwarding = bound.1.map(|f| format!(" (forward proxy on {f})")).unwrap_or_default();
     tracing::info!(shard = id, driver = %driver, "shard listening on {}{forwarding}", bound.0);

@@ -139,6 +139,8 @@ struct Facts {
     scheme: &'static str,
     upstream: String,
     client: Option<std::net::IpAddr>,
+    client_port: Option<u16>,
+    local: Option<std::net::SocketAddr>,
     /// When the call was first handed to the plugin, in ns since the epoch.
     time: u64,
     /// The request body's length, and the response body's once answered.
@@ -222,6 +224,8 @@ pub struct Linked {
     pre: InstancePre<HostState>,
     /// Whether it exports `proxy_on_tick`.
     exports_tick: bool,
+    /// Whether it imports `proxy_get_property` (it may read the connection's ends).
+    reads_properties: bool,
 }
 
 impl fmt::Debug for Linked {
@@ -267,7 +271,8 @@ pub fn link(module: &Module) -> Result<Linked, String> {
         stub(&mut linker, import.module(), import.name(), ty).map_err(|e| format!("cannot link it: {e}"))?;
     }
     let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link it: {e}"))?;
-    Ok(Linked { pre, exports_tick: exports.contains(&"proxy_on_tick") })
+    let reads_properties = module.imports().any(|i| i.name() == "proxy_get_property");
+    Ok(Linked { pre, exports_tick: exports.contains(&"proxy_on_tick"), reads_properties })
 }
 
 /// An import the host does not give: it answers "unimplemented" (proxy-wasm's 12, or
@@ -882,7 +887,13 @@ fn property(s: &mut HostState, path: &[u8]) -> Option<Vec<u8>> {
         "request.referer" => get("referer"),
         "request.headers" => Some(encode_map(&s.request)),
         "request.size" => int(s.facts.sizes.0 as i64),
-        "source.address" => s.facts.client.map(|ip| ip.to_string().into_bytes()),
+        "source.address" => s.facts.client.map(|ip| match s.facts.client_port {
+            Some(port) => std::net::SocketAddr::new(ip, port).to_string().into_bytes(),
+            None => ip.to_string().into_bytes(),
+        }),
+        "source.port" => s.facts.client_port.and_then(|p| int(i64::from(p))),
+        "destination.address" => s.facts.local.map(|a| a.to_string().into_bytes()),
+        "destination.port" => s.facts.local.and_then(|a| int(i64::from(a.port()))),
         "upstream.address" => Some(s.facts.upstream.as_bytes().to_vec()),
         "response.code" => s
             .response
@@ -1180,6 +1191,8 @@ impl Vm {
             scheme: call.scheme,
             upstream: call.upstream.clone(),
             client: Some(call.client),
+            client_port: call.client_port,
+            local: call.local,
             time,
             sizes: (call.body.len(), answered),
         };
@@ -1573,6 +1586,11 @@ impl ClientPlugin for Plugin {
     /// Whether the module has `proxy_on_tick`.
     fn may_tick(&self) -> bool {
         self.shared.ticks
+    }
+
+    /// Whether the module reads properties (`source.port`, `destination.*`).
+    fn reads_ends(&self) -> bool {
+        self.shared.linked.reads_properties
     }
 
     fn tick_period(&self) -> Option<Duration> {

@@ -149,6 +149,11 @@ pub(crate) async fn serve(
     let shared = &*shared;
     let (gw, balancer, now, wall) = (&shared.gw, &shared.balancer, Instant::now(), SystemTime::now());
     let mut conn = Connection::accept(listener, gw, balancer, &shared.runtime, peer.ip(), now, wall);
+    if shared.read_ends
+        && let Ok(local) = stream.local_addr()
+    {
+        conn.set_ends(sluice_core::request::Ends { peer, local });
+    }
     conn.splice_tunnels(cfg!(target_os = "linux"));
     let (reader, writer) = stream.into_split();
     let mut sockets = Sockets {

@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     /// a log entry is counted under a short lock (`sluice-uring` counts per shard with
     /// none).
     pub(crate) stats: std::sync::Mutex<sluice_core::ops::stats::Stats>,
+    /// Client plugins read the connections' ports and local addresses.
+    pub(crate) read_ends: bool,
 }
 
 /// Serves `gw` on `listener` until `shutdown` resolves, with [`Options::new`].
@@ -120,6 +122,7 @@ pub async fn serve_listeners(
         balancer: Balancer::new(gw.backend_count),
         runtime: Runtime::new(&gw),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
+        read_ends: gw.plugins_read_ends(),
         gw,
         stats: std::sync::Mutex::default(),
     });

@@ -210,6 +210,8 @@ pub struct Connection<'g> {
     balancer: &'g Balancer,
     limits: Limits,
     peer: IpAddr,
+    /// Both ends with their ports, when the driver gave them (for client plugins).
+    ends: Option<Box<crate::request::Ends>>,
     /// The accept, on both clocks: `/__health` tells wall-clock time from it.
     epoch: (Instant, SystemTime),
     now: Instant,
@@ -323,6 +325,7 @@ impl<'g> Connection<'g> {
             balancer,
             limits,
             peer,
+            ends: None,
             epoch: (now, wall),
             now,
             server: ServerConn::new(limits),
@@ -362,6 +365,13 @@ impl<'g> Connection<'g> {
     /// The driver can carry out [`Output::Splice`]: a CONNECT tunnel opened from now
     /// on moves its bytes that way, unless the forward proxy's `connect.splice` is
     /// false. Off until called.
+    /// Both ends of the connection with their ports, which the gateway's client plugins
+    /// read (a driver gives them when [`crate::plan::Gateway::plugins_read_ends`]; the
+    /// connection keeps only the peer's address otherwise).
+    pub fn set_ends(&mut self, ends: crate::request::Ends) {
+        self.ends = Some(Box::new(ends));
+    }
+
     pub fn splice_tunnels(&mut self, on: bool) {
         self.splice = on;
     }
@@ -934,7 +944,8 @@ impl<'g> Connection<'g> {
     /// [`crate::conn::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Box<Request>) -> State<'g> {
         let clock = Clock { now: self.now, epoch: self.epoch };
-        let outcome = self.service.route(&mut req, (self.peer, clock), self.server.add_fields(), &mut self.queue);
+        let ends = self.ends.as_deref().copied();
+        let outcome = self.service.route(&mut req, (self.peer, ends, clock), self.server.add_fields(), &mut self.queue);
         self.server.recycle(req);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
         // held, so no size limit; any other is refused at once when it says it is over.

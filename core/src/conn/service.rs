@@ -151,13 +151,13 @@ impl<'g> Service<'g> {
     pub(crate) fn route(
         &self,
         req: &mut Request,
-        (peer, clock): (IpAddr, Clock),
+        (peer, ends, clock): (IpAddr, Option<crate::request::Ends>, Clock),
         added: &mut Vec<u8>,
         logs: &mut VecDeque<Output<'g>>,
     ) -> Outcome<'g> {
         let now = clock.now;
         match *self {
-            Service::Gateway(gw) => gateway(gw, req, (peer, clock), added, logs),
+            Service::Gateway(gw) => gateway(gw, req, (peer, ends, clock), added, logs),
             Service::Forward(proxy) => match proxy.route(req, peer, now) {
                 Routed::Go(p) => Outcome::Forward(p),
                 Routed::Bad(status, reason, line) => Outcome::Fail { status, reason, line },
@@ -183,13 +183,13 @@ impl<'g> Service<'g> {
 fn gateway<'g>(
     gw: &'g Gateway,
     req: &mut Request,
-    (peer, clock): (IpAddr, Clock),
+    (peer, ends, clock): (IpAddr, Option<crate::request::Ends>, Clock),
     added: &mut Vec<u8>,
     logs: &mut VecDeque<Output<'g>>,
 ) -> Outcome<'g> {
     let now = clock.now;
     let mut creq = match ClientRequest::from_head(req, peer) {
-        Ok(creq) => creq,
+        Ok(creq) => ClientRequest { ends, ..creq },
         Err(reason) => {
             return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
         }

@@ -33,7 +33,7 @@
 //! let balancer = Balancer::new(gw.backend_count); // one per shard
 //! let Dispatch::Endpoint(route) = gw.dispatch(&Method::GET, "/u/7", None) else { unreachable!() };
 //! let req = ClientRequest { method: Method::GET, path: "/u/7".into(), query: None,
-//!     headers: Head::default(), peer: "127.0.0.1".parse().unwrap(), body: RequestBody::None, token: None };
+//!     headers: Head::default(), peer: "127.0.0.1".parse().unwrap(), ends: None, body: RequestBody::None, token: None };
 //! let mut ex = Exchange::new(&gw, route, req, (Instant::now(), SystemTime::now()));
 //! let reply = loop {
 //!     match ex.poll(&balancer) {
@@ -856,6 +856,8 @@ impl<'g> Exchange<'g> {
                 false => format!("{}:{}", call.origin.host, call.origin.port),
             },
             client: self.client_ip,
+            client_port: self.req.ends.filter(|e| e.peer.ip() == self.client_ip).map(|e| e.peer.port()),
+            local: self.req.ends.map(|e| e.local),
             ticket: 0,
         }
     }

@@ -63,6 +63,12 @@ pub struct BackendRequest {
     /// The client as the gateway takes it: the peer's address, or the one
     /// `X-Forwarded-For` names under the router's trusted proxies.
     pub client: IpAddr,
+    /// The client's port, when `client` is the connection's peer and the driver gave
+    /// the connection's ends.
+    pub client_port: Option<u16>,
+    /// The gateway's address and port the client connected to, when the driver gave
+    /// them.
+    pub local: Option<std::net::SocketAddr>,
     /// The plugin's own: set in [`ClientPlugin::on_request`], handed back unchanged
     /// with the rest of the call (e.g. which per-call context it opened).
     pub ticket: u64,
@@ -80,6 +86,8 @@ impl Default for BackendRequest {
             scheme: "http",
             upstream: String::new(),
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            client_port: None,
+            local: None,
             ticket: 0,
         }
     }
@@ -175,6 +183,12 @@ pub trait ClientPlugin: Send + Sync + fmt::Debug {
     ) -> Result<Verdict, PluginFault> {
         let _ = (call, token, response);
         Err(PluginFault("an answer to a call out it never made".into()))
+    }
+
+    /// Whether the plugin reads the connection's ports and local address (a driver
+    /// then finds them for each connection). Default: no.
+    fn reads_ends(&self) -> bool {
+        false
     }
 
     /// Whether the plugin may ever tick (a driver keeps a ticker only for such
@@ -275,6 +289,10 @@ impl ClientPlugin for Chain {
 
     fn may_tick(&self) -> bool {
         self.0.iter().any(|p| p.may_tick())
+    }
+
+    fn reads_ends(&self) -> bool {
+        self.0.iter().any(|p| p.reads_ends())
     }
 
     fn tick_period(&self) -> Option<Duration> {

@@ -573,6 +573,17 @@ impl Gateway {
         true
     }
 
+    /// Whether a client plugin bound here reads the connections' ports and local
+    /// addresses: a driver then gives each connection its ends
+    /// ([`crate::conn::Connection::set_ends`]; one `getsockname` per connection).
+    pub fn plugins_read_ends(&self) -> bool {
+        self.endpoints
+            .iter()
+            .flat_map(|ep| ep.backends.iter())
+            .filter_map(|b| b.plugin.as_ref())
+            .any(|b| b.plugin.reads_ends())
+    }
+
     /// Routes a request: see [`crate::plan::route`].
     pub fn route<'r, 'p>(&'r self, method: &Method, path: &'p str) -> RouteMatch<'r, 'p> {
         self.router.lookup(method, path)
