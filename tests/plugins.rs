@@ -352,7 +352,7 @@ fn plugin_properties(mode: Mode) {
             "destination.address": gw.addr.to_string(), "destination.port": gw.addr.port(),
             "upstream.address": backend.addr.to_string(),
             "plugin_name": name, "plugin_vm_id": name, "node.id": host,
-            "response.code": 200, ":scheme": "http"
+            "response.code": 200, "response.size": 2, ":scheme": "http"
         })
     );
     // Without an X-Request-Id, one is made for the call: a UUID.

@@ -245,6 +245,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
     let (gw, balancer, now, wall) = (&shard.gw, &shard.balancer, Instant::now(), SystemTime::now());
     let mut conn = Connection::accept(listener, gw, balancer, &shard.runtime, peer.ip(), now, wall);
     if shard.read_ends
+        && listener == Listener::Gateway
         && let Ok(local) = stream.local_addr()
     {
         conn.set_ends(sluice_core::request::Ends { peer, local });

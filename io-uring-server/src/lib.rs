@@ -365,9 +365,7 @@ async fn tick(mut ticker: Ticker, stop: StopSignal) {
     while !stop.is_triggered() {
         let now = Instant::now();
         let wait = ticker.poll_timeout().map_or(ticks::LOOK_EVERY, |n| n.saturating_duration_since(now));
-        if !wait.is_zero() {
-            monoio::time::sleep(wait.min(ticks::LOOK_EVERY)).await;
-        }
+        monoio::time::sleep(wait.clamp(ticks::MIN_GAP, ticks::LOOK_EVERY)).await;
         // What is due ticks; a period set since the last look is taken up.
         ticker.handle_timeout(Instant::now());
     }

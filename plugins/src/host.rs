@@ -1295,6 +1295,7 @@ impl Vm {
         }
         s.response_body = response.body;
         s.local = None;
+        s.facts.sizes.1 = Some(s.response_body.len());
         let (fields, body) = (s.response.len() as i32, s.response_body.len());
         self.headers_then_body(Side::Response, context, fields, body)?;
         let s = self.store.data_mut();
@@ -1442,7 +1443,11 @@ impl Plugin {
         s.unimplemented = None;
         s.last_words.clear();
         s.reset = false;
-        let ran = vm.deliver_queues((self.id, slot)).and_then(|()| f(vm));
+        // What a queue callback did is not the call's (a reset there resets nothing).
+        let ran = vm.deliver_queues((self.id, slot)).and_then(|()| {
+            vm.store.data_mut().reset = false;
+            f(vm)
+        });
         match ran {
             Ok(r) => Ok(Some(r)),
             Err(e) => {

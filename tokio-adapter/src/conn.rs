@@ -150,6 +150,7 @@ pub(crate) async fn serve(
     let (gw, balancer, now, wall) = (&shared.gw, &shared.balancer, Instant::now(), SystemTime::now());
     let mut conn = Connection::accept(listener, gw, balancer, &shared.runtime, peer.ip(), now, wall);
     if shared.read_ends
+        && listener == Listener::Gateway
         && let Ok(local) = stream.local_addr()
     {
         conn.set_ends(sluice_core::request::Ends { peer, local });

@@ -173,8 +173,8 @@ pub async fn serve_listeners(
 async fn tick(mut ticker: Ticker) {
     loop {
         let now = Instant::now();
-        let next = ticker.poll_timeout().map_or(now + ticks::LOOK_EVERY, |n| n.min(now + ticks::LOOK_EVERY));
-        tokio::time::sleep_until(next.into()).await;
+        let wait = ticker.poll_timeout().map_or(ticks::LOOK_EVERY, |n| n.saturating_duration_since(now));
+        tokio::time::sleep(wait.clamp(ticks::MIN_GAP, ticks::LOOK_EVERY)).await;
         ticker.handle_timeout(Instant::now());
     }
 }

@@ -426,6 +426,12 @@ impl RouterOptions {
     /// the peer is a trusted proxy. Then each of `remote_ip_headers` is read right to left,
     /// skipping trusted proxies: the first untrusted address is the client (gin's rule).
     /// A header with anything but addresses in it is ignored.
+    /// Whether [`RouterOptions::client_ip`] is the peer's, whatever the headers say
+    /// (the peer is not a trusted proxy, or forwarded addresses are not read).
+    pub fn peer_is_client(&self, peer: IpAddr) -> bool {
+        !self.forwarded_by_client_ip || !self.trusted_proxies.iter().any(|net| net.contains(peer))
+    }
+
     pub fn client_ip(&self, peer: IpAddr, headers: &crate::http1::Head) -> IpAddr {
         if !self.forwarded_by_client_ip {
             return peer;

@@ -362,9 +362,6 @@ impl<'g> Connection<'g> {
 
     // ----- what happened -----
 
-    /// The driver can carry out [`Output::Splice`]: a CONNECT tunnel opened from now
-    /// on moves its bytes that way, unless the forward proxy's `connect.splice` is
-    /// false. Off until called.
     /// Both ends of the connection with their ports, which the gateway's client plugins
     /// read (a driver gives them when [`crate::plan::Gateway::plugins_read_ends`]; the
     /// connection keeps only the peer's address otherwise).
@@ -372,6 +369,9 @@ impl<'g> Connection<'g> {
         self.ends = Some(Box::new(ends));
     }
 
+    /// The driver can carry out [`Output::Splice`]: a CONNECT tunnel opened from now
+    /// on moves its bytes that way, unless the forward proxy's `connect.splice` is
+    /// false. Off until called.
     pub fn splice_tunnels(&mut self, on: bool) {
         self.splice = on;
     }

@@ -616,8 +616,8 @@ impl<'g> Exchange<'g> {
         while let Some(k) = self.outs.as_ref()?.outs.iter().position(|o| o.state == OutState::Unsent) {
             self.out_answered(k, None);
         }
-        let calls = &self.calls;
-        let live = |i: usize| matches!(calls.get(i), Some(CallState::InFlight));
+        let (calls, in_time) = (&self.calls, self.clock < self.deadline);
+        let live = |i: usize| in_time && matches!(calls.get(i), Some(CallState::InFlight));
         let c = self.outs.as_mut()?;
         // A resumed call whose time ran out meanwhile is not sent; a call out of a call
         // already settled is not made.
@@ -743,19 +743,8 @@ impl<'g> Exchange<'g> {
                     // Nothing would ever resume it.
                     plugin::fault_response(&binding.name)
                 } else {
-                    let now = self.clock;
-                    let deadline = self.deadline;
-                    let upstreams = &self.ep.backends[i].upstreams;
+                    self.add_outs(i, calls);
                     let c = self.outs.get_or_insert_with(Box::default);
-                    for req in calls {
-                        let host = upstreams
-                            .iter()
-                            .find(|(name, _)| *name == req.upstream)
-                            .and_then(|(_, hosts)| hosts.get(req.token as usize % hosts.len().max(1)));
-                        let state = if host.is_some() { OutState::Pending } else { OutState::Unsent };
-                        let deadline = now.checked_add(req.timeout).map_or(deadline, |d| d.min(deadline));
-                        c.outs.push(Out { owner: i, req, host, state, deadline });
-                    }
                     if c.parked.len() <= i {
                         c.parked.resize_with(i + 1, || None);
                     }
@@ -770,6 +759,40 @@ impl<'g> Exchange<'g> {
         binding.plugin.on_done(&req);
         self.settle(i, CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body });
         None
+    }
+
+    /// What a plugin said, in a call out's answer, of backend call `i` it had already
+    /// let go: an answer (or a fault, a reset) settles the call in place of the
+    /// backend's; calls out are made (their answers come back the same way).
+    fn after_sent(&mut self, i: usize, binding: &'g plugin::Binding, verdict: Result<Verdict, plugin::PluginFault>) {
+        let answer = match verdict {
+            Ok(Verdict::Continue) => return,
+            Ok(Verdict::Wait(calls)) => {
+                self.add_outs(i, calls);
+                return;
+            }
+            Ok(Verdict::Respond(r)) => r,
+            Err(_) => plugin::fault_response(&binding.name),
+        };
+        self.unplug(i);
+        self.settle(i, CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body });
+    }
+
+    /// Calls out backend call `i`'s plugin asks for, each to its upstream (one the
+    /// binding lacks fails at the next poll), within its timeout and the endpoint's.
+    fn add_outs(&mut self, i: usize, calls: Vec<plugin::CallOut>) {
+        let (now, deadline) = (self.clock, self.deadline);
+        let upstreams = &self.ep.backends[i].upstreams;
+        let c = self.outs.get_or_insert_with(Box::default);
+        for req in calls {
+            let host = upstreams
+                .iter()
+                .find(|(name, _)| *name == req.upstream)
+                .and_then(|(_, hosts)| hosts.get(req.token as usize % hosts.len().max(1)));
+            let state = if host.is_some() { OutState::Pending } else { OutState::Unsent };
+            let deadline = now.checked_add(req.timeout).map_or(deadline, |d| d.min(deadline));
+            c.outs.push(Out { owner: i, req, host, state, deadline });
+        }
     }
 
     /// Keeps `req` as backend call `i` goes out (or waits): its plugin hears of its end.
@@ -795,7 +818,8 @@ impl<'g> Exchange<'g> {
                 (&ep.backends[i].plugin, self.plugged.get(i), self.calls.get(i))
             {
                 let mut copy = (**req).clone();
-                let _ = binding.plugin.on_call_response(&mut copy, token, answer);
+                let verdict = binding.plugin.on_call_response(&mut copy, token, answer);
+                self.after_sent(i, binding, verdict);
             }
             return;
         };
@@ -856,7 +880,11 @@ impl<'g> Exchange<'g> {
                 false => format!("{}:{}", call.origin.host, call.origin.port),
             },
             client: self.client_ip,
-            client_port: self.req.ends.filter(|e| e.peer.ip() == self.client_ip).map(|e| e.peer.port()),
+            client_port: self
+                .req
+                .ends
+                .filter(|_| self.gw.config.router.peer_is_client(self.req.peer))
+                .map(|e| e.peer.port()),
             local: self.req.ends.map(|e| e.local),
             ticket: 0,
         }

@@ -8,10 +8,12 @@
 //! tasks move between threads (tokio) runs one ticker for the process, ticking every
 //! instance each time ([`ClientPlugin::on_tick_all`]).
 //!
-//! The period is the plugin's, read at each tick and at each look (a plugin may set,
-//! change or stop it at any time); a tick that comes late is not made up: the next one
-//! is a period after it. A driver looks at least every [`LOOK_EVERY`], so a period set
-//! after the start is taken up within that.
+//! The period is the plugin's: a plugin without one that sets one is taken up at the
+//! next look (a driver looks at least every [`LOOK_EVERY`]); a changed or stopped
+//! period counts from the next tick (which comes at the old time). A tick that comes
+//! late is not made up: the next one is a period after it. Between two looks a driver
+//! leaves at least [`MIN_GAP`], so ticks slower than their period cannot hold a
+//! thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +85,9 @@ impl Ticker {
 /// How long a driver sleeps at most between two looks at its stop signal while it
 /// waits for the next tick.
 pub const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// The least time a driver sleeps between two looks.
+pub const MIN_GAP: Duration = Duration::from_millis(1);
 
 #[cfg(test)]
 mod tests {

@@ -266,6 +266,7 @@ impl HttpContext for Call {
                 ("plugin_vm_id", false),
                 ("node.id", false),
                 ("response.code", true),
+                ("response.size", true),
             ] {
                 props.insert(path.into(), prop(self, path, int));
             }
