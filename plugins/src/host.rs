@@ -19,7 +19,6 @@
 //! `on_log`, `on_delete` when the call ends, however it ends. Metrics, shared data and
 //! queues are process-wide ([`crate::shared`]).
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -996,8 +995,6 @@ pub const SLOTS: usize = 64;
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// Whether this thread is running a tick (for the words of a failure's log line).
-    static TICKING: Cell<bool> = const { Cell::new(false) };
     /// This thread's slot.
     static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
 }
@@ -1379,6 +1376,9 @@ impl fmt::Debug for Plugin {
 
 static IDS: AtomicU64 = AtomicU64::new(1);
 
+/// What a failure during a call costs, in its log line.
+const CALL_FAILS: &str = "the call fails with 500";
+
 impl Plugin {
     /// Binds `linked` under `name` with `config` (the bytes `on_configure` reads, or
     /// empty). The instance of this thread is started at once, so a module that traps
@@ -1413,18 +1413,17 @@ impl Plugin {
         self.slots[slot % SLOTS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the instance in `slot` (started when there is none, unless
+    /// Runs `f` on the instance in `slot` (`lost`: what a failure costs, for the log) (started when there is none, unless
     /// `start` is false: then `None`). An error from `f` drops the instance: the next
     /// call starts a new one.
     fn with_vm<R>(
         &self,
         slot: usize,
         start: bool,
+        lost: &str,
         f: impl FnOnce(&mut Vm) -> wasmtime::Result<R>,
     ) -> Result<Option<R>, PluginFault> {
         let name = &self.shared.name;
-        // A tick runs with no call: its failure loses the tick only.
-        let ticking = TICKING.with(Cell::get);
         let mut guard = self.lock(slot);
         let vm = match &mut *guard {
             Some(vm) => vm,
@@ -1432,7 +1431,6 @@ impl Plugin {
             None => match Vm::start(&self.shared, (self.id, slot), false) {
                 Ok(vm) => guard.insert(vm),
                 Err(e) => {
-                    let lost = if ticking { "the tick is lost" } else { "the call fails with 500" };
                     tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] cannot start an instance: {e}; {lost}");
                     return Err(PluginFault(e));
                 }
@@ -1453,7 +1451,6 @@ impl Plugin {
             Err(e) => {
                 let text = why(&e, vm.store.data());
                 *guard = None;
-                let lost = if ticking { "the tick is lost" } else { "the call fails with 500" };
                 tracing::error!(target: "sluice::plugin", "[PLUGIN: {name}] {text}; {lost} and the instance is started again");
                 Err(PluginFault(text))
             }
@@ -1524,7 +1521,7 @@ fn local_reply(mut local: BackendResponse) -> BackendResponse {
 
 impl ClientPlugin for Plugin {
     fn on_request(&self, call: &mut BackendRequest) -> Result<Verdict, PluginFault> {
-        let verdict = self.with_vm(this_slot(), true, |vm| {
+        let verdict = self.with_vm(this_slot(), true, CALL_FAILS, |vm| {
             let context = vm.open_context()?;
             call.ticket = vm.ticket(context);
             vm.serve(context, call);
@@ -1548,7 +1545,7 @@ impl ClientPlugin for Plugin {
             response,
             BackendResponse { status: response.status, headers: HeaderMap::new(), body: Vec::new() },
         );
-        let result = self.with_vm(slot, true, |vm| {
+        let result = self.with_vm(slot, true, CALL_FAILS, |vm| {
             // Its context is gone when the instance was started again since: the
             // response then runs in a context of its own, closed at once.
             let (context, fresh) = match vm.context_of(call.ticket) {
@@ -1578,7 +1575,7 @@ impl ClientPlugin for Plugin {
         if call.ticket == 0 {
             return;
         }
-        let _ = self.with_vm(slot_of(call.ticket), false, |vm| match vm.context_of(call.ticket) {
+        let _ = self.with_vm(slot_of(call.ticket), false, CALL_FAILS, |vm| match vm.context_of(call.ticket) {
             Some(c) => vm.close_context(c, Some(call)),
             None => Ok(()),
         });
@@ -1624,7 +1621,7 @@ impl ClientPlugin for Plugin {
         token: u32,
         answer: Option<BackendResponse>,
     ) -> Result<Verdict, PluginFault> {
-        let verdict = self.with_vm(slot_of(call.ticket), false, |vm| {
+        let verdict = self.with_vm(slot_of(call.ticket), false, CALL_FAILS, |vm| {
             let Some(context) = vm.context_of(call.ticket) else {
                 return Ok(Err("was started again while a call waited for its call out".to_string()));
             };
@@ -1661,12 +1658,11 @@ impl ClientPlugin for Plugin {
 impl Plugin {
     /// `proxy_on_tick` on the root context of the instance in `slot`.
     fn tick(&self, slot: usize, start: bool) {
-        TICKING.with(|t| t.set(true));
-        let _ = self.with_vm(slot, start, |vm| match &vm.entry.tick {
+        // A tick runs with no call: its failure loses the tick only.
+        let _ = self.with_vm(slot, start, "the tick is lost", |vm| match &vm.entry.tick {
             Some(f) => f.call(&mut vm.store, ROOT),
             None => Ok(()),
         });
-        TICKING.with(|t| t.set(false));
     }
 
     fn refuse(&self, e: String) -> PluginFault {

@@ -233,8 +233,8 @@ pub fn set_shared_data(vm: &str, key: &str, value: Vec<u8>, cas: u32) -> Result<
 }
 
 struct Queue {
+    /// The VM id that registered it (queues are counted per VM id).
     vm: String,
-    name: String,
     items: VecDeque<Vec<u8>>,
     /// The bytes its items hold.
     bytes: usize,
@@ -275,8 +275,7 @@ pub fn register_queue(vm: &str, name: &str, owner: (u64, usize)) -> Result<u32, 
                 return Err(Refused::ResourceExhausted);
             }
             let token = u32::try_from(q.list.len() + 1).map_err(|_| Refused::ResourceExhausted)?;
-            let queue =
-                Queue { vm: vm.into(), name: name.into(), items: VecDeque::new(), bytes: 0, owner, ready: false };
+            let queue = Queue { vm: vm.into(), items: VecDeque::new(), bytes: 0, owner, ready: false };
             q.list.push(queue);
             q.by_name.insert((vm.to_string(), name.to_string()), token);
             Ok(token)
@@ -332,12 +331,6 @@ pub fn ready_for(owner: (u64, usize)) -> Vec<u32> {
         ANY_READY.store(false, Ordering::Release);
     }
     out
-}
-
-/// A queue's VM id and name, for messages.
-pub fn queue_name(token: u32) -> Option<(String, String)> {
-    let q = lock(queues());
-    token.checked_sub(1).and_then(|i| q.list.get(i as usize)).map(|q| (q.vm.clone(), q.name.clone()))
 }
 
 #[cfg(test)]
@@ -410,6 +403,5 @@ mod tests {
         assert_eq!((dequeue(t), dequeue(t), dequeue(t)), (Ok(b"a".to_vec()), Ok(b"b".to_vec()), Err(Refused::Empty)));
         assert_eq!(enqueue(0, vec![]), Err(Refused::NotFound));
         assert_eq!(enqueue(t, vec![0; QUEUE_BYTES + 1]), Err(Refused::ResourceExhausted));
-        assert_eq!(queue_name(t), Some(("q-test".into(), "jobs".into())));
     }
 }

@@ -812,7 +812,7 @@ impl<'g> Exchange<'g> {
         let (i, token) = (o.owner, o.req.token);
         let ep = self.ep;
         // The plugin let the call go before this answer came: it still hears of it
-        // while the call lasts (its verdict no longer matters).
+        // while the call lasts, and what it says then acts on the call sent.
         let Some(call) = c.parked.get_mut(i).and_then(Option::take) else {
             if let (Some(binding), Some(Some(req)), Some(CallState::InFlight)) =
                 (&ep.backends[i].plugin, self.plugged.get(i), self.calls.get(i))
@@ -875,10 +875,7 @@ impl<'g> Exchange<'g> {
             headers,
             body,
             scheme: call.scheme.as_str(),
-            upstream: match call.origin.host.contains(':') {
-                true => format!("[{}]:{}", call.origin.host, call.origin.port),
-                false => format!("{}:{}", call.origin.host, call.origin.port),
-            },
+            upstream: crate::plan::connect_authority(call.origin),
             client: self.client_ip,
             client_port: self
                 .req
