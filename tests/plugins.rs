@@ -451,6 +451,10 @@ fn plugin_calls_out_and_resumes(mode: Mode) {
     assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
     let r = call("/p/auth-unknown", "ok");
     assert_eq!((r.status, r.text()), (500, "cannot call out: BadArgument"));
+    // A :authority that is not one (a line break in it) is refused at dispatch.
+    let r = call("/p/auth-bad", "ok");
+    assert_eq!((r.status, r.text()), (500, "cannot call out: BadArgument"));
+    assert_eq!(auth.requests().len(), 2, "a malformed call out reached the upstream");
     // A plugin that resets the call and lets it go on fails it: it is not sent.
     let r = call("/p/reset", "ok");
     assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));

@@ -17,7 +17,7 @@
 //!   shared `count`; `/b/enqueue` puts `call <id>` on the `events` queue; `/b/auth`
 //!   holds the call and asks upstream `auth` `GET /check?who=<call id>` (300 ms at
 //!   most; `/b/auth-down`, `/b/auth-slow`, `/b/auth-unknown` ask `down`, `slow`,
-//!   `nowhere`): a 200 resumes the call with `x-auth: <its body>`, another status
+//!   `nowhere`; `/b/auth-bad` with a malformed `:authority`): a 200 resumes the call with `x-auth: <its body>`, another status
 //!   answers `403 denied` (`x-denied: yes`), a failed call out `503 auth unavailable`,
 //!   a refused one `500 cannot call out: <status>`; `/b/grpc` tries a gRPC call;
 //!   `/b/reset` resets the call and lets it go on; `/b/start-ticks` sets a 20 ms tick
@@ -190,7 +190,7 @@ impl HttpContext for Call {
                 return Action::Pause;
             }
             "/b/count" => self.count = Some(count_up(self, "count")),
-            "/b/auth" | "/b/auth-down" | "/b/auth-slow" | "/b/auth-unknown" => {
+            "/b/auth" | "/b/auth-down" | "/b/auth-slow" | "/b/auth-unknown" | "/b/auth-bad" => {
                 // The external-auth pattern (the SDK's http_auth_random): ask an
                 // upstream, hold the call until it answers.
                 let upstream = match self.path.as_str() {
@@ -201,7 +201,9 @@ impl HttpContext for Call {
                 };
                 let who = self.call_id.clone().unwrap_or_default();
                 let path = format!("/check?who={who}");
-                let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", "auth.internal")];
+                // `/b/auth-bad` names a Host that is not one.
+                let authority = if self.path == "/b/auth-bad" { "auth internal\r\nx: y" } else { "auth.internal" };
+                let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", authority)];
                 return match self.dispatch_http_call(upstream, headers, None, vec![], Duration::from_millis(300)) {
                     Ok(_) => Action::Pause,
                     Err(status) => {
