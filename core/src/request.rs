@@ -43,7 +43,7 @@ pub struct ClientRequest {
     pub peer: IpAddr,
     /// Both ends of the connection with their ports, where a driver gave them
     /// ([`crate::conn::Connection::set_ends`]: only for client plugins that read them).
-    pub ends: Option<Ends>,
+    pub ends: Option<Box<Ends>>,
     pub body: RequestBody,
     /// The token `auth/validator` let through (the guard stage sets it).
     pub token: Option<Box<crate::gateway::jwt::Token>>,

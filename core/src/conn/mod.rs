@@ -944,8 +944,12 @@ impl<'g> Connection<'g> {
     /// [`crate::conn::service`]), and the connection does it.
     fn start_request(&mut self, mut req: Box<Request>) -> State<'g> {
         let clock = Clock { now: self.now, epoch: self.epoch };
-        let ends = self.ends.as_deref().copied();
-        let outcome = self.service.route(&mut req, (self.peer, ends, clock), self.server.add_fields(), &mut self.queue);
+        let outcome = self.service.route(
+            &mut req,
+            (self.peer, self.ends.as_deref(), clock),
+            self.server.add_fields(),
+            &mut self.queue,
+        );
         self.server.recycle(req);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never
         // held, so no size limit; any other is refused at once when it says it is over.

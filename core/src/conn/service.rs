@@ -151,7 +151,7 @@ impl<'g> Service<'g> {
     pub(crate) fn route(
         &self,
         req: &mut Request,
-        (peer, ends, clock): (IpAddr, Option<crate::request::Ends>, Clock),
+        (peer, ends, clock): (IpAddr, Option<&crate::request::Ends>, Clock),
         added: &mut Vec<u8>,
         logs: &mut VecDeque<Output<'g>>,
     ) -> Outcome<'g> {
@@ -183,13 +183,18 @@ impl<'g> Service<'g> {
 fn gateway<'g>(
     gw: &'g Gateway,
     req: &mut Request,
-    (peer, ends, clock): (IpAddr, Option<crate::request::Ends>, Clock),
+    (peer, ends, clock): (IpAddr, Option<&crate::request::Ends>, Clock),
     added: &mut Vec<u8>,
     logs: &mut VecDeque<Output<'g>>,
 ) -> Outcome<'g> {
     let now = clock.now;
     let mut creq = match ClientRequest::from_head(req, peer) {
-        Ok(creq) => ClientRequest { ends, ..creq },
+        Ok(mut creq) => {
+            if let Some(ends) = ends {
+                creq.ends = Some(Box::new(*ends));
+            }
+            creq
+        }
         Err(reason) => {
             return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
         }

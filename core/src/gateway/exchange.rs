@@ -880,9 +880,10 @@ impl<'g> Exchange<'g> {
             client_port: self
                 .req
                 .ends
+                .as_ref()
                 .filter(|_| self.gw.config.router.peer_is_client(self.req.peer))
                 .map(|e| e.peer.port()),
-            local: self.req.ends.map(|e| e.local),
+            local: self.req.ends.as_ref().map(|e| e.local),
             ticket: 0,
         }
     }
