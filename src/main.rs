@@ -49,6 +49,7 @@ enum Command {
     },
     /// Serves a configuration: one shard per core (io_uring, or epoll where io_uring is
     /// unavailable). SIGTERM or SIGINT stops accepting, finishes requests in flight, exits 0.
+    /// SIGHUP reads the file again and serves it (an invalid file changes nothing).
     Run {
         /// Path to the KrakenD v3 configuration file.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -137,21 +138,20 @@ fn default_runtime() -> (Runtime, String) {
 /// error as `sluice check` does. With it, the lines that say which plugins were loaded
 /// and bound.
 fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCode> {
-    let text = match read_config(path) {
-        Ok(t) => t,
-        Err(e) => {
-            say_err!("{}: {e}", path.display());
-            return Err(ExitCode::FAILURE);
+    load_or_say(path).map_err(|errors| {
+        for e in errors {
+            say_err!("{e}");
         }
-    };
+        ExitCode::FAILURE
+    })
+}
+
+/// [`load`], with the errors as lines.
+fn load_or_say(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), Vec<String>> {
+    let text = read_config(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
     // The proxy settings of the environment, as Go reads them for KrakenD.
-    let proxy = match sluice_core::call::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok()) {
-        Ok(env) => env,
-        Err(e) => {
-            say_err!("sluice: {e}");
-            return Err(ExitCode::FAILURE);
-        }
-    };
+    let proxy = sluice_core::call::proxy::ProxyEnv::from_vars(|name| std::env::var(name).ok())
+        .map_err(|e| vec![format!("sluice: {e}")])?;
     // A URL the configuration names (an auth/validator key set) is fetched through
     // a gateway of its own, with the same proxies, files and roots.
     let inner = proxy.clone();
@@ -162,20 +162,16 @@ fn load(path: &Path) -> Result<(sluice_core::plan::Loaded, Vec<String>), ExitCod
     match Gateway::load_with(&text, &env).and_then(plugins) {
         Ok(loaded) => Ok(loaded),
         Err(ConfigError::Syntax { line, column, message }) => {
-            say_err!("{}:{line}:{column}: invalid JSON: {message}", path.display());
-            Err(ExitCode::FAILURE)
+            Err(vec![format!("{}:{line}:{column}: invalid JSON: {message}", path.display())])
         }
-        Err(ConfigError::Invalid(errors)) => {
-            for e in &errors {
-                if e.path.is_empty() {
-                    // About the whole document: the file names it.
-                    say_err!("{}: {}", path.display(), e.message);
-                } else {
-                    say_err!("{e}");
-                }
-            }
-            Err(ExitCode::FAILURE)
-        }
+        Err(ConfigError::Invalid(errors)) => Err(errors
+            .iter()
+            .map(|e| match e.path.is_empty() {
+                // About the whole document: the file names it.
+                true => format!("{}: {}", path.display(), e.message),
+                false => e.to_string(),
+            })
+            .collect()),
     }
 }
 
@@ -325,11 +321,9 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     }
     tracing::info!("runtime {}: {why}", if runtime == Runtime::Uring { "uring" } else { "tokio" });
     let stop = sluice_core::StopSignal::new();
-    // Fetched key sets are fetched again while the gateway serves.
-    if !gateway.key_sources.is_empty() {
-        let proxy = gateway.proxy_env.clone();
-        fetch::refresh(gateway.key_sources.clone(), move || fetch_env(proxy.clone()), stop.clone());
-    }
+    let mut keys = refresh_keys(&gateway);
+    // What a reload keeps of the first start: the port `-p` chose, `-d`.
+    let kept = Kept { port: serving.port.map(|_| cfg.port), debug: serving.debug };
     let server = match start(runtime, Arc::new(gateway), listen, &serving, wait, stop.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -338,11 +332,102 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let handled = wait_for_signal(stop, wait.as_secs_f64());
+    let Some(signals) = signals() else {
+        stop.trigger();
+        server.join();
+        log::flush();
+        return ExitCode::FAILURE;
+    };
+    for signal in signals {
+        match signal {
+            Signal::Reload => {
+                if let Some(refreshing) = reload(path, &*server, kept) {
+                    keys.trigger();
+                    keys = refreshing;
+                }
+            }
+            Signal::Stop(sig) => {
+                // Stop first: logging the signal must not be what stands between it and the stop.
+                stop.trigger();
+                keys.trigger();
+                tracing::info!("signal {sig}: stopping (waiting up to {}s for requests in flight)", wait.as_secs_f64());
+                break;
+            }
+        }
+    }
     server.join();
     tracing::info!("stopped");
     log::flush();
-    if handled { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    ExitCode::SUCCESS
+}
+
+/// What a reloaded file does not change: the port given with `-p` (the file's, as
+/// first read, stands for it), and `-d`.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    port: Option<u16>,
+    debug: bool,
+}
+
+/// Starts fetching `gateway`'s key sets again while it serves; the signal ends that.
+fn refresh_keys(gateway: &Gateway) -> sluice_core::StopSignal {
+    let stop = sluice_core::StopSignal::new();
+    if !gateway.key_sources.is_empty() {
+        let proxy = gateway.proxy_env.clone();
+        fetch::refresh(gateway.key_sources.clone(), move || fetch_env(proxy.clone()), stop.clone());
+    }
+    stop
+}
+
+/// Reads `path` again and hands it to `server` (SIGHUP). An invalid file, or one that
+/// changes what needs a restart, changes nothing: each error is logged with its path.
+/// `Some`: served, with the new plan's key refresher.
+fn reload(path: &Path, server: &dyn Running, kept: Kept) -> Option<sluice_core::StopSignal> {
+    tracing::info!("SIGHUP: reading {} again", path.display());
+    let (mut gateway, lines) = match load_or_say(path) {
+        Ok((loaded, lines)) => {
+            for notice in &loaded.notices {
+                tracing::warn!("{notice}");
+            }
+            (loaded.gateway, lines)
+        }
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                "reload refused ({} error(s)): still serving the configuration loaded before",
+                errors.len()
+            );
+            return None;
+        }
+    };
+    if let Some(port) = kept.port {
+        gateway.config.port = port;
+    }
+    gateway.config.debug_endpoint |= kept.debug;
+    for line in &lines {
+        tracing::info!("{line}");
+    }
+    let (endpoints, backends) = (gateway.endpoints.len(), gateway.backend_count);
+    let keys = refresh_keys(&gateway);
+    match server.reload(Arc::new(gateway)) {
+        Ok(generation) => {
+            tracing::info!(
+                "reloaded {}: {endpoints} endpoint(s), {backends} backend(s) (generation {generation}); requests in flight finish on the configuration before",
+                path.display()
+            );
+            Some(keys)
+        }
+        Err(refused) => {
+            keys.trigger();
+            for line in &refused.0 {
+                tracing::error!("{}: {line}", path.display());
+            }
+            tracing::error!("reload refused: still serving the configuration loaded before");
+            None
+        }
+    }
 }
 
 /// Starts the chosen driver: both take the same options and give the same
@@ -375,31 +460,33 @@ fn start(
     Ok(server)
 }
 
-/// Triggers `stop` on SIGTERM or SIGINT, from a thread of its own. `false`: signals
-/// cannot be handled, and the server is stopped at once.
+/// What a signal asks of `run`.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    /// SIGHUP: read the configuration again.
+    Reload,
+    /// SIGTERM or SIGINT (the number): stop.
+    Stop(i32),
+}
+
+/// The signals `run` handles, as they come. `None`: they cannot be handled (said on
+/// stderr), and the server is to stop at once.
 #[cfg(unix)]
-fn wait_for_signal(stop: sluice_core::StopSignal, wait: f64) -> bool {
-    let mut signals =
-        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
-            Ok(s) => s,
-            Err(e) => {
-                say_err!("sluice: cannot handle signals ({e}): stopping");
-                stop.trigger();
-                return false;
-            }
-        };
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            // Stop first: logging the signal must not be what stands between it and the stop.
-            stop.trigger();
-            tracing::info!("signal {sig}: stopping (waiting up to {wait}s for requests in flight)");
+fn signals() -> Option<impl Iterator<Item = Signal>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(mut s) => Some(std::iter::from_fn(move || {
+            s.forever().next().map(|sig| if sig == SIGHUP { Signal::Reload } else { Signal::Stop(sig) })
+        })),
+        Err(e) => {
+            say_err!("sluice: cannot handle signals ({e}): stopping");
+            None
         }
-    });
-    true
+    }
 }
 
 /// Elsewhere the process ends on Ctrl-C without the graceful stop.
 #[cfg(not(unix))]
-fn wait_for_signal(_stop: sluice_core::StopSignal, _wait: f64) -> bool {
-    true
+fn signals() -> Option<impl Iterator<Item = Signal>> {
+    Some(std::iter::empty())
 }

@@ -10,7 +10,8 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::StopSignal;
@@ -109,9 +110,145 @@ pub trait Running: fmt::Debug + Send {
     fn describe(&self) -> String;
     /// Stops accepting and finishes what is in flight (within the shutdown wait).
     fn stop(&self);
+    /// Serves `gw` from now on (see [`Current::replace`]): new connections get it at
+    /// once; a connection open on an older plan finishes its request in flight on that
+    /// plan and closes at its next request boundary (as an nginx worker does on reload).
+    /// `Ok`: the new plan's generation. `Err`: nothing changed, and why.
+    fn reload(&self, gw: Arc<Gateway>) -> Result<u64, Refused>;
     /// Waits until it has stopped.
     fn join(self: Box<Self>);
 }
 
 /// A driver's start, boxed: what a caller that picks the driver at run time holds.
 pub type Start = fn(Arc<Gateway>, Options, StopSignal) -> io::Result<Box<dyn Running>>;
+
+/// The plan a running server serves: replaced whole by a reload, numbered by
+/// generation. Drivers read the generation (one atomic load) where they may take a new
+/// plan (an accept, a shard's periodic look) and the plan itself only when it changed.
+#[derive(Debug)]
+pub struct Current {
+    generation: AtomicU64,
+    plan: Mutex<Arc<Gateway>>,
+}
+
+impl Current {
+    /// Serving `gw` as generation 0.
+    pub fn new(gw: Arc<Gateway>) -> Current {
+        Current { generation: AtomicU64::new(0), plan: Mutex::new(gw) }
+    }
+
+    /// The generation served now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The plan served now, with its generation.
+    pub fn get(&self) -> (u64, Arc<Gateway>) {
+        let plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation(), plan.clone())
+    }
+
+    /// Serves `new` from now on, unless it changes what only a restart can
+    /// ([`restart_only`]): then nothing changes and the error lists each difference.
+    pub fn replace(&self, new: Arc<Gateway>) -> Result<u64, Refused> {
+        let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        let differences = restart_only(&plan, &new);
+        if !differences.is_empty() {
+            return Err(Refused(differences));
+        }
+        *plan = new;
+        // Under the lock: a reader that sees the new generation finds the new plan.
+        Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+}
+
+/// A reload refused: what it would change that only a restart can, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub Vec<String>);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reload refused, nothing changed: {}", self.0.join("; "))
+    }
+}
+
+/// What `new` changes of `old` that a running server cannot take without a restart,
+/// one line each (empty: a reload can serve it). These are the settings held by the
+/// sockets and per-thread state a server made at its start: its listeners (`port`,
+/// `listen_ip`, the admin listener, the forward proxy and its listener), the backend
+/// pools' size (`max_idle_connections_per_host`), the SRV resolver (`sluice/dns`),
+/// and `max_shutdown_wait_time` (read once, for the stop). Everything else (endpoints,
+/// backends, guards, TLS certificates of the listener, plugins, ...) reloads.
+pub fn restart_only(old: &Gateway, new: &Gateway) -> Vec<String> {
+    let (a, b) = (&old.config, &new.config);
+    let mut out = Vec::new();
+    let mut differ = |what: &str, was: String, now: String| {
+        if was != now {
+            out.push(format!("{what} changes from {was} to {now}: it needs a restart"));
+        }
+    };
+    differ("port", a.port.to_string(), b.port.to_string());
+    differ("listen_ip", a.listen_ip.to_string(), b.listen_ip.to_string());
+    let admin = |c: &crate::config::Config| c.admin.map_or_else(|| "none".to_string(), |a| a.to_string());
+    differ("the admin listener (sluice/admin)", admin(a), admin(b));
+    differ(
+        "max_idle_connections_per_host",
+        a.max_idle_connections_per_host.to_string(),
+        b.max_idle_connections_per_host.to_string(),
+    );
+    differ(
+        "max_shutdown_wait_time",
+        format!("{:?}", a.max_shutdown_wait_time),
+        format!("{:?}", b.max_shutdown_wait_time),
+    );
+    if a.forward_proxy != b.forward_proxy {
+        out.push("the forward proxy (sluice/forward-proxy) changes: it needs a restart".to_string());
+    }
+    if a.dns != b.dns {
+        out.push("the SRV resolver (sluice/dns) changes: it needs a restart".to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Arc<Gateway> {
+        match Gateway::load(text) {
+            Ok(loaded) => Arc::new(loaded.gateway),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    const A: &str = r#"{"version": 3, "port": 8080, "endpoints": [
+        {"endpoint": "/a", "backend": [{"host": ["http://127.0.0.1:1"], "url_pattern": "/"}]}]}"#;
+
+    #[test]
+    fn a_reload_replaces_the_plan_and_counts_generations() {
+        let current = Current::new(plan(A));
+        assert_eq!(current.generation(), 0);
+        let b = plan(&A.replace("/a", "/b"));
+        assert_eq!(current.replace(b), Ok(1));
+        let (generation, now) = current.get();
+        assert_eq!((generation, now.endpoints[0].path.as_str()), (1, "/b"));
+    }
+
+    #[test]
+    fn what_needs_a_restart_is_refused_and_changes_nothing() {
+        let current = Current::new(plan(A));
+        let moved = A.replace("8080", "8081").replace(r#""version": 3,"#, r#""version": 3, "max_idle_connections_per_host": 7, "max_shutdown_wait_time": "3s", "extra_config": {"sluice/admin": {"port": 9000}},"#);
+        let refused = current.replace(plan(&moved));
+        assert_eq!(
+            refused,
+            Err(Refused(vec![
+                "port changes from 8080 to 8081: it needs a restart".into(),
+                "the admin listener (sluice/admin) changes from none to 127.0.0.1:9000: it needs a restart".into(),
+                "max_idle_connections_per_host changes from 250 to 7: it needs a restart".into(),
+                "max_shutdown_wait_time changes from 10s to 3s: it needs a restart".into(),
+            ]))
+        );
+        assert_eq!(current.generation(), 0);
+        assert_eq!(current.get().1.config.port, 8080);
+    }
+}

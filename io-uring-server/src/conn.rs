@@ -236,15 +236,32 @@ impl Drop for Active {
 }
 
 /// Serves one client connection accepted on `listener` until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, listener: Listener) {
+/// Counted open from the call (before the task first runs: a stop that waits for open
+/// connections waits for this one too).
+pub(crate) fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+) -> impl std::future::Future<Output = ()> {
     shard.active.set(shard.active.get() + 1);
-    let _active = Active(shard.clone());
-    let place = shard.stopping.register();
+    let active = Active(shard.clone());
+    async move {
+        serve_counted(shard, stream, peer, listener).await;
+        drop(active);
+    }
+}
+
+async fn serve_counted(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, listener: Listener) {
+    // The plan this connection serves to its end (a reload closes it at its next
+    // request boundary: `signal`).
+    let plan = shard.plan();
+    let place = shard.stopping.register(plan.generation);
     let mut stop = std::pin::pin!(place.wait());
     let mut stop_seen = false;
-    let (gw, balancer, now, wall) = (&shard.gw, &shard.balancer, Instant::now(), SystemTime::now());
+    let (gw, balancer, now, wall) = (&plan.gw, &plan.balancer, Instant::now(), SystemTime::now());
     let mut conn = Connection::accept(listener, gw, balancer, &shard.runtime, peer.ip(), now, wall);
-    if shard.read_ends
+    if plan.read_ends
         && listener == Listener::Gateway
         && let Ok(local) = stream.local_addr()
     {
@@ -256,7 +273,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
     let mut ops = Ops { readers: [Some(reader), None], writers: [Some(writer), None], client_fd, ..Ops::default() };
     loop {
         while let Some(output) = conn.poll() {
-            if !start(&shard, &mut ops, output, &mut conn) {
+            if !start(&shard, &plan, &mut ops, output, &mut conn) {
                 return;
             }
         }
@@ -269,7 +286,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr,
 }
 
 /// Starts what the connection asked for. `false`: the connection is over.
-fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: &mut Connection<'_>) -> bool {
+fn start<'a>(
+    shard: &'a Rc<Shard>,
+    plan: &crate::Plan,
+    ops: &mut Ops<'a>,
+    output: Output<'a>,
+    conn: &mut Connection<'_>,
+) -> bool {
     match output {
         Output::ReadClient(buf) => ops.read(CLIENT, buf, Input::ClientRead),
         Output::AwaitClient => ops.await_client(),
@@ -337,7 +360,7 @@ fn start<'a>(shard: &'a Rc<Shard>, ops: &mut Ops<'a>, output: Output<'a>, conn: 
             }));
         }
         Output::Log(line) => {
-            shard.stats.borrow_mut().observe(&line);
+            shard.observe(&line, plan);
             sluice_core::event::emit(&line);
         }
         Output::Close => return false,

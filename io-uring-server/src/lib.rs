@@ -35,6 +35,7 @@ use sluice_core::Gateway;
 use sluice_core::gateway::ticks::{self, Ticker};
 use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
+use sluice_core::serve::{Current, Refused};
 
 pub use sluice_core::StopSignal;
 
@@ -90,6 +91,7 @@ pub struct Server {
     /// The driver each shard got, by shard number.
     pub drivers: Vec<Driver>,
     stop: StopSignal,
+    current: Arc<Current>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -121,6 +123,11 @@ impl Running for Server {
         Server::stop(self);
     }
 
+    fn reload(&self, gw: Arc<Gateway>) -> Result<u64, Refused> {
+        // Each shard looks at least every WATCH_EVERY, and at every accept.
+        self.current.replace(gw)
+    }
+
     fn join(self: Box<Self>) {
         Server::join(*self);
     }
@@ -134,7 +141,8 @@ pub fn start_boxed(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Res
 /// What every shard of a server starts from.
 #[derive(Clone)]
 struct Common {
-    gw: Arc<Gateway>,
+    /// The plan served now (a reload replaces it).
+    current: Arc<Current>,
     /// What every shard counts in together (the forward proxy's breakers).
     runtime: Arc<Runtime>,
     opts: Options,
@@ -145,14 +153,30 @@ struct Common {
     published: Arc<Vec<Arc<admin::Published>>>,
 }
 
+/// A plan as a shard serves it: what a connection accepted under it keeps to its end.
+pub(crate) struct Plan {
+    pub(crate) generation: u64,
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) balancer: Balancer,
+    /// Client plugins read the connections' ports and local addresses.
+    pub(crate) read_ends: bool,
+}
+
+impl Plan {
+    fn new(generation: u64, gw: Arc<Gateway>) -> Plan {
+        Plan { generation, balancer: Balancer::new(gw.backend_count), read_ends: gw.plugins_read_ends(), gw }
+    }
+}
+
 /// Per-shard state, owned by its thread.
 pub(crate) struct Shard {
     id: usize,
     stop: StopSignal,
     /// Open connections at most (`max_connections_per_thread`).
     max: usize,
-    pub(crate) gw: Arc<Gateway>,
-    pub(crate) balancer: Balancer,
+    /// The server's plan, and this shard's copy of it (taken up by [`Shard::plan`]).
+    current: Arc<Current>,
+    plan: RefCell<Rc<Plan>>,
     /// What every shard counts in together.
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) pool: backend::Pool,
@@ -162,8 +186,35 @@ pub(crate) struct Shard {
     pub(crate) stats: RefCell<sluice_core::ops::stats::Stats>,
     /// Every shard's counters as last copied out for a scrape.
     pub(crate) published: Arc<Vec<Arc<admin::Published>>>,
-    /// Client plugins read the connections' ports and local addresses.
-    pub(crate) read_ends: bool,
+}
+
+impl Shard {
+    /// The plan to serve a new connection with: the server's latest, taken up here
+    /// when a reload made a new one (one atomic load otherwise). Taking it up re-keys
+    /// the shard's counters and tells connections on older plans to close at their next
+    /// request boundary.
+    pub(crate) fn plan(&self) -> Rc<Plan> {
+        let generation = self.current.generation();
+        if self.plan.borrow().generation != generation {
+            let (generation, gw) = self.current.get();
+            let old = self.plan.replace(Rc::new(Plan::new(generation, gw)));
+            let new = self.plan.borrow().clone();
+            self.stats.borrow_mut().carry_over(&old.gw, &new.gw);
+            self.stopping.retire(generation);
+            tracing::info!(shard = self.id, "serving the reloaded configuration (generation {generation})");
+        }
+        self.plan.borrow().clone()
+    }
+
+    /// Counts a log entry of a connection serving `plan`.
+    pub(crate) fn observe(&self, line: &sluice_core::event::Log<'_>, plan: &Plan) {
+        let now = self.plan.borrow();
+        if now.generation == plan.generation {
+            self.stats.borrow_mut().observe(line);
+        } else {
+            self.stats.borrow_mut().observe_moved(line, &plan.gw, &now.gw);
+        }
+    }
 }
 
 /// Starts the shards. Returns once every shard listens, or with the first error (the
@@ -178,11 +229,12 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
         0 => cores.len().max(1),
         n => n,
     };
+    let current = Arc::new(Current::new(gw));
     let common = Common {
         published: Arc::new((0..shards).map(|_| Arc::default()).collect()),
         lookups: monoio::blocking::DefaultThreadPool::new(LOOKUP_THREADS),
-        runtime: Arc::new(Runtime::new(&gw)),
-        gw,
+        runtime: Arc::new(Runtime::new(&current.get().1)),
+        current: current.clone(),
         opts,
         stop: stop.clone(),
     };
@@ -214,7 +266,7 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
         }
     }
     let listening = Listening { gateway: addr.0, forward: addr.1, admin: addr.2 };
-    Ok(Server { listening, drivers, stop, threads })
+    Ok(Server { listening, drivers, stop, current, threads })
 }
 
 /// Threads doing name lookups for every shard.
@@ -290,21 +342,20 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
         at(forward.as_ref(), listen.1),
         at(admin_listener.as_ref(), listen.2),
     );
-    let Common { gw, runtime, opts, stop, published, .. } = common;
-    let read_ends = gw.plugins_read_ends();
+    let Common { current, runtime, opts, stop, published, .. } = common;
+    let (generation, gw) = current.get();
     let shard = Rc::new(Shard {
         id,
         stop: stop.clone(),
         max: opts.max_connections_per_thread,
-        balancer: Balancer::new(gw.backend_count),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
-        gw,
+        plan: RefCell::new(Rc::new(Plan::new(generation, gw))),
+        current,
         runtime,
         active: Cell::new(0),
         stopping: signal::LocalStop::default(),
         stats: RefCell::default(),
         published,
-        read_ends,
     });
     let forwarding = bound.1.map(|f| format!(" (forward proxy on {f})")).unwrap_or_default();
     tracing::info!(shard = id, driver = %driver, "shard listening on {}{forwarding}", bound.0);
@@ -319,10 +370,13 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     // always awaited to its end: a socket it brings is served.
     let canceller = monoio::io::Canceller::new();
     let cancel = canceller.handle();
-    let stop_watch = stop.clone();
+    // Every WATCH_EVERY: the stop, and a reload (taken up here even when no
+    // connection comes, so that connections on the old plan are told).
+    let watched = shard.clone();
     monoio::spawn(async move {
-        while !stop_watch.is_triggered() {
-            monoio::time::sleep(Duration::from_millis(100)).await;
+        while !watched.stop.is_triggered() {
+            monoio::time::sleep(WATCH_EVERY).await;
+            watched.plan();
         }
         canceller.cancel();
     });
@@ -332,10 +386,7 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
         monoio::spawn(admin::publish(shard.clone(), mine.clone(), stop.clone()));
     }
     // Plugins' ticks: this shard's instances tick here, as each Envoy worker's.
-    let ticker = Ticker::new(&shard.gw, Instant::now(), false);
-    if !ticker.is_empty() {
-        monoio::spawn(tick(ticker, stop.clone()));
-    }
+    monoio::spawn(tick(shard.clone()));
     let others: Vec<_> = [(forward, Listener::Forward), (admin_listener, Listener::Admin)]
         .into_iter()
         .filter_map(|(l, kind)| Some((l?, kind)))
@@ -348,6 +399,12 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     for other in others {
         other.await;
     }
+    // What the kernel queued for this listener and nobody accepted yet would be reset
+    // by the close: a process started beside this one on the same port (SO_REUSEPORT)
+    // would have served it. Accepted and served here instead.
+    for (stream, peer) in drain_backlog(&listener) {
+        monoio::spawn(conn::serve(shard.clone(), stream, peer, Listener::Gateway));
+    }
     drop(listener);
     shard.stopping.trigger();
     let waited = std::time::Instant::now();
@@ -359,16 +416,55 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     }
 }
 
+/// How often a shard looks for a stop or a reload when nothing else wakes it.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
 /// Makes this shard's plugin ticks when they are due, until the stop (looking at
-/// least every [`ticks::LOOK_EVERY`]: a period may be set later).
-async fn tick(mut ticker: Ticker, stop: StopSignal) {
-    while !stop.is_triggered() {
+/// least every [`ticks::LOOK_EVERY`]: a period may be set later); the plan's plugins,
+/// and after a reload the new plan's.
+async fn tick(shard: Rc<Shard>) {
+    let mut plan = shard.plan.borrow().clone();
+    let mut ticker = Ticker::new(&plan.gw, Instant::now(), false);
+    while !shard.stop.is_triggered() {
         let now = Instant::now();
         let wait = ticker.poll_timeout().map_or(ticks::LOOK_EVERY, |n| n.saturating_duration_since(now));
         monoio::time::sleep(wait.clamp(ticks::MIN_GAP, ticks::LOOK_EVERY)).await;
+        let latest = shard.plan.borrow().clone();
+        if latest.generation != plan.generation {
+            plan = latest;
+            ticker = Ticker::new(&plan.gw, Instant::now(), false);
+        }
         // What is due ticks; a period set since the last look is taken up.
         ticker.handle_timeout(Instant::now());
     }
+}
+
+/// The connections queued on `listener` (made non-blocking for this) at the stop,
+/// non-blocking (as both of monoio's drivers take them).
+#[allow(unsafe_code)]
+fn drain_backlog(listener: &TcpListener) -> Vec<(monoio::net::TcpStream, SocketAddr)> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the listener owns the descriptor and outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    let mut out = Vec::new();
+    if rustix::io::ioctl_fionbio(fd, true).is_err() {
+        return out;
+    }
+    while let Ok((socket, peer)) =
+        rustix::net::acceptfrom_with(fd, rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK)
+    {
+        let peer = peer.and_then(|a| SocketAddr::try_from(a).ok());
+        let std = std::net::TcpStream::from(socket);
+        let _ = std.set_nodelay(true);
+        match (monoio::net::TcpStream::from_std(std), peer) {
+            (Ok(stream), Some(peer)) => out.push((stream, peer)),
+            _ => continue,
+        }
+        if out.len() >= 4096 {
+            break;
+        }
+    }
+    out
 }
 
 /// Accepts connections on `listener` (of kind `kind`) until the stop.

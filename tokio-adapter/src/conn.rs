@@ -143,13 +143,16 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<crate::Told>,
     listener: Listener,
 ) {
     let shared = &*shared;
-    let (gw, balancer, now, wall) = (&shared.gw, &shared.balancer, Instant::now(), SystemTime::now());
+    // The plan this connection serves to its end: a reload tells it to close at its
+    // next request boundary, as the stop does.
+    let plan = shared.plan();
+    let (gw, balancer, now, wall) = (&plan.gw, &plan.balancer, Instant::now(), SystemTime::now());
     let mut conn = Connection::accept(listener, gw, balancer, &shared.runtime, peer.ip(), now, wall);
-    if shared.read_ends
+    if plan.read_ends
         && listener == Listener::Gateway
         && let Ok(local) = stream.local_addr()
     {
@@ -171,14 +174,15 @@ pub(crate) async fn serve(
         sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
         deadline: None,
     };
+    let mine = plan.generation;
     let mut stopping = std::pin::pin!(async move {
         // An error means the server is gone: a stop too.
-        let _ = stop.wait_for(|stopped| *stopped).await;
+        let _ = stop.wait_for(|told| told.stopping || told.generation > mine).await;
     });
     let mut told = false;
     loop {
         while let Some(output) = conn.poll() {
-            let Some(refused) = begin(shared, &mut sockets, output) else { return };
+            let Some(refused) = begin(shared, &plan, &mut sockets, output) else { return };
             if let Some(input) = refused {
                 conn.handle(input, Instant::now());
             }
@@ -194,7 +198,12 @@ pub(crate) async fn serve(
 /// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
 /// once (nothing idle for a name: [`Input::NoIdle`]; the counters: [`Input::Stats`];
 /// or the socket it needs is busy, never the case with a well-behaved core).
-fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) -> Option<Option<Input>> {
+fn begin<'s>(
+    shared: &'s Shared,
+    plan: &crate::Plan,
+    sockets: &mut Sockets<'s>,
+    output: Output<'s>,
+) -> Option<Option<Input>> {
     let busy = || io::Error::from(io::ErrorKind::WouldBlock);
     match output {
         Output::ReadClient(mut buf) => {
@@ -351,7 +360,7 @@ fn begin<'s>(shared: &'s Shared, sockets: &mut Sockets<'s>, output: Output<'s>) 
             return Some(Some(Input::Stats(Box::new(stats))));
         }
         Output::Log(line) => {
-            shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(&line);
+            shared.observe(&line, plan);
             sluice_core::event::emit(&line);
         }
         Output::Close => return None,

@@ -60,6 +60,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, mpsc};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,7 @@ pub use sluice_core::StopSignal;
 use sluice_core::gateway::ticks::{self, Ticker};
 use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
+use sluice_core::serve::{Current, Refused};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -82,8 +84,12 @@ pub use sluice_core::serve::{Listener, Listening, Options, Running};
 /// never I/O; the round-robin counters are atomics.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) gw: Arc<Gateway>,
-    pub(crate) balancer: Balancer,
+    /// The server's plan, and the copy connections start from (see [`Shared::plan`]).
+    current: Arc<Current>,
+    plan: std::sync::Mutex<Arc<Plan>>,
+    /// The newest plan's generation, and whether the server stops: what connections
+    /// on an older plan, and every connection at the stop, wait for.
+    told: watch::Sender<Told>,
     /// What every worker counts in together (the forward proxy's breakers).
     pub(crate) runtime: Runtime,
     pub(crate) pool: backend::Pool,
@@ -91,8 +97,64 @@ pub(crate) struct Shared {
     /// a log entry is counted under a short lock (`sluice-uring` counts per shard with
     /// none).
     pub(crate) stats: std::sync::Mutex<sluice_core::ops::stats::Stats>,
+}
+
+/// What connections are told: stop, or a newer plan than theirs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Told {
+    pub(crate) stopping: bool,
+    pub(crate) generation: u64,
+}
+
+/// A plan as the server serves it: what a connection accepted under it keeps to its end.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) generation: u64,
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) balancer: Balancer,
     /// Client plugins read the connections' ports and local addresses.
     pub(crate) read_ends: bool,
+}
+
+impl Plan {
+    fn new(generation: u64, gw: Arc<Gateway>) -> Plan {
+        Plan { generation, balancer: Balancer::new(gw.backend_count), read_ends: gw.plugins_read_ends(), gw }
+    }
+}
+
+impl Shared {
+    /// The plan to serve a new connection with: the server's latest, taken up here
+    /// when a reload made a new one (one atomic load otherwise; the lock only then).
+    /// Taking it up re-keys the counters and tells connections on older plans to close
+    /// at their next request boundary.
+    pub(crate) fn plan(&self) -> Arc<Plan> {
+        let mut plan = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if plan.generation != self.current.generation() {
+            let (generation, gw) = self.current.get();
+            let old = std::mem::replace(&mut *plan, Arc::new(Plan::new(generation, gw)));
+            self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).carry_over(&old.gw, &plan.gw);
+            self.told.send_modify(|t| t.generation = generation);
+            tracing::info!("serving the reloaded configuration (generation {generation})");
+        }
+        plan.clone()
+    }
+
+    /// Counts a log entry of a connection serving `plan`.
+    pub(crate) fn observe(&self, line: &sluice_core::event::Log<'_>, plan: &Plan) {
+        // The latest plan (then the shared copy is that one too): no lock but the
+        // counters'.
+        if plan.generation == self.current.generation() {
+            self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(line);
+            return;
+        }
+        let now = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.generation == plan.generation {
+            stats.observe(line);
+        } else {
+            stats.observe_moved(line, &plan.gw, &now.gw);
+        }
+    }
 }
 
 /// Serves `gw` on `listener` until `shutdown` resolves, with [`Options::new`].
@@ -118,27 +180,54 @@ pub async fn serve_listeners(
     opts: Options,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_current(listener, forward, admin, Arc::new(Current::new(gw)), opts, shutdown).await;
+}
+
+/// [`serve_listeners`] of the plan in `current`, and of the plans a reload puts
+/// there ([`Current::replace`]) from then on.
+pub async fn serve_current(
+    listener: TcpListener,
+    forward: Option<TcpListener>,
+    admin: Option<TcpListener>,
+    current: Arc<Current>,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (generation, gw) = current.get();
+    let (told, stop) = watch::channel(Told { stopping: false, generation });
     let shared = Arc::new(Shared {
-        balancer: Balancer::new(gw.backend_count),
         runtime: Runtime::new(&gw),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
-        read_ends: gw.plugins_read_ends(),
-        gw,
+        plan: std::sync::Mutex::new(Arc::new(Plan::new(generation, gw))),
+        current,
+        told,
         stats: std::sync::Mutex::default(),
     });
-    let (stopping, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
     // Plugins' ticks: one ticker for the process (a task moves between workers, so
     // each tick reaches every worker's instance; see sluice_core::gateway::ticks).
-    let ticker = Ticker::new(&shared.gw, Instant::now(), true);
-    let ticking = (!ticker.is_empty()).then(|| tokio::spawn(tick(ticker)));
+    let mut ticking = ticks_of(&shared.plan());
+    let mut ticked = generation;
     let mut shutdown = std::pin::pin!(shutdown);
     let max_connections = opts.max_connections_per_thread.saturating_mul(threads(&opts));
+    // A reload is taken up at the next accept, or within WATCH_EVERY when none comes
+    // (connections on the old plan are told then).
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = watch.tick() => {
+                let plan = shared.plan();
+                if plan.generation != ticked {
+                    if let Some(t) = ticking.take() {
+                        t.abort();
+                    }
+                    (ticking, ticked) = (ticks_of(&plan), plan.generation);
+                }
+            }
             (accepted, kind) = accept(&listener, forward.as_ref(), admin.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     if tasks.len() >= max_connections && kind.limited() {
@@ -155,17 +244,37 @@ pub async fn serve_listeners(
             },
         }
     }
+    // What the kernel queued for the gateway's listener and nobody accepted yet would
+    // be reset by the close: a process started beside this one on the same port
+    // (SO_REUSEPORT) would have served it. Accepted and served here instead.
+    let mut queued = 0;
+    while queued < 4096
+        && let Poll::Ready(Ok((stream, peer))) = std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
+    {
+        let _ = stream.set_nodelay(true);
+        tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), Listener::Gateway));
+        queued += 1;
+    }
     drop(listener);
     drop((forward, admin));
     if let Some(t) = ticking {
         t.abort();
     }
-    stopping.send_replace(true);
+    shared.told.send_modify(|t| t.stopping = true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
         tracing::warn!("stopping with {} connection(s) still open", tasks.len());
         tasks.shutdown().await;
     }
+}
+
+/// How often the server looks for a reload when no connection comes.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// The ticking task of `plan`'s plugins (none without plugins).
+fn ticks_of(plan: &Plan) -> Option<tokio::task::JoinHandle<()>> {
+    let ticker = Ticker::new(&plan.gw, Instant::now(), true);
+    (!ticker.is_empty()).then(|| tokio::spawn(tick(ticker)))
 }
 
 /// Makes plugins' ticks when they are due, looking at least every
@@ -208,6 +317,7 @@ pub struct Server {
     /// Worker threads of the runtime.
     pub threads: usize,
     stop: StopSignal,
+    current: Arc<Current>,
     thread: JoinHandle<()>,
 }
 
@@ -236,6 +346,10 @@ impl Running for Server {
         Server::stop(self);
     }
 
+    fn reload(&self, gw: Arc<Gateway>) -> Result<u64, Refused> {
+        self.current.replace(gw)
+    }
+
     fn join(self: Box<Self>) {
         Server::join(*self);
     }
@@ -260,6 +374,8 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
         .build()?;
     let (ready, bound) = mpsc::channel();
     let stop2 = stop.clone();
+    let current = Arc::new(Current::new(gw));
+    let serving = current.clone();
     let thread = std::thread::Builder::new().name("sluice-tokio-main".into()).spawn(move || {
         runtime.block_on(async move {
             let listener = match bind(listen) {
@@ -297,12 +413,12 @@ pub fn start(gw: Arc<Gateway>, opts: Options, stop: StopSignal) -> io::Result<Se
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
-            serve_listeners(listener, forward_listener, admin_listener, gw, opts, stopped).await;
+            serve_current(listener, forward_listener, admin_listener, serving, opts, stopped).await;
         });
     })?;
     match bound.recv() {
         Ok(Ok((gateway, forward, admin))) => {
-            Ok(Server { listening: Listening { gateway, forward, admin }, threads, stop, thread })
+            Ok(Server { listening: Listening { gateway, forward, admin }, threads, stop, current, thread })
         }
         Ok(Err(e)) => {
             let _ = thread.join();
@@ -321,10 +437,14 @@ fn threads(opts: &Options) -> usize {
 }
 
 /// A listener with a backlog fit for bursts of connections (the standard library's
-/// is 128).
+/// is 128), shared with any other process listening on the same port with
+/// `SO_REUSEPORT` (a new version started beside this one: the kernel spreads
+/// connections over both until this one stops), as `sluice-uring`'s shards share it.
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    #[cfg(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))]
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
 }

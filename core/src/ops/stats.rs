@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::event::Log;
+use crate::plan::Gateway;
 use crate::request::Scope;
 use crate::resolve::dns::DnsStats;
 
@@ -171,8 +172,121 @@ impl Stats {
         self.dns.add(&other.dns);
     }
 
+    /// Re-keys these counters from plan `old` to plan `new` after a reload: an
+    /// endpoint's counts follow it to its index in `new` (the same method and path),
+    /// and its backend calls too where `new` gives it as many backends or more; the
+    /// counts of endpoints `new` has no more go. Forward proxy, tunnel and DNS counts
+    /// are the server's, not a plan's, and stay as they are.
+    pub fn carry_over(&mut self, old: &Gateway, new: &Gateway) {
+        let moves = Moves::new(old, new);
+        let mut endpoints = Vec::new();
+        for (i, counts) in std::mem::take(&mut self.endpoints).into_iter().enumerate() {
+            if let Some(j) = moves.to(i) {
+                if endpoints.len() <= j {
+                    endpoints.resize_with(j + 1, Counts::default);
+                }
+                endpoints[j] = counts;
+            }
+        }
+        self.endpoints = endpoints;
+        let calls = std::mem::take(&mut self.calls);
+        for ((e, b), list) in calls {
+            if let Some(j) = moves.to(e).filter(|&j| new.endpoints.get(j).is_some_and(|ep| b < ep.backends.len())) {
+                self.calls.insert((j, b), list);
+            }
+        }
+    }
+
+    /// [`Stats::observe`] for a connection still on plan `old` after a reload to
+    /// `new`: what it says of an endpoint is counted under that endpoint's index in
+    /// `new`, and not at all for an endpoint `new` has no more.
+    pub fn observe_moved(&mut self, log: &Log<'_>, old: &Gateway, new: &Gateway) {
+        match log {
+            Log::Access(line) => match line.scope() {
+                Scope::Endpoint(i) => {
+                    if let Some(j) = Moves::new(old, new).to(*i) {
+                        if self.endpoints.len() <= j {
+                            self.endpoints.resize_with(j + 1, Counts::default);
+                        }
+                        self.endpoints[j].record(line.status().as_u16(), line.elapsed());
+                    }
+                }
+                _ => self.observe(log),
+            },
+            Log::Call { endpoint, backend, status } => {
+                if let Some(j) = Moves::new(old, new).to(*endpoint) {
+                    let list = self.calls.entry((j, *backend)).or_default();
+                    add(list, status.map_or(0, |s| s.as_u16()), 1);
+                }
+            }
+            _ => self.observe(log),
+        }
+    }
+
     /// Tunnels open now.
     pub fn tunnels_open(&self) -> u64 {
         self.tunnels_opened.saturating_sub(self.tunnels_closed)
+    }
+}
+
+/// Where each endpoint of one plan is in another: the endpoint of the same method and
+/// path.
+struct Moves<'a> {
+    old: &'a Gateway,
+    new: BTreeMap<(&'a str, &'a str), usize>,
+}
+
+impl<'a> Moves<'a> {
+    fn new(old: &'a Gateway, new: &'a Gateway) -> Moves<'a> {
+        let new = new.endpoints.iter().map(|e| ((e.method.as_str(), e.path.as_str()), e.index)).collect();
+        Moves { old, new }
+    }
+
+    fn to(&self, i: usize) -> Option<usize> {
+        let e = self.old.endpoints.get(i)?;
+        self.new.get(&(e.method.as_str(), e.path.as_str())).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(endpoints: &[(&str, usize)]) -> Gateway {
+        let list: Vec<String> = endpoints
+            .iter()
+            .map(|(path, backends)| {
+                let b = vec![r#"{"host": ["http://127.0.0.1:1"], "url_pattern": "/"}"#; *backends].join(",");
+                format!(r#"{{"endpoint": "{path}", "backend": [{b}]}}"#)
+            })
+            .collect();
+        match Gateway::load(&format!(r#"{{"version": 3, "endpoints": [{}]}}"#, list.join(","))) {
+            Ok(loaded) => loaded.gateway,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn counted(n: u64) -> Counts {
+        Counts { statuses: vec![(200, n)], count: n, ..Counts::default() }
+    }
+
+    #[test]
+    fn counters_follow_their_endpoint_across_a_reload() {
+        let old = plan(&[("/a", 1), ("/b", 2), ("/gone", 1)]);
+        let new = plan(&[("/new", 1), ("/b", 1), ("/a", 1)]);
+        let mut stats = Stats { endpoints: vec![counted(1), counted(2), counted(3)], ..Stats::default() };
+        stats.calls.insert((0, 0), vec![(200, 1)]);
+        stats.calls.insert((1, 0), vec![(200, 2)]);
+        // /b has one backend now: its second backend's calls go.
+        stats.calls.insert((1, 1), vec![(502, 2)]);
+        stats.calls.insert((2, 0), vec![(200, 3)]);
+        stats.tunnels_opened = 4;
+        stats.carry_over(&old, &new);
+        assert_eq!(stats.endpoints, vec![Counts::default(), counted(2), counted(1)]);
+        assert_eq!(
+            stats.calls.into_iter().collect::<Vec<_>>(),
+            vec![((1, 0), vec![(200, 2)]), ((2, 0), vec![(200, 1)])]
+        );
+        assert_eq!(stats.tunnels_opened, 4);
     }
 }
