@@ -256,6 +256,12 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     log::init();
     let (mut gateway, plugin_lines) = match load(path) {
         Ok((loaded, lines)) => {
+            // telemetry/logging: every line from here on in its format.
+            if let Err(e) = log::configure(loaded.gateway.config.logging.as_ref()) {
+                log::flush();
+                say_err!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             // What the configuration asks for and Sluice leaves out, said every start.
             for notice in &loaded.notices {
                 tracing::warn!("{notice}");
@@ -411,8 +417,12 @@ fn reload(path: &Path, server: &dyn Running, kept: Kept) -> Option<sluice_core::
     }
     let (endpoints, backends) = (gateway.endpoints.len(), gateway.backend_count);
     let keys = refresh_keys(&gateway);
+    let logging = gateway.config.logging.clone();
     match server.reload(Arc::new(gateway)) {
         Ok(generation) => {
+            if let Err(e) = log::configure(logging.as_ref()) {
+                tracing::error!("{}: {e}; the log keeps its settings", path.display());
+            }
             tracing::info!(
                 "reloaded {}: {endpoints} endpoint(s), {backends} backend(s) (generation {generation}); requests in flight finish on the configuration before",
                 path.display()

@@ -61,7 +61,7 @@ fn lint_prints_warnings_but_passes() {
     // A namespace that only observes is said on every check (and at run); unknown keys
     // with --lint.
     const NOTICE: &str =
-        "warning: extra_config[\"telemetry/logging\"]: only observes: not supported by Sluice, ignored\n";
+        "warning: extra_config[\"telemetry/metrics\"]: only observes: not supported by Sluice, ignored\n";
     let quiet = sluice(&["check", "-c", "tests/configs/lint.json"]);
     assert_eq!(
         (quiet.status.code(), text(&quiet.stdout), text(&quiet.stderr)),

@@ -249,7 +249,7 @@ fn reload_under_load(runtime: &str) {
         r#"{"endpoint": "/w", "backend": [{"host": ["BACKEND"], "url_pattern": "/"}]},"#.replace("BACKEND", &two.url());
     std::fs::write(&file, config(&two.url(), &w, 250)).unwrap();
     sluice.signal("-HUP");
-    let reloaded = sluice.wait_for("reloaded ");
+    let reloaded = sluice.wait_for(&format!("reloaded {}: ", file.display()));
     let reloaded_at = Instant::now();
     assert!(reloaded.contains("2 endpoint(s), 2 backend(s) (generation 1)"), "{reloaded}");
     thread::sleep(Duration::from_millis(600));

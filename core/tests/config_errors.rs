@@ -392,7 +392,7 @@ fn broken_configs_report_exact_paths_and_messages() {
         ),
         (
             "every namespace that enforces or changes what is served is refused, at every level",
-            json!({"version": 3, "extra_config": {"security/http-secure": {"ssl_redirect": true}, "telemetry/logging": {}},
+            json!({"version": 3, "extra_config": {"security/http-secure": {"ssl_redirect": true}, "telemetry/metrics": {}},
                 "endpoints": [{"endpoint": "/a", "extra_config": {
                     "qos/ratelimit/proxy": {"max_rate": 5},
                     "security/http-secure": {}, "modifier/martian": {}, "plugin/req-resp-modifier": {},
@@ -968,7 +968,7 @@ fn lint_warnings_name_unknown_keys() {
         "version": 3,
         "$schema": "https://example/krakend.json",
         "colour": "blue",
-        "extra_config": {"telemetry/logging": {"level": "DEBUG"}, "vendor/thing": {}},
+        "extra_config": {"telemetry/metrics": {"collection_time": "60s"}, "vendor/thing": {}},
         "endpoints": [{
             "endpoint": "/a",
             "headers_to_pass": ["X"],
@@ -984,7 +984,7 @@ fn lint_warnings_name_unknown_keys() {
     assert_eq!(
         notices,
         [
-            r#"extra_config["telemetry/logging"]: only observes: not supported by Sluice, ignored"#,
+            r#"extra_config["telemetry/metrics"]: only observes: not supported by Sluice, ignored"#,
             r#"extra_config["vendor/thing"]: namespace not supported by Sluice, ignored"#,
         ]
     );

@@ -524,7 +524,13 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let mut dns = DnsSettings::default();
     let mut cors = None;
     let mut bot_detector = None;
+    let mut logging = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        // KrakenD's name and the module's own.
+        "telemetry/logging" | "github_com/devopsfaith/krakend-gologging" => {
+            logging = logging_config(Obj::new(v, path.to_string(), cx)?, cx);
+            Some(())
+        }
         // KrakenD's alias and the module's own name (lura renames the one to the other).
         "security/cors" | "github_com/devopsfaith/krakend-cors" => {
             cors = Some(cors_config(Obj::new(v, path.to_string(), cx)?, cx));
@@ -700,9 +706,66 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         dns,
         cors,
         bot_detector,
+        logging,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
+}
+
+/// `extra_config."telemetry/logging"`, as krakend-gologging reads it (`level`
+/// required; `stdout` and `syslog` false unless set).
+fn logging_config(mut o: Obj<'_>, cx: &mut Ctx) -> Option<crate::ops::logging::Logging> {
+    use crate::ops::logging::{FACILITIES, Format, Level, Logging, Pattern};
+    let level = o.required_string("level", cx).and_then(|l| {
+        let level = Level::parse(&l);
+        if level.is_none() {
+            cx.error(
+                &o.at("level"),
+                format!("unknown level {l:?}, expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+            );
+        }
+        level
+    });
+    let prefix = o.string("prefix", cx).unwrap_or_default();
+    let stdout = o.flag("stdout", cx);
+    let syslog = o.flag("syslog", cx);
+    let facility = match o.string("syslog_facility", cx) {
+        None => Some(19),
+        Some(f) => {
+            let code = FACILITIES.iter().find(|(name, _)| *name == f).map(|(_, c)| *c);
+            if code.is_none() {
+                let names: Vec<&str> = FACILITIES.iter().map(|(n, _)| *n).collect();
+                cx.error(
+                    &o.at("syslog_facility"),
+                    format!("unknown facility {f:?}, expected one of {}", names.join(", ")),
+                );
+            }
+            code
+        }
+    };
+    let custom_at = o.at("custom_format");
+    let custom = o.string("custom_format", cx);
+    let format = match o.string("format", cx).as_deref() {
+        None | Some("default") => Some(Format::Default),
+        Some("logstash") => Some(Format::Logstash),
+        Some("custom") => match custom.as_deref().map(Pattern::parse) {
+            Some(Ok(p)) => Some(Format::Custom(p)),
+            Some(Err(e)) => {
+                cx.error(&custom_at, e);
+                None
+            }
+            None => {
+                cx.error(&custom_at, "missing: the custom format needs its pattern (\"%{message}\", ...)");
+                None
+            }
+        },
+        Some(other) => {
+            cx.error(&o.at("format"), format!("unknown format {other:?}, expected one of default, logstash, custom"));
+            None
+        }
+    };
+    o.finish(cx);
+    Some(Logging { level: level?, prefix, stdout, syslog, facility: facility?, format: format? })
 }
 
 /// `extra_config."security/cors"`, with krakend-cors's defaults.

@@ -249,6 +249,9 @@ pub struct Config {
     /// `extra_config."sluice/dns"`: where `"sd": "dns"` backends' SRV queries go.
     /// Default: `/etc/resolv.conf`'s nameservers and options.
     pub dns: DnsSettings,
+    /// `extra_config."telemetry/logging"`: the log's level, format and destinations
+    /// (see [`crate::ops::logging`]). Default: none (Sluice's own lines on stderr).
+    pub logging: Option<crate::ops::logging::Logging>,
     /// `extra_config."security/cors"`: CORS for every request, answered before
     /// routing (see [`crate::gateway::cors`]). Default: none.
     pub cors: Option<CorsConfig>,

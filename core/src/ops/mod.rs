@@ -3,5 +3,6 @@
 //! pages built from them ([`admin`]).
 
 pub mod admin;
+pub mod logging;
 pub mod runtime;
 pub mod stats;
