@@ -327,6 +327,11 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     }
     tracing::info!("runtime {}: {why}", if runtime == Runtime::Uring { "uring" } else { "tokio" });
     let stop = sluice_core::StopSignal::new();
+    // Before anything listens: a SIGHUP's default action would end the process.
+    let Some(signals) = signals(stop.clone(), wait) else {
+        log::flush();
+        return ExitCode::FAILURE;
+    };
     let mut keys = refresh_keys(&gateway);
     // What a reload keeps of the first start: the port `-p` chose, `-d`.
     let kept = Kept { port: serving.port.map(|_| cfg.port), debug: serving.debug };
@@ -338,29 +343,21 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(signals) = signals() else {
-        stop.trigger();
-        server.join();
-        log::flush();
-        return ExitCode::FAILURE;
-    };
+    // A stop is triggered by the signal thread itself: a reload under way here (key
+    // sets fetched, plugins compiled) does not hold it up.
     for signal in signals {
         match signal {
-            Signal::Reload => {
+            Signal::Reload if !stop.is_triggered() => {
                 if let Some(refreshing) = reload(path, &*server, kept) {
                     keys.trigger();
                     keys = refreshing;
                 }
             }
-            Signal::Stop(sig) => {
-                // Stop first: logging the signal must not be what stands between it and the stop.
-                stop.trigger();
-                keys.trigger();
-                tracing::info!("signal {sig}: stopping (waiting up to {}s for requests in flight)", wait.as_secs_f64());
-                break;
-            }
+            Signal::Reload => {}
+            Signal::Stop => break,
         }
     }
+    keys.trigger();
     server.join();
     tracing::info!("stopped");
     log::flush();
@@ -475,28 +472,42 @@ fn start(
 enum Signal {
     /// SIGHUP: read the configuration again.
     Reload,
-    /// SIGTERM or SIGINT (the number): stop.
-    Stop(i32),
+    /// SIGTERM or SIGINT: `stop` is triggered already.
+    Stop,
 }
 
-/// The signals `run` handles, as they come. `None`: they cannot be handled (said on
-/// stderr), and the server is to stop at once.
+/// The signals `run` handles, from a thread of their own: SIGTERM and SIGINT trigger
+/// `stop` there and then, SIGHUP comes out of the iterator. `None`: they cannot be
+/// handled (said on stderr).
 #[cfg(unix)]
-fn signals() -> Option<impl Iterator<Item = Signal>> {
+fn signals(stop: sluice_core::StopSignal, wait: std::time::Duration) -> Option<impl Iterator<Item = Signal>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(mut s) => Some(std::iter::from_fn(move || {
-            s.forever().next().map(|sig| if sig == SIGHUP { Signal::Reload } else { Signal::Stop(sig) })
-        })),
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
         Err(e) => {
-            say_err!("sluice: cannot handle signals ({e}): stopping");
-            None
+            say_err!("sluice: cannot handle signals ({e})");
+            return None;
         }
-    }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                let _ = tx.send(Signal::Reload);
+                continue;
+            }
+            // Stop first: logging the signal must not be what stands between it and the stop.
+            stop.trigger();
+            tracing::info!("signal {sig}: stopping (waiting up to {}s for requests in flight)", wait.as_secs_f64());
+            let _ = tx.send(Signal::Stop);
+            return;
+        }
+    });
+    Some(rx.into_iter())
 }
 
 /// Elsewhere the process ends on Ctrl-C without the graceful stop.
 #[cfg(not(unix))]
-fn signals() -> Option<impl Iterator<Item = Signal>> {
+fn signals(_stop: sluice_core::StopSignal, _wait: std::time::Duration) -> Option<impl Iterator<Item = Signal>> {
     Some(std::iter::empty())
 }

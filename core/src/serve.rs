@@ -204,8 +204,10 @@ pub fn restart_only(old: &Gateway, new: &Gateway) -> Vec<String> {
     if a.forward_proxy != b.forward_proxy {
         out.push("the forward proxy (sluice/forward-proxy) changes: it needs a restart".to_string());
     }
-    if a.dns != b.dns {
-        out.push("the SRV resolver (sluice/dns) changes: it needs a restart".to_string());
+    // The resolver as built, not only its settings: without an `"sd": "dns"` backend
+    // none reads resolv.conf, so adding the first one changes it too.
+    if a.dns != b.dns || old.resolver != new.resolver {
+        out.push("the SRV resolver (sluice/dns, or resolv.conf for the first \"sd\": \"dns\" backend) changes: it needs a restart".to_string());
     }
     out
 }

@@ -35,6 +35,8 @@ pub(crate) async fn publish(shard: Rc<Shard>, mine: Arc<Published>, stop: StopSi
     while !stop.is_triggered() {
         let wanted = mine.wanted.load(Ordering::Acquire);
         if wanted != mine.done.load(Ordering::Acquire) {
+            // Counters keyed by the latest plan, as the page that shows them.
+            shard.plan();
             let mut copy = shard.stats.borrow().clone();
             copy.dns = shard.pool.dns_stats();
             *mine.stats.lock().unwrap_or_else(PoisonError::into_inner) = copy;

@@ -355,7 +355,9 @@ fn begin<'s>(
         #[cfg(not(target_os = "linux"))]
         Output::Splice { up } => return Some(Some(Input::Spliced { up, result: Spliced::Unsupported })),
         Output::Stats => {
-            let mut stats = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            // Keyed by the latest plan, as the page that shows them.
+            shared.plan();
+            let mut stats = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stats.clone();
             stats.dns = shared.pool.dns_stats();
             return Some(Some(Input::Stats(Box::new(stats))));
         }

@@ -60,7 +60,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, mpsc};
-use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -96,7 +95,14 @@ pub(crate) struct Shared {
     /// The counters of every worker together: this portable driver has no shards, so
     /// a log entry is counted under a short lock (`sluice-uring` counts per shard with
     /// none).
-    pub(crate) stats: std::sync::Mutex<sluice_core::ops::stats::Stats>,
+    pub(crate) stats: std::sync::Mutex<Keyed>,
+}
+
+/// The counters, and the generation of the plan whose endpoint indices key them.
+#[derive(Debug, Default)]
+pub(crate) struct Keyed {
+    pub(crate) generation: u64,
+    pub(crate) stats: sluice_core::ops::stats::Stats,
 }
 
 /// What connections are told: stop, or a newer plan than theirs.
@@ -124,7 +130,7 @@ impl Plan {
 
 impl Shared {
     /// The plan to serve a new connection with: the server's latest, taken up here
-    /// when a reload made a new one (one atomic load otherwise; the lock only then).
+    /// when a reload made a new one (one short lock per connection).
     /// Taking it up re-keys the counters and tells connections on older plans to close
     /// at their next request boundary.
     pub(crate) fn plan(&self) -> Arc<Plan> {
@@ -132,7 +138,10 @@ impl Shared {
         if plan.generation != self.current.generation() {
             let (generation, gw) = self.current.get();
             let old = std::mem::replace(&mut *plan, Arc::new(Plan::new(generation, gw)));
-            self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).carry_over(&old.gw, &plan.gw);
+            let mut keyed = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            keyed.stats.carry_over(&old.gw, &plan.gw);
+            keyed.generation = generation;
+            drop(keyed);
             self.told.send_modify(|t| t.generation = generation);
             tracing::info!("serving the reloaded configuration (generation {generation})");
         }
@@ -141,18 +150,27 @@ impl Shared {
 
     /// Counts a log entry of a connection serving `plan`.
     pub(crate) fn observe(&self, line: &sluice_core::event::Log<'_>, plan: &Plan) {
-        // The latest plan (then the shared copy is that one too): no lock but the
-        // counters'.
-        if plan.generation == self.current.generation() {
-            self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(line);
-            return;
+        {
+            // Counters keyed by this connection's plan: no lock but theirs.
+            let mut keyed = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if keyed.generation == plan.generation {
+                keyed.stats.observe(line);
+                return;
+            }
         }
-        let now = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now.generation == plan.generation {
-            stats.observe(line);
-        } else {
-            stats.observe_moved(line, &plan.gw, &now.gw);
+        // Keyed by a newer plan: counted under the endpoint's index there. The plan is
+        // read before the counters (the lock order of `plan`), and read again if a
+        // reload re-keyed them in between.
+        loop {
+            let now = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let mut keyed = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if keyed.generation == now.generation {
+                match now.generation == plan.generation {
+                    true => keyed.stats.observe(line),
+                    false => keyed.stats.observe_moved(line, &plan.gw, &now.gw),
+                }
+                return;
+            }
         }
     }
 }
@@ -201,7 +219,7 @@ pub async fn serve_current(
         plan: std::sync::Mutex::new(Arc::new(Plan::new(generation, gw))),
         current,
         told,
-        stats: std::sync::Mutex::default(),
+        stats: std::sync::Mutex::new(Keyed { generation, ..Keyed::default() }),
     });
     let mut tasks = JoinSet::new();
     // Plugins' ticks: one ticker for the process (a task moves between workers, so
@@ -247,15 +265,21 @@ pub async fn serve_current(
     // What the kernel queued for the gateway's listener and nobody accepted yet would
     // be reset by the close: a process started beside this one on the same port
     // (SO_REUSEPORT) would have served it. Accepted and served here instead.
-    let mut queued = 0;
-    while queued < 4096
-        && let Poll::Ready(Ok((stream, peer))) = std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
-    {
-        let _ = stream.set_nodelay(true);
-        tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), Listener::Gateway));
-        queued += 1;
+    // Asked of the socket itself until it has none (tokio's readiness may not have
+    // seen the latest yet).
+    if let Ok(listener) = listener.into_std() {
+        let mut queued = 0;
+        while queued < 4096
+            && let Ok((stream, peer)) = listener.accept()
+        {
+            queued += 1;
+            let accepted = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
+            if let Ok(stream) = accepted {
+                let _ = stream.set_nodelay(true);
+                tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), Listener::Gateway));
+            }
+        }
     }
-    drop(listener);
     drop((forward, admin));
     if let Some(t) = ticking {
         t.abort();

@@ -21,11 +21,12 @@ pub enum Level {
 }
 
 impl Level {
-    /// The configuration's word for it.
+    /// The configuration's word for it, in any case, as go-logging reads it (its
+    /// `NOTICE`, between info and warning, counts as `INFO`: Sluice has no such level).
     pub fn parse(s: &str) -> Option<Level> {
-        Some(match s {
+        Some(match s.to_ascii_uppercase().as_str() {
             "DEBUG" => Level::Debug,
-            "INFO" => Level::Info,
+            "INFO" | "NOTICE" => Level::Info,
             "WARNING" => Level::Warning,
             "ERROR" => Level::Error,
             "CRITICAL" => Level::Critical,
@@ -175,18 +176,76 @@ pub struct Pattern(Vec<Piece>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Text(String),
-    Message,
-    /// With the width of `%{level:.4s}` when given.
-    Level(Option<usize>),
-    Module,
+    /// A value, written by its printf-style spec (`%{level:.4s}`, `%{id:05d}`).
+    Value(Verb, Spec),
     Time(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Message,
+    Level,
+    Module,
     Pid,
     Program,
     Id,
 }
 
+/// Go's `fmt` flags, width and precision for one verb: `-10s`, `.6s`, `05d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Spec {
+    left: bool,
+    zero: bool,
+    width: usize,
+    precision: Option<usize>,
+}
+
+impl Spec {
+    /// `None`: not a spec Sluice writes.
+    fn parse(s: &str) -> Option<Spec> {
+        let mut rest = s.strip_suffix(['s', 'd', 'v'])?;
+        let mut spec = Spec::default();
+        loop {
+            if let Some(r) = rest.strip_prefix('-') {
+                spec.left = true;
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('0') {
+                spec.zero = true;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        let (width, precision) = match rest.split_once('.') {
+            Some((w, p)) => (w, Some(p.parse().ok()?)),
+            None => (rest, None),
+        };
+        spec.width = if width.is_empty() { 0 } else { width.parse().ok()? };
+        spec.precision = precision;
+        // No spec writes more than a line's worth of padding.
+        (spec.width <= 256).then_some(spec)
+    }
+
+    fn write(&self, out: &mut String, value: &str) {
+        let value: String = match self.precision {
+            Some(p) => value.chars().take(p).collect(),
+            None => value.to_string(),
+        };
+        let pad = self.width.saturating_sub(value.chars().count());
+        let fill = if self.zero && !self.left { '0' } else { ' ' };
+        if !self.left {
+            out.extend(std::iter::repeat_n(fill, pad));
+        }
+        out.push_str(&value);
+        if self.left {
+            out.extend(std::iter::repeat_n(' ', pad));
+        }
+    }
+}
+
 /// The verbs a `custom_format` may use.
-pub const VERBS: &str = "%{message}, %{level} (or %{level:.Ns}), %{module}, %{time} (or %{time:LAYOUT}), %{pid}, %{program}, %{id}, %{color}";
+pub const VERBS: &str = "%{message}, %{level}, %{module}, %{pid}, %{program}, %{id} (each with a printf spec: \
+                         %{level:.4s}, %{id:05d}), %{time} (or %{time:LAYOUT}), %{color}";
 
 impl Pattern {
     /// Reads go-logging's pattern syntax; `Err` names the first verb it cannot serve.
@@ -204,23 +263,27 @@ impl Pattern {
                 Some((v, a)) => (v, Some(a)),
                 None => (&after[..end], None),
             };
-            let piece = match (verb, arg) {
-                ("message", None) => Some(Piece::Message),
-                ("level", None) => Some(Piece::Level(None)),
-                ("level", Some(a)) => {
-                    match a.strip_prefix('.').and_then(|w| w.strip_suffix('s')).and_then(|w| w.parse().ok()) {
-                        Some(width) => Some(Piece::Level(Some(width))),
-                        None => return Err(format!("%{{level:{a}}}: the width is written .Ns (%{{level:.4s}})")),
+            let value = match verb {
+                "message" => Some(Verb::Message),
+                "level" => Some(Verb::Level),
+                "module" => Some(Verb::Module),
+                "pid" => Some(Verb::Pid),
+                "program" => Some(Verb::Program),
+                "id" => Some(Verb::Id),
+                _ => None,
+            };
+            let piece = match (verb, value, arg) {
+                (_, Some(v), None) => Some(Piece::Value(v, Spec::default())),
+                (_, Some(v), Some(a)) => match Spec::parse(a) {
+                    Some(spec) => Some(Piece::Value(v, spec)),
+                    None => {
+                        return Err(format!("%{{{verb}:{a}}}: not a printf spec Sluice writes (as .4s, -10s, 05d)"));
                     }
-                }
-                ("module", None) => Some(Piece::Module),
-                ("time", None) => Some(Piece::Time(RFC3339_MILLI.to_string())),
-                ("time", Some(layout)) => Some(Piece::Time(layout.to_string())),
-                ("pid", None) => Some(Piece::Pid),
-                ("program", None) => Some(Piece::Program),
-                ("id", None) => Some(Piece::Id),
+                },
+                ("time", _, None) => Some(Piece::Time(RFC3339_MILLI.to_string())),
+                ("time", _, Some(layout)) => Some(Piece::Time(layout.to_string())),
                 // Colours: none in a file or a pipe, where these lines go.
-                ("color", _) => None,
+                ("color", _, _) => None,
                 _ => {
                     return Err(format!(
                         "%{{{}}} is not a verb Sluice writes (it writes {VERBS}; Go source locations have no \
@@ -248,17 +311,24 @@ impl Pattern {
         for piece in &self.0 {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Message => out.push_str(message),
-                Piece::Level(None) => out.push_str(level.name()),
-                Piece::Level(Some(w)) => out.extend(level.name().chars().take(*w)),
-                Piece::Module => out.push_str(MODULE),
                 Piece::Time(layout) => go_time(out, layout, at),
-                Piece::Pid => {
-                    let _ = write!(out, "{}", at.pid);
-                }
-                Piece::Program => out.push_str(at.program),
-                Piece::Id => {
-                    let _ = write!(out, "{:04}", at.id);
+                Piece::Value(verb, spec) => {
+                    let number;
+                    let value = match verb {
+                        Verb::Message => message,
+                        Verb::Level => level.name(),
+                        Verb::Module => MODULE,
+                        Verb::Program => at.program,
+                        Verb::Pid => {
+                            number = at.pid.to_string();
+                            &number
+                        }
+                        Verb::Id => {
+                            number = at.id.to_string();
+                            &number
+                        }
+                    };
+                    spec.write(out, value);
                 }
             }
         }
@@ -410,6 +480,14 @@ mod tests {
     }
 
     #[test]
+    fn levels_are_read_in_any_case_as_go_logging_reads_them() {
+        assert_eq!(Level::parse("info"), Some(Level::Info));
+        assert_eq!(Level::parse("Warning"), Some(Level::Warning));
+        assert_eq!(Level::parse("NOTICE"), Some(Level::Info));
+        assert_eq!(Level::parse("LOUD"), None);
+    }
+
+    #[test]
     fn default_lines_are_krakends() {
         assert_eq!(
             logging(Format::Default).line(Level::Info, "Starting the KrakenD instance", &AT),
@@ -435,8 +513,10 @@ mod tests {
         let p = Pattern::parse("%{color}%{time:Mon Jan _2 03:04:05.999999 PM -0700 2006} %{level:.4s} %{module}[%{pid}] #%{id} %{program}: %{message}%{color:reset}").unwrap();
         assert_eq!(
             logging(Format::Custom(p)).line(Level::Warning, "hi", &AT),
-            "Wed Jun 15 03:37:02.619 PM +0000 2022 WARN KRAKEND[42] #0007 sluice: hi\n"
+            "Wed Jun 15 03:37:02.619 PM +0000 2022 WARN KRAKEND[42] #7 sluice: hi\n"
         );
+        let p = Pattern::parse("%{id:03d}|%{level:-8s}|%{module:10s}|%{message:.3s}").unwrap();
+        assert_eq!(logging(Format::Custom(p)).line(Level::Info, "hello", &AT), "007|INFO    |   KRAKEND|hel\n");
         let p = Pattern::parse("%{time} %{message}").unwrap();
         assert_eq!(logging(Format::Custom(p)).line(Level::Info, "x", &AT), "2022-06-15T15:37:02.619Z x\n");
         assert!(
@@ -445,7 +525,11 @@ mod tests {
                 .starts_with("%{shortfile} is not a verb Sluice writes")
         );
         assert_eq!(Pattern::parse("%{message").unwrap_err(), "an unclosed verb at \"%{message\"");
-        assert!(Pattern::parse("%{level:4}").is_err());
+        assert_eq!(
+            Pattern::parse("%{level:4}").unwrap_err(),
+            "%{level:4}: not a printf spec Sluice writes (as .4s, -10s, 05d)"
+        );
+        assert!(Pattern::parse("%{id:999999d}").is_err());
     }
 
     #[test]

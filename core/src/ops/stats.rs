@@ -214,7 +214,10 @@ impl Stats {
                 _ => self.observe(log),
             },
             Log::Call { endpoint, backend, status } => {
-                if let Some(j) = Moves::new(old, new).to(*endpoint) {
+                let moved = Moves::new(old, new).to(*endpoint);
+                // A backend the endpoint no longer has is not counted (as carry_over).
+                if let Some(j) = moved.filter(|&j| new.endpoints.get(j).is_some_and(|ep| *backend < ep.backends.len()))
+                {
                     let list = self.calls.entry((j, *backend)).or_default();
                     add(list, status.map_or(0, |s| s.as_u16()), 1);
                 }
@@ -284,9 +287,18 @@ mod tests {
         stats.carry_over(&old, &new);
         assert_eq!(stats.endpoints, vec![Counts::default(), counted(2), counted(1)]);
         assert_eq!(
-            stats.calls.into_iter().collect::<Vec<_>>(),
+            stats.calls.clone().into_iter().collect::<Vec<_>>(),
             vec![((1, 0), vec![(200, 2)]), ((2, 0), vec![(200, 1)])]
         );
         assert_eq!(stats.tunnels_opened, 4);
+        // A connection still on the old plan: /b's second backend is no more.
+        let call = |endpoint, backend| Log::Call { endpoint, backend, status: None };
+        stats.observe_moved(&call(1, 1), &old, &new);
+        stats.observe_moved(&call(2, 0), &old, &new);
+        stats.observe_moved(&call(0, 0), &old, &new);
+        assert_eq!(
+            stats.calls.into_iter().collect::<Vec<_>>(),
+            vec![((1, 0), vec![(200, 2)]), ((2, 0), vec![(200, 1), (0, 1)])]
+        );
     }
 }
