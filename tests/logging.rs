@@ -10,7 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::{Backend, Reaped, Reply, Scratch, read_response};
+use support::{Backend, Reaped, Reply, Scratch, listening_port, read_response};
 
 /// Runs `config` (its `telemetry/logging` block being `logging`) on `runtime`, sends
 /// `GET /ok` and `GET /down` (a backend that refuses), stops it, and gives back its
@@ -39,7 +39,7 @@ fn serve_and_stop(logging: &str, runtime: &str, env: &[(&str, &str)]) -> Output 
         .map(Reaped)
         .unwrap();
     // The port, from /proc: the lines may go anywhere.
-    let port = port_of(child.id());
+    let port = listening_port(child.id());
     for path in ["/ok", "/down"] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -51,27 +51,6 @@ fn serve_and_stop(logging: &str, runtime: &str, env: &[(&str, &str)]) -> Output 
     let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     out
-}
-
-fn port_of(pid: u32) -> u16 {
-    for _ in 0..200 {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| {
-                dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        for row in table.lines().skip(1) {
-            let cols: Vec<&str> = row.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
-                return u16::from_str_radix(cols[1].rsplit(':').next().unwrap(), 16).unwrap();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("process {pid} listens on nothing after 10 s");
 }
 
 fn logstash_lines_are_json_with_krakends_fields(runtime: &str) {

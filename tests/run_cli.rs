@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{Reaped, read_response};
+use support::{Reaped, listening_port, read_response};
 
 /// A `sluice run` child whose stderr/stdout lines arrive on a channel.
 struct Running {
@@ -346,32 +346,6 @@ fn an_unknown_runtime_is_refused_before_binding() {
     assert!(err.contains("invalid value 'libuv' for '--runtime <RUNTIME>'"), "{err}");
     assert!(err.contains("[possible values: uring, tokio]"), "{err}");
     assert!(!err.contains("listening"), "{err}");
-}
-
-/// The port a child process listens on, from /proc (for a child started with `-p 0`
-/// whose logs cannot be read): its socket inodes, then the LISTEN rows of /proc/net/tcp.
-/// Waits up to 10 s for the listener.
-fn listening_port(pid: u32) -> u16 {
-    for _ in 0..200 {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| {
-                dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        for row in table.lines().skip(1) {
-            let cols: Vec<&str> = row.split_whitespace().collect();
-            // local_address is "IP:PORT" in hex; state 0A is LISTEN; column 9 the inode.
-            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
-                let port = cols[1].rsplit(':').next().unwrap();
-                return u16::from_str_radix(port, 16).unwrap();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("process {pid} listens on nothing after 10 s");
 }
 
 /// A child killed if a test fails before it stops it.

@@ -162,6 +162,29 @@ impl Current {
     }
 }
 
+/// A plan as a driver serves it: the gateway, its round-robin counters and what a
+/// connection needs to know of it, numbered by generation. A connection accepted under
+/// it keeps it to its end.
+#[derive(Debug)]
+pub struct Plan {
+    pub generation: u64,
+    pub gw: Arc<Gateway>,
+    pub balancer: crate::gateway::upstream::Balancer,
+    /// Client plugins read the connections' ports and local addresses.
+    pub read_ends: bool,
+}
+
+impl Plan {
+    pub fn new(generation: u64, gw: Arc<Gateway>) -> Plan {
+        Plan {
+            generation,
+            balancer: crate::gateway::upstream::Balancer::new(gw.backend_count),
+            read_ends: gw.plugins_read_ends(),
+            gw,
+        }
+    }
+}
+
 /// A reload refused: what it would change that only a restart can, one line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused(pub Vec<String>);

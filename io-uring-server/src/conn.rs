@@ -288,7 +288,7 @@ async fn serve_counted(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, li
 /// Starts what the connection asked for. `false`: the connection is over.
 fn start<'a>(
     shard: &'a Rc<Shard>,
-    plan: &crate::Plan,
+    plan: &sluice_core::serve::Plan,
     ops: &mut Ops<'a>,
     output: Output<'a>,
     conn: &mut Connection<'_>,

@@ -33,9 +33,8 @@ use std::time::{Duration, Instant};
 use monoio::net::{ListenerOpts, TcpListener};
 use sluice_core::Gateway;
 use sluice_core::gateway::ticks::{self, Ticker};
-use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
-use sluice_core::serve::{Current, Refused};
+use sluice_core::serve::{Current, Plan, Refused};
 
 pub use sluice_core::StopSignal;
 
@@ -151,21 +150,6 @@ struct Common {
     /// for the process.
     lookups: monoio::blocking::DefaultThreadPool,
     published: Arc<Vec<Arc<admin::Published>>>,
-}
-
-/// A plan as a shard serves it: what a connection accepted under it keeps to its end.
-pub(crate) struct Plan {
-    pub(crate) generation: u64,
-    pub(crate) gw: Arc<Gateway>,
-    pub(crate) balancer: Balancer,
-    /// Client plugins read the connections' ports and local addresses.
-    pub(crate) read_ends: bool,
-}
-
-impl Plan {
-    fn new(generation: u64, gw: Arc<Gateway>) -> Plan {
-        Plan { generation, balancer: Balancer::new(gw.backend_count), read_ends: gw.plugins_read_ends(), gw }
-    }
 }
 
 /// Per-shard state, owned by its thread.

@@ -200,7 +200,7 @@ pub(crate) async fn serve(
 /// or the socket it needs is busy, never the case with a well-behaved core).
 fn begin<'s>(
     shared: &'s Shared,
-    plan: &crate::Plan,
+    plan: &sluice_core::serve::Plan,
     sockets: &mut Sockets<'s>,
     output: Output<'s>,
 ) -> Option<Option<Input>> {

@@ -66,9 +66,8 @@ use std::time::{Duration, Instant};
 use sluice_core::Gateway;
 pub use sluice_core::StopSignal;
 use sluice_core::gateway::ticks::{self, Ticker};
-use sluice_core::gateway::upstream::Balancer;
 use sluice_core::ops::runtime::Runtime;
-use sluice_core::serve::{Current, Refused};
+use sluice_core::serve::{Current, Plan, Refused};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -110,22 +109,6 @@ pub(crate) struct Keyed {
 pub(crate) struct Told {
     pub(crate) stopping: bool,
     pub(crate) generation: u64,
-}
-
-/// A plan as the server serves it: what a connection accepted under it keeps to its end.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    pub(crate) generation: u64,
-    pub(crate) gw: Arc<Gateway>,
-    pub(crate) balancer: Balancer,
-    /// Client plugins read the connections' ports and local addresses.
-    pub(crate) read_ends: bool,
-}
-
-impl Plan {
-    fn new(generation: u64, gw: Arc<Gateway>) -> Plan {
-        Plan { generation, balancer: Balancer::new(gw.backend_count), read_ends: gw.plugins_read_ends(), gw }
-    }
 }
 
 impl Shared {

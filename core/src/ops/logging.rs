@@ -354,35 +354,6 @@ fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The broken-down UTC time of a stamp.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    weekday: usize,
-}
-
-fn civil(secs: u64) -> Civil {
-    let days = (secs / 86_400) as i64;
-    let rem = (secs % 86_400) as u32;
-    // Howard Hinnant's civil-from-days, as crate::date.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // 1970-01-01 was a Thursday.
-    let weekday = ((days + 4).rem_euclid(7)) as usize;
-    Civil { year, month, day, hour: rem / 3600, minute: rem % 3600 / 60, second: rem % 60, weekday }
-}
-
 const MONTHS: [&str; 12] = [
     "January",
     "February",
@@ -402,7 +373,7 @@ const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday",
 /// Writes `at` in UTC by a Go time layout (the reference time `Mon Jan 2 15:04:05 MST
 /// 2006`, zone `-0700`). Text that is no layout element is written as it is.
 fn go_time(out: &mut String, layout: &str, at: &Stamp<'_>) {
-    let t = civil(at.secs);
+    let t = crate::date::civil(at.secs);
     let month = MONTHS[(t.month as usize).saturating_sub(1) % 12];
     let hour12 = if t.hour.is_multiple_of(12) { 12 } else { t.hour % 12 };
     let mut rest = layout;
