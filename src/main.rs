@@ -357,6 +357,8 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
             Signal::Stop => break,
         }
     }
+    // Ended without a stop (the signal thread is gone): stop now rather than hang.
+    stop.trigger();
     keys.trigger();
     server.join();
     tracing::info!("stopped");
@@ -506,8 +508,13 @@ fn signals(stop: sluice_core::StopSignal, wait: std::time::Duration) -> Option<i
     Some(rx.into_iter())
 }
 
-/// Elsewhere the process ends on Ctrl-C without the graceful stop.
+/// Elsewhere the process ends on Ctrl-C without the graceful stop: no signal ever
+/// comes.
 #[cfg(not(unix))]
 fn signals(_stop: sluice_core::StopSignal, _wait: std::time::Duration) -> Option<impl Iterator<Item = Signal>> {
-    Some(std::iter::empty())
+    Some(std::iter::from_fn(|| {
+        loop {
+            std::thread::park();
+        }
+    }))
 }

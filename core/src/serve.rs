@@ -129,12 +129,15 @@ pub type Start = fn(Arc<Gateway>, Options, StopSignal) -> io::Result<Box<dyn Run
 pub struct Current {
     generation: AtomicU64,
     plan: Mutex<Arc<Gateway>>,
+    /// Where the servers' pools send SRV queries: the first plan's resolver, which a
+    /// plan with `"sd": "dns"` backends must keep.
+    resolver: crate::resolve::srv::ResolverConfig,
 }
 
 impl Current {
     /// Serving `gw` as generation 0.
     pub fn new(gw: Arc<Gateway>) -> Current {
-        Current { generation: AtomicU64::new(0), plan: Mutex::new(gw) }
+        Current { generation: AtomicU64::new(0), resolver: gw.resolver.clone(), plan: Mutex::new(gw) }
     }
 
     /// The generation served now.
@@ -152,7 +155,16 @@ impl Current {
     /// ([`restart_only`]): then nothing changes and the error lists each difference.
     pub fn replace(&self, new: Arc<Gateway>) -> Result<u64, Refused> {
         let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
-        let differences = restart_only(&plan, &new);
+        let mut differences = restart_only(&plan, &new);
+        // The pools ask the resolver they started with: a plan that asks it anything
+        // (an `"sd": "dns"` backend) must name the same one.
+        if uses_srv(&new) && new.resolver != self.resolver {
+            differences.push(
+                "the SRV resolver (sluice/dns, or resolv.conf when it names none) is not the one the server \
+                 started with: it needs a restart"
+                    .to_string(),
+            );
+        }
         if !differences.is_empty() {
             return Err(Refused(differences));
         }
@@ -199,9 +211,10 @@ impl fmt::Display for Refused {
 /// one line each (empty: a reload can serve it). These are the settings held by the
 /// sockets and per-thread state a server made at its start: its listeners (`port`,
 /// `listen_ip`, the admin listener, the forward proxy and its listener), the backend
-/// pools' size (`max_idle_connections_per_host`), the SRV resolver (`sluice/dns`),
-/// and `max_shutdown_wait_time` (read once, for the stop). Everything else (endpoints,
-/// backends, guards, TLS certificates of the listener, plugins, ...) reloads.
+/// pools' size (`max_idle_connections_per_host`) and `max_shutdown_wait_time` (read
+/// once, for the stop); [`Current::replace`] also keeps the SRV resolver the pools
+/// started with. Everything else (endpoints, backends, guards, TLS certificates of the
+/// listener, plugins, ...) reloads.
 pub fn restart_only(old: &Gateway, new: &Gateway) -> Vec<String> {
     let (a, b) = (&old.config, &new.config);
     let mut out = Vec::new();
@@ -227,12 +240,12 @@ pub fn restart_only(old: &Gateway, new: &Gateway) -> Vec<String> {
     if a.forward_proxy != b.forward_proxy {
         out.push("the forward proxy (sluice/forward-proxy) changes: it needs a restart".to_string());
     }
-    // The resolver as built, not only its settings: without an `"sd": "dns"` backend
-    // none reads resolv.conf, so adding the first one changes it too.
-    if a.dns != b.dns || old.resolver != new.resolver {
-        out.push("the SRV resolver (sluice/dns, or resolv.conf for the first \"sd\": \"dns\" backend) changes: it needs a restart".to_string());
-    }
     out
+}
+
+/// Whether a plan has `"sd": "dns"` backends (that ask the SRV resolver).
+fn uses_srv(gw: &Gateway) -> bool {
+    gw.endpoints.iter().flat_map(|e| &e.backends).flat_map(|b| &b.hosts).any(|h| h.srv)
 }
 
 #[cfg(test)]
@@ -275,5 +288,27 @@ mod tests {
         );
         assert_eq!(current.generation(), 0);
         assert_eq!(current.get().1.config.port, 8080);
+    }
+
+    #[test]
+    fn srv_backends_keep_the_resolver_the_server_started_with() {
+        let srv = |ns: &str| {
+            format!(
+                r#"{{"version": 3, "port": 8080, "extra_config": {{"sluice/dns": {{"nameservers": ["{ns}"]}}}},
+                "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["_api._tcp.example"], "sd": "dns", "url_pattern": "/"}}]}}]}}"#
+            )
+        };
+        let current = Current::new(plan(&srv("10.0.0.1:53")));
+        assert_eq!(
+            current.replace(plan(&srv("10.0.0.2:53"))),
+            Err(Refused(vec![
+                "the SRV resolver (sluice/dns, or resolv.conf when it names none) is not the one the server started \
+                 with: it needs a restart"
+                    .into()
+            ]))
+        );
+        // No SRV backend left: nothing asks the resolver, the reload is served.
+        assert_eq!(current.replace(plan(A)), Ok(1));
+        assert_eq!(current.replace(plan(&srv("10.0.0.1:53"))), Ok(2));
     }
 }

@@ -120,11 +120,12 @@ impl Shared {
         let mut plan = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if plan.generation != self.current.generation() {
             let (generation, gw) = self.current.get();
-            let old = std::mem::replace(&mut *plan, Arc::new(Plan::new(generation, gw)));
+            let new = Arc::new(Plan::new(generation, gw));
             let mut keyed = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            keyed.stats.carry_over(&old.gw, &plan.gw);
+            keyed.stats.carry_over(&plan.gw, &new.gw);
             keyed.generation = generation;
             drop(keyed);
+            *plan = new;
             self.told.send_modify(|t| t.generation = generation);
             tracing::info!("serving the reloaded configuration (generation {generation})");
         }
@@ -252,9 +253,17 @@ pub async fn serve_current(
     // seen the latest yet).
     if let Ok(listener) = listener.into_std() {
         let mut queued = 0;
-        while queued < 4096
-            && let Ok((stream, peer)) = listener.accept()
-        {
+        while queued < 4096 {
+            let (stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                // Gone before it was accepted: the next one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("accept failed at the stop: {e}");
+                    break;
+                }
+            };
             queued += 1;
             let accepted = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
             if let Ok(stream) = accepted {

@@ -216,7 +216,9 @@ impl Spec {
                 break;
             }
         }
+        // Go reads an empty precision (`.s`) as 0.
         let (width, precision) = match rest.split_once('.') {
+            Some((w, "")) => (w, Some(0)),
             Some((w, p)) => (w, Some(p.parse().ok()?)),
             None => (rest, None),
         };
@@ -226,13 +228,17 @@ impl Spec {
         (spec.width <= 256).then_some(spec)
     }
 
-    fn write(&self, out: &mut String, value: &str) {
-        let value: String = match self.precision {
-            Some(p) => value.chars().take(p).collect(),
-            None => value.to_string(),
+    /// Writes `value` (`number`: an integer, whose precision is a minimum of digits,
+    /// as Go's `%.3d`; a text's precision cuts it).
+    fn write(&self, out: &mut String, value: &str, number: bool) {
+        let value: String = match (self.precision, number) {
+            (Some(p), false) => value.chars().take(p).collect(),
+            (Some(p), true) => format!("{value:0>p$}"),
+            (None, _) => value.to_string(),
         };
         let pad = self.width.saturating_sub(value.chars().count());
-        let fill = if self.zero && !self.left { '0' } else { ' ' };
+        // Go pads with zeros only numbers given no precision.
+        let fill = if self.zero && !self.left && number && self.precision.is_none() { '0' } else { ' ' };
         if !self.left {
             out.extend(std::iter::repeat_n(fill, pad));
         }
@@ -328,7 +334,7 @@ impl Pattern {
                             &number
                         }
                     };
-                    spec.write(out, value);
+                    spec.write(out, value, matches!(verb, Verb::Pid | Verb::Id));
                 }
             }
         }
@@ -486,8 +492,11 @@ mod tests {
             logging(Format::Custom(p)).line(Level::Warning, "hi", &AT),
             "Wed Jun 15 03:37:02.619 PM +0000 2022 WARN KRAKEND[42] #7 sluice: hi\n"
         );
-        let p = Pattern::parse("%{id:03d}|%{level:-8s}|%{module:10s}|%{message:.3s}").unwrap();
-        assert_eq!(logging(Format::Custom(p)).line(Level::Info, "hello", &AT), "007|INFO    |   KRAKEND|hel\n");
+        let p = Pattern::parse("%{id:03d}|%{level:-8s}|%{module:10s}|%{message:.3s}|%{id:.3d}|%{pid:.1d}|%{level:.s}|%{level:05s}|%{id:-4d}|").unwrap();
+        assert_eq!(
+            logging(Format::Custom(p)).line(Level::Info, "hello", &AT),
+            "007|INFO    |   KRAKEND|hel|007|42|| INFO|7   |\n"
+        );
         let p = Pattern::parse("%{time} %{message}").unwrap();
         assert_eq!(logging(Format::Custom(p)).line(Level::Info, "x", &AT), "2022-06-15T15:37:02.619Z x\n");
         assert!(
