@@ -228,3 +228,59 @@ fn bad_settings_are_refused_with_their_paths() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reload_takes_up_a_new_logging_block() {
+    let backend = Backend::start(|_| Reply::Json(r#"{"a":1}"#.into()));
+    let dir = Scratch::new("relog");
+    let file = dir.0.join("krakend.json");
+    let config = |extra: &str| {
+        format!(
+            r#"{{"version": 3, {extra} "endpoints": [{{"endpoint": "/ok", "backend": [{{"host": ["{}"], "url_pattern": "/"}}]}}]}}"#,
+            backend.url()
+        )
+    };
+    std::fs::write(&file, config("")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .args(["-p", "0", "--shards", "1"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let port = listening_port(child.id());
+    let get = || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /ok HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
+        read_response(&mut BufReader::new(s)).unwrap().status
+    };
+    assert_eq!(get(), 200);
+    let logstash = r#""extra_config": {"telemetry/logging": {"level": "INFO", "stdout": true, "format": "logstash"}},"#;
+    std::fs::write(&file, config(logstash)).unwrap();
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    // Before: Sluice's own lines on stderr, the first request's among them.
+    assert_eq!(stderr.matches(r#""GET /ok" 200"#).count(), 1, "{stderr}");
+    assert!(stderr.contains("SIGHUP: reading "), "{stderr}");
+    // After: KrakenD's logstash lines on stdout, every one JSON, the second request's
+    // and the reload's own line among them.
+    let messages: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))["message"].to_string()
+        })
+        .collect();
+    assert!(messages.iter().any(|m| m.contains("reloaded ")), "{messages:#?}");
+    assert_eq!(messages.iter().filter(|m| m.contains(r#"\"GET /ok\" 200"#)).count(), 1, "{messages:#?}");
+}
