@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Reaped, Scratch, read_response};
+use support::{Reaped, Scratch, read_response, sluice_run};
 
 const MANIFESTS: &str = include_str!("../deploy/kubernetes/sluice.yaml");
 const DOCKERFILE: &str = include_str!("../Dockerfile");
@@ -80,14 +80,8 @@ fn the_probes_answer_on_the_ports_the_manifests_name() {
     let file = dir.0.join("krakend.json");
     let config = config.replace(r#""listen_ip": "0.0.0.0", "port": 9901"#, r#""listen_ip": "127.0.0.1", "port": 0"#);
     std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .args(["-p", "0", "--shards", "1"])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
+    let mut child = sluice_run(&file, &["-p", "0", "--shards", "1"], Some("info"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .map(Reaped)
         .unwrap();

@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{Backend, Reaped, Reply, Scratch, listening_port, read_response};
+use support::{Backend, Reaped, Reply, Scratch, get_once, listening_port, sluice_run};
 
 /// Runs `config` (its `telemetry/logging` block being `logging`) on `runtime`, sends
 /// `GET /ok` and `GET /down` (a backend that refuses), stops it, and gives back its
@@ -26,25 +24,15 @@ fn serve_and_stop(logging: &str, runtime: &str, env: &[(&str, &str)]) -> Output 
         backend.url()
     );
     std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .args(["-p", "0", "--shards", "1", "--runtime", runtime])
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
+    let mut child = sluice_run(&file, &["-p", "0", "--shards", "1", "--runtime", runtime], None)
         .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .map(Reaped)
         .unwrap();
     // The port, from /proc: the lines may go anywhere.
     let port = listening_port(child.id());
     for path in ["/ok", "/down"] {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
-        read_response(&mut BufReader::new(s)).unwrap();
+        get_once(port, path, "");
     }
     std::thread::sleep(Duration::from_millis(200));
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -241,24 +229,9 @@ fn a_reload_takes_up_a_new_logging_block() {
         )
     };
     std::fs::write(&file, config("")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .args(["-p", "0", "--shards", "1"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
+    let mut child = sluice_run(&file, &["-p", "0", "--shards", "1"], Some("info")).spawn().map(Reaped).unwrap();
     let port = listening_port(child.id());
-    let get = || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET /ok HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
-        read_response(&mut BufReader::new(s)).unwrap().status
-    };
+    let get = || get_once(port, "/ok", "").status;
     assert_eq!(get(), 200);
     let logstash = r#""extra_config": {"telemetry/logging": {"level": "INFO", "stdout": true, "format": "logstash"}},"#;
     std::fs::write(&file, config(logstash)).unwrap();

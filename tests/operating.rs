@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Reaped, Reply, Scratch, read_response};
+use support::{Backend, Reaped, Reply, Scratch, get_once, read_response, sluice_run};
 
 /// A `sluice run` child whose log lines arrive on a channel (and are kept).
 struct Sluice {
@@ -24,17 +24,12 @@ struct Sluice {
 
 impl Sluice {
     fn start(config: &std::path::Path, runtime: &str, port: u16) -> Sluice {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "-c"])
-            .arg(config)
-            .args(["--shards", "2", "-p", &port.to_string(), "--runtime", runtime])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map(Reaped)
-            .expect("sluice runs");
+        let mut child =
+            sluice_run(config, &["--shards", "2", "-p", &port.to_string(), "--runtime", runtime], Some("info"))
+                .stdout(Stdio::null())
+                .spawn()
+                .map(Reaped)
+                .expect("sluice runs");
         let (tx, lines) = mpsc::channel();
         let pipe = child.stderr.take().unwrap();
         thread::spawn(move || {
@@ -293,12 +288,7 @@ fn reload_under_load(runtime: &str) {
         })
         .collect();
     assert!(late.is_empty(), "{late:#?}");
-    let get = |target: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
-        read_response(&mut BufReader::new(s)).unwrap()
-    };
-    assert_eq!(get("/w").text(), r#"{"from":"two"}"#);
+    assert_eq!(get_once(port, "/w", "").text(), r#"{"from":"two"}"#);
     // Counters survive the reload: /v's count is every request of the load (and the
     // reload added /w's one).
     let want = [

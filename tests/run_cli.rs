@@ -74,12 +74,7 @@ impl Drop for Running {
     }
 }
 
-fn get(port: u16, target: &str, extra: &str) -> support::Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n").unwrap();
-    read_response(&mut BufReader::new(s)).unwrap()
-}
+use support::get_once as get;
 
 #[test]
 fn the_readme_example_serves_the_aggregate_and_stops_on_sigterm() {

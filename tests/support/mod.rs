@@ -497,3 +497,26 @@ pub fn listening_port(pid: u32) -> u16 {
     }
     panic!("process {pid} listens on nothing after 10 s");
 }
+
+/// `GET target` on a connection of its own to 127.0.0.1:`port` (`Host: localhost`,
+/// `extra` header lines, `Connection: close`), its answer read whole.
+pub fn get_once(port: u16, target: &str, extra: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n").unwrap();
+    read_response(&mut BufReader::new(s)).unwrap()
+}
+
+/// `sluice run -c CONFIG ARGS...` as the suites start the real binary: no colour,
+/// `RUST_LOG` as given (`None`: unset, so the file's `telemetry/logging` level
+/// applies), stdout and stderr piped. Spawn it with `.spawn().map(Reaped)`.
+pub fn sluice_run(config: &std::path::Path, args: &[&str], rust_log: Option<&str>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["run", "-c"]).arg(config).args(args).env("NO_COLOR", "1");
+    match rust_log {
+        Some(level) => cmd.env("RUST_LOG", level),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd
+}
