@@ -434,18 +434,24 @@ fn drain_backlog(listener: &TcpListener) -> Vec<(monoio::net::TcpStream, SocketA
     if rustix::io::ioctl_fionbio(fd, true).is_err() {
         return out;
     }
-    while let Ok((socket, peer)) =
-        rustix::net::acceptfrom_with(fd, rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK)
-    {
+    while out.len() < 4096 {
+        let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
+        let (socket, peer) = match rustix::net::acceptfrom_with(fd, flags) {
+            Ok(accepted) => accepted,
+            // Gone before it was accepted: the next one.
+            Err(rustix::io::Errno::CONNABORTED) => continue,
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => {
+                tracing::warn!("accept failed at the stop: {e}");
+                break;
+            }
+        };
         let peer = peer.and_then(|a| SocketAddr::try_from(a).ok());
         let std = std::net::TcpStream::from(socket);
         let _ = std.set_nodelay(true);
         match (monoio::net::TcpStream::from_std(std), peer) {
             (Ok(stream), Some(peer)) => out.push((stream, peer)),
             _ => continue,
-        }
-        if out.len() >= 4096 {
-            break;
         }
     }
     out
