@@ -125,16 +125,23 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     Ok((format!("{scheme}://{authority}"), target.to_string()))
 }
 
-/// One `GET /fetch` to the loopback gateway: the status and the whole body, read
-/// with core's HTTP/1.1 client codec (its framing, chunked or not, and its limits).
+/// One `GET /fetch` to the loopback gateway: the status and the whole body.
 fn get(at: SocketAddr) -> Result<(u16, Vec<u8>), String> {
+    ask(at, b"GET /fetch HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n", DEADLINE)
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to the loopback
+/// gateway at `at`, and reads the status and the whole body with core's HTTP/1.1
+/// client codec (its framing, chunked or not, and its limits), within `deadline`.
+pub(crate) fn ask(at: SocketAddr, request: &[u8], deadline: Duration) -> Result<(u16, Vec<u8>), String> {
     use sluice_core::http1::{ClientConn, ClientEvent, Limits};
-    let mut s = TcpStream::connect_timeout(&at, DEADLINE).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(DEADLINE + Duration::from_secs(2))).map_err(|e| e.to_string())?;
-    s.write_all(b"GET /fetch HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&at, deadline).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(deadline + Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    s.write_all(request).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.take((MAX_BYTES + 64 * 1024) as u64).read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let mut codec = ClientConn::new(http::Method::GET, Limits::default());
+    let method = if request.starts_with(b"HEAD ") { http::Method::HEAD } else { http::Method::GET };
+    let mut codec = ClientConn::new(method, Limits::default());
     let (mut status, mut body, mut rest) = (0, Vec::new(), &raw[..]);
     loop {
         let (used, event) = codec.handle_input(rest).map_err(|e| format!("an answer that does not parse: {e:?}"))?;

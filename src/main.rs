@@ -13,6 +13,7 @@ use sluice_core::{ConfigError, Gateway};
 mod fetch;
 mod log;
 mod mem;
+mod otlp;
 
 /// `eprintln!` that never panics: a closed stderr (`sluice check ... 2>&1 | head -1`) loses
 /// the line, not the process.
@@ -335,6 +336,16 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     let mut keys = refresh_keys(&gateway);
     // What a reload keeps of the first start: the port `-p` chose, `-d`.
     let kept = Kept { port: serving.port.map(|_| cfg.port), debug: serving.debug };
+    let collectors = fetch_env(gateway.proxy_env.clone());
+    let exporter = match otlp::Exporter::start(&mut gateway, collectors) {
+        Ok(e) => e,
+        Err(e) => {
+            keys.trigger();
+            log::flush();
+            say_err!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match start(runtime, Arc::new(gateway), listen, &serving, wait, stop.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -348,7 +359,7 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     for signal in signals {
         match signal {
             Signal::Reload if !stop.is_triggered() => {
-                if let Some(refreshing) = reload(path, &*server, kept) {
+                if let Some(refreshing) = reload(path, &*server, kept, exporter.as_ref()) {
                     keys.trigger();
                     keys = refreshing;
                 }
@@ -361,6 +372,10 @@ fn run(path: &Path, serving: Serving) -> ExitCode {
     stop.trigger();
     keys.trigger();
     server.join();
+    // Spans of the last requests are sent before the end.
+    if let Some(exporter) = exporter {
+        exporter.finish();
+    }
     tracing::info!("stopped");
     log::flush();
     ExitCode::SUCCESS
@@ -387,7 +402,12 @@ fn refresh_keys(gateway: &Gateway) -> sluice_core::StopSignal {
 /// Reads `path` again and hands it to `server` (SIGHUP). An invalid file, or one that
 /// changes what needs a restart, changes nothing: each error is logged with its path.
 /// `Some`: served, with the new plan's key refresher.
-fn reload(path: &Path, server: &dyn Running, kept: Kept) -> Option<sluice_core::StopSignal> {
+fn reload(
+    path: &Path,
+    server: &dyn Running,
+    kept: Kept,
+    exporter: Option<&otlp::Exporter>,
+) -> Option<sluice_core::StopSignal> {
     tracing::info!("SIGHUP: reading {} again", path.display());
     let (mut gateway, lines) = match load_or_say(path) {
         Ok((loaded, lines)) => {
@@ -411,6 +431,9 @@ fn reload(path: &Path, server: &dyn Running, kept: Kept) -> Option<sluice_core::
         gateway.config.port = port;
     }
     gateway.config.debug_endpoint |= kept.debug;
+    if let Some(exporter) = exporter {
+        exporter.adopt(&mut gateway);
+    }
     for line in &lines {
         tracing::info!("{line}");
     }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use crate::http1::{self, BodyLength, Framing, Head, Next, Request, ResponseHead, ServerConn, TargetForm};
+use crate::ops::trace::RequestTrace;
 
 /// The body of a client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl ClientRequest {
 
 /// What the access log keeps of a request. The path only: query strings carry tokens
 /// often enough to keep them out of logs (and headers are never logged).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AccessLog {
     peer: IpAddr,
     /// `None`: no request line could be read (logged as `"-"`).
@@ -93,6 +94,8 @@ pub struct AccessLog {
     path: String,
     started: Instant,
     scope: Scope,
+    /// A traced request's server span, ended with the line (see [`crate::ops::trace`]).
+    trace: Option<Box<RequestTrace>>,
 }
 
 /// What served a request, for the counters ([`crate::ops::stats`]).
@@ -119,6 +122,7 @@ impl AccessLog {
             path: req.path.clone(),
             started,
             scope: Scope::Other,
+            trace: None,
         }
     }
 
@@ -126,7 +130,7 @@ impl AccessLog {
     /// its method and target as sent, without a query string.
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
         let path = loggable_target(req.target());
-        AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other }
+        AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other, trace: None }
     }
 
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
@@ -139,7 +143,7 @@ impl AccessLog {
             let path = format!("http://{authority}{}", target.split_once('?').map_or(target, |(p, _)| p));
             (path, Scope::Forward(authority.to_string()))
         };
-        AccessLog { peer, method: Some(req.method.clone()), path, started, scope }
+        AccessLog { peer, method: Some(req.method.clone()), path, started, scope, trace: None }
     }
 
     /// A request to the admin listener (its method and path, without the query).
@@ -178,6 +182,7 @@ impl AccessLog {
             method,
             started,
             scope: Scope::Other,
+            trace: None,
         }
     }
 
@@ -186,9 +191,28 @@ impl AccessLog {
         self.started
     }
 
+    /// The request is traced: its server span ends with the line.
+    pub fn traced(&mut self, trace: Box<RequestTrace>) {
+        self.trace = Some(trace);
+    }
+
+    /// A traced request's server span, while the request is served.
+    pub fn trace_mut(&mut self) -> Option<&mut RequestTrace> {
+        self.trace.as_deref_mut()
+    }
+
+    /// A traced request's server span, while the request is served.
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_deref()
+    }
+
     /// The line for the answer given: `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted
-    /// only when displayed (a log filtered out costs nothing).
-    pub fn line(self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
+    /// only when displayed (a log filtered out costs nothing). A traced request's
+    /// server span ends here.
+    pub fn line(mut self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
+        if let Some(trace) = self.trace.take() {
+            trace.finish(status.as_u16(), bytes, now);
+        }
         AccessLine { log: self, status, bytes, up: 0, spliced: 0, now }
     }
 
@@ -241,7 +265,7 @@ mod tests {
 }
 
 /// One access log line; see [`AccessLog::line`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AccessLine {
     log: AccessLog,
     status: StatusCode,

@@ -240,6 +240,18 @@ pub fn restart_only(old: &Gateway, new: &Gateway) -> Vec<String> {
     if a.forward_proxy != b.forward_proxy {
         out.push("the forward proxy (sluice/forward-proxy) changes: it needs a restart".to_string());
     }
+    // The exporter runs from the first start: its collectors and the resource it
+    // names. Sampling, skip paths and layers may change.
+    fn exporter(c: &crate::config::Config) -> Option<(&Vec<crate::ops::trace::OtlpExporter>, [&String; 3])> {
+        c.tracing.as_ref().map(|t| (&t.exporters, [&t.service_name, &t.service_version, &t.deploy_env]))
+    }
+    if exporter(a) != exporter(b) {
+        out.push(
+            "telemetry/opentelemetry's exporters or service (name, version, deploy_env) change, or traces are \
+             turned on or off: it needs a restart"
+                .to_string(),
+        );
+    }
     out
 }
 

@@ -1178,3 +1178,86 @@ fn propagated_params_nothing_reads_are_warned_about() {
         ]
     );
 }
+
+/// `telemetry/opentelemetry` as krakend-otel reads it: its defaults, the parts Sluice
+/// does not make said as notices, and what cannot be read refused with its path.
+#[test]
+fn opentelemetry_is_read_as_krakend_otel_reads_it() {
+    let ns = |otel: Value| json!({"version": 3, "name": "edge", "extra_config": {"telemetry/opentelemetry": otel},
+        "endpoints": [{"endpoint": "/a/{id}/{Id2}", "backend": [{"host": ["http://api:8000"], "url_pattern": "/u/{id}/{Id2}"}]}]});
+    let otlp = json!({"otlp": [{"name": "c", "host": "collector", "port": 4318, "use_http": true, "disable_metrics": true}]});
+    // The defaults: every layer traced, rate 1, KrakenD's skip paths, the file's name.
+    let loaded = Gateway::load(&ns(json!({"exporters": otlp})).to_string()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.notices.is_empty(), "{:?}", loaded.notices);
+    let t = loaded.gateway.config.tracing.as_ref().unwrap();
+    assert_eq!((t.service_name.as_str(), t.sample_rate), ("edge", 1.0));
+    assert_eq!(t.skip_paths, ["/__health", "/__debug/", "/__echo/", "/__stats/"]);
+    assert!(t.global.traces && t.global.propagation && t.proxy.traces && t.backend.stage && t.backend.round_trip);
+    let tracer = loaded.gateway.tracer.as_ref().unwrap();
+    assert_eq!(tracer.endpoints[0].route, "/a/{id}/{Id2}");
+    assert_eq!(tracer.endpoints[0].backends[0].route, "/u/:id/:id2");
+    assert_eq!(tracer.endpoints[0].backends[0].method, "GET");
+
+    // What Sluice does not make is said, never ignored in silence.
+    let config = ns(json!({
+        "trace_sample_rate": 0, "metric_reporting_period": 30,
+        "exporters": {
+            "otlp": [{"name": "grpc", "host": "collector", "port": 4317},
+                     {"name": "http", "host": "https://collector", "port": 4318, "use_http": true}],
+            "prometheus": [{"name": "prom", "port": 9090}]},
+        "layers": {"global": {"report_headers": true}, "backend": {"traces": {"detailed_connection": true, "round_trip": true}}}}));
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
+    let at = r#"extra_config["telemetry/opentelemetry"]"#;
+    assert_eq!(
+        notices,
+        [
+            format!(r#"{at}.trace_sample_rate: 0 or below samples every trace, as KrakenD does (it means "not set")"#),
+            format!("{at}.metric_reporting_period: OTLP metrics are not sent by Sluice: ignored"),
+            format!(r#"{at}.exporters.otlp[0].use_http: OTLP over gRPC is not sent by Sluice: this exporter gets no spans; set "use_http": true and the collector's OTLP/HTTP port (4318 by default)"#),
+            format!("{at}.exporters.otlp[0].disable_metrics: OTLP metrics are not sent by Sluice (traces are): the admin listener's /stats/prometheus has the counters"),
+            format!("{at}.exporters.otlp[1].disable_metrics: OTLP metrics are not sent by Sluice (traces are): the admin listener's /stats/prometheus has the counters"),
+            format!("{at}.exporters.prometheus[0]: not started by Sluice: the admin listener's /stats/prometheus serves the counters"),
+            format!("{at}.layers.global.report_headers: not supported: header values are not put on spans by Sluice; ignored"),
+            format!("{at}.layers.backend.traces.detailed_connection: not supported: connection timings are not put on spans by Sluice; ignored"),
+        ]
+    );
+    let t = loaded.gateway.config.tracing.as_ref().unwrap();
+    assert_eq!(t.exporters.iter().filter(|e| e.sends_traces()).map(|e| e.origin()).collect::<Vec<_>>(), ["https://collector:4318"]);
+
+    // No exporter that takes traces: nothing is made, and that is said.
+    let loaded = Gateway::load(&ns(json!({"exporters": {"otlp": [{"name": "g", "host": "c", "port": 4317, "disable_metrics": true}]}})).to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.gateway.tracer.is_none());
+    let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(notices.last().map(String::as_str), Some(r#"extra_config["telemetry/opentelemetry"]: no OTLP exporter over HTTP takes traces: no spans are made"#));
+
+    // What cannot be read is refused with its path.
+    for (otel, expected) in [
+        (
+            json!({"exporters": {"otlp": [{"name": "a", "host": "c", "port": 1, "use_http": true}, {"name": "a", "host": "d", "port": 2, "use_http": true}]}}),
+            vec![format!(r#"{at}.exporters.otlp[1].name: OTLP exporter with duplicate name: "a""#)],
+        ),
+        (
+            json!({"exporters": {"otlp": [{"name": "a", "port": 70000, "use_http": true}]}}),
+            vec![
+                format!("{at}.exporters.otlp[0].host: missing (required)"),
+                format!("{at}.exporters.otlp[0].port: expected a whole number from 1 to 65535, found 70000"),
+            ],
+        ),
+        (
+            json!({"trace_sample_rate": "1", "exporters": {"otlp": {}}}),
+            vec![
+                format!(r#"{at}.trace_sample_rate: expected a number from 0 to 1, found a string"#),
+                format!("{at}.exporters.otlp: expected an array of exporters, found an object"),
+            ],
+        ),
+        (
+            json!({"exporters": {"otlp": [{"name": "a", "host": "c", "port": 1, "use_http": true}]},
+                   "layers": {"global": {"traces_static_attributes": [{"key": 1}]}}}),
+            vec![format!(r#"{at}.layers.global.traces_static_attributes[0].key: invalid type: integer "1", expected a string"#)],
+        ),
+    ] {
+        assert_eq!(errors(&ns(otel)), expected);
+    }
+}

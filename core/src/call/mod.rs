@@ -159,6 +159,8 @@ pub(crate) struct BackendCall<'g> {
     /// Redirects left to follow (none with `no_redirect`), and the profile for an
     /// `https://` target.
     pub(crate) redirects: u8,
+    /// Times it was sent again on a fresh connection (0 or 1).
+    pub(crate) retries: u8,
     /// Whether the request as first sent had its own `Referer` (kept on every hop);
     /// known at the first redirect.
     explicit_referer: Option<bool>,
@@ -253,6 +255,7 @@ impl<'g> BackendCall<'g> {
             via: None,
             connect: None,
             redirects: 0,
+            retries: 0,
             explicit_referer: None,
             follow: false,
             redirect_tls: None,
@@ -422,6 +425,15 @@ impl<'g> Calls<'g> {
     /// is asked what it was for); 0 for an id never used.
     pub(crate) fn index(&self, id: BackendId) -> usize {
         self.slots.get(id).map_or(0, |s| s.call)
+    }
+
+    /// How often call `id` (in use or just released) was sent again on a fresh
+    /// connection, and how many redirects it followed: for its span.
+    pub(crate) fn hops(&self, id: BackendId) -> (u8, u8) {
+        self.slots.get(id).map_or((0, 0), |s| {
+            let followed = if s.follow { redirect::MAX_REDIRECTS.saturating_sub(s.redirects) } else { 0 };
+            (s.retries, followed)
+        })
     }
 
     fn slot(&mut self, id: BackendId, expected: impl Fn(&BackendCall<'g>) -> bool) -> Option<&mut BackendCall<'g>> {
@@ -859,6 +871,7 @@ impl<'g> Calls<'g> {
             && slot.permit.as_mut().is_none_or(|p| p.retry())
         {
             let request = mem::take(&mut slot.sent);
+            slot.retries = slot.retries.saturating_add(1);
             let next = slot.reconnect(id, request, false);
             queue.extend([Output::CloseBackend { id }, next]);
             return CallEvent::Nothing;

@@ -525,7 +525,12 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
     let mut cors = None;
     let mut bot_detector = None;
     let mut logging = None;
+    let mut tracing = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
+        "telemetry/opentelemetry" => {
+            tracing = otel_config(Obj::new(v, path.to_string(), cx)?, name.as_deref(), cx);
+            Some(())
+        }
         // KrakenD's name and the module's own.
         "telemetry/logging" | "github_com/devopsfaith/krakend-gologging" => {
             logging = logging_config(Obj::new(v, path.to_string(), cx)?, cx);
@@ -707,6 +712,7 @@ fn decode_root(root: &Value, cx: &mut Ctx) -> Option<Config> {
         cors,
         bot_detector,
         logging,
+        tracing,
         extra_config,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
     })
@@ -1513,6 +1519,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     let mut static_response = None;
     let mut flatmap = Vec::new();
     let mut propagated = Vec::new();
+    let mut trace_proxy = None;
     let o_backends = o.map.get("backend").and_then(Value::as_array).map_or(0, Vec::len);
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "auth/validator" | "github.com/devopsfaith/krakend-jose/validator" => {
@@ -1529,6 +1536,22 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         }
         "validation/cel" | "github.com/devopsfaith/krakend-cel" => {
             cel = cel_checks(v, path, cx);
+            Some(())
+        }
+        "telemetry/opentelemetry" => {
+            // krakend-otel reads only the `proxy` layer here.
+            let mut t = Obj::new(v, path.to_string(), cx)?;
+            if let Some(p) = t.object("proxy", cx) {
+                trace_proxy = Some(proxy_layer(p, cx));
+            }
+            for key in ["global", "backend"] {
+                if t.map.contains_key(key) {
+                    cx.notice(&t.at(key), "ignored at an endpoint: krakend-otel reads only \"proxy\" here");
+                }
+            }
+            t.take("global");
+            t.take("backend");
+            t.finish(cx);
             Some(())
         }
         "validation/json-schema" | "github.com/devopsfaith/krakend-jsonschema" => {
@@ -1691,6 +1714,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         static_response,
         flatmap,
         propagated_params: propagated.into_iter().map(|(_, p)| p).collect(),
+        trace_proxy,
         extra_config,
     })
 }
@@ -1861,6 +1885,7 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
     let mut flatmap = Vec::new();
     let mut circuit_breaker = None;
     let mut martian = None;
+    let mut trace_backend = None;
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| {
         if !matches!(
             ns,
@@ -1880,6 +1905,21 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
                     match crate::gateway::martian::Martian::parse(v, path) {
                         Ok(_) => martian = Some(v.clone()),
                         Err((at, why)) => cx.error(&at, why),
+                    }
+                }
+                "telemetry/opentelemetry" => {
+                    // krakend-otel reads only the `backend` layer here.
+                    if let Some(mut t) = Obj::new(v, path.to_string(), cx) {
+                        if let Some(b) = t.object("backend", cx) {
+                            trace_backend = Some(backend_layer(b, cx));
+                        }
+                        for key in ["global", "proxy"] {
+                            if t.map.contains_key(key) {
+                                cx.notice(&t.at(key), "ignored at a backend: krakend-otel reads only \"backend\" here");
+                            }
+                            t.take(key);
+                        }
+                        t.finish(cx);
                     }
                 }
                 _ => return None,
@@ -1962,6 +2002,7 @@ fn backend(v: &Value, path: String, ctx: &BackendCtx<'_>, cx: &mut Ctx) -> Optio
         flatmap,
         circuit_breaker,
         martian,
+        trace_backend,
         extra_config,
     })
 }
@@ -2097,4 +2138,219 @@ fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {
             }
         }
     }
+}
+
+/// `extra_config."telemetry/opentelemetry"` at the root, as krakend-otel reads it:
+/// its defaults (every layer traced, `trace_sample_rate` 1, KrakenD's skip paths), the
+/// OTLP exporters (names unique), and a notice for each part Sluice does not make
+/// (OTLP metrics, gRPC exporters, Prometheus exporters, header reporting, read-payload
+/// spans, connection details). `None`, with a notice, when no exporter takes traces.
+fn otel_config(mut o: Obj<'_>, name: Option<&str>, cx: &mut Ctx) -> Option<crate::ops::trace::TraceSettings> {
+    use crate::ops::trace::{OtlpExporter, TraceSettings};
+    let service_name = o
+        .non_empty("service_name", cx)
+        .or_else(|| name.filter(|n| !n.is_empty()).map(str::to_string))
+        .unwrap_or_else(|| "KrakenD".to_string());
+    let service_version = o.string("service_version", cx).unwrap_or_default();
+    let deploy_env = o.string("deploy_env", cx).unwrap_or_default();
+    let rate_at = o.at("trace_sample_rate");
+    let sample_rate = match o.take("trace_sample_rate") {
+        None => 1.0,
+        Some(v) => match v.as_f64() {
+            Some(r) => {
+                if r <= 0.0 {
+                    cx.notice(&rate_at, "0 or below samples every trace, as KrakenD does (it means \"not set\")");
+                }
+                r
+            }
+            None => {
+                cx.error(&rate_at, format!("expected a number from 0 to 1, found {}", kind(v)));
+                1.0
+            }
+        },
+    };
+    let skip_paths = o
+        .strings("skip_paths", cx)
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| ["/__health", "/__debug/", "/__echo/", "/__stats/"].map(String::from).to_vec());
+    if o.asks("metric_reporting_period") {
+        cx.notice(&o.at("metric_reporting_period"), "OTLP metrics are not sent by Sluice: ignored");
+    }
+    let mut exporters = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    if let Some(mut e) = o.object("exporters", cx) {
+        let otlp_at = e.at("otlp");
+        if let Some(list) = e.take("otlp") {
+            match list {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let Some(mut x) = Obj::new(item, index(&otlp_at, i), cx) else { continue };
+                        let name = x.string("name", cx).unwrap_or_default();
+                        if names.contains(&name) {
+                            cx.error(&x.at("name"), format!("OTLP exporter with duplicate name: {name:?}"));
+                        }
+                        names.push(name.clone());
+                        let host = x.required_string("host", cx).unwrap_or_default();
+                        let port = x.uint("port", 1, 65535, cx).map_or(0, |p| p as u16);
+                        if x.map.get("port").is_none() {
+                            cx.error(&x.at("port"), "missing (required)");
+                        }
+                        let use_http = x.flag("use_http", cx);
+                        let traces = !x.flag("disable_traces", cx);
+                        let metrics = !x.flag("disable_metrics", cx);
+                        x.take("custom_metric_reporting_period");
+                        if traces && !use_http {
+                            cx.notice(
+                                &x.at("use_http"),
+                                "OTLP over gRPC is not sent by Sluice: this exporter gets no spans; set \"use_http\": \
+                                 true and the collector's OTLP/HTTP port (4318 by default)",
+                            );
+                        }
+                        if metrics {
+                            cx.notice(
+                                &x.at("disable_metrics"),
+                                "OTLP metrics are not sent by Sluice (traces are): the admin listener's \
+                                 /stats/prometheus has the counters",
+                            );
+                        }
+                        x.finish(cx);
+                        exporters.push(OtlpExporter { name, host, port, use_http, traces });
+                    }
+                }
+                other => cx.error(&otlp_at, format!("expected an array of exporters, found {}", kind(other))),
+            }
+        }
+        let prom_at = e.at("prometheus");
+        if let Some(list) = e.take("prometheus") {
+            match list {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let name = item.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                        if names.contains(&name) {
+                            cx.error(&index(&prom_at, i), format!("prometheus exporter with duplicate name: {name:?}"));
+                        }
+                        names.push(name);
+                        cx.notice(
+                            &index(&prom_at, i),
+                            "not started by Sluice: the admin listener's /stats/prometheus serves the counters",
+                        );
+                    }
+                }
+                other => cx.error(&prom_at, format!("expected an array of exporters, found {}", kind(other))),
+            }
+        }
+        e.finish(cx);
+    }
+    let (mut global, mut proxy, mut backend) = (
+        crate::ops::trace::GlobalLayer { traces: true, propagation: true, attributes: Vec::new() },
+        crate::ops::trace::ProxyLayer { traces: true, attributes: Vec::new() },
+        crate::ops::trace::BackendLayer { stage: true, round_trip: true, attributes: Vec::new() },
+    );
+    if let Some(mut l) = o.object("layers", cx) {
+        if let Some(mut g) = l.object("global", cx) {
+            global.traces = !g.flag("disable_traces", cx);
+            global.propagation = !g.flag("disable_propagation", cx);
+            global.attributes = static_attributes(&mut g, "traces_static_attributes", cx);
+            otel_unsupported(&mut g, cx);
+            g.finish(cx);
+        }
+        if let Some(p) = l.object("proxy", cx) {
+            proxy = proxy_layer(p, cx);
+        }
+        if let Some(b) = l.object("backend", cx) {
+            backend = backend_layer(b, cx);
+        }
+        l.finish(cx);
+    }
+    let here = o.path.clone();
+    o.finish(cx);
+    if !exporters.iter().any(OtlpExporter::sends_traces) {
+        cx.notice(&here, "no OTLP exporter over HTTP takes traces: no spans are made");
+        return None;
+    }
+    Some(TraceSettings {
+        service_name,
+        service_version,
+        deploy_env,
+        sample_rate,
+        skip_paths,
+        exporters,
+        global,
+        proxy,
+        backend,
+    })
+}
+
+/// krakend-otel's `[{"key": ..., "value": ...}]` span attributes.
+fn static_attributes(o: &mut Obj<'_>, key: &'static str, cx: &mut Ctx) -> Vec<crate::ops::trace::StaticAttribute> {
+    let at = o.at(key);
+    let Some(v) = o.take(key) else { return Vec::new() };
+    let Value::Array(items) = v else {
+        cx.error(&at, format!("expected an array of {{\"key\", \"value\"}} objects, found {}", kind(v)));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(mut kv) = Obj::new(item, index(&at, i), cx) else { continue };
+        let key = kv.string("key", cx).unwrap_or_default();
+        let value = kv.string("value", cx).unwrap_or_default();
+        kv.finish(cx);
+        out.push((key, value));
+    }
+    out
+}
+
+/// What a layer may ask that Sluice does not put on spans: said, not ignored in silence.
+fn otel_unsupported(o: &mut Obj<'_>, cx: &mut Ctx) {
+    for (key, why) in [
+        ("report_headers", "header values are not put on spans by Sluice"),
+        ("semantic_convention", "Sluice names attributes as krakend-otel's default does"),
+    ] {
+        if o.asks(key) {
+            cx.notice(&o.at(key), format!("not supported: {why}; ignored"));
+        }
+    }
+    // Metrics are not sent (said at the exporter); what only shapes them is read.
+    for key in ["disable_metrics", "metrics_static_attributes", "skip_headers"] {
+        o.take(key);
+    }
+}
+
+/// `layers.proxy` (or an endpoint's own).
+fn proxy_layer(mut p: Obj<'_>, cx: &mut Ctx) -> crate::ops::trace::ProxyLayer {
+    let traces = !p.flag("disable_traces", cx);
+    let attributes = static_attributes(&mut p, "traces_static_attributes", cx);
+    otel_unsupported(&mut p, cx);
+    p.finish(cx);
+    crate::ops::trace::ProxyLayer { traces, attributes }
+}
+
+/// `layers.backend` (or a backend's own): its `traces` part, krakend-otel's defaults
+/// when absent (stage and round trip on).
+fn backend_layer(mut b: Obj<'_>, cx: &mut Ctx) -> crate::ops::trace::BackendLayer {
+    let mut layer = crate::ops::trace::BackendLayer { stage: true, round_trip: true, attributes: Vec::new() };
+    if let Some(mut m) = b.object("metrics", cx) {
+        for key in ["disable_stage", "round_trip", "read_payload", "detailed_connection", "static_attributes"] {
+            m.take(key);
+        }
+        m.finish(cx);
+    }
+    if let Some(mut t) = b.object("traces", cx) {
+        layer.stage = !t.flag("disable_stage", cx);
+        layer.round_trip = t.flag("round_trip", cx);
+        layer.attributes = static_attributes(&mut t, "static_attributes", cx);
+        for (key, why) in [
+            ("read_payload", "Sluice makes no span for reading a response body"),
+            ("detailed_connection", "connection timings are not put on spans by Sluice"),
+            ("report_headers", "header values are not put on spans by Sluice"),
+        ] {
+            if t.asks(key) {
+                cx.notice(&t.at(key), format!("not supported: {why}; ignored"));
+            }
+        }
+        t.take("skip_headers");
+        t.finish(cx);
+    }
+    b.finish(cx);
+    layer
 }

@@ -252,6 +252,9 @@ pub struct Config {
     /// `extra_config."telemetry/logging"`: the log's level, format and destinations
     /// (see [`crate::ops::logging`]). Default: none (Sluice's own lines on stderr).
     pub logging: Option<crate::ops::logging::Logging>,
+    /// `extra_config."telemetry/opentelemetry"`: traces, when an OTLP exporter over
+    /// HTTP takes them (see [`crate::ops::trace`]). Default: none.
+    pub tracing: Option<crate::ops::trace::TraceSettings>,
     /// `extra_config."security/cors"`: CORS for every request, answered before
     /// routing (see [`crate::gateway::cors`]). Default: none.
     pub cors: Option<CorsConfig>,
@@ -533,6 +536,9 @@ pub struct Endpoint {
     /// `extra_config.proxy.sequential_propagated_params`: values of earlier answers
     /// made request parameters of the later backends of a sequence. Default: none.
     pub propagated_params: Vec<PropagatedParam>,
+    /// `extra_config."telemetry/opentelemetry".proxy`: the endpoint's own `proxy`
+    /// layer, in place of the root's. Default: none.
+    pub trace_proxy: Option<crate::ops::trace::ProxyLayer>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }
@@ -781,6 +787,9 @@ pub struct Backend {
     /// `extra_config."modifier/martian"`: the modifier, checked when read (see
     /// [`crate::gateway::martian`]). Default: none.
     pub martian: Option<Value>,
+    /// `extra_config."telemetry/opentelemetry".backend`: the backend's own layer, in
+    /// place of the root's. Default: none.
+    pub trace_backend: Option<crate::ops::trace::BackendLayer>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }

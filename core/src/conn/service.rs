@@ -25,11 +25,12 @@ use crate::gateway::builtin::Builtin;
 use crate::gateway::cors::Step;
 use crate::gateway::dispatch::{Dispatch, Route};
 use crate::gateway::guard::Verdict;
-use crate::http1::Request;
+use crate::http1::{Framing, Request};
 use crate::io::Output;
 use crate::ops::admin::{self, Page};
 use crate::ops::runtime::Runtime;
 use crate::ops::stats::Stats;
+use crate::ops::trace::Incoming;
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
 use crate::serve::Listener;
@@ -199,7 +200,28 @@ fn gateway<'g>(
             return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
         }
     };
-    let line = AccessLog::new(&creq, now);
+    let mut line = AccessLog::new(&creq, now);
+    if let Some(tracer) = &gw.tracer {
+        let head = &creq.headers;
+        let incoming = Incoming {
+            method: creq.method.as_str(),
+            path: &creq.path,
+            query: creq.query.as_deref(),
+            host: head.get("host"),
+            user_agent: head.get("user-agent"),
+            length: match req.framing {
+                Framing::Length(n) => Some(n),
+                Framing::Chunked | Framing::UntilClose => None,
+                Framing::None => Some(0),
+            },
+            peer,
+            traceparent: head.get("traceparent"),
+            tracestate: head.get("tracestate"),
+        };
+        if let Some(trace) = tracer.start(&incoming, (now, clock.wall())) {
+            line.traced(trace);
+        }
+    }
     // CORS first, on every request whatever its path (KrakenD wraps its router in it):
     // a preflight is answered here; any other answer gets the fields.
     if let Some(cors) = &gw.cors {
@@ -212,7 +234,6 @@ fn gateway<'g>(
             return Outcome::Respond { reply: Reply::empty(status), line, close: false };
         }
     }
-    let mut line = line;
     let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
     // The root's bot detector: on every request gin's handlers see (not the health
     // page, not a router redirect), before the endpoint's own checks.
@@ -232,6 +253,9 @@ fn gateway<'g>(
     match dispatch {
         Dispatch::Endpoint(route) => {
             line.for_endpoint(route.endpoint.index);
+            if let Some(trace) = line.trace_mut() {
+                trace.routed(&route.endpoint.path);
+            }
             // The guard stage: the endpoint's checks, before its body is read or any
             // backend called; an answer from it is the reply, as a router's is.
             if !route.endpoint.guards.is_empty()

@@ -189,6 +189,9 @@ impl<'g> Connection<'g> {
             }
         }
         let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
+        if let Some(trace) = line.trace() {
+            ex.traced(trace.context());
+        }
         let action = ex.poll(self.balancer);
         if ex.has_logs() {
             self.queue.extend(ex.take_logs().map(Output::Log));
@@ -222,7 +225,15 @@ impl<'g> Connection<'g> {
             }
         };
         let call = self.calls.index(id);
-        match self.slot_step(id) {
+        let event = self.slot_step(id);
+        if !matches!(event, CallEvent::Nothing)
+            && let Leg::Endpoint(ex) = &mut leg
+            && ex.is_traced()
+        {
+            let (retries, redirects) = self.calls.hops(id);
+            ex.hops(call, retries, redirects);
+        }
+        match event {
             CallEvent::Nothing => (State::Stream { leg, line, id }, relayed),
             CallEvent::Head(head) => {
                 let Some((status, ours)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)

@@ -49,7 +49,10 @@ impl<'g> Connection<'g> {
                 self.respond(reply, line, false)
             }
             Serve::Endpoint(route) => {
-                let ex = Box::new(Exchange::new(self.gw, route, *req, (self.now, self.wall())));
+                let mut ex = Box::new(Exchange::new(self.gw, route, *req, (self.now, self.wall())));
+                if let Some(trace) = line.trace() {
+                    ex.traced(trace.context());
+                }
                 self.drive(ex, line)
             }
         }
@@ -91,7 +94,12 @@ impl<'g> Connection<'g> {
         let mut changed = false;
         ex.at(self.now);
         for id in 0..self.calls.len() {
-            match self.slot_step(id) {
+            let event = self.slot_step(id);
+            if ex.is_traced() && !matches!(event, CallEvent::Nothing) {
+                let (retries, redirects) = self.calls.hops(id);
+                ex.hops(self.calls.index(id), retries, redirects);
+            }
+            match event {
                 CallEvent::Nothing => {}
                 CallEvent::Answer { status, headers, body } => {
                     let call = self.calls.index(id);

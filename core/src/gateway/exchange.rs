@@ -86,6 +86,7 @@ use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
 use crate::gateway::response::{self, Entry, Key, Node};
 use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
 use crate::http1::{self, BodyLength, RequestTarget};
+use crate::ops::trace::{Context, Ended, ExchangeTrace};
 use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway, HeaderPolicy, QueryPolicy};
 use crate::request::{ClientRequest, Reply, RequestBody};
 
@@ -203,6 +204,8 @@ pub struct Exchange<'g> {
     /// Calls out plugins made, and the backend calls they hold: made when a plugin
     /// first waits (see [`Verdict::Wait`]).
     outs: Option<Box<Callouts<'g>>>,
+    /// A traced request's endpoint spans (see [`crate::ops::trace`]).
+    trace: Option<Box<ExchangeTrace<'g>>>,
 }
 
 #[derive(Debug)]
@@ -259,6 +262,7 @@ impl<'g> Exchange<'g> {
             tickets: smallvec::smallvec![None; ep.backends.len()],
             logs: Vec::new(),
             outs: None,
+            trace: None,
         };
         // The endpoint's request checks (`validation/cel`), then the body's schema
         // (`validation/json-schema`), before any backend is called, in KrakenD's order.
@@ -294,6 +298,26 @@ impl<'g> Exchange<'g> {
             }
         }
         ex
+    }
+
+    /// The request is traced under `ctx`: the endpoint's spans are made, and each
+    /// backend's request carries its call's `traceparent`.
+    pub fn traced(&mut self, ctx: Context) {
+        let plan = self.gw.tracer.as_ref().and_then(|t| t.endpoints.get(self.ep.index));
+        self.trace = plan.and_then(|p| ExchangeTrace::new(ctx, p, (self.started, self.wall))).map(Box::new);
+    }
+
+    /// Whether its spans are made (the connection then tells [`Exchange::hops`]).
+    pub fn is_traced(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Backend call `id` was sent again `retries` times and followed `redirects`
+    /// redirects (for its span).
+    pub fn hops(&mut self, id: usize, retries: u8, redirects: u8) {
+        if let Some(t) = &mut self.trace {
+            t.hops(id, retries, redirects);
+        }
     }
 
     /// CEL's `now`: seconds and milliseconds since the Unix epoch.
@@ -443,11 +467,14 @@ impl<'g> Exchange<'g> {
             _ => RequestTarget::Origin(&call.target),
         };
         let proxy_auth = call.via.filter(|_| call.connect.is_none()).and_then(|p| p.authorization.as_deref());
+        // A traced call's own context replaces any the client sent.
+        let traced = self.trace.as_ref().and_then(|t| t.header(call.id));
         http1::write_request_with(&call.method, target, authority, length, out, |out| {
             match plugged {
                 Some(r) => {
                     for (n, v) in &r.headers {
-                        if !plugin::gateway_owned(n) && !n.as_str().starts_with("proxy-") {
+                        let ours = traced.is_some() && upstream::is_trace_field(n.as_str().as_bytes());
+                        if !plugin::gateway_owned(n) && !n.as_str().starts_with("proxy-") && !ours {
                             http1::write_field(n.as_str().as_bytes(), v.as_bytes(), out);
                         }
                     }
@@ -456,9 +483,15 @@ impl<'g> Exchange<'g> {
                     policy,
                     client,
                     ip,
-                    (self.ask_coding(call), self.req.token.as_deref()),
+                    (self.ask_coding(call), self.req.token.as_deref(), traced.is_some()),
                     out,
                 ),
+            }
+            if let Some((parent, state)) = &traced {
+                http1::write_field(b"traceparent", parent, out);
+                if let Some(state) = state {
+                    http1::write_field(b"tracestate", state.as_bytes(), out);
+                }
             }
             if let Some(auth) = proxy_auth {
                 http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
@@ -524,8 +557,16 @@ impl<'g> Exchange<'g> {
         if let Some(answer) = self.answer.take() {
             self.done = true;
             return match answer {
-                Answer::Reply(r) => Action::Respond(r),
-                Answer::Stream(s) => Action::Stream(s),
+                Answer::Reply(r) => {
+                    self.answered(&r);
+                    Action::Respond(r)
+                }
+                Answer::Stream(s) => {
+                    if let Some(t) = &mut self.trace {
+                        t.answered(s.status.as_u16(), true);
+                    }
+                    Action::Stream(s)
+                }
             };
         }
         if self.outs.is_some()
@@ -578,6 +619,18 @@ impl<'g> Exchange<'g> {
             }
             match self.make_call(i, balancer) {
                 Ok((call, host)) => {
+                    if self.trace.is_some() {
+                        let length = match call.body {
+                            CallBody::None => Some(0),
+                            CallBody::Full => Some(self.body().len() as u64),
+                            CallBody::Stream(BodyLength::Known(n)) => Some(n),
+                            CallBody::Stream(_) => None,
+                        };
+                        let url = format!("{}{}", call.origin, call.target);
+                        if let Some(t) = &mut self.trace {
+                            t.sent(i, self.clock, url, call.authority, length);
+                        }
+                    }
                     self.sent[i] = Some(host);
                     self.calls[i] = CallState::InFlight;
                     if let Some(binding) = &self.ep.backends[i].plugin {
@@ -599,7 +652,9 @@ impl<'g> Exchange<'g> {
         }
         if self.calls.iter().all(CallState::settled) {
             self.done = true;
-            return Action::Respond(self.finish());
+            let reply = self.finish();
+            self.answered(&reply);
+            return Action::Respond(reply);
         }
         let first_out = self
             .outs
@@ -852,7 +907,13 @@ impl<'g> Exchange<'g> {
         let mut fields = Vec::with_capacity(256);
         let policy = &self.ep.backends[call.id].headers;
         let extra = (self.ask_coding(call), self.req.token.as_deref());
-        upstream::write_backend_headers(policy, &self.req.headers, self.client_ip, extra, &mut fields);
+        upstream::write_backend_headers(
+            policy,
+            &self.req.headers,
+            self.client_ip,
+            (extra.0, extra.1, false),
+            &mut fields,
+        );
         let mut headers = HeaderMap::new();
         for line in fields.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -930,6 +991,19 @@ impl<'g> Exchange<'g> {
 
     /// Settles call `i`. In a sequence, a call that did not succeed skips the rest.
     fn settle(&mut self, i: usize, state: CallState) {
+        if let Some(t) = &mut self.trace {
+            let how = match &state {
+                CallState::Answered { status, body, .. } => {
+                    Some(Ended::Answered(status.as_u16(), Some(body.len() as u64)))
+                }
+                CallState::Failed(why) | CallState::Stopped(why) => Some(Ended::Failed(why)),
+                CallState::TimedOut => Some(Ended::Failed("timed out")),
+                _ => None,
+            };
+            if let Some(how) = how {
+                t.ended(i, self.clock, how);
+            }
+        }
         let succeeded = match &state {
             CallState::Answered { status, body, .. } => {
                 self.ep.backends.get(i).is_some_and(|b| accepted(b, *status) && b.shape.apply(body).is_ok())
@@ -1002,6 +1076,9 @@ impl<'g> Exchange<'g> {
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
+        if let Some(t) = &mut self.trace {
+            t.ended(id, self.clock, Ended::Answered(status.as_u16(), None));
+        }
         self.calls[id] = CallState::Answered { status, headers: HeaderMap::new(), body: Vec::new() };
         // Any status of a `no-op` backend is its answer: a success for its breaker.
         self.count(id, Some(true));
@@ -1034,6 +1111,9 @@ impl<'g> Exchange<'g> {
     /// a circuit breaker counts each call when it ended).
     pub fn at(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
+        if let Some(t) = &mut self.trace {
+            t.at(now);
+        }
     }
 
     /// Time has come to `now`: past the deadline, every unsettled call is cut.
@@ -1133,6 +1213,14 @@ impl<'g> Exchange<'g> {
         let mut r = Reply::text(status, body);
         r.headers.insert(COMPLETED.clone(), HeaderValue::from_static("false"));
         r
+    }
+
+    /// The exchange answers `reply`: the endpoint's span gets its status.
+    fn answered(&mut self, reply: &Reply) {
+        if let Some(t) = &mut self.trace {
+            let complete = reply.headers.get(&COMPLETED).is_none_or(|v| v.as_bytes() == b"true");
+            t.answered(reply.status.as_u16(), complete && reply.status.is_success());
+        }
     }
 
     fn finish(&mut self) -> Reply {

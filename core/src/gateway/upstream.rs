@@ -233,6 +233,11 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
+/// `traceparent` or `tracestate` (any case): a trace context's fields.
+pub(crate) fn is_trace_field(n: &[u8]) -> bool {
+    n.eq_ignore_ascii_case(b"traceparent") || n.eq_ignore_ascii_case(b"tracestate")
+}
+
 /// Writes the header fields a backend receives, straight from the client's parsed
 /// head (no header map is built): the client's end-to-end headers the policy passes
 /// (names lowercased, values as received; hop-by-hop ones, those its `Connection`
@@ -245,19 +250,23 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
 /// `propagate_claims` headers replace the client's of their names (even when a claim
 /// gives one no value), and cross as those would, under the policy. The client
 /// head's names are tokens and its values hold no CR, LF or NUL (the parser refused
-/// them), nor do a [`HeaderValue`]'s, so nothing can be injected.
+/// them), nor do a [`HeaderValue`]'s, so nothing can be injected. `traced`: the call
+/// carries its own trace context, so the client's `traceparent` and `tracestate` stay
+/// out.
 pub fn write_backend_headers(
     policy: &HeaderPolicy,
     client: &Head,
     client_ip: IpAddr,
-    (ask, token): (Option<&[u8]>, Option<&Token>),
+    (ask, token, traced): (Option<&[u8]>, Option<&Token>, bool),
     out: &mut Vec<u8>,
 ) {
     let hop = HopByHop::of(client);
     let (replaces, claims): (&[HeaderName], &[(HeaderName, HeaderValue)]) =
         token.map_or((&[], &[]), |t| (&t.replaces, &t.headers));
     let replaced = |n: &[u8]| replaces.iter().any(|c| n.eq_ignore_ascii_case(c.as_str().as_bytes()));
-    let skip = |n: &[u8]| is_gateway_owned(n) || hop.contains(n) || (!replaces.is_empty() && replaced(n));
+    let skip = |n: &[u8]| {
+        is_gateway_owned(n) || hop.contains(n) || (!replaces.is_empty() && replaced(n)) || (traced && is_trace_field(n))
+    };
     let (mut content_type, mut user_agent, mut coded) = (false, false, false);
     let mut put = |n: &[u8], v: &[u8], out: &mut Vec<u8>| {
         content_type |= n.eq_ignore_ascii_case(b"content-type");

@@ -146,6 +146,12 @@ fn stats_text(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
     ] {
         lines.push((format!("dns_cache.{name}"), v));
     }
+    if let Some(t) = &gw.tracer {
+        let (queued, dropped, exported, failed) = t.spans.counts();
+        for (name, v) in [("queued", queued), ("dropped", dropped), ("exported", exported), ("export_failed", failed)] {
+            lines.push((format!("tracing.spans_{name}"), v));
+        }
+    }
     let counts = |lines: &mut Vec<(String, u64)>, prefix: &str, c: &Counts| {
         lines.push((format!("{prefix}.rq_total"), c.count));
         for (status, n) in c.sorted_statuses() {
@@ -287,6 +293,17 @@ fn prometheus(gw: &Gateway, runtime: &Runtime, stats: &Stats) -> String {
         ("num_hosts", d.num_hosts, "gauge"),
     ] {
         let _ = writeln!(o, "# TYPE sluice_dns_cache_{name} {kind}\nsluice_dns_cache_{name} {v}");
+    }
+    if let Some(t) = &gw.tracer {
+        let (queued, dropped, exported, failed) = t.spans.counts();
+        for (name, v, kind) in [
+            ("queued", queued, "gauge"),
+            ("dropped_total", dropped, "counter"),
+            ("exported_total", exported, "counter"),
+            ("export_failed_total", failed, "counter"),
+        ] {
+            let _ = writeln!(o, "# TYPE sluice_tracing_spans_{name} {kind}\nsluice_tracing_spans_{name} {v}");
+        }
     }
     // Gateway endpoints: requests by status, and the latency histogram.
     let _ = writeln!(o, "# TYPE sluice_gateway_requests_total counter");

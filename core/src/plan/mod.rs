@@ -120,6 +120,9 @@ pub struct Gateway {
     /// (endpoints naming the same `jwk_url` share it): what a driver's refresher
     /// fetches again ([`crate::gateway::jwt::KeySource::due`]).
     pub key_sources: Vec<std::sync::Arc<crate::gateway::jwt::KeySource>>,
+    /// `telemetry/opentelemetry`, when it makes spans: what each endpoint traces, and
+    /// the queue its spans go to (see [`crate::ops::trace`]).
+    pub tracer: Option<Box<crate::ops::trace::Tracer>>,
 }
 
 /// An endpoint with every default resolved.
@@ -505,6 +508,7 @@ impl Gateway {
             if uses_srv { resolver(&config.dns, env) } else { crate::resolve::srv::ResolverConfig::default() };
         let cors = config.cors.as_ref().map(crate::gateway::cors::Cors::compile);
         let bots = config.bot_detector.as_ref().and_then(|b| bot_detector(b, "", &mut errors)).map(Box::new);
+        let tracer = config.tracing.as_ref().map(|t| Box::new(tracer(t, &config.endpoints)));
         Ok(Gateway {
             config,
             router,
@@ -517,6 +521,7 @@ impl Gateway {
             cors,
             bots,
             key_sources,
+            tracer,
         })
     }
 
@@ -890,6 +895,48 @@ fn bot_detector(
             });
         })
         .ok()
+}
+
+/// What each endpoint traces under `settings`: an endpoint's own `proxy` layer or a
+/// backend's own `backend` layer in place of the root's (krakend-otel replaces, never
+/// merges), and backend names as krakend-otel writes them (`{id}` as `:id`).
+fn tracer(settings: &crate::ops::trace::TraceSettings, endpoints: &[config::Endpoint]) -> crate::ops::trace::Tracer {
+    use crate::ops::trace::{BackendTrace, EndpointTrace, Spans, Tracer};
+    let endpoints = endpoints
+        .iter()
+        .map(|e| EndpointTrace {
+            skip: settings.skips(&e.endpoint),
+            route: e.endpoint.clone(),
+            method: e.method.to_string(),
+            proxy: e.trace_proxy.clone().unwrap_or_else(|| settings.proxy.clone()),
+            backends: e
+                .backend
+                .iter()
+                .map(|b| BackendTrace {
+                    route: normalized_pattern(&b.url_pattern),
+                    method: b.method.as_ref().unwrap_or(&e.method).to_string(),
+                    layer: b.trace_backend.clone().unwrap_or_else(|| settings.backend.clone()),
+                })
+                .collect(),
+        })
+        .collect();
+    Tracer { settings: settings.clone(), endpoints, spans: std::sync::Arc::new(Spans::default()) }
+}
+
+/// A `url_pattern` as krakend-otel names its spans: each `{param}` written `:param`,
+/// in lowercase.
+fn normalized_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push_str(&rest[..open]);
+        out.push(':');
+        out.push_str(&rest[open + 1..open + close].to_lowercase());
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
