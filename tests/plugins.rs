@@ -247,6 +247,7 @@ fn stat(page: &str, name: &str) -> Option<u64> {
 /// workers (2 uring shards): every response phase runs in the context its request
 /// ran in (it sees the call's own id), and every call ends with one `on_log`.
 fn plugin_state_follows_each_call(mode: Mode) {
+    plugins::record_log();
     let name = format!("state_{}", mode_name(mode));
     let dir = plugins::renamed(&[("probe", &name)]);
     let backend = Backend::start(|_| Reply::Slow(Duration::from_millis(20), r#"{"ok":true}"#.into()));
@@ -281,6 +282,25 @@ fn plugin_state_follows_each_call(mode: Mode) {
         "{page}"
     );
     assert_eq!(backend.requests().len(), 200);
+    // One `on_log call=<id>` line per call, each with its own call's id (the last
+    // ones may still be written as the metric is read).
+    let began = Instant::now();
+    let logged = loop {
+        let prefix = format!("INFO [PLUGIN: {name}] on_log call=");
+        let logged: Vec<String> = plugins::log_of(&name)
+            .iter()
+            .filter_map(|l| Some(l.strip_prefix(&prefix)?.split(' ').next()?.to_string()))
+            .collect();
+        if logged.len() >= 200 || began.elapsed() > Duration::from_secs(5) {
+            break logged;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut ids = logged.clone();
+    ids.sort();
+    let mut expected: Vec<String> = (0..200).map(|i| format!("call-{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "{logged:?}");
 }
 
 /// A local reply goes through the plugin's own response callbacks, with Envoy's
@@ -400,6 +420,7 @@ fn plugin_metrics_shared_data_and_queues(mode: Mode) {
 /// answers it itself; a call out that fails, times out or names no upstream is the
 /// plugin's to answer; gRPC calls out are refused with the plugin named.
 fn plugin_calls_out_and_resumes(mode: Mode) {
+    plugins::record_log();
     let name = format!("auth_{}", mode_name(mode));
     let dir = plugins::renamed(&[("probe", &name)]);
     let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
@@ -460,6 +481,44 @@ fn plugin_calls_out_and_resumes(mode: Mode) {
     assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));
     let r = call("/p/grpc", "ok");
     assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));
+    assert_eq!(backend.requests().len(), 1);
+    // The log names the call that is not implemented, then the trap it led to.
+    let logged = plugins::log_of(&name);
+    let warned = format!("WARN [PLUGIN: {name}] proxy_grpc_call is not implemented (gRPC calls out): Unimplemented");
+    assert_eq!(logged.iter().filter(|l| **l == warned).count(), 1, "{logged:#?}");
+    let after = "(after calling env.proxy_grpc_call, which Sluice does not implement); the call fails with 500 and \
+                 the instance is started again";
+    let trapped: Vec<&String> = logged.iter().filter(|l| l.ends_with(after)).collect();
+    assert_eq!(trapped.len(), 1, "{logged:#?}");
+    let panicked =
+        format!("ERROR [PLUGIN: {name}] trapped (unreachable: a panic or an abort in the plugin): panicked at ");
+    assert!(trapped[0].starts_with(&panicked) && trapped[0].contains(": unexpected status: 12 "), "{}", trapped[0]);
+}
+
+/// A host call that answers an error status makes the SDK panic (a request trailer
+/// set: `BadArgument`, calls carry no trailers): the call fails with 500, and the log
+/// line of the trap names that call and its status; the next call works.
+fn plugin_trap_names_the_failing_host_call(mode: Mode) {
+    plugins::record_log();
+    let name = format!("trailer_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
+    let config = probe_config(&backend.url(), &name, r#""hi""#);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let r = gw.get("/p/trailer");
+    assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));
+    assert!(backend.requests().is_empty(), "the backend was called");
+    let logged = plugins::log_of(&name);
+    let trapped: Vec<&String> = logged.iter().filter(|l| l.contains("instance is started again")).collect();
+    assert_eq!(trapped.len(), 1, "{logged:#?}");
+    let (start, end) = (
+        format!("ERROR [PLUGIN: {name}] trapped (unreachable: a panic or an abort in the plugin): panicked at "),
+        ": unexpected status: 2 (after proxy_replace_header_map_value returned BadArgument); the call fails with \
+         500 and the instance is started again",
+    );
+    assert!(trapped[0].starts_with(&start) && trapped[0].ends_with(end), "{}", trapped[0]);
+    let r = gw.get("/p/after");
+    assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
     assert_eq!(backend.requests().len(), 1);
 }
 
@@ -527,6 +586,7 @@ every_driver!(
     plugin_calls_end_however_they_end,
     plugin_ticks,
     plugin_calls_out_and_resumes,
+    plugin_trap_names_the_failing_host_call,
     plugin_state_follows_each_call,
     plugin_local_reply_config_and_maps,
     plugin_properties,

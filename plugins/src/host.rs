@@ -54,6 +54,7 @@ const NOT_FOUND: i32 = 1;
 const BAD_ARGUMENT: i32 = 2;
 const SERIALIZATION_FAILURE: i32 = 3;
 const INVALID_MEMORY_ACCESS: i32 = 6;
+const EMPTY: i32 = 7;
 const INTERNAL_FAILURE: i32 = 10;
 const UNIMPLEMENTED: i32 = 12;
 /// WASI's ENOSYS, for the WASI calls that are not given.
@@ -103,9 +104,10 @@ struct HostState {
     response_body: Vec<u8>,
     /// `proxy_send_local_response` during this callback.
     local: Option<BackendResponse>,
-    /// The last call the module made that the host does not implement (for the
-    /// message when the module then traps on the answer).
-    unimplemented: Option<String>,
+    /// The last host call that answered the module an error during this run of the
+    /// instance (for the message when the module then traps on the answer: the SDKs
+    /// panic on a status they do not expect).
+    failed: Option<Failed>,
     /// What the module said last at `critical` level or on stderr during this callback
     /// (a panic's text, which the log line of a trap then carries).
     last_words: String,
@@ -128,6 +130,15 @@ struct HostState {
     /// The answer to the call out being delivered: its header map (`:status` first)
     /// and body; empty for a failed one.
     callout_answer: (Vec<(String, Vec<u8>)>, Vec<u8>),
+}
+
+/// A host call that answered the module an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failed {
+    /// An import the host does not give (`module.name`).
+    Unimplemented(String),
+    /// A host call and the status it answered.
+    Status(&'static str, i32),
 }
 
 /// A call's facts for `proxy_get_property` (docs/plugins.md lists them).
@@ -163,7 +174,7 @@ impl HostState {
             response: Vec::new(),
             response_body: Vec::new(),
             local: None,
-            unimplemented: None,
+            failed: None,
             last_words: String::new(),
             quiet: false,
             upstreams: Arc::from(Vec::new()),
@@ -196,6 +207,18 @@ impl HostState {
             0 => Ok(&mut self.request),
             2 => Ok(&mut self.response),
             _ => Err(BAD_ARGUMENT),
+        }
+    }
+
+    /// Notes `call`'s answer when it is an error, for a trap's message. `NotFound` or
+    /// `Empty` from a lookup (`proxy_get_*`, a queue resolved or dequeued) is an answer,
+    /// not an error: the SDKs hand it on as "none".
+    fn note(&mut self, call: &'static str, status: i32) {
+        let lookup = call.starts_with("proxy_get_")
+            || call == "proxy_resolve_shared_queue"
+            || call == "proxy_dequeue_shared_queue";
+        if status != OK && !(lookup && (status == NOT_FOUND || status == EMPTY)) {
+            self.failed = Some(Failed::Status(call, status));
         }
     }
 
@@ -275,12 +298,20 @@ pub fn link(module: &Module) -> Result<Linked, String> {
 }
 
 /// An import the host does not give: it answers "unimplemented" (proxy-wasm's 12, or
-/// WASI's ENOSYS) and remembers its name for the message if the module then traps.
+/// WASI's ENOSYS) and remembers its name for the message if the module then traps. A
+/// proxy-wasm one also logs a warning naming it, as Envoy logs a host call that fails.
 fn stub(linker: &mut Linker<HostState>, module: &str, name: &str, ty: FuncType) -> wasmtime::Result<()> {
-    let answer = if module == "wasi_snapshot_preview1" { ENOSYS } else { UNIMPLEMENTED };
+    let wasi = module == "wasi_snapshot_preview1";
+    let answer = if wasi { ENOSYS } else { UNIMPLEMENTED };
     let full = format!("{module}.{name}");
+    let grpc = name.starts_with("proxy_grpc_") || name == "proxy_get_status";
+    let warning = format!("{name} is not implemented{}: Unimplemented", if grpc { " (gRPC calls out)" } else { "" });
     linker.func_new(module, name, ty.clone(), move |mut caller, _params, results| {
-        caller.data_mut().unimplemented = Some(full.clone());
+        let s = caller.data_mut();
+        s.failed = Some(Failed::Unimplemented(full.clone()));
+        if !wasi && !s.quiet {
+            log(&s.name, 3, &warning);
+        }
         for (slot, ty) in results.iter_mut().zip(ty.results()) {
             *slot = match ty {
                 ValType::I32 => Val::I32(answer),
@@ -293,6 +324,59 @@ fn stub(linker: &mut Linker<HostState>, module: &str, name: &str, ty: FuncType) 
         Ok(())
     })?;
     Ok(())
+}
+
+/// A host call's answer to the module: the status it gets.
+trait Answer {
+    fn status(&self) -> i32;
+}
+
+impl Answer for i32 {
+    fn status(&self) -> i32 {
+        *self
+    }
+}
+
+impl Answer for wasmtime::Result<i32> {
+    fn status(&self) -> i32 {
+        // An error here is a trap, not an answer.
+        *self.as_ref().unwrap_or(&OK)
+    }
+}
+
+/// proxy-wasm's name for a status (ABI 0.2.1), as the SDKs spell it.
+fn status_name(status: i32) -> String {
+    let name = match status {
+        0 => "Ok",
+        1 => "NotFound",
+        2 => "BadArgument",
+        3 => "SerializationFailure",
+        4 => "ParseFailure",
+        5 => "BadExpression",
+        6 => "InvalidMemoryAccess",
+        7 => "Empty",
+        8 => "CasMismatch",
+        9 => "ResultMismatch",
+        10 => "InternalFailure",
+        11 => "BrokenConnection",
+        12 => "Unimplemented",
+        n => return format!("status {n}"),
+    };
+    name.to_string()
+}
+
+/// Defines host call `env.$name` (`|c, arg: type, ...| body`, `c` the caller): an
+/// error status it answers is noted ([`HostState::note`]) for the message if the
+/// module then traps.
+macro_rules! host {
+    ($linker:ident, $name:expr, |$c:ident $(, $arg:tt: $ty:ty)* $(,)?| $body:expr $(,)?) => {
+        $linker.func_wrap("env", $name, move |mut $c: Caller<'_, HostState> $(, $arg: $ty)*| {
+            #[allow(clippy::redundant_closure_call)]
+            let answer = (|| $body)();
+            $c.data_mut().note($name, answer.status());
+            answer
+        })?
+    };
 }
 
 fn memory(caller: &mut Caller<'_, HostState>) -> Option<wasmtime::Memory> {
@@ -415,7 +499,7 @@ fn log_level() -> i32 {
 
 /// The host functions of proxy-wasm 0.2.1 that Sluice gives (docs/plugins.md).
 fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+    host!(linker, "proxy_log", |c, level: i32, ptr: i32, len: i32| {
         let Some(msg) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
         let msg = String::from_utf8_lossy(&msg);
         let s = c.data_mut();
@@ -426,377 +510,305 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             log(&s.name, level, &msg);
         }
         OK
-    })?;
-    linker.func_wrap("env", "proxy_get_header_map_size", |mut c: Caller<'_, HostState>, kind: i32, ret: i32| {
+    });
+    host!(linker, "proxy_get_header_map_size", |c, kind: i32, ret: i32| {
         let size = match c.data().read_map(kind) {
             Ok(map) => map.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() as u32,
             Err(status) => return status,
         };
         if write(&mut c, ret, &size.to_le_bytes()) { OK } else { INVALID_MEMORY_ACCESS }
-    })?;
-    linker.func_wrap("env", "proxy_get_log_level", |mut c: Caller<'_, HostState>, ret: i32| {
+    });
+    host!(linker, "proxy_get_log_level", |c, ret: i32| {
         if write(&mut c, ret, &log_level().to_le_bytes()) { OK } else { INVALID_MEMORY_ACCESS }
-    })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, ret: i32| {
+    });
+    host!(linker, "proxy_get_current_time_nanoseconds", |c, ret: i32| {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         if write(&mut c, ret, &now.to_le_bytes()) { OK } else { INVALID_MEMORY_ACCESS }
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, HostState>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| {
-            let s = c.data();
-            let buf: &[u8] = match kind {
-                0 => &s.request_body,
-                1 => &s.response_body,
-                4 => &s.callout_answer.1,
-                6 => &[],
-                7 => &s.config,
-                _ => return Ok(NOT_FOUND),
-            };
-            // Sizes are the module's `usize`: `usize::MAX` (all of it) arrives as -1.
-            let (start, max) = (start as u32 as usize, max as u32 as usize);
-            let piece = buf.get(start.min(buf.len())..).unwrap_or_default();
-            let piece = piece[..piece.len().min(max)].to_vec();
-            if piece.is_empty() && buf.is_empty() && kind != 7 {
-                return Ok(NOT_FOUND);
+    });
+    host!(linker, "proxy_get_buffer_bytes", |c, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| {
+        let s = c.data();
+        let buf: &[u8] = match kind {
+            0 => &s.request_body,
+            1 => &s.response_body,
+            4 => &s.callout_answer.1,
+            6 => &[],
+            7 => &s.config,
+            _ => return Ok(NOT_FOUND),
+        };
+        // Sizes are the module's `usize`: `usize::MAX` (all of it) arrives as -1.
+        let (start, max) = (start as u32 as usize, max as u32 as usize);
+        let piece = buf.get(start.min(buf.len())..).unwrap_or_default();
+        let piece = piece[..piece.len().min(max)].to_vec();
+        if piece.is_empty() && buf.is_empty() && kind != 7 {
+            return Ok(NOT_FOUND);
+        }
+        give(&mut c, &piece, ret_ptr, ret_size)
+    });
+    host!(linker, "proxy_set_buffer_bytes", |c, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
+        let Some(data) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
+        let s = c.data_mut();
+        let buf = match kind {
+            0 => &mut s.request_body,
+            1 => &mut s.response_body,
+            _ => return NOT_FOUND,
+        };
+        let start = (start as u32 as usize).min(buf.len());
+        let end = start.saturating_add(size as u32 as usize).min(buf.len());
+        buf.splice(start..end, data);
+        OK
+    });
+    host!(linker, "proxy_get_header_map_pairs", |c, kind: i32, ret_ptr: i32, ret_size: i32| {
+        let bytes = match c.data().read_map(kind) {
+            Ok(map) => encode_map(map),
+            Err(status) => return Ok(status),
+        };
+        give(&mut c, &bytes, ret_ptr, ret_size)
+    });
+    host!(linker, "proxy_set_header_map_pairs", |c, kind: i32, ptr: i32, len: i32| {
+        let Some(bytes) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
+        let Some(pairs) = decode_map(&bytes) else { return SERIALIZATION_FAILURE };
+        match c.data_mut().map(kind) {
+            Ok(map) => *map = pairs,
+            Err(status) => return status,
+        }
+        OK
+    });
+    host!(linker, "proxy_get_header_map_value", |c, kind: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_size: i32| {
+        let Some(key) = read(&mut c, kptr, klen) else { return Ok(INVALID_MEMORY_ACCESS) };
+        let key = text(&key).to_ascii_lowercase();
+        let map = match c.data().read_map(kind) {
+            Ok(map) => map,
+            Err(status) => return Ok(status),
+        };
+        let values: Vec<&[u8]> = map.iter().filter(|(n, _)| *n == key).map(|(_, v)| v.as_slice()).collect();
+        if values.is_empty() {
+            return Ok(NOT_FOUND);
+        }
+        let joined = values.join(&b","[..]);
+        give(&mut c, &joined, ret_ptr, ret_size)
+    });
+    host!(linker, "proxy_replace_header_map_value", |c, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+        let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
+            return INVALID_MEMORY_ACCESS;
+        };
+        let key = text(&key).to_ascii_lowercase();
+        let map = match c.data_mut().map(kind) {
+            Ok(map) => map,
+            Err(status) => return status,
+        };
+        match map.iter().position(|(n, _)| *n == key) {
+            Some(first) => {
+                map[first].1 = value;
+                let mut i = 0;
+                map.retain(|(n, _)| {
+                    i += 1;
+                    i - 1 <= first || *n != key
+                });
             }
-            give(&mut c, &piece, ret_ptr, ret_size)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_buffer_bytes",
-        |mut c: Caller<'_, HostState>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
-            let Some(data) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
-            let s = c.data_mut();
-            let buf = match kind {
-                0 => &mut s.request_body,
-                1 => &mut s.response_body,
-                _ => return NOT_FOUND,
-            };
-            let start = (start as u32 as usize).min(buf.len());
-            let end = start.saturating_add(size as u32 as usize).min(buf.len());
-            buf.splice(start..end, data);
-            OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_pairs",
-        |mut c: Caller<'_, HostState>, kind: i32, ret_ptr: i32, ret_size: i32| {
-            let bytes = match c.data().read_map(kind) {
-                Ok(map) => encode_map(map),
-                Err(status) => return Ok(status),
-            };
-            give(&mut c, &bytes, ret_ptr, ret_size)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_header_map_pairs",
-        |mut c: Caller<'_, HostState>, kind: i32, ptr: i32, len: i32| {
-            let Some(bytes) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
-            let Some(pairs) = decode_map(&bytes) else { return SERIALIZATION_FAILURE };
-            match c.data_mut().map(kind) {
-                Ok(map) => *map = pairs,
-                Err(status) => return status,
-            }
-            OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_value",
-        |mut c: Caller<'_, HostState>, kind: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_size: i32| {
-            let Some(key) = read(&mut c, kptr, klen) else { return Ok(INVALID_MEMORY_ACCESS) };
-            let key = text(&key).to_ascii_lowercase();
-            let map = match c.data().read_map(kind) {
-                Ok(map) => map,
-                Err(status) => return Ok(status),
-            };
-            let values: Vec<&[u8]> = map.iter().filter(|(n, _)| *n == key).map(|(_, v)| v.as_slice()).collect();
-            if values.is_empty() {
-                return Ok(NOT_FOUND);
-            }
-            let joined = values.join(&b","[..]);
-            give(&mut c, &joined, ret_ptr, ret_size)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut c: Caller<'_, HostState>, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
-            let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
-                return INVALID_MEMORY_ACCESS;
-            };
-            let key = text(&key).to_ascii_lowercase();
-            let map = match c.data_mut().map(kind) {
-                Ok(map) => map,
-                Err(status) => return status,
-            };
-            match map.iter().position(|(n, _)| *n == key) {
-                Some(first) => {
-                    map[first].1 = value;
-                    let mut i = 0;
-                    map.retain(|(n, _)| {
-                        i += 1;
-                        i - 1 <= first || *n != key
-                    });
-                }
-                None => map.push((key, value)),
-            }
-            OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut c: Caller<'_, HostState>, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
-            let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
-                return INVALID_MEMORY_ACCESS;
-            };
-            let key = text(&key).to_ascii_lowercase();
-            let map = match c.data_mut().map(kind) {
-                Ok(map) => map,
-                Err(status) => return status,
-            };
-            map.push((key, value));
-            OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_remove_header_map_value",
-        |mut c: Caller<'_, HostState>, kind: i32, kptr: i32, klen: i32| {
-            let Some(key) = read(&mut c, kptr, klen) else { return INVALID_MEMORY_ACCESS };
-            let key = text(&key).to_ascii_lowercase();
-            let map = match c.data_mut().map(kind) {
-                Ok(map) => map,
-                Err(status) => return status,
-            };
-            map.retain(|(n, _)| *n != key);
-            OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_property",
-        |mut c: Caller<'_, HostState>, pptr: i32, plen: i32, ret_ptr: i32, ret_size: i32| {
-            let Some(path) = read(&mut c, pptr, plen) else { return Ok(INVALID_MEMORY_ACCESS) };
-            match property(c.data_mut(), &path) {
-                Some(value) => give(&mut c, &value, ret_ptr, ret_size),
-                None => Ok(NOT_FOUND),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_send_local_response",
-        |mut c: Caller<'_, HostState>,
-         status: i32,
-         _dptr: i32,
-         _dlen: i32,
-         bptr: i32,
-         blen: i32,
-         hptr: i32,
-         hlen: i32,
-         _grpc: i32| {
-            let (Some(body), Some(fields)) = (read(&mut c, bptr, blen), read(&mut c, hptr, hlen)) else {
-                return INVALID_MEMORY_ACCESS;
-            };
-            let Some(pairs) = decode_map(&fields) else { return SERIALIZATION_FAILURE };
-            let Ok(status) = u16::try_from(status).map_err(drop).and_then(|s| StatusCode::from_u16(s).map_err(drop))
-            else {
-                return BAD_ARGUMENT;
-            };
-            let Ok(headers) = header_map(&pairs) else { return BAD_ARGUMENT };
-            c.data_mut().local = Some(BackendResponse { status, headers, body });
-            OK
-        },
-    )?;
+            None => map.push((key, value)),
+        }
+        OK
+    });
+    host!(linker, "proxy_add_header_map_value", |c, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+        let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
+            return INVALID_MEMORY_ACCESS;
+        };
+        let key = text(&key).to_ascii_lowercase();
+        let map = match c.data_mut().map(kind) {
+            Ok(map) => map,
+            Err(status) => return status,
+        };
+        map.push((key, value));
+        OK
+    });
+    host!(linker, "proxy_remove_header_map_value", |c, kind: i32, kptr: i32, klen: i32| {
+        let Some(key) = read(&mut c, kptr, klen) else { return INVALID_MEMORY_ACCESS };
+        let key = text(&key).to_ascii_lowercase();
+        let map = match c.data_mut().map(kind) {
+            Ok(map) => map,
+            Err(status) => return status,
+        };
+        map.retain(|(n, _)| *n != key);
+        OK
+    });
+    host!(linker, "proxy_get_property", |c, pptr: i32, plen: i32, ret_ptr: i32, ret_size: i32| {
+        let Some(path) = read(&mut c, pptr, plen) else { return Ok(INVALID_MEMORY_ACCESS) };
+        match property(c.data_mut(), &path) {
+            Some(value) => give(&mut c, &value, ret_ptr, ret_size),
+            None => Ok(NOT_FOUND),
+        }
+    });
+    host!(linker, "proxy_send_local_response", |c,
+                                                status: i32,
+                                                _dptr: i32,
+                                                _dlen: i32,
+                                                bptr: i32,
+                                                blen: i32,
+                                                hptr: i32,
+                                                hlen: i32,
+                                                _grpc: i32| {
+        let (Some(body), Some(fields)) = (read(&mut c, bptr, blen), read(&mut c, hptr, hlen)) else {
+            return INVALID_MEMORY_ACCESS;
+        };
+        let Some(pairs) = decode_map(&fields) else { return SERIALIZATION_FAILURE };
+        let Ok(status) = u16::try_from(status).map_err(drop).and_then(|s| StatusCode::from_u16(s).map_err(drop)) else {
+            return BAD_ARGUMENT;
+        };
+        let Ok(headers) = header_map(&pairs) else { return BAD_ARGUMENT };
+        c.data_mut().local = Some(BackendResponse { status, headers, body });
+        OK
+    });
     // Shared data, queues and metrics: process-wide (shared.rs).
-    linker.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        |mut c: Caller<'_, HostState>, kptr: i32, klen: i32, ret_ptr: i32, ret_size: i32, ret_cas: i32| {
-            let Some(key) = read(&mut c, kptr, klen) else { return Ok(INVALID_MEMORY_ACCESS) };
-            match shared::get_shared_data(&c.data().name, &text(&key)) {
-                Ok((value, cas)) => {
-                    if !write(&mut c, ret_cas, &cas.to_le_bytes()) {
-                        return Ok(INVALID_MEMORY_ACCESS);
-                    }
-                    give(&mut c, &value, ret_ptr, ret_size)
+    host!(linker, "proxy_get_shared_data", |c, kptr: i32, klen: i32, ret_ptr: i32, ret_size: i32, ret_cas: i32| {
+        let Some(key) = read(&mut c, kptr, klen) else { return Ok(INVALID_MEMORY_ACCESS) };
+        match shared::get_shared_data(&c.data().name, &text(&key)) {
+            Ok((value, cas)) => {
+                if !write(&mut c, ret_cas, &cas.to_le_bytes()) {
+                    return Ok(INVALID_MEMORY_ACCESS);
                 }
-                Err(e) => Ok(e.status()),
+                give(&mut c, &value, ret_ptr, ret_size)
             }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |mut c: Caller<'_, HostState>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| {
-            let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
-                return INVALID_MEMORY_ACCESS;
-            };
-            status(shared::set_shared_data(&c.data().name, &text(&key), value, cas as u32))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_register_shared_queue",
-        |mut c: Caller<'_, HostState>, nptr: i32, nlen: i32, ret: i32| {
-            let Some(name) = read(&mut c, nptr, nlen) else { return INVALID_MEMORY_ACCESS };
-            let s = c.data();
-            match shared::register_queue(&s.name.clone(), &text(&name), s.owner) {
-                Ok(token) => put(&mut c, ret, &token.to_le_bytes()),
-                Err(e) => e.status(),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_resolve_shared_queue",
-        |mut c: Caller<'_, HostState>, vptr: i32, vlen: i32, nptr: i32, nlen: i32, ret: i32| {
-            let (Some(vm), Some(name)) = (read(&mut c, vptr, vlen), read(&mut c, nptr, nlen)) else {
-                return INVALID_MEMORY_ACCESS;
-            };
-            match shared::resolve_queue(&text(&vm), &text(&name)) {
-                Ok(token) => put(&mut c, ret, &token.to_le_bytes()),
-                Err(e) => e.status(),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_enqueue_shared_queue",
-        |mut c: Caller<'_, HostState>, token: i32, ptr: i32, len: i32| {
-            let Some(item) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
-            status(shared::enqueue(token as u32, item))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_dequeue_shared_queue",
-        |mut c: Caller<'_, HostState>, token: i32, ret_ptr: i32, ret_size: i32| match shared::dequeue(token as u32) {
+            Err(e) => Ok(e.status()),
+        }
+    });
+    host!(linker, "proxy_set_shared_data", |c, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| {
+        let (Some(key), Some(value)) = (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) else {
+            return INVALID_MEMORY_ACCESS;
+        };
+        status(shared::set_shared_data(&c.data().name, &text(&key), value, cas as u32))
+    });
+    host!(linker, "proxy_register_shared_queue", |c, nptr: i32, nlen: i32, ret: i32| {
+        let Some(name) = read(&mut c, nptr, nlen) else { return INVALID_MEMORY_ACCESS };
+        let s = c.data();
+        match shared::register_queue(&s.name.clone(), &text(&name), s.owner) {
+            Ok(token) => put(&mut c, ret, &token.to_le_bytes()),
+            Err(e) => e.status(),
+        }
+    });
+    host!(linker, "proxy_resolve_shared_queue", |c, vptr: i32, vlen: i32, nptr: i32, nlen: i32, ret: i32| {
+        let (Some(vm), Some(name)) = (read(&mut c, vptr, vlen), read(&mut c, nptr, nlen)) else {
+            return INVALID_MEMORY_ACCESS;
+        };
+        match shared::resolve_queue(&text(&vm), &text(&name)) {
+            Ok(token) => put(&mut c, ret, &token.to_le_bytes()),
+            Err(e) => e.status(),
+        }
+    });
+    host!(linker, "proxy_enqueue_shared_queue", |c, token: i32, ptr: i32, len: i32| {
+        let Some(item) = read(&mut c, ptr, len) else { return INVALID_MEMORY_ACCESS };
+        status(shared::enqueue(token as u32, item))
+    });
+    host!(linker, "proxy_dequeue_shared_queue", |c, token: i32, ret_ptr: i32, ret_size: i32| {
+        match shared::dequeue(token as u32) {
             Ok(item) => give(&mut c, &item, ret_ptr, ret_size),
             Err(e) => Ok(e.status()),
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_define_metric",
-        |mut c: Caller<'_, HostState>, kind: i32, nptr: i32, nlen: i32, ret: i32| {
-            let Some(name) = read(&mut c, nptr, nlen) else { return INVALID_MEMORY_ACCESS };
-            match shared::define_metric(&c.data().name.clone(), kind, &text(&name)) {
-                Ok(id) => put(&mut c, ret, &id.to_le_bytes()),
-                Err(e) => e.status(),
-            }
-        },
-    )?;
-    linker.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, HostState>, id: i32, offset: i64| {
+        }
+    });
+    host!(linker, "proxy_define_metric", |c, kind: i32, nptr: i32, nlen: i32, ret: i32| {
+        let Some(name) = read(&mut c, nptr, nlen) else { return INVALID_MEMORY_ACCESS };
+        match shared::define_metric(&c.data().name.clone(), kind, &text(&name)) {
+            Ok(id) => put(&mut c, ret, &id.to_le_bytes()),
+            Err(e) => e.status(),
+        }
+    });
+    host!(linker, "proxy_increment_metric", |c, id: i32, offset: i64| {
         status(shared::increment_metric(&c.data().name, id as u32, offset))
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |c: Caller<'_, HostState>, id: i32, value: i64| {
+    });
+    host!(linker, "proxy_record_metric", |c, id: i32, value: i64| {
         status(shared::record_metric(&c.data().name, id as u32, value as u64))
-    })?;
-    linker.func_wrap("env", "proxy_get_metric", |mut c: Caller<'_, HostState>, id: i32, ret: i32| {
+    });
+    host!(linker, "proxy_get_metric", |c, id: i32, ret: i32| {
         match shared::get_metric(&c.data().name.clone(), id as u32) {
             Ok(v) => put(&mut c, ret, &v.to_le_bytes()),
             Err(e) => e.status(),
         }
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_http_call",
-        |mut c: Caller<'_, HostState>,
-         uptr: i32,
-         ulen: i32,
-         hptr: i32,
-         hlen: i32,
-         bptr: i32,
-         blen: i32,
-         _tptr: i32,
-         _tlen: i32,
-         timeout: i32,
-         ret: i32| {
-            let (Some(upstream), Some(fields), Some(body)) =
-                (read(&mut c, uptr, ulen), read(&mut c, hptr, hlen), read(&mut c, bptr, blen))
-            else {
-                return INVALID_MEMORY_ACCESS;
-            };
-            let Some(pairs) = decode_map(&fields) else { return SERIALIZATION_FAILURE };
-            let s = c.data_mut();
-            let upstream = text(&upstream);
-            let why = if !s.may_call_out {
-                Some("only the request side of a call can call out (not the response side, a tick or the start)")
-            } else if !s.upstreams.contains(&upstream) {
-                Some("no such upstream in the binding's \"upstreams\"")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                if !s.quiet {
-                    log(&s.name, 3, &format!("proxy_http_call to {upstream:?} refused: {why}"));
-                }
-                return if s.may_call_out { BAD_ARGUMENT } else { INTERNAL_FAILURE };
+    });
+    host!(linker, "proxy_http_call", |c,
+                                      uptr: i32,
+                                      ulen: i32,
+                                      hptr: i32,
+                                      hlen: i32,
+                                      bptr: i32,
+                                      blen: i32,
+                                      _tptr: i32,
+                                      _tlen: i32,
+                                      timeout: i32,
+                                      ret: i32| {
+        let (Some(upstream), Some(fields), Some(body)) =
+            (read(&mut c, uptr, ulen), read(&mut c, hptr, hlen), read(&mut c, bptr, blen))
+        else {
+            return INVALID_MEMORY_ACCESS;
+        };
+        let Some(pairs) = decode_map(&fields) else { return SERIALIZATION_FAILURE };
+        let s = c.data_mut();
+        let upstream = text(&upstream);
+        let why = if !s.may_call_out {
+            Some("only the request side of a call can call out (not the response side, a tick or the start)")
+        } else if !s.upstreams.contains(&upstream) {
+            Some("no such upstream in the binding's \"upstreams\"")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if !s.quiet {
+                log(&s.name, 3, &format!("proxy_http_call to {upstream:?} refused: {why}"));
             }
-            let get = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| text(v));
-            let (Some(method), Some(target), Some(authority)) = (get(":method"), get(":path"), get(":authority"))
-            else {
-                return BAD_ARGUMENT;
-            };
-            let (Ok(method), true, Ok(headers)) =
-                (Method::from_bytes(method.as_bytes()), target.starts_with('/'), header_map(&pairs))
-            else {
-                return BAD_ARGUMENT;
-            };
-            if authority.parse::<http::uri::Authority>().is_err()
-                || authority.contains('@')
-                || target.bytes().any(|b| b <= b' ' || b == 0x7f)
-            {
-                return BAD_ARGUMENT;
-            }
-            if s.callouts.len() >= MAX_CALLS_OUT {
-                return INTERNAL_FAILURE;
-            }
-            let token = s.next_token;
-            s.next_token = s.next_token.checked_add(1).unwrap_or(1);
-            let timeout = match timeout as u32 {
-                0 => Duration::MAX,
-                ms => Duration::from_millis(u64::from(ms)),
-            };
-            s.callouts.push(CallOut { token, upstream, method, target, authority, headers, body, timeout });
-            put(&mut c, ret, &token.to_le_bytes())
-        },
-    )?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |c: Caller<'_, HostState>, period: i32| {
+            return if s.may_call_out { BAD_ARGUMENT } else { INTERNAL_FAILURE };
+        }
+        let get = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| text(v));
+        let (Some(method), Some(target), Some(authority)) = (get(":method"), get(":path"), get(":authority")) else {
+            return BAD_ARGUMENT;
+        };
+        let (Ok(method), true, Ok(headers)) =
+            (Method::from_bytes(method.as_bytes()), target.starts_with('/'), header_map(&pairs))
+        else {
+            return BAD_ARGUMENT;
+        };
+        if authority.parse::<http::uri::Authority>().is_err()
+            || authority.contains('@')
+            || target.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            return BAD_ARGUMENT;
+        }
+        if s.callouts.len() >= MAX_CALLS_OUT {
+            return INTERNAL_FAILURE;
+        }
+        let token = s.next_token;
+        s.next_token = s.next_token.checked_add(1).unwrap_or(1);
+        let timeout = match timeout as u32 {
+            0 => Duration::MAX,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        s.callouts.push(CallOut { token, upstream, method, target, authority, headers, body, timeout });
+        put(&mut c, ret, &token.to_le_bytes())
+    });
+    host!(linker, "proxy_set_tick_period_milliseconds", |c, period: i32| {
         c.data().tick_ms.store(u64::from(period as u32), Ordering::Relaxed);
         OK
-    })?;
+    });
     // Resuming a held request (0.2.1's continue_stream(request), 0.2.0's
     // continue_request); other streams go on by themselves here.
-    linker.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, HostState>, stream: i32| {
+    host!(linker, "proxy_continue_stream", |c, stream: i32| {
         if stream == 0 {
             c.data_mut().resumed = true;
         }
         OK
-    })?;
-    linker.func_wrap("env", "proxy_continue_request", |mut c: Caller<'_, HostState>| {
+    });
+    host!(linker, "proxy_continue_request", |c| {
         c.data_mut().resumed = true;
         OK
-    })?;
+    });
     // Resetting the call (the SDKs' reset_http_request/response): it fails, never
     // goes on as if nothing was said.
-    linker.func_wrap("env", "proxy_close_stream", |mut c: Caller<'_, HostState>, stream: i32| {
+    host!(linker, "proxy_close_stream", |c, stream: i32| {
         if stream == 0 || stream == 1 {
             c.data_mut().reset = true;
         }
         OK
-    })?;
-    linker.func_wrap("env", "proxy_set_effective_context", |_: Caller<'_, HostState>, _: i32| OK)?;
+    });
+    host!(linker, "proxy_set_effective_context", |c, _: i32| OK);
     for name in ["proxy_continue_response", "proxy_done"] {
-        linker.func_wrap("env", name, |_: Caller<'_, HostState>| OK)?;
+        host!(linker, name, |c| OK);
     }
     // WASI, what a Rust or TinyGo module built for wasm32-wasip1 needs to start:
     // no files, no environment, no arguments; clocks and randomness; stdout/stderr
@@ -1027,8 +1039,14 @@ fn why(e: &wasmtime::Error, s: &HostState) -> String {
         }
         None => format!("failed: {}", e.root_cause()),
     };
-    if let Some(name) = &s.unimplemented {
-        text.push_str(&format!(" (after calling {name}, which Sluice does not implement)"));
+    match &s.failed {
+        Some(Failed::Unimplemented(name)) => {
+            text.push_str(&format!(" (after calling {name}, which Sluice does not implement)"));
+        }
+        Some(Failed::Status(call, status)) => {
+            text.push_str(&format!(" (after {call} returned {})", status_name(*status)));
+        }
+        None => {}
     }
     text
 }
@@ -1438,7 +1456,7 @@ impl Plugin {
         };
         vm.store.set_epoch_deadline(ticks());
         let s = vm.store.data_mut();
-        s.unimplemented = None;
+        s.failed = None;
         s.last_words.clear();
         s.reset = false;
         // What a queue callback did is not the call's (a reset there resets nothing).
@@ -1623,7 +1641,9 @@ impl ClientPlugin for Plugin {
     ) -> Result<Verdict, PluginFault> {
         let verdict = self.with_vm(slot_of(call.ticket), false, CALL_FAILS, |vm| {
             let Some(context) = vm.context_of(call.ticket) else {
-                return Ok(Err("was started again while a call waited for its call out".to_string()));
+                return Ok(Err("lost the call's context while it waited for its call out (the instance was \
+                               started again, or it was the oldest of more than 65,536 open)"
+                    .to_string()));
             };
             vm.serve(context, call);
             let (mut map, mut body) = (Vec::new(), Vec::new());
@@ -1711,6 +1731,32 @@ mod tests {
         assert_eq!(refused(":path", b"http://elsewhere/"), "set a :path that is not a path: \"http://elsewhere/\"");
         assert_eq!(refused("bad name", b"v"), "set an invalid header name \"bad name\"");
         assert_eq!(refused("x-split", b"a\r\nInjected: 1"), "set an invalid value for header x-split");
+    }
+
+    /// The last host call that answered an error is noted for a trap's message; a
+    /// lookup that found nothing is an answer, not an error.
+    #[test]
+    fn a_trap_names_the_last_host_call_that_failed() {
+        let mut s = HostState::new("p".into(), Arc::from(&[][..]), (0, 0));
+        s.note("proxy_replace_header_map_value", BAD_ARGUMENT);
+        s.note("proxy_get_header_map_value", NOT_FOUND);
+        s.note("proxy_dequeue_shared_queue", EMPTY);
+        s.note("proxy_log", OK);
+        assert_eq!(s.failed, Some(Failed::Status("proxy_replace_header_map_value", BAD_ARGUMENT)));
+        let trap = wasmtime::Error::new(Trap::UnreachableCodeReached);
+        assert_eq!(
+            why(&trap, &s),
+            "trapped (unreachable: a panic or an abort in the plugin) (after proxy_replace_header_map_value \
+             returned BadArgument)"
+        );
+        s.note("proxy_set_buffer_bytes", NOT_FOUND);
+        s.note("proxy_get_property", INVALID_MEMORY_ACCESS);
+        assert_eq!(
+            why(&trap, &s),
+            "trapped (unreachable: a panic or an abort in the plugin) (after proxy_get_property returned \
+             InvalidMemoryAccess)"
+        );
+        assert_eq!((status_name(8), status_name(99)), ("CasMismatch".to_string(), "status 99".to_string()));
     }
 
     #[test]

@@ -16,9 +16,12 @@ pub fn folder() -> PathBuf {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
             let manifest = root.join("examples/plugins/Cargo.toml");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // Their own target folder, where they are read from, whatever CARGO_TARGET_DIR says.
             let status = Command::new(cargo)
                 .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
                 .arg(&manifest)
+                .arg("--target-dir")
+                .arg(root.join("examples/plugins/target"))
                 .status()
                 .expect("cargo runs");
             assert!(
@@ -63,4 +66,52 @@ pub fn gateway_from(config: &str, folder: &std::path::Path) -> Gateway {
     let library = sluice_plugins::Library::load(gw.config.plugin.as_ref()).unwrap_or_else(|e| panic!("load: {e:?}"));
     library.bind(&mut gw).unwrap_or_else(|e| panic!("bind: {e:?}"));
     gw
+}
+
+/// Every plugin log line (target `sluice::plugin`, info and up) of the gateways this
+/// test binary runs in-process, as `LEVEL message`, from the first call of
+/// [`record_log`] or [`log_of`] on: a global subscriber records them (a gateway logs on
+/// its own threads; tests tell their lines apart by their plugin's name).
+fn log() -> &'static std::sync::Mutex<Vec<String>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{Layer, filter::Targets};
+
+    struct Capture;
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            let line = format!("{} {}", event.metadata().level(), message.0);
+            LINES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+        }
+    }
+
+    static LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        let only = Targets::new().with_target("sluice::plugin", tracing::Level::INFO);
+        let subscriber = tracing_subscriber::registry().with(Capture.with_filter(only));
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in the suite");
+    });
+    &LINES
+}
+
+/// Starts recording the plugin log (call it before the gateway starts).
+pub fn record_log() {
+    log();
+}
+
+/// The recorded log lines of plugin `name` (`LEVEL [PLUGIN: name] message`), in order.
+pub fn log_of(name: &str) -> Vec<String> {
+    let tag = format!(" [PLUGIN: {name}] ");
+    let lines = log().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    lines.iter().filter(|l| l.contains(&tag)).cloned().collect()
 }

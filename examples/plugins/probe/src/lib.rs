@@ -20,6 +20,7 @@
 //!   `nowhere`; `/b/auth-bad` with a malformed `:authority`): a 200 resumes the call with `x-auth: <its body>`, another status
 //!   answers `403 denied` (`x-denied: yes`), a failed call out `503 auth unavailable`,
 //!   a refused one `500 cannot call out: <status>`; `/b/grpc` tries a gRPC call;
+//!   `/b/trailer` sets a request trailer (the host answers `BadArgument`: the SDK panics);
 //!   `/b/reset` resets the call and lets it go on; `/b/start-ticks` sets a 20 ms tick
 //!   period.
 //! - response: `x-call-state` (the call id kept from the request side),
@@ -144,7 +145,6 @@ struct Call {
     path: String,
 }
 
-
 /// A property as JSON: text, or an 8-byte little-endian integer.
 fn prop(ctx: &dyn Context, path: &str, int: bool) -> serde_json::Value {
     match ctx.get_property(path.split('.').collect()) {
@@ -219,6 +219,7 @@ impl HttpContext for Call {
             "/b/start-ticks" => {
                 let _ = hostcalls::set_tick_period(Duration::from_millis(20));
             }
+            "/b/trailer" => self.set_http_request_trailer("x-trailer", Some("1")),
             "/b/grpc" => {
                 let _ = self.dispatch_grpc_call("auth", "svc", "Check", vec![], None, Duration::from_secs(1));
             }
