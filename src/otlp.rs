@@ -113,7 +113,6 @@ struct Client {
     at: SocketAddr,
     /// Per collector: its name and `/N`.
     paths: Vec<(String, String)>,
-    timeout: Duration,
     server: Option<sluice_tokio::Server>,
     stop: StopSignal,
 }
@@ -158,12 +157,13 @@ impl Client {
         let stop = StopSignal::new();
         let server = sluice_tokio::start(Arc::new(gw), opts, stop.clone())
             .map_err(|e| format!("telemetry/opentelemetry: no loopback port for the exporter: {e}"))?;
-        Ok(Client { at: server.listening.gateway, paths, timeout, server: Some(server), stop })
+        Ok(Client { at: server.listening.gateway, paths, server: Some(server), stop })
     }
 
-    /// Posts `body` to every collector: those that did not take it, and why.
-    fn post(&self, body: &[u8]) -> Vec<String> {
-        let mut failed = Vec::new();
+    /// Posts `body` to every collector, each within `timeout`: per collector, why it
+    /// did not take it.
+    fn post(&self, body: &[u8], timeout: Duration) -> Vec<Result<(), String>> {
+        let mut results = Vec::new();
         for (name, path) in &self.paths {
             let mut request = format!(
                 "POST {path} HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\
@@ -172,48 +172,66 @@ impl Client {
             )
             .into_bytes();
             request.extend_from_slice(body);
-            match crate::fetch::ask(self.at, &request, self.timeout) {
-                Ok((status, _)) if (200..300).contains(&status) => {}
+            results.push(match crate::fetch::ask(self.at, &request, timeout) {
+                Ok((status, _)) if (200..300).contains(&status) => Ok(()),
                 Ok((status, answer)) => {
                     let why = String::from_utf8_lossy(&answer[..answer.len().min(200)]).trim().to_string();
-                    failed.push(format!(
-                        "{name}: answered {status}{}",
-                        if why.is_empty() { String::new() } else { format!(" ({why})") }
-                    ));
+                    let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+                    Err(format!("{name}: answered {status}{why}"))
                 }
-                Err(e) => failed.push(format!("{name}: {e}")),
-            }
+                Err(e) => Err(format!("{name}: {e}")),
+            });
         }
-        failed
+        results
     }
 }
 
+/// How long the last export at a stop may take, all collectors together: what is
+/// still queued then is counted as failed.
+const LAST_EXPORT: Duration = Duration::from_secs(5);
+
 /// The exporter's loop: a batch when the delay is up or a batch is full, and what is
-/// left once `stop` is triggered.
+/// left once `stop` is triggered (within [`LAST_EXPORT`]).
 fn export(settings: &TraceSettings, spans: &Spans, client: &Client, b: Batching, stop: &StopSignal) {
     let mut last = Instant::now();
-    let mut failing = false;
+    // Per collector: whether its last export failed (said once, and when it recovers).
+    let mut failing = vec![false; client.paths.len()];
     let mut dropped = 0;
+    let mut end = None;
     loop {
         let stopping = stop.is_triggered();
         if !stopping && spans.len() < b.batch && last.elapsed() < b.delay {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
+        let end = *end.get_or_insert_with(|| stopping.then(|| Instant::now() + LAST_EXPORT));
         last = Instant::now();
         loop {
+            let timeout = match end {
+                Some(end) => end.saturating_duration_since(Instant::now()).min(b.timeout),
+                None => b.timeout,
+            };
+            if timeout.is_zero() {
+                // Out of time at a stop: what is left is not sent.
+                let left = spans.take(usize::MAX).len();
+                spans.count_export(left * client.paths.len(), false);
+                tracing::warn!(target: "sluice::trace", "{left} span(s) not exported: the stop's last export ran out of time");
+                break;
+            }
             let batch = spans.take(b.batch);
             if batch.is_empty() {
                 break;
             }
-            let failed = client.post(&settings.encode(&batch));
-            spans.count_export(batch.len(), failed.is_empty());
-            match (failed.is_empty(), failing) {
-                (false, false) => tracing::warn!(target: "sluice::trace", "spans not exported: {}", failed.join("; ")),
-                (true, true) => tracing::info!(target: "sluice::trace", "spans exported again"),
-                _ => {}
+            let results = client.post(&settings.encode(&batch), timeout);
+            for (result, failing) in results.iter().zip(failing.iter_mut()) {
+                spans.count_export(batch.len(), result.is_ok());
+                match (result, *failing) {
+                    (Err(why), false) => tracing::warn!(target: "sluice::trace", "spans not exported: {why}"),
+                    (Ok(()), true) => tracing::info!(target: "sluice::trace", "spans exported again"),
+                    _ => {}
+                }
+                *failing = result.is_err();
             }
-            failing = !failed.is_empty();
             if batch.len() < b.batch {
                 break;
             }

@@ -86,12 +86,15 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     let config = format!(
         r#"{{"version": 3, "name": "gw", "extra_config": {{
             "telemetry/opentelemetry": {{"service_version": "1.2", "deploy_env": "test",
+                "skip_paths": ["/__health", "/skipped/:id"],
                 "exporters": {{"otlp": [{{"name": "local", "host": "127.0.0.1", "port": {rp}, "use_http": true,
                     "disable_metrics": true}}]}},
                 "layers": {{"global": {{"traces_static_attributes": [{{"key": "team", "value": "edge"}}]}}}}}},
             "sluice/admin": {{"port": 0}}}},
           "endpoints": [
-            {{"endpoint": "/agg/{{id}}", "input_headers": ["*"], "backend": [
+            {{"endpoint": "/agg/{{id}}", "input_headers": ["*"],
+              "extra_config": {{"telemetry/opentelemetry": {{"global": {{"traces_static_attributes": [{{"key": "ep", "value": "agg"}}]}}}}}},
+              "backend": [
                 {{"host": ["{b}"], "url_pattern": "/users/{{id}}"}},
                 {{"host": ["http://127.0.0.1:1"], "url_pattern": "/x"}}]}},
             {{"endpoint": "/noop", "output_encoding": "no-op",
@@ -101,6 +104,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
               "backend": [{{"host": ["{b}"], "url_pattern": "/q",
                 "extra_config": {{"telemetry/opentelemetry": {{"backend": {{"traces":
                     {{"disable_stage": true, "round_trip": true}}}}}}}}}}]}},
+            {{"endpoint": "/skipped/{{id}}", "backend": [{{"host": ["{b}"], "url_pattern": "/s"}}]}},
             {{"endpoint": "/dark",
               "backend": [{{"host": ["{b}"], "url_pattern": "/d",
                 "extra_config": {{"telemetry/opentelemetry": {{"backend": {{"traces": {{}}}}}}}}}}]}}]}}"#,
@@ -162,19 +166,20 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     assert_eq!(server["parent"], CLIENT_SPAN);
     assert_eq!(server["status"], serde_json::json!([1, ""]));
     let expected = serde_json::json!({
-        "krakend.stage": "global", "team": "edge", "url.full": "/agg/7?q=1", "server.address": "localhost",
+        "krakend.stage": "global", "team": "edge", "ep": "agg", "url.full": "/agg/7?q=1", "server.address": "localhost",
         "http.request.method": "GET", "http.request.body.size": 0, "client.address": "127.0.0.1",
-        "http.route": "/agg/{id}", "http.response.status_code": 200, "http.response.body.size": body_len,
+        "http.route": "/agg/:id", "http.response.status_code": 200, "http.response.body.size": body_len,
     });
     assert_eq!(server["attributes"], expected);
     let proxy = by_stage("proxy");
     assert_eq!(proxy.len(), 1);
     let proxy = proxy[0];
-    assert_eq!((proxy["name"].as_str(), proxy["kind"].as_i64()), (Some("/agg/{id}"), Some(1)));
+    // lura hands the endpoint on as gin's pattern: `{id}` is `:id`.
+    assert_eq!((proxy["name"].as_str(), proxy["kind"].as_i64()), (Some("/agg/:id"), Some(1)));
     assert_eq!(proxy["parent"], server["id"]);
     assert_eq!(
         proxy["attributes"],
-        serde_json::json!({"http.request.method": "GET", "http.route": "/agg/{id}", "krakend.stage": "proxy",
+        serde_json::json!({"http.request.method": "GET", "http.route": "/agg/:id", "krakend.stage": "proxy",
             "http.response.status_code": 200, "complete": false})
     );
     let stages = by_stage("backend");
@@ -189,7 +194,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     }
     let fixed = |route: &str, stage: &str| {
         serde_json::json!({"http.request.method": "GET", "http.route": route,
-            "krakend.endpoint.route": "/agg/{id}", "krakend.endpoint.method": "GET", "krakend.stage": stage})
+            "krakend.endpoint.route": "/agg/:id", "krakend.endpoint.method": "GET", "krakend.stage": stage})
     };
     let with = |mut base: Value, more: Value| {
         base.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
@@ -290,23 +295,32 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     assert_eq!(field(&seen[2].head, "traceparent").map(|t| t.len()), Some(55));
     assert_eq!(seen[3].head.lines().next(), Some("GET /d HTTP/1.1"));
     assert_eq!(field(&seen[3].head, "traceparent"), None);
+    // An endpoint pattern in skip_paths: the gateway's span only (its path is not).
+    assert_eq!(get_once(port, "/skipped/1", "").status, 200);
+    let spans = receiver.spans(16);
+    assert_eq!(
+        (spans[15]["name"].as_str(), attr(&spans[15], "krakend.stage").as_str()),
+        (Some("/skipped/1"), Some("global"))
+    );
+    assert_eq!(attr(&spans[15], "http.route"), "/skipped/:id");
+    assert_eq!(field(&backend.requests()[4].head, "traceparent"), None);
 
     // Every span counted as exported; none dropped.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let stats = get_once(admin, "/stats", "").text().to_string();
-        if stats.contains("tracing.spans_exported: 15\n") || Instant::now() > end {
+        if stats.contains("tracing.spans_exported: 16\n") || Instant::now() > end {
             for line in ["tracing.spans_dropped: 0", "tracing.spans_export_failed: 0", "tracing.spans_queued: 0"] {
                 assert!(stats.contains(line), "{stats}");
             }
-            assert!(stats.contains("tracing.spans_exported: 15\n"), "{stats}");
+            assert!(stats.contains("tracing.spans_exported: 16\n"), "{stats}");
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
-    assert_eq!(receiver.spans(15).len(), 15);
+    assert_eq!(receiver.spans(16).len(), 16);
 }
 
 #[test]

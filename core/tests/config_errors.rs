@@ -1183,9 +1183,12 @@ fn propagated_params_nothing_reads_are_warned_about() {
 /// does not make said as notices, and what cannot be read refused with its path.
 #[test]
 fn opentelemetry_is_read_as_krakend_otel_reads_it() {
-    let ns = |otel: Value| json!({"version": 3, "name": "edge", "extra_config": {"telemetry/opentelemetry": otel},
-        "endpoints": [{"endpoint": "/a/{id}/{Id2}", "backend": [{"host": ["http://api:8000"], "url_pattern": "/u/{id}/{Id2}"}]}]});
-    let otlp = json!({"otlp": [{"name": "c", "host": "collector", "port": 4318, "use_http": true, "disable_metrics": true}]});
+    let ns = |otel: Value| {
+        json!({"version": 3, "name": "edge", "extra_config": {"telemetry/opentelemetry": otel},
+        "endpoints": [{"endpoint": "/a/{id}/{Id2}", "backend": [{"host": ["http://api:8000"], "url_pattern": "/u/{id}/{Id2}"}]}]})
+    };
+    let otlp =
+        json!({"otlp": [{"name": "c", "host": "collector", "port": 4318, "use_http": true, "disable_metrics": true}]});
     // The defaults: every layer traced, rate 1, KrakenD's skip paths, the file's name.
     let loaded = Gateway::load(&ns(json!({"exporters": otlp})).to_string()).unwrap_or_else(|e| panic!("{e}"));
     assert!(loaded.notices.is_empty(), "{:?}", loaded.notices);
@@ -1194,7 +1197,7 @@ fn opentelemetry_is_read_as_krakend_otel_reads_it() {
     assert_eq!(t.skip_paths, ["/__health", "/__debug/", "/__echo/", "/__stats/"]);
     assert!(t.global.traces && t.global.propagation && t.proxy.traces && t.backend.stage && t.backend.round_trip);
     let tracer = loaded.gateway.tracer.as_ref().unwrap();
-    assert_eq!(tracer.endpoints[0].route, "/a/{id}/{Id2}");
+    assert_eq!(tracer.endpoints[0].route, "/a/:id/:Id2");
     assert_eq!(tracer.endpoints[0].backends[0].route, "/u/:id/:id2");
     assert_eq!(tracer.endpoints[0].backends[0].method, "GET");
 
@@ -1214,23 +1217,66 @@ fn opentelemetry_is_read_as_krakend_otel_reads_it() {
         [
             format!(r#"{at}.trace_sample_rate: 0 or below samples every trace, as KrakenD does (it means "not set")"#),
             format!("{at}.metric_reporting_period: OTLP metrics are not sent by Sluice: ignored"),
-            format!(r#"{at}.exporters.otlp[0].use_http: OTLP over gRPC is not sent by Sluice: this exporter gets no spans; set "use_http": true and the collector's OTLP/HTTP port (4318 by default)"#),
-            format!("{at}.exporters.otlp[0].disable_metrics: OTLP metrics are not sent by Sluice (traces are): the admin listener's /stats/prometheus has the counters"),
-            format!("{at}.exporters.otlp[1].disable_metrics: OTLP metrics are not sent by Sluice (traces are): the admin listener's /stats/prometheus has the counters"),
-            format!("{at}.exporters.prometheus[0]: not started by Sluice: the admin listener's /stats/prometheus serves the counters"),
-            format!("{at}.layers.global.report_headers: not supported: header values are not put on spans by Sluice; ignored"),
-            format!("{at}.layers.backend.traces.detailed_connection: not supported: connection timings are not put on spans by Sluice; ignored"),
+            format!(
+                r#"{at}.exporters.otlp[0].use_http: OTLP over gRPC is not sent by Sluice: this exporter gets no spans; set "use_http": true and the collector's OTLP/HTTP port (4318 by default)"#
+            ),
+            format!(
+                "{at}.exporters.otlp[0].disable_metrics: OTLP metrics are not sent by Sluice (traces are): the admin listener's /stats/prometheus has the counters"
+            ),
+            format!(
+                "{at}.exporters.otlp[1].disable_metrics: OTLP metrics are not sent by Sluice (traces are): the admin listener's /stats/prometheus has the counters"
+            ),
+            format!(
+                "{at}.exporters.prometheus[0]: not started by Sluice: the admin listener's /stats/prometheus serves the counters"
+            ),
+            format!(
+                "{at}.layers.global.report_headers: not supported: header values are not put on spans by Sluice; ignored"
+            ),
+            format!(
+                "{at}.layers.backend.traces.detailed_connection: not supported: connection timings are not put on spans by Sluice; ignored"
+            ),
         ]
     );
     let t = loaded.gateway.config.tracing.as_ref().unwrap();
-    assert_eq!(t.exporters.iter().filter(|e| e.sends_traces()).map(|e| e.origin()).collect::<Vec<_>>(), ["https://collector:4318"]);
+    assert_eq!(
+        t.exporters.iter().filter(|e| e.sends_traces()).map(|e| e.origin()).collect::<Vec<_>>(),
+        ["https://collector:4318"]
+    );
 
     // No exporter that takes traces: nothing is made, and that is said.
-    let loaded = Gateway::load(&ns(json!({"exporters": {"otlp": [{"name": "g", "host": "c", "port": 4317, "disable_metrics": true}]}})).to_string())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let loaded = Gateway::load(
+        &ns(json!({"exporters": {"otlp": [{"name": "g", "host": "c", "port": 4317, "disable_metrics": true}]}}))
+            .to_string(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(loaded.gateway.tracer.is_none());
     let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
-    assert_eq!(notices.last().map(String::as_str), Some(r#"extra_config["telemetry/opentelemetry"]: no OTLP exporter over HTTP takes traces: no spans are made"#));
+    assert_eq!(
+        notices.last().map(String::as_str),
+        Some(r#"extra_config["telemetry/opentelemetry"]: no OTLP exporter over HTTP takes traces: no spans are made"#)
+    );
+
+    // At an endpoint, krakend-otel reads the proxy layer and global's static
+    // attributes; the rest is said.
+    let mut config = ns(json!({"exporters": otlp}));
+    config["endpoints"][0]["extra_config"] = json!({"telemetry/opentelemetry": {
+        "global": {"disable_traces": true, "traces_static_attributes": [{"key": "k", "value": "v"}]},
+        "proxy": {"disable_traces": true}, "backend": {}}});
+    let loaded = Gateway::load(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let notices: Vec<String> = loaded.notices.iter().map(ToString::to_string).collect();
+    let ep = r#"endpoints[0].extra_config["telemetry/opentelemetry"]"#;
+    assert_eq!(
+        notices,
+        [
+            format!(
+                "{ep}.global.disable_traces: ignored at an endpoint: krakend-otel reads only the root's (the static attributes are read here)"
+            ),
+            format!("{ep}.backend: ignored at an endpoint: krakend-otel reads a backend's own here"),
+        ]
+    );
+    let tracer = loaded.gateway.tracer.as_ref().unwrap();
+    assert_eq!(tracer.endpoints[0].server_attributes, [("k".to_string(), "v".to_string())]);
+    assert!(!tracer.endpoints[0].proxy.traces);
 
     // What cannot be read is refused with its path.
     for (otel, expected) in [
@@ -1255,7 +1301,9 @@ fn opentelemetry_is_read_as_krakend_otel_reads_it() {
         (
             json!({"exporters": {"otlp": [{"name": "a", "host": "c", "port": 1, "use_http": true}]},
                    "layers": {"global": {"traces_static_attributes": [{"key": 1}]}}}),
-            vec![format!(r#"{at}.layers.global.traces_static_attributes[0].key: invalid type: integer "1", expected a string"#)],
+            vec![format!(
+                r#"{at}.layers.global.traces_static_attributes[0].key: invalid type: integer "1", expected a string"#
+            )],
         ),
     ] {
         assert_eq!(errors(&ns(otel)), expected);

@@ -1520,6 +1520,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
     let mut flatmap = Vec::new();
     let mut propagated = Vec::new();
     let mut trace_proxy = None;
+    let mut trace_attributes = Vec::new();
     let o_backends = o.map.get("backend").and_then(Value::as_array).map_or(0, Vec::len);
     let extra_config = extra_config(&mut o, cx, |ns, v, path, cx| match ns {
         "auth/validator" | "github.com/devopsfaith/krakend-jose/validator" => {
@@ -1540,16 +1541,36 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         }
         "telemetry/opentelemetry" => {
             // krakend-otel reads only the `proxy` layer here.
+            // krakend-otel reads the `proxy` layer here, and the static attributes of
+            // `global` (for the gateway's span of the endpoint's requests).
             let mut t = Obj::new(v, path.to_string(), cx)?;
             if let Some(p) = t.object("proxy", cx) {
                 trace_proxy = Some(proxy_layer(p, cx));
             }
-            for key in ["global", "backend"] {
-                if t.map.contains_key(key) {
-                    cx.notice(&t.at(key), "ignored at an endpoint: krakend-otel reads only \"proxy\" here");
+            if let Some(mut g) = t.object("global", cx) {
+                trace_attributes = static_attributes(&mut g, "traces_static_attributes", cx);
+                g.take("metrics_static_attributes");
+                for key in [
+                    "disable_metrics",
+                    "disable_traces",
+                    "disable_propagation",
+                    "report_headers",
+                    "skip_headers",
+                    "semantic_convention",
+                ] {
+                    if g.map.contains_key(key) {
+                        cx.notice(
+                            &g.at(key),
+                            "ignored at an endpoint: krakend-otel reads only the root's (the static attributes are read here)",
+                        );
+                    }
+                    g.take(key);
                 }
+                g.finish(cx);
             }
-            t.take("global");
+            if t.map.contains_key("backend") {
+                cx.notice(&t.at("backend"), "ignored at an endpoint: krakend-otel reads a backend's own here");
+            }
             t.take("backend");
             t.finish(cx);
             Some(())
@@ -1715,6 +1736,7 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
         flatmap,
         propagated_params: propagated.into_iter().map(|(_, p)| p).collect(),
         trace_proxy,
+        trace_attributes,
         extra_config,
     })
 }

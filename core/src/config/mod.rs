@@ -539,6 +539,9 @@ pub struct Endpoint {
     /// `extra_config."telemetry/opentelemetry".proxy`: the endpoint's own `proxy`
     /// layer, in place of the root's. Default: none.
     pub trace_proxy: Option<crate::ops::trace::ProxyLayer>,
+    /// `extra_config."telemetry/opentelemetry".global.traces_static_attributes`: added
+    /// to the gateway's span of this endpoint's requests. Default: none.
+    pub trace_attributes: Vec<crate::ops::trace::StaticAttribute>,
     /// The raw `extra_config` object.
     pub extra_config: Map<String, Value>,
 }

@@ -216,7 +216,7 @@ fn gateway<'g>(
             },
             peer,
             traceparent: head.get("traceparent"),
-            tracestate: head.get("tracestate"),
+            tracestate: &head.get_all("tracestate").collect::<Vec<_>>(),
         };
         if let Some(trace) = tracer.start(&incoming, (now, clock.wall())) {
             line.traced(trace);
@@ -253,8 +253,10 @@ fn gateway<'g>(
     match dispatch {
         Dispatch::Endpoint(route) => {
             line.for_endpoint(route.endpoint.index);
-            if let Some(trace) = line.trace_mut() {
-                trace.routed(&route.endpoint.path);
+            if let Some(trace) = line.trace_mut()
+                && let Some(ep) = gw.tracer.as_ref().and_then(|t| t.endpoints.get(route.endpoint.index))
+            {
+                trace.routed(ep);
             }
             // The guard stage: the endpoint's checks, before its body is read or any
             // backend called; an answer from it is the reply, as a router's is.

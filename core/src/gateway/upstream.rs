@@ -295,7 +295,8 @@ pub fn write_backend_headers(
         }
     }
     for (n, v) in claims {
-        if policy.allows(n.as_str()) && !is_gateway_owned(n.as_str().as_bytes()) {
+        let name = n.as_str().as_bytes();
+        if policy.allows(n.as_str()) && !is_gateway_owned(name) && !(traced && is_trace_field(name)) {
             put(n.as_str().as_bytes(), v.as_bytes(), out);
         }
     }

@@ -251,11 +251,22 @@ pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     Some((trace, parent, flags & 1 == 1))
 }
 
-/// A client's `tracestate`, kept when it may be sent on: at most 512 bytes of
-/// visible ASCII and spaces (it is passed on as it came, never parsed).
-fn tracestate(v: &[u8]) -> Option<Arc<str>> {
-    let ok = !v.is_empty() && v.len() <= 512 && v.iter().all(|&b| (0x20..0x7f).contains(&b));
-    ok.then(|| Arc::from(String::from_utf8_lossy(v).trim()))
+/// A client's `tracestate` fields, joined with commas as W3C says, kept when the
+/// list may be sent on: not empty, at most 512 bytes of visible ASCII and spaces (it
+/// is passed on as it came, never parsed).
+fn tracestate(fields: &[&[u8]]) -> Option<Arc<str>> {
+    let mut joined = String::new();
+    for v in fields {
+        let v = v.trim_ascii();
+        if v.is_empty() || !v.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(&String::from_utf8_lossy(v));
+    }
+    (!joined.is_empty() && joined.len() <= 512).then(|| Arc::from(joined))
 }
 
 // ----- spans -----
@@ -506,8 +517,11 @@ pub struct Tracer {
 pub struct EndpointTrace {
     /// Its pattern is in `skip_paths`: none of its spans are made.
     pub skip: bool,
-    /// The endpoint pattern (the `proxy` span's name and `http.route`).
+    /// The endpoint pattern as lura hands it on, `{id}` written `:id` (the `proxy`
+    /// span's name, `http.route`, and what `skip_paths` is compared with).
     pub route: String,
+    /// Its own `global.traces_static_attributes`, added to the gateway's span.
+    pub server_attributes: Vec<StaticAttribute>,
     pub method: String,
     /// `layers.proxy` as it applies here.
     pub proxy: ProxyLayer,
@@ -535,8 +549,10 @@ pub struct Incoming<'a> {
     /// `Content-Length`, when the body has one (0 without a body).
     pub length: Option<u64>,
     pub peer: IpAddr,
+    /// The first `traceparent` (as Go's propagator reads it).
     pub traceparent: Option<&'a [u8]>,
-    pub tracestate: Option<&'a [u8]>,
+    /// Every `tracestate` field.
+    pub tracestate: &'a [&'a [u8]],
 }
 
 impl Tracer {
@@ -554,7 +570,7 @@ impl Tracer {
                 if !s.sampled(&trace, Some(sampled)) {
                     return None;
                 }
-                (trace, Some(parent), head.tracestate.and_then(tracestate))
+                (trace, Some(parent), tracestate(head.tracestate))
             }
             None => {
                 let trace = trace_id();
@@ -649,26 +665,48 @@ impl RequestTrace {
         self.ctx.clone()
     }
 
-    /// It was routed to the endpoint of this pattern (`http.route`).
-    pub fn routed(&mut self, route: &str) {
-        self.route = Some(route.to_string());
+    /// It was routed to endpoint `ep`: its pattern is `http.route`, and its own
+    /// `global.traces_static_attributes` join the span's.
+    pub fn routed(&mut self, ep: &EndpointTrace) {
+        self.route = Some(ep.route.clone());
+        if self.server.is_some() {
+            self.attributes.extend(attrs(&ep.server_attributes));
+        }
     }
 
     /// The answer is written: `status`, with `bytes` of body, at `now`. The server
     /// span goes to the queue (its status `Ok`, as krakend-otel's whatever the code).
-    pub fn finish(self, status: u16, bytes: u64, now: Instant) {
-        let Some(id) = self.server else { return };
-        let mut span = self.ctx.span(id, self.remote, self.name, Kind::Server);
+    pub fn finish(mut self, status: u16, bytes: u64, now: Instant) {
+        let end = self.start + now.saturating_duration_since(self.started);
+        self.end(status, bytes, end, Status::Ok);
+    }
+
+    fn end(&mut self, status: u16, bytes: u64, end: SystemTime, how: Status) {
+        let Some(id) = self.server.take() else { return };
+        let mut span = self.ctx.span(id, self.remote, std::mem::take(&mut self.name), Kind::Server);
         span.start = nanos(self.start);
-        span.end = nanos(self.start + now.saturating_duration_since(self.started));
-        span.attributes = self.attributes;
-        if let Some(route) = self.route {
+        span.end = nanos(end.max(self.start));
+        span.attributes = std::mem::take(&mut self.attributes);
+        if let Some(route) = self.route.take() {
             span.attributes.push(attr("http.route", Value::Str(route)));
         }
         span.attributes.push(attr("http.response.status_code", Value::Int(i64::from(status))));
         span.attributes.push(attr("http.response.body.size", Value::Int(bytes.min(i64::MAX as u64) as i64)));
-        span.status = Status::Ok;
+        span.status = how;
         self.ctx.spans.push(span);
+    }
+}
+
+impl Drop for RequestTrace {
+    /// A request whose answer was never written (the client left, a write failed):
+    /// its span still ends, as 499 (nginx's "client closed request") with an error,
+    /// so that the spans under it have their parent. The connection gives no time
+    /// here: the wall clock says when.
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            let how = Status::Error("the answer was not written: the client left, or the write failed".into());
+            self.end(499, 0, SystemTime::now(), how);
+        }
     }
 }
 
@@ -996,7 +1034,7 @@ mod tests {
             length: Some(0),
             peer: IpAddr::from([127, 0, 0, 1]),
             traceparent: parent,
-            tracestate: Some(b"k=v"),
+            tracestate: &[b" k=v ", b"", b"l=w"],
         }
     }
 
@@ -1010,7 +1048,10 @@ mod tests {
         assert!(tracer(settings(0.5)).start(&incoming("/a", Some(unsampled)), now).is_none());
         let t = tracer(settings(0.5)).start(&incoming("/a", Some(sampled)), now).unwrap();
         assert_eq!(t.ctx.trace[..2], [0x4b, 0xf9]);
-        assert_eq!((t.remote, t.ctx.state.as_deref()), (Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]), Some("k=v")));
+        assert_eq!(
+            (t.remote, t.ctx.state.as_deref()),
+            (Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]), Some("k=v,l=w"))
+        );
         assert_eq!(t.ctx.parent, t.server);
         // At 1, even an unsampled parent's trace is recorded (AlwaysSample).
         assert!(tracer(settings(1.0)).start(&incoming("/a", Some(unsampled)), now).is_some());
@@ -1028,6 +1069,23 @@ mod tests {
         let t = tracer(s).start(&incoming("/a", Some(sampled)), now).unwrap();
         assert_eq!((t.server, t.ctx.parent), (None, t.remote));
         t.finish(200, 0, Instant::now());
+        // A request never answered still ends its span, as 499.
+        let tracer = tracer(settings(1.0));
+        drop(tracer.start(&incoming("/gone", None), now));
+        let spans = tracer.spans.take(9);
+        assert_eq!(spans.len(), 1);
+        assert_eq!((spans[0].name.as_str(), spans[0].kind), ("/gone", Kind::Server));
+        assert!(matches!(&spans[0].status, Status::Error(why) if why.starts_with("the answer was not written")));
+        assert!(spans[0].attributes.contains(&attr("http.response.status_code", Value::Int(499))));
+    }
+
+    #[test]
+    fn tracestate_is_joined_and_bounded() {
+        assert_eq!(tracestate(&[b"a=1", b" b=2 "]).as_deref(), Some("a=1,b=2"));
+        assert_eq!(tracestate(&[b"  ", b""]), None);
+        assert_eq!(tracestate(&[b"a=\x01"]), None);
+        let long = vec![b'x'; 513];
+        assert_eq!(tracestate(&[&long]), None);
     }
 
     #[test]

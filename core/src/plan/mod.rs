@@ -905,8 +905,9 @@ fn tracer(settings: &crate::ops::trace::TraceSettings, endpoints: &[config::Endp
     let endpoints = endpoints
         .iter()
         .map(|e| EndpointTrace {
-            skip: settings.skips(&e.endpoint),
-            route: e.endpoint.clone(),
+            skip: settings.skips(&colon_pattern(&e.endpoint)),
+            route: colon_pattern(&e.endpoint),
+            server_attributes: e.trace_attributes.clone(),
             method: e.method.to_string(),
             proxy: e.trace_proxy.clone().unwrap_or_else(|| settings.proxy.clone()),
             backends: e
@@ -923,8 +924,24 @@ fn tracer(settings: &crate::ops::trace::TraceSettings, endpoints: &[config::Endp
     Tracer { settings: settings.clone(), endpoints, spans: std::sync::Arc::new(Spans::default()) }
 }
 
+/// An endpoint pattern as lura hands it on to krakend-otel (gin's): each `{param}`
+/// written `:param`, as written.
+fn colon_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push_str(&rest[..open]);
+        out.push(':');
+        out.push_str(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A `url_pattern` as krakend-otel names its spans: each `{param}` written `:param`,
-/// in lowercase.
+/// in lowercase (lura makes `{id}` `{{.Id}}`, krakend-otel lowercases it back).
 fn normalized_pattern(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
