@@ -210,10 +210,19 @@ impl AccessLog {
     /// only when displayed (a log filtered out costs nothing). A traced request's
     /// server span ends here.
     pub fn line(mut self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
+        if self.trace.is_some() {
+            self.end_trace(status, bytes, now);
+        }
+        AccessLine { log: self, status, bytes, up: 0, spliced: 0, now }
+    }
+
+    /// Out of line: an untraced request pays one check.
+    #[cold]
+    #[inline(never)]
+    fn end_trace(&mut self, status: StatusCode, bytes: u64, now: Instant) {
         if let Some(trace) = self.trace.take() {
             trace.finish(status.as_u16(), bytes, now);
         }
-        AccessLine { log: self, status, bytes, up: 0, spliced: 0, now }
     }
 
     /// A tunnel's line: `down` bytes to the client (logged), `up` to the destination.

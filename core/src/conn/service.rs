@@ -30,7 +30,7 @@ use crate::io::Output;
 use crate::ops::admin::{self, Page};
 use crate::ops::runtime::Runtime;
 use crate::ops::stats::Stats;
-use crate::ops::trace::Incoming;
+use crate::ops::trace::{Incoming, Tracer};
 use crate::plan::Gateway;
 use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
 use crate::serve::Listener;
@@ -179,6 +179,32 @@ impl<'g> Service<'g> {
     }
 }
 
+/// Starts `creq`'s trace, when `tracer` samples it. Out of line: a plan that traces
+/// nothing pays one check for it.
+#[cold]
+#[inline(never)]
+fn start_trace(tracer: &Tracer, creq: &ClientRequest, framing: Framing, clock: Clock, line: &mut AccessLog) {
+    let head = &creq.headers;
+    let incoming = Incoming {
+        method: creq.method.as_str(),
+        path: &creq.path,
+        query: creq.query.as_deref(),
+        host: head.get("host"),
+        user_agent: head.get("user-agent"),
+        length: match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked | Framing::UntilClose => None,
+            Framing::None => Some(0),
+        },
+        peer: creq.peer,
+        traceparent: head.get("traceparent"),
+        tracestate: &head.get_all("tracestate").collect::<Vec<_>>(),
+    };
+    if let Some(trace) = tracer.start(&incoming, (clock.now, clock.wall())) {
+        line.traced(trace);
+    }
+}
+
 /// The gateway's front: a built-in endpoint, an endpoint's guard stage and then its
 /// exchange (streamed for `no-op`), or the router's answer (404, 405, a redirect).
 fn gateway<'g>(
@@ -202,25 +228,7 @@ fn gateway<'g>(
     };
     let mut line = AccessLog::new(&creq, now);
     if let Some(tracer) = &gw.tracer {
-        let head = &creq.headers;
-        let incoming = Incoming {
-            method: creq.method.as_str(),
-            path: &creq.path,
-            query: creq.query.as_deref(),
-            host: head.get("host"),
-            user_agent: head.get("user-agent"),
-            length: match req.framing {
-                Framing::Length(n) => Some(n),
-                Framing::Chunked | Framing::UntilClose => None,
-                Framing::None => Some(0),
-            },
-            peer,
-            traceparent: head.get("traceparent"),
-            tracestate: &head.get_all("tracestate").collect::<Vec<_>>(),
-        };
-        if let Some(trace) = tracer.start(&incoming, (now, clock.wall())) {
-            line.traced(trace);
-        }
+        start_trace(tracer, &creq, req.framing, clock, &mut line);
     }
     // CORS first, on every request whatever its path (KrakenD wraps its router in it):
     // a preflight is answered here; any other answer gets the fields.

@@ -700,12 +700,12 @@ impl RequestTrace {
 impl Drop for RequestTrace {
     /// A request whose answer was never written (the client left, a write failed):
     /// its span still ends, as 499 (nginx's "client closed request") with an error,
-    /// so that the spans under it have their parent. The connection gives no time
-    /// here: the wall clock says when.
+    /// so that the spans under it have their parent. Core reads no clock and the
+    /// connection gives none here: the span ends where it started.
     fn drop(&mut self) {
         if self.server.is_some() {
             let how = Status::Error("the answer was not written: the client left, or the write failed".into());
-            self.end(499, 0, SystemTime::now(), how);
+            self.end(499, 0, self.start, how);
         }
     }
 }
