@@ -75,6 +75,38 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
 }
 
+/// Starts `sluice run` on `file` with `args` (spans exported every 50 ms), and reads
+/// its gateway and admin ports from the start-up line (`...; listening on A; admin
+/// on http://B/stats`), waiting at most 20 s. Its log lines, then and later, go to
+/// the vector returned.
+fn start(file: &std::path::Path, args: &[&str]) -> (Reaped, u16, u16, Arc<Mutex<Vec<String>>>) {
+    let mut child = sluice_run(file, args, None)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some((_, rest)) = line.split_once("; listening on ") {
+                let port_of = |a: &str| a.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                let (gw, admin) = rest.split_once("; admin on http://").unwrap();
+                let _ = tx.send((port_of(gw), port_of(admin.trim().trim_end_matches("/stats"))));
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let (port, admin) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no start-up line in 20 s: {:#?}", log.lock().unwrap()));
+    (child, port, admin, log)
+}
+
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -114,25 +146,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     std::fs::write(&file, config).unwrap();
     let mut args = vec!["-p", "0", "--shards", "2"];
     args.extend_from_slice(runtime);
-    let mut child = sluice_run(&file, &args, None)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
-    // The ports, from the start-up line: `...; listening on A; admin on http://B/stats`.
-    let mut log = BufReader::new(child.0.stderr.take().unwrap());
-    let (port, admin) = loop {
-        let mut line = String::new();
-        assert!(log.read_line(&mut line).unwrap() > 0, "sluice ended before it listened");
-        if let Some((_, rest)) = line.split_once("; listening on ") {
-            let port_of = |a: &str| a.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
-            let (gw, admin) = rest.split_once("; admin on http://").unwrap();
-            break (port_of(gw), port_of(admin.trim().trim_end_matches("/stats")));
-        }
-    };
-    std::thread::spawn(move || for _ in log.lines() {});
+    let (mut child, port, admin, _log) = start(&file, &args);
 
     // 1. A client's context: continued, and each backend call's own passed on.
     let parent = format!("traceparent: 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01\r\ntracestate: a=1,b=2\r\n");
@@ -336,4 +350,50 @@ fn traces_reach_the_collector_epoll() {
 #[test]
 fn traces_reach_the_collector_tokio() {
     traces_reach_the_collector(&["--runtime", "tokio"]);
+}
+
+/// A collector that refuses: every request is still answered, the spans are counted
+/// as failed, the failure is said once, and a stop does not wait on it.
+#[test]
+fn a_collector_down_costs_no_request() {
+    let backend = Backend::start(|_| Reply::Json(r#"{"a":1}"#.into()));
+    let dir = Scratch::new("traces-down");
+    let file = dir.0.join("krakend.json");
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{
+            "telemetry/opentelemetry": {{"exporters": {{"otlp": [{{"name": "gone", "host": "127.0.0.1", "port": 1,
+                "use_http": true, "disable_metrics": true}}]}}}},
+            "sluice/admin": {{"port": 0}}}},
+          "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["{}"], "url_pattern": "/"}}]}}]}}"#,
+        backend.url()
+    );
+    std::fs::write(&file, config).unwrap();
+    let (mut child, port, admin, log) = start(&file, &["-p", "0", "--shards", "1"]);
+    for _ in 0..3 {
+        let r = get_once(port, "/a", "");
+        assert_eq!((r.status, r.text()), (200, r#"{"a":1}"#));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = get_once(admin, "/stats", "").text().to_string();
+        if stats.contains("tracing.spans_export_failed: 12\n") || Instant::now() > end {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Three requests, four spans each.
+    for line in ["tracing.spans_export_failed: 12\n", "tracing.spans_exported: 0\n", "tracing.spans_dropped: 0\n"] {
+        assert!(stats.contains(line), "{stats}");
+    }
+    let started = Instant::now();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(100));
+    let log = log.lock().unwrap().clone();
+    let said: Vec<&String> = log.iter().filter(|l| l.contains("spans not exported")).collect();
+    assert_eq!(said.len(), 1, "{log:#?}");
+    assert!(said[0].contains("gone: answered 5"), "{said:?}");
+    assert!(log.iter().any(|l| l.contains("traces to gone (http://127.0.0.1:1/v1/traces)")), "{log:#?}");
 }
