@@ -49,13 +49,7 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
                 "extra_config": {"backend/http/client": {"no_redirect": true}}}]
         }]
     });
-    let gw = Gateway::load_with(&config.to_string(), env).map_err(|e| format!("cannot fetch {url}: {e}"))?.gateway;
-    let mut opts = Options::new(&gw, SocketAddr::from(([127, 0, 0, 1], 0)));
-    opts.threads = 1;
-    opts.admin_listen = None;
-    let stop = StopSignal::new();
-    let server = sluice_tokio::start(Arc::new(gw), opts, stop.clone())
-        .map_err(|e| format!("cannot fetch {url}: no loopback port for the fetch: {e}"))?;
+    let (server, stop) = loopback(&config, env).map_err(|e| format!("cannot fetch {url}: {e}"))?;
     let answer = get(server.listening.gateway);
     stop.trigger();
     server.join();
@@ -70,6 +64,21 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
         return Err(format!("cannot fetch {url}: it answered {status}{why}"));
     }
     Ok(body)
+}
+
+/// Serves `config` on a loopback port with one tokio worker and no admin listener:
+/// the small gateway through whose backend client the binary's own requests go.
+pub(crate) fn loopback(
+    config: &serde_json::Value,
+    env: &Environment,
+) -> Result<(sluice_tokio::Server, StopSignal), String> {
+    let gw = Gateway::load_with(&config.to_string(), env).map_err(|e| e.to_string())?.gateway;
+    let mut opts = Options::new(&gw, SocketAddr::from(([127, 0, 0, 1], 0)));
+    opts.threads = 1;
+    opts.admin_listen = None;
+    let stop = StopSignal::new();
+    let server = sluice_tokio::start(Arc::new(gw), opts, stop.clone()).map_err(|e| format!("no loopback port: {e}"))?;
+    Ok((server, stop))
 }
 
 /// Starts the thread that keeps `sources` fresh: once a second it fetches again each

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use sluice_core::StopSignal;
 use sluice_core::ops::trace::{Spans, TraceSettings};
 use sluice_core::plan::Gateway;
-use sluice_core::serve::Options;
 use sluice_core::tls::Environment;
 
 /// The batch span processor's settings.
@@ -148,15 +147,8 @@ impl Client {
             "extra_config": {"router": {"return_error_msg": true}},
             "endpoints": endpoints,
         });
-        let gw = Gateway::load_with(&config.to_string(), env)
-            .map_err(|e| format!("telemetry/opentelemetry: the exporter cannot reach its collectors: {e}"))?
-            .gateway;
-        let mut opts = Options::new(&gw, SocketAddr::from(([127, 0, 0, 1], 0)));
-        opts.threads = 1;
-        opts.admin_listen = None;
-        let stop = StopSignal::new();
-        let server = sluice_tokio::start(Arc::new(gw), opts, stop.clone())
-            .map_err(|e| format!("telemetry/opentelemetry: no loopback port for the exporter: {e}"))?;
+        let (server, stop) = crate::fetch::loopback(&config, env)
+            .map_err(|e| format!("telemetry/opentelemetry: the exporter cannot reach its collectors: {e}"))?;
         Ok(Client { at: server.listening.gateway, paths, server: Some(server), stop })
     }
 

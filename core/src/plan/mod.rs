@@ -927,13 +927,19 @@ fn tracer(settings: &crate::ops::trace::TraceSettings, endpoints: &[config::Endp
 /// An endpoint pattern as lura hands it on to krakend-otel (gin's): each `{param}`
 /// written `:param`, as written.
 fn colon_pattern(pattern: &str) -> String {
+    colons(pattern, false)
+}
+
+/// `pattern` with each `{param}` written `:param` (in lowercase with `lower`).
+fn colons(pattern: &str, lower: bool) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
     while let Some(open) = rest.find('{') {
         let Some(close) = rest[open..].find('}') else { break };
         out.push_str(&rest[..open]);
         out.push(':');
-        out.push_str(&rest[open + 1..open + close]);
+        let name = &rest[open + 1..open + close];
+        out.push_str(&if lower { name.to_lowercase() } else { name.to_string() });
         rest = &rest[open + close + 1..];
     }
     out.push_str(rest);
@@ -943,17 +949,7 @@ fn colon_pattern(pattern: &str) -> String {
 /// A `url_pattern` as krakend-otel names its spans: each `{param}` written `:param`,
 /// in lowercase (lura makes `{id}` `{{.Id}}`, krakend-otel lowercases it back).
 fn normalized_pattern(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len());
-    let mut rest = pattern;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        out.push_str(&rest[..open]);
-        out.push(':');
-        out.push_str(&rest[open + 1..open + close].to_lowercase());
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
-    out
+    colons(pattern, true)
 }
 
 #[cfg(test)]
