@@ -79,7 +79,7 @@ impl Exporter {
             .exporters
             .iter()
             .filter(|e| e.sends_traces())
-            .map(|e| format!("{} ({}/v1/traces)", e.name, e.origin()))
+            .map(|e| format!("{} ({}/v1/traces)", e.name, sluice_core::config::redact_userinfo(&e.origin())))
             .collect();
         tracing::info!(
             target: "sluice::trace",
