@@ -196,7 +196,10 @@ fn export(settings: &TraceSettings, spans: &Spans, client: &Client, b: Batching,
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        let end = *end.get_or_insert_with(|| stopping.then(|| Instant::now() + LAST_EXPORT));
+        // The stop's deadline, set the first time the stop is seen.
+        if stopping && end.is_none() {
+            end = Some(Instant::now() + LAST_EXPORT);
+        }
         last = Instant::now();
         loop {
             let timeout = match end {
