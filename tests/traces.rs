@@ -107,6 +107,21 @@ fn start(file: &std::path::Path, args: &[&str]) -> (Reaped, u16, u16, Arc<Mutex<
     (child, port, admin, log)
 }
 
+/// The stopped child's exit code, within 20 s (killed and failed past that).
+fn exit_code(child: &mut Reaped) -> Option<i32> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > end {
+            let _ = child.0.kill();
+            panic!("sluice did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -333,7 +348,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
         std::thread::sleep(Duration::from_millis(20));
     }
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    assert_eq!(exit_code(&mut child), Some(0));
     assert_eq!(receiver.spans(16).len(), 16);
 }
 
@@ -388,7 +403,7 @@ fn a_collector_down_costs_no_request() {
     }
     let started = Instant::now();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    assert_eq!(exit_code(&mut child), Some(0));
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
     std::thread::sleep(Duration::from_millis(100));
     let log = log.lock().unwrap().clone();

@@ -1540,7 +1540,6 @@ fn endpoint(v: &Value, path: String, root: &RootCtx, cx: &mut Ctx) -> Option<End
             Some(())
         }
         "telemetry/opentelemetry" => {
-            // krakend-otel reads only the `proxy` layer here.
             // krakend-otel reads the `proxy` layer here, and the static attributes of
             // `global` (for the gateway's span of the endpoint's requests).
             let mut t = Obj::new(v, path.to_string(), cx)?;
