@@ -67,12 +67,16 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
 }
 
 /// Serves `config` on a loopback port with one tokio worker and no admin listener:
-/// the small gateway through whose backend client the binary's own requests go.
+/// the small gateway through whose backend client the binary's own requests go. It is
+/// [`Gateway::quiet`]: its access lines and backend failures are not logged (an
+/// export every few seconds would fill the log with them); the caller says what
+/// failed, once, in its own words.
 pub(crate) fn loopback(
     config: &serde_json::Value,
     env: &Environment,
 ) -> Result<(sluice_tokio::Server, StopSignal), String> {
-    let gw = Gateway::load_with(&config.to_string(), env).map_err(|e| e.to_string())?.gateway;
+    let mut gw = Gateway::load_with(&config.to_string(), env).map_err(|e| e.to_string())?.gateway;
+    gw.quiet = true;
     let mut opts = Options::new(&gw, SocketAddr::from(([127, 0, 0, 1], 0)));
     opts.threads = 1;
     opts.admin_listen = None;

@@ -161,7 +161,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     std::fs::write(&file, config).unwrap();
     let mut args = vec!["-p", "0", "--shards", "2"];
     args.extend_from_slice(runtime);
-    let (mut child, port, admin, _log) = start(&file, &args);
+    let (mut child, port, admin, log) = start(&file, &args);
 
     // 1. A client's context: continued, and each backend call's own passed on.
     let parent = format!("traceparent: 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01\r\ntracestate: a=1,b=2\r\n");
@@ -350,6 +350,13 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert_eq!(exit_code(&mut child), Some(0));
     assert_eq!(receiver.spans(16).len(), 16);
+    // The exports went through the binary's loopback gateway, which writes no line of
+    // its own: the log has the gateway's access lines, none for a post (every request
+    // above is a GET).
+    std::thread::sleep(Duration::from_millis(100));
+    let log = log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("\"GET /noop\" 200 ")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("\"POST /")), "{log:#?}");
 }
 
 #[test]
@@ -410,5 +417,9 @@ fn a_collector_down_costs_no_request() {
     let said: Vec<&String> = log.iter().filter(|l| l.contains("spans not exported")).collect();
     assert_eq!(said.len(), 1, "{log:#?}");
     assert!(said[0].contains("gone: answered 5"), "{said:?}");
+    // Nothing else of the failed posts: no access line, no backend warning per post
+    // (the gateway's own backend answered every request).
+    assert_eq!(log.iter().filter(|l| l.contains("\"GET /a\" 200 ")).count(), 3, "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("\"POST /") || l.contains("backend 0 of")), "{log:#?}");
     assert!(log.iter().any(|l| l.contains("traces to gone (http://127.0.0.1:1/v1/traces)")), "{log:#?}");
 }

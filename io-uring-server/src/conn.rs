@@ -361,7 +361,7 @@ fn start<'a>(
         }
         Output::Log(line) => {
             shard.observe(&line, plan);
-            sluice_core::event::emit(&line);
+            sluice_core::event::emit(&plan.gw, &line);
         }
         Output::Close => return false,
     }

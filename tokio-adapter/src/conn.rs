@@ -363,7 +363,7 @@ fn begin<'s>(
         }
         Output::Log(line) => {
             shared.observe(&line, plan);
-            sluice_core::event::emit(&line);
+            sluice_core::event::emit(&plan.gw, &line);
         }
         Output::Close => return None,
     }

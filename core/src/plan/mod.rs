@@ -123,6 +123,12 @@ pub struct Gateway {
     /// `telemetry/opentelemetry`, when it makes spans: what each endpoint traces, and
     /// the queue its spans go to (see [`crate::ops::trace`]).
     pub tracer: Option<Box<crate::ops::trace::Tracer>>,
+    /// A server of the embedding program's own (the `sluice` binary's loopback gateway,
+    /// through which it fetches key sets and posts spans): its lines
+    /// ([`crate::event::Log`]: the access line, backend failures, ...) are counted but
+    /// not written ([`crate::event::emit`]), the program reporting what failed in its
+    /// own words. No configuration sets it: `false` from [`Gateway::load`].
+    pub quiet: bool,
 }
 
 /// An endpoint with every default resolved.
@@ -522,6 +528,7 @@ impl Gateway {
             bots,
             key_sources,
             tracer,
+            quiet: false,
         })
     }
 
