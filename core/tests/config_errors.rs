@@ -1281,6 +1281,29 @@ fn opentelemetry_is_read_as_krakend_otel_reads_it() {
     // What cannot be read is refused with its path.
     for (otel, expected) in [
         (
+            // A host the spans are posted to is read as a backend's host is (a gRPC
+            // exporter gets none: its host is not read).
+            json!({"exporters": {"otlp": [
+                {"name": "a", "host": "http://user:pw@collector", "port": 4318, "use_http": true},
+                {"name": "b", "host": "https://collector/otel", "port": 4318, "use_http": true},
+                {"name": "c", "host": "collector:4318", "port": 4318, "use_http": true},
+                {"name": "d", "host": "collector?x=1", "port": 4318, "use_http": true},
+                {"name": "e", "host": "http://user:pw@grpc/x", "port": 4317},
+                {"name": "f", "host": "http://[::1]/", "port": 4318, "use_http": true}]}}),
+            vec![
+                format!(r#"{at}.exporters.otlp[0].host: a host must not carry credentials ("http://***@collector")"#),
+                format!(
+                    r#"{at}.exporters.otlp[1].host: a host must not have a path ("/otel" in "https://collector/otel"): the spans go to /v1/traces of the host"#
+                ),
+                format!(
+                    r#"{at}.exporters.otlp[2].host: a host must not have a port ("collector:4318"): "port" gives it"#
+                ),
+                format!(
+                    r#"{at}.exporters.otlp[3].host: a host must not have a query or fragment ("http://collector?x=1")"#
+                ),
+            ],
+        ),
+        (
             json!({"exporters": {"otlp": [{"name": "a", "host": "c", "port": 1, "use_http": true}, {"name": "a", "host": "d", "port": 2, "use_http": true}]}}),
             vec![format!(r#"{at}.exporters.otlp[1].name: OTLP exporter with duplicate name: "a""#)],
         ),

@@ -2161,6 +2161,21 @@ fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {
     }
 }
 
+/// Why the binary could not post to collector `e`: its `host` is read as a backend's
+/// (the binary posts through a loopback gateway whose backend host is
+/// [`OtlpExporter::origin`]), so a name or IP address with `http://`, `https://` or no
+/// scheme, and no credentials, path, query or port (`port` gives it).
+fn collector_host(e: &crate::ops::trace::OtlpExporter) -> Result<(), String> {
+    let base = e.base();
+    if let Err(m) = HostAddr::parse(&base) {
+        return Err(String::from(m).replace(": put it in url_pattern", ": the spans go to /v1/traces of the host"));
+    }
+    if has_explicit_port(base.split_once("://").map_or(base.as_str(), |(_, a)| a)) {
+        return Err(format!("a host must not have a port ({:?}): \"port\" gives it", e.host));
+    }
+    HostAddr::parse(&e.origin()).map(drop).map_err(String::from)
+}
+
 /// `extra_config."telemetry/opentelemetry"` at the root, as krakend-otel reads it:
 /// its defaults (every layer traced, `trace_sample_rate` 1, KrakenD's skip paths), the
 /// OTLP exporters (names unique), and a notice for each part Sluice does not make
@@ -2234,8 +2249,15 @@ fn otel_config(mut o: Obj<'_>, name: Option<&str>, cx: &mut Ctx) -> Option<crate
                                  /stats/prometheus has the counters",
                             );
                         }
+                        let exporter = OtlpExporter { name, host, port, use_http, traces };
+                        if exporter.sends_traces()
+                            && !exporter.host.is_empty()
+                            && let Err(why) = collector_host(&exporter)
+                        {
+                            cx.error(&x.at("host"), why);
+                        }
                         x.finish(cx);
-                        exporters.push(OtlpExporter { name, host, port, use_http, traces });
+                        exporters.push(exporter);
                     }
                 }
                 other => cx.error(&otlp_at, format!("expected an array of exporters, found {}", kind(other))),

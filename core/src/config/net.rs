@@ -65,6 +65,11 @@ impl HostAddr {
             }
             None => (Scheme::Http, raw),
         };
+        // Credentials first, wherever the `@` is: a password may hold `/`, `?` or `#`,
+        // and the messages below show the host.
+        if rest.contains('@') {
+            return Err(BadValue(format!("a host must not carry credentials ({:?})", redact_userinfo(raw))));
+        }
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
         match tail {
@@ -73,9 +78,6 @@ impl HostAddr {
                 return Err(BadValue(format!("a host must not have a path ({t:?} in {raw:?}): put it in url_pattern")));
             }
             _ => return Err(BadValue(format!("a host must not have a query or fragment ({raw:?})"))),
-        }
-        if authority.contains('@') {
-            return Err(BadValue(format!("a host must not carry credentials ({:?})", redact_userinfo(raw))));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let Some((addr, after)) = v6.split_once(']') else {
@@ -126,7 +128,6 @@ impl fmt::Display for HostAddr {
     }
 }
 
-/// Replaces the `user:password@` part of a URL so it can be printed.
 /// Whether an authority (`host:port`, `[v6]:port`) writes its port.
 pub(crate) fn has_explicit_port(authority: &str) -> bool {
     let authority = authority.trim_end_matches('/');
@@ -269,6 +270,9 @@ mod tests {
         );
         assert_eq!(host("http://[::1"), Err("unclosed \"[\" in host \"http://[::1\"".into()));
         assert_eq!(host("http://[zz]"), Err("invalid IPv6 address \"zz\" in host \"http://[zz]\"".into()));
+        // A password holding `/` or `?` is not shown as a path or query.
+        assert_eq!(host("http://u:p/ss@api"), Err("a host must not carry credentials (\"http://***@api\")".into()));
+        assert_eq!(host("http://u:p?s@api/x"), Err("a host must not carry credentials (\"http://***@api/x\")".into()));
     }
 
     #[test]

@@ -68,12 +68,17 @@ impl OtlpExporter {
     /// `scheme://host:port` of the collector, as krakend-otel makes its endpoint:
     /// `host:port`, with TLS only when `host` starts with `https://`.
     pub fn origin(&self) -> String {
+        format!("{}:{}", self.base(), self.port)
+    }
+
+    /// [`OtlpExporter::origin`] without the port: `scheme://host`.
+    pub fn base(&self) -> String {
         let (scheme, host) = match self.host.split_once("://") {
             Some(("https", h)) => ("https", h),
             Some((_, h)) => ("http", h),
             None => ("http", self.host.as_str()),
         };
-        format!("{scheme}://{}:{}", host.trim_end_matches('/'), self.port)
+        format!("{scheme}://{}", host.trim_end_matches('/'))
     }
 }
 
