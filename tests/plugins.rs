@@ -517,9 +517,50 @@ fn plugin_trap_names_the_failing_host_call(mode: Mode) {
          500 and the instance is started again",
     );
     assert!(trapped[0].starts_with(&start) && trapped[0].ends_with(end), "{}", trapped[0]);
+    // A limit the module runs into after a host call answered an error is not put on
+    // that call: the time budget, the memory limit.
+    for path in ["/p/fail-then-spin", "/p/fail-then-grow"] {
+        let r = gw.get(path);
+        assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()), "{path}");
+    }
+    let logged = plugins::log_of(&name);
+    let trapped: Vec<&String> = logged.iter().filter(|l| l.contains("instance is started again")).collect();
+    assert_eq!(trapped.len(), 3, "{logged:#?}");
+    let lost = "; the call fails with 500 and the instance is started again";
+    assert_eq!(*trapped[1], format!("ERROR [PLUGIN: {name}] ran past its time budget of 100 ms{lost}"));
+    assert_eq!(*trapped[2], format!("ERROR [PLUGIN: {name}] asked for more than 64 MiB of memory{lost}"));
+    assert_eq!(logged.iter().filter(|l| l.contains(" (after ")).count(), 1, "{logged:#?}");
     let r = gw.get("/p/after");
     assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
     assert_eq!(backend.requests().len(), 1);
+}
+
+/// A host call Sluice does not implement, whose status the module takes and goes on:
+/// warned about once per instance, however many calls make it (one instance here: one
+/// worker, one shard); the instance started again after a trap is warned about again.
+fn plugin_unimplemented_call_is_said_once(mode: Mode) {
+    plugins::record_log();
+    let name = format!("unimplemented_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
+    let config = probe_config(&backend.url(), &name, r#""hi""#);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let warned = format!("WARN [PLUGIN: {name}] proxy_grpc_cancel is not implemented (gRPC calls out): Unimplemented");
+    let count = || plugins::log_of(&name).iter().filter(|l| **l == warned).count();
+    for _ in 0..3 {
+        let r = gw.get("/p/unimplemented");
+        assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
+    }
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 3);
+    // Two calls each, both answered Unimplemented (12).
+    assert!(seen.iter().all(|s| field(s, "x-raw-status") == Some("12,12")), "{}", seen[0].head);
+    assert_eq!(count(), 1, "{:#?}", plugins::log_of(&name));
+    assert_eq!(gw.get("/p/trailer").status, 500);
+    for _ in 0..2 {
+        assert_eq!(gw.get("/p/unimplemented").status, 200);
+    }
+    assert_eq!(count(), 2, "{:#?}", plugins::log_of(&name));
 }
 
 /// Ticks: the period a plugin sets (here during a call, after the start) drives
@@ -587,6 +628,7 @@ every_driver!(
     plugin_ticks,
     plugin_calls_out_and_resumes,
     plugin_trap_names_the_failing_host_call,
+    plugin_unimplemented_call_is_said_once,
     plugin_state_follows_each_call,
     plugin_local_reply_config_and_maps,
     plugin_properties,

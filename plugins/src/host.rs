@@ -113,6 +113,8 @@ struct HostState {
     last_words: String,
     /// Keeps the module's log lines out of the log (the start-up probe).
     quiet: bool,
+    /// The host calls not implemented that this instance was warned about (once each).
+    warned: Vec<Arc<str>>,
     /// The upstreams the binding may call out to.
     upstreams: Arc<[String]>,
     /// The binding's tick period in ms (0: none).
@@ -177,6 +179,7 @@ impl HostState {
             failed: None,
             last_words: String::new(),
             quiet: false,
+            warned: Vec::new(),
             upstreams: Arc::from(Vec::new()),
             tick_ms: Arc::default(),
             may_call_out: false,
@@ -299,17 +302,19 @@ pub fn link(module: &Module) -> Result<Linked, String> {
 
 /// An import the host does not give: it answers "unimplemented" (proxy-wasm's 12, or
 /// WASI's ENOSYS) and remembers its name for the message if the module then traps. A
-/// proxy-wasm one also logs a warning naming it, as Envoy logs a host call that fails.
+/// proxy-wasm one also logs a warning naming it, as Envoy logs a host call that fails:
+/// once per instance, not on every call that makes it.
 fn stub(linker: &mut Linker<HostState>, module: &str, name: &str, ty: FuncType) -> wasmtime::Result<()> {
     let wasi = module == "wasi_snapshot_preview1";
     let answer = if wasi { ENOSYS } else { UNIMPLEMENTED };
-    let full = format!("{module}.{name}");
+    let full: Arc<str> = format!("{module}.{name}").into();
     let grpc = name.starts_with("proxy_grpc_") || name == "proxy_get_status";
     let warning = format!("{name} is not implemented{}: Unimplemented", if grpc { " (gRPC calls out)" } else { "" });
     linker.func_new(module, name, ty.clone(), move |mut caller, _params, results| {
         let s = caller.data_mut();
-        s.failed = Some(Failed::Unimplemented(full.clone()));
-        if !wasi && !s.quiet {
+        s.failed = Some(Failed::Unimplemented(full.to_string()));
+        if !wasi && !s.quiet && !s.warned.contains(&full) {
+            s.warned.push(full.clone());
             log(&s.name, 3, &warning);
         }
         for (slot, ty) in results.iter_mut().zip(ty.results()) {
@@ -855,7 +860,7 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap(wasi, "sched_yield", |_: Caller<'_, HostState>| 0)?;
     linker.func_wrap(wasi, "proc_exit", |_: Caller<'_, HostState>, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::format_err!("the plugin exited with code {code}"))
+        Err(wasmtime::Error::new(Exited(code)))
     })?;
     Ok(())
 }
@@ -1024,6 +1029,18 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The module called WASI's `proc_exit`: it ended itself, as a trap of its own.
+#[derive(Debug)]
+struct Exited(i32);
+
+impl fmt::Display for Exited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the plugin exited with code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exited {}
+
 /// Why a call into the module failed, in words for the log.
 fn why(e: &wasmtime::Error, s: &HostState) -> String {
     let mut text = match e.downcast_ref::<Trap>() {
@@ -1034,12 +1051,21 @@ fn why(e: &wasmtime::Error, s: &HostState) -> String {
         Some(Trap::UnreachableCodeReached) => "trapped (unreachable: a panic or an abort in the plugin)".to_string(),
         Some(Trap::AllocationTooLarge) => format!("asked for more than {} MiB of memory", MEMORY_LIMIT >> 20),
         Some(t) => format!("trapped: {t}"),
-        None if e.chain().any(|c| c.to_string().contains("memory growth")) => {
+        // The store's limit refusing a `memory.grow` (wasmtime 48: "forcing trap when
+        // growing memory to N bytes"; older: "... memory growth ...").
+        None if e.chain().any(|c| {
+            let c = c.to_string();
+            c.contains("growing memory") || c.contains("memory growth")
+        }) =>
+        {
             format!("asked for more than {} MiB of memory", MEMORY_LIMIT >> 20)
         }
         None => format!("failed: {}", e.root_cause()),
     };
-    match &s.failed {
+    // The last failed host call explains a trap of the module's own (the SDKs panic on
+    // a status they do not expect), not a budget or memory limit it ran into.
+    let own = matches!(e.downcast_ref::<Trap>(), Some(Trap::UnreachableCodeReached)) || e.is::<Exited>();
+    match s.failed.as_ref().filter(|_| own) {
         Some(Failed::Unimplemented(name)) => {
             text.push_str(&format!(" (after calling {name}, which Sluice does not implement)"));
         }
@@ -1757,6 +1783,25 @@ mod tests {
              InvalidMemoryAccess)"
         );
         assert_eq!((status_name(8), status_name(99)), ("CasMismatch".to_string(), "status 99".to_string()));
+        // The module ending itself gets the note too; a limit it ran into does not.
+        let exited = wasmtime::Error::new(Exited(3));
+        assert_eq!(
+            why(&exited, &s),
+            "failed: the plugin exited with code 3 (after proxy_get_property returned InvalidMemoryAccess)"
+        );
+        s.failed = Some(Failed::Unimplemented("env.proxy_grpc_cancel".into()));
+        for (limit, text) in [
+            (Trap::Interrupt, "ran past its time budget of 100 ms"),
+            (Trap::AllocationTooLarge, "asked for more than 64 MiB of memory"),
+            (Trap::StackOverflow, "trapped: wasm trap: call stack exhausted"),
+        ] {
+            assert_eq!(why(&wasmtime::Error::new(limit), &s), text);
+        }
+        assert_eq!(
+            why(&trap, &s),
+            "trapped (unreachable: a panic or an abort in the plugin) (after calling env.proxy_grpc_cancel, which \
+             Sluice does not implement)"
+        );
     }
 
     #[test]

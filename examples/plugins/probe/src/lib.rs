@@ -21,6 +21,11 @@
 //!   answers `403 denied` (`x-denied: yes`), a failed call out `503 auth unavailable`,
 //!   a refused one `500 cannot call out: <status>`; `/b/grpc` tries a gRPC call;
 //!   `/b/trailer` sets a request trailer (the host answers `BadArgument`: the SDK panics);
+//!   `/b/unimplemented` calls `proxy_grpc_cancel` twice without the SDK (the host does
+//!   not implement it: the module takes the status and goes on; the request gets
+//!   `x-raw-status: <the statuses>`); `/b/fail-then-spin` and `/b/fail-then-grow` set a
+//!   request trailer without the SDK (`BadArgument`, taken), then spin forever or ask
+//!   for 256 MiB;
 //!   `/b/reset` resets the call and lets it go on; `/b/start-ticks` sets a 20 ms tick
 //!   period.
 //! - response: `x-call-state` (the call id kept from the request side),
@@ -220,6 +225,22 @@ impl HttpContext for Call {
                 let _ = hostcalls::set_tick_period(Duration::from_millis(20));
             }
             "/b/trailer" => self.set_http_request_trailer("x-trailer", Some("1")),
+            "/b/unimplemented" => {
+                let statuses = format!("{},{}", raw::grpc_cancel(), raw::grpc_cancel());
+                self.set_http_request_header("x-raw-status", Some(&statuses));
+            }
+            "/b/fail-then-spin" => {
+                std::hint::black_box(raw::set_request_trailer());
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "/b/fail-then-grow" => {
+                std::hint::black_box(raw::set_request_trailer());
+                let big = vec![1u8; 256 << 20];
+                std::hint::black_box(&big);
+            }
             "/b/grpc" => {
                 let _ = self.dispatch_grpc_call("auth", "svc", "Check", vec![], None, Duration::from_secs(1));
             }
@@ -294,5 +315,44 @@ impl HttpContext for Call {
         let _ = hostcalls::increment_metric(self.metrics.open, -1);
         let id = self.call_id.clone().unwrap_or_else(|| "-".into());
         let _ = hostcalls::log(LogLevel::Info, &format!("on_log call={id} context={}", self.context_id));
+    }
+}
+
+/// Host calls made without the SDK, which panics on a status it does not expect: the
+/// module takes the status and goes on, as one written against another SDK may.
+mod raw {
+    use proxy_wasm::types::{MapType, Status};
+
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        fn proxy_grpc_cancel(token_id: u32) -> Status;
+        fn proxy_replace_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> Status;
+    }
+
+    /// `proxy_grpc_cancel` (Sluice does not implement it): the status.
+    pub fn grpc_cancel() -> u32 {
+        // SAFETY: a call with no pointers.
+        unsafe { proxy_grpc_cancel(1) as u32 }
+    }
+
+    /// Sets request trailer `x-trailer: 1` (calls carry none: `BadArgument`): the status.
+    pub fn set_request_trailer() -> u32 {
+        let (key, value) = ("x-trailer", "1");
+        // SAFETY: the pointers and lengths are those of two live strings.
+        unsafe {
+            proxy_replace_header_map_value(
+                MapType::HttpRequestTrailers,
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+            ) as u32
+        }
     }
 }
