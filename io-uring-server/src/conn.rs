@@ -20,7 +20,13 @@ use sluice_core::serve::Listener;
 
 use crate::Shard;
 
+/// A rare operation (opening a connection, a lookup, a splice, an admin page): boxed
+/// when started.
 type Op<'a> = Pin<Box<dyn Future<Output = (Back, Input)> + 'a>>;
+
+/// The future of [`hot_op`]: what every socket read and write of a connection is.
+trait HotOp: Future<Output = (Back, Input)> {}
+impl<F: Future<Output = (Back, Input)>> HotOp for F {}
 
 /// The byte streams a connection reads and writes as such, by index: the client's
 /// socket, and a CONNECT tunnel's connection.
@@ -42,23 +48,119 @@ enum Back {
     Nothing,
 }
 
-/// A backend socket of this connection: idle in `stream`, or held by `op`.
-#[derive(Default)]
-struct Backend<'a> {
+/// A socket read or write: the operations every request makes, run in [`Slot`]s.
+enum Job {
+    /// Read from stream `side` into the spare room of `buf`.
+    Read {
+        side: usize,
+        half: OwnedReadHalf<TcpStream>,
+        buf: Vec<u8>,
+        done: fn(Vec<u8>, io::Result<usize>) -> Input,
+    },
+    /// Write all of `bytes` to stream `side`.
+    Write {
+        side: usize,
+        half: OwnedWriteHalf<TcpStream>,
+        bytes: Vec<u8>,
+        done: fn(Vec<u8>, io::Result<()>) -> Input,
+    },
+    /// Shut stream `side`'s write side.
+    Shutdown {
+        side: usize,
+        half: OwnedWriteHalf<TcpStream>,
+        done: fn(io::Result<()>) -> Input,
+    },
+    ReadBackend(BackendId, TcpStream, Vec<u8>),
+    WriteBackend(BackendId, TcpStream, Vec<u8>),
+}
+
+async fn hot_op(job: Job) -> (Back, Input) {
+    match job {
+        Job::Read { side, mut half, buf, done } => {
+            let (len, cap) = (buf.len(), buf.capacity());
+            let (res, slice) = half.read(buf.slice_mut(len..cap)).await;
+            (Back::Reader(side, half), done(slice.into_inner(), res))
+        }
+        Job::Write { side, mut half, bytes, done } => {
+            let (res, bytes) = half.write_all(bytes).await;
+            (Back::Writer(side, half), done(bytes, res.map(drop)))
+        }
+        Job::Shutdown { side, mut half, done } => {
+            let res = half.shutdown().await;
+            (Back::Writer(side, half), done(res))
+        }
+        Job::ReadBackend(id, mut s, buf) => {
+            let (len, cap) = (buf.len(), buf.capacity());
+            let (res, slice) = s.read(buf.slice_mut(len..cap)).await;
+            (Back::Backend(id, s), Input::BackendRead(id, slice.into_inner(), res))
+        }
+        Job::WriteBackend(id, mut s, bytes) => {
+            let (res, bytes) = s.write_all(bytes).await;
+            (Back::Backend(id, s), Input::BackendWritten(id, bytes, res.map(drop)))
+        }
+    }
+}
+
+/// Where one socket's reads (or writes) run, one at a time: the operation's future is
+/// made in place in a box the slot keeps, so a kept-alive connection's reads and
+/// writes allocate nothing after its first. (A box per operation cost a malloc and a
+/// free each, five per no-op request.) `F` is [`hot_op`]'s future, whose type has no
+/// name: the slot is generic over it and learns it from `make`.
+struct Slot<F> {
+    op: Option<Pin<Box<Option<F>>>>,
+    make: fn(Job) -> F,
+}
+
+impl<F: HotOp> Slot<F> {
+    fn new(make: fn(Job) -> F) -> Self {
+        Slot { op: None, make }
+    }
+
+    fn start(&mut self, job: Job) {
+        let fut = (self.make)(job);
+        match &mut self.op {
+            Some(op) => op.set(Some(fut)),
+            None => self.op = Some(Box::pin(Some(fut))),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(Back, Input)> {
+        let Some(op) = &mut self.op else { return Poll::Pending };
+        let Some(fut) = op.as_mut().as_pin_mut() else { return Poll::Pending };
+        let done = std::task::ready!(fut.poll(cx));
+        op.set(None);
+        Poll::Ready(done)
+    }
+
+    /// Gives the box back when no operation is in it (an idle connection holds none).
+    fn shed(&mut self) {
+        if self.op.as_ref().is_some_and(|op| op.is_none()) {
+            self.op = None;
+        }
+    }
+}
+
+/// A backend socket of this connection: idle in `stream`, held by a read or write in
+/// `io`, or being opened (or looked up) in `op`.
+struct Backend<'a, F> {
     stream: Option<TcpStream>,
     op: Option<Op<'a>>,
+    io: Slot<F>,
 }
 
 /// The operations under way on one connection's sockets.
-#[derive(Default)]
-struct Ops<'a> {
+struct Ops<'a, F> {
     /// The client's and the tunnel's halves at rest ([`CLIENT`], [`TUNNEL`]), and
-    /// the read and the write out on each (a tunnel opening holds its write).
+    /// the read and the write out on each.
     readers: [Option<OwnedReadHalf<TcpStream>>; 2],
     writers: [Option<OwnedWriteHalf<TcpStream>>; 2],
-    reads: [Option<Op<'a>>; 2],
-    writes: [Option<Op<'a>>; 2],
-    backends: Vec<Backend<'a>>,
+    reads: [Slot<F>; 2],
+    writes: [Slot<F>; 2],
+    /// The wait for an idle client to send (boxed: every slot's box is given back
+    /// meanwhile), and the tunnel's connection being opened.
+    awaiting: Option<Op<'a>>,
+    opening: Option<Op<'a>>,
+    backends: Vec<Backend<'a, F>>,
     /// The sockets' descriptors (kept open by their halves), for splicing.
     client_fd: RawFd,
     tunnel_fd: Option<RawFd>,
@@ -77,10 +179,34 @@ struct Ops<'a> {
     armed: Option<Instant>,
 }
 
-impl<'a> Ops<'a> {
-    fn backend(&mut self, id: BackendId) -> &mut Backend<'a> {
+impl<'a, F: HotOp> Ops<'a, F> {
+    fn new(client: TcpStream, make: fn(Job) -> F) -> Self {
+        let client_fd = client.as_raw_fd();
+        let (reader, writer) = client.into_split();
+        Ops {
+            readers: [Some(reader), None],
+            writers: [Some(writer), None],
+            reads: [Slot::new(make), Slot::new(make)],
+            writes: [Slot::new(make), Slot::new(make)],
+            awaiting: None,
+            opening: None,
+            backends: Vec::new(),
+            client_fd,
+            tunnel_fd: None,
+            splicer: None,
+            pipes: [None, None],
+            splices: [None, None],
+            gather: None,
+            at_once: None,
+            timer: None,
+            armed: None,
+        }
+    }
+
+    fn backend(&mut self, id: BackendId) -> &mut Backend<'a, F> {
         if self.backends.len() <= id {
-            self.backends.resize_with(id + 1, Backend::default);
+            let make = self.reads[CLIENT].make;
+            self.backends.resize_with(id + 1, || Backend { stream: None, op: None, io: Slot::new(make) });
         }
         &mut self.backends[id]
     }
@@ -109,11 +235,21 @@ impl<'a> Ops<'a> {
         stop: Option<Pin<&mut impl Future<Output = ()>>>,
     ) -> Poll<(Back, Input)> {
         let ([read, tunnel_read], [write, tunnel_write]) = (&mut self.reads, &mut self.writes);
+        for slot in [read, write, tunnel_read, tunnel_write] {
+            if let Poll::Ready(done) = slot.poll(cx) {
+                return Poll::Ready(done);
+            }
+        }
+        for backend in &mut self.backends {
+            if let Poll::Ready(done) = backend.io.poll(cx) {
+                return Poll::Ready(done);
+            }
+        }
         let [up, down] = &mut self.splices;
-        let ops = [read, write, tunnel_read, tunnel_write, up, down, &mut self.gather]
+        let rare = [&mut self.awaiting, &mut self.opening, up, down, &mut self.gather]
             .into_iter()
             .chain(self.backends.iter_mut().map(|b| &mut b.op));
-        for op in ops {
+        for op in rare {
             if let Some(Poll::Ready(done)) = op.as_mut().map(|fut| fut.as_mut().poll(cx)) {
                 *op = None;
                 return Poll::Ready(done);
@@ -157,28 +293,27 @@ impl<'a> Ops<'a> {
     /// Reads from `side` into `buf`; `done` makes the input (at once when the half is
     /// out: the connection never asks for that).
     fn read(&mut self, side: usize, buf: Vec<u8>, done: fn(Vec<u8>, io::Result<usize>) -> Input) {
-        let Some(mut r) = self.readers[side].take() else { return self.at_once = Some(done(buf, Err(gone()))) };
-        self.reads[side] = Some(Box::pin(async move {
-            let (len, cap) = (buf.len(), buf.capacity());
-            let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
-            (Back::Reader(side, r), done(slice.into_inner(), res))
-        }));
+        let Some(half) = self.readers[side].take() else { return self.at_once = Some(done(buf, Err(gone()))) };
+        self.reads[side].start(Job::Read { side, half, buf, done });
     }
 
     /// Waits until the client socket is readable, holding no buffer. monoio waits on a
     /// whole stream, so the halves are put together for the wait (no write or shutdown
     /// is out then: core gives none while it waits) and split again after. Either half
     /// out (never the case with core): ready at once, both halves left where they are,
-    /// and core's read goes ahead as usual.
+    /// and core's read goes ahead as usual. The slots' boxes are given back while the
+    /// client is idle.
     fn await_client(&mut self) {
         match (self.readers[CLIENT].take(), self.writers[CLIENT].take()) {
             (Some(r), Some(w)) => match r.reunite(w) {
                 Ok(stream) => {
-                    self.reads[CLIENT] = Some(Box::pin(async move {
+                    self.awaiting = Some(Box::pin(async move {
                         let res = stream.readable(false).await;
                         let (r, w) = stream.into_split();
                         (Back::Client(r, w), Input::ClientReady(res))
                     }));
+                    self.reads.iter_mut().chain(&mut self.writes).for_each(Slot::shed);
+                    self.backends.iter_mut().for_each(|b| b.io.shed());
                 }
                 Err(halves) => {
                     (self.readers[CLIENT], self.writers[CLIENT]) = (Some(halves.0), Some(halves.1));
@@ -194,20 +329,14 @@ impl<'a> Ops<'a> {
 
     /// Writes all of `bytes` to `side` (as [`Ops::read`]).
     fn write(&mut self, side: usize, bytes: Vec<u8>, done: fn(Vec<u8>, io::Result<()>) -> Input) {
-        let Some(mut w) = self.writers[side].take() else { return self.at_once = Some(done(bytes, Err(gone()))) };
-        self.writes[side] = Some(Box::pin(async move {
-            let (res, bytes) = w.write_all(bytes).await;
-            (Back::Writer(side, w), done(bytes, res.map(drop)))
-        }));
+        let Some(half) = self.writers[side].take() else { return self.at_once = Some(done(bytes, Err(gone()))) };
+        self.writes[side].start(Job::Write { side, half, bytes, done });
     }
 
     /// Shuts `side`'s write side (as [`Ops::read`]).
     fn shutdown(&mut self, side: usize, done: fn(io::Result<()>) -> Input) {
-        let Some(mut w) = self.writers[side].take() else { return self.at_once = Some(done(Err(gone()))) };
-        self.writes[side] = Some(Box::pin(async move {
-            let res = w.shutdown().await;
-            (Back::Writer(side, w), done(res))
-        }));
+        let Some(half) = self.writers[side].take() else { return self.at_once = Some(done(Err(gone()))) };
+        self.writes[side].start(Job::Shutdown { side, half, done });
     }
 
     fn give_back(&mut self, back: Back) {
@@ -268,9 +397,7 @@ async fn serve_counted(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, li
         conn.set_ends(sluice_core::request::Ends { peer, local });
     }
     conn.splice_tunnels(true);
-    let client_fd = stream.as_raw_fd();
-    let (reader, writer) = stream.into_split();
-    let mut ops = Ops { readers: [Some(reader), None], writers: [Some(writer), None], client_fd, ..Ops::default() };
+    let mut ops = Ops::new(stream, hot_op);
     loop {
         while let Some(output) = conn.poll() {
             if !start(&shard, &plan, &mut ops, output, &mut conn) {
@@ -286,10 +413,10 @@ async fn serve_counted(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, li
 }
 
 /// Starts what the connection asked for. `false`: the connection is over.
-fn start<'a>(
+fn start<'a, F: HotOp>(
     shard: &'a Rc<Shard>,
     plan: &sluice_core::serve::Plan,
-    ops: &mut Ops<'a>,
+    ops: &mut Ops<'a, F>,
     output: Output<'a>,
     conn: &mut Connection<'_>,
 ) -> bool {
@@ -303,37 +430,52 @@ fn start<'a>(
         Output::ShutdownTunnel => ops.shutdown(TUNNEL, Input::TunnelShutdown),
         Output::Connect { id, pool_key, pooled, addr } => {
             let idle = if pooled { shard.pool.take(&pool_key) } else { None };
-            let op: Option<Op<'a>> = match (idle, addr) {
+            let (stream, op): (_, Option<Op<'a>>) = match (idle, addr) {
                 (Some((s, session)), _) => {
-                    Some(Box::pin(async move { (Back::Backend(id, s), Input::Connected(id, Some(session))) }))
+                    ops.at_once = Some(Input::Connected(id, Some(session)));
+                    (Some(s), None)
                 }
-                (None, Some(addr)) => Some(Box::pin(async move {
-                    match crate::backend::dial(addr).await {
-                        Ok(s) => (Back::Backend(id, s), Input::Connected(id, None)),
-                        Err(e) => (Back::Nothing, Input::ConnectFailed(id, e)),
-                    }
-                })),
+                (None, Some(addr)) => (
+                    None,
+                    Some(Box::pin(async move {
+                        match crate::backend::dial(addr).await {
+                            Ok(s) => (Back::Backend(id, s), Input::Connected(id, None)),
+                            Err(e) => (Back::Nothing, Input::ConnectFailed(id, e)),
+                        }
+                    })),
+                ),
                 (None, None) => {
                     ops.at_once = Some(Input::NoIdle(id));
-                    None
+                    (None, None)
                 }
             };
-            *ops.backend(id) = Backend { stream: None, op };
+            let backend = ops.backend(id);
+            (backend.stream, backend.op) = (stream, op);
         }
-        Output::ReadBackend { id, buf } => match ops.backend(id).stream.take() {
-            Some(s) => ops.backend(id).op = Some(Box::pin(read_backend(id, s, buf))),
-            None => ops.at_once = Some(Input::BackendRead(id, buf, Err(gone()))),
-        },
-        Output::WriteBackend { id, bytes } => match ops.backend(id).stream.take() {
-            Some(s) => ops.backend(id).op = Some(Box::pin(write_backend(id, s, bytes))),
-            None => ops.at_once = Some(Input::BackendWritten(id, bytes, Err(gone()))),
-        },
+        Output::ReadBackend { id, buf } => {
+            let backend = ops.backend(id);
+            match backend.stream.take() {
+                Some(s) => backend.io.start(Job::ReadBackend(id, s, buf)),
+                None => ops.at_once = Some(Input::BackendRead(id, buf, Err(gone()))),
+            }
+        }
+        Output::WriteBackend { id, bytes } => {
+            let backend = ops.backend(id);
+            match backend.stream.take() {
+                Some(s) => backend.io.start(Job::WriteBackend(id, s, bytes)),
+                None => ops.at_once = Some(Input::BackendWritten(id, bytes, Err(gone()))),
+            }
+        }
         Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = ops.backend(id).stream.take() {
                 shard.pool.put(&pool_key, s, session);
             }
         }
-        Output::CloseBackend { id } => *ops.backend(id) = Backend::default(),
+        Output::CloseBackend { id } => {
+            let backend = ops.backend(id);
+            (backend.stream, backend.op) = (None, None);
+            backend.io.op = None;
+        }
         Output::Resolve { id, name } => {
             ops.backend(id).op =
                 Some(Box::pin(async move { (Back::Nothing, Input::Resolved(id, shard.pool.resolve(&name).await)) }));
@@ -343,7 +485,7 @@ fn start<'a>(
                 Some(Box::pin(async move { (Back::Nothing, Input::Discovered(id, shard.pool.discover(name).await)) }));
         }
         Output::OpenTunnel { addr } => {
-            ops.writes[TUNNEL] = Some(Box::pin(async move {
+            ops.opening = Some(Box::pin(async move {
                 match crate::backend::dial(addr).await {
                     Ok(s) => (Back::Tunnel(s), Input::TunnelOpened(Ok(()))),
                     Err(e) => (Back::Nothing, Input::TunnelOpened(Err(e))),
@@ -374,17 +516,6 @@ fn start<'a>(
 /// A socket asked for while an operation holds it (the connection never does that).
 fn gone() -> io::Error {
     io::ErrorKind::NotConnected.into()
-}
-
-async fn read_backend(id: BackendId, mut s: TcpStream, buf: Vec<u8>) -> (Back, Input) {
-    let (len, cap) = (buf.len(), buf.capacity());
-    let (res, slice) = s.read(buf.slice_mut(len..cap)).await;
-    (Back::Backend(id, s), Input::BackendRead(id, slice.into_inner(), res))
-}
-
-async fn write_backend(id: BackendId, mut s: TcpStream, bytes: Vec<u8>) -> (Back, Input) {
-    let (res, bytes) = s.write_all(bytes).await;
-    (Back::Backend(id, s), Input::BackendWritten(id, bytes, res.map(drop)))
 }
 
 /// The kernel pipe a spliced direction moves its bytes through.
