@@ -55,15 +55,49 @@ pub(crate) fn fetch(req: &FetchRequest, env: &Environment) -> Result<Vec<u8>, St
     server.join();
     let (status, body) = answer.map_err(|e| format!("cannot fetch {url}: {e}"))?;
     if status != 200 {
-        let why = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
-        let why = match status {
-            300..=399 => " (a redirect, not followed: name the URL it leads to)".to_string(),
-            _ if why.is_empty() => String::new(),
-            _ => format!(" ({why})"),
+        let why = match (status, shown(&body)) {
+            (300..=399, _) => " (a redirect, not followed: name the URL it leads to)".to_string(),
+            (_, None) => String::new(),
+            (_, Some(text)) => format!(" ({text})"),
         };
         return Err(format!("cannot fetch {url}: it answered {status}{why}"));
     }
     Ok(body)
+}
+
+/// The most of an answer's body a message shows.
+const SHOWN: usize = 200;
+
+/// An answer's body (a key set server's, a collector's, or the loopback gateway's
+/// reason) as a log line or an error shows it: its first 200 bytes, trimmed, quoted
+/// and escaped as `{:?}` writes a string, as other messages quote a peer's text (a
+/// line break, a control character, a quote show escaped: they cannot end the line
+/// or forge another), a byte that is not UTF-8 as `\xNN`, with `...` after it when
+/// cut. `None` when there is nothing to show.
+pub(crate) fn shown(body: &[u8]) -> Option<String> {
+    let text = body[..body.len().min(SHOWN)].trim_ascii();
+    if text.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    out.push('"');
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                // As `{:?}` writes a string: a single quote as it is.
+                '\'' => out.push(c),
+                c => out.extend(c.escape_debug()),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    if body.len() > SHOWN {
+        out.push_str("...");
+    }
+    Some(out)
 }
 
 /// Serves `config` on a loopback port with one tokio worker and no admin listener:
@@ -195,5 +229,17 @@ mod tests {
         assert!(split_url("https://user:pw@x/y").is_err());
         assert!(split_url("/relative").is_err());
         assert!(split_url("https://x/{a}").is_err());
+    }
+
+    #[test]
+    fn a_body_is_shown_escaped_and_bounded() {
+        assert_eq!(shown(b" \r\n"), None);
+        assert_eq!(shown(b"no such key\n").as_deref(), Some(r#""no such key""#));
+        assert_eq!(
+            shown(b"bad\nWARN forged \"line\" it's\x1b[31m\xff\xc3\xa9").as_deref(),
+            Some(r#""bad\nWARN forged \"line\" it's\u{1b}[31m\xffé""#)
+        );
+        let long = [b'x'; 300];
+        assert_eq!(shown(&long), Some(format!("\"{}\"...", "x".repeat(200))));
     }
 }

@@ -167,8 +167,7 @@ impl Client {
             results.push(match crate::fetch::ask(self.at, &request, timeout) {
                 Ok((status, _)) if (200..300).contains(&status) => Ok(()),
                 Ok((status, answer)) => {
-                    let why = String::from_utf8_lossy(&answer[..answer.len().min(200)]).trim().to_string();
-                    let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+                    let why = crate::fetch::shown(&answer).map(|text| format!(" ({text})")).unwrap_or_default();
                     Err(format!("{name}: answered {status}{why}"))
                 }
                 Err(e) => Err(format!("{name}: {e}")),

@@ -139,7 +139,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
                 "layers": {{"global": {{"traces_static_attributes": [{{"key": "team", "value": "edge"}}]}}}}}},
             "sluice/admin": {{"port": 0}}}},
           "endpoints": [
-            {{"endpoint": "/agg/{{id}}", "input_headers": ["*"],
+            {{"endpoint": "/agg/{{id}}", "input_headers": ["*"], "input_query_strings": ["q"],
               "extra_config": {{"telemetry/opentelemetry": {{"global": {{"traces_static_attributes": [{{"key": "ep", "value": "agg"}}]}}}}}},
               "backend": [
                 {{"host": ["{b}"], "url_pattern": "/users/{{id}}"}},
@@ -195,7 +195,7 @@ fn traces_reach_the_collector(runtime: &[&str]) {
     assert_eq!(server["parent"], CLIENT_SPAN);
     assert_eq!(server["status"], serde_json::json!([1, ""]));
     let expected = serde_json::json!({
-        "krakend.stage": "global", "team": "edge", "ep": "agg", "url.full": "/agg/7?q=1", "server.address": "localhost",
+        "krakend.stage": "global", "team": "edge", "ep": "agg", "url.full": "/agg/7", "server.address": "localhost",
         "http.request.method": "GET", "http.request.body.size": 0, "client.address": "127.0.0.1",
         "http.route": "/agg/:id", "http.response.status_code": 200, "http.response.body.size": body_len,
     });
@@ -267,10 +267,12 @@ fn traces_reach_the_collector(runtime: &[&str]) {
                 "http.request.body.size": 0, "sluice.retries": 0, "sluice.redirects": 0})
         )
     );
-    // The backend got its call's context in place of the client's (passed by "*").
+    // The backend got its call's context in place of the client's (passed by "*"),
+    // and the query, which no url.full carries (it may hold secrets).
     let seen = backend.requests();
     assert_eq!(seen.len(), 1);
     let head = &seen[0].head;
+    assert!(head.starts_with("GET /users/7?q=1 HTTP/1.1\r\n"), "{head}");
     assert_eq!(field(head, "traceparent"), Some(format!("00-{CLIENT_TRACE}-{}-01", ok_call["id"].as_str().unwrap())));
     assert_eq!(field(head, "tracestate").as_deref(), Some("a=1,b=2"));
     assert_eq!(head.to_ascii_lowercase().matches("traceparent:").count(), 1, "{head}");
@@ -422,4 +424,46 @@ fn a_collector_down_costs_no_request() {
     assert_eq!(log.iter().filter(|l| l.contains("\"GET /a\" 200 ")).count(), 3, "{log:#?}");
     assert!(!log.iter().any(|l| l.contains("\"POST /") || l.contains("backend 0 of")), "{log:#?}");
     assert!(log.iter().any(|l| l.contains("traces to gone (http://127.0.0.1:1/v1/traces)")), "{log:#?}");
+}
+
+/// A collector that refuses with a body: the line that says so shows the body quoted
+/// and escaped, and at most 200 bytes of it (a line break in it cannot forge a line).
+#[test]
+fn a_collector_s_answer_is_shown_escaped() {
+    let filler = "x".repeat(300);
+    let body = format!("bad\nWARN forged \"line\"\x1b[31m{filler}");
+    let answer =
+        format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let collector = Backend::start(move |_| Reply::Raw(answer.clone().into_bytes()));
+    let backend = Backend::start(|_| Reply::Json(r#"{"a":1}"#.into()));
+    let dir = Scratch::new("traces-refused");
+    let file = dir.0.join("krakend.json");
+    let config = format!(
+        r#"{{"version": 3, "extra_config": {{
+            "telemetry/opentelemetry": {{"exporters": {{"otlp": [{{"name": "picky", "host": "127.0.0.1",
+                "port": {}, "use_http": true, "disable_metrics": true}}]}}}},
+            "sluice/admin": {{"port": 0}}}},
+          "endpoints": [{{"endpoint": "/a", "backend": [{{"host": ["{}"], "url_pattern": "/"}}]}}]}}"#,
+        collector.addr.port(),
+        backend.url()
+    );
+    std::fs::write(&file, config).unwrap();
+    let (mut child, port, admin, log) = start(&file, &["-p", "0", "--shards", "1"]);
+    assert_eq!(get_once(port, "/a", "").status, 200);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !get_once(admin, "/stats", "").text().contains("tracing.spans_export_failed: 4\n") {
+        assert!(Instant::now() < end, "{}", get_once(admin, "/stats", "").text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(exit_code(&mut child), Some(0));
+    std::thread::sleep(Duration::from_millis(100));
+    let log = log.lock().unwrap().clone();
+    let said: Vec<&String> = log.iter().filter(|l| l.contains("spans not exported")).collect();
+    assert_eq!(said.len(), 1, "{log:#?}");
+    // 200 bytes of the body: its first 27, and 173 of the filler.
+    let shown = format!(r#"picky: answered 400 ("bad\nWARN forged \"line\"\u{{1b}}[31m{}"...)"#, &filler[..173]);
+    assert!(said[0].ends_with(&shown), "{}\n{shown}", said[0]);
+    assert!(!log.iter().any(|l| l.starts_with("WARN forged")), "{log:#?}");
+    assert_eq!(collector.requests().len(), 1);
 }

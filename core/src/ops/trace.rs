@@ -548,6 +548,7 @@ pub struct BackendTrace {
 pub struct Incoming<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// Not on the span (`url.full` is the path alone, as in the access line).
     pub query: Option<&'a str>,
     pub host: Option<&'a [u8]>,
     pub user_agent: Option<&'a [u8]>,
@@ -590,11 +591,9 @@ impl Tracer {
         if server.is_some() {
             attributes.push(attr("krakend.stage", Value::Str("global".into())));
             attributes.extend(attrs(&s.global.attributes));
-            let url = match head.query {
-                Some(q) => format!("{}?{q}", head.path),
-                None => head.path.to_string(),
-            };
-            attributes.push(attr("url.full", Value::Str(url)));
+            // The path alone, as the access line has it: a query string may carry
+            // secrets (KrakenD users pass keys in them).
+            attributes.push(attr("url.full", Value::Str(head.path.to_string())));
             if let Some(host) = head.host {
                 attributes.push(attr("server.address", text(host)));
             }
@@ -801,12 +800,16 @@ impl<'g> ExchangeTrace<'g> {
     }
 
     /// Backend `i`'s call went out at `now` to `url` (`authority`: its `Host`), with
-    /// a body of `length` bytes when known.
-    pub fn sent(&mut self, i: usize, now: Instant, url: String, authority: &str, length: Option<u64>) {
+    /// a body of `length` bytes when known. The span's `url.full` is `url` without its
+    /// query, as the server span's (a query string may carry secrets).
+    pub fn sent(&mut self, i: usize, now: Instant, mut url: String, authority: &str, length: Option<u64>) {
         self.at(now);
         if let Some(c) = self.calls.get_mut(i)
             && c.sent.is_none()
         {
+            if let Some(q) = url.find('?') {
+                url.truncate(q);
+            }
             c.sent = Some((now, url, authority.to_string(), length));
         }
     }
@@ -1082,6 +1085,40 @@ mod tests {
         assert_eq!((spans[0].name.as_str(), spans[0].kind), ("/gone", Kind::Server));
         assert!(matches!(&spans[0].status, Status::Error(why) if why.starts_with("the answer was not written")));
         assert!(spans[0].attributes.contains(&attr("http.response.status_code", Value::Int(499))));
+    }
+
+    /// `url.full` is a path without its query, on the gateway's span and on a call's:
+    /// a query string may carry secrets, and the access line drops it too.
+    #[test]
+    fn url_full_has_no_query() {
+        let now = (Instant::now(), SystemTime::now());
+        let tracer = Tracer { settings: settings(1.0), endpoints: Vec::new(), spans: Arc::default() };
+        let head = Incoming { query: Some("key=secret"), ..incoming("/a", None) };
+        let t = tracer.start(&head, now).unwrap();
+        let ctx = t.context();
+        t.finish(200, 0, Instant::now());
+        let plan = EndpointTrace {
+            skip: false,
+            route: "/a".into(),
+            server_attributes: Vec::new(),
+            method: "GET".into(),
+            proxy: ProxyLayer { traces: false, attributes: Vec::new() },
+            backends: vec![BackendTrace {
+                route: "/b".into(),
+                method: "GET".into(),
+                layer: BackendLayer { stage: false, round_trip: true, attributes: Vec::new() },
+            }],
+        };
+        let mut x = ExchangeTrace::new(ctx, &plan, now).unwrap();
+        x.sent(0, Instant::now(), "http://api:8080/b?token=secret&x=1".into(), "api:8080", Some(0));
+        x.ended(0, Instant::now(), Ended::Answered(200, Some(2)));
+        let spans = tracer.spans.take(9);
+        let url = |kind: Kind| {
+            let span = spans.iter().find(|s| s.kind == kind).unwrap();
+            span.attributes.iter().find(|(k, _)| k == "url.full").map(|(_, v)| v.clone())
+        };
+        assert_eq!(url(Kind::Server), Some(Value::Str("/a".into())));
+        assert_eq!(url(Kind::Client), Some(Value::Str("http://api:8080/b".into())));
     }
 
     #[test]
