@@ -138,3 +138,123 @@ pub enum Input {
 /// ([`Input::Connected`]); `Session::default()` is a plain connection's.
 #[derive(Debug, Default)]
 pub struct Session(pub(crate) Option<Box<TlsLink>>);
+
+/// A home a driver keeps for one kind of operation of a connection (its client reads,
+/// its writes to one backend), run one at a time: each operation's future, made by
+/// `make` from its job `J`, is set in place in a box the slot keeps. So a kept-alive
+/// connection's reads and writes allocate nothing after the first, where boxing each
+/// operation's future cost a malloc and a free (five per no-op request). `F` is the
+/// future of one async fn, whose type has no name: the slot learns it from `make`.
+/// [`Slot::shed`] gives the box back while the connection is idle.
+pub struct Slot<J, F> {
+    op: Option<std::pin::Pin<Box<Option<F>>>>,
+    make: fn(J) -> F,
+}
+
+impl<J, F> std::fmt::Debug for Slot<J, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.op {
+            None => "empty",
+            Some(op) if op.is_none() => "kept",
+            Some(_) => "busy",
+        };
+        f.debug_struct("Slot").field("op", &state).finish()
+    }
+}
+
+impl<J, F: std::future::Future> Slot<J, F> {
+    pub fn new(make: fn(J) -> F) -> Self {
+        Slot { op: None, make }
+    }
+
+    /// The maker, for more slots of the same kind.
+    pub fn maker(&self) -> fn(J) -> F {
+        self.make
+    }
+
+    /// Starts `job`, dropping (cancelling) an operation still in the slot.
+    pub fn start(&mut self, job: J) {
+        let fut = (self.make)(job);
+        match &mut self.op {
+            Some(op) => op.set(Some(fut)),
+            None => self.op = Some(Box::pin(Some(fut))),
+        }
+    }
+
+    /// The operation's end, once: pending while none is under way.
+    pub fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let Some(op) = &mut self.op else { return std::task::Poll::Pending };
+        let Some(fut) = op.as_mut().as_pin_mut() else { return std::task::Poll::Pending };
+        let done = std::task::ready!(fut.poll(cx));
+        op.set(None);
+        std::task::Poll::Ready(done)
+    }
+
+    /// Drops the operation under way, keeping the box.
+    pub fn cancel(&mut self) {
+        if let Some(op) = &mut self.op {
+            op.set(None);
+        }
+    }
+
+    /// Gives the box back when no operation is in it.
+    pub fn shed(&mut self) {
+        if self.op.as_ref().is_some_and(|op| op.is_none()) {
+            self.op = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::Slot;
+
+    /// A job: the value to give, and a counter its future bumps when dropped.
+    struct Job(u32, Rc<Cell<u32>>);
+
+    struct Dropped(Rc<Cell<u32>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    /// Pending on its first poll, ready with the job's value on the second.
+    async fn op(Job(value, drops): Job) -> u32 {
+        let _guard = Dropped(drops);
+        let mut first = true;
+        std::future::poll_fn(|_| if std::mem::take(&mut first) { Poll::Pending } else { Poll::Ready(()) }).await;
+        value
+    }
+
+    #[test]
+    fn a_slot_runs_one_operation_at_a_time_and_keeps_its_box() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let drops = Rc::new(Cell::new(0));
+        let mut slot = Slot::new(op);
+        assert_eq!(slot.poll(&mut cx), Poll::Pending, "nothing under way");
+        slot.start(Job(7, drops.clone()));
+        assert_eq!(format!("{slot:?}"), r#"Slot { op: "busy" }"#);
+        assert_eq!(slot.poll(&mut cx), Poll::Pending);
+        assert_eq!(slot.poll(&mut cx), Poll::Ready(7));
+        assert_eq!(drops.get(), 1, "the finished future is dropped at once");
+        assert_eq!(slot.poll(&mut cx), Poll::Pending, "an end is given once");
+        assert_eq!(format!("{slot:?}"), r#"Slot { op: "kept" }"#);
+        // The next operation goes into the same box.
+        slot.start(Job(8, drops.clone()));
+        assert_eq!(slot.poll(&mut cx), Poll::Pending);
+        slot.shed();
+        assert_eq!(format!("{slot:?}"), r#"Slot { op: "busy" }"#, "a busy slot keeps its box");
+        slot.cancel();
+        assert_eq!(drops.get(), 2, "cancelling drops the future");
+        assert_eq!(slot.poll(&mut cx), Poll::Pending);
+        slot.shed();
+        assert_eq!(format!("{slot:?}"), r#"Slot { op: "empty" }"#);
+        slot.start(Job(9, drops.clone()));
+        assert_eq!((slot.poll(&mut cx), slot.poll(&mut cx)), (Poll::Pending, Poll::Ready(9)));
+    }
+}

@@ -28,6 +28,9 @@ type Op<'a> = Pin<Box<dyn Future<Output = (Back, Input)> + 'a>>;
 trait HotOp: Future<Output = (Back, Input)> {}
 impl<F: Future<Output = (Back, Input)>> HotOp for F {}
 
+/// Where one socket's reads (or writes) run, one at a time, without a box each.
+type Slot<F> = sluice_core::io::Slot<Job, F>;
+
 /// The byte streams a connection reads and writes as such, by index: the client's
 /// socket, and a CONNECT tunnel's connection.
 const CLIENT: usize = 0;
@@ -48,7 +51,8 @@ enum Back {
     Nothing,
 }
 
-/// A socket read or write: the operations every request makes, run in [`Slot`]s.
+/// A socket read or write: the operations every request makes, run in [`Slot`]s (a
+/// box per operation cost a malloc and a free each, five per no-op request).
 enum Job {
     /// Read from stream `side` into the spare room of `buf`.
     Read {
@@ -97,45 +101,6 @@ async fn hot_op(job: Job) -> (Back, Input) {
         Job::WriteBackend(id, mut s, bytes) => {
             let (res, bytes) = s.write_all(bytes).await;
             (Back::Backend(id, s), Input::BackendWritten(id, bytes, res.map(drop)))
-        }
-    }
-}
-
-/// Where one socket's reads (or writes) run, one at a time: the operation's future is
-/// made in place in a box the slot keeps, so a kept-alive connection's reads and
-/// writes allocate nothing after its first. (A box per operation cost a malloc and a
-/// free each, five per no-op request.) `F` is [`hot_op`]'s future, whose type has no
-/// name: the slot is generic over it and learns it from `make`.
-struct Slot<F> {
-    op: Option<Pin<Box<Option<F>>>>,
-    make: fn(Job) -> F,
-}
-
-impl<F: HotOp> Slot<F> {
-    fn new(make: fn(Job) -> F) -> Self {
-        Slot { op: None, make }
-    }
-
-    fn start(&mut self, job: Job) {
-        let fut = (self.make)(job);
-        match &mut self.op {
-            Some(op) => op.set(Some(fut)),
-            None => self.op = Some(Box::pin(Some(fut))),
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(Back, Input)> {
-        let Some(op) = &mut self.op else { return Poll::Pending };
-        let Some(fut) = op.as_mut().as_pin_mut() else { return Poll::Pending };
-        let done = std::task::ready!(fut.poll(cx));
-        op.set(None);
-        Poll::Ready(done)
-    }
-
-    /// Gives the box back when no operation is in it (an idle connection holds none).
-    fn shed(&mut self) {
-        if self.op.as_ref().is_some_and(|op| op.is_none()) {
-            self.op = None;
         }
     }
 }
@@ -205,7 +170,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
 
     fn backend(&mut self, id: BackendId) -> &mut Backend<'a, F> {
         if self.backends.len() <= id {
-            let make = self.reads[CLIENT].make;
+            let make = self.reads[CLIENT].maker();
             self.backends.resize_with(id + 1, || Backend { stream: None, op: None, io: Slot::new(make) });
         }
         &mut self.backends[id]
@@ -451,6 +416,7 @@ fn start<'a, F: HotOp>(
             };
             let backend = ops.backend(id);
             (backend.stream, backend.op) = (stream, op);
+            backend.io.cancel();
         }
         Output::ReadBackend { id, buf } => {
             let backend = ops.backend(id);
@@ -474,7 +440,7 @@ fn start<'a, F: HotOp>(
         Output::CloseBackend { id } => {
             let backend = ops.backend(id);
             (backend.stream, backend.op) = (None, None);
-            backend.io.op = None;
+            backend.io.cancel();
         }
         Output::Resolve { id, name } => {
             ops.backend(id).op =

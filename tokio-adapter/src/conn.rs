@@ -18,8 +18,66 @@ use tokio::sync::watch;
 
 use crate::Shared;
 
-/// An operation under way; it hands back what it held with what happened.
+/// A rare operation under way (opening a connection, a lookup, a splice, the idle
+/// wait), boxed when started; it hands back what it held with what happened.
 type Task<'s> = Pin<Box<dyn Future<Output = (Held, Input)> + Send + 's>>;
+
+/// A socket read or write: the operations every request makes, run in [`Slot`]s (a
+/// box per operation cost a malloc and a free each, five per no-op request).
+enum Job {
+    ReadClient(OwnedReadHalf, Vec<u8>),
+    WriteClient(OwnedWriteHalf, Vec<u8>),
+    ShutdownClient(OwnedWriteHalf),
+    ReadTunnel(OwnedReadHalf, Vec<u8>),
+    WriteTunnel(OwnedWriteHalf, Vec<u8>),
+    ShutdownTunnel(OwnedWriteHalf),
+    ReadBackend(BackendId, TcpStream, Vec<u8>),
+    WriteBackend(BackendId, TcpStream, Vec<u8>),
+}
+
+async fn hot_op(job: Job) -> (Held, Input) {
+    match job {
+        Job::ReadClient(mut r, mut buf) => {
+            let res = r.read_buf(&mut buf).await;
+            (Held::ClientReader(r), Input::ClientRead(buf, res))
+        }
+        Job::WriteClient(mut w, bytes) => {
+            let res = w.write_all(&bytes).await;
+            (Held::ClientWriter(w), Input::ClientWritten(bytes, res))
+        }
+        Job::ShutdownClient(mut w) => {
+            let res = w.shutdown().await;
+            (Held::ClientWriter(w), Input::ClientShutdown(res))
+        }
+        Job::ReadTunnel(mut r, mut buf) => {
+            let res = r.read_buf(&mut buf).await;
+            (Held::TunnelReader(r), Input::TunnelRead(buf, res))
+        }
+        Job::WriteTunnel(mut w, bytes) => {
+            let res = w.write_all(&bytes).await;
+            (Held::TunnelWriter(w), Input::TunnelWritten(bytes, res))
+        }
+        Job::ShutdownTunnel(mut w) => {
+            let res = w.shutdown().await;
+            (Held::TunnelWriter(w), Input::TunnelShutdown(res))
+        }
+        Job::ReadBackend(id, mut s, mut buf) => {
+            let res = s.read_buf(&mut buf).await;
+            (Held::Upstream(id, s), Input::BackendRead(id, buf, res))
+        }
+        Job::WriteBackend(id, mut s, bytes) => {
+            let res = s.write_all(&bytes).await;
+            (Held::Upstream(id, s), Input::BackendWritten(id, bytes, res))
+        }
+    }
+}
+
+/// The future of [`hot_op`].
+trait HotOp: Future<Output = (Held, Input)> + Send {}
+impl<F: Future<Output = (Held, Input)> + Send> HotOp for F {}
+
+/// Where one socket's reads (or writes) run, one at a time, without a box each.
+type Slot<F> = sluice_core::io::Slot<Job, F>;
 
 /// What an operation held while it ran.
 enum Held {
@@ -36,51 +94,68 @@ enum Held {
     Empty,
 }
 
-/// The connection's sockets, each either at rest or held by its task.
-struct Sockets<'s> {
+/// The connection's sockets, each either at rest or held by its operation.
+struct Sockets<'s, F> {
     reader: Option<OwnedReadHalf>,
     writer: Option<OwnedWriteHalf>,
-    /// Client read, client write.
-    client: [Option<Task<'s>>; 2],
-    /// A CONNECT tunnel's connection: its halves at rest, and its read and write.
+    /// Client read, client write; the wait for an idle client to send (boxed: every
+    /// slot's box is given back meanwhile).
+    client: [Slot<F>; 2],
+    awaiting: Option<Task<'s>>,
+    /// A CONNECT tunnel's connection: its halves at rest, its read and write, and
+    /// its opening.
     tunnel_reader: Option<OwnedReadHalf>,
     tunnel_writer: Option<OwnedWriteHalf>,
-    tunnel: [Option<Task<'s>>; 2],
+    tunnel: [Slot<F>; 2],
+    opening: Option<Task<'s>>,
     /// Splicing the tunnel: each direction's pipe at rest (up, down) once made, or
     /// `Err` when this tunnel cannot be spliced; and each direction's splice.
     #[cfg(target_os = "linux")]
     pipes: Option<Result<[Option<splice::KernelPipe>; 2], ()>>,
     splices: [Option<Task<'s>>; 2],
-    /// By backend id: the socket at rest, and the task holding it.
-    upstream: Vec<(Option<TcpStream>, Option<Task<'s>>)>,
+    /// By backend id: the socket at rest, its read or write, and the task opening
+    /// (or looking up) it.
+    upstream: Vec<Upstream<'s, F>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     deadline: Option<Instant>,
 }
 
-impl<'s> Sockets<'s> {
-    fn upstream(&mut self, id: BackendId) -> &mut (Option<TcpStream>, Option<Task<'s>>) {
+struct Upstream<'s, F> {
+    stream: Option<TcpStream>,
+    io: Slot<F>,
+    task: Option<Task<'s>>,
+}
+
+impl<'s, F: HotOp> Sockets<'s, F> {
+    fn upstream(&mut self, id: BackendId) -> &mut Upstream<'s, F> {
         while self.upstream.len() <= id {
-            self.upstream.push((None, None));
+            let io = Slot::new(self.client[0].maker());
+            self.upstream.push(Upstream { stream: None, io, task: None });
         }
         &mut self.upstream[id]
     }
 
     fn take_upstream(&mut self, id: BackendId) -> Option<TcpStream> {
-        self.upstream(id).0.take()
+        self.upstream(id).stream.take()
     }
 
     fn run_upstream(&mut self, id: BackendId, task: Task<'s>) {
-        self.upstream(id).1 = Some(task);
+        self.upstream(id).task = Some(task);
     }
 
-    /// Whichever comes first: a task's end, the deadline, or `stop` (while not seen).
+    /// Whichever comes first: an operation's end, the deadline, or `stop` (while not
+    /// seen).
     fn next(&mut self, cx: &mut Context<'_>, stop: Option<Pin<&mut impl Future<Output = ()>>>) -> Poll<(Held, Input)> {
-        let tasks = self
-            .client
-            .iter_mut()
-            .chain(self.tunnel.iter_mut())
+        let slots = self.client.iter_mut().chain(&mut self.tunnel).chain(self.upstream.iter_mut().map(|u| &mut u.io));
+        for slot in slots {
+            if let Poll::Ready(done) = slot.poll(cx) {
+                return Poll::Ready(done);
+            }
+        }
+        let tasks = [&mut self.awaiting, &mut self.opening]
+            .into_iter()
             .chain(self.splices.iter_mut())
-            .chain(self.upstream.iter_mut().map(|(_, task)| task));
+            .chain(self.upstream.iter_mut().map(|u| &mut u.task));
         for slot in tasks {
             let Some(task) = slot else { continue };
             if let Poll::Ready(done) = task.as_mut().poll(cx) {
@@ -114,7 +189,7 @@ impl<'s> Sockets<'s> {
         match held {
             Held::ClientReader(r) => self.reader = Some(r),
             Held::ClientWriter(w) => self.writer = Some(w),
-            Held::Upstream(id, s) => self.upstream(id).0 = Some(s),
+            Held::Upstream(id, s) => self.upstream(id).stream = Some(s),
             Held::Tunnel(s) => {
                 let (r, w) = s.into_split();
                 (self.tunnel_reader, self.tunnel_writer) = (Some(r), Some(w));
@@ -163,10 +238,12 @@ pub(crate) async fn serve(
     let mut sockets = Sockets {
         reader: Some(reader),
         writer: Some(writer),
-        client: [None, None],
+        client: [Slot::new(hot_op), Slot::new(hot_op)],
+        awaiting: None,
         tunnel_reader: None,
         tunnel_writer: None,
-        tunnel: [None, None],
+        tunnel: [Slot::new(hot_op), Slot::new(hot_op)],
+        opening: None,
         #[cfg(target_os = "linux")]
         pipes: None,
         splices: [None, None],
@@ -198,91 +275,81 @@ pub(crate) async fn serve(
 /// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
 /// once (nothing idle for a name: [`Input::NoIdle`]; the counters: [`Input::Stats`];
 /// or the socket it needs is busy, never the case with a well-behaved core).
-fn begin<'s>(
+fn begin<'s, F: HotOp>(
     shared: &'s Shared,
     plan: &sluice_core::serve::Plan,
-    sockets: &mut Sockets<'s>,
+    sockets: &mut Sockets<'s, F>,
     output: Output<'s>,
 ) -> Option<Option<Input>> {
     let busy = || io::Error::from(io::ErrorKind::WouldBlock);
     match output {
-        Output::ReadClient(mut buf) => {
-            let Some(mut r) = sockets.reader.take() else { return Some(Some(Input::ClientRead(buf, Err(busy())))) };
-            sockets.client[0] = Some(Box::pin(async move {
-                let res = r.read_buf(&mut buf).await;
-                (Held::ClientReader(r), Input::ClientRead(buf, res))
-            }));
+        Output::ReadClient(buf) => {
+            let Some(r) = sockets.reader.take() else { return Some(Some(Input::ClientRead(buf, Err(busy())))) };
+            sockets.client[0].start(Job::ReadClient(r, buf));
         }
         Output::AwaitClient => {
             let Some(r) = sockets.reader.take() else { return Some(Some(Input::ClientReady(Err(busy())))) };
-            sockets.client[0] = Some(Box::pin(async move {
+            sockets.awaiting = Some(Box::pin(async move {
                 let res = r.readable().await;
                 (Held::ClientReader(r), Input::ClientReady(res))
             }));
+            sockets.client.iter_mut().chain(&mut sockets.tunnel).for_each(Slot::shed);
+            sockets.upstream.iter_mut().for_each(|u| u.io.shed());
         }
         Output::WriteClient(bytes) => {
-            let Some(mut w) = sockets.writer.take() else {
+            let Some(w) = sockets.writer.take() else {
                 return Some(Some(Input::ClientWritten(bytes, Err(busy()))));
             };
-            sockets.client[1] = Some(Box::pin(async move {
-                let res = w.write_all(&bytes).await;
-                (Held::ClientWriter(w), Input::ClientWritten(bytes, res))
-            }));
+            sockets.client[1].start(Job::WriteClient(w, bytes));
         }
         Output::ShutdownClient => {
-            let Some(mut w) = sockets.writer.take() else { return Some(Some(Input::ClientShutdown(Err(busy())))) };
-            sockets.client[1] = Some(Box::pin(async move {
-                let res = w.shutdown().await;
-                (Held::ClientWriter(w), Input::ClientShutdown(res))
-            }));
+            let Some(w) = sockets.writer.take() else { return Some(Some(Input::ClientShutdown(Err(busy())))) };
+            sockets.client[1].start(Job::ShutdownClient(w));
         }
         Output::Connect { id, pool_key, pooled, addr } => {
-            *sockets.upstream(id) = (None, None);
+            let upstream = sockets.upstream(id);
+            (upstream.stream, upstream.task) = (None, None);
+            upstream.io.cancel();
             let idle = if pooled { shared.pool.take(&pool_key) } else { None };
-            let op: Task<'s> = match (idle, addr) {
+            match (idle, addr) {
                 (Some((s, session)), _) => {
-                    Box::pin(async move { (Held::Upstream(id, s), Input::Connected(id, Some(session))) })
+                    sockets.upstream(id).stream = Some(s);
+                    return Some(Some(Input::Connected(id, Some(session))));
                 }
-                (None, Some(addr)) => Box::pin(async move {
-                    match crate::backend::dial(addr).await {
-                        Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
-                        Err(e) => (Held::Empty, Input::ConnectFailed(id, e)),
-                    }
-                }),
+                (None, Some(addr)) => sockets.run_upstream(
+                    id,
+                    Box::pin(async move {
+                        match crate::backend::dial(addr).await {
+                            Ok(s) => (Held::Upstream(id, s), Input::Connected(id, None)),
+                            Err(e) => (Held::Empty, Input::ConnectFailed(id, e)),
+                        }
+                    }),
+                ),
                 (None, None) => return Some(Some(Input::NoIdle(id))),
-            };
-            sockets.run_upstream(id, op);
+            }
         }
-        Output::ReadBackend { id, mut buf } => {
-            let Some(mut s) = sockets.take_upstream(id) else {
+        Output::ReadBackend { id, buf } => {
+            let Some(s) = sockets.take_upstream(id) else {
                 return Some(Some(Input::BackendRead(id, buf, Err(busy()))));
             };
-            sockets.run_upstream(
-                id,
-                Box::pin(async move {
-                    let res = s.read_buf(&mut buf).await;
-                    (Held::Upstream(id, s), Input::BackendRead(id, buf, res))
-                }),
-            );
+            sockets.upstream(id).io.start(Job::ReadBackend(id, s, buf));
         }
         Output::WriteBackend { id, bytes } => {
-            let Some(mut s) = sockets.take_upstream(id) else {
+            let Some(s) = sockets.take_upstream(id) else {
                 return Some(Some(Input::BackendWritten(id, bytes, Err(busy()))));
             };
-            sockets.run_upstream(
-                id,
-                Box::pin(async move {
-                    let res = s.write_all(&bytes).await;
-                    (Held::Upstream(id, s), Input::BackendWritten(id, bytes, res))
-                }),
-            );
+            sockets.upstream(id).io.start(Job::WriteBackend(id, s, bytes));
         }
         Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = sockets.take_upstream(id) {
                 shared.pool.put(&pool_key, s, session);
             }
         }
-        Output::CloseBackend { id } => *sockets.upstream(id) = (None, None),
+        Output::CloseBackend { id } => {
+            let upstream = sockets.upstream(id);
+            (upstream.stream, upstream.task) = (None, None);
+            upstream.io.cancel();
+        }
         Output::Resolve { id, name } => sockets.run_upstream(
             id,
             Box::pin(async move { (Held::Empty, Input::Resolved(id, shared.pool.resolve(&name).await)) }),
@@ -295,39 +362,30 @@ fn begin<'s>(
             )
         }
         Output::OpenTunnel { addr } => {
-            sockets.tunnel[1] = Some(Box::pin(async move {
+            sockets.opening = Some(Box::pin(async move {
                 match crate::backend::dial(addr).await {
                     Ok(s) => (Held::Tunnel(s), Input::TunnelOpened(Ok(()))),
                     Err(e) => (Held::Empty, Input::TunnelOpened(Err(e))),
                 }
             }));
         }
-        Output::ReadTunnel(mut buf) => {
-            let Some(mut r) = sockets.tunnel_reader.take() else {
+        Output::ReadTunnel(buf) => {
+            let Some(r) = sockets.tunnel_reader.take() else {
                 return Some(Some(Input::TunnelRead(buf, Err(busy()))));
             };
-            sockets.tunnel[0] = Some(Box::pin(async move {
-                let res = r.read_buf(&mut buf).await;
-                (Held::TunnelReader(r), Input::TunnelRead(buf, res))
-            }));
+            sockets.tunnel[0].start(Job::ReadTunnel(r, buf));
         }
         Output::WriteTunnel(bytes) => {
-            let Some(mut w) = sockets.tunnel_writer.take() else {
+            let Some(w) = sockets.tunnel_writer.take() else {
                 return Some(Some(Input::TunnelWritten(bytes, Err(busy()))));
             };
-            sockets.tunnel[1] = Some(Box::pin(async move {
-                let res = w.write_all(&bytes).await;
-                (Held::TunnelWriter(w), Input::TunnelWritten(bytes, res))
-            }));
+            sockets.tunnel[1].start(Job::WriteTunnel(w, bytes));
         }
         Output::ShutdownTunnel => {
-            let Some(mut w) = sockets.tunnel_writer.take() else {
+            let Some(w) = sockets.tunnel_writer.take() else {
                 return Some(Some(Input::TunnelShutdown(Err(busy()))));
             };
-            sockets.tunnel[1] = Some(Box::pin(async move {
-                let res = w.shutdown().await;
-                (Held::TunnelWriter(w), Input::TunnelShutdown(res))
-            }));
+            sockets.tunnel[1].start(Job::ShutdownTunnel(w));
         }
         #[cfg(target_os = "linux")]
         Output::Splice { up } => {
