@@ -8,8 +8,6 @@ use std::net::IpAddr;
 
 use http::StatusCode;
 
-#[cfg(feature = "tracing")]
-use crate::plan::Gateway;
 use crate::request::AccessLine;
 #[cfg(feature = "tracing")]
 use crate::request::Scope;
@@ -75,16 +73,13 @@ impl fmt::Display for Log<'_> {
     }
 }
 
-/// Writes `line`, of a connection serving `gw`, to `tracing` under its target and
-/// level: the one table of them, for every driver (the `tracing` feature, which the
-/// drivers turn on). It hands a finished line to the logging facade and does nothing
-/// else, unless `gw` is [`Gateway::quiet`] (a program's own server): then nothing.
-/// Without a subscriber nothing is written.
+/// Writes `line` to `tracing` under its target and level: the one table of them, for
+/// every driver (the `tracing` feature, which the drivers turn on), which call it
+/// through [`crate::plan::Gateway::emit`] (a quiet gateway writes nothing). It hands a
+/// finished line to the logging facade and does nothing else: without a subscriber
+/// nothing is written.
 #[cfg(feature = "tracing")]
-pub fn emit(gw: &Gateway, line: &Log<'_>) {
-    if gw.quiet {
-        return;
-    }
+pub fn emit(line: &Log<'_>) {
     match line {
         Log::Access(l) if *l.scope() == Scope::Admin => tracing::debug!(target: "sluice::admin", "{line}"),
         Log::Access(_) => tracing::info!(target: "sluice::access", "{line}"),

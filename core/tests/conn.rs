@@ -782,13 +782,13 @@ fn keep_alive_reuses_the_backend_connection() {
         w.trace(),
         [
             "   0ms backend 0: new connection to http://127.0.0.1:9001",
-            "   0ms backend 0: pooled",
             "   0ms log: backend 0 of endpoint 0: 200",
             "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "   0ms backend 0: pooled",
             "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
-            "  10ms backend 0: pooled",
             "  10ms log: backend 0 of endpoint 0: 200",
             "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  20ms backend 0: pooled",
             "  20ms client: closed",
         ]
         .join("\n")
@@ -817,13 +817,13 @@ fn a_named_backend_is_resolved_only_when_nothing_is_idle() {
             "   0ms backend 0: nothing idle under http://api.test:9001",
             "   0ms resolve api.test",
             "   0ms backend 0: new connection to http://api.test:9001 at 127.0.0.7:9001",
-            "   0ms backend 0: pooled",
             "   0ms log: backend 0 of endpoint 0: 200",
             "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "   0ms backend 0: pooled",
             "  10ms backend 0: pooled connection to http://api.test:9001",
-            "  10ms backend 0: pooled",
             "  10ms log: backend 0 of endpoint 0: 200",
             "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  20ms backend 0: pooled",
             "  20ms client: closed",
         ]
         .join("\n")
@@ -972,10 +972,10 @@ fn a_slow_backend_gives_a_partial_answer_at_the_endpoint_timeout() {
         [
             "   0ms backend 0: new connection to http://127.0.0.1:9001",
             "   0ms backend 1: new connection to http://127.0.0.1:9002",
-            "   0ms backend 0: pooled",
             "   0ms log: backend 0 of endpoint 0: 200",
             " 300ms backend 1: closed",
             " 300ms log: 192.0.2.9 \"GET /p\" 200 10 300.0ms",
+            " 300ms backend 0: pooled",
             "1000ms client: closed",
         ]
         .join("\n")
@@ -1008,9 +1008,9 @@ fn each_answer_goes_to_its_own_backend() {
             "   0ms backend 1: new connection to http://127.0.0.1:9002",
             "   0ms log: backend 0 of endpoint 0: failed",
             "   0ms log: backend 0 of /p: cannot connect to 127.0.0.1:9001: refused",
-            "   0ms backend 1: pooled",
             "   0ms log: backend 1 of endpoint 0: 200",
             "   0ms log: 192.0.2.9 \"GET /p\" 200 13 0.0ms",
+            "   0ms backend 1: pooled",
             "  10ms client: closed",
         ]
         .join("\n")
@@ -1033,9 +1033,9 @@ fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
             "  20ms backend 0: pooled connection to http://127.0.0.1:9001",
             "  20ms backend 0: closed",
             "  20ms backend 0: new connection to http://127.0.0.1:9001",
-            "  20ms backend 0: pooled",
             "  20ms log: backend 0 of endpoint 0: 200",
             "  20ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  30ms backend 0: pooled",
             "  30ms client: closed",
         ]
         .join("\n")
@@ -1062,9 +1062,9 @@ fn a_stale_pooled_connection_to_a_named_backend_is_retried_after_resolving() {
             "  20ms backend 0: nothing idle under http://api.test:9001",
             "  20ms resolve api.test",
             "  20ms backend 0: new connection to http://api.test:9001 at 127.0.0.7:9001",
-            "  20ms backend 0: pooled",
             "  20ms log: backend 0 of endpoint 0: 200",
             "  20ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  30ms backend 0: pooled",
             "  30ms client: closed",
         ]
         .join("\n")
@@ -1114,7 +1114,7 @@ fn no_op_streams_the_body_up_and_the_answer_down() {
         "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\nx-upstream: yes\r\nx-krakend-completed: false\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     );
     assert!(
-        w.trace().contains("  25ms backend 0: pooled\n  25ms log: 192.0.2.9 \"POST /raw\" 201 5 25.0ms"),
+        w.trace().contains("  25ms log: 192.0.2.9 \"POST /raw\" 201 5 25.0ms\n  25ms backend 0: pooled"),
         "{}",
         w.trace()
     );
@@ -1190,9 +1190,15 @@ fn a_stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
     let closing = ANSWER_A.replace("content-length: 8\r\n", "content-length: 8\r\nconnection: close\r\n");
     assert_eq!(w.to_client, format!("{ANSWER_A}{closing}"));
     assert_eq!(
-        w.trace[7..].join("\n"),
-        ["  70ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms", "  70ms client: write side shut", "  80ms client: closed"]
-            .join("\n")
+        w.trace[6..].join("\n"),
+        [
+            "  70ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            // The connection kept for the next request goes to the pool at the end.
+            "  70ms backend 0: pooled",
+            "  70ms client: write side shut",
+            "  80ms client: closed"
+        ]
+        .join("\n")
     );
     // The same client quiet after the stop: closed once the grace has run from its last answer.
     let w = World::new(&gw, &lb, &[Send(GET_A), Wait(50), Stop]).backend(&upstream(9001), &[json(r#"{"id":1}"#)]).run();
@@ -2040,4 +2046,73 @@ fn heap_held_by_an_idle_keep_alive_connection() {
     // its read buffer, its backend slots, its write vectors and its output queue.
     assert_eq!(held, 0, "an idle connection now holds {held} bytes of heap in core (was none)");
     drop(w);
+}
+
+/// A busy client's next call goes out on the connection its last call kept: no pool
+/// lookup, no connect (the third request, which came within the busy gap). The
+/// connection goes to the pool when the client connection waits idle or closes.
+#[test]
+fn a_busy_client_s_next_call_rides_the_connection_its_last_call_kept() {
+    let gw = one_backend();
+    let lb = Balancer::new(gw.backend_count);
+    let script = [Send(GET_A), Wait(10), Send(GET_A), Wait(10), Send(GET_A), Wait(10), Eof];
+    let w = World::new(&gw, &lb, &script)
+        .backend(&upstream(9001), &std::array::from_fn::<_, 3, _>(|_| json(r#"{"id":1}"#)))
+        .run();
+    assert_eq!(w.to_client, ANSWER_A.repeat(3));
+    assert_eq!(w.requests, [REQUEST_A; 3]);
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms log: backend 0 of endpoint 0: 200",
+            "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            // The first answer: the client is not busy yet, so its connection waits
+            // holding nothing, and what it kept goes to the pool.
+            "   0ms backend 0: pooled",
+            "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
+            "  10ms log: backend 0 of endpoint 0: 200",
+            "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  20ms log: backend 0 of endpoint 0: 200",
+            "  20ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  30ms backend 0: pooled",
+            "  30ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+/// A kept connection older than `KEEP_FOR` (2 s) is closed, not reused or pooled: it
+/// sat idle in the client connection's hands for an unknown share of the backend's
+/// keep-alive timeout.
+#[test]
+fn a_kept_connection_is_closed_when_the_client_comes_back_late() {
+    let config = r#"{"version": 3, "timeout": "1s", "idle_timeout": "10s", "endpoints": [{"endpoint": "/a",
+        "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}]}]}"#;
+    let gw = Gateway::load(config).unwrap().gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let script = [Send(GET_A), Wait(10), Send(GET_A), Wait(3000), Send(GET_A), Wait(10), Eof];
+    let w = World::new(&gw, &lb, &script)
+        .backend(&upstream(9001), &std::array::from_fn::<_, 3, _>(|_| json(r#"{"id":1}"#)))
+        .run();
+    assert_eq!(w.to_client, ANSWER_A.repeat(3));
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms log: backend 0 of endpoint 0: 200",
+            "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "   0ms backend 0: pooled",
+            "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
+            "  10ms log: backend 0 of endpoint 0: 200",
+            "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "3010ms backend 0: closed",
+            "3010ms backend 0: new connection to http://127.0.0.1:9001",
+            "3010ms log: backend 0 of endpoint 0: 200",
+            "3010ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "3010ms backend 0: pooled",
+            "3020ms client: closed",
+        ]
+        .join("\n")
+    );
 }

@@ -469,7 +469,7 @@ fn start<'a, F: HotOp>(
         }
         Output::Log(line) => {
             shard.observe(&line, plan);
-            sluice_core::event::emit(&plan.gw, &line);
+            plan.gw.emit(&line);
         }
         Output::Close => return false,
     }

@@ -421,7 +421,7 @@ fn begin<'s, F: HotOp>(
         }
         Output::Log(line) => {
             shared.observe(&line, plan);
-            sluice_core::event::emit(&plan.gw, &line);
+            plan.gw.emit(&line);
         }
         Output::Close => return None,
     }

@@ -27,6 +27,7 @@ use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderMap, Method, StatusCode};
 
@@ -45,6 +46,13 @@ use crate::tls::link::{BackendSide, Decrypted, TLS_READ, TlsLink, Undecryptable}
 
 /// The largest read buffer a free backend slot keeps for its next call.
 const KEEP_READ: usize = 16 * 1024;
+
+/// How long a call's connection, reusable when the call ended, is kept by its client
+/// connection for that client's next call under the same pool key (see
+/// [`Calls::keep`]). Past it, the connection is closed rather than reused or pooled:
+/// it has been idle in the connection's hands for an unknown share of the backend's
+/// keep-alive timeout.
+pub(crate) const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a backend call sends its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +189,12 @@ pub(crate) struct BackendCall<'g> {
     pub(crate) reused: bool,
     /// The last [`Output::Connect`] allowed a pooled connection (a retry does not).
     pub(crate) pooled: bool,
+    /// A forward-proxy request (its connection is pooled, never kept).
+    forward: bool,
+    /// The call ended at this instant with its connection reusable, and the
+    /// connection stays with the driver for this client's next call under the same
+    /// pool key (the slot is free: see [`Calls::keep`]).
+    kept: Option<Instant>,
     /// A forward proxy request's hold on its destination's circuit breakers.
     pub(crate) permit: Option<Box<dyn Admission>>,
     /// Bytes to write next (the request, or a relayed body piece).
@@ -232,7 +246,8 @@ impl<'g> BackendCall<'g> {
         let body = body.map_or(CallBody::None, CallBody::Stream);
         let dial = host.socket_addr();
         let place = (Cow::Owned(host.clone()), Cow::Owned(host), Cow::Owned(pool_key));
-        BackendCall { out: request, permit, dial, ..BackendCall::base((0, method, "forward proxy"), place, true, body) }
+        let base = BackendCall::base((0, method, "forward proxy"), place, true, body);
+        BackendCall { out: request, permit, dial, forward: true, ..base }
     }
 
     /// A slot for call `id` (its method, its endpoint), connecting to `host` for
@@ -269,6 +284,8 @@ impl<'g> BackendCall<'g> {
             connected: false,
             reused: false,
             pooled: true,
+            forward: false,
+            kept: None,
             permit: None,
             out: Vec::new(),
             sent: Vec::new(),
@@ -286,13 +303,31 @@ impl<'g> BackendCall<'g> {
     /// Its connection pooled (`reusable`, and a TLS session with nothing under way goes
     /// with it) or closed.
     fn put_away(&mut self, id: BackendId, reusable: bool) -> Output<'g> {
-        let idle_tls =
-            self.tls.as_deref().is_none_or(|l| !l.side.busy && l.side.plain.is_none() && !l.conn.wants_write());
-        if reusable && self.connected && idle_tls && self.phase != Phase::ProxyConnect {
+        if reusable && self.poolable() {
             Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) }
         } else {
             Output::CloseBackend { id }
         }
+    }
+
+    /// Whether its connection, its answer read whole, can serve another request.
+    fn poolable(&self) -> bool {
+        let idle_tls =
+            self.tls.as_deref().is_none_or(|l| !l.side.busy && l.side.plain.is_none() && !l.conn.wants_write());
+        self.connected && idle_tls && self.phase != Phase::ProxyConnect
+    }
+
+    /// A kept connection (see [`Calls::keep`]) given back at `now`: to the pool while
+    /// fresh, else closed. `None`: none is kept.
+    fn let_go(&mut self, id: BackendId, now: Instant) -> Option<Output<'g>> {
+        let at = self.kept.take()?;
+        Some(match now.saturating_duration_since(at) < KEEP_FOR {
+            true => Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) },
+            false => {
+                self.tls = None;
+                Output::CloseBackend { id }
+            }
+        })
     }
 
     /// Starts over on another connection with `request` (a retry: `pooled` false; a
@@ -443,23 +478,42 @@ impl<'g> Calls<'g> {
     /// Opens a backend connection for `call` of `endpoint`: `write` writes its request
     /// (head, and a whole body) out now, sent once connected. Returns the slot, or why
     /// the request cannot be written.
+    /// A connection this client kept from its last call under the same pool key (see
+    /// [`Calls::keep`]) is used at once, fresh; a slot whose kept connection is for
+    /// another key lets it go first.
     pub(crate) fn open(
         &mut self,
         (call, endpoint): (&Call<'g>, &'g str),
         stream: bool,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), &'static str>,
+        (now, limits): (Instant, Limits),
         queue: &mut VecDeque<Output<'g>>,
     ) -> Result<BackendId, &'static str> {
         if call.scheme == Scheme::Https && call.tls.is_none() {
             return Err("https backend without a TLS profile");
         }
         let mut slot = BackendCall::new(call, endpoint, stream);
-        let id = match self.slots.iter().position(|s| !s.in_use) {
+        let fresh = |s: &BackendCall<'_>| s.kept.is_some_and(|at| now.saturating_duration_since(at) < KEEP_FOR);
+        let kept = match call.srv {
+            false => self.slots.iter().position(|s| !s.in_use && fresh(s) && *s.pool_key == *call.pool_key),
+            true => None,
+        };
+        let free = kept
+            .or_else(|| self.slots.iter().position(|s| !s.in_use && s.kept.is_none()))
+            .or_else(|| self.slots.iter().position(|s| !s.in_use));
+        let mut session = None;
+        let id = match free {
             Some(free) => {
+                if kept.is_none() {
+                    queue.extend(self.slots[free].let_go(free, now));
+                }
                 // The vectors of the last use are kept (no allocation per call). The
                 // request went out in `out` and came back as `sent`: the one with the
                 // room is written into.
                 let old = mem::replace(&mut self.slots[free], slot);
+                if kept.is_some() {
+                    session = Some(Session(old.tls));
+                }
                 let slot = &mut self.slots[free];
                 (slot.out, slot.sent, slot.input) = (old.out, old.sent, old.input);
                 if slot.out.capacity() < slot.sent.capacity() {
@@ -482,6 +536,9 @@ impl<'g> Calls<'g> {
         let slot = &mut self.slots[id];
         if let Err(reason) = write(&mut slot.out) {
             slot.in_use = false;
+            if session.is_some() {
+                queue.push_back(Output::CloseBackend { id });
+            }
             return Err(reason);
         }
         if call.srv {
@@ -489,7 +546,11 @@ impl<'g> Calls<'g> {
             queue.push_back(Output::Discover { id, name: call.origin.host.as_str() });
             return Ok(id);
         }
-        queue.push_back(slot.connect(id, true));
+        match session {
+            // As the pool would have answered, without asking the driver.
+            Some(session) => self.handle_connected(id, Some(session), limits),
+            None => queue.push_back(slot.connect(id, true)),
+        }
         Ok(id)
     }
 
@@ -730,7 +791,13 @@ impl<'g> Calls<'g> {
     }
 
     /// Moves backend connection `id` on with what it has; says what that means.
-    pub(crate) fn step(&mut self, gw: &'g Gateway, id: BackendId, queue: &mut VecDeque<Output<'g>>) -> CallEvent {
+    pub(crate) fn step(
+        &mut self,
+        gw: &'g Gateway,
+        id: BackendId,
+        now: Instant,
+        queue: &mut VecDeque<Output<'g>>,
+    ) -> CallEvent {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return CallEvent::Nothing };
         if let Some(failure) = slot.failure.take() {
             return self.failed(id, failure, queue);
@@ -795,7 +862,7 @@ impl<'g> Calls<'g> {
         }
         match progress {
             Ok(Progress::Done(answer)) => {
-                self.release(id, reusable, queue);
+                self.keep(id, reusable, now, queue);
                 CallEvent::Answer { status: answer.status, headers: answer.headers, body: answer.body }
             }
             Ok(Progress::Head(head)) => {
@@ -884,27 +951,46 @@ impl<'g> Calls<'g> {
     pub(crate) fn release(&mut self, id: BackendId, reusable: bool, queue: &mut VecDeque<Output<'g>>) {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
         let output = slot.put_away(id, reusable);
-        slot.in_use = false;
-        slot.permit = None;
-        slot.fetch = None;
-        slot.codec = None;
         slot.tls = None;
-        // Kept for the slot's next call while the client is busy (a connection that
-        // waits for its next request sheds its slots, buffers and all); one grown by a
-        // streamed body goes back to the allocator.
-        slot.input.clear();
-        slot.input.shrink_idle(0, KEEP_READ);
+        free(slot);
         queue.push_back(output);
     }
 
-    /// With no call in use, gives back every slot and what it kept (a connection going
-    /// idle: its next request takes a slot again).
+    /// Call `id` ended with its answer read whole (`reusable`): its connection stays
+    /// with the driver for this client's next call under the same pool key, which
+    /// then goes out at once (no [`Output::PoolBackend`] and [`Output::Connect`], no
+    /// pool lookup: a busy client's calls ride one connection as long as it keeps
+    /// coming back within [`KEEP_FOR`]). It goes to the pool when the client
+    /// connection waits for its next request, closes, or needs the slot for another
+    /// key ([`Calls::let_go_kept`]). A forward-proxy call, or one whose connection
+    /// cannot be reused, is released as [`Calls::release`] does.
+    pub(crate) fn keep(&mut self, id: BackendId, reusable: bool, now: Instant, queue: &mut VecDeque<Output<'g>>) {
+        let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
+        if !reusable || slot.forward || !slot.poolable() {
+            return self.release(id, reusable, queue);
+        }
+        slot.kept = Some(now);
+        free(slot);
+    }
+
+    /// Lets every kept connection go (see [`BackendCall::let_go`]); whether there was one.
+    pub(crate) fn let_go_kept(&mut self, now: Instant, queue: &mut VecDeque<Output<'g>>) -> bool {
+        let before = queue.len();
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            queue.extend(slot.let_go(id, now));
+        }
+        queue.len() > before
+    }
+
+    /// With no call in use and no connection kept, gives back every slot and what it
+    /// kept (a connection going idle: its next request takes a slot again).
     pub(crate) fn shed(&mut self) {
-        if self.slots.iter().all(|s| !s.in_use) {
+        if self.slots.iter().all(|s| !s.in_use && s.kept.is_none()) {
             self.slots = Vec::new();
         }
     }
 
+    /// Closes every call under way (kept connections stay: see [`Calls::let_go_kept`]).
     pub(crate) fn close_all(&mut self, queue: &mut VecDeque<Output<'g>>) {
         for id in 0..self.slots.len() {
             self.release(id, false, queue);
@@ -914,7 +1000,7 @@ impl<'g> Calls<'g> {
     /// A forward-proxy request written in `call` (see [`BackendCall::forward`]): a slot
     /// for it, and its connection asked for.
     pub(crate) fn open_forward(&mut self, call: BackendCall<'g>, queue: &mut VecDeque<Output<'g>>) -> BackendId {
-        let id = match self.slots.iter().position(|s| !s.in_use) {
+        let id = match self.slots.iter().position(|s| !s.in_use && s.kept.is_none()) {
             Some(free) => {
                 let old = mem::replace(&mut self.slots[free], call);
                 self.slots[free].input = old.input;
@@ -956,6 +1042,19 @@ impl<'g> Calls<'g> {
         }
         None
     }
+}
+
+/// Frees a slot whose call ended: what only a call uses is dropped; its vectors stay
+/// for the slot's next call while the client is busy (a connection that waits for its
+/// next request sheds its slots, buffers and all), but a read buffer grown by a
+/// streamed body goes back to the allocator.
+fn free(slot: &mut BackendCall<'_>) {
+    slot.in_use = false;
+    slot.permit = None;
+    slot.fetch = None;
+    slot.codec = None;
+    slot.input.clear();
+    slot.input.shrink_idle(0, KEEP_READ);
 }
 
 /// What a TLS backend connection asks the driver for next: the slot's pending

@@ -696,6 +696,11 @@ impl<'g> Connection<'g> {
         let reads_client =
             matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. } | State::Linger { .. });
         if self.hungry && reads_client && !self.reading && !self.eof {
+            if self.tls.is_none() && self.idle_between_requests() && self.calls.let_go_kept(self.now, &mut self.queue) {
+                // The connections kept from the last request go back to the pool
+                // before the wait.
+                return self.queue.pop_front();
+            }
             self.reading = true;
             if let Some(tls) = self.tls.as_deref_mut() {
                 let mut buf = mem::take(&mut tls.cipher_in);
@@ -770,21 +775,32 @@ impl<'g> Connection<'g> {
             }
             Ok(())
         };
-        self.calls.open((call, ex.endpoint().path.as_str()), stream, write, &mut self.queue)
+        let at = (self.now, self.limits);
+        self.calls.open((call, ex.endpoint().path.as_str()), stream, write, at, &mut self.queue)
     }
 
     /// Moves backend call `id` on (see [`Calls::step`]).
     fn slot_step(&mut self, id: BackendId) -> CallEvent {
-        self.calls.step(self.gw, id, &mut self.queue)
+        self.calls.step(self.gw, id, self.now, &mut self.queue)
     }
 
-    /// Pools (`reusable`) or closes backend call `id`.
+    /// Keeps for the next call (`reusable`: see [`Calls::keep`]) or closes backend
+    /// call `id`'s connection.
     fn release(&mut self, id: BackendId, reusable: bool) {
-        self.calls.release(id, reusable, &mut self.queue);
+        self.calls.keep(id, reusable, self.now, &mut self.queue);
     }
 
+    /// Closes the calls under way (an answer that will not wait for them, or the
+    /// connection's end).
     fn close_slots(&mut self) {
         self.calls.close_all(&mut self.queue);
+    }
+
+    /// The connection ends: its calls under way are closed, the connections it kept
+    /// go back to the pool (see [`Calls::keep`]).
+    fn close_all(&mut self) {
+        self.close_slots();
+        self.calls.let_go_kept(self.now, &mut self.queue);
     }
 
     /// The client is gone or too slow: close everything now.
@@ -792,7 +808,7 @@ impl<'g> Connection<'g> {
         if matches!(self.state, State::Closed) {
             return;
         }
-        self.close_slots();
+        self.close_all();
         // A request under way still gets its access line: a body cut by the client's
         // going with the status and bytes sent, one not answered yet as 499 (nginx's
         // "client closed request").
@@ -860,7 +876,7 @@ impl<'g> Connection<'g> {
                     tls.conn.send_close_notify();
                     return (State::Closing, false);
                 }
-                self.close_slots();
+                self.close_all();
                 if self.answered && !self.eof {
                     self.queue.push_back(Output::ShutdownClient);
                     return (State::Linger { until: self.now + LINGER }, true);

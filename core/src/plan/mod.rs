@@ -126,7 +126,7 @@ pub struct Gateway {
     /// A server of the embedding program's own (the `sluice` binary's loopback gateway,
     /// through which it fetches key sets and posts spans): its lines
     /// ([`crate::event::Log`]: the access line, backend failures, ...) are counted but
-    /// not written ([`crate::event::emit`]), the program reporting what failed in its
+    /// not written ([`Gateway::emit`]), the program reporting what failed in its
     /// own words. No configuration sets it: `false` from [`Gateway::load`].
     pub quiet: bool,
 }
@@ -270,6 +270,15 @@ pub struct Loaded {
 }
 
 impl Gateway {
+    /// Writes a line of a connection serving this gateway ([`crate::event::emit`]),
+    /// unless the gateway is [`Gateway::quiet`].
+    #[cfg(feature = "tracing")]
+    pub fn emit(&self, line: &crate::event::Log<'_>) {
+        if !self.quiet {
+            crate::event::emit(line);
+        }
+    }
+
     /// Parses, validates and compiles a KrakenD v3 file, with nothing from the
     /// environment: no proxy variables, no files, no system roots.
     pub fn load(text: &str) -> Result<Loaded, ConfigError> {
