@@ -1289,7 +1289,9 @@ fn opentelemetry_is_read_as_krakend_otel_reads_it() {
                 {"name": "c", "host": "collector:4318", "port": 4318, "use_http": true},
                 {"name": "d", "host": "collector?x=1", "port": 4318, "use_http": true},
                 {"name": "e", "host": "http://user:pw@grpc/x", "port": 4317},
-                {"name": "f", "host": "http://[::1]/", "port": 4318, "use_http": true}]}}),
+                {"name": "f", "host": "http://[::1]/", "port": 4318, "use_http": true},
+                {"name": "g", "host": "ftp://collector", "port": 4318, "use_http": true},
+                {"name": "h", "host": "HTTPS://collector", "port": 4318, "use_http": true}]}}),
             vec![
                 format!(r#"{at}.exporters.otlp[0].host: a host must not carry credentials ("http://***@collector")"#),
                 format!(
@@ -1301,6 +1303,7 @@ fn opentelemetry_is_read_as_krakend_otel_reads_it() {
                 format!(
                     r#"{at}.exporters.otlp[3].host: a host must not have a query or fragment ("http://collector?x=1")"#
                 ),
+                format!(r#"{at}.exporters.otlp[6].host: a collector is reached over http:// or https://, not "ftp""#),
             ],
         ),
         (

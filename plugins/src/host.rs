@@ -480,7 +480,11 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Logs a module's message (`proxy_log`, its stdout and stderr, the host's notes on
+/// it) as one line: control characters, a newline among them, are shown as `\xNN`,
+/// so neither the module nor a client's bytes it logs can forge lines.
 fn log(name: &str, level: i32, message: &str) {
+    let message = one_line(message);
     match level {
         0 => tracing::trace!(target: "sluice::plugin", "[PLUGIN: {name}] {message}"),
         1 => tracing::debug!(target: "sluice::plugin", "[PLUGIN: {name}] {message}"),
@@ -1717,9 +1721,32 @@ impl Plugin {
     }
 }
 
+fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        match c.is_control() {
+            true => out.push_str(&format!("\\x{:02X}", u32::from(c))),
+            false => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_s_message_stays_one_line() {
+        assert_eq!(one_line("hello, wörld"), "hello, wörld");
+        assert_eq!(
+            one_line("x\n2026-12-04T00:00:00Z  INFO forged\r\t\u{7f}\u{85}"),
+            "x\\x0A2026-12-04T00:00:00Z  INFO forged\\x0D\\x09\\x7F\\x85"
+        );
+    }
 
     fn call() -> BackendRequest {
         BackendRequest {

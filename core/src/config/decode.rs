@@ -2166,6 +2166,12 @@ fn check_url_pattern(u: &str, path: &str, ctx: &BackendCtx<'_>, cx: &mut Ctx) {
 /// [`OtlpExporter::origin`]), so a name or IP address with `http://`, `https://` or no
 /// scheme, and no credentials, path, query or port (`port` gives it).
 fn collector_host(e: &crate::ops::trace::OtlpExporter) -> Result<(), String> {
+    if let Some((scheme, _)) = e.host.split_once("://")
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(format!("a collector is reached over http:// or https://, not {scheme:?}"));
+    }
     let base = e.base();
     if let Err(m) = HostAddr::parse(&base) {
         return Err(String::from(m).replace(": put it in url_pattern", ": the spans go to /v1/traces of the host"));

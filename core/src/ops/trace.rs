@@ -73,8 +73,10 @@ impl OtlpExporter {
 
     /// [`OtlpExporter::origin`] without the port: `scheme://host`.
     pub fn base(&self) -> String {
+        // Schemes are case-insensitive (RFC 3986 3.1): `HTTPS://` is TLS too. `check`
+        // refuses any scheme but these two.
         let (scheme, host) = match self.host.split_once("://") {
-            Some(("https", h)) => ("https", h),
+            Some((s, h)) if s.eq_ignore_ascii_case("https") => ("https", h),
             Some((_, h)) => ("http", h),
             None => ("http", self.host.as_str()),
         };
@@ -1005,6 +1007,8 @@ mod tests {
         assert_eq!(e("collector").origin(), "http://collector:4318");
         assert_eq!(e("http://collector").origin(), "http://collector:4318");
         assert_eq!(e("https://collector").origin(), "https://collector:4318");
+        assert_eq!(e("HTTPS://collector").origin(), "https://collector:4318", "never plain for TLS in capitals");
+        assert_eq!(e("Http://collector").origin(), "http://collector:4318");
     }
 
     #[test]
