@@ -47,6 +47,10 @@ pub enum Output<'g> {
     WriteBackend { id: BackendId, bytes: Vec<u8> },
     /// Backend connection `id` finished its response cleanly: keep it idle under
     /// `pool_key` with `session` beside it (the pool may still close it when full).
+    /// Until this or [`Output::CloseBackend`] comes, the socket stays the
+    /// connection's under `id` even after its call ended: core keeps a busy client's
+    /// backend connection for that client's next call and writes to it again without
+    /// an [`Output::Connect`].
     PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
     /// Close backend connection `id`, dropping any operation on it: a pending
     /// [`Output::Resolve`] or [`Output::Discover`] for `id` is cancelled too (its answer
