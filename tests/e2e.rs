@@ -226,6 +226,15 @@ fn keep_alive_reuses_backend_connections(mode: Mode) {
         assert_eq!((resp.status, resp.text()), (200, r#"{"n":1}"#));
         assert_eq!(resp.header("connection"), None);
     }
+    // A busy client that goes quiet: its last call's backend connection, kept for its
+    // next call, goes to the pool 2 s after that call, where another client's request
+    // finds it (still one backend connection).
+    std::thread::sleep(Duration::from_millis(2300));
+    let other = gw.connect();
+    let mut other_w = other.try_clone().unwrap();
+    write!(other_w, "GET /k HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = read_response(&mut BufReader::new(other)).unwrap();
+    assert_eq!((resp.status, resp.text()), (200, r#"{"n":1}"#));
     // A client that comes back slowly (over 250 ms) has its connection wait for the
     // next request holding no read buffer (the driver waits for the socket to be
     // readable). The first request after a pause still finds the buffered read of a
@@ -237,8 +246,8 @@ fn keep_alive_reuses_backend_connections(mode: Mode) {
         let resp = read_response(&mut r).unwrap();
         assert_eq!((resp.status, resp.text()), (200, r#"{"n":1}"#));
     }
-    assert_eq!(backend.requests().len(), 22);
-    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "22 requests, one backend connection");
+    assert_eq!(backend.requests().len(), 23);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "23 requests from two clients, one backend connection");
     w.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).unwrap();

@@ -16,7 +16,8 @@ use crate::resolve::srv::SrvSet;
 use crate::tls::link::TlsLink;
 
 /// Names a backend connection of one client connection. Ids are reused once a
-/// connection is pooled or closed.
+/// connection is pooled or closed, and by the next call a kept connection serves
+/// (see [`Output::PoolBackend`]).
 pub type BackendId = usize;
 
 /// What the driver does next (see [`crate::conn`] for the loop).
@@ -260,5 +261,12 @@ mod slot_tests {
         assert_eq!(format!("{slot:?}"), r#"Slot { op: "empty" }"#);
         slot.start(Job(9, drops.clone()));
         assert_eq!((slot.poll(&mut cx), slot.poll(&mut cx)), (Poll::Pending, Poll::Ready(9)));
+        assert_eq!(drops.get(), 3);
+        // Starting over a busy slot drops (cancels) the operation in it.
+        slot.start(Job(10, drops.clone()));
+        assert_eq!(slot.poll(&mut cx), Poll::Pending);
+        slot.start(Job(11, drops.clone()));
+        assert_eq!(drops.get(), 4, "the replaced operation is dropped");
+        assert_eq!((slot.poll(&mut cx), slot.poll(&mut cx)), (Poll::Pending, Poll::Ready(11)));
     }
 }

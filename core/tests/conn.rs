@@ -355,6 +355,9 @@ impl<'g> World<'g> {
                 self.ready.push_back(Input::ClientWritten(bytes, Ok(())));
             }
             Output::Connect { id, pool_key, pooled, addr } => {
+                // A socket still held under `id` (a kept one) is given back or closed
+                // first: never dropped by a Connect.
+                assert!(!self.socks.contains_key(&id), "a Connect for backend {id} while its socket is held");
                 match (pool_key.strip_prefix("forward "), addr) {
                     // The forward proxy pools by the vetted address.
                     (Some(vetted), Some(addr)) => assert_eq!(vetted, addr.to_string()),
@@ -494,6 +497,10 @@ impl<'g> World<'g> {
                 self.ready.push_back(Input::ClientShutdown(Ok(())));
             }
             Output::Close => {
+                // Every backend socket was pooled or closed before: none is dropped
+                // (a kept connection goes to the pool at the end).
+                let held: Vec<_> = self.socks.keys().collect();
+                assert!(held.is_empty(), "backend sockets {held:?} still held at the close");
                 self.note("client: closed".into());
                 self.closed_at = Some(self.now);
             }
@@ -2082,11 +2089,11 @@ fn a_busy_client_s_next_call_rides_the_connection_its_last_call_kept() {
     );
 }
 
-/// A kept connection older than `KEEP_FOR` (2 s) is closed, not reused or pooled: it
-/// sat idle in the client connection's hands for an unknown share of the backend's
-/// keep-alive timeout.
+/// A kept connection goes to the pool `KEEP_FOR` (2 s) after its call ended when the
+/// client has not come back (the connection wakes for it), and the client's next call
+/// takes it from there.
 #[test]
-fn a_kept_connection_is_closed_when_the_client_comes_back_late() {
+fn a_kept_connection_goes_to_the_pool_when_the_client_stays_quiet() {
     let config = r#"{"version": 3, "timeout": "1s", "idle_timeout": "10s", "endpoints": [{"endpoint": "/a",
         "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}]}]}"#;
     let gw = Gateway::load(config).unwrap().gateway;
@@ -2106,8 +2113,8 @@ fn a_kept_connection_is_closed_when_the_client_comes_back_late() {
             "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
             "  10ms log: backend 0 of endpoint 0: 200",
             "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
-            "3010ms backend 0: closed",
-            "3010ms backend 0: new connection to http://127.0.0.1:9001",
+            "2010ms backend 0: pooled",
+            "3010ms backend 0: pooled connection to http://127.0.0.1:9001",
             "3010ms log: backend 0 of endpoint 0: 200",
             "3010ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
             "3010ms backend 0: pooled",
@@ -2115,4 +2122,59 @@ fn a_kept_connection_is_closed_when_the_client_comes_back_late() {
         ]
         .join("\n")
     );
+}
+
+/// A busy client's call to another backend takes the slot of the connection the last
+/// call kept: that one goes to the pool first, and the new call asks for its own.
+#[test]
+fn a_kept_connection_goes_to_the_pool_when_its_slot_is_needed_for_another_key() {
+    let gw = gateway(
+        r#"{"endpoint": "/a", "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}]},
+           {"endpoint": "/b", "backend": [{"host": ["http://127.0.0.1:9002"], "url_pattern": "/users/1"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let get_b = "GET /b HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let script = [Send(GET_A), Wait(10), Send(GET_A), Wait(10), Send(get_b), Wait(10), Eof];
+    let w = World::new(&gw, &lb, &script)
+        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#)])
+        .backend(&upstream(9002), &[json(r#"{"id":1}"#)])
+        .run();
+    assert_eq!(w.to_client, ANSWER_A.repeat(3));
+    assert_eq!(
+        w.trace(),
+        [
+            "   0ms backend 0: new connection to http://127.0.0.1:9001",
+            "   0ms log: backend 0 of endpoint 0: 200",
+            "   0ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "   0ms backend 0: pooled",
+            "  10ms backend 0: pooled connection to http://127.0.0.1:9001",
+            "  10ms log: backend 0 of endpoint 0: 200",
+            "  10ms log: 192.0.2.9 \"GET /a\" 200 8 0.0ms",
+            "  20ms backend 0: pooled",
+            "  20ms backend 0: new connection to http://127.0.0.1:9002",
+            "  20ms log: backend 0 of endpoint 1: 200",
+            "  20ms log: 192.0.2.9 \"GET /b\" 200 8 0.0ms",
+            "  30ms backend 0: pooled",
+            "  30ms client: closed",
+        ]
+        .join("\n")
+    );
+}
+
+/// A gateway that pools nothing (`max_idle_connections_per_host` 0) keeps nothing
+/// either: a busy client's every call asks the driver for a connection.
+#[test]
+fn nothing_is_kept_when_the_pool_keeps_nothing() {
+    let config = r#"{"version": 3, "timeout": "1s", "max_idle_connections_per_host": 0, "endpoints": [{"endpoint": "/a",
+        "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}]}]}"#;
+    let gw = Gateway::load(config).unwrap().gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let script = [Send(GET_A), Wait(10), Send(GET_A), Wait(10), Send(GET_A), Wait(10), Eof];
+    let w = World::new(&gw, &lb, &script)
+        .backend(&upstream(9001), &std::array::from_fn::<_, 3, _>(|_| json(r#"{"id":1}"#)))
+        .run();
+    assert_eq!(w.to_client, ANSWER_A.repeat(3));
+    let connects = w.trace.iter().filter(|l| l.contains("connection to http://127.0.0.1:9001")).count();
+    let pooled = w.trace.iter().filter(|l| l.ends_with("backend 0: pooled")).count();
+    assert_eq!((connects, pooled), (3, 3), "{}", w.trace());
 }

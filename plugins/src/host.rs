@@ -1722,14 +1722,18 @@ impl Plugin {
 }
 
 fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
-    if !message.chars().any(char::is_control) {
+    let escaped = |c: char| c.is_control() || matches!(c, '\\' | '\u{2028}' | '\u{2029}');
+    if !message.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(message);
     }
     let mut out = String::with_capacity(message.len() + 8);
     for c in message.chars() {
-        match c.is_control() {
-            true => out.push_str(&format!("\\x{:02X}", u32::from(c))),
-            false => out.push(c),
+        match c {
+            '\\' => out.push_str("\\\\"),
+            // Line and paragraph separators: some log viewers break lines there.
+            '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c if c.is_control() => out.push_str(&format!("\\x{:02X}", u32::from(c))),
+            c => out.push(c),
         }
     }
     std::borrow::Cow::Owned(out)
@@ -1746,6 +1750,8 @@ mod tests {
             one_line("x\n2026-12-04T00:00:00Z  INFO forged\r\t\u{7f}\u{85}"),
             "x\\x0A2026-12-04T00:00:00Z  INFO forged\\x0D\\x09\\x7F\\x85"
         );
+        // A backslash is escaped too, so a written `\x0A` cannot pass for a newline.
+        assert_eq!(one_line("a\\x0A b\u{2028}c"), "a\\\\x0A b\\u2028c");
     }
 
     fn call() -> BackendRequest {

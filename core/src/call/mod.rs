@@ -6,7 +6,9 @@
 //! request (and relays a streamed body), reads the answer (whole, or its head to
 //! pump the body), undoes a gzip or deflate coding of a whole answer the gateway
 //! decodes ([`coding`]), follows redirects, retries once on a fresh connection when a
-//! pooled one turns out closed, and goes back to the pool or is closed.
+//! pooled one turns out closed, and is closed, or kept for its client connection's
+//! next call to the same pool key and given to the pool when that client waits idle,
+//! ends, or has not come back within [`KEEP_FOR`] (`Calls::keep`).
 //!
 //! Its `handle_*` methods take what the driver reports for it; `Calls::poll` gives
 //! its next socket operation; `Calls::step` moves it on with what it read and says
@@ -32,7 +34,7 @@ use std::time::Instant;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::buf::ReadBuf;
-use crate::call::backend::{Failure, Fetch, Progress, StreamedHead, may_retry};
+use crate::call::backend::{Failure, Fetch, IDLE_EXPIRY, Progress, StreamedHead, may_retry};
 use crate::call::proxy::Proxy;
 use crate::config::{HostAddr, Scheme};
 use crate::event::Log;
@@ -49,9 +51,8 @@ const KEEP_READ: usize = 16 * 1024;
 
 /// How long a call's connection, reusable when the call ended, is kept by its client
 /// connection for that client's next call under the same pool key (see
-/// [`Calls::keep`]). Past it, the connection is closed rather than reused or pooled:
-/// it has been idle in the connection's hands for an unknown share of the backend's
-/// keep-alive timeout.
+/// [`Calls::keep`]); then it goes to the pool (the client connection wakes for it:
+/// [`Calls::kept_deadline`]), so a quiet client holds no backend connection longer.
 pub(crate) const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a backend call sends its body.
@@ -317,11 +318,12 @@ impl<'g> BackendCall<'g> {
         self.connected && idle_tls && self.phase != Phase::ProxyConnect
     }
 
-    /// A kept connection (see [`Calls::keep`]) given back at `now`: to the pool while
-    /// fresh, else closed. `None`: none is kept.
+    /// A kept connection (see [`Calls::keep`]) given back at `now`: to the pool (whose
+    /// clock then starts, at most about [`KEEP_FOR`] late), or closed when it has been
+    /// idle as long as the pool keeps one ([`IDLE_EXPIRY`]). `None`: none is kept.
     fn let_go(&mut self, id: BackendId, now: Instant) -> Option<Output<'g>> {
         let at = self.kept.take()?;
-        Some(match now.saturating_duration_since(at) < KEEP_FOR {
+        Some(match now.saturating_duration_since(at) < IDLE_EXPIRY {
             true => Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) },
             false => {
                 self.tls = None;
@@ -498,8 +500,10 @@ impl<'g> Calls<'g> {
             false => self.slots.iter().position(|s| !s.in_use && fresh(s) && *s.pool_key == *call.pool_key),
             true => None,
         };
+        // A slot with nothing kept, else one whose connection is stale, else any free.
         let free = kept
             .or_else(|| self.slots.iter().position(|s| !s.in_use && s.kept.is_none()))
+            .or_else(|| self.slots.iter().position(|s| !s.in_use && !fresh(s)))
             .or_else(|| self.slots.iter().position(|s| !s.in_use));
         let mut session = None;
         let id = match free {
@@ -536,8 +540,9 @@ impl<'g> Calls<'g> {
         let slot = &mut self.slots[id];
         if let Err(reason) = write(&mut slot.out) {
             slot.in_use = false;
-            if session.is_some() {
-                queue.push_back(Output::CloseBackend { id });
+            if let Some(session) = session {
+                // Idle, its last answer read whole: as good as before.
+                queue.push_back(Output::PoolBackend { id, pool_key: slot.pool_key.clone(), session });
             }
             return Err(reason);
         }
@@ -862,7 +867,7 @@ impl<'g> Calls<'g> {
         }
         match progress {
             Ok(Progress::Done(answer)) => {
-                self.keep(id, reusable, now, queue);
+                self.keep(gw, id, reusable, now, queue);
                 CallEvent::Answer { status: answer.status, headers: answer.headers, body: answer.body }
             }
             Ok(Progress::Head(head)) => {
@@ -962,11 +967,20 @@ impl<'g> Calls<'g> {
     /// pool lookup: a busy client's calls ride one connection as long as it keeps
     /// coming back within [`KEEP_FOR`]). It goes to the pool when the client
     /// connection waits for its next request, closes, or needs the slot for another
-    /// key ([`Calls::let_go_kept`]). A forward-proxy call, or one whose connection
-    /// cannot be reused, is released as [`Calls::release`] does.
-    pub(crate) fn keep(&mut self, id: BackendId, reusable: bool, now: Instant, queue: &mut VecDeque<Output<'g>>) {
+    /// key ([`Calls::let_go_kept`]), or after [`KEEP_FOR`]. A forward-proxy call,
+    /// one whose connection cannot be reused, or any call of a gateway that pools
+    /// nothing (`max_idle_connections_per_host` 0) is released as [`Calls::release`]
+    /// does.
+    pub(crate) fn keep(
+        &mut self,
+        gw: &Gateway,
+        id: BackendId,
+        reusable: bool,
+        now: Instant,
+        queue: &mut VecDeque<Output<'g>>,
+    ) {
         let Some(slot) = self.slots.get_mut(id).filter(|s| s.in_use) else { return };
-        if !reusable || slot.forward || !slot.poolable() {
+        if !reusable || slot.forward || !slot.poolable() || gw.config.max_idle_connections_per_host == 0 {
             return self.release(id, reusable, queue);
         }
         slot.kept = Some(now);
@@ -980,6 +994,20 @@ impl<'g> Calls<'g> {
             queue.extend(slot.let_go(id, now));
         }
         queue.len() > before
+    }
+
+    /// When the oldest kept connection has been kept [`KEEP_FOR`].
+    pub(crate) fn kept_deadline(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.kept).min().map(|at| at + KEEP_FOR)
+    }
+
+    /// Lets go the kept connections kept [`KEEP_FOR`] by `now`.
+    pub(crate) fn let_go_due(&mut self, now: Instant, queue: &mut VecDeque<Output<'g>>) {
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if slot.kept.is_some_and(|at| now >= at + KEEP_FOR) {
+                queue.extend(slot.let_go(id, now));
+            }
+        }
     }
 
     /// With no call in use and no connection kept, gives back every slot and what it

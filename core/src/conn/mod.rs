@@ -156,8 +156,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// after its first, holds no heap in core while it is quiet; one that goes quiet
 /// after a burst keeps its read buffer (1 KiB, up to 8 KiB after a large head), its
 /// last backend slot, write vectors and output queue (about 2.4 KiB in all for a
-/// no-op request) until its next request or its idle timeout. Plain HTTP only: a TLS
-/// connection never waits so (its records are read into their own buffer).
+/// no-op request) until its next request or its idle timeout, and the backend
+/// connection its last call kept for its next one (`Calls::keep`) for at most 2 s.
+/// Plain HTTP only: a TLS connection never waits so (its records are read into their
+/// own buffer), though one that is not busy gives back its kept connections too.
 const BUSY_GAP: Duration = Duration::from_millis(250);
 /// After the last answer, the write side is shut and the client's bytes read and
 /// dropped for at most this long, until it closes: closing with unread bytes would
@@ -583,6 +585,7 @@ impl<'g> Connection<'g> {
         if matches!(self.state, State::Closed) {
             return;
         }
+        self.calls.let_go_due(now, &mut self.queue);
         let cfg = &self.gw.config;
         if let Some(at) = self.write_since.and_then(|since| after(since, cfg.write_timeout))
             && now >= at
@@ -696,9 +699,10 @@ impl<'g> Connection<'g> {
         let reads_client =
             matches!(self.state, State::Head(_) | State::Body { .. } | State::Stream { .. } | State::Linger { .. });
         if self.hungry && reads_client && !self.reading && !self.eof {
-            if self.tls.is_none() && self.idle_between_requests() && self.calls.let_go_kept(self.now, &mut self.queue) {
-                // The connections kept from the last request go back to the pool
-                // before the wait.
+            if self.idle_between_requests() && self.calls.let_go_kept(self.now, &mut self.queue) {
+                // A client that is not busy: the connections kept from its last
+                // request go back to the pool before it waits (TLS clients too, which
+                // then read as usual).
                 return self.queue.pop_front();
             }
             self.reading = true;
@@ -760,7 +764,7 @@ impl<'g> Connection<'g> {
             State::Linger { until } => Some(*until),
             State::Flush(_) | State::Closing | State::Closed => None,
         };
-        earliest(write, state)
+        earliest(earliest(write, state), self.calls.kept_deadline())
     }
 
     // ----- inside -----
@@ -787,7 +791,7 @@ impl<'g> Connection<'g> {
     /// Keeps for the next call (`reusable`: see [`Calls::keep`]) or closes backend
     /// call `id`'s connection.
     fn release(&mut self, id: BackendId, reusable: bool) {
-        self.calls.keep(id, reusable, self.now, &mut self.queue);
+        self.calls.keep(self.gw, id, reusable, self.now, &mut self.queue);
     }
 
     /// Closes the calls under way (an answer that will not wait for them, or the
