@@ -1,6 +1,7 @@
 //! The driver surface: what a driver is asked to do ([`Output`]), what it reports
-//! back ([`Input`]), the ids of a connection's backend connections, and the
-//! [`Session`] a pooled backend socket carries. Everything a driver matches on is
+//! back ([`Input`]), the ids of a connection's backend connections, the
+//! [`Session`] a pooled backend socket carries, and the [`Slot`] both drivers run
+//! socket operations in. Everything a driver matches on is
 //! here; [`crate::conn::Connection`] is the state machine that speaks it.
 
 use std::borrow::Cow;
@@ -49,9 +50,10 @@ pub enum Output<'g> {
     /// Backend connection `id` finished its response cleanly: keep it idle under
     /// `pool_key` with `session` beside it (the pool may still close it when full).
     /// Until this or [`Output::CloseBackend`] comes, the socket stays the
-    /// connection's under `id` even after its call ended: core keeps a busy client's
-    /// backend connection for that client's next call and writes to it again without
-    /// an [`Output::Connect`].
+    /// connection's under `id` even after its call ended: core keeps a client's
+    /// reusable backend connection for that client's next call (until the client
+    /// waits idle, goes, or 2 s have passed) and writes to it again without an
+    /// [`Output::Connect`].
     PoolBackend { id: BackendId, pool_key: Cow<'g, str>, session: Session },
     /// Close backend connection `id`, dropping any operation on it: a pending
     /// [`Output::Resolve`] or [`Output::Discover`] for `id` is cancelled too (its answer

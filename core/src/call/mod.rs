@@ -6,7 +6,7 @@
 //! request (and relays a streamed body), reads the answer (whole, or its head to
 //! pump the body), undoes a gzip or deflate coding of a whole answer the gateway
 //! decodes ([`coding`]), follows redirects, retries once on a fresh connection when a
-//! pooled one turns out closed, and is closed, or kept for its client connection's
+//! pooled one turns out closed, and is pooled, closed, or kept for its client connection's
 //! next call to the same pool key and given to the pool when that client waits idle,
 //! ends, or has not come back within [`KEEP_FOR`] (`Calls::keep`).
 //!
@@ -494,6 +494,9 @@ impl<'g> Calls<'g> {
         if call.scheme == Scheme::Https && call.tls.is_none() {
             return Err("https backend without a TLS profile");
         }
+        // What is due goes first (a client back just as its kept connection's time ran
+        // out, before the timer did): the call may find it in the pool.
+        self.let_go_due(now, queue);
         let mut slot = BackendCall::new(call, endpoint, stream);
         let fresh = |s: &BackendCall<'_>| s.kept.is_some_and(|at| now.saturating_duration_since(at) < KEEP_FOR);
         let kept = match call.srv {
@@ -965,9 +968,10 @@ impl<'g> Calls<'g> {
     /// with the driver for this client's next call under the same pool key, which
     /// then goes out at once (no [`Output::PoolBackend`] and [`Output::Connect`], no
     /// pool lookup: a busy client's calls ride one connection as long as it keeps
-    /// coming back within [`KEEP_FOR`]). It goes to the pool when the client
-    /// connection waits for its next request, closes, or needs the slot for another
-    /// key ([`Calls::let_go_kept`]), or after [`KEEP_FOR`]. A forward-proxy call,
+    /// coming back within [`KEEP_FOR`]). It is let go ([`BackendCall::let_go`]: to
+    /// the pool, or closed past [`IDLE_EXPIRY`]) when a client that is not busy
+    /// waits for its next request, when the connection ends, when the slot is needed
+    /// for another key, or [`KEEP_FOR`] after the call. A forward-proxy call,
     /// one whose connection cannot be reused, or any call of a gateway that pools
     /// nothing (`max_idle_connections_per_host` 0) is released as [`Calls::release`]
     /// does.

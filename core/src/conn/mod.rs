@@ -733,9 +733,10 @@ impl<'g> Connection<'g> {
     /// A keep-alive connection waiting for its next request, with nothing of it read
     /// and nothing being written, whose client is not busy (see [`BUSY_GAP`]; after
     /// the first answer it is not yet): [`Output::AwaitClient`] rather than a read, so
-    /// an idle connection holds no read buffer. Not before the first request (a new
-    /// connection's head is usually there at once) nor on TLS (its records are read
-    /// into their own buffer).
+    /// an idle connection holds no read buffer (on plain HTTP: a TLS connection's
+    /// records are read into their own buffer, so [`Connection::poll`] reads on), and
+    /// its kept backend connections go to the pool first (TLS too). Not before the
+    /// first request (a new connection's head is usually there at once).
     fn idle_between_requests(&self) -> bool {
         !self.busy
             && !self.ready
@@ -790,7 +791,7 @@ impl<'g> Connection<'g> {
 
     /// Keeps for the next call (`reusable`: see [`Calls::keep`]) or closes backend
     /// call `id`'s connection.
-    fn release(&mut self, id: BackendId, reusable: bool) {
+    fn end_call(&mut self, id: BackendId, reusable: bool) {
         self.calls.keep(self.gw, id, reusable, self.now, &mut self.queue);
     }
 
@@ -802,7 +803,7 @@ impl<'g> Connection<'g> {
 
     /// The connection ends: its calls under way are closed, the connections it kept
     /// go back to the pool (see [`Calls::keep`]).
-    fn close_all(&mut self) {
+    fn end_backends(&mut self) {
         self.close_slots();
         self.calls.let_go_kept(self.now, &mut self.queue);
     }
@@ -812,7 +813,7 @@ impl<'g> Connection<'g> {
         if matches!(self.state, State::Closed) {
             return;
         }
-        self.close_all();
+        self.end_backends();
         // A request under way still gets its access line: a body cut by the client's
         // going with the status and bytes sent, one not answered yet as 499 (nginx's
         // "client closed request").
@@ -880,7 +881,7 @@ impl<'g> Connection<'g> {
                     tls.conn.send_close_notify();
                     return (State::Closing, false);
                 }
-                self.close_all();
+                self.end_backends();
                 if self.answered && !self.eof {
                     self.queue.push_back(Output::ShutdownClient);
                     return (State::Linger { until: self.now + LINGER }, true);

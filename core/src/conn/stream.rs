@@ -331,7 +331,7 @@ impl<'g> Connection<'g> {
                 slot.input.consume(n);
                 p.sent += moved;
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
-                self.release(p.id, reusable);
+                self.end_call(p.id, reusable);
                 let line = p.line.line(p.status, p.sent, self.now);
                 self.queue.push_back(Output::Log(Log::Access(line)));
                 match self.server.finish_response(&mut self.out) {
