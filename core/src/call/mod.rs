@@ -498,15 +498,14 @@ impl<'g> Calls<'g> {
         // out, before the timer did): the call may find it in the pool.
         self.let_go_due(now, queue);
         let mut slot = BackendCall::new(call, endpoint, stream);
-        let fresh = |s: &BackendCall<'_>| s.kept.is_some_and(|at| now.saturating_duration_since(at) < KEEP_FOR);
+        // Every kept connection is fresh now (what was due went first).
         let kept = match call.srv {
-            false => self.slots.iter().position(|s| !s.in_use && fresh(s) && *s.pool_key == *call.pool_key),
+            false => self.slots.iter().position(|s| !s.in_use && s.kept.is_some() && *s.pool_key == *call.pool_key),
             true => None,
         };
-        // A slot with nothing kept, else one whose connection is stale, else any free.
+        // A slot with nothing kept, else one whose kept connection is for another key.
         let free = kept
             .or_else(|| self.slots.iter().position(|s| !s.in_use && s.kept.is_none()))
-            .or_else(|| self.slots.iter().position(|s| !s.in_use && !fresh(s)))
             .or_else(|| self.slots.iter().position(|s| !s.in_use));
         let mut session = None;
         let id = match free {
