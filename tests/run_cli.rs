@@ -484,7 +484,9 @@ fn memory_after_a_burst_goes_back(runtime: &str, keeps: u64) {
     burst(port);
     let peak = rss_kib(pid);
     let grown = peak.saturating_sub(base);
-    assert!(grown > 8 * 1024, "{runtime}: the burst took memory ({base} -> {peak} KiB)");
+    // 4,000 connections held at once: about 7 MiB on uring (1.7 KiB each when idle,
+    // and what their requests took), more on tokio.
+    assert!(grown > 4 * 1024, "{runtime}: the burst took memory ({base} -> {peak} KiB)");
     let bound = base + grown * keeps / 100;
     let after = settled_rss(pid, bound);
     // Two more bursts: the second may leave up to twice the first's allowance; the

@@ -204,6 +204,11 @@ impl<J, F: std::future::Future> Slot<J, F> {
         }
     }
 
+    /// No operation is under way.
+    pub fn idle(&self) -> bool {
+        self.op.as_ref().is_none_or(|op| op.is_none())
+    }
+
     /// Gives the box back when no operation is in it.
     pub fn shed(&mut self) {
         if self.op.as_ref().is_some_and(|op| op.is_none()) {
@@ -254,13 +259,16 @@ mod slot_tests {
         // The next operation goes into the same box.
         slot.start(Job(8, drops.clone()));
         assert_eq!(slot.poll(&mut cx), Poll::Pending);
+        assert!(!slot.idle());
         slot.shed();
         assert_eq!(format!("{slot:?}"), r#"Slot { op: "busy" }"#, "a busy slot keeps its box");
         slot.cancel();
+        assert!(slot.idle(), "a kept box with nothing in it");
         assert_eq!(drops.get(), 2, "cancelling drops the future");
         assert_eq!(slot.poll(&mut cx), Poll::Pending);
         slot.shed();
         assert_eq!(format!("{slot:?}"), r#"Slot { op: "empty" }"#);
+        assert!(slot.idle());
         slot.start(Job(9, drops.clone()));
         assert_eq!((slot.poll(&mut cx), slot.poll(&mut cx)), (Poll::Pending, Poll::Ready(9)));
         assert_eq!(drops.get(), 3);

@@ -19,6 +19,7 @@ use sluice_core::conn::{BackendId, Connection, Input, Output, SPLICE_PIPE, Splic
 use sluice_core::serve::Listener;
 
 use crate::Shard;
+use crate::timer::Timer;
 
 /// A rare operation (opening a connection, a lookup, a splice, an admin page): boxed
 /// when started.
@@ -122,12 +123,28 @@ struct Ops<'a, F> {
     reads: [Slot<F>; 2],
     writes: [Slot<F>; 2],
     /// The wait for an idle client to send (boxed: every slot's box is given back
-    /// meanwhile), and the tunnel's connection being opened.
+    /// meanwhile).
     awaiting: Option<Op<'a>>,
-    opening: Option<Op<'a>>,
     backends: Vec<Backend<'a, F>>,
-    /// The sockets' descriptors (kept open by their halves), for splicing.
+    /// The client socket's descriptor (kept open by its halves), for splicing.
     client_fd: RawFd,
+    /// What only a tunnel or an admin page uses, made at its first use (out of line:
+    /// every connection's task, an idle one's too, would carry it).
+    rare: Option<Box<Rare<'a>>>,
+    /// What an output's start answered at once.
+    at_once: Option<Input>,
+    /// The connection's deadline in the shard's timer, and the instant it is set for,
+    /// while it is.
+    timer: Timer<'a>,
+    armed: Option<Instant>,
+}
+
+/// A CONNECT tunnel's and an admin page's operations.
+#[derive(Default)]
+struct Rare<'a> {
+    /// The tunnel's connection being opened, and its descriptor (kept open by its
+    /// halves), for splicing.
+    opening: Option<Op<'a>>,
     tunnel_fd: Option<RawFd>,
     /// Splicing the tunnel: not tried yet, ready, or impossible (then never again).
     splicer: Option<Result<Rc<Splicer>, ()>>,
@@ -136,16 +153,10 @@ struct Ops<'a, F> {
     splices: [Option<Op<'a>>; 2],
     /// Every shard's counters being gathered (an admin page).
     gather: Option<Op<'a>>,
-    /// What an output's start answered at once.
-    at_once: Option<Input>,
-    /// The connection's one timer (made at its first deadline, then reset) and the
-    /// instant it is set for, while it is.
-    timer: Option<Pin<Box<monoio::time::Sleep>>>,
-    armed: Option<Instant>,
 }
 
 impl<'a, F: HotOp> Ops<'a, F> {
-    fn new(client: TcpStream, make: fn(Job) -> F) -> Self {
+    fn new(client: TcpStream, make: fn(Job) -> F, timer: Timer<'a>) -> Self {
         let client_fd = client.as_raw_fd();
         let (reader, writer) = client.into_split();
         Ops {
@@ -154,18 +165,17 @@ impl<'a, F: HotOp> Ops<'a, F> {
             reads: [Slot::new(make), Slot::new(make)],
             writes: [Slot::new(make), Slot::new(make)],
             awaiting: None,
-            opening: None,
             backends: Vec::new(),
             client_fd,
-            tunnel_fd: None,
-            splicer: None,
-            pipes: [None, None],
-            splices: [None, None],
-            gather: None,
+            rare: None,
             at_once: None,
-            timer: None,
+            timer,
             armed: None,
         }
+    }
+
+    fn rare(&mut self) -> &mut Rare<'a> {
+        self.rare.get_or_insert_default()
     }
 
     fn backend(&mut self, id: BackendId) -> &mut Backend<'a, F> {
@@ -179,17 +189,14 @@ impl<'a, F: HotOp> Ops<'a, F> {
     /// Makes sure the timer goes off by `deadline`. A timer already set for earlier is
     /// kept: going off early is harmless (the connection finds nothing due and gives
     /// its next deadline), and most deadlines move later (a keep-alive connection's
-    /// next exchange deadline is after its last one), so the timer is reset about once
+    /// next exchange deadline is after its last one), so the timer is set about once
     /// per endpoint timeout instead of several times per request.
     fn arm(&mut self, deadline: Option<Instant>) {
         let Some(d) = deadline else { return };
         if self.armed.is_some_and(|at| at <= d) {
             return;
         }
-        match &mut self.timer {
-            Some(sleep) => sleep.as_mut().reset(d.into()),
-            None => self.timer = Some(Box::pin(monoio::time::sleep_until(d.into()))),
-        }
+        self.timer.arm(d);
         self.armed = Some(d);
     }
 
@@ -210,9 +217,13 @@ impl<'a, F: HotOp> Ops<'a, F> {
                 return Poll::Ready(done);
             }
         }
-        let [up, down] = &mut self.splices;
-        let rare = [&mut self.awaiting, &mut self.opening, up, down, &mut self.gather]
+        let rare = match self.rare.as_deref_mut() {
+            Some(Rare { opening, splices: [up, down], gather, .. }) => Some([opening, up, down, gather]),
+            None => None,
+        };
+        let rare = [&mut self.awaiting]
             .into_iter()
+            .chain(rare.into_iter().flatten())
             .chain(self.backends.iter_mut().map(|b| &mut b.op));
         for op in rare {
             if let Some(Poll::Ready(done)) = op.as_mut().map(|fut| fut.as_mut().poll(cx)) {
@@ -220,7 +231,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
                 return Poll::Ready(done);
             }
         }
-        if self.armed.is_some() && self.timer.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready()) {
+        if self.armed.is_some() && self.timer.poll(cx).is_ready() {
             self.armed = None;
             return Poll::Ready((Back::Nothing, Input::Timeout));
         }
@@ -234,11 +245,13 @@ impl<'a, F: HotOp> Ops<'a, F> {
     /// the splice ends at once: unsupported when this tunnel cannot be spliced (nothing
     /// was changed on its sockets then).
     fn splice_kit(&mut self, up: bool) -> Result<(Rc<Splicer>, KernelPipe), Spliced> {
-        if self.splicer.is_none() {
-            let made = self.tunnel_fd.ok_or_else(gone).and_then(|tunnel| Splicer::new(self.client_fd, tunnel));
-            self.splicer = Some(match made {
+        let client_fd = self.client_fd;
+        let rare = self.rare();
+        if rare.splicer.is_none() {
+            let made = rare.tunnel_fd.ok_or_else(gone).and_then(|tunnel| Splicer::new(client_fd, tunnel));
+            rare.splicer = Some(match made {
                 Ok((splicer, pipes)) => {
-                    self.pipes = pipes.map(Some);
+                    rare.pipes = pipes.map(Some);
                     Ok(Rc::new(splicer))
                 }
                 Err(e) => {
@@ -247,8 +260,8 @@ impl<'a, F: HotOp> Ops<'a, F> {
                 }
             });
         }
-        let Some(Ok(splicer)) = &self.splicer else { return Err(Spliced::Unsupported) };
-        match self.pipes[usize::from(!up)].take() {
+        let Some(Ok(splicer)) = &rare.splicer else { return Err(Spliced::Unsupported) };
+        match rare.pipes[usize::from(!up)].take() {
             Some(pipe) => Ok((splicer.clone(), pipe)),
             // A second splice of one direction (the connection never asks for that).
             None => Err(Spliced::ReadFailed(gone())),
@@ -278,7 +291,13 @@ impl<'a, F: HotOp> Ops<'a, F> {
                         (Back::Client(r, w), Input::ClientReady(res))
                     }));
                     self.reads.iter_mut().chain(&mut self.writes).for_each(Slot::shed);
-                    self.backends.iter_mut().for_each(|b| b.io.shed());
+                    // Core has pooled or closed every backend socket before it waits:
+                    // the table goes too (it is made again at the next call).
+                    if self.backends.iter().all(|b| b.stream.is_none() && b.op.is_none() && b.io.idle()) {
+                        self.backends = Vec::new();
+                    } else {
+                        self.backends.iter_mut().for_each(|b| b.io.shed());
+                    }
                 }
                 Err(halves) => {
                     (self.readers[CLIENT], self.writers[CLIENT]) = (Some(halves.0), Some(halves.1));
@@ -311,11 +330,11 @@ impl<'a, F: HotOp> Ops<'a, F> {
             Back::Client(r, w) => (self.readers[CLIENT], self.writers[CLIENT]) = (Some(r), Some(w)),
             Back::Backend(id, s) => self.backend(id).stream = Some(s),
             Back::Tunnel(s) => {
-                self.tunnel_fd = Some(s.as_raw_fd());
+                self.rare().tunnel_fd = Some(s.as_raw_fd());
                 let (r, w) = s.into_split();
                 (self.readers[TUNNEL], self.writers[TUNNEL]) = (Some(r), Some(w));
             }
-            Back::Pipe(up, pipe) => self.pipes[usize::from(!up)] = Some(pipe),
+            Back::Pipe(up, pipe) => self.rare().pipes[usize::from(!up)] = Some(pipe),
             Back::Nothing => {}
         }
     }
@@ -332,6 +351,10 @@ impl Drop for Active {
 /// Serves one client connection accepted on `listener` until it closes.
 /// Counted open from the call (before the task first runs: a stop that waits for open
 /// connections waits for this one too).
+///
+/// One async block, not an async fn inside one: an async fn's arguments are stored
+/// twice in its future (as given and as its locals), and the wrapper's once more, and
+/// the future is what an idle connection costs (its task's one allocation).
 pub(crate) fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
@@ -339,41 +362,39 @@ pub(crate) fn serve(
     listener: Listener,
 ) -> impl std::future::Future<Output = ()> {
     shard.active.set(shard.active.get() + 1);
-    let active = Active(shard.clone());
+    let active = Active(shard);
     async move {
-        serve_counted(shard, stream, peer, listener).await;
-        drop(active);
-    }
-}
-
-async fn serve_counted(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, listener: Listener) {
-    // The plan this connection serves to its end (a reload closes it at its next
-    // request boundary: `signal`).
-    let plan = shard.plan();
-    let place = shard.stopping.register(plan.generation);
-    let mut stop = std::pin::pin!(place.wait());
-    let mut stop_seen = false;
-    let (gw, balancer, now, wall) = (&plan.gw, &plan.balancer, Instant::now(), SystemTime::now());
-    let mut conn = Connection::accept(listener, gw, balancer, &shard.runtime, peer.ip(), now, wall);
-    if plan.read_ends
-        && listener == Listener::Gateway
-        && let Ok(local) = stream.local_addr()
-    {
-        conn.set_ends(sluice_core::request::Ends { peer, local });
-    }
-    conn.splice_tunnels(true);
-    let mut ops = Ops::new(stream, hot_op);
-    loop {
-        while let Some(output) = conn.poll() {
-            if !start(&shard, &plan, &mut ops, output, &mut conn) {
-                return;
-            }
+        // Dropped last: the connection counts as open until all of it is gone.
+        let counted = active;
+        let shard = &counted.0;
+        // The plan this connection serves to its end (a reload closes it at its next
+        // request boundary: `signal`).
+        let plan = shard.plan();
+        let place = shard.stopping.register(plan.generation);
+        let mut stop = std::pin::pin!(place.wait());
+        let mut stop_seen = false;
+        let (gw, balancer, now, wall) = (&plan.gw, &plan.balancer, Instant::now(), SystemTime::now());
+        let mut conn = Connection::accept(listener, gw, balancer, &shard.runtime, peer.ip(), now, wall);
+        if plan.read_ends
+            && listener == Listener::Gateway
+            && let Ok(local) = stream.local_addr()
+        {
+            conn.set_ends(sluice_core::request::Ends { peer, local });
         }
-        ops.arm(conn.poll_timeout());
-        let (back, input) = poll_fn(|cx| ops.poll_wake(cx, (!stop_seen).then_some(stop.as_mut()))).await;
-        stop_seen |= matches!(input, Input::Stop);
-        ops.give_back(back);
-        conn.handle(input, Instant::now());
+        conn.splice_tunnels(true);
+        let mut ops = Ops::new(stream, hot_op, shard.timers.timer());
+        loop {
+            while let Some(output) = conn.poll() {
+                if !start(shard, &plan, &mut ops, output, &mut conn) {
+                    return;
+                }
+            }
+            ops.arm(conn.poll_timeout());
+            let (back, input) = poll_fn(|cx| ops.poll_wake(cx, (!stop_seen).then_some(stop.as_mut()))).await;
+            stop_seen |= matches!(input, Input::Stop);
+            ops.give_back(back);
+            conn.handle(input, Instant::now());
+        }
     }
 }
 
@@ -451,7 +472,7 @@ fn start<'a, F: HotOp>(
                 Some(Box::pin(async move { (Back::Nothing, Input::Discovered(id, shard.pool.discover(name).await)) }));
         }
         Output::OpenTunnel { addr } => {
-            ops.opening = Some(Box::pin(async move {
+            ops.rare().opening = Some(Box::pin(async move {
                 match crate::backend::dial(addr).await {
                     Ok(s) => (Back::Tunnel(s), Input::TunnelOpened(Ok(()))),
                     Err(e) => (Back::Nothing, Input::TunnelOpened(Err(e))),
@@ -459,11 +480,11 @@ fn start<'a, F: HotOp>(
             }));
         }
         Output::Splice { up } => match ops.splice_kit(up) {
-            Ok((splicer, pipe)) => ops.splices[usize::from(!up)] = Some(Box::pin(splice(splicer, up, pipe))),
+            Ok((splicer, pipe)) => ops.rare().splices[usize::from(!up)] = Some(Box::pin(splice(splicer, up, pipe))),
             Err(result) => ops.at_once = Some(Input::Spliced { up, result }),
         },
         Output::Stats => {
-            ops.gather = Some(Box::pin(async move {
+            ops.rare().gather = Some(Box::pin(async move {
                 (Back::Nothing, Input::Stats(Box::new(crate::admin::gather(&shard.published).await)))
             }));
         }

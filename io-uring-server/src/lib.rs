@@ -20,6 +20,7 @@ mod admin;
 mod backend;
 mod conn;
 mod signal;
+mod timer;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -170,6 +171,8 @@ pub(crate) struct Shard {
     pub(crate) stats: RefCell<sluice_core::ops::stats::Stats>,
     /// Every shard's counters as last copied out for a scrape.
     pub(crate) published: Arc<Vec<Arc<admin::Published>>>,
+    /// Every connection's deadline.
+    pub(crate) timers: timer::Timers,
 }
 
 impl Shard {
@@ -340,6 +343,7 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
         stopping: signal::LocalStop::default(),
         stats: RefCell::default(),
         published,
+        timers: timer::Timers::default(),
     });
     let forwarding = bound.1.map(|f| format!(" (forward proxy on {f})")).unwrap_or_default();
     tracing::info!(shard = id, driver = %driver, "shard listening on {}{forwarding}", bound.0);
@@ -371,6 +375,8 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     }
     // Plugins' ticks: this shard's instances tick here, as each Envoy worker's.
     monoio::spawn(tick(shard.clone()));
+    let timed = shard.clone();
+    monoio::spawn(async move { timed.timers.pump().await });
     let others: Vec<_> = [(forward, Listener::Forward), (admin_listener, Listener::Admin)]
         .into_iter()
         .filter_map(|(l, kind)| Some((l?, kind)))

@@ -14,9 +14,9 @@ use sluice_core::serve::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
 
 use crate::Shared;
+use crate::tell::Notice;
 
 /// A rare operation under way (opening a connection, a lookup, a splice, the idle
 /// wait), boxed when started; it hands back what it held with what happened.
@@ -92,22 +92,42 @@ struct Sockets<'s, F> {
     /// slot's box is given back meanwhile).
     client: [Slot<F>; 2],
     awaiting: Option<Task<'s>>,
-    /// A CONNECT tunnel's connection: its halves at rest, its read and write, and
-    /// its opening.
-    tunnel_reader: Option<OwnedReadHalf>,
-    tunnel_writer: Option<OwnedWriteHalf>,
-    tunnel: [Slot<F>; 2],
-    opening: Option<Task<'s>>,
-    /// Splicing the tunnel: each direction's pipe at rest (up, down) once made, or
-    /// `Err` when this tunnel cannot be spliced; and each direction's splice.
-    #[cfg(target_os = "linux")]
-    pipes: Option<Result<[Option<splice::KernelPipe>; 2], ()>>,
-    splices: [Option<Task<'s>>; 2],
+    /// A CONNECT tunnel's sockets, made when one opens (out of line: every
+    /// connection's task, an idle one's too, would carry them).
+    tunnel: Option<Box<Tunnel<'s, F>>>,
     /// By backend id: the socket at rest, its read or write, and the task opening
     /// (or looking up) it.
     upstream: Vec<Upstream<'s, F>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     deadline: Option<Instant>,
+}
+
+/// A CONNECT tunnel's connection: its halves at rest, its read and write, and its
+/// opening; splicing it: each direction's pipe at rest (up, down) once made, or `Err`
+/// when this tunnel cannot be spliced, and each direction's splice.
+struct Tunnel<'s, F> {
+    reader: Option<OwnedReadHalf>,
+    writer: Option<OwnedWriteHalf>,
+    io: [Slot<F>; 2],
+    opening: Option<Task<'s>>,
+    #[cfg(target_os = "linux")]
+    pipes: Option<Result<[Option<splice::KernelPipe>; 2], ()>>,
+    splices: [Option<Task<'s>>; 2],
+}
+
+/// The tunnel's sockets, made at first use.
+fn tunnel<'a, 's, F: HotOp>(tunnel: &'a mut Option<Box<Tunnel<'s, F>>>, make: fn(Job) -> F) -> &'a mut Tunnel<'s, F> {
+    tunnel.get_or_insert_with(|| {
+        Box::new(Tunnel {
+            reader: None,
+            writer: None,
+            io: [Slot::new(make), Slot::new(make)],
+            opening: None,
+            #[cfg(target_os = "linux")]
+            pipes: None,
+            splices: [None, None],
+        })
+    })
 }
 
 struct Upstream<'s, F> {
@@ -135,16 +155,21 @@ impl<'s, F: HotOp> Sockets<'s, F> {
 
     /// Whichever comes first: an operation's end, the deadline, or `stop` (while not
     /// seen).
-    fn next(&mut self, cx: &mut Context<'_>, stop: Option<Pin<&mut impl Future<Output = ()>>>) -> Poll<(Held, Input)> {
-        let slots = self.client.iter_mut().chain(&mut self.tunnel).chain(self.upstream.iter_mut().map(|u| &mut u.io));
-        for slot in slots {
+    fn next(&mut self, cx: &mut Context<'_>, stop: Option<&mut Notice<'_>>) -> Poll<(Held, Input)> {
+        let tunnel = self.tunnel.as_deref_mut();
+        let (tunnel_io, tunnel_tasks) = match tunnel {
+            Some(Tunnel { io, opening, splices: [up, down], .. }) => (Some(io), Some([opening, up, down])),
+            None => (None, None),
+        };
+        let slots = self.client.iter_mut().chain(tunnel_io.into_iter().flatten());
+        for slot in slots.chain(self.upstream.iter_mut().map(|u| &mut u.io)) {
             if let Poll::Ready(done) = slot.poll(cx) {
                 return Poll::Ready(done);
             }
         }
-        let tasks = [&mut self.awaiting, &mut self.opening]
+        let tasks = [&mut self.awaiting]
             .into_iter()
-            .chain(self.splices.iter_mut())
+            .chain(tunnel_tasks.into_iter().flatten())
             .chain(self.upstream.iter_mut().map(|u| &mut u.task));
         for slot in tasks {
             let Some(task) = slot else { continue };
@@ -182,18 +207,20 @@ impl<'s, F: HotOp> Sockets<'s, F> {
             Held::Upstream(id, s) => self.upstream(id).stream = Some(s),
             Held::Tunnel(s) => {
                 let (r, w) = s.into_split();
-                (self.tunnel_reader, self.tunnel_writer) = (Some(r), Some(w));
+                let t = tunnel(&mut self.tunnel, self.client[0].maker());
+                (t.reader, t.writer) = (Some(r), Some(w));
             }
-            Held::TunnelReader(r) => self.tunnel_reader = Some(r),
-            Held::TunnelWriter(w) => self.tunnel_writer = Some(w),
+            Held::TunnelReader(r) => tunnel(&mut self.tunnel, self.client[0].maker()).reader = Some(r),
+            Held::TunnelWriter(w) => tunnel(&mut self.tunnel, self.client[0].maker()).writer = Some(w),
             #[cfg(target_os = "linux")]
             Held::Spliced(up, from, to, pipe) => {
+                let t = tunnel(&mut self.tunnel, self.client[0].maker());
                 if up {
-                    (self.reader, self.tunnel_writer) = (Some(from), Some(to));
+                    (self.reader, t.writer) = (Some(from), Some(to));
                 } else {
-                    (self.tunnel_reader, self.writer) = (Some(from), Some(to));
+                    (t.reader, self.writer) = (Some(from), Some(to));
                 }
-                if let Some(Ok(pipes)) = &mut self.pipes {
+                if let Some(Ok(pipes)) = &mut t.pipes {
                     pipes[usize::from(!up)] = Some(pipe);
                 }
             }
@@ -202,63 +229,60 @@ impl<'s, F: HotOp> Sockets<'s, F> {
     }
 }
 
-/// Serves one client connection accepted on `listener` until it closes. `stop` turns true when the server stops: the connection
-/// is told, and closes as soon as it has nothing under way.
-pub(crate) async fn serve(
+/// Serves one client connection accepted on `listener` until it closes. When the
+/// server stops, or a reload made a newer plan, the connection is told
+/// (`shared.tell`), and closes as soon as it has nothing under way.
+///
+/// An async block, not an async fn: an async fn's arguments are stored twice in its
+/// future (as given and as its locals), and the future is most of what an idle
+/// connection costs (its task's one allocation).
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<crate::Told>,
     listener: Listener,
-) {
-    let shared = &*shared;
-    // The plan this connection serves to its end: a reload tells it to close at its
-    // next request boundary, as the stop does.
-    let plan = shared.plan();
-    let (gw, balancer, now, wall) = (&plan.gw, &plan.balancer, Instant::now(), SystemTime::now());
-    let mut conn = Connection::accept(listener, gw, balancer, &shared.runtime, peer.ip(), now, wall);
-    if plan.read_ends
-        && listener == Listener::Gateway
-        && let Ok(local) = stream.local_addr()
-    {
-        conn.set_ends(sluice_core::request::Ends { peer, local });
-    }
-    conn.splice_tunnels(cfg!(target_os = "linux"));
-    let (reader, writer) = stream.into_split();
-    let mut sockets = Sockets {
-        reader: Some(reader),
-        writer: Some(writer),
-        client: [Slot::new(hot_op), Slot::new(hot_op)],
-        awaiting: None,
-        tunnel_reader: None,
-        tunnel_writer: None,
-        tunnel: [Slot::new(hot_op), Slot::new(hot_op)],
-        opening: None,
-        #[cfg(target_os = "linux")]
-        pipes: None,
-        splices: [None, None],
-        upstream: Vec::new(),
-        sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
-        deadline: None,
-    };
-    let mine = plan.generation;
-    let mut stopping = std::pin::pin!(async move {
-        // An error means the server is gone: a stop too.
-        let _ = stop.wait_for(|told| told.stopping || told.generation > mine).await;
-    });
-    let mut told = false;
-    loop {
-        while let Some(output) = conn.poll() {
-            let Some(refused) = begin(shared, &plan, &mut sockets, output) else { return };
-            if let Some(input) = refused {
-                conn.handle(input, Instant::now());
-            }
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let shared = &*shared;
+        // The plan this connection serves to its end: a reload tells it to close at its
+        // next request boundary, as the stop does.
+        let plan = shared.plan();
+        let (gw, balancer, now, wall) = (&plan.gw, &plan.balancer, Instant::now(), SystemTime::now());
+        let mut conn = Connection::accept(listener, gw, balancer, &shared.runtime, peer.ip(), now, wall);
+        if plan.read_ends
+            && listener == Listener::Gateway
+            && let Ok(local) = stream.local_addr()
+        {
+            conn.set_ends(sluice_core::request::Ends { peer, local });
         }
-        sockets.sleep_until(conn.poll_timeout());
-        let (held, input) = poll_fn(|cx| sockets.next(cx, (!told).then_some(stopping.as_mut()))).await;
-        told |= matches!(input, Input::Stop);
-        sockets.restore(held);
-        conn.handle(input, Instant::now());
+        conn.splice_tunnels(cfg!(target_os = "linux"));
+        let (reader, writer) = stream.into_split();
+        let mut sockets = Sockets {
+            reader: Some(reader),
+            writer: Some(writer),
+            client: [Slot::new(hot_op), Slot::new(hot_op)],
+            awaiting: None,
+            tunnel: None,
+            upstream: Vec::new(),
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            deadline: None,
+        };
+        let mut notice = shared.tell.notice(plan.generation);
+        let mut told = false;
+        loop {
+            while let Some(output) = conn.poll() {
+                let Some(refused) = begin(shared, &plan, &mut sockets, output) else { return };
+                if let Some(input) = refused {
+                    conn.handle(input, Instant::now());
+                }
+            }
+            sockets.sleep_until(conn.poll_timeout());
+            let (held, input) = poll_fn(|cx| sockets.next(cx, (!told).then_some(&mut notice))).await;
+            told |= matches!(input, Input::Stop);
+            sockets.restore(held);
+            conn.handle(input, Instant::now());
+        }
     }
 }
 
@@ -283,8 +307,15 @@ fn begin<'s, F: HotOp>(
                 let res = r.readable().await;
                 (Held::ClientReader(r), Input::ClientReady(res))
             }));
-            sockets.client.iter_mut().chain(&mut sockets.tunnel).for_each(Slot::shed);
-            sockets.upstream.iter_mut().for_each(|u| u.io.shed());
+            let tunnel = sockets.tunnel.iter_mut().flat_map(|t| &mut t.io);
+            sockets.client.iter_mut().chain(tunnel).for_each(Slot::shed);
+            // Core has pooled or closed every backend socket before it waits: the
+            // table goes too (it is made again at the next call).
+            if sockets.upstream.iter().all(|u| u.stream.is_none() && u.task.is_none() && u.io.idle()) {
+                sockets.upstream = Vec::new();
+            } else {
+                sockets.upstream.iter_mut().for_each(|u| u.io.shed());
+            }
         }
         Output::WriteClient(bytes) => {
             let Some(w) = sockets.writer.take() else {
@@ -357,7 +388,7 @@ fn begin<'s, F: HotOp>(
             )
         }
         Output::OpenTunnel { addr } => {
-            sockets.opening = Some(Box::pin(async move {
+            tunnel(&mut sockets.tunnel, sockets.client[0].maker()).opening = Some(Box::pin(async move {
                 match crate::backend::dial(addr).await {
                     Ok(s) => (Held::Tunnel(s), Input::TunnelOpened(Ok(()))),
                     Err(e) => (Held::Empty, Input::TunnelOpened(Err(e))),
@@ -365,31 +396,30 @@ fn begin<'s, F: HotOp>(
             }));
         }
         Output::ReadTunnel(buf) => {
-            let Some(r) = sockets.tunnel_reader.take() else {
+            let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
+            let Some(r) = t.reader.take() else {
                 return Some(Some(Input::TunnelRead(buf, Err(busy()))));
             };
-            sockets.tunnel[0].start(Job::Read { half: r, buf, back: Held::TunnelReader, done: Input::TunnelRead });
+            t.io[0].start(Job::Read { half: r, buf, back: Held::TunnelReader, done: Input::TunnelRead });
         }
         Output::WriteTunnel(bytes) => {
-            let Some(w) = sockets.tunnel_writer.take() else {
+            let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
+            let Some(w) = t.writer.take() else {
                 return Some(Some(Input::TunnelWritten(bytes, Err(busy()))));
             };
-            sockets.tunnel[1].start(Job::Write {
-                half: w,
-                bytes,
-                back: Held::TunnelWriter,
-                done: Input::TunnelWritten,
-            });
+            t.io[1].start(Job::Write { half: w, bytes, back: Held::TunnelWriter, done: Input::TunnelWritten });
         }
         Output::ShutdownTunnel => {
-            let Some(w) = sockets.tunnel_writer.take() else {
+            let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
+            let Some(w) = t.writer.take() else {
                 return Some(Some(Input::TunnelShutdown(Err(busy()))));
             };
-            sockets.tunnel[1].start(Job::Shutdown { half: w, back: Held::TunnelWriter, done: Input::TunnelShutdown });
+            t.io[1].start(Job::Shutdown { half: w, back: Held::TunnelWriter, done: Input::TunnelShutdown });
         }
         #[cfg(target_os = "linux")]
         Output::Splice { up } => {
-            let pipes = sockets.pipes.get_or_insert_with(|| match splice::KernelPipe::pair() {
+            let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
+            let pipes = t.pipes.get_or_insert_with(|| match splice::KernelPipe::pair() {
                 Ok(pipes) => Ok(pipes.map(Some)),
                 Err(e) => {
                     tracing::debug!(target: "sluice::forward", "the tunnel copies: cannot splice: {e}");
@@ -399,13 +429,13 @@ fn begin<'s, F: HotOp>(
             let Ok(pipes) = pipes else { return Some(Some(Input::Spliced { up, result: Spliced::Unsupported })) };
             let pipe = pipes[usize::from(!up)].take();
             let (from, to) = match up {
-                true => (sockets.reader.take(), sockets.tunnel_writer.take()),
-                false => (sockets.tunnel_reader.take(), sockets.writer.take()),
+                true => (sockets.reader.take(), t.writer.take()),
+                false => (t.reader.take(), sockets.writer.take()),
             };
             let (Some(pipe), Some(from), Some(to)) = (pipe, from, to) else {
                 return Some(Some(Input::Spliced { up, result: Spliced::ReadFailed(busy()) }));
             };
-            sockets.splices[usize::from(!up)] = Some(Box::pin(async move {
+            t.splices[usize::from(!up)] = Some(Box::pin(async move {
                 let result = splice::move_once(&from, &to, &pipe).await;
                 (Held::Spliced(up, from, to, pipe), Input::Spliced { up, result })
             }));

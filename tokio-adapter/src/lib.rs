@@ -55,6 +55,7 @@
 
 mod backend;
 mod conn;
+mod tell;
 
 use std::future::Future;
 use std::io;
@@ -69,7 +70,6 @@ use sluice_core::gateway::ticks::{self, Ticker};
 use sluice_core::ops::runtime::Runtime;
 use sluice_core::serve::{Current, Plan, Refused};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// How a server runs: the options every driver takes. `threads` is the number of
@@ -87,7 +87,7 @@ pub(crate) struct Shared {
     plan: std::sync::Mutex<Arc<Plan>>,
     /// The newest plan's generation, and whether the server stops: what connections
     /// on an older plan, and every connection at the stop, wait for.
-    told: watch::Sender<Told>,
+    pub(crate) tell: tell::Tell,
     /// What every worker counts in together (the forward proxy's breakers).
     pub(crate) runtime: Runtime,
     pub(crate) pool: backend::Pool,
@@ -102,13 +102,6 @@ pub(crate) struct Shared {
 pub(crate) struct Keyed {
     pub(crate) generation: u64,
     pub(crate) stats: sluice_core::ops::stats::Stats,
-}
-
-/// What connections are told: stop, or a newer plan than theirs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Told {
-    pub(crate) stopping: bool,
-    pub(crate) generation: u64,
 }
 
 impl Shared {
@@ -126,7 +119,7 @@ impl Shared {
             keyed.generation = generation;
             drop(keyed);
             *plan = new;
-            self.told.send_modify(|t| t.generation = generation);
+            self.tell.reload(generation);
             tracing::info!("serving the reloaded configuration (generation {generation})");
         }
         plan.clone()
@@ -196,13 +189,12 @@ pub async fn serve_current(
     shutdown: impl Future<Output = ()>,
 ) {
     let (generation, gw) = current.get();
-    let (told, stop) = watch::channel(Told { stopping: false, generation });
     let shared = Arc::new(Shared {
         runtime: Runtime::new(&gw),
         pool: backend::Pool::new(gw.config.max_idle_connections_per_host, gw.dns_cache_config(), gw.resolver.clone()),
         plan: std::sync::Mutex::new(Arc::new(Plan::new(generation, gw))),
         current,
-        told,
+        tell: tell::Tell::new(generation),
         stats: std::sync::Mutex::new(Keyed { generation, ..Keyed::default() }),
     });
     let mut tasks = JoinSet::new();
@@ -237,7 +229,7 @@ pub async fn serve_current(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), kind));
+                    tasks.spawn(conn::serve(shared.clone(), stream, peer, kind));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -268,7 +260,7 @@ pub async fn serve_current(
             let accepted = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
             if let Ok(stream) = accepted {
                 let _ = stream.set_nodelay(true);
-                tasks.spawn(conn::serve(shared.clone(), stream, peer, stop.clone(), Listener::Gateway));
+                tasks.spawn(conn::serve(shared.clone(), stream, peer, Listener::Gateway));
             }
         }
     }
@@ -276,7 +268,7 @@ pub async fn serve_current(
     if let Some(t) = ticking {
         t.abort();
     }
-    shared.told.send_modify(|t| t.stopping = true);
+    shared.tell.stop();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(opts.shutdown_wait, drain).await.is_err() {
         tracing::warn!("stopping with {} connection(s) still open", tasks.len());

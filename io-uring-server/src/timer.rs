@@ -1,0 +1,273 @@
+//! The shard's one timer. Each connection has one deadline at most (its
+//! `Connection::poll_timeout`); they wait here, earliest first, and one monoio sleep,
+//! run by [`Timers::pump`], is set for the earliest of them.
+//!
+//! A monoio `Sleep` per connection was 640 bytes of heap (its timer entry is
+//! cache-line aligned), a fifth of what an idle keep-alive connection held. Here a
+//! connection's deadline costs an [`Entry`] (40 bytes) and a heap element (24).
+//!
+//! A deadline that is set again (earlier: a connection only ever moves its timer
+//! earlier, see `Ops::arm`) or whose connection has gone leaves a stale element in
+//! the heap; it is dropped when it comes up, and the heap is swept of them whenever
+//! they outnumber the live ones (so connections that come and go with long deadlines
+//! do not pile them up).
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::{Future, poll_fn};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+/// Every connection's deadline on this shard.
+#[derive(Default)]
+pub(crate) struct Timers {
+    inner: RefCell<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (deadline, entry, the entry's generation then), earliest first.
+    heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    entries: Vec<Entry>,
+    /// Entries of connections that have gone, for the next ones.
+    free: Vec<u32>,
+    /// Entries with a deadline set.
+    live: usize,
+    /// The pump, parked, and the deadline its sleep is set for.
+    pump: Option<Waker>,
+    pump_at: Option<Instant>,
+}
+
+/// One connection's timer.
+#[derive(Default)]
+struct Entry {
+    /// Bumped when the connection goes: its elements in the heap are stale then.
+    generation: u32,
+    /// The deadline set.
+    at: Option<Instant>,
+    /// The deadline has passed (told once, by [`Timer::poll`]).
+    fired: bool,
+    waker: Option<Waker>,
+}
+
+impl Inner {
+    /// Marks what is due at `now` fired and wakes its connections.
+    fn fire_due(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index, generation))) = self.heap.peek() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            let Some(entry) = self.entries.get_mut(index as usize) else { continue };
+            if entry.generation == generation && entry.at == Some(at) {
+                entry.at = None;
+                entry.fired = true;
+                self.live -= 1;
+                // monoio's wake only queues the task: nothing runs inside this borrow.
+                if let Some(waker) = entry.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Drops the stale elements once they outnumber the live ones.
+    fn sweep(&mut self) {
+        if self.heap.len() > 2 * self.live + 64 {
+            let entries = &self.entries;
+            self.heap.retain(|&Reverse((at, index, generation))| {
+                entries.get(index as usize).is_some_and(|e| e.generation == generation && e.at == Some(at))
+            });
+        }
+    }
+}
+
+impl Timers {
+    /// A timer for a new connection, with no deadline.
+    pub(crate) fn timer(&self) -> Timer<'_> {
+        let mut inner = self.inner.borrow_mut();
+        let index = match inner.free.pop() {
+            Some(i) => i,
+            None => {
+                inner.entries.push(Entry::default());
+                u32::try_from(inner.entries.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        Timer { timers: self, index }
+    }
+
+    /// Wakes each connection whose deadline passed, forever (the shard's runtime drops
+    /// it when the shard ends).
+    pub(crate) fn pump(&self) -> impl Future<Output = ()> + '_ {
+        let mut sleep = Box::pin(monoio::time::sleep_until(Instant::now().into()));
+        poll_fn(move |cx| {
+            loop {
+                let mut inner = self.inner.borrow_mut();
+                inner.fire_due(Instant::now());
+                let Some(&Reverse((at, ..))) = inner.heap.peek() else {
+                    (inner.pump, inner.pump_at) = (Some(cx.waker().clone()), None);
+                    return Poll::Pending;
+                };
+                if inner.pump_at != Some(at) {
+                    sleep.as_mut().reset(at.into());
+                    inner.pump_at = Some(at);
+                }
+                inner.pump = Some(cx.waker().clone());
+                drop(inner);
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Gone off: what is due is fired on the next turn, and the sleep set
+                // again for what is left.
+                self.inner.borrow_mut().pump_at = None;
+            }
+        })
+    }
+}
+
+/// A connection's timer: one deadline at most, set by [`Timer::arm`], told once by
+/// [`Timer::poll`].
+pub(crate) struct Timer<'a> {
+    timers: &'a Timers,
+    index: u32,
+}
+
+impl Timer<'_> {
+    /// Sets the deadline to `at` (replacing the one set).
+    pub(crate) fn arm(&self, at: Instant) {
+        let mut inner = self.timers.inner.borrow_mut();
+        let Some(entry) = inner.entries.get_mut(self.index as usize) else { return };
+        let (was, generation) = (entry.at.replace(at), entry.generation);
+        entry.fired = false;
+        if was.is_none() {
+            inner.live += 1;
+        }
+        inner.heap.push(Reverse((at, self.index, generation)));
+        inner.sweep();
+        // The pump sleeps for a later deadline, or for none.
+        if inner.pump_at.is_none_or(|p| at < p)
+            && let Some(pump) = inner.pump.take()
+        {
+            pump.wake();
+        }
+    }
+
+    /// Ready once when the deadline has passed; pending (waking `cx` then) while one
+    /// is set, and forever when none is.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.timers.inner.borrow_mut();
+        let Some(entry) = inner.entries.get_mut(self.index as usize) else { return Poll::Pending };
+        if std::mem::take(&mut entry.fired) {
+            return Poll::Ready(());
+        }
+        if entry.at.is_some() && !entry.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            entry.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.timers.inner.borrow_mut();
+        let Some(entry) = inner.entries.get_mut(self.index as usize) else { return };
+        let had = entry.at.take().is_some();
+        entry.generation = entry.generation.wrapping_add(1);
+        (entry.fired, entry.waker) = (false, None);
+        if had {
+            inner.live -= 1;
+        }
+        inner.free.push(self.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Runs `f` on a monoio runtime with timers.
+    fn on_runtime<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn each_connection_is_woken_at_its_own_deadline_once() {
+        on_runtime(async {
+            let timers = Rc::new(Timers::default());
+            let pump = timers.clone();
+            monoio::spawn(async move { pump.pump().await });
+            let start = Instant::now();
+            let (a, b) = (timers.timer(), timers.timer());
+            b.arm(start + Duration::from_millis(60));
+            a.arm(start + Duration::from_millis(20));
+            poll_fn(|cx| a.poll(cx)).await;
+            let at_a = start.elapsed();
+            poll_fn(|cx| b.poll(cx)).await;
+            let at_b = start.elapsed();
+            assert!(at_a >= Duration::from_millis(20) && at_a < Duration::from_millis(60), "{at_a:?}");
+            assert!(at_b >= Duration::from_millis(60), "{at_b:?}");
+            // Told once: nothing set, nothing more.
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!((a.poll(&mut cx), b.poll(&mut cx)), (Poll::Pending, Poll::Pending));
+            assert_eq!(timers.inner.borrow().live, 0);
+        });
+    }
+
+    #[test]
+    fn a_deadline_set_again_replaces_the_one_set() {
+        on_runtime(async {
+            let timers = Rc::new(Timers::default());
+            let pump = timers.clone();
+            monoio::spawn(async move { pump.pump().await });
+            let start = Instant::now();
+            let t = timers.timer();
+            t.arm(start + Duration::from_secs(60));
+            // Earlier: the pump, asleep for 60 s, is woken for it.
+            t.arm(start + Duration::from_millis(10));
+            poll_fn(|cx| t.poll(cx)).await;
+            assert!(start.elapsed() < Duration::from_secs(5));
+            // The 60 s element left in the heap is stale: it fires nobody.
+            let mut inner = timers.inner.borrow_mut();
+            assert_eq!((inner.heap.len(), inner.live), (1, 0));
+            inner.fire_due(start + Duration::from_secs(61));
+            assert!(!inner.entries[0].fired);
+            assert!(inner.heap.is_empty());
+        });
+    }
+
+    #[test]
+    fn the_timer_of_a_connection_gone_fires_nothing_and_its_entry_is_reused() {
+        let timers = Timers::default();
+        let now = Instant::now();
+        let gone = timers.timer();
+        gone.arm(now + Duration::from_secs(1));
+        drop(gone);
+        let next = timers.timer();
+        assert_eq!(next.index, 0, "the entry is reused");
+        let mut inner = timers.inner.borrow_mut();
+        inner.fire_due(now + Duration::from_secs(2));
+        assert!(!inner.entries[0].fired, "the old deadline was the gone connection's");
+        assert_eq!((inner.heap.len(), inner.live), (0, 0));
+    }
+
+    #[test]
+    fn stale_elements_are_swept_when_they_outnumber_the_live_ones() {
+        let timers = Timers::default();
+        let now = Instant::now();
+        // Connections that come and go, each with a long deadline.
+        for i in 0..1_000u64 {
+            let t = timers.timer();
+            t.arm(now + Duration::from_secs(120 + i));
+        }
+        let kept = timers.timer();
+        kept.arm(now + Duration::from_secs(5));
+        let inner = timers.inner.borrow();
+        assert_eq!(inner.live, 1);
+        assert!(inner.heap.len() <= 2 * inner.live + 64 + 1, "{} elements", inner.heap.len());
+        assert_eq!(inner.entries.len(), 1, "each connection took the entry of the one gone before it");
+    }
+}
