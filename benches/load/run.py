@@ -10,9 +10,7 @@ drives each with wrk for a fixed duration, and prints one Markdown table:
 
   (a) no-op proxy of a 100-byte body: Sluice (uring, tokio) and nginx;
   (b) 2-backend aggregation of two 2 KB JSON bodies: Sluice alone (nginx cannot);
-  (c) idle keep-alive connections held open: RSS per connection, all three, opened
-      all at once (what an idle connection holds plus what the burst of their
-      requests left in the heap) and one after another (what it holds);
+  (c) idle keep-alive connections held open: RSS per connection, all three;
   (d) a large download streamed through no-op, beside nginx proxy_pass: Gbit/s, CPU
       seconds per GiB, and how much each proxy grows; and the same size uploaded (a
       POST with a Content-Length, curl -T) through no-op to a sink that counts it,
@@ -600,32 +598,23 @@ def scale_rows(work, ports, ng_port, scale, args, quiet):
               f"{r['rps'] / ng:.2f}x | {r['p99']:.2f} | {r['cpu_per_10k']:.3f} |")
 
 
-def hold_idle(port, pids, count, one_at_a_time=False):
-    """Opens `count` keep-alive connections, one request each, and keeps them open:
-    all requests sent before any answer is read, or each answered before the next
-    connection opens."""
+def hold_idle(port, pids, count):
+    """Opens `count` keep-alive connections, one request each, and keeps them open."""
     before = sum(status_kib(p, "VmRSS") for p in pids)
     socks = []
-
-    def answered(s):
-        s.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError("closed")
-            data += chunk
-
     try:
         for i in range(count):
             s = socket.create_connection(("127.0.0.1", port))
             s.sendall(b"GET /noop HTTP/1.1\r\nHost: x\r\n\r\n")
             socks.append(s)
-            if one_at_a_time:
-                answered(s)
-        if not one_at_a_time:
-            for s in socks:
-                answered(s)
+        for s in socks:
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("closed")
+                data += chunk
         time.sleep(1)
         after = sum(status_kib(p, "VmRSS") for p in pids)
         return (after - before) / count, len(socks)
@@ -872,12 +861,6 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                             if got == str(args.download_mib << 20) else f"FAILED: the sink answered {got[:200]!r}")
         idle = {runtime: hold_idle(port, [sluices[runtime].pid], args.idle) for runtime, port in ports.items()}
         idle["nginx"] = hold_idle(ng_port, ng_pids, args.idle)
-        # The gateway gives what the burst freed back to the system within 5 s
-        # (src/mem.rs): the next connections must not just fill that in again.
-        time.sleep(6)
-        idle_one = {runtime: hold_idle(port, [sluices[runtime].pid], args.idle, one_at_a_time=True)
-                    for runtime, port in ports.items()}
-        idle_one["nginx"] = hold_idle(ng_port, ng_pids, args.idle, one_at_a_time=True)
 
         print(f"\nLoad: wrk -t1 -c{args.connections}, {args.duration}s per row after a 2s warm-up; "
               f"{args.shards} Sluice shard(s) / tokio worker(s) vs {args.shards} nginx worker(s); "
@@ -889,10 +872,6 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
         for who, (kib, count) in idle.items():
             name = who if who == "nginx" else f"Sluice {who}"
             print(f"| (c) {count:,} idle keep-alive connections: {name} | | | | | {kib:.1f} KiB per connection |")
-        for who, (kib, count) in idle_one.items():
-            name = who if who == "nginx" else f"Sluice {who}"
-            print(f"| (c) {count:,} idle keep-alive connections, opened one after another: {name} | | | | | "
-                  f"{kib:.1f} KiB per connection |")
         for who, (grew, gbit, cpu_gib) in downloads.items():
             name = who if who == "nginx" else f"Sluice {who}"
             print(f"| (d) {args.download_mib:,} MiB download through no-op: {name} | | | | | "
@@ -911,7 +890,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                   f"{r['cpu_per_10k'] / ng['cpu_per_10k']:.2f}x CPU per request.")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"rows": rows, "idle": idle, "idle_one_at_a_time": idle_one, "downloads": downloads, "uploads": uploads}, f, indent=1)
+                json.dump({"rows": rows, "idle": idle, "downloads": downloads, "uploads": uploads}, f, indent=1)
         if any(isinstance(result, str) for result in uploads.values()):
             sys.exit("an upload failed (see the table)")
     finally:

@@ -1,5 +1,6 @@
 //! One client connection: `sluice_core::conn::Connection` decides, this loop moves its
-//! bytes over monoio sockets, runs its one timer and keeps its idle backend sockets.
+//! bytes over monoio sockets, sets its deadline in the shard's timer (`timer.rs`) and
+//! keeps its idle backend sockets.
 
 use std::future::{Future, poll_fn};
 use std::io;

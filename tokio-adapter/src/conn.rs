@@ -18,8 +18,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::Shared;
 use crate::tell::Notice;
 
-/// A rare operation under way (opening a connection, a lookup, a splice, the idle
-/// wait), boxed when started; it hands back what it held with what happened.
+/// A rare operation under way (opening a connection, a lookup, a splice), boxed when
+/// started; it hands back what it held with what happened.
 type Task<'s> = Pin<Box<dyn Future<Output = (Held, Input)> + Send + 's>>;
 
 /// A socket read or write: the operations every request makes, run in [`Slot`]s (a
@@ -88,10 +88,11 @@ enum Held {
 struct Sockets<'s, F> {
     reader: Option<OwnedReadHalf>,
     writer: Option<OwnedWriteHalf>,
-    /// Client read, client write; the wait for an idle client to send (boxed: every
-    /// slot's box is given back meanwhile).
+    /// Client read, client write.
     client: [Slot<F>; 2],
-    awaiting: Option<Task<'s>>,
+    /// Waiting for an idle client to send: the reader stays here, polled for
+    /// readiness (no future, no box; every slot's box is given back meanwhile).
+    awaiting: bool,
     /// A CONNECT tunnel's sockets, made when one opens (out of line: every
     /// connection's task, an idle one's too, would carry them).
     tunnel: Option<Box<Tunnel<'s, F>>>,
@@ -167,10 +168,14 @@ impl<'s, F: HotOp> Sockets<'s, F> {
                 return Poll::Ready(done);
             }
         }
-        let tasks = [&mut self.awaiting]
-            .into_iter()
-            .chain(tunnel_tasks.into_iter().flatten())
-            .chain(self.upstream.iter_mut().map(|u| &mut u.task));
+        if self.awaiting
+            && let Some(r) = &self.reader
+            && let Poll::Ready(res) = r.as_ref().poll_read_ready(cx)
+        {
+            self.awaiting = false;
+            return Poll::Ready((Held::Empty, Input::ClientReady(res)));
+        }
+        let tasks = tunnel_tasks.into_iter().flatten().chain(self.upstream.iter_mut().map(|u| &mut u.task));
         for slot in tasks {
             let Some(task) = slot else { continue };
             if let Poll::Ready(done) = task.as_mut().poll(cx) {
@@ -262,7 +267,7 @@ pub(crate) fn serve(
             reader: Some(reader),
             writer: Some(writer),
             client: [Slot::new(hot_op), Slot::new(hot_op)],
-            awaiting: None,
+            awaiting: false,
             tunnel: None,
             upstream: Vec::new(),
             sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
@@ -298,15 +303,17 @@ fn begin<'s, F: HotOp>(
     let busy = || io::Error::from(io::ErrorKind::WouldBlock);
     match output {
         Output::ReadClient(buf) => {
-            let Some(r) = sockets.reader.take() else { return Some(Some(Input::ClientRead(buf, Err(busy())))) };
+            // Not while the wait is out (core never asks for that).
+            let Some(r) = sockets.reader.take_if(|_| !sockets.awaiting) else {
+                return Some(Some(Input::ClientRead(buf, Err(busy()))));
+            };
             sockets.client[0].start(Job::Read { half: r, buf, back: Held::ClientReader, done: Input::ClientRead });
         }
         Output::AwaitClient => {
-            let Some(r) = sockets.reader.take() else { return Some(Some(Input::ClientReady(Err(busy())))) };
-            sockets.awaiting = Some(Box::pin(async move {
-                let res = r.readable().await;
-                (Held::ClientReader(r), Input::ClientReady(res))
-            }));
+            if sockets.reader.is_none() {
+                return Some(Some(Input::ClientReady(Err(busy()))));
+            }
+            sockets.awaiting = true;
             let tunnel = sockets.tunnel.iter_mut().flat_map(|t| &mut t.io);
             sockets.client.iter_mut().chain(tunnel).for_each(Slot::shed);
             // Core has pooled or closed every backend socket before it waits: the
