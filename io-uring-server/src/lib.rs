@@ -376,7 +376,7 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     // Plugins' ticks: this shard's instances tick here, as each Envoy worker's.
     monoio::spawn(tick(shard.clone()));
     let timed = shard.clone();
-    monoio::spawn(async move { timed.timers.pump().await });
+    let pumping = monoio::spawn(async move { timed.timers.pump().await });
     let others: Vec<_> = [(forward, Listener::Forward), (admin_listener, Listener::Admin)]
         .into_iter()
         .filter_map(|(l, kind)| Some((l?, kind)))
@@ -404,6 +404,10 @@ async fn shard_main(id: usize, common: Common, listen: Addrs, ready: Ready, driv
     if shard.active.get() > 0 {
         tracing::warn!(shard = id, "stopping with {} connection(s) still open", shard.active.get());
     }
+    // The timer's task holds the shard: it ends here, as every other task of the shard
+    // has at the stop (monoio never drops a task that is still waiting).
+    shard.timers.close();
+    pumping.await;
 }
 
 /// How often a shard looks for a stop or a reload when nothing else wakes it.

@@ -9,8 +9,8 @@
 //! A deadline that is set again (earlier: a connection only ever moves its timer
 //! earlier, see `Ops::arm`) or whose connection has gone leaves a stale element in
 //! the heap; it is dropped when it comes up, and the heap is swept of them whenever
-//! they outnumber the live ones (so connections that come and go with long deadlines
-//! do not pile them up).
+//! they outnumber the live ones by more than 64 (so connections that come and go
+//! with long deadlines do not pile them up).
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -37,6 +37,8 @@ struct Inner {
     /// The pump, parked, and the deadline its sleep is set for.
     pump: Option<Waker>,
     pump_at: Option<Instant>,
+    /// The shard has ended: the pump ends too.
+    closed: bool,
 }
 
 /// One connection's timer.
@@ -97,13 +99,18 @@ impl Timers {
         Timer { timers: self, index }
     }
 
-    /// Wakes each connection whose deadline passed, forever (the shard's runtime drops
-    /// it when the shard ends).
+    /// Wakes each connection whose deadline passed, until [`Timers::close`]. (monoio
+    /// frees a task only when it ends or its last waker goes: one that never ended
+    /// would keep what it holds, the shard with its idle backend sockets, for good.)
     pub(crate) fn pump(&self) -> impl Future<Output = ()> + '_ {
         let mut sleep = Box::pin(monoio::time::sleep_until(Instant::now().into()));
         poll_fn(move |cx| {
             loop {
                 let mut inner = self.inner.borrow_mut();
+                if inner.closed {
+                    inner.pump = None;
+                    return Poll::Ready(());
+                }
                 inner.fire_due(Instant::now());
                 let Some(&Reverse((at, ..))) = inner.heap.peek() else {
                     (inner.pump, inner.pump_at) = (Some(cx.waker().clone()), None);
@@ -123,6 +130,20 @@ impl Timers {
                 self.inner.borrow_mut().pump_at = None;
             }
         })
+    }
+}
+
+impl Timers {
+    /// Ends the pump (the shard has ended: no deadline fires after this).
+    pub(crate) fn close(&self) {
+        let pump = {
+            let mut inner = self.inner.borrow_mut();
+            inner.closed = true;
+            inner.pump.take()
+        };
+        if let Some(pump) = pump {
+            pump.wake();
+        }
     }
 }
 
@@ -236,6 +257,22 @@ mod tests {
             inner.fire_due(start + Duration::from_secs(61));
             assert!(!inner.entries[0].fired);
             assert!(inner.heap.is_empty());
+        });
+    }
+
+    #[test]
+    fn the_pump_ends_when_the_timers_close() {
+        on_runtime(async {
+            let timers = Rc::new(Timers::default());
+            let pump = timers.clone();
+            let pumping = monoio::spawn(async move { pump.pump().await });
+            let t = timers.timer();
+            t.arm(Instant::now() + Duration::from_secs(60));
+            // Let the pump take up the deadline and park.
+            monoio::time::sleep(Duration::from_millis(5)).await;
+            timers.close();
+            pumping.await;
+            assert_eq!(Rc::strong_count(&timers), 1, "the pump's hold on the timers is gone");
         });
     }
 
