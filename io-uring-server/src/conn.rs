@@ -217,19 +217,18 @@ impl<'a, F: HotOp> Ops<'a, F> {
             if let Poll::Ready(done) = backend.io.poll(cx) {
                 return Poll::Ready(done);
             }
-        }
-        let rare = match self.rare.as_deref_mut() {
-            Some(Rare { opening, splices: [up, down], gather, .. }) => Some([opening, up, down, gather]),
-            None => None,
-        };
-        let rare = [&mut self.awaiting]
-            .into_iter()
-            .chain(rare.into_iter().flatten())
-            .chain(self.backends.iter_mut().map(|b| &mut b.op));
-        for op in rare {
-            if let Some(Poll::Ready(done)) = op.as_mut().map(|fut| fut.as_mut().poll(cx)) {
-                *op = None;
+            if let Some(done) = poll_op(&mut backend.op, cx) {
                 return Poll::Ready(done);
+            }
+        }
+        if let Some(done) = poll_op(&mut self.awaiting, cx) {
+            return Poll::Ready(done);
+        }
+        if let Some(Rare { opening, splices: [up, down], gather, .. }) = self.rare.as_deref_mut() {
+            for op in [opening, up, down, gather] {
+                if let Some(done) = poll_op(op, cx) {
+                    return Poll::Ready(done);
+                }
             }
         }
         if self.armed.is_some() && self.timer.poll(cx).is_ready() {
@@ -499,6 +498,16 @@ fn start<'a, F: HotOp>(
         conn.handle(input, Instant::now());
     }
     true
+}
+
+/// Polls a rare operation, if one is out; `Some` once, when it ends.
+fn poll_op(op: &mut Option<Op<'_>>, cx: &mut Context<'_>) -> Option<(Back, Input)> {
+    let done = match op.as_mut()?.as_mut().poll(cx) {
+        Poll::Ready(done) => done,
+        Poll::Pending => return None,
+    };
+    *op = None;
+    Some(done)
 }
 
 /// A socket asked for while an operation holds it (the connection never does that).
