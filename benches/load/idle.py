@@ -30,34 +30,12 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port} after {timeout}s")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, SLUICE, free_port, nginx_workers, status_kib, wait_port  # noqa: E402 (the harness's helpers)
 
 
 def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return total
+    return sum(status_kib(pid, "VmRSS") for pid in pids)
 
 
 def answered(s):
@@ -105,11 +83,6 @@ def measure(port, pids, count, one_after_another):
             s.close()
 
 
-def nginx_workers(master):
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()] or [master]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=10_000)
@@ -123,7 +96,7 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    sluice = os.environ.get("SLUICE_BIN", f"{ROOT}/target/release/sluice")
+    sluice = SLUICE
     work = tempfile.mkdtemp(prefix="sluice-idle-")
     os.chmod(work, 0o755)  # nginx workers may run as another user
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -157,7 +130,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
 """)
                 proc = subprocess.Popen(["nginx", "-c", f"{work}/proxy.conf", "-p", work], **quiet)
                 wait_port(port)
-                return proc, nginx_workers(proc.pid), port
+                return proc, nginx_workers(proc.pid) or [proc.pid], port
             with open(f"{work}/sluice.json", "w") as f:
                 json.dump({"version": 3, "port": port, "listen_ip": "127.0.0.1", "timeout": "5s",
                            "idle_timeout": "120s", "host": [f"http://127.0.0.1:{be_port}"],
