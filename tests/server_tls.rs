@@ -226,7 +226,80 @@ fn not_tls(mode: Mode) {
     assert!(b.requests().iter().all(|s| s.head.starts_with("GET /p ")));
 }
 
-every_driver!(https_listener, versions_and_suites, mutual_tls, not_tls);
+/// One kept-alive connection driven through OpenSSL's memory BIOs: three requests,
+/// each after a pause (a client that is not busy: between requests the connection
+/// waits for it holding no buffer, TLS too), the third's record sent in two halves
+/// 400 ms apart. Prints the three answers' status lines and bodies.
+const IDLE_CLIENT: &str = r#"
+import json, socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+def flush(split=False):
+    data = out.read()
+    if split:
+        s.sendall(data[:len(data) // 2]); time.sleep(0.4); s.sendall(data[len(data) // 2:])
+    elif data:
+        s.sendall(data)
+def more():
+    chunk = s.recv(65536)
+    if not chunk:
+        raise EOFError("the gateway closed the connection")
+    inc.write(chunk)
+while True:
+    try:
+        tls.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        flush(); more()
+flush()
+def ask(split):
+    tls.write(b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    flush(split)
+    got = b""
+    while True:
+        try:
+            got += tls.read(65536)
+        except ssl.SSLWantReadError:
+            more(); continue
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = [l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+        if length and len(body) >= int(length[0]):
+            return head.split(b"\r\n")[0].decode() + " " + body.decode()
+answers = []
+try:
+    for split in (False, False, True):
+        time.sleep(0.4)
+        answers.append(ask(split))
+except Exception as e:
+    answers.append(f"{type(e).__name__}: {e}")
+print(json.dumps(answers))
+"#;
+
+/// A client that pauses between requests on a kept-alive HTTPS connection: each
+/// pause, the connection waits for it without its ciphertext buffers
+/// (`Output::AwaitClient`), and a request whose record comes in two parts across a
+/// wait is answered whole. Exact answers, one connection, three requests at the
+/// backend.
+fn idle_https_connection(mode: Mode) {
+    let c = certs();
+    let b = backend();
+    let gw = start(&config(&c, &b, ""), mode);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(IDLE_CLIENT)
+        .arg(gw.addr.port().to_string())
+        .arg(&c.ca_file)
+        .output()
+        .expect("python3");
+    let answer = r#"HTTP/1.1 200 OK {\"a\":1}"#;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!(r#"["{answer}", "{answer}", "{answer}"]"#));
+    assert_eq!(b.requests().len(), 3);
+}
+
+every_driver!(https_listener, versions_and_suites, mutual_tls, not_tls, idle_https_connection);
 
 /// A listener that cannot serve is a configuration error with its JSON path.
 #[test]
