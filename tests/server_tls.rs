@@ -227,9 +227,9 @@ fn not_tls(mode: Mode) {
 }
 
 /// One kept-alive connection driven through OpenSSL's memory BIOs: three requests,
-/// each after a pause (a client that is not busy: between requests the connection
-/// waits for it holding no buffer, TLS too), the third's record sent in two halves
-/// 400 ms apart. Prints the three answers' status lines and bodies.
+/// each after a pause longer than core's busy gap (a client that is not busy), the
+/// third's record sent in two halves 400 ms apart. Prints the three answers' status
+/// lines and bodies.
 const IDLE_CLIENT: &str = r#"
 import json, socket, ssl, sys, time
 port, ca = int(sys.argv[1]), sys.argv[2]
@@ -278,11 +278,9 @@ except Exception as e:
 print(json.dumps(answers))
 "#;
 
-/// A client that pauses between requests on a kept-alive HTTPS connection: each
-/// pause, the connection waits for it without its ciphertext buffers
-/// (`Output::AwaitClient`), and a request whose record comes in two parts across a
-/// wait is answered whole. Exact answers, one connection, three requests at the
-/// backend.
+/// A client that pauses between requests on a kept-alive HTTPS connection, and sends
+/// a request's record in two parts with a pause between: each answered whole. Exact
+/// answers, one connection, three requests at the backend.
 fn idle_https_connection(mode: Mode) {
     let c = certs();
     let b = backend();

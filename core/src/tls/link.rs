@@ -86,19 +86,6 @@ pub(crate) struct ListenerSide {
     pub(crate) big_reads: bool,
 }
 
-impl ServerLink {
-    /// The session is up and has nothing to send: a connection between requests may
-    /// wait for its client without a ciphertext buffer. (A part of a record rustls
-    /// holds is the start of the next request: it waits for the rest as any read does.)
-    pub(crate) fn quiet(&self) -> bool {
-        self.side.started
-            && !self.side.closed
-            && !self.side.failed
-            && !self.conn.is_handshaking()
-            && !self.conn.wants_write()
-    }
-}
-
 /// Why feeding ciphertext to a TLS session failed.
 #[derive(Debug)]
 pub(crate) enum Undecryptable {
@@ -134,7 +121,13 @@ fn decrypt<S: rustls::SideData>(
 ) -> Result<Decrypted, Undecryptable> {
     let mut out = Decrypted { closed: data.is_empty(), got: false };
     loop {
-        conn.read_tls(&mut data).map_err(Undecryptable::Io)?;
+        // Nothing taken while bytes are left: the peer's close_notify was processed,
+        // and rustls takes nothing after it. What follows it is dropped; looping on
+        // it would never end (a client could spin its shard so).
+        if conn.read_tls(&mut data).map_err(Undecryptable::Io)? == 0 && !data.is_empty() {
+            out.closed = true;
+            return Ok(out);
+        }
         conn.process_new_packets().map_err(Undecryptable::Tls)?;
         let mut chunk = [0u8; 4096];
         loop {
@@ -167,3 +160,74 @@ pub(crate) const TLS_CLIENT_READ: usize = 2048;
 
 /// Ciphertext read size: one TLS record and its overhead.
 pub(crate) const TLS_READ: usize = 16 * 1024 + 512;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+    use super::decrypt;
+    use crate::buf::ReadBuf;
+
+    /// A client and a server session with the handshake done, in memory.
+    fn pair() -> (ClientConnection, ServerConnection) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let leaf = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = CertificateDer::from(leaf.cert.der().to_vec());
+        let key = PrivateKeyDer::try_from(leaf.key_pair.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        while c.is_handshaking() || s.is_handshaking() {
+            let mut flight = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut flight).unwrap();
+            }
+            s.read_tls(&mut flight.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut back = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut back).unwrap();
+            }
+            let mut rd = back.as_slice();
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().unwrap();
+            }
+        }
+        (c, s)
+    }
+
+    #[test]
+    fn bytes_after_the_peer_s_close_notify_end_the_read_and_are_dropped() {
+        let (mut client, mut server) = pair();
+        std::io::Write::write_all(&mut client.writer(), b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        client.send_close_notify();
+        let mut batch = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut batch).unwrap();
+        }
+        // More than rustls takes in one read after the close_notify: it took none of
+        // it, and the loop went on for ever.
+        batch.extend_from_slice(&[0x17; 5000]);
+        let mut input = ReadBuf::default();
+        let out = decrypt(&mut *server, &batch, &mut input).unwrap();
+        assert!(out.closed && out.got);
+        assert_eq!(input.pending(), b"GET / HTTP/1.1\r\n\r\n");
+    }
+}
