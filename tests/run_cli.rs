@@ -513,6 +513,7 @@ fn memory_after_a_burst_goes_back_uring() {
 fn memory_after_a_burst_goes_back_tokio() {
     // tokio keeps about 6.6-7.5 MB of its own after a burst of 4,000, and since idle
     // connections shrank that is about all the burst takes (7.3 MB in one run, 6.6
-    // kept): its bound is the peak; what it is held to is that bursts do not pile up.
-    memory_after_a_burst_goes_back("tokio", 100);
+    // kept): its bound is the peak and a tenth of the growth (the peak is one sample);
+    // what it is held to is that bursts do not pile up.
+    memory_after_a_burst_goes_back("tokio", 110);
 }
