@@ -131,9 +131,7 @@ impl Timers {
             }
         })
     }
-}
 
-impl Timers {
     /// Ends the pump (the shard has ended: no deadline fires after this).
     pub(crate) fn close(&self) {
         let pump = {
@@ -215,12 +213,17 @@ mod tests {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime").block_on(f)
     }
 
+    /// Timers with their pump running (on the runtime of the caller).
+    fn pumped() -> (Rc<Timers>, monoio::task::JoinHandle<()>) {
+        let timers = Rc::new(Timers::default());
+        let pump = timers.clone();
+        (timers, monoio::spawn(async move { pump.pump().await }))
+    }
+
     #[test]
     fn each_connection_is_woken_at_its_own_deadline_once() {
         on_runtime(async {
-            let timers = Rc::new(Timers::default());
-            let pump = timers.clone();
-            monoio::spawn(async move { pump.pump().await });
+            let (timers, _pumping) = pumped();
             let start = Instant::now();
             let (a, b) = (timers.timer(), timers.timer());
             b.arm(start + Duration::from_millis(60));
@@ -241,9 +244,7 @@ mod tests {
     #[test]
     fn a_deadline_set_again_replaces_the_one_set() {
         on_runtime(async {
-            let timers = Rc::new(Timers::default());
-            let pump = timers.clone();
-            monoio::spawn(async move { pump.pump().await });
+            let (timers, _pumping) = pumped();
             let start = Instant::now();
             let t = timers.timer();
             t.arm(start + Duration::from_secs(60));
@@ -263,9 +264,7 @@ mod tests {
     #[test]
     fn the_pump_ends_when_the_timers_close() {
         on_runtime(async {
-            let timers = Rc::new(Timers::default());
-            let pump = timers.clone();
-            let pumping = monoio::spawn(async move { pump.pump().await });
+            let (timers, pumping) = pumped();
             let t = timers.timer();
             t.arm(Instant::now() + Duration::from_secs(60));
             // Let the pump take up the deadline and park.
