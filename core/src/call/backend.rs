@@ -342,7 +342,7 @@ impl Fetch {
                     let head = StreamedHead { status: r.status, head: r.head, framing: r.framing };
                     return Ok((consumed, Progress::Head(head)));
                 }
-                ClientEvent::Response(r) => self.head = Some((r.status, r.head.to_header_map())),
+                ClientEvent::Response(r) => self.head = Some((r.status, r.head.into_header_map())),
                 ClientEvent::Data(d) => self.body.extend_from_slice(d),
                 ClientEvent::End(_) => return Ok((consumed, self.done()?)),
                 ClientEvent::NeedMore => return Ok((consumed, Progress::NeedMore)),

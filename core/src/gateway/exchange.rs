@@ -1004,13 +1004,17 @@ impl<'g> Exchange<'g> {
                 t.ended(i, self.clock, how);
             }
         }
-        let succeeded = match &state {
-            CallState::Answered { status, body, .. } => {
-                self.ep.backends.get(i).is_some_and(|b| accepted(b, *status) && b.shape.apply(body).is_ok())
-            }
-            _ => false,
-        };
-        if self.tickets.get(i).is_some_and(Option::is_some) {
+        // Whether the call succeeded (its body decodes) matters only to a breaker and
+        // to a sequence; otherwise the body is decoded once, when the answer is merged.
+        let ticketed = self.tickets.get(i).is_some_and(Option::is_some);
+        let succeeded = (ticketed || self.ep.sequential)
+            && match &state {
+                CallState::Answered { status, body, .. } => {
+                    self.ep.backends.get(i).is_some_and(|b| accepted(b, *status) && b.shape.apply(body).is_ok())
+                }
+                _ => false,
+            };
+        if ticketed {
             // KrakenD's breaker takes a status under `return_error_details` for a
             // success (the error becomes data).
             let detailed = match &state {

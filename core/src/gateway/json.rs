@@ -187,12 +187,12 @@ fn number_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
     Ok(i)
 }
 
-/// Whether any of the eight bytes in `v` may be `"`, `\` or a control character
-/// (below 0x20), by the tests of `crate::swar`: never a false "no"; a false "yes" (a
-/// borrow from a lower special byte) only sends the caller to its byte-by-byte loop.
-fn may_be_special(v: u64) -> bool {
+/// Flags the bytes of `v` that may be `"`, `\` or a control character (below 0x20),
+/// by the tests of `crate::swar`: none is missed, and the lowest flag is always a true
+/// one (a false flag comes only from a borrow above a true one).
+fn special(v: u64) -> u64 {
     use crate::swar::{below, equal};
-    (equal(v, b'"') | equal(v, b'\\') | below(v, 0x20)) != 0
+    equal(v, b'"') | equal(v, b'\\') | below(v, 0x20)
 }
 
 /// `i` is at the opening quote; returns the index after the closing one. The input is
@@ -201,10 +201,13 @@ fn string_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
     let mut i = start + 1;
     loop {
         // The common case: a run of plain characters, eight bytes at a time while none
-        // of them can be special (see `may_be_special`), then byte by byte.
+        // of them is special (see `special`); the lowest flag is a true one, so the
+        // scan goes straight to it. Byte by byte only near the end of the text.
         while let Some(chunk) = b.get(i..i + 8) {
             let Ok(eight) = <[u8; 8]>::try_from(chunk) else { break };
-            if may_be_special(u64::from_le_bytes(eight)) {
+            let flags = special(u64::from_le_bytes(eight));
+            if flags != 0 {
+                i += (flags.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
@@ -515,18 +518,34 @@ pub fn go_marshal(v: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod swar_tests {
-    use super::may_be_special;
+    use super::special;
+
+    /// Where the scan stops in eight bytes: the first special one, or 8.
+    fn first(bytes: [u8; 8]) -> u32 {
+        special(u64::from_le_bytes(bytes)).trailing_zeros() / 8
+    }
 
     #[test]
-    fn eight_plain_bytes_are_never_special_and_any_special_byte_is_seen() {
+    fn plain_bytes_are_never_flagged_and_the_lowest_flag_is_the_first_special_byte() {
         let plain = *b"abcdefgh";
-        assert!(!may_be_special(u64::from_le_bytes(plain)));
-        assert!(!may_be_special(u64::from_le_bytes([0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']'])));
-        for special in [b'"', b'\\', 0x00, 0x0a, 0x1f] {
+        assert_eq!(first(plain), 8);
+        assert_eq!(first([0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']']), 8);
+        // Every special byte at every place, alone and under a second one above it
+        // (whose borrow may flag the bytes above it: never below).
+        let specials = [b'"', b'\\', 0x00, 0x01, 0x0a, 0x1f];
+        let others = [b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff];
+        for s in specials {
             for at in 0..8 {
                 let mut bytes = plain;
-                bytes[at] = special;
-                assert!(may_be_special(u64::from_le_bytes(bytes)), "{special:#x} at {at}");
+                bytes[at] = s;
+                assert_eq!(first(bytes), at as u32, "{s:#x} at {at}");
+                for o in others {
+                    for above in at + 1..8 {
+                        let mut two = bytes;
+                        two[above] = o;
+                        assert_eq!(first(two), at as u32, "{s:#x} at {at}, {o:#x} at {above}");
+                    }
+                }
             }
         }
     }

@@ -98,14 +98,22 @@ impl Head {
         self.headers.is_empty()
     }
 
-    /// The headers as an [`http::HeaderMap`] (names lowercased, order kept). A field
-    /// that `http` cannot hold is left out; the parser already refused CR, LF and NUL.
-    pub fn to_header_map(&self) -> http::HeaderMap {
+    /// The headers as an [`http::HeaderMap`] (names lowercased, order kept), the values
+    /// sharing this head's bytes rather than each copied out (one allocation, not one per
+    /// field). A field that `http` cannot hold is left out; the parser already refused
+    /// CR, LF and NUL.
+    pub fn into_header_map(self) -> http::HeaderMap {
         let mut map = http::HeaderMap::with_capacity(self.headers.len());
-        for (name, value) in self.iter() {
-            if let (Ok(n), Ok(v)) =
-                (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_bytes(value))
-            {
+        let bytes = bytes::Bytes::from(self.bytes);
+        for span in &self.headers {
+            let (Some(name), Some(_)) = (
+                bytes.get(span.name.0 as usize..span.name.1 as usize),
+                bytes.get(span.value.0 as usize..span.value.1 as usize),
+            ) else {
+                continue;
+            };
+            let value = bytes.slice(span.value.0 as usize..span.value.1 as usize);
+            if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_maybe_shared(value)) {
                 map.append(n, v);
             }
         }
@@ -227,5 +235,30 @@ impl Response {
     /// The reason phrase as sent.
     pub fn reason(&self) -> &str {
         self.head.str_range(self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Head;
+
+    #[test]
+    fn a_header_map_keeps_every_field_in_order_with_its_value() {
+        let head = Head::from_fields([
+            ("Content-Type", &b"application/json"[..]),
+            ("Set-Cookie", b"a=1"),
+            ("X-Custom", b"v \x80 w"),
+            ("set-cookie", b"b=2"),
+            ("ETag", b"\"6751f0c0-64\""),
+        ]);
+        let map = head.into_header_map();
+        assert_eq!(map.len(), 5);
+        assert_eq!(map.keys_len(), 4);
+        assert_eq!(map["content-type"], "application/json");
+        let cookies: Vec<&[u8]> = map.get_all("set-cookie").iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+        assert_eq!(map["x-custom"].as_bytes(), b"v \x80 w");
+        assert_eq!(map["etag"], "\"6751f0c0-64\"");
+        assert!(Head::from_fields([]).into_header_map().is_empty());
     }
 }
