@@ -119,7 +119,7 @@ fn fetch_reads_a_whole_response_fed_in_pieces() {
         };
         let answer = done(progress);
         assert_eq!(answer.status, StatusCode::CREATED);
-        assert_eq!(answer.headers["content-type"], "application/json");
+        assert_eq!(answer.headers.get("content-type"), Some(&b"application/json"[..]));
         assert_eq!(answer.body, b"{\"a\":1}");
         assert!(f.reusable());
     }

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 
 use crate::call::proxy::Proxy;
 use crate::config::HostAddr;
-use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Head, Limits, ServerConn};
+use crate::http1::{BodyLength, ClientConn, ClientEvent, Error, Framing, Head, HeaderFields, Limits, ServerConn};
 use crate::tls::TlsTarget;
 
 /// Idle backend connections older than this are not reused: backends commonly close
@@ -192,7 +192,8 @@ impl Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// As parsed; a map only after its body was inflated (the coding's fields gone).
+    pub headers: HeaderFields,
     pub body: Vec<u8>,
 }
 
@@ -288,7 +289,7 @@ pub struct Fetch {
     stream: bool,
     reused: bool,
     received: bool,
-    head: Option<(StatusCode, HeaderMap)>,
+    head: Option<(StatusCode, Head)>,
     body: Vec<u8>,
     /// Undo a content coding, within `limit` (see [`crate::call::coding`]).
     inflate: bool,
@@ -342,7 +343,7 @@ impl Fetch {
                     let head = StreamedHead { status: r.status, head: r.head, framing: r.framing };
                     return Ok((consumed, Progress::Head(head)));
                 }
-                ClientEvent::Response(r) => self.head = Some((r.status, r.head.into_header_map())),
+                ClientEvent::Response(r) => self.head = Some((r.status, r.head)),
                 ClientEvent::Data(d) => self.body.extend_from_slice(d),
                 ClientEvent::End(_) => return Ok((consumed, self.done()?)),
                 ClientEvent::NeedMore => return Ok((consumed, Progress::NeedMore)),
@@ -385,13 +386,16 @@ impl Fetch {
     }
 
     fn done(&mut self) -> Result<Progress, Failure> {
-        let (status, mut headers) = self.head.take().ok_or_else(|| self.invalid("no response"))?;
+        let (status, head) = self.head.take().ok_or_else(|| self.invalid("no response"))?;
         let mut body = std::mem::take(&mut self.body);
-        // A redirect's body is dropped when it is followed: it is not inflated.
-        if self.inflate && !status.is_redirection() {
+        // A redirect's body is dropped when it is followed: it is not inflated. An answer
+        // with no Content-Encoding has nothing to undo (and keeps its fields as parsed).
+        if self.inflate && !status.is_redirection() && head.get("content-encoding").is_some() {
+            let mut headers = head.into_header_map();
             body = crate::call::coding::decode(&mut headers, body, self.limit).map_err(Failure::new)?;
+            return Ok(Progress::Done(Answer { status, headers: HeaderFields::Map(headers), body }));
         }
-        Ok(Progress::Done(Answer { status, headers, body }))
+        Ok(Progress::Done(Answer { status, headers: head.into(), body }))
     }
 
     fn invalid(&self, reason: &str) -> Failure {

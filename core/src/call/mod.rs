@@ -31,14 +31,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 
 use crate::buf::ReadBuf;
 use crate::call::backend::{Failure, Fetch, IDLE_EXPIRY, Progress, StreamedHead, may_retry};
 use crate::call::proxy::Proxy;
 use crate::config::{HostAddr, Scheme};
 use crate::event::Log;
-use crate::http1::{BodyLength, ClientConn, Limits};
+use crate::http1::{BodyLength, ClientConn, HeaderFields, Limits};
 use crate::io::{BackendId, Output, Session};
 use crate::plan::Gateway;
 use crate::resolve::dns::{self, DnsError};
@@ -435,7 +435,7 @@ impl<'g> Aim<'g> {
 #[derive(Debug)]
 pub(crate) enum CallEvent {
     Nothing,
-    Answer { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
+    Answer { status: StatusCode, headers: HeaderFields, body: Vec<u8> },
     Head(StreamedHead),
     Failed(Failure),
 }
@@ -854,7 +854,7 @@ impl<'g> Calls<'g> {
         }
         if let Some(status) = status.filter(|s| slot.follow && redirect::method_after(*s, &slot.method).is_some()) {
             let location = match &progress {
-                Ok(Progress::Done(a)) => a.headers.get(http::header::LOCATION).map(|v| v.as_bytes().to_vec()),
+                Ok(Progress::Done(a)) => a.headers.get("location").map(<[u8]>::to_vec),
                 Ok(Progress::Head(h)) => h.head.get("location").map(<[u8]>::to_vec),
                 _ => None,
             };

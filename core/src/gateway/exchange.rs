@@ -85,7 +85,7 @@ use crate::gateway::json;
 use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
 use crate::gateway::response::{self, Entry, Key, Node};
 use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
-use crate::http1::{self, BodyLength, RequestTarget};
+use crate::http1::{self, BodyLength, HeaderFields, RequestTarget};
 use crate::ops::trace::{Context, Ended, ExchangeTrace};
 use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway, HeaderPolicy, QueryPolicy};
 use crate::request::{ClientRequest, Reply, RequestBody};
@@ -118,7 +118,7 @@ enum CallState {
     InFlight,
     Answered {
         status: StatusCode,
-        headers: HeaderMap,
+        headers: HeaderFields,
         body: Vec<u8>,
     },
     Failed(String),
@@ -812,7 +812,10 @@ impl<'g> Exchange<'g> {
             Err(_) => plugin::fault_response(&binding.name),
         };
         binding.plugin.on_done(&req);
-        self.settle(i, CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body });
+        self.settle(
+            i,
+            CallState::Answered { status: answer.status, headers: answer.headers.into(), body: answer.body },
+        );
         None
     }
 
@@ -830,7 +833,10 @@ impl<'g> Exchange<'g> {
             Err(_) => plugin::fault_response(&binding.name),
         };
         self.unplug(i);
-        self.settle(i, CallState::Answered { status: answer.status, headers: answer.headers, body: answer.body });
+        self.settle(
+            i,
+            CallState::Answered { status: answer.status, headers: answer.headers.into(), body: answer.body },
+        );
     }
 
     /// Calls out backend call `i`'s plugin asks for, each to its upstream (one the
@@ -1040,26 +1046,31 @@ impl<'g> Exchange<'g> {
     }
 
     /// A complete backend response. Ignored unless the call is in flight.
-    pub fn handle_response(&mut self, id: usize, status: StatusCode, headers: HeaderMap, body: Vec<u8>) {
+    pub fn handle_response(&mut self, id: usize, status: StatusCode, headers: impl Into<HeaderFields>, body: Vec<u8>) {
+        let headers = headers.into();
         if let Some(k) = id.checked_sub(self.ep.backends.len()) {
             if !self.done {
-                self.out_answered(k, Some(BackendResponse { status, headers, body }));
+                self.out_answered(k, Some(BackendResponse { status, headers: headers.into_map(), body }));
             }
             return;
         }
         if !matches!(self.calls.get(id), Some(CallState::InFlight)) || self.done {
             return;
         }
-        let mut answer = BackendResponse { status, headers, body };
-        if let Some(req) = self.plugged.get_mut(id).and_then(Option::take)
-            && let Some(binding) = &self.ep.backends[id].plugin
-        {
-            if binding.plugin.on_response(&req, &mut answer).is_err() {
-                answer = plugin::fault_response(&binding.name);
+        // A plugin sees (and may change) the answer as a header map; otherwise its fields
+        // stay as parsed until something reads one.
+        let plugged = self.plugged.get_mut(id).and_then(Option::take);
+        let (status, headers, body) = match (plugged, &self.ep.backends[id].plugin) {
+            (Some(req), Some(binding)) => {
+                let mut answer = BackendResponse { status, headers: headers.into_map(), body };
+                if binding.plugin.on_response(&req, &mut answer).is_err() {
+                    answer = plugin::fault_response(&binding.name);
+                }
+                binding.plugin.on_done(&req);
+                (answer.status, HeaderFields::Map(answer.headers), answer.body)
             }
-            binding.plugin.on_done(&req);
-        }
-        let BackendResponse { status, headers, body } = answer;
+            _ => (status, headers, body),
+        };
         // The backend's response checks, on its data once shaped (krakend-cel wraps
         // the backend outside lura's formatter); one that refuses fails the call.
         let b = &self.ep.backends[id];
@@ -1083,7 +1094,7 @@ impl<'g> Exchange<'g> {
         if let Some(t) = &mut self.trace {
             t.ended(id, self.clock, Ended::Answered(status.as_u16(), None));
         }
-        self.calls[id] = CallState::Answered { status, headers: HeaderMap::new(), body: Vec::new() };
+        self.calls[id] = CallState::Answered { status, headers: HeaderFields::default(), body: Vec::new() };
         // Any status of a `no-op` backend is its answer: a success for its breaker.
         self.count(id, Some(true));
         self.answer = Some(Answer::Stream(StreamHead { id, status }));
@@ -1235,7 +1246,8 @@ impl<'g> Exchange<'g> {
             if let Some(CallState::Answered { status, headers, body }) = self.calls.first_mut()
                 && !ep.streams()
             {
-                let mut reply = Reply { status: *status, headers: mem::take(headers), body: mem::take(body) };
+                let mut reply =
+                    Reply { status: *status, headers: mem::take(headers).into_map(), body: mem::take(body) };
                 let owned: Vec<HeaderName> =
                     reply.headers.keys().filter(|n| plugin::gateway_owned(n)).cloned().collect();
                 for n in owned {
@@ -1271,8 +1283,9 @@ impl<'g> Exchange<'g> {
                         let mut r = Reply { status: *status, headers: HeaderMap::new(), body: Vec::new() };
                         if router.return_error_msg {
                             r.body = body.clone();
-                            if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-                                r.headers.insert(header::CONTENT_TYPE, ct.clone());
+                            if let Some(ct) = headers.get("content-type").and_then(|v| HeaderValue::from_bytes(v).ok())
+                            {
+                                r.headers.insert(header::CONTENT_TYPE, ct);
                             }
                         }
                         r.headers.insert(COMPLETED.clone(), HeaderValue::from_static("false"));
@@ -1356,8 +1369,8 @@ impl Drop for Exchange<'_> {
 }
 
 /// `{"error_<alias>": {"http_status_code": N, "http_body": "...", "http_body_encoding": "..."}}`
-fn error_details<'a>(alias: &str, status: StatusCode, headers: &HeaderMap, body: &'a [u8]) -> Vec<Entry<'a>> {
-    let encoding = headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+fn error_details<'a>(alias: &str, status: StatusCode, headers: &HeaderFields, body: &'a [u8]) -> Vec<Entry<'a>> {
+    let encoding = headers.get("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
     let details = vec![
         (Key::Text(Cow::Borrowed("http_status_code")), Node::Number(status.as_u16().into())),
         (Key::Text(Cow::Borrowed("http_body")), Node::Str(String::from_utf8_lossy(body))),

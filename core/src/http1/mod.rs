@@ -26,7 +26,7 @@ pub use body::{BodyDecoder, BodyEvent};
 pub use client::{ClientConn, ClientEvent, RequestTarget, write_request, write_request_with};
 pub use framing::{BodyLength, Framing};
 pub(crate) use head::write_field;
-pub use head::{Head, HopByHop, Request, Response, TargetForm};
+pub use head::{Head, HeaderFields, HopByHop, Request, Response, TargetForm};
 pub use server::{Next, ResponseHead, ServerConn, ServerEvent};
 
 use http::StatusCode;
