@@ -526,6 +526,29 @@ mod swar_tests {
     }
 
     #[test]
+    fn strings_end_where_they_end_wherever_the_special_byte_falls() {
+        use super::{parse_document, string_end};
+        for len in 0..48 {
+            for at in 0..len {
+                let mut text = vec![b'x'; len];
+                text[at] = b'"';
+                let mut doc = b"\"".to_vec();
+                doc.extend_from_slice(&text);
+                doc.extend_from_slice(b"\" ");
+                // The first quote ends the string; an escaped one does not.
+                assert_eq!(string_end(&doc, 0), Ok(at + 2), "quote at {at} of {len}");
+                let escaped = String::from_utf8(doc.clone()).unwrap().replacen("x\"", "\\\"", 1);
+                if at > 0 {
+                    assert_eq!(string_end(escaped.as_bytes(), 0), Ok(len + 2), "escaped quote at {at} of {len}");
+                }
+                doc[at + 1] = 0x1f;
+                let e = parse_document(std::str::from_utf8(&doc).unwrap()).unwrap_err();
+                assert_eq!((e.offset, e.reason), (at + 1, "control character in a string"), "at {at} of {len}");
+            }
+        }
+    }
+
+    #[test]
     fn plain_bytes_are_never_flagged_and_the_lowest_flag_is_the_first_special_byte() {
         let plain = *b"abcdefgh";
         assert_eq!(first(plain), 8);
