@@ -197,6 +197,7 @@ fn special(v: u64) -> u64 {
 
 /// `i` is at the opening quote; returns the index after the closing one. The input is
 /// a `&str`, so UTF-8 is already valid: only escapes and control characters are checked.
+#[inline(always)]
 fn string_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
     let mut i = start + 1;
     loop {
