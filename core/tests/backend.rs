@@ -125,6 +125,49 @@ fn fetch_reads_a_whole_response_fed_in_pieces() {
     }
 }
 
+/// A decoding call's answer: one with a `Content-Encoding` is inflated and its coding's
+/// fields go (the fields become a map); one without keeps its fields as parsed, each
+/// read the same.
+#[test]
+fn fetch_inflates_a_coded_body_and_keeps_the_fields_of_one_that_is_not() {
+    use sluice_core::http1::HeaderFields;
+    use std::io::Write;
+    let text = br#"{"a":"hello hello hello hello"}"#;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text).unwrap();
+    let coded = gz.finish().unwrap();
+    let mut wire = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nETag: \"x\"\r\n\r\n",
+        coded.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&coded);
+    let mut f = Fetch::new(Method::GET, Limits::default(), false).inflating(true);
+    let (n, p) = f.handle_input(&wire).unwrap();
+    assert_eq!(n, wire.len());
+    let answer = done(p);
+    assert_eq!(answer.body, text);
+    let HeaderFields::Map(map) = &answer.headers else { panic!("an inflated answer's fields are a map") };
+    assert_eq!(map.len(), 2, "{map:?}");
+    assert_eq!(map["content-type"], "application/json");
+    assert_eq!(map["etag"], "\"x\"");
+
+    let plain =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\nETag: \"y\"\r\n\r\n{\"a\":1}";
+    let mut f = Fetch::new(Method::GET, Limits::default(), false).inflating(true);
+    let answer = done(f.handle_input(plain).unwrap().1);
+    assert_eq!(answer.body, b"{\"a\":1}");
+    assert!(matches!(answer.headers, HeaderFields::Head(_)), "kept as parsed");
+    assert_eq!(answer.headers.get("etag"), Some(&b"\"y\""[..]));
+    assert_eq!(answer.headers.get("Content-Length"), Some(&b"7"[..]));
+
+    // A coding it does not undo fails the call, naming it.
+    let br = b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nabc";
+    let mut f = Fetch::new(Method::GET, Limits::default(), false).inflating(true);
+    let why = f.handle_input(br).unwrap_err().reason;
+    assert_eq!(why, "the backend answered with Content-Encoding: br, which Sluice does not decode");
+}
+
 #[test]
 fn fetch_close_delimited_body_ends_at_eof_and_is_not_reused() {
     let mut f = Fetch::new(Method::GET, Limits::default(), true);
