@@ -226,11 +226,9 @@ fn not_tls(mode: Mode) {
     assert!(b.requests().iter().all(|s| s.head.starts_with("GET /p ")));
 }
 
-/// One kept-alive connection driven through OpenSSL's memory BIOs: three requests,
-/// each after a pause longer than core's busy gap (a client that is not busy), the
-/// third's record sent in two halves 400 ms apart. Prints the three answers' status
-/// lines and bodies.
-const IDLE_CLIENT: &str = r#"
+/// One kept-alive connection driven through OpenSSL's memory BIOs (the set-up and
+/// `ask` shared by [`IDLE_CLIENT`] and [`IDLE_CLOSE_CLIENT`]).
+const IDLE_CLIENT_BASE: &str = r#"
 import json, socket, ssl, sys, time
 port, ca = int(sys.argv[1]), sys.argv[2]
 ctx = ssl.create_default_context(cafile=ca)
@@ -268,6 +266,12 @@ def ask(split):
         length = [l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
         if length and len(body) >= int(length[0]):
             return head.split(b"\r\n")[0].decode() + " " + body.decode()
+"#;
+
+/// Three requests, each after a pause longer than core's busy gap (a client that is
+/// not busy), the third's record sent in two halves 400 ms apart. Prints the three
+/// answers' status lines and bodies.
+const IDLE_CLIENT: &str = r#"
 answers = []
 try:
     for split in (False, False, True):
@@ -287,7 +291,7 @@ fn idle_https_connection(mode: Mode) {
     let gw = start(&config(&c, &b, ""), mode);
     let out = Command::new("python3")
         .arg("-c")
-        .arg(IDLE_CLIENT)
+        .arg(format!("{IDLE_CLIENT_BASE}{IDLE_CLIENT}"))
         .arg(gw.addr.port().to_string())
         .arg(&c.ca_file)
         .output()
@@ -297,7 +301,63 @@ fn idle_https_connection(mode: Mode) {
     assert_eq!(b.requests().len(), 3);
 }
 
-every_driver!(https_listener, versions_and_suites, mutual_tls, not_tls, idle_https_connection);
+/// One request after a pause, then nothing until the gateway closes the connection at
+/// its idle timeout: how the session ended (a close_notify, or the TCP close alone) and
+/// after how long.
+const IDLE_CLOSE_CLIENT: &str = r#"
+time.sleep(0.4)
+answer = ask(False)
+started, end = time.monotonic(), None
+while end is None and time.monotonic() - started < 10:
+    try:
+        # An SSLObject reads b"" once the peer's close_notify has come.
+        end = "more bytes" if tls.read(65536) else "close_notify"
+    except ssl.SSLWantReadError:
+        chunk = s.recv(65536)
+        if chunk:
+            inc.write(chunk)
+        else:
+            inc.write_eof()
+    except ssl.SSLEOFError:
+        end = "closed without close_notify"
+    except Exception as e:
+        end = f"{type(e).__name__}: {e}"
+print(json.dumps([answer, end, 0.5 < time.monotonic() - started < 5]))
+"#;
+
+/// An idle HTTPS connection (waiting for its next request holding no buffer) that
+/// reaches its idle timeout ends its session with a close_notify, as a busy one does:
+/// the wait is ended to write it.
+fn idle_https_connection_times_out_with_close_notify(mode: Mode) {
+    let c = certs();
+    let b = backend();
+    let cfg = config(&c, &b, "").replacen(r#"{"version": 3,"#, r#"{"version": 3, "idle_timeout": "1s","#, 1);
+    let gw = start(&cfg, mode);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{IDLE_CLIENT_BASE}{IDLE_CLOSE_CLIENT}"))
+        .arg(gw.addr.port().to_string())
+        .arg(&c.ca_file)
+        .output()
+        .expect("python3");
+    let answer = r#"HTTP/1.1 200 OK {\"a\":1}"#;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(r#"["{answer}", "close_notify", true]"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.requests().len(), 1);
+}
+
+every_driver!(
+    https_listener,
+    versions_and_suites,
+    mutual_tls,
+    not_tls,
+    idle_https_connection,
+    idle_https_connection_times_out_with_close_notify
+);
 
 /// A listener that cannot serve is a configuration error with its JSON path.
 #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What an idle keep-alive connection costs: Sluice (uring, tokio) beside nginx.
 
-    python3 benches/load/idle.py [--count 10000] [--no-build]
+    python3 benches/load/idle.py [--count 10000] [--tls] [--no-build]
 
 Each proxy is started fresh for each measure (so that no earlier load left freed
 memory for the connections to fill in again), warmed with 50 requests, then given
@@ -17,6 +17,10 @@ The proxy's RSS growth per connection is printed 1 s after the last answer and a
 src/mem.rs). Proxies: one shard / one worker each, in front of an nginx backend; all
 on 127.0.0.1; everything stops by itself. Needs nginx (and cargo, without
 --no-build; SLUICE_BIN names the binary then).
+
+--tls: the proxies' listeners are HTTPS (TLS 1.3, a P-256 certificate made for the
+run with openssl; Sluice's root `tls`, nginx's `listen ... ssl`) and the clients
+Python's `ssl`; 2,000 connections by default (each a handshake).
 """
 
 import argparse
@@ -25,6 +29,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,16 +55,18 @@ def answered(s):
         raise RuntimeError(f"answered {data.splitlines()[0]!r}")
 
 
-def request(port, keep):
+def request(port, keep, tls=None):
     s = socket.create_connection(("127.0.0.1", port))
+    if tls:
+        s = tls.wrap_socket(s, server_hostname="localhost")
     s.sendall(b"GET /noop HTTP/1.1\r\nHost: x\r\n" + (b"" if keep else b"Connection: close\r\n") + b"\r\n")
     return s
 
 
-def measure(port, pids, count, one_after_another):
+def measure(port, pids, count, one_after_another, tls=None):
     """RSS growth per connection in KiB, 1 s and 7 s after the last answer."""
     for _ in range(50):
-        s = request(port, keep=False)
+        s = request(port, keep=False, tls=tls)
         answered(s)
         s.close()
     time.sleep(0.5)
@@ -67,7 +74,7 @@ def measure(port, pids, count, one_after_another):
     socks = []
     try:
         for _ in range(count):
-            socks.append(request(port, keep=True))
+            socks.append(request(port, keep=True, tls=tls))
             if one_after_another:
                 answered(socks[-1])
         if not one_after_another:
@@ -85,9 +92,12 @@ def measure(port, pids, count, one_after_another):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--count", type=int, default=10_000)
+    ap.add_argument("--count", type=int, help="connections per measure (default 10,000; 2,000 with --tls)")
+    ap.add_argument("--tls", action="store_true", help="HTTPS listeners and clients")
     ap.add_argument("--no-build", action="store_true", help="use the built binary (SLUICE_BIN) without cargo")
     args = ap.parse_args()
+    if args.count is None:
+        args.count = 2_000 if args.tls else 10_000
     if not shutil.which("nginx"):
         sys.exit("nginx is needed (apt-get install nginx-light)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -105,6 +115,16 @@ def main():
         os.makedirs(f"{work}/www")
         with open(f"{work}/www/100b", "w") as f:
             f.write("x" * 99 + "\n")
+        tls, listen_ssl, sluice_tls = None, "", {}
+        if args.tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem", "-days", "1",
+                            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                           check=True, **quiet)
+            tls = ssl.create_default_context(cafile=f"{work}/cert.pem")
+            listen_ssl = (f" ssl; ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; "
+                          "ssl_protocols TLSv1.3")
+            sluice_tls = {"tls": {"public_key": f"{work}/cert.pem", "private_key": f"{work}/key.pem"}}
         be_port = free_port()
         common = "daemon off; pid {pid}; error_log {work}/{name}.err warn; events {{ worker_connections 30000; }}"
         with open(f"{work}/backend.conf", "w") as f:
@@ -125,7 +145,7 @@ http {{ access_log off; keepalive_requests 1000000;
 worker_processes 1; worker_rlimit_nofile 30000;
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   upstream be {{ server 127.0.0.1:{be_port}; keepalive 256; }}
-  server {{ listen 127.0.0.1:{port} backlog=4096;
+  server {{ listen 127.0.0.1:{port} backlog=4096{listen_ssl};
     location /noop {{ proxy_pass http://be/100b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
 """)
                 proc = subprocess.Popen(["nginx", "-c", f"{work}/proxy.conf", "-p", work], **quiet)
@@ -133,7 +153,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
                 return proc, nginx_workers(proc.pid) or [proc.pid], port
             with open(f"{work}/sluice.json", "w") as f:
                 json.dump({"version": 3, "port": port, "listen_ip": "127.0.0.1", "timeout": "5s",
-                           "idle_timeout": "120s", "host": [f"http://127.0.0.1:{be_port}"],
+                           "idle_timeout": "120s", "host": [f"http://127.0.0.1:{be_port}"], **sluice_tls,
                            "endpoints": [{"endpoint": "/noop", "output_encoding": "no-op",
                                           "backend": [{"url_pattern": "/100b", "encoding": "no-op"}]}]}, f)
             proc = subprocess.Popen([sluice, "run", "-c", f"{work}/sluice.json", "--runtime", who, "--shards", "1"],
@@ -146,13 +166,14 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
             for one in (True, False):
                 proc, pids, port = start(who)
                 try:
-                    at_1, at_7 = measure(port, pids, args.count, one)
+                    at_1, at_7 = measure(port, pids, args.count, one, tls)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
                 rows.append((who if who == "nginx" else f"Sluice {who}",
                              "one after another" if one else "all at once", at_1, at_7))
-        print(f"\n{args.count:,} idle keep-alive connections, one no-op request each; RSS growth per connection "
+        print(f"\n{args.count:,} idle keep-alive {'HTTPS ' if tls else ''}connections, one no-op request each; "
+              "RSS growth per connection "
               "(fresh proxy per row, one shard / worker):\n")
         print("| proxy | opened | KiB per connection at 1 s | at 7 s |")
         print("|---|---|---:|---:|")

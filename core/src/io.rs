@@ -31,8 +31,10 @@ pub enum Output<'g> {
     /// holding no buffer; then [`Input::ClientReady`]. Given instead of
     /// [`Output::ReadClient`] while a keep-alive connection waits for its next
     /// request, so that an idle connection holds no read buffer; never while a client
-    /// write or shutdown is out, and neither is given until it is answered (a driver
-    /// may hold both socket halves for the wait).
+    /// write or shutdown is out (a driver may hold both socket halves for the wait).
+    /// The one write given while it is out is a TLS session's close_notify as the
+    /// connection closes (idle timeout, stop): the driver may then end the wait without
+    /// an answer, since core reads no more.
     AwaitClient,
     /// Write all of these bytes to the client; then [`crate::conn::Connection::handle_client_written`].
     WriteClient(Vec<u8>),

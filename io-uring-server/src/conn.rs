@@ -43,8 +43,8 @@ enum Back {
     /// A read half of the client ([`CLIENT`]) or the tunnel ([`TUNNEL`]).
     Reader(usize, OwnedReadHalf<TcpStream>),
     Writer(usize, OwnedWriteHalf<TcpStream>),
-    /// Both halves of the client, after waiting for it whole.
-    Client(OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
+    /// The client, after waiting for it whole (its stream is in [`Ops::waiting`]).
+    Waited,
     Backend(BackendId, TcpStream),
     /// A CONNECT tunnel's connection, just opened.
     Tunnel(TcpStream),
@@ -124,8 +124,10 @@ struct Ops<'a, F> {
     reads: [Slot<F>; 2],
     writes: [Slot<F>; 2],
     /// The wait for an idle client to send (boxed: every slot's box is given back
-    /// meanwhile).
+    /// meanwhile), and the client's stream it waits on (shared with it, so that a
+    /// write can end the wait and take the stream back: [`Ops::end_wait`]).
     awaiting: Option<Op<'a>>,
+    waiting: Option<Rc<TcpStream>>,
     backends: Vec<Backend<'a, F>>,
     /// The client socket's descriptor (kept open by its halves), for splicing.
     client_fd: RawFd,
@@ -166,6 +168,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
             reads: [Slot::new(make), Slot::new(make)],
             writes: [Slot::new(make), Slot::new(make)],
             awaiting: None,
+            waiting: None,
             backends: Vec::new(),
             client_fd,
             rare: None,
@@ -276,20 +279,25 @@ impl<'a, F: HotOp> Ops<'a, F> {
     }
 
     /// Waits until the client socket is readable, holding no buffer. monoio waits on a
-    /// whole stream, so the halves are put together for the wait (no write or shutdown
-    /// is out then: core gives none while it waits) and split again after. Either half
-    /// out (never the case with core): ready at once, both halves left where they are,
-    /// and core's read goes ahead as usual. The slots' boxes are given back while the
-    /// client is idle.
+    /// whole stream, so the halves are put together for the wait and split again
+    /// after. A write or shutdown asked for meanwhile (a TLS session's close_notify
+    /// when an idle connection times out or the gateway stops) ends the wait first
+    /// ([`Ops::end_wait`]); core then asks for no `ClientReady`. Either half out (never
+    /// the case with core): ready at once, both halves left where they are, and core's
+    /// read goes ahead as usual. The slots' boxes are given back while the client is
+    /// idle.
     fn await_client(&mut self) {
         match (self.readers[CLIENT].take(), self.writers[CLIENT].take()) {
             (Some(r), Some(w)) => match r.reunite(w) {
                 Ok(stream) => {
+                    let stream = Rc::new(stream);
+                    let waited = stream.clone();
                     self.awaiting = Some(Box::pin(async move {
-                        let res = stream.readable(false).await;
-                        let (r, w) = stream.into_split();
-                        (Back::Client(r, w), Input::ClientReady(res))
+                        let res = waited.readable(false).await;
+                        drop(waited);
+                        (Back::Waited, Input::ClientReady(res))
                     }));
+                    self.waiting = Some(stream);
                     self.reads.iter_mut().chain(&mut self.writes).for_each(Slot::shed);
                     // Core has pooled or closed every backend socket before it waits:
                     // the table goes too (it is made again at the next call).
@@ -311,14 +319,30 @@ impl<'a, F: HotOp> Ops<'a, F> {
         }
     }
 
+    /// Ends the wait for the client, if one is out (its readiness operation is dropped,
+    /// which cancels it), and puts the client's halves back.
+    fn end_wait(&mut self) {
+        self.awaiting = None;
+        if let Some(stream) = self.waiting.take().and_then(|s| Rc::try_unwrap(s).ok()) {
+            let (r, w) = stream.into_split();
+            (self.readers[CLIENT], self.writers[CLIENT]) = (Some(r), Some(w));
+        }
+    }
+
     /// Writes all of `bytes` to `side` (as [`Ops::read`]).
     fn write(&mut self, side: usize, bytes: Vec<u8>, done: fn(Vec<u8>, io::Result<()>) -> Input) {
+        if side == CLIENT && self.waiting.is_some() {
+            self.end_wait();
+        }
         let Some(half) = self.writers[side].take() else { return self.at_once = Some(done(bytes, Err(gone()))) };
         self.writes[side].start(Job::Write { side, half, bytes, done });
     }
 
     /// Shuts `side`'s write side (as [`Ops::read`]).
     fn shutdown(&mut self, side: usize, done: fn(io::Result<()>) -> Input) {
+        if side == CLIENT && self.waiting.is_some() {
+            self.end_wait();
+        }
         let Some(half) = self.writers[side].take() else { return self.at_once = Some(done(Err(gone()))) };
         self.writes[side].start(Job::Shutdown { side, half, done });
     }
@@ -327,7 +351,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
         match back {
             Back::Reader(side, r) => self.readers[side] = Some(r),
             Back::Writer(side, w) => self.writers[side] = Some(w),
-            Back::Client(r, w) => (self.readers[CLIENT], self.writers[CLIENT]) = (Some(r), Some(w)),
+            Back::Waited => self.end_wait(),
             Back::Backend(id, s) => self.backend(id).stream = Some(s),
             Back::Tunnel(s) => {
                 self.rare().tunnel_fd = Some(s.as_raw_fd());

@@ -66,7 +66,8 @@
 //! and hands the vector back for reuse. One read and one write may be out on the
 //! client socket at once (a `408` is written while a read waits), so a driver keeps
 //! the client socket's two halves apart; the one exception is [`Output::AwaitClient`],
-//! out alone on the client socket, during which a driver may hold both. On a backend
+//! out alone on the client socket (but for a TLS close_notify that ends it), during
+//! which a driver may hold both. On a backend
 //! socket one operation at most is ever out.
 //!
 //! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
@@ -158,8 +159,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// last backend slot, write vectors and output queue (about 2.4 KiB in all for a
 /// no-op request) until its next request or its idle timeout, and the backend
 /// connection its last call kept for its next one (`Calls::keep`) for at most 2 s.
-/// Plain HTTP only: a TLS connection never waits so (its records are read into their
-/// own buffer), though one that is not busy gives back its kept connections too.
+/// A TLS connection waits so too once its session has nothing to send
+/// (`ServerLink::quiet`), giving back its ciphertext vectors; its rustls session
+/// stays, with rustls' own buffers.
 const BUSY_GAP: Duration = Duration::from_millis(250);
 /// After the last answer, the write side is shut and the client's bytes read and
 /// dropped for at most this long, until it closes: closing with unread bytes would
@@ -705,25 +707,30 @@ impl<'g> Connection<'g> {
                 // then read as usual).
                 return self.queue.pop_front();
             }
-            self.reading = true;
-            if let Some(tls) = self.tls.as_deref_mut() {
-                let mut buf = mem::take(&mut tls.cipher_in);
-                buf.clear();
-                buf.reserve(if tls.side.big_reads { TLS_READ } else { TLS_CLIENT_READ });
-                return Some(Output::ReadClient(buf));
-            }
-            if self.idle_between_requests() {
+            if self.idle_between_requests() && self.tls.as_deref().is_none_or(ServerLink::quiet) {
                 // Nothing of the next request yet: wait for it holding no buffer, and
                 // give back what the last request kept for the next one (its backend
                 // slots, the write vectors, the output queue: empty here, the box its
-                // head came in).
+                // head came in; a TLS session's ciphertext vectors: rustls keeps its
+                // own).
+                self.reading = true;
                 self.input = ReadBuf::default();
                 self.calls.shed();
                 self.server.shed();
                 self.out = Vec::new();
                 self.spare = Vec::new();
                 self.queue = VecDeque::new();
+                if let Some(tls) = self.tls.as_deref_mut() {
+                    (tls.cipher_in, tls.cipher_out) = (Vec::new(), Vec::new());
+                }
                 return Some(Output::AwaitClient);
+            }
+            self.reading = true;
+            if let Some(tls) = self.tls.as_deref_mut() {
+                let mut buf = mem::take(&mut tls.cipher_in);
+                buf.clear();
+                buf.reserve(if tls.side.big_reads { TLS_READ } else { TLS_CLIENT_READ });
+                return Some(Output::ReadClient(buf));
             }
             return Some(Output::ReadClient(self.input.take_for_read()));
         }
@@ -733,10 +740,10 @@ impl<'g> Connection<'g> {
     /// A keep-alive connection waiting for its next request, with nothing of it read
     /// and nothing being written, whose client is not busy (see [`BUSY_GAP`]; after
     /// the first answer it is not yet): [`Output::AwaitClient`] rather than a read, so
-    /// an idle connection holds no read buffer (on plain HTTP: a TLS connection's
-    /// records are read into their own buffer, so [`Connection::poll`] reads on), and
-    /// its kept backend connections go to the pool first (TLS too). Not before the
-    /// first request (a new connection's head is usually there at once).
+    /// an idle connection holds no read buffer (a TLS connection too, when its session
+    /// has nothing to send: [`ServerLink::quiet`]), and its kept backend connections go
+    /// to the pool first. Not before the first request (a new connection's head is
+    /// usually there at once).
     fn idle_between_requests(&self) -> bool {
         !self.busy
             && !self.ready

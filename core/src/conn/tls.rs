@@ -8,6 +8,7 @@ impl<'g> Connection<'g> {
     /// plain read would have put it there.
     pub(super) fn tls_client_read(&mut self, mut buf: Vec<u8>, result: io::Result<usize>) {
         self.reading = false;
+        self.ready = false;
         let Some(tls) = self.tls.as_deref_mut() else { return };
         let n = result.map_or(0, |n| n.min(buf.len()));
         self.eof |= n == 0;

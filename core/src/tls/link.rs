@@ -86,6 +86,19 @@ pub(crate) struct ListenerSide {
     pub(crate) big_reads: bool,
 }
 
+impl ServerLink {
+    /// The session is up and has nothing to send: a connection between requests may
+    /// wait for its client without a ciphertext buffer. (A part of a record rustls
+    /// holds is the start of the next request: it waits for the rest as any read does.)
+    pub(crate) fn quiet(&self) -> bool {
+        self.side.started
+            && !self.side.closed
+            && !self.side.failed
+            && !self.conn.is_handshaking()
+            && !self.conn.wants_write()
+    }
+}
+
 /// Why feeding ciphertext to a TLS session failed.
 #[derive(Debug)]
 pub(crate) enum Undecryptable {
