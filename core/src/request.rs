@@ -3,6 +3,7 @@
 //! [`crate::gateway::exchange`] and [`crate::conn`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -33,8 +34,9 @@ pub struct Ends {
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
     pub method: Method,
-    /// The path as received, still percent-encoded.
-    pub path: String,
+    /// The path as received, still percent-encoded (shared with the request's access
+    /// line: one copy per request).
+    pub path: Arc<str>,
     /// The query string, without `?`.
     pub query: Option<String>,
     /// The header section as received (names as sent, values as bytes), read in
@@ -73,7 +75,7 @@ impl ClientRequest {
         }
         Ok(ClientRequest {
             method: req.method.clone(),
-            path: req.path().to_string(),
+            path: Arc::from(req.path()),
             query: req.query().map(str::to_string),
             headers: std::mem::take(&mut req.head),
             peer,
@@ -91,11 +93,30 @@ pub struct AccessLog {
     peer: IpAddr,
     /// `None`: no request line could be read (logged as `"-"`).
     method: Option<Method>,
-    path: String,
+    path: LogPath,
     started: Instant,
     scope: Scope,
     /// A traced request's server span, ended with the line (see [`crate::ops::trace`]).
     trace: Option<Box<RequestTrace>>,
+}
+
+/// An access line's path: a gateway request's shares its [`ClientRequest::path`]; any
+/// other's is its own.
+#[derive(Debug)]
+enum LogPath {
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for LogPath {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            LogPath::Shared(p) => p,
+            LogPath::Owned(p) => p,
+        }
+    }
 }
 
 /// What served a request, for the counters ([`crate::ops::stats`]).
@@ -119,7 +140,7 @@ impl AccessLog {
         AccessLog {
             peer: req.peer,
             method: Some(req.method.clone()),
-            path: req.path.clone(),
+            path: LogPath::Shared(req.path.clone()),
             started,
             scope: Scope::Other,
             trace: None,
@@ -130,7 +151,14 @@ impl AccessLog {
     /// its method and target as sent, without a query string.
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
         let path = loggable_target(req.target());
-        AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other, trace: None }
+        AccessLog {
+            peer,
+            method: Some(req.method.clone()),
+            path: LogPath::Owned(path),
+            started,
+            scope: Scope::Other,
+            trace: None,
+        }
     }
 
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
@@ -143,7 +171,7 @@ impl AccessLog {
             let path = format!("http://{authority}{}", target.split_once('?').map_or(target, |(p, _)| p));
             (path, Scope::Forward(authority.to_string()))
         };
-        AccessLog { peer, method: Some(req.method.clone()), path, started, scope, trace: None }
+        AccessLog { peer, method: Some(req.method.clone()), path: LogPath::Owned(path), started, scope, trace: None }
     }
 
     /// A request to the admin listener (its method and path, without the query).
@@ -178,7 +206,7 @@ impl AccessLog {
         let path = loggable_target(&String::from_utf8_lossy(target));
         AccessLog {
             peer,
-            path: if method.is_some() { path } else { String::new() },
+            path: LogPath::Owned(if method.is_some() { path } else { String::new() }),
             method,
             started,
             scope: Scope::Other,

@@ -312,6 +312,11 @@ impl Fetch {
         }
     }
 
+    /// The response head is copied into `room` (see [`ClientConn::give_room`]).
+    pub fn give_room(&mut self, room: Vec<u8>) {
+        self.conn.give_room(room);
+    }
+
     /// A whole response whose `gzip`/`deflate` body is inflated before it is handed on.
     pub fn inflating(self, inflate: bool) -> Fetch {
         Fetch { inflate, ..self }

@@ -177,6 +177,9 @@ pub(crate) struct BackendCall<'g> {
     pub(crate) redirect_tls: Option<&'g crate::tls::TlsProfile>,
     /// The request, while the tunnel it goes through opens.
     pub(crate) held: Vec<u8>,
+    /// The buffer of the last streamed response head, for the next one to be copied
+    /// into ([`Calls::give_head_room`]).
+    head_room: Vec<u8>,
     /// An `https://` backend's profile; its session once connected.
     pub(crate) tls_target: Option<Cow<'g, TlsTarget>>,
     pub(crate) tls: Option<Box<TlsLink>>,
@@ -276,6 +279,7 @@ impl<'g> BackendCall<'g> {
             follow: false,
             redirect_tls: None,
             held: Vec::new(),
+            head_room: Vec::new(),
             tls_target: None,
             tls: None,
             stream,
@@ -521,7 +525,7 @@ impl<'g> Calls<'g> {
                     session = Some(Session(old.tls));
                 }
                 let slot = &mut self.slots[free];
-                (slot.out, slot.sent, slot.input) = (old.out, old.sent, old.input);
+                (slot.out, slot.sent, slot.input, slot.head_room) = (old.out, old.sent, old.input, old.head_room);
                 if slot.out.capacity() < slot.sent.capacity() {
                     mem::swap(&mut slot.out, &mut slot.sent);
                 }
@@ -593,11 +597,13 @@ impl<'g> Calls<'g> {
                 _ => start_tls(slot),
             },
         }
-        slot.fetch = Some(if slot.stream {
+        let mut fetch = if slot.stream {
             Fetch::streaming(slot.method.clone(), limits, reused)
         } else {
             Fetch::new(slot.method.clone(), limits, reused).inflating(slot.inflate)
-        });
+        };
+        fetch.give_room(mem::take(&mut slot.head_room));
+        slot.fetch = Some(fetch);
     }
 
     /// Backend connection `id` could not be opened (`reason` is for the log and, with
@@ -1015,6 +1021,14 @@ impl<'g> Calls<'g> {
 
     /// With no call in use and no connection kept, gives back every slot and what it
     /// kept (a connection going idle: its next request takes a slot again).
+    /// A streamed response head was written on: its buffer stays with slot `id` for
+    /// the next call's head.
+    pub(crate) fn give_head_room(&mut self, id: BackendId, head: crate::http1::Head) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.head_room = head.into_room();
+        }
+    }
+
     pub(crate) fn shed(&mut self) {
         if self.slots.iter().all(|s| !s.in_use && s.kept.is_none()) {
             self.slots = Vec::new();

@@ -236,7 +236,7 @@ fn gateway<'g>(
         let mut note = None;
         let step = cors.apply(&creq.method, &creq.headers, added, &mut note);
         if let Some(note) = note {
-            logs.push_back(Output::Log(Log::Cors { peer, path: creq.path.clone(), note }));
+            logs.push_back(Output::Log(Log::Cors { peer, path: creq.path.to_string(), note }));
         }
         if let Step::Answer(status) = step {
             return Outcome::Respond { reply: Reply::empty(status), line, close: false };
@@ -273,7 +273,7 @@ fn gateway<'g>(
                     route.endpoint.guards.check(&mut creq, &route.params, &gw.config.router, (now, clock.wall()))
             {
                 if let Some(why) = why {
-                    logs.push_back(Output::Log(Log::Jwt { peer, path: creq.path.clone(), why }));
+                    logs.push_back(Output::Log(Log::Jwt { peer, path: creq.path.to_string(), why }));
                 }
                 return Outcome::Respond { reply, line, close: false };
             }

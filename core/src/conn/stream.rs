@@ -249,6 +249,7 @@ impl<'g> Connection<'g> {
                     self.close_slots();
                     return (State::Closing, true);
                 }
+                self.calls.give_head_room(id, head.head);
                 self.answered = true;
                 (State::Pump(Pumping { leg, line, id, status, sent: 0, head: head_at }), true)
             }
@@ -332,6 +333,9 @@ impl<'g> Connection<'g> {
                 p.sent += moved;
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
                 self.end_call(p.id, reusable);
+                if let Leg::Endpoint(ex) = &mut p.leg {
+                    self.server.recycle_head(ex.take_head());
+                }
                 let line = p.line.line(p.status, p.sent, self.now);
                 self.queue.push_back(Output::Log(Log::Access(line)));
                 match self.server.finish_response(&mut self.out) {

@@ -75,6 +75,7 @@ impl<'g> Connection<'g> {
                 Action::Respond(reply) => {
                     // Calls still in flight are abandoned.
                     self.close_slots();
+                    self.server.recycle_head(ex.take_head());
                     return self.respond(reply, line, false);
                 }
                 Action::Stream(_) | Action::Done => {

@@ -65,7 +65,7 @@ fn echo(req: &ClientRequest) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let uri = match &req.query {
         Some(q) => format!("{}?{q}", req.path),
-        None => req.path.clone(),
+        None => req.path.to_string(),
     };
     out.extend_from_slice(b"{\"req_uri\":");
     write_string(&uri, &mut out);

@@ -85,7 +85,7 @@ use crate::gateway::json;
 use crate::gateway::plugin::{self, BackendRequest, BackendResponse, Verdict};
 use crate::gateway::response::{self, Entry, Key, Node};
 use crate::gateway::upstream::{self, Balancer, RenderError, UrlInputs};
-use crate::http1::{self, BodyLength, HeaderFields, RequestTarget};
+use crate::http1::{self, BodyLength, Head, HeaderFields, RequestTarget};
 use crate::ops::trace::{Context, Ended, ExchangeTrace};
 use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway, HeaderPolicy, QueryPolicy};
 use crate::request::{ClientRequest, Reply, RequestBody};
@@ -187,8 +187,9 @@ pub struct Exchange<'g> {
     clock: Instant,
     deadline: Instant,
     calls: Vec<CallState>,
-    /// URLs rendered up front (`None`: it needs an earlier response).
-    rendered: Vec<Option<String>>,
+    /// URLs rendered up front (`None`: it needs an earlier response, or its call was
+    /// made and took it).
+    rendered: SmallVec<[Option<String>; 2]>,
     /// Set when the answer is decided (before any call, for a refused request).
     answer: Option<Answer>,
     done: bool,
@@ -254,7 +255,7 @@ impl<'g> Exchange<'g> {
             clock: now,
             deadline: now + ep.timeout,
             calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
-            rendered: Vec::with_capacity(ep.backends.len()),
+            rendered: SmallVec::with_capacity(ep.backends.len()),
             answer: None,
             done: false,
             plugged: Vec::new(),
@@ -549,6 +550,13 @@ impl<'g> Exchange<'g> {
         out
     }
 
+    /// The client request's head, taken out when the exchange is over (its buffer
+    /// serves the connection's next request: `ServerConn::recycle_head`); the
+    /// exchange sees an empty head after.
+    pub fn take_head(&mut self) -> Head {
+        mem::take(&mut self.req.headers)
+    }
+
     /// What to do next.
     pub fn poll(&mut self, balancer: &Balancer) -> Action<'g> {
         if self.done {
@@ -715,14 +723,17 @@ impl<'g> Exchange<'g> {
         }))
     }
 
-    fn make_call(&self, i: usize, balancer: &Balancer) -> Result<(Call<'g>, &'g BackendHost), String> {
-        let b = &self.ep.backends[i];
+    /// The call to backend `i`, made once: its URL rendered up front is moved into it
+    /// (a message that names it later renders it again).
+    fn make_call(&mut self, i: usize, balancer: &Balancer) -> Result<(Call<'g>, &'g BackendHost), String> {
+        let ep = self.ep;
+        let b = &ep.backends[i];
         let host = balancer.pick(b).ok_or_else(|| format!("backend {i} has no host"))?;
-        let url = match self.rendered.get(i) {
-            Some(Some(url)) => Cow::Borrowed(url.as_str()),
-            _ => Cow::Owned(self.render(b).map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?),
+        let url = match self.rendered.get_mut(i).and_then(Option::take) {
+            Some(url) => url,
+            None => self.render(b).map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?,
         };
-        let target = if host.path_prefix.is_empty() { url.into_owned() } else { format!("{}{url}", host.path_prefix) };
+        let target = if host.path_prefix.is_empty() { url } else { format!("{}{url}", host.path_prefix) };
         // The body goes to every backend whose method carries one; POST, PUT and PATCH
         // always say how long it is, even when it is empty.
         let body = match &self.req.body {

@@ -119,13 +119,21 @@ pub struct ClientConn {
     state: State,
     scanned: usize,
     keep_alive: bool,
+    /// A buffer the response head is copied into ([`ClientConn::give_room`]).
+    room: Vec<u8>,
 }
 
 impl ClientConn {
     /// Expects the response to a request made with `method` (HEAD and CONNECT change
     /// how the response is framed).
     pub fn new(method: Method, limits: Limits) -> ClientConn {
-        ClientConn { method, limits, state: State::Head, scanned: 0, keep_alive: false }
+        ClientConn { method, limits, state: State::Head, scanned: 0, keep_alive: false, room: Vec::new() }
+    }
+
+    /// A buffer an earlier head gave back ([`Head::into_room`]): the response head is
+    /// copied into it rather than into a new one.
+    pub fn give_room(&mut self, room: Vec<u8>) {
+        self.room = room;
     }
 
     /// Whether the connection can carry another request once the response has ended.
@@ -195,7 +203,7 @@ impl ClientConn {
         let scan = framing::scan(parsed.iter().map(|h| (h.name, h.value)))?;
         let framing = framing::response_framing(&self.method, status, http10, &scan)?;
         let keep_alive = framing::keep_alive(http10, &scan) && framing != framing::Framing::UntilClose;
-        let head = Head::new(raw, parsed);
+        let head = Head::new_in(std::mem::take(&mut self.room), raw, parsed);
         let reason = offset(raw, resp.reason.unwrap_or("").as_bytes());
         let decoder = BodyDecoder::new(framing, &self.limits)?;
         if self.method == Method::CONNECT && status.is_success() {

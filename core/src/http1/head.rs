@@ -19,6 +19,9 @@ pub struct Head {
     headers: SmallVec<[Span; 24]>,
 }
 
+/// The largest head buffer kept for the next head ([`Head::into_room`]).
+pub(crate) const ROOM_KEPT: usize = 4 * 1024;
+
 /// The span of `part` inside `base` (both from the same buffer).
 pub(crate) fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
     // Both slices come from the same buffer: the difference of their addresses is the
@@ -28,12 +31,41 @@ pub(crate) fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
 }
 
 impl Head {
-    pub(crate) fn new(raw: &[u8], headers: &[httparse::Header<'_>]) -> Head {
+    /// The head parsed from `raw`, its bytes copied into `room`: a buffer an earlier
+    /// head gave back ([`Head::into_room`]), so no allocation when it is large enough,
+    /// or a new one.
+    pub(crate) fn new_in(mut room: Vec<u8>, raw: &[u8], headers: &[httparse::Header<'_>]) -> Head {
         let headers = headers
             .iter()
             .map(|h| Span { name: offset(raw, h.name.as_bytes()), value: offset(raw, h.value) })
             .collect();
-        Head { bytes: raw.to_vec(), headers }
+        room.clear();
+        room.extend_from_slice(raw);
+        Head { bytes: room, headers }
+    }
+
+    /// The buffer its bytes are in, emptied, for the next head to be copied into
+    /// ([`Head::new_in`]); none when it grew past [`ROOM_KEPT`] (a large head is rare:
+    /// its buffer is not held for the next).
+    pub(crate) fn into_room(mut self) -> Vec<u8> {
+        self.take_room()
+    }
+
+    /// [`Head::into_room`] in place: it is left empty.
+    pub(crate) fn take_room(&mut self) -> Vec<u8> {
+        self.headers.clear();
+        let mut room = std::mem::take(&mut self.bytes);
+        if room.capacity() > ROOM_KEPT {
+            return Vec::new();
+        }
+        room.clear();
+        room
+    }
+
+    /// An empty head holding `room` for the next one ([`Head::take_room`]).
+    pub(crate) fn put_room(&mut self, room: Vec<u8>) {
+        self.headers.clear();
+        self.bytes = room;
     }
 
     pub(crate) fn range(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -287,7 +319,33 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, HeaderFields};
+    use super::{Head, HeaderFields, ROOM_KEPT};
+
+    fn parsed(raw: &[u8], room: Vec<u8>) -> Head {
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut fields);
+        assert!(resp.parse(raw).is_ok_and(|s| s.is_complete()));
+        Head::new_in(room, raw, resp.headers)
+    }
+
+    #[test]
+    fn a_head_copied_into_a_given_back_buffer_reads_as_a_new_one() {
+        let first = parsed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n", Vec::new());
+        let room = first.into_room();
+        let (at, capacity) = (room.as_ptr(), room.capacity());
+        assert!(room.is_empty() && capacity >= 64);
+        let second = parsed(b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\n\r\n", room);
+        assert_eq!(second.iter().collect::<Vec<_>>(), [("X-A", &b"1"[..])]);
+        assert_eq!(second.get("content-type"), None);
+        // The same buffer, not a new one.
+        let room = second.into_room();
+        assert_eq!((room.as_ptr(), room.capacity()), (at, capacity));
+        // A head past the kept size gives no buffer back: it is not held for the next.
+        let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "b".repeat(ROOM_KEPT));
+        let big = parsed(big.as_bytes(), room);
+        assert_eq!(big.get("x-big").map(<[u8]>::len), Some(ROOM_KEPT));
+        assert_eq!(big.into_room().capacity(), 0);
+    }
 
     #[test]
     fn a_header_map_keeps_every_field_in_order_with_its_value() {

@@ -131,6 +131,14 @@ impl ServerConn {
         self.spare = Some(request);
     }
 
+    /// A request is over: its head's buffer is kept (in the box kept for the next
+    /// request, when there is one) for the next head to be copied into.
+    pub fn recycle_head(&mut self, head: Head) {
+        if let Some(spare) = &mut self.spare {
+            spare.head.put_room(head.into_room());
+        }
+    }
+
     /// Drops the box kept for the next request and the added fields' room (a
     /// connection going idle holds none).
     pub fn shed(&mut self) {
@@ -211,7 +219,9 @@ impl ServerConn {
         }
         let framing = if method == Method::CONNECT { Framing::None } else { framing::request_framing(http10, &scan)? };
         let decoder = BodyDecoder::new(framing, &self.limits)?;
-        let head = Head::new(raw, parsed_headers);
+        // Into the buffer of the head before, when the connection gave it back.
+        let room = self.spare.as_mut().map(|s| s.head.take_room()).unwrap_or_default();
+        let head = Head::new_in(room, raw, parsed_headers);
         let target_span = offset(raw, target.as_bytes());
         let keep_alive = framing::keep_alive(http10, &scan);
         let upgrade = scan.upgrade && scan.connection_upgrade && !http10;
