@@ -156,8 +156,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// instructions on tokio). So a connection that goes quiet after a slow request, or
 /// after its first, holds no heap in core while it is quiet; one that goes quiet
 /// after a burst keeps its read buffer (1 KiB, up to 8 KiB after a large head), its
-/// last backend slot, write vectors and output queue (about 2.4 KiB in all for a
-/// no-op request) until its next request or its idle timeout, and the backend
+/// last backend slot, write vectors, output queue and the buffers its heads were
+/// copied into (about 2.5 KiB in all for a no-op request) until its next request or its idle timeout, and the backend
 /// connection its last call kept for its next one (`Calls::keep`) for at most 2 s.
 /// A TLS connection waits so too once its session has nothing to send
 /// (`ServerLink::quiet`), giving back its ciphertext vectors; its rustls session

@@ -1,5 +1,6 @@
 //! Parsed heads: one copy of the head bytes, header positions in a small array (no
-//! allocation per header).
+//! allocation per header). The copy goes into a buffer an earlier head gave back
+//! where the connection keeps one ([`Head::new_in`], [`Head::into_room`]).
 
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
