@@ -350,13 +350,44 @@ fn idle_https_connection_times_out_with_close_notify(mode: Mode) {
     assert_eq!(b.requests().len(), 1);
 }
 
+/// As above when the gateway stops instead: the idle connection closes (a second
+/// after its last answer) with a close_notify, and the stop completes.
+fn idle_https_connection_closes_with_close_notify_at_stop(mode: Mode) {
+    let c = certs();
+    let b = backend();
+    let mut gw = start(&config(&c, &b, ""), mode);
+    let client = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{IDLE_CLIENT_BASE}{IDLE_CLOSE_CLIENT}"))
+        .arg(gw.addr.port().to_string())
+        .arg(&c.ca_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    // Its request is answered about 0.4 s in; it then waits.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let stopping = gw.stop_async();
+    let out = client.wait_with_output().expect("python3");
+    stopping.join().expect("the stop completes");
+    let answer = r#"HTTP/1.1 200 OK {\"a\":1}"#;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(r#"["{answer}", "close_notify", true]"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.requests().len(), 1);
+}
+
 every_driver!(
     https_listener,
     versions_and_suites,
     mutual_tls,
     not_tls,
     idle_https_connection,
-    idle_https_connection_times_out_with_close_notify
+    idle_https_connection_times_out_with_close_notify,
+    idle_https_connection_closes_with_close_notify_at_stop
 );
 
 /// A listener that cannot serve is a configuration error with its JSON path.

@@ -1019,8 +1019,6 @@ impl<'g> Calls<'g> {
         }
     }
 
-    /// With no call in use and no connection kept, gives back every slot and what it
-    /// kept (a connection going idle: its next request takes a slot again).
     /// A streamed response head was written on: its buffer stays with slot `id` for
     /// the next call's head.
     pub(crate) fn give_head_room(&mut self, id: BackendId, head: crate::http1::Head) {
@@ -1029,6 +1027,8 @@ impl<'g> Calls<'g> {
         }
     }
 
+    /// With no call in use and no connection kept, gives back every slot and what it
+    /// kept (a connection going idle: its next request takes a slot again).
     pub(crate) fn shed(&mut self) {
         if self.slots.iter().all(|s| !s.in_use && s.kept.is_none()) {
             self.slots = Vec::new();

@@ -66,8 +66,9 @@
 //! and hands the vector back for reuse. One read and one write may be out on the
 //! client socket at once (a `408` is written while a read waits), so a driver keeps
 //! the client socket's two halves apart; the one exception is [`Output::AwaitClient`],
-//! out alone on the client socket (but for a TLS close_notify that ends it), during
-//! which a driver may hold both. On a backend
+//! out alone on the client socket (but for a TLS close_notify as the connection
+//! closes, which a driver may end the wait to write), during which a driver may hold
+//! both. On a backend
 //! socket one operation at most is ever out.
 //!
 //! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
