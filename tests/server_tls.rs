@@ -282,6 +282,21 @@ except Exception as e:
 print(json.dumps(answers))
 "#;
 
+/// `python3 -c IDLE_CLIENT_BASE + script PORT CA`, its output piped.
+fn idle_client(script: &str, gw: &Gw, c: &Certs) -> std::process::Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(format!("{IDLE_CLIENT_BASE}{script}"))
+        .arg(gw.addr.port().to_string())
+        .arg(&c.ca_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+const IDLE_ANSWER: &str = r#"HTTP/1.1 200 OK {\"a\":1}"#;
+
 /// A client that pauses between requests on a kept-alive HTTPS connection, and sends
 /// a request's record in two parts with a pause between: each answered whole. Exact
 /// answers, one connection, three requests at the backend.
@@ -289,15 +304,11 @@ fn idle_https_connection(mode: Mode) {
     let c = certs();
     let b = backend();
     let gw = start(&config(&c, &b, ""), mode);
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(format!("{IDLE_CLIENT_BASE}{IDLE_CLIENT}"))
-        .arg(gw.addr.port().to_string())
-        .arg(&c.ca_file)
-        .output()
-        .expect("python3");
-    let answer = r#"HTTP/1.1 200 OK {\"a\":1}"#;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!(r#"["{answer}", "{answer}", "{answer}"]"#));
+    let out = idle_client(IDLE_CLIENT, &gw, &c).wait_with_output().expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(r#"["{IDLE_ANSWER}", "{IDLE_ANSWER}", "{IDLE_ANSWER}"]"#)
+    );
     assert_eq!(b.requests().len(), 3);
 }
 
@@ -325,6 +336,18 @@ while end is None and time.monotonic() - started < 10:
 print(json.dumps([answer, end, 0.5 < time.monotonic() - started < 5]))
 "#;
 
+/// [`IDLE_CLOSE_CLIENT`]'s output: its one request answered, then a close_notify
+/// between 0.5 and 5 s later; one request at the backend.
+fn closed_with_close_notify(out: std::process::Output, b: &Backend) {
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(r#"["{IDLE_ANSWER}", "close_notify", true]"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.requests().len(), 1);
+}
+
 /// An idle HTTPS connection (waiting for its next request holding no buffer) that
 /// reaches its idle timeout ends its session with a close_notify, as a busy one does:
 /// the wait is ended to write it.
@@ -333,21 +356,7 @@ fn idle_https_connection_times_out_with_close_notify(mode: Mode) {
     let b = backend();
     let cfg = config(&c, &b, "").replacen(r#"{"version": 3,"#, r#"{"version": 3, "idle_timeout": "1s","#, 1);
     let gw = start(&cfg, mode);
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(format!("{IDLE_CLIENT_BASE}{IDLE_CLOSE_CLIENT}"))
-        .arg(gw.addr.port().to_string())
-        .arg(&c.ca_file)
-        .output()
-        .expect("python3");
-    let answer = r#"HTTP/1.1 200 OK {\"a\":1}"#;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!(r#"["{answer}", "close_notify", true]"#),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(b.requests().len(), 1);
+    closed_with_close_notify(idle_client(IDLE_CLOSE_CLIENT, &gw, &c).wait_with_output().expect("python3"), &b);
 }
 
 /// As above when the gateway stops instead: the idle connection closes (a second
@@ -356,28 +365,13 @@ fn idle_https_connection_closes_with_close_notify_at_stop(mode: Mode) {
     let c = certs();
     let b = backend();
     let mut gw = start(&config(&c, &b, ""), mode);
-    let client = Command::new("python3")
-        .arg("-c")
-        .arg(format!("{IDLE_CLIENT_BASE}{IDLE_CLOSE_CLIENT}"))
-        .arg(gw.addr.port().to_string())
-        .arg(&c.ca_file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
+    let client = idle_client(IDLE_CLOSE_CLIENT, &gw, &c);
     // Its request is answered about 0.4 s in; it then waits.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1200));
     let stopping = gw.stop_async();
     let out = client.wait_with_output().expect("python3");
     stopping.join().expect("the stop completes");
-    let answer = r#"HTTP/1.1 200 OK {\"a\":1}"#;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!(r#"["{answer}", "close_notify", true]"#),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(b.requests().len(), 1);
+    closed_with_close_notify(out, &b);
 }
 
 every_driver!(
