@@ -68,8 +68,7 @@
 //! the client socket's two halves apart; the one exception is [`Output::AwaitClient`],
 //! out alone on the client socket (but for a TLS close_notify as the connection
 //! closes, which a driver may end the wait to write), during which a driver may hold
-//! both. On a backend
-//! socket one operation at most is ever out.
+//! both. On a backend socket one operation at most is ever out.
 //!
 //! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
 //! the same outputs (`core/tests/conn.rs` plays whole conversations with virtual time).
@@ -158,8 +157,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// after its first, holds no heap in core while it is quiet; one that goes quiet
 /// after a burst keeps its read buffer (1 KiB, up to 8 KiB after a large head), its
 /// last backend slot, write vectors, output queue and the buffers its heads were
-/// copied into (about 2.5 KiB in all for a no-op request) until its next request or its idle timeout, and the backend
-/// connection its last call kept for its next one (`Calls::keep`) for at most 2 s.
+/// copied into (about 2.5 KiB in all for a no-op request) until its next request or
+/// its idle timeout, and the backend connection its last call kept for its next one
+/// (`Calls::keep`) for at most 2 s.
 /// A TLS connection waits so too once its session has nothing to send
 /// (`ServerLink::quiet`), giving back its ciphertext vectors; its rustls session
 /// stays, with rustls' own buffers.
