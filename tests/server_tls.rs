@@ -374,6 +374,45 @@ fn idle_https_connection_closes_with_close_notify_at_stop(mode: Mode) {
     closed_with_close_notify(out, &b);
 }
 
+/// One request, a pause past the busy gap (the connection then waits for its client),
+/// then plaintext where a TLS record should come: how the session ended.
+const IDLE_JUNK_CLIENT: &str = r#"
+time.sleep(0.4)
+answer = ask(False)
+time.sleep(0.4)
+s.sendall(b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n")
+started, end = time.monotonic(), None
+while end is None and time.monotonic() - started < 10:
+    try:
+        end = "more bytes" if tls.read(65536) else "close_notify"
+    except ssl.SSLWantReadError:
+        chunk = s.recv(65536)
+        if chunk:
+            inc.write(chunk)
+        else:
+            inc.write_eof()
+    except ssl.SSLError as e:
+        end = e.reason
+print(json.dumps([answer, end]))
+"#;
+
+/// Bytes that are not a TLS record, sent to a connection waiting for its next request:
+/// the session fails with rustls' alert (the client reads it) and the connection
+/// closes; the junk never reaches the backend.
+fn junk_after_an_idle_wait_is_refused_with_an_alert(mode: Mode) {
+    let c = certs();
+    let b = backend();
+    let gw = start(&config(&c, &b, ""), mode);
+    let out = idle_client(IDLE_JUNK_CLIENT, &gw, &c).wait_with_output().expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(r#"["{IDLE_ANSWER}", "TLSV1_ALERT_DECODE_ERROR"]"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.requests().len(), 1);
+}
+
 every_driver!(
     https_listener,
     versions_and_suites,
@@ -381,7 +420,8 @@ every_driver!(
     not_tls,
     idle_https_connection,
     idle_https_connection_times_out_with_close_notify,
-    idle_https_connection_closes_with_close_notify_at_stop
+    idle_https_connection_closes_with_close_notify_at_stop,
+    junk_after_an_idle_wait_is_refused_with_an_alert
 );
 
 /// A listener that cannot serve is a configuration error with its JSON path.
