@@ -227,7 +227,7 @@ fn not_tls(mode: Mode) {
 }
 
 /// One kept-alive connection driven through OpenSSL's memory BIOs (the set-up and
-/// `ask` shared by [`IDLE_CLIENT`] and [`IDLE_CLOSE_CLIENT`]).
+/// `ask` and `ending` shared by [`IDLE_CLIENT`], [`IDLE_CLOSE_CLIENT`] and [`IDLE_JUNK_CLIENT`]).
 const IDLE_CLIENT_BASE: &str = r#"
 import json, socket, ssl, sys, time
 port, ca = int(sys.argv[1]), sys.argv[2]
@@ -266,6 +266,26 @@ def ask(split):
         length = [l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
         if length and len(body) >= int(length[0]):
             return head.split(b"\r\n")[0].decode() + " " + body.decode()
+def ending():
+    """How the session ends (within 10 s), and after how long."""
+    started, end = time.monotonic(), None
+    while end is None and time.monotonic() - started < 10:
+        try:
+            # An SSLObject reads b"" once the peer's close_notify has come.
+            end = "more bytes" if tls.read(65536) else "close_notify"
+        except ssl.SSLWantReadError:
+            chunk = s.recv(65536)
+            if chunk:
+                inc.write(chunk)
+            else:
+                inc.write_eof()
+        except ssl.SSLEOFError:
+            end = "closed without close_notify"
+        except ssl.SSLError as e:
+            end = e.reason
+        except Exception as e:
+            end = f"{type(e).__name__}: {e}"
+    return end, time.monotonic() - started
 "#;
 
 /// Three requests, each after a pause longer than core's busy gap (a client that is
@@ -318,22 +338,8 @@ fn idle_https_connection(mode: Mode) {
 const IDLE_CLOSE_CLIENT: &str = r#"
 time.sleep(0.4)
 answer = ask(False)
-started, end = time.monotonic(), None
-while end is None and time.monotonic() - started < 10:
-    try:
-        # An SSLObject reads b"" once the peer's close_notify has come.
-        end = "more bytes" if tls.read(65536) else "close_notify"
-    except ssl.SSLWantReadError:
-        chunk = s.recv(65536)
-        if chunk:
-            inc.write(chunk)
-        else:
-            inc.write_eof()
-    except ssl.SSLEOFError:
-        end = "closed without close_notify"
-    except Exception as e:
-        end = f"{type(e).__name__}: {e}"
-print(json.dumps([answer, end, 0.5 < time.monotonic() - started < 5]))
+end, took = ending()
+print(json.dumps([answer, end, 0.5 < took < 5]))
 "#;
 
 /// [`IDLE_CLOSE_CLIENT`]'s output: its one request answered, then a close_notify
@@ -381,19 +387,7 @@ time.sleep(0.4)
 answer = ask(False)
 time.sleep(0.4)
 s.sendall(b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n")
-started, end = time.monotonic(), None
-while end is None and time.monotonic() - started < 10:
-    try:
-        end = "more bytes" if tls.read(65536) else "close_notify"
-    except ssl.SSLWantReadError:
-        chunk = s.recv(65536)
-        if chunk:
-            inc.write(chunk)
-        else:
-            inc.write_eof()
-    except ssl.SSLError as e:
-        end = e.reason
-print(json.dumps([answer, end]))
+print(json.dumps([answer, ending()[0]]))
 "#;
 
 /// Bytes that are not a TLS record, sent to a connection waiting for its next request:
