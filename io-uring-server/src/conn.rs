@@ -320,7 +320,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
     }
 
     /// Ends the wait for the client, if one is out (its readiness operation is dropped,
-    /// which cancels it), and puts the client's halves back; nothing otherwise.
+    /// which cancels it), and puts the client's halves back.
     fn end_wait(&mut self) {
         self.awaiting = None;
         if let Some(stream) = self.waiting.take().and_then(|s| Rc::try_unwrap(s).ok()) {
@@ -331,7 +331,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
 
     /// Writes all of `bytes` to `side` (as [`Ops::read`]).
     fn write(&mut self, side: usize, bytes: Vec<u8>, done: fn(Vec<u8>, io::Result<()>) -> Input) {
-        if side == CLIENT {
+        if side == CLIENT && self.waiting.is_some() {
             self.end_wait();
         }
         let Some(half) = self.writers[side].take() else { return self.at_once = Some(done(bytes, Err(gone()))) };
@@ -340,7 +340,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
 
     /// Shuts `side`'s write side (as [`Ops::read`]).
     fn shutdown(&mut self, side: usize, done: fn(io::Result<()>) -> Input) {
-        if side == CLIENT {
+        if side == CLIENT && self.waiting.is_some() {
             self.end_wait();
         }
         let Some(half) = self.writers[side].take() else { return self.at_once = Some(done(Err(gone()))) };
