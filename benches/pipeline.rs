@@ -302,7 +302,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || request.clone(),
             |req| {
-                let Dispatch::Endpoint(route) = gw.dispatch(&req.method, &req.path, req.query.as_deref()) else {
+                let Dispatch::Endpoint(route) = gw.dispatch(&req.method, req.path(), req.query()) else {
                     unreachable!()
                 };
                 let mut ex = Exchange::new(&gw, route, req, (now, std::time::SystemTime::now()));

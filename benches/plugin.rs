@@ -50,7 +50,7 @@ fn gateway(with_plugin: bool) -> Gateway {
 
 /// One request served: the reply's body length.
 fn serve(gw: &Gateway, lb: &Balancer, req: ClientRequest, head: &mut Vec<u8>) -> usize {
-    let Dispatch::Endpoint(route) = gw.dispatch(&req.method, &req.path, req.query.as_deref()) else { unreachable!() };
+    let Dispatch::Endpoint(route) = gw.dispatch(&req.method, req.path(), req.query()) else { unreachable!() };
     let mut ex = Exchange::new(gw, route, req, (Instant::now(), std::time::SystemTime::now()));
     loop {
         match ex.poll(lb) {

@@ -34,11 +34,11 @@ pub struct Ends {
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
     pub method: Method,
-    /// The path as received, still percent-encoded (shared with the request's access
-    /// line: one copy per request).
-    pub path: Arc<str>,
-    /// The query string, without `?`.
-    pub query: Option<String>,
+    /// The path as received, still percent-encoded ([`ClientRequest::path`]): in
+    /// the head's bytes for a request read from a client.
+    pub path: Piece,
+    /// The query string, without `?` ([`ClientRequest::query`]).
+    pub query: Option<Piece>,
     /// The header section as received (names as sent, values as bytes), read in
     /// place: no header map is built per request.
     pub headers: Head,
@@ -50,6 +50,27 @@ pub struct ClientRequest {
     pub body: RequestBody,
     /// The token `auth/validator` let through (the guard stage sets it).
     pub token: Option<Box<crate::gateway::jwt::Token>>,
+}
+
+/// A part of a request's target: where it is in the request's head bytes (a request
+/// read from a client: no copy), or its own text (one made otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes `start..end` of [`ClientRequest::headers`].
+    InHead(u32, u32),
+    Own(Box<str>),
+}
+
+impl From<&str> for Piece {
+    fn from(text: &str) -> Piece {
+        Piece::Own(text.into())
+    }
+}
+
+impl From<String> for Piece {
+    fn from(text: String) -> Piece {
+        Piece::Own(text.into_boxed_str())
+    }
 }
 
 impl RequestBody {
@@ -65,6 +86,23 @@ impl RequestBody {
 }
 
 impl ClientRequest {
+    /// The path as received, still percent-encoded.
+    pub fn path(&self) -> &str {
+        self.piece(&self.path)
+    }
+
+    /// The query string, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_ref().map(|q| self.piece(q))
+    }
+
+    fn piece<'a>(&'a self, piece: &'a Piece) -> &'a str {
+        match piece {
+            Piece::InHead(start, end) => self.headers.str_range((*start, *end)),
+            Piece::Own(text) => text,
+        }
+    }
+
     /// The gateway's view of a parsed request head from `peer`, without its body yet.
     /// A gateway takes origin-form targets only: anything else is refused with the
     /// reason to answer 400 with. The header section is moved out of `req` (its head is
@@ -73,10 +111,14 @@ impl ClientRequest {
         if req.form != TargetForm::Origin {
             return Err("this gateway takes origin-form request targets (/path?query)");
         }
+        // The target's span in the head: the path up to a `?`, the query after it.
+        let (start, end) = req.target;
+        let path_end = start + req.path().len() as u32;
+        let query = req.query().map(|q| Piece::InHead(end - q.len() as u32, end));
         Ok(ClientRequest {
             method: req.method.clone(),
-            path: Arc::from(req.path()),
-            query: req.query().map(str::to_string),
+            path: Piece::InHead(start, path_end),
+            query,
             headers: std::mem::take(&mut req.head),
             peer,
             ends: None,
@@ -100,13 +142,16 @@ pub struct AccessLog {
     trace: Option<Box<RequestTrace>>,
 }
 
-/// An access line's path: a gateway request's shares its [`ClientRequest::path`]; any
-/// other's is its own.
+/// An access line's path: a gateway request's is in a string its connection reuses
+/// ([`AccessLog::new_in`]); any other's is its own.
 #[derive(Debug)]
 enum LogPath {
-    Shared(Arc<str>),
+    Shared(Arc<String>),
     Owned(String),
 }
+
+/// The largest path string a connection keeps for its next access line.
+const LOG_PATH_KEPT: usize = 1024;
 
 impl std::ops::Deref for LogPath {
     type Target = str;
@@ -137,10 +182,34 @@ pub enum Scope {
 
 impl AccessLog {
     pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
+        AccessLog::new_in(req, started, &mut None)
+    }
+
+    /// [`AccessLog::new`], its path written in `room`: the string the connection's
+    /// last line had, when that line is gone (the driver wrote it), else a new one; a
+    /// share of it goes back to `room` for the next line, while it is not large. So a
+    /// keep-alive connection's lines take no allocation each.
+    pub fn new_in(req: &ClientRequest, started: Instant, room: &mut Option<Arc<String>>) -> AccessLog {
+        let text = req.path();
+        let reused = match room.take() {
+            Some(mut kept) => match Arc::get_mut(&mut kept) {
+                Some(path) => {
+                    path.clear();
+                    path.push_str(text);
+                    Some(kept)
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let path = reused.unwrap_or_else(|| Arc::new(text.to_string()));
+        if path.capacity() <= LOG_PATH_KEPT {
+            *room = Some(Arc::clone(&path));
+        }
         AccessLog {
             peer: req.peer,
             method: Some(req.method.clone()),
-            path: LogPath::Shared(req.path.clone()),
+            path: LogPath::Shared(path),
             started,
             scope: Scope::Other,
             trace: None,
@@ -278,7 +347,66 @@ fn loggable_target(target: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::loggable_target;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use http::StatusCode;
+
+    use super::{AccessLog, ClientRequest, LOG_PATH_KEPT, Piece, loggable_target};
+    use crate::http1::{Limits, ServerConn, ServerEvent};
+
+    fn request(wire: &str) -> ClientRequest {
+        let mut server = ServerConn::new(Limits::default());
+        let Ok((_, ServerEvent::Request(mut head))) = server.handle_input(wire.as_bytes()) else { panic!("{wire}") };
+        ClientRequest::from_head(&mut head, "192.0.2.7".parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn path_and_query_are_read_in_the_head() {
+        for (target, path, query) in [
+            ("/", "/", None),
+            ("/a/b%20c", "/a/b%20c", None),
+            ("/a?", "/a", Some("")),
+            ("/a?x=1&y=2", "/a", Some("x=1&y=2")),
+            ("/a?b?c=/d", "/a", Some("b?c=/d")),
+            ("/?q", "/", Some("q")),
+        ] {
+            let req = request(&format!("GET {target} HTTP/1.1\r\nHost: gw\r\nX-A: 1\r\n\r\n"));
+            assert!(matches!(req.path, Piece::InHead(..)), "{target}: {:?}", req.path);
+            assert_eq!((req.path(), req.query()), (path, query), "{target}");
+            assert_eq!(req.headers.get("x-a"), Some(&b"1"[..]));
+        }
+        // One made otherwise has its own.
+        let mut req = request("GET /x HTTP/1.1\r\nHost: gw\r\n\r\n");
+        (req.path, req.query) = ("/own".into(), Some(String::from("k=v").into()));
+        assert_eq!((req.path(), req.query()), ("/own", Some("k=v")));
+    }
+
+    #[test]
+    fn an_access_line_reuses_the_path_string_of_the_last_once_it_is_gone() {
+        let now = Instant::now();
+        let mut room = None;
+        let first =
+            AccessLog::new_in(&request("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n"), now, &mut room);
+        let kept = Arc::as_ptr(room.as_ref().expect("a share kept for the next line"));
+        // While the first line is alive its string is not written over: the second
+        // gets a string of its own, and each line keeps its path.
+        let second = AccessLog::new_in(&request("GET /second HTTP/1.1\r\nHost: gw\r\n\r\n"), now, &mut room);
+        assert_ne!(Arc::as_ptr(room.as_ref().unwrap()), kept);
+        let line = |log: AccessLog| log.line(StatusCode::OK, 0, now).to_string();
+        assert!(line(first).contains("\"GET /first/path\" 200"));
+        assert!(line(second).contains("\"GET /second\" 200"));
+        // Both lines gone: the next line writes in the string the second had.
+        let second_room = Arc::as_ptr(room.as_ref().unwrap());
+        let third = AccessLog::new_in(&request("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n"), now, &mut room);
+        assert_eq!(Arc::as_ptr(room.as_ref().unwrap()), second_room);
+        assert!(line(third).contains("\"GET /3\" 200"));
+        // A path longer than the room kept is logged whole and not kept.
+        let long = format!("/{}", "p".repeat(LOG_PATH_KEPT));
+        let big = AccessLog::new_in(&request(&format!("GET {long} HTTP/1.1\r\nHost: gw\r\n\r\n")), now, &mut room);
+        assert!(room.is_none());
+        assert!(line(big).contains(&format!("\"GET {long}\" 200")));
+    }
 
     #[test]
     fn credentials_never_survive_in_a_logged_target() {

@@ -250,6 +250,13 @@ pub struct Connection<'g> {
     tls: Option<Box<ServerLink>>,
     /// Plain HTTP came to the HTTPS listener: it gets a plain 400.
     plain_on_tls: bool,
+    /// The last request's exchange, cleared, for the next one
+    /// ([`Exchange::renew`]: no allocation per request); given back when the
+    /// connection waits idle.
+    kept: Option<Box<Exchange<'g>>>,
+    /// The string the last access line's path was written in, for the next line's
+    /// ([`AccessLog::new_in`]); given back when the connection waits idle.
+    log_room: Option<Arc<String>>,
 }
 
 /// The time a request came, on both clocks: `now`, and the wall clock worked out
@@ -351,6 +358,8 @@ impl<'g> Connection<'g> {
             handed: 0,
             tls: None,
             plain_on_tls: false,
+            kept: None,
+            log_room: None,
         };
         if let Some(profile) = service.server_tls() {
             match rustls::ServerConnection::new(profile.config.clone()) {
@@ -721,6 +730,8 @@ impl<'g> Connection<'g> {
                 self.out = Vec::new();
                 self.spare = Vec::new();
                 self.queue = VecDeque::new();
+                self.kept = None;
+                self.log_room = None;
                 if let Some(tls) = self.tls.as_deref_mut() {
                     (tls.cipher_in, tls.cipher_out) = (Vec::new(), Vec::new());
                 }
@@ -777,6 +788,25 @@ impl<'g> Connection<'g> {
     }
 
     // ----- inside -----
+
+    /// The exchange serving `req` routed to `route`: the last request's, renewed,
+    /// where the connection kept it.
+    fn exchange(&mut self, route: Route<'g>, req: ClientRequest) -> Box<Exchange<'g>> {
+        let at = (self.now, self.wall());
+        match self.kept.take() {
+            Some(mut ex) => {
+                ex.renew(self.gw, route, req, at);
+                ex
+            }
+            None => Box::new(Exchange::new(self.gw, route, req, at)),
+        }
+    }
+
+    /// Keeps a finished exchange for the next request (see [`Connection::exchange`]).
+    fn keep_exchange(&mut self, mut ex: Box<Exchange<'g>>) {
+        ex.clear();
+        self.kept = Some(ex);
+    }
 
     /// Opens a backend call for `call` of `ex`, with the request `ex` writes for it
     /// (see [`Calls::open`]).
@@ -977,7 +1007,7 @@ impl<'g> Connection<'g> {
             &mut req,
             (self.peer, self.ends.as_deref(), clock),
             self.server.add_fields(),
-            &mut self.queue,
+            (&mut self.queue, &mut self.log_room),
         );
         self.server.recycle(req);
         // A body passed on as it comes (a no-op endpoint's, a forwarded one) is never

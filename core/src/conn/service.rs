@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Clock;
@@ -148,17 +149,18 @@ impl<'g> Service<'g> {
     /// What to do with the request whose head is `req`, from `peer`, read at `now`.
     /// What to do with `req`. `added` gets the fields its answer carries besides its
     /// own (CORS's: [`crate::http1::ServerConn::add_fields`]); `logs` any line the
-    /// service says about it.
+    /// service says about it; `log_room` the string its access line's path is
+    /// written in ([`AccessLog::new_in`]).
     pub(crate) fn route(
         &self,
         req: &mut Request,
         (peer, ends, clock): (IpAddr, Option<&crate::request::Ends>, Clock),
         added: &mut Vec<u8>,
-        logs: &mut VecDeque<Output<'g>>,
+        (logs, log_room): (&mut VecDeque<Output<'g>>, &mut Option<Arc<String>>),
     ) -> Outcome<'g> {
         let now = clock.now;
         match *self {
-            Service::Gateway(gw) => gateway(gw, req, (peer, ends, clock), added, logs),
+            Service::Gateway(gw) => gateway(gw, req, (peer, ends, clock), added, (logs, log_room)),
             Service::Forward(proxy) => match proxy.route(req, peer, now) {
                 Routed::Go(p) => Outcome::Forward(p),
                 Routed::Bad(status, reason, line) => Outcome::Fail { status, reason, line },
@@ -187,8 +189,8 @@ fn start_trace(tracer: &Tracer, creq: &ClientRequest, framing: Framing, clock: C
     let head = &creq.headers;
     let incoming = Incoming {
         method: creq.method.as_str(),
-        path: &creq.path,
-        query: creq.query.as_deref(),
+        path: creq.path(),
+        query: creq.query(),
         host: head.get("host"),
         user_agent: head.get("user-agent"),
         length: match framing {
@@ -212,7 +214,7 @@ fn gateway<'g>(
     req: &mut Request,
     (peer, ends, clock): (IpAddr, Option<&crate::request::Ends>, Clock),
     added: &mut Vec<u8>,
-    logs: &mut VecDeque<Output<'g>>,
+    (logs, log_room): (&mut VecDeque<Output<'g>>, &mut Option<Arc<String>>),
 ) -> Outcome<'g> {
     let now = clock.now;
     let mut creq = match ClientRequest::from_head(req, peer) {
@@ -226,7 +228,7 @@ fn gateway<'g>(
             return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
         }
     };
-    let mut line = AccessLog::new(&creq, now);
+    let mut line = AccessLog::new_in(&creq, now, log_room);
     if let Some(tracer) = &gw.tracer {
         start_trace(tracer, &creq, req.framing, clock, &mut line);
     }
@@ -236,13 +238,13 @@ fn gateway<'g>(
         let mut note = None;
         let step = cors.apply(&creq.method, &creq.headers, added, &mut note);
         if let Some(note) = note {
-            logs.push_back(Output::Log(Log::Cors { peer, path: creq.path.to_string(), note }));
+            logs.push_back(Output::Log(Log::Cors { peer, path: creq.path().to_string(), note }));
         }
         if let Step::Answer(status) = step {
             return Outcome::Respond { reply: Reply::empty(status), line, close: false };
         }
     }
-    let dispatch = gw.dispatch(&creq.method, &creq.path, creq.query.as_deref());
+    let dispatch = gw.dispatch(&creq.method, creq.path(), creq.query());
     // The root's bot detector: on every request gin's handlers see (not the health
     // page, not a router redirect), before the endpoint's own checks.
     if let Some(bots) = &gw.bots {
@@ -273,7 +275,7 @@ fn gateway<'g>(
                     route.endpoint.guards.check(&mut creq, &route.params, &gw.config.router, (now, clock.wall()))
             {
                 if let Some(why) = why {
-                    logs.push_back(Output::Log(Log::Jwt { peer, path: creq.path.to_string(), why }));
+                    logs.push_back(Output::Log(Log::Jwt { peer, path: creq.path().to_string(), why }));
                 }
                 return Outcome::Respond { reply, line, close: false };
             }

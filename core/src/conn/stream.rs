@@ -188,7 +188,7 @@ impl<'g> Connection<'g> {
                 Err(e) => return self.fail(e.status(), e.reason(), line),
             }
         }
-        let mut ex = Box::new(Exchange::new(self.gw, route, creq, (self.now, self.wall())));
+        let mut ex = self.exchange(route, creq);
         if let Some(trace) = line.trace() {
             ex.traced(trace.context());
         }
@@ -198,7 +198,10 @@ impl<'g> Connection<'g> {
         }
         match action {
             Action::Call(call) => match self.open(&ex, &call, true) {
-                Ok(id) => State::Stream { leg: Leg::Endpoint(ex), line, id },
+                Ok(id) => {
+                    ex.give_back(call);
+                    State::Stream { leg: Leg::Endpoint(ex), line, id }
+                }
                 Err(reason) => {
                     ex.handle_unsent(call.id, reason);
                     let reply = Leg::Endpoint(ex).settle(None, self.balancer, &mut self.queue);
@@ -333,8 +336,9 @@ impl<'g> Connection<'g> {
                 p.sent += moved;
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
                 self.end_call(p.id, reusable);
-                if let Leg::Endpoint(ex) = &mut p.leg {
+                if let Leg::Endpoint(mut ex) = p.leg {
                     self.server.recycle_head(ex.take_head());
+                    self.keep_exchange(ex);
                 }
                 let line = p.line.line(p.status, p.sent, self.now);
                 self.queue.push_back(Output::Log(Log::Access(line)));

@@ -49,7 +49,7 @@ impl<'g> Connection<'g> {
                 self.respond(reply, line, false)
             }
             Serve::Endpoint(route) => {
-                let mut ex = Box::new(Exchange::new(self.gw, route, *req, (self.now, self.wall())));
+                let mut ex = self.exchange(route, *req);
                 if let Some(trace) = line.trace() {
                     ex.traced(trace.context());
                 }
@@ -66,16 +66,16 @@ impl<'g> Connection<'g> {
                 self.queue.extend(ex.take_logs().map(Output::Log));
             }
             match action {
-                Action::Call(call) => {
-                    if let Err(reason) = self.open(&ex, &call, false) {
-                        ex.handle_unsent(call.id, reason);
-                    }
-                }
+                Action::Call(call) => match self.open(&ex, &call, false) {
+                    Ok(_) => ex.give_back(call),
+                    Err(reason) => ex.handle_unsent(call.id, reason),
+                },
                 Action::Wait(deadline) => return State::Exchange { ex, line, deadline },
                 Action::Respond(reply) => {
                     // Calls still in flight are abandoned.
                     self.close_slots();
                     self.server.recycle_head(ex.take_head());
+                    self.keep_exchange(ex);
                     return self.respond(reply, line, false);
                 }
                 Action::Stream(_) | Action::Done => {

@@ -63,21 +63,21 @@ pub fn answer(which: Builtin, req: &ClientRequest, wall: SystemTime) -> Reply {
 
 fn echo(req: &ClientRequest) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let uri = match &req.query {
-        Some(q) => format!("{}?{q}", req.path),
-        None => req.path.to_string(),
+    let uri = match req.query() {
+        Some(q) => format!("{}?{q}", req.path()),
+        None => req.path().to_string(),
     };
     out.extend_from_slice(b"{\"req_uri\":");
     write_string(&uri, &mut out);
     out.extend_from_slice(b",\"req_uri_details\":{\"fragment\":\"\",\"host\":\"\",\"path\":");
-    write_string(&String::from_utf8_lossy(&percent_decode(&req.path)), &mut out);
+    write_string(&String::from_utf8_lossy(&percent_decode(req.path())), &mut out);
     out.extend_from_slice(b",\"query\":");
-    write_string(req.query.as_deref().unwrap_or(""), &mut out);
+    write_string(req.query().unwrap_or(""), &mut out);
     out.extend_from_slice(b",\"user\":\"\"},\"req_method\":");
     write_string(req.method.as_str(), &mut out);
     out.extend_from_slice(b",\"req_querystring\":");
     let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (k, v) in query_pairs(req.query.as_deref().unwrap_or("")) {
+    for (k, v) in query_pairs(req.query().unwrap_or("")) {
         query.entry(k).or_default().push(v);
     }
     write_map(&query, &mut out);

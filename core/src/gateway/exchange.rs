@@ -90,6 +90,9 @@ use crate::ops::trace::{Context, Ended, ExchangeTrace};
 use crate::plan::{BackendHost, BackendPlan, EndpointPlan, Gateway, HeaderPolicy, QueryPolicy};
 use crate::request::{ClientRequest, Reply, RequestBody};
 
+/// The largest URL string kept for a later URL ([`Exchange::give_back`]).
+const URL_ROOM_KEPT: usize = 1024;
+
 /// `X-KrakenD-Completed`.
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
 
@@ -190,6 +193,8 @@ pub struct Exchange<'g> {
     /// URLs rendered up front (`None`: it needs an earlier response, or its call was
     /// made and took it).
     rendered: SmallVec<[Option<String>; 2]>,
+    /// Strings calls gave back ([`Exchange::give_back`]), for the next URLs.
+    url_room: SmallVec<[String; 2]>,
     /// Set when the answer is decided (before any call, for a refused request).
     answer: Option<Answer>,
     done: bool,
@@ -256,6 +261,7 @@ impl<'g> Exchange<'g> {
             deadline: now + ep.timeout,
             calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
             rendered: SmallVec::with_capacity(ep.backends.len()),
+            url_room: SmallVec::new(),
             answer: None,
             done: false,
             plugged: Vec::new(),
@@ -265,14 +271,64 @@ impl<'g> Exchange<'g> {
             outs: None,
             trace: None,
         };
+        ex.begin();
+        ex
+    }
+
+    /// Serves the connection's next request in this exchange's place, as
+    /// [`Exchange::new`] would, keeping the room its vectors have: no allocation when
+    /// the endpoint has as many backends as the last one (or fewer).
+    pub fn renew(&mut self, gw: &'g Gateway, route: Route<'g>, req: ClientRequest, (now, wall): (Instant, SystemTime)) {
+        let ep = route.endpoint;
+        let n = ep.backends.len();
+        self.client_ip = gw.config.router.client_ip(req.peer, &req.headers);
+        (self.gw, self.ep, self.req, self.params) = (gw, ep, req, route.params);
+        (self.started, self.wall, self.clock, self.deadline) = (now, wall, now, now + ep.timeout);
+        self.clear();
+        self.calls.resize_with(n, || CallState::Pending);
+        self.sent.resize(n, None);
+        self.tickets.resize(n, None);
+        self.done = false;
+        self.begin();
+    }
+
+    /// Drops what the request left (its calls' answers, the reply, plugin state,
+    /// spans), keeping the vectors' room: an exchange kept for the connection's next
+    /// request ([`Exchange::renew`]) holds no answer meanwhile.
+    pub fn clear(&mut self) {
+        self.calls.clear();
+        self.rendered.clear();
+        self.answer = None;
+        self.plugged.clear();
+        self.sent.clear();
+        self.tickets.clear();
+        self.logs.clear();
+        self.outs = None;
+        self.trace = None;
+        self.req.body = RequestBody::None;
+        self.req.token = None;
+    }
+
+    /// Call `call` is on its way (its request written): its target's string is kept
+    /// for a later URL, when it is not large.
+    pub fn give_back(&mut self, call: Call<'g>) {
+        if call.target.capacity() <= URL_ROOM_KEPT && self.url_room.len() < self.ep.backends.len().max(1) {
+            self.url_room.push(call.target);
+        }
+    }
+
+    /// What starts every request: the request checks, then the URLs rendered up front.
+    fn begin(&mut self) {
+        let ex = self;
+        let ep = ex.ep;
         // The endpoint's request checks (`validation/cel`), then the body's schema
         // (`validation/json-schema`), before any backend is called, in KrakenD's order.
         if let Some(checks) = &ep.cel
             && let Err(why) =
-                checks.check(&ex.cel_view(ex.req.method.as_str(), &ex.req.path, (&ep.cel_sees.0, &ep.cel_sees.1)))
+                checks.check(&ex.cel_view(ex.req.method.as_str(), ex.req.path(), (&ep.cel_sees.0, &ep.cel_sees.1)))
         {
             ex.answer = Some(Answer::Reply(ex.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why)));
-            return ex;
+            return;
         }
         if let Some(schema) = &ep.schema {
             let body = match &ex.req.body {
@@ -281,14 +337,15 @@ impl<'g> Exchange<'g> {
             };
             if let Err(why) = schema.check(body) {
                 ex.answer = Some(Answer::Reply(ex.error_reply(StatusCode::BAD_REQUEST, &why)));
-                return ex;
+                return;
             }
         }
         // Render every URL that does not wait on an earlier response now, so that an
         // injection attempt is refused (400, with the reason: it is the client's own
         // input) before any backend is called.
         for b in &ep.backends {
-            match ex.render(b) {
+            let room = ex.url_room.pop().unwrap_or_default();
+            match ex.render(b, room) {
                 Ok(url) => ex.rendered.push(Some(url)),
                 Err(RenderError::Missing(_)) => ex.rendered.push(None),
                 Err(RenderError::Refused(why)) => {
@@ -298,7 +355,6 @@ impl<'g> Exchange<'g> {
                 }
             }
         }
-        ex
     }
 
     /// The request is traced under `ctx`: the endpoint's spans are made, and each
@@ -364,7 +420,7 @@ impl<'g> Exchange<'g> {
         } else {
             view.headers.insert("User-Agent".into(), ours);
         }
-        for (k, v) in crate::gateway::upstream::query_pairs(self.req.query.as_deref().unwrap_or_default()) {
+        for (k, v) in crate::gateway::upstream::query_pairs(self.req.query().unwrap_or_default()) {
             if query.allows(&k) {
                 view.query.entry(k).or_default().push(v);
             }
@@ -505,7 +561,7 @@ impl<'g> Exchange<'g> {
         self.deadline
     }
 
-    fn render(&self, b: &BackendPlan) -> Result<String, RenderError> {
+    fn render(&self, b: &BackendPlan, room: String) -> Result<String, RenderError> {
         let lookup = |index: usize, path: &[String]| self.response_value(index, path);
         let inputs = UrlInputs {
             params: &self.params,
@@ -513,7 +569,7 @@ impl<'g> Exchange<'g> {
             response: &lookup,
             token: self.req.token.as_deref(),
         };
-        upstream::render_url(b, &inputs, self.req.query.as_deref())
+        upstream::render_url(b, &inputs, self.req.query(), room)
     }
 
     /// `{respN_a.b}`: a scalar of an earlier backend's shaped response.
@@ -614,7 +670,7 @@ impl<'g> Exchange<'g> {
             if let Some(checks) = &b.cel
                 && let Some(url) = match self.rendered.get(i) {
                     Some(Some(url)) => Some(Cow::Borrowed(url.as_str())),
-                    _ => self.render(b).ok().map(Cow::Owned),
+                    _ => self.render(b, String::new()).ok().map(Cow::Owned),
                 }
             {
                 let path = url.split('?').next().unwrap_or_default();
@@ -731,9 +787,16 @@ impl<'g> Exchange<'g> {
         let host = balancer.pick(b).ok_or_else(|| format!("backend {i} has no host"))?;
         let url = match self.rendered.get_mut(i).and_then(Option::take) {
             Some(url) => url,
-            None => self.render(b).map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?,
+            None => {
+                let room = self.url_room.pop().unwrap_or_default();
+                self.render(b, room)
+            }
+            .map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?,
         };
-        let target = if host.path_prefix.is_empty() { url } else { format!("{}{url}", host.path_prefix) };
+        let mut target = url;
+        if !host.path_prefix.is_empty() {
+            target.insert_str(0, &host.path_prefix);
+        }
         // The body goes to every backend whose method carries one; POST, PUT and PATCH
         // always say how long it is, even when it is empty.
         let body = match &self.req.body {
@@ -1196,7 +1259,7 @@ impl<'g> Exchange<'g> {
             Some(host) => {
                 let target = match self.rendered.get(i) {
                     Some(Some(url)) => Cow::Borrowed(url.as_str()),
-                    _ => Cow::Owned(self.render(b).unwrap_or_default()),
+                    _ => Cow::Owned(self.render(b, String::new()).unwrap_or_default()),
                 };
                 // Without the query: it may carry a key the configuration puts there
                 // (KrakenD writes it; a client reading return_error_msg should not).

@@ -128,13 +128,17 @@ impl std::fmt::Debug for UrlInputs<'_> {
 
 /// Renders a backend's `url_pattern` with its placeholders, then appends the forwarded
 /// query pairs (after the url_pattern's own static query, if any). The host's path
-/// prefix (`disable_host_sanitize`) is the caller's to put in front.
+/// prefix (`disable_host_sanitize`) is the caller's to put in front. It is written in
+/// `room` (emptied first): a string an earlier URL left, or a new one.
 pub fn render_url(
     backend: &BackendPlan,
     inputs: &UrlInputs<'_>,
     client_query: Option<&str>,
+    room: String,
 ) -> Result<String, RenderError> {
-    let mut url = String::with_capacity(64);
+    let mut url = room;
+    url.clear();
+    url.reserve(64);
     for piece in &backend.url_pattern {
         match piece {
             UrlPiece::Literal(l) => url.push_str(l),
