@@ -237,6 +237,68 @@ impl<'g> BackendCall<'g> {
         }
     }
 
+    /// This slot, free, set up for `call` in place as [`BackendCall::new`] makes one
+    /// (no slot-sized value built and moved), keeping its vectors' room (`out`,
+    /// `sent`, `input`, `head_room`): the TLS session its kept connection had, if any.
+    fn renew(&mut self, call: &Call<'g>, endpoint: &'g str, stream: bool) -> Option<Box<TlsLink>> {
+        // Every field named: one added later must be set here too.
+        let BackendCall {
+            in_use,
+            call: id,
+            method,
+            endpoint: for_endpoint,
+            host,
+            origin,
+            pool_key,
+            dial,
+            via,
+            connect,
+            redirects,
+            retries,
+            explicit_referer,
+            follow,
+            redirect_tls,
+            held,
+            head_room: _,
+            tls_target,
+            tls,
+            stream: streams,
+            inflate,
+            body,
+            phase,
+            connected,
+            reused,
+            pooled,
+            forward,
+            kept,
+            permit,
+            out: _,
+            sent: _,
+            writing,
+            input: _,
+            reading,
+            hungry,
+            eof,
+            fetch,
+            codec,
+            failure,
+        } = self;
+        (*in_use, *id, *method, *for_endpoint) = (true, call.id, call.method.clone(), endpoint);
+        (*host, *origin, *pool_key) =
+            (Cow::Borrowed(call.host), Cow::Borrowed(call.origin), Cow::Borrowed(call.pool_key));
+        (*dial, *via, *connect) = (call.dial, call.via, call.connect.map(Cow::Borrowed));
+        *redirects = if call.follow { redirect::MAX_REDIRECTS } else { 0 };
+        (*retries, *explicit_referer, *follow, *redirect_tls) = (0, None, call.follow, call.redirect_tls);
+        *held = Vec::new();
+        *tls_target = call.tls.map(Cow::Borrowed);
+        (*streams, *inflate, *body, *phase) = (stream, call.inflate, call.body, Phase::Connecting);
+        (*connected, *reused, *pooled, *forward, *kept) = (false, false, true, false, None);
+        *permit = None;
+        (*writing, *reading, *hungry, *eof) = (false, false, false, false);
+        (*fetch, *codec, *failure) = (None, None, None);
+        tls.take()
+    }
+
     /// A request the forward proxy sends on, written in `request`: plain HTTP, no
     /// proxy, no redirects followed.
     pub(crate) fn forward(
@@ -501,7 +563,6 @@ impl<'g> Calls<'g> {
         // What is due goes first (a client back just as its kept connection's time ran
         // out, before the timer did): the call may find it in the pool.
         self.let_go_due(now, queue);
-        let mut slot = BackendCall::new(call, endpoint, stream);
         // Every kept connection is fresh now (what was due went first).
         let kept = match call.srv {
             false => self.slots.iter().position(|s| !s.in_use && s.kept.is_some() && *s.pool_key == *call.pool_key),
@@ -520,12 +581,11 @@ impl<'g> Calls<'g> {
                 // The vectors of the last use are kept (no allocation per call). The
                 // request went out in `out` and came back as `sent`: the one with the
                 // room is written into.
-                let old = mem::replace(&mut self.slots[free], slot);
-                if kept.is_some() {
-                    session = Some(Session(old.tls));
-                }
                 let slot = &mut self.slots[free];
-                (slot.out, slot.sent, slot.input, slot.head_room) = (old.out, old.sent, old.input, old.head_room);
+                let tls = slot.renew(call, endpoint, stream);
+                if kept.is_some() {
+                    session = Some(Session(tls));
+                }
                 if slot.out.capacity() < slot.sent.capacity() {
                     mem::swap(&mut slot.out, &mut slot.sent);
                 }
@@ -534,6 +594,7 @@ impl<'g> Calls<'g> {
                 free
             }
             None => {
+                let mut slot = BackendCall::new(call, endpoint, stream);
                 slot.out.reserve(512);
                 // One slot more, not four: a BackendCall is about 900 bytes, and a
                 // Vec's first growth would make room for four, held by every idle
