@@ -2024,11 +2024,12 @@ fn allocations_per_request_in_steady_state() {
     // last exchange (its box, its call list, its URLs' strings) for the next request,
     // the path is read in the head's bytes, and the access line's path is written in
     // the string the last line had. A connection that waits for its next request
-    // gives all it kept back and takes it again (19: the access line's path string
-    // and its shared count are two).
+    // gives all it kept back and takes it again (21: the access line's path string
+    // and its shared count are two, and each head's field positions one since they
+    // are a vector beside its bytes).
     assert_eq!(per_noop, 0.0, "a no-op request now makes {per_noop} allocations (was none)");
     assert!(per_agg <= 17.0, "an aggregation request now makes {per_agg} allocations (was 17)");
-    assert!(per_idle_noop <= 19.0, "a no-op request after a wait now makes {per_idle_noop} allocations (was 19)");
+    assert!(per_idle_noop <= 21.0, "a no-op request after a wait now makes {per_idle_noop} allocations (was 21)");
 }
 
 /// Heap bytes core holds for an idle keep-alive connection after one no-op request

@@ -313,7 +313,7 @@ impl Fetch {
     }
 
     /// The response head is copied into `room` (see [`ClientConn::give_room`]).
-    pub fn give_room(&mut self, room: Vec<u8>) {
+    pub fn give_room(&mut self, room: crate::http1::Head) {
         self.conn.give_room(room);
     }
 

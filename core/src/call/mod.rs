@@ -179,7 +179,7 @@ pub(crate) struct BackendCall<'g> {
     pub(crate) held: Vec<u8>,
     /// The buffer of the last streamed response head, for the next one to be copied
     /// into ([`Calls::give_head_room`]).
-    head_room: Vec<u8>,
+    head_room: crate::http1::Head,
     /// An `https://` backend's profile; its session once connected.
     pub(crate) tls_target: Option<Cow<'g, TlsTarget>>,
     pub(crate) tls: Option<Box<TlsLink>>,
@@ -341,7 +341,7 @@ impl<'g> BackendCall<'g> {
             follow: false,
             redirect_tls: None,
             held: Vec::new(),
-            head_room: Vec::new(),
+            head_room: crate::http1::Head::default(),
             tls_target: None,
             tls: None,
             stream,

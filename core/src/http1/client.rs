@@ -120,19 +120,19 @@ pub struct ClientConn {
     scanned: usize,
     keep_alive: bool,
     /// A buffer the response head is copied into ([`ClientConn::give_room`]).
-    room: Vec<u8>,
+    room: Head,
 }
 
 impl ClientConn {
     /// Expects the response to a request made with `method` (HEAD and CONNECT change
     /// how the response is framed).
     pub fn new(method: Method, limits: Limits) -> ClientConn {
-        ClientConn { method, limits, state: State::Head, scanned: 0, keep_alive: false, room: Vec::new() }
+        ClientConn { method, limits, state: State::Head, scanned: 0, keep_alive: false, room: Head::default() }
     }
 
     /// A buffer an earlier head gave back ([`Head::into_room`]): the response head is
     /// copied into it rather than into a new one.
-    pub fn give_room(&mut self, room: Vec<u8>) {
+    pub fn give_room(&mut self, room: Head) {
         self.room = room;
     }
 

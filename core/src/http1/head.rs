@@ -1,6 +1,7 @@
-//! Parsed heads: one copy of the head bytes, header positions in a small array (no
-//! allocation per header). The copy goes into a buffer an earlier head gave back
-//! where the connection keeps one ([`Head::new_in`], [`Head::into_room`]).
+//! Parsed heads: one copy of the head bytes, header positions in a vector beside it
+//! (no allocation per header). Both go into the vectors an earlier head gave back
+//! where the connection keeps one ([`Head::new_in`], [`Head::into_room`]), so a head
+//! is small to move (48 bytes) and costs no allocation on a warm connection.
 
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
@@ -17,11 +18,13 @@ struct Span {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Head {
     bytes: Vec<u8>,
-    headers: SmallVec<[Span; 24]>,
+    headers: Vec<Span>,
 }
 
 /// The largest head buffer kept for the next head ([`Head::into_room`]).
 pub(crate) const ROOM_KEPT: usize = 4 * 1024;
+/// The most field positions kept for the next head.
+const SPANS_KEPT: usize = 64;
 
 /// The span of `part` inside `base` (both from the same buffer).
 pub(crate) fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
@@ -32,41 +35,44 @@ pub(crate) fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
 }
 
 impl Head {
-    /// The head parsed from `raw`, its bytes copied into `room`: a buffer an earlier
-    /// head gave back ([`Head::into_room`]), so no allocation when it is large enough,
-    /// or a new one.
-    pub(crate) fn new_in(mut room: Vec<u8>, raw: &[u8], headers: &[httparse::Header<'_>]) -> Head {
-        let headers = headers
-            .iter()
-            .map(|h| Span { name: offset(raw, h.name.as_bytes()), value: offset(raw, h.value) })
-            .collect();
+    /// The head parsed from `raw`, copied into `room`: an empty head an earlier one
+    /// left ([`Head::into_room`]), so no allocation when its vectors are large
+    /// enough, or a new one.
+    pub(crate) fn new_in(room: Head, raw: &[u8], headers: &[httparse::Header<'_>]) -> Head {
+        let Head { bytes: mut room, headers: mut spans } = room;
+        spans.clear();
+        spans
+            .extend(headers.iter().map(|h| Span { name: offset(raw, h.name.as_bytes()), value: offset(raw, h.value) }));
         room.clear();
         room.extend_from_slice(raw);
-        Head { bytes: room, headers }
+        Head { bytes: room, headers: spans }
     }
 
-    /// The buffer its bytes are in, emptied, for the next head to be copied into
-    /// ([`Head::new_in`]); none when it grew past [`ROOM_KEPT`] (a large head is rare:
-    /// its buffer is not held for the next).
-    pub(crate) fn into_room(mut self) -> Vec<u8> {
+    /// This head emptied, its vectors' room kept for the next head to be copied into
+    /// ([`Head::new_in`]); a vector that grew past [`ROOM_KEPT`] bytes or
+    /// [`SPANS_KEPT`] fields is not kept (a large head is rare: its room is not held
+    /// for the next).
+    pub(crate) fn into_room(mut self) -> Head {
         self.take_room()
     }
 
     /// [`Head::into_room`] in place: it is left empty.
-    pub(crate) fn take_room(&mut self) -> Vec<u8> {
-        self.headers.clear();
-        let mut room = std::mem::take(&mut self.bytes);
-        if room.capacity() > ROOM_KEPT {
-            return Vec::new();
+    pub(crate) fn take_room(&mut self) -> Head {
+        let Head { mut bytes, mut headers } = std::mem::take(self);
+        if bytes.capacity() > ROOM_KEPT {
+            bytes = Vec::new();
         }
-        room.clear();
-        room
+        if headers.capacity() > SPANS_KEPT {
+            headers = Vec::new();
+        }
+        bytes.clear();
+        headers.clear();
+        Head { bytes, headers }
     }
 
     /// An empty head holding `room` for the next one ([`Head::take_room`]).
-    pub(crate) fn put_room(&mut self, room: Vec<u8>) {
-        self.headers.clear();
-        self.bytes = room;
+    pub(crate) fn put_room(&mut self, room: Head) {
+        *self = room.into_room();
     }
 
     pub(crate) fn range(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -104,7 +110,7 @@ impl Head {
     /// parser would have refused it.
     pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Head {
         let mut bytes = Vec::new();
-        let mut headers = SmallVec::new();
+        let mut headers = Vec::new();
         for (name, value) in fields {
             let token = !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok();
             if !token || value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
@@ -162,11 +168,10 @@ impl Head {
 /// A whole backend answer's header fields: as parsed (the head's spans over its bytes,
 /// nothing converted: what an aggregated answer needs, which reads a field or two at
 /// most) or as a map (one a plugin or a decoder built). Made a map only where a map is
-/// wanted ([`HeaderFields::into_map`]). The head is boxed: a map is 96 bytes, a head
-/// with room for 24 fields 416, and the answer is moved from the codec to the merge.
+/// wanted ([`HeaderFields::into_map`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderFields {
-    Head(Box<Head>),
+    Head(Head),
     Map(http::HeaderMap),
 }
 
@@ -178,7 +183,7 @@ impl Default for HeaderFields {
 
 impl From<Head> for HeaderFields {
     fn from(head: Head) -> HeaderFields {
-        HeaderFields::Head(Box::new(head))
+        HeaderFields::Head(head)
     }
 }
 
@@ -200,7 +205,7 @@ impl HeaderFields {
     /// The fields as an [`http::HeaderMap`] (see [`Head::into_header_map`]).
     pub fn into_map(self) -> http::HeaderMap {
         match self {
-            HeaderFields::Head(head) => (*head).into_header_map(),
+            HeaderFields::Head(head) => head.into_header_map(),
             HeaderFields::Map(map) => map,
         }
     }
@@ -320,32 +325,43 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, HeaderFields, ROOM_KEPT};
+    use super::{Head, HeaderFields, ROOM_KEPT, SPANS_KEPT};
 
-    fn parsed(raw: &[u8], room: Vec<u8>) -> Head {
-        let mut fields = [httparse::EMPTY_HEADER; 8];
+    fn parsed(raw: &[u8], room: Head) -> Head {
+        let mut fields = [httparse::EMPTY_HEADER; 80];
         let mut resp = httparse::Response::new(&mut fields);
         assert!(resp.parse(raw).is_ok_and(|s| s.is_complete()));
         Head::new_in(room, raw, resp.headers)
     }
 
     #[test]
-    fn a_head_copied_into_a_given_back_buffer_reads_as_a_new_one() {
-        let first = parsed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n", Vec::new());
+    fn a_head_copied_into_a_given_back_room_reads_as_a_new_one() {
+        let first =
+            parsed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n", Head::default());
         let room = first.into_room();
-        let (at, capacity) = (room.as_ptr(), room.capacity());
-        assert!(room.is_empty() && capacity >= 64);
+        let at = |h: &Head| (h.bytes.as_ptr(), h.bytes.capacity(), h.headers.as_ptr(), h.headers.capacity());
+        let kept = at(&room);
+        assert!(room.is_empty() && room.bytes.is_empty() && kept.1 >= 64 && kept.3 >= 2);
         let second = parsed(b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\n\r\n", room);
         assert_eq!(second.iter().collect::<Vec<_>>(), [("X-A", &b"1"[..])]);
         assert_eq!(second.get("content-type"), None);
-        // The same buffer, not a new one.
+        // The same vectors, not new ones.
         let room = second.into_room();
-        assert_eq!((room.as_ptr(), room.capacity()), (at, capacity));
+        assert_eq!(at(&room), kept);
         // A head past the kept size gives no buffer back: it is not held for the next.
         let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "b".repeat(ROOM_KEPT));
         let big = parsed(big.as_bytes(), room);
         assert_eq!(big.get("x-big").map(<[u8]>::len), Some(ROOM_KEPT));
-        assert_eq!(big.into_room().capacity(), 0);
+        let room = big.into_room();
+        assert_eq!((room.bytes.capacity(), room.headers.as_ptr()), (0, kept.2));
+        // Nor one with more fields than are kept.
+        let many: String = (0..SPANS_KEPT + 1).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let many = parsed(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes(), room);
+        assert_eq!(many.len(), SPANS_KEPT + 1);
+        assert_eq!(many.get("x-64"), Some(&b"64"[..]));
+        let room = many.into_room();
+        assert_eq!(room.headers.capacity(), 0);
+        assert!(room.bytes.capacity() > 0);
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl ServerConn {
     /// request, when there is one) for the next head to be copied into.
     pub fn recycle_head(&mut self, head: Head) {
         if let Some(spare) = &mut self.spare {
-            spare.head.put_room(head.into_room());
+            spare.head.put_room(head);
         }
     }
 
