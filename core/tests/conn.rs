@@ -2266,3 +2266,46 @@ fn each_request_on_a_connection_starts_clean() {
     let paths: Vec<&str> = logged.iter().map(|l| l.split('"').nth(1).unwrap()).collect();
     assert_eq!(paths, ["GET /two", "GET /r/%2e%2e", "GET /three", "GET /one", "GET /two"]);
 }
+
+/// The access line of a request waiting in each state is the request's own when its
+/// wait times out (the connection keeps the line aside while the state moves): the
+/// aggregated backend (500 at the endpoint's timeout: no part), the body (408 at
+/// the body timeout), the no-op backend's head (504).
+#[test]
+fn a_request_that_times_out_in_any_state_logs_its_own_line() {
+    let gw = gateway(
+        r#"{"endpoint": "/agg", "method": "POST", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/a", "group": "a"}]},
+           {"endpoint": "/noop", "output_encoding": "no-op", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/n", "encoding": "no-op"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "POST /agg HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}",
+            &[
+                "   0ms backend 0: new connection to http://127.0.0.1:9001",
+                "1000ms backend 0: closed",
+                "1000ms log: 192.0.2.9 \"POST /agg\" 500 0 1000.0ms",
+                "1000ms client: closed",
+            ],
+        ),
+        (
+            "POST /agg HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n{}",
+            &["30000ms log: 192.0.2.9 \"POST /agg\" 408 20 30000.0ms", "30000ms client: closed"],
+        ),
+        (
+            "GET /noop HTTP/1.1\r\nHost: gw\r\n\r\n",
+            &[
+                "   0ms backend 0: new connection to http://127.0.0.1:9001",
+                "1000ms backend 0: closed",
+                "1000ms log: 192.0.2.9 \"GET /noop\" 504 0 1000.0ms",
+                "1000ms client: closed",
+            ],
+        ),
+    ];
+    for (request, trace) in cases {
+        let w = World::new(&gw, &lb, &[Send(request), Wait(20), Gone]).backend(&upstream(9001), &[Serve::Hang]).run();
+        assert_eq!(w.trace(), trace.join("\n"), "{request:?}");
+    }
+}

@@ -175,7 +175,8 @@ impl<'g> Connection<'g> {
         let id = self.calls.open_forward(call, &mut self.queue);
         let (idle, via) = (proxy.plan.config.idle_timeout, &proxy.plan.via);
         let forwarded = Forwarded { dest: dest.authority, deadline, idle, via };
-        State::Stream { leg: Leg::Forward(Box::new(forwarded)), line, id }
+        self.line = Some(line);
+        State::Stream { leg: Leg::Forward(Box::new(forwarded)), id }
     }
 
     /// The forward proxy answers itself (see [`Refusal`]): its line logged, its reply

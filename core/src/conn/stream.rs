@@ -15,7 +15,6 @@ use crate::http1::Fields;
 pub(super) struct Pumping<'g> {
     /// Kept for the 502 a failure gets while nothing reached the client.
     pub(super) leg: Leg<'g>,
-    pub(super) line: AccessLog,
     pub(super) id: BackendId,
     pub(super) status: StatusCode,
     /// Body bytes written for the client so far.
@@ -200,7 +199,8 @@ impl<'g> Connection<'g> {
             Action::Call(call) => match self.open(&ex, &call, true) {
                 Ok(id) => {
                     ex.give_back(call);
-                    State::Stream { leg: Leg::Endpoint(ex), line, id }
+                    self.line = Some(line);
+                    State::Stream { leg: Leg::Endpoint(ex), id }
                 }
                 Err(reason) => {
                     ex.handle_unsent(call.id, reason);
@@ -213,13 +213,14 @@ impl<'g> Connection<'g> {
         }
     }
 
-    pub(super) fn step_stream(&mut self, mut leg: Leg<'g>, line: AccessLog, id: BackendId) -> (State<'g>, bool) {
+    pub(super) fn step_stream(&mut self, mut leg: Leg<'g>, id: BackendId) -> (State<'g>, bool) {
         let relayed = match self.relay(id) {
             Ok(moved) => moved,
             Err(Relay::BadBody(status, reason)) => {
                 // The client's body is malformed: its fault, not the backend's. The
                 // backend connection got part of it: it is closed, never pooled.
                 self.close_slots();
+                let line = self.take_line();
                 return (self.fail(status, reason, line), true);
             }
             Err(Relay::ClientGone) => {
@@ -237,12 +238,13 @@ impl<'g> Connection<'g> {
             ex.hops(call, retries, redirects);
         }
         match event {
-            CallEvent::Nothing => (State::Stream { leg, line, id }, relayed),
+            CallEvent::Nothing => (State::Stream { leg, id }, relayed),
             CallEvent::Head(head) => {
                 let Some((status, ours)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)
                 else {
                     self.close_slots();
                     let reply = leg.settle(None, self.balancer, &mut self.queue);
+                    let line = self.take_line();
                     return (self.respond(reply, line, true), true);
                 };
                 let none = HeaderMap::new();
@@ -254,31 +256,33 @@ impl<'g> Connection<'g> {
                 }
                 self.calls.give_head_room(id, head.head);
                 self.answered = true;
-                (State::Pump(Pumping { leg, line, id, status, sent: 0, head: head_at }), true)
+                (State::Pump(Pumping { leg, id, status, sent: 0, head: head_at }), true)
             }
-            CallEvent::Failed(f) => (self.leg_failed(leg, call, f.reason, line), true),
+            CallEvent::Failed(f) => (self.leg_failed(leg, call, f.reason), true),
             CallEvent::Answer { .. } => {
                 self.close_slots();
-                (self.leg_failed(leg, call, "unexpected response".to_string(), line), true)
+                (self.leg_failed(leg, call, "unexpected response".to_string()), true)
             }
         }
     }
 
     /// A streamed call failed before its response head: the answer its leg gives, and
     /// the connection closes (the request body may be half read).
-    pub(super) fn leg_failed(&mut self, mut leg: Leg<'g>, call: usize, reason: String, line: AccessLog) -> State<'g> {
+    pub(super) fn leg_failed(&mut self, mut leg: Leg<'g>, call: usize, reason: String) -> State<'g> {
         if let Leg::Endpoint(ex) = &mut leg {
             ex.at(self.now);
         }
         let reply = leg.settle(Some((call, &reason)), self.balancer, &mut self.queue);
+        let line = self.take_line();
         self.respond(reply, line, true)
     }
 
     /// No response head by the leg's deadline: every call is closed, and the answer
     /// the leg gives for it.
-    pub(super) fn leg_timed_out(&mut self, leg: Leg<'g>, line: AccessLog) -> State<'g> {
+    pub(super) fn leg_timed_out(&mut self, leg: Leg<'g>) -> State<'g> {
         self.close_slots();
         let reply = leg.timed_out(self.now, self.peer, self.balancer, &mut self.queue);
+        let line = self.take_line();
         self.respond(reply, line, true)
     }
 
@@ -340,7 +344,7 @@ impl<'g> Connection<'g> {
                     self.server.recycle_head(ex.take_head());
                     self.keep_exchange(ex);
                 }
-                let line = p.line.line(p.status, p.sent, self.now);
+                let line = self.take_line().line(p.status, p.sent, self.now);
                 self.queue.push_back(Output::Log(Log::Access(line)));
                 match self.server.finish_response(&mut self.out) {
                     Ok(next) => (State::Flush(next), true),
@@ -377,10 +381,11 @@ impl<'g> Connection<'g> {
             self.server.take_back_head();
             let reply = p.leg.instead(timed_out, &reason);
             p.leg.broke(call, reason, &mut self.queue);
-            return self.respond(reply, p.line, true);
+            let line = self.take_line();
+            return self.respond(reply, line, true);
         }
         p.leg.broke(call, format!("response body cut after {} bytes: {reason}", p.sent), &mut self.queue);
-        let line = p.line.line(p.status, p.sent, self.now);
+        let line = self.take_line().line(p.status, p.sent, self.now);
         self.queue.push_back(Output::Log(Log::Access(line)));
         State::Closing
     }

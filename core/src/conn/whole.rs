@@ -9,7 +9,8 @@ impl<'g> Connection<'g> {
         self.server.write_continue(&mut self.out);
         let deadline = body_deadline(&self.gw.config, line.started());
         self.hungry = false;
-        State::Body { req: Box::new(req), serve, body: Vec::new(), deadline, line }
+        self.line = Some(line);
+        State::Body { req: Box::new(req), serve, body: Vec::new(), deadline }
     }
 
     pub(super) fn step_body(
@@ -18,48 +19,53 @@ impl<'g> Connection<'g> {
         serve: Serve<'g>,
         mut body: Vec<u8>,
         deadline: Option<Instant>,
-        line: AccessLog,
     ) -> (State<'g>, bool) {
         if self.hungry || self.reading {
-            return (State::Body { req, serve, body, deadline, line }, false);
+            return (State::Body { req, serve, body, deadline }, false);
         }
         match self.server.read_body_into(self.input.pending(), &mut body) {
             Ok((n, true)) => {
                 self.input.consume(n);
                 req.body = RequestBody::Full(body);
-                (self.serve(req, serve, line), true)
+                (self.serve(req, serve), true)
             }
             Ok((n, false)) => {
                 self.input.consume(n);
                 if self.starve() {
-                    (State::Body { req, serve, body, deadline, line }, false)
+                    (State::Body { req, serve, body, deadline }, false)
                 } else {
                     // The client left before its body ended.
+                    self.line = None;
                     (State::Closing, true)
                 }
             }
-            Err(e) => (self.fail(e.status(), e.reason(), line), true),
+            Err(e) => {
+                let line = self.take_line();
+                (self.fail(e.status(), e.reason(), line), true)
+            }
         }
     }
 
-    pub(super) fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>, line: AccessLog) -> State<'g> {
+    /// Serves a request read whole; its access line is the one the connection keeps.
+    pub(super) fn serve(&mut self, req: Box<ClientRequest>, serve: Serve<'g>) -> State<'g> {
         match serve {
             Serve::Builtin(b) => {
                 let reply = builtin::answer(b, &req, self.wall());
+                let line = self.take_line();
                 self.respond(reply, line, false)
             }
             Serve::Endpoint(route) => {
                 let mut ex = self.exchange(route, *req);
-                if let Some(trace) = line.trace() {
+                if let Some(trace) = self.line.as_ref().and_then(AccessLog::trace) {
                     ex.traced(trace.context());
                 }
-                self.drive(ex, line)
+                self.drive(ex)
             }
         }
     }
 
     /// Runs an aggregating exchange until it waits or answers.
-    pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>, line: AccessLog) -> State<'g> {
+    pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>) -> State<'g> {
         loop {
             let action = ex.poll(self.balancer);
             if ex.has_logs() {
@@ -70,28 +76,25 @@ impl<'g> Connection<'g> {
                     Ok(_) => ex.give_back(call),
                     Err(reason) => ex.handle_unsent(call.id, reason),
                 },
-                Action::Wait(deadline) => return State::Exchange { ex, line, deadline },
+                Action::Wait(deadline) => return State::Exchange { ex, deadline },
                 Action::Respond(reply) => {
                     // Calls still in flight are abandoned.
                     self.close_slots();
                     self.server.recycle_head(ex.take_head());
                     self.keep_exchange(ex);
+                    let line = self.take_line();
                     return self.respond(reply, line, false);
                 }
                 Action::Stream(_) | Action::Done => {
                     self.close_slots();
+                    let line = self.take_line();
                     return self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true);
                 }
             }
         }
     }
 
-    pub(super) fn step_exchange(
-        &mut self,
-        mut ex: Box<Exchange<'g>>,
-        line: AccessLog,
-        deadline: Instant,
-    ) -> (State<'g>, bool) {
+    pub(super) fn step_exchange(&mut self, mut ex: Box<Exchange<'g>>, deadline: Instant) -> (State<'g>, bool) {
         let mut changed = false;
         ex.at(self.now);
         for id in 0..self.calls.len() {
@@ -127,7 +130,7 @@ impl<'g> Connection<'g> {
                 }
             }
         }
-        if changed { (self.drive(ex, line), true) } else { (State::Exchange { ex, line, deadline }, false) }
+        if changed { (self.drive(ex), true) } else { (State::Exchange { ex, deadline }, false) }
     }
 
     pub(super) fn log_call(&mut self, endpoint: usize, backend: usize, status: Option<StatusCode>) {
