@@ -513,6 +513,43 @@ fn sequential_timeout_mid_chain_is_partial() {
     assert_eq!(out.calls.len(), 2);
 }
 
+/// A `url_pattern` without placeholders is rendered once, when the gateway is planned
+/// (`BackendPlan::fixed_path`): what reaches the backend is what rendering it per
+/// request gave, the forwarded query included, and a literal dot segment is still
+/// refused at each request.
+#[test]
+fn a_fixed_url_pattern_is_sent_as_rendered() {
+    let rows: &[(&str, &str, &str)] = &[
+        ("/users/profile?v=1", "/api/7?q=2&z=3", "/users/profile?v=1&q=2"),
+        ("/users/profile", "/api/7?q=a%20b", "/users/profile?q=a%20b"),
+        ("/", "/api/7?q=1", "/?q=1"),
+        ("/a/./b", "/api/7", "400"),
+        ("/a/%2E%2E/b", "/api/7", "400"),
+        ("/a/x..y?p=../", "/api/7", "/a/x..y?p=../"),
+    ];
+    for (pattern, path, sent) in rows {
+        let cfg = one(r#""input_query_strings": ["q"],"#, &format!(r#"[{{"url_pattern": "{pattern}"}}]"#));
+        let gw = Gateway::load(&cfg).unwrap().gateway;
+        let fixed = gw.endpoints[0].backends[0].fixed_path.as_deref();
+        let out = run(&cfg, get(path), |_| Canned::Json("{}"));
+        if *sent == "400" {
+            assert_eq!(fixed, None, "{pattern}");
+            assert_eq!(
+                out.show(),
+                "400\ncontent-type: text/plain; charset=utf-8\n\n400 bad request: the backend path would contain a dot segment",
+                "{pattern}"
+            );
+            assert!(out.calls.is_empty(), "{pattern}");
+        } else {
+            assert!(fixed.is_some(), "{pattern}");
+            assert_eq!(out.calls[0].lines().next().unwrap(), format!("GET {sent} HTTP/1.1"), "{pattern}");
+        }
+    }
+    // One with a placeholder is rendered per request.
+    let gw = Gateway::load(&one("", r#"[{"url_pattern": "/u/{id}"}]"#)).unwrap().gateway;
+    assert_eq!(gw.endpoints[0].backends[0].fixed_path, None);
+}
+
 #[test]
 fn parameters_cannot_change_the_backend_url() {
     let cfg = one("", r#"[{"url_pattern": "/users/{id}/profile?v=1"}]"#);

@@ -138,6 +138,18 @@ pub(crate) fn has_explicit_port(authority: &str) -> bool {
     after_host.contains(':')
 }
 
+/// `.` or `..`.
+pub fn is_dot_segment(seg: &[u8]) -> bool {
+    seg == b"." || seg == b".."
+}
+
+/// Whether a URL's path (up to any `?`) has a segment that is `.` or `..` once
+/// percent-decoded: a backend path never may.
+pub fn has_dot_segment(url: &str) -> bool {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    path.split('/').any(|seg| is_dot_segment(&percent_decode(seg)))
+}
+
 /// Percent-decodes once; a `%` not followed by two hex digits stays as it is.
 pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
     if !s.contains('%') {

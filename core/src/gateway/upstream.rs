@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::{HeaderName, HeaderValue};
 
+use crate::config::net::{has_dot_segment, is_dot_segment};
 use crate::gateway::jwt::Token;
 
 use crate::http1::{self, Head, HopByHop};
@@ -96,10 +97,6 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-fn is_dot_segment(seg: &[u8]) -> bool {
-    seg == b"." || seg == b".."
-}
-
 /// Renders a URL value, refusing dot segments.
 fn put_value(name: &str, value: &[u8], out: &mut String) -> Result<(), RenderError> {
     if value.split(|&b| b == b'/' || b == b'\\').any(is_dot_segment) {
@@ -139,41 +136,9 @@ pub fn render_url(
     let mut url = room;
     url.clear();
     url.reserve(64);
-    for piece in &backend.url_pattern {
-        match piece {
-            UrlPiece::Literal(l) => url.push_str(l),
-            UrlPiece::Param(name) => {
-                let raw = inputs.params.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
-                put_value(name, &percent_decode(raw), &mut url)?;
-            }
-            UrlPiece::InputHeader(h) => {
-                let v = inputs.headers.get(h.as_str()).unwrap_or_default();
-                put_value(h.as_str(), v, &mut url)?;
-            }
-            UrlPiece::Jwt(claim) => {
-                let name = format!("JWT.{claim}");
-                // KrakenD writes the claim as it is; here it is a value like any other,
-                // percent-encoded and never a dot segment, so it stays in its segment.
-                let Some(v) = inputs.token.and_then(|t| t.claim_text(claim)) else {
-                    return Err(RenderError::Missing(format!("{{{name}}}: the token has no such claim")));
-                };
-                put_value(&name, v.as_bytes(), &mut url)?;
-            }
-            UrlPiece::Response { index, path } => {
-                let name = format!("resp{index}_{}", path.join("."));
-                let Some(v) = (inputs.response)(*index, path) else {
-                    return Err(RenderError::Missing(format!("{{{name}}} has no value in response {index}")));
-                };
-                put_value(&name, v.as_bytes(), &mut url)?;
-            }
-        }
-    }
-    let path_end = url.find('?').unwrap_or(url.len());
-    if url[..path_end].split('/').any(|seg| is_dot_segment(&percent_decode(seg))) {
-        return Err(RenderError::Refused("the backend path would contain a dot segment".into()));
-    }
-    if url.is_empty() || !url.starts_with('/') {
-        url.insert(0, '/');
+    match &backend.fixed_path {
+        Some(path) => url.push_str(path),
+        None => render_path(backend, inputs, &mut url)?,
     }
     if let Some(q) = client_query {
         let mut first = !url.contains('?');
@@ -198,6 +163,53 @@ pub fn render_url(
         }
     }
     Ok(url)
+}
+
+/// The path of `backend`'s `url_pattern` with its placeholders filled in `url`: refused
+/// when it would hold a dot segment, and given a leading `/` when it has none.
+fn render_path(backend: &BackendPlan, inputs: &UrlInputs<'_>, url: &mut String) -> Result<(), RenderError> {
+    for piece in &backend.url_pattern {
+        match piece {
+            UrlPiece::Literal(l) => url.push_str(l),
+            UrlPiece::Param(name) => {
+                let raw = inputs.params.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
+                put_value(name, &percent_decode(raw), url)?;
+            }
+            UrlPiece::InputHeader(h) => {
+                let v = inputs.headers.get(h.as_str()).unwrap_or_default();
+                put_value(h.as_str(), v, url)?;
+            }
+            UrlPiece::Jwt(claim) => {
+                let name = format!("JWT.{claim}");
+                // KrakenD writes the claim as it is; here it is a value like any other,
+                // percent-encoded and never a dot segment, so it stays in its segment.
+                let Some(v) = inputs.token.and_then(|t| t.claim_text(claim)) else {
+                    return Err(RenderError::Missing(format!("{{{name}}}: the token has no such claim")));
+                };
+                put_value(&name, v.as_bytes(), url)?;
+            }
+            UrlPiece::Response { index, path } => {
+                let name = format!("resp{index}_{}", path.join("."));
+                let Some(v) = (inputs.response)(*index, path) else {
+                    return Err(RenderError::Missing(format!("{{{name}}} has no value in response {index}")));
+                };
+                put_value(&name, v.as_bytes(), url)?;
+            }
+        }
+    }
+    finish_path(url)
+}
+
+/// A rendered path checked: refused when it would hold a dot segment (before any
+/// query the pattern has), given a leading `/` when it has none.
+fn finish_path(url: &mut String) -> Result<(), RenderError> {
+    if has_dot_segment(url) {
+        return Err(RenderError::Refused("the backend path would contain a dot segment".into()));
+    }
+    if url.is_empty() || !url.starts_with('/') {
+        url.insert(0, '/');
+    }
+    Ok(())
 }
 
 /// `Sluice/<version>`.

@@ -182,6 +182,9 @@ pub struct BackendPlan {
     /// Hosts to balance over (the root `host` when the backend has none).
     pub hosts: Vec<BackendHost>,
     pub url_pattern: Vec<UrlPiece>,
+    /// The path `url_pattern` renders to when it has no placeholder (and no dot
+    /// segment): written as it is, with nothing to check per request.
+    pub fixed_path: Option<Box<str>>,
     pub method: Method,
     pub encoding: Encoding,
     /// Unique index of this backend in the whole gateway (per-shard state is kept by it).
@@ -241,6 +244,25 @@ pub struct BackendHost {
     /// The address a new connection dials when the host (or its proxy) is an IP
     /// literal, worked out once; `None` for a name (resolved when needed).
     pub dial: Option<SocketAddr>,
+}
+
+/// What a `url_pattern` without placeholders renders to (see
+/// [`BackendPlan::fixed_path`]): its text, with a leading `/`; `None` when it has a
+/// placeholder, or when its path would hold a dot segment (refused at each request,
+/// as any rendered path is).
+fn fixed_path(pattern: &[UrlPiece]) -> Option<Box<str>> {
+    let mut url = String::new();
+    for piece in pattern {
+        let UrlPiece::Literal(l) = piece else { return None };
+        url.push_str(l);
+    }
+    if config::net::has_dot_segment(&url) {
+        return None;
+    }
+    if !url.starts_with('/') {
+        url.insert(0, '/');
+    }
+    Some(url.into_boxed_str())
 }
 
 /// A pre-parsed piece of a `url_pattern`.
@@ -435,9 +457,11 @@ impl Gateway {
                 let streamed = b.encoding == crate::config::Encoding::NoOp;
                 let backend_cel =
                     cel_phases(&b.cel, (crate::gateway::cel::Site::Backend, streamed), &path, &mut errors);
+                let fixed_path = fixed_path(&url_pattern);
                 backends.push(BackendPlan {
                     hosts,
                     url_pattern,
+                    fixed_path,
                     method: b.method.clone().unwrap_or_else(|| e.method.clone()),
                     encoding: b.encoding,
                     slot: backend_count,
