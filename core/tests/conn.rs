@@ -2309,3 +2309,71 @@ fn a_request_that_times_out_in_any_state_logs_its_own_line() {
         assert_eq!(w.trace(), trace.join("\n"), "{request:?}");
     }
 }
+
+/// Each request on a busy connection keeps its own body, in the exchange the last
+/// request left: a POST to an aggregating endpoint sends its body to the backend, one
+/// to a `no-op` endpoint streams it, request after request.
+#[test]
+fn a_busy_connection_s_requests_keep_their_bodies() {
+    let gw = gateway(
+        r#"{"endpoint": "/agg", "method": "POST", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/a", "method": "POST"}]},
+           {"endpoint": "/raw", "method": "POST", "output_encoding": "no-op", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/r", "encoding": "no-op"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let post = |path: &str, body: &str| {
+        &*Box::leak(
+            format!("POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .into_boxed_str(),
+        )
+    };
+    let bodies =
+        [("/agg", r#"{"n":1}"#), ("/agg", r#"{"n":22}"#), ("/raw", "abc"), ("/raw", "defgh"), ("/agg", r#"{"n":3}"#)];
+    let mut script = Vec::new();
+    for (path, body) in bodies {
+        script.extend([Send(post(path, body)), Wait(10)]);
+    }
+    script.push(Eof);
+    let answers: Vec<Serve> = (0..bodies.len()).map(|_| json(r#"{"ok":true}"#)).collect();
+    let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &answers).run();
+    assert_eq!(w.requests.len(), bodies.len(), "{}", w.trace());
+    for (sent, (path, body)) in w.requests.iter().zip(bodies) {
+        let target = if path == "/agg" { "/a" } else { "/r" };
+        assert!(sent.starts_with(&format!("POST {target} HTTP/1.1\r\n")), "{sent}");
+        assert!(sent.to_ascii_lowercase().contains(&format!("\r\ncontent-length: {}\r\n", body.len())), "{sent}");
+        assert!(sent.ends_with(&format!("\r\n\r\n{body}")), "{sent}");
+    }
+    assert_eq!(w.to_client.matches("HTTP/1.1 200 OK\r\n").count(), bodies.len(), "{}", w.to_client);
+}
+
+/// The token the guard stage let through stays with its own request on a busy
+/// connection (its exchange renewed from the last one's): its claims go to the
+/// backend in the path and as headers, request after request.
+#[test]
+fn a_busy_connection_s_requests_keep_their_tokens() {
+    let tokens: serde_json::Value = serde_json::from_str(include_str!("fixtures/jwt/tokens.json")).unwrap();
+    let token = tokens["tokens"]["RS256"].as_str().unwrap();
+    let endpoint = r#"{"endpoint": "/me", "input_headers": ["X-User"], "extra_config": {"auth/validator": {"alg": "RS256",
+              "jwk_local_path": "keys.json", "propagate_claims": [["sub", "X-User"]]}},
+            "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/{JWT.sub}"}]}"#;
+    let env = sluice_core::tls::Environment {
+        read_file: Box::new(|path| match path {
+            "keys.json" => Ok(include_bytes!("fixtures/jwt/keys.json").to_vec()),
+            other => Err(format!("cannot read {other:?}: no such file")),
+        }),
+        ..Default::default()
+    };
+    let gw = Gateway::load_with(&format!(r#"{{{CONFIG_HEAD}, "endpoints": [{endpoint}]}}"#), &env).unwrap().gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let get =
+        &*Box::leak(format!("GET /me HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n").into_boxed_str());
+    let script = [Send(get), Wait(10), Send(get), Wait(10), Send(get), Wait(10), Eof];
+    let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &[json("{}"), json("{}"), json("{}")]).run();
+    assert_eq!(w.requests.len(), 3, "{}", w.trace());
+    for sent in &w.requests {
+        let sent = sent.to_ascii_lowercase();
+        assert!(sent.starts_with("get /users/1234567890 http/1.1\r\n"), "{sent}");
+        assert!(sent.contains("\r\nx-user: 1234567890\r\n"), "{sent}");
+    }
+}

@@ -340,12 +340,12 @@ impl<'g> Connection<'g> {
                 p.sent += moved;
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
                 self.end_call(p.id, reusable);
+                let line = self.take_line().line(p.status, p.sent, self.now);
+                self.queue.push_back(Output::Log(Log::Access(line)));
                 if let Leg::Endpoint(mut ex) = p.leg {
                     self.server.recycle_head(ex.take_head());
                     self.keep_exchange(ex);
                 }
-                let line = self.take_line().line(p.status, p.sent, self.now);
-                self.queue.push_back(Output::Log(Log::Access(line)));
                 match self.server.finish_response(&mut self.out) {
                     Ok(next) => (State::Flush(next), true),
                     Err(_) => (State::Closing, true),

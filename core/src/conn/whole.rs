@@ -81,9 +81,12 @@ impl<'g> Connection<'g> {
                     // Calls still in flight are abandoned.
                     self.close_slots();
                     self.server.recycle_head(ex.take_head());
-                    self.keep_exchange(ex);
                     let line = self.take_line();
-                    return self.respond(reply, line, false);
+                    let next = self.respond(reply, line, false);
+                    // After the access line: a traced exchange's spans end first, as
+                    // when it was dropped here.
+                    self.keep_exchange(ex);
+                    return next;
                 }
                 Action::Stream(_) | Action::Done => {
                     self.close_slots();

@@ -279,12 +279,14 @@ impl<'g> Exchange<'g> {
     /// [`Exchange::new`] would, keeping the room its vectors have: no allocation when
     /// the endpoint has as many backends as the last one (or fewer).
     pub fn renew(&mut self, gw: &'g Gateway, route: Route<'g>, req: ClientRequest, (now, wall): (Instant, SystemTime)) {
+        // What the last request left goes first: clearing after `req` is in would
+        // drop this request's body and token.
+        self.clear();
         let ep = route.endpoint;
         let n = ep.backends.len();
         self.client_ip = gw.config.router.client_ip(req.peer, &req.headers);
         (self.gw, self.ep, self.req, self.params) = (gw, ep, req, route.params);
         (self.started, self.wall, self.clock, self.deadline) = (now, wall, now, now + ep.timeout);
-        self.clear();
         self.calls.resize_with(n, || CallState::Pending);
         self.sent.resize(n, None);
         self.tickets.resize(n, None);
@@ -295,7 +297,7 @@ impl<'g> Exchange<'g> {
     /// Drops what the request left (its calls' answers, the reply, plugin state,
     /// spans), keeping the vectors' room: an exchange kept for the connection's next
     /// request ([`Exchange::renew`]) holds no answer meanwhile.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.calls.clear();
         self.rendered.clear();
         self.answer = None;
