@@ -143,11 +143,19 @@ pub fn is_dot_segment(seg: &[u8]) -> bool {
     seg == b"." || seg == b".."
 }
 
-/// Whether a URL's path (up to any `?`) has a segment that is `.` or `..` once
-/// percent-decoded: a backend path never may.
-pub fn has_dot_segment(url: &str) -> bool {
-    let path = url.split_once('?').map_or(url, |(p, _)| p);
-    path.split('/').any(|seg| is_dot_segment(&percent_decode(seg)))
+/// A rendered backend path made ready to send: `false` when its path (up to any `?`)
+/// has a segment that is `.` or `..` once percent-decoded (a backend path never may),
+/// else given a leading `/` when it has none. The plan and each request's rendering
+/// both finish a path so.
+pub fn finish_backend_path(url: &mut String) -> bool {
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    if path.split('/').any(|seg| is_dot_segment(&percent_decode(seg))) {
+        return false;
+    }
+    if !url.starts_with('/') {
+        url.insert(0, '/');
+    }
+    true
 }
 
 /// Percent-decodes once; a `%` not followed by two hex digits stays as it is.

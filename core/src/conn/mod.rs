@@ -593,8 +593,7 @@ impl<'g> Connection<'g> {
                 return;
             }
         };
-        let line = self.take_line();
-        self.state = self.respond(page.answer(stats), line, true);
+        self.state = self.respond_parked(page.answer(stats), true);
         self.progress();
     }
 
@@ -629,8 +628,7 @@ impl<'g> Connection<'g> {
                 None => State::Closing,
             },
             State::Body { deadline: Some(d), .. } if now >= d => {
-                let line = self.take_line();
-                self.fail(StatusCode::REQUEST_TIMEOUT, "request body timeout", line)
+                self.fail_parked(StatusCode::REQUEST_TIMEOUT, "request body timeout")
             }
             State::Exchange { mut ex, deadline } if now >= deadline => {
                 ex.handle_timeout(now);
@@ -639,8 +637,7 @@ impl<'g> Connection<'g> {
             State::Stream { leg, .. } if now >= leg.deadline() => self.leg_timed_out(leg),
             State::Pump(p) if now >= p.leg.deadline() => self.cut(p, Cut::Timeout),
             State::Gather { deadline, .. } if now >= deadline => {
-                let line = self.take_line();
-                self.fail(StatusCode::SERVICE_UNAVAILABLE, "the counters did not come in time", line)
+                self.fail_parked(StatusCode::SERVICE_UNAVAILABLE, "the counters did not come in time")
             }
             State::Resolve(p) | State::Opening(p) if now >= p.deadline => {
                 self.refuse(Refusal::Timeout, p.dest.authority, p.line, p.tunnel)
@@ -1085,6 +1082,18 @@ impl<'g> Connection<'g> {
             }
             Err(_) => State::Closing,
         }
+    }
+
+    /// [`Connection::respond`] with the access line the connection keeps aside.
+    fn respond_parked(&mut self, reply: Reply, close: bool) -> State<'g> {
+        let line = self.take_line();
+        self.respond(reply, line, close)
+    }
+
+    /// [`Connection::fail`] with the access line the connection keeps aside.
+    fn fail_parked(&mut self, status: StatusCode, reason: &str) -> State<'g> {
+        let line = self.take_line();
+        self.fail(status, reason, line)
     }
 
     /// Answers an error and closes: protocol errors and failures before any response

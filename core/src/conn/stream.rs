@@ -220,8 +220,7 @@ impl<'g> Connection<'g> {
                 // The client's body is malformed: its fault, not the backend's. The
                 // backend connection got part of it: it is closed, never pooled.
                 self.close_slots();
-                let line = self.take_line();
-                return (self.fail(status, reason, line), true);
+                return (self.fail_parked(status, reason), true);
             }
             Err(Relay::ClientGone) => {
                 self.close_slots();
@@ -244,8 +243,7 @@ impl<'g> Connection<'g> {
                 else {
                     self.close_slots();
                     let reply = leg.settle(None, self.balancer, &mut self.queue);
-                    let line = self.take_line();
-                    return (self.respond(reply, line, true), true);
+                    return (self.respond_parked(reply, true), true);
                 };
                 let none = HeaderMap::new();
                 let response = ResponseHead { status, headers: &none, body: head.body_length(), close: self.stopping };
@@ -273,8 +271,7 @@ impl<'g> Connection<'g> {
             ex.at(self.now);
         }
         let reply = leg.settle(Some((call, &reason)), self.balancer, &mut self.queue);
-        let line = self.take_line();
-        self.respond(reply, line, true)
+        self.respond_parked(reply, true)
     }
 
     /// No response head by the leg's deadline: every call is closed, and the answer
@@ -282,8 +279,7 @@ impl<'g> Connection<'g> {
     pub(super) fn leg_timed_out(&mut self, leg: Leg<'g>) -> State<'g> {
         self.close_slots();
         let reply = leg.timed_out(self.now, self.peer, self.balancer, &mut self.queue);
-        let line = self.take_line();
-        self.respond(reply, line, true)
+        self.respond_parked(reply, true)
     }
 
     /// Moves client body bytes to backend connection `id` while it relays; says
@@ -381,8 +377,7 @@ impl<'g> Connection<'g> {
             self.server.take_back_head();
             let reply = p.leg.instead(timed_out, &reason);
             p.leg.broke(call, reason, &mut self.queue);
-            let line = self.take_line();
-            return self.respond(reply, line, true);
+            return self.respond_parked(reply, true);
         }
         p.leg.broke(call, format!("response body cut after {} bytes: {reason}", p.sent), &mut self.queue);
         let line = self.take_line().line(p.status, p.sent, self.now);

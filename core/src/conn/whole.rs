@@ -39,10 +39,7 @@ impl<'g> Connection<'g> {
                     (State::Closing, true)
                 }
             }
-            Err(e) => {
-                let line = self.take_line();
-                (self.fail(e.status(), e.reason(), line), true)
-            }
+            Err(e) => (self.fail_parked(e.status(), e.reason()), true),
         }
     }
 
@@ -51,8 +48,7 @@ impl<'g> Connection<'g> {
         match serve {
             Serve::Builtin(b) => {
                 let reply = builtin::answer(b, &req, self.wall());
-                let line = self.take_line();
-                self.respond(reply, line, false)
+                self.respond_parked(reply, false)
             }
             Serve::Endpoint(route) => {
                 let mut ex = self.exchange(route, *req);
@@ -81,8 +77,7 @@ impl<'g> Connection<'g> {
                     // Calls still in flight are abandoned.
                     self.close_slots();
                     self.server.recycle_head(ex.take_head());
-                    let line = self.take_line();
-                    let next = self.respond(reply, line, false);
+                    let next = self.respond_parked(reply, false);
                     // After the access line: a traced exchange's spans end first, as
                     // when it was dropped here.
                     self.keep_exchange(ex);
@@ -90,8 +85,7 @@ impl<'g> Connection<'g> {
                 }
                 Action::Stream(_) | Action::Done => {
                     self.close_slots();
-                    let line = self.take_line();
-                    return self.respond(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), line, true);
+                    return self.respond_parked(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, ""), true);
                 }
             }
         }

@@ -791,9 +791,8 @@ impl<'g> Exchange<'g> {
             Some(url) => url,
             None => {
                 let room = self.url_room.pop().unwrap_or_default();
-                self.render(b, room)
+                self.render(b, room).map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?
             }
-            .map_err(|(RenderError::Refused(m) | RenderError::Missing(m))| m)?,
         };
         let mut target = url;
         if !host.path_prefix.is_empty() {

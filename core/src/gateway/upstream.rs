@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::net::{has_dot_segment, is_dot_segment};
+use crate::config::net::{finish_backend_path, is_dot_segment};
 use crate::gateway::jwt::Token;
 
 use crate::http1::{self, Head, HopByHop};
@@ -197,17 +197,8 @@ fn render_path(backend: &BackendPlan, inputs: &UrlInputs<'_>, url: &mut String) 
             }
         }
     }
-    finish_path(url)
-}
-
-/// A rendered path checked: refused when it would hold a dot segment (before any
-/// query the pattern has), given a leading `/` when it has none.
-fn finish_path(url: &mut String) -> Result<(), RenderError> {
-    if has_dot_segment(url) {
+    if !finish_backend_path(url) {
         return Err(RenderError::Refused("the backend path would contain a dot segment".into()));
-    }
-    if url.is_empty() || !url.starts_with('/') {
-        url.insert(0, '/');
     }
     Ok(())
 }

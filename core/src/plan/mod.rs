@@ -256,13 +256,7 @@ fn fixed_path(pattern: &[UrlPiece]) -> Option<Box<str>> {
         let UrlPiece::Literal(l) = piece else { return None };
         url.push_str(l);
     }
-    if config::net::has_dot_segment(&url) {
-        return None;
-    }
-    if !url.starts_with('/') {
-        url.insert(0, '/');
-    }
-    Some(url.into_boxed_str())
+    config::net::finish_backend_path(&mut url).then(|| url.into_boxed_str())
 }
 
 /// A pre-parsed piece of a `url_pattern`.
