@@ -32,7 +32,8 @@ proptest! {
         prop_assert_eq!(json::parse_document(&text), Ok(text.as_str()));
         // An object body with nothing to shape comes out as it went in (compact input).
         let wrapped = format!("{{\"v\":{text},\"n\":12345678901234567890123}}");
-        let part = Shape::plain(Encoding::Json).apply(wrapped.as_bytes()).unwrap();
+        let shape = Shape::plain(Encoding::Json);
+        let part = shape.apply(wrapped.as_bytes()).unwrap();
         let mut out = Vec::new();
         response::render(OutputEncoding::Json, None, &response::merge([part]), &mut out);
         prop_assert_eq!(String::from_utf8(out).unwrap(), wrapped);

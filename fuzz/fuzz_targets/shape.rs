@@ -28,7 +28,8 @@ fuzz_target!(|input: &[u8]| {
     let gw = Gateway::load(&config).expect("fuzz config").gateway;
     let shape = &gw.endpoints[0].backends[0].shape;
     let Ok(part) = shape.apply(body) else { return };
-    let other = response::Shape::plain(sluice_core::config::Encoding::Json).apply(b"{\"z\":1}").expect("fixed");
+    let plain = response::Shape::plain(sluice_core::config::Encoding::Json);
+    let other = plain.apply(b"{\"z\":1}").expect("fixed");
     let merged = response::merge([part, other]);
     for output in [
         OutputEncoding::Json,

@@ -1414,7 +1414,12 @@ impl<'g> Exchange<'g> {
         {
             return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why);
         }
-        let mut body = Vec::with_capacity(256);
+        // The document written is about as long as what it was made of: room for all of
+        // it at once, rather than growing by doubling (and copying) as it is written. A
+        // large one (whose filters may keep little of it) still grows past 256 KiB.
+        let made_of: usize =
+            self.calls.iter().map(|c| if let CallState::Answered { body, .. } = c { body.len() } else { 0 }).sum();
+        let mut body = Vec::with_capacity(made_of.min(256 << 10) + 256);
         let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);
         let mut headers = HeaderMap::with_capacity(4);

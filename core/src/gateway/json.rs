@@ -74,6 +74,15 @@ pub fn parse_document(text: &str) -> Result<&str, JsonError> {
 /// Validates a whole document that must be an object and returns its members, in one
 /// pass (the shaping fast path: the top level is what merging works on).
 pub fn parse_object(text: &str) -> Result<Vec<Member<'_>>, JsonError> {
+    let mut out = Vec::with_capacity(16);
+    parse_object_with(text, |k, v| out.push((k, v)))?;
+    Ok(out)
+}
+
+/// [`parse_object`], handing each member to `member` as it is found (so that the
+/// caller keeps them in its own form, without a list in between). On an error some
+/// members may have been handed already.
+pub fn parse_object_with<'a>(text: &'a str, mut member: impl FnMut(&'a str, &'a str)) -> Result<(), JsonError> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     match b.get(i) {
@@ -81,7 +90,6 @@ pub fn parse_object(text: &str) -> Result<Vec<Member<'_>>, JsonError> {
         None => return err(i, "empty body"),
         Some(_) => return err(i, "not an object"),
     }
-    let mut out = Vec::with_capacity(16);
     i = skip_ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
         i += 1;
@@ -97,8 +105,8 @@ pub fn parse_object(text: &str) -> Result<Vec<Member<'_>>, JsonError> {
                 return err(i, "expected ':'");
             }
             let v = skip_ws(b, i + 1);
-            let v_end = value_end(b, v, 1)?;
-            out.push((key, &text[v..v_end]));
+            let v_end = if b.get(v) == Some(&b'"') { string_end(b, v)? } else { value_end(b, v, 1)? };
+            member(key, &text[v..v_end]);
             i = skip_ws(b, v_end);
             match b.get(i) {
                 Some(b',') => i = skip_ws(b, i + 1),
@@ -115,7 +123,7 @@ pub fn parse_object(text: &str) -> Result<Vec<Member<'_>>, JsonError> {
     if after != b.len() {
         return err(after, "trailing characters after the value");
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The kind of a raw value (one produced by this module).
@@ -195,30 +203,40 @@ fn special(v: u64) -> u64 {
     equal(v, b'"') | equal(v, b'\\') | below(v, 0x20)
 }
 
+/// Where the run of plain string bytes from `i` ends: at the first `"`, `\\` or
+/// control character, or at the end of the text. Sixteen bytes a step (two words, one
+/// test for both: most strings end within one or two steps), then eight, then one at
+/// a time; the lowest flag is a true one (see `special`), so a step goes straight to it.
+#[inline(always)]
+fn plain_end(b: &[u8], i: usize) -> usize {
+    let mut rest = b.get(i..).unwrap_or_default();
+    while let Some((sixteen, tail)) = rest.split_first_chunk::<16>() {
+        let v = u128::from_le_bytes(*sixteen);
+        let (lo, hi) = (special(v as u64), special((v >> 64) as u64));
+        if lo | hi != 0 {
+            let bit = if lo != 0 { lo.trailing_zeros() } else { 64 + hi.trailing_zeros() };
+            return b.len() - rest.len() + (bit / 8) as usize;
+        }
+        rest = tail;
+    }
+    if let Some((eight, tail)) = rest.split_first_chunk::<8>() {
+        let flags = special(u64::from_le_bytes(*eight));
+        if flags != 0 {
+            return b.len() - rest.len() + (flags.trailing_zeros() / 8) as usize;
+        }
+        rest = tail;
+    }
+    let plain = rest.iter().take_while(|&&c| c != b'"' && c != b'\\' && c >= 0x20).count();
+    b.len() - rest.len() + plain
+}
+
 /// `i` is at the opening quote; returns the index after the closing one. The input is
 /// a `&str`, so UTF-8 is already valid: only escapes and control characters are checked.
 #[inline(always)]
 fn string_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
     let mut i = start + 1;
     loop {
-        // The common case: a run of plain characters, eight bytes at a time while none
-        // of them is special (see `special`); the lowest flag is a true one, so the
-        // scan goes straight to it. Byte by byte only near the end of the text.
-        while let Some(chunk) = b.get(i..i + 8) {
-            let Ok(eight) = <[u8; 8]>::try_from(chunk) else { break };
-            let flags = special(u64::from_le_bytes(eight));
-            if flags != 0 {
-                i += (flags.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        while let Some(&c) = b.get(i) {
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                break;
-            }
-            i += 1;
-        }
+        i = plain_end(b, i);
         match b.get(i) {
             Some(b'"') => return Ok(i + 1),
             Some(b'\\') => match b.get(i + 1) {
@@ -258,7 +276,9 @@ fn container_end(b: &[u8], start: usize, depth: u32, object: bool) -> Result<usi
             }
             i = skip_ws(b, i + 1);
         }
-        i = skip_ws(b, value_end(b, i, depth + 1)?);
+        // Strings, the commonest values, are scanned here rather than in a call.
+        let end = if b.get(i) == Some(&b'"') { string_end(b, i)? } else { value_end(b, i, depth + 1)? };
+        i = skip_ws(b, end);
         match b.get(i) {
             Some(b',') => i = skip_ws(b, i + 1),
             Some(&c) if c == close => return Ok(i + 1),

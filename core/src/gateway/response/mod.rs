@@ -295,7 +295,7 @@ impl Shape {
     }
 
     /// Decodes and shapes a body: the part this backend adds to the merge.
-    pub fn apply<'a>(&self, body: &'a [u8]) -> Result<Vec<Entry<'a>>, DecodeError> {
+    pub fn apply<'a>(&'a self, body: &'a [u8]) -> Result<Vec<Entry<'a>>, DecodeError> {
         // A no-op answer is neither decoded nor shaped (lura gives it no formatter):
         // it adds nothing, even under `group`.
         if self.encoding == Encoding::NoOp {
@@ -318,8 +318,9 @@ impl Shape {
                 Ok(vec![(Key::Text(Cow::Borrowed("collection")), Node::Raw(doc))])
             }
             Encoding::Json | Encoding::FastJson => {
-                let members = json::parse_object(text()?).map_err(bad)?;
-                Ok(members.into_iter().map(|(k, v)| (Key::Raw(k), Node::Raw(v))).collect())
+                let mut entries = Vec::with_capacity(16);
+                json::parse_object_with(text()?, |k, v| entries.push((Key::Raw(k), Node::Raw(v)))).map_err(bad)?;
+                Ok(entries)
             }
             Encoding::SafeJson => {
                 let doc = json::parse_document(text()?).map_err(bad)?;
@@ -340,7 +341,7 @@ impl Shape {
 
     /// target, allow or deny, mapping, group: in that order (with a flatmap filter:
     /// target, the filter, group).
-    pub fn shape<'a>(&self, mut entries: Vec<Entry<'a>>) -> Vec<Entry<'a>> {
+    pub fn shape<'a>(&'a self, mut entries: Vec<Entry<'a>>) -> Vec<Entry<'a>> {
         for step in &self.target {
             let found = entries.into_iter().rev().find(|(k, _)| k.is(step));
             entries = match found.map(|(_, v)| v.into_members()) {
@@ -353,11 +354,12 @@ impl Shape {
             match flatmap::apply(&self.flatmap, entries) {
                 Some(e) => entries = e,
                 // Nothing left: lura's nil data, `null` under a group.
-                None if self.group.is_some() => {
-                    let group = self.group.clone().unwrap_or_default();
-                    return vec![(Key::Text(Cow::Owned(group)), Node::Raw("null"))];
+                None => {
+                    return match &self.group {
+                        Some(group) => vec![(Key::Text(Cow::Borrowed(group)), Node::Raw("null"))],
+                        None => Vec::new(),
+                    };
                 }
-                None => return Vec::new(),
             }
         } else if let Some(allow) = &self.allow {
             entries = keep_allowed(entries, allow);
@@ -368,7 +370,7 @@ impl Shape {
             entries = rename(entries, &self.mapping);
         }
         if let Some(group) = &self.group {
-            entries = vec![(Key::Text(Cow::Owned(group.clone())), Node::Obj(entries))];
+            entries = vec![(Key::Text(Cow::Borrowed(group)), Node::Obj(entries))];
         }
         entries
     }
@@ -405,18 +407,18 @@ fn drop_denied<'a>(entries: Vec<Entry<'a>>, tree: &PathTree) -> Vec<Entry<'a>> {
 
 /// Renames top-level keys, each original key at most once (so `{"a":"b","b":"a"}`
 /// swaps). A renamed key replaces an existing key of the same name, as KrakenD's
-/// map assignment does, and keeps its own position.
-fn rename<'a>(entries: Vec<Entry<'a>>, mapping: &[(String, String)]) -> Vec<Entry<'a>> {
-    let mut renamed: Vec<(Entry<'a>, bool)> = entries
-        .into_iter()
-        .map(|(k, v)| match mapping.iter().find(|(from, _)| k.is(from)) {
-            Some((_, to)) => ((Key::Text(Cow::Owned(to.clone())), v), true),
-            None => ((k, v), false),
-        })
-        .collect();
-    let targets: Vec<&str> = mapping.iter().map(|(_, to)| to.as_str()).collect();
-    renamed.retain(|((k, _), was_renamed)| *was_renamed || !targets.iter().any(|t| k.is(t)));
-    renamed.into_iter().map(|(e, _)| e).collect()
+/// map assignment does, and keeps its own position. In place: a member is dropped
+/// when its key is some mapping's target and no mapping's source, then the sources
+/// are renamed.
+fn rename<'a>(mut entries: Vec<Entry<'a>>, mapping: &'a [(String, String)]) -> Vec<Entry<'a>> {
+    let source = |k: &Key<'_>| mapping.iter().find(|(from, _)| k.is(from)).map(|(_, to)| to);
+    entries.retain(|(k, _)| source(k).is_some() || !mapping.iter().any(|(_, to)| k.is(to)));
+    for (k, _) in &mut entries {
+        if let Some(to) = source(k) {
+            *k = Key::Text(Cow::Borrowed(to));
+        }
+    }
+    entries
 }
 
 /// Merges parts in order: a later part's key replaces an earlier one's value in place.
