@@ -2267,6 +2267,62 @@ fn each_request_on_a_connection_starts_clean() {
     assert_eq!(paths, ["GET /two", "GET /r/%2e%2e", "GET /three", "GET /one", "GET /two"]);
 }
 
+/// A busy connection's aggregated answers are read into the buffers earlier answers
+/// left (`Calls::give_answer_room`): each is read whole and as it came, a short one
+/// after a long one, a head of two fields after one of five, a chunked body, and one
+/// over the kept size (not kept for the next).
+#[test]
+fn answers_read_into_an_earlier_answer_s_buffers_are_their_own() {
+    let gw = gateway(
+        r#"{"endpoint": "/two", "backend": [
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/a", "group": "a"},
+            {"host": ["http://127.0.0.1:9001"], "url_pattern": "/b", "group": "b"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let get = Send("GET /two HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let script = [get, Wait(10), get, Wait(10), get, Wait(10), get, Wait(10), Eof];
+    let long = format!("{{\"s\":\"{}\"}}", "x".repeat(3000));
+    let huge = format!("{{\"s\":\"{}\"}}", "y".repeat(20_000));
+    let fields = "X-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\n";
+    let answers = [
+        Serve::After(
+            0,
+            format!(
+                "HTTP/1.1 200 OK\r\n{fields}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+                long.len()
+            ),
+        ),
+        json(r#"{"n":2}"#),
+        json(r#"{"n":3}"#),
+        json(&huge),
+        Serve::After(
+            0,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"n\r\n4\r\n\":5}\r\n0\r\n\r\n".to_string(),
+        ),
+        json(r#"{"n":6}"#),
+        json(r#"{"n":7}"#),
+        json(r#"{"n":8}"#),
+    ];
+    let w = World::new(&gw, &lb, &script).backend(&upstream(9001), &answers).run();
+    let bodies = [
+        format!(r#"{{"a":{long},"b":{{"n":2}}}}"#),
+        format!(r#"{{"a":{{"n":3}},"b":{huge}}}"#),
+        r#"{"a":{"n":5},"b":{"n":6}}"#.to_string(),
+        r#"{"a":{"n":7},"b":{"n":8}}"#.to_string(),
+    ];
+    let expected: String = bodies
+        .iter()
+        .map(|body| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nx-krakend-completed: true\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .collect();
+    assert_eq!(w.to_client, expected);
+    assert_eq!(w.requests.len(), 8);
+}
+
 /// The access line of a request waiting in each state is the request's own when its
 /// wait times out (the connection keeps the line aside while the state moves): the
 /// aggregated backend (500 at the endpoint's timeout: no part), the body (408 at

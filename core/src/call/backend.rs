@@ -317,6 +317,12 @@ impl Fetch {
         self.conn.give_room(room);
     }
 
+    /// The body is read into `room` (emptied), rather than into a new buffer.
+    pub fn give_body_room(&mut self, mut room: Vec<u8>) {
+        room.clear();
+        self.body = room;
+    }
+
     /// A whole response whose `gzip`/`deflate` body is inflated before it is handed on.
     pub fn inflating(self, inflate: bool) -> Fetch {
         Fetch { inflate, ..self }

@@ -180,6 +180,9 @@ pub(crate) struct BackendCall<'g> {
     /// The buffer of the last streamed response head, for the next one to be copied
     /// into ([`Calls::give_head_room`]).
     head_room: crate::http1::Head,
+    /// The buffer of an earlier whole answer's body, for the next one to be read into
+    /// ([`Calls::give_answer_room`]).
+    body_room: Vec<u8>,
     /// An `https://` backend's profile; its session once connected.
     pub(crate) tls_target: Option<Cow<'g, TlsTarget>>,
     pub(crate) tls: Option<Box<TlsLink>>,
@@ -217,6 +220,11 @@ pub(crate) struct BackendCall<'g> {
     pub(crate) failure: Option<Failure>,
 }
 
+/// The largest answer body buffer a slot keeps for the next answer (see
+/// [`Calls::give_answer_room`]): a JSON API's usual answer fits; a larger one is
+/// allocated for itself.
+const BODY_ROOM_KEPT: usize = 16 * 1024;
+
 impl<'g> BackendCall<'g> {
     fn new(call: &Call<'g>, endpoint: &'g str, stream: bool) -> BackendCall<'g> {
         BackendCall {
@@ -239,7 +247,7 @@ impl<'g> BackendCall<'g> {
 
     /// This slot, free, set up for `call` in place as [`BackendCall::new`] makes one
     /// (no slot-sized value built and moved), keeping its vectors' room (`out`,
-    /// `sent`, `input`, `head_room`): the TLS session its kept connection had, if any.
+    /// `sent`, `input`, `head_room`, `body_room`): the TLS session its kept connection had, if any.
     fn renew(&mut self, call: &Call<'g>, endpoint: &'g str, stream: bool) -> Option<Box<TlsLink>> {
         // Every field named: one added later must be set here too.
         let BackendCall {
@@ -260,6 +268,7 @@ impl<'g> BackendCall<'g> {
             redirect_tls,
             held,
             head_room: _,
+            body_room: _,
             tls_target,
             tls,
             stream: streams,
@@ -342,6 +351,7 @@ impl<'g> BackendCall<'g> {
             redirect_tls: None,
             held: Vec::new(),
             head_room: crate::http1::Head::default(),
+            body_room: Vec::new(),
             tls_target: None,
             tls: None,
             stream,
@@ -664,6 +674,9 @@ impl<'g> Calls<'g> {
             Fetch::new(slot.method.clone(), limits, reused).inflating(slot.inflate)
         };
         fetch.give_room(mem::take(&mut slot.head_room));
+        if !slot.stream {
+            fetch.give_body_room(mem::take(&mut slot.body_room));
+        }
         slot.fetch = Some(fetch);
     }
 
@@ -1085,6 +1098,22 @@ impl<'g> Calls<'g> {
     pub(crate) fn give_head_room(&mut self, id: BackendId, head: crate::http1::Head) {
         if let Some(slot) = self.slots.get_mut(id) {
             slot.head_room = head.into_room();
+        }
+    }
+
+    /// A whole answer's head and body, done with: their buffers stay with a slot that
+    /// has none, for a later call's answer to be read into (an aggregating endpoint's
+    /// answers then cost no allocation on a busy connection). A body buffer over
+    /// [`BODY_ROOM_KEPT`] is not kept, nor a head's over its own limits.
+    pub(crate) fn give_answer_room(&mut self, head: crate::http1::Head, mut body: Vec<u8>) {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.body_room.capacity() == 0 && s.head_room.is_room_empty())
+        else {
+            return;
+        };
+        slot.head_room = head.into_room();
+        if body.capacity() <= BODY_ROOM_KEPT {
+            body.clear();
+            slot.body_room = body;
         }
     }
 

@@ -810,6 +810,7 @@ impl<'g> Connection<'g> {
 
     /// Keeps a finished exchange for the next request (see [`Connection::exchange`]).
     fn keep_exchange(&mut self, mut ex: Box<Exchange<'g>>) {
+        ex.give_answers(|head, body| self.calls.give_answer_room(head, body));
         ex.clear();
         self.kept = Some(ex);
     }

@@ -311,6 +311,21 @@ impl<'g> Exchange<'g> {
         self.req.token = None;
     }
 
+    /// Hands each answer's head (as read: not an inflated or rebuilt one) and body to
+    /// `give`, for the next backend calls to read into (see
+    /// [`crate::call::Calls::give_answer_room`]); their states become pending. Only
+    /// once the reply is made.
+    pub(crate) fn give_answers(&mut self, mut give: impl FnMut(crate::http1::Head, Vec<u8>)) {
+        for call in &mut self.calls {
+            if let CallState::Answered { headers: HeaderFields::Head(_), .. } = call
+                && let CallState::Answered { headers: HeaderFields::Head(head), body, .. } =
+                    mem::replace(call, CallState::Pending)
+            {
+                give(head, body);
+            }
+        }
+    }
+
     /// Call `call` is on its way (its request written): its target's string is kept
     /// for a later URL, when it is not large.
     pub fn give_back(&mut self, call: Call<'g>) {

@@ -48,6 +48,11 @@ impl Head {
         Head { bytes: room, headers: spans }
     }
 
+    /// Whether this head holds no room at all (neither vector has any capacity).
+    pub(crate) fn is_room_empty(&self) -> bool {
+        self.bytes.capacity() == 0 && self.headers.capacity() == 0
+    }
+
     /// This head emptied, its vectors' room kept for the next head to be copied into
     /// ([`Head::new_in`]); a vector that grew past [`ROOM_KEPT`] bytes or
     /// [`SPANS_KEPT`] fields is not kept (a large head is rare: its room is not held
