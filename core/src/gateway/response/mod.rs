@@ -307,7 +307,7 @@ impl Shape {
 
     /// Decodes a body by `encoding` into the members of an object.
     pub fn decode<'a>(&self, body: &'a [u8]) -> Result<Vec<Entry<'a>>, DecodeError> {
-        let text = || std::str::from_utf8(body).map_err(|_| DecodeError("body is not UTF-8".into()));
+        let text = || simdutf8::basic::from_utf8(body).map_err(|_| DecodeError("body is not UTF-8".into()));
         let bad = |e: json::JsonError| DecodeError(e.to_string());
         match self.encoding {
             Encoding::Json | Encoding::FastJson if self.is_collection => {
@@ -544,6 +544,31 @@ pub fn negotiate(accept: &str) -> OutputEncoding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body is checked as UTF-8 whole before it is decoded (simdutf8): what is not
+    /// UTF-8 is refused wherever it is, at any length, and every valid text passes.
+    #[test]
+    fn bodies_that_are_not_utf8_are_refused() {
+        let shape = Shape::plain(Encoding::Json);
+        let refused = |body: &[u8]| match shape.apply(body) {
+            Err(DecodeError(why)) => why == "body is not UTF-8",
+            Ok(_) => false,
+        };
+        let pad = "x".repeat(100);
+        for bad in [&b"\xff"[..], b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"] {
+            for at in [0, 5, 70] {
+                let mut body = format!("{{\"a\":\"{}", &pad[..at]).into_bytes();
+                body.extend_from_slice(bad);
+                body.extend_from_slice(format!("{}\"}}", &pad[at..]).as_bytes());
+                assert!(refused(&body), "{bad:?} after {at}");
+            }
+        }
+        let good = format!("{{\"a\":\"{pad}é€😀\",\"b\":\"{pad}\"}}");
+        let part = shape.apply(good.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        render(OutputEncoding::Json, None, &merge([part]), &mut out);
+        assert_eq!(out, good.as_bytes());
+    }
 
     #[test]
     fn path_trees() {
