@@ -2268,7 +2268,8 @@ fn each_request_on_a_connection_starts_clean() {
 }
 
 /// A busy connection's aggregated answers are read into the buffers earlier answers
-/// left (`Calls::give_answer_room`): each is read whole and as it came, a short one
+/// left (`Calls::give_answer_room`), and its replies written into the last reply's
+/// (`Exchange::give_reply_room`): each is read whole and as it came, a short one
 /// after a long one, a head of two fields after one of five, a chunked body, and one
 /// over the kept size (not kept for the next).
 #[test]

@@ -1074,6 +1074,17 @@ impl<'g> Connection<'g> {
 
     /// Writes a whole reply; the connection goes on as the codec says once written.
     fn respond(&mut self, reply: Reply, line: AccessLog, close: bool) -> State<'g> {
+        self.write_reply(&reply, line, close)
+    }
+
+    /// [`Connection::respond`], giving back the reply's body buffer once it is written
+    /// (for the next reply to be written in).
+    fn respond_giving_back(&mut self, reply: Reply, line: AccessLog, close: bool) -> (State<'g>, Vec<u8>) {
+        let state = self.write_reply(&reply, line, close);
+        (state, reply.body)
+    }
+
+    fn write_reply(&mut self, reply: &Reply, line: AccessLog, close: bool) -> State<'g> {
         match reply.write(&mut self.server, close || self.stopping, &mut self.out) {
             Ok(next) => {
                 self.answered = true;

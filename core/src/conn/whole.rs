@@ -77,7 +77,9 @@ impl<'g> Connection<'g> {
                     // Calls still in flight are abandoned.
                     self.close_slots();
                     self.server.recycle_head(ex.take_head());
-                    let next = self.respond_parked(reply, false);
+                    let line = self.take_line();
+                    let (next, body) = self.respond_giving_back(reply, line, false);
+                    ex.give_reply_room(body);
                     // After the access line: a traced exchange's spans end first, as
                     // when it was dropped here.
                     self.keep_exchange(ex);

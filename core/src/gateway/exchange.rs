@@ -93,6 +93,9 @@ use crate::request::{ClientRequest, Reply, RequestBody};
 /// The largest URL string kept for a later URL ([`Exchange::give_back`]).
 const URL_ROOM_KEPT: usize = 1024;
 
+/// The largest reply body buffer a kept exchange holds for the next reply.
+const REPLY_ROOM_KEPT: usize = 16 * 1024;
+
 /// `X-KrakenD-Completed`.
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
 
@@ -195,6 +198,9 @@ pub struct Exchange<'g> {
     rendered: SmallVec<[Option<String>; 2]>,
     /// Strings calls gave back ([`Exchange::give_back`]), for the next URLs.
     url_room: SmallVec<[String; 2]>,
+    /// The buffer the last aggregated reply's body was written in, given back once it
+    /// went out ([`Exchange::give_reply_room`]), for the next reply.
+    reply_room: Vec<u8>,
     /// Set when the answer is decided (before any call, for a refused request).
     answer: Option<Answer>,
     done: bool,
@@ -262,6 +268,7 @@ impl<'g> Exchange<'g> {
             calls: ep.backends.iter().map(|_| CallState::Pending).collect(),
             rendered: SmallVec::with_capacity(ep.backends.len()),
             url_room: SmallVec::new(),
+            reply_room: Vec::new(),
             answer: None,
             done: false,
             plugged: Vec::new(),
@@ -323,6 +330,15 @@ impl<'g> Exchange<'g> {
             {
                 give(head, body);
             }
+        }
+    }
+
+    /// The body of the reply this exchange made, once written: kept (when not over
+    /// [`REPLY_ROOM_KEPT`]) for the next aggregated reply to be written in.
+    pub(crate) fn give_reply_room(&mut self, mut body: Vec<u8>) {
+        if body.capacity() <= REPLY_ROOM_KEPT {
+            body.clear();
+            self.reply_room = body;
         }
     }
 
@@ -1350,7 +1366,7 @@ impl<'g> Exchange<'g> {
             return self.stream_failed(timed_out, &self.reason(0));
         }
         let router = &self.gw.config.router;
-        let mut parts: Vec<Vec<Entry<'_>>> = Vec::with_capacity(self.calls.len());
+        let mut parts: SmallVec<[Vec<Entry<'_>>; 4]> = SmallVec::new();
         let mut complete = true;
         // A failure lura hands on as an error (a backend with `return_error_details`
         // answering a status hands its data instead: incomplete, not errored).
@@ -1434,7 +1450,9 @@ impl<'g> Exchange<'g> {
         // large one (whose filters may keep little of it) still grows past 256 KiB.
         let made_of: usize =
             self.calls.iter().map(|c| if let CallState::Answered { body, .. } = c { body.len() } else { 0 }).sum();
-        let mut body = Vec::with_capacity(made_of.min(256 << 10) + 256);
+        let mut body = mem::take(&mut self.reply_room);
+        body.clear();
+        body.reserve(made_of.min(256 << 10) + 256);
         let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);
         let mut headers = HeaderMap::with_capacity(4);
