@@ -318,7 +318,7 @@ impl Fetch {
     }
 
     /// The body is read into `room` (emptied), rather than into a new buffer.
-    pub fn give_body_room(&mut self, mut room: Vec<u8>) {
+    pub(crate) fn give_body_room(&mut self, mut room: Vec<u8>) {
         room.clear();
         self.body = room;
     }

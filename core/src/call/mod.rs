@@ -223,7 +223,7 @@ pub(crate) struct BackendCall<'g> {
 /// The largest answer body buffer a slot keeps for the next answer (see
 /// [`Calls::give_answer_room`]): a JSON API's usual answer fits; a larger one is
 /// allocated for itself.
-const BODY_ROOM_KEPT: usize = 16 * 1024;
+const BODY_ROOM_KEPT: usize = 8 * 1024;
 
 impl<'g> BackendCall<'g> {
     fn new(call: &Call<'g>, endpoint: &'g str, stream: bool) -> BackendCall<'g> {
@@ -399,6 +399,9 @@ impl<'g> BackendCall<'g> {
     /// idle as long as the pool keeps one ([`IDLE_EXPIRY`]). `None`: none is kept.
     fn let_go(&mut self, id: BackendId, now: Instant) -> Option<Output<'g>> {
         let at = self.kept.take()?;
+        // The answer room is held only while the slot keeps a connection (see
+        // [`Calls::give_answer_room`]): a client gone quiet holds it 2 s at most.
+        self.body_room = Vec::new();
         Some(match now.saturating_duration_since(at) < IDLE_EXPIRY {
             true => Output::PoolBackend { id, pool_key: self.pool_key.clone(), session: Session(self.tls.take()) },
             false => {
@@ -1102,11 +1105,17 @@ impl<'g> Calls<'g> {
     }
 
     /// A whole answer's head and body, done with: their buffers stay with a slot that
-    /// has none, for a later call's answer to be read into (an aggregating endpoint's
-    /// answers then cost no allocation on a busy connection). A body buffer over
+    /// has none and keeps its backend connection for the client's next call, for that
+    /// call's answer to be read into (an aggregating endpoint's answers then cost no
+    /// allocation on a busy connection). The body's goes when the slot lets its
+    /// connection go ([`Calls::let_go_due`]: a client quiet for 2 s, or waiting idle),
+    /// so a quiet busy connection does not hold it longer. A body buffer over
     /// [`BODY_ROOM_KEPT`] is not kept, nor a head's over its own limits.
     pub(crate) fn give_answer_room(&mut self, head: crate::http1::Head, mut body: Vec<u8>) {
-        let Some(slot) = self.slots.iter_mut().find(|s| s.body_room.capacity() == 0 && s.head_room.is_room_empty())
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.kept.is_some() && s.body_room.capacity() == 0 && s.head_room.is_room_empty())
         else {
             return;
         };

@@ -604,6 +604,12 @@ impl<'g> Connection<'g> {
             return;
         }
         self.calls.let_go_due(now, &mut self.queue);
+        if self.calls.kept_deadline().is_none()
+            && let Some(ex) = self.kept.as_mut()
+        {
+            // Quiet since its kept backend connections went: its last reply's buffer goes too.
+            ex.drop_reply_room();
+        }
         let cfg = &self.gw.config;
         if let Some(at) = self.write_since.and_then(|since| after(since, cfg.write_timeout))
             && now >= at

@@ -94,7 +94,7 @@ use crate::request::{ClientRequest, Reply, RequestBody};
 const URL_ROOM_KEPT: usize = 1024;
 
 /// The largest reply body buffer a kept exchange holds for the next reply.
-const REPLY_ROOM_KEPT: usize = 16 * 1024;
+const REPLY_ROOM_KEPT: usize = 8 * 1024;
 
 /// `X-KrakenD-Completed`.
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
@@ -334,12 +334,18 @@ impl<'g> Exchange<'g> {
     }
 
     /// The body of the reply this exchange made, once written: kept (when not over
-    /// [`REPLY_ROOM_KEPT`]) for the next aggregated reply to be written in.
+    /// [`REPLY_ROOM_KEPT`]) for the next aggregated reply to be written in, until
+    /// [`Exchange::drop_reply_room`].
     pub(crate) fn give_reply_room(&mut self, mut body: Vec<u8>) {
         if body.capacity() <= REPLY_ROOM_KEPT {
             body.clear();
             self.reply_room = body;
         }
+    }
+
+    /// Lets the kept reply buffer go (a client quiet for a while).
+    pub(crate) fn drop_reply_room(&mut self) {
+        self.reply_room = Vec::new();
     }
 
     /// Call `call` is on its way (its request written): its target's string is kept
@@ -1373,10 +1379,15 @@ impl<'g> Exchange<'g> {
         let mut errored = false;
         let mut reasons = Vec::new();
         let mut error_code: Option<Reply> = None;
+        // The bytes the parts are made of: the document written is about as long.
+        let mut made_of = 0;
         for (i, (call, b)) in self.calls.iter().zip(&ep.backends).enumerate() {
             match call {
                 CallState::Answered { status, body, .. } if accepted(b, *status) => match b.shape.apply(body) {
-                    Ok(part) => parts.push(part),
+                    Ok(part) => {
+                        made_of += body.len();
+                        parts.push(part);
+                    }
                     Err(_) => {
                         (complete, errored) = (false, true);
                         reasons.push(self.reason(i));
@@ -1445,14 +1456,12 @@ impl<'g> Exchange<'g> {
         {
             return self.error_reply(StatusCode::INTERNAL_SERVER_ERROR, &why);
         }
-        // The document written is about as long as what it was made of: room for all of
-        // it at once, rather than growing by doubling (and copying) as it is written. A
-        // large one (whose filters may keep little of it) still grows past 256 KiB.
-        let made_of: usize =
-            self.calls.iter().map(|c| if let CallState::Answered { body, .. } = c { body.len() } else { 0 }).sum();
+        // Room for the whole document at once, about as long as what it was made of,
+        // rather than growing by doubling (and copying) as it is written; a large one
+        // (whose filters may keep little of it) grows past 64 KiB as it is written.
         let mut body = mem::take(&mut self.reply_room);
         body.clear();
-        body.reserve(made_of.min(256 << 10) + 256);
+        body.reserve(made_of.min(64 << 10) + 256);
         let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);
         let mut headers = HeaderMap::with_capacity(4);
