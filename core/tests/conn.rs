@@ -2028,7 +2028,7 @@ fn allocations_per_request_in_steady_state() {
     // and its shared count are two, and each head's field positions one since they
     // are a vector beside its bytes).
     assert_eq!(per_noop, 0.0, "a no-op request now makes {per_noop} allocations (was none)");
-    assert!(per_agg <= 6.0, "an aggregation request now makes {per_agg} allocations (was 6)");
+    assert!(per_agg <= 4.0, "an aggregation request now makes {per_agg} allocations (was 4)");
     assert!(per_idle_noop <= 21.0, "a no-op request after a wait now makes {per_idle_noop} allocations (was 21)");
 }
 

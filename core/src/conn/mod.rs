@@ -1083,11 +1083,11 @@ impl<'g> Connection<'g> {
         self.write_reply(&reply, line, close)
     }
 
-    /// [`Connection::respond`], giving back the reply's body buffer once it is written
-    /// (for the next reply to be written in).
-    fn respond_giving_back(&mut self, reply: Reply, line: AccessLog, close: bool) -> (State<'g>, Vec<u8>) {
+    /// [`Connection::respond`], giving the reply back once it is written (for the next
+    /// reply to be written in its buffers).
+    fn respond_giving_back(&mut self, reply: Reply, line: AccessLog, close: bool) -> (State<'g>, Reply) {
         let state = self.write_reply(&reply, line, close);
-        (state, reply.body)
+        (state, reply)
     }
 
     fn write_reply(&mut self, reply: &Reply, line: AccessLog, close: bool) -> State<'g> {

@@ -78,8 +78,8 @@ impl<'g> Connection<'g> {
                     self.close_slots();
                     self.server.recycle_head(ex.take_head());
                     let line = self.take_line();
-                    let (next, body) = self.respond_giving_back(reply, line, false);
-                    ex.give_reply_room(body);
+                    let (next, written) = self.respond_giving_back(reply, line, false);
+                    ex.give_reply_room(written);
                     // After the access line: a traced exchange's spans end first, as
                     // when it was dropped here.
                     self.keep_exchange(ex);

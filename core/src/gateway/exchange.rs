@@ -198,9 +198,10 @@ pub struct Exchange<'g> {
     rendered: SmallVec<[Option<String>; 2]>,
     /// Strings calls gave back ([`Exchange::give_back`]), for the next URLs.
     url_room: SmallVec<[String; 2]>,
-    /// The buffer the last aggregated reply's body was written in, given back once it
-    /// went out ([`Exchange::give_reply_room`]), for the next reply.
+    /// The buffer the last aggregated reply's body was written in and its header map,
+    /// given back once it went out ([`Exchange::give_reply_room`]), for the next reply.
     reply_room: Vec<u8>,
+    reply_fields: HeaderMap,
     /// Set when the answer is decided (before any call, for a refused request).
     answer: Option<Answer>,
     done: bool,
@@ -269,6 +270,7 @@ impl<'g> Exchange<'g> {
             rendered: SmallVec::with_capacity(ep.backends.len()),
             url_room: SmallVec::new(),
             reply_room: Vec::new(),
+            reply_fields: HeaderMap::new(),
             answer: None,
             done: false,
             plugged: Vec::new(),
@@ -336,16 +338,22 @@ impl<'g> Exchange<'g> {
     /// The body of the reply this exchange made, once written: kept (when not over
     /// [`REPLY_ROOM_KEPT`]) for the next aggregated reply to be written in, until
     /// [`Exchange::drop_reply_room`].
-    pub(crate) fn give_reply_room(&mut self, mut body: Vec<u8>) {
+    pub(crate) fn give_reply_room(&mut self, reply: Reply) {
+        let Reply { mut headers, mut body, .. } = reply;
         if body.capacity() <= REPLY_ROOM_KEPT {
             body.clear();
             self.reply_room = body;
+        }
+        // A map grown past a reply's few fields is not kept.
+        if headers.capacity() <= 16 {
+            headers.clear();
+            self.reply_fields = headers;
         }
     }
 
     /// Lets the kept reply buffer go (a client quiet for a while).
     pub(crate) fn drop_reply_room(&mut self) {
-        self.reply_room = Vec::new();
+        (self.reply_room, self.reply_fields) = (Vec::new(), HeaderMap::new());
     }
 
     /// Call `call` is on its way (its request written): its target's string is kept
@@ -1464,7 +1472,8 @@ impl<'g> Exchange<'g> {
         body.reserve(made_of.min(64 << 10) + 256);
         let accept = self.req.headers.get("accept").and_then(|v| std::str::from_utf8(v).ok());
         let content_type = response::render(ep.output, accept, &merged, &mut body);
-        let mut headers = HeaderMap::with_capacity(4);
+        let mut headers = mem::take(&mut self.reply_fields);
+        headers.clear();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert(COMPLETED.clone(), HeaderValue::from_static(if complete { "true" } else { "false" }));
         if complete
