@@ -326,11 +326,9 @@ impl<'g> Exchange<'g> {
     /// once the reply is made.
     pub(crate) fn give_answers(&mut self, mut give: impl FnMut(crate::http1::Head, Vec<u8>)) {
         for call in &mut self.calls {
-            if let CallState::Answered { headers: HeaderFields::Head(_), .. } = call
-                && let CallState::Answered { headers: HeaderFields::Head(head), body, .. } =
-                    mem::replace(call, CallState::Pending)
-            {
-                give(head, body);
+            if let CallState::Answered { headers: HeaderFields::Head(head), body, .. } = call {
+                give(mem::take(head), mem::take(body));
+                *call = CallState::Pending;
             }
         }
     }
