@@ -1,13 +1,12 @@
 //! The backend-facing (client) role: write requests, parse responses.
 
-use std::mem::MaybeUninit;
-
 use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength};
-use super::head::{Head, Response, offset};
-use super::server::{itoa_u64, parse_error};
+use super::head::{Head, Response};
+use super::parse::Fault;
+use super::server::itoa_u64;
 use super::{Error, Limits, MAX_HEADERS, find_head_end, write_headers};
 
 /// The request target, in the form the next hop needs (RFC 9112 section 3.2).
@@ -181,30 +180,20 @@ impl ClientConn {
     }
 
     fn parse_head(&mut self, raw: &[u8]) -> Result<Option<Response>, Error> {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
-        let mut resp = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, raw, headers) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete response head")),
-            Err(e) => return Err(parse_error(e)),
-        }
-        let (Some(code), Some(version)) = (resp.code, resp.version) else {
-            return Err(Error::Malformed("incomplete status line"));
-        };
-        let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status"))?;
+        let max = self.limits.max_headers.min(MAX_HEADERS);
+        let (line, head) = Head::parse_response_in(std::mem::take(&mut self.room), raw, max).map_err(Fault::error)?;
+        let status = StatusCode::from_u16(line.code).map_err(|_| Error::Malformed("invalid status"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             self.state = State::Switched;
         } else if status.is_informational() {
+            self.room = head.into_room();
             return Ok(None);
         }
-        let http10 = version == 0;
-        let parsed = &*resp.headers;
-        let scan = framing::scan(parsed.iter().map(|h| (h.name, h.value)))?;
+        let http10 = line.http10;
+        let scan = framing::scan(head.fields())?;
         let framing = framing::response_framing(&self.method, status, http10, &scan)?;
         let keep_alive = framing::keep_alive(http10, &scan) && framing != framing::Framing::UntilClose;
-        let head = Head::new_in(std::mem::take(&mut self.room), raw, parsed);
-        let reason = offset(raw, resp.reason.unwrap_or("").as_bytes());
+        let reason = line.reason;
         let decoder = BodyDecoder::new(framing, &self.limits)?;
         if self.method == Method::CONNECT && status.is_success() {
             self.state = State::Switched;

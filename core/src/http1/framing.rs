@@ -4,6 +4,7 @@
 use http::{Method, StatusCode};
 
 use super::Error;
+use super::head::Kind;
 
 /// How the body of a message is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,39 +124,43 @@ pub(crate) fn valid_authority(v: &[u8]) -> bool {
 }
 
 /// Reads the headers that decide framing and connection handling.
-pub(crate) fn scan<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Result<Scan, Error> {
+pub(crate) fn scan<'h>(headers: impl Iterator<Item = (Kind, &'h [u8], &'h [u8])>) -> Result<Scan, Error> {
     let mut s = Scan::default();
     let mut codings: Vec<&[u8]> = Vec::new();
     let mut te_seen = false;
-    for (name, value) in headers {
-        if name.eq_ignore_ascii_case("content-length") {
-            for v in value.split(|&b| b == b',').map(trim) {
-                let n = parse_length(v)?;
-                match s.content_length {
-                    Some(prev) if prev != n => return Err(Error::Malformed("differing Content-Length values")),
-                    _ => s.content_length = Some(n),
+    for (kind, _, value) in headers {
+        match kind {
+            Kind::ContentLength => {
+                for v in value.split(|&b| b == b',').map(trim) {
+                    let n = parse_length(v)?;
+                    match s.content_length {
+                        Some(prev) if prev != n => return Err(Error::Malformed("differing Content-Length values")),
+                        _ => s.content_length = Some(n),
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            te_seen = true;
-            codings.extend(list(value));
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in list(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    s.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    s.keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    s.connection_upgrade = true;
+            Kind::TransferEncoding => {
+                te_seen = true;
+                codings.extend(list(value));
+            }
+            Kind::Connection => {
+                for token in list(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        s.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        s.keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        s.connection_upgrade = true;
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case("host") {
-            s.hosts += 1;
-            s.hosts_valid = (s.hosts == 1 || s.hosts_valid) && valid_authority(trim(value));
-        } else if name.eq_ignore_ascii_case("expect") {
-            s.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            s.upgrade = true;
+            Kind::Host => {
+                s.hosts += 1;
+                s.hosts_valid = (s.hosts == 1 || s.hosts_valid) && valid_authority(trim(value));
+            }
+            Kind::Expect => s.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue"),
+            Kind::Upgrade => s.upgrade = true,
+            Kind::HopByHop | Kind::Other => {}
         }
     }
     if te_seen {

@@ -8,10 +8,53 @@ use smallvec::SmallVec;
 
 use super::framing::Framing;
 
+/// Where one field's name and value lie in its head's bytes, and what the name is
+/// to the codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
+pub(crate) struct Span {
+    pub(crate) name: (u32, u32),
+    pub(crate) value: (u32, u32),
+    pub(crate) kind: Kind,
+}
+
+/// What a field's name is to the codec, read once when its head is made (framing,
+/// the `Connection` tokens and what is passed on each read it, every field of every
+/// message): the framing and connection fields, the other hop-by-hop ones, the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    #[default]
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    Expect,
+    Upgrade,
+    /// `keep-alive`, `proxy-connection`, `te`, `trailer`, `proxy-authorization`,
+    /// `proxy-authenticate`.
+    HopByHop,
+}
+
+impl Kind {
+    /// The kind of `name` (any case): by length first, then one or two comparisons.
+    pub(crate) fn of(name: &[u8]) -> Kind {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Kind::HopByHop,
+            4 if is(b"host") => Kind::Host,
+            6 if is(b"expect") => Kind::Expect,
+            7 if is(b"upgrade") => Kind::Upgrade,
+            7 if is(b"trailer") => Kind::HopByHop,
+            10 if is(b"connection") => Kind::Connection,
+            10 if is(b"keep-alive") => Kind::HopByHop,
+            14 if is(b"content-length") => Kind::ContentLength,
+            16 if is(b"proxy-connection") => Kind::HopByHop,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Kind::HopByHop,
+            19 if is(b"proxy-authorization") => Kind::HopByHop,
+            _ => Kind::Other,
+        }
+    }
 }
 
 /// The header section of a message, as received (order and case kept).
@@ -41,11 +84,29 @@ impl Head {
     pub(crate) fn new_in(room: Head, raw: &[u8], headers: &[httparse::Header<'_>]) -> Head {
         let Head { bytes: mut room, headers: mut spans } = room;
         spans.clear();
-        spans
-            .extend(headers.iter().map(|h| Span { name: offset(raw, h.name.as_bytes()), value: offset(raw, h.value) }));
+        spans.extend(headers.iter().map(|h| Span {
+            name: offset(raw, h.name.as_bytes()),
+            value: offset(raw, h.value),
+            kind: Kind::of(h.name.as_bytes()),
+        }));
         room.clear();
         room.extend_from_slice(raw);
         Head { bytes: room, headers: spans }
+    }
+
+    /// A response head read from `raw` by our own parser ([`super::parse`]) into
+    /// `room` (as [`Head::new_in`]), with its status line.
+    pub(crate) fn parse_response_in(
+        room: Head,
+        raw: &[u8],
+        max_headers: usize,
+    ) -> Result<(super::parse::StatusLine, Head), super::parse::Fault> {
+        let Head { bytes: mut room, headers: mut spans } = room;
+        spans.clear();
+        let line = super::parse::response(raw, &mut spans, max_headers)?;
+        room.clear();
+        room.extend_from_slice(raw);
+        Ok((line, Head { bytes: room, headers: spans }))
     }
 
     /// Whether this head holds no room at all (neither vector has any capacity).
@@ -98,6 +159,11 @@ impl Head {
         self.headers.iter().map(|s| (self.range(s.name), self.range(s.value)))
     }
 
+    /// Every header, in order, with the kind of its name.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (Kind, &[u8], &[u8])> + '_ {
+        self.headers.iter().map(|s| (s.kind, self.range(s.name), self.range(s.value)))
+    }
+
     /// The first value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
@@ -127,7 +193,8 @@ impl Head {
             bytes.extend_from_slice(b": ");
             let value_start = bytes.len() as u32;
             bytes.extend_from_slice(value);
-            headers.push(Span { name: (start, name_end), value: (value_start, bytes.len() as u32) });
+            let kind = Kind::of(name.as_bytes());
+            headers.push(Span { name: (start, name_end), value: (value_start, bytes.len() as u32), kind });
             bytes.extend_from_slice(b"\r\n");
         }
         bytes.extend_from_slice(b"\r\n");
@@ -227,8 +294,7 @@ impl<'h> HopByHop<'h> {
     pub fn of(head: &'h Head) -> HopByHop<'h> {
         let mut named = SmallVec::new();
         for span in &head.headers {
-            let name = head.range(span.name);
-            if name.len() != 10 || !name.eq_ignore_ascii_case(b"connection") {
+            if span.kind != Kind::Connection {
                 continue;
             }
             // The fixed list answers for itself (`keep-alive`, the usual one, among them).
@@ -240,7 +306,13 @@ impl<'h> HopByHop<'h> {
 
     /// Whether `name` (any case) is hop-by-hop in this message.
     pub fn contains(&self, name: &[u8]) -> bool {
-        super::is_hop_by_hop_name(name) || self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
+        super::is_hop_by_hop_name(name) || self.names(name)
+    }
+
+    /// Whether this message's `Connection` names `name` (any case), one of the fixed
+    /// list aside.
+    pub(crate) fn names(&self, name: &[u8]) -> bool {
+        self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 
@@ -336,7 +408,40 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, HeaderFields, ROOM_KEPT, SPANS_KEPT};
+    use super::{Head, HeaderFields, Kind, ROOM_KEPT, SPANS_KEPT};
+
+    #[test]
+    fn a_name_s_kind_is_read_in_any_case_and_the_hop_by_hop_ones_are_the_fixed_list() {
+        let kinds = [
+            ("content-length", Kind::ContentLength),
+            ("Transfer-Encoding", Kind::TransferEncoding),
+            ("CONNECTION", Kind::Connection),
+            ("Host", Kind::Host),
+            ("expect", Kind::Expect),
+            ("Upgrade", Kind::Upgrade),
+            ("Keep-Alive", Kind::HopByHop),
+            ("TE", Kind::HopByHop),
+            ("trailer", Kind::HopByHop),
+            ("Proxy-Connection", Kind::HopByHop),
+            ("proxy-authorization", Kind::HopByHop),
+            ("Proxy-Authenticate", Kind::HopByHop),
+            ("content-lengths", Kind::Other),
+            ("connectio", Kind::Other),
+            ("hosts", Kind::Other),
+            ("x-te", Kind::Other),
+            ("tf", Kind::Other),
+            ("trailers", Kind::Other),
+            ("", Kind::Other),
+        ];
+        for (name, kind) in kinds {
+            assert_eq!(Kind::of(name.as_bytes()), kind, "{name}");
+            let hop = matches!(kind, Kind::Connection | Kind::TransferEncoding | Kind::Upgrade | Kind::HopByHop);
+            assert_eq!(super::super::is_hop_by_hop_name(name.as_bytes()), hop, "{name}");
+        }
+        for name in super::super::HOP_BY_HOP {
+            assert_ne!(Kind::of(name.to_ascii_uppercase().as_bytes()), Kind::Other, "{name}");
+        }
+    }
 
     fn parsed(raw: &[u8], room: Head) -> Head {
         let mut fields = [httparse::EMPTY_HEADER; 80];

@@ -1,5 +1,11 @@
 //! HTTP/1.1 for both roles, Sans-IO.
 //!
+//! A request head is parsed by httparse; a response head by our own parser
+//! (`parse.rs`: it reads exactly what httparse reads, and is fuzzed against it), which
+//! writes field positions straight into the [`Head`]. Each field's name is classified
+//! once there (framing, `Connection`, hop-by-hop or other), and framing, the
+//! `Connection` tokens and what is passed on read that.
+//!
 //! - [`ServerConn`]: the client-facing side. Feed it the bytes you have with
 //!   [`ServerConn::handle_input`]; it says how many it consumed and what happened (a
 //!   request head, body data, the end of the message, or that it needs more). Write the
@@ -20,6 +26,7 @@ mod body;
 mod client;
 mod framing;
 mod head;
+mod parse;
 mod server;
 
 pub use body::{BodyDecoder, BodyEvent};
@@ -28,6 +35,22 @@ pub use framing::{BodyLength, Framing};
 pub(crate) use head::write_field;
 pub use head::{Head, HeaderFields, HopByHop, Request, Response, TargetForm};
 pub use server::{Next, ResponseHead, ServerConn, ServerEvent};
+
+/// A response head as [`ClientConn`] reads it: HTTP/1.0 or not, the status digits,
+/// the reason (empty when it holds obs-text) and the fields, or the error it answers.
+/// `raw` is the whole head, its empty line included. For comparing our parser with
+/// httparse (the `http1_response` fuzz target); the codec itself goes through
+/// [`ClientConn::handle_input`].
+pub type ReadHead<'a> = (bool, u16, &'a [u8], Vec<(&'a [u8], &'a [u8])>);
+
+#[doc(hidden)]
+pub fn read_response_head(raw: &[u8], max_headers: usize) -> Result<ReadHead<'_>, Error> {
+    let mut spans = Vec::new();
+    let line = parse::response(raw, &mut spans, max_headers).map_err(parse::Fault::error)?;
+    let at = |(start, end): (u32, u32)| raw.get(start as usize..end as usize).unwrap_or_default();
+    let fields = spans.iter().map(|s| (at(s.name), at(s.value))).collect();
+    Ok((line.http10, line.code, at(line.reason), fields))
+}
 
 use http::StatusCode;
 

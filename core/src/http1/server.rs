@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
-use super::head::{Head, HopByHop, Request, TargetForm, offset, write_field};
+use super::head::{Head, HopByHop, Kind, Request, TargetForm, offset, write_field};
 use super::{Error, Fields, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
 
 /// What [`ServerConn::handle_input`] found.
@@ -209,8 +209,10 @@ impl ServerConn {
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| Error::Malformed("invalid method"))?;
         let form = target_form(&method, target)?;
         let http10 = version == 0;
-        let parsed_headers = &*req.headers;
-        let scan = framing::scan(parsed_headers.iter().map(|h| (h.name, h.value)))?;
+        // Into the buffer of the head before, when the connection gave it back.
+        let room = self.spare.as_mut().map(|s| s.head.take_room()).unwrap_or_default();
+        let head = Head::new_in(room, raw, req.headers);
+        let scan = framing::scan(head.fields())?;
         match (http10, scan.hosts) {
             (false, 0) => return Err(Error::Malformed("missing Host header")),
             (_, n) if n > 1 => return Err(Error::Malformed("more than one Host header")),
@@ -219,9 +221,6 @@ impl ServerConn {
         }
         let framing = if method == Method::CONNECT { Framing::None } else { framing::request_framing(http10, &scan)? };
         let decoder = BodyDecoder::new(framing, &self.limits)?;
-        // Into the buffer of the head before, when the connection gave it back.
-        let room = self.spare.as_mut().map(|s| s.head.take_room()).unwrap_or_default();
-        let head = Head::new_in(room, raw, parsed_headers);
         let target_span = offset(raw, target.as_bytes());
         let keep_alive = framing::keep_alive(http10, &scan);
         let upgrade = scan.upgrade && scan.connection_upgrade && !http10;
@@ -494,17 +493,17 @@ impl ServerConn {
 /// LF or NUL); `Connection` is read once.
 fn write_passthrough_fields(head: &Head, keep_length: bool, out: &mut Vec<u8>) {
     let hop = HopByHop::of(head);
-    for (name, value) in head.iter_raw() {
-        let length = keep_length && name.eq_ignore_ascii_case(b"content-length");
-        if length || !not_passed_on(name) && !hop.contains(name) {
+    for (kind, name, value) in head.fields() {
+        // Framing, `Host` and the hop-by-hop names are not passed on.
+        let passed = match kind {
+            Kind::Other | Kind::Expect => !hop.names(name),
+            Kind::ContentLength => keep_length,
+            _ => false,
+        };
+        if passed {
             write_field(name, value, out);
         }
     }
-}
-
-/// Framing, `Host` and the fixed hop-by-hop names, in any case.
-fn not_passed_on(n: &[u8]) -> bool {
-    n.eq_ignore_ascii_case(b"host") || n.eq_ignore_ascii_case(b"content-length") || super::is_hop_by_hop_name(n)
 }
 
 fn write_status_line(http10: bool, status: StatusCode, out: &mut Vec<u8>) {
