@@ -190,7 +190,7 @@ impl ClientConn {
             return Ok(None);
         }
         let http10 = line.http10;
-        let scan = framing::scan(head.fields())?;
+        let scan = framing::scan(head.codec_fields())?;
         let framing = framing::response_framing(&self.method, status, http10, &scan)?;
         let keep_alive = framing::keep_alive(http10, &scan) && framing != framing::Framing::UntilClose;
         let reason = line.reason;

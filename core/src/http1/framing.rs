@@ -56,6 +56,11 @@ pub(crate) enum TransferEncoding {
 
 /// Strips optional whitespace (SP, HTAB) from both ends.
 pub(crate) fn trim(v: &[u8]) -> &[u8] {
+    // Usually nothing to trim: two looks.
+    match (v.first(), v.last()) {
+        (Some(a), Some(b)) if !matches!(a, b' ' | b'\t') && !matches!(b, b' ' | b'\t') => return v,
+        _ => {}
+    }
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
     v.get(start..end).unwrap_or_default()
@@ -74,6 +79,37 @@ fn parse_length(v: &[u8]) -> Result<u64, Error> {
         .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
         .ok_or(Error::Malformed("invalid Content-Length"))
 }
+
+/// The bytes a reg-name may hold: letters, digits, `-._~`, `%` (escapes) and the
+/// sub-delims, looked up a byte at a time.
+static REG_NAME: [bool; 256] = {
+    let mut map = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        map[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    map
+};
 
 /// Whether `v` is a `Host` value as RFC 9110 4.2.3 / RFC 3986 3.2 have it: a host (an
 /// IP literal in brackets, or a reg-name: letters, digits, `-._~`, `%` escapes and the
@@ -97,38 +133,17 @@ pub(crate) fn valid_authority(v: &[u8]) -> bool {
             None => (v, None),
         }
     };
-    let reg_name = |b: &u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    };
     !host.is_empty()
-        && (host[0] == b'[' || host.iter().all(reg_name))
+        && (host[0] == b'[' || host.iter().all(|&b| REG_NAME[usize::from(b)]))
         && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 /// Reads the headers that decide framing and connection handling.
-pub(crate) fn scan<'h>(headers: impl Iterator<Item = (Kind, &'h [u8], &'h [u8])>) -> Result<Scan, Error> {
+pub(crate) fn scan<'h>(headers: impl Iterator<Item = (Kind, &'h [u8])>) -> Result<Scan, Error> {
     let mut s = Scan::default();
     let mut codings: Vec<&[u8]> = Vec::new();
     let mut te_seen = false;
-    for (kind, _, value) in headers {
+    for (kind, value) in headers {
         match kind {
             Kind::ContentLength => {
                 for v in value.split(|&b| b == b',').map(trim) {

@@ -164,6 +164,12 @@ impl Head {
         self.headers.iter().map(|s| (s.kind, self.range(s.name), self.range(s.value)))
     }
 
+    /// The values of the fields the codec reads (every kind but [`Kind::Other`]), in
+    /// order, with their kinds; the others are passed over without a look at them.
+    pub(crate) fn codec_fields(&self) -> impl Iterator<Item = (Kind, &[u8])> + '_ {
+        self.headers.iter().filter(|s| s.kind != Kind::Other).map(|s| (s.kind, self.range(s.value)))
+    }
+
     /// The first value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();

@@ -212,7 +212,7 @@ impl ServerConn {
         // Into the buffer of the head before, when the connection gave it back.
         let room = self.spare.as_mut().map(|s| s.head.take_room()).unwrap_or_default();
         let head = Head::new_in(room, raw, req.headers);
-        let scan = framing::scan(head.fields())?;
+        let scan = framing::scan(head.codec_fields())?;
         match (http10, scan.hosts) {
             (false, 0) => return Err(Error::Malformed("missing Host header")),
             (_, n) if n > 1 => return Err(Error::Malformed("more than one Host header")),
