@@ -8,7 +8,7 @@
 //! spaces or tabs, a value of tabs, visible bytes, spaces and obs-text (0x80-0xFF),
 //! its trailing spaces and tabs trimmed; lines ending in CRLF or a bare LF; no obs-fold
 //! (a line starting with whitespace is a bad name); a reason holding obs-text reads as
-//! empty. `sluice_core::http1::parse_response_head` is compared with httparse on
+//! empty. `sluice_core::http1::read_response_head` is compared with httparse on
 //! generated heads in this module's tests and in the `http1_response` fuzz target.
 //!
 //! Why not httparse here: a backend answer's head is parsed on every call, and
