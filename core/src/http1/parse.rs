@@ -19,8 +19,9 @@
 use super::head::{Kind, Span};
 use crate::swar::{below, equal};
 
-/// Why a head was refused: httparse's errors, and `Partial` for a head that ends
-/// before its fields do (the caller found its end: this is then a malformed head).
+/// Why a head was refused: httparse's errors (ours for a response head, httparse's
+/// own for a request head), and `Partial` for a response head that ends before its
+/// fields do (the caller found its end: this is then a malformed head).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     Partial,
@@ -30,10 +31,26 @@ pub(crate) enum Fault {
     HeaderValue,
     NewLine,
     TooManyHeaders,
+    /// A bad request line (httparse, request heads only).
+    Token,
+}
+
+impl From<httparse::Error> for Fault {
+    fn from(e: httparse::Error) -> Fault {
+        match e {
+            httparse::Error::TooManyHeaders => Fault::TooManyHeaders,
+            httparse::Error::Version => Fault::Version,
+            httparse::Error::HeaderName => Fault::HeaderName,
+            httparse::Error::HeaderValue => Fault::HeaderValue,
+            httparse::Error::NewLine => Fault::NewLine,
+            httparse::Error::Status => Fault::Status,
+            httparse::Error::Token => Fault::Token,
+        }
+    }
 }
 
 impl Fault {
-    /// The codec's error for it, as httparse's errors have always been mapped.
+    /// The codec's error for it: one mapping for both parsers.
     pub(crate) fn error(self) -> super::Error {
         use super::Error;
         match self {
@@ -44,6 +61,7 @@ impl Fault {
             Fault::HeaderValue => Error::Malformed("invalid header value"),
             Fault::NewLine => Error::Malformed("invalid line ending"),
             Fault::TooManyHeaders => Error::HeadTooLarge,
+            Fault::Token => Error::Malformed("invalid request line"),
         }
     }
 }
@@ -265,17 +283,7 @@ mod tests {
         match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, raw, &mut headers) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(Fault::Partial),
-            Err(e) => {
-                return Err(match e {
-                    httparse::Error::TooManyHeaders => Fault::TooManyHeaders,
-                    httparse::Error::Version => Fault::Version,
-                    httparse::Error::HeaderName => Fault::HeaderName,
-                    httparse::Error::HeaderValue => Fault::HeaderValue,
-                    httparse::Error::NewLine => Fault::NewLine,
-                    httparse::Error::Status => Fault::Status,
-                    httparse::Error::Token => unreachable!("no token error on a response"),
-                });
-            }
+            Err(e) => return Err(Fault::from(e)),
         }
         let fields = resp.headers.iter().map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec())).collect();
         Ok((resp.version == Some(0), resp.code.unwrap_or(0), resp.reason.unwrap_or("").as_bytes().to_vec(), fields))

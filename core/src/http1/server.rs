@@ -7,6 +7,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
 use super::head::{Head, HopByHop, Kind, Request, TargetForm, offset, write_field};
+use super::parse::Fault;
 use super::{Error, Fields, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
 
 /// What [`ServerConn::handle_input`] found.
@@ -198,7 +199,7 @@ impl ServerConn {
         match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, raw, headers) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
-            Err(e) => return Err(parse_error(e)),
+            Err(e) => return Err(Fault::from(e).error()),
         }
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
             return Err(Error::Malformed("incomplete request line"));
@@ -562,16 +563,4 @@ fn target_form(method: &Method, target: &str) -> Result<TargetForm, Error> {
         return Ok(TargetForm::Absolute);
     }
     Err(Error::Malformed("invalid request target"))
-}
-
-pub(crate) fn parse_error(e: httparse::Error) -> Error {
-    match e {
-        httparse::Error::TooManyHeaders => Error::HeadTooLarge,
-        httparse::Error::Version => Error::UnsupportedVersion,
-        httparse::Error::HeaderName => Error::Malformed("invalid header name"),
-        httparse::Error::HeaderValue => Error::Malformed("invalid header value"),
-        httparse::Error::NewLine => Error::Malformed("invalid line ending"),
-        httparse::Error::Status => Error::Malformed("invalid status"),
-        httparse::Error::Token => Error::Malformed("invalid request line"),
-    }
 }
