@@ -1157,6 +1157,28 @@ fn a_malformed_streamed_body_is_400_and_the_backend_connection_is_closed() {
     }
 }
 
+/// A backend answer whose head breaks the grammar (here a folded field, which a
+/// proxy must not pass on) is a 502 to the client, and that backend connection is
+/// closed, not pooled.
+#[test]
+fn a_backend_head_that_breaks_the_grammar_is_502_and_its_connection_closed() {
+    let gw = gateway(
+        r#"{"endpoint": "/raw", "output_encoding": "no-op",
+            "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/d", "encoding": "no-op"}]}"#,
+    );
+    let lb = Balancer::new(gw.backend_count);
+    let get = "GET /raw HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let folded = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\r\n b\r\n\r\nok".to_string();
+    let w = World::new(&gw, &lb, &[Send(get)]).backend(&upstream(9001), &[Serve::After(0, folded)]).run();
+    assert_eq!(
+        w.to_client,
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nx-krakend-completed: false\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    let trace = w.trace();
+    assert!(trace.contains("invalid header name"), "{trace}");
+    assert!(trace.contains("backend 0: closed") && !trace.contains("pooled"), "{trace}");
+}
+
 #[test]
 fn a_no_op_backend_that_fails_is_502_and_one_too_slow_is_504() {
     let gw = gateway(

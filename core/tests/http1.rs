@@ -577,6 +577,38 @@ fn client_parses_responses() {
     assert_eq!(client(Method::GET, b"", true), [Ev::Err(Error::Malformed("connection closed before a response"))]);
 }
 
+/// A backend's head that breaks the grammar is refused with the codec's error for
+/// what broke it (the same as httparse gave before our parser read response heads),
+/// and nothing of it is taken as a response.
+#[test]
+fn client_refuses_malformed_response_heads_with_the_reason() {
+    let bad: &[(&[u8], Error)] = &[
+        (b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\n\r\n", Error::Malformed("invalid header name")),
+        (b"HTTP/1.1 200 OK\r\nX-A : a\r\n\r\n", Error::Malformed("invalid header name")),
+        (b"HTTP/1.1 200 OK\r\nX(A): a\r\n\r\n", Error::Malformed("invalid header name")),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n", Error::Malformed("invalid header value")),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\n\r\n", Error::Malformed("invalid header value")),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n", Error::Malformed("invalid header value")),
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", Error::Malformed("invalid status")),
+        (b"HTTP/1.1 200 O\x01K\r\n\r\n", Error::Malformed("invalid status")),
+        (b"HTTP/1.1 099 Low\r\n\r\n", Error::Malformed("invalid status")),
+        (b"HTTP/1.2 200 OK\r\n\r\n", Error::UnsupportedVersion),
+        (b"HTTP/1.1 200 OK\r\r\n\r\n", Error::Malformed("invalid status")),
+        (b"\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", Error::Malformed("incomplete response head")),
+    ];
+    for (head, error) in bad {
+        assert_eq!(client(Method::GET, head, false), [Ev::Err(*error)], "{:?}", String::from_utf8_lossy(head));
+    }
+    // One field more than the limit.
+    let mut conn = ClientConn::new(Method::GET, Limits { max_headers: 2, ..Limits::default() });
+    assert_eq!(conn.handle_input(b"HTTP/1.1 204 No Content\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), Err(Error::HeadTooLarge));
+    // Tabs and obs-text are a value's, and a reason with obs-text reads as empty.
+    assert_eq!(
+        client(Method::GET, b"HTTP/1.1 204 caf\xc3\xa9\r\nX-A: \ta\tb\x80 \r\n\r\n", false),
+        [head("204  None ka=true"), end()]
+    );
+}
+
 #[test]
 fn client_writes_requests_in_every_form() {
     let mut headers = HeaderMap::new();
