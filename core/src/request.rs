@@ -111,10 +111,15 @@ impl ClientRequest {
         if req.form != TargetForm::Origin {
             return Err("this gateway takes origin-form request targets (/path?query)");
         }
-        // The target's span in the head: the path up to a `?`, the query after it.
+        // The target's span in the head: the path up to a `?`, the query after it. Found
+        // in the bytes: the parser has checked them as UTF-8, and each `&str` of them
+        // checks again.
         let (start, end) = req.target;
-        let path_end = start + req.path().len() as u32;
-        let query = req.query().map(|q| Piece::InHead(end - q.len() as u32, end));
+        let path_end = match req.head.range(req.target).iter().position(|&b| b == b'?') {
+            Some(at) => start + at as u32,
+            None => end,
+        };
+        let query = (path_end < end).then(|| Piece::InHead(path_end + 1, end));
         Ok(ClientRequest {
             method: req.method.clone(),
             path: Piece::InHead(start, path_end),
@@ -182,15 +187,17 @@ pub enum Scope {
 
 impl AccessLog {
     pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
-        AccessLog::new_in(req, started, &mut None)
+        AccessLog::new_in(req, req.path(), started, &mut None)
     }
 
     /// [`AccessLog::new`], its path written in `room`: the string the connection's
     /// last line had, when that line is gone (the driver wrote it), else a new one; a
     /// share of it goes back to `room` for the next line, while it is not large. So a
     /// keep-alive connection's lines take no allocation each.
-    pub fn new_in(req: &ClientRequest, started: Instant, room: &mut Option<Arc<String>>) -> AccessLog {
-        let text = req.path();
+    /// `path` is `req`'s ([`ClientRequest::path`]), which the caller has at hand: each
+    /// `&str` of it is checked as UTF-8 again.
+    pub fn new_in(req: &ClientRequest, path: &str, started: Instant, room: &mut Option<Arc<String>>) -> AccessLog {
+        let text = path;
         let reused = match room.take() {
             Some(mut kept) => match Arc::get_mut(&mut kept) {
                 Some(path) => {
@@ -398,24 +405,27 @@ mod tests {
     fn an_access_line_reuses_the_path_string_of_the_last_once_it_is_gone() {
         let now = Instant::now();
         let mut room = None;
-        let first =
-            AccessLog::new_in(&request("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n"), now, &mut room);
+        let log_in = |head: &str, room: &mut Option<Arc<String>>| {
+            let req = request(head);
+            AccessLog::new_in(&req, req.path(), now, room)
+        };
+        let first = log_in("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
         let kept = Arc::as_ptr(room.as_ref().expect("a share kept for the next line"));
         // While the first line is alive its string is not written over: the second
         // gets a string of its own, and each line keeps its path.
-        let second = AccessLog::new_in(&request("GET /second HTTP/1.1\r\nHost: gw\r\n\r\n"), now, &mut room);
+        let second = log_in("GET /second HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
         assert_ne!(Arc::as_ptr(room.as_ref().unwrap()), kept);
         let line = |log: AccessLog| log.line(StatusCode::OK, 0, now).to_string();
         assert!(line(first).contains("\"GET /first/path\" 200"));
         assert!(line(second).contains("\"GET /second\" 200"));
         // Both lines gone: the next line writes in the string the second had.
         let second_room = Arc::as_ptr(room.as_ref().unwrap());
-        let third = AccessLog::new_in(&request("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n"), now, &mut room);
+        let third = log_in("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
         assert_eq!(Arc::as_ptr(room.as_ref().unwrap()), second_room);
         assert!(line(third).contains("\"GET /3\" 200"));
         // A path longer than the room kept is logged whole and not kept.
         let long = format!("/{}", "p".repeat(LOG_PATH_KEPT));
-        let big = AccessLog::new_in(&request(&format!("GET {long} HTTP/1.1\r\nHost: gw\r\n\r\n")), now, &mut room);
+        let big = log_in(&format!("GET {long} HTTP/1.1\r\nHost: gw\r\n\r\n"), &mut room);
         assert!(room.is_none());
         assert!(line(big).contains(&format!("\"GET {long}\" 200")));
     }

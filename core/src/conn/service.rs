@@ -228,7 +228,8 @@ fn gateway<'g>(
             return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
         }
     };
-    let mut line = AccessLog::new_in(&creq, now, log_room);
+    let path = creq.path();
+    let mut line = AccessLog::new_in(&creq, path, now, log_room);
     if let Some(tracer) = &gw.tracer {
         start_trace(tracer, &creq, req.framing, clock, &mut line);
     }
@@ -244,7 +245,7 @@ fn gateway<'g>(
             return Outcome::Respond { reply: Reply::empty(status), line, close: false };
         }
     }
-    let dispatch = gw.dispatch(&creq.method, creq.path(), creq.query());
+    let dispatch = gw.dispatch(&creq.method, path, creq.query());
     // The root's bot detector: on every request gin's handlers see (not the health
     // page, not a router redirect), before the endpoint's own checks.
     if let Some(bots) = &gw.bots {

@@ -52,7 +52,9 @@ pub fn write_request_with(
     let target_ok = match target {
         RequestTarget::Origin(t) => t.starts_with('/') && is_visible(t),
         RequestTarget::Absolute(t) => (t.starts_with("http://") || t.starts_with("https://")) && is_visible(t),
-        RequestTarget::Authority(t) => is_visible(t) && !t.contains(['/', '@']) && *method == Method::CONNECT,
+        RequestTarget::Authority(t) => {
+            is_visible(t) && !t.bytes().any(|b| b == b'/' || b == b'@') && *method == Method::CONNECT
+        }
     };
     let t = match target {
         RequestTarget::Origin(t) | RequestTarget::Absolute(t) | RequestTarget::Authority(t) => t,
@@ -60,7 +62,8 @@ pub fn write_request_with(
     if !target_ok {
         return Err(Error::Usage("invalid request target"));
     }
-    if !is_visible(host) || host.contains(['/', '@', '?', '#']) {
+    // On bytes: a pattern of chars decodes each char first.
+    if !is_visible(host) || host.bytes().any(|b| matches!(b, b'/' | b'@' | b'?' | b'#')) {
         return Err(Error::Usage("invalid Host"));
     }
     out.extend_from_slice(method.as_str().as_bytes());
