@@ -313,7 +313,7 @@ pub fn write_backend_headers(
     out.extend_from_slice(b"x-forwarded-for: ");
     put_ip(client_ip, out);
     out.extend_from_slice(b"\r\n");
-    if let Some(host) = client.get("host") {
+    if let Some(host) = client.host() {
         http1::write_field(b"x-forwarded-host", host, out);
     }
     let ua = if user_agent { b"x-forwarded-via" } else { &b"user-agent"[..] };

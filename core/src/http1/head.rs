@@ -173,13 +173,24 @@ impl Head {
     /// The first value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
-        self.iter_raw().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers.iter().find(|s| self.named(s, name)).map(|s| self.range(s.value))
     }
 
     /// Every value of a header, by case-insensitive name.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         let name = name.as_bytes();
-        self.iter_raw().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers.iter().filter(move |s| self.named(s, name)).map(|s| self.range(s.value))
+    }
+
+    /// Whether `span`'s name is `name` (any case): by the span's length first, so that
+    /// the other fields cost neither a slice nor a comparison.
+    fn named(&self, span: &Span, name: &[u8]) -> bool {
+        span.name.1.wrapping_sub(span.name.0) as usize == name.len() && self.range(span.name).eq_ignore_ascii_case(name)
+    }
+
+    /// The `Host` field's value (a request with two is refused), found by its kind.
+    pub(crate) fn host(&self) -> Option<&[u8]> {
+        self.headers.iter().find(|s| s.kind == Kind::Host).map(|s| self.range(s.value))
     }
 
     /// A header section made of `fields` (for requests built in code: tests, benches).
@@ -415,6 +426,27 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::{Head, HeaderFields, Kind, ROOM_KEPT, SPANS_KEPT};
+
+    #[test]
+    fn a_field_is_found_by_its_whole_name_in_any_case() {
+        let head = Head::from_fields([
+            ("Hosts", &b"1"[..]),
+            ("HOSX", b"2"),
+            ("Accept", b"a/b"),
+            ("X-Tag", b"one"),
+            ("hOsT", b"h:1"),
+            ("x-tag", b"two"),
+            ("X-Tags", b"three"),
+        ]);
+        assert_eq!(head.get("host"), Some(&b"h:1"[..]));
+        assert_eq!(head.host(), Some(&b"h:1"[..]));
+        assert_eq!(head.get("ACCEPT"), Some(&b"a/b"[..]));
+        assert_eq!(head.get("x-tag"), Some(&b"one"[..]), "the first of two");
+        assert_eq!(head.get_all("X-TAG").collect::<Vec<_>>(), [&b"one"[..], b"two"]);
+        assert_eq!(head.get("hos"), None);
+        assert_eq!(head.get(""), None);
+        assert_eq!(Head::from_fields([("Hosts", &b"1"[..])]).host(), None);
+    }
 
     #[test]
     fn a_name_s_kind_is_read_in_any_case_and_the_hop_by_hop_ones_are_the_fixed_list() {
