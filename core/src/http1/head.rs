@@ -314,8 +314,13 @@ impl<'h> HopByHop<'h> {
             if span.kind != Kind::Connection {
                 continue;
             }
-            // The fixed list answers for itself (`keep-alive`, the usual one, among them).
-            let tokens = head.range(span.value).split(|&b| b == b',').map(super::framing::trim);
+            // The fixed list answers for itself (`keep-alive`, the usual one, among them:
+            // alone, it is not split).
+            let value = head.range(span.value);
+            if value.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            let tokens = value.split(|&b| b == b',').map(super::framing::trim);
             named.extend(tokens.filter(|t| !t.is_empty() && !super::is_hop_by_hop_name(t)));
         }
         HopByHop { named }
@@ -425,7 +430,31 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, HeaderFields, Kind, ROOM_KEPT, SPANS_KEPT};
+    use super::{Head, HeaderFields, HopByHop, Kind, ROOM_KEPT, SPANS_KEPT};
+
+    #[test]
+    fn the_fields_a_connection_names_are_hop_by_hop_and_the_fixed_list_always() {
+        for (connection, named) in [
+            ("keep-alive", &[][..]),
+            ("Keep-Alive", &[]),
+            (" keep-alive ", &[]),
+            ("close", &["close"]),
+            ("keep-alive, X-Secret", &["x-secret"]),
+            ("x-a,,  X-B , keep-alive,te", &["x-a", "x-b"]),
+            ("keep-alivex", &["keep-alivex"]),
+        ] {
+            let head = Head::from_fields([("Connection", connection.as_bytes()), ("X-Other", b"1")]);
+            let hop = HopByHop::of(&head);
+            for name in ["keep-alive", "TE", "Transfer-Encoding", "proxy-authorization", "connection"] {
+                assert!(hop.contains(name.as_bytes()), "{connection:?}: {name}");
+            }
+            for name in ["x-other", "x-secret", "x-a", "x-b", "close", "keep-alivex"] {
+                let expected = named.contains(&name);
+                assert_eq!(hop.contains(name.as_bytes()), expected, "{connection:?}: {name}");
+                assert_eq!(hop.contains(name.to_uppercase().as_bytes()), expected, "{connection:?}: {name}");
+            }
+        }
+    }
 
     #[test]
     fn a_field_is_found_by_its_whole_name_in_any_case() {
