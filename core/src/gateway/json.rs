@@ -199,8 +199,7 @@ fn number_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
 /// by the tests of `crate::swar`: none is missed, and the lowest flag is always a true
 /// one (a false flag comes only from a borrow above a true one).
 fn special(v: u64) -> u64 {
-    use crate::swar::{below, equal};
-    equal(v, b'"') | equal(v, b'\\') | below(v, 0x20)
+    crate::swar::below_or_equal(v, 0x20, [b'"', b'\\'])
 }
 
 /// Where the run of plain string bytes from `i` ends: at the first `"`, `\\` or
