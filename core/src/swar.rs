@@ -19,40 +19,9 @@ pub(crate) const fn equal(v: u64, b: u8) -> u64 {
     below(v ^ splat(b), 1)
 }
 
-/// Flags each byte of `v` below `n` or equal to one of `bytes` (each below 0x80): the
-/// same flags as [`below`] and [`equal`] ORed together, in fewer steps. A byte's high
-/// bit is the same in `v` and in `v ^ splat(b)` for such a `b`, so the terms share one
-/// `& !v & splat(0x80)`.
-pub(crate) const fn below_or_equal<const K: usize>(v: u64, n: u8, bytes: [u8; K]) -> u64 {
-    let mut borrows = v.wrapping_sub(splat(n));
-    let mut k = 0;
-    while k < K {
-        borrows |= (v ^ splat(bytes[k])).wrapping_sub(splat(1));
-        k += 1;
-    }
-    borrows & !v & splat(0x80)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{below, below_or_equal, equal};
-
-    #[test]
-    fn flags_below_or_equal_as_both_tests_together() {
-        // Every byte value at every position, beside neighbours that borrow or not.
-        for b in 0..=255u8 {
-            for at in 0..8 {
-                for fill in [0u8, 0x1f, 0x20, b'"', b'\\', b'a', 0x7f, 0x80, 0xff] {
-                    let mut word = [fill; 8];
-                    word[at] = b;
-                    let v = u64::from_le_bytes(word);
-                    let both = below(v, 0x20) | equal(v, b'"') | equal(v, b'\\');
-                    assert_eq!(below_or_equal(v, 0x20, [b'"', b'\\']), both, "{word:?}");
-                    assert_eq!(below_or_equal(v, 0x20, [0x7f]), below(v, 0x20) | equal(v, 0x7f), "{word:?}");
-                }
-            }
-        }
-    }
+    use super::{below, equal};
 
     #[test]
     fn flags_the_bytes_asked_for_lowest_first() {
