@@ -196,11 +196,11 @@ fn number_end(b: &[u8], start: usize) -> Result<usize, JsonError> {
 }
 
 /// Flags the bytes of `v` that may be `"`, `\` or a control character (below 0x20),
-/// by the tests of `crate::swar`: none is missed, and the lowest flag is always a true
-/// one (a false flag comes only from a borrow above a true one). Two tests, not three:
-/// XOR 0x02 turns `"` (0x22) into 0x20 and keeps a control byte below 0x20, so
-/// "below 0x21 after it" finds both; `\` is the other. For bytes below 0x80 both
-/// tests' `& !x & 0x80..` is `& !v & 0x80..`, so they share it.
+/// by the borrow tests of `crate::swar::below`: none is missed, and the lowest flag is
+/// always a true one (a false flag comes only from a borrow above a true one). Two
+/// tests, not three: XOR 0x02 turns `"` (0x22) into 0x20 and keeps a control byte below
+/// 0x20, so "below 0x21 after it" finds both; `\` is the other. Both XOR constants are
+/// below 0x80, so each test's `& !x & 0x80..` is `& !v & 0x80..`, and they share it.
 fn special(v: u64) -> u64 {
     use crate::swar::splat;
     let quote_or_control = (v ^ splat(0x02)).wrapping_sub(splat(0x21));
