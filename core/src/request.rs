@@ -197,26 +197,25 @@ impl AccessLog {
     /// `path` is `req`'s ([`ClientRequest::path`]), which the caller has at hand: each
     /// `&str` of it is checked as UTF-8 again.
     pub fn new_in(req: &ClientRequest, path: &str, started: Instant, room: &mut Option<Arc<String>>) -> AccessLog {
-        let text = path;
         let reused = match room.take() {
             Some(mut kept) => match Arc::get_mut(&mut kept) {
-                Some(path) => {
-                    path.clear();
-                    path.push_str(text);
+                Some(text) => {
+                    text.clear();
+                    text.push_str(path);
                     Some(kept)
                 }
                 None => None,
             },
             None => None,
         };
-        let path = reused.unwrap_or_else(|| Arc::new(text.to_string()));
-        if path.capacity() <= LOG_PATH_KEPT {
-            *room = Some(Arc::clone(&path));
+        let shared = reused.unwrap_or_else(|| Arc::new(path.to_string()));
+        if shared.capacity() <= LOG_PATH_KEPT {
+            *room = Some(Arc::clone(&shared));
         }
         AccessLog {
             peer: req.peer,
             method: Some(req.method.clone()),
-            path: LogPath::Shared(path),
+            path: LogPath::Shared(shared),
             started,
             scope: Scope::Other,
             trace: None,

@@ -191,7 +191,7 @@ fn start_trace(tracer: &Tracer, creq: &ClientRequest, framing: Framing, clock: C
         method: creq.method.as_str(),
         path: creq.path(),
         query: creq.query(),
-        host: head.get("host"),
+        host: head.host(),
         user_agent: head.get("user-agent"),
         length: match framing {
             Framing::Length(n) => Some(n),

@@ -180,7 +180,7 @@ impl ForwardPlan {
             (Some(v), _) => (std::str::from_utf8(v).map_err(|_| "the rewrite header is not a host")?, Source::Rewrite),
             (None, Some((a, _))) => (*a, Source::Target),
             (None, None) => {
-                let host = req.head.get("host").ok_or("no destination: neither an absolute-form target nor Host")?;
+                let host = req.head.host().ok_or("no destination: neither an absolute-form target nor Host")?;
                 (std::str::from_utf8(host).map_err(|_| "Host is not a host name")?, Source::Host)
             }
         };

@@ -454,7 +454,7 @@ impl<'g> Exchange<'g> {
                 view.headers.entry(canonical(name)).or_default().push(value);
             }
         }
-        let host = self.req.headers.get("host").map(|h| String::from_utf8_lossy(h).into_owned());
+        let host = self.req.headers.host().map(|h| String::from_utf8_lossy(h).into_owned());
         view.headers.insert("X-Forwarded-For".into(), vec![self.client_ip.to_string()]);
         view.headers.insert("X-Forwarded-Host".into(), vec![host.unwrap_or_default()]);
         // The client's User-Agent when it is passed on (the gateway's goes in
