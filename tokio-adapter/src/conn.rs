@@ -156,15 +156,23 @@ impl<'s, F: HotOp> Sockets<'s, F> {
 
     /// Whichever comes first: an operation's end, the deadline, or `stop` (while not
     /// seen).
+    /// Plain loops, not chained iterators: this runs at every wake (about eight per
+    /// aggregation request), and the chains cost it about 60 instructions each time.
     fn next(&mut self, cx: &mut Context<'_>, stop: Option<&mut Notice<'_>>) -> Poll<(Held, Input)> {
-        let tunnel = self.tunnel.as_deref_mut();
-        let (tunnel_io, tunnel_tasks) = match tunnel {
-            Some(Tunnel { io, opening, splices: [up, down], .. }) => (Some(io), Some([opening, up, down])),
-            None => (None, None),
-        };
-        let slots = self.client.iter_mut().chain(tunnel_io.into_iter().flatten());
-        for slot in slots.chain(self.upstream.iter_mut().map(|u| &mut u.io)) {
+        for slot in &mut self.client {
             if let Poll::Ready(done) = slot.poll(cx) {
+                return Poll::Ready(done);
+            }
+        }
+        if let Some(tunnel) = self.tunnel.as_deref_mut() {
+            for slot in &mut tunnel.io {
+                if let Poll::Ready(done) = slot.poll(cx) {
+                    return Poll::Ready(done);
+                }
+            }
+        }
+        for upstream in &mut self.upstream {
+            if let Poll::Ready(done) = upstream.io.poll(cx) {
                 return Poll::Ready(done);
             }
         }
@@ -175,11 +183,15 @@ impl<'s, F: HotOp> Sockets<'s, F> {
             self.awaiting = false;
             return Poll::Ready((Held::Empty, Input::ClientReady(res)));
         }
-        let tasks = tunnel_tasks.into_iter().flatten().chain(self.upstream.iter_mut().map(|u| &mut u.task));
-        for slot in tasks {
-            let Some(task) = slot else { continue };
-            if let Poll::Ready(done) = task.as_mut().poll(cx) {
-                *slot = None;
+        if let Some(Tunnel { opening, splices: [up, down], .. }) = self.tunnel.as_deref_mut() {
+            for slot in [opening, up, down] {
+                if let Some(done) = poll_task(slot, cx) {
+                    return Poll::Ready(done);
+                }
+            }
+        }
+        for upstream in &mut self.upstream {
+            if let Some(done) = poll_task(&mut upstream.task, cx) {
                 return Poll::Ready(done);
             }
         }
@@ -289,6 +301,14 @@ pub(crate) fn serve(
             conn.handle(input, Instant::now());
         }
     }
+}
+
+/// A rare task's end, once (its box is dropped then).
+fn poll_task<'s>(slot: &mut Option<Task<'s>>, cx: &mut Context<'_>) -> Option<(Held, Input)> {
+    let task = slot.as_mut()?;
+    let Poll::Ready(done) = task.as_mut().poll(cx) else { return None };
+    *slot = None;
+    Some(done)
 }
 
 /// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
