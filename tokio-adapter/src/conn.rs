@@ -156,6 +156,7 @@ impl<'s, F: HotOp> Sockets<'s, F> {
 
     /// Whichever comes first: an operation's end, the deadline, or `stop` (while not
     /// seen).
+    ///
     /// Plain loops, not chained iterators: this runs at every wake (about eight per
     /// aggregation request), and the chains cost it about 60 instructions each time.
     fn next(&mut self, cx: &mut Context<'_>, stop: Option<&mut Notice<'_>>) -> Poll<(Held, Input)> {

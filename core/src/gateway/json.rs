@@ -105,8 +105,9 @@ pub fn parse_object_with<'a>(text: &'a str, mut member: impl FnMut(&'a str, &'a 
                 return err(i, "expected ':'");
             }
             let v = skip_ws(b, i + 1);
-            // A call, not the string scan inlined: here the scan's constants would not
-            // stay in registers (the 2 KB bodies' long padding strings showed it).
+            // A call (`value_end` is never inlined), not the string scan inlined: here
+            // the scan's constants would not stay in registers (the 2 KB bodies' long
+            // padding strings showed it).
             let v_end = value_end(b, v, 1)?;
             member(key, &text[v..v_end]);
             i = skip_ws(b, v_end);
@@ -140,7 +141,10 @@ pub fn kind(raw: &str) -> Kind {
     }
 }
 
-/// Where the value starting at `i` ends (exclusive), validating it.
+/// Where the value starting at `i` ends (exclusive), validating it. Never inlined: its
+/// callers' own registers would crowd the string scan's constants out (see
+/// `container_end`).
+#[inline(never)]
 fn value_end(b: &[u8], i: usize, depth: u32) -> Result<usize, JsonError> {
     match b.get(i) {
         Some(b'{') => container_end::<true>(b, i, depth),
