@@ -148,19 +148,39 @@ pub enum Input {
 #[derive(Debug, Default)]
 pub struct Session(pub(crate) Option<Box<TlsLink>>);
 
+/// What makes a [`Slot`]'s operations: a function from a job to its future, usually
+/// an async fn. Every `Fn(J) -> F` that is `Copy` is one; a slot keeps the function
+/// itself (an async fn's item, no bytes) rather than a pointer to it, so the call
+/// that makes each operation's future is inlined where the slot starts it, and the
+/// future is written into its box without being built on the stack and copied (a
+/// call through a pointer cost a copy of the whole future at every start: 384 bytes
+/// for the io_uring driver's).
+pub trait Make<J>: Copy {
+    type Op: std::future::Future;
+    fn make(self, job: J) -> Self::Op;
+}
+
+impl<J, F: std::future::Future, M: Fn(J) -> F + Copy> Make<J> for M {
+    type Op = F;
+    #[inline(always)]
+    fn make(self, job: J) -> F {
+        self(job)
+    }
+}
+
 /// A home a driver keeps for one kind of operation of a connection (its client reads,
 /// its writes to one backend), run one at a time: each operation's future, made by
 /// `make` from its job `J`, is set in place in a box the slot keeps. So a kept-alive
 /// connection's reads and writes allocate nothing after the first, where boxing each
-/// operation's future cost a malloc and a free (five per no-op request). `F` is the
-/// future of one async fn, whose type has no name: the slot learns it from `make`.
-/// [`Slot::shed`] gives the box back while the connection is idle.
-pub struct Slot<J, F> {
-    op: Option<std::pin::Pin<Box<Option<F>>>>,
-    make: fn(J) -> F,
+/// operation's future cost a malloc and a free (five per no-op request). The future
+/// is one async fn's, whose type has no name: the slot learns it from `make` (see
+/// [`Make`]). [`Slot::shed`] gives the box back while the connection is idle.
+pub struct Slot<J, M: Make<J>> {
+    op: Option<std::pin::Pin<Box<Option<M::Op>>>>,
+    make: M,
 }
 
-impl<J, F> std::fmt::Debug for Slot<J, F> {
+impl<J, M: Make<J>> std::fmt::Debug for Slot<J, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.op {
             None => "empty",
@@ -171,22 +191,22 @@ impl<J, F> std::fmt::Debug for Slot<J, F> {
     }
 }
 
-impl<J, F: std::future::Future> Slot<J, F> {
-    pub fn new(make: fn(J) -> F) -> Self {
+impl<J, M: Make<J>> Slot<J, M> {
+    pub fn new(make: M) -> Self {
         Slot { op: None, make }
     }
 
     /// The maker, for more slots of the same kind.
-    pub fn maker(&self) -> fn(J) -> F {
+    pub fn maker(&self) -> M {
         self.make
     }
 
     /// Starts `job`, dropping (cancelling) an operation still in the slot.
+    #[inline(always)]
     pub fn start(&mut self, job: J) {
-        let fut = (self.make)(job);
         match &mut self.op {
-            Some(op) => op.set(Some(fut)),
-            None => self.op = Some(Box::pin(Some(fut))),
+            Some(op) => op.set(Some(self.make.make(job))),
+            None => self.op = Some(Box::pin(Some(self.make.make(job)))),
         }
     }
 
@@ -195,7 +215,7 @@ impl<J, F: std::future::Future> Slot<J, F> {
     /// wake, most of them idle, and the whole poll's call (the operation's future
     /// inlined in it) cost about 20 instructions even so.
     #[inline]
-    pub fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+    pub fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<<M::Op as std::future::Future>::Output> {
         match &self.op {
             Some(op) if op.is_some() => self.poll_busy(cx),
             _ => std::task::Poll::Pending,
@@ -203,7 +223,10 @@ impl<J, F: std::future::Future> Slot<J, F> {
     }
 
     #[inline(never)]
-    fn poll_busy(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+    fn poll_busy(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<<M::Op as std::future::Future>::Output> {
         let Some(op) = &mut self.op else { return std::task::Poll::Pending };
         let Some(fut) = op.as_mut().as_pin_mut() else { return std::task::Poll::Pending };
         let done = std::task::ready!(fut.poll(cx));

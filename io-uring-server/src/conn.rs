@@ -17,6 +17,7 @@ use monoio::net::TcpStream;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use sluice_core::conn::{BackendId, Connection, Input, Output, SPLICE_PIPE, Spliced, splice_pipe_fits};
+use sluice_core::io::Make;
 use sluice_core::serve::Listener;
 
 use crate::Shard;
@@ -31,8 +32,12 @@ type Op<'a> = Pin<Box<dyn Future<Output = (Back, Input)> + 'a>>;
 trait HotOp: Future<Output = (Back, Input)> {}
 impl<F: Future<Output = (Back, Input)>> HotOp for F {}
 
+/// What makes them: [`hot_op`] itself (see `sluice_core::io::Make`).
+trait HotMake: Make<Job, Op: HotOp> {}
+impl<M: Make<Job, Op: HotOp>> HotMake for M {}
+
 /// Where one socket's reads (or writes) run, one at a time, without a box each.
-type Slot<F> = sluice_core::io::Slot<Job, F>;
+type Slot<M> = sluice_core::io::Slot<Job, M>;
 
 /// The byte streams a connection reads and writes as such, by index: the client's
 /// socket, and a CONNECT tunnel's connection.
@@ -111,26 +116,26 @@ async fn hot_op(job: Job) -> (Back, Input) {
 
 /// A backend socket of this connection: idle in `stream`, held by a read or write in
 /// `io`, or being opened (or looked up) in `op`.
-struct Backend<'a, F> {
+struct Backend<'a, M: HotMake> {
     stream: Option<BackendStream>,
     op: Option<Op<'a>>,
-    io: Slot<F>,
+    io: Slot<M>,
 }
 
 /// The operations under way on one connection's sockets.
-struct Ops<'a, F> {
+struct Ops<'a, M: HotMake> {
     /// The client's and the tunnel's halves at rest ([`CLIENT`], [`TUNNEL`]), and
     /// the read and the write out on each.
     readers: [Option<OwnedReadHalf<TcpStream>>; 2],
     writers: [Option<OwnedWriteHalf<TcpStream>>; 2],
-    reads: [Slot<F>; 2],
-    writes: [Slot<F>; 2],
+    reads: [Slot<M>; 2],
+    writes: [Slot<M>; 2],
     /// The wait for an idle client to send (boxed: every slot's box is given back
     /// meanwhile), and the client's stream it waits on (shared with it, so that a
     /// write can end the wait and take the stream back: [`Ops::end_wait`]).
     awaiting: Option<Op<'a>>,
     waiting: Option<Rc<TcpStream>>,
-    backends: Vec<Backend<'a, F>>,
+    backends: Vec<Backend<'a, M>>,
     /// The client socket's descriptor (kept open by its halves), for splicing.
     client_fd: RawFd,
     /// What only a tunnel or an admin page uses, made at its first use (out of line:
@@ -160,8 +165,8 @@ struct Rare<'a> {
     gather: Option<Op<'a>>,
 }
 
-impl<'a, F: HotOp> Ops<'a, F> {
-    fn new(client: TcpStream, make: fn(Job) -> F, timer: Timer<'a>) -> Self {
+impl<'a, M: HotMake> Ops<'a, M> {
+    fn new(client: TcpStream, make: M, timer: Timer<'a>) -> Self {
         let client_fd = client.as_raw_fd();
         let (reader, writer) = client.into_split();
         Ops {
@@ -184,7 +189,7 @@ impl<'a, F: HotOp> Ops<'a, F> {
         self.rare.get_or_insert_default()
     }
 
-    fn backend(&mut self, id: BackendId) -> &mut Backend<'a, F> {
+    fn backend(&mut self, id: BackendId) -> &mut Backend<'a, M> {
         if self.backends.len() <= id {
             let make = self.reads[CLIENT].maker();
             self.backends.resize_with(id + 1, || Backend { stream: None, op: None, io: Slot::new(make) });
@@ -425,10 +430,10 @@ pub(crate) fn serve(
 }
 
 /// Starts what the connection asked for. `false`: the connection is over.
-fn start<'a, F: HotOp>(
+fn start<'a, M: HotMake>(
     shard: &'a Rc<Shard>,
     plan: &sluice_core::serve::Plan,
-    ops: &mut Ops<'a, F>,
+    ops: &mut Ops<'a, M>,
     output: Output<'a>,
     conn: &mut Connection<'_>,
 ) -> bool {

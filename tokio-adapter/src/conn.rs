@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use sluice_core::conn::{BackendId, Connection, Input, Output, Spliced};
+use sluice_core::io::Make;
 use sluice_core::serve::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,8 +67,12 @@ async fn hot_op(job: Job) -> (Held, Input) {
 trait HotOp: Future<Output = (Held, Input)> + Send {}
 impl<F: Future<Output = (Held, Input)> + Send> HotOp for F {}
 
+/// What makes them: [`hot_op`] itself (see `sluice_core::io::Make`).
+trait HotMake: Make<Job, Op: HotOp> {}
+impl<M: Make<Job, Op: HotOp>> HotMake for M {}
+
 /// Where one socket's reads (or writes) run, one at a time, without a box each.
-type Slot<F> = sluice_core::io::Slot<Job, F>;
+type Slot<M> = sluice_core::io::Slot<Job, M>;
 
 /// What an operation held while it ran.
 enum Held {
@@ -85,20 +90,20 @@ enum Held {
 }
 
 /// The connection's sockets, each either at rest or held by its operation.
-struct Sockets<'s, F> {
+struct Sockets<'s, M: HotMake> {
     reader: Option<OwnedReadHalf>,
     writer: Option<OwnedWriteHalf>,
     /// Client read, client write.
-    client: [Slot<F>; 2],
+    client: [Slot<M>; 2],
     /// Waiting for an idle client to send: the reader stays here, polled for
     /// readiness (no future, no box; every slot's box is given back meanwhile).
     awaiting: bool,
     /// A CONNECT tunnel's sockets, made when one opens (out of line: every
     /// connection's task, an idle one's too, would carry them).
-    tunnel: Option<Box<Tunnel<'s, F>>>,
+    tunnel: Option<Box<Tunnel<'s, M>>>,
     /// By backend id: the socket at rest, its read or write, and the task opening
     /// (or looking up) it.
-    upstream: Vec<Upstream<'s, F>>,
+    upstream: Vec<Upstream<'s, M>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     deadline: Option<Instant>,
 }
@@ -106,10 +111,10 @@ struct Sockets<'s, F> {
 /// A CONNECT tunnel's connection: its halves at rest, its read and write, and its
 /// opening; splicing it: each direction's pipe at rest (up, down) once made, or `Err`
 /// when this tunnel cannot be spliced, and each direction's splice.
-struct Tunnel<'s, F> {
+struct Tunnel<'s, M: HotMake> {
     reader: Option<OwnedReadHalf>,
     writer: Option<OwnedWriteHalf>,
-    io: [Slot<F>; 2],
+    io: [Slot<M>; 2],
     opening: Option<Task<'s>>,
     #[cfg(target_os = "linux")]
     pipes: Option<Result<[Option<splice::KernelPipe>; 2], ()>>,
@@ -117,7 +122,7 @@ struct Tunnel<'s, F> {
 }
 
 /// The tunnel's sockets, made at first use.
-fn tunnel<'a, 's, F: HotOp>(tunnel: &'a mut Option<Box<Tunnel<'s, F>>>, make: fn(Job) -> F) -> &'a mut Tunnel<'s, F> {
+fn tunnel<'a, 's, M: HotMake>(tunnel: &'a mut Option<Box<Tunnel<'s, M>>>, make: M) -> &'a mut Tunnel<'s, M> {
     tunnel.get_or_insert_with(|| {
         Box::new(Tunnel {
             reader: None,
@@ -131,14 +136,14 @@ fn tunnel<'a, 's, F: HotOp>(tunnel: &'a mut Option<Box<Tunnel<'s, F>>>, make: fn
     })
 }
 
-struct Upstream<'s, F> {
+struct Upstream<'s, M: HotMake> {
     stream: Option<TcpStream>,
-    io: Slot<F>,
+    io: Slot<M>,
     task: Option<Task<'s>>,
 }
 
-impl<'s, F: HotOp> Sockets<'s, F> {
-    fn upstream(&mut self, id: BackendId) -> &mut Upstream<'s, F> {
+impl<'s, M: HotMake> Sockets<'s, M> {
+    fn upstream(&mut self, id: BackendId) -> &mut Upstream<'s, M> {
         while self.upstream.len() <= id {
             let io = Slot::new(self.client[0].maker());
             self.upstream.push(Upstream { stream: None, io, task: None });
@@ -315,10 +320,10 @@ fn poll_task<'s>(slot: &mut Option<Task<'s>>, cx: &mut Context<'_>) -> Option<(H
 /// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
 /// once (nothing idle for a name: [`Input::NoIdle`]; the counters: [`Input::Stats`];
 /// or the socket it needs is busy, never the case with a well-behaved core).
-fn begin<'s, F: HotOp>(
+fn begin<'s, M: HotMake>(
     shared: &'s Shared,
     plan: &sluice_core::serve::Plan,
-    sockets: &mut Sockets<'s, F>,
+    sockets: &mut Sockets<'s, M>,
     output: Output<'s>,
 ) -> Option<Option<Input>> {
     let busy = || io::Error::from(io::ErrorKind::WouldBlock);
