@@ -642,6 +642,7 @@ async fn move_once(from: &TcpStream, to: &TcpStream, pipe: &KernelPipe) -> Splic
     }
     Spliced::Moved(n)
 }
+
 #[cfg(test)]
 mod sizes {
     /// The size of what a maker returns: the future of an async fn has no name.
