@@ -376,9 +376,42 @@ pub fn lookup<'a, S: AsRef<str>>(raw: &'a str, path: &[S]) -> Option<&'a str> {
     Some(cur)
 }
 
-/// Whether a raw key means `name`.
+/// Whether a raw key (a valid string's contents, escapes kept) means `name`.
+///
+/// By length first: each escape is longer than the text it stands for, so a raw key
+/// shorter than the name never means it, and one as long means it only when the two
+/// are the same bytes and the key has no escape. A longer key is unescaped only when
+/// it has an escape at or before the first byte where it and the name differ (nothing
+/// before the first escape changes): `user_count` against `user` stops at the `_`.
 pub fn key_is(raw_key: &str, name: &str) -> bool {
-    if raw_key.contains('\\') { unescape(raw_key) == name } else { raw_key == name }
+    let (raw, text) = (raw_key.as_bytes(), name.as_bytes());
+    match raw.len().cmp(&text.len()) {
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => same_plain(raw, text),
+        std::cmp::Ordering::Greater => {
+            let differ = raw.iter().zip(text).position(|(a, b)| a != b).unwrap_or(text.len());
+            let same = raw.get(..=differ).unwrap_or_default();
+            // A loop in place: the prefix is short, and `contains` is a call to memchr.
+            #[allow(clippy::manual_contains)]
+            let escaped = same.iter().any(|&c| c == b'\\');
+            escaped && unescape(raw_key) == name
+        }
+    }
+}
+
+/// Whether `a` and `b`, of one length, are the same bytes with no backslash among
+/// them: eight bytes a step, then one at a time (one pass, no call: keys are short).
+fn same_plain(a: &[u8], b: &[u8]) -> bool {
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, a_tail)), Some((y, b_tail))) = (a.split_first_chunk::<8>(), b.split_first_chunk::<8>()) {
+        let x = u64::from_le_bytes(*x);
+        // The lowest flag is a true one (`crate::swar`): any flag is a backslash.
+        if x != u64::from_le_bytes(*y) || crate::swar::equal(x, b'\\') != 0 {
+            return false;
+        }
+        (a, b) = (a_tail, b_tail);
+    }
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| x == y && x != b'\\')
 }
 
 /// The text of a raw string's contents (between the quotes), escapes resolved.
@@ -697,6 +730,69 @@ mod tests {
         assert_eq!(parse_object("[1]").map_err(|e| e.reason), Err("not an object"));
         assert_eq!(parse_object("{\"a\":1} x").map_err(|e| e.reason), Err("trailing characters after the value"));
         assert_eq!(parse_object("{\"a\":1").map_err(|e| e.reason), Err("unexpected end of input"));
+    }
+
+    #[test]
+    fn a_raw_key_is_compared_by_meaning() {
+        // The definition: unescape, then compare.
+        let by_meaning = |raw: &str, name: &str| unescape(raw) == name;
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            r"\\",
+            r"\n",
+            r"a\/",
+            r"a\\",
+            r"\u0061",
+            r"\u0061b",
+            r"a\u0062",
+            r"\ud83d\ude00",
+            r"\ud83d",
+            r"\\\\",
+            "é",
+            r"\u00e9",
+            "user",
+            "user_count",
+            r"user\u005fcount",
+            r"\u0075ser",
+            r"us\u0065r",
+            "user_pad",
+            r"usex\u0065",
+        ];
+        let names =
+            ["", "a", "ab", "abc", "\\", "\n", "a/", r"a\/", "a\\", r"\n", "é", "😀", "\u{FFFD}", "user", "user_count"];
+        for raw in keys {
+            for name in names {
+                assert_eq!(key_is(raw, name), by_meaning(raw, name), "{raw:?} against {name:?}");
+            }
+        }
+        assert!(key_is(r"user\u005fcount", "user_count"));
+        assert!(key_is(r"\u0075ser", "user"));
+        assert!(key_is(r"us\u0065r", "user"));
+        // The same bytes are not the same meaning when the key has an escape.
+        assert!(!key_is(r"a\/", r"a\/"));
+        assert!(key_is(r"a\/", "a/"));
+        // Keys of eight bytes and more (compared eight at a time, then the rest).
+        assert!(key_is("abcdefghij", "abcdefghij"));
+        assert!(!key_is("abcdefghij", "abcdefgxij"));
+        assert!(!key_is("abcdefghij", "abcdefghix"));
+        assert!(!key_is(r"abcdef\/", r"abcdef\/"));
+        assert!(!key_is(r"abcdefgh\/", r"abcdefgh\/"));
+        assert!(key_is(r"abcdefgh\/", "abcdefgh/"));
+    }
+
+    proptest::proptest! {
+        /// Keys made of plain bytes and escapes, against names of the same alphabet.
+        #[test]
+        fn key_is_unescapes_then_compares(
+            raw in proptest::collection::vec(proptest::sample::select(&["a", "b", "é", r"\n", r"\/", r"\\", r"\u0061", r"\u00e9"][..]), 0..5),
+            name in proptest::collection::vec(proptest::sample::select(&["a", "b", "é", "\n", "/", "\\"][..]), 0..5),
+        ) {
+            let (raw, name) = (raw.concat(), name.concat());
+            proptest::prop_assert_eq!(key_is(&raw, &name), unescape(&raw) == name, "{:?} against {:?}", raw, name);
+        }
     }
 
     #[test]

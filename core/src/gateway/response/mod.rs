@@ -49,8 +49,12 @@ impl Key<'_> {
 
     fn same(&self, other: &Key<'_>) -> bool {
         match (self, other) {
-            (Key::Raw(a), Key::Raw(b)) if !a.contains('\\') && !b.contains('\\') => a == b,
-            _ => self.text() == other.text(),
+            // The same raw bytes mean the same; different ones differ unless one has an escape.
+            (Key::Raw(a), Key::Raw(b)) => {
+                a == b || ((a.contains('\\') || b.contains('\\')) && self.text() == other.text())
+            }
+            (Key::Raw(raw), Key::Text(text)) | (Key::Text(text), Key::Raw(raw)) => json::key_is(raw, text),
+            (Key::Text(a), Key::Text(b)) => a == b,
         }
     }
 
@@ -568,6 +572,22 @@ mod tests {
         let mut out = Vec::new();
         render(OutputEncoding::Json, None, &merge([part]), &mut out);
         assert_eq!(out, good.as_bytes());
+    }
+
+    /// Keys merge by meaning: the same bytes, the same text after escapes, or a
+    /// configured name (a group) against a backend's raw key.
+    #[test]
+    fn merged_keys_are_compared_by_meaning() {
+        let shape = Shape::plain(Encoding::Json);
+        let parts = [
+            shape.apply(br#"{"a":1,"b\/":2,"c":3,"\u0064":4}"#).unwrap(),
+            shape.apply(br#"{"\u0061":5,"b/":6,"c":7,"d":8,"e":9}"#).unwrap(),
+            vec![(Key::Text(Cow::Borrowed("e")), Node::Raw("10")), (Key::Text(Cow::Borrowed("f")), Node::Raw("11"))],
+            shape.apply(br#"{"f":12,"c\"":13}"#).unwrap(),
+        ];
+        let mut out = Vec::new();
+        render(OutputEncoding::Json, None, &merge(parts), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":5,"b\/":6,"c":7,"\u0064":8,"e":10,"f":12,"c\"":13}"#);
     }
 
     #[test]
