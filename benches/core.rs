@@ -137,6 +137,9 @@ impl Rig {
             while let Some(output) = self.conn.poll() {
                 self.start(output);
             }
+            // A driver asks for the deadline each time it has started what was asked
+            // for, before it waits for the next input.
+            std::hint::black_box(self.conn.poll_timeout());
             if let Some(input) = self.ready.pop_front() {
                 self.conn.handle(input, self.at);
                 continue;

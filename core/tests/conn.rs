@@ -75,6 +75,8 @@ struct World<'g> {
     client_await: bool,
     /// How many times the connection waited for its client without a buffer.
     awaits: usize,
+    /// The times the connection's timer went off (at its `poll_timeout`).
+    timeouts: Vec<u64>,
     to_client: String,
     socks: BTreeMap<BackendId, Sock>,
     pool: BTreeMap<String, Vec<Sock>>,
@@ -218,6 +220,7 @@ impl<'g> World<'g> {
             client_read: None,
             client_await: false,
             awaits: 0,
+            timeouts: Vec::new(),
             to_client: String::new(),
             socks: BTreeMap::new(),
             pool: BTreeMap::new(),
@@ -587,7 +590,10 @@ impl<'g> World<'g> {
                 };
                 self.feed(Input::BackendRead(id, buf, Ok(n)), at);
             }
-            _ => self.feed(Input::Timeout, at),
+            _ => {
+                self.timeouts.push(at.duration_since(self.t0).as_millis() as u64);
+                self.feed(Input::Timeout, at)
+            }
         }
         true
     }
@@ -2182,6 +2188,28 @@ fn a_kept_connection_goes_to_the_pool_when_the_client_stays_quiet() {
         ]
         .join("\n")
     );
+}
+
+/// A call that takes the connection the last call kept takes its deadline too: the
+/// connection's timer is not set for a kept connection that is no longer kept (here a
+/// slow second answer, 2.5 s, past the first call's 2 s keep).
+#[test]
+fn a_kept_connection_taken_by_the_next_call_sets_no_timer() {
+    let config = r#"{"version": 3, "timeout": "4s", "idle_timeout": "10s", "endpoints": [{"endpoint": "/a",
+        "backend": [{"host": ["http://127.0.0.1:9001"], "url_pattern": "/users/1"}]}]}"#;
+    let gw = Gateway::load(config).unwrap().gateway;
+    let lb = Balancer::new(gw.backend_count);
+    let Serve::After(_, raw) = json(r#"{"id":1}"#) else { unreachable!() };
+    let script = [Send(GET_A), Wait(10), Send(GET_A), Wait(10), Send(GET_A), Wait(5000), Eof];
+    let w = World::new(&gw, &lb, &script)
+        .backend(&upstream(9001), &[json(r#"{"id":1}"#), json(r#"{"id":1}"#), Serve::After(2500, raw)])
+        .run();
+    assert_eq!(w.to_client, ANSWER_A.repeat(3));
+    // The second call's connection, kept at 10 ms, is the third call's from 20 ms: no
+    // wake at 2,010 ms. The one wake: that connection kept again at the third answer
+    // (2,520 ms) goes to the pool 2 s later.
+    assert_eq!(w.timeouts, [4520]);
+    assert!(w.trace().contains("4520ms backend 0: pooled"), "{}", w.trace());
 }
 
 /// A busy client's call to another backend takes the slot of the connection the last

@@ -524,6 +524,9 @@ pub(crate) enum CallEvent {
 #[derive(Debug, Default)]
 pub(crate) struct Calls<'g> {
     slots: Vec<BackendCall<'g>>,
+    /// [`Calls::kept_deadline`], set again wherever a slot's `kept` changes: it is asked
+    /// at every wake of the connection and changes about once per call.
+    kept_until: Option<Instant>,
 }
 
 impl<'g> Calls<'g> {
@@ -617,6 +620,8 @@ impl<'g> Calls<'g> {
                 self.slots.len() - 1
             }
         };
+        // A kept connection may have been taken or let go.
+        self.refresh_kept_until();
         let slot = &mut self.slots[id];
         if let Err(reason) = write(&mut slot.out) {
             slot.in_use = false;
@@ -1071,6 +1076,8 @@ impl<'g> Calls<'g> {
         }
         slot.kept = Some(now);
         free(slot);
+        let due = now + KEEP_FOR;
+        self.kept_until = Some(self.kept_until.map_or(due, |until| until.min(due)));
     }
 
     /// Lets every kept connection go (see [`BackendCall::let_go`]); whether there was one.
@@ -1079,21 +1086,30 @@ impl<'g> Calls<'g> {
         for (id, slot) in self.slots.iter_mut().enumerate() {
             queue.extend(slot.let_go(id, now));
         }
+        self.kept_until = None;
         queue.len() > before
     }
 
     /// When the oldest kept connection has been kept [`KEEP_FOR`].
     pub(crate) fn kept_deadline(&self) -> Option<Instant> {
-        self.slots.iter().filter_map(|s| s.kept).min().map(|at| at + KEEP_FOR)
+        self.kept_until
+    }
+
+    fn refresh_kept_until(&mut self) {
+        self.kept_until = self.slots.iter().filter_map(|s| s.kept).min().map(|at| at + KEEP_FOR);
     }
 
     /// Lets go the kept connections kept [`KEEP_FOR`] by `now`.
     pub(crate) fn let_go_due(&mut self, now: Instant, queue: &mut VecDeque<Output<'g>>) {
+        if self.kept_until.is_none_or(|until| now < until) {
+            return;
+        }
         for (id, slot) in self.slots.iter_mut().enumerate() {
             if slot.kept.is_some_and(|at| now >= at + KEEP_FOR) {
                 queue.extend(slot.let_go(id, now));
             }
         }
+        self.refresh_kept_until();
     }
 
     /// A streamed response head was written on: its buffer stays with slot `id` for
