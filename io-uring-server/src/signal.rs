@@ -24,6 +24,9 @@ pub(crate) struct LocalStop {
     wakers: RefCell<Vec<(Option<Waker>, u64)>>,
     /// Places given back, for the next connections.
     free: RefCell<Vec<usize>>,
+    /// How many stops and retirements there were (wrapping): a connection looks at its
+    /// place only when this moved since it last looked ([`Stopped`]).
+    signals: Cell<u32>,
 }
 
 impl LocalStop {
@@ -58,6 +61,7 @@ impl LocalStop {
     }
 
     fn wake(&self, which: impl Fn(u64) -> bool) {
+        self.signals.set(self.signals.get().wrapping_add(1));
         let wakers: Vec<Waker> =
             self.wakers.borrow_mut().iter_mut().filter(|(_, g)| which(*g)).filter_map(|(w, _)| w.take()).collect();
         for w in wakers {
@@ -76,7 +80,8 @@ pub(crate) struct Place<'a> {
 impl Place<'_> {
     /// Resolves once the shard stops.
     pub(crate) fn wait(&self) -> Stopped<'_> {
-        Stopped { place: self }
+        // Never looked: any count differs from this one.
+        Stopped { place: self, seen: self.stop.signals.get().wrapping_sub(1) }
     }
 }
 
@@ -91,12 +96,31 @@ impl Drop for Place<'_> {
 
 pub(crate) struct Stopped<'a> {
     place: &'a Place<'a>,
+    /// [`LocalStop::signals`] when this last looked.
+    seen: u32,
 }
 
 impl Future for Stopped<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    /// Polled at every wake of its connection, it looks at the flags and its place only
+    /// when the shard was told to stop or retire since the last look. The waker is kept
+    /// from the first look until the stop wakes it: a connection's stop is only ever
+    /// polled by its own task, whose waker is the same at every poll.
+    #[inline(always)]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let signals = self.place.stop.signals.get();
+        if signals == self.seen {
+            return Poll::Pending;
+        }
+        self.seen = signals;
+        self.look(cx)
+    }
+}
+
+impl Stopped<'_> {
+    #[inline(never)]
+    fn look(&self, cx: &mut Context<'_>) -> Poll<()> {
         let stop = self.place.stop;
         if stop.stopped.get() || self.place.generation < stop.retired.get() {
             return Poll::Ready(());
@@ -108,5 +132,60 @@ impl Future for Stopped<'_> {
             }
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(count: &Count) -> usize {
+        count.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_retirement_wakes_older_plans_and_a_stop_wakes_the_rest_each_once() {
+        let stop = LocalStop::default();
+        let (old, new) = (stop.register(1), stop.register(2));
+        let (mut a, mut b) = (pin!(old.wait()), pin!(new.wait()));
+        let (ca, cb) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(ca.clone()), Waker::from(cb.clone()));
+        assert_eq!(a.as_mut().poll(&mut Context::from_waker(&wa)), Poll::Pending);
+        assert_eq!(b.as_mut().poll(&mut Context::from_waker(&wb)), Poll::Pending);
+        // Nothing signalled since: the place is not looked at, and a waker given now is
+        // not kept (the retirement below wakes the first one).
+        assert_eq!(a.as_mut().poll(&mut Context::from_waker(Waker::noop())), Poll::Pending);
+        stop.retire(2);
+        assert_eq!((woken(&ca), woken(&cb)), (1, 0));
+        assert_eq!(a.as_mut().poll(&mut Context::from_waker(&wa)), Poll::Ready(()));
+        // Looked at (a signal came), still not its turn: its waker is kept.
+        assert_eq!(b.as_mut().poll(&mut Context::from_waker(&wb)), Poll::Pending);
+        stop.trigger();
+        assert_eq!((woken(&ca), woken(&cb)), (1, 1));
+        assert_eq!(b.as_mut().poll(&mut Context::from_waker(&wb)), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_stop_before_the_first_poll_is_seen_at_once() {
+        let stop = LocalStop::default();
+        stop.trigger();
+        let place = stop.register(1);
+        let mut wait = pin!(place.wait());
+        assert_eq!(wait.as_mut().poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(()));
     }
 }

@@ -12,7 +12,7 @@
 //! they outnumber the live ones by more than 64 (so connections that come and go
 //! with long deadlines do not pile them up).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::{Future, poll_fn};
@@ -23,6 +23,11 @@ use std::time::Instant;
 #[derive(Default)]
 pub(crate) struct Timers {
     inner: RefCell<Inner>,
+    /// How many deadlines have gone off here (wrapping): a connection looks at its own
+    /// timer only when this moved since it last looked ([`Timer::poll`]). 32 bits keep
+    /// a connection's timer at 16 bytes; a look would be missed only if exactly a
+    /// multiple of 2^32 deadlines went off between two wakes of one connection.
+    fires: Cell<u32>,
 }
 
 #[derive(Default)]
@@ -50,12 +55,15 @@ struct Entry {
     at: Option<Instant>,
     /// The deadline has passed (told once, by [`Timer::poll`]).
     fired: bool,
+    /// The connection's task, from its first poll until it goes (kept when woken: a
+    /// connection's task is the same at every poll).
     waker: Option<Waker>,
 }
 
 impl Inner {
-    /// Marks what is due at `now` fired and wakes its connections.
-    fn fire_due(&mut self, now: Instant) {
+    /// Marks what is due at `now` fired and wakes its connections; returns how many.
+    fn fire_due(&mut self, now: Instant) -> u32 {
+        let mut fired = 0;
         while let Some(&Reverse((at, index, generation))) = self.heap.peek() {
             if at > now {
                 break;
@@ -66,12 +74,14 @@ impl Inner {
                 entry.at = None;
                 entry.fired = true;
                 self.live -= 1;
+                fired += 1;
                 // monoio's wake only queues the task: nothing runs inside this borrow.
-                if let Some(waker) = entry.waker.take() {
-                    waker.wake();
+                if let Some(waker) = &entry.waker {
+                    waker.wake_by_ref();
                 }
             }
         }
+        fired
     }
 
     /// Drops the stale elements once they outnumber the live ones.
@@ -96,7 +106,8 @@ impl Timers {
                 u32::try_from(inner.entries.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        Timer { timers: self, index }
+        // Never looked: any count differs from this one.
+        Timer { timers: self, index, seen: self.fires.get().wrapping_sub(1) }
     }
 
     /// Wakes each connection whose deadline passed, until [`Timers::close`]. (monoio
@@ -111,7 +122,8 @@ impl Timers {
                     inner.pump = None;
                     return Poll::Ready(());
                 }
-                inner.fire_due(Instant::now());
+                let fired = inner.fire_due(Instant::now());
+                self.fires.set(self.fires.get().wrapping_add(fired));
                 let Some(&Reverse((at, ..))) = inner.heap.peek() else {
                     (inner.pump, inner.pump_at) = (Some(cx.waker().clone()), None);
                     return Poll::Pending;
@@ -150,6 +162,8 @@ impl Timers {
 pub(crate) struct Timer<'a> {
     timers: &'a Timers,
     index: u32,
+    /// [`Timers::fires`] when this timer last looked at its entry.
+    seen: u32,
 }
 
 impl Timer<'_> {
@@ -174,13 +188,31 @@ impl Timer<'_> {
 
     /// Ready once when the deadline has passed; pending (waking `cx` then) while one
     /// is set, and forever when none is.
-    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+    ///
+    /// The connection polls its timer at every wake, and nearly every wake is for an
+    /// operation: the entry is looked at only when some deadline of the shard went off
+    /// since the last look (a load and a compare otherwise). The waker is kept from the
+    /// first look, so a deadline set later wakes the task without a poll in between;
+    /// that holds because a connection's timer is only ever polled by its own task,
+    /// whose waker is the same at every poll.
+    #[inline(always)]
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let fires = self.timers.fires.get();
+        if fires == self.seen {
+            return Poll::Pending;
+        }
+        self.seen = fires;
+        self.look(cx)
+    }
+
+    #[inline(never)]
+    fn look(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.timers.inner.borrow_mut();
         let Some(entry) = inner.entries.get_mut(self.index as usize) else { return Poll::Pending };
         if std::mem::take(&mut entry.fired) {
             return Poll::Ready(());
         }
-        if entry.at.is_some() && !entry.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !entry.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             entry.waker = Some(cx.waker().clone());
         }
         Poll::Pending
@@ -225,7 +257,7 @@ mod tests {
         on_runtime(async {
             let (timers, _pumping) = pumped();
             let start = Instant::now();
-            let (a, b) = (timers.timer(), timers.timer());
+            let (mut a, mut b) = (timers.timer(), timers.timer());
             b.arm(start + Duration::from_millis(60));
             a.arm(start + Duration::from_millis(20));
             poll_fn(|cx| a.poll(cx)).await;
@@ -246,7 +278,7 @@ mod tests {
         on_runtime(async {
             let (timers, _pumping) = pumped();
             let start = Instant::now();
-            let t = timers.timer();
+            let mut t = timers.timer();
             t.arm(start + Duration::from_secs(60));
             // Earlier: the pump, asleep for 60 s, is woken for it.
             t.arm(start + Duration::from_millis(10));
@@ -258,6 +290,26 @@ mod tests {
             inner.fire_due(start + Duration::from_secs(61));
             assert!(!inner.entries[0].fired);
             assert!(inner.heap.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_timer_set_again_after_going_off_wakes_its_task_without_another_look() {
+        on_runtime(async {
+            let (timers, _pumping) = pumped();
+            let mut t = timers.timer();
+            t.arm(Instant::now() + Duration::from_millis(10));
+            poll_fn(|cx| t.poll(cx)).await;
+            let (seen, start) = (t.seen, Instant::now());
+            t.arm(start + Duration::from_millis(20));
+            // Nothing went off since the last look: the entry is not looked at (a waker
+            // given now is not kept), and the task's waker from the first look is woken.
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(t.poll(&mut cx), Poll::Pending);
+            assert_eq!(t.seen, seen);
+            poll_fn(|cx| t.poll(cx)).await;
+            assert!(start.elapsed() >= Duration::from_millis(20));
+            assert_eq!(timers.fires.get(), 2);
         });
     }
 
