@@ -689,6 +689,153 @@ proptest! {
     }
 }
 
+/// Feeds a backend's `input` to a client connection in pieces cut at `cuts` (each
+/// piece added to what is left unread, as a driver does), then the end of input.
+/// The head is parsed in place at its first look, else found by a search: both must
+/// give the same events whatever the cuts.
+fn read_response_with(method: Method, input: &[u8], cuts: &[usize], limits: Limits) -> Vec<Ev> {
+    let mut conn = ClientConn::new(method, limits);
+    let mut evs = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < input.len()).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds.push(input.len());
+    let mut start = 0;
+    for end in bounds {
+        buf.extend_from_slice(&input[start..end]);
+        start = end;
+        loop {
+            let (n, ev) = match conn.handle_input(&buf) {
+                Ok(read) => read,
+                Err(e) => {
+                    evs.push(Ev::Err(e));
+                    return evs;
+                }
+            };
+            let more = match ev {
+                ClientEvent::Response(r) => {
+                    let fields: Vec<String> =
+                        r.head.iter().map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v))).collect();
+                    let (status, framing) = (r.status.as_u16(), r.framing);
+                    let head =
+                        format!("{status} {} {framing:?} ka={} [{}]", r.reason(), r.keep_alive, fields.join(", "));
+                    push(&mut evs, Ev::Head(head));
+                    false
+                }
+                ClientEvent::Data(d) => {
+                    push(&mut evs, Ev::Data(d.to_vec()));
+                    false
+                }
+                ClientEvent::End(t) => {
+                    push(&mut evs, Ev::End(trailers(t)));
+                    return evs;
+                }
+                ClientEvent::Switched => {
+                    push(&mut evs, Ev::Switched);
+                    return evs;
+                }
+                ClientEvent::NeedMore => true,
+            };
+            buf.drain(..n);
+            if more {
+                break;
+            }
+        }
+    }
+    match conn.handle_eof() {
+        Ok(ClientEvent::End(t)) => push(&mut evs, Ev::End(trailers(t))),
+        Ok(other) => push(&mut evs, Ev::Head(format!("at the end: {other:?}"))),
+        Err(e) => evs.push(Ev::Err(e)),
+    }
+    evs
+}
+
+const RESPONSES: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\nhello world",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+    b"HTTP/1.0 200 OK\nX: a\n\nuntil the close",
+    // One empty line first is skipped; two end the head before any status line.
+    b"\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"\n\nHTTP/1.1 200 OK\r\n\r\n",
+    // Refused heads: a bad byte early, before the head is whole, and at its end.
+    b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX: a\x00b",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX: a\r\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Long: 0123456789abcdef0123456789abcdef0123456789abcdef\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Na",
+];
+
+/// Limits that refuse some samples' heads: three fields at most, 60 bytes at most.
+const SMALL: Limits = Limits { max_head_bytes: 60, max_uri_bytes: 256, max_headers: 3, max_body_bytes: 1 << 20 };
+
+proptest! {
+    #[test]
+    fn a_response_read_whole_or_split_gives_the_same_events(
+        sample in 0..RESPONSES.len(),
+        cuts in proptest::collection::vec(0usize..120, 0..12),
+        small in any::<bool>(),
+    ) {
+        let (input, limits) = (RESPONSES[sample], if small { SMALL } else { Limits::default() });
+        let whole = read_response_with(Method::GET, input, &[], limits);
+        let split = read_response_with(Method::GET, input, &cuts, limits);
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn a_response_read_a_byte_at_a_time_gives_the_same_events(
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        prefix in 0..RESPONSES.len(),
+        at in 0usize..120,
+    ) {
+        // Bytes of any kind put inside a sample, so heads go wrong in every place.
+        let mut input = RESPONSES[prefix].to_vec();
+        let at = at.min(input.len());
+        input.splice(at..at, bytes);
+        let whole = read_response_with(Method::GET, &input, &[], Limits::default());
+        let cuts: Vec<usize> = (1..input.len()).collect();
+        let split = read_response_with(Method::GET, &input, &cuts, Limits::default());
+        prop_assert_eq!(whole, split);
+    }
+}
+
+/// The events of the samples read whole: what the in-place parse answers.
+#[test]
+fn responses_read_whole() {
+    let read = |input: &[u8], limits| read_response_with(Method::GET, input, &[], limits);
+    assert_eq!(
+        read(RESPONSES[0], Limits::default()),
+        [
+            Ev::Head(
+                "200 OK Length(11) ka=true [Server=nginx, Content-Type=application/json, Content-Length=11]".into()
+            ),
+            Ev::Data(b"hello world".to_vec()),
+            Ev::End(vec![]),
+        ]
+    );
+    assert_eq!(
+        read(RESPONSES[3], Limits::default()),
+        [Ev::Head("204 No Content None ka=true []".into()), Ev::End(vec![])]
+    );
+    let cut_short = Ev::Err(Error::Malformed("incomplete response head"));
+    assert_eq!(read(RESPONSES[4], Limits::default()), std::slice::from_ref(&cut_short));
+    assert_eq!(read(RESPONSES[5], Limits::default()), [cut_short]);
+    assert_eq!(read(RESPONSES[6], Limits::default()), [Ev::Err(Error::Malformed("invalid header value"))]);
+    // Not whole when the input ends: the backend closed before answering.
+    assert_eq!(
+        read(RESPONSES[7], Limits::default()),
+        [Ev::Err(Error::Malformed("connection closed before a response"))]
+    );
+    assert_eq!(read(RESPONSES[8], Limits::default()), [Ev::Err(Error::Malformed("differing Content-Length values"))]);
+    assert_eq!(read(RESPONSES[9], Limits::default()), [Ev::Err(Error::Malformed("invalid header value"))]);
+    assert_eq!(read(RESPONSES[10], SMALL), [Ev::Err(Error::HeadTooLarge)]);
+    assert_eq!(read(RESPONSES[11], SMALL), [Ev::Err(Error::HeadTooLarge)]);
+    assert_eq!(read(RESPONSES[12], SMALL), [Ev::Err(Error::Malformed("connection closed before a response"))]);
+}
+
 #[test]
 fn a_request_head_is_written_only_with_a_valid_target_and_host() {
     let write = |method: Method, target: RequestTarget<'_>, host: &str| {

@@ -5,7 +5,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength};
 use super::head::{Head, Response};
-use super::parse::Fault;
+use super::parse::{Fault, StatusLine};
 use super::server::itoa_u64;
 use super::{Error, Limits, MAX_HEADERS, find_head_end, write_headers};
 
@@ -113,6 +113,15 @@ enum State {
     Switched,
 }
 
+/// Whether `b` starts with two empty lines (each CRLF or a bare LF).
+fn two_empty_lines_first(b: &[u8]) -> bool {
+    let after_one = match b {
+        [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+        _ => return false,
+    };
+    matches!(after_one, [b'\n', ..] | [b'\r', b'\n', ..])
+}
+
 /// Reads the response to one request sent on a backend connection.
 #[derive(Debug, Clone)]
 pub struct ClientConn {
@@ -161,18 +170,40 @@ impl ClientConn {
                     };
                 }
                 State::Head => {
-                    let Some(head_len) = find_head_end(rest, &mut self.scanned) else {
-                        if rest.len() > self.limits.max_head_bytes {
-                            return Err(Error::HeadTooLarge);
+                    let max = self.limits.max_headers.min(MAX_HEADERS);
+                    let mut head = std::mem::take(&mut self.room);
+                    // A head's first look parses it in place: nearly every answer's head
+                    // comes whole in one read, and the parser finds its end (no search
+                    // for it first). Anything else goes the search's way, which answers
+                    // the same whatever the reads were: a head not all here, one the
+                    // parser refuses (it may not have come whole), and one after two
+                    // empty lines (they end a head in the search; the parser skips them).
+                    let in_place = match self.scanned == 0 && !two_empty_lines_first(rest) {
+                        true => head.parse_response(rest, max).ok(),
+                        false => None,
+                    };
+                    let (line, head_len) = match in_place {
+                        Some(read) => read,
+                        None => {
+                            let Some(head_len) = find_head_end(rest, &mut self.scanned) else {
+                                self.room = head;
+                                if rest.len() > self.limits.max_head_bytes {
+                                    return Err(Error::HeadTooLarge);
+                                }
+                                return Ok((consumed, ClientEvent::NeedMore));
+                            };
+                            if head_len > self.limits.max_head_bytes {
+                                return Err(Error::HeadTooLarge);
+                            }
+                            self.scanned = 0;
+                            let (line, _) = head.parse_response(&rest[..head_len], max).map_err(Fault::error)?;
+                            (line, head_len)
                         }
-                        return Ok((consumed, ClientEvent::NeedMore));
                     };
                     if head_len > self.limits.max_head_bytes {
                         return Err(Error::HeadTooLarge);
                     }
-                    self.scanned = 0;
-                    let raw = &rest[..head_len];
-                    match self.parse_head(raw)? {
+                    match self.read_head(line, head)? {
                         Some(response) => return Ok((consumed + head_len, ClientEvent::Response(response))),
                         // An interim 1xx: skip it and read the next head.
                         None => consumed += head_len,
@@ -182,9 +213,9 @@ impl ClientConn {
         }
     }
 
-    fn parse_head(&mut self, raw: &[u8]) -> Result<Option<Response>, Error> {
-        let max = self.limits.max_headers.min(MAX_HEADERS);
-        let (line, head) = Head::parse_response_in(std::mem::take(&mut self.room), raw, max).map_err(Fault::error)?;
+    /// What a head read whole says: the response, or `None` for an interim 1xx (its
+    /// room kept for the next head).
+    fn read_head(&mut self, line: StatusLine, head: Head) -> Result<Option<Response>, Error> {
         let status = StatusCode::from_u16(line.code).map_err(|_| Error::Malformed("invalid status"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             self.state = State::Switched;

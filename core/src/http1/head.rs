@@ -94,19 +94,22 @@ impl Head {
         Head { bytes: room, headers: spans }
     }
 
-    /// A response head read from `raw` by our own parser ([`super::parse`]) into
-    /// `room` (as [`Head::new_in`]), with its status line.
-    pub(crate) fn parse_response_in(
-        room: Head,
+    /// Reads the response head at the start of `raw` (which may go on past it) by our
+    /// own parser ([`super::parse`]) into this head, whose vectors are reused (as
+    /// [`Head::new_in`]); returns its status line and length. On an error the head is
+    /// left holding no field, its room kept.
+    pub(crate) fn parse_response(
+        &mut self,
         raw: &[u8],
         max_headers: usize,
-    ) -> Result<(super::parse::StatusLine, Head), super::parse::Fault> {
-        let Head { bytes: mut room, headers: mut spans } = room;
-        spans.clear();
-        let line = super::parse::response(raw, &mut spans, max_headers)?;
-        room.clear();
-        room.extend_from_slice(raw);
-        Ok((line, Head { bytes: room, headers: spans }))
+    ) -> Result<(super::parse::StatusLine, usize), super::parse::Fault> {
+        self.headers.clear();
+        let (line, len) = super::parse::response(raw, &mut self.headers, max_headers).inspect_err(|_| {
+            self.headers.clear();
+        })?;
+        self.bytes.clear();
+        self.bytes.extend_from_slice(raw.get(..len).unwrap_or_default());
+        Ok((line, len))
     }
 
     /// Whether this head holds no room at all (neither vector has any capacity).

@@ -38,7 +38,7 @@ pub use server::{Next, ResponseHead, ServerConn, ServerEvent};
 
 /// A response head as [`ClientConn`] reads it: HTTP/1.0 or not, the status digits,
 /// the reason (empty when it holds obs-text) and the fields, or the error it answers.
-/// `raw` is the whole head, its empty line included. For comparing our parser with
+/// `raw` starts with the head (what follows its empty line is not read). For comparing our parser with
 /// httparse (the `http1_response` fuzz target); the codec itself goes through
 /// [`ClientConn::handle_input`].
 pub type ReadHead<'a> = (bool, u16, &'a [u8], Vec<(&'a [u8], &'a [u8])>);
@@ -46,7 +46,7 @@ pub type ReadHead<'a> = (bool, u16, &'a [u8], Vec<(&'a [u8], &'a [u8])>);
 #[doc(hidden)]
 pub fn read_response_head(raw: &[u8], max_headers: usize) -> Result<ReadHead<'_>, Error> {
     let mut spans = Vec::new();
-    let line = parse::response(raw, &mut spans, max_headers).map_err(parse::Fault::error)?;
+    let (line, _) = parse::response(raw, &mut spans, max_headers).map_err(parse::Fault::error)?;
     let at = |(start, end): (u32, u32)| raw.get(start as usize..end as usize).unwrap_or_default();
     let fields = spans.iter().map(|s| (at(s.name), at(s.value))).collect();
     Ok((line.http10, line.code, at(line.reason), fields))

@@ -21,7 +21,8 @@ use crate::swar::{below, equal};
 
 /// Why a head was refused: httparse's errors (ours for a response head, httparse's
 /// own for a request head), and `Partial` for a response head that ends before its
-/// fields do (the caller found its end: this is then a malformed head).
+/// fields do (not all of it has come yet; or, where the caller had found its end, a
+/// malformed head).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     Partial,
@@ -143,10 +144,11 @@ fn at(b: &[u8], i: usize) -> Result<u8, Fault> {
     b.get(i).copied().ok_or(Fault::Partial)
 }
 
-/// Reads a response head from `raw` (which holds the whole head and nothing after
-/// it, as the caller found its end), pushing each field's name and value position
-/// onto `spans`, at most `max_headers` of them.
-pub(crate) fn response(raw: &[u8], spans: &mut Vec<Span>, max_headers: usize) -> Result<StatusLine, Fault> {
+/// Reads the response head at the start of `raw` (which may go on past it: the
+/// parser stops at the empty line that ends it), pushing each field's name and value
+/// position onto `spans`, at most `max_headers` of them. Returns the status line and
+/// the head's length, its empty line included.
+pub(crate) fn response(raw: &[u8], spans: &mut Vec<Span>, max_headers: usize) -> Result<(StatusLine, usize), Fault> {
     let mut i = 0;
     // Empty lines before the status line are skipped.
     loop {
@@ -215,7 +217,8 @@ pub(crate) fn response(raw: &[u8], spans: &mut Vec<Span>, max_headers: usize) ->
         let (&first, after) = rest.split_first().ok_or(Fault::Partial)?;
         if !is_token(first) {
             return match (first, after.first()) {
-                (b'\r', Some(b'\n')) | (b'\n', _) => Ok(line),
+                (b'\r', Some(b'\n')) => Ok((line, base + 2)),
+                (b'\n', _) => Ok((line, base + 1)),
                 (b'\r', None) => Err(Fault::Partial),
                 (b'\r', Some(_)) => Err(Fault::NewLine),
                 _ => Err(Fault::HeaderName),
@@ -275,25 +278,28 @@ mod tests {
 
     /// What httparse makes of `raw`: the status line's parts and the fields, or why
     /// it refused (in our terms).
-    type Read = Result<(bool, u16, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>), Fault>;
+    type Read = Result<(bool, u16, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>, usize), Fault>;
 
     fn httparse_reads(raw: &[u8], max: usize) -> Read {
         let mut headers = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
         let mut resp = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, raw, &mut headers) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(Fault::Partial),
-            Err(e) => return Err(Fault::from(e)),
-        }
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, raw, &mut headers) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Err(Fault::Partial),
+                Err(e) => return Err(Fault::from(e)),
+            };
         let fields = resp.headers.iter().map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec())).collect();
-        Ok((resp.version == Some(0), resp.code.unwrap_or(0), resp.reason.unwrap_or("").as_bytes().to_vec(), fields))
+        let reason = resp.reason.unwrap_or("").as_bytes().to_vec();
+        Ok((resp.version == Some(0), resp.code.unwrap_or(0), reason, fields, len))
     }
 
     fn ours(raw: &[u8], max: usize) -> Read {
-        let (line, head) = Head::parse_response_in(Head::default(), raw, max)?;
+        let mut head = Head::default();
+        let (line, len) = head.parse_response(raw, max)?;
         let fields = head.iter_raw().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
         let reason = raw.get(line.reason.0 as usize..line.reason.1 as usize).unwrap_or_default().to_vec();
-        Ok((line.http10, line.code, reason, fields))
+        Ok((line.http10, line.code, reason, fields, len))
     }
 
     fn same(raw: &[u8], max: usize) {
@@ -340,6 +346,10 @@ mod tests {
             b"\rX",
             b"",
             b"HTTP/1.1 200 OK\r\nX-Long: 0123456789abcdef0123456789abcdef\t0123456789\r\n\r\n",
+            // The parser stops at the empty line: what follows is not read.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\n\n\x00\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
         ];
         for head in heads {
             for max in [0, 1, 2, 3, 100] {

@@ -182,25 +182,53 @@ impl ServerConn {
             }
         }
         let buf = &input[skip..];
-        let Some(head_len) = find_head_end(buf, &mut self.scanned) else {
-            if buf.len() > self.limits.max_head_bytes {
-                return Err(self.oversize(buf));
+        // A head's first look parses it in place: nearly every request head comes whole
+        // in one read, and httparse finds its end (no search for it first). Otherwise
+        // the search finds the end, and only then is the head parsed or refused, as
+        // the in-place look would have (it stops at the same empty line): the answer
+        // is the same whatever the reads were.
+        let first_look = self.scanned == 0;
+        let found = match first_look {
+            true => None,
+            false => match find_head_end(buf, &mut self.scanned) {
+                Some(head_len) => Some(head_len),
+                None => return self.head_not_whole(skip, buf),
+            },
+        };
+        if found.is_some_and(|head_len| head_len > self.limits.max_head_bytes) {
+            return Err(self.oversize(buf));
+        }
+        let read = found.and_then(|head_len| buf.get(..head_len)).unwrap_or(buf);
+        // Uninitialized header slots: zeroing 256 of them would cost more than the parse.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
+        let mut req = httparse::Request::new(&mut []);
+        let refused = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, read, headers)
+        {
+            Ok(httparse::Status::Complete(head_len)) => Ok(head_len),
+            Ok(httparse::Status::Partial) => Err(Error::Malformed("incomplete request head")),
+            Err(e) => Err(Fault::from(e).error()),
+        };
+        let head_len = match refused {
+            Ok(head_len) => head_len,
+            Err(refused) => {
+                // Not whole at the first look (or refused before it was): the search
+                // says whether the head has come whole yet.
+                if first_look {
+                    let Some(head_len) = find_head_end(buf, &mut self.scanned) else {
+                        return self.head_not_whole(skip, buf);
+                    };
+                    if head_len > self.limits.max_head_bytes {
+                        return Err(self.oversize(buf));
+                    }
+                }
+                return Err(refused);
             }
-            return Ok((skip, ServerEvent::NeedMore));
         };
         if head_len > self.limits.max_head_bytes {
             return Err(self.oversize(buf));
         }
         let raw = &buf[..head_len];
-        // Uninitialized header slots: zeroing 256 of them would cost more than the parse.
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
-        let mut req = httparse::Request::new(&mut []);
-        match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, raw, headers) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
-            Err(e) => return Err(Fault::from(e).error()),
-        }
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
             return Err(Error::Malformed("incomplete request line"));
         };
@@ -273,6 +301,15 @@ impl ServerConn {
             Reading::Body(decoder) => decoder.fits(),
             _ => Ok(()),
         }
+    }
+
+    /// A head not all here yet: more is read, unless what has come is already over
+    /// the head limit.
+    fn head_not_whole<'b>(&self, skip: usize, buf: &[u8]) -> Result<(usize, ServerEvent<'b>), Error> {
+        if buf.len() > self.limits.max_head_bytes {
+            return Err(self.oversize(buf));
+        }
+        Ok((skip, ServerEvent::NeedMore))
     }
 
     /// 414 when the request line alone is over the URI limit, else 431.
