@@ -179,7 +179,8 @@ impl ClientConn {
                     // parser refuses (it may not have come whole), and one after two
                     // empty lines (they end a head in the search; the parser skips them).
                     let in_place = match self.scanned == 0 && !two_empty_lines_first(rest) {
-                        true => head.parse_response(rest, max).ok(),
+                        // No further than a head may go: what ends later is refused anyway.
+                        true => head.parse_response(rest.get(..self.limits.max_head_bytes).unwrap_or(rest), max).ok(),
                         false => None,
                     };
                     let (line, head_len) = match in_place {

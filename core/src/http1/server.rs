@@ -198,7 +198,8 @@ impl ServerConn {
         if found.is_some_and(|head_len| head_len > self.limits.max_head_bytes) {
             return Err(self.oversize(buf));
         }
-        let read = found.and_then(|head_len| buf.get(..head_len)).unwrap_or(buf);
+        // The first look goes no further than a head may: what ends later is refused.
+        let read = buf.get(..found.unwrap_or(self.limits.max_head_bytes)).unwrap_or(buf);
         // Uninitialized header slots: zeroing 256 of them would cost more than the parse.
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
