@@ -210,6 +210,11 @@ fn smuggling_rules() {
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 4\r\n\r\n",
             Error::Malformed("differing Content-Length values"),
         ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3, 4\r\n\r\n",
+            Error::Malformed("differing Content-Length values"),
+        ),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3,\r\n\r\n", Error::Malformed("invalid Content-Length")),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\n", Error::Malformed("invalid Content-Length")),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x10\r\n\r\n", Error::Malformed("invalid Content-Length")),
         (
@@ -338,6 +343,19 @@ fn keep_alive_pipelining_and_responses() {
     assert_eq!(
         serve(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")[0],
         head("GET / HTTP/1.1 None ka=false [Host=h, Connection=close]")
+    );
+    // Tokens in any case; in a list, close wins.
+    assert_eq!(
+        serve(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")[0],
+        head("GET / HTTP/1.0 None ka=true [Connection=Keep-Alive]")
+    );
+    assert_eq!(
+        serve(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")[0],
+        head("GET / HTTP/1.0 None ka=false [Connection=keep-alive, close]")
+    );
+    assert_eq!(
+        serve(b"GET / HTTP/1.0\r\nConnection: x, keep-alive\r\n\r\n")[0],
+        head("GET / HTTP/1.0 None ka=true [Connection=x, keep-alive]")
     );
 }
 

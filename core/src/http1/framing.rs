@@ -44,6 +44,19 @@ pub(crate) struct Scan {
     pub hosts_valid: bool,
 }
 
+impl Scan {
+    /// One `Content-Length` value more: each must say the same length.
+    fn set_length(&mut self, n: u64) -> Result<(), Error> {
+        match self.content_length {
+            Some(prev) if prev != n => Err(Error::Malformed("differing Content-Length values")),
+            _ => {
+                self.content_length = Some(n);
+                Ok(())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TransferEncoding {
     /// Only `chunked`.
@@ -146,12 +159,13 @@ pub(crate) fn scan<'h>(headers: impl Iterator<Item = (Kind, &'h [u8])>) -> Resul
     for (kind, value) in headers {
         match kind {
             Kind::ContentLength => {
+                // Usually digits alone: read at once, no list to split.
+                if let Ok(n) = parse_length(value) {
+                    s.set_length(n)?;
+                    continue;
+                }
                 for v in value.split(|&b| b == b',').map(trim) {
-                    let n = parse_length(v)?;
-                    match s.content_length {
-                        Some(prev) if prev != n => return Err(Error::Malformed("differing Content-Length values")),
-                        _ => s.content_length = Some(n),
-                    }
+                    s.set_length(parse_length(v)?)?;
                 }
             }
             Kind::TransferEncoding => {
@@ -159,6 +173,11 @@ pub(crate) fn scan<'h>(headers: impl Iterator<Item = (Kind, &'h [u8])>) -> Resul
                 codings.extend(list(value));
             }
             Kind::Connection => {
+                // Usually one token: matched whole, no list to split.
+                if value.eq_ignore_ascii_case(b"keep-alive") {
+                    s.keep_alive = true;
+                    continue;
+                }
                 for token in list(value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         s.close = true;
