@@ -1,5 +1,6 @@
 //! Byte searches eight bytes at a time in a `u64` ("SIMD within a register"), shared
-//! by the HTTP/1.1 head search and the JSON string scan.
+//! by the HTTP/1.1 head search and response parser and the JSON string scan and key
+//! compare.
 
 /// `b` in each of the eight bytes.
 pub(crate) const fn splat(b: u8) -> u64 {

@@ -186,8 +186,8 @@ impl Timer<'_> {
         }
     }
 
-    /// Ready once when the deadline has passed; pending (waking `cx` then) while one
-    /// is set, and forever when none is.
+    /// Ready once when the deadline has passed; pending while one is set, and forever
+    /// when none is. The task woken when it passes is the one of the first look.
     ///
     /// The connection polls its timer at every wake, and nearly every wake is for an
     /// operation: the entry is looked at only when some deadline of the shard went off
@@ -302,12 +302,16 @@ mod tests {
             poll_fn(|cx| t.poll(cx)).await;
             let (seen, start) = (t.seen, Instant::now());
             t.arm(start + Duration::from_millis(20));
-            // Nothing went off since the last look: the entry is not looked at (a waker
-            // given now is not kept), and the task's waker from the first look is woken.
+            // Nothing went off since the last look: the entry is not looked at (so the
+            // waker given now is not taken), and the task's waker from the first look
+            // is the one woken.
             let mut cx = Context::from_waker(Waker::noop());
             assert_eq!(t.poll(&mut cx), Poll::Pending);
             assert_eq!(t.seen, seen);
-            poll_fn(|cx| t.poll(cx)).await;
+            assert!(timers.inner.borrow().entries[0].waker.as_ref().is_some_and(|w| !w.will_wake(Waker::noop())));
+            // A wake that never came fails here rather than hanging.
+            let woken = monoio::time::timeout(Duration::from_secs(5), poll_fn(|cx| t.poll(cx))).await;
+            assert!(woken.is_ok(), "the kept waker was not woken");
             assert!(start.elapsed() >= Duration::from_millis(20));
             assert_eq!(timers.fires.get(), 2);
         });

@@ -179,7 +179,8 @@ impl ClientConn {
                     // parser refuses (it may not have come whole), and one after two
                     // empty lines (they end a head in the search; the parser skips them).
                     let in_place = match self.scanned == 0 && !two_empty_lines_first(rest) {
-                        // No further than a head may go: what ends later is refused anyway.
+                        // No further than a head may go (a head read here is within the
+                        // limit): what ends later is refused anyway.
                         true => head.parse_response(rest.get(..self.limits.max_head_bytes).unwrap_or(rest), max).ok(),
                         false => None,
                     };
@@ -201,9 +202,6 @@ impl ClientConn {
                             (line, head_len)
                         }
                     };
-                    if head_len > self.limits.max_head_bytes {
-                        return Err(Error::HeadTooLarge);
-                    }
                     match self.read_head(line, head)? {
                         Some(response) => return Ok((consumed + head_len, ClientEvent::Response(response))),
                         // An interim 1xx: skip it and read the next head.

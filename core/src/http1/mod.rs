@@ -134,6 +134,8 @@ impl std::error::Error for Error {}
 /// Finds the end of a head (`\r\n\r\n`, or `\n\n` which RFC 9112 lets a recipient accept)
 /// in `buf`, starting the search at `*scanned` and remembering how far it looked, so a
 /// head that arrives byte by byte is scanned once in total. Returns the head length.
+/// A head's first look parses it in place instead (the parsers stop at its end); the
+/// search runs for a head that did not come whole in that look, or that was refused.
 pub(crate) fn find_head_end(buf: &[u8], scanned: &mut usize) -> Option<usize> {
     // Back up 3 bytes: the terminator may straddle the previous end of input.
     let start = scanned.saturating_sub(3);

@@ -226,9 +226,8 @@ impl ServerConn {
                 return Err(refused);
             }
         };
-        if head_len > self.limits.max_head_bytes {
-            return Err(self.oversize(buf));
-        }
+        // Within the limit: the first look read no further, and a head found by the
+        // search was held to it above.
         let raw = &buf[..head_len];
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
             return Err(Error::Malformed("incomplete request line"));
