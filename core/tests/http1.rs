@@ -30,6 +30,23 @@ fn trailers(t: Option<Box<HeaderMap>>) -> Vec<String> {
     t.map(|m| m.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect()).unwrap_or_default()
 }
 
+/// `input` cut at those of `cuts` inside it, in order: the reads it arrives in.
+fn pieces<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < input.len()).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds.push(input.len());
+    let mut start = 0;
+    bounds
+        .into_iter()
+        .map(|end| {
+            let piece = &input[start..end];
+            start = end;
+            piece
+        })
+        .collect()
+}
+
 /// Feeds `input` to a server connection in pieces cut at `cuts`; answers every request
 /// with an empty 200 when it pauses. Returns the events and the responses written.
 fn serve_with(input: &[u8], cuts: &[usize], limits: Limits) -> (Vec<Ev>, Vec<u8>) {
@@ -37,14 +54,8 @@ fn serve_with(input: &[u8], cuts: &[usize], limits: Limits) -> (Vec<Ev>, Vec<u8>
     let mut evs = Vec::new();
     let mut out = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
-    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < input.len()).collect();
-    bounds.sort_unstable();
-    bounds.dedup();
-    bounds.push(input.len());
-    let mut start = 0;
-    for end in bounds {
-        buf.extend_from_slice(&input[start..end]);
-        start = end;
+    for piece in pieces(input, cuts) {
+        buf.extend_from_slice(piece);
         loop {
             match conn.handle_input(&buf) {
                 Err(e) => {
@@ -334,29 +345,28 @@ fn keep_alive_pipelining_and_responses() {
         String::from_utf8_lossy(&out),
         "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
     );
-    // HTTP/1.0 closes unless asked; Connection: close closes 1.1.
-    assert_eq!(serve(b"GET / HTTP/1.0\r\n\r\n")[0], head("GET / HTTP/1.0 None ka=false []"));
-    assert_eq!(
-        serve(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[0],
-        head("GET / HTTP/1.0 None ka=true [Connection=keep-alive]")
-    );
-    assert_eq!(
-        serve(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")[0],
-        head("GET / HTTP/1.1 None ka=false [Host=h, Connection=close]")
-    );
-    // Tokens in any case; in a list, close wins.
-    assert_eq!(
-        serve(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")[0],
-        head("GET / HTTP/1.0 None ka=true [Connection=Keep-Alive]")
-    );
-    assert_eq!(
-        serve(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")[0],
-        head("GET / HTTP/1.0 None ka=false [Connection=keep-alive, close]")
-    );
-    assert_eq!(
-        serve(b"GET / HTTP/1.0\r\nConnection: x, keep-alive\r\n\r\n")[0],
-        head("GET / HTTP/1.0 None ka=true [Connection=x, keep-alive]")
-    );
+    // HTTP/1.0 closes unless asked; Connection: close closes 1.1. Tokens in any case;
+    // in a list, close wins.
+    let cases: [(&[u8], &str); 6] = [
+        (b"GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.0 None ka=false []"),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "GET / HTTP/1.0 None ka=true [Connection=keep-alive]"),
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1 None ka=false [Host=h, Connection=close]",
+        ),
+        (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", "GET / HTTP/1.0 None ka=true [Connection=Keep-Alive]"),
+        (
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+            "GET / HTTP/1.0 None ka=false [Connection=keep-alive, close]",
+        ),
+        (
+            b"GET / HTTP/1.0\r\nConnection: x, keep-alive\r\n\r\n",
+            "GET / HTTP/1.0 None ka=true [Connection=x, keep-alive]",
+        ),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(serve(request)[0], head(expected), "{}", String::from_utf8_lossy(request));
+    }
 }
 
 fn respond(request: &[u8], status: StatusCode, body: BodyLength, chunks: &[&[u8]]) -> (String, Next) {
@@ -687,8 +697,8 @@ const SAMPLES: &[&[u8]] = &[
     b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
 ];
 
-/// Limits some samples' heads go over: 60 bytes, two fields, a 16-byte target (414
-/// or 431 by the request line's length).
+/// Limits some samples' heads go over: 60 bytes, two fields, a 16-byte request target
+/// (414 or 431 by the request line's length).
 const SMALL_HEADS: Limits = Limits { max_head_bytes: 60, max_uri_bytes: 16, max_headers: 2, max_body_bytes: 1 << 20 };
 
 proptest! {
@@ -728,14 +738,8 @@ fn read_response_with(method: Method, input: &[u8], cuts: &[usize], limits: Limi
     let mut conn = ClientConn::new(method, limits);
     let mut evs = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
-    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < input.len()).collect();
-    bounds.sort_unstable();
-    bounds.dedup();
-    bounds.push(input.len());
-    let mut start = 0;
-    for end in bounds {
-        buf.extend_from_slice(&input[start..end]);
-        start = end;
+    for piece in pieces(input, cuts) {
+        buf.extend_from_slice(piece);
         loop {
             let (n, ev) = match conn.handle_input(&buf) {
                 Ok(read) => read,
@@ -800,9 +804,6 @@ const RESPONSES: &[&[u8]] = &[
     b"HTTP/1.1 200 OK\r\nX-Na",
 ];
 
-/// Limits that refuse some samples' heads: three fields at most, 60 bytes at most.
-const SMALL: Limits = Limits { max_head_bytes: 60, max_uri_bytes: 256, max_headers: 3, max_body_bytes: 1 << 20 };
-
 proptest! {
     #[test]
     fn a_response_read_whole_or_split_gives_the_same_events(
@@ -810,7 +811,7 @@ proptest! {
         cuts in proptest::collection::vec(0usize..120, 0..12),
         small in any::<bool>(),
     ) {
-        let (input, limits) = (RESPONSES[sample], if small { SMALL } else { Limits::default() });
+        let (input, limits) = (RESPONSES[sample], if small { SMALL_HEADS } else { Limits::default() });
         let whole = read_response_with(Method::GET, input, &[], limits);
         let split = read_response_with(Method::GET, input, &cuts, limits);
         prop_assert_eq!(whole, split);
@@ -830,7 +831,7 @@ proptest! {
         let mut input = RESPONSES[prefix].to_vec();
         let at = at.min(input.len());
         input.splice(at..at, bytes);
-        let limits = if small { SMALL } else { Limits::default() };
+        let limits = if small { SMALL_HEADS } else { Limits::default() };
         let whole = read_response_with(Method::GET, &input, &[], limits);
         let cuts: Vec<usize> = (1..input.len()).collect();
         let split = read_response_with(Method::GET, &input, &cuts, limits);
@@ -867,9 +868,9 @@ fn responses_read_whole() {
     );
     assert_eq!(read(RESPONSES[8], Limits::default()), [Ev::Err(Error::Malformed("differing Content-Length values"))]);
     assert_eq!(read(RESPONSES[9], Limits::default()), [Ev::Err(Error::Malformed("invalid header value"))]);
-    assert_eq!(read(RESPONSES[10], SMALL), [Ev::Err(Error::HeadTooLarge)]);
-    assert_eq!(read(RESPONSES[11], SMALL), [Ev::Err(Error::HeadTooLarge)]);
-    assert_eq!(read(RESPONSES[12], SMALL), [Ev::Err(Error::Malformed("connection closed before a response"))]);
+    assert_eq!(read(RESPONSES[10], SMALL_HEADS), [Ev::Err(Error::HeadTooLarge)]);
+    assert_eq!(read(RESPONSES[11], SMALL_HEADS), [Ev::Err(Error::HeadTooLarge)]);
+    assert_eq!(read(RESPONSES[12], SMALL_HEADS), [Ev::Err(Error::Malformed("connection closed before a response"))]);
 }
 
 #[test]
