@@ -535,6 +535,35 @@ fn plugin_trap_names_the_failing_host_call(mode: Mode) {
     assert_eq!(backend.requests().len(), 1);
 }
 
+/// The time budget is CPU time: a callback whose thread is kept off the CPU past 100 ms
+/// (here inside its log call, as a busy machine's scheduler would) goes on, its call
+/// answered, its instance kept; one that spins is still cut.
+fn plugin_time_budget_counts_cpu_time(mode: Mode) {
+    plugins::record_log();
+    let name = format!("held_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
+    let config = probe_config(&backend.url(), &name, r#""hi""#);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let started = std::time::Instant::now();
+    let r = gw.request("GET", "/p/hold", &[("X-Call-Id", "held")], b"");
+    assert!(started.elapsed() >= Duration::from_millis(150), "the thread was not held");
+    assert_eq!((r.status, r.text()), (200, r#"{"from":"backend"}"#));
+    assert_eq!(r.header("x-call-state"), Some("held"));
+    let sent = backend.requests();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].head.contains("\r\nx-held: 1000\r\n"), "the callback ran on after its host call: {}", sent[0].head);
+    let logged = plugins::log_of(&name);
+    assert!(!logged.iter().any(|l| l.contains("time budget") || l.contains("started again")), "{logged:#?}");
+    let r = gw.get("/p/fail-then-spin");
+    assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));
+    let logged = plugins::log_of(&name);
+    let cut = format!(
+        "ERROR [PLUGIN: {name}] ran past its time budget of 100 ms; the call fails with 500 and the instance is started again"
+    );
+    assert_eq!(logged.iter().filter(|l| **l == cut).count(), 1, "{logged:#?}");
+}
+
 /// A host call Sluice does not implement, whose status the module takes and goes on:
 /// warned about once per instance, however many calls make it (one instance here: one
 /// worker, one shard); the instance started again after a trap is warned about again.
@@ -624,6 +653,7 @@ fn plugin_calls_end_however_they_end(mode: Mode) {
 }
 
 every_driver!(
+    plugin_time_budget_counts_cpu_time,
     plugin_calls_end_however_they_end,
     plugin_ticks,
     plugin_calls_out_and_resumes,

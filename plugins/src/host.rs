@@ -30,10 +30,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use sluice_core::gateway::plugin::{BackendRequest, BackendResponse, CallOut, ClientPlugin, PluginFault, Verdict};
 use wasmtime::{
     Caller, Engine, Extern, FuncType, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
-    TypedFunc, Val, ValType,
+    TypedFunc, UpdateDeadline, Val, ValType,
 };
 
-/// The longest one callback (or the start-up of an instance) may run.
+/// The most CPU time one callback (or the start-up of an instance) may use. Counted
+/// on its thread's CPU clock, not the wall clock: a thread that others keep off the
+/// CPU (a busy machine, a shard pinned to a core) is not cut for waiting. The epoch
+/// gives the wall-clock bound first; past it, the thread's CPU time is looked at
+/// every tick, and only a callback that has used the budget is interrupted.
 pub const TIME_BUDGET: Duration = Duration::from_millis(100);
 /// The epoch ticks every this long; a budget is a whole number of ticks.
 const TICK: Duration = Duration::from_millis(10);
@@ -132,6 +136,8 @@ struct HostState {
     /// The answer to the call out being delivered: its header map (`:status` first)
     /// and body; empty for a failed one.
     callout_answer: (Vec<(String, Vec<u8>)>, Vec<u8>),
+    /// The thread's CPU time when the running callback's budget started.
+    budget_from: Duration,
 }
 
 /// A host call that answered the module an error.
@@ -188,6 +194,7 @@ impl HostState {
             resumed: false,
             reset: false,
             callout_answer: (Vec::new(), Vec::new()),
+            budget_from: Duration::ZERO,
         }
     }
 
@@ -1091,7 +1098,11 @@ impl Vm {
         state.tick_ms = plugin.tick_ms.clone();
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(ticks());
+        store.epoch_deadline_callback(|store| {
+            let used = thread_cpu_time().saturating_sub(store.data().budget_from);
+            Ok(if used < TIME_BUDGET { UpdateDeadline::Continue(1) } else { UpdateDeadline::Interrupt })
+        });
+        start_budget(&mut store);
         let instance = match plugin.linked.pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => return Err(why(&e, store.data())),
@@ -1167,7 +1178,7 @@ impl Vm {
         if new_connection.call(&mut self.store, context).is_err() {
             return false;
         }
-        self.store.set_epoch_deadline(ticks());
+        start_budget(&mut self.store);
         headers.call(&mut self.store, (context, 0, 1)).is_err()
     }
 
@@ -1388,6 +1399,19 @@ fn ticks() -> u64 {
     (TIME_BUDGET.as_millis() / TICK.as_millis()).max(1) as u64
 }
 
+/// Starts a callback's [`TIME_BUDGET`]: the epoch deadline, and the thread's CPU time
+/// its use is counted from.
+fn start_budget(store: &mut Store<HostState>) {
+    store.data_mut().budget_from = thread_cpu_time();
+    store.set_epoch_deadline(ticks());
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
+}
+
 /// What every thread's instances of one binding share.
 #[derive(Debug)]
 struct Shared {
@@ -1484,7 +1508,7 @@ impl Plugin {
                 }
             },
         };
-        vm.store.set_epoch_deadline(ticks());
+        start_budget(&mut vm.store);
         let s = vm.store.data_mut();
         s.failed = None;
         s.last_words.clear();

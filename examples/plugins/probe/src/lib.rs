@@ -27,7 +27,8 @@
 //!   request trailer without the SDK (`BadArgument`, taken), then spin forever or ask
 //!   for 256 MiB;
 //!   `/b/reset` resets the call and lets it go on; `/b/start-ticks` sets a 20 ms tick
-//!   period.
+//!   period; `/b/hold` logs `hold the thread` (the suite's log recorder then keeps the
+//!   thread 150 ms, as a busy machine would) and runs on a little.
 //! - response: `x-call-state` (the call id kept from the request side),
 //!   `powered-by: proxy-wasm`, `x-request-fields`, `x-response-fields`,
 //!   `x-seen-status`, `x-seen-type`, `x-trailers` (request/response trailer counts),
@@ -220,6 +221,15 @@ impl HttpContext for Call {
             }
             "/b/reset" => {
                 self.reset_http_request();
+            }
+            "/b/hold" => {
+                let _ = hostcalls::log(LogLevel::Info, "hold the thread");
+                // Code after the host call: the engine looks at its deadline here.
+                let mut n: u64 = 0;
+                for _ in 0..1_000 {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+                self.set_http_request_header("x-held", Some(&n.to_string()));
             }
             "/b/start-ticks" => {
                 let _ = hostcalls::set_tick_period(Duration::from_millis(20));
