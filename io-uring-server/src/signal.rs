@@ -13,6 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use crate::timer::{Events, Seen};
+
 /// The shard's side of a stop.
 #[derive(Default)]
 pub(crate) struct LocalStop {
@@ -24,9 +26,9 @@ pub(crate) struct LocalStop {
     wakers: RefCell<Vec<(Option<Waker>, u64)>>,
     /// Places given back, for the next connections.
     free: RefCell<Vec<usize>>,
-    /// How many stops and retirements there were (wrapping): a connection looks at its
-    /// place only when this moved since it last looked ([`Stopped`]).
-    signals: Cell<u32>,
+    /// The stops and retirements: a connection looks at its place only when this
+    /// moved since it last looked ([`Stopped`]).
+    signals: Events,
 }
 
 impl LocalStop {
@@ -61,7 +63,7 @@ impl LocalStop {
     }
 
     fn wake(&self, which: impl Fn(u64) -> bool) {
-        self.signals.set(self.signals.get().wrapping_add(1));
+        self.signals.add(1);
         let wakers: Vec<Waker> =
             self.wakers.borrow_mut().iter_mut().filter(|(_, g)| which(*g)).filter_map(|(w, _)| w.take()).collect();
         for w in wakers {
@@ -81,7 +83,7 @@ impl Place<'_> {
     /// Resolves once the shard stops.
     pub(crate) fn wait(&self) -> Stopped<'_> {
         // Never looked: any count differs from this one.
-        Stopped { place: self, seen: self.stop.signals.get().wrapping_sub(1) }
+        Stopped { place: self, seen: self.stop.signals.unseen() }
     }
 }
 
@@ -97,7 +99,7 @@ impl Drop for Place<'_> {
 pub(crate) struct Stopped<'a> {
     place: &'a Place<'a>,
     /// [`LocalStop::signals`] when this last looked.
-    seen: u32,
+    seen: Seen,
 }
 
 impl Future for Stopped<'_> {
@@ -109,11 +111,10 @@ impl Future for Stopped<'_> {
     /// polled by its own task, whose waker is the same at every poll.
     #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let signals = self.place.stop.signals.get();
-        if signals == self.seen {
+        let signals = &self.place.stop.signals;
+        if !self.seen.moved(signals) {
             return Poll::Pending;
         }
-        self.seen = signals;
         self.look(cx)
     }
 }

@@ -23,11 +23,47 @@ use std::time::Instant;
 #[derive(Default)]
 pub(crate) struct Timers {
     inner: RefCell<Inner>,
-    /// How many deadlines have gone off here (wrapping): a connection looks at its own
-    /// timer only when this moved since it last looked ([`Timer::poll`]). 32 bits keep
-    /// a connection's timer at 16 bytes; a look would be missed only if exactly a
-    /// multiple of 2^32 deadlines went off between two wakes of one connection.
-    fires: Cell<u32>,
+    /// The deadlines that have gone off here: a connection looks at its own timer only
+    /// when this moved since it last looked ([`Timer::poll`]).
+    fires: Events,
+}
+
+/// A count of what went off in a shard (deadlines, stops, retirements), shared by its
+/// connections: each keeps what it last [`Seen`] of it and looks at its own state only
+/// when the count moved, a load and a compare. 32 bits keep what a connection holds
+/// small (its timer 16 bytes); a look would be missed only if exactly a multiple of
+/// 2^32 events came between two wakes of one connection.
+#[derive(Default)]
+pub(crate) struct Events(Cell<u32>);
+
+impl Events {
+    pub(crate) fn add(&self, n: u32) {
+        self.0.set(self.0.get().wrapping_add(n));
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.0.get()
+    }
+
+    /// What one that never looked has seen: the count differs from it.
+    pub(crate) fn unseen(&self) -> Seen {
+        Seen(self.0.get().wrapping_sub(1))
+    }
+}
+
+/// The count of [`Events`] at one connection's last look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen(u32);
+
+impl Seen {
+    /// Whether `events` moved since the last look (always, at the first); this is a look.
+    #[inline(always)]
+    pub(crate) fn moved(&mut self, events: &Events) -> bool {
+        let now = events.get();
+        let moved = now != self.0;
+        self.0 = now;
+        moved
+    }
 }
 
 #[derive(Default)]
@@ -107,7 +143,7 @@ impl Timers {
             }
         };
         // Never looked: any count differs from this one.
-        Timer { timers: self, index, seen: self.fires.get().wrapping_sub(1) }
+        Timer { timers: self, index, seen: self.fires.unseen() }
     }
 
     /// Wakes each connection whose deadline passed, until [`Timers::close`]. (monoio
@@ -123,7 +159,7 @@ impl Timers {
                     return Poll::Ready(());
                 }
                 let fired = inner.fire_due(Instant::now());
-                self.fires.set(self.fires.get().wrapping_add(fired));
+                self.fires.add(fired);
                 let Some(&Reverse((at, ..))) = inner.heap.peek() else {
                     (inner.pump, inner.pump_at) = (Some(cx.waker().clone()), None);
                     return Poll::Pending;
@@ -163,7 +199,7 @@ pub(crate) struct Timer<'a> {
     timers: &'a Timers,
     index: u32,
     /// [`Timers::fires`] when this timer last looked at its entry.
-    seen: u32,
+    seen: Seen,
 }
 
 impl Timer<'_> {
@@ -197,11 +233,9 @@ impl Timer<'_> {
     /// whose waker is the same at every poll.
     #[inline(always)]
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let fires = self.timers.fires.get();
-        if fires == self.seen {
+        if !self.seen.moved(&self.timers.fires) {
             return Poll::Pending;
         }
-        self.seen = fires;
         self.look(cx)
     }
 

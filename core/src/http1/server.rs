@@ -204,13 +204,13 @@ impl ServerConn {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let headers = headers.get_mut(..self.limits.max_headers.min(MAX_HEADERS)).unwrap_or_default();
         let mut req = httparse::Request::new(&mut []);
-        let refused = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, read, headers)
+        let parsed = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, read, headers)
         {
             Ok(httparse::Status::Complete(head_len)) => Ok(head_len),
             Ok(httparse::Status::Partial) => Err(Error::Malformed("incomplete request head")),
             Err(e) => Err(Fault::from(e).error()),
         };
-        let head_len = match refused {
+        let head_len = match parsed {
             Ok(head_len) => head_len,
             Err(refused) => {
                 // Not whole at the first look (or refused before it was): the search
