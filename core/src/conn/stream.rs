@@ -213,55 +213,63 @@ impl<'g> Connection<'g> {
         }
     }
 
-    pub(super) fn step_stream(&mut self, mut leg: Leg<'g>, id: BackendId) -> (State<'g>, bool) {
+    pub(super) fn step_stream(&mut self, id: BackendId) -> bool {
         let relayed = match self.relay(id) {
             Ok(moved) => moved,
             Err(Relay::BadBody(status, reason)) => {
                 // The client's body is malformed: its fault, not the backend's. The
                 // backend connection got part of it: it is closed, never pooled.
                 self.close_slots();
-                return (self.fail_parked(status, reason), true);
+                self.state = self.fail_parked(status, reason);
+                return true;
             }
             Err(Relay::ClientGone) => {
                 self.close_slots();
-                return (State::Closing, true);
+                self.state = State::Closing;
+                return true;
             }
         };
         let call = self.calls.index(id);
         let event = self.slot_step(id);
-        if !matches!(event, CallEvent::Nothing)
-            && let Leg::Endpoint(ex) = &mut leg
+        if matches!(event, CallEvent::Nothing) {
+            return relayed;
+        }
+        let State::Stream { mut leg, .. } = self.take_state() else { return self.lost_state() };
+        if let Leg::Endpoint(ex) = &mut leg
             && ex.is_traced()
         {
             let (retries, redirects) = self.calls.hops(id);
             ex.hops(call, retries, redirects);
         }
-        match event {
-            CallEvent::Nothing => (State::Stream { leg, id }, relayed),
+        self.state = match event {
+            CallEvent::Nothing => State::Stream { leg, id },
             CallEvent::Head(head) => {
                 let Some((status, ours)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)
                 else {
                     self.close_slots();
                     let reply = leg.settle(None, self.balancer, &mut self.queue);
-                    return (self.respond_parked(reply, true), true);
+                    self.state = self.respond_parked(reply, true);
+                    return true;
                 };
                 let none = HeaderMap::new();
                 let response = ResponseHead { status, headers: &none, body: head.body_length(), close: self.stopping };
                 let head_at = (self.out.len(), self.handed);
                 if self.server.write_passthrough_head(&response, &head.head, ours, &mut self.out).is_err() {
                     self.close_slots();
-                    return (State::Closing, true);
+                    self.state = State::Closing;
+                    return true;
                 }
                 self.calls.give_head_room(id, head.head);
                 self.answered = true;
-                (State::Pump(Pumping { leg, id, status, sent: 0, head: head_at }), true)
+                State::Pump(Pumping { leg, id, status, sent: 0, head: head_at })
             }
-            CallEvent::Failed(f) => (self.leg_failed(leg, call, f.reason), true),
+            CallEvent::Failed(f) => self.leg_failed(leg, call, f.reason),
             CallEvent::Answer { .. } => {
                 self.close_slots();
-                (self.leg_failed(leg, call, "unexpected response".to_string()), true)
+                self.leg_failed(leg, call, "unexpected response".to_string())
             }
-        }
+        };
+        true
     }
 
     /// A streamed call failed before its response head: the answer its leg gives, and
@@ -320,21 +328,23 @@ impl<'g> Connection<'g> {
         }
     }
 
-    pub(super) fn step_pump(&mut self, mut p: Pumping<'g>) -> (State<'g>, bool) {
-        let Some(slot) = self.calls.get_mut(p.id) else { return (State::Pump(p), false) };
+    pub(super) fn step_pump(&mut self) -> bool {
+        let State::Pump(p) = &mut self.state else { return false };
+        let Some(slot) = self.calls.get_mut(p.id) else { return false };
         if let Some(failure) = slot.failure.take() {
             // The backend broke off (a reset, a failed read).
-            return (self.cut(p, Cut::Failed(failure.reason)), true);
+            return self.cut_pump(Cut::Failed(failure.reason));
         }
         if self.out.len() >= FLUSH_AT || slot.reading || slot.hungry {
-            return (State::Pump(p), false);
+            return false;
         }
-        let Some(codec) = slot.codec.as_mut() else { return (self.cut(p, Cut::Failed("no codec".into())), true) };
+        let Some(codec) = slot.codec.as_mut() else { return self.cut_pump(Cut::Failed("no codec".into())) };
         match pump_body(codec, slot.input.pending(), slot.eof, &mut self.server, &mut self.out, FLUSH_AT) {
             Ok((n, moved, Pumped::End)) => {
                 slot.input.consume(n);
                 p.sent += moved;
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
+                let State::Pump(p) = self.take_state() else { return self.lost_state() };
                 self.end_call(p.id, reusable);
                 let line = self.take_line().line(p.status, p.sent, self.now);
                 self.queue.push_back(Output::Log(Log::Access(line)));
@@ -342,10 +352,11 @@ impl<'g> Connection<'g> {
                     self.server.recycle_head(ex.take_head());
                     self.keep_exchange(ex);
                 }
-                match self.server.finish_response(&mut self.out) {
-                    Ok(next) => (State::Flush(next), true),
-                    Err(_) => (State::Closing, true),
-                }
+                self.state = match self.server.finish_response(&mut self.out) {
+                    Ok(next) => State::Flush(next),
+                    Err(_) => State::Closing,
+                };
+                true
             }
             Ok((n, moved, pumped)) => {
                 slot.input.consume(n);
@@ -356,10 +367,17 @@ impl<'g> Connection<'g> {
                 if pumped == Pumped::NeedMore {
                     slot.hungry = true;
                 }
-                (State::Pump(p), n > 0)
+                n > 0
             }
-            Err(e) => (self.cut(p, Cut::Failed(format!("invalid response body: {}", e.reason()))), true),
+            Err(e) => self.cut_pump(Cut::Failed(format!("invalid response body: {}", e.reason()))),
         }
+    }
+
+    /// [`Connection::cut`] for the body being pumped.
+    fn cut_pump(&mut self, cut: Cut) -> bool {
+        let State::Pump(p) = self.take_state() else { return self.lost_state() };
+        self.state = self.cut(p, cut);
+        true
     }
 
     /// A `no-op` response body that cannot end well. While no byte of the answer has

@@ -13,33 +13,33 @@ impl<'g> Connection<'g> {
         State::Body { req: Box::new(req), serve, body: Vec::new(), deadline }
     }
 
-    pub(super) fn step_body(
-        &mut self,
-        mut req: Box<ClientRequest>,
-        serve: Serve<'g>,
-        mut body: Vec<u8>,
-        deadline: Option<Instant>,
-    ) -> (State<'g>, bool) {
+    pub(super) fn step_body(&mut self) -> bool {
         if self.hungry || self.reading {
-            return (State::Body { req, serve, body, deadline }, false);
+            return false;
         }
-        match self.server.read_body_into(self.input.pending(), &mut body) {
+        let State::Body { body, .. } = &mut self.state else { return false };
+        match self.server.read_body_into(self.input.pending(), body) {
             Ok((n, true)) => {
                 self.input.consume(n);
+                let State::Body { mut req, serve, body, .. } = self.take_state() else { return self.lost_state() };
                 req.body = RequestBody::Full(body);
-                (self.serve(req, serve), true)
+                self.state = self.serve(req, serve);
+                true
             }
             Ok((n, false)) => {
                 self.input.consume(n);
                 if self.starve() {
-                    (State::Body { req, serve, body, deadline }, false)
-                } else {
-                    // The client left before its body ended.
-                    self.line = None;
-                    (State::Closing, true)
+                    return false;
                 }
+                // The client left before its body ended.
+                self.line = None;
+                self.state = State::Closing;
+                true
             }
-            Err(e) => (self.fail_parked(e.status(), e.reason()), true),
+            Err(e) => {
+                self.state = self.fail_parked(e.status(), e.reason());
+                true
+            }
         }
     }
 
@@ -93,11 +93,14 @@ impl<'g> Connection<'g> {
         }
     }
 
-    pub(super) fn step_exchange(&mut self, mut ex: Box<Exchange<'g>>, deadline: Instant) -> (State<'g>, bool) {
+    pub(super) fn step_exchange(&mut self) -> bool {
+        // The exchange is stepped where it lies; taken only when it goes on.
+        let State::Exchange { ex, .. } = &mut self.state else { return false };
+        let queue = &mut self.queue;
         let mut changed = false;
         ex.at(self.now);
         for id in 0..self.calls.len() {
-            let event = self.slot_step(id);
+            let event = self.calls.step(self.gw, id, self.now, queue);
             if ex.is_traced() && !matches!(event, CallEvent::Nothing) {
                 let (retries, redirects) = self.calls.hops(id);
                 ex.hops(self.calls.index(id), retries, redirects);
@@ -108,7 +111,7 @@ impl<'g> Connection<'g> {
                     let call = self.calls.index(id);
                     // A plugin's call out is the plugin's business, not a backend's.
                     if !ex.is_call_out(call) {
-                        self.log_call(ex.endpoint().index, call, Some(status));
+                        log_call(queue, ex.endpoint().index, call, Some(status));
                     }
                     ex.handle_response(call, status, headers, body);
                     changed = true;
@@ -116,8 +119,13 @@ impl<'g> Connection<'g> {
                 CallEvent::Failed(f) => {
                     let call = self.calls.index(id);
                     if !ex.is_call_out(call) {
-                        self.log_call(ex.endpoint().index, call, None);
-                        self.log_backend(ex.endpoint().path.as_str(), call, f.reason.clone());
+                        log_call(queue, ex.endpoint().index, call, None);
+                        let line = Log::Backend {
+                            endpoint: ex.endpoint().path.as_str(),
+                            backend: call,
+                            reason: f.reason.clone(),
+                        };
+                        queue.push_back(Output::Log(line));
                     }
                     ex.handle_failure(call, &f.reason);
                     changed = true;
@@ -129,14 +137,16 @@ impl<'g> Connection<'g> {
                 }
             }
         }
-        if changed { (self.drive(ex), true) } else { (State::Exchange { ex, deadline }, false) }
+        if !changed {
+            return false;
+        }
+        let State::Exchange { ex, .. } = self.take_state() else { return self.lost_state() };
+        self.state = self.drive(ex);
+        true
     }
+}
 
-    pub(super) fn log_call(&mut self, endpoint: usize, backend: usize, status: Option<StatusCode>) {
-        self.queue.push_back(Output::Log(Log::Call { endpoint, backend, status }));
-    }
-
-    pub(super) fn log_backend(&mut self, endpoint: &'g str, backend: usize, reason: String) {
-        self.queue.push_back(Output::Log(Log::Backend { endpoint, backend, reason }));
-    }
+/// The admin pages' count of one backend call (`None`: it failed).
+fn log_call<'g>(queue: &mut VecDeque<Output<'g>>, endpoint: usize, backend: usize, status: Option<StatusCode>) {
+    queue.push_back(Output::Log(Log::Call { endpoint, backend, status }));
 }
