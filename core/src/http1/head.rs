@@ -501,6 +501,13 @@ mod tests {
             ("x-te", Kind::Other),
             ("tf", Kind::Other),
             ("trailers", Kind::Other),
+            // A known name's length, another first letter or the same one.
+            ("Date", Kind::Other),
+            ("xost", Kind::Other),
+            ("Server", Kind::Other),
+            ("User-Agent", Kind::Other),
+            ("Xonnection", Kind::Other),
+            ("hoSt", Kind::Host),
             ("", Kind::Other),
         ];
         for (name, kind) in kinds {
