@@ -190,8 +190,8 @@ impl<'g> Connection<'g> {
     /// what the client sent after its CONNECT head goes first.
     pub(super) fn open_tunnel(&mut self, mut p: Box<Pending<'g>>) -> State<'g> {
         let fp = p.proxy.plan;
-        let none = HeaderMap::new();
-        let head = ResponseHead { status: StatusCode::OK, headers: &none, body: BodyLength::Known(0), close: false };
+        let head =
+            ResponseHead { status: StatusCode::OK, headers: no_fields(), body: BodyLength::Known(0), close: false };
         if self.server.write_response_head(&head, &mut self.out).is_err()
             || self.server.finish_response(&mut self.out) != Ok(Next::Switch)
         {

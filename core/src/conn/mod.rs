@@ -103,7 +103,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use crate::buf::ReadBuf;
 use crate::call::backend::{Pumped, pump_body};
@@ -121,7 +121,7 @@ use crate::gateway::builtin;
 use crate::gateway::dispatch::Route;
 use crate::gateway::exchange::{Action, Exchange};
 use crate::gateway::upstream::Balancer;
-use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent};
+use crate::http1::{BodyLength, Limits, Next, Request, ResponseHead, ServerConn, ServerEvent, no_fields};
 pub use crate::io::{BackendId, Input, Output, Session};
 use crate::ops::runtime::Runtime;
 use crate::ops::stats::Stats;

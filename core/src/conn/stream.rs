@@ -251,8 +251,8 @@ impl<'g> Connection<'g> {
                     self.state = self.respond_parked(reply, true);
                     return true;
                 };
-                let none = HeaderMap::new();
-                let response = ResponseHead { status, headers: &none, body: head.body_length(), close: self.stopping };
+                let response =
+                    ResponseHead { status, headers: no_fields(), body: head.body_length(), close: self.stopping };
                 let head_at = (self.out.len(), self.handed);
                 if self.server.write_passthrough_head(&response, &head.head, ours, &mut self.out).is_err() {
                     self.close_slots();

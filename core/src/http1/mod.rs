@@ -34,6 +34,7 @@ pub use client::{ClientConn, ClientEvent, RequestTarget, write_request, write_re
 pub use framing::{BodyLength, Framing};
 pub(crate) use head::write_field;
 pub use head::{Head, HeaderFields, HopByHop, Request, Response, TargetForm};
+pub(crate) use server::no_fields;
 pub use server::{Next, ResponseHead, ServerConn, ServerEvent};
 
 /// A response head as [`ClientConn`] reads it: HTTP/1.0 or not, the status digits,
