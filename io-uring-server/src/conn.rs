@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -87,6 +87,34 @@ enum Job {
     WriteBackend(BackendId, BackendStream, Vec<u8>),
 }
 
+/// Writes all of `$bytes` (a `Vec<u8>`) to `$stream`, as monoio's `write_all` does
+/// (a write of no bytes is an error, an interrupted one is tried again), but inline in
+/// the future it is in: `write_all` is an async fn of its own, whose future was built
+/// and moved into [`hot_op`]'s at every write. Gives back the result and the bytes.
+macro_rules! write_whole {
+    ($stream:expr, $bytes:expr) => {{
+        let mut bytes: Vec<u8> = $bytes;
+        let (len, mut written, mut res) = (bytes.len(), 0, Ok(()));
+        while written < len {
+            let (wrote, slice) = $stream.write(bytes.slice(written..)).await;
+            bytes = slice.into_inner();
+            match wrote {
+                Ok(0) => {
+                    res = Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer"));
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        (res, bytes)
+    }};
+}
+
 async fn hot_op(job: Job) -> (Back, Input) {
     match job {
         Job::Read { side, mut half, buf, done } => {
@@ -95,8 +123,8 @@ async fn hot_op(job: Job) -> (Back, Input) {
             (Back::Reader(side, half), done(slice.into_inner(), res))
         }
         Job::Write { side, mut half, bytes, done } => {
-            let (res, bytes) = half.write_all(bytes).await;
-            (Back::Writer(side, half), done(bytes, res.map(drop)))
+            let (res, bytes) = write_whole!(half, bytes);
+            (Back::Writer(side, half), done(bytes, res))
         }
         Job::Shutdown { side, mut half, done } => {
             let res = half.shutdown().await;
@@ -108,8 +136,8 @@ async fn hot_op(job: Job) -> (Back, Input) {
             (Back::Backend(id, s), Input::BackendRead(id, slice.into_inner(), res))
         }
         Job::WriteBackend(id, mut s, bytes) => {
-            let (res, bytes) = s.write_all(bytes).await;
-            (Back::Backend(id, s), Input::BackendWritten(id, bytes, res.map(drop)))
+            let (res, bytes) = write_whole!(s, bytes);
+            (Back::Backend(id, s), Input::BackendWritten(id, bytes, res))
         }
     }
 }
@@ -660,5 +688,80 @@ mod sizes {
         assert!(size_of::<super::Job>() <= 64, "Job: {} bytes", size_of::<super::Job>());
         assert!(size_of::<super::Back>() <= 32, "Back: {} bytes", size_of::<super::Back>());
         assert!(made(super::hot_op) <= 400, "hot_op's future: {} bytes", made(super::hot_op));
+    }
+}
+
+#[cfg(test)]
+mod writes {
+    use std::io::{self, Read};
+    use std::time::Duration;
+
+    use monoio::buf::IoBuf;
+    use monoio::io::AsyncWriteRent;
+    use monoio::net::TcpStream;
+
+    async fn write_whole(s: &mut TcpStream, bytes: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        write_whole!(s, bytes)
+    }
+
+    /// A connection to a listener on loopback whose peer `peer` runs on a thread, its
+    /// send buffer set small; the thread's result.
+    fn written_to<T: Send + 'static>(
+        peer: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+        test: impl AsyncFnOnce(TcpStream),
+    ) -> T {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let thread = std::thread::spawn(move || peer(listener.accept().expect("accept").0));
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4096).expect("SO_SNDBUF");
+        let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().build().expect("runtime");
+        runtime.block_on(async move { test(TcpStream::from_std(stream).expect("monoio stream")).await });
+        thread.join().expect("peer")
+    }
+
+    /// 4 MiB into a 4 KiB send buffer, read after a pause: the sends come back short,
+    /// and each next one starts where the last stopped.
+    #[test]
+    fn bytes_more_than_a_send_takes_are_written_whole_in_order() {
+        let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = bytes.clone();
+        let got = written_to(
+            |mut s| {
+                std::thread::sleep(Duration::from_millis(50));
+                // As many as were sent (the runtime closes its end only when it runs
+                // again, so no end of stream is waited for), then nothing more.
+                let mut got = vec![0; 4 << 20];
+                s.read_exact(&mut got).expect("read");
+                s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+                let extra = s.read(&mut [0; 16]).unwrap_or(0);
+                (got, extra)
+            },
+            async move |mut s| {
+                let (res, back) = write_whole(&mut s, sent).await;
+                assert!(res.is_ok(), "{res:?}");
+                assert_eq!(back.len(), 4 << 20, "the bytes come back");
+            },
+        );
+        assert!(got.0 == bytes, "out of order");
+        assert_eq!(got.1, 0, "bytes past the end");
+    }
+
+    /// A peer that closes at once: the write fails (reset, broken pipe) and the bytes
+    /// come back; no hang, no panic.
+    #[test]
+    fn a_write_to_a_closed_peer_fails_and_gives_the_bytes_back() {
+        written_to(
+            |s| {
+                // Unread bytes at the close make it a reset.
+                std::thread::sleep(Duration::from_millis(20));
+                drop(s);
+            },
+            async move |mut s| {
+                let (res, back) = write_whole(&mut s, vec![7; 8 << 20]).await;
+                assert!(res.is_err(), "8 MiB to a closed peer: {res:?}");
+                assert_eq!(back.len(), 8 << 20);
+            },
+        );
     }
 }
