@@ -309,8 +309,19 @@ pub(crate) fn serve(
     }
 }
 
-/// A rare task's end, once (its box is dropped then).
+/// A rare task's end, once (its box is dropped then). The check for one is inline and
+/// the poll out of line (as `Slot::poll`): every wake asks each backend's, nearly
+/// always for none.
+#[inline]
 fn poll_task<'s>(slot: &mut Option<Task<'s>>, cx: &mut Context<'_>) -> Option<(Held, Input)> {
+    if slot.is_none() {
+        return None;
+    }
+    poll_task_out(slot, cx)
+}
+
+#[inline(never)]
+fn poll_task_out<'s>(slot: &mut Option<Task<'s>>, cx: &mut Context<'_>) -> Option<(Held, Input)> {
     let task = slot.as_mut()?;
     let Poll::Ready(done) = task.as_mut().poll(cx) else { return None };
     *slot = None;
