@@ -242,6 +242,7 @@ impl<'g> Connection<'g> {
             ex.hops(call, retries, redirects);
         }
         self.state = match event {
+            // Not here: a step that found nothing returned above, the state in place.
             CallEvent::Nothing => State::Stream { leg, id },
             CallEvent::Head(head) => {
                 let Some((status, ours)) = leg.head((call, head.status), self.now, self.balancer, &mut self.queue)
