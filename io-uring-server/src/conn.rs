@@ -217,12 +217,20 @@ impl<'a, M: HotMake> Ops<'a, M> {
         self.rare.get_or_insert_default()
     }
 
+    /// Backend `id`'s entry, the table grown to hold it (out of line: a connection's
+    /// table has its entries after its first request).
+    #[inline]
     fn backend(&mut self, id: BackendId) -> &mut Backend<'a, M> {
         if self.backends.len() <= id {
-            let make = self.reads[CLIENT].maker();
-            self.backends.resize_with(id + 1, || Backend { stream: None, op: None, io: Slot::new(make) });
+            self.grow_backends(id);
         }
         &mut self.backends[id]
+    }
+
+    #[inline(never)]
+    fn grow_backends(&mut self, id: BackendId) {
+        let make = self.reads[CLIENT].maker();
+        self.backends.resize_with(id + 1, || Backend { stream: None, op: None, io: Slot::new(make) });
     }
 
     /// Makes sure the timer goes off by `deadline`. A timer already set for earlier is
@@ -240,6 +248,7 @@ impl<'a, M: HotMake> Ops<'a, M> {
     }
 
     /// The first operation to finish, the timer, or the stop (`stop`: not seen yet).
+    #[inline(always)]
     fn poll_wake(
         &mut self,
         cx: &mut Context<'_>,
@@ -382,6 +391,7 @@ impl<'a, M: HotMake> Ops<'a, M> {
         self.writes[side].start(Job::Shutdown { side, half, done });
     }
 
+    #[inline]
     fn give_back(&mut self, back: Back) {
         match back {
             Back::Reader(side, r) => self.readers[side] = Some(r),
@@ -458,6 +468,7 @@ pub(crate) fn serve(
 }
 
 /// Starts what the connection asked for. `false`: the connection is over.
+#[inline(always)]
 fn start<'a, M: HotMake>(
     shard: &'a Rc<Shard>,
     plan: &sluice_core::serve::Plan,
