@@ -143,12 +143,22 @@ struct Upstream<'s, M: HotMake> {
 }
 
 impl<'s, M: HotMake> Sockets<'s, M> {
+    /// Backend `id`'s entry, the table grown to hold it (out of line: a connection's
+    /// table has its entries after its first request).
+    #[inline]
     fn upstream(&mut self, id: BackendId) -> &mut Upstream<'s, M> {
+        if self.upstream.len() <= id {
+            self.grow_upstream(id);
+        }
+        &mut self.upstream[id]
+    }
+
+    #[inline(never)]
+    fn grow_upstream(&mut self, id: BackendId) {
         while self.upstream.len() <= id {
             let io = Slot::new(self.client[0].maker());
             self.upstream.push(Upstream { stream: None, io, task: None });
         }
-        &mut self.upstream[id]
     }
 
     fn take_upstream(&mut self, id: BackendId) -> Option<TcpStream> {
@@ -164,6 +174,7 @@ impl<'s, M: HotMake> Sockets<'s, M> {
     ///
     /// Plain loops, not chained iterators: this runs at every wake (about eight per
     /// aggregation request), and the chains cost it about 60 instructions each time.
+    #[inline(always)]
     fn next(&mut self, cx: &mut Context<'_>, stop: Option<&mut Notice<'_>>) -> Poll<(Held, Input)> {
         for slot in &mut self.client {
             if let Poll::Ready(done) = slot.poll(cx) {
@@ -223,6 +234,7 @@ impl<'s, M: HotMake> Sockets<'s, M> {
         self.deadline = Some(d);
     }
 
+    #[inline]
     fn restore(&mut self, held: Held) {
         match held {
             Held::ClientReader(r) => self.reader = Some(r),
@@ -331,6 +343,7 @@ fn poll_task_out<'s>(slot: &mut Option<Task<'s>>, cx: &mut Context<'_>) -> Optio
 /// Starts an output. `None`: the connection is over; `Some(Some(input))`: answered at
 /// once (nothing idle for a name: [`Input::NoIdle`]; the counters: [`Input::Stats`];
 /// or the socket it needs is busy, never the case with a well-behaved core).
+#[inline(always)]
 fn begin<'s, M: HotMake>(
     shared: &'s Shared,
     plan: &sluice_core::serve::Plan,
