@@ -232,6 +232,30 @@ fn probe_config(host: &str, name: &str, binding: &str) -> String {
     )
 }
 
+/// The probe renamed `{prefix}_{mode}`, bound with `binding` on `probe_config`'s
+/// endpoint in front of a backend answering by `script`, on a gateway of `mode`.
+struct Probe {
+    name: String,
+    backend: Backend,
+    gw: Gw,
+    /// The renamed module's folder, kept while the gateway runs.
+    _dir: support::Scratch,
+}
+
+fn probe_gateway(
+    prefix: &str,
+    mode: Mode,
+    binding: &str,
+    script: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+) -> Probe {
+    let name = format!("{prefix}_{}", mode_name(mode));
+    let dir = plugins::renamed(&[("probe", &name)]);
+    let backend = Backend::start(script);
+    let config = probe_config(&backend.url(), &name, binding);
+    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    Probe { name, backend, gw, _dir: dir }
+}
+
 fn admin_page(gw: &Gw, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(gw.admin.expect("an admin listener")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -307,11 +331,10 @@ fn plugin_state_follows_each_call(mode: Mode) {
 /// default `content-type`; a string configuration arrives as it is written; trailer
 /// maps are empty, not missing; the header counts include the pseudo-headers.
 fn plugin_local_reply_config_and_maps(mode: Mode) {
-    let name = format!("local_{}", mode_name(mode));
-    let dir = plugins::renamed(&[("probe", &name)]);
-    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
-    let config = probe_config(&backend.url(), &name, r#""The secret to life, the universe and everything""#);
-    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let Probe { backend, gw, _dir, .. } =
+        probe_gateway("local", mode, r#""The secret to life, the universe and everything""#, |_| {
+            Reply::Json(r#"{"from":"backend"}"#.into())
+        });
 
     let r = gw.get("/p/hello");
     assert_eq!((r.status, r.text()), (200, "Hello, World!\n"));
@@ -340,11 +363,8 @@ fn plugin_local_reply_config_and_maps(mode: Mode) {
 
 /// The properties a filter reads, with the values docs/plugins.md gives.
 fn plugin_properties(mode: Mode) {
-    let name = format!("props_{}", mode_name(mode));
-    let dir = plugins::renamed(&[("probe", &name)]);
-    let backend = Backend::start(|_| Reply::Json("{}".into()));
-    let config = probe_config(&backend.url(), &name, r#"{"greeting": "hi"}"#);
-    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let Probe { name, backend, gw, _dir } =
+        probe_gateway("props", mode, r#"{"greeting": "hi"}"#, |_| Reply::Json("{}".into()));
     let fields = [("User-Agent", "probe/1"), ("Referer", "http://ref.test/"), ("X-Request-Id", "req-7")];
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
     let mut s = gw.connect();
@@ -385,11 +405,7 @@ fn plugin_properties(mode: Mode) {
 /// Metrics on the admin pages, shared data counted up with compare-and-swap, a shared
 /// queue's item delivered to the instance that registered it.
 fn plugin_metrics_shared_data_and_queues(mode: Mode) {
-    let name = format!("shared_{}", mode_name(mode));
-    let dir = plugins::renamed(&[("probe", &name)]);
-    let backend = Backend::start(|_| Reply::Json(r#"{"n":1}"#.into()));
-    let config = probe_config(&backend.url(), &name, r#""hi""#);
-    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let Probe { name, gw, _dir, .. } = probe_gateway("shared", mode, r#""hi""#, |_| Reply::Json(r#"{"n":1}"#.into()));
     assert_eq!(gw.get("/p/count").header("x-count"), Some("1"));
     assert_eq!(gw.get("/p/count").header("x-count"), Some("2"));
     assert_eq!(gw.get("/p/enqueue").status, 200);
@@ -500,11 +516,8 @@ fn plugin_calls_out_and_resumes(mode: Mode) {
 /// line of the trap names that call and its status; the next call works.
 fn plugin_trap_names_the_failing_host_call(mode: Mode) {
     plugins::record_log();
-    let name = format!("trailer_{}", mode_name(mode));
-    let dir = plugins::renamed(&[("probe", &name)]);
-    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
-    let config = probe_config(&backend.url(), &name, r#""hi""#);
-    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let Probe { name, backend, gw, _dir } =
+        probe_gateway("trailer", mode, r#""hi""#, |_| Reply::Json(r#"{"from":"backend"}"#.into()));
     let r = gw.get("/p/trailer");
     assert_eq!((r.status, r.text()), (500, format!("plugin {name} failed").as_str()));
     assert!(backend.requests().is_empty(), "the backend was called");
@@ -540,11 +553,8 @@ fn plugin_trap_names_the_failing_host_call(mode: Mode) {
 /// answered, its instance kept; one that spins is still cut.
 fn plugin_time_budget_counts_cpu_time(mode: Mode) {
     plugins::record_log();
-    let name = format!("held_{}", mode_name(mode));
-    let dir = plugins::renamed(&[("probe", &name)]);
-    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
-    let config = probe_config(&backend.url(), &name, r#""hi""#);
-    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let Probe { name, backend, gw, _dir } =
+        probe_gateway("held", mode, r#""hi""#, |_| Reply::Json(r#"{"from":"backend"}"#.into()));
     let started = std::time::Instant::now();
     let r = gw.request("GET", "/p/hold", &[("X-Call-Id", "held")], b"");
     assert!(started.elapsed() >= Duration::from_millis(150), "the thread was not held");
@@ -569,11 +579,8 @@ fn plugin_time_budget_counts_cpu_time(mode: Mode) {
 /// worker, one shard); the instance started again after a trap is warned about again.
 fn plugin_unimplemented_call_is_said_once(mode: Mode) {
     plugins::record_log();
-    let name = format!("unimplemented_{}", mode_name(mode));
-    let dir = plugins::renamed(&[("probe", &name)]);
-    let backend = Backend::start(|_| Reply::Json(r#"{"from":"backend"}"#.into()));
-    let config = probe_config(&backend.url(), &name, r#""hi""#);
-    let gw = Gw::start_gateway(plugins::gateway_from(&config, &dir.0), mode);
+    let Probe { name, backend, gw, _dir } =
+        probe_gateway("unimplemented", mode, r#""hi""#, |_| Reply::Json(r#"{"from":"backend"}"#.into()));
     let warned = format!("WARN [PLUGIN: {name}] proxy_grpc_cancel is not implemented (gRPC calls out): Unimplemented");
     let count = || plugins::log_of(&name).iter().filter(|l| **l == warned).count();
     for _ in 0..3 {
