@@ -174,7 +174,7 @@ pub(crate) fn scan<'h>(headers: impl Iterator<Item = (Kind, &'h [u8])>) -> Resul
             }
             Kind::Connection => {
                 // Usually one token: matched whole, no list to split.
-                if value.eq_ignore_ascii_case(b"keep-alive") {
+                if crate::swar::eq_lower(value, b"keep-alive") {
                     s.keep_alive = true;
                     continue;
                 }
