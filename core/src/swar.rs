@@ -50,7 +50,8 @@ pub(crate) fn make_lower(b: &mut [u8]) {
     }
 }
 
-/// Whether `name` is `known` (lowercase) in any case, eight bytes a step.
+/// Whether `name` is `known` in any case, eight bytes a step. `known` must be
+/// lowercase (every caller passes a literal): a capital in it never matches.
 pub(crate) fn eq_lower(name: &[u8], known: &[u8]) -> bool {
     if name.len() != known.len() {
         return false;
@@ -118,6 +119,16 @@ mod tests {
                 assert_eq!(eq_lower(name, known), name.eq_ignore_ascii_case(known), "{name:?} {known:?}");
             }
         }
+        // Lengths of whole words (16: two) and of a word and a tail, differing in the
+        // first word alone or in the tail alone.
+        assert!(eq_lower(b"Proxy-Connection", b"proxy-connection"));
+        assert!(!eq_lower(b"Proxy-Connectiom", b"proxy-connection"));
+        assert!(!eq_lower(b"Qroxy-Connection", b"proxy-connection"));
+        assert!(eq_lower(b"TRANSFER-ENCODING", b"transfer-encoding"));
+        assert!(!eq_lower(b"TRANSFER-ENCODINH", b"transfer-encoding"));
+        assert!(!eq_lower(b"TRANSFEQ-ENCODING", b"transfer-encoding"));
+        // Bytes past ASCII are themselves alone.
+        assert!(!eq_lower(b"keep-aliv\xc5", b"keep-alive"));
         // A byte that is a capital letter's neighbour (`@`, `[`) is not the letter.
         assert!(!eq_lower(b"@onnection", b"`onnection"));
         assert!(!eq_lower(b"connection[", b"connection{"));
