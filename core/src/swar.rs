@@ -50,6 +50,23 @@ pub(crate) fn make_lower(b: &mut [u8]) {
     }
 }
 
+/// Lowercases the ASCII letters of the first `len` bytes of `b`, where `b` may go on
+/// past them (a name copied with the rest of its line): a name shorter than eight is
+/// done in one step when eight bytes follow from its start, the bytes past it written
+/// back as they were; a longer one as [`make_lower`].
+pub(crate) fn make_lower_prefix(b: &mut [u8], len: usize) {
+    if len < 8
+        && let Some(word) = b.first_chunk_mut::<8>()
+    {
+        let v = u64::from_le_bytes(*word);
+        // The changed bits, kept in the name's bytes alone (`len` < 8: the shift fits).
+        let name = !(!0u64 << (8 * len));
+        *word = (v ^ ((lower(v) ^ v) & name)).to_le_bytes();
+    } else if let Some(name) = b.get_mut(..len) {
+        make_lower(name);
+    }
+}
+
 /// Whether `name` is `known` in any case, eight bytes a step. `known` must be
 /// lowercase (every caller passes a literal): a capital in it never matches.
 pub(crate) fn eq_lower(name: &[u8], known: &[u8]) -> bool {
@@ -71,7 +88,26 @@ pub(crate) fn eq_lower(name: &[u8], known: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{below, eq_lower, equal, lower, make_lower};
+    use super::{below, eq_lower, equal, lower, make_lower, make_lower_prefix};
+
+    #[test]
+    fn a_prefix_is_lowercased_and_the_bytes_after_it_left_as_they_were() {
+        // Capitals and their neighbours on both sides of the prefix's end, every
+        // prefix length up to 20, with from none to ten bytes after it.
+        let text: Vec<u8> = b"@AZ[`az{Content-TYPE: X-Y\r\nAZaz\xc3\x89".to_vec();
+        for len in 0..=20 {
+            for after in 0..=10 {
+                for shift in 0..4 {
+                    let b: Vec<u8> = text.iter().cycle().skip(shift).take(len + after).copied().collect();
+                    let mut expected = b.clone();
+                    expected[..len].make_ascii_lowercase();
+                    let mut got = b.clone();
+                    make_lower_prefix(&mut got, len);
+                    assert_eq!(got, expected, "len {len}, after {after}: {:?}", String::from_utf8_lossy(&b));
+                }
+            }
+        }
+    }
 
     #[test]
     fn lower_changes_capitals_alone_every_byte_value() {

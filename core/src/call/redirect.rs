@@ -185,10 +185,10 @@ pub fn rewrite(
         }
     }
     if let Some(auth) = proxy_auth {
-        crate::http1::write_field(b"proxy-authorization", auth.as_bytes(), &mut out);
+        crate::http1::write_lower_field(b"proxy-authorization", auth.as_bytes(), &mut out);
     }
     if let Some(Some(referer)) = referer {
-        crate::http1::write_field(b"referer", referer.as_bytes(), &mut out);
+        crate::http1::write_lower_field(b"referer", referer.as_bytes(), &mut out);
     }
     out.extend_from_slice(b"\r\n");
     if hop.keep_body {

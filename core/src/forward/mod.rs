@@ -229,7 +229,7 @@ impl ForwardPlan {
                     http1::write_field(name, value, out);
                 }
             }
-            http1::write_field(b"via", VIA.as_bytes(), out);
+            http1::write_lower_field(b"via", VIA.as_bytes(), out);
         })
         .map_err(|_| "the request target cannot be sent on")
     }

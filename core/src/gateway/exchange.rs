@@ -534,11 +534,11 @@ impl<'g> Exchange<'g> {
             return http1::write_request_with(&r.method, target, &r.authority, length, out, |out| {
                 for (n, v) in &r.headers {
                     if !plugin::gateway_owned(n) && !n.as_str().starts_with("proxy-") {
-                        http1::write_field(n.as_str().as_bytes(), v.as_bytes(), out);
+                        http1::write_lower_field(n.as_str().as_bytes(), v.as_bytes(), out);
                     }
                 }
                 if let Some(auth) = proxy_auth {
-                    http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
+                    http1::write_lower_field(b"proxy-authorization", auth.as_bytes(), out);
                 }
             });
         }
@@ -577,7 +577,7 @@ impl<'g> Exchange<'g> {
                     for (n, v) in &r.headers {
                         let ours = traced.is_some() && upstream::is_trace_field(n.as_str().as_bytes());
                         if !plugin::gateway_owned(n) && !n.as_str().starts_with("proxy-") && !ours {
-                            http1::write_field(n.as_str().as_bytes(), v.as_bytes(), out);
+                            http1::write_lower_field(n.as_str().as_bytes(), v.as_bytes(), out);
                         }
                     }
                 }
@@ -590,13 +590,13 @@ impl<'g> Exchange<'g> {
                 ),
             }
             if let Some((parent, state)) = &traced {
-                http1::write_field(b"traceparent", parent, out);
+                http1::write_lower_field(b"traceparent", parent, out);
                 if let Some(state) = state {
-                    http1::write_field(b"tracestate", state.as_bytes(), out);
+                    http1::write_lower_field(b"tracestate", state.as_bytes(), out);
                 }
             }
             if let Some(auth) = proxy_auth {
-                http1::write_field(b"proxy-authorization", auth.as_bytes(), out);
+                http1::write_lower_field(b"proxy-authorization", auth.as_bytes(), out);
             }
         })
     }

@@ -308,20 +308,20 @@ pub fn write_backend_headers(
         }
     }
     if !content_type && let Some(ct) = client.get("content-type") {
-        http1::write_field(b"content-type", ct, out);
+        http1::write_lower_field(b"content-type", ct, out);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     put_ip(client_ip, out);
     out.extend_from_slice(b"\r\n");
     if let Some(host) = client.host() {
-        http1::write_field(b"x-forwarded-host", host, out);
+        http1::write_lower_field(b"x-forwarded-host", host, out);
     }
     let ua = if user_agent { b"x-forwarded-via" } else { &b"user-agent"[..] };
-    http1::write_field(ua, USER_AGENT_VALUE.as_bytes(), out);
+    http1::write_lower_field(ua, USER_AGENT_VALUE.as_bytes(), out);
     if let Some(ask) = ask
         && !coded
     {
-        http1::write_field(b"accept-encoding", ask, out);
+        http1::write_lower_field(b"accept-encoding", ask, out);
     }
 }
 

@@ -162,9 +162,63 @@ impl Head {
         self.headers.iter().map(|s| (self.range(s.name), self.range(s.value)))
     }
 
-    /// Every header, in order, with the kind of its name.
-    pub(crate) fn fields(&self) -> impl Iterator<Item = (Kind, &[u8], &[u8])> + '_ {
-        self.headers.iter().map(|s| (s.kind, self.range(s.name), self.range(s.value)))
+    /// Writes the fields `keep` chooses, in order, each as [`write_field`] writes it
+    /// (`name: value` CRLF, the name lowercased). A run of chosen fields whose lines
+    /// came in that form but for their names' case (one space after the colon, no
+    /// padding, CRLF, each line right after the last) is copied in one piece and its
+    /// names lowercased there: a usual backend head costs a copy per run of passed-on
+    /// fields, not four copies per field.
+    pub(crate) fn write_fields(&self, out: &mut Vec<u8>, mut keep: impl FnMut(Kind, &[u8]) -> bool) {
+        // The run being gathered: its first field's index, and where its last line ends.
+        let mut run: Option<(usize, u32)> = None;
+        for (k, s) in self.headers.iter().enumerate() {
+            let name = self.range(s.name);
+            if !keep(s.kind, name) {
+                if let Some((first, _)) = run.take() {
+                    self.copy_run(first, k, out);
+                }
+                continue;
+            }
+            // The parser put the colon at the name's end and let no CR stand alone.
+            let line_end = s.value.1.saturating_add(2);
+            let as_written = s.value.0 == s.name.1.saturating_add(2)
+                && self.bytes.get(s.name.1 as usize + 1) == Some(&b' ')
+                && self.bytes.get(s.value.1 as usize) == Some(&b'\r');
+            match run {
+                Some((first, end)) if as_written && s.name.0 == end => run = Some((first, line_end)),
+                _ => {
+                    if let Some((first, _)) = run.take() {
+                        self.copy_run(first, k, out);
+                    }
+                    if as_written {
+                        run = Some((k, line_end));
+                    } else {
+                        write_field(name, self.range(s.value), out);
+                    }
+                }
+            }
+        }
+        if let Some((first, _)) = run {
+            self.copy_run(first, self.headers.len(), out);
+        }
+    }
+
+    /// Copies the lines of fields `first..end` (one after another, each in the form
+    /// [`write_field`] writes) and lowercases their names in the copy.
+    fn copy_run(&self, first: usize, end: usize, out: &mut Vec<u8>) {
+        let spans = self.headers.get(first..end).unwrap_or_default();
+        let (Some(a), Some(z)) = (spans.first(), spans.last()) else {
+            return;
+        };
+        let from = a.name.0;
+        let at = out.len();
+        out.extend_from_slice(self.range((from, z.value.1.saturating_add(2))));
+        for s in spans {
+            // The name's line goes on after it: a short one is lowercased in one step.
+            if let Some(line) = out.get_mut(at + (s.name.0 - from) as usize..) {
+                crate::swar::make_lower_prefix(line, (s.name.1 - s.name.0) as usize);
+            }
+        }
     }
 
     /// The values of the fields the codec reads (every kind but [`Kind::Other`]), in
@@ -344,14 +398,21 @@ impl<'h> HopByHop<'h> {
 /// Writes `name: value` with the name lowercased. Names and values come from a parsed
 /// head (tokens; no CR, LF or NUL) or from the gateway itself.
 pub(crate) fn write_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    out.reserve(name.len() + value.len() + 4);
-    // Copied, then lowercased in place eight bytes a step: a byte-by-byte extend
-    // checked the room at every byte.
     let start = out.len();
-    out.extend_from_slice(name);
-    if let Some(written) = out.get_mut(start..) {
-        crate::swar::make_lower(written);
+    write_lower_field(name, value, out);
+    // Lowercased in place eight bytes a step (a byte-by-byte extend checked the room
+    // at every byte), with the rest of the line after it, so that a short name is one
+    // step too.
+    if let Some(line) = out.get_mut(start..) {
+        crate::swar::make_lower_prefix(line, name.len());
     }
+}
+
+/// Writes `name: value` as [`write_field`] does, for a name already lowercase: a
+/// literal of the gateway's own, or an `http::HeaderName` (lowercase by its type).
+pub(crate) fn write_lower_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -571,6 +632,55 @@ mod tests {
                 expected.extend(name.iter().map(u8::to_ascii_lowercase));
                 expected.extend_from_slice(b": V a\r\n");
                 assert_eq!(out, expected, "{:?}", String::from_utf8_lossy(name));
+            }
+        }
+    }
+
+    #[test]
+    fn chosen_fields_are_written_as_one_by_one_whatever_their_lines_look_like() {
+        // Lines in the written form (copied a run at a time) among ones that are not
+        // (written a field at a time): no space or two after the colon, padding, a tab,
+        // a bare LF, an empty value, capitals anywhere.
+        let lines = [
+            "Server: nginx/1.22.1\r\n",
+            "Date: Thu, 03 Dec 2026 11:00:00 GMT\r\n",
+            "X-Empty: \r\n",
+            "X-Bare:\r\n",
+            "X-Pad:  two  words \r\n",
+            "X-Tab:\tv\r\n",
+            "X-Lf: bare\n",
+            "CONTENT-type: A B\r\n",
+            "etag: \"5f-64\"\r\n",
+            "X-Trail: t\t\r\n",
+        ];
+        for turn in 0..lines.len() {
+            let mut order = lines.to_vec();
+            order.rotate_left(turn);
+            let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", order.concat());
+            let mut ours = Head::default();
+            assert!(ours.parse_response(raw.as_bytes(), 64).is_ok(), "{raw}");
+            for head in [ours, parsed(raw.as_bytes(), Head::default())] {
+                assert_eq!(head.len(), lines.len());
+                for mask in 0u32..1 << lines.len() {
+                    let chosen = |k: usize| mask & (1 << k) != 0;
+                    let mut expected = b"HTTP".to_vec();
+                    for (k, (name, value)) in head.iter_raw().enumerate() {
+                        if chosen(k) {
+                            super::write_field(name, value, &mut expected);
+                        }
+                    }
+                    let mut out = b"HTTP".to_vec();
+                    let mut k = 0;
+                    head.write_fields(&mut out, |_, _| {
+                        k += 1;
+                        chosen(k - 1)
+                    });
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&expected),
+                        "{raw:?} chosen {mask:#b}"
+                    );
+                }
             }
         }
     }

@@ -32,8 +32,8 @@ mod server;
 pub use body::{BodyDecoder, BodyEvent};
 pub use client::{ClientConn, ClientEvent, RequestTarget, write_request, write_request_with};
 pub use framing::{BodyLength, Framing};
-pub(crate) use head::write_field;
 pub use head::{Head, HeaderFields, HopByHop, Request, Response, TargetForm};
+pub(crate) use head::{write_field, write_lower_field};
 pub(crate) use server::no_fields;
 pub use server::{Next, ResponseHead, ServerConn, ServerEvent};
 

@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::body::{BodyDecoder, BodyEvent};
 use super::framing::{self, BodyLength, Framing};
-use super::head::{Head, HopByHop, Kind, Request, TargetForm, offset, write_field};
+use super::head::{Head, HopByHop, Kind, Request, TargetForm, offset};
 use super::parse::Fault;
 use super::{Error, Fields, Limits, MAX_HEADERS, find_head_end, write_chunk, write_headers, write_last_chunk};
 
@@ -539,17 +539,12 @@ impl ServerConn {
 /// LF or NUL); `Connection` is read once.
 fn write_passthrough_fields(head: &Head, keep_length: bool, out: &mut Vec<u8>) {
     let hop = HopByHop::of(head);
-    for (kind, name, value) in head.fields() {
-        // Framing, `Host` and the hop-by-hop names are not passed on.
-        let passed = match kind {
-            Kind::Other | Kind::Expect => !hop.names(name),
-            Kind::ContentLength => keep_length,
-            _ => false,
-        };
-        if passed {
-            write_field(name, value, out);
-        }
-    }
+    // Framing, `Host` and the hop-by-hop names are not passed on.
+    head.write_fields(out, |kind, name| match kind {
+        Kind::Other | Kind::Expect => !hop.names(name),
+        Kind::ContentLength => keep_length,
+        _ => false,
+    });
 }
 
 fn write_status_line(http10: bool, status: StatusCode, out: &mut Vec<u8>) {
