@@ -906,7 +906,7 @@ fn a_request_head_is_written_only_with_a_valid_target_and_host() {
     ] {
         assert_eq!(write(method, bad, "h"), target, "{bad:?}");
     }
-    for bad in ["", "h/x", "u@h", "h?x", "h#x", "h x", "h\r\nx: y", "hé"] {
+    for bad in ["", "h/x", "u@h", "h?x", "h#x", "h x", "h\tx", "h\x7f", "h\r\nx: y", "hé", "/"] {
         assert_eq!(write(Method::GET, RequestTarget::Origin("/"), bad), host, "{bad:?}");
     }
 }

@@ -62,8 +62,9 @@ pub fn write_request_with(
     if !target_ok {
         return Err(Error::Usage("invalid request target"));
     }
-    // On bytes: a pattern of chars decodes each char first.
-    if !is_visible(host) || host.bytes().any(|b| matches!(b, b'/' | b'@' | b'?' | b'#')) {
+    // On bytes, in one pass: a pattern of chars decodes each char first.
+    let host_byte = |b: u8| b > 0x20 && b < 0x7f && !matches!(b, b'/' | b'@' | b'?' | b'#');
+    if host.is_empty() || !host.bytes().all(host_byte) {
         return Err(Error::Usage("invalid Host"));
     }
     out.extend_from_slice(method.as_str().as_bytes());
