@@ -53,7 +53,8 @@ pub(crate) fn make_lower(b: &mut [u8]) {
 /// Lowercases the ASCII letters of the first `len` bytes of `b`, where `b` may go on
 /// past them (a name copied with the rest of its line): a name shorter than eight is
 /// done in one step when eight bytes follow from its start, the bytes past it written
-/// back as they were; a longer one as [`make_lower`].
+/// back as they were; a longer one, or a short one with fewer than eight bytes from
+/// its start, as [`make_lower`].
 pub(crate) fn make_lower_prefix(b: &mut [u8], len: usize) {
     if len < 8
         && let Some(word) = b.first_chunk_mut::<8>()

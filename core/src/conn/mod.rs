@@ -151,9 +151,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// connection reads for the next one with a buffer (one operation per request). Any
 /// other waits between requests holding nothing on the heap ([`Output::AwaitClient`]:
 /// a second operation per request, and its buffers, backend slot and output queue
-/// taken again when its request comes; measured with every request waiting, about
-/// 8,700 instructions and 10 allocations more per no-op request on io_uring, 5,900
-/// instructions on tokio). So a connection that goes quiet after a slow request, or
+/// taken again when its request comes; measured with every request waiting when
+/// this was written, about 8,700 instructions and 10 allocations more per no-op
+/// request on io_uring, 5,900 instructions on tokio; `allocations_per_request_in_steady_state`
+/// in `core/tests/conn.rs` has today's count). So a connection that goes quiet after a slow request, or
 /// after its first, holds no heap in core while it is quiet; one that goes quiet
 /// after a burst keeps its read buffer (1 KiB, up to 8 KiB after a large head), its
 /// last backend slot, write vectors, output queue, the vectors its heads were
@@ -169,7 +170,9 @@ const BUSY_GAP: Duration = Duration::from_millis(250);
 /// wait with its vectors given back: a usual answer's head and a small body in one
 /// allocation. Grown from empty it took six, five more, each leaving a smaller block
 /// free in the heap between a burst's live ones. A busy connection keeps its vectors,
-/// so the steady state allocates nothing either way.
+/// so the steady state allocates nothing either way; an idle one gives it back as
+/// before. A connection waiting for its first request holds these bytes beside its
+/// read buffer.
 const OUT_ROOM: usize = 512;
 /// After the last answer, the write side is shut and the client's bytes read and
 /// dropped for at most this long, until it closes: closing with unread bytes would

@@ -215,8 +215,9 @@ impl Head {
         out.extend_from_slice(self.range((from, z.value.1.saturating_add(2))));
         for s in spans {
             // The name's line goes on after it: a short one is lowercased in one step.
-            if let Some(line) = out.get_mut(at + (s.name.0 - from) as usize..) {
-                crate::swar::make_lower_prefix(line, (s.name.1 - s.name.0) as usize);
+            let (start, len) = (s.name.0.wrapping_sub(from), s.name.1.wrapping_sub(s.name.0));
+            if let Some(line) = out.get_mut(at + start as usize..) {
+                crate::swar::make_lower_prefix(line, len as usize);
             }
         }
     }
@@ -659,7 +660,13 @@ mod tests {
             let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", order.concat());
             let mut ours = Head::default();
             assert!(ours.parse_response(raw.as_bytes(), 64).is_ok(), "{raw}");
-            for head in [ours, parsed(raw.as_bytes(), Head::default())] {
+            // And a head made from fields (a plugin's or the gateway's own), padding
+            // in its values as given.
+            let made = Head::from_fields(order.iter().map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name, value.trim_end_matches(['\r', '\n']).as_bytes())
+            }));
+            for head in [ours, parsed(raw.as_bytes(), Head::default()), made] {
                 assert_eq!(head.len(), lines.len());
                 for mask in 0u32..1 << lines.len() {
                     let chosen = |k: usize| mask & (1 << k) != 0;
