@@ -153,12 +153,12 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// a second operation per request, and its buffers, backend slot and output queue
 /// taken again when its request comes; measured with every request waiting when
 /// this was written, about 8,700 instructions and 10 allocations more per no-op
-/// request on io_uring, 5,900 instructions on tokio; `allocations_per_request_in_steady_state`
-/// in `core/tests/conn.rs` has today's count). So a connection that goes quiet after a slow request, or
-/// after its first, holds no heap in core while it is quiet; one that goes quiet
-/// after a burst keeps its read buffer (1 KiB, up to 8 KiB after a large head), its
-/// last backend slot, write vectors, output queue, the vectors its heads were
-/// copied into, its last exchange's box (about 700 bytes) and its access line's path
+/// request on io_uring, 5,900 instructions on tokio; today's allocation count is in
+/// `allocations_per_request_in_steady_state`, `core/tests/conn.rs`). So a
+/// connection that goes quiet after a slow request, or after its first, holds no
+/// heap in core while it is quiet; one that goes quiet after a burst keeps its read
+/// buffer (1 KiB, up to 8 KiB after a large head), its last backend slot, write
+/// vectors, output queue, the vectors its heads were copied into, its last exchange's box (about 700 bytes) and its access line's path
 /// string (about 2.9 KiB in all for a no-op request) until its next request or its
 /// idle timeout, and the backend connection its last call kept for its next one
 /// (`Calls::keep`) for at most 2 s.
