@@ -39,13 +39,12 @@ pub(crate) fn make_lower(b: &mut [u8]) {
         b.make_ascii_lowercase();
         return;
     }
-    let whole = b.len().is_multiple_of(8);
     let (chunks, _) = b.as_chunks_mut::<8>();
     for c in chunks {
         *c = lower(u64::from_le_bytes(*c)).to_le_bytes();
     }
     // The tail: the last eight bytes again (lowercasing twice changes nothing).
-    if !whole && let Some(last) = b.last_chunk_mut::<8>() {
+    if let Some(last) = b.last_chunk_mut::<8>() {
         *last = lower(u64::from_le_bytes(*last)).to_le_bytes();
     }
 }
