@@ -2,6 +2,7 @@
 //! access log line: the vocabulary shared by [`crate::gateway::builtin`], [`crate::gateway::dispatch`],
 //! [`crate::gateway::exchange`] and [`crate::conn`].
 
+use std::mem;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,32 +141,55 @@ pub struct AccessLog {
     peer: IpAddr,
     /// `None`: no request line could be read (logged as `"-"`).
     method: Option<Method>,
-    path: LogPath,
+    path: String,
     started: Instant,
     scope: Scope,
     /// A traced request's server span, ended with the line (see [`crate::ops::trace`]).
     trace: Option<Box<RequestTrace>>,
 }
 
-/// An access line's path: a gateway request's is in a string its connection reuses
-/// ([`AccessLog::new_in`]); any other's is its own.
-#[derive(Debug)]
-enum LogPath {
-    Shared(Arc<String>),
-    Owned(String),
-}
-
 /// The largest path string a connection keeps for its next access line.
 const LOG_PATH_KEPT: usize = 1024;
 
-impl std::ops::Deref for LogPath {
-    type Target = str;
+/// What a connection keeps of its access lines for the next ones, so that a
+/// keep-alive connection's lines take no allocation each: the last line's box, which
+/// the next line is written into once the driver has let the last one go, and a path
+/// string (not too large) for the next request's line. A connection that waits idle
+/// lets both go.
+#[derive(Debug, Default)]
+pub struct LineRoom {
+    last: Option<Arc<Ended>>,
+    path: String,
+}
 
-    fn deref(&self) -> &str {
-        match self {
-            LogPath::Shared(p) => p,
-            LogPath::Owned(p) => p,
-        }
+impl LineRoom {
+    /// The string the next line's path is written in: one kept, else a new one.
+    fn path_for(&mut self, path: &str) -> String {
+        let mut text = mem::take(&mut self.path);
+        text.clear();
+        text.push_str(path);
+        text
+    }
+
+    /// `ended` as a line, in the last line's box when the driver let that one go
+    /// (else a new box); a share of the box stays here for the next line, and the
+    /// path string of the line written over, for the next request.
+    fn put(&mut self, ended: Ended) -> AccessLine {
+        let shared = match self.last.take() {
+            Some(mut last) => match Arc::get_mut(&mut last) {
+                Some(slot) => {
+                    let old = mem::replace(slot, ended);
+                    if self.path.capacity() == 0 && old.log.path.capacity() <= LOG_PATH_KEPT {
+                        self.path = old.log.path;
+                    }
+                    last
+                }
+                None => Arc::new(ended),
+            },
+            None => Arc::new(ended),
+        };
+        self.last = Some(Arc::clone(&shared));
+        AccessLine(shared)
     }
 }
 
@@ -187,35 +211,17 @@ pub enum Scope {
 
 impl AccessLog {
     pub fn new(req: &ClientRequest, started: Instant) -> AccessLog {
-        AccessLog::new_in(req, req.path(), started, &mut None)
+        AccessLog::new_in(req, req.path(), started, &mut LineRoom::default())
     }
 
-    /// [`AccessLog::new`], its path written in `room`: the string the connection's
-    /// last line had, when that line is gone (the driver wrote it), else a new one; a
-    /// share of it goes back to `room` for the next line, while it is not large. So a
-    /// keep-alive connection's lines take no allocation each.
-    /// `path` is `req`'s ([`ClientRequest::path`]), which the caller has at hand: each
-    /// `&str` of it is checked as UTF-8 again.
-    pub fn new_in(req: &ClientRequest, path: &str, started: Instant, room: &mut Option<Arc<String>>) -> AccessLog {
-        let reused = match room.take() {
-            Some(mut kept) => match Arc::get_mut(&mut kept) {
-                Some(text) => {
-                    text.clear();
-                    text.push_str(path);
-                    Some(kept)
-                }
-                None => None,
-            },
-            None => None,
-        };
-        let shared = reused.unwrap_or_else(|| Arc::new(path.to_string()));
-        if shared.capacity() <= LOG_PATH_KEPT {
-            *room = Some(Arc::clone(&shared));
-        }
+    /// [`AccessLog::new`], its path written in a string `room` kept (see
+    /// [`LineRoom`]). `path` is `req`'s ([`ClientRequest::path`]), which the caller
+    /// has at hand: each `&str` of it is checked as UTF-8 again.
+    pub fn new_in(req: &ClientRequest, path: &str, started: Instant, room: &mut LineRoom) -> AccessLog {
         AccessLog {
             peer: req.peer,
             method: Some(req.method.clone()),
-            path: LogPath::Shared(shared),
+            path: room.path_for(path),
             started,
             scope: Scope::Other,
             trace: None,
@@ -226,14 +232,7 @@ impl AccessLog {
     /// its method and target as sent, without a query string.
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
         let path = loggable_target(req.target());
-        AccessLog {
-            peer,
-            method: Some(req.method.clone()),
-            path: LogPath::Owned(path),
-            started,
-            scope: Scope::Other,
-            trace: None,
-        }
+        AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other, trace: None }
     }
 
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
@@ -246,7 +245,7 @@ impl AccessLog {
             let path = format!("http://{authority}{}", target.split_once('?').map_or(target, |(p, _)| p));
             (path, Scope::Forward(authority.to_string()))
         };
-        AccessLog { peer, method: Some(req.method.clone()), path: LogPath::Owned(path), started, scope, trace: None }
+        AccessLog { peer, method: Some(req.method.clone()), path, started, scope, trace: None }
     }
 
     /// A request to the admin listener (its method and path, without the query).
@@ -281,7 +280,7 @@ impl AccessLog {
         let path = loggable_target(&String::from_utf8_lossy(target));
         AccessLog {
             peer,
-            path: LogPath::Owned(if method.is_some() { path } else { String::new() }),
+            path: if method.is_some() { path } else { String::new() },
             method,
             started,
             scope: Scope::Other,
@@ -312,11 +311,16 @@ impl AccessLog {
     /// The line for the answer given: `PEER "METHOD PATH" STATUS BYTES 1.2ms`, formatted
     /// only when displayed (a log filtered out costs nothing). A traced request's
     /// server span ends here.
-    pub fn line(mut self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
+    pub fn line(self, status: StatusCode, bytes: u64, now: Instant) -> AccessLine {
+        self.line_in(status, bytes, now, &mut LineRoom::default())
+    }
+
+    /// [`AccessLog::line`], in the box `room` kept (see [`LineRoom`]).
+    pub fn line_in(mut self, status: StatusCode, bytes: u64, now: Instant, room: &mut LineRoom) -> AccessLine {
         if self.trace.is_some() {
             self.end_trace(status, bytes, now);
         }
-        AccessLine { log: self, status, bytes, up: 0, spliced: 0, now }
+        room.put(Ended { log: self, status, bytes, up: 0, spliced: 0, now })
     }
 
     /// Out of line: an untraced request pays one check.
@@ -330,7 +334,7 @@ impl AccessLog {
 
     /// A tunnel's line: `down` bytes to the client (logged), `up` to the destination.
     pub fn tunnel_line(self, up: u64, down: u64, spliced: u64, now: Instant) -> AccessLine {
-        AccessLine { log: self, status: StatusCode::OK, bytes: down, up, spliced, now }
+        AccessLine(Arc::new(Ended { log: self, status: StatusCode::OK, bytes: down, up, spliced, now }))
     }
 }
 
@@ -358,7 +362,7 @@ mod tests {
 
     use http::StatusCode;
 
-    use super::{AccessLog, ClientRequest, LOG_PATH_KEPT, Piece, loggable_target};
+    use super::{AccessLine, AccessLog, ClientRequest, LOG_PATH_KEPT, LineRoom, Piece, loggable_target};
     use crate::http1::{Limits, ServerConn, ServerEvent};
 
     fn request(wire: &str) -> ClientRequest {
@@ -401,32 +405,47 @@ mod tests {
     }
 
     #[test]
-    fn an_access_line_reuses_the_path_string_of_the_last_once_it_is_gone() {
+    fn an_access_line_is_written_in_the_box_of_the_last_once_it_is_gone() {
         let now = Instant::now();
-        let mut room = None;
-        let log_in = |head: &str, room: &mut Option<Arc<String>>| {
+        let mut room = LineRoom::default();
+        let log_in = |head: &str, room: &mut LineRoom| {
             let req = request(head);
             AccessLog::new_in(&req, req.path(), now, room)
         };
-        let first = log_in("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        let kept = Arc::as_ptr(room.as_ref().expect("a share kept for the next line"));
-        // While the first line is alive its string is not written over: the second
-        // gets a string of its own, and each line keeps its path.
-        let second = log_in("GET /second HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        assert_ne!(Arc::as_ptr(room.as_ref().unwrap()), kept);
-        let line = |log: AccessLog| log.line(StatusCode::OK, 0, now).to_string();
-        assert!(line(first).contains("\"GET /first/path\" 200"));
-        assert!(line(second).contains("\"GET /second\" 200"));
-        // Both lines gone: the next line writes in the string the second had.
-        let second_room = Arc::as_ptr(room.as_ref().unwrap());
-        let third = log_in("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        assert_eq!(Arc::as_ptr(room.as_ref().unwrap()), second_room);
-        assert!(line(third).contains("\"GET /3\" 200"));
-        // A path longer than the room kept is logged whole and not kept.
+        let line_in = |log: AccessLog, room: &mut LineRoom| log.line_in(StatusCode::OK, 0, now, room);
+        let box_of = |line: &AccessLine| Arc::as_ptr(&line.0);
+        let path_of = |line: &AccessLine| line.0.log.path.as_ptr();
+        let first = line_in(log_in("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
+        // While the first line is alive its box is not written over: the second gets
+        // one of its own, and each line keeps its path.
+        let second = line_in(log_in("GET /second HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
+        assert_ne!(box_of(&first), box_of(&second));
+        assert!(first.to_string().contains("\"GET /first/path\" 200"), "{first}");
+        assert!(second.to_string().contains("\"GET /second\" 200"), "{second}");
+        // Both gone: the third line is written in the second's box, and the fourth's
+        // path in the string the third wrote over.
+        let (second_box, second_path) = (box_of(&second), path_of(&second));
+        drop((first, second));
+        let third = line_in(log_in("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
+        assert_eq!(box_of(&third), second_box);
+        assert!(third.to_string().contains("\"GET /3\" 200"), "{third}");
+        let fourth = log_in("GET /4 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
+        assert_eq!(fourth.path.as_ptr(), second_path);
+        drop(third);
+        let fourth = line_in(fourth, &mut room);
+        assert_eq!(box_of(&fourth), second_box);
+        assert!(fourth.to_string().contains("\"GET /4\" 200"), "{fourth}");
+        // A path longer than the string kept is logged whole, and its string is not
+        // kept once its line is written over.
         let long = format!("/{}", "p".repeat(LOG_PATH_KEPT));
-        let big = log_in(&format!("GET {long} HTTP/1.1\r\nHost: gw\r\n\r\n"), &mut room);
-        assert!(room.is_none());
-        assert!(line(big).contains(&format!("\"GET {long}\" 200")));
+        drop(fourth);
+        let big = line_in(log_in(&format!("GET {long} HTTP/1.1\r\nHost: gw\r\n\r\n"), &mut room), &mut room);
+        assert!(big.to_string().contains(&format!("\"GET {long}\" 200")));
+        drop(big);
+        let after = log_in("GET /5 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
+        let after = line_in(after, &mut room);
+        assert_eq!(room.path.capacity(), 0, "the long path's string is let go");
+        assert!(after.to_string().contains("\"GET /5\" 200"), "{after}");
     }
 
     #[test]
@@ -450,9 +469,14 @@ mod tests {
     }
 }
 
-/// One access log line; see [`AccessLog::line`].
+/// One access log line; see [`AccessLog::line`]. A share of its box: a pointer to
+/// move through the output queue (see [`LineRoom`]).
 #[derive(Debug)]
-pub struct AccessLine {
+pub struct AccessLine(Arc<Ended>);
+
+/// What an [`AccessLine`] says.
+#[derive(Debug)]
+struct Ended {
     log: AccessLog,
     status: StatusCode,
     bytes: u64,
@@ -466,50 +490,50 @@ pub struct AccessLine {
 impl AccessLine {
     /// The status the client got.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     pub fn scope(&self) -> &Scope {
-        &self.log.scope
+        &self.0.log.scope
     }
 
     /// Response body bytes (a tunnel's: bytes to the client).
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.0.bytes
     }
 
     /// A tunnel's bytes from the client (0 otherwise).
     pub fn bytes_up(&self) -> u64 {
-        self.up
+        self.0.up
     }
 
     /// Of a tunnel's bytes both ways, those spliced (moved in the kernel).
     pub fn bytes_spliced(&self) -> u64 {
-        self.spliced
+        self.0.spliced
     }
 
     /// From the request's start to its answer.
     pub fn elapsed(&self) -> std::time::Duration {
-        self.now.saturating_duration_since(self.log.started)
+        self.0.now.saturating_duration_since(self.0.log.started)
     }
 }
 
 impl std::fmt::Display for AccessLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} \"", self.log.peer)?;
-        match &self.log.method {
+        write!(f, "{} \"", self.0.log.peer)?;
+        match &self.0.log.method {
             Some(method) => {
                 write!(f, "{method} ")?;
-                escape(&self.log.path, f)?;
+                escape(&self.0.log.path, f)?;
             }
             None => f.write_str("-")?,
         }
         write!(
             f,
             "\" {} {} {:.1}ms",
-            self.status.as_u16(),
-            self.bytes,
-            self.now.saturating_duration_since(self.log.started).as_secs_f64() * 1000.0
+            self.0.status.as_u16(),
+            self.0.bytes,
+            self.0.now.saturating_duration_since(self.0.log.started).as_secs_f64() * 1000.0
         )
     }
 }

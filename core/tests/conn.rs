@@ -2055,7 +2055,10 @@ fn allocations_per_request_in_steady_state() {
     // gives all it kept back and takes it again (21: the access line's path string
     // and its shared count are two, and each head's field positions one since they
     // are a vector beside its bytes); 16 since the write vector is given room for a
-    // usual answer at once when the connection wakes (grown from empty it took six).
+    // usual answer at once when the connection wakes (grown from empty it took six);
+    // still 16 since the access line is written in the last line's box (after a
+    // wait: that box and the path string, where the path's string and its shared
+    // count were).
     assert_eq!(per_noop, 0.0, "a no-op request now makes {per_noop} allocations (was none)");
     assert!(per_agg <= 4.0, "an aggregation request now makes {per_agg} allocations (was 4)");
     assert!(per_idle_noop <= 16.0, "a no-op request after a wait now makes {per_idle_noop} allocations (was 16)");

@@ -126,7 +126,7 @@ pub use crate::io::{BackendId, Input, Output, Session};
 use crate::ops::runtime::Runtime;
 use crate::ops::stats::Stats;
 use crate::plan::Gateway;
-use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
+use crate::request::{AccessLog, ClientRequest, LineRoom, Reply, RequestBody};
 use crate::resolve::dns::DnsError;
 use crate::resolve::srv::SrvSet;
 use crate::serve::Listener;
@@ -158,8 +158,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// connection that goes quiet after a slow request, or after its first, holds no
 /// heap in core while it is quiet; one that goes quiet after a burst keeps its read
 /// buffer (1 KiB, up to 8 KiB after a large head), its last backend slot, write
-/// vectors, output queue, the vectors its heads were copied into, its last exchange's box (about 700 bytes) and its access line's path
-/// string (about 2.9 KiB in all for a no-op request) until its next request or its
+/// vectors, output queue, the vectors its heads were copied into, its last exchange's box (about 700 bytes) and its last access line's
+/// box with a path string (about 3 KiB in all for a no-op request) until its next request or its
 /// idle timeout, and the backend connection its last call kept for its next one
 /// (`Calls::keep`) for at most 2 s.
 /// A TLS connection waits so too once its session has nothing to send
@@ -264,9 +264,9 @@ pub struct Connection<'g> {
     /// ([`Exchange::renew`]: no allocation per request); given back when the
     /// connection waits idle.
     kept: Option<Box<Exchange<'g>>>,
-    /// The string the last access line's path was written in, for the next line's
-    /// ([`AccessLog::new_in`]); given back when the connection waits idle.
-    log_room: Option<Arc<String>>,
+    /// The last access line's box and a path string, for the next lines
+    /// ([`LineRoom`]); given back when the connection waits idle.
+    log_room: LineRoom,
     /// The access line of the request under way, while its state is one of `Body`,
     /// `Exchange`, `Stream`, `Gather` and `Pump` (kept here rather than in the state,
     /// which moves at every step: the state is 88 bytes with it out, 216 with it in).
@@ -373,7 +373,7 @@ impl<'g> Connection<'g> {
             tls: None,
             plain_on_tls: false,
             kept: None,
-            log_room: None,
+            log_room: LineRoom::default(),
             line: None,
         };
         if let Some(profile) = service.server_tls() {
@@ -755,7 +755,7 @@ impl<'g> Connection<'g> {
                 self.spare = Vec::new();
                 self.queue = VecDeque::new();
                 self.kept = None;
-                self.log_room = None;
+                self.log_room = LineRoom::default();
                 if let Some(tls) = self.tls.as_deref_mut() {
                     (tls.cipher_in, tls.cipher_out) = (Vec::new(), Vec::new());
                 }
@@ -882,18 +882,16 @@ impl<'g> Connection<'g> {
         // "client closed request").
         let parked = self.line.take();
         let line = match mem::replace(&mut self.state, State::Closed) {
-            State::Pump(p) => parked.map(|line| line.line(p.status, p.sent, self.now)),
+            State::Pump(p) => parked.map(|line| (line, p.status, p.sent)),
             State::Body { .. } | State::Exchange { .. } | State::Stream { .. } | State::Gather { .. } => {
-                parked.zip(StatusCode::from_u16(499).ok()).map(|(line, status)| line.line(status, 0, self.now))
+                parked.zip(StatusCode::from_u16(499).ok()).map(|(line, status)| (line, status, 0))
             }
-            State::Resolve(p) | State::Opening(p) => {
-                StatusCode::from_u16(499).ok().map(|status| p.line.line(status, 0, self.now))
-            }
-            State::Tunnel(t) => Some(t.line.line(StatusCode::OK, t.down.bytes, self.now)),
+            State::Resolve(p) | State::Opening(p) => StatusCode::from_u16(499).ok().map(|status| (p.line, status, 0)),
+            State::Tunnel(t) => Some((t.line, StatusCode::OK, t.down.bytes)),
             _ => None,
         };
-        if let Some(line) = line {
-            self.queue.push_back(Output::Log(Log::Access(line)));
+        if let Some((line, status, bytes)) = line {
+            self.log_access(line, status, bytes);
         }
         self.queue.push_back(Output::Close);
     }
@@ -1141,8 +1139,7 @@ impl<'g> Connection<'g> {
         match reply.write(&mut self.server, close || self.stopping, &mut self.out) {
             Ok(next) => {
                 self.answered = true;
-                let line = line.line(reply.status, reply.body.len() as u64, self.now);
-                self.queue.push_back(Output::Log(Log::Access(line)));
+                self.log_access(line, reply.status, reply.body.len() as u64);
                 State::Flush(next)
             }
             Err(_) => State::Closing,
@@ -1166,8 +1163,14 @@ impl<'g> Connection<'g> {
     fn fail(&mut self, status: StatusCode, reason: &str, line: AccessLog) -> State<'g> {
         self.server.write_error(status, reason, &mut self.out);
         self.answered = true;
-        let line = line.line(status, reason.len() as u64, self.now);
-        self.queue.push_back(Output::Log(Log::Access(line)));
+        self.log_access(line, status, reason.len() as u64);
         State::Closing
+    }
+
+    /// Queues the access line of an answer given, in the box the last line had
+    /// ([`LineRoom`]).
+    fn log_access(&mut self, line: AccessLog, status: StatusCode, bytes: u64) {
+        let line = line.line_in(status, bytes, self.now, &mut self.log_room);
+        self.queue.push_back(Output::Log(Log::Access(line)));
     }
 }

@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::Clock;
@@ -33,7 +32,7 @@ use crate::ops::runtime::Runtime;
 use crate::ops::stats::Stats;
 use crate::ops::trace::{Incoming, Tracer};
 use crate::plan::Gateway;
-use crate::request::{AccessLog, ClientRequest, Reply, RequestBody};
+use crate::request::{AccessLog, ClientRequest, LineRoom, Reply, RequestBody};
 use crate::serve::Listener;
 use crate::tls::ServerProfile;
 
@@ -149,14 +148,14 @@ impl<'g> Service<'g> {
     /// What to do with the request whose head is `req`, from `peer`, read at `now`.
     /// What to do with `req`. `added` gets the fields its answer carries besides its
     /// own (CORS's: [`crate::http1::ServerConn::add_fields`]); `logs` any line the
-    /// service says about it; `log_room` the string its access line's path is
-    /// written in ([`AccessLog::new_in`]).
+    /// service says about it; `log_room` what the connection keeps for its access
+    /// lines ([`AccessLog::new_in`]).
     pub(crate) fn route(
         &self,
         req: &mut Request,
         (peer, ends, clock): (IpAddr, Option<&crate::request::Ends>, Clock),
         added: &mut Vec<u8>,
-        (logs, log_room): (&mut VecDeque<Output<'g>>, &mut Option<Arc<String>>),
+        (logs, log_room): (&mut VecDeque<Output<'g>>, &mut LineRoom),
     ) -> Outcome<'g> {
         let now = clock.now;
         match *self {
@@ -214,7 +213,7 @@ fn gateway<'g>(
     req: &mut Request,
     (peer, ends, clock): (IpAddr, Option<&crate::request::Ends>, Clock),
     added: &mut Vec<u8>,
-    (logs, log_room): (&mut VecDeque<Output<'g>>, &mut Option<Arc<String>>),
+    (logs, log_room): (&mut VecDeque<Output<'g>>, &mut LineRoom),
 ) -> Outcome<'g> {
     let now = clock.now;
     let mut creq = match ClientRequest::from_head(req, peer) {

@@ -347,8 +347,8 @@ impl<'g> Connection<'g> {
                 let reusable = codec.reusable() && slot.input.pending().is_empty() && !slot.eof;
                 let State::Pump(p) = self.take_state() else { return self.lost_state() };
                 self.end_call(p.id, reusable);
-                let line = self.take_line().line(p.status, p.sent, self.now);
-                self.queue.push_back(Output::Log(Log::Access(line)));
+                let line = self.take_line();
+                self.log_access(line, p.status, p.sent);
                 if let Leg::Endpoint(mut ex) = p.leg {
                     self.server.recycle_head(ex.take_head());
                     self.keep_exchange(ex);
@@ -399,8 +399,8 @@ impl<'g> Connection<'g> {
             return self.respond_parked(reply, true);
         }
         p.leg.broke(call, format!("response body cut after {} bytes: {reason}", p.sent), &mut self.queue);
-        let line = self.take_line().line(p.status, p.sent, self.now);
-        self.queue.push_back(Output::Log(Log::Access(line)));
+        let line = self.take_line();
+        self.log_access(line, p.status, p.sent);
         State::Closing
     }
 }
