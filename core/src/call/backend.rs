@@ -276,7 +276,7 @@ pub enum Progress {
     NeedMore,
     /// The whole response.
     Done(Answer),
-    /// The head of a streamed response: pump the body with [`Fetch::into_conn`].
+    /// The head of a streamed response: pump the body with [`Fetch::codec`].
     Head(StreamedHead),
 }
 
@@ -392,8 +392,8 @@ impl Fetch {
     }
 
     /// The codec, to pump a streamed body with after [`Progress::Head`].
-    pub fn into_conn(self) -> ClientConn {
-        self.conn
+    pub fn codec(&mut self) -> &mut ClientConn {
+        &mut self.conn
     }
 
     fn done(&mut self) -> Result<Progress, Failure> {

@@ -38,7 +38,7 @@ use crate::call::backend::{Failure, Fetch, IDLE_EXPIRY, Progress, StreamedHead, 
 use crate::call::proxy::Proxy;
 use crate::config::{HostAddr, Scheme};
 use crate::event::Log;
-use crate::http1::{BodyLength, ClientConn, HeaderFields, Limits};
+use crate::http1::{BodyLength, HeaderFields, Limits};
 use crate::io::{BackendId, Output, Session};
 use crate::plan::Gateway;
 use crate::resolve::dns::{self, DnsError};
@@ -214,9 +214,9 @@ pub(crate) struct BackendCall<'g> {
     /// The codec needs more bytes than are pending.
     pub(crate) hungry: bool,
     pub(crate) eof: bool,
+    /// The call's response reader; after a streamed answer's head, the codec its
+    /// body is pumped with ([`Fetch::codec`]), in place.
     pub(crate) fetch: Option<Fetch>,
-    /// The codec a streamed body is pumped with.
-    pub(crate) codec: Option<ClientConn>,
     pub(crate) failure: Option<Failure>,
 }
 
@@ -289,7 +289,6 @@ impl<'g> BackendCall<'g> {
             hungry,
             eof,
             fetch,
-            codec,
             failure,
         } = self;
         (*in_use, *id, *method, *for_endpoint) = (true, call.id, call.method.clone(), endpoint);
@@ -304,7 +303,7 @@ impl<'g> BackendCall<'g> {
         (*connected, *reused, *pooled, *forward, *kept) = (false, false, true, false, None);
         *permit = None;
         (*writing, *reading, *hungry, *eof) = (false, false, false, false);
-        (*fetch, *codec, *failure) = (None, None, None);
+        (*fetch, *failure) = (None, None);
         tls.take()
     }
 
@@ -372,7 +371,6 @@ impl<'g> BackendCall<'g> {
             hungry: false,
             eof: false,
             fetch: None,
-            codec: None,
             failure: None,
         }
     }
@@ -424,7 +422,6 @@ impl<'g> BackendCall<'g> {
         self.hungry = false;
         self.eof = false;
         self.fetch = None;
-        self.codec = None;
         self.tls = None;
         self.input.clear();
         self.connect(id, pooled)
@@ -962,7 +959,8 @@ impl<'g> Calls<'g> {
             }
             Ok(Progress::Head(head)) => {
                 let slot = &mut self.slots[id];
-                slot.codec = slot.fetch.take().map(Fetch::into_conn);
+                // The fetch stays: its codec pumps the body (`Calls::step` reads no
+                // more in this phase).
                 slot.phase = Phase::Pump;
                 slot.sent.clear();
                 CallEvent::Head(head)
@@ -1212,7 +1210,6 @@ fn free(slot: &mut BackendCall<'_>) {
     slot.in_use = false;
     slot.permit = None;
     slot.fetch = None;
-    slot.codec = None;
     slot.input.clear();
     slot.input.shrink_idle(0, KEEP_READ);
 }

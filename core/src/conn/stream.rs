@@ -3,6 +3,7 @@
 //! breaks off (a 502 or 504 while nothing reached the client, else a cut body).
 
 use super::*;
+use crate::call::backend::Fetch;
 use crate::http1::Fields;
 
 /// A `no-op` response body on its way from backend connection `id` to the client.
@@ -339,7 +340,9 @@ impl<'g> Connection<'g> {
         if self.out.len() >= FLUSH_AT || slot.reading || slot.hungry {
             return false;
         }
-        let Some(codec) = slot.codec.as_mut() else { return self.cut_pump(Cut::Failed("no codec".into())) };
+        let Some(codec) = slot.fetch.as_mut().map(Fetch::codec) else {
+            return self.cut_pump(Cut::Failed("no codec".into()));
+        };
         match pump_body(codec, slot.input.pending(), slot.eof, &mut self.server, &mut self.out, FLUSH_AT) {
             Ok((n, moved, Pumped::End)) => {
                 slot.input.consume(n);
