@@ -192,12 +192,13 @@ impl<'g> Connection<'g> {
         if let Some(trace) = line.trace() {
             ex.traced(trace.context());
         }
-        let action = ex.poll(self.balancer);
+        let mut action = ex.poll(self.balancer);
         if ex.has_logs() {
             self.queue.extend(ex.take_logs().map(Output::Log));
         }
         match action {
-            Action::Call(call) => match self.open(&ex, &call, true) {
+            // By reference: the call is 200 bytes.
+            Action::Call(ref mut call) => match self.open(&ex, call, true) {
                 Ok(id) => {
                     ex.give_back(call);
                     self.line = Some(line);

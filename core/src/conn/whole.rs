@@ -63,12 +63,12 @@ impl<'g> Connection<'g> {
     /// Runs an aggregating exchange until it waits or answers.
     pub(super) fn drive(&mut self, mut ex: Box<Exchange<'g>>) -> State<'g> {
         loop {
-            let action = ex.poll(self.balancer);
+            let mut action = ex.poll(self.balancer);
             if ex.has_logs() {
                 self.queue.extend(ex.take_logs().map(Output::Log));
             }
             match action {
-                Action::Call(call) => match self.open(&ex, &call, false) {
+                Action::Call(ref mut call) => match self.open(&ex, call, false) {
                     Ok(_) => ex.give_back(call),
                     Err(reason) => ex.handle_unsent(call.id, reason),
                 },
