@@ -152,43 +152,47 @@ pub struct AccessLog {
 const LOG_PATH_KEPT: usize = 1024;
 
 /// What a connection keeps of its access lines for the next ones, so that a
-/// keep-alive connection's lines take no allocation each: the last line's box, which
-/// the next line is written into once the driver has let the last one go, and a path
-/// string (not too large) for the next request's line. A connection that waits idle
-/// lets both go.
+/// keep-alive connection's lines take no allocation each: the last line's box. Once
+/// the driver has let that line go, the next request's path is written in the
+/// string it had, and the next line in the box. While it is still alive (pipelined
+/// requests), each gets a new one. A line whose path string is over 1 KiB is not
+/// kept, and a connection that waits idle lets the box go.
 #[derive(Debug, Default)]
 pub struct LineRoom {
     last: Option<Arc<Ended>>,
-    path: String,
 }
 
 impl LineRoom {
-    /// The string the next line's path is written in: one kept, else a new one.
+    /// The string the next line's path is written in: the last line's, when that
+    /// line is gone, else a new one.
     fn path_for(&mut self, path: &str) -> String {
-        let mut text = mem::take(&mut self.path);
+        let mut text = match self.last.as_mut().and_then(Arc::get_mut) {
+            Some(gone) => mem::take(&mut gone.log.path),
+            None => String::new(),
+        };
         text.clear();
         text.push_str(path);
         text
     }
 
     /// `ended` as a line, in the last line's box when the driver let that one go
-    /// (else a new box); a share of the box stays here for the next line, and the
-    /// path string of the line written over, for the next request.
+    /// (else a new box); a share of the box stays here for the next line, unless
+    /// its path is large.
     fn put(&mut self, ended: Ended) -> AccessLine {
+        let large = ended.log.path.capacity() > LOG_PATH_KEPT;
         let shared = match self.last.take() {
             Some(mut last) => match Arc::get_mut(&mut last) {
                 Some(slot) => {
-                    let old = mem::replace(slot, ended);
-                    if self.path.capacity() == 0 && old.log.path.capacity() <= LOG_PATH_KEPT {
-                        self.path = old.log.path;
-                    }
+                    *slot = ended;
                     last
                 }
                 None => Arc::new(ended),
             },
             None => Arc::new(ended),
         };
-        self.last = Some(Arc::clone(&shared));
+        if !large {
+            self.last = Some(Arc::clone(&shared));
+        }
         AccessLine(shared)
     }
 }
@@ -416,36 +420,41 @@ mod tests {
         let box_of = |line: &AccessLine| Arc::as_ptr(&line.0);
         let path_of = |line: &AccessLine| line.0.log.path.as_ptr();
         let first = line_in(log_in("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
-        // While the first line is alive its box is not written over: the second gets
-        // one of its own, and each line keeps its path.
+        // While the first line is alive its box and string are not written over: the
+        // second gets its own, and each line keeps its path.
         let second = line_in(log_in("GET /second HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
         assert_ne!(box_of(&first), box_of(&second));
+        assert_ne!(path_of(&first), path_of(&second));
         assert!(first.to_string().contains("\"GET /first/path\" 200"), "{first}");
         assert!(second.to_string().contains("\"GET /second\" 200"), "{second}");
-        // Both gone: the third line is written in the second's box, and the fourth's
-        // path in the string the third wrote over.
+        // Both gone: the third request's path is written in the second's string, and
+        // its line in the second's box.
         let (second_box, second_path) = (box_of(&second), path_of(&second));
         drop((first, second));
-        let third = line_in(log_in("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
-        assert_eq!(box_of(&third), second_box);
+        let third = log_in("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
+        assert_eq!(third.path.as_ptr(), second_path);
+        let third = line_in(third, &mut room);
+        assert_eq!((box_of(&third), path_of(&third)), (second_box, second_path));
         assert!(third.to_string().contains("\"GET /3\" 200"), "{third}");
+        // A request read while the third line is alive gets a string of its own, and
+        // the box once the line is gone.
         let fourth = log_in("GET /4 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        assert_eq!(fourth.path.as_ptr(), second_path);
+        assert_ne!(fourth.path.as_ptr(), second_path);
         drop(third);
         let fourth = line_in(fourth, &mut room);
         assert_eq!(box_of(&fourth), second_box);
         assert!(fourth.to_string().contains("\"GET /4\" 200"), "{fourth}");
-        // A path longer than the string kept is logged whole, and its string is not
-        // kept once its line is written over.
-        let long = format!("/{}", "p".repeat(LOG_PATH_KEPT));
+        // A path longer than the string kept is logged whole, and its line is not
+        // kept: the next line gets a new box.
         drop(fourth);
+        let long = format!("/{}", "p".repeat(LOG_PATH_KEPT));
         let big = line_in(log_in(&format!("GET {long} HTTP/1.1\r\nHost: gw\r\n\r\n"), &mut room), &mut room);
         assert!(big.to_string().contains(&format!("\"GET {long}\" 200")));
+        assert!(room.last.is_none(), "the line with the long path is let go");
         drop(big);
-        let after = log_in("GET /5 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        let after = line_in(after, &mut room);
-        assert_eq!(room.path.capacity(), 0, "the long path's string is let go");
+        let after = line_in(log_in("GET /5 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
         assert!(after.to_string().contains("\"GET /5\" 200"), "{after}");
+        assert!(room.last.as_ref().is_some_and(|kept| Arc::ptr_eq(kept, &after.0)));
     }
 
     #[test]

@@ -229,7 +229,7 @@ fn fetch_streaming_stops_at_the_head_without_a_body_limit() {
     assert_eq!(head.head.get("x-a"), Some(&b"1"[..]));
     assert_eq!(head.framing, Framing::Length(100));
     // The codec goes on with the body, past the buffered limit.
-    let mut conn = f.into_conn();
+    let conn = f.codec();
     let (m, event) = conn.handle_input(b"first bytes").unwrap();
     assert_eq!(m, 11);
     assert_eq!(event, sluice_core::http1::ClientEvent::Data(b"first bytes"));
@@ -329,30 +329,33 @@ fn pump_moves_a_streamed_body_and_refuses_a_cut_one() {
         let wire = format!("HTTP/1.1 200 OK\r\n{framing_head}\r\n");
         let (_, p) = f.handle_input(wire.as_bytes()).unwrap();
         assert!(matches!(p, Progress::Head(_)));
-        (server, f.into_conn())
+        (server, f)
     };
     // A sized body in two reads, the output flushed when it reaches flush_at.
     let (mut server, mut client) = start("Content-Length: 10\r\n");
     let mut out = Vec::new();
-    let (n, moved, p) = pump_body(&mut client, b"0123456", false, &mut server, &mut out, 4).unwrap();
+    let (n, moved, p) = pump_body(client.codec(), b"0123456", false, &mut server, &mut out, 4).unwrap();
     assert_eq!((n, moved, p), (7, 7, Pumped::Full));
     assert_eq!(out, b"7\r\n0123456\r\n");
     out.clear();
-    let (n, moved, p) = pump_body(&mut client, b"", false, &mut server, &mut out, 4).unwrap();
+    let (n, moved, p) = pump_body(client.codec(), b"", false, &mut server, &mut out, 4).unwrap();
     assert_eq!((n, moved, p), (0, 0, Pumped::NeedMore));
-    let (n, moved, p) = pump_body(&mut client, b"789", false, &mut server, &mut out, 1024).unwrap();
+    let (n, moved, p) = pump_body(client.codec(), b"789", false, &mut server, &mut out, 1024).unwrap();
     assert_eq!((n, moved, p), (3, 3, Pumped::End));
     assert_eq!(out, b"3\r\n789\r\n");
     // Close-delimited: the backend's close ends it.
     let (mut server, mut client) = start("Connection: close\r\n");
     let mut out = Vec::new();
-    assert_eq!(pump_body(&mut client, b"abc", false, &mut server, &mut out, 1024).unwrap(), (3, 3, Pumped::NeedMore));
-    assert_eq!(pump_body(&mut client, b"", true, &mut server, &mut out, 1024).unwrap(), (0, 0, Pumped::End));
+    assert_eq!(
+        pump_body(client.codec(), b"abc", false, &mut server, &mut out, 1024).unwrap(),
+        (3, 3, Pumped::NeedMore)
+    );
+    assert_eq!(pump_body(client.codec(), b"", true, &mut server, &mut out, 1024).unwrap(), (0, 0, Pumped::End));
     // Cut short: an error, never a response that looks complete.
     let (mut server, mut client) = start("Content-Length: 10\r\n");
     let mut out = Vec::new();
-    pump_body(&mut client, b"0123", false, &mut server, &mut out, 1024).unwrap();
-    assert!(pump_body(&mut client, b"", true, &mut server, &mut out, 1024).is_err());
+    pump_body(client.codec(), b"0123", false, &mut server, &mut out, 1024).unwrap();
+    assert!(pump_body(client.codec(), b"", true, &mut server, &mut out, 1024).is_err());
     let (mut server, mut client) = start("Transfer-Encoding: chunked\r\n");
-    assert!(pump_body(&mut client, b"5\r\nab", true, &mut server, &mut Vec::new(), 1024).is_err());
+    assert!(pump_body(client.codec(), b"5\r\nab", true, &mut server, &mut Vec::new(), 1024).is_err());
 }

@@ -2096,6 +2096,16 @@ fn heap_held_by_an_idle_keep_alive_connection() {
     drop(w);
 }
 
+/// What the output queue moves at every output: 80 bytes since the access line went
+/// into a box the connection keeps (`request::LineRoom`); it was 176 with the line in
+/// it, and each move a memcpy call.
+#[test]
+fn an_output_stays_small() {
+    let size = std::mem::size_of::<sluice_core::io::Output<'_>>();
+    assert!(size <= 80, "an Output is now {size} bytes (was 80)");
+    assert_eq!(std::mem::size_of::<sluice_core::request::AccessLine>(), std::mem::size_of::<usize>());
+}
+
 /// A busy aggregating connection keeps its last answers' and reply's buffers for the
 /// next request only while it keeps its backend connections: when its client has been
 /// quiet 2 s (`KEEP_FOR`) they go with them, though the connection still reads.

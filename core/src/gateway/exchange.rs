@@ -355,8 +355,8 @@ impl<'g> Exchange<'g> {
     }
 
     /// Call `call` is on its way (its request written): its target's string is kept
-    /// for a later URL, when it is not large (taken from `call`, which is left
-    /// without one).
+    /// for a later URL, when it is not large (then taken out of `call`, which is
+    /// left with an empty one).
     pub fn give_back(&mut self, call: &mut Call<'g>) {
         if call.target.capacity() <= URL_ROOM_KEPT && self.url_room.len() < self.ep.backends.len().max(1) {
             self.url_room.push(std::mem::take(&mut call.target));
