@@ -264,8 +264,8 @@ pub struct Connection<'g> {
     /// ([`Exchange::renew`]: no allocation per request); given back when the
     /// connection waits idle.
     kept: Option<Box<Exchange<'g>>>,
-    /// The last access line's box and a path string, for the next lines
-    /// ([`LineRoom`]); given back when the connection waits idle.
+    /// The last access line's box, with its path string, for the next request's
+    /// line ([`LineRoom`]); given back when the connection waits idle.
     log_room: LineRoom,
     /// The access line of the request under way, while its state is one of `Body`,
     /// `Exchange`, `Stream`, `Gather` and `Pump` (kept here rather than in the state,
