@@ -158,11 +158,12 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// connection that goes quiet after a slow request, or after its first, holds no
 /// heap in core while it is quiet; one that goes quiet after a burst keeps its read
 /// buffer (1 KiB, up to 8 KiB after a large head), its last backend slot, write
-/// vectors, output queue, the vectors its heads were copied into, its last exchange's box (about 700 bytes) and its last access line's
-/// box with a path string (about 3 KiB in all for a no-op request) until its next request or its
-/// idle timeout, and the backend connection its last call kept for its next one
-/// (`Calls::keep`) for at most 2 s.
-/// A TLS connection waits so too once its session has nothing to send
+/// vectors, output queue, the vectors its heads were copied into, its last
+/// exchange's box (about 700 bytes) and its last access line's box with the line's
+/// path string (about 3 KiB in all for a no-op request) until its next request or
+/// its idle timeout, and the backend connection its last call kept for its next one
+/// (`Calls::keep`) for at most 2 s. A TLS connection waits so too once its session
+/// has nothing to send
 /// (`ServerLink::quiet`), giving back its ciphertext vectors; its rustls session
 /// stays, with rustls' own buffers.
 const BUSY_GAP: Duration = Duration::from_millis(250);
