@@ -163,9 +163,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// path string (about 3 KiB in all for a no-op request) until its next request or
 /// its idle timeout, and the backend connection its last call kept for its next one
 /// (`Calls::keep`) for at most 2 s. A TLS connection waits so too once its session
-/// has nothing to send
-/// (`ServerLink::quiet`), giving back its ciphertext vectors; its rustls session
-/// stays, with rustls' own buffers.
+/// has nothing to send (`ServerLink::quiet`), giving back its ciphertext vectors;
+/// its rustls session stays, with rustls' own buffers.
 const BUSY_GAP: Duration = Duration::from_millis(250);
 /// Room the write vector is given when a connection starts, or wakes from its idle
 /// wait with its vectors given back: a usual answer's head and a small body in one
