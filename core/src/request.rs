@@ -136,14 +136,15 @@ impl ClientRequest {
 
 /// What the access log keeps of a request. The path only: query strings carry tokens
 /// often enough to keep them out of logs (and headers are never logged).
+///
+/// The line's fields are written in a box from the start ([`Ended`], in a box the
+/// connection's [`LineRoom`] hands back once the driver has let the last line go),
+/// so that what moves with the request, and waits in a connection between its
+/// requests, is two pointers. The box is the request's own until its line is written:
+/// only [`AccessLog::line_in`] shares it.
 #[derive(Debug)]
 pub struct AccessLog {
-    peer: IpAddr,
-    /// `None`: no request line could be read (logged as `"-"`).
-    method: Option<Method>,
-    path: String,
-    started: Instant,
-    scope: Scope,
+    entry: Arc<Ended>,
     /// A traced request's server span, ended with the line (see [`crate::ops::trace`]).
     trace: Option<Box<RequestTrace>>,
 }
@@ -153,47 +154,36 @@ const LOG_PATH_KEPT: usize = 1024;
 
 /// What a connection keeps of its access lines for the next ones, so that a
 /// keep-alive connection's lines take no allocation each: the last line's box. Once
-/// the driver has let that line go, the next request's path is written in the
-/// string it had, and the next line in the box. While it is still alive (pipelined
-/// requests), each gets a new one. A line whose path string is over 1 KiB is not
-/// kept, and a connection that waits idle lets the box go.
+/// the driver has let that line go, the next request's line is written in that box,
+/// its path in the string the box has. While it is still alive (pipelined requests),
+/// each gets a new one. A line whose path string is over 1 KiB is not kept, and a
+/// connection that waits idle lets the box go.
 #[derive(Debug, Default)]
 pub struct LineRoom {
     last: Option<Arc<Ended>>,
 }
 
 impl LineRoom {
-    /// The string the next line's path is written in: the last line's, when that
-    /// line is gone, else a new one.
-    fn path_for(&mut self, path: &str) -> String {
-        let mut text = match self.last.as_mut().and_then(Arc::get_mut) {
-            Some(gone) => mem::take(&mut gone.log.path),
-            None => String::new(),
-        };
-        text.clear();
-        text.push_str(path);
-        text
+    /// A box for the next line: the last line's, when that line is gone, else a new
+    /// one.
+    fn entry_for(&mut self, peer: IpAddr, method: &Method, path: &str, started: Instant) -> Arc<Ended> {
+        if let Some(mut last) = self.last.take()
+            && let Some(gone) = Arc::get_mut(&mut last)
+        {
+            gone.path.clear();
+            gone.path.push_str(path);
+            let path = mem::take(&mut gone.path);
+            *gone = Ended::new(peer, Some(method.clone()), path, started, Scope::Other);
+            return last;
+        }
+        Arc::new(Ended::new(peer, Some(method.clone()), path.to_string(), started, Scope::Other))
     }
 
-    /// `ended` as a line, in the last line's box when the driver let that one go
-    /// (else a new box); a share of the box stays here for the next line, unless
-    /// its path is large.
-    fn put(&mut self, ended: Ended) -> AccessLine {
-        let large = ended.log.path.capacity() > LOG_PATH_KEPT;
-        let shared = match self.last.take() {
-            Some(mut last) => match Arc::get_mut(&mut last) {
-                Some(slot) => {
-                    *slot = ended;
-                    last
-                }
-                None => Arc::new(ended),
-            },
-            None => Arc::new(ended),
-        };
-        if !large {
-            self.last = Some(Arc::clone(&shared));
+    /// Keeps a share of `entry`'s box for the next line, unless its path is large.
+    fn keep(&mut self, entry: &Arc<Ended>) {
+        if entry.path.capacity() <= LOG_PATH_KEPT {
+            self.last = Some(Arc::clone(entry));
         }
-        AccessLine(shared)
     }
 }
 
@@ -218,25 +208,30 @@ impl AccessLog {
         AccessLog::new_in(req, req.path(), started, &mut LineRoom::default())
     }
 
-    /// [`AccessLog::new`], its path written in a string `room` kept (see
-    /// [`LineRoom`]). `path` is `req`'s ([`ClientRequest::path`]), which the caller
-    /// has at hand: each `&str` of it is checked as UTF-8 again.
+    /// [`AccessLog::new`], written in the box `room` kept (see [`LineRoom`]). `path`
+    /// is `req`'s ([`ClientRequest::path`]), which the caller has at hand: each
+    /// `&str` of it is checked as UTF-8 again.
     pub fn new_in(req: &ClientRequest, path: &str, started: Instant, room: &mut LineRoom) -> AccessLog {
-        AccessLog {
-            peer: req.peer,
-            method: Some(req.method.clone()),
-            path: room.path_for(path),
-            started,
-            scope: Scope::Other,
-            trace: None,
-        }
+        AccessLog { entry: room.entry_for(req.peer, &req.method, path, started), trace: None }
+    }
+
+    /// A line in a box of its own.
+    fn boxed(peer: IpAddr, method: Option<Method>, path: String, started: Instant, scope: Scope) -> AccessLog {
+        AccessLog { entry: Arc::new(Ended::new(peer, method, path, started, scope)), trace: None }
+    }
+
+    /// The line's fields, to write. The box is this request's alone until its line is
+    /// written ([`AccessLog::line_in`]), so this never copies it (`make_mut` would, if
+    /// it were shared).
+    fn entry(&mut self) -> &mut Ended {
+        Arc::make_mut(&mut self.entry)
     }
 
     /// A request refused before it became a [`ClientRequest`] (absolute-form, CONNECT):
     /// its method and target as sent, without a query string.
     pub fn refused(req: &Request, peer: IpAddr, started: Instant) -> AccessLog {
         let path = loggable_target(req.target());
-        AccessLog { peer, method: Some(req.method.clone()), path, started, scope: Scope::Other, trace: None }
+        AccessLog::boxed(peer, Some(req.method.clone()), path, started, Scope::Other)
     }
 
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
@@ -249,7 +244,7 @@ impl AccessLog {
             let path = format!("http://{authority}{}", target.split_once('?').map_or(target, |(p, _)| p));
             (path, Scope::Forward(authority.to_string()))
         };
-        AccessLog { peer, method: Some(req.method.clone()), path, started, scope, trace: None }
+        AccessLog::boxed(peer, Some(req.method.clone()), path, started, scope)
     }
 
     /// A request to the admin listener (its method and path, without the query).
@@ -258,13 +253,14 @@ impl AccessLog {
     }
 
     /// Counted as the admin listener's (that is, not at all).
-    pub fn for_admin(self) -> AccessLog {
-        AccessLog { scope: Scope::Admin, ..self }
+    pub fn for_admin(mut self) -> AccessLog {
+        self.entry().scope = Scope::Admin;
+        self
     }
 
     /// Counted for gateway endpoint `index`.
     pub fn for_endpoint(&mut self, index: usize) {
-        self.scope = Scope::Endpoint(index);
+        self.entry().scope = Scope::Endpoint(index);
     }
 
     /// An answer to a head that was refused (a bad head, one too large, a head
@@ -281,20 +277,13 @@ impl AccessLog {
             }
             _ => (None, &[][..]),
         };
-        let path = loggable_target(&String::from_utf8_lossy(target));
-        AccessLog {
-            peer,
-            path: if method.is_some() { path } else { String::new() },
-            method,
-            started,
-            scope: Scope::Other,
-            trace: None,
-        }
+        let path = if method.is_some() { loggable_target(&String::from_utf8_lossy(target)) } else { String::new() };
+        AccessLog::boxed(peer, method, path, started, Scope::Other)
     }
 
     /// When the request's head was read.
     pub fn started(&self) -> Instant {
-        self.started
+        self.entry.started
     }
 
     /// The request is traced: its server span ends with the line.
@@ -319,12 +308,16 @@ impl AccessLog {
         self.line_in(status, bytes, now, &mut LineRoom::default())
     }
 
-    /// [`AccessLog::line`], in the box `room` kept (see [`LineRoom`]).
+    /// [`AccessLog::line`]; a share of its box stays in `room` for the next line (see
+    /// [`LineRoom`]).
     pub fn line_in(mut self, status: StatusCode, bytes: u64, now: Instant, room: &mut LineRoom) -> AccessLine {
         if self.trace.is_some() {
             self.end_trace(status, bytes, now);
         }
-        room.put(Ended { log: self, status, bytes, up: 0, spliced: 0, now })
+        let entry = self.entry();
+        (entry.status, entry.bytes, entry.now) = (status, bytes, now);
+        room.keep(&self.entry);
+        AccessLine(self.entry)
     }
 
     /// Out of line: an untraced request pays one check.
@@ -337,8 +330,10 @@ impl AccessLog {
     }
 
     /// A tunnel's line: `down` bytes to the client (logged), `up` to the destination.
-    pub fn tunnel_line(self, up: u64, down: u64, spliced: u64, now: Instant) -> AccessLine {
-        AccessLine(Arc::new(Ended { log: self, status: StatusCode::OK, bytes: down, up, spliced, now }))
+    pub fn tunnel_line(mut self, up: u64, down: u64, spliced: u64, now: Instant) -> AccessLine {
+        let entry = self.entry();
+        (entry.status, entry.bytes, entry.up, entry.spliced, entry.now) = (StatusCode::OK, down, up, spliced, now);
+        AccessLine(self.entry)
     }
 }
 
@@ -418,7 +413,7 @@ mod tests {
         };
         let line_in = |log: AccessLog, room: &mut LineRoom| log.line_in(StatusCode::OK, 0, now, room);
         let box_of = |line: &AccessLine| Arc::as_ptr(&line.0);
-        let path_of = |line: &AccessLine| line.0.log.path.as_ptr();
+        let path_of = |line: &AccessLine| line.0.path.as_ptr();
         let first = line_in(log_in("GET /first/path?secret=1 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
         // While the first line is alive its box and string are not written over: the
         // second gets its own, and each line keeps its path.
@@ -427,22 +422,25 @@ mod tests {
         assert_ne!(path_of(&first), path_of(&second));
         assert!(first.to_string().contains("\"GET /first/path\" 200"), "{first}");
         assert!(second.to_string().contains("\"GET /second\" 200"), "{second}");
-        // Both gone: the third request's path is written in the second's string, and
-        // its line in the second's box.
+        // Both gone: the third request's line is written in the second's box from
+        // its start, its path in the second's string.
         let (second_box, second_path) = (box_of(&second), path_of(&second));
         drop((first, second));
         let third = log_in("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        assert_eq!(third.path.as_ptr(), second_path);
+        assert_eq!((Arc::as_ptr(&third.entry), third.entry.path.as_ptr()), (second_box, second_path));
+        assert!(room.last.is_none(), "the box is the request's own while it is served");
         let third = line_in(third, &mut room);
         assert_eq!((box_of(&third), path_of(&third)), (second_box, second_path));
         assert!(third.to_string().contains("\"GET /3\" 200"), "{third}");
-        // A request read while the third line is alive gets a string of its own, and
-        // the box once the line is gone.
+        // A request read while the third line is alive gets a box and string of its
+        // own, and the room keeps that box once its line is written.
         let fourth = log_in("GET /4 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
-        assert_ne!(fourth.path.as_ptr(), second_path);
+        assert_ne!(Arc::as_ptr(&fourth.entry), second_box);
+        assert_ne!(fourth.entry.path.as_ptr(), second_path);
+        assert!(third.to_string().contains("\"GET /3\" 200"), "the third line is not written over: {third}");
         drop(third);
         let fourth = line_in(fourth, &mut room);
-        assert_eq!(box_of(&fourth), second_box);
+        assert!(room.last.as_ref().is_some_and(|kept| Arc::ptr_eq(kept, &fourth.0)));
         assert!(fourth.to_string().contains("\"GET /4\" 200"), "{fourth}");
         // A path longer than the string kept is logged whole, and its line is not
         // kept: the next line gets a new box.
@@ -483,10 +481,17 @@ mod tests {
 #[derive(Debug)]
 pub struct AccessLine(Arc<Ended>);
 
-/// What an [`AccessLine`] says.
-#[derive(Debug)]
+/// What an [`AccessLine`] says: the request's fields from its start, the answer's
+/// when its line is written. `Clone` only for [`AccessLog::entry`]'s `make_mut`,
+/// which never copies (a request's box is its own until its line is written).
+#[derive(Debug, Clone)]
 struct Ended {
-    log: AccessLog,
+    peer: IpAddr,
+    /// `None`: no request line could be read (logged as `"-"`).
+    method: Option<Method>,
+    path: String,
+    started: Instant,
+    scope: Scope,
     status: StatusCode,
     bytes: u64,
     /// A tunnel's bytes from the client.
@@ -496,6 +501,13 @@ struct Ended {
     now: Instant,
 }
 
+impl Ended {
+    /// A request's fields, before its answer.
+    fn new(peer: IpAddr, method: Option<Method>, path: String, started: Instant, scope: Scope) -> Ended {
+        Ended { peer, method, path, started, scope, status: StatusCode::OK, bytes: 0, up: 0, spliced: 0, now: started }
+    }
+}
+
 impl AccessLine {
     /// The status the client got.
     pub fn status(&self) -> StatusCode {
@@ -503,7 +515,7 @@ impl AccessLine {
     }
 
     pub fn scope(&self) -> &Scope {
-        &self.0.log.scope
+        &self.0.scope
     }
 
     /// Response body bytes (a tunnel's: bytes to the client).
@@ -523,17 +535,17 @@ impl AccessLine {
 
     /// From the request's start to its answer.
     pub fn elapsed(&self) -> std::time::Duration {
-        self.0.now.saturating_duration_since(self.0.log.started)
+        self.0.now.saturating_duration_since(self.0.started)
     }
 }
 
 impl std::fmt::Display for AccessLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} \"", self.0.log.peer)?;
-        match &self.0.log.method {
+        write!(f, "{} \"", self.0.peer)?;
+        match &self.0.method {
             Some(method) => {
                 write!(f, "{method} ")?;
-                escape(&self.0.log.path, f)?;
+                escape(&self.0.path, f)?;
             }
             None => f.write_str("-")?,
         }
@@ -542,7 +554,7 @@ impl std::fmt::Display for AccessLine {
             "\" {} {} {:.1}ms",
             self.0.status.as_u16(),
             self.0.bytes,
-            self.0.now.saturating_duration_since(self.0.log.started).as_secs_f64() * 1000.0
+            self.0.now.saturating_duration_since(self.0.started).as_secs_f64() * 1000.0
         )
     }
 }

@@ -2106,6 +2106,19 @@ fn an_output_stays_small() {
     assert_eq!(std::mem::size_of::<sluice_core::request::AccessLine>(), std::mem::size_of::<usize>());
 }
 
+/// What an idle connection costs beside its heap (none, above): the `Connection`
+/// inside the driver's task. 616 bytes since a request's access line is written in
+/// its box from the start (`request::AccessLog`: two pointers, where its 128 bytes
+/// sat in the connection and moved with the request) and the connection reads its
+/// limits in its codec's; it was 760.
+#[test]
+fn a_connection_stays_small() {
+    let size = std::mem::size_of::<Connection<'_>>();
+    println!("Connection: {size} bytes");
+    assert!(size <= 616, "a Connection is now {size} bytes (was 616)");
+    assert_eq!(std::mem::size_of::<sluice_core::request::AccessLog>(), 2 * std::mem::size_of::<usize>());
+}
+
 /// A busy aggregating connection keeps its last answers' and reply's buffers for the
 /// next request only while it keeps its backend connections: when its client has been
 /// quiet 2 s (`KEEP_FOR`) they go with them, though the connection still reads.

@@ -223,7 +223,6 @@ pub struct Connection<'g> {
     /// The driver can splice a tunnel's bytes ([`Connection::splice_tunnels`]).
     splice: bool,
     balancer: &'g Balancer,
-    limits: Limits,
     peer: IpAddr,
     /// Both ends with their ports, when the driver gave them (for client plugins).
     ends: Option<Box<crate::request::Ends>>,
@@ -349,7 +348,6 @@ impl<'g> Connection<'g> {
             service,
             splice: false,
             balancer,
-            limits,
             peer,
             ends: None,
             epoch: (now, wall),
@@ -520,7 +518,7 @@ impl<'g> Connection<'g> {
     /// it came from the pool, `None` for a new socket.
     pub fn handle_connected(&mut self, id: BackendId, pooled: Option<Session>, now: Instant) {
         self.now = now;
-        self.calls.handle_connected(id, pooled, self.limits);
+        self.calls.handle_connected(id, pooled, self.server.limits());
         self.progress();
     }
 
@@ -845,7 +843,7 @@ impl<'g> Connection<'g> {
             }
             Ok(())
         };
-        let at = (self.now, self.limits);
+        let at = (self.now, self.server.limits());
         self.calls.open((call, ex.endpoint().path.as_str()), stream, write, at, &mut self.queue)
     }
 

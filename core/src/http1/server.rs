@@ -106,6 +106,11 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// The limits this connection reads its client's requests under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn new(limits: Limits) -> ServerConn {
         ServerConn {
             limits,
