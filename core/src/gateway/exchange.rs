@@ -286,11 +286,16 @@ impl<'g> Exchange<'g> {
 
     /// Serves the connection's next request in this exchange's place, as
     /// [`Exchange::new`] would, keeping the room its vectors have: no allocation when
-    /// the endpoint has as many backends as the last one (or fewer).
-    pub fn renew(&mut self, gw: &'g Gateway, route: Route<'g>, req: ClientRequest, (now, wall): (Instant, SystemTime)) {
-        // What the last request left goes first: clearing after `req` is in would
-        // drop this request's body and token.
-        self.clear();
+    /// the endpoint has as many backends as the last one (or fewer). The exchange was
+    /// [`Exchange::clear`]ed when its last request ended (the connection keeps none
+    /// otherwise: `Connection::keep_exchange`), so it is not cleared again here.
+    pub(crate) fn renew(
+        &mut self,
+        gw: &'g Gateway,
+        route: Route<'g>,
+        req: ClientRequest,
+        (now, wall): (Instant, SystemTime),
+    ) {
         let ep = route.endpoint;
         let n = ep.backends.len();
         self.client_ip = gw.config.router.client_ip(req.peer, &req.headers);
