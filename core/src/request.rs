@@ -109,9 +109,21 @@ impl ClientRequest {
     /// reason to answer 400 with. The header section is moved out of `req` (its head is
     /// left empty), not copied.
     pub fn from_head(req: &mut Request, peer: IpAddr) -> Result<ClientRequest, &'static str> {
-        if req.form != TargetForm::Origin {
-            return Err("this gateway takes origin-form request targets (/path?query)");
+        match ClientRequest::refusal(req) {
+            Some(reason) => Err(reason),
+            None => Ok(ClientRequest::read(req, peer, None)),
         }
+    }
+
+    /// Why a gateway refuses `req` ([`ClientRequest::from_head`]), if it does.
+    pub(crate) fn refusal(req: &Request) -> Option<&'static str> {
+        (req.form != TargetForm::Origin).then_some("this gateway takes origin-form request targets (/path?query)")
+    }
+
+    /// [`ClientRequest::from_head`] for a request [`ClientRequest::refusal`] let
+    /// through, with both ends of its connection when the driver gave them.
+    #[inline]
+    pub(crate) fn read(req: &mut Request, peer: IpAddr, ends: Option<&Ends>) -> ClientRequest {
         // The target's span in the head: the path up to a `?`, the query after it. Found
         // in the bytes: the parser has checked them as UTF-8, and each `&str` of them
         // checks again.
@@ -121,16 +133,16 @@ impl ClientRequest {
             None => end,
         };
         let query = (path_end < end).then(|| Piece::InHead(path_end + 1, end));
-        Ok(ClientRequest {
+        ClientRequest {
             method: req.method.clone(),
             path: Piece::InHead(start, path_end),
             query,
             headers: std::mem::take(&mut req.head),
             peer,
-            ends: None,
+            ends: ends.map(|ends| Box::new(*ends)),
             body: RequestBody::None,
             token: None,
-        })
+        }
     }
 }
 

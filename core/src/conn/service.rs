@@ -216,17 +216,12 @@ fn gateway<'g>(
     (logs, log_room): (&mut VecDeque<Output<'g>>, &mut LineRoom),
 ) -> Outcome<'g> {
     let now = clock.now;
-    let mut creq = match ClientRequest::from_head(req, peer) {
-        Ok(mut creq) => {
-            if let Some(ends) = ends {
-                creq.ends = Some(Box::new(*ends));
-            }
-            creq
-        }
-        Err(reason) => {
-            return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
-        }
-    };
+    // Checked first, then made in place: a request moved out of a `Result` is one
+    // copy of its 176 bytes more.
+    if let Some(reason) = ClientRequest::refusal(req) {
+        return Outcome::Fail { status: StatusCode::BAD_REQUEST, reason, line: AccessLog::refused(req, peer, now) };
+    }
+    let mut creq = ClientRequest::read(req, peer, ends);
     let path = creq.path();
     let mut line = AccessLog::new_in(&creq, path, now, log_room);
     if let Some(tracer) = &gw.tracer {
