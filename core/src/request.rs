@@ -121,7 +121,8 @@ impl ClientRequest {
     }
 
     /// [`ClientRequest::from_head`] for a request [`ClientRequest::refusal`] let
-    /// through, with both ends of its connection when the driver gave them.
+    /// through (it does not check the target's form itself), with both ends of its
+    /// connection when the driver gave them.
     #[inline]
     pub(crate) fn read(req: &mut Request, peer: IpAddr, ends: Option<&Ends>) -> ClientRequest {
         // The target's span in the head: the path up to a `?`, the query after it. Found
@@ -191,6 +192,19 @@ impl LineRoom {
         Arc::new(Ended::new(peer, Some(method.clone()), path.to_string(), started, Scope::Other))
     }
 
+    /// A box for a line whose path and scope are made already (a forward proxy's):
+    /// the last line's, as [`LineRoom::entry_for`], else a new one.
+    fn entry_with(&mut self, peer: IpAddr, method: &Method, path: String, started: Instant, scope: Scope) -> Arc<Ended> {
+        let ended = Ended::new(peer, Some(method.clone()), path, started, scope);
+        if let Some(mut last) = self.last.take()
+            && let Some(gone) = Arc::get_mut(&mut last)
+        {
+            *gone = ended;
+            return last;
+        }
+        Arc::new(ended)
+    }
+
     /// Keeps a share of `entry`'s box for the next line, unless its path is large.
     fn keep(&mut self, entry: &Arc<Ended>) {
         if entry.path.capacity() <= LOG_PATH_KEPT {
@@ -249,14 +263,21 @@ impl AccessLog {
     /// A forward proxy's request: its method and where it goes (`http://host[:port]/path`,
     /// or `host:port` for a tunnel), without the query string. `(authority, target)`:
     /// the destination the forward proxy found.
-    pub fn forwarded(req: &Request, (authority, target): (&str, &str), peer: IpAddr, started: Instant) -> AccessLog {
+    /// Written in the box `room` kept (see [`LineRoom`]).
+    pub fn forwarded(
+        req: &Request,
+        (authority, target): (&str, &str),
+        peer: IpAddr,
+        started: Instant,
+        room: &mut LineRoom,
+    ) -> AccessLog {
         let (path, scope) = if req.method == Method::CONNECT {
             (authority.to_string(), Scope::Tunnel(authority.to_string()))
         } else {
             let path = format!("http://{authority}{}", target.split_once('?').map_or(target, |(p, _)| p));
             (path, Scope::Forward(authority.to_string()))
         };
-        AccessLog::boxed(peer, Some(req.method.clone()), path, started, scope)
+        AccessLog { entry: room.entry_with(peer, &req.method, path, started, scope), trace: None }
     }
 
     /// A request to the admin listener (its method and path, without the query).
@@ -373,7 +394,7 @@ mod tests {
 
     use http::StatusCode;
 
-    use super::{AccessLine, AccessLog, ClientRequest, LOG_PATH_KEPT, LineRoom, Piece, loggable_target};
+    use super::{AccessLine, AccessLog, ClientRequest, LOG_PATH_KEPT, LineRoom, Piece, Scope, loggable_target};
     use crate::http1::{Limits, ServerConn, ServerEvent};
 
     fn request(wire: &str) -> ClientRequest {
@@ -465,6 +486,26 @@ mod tests {
         let after = line_in(log_in("GET /5 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
         assert!(after.to_string().contains("\"GET /5\" 200"), "{after}");
         assert!(room.last.as_ref().is_some_and(|kept| Arc::ptr_eq(kept, &after.0)));
+        // A box used again starts afresh: the last line's scope is not kept.
+        let kept = box_of(&after);
+        drop(after);
+        let mut sixth = log_in("GET /6 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room);
+        sixth.for_endpoint(3);
+        let sixth = line_in(sixth, &mut room);
+        assert_eq!((box_of(&sixth), sixth.scope()), (kept, &Scope::Endpoint(3)));
+        drop(sixth);
+        let seventh = line_in(log_in("GET /7 HTTP/1.1\r\nHost: gw\r\n\r\n", &mut room), &mut room);
+        assert_eq!((box_of(&seventh), seventh.scope()), (kept, &Scope::Other));
+        // A forward proxy's line is written in the kept box too.
+        drop(seventh);
+        let mut server = ServerConn::new(Limits::default());
+        let wire = b"GET http://api.test/x?q=1 HTTP/1.1\r\nHost: api.test\r\n\r\n";
+        let Ok((_, ServerEvent::Request(head))) = server.handle_input(wire) else { panic!("a forward request") };
+        let peer = "192.0.2.7".parse().unwrap();
+        let forwarded = AccessLog::forwarded(&head, ("api.test", "/x?q=1"), peer, now, &mut room);
+        let forwarded = line_in(forwarded, &mut room);
+        assert_eq!((box_of(&forwarded), forwarded.scope()), (kept, &Scope::Forward("api.test".into())));
+        assert!(forwarded.to_string().contains("\"GET http://api.test/x\" 200"), "{forwarded}");
     }
 
     #[test]

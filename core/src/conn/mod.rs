@@ -268,7 +268,8 @@ pub struct Connection<'g> {
     log_room: LineRoom,
     /// The access line of the request under way, while its state is one of `Body`,
     /// `Exchange`, `Stream`, `Gather` and `Pump` (kept here rather than in the state,
-    /// which moves at every step: the state is 88 bytes with it out, 216 with it in).
+    /// which moves at every step). Two pointers: the line is written in its box from
+    /// the request's start ([`AccessLog`]).
     line: Option<AccessLog>,
 }
 
@@ -1167,8 +1168,8 @@ impl<'g> Connection<'g> {
         State::Closing
     }
 
-    /// Queues the access line of an answer given, in the box the last line had
-    /// ([`LineRoom`]).
+    /// Queues the access line of an answer given; a share of its box stays for the
+    /// next request's line ([`LineRoom`]).
     fn log_access(&mut self, line: AccessLog, status: StatusCode, bytes: u64) {
         let line = line.line_in(status, bytes, self.now, &mut self.log_room);
         self.queue.push_back(Output::Log(Log::Access(line)));

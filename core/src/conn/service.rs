@@ -160,7 +160,7 @@ impl<'g> Service<'g> {
         let now = clock.now;
         match *self {
             Service::Gateway(gw) => gateway(gw, req, (peer, ends, clock), added, (logs, log_room)),
-            Service::Forward(proxy) => match proxy.route(req, peer, now) {
+            Service::Forward(proxy) => match proxy.route(req, peer, now, log_room) {
                 Routed::Go(p) => Outcome::Forward(p),
                 Routed::Bad(status, reason, line) => Outcome::Fail { status, reason, line },
                 Routed::Refused { refusal, dest, line, tunnel } => Outcome::Refuse { refusal, dest, line, tunnel },

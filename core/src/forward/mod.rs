@@ -23,7 +23,7 @@ use crate::config::{ForwardProxy, IpNet, LookupFamily, PortRange};
 use crate::event::Log;
 use crate::forward::breaker::{Breakers, Permit};
 use crate::http1::{self, BodyLength, HopByHop, Request, RequestTarget, TargetForm};
-use crate::request::{AccessLog, Reply, RequestBody};
+use crate::request::{AccessLog, LineRoom, Reply, RequestBody};
 
 /// The forward proxy as the service of its listener's connections: its plan, and the
 /// circuit breakers every connection of the process counts in.
@@ -69,14 +69,16 @@ impl<'g> Forwarder<'g> {
     /// A request head on the forward proxy's listener: a CONNECT opens a tunnel,
     /// anything else is sent on to the host it names; both under the egress policy
     /// (the host and port here, the address once known: [`Forwarder::admit`]).
-    pub fn route(&self, req: &Request, peer: IpAddr, now: Instant) -> Routed<'g> {
+    /// `room`: what the connection keeps for its access lines (see
+    /// [`crate::request::LineRoom`]).
+    pub fn route(&self, req: &Request, peer: IpAddr, now: Instant, room: &mut LineRoom) -> Routed<'g> {
         let (plan, tunnel) = (self.plan, req.method == Method::CONNECT);
         let dest = if tunnel { plan.tunnel_destination(req) } else { plan.destination(req) };
         let dest = match dest {
             Ok(dest) => dest,
             Err(reason) => return Routed::Bad(StatusCode::BAD_REQUEST, reason, AccessLog::refused(req, peer, now)),
         };
-        let line = AccessLog::forwarded(req, (&dest.authority, &dest.target), peer, now);
+        let line = AccessLog::forwarded(req, (&dest.authority, &dest.target), peer, now, room);
         if tunnel && !plan.config.connect.enabled {
             // Envoy without the CONNECT upgrade: refused, and the connection closed
             // (what the client sent after its CONNECT is never read as HTTP).
