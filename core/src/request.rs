@@ -194,7 +194,14 @@ impl LineRoom {
 
     /// A box for a line whose path and scope are made already (a forward proxy's):
     /// the last line's, as [`LineRoom::entry_for`], else a new one.
-    fn entry_with(&mut self, peer: IpAddr, method: &Method, path: String, started: Instant, scope: Scope) -> Arc<Ended> {
+    fn entry_with(
+        &mut self,
+        peer: IpAddr,
+        method: &Method,
+        path: String,
+        started: Instant,
+        scope: Scope,
+    ) -> Arc<Ended> {
         let ended = Ended::new(peer, Some(method.clone()), path, started, scope);
         if let Some(mut last) = self.last.take()
             && let Some(gone) = Arc::get_mut(&mut last)
