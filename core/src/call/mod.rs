@@ -1177,6 +1177,7 @@ impl<'g> Calls<'g> {
 
     /// The next socket operation a call wants: its request or body piece to write, a
     /// read while it waits for bytes; under TLS, what the session asks for.
+    #[inline]
     pub(crate) fn poll(&mut self) -> Option<Output<'g>> {
         for (id, slot) in self.slots.iter_mut().enumerate() {
             if !slot.in_use || !slot.connected || slot.failure.is_some() {

@@ -789,6 +789,7 @@ impl<'g> Connection<'g> {
     }
 
     /// When [`Connection::handle_timeout`] has work to do next.
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let cfg = &self.gw.config;
         let write = self.write_since.and_then(|since| after(since, cfg.write_timeout));
