@@ -28,11 +28,28 @@ type Task<'s> = Pin<Box<dyn Future<Output = (Held, Input)> + Send + 's>>;
 /// The client's or the tunnel's: `back` says which half it hands back, `done` which
 /// input it makes.
 enum Job {
-    Read { half: OwnedReadHalf, buf: Vec<u8>, back: fn(OwnedReadHalf) -> Held, done: ReadDone },
-    Write { half: OwnedWriteHalf, bytes: Vec<u8>, back: fn(OwnedWriteHalf) -> Held, done: WriteDone },
-    Shutdown { half: OwnedWriteHalf, back: fn(OwnedWriteHalf) -> Held, done: fn(io::Result<()>) -> Input },
+    Read {
+        half: OwnedReadHalf,
+        buf: Vec<u8>,
+        back: fn(OwnedReadHalf) -> Held,
+        done: ReadDone,
+    },
+    /// Write `bytes` from `from` on (what is before it went at once: [`sent`]).
+    Write {
+        half: OwnedWriteHalf,
+        bytes: Vec<u8>,
+        from: usize,
+        back: fn(OwnedWriteHalf) -> Held,
+        done: WriteDone,
+    },
+    Shutdown {
+        half: OwnedWriteHalf,
+        back: fn(OwnedWriteHalf) -> Held,
+        done: fn(io::Result<()>) -> Input,
+    },
     ReadBackend(BackendId, TcpStream, Vec<u8>),
-    WriteBackend(BackendId, TcpStream, Vec<u8>),
+    /// Write the bytes from the offset on (as [`Job::Write`]).
+    WriteBackend(BackendId, TcpStream, Vec<u8>, usize),
 }
 
 type ReadDone = fn(Vec<u8>, io::Result<usize>) -> Input;
@@ -44,8 +61,8 @@ async fn hot_op(job: Job) -> (Held, Input) {
             let res = half.read_buf(&mut buf).await;
             (back(half), done(buf, res))
         }
-        Job::Write { mut half, bytes, back, done } => {
-            let res = half.write_all(&bytes).await;
+        Job::Write { mut half, bytes, from, back, done } => {
+            let res = half.write_all(bytes.get(from..).unwrap_or_default()).await;
             (back(half), done(bytes, res))
         }
         Job::Shutdown { mut half, back, done } => {
@@ -56,8 +73,8 @@ async fn hot_op(job: Job) -> (Held, Input) {
             let res = s.read_buf(&mut buf).await;
             (Held::Upstream(id, s), Input::BackendRead(id, buf, res))
         }
-        Job::WriteBackend(id, mut s, bytes) => {
-            let res = s.write_all(&bytes).await;
+        Job::WriteBackend(id, mut s, bytes, from) => {
+            let res = s.write_all(bytes.get(from..).unwrap_or_default()).await;
             (Held::Upstream(id, s), Input::BackendWritten(id, bytes, res))
         }
     }
@@ -378,12 +395,23 @@ fn begin<'s, M: HotMake>(
             let Some(w) = sockets.writer.take() else {
                 return Some(Some(Input::ClientWritten(bytes, Err(busy()))));
             };
-            sockets.client[1].start(Job::Write {
-                half: w,
-                bytes,
-                back: Held::ClientWriter,
-                done: Input::ClientWritten,
-            });
+            match sent(w.try_write(&bytes), bytes.len()) {
+                Ok(None) => {
+                    sockets.writer = Some(w);
+                    return Some(Some(Input::ClientWritten(bytes, Ok(()))));
+                }
+                Ok(Some(from)) => sockets.client[1].start(Job::Write {
+                    half: w,
+                    bytes,
+                    from,
+                    back: Held::ClientWriter,
+                    done: Input::ClientWritten,
+                }),
+                Err(e) => {
+                    sockets.writer = Some(w);
+                    return Some(Some(Input::ClientWritten(bytes, Err(e))));
+                }
+            }
         }
         Output::ShutdownClient => {
             let Some(w) = sockets.writer.take() else { return Some(Some(Input::ClientShutdown(Err(busy())))) };
@@ -421,7 +449,19 @@ fn begin<'s, M: HotMake>(
             let Some(s) = sockets.take_upstream(id) else {
                 return Some(Some(Input::BackendWritten(id, bytes, Err(busy()))));
             };
-            sockets.upstream(id).io.start(Job::WriteBackend(id, s, bytes));
+            let res = sent(s.try_write(&bytes), bytes.len());
+            let upstream = sockets.upstream(id);
+            match res {
+                Ok(None) => {
+                    upstream.stream = Some(s);
+                    return Some(Some(Input::BackendWritten(id, bytes, Ok(()))));
+                }
+                Ok(Some(from)) => upstream.io.start(Job::WriteBackend(id, s, bytes, from)),
+                Err(e) => {
+                    upstream.stream = Some(s);
+                    return Some(Some(Input::BackendWritten(id, bytes, Err(e))));
+                }
+            }
         }
         Output::PoolBackend { id, pool_key, session } => {
             if let Some(s) = sockets.take_upstream(id) {
@@ -464,7 +504,23 @@ fn begin<'s, M: HotMake>(
             let Some(w) = t.writer.take() else {
                 return Some(Some(Input::TunnelWritten(bytes, Err(busy()))));
             };
-            t.io[1].start(Job::Write { half: w, bytes, back: Held::TunnelWriter, done: Input::TunnelWritten });
+            match sent(w.try_write(&bytes), bytes.len()) {
+                Ok(None) => {
+                    t.writer = Some(w);
+                    return Some(Some(Input::TunnelWritten(bytes, Ok(()))));
+                }
+                Ok(Some(from)) => t.io[1].start(Job::Write {
+                    half: w,
+                    bytes,
+                    from,
+                    back: Held::TunnelWriter,
+                    done: Input::TunnelWritten,
+                }),
+                Err(e) => {
+                    t.writer = Some(w);
+                    return Some(Some(Input::TunnelWritten(bytes, Err(e))));
+                }
+            }
         }
         Output::ShutdownTunnel => {
             let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
@@ -513,6 +569,21 @@ fn begin<'s, M: HotMake>(
         Output::Close => return None,
     }
     Some(None)
+}
+
+/// What a write tried at once (`try_write`) of `len` bytes did: `Ok(None)`, all of them
+/// went; `Ok(Some(from))`, those before `from` went and the rest waits for room in a
+/// slot; `Err`, the socket failed. A write nearly always finds room (a request to a
+/// backend, an answer to a client), and tokio's write makes the same one system call
+/// when tokio knows the socket writable, so trying it here costs nothing more, and
+/// saves the slot's start and poll and the wake's walk over the slots.
+fn sent(res: io::Result<usize>, len: usize) -> io::Result<Option<usize>> {
+    match res {
+        Ok(n) if n >= len => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(Some(0)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Splicing a tunnel's bytes: tokio's sockets are non-blocking already, so each splice
@@ -585,5 +656,115 @@ mod splice {
             }
         }
         Spliced::Moved(n)
+    }
+}
+
+#[cfg(test)]
+mod writes {
+    use std::io::{self, Read};
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+
+    use super::{Held, Input, Job, hot_op, sent};
+
+    /// A connection to a listener on loopback whose peer `peer` runs on a thread, its
+    /// send buffer set small, written by `test` on a current-thread runtime; the
+    /// thread's result.
+    fn written_to<T: Send + 'static>(
+        peer: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+        test: impl AsyncFnOnce(TcpStream),
+    ) -> T {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let thread = std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            // A writer that stops early fails the test rather than hang it.
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            peer(s)
+        });
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4096).expect("SO_SNDBUF");
+        stream.set_nonblocking(true).expect("non-blocking");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move { test(TcpStream::from_std(stream).expect("tokio stream")).await });
+        thread.join().expect("peer")
+    }
+
+    /// 4 MiB against a 4 KiB send buffer: the write at once takes a part, and the
+    /// slot's write goes on from where it stopped, the bytes whole and in order.
+    #[test]
+    fn a_write_at_once_that_takes_a_part_is_finished_from_where_it_stopped() {
+        let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+        let sent_bytes = bytes.clone();
+        let got = written_to(
+            |mut s| {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).expect("read to the writer's close");
+                got
+            },
+            async move |s| {
+                let (_, w) = s.into_split();
+                // tokio knows a new socket writable only once it has polled it.
+                w.writable().await.expect("writable");
+                let from = match sent(w.try_write(&sent_bytes), sent_bytes.len()) {
+                    Ok(Some(from)) => from,
+                    Ok(None) => panic!("4 MiB went at once into a 4 KiB send buffer"),
+                    Err(e) => panic!("{e}"),
+                };
+                assert!(from < sent_bytes.len(), "{from}");
+                let job = Job::Write {
+                    half: w,
+                    bytes: sent_bytes,
+                    from,
+                    back: Held::ClientWriter,
+                    done: Input::ClientWritten,
+                };
+                let (held, input) =
+                    tokio::time::timeout(Duration::from_secs(10), hot_op(job)).await.expect("written within 10 s");
+                let Input::ClientWritten(back, res) = input else { panic!("{input:?}") };
+                assert!(res.is_ok(), "{res:?}");
+                assert_eq!(back.len(), 4 << 20, "the bytes come back");
+                assert!(matches!(held, Held::ClientWriter(_)), "the write half comes back");
+            },
+        );
+        assert_eq!(got.len(), bytes.len());
+        assert!(got == bytes, "out of order");
+    }
+
+    /// A write at once to a peer that has closed: the first may still go (the close
+    /// has not reset the connection yet), then one fails with the system's error,
+    /// which is the write's answer. No hang, no panic.
+    #[test]
+    fn a_write_at_once_to_a_closed_peer_fails() {
+        written_to(drop, async move |s| {
+            let mut outcomes = Vec::new();
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let _ = s.writable().await;
+                match sent(s.try_write(b"GET / HTTP/1.1\r\n\r\n"), 18) {
+                    Err(e) => {
+                        assert!(matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset), "{e}");
+                        return;
+                    }
+                    Ok(at) => outcomes.push(at),
+                }
+            }
+            panic!("no write failed in 0.5 s: {outcomes:?}");
+        });
+    }
+
+    /// What `sent` makes of each answer a write at once can get.
+    #[test]
+    fn what_a_write_at_once_did() {
+        assert_eq!(sent(Ok(10), 10).ok(), Some(None), "all of it");
+        assert_eq!(sent(Ok(0), 0).ok(), Some(None), "nothing to write");
+        assert_eq!(sent(Ok(4), 10).ok(), Some(Some(4)), "a part: the rest from 4");
+        assert_eq!(sent(Ok(0), 10).ok(), Some(Some(0)), "none: all of it in the slot");
+        assert_eq!(sent(Err(io::ErrorKind::WouldBlock.into()), 10).ok(), Some(Some(0)), "no room");
+        assert_eq!(sent(Err(io::ErrorKind::Interrupted.into()), 10).ok(), Some(Some(0)), "interrupted");
+        let e = sent(Err(io::ErrorKind::BrokenPipe.into()), 10).expect_err("a failure is the write's answer");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     }
 }
