@@ -715,6 +715,10 @@ mod sizes {
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/slow_peer.rs"]
+mod slow_peer;
+
+#[cfg(test)]
 mod writes {
     use std::io::{self, Read};
     use std::time::Duration;
@@ -727,23 +731,13 @@ mod writes {
         write_whole!(s, bytes)
     }
 
-    /// A connection to a listener on loopback whose peer `peer` runs on a thread, its
-    /// send buffer set small, written by `test` on a monoio runtime (io_uring where
-    /// the kernel has it, as the server); the thread's result.
+    /// `test` on a monoio runtime (io_uring where the kernel has it, as the server)
+    /// writing to a peer running `peer` on a thread (`slow_peer`); the thread's result.
     fn written_to<T: Send + 'static>(
         peer: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
         test: impl AsyncFnOnce(TcpStream),
     ) -> T {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let thread = std::thread::spawn(move || {
-            let (s, _) = listener.accept().expect("accept");
-            // A writer that stops early fails the test rather than hang it.
-            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-            peer(s)
-        });
-        let stream = std::net::TcpStream::connect(addr).expect("connect");
-        rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4096).expect("SO_SNDBUF");
+        let (stream, thread) = super::slow_peer::slow_peer(peer);
         let mut runtime =
             monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("runtime");
         runtime.block_on(async move { test(TcpStream::from_std(stream).expect("monoio stream")).await });

@@ -392,26 +392,8 @@ fn begin<'s, M: HotMake>(
             }
         }
         Output::WriteClient(bytes) => {
-            let Some(w) = sockets.writer.take() else {
-                return Some(Some(Input::ClientWritten(bytes, Err(busy()))));
-            };
-            match sent(w.try_write(&bytes), bytes.len()) {
-                Ok(None) => {
-                    sockets.writer = Some(w);
-                    return Some(Some(Input::ClientWritten(bytes, Ok(()))));
-                }
-                Ok(Some(from)) => sockets.client[1].start(Job::Write {
-                    half: w,
-                    bytes,
-                    from,
-                    back: Held::ClientWriter,
-                    done: Input::ClientWritten,
-                }),
-                Err(e) => {
-                    sockets.writer = Some(w);
-                    return Some(Some(Input::ClientWritten(bytes, Err(e))));
-                }
-            }
+            let (writer, slot) = (&mut sockets.writer, &mut sockets.client[1]);
+            return Some(write_half(writer, slot, bytes, Held::ClientWriter, Input::ClientWritten));
         }
         Output::ShutdownClient => {
             let Some(w) = sockets.writer.take() else { return Some(Some(Input::ClientShutdown(Err(busy())))) };
@@ -501,26 +483,7 @@ fn begin<'s, M: HotMake>(
         }
         Output::WriteTunnel(bytes) => {
             let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
-            let Some(w) = t.writer.take() else {
-                return Some(Some(Input::TunnelWritten(bytes, Err(busy()))));
-            };
-            match sent(w.try_write(&bytes), bytes.len()) {
-                Ok(None) => {
-                    t.writer = Some(w);
-                    return Some(Some(Input::TunnelWritten(bytes, Ok(()))));
-                }
-                Ok(Some(from)) => t.io[1].start(Job::Write {
-                    half: w,
-                    bytes,
-                    from,
-                    back: Held::TunnelWriter,
-                    done: Input::TunnelWritten,
-                }),
-                Err(e) => {
-                    t.writer = Some(w);
-                    return Some(Some(Input::TunnelWritten(bytes, Err(e))));
-                }
-            }
+            return Some(write_half(&mut t.writer, &mut t.io[1], bytes, Held::TunnelWriter, Input::TunnelWritten));
         }
         Output::ShutdownTunnel => {
             let t = tunnel(&mut sockets.tunnel, sockets.client[0].maker());
@@ -569,6 +532,31 @@ fn begin<'s, M: HotMake>(
         Output::Close => return None,
     }
     Some(None)
+}
+
+/// Writes `bytes` to the client's or the tunnel's write half (at rest in `writer`):
+/// at once when it can ([`sent`]), else what is left in `slot`. The input when the
+/// write is over already (all of it went, it failed, or the half is out: never the
+/// case with core), the half back in `writer`.
+#[inline(always)]
+fn write_half<M: HotMake>(
+    writer: &mut Option<OwnedWriteHalf>,
+    slot: &mut Slot<M>,
+    bytes: Vec<u8>,
+    back: fn(OwnedWriteHalf) -> Held,
+    done: WriteDone,
+) -> Option<Input> {
+    let Some(half) = writer.take() else { return Some(done(bytes, Err(io::ErrorKind::WouldBlock.into()))) };
+    match sent(half.try_write(&bytes), bytes.len()) {
+        Ok(Some(from)) => {
+            slot.start(Job::Write { half, bytes, from, back, done });
+            None
+        }
+        res => {
+            *writer = Some(half);
+            Some(done(bytes, res.map(drop)))
+        }
+    }
 }
 
 /// What a write tried at once (`try_write`) of `len` bytes did: `Ok(None)`, all of them
@@ -660,6 +648,10 @@ mod splice {
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/slow_peer.rs"]
+mod slow_peer;
+
+#[cfg(test)]
 mod writes {
     use std::io::{self, Read};
     use std::time::Duration;
@@ -668,23 +660,13 @@ mod writes {
 
     use super::{Held, Input, Job, hot_op, sent};
 
-    /// A connection to a listener on loopback whose peer `peer` runs on a thread, its
-    /// send buffer set small, written by `test` on a current-thread runtime; the
-    /// thread's result.
+    /// `test` on a current-thread runtime writing to a peer running `peer` on a thread
+    /// (`slow_peer`); the thread's result.
     fn written_to<T: Send + 'static>(
         peer: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
         test: impl AsyncFnOnce(TcpStream),
     ) -> T {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let thread = std::thread::spawn(move || {
-            let (s, _) = listener.accept().expect("accept");
-            // A writer that stops early fails the test rather than hang it.
-            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-            peer(s)
-        });
-        let stream = std::net::TcpStream::connect(addr).expect("connect");
-        rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4096).expect("SO_SNDBUF");
+        let (stream, thread) = super::slow_peer::slow_peer(peer);
         stream.set_nonblocking(true).expect("non-blocking");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move { test(TcpStream::from_std(stream).expect("tokio stream")).await });
