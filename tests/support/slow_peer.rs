@@ -1,4 +1,4 @@
-//! A loopback connection whose near end sends through a 4 KiB buffer, with a thread
+//! A loopback connection whose near end sends through a small buffer, with a thread
 //! at its far end: the drivers' write tests (monoio's in `io-uring-server`, tokio's in
 //! `tokio-adapter`) include it by `#[path]`, each driving the near end on its runtime.
 
@@ -6,9 +6,9 @@ use std::net::{TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The near end (blocking, its send buffer set to 4 KiB) and the thread running `peer`
-/// on the far end, whose reads time out after 10 s (a writer that stops early fails
-/// the test rather than hang it).
+/// The near end (blocking, its send buffer set to 4 KiB, which Linux doubles) and the
+/// thread running `peer` on the far end, whose reads time out after 10 s (a writer
+/// that stops early fails the test rather than hang it).
 pub(crate) fn slow_peer<T: Send + 'static>(
     peer: impl FnOnce(TcpStream) -> T + Send + 'static,
 ) -> (TcpStream, JoinHandle<T>) {
