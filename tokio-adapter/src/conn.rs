@@ -324,30 +324,30 @@ pub(crate) fn serve(
         let mut notice = shared.tell.notice(plan.generation);
         let mut told = false;
         loop {
-            // Outputs answered at once since the last wait.
+            // Outputs answered at once in a row.
             let mut at_once = 0u32;
-            // Each value moved out whole, not `while let` and `if let`: their
-            // scrutinees (the output, the answer: 128 bytes) would be kept in the task
-            // across the await.
-            loop {
-                let Some(output) = conn.poll() else { break };
-                let input = match begin(shared, &plan, &mut sockets, output) {
-                    None => return,
-                    Some(None) => continue,
-                    Some(Some(input)) => input,
-                };
-                conn.handle(input, Instant::now());
-                at_once += 1;
+            while let Some(output) = conn.poll() {
+                let Some(answered) = begin(shared, &plan, &mut sockets, output) else { return };
+                if let Some(input) = answered {
+                    conn.handle(input, Instant::now());
+                    at_once += 1;
+                    if at_once == AT_ONCE_RUN {
+                        break;
+                    }
+                }
+            }
+            if at_once == AT_ONCE_RUN {
                 // What is answered at once takes none of tokio's budget, where the
                 // slot's operation it stands for took a unit. A request has a few
-                // such answers between its waits (each wait takes a unit); past
-                // those, each takes one, so that a connection answering pipelined
-                // requests from what it has read (its writes at once, no wait
-                // between them) still lets the worker's other connections run.
-                // Taking one for every answer cost about 90 instructions each.
-                if at_once > AT_ONCE_FREE {
-                    tokio::task::coop::consume_budget().await;
-                }
+                // such answers between its waits (each wait takes a unit); a run of
+                // them takes one here, so that a connection answering pipelined
+                // requests from what it has read (its writes at once, no wait between
+                // them) still lets the worker's other connections run. Out of the
+                // drain's loop: an await in it kept the loop's output and answer in
+                // the task (128 bytes), and made the loop about 200 instructions a
+                // request dearer.
+                tokio::task::coop::consume_budget().await;
+                continue;
             }
             sockets.sleep_until(conn.poll_timeout());
             let (held, input) = poll_fn(|cx| sockets.next(cx, (!told).then_some(&mut notice))).await;
@@ -358,10 +358,10 @@ pub(crate) fn serve(
     }
 }
 
-/// Outputs a connection may have answered at once between two waits before each
-/// further one takes a unit of tokio's budget (see `serve`): a request's own (a
-/// pooled socket, a write to each backend, the answer) fit, a fan-out's too.
-const AT_ONCE_FREE: u32 = 16;
+/// How many outputs answered at once in a row take a unit of tokio's budget (see
+/// `serve`): more than a request's own between two waits (a pooled socket, a write to
+/// each backend, the answer).
+const AT_ONCE_RUN: u32 = 8;
 
 /// A rare task's end, once (its box is dropped then). The check for one is inline and
 /// the poll out of line (as `Slot::poll`): every wake asks each backend's, nearly
