@@ -324,7 +324,8 @@ pub(crate) fn serve(
         let mut notice = shared.tell.notice(plan.generation);
         let mut told = false;
         loop {
-            // Outputs answered at once in a row.
+            // Outputs answered at once since this drain began (since the last wait or
+            // unit of budget).
             let mut at_once = 0u32;
             while let Some(output) = conn.poll() {
                 let Some(answered) = begin(shared, &plan, &mut sockets, output) else { return };
@@ -358,7 +359,7 @@ pub(crate) fn serve(
     }
 }
 
-/// How many outputs answered at once in a row take a unit of tokio's budget (see
+/// How many outputs answered at once in one drain take a unit of tokio's budget (see
 /// `serve`): more than a request's own between two waits (a pooled socket, a write to
 /// each backend, the answer).
 const AT_ONCE_RUN: u32 = 8;
@@ -796,6 +797,34 @@ mod writes {
             }
         });
         assert_eq!(got, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let none = super::try_write(&[], |_| unreachable!("a system call for nothing"));
+        assert_eq!(none.ok(), Some(0));
+    }
+
+    /// A backend write's part that did not go at once is finished by its slot's job
+    /// from where the write at once stopped (`Job::WriteBackend`'s offset), and the
+    /// stream comes back under its id.
+    #[test]
+    fn a_backend_write_goes_on_from_where_the_write_at_once_stopped() {
+        let bytes = pattern();
+        let got = written_to(read_all_later, async move |s| {
+            s.writable().await.expect("writable");
+            let all = pattern();
+            let from = match sent(super::try_write(&all, |b| s.try_write(b)), all.len()) {
+                Ok(Some(from)) => from,
+                other => panic!("{other:?}"),
+            };
+            assert!(from > 0 && from < all.len(), "{from}");
+            let job = Job::WriteBackend(3, s, all, from);
+            let (held, input) =
+                tokio::time::timeout(Duration::from_secs(10), hot_op(job)).await.expect("written within 10 s");
+            let Input::BackendWritten(3, back, res) = input else { panic!("{input:?}") };
+            assert!(res.is_ok(), "{res:?}");
+            assert_eq!(back.len(), 4 << 20, "the bytes come back");
+            assert!(matches!(held, Held::Upstream(3, _)), "the stream comes back under its id");
+        });
+        assert_eq!(got.len(), bytes.len());
+        assert!(got == bytes, "out of order");
     }
 
     /// A write at once to a peer that has closed: once its close has come, a write

@@ -73,7 +73,7 @@
 //! An operation that ends at once (a write the socket had room for, an idle socket
 //! from the pool) may be handed back straight away, inside the drain, before the next
 //! `poll`: core's state says what is out before `poll` returns it (the tokio driver
-//! answers most writes so, the io_uring one its pool hits).
+//! answers its writes and its pool hits so, the io_uring one its pool hits).
 //!
 //! Time is a parameter: every `handle_*` takes `now`, and the same inputs always give
 //! the same outputs (`core/tests/conn.rs` plays whole conversations with virtual time).
