@@ -711,54 +711,71 @@ mod writes {
         thread.join().expect("peer")
     }
 
-    /// The peer: a pause (the send buffer fills), then every byte to the writer's close.
-    fn read_all_later(mut s: std::net::TcpStream) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(50));
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).expect("read to the writer's close");
-        got
-    }
-
     fn pattern() -> Vec<u8> {
         (0..4u32 << 20).map(|i| (i % 253) as u8).collect()
     }
 
-    /// 4 MiB against a small send buffer: the write at once takes a part (tokio has
-    /// just said the socket is writable: it has room), and the slot's write goes on
-    /// from where it stopped, the bytes whole and in order.
+    /// `test` writing 4 MiB ([`pattern`]) to a peer that pauses (the send buffer
+    /// fills) and then reads every byte to the writer's close: they all come, in order.
+    fn whole_in_order(test: impl AsyncFnOnce(TcpStream)) {
+        let got = written_to(
+            |mut s| {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).expect("read to the writer's close");
+                got
+            },
+            test,
+        );
+        assert_eq!(got.len(), 4 << 20);
+        assert!(got == pattern(), "out of order");
+    }
+
+    /// A write at once of [`pattern`] to a socket tokio has just said is writable: a
+    /// part goes (it has room), not all (its send buffer is small); where it stopped.
+    fn part_at_once(write: impl FnOnce(&[u8]) -> io::Result<usize>) -> usize {
+        let all = pattern();
+        let from = match sent(super::try_write(&all, write), all.len()) {
+            Ok(Some(from)) => from,
+            other => panic!("4 MiB at once into a small send buffer: {other:?}"),
+        };
+        assert!(from > 0 && from < all.len(), "{from}");
+        from
+    }
+
+    /// What a 4 MiB write's operation ended with: no error, the bytes back, and the
+    /// socket it held.
+    async fn ended(op: impl Future<Output = (Held, Input)>) -> Held {
+        let (held, input) = tokio::time::timeout(Duration::from_secs(10), op).await.expect("written within 10 s");
+        let (Input::ClientWritten(back, res) | Input::BackendWritten(_, back, res)) = input else {
+            panic!("{input:?}")
+        };
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(back.len(), 4 << 20, "the bytes come back");
+        held
+    }
+
+    /// The write at once takes a part, and the slot's write goes on from where it
+    /// stopped.
     #[test]
     fn a_write_at_once_that_takes_a_part_is_finished_from_where_it_stopped() {
-        let bytes = pattern();
-        let got = written_to(read_all_later, async move |s| {
+        whole_in_order(async move |s| {
             let (_, w) = s.into_split();
             // tokio knows a new socket writable only once it has polled it.
             w.writable().await.expect("writable");
-            let all = pattern();
-            let from = match sent(w.try_write(&all), all.len()) {
-                Ok(Some(from)) => from,
-                Ok(None) => panic!("4 MiB went at once into a small send buffer"),
-                Err(e) => panic!("{e}"),
-            };
-            assert!(from > 0 && from < all.len(), "{from}");
-            let job = Job::Write { half: w, bytes: all, from, back: Held::ClientWriter, done: Input::ClientWritten };
-            let (held, input) =
-                tokio::time::timeout(Duration::from_secs(10), hot_op(job)).await.expect("written within 10 s");
-            let Input::ClientWritten(back, res) = input else { panic!("{input:?}") };
-            assert!(res.is_ok(), "{res:?}");
-            assert_eq!(back.len(), 4 << 20, "the bytes come back");
-            assert!(matches!(held, Held::ClientWriter(_)), "the write half comes back");
+            let from = part_at_once(|b| w.try_write(b));
+            let job =
+                Job::Write { half: w, bytes: pattern(), from, back: Held::ClientWriter, done: Input::ClientWritten };
+            assert!(matches!(ended(hot_op(job)).await, Held::ClientWriter(_)), "the write half comes back");
         });
-        assert_eq!(got.len(), bytes.len());
-        assert!(got == bytes, "out of order");
     }
 
     /// The driver's own path (`write_half`, as `begin` calls it for a client write):
     /// what does not go at once is left to the slot, which finishes it; the half comes
-    /// back when the slot ends, and the peer gets every byte in order.
+    /// back when the slot ends.
     #[test]
     fn a_write_too_big_to_go_at_once_ends_in_its_slot() {
-        let bytes = pattern();
-        let got = written_to(read_all_later, async move |s| {
+        whole_in_order(async move |s| {
             let (_, w) = s.into_split();
             w.writable().await.expect("writable");
             let mut writer = Some(w);
@@ -766,23 +783,34 @@ mod writes {
             let answer = write_half(&mut writer, &mut slot, pattern(), Held::ClientWriter, Input::ClientWritten);
             assert!(answer.is_none(), "4 MiB answered at once: {answer:?}");
             assert!(writer.is_none() && !slot.idle(), "the half is out with the slot's write");
-            let (held, input) = tokio::time::timeout(Duration::from_secs(10), std::future::poll_fn(|cx| slot.poll(cx)))
-                .await
-                .expect("written within 10 s");
-            let Input::ClientWritten(back, res) = input else { panic!("{input:?}") };
-            assert!(res.is_ok(), "{res:?}");
-            assert_eq!(back.len(), 4 << 20, "the bytes come back");
+            let held = ended(std::future::poll_fn(|cx| slot.poll(cx))).await;
             assert!(matches!(held, Held::ClientWriter(_)), "the write half comes back");
         });
-        assert_eq!(got.len(), bytes.len());
-        assert!(got == bytes, "out of order");
+    }
+
+    /// A backend write's part that did not go at once is finished by its slot's job
+    /// from where the write at once stopped (`Job::WriteBackend`'s offset), and the
+    /// stream comes back under its id.
+    #[test]
+    fn a_backend_write_goes_on_from_where_the_write_at_once_stopped() {
+        whole_in_order(async move |s| {
+            s.writable().await.expect("writable");
+            let from = part_at_once(|b| s.try_write(b));
+            let held = ended(hot_op(Job::WriteBackend(3, s, pattern(), from))).await;
+            assert!(matches!(held, Held::Upstream(3, _)), "the stream comes back under its id");
+        });
     }
 
     /// A short write goes at once: answered in `write_half`, the half back where it
     /// was, nothing in the slot; an empty one too, without a system call.
     #[test]
     fn a_short_write_is_answered_at_once() {
-        let got = written_to(read_all_later, async move |s| {
+        let read_all = |mut s: std::net::TcpStream| {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read to the writer's close");
+            got
+        };
+        let got = written_to(read_all, async move |s| {
             let (_, w) = s.into_split();
             w.writable().await.expect("writable");
             let mut writer = Some(w);
@@ -799,32 +827,6 @@ mod writes {
         assert_eq!(got, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
         let none = super::try_write(&[], |_| unreachable!("a system call for nothing"));
         assert_eq!(none.ok(), Some(0));
-    }
-
-    /// A backend write's part that did not go at once is finished by its slot's job
-    /// from where the write at once stopped (`Job::WriteBackend`'s offset), and the
-    /// stream comes back under its id.
-    #[test]
-    fn a_backend_write_goes_on_from_where_the_write_at_once_stopped() {
-        let bytes = pattern();
-        let got = written_to(read_all_later, async move |s| {
-            s.writable().await.expect("writable");
-            let all = pattern();
-            let from = match sent(super::try_write(&all, |b| s.try_write(b)), all.len()) {
-                Ok(Some(from)) => from,
-                other => panic!("{other:?}"),
-            };
-            assert!(from > 0 && from < all.len(), "{from}");
-            let job = Job::WriteBackend(3, s, all, from);
-            let (held, input) =
-                tokio::time::timeout(Duration::from_secs(10), hot_op(job)).await.expect("written within 10 s");
-            let Input::BackendWritten(3, back, res) = input else { panic!("{input:?}") };
-            assert!(res.is_ok(), "{res:?}");
-            assert_eq!(back.len(), 4 << 20, "the bytes come back");
-            assert!(matches!(held, Held::Upstream(3, _)), "the stream comes back under its id");
-        });
-        assert_eq!(got.len(), bytes.len());
-        assert!(got == bytes, "out of order");
     }
 
     /// A write at once to a peer that has closed: once its close has come, a write
